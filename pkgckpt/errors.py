@@ -1,0 +1,44 @@
+"""One error hierarchy. Library code raises these; only the CLI maps them to exit codes."""
+
+from __future__ import annotations
+
+
+class PkgckptError(Exception):
+    """Base of every error pkgckpt reports to a person."""
+
+    exit_code = 1
+
+
+class UsageError(PkgckptError):
+    """A bad flag, setting or config file."""
+
+    exit_code = 2
+
+
+class ManifestError(PkgckptError):
+    """A manifest or baseline that cannot be trusted: corrupt, torn, unknown schema, hostile."""
+
+
+class StoreError(PkgckptError):
+    """The store refused a read or a write (ownership, permissions, layout)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or written now (EIO, ENOSPC, ESTALE, ...): retry later.
+
+    The caller keeps its state: nothing is lost by this error.
+    """
+
+
+class ScanError(PkgckptError):
+    """A library or environment could not be scanned."""
+
+
+class RestoreError(PkgckptError):
+    """Restore could not run at all; nothing was changed."""
+
+
+class PartialRestore(PkgckptError):
+    """Some packages failed to install; the rest were installed."""
+
+    exit_code = 3

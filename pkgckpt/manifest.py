@@ -1,0 +1,376 @@
+"""The manifest and the baseline: msgspec structs, their JSON encoding, and `diff()`.
+
+No I/O here: `store.py` reads and writes the bytes, the scanners fill the structs.
+
+On disk a manifest is an envelope whose `checksum` covers the exact bytes of `body`
+(kept as `msgspec.Raw` when decoding, so a newer writer's extra fields still verify):
+
+    {"schema": 1, "generation": 7, "writer": {...}, "time": "...",
+     "checksum": "sha256:...", "body": {"environments": [...]}}
+
+Compatibility: every field added after schema 1 must have a default, so an older
+reader reads a newer manifest; a change that an older reader must not misread bumps
+`SCHEMA` (the major version), and readers refuse a schema newer than theirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import msgspec
+
+from .errors import ManifestError
+
+SCHEMA = 1
+HISTORY_LIMIT = 200
+"""Changes kept per environment: enough to explain the manifest, bounded on the store."""
+
+Kind = Literal["python", "r"]
+Action = Literal["install", "remove", "upgrade", "downgrade"]
+
+
+class Base(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Base of every manifest type: immutable, keyword-only, defaults left out on disk.
+
+    Leaving defaults out keeps the JSON short and lets a field be added later without
+    changing the bytes (and so the checksum and generation) of existing manifests.
+    Subclasses repeat `frozen=True` because type checkers do not follow msgspec's
+    inheritance of struct options.
+    """
+
+
+# -- where a package came from: a tagged union shaped like PEP 751's pylock -----------
+
+
+class IndexSource(Base, frozen=True, tag="index", tag_field="type"):
+    """From a package index (Python) or a repository such as CRAN (R)."""
+
+    repository: str | None = None
+    """R's `Repository:` field (CRAN, RSPM, ...). Informational: restore never uses it."""
+
+
+class UrlSource(Base, frozen=True, tag="url", tag_field="type"):
+    """A direct URL to an archive (PEP 610 `archive_info`, R `RemoteType: url`)."""
+
+    url: str
+    hashes: dict[str, str] = {}
+    subdirectory: str | None = None
+
+
+class VcsSource(Base, frozen=True, tag="vcs", tag_field="type"):
+    """A version control checkout (PEP 610 `vcs_info`, R `RemoteType: github/git`)."""
+
+    vcs: str
+    url: str
+    commit: str | None = None
+    requested_revision: str | None = None
+    subdirectory: str | None = None
+
+
+class DirectorySource(Base, frozen=True, tag="directory", tag_field="type"):
+    """A local directory (PEP 610 `dir_info`), possibly installed editable."""
+
+    path: str
+    editable: bool = False
+    subdirectory: str | None = None
+
+
+Source = IndexSource | UrlSource | VcsSource | DirectorySource
+
+
+class Package(Base, frozen=True):
+    """One installed distribution (Python, keyed by canonical name) or R package."""
+
+    name: str
+    version: str
+    source: Source = IndexSource()
+    requested: bool = True
+    """Asked for by the user (REQUESTED, or best effort for R) vs pulled in as a dependency."""
+    installer: str | None = None
+    tags: tuple[str, ...] = ()
+    """Python: the WHEEL `Tag:` lines. R: the `Built:` platform, when not architecture-free."""
+    built: str | None = None
+    """R: the R version the package was built with (from `Built:`)."""
+
+
+class Change(Base, frozen=True):
+    """One step of a package's history: what `diff()` returns."""
+
+    action: Action
+    name: str
+    old: str | None = None
+    new: str | None = None
+    time: str | None = None
+
+
+class Environment(Base, frozen=True):
+    """Identity of a Python environment (prefix) or an R library."""
+
+    kind: Kind
+    path: str
+    interpreter: str | None = None
+    """Python or R version, e.g. "3.11.7" or "4.2.2"."""
+    implementation: str | None = None
+    platform: str | None = None
+
+
+class Inventory(Base, frozen=True):
+    """An environment and everything installed in it: a scan, or one part of the baseline."""
+
+    env: Environment
+    packages: tuple[Package, ...] = ()
+
+    def by_name(self) -> dict[str, Package]:
+        return {p.name: p for p in self.packages}
+
+
+class Delta(Base, frozen=True):
+    """The user's changes to one environment relative to the image."""
+
+    env: Environment
+    added: tuple[Package, ...] = ()
+    changed: tuple[Package, ...] = ()
+    """Image packages now at another version: the user's version is recorded."""
+    removed: tuple[Package, ...] = ()
+    """Image packages the user was seen uninstalling: the image's version is recorded."""
+    history: tuple[Change, ...] = ()
+
+    def is_empty(self) -> bool:
+        return not (self.added or self.changed or self.removed)
+
+
+class Body(Base, frozen=True):
+    environments: tuple[Delta, ...] = ()
+
+    def delta(self, kind: Kind, path: str) -> Delta | None:
+        return next(
+            (d for d in self.environments if d.env.kind == kind and d.env.path == path), None
+        )
+
+
+class Writer(Base, frozen=True):
+    host: str
+    pid: int
+    version: str
+
+
+class Manifest(Base, frozen=True):
+    """A decoded manifest: the envelope's fields and its body."""
+
+    schema: int = SCHEMA
+    generation: int = 0
+    writer: Writer | None = None
+    time: str | None = None
+    body: Body = Body()
+
+
+class Baseline(Base, frozen=True):
+    """What the image shipped: written at image build time or at a container's first start."""
+
+    schema: int = SCHEMA
+    time: str | None = None
+    environments: tuple[Inventory, ...] = ()
+
+    def inventory(self, kind: Kind, path: str) -> Inventory | None:
+        return next(
+            (i for i in self.environments if i.env.kind == kind and i.env.path == path), None
+        )
+
+
+class _Envelope(msgspec.Struct, kw_only=True):
+    schema: int
+    generation: int = 0
+    writer: Writer | None = None
+    time: str | None = None
+    checksum: str
+    body: msgspec.Raw
+
+
+class _Schema(msgspec.Struct):
+    schema: int
+
+
+# Built once: msgspec encoders/decoders are reusable and cheap to call.
+_encoder = msgspec.json.Encoder(order="deterministic")
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_body_decoder = msgspec.json.Decoder(Body)
+_schema_decoder = msgspec.json.Decoder(_Schema)
+_baseline_decoder = msgspec.json.Decoder(Baseline)
+
+MAX_BYTES = 64 * 1024 * 1024
+"""Refuse larger files: a manifest of every package on PyPI and CRAN is far smaller."""
+
+
+def _pretty(data: bytes) -> bytes:
+    # Indented so that a person can `cat` and `diff` manifests on the share.
+    return msgspec.json.format(data, indent=1)
+
+
+_PLACEHOLDER = "sha256:" + "0" * 64
+
+
+def checksum(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def encode(manifest: Manifest) -> bytes:
+    """Deterministic bytes: the same manifest always encodes the same way."""
+    envelope = _Envelope(
+        schema=manifest.schema,
+        generation=manifest.generation,
+        writer=manifest.writer,
+        time=manifest.time,
+        checksum=_PLACEHOLDER,
+        body=msgspec.Raw(_encoder.encode(manifest.body)),
+    )
+    data = _pretty(_encoder.encode(envelope)) + b"\n"
+    # Indenting re-lays the body too, so the checksum is taken over the body exactly as it
+    # stands in the output, then written over a placeholder of the same length.
+    body = bytes(_envelope_decoder.decode(data).body)
+    return data.replace(_PLACEHOLDER.encode(), checksum(body).encode(), 1)
+
+
+def _check_schema(data: bytes, what: str) -> None:
+    if len(data) > MAX_BYTES:
+        raise ManifestError(f"{what} is {len(data)} bytes, over the {MAX_BYTES} byte limit")
+    try:
+        schema = _schema_decoder.decode(data).schema
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ManifestError(f"{what} is not a valid pkgckpt file: {e}") from None
+    if schema > SCHEMA:
+        raise ManifestError(
+            f"{what} has schema {schema}, newer than this pkgckpt understands ({SCHEMA}); "
+            "upgrade pkgckpt"
+        )
+    if schema < 1:
+        raise ManifestError(f"{what} has an invalid schema {schema}")
+
+
+def decode(data: bytes, what: str = "manifest") -> Manifest:
+    """Decode and verify a manifest; any defect raises `ManifestError`, never anything else."""
+    _check_schema(data, what)
+    try:
+        envelope = _envelope_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ManifestError(f"{what} is malformed: {e}") from None
+    raw = bytes(envelope.body)
+    if checksum(raw) != envelope.checksum:
+        raise ManifestError(f"{what} fails its checksum: torn or edited")
+    try:
+        body = _body_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ManifestError(f"{what} body is malformed: {e}") from None
+    return Manifest(
+        schema=envelope.schema,
+        generation=envelope.generation,
+        writer=envelope.writer,
+        time=envelope.time,
+        body=body,
+    )
+
+
+def encode_baseline(baseline: Baseline) -> bytes:
+    return _pretty(_encoder.encode(baseline)) + b"\n"
+
+
+def decode_baseline(data: bytes, what: str = "baseline") -> Baseline:
+    _check_schema(data, what)
+    try:
+        return _baseline_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ManifestError(f"{what} is malformed: {e}") from None
+
+
+# -- the named diff ----------------------------------------------------------------------
+
+
+def _order(version: str) -> object:
+    # Imported lazily: packaging costs a few ms and most diffs compare equal versions.
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version)
+    except InvalidVersion:
+        return None
+
+
+def _direction(old: str, new: str, kind: Kind) -> Action:
+    if kind == "r":
+        a, b = _r_version(old), _r_version(new)
+        if a is not None and b is not None:
+            return "upgrade" if b > a else "downgrade"
+    else:
+        va, vb = _order(old), _order(new)
+        if va is not None and vb is not None:
+            return "upgrade" if vb > va else "downgrade"  # type: ignore[operator]
+    # Unorderable versions (a local build, a VCS snapshot): call it an upgrade.
+    return "upgrade"
+
+
+def _r_version(version: str) -> tuple[int, ...] | None:
+    parts = version.replace("-", ".").split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+
+
+def diff(
+    old: Mapping[str, Package],
+    new: Mapping[str, Package],
+    kind: Kind = "python",
+    time: str | None = None,
+) -> list[Change]:
+    """The changes that turn `old` into `new`, sorted by name.
+
+    A package whose version is the same but whose source changed (reinstalled from a
+    VCS commit, say) counts as an upgrade with equal versions, so it is reinstalled.
+    """
+    changes: list[Change] = []
+    for name in sorted(old.keys() | new.keys()):
+        a, b = old.get(name), new.get(name)
+        if a is None and b is not None:
+            changes.append(Change(action="install", name=name, new=b.version, time=time))
+        elif b is None and a is not None:
+            changes.append(Change(action="remove", name=name, old=a.version, time=time))
+        elif a is not None and b is not None and (a.version, a.source) != (b.version, b.source):
+            action = "upgrade" if a.version == b.version else _direction(a.version, b.version, kind)
+            changes.append(
+                Change(action=action, name=name, old=a.version, new=b.version, time=time)
+            )
+    return changes
+
+
+def delta(
+    env: Environment,
+    baseline: Mapping[str, Package],
+    current: Mapping[str, Package],
+    history: Iterable[Change] = (),
+) -> Delta:
+    """The user's delta: what `current` adds to, changes in and removes from `baseline`."""
+    added: list[Package] = []
+    changed: list[Package] = []
+    removed: list[Package] = []
+    for change in diff(baseline, current, env.kind):
+        if change.action == "install":
+            added.append(current[change.name])
+        elif change.action == "remove":
+            removed.append(baseline[change.name])
+        else:
+            changed.append(current[change.name])
+    return Delta(
+        env=env,
+        added=tuple(added),
+        changed=tuple(changed),
+        removed=tuple(removed),
+        history=tuple(history)[-HISTORY_LIMIT:],
+    )
+
+
+def apply(baseline: Mapping[str, Package], d: Delta) -> dict[str, Package]:
+    """The state the user had: `baseline` with the delta applied (the inverse of `delta`)."""
+    state = dict(baseline)
+    for p in d.removed:
+        state.pop(p.name, None)
+    for p in (*d.added, *d.changed):
+        state[p.name] = p
+    return state
