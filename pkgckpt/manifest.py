@@ -110,10 +110,18 @@ class Environment(Base, frozen=True):
 
     kind: Kind
     path: str
+    """Python: the prefix (`sys.prefix` of its interpreter). R: the library directory."""
+    user: bool = False
+    """Python: the user site of the prefix's interpreter (`pip install --user`), not the prefix."""
     interpreter: str | None = None
     """Python or R version, e.g. "3.11.7" or "4.2.2"."""
     implementation: str | None = None
     platform: str | None = None
+
+
+def same_env(a: Environment, b: Environment) -> bool:
+    """Identity of an environment: versions and platform may change under the same path."""
+    return (a.kind, a.path, a.user) == (b.kind, b.path, b.user)
 
 
 class Inventory(Base, frozen=True):
@@ -144,10 +152,8 @@ class Delta(Base, frozen=True):
 class Body(Base, frozen=True):
     environments: tuple[Delta, ...] = ()
 
-    def delta(self, kind: Kind, path: str) -> Delta | None:
-        return next(
-            (d for d in self.environments if d.env.kind == kind and d.env.path == path), None
-        )
+    def delta(self, env: Environment) -> Delta | None:
+        return next((d for d in self.environments if same_env(d.env, env)), None)
 
 
 class Writer(Base, frozen=True):
@@ -173,10 +179,8 @@ class Baseline(Base, frozen=True):
     time: str | None = None
     environments: tuple[Inventory, ...] = ()
 
-    def inventory(self, kind: Kind, path: str) -> Inventory | None:
-        return next(
-            (i for i in self.environments if i.env.kind == kind and i.env.path == path), None
-        )
+    def inventory(self, env: Environment) -> Inventory | None:
+        return next((i for i in self.environments if same_env(i.env, env)), None)
 
 
 class _Envelope(msgspec.Struct, kw_only=True):
