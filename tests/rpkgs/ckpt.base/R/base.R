@@ -1,0 +1,1 @@
+base_value <- function() 41L

@@ -1,0 +1,1 @@
+imports_value <- function() base_value() + 1L

@@ -1,0 +1,1 @@
+old_version <- function() as.character(utils::packageVersion("ckptOld"))
