@@ -19,6 +19,14 @@ class ManifestError(PkgckptError):
     """A manifest or baseline that cannot be trusted: corrupt, torn, unknown schema, hostile."""
 
 
+class UnknownSchema(ManifestError):
+    """A manifest or baseline written by a newer pkgckpt (a newer major schema): upgrade.
+
+    Separate from other ManifestErrors because it is not damage: a reader must not fall back
+    to an older generation, nor a writer overwrite it with an older schema.
+    """
+
+
 class StoreError(PkgckptError):
     """The store refused a read or a write (ownership, permissions, layout)."""
 

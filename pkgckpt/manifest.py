@@ -21,7 +21,7 @@ from typing import Literal
 
 import msgspec
 
-from .errors import ManifestError
+from .errors import ManifestError, UnknownSchema
 
 SCHEMA = 1
 HISTORY_LIMIT = 200
@@ -93,6 +93,9 @@ class Package(Base, frozen=True):
     """Python: the WHEEL `Tag:` lines. R: the `Built:` platform, when not architecture-free."""
     built: str | None = None
     """R: the R version the package was built with (from `Built:`)."""
+    depends: tuple[str, ...] = ()
+    """R: the packages named in Depends, Imports and LinkingTo (tells requested from
+    dependency; informational for restore, which orders by the tarballs it installs)."""
 
 
 class Change(Base, frozen=True):
@@ -236,6 +239,11 @@ def encode(manifest: Manifest) -> bytes:
     return data.replace(_PLACEHOLDER.encode(), checksum(body).encode(), 1)
 
 
+def encode_body(body: Body) -> bytes:
+    """Compact deterministic bytes of a body: equal bytes mean the manifest did not change."""
+    return _encoder.encode(body)
+
+
 def _check_schema(data: bytes, what: str) -> None:
     if len(data) > MAX_BYTES:
         raise ManifestError(f"{what} is {len(data)} bytes, over the {MAX_BYTES} byte limit")
@@ -244,7 +252,7 @@ def _check_schema(data: bytes, what: str) -> None:
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise ManifestError(f"{what} is not a valid pkgckpt file: {e}") from None
     if schema > SCHEMA:
-        raise ManifestError(
+        raise UnknownSchema(
             f"{what} has schema {schema}, newer than this pkgckpt understands ({SCHEMA}); "
             "upgrade pkgckpt"
         )
@@ -361,6 +369,9 @@ def delta(
             removed.append(baseline[change.name])
         else:
             changed.append(current[change.name])
+    if env.kind == "r":
+        user = (*added, *changed)
+        added, changed = r_requested(added, user), r_requested(changed, user)
     return Delta(
         env=env,
         added=tuple(added),
@@ -368,6 +379,17 @@ def delta(
         removed=tuple(removed),
         history=tuple(history)[-HISTORY_LIMIT:],
     )
+
+
+def r_requested(packages: Iterable[Package], delta: Iterable[Package]) -> list[Package]:
+    """R's best effort at REQUESTED: a package that nothing else in the user's delta needs.
+
+    R records nothing like pip's REQUESTED. Within the delta (added and changed
+    packages), whatever another of the user's packages depends on counts as pulled in;
+    image packages outside the delta do not count.
+    """
+    needed = {d for p in delta for d in p.depends if d != p.name}
+    return [msgspec.structs.replace(p, requested=p.name not in needed) for p in packages]
 
 
 def apply(baseline: Mapping[str, Package], d: Delta) -> dict[str, Package]:
