@@ -1,9 +1,67 @@
-/* pkgckpt native watch engine: raw inotify, batched and coalesced reads. */
+/*
+ * pkgckpt native watch engine: one inotify fd, batched reads that wait for a quiet
+ * window in C and coalesce events into one record per (watch, name).
+ *
+ * Marker directories (*.dist-info, *.egg-info) that appear under a watch added with
+ * PKW_MARKERS are watched one level deep by the engine itself, so that the arrival of
+ * their RECORD never has to wake Python: what happens inside a marker is folded onto
+ * the parent's record for the marker's name (PKW_RECORD / PKW_INSIDE bits).
+ *
+ * Functions return -1 and set errno on failure.
+ */
 #ifndef PKW_H
 #define PKW_H
 
-int pkw_open(void);
-int pkw_add_watch(int fd, const char *path, unsigned int mask);
-int pkw_rm_watch(int fd, int wd);
+#include <stdint.h>
+
+/* Bits 16..23 are unused by inotify; the engine reports its own facts there. */
+#define PKW_RECORD 0x00010000u /* the marker's RECORD was written or moved in */
+#define PKW_INSIDE 0x00020000u /* something else inside the marker changed */
+#define PKW_DIRTY 0x00040000u  /* batch table full: anything under this watch may have changed */
+
+/* pkw_add_watch flag: watch marker directories that appear in this directory. */
+#define PKW_MARKERS 1
+
+#define PKW_NAME_MAX 255
+
+struct pkw_record {
+    int wd;
+    uint32_t mask;         /* union of the event masks (plus PKW_* bits) */
+    char name[PKW_NAME_MAX + 1]; /* "" for the watched directory itself */
+};
+
+struct pkw_batch {
+    const struct pkw_record *records; /* valid until the next pkw_wait or pkw_free */
+    uint32_t n_records;
+    int overflow; /* IN_Q_OVERFLOW seen: events were lost */
+    int woken;    /* wake_fd was readable (and has been drained) */
+};
+
+struct pkw;
+
+/* max_records: distinct (watch, name) records one batch can hold before watches degrade. */
+struct pkw *pkw_new(uint32_t max_records);
+int pkw_fileno(const struct pkw *e);
+/* Closes the fd and frees everything; returns close()'s result. */
+int pkw_free(struct pkw *e);
+
+/* flags: 0 or PKW_MARKERS. Adding a directory already watched replaces its mask and flags. */
+int pkw_add_watch(struct pkw *e, const char *path, uint32_t mask, int flags);
+/* Watch the marker directory `name` of the PKW_MARKERS watch `parent_wd` (one already
+   there when the parent was armed). Returns its wd, or 0 when its RECORD already exists. */
+int pkw_add_marker(struct pkw *e, int parent_wd, const char *name);
+int pkw_rm_watch(struct pkw *e, int wd);
+
+/*
+ * Block until an event, timeout_ms (-1: forever) or wake_fd (-1: none) is readable; then
+ * keep reading until nothing arrived for quiet_ms or max_ms passed since the first event.
+ * Returns the number of records (0 on timeout). Fails with EINTR only before anything was
+ * read, so the caller can simply call again.
+ */
+int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_ms,
+             struct pkw_batch *out);
+
+/* Lets a smoke test check that the compiled layout is the one Python was built against. */
+uint32_t pkw_record_size(void);
 
 #endif

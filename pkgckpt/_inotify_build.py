@@ -1,4 +1,8 @@
-"""cffi builder for pkgckpt._inotify (out-of-line API mode); run by the build, never imported."""
+"""cffi builder for pkgckpt._inotify (out-of-line API mode); run by the build, never imported.
+
+The cdef declares only what pkgckpt/inotify.py calls; the constants are filled in by the
+compiler from csrc/pkw.h, and cffi checks the struct layouts against it.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,34 @@ CSRC = "csrc"
 ffibuilder = FFI()
 ffibuilder.cdef(
     """
-    int pkw_open(void);
-    int pkw_add_watch(int fd, const char *path, unsigned int mask);
-    int pkw_rm_watch(int fd, int wd);
+    #define PKW_RECORD ...
+    #define PKW_INSIDE ...
+    #define PKW_DIRTY ...
+    #define PKW_MARKERS ...
+    #define PKW_NAME_MAX ...
+
+    struct pkw_record {
+        int wd;
+        uint32_t mask;
+        char name[...];
+    };
+    struct pkw_batch {
+        const struct pkw_record *records;
+        uint32_t n_records;
+        int overflow;
+        int woken;
+    };
+    struct pkw;
+
+    struct pkw *pkw_new(uint32_t max_records);
+    int pkw_fileno(const struct pkw *e);
+    int pkw_free(struct pkw *e);
+    int pkw_add_watch(struct pkw *e, const char *path, uint32_t mask, int flags);
+    int pkw_add_marker(struct pkw *e, int parent_wd, const char *name);
+    int pkw_rm_watch(struct pkw *e, int wd);
+    int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_ms,
+                 struct pkw_batch *out);
+    uint32_t pkw_record_size(void);
     """
 )
 ffibuilder.set_source(
@@ -20,8 +49,6 @@ ffibuilder.set_source(
     '#include "pkw.h"',
     sources=[f"{CSRC}/pkw.c"],
     include_dirs=[CSRC],
+    depends=[f"{CSRC}/pkw.h"],
     extra_compile_args=["-std=c99", "-O2", "-Wall", "-Wextra"],
 )
-
-if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
