@@ -1,0 +1,181 @@
+"""What a scan may change in the manifest: invariant 1, shared by the daemon and `snapshot`.
+
+The manifest records, per environment, the user's state: the baseline (what the image
+shipped) with the recorded delta applied. A `Tracker` folds scans into that state, but
+only in ways that cannot lose a package:
+
+- a package a scan finds is recorded at the version (and source) found;
+- a package leaves the record only through an uninstall *observed by this process*: an
+  earlier scan of this process found it, and a later trusted scan (every root of the
+  environment exists and was read, nothing broken or half-installed under that name, the
+  library not suddenly empty) does not;
+- the first scan of a process never takes anything away. A recorded package missing from
+  it, or found at the image's version where the record holds the user's, keeps its
+  record: a restore that failed or has not run yet looks exactly like that.
+
+Without a baseline for an environment whose manifest already records a delta (the
+container's baseline was lost), the image's state is inferred from the first scan and
+the recorded delta (`_inferred_baseline`); every recorded entry is kept and only changes
+seen afterwards are added, so the manifest can only grow until a baseline is found again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TypeAlias
+
+import msgspec
+
+from . import manifest
+from .manifest import Baseline, Body, Change, Delta, Environment, Manifest, Package
+
+EnvKey: TypeAlias = tuple[str, str, bool]
+
+
+def env_key(env: Environment) -> EnvKey:
+    """The identity `manifest.same_env` compares, usable as a dict key."""
+    return (env.kind, env.path, env.user)
+
+
+def same_install(a: Package, b: Package) -> bool:
+    """Same version from the same source: the rest (REQUESTED, INSTALLER) is bookkeeping.
+
+    A restore installs every package as requested, by its own installer; comparing those
+    fields would rewrite the manifest after every container start for nothing.
+    """
+    return (a.version, a.source) == (b.version, b.source)
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """One scan of one environment, as the tracker needs it."""
+
+    packages: Mapping[str, Package]
+    trusted: bool = True
+    """May a package missing from this scan count as uninstalled? False when a root is
+    missing or could not be read."""
+    uncertain: frozenset[str] = frozenset()
+    """Names whose absence proves nothing: broken or still being installed."""
+
+
+@dataclasses.dataclass
+class _Track:
+    env: Environment
+    baseline: dict[str, Package]
+    pinned: frozenset[str]
+    """Names kept in `changed` although equal to the (inferred) baseline entry."""
+    state: dict[str, Package]
+    last: dict[str, Package]
+    """What this process last saw installed, absences not yet confirmed included."""
+    history: list[Change]
+
+
+def _inferred_baseline(
+    first: Mapping[str, Package], recorded: Delta | None
+) -> tuple[dict[str, Package], frozenset[str]]:
+    """The image's state guessed from a first scan, with every recorded entry kept.
+
+    Recorded additions are not the image's; recorded removals carry the image's version.
+    A recorded change whose image version cannot be told (the scan finds the user's
+    version, or nothing) is pinned so that it stays recorded as a change.
+    """
+    base = dict(first)
+    pinned: set[str] = set()
+    if recorded is not None:
+        for p in recorded.added:
+            base.pop(p.name, None)
+        for p in recorded.removed:
+            base[p.name] = p
+        for p in recorded.changed:
+            live = first.get(p.name)
+            if live is not None and not same_install(live, p):
+                base[p.name] = live
+            else:
+                base[p.name] = p
+                pinned.add(p.name)
+    return base, frozenset(pinned)
+
+
+class Tracker:
+    """Folds scans into the recorded state of each environment, never losing a package."""
+
+    def __init__(self, baseline: Baseline | None, recorded: Manifest | None) -> None:
+        self._baseline = baseline
+        self._recorded = recorded.body if recorded is not None else Body()
+        self._tracks: dict[EnvKey, _Track] = {}
+        self.inferred: list[Environment] = []
+        """Environments tracked without a baseline (their image state was inferred)."""
+
+    def observe(self, env: Environment, obs: Observation, time: str | None = None) -> list[Change]:
+        """Fold one scan of `env` in; return the changes it made to the record."""
+        track = self._tracks.get(env_key(env))
+        first = track is None
+        if track is None:
+            track = self._tracks[env_key(env)] = self._start(env, obs)
+        track.env = env
+        before = dict(track.state)
+        # A library that turns empty at once is more likely unmounted than emptied by hand.
+        vanished = not obs.packages and len(track.last) > 1
+        absences_count = obs.trusted and not vanished
+        for name, found in sorted(obs.packages.items()):
+            seen = track.last.get(name)
+            if seen is not None and same_install(seen, found):
+                continue  # unchanged since this process last looked: the record stands
+            recorded = track.state.get(name)
+            if recorded is not None and same_install(recorded, found):
+                continue
+            image = track.baseline.get(name)
+            if first and image is not None and same_install(image, found):
+                continue  # the image's own where the record says otherwise: not restored yet
+            track.state[name] = found
+        unconfirmed = {}
+        for name, seen in track.last.items():
+            if name in obs.packages:
+                continue
+            if absences_count and name not in obs.uncertain:
+                track.state.pop(name, None)  # an uninstall this process saw happen
+            else:
+                unconfirmed[name] = seen
+        track.last = {**unconfirmed, **obs.packages}
+        changes = manifest.diff(before, track.state, env.kind, time)
+        track.history.extend(changes)
+        del track.history[: -manifest.HISTORY_LIMIT]
+        return changes
+
+    def _start(self, env: Environment, obs: Observation) -> _Track:
+        recorded = self._recorded.delta(env)
+        inventory = self._baseline.inventory(env) if self._baseline is not None else None
+        if inventory is not None:
+            base, pinned = inventory.by_name(), frozenset[str]()
+        else:
+            base, pinned = _inferred_baseline(obs.packages, recorded)
+            self.inferred.append(env)
+        state = manifest.apply(base, recorded) if recorded is not None else dict(base)
+        history = list(recorded.history) if recorded is not None else []
+        return _Track(env, base, pinned, state, {}, history)
+
+    def tracked(self, env: Environment) -> bool:
+        return env_key(env) in self._tracks
+
+    def state(self, env: Environment) -> dict[str, Package] | None:
+        """The recorded state of `env` as this tracker holds it (None: not scanned yet)."""
+        track = self._tracks.get(env_key(env))
+        return dict(track.state) if track is not None else None
+
+    def body(self) -> Body:
+        """The manifest body: every tracked environment's delta, untracked ones as recorded."""
+        deltas: dict[EnvKey, Delta] = {env_key(d.env): d for d in self._recorded.environments}
+        for key, track in self._tracks.items():
+            d = manifest.delta(track.env, track.baseline, track.state, track.history)
+            kept = [
+                track.state[n]
+                for n in track.pinned
+                if n in track.state and same_install(track.state[n], track.baseline[n])
+            ]
+            if kept:
+                changed = sorted((*d.changed, *kept), key=lambda p: p.name)
+                d = msgspec.structs.replace(d, changed=tuple(changed))
+            if key in deltas or not d.is_empty() or d.history:
+                deltas[key] = d
+        return Body(environments=tuple(deltas[k] for k in sorted(deltas)))

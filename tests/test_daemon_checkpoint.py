@@ -1,0 +1,206 @@
+"""Invariant 1 in the merge the daemon and `snapshot` share (`pkgckpt.checkpoint`)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pkgckpt import manifest
+from pkgckpt.checkpoint import Observation, Tracker
+from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Manifest, Package
+
+ENV = Environment(kind="python", path="/opt/venv", interpreter="3.11.7")
+OTHER = Environment(kind="r", path="/usr/lib/R/site-library")
+
+
+def pkgs(*specs: str) -> dict[str, Package]:
+    out = {}
+    for spec in specs:
+        name, version = spec.split("==")
+        out[name] = Package(name=name, version=version)
+    return out
+
+
+IMAGE = pkgs("numpy==1.26.0", "pip==24.0", "six==1.16.0")
+BASELINE = Baseline(environments=(Inventory(env=ENV, packages=tuple(IMAGE.values())),))
+
+
+def recorded(added=(), changed=(), removed=(), extra=()) -> Manifest:
+    delta = Delta(
+        env=ENV,
+        added=tuple(pkgs(*added).values()),
+        changed=tuple(pkgs(*changed).values()),
+        removed=tuple(pkgs(*removed).values()),
+    )
+    return Manifest(generation=3, body=Body(environments=(delta, *extra)))
+
+
+def names(delta: Delta | None) -> dict[str, list[str]]:
+    assert delta is not None
+    return {
+        "added": [f"{p.name}=={p.version}" for p in delta.added],
+        "changed": [f"{p.name}=={p.version}" for p in delta.changed],
+        "removed": [f"{p.name}=={p.version}" for p in delta.removed],
+    }
+
+
+def test_first_scan_keeps_recorded_packages_that_are_not_installed_yet() -> None:
+    """A fresh container before (or after a failed) restore loses nothing from the record."""
+    t = Tracker(BASELINE, recorded(added=["requests==2.31.0"], changed=["numpy==2.0.0"]))
+    changes = t.observe(ENV, Observation(IMAGE))
+    assert changes == []
+    assert names(t.body().delta(ENV)) == {
+        "added": ["requests==2.31.0"],
+        "changed": ["numpy==2.0.0"],
+        "removed": [],
+    }
+
+
+def test_first_scan_keeps_a_recorded_removal_of_an_image_package() -> None:
+    """The image package is back after a restart; the user's uninstall stays recorded."""
+    t = Tracker(BASELINE, recorded(removed=["six==1.16.0"]))
+    t.observe(ENV, Observation(IMAGE))
+    assert names(t.body().delta(ENV))["removed"] == ["six==1.16.0"]
+
+
+def test_install_upgrade_and_observed_uninstall_are_recorded() -> None:
+    """Seen installs and upgrades enter the record; a package seen and then gone leaves it."""
+    t = Tracker(BASELINE, None)
+    t.observe(ENV, Observation(IMAGE))
+    changes = t.observe(ENV, Observation({**IMAGE, **pkgs("attrs==23.1.0", "numpy==2.0.0")}))
+    assert [(c.action, c.name) for c in changes] == [("install", "attrs"), ("upgrade", "numpy")]
+    changes = t.observe(ENV, Observation(pkgs("attrs==23.1.0", "numpy==1.25.0", "pip==24.0")))
+    assert [(c.action, c.name, c.old, c.new) for c in changes] == [
+        ("downgrade", "numpy", "2.0.0", "1.25.0"),
+        ("remove", "six", "1.16.0", None),
+    ]
+    assert names(t.body().delta(ENV)) == {
+        "added": ["attrs==23.1.0"],
+        "changed": ["numpy==1.25.0"],
+        "removed": ["six==1.16.0"],
+    }
+    assert [c.action for c in t.body().delta(ENV).history] == [  # type: ignore[union-attr]
+        "install",
+        "upgrade",
+        "downgrade",
+        "remove",
+    ]
+
+
+def test_untrusted_scan_removes_nothing_until_a_trusted_one_confirms() -> None:
+    """A scan with a missing or unreadable root cannot prove an uninstall; a later one can."""
+    t = Tracker(BASELINE, recorded(added=["attrs==23.1.0"]))
+    t.observe(ENV, Observation({**IMAGE, **pkgs("attrs==23.1.0")}))
+    assert t.observe(ENV, Observation(pkgs("pip==24.0"), trusted=False)) == []
+    changes = t.observe(ENV, Observation(pkgs("pip==24.0", "numpy==1.26.0")))
+    assert sorted(c.name for c in changes) == ["attrs", "six"]
+
+
+def test_a_broken_or_half_installed_entry_is_not_an_uninstall() -> None:
+    """A name the scanner could not read stays recorded."""
+    t = Tracker(BASELINE, None)
+    t.observe(ENV, Observation({**IMAGE, **pkgs("attrs==23.1.0")}))
+    assert t.observe(ENV, Observation(IMAGE, uncertain=frozenset({"attrs"}))) == []
+    assert names(t.body().delta(ENV))["added"] == ["attrs==23.1.0"]
+
+
+def test_a_library_that_empties_at_once_is_not_a_mass_uninstall() -> None:
+    """An unmounted or wiped library shrinks nothing; a lone package uninstalled is seen."""
+    t = Tracker(BASELINE, None)
+    t.observe(ENV, Observation({**IMAGE, **pkgs("attrs==23.1.0")}))
+    assert t.observe(ENV, Observation({})) == []
+    assert len(t.body().delta(ENV).added) == 1  # type: ignore[union-attr]
+    user = Environment(kind="python", path="/opt/venv", user=True)
+    t.observe(user, Observation(pkgs("tqdm==4.66.0")))
+    assert [c.action for c in t.observe(user, Observation({}))] == ["remove"]
+
+
+def test_environments_the_tracker_does_not_scan_stay_recorded() -> None:
+    """A delta recorded for an environment outside this config is carried over untouched."""
+    other = Delta(env=OTHER, added=(Package(name="glue", version="1.7.0"),))
+    t = Tracker(BASELINE, recorded(extra=[other]))
+    t.observe(ENV, Observation(IMAGE))
+    assert t.body().delta(OTHER) == other
+
+
+def test_without_a_baseline_the_record_only_grows() -> None:
+    """A lost baseline keeps every recorded entry, restored or not, and adds what is seen."""
+    record = recorded(added=["attrs==23.1.0"], changed=["numpy==2.0.0"], removed=["six==1.16.0"])
+    live = {**IMAGE, **pkgs("attrs==23.1.0", "numpy==2.0.0")}  # restored, six back
+    t = Tracker(None, record)
+    assert t.observe(ENV, Observation(live)) == []
+    assert t.inferred == [ENV]
+    assert t.body().delta(ENV) == record.body.delta(ENV)
+    t.observe(ENV, Observation({**live, **pkgs("tqdm==4.66.0")}))
+    assert names(t.body().delta(ENV)) == {
+        "added": ["attrs==23.1.0", "tqdm==4.66.0"],
+        "changed": ["numpy==2.0.0"],
+        "removed": ["six==1.16.0"],
+    }
+
+
+def test_without_a_baseline_a_version_differing_from_the_record_is_the_image_one() -> None:
+    """Unrestored changes stay recorded as changes; an observed upgrade replaces them."""
+    record = recorded(changed=["numpy==2.0.0"])
+    t = Tracker(None, record)
+    assert t.observe(ENV, Observation(IMAGE)) == []
+    assert names(t.body().delta(ENV))["changed"] == ["numpy==2.0.0"]
+    t.observe(ENV, Observation({**IMAGE, **pkgs("numpy==2.1.0")}))
+    assert names(t.body().delta(ENV))["changed"] == ["numpy==2.1.0"]
+
+
+def test_reinstall_by_restore_does_not_rewrite_the_record() -> None:
+    """REQUESTED/INSTALLER flags set by restore are not changes: the body stays equal."""
+    dep = Package(name="idna", version="3.6", requested=False, installer="pip")
+    record = Manifest(body=Body(environments=(Delta(env=ENV, added=(dep,)),)))
+    t = Tracker(BASELINE, record)
+    restored = Package(name="idna", version="3.6", requested=True, installer="uv")
+    assert t.observe(ENV, Observation({**IMAGE, "idna": restored})) == []
+    assert t.body() == record.body
+
+
+# -- the property: nothing leaves the record without an observed uninstall ------------
+
+NAMES = ["a", "b", "c", "d"]
+scan = st.tuples(
+    st.dictionaries(st.sampled_from(NAMES), st.sampled_from("123")),
+    st.booleans(),
+    st.frozensets(st.sampled_from(NAMES), max_size=1),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    image=st.dictionaries(st.sampled_from(NAMES), st.sampled_from("123")),
+    record_added=st.dictionaries(st.sampled_from(NAMES), st.sampled_from("123")),
+    scans=st.lists(scan, min_size=1, max_size=6),
+)
+def test_a_package_leaves_the_record_only_through_an_observed_uninstall(
+    image: dict[str, str],
+    record_added: dict[str, str],
+    scans: list[tuple[dict[str, str], bool, frozenset[str]]],
+) -> None:
+    """Random scans (some untrusted, some with unreadable names): every name that leaves
+    the record was seen installed by this tracker and later absent from a trusted scan."""
+    base = {n: Package(name=n, version=v) for n, v in image.items()}
+    baseline = Baseline(environments=(Inventory(env=ENV, packages=tuple(base.values())),))
+    added = {n: Package(name=n, version=v) for n, v in record_added.items() if n not in base}
+    delta = Delta(env=ENV, added=tuple(added.values()))
+    start = manifest.apply(base, delta)
+    t = Tracker(baseline, Manifest(body=Body(environments=(delta,))))
+    seen: set[str] = set()
+    observed_gone: set[str] = set()
+    for found, trusted, uncertain in scans:
+        live = {n: Package(name=n, version=v) for n, v in found.items()}
+        counts = trusted and not (not live and len(seen) > 1)
+        for n in list(seen):
+            if n not in live and counts and n not in uncertain:
+                observed_gone.add(n)
+                seen.discard(n)
+        observed_gone -= live.keys()
+        t.observe(ENV, Observation(live, trusted=trusted, uncertain=uncertain))
+        seen |= live.keys()
+        state = t.state(ENV)
+        assert state is not None
+        for n in (start.keys() | seen) - state.keys():
+            assert n in observed_gone, f"{n} left the record without an observed uninstall"
