@@ -1,0 +1,193 @@
+"""Restore never trusts the store blindly (DESIGN invariant 4): check a manifest's body.
+
+`check_body()` refuses the whole manifest, before anything is installed, when any name,
+version or source in it is not what a scanner could have recorded: a name that is not a
+distribution name (PEP 508) or an R package name, a version that is not a PEP 440 / R
+version, a source URL or path with whitespace, control characters or an option shape.
+What passes is safe to put after `--` on an installer's command line, one argv element per
+requirement. The patterns are ASCII-only and matched with `fullmatch` (`$` would accept a
+trailing newline; IGNORECASE alone would let `K` (Kelvin sign) stand for `k`).
+
+Whether a well-formed source may be fetched (URL scheme allowed, local path present) is a
+separate question, answered per package by the installer's `blocked()`: such a package is
+reported as a failure, while the rest is restored.
+
+R rules: `r_name()` and `r_version()` follow "Writing R Extensions" 1.1.1. R sources
+(remotes) are checked by `restore/r.py` (its installer's `blocked()`), which knows their
+shapes; the R engineer owns those rules and the refinement of these two.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+from ..errors import ManifestError
+from ..manifest import Body, Delta, DirectorySource, IndexSource, Package, UrlSource, VcsSource
+
+MAX_NAME = 200
+MAX_VERSION = 128
+MAX_URL = 2048
+MAX_PROBLEMS = 10
+"""Problems listed in the error message; a hostile manifest can have thousands."""
+
+_PY_NAME = re.compile(r"[A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9]", re.IGNORECASE | re.ASCII)
+_R_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]", re.ASCII)
+_R_VERSION = re.compile(r"[0-9]+(?:[.-][0-9]+)+", re.ASCII)
+_HEX = re.compile(r"[0-9a-f]{7,128}", re.ASCII)
+_REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]*", re.ASCII)
+_SUBDIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*", re.ASCII)
+_HASH_NAMES = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
+# Printable ASCII except space: what a URL may contain once percent-encoded.
+_URL_CHARS = re.compile(r"[!-~]+", re.ASCII)
+# Neither the user nor the host may start with "-": ssh would take it for an option.
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9_][A-Za-z0-9._~%!$&'()*+,;=:-]*@)?[A-Za-z0-9_][A-Za-z0-9._-]*(?::[0-9]+)?",
+    re.ASCII,
+)
+_SEPARATORS = re.compile(r"[-_.]+")
+VCS = frozenset({"git", "hg", "svn", "bzr"})
+
+_py_version: re.Pattern[str] | None = None
+
+
+def _python_version_pattern() -> re.Pattern[str]:
+    # packaging's own PEP 440 pattern, without the surrounding whitespace Version() accepts.
+    global _py_version
+    if _py_version is None:
+        from packaging.version import VERSION_PATTERN
+
+        _py_version = re.compile(VERSION_PATTERN, re.VERBOSE | re.IGNORECASE | re.ASCII)
+    return _py_version
+
+
+def canonical(name: str) -> str:
+    """PEP 503 normalized name (packaging.utils.canonicalize_name, without importing
+    packaging.utils: it pulls in packaging.tags, which the no-op restore cannot afford)."""
+    return _SEPARATORS.sub("-", name).lower()
+
+
+def python_name(name: str) -> bool:
+    """A valid distribution name (PEP 508 / core metadata `Name`)."""
+    return len(name) <= MAX_NAME and _PY_NAME.fullmatch(name) is not None
+
+
+def python_version(version: str) -> bool:
+    """A valid PEP 440 version, exactly (no surrounding whitespace)."""
+    return len(version) <= MAX_VERSION and _python_version_pattern().fullmatch(version) is not None
+
+
+def r_name(name: str) -> bool:
+    """A valid R package name: letters, digits and '.', starting with a letter."""
+    return len(name) <= MAX_NAME and _R_NAME.fullmatch(name) is not None
+
+
+def r_version(version: str) -> bool:
+    """A valid R package version: two or more integers separated by '.' or '-'."""
+    return len(version) <= MAX_VERSION and _R_VERSION.fullmatch(version) is not None
+
+
+def _url_problem(url: str) -> str | None:
+    if len(url) > MAX_URL:
+        return "URL too long"
+    if _URL_CHARS.fullmatch(url) is None:
+        return "URL with whitespace, control or non-ASCII characters"
+    parts = urlsplit(url)
+    if not parts.scheme or url.startswith("-"):
+        return "not an absolute URL"
+    if parts.fragment or "#" in url:
+        return "URL with a fragment"
+    if parts.netloc and _HOST.fullmatch(parts.netloc) is None:
+        return "URL with an invalid host"
+    return None
+
+
+def _source_problem(package: Package) -> str | None:
+    source = package.source
+    if isinstance(source, IndexSource):
+        return None
+    if isinstance(source, UrlSource):
+        problem = _url_problem(source.url)
+        if problem:
+            return problem
+        for algo, digest in source.hashes.items():
+            if algo not in _HASH_NAMES or _HEX.fullmatch(digest) is None:
+                return "invalid hash"
+    elif isinstance(source, VcsSource):
+        if source.vcs not in VCS:
+            return f"unknown VCS (known: {', '.join(sorted(VCS))})"
+        problem = _url_problem(source.url)
+        if problem:
+            return problem
+        if source.commit is not None and _HEX.fullmatch(source.commit) is None:
+            return "VCS commit is not a hexadecimal id"
+        rev = source.requested_revision
+        if rev is not None and (len(rev) > MAX_NAME or _REVISION.fullmatch(rev) is None):
+            return "invalid VCS revision"
+    elif isinstance(source, DirectorySource):
+        path = source.path
+        if not path.startswith("/") or len(path) > 4096:
+            return "directory source is not an absolute path"
+        if any(c in path for c in "\0\n\r"):
+            return "directory source path with control characters"
+    subdirectory = getattr(source, "subdirectory", None)
+    if subdirectory is not None and (
+        _SUBDIR.fullmatch(subdirectory) is None or ".." in subdirectory.split("/")
+    ):
+        return "invalid subdirectory"
+    return None
+
+
+def _show(text: str) -> str:
+    # repr() shows hostile bytes (NUL, ANSI escapes, newlines) instead of emitting them.
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def delta_problems(delta: Delta) -> Iterator[str]:
+    """Every reason this environment's delta cannot be trusted."""
+    where = f"environment {_show(delta.env.path)}"
+    python = delta.env.kind == "python"
+    seen: set[str] = set()
+    for package in (*delta.added, *delta.changed, *delta.removed):
+        if python:
+            if not python_name(package.name):
+                yield f"{where}: {_show(package.name)} is not a valid distribution name"
+                continue
+            if not python_version(package.version):
+                yield (
+                    f"{where}: {package.name}: {_show(package.version)} "
+                    "is not a valid PEP 440 version"
+                )
+                continue
+            key = canonical(package.name)
+            problem = _source_problem(package)
+            if problem:
+                yield f"{where}: {package.name}: {problem}"
+        else:
+            if not r_name(package.name):
+                yield f"{where}: {_show(package.name)} is not a valid R package name"
+                continue
+            if not r_version(package.version):
+                yield f"{where}: {package.name}: {_show(package.version)} is not a valid R version"
+                continue
+            key = package.name
+        if key in seen:
+            yield f"{where}: {package.name} is listed more than once"
+        seen.add(key)
+
+
+def check_body(body: Body) -> None:
+    """Raise ManifestError naming the first problems when any part of `body` is untrusted."""
+    problems: list[str] = []
+    count = 0
+    for delta in body.environments:
+        for problem in delta_problems(delta):
+            count += 1
+            if len(problems) < MAX_PROBLEMS:
+                problems.append(problem)
+    if problems:
+        more = f"\n  ... and {count - len(problems)} more" if count > len(problems) else ""
+        raise ManifestError(
+            "refusing the manifest, nothing was installed:\n  " + "\n  ".join(problems) + more
+        )
