@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .restore import Report
+
 
 class PkgckptError(Exception):
     """Base of every error pkgckpt reports to a person."""
@@ -50,3 +55,8 @@ class PartialRestore(PkgckptError):
     """Some packages failed to install; the rest were installed."""
 
     exit_code = 3
+
+    def __init__(self, message: str, report: Report | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+        """What was done and what failed: render it like a complete restore's report."""

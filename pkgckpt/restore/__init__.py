@@ -1,0 +1,611 @@
+"""Restore: put back what the manifest records, in this container's environments.
+
+The API `cli.py` calls (`pkgckpt restore [--dry-run] [--json] ...`):
+
+    run(config: Config, *, dry_run: bool = False,
+        progress: Callable[[str], None] | None = None) -> Report
+        The whole command. Not a dry run: take the baseline if this container has none
+        (inventory.ensure_baseline, before installing anything), then plan, then apply.
+        A dry run only plans: it changes nothing, not even the baseline.
+    plan(config: Config) -> Plan
+        Read and validate the manifest (Store(config.store, config.key).read(), then
+        validate.check_body) and compare it with a live scan of each environment.
+    apply(plan: Plan, config: Config, *,
+          progress: Callable[[str], None] | None = None) -> Report
+        Take the baseline if needed, then carry the plan out within `config.timeout`.
+
+    Plan.render() -> str, Report.render() -> str: text for a person;
+    Plan.to_json() -> bytes, Report.to_json() -> bytes: for `--json` (msgspec).
+    Report.exit_code: 0 (done, or nothing to do) or 3 (some packages failed).
+
+Errors (pkgckpt.errors): ManifestError (corrupt, hostile: refused, nothing installed),
+StoreError / StoreUnavailable (the store refused or is unreachable), RestoreError (cannot
+run at all: no interpreter, `--installer uv` without uv), UsageError (bad `installer`):
+nothing changed, exit 1 or 2. `run()` raises PartialRestore (exit 3) when any package
+failed or the timeout ran out; its `.report` is the Report, to be rendered like any other.
+
+`progress` receives one line per environment step (counts only); by default lines go to
+stderr when stderr is a terminal, and nowhere otherwise.
+
+The plan (DESIGN: invariants 4 and 6): per environment the manifest records, install
+its added and changed packages at their exact versions and uninstall the image packages
+the user removed (unless `keep_removed`), minus what a live scan finds already in place,
+so a second run has nothing to do and says so without starting any installer. Nothing
+else is touched; environments of the manifest that are not targets here are left alone
+and listed. Manifest paths are only compared with the local targets (`same_env`), never
+used to find an interpreter or a directory.
+
+Order per environment: removals first, then one install call. Removing after installing
+could delete files that a replacement package now owns (`opencv-python` replaced by
+`opencv-python-headless`: both ship `cv2/`).
+
+Failures: when a batch fails, the environment is rescanned (pip may have installed part
+of it) and what is still missing is split in halves, each installed again, down to single
+packages: every package that fails is tried once on its own, the others still install,
+and a failing package in 40 costs about 2·log2(40) ≈ 11 calls rather than 40. The report
+names each failure with the last lines of its own installer call.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from ..config import Config
+from ..errors import PartialRestore, RestoreError
+from ..manifest import (
+    DirectorySource,
+    Environment,
+    IndexSource,
+    Kind,
+    Manifest,
+    Package,
+    Source,
+    UrlSource,
+    VcsSource,
+)
+from .runner import Deadline, Installer, Outcome
+
+if TYPE_CHECKING:
+    from ..inventory import Target
+
+__all__ = [
+    "EnvPlan",
+    "EnvReport",
+    "Failure",
+    "Plan",
+    "Report",
+    "Step",
+    "apply",
+    "plan",
+    "run",
+]
+
+Progress = Callable[[str], None]
+
+
+class _Out(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of the plan and report types: every field present in the JSON output.
+
+    Subclasses repeat the options because type checkers do not follow msgspec's
+    inheritance of them.
+    """
+
+
+class Step(_Out, frozen=True, kw_only=True):
+    """One package to install or uninstall."""
+
+    name: str
+    version: str
+    """install: the version to install. remove: the version installed now."""
+    source: Source = IndexSource()
+    installed: str | None = None
+    """install: the version installed now (None: not installed)."""
+    reason: Literal["added", "changed", "removed"]
+
+    def package(self) -> Package:
+        return Package(name=self.name, version=self.version, source=self.source)
+
+
+class Failure(_Out, frozen=True, kw_only=True):
+    """A package that was not restored, and why (the installer's last lines)."""
+
+    name: str
+    version: str
+    action: Literal["install", "remove"]
+    message: str
+
+
+class EnvPlan(_Out, frozen=True, kw_only=True):
+    env: Environment
+    installer: str
+    install: tuple[Step, ...] = ()
+    remove: tuple[Step, ...] = ()
+    kept: tuple[Step, ...] = ()
+    """Image packages the user removed, installed now and left (`keep_removed`)."""
+    blocked: tuple[Failure, ...] = ()
+    """Packages whose recorded source cannot be used here: reported, not attempted."""
+
+    def is_empty(self) -> bool:
+        return not (self.install or self.remove or self.blocked)
+
+
+class Plan(_Out, frozen=True, kw_only=True):
+    key: str
+    store: str
+    generation: int | None = None
+    """The manifest's generation; None when the store holds no manifest for this key."""
+    packages: int = 0
+    """Packages the manifest tracks in the environments found here."""
+    environments: tuple[EnvPlan, ...] = ()
+    """Environments with something to do."""
+    elsewhere: tuple[Environment, ...] = ()
+    """Environments of the manifest that are not targets here: left alone."""
+
+    def is_empty(self) -> bool:
+        return all(e.is_empty() for e in self.environments)
+
+    def to_json(self) -> bytes:
+        return _encoder.encode(self)
+
+    def render(self) -> str:
+        lines: list[str] = []
+        if self.generation is None:
+            lines.append(f"No manifest for key {self.key!r} in {self.store}: nothing to restore.")
+        elif self.is_empty():
+            lines.append(
+                f"Nothing to restore: the {self.packages} package(s) of generation "
+                f"{self.generation} (key {self.key!r}) are in place."
+            )
+        else:
+            lines.append(f"Restore plan for key {self.key!r}, generation {self.generation}:")
+            for e in self.environments:
+                lines.append(f"{_where(e.env)} ({e.installer}): {_counts(e)}")
+                lines += [f"  install {_describe(s)}" for s in e.install]
+                lines += [f"  remove  {s.name} {s.version} (removed by the user)" for s in e.remove]
+                lines += [f"  keep    {s.name} {s.version} (--keep-removed)" for s in e.kept]
+                lines += [f"  cannot  {f.name} {f.version}: {f.message}" for f in e.blocked]
+        lines += [f"Left alone (not here): {_where(env)}" for env in self.elsewhere]
+        return "\n".join(lines)
+
+
+class EnvReport(_Out, frozen=True, kw_only=True):
+    env: Environment
+    installer: str
+    installed: tuple[str, ...] = ()
+    """`name==version` of each package now installed as the manifest records."""
+    removed: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+    failed: tuple[Failure, ...] = ()
+    seconds: float = 0.0
+
+
+class Report(_Out, frozen=True, kw_only=True):
+    plan: Plan
+    dry_run: bool = False
+    environments: tuple[EnvReport, ...] = ()
+    timed_out: bool = False
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> tuple[Failure, ...]:
+        return tuple(f for e in self.environments for f in e.failed)
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.failures or self.timed_out else 0
+
+    def to_json(self) -> bytes:
+        return _encoder.encode(self)
+
+    def render(self) -> str:
+        if self.dry_run or self.plan.is_empty():
+            return self.plan.render()
+        lines: list[str] = []
+        for e in self.environments:
+            counts = f"installed {len(e.installed)}, removed {len(e.removed)}"
+            if e.kept:
+                counts += f", kept {len(e.kept)}"
+            counts += f", failed {len(e.failed)}"
+            lines.append(f"{_where(e.env)} ({e.installer}): {counts} in {e.seconds:.1f} s")
+            for f in e.failed:
+                lines.append(f"  failed to {f.action} {f.name} {f.version}:")
+                lines += [f"    | {line}" for line in f.message.splitlines()]
+        lines += [f"Left alone (not here): {_where(env)}" for env in self.plan.elsewhere]
+        failed = len(self.failures)
+        if self.timed_out:
+            lines.append(f"Restore stopped: the timeout ran out after {self.seconds:.1f} s.")
+        elif failed:
+            lines.append(f"Restore incomplete: {failed} package(s) failed.")
+        else:
+            lines.append(f"Restored generation {self.plan.generation} in {self.seconds:.1f} s.")
+        return "\n".join(lines)
+
+
+_encoder = msgspec.json.Encoder(order="deterministic")
+
+
+def _where(env: Environment) -> str:
+    return f"{env.path} (user site)" if env.user else env.path
+
+
+def _counts(e: EnvPlan) -> str:
+    parts = [f"install {len(e.install)}", f"remove {len(e.remove)}"]
+    if e.kept:
+        parts.append(f"keep {len(e.kept)}")
+    if e.blocked:
+        parts.append(f"cannot restore {len(e.blocked)}")
+    return ", ".join(parts)
+
+
+def _describe(step: Step) -> str:
+    source = step.source
+    text = f"{step.name} {step.version}"
+    if isinstance(source, UrlSource):
+        text += f" from {source.url}"
+    elif isinstance(source, VcsSource):
+        text += f" from {source.vcs}+{source.url}"
+    elif isinstance(source, DirectorySource):
+        text += f" from {source.path}" + (" (editable)" if source.editable else "")
+    now = f"installed {step.installed}" if step.installed else "not installed"
+    return f"{text} ({step.reason}; {now})"
+
+
+# -- comparing the manifest with what is installed ---------------------------------------
+
+_SEPARATORS = re.compile(r"[-_.]+")
+
+
+def _key(kind: Kind, name: str) -> str:
+    # Python names compare normalized (PEP 503); R names are case-sensitive as they are.
+    return _SEPARATORS.sub("-", name).lower() if kind == "python" else name
+
+
+def _same_version(kind: Kind, a: str, b: str) -> bool:
+    if a == b or kind != "python":
+        return a == b
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return False
+
+
+def _same_source(want: Source, have: Source) -> bool:
+    """Installed from the place the manifest records (an index's name does not count)."""
+    if isinstance(want, IndexSource) or isinstance(have, IndexSource):
+        return type(want) is type(have)
+    if isinstance(want, UrlSource) and isinstance(have, UrlSource):
+        return (want.url, want.subdirectory) == (have.url, have.subdirectory)
+    if isinstance(want, VcsSource) and isinstance(have, VcsSource):
+        return (want.vcs, want.url, want.subdirectory) == (
+            have.vcs,
+            have.url,
+            have.subdirectory,
+        ) and want.commit in (None, have.commit)
+    if isinstance(want, DirectorySource) and isinstance(have, DirectorySource):
+        return (want.path, want.editable) == (have.path, have.editable)
+    return False
+
+
+def _in_place(kind: Kind, want: Package | Step, have: Package | None) -> bool:
+    return (
+        have is not None
+        and _same_version(kind, want.version, have.version)
+        and _same_source(want.source, have.source)
+    )
+
+
+def _installed(target: Target) -> dict[str, Package]:
+    kind = target.env.kind
+    return {_key(kind, p.name): p for p in target.scan().packages}
+
+
+def _installer(env: Environment, config: Config) -> Installer:
+    if env.kind == "python":
+        from .python import PythonInstaller
+
+        return PythonInstaller(env, config)
+    try:
+        from .r import RInstaller  # type: ignore[import-not-found,unused-ignore,attr-defined]
+    except ImportError:
+        raise RestoreError(f"{env.path}: this pkgckpt cannot restore R libraries") from None
+    installer: Installer = RInstaller(env, config)
+    return installer
+
+
+# -- plan ------------------------------------------------------------------------------
+
+
+def _read(config: Config) -> Manifest | None:
+    from ..store import Store
+    from .validate import check_body
+
+    manifest = Store(config.store, config.key).read()
+    if manifest is not None:
+        check_body(manifest.body)
+    return manifest
+
+
+def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) -> Plan:
+    if manifest is None:
+        return Plan(key=config.key, store=str(config.store))
+    from ..manifest import same_env
+
+    environments: list[EnvPlan] = []
+    elsewhere: list[Environment] = []
+    tracked = 0
+    for delta in manifest.body.environments:
+        if delta.is_empty():
+            continue
+        target = next((t for t in targets if same_env(t.env, delta.env)), None)
+        if target is None:
+            elsewhere.append(delta.env)
+            continue
+        tracked += len(delta.added) + len(delta.changed) + len(delta.removed)
+        kind = target.env.kind
+        now = _installed(target)
+        install: list[Step] = []
+        wanted: tuple[tuple[Literal["added", "changed"], tuple[Package, ...]], ...] = (
+            ("added", delta.added),
+            ("changed", delta.changed),
+        )
+        for reason, packages in wanted:
+            for p in packages:
+                have = now.get(_key(kind, p.name))
+                if not _in_place(kind, p, have):
+                    install.append(
+                        Step(
+                            name=p.name,
+                            version=p.version,
+                            source=p.source,
+                            installed=None if have is None else have.version,
+                            reason=reason,
+                        )
+                    )
+        gone: list[Step] = []
+        for p in delta.removed:
+            have = now.get(_key(kind, p.name))
+            if have is not None:
+                gone.append(Step(name=have.name, version=have.version, reason="removed"))
+        if not install and not gone:
+            continue
+        # The target's env (this container's interpreter and platform), not the manifest's.
+        installer = _installer(target.env, config)
+        blocked: list[Failure] = []
+        ready: list[Step] = []
+        for step in sorted(install, key=lambda s: _key(kind, s.name)):
+            why = installer.blocked(step.package())
+            if why is None:
+                ready.append(step)
+            else:
+                blocked.append(
+                    Failure(name=step.name, version=step.version, action="install", message=why)
+                )
+        gone.sort(key=lambda s: _key(kind, s.name))
+        environments.append(
+            EnvPlan(
+                env=target.env,
+                installer=installer.name,
+                install=tuple(ready),
+                remove=() if config.keep_removed else tuple(gone),
+                kept=tuple(gone) if config.keep_removed else (),
+                blocked=tuple(blocked),
+            )
+        )
+    return Plan(
+        key=config.key,
+        store=str(config.store),
+        generation=manifest.generation,
+        packages=tracked,
+        environments=tuple(environments),
+        elsewhere=tuple(elsewhere),
+    )
+
+
+def plan(config: Config) -> Plan:
+    """What a restore would do now; changes nothing."""
+    from ..inventory import targets
+
+    manifest = _read(config)
+    return _plan(config, manifest, targets(config) if manifest is not None else [])
+
+
+# -- apply -----------------------------------------------------------------------------
+
+
+def _terminal_progress() -> Progress | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def say(message: str) -> None:
+        print(f"pkgckpt restore: {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+class _Env:
+    """Carrying out one environment's plan: batches, rescans and bisection."""
+
+    def __init__(self, target: Target, installer: Installer, deadline: Deadline) -> None:
+        self.target = target
+        self.kind = target.env.kind
+        self.installer = installer
+        self.deadline = deadline
+        self.failed: dict[str, Failure] = {}
+
+    def _settle(
+        self,
+        steps: Sequence[Step],
+        action: Literal["install", "remove"],
+        attempt: Callable[[Sequence[Step]], Outcome],
+        done: Callable[[Step, Mapping[str, Package]], bool],
+    ) -> None:
+        outcome = attempt(steps)
+        if outcome.ok:
+            return
+        now = _installed(self.target)
+        left = [s for s in steps if not done(s, now)]
+        if not left:
+            return
+        if len(steps) == 1 or outcome.timed_out:
+            message = outcome.tail()
+            for s in left:
+                self.failed[s.name] = Failure(
+                    name=s.name, version=s.version, action=action, message=message
+                )
+            return
+        middle = (len(left) + 1) // 2
+        for part in (left[:middle], left[middle:]) if len(left) > 1 else (left,):
+            self._settle(part, action, attempt, done)
+
+    def install(self, steps: Sequence[Step]) -> None:
+        def attempt(batch: Sequence[Step]) -> Outcome:
+            # Same version from another source: the installer must replace, not skip it.
+            reinstall = any(
+                s.installed is not None and _same_version(self.kind, s.installed, s.version)
+                for s in batch
+            )
+            return self.installer.install(
+                [s.package() for s in batch], reinstall=reinstall, deadline=self.deadline
+            )
+
+        def done(step: Step, now: Mapping[str, Package]) -> bool:
+            return _in_place(self.kind, step, now.get(_key(self.kind, step.name)))
+
+        self._settle(steps, "install", attempt, done)
+
+    def remove(self, steps: Sequence[Step]) -> None:
+        def attempt(batch: Sequence[Step]) -> Outcome:
+            return self.installer.remove([s.package() for s in batch], deadline=self.deadline)
+
+        def done(step: Step, now: Mapping[str, Package]) -> bool:
+            return _key(self.kind, step.name) not in now
+
+        self._settle(steps, "remove", attempt, done)
+
+
+def _apply(
+    plan: Plan, config: Config, targets: Sequence[Target], deadline: Deadline, say: Progress | None
+) -> Report:
+    from ..manifest import same_env
+
+    started = time.monotonic()
+    reports: list[EnvReport] = []
+    for ep in plan.environments:
+        began = time.monotonic()
+        target = next((t for t in targets if same_env(t.env, ep.env)), None)
+        failed: list[Failure] = list(ep.blocked)
+        if target is None:
+            # Planned elsewhere (plan() then apply() with other settings): nothing done here.
+            reason = "environment not found here"
+            failed += [
+                Failure(name=s.name, version=s.version, action="install", message=reason)
+                for s in ep.install
+            ]
+            failed += [
+                Failure(name=s.name, version=s.version, action="remove", message=reason)
+                for s in ep.remove
+            ]
+            reports.append(EnvReport(env=ep.env, installer=ep.installer, failed=tuple(failed)))
+            continue
+        work = _Env(target, _installer(target.env, config), deadline)
+        if say is not None:
+            say(f"{_where(ep.env)}: {_counts(ep)} ({ep.installer})")
+        if ep.remove:
+            work.remove(ep.remove)
+        if ep.install:
+            work.install(ep.install)
+        # The truth is the environment afterwards, not the installers' exit codes.
+        now = _installed(target)
+        installed: list[str] = []
+        removed: list[str] = []
+        for s in ep.install:
+            if _in_place(work.kind, s, now.get(_key(work.kind, s.name))):
+                installed.append(f"{s.name}=={s.version}")
+            else:
+                failed.append(
+                    work.failed.get(s.name)
+                    or Failure(
+                        name=s.name,
+                        version=s.version,
+                        action="install",
+                        message="not installed after the installer reported success",
+                    )
+                )
+        for s in ep.remove:
+            if _key(work.kind, s.name) in now:
+                failed.append(
+                    work.failed.get(s.name)
+                    or Failure(
+                        name=s.name,
+                        version=s.version,
+                        action="remove",
+                        message="still installed after the installer reported success",
+                    )
+                )
+            else:
+                removed.append(f"{s.name}=={s.version}")
+        report = EnvReport(
+            env=ep.env,
+            installer=ep.installer,
+            installed=tuple(installed),
+            removed=tuple(removed),
+            kept=tuple(f"{s.name}=={s.version}" for s in ep.kept),
+            failed=tuple(failed),
+            seconds=round(time.monotonic() - began, 3),
+        )
+        if say is not None:
+            say(
+                f"{_where(ep.env)}: installed {len(installed)}, removed {len(removed)}, "
+                f"failed {len(failed)}"
+            )
+        reports.append(report)
+    return Report(
+        plan=plan,
+        environments=tuple(reports),
+        timed_out=deadline.expired(),
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def apply(plan: Plan, config: Config, *, progress: Progress | None = None) -> Report:
+    """Carry out `plan`: baseline first, then removals and installs within the timeout."""
+    from ..inventory import ensure_baseline, targets
+
+    deadline = Deadline(config.timeout)
+    found = targets(config)
+    ensure_baseline(config, found)
+    return _apply(plan, config, found, deadline, progress or _terminal_progress())
+
+
+def run(config: Config, *, dry_run: bool = False, progress: Progress | None = None) -> Report:
+    """`pkgckpt restore`: raises PartialRestore (with the Report) when anything failed."""
+    from ..inventory import ensure_baseline, targets
+
+    deadline = Deadline(config.timeout)
+    found = targets(config)
+    if dry_run:
+        manifest = _read(config)
+        return Report(plan=_plan(config, manifest, found), dry_run=True)
+    # Before anything is installed: afterwards the image's packages could not be told apart.
+    ensure_baseline(config, found)
+    manifest = _read(config)
+    the_plan = _plan(config, manifest, found)
+    if the_plan.is_empty():
+        return Report(plan=the_plan)
+    report = _apply(the_plan, config, found, deadline, progress or _terminal_progress())
+    if report.exit_code:
+        failed = report.failures
+        names = ", ".join(f.name for f in failed[:5]) + (", ..." if len(failed) > 5 else "")
+        what = "the timeout ran out" if report.timed_out else f"{len(failed)} package(s) failed"
+        raise PartialRestore(
+            f"restore incomplete: {what}" + (f" ({names})" if names else ""), report=report
+        )
+    return report

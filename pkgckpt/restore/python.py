@@ -1,0 +1,195 @@
+"""pip and uv, run for one Python environment (a prefix, or its user site).
+
+One call installs a whole batch: exact pins `name==version`, `--no-deps` (the manifest
+holds the whole delta, so the result is exactly what the user had), then `--` and one argv
+element per requirement. pip (optparse) and uv (clap) both end option parsing at `--`, so
+even a name that slipped past validation could not become an option. Names and versions
+have been validated before they get here (`validate.py`); sources are shape-checked there
+and policy-checked in `PythonInstaller.blocked()`.
+
+Installer choice: `--installer uv`, or `auto` when `uv` is on PATH, runs
+`uv pip install --python <env's interpreter>`; otherwise pip: the environment's own
+`<prefix>/bin/python -m pip`, or, when the environment has no pip, the pip running
+pkgckpt with `--python <interpreter>` (pip >= 22.3). The user site (`env.user`) is always
+restored with pip `--user`: uv has no user-site installs.
+
+Index settings come only from pkgckpt's flags/config (`--index-url`, `--find-links`,
+`--no-index`) and the installer's own configuration (pip.conf, uv.toml, PIP_*/UV_*
+variables): never from the manifest.
+
+Sources other than an index are reinstalled from where they were recorded, when allowed
+and reachable:
+- archive URLs: `https://` and `file://` (the file must exist). Plain `http://`, `ftp://`
+  and everything else are refused: a manifest on shared storage must not be able to
+  point the install at an unauthenticated download.
+- VCS (git, hg, svn, bzr): over `https://`, `ssh://` or `file://` (the path must exist),
+  with the recorded commit (else the requested revision); the VCS tool must be installed.
+- local directories: when the directory exists; editable ones as `--editable=<path>` (a
+  single argv element before `--`: the path is an option's value, never an option, and
+  validation made sure it is absolute).
+Anything else is reported as a failure of that package; the rest is restored.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+from ..config import Config
+from ..errors import RestoreError, UsageError
+from ..manifest import DirectorySource, Environment, IndexSource, Package, UrlSource, VcsSource
+from .runner import Deadline, Outcome, call
+
+URL_SCHEMES = ("https", "file")
+VCS_SCHEMES = ("https", "ssh", "file")
+INSTALLERS = ("auto", "pip", "uv")
+
+
+def interpreter(prefix: Path) -> Path | None:
+    """The interpreter of the environment at `prefix` (without asking it anything)."""
+    if prefix == Path(sys.prefix):
+        return Path(sys.executable)
+    for name in ("python3", "python"):
+        candidate = prefix / "bin" / name
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _has_pip(prefix: Path) -> bool:
+    # The prefix's own site directories (venv, conda, Debian's dist-packages): a glob instead
+    # of `python -m pip --version`, which costs 300 ms.
+    return any(prefix.glob("lib/python3*/*-packages/pip/__init__.py"))
+
+
+def _local_path(url: str) -> Path | None:
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        return None
+    return Path(url2pathname(parts.path))
+
+
+def _reachable(url: str, schemes: Sequence[str]) -> str | None:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in schemes:
+        return f"URL scheme {scheme!r} is not allowed (allowed: {', '.join(schemes)})"
+    if scheme == "file":
+        path = _local_path(url)
+        if path is None or not path.exists():
+            return f"{url} does not exist here"
+    return None
+
+
+def _fragment(subdirectory: str | None) -> str:
+    return f"#subdirectory={subdirectory}" if subdirectory else ""
+
+
+def requirement(package: Package) -> str:
+    """The PEP 508 requirement (or `--editable=` value) that reinstalls `package`."""
+    source = package.source
+    if isinstance(source, UrlSource):
+        return f"{package.name} @ {source.url}{_fragment(source.subdirectory)}"
+    if isinstance(source, VcsSource):
+        rev = source.commit or source.requested_revision
+        at = f"@{rev}" if rev else ""
+        return f"{package.name} @ {source.vcs}+{source.url}{at}{_fragment(source.subdirectory)}"
+    if isinstance(source, DirectorySource):
+        path = Path(source.path, source.subdirectory or "")
+        return str(path) if source.editable else f"{package.name} @ {path.as_uri()}"
+    return f"{package.name}=={package.version}"
+
+
+class PythonInstaller:
+    """The `runner.Installer` of one Python environment."""
+
+    def __init__(self, env: Environment, config: Config) -> None:
+        if config.installer not in INSTALLERS:
+            raise UsageError(
+                f"--installer must be one of {', '.join(INSTALLERS)}, not {config.installer!r}"
+            )
+        self.env = env
+        self.config = config
+        prefix = Path(env.path)
+        python = interpreter(prefix)
+        if python is None:
+            raise RestoreError(f"{prefix}: no Python interpreter in {prefix / 'bin'}")
+        self.python = python
+        uv = shutil.which("uv") if config.installer in ("auto", "uv") else None
+        if config.installer == "uv" and uv is None:
+            raise RestoreError("--installer uv: uv is not installed (not found on PATH)")
+        self._env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+        if uv is not None and not env.user:
+            self._tool = "uv"
+            self._command = [uv, "pip"]
+            self._target = ["--python", str(python)]
+            return
+        self._tool = "pip"
+        self._target = ["--user"] if env.user else []
+        if not env.user:
+            # Else pip would call a same-version copy in the user site "already satisfied"
+            # and uninstall from the user site instead of this prefix.
+            self._env["PYTHONNOUSERSITE"] = "1"
+        if _has_pip(prefix):
+            self._command = [str(python), "-m", "pip"]
+        elif importlib.util.find_spec("pip") is not None:
+            self._command = [sys.executable, "-m", "pip", "--python", str(python)]
+        else:
+            raise RestoreError(f"{prefix}: no pip in this environment nor beside pkgckpt, no uv")
+
+    @property
+    def name(self) -> str:
+        return self._tool
+
+    def blocked(self, package: Package) -> str | None:
+        source = package.source
+        if isinstance(source, IndexSource):
+            return None
+        if isinstance(source, UrlSource):
+            return _reachable(source.url, URL_SCHEMES)
+        if isinstance(source, VcsSource):
+            if shutil.which(source.vcs) is None:
+                return f"{source.vcs} is not installed"
+            return _reachable(source.url, VCS_SCHEMES)
+        if not Path(source.path).is_dir():
+            return f"directory {source.path} does not exist here"
+        return None
+
+    def _index_options(self) -> list[str]:
+        options: list[str] = []
+        if self.config.index_url:
+            options += ["--index-url", self.config.index_url]
+        for link in self.config.find_links:
+            options += ["--find-links", link]
+        if self.config.no_index:
+            options.append("--no-index")
+        return options
+
+    def install(
+        self, packages: Sequence[Package], *, reinstall: bool, deadline: Deadline
+    ) -> Outcome:
+        editables: list[str] = []
+        requirements: list[str] = []
+        for package in packages:
+            if isinstance(package.source, DirectorySource) and package.source.editable:
+                editables.append(f"--editable={requirement(package)}")
+            else:
+                requirements.append(requirement(package))
+        argv = [*self._command, "install", *self._target, "--no-deps", *self._index_options()]
+        if reinstall:
+            argv.append("--reinstall" if self._tool == "uv" else "--force-reinstall")
+        argv += [*editables, "--", *requirements]
+        return call(argv, deadline=deadline, env=self._env)
+
+    def remove(self, packages: Sequence[Package], *, deadline: Deadline) -> Outcome:
+        if self._tool == "uv":
+            argv = [*self._command, "uninstall", *self._target]
+        else:
+            argv = [*self._command, "uninstall", "--yes"]
+        argv += ["--", *(p.name for p in packages)]
+        return call(argv, deadline=deadline, env=self._env)
