@@ -1,0 +1,309 @@
+"""R libraries: one library directory -> its installed packages, from each `DESCRIPTION`.
+
+An installed package is `<lib>/<Package>/DESCRIPTION` with a `Built:` field (R adds it at
+install time; a source tree has none). What interrupted or running installs leave is
+skipped: `00LOCK-*` directories (reported as in progress) and directories without a
+DESCRIPTION. Where a package came from is in `Repository:` (CRAN, RSPM, ...) or in the
+`Remote*` fields that remotes and pak write.
+
+Incremental: a rescan re-reads only the DESCRIPTION files whose identity (inode, mtime,
+size) changed. R installs a package by renaming a staged directory into place, so a
+reinstall always gives DESCRIPTION a new inode.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import ScanError
+from ..manifest import (
+    DirectorySource,
+    Environment,
+    IndexSource,
+    Package,
+    Source,
+    UrlSource,
+    VcsSource,
+)
+from . import ScanResult
+
+LOCK_PREFIX = "00LOCK"
+"""R CMD INSTALL's lock: `00LOCK-<pkg>` per package, or `00LOCK` for the whole library."""
+
+DEPENDENCY_FIELDS = ("Depends", "Imports", "LinkingTo")
+"""The fields that make a package need another at install and load time (not Suggests)."""
+
+_DEPENDENCY = re.compile(r"\s*([A-Za-z][A-Za-z0-9.]*[A-Za-z0-9])\s*(?:\(.*\))?\s*$", re.S)
+_FIELD = re.compile(r"([^\s:]+):[ \t]*(.*)")
+
+# remotes/pak RemoteType -> the web host of the forge, for the clone URL.
+_FORGES = {"github": "github.com", "gitlab": "gitlab.com", "bitbucket": "bitbucket.org"}
+_GIT_TYPES = frozenset({"git", "git2r", "xgit", "bioc_git2r", "bioc_xgit"})
+
+
+class DescriptionError(ValueError):
+    """A DESCRIPTION file that is not valid DCF or lacks what an installed package has."""
+
+
+def parse_dcf(text: str) -> dict[str, str]:
+    """The first record of a Debian Control File, as R writes DESCRIPTION files.
+
+    Continuation lines (starting with a space or tab) are joined to their field with a
+    single space; a repeated field keeps its first value, as `read.dcf` does.
+    """
+    fields: dict[str, str] = {}
+    name: str | None = None
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the end of the first record
+            continue
+        if line[0] in " \t":
+            if name is None:
+                raise DescriptionError("continuation line before any field")
+            if name in fields:
+                fields[name] = f"{fields[name]} {line.strip()}".strip()
+            continue
+        match = _FIELD.fullmatch(line.rstrip())
+        if match is None:
+            raise DescriptionError(f"malformed line {line[:60]!r}")
+        name = match.group(1)
+        fields.setdefault(name, match.group(2))
+    return fields
+
+
+def dependencies(fields: Mapping[str, str]) -> tuple[str, ...]:
+    """Package names from Depends, Imports and LinkingTo, sorted, without R itself."""
+    names: set[str] = set()
+    for field in DEPENDENCY_FIELDS:
+        for item in fields.get(field, "").split(","):
+            match = _DEPENDENCY.fullmatch(item)
+            if match is not None and match.group(1) != "R":
+                names.add(match.group(1))
+    return tuple(sorted(names))
+
+
+def _redact(url: str) -> str:
+    """The URL without user and password: tokens in clone URLs must not reach the store."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _forge_url(kind: str, fields: Mapping[str, str]) -> str | None:
+    user, repo = fields.get("RemoteUsername"), fields.get("RemoteRepo")
+    if not user or not repo:
+        return None
+    host = fields.get("RemoteHost", "")
+    # remotes records the API host (api.github.com, github.example.com/api/v3).
+    host = host.removeprefix("https://").removeprefix("api.").split("/api/", 1)[0].rstrip("/")
+    return f"https://{host or _FORGES[kind]}/{user}/{repo}"
+
+
+def source(fields: Mapping[str, str]) -> Source:
+    """Where the package came from: the remotes/pak `Remote*` fields, else `Repository:`."""
+    kind = fields.get("RemoteType", "").lower()
+    url = fields.get("RemoteUrl")
+    commit = fields.get("RemoteSha") or None
+    ref = fields.get("RemoteRef") or None
+    subdir = fields.get("RemoteSubdir") or None
+    if kind in _FORGES:
+        forge = _forge_url(kind, fields)
+        if forge is not None:
+            return VcsSource(
+                vcs="git", url=forge, commit=commit, requested_revision=ref, subdirectory=subdir
+            )
+    elif kind in _GIT_TYPES and url:
+        return VcsSource(
+            vcs="git", url=_redact(url), commit=commit, requested_revision=ref, subdirectory=subdir
+        )
+    elif kind == "svn" and url:
+        revision = fields.get("RemoteRevision") or commit
+        return VcsSource(vcs="svn", url=_redact(url), commit=revision, subdirectory=subdir)
+    elif kind == "url" and url:
+        return UrlSource(url=_redact(url), subdirectory=subdir)
+    elif kind == "local" and url:
+        return DirectorySource(path=url, subdirectory=subdir)
+    return IndexSource(repository=fields.get("Repository") or None)
+
+
+def package(fields: Mapping[str, str], entry: str | None = None) -> Package:
+    """The manifest entry of an installed package's DESCRIPTION fields.
+
+    `entry` is the library directory entry it was read from; R loads a package by its
+    directory name, so a DESCRIPTION naming another package is broken.
+    """
+    name, version, built = fields.get("Package"), fields.get("Version"), fields.get("Built")
+    if not name or not version:
+        raise DescriptionError("no Package or Version field")
+    if entry is not None and name != entry:
+        raise DescriptionError(f"DESCRIPTION names package {name!r}")
+    if not built:
+        raise DescriptionError("no Built field")
+    # "R 4.2.2; x86_64-pc-linux-gnu; 2024-01-01 00:00:00 UTC; unix"; the platform is
+    # empty for a package without compiled code.
+    parts = [p.strip() for p in built.split(";")]
+    r_version = parts[0].removeprefix("R ").strip() or None
+    platform = parts[1] if len(parts) > 1 else ""
+    return Package(
+        name=name,
+        version=version,
+        source=source(fields),
+        requested=True,
+        tags=(platform,) if platform else (),
+        built=r_version,
+        depends=dependencies(fields),
+    )
+
+
+def read_dcf(path: Path) -> dict[str, str]:
+    """The fields of a DESCRIPTION file; DescriptionError or OSError when unreadable."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        # Older packages declare `Encoding: latin1`; the fields pkgckpt reads are ASCII.
+        text = data.decode("latin-1")
+    return parse_dcf(text)
+
+
+_Identity = tuple[int, int, int]
+_Found = Package | str | None
+"""A package, the reason an entry is broken, or None: not an installed package."""
+
+
+class RLibraryScanner:
+    """Scan one R library directory; a rescan re-reads only changed DESCRIPTION files."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.exists = False
+        self._cache: dict[str, tuple[_Identity, _Found]] = {}
+
+    def scan(self) -> ScanResult:
+        try:
+            with os.scandir(self.path) as it:
+                entries = [e.name for e in it if not e.name.startswith(".")]
+        except (FileNotFoundError, NotADirectoryError):
+            self.exists = False
+            self._cache.clear()
+            return ScanResult(packages={}, broken={}, in_progress=frozenset())
+        except OSError as e:
+            raise ScanError(f"cannot list R library {self.path}: {e.strerror}") from None
+        self.exists = True
+        packages: dict[str, Package] = {}
+        broken: dict[str, str] = {}
+        in_progress: set[str] = set()
+        cache: dict[str, tuple[_Identity, _Found]] = {}
+        for name in entries:
+            if name.startswith(LOCK_PREFIX):
+                in_progress.add(name)
+                continue
+            result = self._entry(name)
+            if result is None:
+                continue
+            cache[name] = result
+            found = result[1]
+            if isinstance(found, Package):
+                packages[found.name] = found
+            elif found is not None:
+                broken[name] = found
+        self._cache = cache
+        return ScanResult(packages=packages, broken=broken, in_progress=frozenset(in_progress))
+
+    def _entry(self, name: str) -> tuple[_Identity, _Found] | None:
+        """The cached or freshly read package of one entry; None when it has no DESCRIPTION."""
+        description = self.path / name / "DESCRIPTION"
+        try:
+            st = description.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # a plain file, or a directory R did not finish (or never made)
+        except OSError as e:
+            return (0, 0, 0), f"cannot stat DESCRIPTION: {e.strerror}"
+        identity = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == identity:
+            return cached
+        try:
+            fields = read_dcf(description)
+            # R writes Built: at install time; without it, this is a source tree or R's own
+            # `translations` directory, which installed.packages() does not list either.
+            found: _Found = package(fields, name) if "Built" in fields else None
+            return identity, found
+        except OSError as e:
+            return identity, f"cannot read DESCRIPTION: {e.strerror}"
+        except DescriptionError as e:
+            return identity, str(e)
+
+
+def scan_library(path: Path) -> ScanResult:
+    return RLibraryScanner(path).scan()
+
+
+# -- the R installation ------------------------------------------------------------------
+
+
+_MARK = "pkgckpt:"
+
+
+def _rscript(*args: str, vanilla: bool = True) -> list[str]:
+    """Lines that an R expression printed with the `pkgckpt:` prefix (profiles may print too)."""
+    rscript = shutil.which("Rscript")
+    if rscript is None:
+        raise ScanError("Rscript not found on PATH")
+    cmd = [rscript, *(["--vanilla"] if vanilla else []), *args]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ScanError(f"cannot run Rscript: {e}") from None
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise ScanError(f"Rscript failed ({done.returncode}): {last[0]}")
+    return [ln.removeprefix(_MARK) for ln in done.stdout.splitlines() if ln.startswith(_MARK)]
+
+
+def r_discover() -> list[Path]:
+    """The libraries R searches (`.libPaths()`), then `R_LIBS_USER` even before it exists.
+
+    Run without --vanilla: the user's and the site's Renviron and Rprofile are what set
+    these paths. R drops a missing R_LIBS_USER from `.libPaths()`, but that is where the
+    first `install.packages()` creates the personal library, so it is watched too.
+    """
+    expr = (
+        'user <- path.expand(strsplit(Sys.getenv("R_LIBS_USER"), .Platform$path.sep)[[1]]);'
+        f'cat(paste0("{_MARK}", unique(c(.libPaths(), user[nzchar(user)]))), sep = "\\n")'
+    )
+    seen: dict[Path, None] = {}
+    for line in _rscript("-e", expr, vanilla=False):
+        if line:
+            seen.setdefault(Path(line), None)
+    return list(seen)
+
+
+@functools.cache
+def r_info() -> tuple[str, str]:
+    """(R version, platform) of the Rscript on PATH, asked once per process."""
+    info = "c(as.character(getRversion()), R.version$platform)"
+    lines = _rscript("-e", f'cat(paste0("{_MARK}", {info}), sep = "\\n")')
+    if len(lines) != 2:
+        raise ScanError("Rscript did not report its version")
+    return lines[0], lines[1]
+
+
+def r_environment(lib: Path) -> Environment:
+    """The manifest identity of an R library; without a usable R, version and platform are None."""
+    try:
+        version, platform = r_info()
+    except ScanError:
+        return Environment(kind="r", path=str(lib))
+    return Environment(kind="r", path=str(lib), interpreter=version, platform=platform)
