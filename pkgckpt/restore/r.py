@@ -1,0 +1,273 @@
+"""R packages, restored into one R library at their exact versions.
+
+Two steps, both without a shell:
+
+1. fetch: one `Rscript --vanilla` (no user or site profile: nothing in the user's
+   `.Rprofile` runs, and R's options are its defaults) reads the repositories'
+   `PACKAGES` (`available.packages`) and downloads each package's source tarball: from
+   the repository when it serves that exact version, else from its archive
+   (`src/contrib/Archive/<pkg>/<pkg>_<ver>.tar.gz`, as CRAN keeps it). The requests go
+   to R in a file, one tab-separated record a line, never as R code.
+2. install: `R CMD INSTALL --use-vanilla --library=<lib> <tarball>` per package, in
+   dependency order (Depends, Imports and LinkingTo read from each tarball's
+   DESCRIPTION), independent packages side by side (`jobs`). A package whose dependency
+   failed is not attempted; every failure is reported with R's last lines.
+
+Repositories come only from `--r-repo` / `r_repo` in the config, never from the
+manifest (its `Repository:` field is informational). Names and versions are validated
+before they get here (`validate.r_name`, `validate.r_version`); the tarball R fetched is
+checked to hold that package at that version before it is installed.
+
+Packages recorded from git, a URL or a local directory (remotes/pak) are reported, not
+restored: R has no installer for them without the remotes or pak package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config
+from ..errors import RestoreError
+from ..manifest import Environment, IndexSource, Package
+from ..scan.r import DescriptionError, dependencies, parse_dcf
+from .runner import Deadline, Outcome, call
+from .validate import r_name, r_version
+
+FETCH_R = r"""
+args <- commandArgs(trailingOnly = TRUE)
+request <- strsplit(readLines(args[[1L]], encoding = "UTF-8"), "\t", fixed = TRUE)
+dest <- args[[3L]]
+field <- function(kind) Filter(function(r) r[[1L]] == kind, request)
+repos <- vapply(field("repo"), `[[`, "", 2L)
+contrib <- contrib.url(repos, type = "source")
+# No filters: an exact version is wanted even when R would prefer a newer one.
+available <- available.packages(contriburl = contrib, type = "source", filters = list())
+fetch <- function(url, file) {
+    ok <- tryCatch(download.file(url, file, quiet = TRUE, mode = "wb") == 0L,
+                   error = function(e) FALSE, warning = function(w) FALSE)
+    if (!ok) unlink(file)
+    ok
+}
+found <- character()
+for (r in field("pkg")) {
+    name <- r[[2L]]; version <- r[[3L]]
+    file <- ""; from <- ""
+    hit <- available[available[, "Package"] == name & available[, "Version"] == version, ,
+                     drop = FALSE]
+    if (nrow(hit) > 0L) {
+        # For a file:// repository this is the tarball's own path: nothing is copied.
+        got <- tryCatch(download.packages(name, dest, available = hit[1L, , drop = FALSE],
+                                          repos = repos, type = "source", quiet = TRUE),
+                        error = function(e) NULL, warning = function(w) NULL)
+        if (length(got) && file.exists(got[1L, 2L])) {
+            file <- got[1L, 2L]; from <- hit[1L, "Repository"]
+        }
+    }
+    if (!nzchar(file)) {
+        for (c in contrib) {
+            tarball <- paste0(name, "_", version, ".tar.gz")
+            url <- paste(c, "Archive", name, tarball, sep = "/")
+            if (fetch(url, file.path(dest, tarball))) {
+                file <- file.path(dest, tarball); from <- url
+                break
+            }
+        }
+    }
+    found <- c(found, paste(name, version, file, from, sep = "\t"))
+}
+writeLines(found, args[[2L]], useBytes = TRUE)
+"""
+
+
+@dataclass(frozen=True)
+class Tarball:
+    """A downloaded source package, checked to be the package and version asked for."""
+
+    package: Package
+    path: Path
+    origin: str
+    depends: frozenset[str]
+
+
+def read_tarball(path: Path, name: str, version: str) -> frozenset[str]:
+    """The dependencies of a source tarball that holds `name` `version`, else DescriptionError."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            member = tar.extractfile(f"{name}/DESCRIPTION")
+            if member is None:
+                raise DescriptionError("no DESCRIPTION in the tarball")
+            data = member.read(1 << 20)
+    except (OSError, KeyError, tarfile.TarError) as e:
+        raise DescriptionError(f"not a source package tarball: {e}") from None
+    fields = parse_dcf(data.decode("utf-8", "replace"))
+    found = (fields.get("Package"), fields.get("Version"))
+    if found != (name, version):
+        raise DescriptionError(f"the tarball holds {found[0]} {found[1]}")
+    return frozenset(dependencies(fields))
+
+
+def failed(package: Package, output: str) -> Outcome:
+    """An Outcome for a package that never reached R CMD INSTALL."""
+    return Outcome(("R", "CMD", "INSTALL", package.name), 1, output)
+
+
+class RInstaller:
+    """The `runner.Installer` of one R library."""
+
+    def __init__(self, env: Environment, config: Config, jobs: int | None = None) -> None:
+        self.lib = Path(env.path)
+        self.repos = config.r_repo
+        self.jobs = max(1, jobs or os.cpu_count() or 1)
+        # Without R, each package is reported (blocked) while other environments restore.
+        self.rscript = shutil.which("Rscript") or ""
+        self.r = shutil.which("R") or ""
+
+    @property
+    def name(self) -> str:
+        return "Rscript"
+
+    def blocked(self, package: Package) -> str | None:
+        if not (self.rscript and self.r):
+            return "R is not installed here (Rscript and R not on PATH)"
+        if not isinstance(package.source, IndexSource):
+            kind = type(package.source).__name__.removesuffix("Source").lower()
+            return (
+                f"installed from a {kind} source (remotes/pak): pkgckpt restores R packages "
+                "from repositories only; reinstall it with remotes or pak"
+            )
+        if not self.repos:
+            return "no R repository configured (--r-repo URL, or r_repo in the config)"
+        return None
+
+    def install(
+        self, packages: Sequence[Package], *, reinstall: bool, deadline: Deadline
+    ) -> Outcome:
+        """Install all `packages`; one Outcome that names every failure (R always replaces,
+        so `reinstall` needs nothing more)."""
+        results = self.install_each(packages, deadline=deadline)
+        bad = [(p, results[p.name]) for p in packages if not results[p.name].ok]
+        argv = (self.r, "CMD", "INSTALL", f"--library={self.lib}", *(p.name for p in packages))
+        if not bad:
+            return Outcome(argv, 0, "".join(o.output for o in results.values()))
+        report = "\n".join(f"{p.name} {p.version}: failed\n{o.tail()}" for p, o in bad)
+        return Outcome(argv, 1, report, timed_out=any(o.timed_out for _, o in bad))
+
+    def install_each(
+        self, packages: Sequence[Package], *, deadline: Deadline
+    ) -> dict[str, Outcome]:
+        """Fetch and install `packages`; the Outcome of each, by name."""
+        for p in packages:
+            if not (r_name(p.name) and r_version(p.version)):
+                raise RestoreError(f"invalid R package {p.name!r} {p.version!r}")
+        self.lib.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="pkgckpt-r-") as tmp:
+            results: dict[str, Outcome] = {}
+            tarballs = self._fetch(packages, Path(tmp), deadline, results)
+            results.update(self._install(tarballs, deadline))
+        return results
+
+    def _fetch(
+        self,
+        packages: Sequence[Package],
+        tmp: Path,
+        deadline: Deadline,
+        results: dict[str, Outcome],
+    ) -> dict[str, Tarball]:
+        """Download every package's tarball; what cannot be had goes to `results`."""
+        request, answer, script = tmp / "request.tsv", tmp / "found.tsv", tmp / "fetch.R"
+        downloads = tmp / "tarballs"
+        downloads.mkdir()
+        lines = [f"repo\t{repo}" for repo in self.repos]
+        lines += [f"pkg\t{p.name}\t{p.version}" for p in packages]
+        request.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        script.write_text(FETCH_R, encoding="utf-8")
+        argv = [self.rscript, "--vanilla", str(script), str(request), str(answer), str(downloads)]
+        outcome = call(argv, deadline=deadline)
+        found: dict[tuple[str, str], tuple[str, str]] = {}
+        if outcome.ok:
+            for line in answer.read_text(encoding="utf-8", errors="replace").splitlines():
+                name, version, file, origin = [*line.split("\t"), "", "", ""][:4]
+                found[(name, version)] = (file, origin)
+        tarballs: dict[str, Tarball] = {}
+        for p in packages:
+            file, origin = found.get((p.name, p.version), ("", ""))
+            if not outcome.ok:
+                results[p.name] = Outcome(
+                    outcome.argv, outcome.returncode, outcome.output, outcome.timed_out
+                )
+                continue
+            path = Path(file)
+            if not file or not path.is_absolute():
+                repos = ", ".join(self.repos)
+                results[p.name] = failed(
+                    p, f"{p.name} {p.version} is not in {repos} nor in their archives"
+                )
+                continue
+            try:
+                depends = read_tarball(path, p.name, p.version)
+            except DescriptionError as e:
+                results[p.name] = failed(p, f"{origin}: {e}")
+                continue
+            tarballs[p.name] = Tarball(p, path, origin, depends)
+        return tarballs
+
+    def _command(self, tarball: Tarball) -> list[str]:
+        # --use-vanilla: the R that installs reads no user profile either.
+        return [
+            self.r,
+            "CMD",
+            "INSTALL",
+            "--use-vanilla",
+            f"--library={self.lib}",
+            str(tarball.path),
+        ]
+
+    def _install(self, tarballs: Mapping[str, Tarball], deadline: Deadline) -> dict[str, Outcome]:
+        """R CMD INSTALL each tarball once its dependencies in the set are installed."""
+        results: dict[str, Outcome] = {}
+        waiting = dict(tarballs)
+        running: dict[Future[Outcome], str] = {}
+        with ThreadPoolExecutor(self.jobs) as pool:
+            while waiting or running:
+                settled = False
+                while not settled:  # a failure fails its dependents, and theirs in turn
+                    settled = True
+                    for name in sorted(waiting):
+                        deps = waiting[name].depends & tarballs.keys()
+                        broken = sorted(d for d in deps if d in results and not results[d].ok)
+                        if broken:
+                            del waiting[name]
+                            why = f"not installed: its dependency {broken[0]} failed"
+                            results[name] = failed(tarballs[name].package, why)
+                            settled = False
+                        elif len(running) < self.jobs and all(d in results for d in deps):
+                            future = pool.submit(
+                                call, self._command(waiting.pop(name)), deadline=deadline
+                            )
+                            running[future] = name
+                if not running and waiting:
+                    # A dependency cycle (R refuses them, but a repository could serve one):
+                    # start one and let R report what it misses.
+                    name = min(waiting)
+                    future = pool.submit(call, self._command(waiting.pop(name)), deadline=deadline)
+                    running[future] = name
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    results[running.pop(future)] = future.result()
+        return results
+
+    def remove(self, packages: Sequence[Package], *, deadline: Deadline) -> Outcome:
+        """R CMD REMOVE of `packages` from this library only."""
+        names = [p.name for p in packages]
+        if not all(r_name(n) for n in names):
+            raise RestoreError("invalid R package name in a removal")
+        return call([self.r, "CMD", "REMOVE", f"--library={self.lib}", *names], deadline=deadline)
