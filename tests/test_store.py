@@ -1,0 +1,433 @@
+"""The store on a local directory: layout, generations, checked reads and fallback."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pkgckpt import manifest
+from pkgckpt.errors import ManifestError, StoreError, UnknownSchema, UsageError
+from pkgckpt.store import Store, atomic_write
+
+_spec = importlib.util.spec_from_file_location(
+    "store_child", Path(__file__).parent / "faults" / "store_child.py"
+)
+assert _spec is not None and _spec.loader is not None
+child = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(child)
+make_body = child.make_body
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+FOREIGN_UID = 12345
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "store", "alice")
+
+
+def names(store: Store) -> list[str]:
+    return sorted(p.name for p in store.path.iterdir())
+
+
+def commit_labels(store: Store, *labels: str) -> None:
+    for label in labels:
+        assert store.commit(make_body(label)) is not None
+
+
+# -- layout and generations ----------------------------------------------------------------
+
+
+def test_missing_key_directory_reads_as_no_manifest(store: Store) -> None:
+    """read() is None when the key directory does not exist (and creates nothing)."""
+    assert store.read() is None
+    assert not store.root.exists()
+
+
+def test_commit_creates_private_layout(store: Store) -> None:
+    """The first commit creates <store>/<key> 0700 with manifest.json 0600 and generation 1."""
+    done = store.commit(make_body("a"))
+    assert done is not None and done.generation == 1
+    assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o700
+    current = store.path / "manifest.json"
+    assert stat.S_IMODE(current.stat().st_mode) == 0o600
+    assert names(store) == ["manifest.1.json", "manifest.json"]
+    assert (store.path / "manifest.1.json").stat().st_ino == current.stat().st_ino
+
+
+def test_commit_records_generation_writer_and_time(store: Store) -> None:
+    """A commit's manifest carries generation last+1, this host and pid, a UTC time."""
+    commit_labels(store, "a")
+    done = store.commit(make_body("b"))
+    assert done is not None
+    assert done.generation == 2
+    assert done.writer is not None
+    assert (done.writer.host, done.writer.pid) == (socket.gethostname(), os.getpid())
+    assert done.time is not None and done.time.endswith("+00:00")
+    again = Store(store.root, store.key).read()
+    assert again == done
+
+
+def test_unchanged_body_is_not_rewritten(store: Store) -> None:
+    """Committing the same body again returns None and leaves the file untouched."""
+    commit_labels(store, "a")
+    before = (store.path / "manifest.json").stat()
+    assert store.commit(make_body("a")) is None
+    assert Store(store.root, store.key).commit(make_body("a")) is None
+    after = (store.path / "manifest.json").stat()
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+
+
+def test_generations_are_pruned_to_keep(tmp_path: Path) -> None:
+    """Only the newest `keep` generations stay as manifest.<gen>.json."""
+    store = Store(tmp_path, "alice", keep=3)
+    commit_labels(store, *"abcdefg")
+    assert names(store) == [
+        "manifest.5.json",
+        "manifest.6.json",
+        "manifest.7.json",
+        "manifest.json",
+    ]
+    assert [child.label(manifest.decode(p.read_bytes())) for p in store.path.iterdir()].count(
+        "g"
+    ) == 2
+
+
+def test_a_new_writer_continues_the_generations(store: Store) -> None:
+    """A writer that starts later (a new container) continues after the last generation."""
+    commit_labels(store, "a", "b")
+    done = Store(store.root, store.key).commit(make_body("c"))
+    assert done is not None and done.generation == 3
+
+
+@pytest.mark.parametrize("key", ["", ".", "..", "../bob", "a/b", ".hidden", "nul\0", "x" * 201])
+def test_bad_keys_are_refused(tmp_path: Path, key: str) -> None:
+    """A key that is not one plain directory name is a usage error, before any I/O."""
+    with pytest.raises(UsageError, match="invalid store key"):
+        Store(tmp_path, key)
+
+
+def test_keep_must_be_positive(tmp_path: Path) -> None:
+    """keep=0 would delete the current generation's link: refused."""
+    with pytest.raises(UsageError, match="keep"):
+        Store(tmp_path, "alice", keep=0)
+
+
+# -- damaged manifests fall back -------------------------------------------------------------
+
+
+def test_truncated_current_falls_back_loudly(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A torn manifest.json gives the newest valid earlier generation, with a warning."""
+    commit_labels(store, "a", "b", "c")
+    current = store.path / "manifest.json"
+    data = current.read_bytes()
+    with current.open("r+b") as f:  # in place: manifest.3.json is the same file
+        f.truncate(len(data) // 2)
+    reader = Store(store.root, store.key)
+    with caplog.at_level(logging.WARNING, logger="pkgckpt.store"):
+        found = reader.read()
+    assert found is not None and found.generation == 2 and child.label(found) == "b"
+    assert reader.last_read_warning is not None
+    assert "using generation 2 from manifest.2.json" in reader.last_read_warning
+    assert reader.last_read_warning in caplog.text
+
+
+def test_edited_current_fails_checksum_and_falls_back(store: Store) -> None:
+    """A hand-edited body (still valid JSON) fails the checksum and is not trusted."""
+    commit_labels(store, "a", "b")
+    current = store.path / "manifest.json"
+    edited = current.read_bytes().replace(b'"1.3.0"', b'"9.9.9"')
+    current.unlink()
+    current.write_bytes(edited)
+    current.chmod(0o600)
+    reader = Store(store.root, store.key)
+    found = reader.read()
+    assert found is not None and found.generation == 2  # manifest.2.json is still whole
+    assert reader.last_read_warning is not None and "checksum" in reader.last_read_warning
+
+
+def test_good_read_has_no_warning(store: Store) -> None:
+    """last_read_warning is None after a normal read."""
+    commit_labels(store, "a")
+    reader = Store(store.root, store.key)
+    reader.last_read_warning = "stale"
+    assert reader.read() is not None
+    assert reader.last_read_warning is None
+
+
+def test_everything_corrupt_is_a_manifest_error(store: Store) -> None:
+    """With no valid generation left, read() raises ManifestError naming the problem."""
+    commit_labels(store, "a", "b")
+    for p in store.path.iterdir():
+        p.write_bytes(b"\0" * 100)
+    with pytest.raises(ManifestError, match=r"no earlier generation .* is valid"):
+        Store(store.root, store.key).read()
+
+
+def test_commit_after_fallback_replaces_the_damaged_manifest(store: Store) -> None:
+    """After a fallback, committing the same body writes a new, valid manifest.json."""
+    commit_labels(store, "a", "b")
+    (store.path / "manifest.json").write_bytes(b"{")
+    writer = Store(store.root, store.key)
+    found = writer.read()
+    assert found is not None and found.generation == 1
+    done = writer.commit(found.body)
+    assert done is not None and done.generation == 3
+    again = Store(store.root, store.key)
+    assert again.read() == done and again.last_read_warning is None
+
+
+def test_missing_current_with_kept_generation_falls_back(store: Store) -> None:
+    """A writer killed between link and rename of its first commit leaves a readable gen."""
+    commit_labels(store, "a")
+    (store.path / "manifest.json").unlink()
+    reader = Store(store.root, store.key)
+    found = reader.read()
+    assert found is not None and found.generation == 1
+    assert reader.last_read_warning is not None and "missing" in reader.last_read_warning
+
+
+def test_empty_key_directory_reads_as_no_manifest(store: Store) -> None:
+    """A key directory without any manifest (a first commit that failed) reads as None."""
+    store.path.mkdir(mode=0o700, parents=True)
+    assert store.read() is None
+
+
+def test_oversized_manifest_is_not_read_into_memory_whole(store: Store) -> None:
+    """A manifest over the size limit counts as damaged: fall back, never load it all."""
+    commit_labels(store, "a", "b")
+    current = store.path / "manifest.json"
+    current.unlink()
+    with current.open("wb") as f:
+        f.truncate(manifest.MAX_BYTES + 10)  # sparse: costs no disk
+    current.chmod(0o600)
+    reader = Store(store.root, store.key)
+    found = reader.read()
+    assert found is not None and found.generation == 2
+    assert reader.last_read_warning is not None and "limit" in reader.last_read_warning
+
+
+def _newer_schema(store: Store) -> None:
+    current = store.path / "manifest.json"
+    data = json.loads(current.read_bytes())
+    data["schema"] = manifest.SCHEMA + 1
+    current.unlink()
+    current.write_text(json.dumps(data))
+    current.chmod(0o600)
+
+
+def test_newer_schema_is_refused_without_fallback(store: Store) -> None:
+    """A manifest from a newer pkgckpt is UnknownSchema: never an older generation instead."""
+    commit_labels(store, "a", "b")
+    _newer_schema(store)
+    with pytest.raises(UnknownSchema, match="upgrade pkgckpt"):
+        Store(store.root, store.key).read()
+
+
+def test_newer_schema_is_never_overwritten(store: Store) -> None:
+    """An older writer refuses to replace a newer writer's manifest."""
+    commit_labels(store, "a")
+    _newer_schema(store)
+    before = (store.path / "manifest.json").read_bytes()
+    with pytest.raises(UnknownSchema):
+        Store(store.root, store.key).commit(make_body("b"))
+    assert (store.path / "manifest.json").read_bytes() == before
+
+
+# -- hostile files are refused ---------------------------------------------------------------
+
+
+@needs_root
+def test_foreign_owned_manifest_is_refused(store: Store) -> None:
+    """A manifest.json owned by another uid is refused, not fallen back from."""
+    commit_labels(store, "a", "b")
+    os.chown(store.path / "manifest.json", FOREIGN_UID, FOREIGN_UID)
+    with pytest.raises(StoreError, match=f"owned by uid {FOREIGN_UID}"):
+        Store(store.root, store.key).read()
+
+
+@needs_root
+def test_foreign_owned_key_directory_is_refused(store: Store) -> None:
+    """A key directory owned by another uid is refused for reads and commits."""
+    commit_labels(store, "a")
+    os.chown(store.path, FOREIGN_UID, FOREIGN_UID)
+    with pytest.raises(StoreError, match=f"owned by uid {FOREIGN_UID}"):
+        Store(store.root, store.key).read()
+    with pytest.raises(StoreError, match=f"owned by uid {FOREIGN_UID}"):
+        Store(store.root, store.key).commit(make_body("b"))
+
+
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    """A directory another uid can reach (pytest's tmp_path is root's, 0700)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="pkgckpt-store-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def _read_as(uid: int, store: Store) -> str:
+    """Read `store` in a forked process running as `uid`; the outcome as text."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            try:
+                found = Store(store.root, store.key).read()
+                text = f"ok {found.generation if found else None}"
+            except Exception as e:
+                text = f"{type(e).__name__}: {e}"
+            os.write(w, text.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        text = f.read().decode()
+    os.waitpid(pid, 0)
+    return text
+
+
+@needs_root
+def test_ownership_is_checked_against_the_reading_user(world_tmp: Path) -> None:
+    """A process running as uid X reads X's store, and refuses a file in it owned by root."""
+    store = Store(world_tmp, "bob")
+    commit_labels(store, "a", "b")
+    for p in [store.path, *store.path.iterdir()]:
+        os.chown(p, FOREIGN_UID, FOREIGN_UID, follow_symlinks=False)
+    assert _read_as(FOREIGN_UID, store) == "ok 2"
+    os.chown(store.path / "manifest.json", 0, 0)
+    (store.path / "manifest.json").chmod(0o644)
+    assert _read_as(FOREIGN_UID, store) == (
+        f"StoreError: {store.path / 'manifest.json'} is owned by uid 0, "
+        f"not by this user (uid {FOREIGN_UID}): refused"
+    )
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666])
+def test_group_or_other_writable_manifest_is_refused(store: Store, mode: int) -> None:
+    """A manifest.json others could have written is refused."""
+    commit_labels(store, "a")
+    (store.path / "manifest.json").chmod(mode)
+    with pytest.raises(StoreError, match="writable by group or others"):
+        Store(store.root, store.key).read()
+
+
+def test_group_writable_key_directory_is_refused(store: Store) -> None:
+    """A key directory others can write (and so swap files in) is refused."""
+    commit_labels(store, "a")
+    store.path.chmod(0o770)
+    with pytest.raises(StoreError, match="writable by group or others"):
+        Store(store.root, store.key).read()
+
+
+def test_symlinked_manifest_is_refused(store: Store, tmp_path: Path) -> None:
+    """manifest.json as a symlink (even to a valid manifest) is refused."""
+    commit_labels(store, "a")
+    elsewhere = tmp_path / "elsewhere.json"
+    (store.path / "manifest.json").rename(elsewhere)
+    (store.path / "manifest.json").symlink_to(elsewhere)
+    with pytest.raises(StoreError, match="symbolic link"):
+        Store(store.root, store.key).read()
+
+
+def test_symlinked_key_directory_is_refused(tmp_path: Path) -> None:
+    """A key directory that is a symlink is refused, for reads and commits."""
+    real = Store(tmp_path, "real")
+    commit_labels(real, "a")
+    (tmp_path / "alice").symlink_to(real.path)
+    with pytest.raises(StoreError, match="not a directory"):
+        Store(tmp_path, "alice").read()
+    with pytest.raises(StoreError, match="not a directory"):
+        Store(tmp_path, "alice").commit(make_body("b"))
+
+
+def test_fifo_manifest_is_refused_without_blocking(store: Store) -> None:
+    """A FIFO named manifest.json is refused at once (opened non-blocking, then fstat)."""
+    store.path.mkdir(mode=0o700, parents=True)
+    os.mkfifo(store.path / "manifest.json", 0o600)
+    with pytest.raises(StoreError, match="not a regular file"):
+        store.read()
+
+
+# -- leftovers ---------------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(proc.stdout)
+
+
+def test_leftovers_are_ignored_and_only_own_stale_temps_removed(store: Store) -> None:
+    """Readers ignore temp and .nfs files; a writer removes only its host's dead-pid temps."""
+    commit_labels(store, "a")
+    host = socket.gethostname()
+    dead = f".manifest.json.tmp.{host}.{_dead_pid()}.0badf00d"
+    live = f".manifest.json.tmp.{host}.{os.getppid()}.0badf00d"
+    other_host = f".manifest.json.tmp.elsewhere.{_dead_pid()}.0badf00d"
+    silly = ".nfs0000000000123abc00000001"
+    for name in (dead, live, other_host, silly):
+        (store.path / name).write_bytes(b'{"schema": 1, "truncat')
+    found = Store(store.root, store.key).read()
+    assert found is not None and child.label(found) == "a"
+    assert Store(store.root, store.key).commit(make_body("b")) is not None
+    assert names(store) == sorted(
+        [live, other_host, silly, "manifest.1.json", "manifest.2.json", "manifest.json"]
+    )
+
+
+# -- atomic_write ----------------------------------------------------------------------------
+
+
+def test_atomic_write_replaces_whole_with_mode(tmp_path: Path) -> None:
+    """atomic_write replaces the file with the new bytes and mode and leaves no temp."""
+    target = tmp_path / "status.json"
+    target.write_bytes(b"old")
+    atomic_write(target, b"new contents", mode=0o644)
+    assert target.read_bytes() == b"new contents"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
+
+
+def test_atomic_write_into_missing_directory_is_a_store_error(tmp_path: Path) -> None:
+    """A missing directory is a clear StoreError naming it (not retryable by waiting)."""
+    with pytest.raises(StoreError, match="cannot open the directory") as info:
+        atomic_write(tmp_path / "nope" / "baseline.json", b"{}")
+    assert type(info.value) is StoreError
+
+
+def test_atomic_write_does_not_follow_a_symlinked_target(tmp_path: Path) -> None:
+    """A symlink at the target is replaced, its destination left alone."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "status.json").symlink_to(victim)
+    atomic_write(tmp_path / "status.json", b"new")
+    assert victim.read_bytes() == b"keep me"
+    assert not (tmp_path / "status.json").is_symlink()
+    assert (tmp_path / "status.json").read_bytes() == b"new"
