@@ -1,0 +1,210 @@
+"""pip and uv as restore runs them: real venvs, real installers, wheels built here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from wheelhouse import Dist, Venv, build_wheel, make_venv
+
+from pkgckpt.config import Config
+from pkgckpt.errors import RestoreError
+from pkgckpt.manifest import DirectorySource, Environment, Package, UrlSource, VcsSource
+from pkgckpt.restore.python import PythonInstaller, requirement
+from pkgckpt.restore.runner import Deadline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The machine's pip.conf and PIP_FIND_LINKS must not leak into what is tested."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
+    monkeypatch.setenv("UV_NO_CONFIG", "1")
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheels")
+    for dist in (
+        Dist("alpha", "1.0"),
+        Dist("alpha", "2.0"),
+        Dist("beta", "1.0", requires=["gamma"]),
+        Dist("gamma", "1.0"),
+    ):
+        build_wheel(dist, out)
+    return out
+
+
+@pytest.fixture
+def bare(tmp_path: Path) -> Iterator[Venv]:
+    """A venv without pip: what uv creates, and the fast kind to make."""
+    yield make_venv(tmp_path / "bare", with_pip=False)
+
+
+def installed(venv: Venv) -> dict[str, str]:
+    found = {}
+    for info in venv.site_packages.glob("*.dist-info"):
+        name, version = info.name.removesuffix(".dist-info").rsplit("-", 1)
+        found[name] = version
+    return found
+
+
+def config(wheels: Path, installer: str) -> Config:
+    return Config(installer=installer, no_index=True, find_links=(str(wheels),))
+
+
+def env(venv: Venv) -> Environment:
+    return Environment(kind="python", path=str(venv.prefix))
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_exact_pins_without_dependencies(tool: str, wheels: Path, bare: Venv) -> None:
+    """One call installs exactly the pinned versions and none of their dependencies."""
+    installer = PythonInstaller(env(bare), config(wheels, tool))
+    assert installer.name == tool
+    pins = [Package(name="alpha", version="1.0"), Package(name="beta", version="1.0")]
+    out = installer.install(pins, reinstall=False, deadline=Deadline(120))
+    assert out.ok, out.output
+    assert "--" in out.argv and out.argv.index("--") == len(out.argv) - 3
+    assert installed(bare) == {"alpha": "1.0", "beta": "1.0"}  # no gamma: --no-deps
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_pin_replaces_another_version(tool: str, wheels: Path, bare: Venv) -> None:
+    """A changed package is installed at the recorded version over the current one."""
+    installer = PythonInstaller(env(bare), config(wheels, tool))
+    deadline = Deadline(120)
+    assert installer.install(
+        [Package(name="alpha", version="2.0")], reinstall=False, deadline=deadline
+    ).ok
+    out = installer.install(
+        [Package(name="alpha", version="1.0")], reinstall=False, deadline=deadline
+    )
+    assert out.ok, out.output
+    assert installed(bare) == {"alpha": "1.0"}
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_remove_touches_only_the_named_packages(tool: str, wheels: Path, bare: Venv) -> None:
+    """Uninstall removes the packages named and leaves the rest of the environment."""
+    installer = PythonInstaller(env(bare), config(wheels, tool))
+    deadline = Deadline(120)
+    both = [Package(name="alpha", version="1.0"), Package(name="gamma", version="1.0")]
+    assert installer.install(both, reinstall=False, deadline=deadline).ok
+    out = installer.remove([Package(name="gamma", version="1.0")], deadline=deadline)
+    assert out.ok, out.output
+    assert installed(bare) == {"alpha": "1.0"}
+
+
+def test_a_version_missing_from_the_index_fails_with_the_reason(wheels: Path, bare: Venv) -> None:
+    """A pin the index cannot satisfy fails, and the output says which one."""
+    installer = PythonInstaller(env(bare), config(wheels, "uv"))
+    out = installer.install(
+        [Package(name="alpha", version="9.9")], reinstall=False, deadline=Deadline(60)
+    )
+    assert not out.ok and "alpha" in out.tail()
+    assert installed(bare) == {}
+
+
+def test_pip_of_the_environment_is_preferred(wheels: Path, tmp_path: Path) -> None:
+    """With pip chosen, a venv's own pip installs into it (its own interpreter)."""
+    venv = make_venv(tmp_path / "withpip")
+    installer = PythonInstaller(env(venv), config(wheels, "pip"))
+    out = installer.install(
+        [Package(name="gamma", version="1.0")], reinstall=False, deadline=Deadline(120)
+    )
+    assert out.ok, out.output
+    assert out.argv[:3] == (str(venv.prefix / "bin" / "python3"), "-m", "pip")
+    assert installed(venv)["gamma"] == "1.0"
+
+
+def test_auto_prefers_uv_when_installed(wheels: Path, bare: Venv) -> None:
+    """`--installer auto` picks uv when it is on PATH."""
+    assert shutil.which("uv")
+    assert PythonInstaller(env(bare), config(wheels, "auto")).name == "uv"
+
+
+def test_uv_requested_but_missing_is_an_error(
+    wheels: Path, bare: Venv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--installer uv` without uv stops before anything runs, with a clear reason."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RestoreError, match="uv is not installed"):
+        PythonInstaller(env(bare), config(wheels, "uv"))
+
+
+def test_user_site_is_restored_with_pip_user(wheels: Path, bare: Venv) -> None:
+    """uv has no user-site installs: a user-site environment uses `pip install --user`."""
+    installer = PythonInstaller(
+        Environment(kind="python", path=str(bare.prefix), user=True), config(wheels, "uv")
+    )
+    assert installer.name == "pip"
+    assert "--user" in installer._target
+
+
+def test_file_url_source_is_reinstalled_from_that_file(
+    wheels: Path, bare: Venv, tmp_path: Path
+) -> None:
+    """A package installed from a local wheel file comes back from that file."""
+    other = tmp_path / "elsewhere"
+    wheel = build_wheel(Dist("delta", "3.0"), other)
+    installer = PythonInstaller(env(bare), config(wheels, "uv"))
+    package = Package(name="delta", version="3.0", source=UrlSource(url=wheel.as_uri()))
+    assert installer.blocked(package) is None
+    out = installer.install([package], reinstall=False, deadline=Deadline(60))
+    assert out.ok, out.output
+    assert installed(bare) == {"delta": "3.0"}
+    direct = next(bare.site_packages.glob("delta-3.0.dist-info")) / "direct_url.json"
+    assert wheel.as_uri() in direct.read_text()
+
+
+@pytest.mark.parametrize(
+    ("source", "why"),
+    [
+        (UrlSource(url="http://plain.example/x-1.0.whl"), "scheme 'http' is not allowed"),
+        (UrlSource(url="ftp://ftp.example/x-1.0.whl"), "scheme 'ftp' is not allowed"),
+        (UrlSource(url="file:///nonexistent/x-1.0.whl"), "does not exist here"),
+        (VcsSource(vcs="git", url="git://plain.example/x"), "scheme 'git' is not allowed"),
+        (VcsSource(vcs="git", url="file:///nonexistent/repo"), "does not exist here"),
+        (DirectorySource(path="/nonexistent/src", editable=True), "does not exist here"),
+    ],
+)
+def test_unreachable_or_unsafe_sources_are_blocked(
+    source: UrlSource | VcsSource | DirectorySource, why: str, wheels: Path, bare: Venv
+) -> None:
+    """Sources that may not or cannot be fetched are reported, not attempted."""
+    installer = PythonInstaller(env(bare), config(wheels, "uv"))
+    reason = installer.blocked(Package(name="x", version="1.0", source=source))
+    assert reason is not None and why in reason
+
+
+def test_requirements_keep_the_recorded_source() -> None:
+    """Each source kind becomes the PEP 508 requirement that points at it."""
+    commit = "a" * 40
+    assert requirement(Package(name="x", version="1.0")) == "x==1.0"
+    assert (
+        requirement(
+            Package(
+                name="x",
+                version="1",
+                source=VcsSource(vcs="git", url="https://h/r", commit=commit, subdirectory="p"),
+            )
+        )
+        == f"x @ git+https://h/r@{commit}#subdirectory=p"
+    )
+    assert (
+        requirement(Package(name="x", version="1", source=DirectorySource(path="/src/x")))
+        == "x @ file:///src/x"
+    )
+    assert (
+        requirement(
+            Package(name="x", version="1", source=DirectorySource(path="/src/x", editable=True))
+        )
+        == "/src/x"
+    )

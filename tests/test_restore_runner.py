@@ -1,0 +1,83 @@
+"""The one place restore starts processes: argv only, output kept, process group killed."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from pkgckpt.restore.runner import Deadline, call
+
+
+def test_argv_is_not_interpreted_by_a_shell(tmp_path: Path) -> None:
+    """Shell syntax in an argument reaches the program verbatim and runs nothing."""
+    marker = tmp_path / "ran"
+    hostile = f"; touch {marker}; $(touch {marker}) `touch {marker}`"
+    out = call(
+        [sys.executable, "-c", "import sys; print(sys.argv[1])", hostile], deadline=Deadline(None)
+    )
+    assert out.ok and out.output.strip() == hostile
+    assert not marker.exists()
+
+
+def test_failure_keeps_the_last_lines_of_stdout_and_stderr() -> None:
+    """A failing call reports its exit status and the tail of both output streams."""
+    script = (
+        "import sys\n"
+        "for i in range(100): print('line', i)\n"
+        "print('ERROR: no such version', file=sys.stderr); sys.exit(1)"
+    )
+    out = call([sys.executable, "-c", script], deadline=Deadline(None))
+    assert out.returncode == 1 and not out.ok and not out.timed_out
+    tail = out.tail().splitlines()
+    assert tail[-1] == "ERROR: no such version" and tail[0] == "line 89"
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    """At the deadline the installer and the children it started are killed, and we return."""
+    pidfile = tmp_path / "child"
+    script = (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "print('started', flush=True); time.sleep(60)"
+    )
+    began = time.monotonic()
+    out = call([sys.executable, "-c", script], deadline=Deadline(2.0))
+    assert time.monotonic() - began < 30
+    assert out.timed_out and out.returncode is None and "started" in out.output
+    child = int(pidfile.read_text())
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        # It may linger as a zombie until init reaps it; a zombie is dead.
+        stat = Path(f"/proc/{child}/stat")
+        if stat.exists() and stat.read_text().split(") ")[1].startswith("Z"):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the installer's child survived the timeout")
+
+
+def test_expired_deadline_starts_nothing(tmp_path: Path) -> None:
+    """Once the timeout has run out no further installer is started."""
+    marker = tmp_path / "ran"
+    deadline = Deadline(0.001)
+    time.sleep(0.01)
+    out = call([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], deadline=deadline)
+    assert out.timed_out and not out.ok and not marker.exists()
+
+
+def test_missing_program_is_an_outcome_not_an_exception(tmp_path: Path) -> None:
+    """An installer that cannot be started is reported like a failed one."""
+    out = call([str(tmp_path / "no-such-pip")], deadline=Deadline(None))
+    assert not out.ok and "cannot run" in out.output
+
+
+def test_zero_timeout_means_no_limit() -> None:
+    """`--timeout 0` disables the bound rather than failing everything at once."""
+    deadline = Deadline(0)
+    assert deadline.remaining() is None and not deadline.expired()

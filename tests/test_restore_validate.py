@@ -1,0 +1,213 @@
+"""Manifest validation before restore (DESIGN invariant 4): what passes, what is refused."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from pkgckpt.errors import ManifestError
+from pkgckpt.manifest import (
+    Body,
+    Delta,
+    DirectorySource,
+    Environment,
+    Package,
+    Source,
+    UrlSource,
+    VcsSource,
+)
+from pkgckpt.restore import validate
+
+PY = Environment(kind="python", path="/opt/venv")
+R = Environment(kind="r", path="/opt/rlib")
+
+
+def body(*packages: Package, env: Environment = PY, removed: tuple[Package, ...] = ()) -> Body:
+    return Body(environments=(Delta(env=env, added=packages, removed=removed),))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "numpy",
+        "scikit-learn",
+        "zope.interface",
+        "typing_extensions",
+        "A",
+        "a1",
+        "Pillow",
+        "x-y_z.w",
+    ],
+)
+def test_real_distribution_names_pass(name: str) -> None:
+    """Names as PyPI has them are accepted."""
+    assert validate.python_name(name)
+    validate.check_body(body(Package(name=name, version="1.0")))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "--index-url=https://evil.example/simple",
+        "-e",
+        "-r/etc/passwd",
+        "https://evil.example/x.whl",
+        "x @ https://evil.example/x.whl",
+        "../../etc/passwd",
+        "a/b",
+        "numpy; rm -rf ~",
+        "numpy$(id)",
+        "numpy`id`",
+        "numpy|sh",
+        "numpy&&id",
+        "num py",
+        "numpy\n",
+        "numpy\x00",
+        "\tnumpy",
+        "numpy[extra]",
+        "numpy==1.0",
+        "-numpy",
+        "numpy-",
+        "",
+        "\u212aeras",  # KELVIN SIGN, which IGNORECASE would fold to "k"
+        "n\u00famero",
+        "a" * 201,
+    ],
+)
+def test_hostile_names_refuse_the_manifest(name: str) -> None:
+    """Option-shaped, URL, path, shell and whitespace names refuse the whole manifest."""
+    assert not validate.python_name(name)
+    with pytest.raises(ManifestError, match="not a valid distribution name"):
+        validate.check_body(
+            body(Package(name="ok", version="1.0"), Package(name=name, version="1"))
+        )
+
+
+@pytest.mark.parametrize(
+    "version", ["1.0", "2.1.0rc1", "1!2.0", "1.0.post1.dev3", "1.0+local.7", "2024.1", "v1.2"]
+)
+def test_pep440_versions_pass(version: str) -> None:
+    """Every PEP 440 version form is accepted."""
+    assert validate.python_version(version)
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        "1.0; rm -rf ~",
+        "1.0 --index-url=x",
+        "$(id)",
+        "1.0`id`",
+        " 1.0",
+        "1.0 ",
+        "1.0\n",
+        "1.0\x00",
+        ">=1.0",
+        "1.*",
+        "latest",
+        "",
+        "1" * 129,
+    ],
+)
+def test_hostile_versions_refuse_the_manifest(version: str) -> None:
+    """Anything but an exact PEP 440 version (even one Version() would strip) is refused."""
+    assert not validate.python_version(version)
+    with pytest.raises(ManifestError, match="not a valid PEP 440 version"):
+        validate.check_body(body(Package(name="ok", version=version)))
+
+
+@given(st.from_regex(validate._PY_NAME, fullmatch=True))
+def test_every_accepted_name_is_one_requirement_pinned_name(name: str) -> None:
+    """An accepted name parses as exactly that name in a `name==version` requirement."""
+    req = Requirement(f"{name}==1.0")
+    assert req.name == name and not req.url and not req.extras and req.marker is None
+    assert validate.canonical(name) == canonicalize_name(name)
+
+
+@given(st.text(max_size=40))
+def test_an_accepted_version_is_a_version_as_written(text: str) -> None:
+    """Whatever text passes the version check is a PEP 440 version with nothing around it."""
+    if validate.python_version(text):
+        assert str(Version(text)) == str(Version(text.strip())) and text == text.strip()
+        assert not any(c in text for c in " ;|&$`'\"\\\n\x00<>=")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        UrlSource(url="https://files.example/pkg-1.0.whl"),
+        UrlSource(url="file:///wheels/pkg-1.0.whl", hashes={"sha256": "ab" * 32}),
+        UrlSource(url="http://plain.example/pkg-1.0.whl"),  # shape ok; blocked by policy later
+        VcsSource(vcs="git", url="https://github.com/o/r", commit="0123abc" * 5 + "01234"),
+        VcsSource(vcs="git", url="ssh://git@github.com/o/r", requested_revision="v1.0"),
+        VcsSource(vcs="hg", url="https://hg.example/r", subdirectory="sub/pkg"),
+        DirectorySource(path="/home/u/src/pkg", editable=True),
+    ],
+)
+def test_recorded_sources_pass(source: Source) -> None:
+    """The source shapes a scan records are accepted (whether they are reachable is apart)."""
+    validate.check_body(body(Package(name="pkg", version="1.0", source=source)))
+
+
+@pytest.mark.parametrize(
+    ("source", "why"),
+    [
+        (UrlSource(url="--index-url=https://evil.example"), "not an absolute URL"),
+        (UrlSource(url="https://x.example/a b.whl"), "whitespace"),
+        (UrlSource(url="https://x.example/a.whl\n--pre"), "whitespace"),
+        (UrlSource(url="https://x.example/a.whl#egg=other"), "fragment"),
+        (UrlSource(url="relative/path.whl"), "not an absolute URL"),
+        (UrlSource(url="https://x.example/a.whl", hashes={"sha256": "$(id)"}), "invalid hash"),
+        (VcsSource(vcs="git", url="ssh://-oProxyCommand=id/x"), "invalid host"),
+        (VcsSource(vcs="git", url="ssh://-oProxyCommand=id@host/x"), "invalid host"),
+        (VcsSource(vcs="cvs", url="https://x.example/r"), "unknown VCS"),
+        (VcsSource(vcs="git", url="https://x.example/r", commit="main; id"), "hexadecimal"),
+        (
+            VcsSource(vcs="git", url="https://x/r", requested_revision="--upload-pack=id"),
+            "revision",
+        ),
+        (VcsSource(vcs="git", url="https://x.example/r", subdirectory="../../etc"), "subdirectory"),
+        (DirectorySource(path="relative/dir"), "absolute path"),
+        (DirectorySource(path="/tmp/x\n--pre"), "control characters"),
+    ],
+)
+def test_hostile_sources_refuse_the_manifest(source: Source, why: str) -> None:
+    """Sources shaped like options, with whitespace, bad hosts or traversal are refused."""
+    with pytest.raises(ManifestError, match=why):
+        validate.check_body(body(Package(name="pkg", version="1.0", source=source)))
+
+
+def test_duplicate_names_refuse_the_manifest() -> None:
+    """A name listed twice (even spelled differently) is ambiguous, so refused."""
+    bad = body(
+        Package(name="Foo_Bar", version="1.0"), removed=(Package(name="foo-bar", version="2"),)
+    )
+    with pytest.raises(ManifestError, match="more than once"):
+        validate.check_body(bad)
+
+
+def test_r_rules_apply_to_r_libraries() -> None:
+    """R libraries use R's name and version rules, Python's do not leak in."""
+    validate.check_body(body(Package(name="data.table", version="1.14-8"), env=R))
+    for package in (
+        Package(name="data_table", version="1.0"),
+        Package(name="2fast", version="1.0"),
+        Package(name="ok", version="1.0rc1"),
+        Package(name="ok", version="1"),
+    ):
+        with pytest.raises(ManifestError):
+            validate.check_body(body(package, env=R))
+
+
+def test_message_is_bounded_and_shows_hostile_text_escaped() -> None:
+    """Thousands of bad names give a short message with control characters escaped."""
+    many = tuple(Package(name=f"bad name {i}\x1b[31m", version="1") for i in range(1000))
+    with pytest.raises(ManifestError) as info:
+        validate.check_body(body(*many))
+    message = str(info.value)
+    assert "\x1b" not in message and "\\x1b" in message
+    assert "and 990 more" in message and len(message) < 2000
