@@ -1,0 +1,25 @@
+"""Scanners: one library directory -> what is installed in it. They read, never write.
+
+`python.py` reads site-packages, `r.py` reads R libraries, `env.py` finds the site
+directories of a Python prefix. Each returns a `ScanResult`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..manifest import Package
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What one scan of one library directory found."""
+
+    packages: dict[str, Package] = field(default_factory=dict)
+    """Key: canonical name (Python) or the package name (R). Includes what can be read of
+    installs still running (see `in_progress`)."""
+    broken: dict[str, str] = field(default_factory=dict)
+    """Directory entry -> reason it could not be read. The package it holds, if any, is
+    unknown: absent from `packages`, which is not proof that it was removed."""
+    in_progress: frozenset[str] = frozenset()
+    """Entries of installs still running: a caller should wait and scan again."""
