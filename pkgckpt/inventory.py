@@ -1,0 +1,199 @@
+"""What the commands share: the environments to watch (targets) and the image's baseline.
+
+A `Target` is one manifest environment and the library roots it is read from: a Python
+prefix's site directories, the user site of its interpreter (its own target, with
+`env.user`), or one R library. The baseline is the first scan of every target, taken
+before anything is installed; `pkgckpt baseline` writes it at image build time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from packaging.utils import canonicalize_name
+
+from . import manifest
+from .config import Config
+from .errors import ManifestError
+from .manifest import Baseline, Environment, Inventory, Package
+from .scan import ScanResult
+from .scan.env import python_env
+from .scan.python import SiteScanner
+
+log = logging.getLogger(__name__)
+
+BASELINE = "baseline.json"
+
+
+class Scanner(Protocol):
+    exists: bool
+
+    def scan(self) -> ScanResult: ...
+
+
+@dataclass
+class Target:
+    """One environment and its library roots; `scan()` is incremental across calls."""
+
+    env: Environment
+    roots: tuple[Path, ...]
+    last: ScanResult = field(default_factory=ScanResult, init=False, compare=False)
+    """The merged result of the last `scan()`: broken entries and installs in progress
+    (keyed `<root>/<entry>`), for callers deciding whether an absence means anything."""
+    trusted: bool = field(default=False, init=False, compare=False)
+    """Every root existed at the last scan: only then can a missing package mean removal."""
+    _scanners: list[Scanner] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def scan(self) -> Inventory:
+        """Every root scanned, merged: a name found in an earlier root hides later ones."""
+        if not self._scanners:
+            self._scanners = [self._scanner(root) for root in self.roots]
+        packages: dict[str, Package] = {}
+        broken: dict[str, str] = {}
+        in_progress: set[str] = set()
+        trusted = True
+        for root, scanner in zip(self.roots, self._scanners, strict=True):
+            result = scanner.scan()
+            trusted = trusted and scanner.exists
+            for name, package in result.packages.items():
+                packages.setdefault(name, package)
+            broken.update((f"{root}/{entry}", why) for entry, why in result.broken.items())
+            in_progress.update(f"{root}/{entry}" for entry in result.in_progress)
+        self.last = ScanResult(packages, broken, frozenset(in_progress))
+        self.trusted = trusted
+        ordered = tuple(packages[name] for name in sorted(packages))
+        return Inventory(env=self.env, packages=ordered)
+
+    def uncertain(self) -> frozenset[str]:
+        """Names whose absence from the last scan proves nothing: broken or half-installed."""
+        entries = [*self.last.broken, *self.last.in_progress]
+        return frozenset(entry_name(self.env.kind, Path(e).name) for e in entries)
+
+    def _scanner(self, root: Path) -> Scanner:
+        if self.env.kind == "python":
+            return SiteScanner(root)
+        from .scan.r import RLibraryScanner
+
+        return RLibraryScanner(root)
+
+
+def entry_name(kind: str, entry: str) -> str:
+    """The package name a library entry stands for (`Foo_Bar-1.0.dist-info` -> foo-bar)."""
+    if kind == "r":
+        return entry
+    stem = entry.removeprefix("__editable__.")
+    for suffix in (".dist-info", ".egg-info", ".egg-link", ".pth"):
+        stem = stem.removesuffix(suffix)
+    return canonicalize_name(stem.split("-")[0])
+
+
+def targets(config: Config) -> list[Target]:
+    """The Python prefixes (and their user sites) and the R libraries that `config` names."""
+    found: list[Target] = []
+    seen: set[Path] = set()
+
+    def add(env: Environment, roots: tuple[Path, ...]) -> None:
+        # One directory is read for one environment only: two prefixes of one interpreter
+        # version share a user site, and a library may be configured twice.
+        fresh = tuple(r for r in roots if r not in seen)
+        if fresh:
+            seen.update(fresh)
+            found.append(Target(env=env, roots=fresh))
+
+    for prefix in config.python_envs():
+        pe = python_env(prefix)
+        add(pe.environment(), pe.site_dirs)
+        if pe.user_site is not None:
+            add(pe.environment(user=True), (pe.user_site,))
+    libs = list(config.r_libs())
+    if config.r_discover:
+        from .scan.r import r_discover
+
+        libs.extend(r_discover())
+    if libs:
+        from .scan.r import r_environment
+
+        for lib in libs:
+            add(r_environment(lib), (lib,))
+    return found
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def take_baseline(found: list[Target]) -> Baseline:
+    """The state of every target now: what the image shipped, if nothing was installed yet."""
+    inventories = []
+    for target in found:
+        inventories.append(target.scan())
+        for entry, why in sorted(target.last.broken.items()):
+            log.warning("baseline: %s is unreadable (%s); left out", entry, why)
+    return Baseline(time=_now(), environments=tuple(inventories))
+
+
+def baseline_path(config: Config) -> Path:
+    return config.baseline or config.runtime_dir / BASELINE
+
+
+def load_baseline(config: Config) -> Baseline | None:
+    """The configured baseline file, else the one this container took; None if neither.
+
+    A configured file that is missing is an error, not a reason to take a new baseline:
+    taken after a restore, it would count the user's packages as the image's.
+    """
+    path = baseline_path(config)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        if config.baseline is not None:
+            raise ManifestError(f"baseline file {path} does not exist") from None
+        return None
+    except OSError as e:
+        raise ManifestError(f"cannot read baseline {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if config.baseline is None:
+            _check_private(path, st)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(manifest.MAX_BYTES + 1)
+    except OSError as e:
+        raise ManifestError(f"cannot read baseline {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    return manifest.decode_baseline(data, f"baseline {path}")
+
+
+def _check_private(path: Path, st: os.stat_result) -> None:
+    # The runtime directory may be a shared /tmp: a baseline planted there by someone else
+    # could hide the user's packages from the manifest.
+    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ManifestError(f"baseline {path} is not private to this user; remove it")
+
+
+def save_baseline(baseline: Baseline, path: Path) -> None:
+    """Write `baseline` durably (the store's atomic recipe), readable by all."""
+    from .store import atomic_write
+
+    atomic_write(path, manifest.encode_baseline(baseline), mode=0o644)
+
+
+def ensure_baseline(config: Config, found: list[Target]) -> Baseline:
+    """The baseline; taken now (before anything is installed) and kept when there is none."""
+    baseline = load_baseline(config)
+    if baseline is not None:
+        return baseline
+    baseline = take_baseline(found)
+    path = baseline_path(config)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise ManifestError(f"cannot create {path.parent}: {e.strerror}") from None
+    save_baseline(baseline, path)
+    return baseline
