@@ -17,9 +17,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import pytest
 
 SOURCES = Path(__file__).parent
 
@@ -121,3 +124,73 @@ def build_repo(
     )
     shutil.rmtree(staging)
     return repo
+
+
+def rscript(expr: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run `Rscript --vanilla -e expr args...` (values reach R as `commandArgs(TRUE)`)."""
+    done = subprocess.run(
+        [*RSCRIPT, "-e", expr, *args], capture_output=True, text=True, check=False, env=env
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"Rscript -e {expr!r} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def install(
+    lib: Path, repo: Repo, names: Sequence[str] = (), tarballs: Sequence[Path] = ()
+) -> None:
+    """What a user types: `install.packages(names, repos = "file://...")`, and tarballs.
+
+    `warn = 2`: install.packages only warns when a package fails to install.
+    """
+    lib.mkdir(parents=True, exist_ok=True)
+    if names:
+        rscript(
+            "options(warn = 2); a <- commandArgs(TRUE); "
+            "install.packages(a[-(1:2)], lib = a[1], repos = a[2])",
+            str(lib),
+            repo.url,
+            *names,
+        )
+    for tarball in tarballs:
+        rscript(
+            "options(warn = 2); a <- commandArgs(TRUE); "
+            'install.packages(a[2], lib = a[1], repos = NULL, type = "source")',
+            str(lib),
+            str(tarball),
+        )
+
+
+def installed(lib: Path) -> dict[str, str]:
+    """`installed.packages()` of one library: Package -> Version, as R itself sees it."""
+    out = rscript(
+        "ip <- installed.packages(lib.loc = commandArgs(TRUE)[1], noCache = TRUE); "
+        'cat(paste(ip[, "Package"], ip[, "Version"], sep = "\\t"), sep = "\\n")',
+        str(lib),
+    )
+    return dict(line.split("\t") for line in out.splitlines() if line)
+
+
+_shared: dict[str, Repo] = {}
+
+
+def shared_repo(base: Path) -> Repo:
+    """The default repository, built once per test session (under `base`, a session tmp)."""
+    if "repo" not in _shared:
+        _shared["repo"] = build_repo(base / "cran")
+    return _shared["repo"]
+
+
+def have_r() -> bool:
+    return shutil.which("Rscript") is not None and shutil.which("R") is not None
+
+
+NO_R = "Rscript not found: R is not installed (scripts/test installs r-base-core when it can)"
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def needs_r(test: F) -> F:
+    """Mark a test `r` and skip it, saying why, only when R is not installed."""
+    return pytest.mark.r(pytest.mark.skipif(not have_r(), reason=NO_R)(test))  # type: ignore[no-any-return]

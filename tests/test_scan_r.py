@@ -1,0 +1,317 @@
+"""The R library scanner against libraries real R installed, and fake trees for edge cases."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import rpkgs
+
+from pkgckpt import manifest
+from pkgckpt.manifest import DirectorySource, IndexSource, Package, UrlSource, VcsSource
+from pkgckpt.scan import r as rscan
+from pkgckpt.scan.r import RLibraryScanner, parse_dcf
+
+needs_r = rpkgs.needs_r
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> rpkgs.Repo:
+    return rpkgs.shared_repo(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def library(repo: rpkgs.Repo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A library as a user makes it: install.packages() from the repository, then a tarball."""
+    lib = tmp_path_factory.mktemp("rlib") / "lib"
+    old = repo.tarball("ckptOld", "0.9-1")
+    rpkgs.install(lib, repo, ["ckptImports", "ckptC"], [old])
+    return lib
+
+
+def description(lib: Path, name: str, text: str) -> Path:
+    (lib / name).mkdir(parents=True, exist_ok=True)
+    path = lib / name / "DESCRIPTION"
+    path.write_text(text)
+    return path
+
+
+def installed_text(name: str, version: str, extra: str = "") -> str:
+    return (
+        f"Package: {name}\nVersion: {version}\nTitle: T\n{extra}"
+        "Built: R 4.2.2; ; 2024-01-01 00:00:00 UTC; unix\n"
+    )
+
+
+# -- real R libraries ----------------------------------------------------------------------
+
+
+@needs_r
+def test_scan_equals_installed_packages(library: Path) -> None:
+    """The scan lists exactly what R's installed.packages() lists, with the same versions."""
+    found = RLibraryScanner(library).scan()
+    assert {p.name: p.version for p in found.packages.values()} == rpkgs.installed(library)
+    assert found.packages.keys() == {"ckpt.base", "ckptImports", "ckptC", "ckptOld"}
+    assert found.broken == {} and found.in_progress == frozenset()
+
+
+@needs_r
+def test_built_gives_r_version_and_platform_only_for_compiled_code(library: Path) -> None:
+    """Built: yields the R version; only the package with C code carries the platform tag."""
+    version, platform = rscan.r_info()
+    found = RLibraryScanner(library).scan().packages
+    assert {p.built for p in found.values()} == {version}
+    assert found["ckptC"].tags == (platform,)
+    assert found["ckptImports"].tags == () and found["ckptOld"].tags == ()
+
+
+@needs_r
+def test_dependencies_and_requested_in_the_user_delta(library: Path) -> None:
+    """Imports are recorded; in the delta the imported package counts as a dependency."""
+    found = RLibraryScanner(library).scan().packages
+    assert found["ckptImports"].depends == ("ckpt.base",)
+    env = rscan.r_environment(library)
+    d = manifest.delta(env, {}, found)
+    requested = {p.name: p.requested for p in d.added}
+    assert requested == {"ckpt.base": False, "ckptImports": True, "ckptC": True, "ckptOld": True}
+
+
+@needs_r
+def test_image_packages_do_not_make_a_user_package_a_dependency(library: Path) -> None:
+    """A user package that only an image package imports still counts as requested."""
+    found = RLibraryScanner(library).scan().packages
+    image = {"ckptImports": found["ckptImports"]}
+    d = manifest.delta(rscan.r_environment(library), image, found)
+    assert {p.name: p.requested for p in d.added}["ckpt.base"] is True
+
+
+@needs_r
+def test_r_own_library_matches_installed_packages() -> None:
+    """R's system library scans like installed.packages() (its `translations` dir skipped)."""
+    system = Path(rpkgs.rscript('cat(R.home("library"))'))
+    found = RLibraryScanner(system).scan()
+    assert {p.name: p.version for p in found.packages.values()} == rpkgs.installed(system)
+    assert found.broken == {}
+
+
+@needs_r
+def test_reinstall_at_another_version_is_seen_by_the_same_scanner(
+    repo: rpkgs.Repo, library: Path, tmp_path: Path
+) -> None:
+    """After R replaces a package (new version), a rescan reports the new version."""
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    scanner = RLibraryScanner(lib)
+    assert scanner.scan().packages["ckptOld"].version == "0.9-1"
+    rpkgs.install(lib, repo, ["ckptOld"])
+    assert scanner.scan().packages["ckptOld"].version == "1.0"
+
+
+@needs_r
+def test_discover_reports_lib_paths_and_a_missing_user_library(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """r_discover() lists .libPaths() and R_LIBS_USER even before that directory exists."""
+    site = tmp_path / "site"
+    site.mkdir()
+    user = tmp_path / "not-yet"
+    monkeypatch.setenv("R_LIBS", str(site))
+    monkeypatch.setenv("R_LIBS_USER", str(user))
+    found = rscan.r_discover()
+    assert found[0] == site
+    assert user in found
+    assert Path(rpkgs.rscript('cat(R.home("library"))')) in found
+
+
+@needs_r
+def test_environment_names_the_r_version_and_platform(tmp_path: Path) -> None:
+    """r_environment() identifies the library with R's own version and platform."""
+    env = rscan.r_environment(tmp_path)
+    version, platform = rpkgs.rscript(
+        'cat(as.character(getRversion()), R.version$platform, sep = "\\n")'
+    ).split()
+    assert (env.kind, env.path, env.interpreter, env.platform) == (
+        "r",
+        str(tmp_path),
+        version,
+        platform,
+    )
+
+
+# -- fake trees: what interrupted installs and odd libraries leave ---------------------------
+
+
+def test_lock_directories_are_in_progress_not_packages(tmp_path: Path) -> None:
+    """00LOCK-* (R CMD INSTALL's lock and staging area) is reported in progress, not read."""
+    description(tmp_path, "00LOCK-ckptC/00new/ckptC", installed_text("ckptC", "1.0"))
+    description(tmp_path, "ok", installed_text("ok", "1.0"))
+    (tmp_path / "00LOCK").mkdir()
+    found = RLibraryScanner(tmp_path).scan()
+    assert found.in_progress == {"00LOCK-ckptC", "00LOCK"}
+    assert found.packages.keys() == {"ok"} and found.broken == {}
+
+
+def test_entries_without_an_installed_description_are_skipped(tmp_path: Path) -> None:
+    """No DESCRIPTION, no Built field (a source tree), plain files: none is a package."""
+    (tmp_path / "empty").mkdir()
+    description(tmp_path, "src", "Package: src\nVersion: 1.0\n")
+    (tmp_path / "R.css").write_text("body {}\n")
+    description(tmp_path, "ok", installed_text("ok", "2.0-1"))
+    found = RLibraryScanner(tmp_path).scan()
+    assert found.packages.keys() == {"ok"}
+    assert found.broken == {} and found.in_progress == frozenset()
+
+
+def test_a_broken_entry_is_reported_and_the_rest_scanned(tmp_path: Path) -> None:
+    """Malformed DCF, a missing Version, or another package's name: broken, never fatal."""
+    description(tmp_path, "garbage", "this is not DCF\n\x00\n")
+    description(tmp_path, "nover", "Package: nover\nBuilt: R 4.2.2; ; x; unix\n")
+    description(tmp_path, "alias", installed_text("other", "1.0"))
+    description(tmp_path, "ok", installed_text("ok", "1.0"))
+    found = RLibraryScanner(tmp_path).scan()
+    assert found.packages.keys() == {"ok"}
+    assert found.broken.keys() == {"garbage", "nover", "alias"}
+    assert "other" in found.broken["alias"]
+
+
+def test_unreadable_description_is_broken(tmp_path: Path) -> None:
+    """A DESCRIPTION that cannot be read (here: a directory, EISDIR) is reported broken."""
+    (tmp_path / "odd" / "DESCRIPTION").mkdir(parents=True)
+    description(tmp_path, "ok", installed_text("ok", "1.0"))
+    found = RLibraryScanner(tmp_path).scan()
+    assert found.packages.keys() == {"ok"}
+    assert found.broken.keys() == {"odd"} and "cannot read" in found.broken["odd"]
+
+
+def test_missing_library_scans_empty_and_says_so(tmp_path: Path) -> None:
+    """A library that does not exist yet (R_LIBS_USER before the first install) is empty."""
+    scanner = RLibraryScanner(tmp_path / "nope")
+    assert scanner.scan().packages == {}
+    assert scanner.exists is False
+    (tmp_path / "nope").mkdir()
+    scanner.scan()
+    assert scanner.exists is True
+
+
+def test_rescan_rereads_only_descriptions_whose_identity_changed(tmp_path: Path) -> None:
+    """Same inode, mtime and size: the cached entry stands; a replaced file is read again."""
+    kept = description(tmp_path, "kept", installed_text("kept", "1.0"))
+    moved = description(tmp_path, "moved", installed_text("moved", "1.0"))
+    scanner = RLibraryScanner(tmp_path)
+    scanner.scan()
+    st = kept.stat()
+    with kept.open("r+") as f:  # same inode and size, mtime put back: not re-read
+        f.write(installed_text("kept", "9.0"))
+    os.utime(kept, ns=(st.st_atime_ns, st.st_mtime_ns))
+    new = tmp_path / "new-description"
+    new.write_text(installed_text("moved", "2.0"))
+    new.replace(moved)  # R renames the staged package into place: a new inode
+    found = scanner.scan().packages
+    assert found["kept"].version == "1.0"
+    assert found["moved"].version == "2.0"
+    assert RLibraryScanner(tmp_path).scan().packages["kept"].version == "9.0"
+
+
+def test_removed_package_leaves_the_scan(tmp_path: Path) -> None:
+    """remove.packages() deletes the directory: the next scan no longer lists it."""
+    description(tmp_path, "gone", installed_text("gone", "1.0"))
+    scanner = RLibraryScanner(tmp_path)
+    assert "gone" in scanner.scan().packages
+    shutil.rmtree(tmp_path / "gone")
+    assert scanner.scan().packages == {}
+
+
+def test_latin1_description_is_read(tmp_path: Path) -> None:
+    """Older packages declare Encoding: latin1; their DESCRIPTION still scans."""
+    (tmp_path / "old").mkdir()
+    text = installed_text("old", "0.1-2", "Encoding: latin1\nAuthor: Fran\xe7ois\n")
+    (tmp_path / "old" / "DESCRIPTION").write_bytes(text.encode("latin-1"))
+    assert RLibraryScanner(tmp_path).scan().packages["old"].version == "0.1-2"
+
+
+# -- DESCRIPTION fields --------------------------------------------------------------------
+
+
+def test_dcf_joins_continuation_lines_and_keeps_the_first_record() -> None:
+    """Continuation lines belong to their field; a blank line ends the record."""
+    fields = parse_dcf(
+        "Package: aa\nDepends: R (>= 3.5),\n    methods,\n\tbb (>= 1.0)\n"
+        "Imports: cc\n\nPackage: zz\n"
+    )
+    assert fields["Depends"] == "R (>= 3.5), methods, bb (>= 1.0)"
+    assert fields["Package"] == "aa"
+    assert rscan.dependencies(fields) == ("bb", "cc", "methods")
+
+
+def test_linking_to_counts_and_suggests_does_not() -> None:
+    """Depends, Imports and LinkingTo make a dependency; Suggests and Enhances do not."""
+    fields = {"LinkingTo": "Rcpp", "Suggests": "testthat", "Enhances": "x", "Imports": "R6"}
+    assert rscan.dependencies(fields) == ("R6", "Rcpp")
+
+
+def _source(extra: str) -> object:
+    return rscan.package(parse_dcf(installed_text("p", "1.0", extra))).source
+
+
+def test_repository_field_gives_an_index_source() -> None:
+    """`Repository: CRAN` (and pak's RemoteType: standard) is an index source."""
+    assert _source("Repository: CRAN\n") == IndexSource(repository="CRAN")
+    assert _source("RemoteType: standard\nRepository: RSPM\n") == IndexSource(repository="RSPM")
+    assert _source("") == IndexSource()
+
+
+def test_github_remote_gives_the_repository_and_commit() -> None:
+    """remotes::install_github fields become a git source with the commit and ref."""
+    source = _source(
+        "RemoteType: github\nRemoteHost: api.github.com\nRemoteRepo: pkg\n"
+        "RemoteUsername: someone\nRemoteRef: main\nRemoteSha: 0123abcd\nRemoteSubdir: sub\n"
+    )
+    assert source == VcsSource(
+        vcs="git",
+        url="https://github.com/someone/pkg",
+        commit="0123abcd",
+        requested_revision="main",
+        subdirectory="sub",
+    )
+
+
+def test_enterprise_and_gitlab_hosts_give_their_web_url() -> None:
+    """The API host remotes records is turned back into the forge's web host."""
+    enterprise = _source(
+        "RemoteType: github\nRemoteHost: https://github.example.com/api/v3\n"
+        "RemoteRepo: r\nRemoteUsername: u\nRemoteSha: ab12\n"
+    )
+    assert isinstance(enterprise, VcsSource)
+    assert enterprise.url == "https://github.example.com/u/r"
+    gitlab = _source("RemoteType: gitlab\nRemoteRepo: r\nRemoteUsername: u\n")
+    assert isinstance(gitlab, VcsSource) and gitlab.url == "https://gitlab.com/u/r"
+
+
+def test_git_and_url_remotes_drop_credentials() -> None:
+    """Tokens in RemoteUrl never reach the manifest."""
+    git = _source("RemoteType: git2r\nRemoteUrl: https://user:tok@git.example.com/r.git\n")
+    assert isinstance(git, VcsSource) and git.url == "https://git.example.com/r.git"
+    url = _source("RemoteType: url\nRemoteUrl: https://tok@example.com:8443/p_1.0.tar.gz\n")
+    assert url == UrlSource(url="https://example.com:8443/p_1.0.tar.gz")
+
+
+def test_local_remote_gives_a_directory_source() -> None:
+    """remotes::install_local records the directory."""
+    assert _source("RemoteType: local\nRemoteUrl: /home/u/pkg\n") == DirectorySource(
+        path="/home/u/pkg"
+    )
+
+
+def test_delta_marks_a_changed_package_needed_by_an_added_one_as_dependency() -> None:
+    """An image package the user upgraded because a new package needs it is a dependency."""
+    env = manifest.Environment(kind="r", path="/lib")
+    base = {"dep": Package(name="dep", version="1.0")}
+    now = {
+        "dep": Package(name="dep", version="2.0"),
+        "top": Package(name="top", version="1.0", depends=("dep",)),
+    }
+    d = manifest.delta(env, base, now)
+    assert [(p.name, p.requested) for p in d.changed] == [("dep", False)]
+    assert [(p.name, p.requested) for p in d.added] == [("top", True)]
