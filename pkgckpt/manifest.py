@@ -283,8 +283,19 @@ def decode(data: bytes, what: str = "manifest") -> Manifest:
     )
 
 
+class _BaselineFile(msgspec.Struct, kw_only=True):
+    # Baseline omits defaults, and `schema` equals its default: written through this struct
+    # it is always present, as `_check_schema` requires of every file.
+    schema: int
+    time: str | None = None
+    environments: tuple[Inventory, ...] = ()
+
+
 def encode_baseline(baseline: Baseline) -> bytes:
-    return _pretty(_encoder.encode(baseline)) + b"\n"
+    out = _BaselineFile(
+        schema=baseline.schema, time=baseline.time, environments=baseline.environments
+    )
+    return _pretty(_encoder.encode(out)) + b"\n"
 
 
 def decode_baseline(data: bytes, what: str = "baseline") -> Baseline:
