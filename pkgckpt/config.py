@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import UsageError
+from .errors import PkgckptError, UsageError
 
 SYSTEM_CONFIG = Path("/etc/pkgckpt/config.toml")
 
@@ -49,6 +50,29 @@ def runtime_dir() -> Path:
     """Where this container keeps its baseline and the daemon its status file."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     return Path(xdg) / "pkgckpt" if xdg else Path(f"/tmp/pkgckpt-{os.getuid()}")
+
+
+def ensure_runtime_dir(path: Path) -> Path:
+    """Create the runtime directory (0700) when missing; refuse one that is not ours.
+
+    `/tmp` is shared: another user could plant `/tmp/pkgckpt-<uid>` (or a symlink of that
+    name) to read our status or feed us a baseline. Ours with a loose mode is tightened.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.lstat()
+    except OSError as e:
+        raise PkgckptError(f"cannot create the runtime directory {path}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise PkgckptError(f"runtime directory {path} is not a directory (or is a symlink)")
+    if st.st_uid != os.geteuid():
+        raise PkgckptError(f"runtime directory {path} belongs to uid {st.st_uid}, not to us")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        try:
+            path.chmod(0o700)
+        except OSError as e:
+            raise PkgckptError(f"cannot make {path} private: {e.strerror}") from None
+    return path
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,124 @@
+"""Settings: flags > PKGCKPT_* environment > config files > defaults; the runtime directory."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from pkgckpt import config
+from pkgckpt.errors import PkgckptError, UsageError
+
+
+@pytest.fixture
+def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A system and a user config file in tmp (neither exists until a test writes it)."""
+    system = tmp_path / "etc" / "config.toml"
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", system)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home"))
+    user = tmp_path / "home" / "pkgckpt" / "config.toml"
+    for path in (system, user):
+        path.parent.mkdir(parents=True)
+    return {"system": system, "user": user, "explicit": tmp_path / "explicit.toml"}
+
+
+def test_defaults_apply_when_nothing_is_set(files: dict[str, Path]) -> None:
+    """With no file, variable or flag, the documented defaults hold."""
+    c = config.load({}, None, environ={})
+    assert (c.quiet_ms, c.max_delay_ms, c.shutdown_timeout, c.rescan_interval) == (
+        500,
+        30_000,
+        10.0,
+        0.0,
+    )
+    assert c.installer == "auto" and c.baseline is None and c.env == ()
+
+
+def test_each_layer_overrides_the_one_below_key_by_key(files: dict[str, Path]) -> None:
+    """system file < user file < --config file < PKGCKPT_* < flags, per setting."""
+    files["system"].write_text('store = "/sys"\nkey = "k-sys"\nquiet_ms = 1\ntimeout = 1.0\n')
+    files["user"].write_text('key = "k-user"\nquiet_ms = 2\nmax_delay_ms = 2\n')
+    files["explicit"].write_text('quiet_ms = 3\nmax-delay-ms = 3\ninstaller = "pip"\n')
+    environ = {"PKGCKPT_MAX_DELAY_MS": "4", "PKGCKPT_INSTALLER": "uv"}
+    c = config.load({"installer": "pip", "key": None}, files["explicit"], environ=environ)
+    assert c.store == Path("/sys")
+    assert c.key == "k-user"
+    assert c.quiet_ms == 3
+    assert c.timeout == 1.0
+    assert c.max_delay_ms == 4
+    assert c.installer == "pip"
+
+
+def test_pkgckpt_config_names_the_explicit_file(files: dict[str, Path]) -> None:
+    """PKGCKPT_CONFIG stands in for --config; the flag wins over it."""
+    files["explicit"].write_text('key = "from-var"\n')
+    other = files["explicit"].with_name("other.toml")
+    other.write_text('key = "from-flag"\n')
+    environ = {"PKGCKPT_CONFIG": str(files["explicit"])}
+    assert config.load({}, None, environ=environ).key == "from-var"
+    assert config.load({}, other, environ=environ).key == "from-flag"
+
+
+def test_list_settings_split_on_pathsep_and_repeat_as_flags(files: dict[str, Path]) -> None:
+    """PKGCKPT_ENV=a:b gives two prefixes; repeated --env flags replace them."""
+    environ = {"PKGCKPT_ENV": f"/a{os.pathsep}/b", "PKGCKPT_FIND_LINKS": "/w"}
+    c = config.load({}, None, environ=environ)
+    assert c.env == (Path("/a"), Path("/b")) and c.find_links == ("/w",)
+    c = config.load({"env": (Path("/c"),)}, None, environ=environ)
+    assert c.env == (Path("/c"),)
+    assert config.load({"env": ()}, None, environ=environ).env == (Path("/a"), Path("/b"))
+
+
+@pytest.mark.parametrize(
+    ("environ", "text", "message"),
+    [
+        ({"PKGCKPT_QUIET_MS": "soon"}, None, "PKGCKPT_QUIET_MS"),
+        ({"PKGCKPT_SHUTDOWN_TIMEOUT": "-1"}, None, "PKGCKPT_SHUTDOWN_TIMEOUT"),
+        ({"PKGCKPT_NO_INDEX": "perhaps"}, None, "PKGCKPT_NO_INDEX"),
+        ({}, "quiet_ms = true\n", "quiet_ms"),
+        ({}, "colour = 'blue'\n", "unknown setting 'colour'"),
+        ({}, "store = [\n", "not valid TOML"),
+    ],
+)
+def test_bad_values_are_usage_errors_naming_their_origin(
+    files: dict[str, Path], environ: dict[str, str], text: str | None, message: str
+) -> None:
+    """A bad variable or file raises UsageError (exit 2) that says where it came from."""
+    if text is not None:
+        files["explicit"].write_text(text)
+    with pytest.raises(UsageError, match=message) as err:
+        config.load({}, files["explicit"] if text is not None else None, environ=environ)
+    assert err.value.exit_code == 2
+
+
+def test_a_missing_explicit_config_file_is_a_usage_error(files: dict[str, Path]) -> None:
+    """--config naming no file is refused, not silently ignored."""
+    with pytest.raises(UsageError, match="cannot read config file"):
+        config.load({}, files["explicit"], environ={})
+
+
+def test_runtime_dir_is_created_private(tmp_path: Path) -> None:
+    """The runtime directory is created 0700, and a loose mode on ours is tightened."""
+    path = tmp_path / "run" / "pkgckpt"
+    config.ensure_runtime_dir(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    path.chmod(0o777)
+    config.ensure_runtime_dir(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+
+
+def test_runtime_dir_refuses_a_symlink_or_a_foreign_directory(tmp_path: Path) -> None:
+    """A planted /tmp/pkgckpt-<uid> (symlink, or someone else's) is refused."""
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(PkgckptError, match="symlink"):
+        config.ensure_runtime_dir(link)
+    if os.geteuid() != 0:
+        pytest.skip("chown to another uid needs root")
+    os.chown(real, 4242, 4242)
+    with pytest.raises(PkgckptError, match="belongs to uid 4242"):
+        config.ensure_runtime_dir(real)
