@@ -22,13 +22,19 @@ seen afterwards are added, so the manifest can only grow until a baseline is fou
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import TypeAlias
 
 import msgspec
 
-from . import manifest
+from . import inventory, manifest
+from .config import Config
+from .errors import PkgckptError, UsageError
+from .inventory import Target
 from .manifest import Baseline, Body, Change, Delta, Environment, Manifest, Package
+from .store import Store
 
 EnvKey: TypeAlias = tuple[str, str, bool]
 
@@ -179,3 +185,104 @@ class Tracker:
             if key in deltas or not d.is_empty() or d.history:
                 deltas[key] = d
         return Body(environments=tuple(deltas[k] for k in sorted(deltas)))
+
+
+# -- a session: the manifest, the baseline and the scans of one process ----------------
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def targets(config: Config) -> list[Target]:
+    found = inventory.targets(config)
+    if not found:
+        raise UsageError("nothing to watch: no Python environment or R library is configured")
+    return found
+
+
+def observe(target: Target) -> Observation:
+    """Scan one target (incrementally); raises ScanError when it cannot be read at all."""
+    found = target.scan()
+    return Observation(found.by_name(), trusted=target.trusted, uncertain=target.uncertain())
+
+
+def write_baseline(config: Config, output: Path) -> Baseline:
+    """`pkgckpt baseline`: scan every target now and write the result to `output`."""
+    baseline = inventory.take_baseline(targets(config))
+    inventory.save_baseline(baseline, output)
+    return baseline
+
+
+@dataclasses.dataclass
+class Session:
+    """What one process (daemon or snapshot) holds between scans and commits."""
+
+    store: Store
+    tracker: Tracker
+    baseline_origin: str
+    generation: int | None
+    """Of the manifest on the store, as last read or written."""
+    on_store: bytes
+    """`manifest.encode_body` of the body on the store (an empty body when none yet)."""
+    scan_errors: list[str] = dataclasses.field(default_factory=list)
+
+
+def open_session(
+    config: Config, targets: Iterable[Target], store: Store
+) -> tuple[Session, list[tuple[Environment, Change]]]:
+    """Read the manifest and the baseline, then scan every target.
+
+    The baseline is taken now only when there is none and the store holds no manifest
+    for this key: with a manifest, today's installed packages may include restored ones,
+    and taking them for the image's would drop them from the record. Without a baseline
+    the tracker infers one (see the module docstring). Raises StoreError or ManifestError
+    when the store cannot be read: nothing may be recorded before it is.
+    """
+    targets = list(targets)
+    recorded = store.read()
+    baseline = inventory.load_baseline(config)
+    origin = str(inventory.baseline_path(config)) if baseline is not None else "inferred"
+    if baseline is None and recorded is None:
+        baseline = inventory.ensure_baseline(config, targets)
+        origin = f"{inventory.baseline_path(config)} (taken now)"
+    session = Session(
+        store=store,
+        tracker=Tracker(baseline, recorded),
+        baseline_origin=origin,
+        generation=recorded.generation if recorded is not None else None,
+        on_store=manifest.encode_body(recorded.body if recorded is not None else Body()),
+    )
+    return session, scan(session, targets)
+
+
+def scan(session: Session, targets: Iterable[Target]) -> list[tuple[Environment, Change]]:
+    """Rescan `targets` into the session's record; the changes made, in order."""
+    stamp = now_iso()
+    changes: list[tuple[Environment, Change]] = []
+    session.scan_errors = []
+    for target in targets:
+        try:
+            obs = observe(target)
+        except PkgckptError as e:
+            session.scan_errors.append(f"cannot scan {target.env.path}: {e}")
+            continue
+        changes.extend((target.env, c) for c in session.tracker.observe(target.env, obs, stamp))
+    return changes
+
+
+def commit(session: Session) -> Manifest | None:
+    """Write the record when it differs from the store's; None when there was nothing new.
+
+    Raises StoreError (StoreUnavailable: retry later) or ManifestError; the record stays
+    in the session either way, so a later call commits it.
+    """
+    body = session.tracker.body()
+    encoded = manifest.encode_body(body)
+    if encoded == session.on_store:
+        return None
+    written = session.store.commit(body)
+    session.on_store = encoded
+    if written is not None:
+        session.generation = written.generation
+    return written

@@ -1,22 +1,328 @@
 """The `pkgckpt` command: a thin click front end.
 
-Each command parses its flags, makes one library call and renders the result. Library
-code raises `PkgckptError` subclasses; only `main()` turns them into messages and exit
-codes: 0 done or nothing to do, 1 error (nothing changed), 2 usage, 3 partial restore.
+Each command builds the config once from its flags (`config.load`), makes one library
+call and renders the result. Library code raises `PkgckptError` subclasses; only `main()`
+turns them into one line on stderr and an exit code: 0 done or nothing to do, 1 error
+(nothing changed), 2 usage, 3 partial restore.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
 import click
 
-from . import __version__
+from . import __version__, config
+from .errors import PartialRestore, PkgckptError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES = """\b
+Exit codes:
+  0  done, or nothing to do
+  1  error: nothing was changed (the message says why)
+  2  usage: a bad flag, setting or config file
+  3  partial restore: some packages failed, the others were installed"""
+
+SETTINGS = """\b
+Settings: flags > PKGCKPT_* environment variables (PKGCKPT_STORE, PKGCKPT_KEY,
+PKGCKPT_ENV=prefix1:prefix2, PKGCKPT_QUIET_MS, ...) > config files
+(/etc/pkgckpt/config.toml, then ~/.config/pkgckpt/config.toml, then --config FILE
+or PKGCKPT_CONFIG; TOML with the same names: store, key, env = [...]) > defaults."""
+
+_FIELDS = frozenset(f for f in config.Config.__dataclass_fields__)
+
+_SELECTORS = (
+    click.option(
+        "--env",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        metavar="PREFIX",
+        help="Python environment (venv or conda prefix) to track; repeatable. "
+        "Default: the environment running pkgckpt.",
+    ),
+    click.option(
+        "--r-lib",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        metavar="DIR",
+        help="R library to track; repeatable. Default: R_LIBS_USER when set.",
+    ),
+    click.option(
+        "--r-discover",
+        is_flag=True,
+        default=None,
+        help="Also track the libraries `Rscript -e '.libPaths()'` reports.",
+    ),
+    click.option(
+        "--store",
+        type=click.Path(path_type=Path),
+        metavar="DIR",
+        help="Where manifests live (an NFS mount in production). Default: ~/.local/state/pkgckpt.",
+    ),
+    click.option(
+        "--key",
+        metavar="KEY",
+        help="This session's directory in the store. Default: the login name.",
+    ),
+    click.option(
+        "--baseline",
+        type=click.Path(path_type=Path),
+        metavar="FILE",
+        help="What the image shipped (`pkgckpt baseline` at build time). Default: the one "
+        "this container took at its first start, in the runtime directory.",
+    ),
+    click.option(
+        "--config",
+        "config_file",
+        type=click.Path(path_type=Path),
+        metavar="FILE",
+        help="A TOML config file, read after the system and user ones.",
+    ),
+)
 
 
-@click.group()
+def with_config(command: F) -> F:
+    """Add the selectors every command takes; call `command(cfg, ...)` with the config.
+
+    Options named like a config setting (the selectors, `--quiet-ms`, `--timeout`, ...)
+    are passed to `config.load` as flags, so that a flag not given leaves the lower
+    layers (environment, files, defaults) in force.
+    """
+
+    @functools.wraps(command)
+    def wrapper(config_file: Path | None, **kwargs: Any) -> Any:
+        flags = {name: kwargs.pop(name) for name in list(kwargs) if name in _FIELDS}
+        return command(config.load(flags, config_file), **kwargs)
+
+    for option in reversed(_SELECTORS):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(epilog=f"{EXIT_CODES}\n\n{SETTINGS}")
 @click.version_option(__version__, prog_name="pkgckpt")
 def cli() -> None:
-    """Checkpoint the packages users install in notebook containers; restore them at start."""
+    """Checkpoint the packages users install in notebook containers; restore them at start.
+
+    \b
+    In the image build:      pkgckpt baseline --output /etc/pkgckpt/baseline.json
+    In the entrypoint:       pkgckpt restore --timeout 300 && pkgckpt daemon &
+    Whenever:                pkgckpt status
+    """
 
 
-def main() -> None:
-    cli()
+@cli.command(epilog=EXIT_CODES)
+@click.option(
+    "--quiet-ms",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Checkpoint a library once it has been quiet this long (default 500).",
+)
+@click.option(
+    "--max-delay-ms",
+    type=click.IntRange(min=0),
+    default=None,
+    help="...or once this long has passed since its first change (default 30000).",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="S",
+    help="On SIGTERM, seconds to get pending changes onto the store (default 10).",
+)
+@with_config
+def daemon(cfg: config.Config) -> int:
+    """Watch the libraries and checkpoint every change to the store (foreground).
+
+    Logs one line per change and per checkpoint on stderr. Tells systemd READY=1 when
+    $NOTIFY_SOCKET is set and sends WATCHDOG=1 when it asks for them.
+
+    \b
+    SIGTERM, SIGINT  rescan everything at once, commit, exit (0: all changes are on the
+                     store; 1: the store stayed unreachable until --shutdown-timeout)
+    SIGHUP           rescan everything and commit now
+    A store that fails is retried with backoff; the daemon never exits because of it.
+    Status (pid, last checkpoint, pending changes, last error): `pkgckpt status`.
+    """
+    from . import daemon as daemon_
+
+    logging.getLogger().setLevel(logging.INFO)
+    return daemon_.run(cfg)
+
+
+@cli.command(epilog=EXIT_CODES)
+@with_config
+def snapshot(cfg: config.Config) -> int:
+    """Scan and checkpoint now (for a preStop hook).
+
+    When a daemon runs for this key, it is asked to do it (so the manifest keeps one
+    writer) and this command waits for its checkpoint. A package leaves the manifest only
+    through an uninstall the daemon saw: snapshot itself only adds and updates.
+    """
+    from .daemon import snapshot as snapshot_
+
+    click.echo(snapshot_(cfg).render(), nl=False)
+    return 0
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="S",
+    help="Bound the whole run (default 900; 0: no bound). What is not done is reported.",
+)
+@click.option(
+    "--installer",
+    type=click.Choice(["auto", "pip", "uv"]),
+    default=None,
+    help="Python installer (auto: uv when installed, else pip).",
+)
+@click.option(
+    "--index-url", metavar="URL", default=None, help="Package index (never the manifest's)."
+)
+@click.option(
+    "--find-links",
+    multiple=True,
+    metavar="DIR",
+    help="Extra place with wheels and sdists; repeatable.",
+)
+@click.option("--no-index", is_flag=True, default=None, help="Use --find-links only.")
+@click.option(
+    "--keep-removed",
+    is_flag=True,
+    default=None,
+    help="Do not uninstall the image packages the user had removed.",
+)
+@click.option(
+    "--r-repo", multiple=True, metavar="URL", help="R repository (CRAN mirror); repeatable."
+)
+@with_config
+def restore(cfg: config.Config, dry_run: bool, as_json: bool) -> int:
+    """Install what the manifest records that is not installed here (the entrypoint).
+
+    Takes this container's baseline first when it has none. Installs added and changed
+    packages at their exact versions and removes the image packages the user removed;
+    nothing else. Run twice, the second run does nothing and says so. Index settings come
+    from these flags, the config or the installer's own configuration, never the store.
+    """
+    from . import restore as restore_
+
+    try:
+        report = restore_.run(cfg, dry_run=dry_run)
+    except PartialRestore as e:
+        if e.report is not None:
+            _emit(e.report.to_json() if as_json else e.report.render(), as_json)
+        raise
+    _emit(report.to_json() if as_json else report.render(), as_json)
+    return report.exit_code
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_config
+def status(cfg: config.Config, as_json: bool) -> int:
+    """What is checkpointed, what is not yet, and whether the daemon runs.
+
+    Per environment: the packages the manifest tracks (added, changed, removed), changes
+    seen now that are not checkpointed yet, and what `restore` would still do. Then the
+    last checkpoint (generation, age), the daemon (pid alive) and the last store error.
+    Reads only: changes nothing, not even the baseline.
+    """
+    from . import status as status_
+
+    report = status_.collect(cfg)
+    _emit(status_.to_json(report) if as_json else status_.to_text(report), as_json)
+    return 0
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    metavar="FILE",
+    help="Where to write it (e.g. /etc/pkgckpt/baseline.json); readable by everyone.",
+)
+@with_config
+def baseline(cfg: config.Config, output: Path) -> int:
+    """Record what the image ships (run at image build time).
+
+    Every container started from the image then records only the user's changes to it.
+    Give the same --env / --r-lib as the daemon will use.
+    """
+    from .checkpoint import write_baseline
+
+    found = write_baseline(cfg, output)
+    count = sum(len(i.packages) for i in found.environments)
+    click.echo(
+        f"baseline: {count} packages in {len(found.environments)} environment(s) -> {output}"
+    )
+    return 0
+
+
+def _emit(data: str | bytes, as_json: bool) -> None:
+    text = data.decode() if isinstance(data, bytes) else data
+    click.echo(text, nl=not text.endswith("\n"))
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"pkgckpt: {record.levelname.lower()}: {message}"
+        return f"pkgckpt: {message}"
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (no traceback for any error)."""
+    _setup_logging()
+    try:
+        result = cli.main(args=argv, prog_name="pkgckpt", standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.Abort:
+        click.echo("pkgckpt: interrupted", err=True)
+        return 1
+    except PkgckptError as e:
+        click.echo(f"pkgckpt: {e}", err=True)
+        return e.exit_code
+    except BrokenPipeError:
+        # The reader went away (`pkgckpt status | head`): nothing more to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as e:
+        if os.environ.get("PKGCKPT_DEBUG"):
+            traceback.print_exc()
+        click.echo(
+            f"pkgckpt: internal error: {type(e).__name__}: {e} (PKGCKPT_DEBUG=1 shows where)",
+            err=True,
+        )
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def main() -> NoReturn:
+    sys.exit(run())

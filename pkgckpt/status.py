@@ -1,0 +1,282 @@
+"""The daemon's runtime status file, and `pkgckpt status`: what is recorded, what is not yet.
+
+The daemon keeps `<runtime dir>/daemon-<key>.json` up to date (pid, start, last commit,
+pending changes, last error) with `store.atomic_write`; it is rewritten when something in
+it changes, never on a timer. `collect()` reads it, the store and a live scan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from . import __version__, checkpoint, inventory, manifest
+from .checkpoint import now_iso
+from .config import Config, ensure_runtime_dir
+from .errors import PkgckptError
+from .manifest import Change, Environment, Package
+from .store import Store, atomic_write
+
+Phase = Literal["starting", "watching", "stopping", "stopped"]
+
+
+class DaemonState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The runtime status file of one daemon."""
+
+    pid: int
+    pid_start: int | None = None
+    """The process start time (clock ticks since boot): tells a reused pid apart."""
+    host: str
+    version: str
+    store: str
+    key: str
+    started: str
+    updated: str
+    phase: Phase = "starting"
+    baseline: str | None = None
+    """Where the baseline came from: its file, or "inferred" (none found, see checkpoint)."""
+    generation: int | None = None
+    committed: str | None = None
+    """Time of the last commit this daemon made (or found unchanged)."""
+    pending: int = 0
+    """Changes seen but not on the store yet."""
+    pending_roots: tuple[str, ...] = ()
+    """Library roots changed and waiting for their quiet window."""
+    last_error: str | None = None
+    """The last store or scan error, cleared by the next successful commit."""
+    error_time: str | None = None
+    rescans: int = 0
+    """Full rescans done on request (SIGHUP): `snapshot` waits for this to move."""
+
+
+_state_decoder = msgspec.json.Decoder(DaemonState)
+_encoder = msgspec.json.Encoder(order="deterministic")
+
+
+def status_path(config: Config) -> Path:
+    return config.runtime_dir / f"daemon-{config.key}.json"
+
+
+def process_start(pid: int) -> int | None:
+    """Start time of `pid` from /proc (None when unknown)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its end.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def new_state(config: Config) -> DaemonState:
+    stamp = now_iso()
+    return DaemonState(
+        pid=os.getpid(),
+        pid_start=process_start(os.getpid()),
+        host=socket.gethostname(),
+        version=__version__,
+        store=str(config.store),
+        key=config.key,
+        started=stamp,
+        updated=stamp,
+    )
+
+
+def write_state(config: Config, state: DaemonState) -> None:
+    ensure_runtime_dir(config.runtime_dir)
+    atomic_write(status_path(config), _encoder.encode(state) + b"\n", 0o600)
+
+
+def read_state(config: Config) -> DaemonState | None:
+    """The status file, or None when there is none or it cannot be read."""
+    try:
+        data = status_path(config).read_bytes()
+        return _state_decoder.decode(data)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def running(state: DaemonState | None) -> bool:
+    """Is the daemon that wrote `state` alive (same pid, same process start time)?"""
+    if state is None or state.phase == "stopped" or state.host != socket.gethostname():
+        return False
+    started = process_start(state.pid)
+    if started is not None:
+        return state.pid_start is None or started == state.pid_start
+    try:
+        os.kill(state.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- pkgckpt status --------------------------------------------------------------------
+
+
+class _Out(msgspec.Struct, frozen=True, kw_only=True):
+    """Report structs: every field in the JSON, defaults included, for scripts to rely on."""
+
+
+class EnvReport(_Out, frozen=True, kw_only=True):
+    env: Environment
+    added: tuple[Package, ...] = ()
+    changed: tuple[Package, ...] = ()
+    removed: tuple[Package, ...] = ()
+    pending: tuple[Change, ...] = ()
+    """Seen now but not checkpointed: what `snapshot` would add to the manifest."""
+    unrestored: tuple[Change, ...] = ()
+    """Recorded but not what is installed: what `restore` would do."""
+    error: str | None = None
+
+
+class Checkpoint(_Out, frozen=True, kw_only=True):
+    generation: int
+    time: str | None = None
+    age_seconds: float | None = None
+
+
+class Report(_Out, frozen=True, kw_only=True):
+    store: str
+    key: str
+    baseline: str | None = None
+    checkpoint: Checkpoint | None = None
+    environments: tuple[EnvReport, ...] = ()
+    daemon_running: bool = False
+    daemon: DaemonState | None = None
+    store_error: str | None = None
+
+
+def _age(stamp: str | None) -> float | None:
+    if stamp is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return round(time.time() - datetime.fromisoformat(stamp).timestamp(), 1)
+    return None
+
+
+def collect(config: Config) -> Report:
+    """Everything `pkgckpt status` shows; reads only, never writes or takes a baseline."""
+    store_error = None
+    recorded = None
+    try:
+        recorded = Store(config.store, config.key).read()
+    except PkgckptError as e:
+        store_error = str(e)
+    baseline = inventory.load_baseline(config)
+    tracker = checkpoint.Tracker(baseline, recorded)
+    envs: list[EnvReport] = []
+    recorded_envs = recorded.body.environments if recorded is not None else ()
+    elsewhere = {checkpoint.env_key(d.env): d for d in recorded_envs}
+    for target in inventory.targets(config):
+        env = target.env
+        try:
+            obs = checkpoint.observe(target)
+        except PkgckptError as e:
+            envs.append(EnvReport(env=env, error=str(e)))
+            continue
+        pending = tuple(tracker.observe(env, obs))
+        recorded_state = tracker.state(env) or {}
+        delta = tracker.body().delta(env) or manifest.Delta(env=env)
+        unrestored = tuple(manifest.diff(obs.packages, recorded_state, env.kind))
+        envs.append(
+            EnvReport(
+                env=env,
+                added=delta.added,
+                changed=delta.changed,
+                removed=delta.removed,
+                pending=pending,
+                unrestored=unrestored,
+            )
+        )
+        elsewhere.pop(checkpoint.env_key(env), None)
+    for d in elsewhere.values():
+        envs.append(EnvReport(env=d.env, added=d.added, changed=d.changed, removed=d.removed))
+    state = read_state(config)
+    alive = running(state)
+    if store_error is None and alive and state is not None:
+        store_error = state.last_error
+    return Report(
+        store=str(Store(config.store, config.key).path),
+        key=config.key,
+        baseline=str(inventory.baseline_path(config)) if baseline is not None else None,
+        checkpoint=Checkpoint(
+            generation=recorded.generation, time=recorded.time, age_seconds=_age(recorded.time)
+        )
+        if recorded is not None
+        else None,
+        environments=tuple(envs),
+        daemon_running=alive,
+        daemon=state,
+        store_error=store_error,
+    )
+
+
+def to_json(report: Report) -> bytes:
+    return msgspec.json.format(_encoder.encode(report), indent=2) + b"\n"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _pkgs(label: str, packages: tuple[Package, ...]) -> list[str]:
+    if not packages:
+        return []
+    return [f"    {label:<9}" + ", ".join(f"{p.name} {p.version}" for p in packages)]
+
+
+def _changes(label: str, changes: tuple[Change, ...]) -> list[str]:
+    if not changes:
+        return []
+    words = []
+    for c in changes:
+        versions = " -> ".join(v for v in (c.old, c.new) if v)
+        words.append(f"{c.action} {c.name} {versions}")
+    return [f"    {label:<9}" + ", ".join(words)]
+
+
+def to_text(report: Report) -> str:
+    lines = [f"store:      {report.store}"]
+    if report.checkpoint is None:
+        lines.append("checkpoint: none yet")
+    else:
+        c = report.checkpoint
+        age = f", {_duration(c.age_seconds)} ago" if c.age_seconds is not None else ""
+        lines.append(f"checkpoint: generation {c.generation} ({c.time}{age})")
+    lines.append(f"baseline:   {report.baseline or 'none found'}")
+    d = report.daemon
+    if report.daemon_running and d is not None:
+        detail = f"pid {d.pid}, {d.phase} since {d.started}"
+        if d.pending:
+            detail += f", {d.pending} change(s) not on the store yet"
+        lines.append(f"daemon:     running ({detail})")
+    else:
+        lines.append("daemon:     not running")
+    if report.store_error:
+        lines.append(f"last error: {report.store_error}")
+    for e in report.environments:
+        where = f"{e.env.path} (user site)" if e.env.user else e.env.path
+        lines.append(f"{e.env.kind} {where}:")
+        if e.error:
+            lines.append(f"    error: {e.error}")
+        body = [
+            *_pkgs("added", e.added),
+            *_pkgs("changed", e.changed),
+            *_pkgs("removed", e.removed),
+            *_changes("pending", e.pending),
+            *_changes("restore", e.unrestored),
+        ]
+        lines.extend(body or ["    nothing recorded"])
+    return "\n".join(lines) + "\n"
