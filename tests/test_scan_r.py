@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -197,21 +198,38 @@ def test_missing_library_scans_empty_and_says_so(tmp_path: Path) -> None:
 
 def test_rescan_rereads_only_descriptions_whose_identity_changed(tmp_path: Path) -> None:
     """Same inode, mtime and size: the cached entry stands; a replaced file is read again."""
+    hour_ago = time.time_ns() - 3600 * 10**9  # older than the racy window
     kept = description(tmp_path, "kept", installed_text("kept", "1.0"))
     moved = description(tmp_path, "moved", installed_text("moved", "1.0"))
+    for path in (kept, moved):
+        os.utime(path, ns=(hour_ago, hour_ago))
     scanner = RLibraryScanner(tmp_path)
     scanner.scan()
-    st = kept.stat()
+    assert scanner.reads == 2
     with kept.open("r+") as f:  # same inode and size, mtime put back: not re-read
         f.write(installed_text("kept", "9.0"))
-    os.utime(kept, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(kept, ns=(hour_ago, hour_ago))
     new = tmp_path / "new-description"
     new.write_text(installed_text("moved", "2.0"))
+    os.utime(new, ns=(hour_ago, hour_ago))
     new.replace(moved)  # R renames the staged package into place: a new inode
     found = scanner.scan().packages
+    assert scanner.reads == 1
     assert found["kept"].version == "1.0"
     assert found["moved"].version == "2.0"
     assert RLibraryScanner(tmp_path).scan().packages["kept"].version == "9.0"
+
+
+def test_recent_and_broken_entries_are_read_again(tmp_path: Path) -> None:
+    """An entry written within the racy window, or broken, is re-read at the next scan."""
+    description(tmp_path, "fresh", installed_text("fresh", "1.0"))
+    broken = description(tmp_path, "bad", "not DCF\n")
+    hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(broken, ns=(hour_ago, hour_ago))
+    scanner = RLibraryScanner(tmp_path)
+    scanner.scan()
+    scanner.scan()
+    assert scanner.reads == 2
 
 
 def test_removed_package_leaves_the_scan(tmp_path: Path) -> None:

@@ -8,7 +8,10 @@ DESCRIPTION. Where a package came from is in `Repository:` (CRAN, RSPM, ...) or 
 
 Incremental: a rescan re-reads only the DESCRIPTION files whose identity (inode, mtime,
 size) changed. R installs a package by renaming a staged directory into place, so a
-reinstall always gives DESCRIPTION a new inode.
+reinstall always gives DESCRIPTION a new inode. As in `python.py`, an entry modified
+within `RACY_NS` of a scan, or broken, is read again at the next scan whatever its
+identity. DESCRIPTION is stat'ed rather than the package directory: an edit in place
+changes the file's mtime, not the directory's.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ScanError
 from ..manifest import (
@@ -33,6 +37,7 @@ from ..manifest import (
     VcsSource,
 )
 from . import ScanResult
+from .python import RACY_NS, strip_credentials
 
 LOCK_PREFIX = "00LOCK"
 """R CMD INSTALL's lock: `00LOCK-<pkg>` per package, or `00LOCK` for the whole library."""
@@ -90,16 +95,6 @@ def dependencies(fields: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def _redact(url: str) -> str:
-    """The URL without user and password: tokens in clone URLs must not reach the store."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port is not None else host
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _forge_url(kind: str, fields: Mapping[str, str]) -> str | None:
     user, repo = fields.get("RemoteUsername"), fields.get("RemoteRepo")
     if not user or not repo:
@@ -125,13 +120,19 @@ def source(fields: Mapping[str, str]) -> Source:
             )
     elif kind in _GIT_TYPES and url:
         return VcsSource(
-            vcs="git", url=_redact(url), commit=commit, requested_revision=ref, subdirectory=subdir
+            vcs="git",
+            url=strip_credentials(url),
+            commit=commit,
+            requested_revision=ref,
+            subdirectory=subdir,
         )
     elif kind == "svn" and url:
         revision = fields.get("RemoteRevision") or commit
-        return VcsSource(vcs="svn", url=_redact(url), commit=revision, subdirectory=subdir)
+        return VcsSource(
+            vcs="svn", url=strip_credentials(url), commit=revision, subdirectory=subdir
+        )
     elif kind == "url" and url:
-        return UrlSource(url=_redact(url), subdirectory=subdir)
+        return UrlSource(url=strip_credentials(url), subdirectory=subdir)
     elif kind == "local" and url:
         return DirectorySource(path=url, subdirectory=subdir)
     return IndexSource(repository=fields.get("Repository") or None)
@@ -177,9 +178,17 @@ def read_dcf(path: Path) -> dict[str, str]:
     return parse_dcf(text)
 
 
-_Identity = tuple[int, int, int]
 _Found = Package | str | None
 """A package, the reason an entry is broken, or None: not an installed package."""
+
+
+@dataclass(frozen=True)
+class _Cached:
+    identity: tuple[int, int, int]
+    """(inode, mtime_ns, size) of the entry's DESCRIPTION."""
+    found: _Found
+    suspect: bool
+    """Read again at the next scan whatever its identity: racy or broken."""
 
 
 class RLibraryScanner:
@@ -188,40 +197,44 @@ class RLibraryScanner:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.exists = False
-        self._cache: dict[str, tuple[_Identity, _Found]] = {}
+        """Whether the directory existed at the last scan."""
+        self.reads = 0
+        """DESCRIPTION files read (not reused) by the last scan: the incremental work done."""
+        self._cache: dict[str, _Cached] = {}
 
     def scan(self) -> ScanResult:
+        self.reads = 0
+        now = time.time_ns()
         try:
             with os.scandir(self.path) as it:
-                entries = [e.name for e in it if not e.name.startswith(".")]
+                entries = sorted(e.name for e in it if not e.name.startswith("."))
         except (FileNotFoundError, NotADirectoryError):
             self.exists = False
-            self._cache.clear()
-            return ScanResult(packages={}, broken={}, in_progress=frozenset())
+            self._cache = {}
+            return ScanResult()
         except OSError as e:
             raise ScanError(f"cannot list R library {self.path}: {e.strerror}") from None
         self.exists = True
         packages: dict[str, Package] = {}
         broken: dict[str, str] = {}
         in_progress: set[str] = set()
-        cache: dict[str, tuple[_Identity, _Found]] = {}
+        cache: dict[str, _Cached] = {}
         for name in entries:
             if name.startswith(LOCK_PREFIX):
                 in_progress.add(name)
                 continue
-            result = self._entry(name)
-            if result is None:
+            entry = self._entry(name, now)
+            if entry is None:
                 continue
-            cache[name] = result
-            found = result[1]
-            if isinstance(found, Package):
-                packages[found.name] = found
-            elif found is not None:
-                broken[name] = found
+            cache[name] = entry
+            if isinstance(entry.found, Package):
+                packages[entry.found.name] = entry.found
+            elif entry.found is not None:
+                broken[name] = entry.found
         self._cache = cache
         return ScanResult(packages=packages, broken=broken, in_progress=frozenset(in_progress))
 
-    def _entry(self, name: str) -> tuple[_Identity, _Found] | None:
+    def _entry(self, name: str, now: int) -> _Cached | None:
         """The cached or freshly read package of one entry; None when it has no DESCRIPTION."""
         description = self.path / name / "DESCRIPTION"
         try:
@@ -229,21 +242,24 @@ class RLibraryScanner:
         except (FileNotFoundError, NotADirectoryError):
             return None  # a plain file, or a directory R did not finish (or never made)
         except OSError as e:
-            return (0, 0, 0), f"cannot stat DESCRIPTION: {e.strerror}"
+            return _Cached((0, 0, 0), f"cannot stat DESCRIPTION: {e.strerror}", True)
         identity = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._cache.get(name)
-        if cached is not None and cached[0] == identity:
+        if cached is not None and not cached.suspect and cached.identity == identity:
             return cached
+        self.reads += 1
+        found: _Found
         try:
             fields = read_dcf(description)
             # R writes Built: at install time; without it, this is a source tree or R's own
             # `translations` directory, which installed.packages() does not list either.
-            found: _Found = package(fields, name) if "Built" in fields else None
-            return identity, found
+            found = package(fields, name) if "Built" in fields else None
         except OSError as e:
-            return identity, f"cannot read DESCRIPTION: {e.strerror}"
+            found = f"cannot read DESCRIPTION: {e.strerror}"
         except DescriptionError as e:
-            return identity, str(e)
+            found = str(e)
+        suspect = isinstance(found, str) or now - st.st_mtime_ns < RACY_NS
+        return _Cached(identity, found, suspect)
 
 
 def scan_library(path: Path) -> ScanResult:
