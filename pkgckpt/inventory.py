@@ -86,7 +86,8 @@ class Target:
 def entry_name(kind: str, entry: str) -> str:
     """The package name a library entry stands for (`Foo_Bar-1.0.dist-info` -> foo-bar)."""
     if kind == "r":
-        return entry
+        # R CMD INSTALL moves the package it replaces into 00LOCK-<pkg> while it runs.
+        return entry.removeprefix("00LOCK-")
     stem = entry.removeprefix("__editable__.")
     for suffix in (".dist-info", ".egg-info", ".egg-link", ".pth"):
         stem = stem.removesuffix(suffix)
