@@ -165,10 +165,11 @@ def _age(stamp: str | None) -> float | None:
 
 def collect(config: Config) -> Report:
     """Everything `pkgckpt status` shows; reads only, never writes or takes a baseline."""
+    store = Store(config.store, config.key)
     store_error = None
     recorded = None
     try:
-        recorded = Store(config.store, config.key).read()
+        recorded = store.read()
     except PkgckptError as e:
         store_error = str(e)
     baseline = inventory.load_baseline(config)
@@ -205,7 +206,7 @@ def collect(config: Config) -> Report:
     if store_error is None and alive and state is not None:
         store_error = state.last_error
     return Report(
-        store=str(Store(config.store, config.key).path),
+        store=str(store.path),
         key=config.key,
         baseline=str(inventory.baseline_path(config)) if baseline is not None else None,
         checkpoint=Checkpoint(

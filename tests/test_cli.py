@@ -1,0 +1,197 @@
+"""The command line contract: exit codes, one-line errors, --help, flag precedence."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pkgckpt import cli, status
+from pkgckpt.manifest import Body, Delta, Environment, Package
+from tests.restore_kit import hermetic, put_manifest
+from tests.wheelhouse import Dist, build_wheel, make_venv
+
+COMMANDS = ["daemon", "snapshot", "restore", "status", "baseline"]
+
+
+def run(*argv: str) -> int:
+    return cli.run(list(argv))
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Hermetic settings (no PKGCKPT_*, private runtime and config dirs) for this process."""
+    variables = hermetic(tmp_path)
+    for name in list(__import__("os").environ):
+        if name.startswith("PKGCKPT_"):
+            monkeypatch.delenv(name)
+    for name in ("XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "UV_CACHE_DIR", "PIP_CONFIG_FILE"):
+        monkeypatch.setenv(name, variables[name])
+    return variables
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_documents_the_exit_codes(
+    command: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pkgckpt --help` and every command's --help list exit codes 0, 1, 2 and 3."""
+    assert run(*([command] if command else []), "--help") == 0
+    out = capsys.readouterr().out
+    assert "Exit codes:" in out
+    for code in ("0  done", "1  error", "2  usage", "3  partial restore"):
+        assert code in out
+
+
+def test_every_command_takes_the_shared_selectors(capsys: pytest.CaptureFixture[str]) -> None:
+    """--env, --r-lib, --store, --key, --baseline and --config are on every command."""
+    for command in COMMANDS:
+        run(command, "--help")
+        out = capsys.readouterr().out
+        for flag in (
+            "--env PREFIX",
+            "--r-lib DIR",
+            "--store DIR",
+            "--key KEY",
+            "--baseline FILE",
+            "--config FILE",
+        ):
+            assert flag in out, (command, flag)
+
+
+def test_version_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    """`pkgckpt --version` prints the version and exits 0."""
+    assert run("--version") == 0
+    assert "pkgckpt, version" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "--no-such-flag"],
+        ["restore", "--installer", "conda"],
+        ["frobnicate"],
+        ["baseline"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Unknown flags, bad choices, unknown commands, missing required options: exit 2."""
+    assert run(*argv) == 2
+    assert "Error:" in capsys.readouterr().err
+
+
+def test_a_bad_setting_in_the_environment_exits_2_in_one_line(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PKGCKPT_QUIET_MS=soon is a usage error naming the variable."""
+    monkeypatch.setenv("PKGCKPT_QUIET_MS", "soon")
+    assert run("status") == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["pkgckpt: PKGCKPT_QUIET_MS: invalid value 'soon' for quiet_ms"]
+
+
+def test_a_library_error_exits_1_with_one_line(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A configured baseline file that does not exist: exit 1, one line, no traceback."""
+    missing = tmp_path / "nope.json"
+    assert run("status", "--store", str(tmp_path / "s"), "--baseline", str(missing)) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"pkgckpt: baseline file {missing} does not exist"]
+
+
+def test_an_unexpected_exception_is_one_line_not_a_traceback(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug still ends in exit 1 and one line naming the exception."""
+
+    def boom(config: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(status, "collect", boom)
+    assert run("status") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "pkgckpt: internal error: RuntimeError: bug (PKGCKPT_DEBUG=1 shows where)"
+    ]
+
+
+def test_store_precedence_is_flag_then_environment_then_file(
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The store `status` reports comes from --store, else PKGCKPT_STORE, else the file."""
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'store = "{tmp_path / "from-file"}"\nkey = "k"\n')
+
+    def store(*argv: str) -> str:
+        assert run("status", "--json", "--config", str(conf), *argv) == 0
+        return str(json.loads(capsys.readouterr().out)["store"])
+
+    assert store() == str(tmp_path / "from-file" / "k")
+    monkeypatch.setenv("PKGCKPT_STORE", str(tmp_path / "from-env"))
+    assert store() == str(tmp_path / "from-env" / "k")
+    assert store("--store", str(tmp_path / "from-flag")) == str(tmp_path / "from-flag" / "k")
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [(["--env", "{tmp}/missing"], 1), (["--key", ".hidden", "--store", "{tmp}/s"], 2)],
+)
+def test_process_errors_print_no_traceback(tmp_path: Path, argv: list[str], code: int) -> None:
+    """The real process (`python -m pkgckpt`) exits 1 or 2 with a one-line message."""
+    bad = subprocess.run(
+        [sys.executable, "-m", "pkgckpt", "status", *(a.format(tmp=tmp_path) for a in argv)],
+        capture_output=True,
+        text=True,
+        env=hermetic(tmp_path),
+    )
+    assert bad.returncode == code, bad.stderr
+    assert len(bad.stderr.splitlines()) == 1 and bad.stderr.startswith("pkgckpt: ")
+
+
+@pytest.mark.slow
+def test_partial_restore_exits_3_and_installs_the_rest(tmp_path: Path) -> None:
+    """A package that cannot be installed: exit 3, the others installed, the failure named."""
+    variables = hermetic(tmp_path)
+    wheels = tmp_path / "wheels"
+    build_wheel(Dist("good-one", "1.0"), wheels)
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    store = tmp_path / "store"
+    flags = ["--env", str(venv.prefix), "--store", str(store), "--key", "k"]
+    base = subprocess.run(
+        [sys.executable, "-m", "pkgckpt", "baseline", *flags, "--output", str(tmp_path / "b.json")],
+        capture_output=True,
+        text=True,
+        env=variables,
+    )
+    assert base.returncode == 0, base.stderr
+    environment = Environment(kind="python", path=str(venv.prefix))
+    added = (Package(name="good-one", version="1.0"), Package(name="not-there", version="2.0"))
+    put_manifest(store, "k", Body(environments=(Delta(env=environment, added=added),)))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pkgckpt",
+            "restore",
+            *flags,
+            "--baseline",
+            str(tmp_path / "b.json"),
+            "--installer",
+            "uv",
+            "--no-index",
+            "--find-links",
+            str(wheels),
+        ],
+        capture_output=True,
+        text=True,
+        env=variables,
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "not-there" in proc.stderr.splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+    assert list(venv.site_packages.glob("good_one-1.0.dist-info"))
