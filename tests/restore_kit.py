@@ -1,0 +1,121 @@
+"""Shared pieces of the restore tests and benchmarks: hermetic installer settings, sdists
+with a tiny in-tree build backend (slow or broken on purpose, no setuptools needed), a
+manifest put on a store, and the real `pkgckpt restore` command."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+
+from pkgckpt import manifest
+from pkgckpt.manifest import Body, Manifest
+
+
+def hermetic(tmp: Path) -> dict[str, str]:
+    """Environment variables that keep this machine's pip/uv/R settings out of a test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "PKGCKPT_"))}
+    env.pop("R_LIBS_USER", None)
+    env.update(
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        UV_NO_CONFIG="1",
+        UV_CACHE_DIR=str(tmp / "uv-cache"),
+        XDG_RUNTIME_DIR=str(tmp / "run"),
+        XDG_CONFIG_HOME=str(tmp / "config"),
+    )
+    return env
+
+
+def installed(site_packages: Path) -> dict[str, str]:
+    """name -> version of the dist-infos in a site-packages, straight from the directory."""
+    found = {}
+    for info in site_packages.glob("*.dist-info"):
+        name, version = info.name.removesuffix(".dist-info").rsplit("-", 1)
+        found[name] = version
+    return found
+
+
+def backend_sdist(name: str, version: str, outdir: Path, build_wheel: str) -> Path:
+    """An sdist whose in-tree build backend runs `build_wheel` (Python source, indented 4)."""
+    module = name.replace("-", "_")
+    root = f"{module}-{version}"
+    files = {
+        "pyproject.toml": (
+            '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+        ),
+        "backend.py": "import os, sys, time\n\n"
+        "def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):\n"
+        + textwrap.indent(textwrap.dedent(build_wheel), "    "),
+        "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    }
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / f"{root}.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        for rel, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{root}/{rel}")
+            info.size = len(data)
+            info.mode = 0o644
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def broken_sdist(name: str, version: str, outdir: Path) -> Path:
+    """An sdist whose build always fails with a recognizable message."""
+    return backend_sdist(
+        name,
+        version,
+        outdir,
+        f'print("BUILD FAILED: {name} cannot be built here", file=sys.stderr)\n'
+        "raise SystemExit(1)\n",
+    )
+
+
+def slow_sdist(name: str, version: str, outdir: Path, pidfile: Path) -> Path:
+    """An sdist whose build writes its pid to `pidfile` and then hangs."""
+    return backend_sdist(
+        name,
+        version,
+        outdir,
+        f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n",
+    )
+
+
+def put_manifest(store: Path, key: str, body: Body | bytes, generation: int = 1) -> Path:
+    """Write a manifest (a body, encoded with a valid checksum, or raw bytes) as the store
+    would: `<store>/<key>/manifest.json`, directories 0700, file 0600."""
+    directory = store / key
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store.chmod(0o700)
+    directory.chmod(0o700)
+    data = (
+        body
+        if isinstance(body, bytes)
+        else manifest.encode(
+            Manifest(generation=generation, time="2024-01-01T00:00:00+00:00", body=body)
+        )
+    )
+    path = directory / "manifest.json"
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
+def pkgckpt(
+    *args: str, env: Mapping[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """The real command: `python -m pkgckpt ARGS`, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "pkgckpt", *args],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )

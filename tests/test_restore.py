@@ -1,0 +1,402 @@
+"""Restore end to end: real venvs, real uv and pip, wheels and sdists built here, a real store."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from restore_kit import broken_sdist, hermetic, installed, pkgckpt, put_manifest, slow_sdist
+from wheelhouse import Dist, Venv, build_wheel, make_venv
+
+from pkgckpt import restore
+from pkgckpt.config import Config
+from pkgckpt.errors import PartialRestore
+from pkgckpt.manifest import Body, Delta, Environment, Package, UrlSource
+
+pytestmark = pytest.mark.slow
+
+IMAGE = {"image": "1.0", "gone": "1.0", "keeper": "1.0"}
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheels")
+    for dist in (
+        Dist("alpha", "1.0"),
+        Dist("alpha", "2.0"),
+        Dist("beta", "1.0", requires=["gamma"]),
+        Dist("gamma", "1.0"),
+        Dist("image", "1.0"),
+        Dist("image", "2.0"),
+        Dist("gone", "1.0"),
+        Dist("keeper", "1.0"),
+        Dist("same", "3.0"),
+    ):
+        build_wheel(dist, out)
+    broken_sdist("brokenpkg", "1.0", out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Installers inherit our environment: give them this test's settings only."""
+    for key in list(os.environ):
+        if key.startswith(("PIP_", "UV_", "PKGCKPT_")) or key == "R_LIBS_USER":
+            monkeypatch.delenv(key)
+    for key, value in hermetic(tmp_path).items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def image(tmp_path: Path, wheels: Path) -> Iterator[Venv]:
+    """The image's venv: three packages, no pip (the fast kind of venv)."""
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    config = Config(installer="uv", no_index=True, find_links=(str(wheels),))
+    from pkgckpt.restore.python import PythonInstaller
+    from pkgckpt.restore.runner import Deadline
+
+    pins = [Package(name=n, version=v) for n, v in IMAGE.items()]
+    out = PythonInstaller(Environment(kind="python", path=str(venv.prefix)), config).install(
+        pins, reinstall=False, deadline=Deadline(120)
+    )
+    assert out.ok, out.output
+    yield venv
+
+
+def make_config(tmp_path: Path, venv: Venv, wheels: Path, **settings: object) -> Config:
+    values: dict[str, object] = {
+        "store": tmp_path / "store",
+        "key": "alice",
+        "env": (venv.prefix,),
+        "runtime_dir": tmp_path / "run",
+        "installer": "uv",
+        "no_index": True,
+        "find_links": (str(wheels),),
+        "timeout": 300.0,
+    }
+    values.update(settings)
+    return Config(**values)  # type: ignore[arg-type]
+
+
+def env_of(config: Config) -> Environment:
+    """The environment as the scanner names it (the manifest must say the same)."""
+    from pkgckpt.inventory import targets
+
+    return next(t.env for t in targets(config) if not t.env.user)
+
+
+def user_delta(env: Environment, *added: Package) -> Body:
+    """What a user did: added alpha and beta, upgraded image, uninstalled gone."""
+    return Body(
+        environments=(
+            Delta(
+                env=env,
+                added=(
+                    Package(name="alpha", version="1.0"),
+                    Package(name="beta", version="1.0"),
+                    *added,
+                ),
+                changed=(Package(name="image", version="2.0"),),
+                removed=(Package(name="gone", version="1.0"),),
+            ),
+        )
+    )
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_restore_installs_exactly_the_recorded_delta(
+    tool: str, tmp_path: Path, image: Venv, wheels: Path
+) -> None:
+    """Added and changed packages at their versions, the removal done, nothing else touched."""
+    config = make_config(tmp_path, image, wheels, installer=tool)
+    put_manifest(config.store, config.key, user_delta(env_of(config)))
+    report = restore.run(config)
+    assert report.exit_code == 0, report.render()
+    assert installed(image.site_packages) == {
+        "alpha": "1.0",
+        "beta": "1.0",  # gamma, its dependency, was not in the delta: not installed
+        "image": "2.0",
+        "keeper": "1.0",
+    }
+    (env_report,) = report.environments
+    assert env_report.installer == tool
+    assert set(env_report.installed) == {"alpha==1.0", "beta==1.0", "image==2.0"}
+    assert env_report.removed == ("gone==1.0",)
+
+
+def test_second_restore_finds_nothing_and_runs_no_installer(
+    tmp_path: Path, image: Venv, wheels: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run twice, the second run plans nothing, starts no installer and says so."""
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(config.store, config.key, user_delta(env_of(config)))
+    restore.run(config)
+    after = installed(image.site_packages)
+    # With uv gone from PATH, building an installer would fail: none may be needed now.
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    report = restore.run(config)
+    assert report.plan.is_empty() and report.environments == ()
+    assert "Nothing to restore" in report.render() and "4 package(s)" in report.render()
+    assert installed(image.site_packages) == after
+
+
+def test_dry_run_changes_nothing(tmp_path: Path, image: Venv, wheels: Path) -> None:
+    """A dry run shows the plan, installs nothing and does not even take the baseline."""
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(config.store, config.key, user_delta(env_of(config)))
+    report = restore.run(config, dry_run=True)
+    assert installed(image.site_packages) == IMAGE
+    assert not (config.runtime_dir / "baseline.json").exists()
+    (planned,) = report.plan.environments
+    assert [s.name for s in planned.install] == ["alpha", "beta", "image"]
+    assert [s.name for s in planned.remove] == ["gone"]
+    text = report.render()
+    assert "install alpha 1.0 (added; not installed)" in text
+    assert "install image 2.0 (changed; installed 1.0)" in text
+    assert "remove  gone 1.0" in text
+
+
+def test_baseline_is_taken_before_anything_is_installed(
+    tmp_path: Path, image: Venv, wheels: Path
+) -> None:
+    """The baseline restore leaves for the daemon is the image, not the image plus the restore."""
+    from pkgckpt.inventory import load_baseline
+
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(config.store, config.key, user_delta(env_of(config)))
+    restore.run(config)
+    baseline = load_baseline(config)
+    assert baseline is not None
+    (inventory,) = [i for i in baseline.environments if not i.env.user]
+    assert {p.name: p.version for p in inventory.packages} == IMAGE
+
+
+def test_keep_removed_leaves_image_packages_in_place(
+    tmp_path: Path, image: Venv, wheels: Path
+) -> None:
+    """With keep_removed, image packages the user uninstalled stay; the rest is restored."""
+    config = make_config(tmp_path, image, wheels, keep_removed=True)
+    put_manifest(config.store, config.key, user_delta(env_of(config)))
+    report = restore.run(config)
+    assert installed(image.site_packages)["gone"] == "1.0"
+    assert installed(image.site_packages)["alpha"] == "1.0"
+    assert report.environments[0].kept == ("gone==1.0",)
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_failing_packages_are_named_and_the_others_installed(
+    tool: str, tmp_path: Path, image: Venv, wheels: Path
+) -> None:
+    """A missing version and a broken sdist fail alone, with their own reasons; others install."""
+    config = make_config(tmp_path, image, wheels, installer=tool)
+    body = user_delta(
+        env_of(config),
+        Package(name="ghost", version="9.9"),
+        Package(name="brokenpkg", version="1.0"),
+    )
+    put_manifest(config.store, config.key, body)
+    with pytest.raises(PartialRestore) as info:
+        restore.run(config)
+    report = info.value.report
+    assert report is not None and report.exit_code == 3 and info.value.exit_code == 3
+    failures = {f.name: f for f in report.failures}
+    assert set(failures) == {"ghost", "brokenpkg"}
+    assert "ghost" in failures["ghost"].message
+    assert "BUILD FAILED: brokenpkg" in failures["brokenpkg"].message
+    assert "BUILD FAILED" not in failures["ghost"].message
+    assert installed(image.site_packages) == {
+        "alpha": "1.0",
+        "beta": "1.0",
+        "image": "2.0",
+        "keeper": "1.0",
+    }
+    text = report.render()
+    assert "failed to install ghost 9.9" in text and "failed 2" in text
+
+
+def test_timeout_bounds_the_run_and_kills_the_build(
+    tmp_path: Path, image: Venv, wheels: Path
+) -> None:
+    """A hung build is killed at the timeout with its process group; the report says so."""
+    pidfile = tmp_path / "build.pid"
+    slow_sdist("hangs", "1.0", wheels_for_slow := tmp_path / "slow", pidfile)
+    config = make_config(
+        tmp_path,
+        image,
+        wheels,
+        timeout=8.0,
+        find_links=(str(wheels), str(wheels_for_slow)),
+    )
+    put_manifest(
+        config.store, config.key, user_delta(env_of(config), Package(name="hangs", version="1.0"))
+    )
+    began = time.monotonic()
+    with pytest.raises(PartialRestore) as info:
+        restore.run(config)
+    assert time.monotonic() - began < 60  # a bound, not a benchmark: the build sleeps 600 s
+    report = info.value.report
+    assert report is not None and report.timed_out
+    assert "hangs" in {f.name for f in report.failures}
+    assert "timeout ran out" in report.render()
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+            break
+        time.sleep(0.1)
+    else:
+        assert not Path(f"/proc/{pid}").exists(), "the build backend outlived the timeout"
+
+
+def test_same_version_from_its_recorded_source_is_reinstalled(
+    tmp_path: Path, image: Venv, wheels: Path
+) -> None:
+    """A package at the right version but from the wrong place is replaced from the recorded one."""
+    config = make_config(tmp_path, image, wheels)
+    local = build_wheel(Dist("same", "3.0", files=2), tmp_path / "local")
+    env = env_of(config)
+    put_manifest(
+        config.store,
+        config.key,
+        Body(environments=(Delta(env=env, added=(Package(name="same", version="3.0"),)),)),
+    )
+    restore.run(config)
+    source = UrlSource(url=local.as_uri())
+    put_manifest(
+        config.store,
+        config.key,
+        Body(
+            environments=(
+                Delta(env=env, added=(Package(name="same", version="3.0", source=source),)),
+            )
+        ),
+        generation=2,
+    )
+    planned = restore.plan(config)
+    (step,) = planned.environments[0].install
+    assert step.installed == "3.0" and step.source == source
+    restore.run(config)
+    assert (image.site_packages / "same" / "m1.py").exists()
+    assert restore.plan(config).is_empty()
+
+
+def test_environments_not_here_are_left_alone(tmp_path: Path, image: Venv, wheels: Path) -> None:
+    """A manifest environment that is not a target here is listed, never acted on."""
+    config = make_config(tmp_path, image, wheels)
+    elsewhere = Environment(kind="python", path=str(tmp_path / "not-here"))
+    put_manifest(config.store, config.key, user_delta(elsewhere))
+    report = restore.run(config)
+    assert report.plan.elsewhere == (elsewhere,) and report.exit_code == 0
+    assert installed(image.site_packages) == IMAGE
+    assert "Left alone (not here)" in report.render()
+
+
+def test_no_manifest_is_nothing_to_do(tmp_path: Path, image: Venv, wheels: Path) -> None:
+    """A key with no manifest yet restores nothing, says so, and still takes the baseline."""
+    config = make_config(tmp_path, image, wheels)
+    report = restore.run(config)
+    assert report.plan.generation is None and "No manifest" in report.render()
+    assert (config.runtime_dir / "baseline.json").exists()
+
+
+def test_progress_reports_counts_per_environment(
+    tmp_path: Path, image: Venv, wheels: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Progress goes to the callback (counts per environment); off a terminal: quiet."""
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(config.store, config.key, user_delta(env_of(config)))
+    lines: list[str] = []
+    restore.run(config, progress=lines.append)
+    assert len(lines) == 2
+    assert "install 3, remove 1" in lines[0] and "installed 3, removed 1, failed 0" in lines[1]
+    put_manifest(
+        config.store,
+        config.key,
+        user_delta(env_of(config), Package(name="gamma", version="1.0")),
+        generation=2,
+    )
+    restore.run(config)
+    assert capfd.readouterr().err == ""
+
+
+def test_report_json_carries_plan_and_results(tmp_path: Path, image: Venv, wheels: Path) -> None:
+    """`--json` output is the Report as JSON: plan, per-environment results, exit status inputs."""
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(config.store, config.key, user_delta(env_of(config)))
+    report = restore.run(config)
+    data = json.loads(report.to_json())
+    assert data["plan"]["generation"] == 1 and data["timed_out"] is False
+    assert data["environments"][0]["removed"] == ["gone==1.0"]
+    assert msgspec.json.decode(report.to_json(), type=restore.Report) == report
+
+
+# -- the real command ----------------------------------------------------------------------
+
+
+def cli_args(config: Config, *extra: str) -> list[str]:
+    return [
+        "restore",
+        "--store",
+        str(config.store),
+        "--key",
+        config.key,
+        "--env",
+        str(config.env[0]),
+        "--no-index",
+        "--find-links",
+        config.find_links[0],
+        *extra,
+    ]
+
+
+def test_command_restores_then_says_nothing_to_do(
+    tmp_path: Path, image: Venv, wheels: Path
+) -> None:
+    """`pkgckpt restore` installs, exits 0; the second time it reports nothing to do."""
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(config.store, config.key, user_delta(env_of(config)))
+    env = hermetic(tmp_path)
+    first = pkgckpt(*cli_args(config), env=env)
+    assert first.returncode == 0, first.stderr
+    assert installed(image.site_packages)["alpha"] == "1.0"
+    second = pkgckpt(*cli_args(config), env=env)
+    assert second.returncode == 0 and "Nothing to restore" in second.stdout + second.stderr
+
+
+def test_command_dry_run_json_parses_and_changes_nothing(
+    tmp_path: Path, image: Venv, wheels: Path
+) -> None:
+    """`--dry-run --json` prints the plan as JSON and installs nothing."""
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(config.store, config.key, user_delta(env_of(config)))
+    out = pkgckpt(*cli_args(config, "--dry-run", "--json"), env=hermetic(tmp_path))
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["dry_run"] is True
+    assert [s["name"] for s in data["plan"]["environments"][0]["install"]] == [
+        "alpha",
+        "beta",
+        "image",
+    ]
+    assert installed(image.site_packages) == IMAGE
+
+
+def test_command_partial_restore_exits_3_and_names_the_failure(
+    tmp_path: Path, image: Venv, wheels: Path
+) -> None:
+    """A failing package makes the command exit 3, name it, and still install the rest."""
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(
+        config.store, config.key, user_delta(env_of(config), Package(name="ghost", version="9.9"))
+    )
+    out = pkgckpt(*cli_args(config, "--json"), env=hermetic(tmp_path))
+    assert out.returncode == 3, out.stderr
+    assert "Traceback" not in out.stderr
+    data = json.loads(out.stdout)
+    assert [f["name"] for f in data["environments"][0]["failed"]] == ["ghost"]
+    assert installed(image.site_packages)["alpha"] == "1.0"
