@@ -311,6 +311,8 @@ class _Known:
     """`encode_body` of manifest.json, None to force the next commit to write."""
     kept: set[int]
     """Generations present as manifest.<gen>.json (to prune)."""
+    stamp: tuple[int, ...] | None
+    """manifest.json's identity when last seen: another change means another writer."""
 
 
 class Store:
@@ -470,7 +472,16 @@ class Store:
             _close_quietly(dfd)
 
     def _commit(self, dfd: int, body: Body) -> Manifest | None:
-        known = self._known if self._known is not None else self._sync(dfd)
+        known = self._known
+        if known is not None and self._stamp(dfd) != known.stamp:
+            log.warning(
+                "%s changed since this writer's last commit: is another writer using key %r?",
+                self.path / CURRENT,
+                self.key,
+            )
+            known = None
+        if known is None:
+            known = self._sync(dfd)
         encoded = manifest.encode_body(body)
         if encoded == known.body:
             self._known = known
@@ -493,6 +504,7 @@ class Store:
         known.generation = generation
         known.body = encoded
         known.kept.add(generation)
+        known.stamp = self._stamp(dfd)
         self._known = known
         self._rewrite = False
         self._prune(dfd, known)
@@ -505,6 +517,7 @@ class Store:
         except OSError as e:
             raise _error(e, f"cannot list {self.path}") from e
         self._remove_stale_temps(dfd, names)
+        stamp = self._stamp(dfd)
         try:
             current, warning = self._read_in(dfd)
         except UnknownSchema:
@@ -517,7 +530,16 @@ class Store:
         body = None
         if current is not None and warning is None and not self._rewrite:
             body = manifest.encode_body(current.body)
-        return _Known(generation=last, body=body, kept=set(generations))
+        return _Known(generation=last, body=body, kept=set(generations), stamp=stamp)
+
+    def _stamp(self, dfd: int) -> tuple[int, ...] | None:
+        try:
+            st = os.stat(CURRENT, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _error(e, f"cannot stat {self.path / CURRENT}") from e
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def _remove_stale_temps(self, dfd: int, names: list[str]) -> None:
         """Remove this host's temp files whose writer is gone, and our own leftovers."""

@@ -111,6 +111,20 @@ def test_a_new_writer_continues_the_generations(store: Store) -> None:
     assert done is not None and done.generation == 3
 
 
+def test_writer_notices_a_commit_it_did_not_make(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two writers on one key (against the rules) never rewind a generation; it is logged."""
+    other = Store(store.root, store.key)
+    commit_labels(store, "a")
+    commit_labels(other, "b")
+    with caplog.at_level(logging.WARNING, logger="pkgckpt.store"):
+        done = store.commit(make_body("c"))
+    assert done is not None and done.generation == 3
+    assert "another writer" in caplog.text
+    assert store.commit(make_body("b")) is not None  # "b" is no longer what is on the store
+
+
 @pytest.mark.parametrize("key", ["", ".", "..", "../bob", "a/b", ".hidden", "nul\0", "x" * 201])
 def test_bad_keys_are_refused(tmp_path: Path, key: str) -> None:
     """A key that is not one plain directory name is a usage error, before any I/O."""
