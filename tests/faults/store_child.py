@@ -46,11 +46,13 @@ def step(store: Store, what: str) -> dict[str, object]:
             done = store.commit(make_body(what.partition(":")[2]))
             return {"step": what, "generation": done.generation if done else None}
         if what == "read":
-            found = Store(store.root, store.key).read()
+            reader = Store(store.root, store.key)
+            found = reader.read()
             return {
                 "step": what,
                 "generation": found.generation if found else None,
                 "label": label(found) if found else None,
+                "warning": reader.last_read_warning,
             }
         return {"step": what, "names": sorted(p.name for p in store.path.iterdir())}
     except PkgckptError as e:
