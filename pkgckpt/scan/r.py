@@ -306,9 +306,34 @@ def r_discover() -> list[Path]:
     return list(seen)
 
 
+def _tools_built() -> tuple[str, str] | None:
+    """(version, platform) from the `Built:` of R's own `tools` package, without starting R.
+
+    `R RHOME` is a shell script that prints R's home (10 ms, where Rscript takes 200):
+    the no-op restore runs this on every container start. `tools` has compiled code, so
+    its `Built:` names the platform (`base`'s does not).
+    """
+    r = shutil.which("R")
+    if r is None:
+        return None
+    try:
+        done = subprocess.run([r, "RHOME"], capture_output=True, text=True, timeout=30)
+        home = done.stdout.strip()
+        built = read_dcf(Path(home, "library", "tools", "DESCRIPTION")).get("Built", "")
+    except (OSError, subprocess.SubprocessError, DescriptionError):
+        return None
+    parts = [p.strip() for p in built.split(";")]
+    if done.returncode != 0 or len(parts) < 2 or not parts[0].startswith("R ") or not parts[1]:
+        return None
+    return parts[0].removeprefix("R "), parts[1]
+
+
 @functools.cache
 def r_info() -> tuple[str, str]:
-    """(R version, platform) of the Rscript on PATH, asked once per process."""
+    """(R version, platform) of the R on PATH, found once per process."""
+    found = _tools_built()
+    if found is not None:
+        return found
     info = "c(as.character(getRversion()), R.version$platform)"
     lines = _rscript("-e", f'cat(paste0("{_MARK}", {info}), sep = "\\n")')
     if len(lines) != 2:
