@@ -244,12 +244,17 @@ def encode_body(body: Body) -> bytes:
     return _encoder.encode(body)
 
 
+_UNREADABLE = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+"""What decoding untrusted bytes may raise: msgspec reports invalid UTF-8 inside a JSON
+string as UnicodeDecodeError, not as a DecodeError."""
+
+
 def _check_schema(data: bytes, what: str) -> None:
     if len(data) > MAX_BYTES:
         raise ManifestError(f"{what} is {len(data)} bytes, over the {MAX_BYTES} byte limit")
     try:
         schema = _schema_decoder.decode(data).schema
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except _UNREADABLE as e:
         raise ManifestError(f"{what} is not a valid pkgckpt file: {e}") from None
     if schema > SCHEMA:
         raise UnknownSchema(
@@ -265,14 +270,14 @@ def decode(data: bytes, what: str = "manifest") -> Manifest:
     _check_schema(data, what)
     try:
         envelope = _envelope_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except _UNREADABLE as e:
         raise ManifestError(f"{what} is malformed: {e}") from None
     raw = bytes(envelope.body)
     if checksum(raw) != envelope.checksum:
         raise ManifestError(f"{what} fails its checksum: torn or edited")
     try:
         body = _body_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except _UNREADABLE as e:
         raise ManifestError(f"{what} body is malformed: {e}") from None
     return Manifest(
         schema=envelope.schema,
@@ -302,7 +307,7 @@ def decode_baseline(data: bytes, what: str = "baseline") -> Baseline:
     _check_schema(data, what)
     try:
         return _baseline_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except _UNREADABLE as e:
         raise ManifestError(f"{what} is malformed: {e}") from None
 
 
