@@ -1,0 +1,87 @@
+"""Finding a prefix's site directories by asking its interpreter, or guessing without it."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from pkgckpt.errors import ScanError
+from pkgckpt.scan.env import python_env
+from tests.wheelhouse import make_venv
+
+
+def test_venv_is_described_by_its_own_interpreter(tmp_path: Path) -> None:
+    """A real venv: its site-packages, version, implementation and platform tag."""
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    env = python_env(venv.prefix)
+    assert env.python == venv.prefix / "bin" / "python3"
+    assert env.site_dirs == (venv.site_packages,)
+    assert env.version == platform.python_version()
+    assert env.implementation == sys.implementation.name
+    assert env.platform == sysconfig.get_platform().replace("-", "_").replace(".", "_")
+    assert env.user_site is None, "a venv without system site packages hides the user site"
+    e = env.environment()
+    assert (e.kind, e.path, e.user, e.interpreter) == (
+        "python",
+        str(venv.prefix),
+        False,
+        env.version,
+    )
+
+
+def test_user_site_is_reported_when_the_interpreter_enables_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A venv with system site packages sees the user site, existing or not yet."""
+    prefix = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(prefix)],
+        check=True,
+    )
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("PYTHONUSERBASE", raising=False)
+    monkeypatch.delenv("PYTHONNOUSERSITE", raising=False)
+    env = python_env(prefix)
+    assert env.user_site is not None
+    assert env.user_site.is_relative_to(home)
+    assert not env.user_site.exists()
+    assert env.environment(user=True).user is True
+
+
+def test_noise_printed_by_a_pth_file_does_not_confuse_the_probe(tmp_path: Path) -> None:
+    """A .pth that prints at startup (it happens) still leaves a correct answer."""
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    (venv.site_packages / "noisy.pth").write_text('import sys; print("hello from a pth")\n')
+    assert python_env(venv.prefix).site_dirs == (venv.site_packages,)
+
+
+def test_layout_is_guessed_when_the_interpreter_cannot_run(tmp_path: Path) -> None:
+    """A venv whose python is broken: site-packages found by glob, version from its name."""
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    site = venv.site_packages
+    for name in ("python", "python3"):
+        link = venv.prefix / "bin" / name
+        link.unlink()
+        link.write_text("#!/bin/sh\nexit 1\n")
+        link.chmod(0o755)
+    (venv.prefix / "lib" / "python3.7" / "site-packages").mkdir(parents=True)  # a leftover
+    env = python_env(venv.prefix)
+    assert env.python is None
+    assert env.site_dirs == (site,)
+    assert env.version == f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert env.user_site is None
+
+
+def test_prefix_without_python_is_an_error(tmp_path: Path) -> None:
+    """Neither interpreter nor site-packages (or no directory at all): ScanError."""
+    with pytest.raises(ScanError):
+        python_env(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ScanError):
+        python_env(tmp_path / "empty")
