@@ -5,7 +5,9 @@ The sources beside this file (renv keeps its fake packages the same way):
 - `ckpt.base`   pure R, a dot in its name;
 - `ckptImports` imports `ckpt.base`, so it must be restored after it;
 - `ckptC`       C code that restore must compile;
-- `ckptOld`     the repository serves 1.0, while 0.9-1 lives only in its archive.
+- `ckptOld`     the repository serves 1.0, while 0.9-1 lives only in its archive;
+- `ckptGone`    an image package that the user removes;
+- `ckptBroken`  R code that does not parse: R CMD INSTALL fails.
 
 `R CMD build` makes the tarballs (one R process for all of them) and
 `tools::write_PACKAGES` indexes them, so the repository is what `install.packages()`
@@ -31,6 +33,8 @@ CURRENT: tuple[tuple[str, str], ...] = (
     ("ckptImports", "1.2.0"),
     ("ckptC", "0.3.1"),
     ("ckptOld", "1.0"),
+    ("ckptGone", "1.0"),
+    ("ckptBroken", "1.0"),
 )
 ARCHIVED: tuple[tuple[str, str], ...] = (("ckptOld", "0.9-1"),)
 

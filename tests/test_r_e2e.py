@@ -1,0 +1,281 @@
+"""R end to end, with real R: the daemon records what install.packages() did, restore puts
+it back from a local CRAN-like repository (current versions and the archive)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import restore_kit
+import rpkgs
+
+from pkgckpt.manifest import Body, Delta, Environment, IndexSource, Package
+from pkgckpt.scan.r import r_environment
+from pkgckpt.store import Store
+
+needs_r = rpkgs.needs_r
+
+IMAGE = ("ckpt.base", "ckptOld", "ckptGone")
+"""What the test image ships in the library: ckptOld at 1.0, the repository's."""
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> rpkgs.Repo:
+    return rpkgs.shared_repo(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def image(repo: rpkgs.Repo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image's R library, installed once; each test copies it."""
+    lib = tmp_path_factory.mktemp("image") / "lib"
+    rpkgs.install(lib, repo, IMAGE)
+    return lib
+
+
+class Session:
+    """One user's container sessions: a library, a store, a key, a home with an .Rprofile."""
+
+    def __init__(self, tmp: Path, repo: rpkgs.Repo) -> None:
+        self.tmp = tmp
+        self.repo = repo
+        self.lib = tmp / "lib"
+        self.store = tmp / "store"
+        self.home = tmp / "home"
+        self.home.mkdir()
+        self.marker = tmp / "profile-ran"
+        # A user profile that leaves a trace: restore must run R without it (--vanilla).
+        (self.home / ".Rprofile").write_text(f'cat("ran", file = "{self.marker}")\n')
+        self.containers = 0
+        self.env = self.new_container()
+
+    def new_container(self) -> dict[str, str]:
+        """A fresh runtime directory: the next pod of the same image."""
+        self.containers += 1
+        env = restore_kit.hermetic(self.tmp / f"c{self.containers}")
+        env.update(HOME=str(self.home), PKGCKPT_DEBUG="1")
+        env.pop("R_PROFILE_USER", None)
+        self.env = env
+        return env
+
+    def args(self, *extra: str) -> list[str]:
+        return ["--r-lib", str(self.lib), "--store", str(self.store), "--key", "k", *extra]
+
+    def pkgckpt(self, command: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return restore_kit.pkgckpt(command, *self.args(*extra), env=self.env)
+
+    def restore(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.pkgckpt("restore", "--r-repo", self.repo.url, *extra)
+
+
+@pytest.fixture
+def session(tmp_path: Path, repo: rpkgs.Repo, image: Path) -> Session:
+    s = Session(tmp_path, repo)
+    shutil.copytree(image, s.lib)
+    return s
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[socket.socket]:
+    """A systemd-style notify socket: the daemon says READY=1 on it."""
+    path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(60)
+    yield sock
+    sock.close()
+
+
+def descriptions(lib: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of every DESCRIPTION: any reinstall changes them."""
+    found = {}
+    for path in lib.glob("*/DESCRIPTION"):
+        st = path.stat()
+        found[path.parent.name] = (st.st_ino, st.st_mtime_ns)
+    return found
+
+
+def r_lib_delta(store: Path) -> Delta:
+    found = Store(store, "k").read()
+    assert found is not None
+    return next(d for d in found.body.environments if d.env.kind == "r")
+
+
+# -- the loop: daemon -> SIGTERM -> new container -> restore ------------------------------
+
+
+@needs_r
+def test_install_packages_survive_a_container_restart(
+    session: Session, image: Path, notify: socket.socket
+) -> None:
+    """What install.packages() did under the daemon comes back and runs; a rerun is a no-op."""
+    first = session.restore()  # the entrypoint: no manifest yet, takes the baseline
+    assert first.returncode == 0, first.stderr
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "pkgckpt", "daemon", *session.args("--quiet-ms", "200")],
+        env={**session.env, "NOTIFY_SOCKET": notify.getsockname()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert notify.recv(4096).startswith(b"READY=1")
+        rpkgs.install(
+            session.lib,
+            session.repo,
+            ["ckptImports", "ckptC"],
+            [session.repo.tarball("ckptOld", "0.9-1")],
+        )
+        rpkgs.rscript(
+            "remove.packages(commandArgs(TRUE)[1], lib = commandArgs(TRUE)[2])",
+            "ckptGone",
+            str(session.lib),
+        )
+        before = rpkgs.installed(session.lib)
+        daemon.send_signal(signal.SIGTERM)
+        _, log = daemon.communicate(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert daemon.returncode == 0, log
+    assert before == {
+        "ckpt.base": "1.0.0",
+        "ckptImports": "1.2.0",
+        "ckptC": "0.3.1",
+        "ckptOld": "0.9-1",
+    }
+
+    d = r_lib_delta(session.store)
+    assert {p.name: (p.version, p.requested) for p in d.added} == {
+        "ckptImports": ("1.2.0", True),
+        "ckptC": ("0.3.1", True),
+    }
+    assert [(p.name, p.version) for p in d.changed] == [("ckptOld", "0.9-1")]
+    assert [(p.name, p.version) for p in d.removed] == [("ckptGone", "1.0")]
+
+    # The next pod: same image, so the library is the image's again.
+    shutil.rmtree(session.lib)
+    shutil.copytree(image, session.lib)
+    session.new_container()
+    restored = session.restore()
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert rpkgs.installed(session.lib) == before
+    out = rpkgs.rscript(
+        ".libPaths(commandArgs(TRUE)[1]);"
+        "cat(ckptImports::imports_value(), ckptC::c_add(2L, 3L), ckptOld::old_version())",
+        str(session.lib),
+    )
+    assert out.split() == ["42", "5", "0.9-1"]
+    assert not session.marker.exists(), "restore ran R with the user's .Rprofile"
+
+    untouched = descriptions(session.lib)
+    again = session.restore()
+    assert again.returncode == 0, again.stderr
+    assert "Nothing to restore" in again.stdout
+    assert descriptions(session.lib) == untouched
+
+
+@needs_r
+def test_the_profile_marker_would_catch_a_non_vanilla_r(session: Session) -> None:
+    """The test's .Rprofile runs in plain Rscript: its absence after restore proves --vanilla."""
+    subprocess.run(["Rscript", "-e", "1"], env=session.env, check=True, capture_output=True)
+    assert session.marker.exists()
+
+
+# -- restore alone, from manifests written here ----------------------------------------------
+
+
+def put(session: Session, *packages: Package, removed: tuple[Package, ...] = ()) -> None:
+    env: Environment = r_environment(session.lib)
+    delta = Delta(env=env, added=packages, removed=removed)
+    restore_kit.put_manifest(session.store, "k", Body(environments=(delta,)))
+
+
+@needs_r
+def test_failures_are_reported_per_package_and_the_rest_installed(session: Session) -> None:
+    """A failed build, a missing version and its dependent are reported (exit 3); rest install."""
+    shutil.rmtree(session.lib)
+    session.lib.mkdir()
+    put(
+        session,
+        Package(name="ckptC", version="0.3.1"),
+        Package(name="ckptBroken", version="1.0"),
+        Package(name="ckpt.base", version="0.5"),
+        Package(name="ckptImports", version="1.2.0", depends=("ckpt.base",)),
+        Package(name="ckptOld", version="0.9-1"),
+    )
+    done = session.restore("--json")
+    assert done.returncode == 3, done.stderr
+    report = json.loads(done.stdout)
+    failures = {f["name"]: f["message"] for e in report["environments"] for f in e["failed"]}
+    assert failures.keys() == {"ckptBroken", "ckpt.base", "ckptImports"}
+    assert "ckptBroken" in failures["ckptBroken"] and "ERROR" in failures["ckptBroken"]
+    assert "nor in their archives" in failures["ckpt.base"]
+    assert "ckpt.base" in failures["ckptImports"]
+    assert rpkgs.installed(session.lib) == {"ckptC": "0.3.1", "ckptOld": "0.9-1"}
+
+
+@needs_r
+def test_repositories_never_come_from_the_manifest(session: Session) -> None:
+    """A repository named in the manifest is not used: without --r-repo nothing installs."""
+    put(
+        session,
+        Package(name="ckptC", version="0.3.1", source=IndexSource(repository=session.repo.url)),
+    )
+    done = session.pkgckpt("restore")
+    assert done.returncode == 3
+    assert "no R repository configured" in done.stdout
+    assert "ckptC" not in rpkgs.installed(session.lib)
+
+
+@needs_r
+def test_recorded_removal_removes_only_that_package(session: Session) -> None:
+    """An image package the user removed is removed again; --keep-removed leaves it."""
+    gone = Package(name="ckptGone", version="1.0")
+    put(session, removed=(gone,))
+    kept = session.restore("--keep-removed")
+    assert kept.returncode == 0, kept.stderr
+    assert "ckptGone" in rpkgs.installed(session.lib)
+    done = session.restore()
+    assert done.returncode == 0, done.stderr
+    assert rpkgs.installed(session.lib) == {"ckpt.base": "1.0.0", "ckptOld": "1.0"}
+
+
+@needs_r
+def test_hostile_r_names_refuse_the_manifest(session: Session) -> None:
+    """An R name shaped like R code or an option refuses the manifest; nothing is installed."""
+    for name in ('x");system("touch pwned', "-l", "a b", "ckpt_C"):
+        put(session, Package(name="ckptC", version="0.3.1"), Package(name=name, version="1.0"))
+        done = session.restore()
+        assert done.returncode == 1, (name, done.stdout, done.stderr)
+        assert "refusing the manifest" in done.stderr
+    assert "ckptC" not in rpkgs.installed(session.lib)
+    assert not list(session.tmp.rglob("pwned"))
+
+
+@needs_r
+def test_invalid_r_versions_refuse_the_manifest(session: Session) -> None:
+    """R versions are digits joined by '.' or '-', at least two parts: anything else refused."""
+    for version in ("1", "1.0a", "1..0", "1.0; q()", "-1.0"):
+        put(session, Package(name="ckptC", version=version))
+        done = session.restore()
+        assert done.returncode == 1, (version, done.stdout, done.stderr)
+    assert "ckptC" not in rpkgs.installed(session.lib)
+
+
+@needs_r
+def test_dry_run_lists_r_packages_and_installs_nothing(session: Session) -> None:
+    """--dry-run shows the R plan (Rscript) and leaves the library as it was."""
+    put(session, Package(name="ckptC", version="0.3.1"))
+    before = descriptions(session.lib)
+    done = session.restore("--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "install ckptC 0.3.1" in done.stdout and "Rscript" in done.stdout
+    assert descriptions(session.lib) == before
