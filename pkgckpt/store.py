@@ -69,6 +69,8 @@ _PERMANENT = frozenset(
 )
 # link() errors that mean "no hard links on this file system": commit without history.
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK})
+# Said once per directory and process: a daemon would otherwise say it at every commit.
+_WARNED_NO_LINKS: set[Path] = set()
 # fsync of a directory is not supported everywhere (some FUSE and network file systems).
 _NO_DIR_FSYNC = frozenset({errno.EINVAL, errno.EOPNOTSUPP})
 
@@ -222,11 +224,13 @@ def _replace(
             if e.errno not in _NO_HARD_LINKS:
                 _discard(dfd, tmp, leftovers)
                 raise _error(e, f"cannot record {path.parent / history}") from e
-            log.warning(
-                "%s: no hard links here (%s): earlier generations are not kept",
-                path.parent,
-                e.strerror,
-            )
+            if path.parent not in _WARNED_NO_LINKS:
+                _WARNED_NO_LINKS.add(path.parent)
+                log.warning(
+                    "%s: no hard links here (%s): earlier generations are not kept",
+                    path.parent,
+                    e.strerror,
+                )
     settled = False
     try:
         os.rename(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
@@ -247,7 +251,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` with `data` durably: readers see the old file or the new one, whole.
 
     Raises StoreUnavailable (EIO, ENOSPC, ESTALE, ...: retry later) or StoreError
-    (permissions, a missing directory); on error no temp file is left behind.
+    (permissions, a missing directory); on error the temp file is removed (unless the
+    removal fails too).
     """
     path = Path(path)
     try:
