@@ -1,0 +1,167 @@
+"""Targets from the config, merged scans over several roots, and the baseline's life cycle."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pkgckpt import manifest
+from pkgckpt.config import Config
+from pkgckpt.errors import ManifestError
+from pkgckpt.inventory import (
+    Target,
+    ensure_baseline,
+    entry_name,
+    load_baseline,
+    save_baseline,
+    take_baseline,
+    targets,
+)
+from pkgckpt.manifest import Baseline, Environment
+from tests.wheelhouse import make_venv
+
+
+def dist_info(site: Path, name: str, version: str) -> None:
+    d = site / f"{name}-{version}.dist-info"
+    d.mkdir(parents=True)
+    (d / "METADATA").write_text(f"Name: {name}\nVersion: {version}\n\n")
+    (d / "RECORD").write_text("")
+    old = time.time_ns() - 3600 * 10**9
+    os.utime(d, ns=(old, old))
+
+
+ENV = Environment(kind="python", path="/p")
+
+
+def test_targets_are_the_prefix_sites_and_the_user_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A venv hiding the user site is one target; one that sees it adds a user target."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PYTHONUSERBASE", raising=False)
+    plain = make_venv(tmp_path / "plain", with_pip=False)
+    shared = tmp_path / "shared"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(shared)],
+        check=True,
+    )
+    found = targets(Config(env=(plain.prefix, shared), runtime_dir=tmp_path / "run"))
+    assert [(t.env.path, t.env.user) for t in found] == [
+        (str(plain.prefix), False),
+        (str(shared), False),
+        (str(shared), True),
+    ]
+    assert found[0].roots == (plain.site_packages,)
+    assert found[2].roots[0].is_relative_to(tmp_path / "home")
+
+
+def test_r_library_is_a_target_of_kind_r(tmp_path: Path) -> None:
+    """A configured R library becomes an R target scanned by the R scanner."""
+    lib = tmp_path / "rlib"
+    (lib / "foo").mkdir(parents=True)
+    (lib / "foo" / "DESCRIPTION").write_text(
+        "Package: foo\nVersion: 1.2.3\nBuilt: R 4.2.2; ; 2024-01-01 00:00:00 UTC; unix\n"
+    )
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    found = targets(Config(env=(venv.prefix,), r_lib=(lib,), runtime_dir=tmp_path / "run"))
+    r = [t for t in found if t.env.kind == "r"]
+    assert [t.roots for t in r] == [(lib,)]
+    assert [p.name for p in r[0].scan().packages] == ["foo"]
+
+
+def test_first_root_wins_and_missing_roots_make_a_scan_untrusted(tmp_path: Path) -> None:
+    """Merged roots: a name in the first hides the second; a missing root is untrusted."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    dist_info(a, "same", "1.0")
+    dist_info(b, "same", "2.0")
+    dist_info(b, "other", "1.0")
+    target = Target(env=ENV, roots=(a, b))
+    inv = target.scan()
+    assert [(p.name, p.version) for p in inv.packages] == [("other", "1.0"), ("same", "1.0")]
+    assert target.trusted is True
+    gone = Target(env=ENV, roots=(a, tmp_path / "missing"))
+    gone.scan()
+    assert gone.trusted is False
+
+
+def test_broken_and_half_installed_entries_make_their_names_uncertain(tmp_path: Path) -> None:
+    """Entries that could not be read name the packages whose absence proves nothing."""
+    site = tmp_path / "site"
+    dist_info(site, "fine", "1.0")
+    (site / "Bad_Name-1.0.dist-info").mkdir()  # no METADATA, no RECORD: an install starting
+    (site / "old_broken-2.0.dist-info").mkdir()
+    old = time.time_ns() - 3600 * 10**9
+    os.utime(site / "old_broken-2.0.dist-info", ns=(old, old))
+    target = Target(env=ENV, roots=(site,))
+    target.scan()
+    assert target.uncertain() == {"bad-name", "old-broken"}
+    assert set(target.last.in_progress) == {f"{site}/Bad_Name-1.0.dist-info"}
+    assert set(target.last.broken) == {f"{site}/old_broken-2.0.dist-info"}
+
+
+def test_entry_names_map_to_canonical_package_names() -> None:
+    """Each kind of entry maps to the name its package is keyed by."""
+    assert entry_name("python", "Foo.Bar-1.0.dist-info") == "foo-bar"
+    assert entry_name("python", "foo-1.0-py3.11.egg-info") == "foo"
+    assert entry_name("python", "Foo_Bar.egg-link") == "foo-bar"
+    assert entry_name("python", "__editable__.foo_bar-1.0.pth") == "foo-bar"
+    assert entry_name("r", "data.table") == "data.table"
+
+
+def test_baseline_is_taken_once_then_loaded(tmp_path: Path) -> None:
+    """ensure_baseline takes and keeps a baseline; later installs do not change it."""
+    site = tmp_path / "site"
+    dist_info(site, "image-pkg", "1.0")
+    config = Config(runtime_dir=tmp_path / "run")
+    assert load_baseline(config) is None
+    first = ensure_baseline(config, [Target(env=ENV, roots=(site,))])
+    dist_info(site, "user-pkg", "1.0")
+    again = ensure_baseline(config, [Target(env=ENV, roots=(site,))])
+    assert again == first
+    inv = again.inventory(ENV)
+    assert inv is not None and [p.name for p in inv.packages] == ["image-pkg"]
+    assert (tmp_path / "run" / "baseline.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_configured_baseline_file_is_used_and_must_exist(tmp_path: Path) -> None:
+    """A baseline written at image build is loaded as is; if it is missing, that is an error."""
+    site = tmp_path / "site"
+    dist_info(site, "image-pkg", "1.0")
+    path = tmp_path / "image-baseline.json"
+    save_baseline(take_baseline([Target(env=ENV, roots=(site,))]), path)
+    config = Config(baseline=path, runtime_dir=tmp_path / "run")
+    loaded = load_baseline(config)
+    assert loaded is not None and loaded.inventory(ENV) is not None
+    missing = Config(baseline=tmp_path / "nope.json", runtime_dir=tmp_path / "run")
+    with pytest.raises(ManifestError):
+        load_baseline(missing)
+    with pytest.raises(ManifestError):
+        ensure_baseline(missing, [Target(env=ENV, roots=(site,))])
+    assert not (tmp_path / "run" / "baseline.json").exists()
+
+
+def test_foreign_writable_or_corrupt_runtime_baseline_is_refused(tmp_path: Path) -> None:
+    """A runtime baseline writable by others, or not a baseline at all, raises ManifestError."""
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "baseline.json"
+    path.write_bytes(manifest.encode_baseline(Baseline()))
+    config = Config(runtime_dir=run)
+    path.chmod(0o664)
+    with pytest.raises(ManifestError, match="not private"):
+        load_baseline(config)
+    path.chmod(0o600)
+    assert load_baseline(config) == Baseline()
+    path.write_bytes(b'{"schema": 1, "environments": [{"env": 3}]}')
+    with pytest.raises(ManifestError):
+        load_baseline(config)
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere.json")
+    (tmp_path / "elsewhere.json").write_bytes(manifest.encode_baseline(Baseline()))
+    with pytest.raises(ManifestError):
+        load_baseline(config)
