@@ -1,0 +1,257 @@
+"""Manifest and baseline encoding, the named diff, and diff(baseline, scan) against a model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from pkgckpt import manifest
+from pkgckpt.errors import ManifestError, UnknownSchema
+from pkgckpt.manifest import (
+    Baseline,
+    Body,
+    Change,
+    Delta,
+    DirectorySource,
+    Environment,
+    Inventory,
+    Manifest,
+    Package,
+    UrlSource,
+    VcsSource,
+    Writer,
+)
+from pkgckpt.scan.python import SiteScanner, scan_site
+
+ENV = Environment(kind="python", path="/opt/conda", interpreter="3.11.7", platform="linux_x86_64")
+
+
+def sample() -> Manifest:
+    added = (
+        Package(name="a", version="1.0", tags=("py3-none-any",), installer="pip"),
+        Package(
+            name="b",
+            version="2.0",
+            source=UrlSource(url="https://h/b.whl", hashes={"sha256": "ab"}),
+        ),
+        Package(
+            name="c", version="0.1", source=VcsSource(vcs="git", url="https://h/c", commit="f00")
+        ),
+        Package(name="d", version="0.2", source=DirectorySource(path="/src/d", editable=True)),
+    )
+    delta = Delta(
+        env=ENV,
+        added=added,
+        changed=(Package(name="numpy", version="2.0.0", requested=False),),
+        removed=(Package(name="pandas", version="2.1.0"),),
+        history=(Change(action="install", name="a", new="1.0", time="2026-01-01T00:00:00+00:00"),),
+    )
+    return Manifest(
+        generation=3,
+        writer=Writer(host="h", pid=1, version="0.1.0"),
+        time="2026-01-01T00:00:00+00:00",
+        body=Body(environments=(delta,)),
+    )
+
+
+def test_manifest_round_trips_through_its_bytes() -> None:
+    """decode(encode(m)) == m for every kind of source, change and field."""
+    m = sample()
+    assert manifest.decode(manifest.encode(m)) == m
+
+
+def test_encoding_is_deterministic_and_readable() -> None:
+    """Equal manifests give equal bytes whatever the dict order; the JSON is indented."""
+    one = UrlSource(url="u", hashes={"sha256": "1", "md5": "2"})
+    two = UrlSource(url="u", hashes={"md5": "2", "sha256": "1"})
+
+    def make(source: UrlSource) -> Manifest:
+        delta = Delta(env=ENV, added=(Package(name="x", version="1", source=source),))
+        return msgspec.structs.replace(sample(), body=Body(environments=(delta,)))
+
+    assert manifest.encode(make(one)) == manifest.encode(make(two))
+    data = manifest.encode(sample())
+    assert data.endswith(b"\n") and b'\n "body": {' in data
+    assert b'"requested"' not in manifest.encode(make(one)), "defaults are left out"
+
+
+def test_any_edit_or_tear_is_caught_by_the_checksum() -> None:
+    """A changed byte in the body, or a file cut short, is a ManifestError."""
+    data = manifest.encode(sample())
+    edited = data.replace(b'"2.0.0"', b'"2.0.1"')
+    assert edited != data
+    with pytest.raises(ManifestError, match="checksum"):
+        manifest.decode(edited)
+    for cut in (0, 1, len(data) // 2, len(data) - 3):
+        with pytest.raises(ManifestError):
+            manifest.decode(data[:cut])
+
+
+def test_newer_fields_are_read_by_this_version_and_a_newer_schema_is_refused() -> None:
+    """Unknown fields (a newer minor) are ignored; a newer major schema is UnknownSchema."""
+    body = json.loads(manifest.encode(sample()))["body"]
+    body["environments"][0]["future_field"] = {"x": 1}
+    body["environments"][0]["added"][0]["also_new"] = True
+    raw = json.dumps(body).encode()
+    newer = b'{"schema": %d, "generation": 4, "checksum": "%s", "body": %s}' % (
+        manifest.SCHEMA,
+        manifest.checksum(raw).encode(),
+        raw,
+    )
+    assert manifest.decode(newer).body == sample().body
+    with pytest.raises(UnknownSchema):
+        manifest.decode(newer.replace(b'"schema": 1', b'"schema": %d' % (manifest.SCHEMA + 1)))
+    with pytest.raises(UnknownSchema):
+        manifest.decode_baseline(json.dumps({"schema": manifest.SCHEMA + 1}).encode())
+
+
+def test_baseline_round_trips_and_finds_its_environments() -> None:
+    """A baseline decodes to what was encoded; inventory() matches on kind, path and user."""
+    inv = Inventory(env=ENV, packages=(Package(name="a", version="1"),))
+    user = Inventory(env=msgspec.structs.replace(ENV, user=True))
+    b = Baseline(time="2026-01-01T00:00:00+00:00", environments=(inv, user))
+    back = manifest.decode_baseline(manifest.encode_baseline(b))
+    assert back == b
+    assert back.inventory(msgspec.structs.replace(ENV, interpreter="3.12.0")) == inv
+    assert back.inventory(msgspec.structs.replace(ENV, user=True)) == user
+    with pytest.raises(ManifestError):
+        manifest.decode_baseline(b"[1, 2]")
+
+
+def test_diff_names_each_change() -> None:
+    """install, remove, upgrade, downgrade; a new source at the same version is an upgrade."""
+    old = {
+        "gone": Package(name="gone", version="1"),
+        "up": Package(name="up", version="1.9"),
+        "down": Package(name="down", version="10.0"),
+        "same": Package(name="same", version="1"),
+        "moved": Package(name="moved", version="1"),
+    }
+    new = {
+        "new": Package(name="new", version="1"),
+        "up": Package(name="up", version="1.10"),
+        "down": Package(name="down", version="9.0"),
+        "same": Package(name="same", version="1", requested=False),
+        "moved": Package(name="moved", version="1", source=VcsSource(vcs="git", url="u")),
+    }
+    got = [(c.action, c.name, c.old, c.new) for c in manifest.diff(old, new)]
+    assert got == [
+        ("downgrade", "down", "10.0", "9.0"),
+        ("remove", "gone", "1", None),
+        ("upgrade", "moved", "1", "1"),
+        ("install", "new", None, "1"),
+        ("upgrade", "up", "1.9", "1.10"),
+    ]
+    r = manifest.diff(
+        {"x": Package(name="x", version="1.0-2")}, {"x": Package(name="x", version="1.0-10")}, "r"
+    )
+    assert [c.action for c in r] == ["upgrade"]
+
+
+# -- the property: random installs on a real (fake) site-packages, diff vs a model ------
+
+NAMES = ("Alpha", "beta_pkg", "Gamma.Py", "delta-x", "Eps")
+VERSIONS = ("0.9", "1.0", "1.0.post1", "1.1rc1", "1.1", "2.0", "10.0", "1!0.1")
+
+op = st.tuples(st.sampled_from(NAMES), st.sampled_from((None, *VERSIONS)))
+"""(name, version): install / upgrade / downgrade to version, or remove when None."""
+
+
+def spelled(name: str, variant: int) -> str:
+    """One of the spellings a distribution's metadata may use for a canonical name."""
+    return (name, name.upper(), name.replace("-", "_"), name.replace("_", "."))[variant % 4]
+
+
+class Site:
+    """A site-packages written the way pip leaves it, and the model of what it holds."""
+
+    def __init__(self, root: Path, aged: bool) -> None:
+        self.root = root
+        self.aged = aged
+        self.stamp = time.time_ns() - 3600 * 10**9
+        self.state: dict[str, str] = {}
+        self.dirs: dict[str, Path] = {}
+        root.mkdir()
+
+    def apply(self, name: str, version: str | None, variant: int) -> None:
+        key = canonicalize_name(name)
+        if key in self.dirs:
+            # pip moves the old dist-info aside (~ stash), installs, then deletes the stash.
+            stash = self.root / ("~" + self.dirs[key].name[1:])
+            self.dirs.pop(key).rename(stash)
+            shutil.rmtree(stash)
+            del self.state[key]
+        if version is not None:
+            d = self.root / f"{key.replace('-', '_')}-{version}.dist-info"
+            d.mkdir()
+            spelling = spelled(name, variant)
+            (d / "METADATA").write_text(f"Name: {spelling}\nVersion: {version}\n\nName: body\n")
+            (d / "RECORD").write_text("")
+            self.dirs[key] = d
+            self.state[key] = version
+            self.touch(d)
+        self.touch(self.root)
+
+    def touch(self, path: Path) -> None:
+        if self.aged:
+            # Each change gets a distinct past time: what a scan long after the change sees.
+            self.stamp += 1000
+            os.utime(path, ns=(self.stamp, self.stamp))
+
+
+def truth(
+    base: dict[str, str], now: dict[str, str]
+) -> list[tuple[str, str, str | None, str | None]]:
+    """The changes from `base` to `now`, worked out from the model alone."""
+    out: list[tuple[str, str, str | None, str | None]] = []
+    for name in sorted(base.keys() | now.keys()):
+        a, b = base.get(name), now.get(name)
+        if a is None:
+            out.append(("install", name, None, b))
+        elif b is None:
+            out.append(("remove", name, a, None))
+        elif a != b:
+            out.append(("upgrade" if Version(b) > Version(a) else "downgrade", name, a, b))
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    image=st.lists(op, max_size=5),
+    steps=st.lists(st.tuples(op, st.integers(0, 3), st.booleans()), max_size=25),
+    aged=st.booleans(),
+)
+def test_diff_of_baseline_and_scan_equals_the_model(
+    image: list[tuple[str, str | None]],
+    steps: list[tuple[tuple[str, str | None], int, bool]],
+    aged: bool,
+) -> None:
+    """Random install/upgrade/downgrade/remove sequences: diff(baseline, scan) is the truth."""
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(dir=shm) as tmp:
+        site = Site(Path(tmp) / "site", aged)
+        for name, version in image:
+            site.apply(name, version, 0)
+        scanner = SiteScanner(site.root)
+        baseline = scanner.scan().packages
+        assert {k: p.version for k, p in baseline.items()} == site.state
+        image_state = dict(site.state)
+        for (name, version), variant, scan_now in steps:
+            site.apply(name, version, variant)
+            if scan_now:
+                scanner.scan()
+        current = scanner.scan().packages
+        got = [(c.action, c.name, c.old, c.new) for c in manifest.diff(baseline, current)]
+        assert got == truth(image_state, site.state)
+        assert current == scan_site(site.root).packages, "incremental equals a full scan"
