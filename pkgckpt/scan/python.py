@@ -61,7 +61,7 @@ INSTALL_WINDOW_NS = 300 * 1_000_000_000
 recent. Older ones are not installs in flight: Debian's packages strip RECORD, and a
 killed pip leaves its dist-info behind."""
 
-_CHUNK = 16384
+_CHUNK = 4096
 _O_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 _DIST_INFO, _EGG_INFO, _EGG_LINK, _EDITABLE = range(4)
 _EDITABLE_PTH = re.compile(r"__editable__\.(.+)-[^-]+\.pth")
@@ -338,7 +338,8 @@ class SiteScanner:
         cache = dict(old) if partial else {}
         base = str(self.path)
         for name in names:
-            kind = _kind(name)
+            was = old.get(name)
+            kind = _kind(name) if was is None else was.order[0]
             if kind is None:
                 continue
             try:
@@ -346,11 +347,11 @@ class SiteScanner:
             except FileNotFoundError:
                 cache.pop(name, None)  # gone since the listing
                 continue
-            was = old.get(name)
             if (
                 was is not None
                 and not was.suspect
-                and (was.ino, was.mtime_ns) == (st.st_ino, st.st_mtime_ns)
+                and was.ino == st.st_ino
+                and was.mtime_ns == st.st_mtime_ns
             ):
                 cache[name] = was
                 continue
@@ -409,7 +410,7 @@ def _read_dist_info(fd: int, base: str, name: str, st: os.stat_result, now: int)
         tags = _tags(_read(f"{name}/WHEEL", fd))
     source: Source = IndexSource()
     if "direct_url.json" in files:
-        source = _source(_read(f"{name}/direct_url.json", fd, 1 << 20))
+        source = _source(_read(f"{name}/direct_url.json", fd, 1 << 16))
     package = Package(
         name=canonicalize_name(dist_name),
         version=version,
@@ -466,7 +467,7 @@ def _read_editable_pth(fd: int, name: str) -> _Editable:
 def _finder_project(fd: int, finder: str) -> str | None:
     """The project directory behind a setuptools editable finder's MAPPING."""
     try:
-        text = _read(finder, fd, 1 << 20).decode("utf-8", "surrogateescape")
+        text = _read(finder, fd, 1 << 16).decode("utf-8", "surrogateescape")
     except OSError:
         return None
     m = _FINDER_MAPPING.search(text)

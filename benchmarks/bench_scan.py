@@ -1,0 +1,200 @@
+"""Scanning a site-packages of 3,000 distributions: pkgckpt beside importlib.metadata,
+`pip freeze --path` and `uv pip freeze --path`, plus pkgckpt's rescan after one install.
+
+Run (see benchmarks/RESULTS.md for figures):
+
+    python -m pytest benchmarks/bench_scan.py --benchmark-enable \\
+        --benchmark-columns=min,median,mean,max,rounds --benchmark-sort=name
+
+The tree lives on tmpfs (/dev/shm) so that disk caches do not decide the result; it is
+written the way pip leaves it (METADATA with long headers and a description, INSTALLER,
+WHEEL, RECORD, REQUESTED for a third, direct_url.json for a few, one import package
+each). The peers that run as processes are timed by wall clock, and their CPU time
+(user + system, from RUSAGE_CHILDREN) is put in `extra_info["cpu_ms"]`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from pkgckpt.scan.python import SiteScanner, scan_site
+
+COUNT = 3000
+OLD_NS = 3600 * 10**9
+
+
+def write_dist(site: Path, i: int) -> Path:
+    name, version = f"pkg-{i:05d}", f"1.{i % 7}.{i % 13}"
+    info = site / f"pkg_{i:05d}-{version}.dist-info"
+    info.mkdir()
+    headers = [
+        "Metadata-Version: 2.1",
+        f"Name: {name}",
+        f"Version: {version}",
+        "Summary: a package of the benchmark",
+        *(f"Classifier: Programming Language :: Python :: 3.{j}" for j in range(15)),
+        *(f"Requires-Dist: pkg-{(i + j) % COUNT:05d}" for j in range(1, 6)),
+    ]
+    body = "A long description.\n" * 150
+    (info / "METADATA").write_text("\n".join(headers) + "\n\n" + body)
+    (info / "INSTALLER").write_text("pip\n")
+    (info / "WHEEL").write_text(
+        "Wheel-Version: 1.0\nGenerator: bench\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    (info / "RECORD").write_text(f"pkg_{i:05d}/__init__.py,,\n{info.name}/RECORD,,\n")
+    if i % 3 == 0:
+        (info / "REQUESTED").write_text("")
+    if i % 100 == 0:
+        url = {"url": f"https://example.org/{name}.whl", "archive_info": {"hash": "sha256=00"}}
+        (info / "direct_url.json").write_text(json.dumps(url))
+    module = site / f"pkg_{i:05d}"
+    module.mkdir()
+    (module / "__init__.py").write_text("")
+    age(info)
+    return info
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Path]:
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(dir=base, prefix="bench-scan-") as tmp:
+        root = Path(tmp) / "site-packages"
+        root.mkdir()
+        for i in range(COUNT):
+            write_dist(root, i)
+        age(root)
+        yield root
+
+
+def age(path: Path) -> None:
+    """Date `path` an hour back: what a scan sees once the install is over."""
+    t = path.stat().st_mtime_ns - OLD_NS
+    os.utime(path, ns=(t, t))
+
+
+def with_cpu(benchmark: BenchmarkFixture, run: Callable[[], object]) -> Callable[[], object]:
+    """`run`, with the CPU time it costs (this process and its children: user + system)
+    averaged into `extra_info["cpu_ms"]`: wall time on a shared machine includes waiting."""
+    totals = {"cpu": 0.0, "calls": 0}
+
+    def cpu() -> float:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def timed() -> object:
+        before = cpu()
+        result = run()
+        totals["cpu"] += cpu() - before
+        totals["calls"] += 1
+        benchmark.extra_info["cpu_ms"] = round(1000 * totals["cpu"] / totals["calls"], 2)
+        return result
+
+    return timed
+
+
+def process(*cmd: str) -> Callable[[], object]:
+    def run() -> object:
+        return subprocess.run(cmd, check=True, capture_output=True)
+
+    return run
+
+
+# -- full scan: ours and the peers on the same tree ------------------------------------
+
+
+@pytest.mark.benchmark(group="full scan, 3000 dists")
+def test_pkgckpt_in_process(benchmark: BenchmarkFixture, site: Path) -> None:
+    result = benchmark(with_cpu(benchmark, lambda: scan_site(site)))
+    assert len(result.packages) == COUNT
+
+
+@pytest.mark.benchmark(group="full scan, 3000 dists")
+def test_importlib_metadata_in_process(benchmark: BenchmarkFixture, site: Path) -> None:
+    def names() -> dict[str, str]:
+        return {
+            d.metadata["Name"]: d.version
+            for d in importlib.metadata.distributions(path=[str(site)])
+        }
+
+    assert len(benchmark(with_cpu(benchmark, names))) == COUNT
+
+
+@pytest.mark.benchmark(group="full scan, 3000 dists")
+def test_pkgckpt_process(benchmark: BenchmarkFixture, site: Path) -> None:
+    code = "import sys; from pathlib import Path; from pkgckpt.scan.python import scan_site; "
+    code += "sys.exit(len(scan_site(Path(sys.argv[1])).packages) != 3000)"
+    benchmark.pedantic(
+        with_cpu(benchmark, process(sys.executable, "-c", code, str(site))), rounds=5
+    )
+
+
+@pytest.mark.benchmark(group="full scan, 3000 dists")
+def test_pip_freeze_path_process(benchmark: BenchmarkFixture, site: Path) -> None:
+    run = process(
+        sys.executable, "-m", "pip", "freeze", "--disable-pip-version-check", "--path", str(site)
+    )
+    benchmark.pedantic(with_cpu(benchmark, run), rounds=3)
+
+
+@pytest.mark.benchmark(group="full scan, 3000 dists")
+def test_uv_pip_freeze_path_process(benchmark: BenchmarkFixture, site: Path) -> None:
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not installed")
+    run = process(uv, "pip", "freeze", "--no-config", "--path", str(site))
+    benchmark.pedantic(with_cpu(benchmark, run), rounds=5)
+
+
+# -- incremental: what the daemon pays after an install --------------------------------
+
+
+@pytest.mark.benchmark(group="rescan, 3000 dists")
+def test_rescan_after_one_install(benchmark: BenchmarkFixture, site: Path) -> None:
+    """One new dist-info per round; the directory changed, so every entry's identity is
+    checked (one stat each) and only the new one is read."""
+    scanner = SiteScanner(site)
+    scanner.scan()
+    made: list[Path] = []
+    counter = iter(range(COUNT, COUNT + 10_000))
+    reads: list[int] = []
+
+    def install() -> tuple[tuple[()], dict[str, object]]:
+        made.append(write_dist(site, next(counter)))
+        return (), {}
+
+    def rescan() -> object:
+        result = scanner.scan()
+        reads.append(scanner.reads)
+        return result
+
+    try:
+        result = benchmark.pedantic(with_cpu(benchmark, rescan), setup=install, rounds=30)
+        assert len(result.packages) == COUNT + len(made)
+        assert set(reads) == {1}
+    finally:
+        for info in made:
+            shutil.rmtree(info)
+            shutil.rmtree(site / info.name.split("-")[0])
+
+
+@pytest.mark.benchmark(group="rescan, 3000 dists")
+def test_rescan_nothing_changed(benchmark: BenchmarkFixture, site: Path) -> None:
+    """No entry added or removed (the directory's identity holds): nothing is listed or read."""
+    age(site)
+    scanner = SiteScanner(site)
+    scanner.scan()
+    benchmark(with_cpu(benchmark, scanner.scan))
+    assert scanner.reads == 0
