@@ -21,14 +21,18 @@ from tests.wheelhouse import Dist, Venv, add_build_backend, build_wheel, make_ve
 HOUR_NS = 3600 * 1_000_000_000
 
 
+def isolate(mp: pytest.MonkeyPatch, tmp: Path) -> None:
+    """The machine's pip.conf, PIP_FIND_LINKS and caches must not leak into what is tested."""
+    mp.setenv("PIP_CONFIG_FILE", os.devnull)
+    mp.delenv("PIP_FIND_LINKS", raising=False)
+    mp.setenv("PIP_NO_CACHE_DIR", "1")
+    mp.setenv("UV_CACHE_DIR", str(tmp / "uv-cache"))
+    mp.setenv("UV_NO_CONFIG", "1")
+
+
 @pytest.fixture(autouse=True)
 def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The machine's pip.conf and PIP_FIND_LINKS must not leak into what is tested."""
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
-    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
-    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
-    monkeypatch.setenv("UV_NO_CONFIG", "1")
+    isolate(monkeypatch, tmp_path)
 
 
 def setuptools_project(root: Path, name: str, version: str, *, src: bool = False) -> Path:
@@ -65,15 +69,9 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Dist("App", "1.0", requires=["lib"], scripts={"app": "app:main"}),
     ):
         build_wheel(dist, out)
-    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull}
-    env.pop("PIP_FIND_LINKS", None)
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        add_build_backend(out)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with pytest.MonkeyPatch.context() as mp:
+        isolate(mp, out)
+        add_build_backend(out)  # setuptools and wheel, from PyPI: for the editable installs
     return out
 
 
@@ -81,6 +79,12 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def installed(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Installed:
     """One venv where real pip installed each kind of distribution (read-only for tests)."""
     tmp = tmp_path_factory.mktemp("installed")
+    with pytest.MonkeyPatch.context() as mp:
+        isolate(mp, tmp)
+        return install_each_kind(tmp, wheelhouse)
+
+
+def install_each_kind(tmp: Path, wheelhouse: Path) -> Installed:
     venv = make_venv(tmp / "venv")
     venv.install(wheelhouse, "App")
     direct = build_wheel(Dist("direct", "1.0"), tmp / "direct")
