@@ -200,13 +200,14 @@ def put(session: Session, *packages: Package, removed: tuple[Package, ...] = ())
 
 @needs_r
 def test_failures_are_reported_per_package_and_the_rest_installed(session: Session) -> None:
-    """A failed build, a missing version and its dependent are reported (exit 3); rest install."""
+    """Failed build or load, a missing version, its dependent: reported (exit 3); rest install."""
     shutil.rmtree(session.lib)
     session.lib.mkdir()
     put(
         session,
         Package(name="ckptC", version="0.3.1"),
         Package(name="ckptBroken", version="1.0"),
+        Package(name="ckptNoLoad", version="1.0"),
         Package(name="ckpt.base", version="0.5"),
         Package(name="ckptImports", version="1.2.0", depends=("ckpt.base",)),
         Package(name="ckptOld", version="0.9-1"),
@@ -215,8 +216,9 @@ def test_failures_are_reported_per_package_and_the_rest_installed(session: Sessi
     assert done.returncode == 3, done.stderr
     report = json.loads(done.stdout)
     failures = {f["name"]: f["message"] for e in report["environments"] for f in e["failed"]}
-    assert failures.keys() == {"ckptBroken", "ckpt.base", "ckptImports"}
+    assert failures.keys() == {"ckptBroken", "ckptNoLoad", "ckpt.base", "ckptImports"}
     assert "ckptBroken" in failures["ckptBroken"] and "ERROR" in failures["ckptBroken"]
+    assert "does not load" in failures["ckptNoLoad"] and "libckpt.so.1" in failures["ckptNoLoad"]
     assert "nor in their archives" in failures["ckpt.base"]
     assert "ckpt.base" in failures["ckptImports"]
     assert rpkgs.installed(session.lib) == {"ckptC": "0.3.1", "ckptOld": "0.9-1"}

@@ -7,7 +7,8 @@ The sources beside this file (renv keeps its fake packages the same way):
 - `ckptC`       C code that restore must compile;
 - `ckptOld`     the repository serves 1.0, while 0.9-1 lives only in its archive;
 - `ckptGone`    an image package that the user removes;
-- `ckptBroken`  R code that does not parse: R CMD INSTALL fails.
+- `ckptBroken`  R code that does not parse: R CMD INSTALL fails;
+- `ckptNoLoad`  installs, but its `.onLoad` fails.
 
 `R CMD build` makes the tarballs (one R process for all of them) and
 `tools::write_PACKAGES` indexes them, so the repository is what `install.packages()`
@@ -35,6 +36,7 @@ CURRENT: tuple[tuple[str, str], ...] = (
     ("ckptOld", "1.0"),
     ("ckptGone", "1.0"),
     ("ckptBroken", "1.0"),
+    ("ckptNoLoad", "1.0"),
 )
 ARCHIVED: tuple[tuple[str, str], ...] = (("ckptOld", "0.9-1"),)
 
@@ -77,14 +79,17 @@ def stage(name: str, version: str, dest: Path, source: Path | None = None) -> Pa
     return target
 
 
-def synthetic(dest: Path, count: int, prefix: str = "ckptSyn") -> list[tuple[str, str, Path]]:
-    """`count` pure-R packages in a chain (each imports the one before) for benchmarks."""
+def synthetic(
+    dest: Path, count: int, chain: int = 1, prefix: str = "ckptSyn"
+) -> list[tuple[str, str, Path]]:
+    """`count` pure-R packages in chains of `chain` (each imports the one before it in its
+    chain), for benchmarks: (name, version, source directory) each."""
     made = []
     for i in range(count):
         name = f"{prefix}{i:03d}"
         src = dest / "src" / name
         (src / "R").mkdir(parents=True)
-        imports = f"Imports: {prefix}{i - 1:03d}\n" if i else ""
+        imports = f"Imports: {prefix}{i - 1:03d}\n" if i % chain else ""
         (src / "DESCRIPTION").write_text(
             f"Package: {name}\nVersion: 1.0.{i}\nTitle: Synthetic Package {i}\n"
             "Description: A synthetic package for the pkgckpt benchmarks.\n"
