@@ -119,3 +119,62 @@ def pkgckpt(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+_BACKEND = """\
+import base64, hashlib, os, tarfile, zipfile
+
+NAME, VERSION, MODULE = {name!r}, {version!r}, {module!r}
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _wheel(directory, files):
+    info = f"{{MODULE}}-{{VERSION}}.dist-info"
+    files = dict(files)
+    metadata = f"Metadata-Version: 2.1\\nName: {{NAME}}\\nVersion: {{VERSION}}\\n"
+    files[f"{{info}}/METADATA"] = metadata.encode()
+    files[f"{{info}}/WHEEL"] = (
+        b"Wheel-Version: 1.0\\nGenerator: t\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+    )
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{{path}},sha256={{digest}},{{len(data)}}")
+    files[f"{{info}}/RECORD"] = ("\\n".join(record) + f"\\n{{info}}/RECORD,,\\n").encode()
+    name = f"{{MODULE}}-{{VERSION}}-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(directory, name), "w") as zf:
+        for path, data in files.items():
+            zf.writestr(path, data)
+    return name
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    with open(os.path.join(HERE, MODULE, "__init__.py"), "rb") as f:
+        return _wheel(wheel_directory, {{f"{{MODULE}}/__init__.py": f.read()}})
+
+
+def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
+    return _wheel(wheel_directory, {{f"__editable__.{{MODULE}}.pth": (HERE + "\\n").encode()}})
+
+
+def build_sdist(sdist_directory, config_settings=None):
+    base = f"{{MODULE}}-{{VERSION}}"
+    with tarfile.open(os.path.join(sdist_directory, base + ".tar.gz"), "w:gz") as tf:
+        for entry in ("pyproject.toml", "backend.py", "PKG-INFO", MODULE):
+            tf.add(os.path.join(HERE, entry), arcname=f"{{base}}/{{entry}}")
+    return base + ".tar.gz"
+"""
+
+
+def project(name: str, version: str, root: Path) -> Path:
+    """A source tree (an in-tree PEP 517/660 backend, no setuptools) that builds `name`."""
+    module = name.replace("-", "_")
+    (root / module).mkdir(parents=True)
+    (root / module / "__init__.py").write_text(f"VERSION = {version!r}\n")
+    (root / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+        f'[project]\nname = "{name}"\nversion = "{version}"\n'
+    )
+    (root / "PKG-INFO").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (root / "backend.py").write_text(_BACKEND.format(name=name, version=version, module=module))
+    return root

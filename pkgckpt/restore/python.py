@@ -98,7 +98,12 @@ def requirement(package: Package) -> str:
     if isinstance(source, VcsSource):
         rev = source.commit or source.requested_revision
         at = f"@{rev}" if rev else ""
-        return f"{package.name} @ {source.vcs}+{source.url}{at}{_fragment(source.subdirectory)}"
+        url = source.url
+        if url.startswith("file:///"):
+            # pip (its vendored packaging < 22) refuses `name @ git+file:///path` as a URL
+            # without a host; `file://localhost/path` names the same place (RFC 8089).
+            url = "file://localhost/" + url.removeprefix("file:///")
+        return f"{package.name} @ {source.vcs}+{url}{at}{_fragment(source.subdirectory)}"
     if isinstance(source, DirectorySource):
         path = Path(source.path, source.subdirectory or "")
         return str(path) if source.editable else f"{package.name} @ {path.as_uri()}"
