@@ -186,6 +186,7 @@ def test_keep_removed_leaves_image_packages_in_place(
     assert installed(image.site_packages)["gone"] == "1.0"
     assert installed(image.site_packages)["alpha"] == "1.0"
     assert report.environments[0].kept == ("gone==1.0",)
+    assert restore.plan(config).is_empty(), "a kept package is not work for the next run"
 
 
 @pytest.mark.parametrize("tool", ["uv", "pip"])
@@ -400,3 +401,63 @@ def test_command_partial_restore_exits_3_and_names_the_failure(
     data = json.loads(out.stdout)
     assert [f["name"] for f in data["environments"][0]["failed"]] == ["ghost"]
     assert installed(image.site_packages)["alpha"] == "1.0"
+
+
+def shared_module_wheel(name: str, version: str, outdir: Path, text: str) -> Path:
+    """A wheel of distribution `name` whose code is the import package `cv` (like opencv-*)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    files = {
+        "cv/__init__.py": text.encode(),
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = [
+        f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},"
+        f"{len(d)}"
+        for p, d in files.items()
+    ]
+    files[f"{info}/RECORD"] = ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()
+    path = outdir / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for p, d in files.items():
+            zf.writestr(p, d)
+    return path
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_replacing_a_package_that_shares_files_keeps_the_new_files(
+    tool: str, tmp_path: Path, wheels: Path
+) -> None:
+    """Removals run first, so removing the old package cannot delete the new one's files."""
+    local = tmp_path / "cv-wheels"
+    local.mkdir()
+    shared_module_wheel("oldcv", "1.0", local, "WHO = 'old'\n")
+    shared_module_wheel("newcv", "1.0", local, "WHO = 'new'\n")
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    config = make_config(tmp_path, venv, wheels, installer=tool, find_links=(str(local),))
+    from pkgckpt.restore.python import PythonInstaller
+    from pkgckpt.restore.runner import Deadline
+
+    image_env = Environment(kind="python", path=str(venv.prefix))
+    assert (
+        PythonInstaller(image_env, config)
+        .install([Package(name="oldcv", version="1.0")], reinstall=False, deadline=Deadline(60))
+        .ok
+    )
+    body = Body(
+        environments=(
+            Delta(
+                env=env_of(config),
+                added=(Package(name="newcv", version="1.0"),),
+                removed=(Package(name="oldcv", version="1.0"),),
+            ),
+        )
+    )
+    put_manifest(config.store, config.key, body)
+    restore.run(config)
+    assert installed(venv.site_packages) == {"newcv": "1.0"}
+    assert (venv.site_packages / "cv" / "__init__.py").read_text() == "WHO = 'new'\n"

@@ -127,7 +127,8 @@ class EnvPlan(_Out, frozen=True, kw_only=True):
     install: tuple[Step, ...] = ()
     remove: tuple[Step, ...] = ()
     kept: tuple[Step, ...] = ()
-    """Image packages the user removed, installed now and left (`keep_removed`)."""
+    """Image packages the user removed, installed now and left (`keep_removed`); listed
+    when the environment has something else to do."""
     blocked: tuple[Failure, ...] = ()
     """Packages whose recorded source cannot be used here: reported, not attempted."""
 
@@ -379,10 +380,11 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
                     )
         gone: list[Step] = []
         for p in delta.removed:
+            # Whatever version the image has now: the user removed the package, not a version.
             have = now.get(_key(kind, p.name))
             if have is not None:
                 gone.append(Step(name=have.name, version=have.version, reason="removed"))
-        if not install and not gone:
+        if not install and (not gone or config.keep_removed):
             continue
         # The target's env (this container's interpreter and platform), not the manifest's.
         installer = _installer(target.env, config)
