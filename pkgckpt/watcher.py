@@ -1,0 +1,406 @@
+"""Library roots ↔ inotify watches. Reports which roots are dirty, never what changed.
+
+Roots are watched non-recursively: an install shows at the top level of site-packages as
+its ``*.dist-info`` and package directories (the engine follows each new ``*.dist-info``
+one level down until its ``RECORD`` arrives), and R installs each package as one
+top-level directory through ``00LOCK-*``.
+
+* A root that does not exist yet is watched through its nearest existing ancestor and
+  armed when it appears; a root deleted (or moved away) and recreated is re-armed.
+* IN_Q_OVERFLOW marks every root dirty and re-arms them all.
+* When a watch cannot be added (ENOSPC: the per-user watch limit, shared by every
+  container of that user on the node), the root is rescanned every ``rescan_interval``
+  seconds instead, after one warning; so are all roots when no inotify instance can be
+  had at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from .inotify import (
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_EXCL_UNLINK,
+    IN_IGNORED,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    IN_UNMOUNT,
+    PKW_DIRTY,
+    Inotify,
+    is_marker,
+)
+
+log = logging.getLogger(__name__)
+
+# IN_MASK_ADD: a directory can be both a root and the ancestor of a missing root, and the
+# kernel keeps one watch per inode; masks only accumulate, Python filters the extra.
+IN_MASK_ADD = 0x20000000
+ROOT_MASK = (
+    IN_CREATE
+    | IN_DELETE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CLOSE_WRITE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+    | IN_ONLYDIR
+    | IN_EXCL_UNLINK
+    | IN_MASK_ADD
+)
+ANCESTOR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_MASK_ADD
+_GONE = IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
+_APPEARED = IN_CREATE | IN_MOVED_TO
+_R_LOCK = "00LOCK"
+
+
+@dataclass(frozen=True)
+class Root:
+    path: Path
+    kind: Literal["python", "r"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    dirty: frozenset[Path]
+    """Roots to rescan: all of them on overflow; degraded roots when their rescan is due."""
+    markers: Mapping[Path, frozenset[str]]
+    """Root -> names of the marker directories (``*.dist-info``, ...) that changed."""
+    overflow: bool
+    woken: bool
+
+
+Role = Literal["root", "ancestor"]
+
+
+@dataclass
+class _State:
+    root: Root
+    wd: int | None = None
+    role: Role = "root"
+    next_name: str = ""  # ancestor role: the child whose creation brings the root closer
+    degraded: bool = False
+    next_rescan: float = 0.0
+    candidates: set[str] = field(default_factory=set)  # names that may be installs in progress
+
+
+class _Unwatchable(Exception):
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _limit(name: str) -> str:
+    try:
+        return Path(f"/proc/sys/fs/inotify/{name}").read_text().strip()
+    except OSError:
+        return "?"
+
+
+class Watcher:
+    def __init__(
+        self,
+        roots: Sequence[Root],
+        *,
+        quiet_ms: int = 200,
+        max_ms: int = 2000,
+        rescan_interval: float = 60.0,
+        wake_fd: int | None = None,
+        backend: str | None = None,
+    ) -> None:
+        if rescan_interval <= 0:
+            raise ValueError("rescan_interval must be positive")
+        self.quiet_ms = quiet_ms
+        self.max_ms = max_ms
+        self.rescan_interval = rescan_interval
+        self.wake_fd = wake_fd
+        self._states: dict[Path, _State] = {}
+        for root in roots:
+            self._states.setdefault(root.path, _State(root))
+        self._roles: dict[int, set[tuple[Role, Path]]] = {}
+        self._ino: Inotify | None
+        try:
+            self._ino = Inotify(backend)
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                raise
+            log.warning(
+                "cannot create an inotify instance (%s; fs.inotify.max_user_instances = %s, "
+                "shared by every process of this user on the node): every library is "
+                "rescanned every %g s instead of watched",
+                e.strerror,
+                _limit("max_user_instances"),
+                rescan_interval,
+            )
+            self._ino = None
+        now = time.monotonic()
+        for st in self._states.values():
+            if self._ino is None:
+                st.degraded = True
+                st.next_rescan = now + rescan_interval
+            else:
+                self._arm(st, now)
+
+    # ---- lifetime -------------------------------------------------------------------
+
+    @property
+    def backend(self) -> str | None:
+        """The inotify backend in use; None when every root is rescanned periodically."""
+        return None if self._ino is None else self._ino.backend
+
+    def close(self) -> None:
+        if self._ino is not None:
+            self._ino.close()
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---- arming ---------------------------------------------------------------------
+
+    def _release(self, st: _State) -> None:
+        if st.wd is None:
+            return
+        wd, st.wd = st.wd, None
+        roles = self._roles.get(wd)
+        if roles is not None:
+            roles.discard((st.role, st.root.path))
+            if not roles:
+                del self._roles[wd]
+                assert self._ino is not None
+                # EINVAL: the kernel dropped the watch already (directory deleted).
+                with contextlib.suppress(OSError):
+                    self._ino.rm_watch(wd)
+
+    def _watch(self, st: _State, path: Path, role: Role) -> int:
+        assert self._ino is not None
+        markers = role == "root" and st.root.kind == "python"
+        mask = ROOT_MASK if role == "root" else ANCESTOR_MASK
+        try:
+            wd = self._ino.add_watch(path, mask, markers=markers)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise
+            raise _Unwatchable(e) from e
+        roles = self._roles.setdefault(wd, set())
+        also_python = [
+            self._states[p]
+            for r, p in roles
+            if r == "root" and self._states[p].root.kind == "python"
+        ]
+        if not markers and also_python:
+            # The same directory is also a Python root: keep following its markers (the
+            # engine dropped them when the watch was re-added without them).
+            self._ino.add_watch(path, mask, markers=True)
+            for other in also_python:
+                self._sync(other, wd)
+        roles.add((role, st.root.path))
+        st.wd, st.role = wd, role
+        return wd
+
+    def _arm(self, st: _State, now: float) -> None:
+        """(Re)watch the root, or its nearest existing ancestor; degrade when impossible."""
+        self._release(st)
+        path = st.root.path
+        try:
+            # Each retry follows a directory that appeared or vanished meanwhile.
+            for _ in range(100):
+                target = next((p for p in (path, *path.parents) if p.is_dir()), None)
+                if target is None:
+                    raise _Unwatchable(OSError(errno.ENOENT, "no existing ancestor", str(path)))
+                try:
+                    wd = self._watch(st, target, "root" if target == path else "ancestor")
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                if target == path:
+                    self._sync(st, wd)
+                    break
+                st.next_name = path.relative_to(target).parts[0]
+                if not (target / st.next_name).is_dir():
+                    break
+                self._release(st)
+            else:
+                raise _Unwatchable(OSError(errno.ELOOP, "directories keep changing", str(path)))
+        except _Unwatchable as u:
+            self._release(st)
+            self._degrade(st, u.error, now)
+            return
+        if st.degraded:
+            st.degraded = False
+            log.warning("%s is watched again", path)
+
+    def _degrade(self, st: _State, error: OSError, now: float) -> None:
+        st.next_rescan = now + self.rescan_interval
+        if st.degraded:
+            return
+        st.degraded = True
+        if error.errno == errno.ENOSPC:
+            why = (
+                "the inotify watch limit is reached (fs.inotify.max_user_watches = "
+                f"{_limit('max_user_watches')}, shared by every process of this user on "
+                "the node; raise it to watch again)"
+            )
+        else:
+            why = f"it cannot be watched ({error.strerror})"
+        log.warning(
+            "%s: %s; rescanning it every %g s instead", st.root.path, why, self.rescan_interval
+        )
+
+    def _sync(self, st: _State, wd: int | None) -> None:
+        """Find installs already in progress (at arming, after lost events) from the disk."""
+        st.candidates.clear()
+        try:
+            entries = list(os.scandir(st.root.path))
+        except OSError:
+            return
+        for entry in entries:
+            name = entry.name
+            if st.root.kind == "r":
+                if name.startswith(_R_LOCK):
+                    st.candidates.add(name)
+            elif name.endswith(".dist-info") and is_marker(name) and entry.is_dir():
+                if (Path(entry.path) / "RECORD").exists():
+                    continue
+                st.candidates.add(name)
+                if wd is not None and self._ino is not None:
+                    with contextlib.suppress(OSError):
+                        self._ino.add_marker(wd, name)
+
+    # ---- the wait -------------------------------------------------------------------
+
+    def wait(self, timeout: float | None) -> Batch:
+        """Block until events, ``timeout`` seconds (None: forever) or the wake fd.
+
+        Returns an empty batch on timeout. Degraded roots come back dirty each time their
+        rescan is due, which is then the only reason this wakes up without an event.
+        """
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        while True:
+            now = time.monotonic()
+            dirty: set[Path] = set()
+            for st in self._states.values():
+                if st.degraded and st.next_rescan <= now:
+                    dirty.add(st.root.path)
+                    st.next_rescan = now + self.rescan_interval
+                    if self._ino is not None:
+                        self._arm(st, now)
+                    else:
+                        self._sync(st, None)
+            if dirty:
+                return Batch(frozenset(dirty), {}, overflow=False, woken=False)
+            rescan = min((s.next_rescan for s in self._states.values() if s.degraded), default=None)
+            until = min((t for t in (deadline, rescan) if t is not None), default=None)
+            wait_s = None if until is None else max(0.0, until - now)
+            batch = self._wait_once(wait_s)
+            if batch.dirty or batch.markers or batch.overflow or batch.woken:
+                return batch
+            if deadline is not None and time.monotonic() >= deadline:
+                return batch
+
+    def _wait_once(self, timeout: float | None) -> Batch:
+        if self._ino is None:
+            return Batch(frozenset(), {}, overflow=False, woken=self._wait_wake(timeout))
+        events = self._ino.read_batch(
+            timeout, quiet_ms=self.quiet_ms, max_ms=self.max_ms, wake_fd=self.wake_fd
+        )
+        now = time.monotonic()
+        dirty: set[Path] = set()
+        markers: dict[Path, set[str]] = {}
+        rearm: set[Path] = set()
+        resync: set[Path] = set()
+        for wd, mask, name in events.records:
+            for role, root in tuple(self._roles.get(wd, ())):
+                st = self._states[root]
+                if role == "ancestor":
+                    if (not name and mask & _GONE) or (name == st.next_name and mask & _APPEARED):
+                        rearm.add(root)
+                    continue
+                if not name:
+                    if mask & _GONE:
+                        rearm.add(root)
+                    if mask & PKW_DIRTY:
+                        resync.add(root)
+                    dirty.add(root)
+                    continue
+                dirty.add(root)
+                if st.root.kind == "python":
+                    if is_marker(name):
+                        markers.setdefault(root, set()).add(name)
+                        st.candidates.add(name)
+                elif name.startswith(_R_LOCK):
+                    st.candidates.add(name)
+        if events.overflow:
+            log.warning("inotify queue overflowed: rescanning every library")
+            rearm.update(self._states)
+        for root in rearm:
+            st = self._states[root]
+            was_root = st.wd is not None and st.role == "root"
+            self._arm(st, now)
+            # Appeared, vanished or re-created: whatever is there now must be read.
+            if was_root or (st.wd is not None and st.role == "root") or st.degraded:
+                dirty.add(root)
+        for root in resync - rearm:
+            self._sync(self._states[root], self._states[root].wd)
+        return Batch(
+            frozenset(dirty),
+            {root: frozenset(names) for root, names in markers.items()},
+            overflow=events.overflow,
+            woken=events.woken,
+        )
+
+    def _wait_wake(self, timeout: float | None) -> bool:
+        poller = select.poll()
+        if self.wake_fd is not None:
+            poller.register(self.wake_fd, select.POLLIN)
+        if not poller.poll(None if timeout is None else timeout * 1000):
+            return False
+        assert self.wake_fd is not None
+        while poller.poll(0):
+            try:
+                if not os.read(self.wake_fd, 256):
+                    break
+            except BlockingIOError:
+                break
+        return True
+
+    # ---- install in progress --------------------------------------------------------
+
+    def busy(self, root: Path) -> bool:
+        """An install is visibly in progress in ``root``: a ``*.dist-info`` without RECORD
+        yet, an R ``00LOCK-*`` directory. Checked on the disk, so never stale."""
+        st = self._states.get(root)
+        if st is None:
+            return False
+        for name in tuple(st.candidates):
+            path = root / name
+            if name.startswith(_R_LOCK):
+                in_progress = path.is_dir()
+            else:
+                in_progress = (
+                    name.endswith(".dist-info") and path.is_dir() and not (path / "RECORD").exists()
+                )
+            if not in_progress:
+                st.candidates.discard(name)
+        return bool(st.candidates)
