@@ -13,10 +13,12 @@ The API `cli.py` calls (`pkgckpt restore [--dry-run] [--json] ...`):
     apply(plan: Plan, config: Config, *,
           progress: Callable[[str], None] | None = None) -> Report
         Take the baseline if needed, then carry the plan out within `config.timeout`.
+        Returns the Report whatever happened (see its exit_code); only run() raises.
 
     Plan.render() -> str, Report.render() -> str: text for a person;
     Plan.to_json() -> bytes, Report.to_json() -> bytes: for `--json` (msgspec).
-    Report.exit_code: 0 (done, or nothing to do) or 3 (some packages failed).
+    Report.exit_code: 0 (done, or nothing to do) or 3 (some packages failed, or the
+    timeout ran out).
 
 Errors (pkgckpt.errors): ManifestError (corrupt, hostile: refused, nothing installed),
 StoreError / StoreUnavailable (the store refused or is unreachable), RestoreError (cannot
@@ -26,6 +28,10 @@ failed or the timeout ran out; its `.report` is the Report, to be rendered like 
 
 `progress` receives one line per environment step (counts only); by default lines go to
 stderr when stderr is a terminal, and nowhere otherwise.
+
+Back ends: `python.PythonInstaller(env, config)` and `r.RInstaller(env, config)`, both
+`runner.Installer` (name, blocked(), install(), remove()); every process goes through
+`runner.call()`. Which URL schemes a Python source may use: see `python.py`.
 
 The plan (DESIGN: invariants 4 and 6): per environment the manifest records, install
 its added and changed packages at their exact versions and uninstall the image packages
