@@ -22,8 +22,9 @@ directory order).
 Why it is written the way it is: a syscall costs 1.5-3 us on the machines this runs on,
 and a site-packages can hold thousands of distributions. So files are opened relative to
 a directory descriptor with plain `os.open`/`os.read` (no buffered file objects, no
-`email.parser`, no `importlib.metadata`), `METADATA` is read only up to its headers, and
-a rescan re-reads only entries whose identity `(inode, mtime_ns)` changed.
+`email.parser`, no `importlib.metadata`), `METADATA` is read only up to its headers, the
+presence of a file is one `faccessat` (no listing of the dist-info), and a rescan
+re-reads only entries whose identity `(inode, mtime_ns)` changed.
 """
 
 from __future__ import annotations
@@ -336,7 +337,6 @@ class SiteScanner:
         `partial`): entries whose identity holds are kept, others read. None: no change."""
         old = self._cache
         cache = dict(old) if partial else {}
-        base = str(self.path)
         for name in names:
             was = old.get(name)
             kind = _kind(name) if was is None else was.order[0]
@@ -358,7 +358,7 @@ class SiteScanner:
             self.reads += 1
             value: _Dist | _Editable | str
             try:
-                value = _read_entry(fd, base, name, kind, st, now)
+                value = _read_entry(fd, name, kind, st, now)
             except _Broken as e:
                 value = str(e)
             except OSError as e:
@@ -374,13 +374,11 @@ class SiteScanner:
         return cache
 
 
-def _read_entry(
-    fd: int, base: str, name: str, kind: int, st: os.stat_result, now: int
-) -> _Dist | _Editable:
+def _read_entry(fd: int, name: str, kind: int, st: os.stat_result, now: int) -> _Dist | _Editable:
     if kind == _DIST_INFO:
         if not stat.S_ISDIR(st.st_mode):
             raise _Broken("not a directory")
-        return _read_dist_info(fd, base, name, st, now)
+        return _read_dist_info(fd, name, st, now)
     if kind == _EGG_INFO:
         meta = f"{name}/PKG-INFO" if stat.S_ISDIR(st.st_mode) else name
         dist_name, version = _metadata(meta, fd)
@@ -390,34 +388,39 @@ def _read_entry(
     return _read_editable_pth(fd, name)
 
 
-def _read_dist_info(fd: int, base: str, name: str, st: os.stat_result, now: int) -> _Dist:
+def _exists(path: str, dir_fd: int) -> bool:
+    # faccessat: one syscall, no stat_result, no exception when absent. Cheaper than
+    # listing the dist-info (opendir + getdents + close), which was ~25% of a full scan.
+    return os.access(path, os.F_OK, dir_fd=dir_fd)
+
+
+def _optional(path: str, dir_fd: int, limit: int) -> bytes | None:
     try:
-        with os.scandir(f"{base}/{name}") as it:
-            files = {e.name for e in it}
-    except OSError as e:
-        raise _Broken(e.strerror or str(e)) from None
-    in_progress = "RECORD" not in files and now - st.st_mtime_ns < INSTALL_WINDOW_NS
-    if "METADATA" not in files:
+        return _read(path, dir_fd, limit)
+    except FileNotFoundError:
+        return None
+
+
+def _read_dist_info(fd: int, name: str, st: os.stat_result, now: int) -> _Dist:
+    in_progress = now - st.st_mtime_ns < INSTALL_WINDOW_NS and not _exists(f"{name}/RECORD", fd)
+    try:
+        dist_name, version = _metadata(f"{name}/METADATA", fd)
+    except _Broken:
         if in_progress:
-            return _Dist(None, True)
-        raise _Broken("no METADATA")
-    dist_name, version = _metadata(f"{name}/METADATA", fd)
-    installer = None
-    if "INSTALLER" in files:
-        installer = _read(f"{name}/INSTALLER", fd, 256).strip().decode("utf-8", "replace")
-    tags: tuple[str, ...] = ()
-    if "WHEEL" in files:
-        tags = _tags(_read(f"{name}/WHEEL", fd))
+            return _Dist(None, True)  # METADATA not (fully) written yet
+        raise
+    installer = _optional(f"{name}/INSTALLER", fd, 256)
+    wheel = _optional(f"{name}/WHEEL", fd, _CHUNK)
     source: Source = IndexSource()
-    if "direct_url.json" in files:
+    if _exists(f"{name}/direct_url.json", fd):
         source = _source(_read(f"{name}/direct_url.json", fd, 1 << 16))
     package = Package(
         name=canonicalize_name(dist_name),
         version=version,
         source=source,
-        requested="REQUESTED" in files,
-        installer=installer or None,
-        tags=tags,
+        requested=_exists(f"{name}/REQUESTED", fd),
+        installer=installer.strip().decode("utf-8", "replace") or None if installer else None,
+        tags=_tags(wheel) if wheel else (),
     )
     return _Dist(package, in_progress)
 
