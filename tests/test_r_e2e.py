@@ -51,7 +51,9 @@ class Session:
         self.home.mkdir()
         self.marker = tmp / "profile-ran"
         # A user profile that leaves a trace: restore must run R without it (--vanilla).
-        (self.home / ".Rprofile").write_text(f'cat("ran", file = "{self.marker}")\n')
+        (self.home / ".Rprofile").write_text(
+            f'cat(commandArgs(), file = "{self.marker}", append = TRUE)\n'
+        )
         self.containers = 0
         self.env = self.new_container()
 

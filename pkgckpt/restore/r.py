@@ -283,7 +283,7 @@ class RInstaller:
                 errors[pending[0]] = outcome.tail() or "R failed while loading it"
                 pending = pending[1:]
         if errors:
-            call([self.r, "CMD", "REMOVE", f"--library={self.lib}", *errors], deadline=deadline)
+            self._remove(list(errors), deadline)
         by_name = {p.name: p for p in packages}
         return {
             n: failed(by_name[n], f"installed but does not load: {e}") for n, e in errors.items()
@@ -326,8 +326,16 @@ class RInstaller:
         return results
 
     def remove(self, packages: Sequence[Package], *, deadline: Deadline) -> Outcome:
-        """R CMD REMOVE of `packages` from this library only."""
+        """remove.packages() of `packages` from this library only."""
         names = [p.name for p in packages]
         if not all(r_name(n) for n in names):
             raise RestoreError("invalid R package name in a removal")
-        return call([self.r, "CMD", "REMOVE", f"--library={self.lib}", *names], deadline=deadline)
+        return self._remove(names, deadline)
+
+    def _remove(self, names: Sequence[str], deadline: Deadline) -> Outcome:
+        # Not R CMD REMOVE: it runs R with the user's .Rprofile and has no --vanilla.
+        # The values follow the expression as arguments, which Rscript passes to R as data.
+        expr = "a <- commandArgs(TRUE); remove.packages(a[-1L], lib = a[1L])"
+        return call(
+            [self.rscript, "--vanilla", "-e", expr, str(self.lib), *names], deadline=deadline
+        )

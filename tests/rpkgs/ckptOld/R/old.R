@@ -1,1 +1,1 @@
-old_version <- function() as.character(utils::packageVersion("ckptOld"))
+old_version <- function() utils::packageDescription("ckptOld")$Version
