@@ -1,0 +1,454 @@
+"""`pkgckpt daemon`: watch the library roots, checkpoint every change to the store.
+
+Start: open the session (`checkpoint.open_session`: the store's manifest, the baseline,
+a full scan), commit if the record changed, tell systemd `READY=1`. Then loop: the
+watcher blocks in the kernel until a root changes (or a signal arrives through the
+wake-up pipe); the debouncer holds a root until its install has gone quiet; only the
+ready roots are rescanned; the tracker folds the scan into the record (invariant 1);
+the store commits it. One log line per change and per commit, on stderr.
+
+Signals: SIGTERM / SIGINT flush (every root rescanned at once, no quiet window, then
+commit, retried until `shutdown_timeout`) and exit: 0 when everything seen is on the
+store, 1 when the store stayed unreachable. SIGHUP rescans every root and commits now
+(`pkgckpt snapshot` uses it when a daemon runs, so the manifest keeps one writer).
+
+The store may fail at any time: the changes stay in memory, the commit is retried with
+exponential backoff and jitter, the error is in the status file; the daemon never exits
+because of the store. If the store cannot even be read at start, nothing is scanned into
+the record until it can be (the record must start from the manifest).
+
+Idle costs nothing: the only timed wake-ups are a pending debounce deadline, a store
+retry, systemd's watchdog (`WATCHDOG=1` when `WATCHDOG_USEC` asks for it) and the
+backstop rescan when `rescan_interval` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from types import FrameType
+
+import msgspec
+
+from . import checkpoint, status
+from .config import Config, ensure_runtime_dir
+from .debounce import Debouncer
+from .errors import ManifestError, PkgckptError, StoreError
+from .inventory import Target
+from .manifest import Change, Environment
+from .store import Store
+from .watcher import Root, Watcher
+
+log = logging.getLogger("pkgckpt.daemon")
+
+_STORE_ERRORS = (StoreError, ManifestError)
+BATCH_MS = 50
+"""The watcher's own quiet window: events closer than this are one batch, one wake-up."""
+BATCH_MAX_MS = 1000
+"""A long install still wakes the daemon once a second, so its maximum delay holds."""
+
+
+def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Send `message` (e.g. "READY=1") to systemd's `$NOTIFY_SOCKET`; False when unset.
+
+    The protocol is one datagram on a Unix socket; a leading '@' names an abstract socket.
+    """
+    address = (os.environ if environ is None else environ).get("NOTIFY_SOCKET")
+    if not address or address[0] not in "/@":
+        return False
+    target = "\0" + address[1:] if address[0] == "@" else address
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(target)
+            s.sendall(message.encode())
+    except OSError as e:
+        log.warning("cannot notify systemd at %s: %s", address, e.strerror or e)
+        return False
+    return True
+
+
+def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
+    """Seconds between `WATCHDOG=1` keep-alives: half of what systemd asked, or None."""
+    environ = os.environ if environ is None else environ
+    usec = environ.get("WATCHDOG_USEC", "")
+    pid = environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+class Backoff:
+    """Exponential delays with jitter, so that many daemons do not hammer one NFS server."""
+
+    def __init__(self, first: float = 0.5, cap: float = 60.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * 2.0**self.failures)
+        self.failures += 1
+        return delay * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def _where(env: Environment) -> str:
+    return f"{env.path} (user site)" if env.user else env.path
+
+
+def describe(env: Environment, change: Change) -> str:
+    versions = " -> ".join(v for v in (change.old, change.new) if v)
+    return f"{change.action} {change.name} {versions} in {_where(env)}"
+
+
+@contextlib.contextmanager
+def _signals(on_stop: object, on_rescan: object) -> Iterator[int]:
+    """Route SIGTERM/SIGINT/SIGHUP to the handlers; yield the read end of the wake-up pipe.
+
+    `signal.set_wakeup_fd` makes the C-level handler write to the pipe, which the watcher
+    polls beside the inotify fd: a signal ends a blocking wait at once.
+    """
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous = {
+        signum: signal.signal(signum, handler)  # type: ignore[arg-type]
+        for signum, handler in (
+            (signal.SIGTERM, on_stop),
+            (signal.SIGINT, on_stop),
+            (signal.SIGHUP, on_rescan),
+        )
+    }
+    old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    try:
+        yield read_fd
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.targets: list[Target] = checkpoint.targets(config)
+        self.store = Store(config.store, config.key)
+        self.session: checkpoint.Session | None = None
+        self.state = status.new_state(config)
+        self._written: status.DaemonState | None = None
+        # The watcher returns a batch once the kernel has been quiet for `batch_ms`; the
+        # debouncer waits out the rest of the quiet window, so a root is scanned
+        # `quiet_ms` after its last event, not `batch_ms + quiet_ms`.
+        self.batch_ms = min(BATCH_MS, config.quiet_ms)
+        self.debouncer = Debouncer(
+            (config.quiet_ms - self.batch_ms) / 1000, config.max_delay_ms / 1000
+        )
+        self.backoff = Backoff()
+        self.retry_at: float | None = None
+        self.uncommitted: list[Change] = []
+        self.stop = False
+        self.rescan = False
+        self.watchdog = watchdog_interval()
+        self.next_ping: float | None = None
+        self.next_backstop: float | None = None
+        # inventory.targets gives each root to one target only.
+        self._by_root = {Path(r): t for t in self.targets for r in t.roots}
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop = True
+
+    def _on_rescan(self, signum: int, frame: FrameType | None) -> None:
+        self.rescan = True
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Watch until SIGTERM/SIGINT; the exit code (0: everything seen is on the store)."""
+        ensure_runtime_dir(self.config.runtime_dir)
+        roots = [Root(path=r, kind=t.env.kind) for r, t in self._by_root.items()]
+        with (
+            _signals(self._on_stop, self._on_rescan) as wake_fd,
+            Watcher(
+                roots,
+                quiet_ms=self.batch_ms,
+                max_ms=max(self.batch_ms, BATCH_MAX_MS),
+                # Roots that cannot be watched (the inotify watch limit) are rescanned
+                # this often; the backstop interval when one is configured.
+                rescan_interval=self.config.rescan_interval or 60.0,
+                wake_fd=wake_fd,
+            ) as watcher,
+        ):
+            log.info(
+                "watching %d librar%s of %d environment(s); store %s",
+                len(roots),
+                "y" if len(roots) == 1 else "ies",
+                len(self.targets),
+                self.store.path,
+            )
+            self._open()
+            self._commit()
+            self._set(phase="watching")
+            sd_notify(f"READY=1\nSTATUS={self._summary()}\nMAINPID={os.getpid()}")
+            now = time.monotonic()
+            if self.watchdog is not None:
+                self.next_ping = now
+            if self.config.rescan_interval > 0:
+                self.next_backstop = now + self.config.rescan_interval
+            while not self.stop:
+                self._step(watcher)
+            return self._shutdown(watcher)
+
+    def _step(self, watcher: Watcher) -> None:
+        now = time.monotonic()
+        self._ping(now)
+        batch = watcher.wait(self._timeout(now))
+        now = time.monotonic()
+        for root in batch.dirty:
+            self.debouncer.touch(root, now, watcher.busy(root))
+        if self.stop:
+            return
+        if self.session is None:
+            # Nothing is folded in before the manifest is read: the start scan covers it.
+            self.debouncer.ready(math.inf, watcher.busy)
+            if self._due(self.retry_at, now):
+                self._open()
+        elif self.rescan or self._due(self.next_backstop, now):
+            self.rescan = False
+            self.debouncer.ready(math.inf, watcher.busy)  # every root is rescanned now
+            self._scan(self.targets)
+            self.retry_at = None  # a person asked (snapshot): try the store now
+            self._commit()
+            self._set(rescans=self.state.rescans + 1)
+            if self.next_backstop is not None:
+                self.next_backstop = now + self.config.rescan_interval
+        else:
+            ready = self.debouncer.ready(now, watcher.busy)
+            if ready:
+                self._scan(self._targets_of(ready))
+            if self.uncommitted and (self.retry_at is None or self._due(self.retry_at, now)):
+                self._commit()
+        self._set(pending_roots=tuple(sorted(str(p) for p in self.debouncer.pending())))
+
+    def _shutdown(self, watcher: Watcher) -> int:
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        sd_notify("STOPPING=1")
+        self._set(phase="stopping")
+        # An install that ended just before the signal may not have reached the debouncer
+        # (or is still in its quiet window): rescan everything now; scans are incremental.
+        if self.session is None:
+            self._open()
+        else:
+            self._scan(self.targets)
+        self.retry_at = None
+        while True:
+            if self.session is not None:
+                self._commit()
+            if self.session is not None and not self.uncommitted:
+                log.info(
+                    "stopped: every change is on the store (generation %s)", self.state.generation
+                )
+                code = 0
+                break
+            left = deadline - time.monotonic() - 0.2
+            delay = self.backoff.next()
+            if left <= 0:
+                lost = len(self.uncommitted) if self.session is not None else "unknown"
+                log.error(
+                    "exiting with changes not on the store (%s): %s", lost, self.state.last_error
+                )
+                code = 1
+                break
+            self._ping(time.monotonic())
+            time.sleep(min(delay, left))
+            if self.session is None:
+                self._open()
+        self._set(phase="stopped")
+        return code
+
+    # -- the pieces ------------------------------------------------------------------------
+
+    @staticmethod
+    def _due(when: float | None, now: float) -> bool:
+        return when is not None and now >= when
+
+    def _timeout(self, now: float) -> float | None:
+        """How long the watcher may block: until the nearest deadline, or forever."""
+        deadlines = [
+            self.debouncer.next_deadline(now),
+            *(
+                when - now
+                for when in (self.retry_at, self.next_ping, self.next_backstop)
+                if when is not None
+            ),
+        ]
+        known = [max(0.0, d) for d in deadlines if d is not None]
+        return min(known) if known else None
+
+    def _ping(self, now: float) -> None:
+        if self.watchdog is not None and self.next_ping is not None and now >= self.next_ping:
+            sd_notify("WATCHDOG=1")
+            self.next_ping = now + self.watchdog
+
+    def _targets_of(self, roots: Iterable[Path]) -> list[Target]:
+        chosen = {id(t): t for t in (self._by_root.get(Path(r)) for r in roots) if t is not None}
+        return list(chosen.values())
+
+    def _open(self) -> None:
+        """Read the manifest and the baseline, scan everything: the record's starting point."""
+        try:
+            session, changes = checkpoint.open_session(self.config, self.targets, self.store)
+        except _STORE_ERRORS as e:
+            self._store_failed(e, "cannot read the store")
+            return
+        self.session = session
+        self.retry_at = None
+        self.backoff.reset()
+        self._set(baseline=session.baseline_origin, generation=session.generation)
+        log.info(
+            "baseline: %s; manifest generation %s", session.baseline_origin, session.generation
+        )
+        for env, change in changes:
+            log.info("%s", describe(env, change))
+        self.uncommitted.extend(c for _, c in changes)
+        if session.tracker.inferred:
+            for env in session.tracker.inferred:
+                log.warning(
+                    "no baseline for %s: every recorded package is kept, changes seen from "
+                    "now on are added (run `pkgckpt baseline` or `pkgckpt restore` first)",
+                    _where(env),
+                )
+
+    def _scan(self, targets: Iterable[Target]) -> None:
+        assert self.session is not None
+        for env, change in checkpoint.scan(self.session, targets):
+            log.info("%s", describe(env, change))
+            self.uncommitted.append(change)
+        if self.session.scan_errors:
+            self._set(
+                last_error="; ".join(self.session.scan_errors), error_time=checkpoint.now_iso()
+            )
+
+    def _commit(self) -> None:
+        if self.session is None:
+            return
+        try:
+            committed = checkpoint.commit(self.session)
+        except _STORE_ERRORS as e:
+            self._store_failed(e, "commit failed")
+            return
+        count = len(self.uncommitted)
+        self.uncommitted.clear()
+        self.retry_at = None
+        self.backoff.reset()
+        if committed is not None:
+            log.info(
+                "checkpoint: generation %d (%d change%s) in %s",
+                committed.generation,
+                count,
+                "" if count == 1 else "s",
+                self.store.path,
+            )
+            self._set(generation=committed.generation, committed=checkpoint.now_iso())
+            sd_notify(f"STATUS={self._summary()}")
+        self._set(last_error=None, error_time=None)
+
+    def _store_failed(self, error: PkgckptError, what: str) -> None:
+        delay = self.backoff.next()
+        self.retry_at = time.monotonic() + delay
+        log.warning("%s: %s (retrying in %.1f s)", what, error, delay)
+        self._set(last_error=f"{what}: {error}", error_time=checkpoint.now_iso())
+
+    def _summary(self) -> str:
+        generation = self.state.generation
+        return f"watching {len(self._by_root)} libraries; generation {generation or 'none'}"
+
+    def _set(self, **changes: object) -> None:
+        """Update the status file when something in it changed (never on a timer)."""
+        changes["pending"] = len(self.uncommitted)
+        state = msgspec.structs.replace(self.state, **changes)
+        if state == self._written:
+            return
+        self.state = msgspec.structs.replace(state, updated=checkpoint.now_iso())
+        self._written = state
+        try:
+            status.write_state(self.config, self.state)
+        except PkgckptError as e:
+            log.warning("cannot write the status file: %s", e)
+
+
+def run(config: Config) -> int:
+    return Daemon(config).run()
+
+
+# -- pkgckpt snapshot --------------------------------------------------------------------
+
+
+class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What `pkgckpt snapshot` did."""
+
+    generation: int | None
+    committed: bool
+    """A new generation was written (False: the store already had this record)."""
+    changes: tuple[Change, ...] = ()
+    by_daemon: bool = False
+    """The running daemon did it (one writer per manifest)."""
+
+    def render(self) -> str:
+        who = "the daemon" if self.by_daemon else "snapshot"
+        if self.generation is None:
+            return "nothing to checkpoint: nothing recorded\n"
+        if not self.committed:
+            return f"nothing to checkpoint: generation {self.generation} is current\n"
+        return f"{who} wrote generation {self.generation}\n"
+
+
+def snapshot(config: Config) -> SnapshotResult:
+    """Scan and commit now. When a daemon for this key runs, it is asked to (SIGHUP)."""
+    state = status.read_state(config)
+    if status.running(state):
+        assert state is not None
+        return _ask_daemon(config, state)
+    targets = checkpoint.targets(config)
+    store = Store(config.store, config.key)
+    session, changes = checkpoint.open_session(config, targets, store)
+    committed = checkpoint.commit(session)
+    return SnapshotResult(
+        generation=committed.generation if committed else session.generation,
+        committed=committed is not None,
+        changes=tuple(c for _, c in changes),
+    )
+
+
+def _ask_daemon(config: Config, state: status.DaemonState) -> SnapshotResult:
+    before = state.rescans
+    os.kill(state.pid, signal.SIGHUP)
+    wait = max(config.shutdown_timeout, 1.0)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = status.read_state(config)
+        if now is None or not status.running(now):
+            raise PkgckptError(f"the daemon (pid {state.pid}) stopped before checkpointing")
+        if now.rescans > before:
+            if now.pending:
+                raise StoreError(
+                    f"the daemon could not commit {now.pending} change(s): {now.last_error}"
+                )
+            return SnapshotResult(
+                generation=now.generation,
+                committed=now.generation != state.generation,
+                by_daemon=True,
+            )
+    raise PkgckptError(f"the daemon (pid {state.pid}) did not answer within {wait:.0f} s")

@@ -1,0 +1,410 @@
+"""The daemon as a process: real inotify, real installs (uv) into real venvs, a local store."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_kit import Daemon, World, eventually, pins, uv_install, uv_uninstall
+from wheelhouse import Dist, Venv, build_wheel, make_venv
+
+from pkgckpt import daemon as daemon_mod
+from pkgckpt import manifest
+from pkgckpt.manifest import Body, Delta, Environment, Package
+from pkgckpt.store import Store
+
+WHEELS = [
+    Dist("alpha", "1.0"),
+    Dist("alpha", "2.0"),
+    Dist("beta", "1.0", requires=["gamma"]),
+    Dist("gamma", "1.0"),
+    Dist("delta", "1.0"),
+    Dist("image-pkg", "1.0"),
+]
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("daemon-wheels")
+    for dist in WHEELS:
+        build_wheel(dist, out)
+    return out
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World.make(tmp_path)
+
+
+@pytest.fixture
+def venv(world: World, wheels: Path) -> Venv:
+    """A venv whose image ships image-pkg, and the baseline taken of it."""
+    v = make_venv(world.tmp / "venv", with_pip=False)
+    uv_install(v.python, wheels, "image-pkg==1.0", env=world.env)
+    base = world.pkgckpt("baseline", "--env", str(v.prefix), "--output", str(world.tmp / "b.json"))
+    assert base.returncode == 0, base.stderr
+    return v
+
+
+@pytest.fixture
+def running(world: World, venv: Venv) -> Iterator[Daemon]:
+    """The daemon watching `venv` with a short quiet window."""
+    d = world.daemon(
+        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "100"
+    )
+    yield d.start()
+    d.close()
+
+
+def install(world: World, venv: Venv, wheels: Path, *reqs: str) -> None:
+    uv_install(venv.python, wheels, *reqs, env=world.env)
+
+
+def committed(world: World, want: list[str], removed: list[str] | None = None) -> bool:
+    try:
+        delta = world.delta()
+    except AssertionError:
+        return False
+    got = pins([*delta.added, *delta.changed])
+    return got == sorted(want) and (removed is None or pins(delta.removed) == sorted(removed))
+
+
+# -- sd_notify and friends (no daemon process) -------------------------------------------
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_sd_notify_sends_one_datagram(tmp_path: Path, abstract: bool) -> None:
+    """READY=1 arrives as one datagram, on a path socket or an abstract one ('@name')."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        if abstract:
+            name = f"@pkgckpt-notify-{os.getpid()}"
+            sock.bind("\0" + name[1:])
+        else:
+            name = str(tmp_path / "notify")
+            sock.bind(name)
+        assert daemon_mod.sd_notify("READY=1\nSTATUS=x", {"NOTIFY_SOCKET": name})
+        sock.settimeout(5)
+        assert sock.recv(100) == b"READY=1\nSTATUS=x"
+
+
+def test_sd_notify_without_a_socket_is_a_no_op(tmp_path: Path) -> None:
+    """No $NOTIFY_SOCKET (or a dead one): False, and no exception."""
+    assert not daemon_mod.sd_notify("READY=1", {})
+    assert not daemon_mod.sd_notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "gone")})
+
+
+def test_watchdog_interval_is_half_of_what_systemd_asks_for_this_pid() -> None:
+    """WATCHDOG_USEC=4s -> ping every 2 s; another WATCHDOG_PID or none set -> no pings."""
+    assert daemon_mod.watchdog_interval({"WATCHDOG_USEC": "4000000"}) == 2.0
+    mine = {"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())}
+    assert daemon_mod.watchdog_interval(mine) == 2.0
+    assert daemon_mod.watchdog_interval({**mine, "WATCHDOG_PID": "1"}) is None
+    assert daemon_mod.watchdog_interval({}) is None
+
+
+def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:
+    """Retry delays grow exponentially, stay under the cap, and are not all equal."""
+    b = daemon_mod.Backoff(first=1.0, cap=8.0)
+    delays = [b.next() for _ in range(8)]
+    for i, d in enumerate(delays):
+        assert 0.5 * min(8.0, 2.0**i) <= d <= min(8.0, 2.0**i)
+    b.reset()
+    assert b.next() <= 1.0
+
+
+# -- the running daemon ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_installs_upgrades_and_uninstalls_are_checkpointed(
+    world: World, venv: Venv, wheels: Path, running: Daemon
+) -> None:
+    """Each change lands in the manifest; an image package seen uninstalled is recorded
+    as removed, a user package seen uninstalled leaves the record."""
+    install(world, venv, wheels, "alpha==1.0", "beta")
+    eventually(lambda: committed(world, ["alpha==1.0", "beta==1.0", "gamma==1.0"]), what="install")
+    install(world, venv, wheels, "alpha==2.0")
+    eventually(lambda: committed(world, ["alpha==2.0", "beta==1.0", "gamma==1.0"]), what="upgrade")
+    uv_uninstall(venv.python, "beta", "image-pkg", env=world.env)
+    eventually(
+        lambda: committed(world, ["alpha==2.0", "gamma==1.0"], removed=["image-pkg==1.0"]),
+        what="uninstall",
+    )
+    history = [(c.action, c.name) for c in world.delta().history]
+    assert ("upgrade", "alpha") in history and ("remove", "beta") in history
+    assert running.stop() == 0
+    log = running.output()
+    assert "install alpha 1.0 in" in log and "checkpoint: generation" in log
+
+
+@pytest.mark.slow
+def test_sigterm_right_after_an_install_flushes_it(world: World, venv: Venv, wheels: Path) -> None:
+    """With a 60 s quiet window, an install that ended just before SIGTERM is still in the
+    manifest when the daemon exits 0."""
+    d = world.daemon(
+        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "60000"
+    ).start()
+    try:
+        install(world, venv, wheels, "delta==1.0")
+        assert world.generation() == 0
+        assert d.stop() == 0
+        assert committed(world, ["delta==1.0"])
+        assert any("STOPPING=1" in m for m in d.drain())
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_snapshot_asks_the_running_daemon_so_the_manifest_keeps_one_writer(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """`pkgckpt snapshot` beside a daemon: SIGHUP, full rescan, the daemon's commit."""
+    d = world.daemon(
+        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "60000"
+    ).start()
+    try:
+        install(world, venv, wheels, "delta==1.0")
+        snap = world.pkgckpt("snapshot", *world.flags(venv.prefix))
+        assert snap.returncode == 0, snap.stderr
+        assert snap.stdout.startswith("the daemon wrote generation 1")
+        assert committed(world, ["delta==1.0"])
+        assert Store(world.store, world.key).read().writer.pid == d.proc.pid  # type: ignore[union-attr]
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_snapshot_without_a_daemon_commits_itself(world: World, venv: Venv, wheels: Path) -> None:
+    """No daemon: snapshot scans and commits; a second snapshot finds nothing new."""
+    install(world, venv, wheels, "delta==1.0")
+    flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    first = world.pkgckpt("snapshot", *flags)
+    assert first.returncode == 0 and "snapshot wrote generation 1" in first.stdout, first.stderr
+    again = world.pkgckpt("snapshot", *flags)
+    assert again.returncode == 0 and "generation 1 is current" in again.stdout
+
+
+@pytest.mark.slow
+def test_status_reports_the_daemon_pending_changes_and_the_checkpoint(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """status --json: daemon running (pid), a change not checkpointed yet, then checkpointed."""
+    flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    d = world.daemon(*flags, "--quiet-ms", "60000").start()
+    try:
+        install(world, venv, wheels, "delta==1.0")
+        out = world.pkgckpt("status", "--json", *flags)
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["daemon_running"] and report["daemon"]["pid"] == d.proc.pid  # type: ignore[union-attr]
+        (env,) = [e for e in report["environments"] if not e["env"].get("user")]
+        assert [(c["action"], c["name"]) for c in env["pending"]] == [("install", "delta")]
+        assert d.stop() == 0
+        report = json.loads(world.pkgckpt("status", "--json", *flags).stdout)
+        assert not report["daemon_running"] and report["daemon"]["phase"] == "stopped"
+        (env,) = [e for e in report["environments"] if not e["env"].get("user")]
+        assert env["pending"] == [] and [p["name"] for p in env["added"]] == ["delta"]
+        assert report["checkpoint"]["generation"] == 1
+        text = world.pkgckpt("status", *flags).stdout
+        assert "checkpoint: generation 1" in text and "daemon:     not running" in text
+    finally:
+        d.close()
+
+
+def _fill(mount: Path) -> Path:
+    """Fill a file system until ENOSPC; the file to delete to make room again."""
+    filler = mount / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * 65536):
+            pass
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outage", ["enospc", "not-a-directory"])
+def test_store_outage_does_not_stop_the_daemon_and_the_commit_lands_later(
+    world: World, venv: Venv, wheels: Path, outage: str
+) -> None:
+    """A full store (tmpfs, ENOSPC) or a store path that became a file: the daemon keeps
+    running, status shows the error, and the change is committed once the store is back."""
+    if outage == "enospc":
+        world.store.mkdir()
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(world.store)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    d = world.daemon(*flags, "--quiet-ms", "50").start()
+    try:
+        install(world, venv, wheels, "alpha==1.0")
+        eventually(lambda: committed(world, ["alpha==1.0"]), what="first commit")
+        if outage == "enospc":
+            filler = _fill(world.store)
+        else:
+            world.store.rename(world.tmp / "store.away")
+            world.store.write_text("not a directory")
+        install(world, venv, wheels, "delta==1.0")
+
+        def error_shown() -> bool:
+            out = world.pkgckpt("status", "--json", *flags)
+            report = json.loads(out.stdout)
+            return bool(report["daemon_running"] and report["daemon"].get("last_error"))
+
+        eventually(error_shown, what="the store error in status")
+        assert d.proc is not None and d.proc.poll() is None
+        if outage == "enospc":
+            filler.unlink()
+        else:
+            world.store.unlink()
+            (world.tmp / "store.away").rename(world.store)
+        eventually(lambda: committed(world, ["alpha==1.0", "delta==1.0"]), 120, "retried commit")
+        assert d.stop() == 0
+        assert "commit failed" in d.output()
+    finally:
+        d.close()
+        if outage == "enospc":
+            subprocess.run(["umount", "-l", str(world.store)], check=False)
+
+
+@pytest.mark.slow
+def test_kill_9_and_restart_converges_without_losing_anything(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """kill -9 before a commit, installs while down, restart: every install is recorded;
+    an uninstall nobody saw (while down) does not shrink the manifest (invariant 1)."""
+    flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    d = world.daemon(*flags, "--quiet-ms", "50").start()
+    install(world, venv, wheels, "gamma==1.0")
+    eventually(lambda: committed(world, ["gamma==1.0"]), what="gamma")
+    d.close()
+    d = world.daemon(*flags, "--quiet-ms", "60000").start()
+    install(world, venv, wheels, "alpha==1.0")
+    d.kill()
+    assert committed(world, ["gamma==1.0"])
+    install(world, venv, wheels, "delta==1.0")
+    uv_uninstall(venv.python, "gamma", env=world.env)
+    d = world.daemon(*flags, "--quiet-ms", "50").start()
+    try:
+        eventually(lambda: committed(world, ["alpha==1.0", "delta==1.0", "gamma==1.0"]))
+        install(world, venv, wheels, "gamma==1.0")
+        # snapshot returns once the daemon has rescanned: it has seen gamma installed.
+        assert world.pkgckpt("snapshot", *flags).returncode == 0
+        uv_uninstall(venv.python, "gamma", env=world.env)  # seen by this daemon: recorded
+        eventually(lambda: committed(world, ["alpha==1.0", "delta==1.0"]), what="removal")
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_without_a_baseline_an_existing_manifest_only_grows(world: World, wheels: Path) -> None:
+    """No baseline file and none in the runtime dir, but a manifest on the store: the
+    daemon takes no baseline, keeps every recorded entry, and adds what it sees."""
+    v = make_venv(world.tmp / "venv", with_pip=False)
+    install(world, v, wheels, "image-pkg==1.0", "alpha==1.0")  # alpha: restored already
+    env = Environment(kind="python", path=str(v.prefix))
+    recorded = Delta(
+        env=env,
+        added=(Package(name="alpha", version="1.0"), Package(name="gamma", version="1.0")),
+        removed=(Package(name="zeta", version="3.0"),),
+    )
+    Store(world.store, world.key).commit(Body(environments=(recorded,)))
+    d = world.daemon(*world.flags(v.prefix), "--quiet-ms", "50").start()
+    try:
+        assert "no baseline for" in d.output()
+        assert not (world.runtime / "baseline.json").exists()
+        install(world, v, wheels, "delta==1.0")
+        eventually(lambda: committed(world, ["alpha==1.0", "delta==1.0", "gamma==1.0"]))
+        assert pins(world.delta().removed) == ["zeta==3.0"]
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_no_baseline_and_no_manifest_takes_the_baseline_now(world: World, wheels: Path) -> None:
+    """A fresh container without restore: the daemon's first act is to take the baseline."""
+    v = make_venv(world.tmp / "venv", with_pip=False)
+    install(world, v, wheels, "image-pkg==1.0")
+    d = world.daemon(*world.flags(v.prefix), "--quiet-ms", "50").start()
+    try:
+        baseline = manifest.decode_baseline((world.runtime / "baseline.json").read_bytes())
+        assert [p.name for p in baseline.environments[0].packages] == ["image-pkg"]
+        install(world, v, wheels, "delta==1.0")
+        eventually(lambda: committed(world, ["delta==1.0"]))
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_status_file_is_private_and_names_this_process(running: Daemon, world: World) -> None:
+    """The runtime dir is 0700, the status file 0600 with our pid and phase watching."""
+    path = world.runtime / f"daemon-{world.key}.json"
+    state = json.loads(eventually(lambda: path.exists() and path.read_text(), what="status"))
+    assert state["pid"] == running.proc.pid and state["phase"] == "watching"  # type: ignore[union-attr]
+    assert world.runtime.stat().st_mode & 0o777 == 0o700
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def _wakeups(pid: int) -> int:
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.slow
+def test_an_idle_daemon_does_not_wake_up(running: Daemon) -> None:
+    """Invariant 5: after READY, nothing changing means no context switch at all."""
+    assert running.proc is not None
+    time.sleep(0.5)  # let the start-up writes settle
+    before = _wakeups(running.proc.pid)
+    time.sleep(3)
+    assert _wakeups(running.proc.pid) == before
+
+
+@pytest.mark.slow
+def test_sighup_rescans_everything(world: World, venv: Venv, wheels: Path) -> None:
+    """SIGHUP commits a change still inside its quiet window."""
+    d = world.daemon(
+        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "60000"
+    ).start()
+    try:
+        install(world, venv, wheels, "delta==1.0")
+        d.signal(signal.SIGHUP)
+        eventually(lambda: committed(world, ["delta==1.0"]), what="commit after SIGHUP")
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_watchdog_keepalives_are_sent_when_systemd_asks(world: World, venv: Venv) -> None:
+    """WATCHDOG_USEC set for our pid: WATCHDOG=1 datagrams arrive while idle."""
+    d = world.daemon(*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"))
+    # WATCHDOG_PID cannot be known before the start: systemd omits it for the main process.
+    d.start(extra_env={"WATCHDOG_USEC": "400000"})
+    try:
+        d.wait_message("WATCHDOG=1", timeout=10)
+        d.wait_message("WATCHDOG=1", timeout=10)
+        assert d.stop() == 0
+    finally:
+        d.close()
