@@ -104,11 +104,13 @@ class _Unwatchable(Exception):
         self.error = error
 
 
-def _limit(name: str) -> str:
-    try:
-        return Path(f"/proc/sys/fs/inotify/{name}").read_text().strip()
-    except OSError:
-        return "?"
+def _limit(kind: Literal["watches", "instances"]) -> str:
+    """The limit in force: the node's, or a lower one of this user namespace."""
+    values = []
+    for knob in (f"fs/inotify/max_user_{kind}", f"user/max_inotify_{kind}"):
+        with contextlib.suppress(OSError, ValueError):
+            values.append(int(Path("/proc/sys", knob).read_text()))
+    return str(min(values)) if values else "unknown"
 
 
 class Watcher:
@@ -132,28 +134,35 @@ class Watcher:
         for root in roots:
             self._states.setdefault(root.path, _State(root))
         self._roles: dict[int, set[tuple[Role, Path]]] = {}
-        self._ino: Inotify | None
+        self._backend = backend
+        self._ino: Inotify | None = None
+        now = time.monotonic()
+        if not self._open(now):
+            for st in self._states.values():
+                st.degraded = True
+                st.next_rescan = now + rescan_interval
+
+    def _open(self, now: float) -> bool:
+        """Create the inotify instance and arm every root; False when the instance limit
+        is reached (the roots are then rescanned periodically)."""
         try:
-            self._ino = Inotify(backend)
+            self._ino = Inotify(self._backend)
         except OSError as e:
             if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
                 raise
-            log.warning(
-                "cannot create an inotify instance (%s; fs.inotify.max_user_instances = %s, "
-                "shared by every process of this user on the node): every library is "
-                "rescanned every %g s instead of watched",
-                e.strerror,
-                _limit("max_user_instances"),
-                rescan_interval,
-            )
-            self._ino = None
-        now = time.monotonic()
+            if not any(st.degraded for st in self._states.values()):
+                log.warning(
+                    "cannot create an inotify instance (%s; fs.inotify.max_user_instances = "
+                    "%s, shared by every process of this user on the node): every library "
+                    "is rescanned every %g s instead of watched",
+                    e.strerror,
+                    _limit("instances"),
+                    self.rescan_interval,
+                )
+            return False
         for st in self._states.values():
-            if self._ino is None:
-                st.degraded = True
-                st.next_rescan = now + rescan_interval
-            else:
-                self._arm(st, now)
+            self._arm(st, now)
+        return True
 
     # ---- lifetime -------------------------------------------------------------------
 
@@ -258,7 +267,7 @@ class Watcher:
         if error.errno == errno.ENOSPC:
             why = (
                 "the inotify watch limit is reached (fs.inotify.max_user_watches = "
-                f"{_limit('max_user_watches')}, shared by every process of this user on "
+                f"{_limit('watches')}, shared by every process of this user on "
                 "the node; raise it to watch again)"
             )
         else:
@@ -299,15 +308,18 @@ class Watcher:
         deadline = None if timeout is None else start + timeout
         while True:
             now = time.monotonic()
-            dirty: set[Path] = set()
-            for st in self._states.values():
-                if st.degraded and st.next_rescan <= now:
-                    dirty.add(st.root.path)
+            dirty = {
+                s.root.path for s in self._states.values() if s.degraded and s.next_rescan <= now
+            }
+            if dirty and self._ino is None and not self._open(now):
+                for st in self._states.values():
                     st.next_rescan = now + self.rescan_interval
-                    if self._ino is not None:
-                        self._arm(st, now)
-                    else:
-                        self._sync(st, None)
+                    self._sync(st, None)
+            elif dirty:
+                for path in dirty:
+                    st = self._states[path]
+                    st.next_rescan = now + self.rescan_interval
+                    self._arm(st, now)
             if dirty:
                 return Batch(frozenset(dirty), {}, overflow=False, woken=False)
             rescan = min((s.next_rescan for s in self._states.values() if s.degraded), default=None)

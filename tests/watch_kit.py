@@ -69,3 +69,28 @@ def unshare_available() -> str | None:
     if not Path("/proc/sys/user/max_inotify_watches").exists():
         return "this kernel has no per-namespace inotify limits"
     return None
+
+
+def pip_like_burst(
+    site: Path, name: str = "bigpkg", files: int = 20_000, dirs: int = 1_500
+) -> Path:
+    """Write what `pip install` of a large wheel writes, in its order: the package tree
+    (`files` files in `dirs` directories), then the dist-info, RECORD last through a
+    temporary file renamed into place. Returns the dist-info directory."""
+    pkg = site / name
+    pkg.mkdir()
+    subs = 30
+    tree = [pkg / f"sub{i}" for i in range(subs)]
+    tree += [tree[i % subs] / f"mod{i}" for i in range(dirs - subs)]
+    for d in tree:
+        d.mkdir()
+    for i in range(files):
+        (tree[i % len(tree)] / f"f{i}.py").write_bytes(b"x = 1\n")
+    dist = site / f"{name}-1.0.dist-info"
+    dist.mkdir()
+    for meta in ("METADATA", "WHEEL", "INSTALLER", "REQUESTED"):
+        (dist / meta).write_text(f"{meta}\n")
+    tmp = dist / "RECORD.tmp"
+    tmp.write_text("...\n")
+    tmp.rename(dist / "RECORD")
+    return dist
