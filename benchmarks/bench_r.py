@@ -39,6 +39,7 @@ sys.path.insert(0, str(TESTS))
 import restore_kit  # noqa: E402
 import rpkgs  # noqa: E402
 
+TEST_SET = ("ckpt.base", "ckptImports", "ckptC", "ckptOld")
 SYNTHETIC = 12
 CHAIN = 3
 ROUNDS = 3
@@ -49,8 +50,8 @@ pytestmark = pytest.mark.skipif(not rpkgs.have_r(), reason=rpkgs.NO_R)
 class Setup:
     def __init__(self, root: Path) -> None:
         made = rpkgs.synthetic(root / "syn", SYNTHETIC, CHAIN)
-        current = [*rpkgs.CURRENT, *((n, v) for n, v, _ in made)]
-        current = [(n, v) for n, v in current if n not in ("ckptBroken", "ckptGone", "ckptNoLoad")]
+        tests = [(n, v) for n, v in rpkgs.CURRENT if n in TEST_SET]
+        current = [*tests, *((n, v) for n, v, _ in made)]
         self.repo = rpkgs.build_repo(
             root / "cran", current, rpkgs.ARCHIVED, sources={n: s for n, _, s in made}
         )

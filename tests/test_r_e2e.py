@@ -16,8 +16,12 @@ import pytest
 import restore_kit
 import rpkgs
 
+from pkgckpt.config import Config
+from pkgckpt.errors import RestoreError
 from pkgckpt.manifest import Body, Delta, Environment, IndexSource, Package
-from pkgckpt.scan.r import r_environment
+from pkgckpt.restore.r import RInstaller, read_tarball
+from pkgckpt.restore.runner import Deadline
+from pkgckpt.scan.r import DescriptionError, r_environment
 from pkgckpt.store import Store
 
 needs_r = rpkgs.needs_r
@@ -283,3 +287,76 @@ def test_dry_run_lists_r_packages_and_installs_nothing(session: Session) -> None
     assert done.returncode == 0, done.stderr
     assert "install ckptC 0.3.1" in done.stdout and "Rscript" in done.stdout
     assert descriptions(session.lib) == before
+
+
+# -- the installer itself ------------------------------------------------------------------
+
+
+def installer(session: Session, jobs: int) -> RInstaller:
+    env = r_environment(session.lib)
+    return RInstaller(env, Config(r_repo=(session.repo.url,)), jobs=jobs)
+
+
+@needs_r
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_dependencies_install_before_their_dependents(session: Session, jobs: int) -> None:
+    """Dependency order from the tarballs (name order would fail), one at a time or in parallel."""
+    shutil.rmtree(session.lib)
+    wanted = [
+        Package(name="ckptAfirst", version="2.0.1"),
+        Package(name="ckptImports", version="1.2.0"),
+        Package(name="ckpt.base", version="1.0.0"),
+        Package(name="ckptC", version="0.3.1"),
+    ]
+    results = installer(session, jobs).install_each(wanted, deadline=Deadline(600))
+    assert {n: o.ok for n, o in results.items()} == dict.fromkeys(
+        ("ckptAfirst", "ckptImports", "ckpt.base", "ckptC"), True
+    ), {n: o.tail() for n, o in results.items()}
+    out = rpkgs.rscript(
+        ".libPaths(commandArgs(TRUE)[1]); cat(ckptAfirst::afirst_value())", str(session.lib)
+    )
+    assert out == "84"
+
+
+@needs_r
+def test_a_failed_dependency_stops_its_dependents_without_running_them(session: Session) -> None:
+    """What imports a package that failed is reported as blocked by it, and not built."""
+    shutil.rmtree(session.lib)
+    inst = installer(session, 1)
+    results = inst.install_each(
+        [
+            Package(name="ckpt.base", version="9.9"),
+            Package(name="ckptImports", version="1.2.0"),
+            Package(name="ckptAfirst", version="2.0.1"),
+        ],
+        deadline=Deadline(600),
+    )
+    assert "nor in their archives" in results["ckpt.base"].output
+    assert "ckpt.base" in results["ckptImports"].output  # R's own "not available" error
+    assert results["ckptAfirst"].output == "not installed: its dependency ckptImports failed"
+    assert not session.lib.exists() or rpkgs.installed(session.lib) == {}
+
+
+@needs_r
+def test_a_tarball_must_hold_the_package_and_version_asked_for(session: Session) -> None:
+    """A repository serving another package or version under the asked-for name is refused."""
+    renamed = session.tmp / "ckptImports_1.2.0.tar.gz"
+    shutil.copy(session.repo.tarball("ckpt.base", "1.0.0"), renamed)
+    with pytest.raises(DescriptionError, match="not a source package"):
+        read_tarball(renamed, "ckptImports", "1.2.0")
+    with pytest.raises(DescriptionError, match=r"holds ckptOld 1\.0"):
+        read_tarball(session.repo.tarball("ckptOld", "1.0"), "ckptOld", "0.9-1")
+    assert read_tarball(session.repo.tarball("ckptAfirst", "2.0.1"), "ckptAfirst", "2.0.1") == {
+        "ckptImports"
+    }
+
+
+@needs_r
+def test_the_installer_refuses_invalid_names_itself(session: Session) -> None:
+    """Even past manifest validation, an invalid name never reaches R."""
+    with pytest.raises(RestoreError):
+        installer(session, 1).install_each(
+            [Package(name="ckptC", version="0.3.1; q()")], deadline=Deadline(60)
+        )
+    with pytest.raises(RestoreError):
+        installer(session, 1).remove([Package(name="-l", version="1.0")], deadline=Deadline(60))

@@ -4,6 +4,7 @@ The sources beside this file (renv keeps its fake packages the same way):
 
 - `ckpt.base`   pure R, a dot in its name;
 - `ckptImports` imports `ckpt.base`, so it must be restored after it;
+- `ckptAfirst`  imports `ckptImports`: name order is the wrong install order;
 - `ckptC`       C code that restore must compile;
 - `ckptOld`     the repository serves 1.0, while 0.9-1 lives only in its archive;
 - `ckptGone`    an image package that the user removes;
@@ -32,6 +33,7 @@ SOURCES = Path(__file__).parent
 CURRENT: tuple[tuple[str, str], ...] = (
     ("ckpt.base", "1.0.0"),
     ("ckptImports", "1.2.0"),
+    ("ckptAfirst", "2.0.1"),
     ("ckptC", "0.3.1"),
     ("ckptOld", "1.0"),
     ("ckptGone", "1.0"),

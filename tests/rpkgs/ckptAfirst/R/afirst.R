@@ -1,0 +1,1 @@
+afirst_value <- function() imports_value() * 2L
