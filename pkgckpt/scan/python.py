@@ -349,11 +349,12 @@ class SiteScanner:
                 if not was.suspect and was.ino == st.st_ino and was.mtime_ns == st.st_mtime_ns:
                     cache[name] = was
                     continue
-                kind: int | None = was.order[0]
+                kind = was.order[0]
             else:
-                kind = _kind(name)
-                if kind is None:
+                found = _kind(name)
+                if found is None:
                     continue
+                kind = found
             self.reads += 1
             value: _Dist | _Editable | str
             try:
