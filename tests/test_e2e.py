@@ -1,0 +1,99 @@
+"""End to end: an image venv, the daemon, a user with real pip, SIGTERM, a fresh venv,
+`pkgckpt restore` -> the same `pip freeze`, working console script and C extension."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from daemon_kit import World
+from wheelhouse import Dist, Venv, add_build_backend, build_c_sdist, build_wheel, make_venv
+
+pytestmark = pytest.mark.slow
+
+IMAGE = ["imgbase==1.0", "imgold==2.0", "imgdrop==1.0"]
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Image packages at two versions, an app with a dependency and a console script, a C
+    sdist, and setuptools/wheel so that the sdist builds with --no-index."""
+    out = tmp_path_factory.mktemp("e2e-wheels")
+    for dist in [
+        Dist("imgbase", "1.0"),
+        Dist("imgbase", "1.1"),
+        Dist("imgold", "1.0"),
+        Dist("imgold", "2.0"),
+        Dist("imgdrop", "1.0"),
+        Dist("app", "1.0", requires=["libdep>=1"], scripts={"app-cli": "app:main"}),
+        Dist("libdep", "1.0"),
+    ]:
+        build_wheel(dist, out)
+    build_c_sdist("fastmath", "1.0", out)
+    add_build_backend(out)
+    return out
+
+
+def image(world: World, wheelhouse: Path) -> Path:
+    """A fresh venv at the same path with the image's packages: a new container."""
+    venv = make_venv(world.tmp / "venv")
+    venv.install(wheelhouse, *IMAGE)
+    return venv.prefix
+
+
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_user_packages_survive_a_container_restart(
+    tmp_path: Path, wheelhouse: Path, installer: str
+) -> None:
+    """Installs (with a dependency, a console script, a compiled sdist), an upgrade, a
+    downgrade and an image package's uninstall, then SIGTERM at once: after a restart and
+    `pkgckpt restore`, `pip freeze` is identical, the script and the extension work, and a
+    second restore does nothing."""
+    world = World.make(tmp_path)
+    prefix = image(world, wheelhouse)
+    user = Venv(prefix)
+    baseline = tmp_path / "baseline.json"
+    flags = [*world.flags(prefix), "--baseline", str(baseline)]
+    made = world.pkgckpt("baseline", "--env", str(prefix), "--output", str(baseline))
+    assert made.returncode == 0, made.stderr
+
+    daemon = world.daemon(*flags, "--quiet-ms", "200").start()
+    try:
+        user.install(wheelhouse, "app")
+        user.install(wheelhouse, "fastmath", extra=["--no-cache-dir"])
+        user.install(wheelhouse, "imgbase==1.1")
+        user.uninstall("imgdrop")
+        user.install(wheelhouse, "imgold==1.0")
+        assert daemon.stop() == 0, daemon.output()  # right after the last install
+    finally:
+        daemon.close()
+    before = user.freeze()
+    assert "imgold==1.0" in before and "fastmath==1.0" in before and "imgdrop==1.0" not in before
+
+    # A new container: fresh venv, empty runtime directory, same store.
+    shutil.rmtree(world.runtime, ignore_errors=True)
+    image(world, wheelhouse)
+    assert user.freeze() != before
+    restore = [
+        "restore", *flags, "--installer", installer, "--no-index", "--find-links", str(wheelhouse)
+    ]  # fmt: skip
+    first = world.pkgckpt(*restore, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert user.freeze() == before
+    script = subprocess.run([str(prefix / "bin" / "app-cli")], capture_output=True, text=True)
+    assert script.stdout.strip() == "app 1.0", script.stderr
+    ext = subprocess.run(
+        [str(user.python), "-c", "import fastmath; print(fastmath.add(40, 2))"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert ext.stdout.strip() == "42", ext.stderr
+
+    start = time.monotonic()
+    second = world.pkgckpt(*restore)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.startswith("Nothing to restore"), second.stdout
+    assert user.freeze() == before
+    print(f"no-op restore: {time.monotonic() - start:.2f} s")
