@@ -353,12 +353,9 @@ class Daemon:
         self.retry_at = None
         self.backoff.reset()
         if committed is not None:
+            what = f"{count} change{'' if count == 1 else 's'}" if count else "details updated"
             log.info(
-                "checkpoint: generation %d (%d change%s) in %s",
-                committed.generation,
-                count,
-                "" if count == 1 else "s",
-                self.store.path,
+                "checkpoint: generation %d (%s) in %s", committed.generation, what, self.store.path
             )
             self._set(generation=committed.generation, committed=checkpoint.now_iso())
             sd_notify(f"STATUS={self._summary()}")
