@@ -41,7 +41,7 @@ from pkgckpt.config import Config  # noqa: E402
 from pkgckpt.inventory import targets  # noqa: E402
 from pkgckpt.manifest import Body, Delta, Package  # noqa: E402
 
-ROUNDS = 5
+ROUNDS = 7
 # The real interpreter, not a pyenv shim: the shim is a shell script that costs ~50 ms.
 PYTHON = os.path.realpath(sys.executable)
 UV = shutil.which("uv") or "uv"
@@ -127,7 +127,7 @@ def hundred(tmp_path_factory: pytest.TempPathFactory) -> Bench:
 
 def _install(benchmark: BenchmarkFixture, bench: Bench, how: str) -> None:
     def setup() -> None:
-        bench.fresh(with_pip=how == "pip")
+        bench.fresh(with_pip=how in ("pip", "pkgckpt-pip"))
         if how.startswith("pkgckpt"):
             bench.manifest()
 

@@ -208,3 +208,31 @@ def test_requirements_keep_the_recorded_source() -> None:
         )
         == "/src/x"
     )
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_index_settings_come_from_the_config_only(tool: str, wheels: Path, bare: Venv) -> None:
+    """--index-url/--find-links/--no-index are the config's; requirements follow `--`."""
+    settings = Config(
+        installer=tool,
+        index_url="https://mirror.example/simple",
+        find_links=("/srv/wheels", "/srv/more"),
+        no_index=True,
+    )
+    installer = PythonInstaller(env(bare), settings)
+    expired = Deadline(1e-9)
+    argv = installer.install(
+        [Package(name="alpha", version="1.0")], reinstall=False, deadline=expired
+    ).argv
+    options = argv[: argv.index("--")]
+    assert options[-8:] == (
+        "--no-deps",
+        "--index-url",
+        "https://mirror.example/simple",
+        "--find-links",
+        "/srv/wheels",
+        "--find-links",
+        "/srv/more",
+        "--no-index",
+    )
+    assert argv[argv.index("--") :] == ("--", "alpha==1.0")
