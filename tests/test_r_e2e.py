@@ -179,7 +179,7 @@ def test_install_packages_survive_a_container_restart(
         str(session.lib),
     )
     assert out.split() == ["42", "5", "0.9-1"]
-    assert not session.marker.exists(), "restore ran R with the user's .Rprofile"
+    assert not session.marker.exists(), f"R ran the user's .Rprofile: {session.marker.read_text()}"
 
     untouched = descriptions(session.lib)
     again = session.restore()

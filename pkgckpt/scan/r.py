@@ -262,10 +262,6 @@ class RLibraryScanner:
         return _Cached(identity, found, suspect)
 
 
-def scan_library(path: Path) -> ScanResult:
-    return RLibraryScanner(path).scan()
-
-
 # -- the R installation ------------------------------------------------------------------
 
 
