@@ -133,6 +133,25 @@ def test_importlib_metadata_in_process(benchmark: BenchmarkFixture, site: Path) 
 
 
 @pytest.mark.benchmark(group="full scan, 3000 dists")
+def test_bare_metadata_loop_in_process(benchmark: BenchmarkFixture, site: Path) -> None:
+    """The floor the issue quotes: list, open each METADATA, keep Name and Version."""
+
+    def loop() -> dict[str, str]:
+        found = {}
+        with os.scandir(site) as it:
+            for entry in it:
+                if entry.name.endswith(".dist-info"):
+                    with open(f"{entry.path}/METADATA", "rb") as f:
+                        head = f.read(4096).split(b"\n\n", 1)[0].split(b"\n")
+                    name = next(h[6:] for h in head if h.startswith(b"Name: "))
+                    version = next(h[9:] for h in head if h.startswith(b"Version: "))
+                    found[name.decode()] = version.decode()
+        return found
+
+    assert len(benchmark(with_cpu(benchmark, loop))) == COUNT
+
+
+@pytest.mark.benchmark(group="full scan, 3000 dists")
 def test_pkgckpt_process(benchmark: BenchmarkFixture, site: Path) -> None:
     code = "import sys; from pathlib import Path; from pkgckpt.scan.python import scan_site; "
     code += "sys.exit(len(scan_site(Path(sys.argv[1])).packages) != 3000)"
