@@ -328,11 +328,12 @@ def _direction(old: str, new: str, kind: Kind) -> Action:
     if kind == "r":
         a, b = _r_version(old), _r_version(new)
         if a is not None and b is not None:
-            return "upgrade" if b > a else "downgrade"
+            return "downgrade" if b < a else "upgrade"
     else:
         va, vb = _order(old), _order(new)
         if va is not None and vb is not None:
-            return "upgrade" if vb > va else "downgrade"  # type: ignore[operator]
+            # Equal versions spelled differently ("1.0" -> "1.0.0") are no downgrade.
+            return "downgrade" if vb < va else "upgrade"  # type: ignore[operator]
     # Unorderable versions (a local build, a VCS snapshot): call it an upgrade.
     return "upgrade"
 

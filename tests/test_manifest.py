@@ -157,6 +157,10 @@ def test_diff_names_each_change() -> None:
         {"x": Package(name="x", version="1.0-2")}, {"x": Package(name="x", version="1.0-10")}, "r"
     )
     assert [c.action for c in r] == ["upgrade"]
+    respelled = manifest.diff(
+        {"x": Package(name="x", version="1.0")}, {"x": Package(name="x", version="1.0.0")}
+    )
+    assert [c.action for c in respelled] == ["upgrade"], "equal versions are no downgrade"
 
 
 # -- the property: random installs on a real (fake) site-packages, diff vs a model ------
