@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -444,19 +445,41 @@ def test_finished_install_leaves_in_progress(tmp_path: Path) -> None:
     assert scanner.scan().in_progress == frozenset()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
-def test_unreadable_root_is_an_error_not_an_empty_library(tmp_path: Path) -> None:
+def test_unreadable_root_is_an_error_not_an_empty_library() -> None:
     """A root that exists but cannot be listed raises ScanError: it is not proof of removal."""
     from pkgckpt.errors import ScanError
 
-    site = tmp_path / "site"
-    dist_info(site, "x", "1.0")
-    site.chmod(0)
-    try:
-        with pytest.raises(ScanError):
-            SiteScanner(site).scan()
-    finally:
+    # Somewhere another user can reach (pytest's tmp is private to root).
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(dir=shm) as tmp:
+        base = Path(tmp)
+        base.chmod(0o755)
+        readable, site = base / "readable", base / "site"
+        dist_info(readable, "x", "1.0")
+        dist_info(site, "x", "1.0")
+        readable.chmod(0o755)
+        site.chmod(0o700)
+        # Root reads everything: the child drops to nobody (or, if not root, the mode to 0).
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            code = 3
+            try:
+                if os.geteuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                else:
+                    site.chmod(0)
+                assert set(SiteScanner(readable).scan().packages) == {"x"}
+                try:
+                    SiteScanner(site).scan()
+                    code = 1
+                except ScanError:
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
         site.chmod(0o755)
+        assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_scan_of_this_interpreter_matches_importlib() -> None:
