@@ -3,6 +3,7 @@ it back from a local CRAN-like repository (current versions and the archive)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
@@ -18,10 +19,19 @@ import rpkgs
 
 from pkgckpt.config import Config
 from pkgckpt.errors import RestoreError
-from pkgckpt.manifest import Body, Delta, Environment, IndexSource, Package
+from pkgckpt.manifest import (
+    Body,
+    Delta,
+    DirectorySource,
+    Environment,
+    IndexSource,
+    Package,
+    UrlSource,
+    VcsSource,
+)
 from pkgckpt.restore.r import RInstaller, read_tarball
 from pkgckpt.restore.runner import Deadline
-from pkgckpt.scan.r import DescriptionError, r_environment
+from pkgckpt.scan.r import DescriptionError, RLibraryScanner, r_environment
 from pkgckpt.store import Store
 
 needs_r = rpkgs.needs_r
@@ -360,3 +370,99 @@ def test_the_installer_refuses_invalid_names_itself(session: Session) -> None:
         )
     with pytest.raises(RestoreError):
         installer(session, 1).remove([Package(name="-l", version="1.0")], deadline=Deadline(60))
+
+
+# -- sources other than a repository (remotes / pak) -----------------------------------------
+
+
+def git(*args: str, cwd: Path) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def remote_sources(session: Session) -> dict[str, Package]:
+    """ckptC from a git commit (in a subdirectory), ckptOld 0.9-1 from a tarball URL, ckpt.base
+    from a local directory: what remotes' install_git/_url/_local record."""
+    checkout = session.tmp / "git-repo"
+    rpkgs.stage("ckptC", "0.3.2", session.tmp / "staged")
+    shutil.copytree(session.tmp / "staged" / "ckptC-0.3.2" / "ckptC", checkout / "pkg")
+    git("init", "--quiet", cwd=checkout)
+    git("add", ".", cwd=checkout)
+    git("commit", "--quiet", "-m", "0.3.2", cwd=checkout)
+    commit = git("rev-parse", "HEAD", cwd=checkout)
+    # A later commit: restore must check out the recorded one, not the branch head.
+    (checkout / "pkg" / "DESCRIPTION").write_text(
+        (checkout / "pkg" / "DESCRIPTION").read_text().replace("0.3.2", "0.4.0")
+    )
+    git("commit", "--quiet", "-am", "0.4.0", cwd=checkout)
+    tarball = session.repo.tarball("ckptOld", "0.9-1")
+    local = rpkgs.stage("ckpt.base", "1.0.0", session.tmp / "local")
+    return {
+        "ckptC": Package(
+            name="ckptC",
+            version="0.3.2",
+            source=VcsSource(vcs="git", url=checkout.as_uri(), commit=commit, subdirectory="pkg"),
+        ),
+        "ckptOld": Package(
+            name="ckptOld",
+            version="0.9-1",
+            source=UrlSource(url=tarball.as_uri()),
+        ),
+        "ckpt.base": Package(
+            name="ckpt.base", version="1.0.0", source=DirectorySource(path=str(local))
+        ),
+    }
+
+
+@needs_r
+def test_git_url_and_local_sources_are_reinstalled_from_there(session: Session) -> None:
+    """Remote sources install at the recorded commit/hash, rescan as recorded; rerun no-op."""
+    shutil.rmtree(session.lib)
+    session.lib.mkdir()
+    wanted = remote_sources(session)
+    put(session, *wanted.values())
+    done = session.pkgckpt("restore")  # no --r-repo: none of these needs a repository
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = RLibraryScanner(session.lib).scan().packages
+    assert {n: (p.version, p.source) for n, p in found.items()} == {
+        n: (p.version, p.source) for n, p in wanted.items()
+    }
+    out = rpkgs.rscript(
+        ".libPaths(commandArgs(TRUE)[1]); cat(ckptC::c_add(1L, 1L), ckptOld::old_version())",
+        str(session.lib),
+    )
+    assert out.split() == ["2", "0.9-1"]
+    again = session.pkgckpt("restore")
+    assert again.returncode == 0 and "Nothing to restore" in again.stdout, again.stdout
+
+
+@needs_r
+def test_a_remote_source_that_is_not_what_was_recorded_is_refused(session: Session) -> None:
+    """A wrong hash, a version the commit does not hold, a missing directory: reported (exit 3)."""
+    wanted = remote_sources(session)
+    tarball = session.repo.tarball("ckptOld", "0.9-1")
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    good_hash = UrlSource(url=tarball.as_uri(), hashes={"sha256": digest})
+    bad_hash = UrlSource(url=tarball.as_uri(), hashes={"sha256": "0" * 64})
+    put(
+        session,
+        Package(name="ckptOld", version="0.9-1", source=bad_hash),
+        Package(name="ckpt.base", version="1.0.0", source=good_hash),
+        Package(name="ckptC", version="0.4.1", source=wanted["ckptC"].source),
+        Package(name="ckptGone", version="1.0", source=DirectorySource(path="/nonexistent/x")),
+    )
+    done = session.pkgckpt("restore", "--json")
+    assert done.returncode == 3, done.stderr
+    report = json.loads(done.stdout)
+    failures = {f["name"]: f["message"] for e in report["environments"] for f in e["failed"]}
+    assert "hash mismatch" in failures["ckptOld"]
+    assert "holds ckptOld 0.9-1" in failures["ckpt.base"]  # hash right, package wrong
+    assert "holds ckptC 0.3.2" in failures["ckptC"]
+    assert "does not exist" in failures["ckptGone"]
+    assert rpkgs.installed(session.lib)["ckptOld"] == "1.0"

@@ -18,25 +18,35 @@ manifest (its `Repository:` field is informational). Names and versions are vali
 before they get here (`validate.r_name`, `validate.r_version`); the tarball R fetched is
 checked to hold that package at that version before it is installed.
 
-Packages recorded from git, a URL or a local directory (remotes/pak) are reported, not
-restored: R has no installer for them without the remotes or pak package.
+Packages recorded from git, a URL or a local directory (what remotes and pak write) are
+reinstalled from there when allowed and reachable, with the rules of `restore/python.py`
+(archive URLs over https or file; git over https, ssh or file, at the recorded commit;
+directories that exist): the source is cloned, downloaded or copied into a temporary
+directory, checked to be that package at that version, given the `Remote*` fields remotes
+would write (so that a rescan records the same source), and installed with R CMD INSTALL
+like the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import tarfile
 import tempfile
+import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..config import Config
 from ..errors import RestoreError
-from ..manifest import Environment, IndexSource, Package
+from ..manifest import DirectorySource, Environment, IndexSource, Package, UrlSource, VcsSource
 from ..scan.r import DescriptionError, dependencies, parse_dcf
+from .python import URL_SCHEMES, VCS_SCHEMES, _local_path, _reachable
 from .runner import Deadline, Outcome, call
 from .validate import r_name, r_version
 
@@ -102,13 +112,21 @@ close(out)
 
 
 @dataclass(frozen=True)
-class Tarball:
-    """A downloaded source package, checked to be the package and version asked for."""
+class Prepared:
+    """A source package (tarball or directory), checked to be the package and version
+    asked for, ready for R CMD INSTALL."""
 
     package: Package
     path: Path
-    origin: str
     depends: frozenset[str]
+
+
+def _checked(data: bytes, name: str, version: str) -> frozenset[str]:
+    fields = parse_dcf(data.decode("utf-8", "replace"))
+    found = (fields.get("Package"), fields.get("Version"))
+    if found != (name, version):
+        raise DescriptionError(f"the source holds {found[0]} {found[1]}")
+    return frozenset(dependencies(fields))
 
 
 def read_tarball(path: Path, name: str, version: str) -> frozenset[str]:
@@ -121,11 +139,89 @@ def read_tarball(path: Path, name: str, version: str) -> frozenset[str]:
             data = member.read(1 << 20)
     except (OSError, KeyError, tarfile.TarError) as e:
         raise DescriptionError(f"not a source package tarball: {e}") from None
-    fields = parse_dcf(data.decode("utf-8", "replace"))
-    found = (fields.get("Package"), fields.get("Version"))
-    if found != (name, version):
-        raise DescriptionError(f"the tarball holds {found[0]} {found[1]}")
-    return frozenset(dependencies(fields))
+    return _checked(data, name, version)
+
+
+_REMOTE_LINE = re.compile(rb"^Remote[A-Za-z]*:.*\n(?:[ \t].*\n)*", re.M)
+
+
+def remote_fields(source: UrlSource | VcsSource | DirectorySource, commit: str | None) -> str:
+    """The `Remote*` fields remotes writes for `source`: the scanner reads them back as it."""
+    if isinstance(source, VcsSource):
+        fields = {"RemoteType": "git", "RemoteUrl": source.url, "RemoteSha": commit}
+        fields["RemoteRef"] = source.requested_revision
+    elif isinstance(source, UrlSource):
+        fields = {"RemoteType": "url", "RemoteUrl": source.url}
+    else:
+        fields = {"RemoteType": "local", "RemoteUrl": source.path}
+    fields["RemoteSubdir"] = source.subdirectory
+    return "".join(f"{k}: {v}\n" for k, v in fields.items() if v)
+
+
+def mark_source(directory: Path, name: str, version: str, fields: str) -> frozenset[str]:
+    """Check a package source directory and record where it came from in its DESCRIPTION."""
+    description = directory / "DESCRIPTION"
+    try:
+        data = description.read_bytes()
+    except OSError as e:
+        raise DescriptionError(f"no DESCRIPTION: {e.strerror}") from None
+    depends = _checked(data, name, version)
+    data = _REMOTE_LINE.sub(b"", data.rstrip(b"\n") + b"\n")
+    description.write_bytes(data + fields.encode())
+    return depends
+
+
+def _where(source: UrlSource | VcsSource | DirectorySource) -> str:
+    return source.path if isinstance(source, DirectorySource) else source.url
+
+
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1"}
+"""No credential prompt that would hang a container start; no system-wide git hooks."""
+
+
+def _git_checkout(source: VcsSource, dest: Path, deadline: Deadline) -> tuple[Outcome, str | None]:
+    """Clone `source` at its commit (else its requested revision); the commit checked out."""
+    env = {**os.environ, **_GIT_ENV}
+    outcome = call(
+        ["git", "clone", "--quiet", "--", source.url, str(dest)], deadline=deadline, env=env
+    )
+    revision = source.commit or source.requested_revision
+    if outcome.ok and revision:
+        # Validated: a hexadecimal id or a ref name that cannot start with "-".
+        argv = ["git", "-C", str(dest), "checkout", "--quiet", "--detach", revision, "--"]
+        outcome = call(argv, deadline=deadline, env=env)
+    if not outcome.ok:
+        return outcome, None
+    head = call(["git", "-C", str(dest), "rev-parse", "HEAD"], deadline=deadline, env=env)
+    return head, head.output.strip() if head.ok else None
+
+
+def _download_source(source: UrlSource, work: Path, deadline: Deadline) -> Path:
+    """Download (https) or copy (file) a source tarball, check its hashes, unpack it safely;
+    the unpacked package directory (the tarball's single top directory)."""
+    archive = work / "source.tar.gz"
+    if urlsplit(source.url).scheme.lower() == "file":
+        local = _local_path(source.url)
+        if local is None:
+            raise ValueError("not a local file URL")
+        shutil.copyfile(local, archive)
+    else:  # https: blocked() allows nothing else
+        with urllib.request.urlopen(source.url, timeout=deadline.remaining() or 300) as r:
+            archive.write_bytes(r.read())
+    data = archive.read_bytes()
+    for algorithm, digest in source.hashes.items():
+        if hashlib.new(algorithm, data).hexdigest() != digest:
+            raise ValueError(f"{algorithm} hash mismatch")
+    if not hasattr(tarfile, "data_filter"):
+        raise ValueError("this Python cannot unpack archives safely (needs 3.10.12 or later)")
+    unpacked = work / "unpacked"
+    with tarfile.open(archive, "r:*") as tar:
+        # The "data" filter refuses absolute paths, "..", links out of the tree and devices.
+        tar.extractall(unpacked, filter="data")
+    tops = [p for p in unpacked.iterdir() if p.is_dir()]
+    if len(tops) != 1:
+        raise ValueError("the archive does not hold one package directory")
+    return tops[0]
 
 
 def failed(package: Package, output: str) -> Outcome:
@@ -151,14 +247,21 @@ class RInstaller:
     def blocked(self, package: Package) -> str | None:
         if not (self.rscript and self.r):
             return "R is not installed here (Rscript and R not on PATH)"
-        if not isinstance(package.source, IndexSource):
-            kind = type(package.source).__name__.removesuffix("Source").lower()
-            return (
-                f"installed from a {kind} source (remotes/pak): pkgckpt restores R packages "
-                "from repositories only; reinstall it with remotes or pak"
-            )
-        if not self.repos:
-            return "no R repository configured (--r-repo URL, or r_repo in the config)"
+        source = package.source
+        if isinstance(source, IndexSource):
+            if not self.repos:
+                return "no R repository configured (--r-repo URL, or r_repo in the config)"
+            return None
+        if isinstance(source, UrlSource):
+            return _reachable(source.url, URL_SCHEMES)
+        if isinstance(source, VcsSource):
+            if source.vcs != "git":
+                return f"R packages are restored from git, not {source.vcs}"
+            if shutil.which("git") is None:
+                return "git is not installed"
+            return _reachable(source.url, VCS_SCHEMES)
+        if not Path(source.path, source.subdirectory or "").is_dir():
+            return f"directory {source.path} does not exist here"
         return None
 
     def install(
@@ -184,11 +287,57 @@ class RInstaller:
         self.lib.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="pkgckpt-r-") as tmp:
             results: dict[str, Outcome] = {}
-            tarballs = self._fetch(packages, Path(tmp), deadline, results)
-            results.update(self._install(tarballs, deadline))
-            installed = [p for p in packages if p.name in tarballs and results[p.name].ok]
+            indexed = [p for p in packages if isinstance(p.source, IndexSource)]
+            ready = self._fetch(indexed, Path(tmp), deadline, results) if indexed else {}
+            for p in packages:
+                if not isinstance(p.source, IndexSource):
+                    prepared = self._prepare(p, p.source, Path(tmp) / "remote", deadline)
+                    if isinstance(prepared, Prepared):
+                        ready[p.name] = prepared
+                    else:
+                        results[p.name] = prepared
+            results.update(self._install(ready, deadline))
+            installed = [p for p in packages if p.name in ready and results[p.name].ok]
             results.update(self._check_loads(installed, Path(tmp), deadline))
         return results
+
+    def _prepare(
+        self,
+        package: Package,
+        source: UrlSource | VcsSource | DirectorySource,
+        tmp: Path,
+        deadline: Deadline,
+    ) -> Prepared | Outcome:
+        """Clone, download or copy a remote source into `tmp`, checked and marked."""
+        why = self.blocked(package)
+        if why is not None:
+            return failed(package, why)
+        work = tmp / package.name
+        work.mkdir(parents=True)
+        commit = None
+        if isinstance(source, VcsSource):
+            outcome, commit = _git_checkout(source, work / "checkout", deadline)
+            if not outcome.ok:
+                return outcome
+            root = work / "checkout"
+        elif isinstance(source, UrlSource):
+            try:
+                root = _download_source(source, work, deadline)
+            except (OSError, ValueError, tarfile.TarError) as e:
+                return failed(package, f"cannot fetch {source.url}: {e}")
+        else:
+            root = work / "copy"
+            try:
+                shutil.copytree(source.path, root, ignore=shutil.ignore_patterns(".git"))
+            except OSError as e:
+                return failed(package, f"cannot copy {source.path}: {e}")
+        directory = root / (source.subdirectory or "")
+        try:
+            fields = remote_fields(source, commit)
+            depends = mark_source(directory, package.name, package.version, fields)
+        except DescriptionError as e:
+            return failed(package, f"{_where(source)}: {e}")
+        return Prepared(package, directory, depends)
 
     def _fetch(
         self,
@@ -196,7 +345,7 @@ class RInstaller:
         tmp: Path,
         deadline: Deadline,
         results: dict[str, Outcome],
-    ) -> dict[str, Tarball]:
+    ) -> dict[str, Prepared]:
         """Download every package's tarball; what cannot be had goes to `results`."""
         request, answer, script = tmp / "request.tsv", tmp / "found.tsv", tmp / "fetch.R"
         downloads = tmp / "tarballs"
@@ -212,7 +361,7 @@ class RInstaller:
             for line in answer.read_text(encoding="utf-8", errors="replace").splitlines():
                 name, version, file, origin = [*line.split("\t"), "", "", ""][:4]
                 found[(name, version)] = (file, origin)
-        tarballs: dict[str, Tarball] = {}
+        tarballs: dict[str, Prepared] = {}
         for p in packages:
             file, origin = found.get((p.name, p.version), ("", ""))
             if not outcome.ok:
@@ -232,10 +381,10 @@ class RInstaller:
             except DescriptionError as e:
                 results[p.name] = failed(p, f"{origin}: {e}")
                 continue
-            tarballs[p.name] = Tarball(p, path, origin, depends)
+            tarballs[p.name] = Prepared(p, path, depends)
         return tarballs
 
-    def _command(self, tarball: Tarball) -> list[str]:
+    def _command(self, tarball: Prepared) -> list[str]:
         # --use-vanilla: the R that installs reads no user profile either.
         # --no-test-load: R's test loads start two R processes per package (0.5 s of the
         # 1.3 s a small package takes); `_check_loads` loads them all in one R afterwards.
@@ -289,7 +438,7 @@ class RInstaller:
             n: failed(by_name[n], f"installed but does not load: {e}") for n, e in errors.items()
         }
 
-    def _install(self, tarballs: Mapping[str, Tarball], deadline: Deadline) -> dict[str, Outcome]:
+    def _install(self, tarballs: Mapping[str, Prepared], deadline: Deadline) -> dict[str, Outcome]:
         """R CMD INSTALL each tarball once its dependencies in the set are installed."""
         results: dict[str, Outcome] = {}
         waiting = dict(tarballs)
