@@ -1,6 +1,6 @@
 """R packages, restored into one R library at their exact versions.
 
-Two steps, both without a shell:
+Three steps, none through a shell, none reading the user's R profile:
 
 1. fetch: one `Rscript --vanilla` (no user or site profile: nothing in the user's
    `.Rprofile` runs, and R's options are its defaults) reads the repositories'
@@ -8,10 +8,13 @@ Two steps, both without a shell:
    the repository when it serves that exact version, else from its archive
    (`src/contrib/Archive/<pkg>/<pkg>_<ver>.tar.gz`, as CRAN keeps it). The requests go
    to R in a file, one tab-separated record a line, never as R code.
-2. install: `R CMD INSTALL --use-vanilla --library=<lib> <tarball>` per package, in
-   dependency order (Depends, Imports and LinkingTo read from each tarball's
+2. install: `R CMD INSTALL --use-vanilla --no-test-load --library=<lib> <source>` per
+   package, in dependency order (Depends, Imports and LinkingTo read from each source's
    DESCRIPTION), independent packages side by side (`jobs`). A package whose dependency
    failed is not attempted; every failure is reported with R's last lines.
+3. load: one `Rscript --vanilla` loads every installed namespace (R's own per-package
+   test load would start two R processes each); one that does not load is reported and
+   removed with `remove.packages()`, as R's test load would have left it uninstalled.
 
 Repositories come only from `--r-repo` / `r_repo` in the config, never from the
 manifest (its `Repository:` field is informational). Names and versions are validated
