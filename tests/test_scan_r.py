@@ -11,6 +11,7 @@ import pytest
 import rpkgs
 
 from pkgckpt import manifest
+from pkgckpt.inventory import Target
 from pkgckpt.manifest import DirectorySource, IndexSource, Package, UrlSource, VcsSource
 from pkgckpt.scan import r as rscan
 from pkgckpt.scan.r import RLibraryScanner, parse_dcf
@@ -333,3 +334,11 @@ def test_delta_marks_a_changed_package_needed_by_an_added_one_as_dependency() ->
     d = manifest.delta(env, base, now)
     assert [(p.name, p.requested) for p in d.changed] == [("dep", False)]
     assert [(p.name, p.requested) for p in d.added] == [("top", True)]
+
+
+def test_a_package_being_replaced_is_uncertain_not_removed(tmp_path: Path) -> None:
+    """R moves the package it replaces into 00LOCK-<pkg>: its absence proves nothing."""
+    description(tmp_path, "00LOCK-ckptC/ckptC", installed_text("ckptC", "1.0"))
+    target = Target(env=manifest.Environment(kind="r", path=str(tmp_path)), roots=(tmp_path,))
+    assert target.scan().packages == ()
+    assert target.uncertain() == {"ckptC"}
