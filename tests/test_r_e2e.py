@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,10 +56,12 @@ def image(repo: rpkgs.Repo, tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Session:
     """One user's container sessions: a library, a store, a key, a home with an .Rprofile."""
 
-    def __init__(self, tmp: Path, repo: rpkgs.Repo) -> None:
+    def __init__(self, tmp: Path, repo: rpkgs.Repo, r_libs_user: bool = False) -> None:
         self.tmp = tmp
         self.repo = repo
         self.lib = tmp / "lib"
+        self.r_libs_user = r_libs_user
+        """Name the library by R_LIBS_USER (pkgckpt's default) instead of --r-lib."""
         self.store = tmp / "store"
         self.home = tmp / "home"
         self.home.mkdir()
@@ -77,11 +79,14 @@ class Session:
         env = restore_kit.hermetic(self.tmp / f"c{self.containers}")
         env.update(HOME=str(self.home), PKGCKPT_DEBUG="1")
         env.pop("R_PROFILE_USER", None)
+        if self.r_libs_user:
+            env["R_LIBS_USER"] = str(self.lib)
         self.env = env
         return env
 
     def args(self, *extra: str) -> list[str]:
-        return ["--r-lib", str(self.lib), "--store", str(self.store), "--key", "k", *extra]
+        lib = [] if self.r_libs_user else ["--r-lib", str(self.lib)]
+        return [*lib, "--store", str(self.store), "--key", "k", *extra]
 
     def pkgckpt(self, command: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return restore_kit.pkgckpt(command, *self.args(*extra), env=self.env)
@@ -117,6 +122,29 @@ def descriptions(lib: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
+def watched(session: Session, notify: socket.socket, user: Callable[[], None]) -> dict[str, str]:
+    """Run the daemon while `user` installs, SIGTERM it right after; what R then listed."""
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "pkgckpt", "daemon", *session.args("--quiet-ms", "200")],
+        env={**session.env, "NOTIFY_SOCKET": notify.getsockname()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert notify.recv(4096).startswith(b"READY=1")
+        user()
+        before = rpkgs.installed(session.lib)
+        daemon.send_signal(signal.SIGTERM)
+        _, log = daemon.communicate(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert daemon.returncode == 0, log
+    return before
+
+
 def r_lib_delta(store: Path) -> Delta:
     found = Store(store, "k").read()
     assert found is not None
@@ -133,15 +161,8 @@ def test_install_packages_survive_a_container_restart(
     """What install.packages() did under the daemon comes back and runs; a rerun is a no-op."""
     first = session.restore()  # the entrypoint: no manifest yet, takes the baseline
     assert first.returncode == 0, first.stderr
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "pkgckpt", "daemon", *session.args("--quiet-ms", "200")],
-        env={**session.env, "NOTIFY_SOCKET": notify.getsockname()},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert notify.recv(4096).startswith(b"READY=1")
+
+    def user() -> None:
         rpkgs.install(
             session.lib,
             session.repo,
@@ -153,14 +174,8 @@ def test_install_packages_survive_a_container_restart(
             "ckptGone",
             str(session.lib),
         )
-        before = rpkgs.installed(session.lib)
-        daemon.send_signal(signal.SIGTERM)
-        _, log = daemon.communicate(timeout=60)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-    assert daemon.returncode == 0, log
+
+    before = watched(session, notify, user)
     assert before == {
         "ckpt.base": "1.0.0",
         "ckptImports": "1.2.0",
@@ -196,6 +211,37 @@ def test_install_packages_survive_a_container_restart(
     assert again.returncode == 0, again.stderr
     assert "Nothing to restore" in again.stdout
     assert descriptions(session.lib) == untouched
+
+
+@needs_r
+def test_a_personal_library_created_under_the_daemon_comes_back_after_a_wipe(
+    tmp_path: Path, repo: rpkgs.Repo, notify: socket.socket
+) -> None:
+    """R_LIBS_USER, absent at start, made and filled under the daemon: wiped, restored whole."""
+    session = Session(tmp_path, repo, r_libs_user=True)
+    assert session.restore().returncode == 0
+
+    def user() -> None:
+        rpkgs.rscript("dir.create(Sys.getenv('R_LIBS_USER'))", env=session.env)
+        rpkgs.install(session.lib, repo, ["ckptAfirst"])
+
+    before = watched(session, notify, user)
+    assert before == {"ckptAfirst": "2.0.1", "ckptImports": "1.2.0", "ckpt.base": "1.0.0"}
+    d = r_lib_delta(session.store)
+    assert {p.name: p.requested for p in d.added} == {
+        "ckptAfirst": True,
+        "ckptImports": False,
+        "ckpt.base": False,
+    }
+    shutil.rmtree(session.lib)
+    session.new_container()
+    restored = session.restore()
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert rpkgs.installed(session.lib) == before
+    out = rpkgs.rscript(
+        ".libPaths(commandArgs(TRUE)[1]); cat(ckptAfirst::afirst_value())", str(session.lib)
+    )
+    assert out == "84"
 
 
 @needs_r
