@@ -337,21 +337,22 @@ class SiteScanner:
         stat_at, previous = os.stat, old.get  # the loop runs once per distribution
         for name in names:
             was = previous(name)
+            kind = _kind(name) if was is None else was.order[0]
+            if kind is None:
+                continue
             try:
                 st = stat_at(name, dir_fd=fd)
             except FileNotFoundError:
                 cache.pop(name, None)  # gone since the listing
                 continue
-            if was is not None:
-                if not was.suspect and was.ino == st.st_ino and was.mtime_ns == st.st_mtime_ns:
-                    cache[name] = was
-                    continue
-                kind = was.order[0]
-            else:
-                found = _kind(name)
-                if found is None:
-                    continue
-                kind = found
+            if (
+                was is not None
+                and not was.suspect
+                and was.ino == st.st_ino
+                and was.mtime_ns == st.st_mtime_ns
+            ):
+                cache[name] = was
+                continue
             self.reads += 1
             value: _Dist | _Editable | str
             try:
