@@ -68,7 +68,12 @@ def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
             s.connect(target)
-            s.sendall(message.encode())
+            # Never block: a manager that stopped reading (its queue holds ~10 datagrams)
+            # must not stall the daemon. A dropped STATUS or WATCHDOG is resent later.
+            s.send(message.encode(), socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        log.debug("systemd's notify socket %s is full: %r dropped", address, message)
+        return False
     except OSError as e:
         log.warning("cannot notify systemd at %s: %s", address, e.strerror or e)
         return False

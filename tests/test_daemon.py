@@ -95,6 +95,27 @@ def test_sd_notify_sends_one_datagram(tmp_path: Path, abstract: bool) -> None:
         assert sock.recv(100) == b"READY=1\nSTATUS=x"
 
 
+def test_sd_notify_never_blocks_on_a_socket_nobody_reads(tmp_path: Path) -> None:
+    """A full notify queue drops the message (False) instead of stalling the daemon."""
+
+    def stuck(signum: int, frame: object) -> None:
+        raise AssertionError("sd_notify blocked")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.setitimer(signal.ITIMER_REAL, 10)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(tmp_path / "notify"))
+            sent = [
+                daemon_mod.sd_notify("STATUS=x", {"NOTIFY_SOCKET": str(tmp_path / "notify")})
+                for _ in range(200)
+            ]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert sent[0] and not sent[-1]
+
+
 def test_sd_notify_without_a_socket_is_a_no_op(tmp_path: Path) -> None:
     """No $NOTIFY_SOCKET (or a dead one): False, and no exception."""
     assert not daemon_mod.sd_notify("READY=1", {})
