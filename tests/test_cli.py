@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from restore_kit import hermetic, put_manifest
+from wheelhouse import Dist, build_wheel, make_venv
 
 from pkgckpt import cli, status
 from pkgckpt.manifest import Body, Delta, Environment, Package
-from tests.restore_kit import hermetic, put_manifest
-from tests.wheelhouse import Dist, build_wheel, make_venv
 
 COMMANDS = ["daemon", "snapshot", "restore", "status", "baseline"]
 
