@@ -31,11 +31,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-import inotify_simple  # type: ignore[import-untyped]
-
 from .errors import UsageError
 
 if TYPE_CHECKING:
+    import inotify_simple  # type: ignore[import-untyped]
+
     from ._inotify import _Engine
 
 log = logging.getLogger(__name__)
@@ -43,21 +43,23 @@ log = logging.getLogger(__name__)
 ENV_BACKEND = "PKGCKPT_WATCH_BACKEND"
 BACKENDS = ("native", "python")
 
-_f = inotify_simple.flags
-IN_CLOSE_WRITE = int(_f.CLOSE_WRITE)
-IN_MOVED_FROM = int(_f.MOVED_FROM)
-IN_MOVED_TO = int(_f.MOVED_TO)
-IN_CREATE = int(_f.CREATE)
-IN_DELETE = int(_f.DELETE)
-IN_DELETE_SELF = int(_f.DELETE_SELF)
-IN_MOVE_SELF = int(_f.MOVE_SELF)
-IN_UNMOUNT = int(_f.UNMOUNT)
-IN_Q_OVERFLOW = int(_f.Q_OVERFLOW)
-IN_IGNORED = int(_f.IGNORED)
-IN_ONLYDIR = int(_f.ONLYDIR)
-IN_DONT_FOLLOW = int(_f.DONT_FOLLOW)
-IN_EXCL_UNLINK = int(_f.EXCL_UNLINK)
-IN_ISDIR = int(_f.ISDIR)
+# <sys/inotify.h>: the Linux ABI. Literal values, so that the native backend does not pay
+# for importing inotify_simple (and ctypes) in an idle daemon's memory.
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_UNMOUNT = 0x00002000
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
+IN_DONT_FOLLOW = 0x02000000
+IN_EXCL_UNLINK = 0x04000000
+IN_MASK_ADD = 0x20000000
+IN_ISDIR = 0x40000000
 
 # The engine's own bits (csrc/pkw.h; tests/test_native.py checks that they agree).
 PKW_RECORD = 0x00010000
@@ -222,6 +224,8 @@ class _Python:
     """The native engine's behaviour, event by event in Python, on inotify_simple."""
 
     def __init__(self, max_records: int) -> None:
+        import inotify_simple
+
         self._ino = inotify_simple.INotify(inheritable=False, nonblocking=True)
         self._max = max_records
         self._watches: dict[int, _PyWatch] = {}
@@ -323,13 +327,15 @@ class _Python:
         table.add(wd, name, mask)
 
     def _drain(self, table: _Table) -> int:
+        from inotify_simple import parse_events
+
         count = 0
         while True:
             try:
                 data = os.read(self._ino.fileno(), 65536)
             except BlockingIOError:
                 return count
-            for ev in inotify_simple.parse_events(data):
+            for ev in parse_events(data):
                 self._on_event(table, ev)
                 count += 1
 

@@ -35,6 +35,7 @@ from .inotify import (
     IN_DELETE_SELF,
     IN_EXCL_UNLINK,
     IN_IGNORED,
+    IN_MASK_ADD,
     IN_MOVE_SELF,
     IN_MOVED_FROM,
     IN_MOVED_TO,
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 # IN_MASK_ADD: a directory can be both a root and the ancestor of a missing root, and the
 # kernel keeps one watch per inode; masks only accumulate, Python filters the extra.
-IN_MASK_ADD = 0x20000000
 ROOT_MASK = (
     IN_CREATE
     | IN_DELETE

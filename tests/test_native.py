@@ -48,3 +48,12 @@ def test_c_sources_compile_without_warnings(tmp_path: Path) -> None:
             ["gcc", *flags, "-c", str(source), "-o", str(tmp_path / f"{source.stem}.o")],
             check=True,
         )
+
+
+def test_inotify_constants_are_the_kernel_abi() -> None:
+    """inotify.py's literal IN_* values are the ones inotify_simple takes from the ABI."""
+    import inotify_simple
+
+    for name in dir(inotify):
+        if name.startswith("IN_"):
+            assert getattr(inotify, name) == inotify_simple.flags[name[3:]], name
