@@ -6,7 +6,7 @@ compiler from csrc/pkw.h, and cffi checks the struct layouts against it.
 
 from __future__ import annotations
 
-from cffi import FFI
+from cffi import FFI  # type: ignore[import-untyped,unused-ignore]
 
 # setuptools wants paths relative to setup.py, which is where the build runs.
 CSRC = "csrc"
