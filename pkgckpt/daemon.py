@@ -229,6 +229,7 @@ class Daemon:
             self.debouncer.ready(math.inf, watcher.busy)
             if self._due(self.retry_at, now):
                 self._open()
+                self._commit()
         elif self.rescan or self._due(self.next_backstop, now):
             self.rescan = False
             self.debouncer.ready(math.inf, watcher.busy)  # every root is rescanned now

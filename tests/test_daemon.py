@@ -303,6 +303,32 @@ def test_store_outage_does_not_stop_the_daemon_and_the_commit_lands_later(
 
 
 @pytest.mark.slow
+def test_a_store_unreachable_at_start_is_read_and_committed_when_it_returns(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """The store path is a file when the daemon starts: READY anyway, nothing recorded
+    over the manifest it could not read; once the store is back, read, scan, commit."""
+    recorded = Delta(
+        env=Environment(kind="python", path=str(venv.prefix)),
+        added=(Package(name="kept", version="1.0"),),
+    )
+    Store(world.store, world.key).commit(Body(environments=(recorded,)))
+    world.store.rename(world.tmp / "store.away")
+    world.store.write_text("not a directory")
+    flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    d = world.daemon(*flags, "--quiet-ms", "50").start()
+    try:
+        install(world, venv, wheels, "delta==1.0")
+        eventually(lambda: "cannot read the store" in d.output(), what="the read error")
+        world.store.unlink()
+        (world.tmp / "store.away").rename(world.store)
+        eventually(lambda: committed(world, ["delta==1.0", "kept==1.0"]), 120, "the commit")
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 def test_kill_9_and_restart_converges_without_losing_anything(
     world: World, venv: Venv, wheels: Path
 ) -> None:
