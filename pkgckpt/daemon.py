@@ -150,7 +150,7 @@ class Daemon:
         self.store = Store(config.store, config.key)
         self.session: checkpoint.Session | None = None
         self.state = status.new_state(config)
-        self._written: status.DaemonState | None = None
+        self._written = False
         # The watcher returns a batch once the kernel has been quiet for `batch_ms`; the
         # debouncer waits out the rest of the quiet window, so a root is scanned
         # `quiet_ms` after its last event, not `batch_ms + quiet_ms`.
@@ -316,7 +316,7 @@ class Daemon:
         try:
             session, changes = checkpoint.open_session(self.config, self.targets, self.store)
         except _STORE_ERRORS as e:
-            self._store_failed(e, "cannot read the store")
+            self._store_failed(e, "cannot read the store or the baseline")
             return
         self.session = session
         self.retry_at = None
@@ -381,10 +381,10 @@ class Daemon:
         """Update the status file when something in it changed (never on a timer)."""
         changes["pending"] = len(self.uncommitted)
         state = msgspec.structs.replace(self.state, **changes)
-        if state == self._written:
+        if state == self.state and self._written:
             return
         self.state = msgspec.structs.replace(state, updated=checkpoint.now_iso())
-        self._written = state
+        self._written = True
         try:
             status.write_state(self.config, self.state)
         except PkgckptError as e:
