@@ -7,7 +7,8 @@
 #   CMD ["jupyter", "lab", "--ip=0.0.0.0"]
 #
 # Settings come from the environment (PKGCKPT_STORE, PKGCKPT_KEY, PKGCKPT_ENV, ...) or
-# /etc/pkgckpt/config.toml. PKGCKPT_RESTORE_TIMEOUT bounds the restore (default 300 s).
+# /etc/pkgckpt/config.toml. PKGCKPT_RESTORE_TIMEOUT (else PKGCKPT_TIMEOUT) bounds the restore
+# (default 300 s).
 #
 # This shell stays the parent of both processes instead of exec'ing the server: Kubernetes
 # sends SIGTERM only to the container's first process, and when that process exits every
@@ -32,7 +33,7 @@ wait_for() {
 # 1. Restore, bounded twice: pkgckpt's own --timeout stops the installers, and timeout(1)
 #    guards against anything else hanging (a hard NFS mount that stopped answering).
 #    A failed or partial restore (exit 1 or 3) is reported; the session starts anyway.
-restore_timeout=${PKGCKPT_RESTORE_TIMEOUT:-300}
+restore_timeout=${PKGCKPT_RESTORE_TIMEOUT:-${PKGCKPT_TIMEOUT:-300}}
 if command -v timeout >/dev/null 2>&1; then
     timeout --kill-after=10 "$((restore_timeout + 30))" \
         pkgckpt restore --timeout "$restore_timeout"
