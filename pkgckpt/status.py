@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -134,7 +135,7 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     pending: tuple[Change, ...] = ()
     """Seen now but not checkpointed: what `snapshot` would add to the manifest."""
     unrestored: tuple[Change, ...] = ()
-    """Recorded but not what is installed: what `restore` would do."""
+    """Recorded but not in place: what `restore` would do now."""
     error: str | None = None
 
 
@@ -163,6 +164,14 @@ def _age(stamp: str | None) -> float | None:
     return None
 
 
+def _restore_would(live: Mapping[str, Package], delta: manifest.Delta) -> tuple[Change, ...]:
+    """What restore would do now: the recorded packages not in place, nothing else."""
+    names = {p.name for p in (*delta.added, *delta.changed, *delta.removed)}
+    have = {n: live[n] for n in names if n in live}
+    want = {p.name: p for p in (*delta.added, *delta.changed)}
+    return tuple(manifest.diff(have, want, delta.env.kind))
+
+
 def collect(config: Config) -> Report:
     """Everything `pkgckpt status` shows; reads only, never writes or takes a baseline."""
     store = Store(config.store, config.key)
@@ -185,9 +194,8 @@ def collect(config: Config) -> Report:
             envs.append(EnvReport(env=env, error=str(e)))
             continue
         pending = tuple(tracker.observe(env, obs))
-        recorded_state = tracker.state(env) or {}
-        delta = tracker.body().delta(env) or manifest.Delta(env=env)
-        unrestored = tuple(manifest.diff(obs.packages, recorded_state, env.kind))
+        delta = elsewhere.get(checkpoint.env_key(env)) or manifest.Delta(env=env)
+        unrestored = _restore_would(obs.packages, delta)
         envs.append(
             EnvReport(
                 env=env,

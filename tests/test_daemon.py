@@ -240,6 +240,33 @@ def test_status_reports_the_daemon_pending_changes_and_the_checkpoint(
         d.close()
 
 
+@pytest.mark.slow
+def test_status_shows_what_restore_would_do_and_what_is_not_checkpointed(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """Recorded alpha 2.0 and image-pkg removed, live alpha 1.0 + image-pkg + delta: status
+    lists the recorded delta, `restore` = upgrade alpha + remove image-pkg, `pending` =
+    what a snapshot would record (alpha at the version found, delta); it writes nothing."""
+    install(world, venv, wheels, "alpha==1.0", "delta==1.0")
+    recorded = Delta(
+        env=Environment(kind="python", path=str(venv.prefix)),
+        added=(Package(name="alpha", version="2.0"),),
+        removed=(Package(name="image-pkg", version="1.0"),),
+    )
+    Store(world.store, world.key).commit(Body(environments=(recorded,)))
+    flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    out = world.pkgckpt("status", "--json", *flags)
+    assert out.returncode == 0, out.stderr
+    (env,) = [e for e in json.loads(out.stdout)["environments"] if not e["env"].get("user")]
+    assert [p["name"] for p in env["added"]] == ["alpha"]
+    assert [p["name"] for p in env["removed"]] == ["image-pkg"]
+    actions = [(c["action"], c["name"]) for c in env["unrestored"]]
+    assert actions == [("upgrade", "alpha"), ("remove", "image-pkg")]
+    pending = [(c["action"], c["name"]) for c in env["pending"]]
+    assert pending == [("downgrade", "alpha"), ("install", "delta")]
+    assert world.generation() == 1 and not world.runtime.exists()
+
+
 def _fill(mount: Path) -> Path:
     """Fill a file system until ENOSPC; the file to delete to make room again."""
     filler = mount / "filler"
