@@ -130,7 +130,8 @@ def cli() -> None:
     "--max-delay-ms",
     type=click.IntRange(min=0),
     default=None,
-    help="...or once this long has passed since its first change (default 30000).",
+    help="Checkpoint a library at the latest this long after its first change, even "
+    "while an install still runs (default 30000).",
 )
 @click.option(
     "--shutdown-timeout",
@@ -152,6 +153,11 @@ def daemon(cfg: config.Config) -> int:
     SIGHUP           rescan everything and commit now
     A store that fails is retried with backoff; the daemon never exits because of it.
     Status (pid, last checkpoint, pending changes, last error): `pkgckpt status`.
+
+    A package leaves the manifest only when the daemon saw it uninstalled. With no
+    baseline (--baseline, or the one `restore` took) the daemon takes one at start if the
+    store has no manifest yet; if it has one, every recorded entry is kept and only
+    changes seen from now on are added.
     """
     from . import daemon as daemon_
 
