@@ -148,8 +148,10 @@ def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:
 def test_installs_upgrades_and_uninstalls_are_checkpointed(
     world: World, venv: Venv, wheels: Path, running: Daemon
 ) -> None:
-    """Each change lands in the manifest; an image package seen uninstalled is recorded
-    as removed, a user package seen uninstalled leaves the record."""
+    """Installs, upgrades and seen uninstalls all land in the manifest.
+
+    An image package seen uninstalled is recorded as removed; a user package seen
+    uninstalled leaves the record."""
     install(world, venv, wheels, "alpha==1.0", "beta")
     eventually(lambda: committed(world, ["alpha==1.0", "beta==1.0", "gamma==1.0"]), what="install")
     install(world, venv, wheels, "alpha==2.0")
@@ -168,8 +170,9 @@ def test_installs_upgrades_and_uninstalls_are_checkpointed(
 
 @pytest.mark.slow
 def test_sigterm_right_after_an_install_flushes_it(world: World, venv: Venv, wheels: Path) -> None:
-    """With a 60 s quiet window, an install that ended just before SIGTERM is still in the
-    manifest when the daemon exits 0."""
+    """An install that ended just before SIGTERM is in the manifest when the daemon exits 0.
+
+    The quiet window is 60 s: only the shutdown flush can have committed it."""
     d = world.daemon(
         *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "60000"
     ).start()
@@ -244,9 +247,11 @@ def test_status_reports_the_daemon_pending_changes_and_the_checkpoint(
 def test_status_shows_what_restore_would_do_and_what_is_not_checkpointed(
     world: World, venv: Venv, wheels: Path
 ) -> None:
-    """Recorded alpha 2.0 and image-pkg removed, live alpha 1.0 + image-pkg + delta: status
-    lists the recorded delta, `restore` = upgrade alpha + remove image-pkg, `pending` =
-    what a snapshot would record (alpha at the version found, delta); it writes nothing."""
+    """status shows the recorded delta, what restore would do and what is not checkpointed.
+
+    Recorded alpha 2.0 and image-pkg removed, live alpha 1.0 + image-pkg + delta:
+    `restore` = upgrade alpha + remove image-pkg, `pending` = what a snapshot would record
+    (alpha at the version found, delta). It writes nothing."""
     install(world, venv, wheels, "alpha==1.0", "delta==1.0")
     recorded = Delta(
         env=Environment(kind="python", path=str(venv.prefix)),
@@ -286,8 +291,10 @@ def _fill(mount: Path) -> Path:
 def test_store_outage_does_not_stop_the_daemon_and_the_commit_lands_later(
     world: World, venv: Venv, wheels: Path, outage: str
 ) -> None:
-    """A full store (tmpfs, ENOSPC) or a store path that became a file: the daemon keeps
-    running, status shows the error, and the change is committed once the store is back."""
+    """A store outage never stops the daemon; the change is committed once the store is back.
+
+    Outages: a full store (tmpfs, ENOSPC) or a store path that became a file. Meanwhile
+    status shows the error."""
     if outage == "enospc":
         world.store.mkdir()
         mounted = subprocess.run(
@@ -333,8 +340,9 @@ def test_store_outage_does_not_stop_the_daemon_and_the_commit_lands_later(
 def test_a_store_unreachable_at_start_is_read_and_committed_when_it_returns(
     world: World, venv: Venv, wheels: Path
 ) -> None:
-    """The store path is a file when the daemon starts: READY anyway, nothing recorded
-    over the manifest it could not read; once the store is back, read, scan, commit."""
+    """A store unreadable at start: READY anyway, and read, scan, commit once it is back.
+
+    Nothing is recorded over the manifest that could not be read."""
     recorded = Delta(
         env=Environment(kind="python", path=str(venv.prefix)),
         added=(Package(name="kept", version="1.0"),),
@@ -359,8 +367,10 @@ def test_a_store_unreachable_at_start_is_read_and_committed_when_it_returns(
 def test_kill_9_and_restart_converges_without_losing_anything(
     world: World, venv: Venv, wheels: Path
 ) -> None:
-    """kill -9 before a commit, installs while down, restart: every install is recorded;
-    an uninstall nobody saw (while down) does not shrink the manifest (invariant 1)."""
+    """kill -9 and restart: every install is recorded, nothing unseen is dropped.
+
+    Killed before a commit, installs while down, restart. An uninstall nobody saw (while
+    down) does not shrink the manifest (invariant 1); one seen afterwards does."""
     flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
     d = world.daemon(*flags, "--quiet-ms", "50").start()
     install(world, venv, wheels, "gamma==1.0")
@@ -387,8 +397,10 @@ def test_kill_9_and_restart_converges_without_losing_anything(
 
 @pytest.mark.slow
 def test_without_a_baseline_an_existing_manifest_only_grows(world: World, wheels: Path) -> None:
-    """No baseline file and none in the runtime dir, but a manifest on the store: the
-    daemon takes no baseline, keeps every recorded entry, and adds what it sees."""
+    """Without a baseline, a manifest already on the store only grows.
+
+    No baseline file and none in the runtime dir: the daemon takes none, keeps every
+    recorded entry, and adds what it sees."""
     v = make_venv(world.tmp / "venv", with_pip=False)
     install(world, v, wheels, "image-pkg==1.0", "alpha==1.0")  # alpha: restored already
     env = Environment(kind="python", path=str(v.prefix))

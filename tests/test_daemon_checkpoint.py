@@ -180,8 +180,10 @@ def test_a_package_leaves_the_record_only_through_an_observed_uninstall(
     record_added: dict[str, str],
     scans: list[tuple[dict[str, str], bool, frozenset[str]]],
 ) -> None:
-    """Random scans (some untrusted, some with unreadable names): every name that leaves
-    the record was seen installed by this tracker and later absent from a trusted scan."""
+    """A name leaves the record only after this tracker saw it installed, then gone.
+
+    Random scans, some untrusted, some with unreadable names: "gone" means absent from a
+    later trusted scan where the name was readable."""
     base = {n: Package(name=n, version=v) for n, v in image.items()}
     baseline = Baseline(environments=(Inventory(env=ENV, packages=tuple(base.values())),))
     added = {n: Package(name=n, version=v) for n, v in record_added.items() if n not in base}

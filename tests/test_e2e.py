@@ -48,10 +48,11 @@ def image(world: World, wheelhouse: Path) -> Path:
 def test_user_packages_survive_a_container_restart(
     tmp_path: Path, wheelhouse: Path, installer: str
 ) -> None:
-    """Installs (with a dependency, a console script, a compiled sdist), an upgrade, a
-    downgrade and an image package's uninstall, then SIGTERM at once: after a restart and
-    `pkgckpt restore`, `pip freeze` is identical, the script and the extension work, and a
-    second restore does nothing."""
+    """After a restart and `pkgckpt restore`, `pip freeze` is identical and everything works.
+
+    Installs (with a dependency, a console script, a compiled sdist), an upgrade, a
+    downgrade and an image package's uninstall, then SIGTERM at once. After the restore
+    the script and the extension work, and a second restore does nothing."""
     world = World.make(tmp_path)
     prefix = image(world, wheelhouse)
     user = Venv(prefix)

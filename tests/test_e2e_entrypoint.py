@@ -32,9 +32,11 @@ time.sleep(600)
 def test_entrypoint_survives_a_failed_restore_and_flushes_on_sigterm(
     tmp_path: Path, failure: str
 ) -> None:
-    """A restore that fails (a package nowhere to be found) or hangs (a build that never
-    ends, cut by the restore timeout) still starts the server; SIGTERM to the entrypoint
-    stops the server and the daemon, whose flush puts the last install in the manifest."""
+    """A failed or hanging restore still starts the server; SIGTERM flushes the daemon.
+
+    The restore fails on a package nowhere to be found, or hangs on a build that never
+    ends (cut by the restore timeout). SIGTERM to the entrypoint stops the server and the
+    daemon, whose flush puts the last install in the manifest."""
     world = World.make(tmp_path)
     wheels = tmp_path / "wheels"
     build_wheel(Dist("good-one", "1.0"), wheels)
