@@ -129,39 +129,32 @@ class _Native:
         engine = lib.pkw_new(max_records)
         if engine == ffi.NULL:
             raise _oserror(ffi.errno)
-        self._engine: _Engine | None = engine
+        self._engine: _Engine = engine
         self._out = ffi.new("struct pkw_batch *")
 
-    def _live(self) -> _Engine:
-        if self._engine is None:
-            raise ValueError("I/O operation on a closed Inotify")
-        return self._engine
-
     def fileno(self) -> int:
-        return self._lib.pkw_fileno(self._live())
+        return self._lib.pkw_fileno(self._engine)
 
     def close(self) -> None:
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            # close(2) releases the fd even when it reports an error; there is nothing
-            # a caller could do about one here.
-            self._lib.pkw_free(engine)
+        # Called once (Inotify.close). close(2) releases the fd even when it reports an
+        # error; there is nothing a caller could do about one here.
+        self._lib.pkw_free(self._engine)
 
     def add_watch(self, path: str | os.PathLike[str], mask: int, markers: bool) -> int:
         flags = self._lib.PKW_MARKERS if markers else 0
-        wd = self._lib.pkw_add_watch(self._live(), os.fsencode(path), mask, flags)
+        wd = self._lib.pkw_add_watch(self._engine, os.fsencode(path), mask, flags)
         if wd < 0:
             raise _oserror(self._ffi.errno, path)
         return wd
 
     def add_marker(self, parent_wd: int, name: str) -> int:
-        wd = self._lib.pkw_add_marker(self._live(), parent_wd, os.fsencode(name))
+        wd = self._lib.pkw_add_marker(self._engine, parent_wd, os.fsencode(name))
         if wd < 0:
             raise _oserror(self._ffi.errno, name)
         return wd
 
     def rm_watch(self, wd: int) -> None:
-        if self._lib.pkw_rm_watch(self._live(), wd) < 0:
+        if self._lib.pkw_rm_watch(self._engine, wd) < 0:
             raise _oserror(self._ffi.errno)
 
     def wait(
@@ -169,7 +162,7 @@ class _Native:
     ) -> Events | None:
         out = self._out
         n = self._lib.pkw_wait(
-            self._live(), -1 if wake_fd is None else wake_fd, timeout_ms, quiet_ms, max_ms, out
+            self._engine, -1 if wake_fd is None else wake_fd, timeout_ms, quiet_ms, max_ms, out
         )
         if n < 0:
             err = self._ffi.errno
@@ -459,7 +452,8 @@ class Inotify:
     def add_watch(self, path: str | os.PathLike[str], mask: int, *, markers: bool = False) -> int:
         """Watch a directory; with ``markers``, also the marker directories appearing in it.
 
-        Adding a directory already watched replaces its mask and ``markers``.
+        Adding a directory already watched replaces its mask (unless ``mask`` has
+        IN_MASK_ADD) and its ``markers``.
         """
         return self._live().add_watch(path, mask, markers)
 

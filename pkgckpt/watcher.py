@@ -366,6 +366,7 @@ class Watcher:
         if events.overflow:
             log.warning("inotify queue overflowed: rescanning every library")
             rearm.update(self._states)
+            dirty.update(self._states)
         for root in rearm:
             st = self._states[root]
             was_root = st.wd is not None and st.role == "root"
