@@ -259,8 +259,7 @@ def test_deleted_directory_reports_delete_self_and_ignored(ino: Inotify, tmp_pat
 
 
 def test_marker_is_followed_until_its_record_arrives(ino: Inotify, shm: Path) -> None:
-    """A new *.dist-info is watched; RECORD's arrival is reported on the root's record for
-    it; then its watch is dropped."""
+    """A new dist-info is watched until RECORD arrives, reported on the root's record."""
     wd = ino.add_watch(shm, MASK, markers=True)
     marker = shm / "demo-1.0.dist-info"
     marker.mkdir()
@@ -287,8 +286,7 @@ def test_record_moved_into_place_is_seen(ino: Inotify, shm: Path) -> None:
 
 
 def test_marker_arriving_complete_reports_its_record(ino: Inotify, shm: Path) -> None:
-    """A dist-info moved in with RECORD already inside (uv, a rename from a temp dir): the
-    RECORD written before any watch could exist is still reported, and nothing is kept."""
+    """A dist-info renamed in with RECORD inside still reports RECORD, and keeps no watch."""
     wd = ino.add_watch(shm, MASK, markers=True)
     staging = shm.parent / f"{shm.name}-staging"
     staging.mkdir()
@@ -396,8 +394,7 @@ def test_backend_choice_follows_the_environment(
 def test_falls_back_to_python_when_the_native_module_cannot_load(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Without the compiled module the python backend runs, and a warning says why;
-    asking for native explicitly is then an error."""
+    """No compiled module: python runs with a warning; asking for native is an error."""
     monkeypatch.delenv(inotify.ENV_BACKEND, raising=False)
     monkeypatch.setitem(sys.modules, "pkgckpt._inotify", None)
     with Inotify() as ino:

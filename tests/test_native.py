@@ -14,8 +14,7 @@ CSRC = Path(__file__).resolve().parent.parent / "csrc"
 
 
 def test_compiled_module_imports_and_agrees_with_the_c() -> None:
-    """The struct layout cffi compiled against is pkw.h's, and the Python mirrors of the
-    engine's bits are the C's."""
+    """cffi's struct layout is pkw.h's, and inotify.py's PKW_* bits are the C's."""
     from pkgckpt._inotify import ffi, lib
 
     assert ffi.sizeof("struct pkw_record") == lib.pkw_record_size()

@@ -49,9 +49,7 @@ def wait_for(w: Watcher, root: Path, timeout: float = 2.0) -> Batch:
 
 
 def test_install_burst_gives_one_ready_batch_naming_the_dist_info(backend: str, site: Path) -> None:
-    """20,000 files in 1,500 directories then the dist-info, RECORD last: the debounced
-    watcher hands the root out once with the dist-info named, never while RECORD is
-    missing."""
+    """A 20,000-file pip-like burst: the root is ready once, naming the dist-info, after RECORD."""
     root = Root(site, "python")
     dist = site / "bigpkg-1.0.dist-info"
     debounce = Debouncer(quiet=1.0, max_delay=60.0)
@@ -92,8 +90,7 @@ def test_install_burst_gives_one_ready_batch_naming_the_dist_info(backend: str, 
 
 
 def test_root_created_after_start_is_armed(backend: str, shm: Path) -> None:
-    """A user site that does not exist yet is watched through its nearest ancestor, reported
-    when created, and watched itself from then on."""
+    """A missing root is watched via its nearest ancestor, reported and armed when created."""
     site = shm / "home" / ".local" / "lib" / "python3.11" / "site-packages"
     (shm / "home").mkdir()
     with watcher(backend, Root(site, "python")) as w:
@@ -143,8 +140,7 @@ def test_marker_created_and_removed_are_reported(backend: str, site: Path) -> No
 
 
 def test_record_arrival_ends_busy(backend: str, site: Path) -> None:
-    """A dist-info without RECORD makes the root busy; RECORD's arrival is reported and
-    the root is no longer busy."""
+    """A dist-info without RECORD is busy; RECORD's arrival is reported and ends busy."""
     marker = site / "demo-1.0.dist-info"
     with watcher(backend, Root(site, "python")) as w:
         assert not w.busy(site)
@@ -157,8 +153,7 @@ def test_record_arrival_ends_busy(backend: str, site: Path) -> None:
 
 
 def test_install_in_progress_at_start_is_busy_and_its_record_seen(backend: str, site: Path) -> None:
-    """A dist-info already waiting for its RECORD when the watcher starts counts as busy,
-    and the RECORD's arrival is still seen."""
+    """An install already in progress at start is busy, and its RECORD's arrival is seen."""
     marker = site / "demo-1.0.dist-info"
     marker.mkdir()
     finished = site / "done-1.0.dist-info"
@@ -190,8 +185,7 @@ def test_r_lock_directory_makes_the_library_busy(backend: str, shm: Path) -> Non
 def test_directory_that_is_a_root_and_an_ancestor_keeps_both_roles(
     backend: str, site: Path
 ) -> None:
-    """One watch serves a Python root and the ancestor of a missing root: markers are still
-    followed, and the missing root is armed when it appears."""
+    """A Python root that is also a missing root's ancestor serves both roles."""
     nested = site / "nested" / "lib"
     with watcher(backend, Root(site, "python"), Root(nested, "r")) as w:
         (site / "demo-1.0.dist-info").mkdir()
@@ -226,8 +220,7 @@ def test_close_is_idempotent(backend: str, site: Path) -> None:
 
 
 def test_overflow_marks_every_root_dirty(backend: str, shm: Path) -> None:
-    """IN_Q_OVERFLOW (kernel queue lowered to 16, as root) reports every root dirty and
-    leaves the roots watched."""
+    """IN_Q_OVERFLOW (queue lowered to 16, as root) reports every root dirty, still watched."""
     a, b = shm / "a", shm / "b"
     a.mkdir()
     b.mkdir()
@@ -297,8 +290,7 @@ def run_limited(knob: str, limit: int, backend: str, a: Path, b: Path) -> dict[s
 
 
 def test_watch_limit_exhausted_degrades_to_periodic_rescans(backend: str, shm: Path) -> None:
-    """ENOSPC from inotify_add_watch: one warning, the root is rescanned every interval
-    instead of crashing, and watched again once watches are free."""
+    """ENOSPC from add_watch: one warning, periodic rescans, watched again once there is room."""
     a, b = shm / "a", shm / "b"
     out = run_limited("max_inotify_watches", 1, backend, a, b)
     assert out["backend"] == backend
@@ -310,8 +302,7 @@ def test_watch_limit_exhausted_degrades_to_periodic_rescans(backend: str, shm: P
 
 
 def test_no_inotify_instance_degrades_every_root(backend: str, shm: Path) -> None:
-    """EMFILE from inotify_init (the per-user instance limit): one warning, every root is
-    rescanned periodically, nothing crashes; watched once an instance can be had."""
+    """EMFILE from inotify_init: one warning, every root rescanned, watched once possible."""
     a, b = shm / "a", shm / "b"
     out = run_limited("max_inotify_instances", 0, backend, a, b)
     assert out["backend"] is None
