@@ -223,8 +223,9 @@ class Session:
     baseline_origin: str
     generation: int | None
     """Of the manifest on the store, as last read or written."""
-    on_store: bytes
-    """`manifest.encode_body` of the body on the store (an empty body when none yet)."""
+    on_store: bytes | None
+    """`manifest.encode_body` of the body on the store (an empty body when none yet);
+    None when the current generation is damaged and must be rewritten."""
     scan_errors: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -251,7 +252,9 @@ def open_session(
         tracker=Tracker(baseline, recorded),
         baseline_origin=origin,
         generation=recorded.generation if recorded is not None else None,
-        on_store=manifest.encode_body(recorded.body if recorded is not None else Body()),
+        on_store=None
+        if store.last_read_warning is not None
+        else manifest.encode_body(recorded.body if recorded is not None else Body()),
     )
     return session, scan(session, targets)
 

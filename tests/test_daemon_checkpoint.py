@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pkgckpt import manifest
-from pkgckpt.checkpoint import Observation, Tracker
+from pkgckpt.checkpoint import Observation, Tracker, commit, open_session
+from pkgckpt.config import Config
 from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Manifest, Package
+from pkgckpt.store import Store
 
 ENV = Environment(kind="python", path="/opt/venv", interpreter="3.11.7")
 OTHER = Environment(kind="r", path="/usr/lib/R/site-library")
@@ -206,3 +210,27 @@ def test_a_package_leaves_the_record_only_through_an_observed_uninstall(
         assert state is not None
         for n in (start.keys() | seen) - state.keys():
             assert n in observed_gone, f"{n} left the record without an observed uninstall"
+
+
+def test_a_damaged_current_generation_is_rewritten_by_the_first_commit(tmp_path: Path) -> None:
+    """After a fallback read, the next commit replaces the torn manifest.json."""
+    store = Store(tmp_path / "store", "alice")
+    env = Environment(kind="python", path=str(tmp_path / "venv"))
+    body = Body(environments=(Delta(env=env, added=(Package(name="a", version="1.0"),)),))
+    store.commit(body)
+    current = store.path / "manifest.json"
+    torn = current.read_bytes()[:40]
+    current.unlink()  # the kept generation is a hard link: keep its bytes intact
+    current.write_bytes(torn)
+    current.chmod(0o600)
+    config = Config(
+        store=tmp_path / "store",
+        key="alice",
+        env=(tmp_path / "venv",),
+        runtime_dir=tmp_path / "run",
+    )
+    session, _ = open_session(config, [], Store(tmp_path / "store", "alice"))
+    assert session.on_store is None
+    commit(session)
+    assert Store(tmp_path / "store", "alice").read() is not None
+    assert manifest.decode(current.read_bytes()).body == body
