@@ -108,7 +108,7 @@ def targets(config: Config) -> list[Target]:
             found.append(Target(env=env, roots=fresh))
 
     for prefix in config.python_envs():
-        pe = python_env(prefix)
+        pe = python_env(prefix, cache_dir=config.runtime_dir)
         add(pe.environment(), pe.site_dirs)
         if pe.user_site is not None:
             add(pe.environment(user=True), (pe.user_site,))

@@ -4,18 +4,28 @@ The prefix's own interpreter is asked once, because only it knows its `sysconfig
 scheme (Debian's dist-packages, conda, a framework build) and whether it enables the
 user site. When it cannot run (a foreign architecture, a broken venv), the layout is
 guessed from `lib/python3*/site-packages`.
+
+Starting the interpreter costs ~25 ms, a sixth of a no-op `pkgckpt restore`, so its answer
+is kept in the runtime directory (`cache_dir`) under a key that cannot go stale: the probe,
+the interpreter's path and resolved path, the variables that steer `site` and
+`sysconfig`, and the identity (device, inode, size, mtime, ctime) of the interpreter, of
+`pyvenv.cfg` and of the directories holding the site directories. Rebuilding the
+environment or replacing its interpreter changes one of them. A cache file that is not
+ours, is writable by others or does not decode is ignored, never trusted.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
-import subprocess
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ScanError
+import msgspec
+
+from ..errors import PkgckptError, ScanError
 from ..manifest import Environment
 
 log = logging.getLogger(__name__)
@@ -75,19 +85,175 @@ def interpreter(prefix: Path) -> Path | None:
     return None
 
 
-def python_env(prefix: Path) -> PythonEnv:
-    """The environment at `prefix`, asking its interpreter once (else guessing)."""
+def python_env(prefix: Path, *, cache_dir: Path | None = None) -> PythonEnv:
+    """The environment at `prefix`, asking its interpreter once (else guessing).
+
+    `cache_dir`: a private directory (the runtime directory) where the answer is kept for
+    the next call, in this process or another; None: always ask.
+    """
     if not prefix.is_dir():
         raise ScanError(f"no Python environment at {prefix}: not a directory")
     python = interpreter(prefix)
     if python is not None:
-        found = _ask(python)
+        found = _ask(python) if cache_dir is None else _cached_ask(python, cache_dir)
         if found is not None:
             return found
     return _guess(prefix)
 
 
+# -- the interpreter's answer, kept ---------------------------------------------------
+
+_CACHE_FORMAT = 1
+_CACHE_MAX = 64 * 1024
+# Variables that change what the probe reports: the user site (PYTHONUSERBASE,
+# PYTHONNOUSERSITE, HOME), the platform and scheme (_PYTHON_HOST_PLATFORM,
+# PYTHONPLATLIBDIR, _PYTHON_SYSCONFIGDATA_NAME, ...). PYTHONPATH and PYTHONHOME are never
+# passed to the probe.
+_STEERING = ("PYTHON", "_PYTHON", "HOME")
+
+
+class _Stamp(msgspec.Struct, frozen=True, array_like=True):
+    """A file's identity: a rebuilt or replaced file differs in at least one field."""
+
+    path: str
+    follow: bool
+    id: tuple[int, int, int, int, int] | None
+    """(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns); None: absent or unreadable."""
+
+
+class _Kept(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    stamps: tuple[_Stamp, ...]
+    prefix: str
+    version: str | None
+    implementation: str | None
+    platform: str | None
+    site_dirs: tuple[str, ...]
+    user_site: str | None
+
+
+_kept_decoder = msgspec.json.Decoder(_Kept)
+
+
+def _identity(path: str, follow: bool) -> _Stamp:
+    try:
+        st = os.stat(path, follow_symlinks=follow)  # noqa: PTH116 (a str path, no Path object)
+    except OSError:
+        return _Stamp(path, follow, None)
+    return _Stamp(path, follow, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+
+
+def _stamps(python: Path, resolved: str, site_dirs: tuple[str, ...]) -> tuple[_Stamp, ...]:
+    # The venv's link (recreated with the venv), the interpreter it leads to (replaced by
+    # an upgrade), pyvenv.cfg (home, system site packages), and the parents of the site
+    # directories (lib/pythonX.Y: rebuilt with the environment); not the site directories
+    # themselves, whose mtime changes with every install.
+    paths = [(str(python), False), (resolved, True)]
+    paths.append((str(python.parent.parent / "pyvenv.cfg"), True))
+    paths += [(str(Path(d).parent), True) for d in dict.fromkeys(site_dirs)]
+    return tuple(_identity(p, follow) for p, follow in paths)
+
+
+def _key(python: Path, resolved: str) -> str:
+    steering = sorted(
+        (k, v)
+        for k, v in os.environ.items()
+        if k.startswith(_STEERING) and k not in ("PYTHONPATH", "PYTHONHOME")
+    )
+    # ENABLE_USER_SITE is off when the real and effective ids differ.
+    ids = (os.getuid(), os.geteuid(), os.getgid(), os.getegid())
+    text = msgspec.json.encode([_CACHE_FORMAT, _PROBE, str(python), resolved, steering, ids])
+    return hashlib.sha256(text).hexdigest()
+
+
+def _cache_file(cache_dir: Path, python: Path) -> Path:
+    name = hashlib.sha256(str(python).encode()).hexdigest()[:32]
+    return cache_dir / f"python-env-{name}.json"
+
+
+def _recall(path: Path, python: Path, key: str) -> PythonEnv | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        # A planted file (shared /tmp) could point the scan anywhere: only ours counts.
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_uid != os.geteuid()
+            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            log.debug("%s is not a private file of ours; ignored", path)
+            return None
+        data = os.read(fd, _CACHE_MAX + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        kept = _kept_decoder.decode(data)
+    except msgspec.DecodeError:
+        log.debug("%s does not decode; ignored", path)
+        return None
+    if kept.key != key or any(_identity(s.path, s.follow) != s for s in kept.stamps):
+        return None
+    return PythonEnv(
+        prefix=Path(kept.prefix),
+        python=python,
+        version=kept.version,
+        implementation=kept.implementation,
+        platform=kept.platform,
+        site_dirs=tuple(Path(d) for d in kept.site_dirs),
+        user_site=Path(kept.user_site) if kept.user_site else None,
+    )
+
+
+def _keep(path: Path, key: str, stamps: tuple[_Stamp, ...], found: PythonEnv) -> None:
+    from ..config import ensure_runtime_dir
+    from ..store import atomic_write
+
+    kept = _Kept(
+        key=key,
+        stamps=stamps,
+        prefix=str(found.prefix),
+        version=found.version,
+        implementation=found.implementation,
+        platform=found.platform,
+        site_dirs=tuple(str(d) for d in found.site_dirs),
+        user_site=None if found.user_site is None else str(found.user_site),
+    )
+    try:
+        ensure_runtime_dir(path.parent)
+        atomic_write(path, msgspec.json.encode(kept))
+    except PkgckptError as e:
+        # Only a cache: the next run asks the interpreter again.
+        log.debug("cannot keep the answer of the interpreter: %s", e)
+
+
+def _cached_ask(python: Path, cache_dir: Path) -> PythonEnv | None:
+    resolved = os.path.realpath(python)
+    key = _key(python, resolved)
+    path = _cache_file(cache_dir, python)
+    found = _recall(path, python, key)
+    if found is not None:
+        return found
+    # Taken before asking: a change while the interpreter runs makes the entry stale at
+    # once rather than hiding the change.
+    before = _stamps(python, resolved, ())
+    found = _ask(python)
+    if found is not None:
+        sites = tuple(str(d) for d in found.site_dirs)
+        stamps = before + _stamps(python, resolved, sites)[len(before) :]
+        _keep(path, key, stamps, found)
+    return found
+
+
 def _ask(python: Path) -> PythonEnv | None:
+    # Imported here: when the answer is kept, a run starts no process and parses no JSON.
+    import json
+    import subprocess
+
     # PYTHONPATH and friends would make the probe report another environment's layout.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     try:
