@@ -69,6 +69,7 @@ _EDITABLE_PTH = re.compile(r"__editable__\.(.+)-[^-]+\.pth")
 _FINDER_MAPPING = re.compile(r"^MAPPING\s*(?::[^=\n]*)?=\s*(\{.*?\})\s*$", re.M | re.S)
 _ENV_PLACEHOLDER = re.compile(r"\$\{[A-Za-z0-9_-]+\}(?::\$\{[A-Za-z0-9_-]+\})?")
 _PROJECT_FILES = ("pyproject.toml", "setup.py", "setup.cfg")
+_INDEX = IndexSource()
 
 
 class _Broken(Exception):
@@ -170,6 +171,14 @@ def _metadata(name: str, dir_fd: int) -> tuple[str, str]:
     except OSError as e:
         raise _Broken(f"{name.rpartition('/')[2]}: {e.strerror}") from None
     try:
+        return _metadata_of(fd, name)
+    finally:
+        os.close(fd)
+
+
+def _metadata_of(fd: int, name: str) -> tuple[str, str]:
+    """(Name, Version) from the open METADATA / PKG-INFO `fd` (its path is `name`)."""
+    try:
         data = os.read(fd, _CHUNK)
         while True:
             found = _headers(data)
@@ -181,8 +190,6 @@ def _metadata(name: str, dir_fd: int) -> tuple[str, str]:
             data += more
     except OSError as e:
         raise _Broken(f"{name.rpartition('/')[2]}: {e.strerror}") from None
-    finally:
-        os.close(fd)
     raise _Broken(f"{name.rpartition('/')[2]} has no Name or no Version")
 
 
@@ -191,6 +198,24 @@ def _headers(data: bytes) -> tuple[str, str] | None:
 
     Raises `_Broken` when the headers end without both.
     """
+    # pip, uv, setuptools and hatchling all start with these three lines: three `find`s
+    # instead of a loop over every header line (the general loop gives the same answer).
+    e0 = data.find(b"\n")
+    e1 = data.find(b"\n", e0 + 1)
+    e2 = data.find(b"\n", e1 + 1)
+    if (
+        0 <= e0 < e1 < e2
+        and data.startswith(b"Metadata-Version:")
+        and data.startswith(b"Name:", e0 + 1)
+        and data.startswith(b"Version:", e1 + 1)
+    ):
+        first = data[e0 + 6 : e1].strip()
+        second = data[e1 + 9 : e2].strip()
+        if first and second:
+            try:
+                return first.decode(), second.decode()
+            except UnicodeDecodeError:
+                raise _Broken("metadata Name or Version is not UTF-8") from None
     name = version = None
     pos = 0
     size = len(data)
@@ -221,12 +246,34 @@ def _headers(data: bytes) -> tuple[str, str] | None:
         raise _Broken("metadata Name or Version is not UTF-8") from None
 
 
+_MEMO_SIZE = 256
+_tags_memo: dict[bytes, tuple[str, ...]] = {}
+_installer_memo: dict[bytes, str | None] = {}
+
+
 def _tags(data: bytes) -> tuple[str, ...]:
-    return tuple(
-        line[4:].strip().decode("utf-8", "replace")
-        for line in data.splitlines()
-        if line[:4].lower() == b"tag:"
-    )
+    # A site holds a handful of distinct WHEEL files (one per generator and tag set):
+    # parsing each once instead of once per distribution saves ~2 us a distribution.
+    tags = _tags_memo.get(data)
+    if tags is None:
+        if len(_tags_memo) >= _MEMO_SIZE:
+            _tags_memo.clear()
+        tags = _tags_memo[data] = tuple(
+            line[4:].strip().decode("utf-8", "replace")
+            for line in data.splitlines()
+            if line[:4].lower() == b"tag:"
+        )
+    return tags
+
+
+def _installer(data: bytes) -> str | None:
+    try:
+        return _installer_memo[data]
+    except KeyError:
+        if len(_installer_memo) >= _MEMO_SIZE:
+            _installer_memo.clear()
+        value = _installer_memo[data] = data.strip().decode("utf-8", "replace") or None
+        return value
 
 
 # -- what each entry holds (NamedTuples: built per entry, far cheaper than dataclasses) --
@@ -392,24 +439,55 @@ def _exists(path: str, dir_fd: int) -> bool:
     return os.access(path, os.F_OK, dir_fd=dir_fd)
 
 
-def _optional(path: str, dir_fd: int, limit: int) -> bytes | None:
+def _open_optional(path: str, dir_fd: int) -> int:
+    """A descriptor for `path`, or -1 when it does not exist."""
     try:
-        return _read(path, dir_fd, limit)
+        return os.open(path, _O_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
-        return None
+        return -1
+
+
+def _close_all(fds: list[int]) -> None:
+    # The kernel hands out the lowest free descriptors, so the few opened per dist-info
+    # are nearly always consecutive: then one close_range instead of a close each. A
+    # range made only of descriptors held here cannot close anyone else's.
+    if fds and fds[-1] - fds[0] == len(fds) - 1 and fds == sorted(fds):
+        os.closerange(fds[0], fds[-1] + 1)
+    else:
+        for f in fds:
+            os.close(f)
 
 
 def _read_dist_info(fd: int, name: str, st: os.stat_result, now: int) -> _Dist:
     in_progress = now - st.st_mtime_ns < INSTALL_WINDOW_NS and not _exists(f"{name}/RECORD", fd)
+    meta = f"{name}/METADATA"
+    fds: list[int] = []
     try:
-        dist_name, version = _metadata(f"{name}/METADATA", fd)
-    except _Broken:
-        if in_progress:
-            return _Dist(None, True)  # METADATA not (fully) written yet
-        raise
-    installer = _optional(f"{name}/INSTALLER", fd, 256)
-    wheel = _optional(f"{name}/WHEEL", fd, _CHUNK)
-    source: Source = IndexSource()
+        # All three opened before any is read, so that one close_range can close them.
+        try:
+            meta_fd = os.open(meta, _O_FLAGS, dir_fd=fd)
+        except OSError as e:
+            if in_progress:
+                return _Dist(None, True)  # METADATA not written yet
+            raise _Broken(f"METADATA: {e.strerror}") from None
+        fds.append(meta_fd)
+        installer_fd = _open_optional(f"{name}/INSTALLER", fd)
+        if installer_fd >= 0:
+            fds.append(installer_fd)
+        wheel_fd = _open_optional(f"{name}/WHEEL", fd)
+        if wheel_fd >= 0:
+            fds.append(wheel_fd)
+        try:
+            dist_name, version = _metadata_of(meta_fd, meta)
+        except _Broken:
+            if in_progress:
+                return _Dist(None, True)  # METADATA not fully written yet
+            raise
+        installer = os.read(installer_fd, 256) if installer_fd >= 0 else None
+        wheel = os.read(wheel_fd, _CHUNK) if wheel_fd >= 0 else None
+    finally:
+        _close_all(fds)
+    source: Source = _INDEX
     if _exists(f"{name}/direct_url.json", fd):
         source = _source(_read(f"{name}/direct_url.json", fd, 1 << 16))
     package = Package(
@@ -417,7 +495,7 @@ def _read_dist_info(fd: int, name: str, st: os.stat_result, now: int) -> _Dist:
         version=version,
         source=source,
         requested=_exists(f"{name}/REQUESTED", fd),
-        installer=installer.strip().decode("utf-8", "replace") or None if installer else None,
+        installer=_installer(installer) if installer else None,
         tags=_tags(wheel) if wheel else (),
     )
     return _Dist(package, in_progress)
