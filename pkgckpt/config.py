@@ -18,11 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from .errors import PkgckptError, UsageError
 
 SYSTEM_CONFIG = Path("/etc/pkgckpt/config.toml")
@@ -150,6 +145,12 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    # Imported here: most runs find no config file and need no TOML parser.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)

@@ -36,8 +36,6 @@ import errno
 import logging
 import os
 import re
-import secrets
-import socket
 import stat
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,6 +86,10 @@ def _close_quietly(fd: int) -> None:
 
 
 def _host() -> str:
+    # socket and secrets are imported where a write needs them: reading a manifest, all
+    # a no-op restore does with the store, needs neither.
+    import socket
+
     # The host goes into temp file names: keep it to characters safe in a file name.
     return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:64] or "unknown"
 
@@ -184,6 +186,8 @@ def _replace(
     `history`: also link the new file under this name before the rename. `leftovers`
     collects the names of temp files that could not be removed after a failure.
     """
+    import secrets
+
     leftovers = set() if leftovers is None else leftovers
     tmp = f"{_temp_prefix(path.name, _host())}{os.getpid()}.{secrets.token_hex(4)}"
     try:
@@ -477,6 +481,8 @@ class Store:
             _close_quietly(dfd)
 
     def _commit(self, dfd: int, body: Body) -> Manifest | None:
+        import socket
+
         known = self._known
         if known is not None and self._stamp(dfd) != known.stamp:
             log.warning(

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..manifest import Package
+
+if TYPE_CHECKING:
+    import subprocess
 
 TAIL_LINES = 12
 """Lines of installer output kept in a failure report: enough for pip's and R's errors."""
@@ -65,6 +66,8 @@ class Outcome:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    import signal
+
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
 
@@ -73,6 +76,9 @@ def call(
     argv: Sequence[str], *, deadline: Deadline, env: Mapping[str, str] | None = None
 ) -> Outcome:
     """Run `argv` to completion or until the deadline; never raises for the process' sake."""
+    # Imported here: a restore with nothing to do starts no process and need not load it.
+    import subprocess
+
     args = tuple(argv)
     if deadline.expired():
         return Outcome(args, None, "not started: the restore timeout had run out", timed_out=True)
