@@ -35,7 +35,6 @@ import re
 import stat
 import time
 from pathlib import Path
-from typing import NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import msgspec
@@ -279,10 +278,11 @@ def _installer(data: bytes) -> str | None:
         return value
 
 
-# -- what each entry holds (NamedTuples: built per entry, far cheaper than dataclasses) --
+# -- what each entry holds (msgspec structs: built per entry, ~4x cheaper than NamedTuples;
+# gc=False as they hold no cycles) ---------------------------------------------------------
 
 
-class _Dist(NamedTuple):
+class _Dist(msgspec.Struct, frozen=True, gc=False):
     """A distribution read from an entry."""
 
     package: Package | None
@@ -290,14 +290,14 @@ class _Dist(NamedTuple):
     in_progress: bool
 
 
-class _Editable(NamedTuple):
+class _Editable(msgspec.Struct, frozen=True, gc=False):
     """A setuptools `__editable__.*.pth`: the canonical name and the project directory."""
 
     key: str
     path: str | None
 
 
-class _Cached(NamedTuple):
+class _Cached(msgspec.Struct, frozen=True, gc=False):
     ino: int
     mtime_ns: int
     suspect: bool
