@@ -105,11 +105,11 @@ def python_env(prefix: Path, *, cache_dir: Path | None = None) -> PythonEnv:
 
 _CACHE_FORMAT = 1
 _CACHE_MAX = 64 * 1024
-# Variables that change what the probe reports: the user site (PYTHONUSERBASE,
-# PYTHONNOUSERSITE, HOME), the platform and scheme (_PYTHON_HOST_PLATFORM,
+# Prefixes of the variables that change what the probe reports, with HOME: the user site
+# (PYTHONUSERBASE, PYTHONNOUSERSITE), the platform and scheme (_PYTHON_HOST_PLATFORM,
 # PYTHONPLATLIBDIR, _PYTHON_SYSCONFIGDATA_NAME, ...). PYTHONPATH and PYTHONHOME are never
 # passed to the probe.
-_STEERING = ("PYTHON", "_PYTHON", "HOME")
+_STEERING = ("PYTHON", "_PYTHON")
 
 
 class _Stamp(msgspec.Struct, frozen=True, array_like=True):
@@ -158,7 +158,7 @@ def _key(python: Path, resolved: str) -> str:
     steering = sorted(
         (k, v)
         for k, v in os.environ.items()
-        if k.startswith(_STEERING) and k not in ("PYTHONPATH", "PYTHONHOME")
+        if (k == "HOME" or k.startswith(_STEERING)) and k not in ("PYTHONPATH", "PYTHONHOME")
     )
     # ENABLE_USER_SITE is off when the real and effective ids differ.
     ids = (os.getuid(), os.geteuid(), os.getgid(), os.getegid())
