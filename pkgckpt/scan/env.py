@@ -143,15 +143,17 @@ def _identity(path: str, follow: bool) -> _Stamp:
     return _Stamp(path, follow, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
 
 
-def _stamps(python: Path, resolved: str, site_dirs: tuple[str, ...]) -> tuple[_Stamp, ...]:
+def _stamps(python: Path, resolved: str) -> tuple[_Stamp, ...]:
     # The venv's link (recreated with the venv), the interpreter it leads to (replaced by
-    # an upgrade), pyvenv.cfg (home, system site packages), and the parents of the site
-    # directories (lib/pythonX.Y: rebuilt with the environment); not the site directories
-    # themselves, whose mtime changes with every install.
-    paths = [(str(python), False), (resolved, True)]
-    paths.append((str(python.parent.parent / "pyvenv.cfg"), True))
-    paths += [(str(Path(d).parent), True) for d in dict.fromkeys(site_dirs)]
-    return tuple(_identity(p, follow) for p, follow in paths)
+    # an upgrade) and pyvenv.cfg (home, system site packages).
+    cfg = str(python.parent.parent / "pyvenv.cfg")
+    return (_identity(str(python), False), _identity(resolved, True), _identity(cfg, True))
+
+
+def _layout_stamps(site_dirs: tuple[Path, ...]) -> tuple[_Stamp, ...]:
+    # The parents of the site directories (lib/pythonX.Y: rebuilt with the environment),
+    # not the site directories themselves, whose mtime changes with every install.
+    return tuple(_identity(str(d.parent), True) for d in dict.fromkeys(site_dirs))
 
 
 def _key(python: Path, resolved: str) -> str:
@@ -240,12 +242,10 @@ def _cached_ask(python: Path, cache_dir: Path) -> PythonEnv | None:
         return found
     # Taken before asking: a change while the interpreter runs makes the entry stale at
     # once rather than hiding the change.
-    before = _stamps(python, resolved, ())
+    before = _stamps(python, resolved)
     found = _ask(python)
     if found is not None:
-        sites = tuple(str(d) for d in found.site_dirs)
-        stamps = before + _stamps(python, resolved, sites)[len(before) :]
-        _keep(path, key, stamps, found)
+        _keep(path, key, before + _layout_stamps(found.site_dirs), found)
     return found
 
 
