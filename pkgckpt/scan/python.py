@@ -22,9 +22,12 @@ directory order).
 Why it is written the way it is: a syscall costs 1.5-3 us on the machines this runs on,
 and a site-packages can hold thousands of distributions. So files are opened relative to
 a directory descriptor with plain `os.open`/`os.read` (no buffered file objects, no
-`email.parser`, no `importlib.metadata`), `METADATA` is read only up to its headers, the
-presence of a file is one `faccessat` (no listing of the dist-info), and a rescan
-re-reads only entries whose identity `(inode, mtime_ns)` changed.
+`email.parser`, no `importlib.metadata`), `METADATA` is read only up to its headers
+(512 bytes first: the copy out of the page cache costs by the byte), a dist-info's three
+files are closed with one `close_range`, the presence of a file is one `faccessat` (no
+listing of the dist-info), and a rescan re-reads only entries whose identity
+`(inode, mtime_ns)` changed. That leaves ~10 syscalls per dist-info (stat, 3 open, 3
+read, close_range, 2 faccessat): a full scan is bound by them, not by Python.
 """
 
 from __future__ import annotations
