@@ -62,6 +62,13 @@ def _venv(prefix: Path, python: Path | str = sys.executable, *flags: str) -> Pat
     return prefix
 
 
+def _run_dir(tmp_path: Path) -> Path:
+    """The runtime directory as restore or the daemon leave it (0700, ours)."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    return run
+
+
 def _kept(run: Path) -> Path:
     (path,) = run.glob("python-env-*.json")
     return path
@@ -72,7 +79,7 @@ def test_second_lookup_uses_the_kept_answer_and_starts_no_process(
 ) -> None:
     """The first lookup asks the interpreter and keeps its answer; the second starts nothing."""
     venv = make_venv(tmp_path / "venv", with_pip=False)
-    run = tmp_path / "run"
+    run = _run_dir(tmp_path)
     started.clear()
     first = python_env(venv.prefix, cache_dir=run)
     assert started == [str(venv.prefix / "bin" / "python3")]
@@ -88,7 +95,7 @@ def test_targets_keep_the_answer_in_the_runtime_directory(
 ) -> None:
     """inventory.targets asks each interpreter once across runs (the no-op restore's path)."""
     venv = make_venv(tmp_path / "venv", with_pip=False)
-    config = Config(env=(venv.prefix,), runtime_dir=tmp_path / "run")
+    config = Config(env=(venv.prefix,), runtime_dir=_run_dir(tmp_path))
     started.clear()
     first = targets(config)
     assert len(started) == 1
@@ -105,7 +112,7 @@ def test_a_venv_rebuilt_with_another_python_is_asked_again(
     other = _other_minor()
     if other is None:
         pytest.skip("no interpreter of another minor version with venv here")
-    run = tmp_path / "run"
+    run = _run_dir(tmp_path)
     prefix = _venv(tmp_path / "venv")
     before = python_env(prefix, cache_dir=run)
     _venv(prefix, other)
@@ -124,7 +131,7 @@ def test_a_venv_rebuilt_with_system_site_packages_reports_the_user_site(
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("PYTHONUSERBASE", raising=False)
     monkeypatch.delenv("PYTHONNOUSERSITE", raising=False)
-    run = tmp_path / "run"
+    run = _run_dir(tmp_path)
     prefix = _venv(tmp_path / "venv")
     assert python_env(prefix, cache_dir=run).user_site is None
     _venv(prefix, sys.executable, "--system-site-packages")
@@ -135,7 +142,7 @@ def test_a_venv_rebuilt_with_system_site_packages_reports_the_user_site(
 
 def test_a_replaced_interpreter_is_asked_again(tmp_path: Path, started: list[str]) -> None:
     """A copied interpreter replaced by an identical copy (same size and mtime): asked again."""
-    run = tmp_path / "run"
+    run = _run_dir(tmp_path)
     prefix = _venv(tmp_path / "venv", sys.executable, "--copies")
     python = prefix / "bin" / "python3"
     first = python_env(prefix, cache_dir=run)
@@ -152,7 +159,7 @@ def test_a_changed_user_base_is_asked_again(
 ) -> None:
     """PYTHONUSERBASE moves the user site: the answer kept under another value is not used."""
     monkeypatch.delenv("PYTHONNOUSERSITE", raising=False)
-    run = tmp_path / "run"
+    run = _run_dir(tmp_path)
     prefix = _venv(tmp_path / "venv", sys.executable, "--system-site-packages")
     monkeypatch.setenv("PYTHONUSERBASE", str(tmp_path / "one"))
     started.clear()
@@ -176,7 +183,7 @@ def test_a_kept_answer_writable_by_others_or_not_ours_is_ignored(
     tmp_path: Path, started: list[str]
 ) -> None:
     """Group-writable, someone else's or a symlink: ignored (asked again), not trusted."""
-    run = tmp_path / "run"
+    run = _run_dir(tmp_path)
     prefix = _venv(tmp_path / "venv")
     truth = python_env(prefix)
     assert python_env(prefix, cache_dir=run) == truth
@@ -200,7 +207,7 @@ def test_a_kept_answer_writable_by_others_or_not_ours_is_ignored(
 
 def test_a_corrupt_kept_answer_is_ignored_and_replaced(tmp_path: Path, started: list[str]) -> None:
     """Garbage, a truncated file or another shape: asked again, no error, then kept anew."""
-    run = tmp_path / "run"
+    run = _run_dir(tmp_path)
     prefix = _venv(tmp_path / "venv")
     truth = python_env(prefix, cache_dir=run)
     path = _kept(run)
@@ -227,3 +234,15 @@ def test_an_unusable_runtime_directory_only_costs_the_cache(
     started.clear()
     assert python_env(prefix, cache_dir=run) == python_env(prefix, cache_dir=run)
     assert len(started) == 2
+
+
+def test_a_missing_runtime_directory_is_not_created_by_a_lookup(
+    tmp_path: Path, started: list[str]
+) -> None:
+    """Read-only commands (status, restore --dry-run) leave no runtime directory behind."""
+    prefix = _venv(tmp_path / "venv")
+    run = tmp_path / "run"
+    started.clear()
+    assert python_env(prefix, cache_dir=run) == python_env(prefix, cache_dir=run)
+    assert len(started) == 2
+    assert not run.exists()

@@ -225,6 +225,10 @@ def _keep(path: Path, key: str, stamps: tuple[_Stamp, ...], found: PythonEnv) ->
         site_dirs=tuple(str(d) for d in found.site_dirs),
         user_site=None if found.user_site is None else str(found.user_site),
     )
+    if not path.parent.is_dir():
+        # The runtime directory is made by the commands that change state (restore, the
+        # daemon); a read-only command (status, restore --dry-run) must not create it.
+        return
     try:
         ensure_runtime_dir(path.parent)
         atomic_write(path, msgspec.json.encode(kept))
