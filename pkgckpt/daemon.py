@@ -262,9 +262,7 @@ class Daemon:
             if self.session is not None:
                 self._commit()
             if self.session is not None and not self.uncommitted:
-                log.info(
-                    "stopped: every change is on the store (generation %s)", self.state.generation
-                )
+                log.info("stopped: every change is on the store (%s)", _generation(self.state))
                 code = 0
                 break
             left = deadline - time.monotonic() - 0.2
@@ -322,9 +320,7 @@ class Daemon:
         self.retry_at = None
         self.backoff.reset()
         self._set(baseline=session.baseline_origin, generation=session.generation)
-        log.info(
-            "baseline: %s; manifest generation %s", session.baseline_origin, session.generation
-        )
+        log.info("baseline: %s; %s", session.baseline_origin, _generation(self.state))
         for env, change in changes:
             log.info("%s", describe(env, change))
         self.uncommitted.extend(c for _, c in changes)
@@ -455,3 +451,7 @@ def _ask_daemon(config: Config, state: status.DaemonState) -> SnapshotResult:
                 by_daemon=True,
             )
     raise PkgckptError(f"the daemon (pid {state.pid}) did not answer within {wait:.0f} s")
+
+
+def _generation(state: status.DaemonState) -> str:
+    return "no manifest yet" if state.generation is None else f"generation {state.generation}"
