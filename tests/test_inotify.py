@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from watch_kit import backend, lowered_queue, shm, watch_count
+from watch_kit import backend, lowered_queue, markers_in_progress_and_done, shm, watch_count
 
 from pkgckpt import inotify
 from pkgckpt.errors import UsageError
@@ -333,11 +333,7 @@ def test_only_marker_directories_are_followed(ino: Inotify, shm: Path) -> None:
 
 def test_add_marker_follows_an_install_already_in_progress(ino: Inotify, shm: Path) -> None:
     """A marker that existed before the root was watched can be followed explicitly."""
-    marker = shm / "demo-1.0.dist-info"
-    marker.mkdir()
-    done = shm / "done-1.0.dist-info"
-    done.mkdir()
-    (done / "RECORD").write_text("")
+    marker, done = markers_in_progress_and_done(shm)
     wd = ino.add_watch(shm, MASK, markers=True)
     assert ino.add_marker(wd, marker.name) > 0
     assert ino.add_marker(wd, done.name) == 0  # nothing left to wait for

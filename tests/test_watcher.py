@@ -12,7 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-from watch_kit import backend, lowered_queue, pip_like_burst, shm, unshare_available, watch_count
+from watch_kit import (
+    backend,
+    lowered_queue,
+    markers_in_progress_and_done,
+    pip_like_burst,
+    shm,
+    unshare_available,
+    watch_count,
+)
 
 from pkgckpt.debounce import Debouncer
 from pkgckpt.watcher import Batch, Root, Watcher
@@ -154,11 +162,7 @@ def test_record_arrival_ends_busy(backend: str, site: Path) -> None:
 
 def test_install_in_progress_at_start_is_busy_and_its_record_seen(backend: str, site: Path) -> None:
     """An install already in progress at start is busy, and its RECORD's arrival is seen."""
-    marker = site / "demo-1.0.dist-info"
-    marker.mkdir()
-    finished = site / "done-1.0.dist-info"
-    finished.mkdir()
-    (finished / "RECORD").write_text("")
+    marker, _ = markers_in_progress_and_done(site)
     with watcher(backend, Root(site, "python")) as w:
         assert w.busy(site)
         assert watch_count(fd_of(w)) == 2  # the root and the unfinished marker only

@@ -71,6 +71,17 @@ def unshare_available() -> str | None:
     return None
 
 
+def markers_in_progress_and_done(site: Path) -> tuple[Path, Path]:
+    """Two dist-infos already in `site`: one whose install is still running (no RECORD
+    yet) and one finished (RECORD there). Returns (in progress, finished)."""
+    unfinished = site / "demo-1.0.dist-info"
+    unfinished.mkdir()
+    finished = site / "done-1.0.dist-info"
+    finished.mkdir()
+    (finished / "RECORD").write_text("")
+    return unfinished, finished
+
+
 def pip_like_burst(
     site: Path, name: str = "bigpkg", files: int = 20_000, dirs: int = 1_500
 ) -> Path:
