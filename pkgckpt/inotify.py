@@ -350,7 +350,7 @@ class _Python:
             if ready.get(fd, 0) & select.POLLNVAL:
                 raise _oserror(errno.EBADF)
             if wake_fd is not None and wake_fd in ready:
-                _drain_wake(wake_fd)
+                drain_wake(wake_fd)
                 table.woken = True
                 self._drain(table)
                 break
@@ -363,7 +363,8 @@ class _Python:
         return table.events()
 
 
-def _drain_wake(fd: int) -> None:
+def drain_wake(fd: int) -> None:
+    """Empty the wake pipe (the daemon's set_wakeup_fd), so the next wait blocks again."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     # Polls before each read so that a blocking wake fd cannot hang us.

@@ -43,6 +43,7 @@ from .inotify import (
     IN_UNMOUNT,
     PKW_DIRTY,
     Inotify,
+    drain_wake,
     is_marker,
 )
 
@@ -390,12 +391,7 @@ class Watcher:
         if not poller.poll(None if timeout is None else timeout * 1000):
             return False
         assert self.wake_fd is not None
-        while poller.poll(0):
-            try:
-                if not os.read(self.wake_fd, 256):
-                    break
-            except BlockingIOError:
-                break
+        drain_wake(self.wake_fd)
         return True
 
     # ---- install in progress --------------------------------------------------------
