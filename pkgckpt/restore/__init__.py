@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from ..config import Config
-from ..errors import PartialRestore, RestoreError
+from ..errors import PartialRestore
 from ..manifest import (
     DirectorySource,
     Environment,
@@ -327,12 +327,9 @@ def _installer(env: Environment, config: Config) -> Installer:
         from .python import PythonInstaller
 
         return PythonInstaller(env, config)
-    try:
-        from .r import RInstaller  # type: ignore[import-not-found,unused-ignore,attr-defined]
-    except ImportError:
-        raise RestoreError(f"{env.path}: this pkgckpt cannot restore R libraries") from None
-    installer: Installer = RInstaller(env, config)
-    return installer
+    from .r import RInstaller
+
+    return RInstaller(env, config)
 
 
 # -- plan ------------------------------------------------------------------------------
