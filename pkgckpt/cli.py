@@ -231,9 +231,9 @@ def restore(cfg: config.Config, dry_run: bool, as_json: bool) -> int:
         report = restore_.run(cfg, dry_run=dry_run)
     except PartialRestore as e:
         if e.report is not None:
-            _emit(e.report.to_json() if as_json else e.report.render(), as_json)
+            _emit(e.report.to_json() if as_json else e.report.render())
         raise
-    _emit(report.to_json() if as_json else report.render(), as_json)
+    _emit(report.to_json() if as_json else report.render())
     return report.exit_code
 
 
@@ -251,7 +251,7 @@ def status(cfg: config.Config, as_json: bool) -> int:
     from . import status as status_
 
     report = status_.collect(cfg)
-    _emit(status_.to_json(report) if as_json else status_.to_text(report), as_json)
+    _emit(status_.to_json(report) if as_json else status_.to_text(report))
     return 0
 
 
@@ -281,7 +281,8 @@ def baseline(cfg: config.Config, output: Path) -> int:
     return 0
 
 
-def _emit(data: str | bytes, as_json: bool) -> None:
+def _emit(data: str | bytes) -> None:
+    """Print a rendered report (text, or JSON bytes) ending in exactly one newline."""
     text = data.decode() if isinstance(data, bytes) else data
     click.echo(text, nl=not text.endswith("\n"))
 
