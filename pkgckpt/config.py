@@ -23,8 +23,8 @@ from .errors import PkgckptError, UsageError
 SYSTEM_CONFIG = Path("/etc/pkgckpt/config.toml")
 
 
-def user_config() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+def user_config(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "pkgckpt" / "config.toml"
 
 
@@ -175,7 +175,7 @@ def load(
     """Build the config once; flags whose value is None (not given) do not override."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for path in (SYSTEM_CONFIG, user_config()):
+    for path in (SYSTEM_CONFIG, user_config(environ)):
         if path.is_file():
             values.update(_read_file(path))
     explicit = config_file

@@ -17,8 +17,9 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     """A system and a user config file in tmp (neither exists until a test writes it)."""
     system = tmp_path / "etc" / "config.toml"
     monkeypatch.setattr(config, "SYSTEM_CONFIG", system)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home"))
-    user = tmp_path / "home" / "pkgckpt" / "config.toml"
+    # The tests pass `environ` without XDG_CONFIG_HOME: the user file is found under HOME.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    user = tmp_path / "home" / ".config" / "pkgckpt" / "config.toml"
     for path in (system, user):
         path.parent.mkdir(parents=True)
     return {"system": system, "user": user, "explicit": tmp_path / "explicit.toml"}
@@ -59,6 +60,21 @@ def test_pkgckpt_config_names_the_explicit_file(files: dict[str, Path]) -> None:
     environ = {"PKGCKPT_CONFIG": str(files["explicit"])}
     assert config.load({}, None, environ=environ).key == "from-var"
     assert config.load({}, other, environ=environ).key == "from-flag"
+
+
+def test_the_user_file_is_found_through_the_environ_given_not_the_process_one(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load(environ=...) takes XDG_CONFIG_HOME from `environ`, like every PKGCKPT_* setting."""
+    for where, key in (("process", "from-process"), ("given", "from-given")):
+        path = tmp_path / where / "pkgckpt" / "config.toml"
+        path.parent.mkdir(parents=True)
+        path.write_text(f'key = "{key}"\n')
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "process"))
+    given = {"XDG_CONFIG_HOME": str(tmp_path / "given")}
+    assert config.load({}, None, environ=given).key == "from-given"
+    files["user"].write_text('key = "from-home"\n')
+    assert config.load({}, None, environ={}).key == "from-home"
 
 
 def test_list_settings_split_on_pathsep_and_repeat_as_flags(files: dict[str, Path]) -> None:
