@@ -193,6 +193,7 @@ class _Envelope(msgspec.Struct, kw_only=True):
     time: str | None = None
     checksum: str
     body: msgspec.Raw
+    """Last: `encode` finds the body's bytes as what follows its key up to the end."""
 
 
 class _Schema(msgspec.Struct):
@@ -216,6 +217,7 @@ def _pretty(data: bytes) -> bytes:
 
 
 _PLACEHOLDER = "sha256:" + "0" * 64
+_BODY_KEY = b'\n "body": '
 
 
 def checksum(body: bytes) -> str:
@@ -234,8 +236,11 @@ def encode(manifest: Manifest) -> bytes:
     )
     data = _pretty(_encoder.encode(envelope)) + b"\n"
     # Indenting re-lays the body too, so the checksum is taken over the body exactly as it
-    # stands in the output, then written over a placeholder of the same length.
-    body = bytes(_envelope_decoder.decode(data).body)
+    # stands in the output, then written over a placeholder of the same length. It is cut
+    # out rather than decoded: the body is the envelope's last field, so it runs from its
+    # key (unique at depth one: JSON strings hold no raw newline) to the closing "\n}\n".
+    start = data.index(_BODY_KEY) + len(_BODY_KEY)
+    body = data[start : -len(b"\n}\n")]
     return data.replace(_PLACEHOLDER.encode(), checksum(body).encode(), 1)
 
 

@@ -71,6 +71,19 @@ def test_manifest_round_trips_through_its_bytes() -> None:
     assert manifest.decode(manifest.encode(m)) == m
 
 
+def test_checksum_holds_whatever_the_strings_hold() -> None:
+    """Strings that look like the envelope's layout (newlines, a "body" key) still verify."""
+    tricky = '\n "body": {}\n}\n'
+    m = msgspec.structs.replace(
+        sample(),
+        writer=Writer(host=tricky, pid=1, version=tricky),
+        time=tricky,
+        body=Body(environments=(Delta(env=ENV, added=(Package(name=tricky, version="1"),)),)),
+    )
+    assert manifest.decode(manifest.encode(m)) == m
+    assert manifest.decode(manifest.encode(Manifest())) == Manifest()
+
+
 def test_encoding_is_deterministic_and_readable() -> None:
     """Equal manifests give equal bytes whatever the dict order; the JSON is indented."""
     one = UrlSource(url="u", hashes={"sha256": "1", "md5": "2"})
