@@ -54,7 +54,6 @@ names each failure with the last lines of its own installer call.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -76,6 +75,7 @@ from ..manifest import (
     VcsSource,
 )
 from .runner import Deadline, Installer, Outcome
+from .validate import canonical, check_body
 
 if TYPE_CHECKING:
     from ..inventory import Target
@@ -265,12 +265,10 @@ def _describe(step: Step) -> str:
 
 # -- comparing the manifest with what is installed ---------------------------------------
 
-_SEPARATORS = re.compile(r"[-_.]+")
-
 
 def _key(kind: Kind, name: str) -> str:
     # Python names compare normalized (PEP 503); R names are case-sensitive as they are.
-    return _SEPARATORS.sub("-", name).lower() if kind == "python" else name
+    return canonical(name) if kind == "python" else name
 
 
 def _same_version(kind: Kind, a: str, b: str) -> bool:
@@ -337,7 +335,6 @@ def _installer(env: Environment, config: Config) -> Installer:
 
 def _read(config: Config) -> Manifest | None:
     from ..store import Store
-    from .validate import check_body
 
     manifest = Store(config.store, config.key).read()
     if manifest is not None:
