@@ -36,7 +36,7 @@ import pkgckpt
 REPO = Path(pkgckpt.__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from daemon_kit import Daemon, World, eventually, uv_install  # noqa: E402
+from daemon_kit import Daemon, World, context_switches, eventually, uv_install  # noqa: E402
 from wheelhouse import Dist, build_wheel, make_venv  # noqa: E402
 
 SHM = Path("/dev/shm")
@@ -78,15 +78,6 @@ def cpu_ns(pid: int) -> int:
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         total += int((task / "schedstat").read_text().split()[0])
-    return total
-
-
-def switches(pid: int) -> int:
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for line in (task / "status").read_text().splitlines():
-            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                total += int(line.split()[1])
     return total
 
 
@@ -237,9 +228,9 @@ def test_idle_wakeups(benchmark: BenchmarkFixture, wheels: Path, shm: Path) -> N
     peer = Watched("peer", shm / "b", wheels)
     try:
         time.sleep(1)
-        before = {w.who: switches(w.pid) for w in (ours, peer)}
+        before = {w.who: context_switches(w.pid) for w in (ours, peer)}
         benchmark.pedantic(time.sleep, args=(60,), rounds=1, iterations=1)
-        after = {w.who: switches(w.pid) for w in (ours, peer)}
+        after = {w.who: context_switches(w.pid) for w in (ours, peer)}
         counts = {who: after[who] - before[who] for who in before}
         benchmark.extra_info.update(counts)
         print(f"\ncontext switches over 60 s idle: {counts}")

@@ -34,6 +34,16 @@ def eventually(check: Callable[[], T | None], timeout: float = 30.0, what: str =
         time.sleep(0.02)
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of every thread of `pid` so far."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
+
+
 def uv_install(python: Path, wheels: Path, *reqs: str, env: dict[str, str]) -> None:
     """A real install with uv into the venv of `python` (fast: the daemon tests' installer)."""
     subprocess.run(

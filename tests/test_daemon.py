@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_kit import Daemon, World, eventually, pins, uv_install, uv_uninstall
+from daemon_kit import (
+    Daemon,
+    World,
+    context_switches,
+    eventually,
+    pins,
+    uv_install,
+    uv_uninstall,
+)
 from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt import daemon as daemon_mod
@@ -448,23 +456,14 @@ def test_status_file_is_private_and_names_this_process(running: Daemon, world: W
     assert path.stat().st_mode & 0o777 == 0o600
 
 
-def _wakeups(pid: int) -> int:
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for line in (task / "status").read_text().splitlines():
-            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                total += int(line.split()[1])
-    return total
-
-
 @pytest.mark.slow
 def test_an_idle_daemon_does_not_wake_up(running: Daemon) -> None:
     """Invariant 5: after READY, nothing changing means no context switch at all."""
     assert running.proc is not None
     time.sleep(0.5)  # let the start-up writes settle
-    before = _wakeups(running.proc.pid)
+    before = context_switches(running.proc.pid)
     time.sleep(3)
-    assert _wakeups(running.proc.pid) == before
+    assert context_switches(running.proc.pid) == before
 
 
 @pytest.mark.slow
