@@ -224,15 +224,20 @@ def checksum(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-def encode(manifest: Manifest) -> bytes:
-    """Deterministic bytes: the same manifest always encodes the same way."""
+def encode(manifest: Manifest, body: bytes | None = None) -> bytes:
+    """Deterministic bytes: the same manifest always encodes the same way.
+
+    `body`: `encode_body(manifest.body)`, when the caller has it already.
+    """
+    if body is None:
+        body = encode_body(manifest.body)
     envelope = _Envelope(
         schema=manifest.schema,
         generation=manifest.generation,
         writer=manifest.writer,
         time=manifest.time,
         checksum=_PLACEHOLDER,
-        body=msgspec.Raw(_encoder.encode(manifest.body)),
+        body=msgspec.Raw(body),
     )
     data = _pretty(_encoder.encode(envelope)) + b"\n"
     # Indenting re-lays the body too, so the checksum is taken over the body exactly as it
@@ -240,8 +245,8 @@ def encode(manifest: Manifest) -> bytes:
     # out rather than decoded: the body is the envelope's last field, so it runs from its
     # key (unique at depth one: JSON strings hold no raw newline) to the closing "\n}\n".
     start = data.index(_BODY_KEY) + len(_BODY_KEY)
-    body = data[start : -len(b"\n}\n")]
-    return data.replace(_PLACEHOLDER.encode(), checksum(body).encode(), 1)
+    laid_out = data[start : -len(b"\n}\n")]
+    return data.replace(_PLACEHOLDER.encode(), checksum(laid_out).encode(), 1)
 
 
 def encode_body(body: Body) -> bytes:

@@ -507,7 +507,7 @@ class Store:
         _replace(
             dfd,
             self.path / CURRENT,
-            manifest.encode(result),
+            manifest.encode(result, encoded),
             0o600,
             history=_generation_name(generation),
             leftovers=self._leftovers,
