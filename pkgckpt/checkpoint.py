@@ -161,9 +161,6 @@ class Tracker:
         history = list(recorded.history) if recorded is not None else []
         return _Track(env, base, pinned, state, {}, history)
 
-    def tracked(self, env: Environment) -> bool:
-        return env_key(env) in self._tracks
-
     def state(self, env: Environment) -> dict[str, Package] | None:
         """The recorded state of `env` as this tracker holds it (None: not scanned yet)."""
         track = self._tracks.get(env_key(env))
