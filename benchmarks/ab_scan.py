@@ -21,7 +21,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ from types import ModuleType
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from bench_scan import COUNT, age, write_dist
+from bench_scan import COUNT, site_tree
 
 from pkgckpt.scan import python as current
 
@@ -63,14 +62,8 @@ def cpu() -> float:
 
 
 def main(rev: str, rounds: int) -> None:
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    with tempfile.TemporaryDirectory(dir=base, prefix="ab-scan-") as tmp:
-        site = Path(tmp) / "site-packages"
-        site.mkdir()
-        for i in range(COUNT):
-            write_dist(site, i)
-        age(site)
-        old = earlier(rev, Path(tmp))
+    with site_tree("ab-scan-") as site:
+        old = earlier(rev, site.parent)
         assert old.scan_site(site) == current.scan_site(site), "the scanners disagree"
         scanners = {"before": old.SiteScanner(site), "after": current.SiteScanner(site)}
         for scanner in scanners.values():

@@ -15,6 +15,7 @@ each). The peers that run as processes are timed by wall clock, and their CPU ti
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -66,15 +67,22 @@ def write_dist(site: Path, i: int) -> Path:
     return info
 
 
-@pytest.fixture(scope="module")
-def site() -> Iterator[Path]:
+@contextlib.contextmanager
+def site_tree(prefix: str) -> Iterator[Path]:
+    """A site-packages of COUNT dists, aged, on tmpfs when there is one; removed after."""
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    with tempfile.TemporaryDirectory(dir=base, prefix="bench-scan-") as tmp:
+    with tempfile.TemporaryDirectory(dir=base, prefix=prefix) as tmp:
         root = Path(tmp) / "site-packages"
         root.mkdir()
         for i in range(COUNT):
             write_dist(root, i)
         age(root)
+        yield root
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Path]:
+    with site_tree("bench-scan-") as root:
         yield root
 
 
