@@ -212,7 +212,13 @@ def test_a_corrupt_kept_answer_is_ignored_and_replaced(tmp_path: Path, started: 
     truth = python_env(prefix, cache_dir=run)
     path = _kept(run)
     good = path.read_bytes()
-    for bad in (b"\xff\xfe not json", good[: len(good) // 2], b'{"key": 3}', b""):
+    for bad in (
+        b"\xff\xfe not json",
+        good[: len(good) // 2],
+        b'{"key": 3}',
+        b'{"key": "\xff"}',
+        b"",
+    ):
         path.write_bytes(bad)
         path.chmod(0o600)
         started.clear()

@@ -195,7 +195,8 @@ def _recall(path: Path, python: Path, key: str) -> PythonEnv | None:
         os.close(fd)
     try:
         kept = _kept_decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec reports invalid UTF-8 inside a JSON string as UnicodeDecodeError.
         log.debug("%s does not decode; ignored", path)
         return None
     if kept.key != key or any(_identity(s.path, s.follow) != s for s in kept.stamps):
