@@ -32,9 +32,10 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
+from typing import TypeAlias
 
 import msgspec
 
@@ -116,8 +117,11 @@ def describe(env: Environment, change: Change) -> str:
     return f"{change.action} {change.name} {versions} in {_where(env)}"
 
 
+_Handler: TypeAlias = Callable[[int, FrameType | None], None]
+
+
 @contextlib.contextmanager
-def _signals(on_stop: object, on_rescan: object) -> Iterator[int]:
+def _signals(on_stop: _Handler, on_rescan: _Handler) -> Iterator[int]:
     """Route SIGTERM/SIGINT/SIGHUP to the handlers; yield the read end of the wake-up pipe.
 
     `signal.set_wakeup_fd` makes the C-level handler write to the pipe, which the watcher
@@ -125,7 +129,7 @@ def _signals(on_stop: object, on_rescan: object) -> Iterator[int]:
     """
     read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     previous = {
-        signum: signal.signal(signum, handler)  # type: ignore[arg-type]
+        signum: signal.signal(signum, handler)
         for signum, handler in (
             (signal.SIGTERM, on_stop),
             (signal.SIGINT, on_stop),
