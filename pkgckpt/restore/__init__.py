@@ -117,6 +117,9 @@ class Step(_Out, frozen=True, kw_only=True):
     def package(self) -> Package:
         return Package(name=self.name, version=self.version, source=self.source)
 
+    def failure(self, action: Literal["install", "remove"], message: str) -> Failure:
+        return Failure(name=self.name, version=self.version, action=action, message=message)
+
 
 class Failure(_Out, frozen=True, kw_only=True):
     """A package that was not restored, and why (the installer's last lines)."""
@@ -395,9 +398,7 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
             if why is None:
                 ready.append(step)
             else:
-                blocked.append(
-                    Failure(name=step.name, version=step.version, action="install", message=why)
-                )
+                blocked.append(step.failure("install", why))
         gone.sort(key=lambda s: _key(kind, s.name))
         environments.append(
             EnvPlan(
@@ -450,6 +451,14 @@ class _Env:
         self.deadline = deadline
         self.failed: dict[str, Failure] = {}
 
+    def placed(self, step: Step, now: Mapping[str, Package]) -> bool:
+        """An install step is done: the version and source the manifest records."""
+        return _in_place(self.kind, step, now.get(_key(self.kind, step.name)))
+
+    def gone(self, step: Step, now: Mapping[str, Package]) -> bool:
+        """A remove step is done: no version of the package is left."""
+        return _key(self.kind, step.name) not in now
+
     def _settle(
         self,
         steps: Sequence[Step],
@@ -467,9 +476,7 @@ class _Env:
         if len(steps) == 1 or outcome.timed_out:
             message = outcome.tail()
             for s in left:
-                self.failed[s.name] = Failure(
-                    name=s.name, version=s.version, action=action, message=message
-                )
+                self.failed[s.name] = s.failure(action, message)
             return
         middle = (len(left) + 1) // 2
         for part in (left[:middle], left[middle:]) if len(left) > 1 else (left,):
@@ -486,19 +493,13 @@ class _Env:
                 [s.package() for s in batch], reinstall=reinstall, deadline=self.deadline
             )
 
-        def done(step: Step, now: Mapping[str, Package]) -> bool:
-            return _in_place(self.kind, step, now.get(_key(self.kind, step.name)))
-
-        self._settle(steps, "install", attempt, done)
+        self._settle(steps, "install", attempt, self.placed)
 
     def remove(self, steps: Sequence[Step]) -> None:
         def attempt(batch: Sequence[Step]) -> Outcome:
             return self.installer.remove([s.package() for s in batch], deadline=self.deadline)
 
-        def done(step: Step, now: Mapping[str, Package]) -> bool:
-            return _key(self.kind, step.name) not in now
-
-        self._settle(steps, "remove", attempt, done)
+        self._settle(steps, "remove", attempt, self.gone)
 
 
 def _apply(
@@ -515,14 +516,8 @@ def _apply(
         if target is None:
             # Planned elsewhere (plan() then apply() with other settings): nothing done here.
             reason = "environment not found here"
-            failed += [
-                Failure(name=s.name, version=s.version, action="install", message=reason)
-                for s in ep.install
-            ]
-            failed += [
-                Failure(name=s.name, version=s.version, action="remove", message=reason)
-                for s in ep.remove
-            ]
+            failed += [s.failure("install", reason) for s in ep.install]
+            failed += [s.failure("remove", reason) for s in ep.remove]
             reports.append(EnvReport(env=ep.env, installer=ep.installer, failed=tuple(failed)))
             continue
         work = _Env(target, _installer(target.env, config), deadline)
@@ -537,31 +532,21 @@ def _apply(
         installed: list[str] = []
         removed: list[str] = []
         for s in ep.install:
-            if _in_place(work.kind, s, now.get(_key(work.kind, s.name))):
+            if work.placed(s, now):
                 installed.append(f"{s.name}=={s.version}")
             else:
                 failed.append(
                     work.failed.get(s.name)
-                    or Failure(
-                        name=s.name,
-                        version=s.version,
-                        action="install",
-                        message="not installed after the installer reported success",
-                    )
+                    or s.failure("install", "not installed after the installer reported success")
                 )
         for s in ep.remove:
-            if _key(work.kind, s.name) in now:
+            if work.gone(s, now):
+                removed.append(f"{s.name}=={s.version}")
+            else:
                 failed.append(
                     work.failed.get(s.name)
-                    or Failure(
-                        name=s.name,
-                        version=s.version,
-                        action="remove",
-                        message="still installed after the installer reported success",
-                    )
+                    or s.failure("remove", "still installed after the installer reported success")
                 )
-            else:
-                removed.append(f"{s.name}=={s.version}")
         report = EnvReport(
             env=ep.env,
             installer=ep.installer,
