@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -19,13 +18,8 @@ from pkgckpt import manifest
 from pkgckpt.errors import ManifestError, StoreError, UnknownSchema, UsageError
 from pkgckpt.store import Store, atomic_write
 
-_spec = importlib.util.spec_from_file_location(
-    "store_child", Path(__file__).parent / "faults" / "store_child.py"
-)
-assert _spec is not None and _spec.loader is not None
-child = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(child)
-make_body = child.make_body
+sys.path.insert(0, str(Path(__file__).parent / "faults"))
+from store_child import label, make_body
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
 FOREIGN_UID = 12345
@@ -41,8 +35,8 @@ def names(store: Store) -> list[str]:
 
 
 def commit_labels(store: Store, *labels: str) -> None:
-    for label in labels:
-        assert store.commit(make_body(label)) is not None
+    for each in labels:
+        assert store.commit(make_body(each)) is not None
 
 
 # -- layout and generations ----------------------------------------------------------------
@@ -99,9 +93,7 @@ def test_generations_are_pruned_to_keep(tmp_path: Path) -> None:
         "manifest.7.json",
         "manifest.json",
     ]
-    assert [child.label(manifest.decode(p.read_bytes())) for p in store.path.iterdir()].count(
-        "g"
-    ) == 2
+    assert [label(manifest.decode(p.read_bytes())) for p in store.path.iterdir()].count("g") == 2
 
 
 def test_a_new_writer_continues_the_generations(store: Store) -> None:
@@ -153,7 +145,7 @@ def test_truncated_current_falls_back_loudly(
     reader = Store(store.root, store.key)
     with caplog.at_level(logging.WARNING, logger="pkgckpt.store"):
         found = reader.read()
-    assert found is not None and found.generation == 2 and child.label(found) == "b"
+    assert found is not None and found.generation == 2 and label(found) == "b"
     assert reader.last_read_warning is not None
     assert "using generation 2 from manifest.2.json" in reader.last_read_warning
     assert reader.last_read_warning in caplog.text
@@ -409,7 +401,7 @@ def test_leftovers_are_ignored_and_only_own_stale_temps_removed(store: Store) ->
     for name in (dead, live, other_host, silly):
         (store.path / name).write_bytes(b'{"schema": 1, "truncat')
     found = Store(store.root, store.key).read()
-    assert found is not None and child.label(found) == "a"
+    assert found is not None and label(found) == "a"
     assert Store(store.root, store.key).commit(make_body("b")) is not None
     assert names(store) == sorted(
         [live, other_host, silly, "manifest.1.json", "manifest.2.json", "manifest.json"]
