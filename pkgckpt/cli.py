@@ -38,7 +38,7 @@ PKGCKPT_ENV=prefix1:prefix2, PKGCKPT_QUIET_MS, ...) > config files
 (/etc/pkgckpt/config.toml, then ~/.config/pkgckpt/config.toml, then --config FILE
 or PKGCKPT_CONFIG; TOML with the same names: store, key, env = [...]) > defaults."""
 
-_FIELDS = frozenset(f for f in config.Config.__dataclass_fields__)
+_FIELDS = frozenset(config.Config.__dataclass_fields__)
 
 _SELECTORS = (
     click.option(
