@@ -171,7 +171,7 @@ class Daemon:
         self.next_ping: float | None = None
         self.next_backstop: float | None = None
         # inventory.targets gives each root to one target only.
-        self._by_root = {Path(r): t for t in self.targets for r in t.roots}
+        self._by_root = {r: t for t in self.targets for r in t.roots}
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -310,7 +310,7 @@ class Daemon:
             self.next_ping = now + self.watchdog
 
     def _targets_of(self, roots: Iterable[Path]) -> list[Target]:
-        chosen = {id(t): t for t in (self._by_root.get(Path(r)) for r in roots) if t is not None}
+        chosen = {id(t): t for t in (self._by_root.get(r) for r in roots) if t is not None}
         return list(chosen.values())
 
     def _open(self) -> None:
@@ -328,13 +328,12 @@ class Daemon:
         for env, change in changes:
             log.info("%s", describe(env, change))
         self.uncommitted.extend(c for _, c in changes)
-        if session.tracker.inferred:
-            for env in session.tracker.inferred:
-                log.warning(
-                    "no baseline for %s: every recorded package is kept, changes seen from "
-                    "now on are added (run `pkgckpt baseline` or `pkgckpt restore` first)",
-                    _where(env),
-                )
+        for env in session.tracker.inferred:
+            log.warning(
+                "no baseline for %s: every recorded package is kept, changes seen from "
+                "now on are added (run `pkgckpt baseline` or `pkgckpt restore` first)",
+                _where(env),
+            )
 
     def _scan(self, targets: Iterable[Target]) -> None:
         assert self.session is not None
