@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ def run(*argv: str) -> int:
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Hermetic settings (no PKGCKPT_*, private runtime and config dirs) for this process."""
     variables = hermetic(tmp_path)
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("PKGCKPT_"):
             monkeypatch.delenv(name)
     for name in ("XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "UV_CACHE_DIR", "PIP_CONFIG_FILE"):
