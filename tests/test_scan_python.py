@@ -435,6 +435,21 @@ def test_change_within_one_timestamp_tick_is_not_missed(aged_site: Path) -> None
     assert scanner.scan().packages["racy"].requested is True
 
 
+def test_removal_within_one_timestamp_tick_of_the_directory_is_not_missed(
+    tmp_path: Path,
+) -> None:
+    """An entry removed while the directory's mtime holds (same tick) leaves the rescan."""
+    site = tmp_path / "site"
+    for name in ("kept", "gone"):
+        dist_info(site, name, "1.0")
+    scanner = SiteScanner(site)
+    assert set(scanner.scan().packages) == {"kept", "gone"}
+    st = site.stat()
+    shutil.rmtree(site / "gone-1.0.dist-info")
+    os.utime(site, ns=(st.st_atime_ns, st.st_mtime_ns))  # the same coarse tick as before
+    assert set(scanner.scan().packages) == {"kept"}
+
+
 def test_finished_install_leaves_in_progress(tmp_path: Path) -> None:
     """An in-progress entry is looked at again each scan until its RECORD appears."""
     site = tmp_path / "site"

@@ -362,12 +362,13 @@ class SiteScanner:
         try:
             st = os.fstat(fd)
             root = (st.st_ino, st.st_mtime_ns)
-            if root == self._root and not self._root_suspect:
+            partial = root == self._root and not self._root_suspect
+            if partial:
                 names = [n for n, c in self._cache.items() if c.suspect]
             else:
                 # Names only: a DirEntry per entry costs more than the listing itself.
                 names = [n for n in os.listdir(fd) if n.endswith(_SUFFIXES)]  # noqa: PTH208
-            cache = self._refresh(fd, names, now, partial=root == self._root)
+            cache = self._refresh(fd, names, now, partial=partial)
         except OSError as e:
             raise ScanError(f"cannot read {self.path}: {e.strerror}") from None
         finally:
