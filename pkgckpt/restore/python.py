@@ -68,19 +68,24 @@ def _has_pip(prefix: Path) -> bool:
     return any(prefix.glob("lib/python3*/*-packages/pip/__init__.py"))
 
 
-def _local_path(url: str) -> Path | None:
+def local_path(url: str) -> Path | None:
+    """The path a `file:` URL names on this machine (None: it names another host)."""
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         return None
     return Path(url2pathname(parts.path))
 
 
-def _reachable(url: str, schemes: Sequence[str]) -> str | None:
+def url_blocked(url: str, schemes: Sequence[str]) -> str | None:
+    """Why `url` may not (scheme) or cannot (missing file) be fetched here, or None.
+
+    Shared with `restore/r.py`: R sources follow the same rules.
+    """
     scheme = urlsplit(url).scheme.lower()
     if scheme not in schemes:
         return f"URL scheme {scheme!r} is not allowed (allowed: {', '.join(schemes)})"
     if scheme == "file":
-        path = _local_path(url)
+        path = local_path(url)
         if path is None or not path.exists():
             return f"{url} does not exist here"
     return None
@@ -156,11 +161,11 @@ class PythonInstaller:
         if isinstance(source, IndexSource):
             return None
         if isinstance(source, UrlSource):
-            return _reachable(source.url, URL_SCHEMES)
+            return url_blocked(source.url, URL_SCHEMES)
         if isinstance(source, VcsSource):
             if shutil.which(source.vcs) is None:
                 return f"{source.vcs} is not installed"
-            return _reachable(source.url, VCS_SCHEMES)
+            return url_blocked(source.url, VCS_SCHEMES)
         if not Path(source.path).is_dir():
             return f"directory {source.path} does not exist here"
         return None

@@ -49,7 +49,7 @@ from ..config import Config
 from ..errors import RestoreError
 from ..manifest import DirectorySource, Environment, IndexSource, Package, UrlSource, VcsSource
 from ..scan.r import DescriptionError, dependencies, parse_dcf
-from .python import URL_SCHEMES, VCS_SCHEMES, _local_path, _reachable
+from .python import URL_SCHEMES, VCS_SCHEMES, local_path, url_blocked
 from .runner import Deadline, Outcome, call
 from .validate import r_name, r_version
 
@@ -204,7 +204,7 @@ def _download_source(source: UrlSource, work: Path, deadline: Deadline) -> Path:
     the unpacked package directory (the tarball's single top directory)."""
     archive = work / "source.tar.gz"
     if urlsplit(source.url).scheme.lower() == "file":
-        local = _local_path(source.url)
+        local = local_path(source.url)
         if local is None:
             raise ValueError("not a local file URL")
         shutil.copyfile(local, archive)
@@ -256,13 +256,13 @@ class RInstaller:
                 return "no R repository configured (--r-repo URL, or r_repo in the config)"
             return None
         if isinstance(source, UrlSource):
-            return _reachable(source.url, URL_SCHEMES)
+            return url_blocked(source.url, URL_SCHEMES)
         if isinstance(source, VcsSource):
             if source.vcs != "git":
                 return f"R packages are restored from git, not {source.vcs}"
             if shutil.which("git") is None:
                 return "git is not installed"
-            return _reachable(source.url, VCS_SCHEMES)
+            return url_blocked(source.url, VCS_SCHEMES)
         if not Path(source.path, source.subdirectory or "").is_dir():
             return f"directory {source.path} does not exist here"
         return None
