@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from wheelhouse import make_venv
 
 from pkgckpt import manifest
 from pkgckpt.config import Config
@@ -23,7 +24,6 @@ from pkgckpt.inventory import (
     targets,
 )
 from pkgckpt.manifest import Baseline, Environment
-from tests.wheelhouse import make_venv
 
 
 def dist_info(site: Path, name: str, version: str) -> None:
