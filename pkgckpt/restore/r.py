@@ -359,19 +359,16 @@ class RInstaller:
         script.write_text(FETCH_R, encoding="utf-8")
         argv = [self.rscript, "--vanilla", str(script), str(request), str(answer), str(downloads)]
         outcome = call(argv, deadline=deadline)
+        if not outcome.ok:
+            results.update((p.name, outcome) for p in packages)
+            return {}
         found: dict[tuple[str, str], tuple[str, str]] = {}
-        if outcome.ok:
-            for line in answer.read_text(encoding="utf-8", errors="replace").splitlines():
-                name, version, file, origin = [*line.split("\t"), "", "", ""][:4]
-                found[(name, version)] = (file, origin)
+        for line in answer.read_text(encoding="utf-8", errors="replace").splitlines():
+            name, version, file, origin = [*line.split("\t"), "", "", ""][:4]
+            found[(name, version)] = (file, origin)
         tarballs: dict[str, Prepared] = {}
         for p in packages:
             file, origin = found.get((p.name, p.version), ("", ""))
-            if not outcome.ok:
-                results[p.name] = Outcome(
-                    outcome.argv, outcome.returncode, outcome.output, outcome.timed_out
-                )
-                continue
             path = Path(file)
             if not file or not path.is_absolute():
                 repos = ", ".join(self.repos)
