@@ -598,7 +598,7 @@ def _assemble(cache: dict[str, _Cached]) -> ScanResult:
             broken[cached.order[1]] = str(value)
     # Editables last (their kind sorts after the dists): fill in dists with no direct_url.
     for key, path in editables.items():
-        if key in packages and packages[key].source == IndexSource():
+        if key in packages and packages[key].source == _INDEX:
             source = DirectorySource(path=path, editable=True)
             packages[key] = msgspec.structs.replace(packages[key], source=source)
     return ScanResult(packages=packages, broken=broken, in_progress=frozenset(in_progress))
