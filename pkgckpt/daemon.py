@@ -403,16 +403,15 @@ class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
     generation: int | None
     committed: bool
     """A new generation was written (False: the store already had this record)."""
-    changes: tuple[Change, ...] = ()
     by_daemon: bool = False
     """The running daemon did it (one writer per manifest)."""
 
     def render(self) -> str:
-        who = "the daemon" if self.by_daemon else "snapshot"
         if self.generation is None:
             return "nothing to checkpoint: nothing recorded\n"
         if not self.committed:
             return f"nothing to checkpoint: generation {self.generation} is current\n"
+        who = "the daemon" if self.by_daemon else "snapshot"
         return f"{who} wrote generation {self.generation}\n"
 
 
@@ -424,12 +423,11 @@ def snapshot(config: Config) -> SnapshotResult:
         return _ask_daemon(config, state)
     targets = checkpoint.targets(config)
     store = Store(config.store, config.key)
-    session, changes = checkpoint.open_session(config, targets, store)
+    session, _ = checkpoint.open_session(config, targets, store)
     committed = checkpoint.commit(session)
     return SnapshotResult(
         generation=committed.generation if committed else session.generation,
         committed=committed is not None,
-        changes=tuple(c for _, c in changes),
     )
 
 
