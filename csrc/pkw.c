@@ -463,11 +463,6 @@ int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_m
             /* Python has a signal to handle: hand back the batch so far. */
             break;
         }
-        if (r == 0) {
-            p[0].revents = 0;
-            if (np == 2)
-                p[1].revents = 0;
-        }
     }
     finish(e, out);
     return (int)out->n_records;
