@@ -1,4 +1,5 @@
-# The compiled cffi module (csrc/ via _inotify_build.py): only what inotify.py uses.
+# The compiled cffi module (csrc/ via _inotify_build.py): what inotify.py uses, plus what
+# the smoke test (tests/test_native.py) reads (the PKW_* constants, sizes).
 from typing import Literal, final
 
 @final
