@@ -13,6 +13,8 @@ import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
+
 from pkgckpt import manifest
 from pkgckpt.manifest import Body, Manifest
 
@@ -30,6 +32,17 @@ def hermetic(tmp: Path) -> dict[str, str]:
         XDG_CONFIG_HOME=str(tmp / "config"),
     )
     return env
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Installers inherit our environment: give them this test's settings only (autouse in
+    every test module that imports it)."""
+    for key in list(os.environ):
+        if key.startswith(("PIP_", "UV_", "PKGCKPT_")) or key == "R_LIBS_USER":
+            monkeypatch.delenv(key)
+    for key, value in hermetic(tmp_path).items():
+        monkeypatch.setenv(key, value)
 
 
 def installed(site_packages: Path) -> dict[str, str]:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
-from restore_kit import broken_sdist, hermetic, installed, pkgckpt, put_manifest, slow_sdist
+from restore_kit import (
+    broken_sdist,
+    hermetic,
+    installed,
+    isolated,  # noqa: F401 (an autouse fixture)
+    pkgckpt,
+    put_manifest,
+    slow_sdist,
+)
 from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt import restore
@@ -40,16 +47,6 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
         build_wheel(dist, out)
     broken_sdist("brokenpkg", "1.0", out)
     return out
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Installers inherit our environment: give them this test's settings only."""
-    for key in list(os.environ):
-        if key.startswith(("PIP_", "UV_", "PKGCKPT_")) or key == "R_LIBS_USER":
-            monkeypatch.delenv(key)
-    for key, value in hermetic(tmp_path).items():
-        monkeypatch.setenv(key, value)
 
 
 @pytest.fixture

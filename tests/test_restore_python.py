@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from restore_kit import (
+    installed,
+    isolated,  # noqa: F401 (an autouse fixture)
+)
 from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt.config import Config
@@ -17,15 +20,6 @@ from pkgckpt.restore.python import PythonInstaller, requirement
 from pkgckpt.restore.runner import Deadline
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The machine's pip.conf and PIP_FIND_LINKS must not leak into what is tested."""
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
-    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
-    monkeypatch.setenv("UV_NO_CONFIG", "1")
 
 
 @pytest.fixture(scope="session")
@@ -47,14 +41,6 @@ def bare(tmp_path: Path) -> Iterator[Venv]:
     yield make_venv(tmp_path / "bare", with_pip=False)
 
 
-def installed(venv: Venv) -> dict[str, str]:
-    found = {}
-    for info in venv.site_packages.glob("*.dist-info"):
-        name, version = info.name.removesuffix(".dist-info").rsplit("-", 1)
-        found[name] = version
-    return found
-
-
 def config(wheels: Path, installer: str) -> Config:
     return Config(installer=installer, no_index=True, find_links=(str(wheels),))
 
@@ -72,7 +58,7 @@ def test_exact_pins_without_dependencies(tool: str, wheels: Path, bare: Venv) ->
     out = installer.install(pins, reinstall=False, deadline=Deadline(120))
     assert out.ok, out.output
     assert "--" in out.argv and out.argv.index("--") == len(out.argv) - 3
-    assert installed(bare) == {"alpha": "1.0", "beta": "1.0"}  # no gamma: --no-deps
+    assert installed(bare.site_packages) == {"alpha": "1.0", "beta": "1.0"}  # no gamma: --no-deps
 
 
 @pytest.mark.parametrize("tool", ["uv", "pip"])
@@ -87,7 +73,7 @@ def test_pin_replaces_another_version(tool: str, wheels: Path, bare: Venv) -> No
         [Package(name="alpha", version="1.0")], reinstall=False, deadline=deadline
     )
     assert out.ok, out.output
-    assert installed(bare) == {"alpha": "1.0"}
+    assert installed(bare.site_packages) == {"alpha": "1.0"}
 
 
 @pytest.mark.parametrize("tool", ["uv", "pip"])
@@ -99,7 +85,7 @@ def test_remove_touches_only_the_named_packages(tool: str, wheels: Path, bare: V
     assert installer.install(both, reinstall=False, deadline=deadline).ok
     out = installer.remove([Package(name="gamma", version="1.0")], deadline=deadline)
     assert out.ok, out.output
-    assert installed(bare) == {"alpha": "1.0"}
+    assert installed(bare.site_packages) == {"alpha": "1.0"}
 
 
 def test_a_version_missing_from_the_index_fails_with_the_reason(wheels: Path, bare: Venv) -> None:
@@ -109,7 +95,7 @@ def test_a_version_missing_from_the_index_fails_with_the_reason(wheels: Path, ba
         [Package(name="alpha", version="9.9")], reinstall=False, deadline=Deadline(60)
     )
     assert not out.ok and "alpha" in out.tail()
-    assert installed(bare) == {}
+    assert installed(bare.site_packages) == {}
 
 
 def test_pip_of_the_environment_is_preferred(wheels: Path, tmp_path: Path) -> None:
@@ -121,7 +107,7 @@ def test_pip_of_the_environment_is_preferred(wheels: Path, tmp_path: Path) -> No
     )
     assert out.ok, out.output
     assert out.argv[:3] == (str(venv.prefix / "bin" / "python3"), "-m", "pip")
-    assert installed(venv)["gamma"] == "1.0"
+    assert installed(venv.site_packages)["gamma"] == "1.0"
 
 
 def test_auto_prefers_uv_when_installed(wheels: Path, bare: Venv) -> None:
@@ -159,7 +145,7 @@ def test_file_url_source_is_reinstalled_from_that_file(
     assert installer.blocked(package) is None
     out = installer.install([package], reinstall=False, deadline=Deadline(60))
     assert out.ok, out.output
-    assert installed(bare) == {"delta": "3.0"}
+    assert installed(bare.site_packages) == {"delta": "3.0"}
     direct = next(bare.site_packages.glob("delta-3.0.dist-info")) / "direct_url.json"
     assert wheel.as_uri() in direct.read_text()
 

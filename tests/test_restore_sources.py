@@ -3,13 +3,17 @@ recorded, as the real scanner then sees them, so a second run has nothing to do.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from restore_kit import hermetic, installed, project, put_manifest
+from restore_kit import (
+    installed,
+    isolated,  # noqa: F401 (an autouse fixture)
+    project,
+    put_manifest,
+)
 from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt import restore
@@ -19,15 +23,6 @@ from pkgckpt.inventory import targets
 from pkgckpt.manifest import Body, Delta, DirectorySource, Environment, Package, VcsSource
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in list(os.environ):
-        if key.startswith(("PIP_", "UV_", "PKGCKPT_")) or key == "R_LIBS_USER":
-            monkeypatch.delenv(key)
-    for key, value in hermetic(tmp_path).items():
-        monkeypatch.setenv(key, value)
 
 
 @pytest.fixture
