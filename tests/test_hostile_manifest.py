@@ -7,6 +7,7 @@ restore's own validation stands between them and an installer; corrupt ones are 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,10 +110,17 @@ CRAFTED = {
 }
 
 
-def check_refused(out_code: int, stdout: str, stderr: str, venv: Venv, expect: str) -> None:
-    assert out_code == 1, (stdout, stderr)
-    assert "Traceback" not in stdout + stderr
-    assert expect in stderr, stderr
+def restore(tmp_path: Path, venv: Venv, *options: str) -> subprocess.CompletedProcess[str]:
+    """The real `pkgckpt restore` of key alice from `tmp_path/store` into `venv`."""
+    store = str(tmp_path / "store")
+    args = ("--store", store, "--key", "alice", "--env", str(venv.prefix), *options)
+    return pkgckpt("restore", *args, env=hermetic(tmp_path))
+
+
+def check_refused(out: subprocess.CompletedProcess[str], venv: Venv, expect: str) -> None:
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stdout + out.stderr
+    assert expect in out.stderr, out.stderr
     assert installed(venv.site_packages) == {}, "something was installed from a refused manifest"
     assert not Path(MARKER).exists()
 
@@ -124,22 +132,9 @@ def test_crafted_manifest_is_refused_and_nothing_installed(
     """A checksummed manifest with one hostile entry is refused whole: not even `alpha` installs."""
     venv, wheels = image
     build, expect = CRAFTED[case]
-    store = tmp_path / "store"
-    put_manifest(store, "alice", build(env_of(venv)))
-    out = pkgckpt(
-        "restore",
-        "--store",
-        str(store),
-        "--key",
-        "alice",
-        "--env",
-        str(venv.prefix),
-        "--no-index",
-        "--find-links",
-        str(wheels),
-        env=hermetic(tmp_path),
-    )
-    check_refused(out.returncode, out.stdout, out.stderr, venv, expect)
+    put_manifest(tmp_path / "store", "alice", build(env_of(venv)))
+    out = restore(tmp_path, venv, "--no-index", "--find-links", str(wheels))
+    check_refused(out, venv, expect)
     assert "refusing the manifest" in out.stderr
 
 
@@ -187,44 +182,18 @@ def test_corrupt_manifest_is_refused_with_a_message(
     """Bytes that are not a whole, known manifest give a one-line reason and exit 1."""
     venv, wheels = image
     make, expect = RAW[case]
-    store = tmp_path / "store"
-    put_manifest(store, "alice", make())
-    out = pkgckpt(
-        "restore",
-        "--store",
-        str(store),
-        "--key",
-        "alice",
-        "--env",
-        str(venv.prefix),
-        "--no-index",
-        "--find-links",
-        str(wheels),
-        env=hermetic(tmp_path),
-    )
-    check_refused(out.returncode, out.stdout, out.stderr, venv, expect)
+    put_manifest(tmp_path / "store", "alice", make())
+    out = restore(tmp_path, venv, "--no-index", "--find-links", str(wheels))
+    check_refused(out, venv, expect)
 
 
 def test_manifest_writable_by_others_is_refused(image: tuple[Venv, Path], tmp_path: Path) -> None:
     """A manifest someone else could have written is not trusted, however valid it looks."""
     venv, wheels = image
-    store = tmp_path / "store"
-    path = put_manifest(store, "alice", crafted()(env_of(venv)))
+    path = put_manifest(tmp_path / "store", "alice", crafted()(env_of(venv)))
     path.chmod(0o666)
-    out = pkgckpt(
-        "restore",
-        "--store",
-        str(store),
-        "--key",
-        "alice",
-        "--env",
-        str(venv.prefix),
-        "--no-index",
-        "--find-links",
-        str(wheels),
-        env=hermetic(tmp_path),
-    )
-    check_refused(out.returncode, out.stdout, out.stderr, venv, "writable by group or others")
+    out = restore(tmp_path, venv, "--no-index", "--find-links", str(wheels))
+    check_refused(out, venv, "writable by group or others")
 
 
 def test_refusal_in_json_mode_is_still_an_error_not_a_plan(
@@ -232,20 +201,8 @@ def test_refusal_in_json_mode_is_still_an_error_not_a_plan(
 ) -> None:
     """With --json a refused manifest still exits 1 with the reason, and prints no plan."""
     venv, _ = image
-    store = tmp_path / "store"
-    put_manifest(store, "alice", crafted(pkg("--pre"))(env_of(venv)))
-    out = pkgckpt(
-        "restore",
-        "--json",
-        "--dry-run",
-        "--store",
-        str(store),
-        "--key",
-        "alice",
-        "--env",
-        str(venv.prefix),
-        env=hermetic(tmp_path),
-    )
-    check_refused(out.returncode, out.stdout, out.stderr, venv, "refusing the manifest")
+    put_manifest(tmp_path / "store", "alice", crafted(pkg("--pre"))(env_of(venv)))
+    out = restore(tmp_path, venv, "--json", "--dry-run")
+    check_refused(out, venv, "refusing the manifest")
     if out.stdout.strip():
         assert "error" in json.loads(out.stdout)
