@@ -253,8 +253,14 @@ class _Python:
         self._watches[wd] = _PyWatch(-1, markers, Path(path), "")
         return wd
 
+    def _marker_find(self, parent: int, name: str) -> int | None:
+        for wd, w in self._watches.items():
+            if w.parent == parent and w.name == name:
+                return wd
+        return None
+
     def _marker_watch(self, parent: int, name: str, table: _Table | None) -> int:
-        if any(w.parent == parent and w.name == name for w in self._watches.values()):
+        if self._marker_find(parent, name) is not None:
             return 0
         path = self._watches[parent].path / name
         wd = self._add(path, _MARKER_MASK)
@@ -310,9 +316,9 @@ class _Python:
             return
         if w.markers and mask & IN_ISDIR and name and is_marker(name):
             if mask & (IN_DELETE | IN_MOVED_FROM):
-                for mwd, m in list(self._watches.items()):
-                    if m.parent == wd and m.name == name:
-                        self._marker_drop(mwd)
+                mwd = self._marker_find(wd, name)
+                if mwd is not None:
+                    self._marker_drop(mwd)
             if mask & (IN_CREATE | IN_MOVED_TO):
                 # A failure loses nothing: the creation is reported, the scanner reads the disk.
                 with contextlib.suppress(OSError):
