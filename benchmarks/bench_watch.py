@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +37,9 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from watch_kit import pip_like_burst
+from watch_kit import pip_like_burst, shm
+
+__all__ = ["shm"]  # fixtures
 
 DIST = "bigpkg-1.0.dist-info"
 ROUNDS = int(os.environ.get("BENCH_WATCH_ROUNDS", "5"))
@@ -268,19 +269,9 @@ class Child:
 CHILD = Child()
 
 
-@pytest.fixture
-def shm_base() -> Iterator[Path]:
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    d = Path(tempfile.mkdtemp(prefix="bench-watch-", dir=base))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
 @pytest.mark.parametrize("name", list(WATCHERS))
 @pytest.mark.benchmark(group="watch: CPU s of the watcher, pip-like burst", timer=CHILD.cpu)
-def test_burst(benchmark: BenchmarkFixture, shm_base: Path, name: str) -> None:
+def test_burst(benchmark: BenchmarkFixture, shm: Path, name: str) -> None:
     """CPU of the watching process while 20,000 files land, until RECORD is seen."""
     CHILD.counts.clear()
     CHILD.missed = 0
@@ -289,7 +280,7 @@ def test_burst(benchmark: BenchmarkFixture, shm_base: Path, name: str) -> None:
     def setup() -> tuple[tuple[Path], dict[str, object]]:
         nonlocal n
         n += 1
-        site = shm_base / f"site-{n}"
+        site = shm / f"site-{n}"
         site.mkdir()
         CHILD.start(WATCHERS[name], site)
         return (site,), {}
@@ -313,9 +304,9 @@ def test_burst(benchmark: BenchmarkFixture, shm_base: Path, name: str) -> None:
         assert CHILD.missed == 0, "pkgckpt did not see RECORD arrive"
 
 
-def test_idle_watchers(shm_base: Path) -> None:
+def test_idle_watchers(shm: Path) -> None:
     """Wake-ups and RSS of each watcher left idle on a site holding the burst's tree."""
-    site = shm_base / "site"
+    site = shm / "site"
     site.mkdir()
     pip_like_burst(site)
     children = {}

@@ -24,7 +24,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 def shm(tmp_path: Path) -> Iterator[Path]:
     """A directory on tmpfs: bursts of files should measure the watcher, not the disk."""
     base = Path("/dev/shm")
-    if not base.is_dir():
+    if not os.access(base, os.W_OK):
         yield tmp_path
         return
     d = Path(tempfile.mkdtemp(prefix="pkgckpt-test-", dir=base))
