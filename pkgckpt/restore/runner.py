@@ -33,8 +33,7 @@ class Deadline:
     """The end of the whole restore run (`--timeout`); `seconds=None` or 0 means no limit."""
 
     def __init__(self, seconds: float | None) -> None:
-        self.seconds = seconds or None
-        self._end = time.monotonic() + self.seconds if self.seconds else None
+        self._end = time.monotonic() + seconds if seconds else None
 
     def remaining(self) -> float | None:
         """Seconds left (never negative), or None when unbounded."""
