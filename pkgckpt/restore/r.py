@@ -444,6 +444,11 @@ class RInstaller:
         waiting = dict(tarballs)
         running: dict[Future[Outcome], str] = {}
         with ThreadPoolExecutor(self.jobs) as pool:
+
+            def start(name: str) -> None:
+                command = self._command(waiting.pop(name))
+                running[pool.submit(call, command, deadline=deadline)] = name
+
             while waiting or running:
                 settled = False
                 while not settled:  # a failure fails its dependents, and theirs in turn
@@ -457,16 +462,11 @@ class RInstaller:
                             results[name] = failed(tarballs[name].package, why)
                             settled = False
                         elif len(running) < self.jobs and all(d in results for d in deps):
-                            future = pool.submit(
-                                call, self._command(waiting.pop(name)), deadline=deadline
-                            )
-                            running[future] = name
+                            start(name)
                 if not running and waiting:
                     # A dependency cycle (R refuses them, but a repository could serve one):
                     # start one and let R report what it misses.
-                    name = min(waiting)
-                    future = pool.submit(call, self._command(waiting.pop(name)), deadline=deadline)
-                    running[future] = name
+                    start(min(waiting))
                 if not running:
                     continue
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
