@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +26,10 @@ from wheelhouse import Dist, Venv, build_wheel, make_venv
 from pkgckpt import restore
 from pkgckpt.config import Config
 from pkgckpt.errors import PartialRestore
+from pkgckpt.inventory import load_baseline, targets
 from pkgckpt.manifest import Body, Delta, Environment, Package, UrlSource
+from pkgckpt.restore.python import PythonInstaller
+from pkgckpt.restore.runner import Deadline
 
 pytestmark = pytest.mark.slow
 
@@ -54,9 +60,6 @@ def image(tmp_path: Path, wheels: Path) -> Iterator[Venv]:
     """The image's venv: three packages, no pip (the fast kind of venv)."""
     venv = make_venv(tmp_path / "venv", with_pip=False)
     config = Config(installer="uv", no_index=True, find_links=(str(wheels),))
-    from pkgckpt.restore.python import PythonInstaller
-    from pkgckpt.restore.runner import Deadline
-
     pins = [Package(name=n, version=v) for n, v in IMAGE.items()]
     out = PythonInstaller(Environment(kind="python", path=str(venv.prefix)), config).install(
         pins, reinstall=False, deadline=Deadline(120)
@@ -82,8 +85,6 @@ def make_config(tmp_path: Path, venv: Venv, wheels: Path, **settings: object) ->
 
 def env_of(config: Config) -> Environment:
     """The environment as the scanner names it (the manifest must say the same)."""
-    from pkgckpt.inventory import targets
-
     return next(t.env for t in targets(config) if not t.env.user)
 
 
@@ -162,8 +163,6 @@ def test_baseline_is_taken_before_anything_is_installed(
     tmp_path: Path, image: Venv, wheels: Path
 ) -> None:
     """The baseline restore leaves for the daemon is the image, not the image plus the restore."""
-    from pkgckpt.inventory import load_baseline
-
     config = make_config(tmp_path, image, wheels)
     put_manifest(config.store, config.key, user_delta(env_of(config)))
     restore.run(config)
@@ -402,10 +401,6 @@ def test_command_partial_restore_exits_3_and_names_the_failure(
 
 def shared_module_wheel(name: str, version: str, outdir: Path, text: str) -> Path:
     """A wheel of distribution `name` whose code is the import package `cv` (like opencv-*)."""
-    import base64
-    import hashlib
-    import zipfile
-
     info = f"{name}-{version}.dist-info"
     files = {
         "cv/__init__.py": text.encode(),
@@ -436,9 +431,6 @@ def test_replacing_a_package_that_shares_files_keeps_the_new_files(
     shared_module_wheel("newcv", "1.0", local, "WHO = 'new'\n")
     venv = make_venv(tmp_path / "venv", with_pip=False)
     config = make_config(tmp_path, venv, wheels, installer=tool, find_links=(str(local),))
-    from pkgckpt.restore.python import PythonInstaller
-    from pkgckpt.restore.runner import Deadline
-
     image_env = Environment(kind="python", path=str(venv.prefix))
     assert (
         PythonInstaller(image_env, config)
