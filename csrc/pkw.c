@@ -543,6 +543,10 @@ int pkw_add_watch(struct pkw *e, const char *path, uint32_t mask, int flags)
         free(dup);
         return -1;
     }
+    w = watch_find(e, wd);
+    /* The kernel kept the old mask bits: the old flags stay with them. */
+    if (w && w->parent < 0 && (mask & IN_MASK_ADD))
+        flags |= w->flags;
     if (!(flags & PKW_MARKERS))
         drop_markers_of(e, wd);
     w = watch_find(e, wd);
@@ -561,8 +565,10 @@ int pkw_add_watch(struct pkw *e, const char *path, uint32_t mask, int flags)
         }
         e->n_top++;
     }
-    free(w->path);
-    w->path = dup;
+    if (dup || !(flags & PKW_MARKERS)) {
+        free(w->path);
+        w->path = dup;
+    }
     w->flags = flags;
     return wd;
 }

@@ -45,7 +45,8 @@ int pkw_fileno(const struct pkw *e);
 /* Closes the fd and frees everything; returns close()'s result. */
 int pkw_free(struct pkw *e);
 
-/* flags: 0 or PKW_MARKERS. Adding a directory already watched replaces its mask and flags. */
+/* flags: 0 or PKW_MARKERS. Adding a directory already watched replaces its mask and flags;
+   with IN_MASK_ADD in mask, both accumulate instead. */
 int pkw_add_watch(struct pkw *e, const char *path, uint32_t mask, int flags);
 /* Watch the marker directory `name` of the PKW_MARKERS watch `parent_wd` (one already
    there when the parent was armed). Returns its wd, or 0 when its RECORD already exists. */

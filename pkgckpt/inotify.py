@@ -248,6 +248,9 @@ class _Python:
 
     def add_watch(self, path: str | os.PathLike[str], mask: int, markers: bool) -> int:
         wd = self._add(path, mask)
+        old = self._watches.get(wd)
+        if old is not None and old.parent < 0 and mask & IN_MASK_ADD:
+            markers = markers or old.markers  # the kernel kept the old bits: keep its markers
         if not markers:
             self._drop_markers_of(wd)
         self._watches[wd] = _PyWatch(-1, markers, Path(path), "")
@@ -459,8 +462,8 @@ class Inotify:
     def add_watch(self, path: str | os.PathLike[str], mask: int, *, markers: bool = False) -> int:
         """Watch a directory; with ``markers``, also the marker directories appearing in it.
 
-        Adding a directory already watched replaces its mask (unless ``mask`` has
-        IN_MASK_ADD) and its ``markers``.
+        Adding a directory already watched replaces its mask and its ``markers``; with
+        IN_MASK_ADD in ``mask``, both accumulate instead.
         """
         return self._live().add_watch(path, mask, markers)
 

@@ -50,7 +50,8 @@ from .inotify import (
 log = logging.getLogger(__name__)
 
 # IN_MASK_ADD: a directory can be both a root and the ancestor of a missing root, and the
-# kernel keeps one watch per inode; masks only accumulate, Python filters the extra.
+# kernel keeps one watch per inode; masks (and the engine's markers flag) only accumulate,
+# Python filters the extra.
 ROOT_MASK = (
     IN_CREATE
     | IN_DELETE
@@ -213,19 +214,7 @@ class Watcher:
             if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 raise
             raise _Unwatchable(e) from e
-        roles = self._roles.setdefault(wd, set())
-        also_python = [
-            self._states[p]
-            for r, p in roles
-            if r == "root" and self._states[p].root.kind == "python"
-        ]
-        if not markers and also_python:
-            # The same directory is also a Python root: keep following its markers (the
-            # engine dropped them when the watch was re-added without them).
-            self._ino.add_watch(path, mask, markers=True)
-            for other in also_python:
-                self._sync(other, wd)
-        roles.add((role, st.root.path))
+        self._roles.setdefault(wd, set()).add((role, st.root.path))
         st.wd, st.role = wd, role
         return wd
 

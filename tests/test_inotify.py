@@ -26,6 +26,7 @@ from pkgckpt.inotify import (
     IN_DELETE_SELF,
     IN_IGNORED,
     IN_ISDIR,
+    IN_MASK_ADD,
     IN_MOVED_FROM,
     IN_MOVED_TO,
     IN_ONLYDIR,
@@ -343,6 +344,23 @@ def test_add_marker_follows_an_install_already_in_progress(ino: Inotify, shm: Pa
     (marker / "RECORD").write_text("")
     events = ino.read_batch(1, quiet_ms=50)
     assert by_name(events, wd)[marker.name] & PKW_RECORD
+
+
+def test_mask_add_keeps_following_markers(ino: Inotify, shm: Path) -> None:
+    """Re-adding a markers watch with IN_MASK_ADD and no markers keeps them, like the mask."""
+    wd = ino.add_watch(shm, MASK, markers=True)
+    (shm / "a-1.dist-info").mkdir()
+    ino.read_batch(1, quiet_ms=50)
+    assert ino.add_watch(shm, IN_CREATE | IN_MASK_ADD) == wd
+    assert watch_count(ino.fileno()) == 2
+    (shm / "b-1.dist-info").mkdir()
+    ino.read_batch(1, quiet_ms=50)
+    assert watch_count(ino.fileno()) == 3
+    (shm / "a-1.dist-info" / "RECORD").write_text("")
+    events = ino.read_batch(1, quiet_ms=50)
+    assert by_name(events, wd)["a-1.dist-info"] & PKW_RECORD
+    ino.add_watch(shm, MASK)  # without IN_MASK_ADD: replaced, markers dropped
+    assert watch_count(ino.fileno()) == 1
 
 
 def test_rm_watch_of_a_root_drops_its_markers(ino: Inotify, shm: Path) -> None:

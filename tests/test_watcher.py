@@ -191,10 +191,14 @@ def test_directory_that_is_a_root_and_an_ancestor_keeps_both_roles(
 ) -> None:
     """A Python root that is also a missing root's ancestor serves both roles."""
     nested = site / "nested" / "lib"
+    marker = site / "demo-1.0.dist-info"
     with watcher(backend, Root(site, "python"), Root(nested, "r")) as w:
-        (site / "demo-1.0.dist-info").mkdir()
-        assert wait_for(w, site).markers == {site: frozenset({"demo-1.0.dist-info"})}
+        marker.mkdir()
+        assert wait_for(w, site).markers == {site: frozenset({marker.name})}
         assert w.busy(site)
+        (marker / "RECORD").write_text("")  # seen only while the marker is followed
+        assert wait_for(w, site).markers == {site: frozenset({marker.name})}
+        assert not w.busy(site)
         nested.mkdir(parents=True)
         wait_for(w, nested)
         (nested / "jsonlite").mkdir()
