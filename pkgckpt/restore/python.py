@@ -123,13 +123,11 @@ class PythonInstaller:
             raise UsageError(
                 f"--installer must be one of {', '.join(INSTALLERS)}, not {config.installer!r}"
             )
-        self.env = env
         self.config = config
         prefix = Path(env.path)
         python = interpreter(prefix)
         if python is None:
             raise RestoreError(f"{prefix}: no Python interpreter in {prefix / 'bin'}")
-        self.python = python
         uv = shutil.which("uv") if config.installer in ("auto", "uv") else None
         if config.installer == "uv" and uv is None:
             raise RestoreError("--installer uv: uv is not installed (not found on PATH)")
