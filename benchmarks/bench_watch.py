@@ -74,7 +74,7 @@ with Watcher([Root(site, "python")]) as w:
         batches += 1
         now = time.monotonic()
         for root in batch.dirty:
-            debounce.touch(root, now, w.busy(root))
+            debounce.touch(root, now)
         if dist in batch.markers.get(site, ()) and not w.busy(site):
             break
     cpu = cpu_ms() - start

@@ -225,7 +225,7 @@ class Daemon:
         batch = watcher.wait(self._timeout(now))
         now = time.monotonic()
         for root in batch.dirty:
-            self.debouncer.touch(root, now, watcher.busy(root))
+            self.debouncer.touch(root, now)
         if self.stop:
             return
         if self.session is None:

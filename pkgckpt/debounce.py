@@ -17,7 +17,6 @@ from pathlib import Path
 class _Pending:
     first: float  # the first event since the root was last ready
     last: float  # the latest event, or the latest check that found the root busy
-    busy: bool
 
 
 class Debouncer:
@@ -29,14 +28,13 @@ class Debouncer:
         self.max_delay = max_delay
         self._pending: dict[Path, _Pending] = {}
 
-    def touch(self, root: Path, now: float, busy: bool) -> None:
-        """``root`` changed at ``now``; ``busy``: an install was visibly in progress then."""
+    def touch(self, root: Path, now: float) -> None:
+        """``root`` changed at ``now``."""
         p = self._pending.get(root)
         if p is None:
-            self._pending[root] = _Pending(now, now, busy)
+            self._pending[root] = _Pending(now, now)
         else:
             p.last = max(p.last, now)
-            p.busy = busy
 
     def ready(self, now: float, busy: Callable[[Path], bool]) -> list[Path]:
         """Pop and return the roots to scan now, in path order.
@@ -51,8 +49,7 @@ class Debouncer:
             if now >= p.first + self.max_delay:
                 out.append(root)
             elif now >= p.last + self.quiet:
-                p.busy = busy(root)
-                if p.busy:
+                if busy(root):
                     p.last = now
                 else:
                     out.append(root)
@@ -71,7 +68,3 @@ class Debouncer:
 
     def pending(self) -> frozenset[Path]:
         return frozenset(self._pending)
-
-    def in_progress(self) -> frozenset[Path]:
-        """Pending roots last seen with an install in progress (for the status file)."""
-        return frozenset(root for root, p in self._pending.items() if p.busy)

@@ -31,7 +31,7 @@ def test_idle_debouncer_has_no_deadline() -> None:
 def test_root_is_ready_only_after_the_quiet_window() -> None:
     """A root touched at t is not ready before t + quiet and is ready at t + quiet."""
     d = Debouncer(quiet=1.0, max_delay=10.0)
-    d.touch(A, 0.0, False)
+    d.touch(A, 0.0)
     assert d.ready(0.99, never) == []
     assert d.next_deadline(0.5) == 0.5
     assert d.ready(1.0, never) == [A]
@@ -43,7 +43,7 @@ def test_each_touch_restarts_the_quiet_window() -> None:
     """Events keep arriving: the root waits for quiet after the last one."""
     d = Debouncer(quiet=1.0, max_delay=10.0)
     for t in (0.0, 0.8, 1.6, 2.4):
-        d.touch(A, t, False)
+        d.touch(A, t)
         assert d.ready(t + 0.5, never) == []
     assert d.next_deadline(2.4) == 1.0
     assert d.ready(3.4, never) == [A]
@@ -53,9 +53,8 @@ def test_busy_root_waits_until_the_install_completes() -> None:
     """A quiet root with an install in progress is not ready; it is once busy() says done."""
     d = Debouncer(quiet=1.0, max_delay=30.0)
     installing = {A}
-    d.touch(A, 0.0, True)
+    d.touch(A, 0.0)
     assert d.ready(1.0, installing.__contains__) == []
-    assert d.in_progress() == frozenset({A})
     # Asked again one quiet window after the check that found it busy.
     assert d.next_deadline(1.0) == 1.0
     assert d.ready(1.5, installing.__contains__) == []
@@ -72,8 +71,8 @@ def test_busy_is_asked_only_once_the_root_is_quiet() -> None:
         asked.append(root)
         return False
 
-    d.touch(A, 0.0, False)
-    d.touch(B, 0.9, False)
+    d.touch(A, 0.0)
+    d.touch(B, 0.9)
     assert d.ready(1.0, busy) == [A]
     assert asked == [A]
 
@@ -81,7 +80,7 @@ def test_busy_is_asked_only_once_the_root_is_quiet() -> None:
 def test_max_delay_forces_a_root_that_stays_busy() -> None:
     """An install that never completes still gets the root scanned after max_delay."""
     d = Debouncer(quiet=1.0, max_delay=5.0)
-    d.touch(A, 0.0, True)
+    d.touch(A, 0.0)
     for t in (1.0, 2.0, 3.0, 4.0):
         assert d.ready(t, always) == []
     assert d.ready(5.0, always) == [A]
@@ -92,18 +91,18 @@ def test_max_delay_forces_a_root_that_never_goes_quiet() -> None:
     d = Debouncer(quiet=1.0, max_delay=5.0)
     t = 0.0
     while t < 5.0:
-        d.touch(A, t, False)
+        d.touch(A, t)
         assert d.ready(t, never) == []
         t += 0.5
-    d.touch(A, t, False)
+    d.touch(A, t)
     assert d.ready(t, never) == [A]
 
 
 def test_roots_are_independent() -> None:
     """One root's events do not delay another root."""
     d = Debouncer(quiet=1.0, max_delay=10.0)
-    d.touch(A, 0.0, False)
-    d.touch(B, 0.5, False)
+    d.touch(A, 0.0)
+    d.touch(B, 0.5)
     assert d.ready(1.0, never) == [A]
     assert d.pending() == frozenset({B})
     assert d.next_deadline(1.0) == 0.5
@@ -113,31 +112,31 @@ def test_roots_are_independent() -> None:
 def test_a_ready_root_starts_a_new_max_delay_clock() -> None:
     """After a root was handed out, its next event starts a fresh first-event time."""
     d = Debouncer(quiet=1.0, max_delay=5.0)
-    d.touch(A, 0.0, False)
+    d.touch(A, 0.0)
     assert d.ready(1.0, never) == [A]
-    d.touch(A, 4.0, True)
+    d.touch(A, 4.0)
     assert d.ready(5.0, always) == []
     assert d.ready(9.0, always) == [A]
 
 
 @given(
     st.lists(
-        st.tuples(st.sampled_from([A, B]), st.floats(0, 100), st.booleans()),
+        st.tuples(st.sampled_from([A, B]), st.floats(0, 100)),
         max_size=30,
     ),
     st.floats(0.01, 5),
     st.floats(0.01, 50),
 )
 def test_every_touched_root_is_handed_out_by_max_delay(
-    touches: list[tuple[Path, float, bool]], quiet: float, max_delay: float
+    touches: list[tuple[Path, float]], quiet: float, max_delay: float
 ) -> None:
-    """Whatever the events and busy answers, no root stays pending past max_delay."""
+    """Whatever the events, no root stays pending past max_delay."""
     d = Debouncer(quiet=quiet, max_delay=max_delay)
     out: list[Path] = []
     now = 0.0
-    for root, dt, busy in touches:
+    for root, dt in touches:
         now += dt
-        d.touch(root, now, busy)
+        d.touch(root, now)
         out += d.ready(now, always)
         deadline = d.next_deadline(now)
         assert deadline is None or deadline >= 0
@@ -147,4 +146,4 @@ def test_every_touched_root_is_handed_out_by_max_delay(
         now += step + 1e-9
         assert now <= end + 1e-6
         out += d.ready(now, always)
-    assert set(out) >= {root for root, _, _ in touches}
+    assert set(out) >= {root for root, _ in touches}

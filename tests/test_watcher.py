@@ -83,7 +83,7 @@ def test_install_burst_gives_one_ready_batch_naming_the_dist_info(backend: str, 
                 batch = w.wait(0.5 if deadline is None else deadline)
                 now = time.monotonic()
                 for r in batch.dirty:
-                    debounce.touch(r, now, w.busy(r))
+                    debounce.touch(r, now)
                 named |= batch.markers.get(site, frozenset())
                 for _ in debounce.ready(now, w.busy):
                     in_progress = dist.is_dir() and not (dist / "RECORD").exists()
