@@ -108,13 +108,9 @@ class Backoff:
         self.failures = 0
 
 
-def _where(env: Environment) -> str:
-    return f"{env.path} (user site)" if env.user else env.path
-
-
 def describe(env: Environment, change: Change) -> str:
     versions = " -> ".join(v for v in (change.old, change.new) if v)
-    return f"{change.action} {change.name} {versions} in {_where(env)}"
+    return f"{change.action} {change.name} {versions} in {env.where()}"
 
 
 _Handler: TypeAlias = Callable[[int, FrameType | None], None]
@@ -332,7 +328,7 @@ class Daemon:
             log.warning(
                 "no baseline for %s: every recorded package is kept, changes seen from "
                 "now on are added (run `pkgckpt baseline` or `pkgckpt restore` first)",
-                _where(env),
+                env.where(),
             )
 
     def _scan(self, targets: Iterable[Target]) -> None:

@@ -121,6 +121,10 @@ class Environment(Base, frozen=True):
     implementation: str | None = None
     platform: str | None = None
 
+    def where(self) -> str:
+        """The path as people read it in logs and reports."""
+        return f"{self.path} (user site)" if self.user else self.path
+
 
 def same_env(a: Environment, b: Environment) -> bool:
     """Identity of an environment: versions and platform may change under the same path."""

@@ -276,8 +276,7 @@ def to_text(report: Report) -> str:
     if report.store_error:
         lines.append(f"last error: {report.store_error}")
     for e in report.environments:
-        where = f"{e.env.path} (user site)" if e.env.user else e.env.path
-        lines.append(f"{e.env.kind} {where}:")
+        lines.append(f"{e.env.kind} {e.env.where()}:")
         if e.error:
             lines.append(f"    error: {e.error}")
         body = [

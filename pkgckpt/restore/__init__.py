@@ -175,12 +175,12 @@ class Plan(_Out, frozen=True, kw_only=True):
         else:
             lines.append(f"Restore plan for key {self.key!r}, generation {self.generation}:")
             for e in self.environments:
-                lines.append(f"{_where(e.env)} ({e.installer}): {_counts(e)}")
+                lines.append(f"{e.env.where()} ({e.installer}): {_counts(e)}")
                 lines += [f"  install {_describe(s)}" for s in e.install]
                 lines += [f"  remove  {s.name} {s.version} (removed by the user)" for s in e.remove]
                 lines += [f"  keep    {s.name} {s.version} (--keep-removed)" for s in e.kept]
                 lines += [f"  cannot  {f.name} {f.version}: {f.message}" for f in e.blocked]
-        lines += [f"Left alone (not here): {_where(env)}" for env in self.elsewhere]
+        lines += [f"Left alone (not here): {env.where()}" for env in self.elsewhere]
         return "\n".join(lines)
 
 
@@ -222,11 +222,11 @@ class Report(_Out, frozen=True, kw_only=True):
             if e.kept:
                 counts += f", kept {len(e.kept)}"
             counts += f", failed {len(e.failed)}"
-            lines.append(f"{_where(e.env)} ({e.installer}): {counts} in {e.seconds:.1f} s")
+            lines.append(f"{e.env.where()} ({e.installer}): {counts} in {e.seconds:.1f} s")
             for f in e.failed:
                 lines.append(f"  failed to {f.action} {f.name} {f.version}:")
                 lines += [f"    | {line}" for line in f.message.splitlines()]
-        lines += [f"Left alone (not here): {_where(env)}" for env in self.plan.elsewhere]
+        lines += [f"Left alone (not here): {env.where()}" for env in self.plan.elsewhere]
         failed = len(self.failures)
         if self.timed_out:
             lines.append(f"Restore stopped: the timeout ran out after {self.seconds:.1f} s.")
@@ -238,10 +238,6 @@ class Report(_Out, frozen=True, kw_only=True):
 
 
 _encoder = msgspec.json.Encoder(order="deterministic")
-
-
-def _where(env: Environment) -> str:
-    return f"{env.path} (user site)" if env.user else env.path
 
 
 def _counts(e: EnvPlan) -> str:
@@ -522,7 +518,7 @@ def _apply(
             continue
         work = _Env(target, _installer(target.env, config), deadline)
         if say is not None:
-            say(f"{_where(ep.env)}: {_counts(ep)} ({ep.installer})")
+            say(f"{ep.env.where()}: {_counts(ep)} ({ep.installer})")
         if ep.remove:
             work.remove(ep.remove)
         if ep.install:
@@ -558,7 +554,7 @@ def _apply(
         )
         if say is not None:
             say(
-                f"{_where(ep.env)}: installed {len(installed)}, removed {len(removed)}, "
+                f"{ep.env.where()}: installed {len(installed)}, removed {len(removed)}, "
                 f"failed {len(failed)}"
             )
         reports.append(report)
