@@ -188,13 +188,21 @@ def collect(config: Config) -> Report:
     elsewhere = {checkpoint.env_key(d.env): d for d in recorded_envs}
     for target in inventory.targets(config):
         env = target.env
+        delta = elsewhere.pop(checkpoint.env_key(env), None) or manifest.Delta(env=env)
         try:
             obs = checkpoint.observe(target)
         except PkgckptError as e:
-            envs.append(EnvReport(env=env, error=str(e)))
+            envs.append(
+                EnvReport(
+                    env=env,
+                    added=delta.added,
+                    changed=delta.changed,
+                    removed=delta.removed,
+                    error=str(e),
+                )
+            )
             continue
         pending = tuple(tracker.observe(env, obs))
-        delta = elsewhere.get(checkpoint.env_key(env)) or manifest.Delta(env=env)
         unrestored = _restore_would(obs.packages, delta)
         envs.append(
             EnvReport(
@@ -206,7 +214,6 @@ def collect(config: Config) -> Report:
                 unrestored=unrestored,
             )
         )
-        elsewhere.pop(checkpoint.env_key(env), None)
     for d in elsewhere.values():
         envs.append(EnvReport(env=d.env, added=d.added, changed=d.changed, removed=d.removed))
     state = read_state(config)
