@@ -172,6 +172,11 @@ def _restore_would(live: Mapping[str, Package], delta: manifest.Delta) -> tuple[
     return tuple(manifest.diff(have, want, delta.env.kind))
 
 
+def _recorded(delta: manifest.Delta, env: Environment) -> EnvReport:
+    """What the manifest records for an environment, reported under `env`."""
+    return EnvReport(env=env, added=delta.added, changed=delta.changed, removed=delta.removed)
+
+
 def collect(config: Config) -> Report:
     """Everything `pkgckpt status` shows; reads only, never writes or takes a baseline."""
     store = Store(config.store, config.key)
@@ -189,33 +194,16 @@ def collect(config: Config) -> Report:
     for target in inventory.targets(config):
         env = target.env
         delta = elsewhere.pop(checkpoint.env_key(env), None) or manifest.Delta(env=env)
+        report = _recorded(delta, env)
         try:
             obs = checkpoint.observe(target)
         except PkgckptError as e:
-            envs.append(
-                EnvReport(
-                    env=env,
-                    added=delta.added,
-                    changed=delta.changed,
-                    removed=delta.removed,
-                    error=str(e),
-                )
-            )
+            envs.append(msgspec.structs.replace(report, error=str(e)))
             continue
         pending = tuple(tracker.observe(env, obs))
         unrestored = _restore_would(obs.packages, delta)
-        envs.append(
-            EnvReport(
-                env=env,
-                added=delta.added,
-                changed=delta.changed,
-                removed=delta.removed,
-                pending=pending,
-                unrestored=unrestored,
-            )
-        )
-    for d in elsewhere.values():
-        envs.append(EnvReport(env=d.env, added=d.added, changed=d.changed, removed=d.removed))
+        envs.append(msgspec.structs.replace(report, pending=pending, unrestored=unrestored))
+    envs.extend(_recorded(d, d.env) for d in elsewhere.values())
     state = read_state(config)
     alive = running(state)
     if store_error is None and alive and state is not None:
