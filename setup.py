@@ -2,6 +2,9 @@
 from setuptools import setup
 
 setup(
-    cffi_modules=["pkgckpt/_inotify_build.py:ffibuilder"],
+    cffi_modules=[
+        "pkgckpt/_inotify_build.py:ffibuilder",
+        "pkgckpt/_scan_build.py:ffibuilder",
+    ],
     ext_package="pkgckpt",
 )

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from pkgckpt.scan import ScanResult
 from pkgckpt.scan.python import SiteScanner, scan_site
 
 COUNT = 3000
@@ -125,8 +126,22 @@ def process(*cmd: str) -> Callable[[], object]:
 
 @pytest.mark.benchmark(group="full scan, 3000 dists")
 def test_pkgckpt_in_process(benchmark: BenchmarkFixture, site: Path) -> None:
+    """No baseline to go by (`pkgckpt baseline` itself): every file of every entry read."""
     result = benchmark(with_cpu(benchmark, lambda: scan_site(site)))
     assert len(result.packages) == COUNT
+
+
+@pytest.mark.benchmark(group="full scan, 3000 dists")
+def test_pkgckpt_baseline_known_in_process(benchmark: BenchmarkFixture, site: Path) -> None:
+    """The daemon's, restore's and status's first scan: the baseline lists these packages
+    (a fresh scanner each round, as each of those processes starts with)."""
+    full = scan_site(site)
+
+    def scan() -> ScanResult:
+        return SiteScanner(site, full.packages).scan()
+
+    result = benchmark(with_cpu(benchmark, scan))
+    assert result == full
 
 
 @pytest.mark.benchmark(group="full scan, 3000 dists")

@@ -240,6 +240,7 @@ def open_session(
     targets = list(targets)
     recorded = store.read()
     baseline = inventory.load_baseline(config)
+    inventory.expect(targets, baseline)
     origin = str(inventory.baseline_path(config)) if baseline is not None else "inferred"
     if baseline is None and recorded is None:
         baseline = inventory.ensure_baseline(config, targets)

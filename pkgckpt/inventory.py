@@ -48,7 +48,15 @@ class Target:
     (keyed `<root>/<entry>`), for callers deciding whether an absence means anything."""
     trusted: bool = field(default=False, init=False, compare=False)
     """Every root existed at the last scan: only then can a missing package mean removal."""
+    known: dict[str, Package] = field(default_factory=dict, init=False, compare=False)
+    """The baseline's packages of this environment: what a first scan may expect to find
+    (see `SiteScanner`); set by `expect()`."""
     _scanners: list[Scanner] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def expect(self, baseline: Baseline | None) -> None:
+        """Let the first scan take what `baseline` lists for this environment as known."""
+        found = baseline.inventory(self.env) if baseline is not None else None
+        self.known = found.by_name() if found is not None else {}
 
     def scan(self) -> Inventory:
         """Every root scanned, merged: a name found in an earlier root hides later ones."""
@@ -77,7 +85,7 @@ class Target:
 
     def _scanner(self, root: Path) -> Scanner:
         if self.env.kind == "python":
-            return SiteScanner(root)
+            return SiteScanner(root, self.known)
         from .scan.r import RLibraryScanner
 
         return RLibraryScanner(root)
@@ -139,6 +147,12 @@ def take_baseline(found: list[Target]) -> Baseline:
     return Baseline(time=_now(), environments=tuple(inventories))
 
 
+def expect(found: list[Target], baseline: Baseline | None) -> None:
+    """Every target's first scan may take `baseline`'s packages as known (it is faster)."""
+    for target in found:
+        target.expect(baseline)
+
+
 def baseline_path(config: Config) -> Path:
     return config.baseline or config.runtime_dir / BASELINE
 
@@ -189,6 +203,7 @@ def ensure_baseline(config: Config, found: list[Target]) -> Baseline:
     """The baseline; taken now (before anything is installed) and kept when there is none."""
     baseline = load_baseline(config)
     if baseline is not None:
+        expect(found, baseline)
         return baseline
     baseline = take_baseline(found)
     path = baseline_path(config)

@@ -191,7 +191,9 @@ def collect(config: Config) -> Report:
     envs: list[EnvReport] = []
     recorded_envs = recorded.body.environments if recorded is not None else ()
     elsewhere = {checkpoint.env_key(d.env): d for d in recorded_envs}
-    for target in inventory.targets(config):
+    found = inventory.targets(config)
+    inventory.expect(found, baseline)
+    for target in found:
         env = target.env
         delta = elsewhere.pop(checkpoint.env_key(env), None) or manifest.Delta(env=env)
         report = _recorded(delta, env)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pkgckpt.manifest import DirectorySource, IndexSource, UrlSource, VcsSource
+from pkgckpt.manifest import DirectorySource, IndexSource, Package, UrlSource, VcsSource
 from pkgckpt.scan.python import SiteScanner, scan_site, strip_credentials
 from tests.wheelhouse import Dist, Venv, add_build_backend, build_wheel, make_venv
 
@@ -510,3 +510,72 @@ def test_scan_of_this_interpreter_matches_importlib() -> None:
         expected.setdefault(canonicalize_name(d.metadata["Name"]), d.version)
     found = scan_site(site).packages
     assert {k: p.version for k, p in found.items()} == expected
+
+
+# -- a first scan against the baseline's packages -----------------------------------------
+
+
+def test_scan_against_known_packages_gives_what_a_full_read_gives(installed: Installed) -> None:
+    """Every kind of entry pip writes, aged as an image's: the same result either way."""
+    site = installed.site
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "site"
+        shutil.copytree(site, copy, symlinks=True)
+        for entry in [*copy.iterdir(), copy]:
+            age(entry, 2 * HOUR_NS)
+        full = scan_site(copy)
+        assert SiteScanner(copy, full.packages).scan() == full
+
+
+def test_known_package_is_taken_from_the_baseline_without_reading_its_files(
+    tmp_path: Path,
+) -> None:
+    """A settled dist-info named for a known version, without direct_url.json, is the
+    known package: what its files say about the installer is not read again."""
+    site = tmp_path / "site"
+    dist_info(site, "numpy", "1.26.4")
+    dist_info(site, "PyYAML", "6.0.1")  # older installers kept the project's spelling
+    age(site, HOUR_NS)
+    known = {
+        "numpy": Package(name="numpy", version="1.26.4", installer="image-build"),
+        "pyyaml": Package(name="pyyaml", version="6.0.1", installer="image-build"),
+    }
+    result = SiteScanner(site, known).scan()
+    assert result.packages == known
+
+
+def test_known_name_is_read_when_anything_says_it_may_differ(tmp_path: Path) -> None:
+    """Another version, a direct_url.json (a reinstall from elsewhere), a recent dist-info
+    (an install may be running) or a known package from a URL: the files are read."""
+    site = tmp_path / "site"
+    dist_info(site, "upgraded", "2.0")
+    url = {"url": "https://example.org/same-1.0.whl", "archive_info": {}}
+    dist_info(site, "same", "1.0", direct_url=url)
+    dist_info(site, "fresh", "1.0", age_ns=0)
+    dist_info(site, "from-url", "1.0")
+    age(site, HOUR_NS)
+    mark = "image-build"
+    known = {
+        "upgraded": Package(name="upgraded", version="1.0", installer=mark),
+        "same": Package(name="same", version="1.0", installer=mark),
+        "fresh": Package(name="fresh", version="1.0", installer=mark),
+        "from-url": Package(
+            name="from-url", version="1.0", source=UrlSource(url="https://x/y.whl"), installer=mark
+        ),
+    }
+    result = SiteScanner(site, known).scan()
+    assert result.packages["upgraded"].version == "2.0"
+    assert result.packages["same"].source == UrlSource(url=url["url"])
+    assert result.packages["from-url"].source == IndexSource()
+    assert all(p.installer == "pip" for p in result.packages.values())
+    assert result == scan_site(site)
+
+
+def test_known_packages_only_shape_the_first_scan(aged_site: Path) -> None:
+    """A reinstall of a known version from a directory, after the first scan, is seen."""
+    known = scan_site(aged_site).packages
+    scanner = SiteScanner(aged_site, known)
+    assert scanner.scan().packages == known
+    shutil.rmtree(aged_site / "p3-1.0.dist-info")
+    dist_info(aged_site, "p3", "1.0", direct_url={"url": "file:///src/p3", "dir_info": {}})
+    assert scanner.scan().packages["p3"].source == DirectorySource(path="/src/p3")

@@ -20,14 +20,16 @@ dist-info, egg-info, egg-link, each sorted by entry name (so the result never de
 directory order).
 
 Why it is written the way it is: a syscall costs 1.5-3 us on the machines this runs on,
-and a site-packages can hold thousands of distributions. So files are opened relative to
-a directory descriptor with plain `os.open`/`os.read` (no buffered file objects, no
-`email.parser`, no `importlib.metadata`), `METADATA` is read only up to its headers
-(512 bytes first: the copy out of the page cache costs by the byte), a dist-info's three
-files are closed with one `close_range`, the presence of a file is one `faccessat` (no
-listing of the dist-info), and a rescan re-reads only entries whose identity
-`(inode, mtime_ns)` changed. That leaves ~10 syscalls per dist-info (stat, 3 open, 3
-read, close_range, 2 faccessat): a full scan is bound by them, not by Python.
+and a site-packages can hold thousands of distributions. So the directory is listed and
+each entry lstat'ed in C (`listing`), and a rescan re-reads only entries whose identity
+`(inode, mtime_ns)` changed. An entry that must be read costs ~10 syscalls (METADATA up
+to its headers, INSTALLER, WHEEL, the presence of RECORD, REQUESTED, `direct_url.json`),
+made cheap in Python: files opened relative to a directory descriptor with `os.open` /
+`os.read` (no buffered file objects, no `email.parser`), METADATA read 512 bytes first,
+one `close_range` for a dist-info's files, presence as one `faccessat`. The first scan of
+a daemon, a restore or a status knows the baseline: a settled dist-info whose name is a
+known package's name and version and which has no `direct_url.json` is that package
+(`SiteScanner._known_dist`), two syscalls in all.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -52,7 +55,7 @@ from ..manifest import (
     UrlSource,
     VcsSource,
 )
-from . import ScanResult
+from . import ScanResult, listing
 
 RACY_NS = 2_000_000_000
 """An entry modified this close to a scan may change again within the same timestamp
@@ -312,6 +315,7 @@ class _Cached(msgspec.Struct, frozen=True, gc=False):
 
 
 _SUFFIXES = (".dist-info", ".egg-info", ".egg-link", ".pth")
+_DIRECT_URL = "direct_url.json"
 
 
 def _kind(name: str) -> int | None:
@@ -337,8 +341,14 @@ class SiteScanner:
     and uv replace a dist-info rather than edit it), only suspect entries are looked at.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, known: Mapping[str, Package] | None = None) -> None:
         self.path = path
+        self._known = {n: p for n, p in (known or {}).items() if p.source == _INDEX}
+        """Packages expected here from the index (the image's): see `_known_dist`."""
+        self._known_entries = {
+            f"{p.name.replace('-', '_')}-{p.version}.dist-info": p for p in self._known.values()
+        }
+        """The same, by the dist-info name that current installers give them."""
         self.exists = False
         """Whether the directory existed at the last scan."""
         self.reads = 0
@@ -364,11 +374,16 @@ class SiteScanner:
             root = (st.st_ino, st.st_mtime_ns)
             partial = root == self._root and not self._root_suspect
             if partial:
-                names = [n for n, c in self._cache.items() if c.suspect]
+                suspects = [n for n, c in self._cache.items() if c.suspect]
+                found = _stat_each(fd, suspects)
+                gone = set(suspects).difference(e[0] for e in found)
+                cache = self._refresh(fd, found, now, partial=True, gone=gone)
             else:
-                # Names only: a DirEntry per entry costs more than the listing itself.
-                names = [n for n in os.listdir(fd) if n.endswith(_SUFFIXES)]  # noqa: PTH208
-            cache = self._refresh(fd, names, now, partial=partial)
+                # A first scan against known packages: `direct_url.json` is what tells a
+                # known one from a reinstall of the same version, so look for it at once.
+                probe = _DIRECT_URL if self._known and not self._cache else None
+                found = listing.entries(fd, _SUFFIXES, ".dist-info", probe)
+                cache = self._refresh(fd, found, now, partial=False)
         except OSError as e:
             raise ScanError(f"cannot read {self.path}: {e.strerror}") from None
         finally:
@@ -382,35 +397,44 @@ class SiteScanner:
         return self._last
 
     def _refresh(
-        self, fd: int, names: list[str], now: int, *, partial: bool
+        self,
+        fd: int,
+        found: list[listing.Entry],
+        now: int,
+        *,
+        partial: bool,
+        gone: Iterable[str] = (),
     ) -> dict[str, _Cached] | None:
-        """The cache after looking at `names` (all entries, or only the suspect ones when
-        `partial`): entries whose identity holds are kept, others read. None: no change."""
+        """The cache after looking at `found` (every entry, or the suspect ones still there
+        when `partial`; `gone`: the suspect ones that vanished): entries whose identity
+        holds are kept, others read. None: no change."""
         old = self._cache
         cache = dict(old) if partial else {}
-        stat_at, previous = os.stat, old.get  # the loop runs once per distribution
-        for name in names:
+        for name in gone:
+            del cache[name]
+        reads = 0
+        # The loop runs once per distribution: names bound once, the known case first.
+        previous, known, settled = old.get, self._known_dist, now - INSTALL_WINDOW_NS
+        for name, ino, mtime_ns, mode, has_direct_url in found:
             was = previous(name)
-            kind = _kind(name) if was is None else was.order[0]
-            if kind is None:
-                continue
-            try:
-                st = stat_at(name, dir_fd=fd)
-            except FileNotFoundError:
-                cache.pop(name, None)  # gone since the listing
-                continue
-            if (
-                was is not None
-                and not was.suspect
-                and was.ino == st.st_ino
-                and was.mtime_ns == st.st_mtime_ns
-            ):
+            if was is None:
+                kind = _kind(name)
+                if kind is None:
+                    continue
+            elif not was.suspect and was.ino == ino and was.mtime_ns == mtime_ns:
                 cache[name] = was
                 continue
-            self.reads += 1
+            else:
+                kind = was.order[0]
+            reads += 1
+            if kind == _DIST_INFO and mtime_ns < settled and self._known:
+                package = known(fd, name, mode, has_direct_url)
+                if package is not None:
+                    cache[name] = _Cached(ino, mtime_ns, False, (kind, name), _Dist(package, False))
+                    continue
             value: _Dist | _Editable | str
             try:
-                value = _read_entry(fd, name, kind, st, now)
+                value = _read_entry(fd, name, kind, mode, mtime_ns, now)
             except _Broken as e:
                 value = str(e)
             except OSError as e:
@@ -418,26 +442,67 @@ class SiteScanner:
             suspect = (
                 isinstance(value, str)
                 or (isinstance(value, _Dist) and value.in_progress)
-                or now - st.st_mtime_ns < RACY_NS
+                or now - mtime_ns < RACY_NS
             )
-            cache[name] = _Cached(st.st_ino, st.st_mtime_ns, suspect, (kind, name), value)
-        if not self.reads and len(cache) == len(old):
+            cache[name] = _Cached(ino, mtime_ns, suspect, (kind, name), value)
+        self.reads = reads
+        if not reads and len(cache) == len(old):
             return None  # nothing read, nothing gone: the last result stands
         return cache
 
+    def _known_dist(
+        self, fd: int, name: str, mode: int, has_direct_url: bool | None
+    ) -> Package | None:
+        """The known package a settled dist-info holds, when its name proves it; None: read it.
 
-def _read_entry(fd: int, name: str, kind: int, st: os.stat_result, now: int) -> _Dist | _Editable:
+        The name of a dist-info is the distribution's name and version (the packaging
+        spec requires it; uv reads nothing else). A settled one (not recent: no install in
+        flight) named for a known package's version, with no `direct_url.json` (so from an
+        index, as the known one), holds that package: INSTALLER, REQUESTED and WHEEL are
+        not read again. One `faccessat` instead of METADATA and three more files: a scan
+        of a site whose packages the baseline knows is bound by the stat of each entry.
+        """
+        if not stat.S_ISDIR(mode):
+            return None
+        package = self._known_entries.get(name)
+        if package is None:
+            # Older installers kept the project's own spelling (PyYAML-6.0.1.dist-info).
+            dist, dash, version = name[: -len(".dist-info")].partition("-")
+            package = self._known.get(canonicalize_name(dist)) if dash else None
+            if package is None or package.version != version:
+                return None
+        if has_direct_url is None:
+            has_direct_url = _exists(f"{name}/{_DIRECT_URL}", fd)
+        return None if has_direct_url else package
+
+
+def _read_entry(
+    fd: int, name: str, kind: int, mode: int, mtime_ns: int, now: int
+) -> _Dist | _Editable:
     if kind == _DIST_INFO:
-        if not stat.S_ISDIR(st.st_mode):
+        if not stat.S_ISDIR(mode):
             raise _Broken("not a directory")
-        return _read_dist_info(fd, name, st, now)
+        return _read_dist_info(fd, name, mtime_ns, now)
     if kind == _EGG_INFO:
-        meta = f"{name}/PKG-INFO" if stat.S_ISDIR(st.st_mode) else name
+        meta = f"{name}/PKG-INFO" if stat.S_ISDIR(mode) else name
         dist_name, version = _metadata(meta, fd)
         return _Dist(Package(name=canonicalize_name(dist_name), version=version), False)
     if kind == _EGG_LINK:
         return _read_egg_link(fd, name)
     return _read_editable_pth(fd, name)
+
+
+def _stat_each(fd: int, names: list[str]) -> list[listing.Entry]:
+    """`names` in `fd` with their identity, as `listing.entries` gives them; the ones that
+    no longer exist are left out."""
+    found: list[listing.Entry] = []
+    for name in names:
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        found.append((name, st.st_ino, st.st_mtime_ns, st.st_mode, None))
+    return found
 
 
 def _exists(path: str, dir_fd: int) -> bool:
@@ -465,8 +530,8 @@ def _close_all(fds: list[int]) -> None:
             os.close(f)
 
 
-def _read_dist_info(fd: int, name: str, st: os.stat_result, now: int) -> _Dist:
-    in_progress = now - st.st_mtime_ns < INSTALL_WINDOW_NS and not _exists(f"{name}/RECORD", fd)
+def _read_dist_info(fd: int, name: str, mtime_ns: int, now: int) -> _Dist:
+    in_progress = now - mtime_ns < INSTALL_WINDOW_NS and not _exists(f"{name}/RECORD", fd)
     meta = f"{name}/METADATA"
     fds: list[int] = []
     try:
@@ -495,8 +560,8 @@ def _read_dist_info(fd: int, name: str, st: os.stat_result, now: int) -> _Dist:
     finally:
         _close_all(fds)
     source: Source = _INDEX
-    if _exists(f"{name}/direct_url.json", fd):
-        source = _source(_read(f"{name}/direct_url.json", fd, 1 << 16))
+    if _exists(f"{name}/{_DIRECT_URL}", fd):
+        source = _source(_read(f"{name}/{_DIRECT_URL}", fd, 1 << 16))
     package = Package(
         name=canonicalize_name(dist_name),
         version=version,
