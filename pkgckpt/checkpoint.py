@@ -22,7 +22,7 @@ seen afterwards are added, so the manifest can only grow until a baseline is fou
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeAlias
@@ -198,9 +198,10 @@ def targets(config: Config) -> list[Target]:
     return found
 
 
-def observe(target: Target) -> Observation:
-    """Scan one target (incrementally); raises ScanError when it cannot be read at all."""
-    found = target.scan()
+def observe(target: Target, changed: Mapping[Path, Collection[str]] | None = None) -> Observation:
+    """Scan one target (incrementally; `changed` as `Target.scan` takes it); raises
+    ScanError when it cannot be read at all."""
+    found = target.scan(changed)
     return Observation(found.by_name(), trusted=target.trusted, uncertain=target.uncertain())
 
 
@@ -257,14 +258,19 @@ def open_session(
     return session, scan(session, targets)
 
 
-def scan(session: Session, targets: Iterable[Target]) -> list[tuple[Environment, Change]]:
-    """Rescan `targets` into the session's record; the changes made, in order."""
+def scan(
+    session: Session,
+    targets: Iterable[Target],
+    changed: Mapping[Path, Collection[str]] | None = None,
+) -> list[tuple[Environment, Change]]:
+    """Rescan `targets` into the session's record (`changed` as `Target.scan` takes it);
+    the changes made, in order."""
     stamp = now_iso()
     changes: list[tuple[Environment, Change]] = []
     session.scan_errors = []
     for target in targets:
         try:
-            obs = observe(target)
+            obs = observe(target, changed)
         except PkgckptError as e:
             session.scan_errors.append(f"cannot scan {target.env.path}: {e}")
             continue

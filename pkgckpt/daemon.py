@@ -168,6 +168,9 @@ class Daemon:
         self.next_backstop: float | None = None
         # inventory.targets gives each root to one target only.
         self._by_root = {r: t for t in self.targets for r in t.roots}
+        self.changed: dict[Path, set[str] | None] = {}
+        """Root -> the entries its events named since its last scan; None: the events
+        could not say (see `watcher.Batch.changed`), so the scan goes by identities."""
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -222,6 +225,12 @@ class Daemon:
         now = time.monotonic()
         for root in batch.dirty:
             self.debouncer.touch(root, now)
+            names = batch.changed.get(root)
+            held = self.changed.setdefault(root, set())
+            if names is None:
+                self.changed[root] = None
+            elif held is not None:
+                held.update(names)
         if self.stop:
             return
         if self.session is None:
@@ -242,7 +251,7 @@ class Daemon:
         else:
             ready = self.debouncer.ready(now, watcher.busy)
             if ready:
-                self._scan(self._targets_of(ready))
+                self._scan(self._targets_of(ready), by_events=True)
             if self.uncommitted and (self.retry_at is None or self._due(self.retry_at, now)):
                 self._commit()
         self._set(pending_roots=tuple(sorted(str(p) for p in self.debouncer.pending())))
@@ -317,6 +326,7 @@ class Daemon:
             self._store_failed(e, "cannot read the store or the baseline")
             return
         self.session = session
+        self.changed.clear()  # the scan just made read every entry
         self.retry_at = None
         self.backoff.reset()
         self._set(baseline=session.baseline_origin, generation=session.generation)
@@ -331,9 +341,17 @@ class Daemon:
                 env.where(),
             )
 
-    def _scan(self, targets: Iterable[Target]) -> None:
+    def _scan(self, targets: Iterable[Target], *, by_events: bool = False) -> None:
+        """Rescan `targets`; `by_events`: look only at the entries the events named, where
+        they could (a scan on request or at shutdown checks every entry's identity)."""
         assert self.session is not None
-        for env, change in checkpoint.scan(self.session, targets):
+        targets = list(targets)
+        changed: dict[Path, set[str]] = {}
+        for root in (r for t in targets for r in t.roots):
+            names = self.changed.pop(root, None)
+            if by_events and names is not None:
+                changed[root] = names
+        for env, change in checkpoint.scan(self.session, targets, changed):
             log.info("%s", describe(env, change))
             self.uncommitted.append(change)
         if self.session.scan_errors:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,8 +59,12 @@ class Target:
         found = baseline.inventory(self.env) if baseline is not None else None
         self.known = found.by_name() if found is not None else {}
 
-    def scan(self) -> Inventory:
-        """Every root scanned, merged: a name found in an earlier root hides later ones."""
+    def scan(self, changed: Mapping[Path, Collection[str]] | None = None) -> Inventory:
+        """Every root scanned, merged: a name found in an earlier root hides later ones.
+
+        `changed`: root -> the entries that changed in it since the last scan, where the
+        caller knows them (see `SiteScanner.scan`); other roots are scanned by identity.
+        """
         if not self._scanners:
             self._scanners = [self._scanner(root) for root in self.roots]
         packages: dict[str, Package] = {}
@@ -67,7 +72,12 @@ class Target:
         in_progress: set[str] = set()
         trusted = True
         for root, scanner in zip(self.roots, self._scanners, strict=True):
-            result = scanner.scan()
+            names = changed.get(root) if changed else None
+            # R libraries hold hundreds of entries, not thousands: listed whole each time.
+            if names is not None and isinstance(scanner, SiteScanner):
+                result = scanner.scan(names)
+            else:
+                result = scanner.scan()
             trusted = trusted and scanner.exists
             for name, package in result.packages.items():
                 packages.setdefault(name, package)

@@ -82,6 +82,10 @@ class Batch:
     """Roots to rescan: all of them on overflow; degraded roots when their rescan is due."""
     markers: Mapping[Path, frozenset[str]]
     """Root -> names of the marker directories (``*.dist-info``, ...) that changed."""
+    changed: Mapping[Path, frozenset[str]]
+    """Dirty root -> the names of the entries that changed in it, for roots where every
+    event came with a name. A dirty root missing here may have changed anywhere: an
+    overflow, a watch armed anew, a degraded root, an event on the root itself."""
     overflow: bool
     woken: bool
 
@@ -311,7 +315,7 @@ class Watcher:
                     st.next_rescan = now + self.rescan_interval
                     self._arm(st, now)
             if dirty:
-                return Batch(frozenset(dirty), {}, overflow=False, woken=False)
+                return Batch(frozenset(dirty), {}, {}, overflow=False, woken=False)
             rescan = min((s.next_rescan for s in self._states.values() if s.degraded), default=None)
             until = min((t for t in (deadline, rescan) if t is not None), default=None)
             wait_s = None if until is None else max(0.0, until - now)
@@ -323,13 +327,15 @@ class Watcher:
 
     def _wait_once(self, timeout: float | None) -> Batch:
         if self._ino is None:
-            return Batch(frozenset(), {}, overflow=False, woken=self._wait_wake(timeout))
+            return Batch(frozenset(), {}, {}, overflow=False, woken=self._wait_wake(timeout))
         events = self._ino.read_batch(
             timeout, quiet_ms=self.quiet_ms, max_ms=self.max_ms, wake_fd=self.wake_fd
         )
         now = time.monotonic()
         dirty: set[Path] = set()
         markers: dict[Path, set[str]] = {}
+        named: dict[Path, set[str]] = {}
+        unnamed: set[Path] = set()
         rearm: set[Path] = set()
         resync: set[Path] = set()
         for wd, mask, name in events.records:
@@ -345,8 +351,10 @@ class Watcher:
                     if mask & PKW_DIRTY:
                         resync.add(root)
                     dirty.add(root)
+                    unnamed.add(root)
                     continue
                 dirty.add(root)
+                named.setdefault(root, set()).add(name)
                 if st.root.kind == "python":
                     if is_marker(name):
                         markers.setdefault(root, set()).add(name)
@@ -357,6 +365,7 @@ class Watcher:
             log.warning("inotify queue overflowed: rescanning every library")
             rearm.update(self._states)
             dirty.update(self._states)
+            unnamed.update(self._states)
         for root in rearm:
             st = self._states[root]
             was_root = st.wd is not None and st.role == "root"
@@ -364,11 +373,13 @@ class Watcher:
             # Appeared, vanished or re-created: whatever is there now must be read.
             if was_root or (st.wd is not None and st.role == "root") or st.degraded:
                 dirty.add(root)
+                unnamed.add(root)
         for root in resync - rearm:
             self._sync(self._states[root], self._states[root].wd)
         return Batch(
             frozenset(dirty),
             {root: frozenset(names) for root, names in markers.items()},
+            {root: frozenset(names) for root, names in named.items() if root not in unnamed},
             overflow=events.overflow,
             woken=events.woken,
         )

@@ -482,6 +482,26 @@ def test_sighup_rescans_everything(world: World, venv: Venv, wheels: Path) -> No
 
 
 @pytest.mark.slow
+def test_installs_in_separate_batches_of_one_quiet_window_are_all_seen(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """Two installs a second apart, inside one 8 s quiet window: the watcher names their
+    entries in separate batches, and the one rescan looks at the entries of both."""
+    d = world.daemon(
+        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "8000"
+    ).start()
+    try:
+        install(world, venv, wheels, "alpha==1.0")
+        time.sleep(1.0)  # many times the watcher's 50 ms batch: a batch of its own
+        install(world, venv, wheels, "delta==1.0")
+        eventually(lambda: committed(world, ["alpha==1.0", "delta==1.0"]), what="both installs")
+        assert world.generation() == 1  # one scan and one commit for the two
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 def test_watchdog_keepalives_are_sent_when_systemd_asks(world: World, venv: Venv) -> None:
     """WATCHDOG_USEC set for our pid: WATCHDOG=1 datagrams arrive while idle."""
     d = world.daemon(*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"))

@@ -35,7 +35,7 @@ def site(tmp_path: Path) -> Path:
     (site / ".hidden.pth").write_text("")
     (site / "module").mkdir()
     (site / "module.py").write_text("")
-    os.mkdir(os.fsencode(site) + b"/caf\xe9-1.0.dist-info")
+    os.mkdir(os.fsencode(site) + b"/caf\xe9-1.0.dist-info")  # noqa: PTH102 (bytes: not UTF-8)
     return site
 
 
@@ -46,7 +46,7 @@ def fd(site: Path) -> Iterator[int]:
     os.close(fd)
 
 
-needs_native = pytest.mark.skipif(listing.lib is None, reason="pkgckpt._scan is not compiled")
+needs_native = pytest.mark.skipif(not listing.NATIVE, reason="pkgckpt._scan is not compiled")
 
 
 @needs_native
@@ -77,7 +77,7 @@ def test_native_listing_grows_its_buffers(fd: int, monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize("impl", ["native", "python"])
 def test_listing_what_is_not_a_directory_is_an_oserror(tmp_path: Path, impl: str) -> None:
-    if impl == "native" and listing.lib is None:
+    if impl == "native" and not listing.NATIVE:
         pytest.skip("pkgckpt._scan is not compiled")
     f = tmp_path / "file"
     f.write_text("")
@@ -88,3 +88,11 @@ def test_listing_what_is_not_a_directory_is_an_oserror(tmp_path: Path, impl: str
         assert e.value.errno == errno.ENOTDIR
     finally:
         os.close(fd)
+
+
+@needs_native
+def test_record_layout_is_the_c_one() -> None:
+    """listing.py unpacks pks_entry with a struct format: it must be the compiled layout."""
+    from pkgckpt._scan import ffi
+
+    assert ffi.sizeof("struct pks_entry") == listing._RECORD.size

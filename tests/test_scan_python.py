@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pkgckpt.manifest import DirectorySource, IndexSource, Package, UrlSource, VcsSource
 from pkgckpt.scan.python import SiteScanner, scan_site, strip_credentials
@@ -579,3 +582,140 @@ def test_known_packages_only_shape_the_first_scan(aged_site: Path) -> None:
     shutil.rmtree(aged_site / "p3-1.0.dist-info")
     dist_info(aged_site, "p3", "1.0", direct_url={"url": "file:///src/p3", "dir_info": {}})
     assert scanner.scan().packages["p3"].source == DirectorySource(path="/src/p3")
+
+
+# -- a rescan told which entries changed (the watcher's names) -------------------------------
+
+
+def test_rescan_told_the_changed_names_looks_at_those_only(aged_site: Path) -> None:
+    """An install and a removal, named: both seen, one entry read, the rest not even
+    stat'ed (a change the names leave out is not looked for: they are the kernel's account)."""
+    scanner = SiteScanner(aged_site)
+    first = scanner.scan()
+    dist_info(aged_site, "newcomer", "1.0")
+    (aged_site / "newcomer").mkdir()
+    shutil.rmtree(aged_site / "p1-1.0.dist-info")
+    unnamed = aged_site / "p2-1.0.dist-info" / "REQUESTED"
+    unnamed.write_text("")
+    age(unnamed.parent, HOUR_NS // 2)
+    result = scanner.scan({"newcomer-1.0.dist-info", "newcomer", "p1-1.0.dist-info", "gone.pth"})
+    assert scanner.reads == 1
+    assert result.packages.keys() == first.packages.keys() - {"p1"} | {"newcomer"}
+    assert result.packages["p2"] is first.packages["p2"]
+    assert scanner.scan().packages["p2"].requested  # by identity: the directory changed
+
+
+def test_rescan_told_names_still_rereads_suspect_entries(aged_site: Path) -> None:
+    """An install still running (no RECORD yet) is looked at again whatever the names say."""
+    scanner = SiteScanner(aged_site)
+    info = dist_info(aged_site, "slow", "1.0", record=False, age_ns=0)
+    assert "slow-1.0.dist-info" in scanner.scan().in_progress
+    (info / "RECORD").write_text("")
+    result = scanner.scan(set())
+    assert result.in_progress == frozenset()
+    assert result.packages["slow"].version == "1.0"
+
+
+def test_names_for_a_directory_made_anew_are_not_trusted(aged_site: Path, tmp_path: Path) -> None:
+    """A site replaced by another directory (a rebuilt venv): every entry is read."""
+    scanner = SiteScanner(aged_site)
+    scanner.scan()
+    aged_site.rename(tmp_path / "old-site")
+    aged_site.mkdir()
+    dist_info(aged_site, "only", "1.0")
+    assert scanner.scan(set()).packages.keys() == {"only"}
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["dist", "url", "egg-dir", "egg-file", "broken", "running", "pth", "rm"]),
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from(["1.0", "2.0"]),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=_OPS)
+def test_rescans_told_the_names_agree_with_a_full_scan(ops: list[tuple[str, str, str]]) -> None:
+    """Random installs, removals, reinstalls from URLs, egg-infos, editables, broken and
+    running installs, each followed by a rescan told the entries touched: the result is
+    always what a fresh full scan of the directory gives."""
+    with tempfile.TemporaryDirectory() as tmp:
+        site = Path(tmp) / "site"
+        site.mkdir()
+        scanner = SiteScanner(site)
+        scanner.scan()
+        for op, name, version in ops:
+            touched = _apply(site, op, name, version)
+            assert scanner.scan(touched) == scan_site(site), (op, name, version)
+
+
+def _apply(site: Path, op: str, name: str, version: str) -> set[str]:
+    """Carry out one operation on `site`; the entry names it touched."""
+    entries = {
+        "egg-dir": f"{name}-{version}.egg-info",
+        "egg-file": f"{name}-{version}.egg-info",
+        "pth": f"__editable__.{name}-{version}.pth",
+    }
+    entry = entries.get(op, f"{name}-{version}.dist-info")
+    if op == "rm":
+        gone = [
+            p for p in site.iterdir() if p.name.startswith((f"{name}-", f"__editable__.{name}-"))
+        ]
+        for path in gone:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return {p.name for p in gone}
+    path = site / entry
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    if op in ("dist", "url", "broken", "running"):
+        url = {"url": f"https://example.org/{name}.whl", "archive_info": {}}
+        info = dist_info(
+            site,
+            name,
+            version,
+            direct_url=url if op == "url" else None,
+            record=op != "running",
+            age_ns=0 if op == "running" else HOUR_NS,
+        )
+        if op == "broken":
+            (info / "METADATA").unlink()
+            age(info, HOUR_NS)
+    elif op == "egg-dir":
+        path.mkdir()
+        (path / "PKG-INFO").write_text(f"Metadata-Version: 1.0\nName: {name}\nVersion: {version}\n")
+        age(path, HOUR_NS)
+    elif op == "egg-file":
+        path.write_text(f"Metadata-Version: 1.0\nName: {name}\nVersion: {version}\n")
+        age(path, HOUR_NS)
+    else:
+        path.write_text(f"/src/{name}\n")
+        age(path, HOUR_NS)
+    return {entry}
+
+
+def test_names_given_to_a_scan_that_failed_are_not_lost(
+    aged_site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rescan that could not read the directory (EIO, injected): the next one reads
+    every entry, as the names it was told are the only account of what changed."""
+    from pkgckpt.errors import ScanError
+    from pkgckpt.scan import python
+
+    scanner = SiteScanner(aged_site)
+    scanner.scan()
+    dist_info(aged_site, "newcomer", "1.0")
+
+    def eio(fd: int, names: object) -> list[object]:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with monkeypatch.context() as mp:
+        mp.setattr(python, "_stat_each", eio)
+        with pytest.raises(ScanError):
+            scanner.scan({"newcomer-1.0.dist-info"})
+    assert "newcomer" in scanner.scan(set()).packages

@@ -118,9 +118,9 @@ def test_root_deleted_and_recreated_is_rearmed(backend: str, site: Path) -> None
         shutil.rmtree(venv)
         wait_for(w, site)
         site.mkdir(parents=True)
-        wait_for(w, site)
+        assert site not in wait_for(w, site).changed  # a new directory: read all of it
         (site / "six.py").write_text("")
-        wait_for(w, site)
+        assert wait_for(w, site).changed == {site: frozenset({"six.py"})}
         assert watch_count(fd_of(w)) == 1
 
 
@@ -145,6 +145,30 @@ def test_marker_created_and_removed_are_reported(backend: str, site: Path) -> No
         marker.rmdir()
         assert wait_for(w, site).markers == {site: frozenset({marker.name})}
         assert watch_count(fd_of(w)) == 1
+
+
+def test_changed_names_each_entry_an_install_touched(backend: str, site: Path) -> None:
+    """Batches name every entry added, replaced or removed in a root (events that cannot
+    name one, such as an overflow or a root made anew, leave the root out: see those tests)."""
+    (site / "old-1.0.dist-info").mkdir()
+    with watcher(backend, Root(site, "python")) as w:
+        shutil.rmtree(site / "old-1.0.dist-info")
+        dist = site / "new-2.0.dist-info"
+        dist.mkdir()
+        (site / "new").mkdir()
+        (site / "new" / "__init__.py").write_text("")
+        (dist / "METADATA").write_text("Name: new\nVersion: 2.0\n")
+        (dist / "RECORD").write_text("")
+        (site / "new.pth").write_text("")
+        named: set[str] = set()
+        end = time.monotonic() + 5
+        while not {"old-1.0.dist-info", dist.name, "new", "new.pth"} <= named:
+            assert time.monotonic() < end, named
+            batch = w.wait(0.5)
+            if site in batch.dirty:
+                assert site in batch.changed
+                named |= batch.changed[site]
+        assert named == {"old-1.0.dist-info", dist.name, "new", "new.pth"}
 
 
 def test_record_arrival_ends_busy(backend: str, site: Path) -> None:
@@ -212,7 +236,7 @@ def test_wake_fd_returns_a_woken_batch(backend: str, site: Path) -> None:
         with Watcher([Root(site, "python")], wake_fd=r, backend=backend) as w:
             threading.Timer(0.1, os.write, (wfd, b"\x0f")).start()
             batch = w.wait(None)
-        assert batch == Batch(frozenset(), {}, overflow=False, woken=True)
+        assert batch == Batch(frozenset(), {}, {}, overflow=False, woken=True)
     finally:
         os.close(r)
         os.close(wfd)
@@ -240,6 +264,7 @@ def test_overflow_marks_every_root_dirty(backend: str, shm: Path) -> None:
         batch = w.wait(2)
         assert batch.overflow
         assert batch.dirty == {a, b}
+        assert batch.changed == {}  # events were lost: no root can say what changed
         (b / "jsonlite").mkdir()
         wait_for(w, b)
 

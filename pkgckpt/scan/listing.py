@@ -27,9 +27,9 @@ _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodee
 try:
     from .._scan import ffi, lib
 except ImportError:  # not compiled (a source tree used in place): the Python listing
-    ffi = lib = None
+    NATIVE = False
 else:
-    _PROBED, _LOOKED = lib.PKS_PROBED, lib.PKS_LOOKED
+    NATIVE = True
 
 
 def entries(
@@ -39,7 +39,7 @@ def entries(
     (never those starting with "." or "~"), with their lstat identity. With `probe`, the
     directories among them whose names end with `probe_in` are checked for a file named
     `probe` inside. Raises OSError when the directory cannot be listed."""
-    if lib is None:
+    if not NATIVE:
         return _python(fd, tuple(suffixes), probe_in, probe)
     return _native(fd, suffixes, probe_in, probe)
 
@@ -84,8 +84,9 @@ def _native(fd: int, suffixes: Sequence[str], probe_in: str, probe: str | None) 
     # One decode and one split for all names: NUL never occurs in a name.
     blob = ffi.buffer(names, last.name_off + last.name_len)[:]
     listed = blob.decode(_FS_ENCODING, _FS_ERRORS).split("\0")
+    probed, looked = lib.PKS_PROBED, lib.PKS_LOOKED
     return [
-        (name, ino, mtime_ns, mode, bool(flags & _PROBED) if flags & _LOOKED else None)
+        (name, ino, mtime_ns, mode, bool(flags & probed) if flags & looked else None)
         for name, (ino, mtime_ns, mode, flags, _, _) in zip(
             listed, _RECORD.iter_unpack(ffi.buffer(out, n * _RECORD.size)), strict=True
         )

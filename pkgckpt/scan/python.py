@@ -39,7 +39,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -356,9 +356,23 @@ class SiteScanner:
         self._root: tuple[int, int] | None = None
         self._root_suspect = True
         self._cache: dict[str, _Cached] = {}
+        self._suspects: set[str] = set()
+        """The entries of `_cache` that are suspect (looked at by every scan)."""
+        self._givers: dict[str, set[str]] | None = {}
+        """Canonical name -> the entries of `_cache` that give it (dists and editables): what
+        a partial scan assembles again. None: to be built from `_cache` when needed (a full
+        scan does not pay for it: restore and status never scan twice)."""
         self._last = ScanResult()
 
-    def scan(self) -> ScanResult:
+    def scan(self, changed: Collection[str] | None = None) -> ScanResult:
+        """What the directory holds now.
+
+        `changed`: the names of the entries that may have changed since the last scan,
+        when the caller knows them (the watcher's events, `watcher.Batch.changed`): then
+        only those and the suspect entries are looked at, so a rescan after an install
+        costs the install's entries, not the site's size. None: the directory's identity
+        decides (unchanged: suspect entries only; changed: every entry's identity).
+        """
         self.reads = 0
         now = time.time_ns()
         try:
@@ -366,17 +380,23 @@ class SiteScanner:
         except (FileNotFoundError, NotADirectoryError):
             self.exists = False
             self._root, self._cache, self._last = None, {}, ScanResult()
+            self._suspects, self._givers = set(), {}
             return self._last
         except OSError as e:
+            self._root = None  # see below
             raise ScanError(f"cannot read {self.path}: {e.strerror}") from None
         try:
             st = os.fstat(fd)
             root = (st.st_ino, st.st_mtime_ns)
-            partial = root == self._root and not self._root_suspect
-            if partial:
-                suspects = [n for n, c in self._cache.items() if c.suspect]
-                found = _stat_each(fd, suspects)
-                gone = set(suspects).difference(e[0] for e in found)
+            look: set[str] | None = None
+            if changed is not None and self._root is not None and root[0] == self._root[0]:
+                look = {n for n in changed if n and _kind(n) is not None}
+            elif root == self._root and not self._root_suspect:
+                look = set()  # no entry added, removed or renamed
+            if look is not None:
+                look.update(self._suspects)
+                found = _stat_each(fd, look)
+                gone = look.difference(e[0] for e in found)
                 cache = self._refresh(fd, found, now, partial=True, gone=gone)
             else:
                 # A first scan against known packages: `direct_url.json` is what tells a
@@ -385,16 +405,69 @@ class SiteScanner:
                 found = listing.entries(fd, _SUFFIXES, ".dist-info", probe)
                 cache = self._refresh(fd, found, now, partial=False)
         except OSError as e:
+            # Whatever the caller said changed was not looked at: the next scan reads all.
+            self._root = None
             raise ScanError(f"cannot read {self.path}: {e.strerror}") from None
         finally:
             os.close(fd)
         self.exists = True
         self._root = root
         self._root_suspect = now - root[1] < RACY_NS
-        if cache is not None:
+        if cache is not None and look is not None:
+            self._last = self._reassemble(cache, look)
+            self._cache = cache
+        elif cache is not None:
             self._cache = cache
             self._last = _assemble(cache)
+            self._suspects = {n for n, c in cache.items() if c.suspect}
+            self._givers = None
         return self._last
+
+    def _reassemble(self, cache: dict[str, _Cached], looked: set[str]) -> ScanResult:
+        """`_assemble(cache)`, from the last result and the entries `looked` at only: a
+        rescan after an install costs the install, not the site."""
+        old, last = self._cache, self._last
+        if self._givers is None:
+            self._givers = {}
+            for name, held in old.items():
+                key = _gives(held.value)
+                if key is not None:
+                    self._givers.setdefault(key, set()).add(name)
+        givers_of = self._givers
+        broken, in_progress = dict(last.broken), set(last.in_progress)
+        names: set[str] = set()
+        for entry in looked:
+            before, after = old.get(entry), cache.get(entry)
+            if before is after:
+                continue
+            for cached, adds in ((before, False), (after, True)):
+                key = _gives(cached.value) if cached is not None else None
+                if key is not None:
+                    names.add(key)
+                    givers = givers_of.setdefault(key, set())
+                    (givers.add if adds else givers.discard)(entry)
+            broken.pop(entry, None)
+            in_progress.discard(entry)
+            self._suspects.discard(entry)
+            if after is not None:
+                if isinstance(after.value, str):
+                    broken[entry] = after.value
+                elif type(after.value) is _Dist and after.value.in_progress:
+                    in_progress.add(entry)
+                if after.suspect:
+                    self._suspects.add(entry)
+        packages = dict(last.packages)
+        for key in names:
+            packages.pop(key, None)
+            entries = givers_of.get(key)
+            if not entries:
+                givers_of.pop(key, None)
+                continue
+            # The rules of the whole, applied to the entries that give this one name.
+            package = _assemble({e: cache[e] for e in entries}).packages.get(key)
+            if package is not None:
+                packages[key] = package
+        return ScanResult(packages=packages, broken=broken, in_progress=frozenset(in_progress))
 
     def _refresh(
         self,
@@ -405,13 +478,13 @@ class SiteScanner:
         partial: bool,
         gone: Iterable[str] = (),
     ) -> dict[str, _Cached] | None:
-        """The cache after looking at `found` (every entry, or the suspect ones still there
-        when `partial`; `gone`: the suspect ones that vanished): entries whose identity
-        holds are kept, others read. None: no change."""
+        """The cache after looking at `found` (every entry; or when `partial`, the ones
+        looked at that are still there, `gone` being those that are not): entries whose
+        identity holds are kept, others read. None: no change."""
         old = self._cache
         cache = dict(old) if partial else {}
         for name in gone:
-            del cache[name]
+            cache.pop(name, None)  # or never seen: created and removed since the last scan
         reads = 0
         # The loop runs once per distribution: names bound once, the known case first.
         previous, known, settled = old.get, self._known_dist, now - INSTALL_WINDOW_NS
@@ -492,7 +565,7 @@ def _read_entry(
     return _read_editable_pth(fd, name)
 
 
-def _stat_each(fd: int, names: list[str]) -> list[listing.Entry]:
+def _stat_each(fd: int, names: Iterable[str]) -> list[listing.Entry]:
     """`names` in `fd` with their identity, as `listing.entries` gives them; the ones that
     no longer exist are left out."""
     found: list[listing.Entry] = []
@@ -641,6 +714,15 @@ def _project_of(path: Path) -> Path:
         if any((here / f).exists() for f in _PROJECT_FILES):
             return here
     return path
+
+
+def _gives(value: _Dist | _Editable | str) -> str | None:
+    """The canonical name an entry's value bears on in `_assemble`, if any."""
+    if type(value) is _Dist:
+        return value.package.name if value.package is not None else None
+    if type(value) is _Editable:
+        return value.key
+    return None
 
 
 def _assemble(cache: dict[str, _Cached]) -> ScanResult:
