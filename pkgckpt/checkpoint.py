@@ -288,7 +288,7 @@ def commit(session: Session) -> Manifest | None:
     encoded = manifest.encode_body(body)
     if encoded == session.on_store:
         return None
-    written = session.store.commit(body)
+    written = session.store.commit(body, encoded)
     session.on_store = encoded
     if written is not None:
         session.generation = written.generation

@@ -221,10 +221,11 @@ def _pretty(data: bytes) -> bytes:
 
 
 _PLACEHOLDER = "sha256:" + "0" * 64
+_PLACEHOLDER_BYTES = _PLACEHOLDER.encode()
 _BODY_KEY = b'\n "body": '
 
 
-def checksum(body: bytes) -> str:
+def checksum(body: bytes | memoryview) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
@@ -233,6 +234,12 @@ def encode(manifest: Manifest, body: bytes | None = None) -> bytes:
 
     `body`: `encode_body(manifest.body)`, when the caller has it already.
     """
+    return b"".join(encode_parts(manifest, body))
+
+
+def encode_parts(manifest: Manifest, body: bytes | None = None) -> tuple[bytes | memoryview, ...]:
+    """`encode(manifest, body)` as buffers to be written one after the other (writev):
+    putting the checksum in place without copying a 200 KB manifest whole again."""
     if body is None:
         body = encode_body(manifest.body)
     envelope = _Envelope(
@@ -243,14 +250,16 @@ def encode(manifest: Manifest, body: bytes | None = None) -> bytes:
         checksum=_PLACEHOLDER,
         body=msgspec.Raw(body),
     )
-    data = _pretty(_encoder.encode(envelope)) + b"\n"
+    raw = _pretty(_encoder.encode(envelope))
+    data = memoryview(raw)
     # Indenting re-lays the body too, so the checksum is taken over the body exactly as it
-    # stands in the output, then written over a placeholder of the same length. It is cut
-    # out rather than decoded: the body is the envelope's last field, so it runs from its
-    # key (unique at depth one: JSON strings hold no raw newline) to the closing "\n}\n".
-    start = data.index(_BODY_KEY) + len(_BODY_KEY)
-    laid_out = data[start : -len(b"\n}\n")]
-    return data.replace(_PLACEHOLDER.encode(), checksum(laid_out).encode(), 1)
+    # stands in the output, then put in place of a placeholder of the same length. It is
+    # cut out rather than decoded: the body is the envelope's last field, so it runs from
+    # its key (unique at depth one: JSON strings hold no raw newline) to the closing "\n}".
+    start = raw.index(_BODY_KEY) + len(_BODY_KEY)
+    digest = checksum(data[start : -len(b"\n}")]).encode()
+    at = raw.index(_PLACEHOLDER_BYTES)  # in the envelope's head, before the body
+    return (data[:at], digest, data[at + len(digest) :], b"\n")
 
 
 def encode_body(body: Body) -> bytes:

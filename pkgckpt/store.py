@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -117,13 +118,16 @@ def _discard(dfd: int, name: str, leftovers: set[str]) -> None:
         leftovers.add(name)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
+def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        written = os.writev(fd, views)
         if written == 0:  # never for a regular file, but an endless loop would be worse
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        view = view[written:]
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
 
 
 def _reads_back(path: Path, data: bytes) -> bool:
@@ -175,7 +179,7 @@ def _fsync_dir(dfd: int, directory: Path, settled: bool) -> None:
 def _replace(
     dfd: int,
     path: Path,
-    data: bytes,
+    data: bytes | Sequence[bytes | memoryview],
     mode: int,
     *,
     history: str | None = None,
@@ -183,10 +187,13 @@ def _replace(
 ) -> None:
     """The durable recipe, in the directory open as `dfd`; `path` names the target in it.
 
-    `history`: also link the new file under this name before the rename. `leftovers`
-    collects the names of temp files that could not be removed after a failure.
+    `data`: the bytes, or buffers to be written one after the other. `history`: also link
+    the new file under this name before the rename. `leftovers` collects the names of temp
+    files that could not be removed after a failure.
     """
     import secrets
+
+    parts = (data,) if isinstance(data, bytes) else data
 
     leftovers = set() if leftovers is None else leftovers
     tmp = f"{_temp_prefix(path.name, _host())}{os.getpid()}.{secrets.token_hex(4)}"
@@ -202,7 +209,7 @@ def _replace(
     try:
         if mode != 0o600:
             os.fchmod(fd, mode)
-        _write_all(fd, data)
+        _write_all(fd, parts)
         os.fsync(fd)
     except OSError as e:
         _close_quietly(fd)
@@ -242,7 +249,7 @@ def _replace(
         # The server may have done the rename and lost the reply (ESTALE, EIO, ENOENT on a
         # retransmission): the target holding our exact bytes says it is done.
         _discard(dfd, tmp, leftovers)
-        settled = _reads_back(path, data)
+        settled = _reads_back(path, b"".join(parts))
         if not settled:
             if linked and history is not None:
                 _discard(dfd, history, set())
@@ -459,8 +466,10 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def commit(self, body: Body) -> Manifest | None:
+    def commit(self, body: Body, encoded: bytes | None = None) -> Manifest | None:
         """Write `body` as the next generation, durably; None when it is unchanged.
+
+        `encoded`: `manifest.encode_body(body)`, when the caller has it already.
 
         Raises StoreUnavailable (retry later: nothing was lost, the previous generation is
         intact or the new one is in place, whole) or StoreError / UnknownSchema.
@@ -470,7 +479,7 @@ class Store:
         if dfd is None:
             raise StoreUnavailable(f"{self.path} disappeared while committing")
         try:
-            return self._commit(dfd, body)
+            return self._commit(dfd, body, encoded)
         except BaseException:
             # The outcome may be visible but not durable: re-read the directory and write
             # again next time, even an unchanged body.
@@ -480,7 +489,7 @@ class Store:
         finally:
             _close_quietly(dfd)
 
-    def _commit(self, dfd: int, body: Body) -> Manifest | None:
+    def _commit(self, dfd: int, body: Body, encoded: bytes | None) -> Manifest | None:
         import socket
 
         known = self._known
@@ -493,7 +502,8 @@ class Store:
             known = None
         if known is None:
             known = self._sync(dfd)
-        encoded = manifest.encode_body(body)
+        if encoded is None:
+            encoded = manifest.encode_body(body)
         if encoded == known.body:
             self._known = known
             return None
@@ -507,7 +517,7 @@ class Store:
         _replace(
             dfd,
             self.path / CURRENT,
-            manifest.encode(result, encoded),
+            manifest.encode_parts(result, encoded),
             0o600,
             history=_generation_name(generation),
             leftovers=self._leftovers,

@@ -437,3 +437,31 @@ def test_atomic_write_does_not_follow_a_symlinked_target(tmp_path: Path) -> None
     assert victim.read_bytes() == b"keep me"
     assert not (tmp_path / "status.json").is_symlink()
     assert (tmp_path / "status.json").read_bytes() == b"new"
+
+
+def test_short_writes_are_carried_on_until_the_whole_manifest_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writev that writes less than asked (a signal, NFS) is continued from where it
+    stopped, across the buffers of the manifest (injected: at most 997 bytes a call)."""
+    real = os.writev
+    calls = 0
+
+    def short(fd: int, buffers: list[memoryview]) -> int:
+        nonlocal calls
+        calls += 1
+        budget, chunk = 997, []
+        for b in buffers:
+            chunk.append(b[:budget])
+            budget -= len(chunk[-1])
+            if not budget:
+                break
+        return real(fd, chunk)
+
+    monkeypatch.setattr(os, "writev", short)
+    store = Store(tmp_path / "store", "k")
+    body = make_body("short", 40)
+    written = store.commit(body)
+    assert written is not None and calls > 5
+    assert (store.path / "manifest.json").read_bytes() == manifest.encode(written)
+    assert Store(tmp_path / "store", "k").read() == written

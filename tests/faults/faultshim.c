@@ -3,7 +3,7 @@
  * (EIO, ENOSPC, EDQUOT at close, ESTALE after a rename that did happen, ...).
  *
  * PKGCKPT_FAULTS="rule[;rule...]", rule = "call:errno:nth:when:pattern"
- *   call     write read fsync close open rename link unlink
+ *   call     write read fsync close open rename link unlink ("write" covers writev)
  *   errno    a number
  *   nth      fail the nth call that matches (1 = the first), once
  *   when     "before": fail without doing the call; "after": do it, then report the error
@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define MAX_RULES 8
@@ -170,6 +171,11 @@ static struct rule *match_at(enum call call, int dirfd, const char *name, int di
 ssize_t write(int fd, const void *buf, size_t count) {
     struct rule *r = match_fd(C_WRITE, fd);
     FAULTY(r, ssize_t, REAL(write)(fd, buf, count));
+}
+
+ssize_t writev(int fd, const struct iovec *iov, int iovcnt) {
+    struct rule *r = match_fd(C_WRITE, fd);
+    FAULTY(r, ssize_t, REAL(writev)(fd, iov, iovcnt));
 }
 
 ssize_t read(int fd, void *buf, size_t count) {
