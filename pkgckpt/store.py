@@ -37,7 +37,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -97,6 +97,19 @@ def _host() -> str:
 
 def _temp_prefix(target: str, host: str) -> str:
     return f".{target}.tmp.{host}."
+
+
+def _stale_temps(names: Iterable[str], target: str) -> list[str]:
+    """The temp files among `names` that this host's writers of `target` left behind when
+    they died (killed mid-write: nothing else removes them)."""
+    prefix = _temp_prefix(target, _host())
+    stale = []
+    for name in names:
+        if name.startswith(prefix):
+            pid = name[len(prefix) :].partition(".")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                stale.append(name)
+    return stale
 
 
 def _alive(pid: int) -> bool:
@@ -263,7 +276,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
     Raises StoreUnavailable (EIO, ENOSPC, ESTALE, ...: retry later) or StoreError
     (permissions, a missing directory); on error the temp file is removed (unless the
-    removal fails too).
+    removal fails too). After a write, the temp files of this host's writers of `path`
+    that died are removed.
     """
     path = Path(path)
     try:
@@ -272,6 +286,9 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         raise _error(e, f"cannot open the directory {path.parent}") from e
     try:
         _replace(dfd, path, data, mode)
+        with contextlib.suppress(OSError):  # tidying up: never a reason to fail the write
+            for name in _stale_temps(os.listdir(dfd), path.name):  # noqa: PTH208
+                _discard(dfd, name, set())
     finally:
         _close_quietly(dfd)
 
@@ -564,13 +581,7 @@ class Store:
 
     def _remove_stale_temps(self, dfd: int, names: list[str]) -> None:
         """Remove this host's temp files whose writer is gone, and our own leftovers."""
-        prefix = _temp_prefix(CURRENT, _host())
-        for name in names:
-            if not name.startswith(prefix):
-                continue
-            pid = name[len(prefix) :].partition(".")[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                self._leftovers.add(name)
+        self._leftovers.update(_stale_temps(names, CURRENT))
         for name in sorted(self._leftovers):
             self._leftovers.discard(name)
             _discard(dfd, name, self._leftovers)

@@ -411,6 +411,19 @@ def test_leftovers_are_ignored_and_only_own_stale_temps_removed(store: Store) ->
 # -- atomic_write ----------------------------------------------------------------------------
 
 
+def test_atomic_write_removes_what_dead_writers_of_the_same_file_left(tmp_path: Path) -> None:
+    """A baseline or status writer killed mid-write leaves its temp file: the next write
+    of that file on this host removes it, and only it."""
+    host = socket.gethostname()
+    dead = f".baseline.json.tmp.{host}.{_dead_pid()}.0badf00d"
+    live = f".baseline.json.tmp.{host}.{os.getppid()}.0badf00d"
+    other_file = f".daemon-k.json.tmp.{host}.{_dead_pid()}.0badf00d"
+    for name in (dead, live, other_file):
+        (tmp_path / name).write_bytes(b"{")
+    atomic_write(tmp_path / "baseline.json", b"{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live, other_file, "baseline.json"])
+
+
 def test_atomic_write_replaces_whole_with_mode(tmp_path: Path) -> None:
     """atomic_write replaces the file with the new bytes and mode and leaves no temp."""
     target = tmp_path / "status.json"
