@@ -20,7 +20,7 @@ from typing import Protocol
 from packaging.utils import canonicalize_name
 
 from . import manifest
-from .config import Config
+from .config import Config, ensure_runtime_dir
 from .errors import ManifestError
 from .manifest import Baseline, Environment, Inventory, Package
 from .scan import ScanResult
@@ -215,11 +215,16 @@ def ensure_baseline(config: Config, found: list[Target]) -> Baseline:
     if baseline is not None:
         expect(found, baseline)
         return baseline
-    baseline = take_baseline(found)
     path = baseline_path(config)
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise ManifestError(f"cannot create {path.parent}: {e.strerror}") from None
+    if config.baseline is None:
+        # The runtime directory may sit in a shared /tmp: one planted by someone else is
+        # refused before the baseline (what counts as the image's) is written there.
+        ensure_runtime_dir(config.runtime_dir)
+    else:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise ManifestError(f"cannot create {path.parent}: {e.strerror}") from None
+    baseline = take_baseline(found)
     save_baseline(baseline, path)
     return baseline

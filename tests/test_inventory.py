@@ -13,7 +13,7 @@ from wheelhouse import make_venv
 
 from pkgckpt import manifest
 from pkgckpt.config import Config
-from pkgckpt.errors import ManifestError
+from pkgckpt.errors import ManifestError, PkgckptError
 from pkgckpt.inventory import (
     Target,
     ensure_baseline,
@@ -165,3 +165,20 @@ def test_foreign_writable_or_corrupt_runtime_baseline_is_refused(tmp_path: Path)
     (tmp_path / "elsewhere.json").write_bytes(manifest.encode_baseline(Baseline()))
     with pytest.raises(ManifestError):
         load_baseline(config)
+
+
+def test_baseline_is_not_written_into_a_runtime_directory_of_someone_else(
+    tmp_path: Path,
+) -> None:
+    """A runtime directory planted in a shared /tmp (another owner) is refused before the
+    baseline, what counts as the image's, is written into it."""
+    site = tmp_path / "site"
+    dist_info(site, "image-pkg", "1.0")
+    run = tmp_path / "run"
+    run.mkdir(mode=0o777)
+    if os.geteuid() != 0:
+        pytest.skip("giving the directory to another uid needs root")
+    os.chown(run, 4242, 4242)
+    with pytest.raises(PkgckptError, match="belongs to uid 4242"):
+        ensure_baseline(Config(runtime_dir=run), [Target(env=ENV, roots=(site,))])
+    assert not (run / "baseline.json").exists()
