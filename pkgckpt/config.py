@@ -103,7 +103,8 @@ class Config:
         if self.r_lib:
             return self.r_lib
         user = os.environ.get("R_LIBS_USER")
-        return tuple(Path(p) for p in user.split(os.pathsep) if p) if user else ()
+        # R expands a leading ~ in R_LIBS_USER itself.
+        return tuple(Path(p).expanduser() for p in user.split(os.pathsep) if p) if user else ()
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -116,7 +117,7 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         if kind.startswith("tuple"):
             items = value.split(os.pathsep) if isinstance(value, str) else list(value)
             items = [i for i in items if i != ""]
-            return tuple(Path(i) if "Path" in kind else str(i) for i in items)
+            return tuple(Path(i).expanduser() if "Path" in kind else str(i) for i in items)
         if kind == "bool":
             if isinstance(value, bool):
                 return value
