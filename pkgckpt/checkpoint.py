@@ -44,13 +44,15 @@ def env_key(env: Environment) -> EnvKey:
     return (env.kind, env.path, env.user)
 
 
-def same_install(a: Package, b: Package) -> bool:
-    """Same version from the same source: the rest (REQUESTED, INSTALLER) is bookkeeping.
+def same_install(recorded: Package, found: Package) -> bool:
+    """`found` is the install `recorded` describes: the same version from the same source
+    (`manifest.same_source`); the rest (REQUESTED, INSTALLER) is bookkeeping.
 
-    A restore installs every package as requested, by its own installer; comparing those
-    fields would rewrite the manifest after every container start for nothing.
+    A restore installs every package as requested, by its own installer, and a VCS one at
+    its recorded commit; counting those differences would rewrite the manifest after a
+    container start for nothing.
     """
-    return (a.version, a.source) == (b.version, b.source)
+    return recorded.version == found.version and manifest.same_source(recorded.source, found.source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +97,7 @@ def _inferred_baseline(
             base[p.name] = p
         for p in recorded.changed:
             live = first.get(p.name)
-            if live is not None and not same_install(live, p):
+            if live is not None and not same_install(p, live):
                 base[p.name] = live
             else:
                 base[p.name] = p
@@ -174,7 +176,7 @@ class Tracker:
             kept = [
                 track.state[n]
                 for n in track.pinned
-                if n in track.state and same_install(track.state[n], track.baseline[n])
+                if n in track.state and same_install(track.baseline[n], track.state[n])
             ]
             if kept:
                 changed = sorted((*d.changed, *kept), key=lambda p: p.name)

@@ -366,6 +366,38 @@ def _r_version(version: str) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
 
 
+def same_source(want: Source, have: Source) -> bool:
+    """`have` is an install from the place `want` records (an index's name does not count).
+
+    What restore takes for "already in place", and the daemon for "not a change": a
+    restore installs a VCS package at its recorded commit (so pip records that commit as
+    the requested revision, not the branch first asked for) and may spell a file URL
+    `file://localhost/`; neither is a new install. A VCS record without a commit takes
+    any commit.
+    """
+    if isinstance(want, IndexSource) or isinstance(have, IndexSource):
+        return type(want) is type(have)
+    if isinstance(want, UrlSource) and isinstance(have, UrlSource):
+        return want.subdirectory == have.subdirectory and _same_url(want.url, have.url)
+    if isinstance(want, VcsSource) and isinstance(have, VcsSource):
+        return (
+            (want.vcs, want.subdirectory) == (have.vcs, have.subdirectory)
+            and _same_url(want.url, have.url)
+            and want.commit in (None, have.commit)
+        )
+    if isinstance(want, DirectorySource) and isinstance(have, DirectorySource):
+        return (want.path, want.editable) == (have.path, have.editable)
+    return False
+
+
+def _same_url(a: str, b: str) -> bool:
+    # file:///x and file://localhost/x are the same place (RFC 8089); restore may use the
+    # second form (see restore.python.requirement) for a manifest that recorded the first.
+    return a.replace("file://localhost/", "file:///", 1) == b.replace(
+        "file://localhost/", "file:///", 1
+    )
+
+
 def diff(
     old: Mapping[str, Package],
     new: Mapping[str, Package],

@@ -234,3 +234,27 @@ def test_a_damaged_current_generation_is_rewritten_by_the_first_commit(tmp_path:
     commit(session)
     assert Store(tmp_path / "store", "alice").read() is not None
     assert manifest.decode(current.read_bytes()).body == body
+
+
+def test_a_vcs_package_restored_at_its_commit_does_not_rewrite_the_record() -> None:
+    """Restore installs a VCS package at its recorded commit, so pip records the commit
+    as the requested revision, and may spell a file URL file://localhost/: the same
+    install, not an upgrade to record (which would also lose the branch asked for)."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    asked = manifest.VcsSource(
+        vcs="git", url="file:///src/tool", commit=sha, requested_revision="main"
+    )
+    recorded = Package(name="tool", version="0.3", source=asked)
+    record = Manifest(body=Body(environments=(Delta(env=ENV, added=(recorded,)),)))
+    t = Tracker(BASELINE, record)
+    as_restored = manifest.VcsSource(
+        vcs="git", url="file://localhost/src/tool", commit=sha, requested_revision=sha
+    )
+    found = Package(name="tool", version="0.3", source=as_restored)
+    assert t.observe(ENV, Observation({**IMAGE, "tool": found})) == []
+    assert t.body() == record.body
+    moved_on = manifest.VcsSource(vcs="git", url="file:///src/tool", commit="f" * 40)
+    changes = t.observe(
+        ENV, Observation({**IMAGE, "tool": Package(name="tool", version="0.3", source=moved_on)})
+    )
+    assert [(c.action, c.name) for c in changes] == [("upgrade", "tool")]

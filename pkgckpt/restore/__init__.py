@@ -73,6 +73,7 @@ from ..manifest import (
     Source,
     UrlSource,
     VcsSource,
+    same_source,
 )
 from .runner import Deadline, Installer, Outcome
 from .validate import canonical, check_body
@@ -281,36 +282,11 @@ def _same_version(kind: Kind, a: str, b: str) -> bool:
         return False
 
 
-def _same_url(a: str, b: str) -> bool:
-    # file:///x and file://localhost/x are the same place (RFC 8089); restore may have
-    # used the second form (see python.requirement) for a manifest that recorded the first.
-    return a.replace("file://localhost/", "file:///", 1) == b.replace(
-        "file://localhost/", "file:///", 1
-    )
-
-
-def _same_source(want: Source, have: Source) -> bool:
-    """Installed from the place the manifest records (an index's name does not count)."""
-    if isinstance(want, IndexSource) or isinstance(have, IndexSource):
-        return type(want) is type(have)
-    if isinstance(want, UrlSource) and isinstance(have, UrlSource):
-        return want.subdirectory == have.subdirectory and _same_url(want.url, have.url)
-    if isinstance(want, VcsSource) and isinstance(have, VcsSource):
-        return (
-            (want.vcs, want.subdirectory) == (have.vcs, have.subdirectory)
-            and _same_url(want.url, have.url)
-            and want.commit in (None, have.commit)
-        )
-    if isinstance(want, DirectorySource) and isinstance(have, DirectorySource):
-        return (want.path, want.editable) == (have.path, have.editable)
-    return False
-
-
 def _in_place(kind: Kind, want: Package | Step, have: Package | None) -> bool:
     return (
         have is not None
         and _same_version(kind, want.version, have.version)
-        and _same_source(want.source, have.source)
+        and same_source(want.source, have.source)
     )
 
 
