@@ -74,6 +74,9 @@ def ensure_runtime_dir(path: Path) -> Path:
 class Config:
     store: Path = dataclasses.field(default_factory=default_store)
     key: str = dataclasses.field(default_factory=default_key)
+    store_uid: int | None = None
+    """The uid owning what this user writes on the store, where the NFS server maps it
+    (all_squash, anonuid); ownership is checked against it. None: this process's uid."""
     env: tuple[Path, ...] = ()
     """Python prefixes; empty means the environment running pkgckpt (`sys.prefix`)."""
     r_lib: tuple[Path, ...] = ()
@@ -126,7 +129,7 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             if str(value).lower() in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(value)
-        if kind == "int":
+        if kind in ("int", "int | None"):
             if isinstance(value, bool):
                 raise ValueError(value)
             count = int(value)

@@ -45,7 +45,7 @@ from .debounce import Debouncer
 from .errors import ManifestError, PkgckptError, StoreError
 from .inventory import Target
 from .manifest import Change, Environment
-from .store import Store
+from .store import open_store
 from .watcher import Root, Watcher
 
 log = logging.getLogger("pkgckpt.daemon")
@@ -147,7 +147,7 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.targets: list[Target] = checkpoint.targets(config)
-        self.store = Store(config.store, config.key)
+        self.store = open_store(config)
         self.session: checkpoint.Session | None = None
         self.state = status.new_state(config)
         self._written = False
@@ -436,7 +436,7 @@ def snapshot(config: Config) -> SnapshotResult:
         assert state is not None
         return _ask_daemon(config, state)
     targets = checkpoint.targets(config)
-    store = Store(config.store, config.key)
+    store = open_store(config)
     session, _ = checkpoint.open_session(config, targets, store)
     committed = checkpoint.commit(session)
     return SnapshotResult(

@@ -23,7 +23,7 @@ from .checkpoint import now_iso
 from .config import Config, ensure_runtime_dir
 from .errors import PkgckptError
 from .manifest import Change, Environment, Package
-from .store import Store, atomic_write
+from .store import atomic_write, open_store
 
 Phase = Literal["starting", "watching", "stopping", "stopped"]
 
@@ -179,7 +179,7 @@ def _recorded(delta: manifest.Delta, env: Environment) -> EnvReport:
 
 def collect(config: Config) -> Report:
     """Everything `pkgckpt status` shows; reads only, never writes or takes a baseline."""
-    store = Store(config.store, config.key)
+    store = open_store(config)
     store_error = None
     recorded = None
     try:

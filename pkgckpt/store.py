@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__, manifest
+from .config import Config
 from .errors import ManifestError, StoreError, StoreUnavailable, UnknownSchema, UsageError
 from .manifest import Body, Manifest, Writer
 
@@ -293,6 +294,11 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         _close_quietly(dfd)
 
 
+def open_store(config: Config) -> Store:
+    """The store and key `config` names, owned as it says."""
+    return Store(config.store, config.key, owner=config.store_uid)
+
+
 def _check_key(key: str) -> None:
     # A key is one directory name: nothing that climbs out of the store or hides in it.
     if not key or key.startswith(".") or "/" in key or "\0" in key:
@@ -304,16 +310,21 @@ def _check_key(key: str) -> None:
         raise UsageError(f"invalid store key {key!r}: longer than 200 bytes")
 
 
-def _check_owned(st: os.stat_result, where: Path, *, directory: bool) -> None:
+def _check_owned(st: os.stat_result, where: Path, *, directory: bool, owner: int) -> None:
     """Refuse what this user does not solely control (DESIGN invariant 4)."""
     if directory and not stat.S_ISDIR(st.st_mode):
         raise StoreError(f"{where} is not a directory: refused")
     if not directory and not stat.S_ISREG(st.st_mode):
         raise StoreError(f"{where} is not a regular file: refused")
-    uid = os.geteuid()
-    if st.st_uid != uid:
+    if st.st_uid != owner:
+        whose = "this user" if owner == os.geteuid() else "store_uid"
         raise StoreError(
-            f"{where} is owned by uid {st.st_uid}, not by this user (uid {uid}): refused"
+            f"{where} is owned by uid {st.st_uid}, not by {whose} (uid {owner}): refused"
+            + (
+                " (if the NFS server maps this user's files to one uid, set store_uid to it)"
+                if whose == "this user"
+                else ""
+            )
         )
     if st.st_mode & 0o022:
         raise StoreError(
@@ -356,13 +367,16 @@ class Store:
     tell a fallback from a normal read, and the next `commit()` replaces the damaged file.
     """
 
-    def __init__(self, root: Path, key: str, *, keep: int = 5) -> None:
+    def __init__(self, root: Path, key: str, *, keep: int = 5, owner: int | None = None) -> None:
+        """`owner`: the uid that owns what this user writes here; this process's euid by
+        default. An NFS export with all_squash (or anonuid) gives every file its one uid."""
         _check_key(key)
         if keep < 1:
             raise UsageError(f"keep must be at least 1, not {keep}")
         self.root = Path(root)
         self.key = key
         self.keep = keep
+        self.owner = os.geteuid() if owner is None else owner
         self.path = self.root / key
         self.last_read_warning: str | None = None
         self._known: _Known | None = None
@@ -404,7 +418,7 @@ class Store:
                 ) from e
             raise _error(e, f"cannot open {self.path}") from e
         try:
-            _check_owned(os.fstat(dfd), self.path, directory=True)
+            _check_owned(os.fstat(dfd), self.path, directory=True, owner=self.owner)
         except BaseException:
             _close_quietly(dfd)
             raise
@@ -441,7 +455,7 @@ class Store:
             raise _error(e, f"cannot open {where}") from e
         try:
             st = os.fstat(fd)
-            _check_owned(st, where, directory=False)
+            _check_owned(st, where, directory=False, owner=self.owner)
             data = _read_all(fd, manifest.MAX_BYTES + 1)
         except OSError as e:
             raise _error(e, f"cannot read {where}") from e

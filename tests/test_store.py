@@ -327,7 +327,8 @@ def test_ownership_is_checked_against_the_reading_user(world_tmp: Path) -> None:
     (store.path / "manifest.json").chmod(0o644)
     assert _read_as(FOREIGN_UID, store) == (
         f"StoreError: {store.path / 'manifest.json'} is owned by uid 0, "
-        f"not by this user (uid {FOREIGN_UID}): refused"
+        f"not by this user (uid {FOREIGN_UID}): refused (if the NFS server maps this "
+        "user's files to one uid, set store_uid to it)"
     )
 
 
@@ -478,3 +479,21 @@ def test_short_writes_are_carried_on_until_the_whole_manifest_is_written(
     assert written is not None and calls > 5
     assert (store.path / "manifest.json").read_bytes() == manifest.encode(written)
     assert Store(tmp_path / "store", "k").read() == written
+
+
+@needs_root
+def test_a_store_whose_server_maps_uids_is_read_with_store_uid(world_tmp: Path) -> None:
+    """NFS with all_squash gives this user's files the server's one uid: refused by
+    default, with the setting named; read with store_uid set to that uid."""
+    from pkgckpt.config import load
+    from pkgckpt.store import open_store
+
+    store = Store(world_tmp, "k")
+    commit_labels(store, "a", "squashed")
+    for p in [store.path, *store.path.iterdir()]:
+        os.chown(p, FOREIGN_UID, FOREIGN_UID, follow_symlinks=False)  # as the server shows them
+    with pytest.raises(StoreError, match="set store_uid to it"):
+        Store(world_tmp, "k").read()
+    environ = {"PKGCKPT_STORE_UID": str(FOREIGN_UID)}
+    found = open_store(load({"store": world_tmp, "key": "k"}, None, environ=environ)).read()
+    assert found is not None and label(found) == "squashed"

@@ -8,7 +8,7 @@ The API `cli.py` calls (`pkgckpt restore [--dry-run] [--json] ...`):
         (inventory.ensure_baseline, before installing anything), then plan, then apply.
         A dry run only plans: it changes nothing, not even the baseline.
     plan(config: Config) -> Plan
-        Read and validate the manifest (Store(config.store, config.key).read(), then
+        Read and validate the manifest (open_store(config).read(), then
         validate.check_body) and compare it with a live scan of each environment.
     apply(plan: Plan, config: Config, *,
           progress: Callable[[str], None] | None = None) -> Report
@@ -309,9 +309,9 @@ def _installer(env: Environment, config: Config) -> Installer:
 
 
 def _read(config: Config) -> Manifest | None:
-    from ..store import Store
+    from ..store import open_store
 
-    manifest = Store(config.store, config.key).read()
+    manifest = open_store(config).read()
     if manifest is not None:
         check_body(manifest.body)
     return manifest
