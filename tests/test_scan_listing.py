@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +97,27 @@ def test_record_layout_is_the_c_one() -> None:
     from pkgckpt._scan import ffi
 
     assert ffi.sizeof("struct pks_entry") == listing._RECORD.size
+
+
+def test_a_scan_without_the_compiled_helper_gives_the_same_result(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SiteScanner on the Python listing (no pkgckpt._scan): the same packages, broken
+    entries and installs in progress, first scan (against known packages) and rescan."""
+    from pkgckpt.scan.python import SiteScanner
+
+    hour_ago = time.time_ns() - 3600 * 10**9
+    for i in range(0, 40, 2):  # half of them real distributions, settled an hour ago
+        info = site / f"p{i}-1.0.dist-info"
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: p{i}\nVersion: 1.0\n")
+        (info / "RECORD").write_text("")
+        os.utime(info, ns=(hour_ago, hour_ago))
+    native = SiteScanner(site).scan()
+    assert len(native.packages) == 13 and native.broken  # 7 have an empty direct_url.json
+    monkeypatch.setattr(listing, "NATIVE", False)
+    scanner = SiteScanner(site, known=native.packages)
+    assert scanner.scan() == native
+    (site / "p2-1.0.dist-info" / "REQUESTED").write_text("")
+    (site / "late-1.0.dist-info").mkdir()
+    os.utime(site, ns=(0, 0))  # the directory changed: every entry's identity is checked
+    assert scanner.scan() == SiteScanner(site).scan()
