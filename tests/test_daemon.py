@@ -54,11 +54,18 @@ def world(tmp_path: Path) -> World:
 
 @pytest.fixture
 def venv(world: World, wheels: Path) -> Venv:
-    """A venv whose image ships image-pkg, and the baseline taken of it."""
+    """A venv whose image ships image-pkg, and the baseline taken of it.
+
+    The image's entries are dated an hour back, as in a container started from an image:
+    the daemon's first scan then takes image-pkg from the baseline by its dist-info's name.
+    """
     v = make_venv(world.tmp / "venv", with_pip=False)
     uv_install(v.python, wheels, "image-pkg==1.0", env=world.env)
     base = world.pkgckpt("baseline", "--env", str(v.prefix), "--output", str(world.tmp / "b.json"))
     assert base.returncode == 0, base.stderr
+    then = time.time_ns() - 3600 * 10**9
+    for entry in [*v.site_packages.iterdir(), v.site_packages]:
+        os.utime(entry, ns=(then, then), follow_symlinks=False)
     return v
 
 
