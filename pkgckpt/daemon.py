@@ -4,8 +4,10 @@ Start: open the session (`checkpoint.open_session`: the store's manifest, the ba
 a full scan), commit if the record changed, tell systemd `READY=1`. Then loop: the
 watcher blocks in the kernel until a root changes (or a signal arrives through the
 wake-up pipe); the debouncer holds a root until its install has gone quiet; only the
-ready roots are rescanned; the tracker folds the scan into the record (invariant 1);
-the store commits it. One log line per change and per commit, on stderr.
+ready roots are rescanned, and in them only the entries their events named (every
+entry's identity when the events could not name them: an overflow, a root armed anew);
+the tracker folds the scan into the record (invariant 1); the store commits it. One log
+line per change and per commit, on stderr.
 
 Signals: SIGTERM / SIGINT flush (every root rescanned at once, no quiet window, then
 commit, retried until `shutdown_timeout`) and exit: 0 when everything seen is on the

@@ -1,4 +1,6 @@
-"""Library roots ↔ inotify watches. Reports which roots are dirty, never what changed.
+"""Library roots ↔ inotify watches. Reports which roots are dirty and, where every event
+carried one, the names of the entries that changed; never what a change means (the
+scanner reads that from the file system).
 
 Roots are watched non-recursively: an install shows at the top level of site-packages as
 its ``*.dist-info`` and package directories (the engine follows each new ``*.dist-info``
