@@ -705,7 +705,7 @@ def test_names_given_to_a_scan_that_failed_are_not_lost(
     """A rescan that could not read the directory (EIO, injected): the next one reads
     every entry, as the names it was told are the only account of what changed."""
     from pkgckpt.errors import ScanError
-    from pkgckpt.scan import python
+    from pkgckpt.scan import listing
 
     scanner = SiteScanner(aged_site)
     scanner.scan()
@@ -715,7 +715,7 @@ def test_names_given_to_a_scan_that_failed_are_not_lost(
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     with monkeypatch.context() as mp:
-        mp.setattr(python, "_stat_each", eio)
+        mp.setattr(listing, "lstat_each", eio)
         with pytest.raises(ScanError):
             scanner.scan({"newcomer-1.0.dist-info"})
     assert "newcomer" in scanner.scan(set()).packages

@@ -14,7 +14,7 @@ import os
 import stat
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 Entry = tuple[str, int, int, int, bool | None]
 """(name, inode, mtime_ns, st_mode, probed): `probed` is whether the probe file exists
@@ -44,21 +44,28 @@ def entries(
     return _native(fd, suffixes, probe_in, probe)
 
 
-def _python(fd: int, suffixes: tuple[str, ...], probe_in: str, probe: str | None) -> list[Entry]:
+def lstat_each(
+    fd: int, names: Iterable[str], probe_in: str = "", probe: str | None = None
+) -> list[Entry]:
+    """`names` in the directory open at `fd`, as `entries` gives them; the ones that do not
+    exist are left out. For a rescan, which knows the few names to look at."""
     found: list[Entry] = []
-    os.lseek(fd, 0, os.SEEK_SET)  # listdir reads on from the shared offset
-    for name in os.listdir(fd):
-        if name[0] in ".~" or not name.endswith(suffixes):
-            continue
+    for name in names:
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
-            continue  # removed since the listing
+            continue  # removed since the listing, or since the caller heard of it
         probed = None
         if probe is not None and stat.S_ISDIR(st.st_mode) and name.endswith(probe_in):
             probed = os.access(f"{name}/{probe}", os.F_OK, dir_fd=fd)
         found.append((name, st.st_ino, st.st_mtime_ns, st.st_mode, probed))
     return found
+
+
+def _python(fd: int, suffixes: tuple[str, ...], probe_in: str, probe: str | None) -> list[Entry]:
+    os.lseek(fd, 0, os.SEEK_SET)  # listdir reads on from the shared offset
+    names = [n for n in os.listdir(fd) if n[0] not in ".~" and n.endswith(suffixes)]
+    return lstat_each(fd, names, probe_in, probe)
 
 
 _cap = 4096

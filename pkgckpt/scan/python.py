@@ -395,7 +395,7 @@ class SiteScanner:
                 look = set()  # no entry added, removed or renamed
             if look is not None:
                 look.update(self._suspects)
-                found = _stat_each(fd, look)
+                found = listing.lstat_each(fd, look)
                 gone = look.difference(e[0] for e in found)
                 cache = self._refresh(fd, found, now, partial=True, gone=gone)
             else:
@@ -531,9 +531,9 @@ class SiteScanner:
         The name of a dist-info is the distribution's name and version (the packaging
         spec requires it; uv reads nothing else). A settled one (not recent: no install in
         flight) named for a known package's version, with no `direct_url.json` (so from an
-        index, as the known one), holds that package: INSTALLER, REQUESTED and WHEEL are
-        not read again. One `faccessat` instead of METADATA and three more files: a scan
-        of a site whose packages the baseline knows is bound by the stat of each entry.
+        index, as the known one), holds that package: INSTALLER, REQUESTED, WHEEL and
+        METADATA are not read. A scan of a site whose packages the baseline knows costs
+        the listing, then an lstat and a probe for `direct_url.json` per entry.
         """
         if not stat.S_ISDIR(mode):
             return None
@@ -563,19 +563,6 @@ def _read_entry(
     if kind == _EGG_LINK:
         return _read_egg_link(fd, name)
     return _read_editable_pth(fd, name)
-
-
-def _stat_each(fd: int, names: Iterable[str]) -> list[listing.Entry]:
-    """`names` in `fd` with their identity, as `listing.entries` gives them; the ones that
-    no longer exist are left out."""
-    found: list[listing.Entry] = []
-    for name in names:
-        try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        found.append((name, st.st_ino, st.st_mtime_ns, st.st_mode, None))
-    return found
 
 
 def _exists(path: str, dir_fd: int) -> bool:
