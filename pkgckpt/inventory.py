@@ -54,11 +54,6 @@ class Target:
     (see `SiteScanner`); set by `expect()`."""
     _scanners: list[Scanner] = field(default_factory=list, init=False, repr=False, compare=False)
 
-    def expect(self, baseline: Baseline | None) -> None:
-        """Let the first scan take what `baseline` lists for this environment as known."""
-        found = baseline.inventory(self.env) if baseline is not None else None
-        self.known = found.by_name() if found is not None else {}
-
     def scan(self, changed: Mapping[Path, Collection[str]] | None = None) -> Inventory:
         """Every root scanned, merged: a name found in an earlier root hides later ones.
 
@@ -160,7 +155,8 @@ def take_baseline(found: list[Target]) -> Baseline:
 def expect(found: list[Target], baseline: Baseline | None) -> None:
     """Every target's first scan may take `baseline`'s packages as known (it is faster)."""
     for target in found:
-        target.expect(baseline)
+        inventory = baseline.inventory(target.env) if baseline is not None else None
+        target.known = inventory.by_name() if inventory is not None else {}
 
 
 def baseline_path(config: Config) -> Path:

@@ -317,14 +317,12 @@ def _check_owned(st: os.stat_result, where: Path, *, directory: bool, owner: int
     if not directory and not stat.S_ISREG(st.st_mode):
         raise StoreError(f"{where} is not a regular file: refused")
     if st.st_uid != owner:
-        whose = "this user" if owner == os.geteuid() else "store_uid"
+        whose, hint = "store_uid", ""
+        if owner == os.geteuid():
+            whose = "this user"
+            hint = " (if the NFS server maps this user's files to one uid, set store_uid to it)"
         raise StoreError(
-            f"{where} is owned by uid {st.st_uid}, not by {whose} (uid {owner}): refused"
-            + (
-                " (if the NFS server maps this user's files to one uid, set store_uid to it)"
-                if whose == "this user"
-                else ""
-            )
+            f"{where} is owned by uid {st.st_uid}, not by {whose} (uid {owner}): refused{hint}"
         )
     if st.st_mode & 0o022:
         raise StoreError(
