@@ -16,7 +16,7 @@ JSON write, debounced the same way), everything on /dev/shm:
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -41,7 +41,9 @@ from wheelhouse import Dist, build_wheel, make_venv  # noqa: E402
 
 SHM = Path("/dev/shm")
 QUIET_MS = 500
-PYTHON = os.path.realpath(sys.executable)
+# sys.executable, not its realpath: in a venv the realpath is the base interpreter, which
+# lacks the peers' packages.
+PYTHON = sys.executable
 
 # The peer: what a platform engineer might write in twenty lines.
 NAIVE = textwrap.dedent(
@@ -224,9 +226,13 @@ def test_idle_wakeups(benchmark: BenchmarkFixture, wheels: Path, shm: Path) -> N
     """Context switches of ours and the peer over the same 60 s of nothing happening."""
     (shm / "a").mkdir()
     (shm / "b").mkdir()
-    ours = Watched("pkgckpt", shm / "a", wheels)
-    peer = Watched("peer", shm / "b", wheels)
-    try:
+    with contextlib.ExitStack() as stack:
+        # Each daemon is registered for closing as soon as it exists: a peer that fails to
+        # start must not leave ours running.
+        ours = Watched("pkgckpt", shm / "a", wheels)
+        stack.callback(ours.close)
+        peer = Watched("peer", shm / "b", wheels)
+        stack.callback(peer.close)
         time.sleep(1)
         before = {w.who: context_switches(w.pid) for w in (ours, peer)}
         benchmark.pedantic(time.sleep, args=(60,), rounds=1, iterations=1)
@@ -234,9 +240,6 @@ def test_idle_wakeups(benchmark: BenchmarkFixture, wheels: Path, shm: Path) -> N
         counts = {who: after[who] - before[who] for who in before}
         benchmark.extra_info.update(counts)
         print(f"\ncontext switches over 60 s idle: {counts}")
-    finally:
-        ours.close()
-        peer.close()
 
 
 def test_daemon_is_alive_after_the_benchmarks(shm: Path, wheels: Path) -> None:

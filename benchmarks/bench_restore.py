@@ -19,7 +19,6 @@ and no pip.conf / uv.toml. Python bytecode is cached (see `Bench.__init__`).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -42,8 +41,9 @@ from pkgckpt.inventory import targets  # noqa: E402
 from pkgckpt.manifest import Body, Delta, Package  # noqa: E402
 
 ROUNDS = 7
-# The real interpreter, not a pyenv shim: the shim is a shell script that costs ~50 ms.
-PYTHON = os.path.realpath(sys.executable)
+# sys.executable, not its realpath: in a venv the realpath is the base interpreter, which
+# lacks the peers' packages. (sys.executable is never a pyenv shim: the shim execs it.)
+PYTHON = sys.executable
 UV = shutil.which("uv") or "uv"
 
 
