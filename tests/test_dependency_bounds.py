@@ -1,0 +1,45 @@
+"""pyproject.toml's lower bounds are the versions scripts/test runs the tests against."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "tests" / "lower-bounds.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_every_runtime_dependency_has_a_tested_lower_bound_and_an_upper_bound() -> None:
+    """Each dependency's `>=` is the pinned version the lower-bounds run uses, and a `<` caps it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = _pins()
+    checked = set()
+    for text in project["dependencies"]:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        specs = {spec.operator: spec.version for spec in req.specifier}
+        name = canonicalize_name(req.name)
+        assert "<" in specs, f"{req.name} has no upper bound"
+        assert name in pins, f"{req.name} is not in tests/lower-bounds.txt"
+        lower = specs[">="]
+        assert Version(pins[name]) == Version(lower), (req.name, lower, pins[name])
+        checked.add(name)
+    assert checked == set(pins)
