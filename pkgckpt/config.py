@@ -84,6 +84,8 @@ class Config:
     r_discover: bool = False
     baseline: Path | None = None
     runtime_dir: Path = dataclasses.field(default_factory=runtime_dir)
+    keep_generations: int = 5
+    """Generations kept on the store, the current one included: how far `revert` goes back."""
     # daemon
     quiet_ms: int = 500
     max_delay_ms: int = 30_000

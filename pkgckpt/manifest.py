@@ -126,6 +126,37 @@ class Environment(Base, frozen=True):
         return f"{self.path} (user site)" if self.user else self.path
 
 
+class Failing(Base, frozen=True):
+    """A recorded package that the last restores in a row failed to put in place."""
+
+    name: str
+    version: str
+    """The recorded version that failed (a new version starts a new count)."""
+    count: int = 1
+    """Consecutive restores that failed it."""
+    reason: str = ""
+    """The last failure's reason: at most `REASON_BYTES`, credentials stripped."""
+    time: str | None = None
+
+
+REASON_BYTES = 500
+
+
+class Event(Base, frozen=True):
+    """A change the user made to the record itself, not seen in an environment.
+
+    `action` is a plain string, not a Literal, so that an older reader still decodes a
+    manifest with an action added later.
+    """
+
+    action: str
+    """"forget" (`name` in `env`) or "revert" (to `generation`)."""
+    time: str | None = None
+    env: Environment | None = None
+    name: str | None = None
+    generation: int | None = None
+
+
 def same_env(a: Environment, b: Environment) -> bool:
     """Identity of an environment: versions and platform may change under the same path."""
     return (a.kind, a.path, a.user) == (b.kind, b.path, b.user)
@@ -151,6 +182,11 @@ class Delta(Base, frozen=True):
     removed: tuple[Package, ...] = ()
     """Image packages the user was seen uninstalling: the image's version is recorded."""
     history: tuple[Change, ...] = ()
+    forgotten: tuple[Package, ...] = ()
+    """Installs the user dropped from the record (`pkgckpt forget`, `revert`): a scan that
+    finds one of them, as it was, does not record it again (see checkpoint.Tracker)."""
+    failing: tuple[Failing, ...] = ()
+    """Recorded packages the last restores failed, with the last reason."""
 
     def is_empty(self) -> bool:
         return not (self.added or self.changed or self.removed)
@@ -158,6 +194,8 @@ class Delta(Base, frozen=True):
 
 class Body(Base, frozen=True):
     environments: tuple[Delta, ...] = ()
+    events: tuple[Event, ...] = ()
+    """Forgets and reverts, oldest first, at most `HISTORY_LIMIT`."""
 
     def delta(self, env: Environment) -> Delta | None:
         return next((d for d in self.environments if same_env(d.env, env)), None)

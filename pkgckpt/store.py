@@ -296,7 +296,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 def open_store(config: Config) -> Store:
     """The store and key `config` names, owned as it says."""
-    return Store(config.store, config.key, owner=config.store_uid)
+    return Store(config.store, config.key, keep=config.keep_generations, owner=config.store_uid)
 
 
 def _check_key(key: str) -> None:
@@ -492,6 +492,38 @@ class Store:
                 continue
             return found, f"{problem}; using generation {found.generation} from {name}"
         raise ManifestError(f"{problem}; no earlier generation in {self.path} is valid")
+
+    def generations(self) -> list[int]:
+        """The kept generations, newest first (what `read_generation` can read)."""
+        dfd = self._open_dir()
+        if dfd is None:
+            return []
+        try:
+            return _generations(os.listdir(dfd))  # noqa: PTH208
+        except OSError as e:
+            raise _error(e, f"cannot list {self.path}") from e
+        finally:
+            _close_quietly(dfd)
+
+    def read_generation(self, generation: int) -> Manifest | None:
+        """A kept generation, checked like manifest.json; None when it is not kept.
+
+        Raises ManifestError when it is damaged, StoreError when it is hostile.
+        """
+        dfd = self._open_dir()
+        if dfd is None:
+            return None
+        name = _generation_name(generation)
+        try:
+            data = self._load(dfd, name)
+        finally:
+            _close_quietly(dfd)
+        if data is None:
+            return None
+        found = manifest.decode(data, str(self.path / name))
+        if found.generation != generation:
+            raise ManifestError(f"{self.path / name} holds generation {found.generation}")
+        return found
 
     # -- writing ---------------------------------------------------------------------------
 
