@@ -11,7 +11,11 @@ only in ways that cannot lose a package:
   library not suddenly empty) does not;
 - the first scan of a process never takes anything away. A recorded package missing from
   it, or found at the image's version where the record holds the user's, keeps its
-  record: a restore that failed or has not run yet looks exactly like that.
+  record: a restore that failed or has not run yet looks exactly like that;
+- an install the user dropped from the record (`pkgckpt forget`, `revert`: the delta's
+  `forgotten`) is not recorded again while it stays as it was: found so by the first
+  scan, or unchanged since this process last saw it. Installed, upgraded or removed
+  again under this process's eyes, the forget ends and the change is recorded.
 
 Without a baseline for an environment whose manifest already records a delta (the
 container's baseline was lost), the image's state is inferred from the first scan and
@@ -77,6 +81,8 @@ class _Track:
     last: dict[str, Package]
     """What this process last saw installed, absences not yet confirmed included."""
     history: list[Change]
+    forgotten: dict[str, Package] = dataclasses.field(default_factory=dict)
+    failing: dict[str, manifest.Failing] = dataclasses.field(default_factory=dict)
 
 
 def _inferred_baseline(
@@ -111,6 +117,7 @@ class Tracker:
     def __init__(self, baseline: Baseline | None, recorded: Manifest | None) -> None:
         self._baseline = baseline
         self._recorded = recorded.body if recorded is not None else Body()
+        self._events = list(self._recorded.events)
         self._tracks: dict[EnvKey, _Track] = {}
         self.inferred: list[Environment] = []
         """Environments tracked without a baseline (their image state was inferred)."""
@@ -136,6 +143,11 @@ class Tracker:
             image = track.baseline.get(name)
             if first and image is not None and same_install(image, found):
                 continue  # the image's own where the record says otherwise: not restored yet
+            ignored = track.forgotten.get(name)
+            if ignored is not None:
+                if first and same_install(ignored, found):
+                    continue  # still the install the user told the record to forget
+                del track.forgotten[name]  # installed or upgraded again: recorded again
             track.state[name] = found
         unconfirmed = {}
         for name, seen in track.last.items():
@@ -143,10 +155,13 @@ class Tracker:
                 continue
             if absences_count and name not in obs.uncertain:
                 track.state.pop(name, None)  # an uninstall this process saw happen
+                track.forgotten.pop(name, None)
             else:
                 unconfirmed[name] = seen
         track.last = {**unconfirmed, **obs.packages}
         changes = manifest.diff(before, track.state, env.kind, time)
+        for change in changes:
+            track.failing.pop(change.name, None)  # another install: its failures are past
         track.history.extend(changes)
         del track.history[: -manifest.HISTORY_LIMIT]
         return changes
@@ -161,7 +176,29 @@ class Tracker:
             self.inferred.append(env)
         state = manifest.apply(base, recorded) if recorded is not None else dict(base)
         history = list(recorded.history) if recorded is not None else []
-        return _Track(env, base, pinned, state, {}, history)
+        track = _Track(env, base, pinned, state, {}, history)
+        if recorded is not None:
+            _remember(track, recorded)
+        return track
+
+    def adopt(self, body: Body) -> None:
+        """Make `body` the record (after a forget or a revert), keeping what this process
+        saw installed: an install it saw before stays unrecorded until it changes."""
+        self._recorded = body
+        self._events = list(body.events)
+        for track in self._tracks.values():
+            recorded = body.delta(track.env)
+            track.state = (
+                manifest.apply(track.baseline, recorded)
+                if recorded is not None
+                else dict(track.baseline)
+            )
+            kept = {p.name for p in recorded.changed} if recorded is not None else set()
+            track.pinned = frozenset(track.pinned & kept)
+            track.history = list(recorded.history) if recorded is not None else []
+            track.forgotten, track.failing = {}, {}
+            if recorded is not None:
+                _remember(track, recorded)
 
     def state(self, env: Environment) -> dict[str, Package] | None:
         """The recorded state of `env` as this tracker holds it (None: not scanned yet)."""
@@ -181,9 +218,23 @@ class Tracker:
             if kept:
                 changed = sorted((*d.changed, *kept), key=lambda p: p.name)
                 d = msgspec.structs.replace(d, changed=tuple(changed))
-            if key in deltas or not d.is_empty() or d.history:
+            recorded = {p.name for p in (*d.added, *d.changed, *d.removed)}
+            d = msgspec.structs.replace(
+                d,
+                forgotten=tuple(track.forgotten[n] for n in sorted(track.forgotten)),
+                failing=tuple(track.failing[n] for n in sorted(track.failing) if n in recorded),
+            )
+            if key in deltas or not d.is_empty() or d.history or d.forgotten:
                 deltas[key] = d
-        return Body(environments=tuple(deltas[k] for k in sorted(deltas)))
+        return Body(
+            environments=tuple(deltas[k] for k in sorted(deltas)),
+            events=tuple(self._events[-manifest.HISTORY_LIMIT :]),
+        )
+
+
+def _remember(track: _Track, recorded: Delta) -> None:
+    track.forgotten = {p.name: p for p in recorded.forgotten}
+    track.failing = {f.name: f for f in recorded.failing}
 
 
 # -- a session: the manifest, the baseline and the scans of one process ----------------
