@@ -256,6 +256,83 @@ def status(cfg: config.Config, as_json: bool) -> int:
 
 
 @cli.command(epilog=EXIT_CODES)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, metavar="N", help="The N newest only."
+)
+@with_config
+def history(cfg: config.Config, as_json: bool, limit: int | None) -> int:
+    """What changed in the record, when, in which generation: newest first.
+
+    Installs, upgrades, downgrades and removals the daemon recorded, and the forgets and
+    reverts of the user, read from the manifest and the generations the store keeps.
+    A generation shown as <=N: the change is at least as old as N, the oldest kept.
+    Reads only.
+    """
+    from . import record
+
+    found = record.history(cfg, limit)
+    _emit(found.to_json() if as_json else found.render())
+    return 0
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@with_config
+def forget(cfg: config.Config, names: tuple[str, ...]) -> int:
+    """Drop packages from the record without touching any environment.
+
+    Restore no longer installs them (nor retries them when they fail), and the daemon
+    does not record them again until they are installed, upgraded or removed again in a
+    container. Names match in normalized form (Foo_Bar is foo-bar). With --env / --r-lib,
+    only in those environments; else in every one the record holds them in. A daemon
+    running for this key makes the change (the manifest keeps one writer).
+    """
+    from . import record
+
+    click.echo(record.forget(cfg, names).render(), nl=False)
+    return 0
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("generation", type=click.IntRange(min=1))
+@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--restore", "then_restore", is_flag=True, help="Apply it here now (restore).")
+@with_config
+def revert(
+    cfg: config.Config, generation: int, dry_run: bool, yes: bool, then_restore: bool
+) -> int:
+    """Make the record of a kept GENERATION current again, as a new generation.
+
+    Prints the restore plan: what this container would need to change to match it.
+    Asks first on a terminal (--yes: do not ask). Installs nothing unless --restore:
+    the next `pkgckpt restore` applies it. History is appended, never rewritten, so a
+    revert can itself be reverted. `pkgckpt status` shows how far back it can go.
+    """
+    from . import record
+
+    ask = None
+    if not yes and not dry_run and sys.stdin.isatty():
+
+        def ask(preview: str) -> bool:
+            click.echo(preview)
+            return click.confirm("Revert?", default=False)
+
+    result = record.revert(cfg, generation, dry_run=dry_run, confirm=ask, restore=then_restore)
+    # Asked on a terminal: the plan is on the screen already.
+    click.echo(result.render(preview=ask is None), nl=False)
+    return result.exit_code
+
+
+# Revert plans a restore (and runs one with --restore): it takes restore's settings, the
+# very same options, so that the two cannot drift apart.
+revert.params += [
+    p for p in restore.params if p.name in _FIELDS and p.name not in {q.name for q in revert.params}
+]
+
+
+@cli.command(epilog=EXIT_CODES)
 @click.option(
     "--output",
     "-o",

@@ -12,7 +12,9 @@ line per change and per commit, on stderr.
 Signals: SIGTERM / SIGINT flush (every root rescanned at once, no quiet window, then
 commit, retried until `shutdown_timeout`) and exit: 0 when everything seen is on the
 store, 1 when the store stayed unreachable. SIGHUP rescans every root and commits now
-(`pkgckpt snapshot` uses it when a daemon runs, so the manifest keeps one writer).
+(`pkgckpt snapshot` uses it when a daemon runs, so the manifest keeps one writer); it
+also applies the requests `forget`, `revert` and `restore` left in the runtime directory
+(`record.serve`) and answers each with the generation written.
 
 The store may fail at any time: the changes stay in memory, the commit is retried with
 exponential backoff and jitter, the error is in the status file; the daemon never exits
@@ -41,7 +43,7 @@ from typing import TypeAlias
 
 import msgspec
 
-from . import checkpoint, status
+from . import checkpoint, record, status
 from .config import Config, ensure_runtime_dir
 from .debounce import Debouncer
 from .errors import ManifestError, PkgckptError, StoreError
@@ -245,8 +247,12 @@ class Daemon:
             self.rescan = False
             self.debouncer.ready(math.inf, watcher.busy)  # every root is rescanned now
             self._scan(self.targets)
+            taken = record.serve(self.config, self.session)
             self.retry_at = None  # a person asked (snapshot): try the store now
             self._commit()
+            if taken:  # forget, revert, restore failures: answered once on the store or not
+                failed = self.state.last_error if self.retry_at is not None else None
+                record.answer(self.config, taken, self.state.generation, failed)
             self._set(rescans=self.state.rescans + 1)
             if self.next_backstop is not None:
                 self.next_backstop = now + self.config.rescan_interval

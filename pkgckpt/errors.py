@@ -51,6 +51,18 @@ class RestoreError(PkgckptError):
     """Restore could not run at all; nothing was changed."""
 
 
+class UnknownPackage(PkgckptError):
+    """`forget` of a name the record does not hold (the message lists the names it holds)."""
+
+
+class NotKept(PkgckptError):
+    """`revert` to a generation the store does not keep, or the current one."""
+
+
+class Declined(PkgckptError):
+    """The user answered no to a question: nothing was changed."""
+
+
 class PartialRestore(PkgckptError):
     """Some packages failed to install; the rest were installed."""
 

@@ -137,6 +137,8 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     unrestored: tuple[Change, ...] = ()
     """Recorded but not in place: what `restore` would do now."""
     error: str | None = None
+    failing: tuple[manifest.Failing, ...] = ()
+    """Recorded packages the last restores in a row failed (`pkgckpt forget` stops them)."""
 
 
 class Checkpoint(_Out, frozen=True, kw_only=True):
@@ -154,6 +156,8 @@ class Report(_Out, frozen=True, kw_only=True):
     daemon_running: bool = False
     daemon: DaemonState | None = None
     store_error: str | None = None
+    revert_back_to: int | None = None
+    """The oldest kept generation: how far `pkgckpt revert` can go back."""
 
 
 def _age(stamp: str | None) -> float | None:
@@ -174,7 +178,13 @@ def _restore_would(live: Mapping[str, Package], delta: manifest.Delta) -> tuple[
 
 def _recorded(delta: manifest.Delta, env: Environment) -> EnvReport:
     """What the manifest records for an environment, reported under `env`."""
-    return EnvReport(env=env, added=delta.added, changed=delta.changed, removed=delta.removed)
+    return EnvReport(
+        env=env,
+        added=delta.added,
+        changed=delta.changed,
+        removed=delta.removed,
+        failing=delta.failing,
+    )
 
 
 def collect(config: Config) -> Report:
@@ -182,8 +192,10 @@ def collect(config: Config) -> Report:
     store = open_store(config)
     store_error = None
     recorded = None
+    kept: list[int] = []
     try:
         recorded = store.read()
+        kept = store.generations()
     except PkgckptError as e:
         store_error = str(e)
     baseline = inventory.load_baseline(config)
@@ -223,6 +235,7 @@ def collect(config: Config) -> Report:
         daemon_running=alive,
         daemon=state,
         store_error=store_error,
+        revert_back_to=min(kept) if kept else None,
     )
 
 
@@ -253,6 +266,19 @@ def _changes(label: str, changes: tuple[Change, ...]) -> list[str]:
     return [f"    {label:<9}" + ", ".join(words)]
 
 
+def _failing(failing: tuple[manifest.Failing, ...]) -> list[str]:
+    from .record import printable
+
+    lines = []
+    for f in failing:
+        lines.append(
+            f"    failing  {printable(f.name)} {printable(f.version)}: {f.count} restore(s) "
+            f"in a row; `pkgckpt forget {printable(f.name)}` stops retrying it"
+        )
+        lines += [f"             | {printable(line)}" for line in f.reason.splitlines()[-5:]]
+    return lines
+
+
 def to_text(report: Report) -> str:
     lines = [f"store:      {report.store}"]
     if report.checkpoint is None:
@@ -261,6 +287,11 @@ def to_text(report: Report) -> str:
         c = report.checkpoint
         age = f", {_duration(c.age_seconds)} ago" if c.age_seconds is not None else ""
         lines.append(f"checkpoint: generation {c.generation} ({c.time}{age})")
+    if report.revert_back_to is not None:
+        lines.append(
+            f"revert:     back to generation {report.revert_back_to} "
+            "(`pkgckpt history` lists the changes)"
+        )
     lines.append(f"baseline:   {report.baseline or 'none found'}")
     d = report.daemon
     if report.daemon_running and d is not None:
@@ -282,6 +313,7 @@ def to_text(report: Report) -> str:
             *_pkgs("removed", e.removed),
             *_changes("pending", e.pending),
             *_changes("restore", e.unrestored),
+            *_failing(e.failing),
         ]
         lines.extend(body or ["    nothing recorded"])
     return "\n".join(lines) + "\n"

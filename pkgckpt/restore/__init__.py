@@ -10,6 +10,8 @@ The API `cli.py` calls (`pkgckpt restore [--dry-run] [--json] ...`):
     plan(config: Config) -> Plan
         Read and validate the manifest (open_store(config).read(), then
         validate.check_body) and compare it with a live scan of each environment.
+    plan_of(config: Config, manifest: Manifest) -> Plan
+        The same for a manifest not on the store (`pkgckpt revert` shows it).
     apply(plan: Plan, config: Config, *,
           progress: Callable[[str], None] | None = None) -> Report
         Take the baseline if needed, then carry the plan out within `config.timeout`.
@@ -25,6 +27,8 @@ StoreError / StoreUnavailable (the store refused or is unreachable), RestoreErro
 run at all: no interpreter, `--installer uv` without uv), UsageError (bad `installer`):
 nothing changed, exit 1 or 2. `run()` raises PartialRestore (exit 3) when any package
 failed or the timeout ran out; its `.report` is the Report, to be rendered like any other.
+After a restore, `record.remember` counts in the manifest the restores in a row that
+failed each package (and forgets the count of those that now succeed).
 
 `progress` receives one line per environment step (counts only); by default lines go to
 stderr when stderr is a terminal, and nowhere otherwise.
@@ -90,6 +94,7 @@ __all__ = [
     "Step",
     "apply",
     "plan",
+    "plan_of",
     "run",
 ]
 
@@ -227,6 +232,7 @@ class Report(_Out, frozen=True, kw_only=True):
             for f in e.failed:
                 lines.append(f"  failed to {f.action} {f.name} {f.version}:")
                 lines += [f"    | {line}" for line in f.message.splitlines()]
+                lines.append(f"    (retried at every restore: `pkgckpt forget {f.name}` stops it)")
         lines += [f"Left alone (not here): {env.where()}" for env in self.plan.elsewhere]
         failed = len(self.failures)
         if self.timed_out:
@@ -400,6 +406,14 @@ def plan(config: Config) -> Plan:
     return _plan(config, manifest, targets(config) if manifest is not None else [])
 
 
+def plan_of(config: Config, manifest: Manifest) -> Plan:
+    """What a restore of `manifest` (not the store's: `pkgckpt revert`) would do now."""
+    from ..inventory import targets
+
+    check_body(manifest.body)
+    return _plan(config, manifest, targets(config))
+
+
 # -- apply -----------------------------------------------------------------------------
 
 
@@ -566,13 +580,24 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
     manifest = _read(config)
     the_plan = _plan(config, manifest, found)
     if the_plan.is_empty():
-        return Report(plan=the_plan)
-    report = _apply(the_plan, config, found, deadline, progress or _terminal_progress())
+        report = Report(plan=the_plan)
+    else:
+        report = _apply(the_plan, config, found, deadline, progress or _terminal_progress())
+    if manifest is not None and (
+        report.failures or any(d.failing for d in manifest.body.environments)
+    ):
+        from ..record import remember
+
+        remember(config, manifest, report)
+    if the_plan.is_empty():
+        return report
     if report.exit_code:
         failed = report.failures
         names = ", ".join(f.name for f in failed[:5]) + (", ..." if len(failed) > 5 else "")
         what = "the timeout ran out" if report.timed_out else f"{len(failed)} package(s) failed"
+        hint = f"; `pkgckpt forget {failed[0].name}` stops retrying it" if failed else ""
         raise PartialRestore(
-            f"restore incomplete: {what}" + (f" ({names})" if names else ""), report=report
+            f"restore incomplete: {what}" + (f" ({names})" if names else "") + hint,
+            report=report,
         )
     return report

@@ -1,0 +1,718 @@
+"""The user's control over the record: history, forget, revert, and the failure memory.
+
+The API `cli.py` calls, one call per command:
+
+    history(config, limit=None) -> History           `pkgckpt history` (reads only)
+    forget(config, names) -> Written                  `pkgckpt forget NAME...`
+    revert(config, generation, *, dry_run=False, confirm=None, restore=False) -> Reverted
+                                                      `pkgckpt revert GENERATION`
+and the one restore calls after it installed: `remember(config, recorded, report)`, which
+keeps, per recorded package, how many restores in a row failed it and why (`reason`:
+credentials stripped, at most 500 bytes).
+
+Each change to the record is a pure function of the current body (`forgotten`,
+`reverted`, `with_failures`), applied by the one writer of the manifest (DESIGN
+invariant 3): the running daemon when there is one, asked through a request file in the
+runtime directory (`ask_daemon`, served by `serve`); else the command itself, through the
+store. History is only ever appended: a forget or a revert is a new generation whose body
+carries it as an `Event`.
+
+What a forget leaves behind (the delta's `forgotten`, the installs the record ignores) is
+what stops the next scan from recording the package again; `checkpoint.Tracker` says
+when it ends. A revert forgets the same way every install it takes out of the record,
+so the packages still installed in this container are not recorded again either.
+
+Errors: `UnknownPackage` (a name the record does not hold: exit 1, the message lists the
+names it holds), `NotKept` (a generation the store no longer keeps), `Declined` (the
+question was answered no), StoreError / ManifestError as the store raises them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import re
+import secrets
+import signal
+import stat
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from . import manifest, status
+from .checkpoint import env_key, now_iso, same_install
+from .config import Config, ensure_runtime_dir
+from .errors import Declined, ManifestError, NotKept, PkgckptError, StoreError, UnknownPackage
+from .manifest import Body, Change, Delta, Environment, Event, Failing, Manifest, Package
+from .store import Store, atomic_write, open_store
+
+log = logging.getLogger("pkgckpt.record")
+
+if TYPE_CHECKING:
+    from .checkpoint import Session
+    from .restore import Plan, Report
+
+__all__ = [
+    "Entry",
+    "History",
+    "Outcome",
+    "Reverted",
+    "Written",
+    "answer",
+    "ask_daemon",
+    "forget",
+    "forgotten",
+    "history",
+    "printable",
+    "reason",
+    "remember",
+    "revert",
+    "reverted",
+    "serve",
+    "with_failures",
+]
+
+
+def _key(kind: str, name: str) -> str:
+    # Python names compare normalized (PEP 503); R package names are case-sensitive.
+    from packaging.utils import canonicalize_name
+
+    return str(canonicalize_name(name)) if kind == "python" else name
+
+
+# Printable text only: a reason or a name read from the store is shown on a terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    return _CONTROL.sub("?", text)
+
+
+# -- history -----------------------------------------------------------------------------
+
+
+class _Out(msgspec.Struct, frozen=True, kw_only=True):
+    """Output structs: every field in the JSON, defaults included, for scripts to rely on."""
+
+
+class Entry(_Out, frozen=True, kw_only=True):
+    """One recorded change, as `pkgckpt history` shows it."""
+
+    time: str | None
+    generation: int | None
+    """The first kept generation that holds this change."""
+    exact: bool
+    """False: the change may be older than `generation`, the oldest kept one."""
+    env: Environment | None
+    action: str
+    name: str | None = None
+    old: str | None = None
+    new: str | None = None
+    reverted_to: int | None = None
+
+    def describe(self) -> str:
+        if self.action == "revert":
+            return f"revert to generation {self.reverted_to}"
+        versions = " -> ".join(v for v in (self.old, self.new) if v)
+        return printable(" ".join(w for w in (self.action, self.name, versions) if w))
+
+
+class History(_Out, frozen=True, kw_only=True):
+    key: str
+    store: str
+    generation: int | None
+    """The current generation (None: no manifest for this key)."""
+    kept: tuple[int, ...] = ()
+    """Generations `revert` can go back to, newest first."""
+    entries: tuple[Entry, ...] = ()
+    """Newest first."""
+
+    def to_json(self) -> bytes:
+        return msgspec.json.format(_encoder.encode(self), indent=2) + b"\n"
+
+    def render(self) -> str:
+        if self.generation is None:
+            return f"No manifest for key {self.key!r} in {self.store}: no history.\n"
+        if not self.entries:
+            return f"Generation {self.generation}: nothing recorded yet.\n"
+        lines = []
+        for e in self.entries:
+            when = (e.time or "-")[:19].replace("T", " ")
+            gen = f"{'' if e.exact else '<='}{e.generation}"
+            where = printable(e.env.where()) if e.env is not None else "-"
+            lines.append(f"{when:<19}  {gen:>6}  {where}  {e.describe()}")
+        return "\n".join(lines) + "\n"
+
+
+_encoder = msgspec.json.Encoder(order="deterministic")
+
+
+def _entries(body: Body) -> Iterable[tuple[object, Entry]]:
+    """Every change and event of `body`, keyed by its identity across generations."""
+    for d in body.environments:
+        for c in d.history:
+            yield (env_key(d.env), c), _entry(c, d.env)
+    for e in body.events:
+        yield (
+            e,
+            Entry(
+                time=e.time,
+                generation=None,
+                exact=True,
+                env=e.env,
+                action=e.action,
+                name=e.name,
+                reverted_to=e.generation,
+            ),
+        )
+
+
+def _entry(c: Change, env: Environment) -> Entry:
+    return Entry(
+        time=c.time,
+        generation=None,
+        exact=True,
+        env=env,
+        action=c.action,
+        name=c.name,
+        old=c.old,
+        new=c.new,
+    )
+
+
+def _kept(store: Store, current: Manifest) -> dict[int, Manifest]:
+    """The current manifest and every kept generation that can be read, by generation."""
+    found = {current.generation: current}
+    for generation in store.generations():
+        if generation in found:
+            continue
+        with contextlib.suppress(ManifestError):
+            kept = store.read_generation(generation)
+            if kept is not None:
+                found[generation] = kept
+    return found
+
+
+def history(config: Config, limit: int | None = None) -> History:
+    """`pkgckpt history`: the recorded changes, newest first; reads only."""
+    store = open_store(config)
+    current = store.read()
+    if current is None:
+        return History(key=config.key, store=str(store.path), generation=None)
+    kept = _kept(store, current)
+    oldest = min(kept)
+    first: dict[object, Entry] = {}
+    for generation in sorted(kept):
+        for ident, entry in _entries(kept[generation].body):
+            if ident not in first:
+                first[ident] = msgspec.structs.replace(
+                    entry, generation=generation, exact=generation > oldest or generation == 1
+                )
+    entries = sorted(first.values(), key=lambda e: (e.time or "", e.generation or 0), reverse=True)
+    return History(
+        key=config.key,
+        store=str(store.path),
+        generation=current.generation,
+        kept=tuple(sorted(kept, reverse=True)),
+        entries=tuple(entries[:limit] if limit is not None else entries),
+    )
+
+
+# -- the changes, as pure functions of the body ------------------------------------------
+
+
+def _recorded(d: Delta) -> tuple[Package, ...]:
+    return (*d.added, *d.changed, *d.removed)
+
+
+def forgotten(
+    body: Body, names: Sequence[str], scope: Sequence[Environment] = (), stamp: str | None = None
+) -> Body:
+    """`body` without `names` in the environments of `scope` (every one when empty).
+
+    Each package leaves added, changed or removed; an install the record held is kept in
+    `forgotten`, so that no scan records it again while it stays as it is. Raises
+    UnknownPackage when a name is recorded in none of those environments.
+    """
+    stamp = stamp or now_iso()
+    chosen = [
+        d for d in body.environments if not scope or any(manifest.same_env(d.env, s) for s in scope)
+    ]
+    wanted = {n: {_key("python", n), n} for n in names}
+    hit: set[str] = set()
+    events: list[Event] = []
+    new: dict[tuple[str, str, bool], Delta] = {}
+    for d in chosen:
+        drop = {}
+        for p in _recorded(d):
+            key = _key(d.env.kind, p.name)
+            for asked, keys in wanted.items():
+                if key in keys:
+                    drop[p.name] = p
+                    hit.add(asked)
+        if not drop:
+            continue
+        installs = {p.name: p for p in (*d.added, *d.changed) if p.name in drop}
+        remembered = {p.name: p for p in d.forgotten}
+        remembered.update(installs)
+        new[env_key(d.env)] = msgspec.structs.replace(
+            d,
+            added=tuple(p for p in d.added if p.name not in drop),
+            changed=tuple(p for p in d.changed if p.name not in drop),
+            removed=tuple(p for p in d.removed if p.name not in drop),
+            forgotten=tuple(remembered[n] for n in sorted(remembered)),
+            failing=tuple(f for f in d.failing if f.name not in drop),
+        )
+        events += [Event(action="forget", time=stamp, env=d.env, name=n) for n in sorted(drop)]
+    missing = [n for n in names if n not in hit]
+    if missing:
+        held = sorted({printable(p.name) for d in chosen for p in _recorded(d)})
+        where = "" if not scope else " of " + ", ".join(s.where() for s in scope)
+        raise UnknownPackage(
+            f"not in the record{where}: {', '.join(missing)}; "
+            + (f"it holds: {', '.join(held)}" if held else "it holds no package")
+        )
+    return Body(
+        environments=tuple(new.get(env_key(d.env), d) for d in body.environments),
+        events=(*body.events, *events)[-manifest.HISTORY_LIMIT :],
+    )
+
+
+def reverted(body: Body, old: Manifest, stamp: str | None = None) -> Body:
+    """`body` whose record (added, changed, removed) is `old`'s, history kept and appended.
+
+    Every install the current record holds and `old` does not (or holds at another
+    version or source) is forgotten: still installed here, it is not recorded again.
+    """
+    stamp = stamp or now_iso()
+    now = {env_key(d.env): d for d in body.environments}
+    then = {env_key(d.env): d for d in old.body.environments}
+    out: list[Delta] = []
+    for key in sorted(now.keys() | then.keys()):
+        cur, was = now.get(key), then.get(key)
+        if was is None:
+            assert cur is not None
+            was = Delta(env=cur.env)
+        base = cur if cur is not None else msgspec.structs.replace(was, forgotten=(), failing=())
+        keeps = {p.name: p for p in (*was.added, *was.changed)}
+        drop = {p.name: p for p in base.forgotten}
+        for p in (*base.added, *base.changed) if cur is not None else ():
+            drop[p.name] = p
+        # An install the reverted record holds as it is is followed again, not ignored.
+        remembered = {
+            n: p for n, p in drop.items() if n not in keeps or not same_install(keeps[n], p)
+        }
+        out.append(
+            msgspec.structs.replace(
+                base,
+                added=was.added,
+                changed=was.changed,
+                removed=was.removed,
+                forgotten=tuple(remembered[n] for n in sorted(remembered)),
+                failing=tuple(
+                    f
+                    for f in base.failing
+                    if f.name in keeps and keeps[f.name].version == f.version
+                ),
+            )
+        )
+    event = Event(action="revert", time=stamp, generation=old.generation)
+    return Body(
+        environments=tuple(out),
+        events=(*body.events, event)[-manifest.HISTORY_LIMIT :],
+    )
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What one restore did to one environment: the packages it failed, with reasons."""
+
+    env: Environment
+    failed: tuple[Failing, ...] = ()
+
+
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+_SECRETS = re.compile(
+    r"(?i)\b(password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key|authorization)"
+    r"(\s*[=:]\s*|\s+)(?:bearer\s+|basic\s+)?\S+"
+)
+
+
+def reason(message: str) -> str:
+    """A failure's reason as the manifest keeps it: credentials stripped, printable, and
+    its last `REASON_BYTES` bytes (the installer's last lines say why)."""
+    text = _URL_CREDENTIALS.sub("***@", message)
+    text = _SECRETS.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    data = printable(text.strip()).encode()
+    if len(data) > manifest.REASON_BYTES:
+        data = data[-manifest.REASON_BYTES :]
+        # Cut on a character boundary: drop continuation bytes at the new start.
+        while data and data[0] & 0xC0 == 0x80:
+            data = data[1:]
+    return data.decode()
+
+
+def with_failures(body: Body, outcomes: Sequence[Outcome]) -> Body:
+    """`body` with the failure counts a restore of `outcomes`' environments leaves: one
+    more for each package it failed at the recorded version, none for the others."""
+    by_env = {env_key(o.env): o for o in outcomes}
+    out = []
+    for d in body.environments:
+        outcome = by_env.get(env_key(d.env))
+        if outcome is None:
+            out.append(d)
+            continue
+        recorded = {p.name: p.version for p in _recorded(d)}
+        before = {f.name: f for f in d.failing}
+        now = []
+        for f in outcome.failed:
+            if recorded.get(f.name) != f.version:
+                continue  # recorded anew since: a new version starts a new count
+            last = before.get(f.name)
+            count = last.count + 1 if last is not None and last.version == f.version else 1
+            now.append(msgspec.structs.replace(f, count=count))
+        out.append(msgspec.structs.replace(d, failing=tuple(sorted(now, key=lambda f: f.name))))
+    return Body(environments=tuple(out), events=body.events)
+
+
+# -- writing: through the daemon when one runs, else through the store -------------------
+
+
+class _Forget(msgspec.Struct, frozen=True, kw_only=True, tag="forget"):
+    names: tuple[str, ...]
+    scope: tuple[Environment, ...] = ()
+
+
+class _Revert(msgspec.Struct, frozen=True, kw_only=True, tag="revert"):
+    generation: int
+
+
+class _Failures(msgspec.Struct, frozen=True, kw_only=True, tag="failures"):
+    outcomes: tuple[Outcome, ...]
+
+
+Request = _Forget | _Revert | _Failures
+
+
+class _Reply(msgspec.Struct, frozen=True, kw_only=True):
+    generation: int | None = None
+    error: str | None = None
+    unknown: bool = False
+    """The error is an UnknownPackage (exit 1 like any error, but said so)."""
+
+
+_request_decoder = msgspec.json.Decoder(Request)
+_reply_decoder = msgspec.json.Decoder(_Reply)
+_MAX_REQUEST = 1024 * 1024
+
+
+def _change(store: Store, body: Body, request: Request) -> Body:
+    """The body after `request`: the one function both writers use."""
+    if isinstance(request, _Forget):
+        return forgotten(body, request.names, request.scope)
+    if isinstance(request, _Revert):
+        return reverted(body, _generation(store, request.generation))
+    return with_failures(body, request.outcomes)
+
+
+def _generation(store: Store, generation: int) -> Manifest:
+    found = store.read_generation(generation)
+    if found is None:
+        kept = store.generations()
+        back = f"it can go back to generation {min(kept)}" if kept else "no generation is kept"
+        raise NotKept(f"generation {generation} is not kept on the store: {back}")
+    return found
+
+
+class Written(_Out, frozen=True, kw_only=True):
+    """A change to the record, on the store."""
+
+    generation: int | None
+    by_daemon: bool = False
+    names: tuple[str, ...] = ()
+
+    def render(self) -> str:
+        who = "the daemon" if self.by_daemon else "pkgckpt"
+        what = f"forgot {', '.join(self.names)}: " if self.names else ""
+        return f"{what}{who} wrote generation {self.generation}\n"
+
+
+def _write(config: Config, request: Request) -> Written:
+    """Make the change: the running daemon does, or this process through the store."""
+    state = status.read_state(config)
+    if status.running(state):
+        assert state is not None
+        return Written(generation=ask_daemon(config, state, request), by_daemon=True)
+    store = open_store(config)
+    current = store.read()
+    if current is None:
+        raise PkgckptError(f"no manifest for key {config.key!r} in {store.path}: nothing recorded")
+    written = store.commit(_change(store, current.body, request))
+    return Written(generation=written.generation if written else current.generation)
+
+
+def _names(config: Config, prefix: str) -> tuple[str, re.Pattern[str]]:
+    stem = f"{prefix}-{config.key}.{os.getpid()}.{secrets.token_hex(8)}.json"
+    pattern = re.compile(re.escape(f"{prefix}-{config.key}.") + r"[0-9]+\.[0-9a-f]{16}\.json")
+    return stem, pattern
+
+
+def _read_private(directory_fd: int, name: str) -> bytes:
+    """A file of the runtime directory that only this user could have written."""
+    fd = os.open(
+        name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory_fd
+    )
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise PermissionError(errno.EPERM, "not a private file of this user", name)
+        if st.st_size > _MAX_REQUEST:
+            raise OSError(errno.EFBIG, "too large", name)
+        return os.read(fd, _MAX_REQUEST)
+    finally:
+        os.close(fd)
+
+
+def ask_daemon(config: Config, state: status.DaemonState, request: Request) -> int | None:
+    """Hand `request` to the running daemon (a private file and SIGHUP) and wait for the
+    generation it wrote; raise what it reports."""
+    runtime = ensure_runtime_dir(config.runtime_dir)
+    name, _ = _names(config, "request")
+    atomic_write(runtime / name, _encoder.encode(request), 0o600)
+    answer = "reply" + name.removeprefix("request")
+    os.kill(state.pid, signal.SIGHUP)
+    wait = max(config.shutdown_timeout, 5.0)
+    deadline = time.monotonic() + wait
+    dfd = os.open(runtime, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            try:
+                data = _read_private(dfd, answer)
+            except FileNotFoundError:
+                now = status.read_state(config)
+                if now is None or not status.running(now):
+                    break
+                continue
+            except OSError as e:
+                raise StoreError(f"the daemon's answer {runtime / answer} is refused: {e}") from e
+            with contextlib.suppress(OSError):
+                os.unlink(answer, dir_fd=dfd)
+            try:
+                reply = _reply_decoder.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                raise PkgckptError(f"the daemon's answer is malformed: {e}") from None
+            if reply.unknown:
+                raise UnknownPackage(reply.error or "unknown package")
+            if reply.error is not None:
+                raise PkgckptError(f"the daemon (pid {state.pid}): {reply.error}")
+            return reply.generation
+        try:
+            os.unlink(name, dir_fd=dfd)
+            taken = "nothing was changed"
+        except FileNotFoundError:
+            taken = "it took the request and may still make the change"
+        raise PkgckptError(
+            f"the daemon (pid {state.pid}) did not answer within {wait:.0f} s: {taken}"
+        )
+    finally:
+        os.close(dfd)
+
+
+def serve(config: Config, session: Session) -> list[tuple[str, _Reply | None]]:
+    """The daemon's side: apply every pending request to the session's record, in order.
+
+    Returns the replies to send once the record is committed (`answer`): None where the
+    request was applied and the reply is the generation written. A request file that this
+    user did not write privately is refused and removed.
+    """
+    _, pattern = _names(config, "request")
+    try:
+        dfd = os.open(config.runtime_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return []
+    taken: list[tuple[str, _Reply | None]] = []
+    try:
+        for name in sorted(os.listdir(dfd)):  # noqa: PTH208
+            if not pattern.fullmatch(name):
+                continue
+            reply = "reply" + name.removeprefix("request")
+            try:
+                data = _read_private(dfd, name)
+            except OSError as e:
+                log.warning("request %s refused: %s", config.runtime_dir / name, e)
+                continue
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=dfd)
+            try:
+                request = _request_decoder.decode(data)
+                body = _change(session.store, session.tracker.body(), request)
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
+                taken.append((reply, _Reply(error=f"malformed request: {e}")))
+            except UnknownPackage as e:
+                taken.append((reply, _Reply(error=str(e), unknown=True)))
+            except PkgckptError as e:
+                taken.append((reply, _Reply(error=str(e))))
+            else:
+                session.tracker.adopt(body)
+                log.info("%s", _describe(request))
+                taken.append((reply, None))
+    finally:
+        os.close(dfd)
+    return taken
+
+
+def _describe(request: Request) -> str:
+    if isinstance(request, _Forget):
+        return f"forget {', '.join(request.names)} (asked by pkgckpt forget)"
+    if isinstance(request, _Revert):
+        return f"revert to generation {request.generation} (asked by pkgckpt revert)"
+    return "restore failures recorded"
+
+
+def answer(
+    config: Config,
+    taken: Iterable[tuple[str, _Reply | None]],
+    generation: int | None,
+    error: str | None,
+) -> None:
+    """The daemon's replies, after its commit: the generation, or why it is not on the store."""
+    for name, reply in taken:
+        if reply is None:
+            reply = _Reply(
+                generation=generation,
+                error=None if error is None else f"the change is not on the store yet: {error}",
+            )
+        try:
+            atomic_write(config.runtime_dir / name, _encoder.encode(reply), 0o600)
+        except PkgckptError as e:
+            log.warning("cannot answer %s: %s", name, e)
+
+
+# -- the commands ------------------------------------------------------------------------
+
+
+def forget(config: Config, names: Sequence[str]) -> Written:
+    """`pkgckpt forget NAME...`: drop `names` from the record, in the selected environments
+    (--env / --r-lib given: those; else every one)."""
+    scope: tuple[Environment, ...] = ()
+    if config.env or config.r_lib:
+        from .inventory import targets
+
+        scope = tuple(t.env for t in targets(config))
+    written = _write(config, _Forget(names=tuple(dict.fromkeys(names)), scope=scope))
+    return msgspec.structs.replace(written, names=tuple(dict.fromkeys(names)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Reverted:
+    """What `pkgckpt revert` did (or, on a dry run, would do)."""
+
+    to: int
+    current: int
+    plan: Plan
+    """What restore would do in this container to match the reverted record."""
+    written: Written | None = None
+    """None: a dry run, nothing written."""
+    restored: Report | None = None
+    """`--restore`: the restore's report."""
+
+    @property
+    def exit_code(self) -> int:
+        return self.restored.exit_code if self.restored is not None else 0
+
+    def preview(self) -> str:
+        """What is asked before anything is written: the revert and its restore plan."""
+        head = f"Revert generation {self.current} to the record of generation {self.to}."
+        return f"{head}\n{self.plan.render()}"
+
+    def render(self, *, preview: bool = True) -> str:
+        lines = [self.preview()] if preview else []
+        if self.written is None:
+            lines.append("Dry run: nothing was changed.")
+            return "\n".join(lines) + "\n"
+        who = "the daemon" if self.written.by_daemon else "pkgckpt"
+        lines.append(
+            f"Reverted: {who} wrote generation {self.written.generation} "
+            f"with the record of generation {self.to}."
+        )
+        if self.restored is not None:
+            lines.append(self.restored.render())
+        elif not self.plan.is_empty():
+            lines.append("Nothing was installed: the next `pkgckpt restore` applies it.")
+        return "\n".join(lines) + "\n"
+
+
+def revert(
+    config: Config,
+    generation: int,
+    *,
+    dry_run: bool = False,
+    confirm: Callable[[str], bool] | None = None,
+    restore: bool = False,
+) -> Reverted:
+    """`pkgckpt revert GENERATION`: make a kept generation's record current again, as a new
+    generation. `confirm` is asked with the plan before anything is written; `restore`
+    then applies it in this container."""
+    from . import restore as restore_
+    from .errors import PartialRestore
+
+    store = open_store(config)
+    current = store.read()
+    if current is None:
+        raise PkgckptError(f"no manifest for key {config.key!r} in {store.path}: nothing to revert")
+    if generation == current.generation:
+        raise NotKept(f"generation {generation} is the current one: nothing to revert")
+    old = _generation(store, generation)
+    body = reverted(current.body, old)
+    plan = restore_.plan_of(config, Manifest(generation=generation, body=body))
+    result = Reverted(to=generation, current=current.generation, plan=plan)
+    if dry_run:
+        return result
+    if confirm is not None and not confirm(result.preview()):
+        raise Declined("revert declined: nothing was changed")
+    result = dataclasses.replace(result, written=_write(config, _Revert(generation=generation)))
+    if restore:
+        try:
+            report = restore_.run(config)
+        except PartialRestore as e:
+            if e.report is None:
+                raise
+            report = e.report
+        result = dataclasses.replace(result, restored=report)
+    return result
+
+
+def remember(config: Config, recorded: Manifest, report: Report) -> None:
+    """After a restore of `recorded`: count its failures per package, clear the others.
+
+    Never fails the restore: a store that cannot take it now is logged, and the next
+    restore counts again.
+    """
+    elsewhere = [env_key(e) for e in report.plan.elsewhere]
+    failures = {env_key(e.env): e.failed for e in report.environments}
+    stamp = now_iso()
+    outcomes = []
+    for d in recorded.body.environments:
+        key = env_key(d.env)
+        if key in elsewhere:
+            continue
+        versions = {p.name: p.version for p in _recorded(d)}
+        failed = tuple(
+            Failing(name=f.name, version=versions[f.name], reason=reason(f.message), time=stamp)
+            for f in failures.get(key, ())
+            if f.name in versions
+        )
+        if failed or d.failing:
+            outcomes.append(Outcome(env=d.env, failed=failed))
+    if not outcomes:
+        return
+    try:
+        _write(config, _Failures(outcomes=tuple(outcomes)))
+    except PkgckptError as e:
+        log.warning("cannot record the failed packages on the store: %s", e)

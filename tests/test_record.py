@@ -1,0 +1,446 @@
+"""The user's control over the record: `history`, `forget`, `revert` and the failure memory,
+with real installs (uv) into real venvs, the real daemon and real restores."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_kit import Daemon, World, eventually, pins, uv_install, uv_uninstall
+from restore_kit import broken_sdist, installed, put_manifest
+from wheelhouse import Dist, Venv, build_wheel, make_venv
+
+from pkgckpt import manifest, record
+from pkgckpt.checkpoint import Observation, Tracker
+from pkgckpt.config import Config
+from pkgckpt.inventory import targets
+from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Manifest, Package
+from pkgckpt.store import Store
+
+WHEELS = [
+    Dist("alpha", "1.0"),
+    Dist("alpha", "2.0"),
+    Dist("beta", "1.0"),
+    Dist("delta", "1.0"),
+    Dist("dash-pkg", "1.0"),
+    Dist("image-pkg", "1.0"),
+]
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("record-wheels")
+    for dist in WHEELS:
+        build_wheel(dist, out)
+    broken_sdist("brokenpkg", "1.0", out)
+    return out
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World.make(tmp_path)
+
+
+@pytest.fixture
+def venv(world: World, wheels: Path) -> Venv:
+    """A venv whose image ships image-pkg (dated an hour back), and its baseline."""
+    v = make_venv(world.tmp / "venv", with_pip=False)
+    uv_install(v.python, wheels, "image-pkg==1.0", env=world.env)
+    base = world.pkgckpt("baseline", "--env", str(v.prefix), "--output", str(world.tmp / "b.json"))
+    assert base.returncode == 0, base.stderr
+    then = time.time_ns() - 3600 * 10**9
+    for entry in [*v.site_packages.iterdir(), v.site_packages]:
+        os.utime(entry, ns=(then, then), follow_symlinks=False)
+    return v
+
+
+def flags(world: World, venv: Venv) -> list[str]:
+    return [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+
+
+def restore_flags(wheels: Path) -> list[str]:
+    return ["--installer", "uv", "--no-index", "--find-links", str(wheels)]
+
+
+@pytest.fixture
+def daemon(world: World, venv: Venv) -> Iterator[Daemon]:
+    """A daemon that commits only when asked (snapshot, forget, revert): its quiet window
+    is longer than any test, so each generation is one step of the test."""
+    d = world.daemon(*flags(world, venv), "--quiet-ms", "600000", "--max-delay-ms", "600000")
+    yield d.start()
+    d.close()
+
+
+def snapshot(world: World, venv: Venv) -> str:
+    done = world.pkgckpt("snapshot", *flags(world, venv))
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def key_files(world: World) -> dict[str, bytes]:
+    directory = world.store / world.key
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+# -- history ---------------------------------------------------------------------------
+
+
+def test_history_lists_installs_upgrades_removals_forgets_and_reverts_newest_first(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """Every kind of change appears once, newest first, with the generation that made it."""
+    uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+    assert "the daemon wrote generation 1" in snapshot(world, venv)
+    uv_install(venv.python, wheels, "alpha==2.0", "delta==1.0", env=world.env)
+    assert "generation 2" in snapshot(world, venv)
+    uv_uninstall(venv.python, "delta", "image-pkg", env=world.env)
+    assert "generation 3" in snapshot(world, venv)
+    forgot = world.pkgckpt("forget", "alpha", *flags(world, venv))
+    assert forgot.returncode == 0 and "generation 4" in forgot.stdout, forgot.stderr
+    back = world.pkgckpt("revert", "2", "--yes", *flags(world, venv))
+    assert back.returncode == 0 and "generation 5" in back.stdout, back.stderr
+
+    shown = world.pkgckpt("history", "--json", *flags(world, venv))
+    assert shown.returncode == 0, shown.stderr
+    found = json.loads(shown.stdout)
+    assert found["generation"] == 5 and found["kept"] == [5, 4, 3, 2, 1]
+    lines = [
+        (e["generation"], e["action"], e["name"], e["old"], e["new"], e["reverted_to"])
+        for e in found["entries"]
+    ]
+    assert lines == [
+        (5, "revert", None, None, None, 2),
+        (4, "forget", "alpha", None, None, None),
+        (3, "remove", "delta", "1.0", None, None),
+        (3, "remove", "image-pkg", "1.0", None, None),
+        (2, "upgrade", "alpha", "1.0", "2.0", None),
+        (2, "install", "delta", None, "1.0", None),
+        (1, "install", "alpha", None, "1.0", None),
+    ]
+    assert all(e["exact"] and e["time"] for e in found["entries"])
+    text = world.pkgckpt("history", "--limit", "3", *flags(world, venv)).stdout.splitlines()
+    assert len(text) == 3
+    assert text[0].endswith("revert to generation 2") and text[1].endswith("forget alpha")
+    assert "remove delta 1.0" in text[2] and str(venv.prefix) in text[2]
+    # Generation 2's record is current: alpha 2.0 and delta, image-pkg back as shipped.
+    assert pins(world.delta().added) == ["alpha==2.0", "delta==1.0"]
+    assert world.delta().removed == ()
+
+
+# -- forget ----------------------------------------------------------------------------
+
+
+def test_forget_beside_a_running_daemon_keeps_one_writer_and_stays_forgotten(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """The daemon writes the forget; neither its next scan nor a new daemon records the
+    package again, until the user upgrades it."""
+    uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
+    snapshot(world, venv)
+    forgot = world.pkgckpt("forget", "alpha", *flags(world, venv))
+    assert forgot.returncode == 0, forgot.stderr
+    assert "forgot alpha: the daemon wrote generation 2" in forgot.stdout
+    written = world.manifest()
+    assert written is not None and written.writer is not None and daemon.proc is not None
+    assert written.writer.pid == daemon.proc.pid  # one writer: the daemon
+    assert pins(world.delta().added) == ["beta==1.0"]
+    assert pins(world.delta().forgotten) == ["alpha==1.0"]
+    assert not list(world.runtime.glob("request-*")) and not list(world.runtime.glob("reply-*"))
+
+    assert "generation 2 is current" in snapshot(world, venv)  # the daemon's next scan
+    assert daemon.stop() == 0
+    again = world.daemon(*flags(world, venv), "--quiet-ms", "600000").start()
+    try:
+        assert "generation 2 is current" in snapshot(world, venv)  # a new process's first scan
+        uv_install(venv.python, wheels, "alpha==2.0", env=world.env)
+        assert "generation 3" in snapshot(world, venv)
+    finally:
+        again.close()
+    assert pins(world.delta().added) == ["alpha==2.0", "beta==1.0"]
+    assert world.delta().forgotten == ()
+
+
+def test_forget_of_an_unknown_name_fails_and_lists_the_recorded_names(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """Exit 1 naming what the record holds, nothing written; names match normalized."""
+    uv_install(venv.python, wheels, "alpha==1.0", "dash-pkg==1.0", env=world.env)
+    snapshot(world, venv)
+    before = key_files(world)
+    unknown = world.pkgckpt("forget", "alpha", "nope", *flags(world, venv))
+    assert unknown.returncode == 1
+    assert "not in the record" in unknown.stderr and "nope" in unknown.stderr
+    assert "it holds: alpha, dash-pkg" in unknown.stderr
+    assert key_files(world) == before
+    forgot = world.pkgckpt("forget", "Dash_Pkg", "ALPHA", *flags(world, venv))
+    assert forgot.returncode == 0, forgot.stderr
+    assert "pkgckpt wrote generation 2" in forgot.stdout
+    assert world.delta().added == ()
+    assert "generation 2 is current" in snapshot(world, venv)  # still installed, not recorded
+
+
+def test_a_request_file_others_could_write_is_refused_by_the_daemon(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """A request readable or writable by others is removed unread: nothing forgotten."""
+    uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+    snapshot(world, venv)
+    planted = world.runtime / f"request-{world.key}.1.{'0' * 16}.json"
+    planted.write_text('{"type": "forget", "names": ["alpha"]}')
+    planted.chmod(0o644)
+    snapshot(world, venv)  # SIGHUP: the daemon looks at its requests
+    assert not planted.exists()
+    assert pins(world.delta().added) == ["alpha==1.0"]
+    assert "refused" in daemon.output()
+
+
+# -- revert ----------------------------------------------------------------------------
+
+
+def two_generations(world: World, venv: Venv, wheels: Path) -> None:
+    """Generation 1: alpha 1.0. Generation 2: alpha 2.0 and delta 1.0."""
+    uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+    assert "generation 1" in snapshot(world, venv)
+    uv_install(venv.python, wheels, "alpha==2.0", "delta==1.0", env=world.env)
+    assert "generation 2" in snapshot(world, venv)
+
+
+def test_revert_then_restore_brings_the_generation_back(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """Revert writes generation 3 with generation 1's record and installs nothing; a scan
+    does not record what it took out; the next restore applies it."""
+    two_generations(world, venv, wheels)
+    back = world.pkgckpt("revert", "1", "--yes", *flags(world, venv), *restore_flags(wheels))
+    assert back.returncode == 0, back.stderr
+    assert "install alpha 1.0 (added; installed 2.0)" in back.stdout
+    assert "pkgckpt wrote generation 3" in back.stdout
+    assert "the next `pkgckpt restore` applies it" in back.stdout
+    assert installed(venv.site_packages)["alpha"] == "2.0"
+    assert pins(world.delta().added) == ["alpha==1.0"]
+    assert pins(world.delta().forgotten) == ["alpha==2.0", "delta==1.0"]
+    assert "generation 3 is current" in snapshot(world, venv)
+
+    done = world.pkgckpt("restore", *flags(world, venv), *restore_flags(wheels))
+    assert done.returncode == 0, done.stderr
+    assert installed(venv.site_packages)["alpha"] == "1.0"
+    assert "delta" in installed(venv.site_packages)  # restore removes only what it records
+    assert "generation 3 is current" in snapshot(world, venv)
+    assert pins(world.delta().added) == ["alpha==1.0"]
+
+
+def test_revert_with_restore_installs_it_now(world: World, venv: Venv, wheels: Path) -> None:
+    """`--restore` applies the reverted record in this container at once."""
+    two_generations(world, venv, wheels)
+    back = world.pkgckpt(
+        "revert", "1", "--yes", "--restore", *flags(world, venv), *restore_flags(wheels)
+    )
+    assert back.returncode == 0, back.stderr
+    assert "Restored generation 3" in back.stdout
+    assert installed(venv.site_packages)["alpha"] == "1.0"
+
+
+def test_revert_dry_run_changes_nothing(world: World, venv: Venv, wheels: Path) -> None:
+    """The plan is printed; the store's files and the environment stay as they were."""
+    two_generations(world, venv, wheels)
+    before, packages = key_files(world), installed(venv.site_packages)
+    dry = world.pkgckpt("revert", "1", "--dry-run", *flags(world, venv), *restore_flags(wheels))
+    assert dry.returncode == 0, dry.stderr
+    assert "install alpha 1.0" in dry.stdout and "Dry run: nothing was changed." in dry.stdout
+    assert key_files(world) == before
+    assert installed(venv.site_packages) == packages
+
+
+def test_revert_goes_back_as_far_as_keep_generations_and_status_says_so(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """With keep_generations = 2, generation 1 is gone: revert says how far it can go."""
+    world.env["PKGCKPT_KEEP_GENERATIONS"] = "2"
+    two_generations(world, venv, wheels)
+    uv_install(venv.python, wheels, "beta==1.0", env=world.env)
+    assert "generation 3" in snapshot(world, venv)
+    refused = world.pkgckpt("revert", "1", "--yes", *flags(world, venv))
+    assert refused.returncode == 1
+    assert "generation 1 is not kept" in refused.stderr
+    assert "back to generation 2" in refused.stderr
+    shown = world.pkgckpt("status", *flags(world, venv))
+    assert "revert:     back to generation 2" in shown.stdout
+    as_json = json.loads(world.pkgckpt("status", "--json", *flags(world, venv)).stdout)
+    assert as_json["revert_back_to"] == 2
+
+
+# -- failure memory --------------------------------------------------------------------
+
+
+def test_a_package_failing_three_restores_shows_its_count_and_reason_in_status(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """Each failed restore counts; status shows the count, the reason and the forget hint;
+    after `forget` restore no longer tries it."""
+    config = Config(env=(venv.prefix,), runtime_dir=world.tmp / "probe")
+    env = next(t.env for t in targets(config) if not t.env.user)
+    body = Body(
+        environments=(
+            Delta(
+                env=env,
+                added=(
+                    Package(name="alpha", version="1.0"),
+                    Package(name="brokenpkg", version="1.0"),
+                ),
+            ),
+        )
+    )
+    put_manifest(world.store, world.key, body)
+    for attempt in range(3):
+        run = world.pkgckpt("restore", *flags(world, venv), *restore_flags(wheels))
+        assert run.returncode == 3, run.stderr
+        assert "`pkgckpt forget brokenpkg` stops" in run.stderr
+        assert "`pkgckpt forget brokenpkg` stops it" in run.stdout
+        (failing,) = world.delta().failing
+        assert (failing.name, failing.count) == ("brokenpkg", attempt + 1)
+    assert "BUILD FAILED: brokenpkg cannot be built here" in failing.reason
+    text = world.pkgckpt("status", *flags(world, venv)).stdout
+    assert "failing  brokenpkg 1.0: 3 restore(s) in a row" in text
+    assert "`pkgckpt forget brokenpkg` stops retrying it" in text
+    assert "BUILD FAILED" in text
+    report = json.loads(world.pkgckpt("status", "--json", *flags(world, venv)).stdout)
+    (shown,) = [f for e in report["environments"] for f in e["failing"]]
+    assert shown["count"] == 3 and "BUILD FAILED" in shown["reason"]
+
+    assert world.pkgckpt("forget", "brokenpkg", *flags(world, venv)).returncode == 0
+    calm = world.pkgckpt("restore", *flags(world, venv), *restore_flags(wheels))
+    assert calm.returncode == 0 and "Nothing to restore" in calm.stdout, calm.stderr
+    assert world.delta().failing == ()
+
+
+def test_a_failure_reason_is_trimmed_and_stripped_of_credentials() -> None:
+    """URL credentials and secrets go; control characters go; at most 500 bytes, the end."""
+    message = (
+        "é" * 400
+        + "\nLooking in indexes: https://bob:hunter2@pypi.example/simple\n"
+        + "token=abc123 \x1b[31mERROR: no such version\x1b[0m"
+    )
+    kept = record.reason(message)
+    assert len(kept.encode()) <= manifest.REASON_BYTES
+    assert "hunter2" not in kept and "bob" not in kept and "abc123" not in kept
+    assert "https://***@pypi.example/simple" in kept and "token=***" in kept
+    assert "\x1b" not in kept and kept.endswith("ERROR: no such version?[0m")
+
+
+# -- the tracker's side of a forget ----------------------------------------------------
+
+ENV = Environment(kind="python", path="/opt/venv")
+IMAGE = {"six": Package(name="six", version="1.16.0")}
+ALPHA = Package(name="alpha", version="1.0")
+
+
+def forgot_alpha() -> Manifest:
+    return Manifest(generation=2, body=Body(environments=(Delta(env=ENV, forgotten=(ALPHA,)),)))
+
+
+def test_a_new_process_does_not_record_a_forgotten_install_it_finds_as_it_was() -> None:
+    """First scan: alpha 1.0 installed as forgotten: not recorded, the forget kept."""
+    t = Tracker(
+        Baseline(environments=(Inventory(env=ENV, packages=(*IMAGE.values(),)),)), forgot_alpha()
+    )
+    assert t.observe(ENV, Observation({**IMAGE, "alpha": ALPHA})) == []
+    delta = t.body().delta(ENV)
+    assert delta is not None and delta.added == () and delta.forgotten == (ALPHA,)
+
+
+def test_a_forgotten_package_installed_again_is_recorded_again() -> None:
+    """Absent at the first scan, then installed (same version): the forget ends."""
+    t = Tracker(
+        Baseline(environments=(Inventory(env=ENV, packages=(*IMAGE.values(),)),)), forgot_alpha()
+    )
+    t.observe(ENV, Observation(dict(IMAGE)))
+    changes = t.observe(ENV, Observation({**IMAGE, "alpha": ALPHA}))
+    assert [(c.action, c.name) for c in changes] == [("install", "alpha")]
+    delta = t.body().delta(ENV)
+    assert delta is not None and delta.added == (ALPHA,) and delta.forgotten == ()
+
+
+def test_a_forgotten_package_removed_under_the_daemons_eyes_ends_the_forget() -> None:
+    """Seen installed, then uninstalled: the forget is over, nothing recorded."""
+    t = Tracker(
+        Baseline(environments=(Inventory(env=ENV, packages=(*IMAGE.values(),)),)), forgot_alpha()
+    )
+    t.observe(ENV, Observation({**IMAGE, "alpha": ALPHA}))
+    assert t.observe(ENV, Observation(dict(IMAGE))) == []
+    delta = t.body().delta(ENV)
+    assert delta is not None and delta.added == () and delta.forgotten == ()
+
+
+def test_a_revert_keeps_the_history_and_adds_to_it() -> None:
+    """History is appended, never rewritten: the old generation's history does not win."""
+    first = manifest.Change(action="install", name="alpha", new="1.0", time="t1")
+    second = manifest.Change(action="install", name="beta", new="1.0", time="t2")
+    old = Manifest(
+        generation=1, body=Body(environments=(Delta(env=ENV, added=(ALPHA,), history=(first,)),))
+    )
+    beta = Package(name="beta", version="1.0")
+    now = Body(environments=(Delta(env=ENV, added=(ALPHA, beta), history=(first, second)),))
+    back = record.reverted(now, old, "t3")
+    (delta,) = back.environments
+    assert delta.added == (ALPHA,) and delta.history == (first, second)
+    assert delta.forgotten == (beta,)
+    assert [(e.action, e.generation) for e in back.events] == [("revert", 1)]
+
+
+def test_store_reads_a_kept_generation(tmp_path: Path) -> None:
+    """`read_generation` returns what was committed as that generation; None once pruned."""
+    store = Store(tmp_path / "store", "k", keep=2)
+    for name in ("a", "b", "c"):
+        store.commit(Body(environments=(Delta(env=ENV, added=(Package(name=name, version="1"),)),)))
+    assert store.generations() == [3, 2]
+    kept = store.read_generation(2)
+    assert kept is not None and kept.body.environments[0].added[0].name == "b"
+    assert store.read_generation(1) is None
+
+
+def test_sighup_without_requests_still_means_a_rescan(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """The request check leaves SIGHUP's own meaning alone: a rescan and a commit."""
+    uv_install(venv.python, wheels, "beta==1.0", env=world.env)
+    daemon.signal(signal.SIGHUP)
+    eventually(lambda: world.generation() == 1, what="the rescan's commit")
+
+
+def revert_on_a_terminal(world: World, venv: Venv, answer: str) -> subprocess.CompletedProcess[str]:
+    """`pkgckpt revert 1` with a terminal (a pty) as stdin, answering `answer`."""
+    leader, follower = pty.openpty()
+    try:
+        os.write(leader, answer.encode() + b"\n")
+        return subprocess.run(
+            [sys.executable, "-m", "pkgckpt", "revert", "1", *flags(world, venv)],
+            stdin=follower, capture_output=True, text=True, env=world.env, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(follower)
+        os.close(leader)
+
+
+def test_revert_asks_on_a_terminal_and_a_no_changes_nothing(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """On a terminal the plan comes with a question: "n" writes nothing (exit 1), "y" reverts."""
+    two_generations(world, venv, wheels)
+    before = key_files(world)
+    declined = revert_on_a_terminal(world, venv, "n")
+    assert declined.returncode == 1, declined.stderr
+    assert "install alpha 1.0" in declined.stdout and "Revert?" in declined.stdout
+    assert "revert declined: nothing was changed" in declined.stderr
+    assert key_files(world) == before
+    accepted = revert_on_a_terminal(world, venv, "y")
+    assert accepted.returncode == 0, accepted.stderr
+    assert "pkgckpt wrote generation 3" in accepted.stdout
+    assert accepted.stdout.count("install alpha 1.0") == 1  # the plan is shown once
