@@ -21,6 +21,7 @@ from wheelhouse import Dist, Venv, build_wheel, make_venv
 from pkgckpt import manifest, record
 from pkgckpt.checkpoint import Observation, Tracker
 from pkgckpt.config import Config
+from pkgckpt.errors import UnknownPackage
 from pkgckpt.inventory import targets
 from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Manifest, Package
 from pkgckpt.store import Store
@@ -133,6 +134,9 @@ def test_history_lists_installs_upgrades_removals_forgets_and_reverts_newest_fir
     # Generation 2's record is current: alpha 2.0 and delta, image-pkg back as shipped.
     assert pins(world.delta().added) == ["alpha==2.0", "delta==1.0"]
     assert world.delta().removed == ()
+    # The daemon's next scan leaves the reverted record alone: delta is not installed, yet
+    # it stays recorded (an absence this process saw before the revert is no uninstall).
+    assert "generation 5 is current" in snapshot(world, venv)
 
 
 # -- forget ----------------------------------------------------------------------------
@@ -285,20 +289,7 @@ def test_a_package_failing_three_restores_shows_its_count_and_reason_in_status(
 ) -> None:
     """Each failed restore counts; status shows the count, the reason and the forget hint;
     after `forget` restore no longer tries it."""
-    config = Config(env=(venv.prefix,), runtime_dir=world.tmp / "probe")
-    env = next(t.env for t in targets(config) if not t.env.user)
-    body = Body(
-        environments=(
-            Delta(
-                env=env,
-                added=(
-                    Package(name="alpha", version="1.0"),
-                    Package(name="brokenpkg", version="1.0"),
-                ),
-            ),
-        )
-    )
-    put_manifest(world.store, world.key, body)
+    recorded_broken(world, venv)
     for attempt in range(3):
         run = world.pkgckpt("restore", *flags(world, venv), *restore_flags(wheels))
         assert run.returncode == 3, run.stderr
@@ -319,6 +310,34 @@ def test_a_package_failing_three_restores_shows_its_count_and_reason_in_status(
     calm = world.pkgckpt("restore", *flags(world, venv), *restore_flags(wheels))
     assert calm.returncode == 0 and "Nothing to restore" in calm.stdout, calm.stderr
     assert world.delta().failing == ()
+
+
+def recorded_broken(world: World, venv: Venv) -> None:
+    """A manifest on the store recording alpha 1.0 and brokenpkg 1.0 (whose build fails)."""
+    config = Config(env=(venv.prefix,), runtime_dir=world.tmp / "probe")
+    env = next(t.env for t in targets(config) if not t.env.user)
+    added = (Package(name="alpha", version="1.0"), Package(name="brokenpkg", version="1.0"))
+    put_manifest(world.store, world.key, Body(environments=(Delta(env=env, added=added),)))
+
+
+def test_a_restore_beside_a_running_daemon_has_the_daemon_count_its_failures(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """The failure count is written by the daemon when one runs: one writer."""
+    recorded_broken(world, venv)
+    d = world.daemon(*flags(world, venv), "--quiet-ms", "600000", "--max-delay-ms", "600000")
+    d.start()
+    try:
+        run = world.pkgckpt("restore", *flags(world, venv), *restore_flags(wheels))
+        assert run.returncode == 3, run.stderr
+        written = world.manifest()
+        assert written is not None and written.writer is not None and d.proc is not None
+        assert written.writer.pid == d.proc.pid
+        (failing,) = world.delta().failing
+        assert (failing.name, failing.count) == ("brokenpkg", 1)
+        assert pins(world.delta().added) == ["alpha==1.0", "brokenpkg==1.0"]
+    finally:
+        d.close()
 
 
 def test_a_failure_reason_is_trimmed_and_stripped_of_credentials() -> None:
@@ -393,6 +412,27 @@ def test_a_revert_keeps_the_history_and_adds_to_it() -> None:
     assert delta.added == (ALPHA,) and delta.history == (first, second)
     assert delta.forgotten == (beta,)
     assert [(e.action, e.generation) for e in back.events] == [("revert", 1)]
+
+
+def test_forget_matches_r_names_exactly_and_python_names_normalized() -> None:
+    """Python's Foo_Bar is foo-bar; R's data.table is only data.table."""
+    lib = Environment(kind="r", path="/usr/lib/R/site-library")
+    body = Body(
+        environments=(
+            Delta(env=ENV, added=(Package(name="foo-bar", version="1.0"),)),
+            Delta(env=lib, added=(Package(name="data.table", version="1.15.0"),)),
+        )
+    )
+    after = record.forgotten(body, ["Foo_Bar", "data.table"], stamp="t")
+    assert all(d.added == () for d in after.environments)
+    assert [(e.action, e.name) for e in after.events] == [
+        ("forget", "foo-bar"),
+        ("forget", "data.table"),
+    ]
+    with pytest.raises(UnknownPackage, match=r"Data\.Table; it holds: data\.table, foo-bar"):
+        record.forgotten(body, ["Data.Table"])
+    with pytest.raises(UnknownPackage, match=r"it holds: data\.table$"):
+        record.forgotten(body, ["foo-bar"], scope=[lib])
 
 
 def test_store_reads_a_kept_generation(tmp_path: Path) -> None:
