@@ -266,7 +266,7 @@ def history(cfg: config.Config, as_json: bool, limit: int | None) -> int:
 
     Installs, upgrades, downgrades and removals the daemon recorded, and the forgets and
     reverts of the user, read from the manifest and the generations the store keeps.
-    A generation shown as <=N: the change is at least as old as N, the oldest kept.
+    A generation shown as <=N: N or earlier (the generation before N is not kept).
     Reads only.
     """
     from . import record

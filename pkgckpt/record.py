@@ -107,7 +107,8 @@ class Entry(_Out, frozen=True, kw_only=True):
     generation: int | None
     """The first kept generation that holds this change."""
     exact: bool
-    """False: the change may be older than `generation`, the oldest kept one."""
+    """False: the change may be older than `generation`, because the generation before it
+    is not kept (or not readable)."""
     env: Environment | None
     action: str
     name: str | None = None
@@ -205,13 +206,12 @@ def history(config: Config, limit: int | None = None) -> History:
     if current is None:
         return History(key=config.key, store=str(store.path), generation=None)
     kept = _kept(store, current)
-    oldest = min(kept)
     first: dict[object, Entry] = {}
     for generation in sorted(kept):
         for ident, entry in _entries(kept[generation].body):
             if ident not in first:
                 first[ident] = msgspec.structs.replace(
-                    entry, generation=generation, exact=generation > oldest or generation == 1
+                    entry, generation=generation, exact=generation == 1 or generation - 1 in kept
                 )
     entries = sorted(first.values(), key=lambda e: (e.time or "", e.generation or 0), reverse=True)
     return History(

@@ -484,3 +484,34 @@ def test_revert_asks_on_a_terminal_and_a_no_changes_nothing(
     assert accepted.returncode == 0, accepted.stderr
     assert "pkgckpt wrote generation 3" in accepted.stdout
     assert accepted.stdout.count("install alpha 1.0") == 1  # the plan is shown once
+
+
+def test_an_edited_kept_generation_is_left_out_of_history_and_refused_by_revert(
+    tmp_path: Path,
+) -> None:
+    """A kept generation that fails its checksum is no source: history skips it, revert
+    refuses it with the reason."""
+    store = Store(tmp_path / "store", "k")
+    added: tuple[Package, ...] = ()
+    changes: tuple[manifest.Change, ...] = ()
+    for name in ("a", "b", "c"):
+        added += (Package(name=name, version="1"),)
+        changes += (manifest.Change(action="install", name=name, new="1", time=f"t-{name}"),)
+        store.commit(Body(environments=(Delta(env=ENV, added=added, history=changes),)))
+    kept = tmp_path / "store" / "k" / "manifest.2.json"
+    data = kept.read_bytes()
+    kept.unlink()  # a hard link to nothing else now: the edit touches generation 2 only
+    kept.write_bytes(data.replace(b'"b"', b'"x"'))
+    kept.chmod(0o600)
+    config = Config(store=tmp_path / "store", key="k", runtime_dir=tmp_path / "run")
+    found = record.history(config)
+    assert found.kept == (3, 1)
+    # b is first seen in generation 3 now, which is all history can say: "3 or earlier".
+    assert [(e.generation, e.exact, e.name) for e in found.entries] == [
+        (3, False, "c"),
+        (3, False, "b"),
+        (1, True, "a"),
+    ]
+    assert "<=3  /opt/venv  install b 1" in found.render()
+    with pytest.raises(manifest.ManifestError, match="fails its checksum"):
+        record.revert(config, 2, dry_run=True)
