@@ -1,4 +1,5 @@
-"""The one place restore starts processes: argv only, output kept, process group killed."""
+"""The one place pkgckpt starts processes: argv only, output kept, process group killed,
+a clean start (private working directory, the environment with only our overrides)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from pkgckpt.restore.runner import Deadline, call
 
@@ -81,3 +84,65 @@ def test_zero_timeout_means_no_limit() -> None:
     """`--timeout 0` disables the bound rather than failing everything at once."""
     deadline = Deadline(0)
     assert deadline.remaining() is None and not deadline.expired()
+
+
+def test_child_starts_in_a_private_empty_directory_removed_afterwards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child never runs where the caller stands: a fresh empty directory, gone after."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "json.py").write_text("raise SystemExit('planted')\n")
+    script = (
+        "import os, stat; print(os.getcwd()); print(os.listdir('.'), oct(os.stat('.').st_mode))"
+    )
+    out = call([sys.executable, "-c", script], deadline=Deadline(30), split_stderr=True)
+    assert out.ok, out.errors
+    where, listing = out.output.splitlines()
+    assert Path(where) != tmp_path and listing == "[] 0o40700"
+    assert not Path(where).exists()
+
+
+def test_python_m_pip_does_not_import_pip_from_where_the_caller_stands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `pip/__main__.py` in the caller's directory is not what `python -m pip` runs."""
+    marker = tmp_path / "planted-ran"
+    (tmp_path / "pip").mkdir()
+    (tmp_path / "pip" / "__init__.py").write_text("")
+    (tmp_path / "pip" / "__main__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    out = call([sys.executable, "-m", "pip", "--version"], deadline=Deadline(60))
+    assert out.ok and out.output.startswith("pip "), out.output
+    assert not marker.exists()
+
+
+def test_env_overrides_set_and_remove_and_keep_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`env` changes only the names it gives; the image's variables (PIP_*, ...) pass on."""
+    monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example/simple")
+    monkeypatch.setenv("PKGCKPT_TEST_GONE", "1")
+    script = (
+        "import os; print(os.environ.get('PIP_INDEX_URL'), os.environ.get('PKGCKPT_TEST_SET'),"
+        " os.environ.get('PKGCKPT_TEST_GONE'))"
+    )
+    out = call(
+        [sys.executable, "-c", script],
+        deadline=Deadline(30),
+        env={"PKGCKPT_TEST_SET": "yes", "PKGCKPT_TEST_GONE": None},
+    )
+    assert out.output.split() == ["https://mirror.example/simple", "yes", "None"]
+
+
+def test_given_working_directory_is_used_and_kept(tmp_path: Path) -> None:
+    """A caller's own private directory is the child's working directory and stays."""
+    out = call(
+        [sys.executable, "-c", "import os; print(os.getcwd())"], deadline=Deadline(30), cwd=tmp_path
+    )
+    assert out.output.strip() == str(tmp_path) and tmp_path.is_dir()
+
+
+def test_credentials_are_taken_out_of_the_reported_tail() -> None:
+    """A URL with `user:secret@` in a child's output reaches reports without the secret."""
+    script = "print('ERROR: 404 for https://alice:s3cret@pypi.example/simple/x/ and ssh://git@h/r')"
+    out = call([sys.executable, "-c", script], deadline=Deadline(30))
+    assert "s3cret" not in out.tail() and "alice" not in out.tail()
+    assert "https://pypi.example/simple/x/" in out.tail() and "ssh://git@h/r" in out.tail()

@@ -85,3 +85,20 @@ def test_prefix_without_python_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ScanError):
         python_env(tmp_path / "empty")
+
+
+def test_probe_runs_nothing_from_the_working_directory_or_pythonpath(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `json.py` where the user stands, or on PYTHONPATH, is not imported by the probe."""
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    marker = tmp_path / "planted-ran"
+    (planted / "json.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (planted / "sysconfig.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    monkeypatch.chdir(planted)
+    monkeypatch.setenv("PYTHONPATH", str(planted))
+    env = python_env(venv.prefix)
+    assert env.python is not None and env.site_dirs == (venv.site_packages,)
+    assert not marker.exists()

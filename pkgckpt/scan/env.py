@@ -33,11 +33,30 @@ log = logging.getLogger(__name__)
 ASK_TIMEOUT = 30.0
 """Seconds the interpreter gets to answer; a first start on a cold NFS home can be slow."""
 
-# Runs inside the prefix's interpreter, which may be any Python 3: keep it plain.
+# Runs inside the prefix's interpreter, which may be any Python 3: keep it plain. It runs
+# with -I, so nothing from the working directory, PYTHONPATH or the user site is imported
+# (a json.py where the user stands would run as the user); -I also turns the user site off
+# in this process, so whether the interpreter enables it for the user is worked out as
+# site.py does: not with PYTHONNOUSERSITE, not setuid, not in a venv without system site
+# packages. The user base itself comes from os.environ (PYTHONUSERBASE), which -I leaves.
 _PROBE = """\
-import json, site, sys, sysconfig
+import json, os, site, sys, sysconfig
 paths = sysconfig.get_paths()
-user = site.getusersitepackages() if site.ENABLE_USER_SITE is True else None
+enabled = not os.environ.get("PYTHONNOUSERSITE")
+if hasattr(os, "getuid") and (os.geteuid() != os.getuid() or os.getegid() != os.getgid()):
+    enabled = False
+if sys.prefix != sys.base_prefix:
+    system = False
+    try:
+        with open(os.path.join(sys.prefix, "pyvenv.cfg")) as f:
+            for line in f:
+                key, _, value = line.partition("=")
+                if key.strip().lower() == "include-system-site-packages":
+                    system = value.strip().lower() == "true"
+    except OSError:
+        pass
+    enabled = enabled and system
+user = site.getusersitepackages() if enabled else None
 print(json.dumps({
     "prefix": sys.prefix,
     "purelib": paths["purelib"],
@@ -257,25 +276,20 @@ def _cached_ask(python: Path, cache_dir: Path) -> PythonEnv | None:
 def _ask(python: Path) -> PythonEnv | None:
     # Imported here: when the answer is kept, a run starts no process and parses no JSON.
     import json
-    import subprocess
 
-    # PYTHONPATH and friends would make the probe report another environment's layout.
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    try:
-        proc = subprocess.run(
-            [str(python), "-c", _PROBE],
-            capture_output=True,
-            text=True,
-            timeout=ASK_TIMEOUT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        log.warning("%s did not answer (%s); guessing its layout", python, e)
+    from ..runner import Deadline, call
+
+    # -I: PYTHONPATH and friends would make the probe report another environment's layout,
+    # and the working directory would be on sys.path; the runner gives a private one too.
+    proc = call(
+        [str(python), "-I", "-c", _PROBE], deadline=Deadline(ASK_TIMEOUT), split_stderr=True
+    )
+    if proc.returncode is None:
+        log.warning("%s did not answer (%s); guessing its layout", python, proc.tail(2))
         return None
     try:
         # The last line: a .pth file of the environment may print before the probe does.
-        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+        answer = json.loads(proc.output.strip().splitlines()[-1])
         purelib, platlib = Path(answer["purelib"]), Path(answer["platlib"])
         user = answer["user_site"]
         return PythonEnv(
@@ -292,7 +306,7 @@ def _ask(python: Path) -> PythonEnv | None:
             "%s failed to describe itself (exit %s): %s; guessing its layout",
             python,
             proc.returncode,
-            proc.stderr.strip()[-500:],
+            proc.errors.strip()[-500:],
         )
         return None
 

@@ -1,0 +1,181 @@
+"""Every process pkgckpt starts goes through `call()`: children start clean (invariant 9).
+
+    call(argv, *, deadline, env=None, cwd=None, split_stderr=False) -> Outcome
+
+- `argv`: a list, never a shell. stdin is closed; stdout and stderr are captured
+  together (`Outcome.output`), or apart with `split_stderr=True` (`Outcome.errors`).
+- `deadline`: a `Deadline` shared by the whole command; on expiry the child's whole
+  process group (pip's build backends, uv's workers, R's compilers) is killed. A
+  deadline that has already run out starts nothing.
+- `env`: overrides of the environment pkgckpt itself runs with: `name: value` sets,
+  `name: None` removes. Everything else is passed on as the image set it (`PIP_*`,
+  `UV_*`, `R_*`, `PYTHONUSERBASE` are the image's configuration).
+- `cwd`: None (the default) runs the child in a fresh private directory (`mkdtemp`,
+  mode 0700) removed afterwards, so nothing where the user happened to stand (`json.py`,
+  `pip/__main__.py`, `uv.toml`, `.Rprofile`) is read. A caller that passes `cwd` vouches
+  that the directory is its own private one.
+
+`call()` never raises for the child's sake: a program that cannot start or is killed is an
+`Outcome` (`returncode` None). What each tool needs beyond a clean start is said by its
+caller: `python -I` for the interpreter probe, `uv --no-config` with explicit settings,
+`Rscript --no-init-file`.
+
+Stdlib only and no package imports: the daemon (the interpreter probe) and restore share
+it, and the idle daemon must not load restore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
+
+__all__ = ["TAIL_LINES", "Deadline", "Outcome", "call", "redact_text"]
+
+TAIL_LINES = 12
+"""Lines of a child's output kept in a failure report: enough for pip's and R's errors."""
+
+# `scheme://userinfo@`: a password or a token, except what PEP 610 keeps in a record too
+# (ssh's `git` user, a `${VAR}` placeholder that names a secret without holding it).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?!git@)(?!\$\{\w+\}@)[^/@\s]+@")
+
+
+def redact_text(text: str) -> str:
+    """`text` with the `user:secret@` part of every URL in it taken out."""
+    return _USERINFO.sub(r"\1", text)
+
+
+class Deadline:
+    """The end of the whole run (`--timeout`); `seconds=None` or 0 means no limit."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self._end = time.monotonic() + seconds if seconds else None
+
+    def remaining(self) -> float | None:
+        """Seconds left (never negative), or None when unbounded."""
+        return None if self._end is None else max(0.0, self._end - time.monotonic())
+
+    def expired(self) -> bool:
+        left = self.remaining()
+        return left is not None and left <= 0.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one child process did."""
+
+    argv: tuple[str, ...]
+    returncode: int | None
+    """None: the process was killed because the deadline passed (or could not start)."""
+    output: str
+    timed_out: bool = False
+    errors: str = ""
+    """stderr, when the call asked for it apart (`split_stderr`); else it is in `output`."""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        """The last non-blank lines of the output (where installers explain errors),
+        with credentials taken out of any URL: this text goes into reports."""
+        kept = [line.rstrip() for line in self.output.splitlines() if line.strip()]
+        return redact_text("\n".join(kept[-lines:]))
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _environment(overrides: Mapping[str, str | None] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in (overrides or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def call(
+    argv: Sequence[str],
+    *,
+    deadline: Deadline,
+    env: Mapping[str, str | None] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    split_stderr: bool = False,
+) -> Outcome:
+    """Run `argv` cleanly to completion or until the deadline (see the module docstring)."""
+    args = tuple(argv)
+    if deadline.expired():
+        return Outcome(args, None, "not started: the timeout had run out", timed_out=True)
+    if cwd is not None:
+        return _run(args, deadline, _environment(env), os.fspath(cwd), split_stderr)
+    import shutil
+    import tempfile
+
+    private = tempfile.mkdtemp(prefix="pkgckpt-child-")
+    try:
+        return _run(args, deadline, _environment(env), private, split_stderr)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _run(
+    args: tuple[str, ...], deadline: Deadline, env: dict[str, str], cwd: str, split_stderr: bool
+) -> Outcome:
+    # Imported here: a command with nothing to do starts no process and need not load it.
+    import subprocess
+
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if split_stderr else subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError as e:
+        return Outcome(args, None, f"cannot run {args[0]}: {e.strerror}")
+    try:
+        out, err = proc.communicate(timeout=deadline.remaining())
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        try:
+            # A grandchild that left the group could hold the pipe open: do not wait forever.
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = b"", b""
+        text = out.decode("utf-8", "replace")
+        return Outcome(
+            args,
+            None,
+            text + "\nkilled: the timeout ran out",
+            timed_out=True,
+            errors=(err or b"").decode("utf-8", "replace"),
+        )
+    except BaseException:
+        # Ctrl-C or a signal turned into an exception: the child runs in its own session and
+        # did not get the signal, so take its group down with us.
+        _kill_group(proc)
+        proc.wait()
+        raise
+    return Outcome(
+        args,
+        proc.returncode,
+        out.decode("utf-8", "replace"),
+        errors=(err or b"").decode("utf-8", "replace"),
+    )
