@@ -263,7 +263,8 @@ def test_same_version_from_its_recorded_source_is_reinstalled(
         Body(environments=(Delta(env=env, added=(Package(name="same", version="3.0"),)),)),
     )
     restore.run(config)
-    source = UrlSource(url=local.as_uri())
+    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    source = UrlSource(url=local.as_uri(), hashes={"sha256": digest})
     put_manifest(
         config.store,
         config.key,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,7 +143,9 @@ def test_file_url_source_is_reinstalled_from_that_file(
     other = tmp_path / "elsewhere"
     wheel = build_wheel(Dist("delta", "3.0"), other)
     installer = PythonInstaller(env(bare), config(wheels, "uv"))
-    package = Package(name="delta", version="3.0", source=UrlSource(url=wheel.as_uri()))
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    source = UrlSource(url=wheel.as_uri(), hashes={"sha256": digest})
+    package = Package(name="delta", version="3.0", source=source)
     assert installer.blocked(package) is None
     out = installer.install([package], reinstall=False, deadline=Deadline(60))
     assert out.ok, out.output
@@ -222,3 +226,76 @@ def test_index_settings_come_from_the_config_only(tool: str, wheels: Path, bare:
         "--no-index",
     )
     assert argv[argv.index("--") :] == ("--", "alpha==1.0")
+
+
+def test_uv_reads_no_uv_toml_from_above_its_working_directory(
+    tmp_path: Path, wheels: Path, bare: Venv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A planted `uv.toml` (no-index, find-links to a look-alike wheel) in a directory above
+    the child's working directory, or in the caller's, is not read: uv runs --no-config,
+    with the index from pkgckpt's config."""
+    index = tmp_path / "index" / "simple" / "alpha"
+    index.mkdir(parents=True)
+    wheel = next(wheels.glob("alpha-1.0-*.whl"))
+    (index / "index.html").write_text(f'<a href="{wheel.as_uri()}">{wheel.name}</a>\n')
+    planted = tmp_path / "shared"
+    evil = build_wheel(Dist("alpha", "1.0", files=3), planted / "evil")
+    (planted / "uv.toml").write_text(f'no-index = true\nfind-links = ["{evil.parent}"]\n')
+    monkeypatch.setattr(tempfile, "tempdir", str(planted))
+    monkeypatch.chdir(planted)
+    # The test kit turns uv's configuration off for every test; the image would not.
+    monkeypatch.delenv("UV_NO_CONFIG")
+    settings = Config(installer="uv", index_url=index.parent.as_uri())
+    installer = PythonInstaller(env(bare), settings)
+    out = installer.install(
+        [Package(name="alpha", version="1.0")], reinstall=False, deadline=Deadline(60)
+    )
+    assert out.ok, out.output
+    assert installed(bare.site_packages) == {"alpha": "1.0"}
+    assert not (bare.site_packages / "alpha" / "m2.py").exists(), "the planted wheel was used"
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_recorded_hash_is_checked_by_the_installer(tool: str, wheels: Path, bare: Venv) -> None:
+    """A URL source whose bytes differ from the recorded hash is refused by the installer
+    itself, even when it gets past restore's own check (the window after the check)."""
+    if tool == "pip":
+        bare = make_venv(bare.prefix.parent / "withpip", with_pip=True)
+    wheel = next(wheels.glob("alpha-1.0-*.whl"))
+    wrong = UrlSource(url=wheel.as_uri(), hashes={"sha256": "0" * 64})
+    installer = PythonInstaller(env(bare), config(wheels, tool))
+    out = installer.install(
+        [Package(name="alpha", version="1.0", source=wrong)], reinstall=False, deadline=Deadline(60)
+    )
+    assert not out.ok and "0" * 64 in out.output
+    assert "alpha" not in installed(bare.site_packages)
+
+
+def test_requirement_carries_the_recorded_hash() -> None:
+    """A URL source's recorded sha256 goes on the requirement, beside a subdirectory."""
+    digest = "ab" * 32
+    source = UrlSource(url="https://h/x-1.tar.gz", hashes={"md5": "cd" * 16, "sha256": digest})
+    assert requirement(Package(name="x", version="1", source=source)) == (
+        f"x @ https://h/x-1.tar.gz#sha256={digest}"
+    )
+    sub = UrlSource(url="https://h/x-1.tar.gz", hashes={"sha256": digest}, subdirectory="py")
+    assert requirement(Package(name="x", version="1", source=sub)) == (
+        f"x @ https://h/x-1.tar.gz#sha256={digest}&subdirectory=py"
+    )
+
+
+def test_pip_runs_with_safe_path_and_uv_without_config(wheels: Path, bare: Venv) -> None:
+    """pip is `python -P -m pip` where the interpreter has -P; uv gets --no-config."""
+    venv = make_venv(bare.prefix.parent / "withpip", with_pip=True)
+    pip = PythonInstaller(
+        Environment(kind="python", path=str(venv.prefix), interpreter="3.11.7"),
+        config(wheels, "pip"),
+    )
+    assert pip._command[1:4] == ["-P", "-m", "pip"]
+    old = PythonInstaller(
+        Environment(kind="python", path=str(venv.prefix), interpreter="3.10.2"),
+        config(wheels, "pip"),
+    )
+    assert old._command[1:3] == ["-m", "pip"]
+    uv = PythonInstaller(env(bare), config(wheels, "uv"))
+    assert "--no-config" in uv._target

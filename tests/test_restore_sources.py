@@ -3,6 +3,8 @@ recorded, as the real scanner then sees them, so a second run has nothing to do.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,16 @@ from pkgckpt import restore
 from pkgckpt.config import Config
 from pkgckpt.errors import PartialRestore
 from pkgckpt.inventory import targets
-from pkgckpt.manifest import Body, Delta, DirectorySource, Environment, Package, VcsSource
+from pkgckpt.manifest import (
+    Body,
+    Delta,
+    DirectorySource,
+    Environment,
+    Package,
+    UrlSource,
+    VcsSource,
+)
+from pkgckpt.restore.python import PythonInstaller
 
 pytestmark = pytest.mark.slow
 
@@ -135,4 +146,139 @@ def test_user_site_packages_go_to_the_user_site(
     assert done.env.user and done.installer == "pip" and done.installed == ("alpha==1.0",)
     assert list((tmp_path / "userbase").glob("lib/python3*/site-packages/alpha-1.0.dist-info"))
     assert not list(prefix.glob("lib/python3*/site-packages/alpha-1.0.dist-info"))
+    assert restore.plan(config).is_empty()
+
+
+def _hash(path: Path) -> dict[str, str]:
+    return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def test_file_wheel_is_checkpointed_with_its_sha256_and_restored_against_it(
+    tmp_path: Path, wheels: Path
+) -> None:
+    """uv records no hash of a local wheel: the scan takes it; restore installs against it."""
+    local = build_wheel(Dist("solo", "2.0"), tmp_path / "mywheels")
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    subprocess.run(
+        ["uv", "pip", "install", "-q", "--python", str(venv.python), f"solo @ {local.as_uri()}"],
+        check=True,
+    )
+    config = configure(tmp_path, venv.prefix, wheels)
+    (recorded,) = [p for p in targets(config)[0].scan().packages if p.name == "solo"]
+    assert recorded.source == UrlSource(url=local.as_uri(), hashes=_hash(local))
+    fresh = make_venv(tmp_path / "fresh", with_pip=False)
+    config = configure(tmp_path, fresh.prefix, wheels)
+    put_manifest(config.store, config.key, only(targets(config)[0].env, recorded))
+    report = restore.run(config)
+    assert report.environments[0].installed == ("solo==2.0",), report.render()
+    assert restore.plan(config).is_empty(), "the scan of the restored wheel is the record"
+
+
+def test_changed_file_wheel_is_refused_and_the_rest_restored(tmp_path: Path, wheels: Path) -> None:
+    """A wheel whose bytes are not the ones hashed at checkpoint fails with the reason (exit 3)."""
+    local = build_wheel(Dist("solo", "2.0"), tmp_path / "mywheels")
+    recorded = UrlSource(url=local.as_uri(), hashes=_hash(local))
+    build_wheel(Dist("solo", "2.0", files=3), tmp_path / "mywheels")
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    config = configure(tmp_path, venv.prefix, wheels)
+    solo = Package(name="solo", version="2.0", source=recorded)
+    put_manifest(
+        config.store,
+        config.key,
+        only(targets(config)[0].env, Package(name="alpha", version="1.0"), solo),
+    )
+    with pytest.raises(PartialRestore) as info:
+        restore.run(config)
+    assert info.value.report is not None
+    (failure,) = info.value.report.failures
+    assert failure.name == "solo"
+    assert failure.message == (
+        f"{local} has changed since checkpoint: its sha256 is not the one recorded"
+    )
+    assert installed(venv.site_packages) == {"alpha": "1.0"}
+
+
+def test_file_wheel_without_a_recorded_hash_is_refused(tmp_path: Path, wheels: Path) -> None:
+    """A local archive with no sha256 in the record cannot be verified, so it is not used."""
+    local = build_wheel(Dist("solo", "2.0"), tmp_path / "mywheels")
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    config = configure(tmp_path, venv.prefix, wheels)
+    solo = Package(name="solo", version="2.0", source=UrlSource(url=local.as_uri()))
+    put_manifest(config.store, config.key, only(targets(config)[0].env, solo))
+    plan = restore.plan(config)
+    (blocked,) = plan.environments[0].blocked
+    assert blocked.message == (
+        f"no sha256 of {local} was recorded at checkpoint, so it cannot be verified"
+    )
+
+
+@pytest.mark.parametrize("attack", ["owner", "writable", "symlink"])
+def test_local_sources_others_could_change_are_refused(
+    attack: str, tmp_path: Path, wheels: Path
+) -> None:
+    """A file or directory source that another user owns, that others can write, or that
+    is reached through another user's symlink is refused with the reason; the rest install."""
+    shared = tmp_path / "shared"
+    local = build_wheel(Dist("solo", "2.0"), shared / "inner")
+    src = project("mine", "0.3", shared / "inner" / "mine")
+    file_source = UrlSource(url=local.as_uri(), hashes=_hash(local))
+    dir_source = DirectorySource(path=str(src), editable=True)
+    # Run as root, every directory of the test is root's and ends the walk up at once: the
+    # attacks are on the sources themselves (the security suite walks a real user's tree).
+    if attack == "owner":
+        for path in (shared / "inner", local, src, *src.rglob("*")):
+            os.lchown(path, 65534, 65534)
+        culprit = "is owned by nobody (uid 65534), not by you or root"
+    elif attack == "writable":
+        local.chmod(0o666)
+        src.chmod(0o777)
+        culprit = "is writable by others"
+    else:
+        # Everything is root's, but the way to it goes through another user's symlink.
+        link = tmp_path / "link"
+        link.symlink_to(shared / "inner")
+        os.lchown(link, 65534, 65534)
+        file_source = UrlSource(url=(link / local.name).as_uri(), hashes=_hash(local))
+        dir_source = DirectorySource(path=str(link / "mine"), editable=True)
+        culprit = f"{link} is owned by"
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    config = configure(tmp_path, venv.prefix, wheels)
+    packages = (
+        Package(name="solo", version="2.0", source=file_source),
+        Package(name="mine", version="0.3", source=dir_source),
+        Package(name="alpha", version="1.0"),
+    )
+    put_manifest(config.store, config.key, only(targets(config)[0].env, *packages))
+    with pytest.raises(PartialRestore) as info:
+        restore.run(config)
+    assert info.value.report is not None
+    failures = {f.name: f.message for f in info.value.report.failures}
+    assert set(failures) == {"solo", "mine"}
+    assert all(culprit in message for message in failures.values()), failures
+    assert installed(venv.site_packages) == {"alpha": "1.0"}
+
+
+def test_user_site_install_works_with_the_safe_path_flag(
+    tmp_path: Path, wheels: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -P -m pip install --user` still installs into PYTHONUSERBASE's user site
+    (-I would not: it ignores PYTHONUSERBASE and turns the user site off)."""
+    prefix = tmp_path / "sysvenv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", str(prefix)],
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.setenv("PYTHONUSERBASE", str(tmp_path / "userbase"))
+    monkeypatch.delenv("PYTHONNOUSERSITE", raising=False)
+    config = configure(tmp_path, prefix, wheels, "pip")
+    user = next(t for t in targets(config) if t.env.user)
+    put_manifest(config.store, config.key, only(user.env, Package(name="alpha", version="1.0")))
+    report = restore.run(config)
+    (done,) = report.environments
+    assert done.installer == "pip" and done.installed == ("alpha==1.0",), report.render()
+    assert list((tmp_path / "userbase").glob("lib/python3*/site-packages/alpha-1.0.dist-info"))
+    assert not list(prefix.glob("lib/python3*/site-packages/alpha-1.0.dist-info"))
+    if sys.version_info >= (3, 11):
+        assert "-P" in PythonInstaller(user.env, config)._command
     assert restore.plan(config).is_empty()

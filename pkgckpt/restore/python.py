@@ -14,17 +14,31 @@ pkgckpt with `--python <interpreter>` (pip >= 22.3). The user site (`env.user`) 
 restored with pip `--user`: uv has no user-site installs.
 
 Index settings come only from pkgckpt's flags/config (`--index-url`, `--find-links`,
-`--no-index`) and the installer's own configuration (pip.conf, uv.toml, PIP_*/UV_*
-variables): never from the manifest.
+`--no-index`) and the installer's own configuration: never from the manifest, and never
+from where the user happened to stand. Every call goes through `runner.call()`, so it
+starts in a private, empty working directory. pip reads pip.conf and PIP_* variables
+(none from the working directory) and runs as `python -P -m pip` where the interpreter
+has `-P` (3.11+), so a `pip/` package in the working directory could not shadow it even
+if the directory were not private. `-I` is not used: it would drop PYTHONUSERBASE and
+disable the user site, and `pip install --user` must go where the image says. uv runs
+with `--no-config`: it would otherwise read `uv.toml`/`pyproject.toml` from the working
+directory and every directory above it (a private directory under a shared /tmp has
+`/tmp` above it); the image's uv settings reach it from pkgckpt's config as flags, and as
+UV_* variables (UV_CONFIG_FILE among them), which are kept.
 
 Sources other than an index are reinstalled from where they were recorded, when allowed
 and reachable:
-- archive URLs: `https://` and `file://` (the file must exist). Plain `http://`, `ftp://`
-  and everything else are refused: a manifest on shared storage must not be able to
-  point the install at an unauthenticated download.
-- VCS (git, hg, svn, bzr): over `https://`, `ssh://` or `file://` (the path must exist),
-  with the recorded commit (else the requested revision); the VCS tool must be installed.
-- local directories: when the directory exists; editable ones as `--editable=<path>` (a
+- archive URLs: `https://` and `file://`. Plain `http://`, `ftp://` and everything else
+  are refused: a manifest on shared storage must not be able to point the install at an
+  unauthenticated download. A recorded hash is always passed on (`#sha256=` on the URL,
+  which pip and uv both verify on the bytes they install). A `file://` archive must also
+  pass `localsource.file_problem`: owned by the user or root up to `/`, not writable by
+  others, and its sha256 recorded at checkpoint and matching.
+- VCS (git, hg, svn, bzr): over `https://`, `ssh://` or `file://` (the repository must
+  pass `localsource.path_problem`), with the recorded commit (else the requested
+  revision); the VCS tool must be installed.
+- local directories: when the directory passes `localsource.path_problem`; editable ones
+  as `--editable=<path>` (a
   single argv element before `--`: the path is an option's value, never an option, and
   validation made sure it is absolute).
 Anything else is reported as a failure of that package; the rest is restored.
@@ -43,7 +57,9 @@ from urllib.request import url2pathname
 
 from ..config import Config
 from ..errors import RestoreError, UsageError
+from ..localsource import file_problem, path_problem
 from ..manifest import DirectorySource, Environment, IndexSource, Package, UrlSource, VcsSource
+from ..runner import redact_text
 from .runner import Deadline, Outcome, call
 
 URL_SCHEMES = ("https", "file")
@@ -60,6 +76,15 @@ def interpreter(prefix: Path) -> Path | None:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def _safe_path(version: str | None) -> list[str]:
+    """`-P` (do not put the working directory on sys.path) where the interpreter has it."""
+    try:
+        major, minor = (int(part) for part in (version or "").split(".")[:2])
+    except ValueError:
+        return []
+    return ["-P"] if (major, minor) >= (3, 11) else []
 
 
 def _has_pip(prefix: Path) -> bool:
@@ -86,20 +111,33 @@ def url_blocked(url: str, schemes: Sequence[str]) -> str | None:
         return f"URL scheme {scheme!r} is not allowed (allowed: {', '.join(schemes)})"
     if scheme == "file":
         path = local_path(url)
-        if path is None or not path.exists():
-            return f"{url} does not exist here"
+        if path is None:
+            return f"{redact_text(url)} names another host"
+        return path_problem(str(path))
     return None
 
 
-def _fragment(subdirectory: str | None) -> str:
-    return f"#subdirectory={subdirectory}" if subdirectory else ""
+def _fragment(subdirectory: str | None, hashes: dict[str, str] | None = None) -> str:
+    parts = [f"{algo}={digest}" for algo, digest in sorted((hashes or {}).items())]
+    if subdirectory:
+        parts.append(f"subdirectory={subdirectory}")
+    return "#" + "&".join(parts) if parts else ""
+
+
+def _strongest(hashes: dict[str, str]) -> dict[str, str]:
+    # One hash on the URL: pip and uv read a single `algo=digest` from the fragment.
+    for algo in ("sha256", "sha512", "sha384", "sha224", "sha1", "md5"):
+        if algo in hashes:
+            return {algo: hashes[algo]}
+    return {}
 
 
 def requirement(package: Package) -> str:
     """The PEP 508 requirement (or `--editable=` value) that reinstalls `package`."""
     source = package.source
     if isinstance(source, UrlSource):
-        return f"{package.name} @ {source.url}{_fragment(source.subdirectory)}"
+        hashes = _strongest(dict(source.hashes))
+        return f"{package.name} @ {source.url}{_fragment(source.subdirectory, hashes)}"
     if isinstance(source, VcsSource):
         rev = source.commit or source.requested_revision
         at = f"@{rev}" if rev else ""
@@ -131,11 +169,15 @@ class PythonInstaller:
         uv = shutil.which("uv") if config.installer in ("auto", "uv") else None
         if config.installer == "uv" and uv is None:
             raise RestoreError("--installer uv: uv is not installed (not found on PATH)")
-        self._env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+        # Only what pkgckpt itself sets: the rest of the environment is the image's.
+        self._env: dict[str, str | None] = {
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PIP_NO_INPUT": "1",
+        }
         if uv is not None and not env.user:
             self._tool = "uv"
             self._command = [uv, "pip"]
-            self._target = ["--python", str(python)]
+            self._target = ["--no-config", "--python", str(python)]
             return
         self._tool = "pip"
         self._target = ["--user"] if env.user else []
@@ -144,9 +186,10 @@ class PythonInstaller:
             # and uninstall from the user site instead of this prefix.
             self._env["PYTHONNOUSERSITE"] = "1"
         if _has_pip(prefix):
-            self._command = [str(python), "-m", "pip"]
+            self._command = [str(python), *_safe_path(env.interpreter), "-m", "pip"]
         elif importlib.util.find_spec("pip") is not None:
-            self._command = [sys.executable, "-m", "pip", "--python", str(python)]
+            own = f"{sys.version_info[0]}.{sys.version_info[1]}"
+            self._command = [sys.executable, *_safe_path(own), "-m", "pip", "--python", str(python)]
         else:
             raise RestoreError(f"{prefix}: no pip in this environment nor beside pkgckpt, no uv")
 
@@ -159,14 +202,18 @@ class PythonInstaller:
         if isinstance(source, IndexSource):
             return None
         if isinstance(source, UrlSource):
-            return url_blocked(source.url, URL_SCHEMES)
+            problem = url_blocked(source.url, URL_SCHEMES)
+            path = local_path(source.url)
+            if problem is None and urlsplit(source.url).scheme.lower() == "file" and path:
+                return file_problem(str(path), source.hashes)
+            return problem
         if isinstance(source, VcsSource):
             if shutil.which(source.vcs) is None:
                 return f"{source.vcs} is not installed"
             return url_blocked(source.url, VCS_SCHEMES)
         if not Path(source.path).is_dir():
             return f"directory {source.path} does not exist here"
-        return None
+        return path_problem(source.path)
 
     def _index_options(self) -> list[str]:
         options: list[str] = []

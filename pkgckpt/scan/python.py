@@ -124,6 +124,49 @@ def strip_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=host))
 
 
+_HASH_ALGORITHMS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
+
+
+def _hash_fragment(url: str) -> tuple[str, dict[str, str]]:
+    """`url` without the `#sha256=...` that uv leaves in direct_url.json, and that hash.
+
+    PEP 610 keeps hashes in `archive_info`; uv writes the URL it was given, fragment and
+    all. A record keeps the URL bare (restore refuses URLs with a fragment and adds the
+    recorded hash itself).
+    """
+    base, sep, fragment = url.partition("#")
+    if not sep:
+        return url, {}
+    hashes: dict[str, str] = {}
+    rest: list[str] = []
+    for part in fragment.split("&"):
+        algo, eq, digest = part.partition("=")
+        if eq and algo.lower() in _HASH_ALGORITHMS:
+            hashes[algo.lower()] = digest.lower()
+        else:
+            rest.append(part)
+    return (base + "#" + "&".join(rest) if rest else base), hashes
+
+
+def _local_sha256(url: str) -> dict[str, str]:
+    """`{"sha256": ...}` of the archive a `file:` URL names, when it is still there and
+    trusted (`localsource.sha256_file`), else `{}`.
+
+    pip records the hash of a local archive in direct_url.json; uv does not. Restore
+    installs a local archive only against a recorded sha256, so it is taken here, once per
+    installed distribution (the scan is incremental), from the file the installer just
+    read. A file another user could have changed is not hashed: its hash would vouch for
+    that user's bytes.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        return {}
+    from ..localsource import sha256_file
+
+    digest = sha256_file(unquote(parts.path))
+    return {"sha256": digest} if digest else {}
+
+
 def _file_url_path(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme != "file":
@@ -150,7 +193,11 @@ def _source(data: bytes) -> Source:
         if not hashes and d.archive_info.hash and "=" in d.archive_info.hash:
             algo, _, digest = d.archive_info.hash.partition("=")
             hashes[algo] = digest
-        return UrlSource(url=strip_credentials(d.url), hashes=hashes, subdirectory=d.subdirectory)
+        url, fragment_hashes = _hash_fragment(d.url)
+        hashes = {**fragment_hashes, **hashes}
+        if "sha256" not in hashes:
+            hashes.update(_local_sha256(url))
+        return UrlSource(url=strip_credentials(url), hashes=hashes, subdirectory=d.subdirectory)
     if d.dir_info is not None:
         return DirectorySource(
             path=_file_url_path(d.url), editable=d.dir_info.editable, subdirectory=d.subdirectory

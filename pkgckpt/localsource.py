@@ -1,0 +1,147 @@
+"""Local sources (a `file://` archive, a directory, a `git+file://` repository): trusted
+only when no other user could have put what is there now.
+
+    path_problem(path) -> str | None
+        Why `path` may not be trusted, or None. The path itself and every directory above
+        it, up to the first root-owned directory, must be owned by the user or by root and
+        not writable by others; a root-owned directory ends the walk, since only root can
+        change what it holds (if it is writable by others, it must have the sticky bit,
+        like `/tmp`, so that only their owners can replace its entries). This is done for
+        the path it resolves to; each symbolic link on the way as written must be owned by
+        the user or root (its mode means nothing) and sit in a directory that passes the
+        same walk, since whoever can change a link chooses where the path leads.
+    file_problem(path, hashes) -> str | None
+        `path_problem`, then: a regular file whose sha256 is the one recorded at checkpoint
+        (`hashes["sha256"]`); no recorded sha256 is itself a refusal.
+    sha256_file(path) -> str | None
+        The hex sha256 of a trusted regular file, or None (missing, untrusted, not a
+        regular file): what the checkpoint records when the installer wrote no hash.
+
+Group-writable components are accepted: a group is something the user or the operator
+chose to share with. Checking at restore and then installing leaves a window; for files
+it is closed by the installer, which is given the recorded hash and checks it on the bytes
+it installs; a directory can only change in that window by the hands of its owner (the
+user or root), which the check established.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from pathlib import PurePath
+
+__all__ = ["file_problem", "path_problem", "sha256_file"]
+
+_CHUNK = 1 << 20
+
+
+def _owner(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _chain(path: PurePath) -> Iterator[str]:
+    """`path` and each directory above it, up to `/`."""
+    yield str(path)
+    yield from map(str, path.parents)
+
+
+def _component_problem(path: str, me: int) -> tuple[str | None, bool]:
+    """(why `path` is not trusted or None, whether the walk up ends here)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return f"{path} does not exist here", True
+    except OSError as e:
+        return f"{path} cannot be checked: {e.strerror}", True
+    if st.st_uid not in (me, 0):
+        return f"{path} is owned by {_owner(st.st_uid)}, not by you or root", True
+    directory = stat.S_ISDIR(st.st_mode)
+    last = directory and st.st_uid == 0
+    if stat.S_ISLNK(st.st_mode) or not st.st_mode & stat.S_IWOTH:
+        return None, last
+    if last and st.st_mode & stat.S_ISVTX:
+        return None, True
+    return f"{path} is writable by others", True
+
+
+def _walk(path: str, me: int) -> str | None:
+    """The rule of `path_problem` for a path without symbolic links."""
+    for component in _chain(PurePath(path)):
+        problem, last = _component_problem(component, me)
+        if problem is not None or last:
+            return problem
+    return None
+
+
+def path_problem(path: str) -> str | None:
+    """Why the local source at `path` may not be trusted, or None (see the module)."""
+    written = PurePath(os.path.normpath(path))
+    if not written.is_absolute():
+        return f"{path} is not an absolute path"
+    me = os.geteuid()
+    literal = str(written)
+    resolved = os.path.realpath(literal)
+    problem = _walk(resolved, me)
+    if problem is None and resolved != literal:
+        for prefix in reversed((written, *written.parents)):
+            try:
+                st = os.lstat(prefix)
+            except OSError as e:
+                problem = f"{prefix} cannot be checked: {e.strerror}"
+                break
+            if not stat.S_ISLNK(st.st_mode):
+                continue
+            if st.st_uid not in (me, 0):
+                problem = f"{prefix} is owned by {_owner(st.st_uid)}, not by you or root"
+                break
+            problem = _walk(os.path.realpath(prefix.parent), me)
+            if problem is not None:
+                break
+    if problem is None or problem.startswith(f"{literal} "):
+        return problem
+    return f"{path}: {problem}"
+
+
+def _digest(path: str) -> str | None:
+    # O_NONBLOCK: a FIFO planted at the path must not hang the open; fstat then refuses it.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        digest = hashlib.sha256()
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: str) -> str | None:
+    """The sha256 of a trusted regular file at `path`, else None."""
+    if path_problem(path) is not None:
+        return None
+    return _digest(path)
+
+
+def file_problem(path: str, hashes: Mapping[str, str]) -> str | None:
+    """Why the file source at `path` may not be installed, or None (see the module)."""
+    problem = path_problem(path)
+    if problem is not None:
+        return problem
+    recorded = hashes.get("sha256")
+    if recorded is None:
+        return f"no sha256 of {path} was recorded at checkpoint, so it cannot be verified"
+    actual = _digest(path)
+    if actual is None:
+        return f"{path} is not a regular file"
+    if actual != recorded.lower():
+        return f"{path} has changed since checkpoint: its sha256 is not the one recorded"
+    return None
