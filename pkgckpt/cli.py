@@ -22,6 +22,7 @@ import click
 
 from . import __version__, config
 from .errors import PartialRestore, PkgckptError
+from .runner import redact_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -366,7 +367,8 @@ def _emit(data: str | bytes) -> None:
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        # Log messages quote URLs (sources, indexes): never with their credentials.
+        message = redact_text(record.getMessage())
         if record.levelno >= logging.WARNING:
             return f"pkgckpt: {record.levelname.lower()}: {message}"
         return f"pkgckpt: {message}"
@@ -392,7 +394,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         click.echo("pkgckpt: interrupted", err=True)
         return 1
     except PkgckptError as e:
-        click.echo(f"pkgckpt: {e}", err=True)
+        click.echo(f"pkgckpt: {redact_text(str(e))}", err=True)
         return e.exit_code
     except BrokenPipeError:
         # The reader went away (`pkgckpt status | head`): nothing more to say.
@@ -402,7 +404,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("PKGCKPT_DEBUG"):
             traceback.print_exc()
         click.echo(
-            f"pkgckpt: internal error: {type(e).__name__}: {e} (PKGCKPT_DEBUG=1 shows where)",
+            f"pkgckpt: internal error: {type(e).__name__}: {redact_text(str(e))} "
+            "(PKGCKPT_DEBUG=1 shows where)",
             err=True,
         )
         return 1

@@ -4,6 +4,7 @@ recorded, as the real scanner then sees them, so a second run has nothing to do.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pytest
 from restore_kit import (
+    hermetic,
     installed,
     isolated,  # noqa: F401 (an autouse fixture)
+    pkgckpt,
     project,
     put_manifest,
 )
@@ -282,3 +285,42 @@ def test_user_site_install_works_with_the_safe_path_flag(
     if sys.version_info >= (3, 11):
         assert "-P" in PythonInstaller(user.env, config)._command
     assert restore.plan(config).is_empty()
+
+
+def test_credentials_never_reach_plans_reports_or_messages(tmp_path: Path, wheels: Path) -> None:
+    """`user:secret@` in recorded URLs appears in no plan, dry-run JSON, report or message,
+    while the install is still attempted from the URL with its credentials."""
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    config = configure(tmp_path, venv.prefix, wheels)
+    # Nothing listens on port 9 (discard): the downloads fail at once, with the URL quoted.
+    secret = Package(
+        name="secret",
+        version="1.0",
+        source=UrlSource(
+            url="https://alice:s3cret-pw@127.0.0.1:9/secret-1.0-py3-none-any.whl",
+            hashes={"sha256": "ab" * 32},
+        ),
+    )
+    token = Package(
+        name="tokened",
+        version="1.0",
+        source=VcsSource(vcs="git", url="https://ghp_t0ken@127.0.0.1:9/r.git", commit="a" * 40),
+    )
+    put_manifest(config.store, config.key, only(targets(config)[0].env, secret, token))
+    common = ["--store", str(config.store), "--key", config.key, "--env", str(venv.prefix)]
+    common += ["--installer", "uv", "--no-index", "--find-links", str(wheels)]
+    env = {**hermetic(tmp_path), "GIT_TERMINAL_PROMPT": "0", "UV_HTTP_RETRIES": "0"}
+    outputs = [
+        pkgckpt("restore", "--dry-run", *common, env=env),
+        pkgckpt("restore", "--dry-run", "--json", *common, env=env),
+        pkgckpt("restore", "--json", *common, env=env),
+        pkgckpt("restore", *common, env=env),
+    ]
+    assert [o.returncode for o in outputs] == [0, 0, 3, 3], [o.stderr for o in outputs]
+    for out in outputs:
+        text = out.stdout + out.stderr
+        assert "s3cret" not in text and "ghp_t0ken" not in text and "alice:" not in text, text
+    assert "https://127.0.0.1:9/secret-1.0-py3-none-any.whl" in outputs[0].stdout
+    report = json.loads(outputs[2].stdout)
+    failed = {f["name"] for e in report["environments"] for f in e["failed"]}
+    assert failed == {"secret", "tokened"}

@@ -30,6 +30,10 @@ failed or the timeout ran out; its `.report` is the Report, to be rendered like 
 After a restore, `record.remember` counts in the manifest the restores in a row that
 failed each package (and forgets the count of those that now succeed).
 
+Credentials (`user:secret@` in a URL) never leave restore: the plan keeps the sources
+as recorded, to install from them, but `render()` and `to_json()` of a Plan or a Report
+take them out of every URL, and failure messages are cleaned when they are made.
+
 `progress` receives one line per environment step (counts only); by default lines go to
 stderr when stderr is a terminal, and nowhere otherwise.
 
@@ -79,6 +83,8 @@ from ..manifest import (
     VcsSource,
     same_source,
 )
+from ..runner import redact_text
+from ..scan.python import strip_credentials
 from .runner import Deadline, Installer, Outcome
 from .validate import canonical, check_body
 
@@ -124,7 +130,9 @@ class Step(_Out, frozen=True, kw_only=True):
         return Package(name=self.name, version=self.version, source=self.source)
 
     def failure(self, action: Literal["install", "remove"], message: str) -> Failure:
-        return Failure(name=self.name, version=self.version, action=action, message=message)
+        return Failure(
+            name=self.name, version=self.version, action=action, message=redact_text(message)
+        )
 
 
 class Failure(_Out, frozen=True, kw_only=True):
@@ -167,7 +175,7 @@ class Plan(_Out, frozen=True, kw_only=True):
         return all(e.is_empty() for e in self.environments)
 
     def to_json(self) -> bytes:
-        return _encoder.encode(self)
+        return _encoder.encode(_without_credentials(self))
 
     def render(self) -> str:
         lines: list[str] = []
@@ -217,7 +225,7 @@ class Report(_Out, frozen=True, kw_only=True):
         return 3 if self.failures or self.timed_out else 0
 
     def to_json(self) -> bytes:
-        return _encoder.encode(self)
+        return _encoder.encode(msgspec.structs.replace(self, plan=_without_credentials(self.plan)))
 
     def render(self) -> str:
         if self.dry_run or self.plan.is_empty():
@@ -260,13 +268,31 @@ def _describe(step: Step) -> str:
     source = step.source
     text = f"{step.name} {step.version}"
     if isinstance(source, UrlSource):
-        text += f" from {source.url}"
+        text += f" from {strip_credentials(source.url)}"
     elif isinstance(source, VcsSource):
-        text += f" from {source.vcs}+{source.url}"
+        text += f" from {source.vcs}+{strip_credentials(source.url)}"
     elif isinstance(source, DirectorySource):
         text += f" from {source.path}" + (" (editable)" if source.editable else "")
     now = f"installed {step.installed}" if step.installed else "not installed"
     return f"{text} ({step.reason}; {now})"
+
+
+def _clean(source: Source) -> Source:
+    if isinstance(source, (UrlSource, VcsSource)):
+        return msgspec.structs.replace(source, url=strip_credentials(source.url))
+    return source
+
+
+def _without_credentials(plan: Plan) -> Plan:
+    """`plan` as it may be shown: the same, with no credentials in any source URL."""
+    environments = tuple(
+        msgspec.structs.replace(
+            e,
+            install=tuple(msgspec.structs.replace(s, source=_clean(s.source)) for s in e.install),
+        )
+        for e in plan.environments
+    )
+    return msgspec.structs.replace(plan, environments=environments)
 
 
 # -- comparing the manifest with what is installed ---------------------------------------
