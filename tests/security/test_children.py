@@ -1,0 +1,302 @@
+"""Children start clean, and local sources are verified: real attacks by bob on alice.
+
+bob plants files where alice happens to stand (a shared /tmp) or replaces the wheel her
+manifest records; alice runs the real `pkgckpt status` and `pkgckpt restore` as herself.
+Every plant writes a marker file when it runs; the tests assert that none exists and that
+alice's command still did its work (or refused with the documented message)."""
+
+from __future__ import annotations
+
+import base64
+import grp
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import site
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pkgckpt import manifest
+from pkgckpt.manifest import Body, Delta, Environment, Manifest, Package, UrlSource
+from tests.security.conftest import User
+from tests.wheelhouse import Dist, build_wheel
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tool(alice: User) -> Iterator[Path]:
+    """A Python alice can run with this checkout of pkgckpt and its dependencies importable:
+    a root-owned venv (0755) whose .pth names the checkout and this venv's site-packages.
+
+    The interpreter running the tests may live where alice cannot go (/root/.pyenv), so the
+    venv is made from the first of it and the system python3 that alice can execute and
+    that has the same version (the dependencies are compiled for it)."""
+    want = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    bases = [getattr(sys, "_base_executable", sys.executable), "/usr/bin/python3"]
+    base = next(
+        (
+            b
+            for b in bases
+            if b
+            and alice.run(
+                [b, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]
+            ).stdout.strip()
+            == want
+        ),
+        None,
+    )
+    if base is None:
+        pytest.skip(f"no Python {want} that {alice.name} can run")
+    root = Path(tempfile.mkdtemp(prefix="pkgckpt-sec-", dir="/var/tmp"))
+    root.chmod(0o755)
+    try:
+        venv = root / "tool"
+        subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
+        sites = list(venv.glob("lib/python3*/site-packages"))
+        paths = [str(REPO), *site.getsitepackages()]
+        (sites[0] / "pkgckpt_checkout.pth").write_text("\n".join(paths) + "\n")
+        (venv / "bin" / "uv").symlink_to(shutil.which("uv") or "/nonexistent")
+        # The console script as pip writes it: run from a shared /tmp, `python -m pkgckpt`
+        # would itself import from there (sys.path[0] is the working directory).
+        script = venv / "bin" / "pkgckpt"
+        script.write_text(
+            f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom pkgckpt.cli import main\n"
+            "sys.exit(main())\n"
+        )
+        script.chmod(0o755)
+        probe = alice.run([str(venv / "bin" / "python"), "-c", "import pkgckpt.cli, pip, msgspec"])
+        if probe.returncode != 0:
+            pytest.skip(f"{alice.name} cannot import this checkout: {probe.stderr.strip()}")
+        yield venv
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def evil_wheel(name: str, version: str, outdir: Path, marker: Path) -> Path:
+    """A wheel whose `.pth` file writes `marker` whenever an interpreter of its venv starts."""
+    module = name.replace("-", "_")
+    info = f"{module}-{version}.dist-info"
+    files = {
+        f"{module}/__init__.py": b"EVIL = True\n",
+        f"{module}_evil.pth": f"import os; open({str(marker)!r}, 'w').close()\n".encode(),
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: bob\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    files[f"{info}/RECORD"] = ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name_, data in files.items():
+            zf.writestr(name_, data)
+    return path
+
+
+def chown_tree(path: Path, user: User) -> None:
+    for p in [path, *path.rglob("*")]:
+        os.lchown(p, user.uid, user.gid)
+
+
+class Alice:
+    """alice's own venv, wheels, store and runtime directory, all in her home."""
+
+    def __init__(self, user: User, tool: Path) -> None:
+        self.user = user
+        self.tool = tool
+        self.home = user.home / f"case-{secrets.token_hex(3)}"
+        self.home.mkdir(mode=0o700)
+        self.wheels = self.home / "wheels"
+        for dist in (Dist("alpha", "1.0"), Dist("gamma", "1.0")):
+            build_wheel(dist, self.wheels)
+        self.store = self.home / "store"
+        self.env_prefix = self.home / "env"
+        (self.home / "tmp").mkdir()
+        chown_tree(self.home, user)
+        python = str(tool / "bin" / "python")
+        self.run_as([python, "-m", "venv", "--without-pip", str(self.env_prefix)])
+        self.site = next(self.env_prefix.glob("lib/python3*/site-packages"))
+
+    def run_as(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        out = self.user.run(argv, **kw)  # type: ignore[arg-type]
+        assert out.returncode == 0, (argv, out.stdout, out.stderr)
+        return out
+
+    def env(self) -> Environment:
+        # The environment as alice's own scan names it: her venv's prefix.
+        return Environment(kind="python", path=str(self.env_prefix))
+
+    def put(self, generation: int, *packages: Package) -> None:
+        directory = self.store / self.user.name
+        directory.mkdir(parents=True, exist_ok=True)
+        body = Body(environments=(Delta(env=self.env(), added=packages),))
+        data = manifest.encode(
+            Manifest(generation=generation, time="2024-01-01T00:00:00+00:00", body=body)
+        )
+        (directory / "manifest.json").write_bytes(data)
+        for p in (self.store, directory):
+            p.chmod(0o700)
+        (directory / "manifest.json").chmod(0o600)
+        chown_tree(self.store, self.user)
+
+    def pkgckpt(
+        self, *args: str, cwd: Path | str = "/", installer: str = "uv"
+    ) -> subprocess.CompletedProcess[str]:
+        common = [
+            "--store",
+            str(self.store),
+            "--key",
+            self.user.name,
+            "--env",
+            str(self.env_prefix),
+        ]
+        argv = [str(self.tool / "bin" / "pkgckpt"), *args, *common]
+        if args[0] == "restore":
+            argv += ["--installer", installer, "--no-index", "--find-links", str(self.wheels)]
+        env = {
+            "PATH": f"{self.tool / 'bin'}:/usr/bin:/bin",
+            "XDG_RUNTIME_DIR": str(self.home / "run"),
+            "TMPDIR": str(cwd if cwd != "/" else self.home / "tmp"),
+        }
+        return self.user.run(argv, cwd=cwd, env=env, timeout=300)
+
+    def installed(self) -> set[str]:
+        return {p.name.split("-")[0] for p in self.site.glob("*.dist-info")}
+
+
+@pytest.fixture
+def victim(alice: User, tool: Path) -> Iterator[Alice]:
+    a = Alice(alice, tool)
+    try:
+        yield a
+    finally:
+        shutil.rmtree(a.home, ignore_errors=True)
+
+
+def test_nothing_bob_plants_in_a_shared_tmp_runs_when_alice_works_there(
+    victim: Alice, bob: User, shared_tmp: Path
+) -> None:
+    """bob's json.py (the probe), uv.toml (no-index + his wheel), pip/__main__.py and
+    sitecustomize.py in the shared /tmp run nothing when alice runs `status` and `restore`
+    there (her TMPDIR too), and her packages come from her own wheels."""
+    markers = shared_tmp / "markers"
+    bob.run(["mkdir", "-m", "0777", str(markers)], check=True)
+    plants = {
+        "json.py": "json",
+        "sitecustomize.py": "sitecustomize",
+        "pip/__init__.py": "pip-init",
+        "pip/__main__.py": "pip-main",
+    }
+    for relative, tag in plants.items():
+        path = shared_tmp / relative
+        if not path.parent.exists():
+            bob.run(["mkdir", str(path.parent)], check=True)
+        code = f"open({str(markers / tag)!r}, 'w').close()\n"
+        bob.run(["sh", "-c", 'printf "%s" "$1" > "$2"', "-", code, str(path)], check=True)
+    bob_wheels = shared_tmp / "bobwheels"
+    bob.run(["mkdir", str(bob_wheels)], check=True)
+    for name in ("alpha", "gamma"):
+        wheel = evil_wheel(name, "1.0", bob_wheels, markers / f"pth-{name}")
+        os.chown(wheel, bob.uid, bob.gid)
+    toml = f'no-index = true\nfind-links = ["{bob_wheels}"]\n'
+    bob.run(
+        ["sh", "-c", 'printf "%s" "$1" > "$2"', "-", toml, str(shared_tmp / "uv.toml")], check=True
+    )
+
+    victim.put(1, Package(name="alpha", version="1.0"))
+    status = victim.pkgckpt("status", cwd=shared_tmp)
+    assert status.returncode == 0, (status.stdout, status.stderr)
+    restored = victim.pkgckpt("restore", cwd=shared_tmp)
+    assert restored.returncode == 0, (restored.stdout, restored.stderr)
+    victim.put(2, Package(name="alpha", version="1.0"), Package(name="gamma", version="1.0"))
+    with_pip = victim.pkgckpt("restore", cwd=shared_tmp, installer="pip")
+    assert with_pip.returncode == 0, (with_pip.stdout, with_pip.stderr)
+
+    assert victim.installed() == {"alpha", "gamma"}
+    assert not list(victim.site.glob("*_evil.pth")), "bob's wheel was installed"
+    ran = sorted(p.name for p in markers.iterdir())
+    assert ran == [], f"planted code ran as alice: {ran}"
+
+
+@pytest.fixture
+def team(alice: User, bob: User) -> Iterator[str]:
+    """A group holding alice and bob, as on a shared project directory."""
+    name = f"pkcteam{secrets.token_hex(3)}"
+    subprocess.run(["groupadd", name], check=True)
+    try:
+        for user in (alice, bob):
+            subprocess.run(["usermod", "-aG", name, user.name], check=True)
+        yield name
+    finally:
+        subprocess.run(["groupdel", name], check=False)
+
+
+@pytest.mark.parametrize("where", ["group-writable file", "world-writable directory"])
+def test_wheel_bob_replaced_at_alices_recorded_path_is_refused(
+    where: str, victim: Alice, bob: User, shared_tmp: Path, team: str
+) -> None:
+    """bob replaces the wheel at the `file://` path alice's manifest records: her restore
+    refuses that package with the reason (exit 3), installs the rest, and bob's code never
+    runs."""
+    markers = shared_tmp / "markers"
+    markers.mkdir(mode=0o777)
+    markers.chmod(0o777)
+    if where == "group-writable file":
+        # A team directory: alice's wheel, writable by the group bob is in, owned by alice.
+        place = shared_tmp / "team"
+        place.mkdir()
+        os.chown(place, 0, grp.getgrnam(team).gr_gid)
+        place.chmod(0o2775)
+    else:
+        # alice keeps wheels in a directory she made world-writable in the shared /tmp.
+        place = shared_tmp / "alice-wheels"
+        place.mkdir()
+        os.chown(place, victim.user.uid, victim.user.gid)
+        place.chmod(0o777)
+    wheel = build_wheel(Dist("solo", "2.0"), place)
+    os.chown(wheel, victim.user.uid, grp.getgrnam(team).gr_gid)
+    wheel.chmod(0o664)
+    recorded = UrlSource(
+        url=wheel.as_uri(), hashes={"sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()}
+    )
+    victim.put(
+        1,
+        Package(name="alpha", version="1.0"),
+        Package(name="solo", version="2.0", source=recorded),
+    )
+
+    staging = shared_tmp / "bob-staging"
+    bob.run(["mkdir", str(staging)], check=True)
+    evil = evil_wheel("solo", "2.0", staging, markers / "pth-solo")
+    os.chown(evil, bob.uid, bob.gid)
+    evil_bytes = evil.read_bytes()
+    if where == "group-writable file":
+        replaced = bob.run(["sh", "-c", 'cat "$1" > "$2"', "-", str(evil), str(wheel)])
+        expect = f"{wheel} has changed since checkpoint: its sha256 is not the one recorded"
+    else:
+        replaced = bob.run(["mv", "-f", str(evil), str(wheel)])
+        expect = f"{wheel} is owned by {bob.name} (uid {bob.uid}), not by you or root"
+    assert replaced.returncode == 0, replaced.stderr
+    assert wheel.read_bytes() == evil_bytes
+
+    out = victim.pkgckpt("restore", "--json")
+    assert out.returncode == 3, (out.stdout, out.stderr)
+    report = json.loads(out.stdout)
+    failures = {f["name"]: f["message"] for e in report["environments"] for f in e["failed"]}
+    assert failures == {"solo": expect}
+    assert victim.installed() == {"alpha"}
+    assert not list(markers.iterdir()), "bob's wheel ran as alice"
