@@ -324,3 +324,20 @@ def test_credentials_never_reach_plans_reports_or_messages(tmp_path: Path, wheel
     report = json.loads(outputs[2].stdout)
     failed = {f["name"] for e in report["environments"] for f in e["failed"]}
     assert failed == {"secret", "tokened"}
+
+
+def test_checkpoint_does_not_vouch_for_a_wheel_others_could_have_changed(
+    tmp_path: Path, wheels: Path
+) -> None:
+    """A local wheel owned by another user is not hashed at checkpoint: its hash would vouch
+    for that user's bytes, so the record has none and restore will refuse it."""
+    local = build_wheel(Dist("solo", "2.0"), tmp_path / "theirs")
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    subprocess.run(
+        ["uv", "pip", "install", "-q", "--python", str(venv.python), f"solo @ {local.as_uri()}"],
+        check=True,
+    )
+    os.chown(local, 65534, 65534)
+    config = configure(tmp_path, venv.prefix, wheels)
+    (recorded,) = [p for p in targets(config)[0].scan().packages if p.name == "solo"]
+    assert recorded.source == UrlSource(url=local.as_uri())
