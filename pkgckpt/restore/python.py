@@ -32,15 +32,15 @@ and reachable:
   are refused: a manifest on shared storage must not be able to point the install at an
   unauthenticated download. A recorded hash is always passed on (`#sha256=` on the URL,
   which pip and uv both verify on the bytes they install). A `file://` archive must also
-  pass `localsource.file_problem`: owned by the user or root up to `/`, not writable by
-  others, and its sha256 recorded at checkpoint and matching.
+  pass `localsource.file_problem`: it and the directories above it, up to a root-owned
+  one, owned by the user or root and not writable by others, and its sha256 recorded at
+  checkpoint and matching.
 - VCS (git, hg, svn, bzr): over `https://`, `ssh://` or `file://` (the repository must
   pass `localsource.path_problem`), with the recorded commit (else the requested
   revision); the VCS tool must be installed.
 - local directories: when the directory passes `localsource.path_problem`; editable ones
-  as `--editable=<path>` (a
-  single argv element before `--`: the path is an option's value, never an option, and
-  validation made sure it is absolute).
+  as `--editable=<path>` (a single argv element before `--`: the path is an option's
+  value, never an option, and validation made sure it is absolute).
 Anything else is reported as a failure of that package; the rest is restored.
 """
 
