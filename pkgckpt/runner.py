@@ -124,7 +124,11 @@ def call(
     import shutil
     import tempfile
 
-    private = tempfile.mkdtemp(prefix="pkgckpt-child-")
+    try:
+        private = tempfile.mkdtemp(prefix="pkgckpt-child-")
+    except OSError as e:
+        where = tempfile.gettempdir()
+        return Outcome(args, None, f"not started: no private directory in {where}: {e.strerror}")
     try:
         return _run(args, deadline, _environment(env), private, split_stderr)
     finally:

@@ -146,3 +146,14 @@ def test_credentials_are_taken_out_of_the_reported_tail() -> None:
     out = call([sys.executable, "-c", script], deadline=Deadline(30))
     assert "s3cret" not in out.tail() and "alice" not in out.tail()
     assert "https://pypi.example/simple/x/" in out.tail() and "ssh://git@h/r" in out.tail()
+
+
+def test_no_place_for_a_private_directory_is_an_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When TMPDIR cannot hold a private directory, nothing starts and the reason is told."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    monkeypatch.setattr("tempfile.tempdir", str(locked / "missing"))
+    out = call([sys.executable, "-c", "pass"], deadline=Deadline(30))
+    assert out.returncode is None and "no private directory" in out.output
