@@ -16,7 +16,11 @@ Runs:
 Sessions (seeded, --seed): 70 % idle for the whole run, 25 % make 1-3 installs at
 uniform times, 5 % make one burst of 8-15 installs 50-300 ms apart. An install writes a
 tiny wheel into the session's venv with the `installer` library: the files, the
-dist-info and RECORD last, as pip writes them.
+dist-info and RECORD last, as pip writes them. Each session runs as its own uid
+(40000 + its number, through setpriv) with its key directory made for it, as on a store
+whose users are told apart: the kernel allows 128 inotify instances per uid by default
+(fs.inotify.max_user_instances). --one-uid runs every session as this user instead, as
+notebook pods that all run as uid 1000 on one node do.
 
 Measured:
   commit latency  install end -> the daemon's metrics file renamed after the commit that
@@ -53,6 +57,7 @@ from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 
 import pkgckpt
+from pkgckpt.manifest import Manifest
 from pkgckpt.store import Store
 
 REPO = Path(pkgckpt.__file__).resolve().parent.parent
@@ -62,6 +67,7 @@ from restore_kit import hermetic  # noqa: E402
 from wheelhouse import Dist, build_wheel, make_venv  # noqa: E402
 
 POOL = 40
+UID_BASE = 40000
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -75,6 +81,8 @@ class Session:
     sampled: bool = False
     proc: subprocess.Popen[bytes] | None = None
     pid: int = 0
+    uid: int = 0
+    """The session's user: its own uid, or this process's with --one-uid."""
     installed_at: dict[str, float] = field(default_factory=dict)
     committed_at: dict[str, float] = field(default_factory=dict)
 
@@ -160,11 +168,30 @@ def build_shim(base: Path) -> Path:
 
 
 def fresh_session(s: Session, template: Path) -> None:
+    """The session's venv as the image ships it, an empty runtime directory, all its own."""
     if s.venv.exists():
         shutil.rmtree(s.venv)
     shutil.copytree(template, s.venv, symlinks=True)
     if s.runtime.exists():
         shutil.rmtree(s.runtime)
+    for path in [s.dir, *s.dir.rglob("*")]:
+        os.chown(path, s.uid, s.uid, follow_symlinks=False)
+
+
+def as_user(s: Session, cmd: list[str]) -> list[str]:
+    if s.uid == os.getuid():
+        return cmd
+    return ["setpriv", f"--reuid={s.uid}", f"--regid={s.uid}", "--clear-groups", "--", *cmd]
+
+
+def key_dir(store: Path, s: Session) -> None:
+    """The session's directory on the store, made by the operator as it is on NFS."""
+    (store / s.key).mkdir(mode=0o700)
+    os.chown(store / s.key, s.uid, s.uid)
+
+
+def read(store: Path, s: Session) -> Manifest | None:
+    return Store(store, s.key, owner=s.uid).read()
 
 
 def init_store(store: Path, env: dict[str, str]) -> None:
@@ -200,8 +227,11 @@ def fleet_run(
     store = base / f"store-{label}"
     metrics_dir = base / f"metrics-{label}"
     metrics_dir.mkdir()
+    metrics_dir.chmod(0o1777)
     common = hermetic(base / "home")
     init_store(store, common)
+    for s in sessions:
+        key_dir(store, s)
     if preload:
         preload = {**preload, "PKGCKPT_LATENCY_PATH": str(store)}
     for s in sessions:
@@ -220,6 +250,7 @@ def fleet_run(
         cmd = [sys.executable, "-m", "pkgckpt", "daemon", "--store", str(store), "--key", s.key,
                "--env", str(s.venv), "--quiet-ms", str(args.quiet_ms),
                "--metrics-file", str(metrics_dir / f"{s.key}.prom")]  # fmt: skip
+        cmd = as_user(s, cmd)
         if s.sampled:
             trace = base / f"strace-{label}-{s.key}.txt"
             cmd = ["strace", "-f", "-y", "-ttt", "-e", "trace=%file,%desc", "-o", str(trace),
@@ -234,7 +265,8 @@ def fleet_run(
             waiting.discard(event.name)
         dead = [s for s in sessions if s.proc is not None and s.proc.poll() is not None]
         if dead:
-            raise SystemExit(f"[{label}] daemon {dead[0].key} exited: see {dead[0].dir}")
+            log = (dead[0].dir / f"daemon-{label}.log").read_text()
+            raise SystemExit(f"[{label}] daemon {dead[0].key} exited:\n{log}")
     startup = time.monotonic() - started
     for s in sessions:
         assert s.proc is not None
@@ -243,7 +275,7 @@ def fleet_run(
             kids = Path(f"/proc/{s.pid}/task/{s.pid}/children").read_text().split()
             s.pid = int(kids[0])
     cpu_ready = {s.key: proc_cpu_rss(s.pid)[0] for s in sessions}
-    generation_ready = {s.key: _generation(store, s.key) for s in sessions}
+    generation_ready = {s.key: _generation(store, s) for s in sessions}
     ready_wall = time.time()
     print(f"[{label}] all ready in {startup:.1f} s; installing for {args.duration} s", flush=True)
 
@@ -270,13 +302,13 @@ def fleet_run(
             if s is None or not s.installed_at:
                 continue
             seen = time.monotonic()
-            found = Store(store, s.key).read()
+            found = read(store, s)
             names = {p.name for d in found.body.environments for p in d.added} if found else set()
             for name in s.installed_at.keys() - s.committed_at.keys():
                 if name in names:
                     s.committed_at[name] = seen
     figures = {s.key: proc_cpu_rss(s.pid) for s in sessions}
-    generation_end = {s.key: _generation(store, s.key) for s in sessions}
+    generation_end = {s.key: _generation(store, s) for s in sessions}
     print(f"[{label}] stopping", flush=True)
     for s in sessions:
         os.kill(s.pid, signal.SIGTERM)  # the daemon itself, not strace around it
@@ -285,7 +317,7 @@ def fleet_run(
 
     lost = []
     for s in sessions:
-        found = Store(store, s.key).read()
+        found = read(store, s)
         names = {p.name for d in found.body.environments for p in d.added} if found else set()
         lost += [f"{s.key}:{n}" for n in s.installed_at if n not in names]
     measured = [s for s in sessions if not s.sampled]
@@ -348,13 +380,17 @@ def fleet_run(
         },
         "exit_codes": dict(Counter(codes.values())),
         "lost": lost,
+        "daemons_without_inotify": sum(
+            "cannot create an inotify instance" in (s.dir / f"daemon-{label}.log").read_text()
+            for s in sessions
+        ),
         "load_average": os.getloadavg(),
     }
     return result, store
 
 
-def _generation(store: Path, key: str) -> int:
-    found = Store(store, key).read()
+def _generation(store: Path, s: Session) -> int:
+    found = read(store, s)
     return found.generation if found is not None else 0
 
 
@@ -409,6 +445,7 @@ def storm(
             cmd = [sys.executable, "-m", "pkgckpt", "restore", "--store", str(store),
                    "--key", s.key, "--env", str(s.venv), "--installer", "uv", "--no-index",
                    "--find-links", str(wheels_dir), "--timeout", "300"]  # fmt: skip
+            cmd = as_user(s, cmd)
             if s in sample:
                 trace = base / f"strace-{label}-{s.key}.txt"
                 cmd = ["strace", "-f", "-y", "-ttt", "-e", "trace=%file,%desc", "-o",
@@ -463,11 +500,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--runs", default="tmpfs,latency,storm")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument(
+        "--one-uid",
+        action="store_true",
+        help="Run every session as this user (as pods all running as uid 1000 on one node "
+        "do), not each as its own uid: they then share fs.inotify.max_user_instances.",
+    )
     args = parser.parse_args()
     runs = args.runs.split(",")
     started = time.monotonic()
     results: list[dict[str, object]] = []
     base = Path(tempfile.mkdtemp(prefix="pkgckpt-fleet-", dir="/dev/shm"))
+    base.chmod(0o755)  # the sessions' own uids reach their directories through it
     sessions: list[Session] = []
     try:
         wheels_dir = base / "wheels"
@@ -479,6 +523,7 @@ def main() -> None:
         sessions = plan(args.n, args.duration, random.Random(args.seed), base)
         for s in sessions:
             s.dir.mkdir()
+            s.uid = os.getuid() if args.one_uid else UID_BASE + s.index
         print(
             f"{args.n} sessions: "
             + ", ".join(f"{k} {v}" for k, v in Counter(s.kind for s in sessions).items())
