@@ -23,9 +23,11 @@ whose users are told apart: the kernel allows 128 inotify instances per uid by d
 notebook pods that all run as uid 1000 on one node do.
 
 Measured:
-  commit latency  install end -> the daemon's metrics file renamed after the commit that
-                  holds the install (seen by inotify in this driver), minus the quiet
-                  window (--quiet-ms); the raw install -> on-store time is given too.
+  commit latency  per commit: from the end of the newest install it holds to the
+                  daemon's metrics file renamed after that commit (seen by inotify in
+                  this driver), minus the quiet window (--quiet-ms): scan, commit and
+                  the wait for a CPU. Per install, the raw install -> on-store time (a
+                  burst's first install waits for the burst to end).
   store ops       `strace -f -y -ttt` on --sample active sessions (excluded from the
                   other figures): syscalls naming a path on the store, per commit after
                   the start, and per restore.
@@ -85,6 +87,9 @@ class Session:
     """The session's user: its own uid, or this process's with --one-uid."""
     installed_at: dict[str, float] = field(default_factory=dict)
     committed_at: dict[str, float] = field(default_factory=dict)
+    commit_ms: list[float] = field(default_factory=list)
+    """Per commit seen: from the newest install it holds to the commit, minus the quiet
+    window (the part that is scan, commit and waiting for a CPU)."""
 
     @property
     def key(self) -> str:
@@ -238,6 +243,7 @@ def fleet_run(
         fresh_session(s, template)
         s.installed_at.clear()
         s.committed_at.clear()
+        s.commit_ms.clear()
     notify = inotify_simple.INotify()
     notify.add_watch(metrics_dir, inotify_simple.flags.MOVED_TO)
     active = [s for s in sessions if s.schedule]
@@ -304,9 +310,12 @@ def fleet_run(
             seen = time.monotonic()
             found = read(store, s)
             names = {p.name for d in found.body.environments for p in d.added} if found else set()
-            for name in s.installed_at.keys() - s.committed_at.keys():
-                if name in names:
-                    s.committed_at[name] = seen
+            newly = [n for n in s.installed_at.keys() - s.committed_at.keys() if n in names]
+            for name in newly:
+                s.committed_at[name] = seen
+            if newly:
+                newest = max(s.installed_at[n] for n in newly)
+                s.commit_ms.append((seen - newest) * 1000 - args.quiet_ms)
     figures = {s.key: proc_cpu_rss(s.pid) for s in sessions}
     generation_end = {s.key: _generation(store, s) for s in sessions}
     print(f"[{label}] stopping", flush=True)
@@ -320,12 +329,17 @@ def fleet_run(
         found = read(store, s)
         names = {p.name for d in found.body.environments for p in d.added} if found else set()
         lost += [f"{s.key}:{n}" for n in s.installed_at if n not in names]
+    sizes = [
+        (store / s.key / "manifest.json").stat().st_size
+        for s in sessions
+        if (store / s.key / "manifest.json").exists()
+    ]
     measured = [s for s in sessions if not s.sampled]
     e2e = [
         (s.committed_at[n] - s.installed_at[n]) * 1000
         for s in measured for n in s.committed_at
     ]  # fmt: skip
-    latency = [v - args.quiet_ms for v in e2e]
+    latency = [v for s in measured for v in s.commit_ms]
     commits = sum(generation_end[s.key] - generation_ready[s.key] for s in measured)
     ops_commit: Counter[str] = Counter()
     ops_start: Counter[str] = Counter()
@@ -350,6 +364,17 @@ def fleet_run(
         "commits_measured": commits,
         "commit_latency_ms": _dist(latency),
         "install_to_store_ms": _dist(e2e),
+        "install_to_store_ms_by_kind": {
+            kind: _dist(
+                [
+                    (s.committed_at[n] - s.installed_at[n]) * 1000
+                    for s in measured
+                    if s.kind == kind
+                    for n in s.committed_at
+                ]
+            )
+            for kind in ("light", "burst")
+        },
         "store_ops_per_commit": round(sum(ops_commit.values()) / max(1, sampled_commits), 2),
         "store_ops_per_commit_by_call": {
             k: round(v / max(1, sampled_commits), 2) for k, v in ops_commit.most_common()
@@ -358,6 +383,11 @@ def fleet_run(
         "store_ops_at_start_per_daemon": round(sum(ops_start.values()) / max(1, sampled), 1),
         "store_ops_at_start_by_call": {
             k: round(v / max(1, sampled), 1) for k, v in ops_start.most_common()
+        },
+        "manifest_bytes": {
+            "n": len(sizes),
+            "median": statistics.median(sizes) if sizes else 0,
+            "max": max(sizes, default=0),
         },
         "cpu_seconds_total": round(cpu_total, 2),
         "cpu_seconds_after_ready": round(cpu_steady, 3),
