@@ -66,7 +66,7 @@ REPO = Path(pkgckpt.__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from restore_kit import hermetic  # noqa: E402
-from wheelhouse import Dist, build_wheel, make_venv  # noqa: E402
+from wheelhouse import Dist, build_wheel  # noqa: E402
 
 POOL = 40
 UID_BASE = 40000
@@ -489,6 +489,10 @@ def storm(
                 done[index] = time.monotonic() - t0
         time.sleep(0.005)
     codes = Counter(p.returncode for p in procs.values())
+    failed = [sessions[i] for i, p in procs.items() if p.returncode != 0]
+    if failed:
+        log = (failed[0].dir / f"restore-{label}.log").read_text(errors="replace")
+        print(f"[{label}] {failed[0].key} exited non-zero:\n{log[-2000:]}", flush=True)
     missing = []
     for s in sessions:
         site = next((s.venv / "lib").glob("python3*/site-packages"))
@@ -531,6 +535,11 @@ def main() -> None:
     parser.add_argument("--runs", default="tmpfs,latency,storm")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     parser.add_argument(
+        "--venv-python",
+        default="/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable,
+        help="The interpreter of the sessions' venvs (default: /usr/bin/python3).",
+    )
+    parser.add_argument(
         "--one-uid",
         action="store_true",
         help="Run every session as this user (as pods all running as uid 1000 on one node "
@@ -549,7 +558,11 @@ def main() -> None:
         for i in range(POOL):
             name = f"fleet-pkg-{i:02d}"
             wheels[name] = build_wheel(Dist(name, "1.0", files=5), wheels_dir)
-        template = make_venv(base / "template", with_pip=False).prefix
+        # The sessions' venvs need an interpreter every uid can reach (this one may sit
+        # in a private home directory).
+        template = base / "template"
+        subprocess.run([args.venv_python, "-m", "venv", "--without-pip", str(template)],
+                       check=True)  # fmt: skip
         sessions = plan(args.n, args.duration, random.Random(args.seed), base)
         for s in sessions:
             s.dir.mkdir()
