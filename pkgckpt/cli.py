@@ -142,6 +142,14 @@ def cli() -> None:
     metavar="S",
     help="On SIGTERM, seconds to get pending changes onto the store (default 10).",
 )
+@click.option(
+    "--metrics-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="PATH",
+    help="Write Prometheus metrics here after each commit and error (node_exporter's "
+    "textfile collector: PATH ending in .prom).",
+)
 @with_config
 def daemon(cfg: config.Config) -> int:
     """Watch the libraries and checkpoint every change to the store (foreground).
@@ -240,8 +248,13 @@ def restore(cfg: config.Config, dry_run: bool, as_json: bool) -> int:
 
 @cli.command(epilog=EXIT_CODES)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--prometheus",
+    is_flag=True,
+    help="Print the daemon's metrics (what --metrics-file holds) in Prometheus text format.",
+)
 @with_config
-def status(cfg: config.Config, as_json: bool) -> int:
+def status(cfg: config.Config, as_json: bool, prometheus: bool) -> int:
     """What is checkpointed, what is not yet, and whether the daemon runs.
 
     Per environment: the packages the manifest tracks (added, changed, removed), changes
@@ -251,6 +264,9 @@ def status(cfg: config.Config, as_json: bool) -> int:
     """
     from . import status as status_
 
+    if prometheus:
+        _emit(status_.to_prometheus(cfg))
+        return 0
     report = status_.collect(cfg)
     _emit(status_.to_json(report) if as_json else status_.to_text(report))
     return 0

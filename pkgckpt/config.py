@@ -92,6 +92,8 @@ class Config:
     shutdown_timeout: float = 10.0
     rescan_interval: float = 0.0
     """Backstop full rescan every N seconds; 0 disables it (idle then costs nothing)."""
+    metrics_file: Path | None = None
+    """Prometheus text the daemon rewrites after each commit and error (textfile collector)."""
     # restore
     timeout: float = 900.0
     installer: str = "auto"

@@ -43,7 +43,7 @@ from typing import TypeAlias
 
 import msgspec
 
-from . import checkpoint, record, status
+from . import checkpoint, metrics, record, status
 from .config import Config, ensure_runtime_dir
 from .debounce import Debouncer
 from .errors import ManifestError, PkgckptError, StoreError
@@ -227,6 +227,8 @@ class Daemon:
         self._ping(now)
         batch = watcher.wait(self._timeout(now))
         now = time.monotonic()
+        if batch.overflow:
+            self._count(watch_overflows=self.state.counters.watch_overflows + 1)
         for root in batch.dirty:
             self.debouncer.touch(root, now)
             names = batch.changed.get(root)
@@ -334,6 +336,7 @@ class Daemon:
             self._store_failed(e, "cannot read the store or the baseline")
             return
         self.session = session
+        self._count(tracked=metrics.tracked(session.tracker.body()))
         self.changed.clear()  # the scan just made read every entry
         self.retry_at = None
         self.backoff.reset()
@@ -359,13 +362,17 @@ class Daemon:
             names = self.changed.pop(root, None)
             if by_events and names is not None:
                 changed[root] = names
+        started = time.perf_counter()
         for env, change in checkpoint.scan(self.session, targets, changed):
             log.info("%s", describe(env, change))
             self.uncommitted.append(change)
+        c = self.state.counters
+        self._count(scans=c.scans + 1, scan_seconds=c.scan_seconds + time.perf_counter() - started)
         if self.session.scan_errors:
             self._set(
                 last_error="; ".join(self.session.scan_errors), error_time=checkpoint.now_iso()
             )
+            self._write_metrics()
 
     def _commit(self) -> None:
         if self.session is None:
@@ -385,14 +392,40 @@ class Daemon:
                 "checkpoint: generation %d (%s) in %s", committed.generation, what, self.store.path
             )
             self._set(generation=committed.generation, committed=checkpoint.now_iso())
+            self._count(tracked=metrics.tracked(committed.body))
             sd_notify(f"STATUS={self._summary()}")
+        self._count(committed_at=time.time())
         self._set(last_error=None, error_time=None)
+        self._write_metrics()
 
     def _store_failed(self, error: PkgckptError, what: str) -> None:
         delay = self.backoff.next()
         self.retry_at = time.monotonic() + delay
         log.warning("%s: %s (retrying in %.1f s)", what, error, delay)
         self._set(last_error=f"{what}: {error}", error_time=checkpoint.now_iso())
+        failures = dict(self.state.counters.commit_failures)
+        reason = metrics.failure_reason(error)
+        failures[reason] = failures.get(reason, 0) + 1
+        self._count(commit_failures=failures)
+        self._write_metrics()
+
+    def _count(self, **changes: object) -> None:
+        """Update the metrics' counters (in the status file, for `status --prometheus`)."""
+        self._set(counters=msgspec.structs.replace(self.state.counters, **changes))
+
+    def _write_metrics(self) -> None:
+        """After a commit or an error, never on a timer: the file is as fresh as the state."""
+        path = self.config.metrics_file
+        if path is None:
+            return
+        restore = metrics.read_restore(self.config)
+        text = metrics.render(
+            self.config.key, self.state.generation, self.state.pending, self.state.counters, restore
+        )
+        try:
+            metrics.write(path, text)
+        except PkgckptError as e:
+            log.warning("cannot write the metrics file: %s", e)
 
     def _summary(self) -> str:
         generation = self.state.generation

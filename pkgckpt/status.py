@@ -18,7 +18,7 @@ from typing import Literal
 
 import msgspec
 
-from . import __version__, checkpoint, inventory, manifest
+from . import __version__, checkpoint, inventory, manifest, metrics
 from .checkpoint import now_iso
 from .config import Config, ensure_runtime_dir
 from .errors import PkgckptError
@@ -55,6 +55,8 @@ class DaemonState(msgspec.Struct, kw_only=True, omit_defaults=True):
     error_time: str | None = None
     rescans: int = 0
     """Full rescans done on request (SIGHUP): `snapshot` waits for this to move."""
+    counters: metrics.Counters = msgspec.field(default_factory=metrics.Counters)
+    """What the metrics count (`pkgckpt daemon --metrics-file`, `status --prometheus`)."""
 
 
 _state_decoder = msgspec.json.Decoder(DaemonState)
@@ -317,3 +319,19 @@ def to_text(report: Report) -> str:
         ]
         lines.extend(body or ["    nothing recorded"])
     return "\n".join(lines) + "\n"
+
+
+def to_prometheus(config: Config) -> str:
+    """`status --prometheus`: the metrics the daemon writes, from its status file (or, with
+    no daemon status, from the store's manifest)."""
+    state = read_state(config)
+    restore = metrics.read_restore(config)
+    if state is not None:
+        return metrics.render(config.key, state.generation, state.pending, state.counters, restore)
+    recorded = None
+    with contextlib.suppress(PkgckptError):
+        recorded = open_store(config).read()
+    if recorded is None:
+        return metrics.render(config.key, None, 0, metrics.Counters(), restore)
+    counters = metrics.Counters(tracked=metrics.tracked(recorded.body))
+    return metrics.render(config.key, recorded.generation, 0, counters, restore)

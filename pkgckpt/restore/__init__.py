@@ -592,6 +592,19 @@ def apply(plan: Plan, config: Config, *, progress: Progress | None = None) -> Re
     return _apply(plan, config, found, deadline, progress or _terminal_progress())
 
 
+def _record(config: Config, report: Report, seconds: float) -> None:
+    """The last run's figures in the runtime directory, for the daemon's metrics."""
+    from ..metrics import record_restore
+
+    outcomes = {"installed": 0, "removed": 0, "kept": 0, "failed": 0}
+    for e in report.environments:
+        outcomes["installed"] += len(e.installed)
+        outcomes["removed"] += len(e.removed)
+        outcomes["kept"] += len(e.kept)
+        outcomes["failed"] += len(e.failed)
+    record_restore(config, seconds, outcomes)
+
+
 def run(config: Config, *, dry_run: bool = False, progress: Progress | None = None) -> Report:
     """`pkgckpt restore`: raises PartialRestore (with the Report) when anything failed."""
     from ..inventory import ensure_baseline, targets
@@ -601,6 +614,7 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
     if dry_run:
         manifest = _read(config)
         return Report(plan=_plan(config, manifest, found), dry_run=True)
+    started = time.monotonic()
     # Before anything is installed: afterwards the image's packages could not be told apart.
     ensure_baseline(config, found)
     manifest = _read(config)
@@ -615,6 +629,7 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
         from ..record import remember
 
         remember(config, manifest, report)
+    _record(config, report, time.monotonic() - started)
     if the_plan.is_empty():
         return report
     if report.exit_code:

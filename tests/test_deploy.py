@@ -1,0 +1,310 @@
+"""deploy/: the Kubernetes manifests and the chart values against the Kubernetes schemas
+(offline, three minor versions), the Dockerfiles under hadolint, and the shutdown order a
+kubelet imposes on examples/entrypoint.sh run as PID 1 of its own PID namespace."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from daemon_kit import World, eventually, pins, uv_install
+from kubernetes_validate import utils as kv
+from wheelhouse import Dist, build_wheel, make_venv
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+ENTRYPOINT = ROOT / "examples" / "entrypoint.sh"
+MANIFESTS = sorted(p for p in DEPLOY.rglob("*.yaml") if p.name != "values.yaml")
+VALUES = DEPLOY / "jupyterhub" / "values.yaml"
+DOCKERFILES = sorted(DEPLOY.rglob("Dockerfile"))
+
+
+def kubernetes_minors() -> list[str]:
+    """The newest Kubernetes minor version kubernetes-validate ships and the two before."""
+    minors = {kv.major_minor(v) for v in kv.all_versions()}
+    return sorted(minors, key=lambda m: tuple(int(part) for part in m.split(".")))[-3:]
+
+
+MINORS = kubernetes_minors()
+
+
+def resources(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def validate(resource: dict[str, Any], minor: str) -> None:
+    """Strict validation: an unknown field (a typo) fails as well as a wrong type."""
+    try:
+        kv.validate(resource, minor, strict=True)
+    except kv.ValidationError as e:
+        raise AssertionError(f"{resource['kind']} invalid for Kubernetes {minor}: {e}") from None
+
+
+def test_three_consecutive_kubernetes_versions_are_checked() -> None:
+    """The schemas cover the newest minor version shipped and the two before it."""
+    numbers = [tuple(int(part) for part in m.split(".")) for m in MINORS]
+    major, newest = numbers[-1]
+    assert numbers == [(major, newest - 2), (major, newest - 1), (major, newest)]
+    assert kv.major_minor(kv.latest_version()) == MINORS[-1]
+
+
+@pytest.mark.parametrize("minor", MINORS)
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_manifest_is_valid_kubernetes(path: Path, minor: str) -> None:
+    """Every resource of every manifest in deploy/ validates against the schema."""
+    found = resources(path)
+    assert found, f"{path} holds no resource"
+    for resource in found:
+        validate(resource, minor)
+
+
+def test_a_schema_violation_is_caught() -> None:
+    """The validation used above rejects a misspelt field: the checks can fail."""
+    (pod,) = resources(DEPLOY / "kubernetes" / "notebook-pod.yaml")
+    pod["spec"]["terminationGracePeriod"] = pod["spec"].pop("terminationGracePeriodSeconds")
+    with pytest.raises(AssertionError, match="invalid"):
+        validate(pod, MINORS[-1])
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", ())}
+
+
+def test_notebook_pod_stops_in_the_order_pkgckpt_needs() -> None:
+    """preStop snapshot, key and subPath from the user's name, grace period for both waits,
+    a non-root user with no privilege escalation."""
+    (pod,) = resources(DEPLOY / "kubernetes" / "notebook-pod.yaml")
+    spec = pod["spec"]
+    (container,) = spec["containers"]
+    env = _env(container)
+    label = "metadata.labels['example.org/user']"
+    assert env["PKGCKPT_KEY"] == {"fieldRef": {"fieldPath": label}}
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["pkgckpt", "snapshot"]
+    assert container["command"][-1] == "/usr/local/bin/pkgckpt-entrypoint"
+    (mount,) = container["volumeMounts"]
+    assert mount["subPathExpr"] == "$(PKGCKPT_KEY)"
+    assert mount["mountPath"] == env["PKGCKPT_STORE"]
+    # The snapshot waits up to --shutdown-timeout, then the daemon's flush as long again.
+    shutdown = float(env["PKGCKPT_SHUTDOWN_TIMEOUT"])
+    assert spec["terminationGracePeriodSeconds"] >= 2 * shutdown + 5
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def _bytes(spec: str) -> int:
+    """KubeSpawner's byte specification: K, M, G, T are powers of 1024."""
+    number, unit = re.fullmatch(r"([0-9.]+)([KMGT]?)", spec).groups()  # type: ignore[union-attr]
+    return int(float(number) * 1024 ** (" KMGT".index(unit or " ")))
+
+
+def expand(value: Any, username: str) -> Any:
+    """KubeSpawner's expansion of {username} in environment values and volume specs."""
+    if isinstance(value, str):
+        return value.replace("{username}", username)
+    if isinstance(value, list):
+        return [expand(v, username) for v in value]
+    if isinstance(value, dict):
+        return {k: expand(v, username) for k, v in value.items()}
+    return value
+
+
+def pod_from_values(values: dict[str, Any], username: str) -> dict[str, Any]:
+    """The pod KubeSpawner makes from the chart's `singleuser` settings this file uses."""
+    single = values["singleuser"]
+    env = [{"name": "JUPYTERHUB_USER", "value": username}]
+    env += [{"name": k, "value": str(v)} for k, v in expand(single["extraEnv"], username).items()]
+    cmd = single["cmd"]
+    container: dict[str, Any] = {
+        "name": "notebook",
+        "image": f"{single['image']['name']}:{single['image']['tag']}",
+        "args": [cmd] if isinstance(cmd, str) else cmd,
+        "env": env,
+        "lifecycle": single["lifecycleHooks"],
+        "ports": [{"name": "notebook-port", "containerPort": 8888}],
+        "resources": {
+            "requests": {
+                "memory": str(_bytes(single["memory"]["guarantee"])),
+                "cpu": str(single["cpu"]["guarantee"]),
+            },
+            "limits": {"memory": str(_bytes(single["memory"]["limit"]))},
+        },
+        "securityContext": {
+            "runAsUser": single["uid"],
+            "allowPrivilegeEscalation": single["allowPrivilegeEscalation"],
+        },
+        "volumeMounts": expand(single["storage"]["extraVolumeMounts"], username),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"jupyter-{username}", "labels": {"component": "singleuser-server"}},
+        "spec": {
+            "containers": [container],
+            "securityContext": {"fsGroup": single["fsGid"]},
+            "volumes": expand(single["storage"]["extraVolumes"], username),
+            **single["extraPodConfig"],
+        },
+    }
+
+
+@pytest.mark.parametrize("minor", MINORS)
+def test_chart_values_render_a_valid_pod(minor: str) -> None:
+    """The pod the values would render into validates, with the user's key and subPath."""
+    values = yaml.safe_load(VALUES.read_text())
+    pod = pod_from_values(values, "alice")
+    validate(pod, minor)
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["PKGCKPT_KEY"] == env["JUPYTERHUB_USER"] == "alice"
+    (mount,) = container["volumeMounts"]
+    assert (mount["subPath"], mount["mountPath"]) == ("alice", env["PKGCKPT_STORE"])
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["pkgckpt", "snapshot"]
+    shutdown = float(env["PKGCKPT_SHUTDOWN_TIMEOUT"])
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= 2 * shutdown + 5
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["runAsUser"] != 0
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_dockerfile_copies_only_what_the_repository_has(dockerfile: Path) -> None:
+    """Every COPY source outside a build stage exists relative to the repository root."""
+    for line in dockerfile.read_text().splitlines():
+        if line.startswith("COPY") and "--from=" not in line:
+            *sources, _ = [w for w in line.split()[1:] if not w.startswith("--")]
+            for source in sources:
+                assert (ROOT / source).exists(), f"{dockerfile}: {source} is missing"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    """hadolint finds nothing at warning level or above."""
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed and Debian does not package it (apt-cache policy)")
+    done = subprocess.run(
+        [hadolint, "--failure-threshold", "warning", str(dockerfile)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+SERVER = """\
+import signal, sys, time
+open(sys.argv[1], "w").close()
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+time.sleep(600)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.fixture
+def pid_namespaces() -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.skip("a new PID namespace needs root (unshare --pid)")
+    for tool in ("unshare", "nsenter"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} (util-linux) is not installed")
+    yield
+
+
+@pytest.mark.slow
+def test_kubelet_order_snapshot_then_sigterm_then_flush_within_grace(
+    tmp_path: Path, pid_namespaces: None
+) -> None:
+    """The entrypoint as PID 1 of its own PID namespace, stopped as a kubelet stops a pod.
+
+    The preStop hook (`pkgckpt snapshot`, run inside the container's namespaces) makes
+    the daemon commit an install its 60 s quiet window still held; SIGTERM to PID 1 then
+    reaches the daemon through the entrypoint, whose flush commits an install made after
+    the hook; the container is gone before the pod's grace period ends."""
+    (pod,) = resources(DEPLOY / "kubernetes" / "notebook-pod.yaml")
+    grace = pod["spec"]["terminationGracePeriodSeconds"]
+    world = World.make(tmp_path)
+    wheels = tmp_path / "wheels"
+    build_wheel(Dist("early", "1.0"), wheels)
+    build_wheel(Dist("late", "1.0"), wheels)
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    baseline = tmp_path / "baseline.json"
+    made = world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
+    assert made.returncode == 0, made.stderr
+    bindir = str(Path(os.path.realpath(sys.executable)).parent)
+    variables = {
+        **world.env,
+        "PATH": f"{bindir}{os.pathsep}{world.env['PATH']}",
+        "PKGCKPT_ENV": str(venv.prefix),
+        "PKGCKPT_STORE": str(world.store),
+        "PKGCKPT_KEY": world.key,
+        "PKGCKPT_BASELINE": str(baseline),
+        "PKGCKPT_NO_INDEX": "1",
+        "PKGCKPT_QUIET_MS": "60000",  # only the hook and the flush commit
+        "PKGCKPT_SHUTDOWN_TIMEOUT": "10",
+    }
+    started = tmp_path / "server-started"
+    server = tmp_path / "server.py"
+    server.write_text(SERVER)
+    log = tmp_path / "entrypoint.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc",
+             "bash", str(ENTRYPOINT), sys.executable, str(server), str(started)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=variables,
+        )  # fmt: skip
+    try:
+        (pid1,) = eventually(lambda: _children(proc.pid), what="PID 1 of the namespace")
+        inside = (Path(f"/proc/{pid1}/status").read_text().split("NSpid:")[1]).split()[1]
+        assert inside == "1", "the entrypoint is not PID 1 of its namespace"
+        eventually(started.exists, timeout=120, what="the server to start")
+        status = world.runtime / f"daemon-{world.key}.json"
+        eventually(lambda: status.exists() and '"watching"' in status.read_text(), what="daemon")
+        uv_install(venv.python, wheels, "early==1.0", env=world.env)
+
+        deleted = time.monotonic()  # the API server marks the pod for deletion
+        hook = subprocess.run(
+            ["nsenter", "--target", str(pid1), "--pid", "--mount", "--",
+             sys.executable, "-m", "pkgckpt", "snapshot"],
+            capture_output=True, text=True, env=variables, timeout=grace, check=False,
+        )  # fmt: skip
+        assert hook.returncode == 0, hook.stderr
+        assert "the daemon wrote generation" in hook.stdout, hook.stdout
+        after_hook = world.manifest()
+        assert after_hook is not None
+        (delta,) = after_hook.body.environments
+        assert pins(delta.added) == ["early==1.0"]
+
+        uv_install(venv.python, wheels, "late==1.0", env=world.env)
+        os.kill(pid1, signal.SIGTERM)
+        code = proc.wait(grace)
+        stopped = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            with_pid1 = _children(proc.pid)
+            for pid in with_pid1:
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert code == 0, text
+    assert stopped - deleted < grace, f"{stopped - deleted:.1f} s, grace {grace} s"
+    final = world.manifest()
+    assert final is not None and final.generation > after_hook.generation, text
+    (delta,) = final.body.environments
+    assert pins(delta.added) == ["early==1.0", "late==1.0"], text
+    hook_line = text.index(f"checkpoint: generation {after_hook.generation} ")
+    assert text.index("stopped: every change is on the store", hook_line) > hook_line, text
