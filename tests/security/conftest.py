@@ -52,8 +52,16 @@ class User:
         }
         base.update(env or {})
         return subprocess.run(
-            ["runuser", "-u", self.name, "--", "env", "-i", *(f"{k}={v}" for k, v in base.items()),
-             *argv],
+            [
+                "runuser",
+                "-u",
+                self.name,
+                "--",
+                "env",
+                "-i",
+                *(f"{k}={v}" for k, v in base.items()),
+                *argv,
+            ],
             cwd=cwd,
             capture_output=True,
             text=True,
