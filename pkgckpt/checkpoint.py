@@ -35,6 +35,7 @@ import msgspec
 
 from . import inventory, manifest
 from .config import Config
+from .discovery import Discovered
 from .errors import PkgckptError, UsageError
 from .inventory import Target
 from .manifest import Baseline, Body, Change, Delta, Environment, Manifest, Package
@@ -244,8 +245,8 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def targets(config: Config) -> list[Target]:
-    found = inventory.targets(config)
+def targets(config: Config, discovered: Discovered | None = None) -> list[Target]:
+    found = inventory.targets(config, discovered)
     if not found:
         raise UsageError("nothing to watch: no Python environment or R library is configured")
     return found

@@ -82,6 +82,9 @@ class Config:
     r_lib: tuple[Path, ...] = ()
     """R libraries; empty means `R_LIBS_USER` when set."""
     r_discover: bool = False
+    discover: tuple[str, ...] = ("kernels", "conda", "user-site", "r")
+    """Where environments are found without `--env` (`discovery.SOURCES`); leave one out
+    to switch that source off."""
     baseline: Path | None = None
     runtime_dir: Path = dataclasses.field(default_factory=runtime_dir)
     keep_generations: int = 5
@@ -102,6 +105,16 @@ class Config:
     no_index: bool = False
     keep_removed: bool = False
     r_repo: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from .discovery import SOURCES
+
+        unknown = [s for s in self.discover if s not in SOURCES]
+        if unknown:
+            raise UsageError(
+                f"discover: unknown source(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(SOURCES)}"
+            )
 
     def python_envs(self) -> tuple[Path, ...]:
         return self.env or (Path(sys.prefix),)

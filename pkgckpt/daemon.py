@@ -43,9 +43,10 @@ from typing import TypeAlias
 
 import msgspec
 
-from . import checkpoint, metrics, record, status
+from . import checkpoint, inventory, metrics, record, status
 from .config import Config, ensure_runtime_dir
 from .debounce import Debouncer
+from .discovery import Unreadable
 from .errors import ManifestError, PkgckptError, StoreError
 from .inventory import Target
 from .manifest import Change, Environment
@@ -150,7 +151,11 @@ def _signals(on_stop: _Handler, on_rescan: _Handler) -> Iterator[int]:
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.targets: list[Target] = checkpoint.targets(config)
+        found = inventory.discover(config)
+        self.targets: list[Target] = checkpoint.targets(config, found)
+        self.discovery: set[Path] = set(found.watch)
+        """Directories where a new environment may show (see `discovery`)."""
+        self.unreadable = {u.path for u in found.unreadable}
         self.store = open_store(config)
         self.session: checkpoint.Session | None = None
         self.state = status.new_state(config)
@@ -190,6 +195,7 @@ class Daemon:
         """Watch until SIGTERM/SIGINT; the exit code (0: everything seen is on the store)."""
         ensure_runtime_dir(self.config.runtime_dir)
         roots = [Root(path=r, kind=t.env.kind) for r, t in self._by_root.items()]
+        roots += [Root(path=p, kind="discovery") for p in self.discovery - self._by_root.keys()]
         with (
             _signals(self._on_stop, self._on_rescan) as wake_fd,
             Watcher(
@@ -241,13 +247,15 @@ class Daemon:
             return
         if self.session is None:
             # Nothing is folded in before the manifest is read: the start scan covers it.
-            self.debouncer.ready(math.inf, watcher.busy)
+            if self.discovery.intersection(self.debouncer.ready(math.inf, watcher.busy)):
+                self._rediscover(watcher)
             if self._due(self.retry_at, now):
                 self._open()
                 self._commit()
         elif self.rescan or self._due(self.next_backstop, now):
             self.rescan = False
             self.debouncer.ready(math.inf, watcher.busy)  # every root is rescanned now
+            self._rediscover(watcher)
             self._scan(self.targets)
             taken = record.serve(self.config, self.session)
             self.retry_at = None  # a person asked (snapshot): try the store now
@@ -260,6 +268,8 @@ class Daemon:
                 self.next_backstop = now + self.config.rescan_interval
         else:
             ready = self.debouncer.ready(now, watcher.busy)
+            if self.discovery.intersection(ready):
+                self._rediscover(watcher)
             if ready:
                 self._scan(self._targets_of(ready), by_events=True)
             if self.uncommitted and (self.retry_at is None or self._due(self.retry_at, now)):
@@ -327,6 +337,41 @@ class Daemon:
     def _targets_of(self, roots: Iterable[Path]) -> list[Target]:
         chosen = {id(t): t for t in (self._by_root.get(r) for r in roots) if t is not None}
         return list(chosen.values())
+
+    def _rediscover(self, watcher: Watcher) -> None:
+        """Discover again (a kernelspec, a conda environment may have appeared) and track
+        the environments that are new, from their first scan on."""
+        for _ in range(5):
+            found = inventory.discover(self.config)
+            fresh = [p for p in found.watch if p not in self.discovery]
+            # Watched before they are read again: what is written into them from now on
+            # (kernel.json after its directory) comes back as an event.
+            self.discovery.update(fresh)
+            watcher.add([Root(path=p, kind="discovery") for p in fresh])
+            if not fresh:
+                break
+        for path in self.discovery:
+            self.changed.pop(path, None)
+        unreadable: list[Unreadable] = []
+        tracked = {checkpoint.env_key(t.env) for t in self.targets}
+        added: list[Target] = []
+        for t in inventory.targets(self.config, found, unreadable):
+            roots = tuple(r for r in t.roots if r not in self._by_root)
+            if roots and checkpoint.env_key(t.env) not in tracked:
+                added.append(Target(env=t.env, roots=roots))
+        for u in unreadable:
+            if u.path not in self.unreadable:
+                log.warning("%s (%s) is not tracked: %s", u.path, u.origin, u.reason)
+        self.unreadable = {u.path for u in unreadable}
+        if not added:
+            return
+        for target in added:
+            log.info("tracking %s (discovered)", target.env.where())
+            self.targets.append(target)
+            self._by_root.update((r, target) for r in target.roots)
+            watcher.add([Root(path=r, kind=target.env.kind) for r in target.roots])
+        if self.session is not None:
+            self._scan(added)
 
     def _open(self) -> None:
         """Read the manifest and the baseline, scan everything: the record's starting point."""

@@ -19,9 +19,10 @@ from typing import Protocol
 
 from packaging.utils import canonicalize_name
 
-from . import manifest
+from . import discovery, manifest
 from .config import Config, ensure_runtime_dir
-from .errors import ManifestError
+from .discovery import Discovered, Unreadable
+from .errors import ManifestError, ScanError
 from .manifest import Baseline, Environment, Inventory, Package
 from .scan import ScanResult
 from .scan.env import python_env
@@ -107,10 +108,30 @@ def entry_name(kind: str, entry: str) -> str:
     return canonicalize_name(stem.split("-")[0])
 
 
-def targets(config: Config) -> list[Target]:
-    """The Python prefixes (and their user sites) and the R libraries that `config` names."""
-    found: list[Target] = []
+def discover(config: Config) -> Discovered:
+    """The environments found beyond pkgckpt's own: none when `--env` names them."""
+    if config.env:
+        return Discovered()
+    return discovery.discover(config.discover, cache_dir=config.runtime_dir)
+
+
+def targets(
+    config: Config,
+    found: Discovered | None = None,
+    unreadable: list[Unreadable] | None = None,
+) -> list[Target]:
+    """The Python prefixes (and their user sites) and the R libraries that `config` names,
+    with the environments `found` by discovery (`discover(config)` when None).
+
+    `unreadable`: where an environment that cannot be read is reported (then none is
+    fatal); None: a configured one that cannot be read raises ScanError, a discovered one
+    is logged.
+    """
+    result: list[Target] = []
     seen: set[Path] = set()
+    if found is None:
+        found = discover(config)
+    problems: list[Unreadable] = list(found.unreadable)
 
     def add(env: Environment, roots: tuple[Path, ...]) -> None:
         # One directory is read for one environment only: two prefixes of one interpreter
@@ -118,13 +139,27 @@ def targets(config: Config) -> list[Target]:
         fresh = tuple(r for r in roots if r not in seen)
         if fresh:
             seen.update(fresh)
-            found.append(Target(env=env, roots=fresh))
+            result.append(Target(env=env, roots=fresh))
 
-    for prefix in config.python_envs():
-        pe = python_env(prefix, cache_dir=config.runtime_dir)
+    own = "--env" if config.env else "pkgckpt's own"
+    named = [(prefix, own) for prefix in config.python_envs()]
+    for prefix, origin in [*named, *((f.prefix, f.origin) for f in found.found)]:
+        try:
+            pe = python_env(prefix, cache_dir=config.runtime_dir)
+        except ScanError as e:
+            if unreadable is None and origin == "--env":
+                raise
+            reason = "missing" if not prefix.exists() else str(e)
+            problems.append(Unreadable(str(prefix), origin, reason))
+            continue
         add(pe.environment(), pe.site_dirs)
-        if pe.user_site is not None:
+        if pe.user_site is not None and "user-site" in config.discover:
             add(pe.environment(user=True), (pe.user_site,))
+    if unreadable is None:
+        for p in problems:
+            log.warning("%s (%s) is not tracked: %s", p.path, p.origin, p.reason)
+    else:
+        unreadable.extend(problems)
     libs = list(config.r_libs())
     if config.r_discover:
         from .scan.r import r_discover
@@ -135,7 +170,7 @@ def targets(config: Config) -> list[Target]:
 
         for lib in libs:
             add(r_environment(lib), (lib,))
-    return found
+    return result
 
 
 def _now() -> str:

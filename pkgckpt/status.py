@@ -21,6 +21,7 @@ import msgspec
 from . import __version__, checkpoint, inventory, manifest, metrics
 from .checkpoint import now_iso
 from .config import Config, ensure_runtime_dir
+from .discovery import Unreadable
 from .errors import PkgckptError
 from .manifest import Change, Environment, Package
 from .store import atomic_write, open_store
@@ -205,7 +206,8 @@ def collect(config: Config) -> Report:
     envs: list[EnvReport] = []
     recorded_envs = recorded.body.environments if recorded is not None else ()
     elsewhere = {checkpoint.env_key(d.env): d for d in recorded_envs}
-    found = inventory.targets(config)
+    unreadable: list[Unreadable] = []
+    found = inventory.targets(config, unreadable=unreadable)
     inventory.expect(found, baseline)
     for target in found:
         env = target.env
@@ -219,6 +221,12 @@ def collect(config: Config) -> Report:
         pending = tuple(tracker.observe(env, obs))
         unrestored = _restore_would(obs.packages, delta)
         envs.append(msgspec.structs.replace(report, pending=pending, unrestored=unrestored))
+    for u in unreadable:
+        env = Environment(kind="python", path=u.path)
+        kept = elsewhere.pop(checkpoint.env_key(env), None)
+        why = f"{u.reason} (named by {u.origin})"
+        report = _recorded(kept, kept.env) if kept else EnvReport(env=env)
+        envs.append(msgspec.structs.replace(report, error=why))
     envs.extend(_recorded(d, d.env) for d in elsewhere.values())
     state = read_state(config)
     alive = running(state)

@@ -75,7 +75,9 @@ _R_LOCK = "00LOCK"
 @dataclass(frozen=True)
 class Root:
     path: Path
-    kind: Literal["python", "r"]
+    kind: Literal["python", "r", "discovery"]
+    """"discovery": a directory where new environments show (Jupyter's `kernels`, conda's
+    `envs`), watched like a library but holding no packages."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,19 @@ class Watcher:
         for st in self._states.values():
             self._arm(st, now)
         return True
+
+    def add(self, roots: Sequence[Root]) -> None:
+        """Watch `roots` too from now on; a root already watched is left as it is."""
+        now = time.monotonic()
+        for root in roots:
+            if root.path in self._states:
+                continue
+            st = self._states[root.path] = _State(root)
+            if self._ino is None:
+                st.degraded = True
+                st.next_rescan = now + self.rescan_interval
+            else:
+                self._arm(st, now)
 
     # ---- lifetime -------------------------------------------------------------------
 

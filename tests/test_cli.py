@@ -140,12 +140,16 @@ def test_store_precedence_is_flag_then_environment_then_file(
 
 @pytest.mark.parametrize(
     ("argv", "code"),
-    [(["--env", "{tmp}/missing"], 1), (["--key", ".hidden", "--store", "{tmp}/s"], 2)],
+    [
+        # status reports a missing --env and goes on; baseline cannot.
+        (["baseline", "--env", "{tmp}/missing", "--output", "{tmp}/b.json"], 1),
+        (["status", "--key", ".hidden", "--store", "{tmp}/s"], 2),
+    ],
 )
 def test_process_errors_print_no_traceback(tmp_path: Path, argv: list[str], code: int) -> None:
     """The real process (`python -m pkgckpt`) exits 1 or 2 with a one-line message."""
     bad = subprocess.run(
-        [sys.executable, "-m", "pkgckpt", "status", *(a.format(tmp=tmp_path) for a in argv)],
+        [sys.executable, "-m", "pkgckpt", *(a.format(tmp=tmp_path) for a in argv)],
         capture_output=True,
         text=True,
         env=hermetic(tmp_path),

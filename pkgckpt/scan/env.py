@@ -120,6 +120,12 @@ def python_env(prefix: Path, *, cache_dir: Path | None = None) -> PythonEnv:
     return _guess(prefix)
 
 
+def probe(python: Path, *, cache_dir: Path | None = None) -> PythonEnv | None:
+    """What the interpreter `python` says of its environment (its prefix first of all);
+    None when it does not answer. `cache_dir` as for `python_env`."""
+    return _ask(python) if cache_dir is None else _cached_ask(python, cache_dir)
+
+
 # -- the interpreter's answer, kept ---------------------------------------------------
 
 _CACHE_FORMAT = 1

@@ -1,0 +1,411 @@
+"""Which Python environments exist for this user: never what changed in them.
+
+Without `--env`, pkgckpt tracks, besides its own environment and the user site:
+
+* every Python environment a Jupyter kernelspec names: `kernels/*/kernel.json` in each
+  directory of Jupyter's data path, in `jupyter_core.paths.jupyter_path()`'s order
+  (`JUPYTER_PATH`, `JUPYTER_DATA_DIR` or the user data directory, the user base's
+  `share/jupyter`, `{sys.prefix}/share/jupyter`, `/usr/local/share/jupyter`,
+  `/usr/share/jupyter`); a kernel name found earlier hides later ones, as in Jupyter.
+  `argv[0]` of a Python kernel is its interpreter; the interpreter itself says its prefix;
+* every conda environment listed in `~/.conda/environments.txt` or found in an
+  `envs_dirs` directory (`.condarc` files, `CONDA_ENVS_PATH`, `~/.conda/envs`, the root
+  prefix's `envs`).
+
+Every path read from a kernelspec, a `.condarc` or `environments.txt` is hostile: before
+an interpreter named there is started, it and every directory above it must belong to this
+user or root and be writable by no one else (a sticky directory such as /tmp excepted:
+its other users cannot replace what is ours in it). An environment that fails the check or
+cannot be probed is reported (`Discovered.unreadable`), never fatal.
+
+`Discovered.watch` lists the directories whose changes may mean a new environment (the
+`kernels` directories and each kernelspec in them, `~/.conda`, the `envs_dirs`): the
+daemon watches them and discovers again after their quiet window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import site
+import stat
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+Source = Literal["kernels", "conda", "user-site", "r"]
+SOURCES: tuple[Source, ...] = ("kernels", "conda", "user-site", "r")
+"""The values of the `discover` setting, each one a source that can be switched off."""
+
+MAX_FILE = 256 * 1024
+"""A kernel.json, environments.txt or .condarc larger than this is not read."""
+_KERNEL_NAME = re.compile(r"^[a-z0-9._-]+$", re.IGNORECASE)  # jupyter_client's rule
+_BARE_PYTHON = ("python", "python3")
+
+
+@dataclass(frozen=True)
+class Found:
+    """A Python prefix to track, and what named it."""
+
+    prefix: Path
+    origin: str
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An environment something named but that cannot be tracked, and why."""
+
+    path: str
+    origin: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Discovered:
+    found: tuple[Found, ...] = ()
+    unreadable: tuple[Unreadable, ...] = ()
+    watch: tuple[Path, ...] = ()
+
+
+# -- the hostile-path check ------------------------------------------------------------
+
+
+def unsafe(path: Path) -> str | None:
+    """Why `path` may not be trusted (None: it may): relative, missing, or it or a directory
+    above it (on the way as written and once resolved) belongs to someone other than this
+    user or root, or is writable by group or others."""
+    if not path.is_absolute():
+        return "not an absolute path"
+    uid = os.geteuid()
+    real = Path(os.path.realpath(path))
+    # As written (lstat: the links themselves) and resolved (what the links lead to).
+    for chain, follow in ((path, False), (real, True)):
+        for p in (chain, *chain.parents):
+            try:
+                st = p.stat() if follow else p.lstat()
+            except FileNotFoundError:
+                return "missing"
+            except OSError as e:
+                return f"cannot be read ({e.strerror})"
+            if st.st_uid not in (uid, 0):
+                return f"{p} belongs to uid {st.st_uid}, neither this user nor root"
+            loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+            if loose and not stat.S_ISLNK(st.st_mode) and not sticky:
+                return f"{p} is writable by group or others"
+    return None
+
+
+def _read_small(path: Path) -> str | None:
+    """The text of a file checked by `unsafe()`, or None (logged) when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        log.debug("cannot open %s: %s", path, e.strerror)
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, MAX_FILE + 1)
+    except OSError as e:
+        log.debug("cannot read %s: %s", path, e.strerror)
+        return None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE:
+        return None
+    return data.decode("utf-8", "replace")
+
+
+# -- Jupyter ---------------------------------------------------------------------------
+
+
+def jupyter_data_dir(environ: Mapping[str, str]) -> Path:
+    """`jupyter_core.paths.jupyter_data_dir()` on Linux."""
+    if environ.get("JUPYTER_DATA_DIR"):
+        return Path(environ["JUPYTER_DATA_DIR"]).expanduser()
+    home = Path(environ.get("HOME") or Path.home())
+    xdg = environ.get("XDG_DATA_HOME") or str(home / ".local" / "share")
+    return Path(xdg) / "jupyter"
+
+
+def _envset(value: str) -> bool:
+    return value.lower() not in ("no", "n", "false", "off", "0", "0.0")
+
+
+def _prefer_env(environ: Mapping[str, str]) -> bool:
+    """`jupyter_core.paths.prefer_environment_over_user()`."""
+    if "JUPYTER_PREFER_ENV_PATH" in environ:
+        return _envset(environ["JUPYTER_PREFER_ENV_PATH"])
+    try:
+        mine = Path(sys.prefix).stat().st_uid == os.geteuid()
+    except OSError:
+        mine = False
+    if sys.prefix != sys.base_prefix and mine:
+        return True
+    conda = environ.get("CONDA_PREFIX")
+    return bool(
+        conda
+        and sys.prefix.startswith(conda)
+        and environ.get("CONDA_DEFAULT_ENV", "base") != "base"
+        and mine
+    )
+
+
+def jupyter_path(environ: Mapping[str, str]) -> list[Path]:
+    """`jupyter_core.paths.jupyter_path()` on Linux: the data directories, first wins."""
+    paths: list[Path] = []
+    if environ.get("JUPYTER_PATH"):
+        paths.extend(Path(p.rstrip(os.sep)) for p in environ["JUPYTER_PATH"].split(os.pathsep) if p)
+    user = [jupyter_data_dir(environ)]
+    if site.ENABLE_USER_SITE:
+        base = environ.get("PYTHONUSERBASE") or site.getuserbase()
+        if base:
+            userdir = Path(base) / "share" / "jupyter"
+            if userdir not in user:
+                user.append(userdir)
+    system = [Path("/usr/local/share/jupyter"), Path("/usr/share/jupyter")]
+    env = [p for p in (Path(sys.prefix) / "share" / "jupyter",) if p not in system]
+    paths.extend([*env, *user] if _prefer_env(environ) else [*user, *env])
+    paths.extend(system)
+    return list(dict.fromkeys(paths))
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    name: str
+    directory: Path
+    data_dir: Path
+
+
+def _kernelspecs(data_dirs: Iterable[Path], watch: list[Path]) -> Iterator[_Kernel]:
+    seen: set[str] = set()
+    for data_dir in data_dirs:
+        kernels = data_dir / "kernels"
+        watch.append(kernels)
+        try:
+            names = sorted(e.name for e in os.scandir(kernels) if e.is_dir())
+        except OSError:
+            continue
+        for name in names:
+            if not _KERNEL_NAME.match(name) or name.lower() in seen:
+                continue
+            seen.add(name.lower())
+            watch.append(kernels / name)
+            yield _Kernel(name, kernels / name, data_dir)
+
+
+def _kernel_interpreter(kernel: _Kernel) -> tuple[Path | None, str]:
+    """The interpreter of a Python kernelspec, or (None, why not); ("", "") for other
+    languages, which are not Python environments (R is found by its own discovery)."""
+    spec_file = kernel.directory / "kernel.json"
+    why = unsafe(spec_file)
+    if why is not None:
+        return None, f"kernel.json: {why}"
+    text = _read_small(spec_file)
+    if text is None:
+        return None, "kernel.json cannot be read"
+    try:
+        spec: Any = json.loads(text)
+    except ValueError as e:
+        return None, f"kernel.json is not JSON ({e})"
+    if not isinstance(spec, dict):
+        return None, "kernel.json is not a JSON object"
+    language = spec.get("language")
+    if not isinstance(language, str) or language.lower() != "python":
+        return None, ""
+    argv = spec.get("argv")
+    if not isinstance(argv, list) or not argv or not isinstance(argv[0], str) or not argv[0]:
+        return None, "kernel.json has no argv[0]"
+    first = argv[0]
+    if "\0" in first:
+        return None, "argv[0] holds a NUL byte"
+    if first in _BARE_PYTHON and kernel.data_dir.parts[-2:] == ("share", "jupyter"):
+        # The kernelspec an environment ships for itself ({prefix}/share/jupyter):
+        # Jupyter runs it with that environment's interpreter.
+        return kernel.data_dir.parent.parent / "bin" / first, ""
+    if not first.startswith("/"):
+        return None, f"argv[0] {first!r} is not an absolute path to an interpreter"
+    return Path(first), ""
+
+
+def _kernels(
+    environ: Mapping[str, str], cache_dir: Path | None, watch: list[Path]
+) -> Iterator[Found | Unreadable]:
+    from .scan.env import probe
+
+    for kernel in _kernelspecs(jupyter_path(environ), watch):
+        origin = f"kernelspec {kernel.directory}"
+        python, why = _kernel_interpreter(kernel)
+        if python is None:
+            if why:
+                yield Unreadable(str(kernel.directory), origin, why)
+            continue
+        why = unsafe(python) or ("" if os.access(python, os.X_OK) else "not executable")
+        if why:
+            yield Unreadable(str(python), origin, f"interpreter {python}: {why}")
+            continue
+        answer = probe(python, cache_dir=cache_dir)
+        if answer is None:
+            yield Unreadable(str(python), origin, f"interpreter {python} did not answer")
+            continue
+        loose = unsafe(answer.prefix)
+        if loose:
+            yield Unreadable(str(answer.prefix), origin, f"prefix {answer.prefix}: {loose}")
+            continue
+        yield Found(answer.prefix, origin)
+
+
+# -- conda -----------------------------------------------------------------------------
+
+
+def conda_root(environ: Mapping[str, str]) -> Path | None:
+    """The root (base) prefix of the image's conda, as conda and mamba find it."""
+    for var in ("CONDA_ROOT", "MAMBA_ROOT_PREFIX"):
+        if environ.get(var):
+            return Path(environ[var])
+    exe = environ.get("CONDA_EXE") or environ.get("MAMBA_EXE")
+    if exe and Path(exe).is_absolute():
+        return Path(exe).parent.parent
+    if (Path(sys.prefix) / "conda-meta").is_dir():
+        return Path(sys.base_prefix)
+    return None
+
+
+def condarc_files(environ: Mapping[str, str]) -> list[Path]:
+    """conda's configuration search path, in its order (later files add to earlier)."""
+    home = Path(environ.get("HOME") or Path.home())
+    xdg = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
+    bases = [Path("/etc/conda"), Path("/var/lib/conda")]
+    root = conda_root(environ)
+    if root is not None:
+        bases.append(root)
+    bases += [xdg / "conda", home / ".config" / "conda", home / ".conda"]
+    files: list[Path] = []
+    for base in bases:
+        files += [base / ".condarc", base / "condarc"]
+        d = base / "condarc.d"
+        if d.is_dir():
+            files += sorted(p for p in d.iterdir() if p.suffix in (".yml", ".yaml"))
+    files.append(home / ".condarc")
+    if environ.get("CONDA_PREFIX"):
+        files += [Path(environ["CONDA_PREFIX"]) / n for n in (".condarc", "condarc")]
+    if environ.get("CONDARC"):
+        files.append(Path(environ["CONDARC"]))
+    return list(dict.fromkeys(files))
+
+
+def _condarc_envs_dirs(path: Path) -> list[Path]:
+    if not path.is_file():
+        return []
+    why = unsafe(path)
+    text = _read_small(path) if why is None else None
+    if text is None:
+        log.warning("%s is not read: %s", path, why or "unreadable")
+        return []
+    # Imported here: most images have no .condarc, and the idle daemon stays lean.
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        log.warning("%s is not valid YAML: %s", path, e)
+        return []
+    dirs = data.get("envs_dirs") if isinstance(data, dict) else None
+    if not isinstance(dirs, list):
+        return []
+    return [Path(os.path.expandvars(d)).expanduser() for d in dirs if isinstance(d, str) and d]
+
+
+def envs_dirs(environ: Mapping[str, str]) -> list[Path]:
+    """conda's `envs_dirs`: CONDA_ENVS_PATH, then the .condarc files, then the defaults."""
+    dirs: list[Path] = []
+    for var in ("CONDA_ENVS_PATH", "CONDA_ENVS_DIRS"):
+        dirs += [Path(p).expanduser() for p in environ.get(var, "").split(os.pathsep) if p]
+    for rc in condarc_files(environ):
+        dirs += _condarc_envs_dirs(rc)
+    root = conda_root(environ)
+    if root is not None:
+        dirs.append(root / "envs")
+    home = Path(environ.get("HOME") or Path.home())
+    dirs.append(home / ".conda" / "envs")
+    return [d for d in dict.fromkeys(dirs) if d.is_absolute()]
+
+
+def _conda(environ: Mapping[str, str], watch: list[Path]) -> Iterator[Found | Unreadable]:
+    home = Path(environ.get("HOME") or Path.home())
+    listing = home / ".conda" / "environments.txt"
+    watch.append(listing.parent)
+    named: list[tuple[str, str]] = []
+    if listing.is_file():
+        why = unsafe(listing)
+        text = _read_small(listing) if why is None else None
+        if text is None:
+            yield Unreadable(str(listing), "conda", why or "cannot be read")
+        else:
+            lines = (line.strip() for line in text.splitlines())
+            named += [(line, str(listing)) for line in lines if line and not line.startswith("#")]
+    for d in envs_dirs(environ):
+        watch.append(d)
+        try:
+            entries = sorted(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+        named += [(str(d / name), f"envs_dirs {d}") for name in entries]
+    for text, origin in dict.fromkeys(named):
+        prefix = Path(text)
+        if "\0" in text or not prefix.is_absolute():
+            yield Unreadable(text, origin, "not an absolute path")
+            continue
+        why = unsafe(prefix)
+        if why is None and not (prefix / "conda-meta").is_dir():
+            # An envs_dirs entry that is not (yet) an environment: conda create writes
+            # conda-meta/ early, and the directory's events bring discovery back.
+            if origin.startswith("envs_dirs"):
+                continue
+            why = "no conda-meta/ directory"
+        if why:
+            yield Unreadable(text, origin, why)
+            continue
+        yield Found(prefix, f"conda ({origin})")
+
+
+# -- all of it -------------------------------------------------------------------------
+
+
+def discover(
+    sources: Iterable[str],
+    *,
+    cache_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Discovered:
+    """The environments `sources` name (kernels, conda), each once, first origin kept."""
+    environ = os.environ if environ is None else environ
+    wanted = set(sources)
+    watch: list[Path] = []
+    found: dict[Path, Found] = {}
+    unreadable: dict[str, Unreadable] = {}
+    parts: list[Iterator[Found | Unreadable]] = []
+    if "kernels" in wanted:
+        parts.append(_kernels(environ, cache_dir, watch))
+    if "conda" in wanted:
+        parts.append(_conda(environ, watch))
+    for part in parts:
+        for item in part:
+            if isinstance(item, Found):
+                found.setdefault(item.prefix, item)
+            else:
+                unreadable.setdefault(item.path, item)
+    for item in unreadable.values():
+        log.debug("discovery: %s (%s): %s", item.path, item.origin, item.reason)
+    return Discovered(
+        found=tuple(found.values()),
+        unreadable=tuple(u for p, u in unreadable.items() if Path(p) not in found),
+        watch=tuple(dict.fromkeys(watch)),
+    )

@@ -1,0 +1,367 @@
+"""Discovery: the environments Jupyter kernelspecs and conda name, found from real files,
+real venvs and real interpreters; hostile paths refused before anything is started."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_kit import World, eventually
+from restore_kit import isolated  # noqa: F401 (autouse fixture)
+from wheelhouse import Dist, Venv, build_wheel, make_venv
+
+from pkgckpt import config, discovery, inventory
+from pkgckpt.errors import UsageError
+from pkgckpt.store import Store
+
+MACHINE_VARS = (
+    "JUPYTER_PATH", "JUPYTER_DATA_DIR", "XDG_DATA_HOME", "PYTHONUSERBASE",
+    "JUPYTER_PREFER_ENV_PATH", "CONDA_ENVS_PATH", "CONDA_ENVS_DIRS", "CONDARC",
+    "CONDA_PREFIX", "CONDA_ROOT", "CONDA_EXE", "MAMBA_ROOT_PREFIX", "MAMBA_EXE",
+)  # fmt: skip
+"""The variables through which this machine's kernels and conda environments would leak in."""
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("discovery-wheels")
+    for dist in (Dist("alpha", "1.0"), Dist("beta", "1.0")):
+        build_wheel(dist, out)
+    return out
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home of this test's own: no kernelspec or conda environment of the machine's."""
+    h = tmp_path / "home"
+    h.mkdir()
+    for var in MACHINE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(h))
+    return h
+
+
+def kernelspec(data_dir: Path, name: str, argv0: str, language: str = "python") -> Path:
+    """What `python -m ipykernel install --user --name NAME` leaves: kernels/NAME/kernel.json."""
+    spec = data_dir / "kernels" / name
+    spec.mkdir(parents=True)
+    body = {"argv": [argv0, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": name, "language": language}  # fmt: skip
+    (spec / "kernel.json").write_text(json.dumps(body))
+    return spec
+
+
+def user_data(home: Path) -> Path:
+    return home / ".local" / "share" / "jupyter"
+
+
+def conda_prefix(venv: Venv) -> Venv:
+    """A real Python environment that conda would list: it has conda-meta/."""
+    (venv.prefix / "conda-meta").mkdir()
+    (venv.prefix / "conda-meta" / "history").write_text("")
+    return venv
+
+
+# -- the hostile-path check -------------------------------------------------------------
+
+
+def test_unsafe_refuses_relative_missing_and_loose_paths(tmp_path: Path) -> None:
+    """A relative path, a missing one and one under a group-writable directory are refused."""
+    loose = tmp_path / "loose"
+    (loose / "env").mkdir(parents=True)
+    loose.chmod(0o775)
+    tight = tmp_path / "tight"
+    tight.mkdir(mode=0o755)
+    tight.chmod(0o755)
+    assert discovery.unsafe(Path("venv/bin/python")) == "not an absolute path"
+    assert discovery.unsafe(tmp_path / "nope") == "missing"
+    assert discovery.unsafe(loose / "env") == f"{loose} is writable by group or others"
+    assert discovery.unsafe(tight) is None
+
+
+def test_unsafe_follows_links_and_checks_where_they_lead(tmp_path: Path) -> None:
+    """A link of ours leading into a group-writable directory is refused for its target."""
+    loose = tmp_path / "loose"
+    (loose / "python").mkdir(parents=True)
+    loose.chmod(0o777)
+    link = tmp_path / "python"
+    link.symlink_to(loose / "python")
+    assert discovery.unsafe(link) == f"{loose} is writable by group or others"
+
+
+def test_unsafe_accepts_a_sticky_world_writable_directory(tmp_path: Path) -> None:
+    """/tmp-like directories (sticky) are fine: others cannot replace what is ours there."""
+    sticky = tmp_path / "sticky"
+    (sticky / "env").mkdir(parents=True)
+    sticky.chmod(0o1777)
+    assert discovery.unsafe(sticky / "env") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+def test_unsafe_refuses_a_directory_of_another_user(tmp_path: Path) -> None:
+    """An environment whose directory belongs to another user is refused."""
+    other = tmp_path / "other"
+    other.mkdir()
+    os.chown(other, 54321, 54321)
+    assert discovery.unsafe(other) == f"{other} belongs to uid 54321, neither this user nor root"
+
+
+# -- Jupyter's data path ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {},
+        {"JUPYTER_PATH": "/a/share/jupyter:/b/share/jupyter/"},
+        {"JUPYTER_DATA_DIR": "/data/jupyter", "JUPYTER_PREFER_ENV_PATH": "0"},
+        {"XDG_DATA_HOME": "/xdg", "JUPYTER_PREFER_ENV_PATH": "yes"},
+        {"PYTHONUSERBASE": "/userbase"},
+    ],
+)
+def test_jupyter_path_is_jupyter_cores(home: Path, variables: dict[str, str]) -> None:
+    """The data directories, in order, are the ones jupyter_core.paths.jupyter_path() gives."""
+    env = {**os.environ, **variables}
+    code = "import json, jupyter_core.paths as p; print(json.dumps(p.jupyter_path()))"
+    theirs = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    ours = [str(p) for p in discovery.jupyter_path(env)]
+    assert ours == json.loads(theirs.stdout)
+
+
+# -- kernelspecs --------------------------------------------------------------------------
+
+
+def test_a_kernelspec_names_the_venv_of_its_interpreter(home: Path, tmp_path: Path) -> None:
+    """A kernelspec whose argv[0] is another venv's python finds that venv, by asking it."""
+    kernel_env = make_venv(tmp_path / "kernel-env", with_pip=False)
+    kernelspec(user_data(home), "mine", str(kernel_env.python))
+    found = discovery.discover(["kernels"])
+    assert [f.prefix for f in found.found] == [kernel_env.prefix]
+    assert found.unreadable == ()
+    assert user_data(home) / "kernels" / "mine" in found.watch
+
+
+def test_an_earlier_data_dir_hides_a_kernel_of_the_same_name(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in Jupyter, the first kernel of a name wins: the hidden one is not tracked."""
+    first = make_venv(tmp_path / "first", with_pip=False)
+    second = make_venv(tmp_path / "second", with_pip=False)
+    kernelspec(tmp_path / "jp", "k", str(first.python))
+    kernelspec(user_data(home), "k", str(second.python))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jp"))
+    assert [f.prefix for f in discovery.discover(["kernels"]).found] == [first.prefix]
+
+
+def test_a_bare_python_kernel_belongs_to_the_prefix_that_ships_it(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ipykernel's own kernelspec ({prefix}/share/jupyter, argv[0] "python") is that prefix's."""
+    env = make_venv(tmp_path / "env", with_pip=False)
+    kernelspec(env.prefix / "share" / "jupyter", "python3", "python")
+    monkeypatch.setenv("JUPYTER_PATH", str(env.prefix / "share" / "jupyter"))
+    assert [f.prefix for f in discovery.discover(["kernels"]).found] == [env.prefix]
+
+
+def test_kernels_of_other_languages_are_not_python_environments(home: Path) -> None:
+    """An IRkernel spec is neither tracked as Python nor reported as unreadable."""
+    kernelspec(user_data(home), "ir", "/usr/lib/R/bin/R", language="R")
+    assert discovery.discover(["kernels"]) == discovery.Discovered(
+        watch=tuple(discovery.discover(["kernels"]).watch)
+    )
+
+
+def test_a_kernel_interpreter_in_a_loose_directory_is_never_started(
+    home: Path, tmp_path: Path
+) -> None:
+    """argv[0] under a group-writable directory is reported, and the file is not run."""
+    loose = tmp_path / "loose"
+    (loose / "bin").mkdir(parents=True)
+    loose.chmod(0o777)
+    canary = tmp_path / "ran"
+    planted = loose / "bin" / "python"
+    planted.write_text(f"#!/bin/sh\ntouch {canary}\n")
+    planted.chmod(0o755)
+    kernelspec(user_data(home), "planted", str(planted))
+    found = discovery.discover(["kernels"])
+    assert found.found == ()
+    (problem,) = found.unreadable
+    assert "writable by group or others" in problem.reason
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("{", "kernel.json is not JSON"),
+        ('{"language": "python", "argv": []}', "kernel.json has no argv[0]"),
+        ('{"language": "python", "argv": ["bin/python"]}', "argv[0] 'bin/python' is not"),
+    ],
+)
+def test_a_bad_kernelspec_is_reported_not_fatal(home: Path, text: str, why: str) -> None:
+    """A damaged kernel.json leaves that kernel out with the reason; discovery goes on."""
+    spec = user_data(home) / "kernels" / "bad"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(text)
+    (problem,) = discovery.discover(["kernels"]).unreadable
+    assert problem.reason.startswith(why)
+
+
+# -- conda --------------------------------------------------------------------------------
+
+
+def test_conda_environments_from_the_list_and_the_envs_dirs(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """environments.txt, .condarc's envs_dirs and CONDA_ENVS_PATH each name an environment."""
+    listed = conda_prefix(make_venv(tmp_path / "listed", with_pip=False))
+    (home / ".conda").mkdir()
+    (home / ".conda" / "environments.txt").write_text(f"{listed.prefix}\n\n/nowhere/env\n")
+    rc_dir, var_dir = tmp_path / "rc-envs", tmp_path / "var-envs"
+    in_rc = conda_prefix(make_venv(rc_dir / "a", with_pip=False))
+    in_var = conda_prefix(make_venv(var_dir / "b", with_pip=False))
+    (var_dir / "not-an-env").mkdir()
+    (home / ".condarc").write_text(f"envs_dirs:\n  - {rc_dir}\nchannels: [x]\n")
+    monkeypatch.setenv("CONDA_ENVS_PATH", str(var_dir))
+    found = discovery.discover(["conda"])
+    assert {f.prefix for f in found.found} == {listed.prefix, in_rc.prefix, in_var.prefix}
+    assert [(u.path, u.reason) for u in found.unreadable] == [("/nowhere/env", "missing")]
+    assert {home / ".conda", rc_dir, var_dir} <= set(found.watch)
+
+
+def test_switched_off_sources_find_nothing(home: Path, tmp_path: Path) -> None:
+    """`discover` without kernels and conda looks at neither."""
+    env = conda_prefix(make_venv(tmp_path / "env", with_pip=False))
+    kernelspec(user_data(home), "k", str(env.python))
+    (home / ".conda").mkdir()
+    (home / ".conda" / "environments.txt").write_text(f"{env.prefix}\n")
+    assert discovery.discover(["user-site", "r"]) == discovery.Discovered()
+    cfg = config.load({"discover": ("user-site",)}, environ={})
+    assert cfg.env == ()
+    assert not any(t.env.path == str(env.prefix) for t in inventory.targets(cfg))
+
+
+def test_an_unknown_discover_source_is_a_usage_error() -> None:
+    """`discover = ["kernel"]` (a typo) is refused, naming the known sources."""
+    with pytest.raises(UsageError, match="known: kernels, conda, user-site, r"):
+        config.load({"discover": ("kernel",)}, environ={})
+
+
+def test_env_restricts_tracking_to_what_it_names(home: Path, tmp_path: Path) -> None:
+    """With --env, no kernelspec environment is tracked."""
+    named = make_venv(tmp_path / "named", with_pip=False)
+    other = make_venv(tmp_path / "other", with_pip=False)
+    kernelspec(user_data(home), "k", str(other.python))
+    cfg = config.load({"env": (str(named.prefix),)}, environ={})
+    assert {t.env.path for t in inventory.targets(cfg)} == {str(named.prefix)}
+    cfg = config.load({}, environ={})
+    assert str(other.prefix) in {t.env.path for t in inventory.targets(cfg)}
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def test_status_reports_a_missing_env_and_goes_on(tmp_path: Path) -> None:
+    """`status --env MISSING --env OK` exits 0, says MISSING is missing, reports OK."""
+    world = World.make(tmp_path)
+    ok = make_venv(tmp_path / "ok", with_pip=False)
+    gone = tmp_path / "gone"
+    out = world.pkgckpt("status", "--json", *world.flags(gone, ok.prefix))
+    assert out.returncode == 0, out.stderr
+    envs = {e["env"]["path"]: e for e in json.loads(out.stdout)["environments"]}
+    assert envs[str(gone)]["error"] == "missing (named by --env)"
+    assert envs[str(ok.prefix)]["error"] is None
+
+
+def test_status_reports_an_unreadable_kernel_environment(tmp_path: Path) -> None:
+    """A kernelspec whose interpreter is gone shows in `status` with the reason, exit 0."""
+    world = World.make(tmp_path)
+    home = tmp_path / "home"
+    kernelspec(user_data(home), "gone", str(tmp_path / "gone" / "bin" / "python"))
+    world.env.update(HOME=str(home))
+    out = world.pkgckpt("status", "--store", str(world.store), "--key", world.key)
+    assert out.returncode == 0, out.stderr
+    assert f"python {tmp_path / 'gone' / 'bin' / 'python'}:\n    error: interpreter" in out.stdout
+
+
+# -- the daemon ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World.make(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    for var in MACHINE_VARS:
+        w.env.pop(var, None)
+    w.env.update(HOME=str(home), PYTHONUSERBASE=str(home / ".local"))
+    yield w
+
+
+def recorded(world: World, prefix: Path) -> list[str]:
+    found = Store(world.store, world.key).read()
+    if found is None:
+        return []
+    for d in found.body.environments:
+        if d.env.path == str(prefix) and not d.env.user:
+            return sorted(f"{p.name}=={p.version}" for p in (*d.added, *d.changed))
+    return []
+
+
+@pytest.mark.slow
+def test_pip_install_in_a_kernel_venv_is_checkpointed(world: World, wheels: Path) -> None:
+    """`%pip install` in a kernel whose venv is not pkgckpt's is recorded by the daemon."""
+    kernel_env = make_venv(world.tmp / "kernel-env")
+    kernelspec(user_data(Path(world.env["HOME"])), "analysis", str(kernel_env.python))
+    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
+    d.start()
+    try:
+        # What %pip does: the kernel's own interpreter runs pip.
+        kernel_env.install(wheels, "alpha==1.0")
+        eventually(lambda: recorded(world, kernel_env.prefix) == ["alpha==1.0"], what="alpha")
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_a_kernelspec_installed_while_the_daemon_runs_is_tracked(
+    world: World, wheels: Path
+) -> None:
+    """A kernelspec that appears later (ipykernel install --user) is tracked, no restart."""
+    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
+    d.start()
+    try:
+        late = make_venv(world.tmp / "late-env")
+        # The kernels directory does not exist yet either: the first --user install makes it.
+        kernelspec(user_data(Path(world.env["HOME"])), "late", str(late.python))
+        eventually(lambda: "tracking " + str(late.prefix) in d.output(), what="tracking")
+        late.install(wheels, "beta==1.0")
+        eventually(lambda: recorded(world, late.prefix) == ["beta==1.0"], what="beta")
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_a_conda_environment_created_while_the_daemon_runs_is_tracked(
+    world: World, wheels: Path
+) -> None:
+    """A new line in ~/.conda/environments.txt (conda create) is tracked, no restart."""
+    home = Path(world.env["HOME"])
+    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
+    d.start()
+    try:
+        created = conda_prefix(make_venv(world.tmp / "created"))
+        (home / ".conda").mkdir()
+        (home / ".conda" / "environments.txt").write_text(f"{created.prefix}\n")
+        eventually(lambda: "tracking " + str(created.prefix) in d.output(), what="tracking")
+        created.install(wheels, "alpha==1.0")
+        eventually(lambda: recorded(world, created.prefix) == ["alpha==1.0"], what="alpha")
+    finally:
+        d.close()
