@@ -11,6 +11,7 @@ import os
 import pwd
 import secrets
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -112,6 +113,6 @@ def shared_tmp(tmp_path: Path) -> Path:
     for parent in [tmp_path, *tmp_path.parents]:
         if parent == Path("/"):
             break
-        mode = parent.stat().st_mode & 0o777
-        parent.chmod(mode | 0o011)
+        # S_IMODE keeps the sticky bit: `& 0o777` took it off /tmp itself.
+        parent.chmod(stat.S_IMODE(parent.stat().st_mode) | 0o011)
     return shared
