@@ -57,7 +57,11 @@ def same_install(recorded: Package, found: Package) -> bool:
     its recorded commit; counting those differences would rewrite the manifest after a
     container start for nothing.
     """
-    return recorded.version == found.version and manifest.same_source(recorded.source, found.source)
+    return (
+        recorded.version == found.version
+        and recorded.build == found.build
+        and manifest.same_source(recorded.source, found.source)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +212,7 @@ class Tracker:
 
     def body(self) -> Body:
         """The manifest body: every tracked environment's delta, untracked ones as recorded."""
-        deltas: dict[EnvKey, Delta] = {env_key(d.env): d for d in self._recorded.environments}
+        deltas: dict[EnvKey, Delta] = {env_key(d.env): d for d in self._recorded.deltas()}
         for key, track in self._tracks.items():
             d = manifest.delta(track.env, track.baseline, track.state, track.history)
             kept = [
@@ -227,8 +231,8 @@ class Tracker:
             )
             if key in deltas or not d.is_empty() or d.history or d.forgotten:
                 deltas[key] = d
-        return Body(
-            environments=tuple(deltas[k] for k in sorted(deltas)),
+        return Body.of(
+            (deltas[k] for k in sorted(deltas)),
             events=tuple(self._events[-manifest.HISTORY_LIMIT :]),
         )
 

@@ -368,10 +368,9 @@ def baseline(cfg: config.Config, output: Path) -> int:
     from .checkpoint import write_baseline
 
     found = write_baseline(cfg, output)
-    count = sum(len(i.packages) for i in found.environments)
-    click.echo(
-        f"baseline: {count} packages in {len(found.environments)} environment(s) -> {output}"
-    )
+    every = (*found.environments, *found.conda)
+    count = sum(len(i.packages) for i in every)
+    click.echo(f"baseline: {count} packages in {len(every)} environment(s) -> {output}")
     return 0
 
 

@@ -53,6 +53,9 @@ class Target:
     known: dict[str, Package] = field(default_factory=dict, init=False, compare=False)
     """The baseline's packages of this environment: what a first scan may expect to find
     (see `SiteScanner`); set by `expect()`."""
+    conda_owned: bool = field(default=False, compare=False)
+    """A Python target in a conda prefix: a distribution conda installed (INSTALLER
+    `conda`) is the conda record's, tracked by the prefix's conda target, not pip's."""
     _scanners: list[Scanner] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def scan(self, changed: Mapping[Path, Collection[str]] | None = None) -> Inventory:
@@ -76,6 +79,8 @@ class Target:
                 result = scanner.scan()
             trusted = trusted and scanner.exists
             for name, package in result.packages.items():
+                if self.conda_owned and package.installer == "conda":
+                    continue
                 packages.setdefault(name, package)
             broken.update((f"{root}/{entry}", why) for entry, why in result.broken.items())
             in_progress.update(f"{root}/{entry}" for entry in result.in_progress)
@@ -92,6 +97,10 @@ class Target:
     def _scanner(self, root: Path) -> Scanner:
         if self.env.kind == "python":
             return SiteScanner(root, self.known)
+        if self.env.kind == "conda":
+            from .scan.conda import CondaScanner
+
+            return CondaScanner(root)
         from .scan.r import RLibraryScanner
 
         return RLibraryScanner(root)
@@ -99,6 +108,8 @@ class Target:
 
 def entry_name(kind: str, entry: str) -> str:
     """The package name a library entry stands for (`Foo_Bar-1.0.dist-info` -> foo-bar)."""
+    if kind == "conda":
+        return entry.removesuffix(".json").rsplit("-", 2)[0].lower()
     if kind == "r":
         # R CMD INSTALL moves the package it replaces into 00LOCK-<pkg> while it runs.
         return entry.removeprefix("00LOCK-")
@@ -133,26 +144,32 @@ def targets(
         found = discover(config)
     problems: list[Unreadable] = list(found.unreadable)
 
-    def add(env: Environment, roots: tuple[Path, ...]) -> None:
+    def add(env: Environment, roots: tuple[Path, ...], conda_owned: bool = False) -> None:
         # One directory is read for one environment only: two prefixes of one interpreter
         # version share a user site, and a library may be configured twice.
         fresh = tuple(r for r in roots if r not in seen)
         if fresh:
             seen.update(fresh)
-            result.append(Target(env=env, roots=fresh))
+            result.append(Target(env=env, roots=fresh, conda_owned=conda_owned))
 
     own = "--env" if config.env else "pkgckpt's own"
     named = [(prefix, own) for prefix in config.python_envs()]
     for prefix, origin in [*named, *((f.prefix, f.origin) for f in found.found)]:
+        meta = prefix / "conda-meta"
+        conda = meta.is_dir()
+        if conda:
+            add(Environment(kind="conda", path=str(prefix)), (meta,))
         try:
             pe = python_env(prefix, cache_dir=config.runtime_dir)
         except ScanError as e:
+            if conda:
+                continue  # a conda environment without Python (R, tools): its records only
             if unreadable is None and origin == "--env":
                 raise
             reason = "missing" if not prefix.exists() else str(e)
             problems.append(Unreadable(str(prefix), origin, reason))
             continue
-        add(pe.environment(), pe.site_dirs)
+        add(pe.environment(), pe.site_dirs, conda_owned=conda)
         if pe.user_site is not None and "user-site" in config.discover:
             add(pe.environment(user=True), (pe.user_site,))
     if unreadable is None:
@@ -184,7 +201,7 @@ def take_baseline(found: list[Target]) -> Baseline:
         inventories.append(target.scan())
         for entry, why in sorted(target.last.broken.items()):
             log.warning("baseline: %s is unreadable (%s); left out", entry, why)
-    return Baseline(time=_now(), environments=tuple(inventories))
+    return Baseline.of(inventories, time=_now())
 
 
 def expect(found: list[Target], baseline: Baseline | None) -> None:

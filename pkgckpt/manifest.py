@@ -27,7 +27,7 @@ SCHEMA = 1
 HISTORY_LIMIT = 200
 """Changes kept per environment: enough to explain the manifest, bounded on the store."""
 
-Kind = Literal["python", "r"]
+Kind = Literal["python", "r", "conda"]
 Action = Literal["install", "remove", "upgrade", "downgrade"]
 
 
@@ -96,6 +96,16 @@ class Package(Base, frozen=True):
     depends: tuple[str, ...] = ()
     """R: the packages named in Depends, Imports and LinkingTo (tells requested from
     dependency; informational for restore, which orders by the tarballs it installs)."""
+    build: str | None = None
+    """conda: the build string (`py311h64a7726_0`); part of what identifies the install."""
+    channel: str | None = None
+    """conda: the channel it came from (`conda-forge`, or a URL). Restore installs only
+    from the channels of its own configuration, never from this one."""
+    subdir: str | None = None
+    """conda: the platform subdirectory (`linux-64`, `noarch`)."""
+    sha256: str | None = None
+    """conda: the archive's digests, as the channel's repodata gives them."""
+    md5: str | None = None
 
 
 class Change(Base, frozen=True):
@@ -196,9 +206,26 @@ class Body(Base, frozen=True):
     environments: tuple[Delta, ...] = ()
     events: tuple[Event, ...] = ()
     """Forgets and reverts, oldest first, at most `HISTORY_LIMIT`."""
+    conda: tuple[Delta, ...] = ()
+    """The conda environments' records (kind "conda"), kept apart from `environments` so
+    that a reader that knows only Python and R skips them instead of refusing the file."""
+
+    @classmethod
+    def of(cls, deltas: Iterable[Delta], events: tuple[Event, ...] = ()) -> Body:
+        """A body holding `deltas`, each in its place (`environments` or `conda`)."""
+        deltas = tuple(deltas)
+        return cls(
+            environments=tuple(d for d in deltas if d.env.kind != "conda"),
+            events=events,
+            conda=tuple(d for d in deltas if d.env.kind == "conda"),
+        )
+
+    def deltas(self) -> tuple[Delta, ...]:
+        """Every environment's delta, conda ones included."""
+        return (*self.environments, *self.conda)
 
     def delta(self, env: Environment) -> Delta | None:
-        return next((d for d in self.environments if same_env(d.env, env)), None)
+        return next((d for d in self.deltas() if same_env(d.env, env)), None)
 
 
 class Writer(Base, frozen=True):
@@ -223,9 +250,21 @@ class Baseline(Base, frozen=True):
     schema: int = SCHEMA
     time: str | None = None
     environments: tuple[Inventory, ...] = ()
+    conda: tuple[Inventory, ...] = ()
+    """The conda environments, apart for older readers as in `Body.conda`."""
+
+    @classmethod
+    def of(cls, inventories: Iterable[Inventory], time: str | None = None) -> Baseline:
+        inventories = tuple(inventories)
+        return cls(
+            time=time,
+            environments=tuple(i for i in inventories if i.env.kind != "conda"),
+            conda=tuple(i for i in inventories if i.env.kind == "conda"),
+        )
 
     def inventory(self, env: Environment) -> Inventory | None:
-        return next((i for i in self.environments if same_env(i.env, env)), None)
+        found = (*self.environments, *self.conda)
+        return next((i for i in found if same_env(i.env, env)), None)
 
 
 class _Envelope(msgspec.Struct, kw_only=True):
@@ -355,11 +394,15 @@ class _BaselineFile(msgspec.Struct, kw_only=True):
     schema: int
     time: str | None = None
     environments: tuple[Inventory, ...] = ()
+    conda: tuple[Inventory, ...] = ()
 
 
 def encode_baseline(baseline: Baseline) -> bytes:
     out = _BaselineFile(
-        schema=baseline.schema, time=baseline.time, environments=baseline.environments
+        schema=baseline.schema,
+        time=baseline.time,
+        environments=baseline.environments,
+        conda=baseline.conda,
     )
     return _pretty(_encoder.encode(out)) + b"\n"
 
@@ -436,6 +479,10 @@ def _same_url(a: str, b: str) -> bool:
     )
 
 
+def _identity(p: Package) -> tuple[str, Source, str | None]:
+    return (p.version, p.source, p.build)
+
+
 def diff(
     old: Mapping[str, Package],
     new: Mapping[str, Package],
@@ -454,7 +501,7 @@ def diff(
             changes.append(Change(action="install", name=name, new=b.version, time=time))
         elif b is None and a is not None:
             changes.append(Change(action="remove", name=name, old=a.version, time=time))
-        elif a is not None and b is not None and (a.version, a.source) != (b.version, b.source):
+        elif a is not None and b is not None and _identity(a) != _identity(b):
             action = "upgrade" if a.version == b.version else _direction(a.version, b.version, kind)
             changes.append(
                 Change(action=action, name=name, old=a.version, new=b.version, time=time)

@@ -204,7 +204,7 @@ def collect(config: Config) -> Report:
     baseline = inventory.load_baseline(config)
     tracker = checkpoint.Tracker(baseline, recorded)
     envs: list[EnvReport] = []
-    recorded_envs = recorded.body.environments if recorded is not None else ()
+    recorded_envs = recorded.body.deltas() if recorded is not None else ()
     elsewhere = {checkpoint.env_key(d.env): d for d in recorded_envs}
     unreadable: list[Unreadable] = []
     found = inventory.targets(config, unreadable=unreadable)

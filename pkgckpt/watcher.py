@@ -75,7 +75,7 @@ _R_LOCK = "00LOCK"
 @dataclass(frozen=True)
 class Root:
     path: Path
-    kind: Literal["python", "r", "discovery"]
+    kind: Literal["python", "r", "conda", "discovery"]
     """"discovery": a directory where new environments show (Jupyter's `kernels`, conda's
     `envs`), watched like a library but holding no packages."""
 

@@ -1,7 +1,8 @@
 """Scanners: one library directory -> what is installed in it. They read, never write.
 
-`python.py` reads site-packages, `r.py` reads R libraries, `env.py` finds the site
-directories of a Python prefix. Each returns a `ScanResult`.
+`python.py` reads site-packages, `r.py` reads R libraries, `conda.py` a conda prefix's
+`conda-meta/`, `env.py` finds the site directories of a Python prefix. Each returns a
+`ScanResult`.
 """
 
 from __future__ import annotations
