@@ -105,6 +105,10 @@ class Config:
     no_index: bool = False
     keep_removed: bool = False
     r_repo: tuple[str, ...] = ()
+    conda_client: tuple[str, ...] = ("mamba", "micromamba", "conda")
+    """conda clients restore tries, in order: names on PATH or absolute paths."""
+    conda_channels: tuple[str, ...] = ("conda-forge",)
+    """The only channels conda packages are restored from (`--override-channels`)."""
 
     def __post_init__(self) -> None:
         from .discovery import SOURCES

@@ -128,3 +128,87 @@ def add_history(prefix: Path, verb: str, *specs: str) -> None:
         f.write(
             f"==> 2026-01-01 00:00:00 <==\n# cmd: conda {verb}\n# {verb} specs: {list(specs)}\n"
         )
+
+
+# -- a conda client for restore tests -------------------------------------------------------
+
+_SHIM = '''#!{python}
+"""A thin conda client over py-rattler, for tests only: no mamba, micromamba or conda can
+be installed on the test machine. It accepts exactly the command lines pkgckpt's conda back
+end speaks, and refuses every other (exit 2), so a test fails when that line changes."""
+import asyncio, json, os, sys
+import rattler
+
+argv = sys.argv[1:]
+with open({log!r}, "a") as f:
+    f.write(json.dumps([os.path.basename(sys.argv[0]), *argv]) + "\\n")
+
+def refuse():
+    print("shim: unexpected command line:", argv, file=sys.stderr)
+    sys.exit(2)
+
+if "--" not in argv:
+    refuse()
+cut = argv.index("--")
+opts, args = argv[:cut], argv[cut + 1:]
+if len(opts) < 4 or opts[1] != "--prefix" or opts[3] != "--yes" or not args:
+    refuse()
+verb, prefix, rest = opts[0], opts[2], opts[4:]
+meta = os.path.join(prefix, "conda-meta")
+installed = [rattler.PrefixRecord.from_path(os.path.join(meta, n))
+             for n in sorted(os.listdir(meta)) if n.endswith(".json")]
+
+async def install(channels, specs):
+    names = [s.split("::", 1)[1].split("=")[0] for s in specs]
+    for s in specs:
+        if s.split("::", 1)[0] not in channels:
+            print(f"shim: {{s}}: channel not given with --channel", file=sys.stderr)
+            sys.exit(1)
+    # conda's name=version=build, in the "name ==version build" form py-rattler parses.
+    exact = ["{{}} =={{}} {{}}".format(*s.split("::", 1)[1].split("=")) for s in specs]
+    records = await rattler.solve(sources=channels, specs=exact,
+                                  platforms=["linux-64", "noarch"])
+    # --no-deps / --freeze-installed: only the packages named, the rest left as it is.
+    records = [r for r in records if r.name.normalized in names]
+    keep = [r for r in installed if r.name.normalized not in names]
+    await rattler.install(records + keep, target_prefix=prefix, installed_packages=installed,
+                          cache_dir=os.path.join(prefix, ".shim-cache"), show_progress=False)
+
+if verb == "install":
+    channels = []
+    if not rest or rest[0] != "--override-channels":
+        refuse()
+    i = 1
+    while i + 1 < len(rest) and rest[i] == "--channel":
+        channels.append(rest[i + 1])
+        i += 2
+    tail = rest[i:]
+    nodeps = "--freeze-installed" if os.path.basename(sys.argv[0]) == "micromamba" else "--no-deps"
+    if not channels or tail not in ([nodeps], [nodeps, "--force-reinstall"]):
+        refuse()
+    asyncio.run(install(channels, args))
+elif verb == "remove" and rest == ["--force"]:
+    keep = [r for r in installed if r.name.normalized not in args]
+    asyncio.run(rattler.install(keep, target_prefix=prefix, installed_packages=installed,
+                                show_progress=False))
+else:
+    refuse()
+sys.stdout.flush()
+os._exit(0)
+'''
+
+
+def conda_client(bindir: Path, name: str, log: Path) -> Path:
+    """Put the test client on `bindir` as `name` (mamba, micromamba or conda)."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    path = bindir / name
+    path.write_text(_SHIM.format(python=sys.executable, log=str(log)))
+    path.chmod(0o755)
+    return path
+
+
+def client_calls(log: Path) -> list[list[str]]:
+    """Every command line the test client received, in order."""
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines()]

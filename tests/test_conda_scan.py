@@ -204,5 +204,8 @@ def test_conda_installs_upgrades_and_removals_are_checkpointed(
         conda_remove(prefix, "top", "dep", cache=cache)
         want = {"added": [], "changed": ["tiny=2.0=h1_0"], "removed": ["dep=1.0=h0_0"]}
         eventually(lambda: conda_recorded(world, prefix) == want, what="remove")
+    except AssertionError:
+        print(d.output(), conda_recorded(world, prefix))
+        raise
     finally:
         d.close()

@@ -125,9 +125,19 @@ class Step(_Out, frozen=True, kw_only=True):
     installed: str | None = None
     """install: the version installed now (None: not installed)."""
     reason: Literal["added", "changed", "removed"]
+    build: str | None = None
+    """conda: the build string to install."""
+    channel: str | None = None
+    """conda: the recorded channel, which selects one of the configured ones."""
 
     def package(self) -> Package:
-        return Package(name=self.name, version=self.version, source=self.source)
+        return Package(
+            name=self.name,
+            version=self.version,
+            source=self.source,
+            build=self.build,
+            channel=self.channel,
+        )
 
     def failure(self, action: Literal["install", "remove"], message: str) -> Failure:
         return Failure(
@@ -319,6 +329,7 @@ def _in_place(kind: Kind, want: Package | Step, have: Package | None) -> bool:
         have is not None
         and _same_version(kind, want.version, have.version)
         and same_source(want.source, have.source)
+        and (kind != "conda" or want.build == have.build)
     )
 
 
@@ -332,6 +343,10 @@ def _installer(env: Environment, config: Config) -> Installer:
         from .python import PythonInstaller
 
         return PythonInstaller(env, config)
+    if env.kind == "conda":
+        from .conda import CondaInstaller
+
+        return CondaInstaller(env, config)
     from .r import RInstaller
 
     return RInstaller(env, config)
@@ -357,7 +372,8 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
     environments: list[EnvPlan] = []
     elsewhere: list[Environment] = []
     tracked = 0
-    for delta in manifest.body.environments:
+    # conda's packages first: pip's in the same prefix may need them.
+    for delta in (*manifest.body.conda, *manifest.body.environments):
         if delta.is_empty():
             continue
         target = next((t for t in targets if same_env(t.env, delta.env)), None)
@@ -383,6 +399,8 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
                             source=p.source,
                             installed=None if have is None else have.version,
                             reason=reason,
+                            build=p.build,
+                            channel=p.channel,
                         )
                     )
         gone: list[Step] = []

@@ -47,6 +47,16 @@ _HOST = re.compile(
     re.ASCII,
 )
 _SEPARATORS = re.compile(r"[-_.]+")
+# conda's own rules: names lowercase, versions and build strings without the characters a
+# MatchSpec gives meaning to (= , | * < > ! @ [ ] and space), channels a name or a URL.
+_CONDA_NAME = re.compile(r"[a-z0-9_][a-z0-9_.+-]*", re.ASCII)
+_CONDA_VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+!]*", re.ASCII)
+_CONDA_BUILD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+]*", re.ASCII)
+_CONDA_CHANNEL = re.compile(
+    r"[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*"
+    r"|(?:https|file)://[A-Za-z0-9_.~%/:@-]+",
+    re.ASCII,
+)
 VCS = frozenset({"git", "hg", "svn", "bzr"})
 
 _py_version: re.Pattern[str] | None = None
@@ -144,9 +154,41 @@ def _show(text: str) -> str:
     return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
+def conda_problem(package: Package) -> str | None:
+    """Why a conda record cannot go into a `channel::name=version=build` spec, or None."""
+    if len(package.name) > MAX_NAME or not _CONDA_NAME.fullmatch(package.name):
+        return f"{_show(package.name)} is not a valid conda package name"
+    if len(package.version) > MAX_VERSION or not _CONDA_VERSION.fullmatch(package.version):
+        return f"{package.name}: {_show(package.version)} is not a valid conda version"
+    build = package.build
+    if build is not None and (len(build) > MAX_VERSION or not _CONDA_BUILD.fullmatch(build)):
+        return f"{package.name}: {_show(build)} is not a valid conda build string"
+    channel = package.channel
+    if channel is not None and (len(channel) > MAX_URL or not _CONDA_CHANNEL.fullmatch(channel)):
+        return f"{package.name}: {_show(channel)} is not a valid conda channel"
+    if not isinstance(package.source, IndexSource):
+        return f"{package.name}: a conda package comes from a channel, not another source"
+    return None
+
+
+def _conda_problems(delta: Delta, where: str) -> Iterator[str]:
+    seen: set[str] = set()
+    for package in (*delta.added, *delta.changed, *delta.removed):
+        problem = conda_problem(package)
+        if problem:
+            yield f"{where}: {problem}"
+            continue
+        if package.name in seen:
+            yield f"{where}: {package.name} is listed more than once"
+        seen.add(package.name)
+
+
 def delta_problems(delta: Delta) -> Iterator[str]:
     """Every reason this environment's delta cannot be trusted."""
     where = f"environment {_show(delta.env.path)}"
+    if delta.env.kind == "conda":
+        yield from _conda_problems(delta, where)
+        return
     python = delta.env.kind == "python"
     seen: set[str] = set()
     for package in (*delta.added, *delta.changed, *delta.removed):
@@ -181,7 +223,7 @@ def check_body(body: Body) -> None:
     """Raise ManifestError naming the first problems when any part of `body` is untrusted."""
     problems: list[str] = []
     count = 0
-    for delta in body.environments:
+    for delta in body.deltas():
         for problem in delta_problems(delta):
             count += 1
             if len(problems) < MAX_PROBLEMS:

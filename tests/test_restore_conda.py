@@ -1,0 +1,216 @@
+"""Restoring conda packages: real .conda packages from a local channel, real prefixes
+(py-rattler), the real `pkgckpt restore` command.
+
+No mamba, micromamba or conda can be installed on the test machine, so the client restore
+finds on PATH is `conda_kit`'s thin shim over py-rattler. It accepts exactly the command
+line of the mamba/conda client (and refuses any other), so these tests check that line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from conda_kit import (
+    CondaPkg,
+    build_conda,
+    client_calls,
+    conda_client,
+    conda_install,
+    index,
+)
+from restore_kit import hermetic, installed, isolated, pkgckpt, put_manifest  # noqa: F401
+from wheelhouse import Dist, build_wheel, make_venv
+
+from pkgckpt.manifest import Body, Delta, Environment, Package
+from pkgckpt.restore.validate import conda_problem
+from pkgckpt.scan.conda import CondaScanner
+
+PACKAGES = [
+    CondaPkg("tiny", "1.0"),
+    CondaPkg("tiny", "2.0", build="h1_0"),
+    CondaPkg("dep", "1.0"),
+    CondaPkg("top", "1.0", depends=("dep",)),
+]
+
+
+@pytest.fixture(scope="module")
+def channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ch = tmp_path_factory.mktemp("channel")
+    for pkg in PACKAGES:
+        build_conda(pkg, ch)
+    index(ch)
+    return ch
+
+
+def conda_pkg(name: str, version: str, build: str, channel: Path) -> Package:
+    return Package(name=name, version=version, build=build, channel=f"file://{channel}",
+                   installer="conda")  # fmt: skip
+
+
+def image(tmp_path: Path, channel: Path, python: bool = False) -> Path:
+    """The image's conda prefix (tiny 1.0 and dep), a real venv beneath when `python`."""
+    prefix = tmp_path / "env"
+    if python:
+        make_venv(prefix, with_pip=False)
+    conda_install(prefix, channel, "tiny=1.0", "dep", cache=tmp_path / "cache")
+    return prefix
+
+
+def conda_state(prefix: Path) -> dict[str, str]:
+    found = CondaScanner(prefix / "conda-meta").scan().packages
+    return {n: f"{p.version}={p.build}" for n, p in found.items()}
+
+
+def restore_env(tmp_path: Path, channel: Path, client: str | None = "mamba") -> dict[str, str]:
+    env = hermetic(tmp_path)
+    bindir = tmp_path / "bin"
+    if client is not None:
+        conda_client(bindir, client, tmp_path / "client.log")
+    # The shim's directory and the test venv's (pip, uv); no other conda client is found.
+    env["PATH"] = os.pathsep.join(
+        [str(bindir), str(Path(sys.executable).parent), "/usr/bin", "/bin"]
+    )
+    config = tmp_path / "config" / "pkgckpt" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f'conda_channels = ["file://{channel}"]\n')
+    return env
+
+
+def run_restore(tmp_path: Path, env: dict[str, str], prefix: Path, *extra: str) -> tuple[int, str]:
+    out = pkgckpt("restore", "--store", str(tmp_path / "store"), "--key", "k",
+                  "--env", str(prefix), *extra, env=env)  # fmt: skip
+    return out.returncode, out.stdout + out.stderr
+
+
+def test_restore_installs_exact_specs_from_configured_channels(
+    tmp_path: Path, channel: Path
+) -> None:
+    """Recorded conda packages come back at their version and build, with one client call
+    whose channels are the configured ones and which solves no dependencies."""
+    prefix = image(tmp_path, channel)
+    conda = Environment(kind="conda", path=str(prefix))
+    put_manifest(tmp_path / "store", "k", Body.of([Delta(
+        env=conda,
+        added=(conda_pkg("top", "1.0", "h0_0", channel),),
+        changed=(conda_pkg("tiny", "2.0", "h1_0", channel),),
+    )]))  # fmt: skip
+    env = restore_env(tmp_path, channel)
+    code, out = run_restore(tmp_path, env, prefix)
+    assert code == 0, out
+    assert conda_state(prefix) == {"tiny": "2.0=h1_0", "dep": "1.0=h0_0", "top": "1.0=h0_0"}
+    chan = f"file://{channel}"
+    assert client_calls(tmp_path / "client.log") == [
+        ["mamba", "install", "--prefix", str(prefix), "--yes", "--override-channels",
+         "--channel", chan, "--no-deps", "--", f"{chan}::tiny=2.0=h1_0", f"{chan}::top=1.0=h0_0"],
+    ]  # fmt: skip
+    again, out = run_restore(tmp_path, env, prefix)
+    assert again == 0 and "Nothing to restore" in out
+    assert len(client_calls(tmp_path / "client.log")) == 1
+
+
+def test_restore_removes_with_the_same_client(tmp_path: Path, channel: Path) -> None:
+    """An image package the user removed is removed again, by the client, and only it."""
+    prefix = image(tmp_path, channel)
+    conda = Environment(kind="conda", path=str(prefix))
+    put_manifest(tmp_path / "store", "k", Body.of([
+        Delta(env=conda, removed=(conda_pkg("dep", "1.0", "h0_0", channel),)),
+    ]))  # fmt: skip
+    env = restore_env(tmp_path, channel, client="micromamba")
+    code, out = run_restore(tmp_path, env, prefix)
+    assert code == 0, out
+    assert conda_state(prefix) == {"tiny": "1.0=h0_0"}
+    assert client_calls(tmp_path / "client.log") == [
+        ["micromamba", "remove", "--prefix", str(prefix), "--yes", "--force", "--", "dep"],
+    ]
+
+
+def test_micromamba_is_asked_to_freeze_what_is_installed(tmp_path: Path, channel: Path) -> None:
+    """micromamba has no --no-deps: its call says --freeze-installed instead."""
+    prefix = image(tmp_path, channel)
+    conda = Environment(kind="conda", path=str(prefix))
+    put_manifest(tmp_path / "store", "k", Body.of([
+        Delta(env=conda, changed=(conda_pkg("tiny", "2.0", "h1_0", channel),)),
+    ]))  # fmt: skip
+    env = restore_env(tmp_path, channel, client="micromamba")
+    code, out = run_restore(tmp_path, env, prefix)
+    assert code == 0, out
+    (call,) = client_calls(tmp_path / "client.log")
+    assert call[0] == "micromamba" and "--freeze-installed" in call and "--no-deps" not in call
+    assert conda_state(prefix)["tiny"] == "2.0=h1_0"
+
+
+def test_without_a_client_conda_packages_fail_and_pip_packages_install(
+    tmp_path: Path, channel: Path
+) -> None:
+    """No conda client: exit 3, each conda package named with the reason; pip's package in
+    the same prefix is installed all the same."""
+    prefix = image(tmp_path, channel, python=True)
+    wheels = tmp_path / "wheels"
+    build_wheel(Dist("alpha", "1.0"), wheels)
+    site = next((prefix / "lib").glob("python3*/site-packages"))
+    put_manifest(tmp_path / "store", "k", Body.of([
+        Delta(env=Environment(kind="conda", path=str(prefix)),
+              changed=(conda_pkg("tiny", "2.0", "h1_0", channel),)),
+        Delta(env=Environment(kind="python", path=str(prefix)),
+              added=(Package(name="alpha", version="1.0"),)),
+    ]))  # fmt: skip
+    env = restore_env(tmp_path, channel, client=None)
+    code, out = run_restore(tmp_path, env, prefix, "--no-index", "--find-links", str(wheels))
+    assert code == 3, out
+    assert "no conda client: none of mamba, micromamba, conda" in out
+    assert installed(site) == {"alpha": "1.0"}
+    assert conda_state(prefix)["tiny"] == "1.0=h0_0"
+
+
+def test_a_channel_that_is_not_configured_is_not_used(tmp_path: Path, channel: Path) -> None:
+    """A record from a channel outside conda_channels is reported, never fetched from."""
+    prefix = image(tmp_path, channel)
+    foreign = Package(name="tiny", version="2.0", build="h1_0", channel="evil-channel")
+    put_manifest(tmp_path / "store", "k", Body.of([
+        Delta(env=Environment(kind="conda", path=str(prefix)), changed=(foreign,)),
+    ]))  # fmt: skip
+    env = restore_env(tmp_path, channel)
+    code, out = run_restore(tmp_path, env, prefix, "--dry-run", "--json")
+    assert code == 0, out
+    (plan,) = json.loads(out)["plan"]["environments"]
+    (blocked,) = plan["blocked"]
+    assert "evil-channel is not among the configured conda_channels" in blocked["message"]
+    code, out = run_restore(tmp_path, env, prefix)
+    assert code == 3, out
+    assert client_calls(tmp_path / "client.log") == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", "--channel"),
+        ("name", "Numpy"),
+        ("version", "1.0=h0"),
+        ("version", ">=1"),
+        ("build", "h0 --force"),
+        ("build", "*"),
+        ("channel", "http://mirror/x"),
+        ("channel", "a b"),
+    ],
+)
+def test_hostile_conda_records_are_refused(field: str, value: str) -> None:
+    """Names, versions, build strings and channels that a spec would misread are refused."""
+    good = {"name": "tiny", "version": "1.0", "build": "h0_0", "channel": "conda-forge"}
+    assert conda_problem(Package(**good)) is None  # type: ignore[arg-type]
+    assert conda_problem(Package(**{**good, field: value})) is not None  # type: ignore[arg-type]
+
+
+def test_a_hostile_conda_manifest_installs_nothing(tmp_path: Path, channel: Path) -> None:
+    """One bad conda record refuses the whole manifest (exit 1) before any client runs."""
+    prefix = image(tmp_path, channel)
+    bad = Package(name="tiny", version="2.0", build="h1_0 --override-channels", channel="x")
+    put_manifest(tmp_path / "store", "k", Body.of([
+        Delta(env=Environment(kind="conda", path=str(prefix)), changed=(bad,)),
+    ]))  # fmt: skip
+    env = restore_env(tmp_path, channel)
+    code, out = run_restore(tmp_path, env, prefix)
+    assert code == 1 and "is not a valid conda build string" in out, out
+    assert client_calls(tmp_path / "client.log") == []
