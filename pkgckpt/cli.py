@@ -116,7 +116,7 @@ def cli() -> None:
 
     \b
     In the image build:      pkgckpt baseline --output /etc/pkgckpt/baseline.json
-    In the entrypoint:       pkgckpt restore --timeout 300 && pkgckpt daemon &
+    In the entrypoint:       pkgckpt restore --timeout 300; pkgckpt daemon &
     Whenever:                pkgckpt status
     """
 

@@ -260,20 +260,39 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def _pkgs(label: str, packages: tuple[Package, ...]) -> list[str]:
-    if not packages:
+def _wrapped(label: str, items: list[str]) -> list[str]:
+    """`items` after `label`, wrapped to the terminal (100 columns when not one), each
+    continuation line indented under the first item; an item is never split."""
+    import shutil
+    import textwrap
+
+    if not items:
         return []
-    return [f"    {label:<9}" + ", ".join(f"{p.name} {p.version}" for p in packages)]
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
+    head = f"    {label:<9}"
+    # Non-breaking spaces inside an item keep "name version" together.
+    text = ", ".join(i.replace(" ", "\xa0") for i in items)
+    lines = textwrap.wrap(
+        text,
+        width=width,
+        initial_indent=head,
+        subsequent_indent=" " * len(head),
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return [line.replace("\xa0", " ") for line in lines]
+
+
+def _pkgs(label: str, packages: tuple[Package, ...]) -> list[str]:
+    return _wrapped(label, [f"{p.name} {p.version}" for p in packages])
 
 
 def _changes(label: str, changes: tuple[Change, ...]) -> list[str]:
-    if not changes:
-        return []
     words = []
     for c in changes:
         versions = " -> ".join(v for v in (c.old, c.new) if v)
         words.append(f"{c.action} {c.name} {versions}")
-    return [f"    {label:<9}" + ", ".join(words)]
+    return _wrapped(label, words)
 
 
 def _failing(failing: tuple[manifest.Failing, ...]) -> list[str]:

@@ -200,3 +200,14 @@ def test_partial_restore_exits_3_and_installs_the_rest(tmp_path: Path) -> None:
     assert "not-there" in proc.stderr.splitlines()[-1]
     assert "Traceback" not in proc.stderr
     assert list(venv.site_packages.glob("good_one-1.0.dist-info"))
+
+
+def test_the_help_starts_the_daemon_whatever_restore_returned(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The entrypoint example starts the daemon after a partial restore (exit 3) too, as
+    examples/entrypoint.sh does: `;`, not `&&`."""
+    assert run("--help") == 0
+    text = capsys.readouterr().out
+    assert "pkgckpt restore --timeout 300; pkgckpt daemon &" in text
+    assert "&& pkgckpt daemon" not in text

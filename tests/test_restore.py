@@ -284,14 +284,42 @@ def test_same_version_from_its_recorded_source_is_reinstalled(
 
 
 def test_environments_not_here_are_left_alone(tmp_path: Path, image: Venv, wheels: Path) -> None:
-    """A manifest environment that is not a target here is listed, never acted on."""
+    """A manifest environment that is not a target here is listed with its package count
+    and why: "missing" when its directory is gone, "not tracked here" when it exists."""
     config = make_config(tmp_path, image, wheels)
-    elsewhere = Environment(kind="python", path=str(tmp_path / "not-here"))
-    put_manifest(config.store, config.key, user_delta(elsewhere))
+    missing = Environment(kind="python", path=str(tmp_path / "not-here"))
+    (tmp_path / "untracked").mkdir()
+    untracked = Environment(kind="python", path=str(tmp_path / "untracked"))
+    body = Body(
+        environments=(*user_delta(missing).environments, *user_delta(untracked).environments)
+    )
+    put_manifest(config.store, config.key, body)
     report = restore.run(config)
-    assert report.plan.elsewhere == (elsewhere,) and report.exit_code == 0
+    assert report.plan.elsewhere == (missing, untracked) and report.exit_code == 0
     assert installed(image.site_packages) == IMAGE
-    assert "Left alone (not here)" in report.render()
+    text = report.render()
+    assert f"Skipped python {missing.path}: 4 recorded package(s), missing" in text
+    assert (
+        f"Skipped python {untracked.path}: 4 recorded package(s), "
+        "not tracked here (use --env PATH or discovery)"
+    ) in text
+    assert "Nothing to restore in the environments tracked here" in text
+
+
+def test_a_dry_run_names_the_installed_version_of_a_removal(
+    tmp_path: Path, image: Venv, wheels: Path
+) -> None:
+    """The dry run's JSON gives `installed` for a package it would remove."""
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(
+        config.store, config.key, user_delta(Environment(kind="python", path=str(image.prefix)))
+    )
+    report = restore.run(config, dry_run=True)
+    removals = [s for e in report.plan.environments for s in e.remove]
+    assert [(s.name, s.version, s.installed) for s in removals] == [("gone", "1.0", "1.0")]
+    assert (
+        json.loads(report.to_json())["plan"]["environments"][0]["remove"][0]["installed"] == "1.0"
+    )
 
 
 def test_no_manifest_is_nothing_to_do(tmp_path: Path, image: Venv, wheels: Path) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from wheelhouse import make_venv
 
 from pkgckpt import status
 from pkgckpt.config import Config
 from pkgckpt.inventory import targets
-from pkgckpt.manifest import Body, Delta, Package
+from pkgckpt.manifest import Body, Delta, Environment, Package
 from pkgckpt.store import Store
 
 
@@ -32,3 +33,22 @@ def test_an_unreadable_library_is_reported_once_with_what_it_records(tmp_path: P
     (report,) = reports
     assert report.error is not None and "cannot read" in report.error
     assert [p.name for p in report.added] == ["alpha"]
+
+
+def test_long_package_lists_wrap_at_the_terminal_width(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """61 added packages take several lines within the width, each one whole, in order."""
+    monkeypatch.setenv("COLUMNS", "80")
+    packages = tuple(Package(name=f"package-{i:02d}", version="1.0.0") for i in range(61))
+    env = Environment(kind="python", path="/opt/env")
+    report = status.Report(
+        store="/s", key="k", environments=(status.EnvReport(env=env, added=packages),)
+    )
+    lines = status.to_text(report).splitlines()
+    added = lines[lines.index("python /opt/env:") + 1 :]
+    assert len(added) > 1 and all(len(line) <= 80 for line in added)
+    assert added[0].startswith("    added    package-00 1.0.0, ")
+    assert all(line.startswith(" " * 13) for line in added[1:])
+    listed = ", ".join(f"{p.name} {p.version}" for p in packages)
+    assert " ".join(line.strip() for line in added) == f"added    {listed}"

@@ -62,6 +62,7 @@ names each failure with the last lines of its own installer call.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -97,6 +98,7 @@ __all__ = [
     "Failure",
     "Plan",
     "Report",
+    "Skipped",
     "Step",
     "apply",
     "plan",
@@ -169,6 +171,19 @@ class EnvPlan(_Out, frozen=True, kw_only=True):
         return not (self.install or self.remove or self.blocked)
 
 
+class Skipped(_Out, frozen=True, kw_only=True):
+    """An environment of the manifest that is not restored here, and why."""
+
+    env: Environment
+    packages: int
+    """The recorded packages (added, changed, removed) left as they are."""
+    reason: str
+
+
+NOT_TRACKED = "not tracked here (use --env PATH or discovery)"
+MISSING = "missing"
+
+
 class Plan(_Out, frozen=True, kw_only=True):
     key: str
     store: str
@@ -180,6 +195,8 @@ class Plan(_Out, frozen=True, kw_only=True):
     """Environments with something to do."""
     elsewhere: tuple[Environment, ...] = ()
     """Environments of the manifest that are not targets here: left alone."""
+    skipped: tuple[Skipped, ...] = ()
+    """The same environments, each with its recorded package count and the reason."""
 
     def is_empty(self) -> bool:
         return all(e.is_empty() for e in self.environments)
@@ -192,8 +209,9 @@ class Plan(_Out, frozen=True, kw_only=True):
         if self.generation is None:
             lines.append(f"No manifest for key {self.key!r} in {self.store}: nothing to restore.")
         elif self.is_empty():
+            here = " in the environments tracked here" if self.skipped else ""
             lines.append(
-                f"Nothing to restore: the {self.packages} package(s) of generation "
+                f"Nothing to restore{here}: the {self.packages} package(s) of generation "
                 f"{self.generation} (key {self.key!r}) are in place."
             )
         else:
@@ -204,7 +222,7 @@ class Plan(_Out, frozen=True, kw_only=True):
                 lines += [f"  remove  {s.name} {s.version} (removed by the user)" for s in e.remove]
                 lines += [f"  keep    {s.name} {s.version} (--keep-removed)" for s in e.kept]
                 lines += [f"  cannot  {f.name} {f.version}: {f.message}" for f in e.blocked]
-        lines += [f"Left alone (not here): {env.where()}" for env in self.elsewhere]
+        lines += _skipped_lines(self.skipped)
         return "\n".join(lines)
 
 
@@ -251,7 +269,7 @@ class Report(_Out, frozen=True, kw_only=True):
                 lines.append(f"  failed to {f.action} {f.name} {f.version}:")
                 lines += [f"    | {line}" for line in f.message.splitlines()]
                 lines.append(f"    (retried at every restore: `pkgckpt forget {f.name}` stops it)")
-        lines += [f"Left alone (not here): {env.where()}" for env in self.plan.elsewhere]
+        lines += _skipped_lines(self.plan.skipped)
         failed = len(self.failures)
         if self.timed_out:
             lines.append(f"Restore stopped: the timeout ran out after {self.seconds:.1f} s.")
@@ -263,6 +281,13 @@ class Report(_Out, frozen=True, kw_only=True):
 
 
 _encoder = msgspec.json.Encoder(order="deterministic")
+
+
+def _skipped_lines(skipped: Sequence[Skipped]) -> list[str]:
+    return [
+        f"Skipped {s.env.kind} {s.env.where()}: {s.packages} recorded package(s), {s.reason}"
+        for s in skipped
+    ]
 
 
 def _counts(e: EnvPlan) -> str:
@@ -371,6 +396,7 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
 
     environments: list[EnvPlan] = []
     elsewhere: list[Environment] = []
+    skipped: list[Skipped] = []
     tracked = 0
     # conda's packages first: pip's in the same prefix may need them.
     for delta in (*manifest.body.conda, *manifest.body.environments):
@@ -379,6 +405,11 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
         target = next((t for t in targets if same_env(t.env, delta.env)), None)
         if target is None:
             elsewhere.append(delta.env)
+            # Only looked at, never used: the path comes from the store.
+            exists = os.path.lexists(delta.env.path)
+            count = len(delta.added) + len(delta.changed) + len(delta.removed)
+            reason = NOT_TRACKED if exists else MISSING
+            skipped.append(Skipped(env=delta.env, packages=count, reason=reason))
             continue
         tracked += len(delta.added) + len(delta.changed) + len(delta.removed)
         kind = target.env.kind
@@ -408,7 +439,14 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
             # Whatever version the image has now: the user removed the package, not a version.
             have = now.get(_key(kind, p.name))
             if have is not None:
-                gone.append(Step(name=have.name, version=have.version, reason="removed"))
+                gone.append(
+                    Step(
+                        name=have.name,
+                        version=have.version,
+                        installed=have.version,
+                        reason="removed",
+                    )
+                )
         if not install and (not gone or config.keep_removed):
             continue
         # The target's env (this container's interpreter and platform), not the manifest's.
@@ -439,6 +477,7 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
         packages=tracked,
         environments=tuple(environments),
         elsewhere=tuple(elsewhere),
+        skipped=tuple(skipped),
     )
 
 
