@@ -22,6 +22,9 @@ from .errors import PkgckptError, UsageError
 
 SYSTEM_CONFIG = Path("/etc/pkgckpt/config.toml")
 
+DISCOVER = ("kernels", "conda", "user-site", "r")
+"""The values of the `discover` setting, all on by default."""
+
 
 def user_config(environ: Mapping[str, str]) -> Path:
     base = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -82,9 +85,9 @@ class Config:
     r_lib: tuple[Path, ...] = ()
     """R libraries; empty means `R_LIBS_USER` when set."""
     r_discover: bool = False
-    discover: tuple[str, ...] = ("kernels", "conda", "user-site", "r")
-    """Where environments are found without `--env` (`discovery.SOURCES`); leave one out
-    to switch that source off."""
+    discover: tuple[str, ...] = DISCOVER
+    """What is found without being named (see `discovery`): leave a source out to switch
+    it off."""
     baseline: Path | None = None
     runtime_dir: Path = dataclasses.field(default_factory=runtime_dir)
     keep_generations: int = 5
@@ -111,13 +114,10 @@ class Config:
     """The only channels conda packages are restored from (`--override-channels`)."""
 
     def __post_init__(self) -> None:
-        from .discovery import SOURCES
-
-        unknown = [s for s in self.discover if s not in SOURCES]
+        unknown = sorted(set(self.discover) - set(DISCOVER))
         if unknown:
             raise UsageError(
-                f"discover: unknown source(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(SOURCES)}"
+                f"discover: unknown value(s) {', '.join(unknown)}; known: {', '.join(DISCOVER)}"
             )
 
     def python_envs(self) -> tuple[Path, ...]:

@@ -35,13 +35,9 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 log = logging.getLogger(__name__)
-
-Source = Literal["kernels", "conda", "user-site", "r"]
-SOURCES: tuple[Source, ...] = ("kernels", "conda", "user-site", "r")
-"""The values of the `discover` setting, each one a source that can be switched off."""
 
 MAX_FILE = 256 * 1024
 """A kernel.json, environments.txt or .condarc larger than this is not read."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,16 @@ MACHINE_VARS = (
     "CONDA_PREFIX", "CONDA_ROOT", "CONDA_EXE", "MAMBA_ROOT_PREFIX", "MAMBA_EXE",
 )  # fmt: skip
 """The variables through which this machine's kernels and conda environments would leak in."""
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A private directory under /var/tmp rather than /tmp: other suites on a shared test
+    machine may leave /tmp without its sticky bit, and discovery then rightly refuses
+    everything beneath it."""
+    path = Path(tempfile.mkdtemp(prefix="pkgckpt-discovery-", dir="/var/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
