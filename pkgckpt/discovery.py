@@ -361,11 +361,16 @@ def _conda(environ: Mapping[str, str], watch: list[Path]) -> Iterator[Found | Un
             continue
         why = unsafe(prefix)
         if why is None and not (prefix / "conda-meta").is_dir():
-            # An envs_dirs entry that is not (yet) an environment: conda create writes
-            # conda-meta/ early, and the directory's events bring discovery back.
             if origin.startswith("envs_dirs"):
+                # Not (yet) an environment: `conda create` is still writing it. Its
+                # conda-meta/ appearing brings discovery back.
+                watch.append(prefix)
                 continue
             why = "no conda-meta/ directory"
+        # The interpreter python_env() will start, when the environment has one.
+        for python in (prefix / "bin" / "python3", prefix / "bin" / "python"):
+            if why is None and os.path.lexists(python):
+                why = unsafe(python)
         if why:
             yield Unreadable(text, origin, why)
             continue

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -375,5 +376,48 @@ def test_a_conda_environment_created_while_the_daemon_runs_is_tracked(
         eventually(lambda: "tracking " + str(created.prefix) in d.output(), what="tracking")
         created.install(wheels, "alpha==1.0")
         eventually(lambda: recorded(world, created.prefix) == ["alpha==1.0"], what="alpha")
+    finally:
+        d.close()
+
+
+def test_a_conda_environment_with_a_loose_interpreter_is_not_probed(
+    home: Path, tmp_path: Path
+) -> None:
+    """A listed prefix whose bin/python3 others may write is reported, and not started."""
+    prefix = tmp_path / "env"
+    (prefix / "conda-meta").mkdir(parents=True)
+    (prefix / "bin").mkdir()
+    canary = tmp_path / "ran"
+    planted = prefix / "bin" / "python3"
+    planted.write_text(f"#!/bin/sh\ntouch {canary}\n")
+    planted.chmod(0o777)
+    (home / ".conda").mkdir()
+    (home / ".conda" / "environments.txt").write_text(f"{prefix}\n")
+    found = discovery.discover(["conda"])
+    assert found.found == ()
+    assert [u.reason for u in found.unreadable] == [f"{planted} is writable by group or others"]
+    cfg = config.load({}, environ={})
+    assert str(prefix) not in {t.env.path for t in inventory.targets(cfg)}
+    assert not canary.exists()
+
+
+@pytest.mark.slow
+def test_a_conda_environment_made_in_envs_dirs_while_the_daemon_runs_is_tracked(
+    world: World, wheels: Path
+) -> None:
+    """A new directory in an envs_dirs directory becomes tracked once it has conda-meta/,
+    even when nothing lists it in environments.txt."""
+    envs = world.tmp / "envs"
+    envs.mkdir()
+    world.env["CONDA_ENVS_PATH"] = str(envs)
+    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
+    d.start()
+    try:
+        created = make_venv(envs / "made")  # the directory first, conda-meta/ after
+        time.sleep(0.5)
+        conda_prefix(created)
+        eventually(lambda: "tracking " + str(created.prefix) in d.output(), what="tracking")
+        created.install(wheels, "beta==1.0")
+        eventually(lambda: recorded(world, created.prefix) == ["beta==1.0"], what="beta")
     finally:
         d.close()
