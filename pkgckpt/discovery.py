@@ -43,6 +43,9 @@ MAX_FILE = 256 * 1024
 """A kernel.json, environments.txt or .condarc larger than this is not read."""
 _KERNEL_NAME = re.compile(r"^[a-z0-9._-]+$", re.IGNORECASE)  # jupyter_client's rule
 _BARE_PYTHON = ("python", "python3")
+# What a Python interpreter is called: the probe is started only with one of these names,
+# never a wrapper (`/bin/sh`, `conda run`) that would take `-c CODE` for something else.
+_PYTHON_NAME = re.compile(r"(?:python|pypy)[0-9.]*", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,8 @@ def _kernel_interpreter(kernel: _Kernel) -> tuple[Path | None, str]:
         return kernel.data_dir.parent.parent / "bin" / first, ""
     if not first.startswith("/"):
         return None, f"argv[0] {first!r} is not an absolute path to an interpreter"
+    if not _PYTHON_NAME.fullmatch(Path(first).name):
+        return None, f"argv[0] {first!r} is not a Python interpreter"
     return Path(first), ""
 
 

@@ -216,6 +216,7 @@ def test_a_kernel_interpreter_in_a_loose_directory_is_never_started(
         ("{", "kernel.json is not JSON"),
         ('{"language": "python", "argv": []}', "kernel.json has no argv[0]"),
         ('{"language": "python", "argv": ["bin/python"]}', "argv[0] 'bin/python' is not"),
+        ('{"language": "python", "argv": ["/bin/sh", "-c"]}', "argv[0] '/bin/sh' is not a Py"),
     ],
 )
 def test_a_bad_kernelspec_is_reported_not_fatal(home: Path, text: str, why: str) -> None:
