@@ -111,7 +111,9 @@ def _read_small(path: Path) -> str | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        data = os.read(fd, MAX_FILE + 1)
+        data = b""
+        while len(data) <= MAX_FILE and (chunk := os.read(fd, MAX_FILE + 1 - len(data))):
+            data += chunk
     except OSError as e:
         log.debug("cannot read %s: %s", path, e.strerror)
         return None
