@@ -209,3 +209,46 @@ def test_conda_installs_upgrades_and_removals_are_checkpointed(
         raise
     finally:
         d.close()
+
+
+@pytest.mark.slow
+def test_a_discovered_conda_environment_keeps_condas_distributions_out_of_pips(
+    tmp_path: Path,
+) -> None:
+    """A conda environment listed while the daemon runs: a conda install of a Python
+    package there is recorded as the conda package, not as a pip distribution."""
+    world = World.make(tmp_path)
+    home = tmp_path / "home"
+    (home / ".conda").mkdir(parents=True)
+    for var in ("JUPYTER_PATH", "JUPYTER_DATA_DIR", "XDG_DATA_HOME", "CONDA_ENVS_PATH"):
+        world.env.pop(var, None)
+    world.env.update(HOME=str(home))
+    venv = make_venv(tmp_path / "env", with_pip=False)
+    site = venv.site_packages.relative_to(venv.prefix)
+    ch = tmp_path / "ch"
+    build_conda(CondaPkg("condapy", "1.0", files={
+        f"{site}/condapy.py": b"",
+        f"{site}/condapy-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: condapy\n"
+                                                  b"Version: 1.0\n",
+        f"{site}/condapy-1.0.dist-info/INSTALLER": b"conda\n",
+        f"{site}/condapy-1.0.dist-info/RECORD": b"",
+    }), ch)  # fmt: skip
+    index(ch)
+    conda_install(venv.prefix, ch, cache=tmp_path / "cache")  # an empty conda environment
+    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
+    d.start()
+    try:
+        (home / ".conda" / "environments.txt").write_text(f"{venv.prefix}\n")
+        eventually(lambda: f"tracking {venv.prefix}" in d.output(), what="tracking")
+        conda_install(venv.prefix, ch, "condapy", cache=tmp_path / "cache")
+        want = {"added": ["condapy=1.0=h0_0"], "changed": [], "removed": []}
+        eventually(lambda: conda_recorded(world, venv.prefix) == want, what="condapy")
+        # The daemon rescans every root and commits (one writer): pip's side has been read.
+        snap = world.pkgckpt("snapshot", "--store", str(world.store), "--key", world.key)
+        assert snap.returncode == 0, snap.stderr
+        found = Store(world.store, world.key).read()
+        assert found is not None
+        python = found.body.delta(Environment(kind="python", path=str(venv.prefix)))
+        assert python is None or python.is_empty()
+    finally:
+        d.close()
