@@ -168,7 +168,7 @@ async def install(channels, specs):
     exact = ["{{}} =={{}} {{}}".format(*s.split("::", 1)[1].split("=")) for s in specs]
     records = await rattler.solve(sources=channels, specs=exact,
                                   platforms=["linux-64", "noarch"])
-    # --no-deps / --freeze-installed: only the packages named, the rest left as it is.
+    # --no-deps: only the packages named, the rest left as it is.
     records = [r for r in records if r.name.normalized in names]
     keep = [r for r in installed if r.name.normalized not in names]
     await rattler.install(records + keep, target_prefix=prefix, installed_packages=installed,
@@ -183,8 +183,7 @@ if verb == "install":
         channels.append(rest[i + 1])
         i += 2
     tail = rest[i:]
-    nodeps = "--freeze-installed" if os.path.basename(sys.argv[0]) == "micromamba" else "--no-deps"
-    if not channels or tail not in ([nodeps], [nodeps, "--force-reinstall"]):
+    if not channels or tail not in (["--no-deps"], ["--no-deps", "--force-reinstall"]):
         refuse()
     asyncio.run(install(channels, args))
 elif verb == "remove" and rest == ["--force"]:

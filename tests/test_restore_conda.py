@@ -127,8 +127,8 @@ def test_restore_removes_with_the_same_client(tmp_path: Path, channel: Path) -> 
     ]
 
 
-def test_micromamba_is_asked_to_freeze_what_is_installed(tmp_path: Path, channel: Path) -> None:
-    """micromamba has no --no-deps: its call says --freeze-installed instead."""
+def test_micromamba_gets_the_same_command_line(tmp_path: Path, channel: Path) -> None:
+    """With only micromamba installed, it is the client, called as mamba would be."""
     prefix = image(tmp_path, channel)
     conda = Environment(kind="conda", path=str(prefix))
     put_manifest(tmp_path / "store", "k", Body.of([
@@ -137,8 +137,11 @@ def test_micromamba_is_asked_to_freeze_what_is_installed(tmp_path: Path, channel
     env = restore_env(tmp_path, channel, client="micromamba")
     code, out = run_restore(tmp_path, env, prefix)
     assert code == 0, out
-    (call,) = client_calls(tmp_path / "client.log")
-    assert call[0] == "micromamba" and "--freeze-installed" in call and "--no-deps" not in call
+    chan = f"file://{channel}"
+    assert client_calls(tmp_path / "client.log") == [
+        ["micromamba", "install", "--prefix", str(prefix), "--yes", "--override-channels",
+         "--channel", chan, "--no-deps", "--", f"{chan}::tiny=2.0=h1_0"],
+    ]  # fmt: skip
     assert conda_state(prefix)["tiny"] == "2.0=h1_0"
 
 

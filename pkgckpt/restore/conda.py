@@ -5,8 +5,8 @@ PATH (or given as an absolute path). One call installs a whole batch of exact sp
 `<channel>::<name>=<version>=<build>`, with `--override-channels` and the channels of
 pkgckpt's own configuration (`conda_channels`, default conda-forge): a channel recorded in
 the manifest only selects one of those, never adds one. Dependencies are not solved again
-(`--no-deps` for mamba and conda, `--freeze-installed` for micromamba, which has no
-`--no-deps`): the manifest holds the whole delta. Removals use the same client
+(`--no-deps`, which conda, mamba and micromamba (since 0.22) all take): the manifest holds
+the whole delta. Removals use the same client
 (`remove --force`: the package only, not what depends on it). Every option comes before
 `--`, and after it only specs that `validate.py` checked.
 
@@ -79,9 +79,6 @@ class CondaInstaller:
         channel = self.channels[package.channel]
         return f"{channel}::{package.name}={package.version}={package.build}"
 
-    def _micromamba(self) -> bool:
-        return self.client is not None and self.client.name.startswith("micromamba")
-
     def install(
         self, packages: Sequence[Package], *, reinstall: bool, deadline: Deadline
     ) -> Outcome:
@@ -90,7 +87,7 @@ class CondaInstaller:
         argv.append("--override-channels")
         for channel in self.channels.values():
             argv += ["--channel", channel]
-        argv.append("--freeze-installed" if self._micromamba() else "--no-deps")
+        argv.append("--no-deps")
         if reinstall:
             argv.append("--force-reinstall")
         argv += ["--", *(self.spec(p) for p in packages)]
