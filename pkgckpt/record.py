@@ -155,7 +155,7 @@ _encoder = msgspec.json.Encoder(order="deterministic")
 
 def _entries(body: Body) -> Iterable[tuple[object, Entry]]:
     """Every change and event of `body`, keyed by its identity across generations."""
-    for d in body.environments:
+    for d in body.deltas():
         for c in d.history:
             yield (env_key(d.env), c), _entry(c, d.env)
     for e in body.events:
@@ -241,7 +241,7 @@ def forgotten(
     """
     stamp = stamp or now_iso()
     chosen = [
-        d for d in body.environments if not scope or any(manifest.same_env(d.env, s) for s in scope)
+        d for d in body.deltas() if not scope or any(manifest.same_env(d.env, s) for s in scope)
     ]
     wanted = {n: {_key("python", n), n} for n in names}
     hit: set[str] = set()
@@ -277,8 +277,8 @@ def forgotten(
             f"not in the record{where}: {', '.join(missing)}; "
             + (f"it holds: {', '.join(held)}" if held else "it holds no package")
         )
-    return Body(
-        environments=tuple(new.get(env_key(d.env), d) for d in body.environments),
+    return Body.of(
+        (new.get(env_key(d.env), d) for d in body.deltas()),
         events=(*body.events, *events)[-manifest.HISTORY_LIMIT :],
     )
 
@@ -290,8 +290,8 @@ def reverted(body: Body, old: Manifest, stamp: str | None = None) -> Body:
     version or source) is forgotten: still installed here, it is not recorded again.
     """
     stamp = stamp or now_iso()
-    now = {env_key(d.env): d for d in body.environments}
-    then = {env_key(d.env): d for d in old.body.environments}
+    now = {env_key(d.env): d for d in body.deltas()}
+    then = {env_key(d.env): d for d in old.body.deltas()}
     out: list[Delta] = []
     for key in sorted(now.keys() | then.keys()):
         cur, was = now.get(key), then.get(key)
@@ -322,10 +322,7 @@ def reverted(body: Body, old: Manifest, stamp: str | None = None) -> Body:
             )
         )
     event = Event(action="revert", time=stamp, generation=old.generation)
-    return Body(
-        environments=tuple(out),
-        events=(*body.events, event)[-manifest.HISTORY_LIMIT :],
-    )
+    return Body.of(out, events=(*body.events, event)[-manifest.HISTORY_LIMIT :])
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -361,7 +358,7 @@ def with_failures(body: Body, outcomes: Sequence[Outcome]) -> Body:
     more for each package it failed at the recorded version, none for the others."""
     by_env = {env_key(o.env): o for o in outcomes}
     out = []
-    for d in body.environments:
+    for d in body.deltas():
         outcome = by_env.get(env_key(d.env))
         if outcome is None:
             out.append(d)
@@ -376,7 +373,7 @@ def with_failures(body: Body, outcomes: Sequence[Outcome]) -> Body:
             count = last.count + 1 if last is not None and last.version == f.version else 1
             now.append(msgspec.structs.replace(f, count=count))
         out.append(msgspec.structs.replace(d, failing=tuple(sorted(now, key=lambda f: f.name))))
-    return Body(environments=tuple(out), events=body.events)
+    return Body.of(out, events=body.events)
 
 
 # -- writing: through the daemon when one runs, else through the store -------------------
@@ -698,7 +695,7 @@ def remember(config: Config, recorded: Manifest, report: Report) -> None:
     failures = {env_key(e.env): e.failed for e in report.environments}
     stamp = now_iso()
     outcomes = []
-    for d in recorded.body.environments:
+    for d in recorded.body.deltas():
         key = env_key(d.env)
         if key in elsewhere:
             continue

@@ -223,9 +223,9 @@ def collect(config: Config) -> Report:
         envs.append(msgspec.structs.replace(report, pending=pending, unrestored=unrestored))
     for u in unreadable:
         env = Environment(kind="python", path=u.path)
-        kept = elsewhere.pop(checkpoint.env_key(env), None)
+        held = elsewhere.pop(checkpoint.env_key(env), None)
         why = f"{u.reason} (named by {u.origin})"
-        report = _recorded(kept, kept.env) if kept else EnvReport(env=env)
+        report = _recorded(held, held.env) if held else EnvReport(env=env)
         envs.append(msgspec.structs.replace(report, error=why))
     envs.extend(_recorded(d, d.env) for d in elsewhere.values())
     state = read_state(config)

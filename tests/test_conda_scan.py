@@ -252,3 +252,22 @@ def test_a_discovered_conda_environment_keeps_condas_distributions_out_of_pips(
         assert python is None or python.is_empty()
     finally:
         d.close()
+
+
+def test_forget_and_revert_keep_the_conda_records() -> None:
+    """Forgetting a pip package or reverting leaves conda records where they are; a conda
+    package can be forgotten by its name."""
+    from pkgckpt import record
+    from pkgckpt.manifest import Manifest
+
+    py = Delta(env=Environment(kind="python", path="/p"), added=(Package(name="a", version="1"),))
+    conda = Delta(env=Environment(kind="conda", path="/p"),
+                  added=(Package(name="tiny", version="1.0", build="h0_0"),))  # fmt: skip
+    body = Body.of([py, conda])
+    after = record.forgotten(body, ["a"], stamp="t")
+    assert after.conda == (conda,) and after.delta(py.env) is not None
+    assert not after.delta(py.env).added  # type: ignore[union-attr]
+    gone = record.forgotten(body, ["tiny"], stamp="t")
+    assert gone.delta(conda.env).added == ()  # type: ignore[union-attr]
+    back = record.reverted(gone, Manifest(generation=1, body=body), "t2")
+    assert back.delta(conda.env).added == conda.added  # type: ignore[union-attr]
