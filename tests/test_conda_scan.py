@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +30,16 @@ PACKAGES = [
     CondaPkg("dep", "1.0"),
     CondaPkg("top", "1.0", depends=("dep",)),
 ]
+
+
+@pytest.fixture
+def private_tmp() -> Iterator[Path]:
+    """A directory under /var/tmp rather than /tmp, for discovery: other suites on a shared
+    test machine may leave /tmp without its sticky bit, and discovery then rightly refuses
+    everything beneath it."""
+    path = Path(tempfile.mkdtemp(prefix="pkgckpt-conda-", dir="/var/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -213,10 +226,11 @@ def test_conda_installs_upgrades_and_removals_are_checkpointed(
 
 @pytest.mark.slow
 def test_a_discovered_conda_environment_keeps_condas_distributions_out_of_pips(
-    tmp_path: Path,
+    private_tmp: Path,
 ) -> None:
     """A conda environment listed while the daemon runs: a conda install of a Python
     package there is recorded as the conda package, not as a pip distribution."""
+    tmp_path = private_tmp
     world = World.make(tmp_path)
     home = tmp_path / "home"
     (home / ".conda").mkdir(parents=True)
