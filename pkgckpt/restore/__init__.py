@@ -680,9 +680,7 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
         report = Report(plan=the_plan)
     else:
         report = _apply(the_plan, config, found, deadline, progress or _terminal_progress())
-    if manifest is not None and (
-        report.failures or any(d.failing for d in manifest.body.deltas())
-    ):
+    if manifest is not None and (report.failures or any(d.failing for d in manifest.body.deltas())):
         from ..record import remember
 
         remember(config, manifest, report)

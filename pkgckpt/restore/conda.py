@@ -50,7 +50,7 @@ class CondaInstaller:
         self.client = find_client(self.names)
         # Configured channels by the name a record gives them, in the configured order.
         self.channels = {channel_name(c, None) or c: c for c in config.conda_channels}
-        self._env = {**os.environ, "CONDA_ALWAYS_YES": "true"}
+        self._env = {"CONDA_ALWAYS_YES": "true"}
 
     @property
     def name(self) -> str:
