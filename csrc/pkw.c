@@ -39,7 +39,7 @@ struct pkw {
     uint32_t n_named, n_self, self_cap;
     uint32_t *slots; /* open addressing over named records: index + 1, 0 = empty */
     uint32_t slot_mask;
-    int overflow, woken;
+    int overflow, woken, error;
 
     char buf[64 * 1024] __attribute__((aligned(__alignof__(struct inotify_event))));
 };
@@ -167,7 +167,7 @@ static void batch_reset(struct pkw *e)
 {
     memset(e->slots, 0, sizeof *e->slots * ((size_t)e->slot_mask + 1));
     e->n_named = e->n_self = 0;
-    e->overflow = e->woken = 0;
+    e->overflow = e->woken = e->error = 0;
 }
 
 static void self_add(struct pkw *e, int wd, uint32_t bits)
@@ -362,7 +362,8 @@ static void on_event(struct pkw *e, const struct inotify_event *ev)
         on_top_event(e, w, ev);
 }
 
-/* Reads until the queue is empty. Returns the number of events, -1 on error. */
+/* Reads until the queue is empty. Returns the number of events. A read() error is kept
+   in e->error, not returned: the events already taken must reach the caller. */
 static int drain_events(struct pkw *e)
 {
     int count = 0;
@@ -372,9 +373,9 @@ static int drain_events(struct pkw *e)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN)
-                return count;
-            return -1;
+            if (errno != EAGAIN)
+                e->error = errno;
+            return count;
         }
         if (n == 0)
             return count;
@@ -405,6 +406,7 @@ static void finish(struct pkw *e, struct pkw_batch *out)
     out->n_records = e->n_named + e->n_self;
     out->overflow = e->overflow;
     out->woken = e->woken;
+    out->error = e->error;
 }
 
 int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_ms,
@@ -439,16 +441,14 @@ int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_m
             /* A signal is waiting to be handled: return what we have at once. */
             drain_wake(wake_fd);
             e->woken = 1;
-            if (drain_events(e) < 0)
-                return -1;
+            drain_events(e);
             break;
         }
         if (p[0].revents) {
-            r = drain_events(e);
-            if (r < 0)
-                return -1;
-            if (r > 0)
+            if (drain_events(e) > 0)
                 last = now_ms();
+            if (e->error)
+                break; /* the fd may stay readable: waiting out the window would spin */
         }
         until = last + quiet_ms;
         if (until > first + max_ms)

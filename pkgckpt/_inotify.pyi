@@ -24,6 +24,7 @@ class _Batch:
     n_records: int
     overflow: int
     woken: int
+    error: int
 
 @final
 class _FFI:

@@ -32,6 +32,7 @@ ffibuilder.cdef(
         uint32_t n_records;
         int overflow;
         int woken;
+        int error;
     };
     struct pkw;
 

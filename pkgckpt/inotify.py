@@ -100,6 +100,9 @@ class Events(NamedTuple):
     """IN_Q_OVERFLOW: the kernel dropped events; anything may have changed."""
     woken: bool
     """The wake fd was readable (and has been drained)."""
+    error: int = 0
+    """errno of a read() that failed (not EAGAIN/EINTR): events may have been lost after
+    the records given; the instance may be unusable, so replace it."""
 
 
 def _oserror(err: int, path: str | os.PathLike[str] | None = None) -> OSError:
@@ -178,6 +181,7 @@ class _Native:
             ),
             bool(out.overflow),
             bool(out.woken),
+            int(out.error),
         )
 
 
@@ -198,6 +202,7 @@ class _Table:
         self.own: dict[int, int] = {}
         self.overflow = False
         self.woken = False
+        self.error = 0
 
     def add(self, wd: int, name: str, bits: int) -> None:
         if not name:
@@ -210,7 +215,7 @@ class _Table:
     def events(self) -> Events:
         records = [Record(wd, mask, name) for (wd, name), mask in self.named.items()]
         records += (Record(wd, mask, "") for wd, mask in self.own.items())
-        return Events(tuple(records), self.overflow, self.woken)
+        return Events(tuple(records), self.overflow, self.woken, self.error)
 
 
 class _Python:
@@ -337,6 +342,10 @@ class _Python:
                 data = os.read(self._ino.fileno(), 65536)
             except BlockingIOError:
                 return count
+            except OSError as e:
+                # As the engine does: the events taken so far are kept, the error reported.
+                table.error = e.errno or errno.EIO
+                return count
             for ev in parse_events(data):
                 self._on_event(table, ev)
                 count += 1
@@ -365,6 +374,8 @@ class _Python:
                 break
             if fd in ready and self._drain(table):
                 last = time.monotonic()
+            if table.error:
+                break
             until = min(last + quiet_ms / 1000, first + max_ms / 1000) - time.monotonic()
             if until <= 0:
                 break
