@@ -16,6 +16,10 @@ store, 1 when the store stayed unreachable. SIGHUP rescans every root and commit
 also applies the requests `forget`, `revert` and `restore` left in the runtime directory
 (`record.serve`) and answers each with the generation written.
 
+The watcher may fail too: a failed read of the inotify fd, or anything else it raises,
+is logged, the inotify instance is replaced, and every root is rescanned after the quiet
+window (events may have been lost); the daemon never exits because of the watcher.
+
 The store may fail at any time: the changes stay in memory, the commit is retried with
 exponential backoff and jitter, the error is in the status file; the daemon never exits
 because of the store. If the store cannot even be read at start, nothing is scanned into
@@ -51,7 +55,7 @@ from .errors import ManifestError, PkgckptError, StoreError
 from .inventory import Target
 from .manifest import Change, Environment
 from .store import open_store
-from .watcher import Root, Watcher
+from .watcher import Batch, Root, Watcher
 
 log = logging.getLogger("pkgckpt.daemon")
 
@@ -168,6 +172,7 @@ class Daemon:
             (config.quiet_ms - self.batch_ms) / 1000, config.max_delay_ms / 1000
         )
         self.backoff = Backoff()
+        self.watch_backoff = Backoff(cap=10.0)
         self.retry_at: float | None = None
         self.uncommitted: list[Change] = []
         self.stop = False
@@ -231,7 +236,12 @@ class Daemon:
     def _step(self, watcher: Watcher) -> None:
         now = time.monotonic()
         self._ping(now)
-        batch = watcher.wait(self._timeout(now))
+        try:
+            batch = watcher.wait(self._timeout(now))
+        except Exception as e:  # whatever the watcher hits, the daemon goes on
+            batch = self._watcher_failed(watcher, e)
+        else:
+            self.watch_backoff.reset()
         now = time.monotonic()
         if batch.overflow:
             self._count(watch_overflows=self.state.counters.watch_overflows + 1)
@@ -442,6 +452,18 @@ class Daemon:
         self._count(committed_at=time.time())
         self._set(last_error=None, error_time=None)
         self._write_metrics()
+
+    def _watcher_failed(self, watcher: Watcher, error: Exception) -> Batch:
+        """Log, replace the inotify instance, and take every root as changed anywhere."""
+        log.error("watcher error: %r", error, exc_info=error)
+        self._set(last_error=f"watcher error: {error!r}", error_time=checkpoint.now_iso())
+        # An error that comes back at once must not spin: the delay grows up to 10 s.
+        time.sleep(self.watch_backoff.next())
+        try:
+            watcher.reopen(f"after a watcher error ({error!r})")
+        except Exception as e:  # the next wait retries
+            log.error("cannot re-arm the watches: %r", e)
+        return Batch(frozenset(self._by_root), {}, {}, overflow=True, woken=False)
 
     def _store_failed(self, error: PkgckptError, what: str) -> None:
         delay = self.backoff.next()

@@ -9,7 +9,12 @@ top-level directory through ``00LOCK-*``.
 
 * A root that does not exist yet is watched through its nearest existing ancestor and
   armed when it appears; a root deleted (or moved away) and recreated is re-armed.
-* IN_Q_OVERFLOW marks every root dirty and re-arms them all.
+* Watches follow the path, not the directory: every ancestor of a watched directory is
+  guarded for its own move or deletion (``mv env env-old``, ``rm -rf env``), after which
+  the root is resolved again by its path. What then happens in the moved directory is
+  no longer watched, and a scan reads the path anyway.
+* IN_Q_OVERFLOW marks every root dirty and re-arms them all; so does a failed read of
+  the inotify fd, after which the instance is replaced (events may have been lost).
 * When a watch cannot be added (ENOSPC: the per-user watch limit, shared by every
   container of that user on the node), the root is rescanned every ``rescan_interval``
   seconds instead, after one warning; so are all roots when no inotify instance can be
@@ -44,6 +49,7 @@ from .inotify import (
     IN_ONLYDIR,
     IN_UNMOUNT,
     PKW_DIRTY,
+    Events,
     Inotify,
     drain_wake,
     is_marker,
@@ -67,6 +73,8 @@ ROOT_MASK = (
     | IN_MASK_ADD
 )
 ANCESTOR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_MASK_ADD
+# Only the directory's own fate: no event for what happens in it.
+GUARD_MASK = IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_MASK_ADD
 _GONE = IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
 _APPEARED = IN_CREATE | IN_MOVED_TO
 _R_LOCK = "00LOCK"
@@ -94,7 +102,7 @@ class Batch:
     woken: bool
 
 
-Role = Literal["root", "ancestor"]
+Role = Literal["root", "ancestor", "guard"]
 
 
 @dataclass
@@ -106,6 +114,7 @@ class _State:
     degraded: bool = False
     next_rescan: float = 0.0
     candidates: set[str] = field(default_factory=set)  # names that may be installs in progress
+    guards: list[int] = field(default_factory=list)  # wds of the watched directory's ancestors
 
 
 class _Unwatchable(Exception):
@@ -146,11 +155,14 @@ class Watcher:
         self._roles: dict[int, set[tuple[Role, Path]]] = {}
         self._backend = backend
         self._ino: Inotify | None = None
-        now = time.monotonic()
+        self._start(time.monotonic())
+
+    def _start(self, now: float) -> None:
+        """Open and arm; without an inotify instance, every root is rescanned periodically."""
         if not self._open(now):
             for st in self._states.values():
                 st.degraded = True
-                st.next_rescan = now + rescan_interval
+                st.next_rescan = now + self.rescan_interval
 
     def _open(self, now: float) -> bool:
         """Create the inotify instance and arm every root; False when the instance limit
@@ -212,18 +224,38 @@ class Watcher:
     # ---- arming ---------------------------------------------------------------------
 
     def _release(self, st: _State) -> None:
+        for wd in st.guards:
+            self._unrole(wd, "guard", st.root.path)
+        st.guards.clear()
         if st.wd is None:
             return
         wd, st.wd = st.wd, None
+        self._unrole(wd, st.role, st.root.path)
+
+    def _unrole(self, wd: int, role: Role, root: Path) -> None:
         roles = self._roles.get(wd)
         if roles is not None:
-            roles.discard((st.role, st.root.path))
+            roles.discard((role, root))
             if not roles:
                 del self._roles[wd]
                 assert self._ino is not None
                 # EINVAL: the kernel dropped the watch already (directory deleted).
                 with contextlib.suppress(OSError):
                     self._ino.rm_watch(wd)
+
+    def _guard(self, st: _State, watched: Path) -> None:
+        """Watch the ancestors of ``watched`` for their own move or deletion."""
+        assert self._ino is not None
+        # "/" can be neither moved nor deleted.
+        for ancestor in watched.parents[:-1]:
+            try:
+                wd = self._ino.add_watch(ancestor, GUARD_MASK)
+            except OSError:
+                # Gone already (the rearm it causes follows) or no watch left: the root
+                # itself is still watched; only a move of this ancestor would go unseen.
+                continue
+            self._roles.setdefault(wd, set()).add(("guard", st.root.path))
+            st.guards.append(wd)
 
     def _watch(self, st: _State, path: Path, role: Role) -> int:
         assert self._ino is not None
@@ -266,6 +298,7 @@ class Watcher:
             self._release(st)
             self._degrade(st, u.error, now)
             return
+        self._guard(st, target)
         if st.degraded:
             st.degraded = False
             log.warning("%s is watched again", path)
@@ -342,12 +375,38 @@ class Watcher:
             if deadline is not None and time.monotonic() >= deadline:
                 return batch
 
+    def reopen(self, why: str) -> None:
+        """Replace the inotify instance and arm every root anew: after an error that may
+        have lost events (the caller rescans every root)."""
+        self._reopen(time.monotonic(), why)
+
+    def _reopen(self, now: float, why: str) -> None:
+        log.warning("%s: replacing the inotify instance, rescanning every library", why)
+        if self._ino is not None:
+            with contextlib.suppress(OSError):
+                self._ino.close()
+        self._ino = None
+        self._roles.clear()
+        for st in self._states.values():
+            st.wd = None
+            st.guards.clear()
+        try:
+            self._start(now)
+        except OSError as e:
+            # Rescanned periodically meanwhile; each due rescan tries to open again.
+            for st in self._states.values():
+                self._degrade(st, e, now)
+
     def _wait_once(self, timeout: float | None) -> Batch:
         if self._ino is None:
             return Batch(frozenset(), {}, {}, overflow=False, woken=self._wait_wake(timeout))
-        events = self._ino.read_batch(
-            timeout, quiet_ms=self.quiet_ms, max_ms=self.max_ms, wake_fd=self.wake_fd
-        )
+        try:
+            events = self._ino.read_batch(
+                timeout, quiet_ms=self.quiet_ms, max_ms=self.max_ms, wake_fd=self.wake_fd
+            )
+        except OSError as e:
+            # poll() itself failed (the engine reports a failed read in the batch).
+            events = Events((), overflow=False, woken=False, error=e.errno or errno.EIO)
         now = time.monotonic()
         dirty: set[Path] = set()
         markers: dict[Path, set[str]] = {}
@@ -358,6 +417,10 @@ class Watcher:
         for wd, mask, name in events.records:
             for role, root in tuple(self._roles.get(wd, ())):
                 st = self._states[root]
+                if role == "guard":
+                    if not name and mask & _GONE:
+                        rearm.add(root)
+                    continue
                 if role == "ancestor":
                     if (not name and mask & _GONE) or (name == st.next_name and mask & _APPEARED):
                         rearm.add(root)
@@ -378,7 +441,11 @@ class Watcher:
                         st.candidates.add(name)
                 elif name.startswith(_R_LOCK):
                     st.candidates.add(name)
-        if events.overflow:
+        if events.error:
+            self._reopen(now, f"reading inotify events failed ({os.strerror(events.error)})")
+            dirty.update(self._states)
+            unnamed.update(self._states)
+        elif events.overflow:
             log.warning("inotify queue overflowed: rescanning every library")
             rearm.update(self._states)
             dirty.update(self._states)
