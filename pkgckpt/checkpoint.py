@@ -6,9 +6,9 @@ only in ways that cannot lose a package:
 
 - a package a scan finds is recorded at the version (and source) found;
 - a package leaves the record only through an uninstall *observed by this process*: an
-  earlier scan of this process found it, and a later trusted scan (every root of the
-  environment exists and was read, nothing broken or half-installed under that name, the
-  library not suddenly empty) does not;
+  earlier scan of this process found it in the same directory, and a later trusted scan
+  (every root of the environment exists and was read, nothing broken or half-installed
+  under that name, the library not empty) does not;
 - the first scan of a process never takes anything away. A recorded package missing from
   it, or found at the image's version where the record holds the user's, keeps its
   record: a restore that failed or has not run yet looks exactly like that;
@@ -16,6 +16,17 @@ only in ways that cannot lose a package:
   `forgotten`) is not recorded again while it stays as it was: found so by the first
   scan, or unchanged since this process last saw it. Installed, upgraded or removed
   again under this process's eyes, the forget ends and the change is recorded.
+
+An environment is a directory, not a path. Its identity is the (st_dev, st_ino) of each
+library root and of the prefix's ``pyvenv.cfg`` or ``conda-meta/`` (`Target.identity`).
+When it differs from the previous scan's (``rm -rf env && python3 -m venv env``, ``mv env
+env-old`` and a new one, a mount over the library), the scan is taken as the first of a
+new environment at the same path: nothing seen in the old directory can be missing from
+the new one, the user's records for that path stay, and what the new directory holds is
+compared with the baseline afresh. A library found empty where the previous scan of the
+same directory found anything, even one package, proves nothing either (a mount over it,
+a wipe in progress): its packages stay recorded until a scan that finds something there
+confirms their absence.
 
 Without a baseline for an environment whose manifest already records a delta (the
 container's baseline was lost), the image's state is inferred from the first scan and
@@ -42,6 +53,8 @@ from .manifest import Baseline, Body, Change, Delta, Environment, Manifest, Pack
 from .store import Store
 
 EnvKey: TypeAlias = tuple[str, str, bool]
+Identity: TypeAlias = tuple[tuple[int, int] | None, ...]
+"""(st_dev, st_ino) of each root of an environment and of its prefix marker; None: missing."""
 
 
 def env_key(env: Environment) -> EnvKey:
@@ -74,6 +87,8 @@ class Observation:
     missing or could not be read."""
     uncertain: frozenset[str] = frozenset()
     """Names whose absence proves nothing: broken or still being installed."""
+    identity: Identity | None = None
+    """Which directories were read (see the module docstring); None: not known."""
 
 
 @dataclasses.dataclass
@@ -88,6 +103,7 @@ class _Track:
     history: list[Change]
     forgotten: dict[str, Package] = dataclasses.field(default_factory=dict)
     failing: dict[str, manifest.Failing] = dataclasses.field(default_factory=dict)
+    identity: Identity | None = None
 
 
 def _inferred_baseline(
@@ -133,10 +149,15 @@ class Tracker:
         first = track is None
         if track is None:
             track = self._tracks[env_key(env)] = self._start(env, obs)
+        elif obs.identity != track.identity:
+            # Another directory at the same path: what the old one held says nothing here.
+            first = True
+            track.last = {}
         track.env = env
+        track.identity = obs.identity
         before = dict(track.state)
         # A library that turns empty at once is more likely unmounted than emptied by hand.
-        vanished = not obs.packages and len(track.last) > 1
+        vanished = not obs.packages and bool(track.last)
         absences_count = obs.trusted and not vanished
         for name, found in sorted(obs.packages.items()):
             seen = track.last.get(name)
@@ -181,7 +202,7 @@ class Tracker:
             self.inferred.append(env)
         state = manifest.apply(base, recorded) if recorded is not None else dict(base)
         history = list(recorded.history) if recorded is not None else []
-        track = _Track(env, base, pinned, state, {}, history)
+        track = _Track(env, base, pinned, state, {}, history, identity=obs.identity)
         if recorded is not None:
             _remember(track, recorded)
         return track
@@ -260,7 +281,12 @@ def observe(target: Target, changed: Mapping[Path, Collection[str]] | None = Non
     """Scan one target (incrementally; `changed` as `Target.scan` takes it); raises
     ScanError when it cannot be read at all."""
     found = target.scan(changed)
-    return Observation(found.by_name(), trusted=target.trusted, uncertain=target.uncertain())
+    return Observation(
+        found.by_name(),
+        trusted=target.trusted,
+        uncertain=target.uncertain(),
+        identity=target.identity,
+    )
 
 
 def write_baseline(config: Config, output: Path) -> Baseline:

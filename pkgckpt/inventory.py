@@ -50,6 +50,9 @@ class Target:
     (keyed `<root>/<entry>`), for callers deciding whether an absence means anything."""
     trusted: bool = field(default=False, init=False, compare=False)
     """Every root existed at the last scan: only then can a missing package mean removal."""
+    identity: tuple[tuple[int, int] | None, ...] = field(default=(), init=False, compare=False)
+    """(st_dev, st_ino) of each root and of the prefix's marker at the last scan (None:
+    missing): the directories it read, not the paths (see `pkgckpt.checkpoint`)."""
     known: dict[str, Package] = field(default_factory=dict, init=False, compare=False)
     """The baseline's packages of this environment: what a first scan may expect to find
     (see `SiteScanner`); set by `expect()`."""
@@ -70,6 +73,8 @@ class Target:
         broken: dict[str, str] = {}
         in_progress: set[str] = set()
         trusted = True
+        # Taken before reading: a directory replaced meanwhile shows at the next scan.
+        self.identity = tuple(_identity(p) for p in (*self.roots, self._prefix_marker()))
         for root, scanner in zip(self.roots, self._scanners, strict=True):
             names = changed.get(root) if changed else None
             # R libraries hold hundreds of entries, not thousands: listed whole each time.
@@ -89,6 +94,17 @@ class Target:
         ordered = tuple(packages[name] for name in sorted(packages))
         return Inventory(env=self.env, packages=ordered)
 
+    def _prefix_marker(self) -> Path | None:
+        """What makes a Python prefix an environment: ``pyvenv.cfg`` (a venv) or
+        ``conda-meta/``; rebuilding the prefix replaces it even where a root survives."""
+        if self.env.kind != "python" or self.env.user:
+            return None
+        prefix = Path(self.env.path)
+        for name in ("pyvenv.cfg", "conda-meta"):
+            if os.path.lexists(prefix / name):
+                return prefix / name
+        return None
+
     def uncertain(self) -> frozenset[str]:
         """Names whose absence from the last scan proves nothing: broken or half-installed."""
         entries = [*self.last.broken, *self.last.in_progress]
@@ -104,6 +120,16 @@ class Target:
         from .scan.r import RLibraryScanner
 
         return RLibraryScanner(root)
+
+
+def _identity(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def entry_name(kind: str, entry: str) -> str:

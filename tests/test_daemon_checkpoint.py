@@ -114,9 +114,56 @@ def test_a_library_that_empties_at_once_is_not_a_mass_uninstall() -> None:
     t.observe(ENV, Observation({**IMAGE, **pkgs("attrs==23.1.0")}))
     assert t.observe(ENV, Observation({})) == []
     assert len(t.body().delta(ENV).added) == 1  # type: ignore[union-attr]
+
+
+def test_a_one_package_library_found_empty_keeps_its_package_until_a_scan_finds_others() -> None:
+    """The empty-library guard holds for one package too; a later scan of the same
+    directory that finds something else confirms the absence."""
     user = Environment(kind="python", path="/opt/venv", user=True)
+    t = Tracker(Baseline(environments=(Inventory(env=user),)), None)
     t.observe(user, Observation(pkgs("tqdm==4.66.0")))
-    assert [c.action for c in t.observe(user, Observation({}))] == ["remove"]
+    assert t.observe(user, Observation({})) == []
+    assert names(t.body().delta(user))["added"] == ["tqdm==4.66.0"]
+    changes = t.observe(user, Observation(pkgs("rich==13.0.0")))
+    assert [(c.action, c.name) for c in changes] == [("install", "rich"), ("remove", "tqdm")]
+
+
+HERE, ELSEWHERE = ((1, 100), (1, 100)), ((1, 200), (1, 201))
+
+
+def test_a_root_replaced_by_another_directory_is_a_new_environment_not_uninstalls() -> None:
+    """`rm -rf env && python3 -m venv env`: a bare venv where the image and the user's
+    packages were records no removal; the user's records for the path stay."""
+    t = Tracker(BASELINE, recorded(added=["requests==2.31.0"]))
+    t.observe(ENV, Observation({**IMAGE, **pkgs("requests==2.31.0")}, identity=HERE))
+    assert t.observe(ENV, Observation(pkgs("pip==24.0"), identity=ELSEWHERE)) == []
+    assert names(t.body().delta(ENV)) == {
+        "added": ["requests==2.31.0"],
+        "changed": [],
+        "removed": [],
+    }
+
+
+def test_removals_count_again_once_the_new_directory_was_seen() -> None:
+    """After a rebuild, an uninstall seen in the new directory is recorded; an install
+    into it is recorded at once."""
+    t = Tracker(BASELINE, None)
+    t.observe(ENV, Observation(IMAGE, identity=HERE))
+    t.observe(ENV, Observation(pkgs("pip==24.0"), identity=ELSEWHERE))
+    installed = t.observe(ENV, Observation(pkgs("pip==24.0", "attrs==23.1.0"), identity=ELSEWHERE))
+    assert [(c.action, c.name) for c in installed] == [("install", "attrs")]
+    removed = t.observe(ENV, Observation(pkgs("attrs==23.1.0"), identity=ELSEWHERE))
+    assert [(c.action, c.name) for c in removed] == [("remove", "pip")]
+
+
+def test_a_mount_over_a_library_and_its_removal_record_nothing() -> None:
+    """A tmpfs over a one-package library (another device), then unmounted: no change."""
+    lib = Environment(kind="r", path="/home/u/R/library")
+    t = Tracker(Baseline(environments=(Inventory(env=lib),)), None)
+    t.observe(lib, Observation(pkgs("glue==1.7.0"), identity=((1, 5),)))
+    assert t.observe(lib, Observation({}, identity=((42, 1),))) == []
+    assert t.observe(lib, Observation(pkgs("glue==1.7.0"), identity=((1, 5),))) == []
+    assert names(t.body().delta(lib))["added"] == ["glue==1.7.0"]
 
 
 def test_environments_the_tracker_does_not_scan_stay_recorded() -> None:
