@@ -141,6 +141,30 @@ def test_root_moved_away_and_recreated_is_rearmed(backend: str, site: Path) -> N
         wait_for(w, site)
 
 
+@pytest.mark.parametrize("how", ["moved", "deleted"])
+def test_a_root_follows_its_path_when_an_ancestor_is_moved_or_deleted(
+    backend: str, site: Path, how: str
+) -> None:
+    """`mv venv venv-old` (or `rm -rf venv`) and a new venv at the path: the new root is
+    reported and watched; what happens in the moved directory is not reported for it."""
+    venv = site.parents[2]
+    old = venv.with_name("venv-old")
+    with watcher(backend, Root(site, "python")) as w:
+        if how == "moved":
+            venv.rename(old)
+        else:
+            shutil.rmtree(venv)
+        wait_for(w, site)
+        site.mkdir(parents=True)
+        assert site not in wait_for(w, site).changed  # a new directory: read all of it
+        (site / "six.py").write_text("")
+        assert wait_for(w, site).changed == {site: frozenset({"six.py"})}
+        if how == "moved":
+            (old / site.relative_to(venv) / "stale.py").write_text("")
+            assert w.wait(0.3).dirty == frozenset()
+        assert watch_count(fd_of(w)) == 1 + guards(site)
+
+
 def test_marker_created_and_removed_are_reported(backend: str, site: Path) -> None:
     """Both the arrival and the removal of a dist-info name it in the batch's markers."""
     marker = site / "demo-1.0.dist-info"

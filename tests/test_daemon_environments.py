@@ -1,0 +1,258 @@
+"""An environment is a directory, not a path: the real daemon over venvs rebuilt, moved
+away, or hidden by a mount, and over a watcher whose read() fails.
+
+In every case the manifest on the store ends holding every package installed and not
+uninstalled, and `pkgckpt restore --dry-run --json` plans no removal the user did not make.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from daemon_kit import Daemon, World, eventually, pins, uv_install
+from restore_kit import isolated
+from wheelhouse import Dist, Venv, build_wheel, make_venv
+
+from pkgckpt.manifest import Delta
+
+__all__ = ["isolated"]  # fixtures
+
+QUIET_MS = 100
+WITHIN = 10.0
+"""Seconds the test gives the daemon to checkpoint one install (its quiet window is 0.1 s)."""
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="mounting a tmpfs over a library needs root"
+)
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("env-wheels")
+    for dist in (Dist("alpha", "1.0"), Dist("delta", "1.0"), Dist("gamma", "1.0")):
+        build_wheel(dist, out)
+    build_wheel(Dist("image-pkg", "1.0"), out)
+    return out
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World.make(tmp_path)
+
+
+def baseline(world: World, *selectors: str) -> list[str]:
+    """Take the image's baseline now; the flags that name it and the store."""
+    out = world.tmp / "b.json"
+    taken = world.pkgckpt("baseline", *selectors, "--output", str(out))
+    assert taken.returncode == 0, taken.stderr
+    return [*selectors, "--store", str(world.store), "--key", world.key, "--baseline", str(out)]
+
+
+@contextmanager
+def daemon(world: World, flags: list[str]) -> Iterator[Daemon]:
+    d = world.daemon(*flags, "--quiet-ms", str(QUIET_MS)).start()
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def delta(world: World, path: Path, *, user: bool = False) -> Delta | None:
+    found = world.manifest()
+    if found is None:
+        return None
+    return next(
+        (d for d in found.body.environments if d.env.path == str(path) and d.env.user == user),
+        None,
+    )
+
+
+def recorded(world: World, path: Path, want: set[str], *, user: bool = False) -> bool:
+    """`want` (name==version) is recorded as added or changed, and nothing as removed."""
+    d = delta(world, path, user=user)
+    return d is not None and want <= set(pins([*d.added, *d.changed])) and not d.removed
+
+
+def restore_removes_nothing(world: World, flags: list[str]) -> list[str]:
+    """`restore --dry-run --json` plans no removal; the names it would install."""
+    out = world.pkgckpt("restore", "--dry-run", "--json", *flags)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)["plan"]
+    assert [e["remove"] for e in plan["environments"]] == [[] for _ in plan["environments"]]
+    return sorted(s["name"] for e in plan["environments"] for s in e["install"])
+
+
+def image_venv(world: World, wheels: Path) -> Venv:
+    venv = make_venv(world.tmp / "env", with_pip=False)
+    uv_install(venv.python, wheels, "image-pkg==1.0", env=world.env)
+    return venv
+
+
+def new_venv(prefix: Path, wheels: Path) -> Venv:
+    """`python3 -m venv PREFIX` (with its pip), then a real pip install into it."""
+    subprocess.run([sys.executable, "-m", "venv", str(prefix)], check=True, capture_output=True)
+    venv = Venv(prefix)
+    venv.install(wheels, "delta==1.0")
+    return venv
+
+
+def test_a_venv_rebuilt_in_place_records_no_removal_and_its_new_installs(
+    world: World, wheels: Path
+) -> None:
+    """`rm -rf env && python3 -m venv env` under the daemon: nothing recorded as removed,
+    the user's install in the old env stays, a pip install into the new one is recorded."""
+    venv = image_venv(world, wheels)
+    flags = baseline(world, "--env", str(venv.prefix))
+    with daemon(world, flags) as d:
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+        eventually(lambda: recorded(world, venv.prefix, {"alpha==1.0"}), WITHIN, "install")
+        shutil.rmtree(venv.prefix)
+        new_venv(venv.prefix, wheels)
+        want = {"alpha==1.0", "delta==1.0"}
+        eventually(lambda: recorded(world, venv.prefix, want), WITHIN, "install in the new env")
+        assert d.stop() == 0
+    assert recorded(world, venv.prefix, want)
+    assert "remove " not in d.output()
+    # The user's install, not in the new env; the image's own is not the manifest's.
+    assert restore_removes_nothing(world, flags) == ["alpha"]
+
+
+def test_a_venv_moved_away_is_followed_by_its_path_without_sighup(
+    world: World, wheels: Path
+) -> None:
+    """`mv env env-old && python3 -m venv env`: an install into the new env is checkpointed
+    within the quiet window; one into the moved env is not attributed to the path."""
+    venv = image_venv(world, wheels)
+    flags = baseline(world, "--env", str(venv.prefix))
+    with daemon(world, flags) as d:
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+        eventually(lambda: recorded(world, venv.prefix, {"alpha==1.0"}), WITHIN, "install")
+        old = venv.prefix.rename(venv.prefix.with_name("env-old"))
+        new_venv(venv.prefix, wheels)
+        want = {"alpha==1.0", "delta==1.0"}
+        eventually(lambda: recorded(world, venv.prefix, want), WITHIN, "install in the new env")
+        uv_install(Venv(old).python, wheels, "gamma==1.0", env=world.env)
+        time.sleep(5 * QUIET_MS / 1000)
+        assert d.stop() == 0
+    found = delta(world, venv.prefix)
+    assert found is not None and "gamma" not in {p.name for p in found.added}
+    assert recorded(world, venv.prefix, want)
+    restore_removes_nothing(world, flags)
+
+
+def test_a_failed_inotify_read_neither_kills_the_daemon_nor_loses_the_install(
+    world: World, wheels: Path
+) -> None:
+    """strace makes the daemon's next read() of its inotify fd fail with EIO: the daemon
+    logs it, rescans, re-arms, and checkpoints that install and the next one."""
+    venv = image_venv(world, wheels)
+    flags = baseline(world, "--env", str(venv.prefix))
+    with daemon(world, flags) as d:
+        assert d.proc is not None
+        strace = subprocess.Popen(
+            ["strace", "-p", str(d.proc.pid), "-f", "-o", os.devnull, "-e", "trace=read",
+             "-e", "inject=read:error=EIO:when=1", "-P", "anon_inode:inotify"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert strace.stderr is not None
+            assert "attached" in strace.stderr.readline()
+            uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+            eventually(lambda: recorded(world, venv.prefix, {"alpha==1.0"}), WITHIN, "install")
+            assert "reading inotify events failed (Input/output error)" in d.output()
+        finally:
+            strace.send_signal(signal.SIGTERM)  # detaches; the daemon runs on
+            strace.wait()
+        uv_install(venv.python, wheels, "delta==1.0", env=world.env)
+        want = {"alpha==1.0", "delta==1.0"}
+        eventually(lambda: recorded(world, venv.prefix, want), WITHIN, "the next install")
+        assert d.stop() == 0
+    restore_removes_nothing(world, flags)
+
+
+@contextmanager
+def tmpfs_over(directory: Path) -> Iterator[None]:
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(directory)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+def fake_r_package(lib: Path, name: str, version: str) -> None:
+    """An installed R package as the scanner reads it (its DESCRIPTION with a Built field)."""
+    (lib / name).mkdir(parents=True)
+    (lib / name / "DESCRIPTION").write_text(
+        f"Package: {name}\nVersion: {version}\nTitle: T\n"
+        "Built: R 4.2.2; ; 2024-01-01 00:00:00 UTC; unix\n"
+    )
+
+
+@needs_root
+def test_a_tmpfs_over_a_one_package_r_library_records_no_removal(
+    world: World, wheels: Path
+) -> None:
+    """A mount hides the library's only package: it stays recorded, before and after."""
+    venv = make_venv(world.tmp / "env", with_pip=False)
+    lib = world.tmp / "Rlib"
+    lib.mkdir()
+    flags = baseline(world, "--env", str(venv.prefix), "--r-lib", str(lib))
+    with daemon(world, flags) as d:
+        fake_r_package(lib, "ckptGlue", "1.7.0")
+        eventually(lambda: recorded(world, lib, {"ckptGlue==1.7.0"}), WITHIN, "install")
+        with tmpfs_over(lib):
+            snap = world.pkgckpt("snapshot", *flags)  # the daemon rescans everything now
+            assert snap.returncode == 0, snap.stderr
+            assert recorded(world, lib, {"ckptGlue==1.7.0"})
+            restore_removes_nothing(world, flags)
+        assert d.stop() == 0
+    assert recorded(world, lib, {"ckptGlue==1.7.0"})
+    assert "remove " not in d.output()
+    restore_removes_nothing(world, flags)
+
+
+@needs_root
+def test_a_tmpfs_over_a_one_package_user_site_records_no_removal(
+    world: World, wheels: Path
+) -> None:
+    """The user site's only package, hidden by a mount: it stays recorded."""
+    world.env["PYTHONUSERBASE"] = str(world.tmp / "userbase")
+    prefix = world.tmp / "env"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(prefix)],
+        check=True,
+    )
+    venv = Venv(prefix)
+    where = "import site; print(site.getusersitepackages())"
+    asked = subprocess.run(
+        [venv.python, "-c", where], check=True, capture_output=True, text=True, env=world.env
+    )
+    user_site = Path(asked.stdout.strip())
+    user_site.mkdir(parents=True)
+    flags = baseline(world, "--env", str(venv.prefix))
+    with daemon(world, flags) as d:
+        subprocess.run(
+            ["uv", "pip", "install", "--python", str(venv.python), "--target", str(user_site),
+             "--no-index", "--find-links", str(wheels), "delta==1.0"],
+            check=True, capture_output=True, env=world.env,
+        )  # fmt: skip
+        want = {"delta==1.0"}
+        eventually(lambda: recorded(world, venv.prefix, want, user=True), WITHIN, "install")
+        with tmpfs_over(user_site):
+            snap = world.pkgckpt("snapshot", *flags)
+            assert snap.returncode == 0, snap.stderr
+            assert recorded(world, venv.prefix, want, user=True)
+        assert d.stop() == 0
+    assert recorded(world, venv.prefix, want, user=True)
+    assert "remove " not in d.output()
+    restore_removes_nothing(world, flags)
