@@ -182,6 +182,8 @@ class Daemon:
         self.next_backstop: float | None = None
         # inventory.targets gives each root to one target only.
         self._by_root = {r: t for t in self.targets for r in t.roots}
+        self.replaced: set[Path] = set()
+        """Roots a scan found to be another directory than before (see `Watcher.rearm`)."""
         self.changed: dict[Path, set[str] | None] = {}
         """Root -> the entries its events named since its last scan; None: the events
         could not say (see `watcher.Batch.changed`), so the scan goes by identities."""
@@ -284,6 +286,12 @@ class Daemon:
                 self._scan(self._targets_of(ready), by_events=True)
             if self.uncommitted and (self.retry_at is None or self._due(self.retry_at, now)):
                 self._commit()
+        if self.replaced:
+            watcher.rearm(self.replaced)
+            for root in self.replaced:  # what changed before the watch was there: read it
+                self.debouncer.touch(root, now)
+                self.changed[root] = None
+            self.replaced.clear()
         self._set(pending_roots=tuple(sorted(str(p) for p in self.debouncer.pending())))
 
     def _shutdown(self, watcher: Watcher) -> int:
@@ -418,11 +426,16 @@ class Daemon:
             if by_events and names is not None:
                 changed[root] = names
         started = time.perf_counter()
+        before = [t.identity for t in targets]
         for env, change in checkpoint.scan(self.session, targets, changed):
             log.info("%s", describe(env, change))
             self.uncommitted.append(change)
         c = self.state.counters
         self._count(scans=c.scans + 1, scan_seconds=c.scan_seconds + time.perf_counter() - started)
+        for target, old in zip(targets, before, strict=True):
+            if old:
+                moved = zip(target.roots, old, target.identity, strict=False)
+                self.replaced.update(root for root, was, now in moved if was != now)
         if self.session.scan_errors:
             self._set(
                 last_error="; ".join(self.session.scan_errors), error_time=checkpoint.now_iso()

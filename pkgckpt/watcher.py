@@ -29,7 +29,7 @@ import logging
 import os
 import select
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -257,12 +257,15 @@ class Watcher:
             self._roles.setdefault(wd, set()).add(("guard", st.root.path))
             st.guards.append(wd)
 
-    def _watch(self, st: _State, path: Path, role: Role) -> int:
+    def _watch_path(self, st: _State, path: Path, role: Role) -> int:
         assert self._ino is not None
         markers = role == "root" and st.root.kind == "python"
         mask = ROOT_MASK if role == "root" else ANCESTOR_MASK
+        return self._ino.add_watch(path, mask, markers=markers)
+
+    def _watch(self, st: _State, path: Path, role: Role) -> int:
         try:
-            wd = self._ino.add_watch(path, mask, markers=markers)
+            wd = self._watch_path(st, path, role)
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 raise
@@ -374,6 +377,25 @@ class Watcher:
                 return batch
             if deadline is not None and time.monotonic() >= deadline:
                 return batch
+
+    def rearm(self, roots: Iterable[Path]) -> None:
+        """Watch ``roots`` by their path again: a scan found another directory there that
+        no event announced (a mount over it). A root already watched there keeps its
+        watch, so no event is lost in between."""
+        if self._ino is None:
+            return
+        now = time.monotonic()
+        for root in roots:
+            st = self._states.get(root)
+            # A root not there yet is followed by the events on its way already.
+            if st is None or st.wd is None or st.role != "root":
+                continue
+            try:
+                wd = self._watch_path(st, root, "root")
+            except OSError:
+                wd = None
+            if wd != st.wd:
+                self._arm(st, now)
 
     def reopen(self, why: str) -> None:
         """Replace the inotify instance and arm every root anew: after an error that may

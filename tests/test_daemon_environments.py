@@ -202,7 +202,8 @@ def fake_r_package(lib: Path, name: str, version: str) -> None:
 def test_a_tmpfs_over_a_one_package_r_library_records_no_removal(
     world: World, wheels: Path
 ) -> None:
-    """A mount hides the library's only package: it stays recorded, before and after."""
+    """A mount hides the library's only package: it stays recorded, before and after; once
+    a scan has seen the mount, an install into it is checkpointed like any other."""
     venv = make_venv(world.tmp / "env", with_pip=False)
     lib = world.tmp / "Rlib"
     lib.mkdir()
@@ -215,8 +216,11 @@ def test_a_tmpfs_over_a_one_package_r_library_records_no_removal(
             assert snap.returncode == 0, snap.stderr
             assert recorded(world, lib, {"ckptGlue==1.7.0"})
             restore_removes_nothing(world, flags)
+            fake_r_package(lib, "ckptMore", "0.1.0")
+            want = {"ckptGlue==1.7.0", "ckptMore==0.1.0"}
+            eventually(lambda: recorded(world, lib, want), WITHIN, "install into the mount")
         assert d.stop() == 0
-    assert recorded(world, lib, {"ckptGlue==1.7.0"})
+    assert recorded(world, lib, want)
     assert "remove " not in d.output()
     restore_removes_nothing(world, flags)
 
