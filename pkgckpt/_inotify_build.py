@@ -1,6 +1,6 @@
 """cffi builder for pkgckpt._inotify (out-of-line API mode); run by the build, never imported.
 
-The cdef declares only what pkgckpt/inotify.py calls, plus what the smoke test
+The cdef declares only what pkgckpt/_inotify_native.py calls, plus what the smoke test
 (tests/test_native.py) reads to hold the C to the cdef and to inotify.py's literal bits:
 PKW_RECORD, PKW_INSIDE, PKW_DIRTY, PKW_NAME_MAX and pkw_record_size(). The constants are
 filled in by the compiler from csrc/pkw.h, and cffi checks the struct layouts against it.

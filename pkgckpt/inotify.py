@@ -1,12 +1,12 @@
 """The one object that owns the inotify file descriptor.
 
-Two backends with the same behaviour:
+Two backends with the same behaviour, one module each, loaded only when chosen:
 
-* ``native``: the C engine in ``csrc/`` (``pkgckpt._inotify``). It waits for the quiet
-  window, coalesces events and follows marker directories without waking Python, so a
-  pip install of 20,000 files costs Python a handful of records.
-* ``python``: the same logic on top of inotify_simple, for when the compiled module
-  cannot be loaded (or ``PKGCKPT_WATCH_BACKEND=python`` asks for it).
+* ``native`` (``_inotify_native.py``): the C engine in ``csrc/`` (``pkgckpt._inotify``).
+  It waits for the quiet window, coalesces events and follows marker directories without
+  waking Python, so a pip install of 20,000 files costs Python a handful of records.
+* ``python`` (``_inotify_python.py``): the same logic on top of inotify_simple, for when
+  the compiled module cannot be loaded (or ``PKGCKPT_WATCH_BACKEND=python`` asks for it).
 
 A batch holds one :class:`Record` per (watch, name) with the union of the event masks.
 For a watch added with ``markers=True`` every ``*.dist-info`` / ``*.egg-info`` directory
@@ -19,24 +19,15 @@ is reported with :data:`PKW_DIRTY` instead: memory stays bounded and nothing is 
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import math
 import os
 import select
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from .errors import UsageError
-
-if TYPE_CHECKING:
-    import inotify_simple  # type: ignore[import-untyped]
-
-    from ._inotify import _Engine
 
 log = logging.getLogger(__name__)
 
@@ -123,266 +114,6 @@ class _Backend(Protocol):
         """A batch, or None when a signal interrupted the wait before anything arrived."""
 
 
-class _Native:
-    def __init__(self, max_records: int) -> None:
-        from ._inotify import ffi, lib
-
-        self._ffi = ffi
-        self._lib = lib
-        engine = lib.pkw_new(max_records)
-        if engine == ffi.NULL:
-            raise _oserror(ffi.errno)
-        self._engine: _Engine = engine
-        self._out = ffi.new("struct pkw_batch *")
-
-    def fileno(self) -> int:
-        return self._lib.pkw_fileno(self._engine)
-
-    def close(self) -> None:
-        # Called once (Inotify.close). close(2) releases the fd even when it reports an
-        # error; there is nothing a caller could do about one here.
-        self._lib.pkw_free(self._engine)
-
-    def add_watch(self, path: str | os.PathLike[str], mask: int, markers: bool) -> int:
-        flags = self._lib.PKW_MARKERS if markers else 0
-        wd = self._lib.pkw_add_watch(self._engine, os.fsencode(path), mask, flags)
-        if wd < 0:
-            raise _oserror(self._ffi.errno, path)
-        return wd
-
-    def add_marker(self, parent_wd: int, name: str) -> int:
-        wd = self._lib.pkw_add_marker(self._engine, parent_wd, os.fsencode(name))
-        if wd < 0:
-            raise _oserror(self._ffi.errno, name)
-        return wd
-
-    def rm_watch(self, wd: int) -> None:
-        if self._lib.pkw_rm_watch(self._engine, wd) < 0:
-            raise _oserror(self._ffi.errno)
-
-    def wait(
-        self, wake_fd: int | None, timeout_ms: int, quiet_ms: int, max_ms: int
-    ) -> Events | None:
-        out = self._out
-        n = self._lib.pkw_wait(
-            self._engine, -1 if wake_fd is None else wake_fd, timeout_ms, quiet_ms, max_ms, out
-        )
-        if n < 0:
-            err = self._ffi.errno
-            if err == errno.EINTR:
-                return None
-            raise _oserror(err)
-        string = self._ffi.string
-        recs = out.records
-        return Events(
-            tuple(
-                Record(r.wd, r.mask, os.fsdecode(string(r.name)))
-                for r in (recs[i] for i in range(n))
-            ),
-            bool(out.overflow),
-            bool(out.woken),
-            int(out.error),
-        )
-
-
-@dataclass
-class _PyWatch:
-    parent: int  # wd of the directory a marker belongs to; -1 for top-level watches
-    markers: bool
-    path: Path
-    name: str  # a marker's name in its parent
-
-
-class _Table:
-    """One batch: records coalesced per (wd, name), bounded like the C table."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.named: dict[tuple[int, str], int] = {}
-        self.own: dict[int, int] = {}
-        self.overflow = False
-        self.woken = False
-        self.error = 0
-
-    def add(self, wd: int, name: str, bits: int) -> None:
-        if not name:
-            self.own[wd] = self.own.get(wd, 0) | bits
-        elif (wd, name) in self.named or len(self.named) < self.capacity:
-            self.named[wd, name] = self.named.get((wd, name), 0) | bits
-        else:
-            self.own[wd] = self.own.get(wd, 0) | PKW_DIRTY
-
-    def events(self) -> Events:
-        records = [Record(wd, mask, name) for (wd, name), mask in self.named.items()]
-        records += (Record(wd, mask, "") for wd, mask in self.own.items())
-        return Events(tuple(records), self.overflow, self.woken, self.error)
-
-
-class _Python:
-    """The native engine's behaviour, event by event in Python, on inotify_simple."""
-
-    def __init__(self, max_records: int) -> None:
-        import inotify_simple
-
-        self._ino = inotify_simple.INotify(inheritable=False, nonblocking=True)
-        self._max = max_records
-        self._watches: dict[int, _PyWatch] = {}
-
-    def fileno(self) -> int:
-        return int(self._ino.fileno())
-
-    def close(self) -> None:
-        self._ino.close()
-
-    def _add(self, path: str | os.PathLike[str], mask: int) -> int:
-        try:
-            wd = int(self._ino.add_watch(path, mask))
-        except OSError as e:
-            raise _oserror(e.errno or errno.EIO, path) from None
-        return wd
-
-    def _drop_markers_of(self, parent: int) -> None:
-        for wd in [wd for wd, w in self._watches.items() if w.parent == parent]:
-            self._marker_drop(wd)
-
-    def _marker_drop(self, wd: int) -> None:
-        del self._watches[wd]
-        # EINVAL: the kernel dropped it already; its IN_IGNORED is then ignored too.
-        with contextlib.suppress(OSError):
-            self._ino.rm_watch(wd)
-
-    def add_watch(self, path: str | os.PathLike[str], mask: int, markers: bool) -> int:
-        wd = self._add(path, mask)
-        old = self._watches.get(wd)
-        if old is not None and old.parent < 0 and mask & IN_MASK_ADD:
-            markers = markers or old.markers  # the kernel kept the old bits: keep its markers
-        if not markers:
-            self._drop_markers_of(wd)
-        self._watches[wd] = _PyWatch(-1, markers, Path(path), "")
-        return wd
-
-    def _marker_find(self, parent: int, name: str) -> int | None:
-        for wd, w in self._watches.items():
-            if w.parent == parent and w.name == name:
-                return wd
-        return None
-
-    def _marker_watch(self, parent: int, name: str, table: _Table | None) -> int:
-        if self._marker_find(parent, name) is not None:
-            return 0
-        path = self._watches[parent].path / name
-        wd = self._add(path, _MARKER_MASK)
-        if wd in self._watches:
-            return 0
-        self._watches[wd] = _PyWatch(parent, False, path, name)
-        if (path / "RECORD").exists():
-            # RECORD was written before the watch existed.
-            if table is not None:
-                table.add(parent, name, PKW_RECORD)
-            self._marker_drop(wd)
-            return 0
-        return wd
-
-    def add_marker(self, parent_wd: int, name: str) -> int:
-        p = self._watches.get(parent_wd)
-        if p is None or p.parent >= 0 or not p.markers or not is_marker(name) or "/" in name:
-            raise _oserror(errno.EINVAL, name)
-        return self._marker_watch(parent_wd, name, None)
-
-    def rm_watch(self, wd: int) -> None:
-        w = self._watches.get(wd)
-        if w is None or w.parent >= 0:
-            raise _oserror(errno.EINVAL)
-        self._drop_markers_of(wd)
-        del self._watches[wd]
-        try:
-            self._ino.rm_watch(wd)
-        except OSError as e:
-            raise _oserror(e.errno or errno.EIO) from None
-
-    def _on_event(self, table: _Table, ev: inotify_simple.Event) -> None:
-        wd, mask, name = ev.wd, ev.mask, ev.name
-        if wd < 0:
-            table.overflow = table.overflow or bool(mask & IN_Q_OVERFLOW)
-            return
-        w = self._watches.get(wd)
-        if w is None:
-            return  # a watch we removed; the kernel still had events queued for it
-        if w.parent >= 0:
-            if mask & IN_IGNORED:
-                del self._watches[wd]
-            elif name == "RECORD" and mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
-                table.add(w.parent, w.name, PKW_RECORD)
-                self._marker_drop(wd)
-            elif name:
-                table.add(w.parent, w.name, PKW_INSIDE)
-            return
-        if mask & IN_IGNORED:
-            self._drop_markers_of(wd)
-            del self._watches[wd]
-            table.add(wd, "", mask)
-            return
-        if w.markers and mask & IN_ISDIR and name and is_marker(name):
-            if mask & (IN_DELETE | IN_MOVED_FROM):
-                mwd = self._marker_find(wd, name)
-                if mwd is not None:
-                    self._marker_drop(mwd)
-            if mask & (IN_CREATE | IN_MOVED_TO):
-                # A failure loses nothing: the creation is reported, the scanner reads the disk.
-                with contextlib.suppress(OSError):
-                    self._marker_watch(wd, name, table)
-        table.add(wd, name, mask)
-
-    def _drain(self, table: _Table) -> int:
-        from inotify_simple import parse_events
-
-        count = 0
-        while True:
-            try:
-                data = os.read(self._ino.fileno(), 65536)
-            except BlockingIOError:
-                return count
-            except OSError as e:
-                # As the engine does: the events taken so far are kept, the error reported.
-                table.error = e.errno or errno.EIO
-                return count
-            for ev in parse_events(data):
-                self._on_event(table, ev)
-                count += 1
-
-    def wait(
-        self, wake_fd: int | None, timeout_ms: int, quiet_ms: int, max_ms: int
-    ) -> Events | None:
-        table = _Table(self._max)
-        fd = self._ino.fileno()
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        if wake_fd is not None:
-            poller.register(wake_fd, select.POLLIN)
-        # select.poll retries EINTR itself (PEP 475), so this backend never returns None.
-        ready = dict(poller.poll(None if timeout_ms < 0 else timeout_ms))
-        if not ready:
-            return table.events()
-        first = last = time.monotonic()
-        while True:
-            if ready.get(fd, 0) & select.POLLNVAL:
-                raise _oserror(errno.EBADF)
-            if wake_fd is not None and wake_fd in ready:
-                drain_wake(wake_fd)
-                table.woken = True
-                self._drain(table)
-                break
-            if fd in ready and self._drain(table):
-                last = time.monotonic()
-            if table.error:
-                break
-            until = min(last + quiet_ms / 1000, first + max_ms / 1000) - time.monotonic()
-            if until <= 0:
-                break
-            ready = dict(poller.poll(until * 1000))
-        return table.events()
-
-
 def drain_wake(fd: int) -> None:
     """Empty the wake pipe (the daemon's set_wakeup_fd), so the next wait blocks again."""
     poller = select.poll()
@@ -394,6 +125,12 @@ def drain_wake(fd: int) -> None:
                 return
         except BlockingIOError:
             return
+
+
+def _python(max_records: int) -> _Backend:
+    from ._inotify_python import Python
+
+    return Python(max_records)
 
 
 def _choose(backend: str | None) -> str:
@@ -423,11 +160,13 @@ class Inotify:
         impl: _Backend
         if chosen in ("auto", "native"):
             try:
-                impl = _Native(max_records)
+                from ._inotify_native import Native
+
+                impl = Native(max_records)
             except ImportError as e:
                 if chosen == "native":
                     raise UsageError(f"the native watch backend cannot be loaded: {e}") from e
-                impl = _Python(max_records)
+                impl = _python(max_records)
                 self.backend = "python"
                 log.warning(
                     "inotify backend: python (inotify_simple); native engine unavailable: %s", e
@@ -436,7 +175,7 @@ class Inotify:
                 self.backend = "native"
                 log.info("inotify backend: native (pkgckpt._inotify)")
         else:
-            impl = _Python(max_records)
+            impl = _python(max_records)
             self.backend = "python"
             log.info("inotify backend: python (inotify_simple), as configured")
         self._impl: _Backend | None = impl
