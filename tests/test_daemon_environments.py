@@ -180,6 +180,44 @@ def test_a_failed_inotify_read_neither_kills_the_daemon_nor_loses_the_install(
     restore_removes_nothing(world, flags)
 
 
+def test_a_watcher_that_cannot_be_rearmed_neither_kills_the_daemon_nor_loses_installs(
+    world: World, wheels: Path
+) -> None:
+    """strace fails the engine's poll() once (the watcher replaces its inotify instance)
+    and the next two inotify_init1() calls: the first leaves every library on periodic
+    rescans, the second raises out of the watcher. The daemon logs it, re-arms, and
+    checkpoints the installs made meanwhile and after."""
+    venv = image_venv(world, wheels)
+    flags = baseline(world, "--env", str(venv.prefix))
+    d = world.daemon(*flags, "--quiet-ms", str(QUIET_MS))
+    d.start(extra_env={"PKGCKPT_RESCAN_INTERVAL": "1"})
+    try:
+        assert d.proc is not None
+        strace = subprocess.Popen(
+            ["strace", "-p", str(d.proc.pid), "-f", "-o", os.devnull,
+             "-e", "trace=poll,ppoll,inotify_init1",
+             "-e", "inject=poll:error=EIO:when=1", "-e", "inject=ppoll:error=EIO:when=1",
+             "-e", "inject=inotify_init1:error=EIO:when=1..2"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert strace.stderr is not None
+            assert "attached" in strace.stderr.readline()
+            uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+            eventually(lambda: "watcher error" in d.output(), WITHIN, "the watcher's error")
+            eventually(lambda: recorded(world, venv.prefix, {"alpha==1.0"}), WITHIN, "install")
+        finally:
+            strace.send_signal(signal.SIGTERM)
+            strace.wait()
+        uv_install(venv.python, wheels, "delta==1.0", env=world.env)
+        want = {"alpha==1.0", "delta==1.0"}
+        eventually(lambda: recorded(world, venv.prefix, want), WITHIN, "the next install")
+        assert d.stop() == 0
+    finally:
+        d.close()
+    restore_removes_nothing(world, flags)
+
+
 @contextmanager
 def tmpfs_over(directory: Path) -> Iterator[None]:
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(directory)], check=True)
