@@ -433,9 +433,17 @@ class Daemon:
         c = self.state.counters
         self._count(scans=c.scans + 1, scan_seconds=c.scan_seconds + time.perf_counter() - started)
         for target, old in zip(targets, before, strict=True):
-            if old:
-                moved = zip(target.roots, old, target.identity, strict=False)
-                self.replaced.update(root for root, was, now in moved if was != now)
+            if not old:
+                continue
+            for root, was, now in zip(target.roots, old, target.identity, strict=False):
+                if was != now:
+                    self.replaced.add(root)
+                if was != now and now is not None:
+                    log.info(
+                        "%s is another directory than at the last scan (rebuilt, moved or "
+                        "mounted over): a new environment, nothing it lacks is uninstalled",
+                        root,
+                    )
         if self.session.scan_errors:
             self._set(
                 last_error="; ".join(self.session.scan_errors), error_time=checkpoint.now_iso()
