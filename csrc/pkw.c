@@ -434,8 +434,8 @@ int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_m
     for (;;) {
         int64_t until;
         if (p[0].revents & POLLNVAL) {
-            errno = EBADF;
-            return -1;
+            e->error = EBADF; /* the records taken so far still go back */
+            break;
         }
         if (np == 2 && p[1].revents) {
             /* A signal is waiting to be handled: return what we have at once. */
@@ -458,9 +458,9 @@ int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_m
             break;
         r = poll(p, np, (int)until);
         if (r < 0) {
+            /* EINTR: Python has a signal to handle. Either way, hand back the batch so far. */
             if (errno != EINTR)
-                return -1;
-            /* Python has a signal to handle: hand back the batch so far. */
+                e->error = errno;
             break;
         }
     }

@@ -35,8 +35,9 @@ struct pkw_batch {
     uint32_t n_records;
     int overflow; /* IN_Q_OVERFLOW seen: events were lost */
     int woken;    /* wake_fd was readable (and has been drained) */
-    int error;    /* errno of a read() that failed (not EAGAIN/EINTR): events may be lost,
-                     the records before it are kept; replace the instance */
+    int error;    /* errno of a read() or poll() that failed once the batch had begun (not
+                     EAGAIN/EINTR): events may be lost, the records before it are kept;
+                     replace the instance */
 };
 
 struct pkw;
@@ -59,8 +60,8 @@ int pkw_rm_watch(struct pkw *e, int wd);
  * Block until an event, timeout_ms (-1: forever) or wake_fd (-1: none) is readable; then
  * keep reading until nothing arrived for quiet_ms or max_ms passed since the first event.
  * Returns the number of records (0 on timeout). Fails with EINTR only before anything was
- * read, so the caller can simply call again. A read() error ends the batch early with
- * out->error set, never -1: the records taken before it are returned.
+ * read, so the caller can simply call again. Once the first poll() has returned, an error
+ * ends the batch early with out->error set, never -1: the records taken are returned.
  */
 int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_ms,
              struct pkw_batch *out);

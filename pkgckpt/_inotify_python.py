@@ -212,7 +212,8 @@ class Python:
         first = last = time.monotonic()
         while True:
             if ready.get(fd, 0) & select.POLLNVAL:
-                raise _oserror(errno.EBADF)
+                table.error = errno.EBADF  # as the engine does: the records taken still go back
+                break
             if wake_fd is not None and wake_fd in ready:
                 drain_wake(wake_fd)
                 table.woken = True
@@ -225,5 +226,9 @@ class Python:
             until = min(last + quiet_ms / 1000, first + max_ms / 1000) - time.monotonic()
             if until <= 0:
                 break
-            ready = dict(poller.poll(until * 1000))
+            try:
+                ready = dict(poller.poll(until * 1000))
+            except OSError as e:
+                table.error = e.errno or errno.EIO
+                break
         return table.events()

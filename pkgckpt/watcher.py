@@ -427,7 +427,7 @@ class Watcher:
                 timeout, quiet_ms=self.quiet_ms, max_ms=self.max_ms, wake_fd=self.wake_fd
             )
         except OSError as e:
-            # poll() itself failed (the engine reports a failed read in the batch).
+            # The first poll() failed: nothing was taken (later errors come in the batch).
             events = Events((), overflow=False, woken=False, error=e.errno or errno.EIO)
         now = time.monotonic()
         dirty: set[Path] = set()

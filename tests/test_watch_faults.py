@@ -21,19 +21,20 @@ if shutil.which("strace") is None:
     pytest.skip("strace is not installed: no way to inject a read() error", allow_module_level=True)
 
 
-def failing_read(nth: int) -> list[str]:
-    """strace: the `nth` read() of an inotify fd fails with EIO; other reads are left be."""
+def failing(call: str, nth: int) -> list[str]:
+    """strace: the `nth` `call` (read, poll) on an inotify fd fails with EIO; other calls
+    are left be."""
     return [
-        "strace", "-f", "--seccomp-bpf", "-qq", "-o", "/dev/null", "-e", "trace=read",
-        "-e", f"inject=read:error=EIO:when={nth}", "-P", "anon_inode:inotify",
+        "strace", "-f", "--seccomp-bpf", "-qq", "-o", "/dev/null", "-e", f"trace={call}",
+        "-e", f"inject={call}:error=EIO:when={nth}", "-P", "anon_inode:inotify",
     ]  # fmt: skip
 
 
 @contextmanager
-def child(script: str, *args: str, nth: int) -> Iterator[subprocess.Popen[str]]:
-    """`script` in a Python process of its own whose `nth` inotify read fails."""
+def child(script: str, *args: str, nth: int, call: str = "read") -> Iterator[subprocess.Popen[str]]:
+    """`script` in a Python process of its own whose `nth` `call` on inotify fails."""
     proc = subprocess.Popen(
-        [*failing_read(nth), sys.executable, "-c", script, *args],
+        [*failing(call, nth), sys.executable, "-c", script, *args],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -69,10 +70,13 @@ with Inotify(sys.argv[2]) as ino:
 """
 
 
-def test_a_failed_read_keeps_the_events_already_taken(backend: str, shm: Path) -> None:
-    """The first read() takes the event, the second fails with EIO: the batch holds the
-    event and reports the errno instead of raising and losing it."""
-    with child(ENGINE, str(shm), backend, nth=2) as proc:
+@pytest.mark.parametrize(("call", "nth"), [("read", 2), ("poll", 2)])
+def test_a_failed_read_or_poll_keeps_the_events_already_taken(
+    backend: str, shm: Path, call: str, nth: int
+) -> None:
+    """The event is taken, then the next read() (or the poll() of the quiet window) fails
+    with EIO: the batch holds the event and reports the errno instead of losing it."""
+    with child(ENGINE, str(shm), backend, nth=nth, call=call) as proc:
         assert line(proc) == "ready"
         (shm / "taken.py").write_text("")
         tell(proc)
