@@ -28,8 +28,9 @@ from pkgckpt.manifest import Delta
 __all__ = ["isolated"]  # fixtures
 
 QUIET_MS = 100
-WITHIN = 10.0
-"""Seconds the test gives the daemon to checkpoint one install (its quiet window is 0.1 s)."""
+WITHIN = 30.0
+"""Seconds the test gives the daemon to checkpoint one install: its quiet window is 0.1 s,
+the rest is room for a machine shared with other jobs (no speed is asserted here)."""
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="mounting a tmpfs over a library needs root"
