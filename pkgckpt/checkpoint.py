@@ -18,7 +18,9 @@ only in ways that cannot lose a package:
   again under this process's eyes, the forget ends and the change is recorded.
 
 An environment is a directory, not a path. Its identity is the (st_dev, st_ino) of each
-library root and of the prefix's ``pyvenv.cfg`` or ``conda-meta/`` (`Target.identity`).
+library root and of the prefix's ``pyvenv.cfg`` or ``conda-meta/``, and how often the
+watcher saw a root or an ancestor deleted or moved away (`inventory.Identity`: a new
+directory may reuse a freed inode number).
 When it differs from the previous scan's (``rm -rf env && python3 -m venv env``, ``mv env
 env-old`` and a new one, a mount over the library), the scan is taken as the first of a
 new environment at the same path: nothing seen in the old directory can be missing from
@@ -48,13 +50,11 @@ from . import inventory, manifest
 from .config import Config
 from .discovery import Discovered
 from .errors import PkgckptError, UsageError
-from .inventory import Target
+from .inventory import Identity, Target
 from .manifest import Baseline, Body, Change, Delta, Environment, Manifest, Package
 from .store import Store
 
 EnvKey: TypeAlias = tuple[str, str, bool]
-Identity: TypeAlias = tuple[tuple[int, int] | None, ...]
-"""(st_dev, st_ino) of each root of an environment and of its prefix marker; None: missing."""
 
 
 def env_key(env: Environment) -> EnvKey:

@@ -247,6 +247,8 @@ class Daemon:
         now = time.monotonic()
         if batch.overflow:
             self._count(watch_overflows=self.state.counters.watch_overflows + 1)
+        for root in batch.replaced:
+            self._by_root[root].renew()
         for root in batch.dirty:
             self.debouncer.touch(root, now)
             names = batch.changed.get(root)
@@ -433,9 +435,10 @@ class Daemon:
         c = self.state.counters
         self._count(scans=c.scans + 1, scan_seconds=c.scan_seconds + time.perf_counter() - started)
         for target, old in zip(targets, before, strict=True):
-            if not old:
+            if old is None or target.identity is None:
                 continue
-            for root, was, now in zip(target.roots, old, target.identity, strict=False):
+            stats = zip(target.roots, old.stats, target.identity.stats, strict=False)
+            for root, was, now in stats:
                 if was != now:
                     self.replaced.add(root)
                 if was != now and now is not None:

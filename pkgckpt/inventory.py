@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from packaging.utils import canonicalize_name
 
@@ -39,6 +39,15 @@ class Scanner(Protocol):
     def scan(self) -> ScanResult: ...
 
 
+class Identity(NamedTuple):
+    """Which directories a scan of a target read."""
+
+    epoch: int
+    """`Target.renew` calls so far."""
+    stats: tuple[tuple[int, int] | None, ...]
+    """(st_dev, st_ino) of each root, then of the prefix's marker; None: missing."""
+
+
 @dataclass
 class Target:
     """One environment and its library roots; `scan()` is incremental across calls."""
@@ -50,9 +59,9 @@ class Target:
     (keyed `<root>/<entry>`), for callers deciding whether an absence means anything."""
     trusted: bool = field(default=False, init=False, compare=False)
     """Every root existed at the last scan: only then can a missing package mean removal."""
-    identity: tuple[tuple[int, int] | None, ...] = field(default=(), init=False, compare=False)
-    """(st_dev, st_ino) of each root and of the prefix's marker at the last scan (None:
-    missing): the directories it read, not the paths (see `pkgckpt.checkpoint`)."""
+    identity: Identity | None = field(default=None, init=False, compare=False)
+    """The directories the last scan read, not the paths (see `pkgckpt.checkpoint`)."""
+    epoch: int = field(default=0, init=False, compare=False)
     known: dict[str, Package] = field(default_factory=dict, init=False, compare=False)
     """The baseline's packages of this environment: what a first scan may expect to find
     (see `SiteScanner`); set by `expect()`."""
@@ -74,7 +83,8 @@ class Target:
         in_progress: set[str] = set()
         trusted = True
         # Taken before reading: a directory replaced meanwhile shows at the next scan.
-        self.identity = tuple(_identity(p) for p in (*self.roots, self._prefix_marker()))
+        stats = tuple(_identity(p) for p in (*self.roots, self._prefix_marker()))
+        self.identity = Identity(self.epoch, stats)
         for root, scanner in zip(self.roots, self._scanners, strict=True):
             names = changed.get(root) if changed else None
             # R libraries hold hundreds of entries, not thousands: listed whole each time.
@@ -93,6 +103,12 @@ class Target:
         self.trusted = trusted
         ordered = tuple(packages[name] for name in sorted(packages))
         return Inventory(env=self.env, packages=ordered)
+
+    def renew(self) -> None:
+        """A root or one of its ancestors was seen deleted or moved away: what the next scan
+        reads is another directory, even where it reuses the old inode number (ext4 hands
+        a freed one out again at once)."""
+        self.epoch += 1
 
     def _prefix_marker(self) -> Path | None:
         """What makes a Python prefix an environment: ``pyvenv.cfg`` (a venv) or

@@ -100,6 +100,9 @@ class Batch:
     overflow, a watch armed anew, a degraded root, an event on the root itself."""
     overflow: bool
     woken: bool
+    replaced: frozenset[Path] = frozenset()
+    """Roots seen deleted or moved away, themselves or through an ancestor: what is at
+    the path from now on is another directory."""
 
 
 Role = Literal["root", "ancestor", "guard"]
@@ -435,6 +438,7 @@ class Watcher:
         named: dict[Path, set[str]] = {}
         unnamed: set[Path] = set()
         rearm: set[Path] = set()
+        gone: set[Path] = set()
         resync: set[Path] = set()
         for wd, mask, name in events.records:
             for role, root in tuple(self._roles.get(wd, ())):
@@ -442,14 +446,18 @@ class Watcher:
                 if role == "guard":
                     if not name and mask & _GONE:
                         rearm.add(root)
+                        gone.add(root)
                     continue
                 if role == "ancestor":
                     if (not name and mask & _GONE) or (name == st.next_name and mask & _APPEARED):
                         rearm.add(root)
+                    if not name and mask & _GONE:
+                        gone.add(root)
                     continue
                 if not name:
                     if mask & _GONE:
                         rearm.add(root)
+                        gone.add(root)
                     if mask & PKW_DIRTY:
                         resync.add(root)
                     dirty.add(root)
@@ -488,6 +496,7 @@ class Watcher:
             {root: frozenset(names) for root, names in named.items() if root not in unnamed},
             overflow=events.overflow,
             woken=events.woken,
+            replaced=frozenset(gone),
         )
 
     def _wait_wake(self, timeout: float | None) -> bool:

@@ -305,3 +305,36 @@ def test_a_vcs_package_restored_at_its_commit_does_not_rewrite_the_record() -> N
         ENV, Observation({**IMAGE, "tool": Package(name="tool", version="0.3", source=moved_on)})
     )
     assert [(c.action, c.name) for c in changes] == [("upgrade", "tool")]
+
+
+def test_identity_names_the_directories_a_scan_read(tmp_path: Path) -> None:
+    """A prefix whose pyvenv.cfg (or conda-meta/) was replaced is another environment even
+    where its site-packages survived, and so is one renewed by the watcher (a freed inode
+    number comes back at once on ext4); the same directories give the same identity."""
+    from pkgckpt.inventory import Target
+
+    venv, conda = tmp_path / "venv", tmp_path / "conda"
+    for prefix in (venv, conda):
+        (prefix / "lib" / "site-packages").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (conda / "conda-meta").mkdir()
+    targets = {
+        p: Target(env=Environment(kind="python", path=str(p)), roots=(p / "lib" / "site-packages",))
+        for p in (venv, conda)
+    }
+
+    def identities() -> dict[Path, object]:
+        for target in targets.values():
+            target.scan()
+        return {p: t.identity for p, t in targets.items()}
+
+    before = identities()
+    assert identities() == before
+    (venv / "pyvenv.cfg").rename(tmp_path / "old.cfg")
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (conda / "conda-meta").rename(tmp_path / "old-meta")
+    (conda / "conda-meta").mkdir()
+    replaced = identities()
+    assert all(replaced[p] != before[p] for p in (venv, conda))
+    targets[venv].renew()
+    assert identities() == {venv: replaced[venv]._replace(epoch=1), conda: replaced[conda]}

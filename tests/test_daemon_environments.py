@@ -128,6 +128,36 @@ def test_a_venv_rebuilt_in_place_records_no_removal_and_its_new_installs(
     assert restore_removes_nothing(world, flags) == ["alpha"]
 
 
+def test_a_library_remade_on_a_reused_inode_number_records_no_removal(
+    world: World, wheels: Path
+) -> None:
+    """`rm -rf site-packages && mkdir site-packages`: ext4 hands the freed inode number
+    out again, so only the watcher's word that the directory went away tells the new one
+    apart. What the new directory lacks is not recorded as removed."""
+    venv = image_venv(world, wheels)
+    flags = baseline(world, "--env", str(venv.prefix))
+    # A quiet window longer than the rebuild: no scan sees the library missing in between.
+    d = world.daemon(*flags, "--quiet-ms", "3000").start()
+    try:
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+        eventually(lambda: recorded(world, venv.prefix, {"alpha==1.0"}), WITHIN, "install")
+        site = venv.site_packages
+        was = site.stat()
+        shutil.rmtree(site)
+        site.mkdir()
+        if (site.stat().st_dev, site.stat().st_ino) != (was.st_dev, was.st_ino):
+            print("this file system did not reuse the inode number: a weaker test")
+        uv_install(venv.python, wheels, "delta==1.0", env=world.env)
+        want = {"alpha==1.0", "delta==1.0"}
+        eventually(lambda: recorded(world, venv.prefix, want), WITHIN, "install in the new dir")
+        assert d.stop() == 0
+    finally:
+        d.close()
+    assert recorded(world, venv.prefix, want)
+    assert "remove " not in d.output()
+    assert restore_removes_nothing(world, flags) == ["alpha"]
+
+
 def test_a_venv_moved_away_is_followed_by_its_path_without_sighup(
     world: World, wheels: Path
 ) -> None:

@@ -145,8 +145,9 @@ def test_root_moved_away_and_recreated_is_rearmed(backend: str, site: Path) -> N
 def test_a_root_follows_its_path_when_an_ancestor_is_moved_or_deleted(
     backend: str, site: Path, how: str
 ) -> None:
-    """`mv venv venv-old` (or `rm -rf venv`) and a new venv at the path: the new root is
-    reported and watched; what happens in the moved directory is not reported for it."""
+    """`mv venv venv-old` (or `rm -rf venv`) and a new venv at the path: the root is
+    reported replaced, the new one watched; what happens in the moved directory is not
+    reported for it."""
     venv = site.parents[2]
     old = venv.with_name("venv-old")
     with watcher(backend, Root(site, "python")) as w:
@@ -154,11 +155,13 @@ def test_a_root_follows_its_path_when_an_ancestor_is_moved_or_deleted(
             venv.rename(old)
         else:
             shutil.rmtree(venv)
-        wait_for(w, site)
+        assert wait_for(w, site).replaced == {site}
         site.mkdir(parents=True)
         assert site not in wait_for(w, site).changed  # a new directory: read all of it
         (site / "six.py").write_text("")
-        assert wait_for(w, site).changed == {site: frozenset({"six.py"})}
+        batch = wait_for(w, site)
+        assert batch.changed == {site: frozenset({"six.py"})}
+        assert batch.replaced == frozenset()
         if how == "moved":
             (old / site.relative_to(venv) / "stale.py").write_text("")
             assert w.wait(0.3).dirty == frozenset()
