@@ -248,7 +248,9 @@ class Daemon:
         if batch.overflow:
             self._count(watch_overflows=self.state.counters.watch_overflows + 1)
         for root in batch.replaced:
-            self._by_root[root].renew()
+            target = self._by_root.get(root)  # None: a discovery directory, no packages
+            if target is not None:
+                target.renew()
         for root in batch.dirty:
             self.debouncer.touch(root, now)
             names = batch.changed.get(root)
@@ -487,7 +489,9 @@ class Daemon:
             watcher.reopen(f"after a watcher error ({error!r})")
         except Exception as e:  # the next wait retries
             log.error("cannot re-arm the watches: %r", e)
-        return Batch(frozenset(self._by_root), {}, {}, overflow=True, woken=False)
+        return Batch(
+            frozenset(self._by_root.keys() | self.discovery), {}, {}, overflow=True, woken=False
+        )
 
     def _store_failed(self, error: PkgckptError, what: str) -> None:
         delay = self.backoff.next()
