@@ -9,9 +9,13 @@ upper case with a `PKGCKPT_` prefix; list settings take `os.pathsep`-separated v
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import getpass
+import hashlib
+import logging
 import os
+import socket
 import stat
 import sys
 from collections.abc import Mapping
@@ -25,6 +29,8 @@ SYSTEM_CONFIG = Path("/etc/pkgckpt/config.toml")
 DISCOVER = ("kernels", "conda", "user-site", "r")
 """The values of the `discover` setting, all on by default."""
 
+log = logging.getLogger(__name__)
+
 
 def user_config(environ: Mapping[str, str]) -> Path:
     base = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -36,7 +42,15 @@ def default_store() -> Path:
     return Path(base) / "pkgckpt"
 
 
-def default_key() -> str:
+GENERIC_USERS = ("jovyan", "rstudio", "root")
+"""Login names that images give every user (Jupyter Docker Stacks, Rocker): no key."""
+
+
+def default_key(environ: Mapping[str, str] | None = None) -> str:
+    """JUPYTERHUB_USER (JupyterHub sets it in every single-user server), else the login."""
+    environ = os.environ if environ is None else environ
+    if environ.get("JUPYTERHUB_USER"):
+        return environ["JUPYTERHUB_USER"]
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -44,33 +58,136 @@ def default_key() -> str:
         return f"uid-{os.getuid()}"
 
 
+def check_key(config: Config) -> None:
+    """Refuse a shared store when the key fell back to a name every user of the image has.
+
+    Jupyter Docker Stacks run every user as `jovyan`: keyed by the login, all sessions
+    would write one directory of the store, and its owner check would pass for all.
+    """
+    if config.key_defaulted is None or config.key_defaulted not in config.generic_users:
+        return
+    if config.store.absolute() == default_store().absolute():
+        return
+    raise UsageError(
+        f"no key is set, and the login name {config.key_defaulted!r} is one every user of "
+        f"this image shares: on the store {config.store} all sessions would write one "
+        "directory. Set a key per user: PKGCKPT_KEY=<user> in the environment (JupyterHub "
+        "sets JUPYTERHUB_USER, which is used when present), `key` in the config file, or "
+        "--key"
+    )
+
+
 def runtime_dir() -> Path:
     """Where this container keeps its baseline and the daemon its status file."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(xdg) / "pkgckpt" if xdg else Path(f"/tmp/pkgckpt-{os.getuid()}")
+    if xdg:
+        return Path(xdg) / "pkgckpt"
+    return Path(os.environ.get("TMPDIR") or "/tmp") / f"pkgckpt-{os.getuid()}"
+
+
+def _container_id() -> str:
+    """Names this container's run: the host name, the boot id, the start of its pid 1.
+
+    A home directory outlives the container: a baseline kept there by an earlier run (of
+    another image, maybe) must not be taken for this one's.
+    """
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError, IndexError):
+        # The start time is field 22, counted after the end of the command name's ")".
+        parts.append(Path("/proc/1/stat").read_text().rpartition(")")[2].split()[19])
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def fallback_runtime_dir() -> Path:
+    """The private runtime directory used when the usual one is someone else's.
+
+    Deterministic, so that `snapshot` finds the daemon there; in the user's cache (not
+    in /tmp, where another user could take the name first); one per container run.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pkgckpt" / f"run-{_container_id()}"
+
+
+def untrusted(path: Path) -> str | None:
+    """Why the existing directory `path` is not this user's alone; None when it is.
+
+    Its parent counts too: whoever may rename entries there could swap the directory.
+    """
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory (or a symlink)"
+    if st.st_uid != os.geteuid():
+        return f"owned by uid {st.st_uid}"
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        return f"open to group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    parent = path.parent.stat()
+    if parent.st_uid not in (0, os.geteuid()):
+        return f"in {path.parent}, owned by uid {parent.st_uid}"
+    if parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX:
+        return f"in {path.parent}, writable by others without the sticky bit"
+    return None
+
+
+_WARNED: set[Path] = set()
+
+
+def _passed_over(path: Path, why: str, instead: Path) -> None:
+    if path not in _WARNED:
+        _WARNED.add(path)
+        log.warning("runtime directory %s is not ours (%s): using %s", path, why, instead)
+
+
+def find_runtime_dir(path: Path) -> Path:
+    """The runtime directory to read: `path` when missing or ours alone, else the fallback.
+
+    Creates nothing: read-only commands (status, snapshot) use it.
+    """
+    try:
+        why = untrusted(path)
+    except FileNotFoundError:
+        return path
+    except OSError as e:
+        why = e.strerror or str(e)
+    if why is None:
+        return path
+    fallback = fallback_runtime_dir()
+    _passed_over(path, why, fallback)
+    return fallback
+
+
+def _make_private(path: Path) -> str | None:
+    try:
+        for d in reversed([path, *path.parents]):
+            if not os.path.lexists(d):
+                with contextlib.suppress(FileExistsError):
+                    d.mkdir(mode=0o700)
+        return untrusted(path)
+    except OSError as e:
+        return e.strerror or str(e)
 
 
 def ensure_runtime_dir(path: Path) -> Path:
-    """Create the runtime directory (0700) when missing; refuse one that is not ours.
+    """The runtime directory to write in: `path`, created 0700 when missing, if it is ours
+    alone; else the private fallback (said once). Never fails because of the other user.
 
     `/tmp` is shared: another user could plant `/tmp/pkgckpt-<uid>` (or a symlink of that
-    name) to read our status or feed us a baseline. Ours with a loose mode is tightened.
+    name) to read our status or feed us a baseline or a daemon pid. Nothing in one that is
+    not ours is read or written.
     """
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = path.lstat()
-    except OSError as e:
-        raise PkgckptError(f"cannot create the runtime directory {path}: {e.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise PkgckptError(f"runtime directory {path} is not a directory (or is a symlink)")
-    if st.st_uid != os.geteuid():
-        raise PkgckptError(f"runtime directory {path} belongs to uid {st.st_uid}, not to us")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        try:
-            path.chmod(0o700)
-        except OSError as e:
-            raise PkgckptError(f"cannot make {path} private: {e.strerror}") from None
-    return path
+    why = _make_private(path)
+    if why is None:
+        return path
+    fallback = fallback_runtime_dir()
+    _passed_over(path, why, fallback)
+    problem = _make_private(fallback)
+    if problem is None:
+        return fallback
+    raise PkgckptError(
+        f"runtime directory {path} is not ours ({why}), and neither is the fallback "
+        f"{fallback} ({problem}): set PKGCKPT_RUNTIME_DIR to a private directory"
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -79,7 +196,14 @@ class Config:
     key: str = dataclasses.field(default_factory=default_key)
     store_uid: int | None = None
     """The uid owning what this user writes on the store, where the NFS server maps it
-    (all_squash, anonuid); ownership is checked against it. None: this process's uid."""
+    (all_squash, anonuid); ownership is checked against it. None: this process's uid.
+    Every file then has that one uid: `seal.guard` says what keeps users apart."""
+    store_secret_file: Path | None = None
+    """A per-user secret (0600, the user's, not on the store) that seals manifests."""
+    generic_users: tuple[str, ...] = GENERIC_USERS
+    """Login names shared by every user of the image: never a key on a shared store."""
+    key_defaulted: str | None = None
+    """The login name the key fell back to when none was set (`load` only); see check_key."""
     env: tuple[Path, ...] = ()
     """Python prefixes; empty means the environment running pkgckpt (`sys.prefix`)."""
     r_lib: tuple[Path, ...] = ()
@@ -131,7 +255,7 @@ class Config:
         return tuple(Path(p).expanduser() for p in user.split(os.pathsep) if p) if user else ()
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "key_defaulted"}
 
 
 def _coerce(name: str, value: Any, origin: str) -> Any:
@@ -216,4 +340,8 @@ def load(
         if value is None or value == ():
             continue
         values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+    if "key" not in values:
+        values["key"] = values["key_defaulted"] = default_key(environ)
+    # Read-only commands read what is there: never from a directory someone else planted.
+    values["runtime_dir"] = find_runtime_dir(values.get("runtime_dir") or runtime_dir())
     return Config(**values)

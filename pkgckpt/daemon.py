@@ -33,6 +33,7 @@ backstop rescan when `rescan_interval` is set.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -200,7 +201,11 @@ class Daemon:
 
     def run(self) -> int:
         """Watch until SIGTERM/SIGINT; the exit code (0: everything seen is on the store)."""
-        ensure_runtime_dir(self.config.runtime_dir)
+        # Someone else's runtime directory is passed over for the private fallback, which
+        # `snapshot` looks in too: the daemon never exits because of it.
+        self.config = dataclasses.replace(
+            self.config, runtime_dir=ensure_runtime_dir(self.config.runtime_dir)
+        )
         roots = [Root(path=r, kind=t.env.kind) for r, t in self._by_root.items()]
         roots += [Root(path=p, kind="discovery") for p in self.discovery - self._by_root.keys()]
         with (
@@ -568,7 +573,7 @@ class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
 def snapshot(config: Config) -> SnapshotResult:
     """Scan and commit now. When a daemon for this key runs, it is asked to (SIGHUP)."""
     state = status.read_state(config)
-    if status.running(state):
+    if status.running(state, config):
         assert state is not None
         return _ask_daemon(config, state)
     targets = checkpoint.targets(config)
@@ -582,6 +587,8 @@ def snapshot(config: Config) -> SnapshotResult:
 
 
 def _ask_daemon(config: Config, state: status.DaemonState) -> SnapshotResult:
+    """SIGHUP the daemon `running` vouched for (this user's `pkgckpt daemon`, this store
+    and key, started when its private status file says); wait for its rescan count."""
     before = state.rescans
     os.kill(state.pid, signal.SIGHUP)
     wait = max(config.shutdown_timeout, 1.0)
@@ -589,7 +596,7 @@ def _ask_daemon(config: Config, state: status.DaemonState) -> SnapshotResult:
     while time.monotonic() < deadline:
         time.sleep(0.02)
         now = status.read_state(config)
-        if now is None or not status.running(now):
+        if now is None or not status.running(now, config):
             raise PkgckptError(f"the daemon (pid {state.pid}) stopped before checkpointing")
         if now.rescans > before:
             if now.pending:

@@ -308,8 +308,8 @@ def ensure_baseline(config: Config, found: list[Target]) -> Baseline:
     path = baseline_path(config)
     if config.baseline is None:
         # The runtime directory may sit in a shared /tmp: one planted by someone else is
-        # refused before the baseline (what counts as the image's) is written there.
-        ensure_runtime_dir(config.runtime_dir)
+        # passed over for the private fallback before the baseline is written.
+        path = ensure_runtime_dir(config.runtime_dir) / BASELINE
     else:
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -1,15 +1,23 @@
 """The daemon's runtime status file, and `pkgckpt status`: what is recorded, what is not yet.
 
-The daemon keeps `<runtime dir>/daemon-<key>.json` up to date (pid, start, last commit,
-pending changes, last error) with `store.atomic_write`; it is rewritten when something in
-it changes, never on a timer. `collect()` reads it, the store and a live scan.
+The daemon keeps `<runtime dir>/daemon-<digest of store and key>.json` up to date (pid,
+start, last commit, pending changes, last error) with `store.atomic_write`; it is
+rewritten when something in it changes, never on a timer. `collect()` reads it, the store
+and a live scan.
+
+The runtime directory may sit in a shared /tmp. A status file is read only when it and its
+directory are this user's alone (0600 in 0700), and it names a live daemon only when that
+pid is this user's process, started when the file says, running `pkgckpt daemon` for the
+same store and key: a planted file can neither fake a daemon nor aim `snapshot`'s SIGHUP.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
+import stat
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -20,7 +28,7 @@ import msgspec
 
 from . import __version__, checkpoint, inventory, manifest, metrics
 from .checkpoint import now_iso
-from .config import Config, ensure_runtime_dir
+from .config import Config, ensure_runtime_dir, untrusted
 from .discovery import Unreadable
 from .errors import PkgckptError
 from .manifest import Change, Environment, Package
@@ -65,7 +73,9 @@ _encoder = msgspec.json.Encoder(order="deterministic")
 
 
 def status_path(config: Config) -> Path:
-    return config.runtime_dir / f"daemon-{config.key}.json"
+    """Named by store and key: a daemon of another store with this key is not ours to ask."""
+    what = f"{config.store.absolute()}\0{config.key}".encode()
+    return config.runtime_dir / f"daemon-{hashlib.sha256(what).hexdigest()[:24]}.json"
 
 
 def process_start(pid: int) -> int | None:
@@ -94,33 +104,98 @@ def new_state(config: Config) -> DaemonState:
 
 
 def write_state(config: Config, state: DaemonState) -> None:
-    ensure_runtime_dir(config.runtime_dir)
-    atomic_write(status_path(config), _encoder.encode(state) + b"\n", 0o600)
+    run = ensure_runtime_dir(config.runtime_dir)
+    atomic_write(run / status_path(config).name, _encoder.encode(state) + b"\n", 0o600)
+
+
+def _private_bytes(path: Path) -> bytes | None:
+    """The file's bytes when it and its directory are this user's alone, else None."""
+    try:
+        if untrusted(path.parent) is not None:
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_uid != os.geteuid()
+            or stat.S_IMODE(st.st_mode) & 0o077
+        ):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(1 << 20)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def read_state(config: Config) -> DaemonState | None:
-    """The status file, or None when there is none or it cannot be read."""
-    try:
-        data = status_path(config).read_bytes()
-        return _state_decoder.decode(data)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+    """The status file of this store and key, or None when there is none, it cannot be
+    read, or it is not this user's alone."""
+    data = _private_bytes(status_path(config))
+    if data is None:
         return None
+    try:
+        state = _state_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if not _same_store(Path(state.store), config.store) or state.key != config.key:
+        return None
+    return state
 
 
-def running(state: DaemonState | None) -> bool:
-    """Is the daemon that wrote `state` alive (same pid, same process start time)?"""
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of `--name VALUE` or `--name=VALUE` in `argv` (the last one), or None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1 :]
+    return value
+
+
+def is_daemon(pid: int, config: Config) -> bool:
+    """Is `pid` this user's `pkgckpt daemon`, for `config`'s store and key as far as its
+    command line says (settings from the environment or a file are not on it)?"""
+    try:
+        if Path(f"/proc/{pid}").stat().st_uid != os.geteuid():
+            return False
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    argv = [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
+    # `pkgckpt daemon`, `python -m pkgckpt daemon`, `python .../pkgckpt/__main__.py daemon`.
+    program = [
+        i
+        for i, a in enumerate(argv)
+        if (Path(a).name == "pkgckpt" and (i == 0 or a != "pkgckpt" or argv[i - 1] == "-m"))
+        or a.endswith("/pkgckpt/__main__.py")
+    ]
+    if not program or argv[program[0] + 1 : program[0] + 2] != ["daemon"]:
+        return False
+    store, key = _option(argv, "--store"), _option(argv, "--key")
+    if store is not None and not _same_store(Path(store).expanduser(), config.store):
+        return False
+    return key is None or key == config.key
+
+
+def _same_store(a: Path, b: Path) -> bool:
+    return a.absolute() == b.absolute()
+
+
+def running(state: DaemonState | None, config: Config) -> bool:
+    """Is the daemon that wrote `state` alive (same pid, same process start time), and is
+    that process this user's `pkgckpt daemon` for this store and key?"""
     if state is None or state.phase == "stopped" or state.host != socket.gethostname():
         return False
     started = process_start(state.pid)
-    if started is not None:
-        return state.pid_start is None or started == state.pid_start
-    try:
-        os.kill(state.pid, 0)
-    except ProcessLookupError:
+    if started is None or (state.pid_start is not None and started != state.pid_start):
         return False
-    except PermissionError:
-        return True
-    return True
+    return is_daemon(state.pid, config)
 
 
 # -- pkgckpt status --------------------------------------------------------------------
@@ -229,7 +304,7 @@ def collect(config: Config) -> Report:
         envs.append(msgspec.structs.replace(report, error=why))
     envs.extend(_recorded(d, d.env) for d in elsewhere.values())
     state = read_state(config)
-    alive = running(state)
+    alive = running(state, config)
     if store_error is None and alive and state is not None:
         store_error = state.last_error
     return Report(

@@ -98,7 +98,9 @@ def test_a_library_error_exits_1_with_one_line(
 ) -> None:
     """A configured baseline file that does not exist: exit 1, one line, no traceback."""
     missing = tmp_path / "nope.json"
-    assert run("status", "--store", str(tmp_path / "s"), "--baseline", str(missing)) == 1
+    assert (
+        run("status", "--store", str(tmp_path / "s"), "--key", "k", "--baseline", str(missing)) == 1
+    )
     err = capsys.readouterr().err
     assert err.splitlines() == [f"pkgckpt: baseline file {missing} does not exist"]
 

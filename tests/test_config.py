@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pkgckpt import config
-from pkgckpt.errors import PkgckptError, UsageError
+from pkgckpt.errors import UsageError
 
 
 @pytest.fixture
@@ -128,26 +128,90 @@ def test_a_missing_explicit_config_file_is_a_usage_error(files: dict[str, Path])
         config.load({}, files["explicit"], environ={})
 
 
-def test_runtime_dir_is_created_private(tmp_path: Path) -> None:
-    """The runtime directory is created 0700, and a loose mode on ours is tightened."""
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's cache directory, where the private fallback runtime directory goes."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_runtime_dir_is_created_private(tmp_path: Path, cache: Path) -> None:
+    """The runtime directory is created 0700 and used; ours with a loose mode is not."""
     path = tmp_path / "run" / "pkgckpt"
-    config.ensure_runtime_dir(path)
+    assert config.ensure_runtime_dir(path) == path
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
-    path.chmod(0o777)
-    config.ensure_runtime_dir(path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    path.chmod(0o750)
+    fallback = config.ensure_runtime_dir(path)
+    assert fallback.parent == cache / "pkgckpt"
+    assert stat.S_IMODE(fallback.stat().st_mode) == 0o700
 
 
-def test_runtime_dir_refuses_a_symlink_or_a_foreign_directory(tmp_path: Path) -> None:
-    """A planted /tmp/pkgckpt-<uid> (symlink, or someone else's) is refused."""
+def test_a_planted_runtime_dir_is_passed_over_for_the_private_fallback_once(
+    tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A planted /tmp/pkgckpt-<uid> (symlink, or someone else's) is never used: the
+    commands that write fall back to one private directory, the readers look there, and
+    the warning is said once."""
     real = tmp_path / "real"
     real.mkdir(mode=0o700)
     link = tmp_path / "link"
     link.symlink_to(real)
-    with pytest.raises(PkgckptError, match="symlink"):
-        config.ensure_runtime_dir(link)
+    fallback = config.ensure_runtime_dir(link)
+    assert fallback != link and fallback.is_relative_to(cache)
+    assert config.ensure_runtime_dir(link) == fallback
+    assert config.find_runtime_dir(link) == fallback
+    assert [r.message for r in caplog.records].count(
+        f"runtime directory {link} is not ours (not a directory (or a symlink)): using {fallback}"
+    ) == 1
     if os.geteuid() != 0:
         pytest.skip("chown to another uid needs root")
     os.chown(real, 4242, 4242)
-    with pytest.raises(PkgckptError, match="belongs to uid 4242"):
-        config.ensure_runtime_dir(real)
+    assert config.ensure_runtime_dir(real) == fallback
+    assert config.load({"runtime_dir": real}, environ={}).runtime_dir == fallback
+
+
+def test_the_runtime_dir_follows_xdg_then_tmpdir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """XDG_RUNTIME_DIR/pkgckpt, else $TMPDIR/pkgckpt-<uid>, else /tmp/pkgckpt-<uid>."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/7")
+    assert config.runtime_dir() == Path("/run/user/7/pkgckpt")
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setenv("TMPDIR", "/scratch")
+    assert config.runtime_dir() == Path(f"/scratch/pkgckpt-{os.getuid()}")
+    monkeypatch.delenv("TMPDIR")
+    assert config.runtime_dir() == Path(f"/tmp/pkgckpt-{os.getuid()}")
+
+
+def test_the_default_key_is_jupyterhub_user_then_the_login() -> None:
+    """PKGCKPT_KEY wins, else JUPYTERHUB_USER (set by JupyterHub), else the login name."""
+    login = config.default_key({})
+    assert config.load({}, environ={}).key == login
+    assert config.load({}, environ={"JUPYTERHUB_USER": "ada"}).key == "ada"
+    both = {"JUPYTERHUB_USER": "ada", "PKGCKPT_KEY": "grace"}
+    assert config.load({}, environ=both).key == "grace"
+    assert config.load({}, environ={"JUPYTERHUB_USER": "ada"}).key_defaulted == "ada"
+    assert config.load({}, environ={"PKGCKPT_KEY": "grace"}).key_defaulted is None
+
+
+@pytest.mark.parametrize("login", ["jovyan", "rstudio", "root", "shared"])
+def test_a_generic_login_is_refused_as_the_key_of_a_shared_store(
+    tmp_path: Path, login: str
+) -> None:
+    """A key that fell back to a login every user of the image has is a usage error on a
+    store other than the local default, with how to set one; set explicitly, it is used."""
+    environ = {"JUPYTERHUB_USER": login, "PKGCKPT_GENERIC_USERS": "jovyan:rstudio:root:shared"}
+    shared = config.load({"store": tmp_path / "nfs"}, environ=environ)
+    with pytest.raises(UsageError, match=f"login name {login!r} .* PKGCKPT_KEY=<user>"):
+        config.check_key(shared)
+    config.check_key(config.load({}, environ=environ))  # the local default store
+    config.check_key(config.load({"store": tmp_path / "nfs", "key": login}, environ=environ))
+    config.check_key(config.load({"store": tmp_path / "nfs"}, environ={"JUPYTERHUB_USER": "ada"}))
+
+
+def test_the_key_defaulted_marker_is_not_a_setting(files: dict[str, Path]) -> None:
+    """Nobody can claim a key was set by hand: key_defaulted is not read from anywhere."""
+    files["user"].write_text('key_defaulted = "x"\n')
+    with pytest.raises(UsageError, match="unknown setting"):
+        config.load({}, environ={})
+    files["user"].unlink()
+    loaded = config.load({}, environ={"PKGCKPT_KEY_DEFAULTED": "x"})
+    assert loaded.key_defaulted == config.default_key({})

@@ -25,7 +25,8 @@ from daemon_kit import (
 from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt import daemon as daemon_mod
-from pkgckpt import manifest
+from pkgckpt import manifest, status
+from pkgckpt.config import Config
 from pkgckpt.manifest import Body, Delta, Environment, Package
 from pkgckpt.store import Store
 
@@ -456,7 +457,8 @@ def test_no_baseline_and_no_manifest_takes_the_baseline_now(world: World, wheels
 @pytest.mark.slow
 def test_status_file_is_private_and_names_this_process(running: Daemon, world: World) -> None:
     """The runtime dir is 0700, the status file 0600 with our pid and phase watching."""
-    path = world.runtime / f"daemon-{world.key}.json"
+    config = Config(store=world.store, key=world.key, runtime_dir=world.runtime)
+    path = status.status_path(config)
     state = json.loads(eventually(lambda: path.exists() and path.read_text(), what="status"))
     assert state["pid"] == running.proc.pid and state["phase"] == "watching"  # type: ignore[union-attr]
     assert world.runtime.stat().st_mode & 0o777 == 0o700

@@ -1,9 +1,17 @@
-"""`pkgckpt status` as a library call: what it reports when a library cannot be read."""
+"""`pkgckpt status` as a library call: what it reports when a library cannot be read; the
+status file, read only when it is private, and the daemon it names, believed only when
+that pid is a `pkgckpt daemon` of this store and key."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from wheelhouse import make_venv
 
@@ -52,3 +60,95 @@ def test_long_package_lists_wrap_at_the_terminal_width(
     assert all(line.startswith(" " * 13) for line in added[1:])
     listed = ", ".join(f"{p.name} {p.version}" for p in packages)
     assert " ".join(line.strip() for line in added) == f"added    {listed}"
+
+
+def _state(config: Config, pid: int) -> status.DaemonState:
+    return status.DaemonState(
+        pid=pid,
+        pid_start=status.process_start(pid),
+        host=socket.gethostname(),
+        version="0",
+        store=str(config.store),
+        key=config.key,
+        started="x",
+        updated="x",
+        phase="watching",
+    )
+
+
+def test_the_status_file_is_named_by_store_and_key(tmp_path: Path) -> None:
+    """One key on two stores has two status files: snapshot asks the daemon of its store."""
+    one = Config(store=tmp_path / "a", key="k", runtime_dir=tmp_path / "run")
+    other = Config(store=tmp_path / "b", key="k", runtime_dir=tmp_path / "run")
+    assert status.status_path(one) != status.status_path(other)
+    assert status.status_path(one) == status.status_path(Config(**{**vars(one)}))
+    assert "k" not in status.status_path(one).name.removeprefix("daemon-")
+
+
+def test_a_status_file_that_is_not_private_or_not_this_stores_is_not_read(tmp_path: Path) -> None:
+    """Only a 0600 file of ours, in a 0700 directory of ours, naming this store and key, is
+    read; anything else is as if there were none."""
+    config = Config(store=tmp_path / "store", key="k", runtime_dir=tmp_path / "run")
+    status.write_state(config, _state(config, os.getpid()))
+    assert status.read_state(config) is not None
+    path = status.status_path(config)
+    path.chmod(0o644)
+    assert status.read_state(config) is None
+    path.chmod(0o600)
+    config.runtime_dir.chmod(0o755)
+    assert status.read_state(config) is None
+    config.runtime_dir.chmod(0o700)
+    elsewhere = Config(store=tmp_path / "other", key="k", runtime_dir=tmp_path / "run")
+    status.status_path(elsewhere).write_bytes(path.read_bytes())  # names the first store
+    status.status_path(elsewhere).chmod(0o600)
+    assert status.read_state(elsewhere) is None
+    link = tmp_path / "run" / "target.json"
+    path.rename(link)
+    path.symlink_to(link)
+    assert status.read_state(config) is None
+
+
+@pytest.fixture
+def fake_daemon(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Processes of ours whose command line reads `pkgckpt daemon ARGS` (a shell script)."""
+    script = tmp_path / "bin" / "pkgckpt"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\nsleep 60\n")
+    script.chmod(0o755)
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([str(script), *args])
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def test_only_a_pkgckpt_daemon_of_this_store_and_key_counts_as_running(
+    tmp_path: Path, fake_daemon: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """`running` (what snapshot signals) needs the pid to be a `pkgckpt daemon` whose
+    command line names no other store or key, started when the status file says."""
+    config = Config(store=tmp_path / "store", key="k", runtime_dir=tmp_path / "run")
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        assert not status.running(_state(config, sleeper.pid), config)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    plain = fake_daemon("daemon")
+    same = fake_daemon("daemon", "--store", str(config.store), "--key=k")
+    other_store = fake_daemon("daemon", "--store", str(tmp_path / "other"))
+    other_key = fake_daemon("daemon", "--key", "j")
+    not_daemon = fake_daemon("status")
+    time.sleep(0.2)  # each has exec'd its shell by now
+    assert status.running(_state(config, plain.pid), config)
+    assert status.running(_state(config, same.pid), config)
+    for proc in (other_store, other_key, not_daemon):
+        assert not status.running(_state(config, proc.pid), config)
+    restarted = msgspec.structs.replace(_state(config, plain.pid), pid_start=1)
+    assert not status.running(restarted, config)
