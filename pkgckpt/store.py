@@ -45,6 +45,7 @@ from . import __version__, manifest
 from .config import Config
 from .errors import ManifestError, StoreError, StoreUnavailable, UnknownSchema, UsageError
 from .manifest import Body, Manifest, Writer
+from .seal import Seal, guard
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +296,14 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 def open_store(config: Config) -> Store:
-    """The store and key `config` names, owned as it says."""
-    return Store(config.store, config.key, keep=config.keep_generations, owner=config.store_uid)
+    """The store and key `config` names, owned as it says, after `seal.guard`'s checks."""
+    return Store(
+        config.store,
+        config.key,
+        keep=config.keep_generations,
+        owner=config.store_uid,
+        seal=guard(config),
+    )
 
 
 def _check_key(key: str) -> None:
@@ -365,9 +372,18 @@ class Store:
     tell a fallback from a normal read, and the next `commit()` replaces the damaged file.
     """
 
-    def __init__(self, root: Path, key: str, *, keep: int = 5, owner: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        key: str,
+        *,
+        keep: int = 5,
+        owner: int | None = None,
+        seal: Seal | None = None,
+    ) -> None:
         """`owner`: the uid that owns what this user writes here; this process's euid by
-        default. An NFS export with all_squash (or anonuid) gives every file its one uid."""
+        default. An NFS export with all_squash (or anonuid) gives every file its one uid.
+        `seal`: signs what is written and checks what is read (see seal.py)."""
         _check_key(key)
         if keep < 1:
             raise UsageError(f"keep must be at least 1, not {keep}")
@@ -375,6 +391,7 @@ class Store:
         self.key = key
         self.keep = keep
         self.owner = os.geteuid() if owner is None else owner
+        self.seal = Seal() if seal is None else seal
         self.path = self.root / key
         self.last_read_warning: str | None = None
         self._known: _Known | None = None
@@ -459,7 +476,7 @@ class Store:
             raise _error(e, f"cannot read {where}") from e
         finally:
             _close_quietly(fd)
-        return data
+        return self.seal.open(data, where)
 
     def _read_in(self, dfd: int) -> tuple[Manifest | None, str | None]:
         """The manifest and, when it came from an earlier generation, the reason why."""
@@ -578,7 +595,7 @@ class Store:
         _replace(
             dfd,
             self.path / CURRENT,
-            manifest.encode_parts(result, encoded),
+            self.seal.sign(manifest.encode_parts(result, encoded)),
             0o600,
             history=_generation_name(generation),
             leftovers=self._leftovers,
