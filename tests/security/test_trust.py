@@ -1,0 +1,545 @@
+"""What pkgckpt trusts, attacked by a second real user: a runtime directory planted in a
+shared /tmp, a squashed store (all_squash NFS, simulated with bindfs), a generic login.
+
+alice is the victim, bob the attacker. Each test checks that nothing bob planted ran (a
+marker file that his code would write) and that alice's command works, or fails with the
+documented message."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from wheelhouse import Dist, build_wheel
+
+from pkgckpt import status
+from pkgckpt.config import Config
+
+from .conftest import User
+
+PKGCKPT = [sys.executable, "-m", "pkgckpt"]
+UV = shutil.which("uv") or "uv"
+
+
+_ACL = "system.posix_acl_access"
+_ANY = 0xFFFFFFFF
+
+
+def _acl(mode: int, users: list[int]) -> bytes:
+    """A POSIX access ACL (the kernel's xattr format): `mode`, plus search for `users`."""
+    entries = [(0x01, (mode >> 6) & 7, _ANY)]  # the owner
+    entries += [(0x02, 1, uid) for uid in users]  # named users: search (x) only
+    entries += [(0x04, (mode >> 3) & 7, _ANY), (0x10, 1 | (mode >> 3) & 7, _ANY)]
+    entries += [(0x20, mode & 7, _ANY)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reachable(alice: User, bob: User) -> Iterator[None]:
+    """alice and bob run this interpreter and this checkout: where a directory on the way
+    is closed to others (pyenv under a 0700 /root), give those two users search access
+    with an ACL for the module's duration, and take it back afterwards."""
+    wanted = {Path(os.path.realpath(sys.executable)), Path(__file__).resolve(), Path(UV).resolve()}
+    closed: dict[Path, int] = {}
+    for path in wanted:
+        for directory in path.parents:
+            st = directory.stat()
+            if not st.st_mode & stat.S_IXOTH and directory not in closed:
+                with contextlib.suppress(OSError):
+                    os.getxattr(directory, _ACL)
+                    continue  # an ACL of its own: not ours to touch
+                closed[directory] = stat.S_IMODE(st.st_mode)
+    for directory, mode in closed.items():
+        os.setxattr(directory, _ACL, _acl(mode, [alice.uid, bob.uid]))
+    try:
+        yield
+    finally:
+        for directory, mode in closed.items():
+            os.removexattr(directory, _ACL)
+            directory.chmod(mode)
+
+
+def _open(path: Path, mode: int = 0o755) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(mode)
+    return path
+
+
+def evil_wheel(outdir: Path, marker: Path) -> Path:
+    """bob's wheel: its .pth runs at every start of the interpreter it is installed in."""
+    files = {
+        "evil/__init__.py": b"",
+        "evil.pth": f"import os; open({str(marker)!r}, 'w').write('ran')\n".encode(),
+        "evil-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: evil\nVersion: 1.0\n",
+        "evil-1.0.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    files["evil-1.0.dist-info/RECORD"] = (
+        "\n".join([*record, "evil-1.0.dist-info/RECORD,,"])
+    ).encode()
+    path = outdir / "evil-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    path.chmod(0o644)
+    return path
+
+
+class Session:
+    """alice's container: her venv, her wheels, the shared tmp and bob's marker."""
+
+    def __init__(self, alice: User, bob: User, shared: Path, tmp: Path) -> None:
+        self.alice, self.bob, self.shared = alice, bob, shared
+        self.wheels = _open(tmp / "wheels")
+        build_wheel(Dist("alicepkg", "1.0"), self.wheels)
+        for wheel in self.wheels.iterdir():
+            wheel.chmod(0o644)
+        self.marker = shared / "planted-code-ran"
+        self.evil = evil_wheel(_open(shared / "bobs", 0o755), self.marker)
+        self.venv = alice.home / "venv"
+        self.container = 0
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """alice's environment: /tmp is the shared one; settings from `extra`."""
+        env = {
+            "TMPDIR": str(self.shared),
+            "UV_CACHE_DIR": str(self.alice.home / ".cache" / "uv"),
+            "UV_NO_CONFIG": "1",
+            "PIP_CONFIG_FILE": os.devnull,
+            "PKGCKPT_ENV": str(self.venv),
+            "PKGCKPT_NO_INDEX": "1",
+            "PKGCKPT_FIND_LINKS": str(self.wheels),
+            "PKGCKPT_INSTALLER": "uv",
+        }
+        env.update(extra)
+        return env
+
+    def pkgckpt(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return self.alice.run([*PKGCKPT, *args], env=self.env(**extra))
+
+    def new_container(self) -> None:
+        """A fresh venv at the same path and a fresh runtime directory: a pod restart."""
+        self.container += 1
+        if self.venv.exists():
+            shutil.rmtree(self.venv)
+        self.alice.run([sys.executable, "-m", "venv", "--without-pip", str(self.venv)], check=True)
+
+    def runtime(self) -> dict[str, str]:
+        run = self.alice.home / f"run-{self.container}"
+        if not run.exists():
+            self.alice.run(["mkdir", "-m", "0700", str(run)], check=True)
+        return {"XDG_RUNTIME_DIR": str(run)}
+
+    def install_alicepkg(self) -> None:
+        self.alice.run(
+            [
+                UV,
+                "pip",
+                "install",
+                "--python",
+                str(self.venv / "bin" / "python"),
+                "--no-index",
+                "--find-links",
+                str(self.wheels),
+                "alicepkg",
+            ],
+            env={"UV_CACHE_DIR": str(self.alice.home / ".cache" / "uv"), "UV_NO_CONFIG": "1"},
+            check=True,
+        )
+
+    def installed(self) -> set[str]:
+        """What alice's venv holds; starting its interpreter runs any planted .pth."""
+        python = str(self.venv / "bin" / "python")
+        out = self.alice.run(
+            [
+                python,
+                "-c",
+                "import importlib.metadata as m; print(*sorted(d.metadata['Name'] "
+                "for d in m.distributions()))",
+            ],
+            check=True,
+        )
+        return set(out.stdout.split())
+
+    def assert_clean(self) -> None:
+        assert "evil" not in self.installed()
+        assert not self.marker.exists(), "bob's code ran as alice"
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    """A directory both users can reach, outside pytest's tmp root: a concurrent pytest
+    run makes that root 0700 again, which would lock them out halfway through a test."""
+    path = Path(tempfile.mkdtemp(prefix="pkgckpt-trust-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def shared(base: Path) -> Path:
+    """A world-writable sticky directory like /tmp."""
+    return _open(base / "tmp", 0o1777)
+
+
+@pytest.fixture
+def session(alice: User, bob: User, shared: Path, base: Path) -> Session:
+    """alice's container with a fresh venv, and bob's wheel waiting in the shared tmp."""
+    s = Session(alice, bob, shared, base)
+    s.new_container()
+    return s
+
+
+# -- a runtime directory planted in the shared /tmp --------------------------------------
+
+
+def _alices_sleep(alice: User, pidfile: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        ["runuser", "-u", alice.name, "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 300"]
+    )
+    for _ in range(200):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.02)
+    return proc
+
+
+def _plant(bob: User, directory: Path, name: str, state: status.DaemonState) -> None:
+    """bob creates `directory` (his, open to all) with a status file in it."""
+    encoded = json.dumps({**json.loads(status._encoder.encode(state)), "generation": 7})
+    bob.run(["mkdir", "-p", "-m", "0777", str(directory)], check=True)
+    bob.run(["sh", "-c", f"cat > {directory / name} && chmod 0666 {directory / name}"], check=False)
+    (directory / name).write_text(encoded)  # as root: the content, bob's file keeps its owner
+
+
+def test_a_planted_runtime_directory_fakes_no_daemon_and_aims_no_signal(
+    session: Session, alice: User, bob: User, shared: Path, base: Path
+) -> None:
+    """bob's /tmp/pkgckpt-<alice's uid>/ with a status file naming alice's own `sleep`: status
+    reports no daemon, snapshot kills nothing and writes its own generation, restore and
+    daemon work from the private fallback (said once), and snapshot reaches that daemon."""
+    store = _open(base / "store", 0o755)
+    key = alice.name
+    config = Config(store=store / "s", key=key, runtime_dir=Path("/"))
+    pidfile = shared / "sleep.pid"
+    sleeper = _alices_sleep(alice, pidfile)
+    pid = int(pidfile.read_text())
+    planted = shared / f"pkgckpt-{alice.uid}"
+    state = status.DaemonState(
+        pid=pid,
+        pid_start=status.process_start(pid),
+        host=socket.gethostname(),
+        version="0",
+        store=str(config.store),
+        key=key,
+        started="x",
+        updated="x",
+        phase="watching",
+    )
+    _plant(bob, planted, status.status_path(config).name, state)
+    (store / "s").mkdir(mode=0o700)
+    os.chown(store / "s", alice.uid, alice.gid)
+    settings = {"PKGCKPT_STORE": str(config.store), "PKGCKPT_KEY": key}
+    daemon: subprocess.Popen[bytes] | None = None
+    try:
+        shown = session.pkgckpt("status", "--json", **settings)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["daemon_running"] is False
+
+        snap = session.pkgckpt("snapshot", **settings)
+        assert snap.returncode == 0, snap.stderr
+        assert "generation 7" not in snap.stdout
+        assert sleeper.poll() is None, "snapshot signalled the pid bob named"
+
+        session.install_alicepkg()
+        restore = session.pkgckpt("restore", **settings)
+        assert restore.returncode == 0, restore.stderr
+        assert restore.stderr.count(f"runtime directory {planted} is not ours") == 1
+
+        daemon = subprocess.Popen(
+            [
+                "runuser",
+                "-u",
+                alice.name,
+                "--",
+                "env",
+                "-i",
+                *(
+                    f"{k}={v}"
+                    for k, v in {
+                        **session.env(**settings),
+                        "HOME": str(alice.home),
+                        "PATH": os.environ["PATH"],
+                    }.items()
+                ),
+                *PKGCKPT,
+                "daemon",
+                "--quiet-ms",
+                "100",
+            ],
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            report = json.loads(session.pkgckpt("status", "--json", **settings).stdout)
+            if report["daemon_running"]:
+                break
+            assert daemon.poll() is None, "the daemon exited"
+            time.sleep(0.2)
+        else:
+            pytest.fail("the daemon never showed in status")
+        assert report["daemon"]["pid"] != pid
+        asked = session.pkgckpt("snapshot", **settings)
+        assert asked.returncode == 0, asked.stderr
+        assert "nothing to checkpoint" in asked.stdout or "the daemon wrote" in asked.stdout
+        assert sleeper.poll() is None
+        assert (
+            json.loads(planted.joinpath(status.status_path(config).name).read_text())["pid"] == pid
+        ), "alice wrote into bob's directory"
+    finally:
+        if daemon is not None:
+            daemon.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                daemon.wait(timeout=30)
+            if daemon.poll() is None:
+                daemon.kill()
+            assert daemon.stderr is not None
+            log = daemon.stderr.read().decode()
+            assert log.count("is not ours") == 1, log
+        sleeper.kill()
+        sleeper.wait()
+    session.assert_clean()
+
+
+# -- squashed stores -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def squashed(backing: Path, mountpoint: Path, user: User) -> Iterator[Path]:
+    """`backing` as `user` sees it over an all_squash export: every file is theirs."""
+    if shutil.which("bindfs") is None:
+        pytest.skip("bindfs is missing (Debian package bindfs): cannot simulate squashing")
+    _open(mountpoint)
+    subprocess.run(
+        [
+            "bindfs",
+            f"--force-user={user.uid}",
+            f"--force-group={user.gid}",
+            "-o",
+            "allow_other,attr_timeout=0,entry_timeout=0",
+            str(backing),
+            str(mountpoint),
+        ],
+        check=True,
+    )
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+FORGE = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from pkgckpt import manifest, seal
+    from pkgckpt.manifest import Package, UrlSource
+    path, wheel, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    found = manifest.decode(seal.Seal().open(path.read_bytes(), path))
+    evil = Package(name="evil", version="1.0", source=UrlSource(url="file://" + wheel))
+    envs = tuple(
+        manifest.msgspec.structs.replace(d, added=(*d.added, evil))
+        for d in found.body.environments
+    )
+    body = manifest.msgspec.structs.replace(found.body, environments=envs)
+    forged = manifest.msgspec.structs.replace(found, generation=found.generation + 1, body=body)
+    data = manifest.encode(forged)
+    if mode == "reseal":  # with bob's own secret: all he has
+        data = b"".join(seal.Sealed(b"b" * 32, path.parent.name).sign((data,)))
+    tmp = path.with_name(".forged")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    """
+)
+
+
+def _forge(bob: User, manifest_path: Path, wheel: Path, mode: str = "plain") -> None:
+    done = bob.run([sys.executable, "-c", FORGE, str(manifest_path), str(wheel), mode])
+    assert done.returncode == 0, done.stderr
+
+
+def _record_alicepkg(session: Session, settings: dict[str, str]) -> None:
+    """alice's first container: a baseline, alicepkg installed by hand, a checkpoint."""
+    first = session.pkgckpt("restore", **settings, **session.runtime())
+    assert first.returncode == 0, first.stderr
+    session.install_alicepkg()
+    snap = session.pkgckpt("snapshot", **settings, **session.runtime())
+    assert snap.returncode == 0, snap.stderr
+
+
+def test_a_squashed_store_in_neither_layout_is_refused(
+    session: Session, alice: User, bob: User, base: Path
+) -> None:
+    """Under squashing bob can rewrite alice's manifest with a file:// source: once other
+    keys' directories are visible and nothing is sealed, alice's restore refuses the store
+    with both layouts explained, and bob's package never runs."""
+    export = _open(base / "export")
+    with (
+        squashed(export, base / "alice-view", alice) as mine,
+        squashed(export, base / "bob-view", bob) as his,
+    ):
+        settings = {
+            "PKGCKPT_STORE": str(mine),
+            "PKGCKPT_KEY": alice.name,
+            "PKGCKPT_STORE_UID": str(alice.uid),
+        }
+        _record_alicepkg(session, settings)  # only her directory exists yet: layout (a)
+        bob.run(["mkdir", str(his / bob.name)], check=True)
+        _forge(bob, his / alice.name / "manifest.json", session.evil)
+
+        session.new_container()
+        restore = session.pkgckpt("restore", **settings, **session.runtime())
+        assert restore.returncode == 1
+        assert f"shows other keys' directories ('{bob.name}')" in restore.stderr
+        assert "subPath" in restore.stderr and "store_secret_file" in restore.stderr
+        session.assert_clean()
+        assert "alicepkg" not in session.installed()
+
+
+def _secret(alice: User) -> Path:
+    path = alice.home / "seal.key"
+    alice.run(["sh", "-c", f"umask 077; head -c 48 /dev/urandom | base64 > {path}"], check=True)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["plain", "reseal"])
+def test_a_sealed_squashed_store_rejects_bobs_forgery(
+    session: Session, alice: User, bob: User, base: Path, mode: str
+) -> None:
+    """Layout (b): alice's manifests carry an HMAC keyed by her secret file; bob's rewrite,
+    unsealed or sealed with his own secret, is refused before it is decoded."""
+    export = _open(base / "export")
+    with (
+        squashed(export, base / "alice-view", alice) as mine,
+        squashed(export, base / "bob-view", bob) as his,
+    ):
+        bob.run(["mkdir", str(his / bob.name)], check=True)
+        settings = {
+            "PKGCKPT_STORE": str(mine),
+            "PKGCKPT_KEY": alice.name,
+            "PKGCKPT_STORE_UID": str(alice.uid),
+            "PKGCKPT_STORE_SECRET_FILE": str(_secret(alice)),
+        }
+        _record_alicepkg(session, settings)
+        assert (mine / alice.name / "manifest.json").read_bytes().startswith(b'{"seal": ')
+        _forge(bob, his / alice.name / "manifest.json", session.evil, mode)
+
+        session.new_container()
+        restore = session.pkgckpt("restore", **settings, **session.runtime())
+        assert restore.returncode == 1
+        expected = "is not sealed" if mode == "plain" else "fails its seal"
+        assert expected in restore.stderr
+        session.assert_clean()
+
+
+def test_a_secret_file_on_the_store_or_open_to_others_is_refused(
+    session: Session, alice: User, base: Path
+) -> None:
+    """The secret must be alice's alone: a group-readable one, or one on the store, is a
+    usage error that says why."""
+    export = _open(base / "export")
+    with squashed(export, base / "alice-view", alice) as mine:
+        secret = _secret(alice)
+        settings = {
+            "PKGCKPT_STORE": str(mine),
+            "PKGCKPT_KEY": alice.name,
+            "PKGCKPT_STORE_UID": str(alice.uid),
+        }
+        alice.run(["chmod", "0640", str(secret)], check=True)
+        loose = session.pkgckpt("status", PKGCKPT_STORE_SECRET_FILE=str(secret), **settings)
+        assert loose.returncode == 2 and "chmod 600" in loose.stderr
+        alice.run(["cp", str(secret), str(mine / "seal.key")], check=True)
+        alice.run(["chmod", "0600", str(mine / "seal.key")], check=True)
+        on_store = session.pkgckpt(
+            "status", PKGCKPT_STORE_SECRET_FILE=str(mine / "seal.key"), **settings
+        )
+        assert on_store.returncode == 2 and "on the store" in on_store.stderr
+
+
+def test_a_squashed_store_that_is_alices_own_mount_works(
+    session: Session, alice: User, bob: User, base: Path
+) -> None:
+    """Layout (a): the export's directory for alice is her store root (a subPath); with no
+    other key visible there, her checkpoint and restore work, unsealed."""
+    export = _open(base / "export")
+    _open(export / "alice-sub")
+    _open(export / "bob-sub")
+    with squashed(export / "alice-sub", base / "alice-view", alice) as mine:
+        settings = {
+            "PKGCKPT_STORE": str(mine),
+            "PKGCKPT_KEY": alice.name,
+            "PKGCKPT_STORE_UID": str(alice.uid),
+        }
+        _record_alicepkg(session, settings)
+        session.new_container()
+        assert "alicepkg" not in session.installed()
+        restore = session.pkgckpt("restore", **settings, **session.runtime())
+        assert restore.returncode == 0, restore.stderr
+        assert "alicepkg" in session.installed()
+        session.assert_clean()
+
+
+# -- the default key --------------------------------------------------------------------
+
+
+def test_every_user_as_jovyan_is_refused_until_a_key_is_set(
+    session: Session, alice: User, bob: User, base: Path
+) -> None:
+    """In an image where every user is `jovyan`, a shared store is refused (exit 2, how to
+    set a key) before anything is written; JUPYTERHUB_USER then keys alice's own directory,
+    which bob's planted `jovyan` directory does not touch."""
+    store = _open(base / "store", 0o1777)
+    bob.run(["mkdir", "-m", "0700", str(store / "jovyan")], check=True)
+    shared = {"PKGCKPT_STORE": str(store), "PKGCKPT_GENERIC_USERS": f"jovyan:{alice.name}"}
+
+    for first in ("restore", "snapshot", "status"):
+        refused = session.pkgckpt(first, **shared, **session.runtime())
+        assert refused.returncode == 2, refused.stderr
+        assert f"login name {alice.name!r}" in refused.stderr
+        assert "PKGCKPT_KEY=<user>" in refused.stderr
+    hub = session.pkgckpt("restore", **shared, **session.runtime(), JUPYTERHUB_USER="jovyan")
+    assert hub.returncode == 2 and "login name 'jovyan'" in hub.stderr
+    assert sorted(p.name for p in store.iterdir()) == ["jovyan"]
+
+    _record_alicepkg(session, {**shared, "JUPYTERHUB_USER": "alice-hub"})
+    assert (store / "alice-hub" / "manifest.json").stat().st_uid == alice.uid
+    session.new_container()
+    restore = session.pkgckpt("restore", **shared, **session.runtime(), JUPYTERHUB_USER="alice-hub")
+    assert restore.returncode == 0, restore.stderr
+    assert "alicepkg" in session.installed()
+    session.assert_clean()
