@@ -72,7 +72,8 @@ _SELECTORS = (
     click.option(
         "--key",
         metavar="KEY",
-        help="This session's directory in the store. Default: the login name.",
+        help="This session's directory in the store. "
+        "Default: JUPYTERHUB_USER, else the login name.",
     ),
     click.option(
         "--baseline",
