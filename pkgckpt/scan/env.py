@@ -256,7 +256,8 @@ def _keep(path: Path, key: str, stamps: tuple[_Stamp, ...], found: PythonEnv) ->
         # daemon); a read-only command (status, restore --dry-run) must not create it.
         return
     try:
-        ensure_runtime_dir(path.parent)
+        if ensure_runtime_dir(path.parent) != path.parent:
+            return  # not ours: the commands resolve the runtime directory before this
         atomic_write(path, msgspec.json.encode(kept))
     except PkgckptError as e:
         # Only a cache: the next run asks the interpreter again.
