@@ -15,7 +15,6 @@ import getpass
 import hashlib
 import logging
 import os
-import socket
 import stat
 import sys
 from collections.abc import Mapping
@@ -91,6 +90,9 @@ def _container_id() -> str:
     A home directory outlives the container: a baseline kept there by an earlier run (of
     another image, maybe) must not be taken for this one's.
     """
+    # Imported here: only a fallback needs it, and the no-op restore counts milliseconds.
+    import socket
+
     parts = [socket.gethostname()]
     with contextlib.suppress(OSError):
         parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
