@@ -1,0 +1,119 @@
+"""The no-op restore of an earlier commit against this tree's, with the trust checks on.
+
+    python benchmarks/ab_restore_noop.py REV [ROUNDS]
+
+Each side is installed as a user gets it (`pip install .` of a `git archive`, not
+editable, bytecode compiled) into its own venv on /dev/shm. One 100-package manifest,
+every package in place; contenders alternate round by round: REV; this tree; this tree
+with `store_uid` (layout (a): the store root is listed); this tree with a sealed manifest
+(layout (b): the secret is read and the HMAC verified); `python -c pass`. Prints min and
+median wall time of the whole process and the load average before and after.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from bench_restore import Bench  # noqa: E402
+
+
+def install(rev: str, into: Path) -> Path:
+    """A venv at `into` with pkgckpt of `rev` (HEAD for this tree) installed, compiled."""
+    source = into.with_name(into.name + "-src")
+    source.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", rev], check=True, capture_output=True, cwd=HERE.parent
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(into)], check=True)
+    python = into / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
+        check=True,
+    )
+    site = next((into / "lib").glob("python3*/site-packages"))
+    subprocess.run([str(python), "-m", "compileall", "-q", str(site)], check=True)
+    return python
+
+
+def main(rev: str, rounds: int) -> None:
+    root = Path(tempfile.mkdtemp(prefix="ab-restore-noop-", dir="/dev/shm"))
+    try:
+        before, after = install(rev, root / "before"), install("HEAD", root / "after")
+        bench = Bench(root / "noop", 100)
+        bench.env.pop("PYTHONPYCACHEPREFIX", None)  # each venv has its bytecode
+        bench.fresh(with_pip=False)
+        bench.manifest()
+        argv = ["restore", "--key", "bench", "--env", str(bench.venv), "--no-index"]
+        argv += ["--find-links", str(bench.wheels)]
+        first = subprocess.run(
+            [str(after), "-m", "pkgckpt", *argv, "--store", str(bench.store)], env=bench.env
+        )
+        assert first.returncode == 0
+        secret = root / "secret"
+        secret.write_bytes(os.urandom(48).hex().encode())
+        secret.chmod(0o600)
+        sealed = root / "sealed"
+        seal_it = (
+            "import sys; from pathlib import Path; from pkgckpt.store import Store; "
+            "from pkgckpt.seal import Sealed, read_secret; "
+            "m = Store(Path(sys.argv[1]), 'bench').read(); "
+            "Store(Path(sys.argv[2]), 'bench', "
+            "seal=Sealed(read_secret(Path(sys.argv[3]), Path(sys.argv[2])), 'bench'))"
+            ".commit(m.body)"
+        )
+        subprocess.run(
+            [str(after), "-c", seal_it, str(bench.store), str(sealed), str(secret)], check=True
+        )
+        squash = {"PKGCKPT_STORE_UID": str(os.getuid())}
+        contenders = {
+            f"before ({rev})": (
+                [str(before), "-m", "pkgckpt", *argv, "--store", str(bench.store)],
+                {},
+            ),
+            "after": ([str(after), "-m", "pkgckpt", *argv, "--store", str(bench.store)], {}),
+            "after, store_uid, layout (a)": (
+                [str(after), "-m", "pkgckpt", *argv, "--store", str(bench.store)],
+                squash,
+            ),
+            "after, sealed, layout (b)": (
+                [str(after), "-m", "pkgckpt", *argv, "--store", str(sealed)],
+                {**squash, "PKGCKPT_STORE_SECRET_FILE": str(secret)},
+            ),
+            "python -c pass": ([str(after), "-c", "pass"], {}),
+        }
+        for label, (command, extra) in contenders.items():  # warm-up, and each is a no-op
+            done = subprocess.run(
+                command, env={**bench.env, **extra}, capture_output=True, text=True
+            )
+            assert done.returncode == 0, (label, done.stderr)
+            assert label.startswith("python") or "in place" in done.stdout, (label, done.stdout)
+        times: dict[str, list[float]] = {label: [] for label in contenders}
+        load = os.getloadavg()
+        for _ in range(rounds):
+            for label, (command, extra) in contenders.items():
+                start = time.perf_counter()
+                subprocess.run(command, env={**bench.env, **extra}, capture_output=True)
+                times[label].append((time.perf_counter() - start) * 1000)
+        after_load = os.getloadavg()
+        print(f"load (1 min) {load[0]:.2f} -> {after_load[0]:.2f}; {rounds} rounds")
+        print("| contender | min | median |\n|---|---|---|")
+        for label, values in times.items():
+            print(f"| {label} | {min(values):.0f} ms | {statistics.median(values):.0f} ms |")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 30)
