@@ -205,7 +205,7 @@ class Config:
     generic_users: tuple[str, ...] = GENERIC_USERS
     """Login names shared by every user of the image: never a key on a shared store."""
     key_defaulted: str | None = None
-    """The login name the key fell back to when none was set (`load` only); see check_key."""
+    """The name the key fell back to when none was set (set by `load` only); see check_key."""
     env: tuple[Path, ...] = ()
     """Python prefixes; empty means the environment running pkgckpt (`sys.prefix`)."""
     r_lib: tuple[Path, ...] = ()

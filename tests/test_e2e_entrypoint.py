@@ -14,7 +14,9 @@ from daemon_kit import World, eventually, pins, uv_install
 from restore_kit import put_manifest, slow_sdist
 from wheelhouse import Dist, build_wheel, make_venv
 
+from pkgckpt.config import Config
 from pkgckpt.manifest import Body, Delta, Environment, Package
+from pkgckpt.status import status_path
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +81,8 @@ def test_entrypoint_survives_a_failed_restore_and_flushes_on_sigterm(
         eventually(started.exists, timeout=120, what="the server to start")
         if failure == "missing-package":  # the hanging build uses up the whole timeout
             assert list(venv.site_packages.glob("good_one-1.0.dist-info"))
-        status = tmp_path / "run" / "pkgckpt" / f"daemon-{world.key}.json"
+        where = Config(store=world.store, key=world.key, runtime_dir=tmp_path / "run" / "pkgckpt")
+        status = status_path(where)
         eventually(lambda: status.exists() and '"watching"' in status.read_text(), what="daemon")
         uv_install(venv.python, wheels, "late==1.0", env=world.env)
         proc.send_signal(signal.SIGTERM)
