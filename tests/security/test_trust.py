@@ -26,6 +26,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from wheelhouse import Dist, build_wheel
 
@@ -230,25 +231,28 @@ def _alices_sleep(alice: User, pidfile: Path) -> subprocess.Popen[bytes]:
 
 def _plant(bob: User, directory: Path, name: str, state: status.DaemonState) -> None:
     """bob creates `directory` (his, open to all) with a status file in it."""
-    encoded = json.dumps({**json.loads(status._encoder.encode(state)), "generation": 7})
+    encoded = json.dumps({**json.loads(msgspec.json.encode(state)), "generation": 7})
     bob.run(["mkdir", "-p", "-m", "0777", str(directory)], check=True)
-    bob.run(["sh", "-c", f"cat > {directory / name} && chmod 0666 {directory / name}"], check=False)
-    (directory / name).write_text(encoded)  # as root: the content, bob's file keeps its owner
+    write = 'printf "%s" "$1" > "$2" && chmod 0666 "$2"'
+    bob.run(["sh", "-c", write, "sh", encoded, str(directory / name)], check=True)
+    assert (directory / name).stat().st_uid == bob.uid
 
 
+@pytest.mark.parametrize("where", ["TMPDIR", "XDG_RUNTIME_DIR"])
 def test_a_planted_runtime_directory_fakes_no_daemon_and_aims_no_signal(
-    session: Session, alice: User, bob: User, shared: Path, base: Path
+    session: Session, alice: User, bob: User, shared: Path, base: Path, where: str
 ) -> None:
-    """bob's /tmp/pkgckpt-<alice's uid>/ with a status file naming alice's own `sleep`: status
-    reports no daemon, snapshot kills nothing and writes its own generation, restore and
-    daemon work from the private fallback (said once), and snapshot reaches that daemon."""
+    """bob's /tmp/pkgckpt-<alice's uid>/ (or <XDG_RUNTIME_DIR>/pkgckpt/ in a shared
+    directory) with a status file naming alice's own `sleep`: status reports no daemon,
+    snapshot kills nothing and writes its own generation, restore and daemon work from the
+    private fallback (said once), and snapshot reaches that daemon."""
     store = _open(base / "store", 0o755)
     key = alice.name
     config = Config(store=store / "s", key=key, runtime_dir=Path("/"))
     pidfile = shared / "sleep.pid"
     sleeper = _alices_sleep(alice, pidfile)
     pid = int(pidfile.read_text())
-    planted = shared / f"pkgckpt-{alice.uid}"
+    planted = shared / (f"pkgckpt-{alice.uid}" if where == "TMPDIR" else "pkgckpt")
     state = status.DaemonState(
         pid=pid,
         pid_start=status.process_start(pid),
@@ -264,6 +268,8 @@ def test_a_planted_runtime_directory_fakes_no_daemon_and_aims_no_signal(
     (store / "s").mkdir(mode=0o700)
     os.chown(store / "s", alice.uid, alice.gid)
     settings = {"PKGCKPT_STORE": str(config.store), "PKGCKPT_KEY": key}
+    if where == "XDG_RUNTIME_DIR":
+        settings[where] = str(shared)
     daemon: subprocess.Popen[bytes] | None = None
     try:
         shown = session.pkgckpt("status", "--json", **settings)
