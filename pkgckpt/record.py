@@ -441,7 +441,7 @@ class Written(_Out, frozen=True, kw_only=True):
 def _write(config: Config, request: Request) -> Written:
     """Make the change: the running daemon does, or this process through the store."""
     state = status.read_state(config)
-    if status.running(state):
+    if status.running(state, config):
         assert state is not None
         return Written(generation=ask_daemon(config, state, request), by_daemon=True)
     store = open_store(config)
@@ -492,7 +492,7 @@ def ask_daemon(config: Config, state: status.DaemonState, request: Request) -> i
                 data = _read_private(dfd, answer)
             except FileNotFoundError:
                 now = status.read_state(config)
-                if now is None or not status.running(now):
+                if now is None or not status.running(now, config):
                     break
                 continue
             except OSError as e:
