@@ -60,7 +60,7 @@ def one(kind: str, base: Path) -> int:
         env=world.env,
     )  # fmt: skip
     try:
-        status = world.runtime / f"daemon-{world.key}.json"
+        status = world.status_file
         eventually(lambda: status.exists() and '"watching"' in status.read_text(), 60, "ready")
         if kind != "none":
             eventually(prom.exists, 10, "metrics file")

@@ -16,7 +16,9 @@ from typing import TypeVar
 
 from restore_kit import hermetic
 
+from pkgckpt.config import Config
 from pkgckpt.manifest import Delta, Manifest
+from pkgckpt.status import status_path
 from pkgckpt.store import Store
 
 T = TypeVar("T")
@@ -157,6 +159,11 @@ class World:
     @property
     def runtime(self) -> Path:
         return Path(self.env["XDG_RUNTIME_DIR"]) / "pkgckpt"
+
+    @property
+    def status_file(self) -> Path:
+        """The daemon's status file, named by store and key."""
+        return status_path(Config(store=self.store, key=self.key, runtime_dir=self.runtime))
 
     def flags(self, *prefixes: Path) -> list[str]:
         out = ["--store", str(self.store), "--key", self.key]

@@ -271,7 +271,7 @@ def test_kubelet_order_snapshot_then_sigterm_then_flush_within_grace(
         inside = (Path(f"/proc/{pid1}/status").read_text().split("NSpid:")[1]).split()[1]
         assert inside == "1", "the entrypoint is not PID 1 of its namespace"
         eventually(started.exists, timeout=120, what="the server to start")
-        status = world.runtime / f"daemon-{world.key}.json"
+        status = world.status_file
         eventually(lambda: status.exists() and '"watching"' in status.read_text(), what="daemon")
         uv_install(venv.python, wheels, "early==1.0", env=world.env)
 
