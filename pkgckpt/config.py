@@ -132,6 +132,31 @@ def untrusted(path: Path) -> str | None:
     return None
 
 
+def read_private(path: Path) -> bytes | None:
+    """A runtime directory file's bytes (up to 1 MiB) when it and its directory are this
+    user's alone, else None: what is in a shared /tmp may have been planted."""
+    try:
+        if untrusted(path.parent) is not None:
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_uid != os.geteuid()
+            or stat.S_IMODE(st.st_mode) & 0o077
+        ):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(1 << 20)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 _WARNED: set[Path] = set()
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import msgspec
 
-from .config import Config, ensure_runtime_dir
+from .config import Config, ensure_runtime_dir, read_private
 from .errors import ManifestError, PkgckptError, StoreError, StoreUnavailable, UnknownSchema
 from .manifest import Body
 from .store import atomic_write
@@ -97,16 +97,19 @@ def record_restore(config: Config, seconds: float, packages: Mapping[str, int]) 
     """Leave the last restore's figures for the metrics; a failure here only warns."""
     record = RestoreRecord(finished=time.time(), seconds=round(seconds, 3), packages=dict(packages))
     try:
-        ensure_runtime_dir(config.runtime_dir)
-        atomic_write(restore_path(config), msgspec.json.encode(record) + b"\n", 0o600)
+        run = ensure_runtime_dir(config.runtime_dir)
+        atomic_write(run / restore_path(config).name, msgspec.json.encode(record) + b"\n", 0o600)
     except PkgckptError as e:
         log.warning("cannot record the restore for the metrics: %s", e)
 
 
 def read_restore(config: Config) -> RestoreRecord | None:
+    data = read_private(restore_path(config))
+    if data is None:
+        return None
     try:
-        return _record_decoder.decode(restore_path(config).read_bytes())
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return _record_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 
 

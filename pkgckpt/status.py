@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import os
 import socket
-import stat
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -28,7 +27,7 @@ import msgspec
 
 from . import __version__, checkpoint, inventory, manifest, metrics
 from .checkpoint import now_iso
-from .config import Config, ensure_runtime_dir, untrusted
+from .config import Config, ensure_runtime_dir, read_private
 from .discovery import Unreadable
 from .errors import PkgckptError
 from .manifest import Change, Environment, Package
@@ -108,34 +107,10 @@ def write_state(config: Config, state: DaemonState) -> None:
     atomic_write(run / status_path(config).name, _encoder.encode(state) + b"\n", 0o600)
 
 
-def _private_bytes(path: Path) -> bytes | None:
-    """The file's bytes when it and its directory are this user's alone, else None."""
-    try:
-        if untrusted(path.parent) is not None:
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if (
-            not stat.S_ISREG(st.st_mode)
-            or st.st_uid != os.geteuid()
-            or stat.S_IMODE(st.st_mode) & 0o077
-        ):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(1 << 20)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 def read_state(config: Config) -> DaemonState | None:
     """The status file of this store and key, or None when there is none, it cannot be
     read, or it is not this user's alone."""
-    data = _private_bytes(status_path(config))
+    data = read_private(status_path(config))
     if data is None:
         return None
     try:
