@@ -55,13 +55,14 @@ _SELECTORS = (
         multiple=True,
         type=click.Path(path_type=Path),
         metavar="DIR",
-        help="R library to track; repeatable. Default: R_LIBS_USER when set.",
+        help="R library to track; repeatable; given, only these. "
+        "Default: the libraries R uses (.libPaths() and R_LIBS_USER, not R's base library).",
     ),
     click.option(
         "--r-discover",
         is_flag=True,
         default=None,
-        help="Also track the libraries `Rscript -e '.libPaths()'` reports.",
+        help="Track the libraries R uses beside those --r-lib names.",
     ),
     click.option(
         "--store",

@@ -234,11 +234,20 @@ class Config:
     env: tuple[Path, ...] = ()
     """Python prefixes; empty means the environment running pkgckpt (`sys.prefix`)."""
     r_lib: tuple[Path, ...] = ()
-    """R libraries; empty means `R_LIBS_USER` when set."""
+    """R libraries; given, exactly these are tracked. Empty: the libraries R uses (see
+    `discover`)."""
     r_discover: bool = False
+    """Track the libraries R uses even beside `r_lib`."""
+    r_home: Path | None = None
+    """The R installation (`R.home()`); None: the Rscript and R on PATH."""
     discover: tuple[str, ...] = DISCOVER
     """What is found without being named (see `discovery`): leave a source out to switch
-    it off."""
+    it off. `r`: the libraries R uses when no `r_lib` is given."""
+    r_lock_stale: float = 600.0
+    """Seconds after which a `00LOCK-*` directory nothing writes under is left over from
+    an interrupted install, not an install in progress."""
+    max_download_bytes: int = 2 << 30
+    """The largest source archive restore downloads or copies."""
     baseline: Path | None = None
     runtime_dir: Path = dataclasses.field(default_factory=runtime_dir)
     keep_generations: int = 5
@@ -275,11 +284,8 @@ class Config:
         return self.env or (Path(sys.prefix),)
 
     def r_libs(self) -> tuple[Path, ...]:
-        if self.r_lib:
-            return self.r_lib
-        user = os.environ.get("R_LIBS_USER")
-        # R expands a leading ~ in R_LIBS_USER itself.
-        return tuple(Path(p).expanduser() for p in user.split(os.pathsep) if p) if user else ()
+        """The R libraries named in the settings; the ones R uses are found in inventory."""
+        return self.r_lib
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "key_defaulted"}

@@ -15,18 +15,21 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from packaging.utils import canonicalize_name
 
 from . import discovery, manifest
 from .config import Config, ensure_runtime_dir
 from .discovery import Discovered, Unreadable
-from .errors import ManifestError, ScanError
+from .errors import ManifestError, PkgckptError, ScanError
 from .manifest import Baseline, Environment, Inventory, Package
 from .scan import ScanResult
 from .scan.env import python_env
 from .scan.python import SiteScanner
+
+if TYPE_CHECKING:
+    from .scan.r import RLibs
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +175,15 @@ def targets(
     config: Config,
     found: Discovered | None = None,
     unreadable: list[Unreadable] | None = None,
+    r: RTracking | None = None,
 ) -> list[Target]:
     """The Python prefixes (and their user sites) and the R libraries that `config` names,
     with the environments `found` by discovery (`discover(config)` when None).
 
     `unreadable`: where an environment that cannot be read is reported (then none is
     fatal); None: a configured one that cannot be read raises ScanError, a discovered one
-    is logged.
+    is logged. `r`: the R libraries, when the caller has found them already
+    (`r_libraries`).
     """
     result: list[Target] = []
     seen: set[Path] = set()
@@ -219,17 +224,56 @@ def targets(
             log.warning("%s (%s) is not tracked: %s", p.path, p.origin, p.reason)
     else:
         unreadable.extend(problems)
-    libs = list(config.r_libs())
-    if config.r_discover:
-        from .scan.r import r_discover
-
-        libs.extend(r_discover())
-    if libs:
+    r = r or r_libraries(config)
+    if r.libs:
         from .scan.r import r_environment
 
-        for lib in libs:
-            add(r_environment(lib), (lib,))
+        for lib in r.libs:
+            add(r_environment(lib, r.info if lib not in config.r_lib else None), (lib,))
     return result
+
+
+@dataclass(frozen=True)
+class RTracking:
+    """The R libraries a command works on, and why there are none when R is installed."""
+
+    libs: tuple[Path, ...] = ()
+    info: RLibs | None = None
+    """What R said of itself and its libraries, when it was asked."""
+    installed: bool = False
+    """Whether an R (Rscript and R) was found."""
+    untracked: str | None = None
+    """Why no R library is tracked although R is installed; None when some are."""
+
+
+def r_libraries(config: Config) -> RTracking:
+    """`--r-lib` exactly when given; else (or with `--r-discover` too) the libraries R uses.
+
+    R is asked through `scan.r.r_libraries` (kept in the runtime directory). An R that
+    cannot answer leaves its libraries untracked, with the reason, rather than stopping
+    the command: the Python environments still count.
+    """
+    from .scan.r import r_libraries as ask
+    from .scan.r import r_programs
+
+    named = tuple(dict.fromkeys(config.r_libs()))
+    programs = r_programs(config.r_home)
+    installed = programs is not None
+    discover = config.r_discover or (not named and "r" in config.discover)
+    if not discover or programs is None:
+        why = None
+        if installed and not named:
+            why = "`discover` does not include `r` and no --r-lib / r_lib is given"
+        return RTracking(libs=named, installed=installed, untracked=why)
+    try:
+        info = ask(programs[0], cache_dir=config.runtime_dir)
+    except PkgckptError as e:
+        why = f"R could not report its libraries: {e}"
+        log.warning("%s", why)
+        return RTracking(libs=named, installed=True, untracked=None if named else why)
+    libs = tuple(dict.fromkeys((*named, *info.tracked())))
+    why = None if libs else "R reports no library besides its own base library"
+    return RTracking(libs=libs, info=info, installed=True, untracked=why)
 
 
 def _now() -> str:

@@ -211,6 +211,8 @@ class Report(_Out, frozen=True, kw_only=True):
     store_error: str | None = None
     revert_back_to: int | None = None
     """The oldest kept generation: how far `pkgckpt revert` can go back."""
+    r_untracked: str | None = None
+    """R is installed but no R library is tracked: why."""
 
 
 def _age(stamp: str | None) -> float | None:
@@ -257,7 +259,8 @@ def collect(config: Config) -> Report:
     recorded_envs = recorded.body.deltas() if recorded is not None else ()
     elsewhere = {checkpoint.env_key(d.env): d for d in recorded_envs}
     unreadable: list[Unreadable] = []
-    found = inventory.targets(config, unreadable=unreadable)
+    r_tracking = inventory.r_libraries(config)
+    found = inventory.targets(config, unreadable=unreadable, r=r_tracking)
     inventory.expect(found, baseline)
     for target in found:
         env = target.env
@@ -296,6 +299,7 @@ def collect(config: Config) -> Report:
         daemon=state,
         store_error=store_error,
         revert_back_to=min(kept) if kept else None,
+        r_untracked=r_tracking.untracked,
     )
 
 
@@ -382,6 +386,8 @@ def to_text(report: Report) -> str:
         lines.append("daemon:     not running")
     if report.store_error:
         lines.append(f"last error: {report.store_error}")
+    if report.r_untracked:
+        lines.append(f"R:          installed, but no R library is tracked: {report.r_untracked}")
     for e in report.environments:
         lines.append(f"{e.env.kind} {e.env.where()}:")
         if e.error:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pkgckpt import manifest
+from pkgckpt.config import DISCOVER
 from pkgckpt.manifest import Body, Manifest
 
 
@@ -30,6 +31,8 @@ def hermetic(tmp: Path) -> dict[str, str]:
         UV_CACHE_DIR=str(tmp / "uv-cache"),
         XDG_RUNTIME_DIR=str(tmp / "run"),
         XDG_CONFIG_HOME=str(tmp / "config"),
+        # The machine's own R libraries are not the test's: R tests name theirs.
+        PKGCKPT_DISCOVER=os.pathsep.join(d for d in DISCOVER if d != "r"),
     )
     return env
 

@@ -88,16 +88,14 @@ def test_list_settings_split_on_pathsep_and_repeat_as_flags(files: dict[str, Pat
 
 
 def test_a_leading_tilde_is_the_home_directory_in_single_and_list_paths(
-    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    files: dict[str, Path],
 ) -> None:
-    """`~` means the same in `store` as in each entry of `env` or `r_lib`, and in R_LIBS_USER."""
+    """`~` means the same in `store` as in each entry of `env` or `r_lib`."""
     home = Path(os.environ["HOME"])
     files["user"].write_text('store = "~/st"\nenv = ["~/venv", "/opt/conda"]\nr_lib = ["~/R"]\n')
     c = config.load({}, None, environ={"PKGCKPT_ENV": f"~/a{os.pathsep}~/b"})
     assert c.store == home / "st" and c.r_lib == (home / "R",)
     assert c.env == (home / "a", home / "b")
-    monkeypatch.setenv("R_LIBS_USER", "~/R/library")
-    assert config.Config().r_libs() == (home / "R" / "library",)
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,17 @@ def image(repo: rpkgs.Repo, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return lib
 
 
+def site_files(tmp: Path, repos: str | None = None) -> dict[str, str]:
+    """A throwaway R site: its own site library (`tmp/site`), Renviron.site and
+    Rprofile.site (setting `repos` when given), named by R_ENVIRON and R_PROFILE."""
+    site = tmp / "site"
+    site.mkdir(exist_ok=True)
+    renviron, rprofile = tmp / "Renviron.site", tmp / "Rprofile.site"
+    renviron.write_text(f"R_LIBS_SITE={site}\n")
+    rprofile.write_text(f'options(repos = c(CRAN = "{repos}"))\n' if repos else "")
+    return {"R_ENVIRON": str(renviron), "R_PROFILE": str(rprofile)}
+
+
 class Session:
     """One user's container sessions: a library, a store, a key, a home with an .Rprofile."""
 
@@ -80,7 +91,11 @@ class Session:
         env.update(HOME=str(self.home), PKGCKPT_DEBUG="1")
         env.pop("R_PROFILE_USER", None)
         if self.r_libs_user:
+            # pkgckpt's default: the libraries R uses, with a site library of the test's own
+            # (the image's Renviron.site would add the machine's).
+            env.pop("PKGCKPT_DISCOVER")
             env["R_LIBS_USER"] = str(self.lib)
+            env.update(site_files(self.tmp))
         self.env = env
         return env
 

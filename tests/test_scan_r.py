@@ -115,7 +115,8 @@ def test_reinstall_at_another_version_is_seen_by_the_same_scanner(
 def test_discover_reports_lib_paths_and_a_missing_user_library(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """r_discover() lists .libPaths() and R_LIBS_USER even before that directory exists."""
+    """r_discover() lists .libPaths() and R_LIBS_USER even before that directory exists,
+    never R's base library."""
     site = tmp_path / "site"
     site.mkdir()
     user = tmp_path / "not-yet"
@@ -124,7 +125,7 @@ def test_discover_reports_lib_paths_and_a_missing_user_library(
     found = rscan.r_discover()
     assert found[0] == site
     assert user in found
-    assert Path(rpkgs.rscript('cat(R.home("library"))')) in found
+    assert Path(rpkgs.rscript('cat(R.home("library"))')) not in found
 
 
 @needs_r

@@ -26,7 +26,11 @@ def test_an_unreadable_library_is_reported_once_with_what_it_records(tmp_path: P
     """A scan error shows beside the environment's recorded packages, not as a second entry."""
     venv = make_venv(tmp_path / "venv", with_pip=False)
     config = Config(
-        store=tmp_path / "store", key="alice", env=(venv.prefix,), runtime_dir=tmp_path / "run"
+        store=tmp_path / "store",
+        key="alice",
+        env=(venv.prefix,),
+        runtime_dir=tmp_path / "run",
+        discover=(),
     )
     (target,) = (t for t in targets(config) if not t.env.user)
     recorded = Delta(env=target.env, added=(Package(name="alpha", version="1.0"),))

@@ -17,16 +17,21 @@ changes the file's mtime, not the directory's.
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ScanError
+import msgspec
+
+from ..errors import PkgckptError, ScanError
 from ..manifest import (
     DirectorySource,
     Environment,
@@ -37,7 +42,10 @@ from ..manifest import (
     VcsSource,
 )
 from . import ScanResult
+from .env import _identity, _Stamp
 from .python import RACY_NS, strip_credentials
+
+log = logging.getLogger(__name__)
 
 LOCK_PREFIX = "00LOCK"
 """R CMD INSTALL's lock: `00LOCK-<pkg>` per package, or `00LOCK` for the whole library."""
@@ -267,39 +275,274 @@ class RLibraryScanner:
 
 _MARK = "pkgckpt:"
 
+R_FLAGS = ("--no-init-file", "--no-save", "--no-restore")
+"""How pkgckpt starts R: the image's site files (`Rprofile.site`, `Renviron.site`) and the
+user's `~/.Renviron` apply, no profile code from the home or the working directory runs.
+Not `--vanilla`: it would skip the site files, where images set `repos` and `R_LIBS_SITE`."""
 
-def _rscript(*args: str, vanilla: bool = True) -> list[str]:
-    """Lines that an R expression printed with the `pkgckpt:` prefix (profiles may print too)."""
-    rscript = shutil.which("Rscript")
-    if rscript is None:
-        raise ScanError("Rscript not found on PATH")
-    cmd = [rscript, *(["--vanilla"] if vanilla else []), *args]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise ScanError(f"cannot run Rscript: {e}") from None
+ASK_TIMEOUT = 60.0
+"""Seconds R gets to describe its libraries; a first start on a cold NFS home can be slow."""
+
+
+def r_programs(r_home: Path | None = None) -> tuple[str, str] | None:
+    """(Rscript, R) of the configured R home, else the ones on PATH; None without R."""
+    if r_home is not None:
+        found = [str(r_home / "bin" / name) for name in ("Rscript", "R")]
+        return (found[0], found[1]) if all(os.access(f, os.X_OK) for f in found) else None
+    rscript, r = shutil.which("Rscript"), shutil.which("R")
+    return (rscript, r) if rscript and r else None
+
+
+def child_environ(extra_libs: Sequence[Path] = ()) -> dict[str, str]:
+    """The environment of an R child: the image's, with no user profile for the R processes
+    that R CMD INSTALL starts itself (it has no --no-init-file), and `extra_libs` searched
+    first (R_LIBS) so that a dependency in another tracked library is found."""
+    env = dict(os.environ)
+    # R reads R_PROFILE_USER instead of ~/.Rprofile and ./.Rprofile; /dev/null runs nothing.
+    env["R_PROFILE_USER"] = os.devnull
+    if extra_libs:
+        libs = [str(p) for p in extra_libs]
+        env["R_LIBS"] = os.pathsep.join(
+            [*libs, *filter(None, env.get("R_LIBS", "").split(os.pathsep))]
+        )
+    return env
+
+
+def site_files(home: str, environ: Mapping[str, str]) -> tuple[Path, ...]:
+    """The startup files R reads under `R_FLAGS`: the installation's Renviron, the site's
+    Renviron and Rprofile, the user's Renviron (never the working directory's: R runs in a
+    private one)."""
+    etc = Path(home, "etc")
+    user = environ.get("R_ENVIRON_USER") or str(Path(environ.get("HOME", "~"), ".Renviron"))
+    return (
+        etc / "Renviron",
+        Path(environ.get("R_ENVIRON") or etc / "Renviron.site"),
+        Path(environ.get("R_PROFILE") or etc / "Rprofile.site"),
+        Path(user).expanduser(),
+    )
+
+
+def _startup_failure(rscript: str, stderr: str) -> str:
+    """What went wrong before pkgckpt's own R code started, naming the file R ran."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    said = " ".join(ln for ln in lines if ln != "Execution halted")[-400:] or "no output"
+    environ = os.environ
+    profile = environ.get("R_PROFILE") or "the site profile (R_HOME/etc/Rprofile.site)"
+    return f"{rscript} failed while starting, in {profile} or the Renviron files it reads: {said}"
+
+
+def run_rscript(rscript: str, expr: str, *args: str, timeout: float = ASK_TIMEOUT) -> list[str]:
+    """Lines that an R expression printed with the `pkgckpt:` prefix (site profiles may
+    print too), run under `R_FLAGS` in a private working directory."""
+    import subprocess
+    import tempfile
+
+    # A first mark tells a failure of the site files apart from one of `expr`.
+    script = f'cat("{_MARK}\\n"); {expr}'
+    with tempfile.TemporaryDirectory(prefix="pkgckpt-r-") as cwd:
+        try:
+            done = subprocess.run(
+                [rscript, *R_FLAGS, "-e", script, *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                cwd=cwd,
+                env=child_environ(),
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ScanError(f"cannot run {rscript}: {e}") from None
+    lines = done.stdout.splitlines()
+    if _MARK not in lines:
+        raise ScanError(_startup_failure(rscript, done.stderr))
     if done.returncode != 0:
-        last = done.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise ScanError(f"Rscript failed ({done.returncode}): {last[0]}")
-    return [ln.removeprefix(_MARK) for ln in done.stdout.splitlines() if ln.startswith(_MARK)]
+        last = done.stderr.strip().splitlines()[-3:] or ["no output"]
+        raise ScanError(f"{rscript} failed ({done.returncode}): {' '.join(last)}")
+    return [ln.removeprefix(_MARK) for ln in lines if ln.startswith(_MARK) and ln != _MARK]
+
+
+# -- the libraries R uses ------------------------------------------------------------------
+
+# Run by the R being asked: tab-separated `kind<TAB>value` records.
+_PROBE = r"""local({
+    m <- function(kind, x) if (length(x)) cat(paste0("pkgckpt:", kind, "\t", x), sep = "\n")
+    split <- function(var) {
+        x <- strsplit(Sys.getenv(var), .Platform$path.sep, fixed = TRUE)[[1L]]
+        path.expand(x[nzchar(x)])
+    }
+    m("home", R.home())
+    m("version", as.character(getRversion()))
+    m("platform", R.version$platform)
+    m("base", normalizePath(.Library, mustWork = FALSE))
+    m("lib", normalizePath(.libPaths(), mustWork = FALSE))
+    # R has expanded %v, %p, ... in R_LIBS_USER at startup; a missing one is not in
+    # .libPaths() yet, but install.packages() creates it on first use.
+    m("user", split("R_LIBS_USER"))
+    m("candidate", c(split("R_LIBS"), split("R_LIBS_SITE")))
+})"""
+
+
+class RLibs(msgspec.Struct, frozen=True, kw_only=True):
+    """What an R installation says of its libraries."""
+
+    home: str
+    version: str
+    platform: str
+    base: tuple[str, ...] = ()
+    """`.Library`: R's own packages, never tracked."""
+    libs: tuple[str, ...] = ()
+    """`.libPaths()` as R reports it (existing directories only)."""
+    user: tuple[str, ...] = ()
+    """`R_LIBS_USER`, expanded as R does, whether or not it exists."""
+    candidates: tuple[str, ...] = ()
+    """`R_LIBS` and `R_LIBS_SITE` entries: R drops missing ones from `.libPaths()`, so
+    their creation changes the answer."""
+
+    def tracked(self) -> tuple[Path, ...]:
+        """The libraries to track: `.libPaths()` and the user library, without `.Library`."""
+        base = {os.path.realpath(b) for b in self.base}
+        found: dict[Path, None] = {}
+        for lib in (*self.libs, *self.user):
+            if os.path.realpath(lib) not in base:
+                found.setdefault(Path(lib), None)
+        return tuple(found)
+
+
+def _parse_probe(lines: Sequence[str]) -> RLibs:
+    values: dict[str, list[str]] = {}
+    for line in lines:
+        kind, _, value = line.partition("\t")
+        values.setdefault(kind, []).append(value)
+    paths = {
+        kind: tuple(v for v in values.get(kind, []) if v.startswith("/"))
+        for kind in ("base", "lib", "user", "candidate")
+    }
+    one = {k: (values.get(k) or [""])[0] for k in ("home", "version", "platform")}
+    if not all(one.values()):
+        raise ScanError("R did not describe its installation")
+    return RLibs(
+        home=one["home"],
+        version=one["version"],
+        platform=one["platform"],
+        base=paths["base"],
+        libs=paths["lib"],
+        user=paths["user"],
+        candidates=paths["candidate"],
+    )
+
+
+class _KeptR(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    stamps: tuple[_Stamp, ...]
+    found: RLibs
+
+
+_kept_decoder = msgspec.json.Decoder(_KeptR)
+_CACHE_FORMAT = 1
+
+
+def _probe_key(rscript: str) -> str:
+    # Every R_* variable steers R (R_HOME, R_LIBS*, R_ENVIRON*, R_PROFILE), and HOME the
+    # user's Renviron and `~`.
+    steering = sorted((k, v) for k, v in os.environ.items() if k == "HOME" or k.startswith("R_"))
+    ids = (os.getuid(), os.geteuid(), os.getgid(), os.getegid())
+    text = msgspec.json.encode(
+        [_CACHE_FORMAT, _PROBE, rscript, os.path.realpath(rscript), steering, ids]
+    )
+    return hashlib.sha256(text).hexdigest()
+
+
+def _answer_stamps(found: RLibs) -> tuple[_Stamp, ...]:
+    # The startup files, and the parents of every library R named or could name: a library
+    # appearing or vanishing changes its parent, an install inside it does not.
+    files = [str(f) for f in site_files(found.home, os.environ)]
+    parents = {str(Path(p).parent) for p in (*found.libs, *found.user, *found.candidates)}
+    return tuple(_identity(p, True) for p in [*files, *sorted(parents)])
+
+
+def _cache_file(cache_dir: Path, rscript: str) -> Path:
+    return cache_dir / f"r-libs-{hashlib.sha256(rscript.encode()).hexdigest()[:32]}.json"
+
+
+def _recall(path: Path, key: str) -> RLibs | None:
+    data = read_private(path, _CACHE_MAX)
+    if data is None:
+        return None
+    try:
+        kept = _kept_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    if kept.key != key or any(_identity(s.path, s.follow) != s for s in kept.stamps):
+        return None
+    return kept.found
+
+
+_CACHE_MAX = 64 * 1024
+
+
+def read_private(path: Path, limit: int) -> bytes | None:
+    """A regular file of ours that no one else can write, else None: a runtime directory
+    in a shared /tmp could hold a planted answer pointing the scan anywhere."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_uid != os.geteuid()
+            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            return None
+        return os.read(fd, limit + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def keep_private(path: Path, data: bytes) -> None:
+    """Write a cache file in the runtime directory; a failure only costs the next run a probe."""
+    from ..config import ensure_runtime_dir
+    from ..store import atomic_write
+
+    try:
+        ensure_runtime_dir(path.parent)
+        atomic_write(path, data)
+    except PkgckptError as e:
+        log.debug("cannot keep R's answer: %s", e)
+
+
+def r_libraries(rscript: str, *, cache_dir: Path | None = None) -> RLibs:
+    """What `rscript`'s R says of its libraries, asked once and kept in `cache_dir` (the
+    runtime directory) until R, its startup files, its environment or its libraries'
+    parents change; ScanError when R cannot answer."""
+    key = _probe_key(rscript)
+    path = _cache_file(cache_dir, rscript) if cache_dir is not None else None
+    if path is not None:
+        kept = _recall(path, key)
+        if kept is not None:
+            return kept
+    before = (_identity(os.path.realpath(rscript), True),)
+    found = _parse_probe(run_rscript(rscript, _PROBE))
+    if path is not None and path.parent.is_dir():
+        keep_private(
+            path,
+            msgspec.json.encode(
+                _KeptR(key=key, stamps=before + _answer_stamps(found), found=found)
+            ),
+        )
+    return found
 
 
 def r_discover() -> list[Path]:
-    """The libraries R searches (`.libPaths()`), then `R_LIBS_USER` even before it exists.
-
-    Run without --vanilla: the user's and the site's Renviron and Rprofile are what set
-    these paths. R drops a missing R_LIBS_USER from `.libPaths()`, but that is where the
-    first `install.packages()` creates the personal library, so it is watched too.
-    """
-    expr = (
-        'user <- path.expand(strsplit(Sys.getenv("R_LIBS_USER"), .Platform$path.sep)[[1]]);'
-        f'cat(paste0("{_MARK}", unique(c(.libPaths(), user[nzchar(user)]))), sep = "\\n")'
-    )
-    seen: dict[Path, None] = {}
-    for line in _rscript("-e", expr, vanilla=False):
-        if line:
-            seen.setdefault(Path(line), None)
-    return list(seen)
+    """The libraries the R on PATH uses (see `RLibs.tracked`), asked now."""
+    programs = r_programs()
+    if programs is None:
+        raise ScanError("Rscript not found on PATH")
+    return list(r_libraries(programs[0]).tracked())
 
 
 def _tools_built() -> tuple[str, str] | None:
@@ -330,15 +573,25 @@ def r_info() -> tuple[str, str]:
     found = _tools_built()
     if found is not None:
         return found
+    programs = r_programs()
+    if programs is None:
+        raise ScanError("Rscript not found on PATH")
     info = "c(as.character(getRversion()), R.version$platform)"
-    lines = _rscript("-e", f'cat(paste0("{_MARK}", {info}), sep = "\\n")')
+    lines = run_rscript(programs[0], f'cat(paste0("{_MARK}", {info}), sep = "\\n")')
     if len(lines) != 2:
         raise ScanError("Rscript did not report its version")
     return lines[0], lines[1]
 
 
-def r_environment(lib: Path) -> Environment:
-    """The manifest identity of an R library; without a usable R, version and platform are None."""
+def r_environment(lib: Path, info: RLibs | None = None) -> Environment:
+    """The manifest identity of an R library; without a usable R, version and platform are None.
+
+    `info`: what the R that uses the library said of itself, when it was asked.
+    """
+    if info is not None:
+        return Environment(
+            kind="r", path=str(lib), interpreter=info.version, platform=info.platform
+        )
     try:
         version, platform = r_info()
     except ScanError:

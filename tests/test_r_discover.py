@@ -1,0 +1,196 @@
+"""Which R libraries pkgckpt tracks without R flags: the ones R itself uses, as R reports
+them under pkgckpt's rule for starting R (site files yes, user and working-directory
+profiles no), asked once and kept in the runtime directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import restore_kit
+import rpkgs
+
+from pkgckpt import inventory
+from pkgckpt.config import Config
+from pkgckpt.errors import ScanError
+from pkgckpt.scan import r as rscan
+
+needs_r = rpkgs.needs_r
+
+
+class Site:
+    """A throwaway R site: HOME, site library, Renviron.site and Rprofile.site of its own."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.home = tmp / "home"
+        self.home.mkdir()
+        self.site = tmp / "site"
+        self.site.mkdir()
+        self.renviron = tmp / "Renviron.site"
+        self.rprofile = tmp / "Rprofile.site"
+        self.renviron.write_text(f"R_LIBS_SITE={self.site}\n")
+        self.rprofile.write_text("")
+        self.run = tmp / "run"
+        self.run.mkdir(mode=0o700)
+        self.marker = tmp / "profile-ran"
+
+    def environ(self) -> dict[str, str]:
+        return {
+            "HOME": str(self.home),
+            "R_ENVIRON": str(self.renviron),
+            "R_PROFILE": str(self.rprofile),
+        }
+
+    def config(self, **values: object) -> Config:
+        return Config(runtime_dir=self.run, env=(), **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    s = Site(tmp_path)
+    for key in [k for k in os.environ if k.startswith("R_") and k != "R_HOME"]:
+        monkeypatch.delenv(key)
+    for key, value in s.environ().items():
+        monkeypatch.setenv(key, value)
+    yield s
+
+
+def base_library() -> Path:
+    return Path(rpkgs.rscript('cat(normalizePath(R.home("library")))'))
+
+
+@needs_r
+def test_default_tracks_site_and_user_libraries_but_never_the_base_library(site: Site) -> None:
+    """No R flags: the site library and a user library that does not exist yet are tracked,
+    R's own base library is not."""
+    user = site.tmp / "mine"
+    os.environ["R_LIBS_USER"] = str(user)
+    found = inventory.r_libraries(site.config())
+    assert found.libs == (site.site, user)
+    assert base_library() not in found.libs
+    assert found.untracked is None
+
+
+@needs_r
+def test_r_libs_user_is_expanded_as_r_expands_it(site: Site) -> None:
+    """`~/Rlib/%v/%p` is the directory R installs into: home, R's x.y version, platform."""
+    os.environ["R_LIBS_USER"] = "~/Rlib/%v/%p"
+    version, platform = rscan.r_info()
+    x_y = ".".join(version.split(".")[:2])
+    found = inventory.r_libraries(site.config()).libs
+    assert site.home / "Rlib" / x_y / platform in found
+    assert not any("%" in str(p) for p in found)
+
+
+@needs_r
+def test_r_lib_restricts_tracking_to_exactly_what_it_names(site: Site) -> None:
+    """--r-lib given: only that library, not the site library R would add."""
+    named = site.tmp / "named"
+    assert inventory.r_libraries(site.config(r_lib=(named,))).libs == (named,)
+
+
+@needs_r
+def test_without_r_in_discover_status_says_why_nothing_is_tracked(site: Site) -> None:
+    """`discover` without `r`: nothing tracked, and the reason is given."""
+    found = inventory.r_libraries(site.config(discover=("kernels",)))
+    assert found.libs == ()
+    assert found.untracked is not None and "discover" in found.untracked
+
+
+@needs_r
+def test_user_and_working_directory_profiles_do_not_run_but_site_files_do(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """~/.Rprofile and ./.Rprofile (planted by someone else) never run; the image's
+    Rprofile.site and Renviron.site do."""
+    planted = site.tmp / "planted"
+    planted.mkdir()
+    for profile in (site.home / ".Rprofile", planted / ".Rprofile"):
+        profile.write_text(f'cat("user", file = "{site.marker}", append = TRUE); stop("x")\n')
+    (planted / ".Renviron").write_text(f"R_LIBS_USER={site.tmp}/planted-lib\n")
+    extra = site.tmp / "from-profile"
+    extra.mkdir()
+    site.rprofile.write_text(f'.libPaths(c("{extra}", .libPaths()))\n')
+    monkeypatch.chdir(planted)
+    found = inventory.r_libraries(site.config())
+    assert not site.marker.exists()
+    assert extra in found.libs and site.site in found.libs
+    assert all("planted" not in str(p) for p in found.libs)
+
+
+@needs_r
+def test_a_failing_site_profile_is_named_in_the_error(site: Site) -> None:
+    """R says only "Execution halted"; pkgckpt's message names the profile that failed."""
+    site.rprofile.write_text('stop("the site profile broke")\n')
+    programs = rscan.r_programs()
+    assert programs is not None
+    with pytest.raises(ScanError, match=r"Rprofile\.site.*the site profile broke"):
+        rscan.r_libraries(programs[0])
+    found = inventory.r_libraries(site.config())
+    assert found.libs == ()
+    assert found.untracked is not None and "Rprofile.site" in found.untracked
+
+
+def _count_runs(site: Site) -> int:
+    return len(site.marker.read_text()) if site.marker.exists() else 0
+
+
+@needs_r
+def test_r_is_asked_once_and_again_when_its_environment_or_files_change(site: Site) -> None:
+    """The answer is kept in the runtime directory; a new R_LIBS_USER or an edited
+    Renviron.site makes pkgckpt ask R again."""
+    site.rprofile.write_text(f'cat("x", file = "{site.marker}", append = TRUE)\n')
+    config = site.config()
+    first = inventory.r_libraries(config).libs
+    assert inventory.r_libraries(config).libs == first
+    assert _count_runs(site) == 1
+    os.environ["R_LIBS_USER"] = str(site.tmp / "other")
+    assert site.tmp / "other" in inventory.r_libraries(config).libs
+    assert _count_runs(site) == 2
+    second_site = site.tmp / "site2"
+    second_site.mkdir()
+    site.renviron.write_text(f"R_LIBS_SITE={second_site}\n")
+    assert second_site in inventory.r_libraries(config).libs
+    assert _count_runs(site) == 3
+
+
+@needs_r
+def test_a_planted_cached_answer_is_not_trusted(site: Site) -> None:
+    """A cache file that others can write is ignored: R is asked again."""
+    site.rprofile.write_text(f'cat("x", file = "{site.marker}", append = TRUE)\n')
+    config = site.config()
+    inventory.r_libraries(config)
+    (kept,) = site.run.glob("r-libs-*.json")
+    kept.write_text(kept.read_text().replace(str(site.site), "/etc"))
+    kept.chmod(0o666)
+    assert Path("/etc") not in inventory.r_libraries(config).libs
+    assert _count_runs(site) == 2
+
+
+@needs_r
+def test_status_says_when_r_is_installed_but_untracked(tmp_path: Path) -> None:
+    """`pkgckpt status` prints a plain line saying R is not tracked, and why."""
+    env = restore_kit.hermetic(tmp_path)
+    env["HOME"] = str(tmp_path)
+    out = restore_kit.pkgckpt("status", "--store", str(tmp_path / "store"), env=env)
+    assert out.returncode == 0, out.stderr
+    assert "R:          installed, but no R library is tracked" in out.stdout
+    assert "`discover` does not include `r`" in out.stdout
+
+
+@needs_r
+def test_baseline_includes_the_libraries_r_uses(site: Site, tmp_path: Path) -> None:
+    """`pkgckpt baseline` with no R flags records the site library R uses."""
+    env = {**restore_kit.hermetic(tmp_path), **site.environ()}
+    env.pop("PKGCKPT_DISCOVER")
+    out_file = tmp_path / "baseline.json"
+    done = restore_kit.pkgckpt("baseline", "-o", str(out_file), env=env)
+    assert done.returncode == 0, done.stderr
+    recorded = json.loads(out_file.read_text())
+    paths = [e["env"]["path"] for e in recorded["environments"] if e["env"]["kind"] == "r"]
+    assert str(site.site) in paths
+    assert str(base_library()) not in paths
