@@ -77,7 +77,7 @@ class Session:
         self.home = tmp / "home"
         self.home.mkdir()
         self.marker = tmp / "profile-ran"
-        # A user profile that leaves a trace: restore must run R without it (--vanilla).
+        # A user profile that leaves a trace: restore must run R without it.
         (self.home / ".Rprofile").write_text(
             f'cat(commandArgs(), file = "{self.marker}", append = TRUE)\n'
         )
@@ -261,7 +261,8 @@ def test_a_personal_library_created_under_the_daemon_comes_back_after_a_wipe(
 
 @needs_r
 def test_the_profile_marker_would_catch_a_non_vanilla_r(session: Session) -> None:
-    """The test's .Rprofile runs in plain Rscript: its absence after restore proves --vanilla."""
+    """The test's .Rprofile runs in plain Rscript: its absence after restore proves that
+    pkgckpt starts R without the user's profile."""
     subprocess.run(["Rscript", "-e", "1"], env=session.env, check=True, capture_output=True)
     assert session.marker.exists()
 

@@ -1,18 +1,21 @@
 """R packages, restored into one R library at their exact versions.
 
-Three steps, none through a shell, none reading the user's R profile:
+Three steps, none through a shell, every R started by pkgckpt's rule (`scan.r.R_FLAGS`:
+the image's `Rprofile.site` and `Renviron.site` and the user's `~/.Renviron` apply, no
+profile code from the home or the working directory runs; a private working directory;
+`R_PROFILE_USER=/dev/null` for the R processes R CMD INSTALL starts itself; every tracked
+R library on `R_LIBS`, so that a dependency in another library is found):
 
-1. fetch: one `Rscript --vanilla` (no user or site profile: nothing in the user's
-   `.Rprofile` runs, and R's options are its defaults) reads the repositories'
+1. fetch: one `Rscript` reads the repositories'
    `PACKAGES` (`available.packages`) and downloads each package's source tarball: from
    the repository when it serves that exact version, else from its archive
    (`src/contrib/Archive/<pkg>/<pkg>_<ver>.tar.gz`, as CRAN keeps it). The requests go
    to R in a file, one tab-separated record a line, never as R code.
-2. install: `R CMD INSTALL --use-vanilla --no-test-load --library=<lib> <source>` per
+2. install: `R CMD INSTALL --no-test-load --library=<lib> <source>` per
    package, in dependency order (Depends, Imports and LinkingTo read from each source's
    DESCRIPTION), independent packages side by side (`jobs`). A package whose dependency
    failed is not attempted; every failure is reported with R's last lines.
-3. load: one `Rscript --vanilla` loads every installed namespace (R's own per-package
+3. load: one `Rscript` loads every installed namespace (R's own per-package
    test load would start two R processes each); one that does not load is reported and
    removed with `remove.packages()`, as R's test load would have left it uninstalled.
 
@@ -36,19 +39,22 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from http.client import HTTPMessage
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
 from ..config import Config
 from ..errors import RestoreError
 from ..manifest import DirectorySource, Environment, IndexSource, Package, UrlSource, VcsSource
-from ..scan.r import DescriptionError, dependencies, parse_dcf
+from ..scan.r import R_FLAGS, DescriptionError, child_environ, dependencies, parse_dcf, r_programs
 from .python import URL_SCHEMES, VCS_SCHEMES, local_path, url_blocked
 from .runner import Deadline, Outcome, call
 from .validate import r_name, r_version
@@ -161,16 +167,30 @@ def remote_fields(source: UrlSource | VcsSource | DirectorySource, commit: str |
     return "".join(f"{k}: {v}\n" for k, v in fields.items() if v)
 
 
-def mark_source(directory: Path, name: str, version: str, fields: str) -> frozenset[str]:
-    """Check a package source directory and record where it came from in its DESCRIPTION."""
+def mark_source(
+    directory: Path, name: str, version: str, fields: str, root: Path | None = None
+) -> frozenset[str]:
+    """Check a package source directory and record where it came from in its DESCRIPTION.
+
+    `root`: the tree `directory` must stay in; a clone can hold symlinks, and the
+    DESCRIPTION rewritten here must be the copy's, never a file they lead to.
+    """
+    if root is not None and not directory.resolve().is_relative_to(root.resolve()):
+        raise DescriptionError("the subdirectory leads out of the source tree")
     description = directory / "DESCRIPTION"
     try:
-        data = description.read_bytes()
+        fd = os.open(description, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
-        raise DescriptionError(f"no DESCRIPTION: {e.strerror}") from None
-    depends = _checked(data, name, version)
-    data = _REMOTE_LINE.sub(b"", data.rstrip(b"\n") + b"\n")
-    description.write_bytes(data + fields.encode())
+        raise DescriptionError(f"no DESCRIPTION (or a link): {e.strerror}") from None
+    with os.fdopen(fd, "r+b") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise DescriptionError("DESCRIPTION is not a regular file")
+        data = f.read(1 << 20)
+        depends = _checked(data, name, version)
+        data = _REMOTE_LINE.sub(b"", data.rstrip(b"\n") + b"\n")
+        f.seek(0)
+        f.write(data + fields.encode())
+        f.truncate()
     return depends
 
 
@@ -182,35 +202,83 @@ _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1"}
 """No credential prompt that would hang a container start; no system-wide git hooks."""
 
 
-def _git_checkout(source: VcsSource, dest: Path, deadline: Deadline) -> tuple[Outcome, str | None]:
+def _git_checkout(
+    source: VcsSource, dest: Path, deadline: Deadline, cwd: Path
+) -> tuple[Outcome, str | None]:
     """Clone `source` at its commit (else its requested revision); the commit checked out."""
     env = {**os.environ, **_GIT_ENV}
     outcome = call(
-        ["git", "clone", "--quiet", "--", source.url, str(dest)], deadline=deadline, env=env
+        ["git", "clone", "--quiet", "--", source.url, str(dest)],
+        deadline=deadline,
+        env=env,
+        cwd=cwd,
     )
     revision = source.commit or source.requested_revision
     if outcome.ok and revision:
-        # Validated: a hexadecimal id or a ref name that cannot start with "-".
-        argv = ["git", "-C", str(dest), "checkout", "--quiet", "--detach", revision, "--"]
-        outcome = call(argv, deadline=deadline, env=env)
+        # Validated not to start with "-"; --end-of-options says so to git as well.
+        argv = ["git", "-C", str(dest), "checkout", "--quiet", "--detach", "--end-of-options"]
+        outcome = call([*argv, revision, "--"], deadline=deadline, env=env, cwd=cwd)
     if not outcome.ok:
         return outcome, None
-    head = call(["git", "-C", str(dest), "rev-parse", "HEAD"], deadline=deadline, env=env)
+    argv = ["git", "-C", str(dest), "rev-parse", "--verify", "--end-of-options", "HEAD"]
+    head = call(argv, deadline=deadline, env=env, cwd=cwd)
     return head, head.output.strip() if head.ok else None
 
 
-def _download_source(source: UrlSource, work: Path, deadline: Deadline) -> Path:
+class _SameScheme(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to the scheme asked for: never https -> http (or file)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        before, after = urlsplit(req.full_url).scheme.lower(), urlsplit(newurl).scheme.lower()
+        if before != after:
+            raise ValueError(f"refusing a redirect from {before} to {after}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _copy_capped(reader: IO[bytes], out: IO[bytes], limit: int, deadline: Deadline) -> None:
+    total = 0
+    while chunk := reader.read(1 << 20):
+        total += len(chunk)
+        if total > limit:
+            raise ValueError(f"larger than the {limit} byte limit (max_download_bytes)")
+        if deadline.expired():
+            raise ValueError("the restore timeout ran out during the download")
+        out.write(chunk)
+
+
+def fetch_archive(url: str, archive: Path, deadline: Deadline, limit: int) -> None:
+    """Download (https) or copy (a regular local file) `url` to `archive`, at most `limit`
+    bytes, within the deadline, following redirects only within the scheme."""
+    with archive.open("wb") as out:
+        if urlsplit(url).scheme.lower() == "file":
+            local = local_path(url)
+            if local is None:
+                raise ValueError("not a local file URL")
+            fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                # /dev/zero, a FIFO: not an archive, and endless.
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise ValueError("not a regular file")
+                _copy_capped(f, out, limit, deadline)
+            return
+        opener = urllib.request.build_opener(_SameScheme)
+        with opener.open(url, timeout=deadline.remaining() or 300) as r:
+            _copy_capped(r, out, limit, deadline)
+
+
+def _download_source(source: UrlSource, work: Path, deadline: Deadline, limit: int) -> Path:
     """Download (https) or copy (file) a source tarball, check its hashes, unpack it safely;
     the unpacked package directory (the tarball's single top directory)."""
     archive = work / "source.tar.gz"
-    if urlsplit(source.url).scheme.lower() == "file":
-        local = local_path(source.url)
-        if local is None:
-            raise ValueError("not a local file URL")
-        shutil.copyfile(local, archive)
-    else:  # https: blocked() allows nothing else
-        with urllib.request.urlopen(source.url, timeout=deadline.remaining() or 300) as r:
-            archive.write_bytes(r.read())
+    fetch_archive(source.url, archive, deadline, limit)
     data = archive.read_bytes()
     for algorithm, digest in source.hashes.items():
         if hashlib.new(algorithm, data).hexdigest() != digest:
@@ -232,16 +300,32 @@ def failed(package: Package, output: str) -> Outcome:
     return Outcome(("R", "CMD", "INSTALL", package.name), 1, output)
 
 
+NO_R = "R is not installed here (no Rscript and R on PATH, nor in the configured r_home)"
+
+
 class RInstaller:
     """The `runner.Installer` of one R library."""
 
     def __init__(self, env: Environment, config: Config, jobs: int | None = None) -> None:
         self.lib = Path(env.path)
+        self.config = config
         self.repos = config.r_repo
         self.jobs = max(1, jobs or os.cpu_count() or 1)
         # Without R, each package is reported (blocked) while other environments restore.
-        self.rscript = shutil.which("Rscript") or ""
-        self.r = shutil.which("R") or ""
+        self.rscript, self.r = r_programs(config.r_home) or ("", "")
+        self._environ: dict[str, str] | None = None
+
+    def environ(self) -> dict[str, str]:
+        """The environment of every R child (see the module docstring)."""
+        if self._environ is None:
+            from ..inventory import r_libraries
+
+            libs = r_libraries(self.config).libs
+            self._environ = child_environ([self.lib, *(lib for lib in libs if lib != self.lib)])
+        return self._environ
+
+    def _call(self, argv: Sequence[str], deadline: Deadline, cwd: Path) -> Outcome:
+        return call(argv, deadline=deadline, env=self.environ(), cwd=cwd)
 
     @property
     def name(self) -> str:
@@ -249,7 +333,7 @@ class RInstaller:
 
     def blocked(self, package: Package) -> str | None:
         if not (self.rscript and self.r):
-            return "R is not installed here (Rscript and R not on PATH)"
+            return NO_R
         source = package.source
         if isinstance(source, IndexSource):
             if not self.repos:
@@ -299,7 +383,7 @@ class RInstaller:
                         ready[p.name] = prepared
                     else:
                         results[p.name] = prepared
-            results.update(self._install(ready, deadline))
+            results.update(self._install(ready, deadline, Path(tmp)))
             installed = [p for p in packages if p.name in ready and results[p.name].ok]
             results.update(self._check_loads(installed, Path(tmp), deadline))
         return results
@@ -319,25 +403,28 @@ class RInstaller:
         work.mkdir(parents=True)
         commit = None
         if isinstance(source, VcsSource):
-            outcome, commit = _git_checkout(source, work / "checkout", deadline)
+            outcome, commit = _git_checkout(source, work / "checkout", deadline, tmp)
             if not outcome.ok:
                 return outcome
             root = work / "checkout"
         elif isinstance(source, UrlSource):
             try:
-                root = _download_source(source, work, deadline)
+                root = _download_source(source, work, deadline, self.config.max_download_bytes)
             except (OSError, ValueError, tarfile.TarError) as e:
                 return failed(package, f"cannot fetch {source.url}: {e}")
         else:
             root = work / "copy"
             try:
-                shutil.copytree(source.path, root, ignore=shutil.ignore_patterns(".git"))
+                # symlinks=True: a link is copied as a link, never followed out of the tree.
+                shutil.copytree(
+                    source.path, root, symlinks=True, ignore=shutil.ignore_patterns(".git")
+                )
             except OSError as e:
                 return failed(package, f"cannot copy {source.path}: {e}")
         directory = root / (source.subdirectory or "")
         try:
             fields = remote_fields(source, commit)
-            depends = mark_source(directory, package.name, package.version, fields)
+            depends = mark_source(directory, package.name, package.version, fields, root)
         except DescriptionError as e:
             return failed(package, f"{_where(source)}: {e}")
         return Prepared(package, directory, depends)
@@ -357,8 +444,8 @@ class RInstaller:
         lines += [f"pkg\t{p.name}\t{p.version}" for p in packages]
         request.write_text("\n".join(lines) + "\n", encoding="utf-8")
         script.write_text(FETCH_R, encoding="utf-8")
-        argv = [self.rscript, "--vanilla", str(script), str(request), str(answer), str(downloads)]
-        outcome = call(argv, deadline=deadline)
+        argv = [self.rscript, *R_FLAGS, str(script), str(request), str(answer), str(downloads)]
+        outcome = self._call(argv, deadline, tmp)
         if not outcome.ok:
             results.update((p.name, outcome) for p in packages)
             return {}
@@ -385,14 +472,14 @@ class RInstaller:
         return tarballs
 
     def _command(self, tarball: Prepared) -> list[str]:
-        # --use-vanilla: the R that installs reads no user profile either.
+        # Not --use-vanilla: it would skip Renviron.site, where R_LIBS_SITE (the site library
+        # a dependency may be in) is set; R_PROFILE_USER keeps the user's profile out.
         # --no-test-load: R's test loads start two R processes per package (0.5 s of the
         # 1.3 s a small package takes); `_check_loads` loads them all in one R afterwards.
         return [
             self.r,
             "CMD",
             "INSTALL",
-            "--use-vanilla",
             "--no-test-load",
             f"--library={self.lib}",
             str(tarball.path),
@@ -416,8 +503,8 @@ class RInstaller:
         while pending:
             names.write_text("\n".join(pending) + "\n", encoding="utf-8")
             answer.unlink(missing_ok=True)
-            argv = [self.rscript, "--vanilla", str(script), str(self.lib), str(names), str(answer)]
-            outcome = call(argv, deadline=deadline)
+            argv = [self.rscript, *R_FLAGS, str(script), str(self.lib), str(names), str(answer)]
+            outcome = self._call(argv, deadline, tmp)
             checked = dict.fromkeys(pending, "")
             if answer.exists():
                 for line in answer.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -432,13 +519,15 @@ class RInstaller:
                 errors[pending[0]] = outcome.tail() or "R failed while loading it"
                 pending = pending[1:]
         if errors:
-            self._remove(list(errors), deadline)
+            self._remove(list(errors), deadline, tmp)
         by_name = {p.name: p for p in packages}
         return {
             n: failed(by_name[n], f"installed but does not load: {e}") for n, e in errors.items()
         }
 
-    def _install(self, tarballs: Mapping[str, Prepared], deadline: Deadline) -> dict[str, Outcome]:
+    def _install(
+        self, tarballs: Mapping[str, Prepared], deadline: Deadline, cwd: Path
+    ) -> dict[str, Outcome]:
         """R CMD INSTALL each tarball once its dependencies in the set are installed."""
         results: dict[str, Outcome] = {}
         waiting = dict(tarballs)
@@ -447,7 +536,7 @@ class RInstaller:
 
             def start(name: str) -> None:
                 command = self._command(waiting.pop(name))
-                running[pool.submit(call, command, deadline=deadline)] = name
+                running[pool.submit(self._call, command, deadline, cwd)] = name
 
             while waiting or running:
                 settled = False
@@ -479,12 +568,14 @@ class RInstaller:
         names = [p.name for p in packages]
         if not all(r_name(n) for n in names):
             raise RestoreError("invalid R package name in a removal")
-        return self._remove(names, deadline)
+        if not self.rscript:
+            return Outcome(("Rscript",), None, NO_R)
+        with tempfile.TemporaryDirectory(prefix="pkgckpt-r-") as tmp:
+            return self._remove(names, deadline, Path(tmp))
 
-    def _remove(self, names: Sequence[str], deadline: Deadline) -> Outcome:
-        # Not R CMD REMOVE: it runs R with the user's .Rprofile and has no --vanilla.
+    def _remove(self, names: Sequence[str], deadline: Deadline, cwd: Path) -> Outcome:
+        # Not R CMD REMOVE: it has no --no-init-file.
         # The values follow the expression as arguments, which Rscript passes to R as data.
         expr = "a <- commandArgs(TRUE); remove.packages(a[-1L], lib = a[1L])"
-        return call(
-            [self.rscript, "--vanilla", "-e", expr, str(self.lib), *names], deadline=deadline
-        )
+        argv = [self.rscript, *R_FLAGS, "-e", expr, str(self.lib), *names]
+        return self._call(argv, deadline, cwd)

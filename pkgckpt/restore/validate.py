@@ -13,8 +13,9 @@ separate question, answered per package by the installer's `blocked()`: such a p
 reported as a failure, while the rest is restored.
 
 R rules: `r_name()` and `r_version()` follow "Writing R Extensions" 1.1.1. R sources
-(remotes) are checked by `restore/r.py` (its installer's `blocked()`), which knows their
-shapes; the R engineer owns those rules and the refinement of these two.
+(remotes) get the same checks as Python's, and a scheme from a fixed list and no path
+segment shaped like an option; whether one may be fetched here is `restore/r.py`'s
+`blocked()`.
 """
 
 from __future__ import annotations
@@ -149,6 +150,27 @@ def _source_problem(package: Package) -> str | None:
     return None
 
 
+R_URL_SCHEMES = frozenset({"https", "http", "file", "ssh", "git"})
+"""Schemes an R source URL may have at all; `restore/r.py` narrows them per kind."""
+
+
+def _r_source_problem(package: Package) -> str | None:
+    """What R sources must also be: a known scheme, no path segment shaped like an option
+    (remotes and git take them as arguments)."""
+    source = package.source
+    if isinstance(source, (UrlSource, VcsSource)):
+        parts = urlsplit(source.url)
+        if parts.scheme.lower() not in R_URL_SCHEMES:
+            return f"URL scheme {parts.scheme!r} is not allowed for R sources"
+        if any(segment.startswith("-") for segment in parts.path.split("/")):
+            return "URL with a path segment starting with '-'"
+    if isinstance(source, DirectorySource) and any(
+        segment.startswith("-") for segment in source.path.split("/")
+    ):
+        return "directory source with a path segment starting with '-'"
+    return None
+
+
 def _show(text: str) -> str:
     # repr() shows hostile bytes (NUL, ANSI escapes, newlines) instead of emitting them.
     return repr(text if len(text) <= 80 else text[:77] + "...")
@@ -214,6 +236,9 @@ def delta_problems(delta: Delta) -> Iterator[str]:
                 yield f"{where}: {package.name}: {_show(package.version)} is not a valid R version"
                 continue
             key = package.name
+            problem = _source_problem(package) or _r_source_problem(package)
+            if problem:
+                yield f"{where}: {package.name}: {problem}"
         if key in seen:
             yield f"{where}: {package.name} is listed more than once"
         seen.add(key)

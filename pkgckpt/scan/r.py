@@ -113,6 +113,18 @@ def _forge_url(kind: str, fields: Mapping[str, str]) -> str | None:
     return f"https://{host or _FORGES[kind]}/{user}/{repo}"
 
 
+_SCP = re.compile(r"([A-Za-z0-9_][A-Za-z0-9._-]*@)?([A-Za-z0-9_][A-Za-z0-9._-]*):(?!//)(.+)")
+
+
+def _scp_to_ssh(url: str) -> str:
+    """git's scp-like `git@host:user/repo` as the ssh URL it means (restore takes URLs)."""
+    match = _SCP.fullmatch(url) if "://" not in url else None
+    if match is None:
+        return url
+    user, host, path = match.groups()
+    return f"ssh://{user or ''}{host}/{path.lstrip('/')}"
+
+
 def source(fields: Mapping[str, str]) -> Source:
     """Where the package came from: the remotes/pak `Remote*` fields, else `Repository:`."""
     kind = fields.get("RemoteType", "").lower()
@@ -129,7 +141,7 @@ def source(fields: Mapping[str, str]) -> Source:
     elif kind in _GIT_TYPES and url:
         return VcsSource(
             vcs="git",
-            url=strip_credentials(url),
+            url=strip_credentials(_scp_to_ssh(url)),
             commit=commit,
             requested_revision=ref,
             subdirectory=subdir,

@@ -1,0 +1,173 @@
+"""R sources from the store are hostile until validated: the same checks as Python's, and
+fetching them stays inside its limits (scheme, size, deadline, the tree it was copied to)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import rpkgs
+
+from pkgckpt.config import Config
+from pkgckpt.errors import ManifestError
+from pkgckpt.manifest import (
+    Body,
+    Delta,
+    DirectorySource,
+    Environment,
+    Package,
+    Source,
+    UrlSource,
+    VcsSource,
+)
+from pkgckpt.restore.r import Prepared, RInstaller, fetch_archive, mark_source
+from pkgckpt.restore.runner import Deadline
+from pkgckpt.restore.validate import check_body
+from pkgckpt.scan.r import DescriptionError, source
+
+needs_r = rpkgs.needs_r
+
+ENV = Environment(kind="r", path="/lib")
+GIT = "https://example.org/u/repo.git"
+
+
+def refused(source: Source) -> str:
+    body = Body(
+        environments=(Delta(env=ENV, added=(Package(name="evil", version="1.0", source=source),)),)
+    )
+    with pytest.raises(ManifestError) as e:
+        check_body(body)
+    return str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "why"),
+    [
+        (VcsSource(vcs="git", url=GIT, requested_revision="--orphan=evil"), "revision"),
+        (VcsSource(vcs="git", url="ssh://-oProxyCommand=touch%20x/r"), "host"),
+        (VcsSource(vcs="git", url="https://example.org/-upload-pack=x"), "'-'"),
+        (UrlSource(url="https://example.org/a b.tar.gz"), "whitespace"),
+        (UrlSource(url="https://example.org/a\n.tar.gz"), "whitespace"),
+        (UrlSource(url="ftp://example.org/a.tar.gz"), "scheme"),
+        (UrlSource(url="-https://example.org/a.tar.gz"), "absolute URL"),
+        (VcsSource(vcs="git", url=GIT, subdirectory="/etc"), "subdirectory"),
+        (VcsSource(vcs="git", url=GIT, subdirectory="pkg/../../x"), "subdirectory"),
+        (VcsSource(vcs="git", url=GIT, subdirectory="-x"), "subdirectory"),
+        (DirectorySource(path="/src/-rf"), "'-'"),
+    ],
+)
+def test_hostile_r_sources_refuse_the_manifest(source: Source, why: str) -> None:
+    """Option-shaped, blank-holding, unknown-scheme or escaping R sources never reach git or R."""
+    assert why in refused(source)
+
+
+def test_a_plain_r_source_passes() -> None:
+    """The shapes remotes records pass (no false refusal of a normal manifest)."""
+    ok = VcsSource(
+        vcs="git", url=GIT, commit="a" * 40, requested_revision="v1.0", subdirectory="pkg"
+    )
+    check_body(
+        Body(environments=(Delta(env=ENV, added=(Package(name="ok", version="1.0", source=ok),)),))
+    )
+
+
+def test_a_device_is_never_copied(tmp_path: Path) -> None:
+    """file:///dev/zero is refused before a byte is copied: not a regular file."""
+    with pytest.raises(ValueError, match="not a regular file"):
+        fetch_archive("file:///dev/zero", tmp_path / "a", Deadline(10), 1 << 20)
+
+
+def test_a_file_over_the_size_cap_is_refused(tmp_path: Path) -> None:
+    """max_download_bytes bounds what is copied."""
+    big = tmp_path / "big.tar.gz"
+    big.write_bytes(b"x" * 5000)
+    with pytest.raises(ValueError, match="limit"):
+        fetch_archive(big.as_uri(), tmp_path / "a", Deadline(10), 4096)
+    fetch_archive(big.as_uri(), tmp_path / "b", Deadline(10), 5000)
+    assert (tmp_path / "b").stat().st_size == 5000
+
+
+class _Redirect(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", "https://127.0.0.1:1/elsewhere.tar.gz")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def redirecting() -> Iterator[str]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/pkg.tar.gz"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_redirect_to_another_scheme_is_refused(redirecting: str, tmp_path: Path) -> None:
+    """A download is never followed to another scheme (https -> http, here http -> https)."""
+    with pytest.raises(ValueError, match="refusing a redirect from http to https"):
+        fetch_archive(redirecting, tmp_path / "a", Deadline(10), 1 << 20)
+
+
+def test_a_subdirectory_linking_out_of_the_tree_is_not_rewritten(tmp_path: Path) -> None:
+    """A clone whose subdirectory is a symlink cannot make pkgckpt edit a file outside it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    description = outside / "DESCRIPTION"
+    description.write_text("Package: evil\nVersion: 1.0\n")
+    root = tmp_path / "clone"
+    root.mkdir()
+    (root / "pkg").symlink_to(outside)
+    with pytest.raises(DescriptionError, match="out of the source tree"):
+        mark_source(root / "pkg", "evil", "1.0", "RemoteType: git\n", root)
+    assert description.read_text() == "Package: evil\nVersion: 1.0\n"
+
+
+def test_a_linked_description_is_not_rewritten(tmp_path: Path) -> None:
+    """DESCRIPTION itself as a symlink is refused, not followed."""
+    target = tmp_path / "elsewhere"
+    target.write_text("Package: evil\nVersion: 1.0\n")
+    root = tmp_path / "clone"
+    root.mkdir()
+    (root / "DESCRIPTION").symlink_to(target)
+    with pytest.raises(DescriptionError, match="link"):
+        mark_source(root, "evil", "1.0", "RemoteType: git\n", root)
+    assert target.read_text() == "Package: evil\nVersion: 1.0\n"
+
+
+@needs_r
+def test_a_directory_source_is_copied_without_following_symlinks(tmp_path: Path) -> None:
+    """A link in a local package source stays a link in the copy that is built."""
+    src = tmp_path / "src"
+    (src / "R").mkdir(parents=True)
+    (src / "DESCRIPTION").write_text("Package: ckptLocal\nVersion: 1.0\nTitle: T\n")
+    (src / "etc").symlink_to("/etc")
+    installer = RInstaller(Environment(kind="r", path=str(tmp_path / "lib")), Config())
+    package = Package(name="ckptLocal", version="1.0", source=DirectorySource(path=str(src)))
+    work = tmp_path / "work"
+    prepared = installer._prepare(package, DirectorySource(path=str(src)), work, Deadline(60))
+    assert isinstance(prepared, Prepared), prepared
+    assert (prepared.path / "etc").is_symlink()
+    assert "RemoteType: local" in (prepared.path / "DESCRIPTION").read_text()
+
+
+def test_an_scp_like_git_remote_is_recorded_as_the_ssh_url_it_means() -> None:
+    """`git@host:user/repo` (what remotes records for install_git over ssh) becomes an
+    ssh:// URL, which restore accepts, instead of a manifest restore would refuse."""
+    fields = {"RemoteType": "git2r", "RemoteUrl": "git@example.org:u/repo.git"}
+    recorded = source(fields)
+    assert recorded == VcsSource(vcs="git", url="ssh://git@example.org/u/repo.git")
+    check_body(
+        Body(
+            environments=(
+                Delta(env=ENV, added=(Package(name="ok", version="1.0", source=recorded),)),
+            )
+        )
+    )
