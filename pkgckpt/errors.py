@@ -72,3 +72,10 @@ class PartialRestore(PkgckptError):
         super().__init__(message)
         self.report = report
         """What was done and what failed: render it like a complete restore's report."""
+
+
+class RestoreUnavailable(PartialRestore):
+    """Nothing could be installed, for one cause shared by every package that failed (no
+    R, no readable repository): one message, exit 1."""
+
+    exit_code = 1

@@ -73,6 +73,10 @@ class Session:
         self.lib = tmp / "lib"
         self.r_libs_user = r_libs_user
         """Name the library by R_LIBS_USER (pkgckpt's default) instead of --r-lib."""
+        self.site_repos: str | None = None
+        """The repository the image's Rprofile.site sets (none: R's `@CRAN@`)."""
+        self.site = tmp / "site"
+        """The site library (R_LIBS_SITE in the site's Renviron.site)."""
         self.store = tmp / "store"
         self.home = tmp / "home"
         self.home.mkdir()
@@ -90,12 +94,13 @@ class Session:
         env = restore_kit.hermetic(self.tmp / f"c{self.containers}")
         env.update(HOME=str(self.home), PKGCKPT_DEBUG="1")
         env.pop("R_PROFILE_USER", None)
+        # A site of the test's own: the machine's Renviron.site would add its site library,
+        # its Rprofile.site a repository the tests cannot reach.
+        env.update(site_files(self.tmp, self.site_repos))
         if self.r_libs_user:
-            # pkgckpt's default: the libraries R uses, with a site library of the test's own
-            # (the image's Renviron.site would add the machine's).
+            # pkgckpt's default: the libraries R uses.
             env.pop("PKGCKPT_DISCOVER")
             env["R_LIBS_USER"] = str(self.lib)
-            env.update(site_files(self.tmp))
         self.env = env
         return env
 
@@ -304,15 +309,121 @@ def test_failures_are_reported_per_package_and_the_rest_installed(session: Sessi
 
 @needs_r
 def test_repositories_never_come_from_the_manifest(session: Session) -> None:
-    """A repository named in the manifest is not used: without --r-repo nothing installs."""
+    """A repository named in the manifest is not used: with no --r-repo and R's `@CRAN@`,
+    restore is a usage error (exit 2) that says how to set one, and installs nothing."""
     put(
         session,
         Package(name="ckptC", version="0.3.1", source=IndexSource(repository=session.repo.url)),
     )
-    done = session.pkgckpt("restore")
-    assert done.returncode == 3
-    assert "no R repository configured" in done.stdout
+    for args in ((), ("--dry-run",)):
+        done = session.pkgckpt("restore", *args)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "no R repository to restore from" in done.stderr
+        assert "--r-repo URL" in done.stderr and "Rprofile.site" in done.stderr
     assert "ckptC" not in rpkgs.installed(session.lib)
+
+
+@needs_r
+def test_the_image_rprofile_site_repository_is_used_without_r_repo(session: Session) -> None:
+    """No --r-repo: the repository the image's Rprofile.site sets is where restore installs
+    from (R runs with the site files, not --vanilla)."""
+    session.site_repos = session.repo.url
+    session.new_container()
+    put(session, Package(name="ckptImports", version="1.2.0", depends=("ckpt.base",)))
+    done = session.pkgckpt("restore")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rpkgs.installed(session.lib)["ckptImports"] == "1.2.0"
+    assert not session.marker.exists()
+
+
+@needs_r
+def test_an_unreadable_repository_is_one_message_and_exit_1(session: Session) -> None:
+    """A repository with no PACKAGES index: said once, with R's cause; nothing installable
+    for that global cause is exit 1, not 3."""
+    put(
+        session,
+        Package(name="ckptC", version="0.3.1"),
+        Package(name="ckptImports", version="1.2.0"),
+    )
+    missing = session.tmp / "no-such-repo"
+    done = session.pkgckpt("restore", "--r-repo", missing.as_uri())
+    assert done.returncode == 1, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert output.count("cannot be read") == 1, output
+    assert "PACKAGES" in output
+    assert "nor in their archives" not in output
+
+
+@needs_r
+def test_no_r_on_path_is_one_message_and_exit_1(session: Session) -> None:
+    """R missing: no `cannot run : Permission denied`, one message, exit 1; a recorded
+    removal says the same."""
+    put(
+        session,
+        Package(name="ckptC", version="0.3.1"),
+        removed=(Package(name="ckptGone", version="1.0"),),
+    )
+    bare = session.tmp / "bin"  # no R, no Rscript
+    bare.mkdir()
+    env = {**session.env, "PATH": str(bare)}
+    done = restore_kit.pkgckpt("restore", *session.args("--r-repo", session.repo.url), env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot run" not in done.stdout + done.stderr
+    assert "R is not installed here" in done.stderr
+
+
+@needs_r
+def test_keep_removed_says_what_it_kept(session: Session) -> None:
+    """--keep-removed with only a removal to skip: not a bare "Nothing to restore"."""
+    put(session, removed=(Package(name="ckptGone", version="1.0"),))
+    kept = session.restore("--keep-removed")
+    assert kept.returncode == 0, kept.stderr
+    assert "Kept (--keep-removed): ckptGone 1.0" in kept.stdout
+    assert "ckptGone" in rpkgs.installed(session.lib)
+
+
+@needs_r
+def test_a_persistent_home_with_a_wiped_site_library_restores_in_dependency_order(
+    tmp_path: Path, repo: rpkgs.Repo, notify: socket.socket
+) -> None:
+    """No R flags: root installs ckpt.base into the site library, the user ckptImports (which
+    imports it) into a user library created under the daemon, and the home's ~/.Rprofile
+    loads it. The next pod keeps the home but has both libraries empty: one restore puts
+    both back, the site one first, without running the profile."""
+    session = Session(tmp_path, repo, r_libs_user=True)
+    assert session.restore().returncode == 0
+
+    def user() -> None:
+        rpkgs.install(session.site, repo, ["ckpt.base"])
+        rpkgs.rscript("dir.create(Sys.getenv('R_LIBS_USER'))", env=session.env)
+        rpkgs.rscript(
+            "options(warn = 2); a <- commandArgs(TRUE); .libPaths(a[3]);"
+            "install.packages(a[1], lib = a[2], repos = a[4], dependencies = FALSE)",
+            "ckptImports",
+            str(session.lib),
+            str(session.site),
+            repo.url,
+        )
+
+    watched(session, notify, user)
+    recorded = Store(session.store, "k").read()
+    assert recorded is not None
+    by_lib = {d.env.path: {p.name for p in d.added} for d in recorded.body.environments}
+    assert by_lib[str(session.site)] == {"ckpt.base"}
+    assert by_lib[str(session.lib)] == {"ckptImports"}
+
+    (session.home / ".Rprofile").write_text(
+        f'cat("ran", file = "{session.marker}"); library(ckptImports)\n'
+    )
+    shutil.rmtree(session.site)
+    session.site.mkdir()
+    shutil.rmtree(session.lib)
+    session.new_container()
+    done = session.restore()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rpkgs.installed(session.site) == {"ckpt.base": "1.0.0"}
+    assert rpkgs.installed(session.lib) == {"ckptImports": "1.2.0"}
+    assert not session.marker.exists()
 
 
 @needs_r

@@ -24,7 +24,7 @@ from restore_kit import (
 from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt import restore
-from pkgckpt.config import Config
+from pkgckpt.config import DISCOVER, Config
 from pkgckpt.errors import PartialRestore
 from pkgckpt.inventory import load_baseline, targets
 from pkgckpt.manifest import Body, Delta, Environment, Package, UrlSource
@@ -78,6 +78,8 @@ def make_config(tmp_path: Path, venv: Venv, wheels: Path, **settings: object) ->
         "no_index": True,
         "find_links": (str(wheels),),
         "timeout": 300.0,
+        # The machine's own R libraries are not this test's.
+        "discover": tuple(d for d in DISCOVER if d != "r"),
     }
     values.update(settings)
     return Config(**values)  # type: ignore[arg-type]

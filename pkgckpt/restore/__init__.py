@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from ..config import Config
-from ..errors import PartialRestore
+from ..errors import PartialRestore, RestoreUnavailable
 from ..manifest import (
     DirectorySource,
     Environment,
@@ -166,6 +166,9 @@ class EnvPlan(_Out, frozen=True, kw_only=True):
     when the environment has something else to do."""
     blocked: tuple[Failure, ...] = ()
     """Packages whose recorded source cannot be used here: reported, not attempted."""
+    unavailable: str | None = None
+    """Nothing of this environment can be restored here, for this one reason (R is not
+    installed): said once instead of once per package."""
 
     def is_empty(self) -> bool:
         return not (self.install or self.remove or self.blocked)
@@ -214,6 +217,7 @@ class Plan(_Out, frozen=True, kw_only=True):
                 f"Nothing to restore{here}: the {self.packages} package(s) of generation "
                 f"{self.generation} (key {self.key!r}) are in place."
             )
+            lines += _kept_lines(self.environments)
         else:
             lines.append(f"Restore plan for key {self.key!r}, generation {self.generation}:")
             for e in self.environments:
@@ -221,7 +225,10 @@ class Plan(_Out, frozen=True, kw_only=True):
                 lines += [f"  install {_describe(s)}" for s in e.install]
                 lines += [f"  remove  {s.name} {s.version} (removed by the user)" for s in e.remove]
                 lines += [f"  keep    {s.name} {s.version} (--keep-removed)" for s in e.kept]
-                lines += [f"  cannot  {f.name} {f.version}: {f.message}" for f in e.blocked]
+                if e.unavailable:
+                    lines.append(f"  cannot restore any of them: {e.unavailable}")
+                else:
+                    lines += [f"  cannot  {f.name} {f.version}: {f.message}" for f in e.blocked]
         lines += _skipped_lines(self.skipped)
         return "\n".join(lines)
 
@@ -235,6 +242,9 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     kept: tuple[str, ...] = ()
     failed: tuple[Failure, ...] = ()
     seconds: float = 0.0
+    unavailable: str | None = None
+    """Nothing could be installed here, for this one reason (no R, no readable R
+    repository)."""
 
 
 class Report(_Out, frozen=True, kw_only=True):
@@ -250,6 +260,10 @@ class Report(_Out, frozen=True, kw_only=True):
 
     @property
     def exit_code(self) -> int:
+        """0: done; 1: nothing installed for a cause shared by every failure; 3: some failed."""
+        failing = [e for e in self.environments if e.failed]
+        if failing and not self.timed_out and all(e.unavailable for e in failing):
+            return 1
         return 3 if self.failures or self.timed_out else 0
 
     def to_json(self) -> bytes:
@@ -265,6 +279,9 @@ class Report(_Out, frozen=True, kw_only=True):
                 counts += f", kept {len(e.kept)}"
             counts += f", failed {len(e.failed)}"
             lines.append(f"{e.env.where()} ({e.installer}): {counts} in {e.seconds:.1f} s")
+            if e.unavailable:
+                lines.append(f"  not restored: {e.unavailable}")
+                continue
             for f in e.failed:
                 lines.append(f"  failed to {f.action} {f.name} {f.version}:")
                 lines += [f"    | {line}" for line in f.message.splitlines()]
@@ -273,6 +290,8 @@ class Report(_Out, frozen=True, kw_only=True):
         failed = len(self.failures)
         if self.timed_out:
             lines.append(f"Restore stopped: the timeout ran out after {self.seconds:.1f} s.")
+        elif self.exit_code == 1:
+            lines.append(f"Restore failed: {failed} package(s) could not be installed here.")
         elif failed:
             lines.append(f"Restore incomplete: {failed} package(s) failed.")
         else:
@@ -288,6 +307,38 @@ def _skipped_lines(skipped: Sequence[Skipped]) -> list[str]:
         f"Skipped {s.env.kind} {s.env.where()}: {s.packages} recorded package(s), {s.reason}"
         for s in skipped
     ]
+
+
+def _kept_lines(environments: Sequence[EnvPlan]) -> list[str]:
+    """What --keep-removed left installed although the user had removed it."""
+    return [
+        f"Kept (--keep-removed): {s.name} {s.version} in {e.env.where()}, removed by the user"
+        for e in environments
+        for s in e.kept
+    ]
+
+
+def _unavailable(installer: Installer) -> str | None:
+    """The installer's reason why nothing of its environment can be restored, if it has one
+    (`RInstaller.unavailable`)."""
+    why = getattr(installer, "unavailable", None)
+    return why if isinstance(why, str) else None
+
+
+def _dependency_order(plans: list[EnvPlan], needs: Mapping[int, set[str]]) -> list[EnvPlan]:
+    """Environments ordered so that one whose packages others need (an R user library's
+    package importing a site library's) is restored first; ties and cycles keep the
+    manifest's order."""
+    provides = [{s.name for s in p.install} for p in plans]
+    after = {
+        i: {j for j in range(len(plans)) if j != i and needs.get(i, set()) & provides[j]}
+        for i in range(len(plans))
+    }
+    order: list[int] = []
+    while len(order) < len(plans):
+        ready = [i for i in range(len(plans)) if i not in order and after[i] <= set(order)]
+        order.append(ready[0] if ready else next(i for i in range(len(plans)) if i not in order))
+    return [plans[i] for i in order]
 
 
 def _counts(e: EnvPlan) -> str:
@@ -395,6 +446,9 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
     from ..manifest import same_env
 
     environments: list[EnvPlan] = []
+    needs: dict[int, set[str]] = {}
+    """Per planned environment: the packages its installs depend on (R's Depends, Imports,
+    LinkingTo, as recorded)."""
     elsewhere: list[Environment] = []
     skipped: list[Skipped] = []
     tracked = 0
@@ -447,7 +501,7 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
                         reason="removed",
                     )
                 )
-        if not install and (not gone or config.keep_removed):
+        if not install and not gone:
             continue
         # The target's env (this container's interpreter and platform), not the manifest's.
         installer = _installer(target.env, config)
@@ -460,6 +514,10 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
             else:
                 blocked.append(step.failure("install", why))
         gone.sort(key=lambda s: _key(kind, s.name))
+        wanted_now = {s.name for s in install}
+        needs[len(environments)] = {
+            d for p in (*delta.added, *delta.changed) if p.name in wanted_now for d in p.depends
+        }
         environments.append(
             EnvPlan(
                 env=target.env,
@@ -468,6 +526,7 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
                 remove=() if config.keep_removed else tuple(gone),
                 kept=tuple(gone) if config.keep_removed else (),
                 blocked=tuple(blocked),
+                unavailable=_unavailable(installer) if blocked and not ready else None,
             )
         )
     return Plan(
@@ -475,7 +534,7 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
         store=str(config.store),
         generation=manifest.generation,
         packages=tracked,
-        environments=tuple(environments),
+        environments=tuple(_dependency_order(environments, needs)),
         elsewhere=tuple(elsewhere),
         skipped=tuple(skipped),
     )
@@ -624,6 +683,7 @@ def _apply(
             kept=tuple(f"{s.name}=={s.version}" for s in ep.kept),
             failed=tuple(failed),
             seconds=round(time.monotonic() - began, 3),
+            unavailable=None if installed or removed else _unavailable(work.installer),
         )
         if say is not None:
             say(
@@ -687,6 +747,9 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
     _record(config, report, time.monotonic() - started)
     if the_plan.is_empty():
         return report
+    if report.exit_code == 1:
+        why = next(e.unavailable for e in report.environments if e.unavailable)
+        raise RestoreUnavailable(f"restore failed: {why}", report=report)
     if report.exit_code:
         failed = report.failures
         names = ", ".join(f.name for f in failed[:5]) + (", ..." if len(failed) > 5 else "")

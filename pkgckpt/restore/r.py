@@ -36,6 +36,7 @@ like the rest.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -52,12 +53,22 @@ from typing import IO
 from urllib.parse import urlsplit
 
 from ..config import Config
-from ..errors import RestoreError
+from ..errors import RestoreError, ScanError, UsageError
 from ..manifest import DirectorySource, Environment, IndexSource, Package, UrlSource, VcsSource
-from ..scan.r import R_FLAGS, DescriptionError, child_environ, dependencies, parse_dcf, r_programs
+from ..scan.r import (
+    R_FLAGS,
+    DescriptionError,
+    child_environ,
+    dependencies,
+    parse_dcf,
+    r_programs,
+    run_rscript,
+)
 from .python import URL_SCHEMES, VCS_SCHEMES, local_path, url_blocked
 from .runner import Deadline, Outcome, call
 from .validate import r_name, r_version
+
+log = logging.getLogger(__name__)
 
 FETCH_R = r"""
 args <- commandArgs(trailingOnly = TRUE)
@@ -66,8 +77,33 @@ dest <- args[[3L]]
 field <- function(kind) Filter(function(r) r[[1L]] == kind, request)
 repos <- vapply(field("repo"), `[[`, "", 2L)
 contrib <- contrib.url(repos, type = "source")
-# No filters: an exact version is wanted even when R would prefer a newer one.
-available <- available.packages(contriburl = contrib, type = "source", filters = list())
+# Each repository's index on its own: one that cannot be read is reported with R's reason.
+unread <- character()
+available <- NULL
+for (i in seq_along(contrib)) {
+    why <- NULL
+    # No filters: an exact version is wanted even when R would prefer a newer one.
+    a <- withCallingHandlers(
+        tryCatch(available.packages(contriburl = contrib[[i]], type = "source",
+                                    filters = list()),
+                 error = function(e) { why <<- c(why, conditionMessage(e)); NULL }),
+        warning = function(w) {
+            why <<- c(why, conditionMessage(w))
+            invokeRestart("muffleWarning")
+        })
+    if (is.null(a) || (!is.null(why) && nrow(a) == 0L)) {
+        if (is.null(why)) why <- "no PACKAGES index"
+        why <- gsub("[\t\r\n]+", " ", paste(unique(why), collapse = "; "))
+        unread <- c(unread, paste("!unreadable", repos[[i]], why, sep = "\t"))
+    } else {
+        available <- rbind(available, a)
+    }
+}
+readable <- !(repos %in% vapply(strsplit(unread, "\t", fixed = TRUE), `[[`, "", 2L))
+repos <- repos[readable]
+contrib <- contrib[readable]
+if (is.null(available)) available <- matrix(character(), 0L, 3L,
+    dimnames = list(NULL, c("Package", "Version", "Repository")))
 fetch <- function(url, file) {
     ok <- tryCatch(download.file(url, file, quiet = TRUE, mode = "wb") == 0L,
                    error = function(e) FALSE, warning = function(w) FALSE)
@@ -101,7 +137,7 @@ for (r in field("pkg")) {
     }
     found <- c(found, paste(name, version, file, from, sep = "\t"))
 }
-writeLines(found, args[[2L]], useBytes = TRUE)
+writeLines(c(unread, found), args[[2L]], useBytes = TRUE)
 """
 
 
@@ -215,12 +251,14 @@ def _git_checkout(
     )
     revision = source.commit or source.requested_revision
     if outcome.ok and revision:
-        # Validated not to start with "-"; --end-of-options says so to git as well.
-        argv = ["git", "-C", str(dest), "checkout", "--quiet", "--detach", "--end-of-options"]
-        outcome = call([*argv, revision, "--"], deadline=deadline, env=env, cwd=cwd)
+        if revision.startswith("-"):  # validate.py refuses these; never an option to git
+            return Outcome(("git", "checkout"), 1, f"invalid revision {revision!r}"), None
+        # The revision must come before "--" (after it, git reads paths).
+        argv = ["git", "-C", str(dest), "checkout", "--quiet", "--detach", revision, "--"]
+        outcome = call(argv, deadline=deadline, env=env, cwd=cwd)
     if not outcome.ok:
         return outcome, None
-    argv = ["git", "-C", str(dest), "rev-parse", "--verify", "--end-of-options", "HEAD"]
+    argv = ["git", "-C", str(dest), "rev-parse", "--verify", "HEAD"]
     head = call(argv, deadline=deadline, env=env, cwd=cwd)
     return head, head.output.strip() if head.ok else None
 
@@ -302,6 +340,41 @@ def failed(package: Package, output: str) -> Outcome:
 
 NO_R = "R is not installed here (no Rscript and R on PATH, nor in the configured r_home)"
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
+NO_REPO = (
+    "no R repository to restore from: {what}. Set one with --r-repo URL, "
+    'r_repo = ["URL"] in /etc/pkgckpt/config.toml, or options(repos = c(CRAN = "URL")) '
+    "in R's Rprofile.site"
+)
+
+_image_repos: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
+def image_repos(rscript: str, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The repositories the image configures (`getOption("repos")` under pkgckpt's rule
+    for starting R), asked once per process; UsageError when there are none."""
+    key = (rscript, environ.get("R_PROFILE", "") + "\0" + environ.get("HOME", ""))
+    if key not in _image_repos:
+        expr = 'cat(paste0("pkgckpt:", getOption("repos")), sep = "\\n")'
+        try:
+            found = run_rscript(rscript, expr)
+        except ScanError as e:
+            raise RestoreError(f"cannot read R's repositories: {e}") from None
+        repos = tuple(r for r in found if r and r != "@CRAN@")
+        if not repos:
+            what = "R's repos option is only @CRAN@ (unset)" if found else "R sets none"
+            raise UsageError(NO_REPO.format(what=what))
+        _image_repos[key] = repos
+    return _image_repos[key]
+
 
 class RInstaller:
     """The `runner.Installer` of one R library."""
@@ -309,11 +382,20 @@ class RInstaller:
     def __init__(self, env: Environment, config: Config, jobs: int | None = None) -> None:
         self.lib = Path(env.path)
         self.config = config
-        self.repos = config.r_repo
         self.jobs = max(1, jobs or os.cpu_count() or 1)
         # Without R, each package is reported (blocked) while other environments restore.
         self.rscript, self.r = r_programs(config.r_home) or ("", "")
         self._environ: dict[str, str] | None = None
+        self._repos: tuple[str, ...] | None = config.r_repo or None
+        self.unavailable: str | None = None if self.rscript else NO_R
+        """Why nothing of this library can be restored (no R, no readable repository)."""
+
+    def repositories(self) -> tuple[str, ...]:
+        """`--r-repo` / `r_repo`, else the image's `getOption("repos")`; UsageError when
+        there is none (or only CRAN's `@CRAN@` placeholder)."""
+        if self._repos is None:
+            self._repos = image_repos(self.rscript, self.environ())
+        return self._repos
 
     def environ(self) -> dict[str, str]:
         """The environment of every R child (see the module docstring)."""
@@ -336,11 +418,12 @@ class RInstaller:
             return NO_R
         source = package.source
         if isinstance(source, IndexSource):
-            if not self.repos:
-                return "no R repository configured (--r-repo URL, or r_repo in the config)"
+            self.repositories()  # raises UsageError when there is none at all
             return None
         if isinstance(source, UrlSource):
-            return url_blocked(source.url, URL_SCHEMES)
+            # https only, unless the admin's own repository is plain http.
+            http = any(urlsplit(r).scheme.lower() == "http" for r in self.config.r_repo)
+            return url_blocked(source.url, (*URL_SCHEMES, *(("http",) if http else ())))
         if isinstance(source, VcsSource):
             if source.vcs != "git":
                 return f"R packages are restored from git, not {source.vcs}"
@@ -440,7 +523,8 @@ class RInstaller:
         request, answer, script = tmp / "request.tsv", tmp / "found.tsv", tmp / "fetch.R"
         downloads = tmp / "tarballs"
         downloads.mkdir()
-        lines = [f"repo\t{repo}" for repo in self.repos]
+        repos = self.repositories()
+        lines = [f"repo\t{repo}" for repo in repos]
         lines += [f"pkg\t{p.name}\t{p.version}" for p in packages]
         request.write_text("\n".join(lines) + "\n", encoding="utf-8")
         script.write_text(FETCH_R, encoding="utf-8")
@@ -450,18 +534,30 @@ class RInstaller:
             results.update((p.name, outcome) for p in packages)
             return {}
         found: dict[tuple[str, str], tuple[str, str]] = {}
+        unreadable: dict[str, str] = {}
         for line in answer.read_text(encoding="utf-8", errors="replace").splitlines():
             name, version, file, origin = [*line.split("\t"), "", "", ""][:4]
-            found[(name, version)] = (file, origin)
+            if name == "!unreadable":
+                unreadable[version] = file
+            else:
+                found[(name, version)] = (file, origin)
+        for repo, why in unreadable.items():
+            _warn_once(f"R repository {repo} cannot be read: {why}")
+        read = [r for r in repos if r not in unreadable]
+        if not read:
+            self.unavailable = "no R repository could be read: " + "; ".join(
+                f"{repo}: {why}" for repo, why in unreadable.items()
+            )
         tarballs: dict[str, Prepared] = {}
         for p in packages:
             file, origin = found.get((p.name, p.version), ("", ""))
             path = Path(file)
             if not file or not path.is_absolute():
-                repos = ", ".join(self.repos)
-                results[p.name] = failed(
-                    p, f"{p.name} {p.version} is not in {repos} nor in their archives"
+                why = self.unavailable or (
+                    f"{p.name} {p.version} is not in {', '.join(read)} nor in their archives"
+                    + (f" ({', '.join(unreadable)} could not be read)" if unreadable else "")
                 )
+                results[p.name] = failed(p, why)
                 continue
             try:
                 depends = read_tarball(path, p.name, p.version)
