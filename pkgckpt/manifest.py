@@ -77,7 +77,19 @@ class DirectorySource(Base, frozen=True, tag="directory", tag_field="type"):
     subdirectory: str | None = None
 
 
-Source = IndexSource | UrlSource | VcsSource | DirectorySource
+class LocalSource(Base, frozen=True, tag="local", tag_field="type"):
+    """R: installed from a local tarball or directory (`install.packages(file, repos =
+    NULL)`, remotes' `install_local`): no `Repository:`, no repository to restore from."""
+
+    path: str | None = None
+    """Where it was installed from, when that is known (remotes records it; R does not)."""
+    hashes: dict[str, str] = {}
+    """Of the file at `path`, taken when the install was recorded."""
+    installed: str | None = None
+    """sha256 over the installed package's files (path and content): this very install."""
+
+
+Source = IndexSource | UrlSource | VcsSource | DirectorySource | LocalSource
 
 
 class Package(Base, frozen=True):
@@ -468,6 +480,8 @@ def same_source(want: Source, have: Source) -> bool:
         )
     if isinstance(want, DirectorySource) and isinstance(have, DirectorySource):
         return (want.path, want.editable) == (have.path, have.editable)
+    if isinstance(want, LocalSource) and isinstance(have, LocalSource):
+        return want.path == have.path
     return False
 
 

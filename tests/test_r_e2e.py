@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ from pkgckpt.manifest import (
     DirectorySource,
     Environment,
     IndexSource,
+    LocalSource,
     Package,
     UrlSource,
     VcsSource,
@@ -639,3 +641,68 @@ def test_a_remote_source_that_is_not_what_was_recorded_is_refused(session: Sessi
     assert "holds ckptC 0.3.2" in failures["ckptC"]
     assert "does not exist" in failures["ckptGone"]
     assert rpkgs.installed(session.lib)["ckptOld"] == "1.0"
+
+
+# -- packages installed from a local file -----------------------------------------------
+
+
+@needs_r
+def test_a_local_tarball_install_is_recorded_as_local_and_not_faked_from_a_repo(
+    session: Session, image: Path, notify: socket.socket
+) -> None:
+    """install.packages(file, repos = NULL) is recorded as a local source (not as an index
+    install); without the file, the dry run and the restore say it is not here."""
+    assert session.restore().returncode == 0
+    tarball = rpkgs.local_tarball("ckptImports", "1.2.0", session.tmp / "build")
+
+    watched(session, notify, lambda: rpkgs.install(session.lib, session.repo, (), [tarball]))
+    d = r_lib_delta(session.store)
+    (added,) = d.added
+    assert added.name == "ckptImports"
+    assert isinstance(added.source, LocalSource)
+    assert added.source.installed is not None and added.source.path is None
+
+    shutil.rmtree(session.lib)
+    shutil.copytree(image, session.lib)
+    session.new_container()
+    dry = session.restore("--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "installed from a local file that is not here" in dry.stdout
+    done = session.restore()
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "installed from a local file that is not here" in done.stdout
+    assert "nor in their archives" not in done.stdout
+    assert "ckptImports" not in rpkgs.installed(session.lib)
+
+
+@needs_r
+def test_a_recorded_local_file_is_used_only_when_it_is_the_same_and_ours(
+    session: Session,
+) -> None:
+    """A local source with a path (remotes' install_local) is reinstalled from that file when
+    its sha256 matches and no one else can write it; a swapped or foreign file is refused."""
+    tarball = rpkgs.local_tarball("ckptImports", "1.2.0", session.tmp / "build")
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    local = LocalSource(path=str(tarball), hashes={"sha256": digest})
+    put(session, Package(name="ckptImports", version="1.2.0", source=local))
+
+    tarball.chmod(0o666)
+    loose = session.restore()
+    assert loose.returncode == 3 and "writable by others" in loose.stdout, loose.stdout
+    tarball.chmod(0o644)
+    os.chown(tarball, 65534, 65534)
+    foreign = session.restore()
+    assert foreign.returncode == 3 and "belongs to uid 65534" in foreign.stdout, foreign.stdout
+    os.chown(tarball, os.getuid(), os.getgid())
+    good = tarball.read_bytes()
+    tarball.write_bytes(good + b"\0")
+    swapped = session.restore()
+    assert swapped.returncode == 3 and "hash mismatch" in swapped.stdout, swapped.stdout
+    assert "ckptImports" not in rpkgs.installed(session.lib)
+
+    tarball.write_bytes(good)
+    done = session.restore()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rpkgs.installed(session.lib)["ckptImports"] == "1.2.0"
+    again = session.restore()
+    assert "Nothing to restore" in again.stdout, again.stdout

@@ -18,6 +18,7 @@ from pkgckpt.manifest import (
     Delta,
     DirectorySource,
     Environment,
+    LocalSource,
     Package,
     Source,
     UrlSource,
@@ -57,6 +58,9 @@ def refused(source: Source) -> str:
         (VcsSource(vcs="git", url=GIT, subdirectory="pkg/../../x"), "subdirectory"),
         (VcsSource(vcs="git", url=GIT, subdirectory="-x"), "subdirectory"),
         (DirectorySource(path="/src/-rf"), "'-'"),
+        (LocalSource(path="/src/-x_1.0.tar.gz"), "'-'"),
+        (LocalSource(path="relative.tar.gz"), "absolute"),
+        (LocalSource(path="/x.tar.gz", hashes={"sha256": "zz"}), "hash"),
     ],
 )
 def test_hostile_r_sources_refuse_the_manifest(source: Source, why: str) -> None:

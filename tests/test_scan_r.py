@@ -12,7 +12,14 @@ import rpkgs
 
 from pkgckpt import manifest
 from pkgckpt.inventory import Target
-from pkgckpt.manifest import DirectorySource, IndexSource, Package, UrlSource, VcsSource
+from pkgckpt.manifest import (
+    DirectorySource,
+    IndexSource,
+    LocalSource,
+    Package,
+    UrlSource,
+    VcsSource,
+)
 from pkgckpt.scan import r as rscan
 from pkgckpt.scan.r import RLibraryScanner, parse_dcf
 
@@ -279,7 +286,15 @@ def test_repository_field_gives_an_index_source() -> None:
     """`Repository: CRAN` (and pak's RemoteType: standard) is an index source."""
     assert _source("Repository: CRAN\n") == IndexSource(repository="CRAN")
     assert _source("RemoteType: standard\nRepository: RSPM\n") == IndexSource(repository="RSPM")
-    assert _source("") == IndexSource()
+    assert _source("RemoteType: standard\n") == IndexSource()
+
+
+def test_no_repository_and_no_remote_is_a_local_install() -> None:
+    """No `Repository:` (which repositories add) and no `Remote*`: built and installed from
+    a local file; remotes' install_local of a tarball records its path."""
+    assert _source("") == LocalSource()
+    local = "RemoteType: local\nRemoteUrl: /home/u/x_1.0.tar.gz\n"
+    assert _source(local) == LocalSource(path="/home/u/x_1.0.tar.gz")
 
 
 def test_github_remote_gives_the_repository_and_commit() -> None:

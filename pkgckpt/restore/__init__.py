@@ -77,6 +77,7 @@ from ..manifest import (
     Environment,
     IndexSource,
     Kind,
+    LocalSource,
     Manifest,
     Package,
     Source,
@@ -359,6 +360,8 @@ def _describe(step: Step) -> str:
         text += f" from {source.vcs}+{strip_credentials(source.url)}"
     elif isinstance(source, DirectorySource):
         text += f" from {source.path}" + (" (editable)" if source.editable else "")
+    elif isinstance(source, LocalSource):
+        text += f" from {source.path}" if source.path else " (a local install)"
     now = f"installed {step.installed}" if step.installed else "not installed"
     return f"{text} ({step.reason}; {now})"
 

@@ -58,7 +58,15 @@ from urllib.request import url2pathname
 from ..config import Config
 from ..errors import RestoreError, UsageError
 from ..localsource import file_problem, path_problem
-from ..manifest import DirectorySource, Environment, IndexSource, Package, UrlSource, VcsSource
+from ..manifest import (
+    DirectorySource,
+    Environment,
+    IndexSource,
+    LocalSource,
+    Package,
+    UrlSource,
+    VcsSource,
+)
 from ..runner import redact_text
 from .runner import Deadline, Outcome, call
 
@@ -211,6 +219,8 @@ class PythonInstaller:
             if shutil.which(source.vcs) is None:
                 return f"{source.vcs} is not installed"
             return url_blocked(source.url, VCS_SCHEMES)
+        if isinstance(source, LocalSource):  # validate.py refuses it in a Python environment
+            return "a local R source is not a Python source"
         if not Path(source.path).is_dir():
             return f"directory {source.path} does not exist here"
         return path_problem(source.path)

@@ -54,7 +54,15 @@ from urllib.parse import urlsplit
 
 from ..config import Config
 from ..errors import RestoreError, ScanError, UsageError
-from ..manifest import DirectorySource, Environment, IndexSource, Package, UrlSource, VcsSource
+from ..manifest import (
+    DirectorySource,
+    Environment,
+    IndexSource,
+    LocalSource,
+    Package,
+    UrlSource,
+    VcsSource,
+)
 from ..scan.r import (
     R_FLAGS,
     DescriptionError,
@@ -190,8 +198,12 @@ def read_tarball(path: Path, name: str, version: str) -> frozenset[str]:
 _REMOTE_LINE = re.compile(rb"^Remote[A-Za-z]*:.*\n(?:[ \t].*\n)*", re.M)
 
 
-def remote_fields(source: UrlSource | VcsSource | DirectorySource, commit: str | None) -> str:
+def remote_fields(
+    source: UrlSource | VcsSource | DirectorySource | LocalSource, commit: str | None
+) -> str:
     """The `Remote*` fields remotes writes for `source`: the scanner reads them back as it."""
+    if isinstance(source, LocalSource):
+        return f"RemoteType: local\nRemoteUrl: {source.path}\n"
     if isinstance(source, VcsSource):
         fields = {"RemoteType": "git", "RemoteUrl": source.url, "RemoteSha": commit}
         fields["RemoteRef"] = source.requested_revision
@@ -333,6 +345,32 @@ def _download_source(source: UrlSource, work: Path, deadline: Deadline, limit: i
     return tops[0]
 
 
+def owner_problem(path: Path) -> str | None:
+    """Why a local file may not be trusted: it, or a directory above it up to the first
+    root-owned one, belongs to someone else or is writable by others (who could swap it)."""
+    me = os.geteuid()
+    try:
+        st = path.lstat()
+    except OSError as e:
+        return f"{path}: {e.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file"
+    current = path
+    while True:
+        if st.st_uid not in (me, 0):
+            return f"{current} belongs to uid {st.st_uid}"
+        sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        if st.st_mode & stat.S_IWOTH and not sticky:
+            return f"{current} is writable by others"
+        if (current != path and st.st_uid == 0) or current.parent == current:
+            return None
+        current = current.parent
+        try:
+            st = current.stat()
+        except OSError as e:
+            return f"{current}: {e.strerror}"
+
+
 def failed(package: Package, output: str) -> Outcome:
     """An Outcome for a package that never reached R CMD INSTALL."""
     return Outcome(("R", "CMD", "INSTALL", package.name), 1, output)
@@ -430,6 +468,11 @@ class RInstaller:
             if shutil.which("git") is None:
                 return "git is not installed"
             return url_blocked(source.url, VCS_SCHEMES)
+        if isinstance(source, LocalSource):
+            if source.path is None or not Path(source.path).is_file():
+                where = f" ({source.path})" if source.path else ""
+                return f"installed from a local file that is not here{where}"
+            return None
         if not Path(source.path, source.subdirectory or "").is_dir():
             return f"directory {source.path} does not exist here"
         return None
@@ -474,7 +517,7 @@ class RInstaller:
     def _prepare(
         self,
         package: Package,
-        source: UrlSource | VcsSource | DirectorySource,
+        source: UrlSource | VcsSource | DirectorySource | LocalSource,
         tmp: Path,
         deadline: Deadline,
     ) -> Prepared | Outcome:
@@ -485,6 +528,8 @@ class RInstaller:
         work = tmp / package.name
         work.mkdir(parents=True)
         commit = None
+        if isinstance(source, LocalSource):
+            return self._prepare_local(package, source, work, deadline)
         if isinstance(source, VcsSource):
             outcome, commit = _git_checkout(source, work / "checkout", deadline, tmp)
             if not outcome.ok:
@@ -511,6 +556,26 @@ class RInstaller:
         except DescriptionError as e:
             return failed(package, f"{_where(source)}: {e}")
         return Prepared(package, directory, depends)
+
+    def _prepare_local(
+        self, package: Package, source: LocalSource, work: Path, deadline: Deadline
+    ) -> Prepared | Outcome:
+        """The tarball a local install came from, when it is still there, is the user's or
+        root's (up to a root-owned directory) and has the hash recorded at checkpoint."""
+        path = Path(source.path or "")
+        problem = owner_problem(path)
+        if problem is not None:
+            return failed(package, f"installed from a local file that is not usable: {problem}")
+        if "sha256" not in source.hashes:
+            return failed(package, f"{path}: no sha256 was recorded for it; not trusted")
+        as_url = UrlSource(url=path.as_uri(), hashes=source.hashes)
+        try:
+            root = _download_source(as_url, work, deadline, self.config.max_download_bytes)
+            fields = remote_fields(source, None)
+            depends = mark_source(root, package.name, package.version, fields, root)
+        except (OSError, ValueError, tarfile.TarError, DescriptionError) as e:
+            return failed(package, f"{path}: {e}")
+        return Prepared(package, root, depends)
 
     def _fetch(
         self,

@@ -25,7 +25,16 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from ..errors import ManifestError
-from ..manifest import Body, Delta, DirectorySource, IndexSource, Package, UrlSource, VcsSource
+from ..manifest import (
+    Body,
+    Delta,
+    DirectorySource,
+    IndexSource,
+    LocalSource,
+    Package,
+    UrlSource,
+    VcsSource,
+)
 
 MAX_NAME = 200
 MAX_VERSION = 128
@@ -136,6 +145,17 @@ def _source_problem(package: Package) -> str | None:
         rev = source.requested_revision
         if rev is not None and (len(rev) > MAX_NAME or _REVISION.fullmatch(rev) is None):
             return "invalid VCS revision"
+    elif isinstance(source, LocalSource):
+        path = source.path
+        if path is not None and (
+            not path.startswith("/") or len(path) > 4096 or any(c in path for c in "\0\n\r")
+        ):
+            return "local source path is not an absolute path without control characters"
+        for algo, digest in source.hashes.items():
+            if algo not in _HASH_NAMES or _HEX.fullmatch(digest) is None:
+                return "invalid hash"
+        if source.installed is not None and _HEX.fullmatch(source.installed) is None:
+            return "invalid hash"
     elif isinstance(source, DirectorySource):
         path = source.path
         if not path.startswith("/") or len(path) > 4096:
@@ -164,10 +184,10 @@ def _r_source_problem(package: Package) -> str | None:
             return f"URL scheme {parts.scheme!r} is not allowed for R sources"
         if any(segment.startswith("-") for segment in parts.path.split("/")):
             return "URL with a path segment starting with '-'"
-    if isinstance(source, DirectorySource) and any(
-        segment.startswith("-") for segment in source.path.split("/")
+    if isinstance(source, (DirectorySource, LocalSource)) and any(
+        segment.startswith("-") for segment in (source.path or "").split("/")
     ):
-        return "directory source with a path segment starting with '-'"
+        return "local source with a path segment starting with '-'"
     return None
 
 
@@ -226,6 +246,8 @@ def delta_problems(delta: Delta) -> Iterator[str]:
                 continue
             key = canonical(package.name)
             problem = _source_problem(package)
+            if isinstance(package.source, LocalSource):
+                problem = "a local R source in a Python environment"
             if problem:
                 yield f"{where}: {package.name}: {problem}"
         else:

@@ -36,6 +36,7 @@ from ..manifest import (
     DirectorySource,
     Environment,
     IndexSource,
+    LocalSource,
     Package,
     Source,
     UrlSource,
@@ -126,7 +127,9 @@ def _scp_to_ssh(url: str) -> str:
 
 
 def source(fields: Mapping[str, str]) -> Source:
-    """Where the package came from: the remotes/pak `Remote*` fields, else `Repository:`."""
+    """Where the package came from: the remotes/pak `Remote*` fields, else `Repository:`
+    (which CRAN, Bioconductor, RSPM and r-universe write into what they serve), else a
+    local file."""
     kind = fields.get("RemoteType", "").lower()
     url = fields.get("RemoteUrl")
     commit = fields.get("RemoteSha") or None
@@ -154,8 +157,14 @@ def source(fields: Mapping[str, str]) -> Source:
     elif kind == "url" and url:
         return UrlSource(url=strip_credentials(url), subdirectory=subdir)
     elif kind == "local" and url:
+        if url.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
+            return LocalSource(path=url)  # remotes::install_local() of a tarball
         return DirectorySource(path=url, subdirectory=subdir)
-    return IndexSource(repository=fields.get("Repository") or None)
+    repository = fields.get("Repository")
+    if not repository and not kind:
+        # Built here (R CMD build), installed from a file: repositories add `Repository:`.
+        return LocalSource()
+    return IndexSource(repository=repository or None)
 
 
 def package(fields: Mapping[str, str], entry: str | None = None) -> Package:
@@ -196,6 +205,60 @@ def read_dcf(path: Path) -> dict[str, str]:
         # Older packages declare `Encoding: latin1`; the fields pkgckpt reads are ASCII.
         text = data.decode("latin-1")
     return parse_dcf(text)
+
+
+def _sha256(path: Path) -> str | None:
+    """sha256 of a regular file (never a FIFO or a device that would not end)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _local(source: LocalSource, directory: Path) -> LocalSource:
+    """A local install's hashes: of the file it came from, when that is known and still
+    there (restore checks it against this), and of the installed build."""
+    hashes = {}
+    if source.path is not None:
+        digest = _sha256(Path(source.path))
+        if digest is not None:
+            hashes["sha256"] = digest
+    return LocalSource(path=source.path, hashes=hashes, installed=_tree_sha256(directory))
+
+
+_TREE_MAX_FILES = 20_000
+
+
+def _tree_sha256(directory: Path) -> str | None:
+    """sha256 over an installed package's files (relative path and content, in name
+    order; a link by its target): which build this is. None for a tree too large to read
+    at every reinstall, or unreadable."""
+    digest = hashlib.sha256()
+    count = 0
+    try:
+        for top, dirs, files in os.walk(directory):
+            dirs.sort()
+            for name in sorted(files):
+                count += 1
+                if count > _TREE_MAX_FILES:
+                    return None
+                path = Path(top, name)
+                digest.update(str(path.relative_to(directory)).encode() + b"\0")
+                if path.is_symlink():
+                    digest.update(b"->" + str(path.readlink()).encode())
+                else:
+                    digest.update((_sha256(path) or "").encode())
+                digest.update(b"\0")
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 _Found = Package | str | None
@@ -274,6 +337,10 @@ class RLibraryScanner:
             # R writes Built: at install time; without it, this is a source tree or R's own
             # `translations` directory, which installed.packages() does not list either.
             found = package(fields, name) if "Built" in fields else None
+            if found is not None and isinstance(found.source, LocalSource):
+                found = msgspec.structs.replace(
+                    found, source=_local(found.source, self.path / name)
+                )
         except OSError as e:
             found = f"cannot read DESCRIPTION: {e.strerror}"
         except DescriptionError as e:

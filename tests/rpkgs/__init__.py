@@ -43,6 +43,8 @@ CURRENT: tuple[tuple[str, str], ...] = (
 ARCHIVED: tuple[tuple[str, str], ...] = (("ckptOld", "0.9-1"),)
 
 RSCRIPT = ("Rscript", "--vanilla")
+REPOSITORY = "ckptrepo"
+"""The `Repository:` field of the packages the test repository serves."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,21 @@ def stage(name: str, version: str, dest: Path, source: Path | None = None) -> Pa
     shutil.copytree(source or SOURCES / name, target)
     description = target / "DESCRIPTION"
     text = re.sub(r"(?m)^Version:.*$", f"Version: {version}", description.read_text())
-    description.write_text(text)
+    # What CRAN-like repositories add to every package they serve; a package without it
+    # was built locally (see `local_tarball`).
+    description.write_text(text.rstrip("\n") + f"\nRepository: {REPOSITORY}\n")
     return target
+
+
+def local_tarball(name: str, version: str, dest: Path) -> Path:
+    """`R CMD build` of a fixture as a user would build it: no `Repository:` field."""
+    target = dest / f"{name}-{version}" / name
+    shutil.copytree(SOURCES / name, target)
+    description = target / "DESCRIPTION"
+    text = re.sub(r"(?m)^Version:.*$", f"Version: {version}", description.read_text())
+    description.write_text(text)
+    _run(["R", "CMD", "build", "--no-build-vignettes", "--no-manual", str(target)], dest)
+    return dest / f"{name}_{version}.tar.gz"
 
 
 def synthetic(
@@ -97,7 +112,7 @@ def synthetic(
             "Description: A synthetic package for the pkgckpt benchmarks.\n"
             'Authors@R: person("pkgckpt", "tests", email = "tests@example.org",'
             ' role = c("aut", "cre"))\n'
-            f"License: MIT\n{imports}Encoding: UTF-8\n"
+            f"License: MIT\n{imports}Encoding: UTF-8\nRepository: {REPOSITORY}\n"
         )
         (src / "NAMESPACE").write_text(f"export(value{i})\n")
         (src / "R" / "value.R").write_text(f"value{i} <- function() {i}L\n")
