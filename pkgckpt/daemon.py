@@ -218,6 +218,7 @@ class Daemon:
                 # this often; the backstop interval when one is configured.
                 rescan_interval=self.config.rescan_interval or 60.0,
                 wake_fd=wake_fd,
+                r_lock_stale=self.config.r_lock_stale,
             ) as watcher,
         ):
             log.info(

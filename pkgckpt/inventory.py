@@ -71,6 +71,8 @@ class Target:
     conda_owned: bool = field(default=False, compare=False)
     """A Python target in a conda prefix: a distribution conda installed (INSTALLER
     `conda`) is the conda record's, tracked by the prefix's conda target, not pip's."""
+    r_lock_stale: float = field(default=600.0, compare=False)
+    """Seconds after which an R `00LOCK-*` nothing writes under is a leftover."""
     _scanners: list[Scanner] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def scan(self, changed: Mapping[Path, Collection[str]] | None = None) -> Inventory:
@@ -84,6 +86,7 @@ class Target:
         packages: dict[str, Package] = {}
         broken: dict[str, str] = {}
         in_progress: set[str] = set()
+        stale: set[str] = set()
         trusted = True
         # Taken before reading: a directory replaced meanwhile shows at the next scan.
         stats = tuple(_identity(p) for p in (*self.roots, self._prefix_marker()))
@@ -102,7 +105,8 @@ class Target:
                 packages.setdefault(name, package)
             broken.update((f"{root}/{entry}", why) for entry, why in result.broken.items())
             in_progress.update(f"{root}/{entry}" for entry in result.in_progress)
-        self.last = ScanResult(packages, broken, frozenset(in_progress))
+            stale.update(f"{root}/{entry}" for entry in result.stale)
+        self.last = ScanResult(packages, broken, frozenset(in_progress), frozenset(stale))
         self.trusted = trusted
         ordered = tuple(packages[name] for name in sorted(packages))
         return Inventory(env=self.env, packages=ordered)
@@ -126,7 +130,8 @@ class Target:
 
     def uncertain(self) -> frozenset[str]:
         """Names whose absence from the last scan proves nothing: broken or half-installed."""
-        entries = [*self.last.broken, *self.last.in_progress]
+        # A stale lock still hides what an interrupted install left half done.
+        entries = [*self.last.broken, *self.last.in_progress, *self.last.stale]
         return frozenset(entry_name(self.env.kind, Path(e).name) for e in entries)
 
     def _scanner(self, root: Path) -> Scanner:
@@ -138,7 +143,7 @@ class Target:
             return CondaScanner(root)
         from .scan.r import RLibraryScanner
 
-        return RLibraryScanner(root)
+        return RLibraryScanner(root, self.r_lock_stale)
 
 
 def _identity(path: Path | None) -> tuple[int, int] | None:
@@ -197,7 +202,14 @@ def targets(
         fresh = tuple(r for r in roots if r not in seen)
         if fresh:
             seen.update(fresh)
-            result.append(Target(env=env, roots=fresh, conda_owned=conda_owned))
+            result.append(
+                Target(
+                    env=env,
+                    roots=fresh,
+                    conda_owned=conda_owned,
+                    r_lock_stale=config.r_lock_stale,
+                )
+            )
 
     own = "--env" if config.env else "pkgckpt's own"
     named = [(prefix, own) for prefix in config.python_envs()]

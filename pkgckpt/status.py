@@ -188,10 +188,13 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     pending: tuple[Change, ...] = ()
     """Seen now but not checkpointed: what `snapshot` would add to the manifest."""
     unrestored: tuple[Change, ...] = ()
-    """Recorded but not in place: what `restore` would do now."""
+    """Recorded but not in place: what `restore` would do now (entries restore would
+    refuse are left out; see `Report.refused`)."""
     error: str | None = None
     failing: tuple[manifest.Failing, ...] = ()
     """Recorded packages the last restores in a row failed (`pkgckpt forget` stops them)."""
+    stale_locks: tuple[str, ...] = ()
+    """R `00LOCK-*` directories left by interrupted installs: not waited for."""
 
 
 class Checkpoint(_Out, frozen=True, kw_only=True):
@@ -213,6 +216,10 @@ class Report(_Out, frozen=True, kw_only=True):
     """The oldest kept generation: how far `pkgckpt revert` can go back."""
     r_untracked: str | None = None
     """R is installed but no R library is tracked: why."""
+    refused: str | None = None
+    """Why restore would refuse the manifest (an entry that fails its validation)."""
+    baseline_from_daemon: bool = False
+    """`baseline` is the one the running daemon reported, not one this command found."""
 
 
 def _age(stamp: str | None) -> float | None:
@@ -224,10 +231,16 @@ def _age(stamp: str | None) -> float | None:
 
 
 def _restore_would(live: Mapping[str, Package], delta: manifest.Delta) -> tuple[Change, ...]:
-    """What restore would do now: the recorded packages not in place, nothing else."""
-    names = {p.name for p in (*delta.added, *delta.changed, *delta.removed)}
+    """What restore would do now: the recorded packages not in place, nothing else, and
+    none that restore's validation refuses."""
+    from .restore.validate import delta_problems
+
+    def valid(p: Package) -> bool:
+        return next(delta_problems(manifest.Delta(env=delta.env, added=(p,))), None) is None
+
+    names = {p.name for p in (*delta.added, *delta.changed, *delta.removed) if valid(p)}
     have = {n: live[n] for n in names if n in live}
-    want = {p.name: p for p in (*delta.added, *delta.changed)}
+    want = {p.name: p for p in (*delta.added, *delta.changed) if p.name in names}
     return tuple(manifest.diff(have, want, delta.env.kind))
 
 
@@ -273,7 +286,12 @@ def collect(config: Config) -> Report:
             continue
         pending = tuple(tracker.observe(env, obs))
         unrestored = _restore_would(obs.packages, delta)
-        envs.append(msgspec.structs.replace(report, pending=pending, unrestored=unrestored))
+        stale = tuple(sorted(target.last.stale))
+        envs.append(
+            msgspec.structs.replace(
+                report, pending=pending, unrestored=unrestored, stale_locks=stale
+            )
+        )
     for u in unreadable:
         env = Environment(kind="python", path=u.path)
         held = elsewhere.pop(checkpoint.env_key(env), None)
@@ -285,10 +303,22 @@ def collect(config: Config) -> Report:
     alive = running(state, config)
     if store_error is None and alive and state is not None:
         store_error = state.last_error
+    refused = None
+    if recorded is not None:
+        from .restore.validate import check_body
+
+        try:
+            check_body(recorded.body)
+        except PkgckptError as e:
+            refused = str(e)
+    shown = str(inventory.baseline_path(config)) if baseline is not None else None
+    from_daemon = shown is None and alive and state is not None and state.baseline is not None
     return Report(
         store=str(store.path),
         key=config.key,
-        baseline=str(inventory.baseline_path(config)) if baseline is not None else None,
+        baseline=state.baseline if from_daemon and state is not None else shown,
+        baseline_from_daemon=from_daemon,
+        refused=refused,
         checkpoint=Checkpoint(
             generation=recorded.generation, time=recorded.time, age_seconds=_age(recorded.time)
         )
@@ -375,7 +405,10 @@ def to_text(report: Report) -> str:
             f"revert:     back to generation {report.revert_back_to} "
             "(`pkgckpt history` lists the changes)"
         )
-    lines.append(f"baseline:   {report.baseline or 'none found'}")
+    baseline = report.baseline or "none found"
+    if report.baseline_from_daemon:
+        baseline += " (the daemon's)"
+    lines.append(f"baseline:   {baseline}")
     d = report.daemon
     if report.daemon_running and d is not None:
         detail = f"pid {d.pid}, {d.phase} since {d.started}"
@@ -388,10 +421,20 @@ def to_text(report: Report) -> str:
         lines.append(f"last error: {report.store_error}")
     if report.r_untracked:
         lines.append(f"R:          installed, but no R library is tracked: {report.r_untracked}")
+    if report.refused:
+        lines.append("restore:    would refuse this manifest, nothing would be installed:")
+        lines += [f"    {line.strip()}" for line in report.refused.splitlines()[1:]]
     for e in report.environments:
         lines.append(f"{e.env.kind} {e.env.where()}:")
         if e.error:
             lines.append(f"    error: {e.error}")
+        for lock in e.stale_locks:
+            from .scan.r import remove_lock_command
+
+            lines.append(
+                f"    stale lock {lock} (an interrupted install; not waited for), "
+                f"remove it: {remove_lock_command(Path(lock))}"
+            )
         body = [
             *_pkgs("added", e.added),
             *_pkgs("changed", e.changed),

@@ -145,6 +145,7 @@ class Watcher:
         rescan_interval: float = 60.0,
         wake_fd: int | None = None,
         backend: str | None = None,
+        r_lock_stale: float = 600.0,
     ) -> None:
         if rescan_interval <= 0:
             raise ValueError("rescan_interval must be positive")
@@ -152,6 +153,8 @@ class Watcher:
         self.max_ms = max_ms
         self.rescan_interval = rescan_interval
         self.wake_fd = wake_fd
+        self.r_lock_stale = r_lock_stale
+        """Seconds after which an R lock nothing writes under no longer counts as busy."""
         self._states: dict[Path, _State] = {}
         for root in roots:
             self._states.setdefault(root.path, _State(root))
@@ -513,14 +516,17 @@ class Watcher:
 
     def busy(self, root: Path) -> bool:
         """An install is visibly in progress in ``root``: a ``*.dist-info`` without RECORD
-        yet, an R ``00LOCK-*`` directory. Checked on the disk, so never stale."""
+        yet, an R ``00LOCK-*`` directory something wrote under within ``r_lock_stale``
+        seconds (an older one is a leftover). Checked on the disk, so never stale."""
         st = self._states.get(root)
         if st is None:
             return False
         for name in tuple(st.candidates):
             path = root / name
             if name.startswith(_R_LOCK):
-                in_progress = path.is_dir()
+                from .scan.r import lock_active  # only where R locks are seen
+
+                in_progress = lock_active(path, self.r_lock_stale)
             else:
                 in_progress = (
                     name.endswith(".dist-info") and path.is_dir() and not (path / "RECORD").exists()

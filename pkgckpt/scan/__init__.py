@@ -24,3 +24,6 @@ class ScanResult:
     unknown: absent from `packages`, which is not proof that it was removed."""
     in_progress: frozenset[str] = frozenset()
     """Entries of installs still running: a caller should wait and scan again."""
+    stale: frozenset[str] = frozenset()
+    """Leftovers of installs that were interrupted (R's old `00LOCK-*` directories): not
+    waited for, but what they hide is still uncertain."""

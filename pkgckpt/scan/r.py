@@ -2,9 +2,10 @@
 
 An installed package is `<lib>/<Package>/DESCRIPTION` with a `Built:` field (R adds it at
 install time; a source tree has none). What interrupted or running installs leave is
-skipped: `00LOCK-*` directories (reported as in progress) and directories without a
-DESCRIPTION. Where a package came from is in `Repository:` (CRAN, RSPM, ...) or in the
-`Remote*` fields that remotes and pak write.
+skipped: `00LOCK-*` directories (reported as in progress while something writes under
+them, else as stale leftovers) and directories without a DESCRIPTION. Where a package
+came from is in `Repository:` (CRAN, RSPM, ...) or in the `Remote*` fields that remotes
+and pak write; with neither, it was installed from a local file.
 
 Incremental: a rescan re-reads only the DESCRIPTION files whose identity (inode, mtime,
 size) changed. R installs a package by renaming a staged directory into place, so a
@@ -50,6 +51,54 @@ log = logging.getLogger(__name__)
 
 LOCK_PREFIX = "00LOCK"
 """R CMD INSTALL's lock: `00LOCK-<pkg>` per package, or `00LOCK` for the whole library."""
+
+LOCK_STALE = 600.0
+"""Seconds without a write under a lock after which it is a leftover (`r_lock_stale`)."""
+
+_LOCK_ENTRIES_READ = 256
+
+
+def lock_active(lock: Path, stale_after: float = LOCK_STALE, now: float | None = None) -> bool:
+    """An install still holds `lock`: it exists, and it or an entry directly under it was
+    written within `stale_after` seconds. An interrupted install leaves its lock behind
+    for good; waiting for it would delay every checkpoint of the library."""
+    try:
+        newest = lock.lstat().st_mtime
+        with os.scandir(lock) as it:
+            for count, entry in enumerate(it):
+                if count >= _LOCK_ENTRIES_READ:
+                    break
+                newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    except OSError:
+        return lock.is_dir()
+    return (time.time() if now is None else now) - newest < stale_after
+
+
+_stale_logged: set[tuple[str, int]] = set()
+
+
+def _log_stale(lock: Path) -> None:
+    """Say once per lock (by inode) that it is a leftover, and how to remove it."""
+    try:
+        key = (str(lock), lock.lstat().st_ino)
+    except OSError:
+        return
+    if key not in _stale_logged:
+        _stale_logged.add(key)
+        log.warning(
+            "%s is left over from an interrupted R install (nothing written under it "
+            "lately); not waited for. Remove it: %s",
+            lock,
+            remove_lock_command(lock),
+        )
+
+
+def remove_lock_command(lock: Path) -> str:
+    """The shell command that removes a stale lock, quoted."""
+    import shlex
+
+    return f"rm -rf -- {shlex.quote(str(lock))}"
+
 
 DEPENDENCY_FIELDS = ("Depends", "Imports", "LinkingTo")
 """The fields that make a package need another at install and load time (not Suggests)."""
@@ -277,8 +326,9 @@ class _Cached:
 class RLibraryScanner:
     """Scan one R library directory; a rescan re-reads only changed DESCRIPTION files."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, lock_stale: float = LOCK_STALE) -> None:
         self.path = path
+        self.lock_stale = lock_stale
         self.exists = False
         """Whether the directory existed at the last scan."""
         self.reads = 0
@@ -301,10 +351,15 @@ class RLibraryScanner:
         packages: dict[str, Package] = {}
         broken: dict[str, str] = {}
         in_progress: set[str] = set()
+        stale: set[str] = set()
         cache: dict[str, _Cached] = {}
         for name in entries:
             if name.startswith(LOCK_PREFIX):
-                in_progress.add(name)
+                if lock_active(self.path / name, self.lock_stale):
+                    in_progress.add(name)
+                else:
+                    stale.add(name)
+                    _log_stale(self.path / name)
                 continue
             entry = self._entry(name, now)
             if entry is None:
@@ -315,7 +370,12 @@ class RLibraryScanner:
             elif entry.found is not None:
                 broken[name] = entry.found
         self._cache = cache
-        return ScanResult(packages=packages, broken=broken, in_progress=frozenset(in_progress))
+        return ScanResult(
+            packages=packages,
+            broken=broken,
+            in_progress=frozenset(in_progress),
+            stale=frozenset(stale),
+        )
 
     def _entry(self, name: str, now: int) -> _Cached | None:
         """The cached or freshly read package of one entry; None when it has no DESCRIPTION."""

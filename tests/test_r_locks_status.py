@@ -1,0 +1,181 @@
+"""Interrupted R installs and what `status` says: a stale `00LOCK-*` is not waited for but
+shown with the command that removes it; entries restore would refuse are marked, not
+planned; the daemon's baseline is shown when this command has none of its own."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import restore_kit
+import rpkgs
+
+from pkgckpt import status
+from pkgckpt.config import Config
+from pkgckpt.manifest import Body, Delta, Package
+from pkgckpt.scan.r import RLibraryScanner, lock_active, r_environment
+from pkgckpt.store import Store
+
+needs_r = rpkgs.needs_r
+
+HOUR = 3600.0
+
+
+def installed_package(lib: Path, name: str, version: str = "1.0") -> None:
+    (lib / name).mkdir(parents=True)
+    (lib / name / "DESCRIPTION").write_text(
+        f"Package: {name}\nVersion: {version}\nRepository: CRAN\n"
+        "Built: R 4.2.2; ; 2024-01-01 00:00:00 UTC; unix\n"
+    )
+
+
+def old_lock(lib: Path, name: str = "00LOCK-gone") -> Path:
+    lock = lib / name
+    (lock / "gone").mkdir(parents=True)
+    then = time.time() - 2 * HOUR
+    os.utime(lock / "gone", (then, then))
+    os.utime(lock, (then, then))
+    return lock
+
+
+def test_a_lock_is_in_progress_only_while_something_writes_under_it(tmp_path: Path) -> None:
+    """Fresh lock: in progress. Old and untouched: stale. Old, but a file under it just
+    written: in progress again."""
+    fresh = tmp_path / "00LOCK-a"
+    fresh.mkdir()
+    assert lock_active(fresh, 600)
+    lock = old_lock(tmp_path)
+    assert not lock_active(lock, 600)
+    (lock / "gone" / "R").mkdir()  # bumps the mtime of `gone`, an entry directly under it
+    assert lock_active(lock, 600)
+    assert not lock_active(tmp_path / "00LOCK-none", 600)
+
+
+def test_a_stale_lock_is_reported_stale_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scanner sets a stale lock apart from installs in progress and warns once, with
+    the command that removes it."""
+    lib = tmp_path / "lib"
+    installed_package(lib, "kept")
+    lock = old_lock(lib)
+    scanner = RLibraryScanner(lib, lock_stale=600)
+    with caplog.at_level(logging.WARNING):
+        first = scanner.scan()
+        second = scanner.scan()
+    assert first.stale == second.stale == frozenset({"00LOCK-gone"})
+    assert first.in_progress == frozenset()
+    warnings = [r.getMessage() for r in caplog.records if "interrupted R install" in r.getMessage()]
+    assert len(warnings) == 1
+    assert f"rm -rf -- {lock}" in warnings[0]
+    assert "kept" in first.packages
+
+
+def _daemon(lib: Path, store: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    args = ["--r-lib", str(lib), "--store", str(store), "--key", "k"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "pkgckpt", "daemon", *args, "--quiet-ms", "200"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@needs_r
+def test_a_stale_lock_does_not_hold_back_checkpoints(tmp_path: Path) -> None:
+    """With a leftover 00LOCK and a 10-minute maximum delay, an install is checkpointed
+    after its quiet window, not at the maximum delay; the log says so once."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    old_lock(lib)
+    store = tmp_path / "store"
+    env = restore_kit.hermetic(tmp_path)
+    env["PKGCKPT_MAX_DELAY_MS"] = "600000"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(60)
+    env["NOTIFY_SOCKET"] = str(tmp_path / "notify")
+    daemon = _daemon(lib, store, env)
+    try:
+        assert notify.recv(4096).startswith(b"READY=1")
+        deadline = time.monotonic() + 60
+        installed_package(lib, "fresh", "2.0")
+        found: set[str] = set()
+        while "fresh" not in found:
+            assert time.monotonic() < deadline, "the stale lock held the checkpoint back"
+            time.sleep(0.2)
+            recorded = Store(store, "k").read()
+            if recorded is not None:
+                found = {p.name for d in recorded.body.environments for p in d.added}
+    finally:
+        notify.close()
+        daemon.send_signal(signal.SIGTERM)
+        _, log = daemon.communicate(timeout=60)
+    assert log.count("interrupted R install") == 1, log
+
+
+def test_status_shows_a_stale_lock_with_the_command_that_removes_it(tmp_path: Path) -> None:
+    """`pkgckpt status` names the leftover lock and how to remove it."""
+    lib = tmp_path / "lib"
+    installed_package(lib, "kept")
+    lock = old_lock(lib)
+    env = restore_kit.hermetic(tmp_path)
+    out = restore_kit.pkgckpt(
+        "status", "--r-lib", str(lib), "--store", str(tmp_path / "store"), env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"stale lock {lock}" in out.stdout
+    assert f"remove it: rm -rf -- {lock}" in out.stdout
+
+
+def test_status_marks_what_restore_would_refuse_and_plans_none_of_it(tmp_path: Path) -> None:
+    """An entry restore refuses (`../evil`) is not shown as `install ../evil 1.0`; status
+    says that restore would refuse the manifest, and why."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    env = r_environment(lib)
+    evil = Package(name="../evil", version="1.0")
+    body = Body(environments=(Delta(env=env, added=(evil, Package(name="ok", version="1.0"))),))
+    restore_kit.put_manifest(tmp_path / "store", "k", body)
+    out = restore_kit.pkgckpt(
+        "status",
+        "--r-lib",
+        str(lib),
+        "--store",
+        str(tmp_path / "store"),
+        "--key",
+        "k",
+        env=restore_kit.hermetic(tmp_path),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "would refuse this manifest" in out.stdout
+    assert "'../evil' is not a valid R package name" in out.stdout
+    assert "install ../evil" not in out.stdout
+    assert "install ok" in out.stdout
+
+
+def test_status_shows_the_baseline_the_daemon_uses(tmp_path: Path) -> None:
+    """No baseline here, a running daemon with one: status shows the daemon's, not "none"."""
+    config = Config(
+        store=tmp_path / "store",
+        key="k",
+        env=(Path(sys.prefix),),
+        runtime_dir=tmp_path / "run",
+        discover=(),
+    )
+    state = status.new_state(config)  # this very process stands in for the daemon
+    state.baseline = "/etc/pkgckpt/baseline.json"
+    state.phase = "watching"
+    status.write_state(config, state)
+    report = status.collect(config)
+    assert report.daemon_running
+    assert report.baseline == "/etc/pkgckpt/baseline.json" and report.baseline_from_daemon
+    assert "baseline:   /etc/pkgckpt/baseline.json (the daemon's)" in status.to_text(report)
