@@ -33,7 +33,7 @@ from pkgckpt.manifest import (
 )
 from pkgckpt.restore.r import RInstaller, read_tarball
 from pkgckpt.restore.runner import Deadline
-from pkgckpt.scan.r import DescriptionError, RLibraryScanner, r_environment
+from pkgckpt.scan.r import DescriptionError, RLibraryScanner, r_environment, r_info
 from pkgckpt.store import Store
 
 needs_r = rpkgs.needs_r
@@ -69,12 +69,16 @@ def site_files(tmp: Path, repos: str | None = None) -> dict[str, str]:
 class Session:
     """One user's container sessions: a library, a store, a key, a home with an .Rprofile."""
 
-    def __init__(self, tmp: Path, repo: rpkgs.Repo, r_libs_user: bool = False) -> None:
+    def __init__(
+        self, tmp: Path, repo: rpkgs.Repo, r_libs_user: bool = False, user_lib: str | None = None
+    ) -> None:
         self.tmp = tmp
         self.repo = repo
         self.lib = tmp / "lib"
         self.r_libs_user = r_libs_user
         """Name the library by R_LIBS_USER (pkgckpt's default) instead of --r-lib."""
+        self.user_lib = user_lib
+        """R_LIBS_USER as written (`~/R/%p/%v`); `lib` is then what R makes of it."""
         self.site_repos: str | None = None
         """The repository the image's Rprofile.site sets (none: R's `@CRAN@`)."""
         self.site = tmp / "site"
@@ -102,7 +106,7 @@ class Session:
         if self.r_libs_user:
             # pkgckpt's default: the libraries R uses.
             env.pop("PKGCKPT_DISCOVER")
-            env["R_LIBS_USER"] = str(self.lib)
+            env["R_LIBS_USER"] = self.user_lib or str(self.lib)
         self.env = env
         return env
 
@@ -167,10 +171,15 @@ def watched(session: Session, notify: socket.socket, user: Callable[[], None]) -
     return before
 
 
-def r_lib_delta(store: Path) -> Delta:
+def r_lib_delta(store: Path, lib: Path | None = None) -> Delta:
+    """The recorded delta of R library `lib` (default: the first R library)."""
     found = Store(store, "k").read()
     assert found is not None
-    return next(d for d in found.body.environments if d.env.kind == "r")
+    return next(
+        d
+        for d in found.body.environments
+        if d.env.kind == "r" and (lib is None or d.env.path == str(lib))
+    )
 
 
 # -- the loop: daemon -> SIGTERM -> new container -> restore ------------------------------
@@ -239,17 +248,20 @@ def test_install_packages_survive_a_container_restart(
 def test_a_personal_library_created_under_the_daemon_comes_back_after_a_wipe(
     tmp_path: Path, repo: rpkgs.Repo, notify: socket.socket
 ) -> None:
-    """R_LIBS_USER, absent at start, made and filled under the daemon: wiped, restored whole."""
-    session = Session(tmp_path, repo, r_libs_user=True)
+    """R_LIBS_USER (`~/Rlib/%v/%p`, as R expands it), absent at start, made and filled
+    under the daemon: wiped, restored whole."""
+    session = Session(tmp_path, repo, r_libs_user=True, user_lib="~/Rlib/%v/%p")
+    version, platform = r_info()
+    session.lib = session.home / "Rlib" / ".".join(version.split(".")[:2]) / platform
     assert session.restore().returncode == 0
 
     def user() -> None:
-        rpkgs.rscript("dir.create(Sys.getenv('R_LIBS_USER'))", env=session.env)
+        rpkgs.rscript("dir.create(Sys.getenv('R_LIBS_USER'), recursive = TRUE)", env=session.env)
         rpkgs.install(session.lib, repo, ["ckptAfirst"])
 
     before = watched(session, notify, user)
     assert before == {"ckptAfirst": "2.0.1", "ckptImports": "1.2.0", "ckpt.base": "1.0.0"}
-    d = r_lib_delta(session.store)
+    d = r_lib_delta(session.store, session.lib)
     assert {p.name: p.requested for p in d.added} == {
         "ckptAfirst": True,
         "ckptImports": False,
