@@ -95,7 +95,8 @@ def test_targets_keep_the_answer_in_the_runtime_directory(
 ) -> None:
     """inventory.targets asks each interpreter once across runs (the no-op restore's path)."""
     venv = make_venv(tmp_path / "venv", with_pip=False)
-    config = Config(env=(venv.prefix,), runtime_dir=_run_dir(tmp_path))
+    # R's libraries are not this test's (R's own probe is kept alike: test_r_discover.py).
+    config = Config(env=(venv.prefix,), runtime_dir=_run_dir(tmp_path), discover=())
     started.clear()
     first = targets(config)
     assert len(started) == 1

@@ -293,6 +293,8 @@ def test_no_repository_and_no_remote_is_a_local_install() -> None:
     """No `Repository:` (which repositories add) and no `Remote*`: built and installed from
     a local file; remotes' install_local of a tarball records its path."""
     assert _source("") == LocalSource()
+    assert _source("Date/Publication: 2024-01-01 00:00:00 UTC\n") == IndexSource()
+    assert _source("git_url: https://git.bioconductor.org/packages/x\n") == IndexSource()
     local = "RemoteType: local\nRemoteUrl: /home/u/x_1.0.tar.gz\n"
     assert _source(local) == LocalSource(path="/home/u/x_1.0.tar.gz")
 

@@ -210,8 +210,10 @@ def source(fields: Mapping[str, str]) -> Source:
             return LocalSource(path=url)  # remotes::install_local() of a tarball
         return DirectorySource(path=url, subdirectory=subdir)
     repository = fields.get("Repository")
-    if not repository and not kind:
-        # Built here (R CMD build), installed from a file: repositories add `Repository:`.
+    published = repository or fields.get("Date/Publication") or fields.get("git_url")
+    if not published and not kind:
+        # Built here (R CMD build), installed from a file: repositories add `Repository:`
+        # (CRAN also `Date/Publication`, Bioconductor `git_url`).
         return LocalSource()
     return IndexSource(repository=repository or None)
 
@@ -465,8 +467,7 @@ def _startup_failure(rscript: str, stderr: str) -> str:
     """What went wrong before pkgckpt's own R code started, naming the file R ran."""
     lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
     said = " ".join(ln for ln in lines if ln != "Execution halted")[-400:] or "no output"
-    environ = os.environ
-    profile = environ.get("R_PROFILE") or "the site profile (R_HOME/etc/Rprofile.site)"
+    profile = os.environ.get("R_PROFILE") or "the site profile (R_HOME/etc/Rprofile.site)"
     return f"{rscript} failed while starting, in {profile} or the Renviron files it reads: {said}"
 
 
