@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 from ..config import Config
 from ..errors import RestoreError, ScanError, UsageError
+from ..localsource import file_problem
 from ..manifest import (
     DirectorySource,
     Environment,
@@ -345,32 +346,6 @@ def _download_source(source: UrlSource, work: Path, deadline: Deadline, limit: i
     return tops[0]
 
 
-def owner_problem(path: Path) -> str | None:
-    """Why a local file may not be trusted: it, or a directory above it up to the first
-    root-owned one, belongs to someone else or is writable by others (who could swap it)."""
-    me = os.geteuid()
-    try:
-        st = path.lstat()
-    except OSError as e:
-        return f"{path}: {e.strerror}"
-    if not stat.S_ISREG(st.st_mode):
-        return f"{path} is not a regular file"
-    current = path
-    while True:
-        if st.st_uid not in (me, 0):
-            return f"{current} belongs to uid {st.st_uid}"
-        sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-        if st.st_mode & stat.S_IWOTH and not sticky:
-            return f"{current} is writable by others"
-        if (current != path and st.st_uid == 0) or current.parent == current:
-            return None
-        current = current.parent
-        try:
-            st = current.stat()
-        except OSError as e:
-            return f"{current}: {e.strerror}"
-
-
 def failed(package: Package, output: str) -> Outcome:
     """An Outcome for a package that never reached R CMD INSTALL."""
     return Outcome(("R", "CMD", "INSTALL", package.name), 1, output)
@@ -560,14 +535,14 @@ class RInstaller:
     def _prepare_local(
         self, package: Package, source: LocalSource, work: Path, deadline: Deadline
     ) -> Prepared | Outcome:
-        """The tarball a local install came from, when it is still there, is the user's or
-        root's (up to a root-owned directory) and has the hash recorded at checkpoint."""
+        """The tarball a local install came from, when it is still there, passes the owner
+        checks of `pkgckpt.localsource` and has the sha256 recorded at checkpoint."""
         path = Path(source.path or "")
-        problem = owner_problem(path)
+        # The rules of Python's file:// sources (pkgckpt.localsource); the hash is checked
+        # again on the bytes copied, which closes the window after this check.
+        problem = file_problem(str(path), source.hashes)
         if problem is not None:
             return failed(package, f"installed from a local file that is not usable: {problem}")
-        if "sha256" not in source.hashes:
-            return failed(package, f"{path}: no sha256 was recorded for it; not trusted")
         as_url = UrlSource(url=path.as_uri(), hashes=source.hashes)
         try:
             root = _download_source(as_url, work, deadline, self.config.max_download_bytes)

@@ -276,11 +276,13 @@ def _sha256(path: Path) -> str | None:
 def _local(source: LocalSource, directory: Path) -> LocalSource:
     """A local install's hashes: of the file it came from, when that is known and still
     there (restore checks it against this), and of the installed build."""
+    from ..localsource import sha256_file
+
     hashes = {}
-    if source.path is not None:
-        digest = _sha256(Path(source.path))
-        if digest is not None:
-            hashes["sha256"] = digest
+    # Only a file no one else could have put there is hashed: restore trusts this hash.
+    digest = sha256_file(source.path) if source.path is not None else None
+    if digest is not None:
+        hashes["sha256"] = digest
     return LocalSource(path=source.path, hashes=hashes, installed=_tree_sha256(directory))
 
 
