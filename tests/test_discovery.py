@@ -274,7 +274,9 @@ def test_env_restricts_tracking_to_what_it_names(home: Path, tmp_path: Path) -> 
     other = make_venv(tmp_path / "other", with_pip=False)
     kernelspec(user_data(home), "k", str(other.python))
     cfg = config.load({"env": (str(named.prefix),)}, environ={})
-    assert {t.env.path for t in inventory.targets(cfg)} == {str(named.prefix)}
+    # R libraries are named by --r-lib, not --env (and tracked by default when R is here).
+    found = inventory.targets(cfg)
+    assert {t.env.path for t in found if t.env.kind != "r"} == {str(named.prefix)}
     cfg = config.load({}, environ={})
     assert str(other.prefix) in {t.env.path for t in inventory.targets(cfg)}
 
