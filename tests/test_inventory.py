@@ -50,7 +50,9 @@ def test_targets_are_the_prefix_sites_and_the_user_site(
         [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(shared)],
         check=True,
     )
-    config = Config(env=(plain.prefix, shared), runtime_dir=tmp_path / "run", discover=())
+    config = Config(
+        env=(plain.prefix, shared), runtime_dir=tmp_path / "run", discover=("user-site",)
+    )
     found = targets(config)
     assert [(t.env.path, t.env.user) for t in found] == [
         (str(plain.prefix), False),
