@@ -176,7 +176,7 @@ def test_status_says_when_r_is_installed_but_untracked(tmp_path: Path) -> None:
     """`pkgckpt status` prints a plain line saying R is not tracked, and why."""
     env = restore_kit.hermetic(tmp_path)
     env["HOME"] = str(tmp_path)
-    out = restore_kit.pkgckpt("status", "--store", str(tmp_path / "store"), env=env)
+    out = restore_kit.pkgckpt("status", "--store", str(tmp_path / "store"), "--key", "k", env=env)
     assert out.returncode == 0, out.stderr
     assert "R:          installed, but no R library is tracked" in out.stdout
     assert "`discover` does not include `r`" in out.stdout

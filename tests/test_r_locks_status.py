@@ -17,8 +17,6 @@ import pytest
 import restore_kit
 import rpkgs
 
-from pkgckpt import status
-from pkgckpt.config import Config
 from pkgckpt.manifest import Body, Delta, Package
 from pkgckpt.scan.r import RLibraryScanner, lock_active, r_environment
 from pkgckpt.store import Store
@@ -129,7 +127,7 @@ def test_status_shows_a_stale_lock_with_the_command_that_removes_it(tmp_path: Pa
     lock = old_lock(lib)
     env = restore_kit.hermetic(tmp_path)
     out = restore_kit.pkgckpt(
-        "status", "--r-lib", str(lib), "--store", str(tmp_path / "store"), env=env
+        "status", "--r-lib", str(lib), "--store", str(tmp_path / "store"), "--key", "k", env=env
     )
     assert out.returncode == 0, out.stderr
     assert f"stale lock {lock}" in out.stdout
@@ -163,19 +161,30 @@ def test_status_marks_what_restore_would_refuse_and_plans_none_of_it(tmp_path: P
 
 
 def test_status_shows_the_baseline_the_daemon_uses(tmp_path: Path) -> None:
-    """No baseline here, a running daemon with one: status shows the daemon's, not "none"."""
-    config = Config(
-        store=tmp_path / "store",
-        key="k",
-        env=(Path(sys.prefix),),
-        runtime_dir=tmp_path / "run",
-        discover=(),
+    """No baseline here, a running daemon with one (`--baseline FILE`): status shows the
+    daemon's, not "none found"."""
+    env = restore_kit.hermetic(tmp_path)
+    image = tmp_path / "image-baseline.json"
+    made = restore_kit.pkgckpt("baseline", "--key", "k", "-o", str(image), env=env)
+    assert made.returncode == 0, made.stderr
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(60)
+    store = tmp_path / "store"
+    baseline = ("--baseline", str(image))
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "pkgckpt", "daemon", "--store", str(store), "--key", "k", *baseline],
+        env={**env, "NOTIFY_SOCKET": str(tmp_path / "notify")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    state = status.new_state(config)  # this very process stands in for the daemon
-    state.baseline = "/etc/pkgckpt/baseline.json"
-    state.phase = "watching"
-    status.write_state(config, state)
-    report = status.collect(config)
-    assert report.daemon_running
-    assert report.baseline == "/etc/pkgckpt/baseline.json" and report.baseline_from_daemon
-    assert "baseline:   /etc/pkgckpt/baseline.json (the daemon's)" in status.to_text(report)
+    try:
+        assert notify.recv(4096).startswith(b"READY=1")
+        out = restore_kit.pkgckpt("status", "--store", str(store), "--key", "k", env=env)
+    finally:
+        notify.close()
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"baseline:   {image} (the daemon's)" in out.stdout, out.stdout
