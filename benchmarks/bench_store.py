@@ -23,7 +23,8 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 import pkgckpt
 from pkgckpt import manifest
-from pkgckpt.store import Store, atomic_write
+from pkgckpt.durable import atomic_write
+from pkgckpt.store import Store
 
 REPO = Path(pkgckpt.__file__).resolve().parent.parent
 TARGET_BYTES = 200 * 1024

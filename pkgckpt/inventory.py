@@ -350,7 +350,7 @@ def _check_private(path: Path, st: os.stat_result) -> None:
 
 def save_baseline(baseline: Baseline, path: Path) -> None:
     """Write `baseline` durably (the store's atomic recipe), readable by all."""
-    from .store import atomic_write
+    from .durable import atomic_write
 
     atomic_write(path, manifest.encode_baseline(baseline), mode=0o644)
 

@@ -1,7 +1,7 @@
 """The daemon's runtime status file, and `pkgckpt status`: what is recorded, what is not yet.
 
 The daemon keeps `<runtime dir>/daemon-<digest of store and key>.json` up to date (pid,
-start, last commit, pending changes, last error) with `store.atomic_write`; it is
+start, last commit, pending changes, last error) with `durable.atomic_write`; it is
 rewritten when something in it changes, never on a timer. `collect()` reads it, the store
 and a live scan.
 
@@ -29,9 +29,10 @@ from . import __version__, checkpoint, inventory, manifest, metrics
 from .checkpoint import now_iso
 from .config import Config, ensure_runtime_dir, read_private
 from .discovery import Unreadable
+from .durable import atomic_write
 from .errors import PkgckptError
 from .manifest import Change, Environment, Package
-from .store import atomic_write, open_store
+from .store import open_store
 
 Phase = Literal["starting", "watching", "stopping", "stopped"]
 

@@ -30,18 +30,16 @@ caller keeps its state), `StoreError` (permissions, ownership, layout: a person 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import logging
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__, manifest
+from . import __version__, durable, manifest
 from .config import Config
 from .errors import ManifestError, StoreError, StoreUnavailable, UnknownSchema, UsageError
 from .manifest import Body, Manifest, Writer
@@ -52,247 +50,10 @@ log = logging.getLogger(__name__)
 CURRENT = "manifest.json"
 _GENERATION = re.compile(r"manifest\.([1-9][0-9]{0,17})\.json")
 
-# A person has to act on these; every other errno (EIO, ENOSPC, ESTALE, EDQUOT, ETIMEDOUT,
-# ENOTCONN, ...) may clear by itself, so it is reported as StoreUnavailable: retry later.
-_PERMANENT = frozenset(
-    {
-        errno.EACCES,
-        errno.EPERM,
-        errno.EROFS,
-        errno.ENOTDIR,
-        errno.EISDIR,
-        errno.ELOOP,
-        errno.ENAMETOOLONG,
-        errno.ENOENT,
-        errno.EXDEV,
-        errno.EINVAL,
-    }
-)
 # link() errors that mean "no hard links on this file system": commit without history.
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK})
 # Said once per directory and process: a daemon would otherwise say it at every commit.
 _WARNED_NO_LINKS: set[Path] = set()
-# fsync of a directory is not supported everywhere (some FUSE and network file systems).
-_NO_DIR_FSYNC = frozenset({errno.EINVAL, errno.EOPNOTSUPP})
-
-
-def _error(e: OSError, what: str) -> StoreError:
-    kind = StoreError if e.errno in _PERMANENT else StoreUnavailable
-    return kind(f"{what}: {e.strerror or e}")
-
-
-def _close_quietly(fd: int) -> None:
-    # Only for descriptors we read from or already failed on: their close() reports nothing
-    # that could change the outcome.
-    with contextlib.suppress(OSError):
-        os.close(fd)
-
-
-def _host() -> str:
-    # socket and secrets are imported where a write needs them: reading a manifest, all
-    # a no-op restore does with the store, needs neither.
-    import socket
-
-    # The host goes into temp file names: keep it to characters safe in a file name.
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:64] or "unknown"
-
-
-def _temp_prefix(target: str, host: str) -> str:
-    return f".{target}.tmp.{host}."
-
-
-def _stale_temps(names: Iterable[str], target: str) -> list[str]:
-    """The temp files among `names` that this host's writers of `target` left behind when
-    they died (killed mid-write: nothing else removes them)."""
-    prefix = _temp_prefix(target, _host())
-    stale = []
-    for name in names:
-        if name.startswith(prefix):
-            pid = name[len(prefix) :].partition(".")[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                stale.append(name)
-    return stale
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _discard(dfd: int, name: str, leftovers: set[str]) -> None:
-    try:
-        os.unlink(name, dir_fd=dfd)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        leftovers.add(name)
-
-
-def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
-    while views:
-        written = os.writev(fd, views)
-        if written == 0:  # never for a regular file, but an endless loop would be worse
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        while views and written >= len(views[0]):
-            written -= len(views.pop(0))
-        if written:
-            views[0] = views[0][written:]
-
-
-def _reads_back(path: Path, data: bytes) -> bool:
-    """Whether `path` holds exactly `data`: settles a rename whose outcome is unknown.
-
-    Opened by path, not through the directory descriptor, which may be the stale one.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        return _read_all(fd, len(data) + 1) == data
-    except OSError:
-        return False
-    finally:
-        _close_quietly(fd)
-
-
-def _read_all(fd: int, limit: int) -> bytes:
-    """Up to `limit` bytes (a short result means the file was smaller)."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = os.read(fd, limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
-
-
-def _fsync_dir(dfd: int, directory: Path, settled: bool) -> None:
-    fd = dfd
-    try:
-        if settled:
-            # The rename was settled through the path: the old descriptor may be stale.
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            if fd != dfd:
-                _close_quietly(fd)
-    except OSError as e:
-        if e.errno not in _NO_DIR_FSYNC:
-            raise _error(e, f"cannot make the new {directory} entries durable (fsync)") from e
-
-
-def _replace(
-    dfd: int,
-    path: Path,
-    data: bytes | Sequence[bytes | memoryview],
-    mode: int,
-    *,
-    history: str | None = None,
-    leftovers: set[str] | None = None,
-) -> None:
-    """The durable recipe, in the directory open as `dfd`; `path` names the target in it.
-
-    `data`: the bytes, or buffers to be written one after the other. `history`: also link
-    the new file under this name before the rename. `leftovers` collects the names of temp
-    files that could not be removed after a failure.
-    """
-    import secrets
-
-    parts = (data,) if isinstance(data, bytes) else data
-
-    leftovers = set() if leftovers is None else leftovers
-    tmp = f"{_temp_prefix(path.name, _host())}{os.getpid()}.{secrets.token_hex(4)}"
-    try:
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=dfd,
-        )
-    except OSError as e:
-        raise _error(e, f"cannot create a temporary file in {path.parent}") from e
-    try:
-        if mode != 0o600:
-            os.fchmod(fd, mode)
-        _write_all(fd, parts)
-        os.fsync(fd)
-    except OSError as e:
-        _close_quietly(fd)
-        _discard(dfd, tmp, leftovers)
-        raise _error(e, f"cannot write {path}") from e
-    try:
-        os.close(fd)
-    except OSError as e:
-        _discard(dfd, tmp, leftovers)
-        raise _error(e, f"cannot write {path} (reported at close)") from e
-    linked = False
-    if history is not None:
-        try:
-            os.link(tmp, history, src_dir_fd=dfd, dst_dir_fd=dfd)
-            linked = True
-        except FileExistsError as e:
-            _discard(dfd, tmp, leftovers)
-            raise StoreUnavailable(
-                f"cannot record {path.parent / history}: it already exists "
-                "(is another writer using this key?)"
-            ) from e
-        except OSError as e:
-            if e.errno not in _NO_HARD_LINKS:
-                _discard(dfd, tmp, leftovers)
-                raise _error(e, f"cannot record {path.parent / history}") from e
-            if path.parent not in _WARNED_NO_LINKS:
-                _WARNED_NO_LINKS.add(path.parent)
-                log.warning(
-                    "%s: no hard links here (%s): earlier generations are not kept",
-                    path.parent,
-                    e.strerror,
-                )
-    settled = False
-    try:
-        os.rename(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
-    except OSError as e:
-        # The server may have done the rename and lost the reply (ESTALE, EIO, ENOENT on a
-        # retransmission): the target holding our exact bytes says it is done.
-        _discard(dfd, tmp, leftovers)
-        settled = _reads_back(path, b"".join(parts))
-        if not settled:
-            if linked and history is not None:
-                _discard(dfd, history, set())
-            raise _error(e, f"cannot replace {path}") from e
-        log.info("%s: rename reported %s but the new file is in place", path, e.strerror)
-    _fsync_dir(dfd, path.parent, settled)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` durably: readers see the old file or the new one, whole.
-
-    Raises StoreUnavailable (EIO, ENOSPC, ESTALE, ...: retry later) or StoreError
-    (permissions, a missing directory); on error the temp file is removed (unless the
-    removal fails too). After a write, the temp files of this host's writers of `path`
-    that died are removed.
-    """
-    path = Path(path)
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise _error(e, f"cannot open the directory {path.parent}") from e
-    try:
-        _replace(dfd, path, data, mode)
-        with contextlib.suppress(OSError):  # tidying up: never a reason to fail the write
-            for name in _stale_temps(os.listdir(dfd), path.name):  # noqa: PTH208
-                _discard(dfd, name, set())
-    finally:
-        _close_quietly(dfd)
 
 
 def open_store(config: Config) -> Store:
@@ -414,7 +175,7 @@ class Store:
         try:
             found, warning = self._read_in(dfd)
         finally:
-            _close_quietly(dfd)
+            durable.close_quietly(dfd)
         if warning is not None:
             log.warning("%s", warning)
             self.last_read_warning = warning
@@ -431,11 +192,11 @@ class Store:
                 raise StoreError(
                     f"{self.path} is not a directory (a symlink or a file): refused"
                 ) from e
-            raise _error(e, f"cannot open {self.path}") from e
+            raise durable.error(e, f"cannot open {self.path}") from e
         try:
             _check_owned(os.fstat(dfd), self.path, directory=True, owner=self.owner)
         except BaseException:
-            _close_quietly(dfd)
+            durable.close_quietly(dfd)
             raise
         return dfd
 
@@ -451,7 +212,7 @@ class Store:
             except FileExistsError:
                 pass
             except OSError as e:
-                raise _error(e, f"cannot create {d}") from e
+                raise durable.error(e, f"cannot create {d}") from e
 
     def _load(self, dfd: int, name: str) -> bytes | None:
         """The bytes of a manifest file, checked; None when it does not exist."""
@@ -467,15 +228,15 @@ class Store:
                 return None
             if e.errno == errno.ELOOP:
                 raise StoreError(f"{where} is a symbolic link: refused") from e
-            raise _error(e, f"cannot open {where}") from e
+            raise durable.error(e, f"cannot open {where}") from e
         try:
             st = os.fstat(fd)
             _check_owned(st, where, directory=False, owner=self.owner)
-            data = _read_all(fd, manifest.MAX_BYTES + 1)
+            data = durable.read_all(fd, manifest.MAX_BYTES + 1)
         except OSError as e:
-            raise _error(e, f"cannot read {where}") from e
+            raise durable.error(e, f"cannot read {where}") from e
         finally:
-            _close_quietly(fd)
+            durable.close_quietly(fd)
         return self.seal.open(data, where)
 
     def _read_in(self, dfd: int) -> tuple[Manifest | None, str | None]:
@@ -493,7 +254,7 @@ class Store:
         try:
             generations = _generations(os.listdir(dfd))
         except OSError as e:
-            raise _error(e, f"cannot list {self.path}") from e
+            raise durable.error(e, f"cannot list {self.path}") from e
         if data is None and not generations:
             return None, None
         for generation in generations:
@@ -518,9 +279,9 @@ class Store:
         try:
             return _generations(os.listdir(dfd))  # noqa: PTH208
         except OSError as e:
-            raise _error(e, f"cannot list {self.path}") from e
+            raise durable.error(e, f"cannot list {self.path}") from e
         finally:
-            _close_quietly(dfd)
+            durable.close_quietly(dfd)
 
     def read_generation(self, generation: int) -> Manifest | None:
         """A kept generation, checked like manifest.json; None when it is not kept.
@@ -534,7 +295,7 @@ class Store:
         try:
             data = self._load(dfd, name)
         finally:
-            _close_quietly(dfd)
+            durable.close_quietly(dfd)
         if data is None:
             return None
         found = manifest.decode(data, str(self.path / name))
@@ -565,7 +326,7 @@ class Store:
             self._rewrite = True
             raise
         finally:
-            _close_quietly(dfd)
+            durable.close_quietly(dfd)
 
     def _commit(self, dfd: int, body: Body, encoded: bytes | None) -> Manifest | None:
         import socket
@@ -592,13 +353,10 @@ class Store:
             time=_now(),
             body=body,
         )
-        _replace(
+        self._write(
             dfd,
-            self.path / CURRENT,
             self.seal.sign(manifest.encode_parts(result, encoded)),
-            0o600,
-            history=_generation_name(generation),
-            leftovers=self._leftovers,
+            _generation_name(generation),
         )
         known.generation = generation
         known.body = encoded
@@ -609,12 +367,46 @@ class Store:
         self._prune(dfd, known)
         return result
 
+    def _write(self, dfd: int, parts: durable.Buffers, history: str) -> None:
+        """The durable recipe for manifest.json, with the new file also linked as `history`
+        before the rename."""
+        path = self.path / CURRENT
+        tmp = durable.stage(dfd, path, parts, 0o600, self._leftovers)
+        linked = False
+        try:
+            os.link(tmp, history, src_dir_fd=dfd, dst_dir_fd=dfd)
+            linked = True
+        except FileExistsError as e:
+            durable.discard(dfd, tmp, self._leftovers)
+            raise StoreUnavailable(
+                f"cannot record {self.path / history}: it already exists "
+                "(is another writer using this key?)"
+            ) from e
+        except OSError as e:
+            if e.errno not in _NO_HARD_LINKS:
+                durable.discard(dfd, tmp, self._leftovers)
+                raise durable.error(e, f"cannot record {self.path / history}") from e
+            if self.path not in _WARNED_NO_LINKS:
+                _WARNED_NO_LINKS.add(self.path)
+                log.warning(
+                    "%s: no hard links here (%s): earlier generations are not kept",
+                    self.path,
+                    e.strerror,
+                )
+        try:
+            settled = durable.install(dfd, tmp, path, parts, self._leftovers)
+        except BaseException:
+            if linked:
+                durable.discard(dfd, history, set())
+            raise
+        durable.fsync_dir(dfd, self.path, reopen=settled)
+
     def _sync(self, dfd: int) -> _Known:
         """Learn the directory's state: last generation, current body; clean stale temps."""
         try:
             names = os.listdir(dfd)
         except OSError as e:
-            raise _error(e, f"cannot list {self.path}") from e
+            raise durable.error(e, f"cannot list {self.path}") from e
         self._remove_stale_temps(dfd, names)
         stamp = self._stamp(dfd)
         try:
@@ -637,15 +429,15 @@ class Store:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise _error(e, f"cannot stat {self.path / CURRENT}") from e
+            raise durable.error(e, f"cannot stat {self.path / CURRENT}") from e
         return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def _remove_stale_temps(self, dfd: int, names: list[str]) -> None:
         """Remove this host's temp files whose writer is gone, and our own leftovers."""
-        self._leftovers.update(_stale_temps(names, CURRENT))
+        self._leftovers.update(durable.stale_temps(names, CURRENT))
         for name in sorted(self._leftovers):
             self._leftovers.discard(name)
-            _discard(dfd, name, self._leftovers)
+            durable.discard(dfd, name, self._leftovers)
 
     def _prune(self, dfd: int, known: _Known) -> None:
         """Keep the newest `keep` generations; a failure here does not fail the commit."""

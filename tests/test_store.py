@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from pkgckpt import manifest
+from pkgckpt.durable import atomic_write
 from pkgckpt.errors import ManifestError, StoreError, UnknownSchema, UsageError
-from pkgckpt.store import Store, atomic_write
+from pkgckpt.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent / "faults"))
 from store_child import label, make_body

@@ -239,7 +239,7 @@ def _recall(path: Path, python: Path, key: str) -> PythonEnv | None:
 
 def _keep(path: Path, key: str, stamps: tuple[_Stamp, ...], found: PythonEnv) -> None:
     from ..config import ensure_runtime_dir
-    from ..store import atomic_write
+    from ..durable import atomic_write
 
     kept = _Kept(
         key=key,

@@ -1,0 +1,259 @@
+"""The durable atomic write: replace a file so that readers see the old bytes or the new
+ones, whole, across kill -9, EIO, ENOSPC and ESTALE (DESIGN invariant 2).
+
+Used by the store (manifests), the baseline, the daemon's status file and the
+interpreter cache. The recipe, in the target's directory:
+
+    unique temp file (O_CREAT|O_EXCL|O_NOFOLLOW, 0600) -> write -> fsync -> close
+    (checked: NFS reports write errors there) -> rename over the target -> fsync the
+    directory
+
+On any error the temp file is removed and `StoreUnavailable` (EIO, ENOSPC, ESTALE, ...:
+retry later) or `StoreError` (permissions, a missing directory: a person must look) is
+raised. An ambiguous rename (ESTALE, EIO, a retransmitted rename answered ENOENT) is
+settled by reading the target back: the same bytes mean it happened.
+
+Temp files are named `.<target>.tmp.<host>.<pid>.<random>`: a writer killed mid-write
+leaves one, which the next writer of that target on that host removes once <pid> is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .errors import StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# A person has to act on these; every other errno (EIO, ENOSPC, ESTALE, EDQUOT, ETIMEDOUT,
+# ENOTCONN, ...) may clear by itself, so it is reported as StoreUnavailable: retry later.
+_PERMANENT = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ELOOP,
+        errno.ENAMETOOLONG,
+        errno.ENOENT,
+        errno.EXDEV,
+        errno.EINVAL,
+    }
+)
+# fsync of a directory is not supported everywhere (some FUSE and network file systems).
+_NO_DIR_FSYNC = frozenset({errno.EINVAL, errno.EOPNOTSUPP})
+
+Buffers = Sequence[bytes | memoryview]
+
+
+def error(e: OSError, what: str) -> StoreError:
+    """`e` as the error a caller reports: StoreUnavailable when it may clear by itself."""
+    kind = StoreError if e.errno in _PERMANENT else StoreUnavailable
+    return kind(f"{what}: {e.strerror or e}")
+
+
+def close_quietly(fd: int) -> None:
+    """Close a descriptor read from or already failed on: its close() reports nothing
+    that could change the outcome."""
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def host() -> str:
+    """This host's name, as it goes into temp file names (characters safe in a name)."""
+    # Imported here: reading a manifest, all a no-op restore does, needs no socket.
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:64] or "unknown"
+
+
+def _temp_prefix(target: str, on: str) -> str:
+    return f".{target}.tmp.{on}."
+
+
+def stale_temps(names: Iterable[str], target: str) -> list[str]:
+    """The temp files among `names` that this host's writers of `target` left behind when
+    they died (killed mid-write: nothing else removes them)."""
+    prefix = _temp_prefix(target, host())
+    stale = []
+    for name in names:
+        if name.startswith(prefix):
+            pid = name[len(prefix) :].partition(".")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                stale.append(name)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def discard(dfd: int, name: str, leftovers: set[str]) -> None:
+    """Remove `name` from the directory `dfd`; add it to `leftovers` when that fails."""
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        leftovers.add(name)
+
+
+def _write_all(fd: int, parts: Buffers) -> None:
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        written = os.writev(fd, views)
+        if written == 0:  # never for a regular file, but an endless loop would be worse
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
+
+
+def read_all(fd: int, limit: int) -> bytes:
+    """Up to `limit` bytes (a short result means the file was smaller)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _reads_back(path: Path, data: bytes) -> bool:
+    """Whether `path` holds exactly `data`: settles a rename whose outcome is unknown.
+
+    Opened by path, not through the directory descriptor, which may be the stale one.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return read_all(fd, len(data) + 1) == data
+    except OSError:
+        return False
+    finally:
+        close_quietly(fd)
+
+
+def fsync_dir(dfd: int, directory: Path, *, reopen: bool = False) -> None:
+    """Make `directory`'s entries durable; `reopen`: through a new descriptor (the old one
+    may be stale after a rename settled by path)."""
+    fd = dfd
+    try:
+        if reopen:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            if fd != dfd:
+                close_quietly(fd)
+    except OSError as e:
+        if e.errno not in _NO_DIR_FSYNC:
+            raise error(e, f"cannot make the new {directory} entries durable (fsync)") from e
+
+
+def stage(dfd: int, path: Path, parts: Buffers, mode: int, leftovers: set[str]) -> str:
+    """Write `parts` to a new unique temp file beside `path` (in the directory `dfd`),
+    fsynced and closed; its name. On error it is removed (or added to `leftovers`)."""
+    import secrets
+
+    tmp = f"{_temp_prefix(path.name, host())}{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dfd,
+        )
+    except OSError as e:
+        raise error(e, f"cannot create a temporary file in {path.parent}") from e
+    try:
+        if mode != 0o600:
+            os.fchmod(fd, mode)
+        _write_all(fd, parts)
+        os.fsync(fd)
+    except OSError as e:
+        close_quietly(fd)
+        discard(dfd, tmp, leftovers)
+        raise error(e, f"cannot write {path}") from e
+    try:
+        os.close(fd)
+    except OSError as e:
+        discard(dfd, tmp, leftovers)
+        raise error(e, f"cannot write {path} (reported at close)") from e
+    return tmp
+
+
+def install(dfd: int, tmp: str, path: Path, parts: Buffers, leftovers: set[str]) -> bool:
+    """Rename the staged `tmp` over `path`; True when the outcome was settled by reading
+    `path` back (the directory descriptor may then be stale)."""
+    try:
+        os.rename(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except OSError as e:
+        # The server may have done the rename and lost the reply (ESTALE, EIO, ENOENT on a
+        # retransmission): the target holding our exact bytes says it is done.
+        discard(dfd, tmp, leftovers)
+        if not _reads_back(path, b"".join(parts)):
+            raise error(e, f"cannot replace {path}") from e
+        log.info("%s: rename reported %s but the new file is in place", path, e.strerror)
+        return True
+    return False
+
+
+def replace(
+    dfd: int,
+    path: Path,
+    data: bytes | Buffers,
+    mode: int = 0o600,
+    leftovers: set[str] | None = None,
+) -> None:
+    """The durable recipe, in the directory open as `dfd`; `path` names the target in it.
+
+    `data`: the bytes, or buffers to be written one after the other. `leftovers` collects
+    the names of temp files that could not be removed after a failure.
+    """
+    parts = (data,) if isinstance(data, bytes) else data
+    leftovers = set() if leftovers is None else leftovers
+    tmp = stage(dfd, path, parts, mode, leftovers)
+    settled = install(dfd, tmp, path, parts, leftovers)
+    fsync_dir(dfd, path.parent, reopen=settled)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` durably: readers see the old file or the new one, whole.
+
+    Raises StoreUnavailable (EIO, ENOSPC, ESTALE, ...: retry later) or StoreError
+    (permissions, a missing directory); on error the temp file is removed (unless the
+    removal fails too). After a write, the temp files of this host's writers of `path`
+    that died are removed.
+    """
+    path = Path(path)
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise error(e, f"cannot open the directory {path.parent}") from e
+    try:
+        replace(dfd, path, data, mode)
+        with contextlib.suppress(OSError):  # tidying up: never a reason to fail the write
+            for name in stale_temps(os.listdir(dfd), path.name):  # noqa: PTH208
+                discard(dfd, name, set())
+    finally:
+        close_quietly(dfd)
