@@ -2,13 +2,28 @@
 
 No I/O here: `store.py` reads and writes the bytes, the scanners fill the structs.
 
-On disk a manifest is an envelope whose `checksum` covers the exact bytes of `body`
-(kept as `msgspec.Raw` when decoding, so a newer writer's extra fields still verify):
+On disk a manifest (schema 2) is an envelope whose `checksum` covers the whole file but
+its own 64 hex digits: the envelope, the generation and the body, byte for byte. The
+checksum sits at a fixed place, right after the schema, so a reader finds it without
+parsing anything:
 
-    {"schema": 1, "generation": 7, "writer": {...}, "time": "...",
-     "checksum": "sha256:...", "body": {"environments": [...]}}
+    {
+     "schema": 2,
+     "checksum": "sha256:...",
+     "generation": 7, "writer": {...}, "time": "...",
+     "body": {"environments": [...]}
+    }
 
-Compatibility: every field added after schema 1 must have a default, so an older
+A reader refuses, as `ManifestError`: invalid UTF-8 anywhere, nesting deeper than
+`MAX_DEPTH`, a key twice in the envelope, a generation outside 1..`MAX_GENERATION`, an
+environment twice in the body, and any byte that does not match the checksum.
+
+Schema 1 (pkgckpt before the whole-file checksum) is still read: its checksum covers the
+body only, so its envelope is taken as it stands; a writer always writes schema 2, so the
+next commit migrates it. A pkgckpt that knows only schema 1 refuses schema 2 ("upgrade
+pkgckpt") rather than misread it.
+
+Compatibility: every field added after schema 2 must have a default, so an older
 reader reads a newer manifest; a change that an older reader must not misread bumps
 `SCHEMA` (the major version), and readers refuse a schema newer than theirs.
 """
@@ -16,6 +31,7 @@ reader reads a newer manifest; a change that an older reader must not misread bu
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -23,7 +39,14 @@ import msgspec
 
 from .errors import ManifestError, UnknownSchema
 
-SCHEMA = 1
+SCHEMA = 2
+"""Of manifests; 1 is still read (see the module docstring)."""
+BASELINE_SCHEMA = 1
+"""Of baselines: their layout did not change with the manifest's checksum."""
+MAX_GENERATION = 2**53
+"""Generations above it are refused: every JSON reader holds them exactly."""
+MAX_DEPTH = 32
+"""Nesting refused beyond this: a manifest is 8 deep, a deeper one was not written by us."""
 HISTORY_LIMIT = 200
 """Changes kept per environment: enough to explain the manifest, bounded on the store."""
 
@@ -259,7 +282,7 @@ class Manifest(Base, frozen=True):
 class Baseline(Base, frozen=True):
     """What the image shipped: written at image build time or at a container's first start."""
 
-    schema: int = SCHEMA
+    schema: int = BASELINE_SCHEMA
     time: str | None = None
     environments: tuple[Inventory, ...] = ()
     conda: tuple[Inventory, ...] = ()
@@ -281,12 +304,13 @@ class Baseline(Base, frozen=True):
 
 class _Envelope(msgspec.Struct, kw_only=True):
     schema: int
+    checksum: str
+    """Second, so that it has a fixed place in the file (`_HEAD`)."""
     generation: int = 0
     writer: Writer | None = None
     time: str | None = None
-    checksum: str
     body: msgspec.Raw
-    """Last: `encode` finds the body's bytes as what follows its key up to the end."""
+    """Last: the envelope's keys are all in the bytes before it (`_envelope_keys`)."""
 
 
 class _Schema(msgspec.Struct):
@@ -299,6 +323,7 @@ _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _body_decoder = msgspec.json.Decoder(Body)
 _schema_decoder = msgspec.json.Decoder(_Schema)
 _baseline_decoder = msgspec.json.Decoder(Baseline)
+_string_decoder = msgspec.json.Decoder(str)
 
 MAX_BYTES = 64 * 1024 * 1024
 """Refuse larger files: a manifest of every package on PyPI and CRAN is far smaller."""
@@ -309,13 +334,21 @@ def _pretty(data: bytes) -> bytes:
     return msgspec.json.format(data, indent=1)
 
 
-_PLACEHOLDER = "sha256:" + "0" * 64
-_PLACEHOLDER_BYTES = _PLACEHOLDER.encode()
-_BODY_KEY = b'\n "body": '
+_DIGITS = 64
+_PLACEHOLDER = "sha256:" + "0" * _DIGITS
+_HEAD = b'{\n "schema": 2,\n "checksum": "sha256:'
+"""How every schema 2 manifest starts: its checksum's digits follow."""
 
 
 def checksum(body: bytes | memoryview) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _seal(parts: Iterable[bytes | memoryview]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
 
 
 def encode(manifest: Manifest, body: bytes | None = None) -> bytes:
@@ -332,23 +365,21 @@ def encode_parts(manifest: Manifest, body: bytes | None = None) -> tuple[bytes |
     if body is None:
         body = encode_body(manifest.body)
     envelope = _Envelope(
-        schema=manifest.schema,
+        schema=SCHEMA,
+        checksum=_PLACEHOLDER,
         generation=manifest.generation,
         writer=manifest.writer,
         time=manifest.time,
-        checksum=_PLACEHOLDER,
         body=msgspec.Raw(body),
     )
-    raw = _pretty(_encoder.encode(envelope))
-    data = memoryview(raw)
-    # Indenting re-lays the body too, so the checksum is taken over the body exactly as it
-    # stands in the output, then put in place of a placeholder of the same length. It is
-    # cut out rather than decoded: the body is the envelope's last field, so it runs from
-    # its key (unique at depth one: JSON strings hold no raw newline) to the closing "\n}".
-    start = raw.index(_BODY_KEY) + len(_BODY_KEY)
-    digest = checksum(data[start : -len(b"\n}")]).encode()
-    at = raw.index(_PLACEHOLDER_BYTES)  # in the envelope's head, before the body
-    return (data[:at], digest, data[at + len(digest) :], b"\n")
+    data = memoryview(_pretty(_encoder.encode(envelope)))
+    # The checksum covers every byte of the file but its own digits, which stand at a
+    # fixed offset: the placeholder's digits are cut out rather than hashed, then the
+    # digest is put in their place.
+    at = len(_HEAD)
+    head, tail = data[:at], data[at + _DIGITS :]
+    digest = _seal((head, tail, b"\n")).encode()
+    return (head, digest, tail, b"\n")
 
 
 def encode_body(body: Body) -> bytes:
@@ -356,41 +387,123 @@ def encode_body(body: Body) -> bytes:
     return _encoder.encode(body)
 
 
-_UNREADABLE = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+_UNREADABLE = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
 """What decoding untrusted bytes may raise: msgspec reports invalid UTF-8 inside a JSON
-string as UnicodeDecodeError, not as a DecodeError."""
+string as UnicodeDecodeError, and nesting deeper than the interpreter's limit as
+RecursionError (`_check_depth` refuses far less first; this is the backstop)."""
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_TOKEN = re.compile(rb'("[^"\\]*(?:\\.[^"\\]*)*")(\s*:)?|[\[\]{}]', re.DOTALL)
+_NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
 
 
-def _check_schema(data: bytes, what: str) -> None:
+def _deeper(brackets: bytes, limit: int) -> bool:
+    """Whether a sequence of brackets nests deeper than `limit` (an unbalanced one is left
+    to the parser to name)."""
+    for _ in range(limit):
+        inner = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        if inner == brackets:
+            return False
+        brackets = inner
+    return brackets.replace(b"[]", b"").replace(b"{}", b"") != brackets
+
+
+def _check_text(data: bytes, what: str) -> None:
+    """UTF-8 everywhere, nesting at most MAX_DEPTH: before a parser sees the bytes."""
     if len(data) > MAX_BYTES:
         raise ManifestError(f"{what} is {len(data)} bytes, over the {MAX_BYTES} byte limit")
     try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{what} is not valid UTF-8 (at byte {e.start})") from None
+    # Brackets inside strings count too at first: cheap, and exact for every manifest
+    # pkgckpt writes. Only when that says "too deep" are strings cut out to be sure.
+    if _deeper(data.translate(None, _NOT_BRACKETS), MAX_DEPTH):
+        exact = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+        if _deeper(exact, MAX_DEPTH):
+            raise ManifestError(f"{what} is nested deeper than {MAX_DEPTH} levels")
+
+
+def _check_schema(data: bytes, what: str, newest: int) -> int:
+    _check_text(data, what)
+    try:
         schema = _schema_decoder.decode(data).schema
     except _UNREADABLE as e:
-        raise ManifestError(f"{what} is not a valid pkgckpt file: {e}") from None
-    if schema > SCHEMA:
+        raise ManifestError(f"{what} is not a valid pkgckpt file: {_reason(e)}") from None
+    if schema > newest:
         raise UnknownSchema(
-            f"{what} has schema {schema}, newer than this pkgckpt understands ({SCHEMA}); "
+            f"{what} has schema {schema}, newer than this pkgckpt understands ({newest}); "
             "upgrade pkgckpt"
         )
     if schema < 1:
         raise ManifestError(f"{what} has an invalid schema {schema}")
+    return schema
+
+
+def _reason(e: Exception) -> str:
+    # msgspec's wording changes between versions: kept as detail, after our own words.
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e)
+
+
+def _envelope_keys(data: bytes, body: bytes, what: str) -> list[str]:
+    """The envelope's keys in file order, the body (its last value) cut off first."""
+    end = len(data.rstrip())
+    if not data[:end].endswith(b"}"):
+        raise ManifestError(f"{what} does not end its envelope with '}}'")
+    end = len(data[: end - 1].rstrip())
+    start = end - len(body)
+    if start < 0 or data[start:end] != body:
+        raise ManifestError(f"{what} has a field after its body")
+    keys: list[str] = []
+    depth = 0
+    for token in _TOKEN.finditer(data, 0, start):
+        text = token.group()
+        if text in (b"{", b"["):
+            depth += 1
+        elif text in (b"}", b"]"):
+            depth -= 1
+        elif depth == 1 and token.group(2):
+            keys.append(_string_decoder.decode(token.group(1)))
+    return keys
 
 
 def decode(data: bytes, what: str = "manifest") -> Manifest:
     """Decode and verify a manifest; any defect raises `ManifestError`, never anything else."""
-    _check_schema(data, what)
+    schema = _check_schema(data, what, SCHEMA)
+    if schema >= 2:
+        if not data.startswith(_HEAD):
+            raise ManifestError(f"{what} does not start as a schema {schema} manifest does")
+        at = len(_HEAD)
+        sealed = data[at : at + _DIGITS].decode()
+        if _seal((memoryview(data)[:at], memoryview(data)[at + _DIGITS :])) != sealed:
+            raise ManifestError(f"{what} fails its checksum: torn or edited")
     try:
         envelope = _envelope_decoder.decode(data)
     except _UNREADABLE as e:
-        raise ManifestError(f"{what} is malformed: {e}") from None
+        raise ManifestError(f"{what} is malformed: {_reason(e)}") from None
     raw = bytes(envelope.body)
-    if checksum(raw) != envelope.checksum:
+    keys = _envelope_keys(data, raw, what)
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ManifestError(f"{what} has {', '.join(map(repr, twice))} twice in its envelope")
+    if schema >= 2:
+        # The digits were checked above, but a second "checksum" key could have said
+        # otherwise to another parser: the one decoded must be the one checked.
+        if envelope.checksum != "sha256:" + sealed:
+            raise ManifestError(f"{what} fails its checksum: torn or edited")
+    elif checksum(raw) != envelope.checksum:
         raise ManifestError(f"{what} fails its checksum: torn or edited")
+    if not 1 <= envelope.generation <= MAX_GENERATION:
+        raise ManifestError(
+            f"{what} has generation {envelope.generation}, outside 1..{MAX_GENERATION}"
+        )
     try:
         body = _body_decoder.decode(raw)
     except _UNREADABLE as e:
-        raise ManifestError(f"{what} body is malformed: {e}") from None
+        raise ManifestError(f"{what} body is malformed: {_reason(e)}") from None
+    _check_environments(body, what)
     return Manifest(
         schema=envelope.schema,
         generation=envelope.generation,
@@ -398,6 +511,15 @@ def decode(data: bytes, what: str = "manifest") -> Manifest:
         time=envelope.time,
         body=body,
     )
+
+
+def _check_environments(body: Body, what: str) -> None:
+    seen: set[tuple[str, str, bool]] = set()
+    for d in body.environments:
+        key = (d.env.kind, d.env.path, d.env.user)
+        if key in seen:
+            raise ManifestError(f"{what} records the environment {d.env.where()} twice")
+        seen.add(key)
 
 
 class _BaselineFile(msgspec.Struct, kw_only=True):
@@ -420,11 +542,11 @@ def encode_baseline(baseline: Baseline) -> bytes:
 
 
 def decode_baseline(data: bytes, what: str = "baseline") -> Baseline:
-    _check_schema(data, what)
+    _check_schema(data, what, BASELINE_SCHEMA)
     try:
         return _baseline_decoder.decode(data)
     except _UNREADABLE as e:
-        raise ManifestError(f"{what} is malformed: {e}") from None
+        raise ManifestError(f"{what} is malformed: {_reason(e)}") from None
 
 
 # -- the named diff ----------------------------------------------------------------------

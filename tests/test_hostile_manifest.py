@@ -138,12 +138,12 @@ def test_crafted_manifest_is_refused_and_nothing_installed(
     assert "refusing the manifest" in out.stderr
 
 
-def _manifest_bytes(schema: int = 1) -> bytes:
+def _manifest_bytes(schema: int = manifest.SCHEMA) -> bytes:
     body = Body(
         environments=(Delta(env=Environment(kind="python", path="/x"), added=(pkg("alpha"),)),)
     )
     data = manifest.encode(manifest.Manifest(generation=1, body=body))
-    return data.replace(b'"schema": 1', f'"schema": {schema}'.encode(), 1)
+    return data.replace(b'"schema": %d' % manifest.SCHEMA, b'"schema": %d' % schema, 1)
 
 
 def _bad_utf8_body() -> bytes:
@@ -158,10 +158,10 @@ def _bad_utf8_body() -> bytes:
 RAW: dict[str, tuple[Callable[[], bytes], str]] = {
     "invalid UTF-8": (
         lambda: b'{"schema": 1, "checksum": "\xff\xfe", "body": {}}',
-        "can't decode byte 0xff",
+        "not valid UTF-8",
     ),
-    "invalid UTF-8 in a checksummed body": (_bad_utf8_body, "can't decode byte 0xff"),
-    "binary garbage": (lambda: bytes(range(256)) * 64, "not a valid pkgckpt file"),
+    "invalid UTF-8 in a checksummed body": (_bad_utf8_body, "not valid UTF-8"),
+    "binary garbage": (lambda: bytes(range(256)) * 64, "not valid UTF-8"),
     "empty file": (lambda: b"", "not a valid pkgckpt file"),
     "a JSON array": (lambda: b"[1, 2, 3]", "not a valid pkgckpt file"),
     "truncated": (lambda: _manifest_bytes()[:200], "not a valid pkgckpt file"),

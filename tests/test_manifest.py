@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -81,7 +82,7 @@ def test_checksum_holds_whatever_the_strings_hold() -> None:
         body=Body(environments=(Delta(env=ENV, added=(Package(name=tricky, version="1"),)),)),
     )
     assert manifest.decode(manifest.encode(m)) == m
-    assert manifest.decode(manifest.encode(Manifest())) == Manifest()
+    assert manifest.decode(manifest.encode(Manifest(generation=1))) == Manifest(generation=1)
 
 
 def test_encoding_is_deterministic_and_readable() -> None:
@@ -111,22 +112,165 @@ def test_any_edit_or_tear_is_caught_by_the_checksum() -> None:
             manifest.decode(data[:cut])
 
 
+HEAD = b'{\n "schema": 2,\n "checksum": "sha256:'
+
+
+def sealed(data: bytes) -> bytes:
+    """`data` with its whole-file checksum recomputed: what a writer of these bytes gives."""
+    at = len(HEAD)
+    assert data.startswith(HEAD)
+    digest = hashlib.sha256(data[:at] + data[at + 64 :]).hexdigest().encode()
+    return data[:at] + digest + data[at + 64 :]
+
+
 def test_newer_fields_are_read_by_this_version_and_a_newer_schema_is_refused() -> None:
     """Unknown fields (a newer minor) are ignored; a newer major schema is UnknownSchema."""
-    body = json.loads(manifest.encode(sample()))["body"]
-    body["environments"][0]["future_field"] = {"x": 1}
-    body["environments"][0]["added"][0]["also_new"] = True
-    raw = json.dumps(body).encode()
-    newer = b'{"schema": %d, "generation": 4, "checksum": "%s", "body": %s}' % (
-        manifest.SCHEMA,
-        manifest.checksum(raw).encode(),
-        raw,
+    data = manifest.encode(sample())
+    newer = sealed(
+        data.replace(b'\n "generation"', b'\n "future": {"x": [1]},\n "generation"', 1)
+        .replace(b'"env": {', b'"future_field": {"x": 1}, "env": {', 1)
+        .replace(b'"name": "a"', b'"also_new": true, "name": "a"', 1)
     )
-    assert manifest.decode(newer).body == sample().body
+    assert manifest.decode(newer) == sample()
     with pytest.raises(UnknownSchema):
-        manifest.decode(newer.replace(b'"schema": 1', b'"schema": %d' % (manifest.SCHEMA + 1)))
+        manifest.decode(newer.replace(b'"schema": 2', b'"schema": %d' % (manifest.SCHEMA + 1)))
     with pytest.raises(UnknownSchema):
-        manifest.decode_baseline(json.dumps({"schema": manifest.SCHEMA + 1}).encode())
+        manifest.decode_baseline(json.dumps({"schema": manifest.BASELINE_SCHEMA + 1}).encode())
+
+
+def legacy(m: Manifest) -> bytes:
+    """`m` as pkgckpt wrote it before schema 2: the checksum covers the body only."""
+    body = manifest._pretty(manifest.encode_body(m.body))
+    envelope = {"schema": 1, "generation": m.generation, "time": m.time}
+    head = json.dumps(envelope, indent=1)[:-2]
+    digest = manifest.checksum(body).encode()
+    return head.encode() + b',\n "checksum": "' + digest + b'",\n "body": ' + body + b"\n}\n"
+
+
+def test_schema_1_manifests_are_still_read() -> None:
+    """A manifest written by the previous format decodes to the same record."""
+    m = msgspec.structs.replace(sample(), writer=None)
+    found = manifest.decode(legacy(m))
+    assert (found.schema, found.generation, found.body) == (1, m.generation, m.body)
+    with pytest.raises(ManifestError, match="checksum"):
+        manifest.decode(legacy(m).replace(b'"2.0.0"', b'"2.0.1"'))
+
+
+def test_the_checksum_covers_the_envelope_too() -> None:
+    """An edit to the generation, the writer or the time fails the checksum."""
+    data = manifest.encode(sample())
+    for old, new in (
+        (b'"generation": 3', b'"generation": 4'),
+        (b'"host": "h"', b'"host": "x"'),
+        (b"2026-01-01T00:00:00+00:00", b"2026-01-01T00:00:01+00:00"),
+        (b'\n "body": {', b'\n "body":  {'),
+    ):
+        edited = data.replace(old, new, 1)
+        assert edited != data
+        with pytest.raises(ManifestError, match="checksum"):
+            manifest.decode(edited)
+
+
+REFUSED = {
+    "invalid UTF-8 in an envelope key": (
+        lambda d: d.replace(b'"time"', b'"ti\xffme"'),
+        "not valid UTF-8",
+    ),
+    "a key twice in the envelope": (
+        lambda d: d.replace(b'\n "generation": 3,', b'\n "generation": 3,\n "generation": 9,'),
+        "'generation' twice",
+    ),
+    "a second checksum": (
+        lambda d: d.replace(
+            b'\n "generation": 3,', b'\n "checksum": "sha256:0",\n "generation": 3,'
+        ),
+        "'checksum' twice",
+    ),
+    "generation zero": (lambda d: d.replace(b'"generation": 3', b'"generation": 0'), "outside 1"),
+    "negative generation": (
+        lambda d: d.replace(b'"generation": 3', b'"generation": -5'),
+        "outside 1",
+    ),
+    "generation past 2**53": (
+        lambda d: d.replace(b'"generation": 3', b'"generation": 18446744073709551615'),
+        "outside 1",
+    ),
+    "a field after the body": (lambda d: d[:-3] + b',\n "x": 1\n}\n', "after its body"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_sealed_but_malformed_envelope_is_refused(case: str) -> None:
+    """Defects a correct checksum does not excuse are each a ManifestError with a reason."""
+    edit, reason = REFUSED[case]
+    data = edit(manifest.encode(sample()))
+    if data.startswith(HEAD) and b"\xff" not in data:
+        data = sealed(data)
+    with pytest.raises(ManifestError, match=reason):
+        manifest.decode(data)
+
+
+@pytest.mark.parametrize("depth", [manifest.MAX_DEPTH + 1, 1000, 100_000])
+def test_deep_nesting_is_refused_without_recursion_error(depth: int) -> None:
+    """A body nested past MAX_DEPTH is a ManifestError, however deep: never RecursionError."""
+    deep = b"[" * depth + b"]" * depth
+    data = manifest.encode(sample()).replace(
+        b'"environments": [', b'"x": %s, "environments": [' % deep, 1
+    )
+    with pytest.raises(ManifestError, match="nested deeper"):
+        manifest.decode(sealed(data))
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    """A string full of brackets is data, not depth."""
+    m = msgspec.structs.replace(sample(), time="[" * 100 + "{" * 100)
+    assert manifest.decode(manifest.encode(m)) == m
+
+
+def test_an_environment_twice_is_refused() -> None:
+    """Two deltas for one environment would make two plans: the manifest is refused."""
+    twice = msgspec.structs.replace(
+        sample(), body=Body(environments=(sample().body.environments * 2))
+    )
+    with pytest.raises(ManifestError, match="twice"):
+        manifest.decode(manifest.encode(twice))
+
+
+ENVELOPE_END = manifest.encode(sample()).index(b'\n "body": ')
+
+
+@settings(max_examples=10_000, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, ENVELOPE_END - 1),
+            st.sampled_from(["flip", "set", "insert", "delete"]),
+            st.integers(0, 255),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_mutated_envelope_is_refused_or_means_the_same(
+    mutations: list[tuple[int, str, int]],
+) -> None:
+    """Random byte edits of the envelope never crash the reader and never change its meaning."""
+    original = sample()
+    data = bytearray(manifest.encode(original))
+    for at, how, value in mutations:
+        if how == "flip":
+            data[at] ^= 1 << (value % 8)
+        elif how == "set":
+            data[at] = value
+        elif how == "insert":
+            data.insert(at, value)
+        else:
+            del data[at]
+    try:
+        found = manifest.decode(bytes(data))
+    except ManifestError:
+        return
+    assert found == original
 
 
 def test_baseline_round_trips_and_finds_its_environments() -> None:
