@@ -48,12 +48,9 @@ from .seal import Seal, guard
 log = logging.getLogger(__name__)
 
 CURRENT = "manifest.json"
-_GENERATION = re.compile(r"manifest\.([1-9][0-9]{0,17})\.json")
-
-# link() errors that mean "no hard links on this file system": commit without history.
-_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK})
-# Said once per directory and process: a daemon would otherwise say it at every commit.
-_WARNED_NO_LINKS: set[Path] = set()
+_GENERATION = re.compile(r"manifest\.([1-9][0-9]{0,15})\.json")
+SYNCED = ".pkgckpt-synced."
+"""`SYNCED + str(gen)`: the directory was fsynced after generation `gen` was written."""
 
 
 def open_store(config: Config) -> Store:
@@ -105,7 +102,14 @@ def _generation_name(generation: int) -> str:
 def _generations(names: list[str]) -> list[int]:
     """Kept generations among directory entries, newest first."""
     found = (_GENERATION.fullmatch(n) for n in names)
-    return sorted((int(m.group(1)) for m in found if m), reverse=True)
+    numbers = (int(m.group(1)) for m in found if m)
+    return sorted((g for g in numbers if g <= manifest.MAX_GENERATION), reverse=True)
+
+
+def _synced(names: list[str]) -> list[int]:
+    """The generations the sync markers among `names` name, newest first."""
+    found = (n[len(SYNCED) :] for n in names if n.startswith(SYNCED))
+    return sorted((int(g) for g in found if g.isdigit() and len(g) < 17), reverse=True)
 
 
 def _now() -> str:
@@ -121,6 +125,8 @@ class _Known:
     """`encode_body` of manifest.json, None to force the next commit to write."""
     kept: set[int]
     """Generations present as manifest.<gen>.json (to prune)."""
+    synced: int | None
+    """The generation the sync marker names (None: no marker)."""
     stamp: tuple[int, ...] | None
     """manifest.json's identity when last seen: another change means another writer."""
 
@@ -353,53 +359,67 @@ class Store:
             time=_now(),
             body=body,
         )
-        self._write(
-            dfd,
-            self.seal.sign(manifest.encode_parts(result, encoded)),
-            _generation_name(generation),
-        )
+        self._write(dfd, self.seal.sign(manifest.encode_parts(result, encoded)), generation)
         known.generation = generation
         known.body = encoded
         known.kept.add(generation)
         known.stamp = self._stamp(dfd)
         self._known = known
         self._rewrite = False
+        self._mark_synced(dfd, known)
         self._prune(dfd, known)
         return result
 
-    def _write(self, dfd: int, parts: durable.Buffers, history: str) -> None:
-        """The durable recipe for manifest.json, with the new file also linked as `history`
-        before the rename."""
-        path = self.path / CURRENT
-        tmp = durable.stage(dfd, path, parts, 0o600, self._leftovers)
-        linked = False
+    def _write(self, dfd: int, parts: durable.Buffers, generation: int) -> None:
+        """The durable recipe for manifest.<generation>.json and manifest.json: two files,
+        so that an edit in place of one leaves the other whole; one directory fsync."""
+        current = self.path / CURRENT
+        history = self.path / _generation_name(generation)
+        # Both temps carry manifest.json's prefix: one name for a dead writer's leftovers.
+        kept = durable.stage(dfd, current, parts, 0o600, self._leftovers)
         try:
-            os.link(tmp, history, src_dir_fd=dfd, dst_dir_fd=dfd)
-            linked = True
-        except FileExistsError as e:
-            durable.discard(dfd, tmp, self._leftovers)
-            raise StoreUnavailable(
-                f"cannot record {self.path / history}: it already exists "
-                "(is another writer using this key?)"
-            ) from e
-        except OSError as e:
-            if e.errno not in _NO_HARD_LINKS:
-                durable.discard(dfd, tmp, self._leftovers)
-                raise durable.error(e, f"cannot record {self.path / history}") from e
-            if self.path not in _WARNED_NO_LINKS:
-                _WARNED_NO_LINKS.add(self.path)
-                log.warning(
-                    "%s: no hard links here (%s): earlier generations are not kept",
-                    self.path,
-                    e.strerror,
-                )
-        try:
-            settled = durable.install(dfd, tmp, path, parts, self._leftovers)
+            tmp = durable.stage(dfd, current, parts, 0o600, self._leftovers)
         except BaseException:
-            if linked:
-                durable.discard(dfd, history, set())
+            durable.discard(dfd, kept, self._leftovers)
+            raise
+        try:
+            settled = durable.install(dfd, kept, history, parts, self._leftovers)
+        except BaseException:
+            durable.discard(dfd, tmp, self._leftovers)
+            raise
+        try:
+            settled = durable.install(dfd, tmp, current, parts, self._leftovers) or settled
+        except BaseException:
+            # manifest.json still holds the previous generation: a kept file newer than
+            # it would only be taken for it by a fallback.
+            durable.discard(dfd, history.name, set())
             raise
         durable.fsync_dir(dfd, self.path, reopen=settled)
+
+    def _mark_synced(self, dfd: int, known: _Known) -> None:
+        """Say, in the name of an empty file, that known.generation is durable: a later
+        process that does not find it fsyncs the directory before calling it current.
+
+        Not itself fsynced: a marker lost in a crash costs one more fsync, nothing else.
+        """
+        new = f"{SYNCED}{known.generation}"
+        try:
+            if known.synced is not None:
+                os.rename(f"{SYNCED}{known.synced}", new, src_dir_fd=dfd, dst_dir_fd=dfd)
+            else:
+                os.close(
+                    os.open(
+                        new,
+                        os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        0o600,
+                        dir_fd=dfd,
+                    )
+                )
+        except OSError as e:
+            log.debug("cannot mark %s synced: %s", self.path, e)
+            known.synced = None
+            return
+        known.synced = known.generation
 
     def _sync(self, dfd: int) -> _Known:
         """Learn the directory's state: last generation, current body; clean stale temps."""
@@ -421,7 +441,22 @@ class Store:
         body = None
         if current is not None and warning is None and not self._rewrite:
             body = manifest.encode_body(current.body)
-        return _Known(generation=last, body=body, kept=set(generations), stamp=stamp)
+        marks = _synced(names)
+        for extra in marks[1:]:
+            durable.discard(dfd, f"{SYNCED}{extra}", set())
+        known = _Known(
+            generation=last,
+            body=body,
+            kept=set(generations),
+            stamp=stamp,
+            synced=marks[0] if marks else None,
+        )
+        if last and known.synced != last:
+            # The writer of `last` may have died (or failed) before its directory fsync:
+            # make it durable before anyone is told it is current.
+            durable.fsync_dir(dfd, self.path)
+            self._mark_synced(dfd, known)
+        return known
 
     def _stamp(self, dfd: int) -> tuple[int, ...] | None:
         try:

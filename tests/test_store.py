@@ -17,7 +17,7 @@ import pytest
 from pkgckpt import manifest
 from pkgckpt.durable import atomic_write
 from pkgckpt.errors import ManifestError, StoreError, UnknownSchema, UsageError
-from pkgckpt.store import Store
+from pkgckpt.store import SYNCED, Store
 
 sys.path.insert(0, str(Path(__file__).parent / "faults"))
 from store_child import label, make_body
@@ -32,7 +32,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def names(store: Store) -> list[str]:
-    return sorted(p.name for p in store.path.iterdir())
+    return sorted(p.name for p in store.path.iterdir() if not p.name.startswith(SYNCED))
 
 
 def commit_labels(store: Store, *labels: str) -> None:
@@ -58,7 +58,8 @@ def test_commit_creates_private_layout(store: Store) -> None:
     current = store.path / "manifest.json"
     assert stat.S_IMODE(current.stat().st_mode) == 0o600
     assert names(store) == ["manifest.1.json", "manifest.json"]
-    assert (store.path / "manifest.1.json").stat().st_ino == current.stat().st_ino
+    assert (store.path / "manifest.1.json").read_bytes() == current.read_bytes()
+    assert (store.path / "manifest.1.json").stat().st_ino != current.stat().st_ino
 
 
 def test_commit_records_generation_writer_and_time(store: Store) -> None:
@@ -94,7 +95,8 @@ def test_generations_are_pruned_to_keep(tmp_path: Path) -> None:
         "manifest.7.json",
         "manifest.json",
     ]
-    assert [label(manifest.decode(p.read_bytes())) for p in store.path.iterdir()].count("g") == 2
+    files = [store.path / name for name in names(store)]
+    assert [label(manifest.decode(p.read_bytes())) for p in files].count("g") == 2
 
 
 def test_a_new_writer_continues_the_generations(store: Store) -> None:
@@ -137,12 +139,13 @@ def test_keep_must_be_positive(tmp_path: Path) -> None:
 def test_truncated_current_falls_back_loudly(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A torn manifest.json gives the newest valid earlier generation, with a warning."""
+    """A torn manifest.json gives the newest valid kept generation, with a warning."""
     commit_labels(store, "a", "b", "c")
     current = store.path / "manifest.json"
     data = current.read_bytes()
-    with current.open("r+b") as f:  # in place: manifest.3.json is the same file
+    with current.open("r+b") as f:
         f.truncate(len(data) // 2)
+    (store.path / "manifest.3.json").unlink()
     reader = Store(store.root, store.key)
     with caplog.at_level(logging.WARNING, logger="pkgckpt.store"):
         found = reader.read()
@@ -164,6 +167,19 @@ def test_edited_current_fails_checksum_and_falls_back(store: Store) -> None:
     found = reader.read()
     assert found is not None and found.generation == 2  # manifest.2.json is still whole
     assert reader.last_read_warning is not None and "checksum" in reader.last_read_warning
+
+
+def test_an_edit_in_place_of_manifest_json_leaves_its_generation_whole(store: Store) -> None:
+    """Generations are separate files: a byte edited in manifest.json falls back to the same
+    generation, not to the one before it."""
+    commit_labels(store, "a", "b")
+    current = store.path / "manifest.json"
+    with current.open("r+b") as f:
+        f.seek(40)
+        f.write(b"X")
+    found = Store(store.root, store.key).read()
+    assert found is not None and found.generation == 2
+    assert found.body == make_body("b")
 
 
 def test_good_read_has_no_warning(store: Store) -> None:
@@ -190,7 +206,7 @@ def test_commit_after_fallback_replaces_the_damaged_manifest(store: Store) -> No
     (store.path / "manifest.json").write_bytes(b"{")
     writer = Store(store.root, store.key)
     found = writer.read()
-    assert found is not None and found.generation == 1
+    assert found is not None and found.generation == 2
     done = writer.commit(found.body)
     assert done is not None and done.generation == 3
     again = Store(store.root, store.key)
@@ -198,7 +214,7 @@ def test_commit_after_fallback_replaces_the_damaged_manifest(store: Store) -> No
 
 
 def test_missing_current_with_kept_generation_falls_back(store: Store) -> None:
-    """A writer killed between link and rename of its first commit leaves a readable gen."""
+    """A writer killed between its two renames of its first commit leaves a readable gen."""
     commit_labels(store, "a")
     (store.path / "manifest.json").unlink()
     reader = Store(store.root, store.key)

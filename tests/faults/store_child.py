@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pkgckpt import manifest
 from pkgckpt.errors import PkgckptError
-from pkgckpt.store import Store
+from pkgckpt.store import SYNCED, Store
 
 
 def make_body(label: str, packages: int = 20) -> manifest.Body:
@@ -54,7 +54,10 @@ def step(store: Store, what: str) -> dict[str, object]:
                 "label": label(found) if found else None,
                 "warning": reader.last_read_warning,
             }
-        return {"step": what, "names": sorted(p.name for p in store.path.iterdir())}
+        return {
+            "step": what,
+            "names": sorted(p.name for p in store.path.iterdir() if not p.name.startswith(SYNCED)),
+        }
     except PkgckptError as e:
         return {"step": what, "error": type(e).__name__, "message": str(e)}
 
