@@ -376,6 +376,28 @@ def baseline(cfg: config.Config, output: Path) -> int:
     return 0
 
 
+@cli.group()
+def store() -> None:
+    """Manage a store root (an administrator's task, once per store)."""
+
+
+@store.command("init", epilog=EXIT_CODES)
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+def store_init(directory: Path) -> int:
+    """Make DIR a store: create it when missing (mode 0700) and write its marker.
+
+    pkgckpt reads and writes only store roots that carry the marker (.pkgckpt-store): a
+    missing or unmarked root (an NFS mount that has not arrived) is "not available",
+    never empty. Run it once on the export; it is idempotent. A root shared by several
+    users must be writable by them with the sticky bit (chmod 1777 DIR).
+    """
+    from .store import init_store
+
+    made = init_store(directory)
+    click.echo(f"store {directory} {'is ready' if made else 'was already a store'}")
+    return 0
+
+
 def _emit(data: str | bytes) -> None:
     """Print a rendered report (text, or JSON bytes) ending in exactly one newline."""
     text = data.decode() if isinstance(data, bytes) else data

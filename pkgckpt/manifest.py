@@ -338,6 +338,9 @@ _DIGITS = 64
 _PLACEHOLDER = "sha256:" + "0" * _DIGITS
 _HEAD = b'{\n "schema": 2,\n "checksum": "sha256:'
 """How every schema 2 manifest starts: its checksum's digits follow."""
+HEAD_BYTES = len(_HEAD) + _DIGITS
+"""The head of a schema 2 manifest: its schema and the checksum of everything else. Two
+files with the same head hold the same bytes; `encode_parts`' first two buffers are it."""
 
 
 def checksum(body: bytes | memoryview) -> str:

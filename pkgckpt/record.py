@@ -47,9 +47,10 @@ import msgspec
 from . import manifest, status
 from .checkpoint import env_key, now_iso, same_install
 from .config import Config, ensure_runtime_dir
+from .durable import atomic_write
 from .errors import Declined, ManifestError, NotKept, PkgckptError, StoreError, UnknownPackage
 from .manifest import Body, Change, Delta, Environment, Event, Failing, Manifest, Package
-from .store import Store, atomic_write, open_store
+from .store import Store, open_store
 
 log = logging.getLogger("pkgckpt.record")
 

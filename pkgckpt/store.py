@@ -1,31 +1,44 @@
 """The store: the only code that reads or writes manifests on shared storage (NFS, or a
-local directory).
+local directory). It knows files, generations and owners, never packages.
 
 Layout of a store::
 
-    <store>/                    created 0700 when missing (on NFS an admin provides it)
+    <store>/                    the store root: made by `pkgckpt store init` (an admin, once,
+                                on the NFS export; the default local store is made on first
+                                use). Never a symlink; writable by others only with the
+                                sticky bit (1777), else anyone could move a key away.
+      .pkgckpt-store            the marker: a root without it is unavailable, not empty
       <key>/                    0700, owned by its one writer (DESIGN invariant 3)
         manifest.json           the current generation, 0600
-        manifest.<gen>.json     the newest `keep` generations, hard links (cheap on NFS):
-                                the newest is the same file as manifest.json; the older ones
-                                are read only when manifest.json is damaged
+        manifest.<gen>.json     the newest `keep` generations, each a file of its own (an
+                                edit in place damages one file only); read only when
+                                manifest.json is damaged
+        .pkgckpt-synced.<gen>   empty; renamed after each directory fsync: the newest
+                                generation without it may not be durable yet
         .manifest.json.tmp.<host>.<pid>.<random>
                                 a commit in flight or left by a killed writer: readers ignore
                                 it; the next writer on <host> removes it once <pid> is gone
         .nfs*                   NFS "silly renames" of files still open somewhere: ignored
 
-A commit (DESIGN invariant 2) writes a unique temp file (O_CREAT|O_EXCL|O_NOFOLLOW, 0600),
-fsyncs and closes it (checked: NFS reports write errors at close), links it as
-manifest.<gen>.json, renames it over manifest.json and fsyncs the directory, so a reader
-sees the previous generation or the new one, whole. On any error the temp file (and its
-link) is removed and the commit raises; an ambiguous rename (ESTALE, EIO, a retransmitted
-rename answered ENOENT, ...) is settled by reading manifest.json back: the same bytes
-(so the same generation and checksum) mean it happened.
+A store is present only when it says so: a missing root, or one without the marker (an
+NFS mount that has not arrived, a bind mount that is missing), is `StoreUnavailable`
+("store DIR is not available (not mounted?)"), never an empty store, and pkgckpt never
+creates a store root (but the default local one) nor writes into an unmarked one.
 
-Errors: `StoreUnavailable` (EIO, ENOSPC, ESTALE, EDQUOT, ETIMEDOUT, ...: retry later, the
-caller keeps its state), `StoreError` (permissions, ownership, layout: a person must look),
-`ManifestError` from `read()` when neither manifest.json nor any kept generation is valid,
-`UnknownSchema` when manifest.json was written by a newer pkgckpt (never overwritten).
+A commit (DESIGN invariant 2, recipe in `durable`) stages two temp files, fsynced and
+closed, renames one to manifest.<gen>.json and the other over manifest.json, fsyncs the
+directory and renames the sync marker, so a reader sees the previous generation or the
+new one, whole. Before writing, a commit compares manifest.json with what this writer
+last read or wrote (`check`): when another writer, a deleted directory or a rollback
+changed it, the caller folds what the store holds into its record first. An ambiguous
+rename (ESTALE, EIO, a retransmitted rename answered ENOENT, ...) is settled by reading
+the file back.
+
+Errors: `StoreUnavailable` (EIO, ENOSPC, ESTALE, EDQUOT, ETIMEDOUT, an unmounted store,
+...: retry later, the caller keeps its state), `StoreError` (permissions, ownership,
+layout: a person must look), `ManifestError` from `read()` when neither manifest.json nor
+any kept generation is valid, `UnknownSchema` when manifest.json was written by a newer
+pkgckpt (never overwritten).
 """
 
 from __future__ import annotations
@@ -53,8 +66,18 @@ SYNCED = ".pkgckpt-synced."
 """`SYNCED + str(gen)`: the directory was fsynced after generation `gen` was written."""
 
 
+MARKER = ".pkgckpt-store"
+"""The file that makes a directory a store root (`pkgckpt store init`)."""
+
+
 def open_store(config: Config) -> Store:
-    """The store and key `config` names, owned as it says, after `seal.guard`'s checks."""
+    """The store and key `config` names, owned as it says, after `seal.guard`'s checks.
+    The default local store is initialised on first use; any other must have been
+    (`init_store`)."""
+    from .config import default_store
+
+    if config.store == default_store():
+        init_store(config.store, parents=True)
     return Store(
         config.store,
         config.key,
@@ -62,6 +85,68 @@ def open_store(config: Config) -> Store:
         owner=config.store_uid,
         seal=guard(config),
     )
+
+
+def init_store(root: Path, *, parents: bool = False) -> bool:
+    """Make `root` a store: create it (0700) when missing, then write its marker.
+
+    Idempotent: False when it was a store already. `parents`: create missing parents too
+    (the default local store). Refuses a root that `Store` would refuse.
+    """
+    root = Path(root)
+    try:
+        root.mkdir(0o700, parents=parents)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise durable.error(e, f"cannot create the store {root}") from e
+    rfd = _open_root(root)
+    try:
+        try:
+            os.stat(MARKER, dir_fd=rfd, follow_symlinks=False)
+            return False
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise durable.error(e, f"cannot look for {root / MARKER}") from e
+        text = f"pkgckpt store (written by pkgckpt {__version__} at {_now()})\n".encode()
+        durable.replace(rfd, root / MARKER, text, 0o644)
+    finally:
+        durable.close_quietly(rfd)
+    return True
+
+
+def _not_available(root: Path, why: str) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"store {root} is not available (not mounted?): {why}; "
+        f"an administrator makes a directory a store once with `pkgckpt store init {root}`"
+    )
+
+
+def _open_root(root: Path) -> int:
+    """The store root, checked (issue: a root others could rearrange is refused)."""
+    try:
+        rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise _not_available(root, "the directory does not exist") from e
+        if e.errno == errno.ELOOP or (e.errno == errno.ENOTDIR and root.is_symlink()):
+            raise StoreError(
+                f"store {root} is a symbolic link: refused "
+                f"(configure the directory it points to, {os.path.realpath(root)})"
+            ) from e
+        if e.errno == errno.ENOTDIR:
+            raise StoreError(f"store {root} is not a directory: refused") from e
+        raise durable.error(e, f"cannot open the store {root}") from e
+    st = os.fstat(rfd)
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        durable.close_quietly(rfd)
+        raise StoreError(
+            f"store {root} is writable by others without the sticky bit "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}): anyone could move a key directory "
+            f"away: refused (fix: chmod +t {root}, or chmod o-w {root})"
+        )
+    return rfd
 
 
 def _check_key(key: str) -> None:
@@ -86,13 +171,27 @@ def _check_owned(st: os.stat_result, where: Path, *, directory: bool, owner: int
         if owner == os.geteuid():
             whose = "this user"
             hint = " (if the NFS server maps this user's files to one uid, set store_uid to it)"
+        if directory:
+            hint = (
+                f"; ask {_user(st.st_uid)} or an administrator to remove it, or use another "
+                f"key (--key or PKGCKPT_KEY){hint}"
+            )
         raise StoreError(
-            f"{where} is owned by uid {st.st_uid}, not by {whose} (uid {owner}): refused{hint}"
+            f"{where} is owned by {_user(st.st_uid)}, not by {whose} (uid {owner}): refused{hint}"
         )
     if st.st_mode & 0o022:
         raise StoreError(
             f"{where} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): refused"
         )
+
+
+def _user(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _generation_name(generation: int) -> str:
@@ -164,6 +263,13 @@ class Store:
         self._known: _Known | None = None
         self._rewrite = False
         self._leftovers: set[str] = set()
+        self._head = b""
+        """The head of the file `_load` read last, as it is on disk."""
+        self._seen: tuple[int, bytes] | None = None
+        """manifest.json as last read whole or written: its inode and head (`check`)."""
+        self._high = 0
+        """The highest generation this Store has seen or written: a rolled-back directory
+        must not make the generations run backwards."""
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -187,38 +293,91 @@ class Store:
             self.last_read_warning = warning
         return found
 
-    def _open_dir(self) -> int | None:
-        """The key directory, checked; None when it does not exist."""
+    def check(self) -> tuple[bool, Manifest | None]:
+        """Whether manifest.json is no longer what this Store last read or wrote (another
+        writer, a deleted key directory, a copy rolled back), and if so what the store holds
+        now (None: no manifest).
+
+        Cheap when nothing changed: the inode and the head (schema and whole-file checksum)
+        are compared; the file is read whole only when they differ. Raises as `read()`.
+        """
+        dfd = self._open_dir()
+        if dfd is None:
+            changed = self._seen is not None
+            self._seen = None
+            return changed, None
         try:
-            dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if self._peek(dfd) == self._seen:
+                return False, None
+            found, warning = self._read_in(dfd)
+        finally:
+            durable.close_quietly(dfd)
+        if warning is not None:
+            log.warning("%s", warning)
+        return True, found
+
+    def _peek(self, dfd: int) -> tuple[int, bytes] | None:
+        """manifest.json's inode and head; None when it does not exist."""
+        try:
+            fd = os.open(
+                CURRENT,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY,
+                dir_fd=dfd,
+            )
+        except FileNotFoundError:
+            return None
         except OSError as e:
-            if e.errno == errno.ENOENT:
-                return None
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise StoreError(
-                    f"{self.path} is not a directory (a symlink or a file): refused"
-                ) from e
-            raise durable.error(e, f"cannot open {self.path}") from e
+            raise durable.error(e, f"cannot open {self.path / CURRENT}") from e
+        try:
+            return os.fstat(fd).st_ino, durable.read_all(fd, manifest.HEAD_BYTES)
+        except OSError as e:
+            raise durable.error(e, f"cannot read {self.path / CURRENT}") from e
+        finally:
+            durable.close_quietly(fd)
+
+    def _open_dir(self, *, create: bool = False) -> int | None:
+        """The key directory, checked; None when it does not exist (and not `create`).
+
+        Through the checked store root: a root that is missing or carries no marker is
+        an unavailable store (StoreUnavailable), never an empty one.
+        """
+        rfd = _open_root(self.root)
+        try:
+            try:
+                os.stat(MARKER, dir_fd=rfd, follow_symlinks=False)
+            except FileNotFoundError as e:
+                raise _not_available(self.root, f"it has no {MARKER} marker") from e
+            except OSError as e:
+                raise durable.error(e, f"cannot look for {self.root / MARKER}") from e
+            if create:
+                try:
+                    os.mkdir(self.key, 0o700, dir_fd=rfd)
+                except FileExistsError:
+                    pass
+                except OSError as e:
+                    raise durable.error(e, f"cannot create {self.path}") from e
+            try:
+                dfd = os.open(
+                    self.key,
+                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    dir_fd=rfd,
+                )
+            except OSError as e:
+                if e.errno == errno.ENOENT and not create:
+                    return None
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise StoreError(
+                        f"{self.path} is not a directory (a symlink or a file): refused"
+                    ) from e
+                raise durable.error(e, f"cannot open {self.path}") from e
+        finally:
+            durable.close_quietly(rfd)
         try:
             _check_owned(os.fstat(dfd), self.path, directory=True, owner=self.owner)
         except BaseException:
             durable.close_quietly(dfd)
             raise
         return dfd
-
-    def _make_dirs(self) -> None:
-        missing: list[Path] = []
-        directory = self.path
-        while not os.path.lexists(directory):
-            missing.append(directory)
-            directory = directory.parent
-        for d in reversed(missing):
-            try:
-                d.mkdir(0o700)
-            except FileExistsError:
-                pass
-            except OSError as e:
-                raise durable.error(e, f"cannot create {d}") from e
 
     def _load(self, dfd: int, name: str) -> bytes | None:
         """The bytes of a manifest file, checked; None when it does not exist."""
@@ -243,15 +402,19 @@ class Store:
             raise durable.error(e, f"cannot read {where}") from e
         finally:
             durable.close_quietly(fd)
+        self._head = data[: manifest.HEAD_BYTES]  # as on disk, sealed or not: for `check`
         return self.seal.open(data, where)
 
     def _read_in(self, dfd: int) -> tuple[Manifest | None, str | None]:
         """The manifest and, when it came from an earlier generation, the reason why."""
         current = self.path / CURRENT
+        self._seen = None
         try:
             data = self._load(dfd, CURRENT)
             if data is not None:
-                return manifest.decode(data, str(current)), None
+                found = manifest.decode(data, str(current))
+                self._saw(dfd, found.generation, self._head)
+                return found, None
             problem = f"{current} is missing"
         except UnknownSchema:
             raise
@@ -274,6 +437,7 @@ class Store:
                 raise
             except ManifestError:
                 continue
+            self._high = max(self._high, found.generation)
             return found, f"{problem}; using generation {found.generation} from {name}"
         raise ManifestError(f"{problem}; no earlier generation in {self.path} is valid")
 
@@ -309,6 +473,15 @@ class Store:
             raise ManifestError(f"{self.path / name} holds generation {found.generation}")
         return found
 
+    def _saw(self, dfd: int, generation: int, head: bytes) -> None:
+        """Remember manifest.json as read whole or written: `check` compares with it."""
+        self._high = max(self._high, generation)
+        try:
+            st = os.stat(CURRENT, dir_fd=dfd, follow_symlinks=False)
+        except OSError:
+            return  # `check` then reads it again: never a reason to fail
+        self._seen = (st.st_ino, head)
+
     # -- writing ---------------------------------------------------------------------------
 
     def commit(self, body: Body, encoded: bytes | None = None) -> Manifest | None:
@@ -319,10 +492,8 @@ class Store:
         Raises StoreUnavailable (retry later: nothing was lost, the previous generation is
         intact or the new one is in place, whole) or StoreError / UnknownSchema.
         """
-        self._make_dirs()
-        dfd = self._open_dir()
-        if dfd is None:
-            raise StoreUnavailable(f"{self.path} disappeared while committing")
+        dfd = self._open_dir(create=True)
+        assert dfd is not None  # created
         try:
             return self._commit(dfd, body, encoded)
         except BaseException:
@@ -352,14 +523,16 @@ class Store:
         if encoded == known.body:
             self._known = known
             return None
-        generation = known.generation + 1
+        generation = max(known.generation, self._high) + 1
         result = Manifest(
             generation=generation,
             writer=Writer(host=socket.gethostname(), pid=os.getpid(), version=__version__),
             time=_now(),
             body=body,
         )
-        self._write(dfd, self.seal.sign(manifest.encode_parts(result, encoded)), generation)
+        parts = self.seal.sign(manifest.encode_parts(result, encoded))
+        self._write(dfd, parts, generation)
+        self._saw(dfd, generation, b"".join(parts)[: manifest.HEAD_BYTES])
         known.generation = generation
         known.body = encoded
         known.kept.add(generation)

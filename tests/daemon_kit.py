@@ -19,7 +19,7 @@ from restore_kit import hermetic
 from pkgckpt.config import Config
 from pkgckpt.manifest import Delta, Manifest
 from pkgckpt.status import status_path
-from pkgckpt.store import Store
+from pkgckpt.store import Store, init_store
 
 T = TypeVar("T")
 
@@ -154,6 +154,7 @@ class World:
     def make(cls, tmp: Path) -> World:
         env = hermetic(tmp)
         env["PIP_NO_CACHE_DIR"] = "1"
+        init_store(tmp / "store")
         return cls(tmp=tmp, env=env, store=tmp / "store")
 
     @property

@@ -18,6 +18,7 @@ import pytest
 from pkgckpt import manifest
 from pkgckpt.config import DISCOVER
 from pkgckpt.manifest import Body, Manifest
+from pkgckpt.store import init_store
 
 
 def hermetic(tmp: Path) -> dict[str, str]:
@@ -107,8 +108,10 @@ def put_manifest(store: Path, key: str, body: Body | bytes, generation: int = 1)
     """Write a manifest (a body, encoded with a valid checksum, or raw bytes) as the store
     would: `<store>/<key>/manifest.json`, directories 0700, file 0600."""
     directory = store / key
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store.mkdir(parents=True, exist_ok=True, mode=0o700)
     store.chmod(0o700)
+    init_store(store)
+    directory.mkdir(exist_ok=True, mode=0o700)
     directory.chmod(0o700)
     data = (
         body

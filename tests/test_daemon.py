@@ -28,7 +28,7 @@ from pkgckpt import daemon as daemon_mod
 from pkgckpt import manifest, status
 from pkgckpt.config import Config
 from pkgckpt.manifest import Body, Delta, Environment, Package
-from pkgckpt.store import Store
+from pkgckpt.store import Store, init_store
 
 WHEELS = [
     Dist("alpha", "1.0"),
@@ -312,13 +312,13 @@ def test_store_outage_does_not_stop_the_daemon_and_the_commit_lands_later(
     Outages: a full store (tmpfs, ENOSPC) or a store path that became a file. Meanwhile
     status shows the error."""
     if outage == "enospc":
-        world.store.mkdir()
         mounted = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(world.store)],
             capture_output=True, text=True,
         )  # fmt: skip
         if mounted.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        init_store(world.store)
     flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
     d = world.daemon(*flags, "--quiet-ms", "50").start()
     try:

@@ -11,7 +11,7 @@ from pkgckpt import manifest
 from pkgckpt.checkpoint import Observation, Tracker, commit, open_session
 from pkgckpt.config import Config
 from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Manifest, Package
-from pkgckpt.store import Store
+from pkgckpt.store import Store, init_store
 
 ENV = Environment(kind="python", path="/opt/venv", interpreter="3.11.7")
 OTHER = Environment(kind="r", path="/usr/lib/R/site-library")
@@ -261,13 +261,13 @@ def test_a_package_leaves_the_record_only_through_an_observed_uninstall(
 
 def test_a_damaged_current_generation_is_rewritten_by_the_first_commit(tmp_path: Path) -> None:
     """After a fallback read, the next commit replaces the torn manifest.json."""
+    init_store(tmp_path / "store")
     store = Store(tmp_path / "store", "alice")
     env = Environment(kind="python", path=str(tmp_path / "venv"))
     body = Body(environments=(Delta(env=env, added=(Package(name="a", version="1.0"),)),))
     store.commit(body)
     current = store.path / "manifest.json"
     torn = current.read_bytes()[:40]
-    current.unlink()  # the kept generation is a hard link: keep its bytes intact
     current.write_bytes(torn)
     current.chmod(0o600)
     config = Config(

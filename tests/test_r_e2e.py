@@ -34,7 +34,7 @@ from pkgckpt.manifest import (
 from pkgckpt.restore.r import RInstaller, read_tarball
 from pkgckpt.restore.runner import Deadline
 from pkgckpt.scan.r import DescriptionError, RLibraryScanner, r_environment, r_info
-from pkgckpt.store import Store
+from pkgckpt.store import Store, init_store
 
 needs_r = rpkgs.needs_r
 
@@ -84,6 +84,7 @@ class Session:
         self.site = tmp / "site"
         """The site library (R_LIBS_SITE in the site's Renviron.site)."""
         self.store = tmp / "store"
+        init_store(self.store)
         self.home = tmp / "home"
         self.home.mkdir()
         self.marker = tmp / "profile-ran"

@@ -30,6 +30,7 @@ from pkgckpt.inventory import load_baseline, targets
 from pkgckpt.manifest import Body, Delta, Environment, Package, UrlSource
 from pkgckpt.restore.python import PythonInstaller
 from pkgckpt.restore.runner import Deadline
+from pkgckpt.store import init_store
 
 pytestmark = pytest.mark.slow
 
@@ -327,6 +328,7 @@ def test_a_dry_run_names_the_installed_version_of_a_removal(
 def test_no_manifest_is_nothing_to_do(tmp_path: Path, image: Venv, wheels: Path) -> None:
     """A key with no manifest yet restores nothing, says so, and still takes the baseline."""
     config = make_config(tmp_path, image, wheels)
+    init_store(config.store)
     report = restore.run(config)
     assert report.plan.generation is None and "No manifest" in report.render()
     assert (config.runtime_dir / "baseline.json").exists()

@@ -19,7 +19,7 @@ from pkgckpt import status
 from pkgckpt.config import Config
 from pkgckpt.inventory import targets
 from pkgckpt.manifest import Body, Delta, Environment, Package
-from pkgckpt.store import Store
+from pkgckpt.store import Store, init_store
 
 
 def test_an_unreadable_library_is_reported_once_with_what_it_records(tmp_path: Path) -> None:
@@ -34,6 +34,7 @@ def test_an_unreadable_library_is_reported_once_with_what_it_records(tmp_path: P
     )
     (target,) = (t for t in targets(config) if not t.env.user)
     recorded = Delta(env=target.env, added=(Package(name="alpha", version="1.0"),))
+    init_store(config.store)
     Store(config.store, config.key).commit(Body(environments=(recorded,)))
     site = venv.site_packages
     site.rmdir()

@@ -16,8 +16,8 @@ import pytest
 
 from pkgckpt import manifest
 from pkgckpt.durable import atomic_write
-from pkgckpt.errors import ManifestError, StoreError, UnknownSchema, UsageError
-from pkgckpt.store import SYNCED, Store
+from pkgckpt.errors import ManifestError, StoreError, StoreUnavailable, UnknownSchema, UsageError
+from pkgckpt.store import MARKER, SYNCED, Store, init_store
 
 sys.path.insert(0, str(Path(__file__).parent / "faults"))
 from store_child import label, make_body
@@ -28,6 +28,7 @@ FOREIGN_UID = 12345
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
+    init_store(tmp_path / "store")
     return Store(tmp_path / "store", "alice")
 
 
@@ -46,7 +47,82 @@ def commit_labels(store: Store, *labels: str) -> None:
 def test_missing_key_directory_reads_as_no_manifest(store: Store) -> None:
     """read() is None when the key directory does not exist (and creates nothing)."""
     assert store.read() is None
+    assert not store.path.exists()
+
+
+# -- the store root ----------------------------------------------------------------------------
+
+
+def test_a_missing_store_root_is_unavailable_not_empty(tmp_path: Path) -> None:
+    """No root (a mount not there yet): read and commit raise StoreUnavailable, create nothing."""
+    store = Store(tmp_path / "store", "alice")
+    for call in (store.read, lambda: store.commit(make_body("a"))):
+        with pytest.raises(StoreUnavailable, match=r"is not available \(not mounted\?\)"):
+            call()
     assert not store.root.exists()
+
+
+def test_an_unmarked_store_root_is_unavailable_and_never_written(tmp_path: Path) -> None:
+    """A directory without the marker (the mount point under a missing mount) is not a store."""
+    root = tmp_path / "store"
+    root.mkdir(0o700)
+    store = Store(root, "alice")
+    with pytest.raises(StoreUnavailable, match=r"no \.pkgckpt-store marker"):
+        store.read()
+    with pytest.raises(StoreUnavailable, match="not available"):
+        store.commit(make_body("a"))
+    assert list(root.iterdir()) == []
+
+
+def test_store_init_creates_the_root_and_is_idempotent(tmp_path: Path) -> None:
+    """init_store makes a missing root 0700 with its marker; a second call changes nothing."""
+    root = tmp_path / "store"
+    assert init_store(root) is True
+    marker = root / MARKER
+    before = marker.stat()
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert init_store(root) is False
+    assert marker.stat().st_ino == before.st_ino
+    assert Store(root, "alice").read() is None
+
+
+def test_the_default_local_store_is_initialised_on_first_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open_store on the default store (under XDG_STATE_HOME) makes it a store by itself."""
+    from pkgckpt.config import Config, default_store
+    from pkgckpt.store import open_store
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    store = open_store(Config(store=default_store(), key="alice"))
+    assert (store.root / MARKER).is_file()
+    assert store.commit(make_body("a")) is not None
+
+
+def test_a_symlinked_store_root_is_refused(tmp_path: Path) -> None:
+    """A store root that is a symlink is refused with the reason, even to a real store."""
+    init_store(tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(StoreError, match="symbolic link"):
+        Store(tmp_path / "link", "alice").read()
+    with pytest.raises(StoreError, match="symbolic link"):
+        init_store(tmp_path / "link")
+
+
+@pytest.mark.parametrize(("mode", "refused"), [(0o777, True), (0o1777, False), (0o755, False)])
+def test_a_root_others_can_write_needs_the_sticky_bit(
+    tmp_path: Path, mode: int, refused: bool
+) -> None:
+    """0777 lets anyone move a key directory away: refused; 1777 (sticky) is the shared layout."""
+    root = tmp_path / "store"
+    init_store(root)
+    root.chmod(mode)
+    store = Store(root, "alice")
+    if refused:
+        with pytest.raises(StoreError, match="writable by others without the sticky bit"):
+            store.read()
+    else:
+        assert store.commit(make_body("a")) is not None
 
 
 def test_commit_creates_private_layout(store: Store) -> None:
@@ -87,6 +163,7 @@ def test_unchanged_body_is_not_rewritten(store: Store) -> None:
 
 def test_generations_are_pruned_to_keep(tmp_path: Path) -> None:
     """Only the newest `keep` generations stay as manifest.<gen>.json."""
+    init_store(tmp_path)
     store = Store(tmp_path, "alice", keep=3)
     commit_labels(store, *"abcdefg")
     assert names(store) == [
@@ -293,6 +370,22 @@ def test_foreign_owned_key_directory_is_refused(store: Store) -> None:
         Store(store.root, store.key).commit(make_body("b"))
 
 
+@needs_root
+def test_a_key_directory_of_another_user_names_the_owner_and_the_fix(store: Store) -> None:
+    """Someone else's key directory (made first, to lock this user out) is refused with
+    who owns it and what to do."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    commit_labels(store, "a")
+    os.chown(store.path, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(StoreError) as refused:
+        Store(store.root, store.key).commit(make_body("b"))
+    message = str(refused.value)
+    assert f"nobody (uid {nobody.pw_uid})" in message
+    assert "--key" in message and "remove it" in message
+
+
 @pytest.fixture
 def world_tmp() -> Iterator[Path]:
     """A directory another uid can reach (pytest's tmp_path is root's, 0700)."""
@@ -335,6 +428,7 @@ def _read_as(uid: int, store: Store) -> str:
 @needs_root
 def test_ownership_is_checked_against_the_reading_user(world_tmp: Path) -> None:
     """A process running as uid X reads X's store, and refuses a file in it owned by root."""
+    init_store(world_tmp)
     store = Store(world_tmp, "bob")
     commit_labels(store, "a", "b")
     for p in [store.path, *store.path.iterdir()]:
@@ -343,7 +437,7 @@ def test_ownership_is_checked_against_the_reading_user(world_tmp: Path) -> None:
     os.chown(store.path / "manifest.json", 0, 0)
     (store.path / "manifest.json").chmod(0o644)
     assert _read_as(FOREIGN_UID, store) == (
-        f"StoreError: {store.path / 'manifest.json'} is owned by uid 0, "
+        f"StoreError: {store.path / 'manifest.json'} is owned by root (uid 0), "
         f"not by this user (uid {FOREIGN_UID}): refused (if the NFS server maps this "
         "user's files to one uid, set store_uid to it)"
     )
@@ -378,6 +472,7 @@ def test_symlinked_manifest_is_refused(store: Store, tmp_path: Path) -> None:
 
 def test_symlinked_key_directory_is_refused(tmp_path: Path) -> None:
     """A key directory that is a symlink is refused, for reads and commits."""
+    init_store(tmp_path)
     real = Store(tmp_path, "real")
     commit_labels(real, "a")
     (tmp_path / "alice").symlink_to(real.path)
@@ -490,6 +585,7 @@ def test_short_writes_are_carried_on_until_the_whole_manifest_is_written(
         return real(fd, chunk)
 
     monkeypatch.setattr(os, "writev", short)
+    init_store(tmp_path / "store")
     store = Store(tmp_path / "store", "k")
     body = make_body("short", 40)
     written = store.commit(body)
@@ -505,6 +601,7 @@ def test_a_store_whose_server_maps_uids_is_read_with_store_uid(world_tmp: Path) 
     from pkgckpt.config import load
     from pkgckpt.store import open_store
 
+    init_store(world_tmp)
     store = Store(world_tmp, "k")
     commit_labels(store, "a", "squashed")
     for p in [store.path, *store.path.iterdir()]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import pkgckpt
-from pkgckpt.store import SYNCED, Store
+from pkgckpt.store import SYNCED, Store, init_store
 
 FAULTS = Path(__file__).parent / "faults"
 REPO = Path(pkgckpt.__file__).resolve().parent.parent
@@ -97,9 +97,11 @@ def kill_writers(store: Store, generations: int, kills: int, max_delay: float) -
 
 def test_kill9_during_commits_leaves_whole_generations_shm(shm: Path) -> None:
     """Over >= 200 commits and >= 40 SIGKILLs on tmpfs, reads only ever see whole manifests."""
+    init_store(shm)
     kill_writers(Store(shm, "alice"), generations=200, kills=40, max_delay=0.02)
 
 
 def test_kill9_during_commits_leaves_whole_generations_disk(tmp_path: Path) -> None:
     """The same on the real disk (ext4 here, with real fsyncs), fewer rounds."""
+    init_store(tmp_path)
     kill_writers(Store(tmp_path, "alice"), generations=40, kills=12, max_delay=0.03)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import pkgckpt
-from pkgckpt.store import SYNCED, Store
+from pkgckpt.store import SYNCED, Store, init_store
 
 FAULTS = Path(__file__).parent / "faults"
 CHILD = FAULTS / "store_child.py"
@@ -97,6 +97,7 @@ class Child:
 @pytest.fixture
 def child(tmp_path: Path, shim: Path) -> Child:
     """A store holding generation 1 (body "A"), and a way to run a faulty writer on it."""
+    init_store(tmp_path / "store")
     store = Store(tmp_path / "store", "alice")
     store.commit(make_body("A"))
     return Child(store=store, shim=shim, log=tmp_path / "faults.log")
