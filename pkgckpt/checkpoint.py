@@ -104,6 +104,8 @@ class _Track:
     forgotten: dict[str, Package] = dataclasses.field(default_factory=dict)
     failing: dict[str, manifest.Failing] = dataclasses.field(default_factory=dict)
     identity: Identity | None = None
+    gone: set[str] = dataclasses.field(default_factory=set)
+    """Names whose uninstall this process observed (and not seen again since)."""
 
 
 def _inferred_baseline(
@@ -175,6 +177,7 @@ class Tracker:
                     continue  # still the install the user told the record to forget
                 del track.forgotten[name]  # installed or upgraded again: recorded again
             track.state[name] = found
+        track.gone.difference_update(obs.packages)
         unconfirmed = {}
         for name, seen in track.last.items():
             if name in obs.packages:
@@ -182,6 +185,7 @@ class Tracker:
             if absences_count and name not in obs.uncertain:
                 track.state.pop(name, None)  # an uninstall this process saw happen
                 track.forgotten.pop(name, None)
+                track.gone.add(name)
             else:
                 unconfirmed[name] = seen
         track.last = {**unconfirmed, **obs.packages}
@@ -226,6 +230,25 @@ class Tracker:
             if recorded is not None:
                 _remember(track, recorded)
 
+    def fold(self, stored: Body) -> None:
+        """Fold what the store holds into the record, never the other way round.
+
+        The store may hold what this process does not (another generation, a directory
+        restored from a snapshot) or lack what it holds (deleted, rolled back). A package
+        the store records as added or changed joins the record unless the record has it
+        already (this process's view wins) or this process saw it uninstalled; nothing
+        the record holds leaves. A package the user told the record to forget is not
+        brought back either.
+        """
+        for theirs in stored.environments:
+            track = self._tracks.get(env_key(theirs.env))
+            if track is None:
+                self._recorded = _with(self._recorded, theirs)
+                continue
+            for p in (*theirs.added, *theirs.changed):
+                if not (p.name in track.state or p.name in track.gone or p.name in track.forgotten):
+                    track.state[p.name] = p
+
     def state(self, env: Environment) -> dict[str, Package] | None:
         """The recorded state of `env` as this tracker holds it (None: not scanned yet)."""
         track = self._tracks.get(env_key(env))
@@ -261,6 +284,22 @@ class Tracker:
 def _remember(track: _Track, recorded: Delta) -> None:
     track.forgotten = {p.name: p for p in recorded.forgotten}
     track.failing = {f.name: f for f in recorded.failing}
+
+
+def _with(body: Body, theirs: Delta) -> Body:
+    """`body` with the store's delta `theirs` folded into its delta for the same
+    environment: entries `body` lacks are added, the ones it has stay as they are."""
+    mine = body.delta(theirs.env)
+    if mine is None:
+        return Body(environments=(*body.environments, theirs))
+    names = {p.name for p in (*mine.added, *mine.changed, *mine.removed)}
+    merged = msgspec.structs.replace(
+        mine,
+        added=(*mine.added, *(p for p in theirs.added if p.name not in names)),
+        changed=(*mine.changed, *(p for p in theirs.changed if p.name not in names)),
+        removed=(*mine.removed, *(p for p in theirs.removed if p.name not in names)),
+    )
+    return Body(environments=tuple(merged if d is mine else d for d in body.environments))
 
 
 # -- a session: the manifest, the baseline and the scans of one process ----------------
@@ -368,6 +407,12 @@ def commit(session: Session) -> Manifest | None:
     Raises StoreError (StoreUnavailable: retry later) or ManifestError; the record stays
     in the session either way, so a later call commits it.
     """
+    changed, stored = session.store.check()
+    if changed:
+        # Another generation, a deleted directory or an older copy: what the store holds
+        # joins the record first, and the record is written whatever the store had.
+        session.tracker.fold(stored.body if stored is not None else Body())
+        session.on_store = None
     body = session.tracker.body()
     encoded = manifest.encode_body(body)
     if encoded == session.on_store:
@@ -377,3 +422,23 @@ def commit(session: Session) -> Manifest | None:
     if written is not None:
         session.generation = written.generation
     return written
+
+
+def confirm(session: Session) -> bool:
+    """Whether the store, read back now, holds the session's last generation and record.
+
+    When it does not (deleted, rolled back, replaced), the next `commit` writes again.
+    Raises StoreError or ManifestError when the store cannot be read.
+    """
+    found = session.store.read()
+    if found is None and session.generation is None:
+        return session.on_store == manifest.encode_body(Body())  # nothing to record
+    if (
+        found is not None
+        and found.generation == session.generation
+        and session.on_store is not None
+        and manifest.encode_body(found.body) == session.on_store
+    ):
+        return True
+    session.on_store = None
+    return False

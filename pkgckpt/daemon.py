@@ -318,7 +318,9 @@ class Daemon:
         while True:
             if self.session is not None:
                 self._commit()
-            if self.session is not None and not self.uncommitted:
+            # Said only once the store, read back, holds this daemon's last generation:
+            # a directory deleted or rolled back under it is written again.
+            if self.session is not None and not self.uncommitted and self._confirmed():
                 log.info("stopped: every change is on the store (%s)", _generation(self.state))
                 code = 0
                 break
@@ -498,6 +500,21 @@ class Daemon:
         return Batch(
             frozenset(self._by_root.keys() | self.discovery), {}, {}, overflow=True, woken=False
         )
+
+    def _confirmed(self) -> bool:
+        assert self.session is not None
+        try:
+            if checkpoint.confirm(self.session):
+                return True
+        except _STORE_ERRORS as e:
+            self._store_failed(e, "cannot read the store back")
+            return False
+        log.warning(
+            "%s does not hold generation %s: writing again",
+            self.store.path,
+            self.session.generation,
+        )
+        return False
 
     def _store_failed(self, error: PkgckptError, what: str) -> None:
         delay = self.backoff.next()
