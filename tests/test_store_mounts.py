@@ -1,0 +1,200 @@
+"""The store's truth with real mounts, a real daemon and real installs (root only).
+
+A store that arrives late (an NFS mount, an autofs or bind mount not there yet), and a
+key directory deleted or rolled back to an older copy while the daemon runs: in each,
+the manifest ends holding every package ever installed and not uninstalled, and records
+no removal the user did not make (restore removes only what is recorded as removed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_kit import Daemon, World, eventually, pins, uv_install
+from wheelhouse import Dist, Venv, build_wheel, make_venv
+
+from pkgckpt.config import Config
+from pkgckpt.inventory import targets
+from pkgckpt.manifest import Body, Delta, Package
+from pkgckpt.store import Store
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for mount --bind"),
+]
+
+WHEELS = [Dist("alpha", "1.0"), Dist("beta", "1.0"), Dist("gamma", "1.0"), Dist("image-pkg", "1.0")]
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("mount-wheels")
+    for dist in WHEELS:
+        build_wheel(dist, out)
+    return out
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World.make(tmp_path)
+
+
+@pytest.fixture
+def venv(world: World, wheels: Path) -> Venv:
+    """A venv whose image ships image-pkg, and the baseline taken of it."""
+    v = make_venv(world.tmp / "venv", with_pip=False)
+    uv_install(v.python, wheels, "image-pkg==1.0", env=world.env)
+    out = world.pkgckpt("baseline", "--env", str(v.prefix), "--output", str(world.tmp / "b.json"))
+    assert out.returncode == 0, out.stderr
+    return v
+
+
+@pytest.fixture
+def late(world: World) -> Iterator[Path]:
+    """The real store, away from the configured path: `world.store` is an empty mount point
+    until the test mounts the real store on it."""
+    real = world.tmp / "real-store"
+    world.store.rename(real)
+    world.store.mkdir(0o700)
+    yield real
+    subprocess.run(["umount", "-l", str(world.store)], check=False, capture_output=True)
+
+
+def mount_bind(source: Path, target: Path) -> None:
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+
+
+def record(world: World, venv: Venv, store: Path, *specs: str) -> None:
+    """Put a manifest recording `specs` for `venv` on `store` (an earlier container's)."""
+    env = next(t.env for t in targets(Config(env=(venv.prefix,))) if not t.env.user)
+    added = tuple(Package(name=n, version=v) for n, v in (s.split("==") for s in specs))
+    assert Store(store, world.key).commit(Body(environments=(Delta(env=env, added=added),)))
+
+
+def recorded(world: World) -> tuple[list[str], list[str]] | None:
+    """(added or changed, removed) of the venv on the store, or None before a manifest."""
+    found = Store(world.store, world.key).read()
+    if found is None:
+        return None
+    (delta,) = [d for d in found.body.environments if not d.env.user]
+    return pins([*delta.added, *delta.changed]), pins(delta.removed)
+
+
+def holds(world: World, *want: str) -> bool:
+    return recorded(world) == (sorted(want), [])
+
+
+def installed(venv: Venv) -> set[str]:
+    return {p.name.split("-")[0] for p in venv.site_packages.glob("*.dist-info")}
+
+
+def daemon(world: World, venv: Venv) -> Daemon:
+    flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    return world.daemon(*flags, "--quiet-ms", "100").start()
+
+
+def test_restore_before_the_store_is_mounted_fails_then_restores_after(
+    world: World, venv: Venv, wheels: Path, late: Path
+) -> None:
+    """Before the mount: exit 1 'not available (not mounted?)', nothing installed; after
+    it: the recorded packages are installed and no image package is removed."""
+    record(world, venv, late, "alpha==1.0", "beta==1.0")
+    args = [
+        "restore", *world.flags(venv.prefix), "--installer", "uv",
+        "--no-index", "--find-links", str(wheels),
+    ]  # fmt: skip
+    early = world.pkgckpt(*args)
+    assert early.returncode == 1, early.stdout + early.stderr
+    assert f"store {world.store} is not available (not mounted?)" in early.stderr
+    assert installed(venv) == {"image_pkg"}
+    assert list(world.store.iterdir()) == [], "something was written into the mount point"
+    mount_bind(late, world.store)
+    done = world.pkgckpt(*args, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert installed(venv) == {"alpha", "beta", "image_pkg"}
+    assert holds(world, "alpha==1.0", "beta==1.0")
+
+
+def test_daemon_started_before_the_store_is_mounted_merges_it_when_it_arrives(
+    world: World, venv: Venv, wheels: Path, late: Path
+) -> None:
+    """The daemon waits for the store (status says why), keeps the install made meanwhile,
+    and its first commit holds both that and what the store recorded before."""
+    record(world, venv, late, "alpha==1.0")
+    d = daemon(world, venv)
+    try:
+        uv_install(venv.python, wheels, "beta==1.0", env=world.env)
+
+        def waiting() -> bool:
+            out = world.pkgckpt("status", "--json", *world.flags(venv.prefix))
+            error = json.loads(out.stdout)["daemon"].get("last_error") or ""
+            return "not available (not mounted?)" in error
+
+        eventually(waiting, what="status saying the store is not available")
+        assert list(world.store.iterdir()) == [], "something was written into the mount point"
+        mount_bind(late, world.store)
+        eventually(lambda: holds(world, "alpha==1.0", "beta==1.0"), 120, "the merged commit")
+        assert d.stop() == 0, d.output()
+    finally:
+        d.close()
+    assert holds(world, "alpha==1.0", "beta==1.0")
+
+
+def delete(key: Path) -> None:
+    """Remove `key` at once (renamed away first: the daemon may be tidying up in it)."""
+    gone = key.with_name(f".gone-{os.urandom(4).hex()}")
+    key.rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)  # out of the store already
+
+
+def test_a_key_directory_deleted_under_the_daemon_is_written_again(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """Deleted after a commit: the next commit and the shutdown's read-back rewrite it whole."""
+    d = daemon(world, venv)
+    key = world.store / world.key
+    try:
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+        eventually(lambda: holds(world, "alpha==1.0"), 60, "alpha committed")
+        delete(key)
+        uv_install(venv.python, wheels, "beta==1.0", env=world.env)
+        eventually(lambda: holds(world, "alpha==1.0", "beta==1.0"), 60, "the whole record")
+        delete(key)  # nothing installed after this: only the shutdown notices
+        assert d.stop() == 0, d.output()
+    finally:
+        d.close()
+    assert holds(world, "alpha==1.0", "beta==1.0")
+    found = Store(world.store, world.key).read()
+    assert found is not None and found.generation == 3, "generations never run backwards"
+
+
+def test_a_key_directory_rolled_back_under_the_daemon_loses_nothing(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """An older copy of the key directory mounted over it (a snapshot restore, a lagging
+    replica): the daemon's next commit folds it in and writes every install again."""
+    d = daemon(world, venv)
+    key = world.store / world.key
+    old = world.tmp / "old-copy"
+    try:
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+        eventually(lambda: holds(world, "alpha==1.0"), 60, "alpha committed")
+        shutil.copytree(key, old, symlinks=True)
+        uv_install(venv.python, wheels, "beta==1.0", env=world.env)
+        eventually(lambda: holds(world, "alpha==1.0", "beta==1.0"), 60, "beta committed")
+        mount_bind(old, key)
+        assert holds(world, "alpha==1.0"), "the rollback is in place"
+        uv_install(venv.python, wheels, "gamma==1.0", env=world.env)
+        want = ("alpha==1.0", "beta==1.0", "gamma==1.0")
+        eventually(lambda: holds(world, *want), 60, "the merged commit")
+        assert d.stop() == 0, d.output()
+        assert holds(world, *want)
+    finally:
+        d.close()
+        subprocess.run(["umount", "-l", str(key)], check=False, capture_output=True)
