@@ -1,0 +1,168 @@
+"""The store's steady-state commit before and after the merge check and the separate
+generation file, beside the bare durable recipe for the same files, interleaved.
+
+    python benchmarks/ab_commit.py [BEFORE_COMMIT] [--rounds N] [--commits K]
+
+BEFORE_COMMIT (default a19cd21) is taken with `git archive` into a temp directory; its
+`pkgckpt` is imported by its own worker processes. Contenders, each in a fresh worker
+per round (rounds interleaved, the order rotated), each timing K commits of a ~200 KB
+manifest after 5 untimed ones, on the repository's disk and on tmpfs (/dev/shm):
+
+  before       Store.commit at BEFORE_COMMIT: one file, a hard link for the generation
+  bare-before  the bare recipe for those files: temp, write, fsync, close, link, rename,
+               directory fsync
+  after        Store.check + Store.commit here (what checkpoint.commit asks of the store):
+               the head of manifest.json compared, two files, one directory fsync, the
+               sync marker renamed
+  bare-after   the bare recipe for those files: two temps written and fsynced, two
+               renames, one directory fsync
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+WORKER = r"""
+import json, os, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from pkgckpt import manifest
+from pkgckpt.store import Store
+
+assert manifest.__file__.startswith(sys.argv[1]), manifest.__file__
+kind, where, commits = sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+
+
+def make(label, packages):
+    env = manifest.Environment(kind="python", path="/opt/conda", interpreter="3.11.7")
+    added = tuple(
+        manifest.Package(
+            name=f"{label}-package-{i}", version=f"1.{i}.0", installer="pip",
+            tags=("py3-none-any",),
+            source=manifest.UrlSource(
+                url=f"https://files.example.org/{label}-package-{i}-1.{i}.0-py3-none-any.whl",
+                hashes={"sha256": f"{i:064x}"},
+            ),
+        )
+        for i in range(packages)
+    )
+    return manifest.Body(environments=(manifest.Delta(env=env, added=added),))
+
+
+# ~200 KB manifests, as benchmarks/bench_store.py writes them
+per = len(manifest.encode(manifest.Manifest(generation=1, body=make("a", 100)))) / 100
+bodies = (make("a", int(200 * 1024 / per)), make("b", int(200 * 1024 / per)))
+data = [manifest.encode(manifest.Manifest(generation=1, body=b)) for b in bodies]
+
+def bare(n, gen):
+    d = data[gen % 2]
+    names = ["manifest.json"] if n == 1 else [f"manifest.{gen}.json", "manifest.json"]
+    temps = []
+    for i, name in enumerate(names):
+        tmp = where / f".tmp{i}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, d)
+        os.fsync(fd)
+        os.close(fd)
+        if n == 1:
+            os.link(tmp, where / f"manifest.{gen}.json")
+        temps.append((tmp, name))
+    for tmp, name in temps:
+        os.rename(tmp, where / name)
+    dfd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(dfd)
+    os.close(dfd)
+    old = where / f"manifest.{gen - 5}.json"
+    if gen > 5:
+        old.unlink()
+
+if kind in ("before", "after"):
+    if kind == "after":
+        from pkgckpt.store import init_store
+        init_store(where)
+    store = Store(where, "alice")
+    encoded = [manifest.encode_body(b) for b in bodies]
+    def one(i):
+        if kind == "after":
+            store.check()
+        assert store.commit(bodies[i % 2], encoded[i % 2]) is not None
+else:
+    def one(i):
+        bare(1 if kind == "bare-before" else 2, i + 1)
+
+times = []
+for i in range(5 + commits):
+    t = time.perf_counter()
+    one(i)
+    if i >= 5:
+        times.append(time.perf_counter() - t)
+print(json.dumps(times))
+"""
+
+KINDS = ("before", "bare-before", "after", "bare-after")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("before", nargs="?", default="a19cd21")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--commits", type=int, default=40)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ab-commit-"))
+    try:
+        tree = work / "before"
+        tree.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", args.before, "pkgckpt"],
+            check=True, capture_output=True,
+        ).stdout  # fmt: skip
+        (work / "before.tar").write_bytes(archive)
+        with tarfile.open(work / "before.tar") as tar:
+            tar.extractall(tree, filter="data")
+        roots = {"before": tree, "bare-before": tree, "after": REPO, "bare-after": REPO}
+        results: dict[tuple[str, str], list[float]] = {}
+        for rnd in range(args.rounds):
+            order = KINDS[rnd % 4 :] + KINDS[: rnd % 4]
+            for place, base in (("disk", REPO), ("tmpfs", Path("/dev/shm"))):
+                for kind in order:
+                    where = Path(tempfile.mkdtemp(prefix=".ab-commit-", dir=base))
+                    try:
+                        out = subprocess.run(
+                            [sys.executable, "-I", "-c", WORKER, str(roots[kind]), kind,
+                             str(where), str(args.commits)],
+                            check=True, capture_output=True, text=True,
+                        ).stdout  # fmt: skip
+                    finally:
+                        shutil.rmtree(where)
+                    results.setdefault((place, kind), []).extend(json.loads(out))
+        print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
+        print("| place | contender | min ms | median ms | commits |")
+        print("|---|---|---|---|---|")
+        for place in ("disk", "tmpfs"):
+            for kind in KINDS:
+                t = results[(place, kind)]
+                print(
+                    f"| {place} | {kind} | {min(t) * 1e3:.2f} | "
+                    f"{statistics.median(t) * 1e3:.2f} | {len(t)} |"
+                )
+            ratio = statistics.median(results[(place, "after")]) / statistics.median(
+                results[(place, "bare-after")]
+            )
+            print(f"| {place} | after / bare-after (median) | | {ratio:.2f}x | |")
+    finally:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
