@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -257,6 +258,32 @@ def test_an_edit_in_place_of_manifest_json_leaves_its_generation_whole(store: St
     found = Store(store.root, store.key).read()
     assert found is not None and found.generation == 2
     assert found.body == make_body("b")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        (b'\n "generation": 2,', b'\n "generation": 2,\n "generation": 9,'),
+        (b'"environments": [', b'"x": ' + b"[" * 5000 + b"]" * 5000 + b', "environments": ['),
+        (b'"generation": 2', b'"generation": 18446744073709551615'),
+    ],
+    ids=["duplicate key", "deep nesting", "huge generation"],
+)
+def test_a_sealed_but_malformed_current_falls_back_to_its_kept_generation(
+    store: Store, damage: tuple[bytes, bytes]
+) -> None:
+    """Defects a valid checksum does not excuse are a fallback, never a crash or a reading."""
+    commit_labels(store, "a", "b")
+    current = store.path / "manifest.json"
+    data = current.read_bytes().replace(*damage, 1)
+    at = len(b'{\n "schema": 2,\n "checksum": "sha256:')
+    digest = hashlib.sha256(data[:at] + data[at + 64 :]).hexdigest().encode()
+    current.write_bytes(data[:at] + digest + data[at + 64 :])
+    reader = Store(store.root, store.key)
+    found = reader.read()
+    assert found is not None and found.generation == 2 and label(found) == "b"
+    assert reader.last_read_warning is not None
+    assert "using generation 2 from manifest.2.json" in reader.last_read_warning
 
 
 def test_good_read_has_no_warning(store: Store) -> None:
