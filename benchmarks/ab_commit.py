@@ -130,6 +130,7 @@ def main() -> None:
         (work / "before.tar").write_bytes(archive)
         with tarfile.open(work / "before.tar") as tar:
             tar.extractall(tree, filter="data")
+        before = os.getloadavg()
         roots = {"before": tree, "bare-before": tree, "after": REPO, "bare-after": REPO}
         results: dict[tuple[str, str], list[float]] = {}
         for rnd in range(args.rounds):
@@ -146,7 +147,8 @@ def main() -> None:
                     finally:
                         shutil.rmtree(where)
                     results.setdefault((place, kind), []).extend(json.loads(out))
-        print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
+        after = os.getloadavg()
+        print(f"load average (1 min) before {before[0]:.2f}, after {after[0]:.2f}")
         print("| place | contender | min ms | median ms | commits |")
         print("|---|---|---|---|---|")
         for place in ("disk", "tmpfs"):
