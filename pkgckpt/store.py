@@ -299,7 +299,9 @@ class Store:
         now (None: no manifest).
 
         Cheap when nothing changed: the inode and the head (schema and whole-file checksum)
-        are compared; the file is read whole only when they differ. Raises as `read()`.
+        are compared; the file is read whole only when they differ. Raises as `read()`,
+        but for a ManifestError (no valid generation): that is a change with nothing to
+        fold in, which the next commit replaces.
         """
         dfd = self._open_dir()
         if dfd is None:
@@ -310,6 +312,12 @@ class Store:
             if self._peek(dfd) == self._seen:
                 return False, None
             found, warning = self._read_in(dfd)
+        except UnknownSchema:
+            raise
+        except ManifestError as e:
+            # Nothing valid left to fold in: the commit that follows replaces it.
+            log.warning("%s; the next commit replaces it", e)
+            return True, None
         finally:
             durable.close_quietly(dfd)
         if warning is not None:

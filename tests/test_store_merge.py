@@ -131,3 +131,14 @@ def test_an_edit_of_the_current_manifest_is_noticed_by_the_next_commit(store: St
         f.write(data[:30] + (b"0" if data[30:31] != b"0" else b"1"))
     changed, found = store.check()
     assert changed and found is not None and found.generation == 1  # manifest.1.json
+
+
+def test_a_store_with_no_valid_generation_is_replaced_by_the_next_commit(store: Store) -> None:
+    """Every generation corrupt: nothing to fold in, and the commit writes the record."""
+    s = session(store)
+    installs(s, "a==1")
+    for path in store.path.glob("manifest*.json"):
+        path.write_bytes(b"\0" * 100)
+    assert store.check() == (True, None)
+    installs(s, "a==1", "b==2")
+    assert recorded(store) == {"a==1", "b==2"}
