@@ -5,8 +5,9 @@
 Per location (the repository's file system, and /dev/shm):
   bare recipe     plain Python: temp (O_EXCL) + write + fsync + close + rename + dir fsync
   atomic_write    ours, the same bytes: the recipe plus checked errors and unique names
-  Store.commit    the whole commit: encode (with checksum) + atomic write + generation
-                  link + pruning; alternating bodies so that every call writes
+  Store.commit    the whole commit: encode (with checksum) + the generation's file and
+                  manifest.json (two fsynced files, one directory fsync) + the sync
+                  marker + pruning; alternating bodies so that every call writes
   encode          manifest.encode alone, to show where the commit's time goes
 """
 
@@ -24,7 +25,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 import pkgckpt
 from pkgckpt import manifest
 from pkgckpt.durable import atomic_write
-from pkgckpt.store import Store
+from pkgckpt.store import Store, init_store
 
 REPO = Path(pkgckpt.__file__).resolve().parent.parent
 TARGET_BYTES = 200 * 1024
@@ -113,6 +114,7 @@ def test_store_commit(
     benchmark: BenchmarkFixture, where: Path, bodies: tuple[manifest.Body, manifest.Body]
 ) -> None:
     """A whole Store.commit of a changed ~200 KB manifest."""
+    init_store(where)
     store = Store(where, "alice")
     turn = iter(range(10**9))
 
