@@ -87,6 +87,24 @@ def test_store_init_creates_the_root_and_is_idempotent(tmp_path: Path) -> None:
     assert Store(root, "alice").read() is None
 
 
+def test_pkgckpt_store_init_makes_a_store_the_restore_can_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pkgckpt store init DIR` creates and marks DIR, says so, and says so again idempotently."""
+    from pkgckpt import cli
+
+    root = tmp_path / "nfs" / "pkgckpt"
+    (tmp_path / "nfs").mkdir()
+    assert cli.run(["store", "init", str(root)]) == 0
+    assert (root / MARKER).is_file()
+    assert cli.run(["store", "init", str(root)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"store {root} is ready",
+        f"store {root} was already a store",
+    ]
+    assert Store(root, "alice").read() is None
+
+
 def test_the_default_local_store_is_initialised_on_first_use(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
