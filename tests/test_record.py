@@ -24,7 +24,7 @@ from pkgckpt.config import Config
 from pkgckpt.errors import UnknownPackage
 from pkgckpt.inventory import targets
 from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Manifest, Package
-from pkgckpt.store import Store
+from pkgckpt.store import Store, init_store
 
 WHEELS = [
     Dist("alpha", "1.0"),
@@ -437,6 +437,7 @@ def test_forget_matches_r_names_exactly_and_python_names_normalized() -> None:
 
 def test_store_reads_a_kept_generation(tmp_path: Path) -> None:
     """`read_generation` returns what was committed as that generation; None once pruned."""
+    init_store(tmp_path / "store")
     store = Store(tmp_path / "store", "k", keep=2)
     for name in ("a", "b", "c"):
         store.commit(Body(environments=(Delta(env=ENV, added=(Package(name=name, version="1"),)),)))
@@ -491,6 +492,7 @@ def test_an_edited_kept_generation_is_left_out_of_history_and_refused_by_revert(
 ) -> None:
     """A kept generation that fails its checksum is no source: history skips it, revert
     refuses it with the reason."""
+    init_store(tmp_path / "store")
     store = Store(tmp_path / "store", "k")
     added: tuple[Package, ...] = ()
     changes: tuple[manifest.Change, ...] = ()
@@ -500,7 +502,6 @@ def test_an_edited_kept_generation_is_left_out_of_history_and_refused_by_revert(
         store.commit(Body(environments=(Delta(env=ENV, added=added, history=changes),)))
     kept = tmp_path / "store" / "k" / "manifest.2.json"
     data = kept.read_bytes()
-    kept.unlink()  # a hard link to nothing else now: the edit touches generation 2 only
     kept.write_bytes(data.replace(b'"b"', b'"x"'))
     kept.chmod(0o600)
     config = Config(store=tmp_path / "store", key="k", runtime_dir=tmp_path / "run")
