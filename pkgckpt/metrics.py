@@ -36,9 +36,9 @@ from pathlib import Path
 import msgspec
 
 from .config import Config, ensure_runtime_dir, read_private
+from .durable import atomic_write
 from .errors import ManifestError, PkgckptError, StoreError, StoreUnavailable, UnknownSchema
 from .manifest import Body
-from .store import atomic_write
 
 log = logging.getLogger(__name__)
 
