@@ -26,6 +26,7 @@ import pytest
 
 from pkgckpt import manifest
 from pkgckpt.manifest import Body, Delta, Environment, Manifest, Package, UrlSource
+from pkgckpt.store import init_store
 from tests.security.conftest import User
 from tests.wheelhouse import Dist, build_wheel
 
@@ -142,6 +143,7 @@ class Alice:
 
     def put(self, generation: int, *packages: Package) -> None:
         directory = self.store / self.user.name
+        init_store(self.store)
         directory.mkdir(parents=True, exist_ok=True)
         body = Body(environments=(Delta(env=self.env(), added=packages),))
         data = manifest.encode(
