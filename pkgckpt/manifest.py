@@ -3,7 +3,8 @@
 No I/O here: `store.py` reads and writes the bytes, the scanners fill the structs.
 
 On disk a manifest (schema 2) is an envelope whose `checksum` covers the whole file but
-its own 64 hex digits: the envelope, the generation and the body, byte for byte. The
+its own 64 hex digits and trailing white space: the envelope, the generation and the
+body, byte for byte. The
 checksum sits at a fixed place, right after the schema, so a reader finds it without
 parsing anything:
 
@@ -381,7 +382,7 @@ def encode_parts(manifest: Manifest, body: bytes | None = None) -> tuple[bytes |
     # digest is put in their place.
     at = len(_HEAD)
     head, tail = data[:at], data[at + _DIGITS :]
-    digest = _seal((head, tail, b"\n")).encode()
+    digest = _seal((head, tail)).encode()
     return (head, digest, tail, b"\n")
 
 
@@ -480,7 +481,10 @@ def decode(data: bytes, what: str = "manifest") -> Manifest:
             raise ManifestError(f"{what} does not start as a schema {schema} manifest does")
         at = len(_HEAD)
         sealed = data[at : at + _DIGITS].decode()
-        if _seal((memoryview(data)[:at], memoryview(data)[at + _DIGITS :])) != sealed:
+        # Trailing white space is left out: a sealing envelope (seal.py) keeps the
+        # manifest's bytes without it, and it changes no meaning.
+        kept = memoryview(data)[: len(data.rstrip())]
+        if _seal((kept[:at], kept[at + _DIGITS :])) != sealed:
             raise ManifestError(f"{what} fails its checksum: torn or edited")
     try:
         envelope = _envelope_decoder.decode(data)

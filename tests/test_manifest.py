@@ -119,7 +119,8 @@ def sealed(data: bytes) -> bytes:
     """`data` with its whole-file checksum recomputed: what a writer of these bytes gives."""
     at = len(HEAD)
     assert data.startswith(HEAD)
-    digest = hashlib.sha256(data[:at] + data[at + 64 :]).hexdigest().encode()
+    kept = data.rstrip()
+    digest = hashlib.sha256(kept[:at] + kept[at + 64 :]).hexdigest().encode()
     return data[:at] + digest + data[at + 64 :]
 
 
