@@ -13,7 +13,7 @@ from pkgckpt import seal
 from pkgckpt.config import Config
 from pkgckpt.errors import StoreError, UsageError
 from pkgckpt.manifest import Body, Delta, Environment, Package
-from pkgckpt.store import Store, open_store
+from pkgckpt.store import Store, init_store, open_store
 
 BODY = Body(
     environments=(
@@ -21,6 +21,12 @@ BODY = Body(
     )
 )
 SECRET = b"s" * 32
+
+
+@pytest.fixture(autouse=True)
+def store_root(tmp_path: Path) -> None:
+    """tmp_path is the store root of these tests: marked as one."""
+    init_store(tmp_path)
 
 
 def test_a_sealed_manifest_reads_back_and_is_json(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from wheelhouse import Dist, build_wheel
 
 from pkgckpt import status
 from pkgckpt.config import Config
+from pkgckpt.store import init_store
 
 from .conftest import User
 
@@ -247,6 +248,7 @@ def test_a_planted_runtime_directory_fakes_no_daemon_and_aims_no_signal(
     snapshot kills nothing and writes its own generation, restore and daemon work from the
     private fallback (said once), and snapshot reaches that daemon."""
     store = _open(base / "store", 0o755)
+    init_store(store)
     key = alice.name
     config = Config(store=store / "s", key=key, runtime_dir=Path("/"))
     pidfile = shared / "sleep.pid"
@@ -265,7 +267,7 @@ def test_a_planted_runtime_directory_fakes_no_daemon_and_aims_no_signal(
         phase="watching",
     )
     _plant(bob, planted, status.status_path(config).name, state)
-    (store / "s").mkdir(mode=0o700)
+    init_store(store / "s")
     os.chown(store / "s", alice.uid, alice.gid)
     settings = {"PKGCKPT_STORE": str(config.store), "PKGCKPT_KEY": key}
     if where == "XDG_RUNTIME_DIR":
@@ -415,6 +417,7 @@ def test_a_squashed_store_in_neither_layout_is_refused(
     keys' directories are visible and nothing is sealed, alice's restore refuses the store
     with both layouts explained, and bob's package never runs."""
     export = _open(base / "export")
+    init_store(export)
     with (
         squashed(export, base / "alice-view", alice) as mine,
         squashed(export, base / "bob-view", bob) as his,
@@ -450,6 +453,7 @@ def test_a_sealed_squashed_store_rejects_bobs_forgery(
     """Layout (b): alice's manifests carry an HMAC keyed by her secret file; bob's rewrite,
     unsealed or sealed with his own secret, is refused before it is decoded."""
     export = _open(base / "export")
+    init_store(export)
     with (
         squashed(export, base / "alice-view", alice) as mine,
         squashed(export, base / "bob-view", bob) as his,
@@ -479,6 +483,7 @@ def test_a_secret_file_on_the_store_or_open_to_others_is_refused(
     """The secret must be alice's alone: a group-readable one, or one on the store, is a
     usage error that says why."""
     export = _open(base / "export")
+    init_store(export)
     with squashed(export, base / "alice-view", alice) as mine:
         secret = _secret(alice)
         settings = {
@@ -503,7 +508,7 @@ def test_a_squashed_store_that_is_alices_own_mount_works(
     """Layout (a): the export's directory for alice is her store root (a subPath); with no
     other key visible there, her checkpoint and restore work, unsealed."""
     export = _open(base / "export")
-    _open(export / "alice-sub")
+    init_store(_open(export / "alice-sub"))
     _open(export / "bob-sub")
     with squashed(export / "alice-sub", base / "alice-view", alice) as mine:
         settings = {
@@ -530,6 +535,7 @@ def test_every_user_as_jovyan_is_refused_until_a_key_is_set(
     set a key) before anything is written; JUPYTERHUB_USER then keys alice's own directory,
     which bob's planted `jovyan` directory does not touch."""
     store = _open(base / "store", 0o1777)
+    init_store(store)
     bob.run(["mkdir", "-m", "0700", str(store / "jovyan")], check=True)
     shared = {"PKGCKPT_STORE": str(store), "PKGCKPT_GENERIC_USERS": f"jovyan:{alice.name}"}
 
@@ -540,7 +546,7 @@ def test_every_user_as_jovyan_is_refused_until_a_key_is_set(
         assert "PKGCKPT_KEY=<user>" in refused.stderr
     hub = session.pkgckpt("restore", **shared, **session.runtime(), JUPYTERHUB_USER="jovyan")
     assert hub.returncode == 2 and "login name 'jovyan'" in hub.stderr
-    assert sorted(p.name for p in store.iterdir()) == ["jovyan"]
+    assert sorted(p.name for p in store.iterdir()) == [".pkgckpt-store", "jovyan"]
 
     _record_alicepkg(session, {**shared, "JUPYTERHUB_USER": "alice-hub"})
     assert (store / "alice-hub" / "manifest.json").stat().st_uid == alice.uid
