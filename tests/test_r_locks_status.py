@@ -19,7 +19,7 @@ import rpkgs
 
 from pkgckpt.manifest import Body, Delta, Package
 from pkgckpt.scan.r import RLibraryScanner, lock_active, r_environment
-from pkgckpt.store import Store
+from pkgckpt.store import Store, init_store
 
 needs_r = rpkgs.needs_r
 
@@ -95,6 +95,7 @@ def test_a_stale_lock_does_not_hold_back_checkpoints(tmp_path: Path) -> None:
     lib.mkdir()
     old_lock(lib)
     store = tmp_path / "store"
+    init_store(store)
     env = restore_kit.hermetic(tmp_path)
     env["PKGCKPT_MAX_DELAY_MS"] = "600000"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -171,6 +172,7 @@ def test_status_shows_the_baseline_the_daemon_uses(tmp_path: Path) -> None:
     notify.bind(str(tmp_path / "notify"))
     notify.settimeout(60)
     store = tmp_path / "store"
+    init_store(store)
     baseline = ("--baseline", str(image))
     daemon = subprocess.Popen(
         [sys.executable, "-m", "pkgckpt", "daemon", "--store", str(store), "--key", "k", *baseline],

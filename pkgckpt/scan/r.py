@@ -648,7 +648,7 @@ def read_private(path: Path, limit: int) -> bytes | None:
 def keep_private(path: Path, data: bytes) -> None:
     """Write a cache file in the runtime directory; a failure only costs the next run a probe."""
     from ..config import ensure_runtime_dir
-    from ..store import atomic_write
+    from ..durable import atomic_write
 
     try:
         ensure_runtime_dir(path.parent)
