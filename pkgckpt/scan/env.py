@@ -198,14 +198,16 @@ def _cache_file(cache_dir: Path, python: Path) -> Path:
     return cache_dir / f"python-env-{name}.json"
 
 
-def _recall(path: Path, python: Path, key: str) -> PythonEnv | None:
+def read_private(path: Path, limit: int) -> bytes | None:
+    """Up to `limit` + 1 bytes of a regular file of ours that no one else can write, else
+    None: a runtime directory in a shared /tmp could hold a planted answer pointing the
+    scan anywhere."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        # A planted file (shared /tmp) could point the scan anywhere: only ours counts.
         if (
             not stat.S_ISREG(st.st_mode)
             or st.st_uid != os.geteuid()
@@ -213,11 +215,17 @@ def _recall(path: Path, python: Path, key: str) -> PythonEnv | None:
         ):
             log.debug("%s is not a private file of ours; ignored", path)
             return None
-        data = os.read(fd, _CACHE_MAX + 1)
+        return os.read(fd, limit + 1)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def _recall(path: Path, python: Path, key: str) -> PythonEnv | None:
+    data = read_private(path, _CACHE_MAX)
+    if data is None:
+        return None
     try:
         kept = _kept_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError):

@@ -44,7 +44,7 @@ from ..manifest import (
     VcsSource,
 )
 from . import ScanResult
-from .env import _identity, _Stamp
+from .env import _identity, _Stamp, read_private
 from .python import RACY_NS, strip_credentials
 
 log = logging.getLogger(__name__)
@@ -621,28 +621,6 @@ def _recall(path: Path, key: str) -> RLibs | None:
 
 
 _CACHE_MAX = 64 * 1024
-
-
-def read_private(path: Path, limit: int) -> bytes | None:
-    """A regular file of ours that no one else can write, else None: a runtime directory
-    in a shared /tmp could hold a planted answer pointing the scan anywhere."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if (
-            not stat.S_ISREG(st.st_mode)
-            or st.st_uid != os.geteuid()
-            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        ):
-            return None
-        return os.read(fd, limit + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def keep_private(path: Path, data: bytes) -> None:
