@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from restore_kit import hermetic
+from wheelhouse import Venv, make_venv
 
 from pkgckpt.config import Config
 from pkgckpt.manifest import Delta, Manifest
@@ -165,6 +166,24 @@ class World:
     def status_file(self) -> Path:
         """The daemon's status file, named by store and key."""
         return status_path(Config(store=self.store, key=self.key, runtime_dir=self.runtime))
+
+    def image_venv(self, wheels: Path, *image: str, aged: bool = False) -> Venv:
+        """A venv at tmp/venv whose image ships `image` (requirements installed from
+        `wheels`), and its baseline taken to tmp/b.json. `aged` dates the image's entries
+        an hour back, as in a container started from an image: the daemon's first scan then
+        takes them from the baseline by their dist-info names."""
+        v = make_venv(self.tmp / "venv", with_pip=False)
+        if image:
+            uv_install(v.python, wheels, *image, env=self.env)
+        made = self.pkgckpt(
+            "baseline", "--env", str(v.prefix), "--output", str(self.tmp / "b.json")
+        )
+        assert made.returncode == 0, made.stderr
+        if aged:
+            then = time.time_ns() - 3600 * 10**9
+            for entry in [*v.site_packages.iterdir(), v.site_packages]:
+                os.utime(entry, ns=(then, then), follow_symlinks=False)
+        return v
 
     def flags(self, *prefixes: Path) -> list[str]:
         out = ["--store", str(self.store), "--key", self.key]

@@ -60,14 +60,7 @@ def venv(world: World, wheels: Path) -> Venv:
     The image's entries are dated an hour back, as in a container started from an image:
     the daemon's first scan then takes image-pkg from the baseline by its dist-info's name.
     """
-    v = make_venv(world.tmp / "venv", with_pip=False)
-    uv_install(v.python, wheels, "image-pkg==1.0", env=world.env)
-    base = world.pkgckpt("baseline", "--env", str(v.prefix), "--output", str(world.tmp / "b.json"))
-    assert base.returncode == 0, base.stderr
-    then = time.time_ns() - 3600 * 10**9
-    for entry in [*v.site_packages.iterdir(), v.site_packages]:
-        os.utime(entry, ns=(then, then), follow_symlinks=False)
-    return v
+    return world.image_venv(wheels, "image-pkg==1.0", aged=True)
 
 
 @pytest.fixture

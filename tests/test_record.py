@@ -9,14 +9,13 @@ import pty
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from daemon_kit import Daemon, World, eventually, pins, uv_install, uv_uninstall
 from restore_kit import broken_sdist, installed, put_manifest
-from wheelhouse import Dist, Venv, build_wheel, make_venv
+from wheelhouse import Dist, Venv, build_wheel
 
 from pkgckpt import manifest, record
 from pkgckpt.checkpoint import Observation, Tracker
@@ -53,14 +52,7 @@ def world(tmp_path: Path) -> World:
 @pytest.fixture
 def venv(world: World, wheels: Path) -> Venv:
     """A venv whose image ships image-pkg (dated an hour back), and its baseline."""
-    v = make_venv(world.tmp / "venv", with_pip=False)
-    uv_install(v.python, wheels, "image-pkg==1.0", env=world.env)
-    base = world.pkgckpt("baseline", "--env", str(v.prefix), "--output", str(world.tmp / "b.json"))
-    assert base.returncode == 0, base.stderr
-    then = time.time_ns() - 3600 * 10**9
-    for entry in [*v.site_packages.iterdir(), v.site_packages]:
-        os.utime(entry, ns=(then, then), follow_symlinks=False)
-    return v
+    return world.image_venv(wheels, "image-pkg==1.0", aged=True)
 
 
 def flags(world: World, venv: Venv) -> list[str]:

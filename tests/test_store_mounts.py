@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from daemon_kit import Daemon, World, eventually, pins, uv_install
-from wheelhouse import Dist, Venv, build_wheel, make_venv
+from wheelhouse import Dist, Venv, build_wheel
 
 from pkgckpt.config import Config
 from pkgckpt.inventory import targets
@@ -48,11 +48,7 @@ def world(tmp_path: Path) -> World:
 @pytest.fixture
 def venv(world: World, wheels: Path) -> Venv:
     """A venv whose image ships image-pkg, and the baseline taken of it."""
-    v = make_venv(world.tmp / "venv", with_pip=False)
-    uv_install(v.python, wheels, "image-pkg==1.0", env=world.env)
-    out = world.pkgckpt("baseline", "--env", str(v.prefix), "--output", str(world.tmp / "b.json"))
-    assert out.returncode == 0, out.stderr
-    return v
+    return world.image_venv(wheels, "image-pkg==1.0")
 
 
 @pytest.fixture
