@@ -2,29 +2,29 @@
 
 No I/O here: `store.py` reads and writes the bytes, the scanners fill the structs.
 
-On disk a manifest (schema 2) is an envelope whose `checksum` covers the whole file but
-its own 64 hex digits and trailing white space: the envelope, the generation and the
-body, byte for byte. The
-checksum sits at a fixed place, right after the schema, so a reader finds it without
-parsing anything:
+On disk a manifest (schema 3) is compact JSON: an envelope whose `checksum` covers the
+whole file but its own 64 hex digits and trailing white space: the envelope, the
+generation and the body, byte for byte. The checksum sits at a fixed place, right after
+the schema, so a reader finds it without parsing anything:
 
-    {
-     "schema": 2,
-     "checksum": "sha256:...",
-     "generation": 7, "writer": {...}, "time": "...",
-     "body": {"environments": [...]}
-    }
+    {"schema":3,"checksum":"sha256:...","generation":7,"writer":{...},"time":"...",
+     "body":{"environments":[...]}}
+
+(one line; `python -m json.tool manifest.json` shows it indented). Compact, so that a
+commit hashes and writes the body bytes it already has, as they are: no second pass to
+indent 200 KB, no copy.
 
 A reader refuses, as `ManifestError`: invalid UTF-8 anywhere, nesting deeper than
 `MAX_DEPTH`, a key twice in the envelope, a generation outside 1..`MAX_GENERATION`, an
 environment twice in the body, and any byte that does not match the checksum.
 
-Schema 1 (pkgckpt before the whole-file checksum) is still read: its checksum covers the
-body only, so its envelope is taken as it stands; a writer always writes schema 2, so the
-next commit migrates it. A pkgckpt that knows only schema 1 refuses schema 2 ("upgrade
-pkgckpt") rather than misread it.
+Older layouts are still read, and the next commit rewrites them as schema 3: schema 2
+(the same whole-file checksum, in an envelope indented by one space) and schema 1
+(before the whole-file checksum: its checksum covers the body only, so its envelope is
+taken as it stands). A pkgckpt that knows an older schema only refuses a newer one
+("upgrade pkgckpt") rather than misread it, and never overwrites it.
 
-Compatibility: every field added after schema 2 must have a default, so an older
+Compatibility: every field added after schema 3 must have a default, so an older
 reader reads a newer manifest; a change that an older reader must not misread bumps
 `SCHEMA` (the major version), and readers refuse a schema newer than theirs.
 """
@@ -40,8 +40,8 @@ import msgspec
 
 from .errors import ManifestError, UnknownSchema
 
-SCHEMA = 2
-"""Of manifests; 1 is still read (see the module docstring)."""
+SCHEMA = 3
+"""Of manifests; 1 and 2 are still read (see the module docstring)."""
 BASELINE_SCHEMA = 1
 """Of baselines: their layout did not change with the manifest's checksum."""
 MAX_GENERATION = 2**53
@@ -331,17 +331,19 @@ MAX_BYTES = 64 * 1024 * 1024
 
 
 def _pretty(data: bytes) -> bytes:
-    # Indented so that a person can `cat` and `diff` manifests on the share.
+    # Indented so that a person can `cat` and `diff` baselines (written once per image).
     return msgspec.json.format(data, indent=1)
 
 
 _DIGITS = 64
 _PLACEHOLDER = "sha256:" + "0" * _DIGITS
-_HEAD = b'{\n "schema": 2,\n "checksum": "sha256:'
-"""How every schema 2 manifest starts: its checksum's digits follow."""
-HEAD_BYTES = len(_HEAD) + _DIGITS
-"""The head of a schema 2 manifest: its schema and the checksum of everything else. Two
-files with the same head hold the same bytes; `encode_parts`' first two buffers are it."""
+_HEADS = {2: b'{\n "schema": 2,\n "checksum": "sha256:', 3: b'{"schema":3,"checksum":"sha256:'}
+"""How every manifest of a schema with a whole-file checksum starts: its digits follow."""
+_HEAD = _HEADS[SCHEMA]
+HEAD_BYTES = max(map(len, _HEADS.values())) + _DIGITS
+"""The head of a manifest: its schema and the checksum of everything else (and, for
+the shorter heads, a few bytes after it). Two files with the same head hold the same
+bytes; `encode_parts`' first buffers are it."""
 
 
 def checksum(body: bytes | memoryview) -> str:
@@ -365,7 +367,7 @@ def encode(manifest: Manifest, body: bytes | None = None) -> bytes:
 
 def encode_parts(manifest: Manifest, body: bytes | None = None) -> tuple[bytes | memoryview, ...]:
     """`encode(manifest, body)` as buffers to be written one after the other (writev):
-    putting the checksum in place without copying a 200 KB manifest whole again."""
+    the ~200 KB body is hashed once and written as the caller's bytes, never copied."""
     if body is None:
         body = encode_body(manifest.body)
     envelope = _Envelope(
@@ -374,16 +376,16 @@ def encode_parts(manifest: Manifest, body: bytes | None = None) -> tuple[bytes |
         generation=manifest.generation,
         writer=manifest.writer,
         time=manifest.time,
-        body=msgspec.Raw(body),
+        body=msgspec.Raw(b"0"),  # a stand-in, cut off below: `body` itself follows
     )
-    data = memoryview(_pretty(_encoder.encode(envelope)))
+    data = _encoder.encode(envelope)
     # The checksum covers every byte of the file but its own digits, which stand at a
-    # fixed offset: the placeholder's digits are cut out rather than hashed, then the
-    # digest is put in their place.
+    # fixed offset, and the trailing newline: the placeholder's digits are cut out rather
+    # than hashed, then the digest is put in their place.
     at = len(_HEAD)
-    head, tail = data[:at], data[at + _DIGITS :]
-    digest = _seal((head, tail)).encode()
-    return (head, digest, tail, b"\n")
+    head, tail = data[:at], data[at + _DIGITS : -len(b"0}")]
+    digest = _seal((head, tail, body, b"}")).encode()
+    return (head, digest, tail, body, b"}\n")
 
 
 def encode_body(body: Body) -> bytes:
@@ -477,9 +479,10 @@ def decode(data: bytes, what: str = "manifest") -> Manifest:
     """Decode and verify a manifest; any defect raises `ManifestError`, never anything else."""
     schema = _check_schema(data, what, SCHEMA)
     if schema >= 2:
-        if not data.startswith(_HEAD):
+        head = _HEADS[schema]
+        if not data.startswith(head):
             raise ManifestError(f"{what} does not start as a schema {schema} manifest does")
-        at = len(_HEAD)
+        at = len(head)
         sealed = data[at : at + _DIGITS].decode()
         # Trailing white space is left out: a sealing envelope (seal.py) keeps the
         # manifest's bytes without it, and it changes no meaning.

@@ -143,7 +143,9 @@ def _manifest_bytes(schema: int = manifest.SCHEMA) -> bytes:
         environments=(Delta(env=Environment(kind="python", path="/x"), added=(pkg("alpha"),)),)
     )
     data = manifest.encode(manifest.Manifest(generation=1, body=body))
-    return data.replace(b'"schema": %d' % manifest.SCHEMA, b'"schema": %d' % schema, 1)
+    edited = data.replace(b'"schema":%d' % manifest.SCHEMA, b'"schema":%d' % schema, 1)
+    assert edited != data or schema == manifest.SCHEMA
+    return edited
 
 
 def _bad_utf8_body() -> bytes:

@@ -74,7 +74,7 @@ def test_manifest_round_trips_through_its_bytes() -> None:
 
 def test_checksum_holds_whatever_the_strings_hold() -> None:
     """Strings that look like the envelope's layout (newlines, a "body" key) still verify."""
-    tricky = '\n "body": {}\n}\n'
+    tricky = '"body":{}}\n\n "body": {}\n}\n'
     m = msgspec.structs.replace(
         sample(),
         writer=Writer(host=tricky, pid=1, version=tricky),
@@ -85,8 +85,9 @@ def test_checksum_holds_whatever_the_strings_hold() -> None:
     assert manifest.decode(manifest.encode(Manifest(generation=1))) == Manifest(generation=1)
 
 
-def test_encoding_is_deterministic_and_readable() -> None:
-    """Equal manifests give equal bytes whatever the dict order; the JSON is indented."""
+def test_encoding_is_deterministic_and_compact() -> None:
+    """Equal manifests give equal bytes whatever the dict order; the JSON is one line whose
+    body is `encode_body`'s bytes as they are."""
     one = UrlSource(url="u", hashes={"sha256": "1", "md5": "2"})
     two = UrlSource(url="u", hashes={"md5": "2", "sha256": "1"})
 
@@ -96,7 +97,8 @@ def test_encoding_is_deterministic_and_readable() -> None:
 
     assert manifest.encode(make(one)) == manifest.encode(make(two))
     data = manifest.encode(sample())
-    assert data.endswith(b"\n") and b'\n "body": {' in data
+    assert data.endswith(b"}\n") and data.count(b"\n") == 1
+    assert data.endswith(b',"body":' + manifest.encode_body(sample().body) + b"}\n")
     assert b'"requested"' not in manifest.encode(make(one)), "defaults are left out"
 
 
@@ -112,7 +114,7 @@ def test_any_edit_or_tear_is_caught_by_the_checksum() -> None:
             manifest.decode(data[:cut])
 
 
-HEAD = b'{\n "schema": 2,\n "checksum": "sha256:'
+HEAD = b'{"schema":3,"checksum":"sha256:'
 
 
 def sealed(data: bytes) -> bytes:
@@ -128,13 +130,13 @@ def test_newer_fields_are_read_by_this_version_and_a_newer_schema_is_refused() -
     """Unknown fields (a newer minor) are ignored; a newer major schema is UnknownSchema."""
     data = manifest.encode(sample())
     newer = sealed(
-        data.replace(b'\n "generation"', b'\n "future": {"x": [1]},\n "generation"', 1)
-        .replace(b'"env": {', b'"future_field": {"x": 1}, "env": {', 1)
-        .replace(b'"name": "a"', b'"also_new": true, "name": "a"', 1)
+        data.replace(b',"generation"', b',"future":{"x":[1]},"generation"', 1)
+        .replace(b'"env":{', b'"future_field":{"x":1},"env":{', 1)
+        .replace(b'"name":"a"', b'"also_new":true,"name":"a"', 1)
     )
     assert manifest.decode(newer) == sample()
     with pytest.raises(UnknownSchema):
-        manifest.decode(newer.replace(b'"schema": 2', b'"schema": %d' % (manifest.SCHEMA + 1)))
+        manifest.decode(newer.replace(b'"schema":3', b'"schema":%d' % (manifest.SCHEMA + 1)))
     with pytest.raises(UnknownSchema):
         manifest.decode_baseline(json.dumps({"schema": manifest.BASELINE_SCHEMA + 1}).encode())
 
@@ -146,6 +148,31 @@ def legacy(m: Manifest) -> bytes:
     head = json.dumps(envelope, indent=1)[:-2]
     digest = manifest.checksum(body).encode()
     return head.encode() + b',\n "checksum": "' + digest + b'",\n "body": ' + body + b"\n}\n"
+
+
+def schema_2(m: Manifest) -> bytes:
+    """`m` as pkgckpt wrote it in schema 2: the whole-file checksum, the envelope and the
+    body indented by one space."""
+    compact = manifest.encode(m).replace(b'"schema":3', b'"schema":2', 1)
+    data = msgspec.json.format(compact, indent=1) + b"\n"
+    at = len(b'{\n "schema": 2,\n "checksum": "sha256:')
+    kept = data.rstrip()
+    digest = hashlib.sha256(kept[:at] + kept[at + 64 :]).hexdigest().encode()
+    return data[:at] + digest + data[at + 64 :]
+
+
+def test_schema_2_indented_manifests_are_still_read() -> None:
+    """A manifest as schema 2 wrote it (indented) decodes to the same record, and its
+    checksum still guards every byte."""
+    m = sample()
+    data = schema_2(m)
+    assert data.startswith(b'{\n "schema": 2,\n "checksum": "sha256:')
+    found = manifest.decode(data)
+    assert (found.schema, found.generation, found.body) == (2, m.generation, m.body)
+    with pytest.raises(ManifestError, match="checksum"):
+        manifest.decode(data.replace(b'"generation": 3', b'"generation": 4'))
+    with pytest.raises(ManifestError, match="does not start"):
+        manifest.decode(data.replace(b'"schema": 2', b'"schema": 3', 1))
 
 
 def test_schema_1_manifests_are_still_read() -> None:
@@ -161,10 +188,10 @@ def test_the_checksum_covers_the_envelope_too() -> None:
     """An edit to the generation, the writer or the time fails the checksum."""
     data = manifest.encode(sample())
     for old, new in (
-        (b'"generation": 3', b'"generation": 4'),
-        (b'"host": "h"', b'"host": "x"'),
+        (b'"generation":3', b'"generation":4'),
+        (b'"host":"h"', b'"host":"x"'),
         (b"2026-01-01T00:00:00+00:00", b"2026-01-01T00:00:01+00:00"),
-        (b'\n "body": {', b'\n "body":  {'),
+        (b',"body":{', b',"body": {'),
     ):
         edited = data.replace(old, new, 1)
         assert edited != data
@@ -178,25 +205,23 @@ REFUSED = {
         "not valid UTF-8",
     ),
     "a key twice in the envelope": (
-        lambda d: d.replace(b'\n "generation": 3,', b'\n "generation": 3,\n "generation": 9,'),
+        lambda d: d.replace(b'"generation":3,', b'"generation":3,"generation":9,'),
         "'generation' twice",
     ),
     "a second checksum": (
-        lambda d: d.replace(
-            b'\n "generation": 3,', b'\n "checksum": "sha256:0",\n "generation": 3,'
-        ),
+        lambda d: d.replace(b'"generation":3,', b'"checksum":"sha256:0","generation":3,'),
         "'checksum' twice",
     ),
-    "generation zero": (lambda d: d.replace(b'"generation": 3', b'"generation": 0'), "outside 1"),
+    "generation zero": (lambda d: d.replace(b'"generation":3', b'"generation":0'), "outside 1"),
     "negative generation": (
-        lambda d: d.replace(b'"generation": 3', b'"generation": -5'),
+        lambda d: d.replace(b'"generation":3', b'"generation":-5'),
         "outside 1",
     ),
     "generation past 2**53": (
-        lambda d: d.replace(b'"generation": 3', b'"generation": 18446744073709551615'),
+        lambda d: d.replace(b'"generation":3', b'"generation":18446744073709551615'),
         "outside 1",
     ),
-    "a field after the body": (lambda d: d[:-3] + b',\n "x": 1\n}\n', "after its body"),
+    "a field after the body": (lambda d: d[:-2] + b',"x":1}\n', "after its body"),
 }
 
 
@@ -216,7 +241,7 @@ def test_deep_nesting_is_refused_without_recursion_error(depth: int) -> None:
     """A body nested past MAX_DEPTH is a ManifestError, however deep: never RecursionError."""
     deep = b"[" * depth + b"]" * depth
     data = manifest.encode(sample()).replace(
-        b'"environments": [', b'"x": %s, "environments": [' % deep, 1
+        b'"environments":[', b'"x":%s,"environments":[' % deep, 1
     )
     with pytest.raises(ManifestError, match="nested deeper"):
         manifest.decode(sealed(data))
@@ -237,7 +262,7 @@ def test_an_environment_twice_is_refused() -> None:
         manifest.decode(manifest.encode(twice))
 
 
-ENVELOPE_END = manifest.encode(sample()).index(b'\n "body": ')
+ENVELOPE_END = manifest.encode(sample()).index(b',"body":')
 
 
 @settings(max_examples=10_000, deadline=None)

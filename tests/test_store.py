@@ -281,9 +281,9 @@ def test_an_edit_in_place_of_manifest_json_leaves_its_generation_whole(store: St
 @pytest.mark.parametrize(
     "damage",
     [
-        (b'\n "generation": 2,', b'\n "generation": 2,\n "generation": 9,'),
-        (b'"environments": [', b'"x": ' + b"[" * 5000 + b"]" * 5000 + b', "environments": ['),
-        (b'"generation": 2', b'"generation": 18446744073709551615'),
+        (b'"generation":2,', b'"generation":2,"generation":9,'),
+        (b'"environments":[', b'"x":' + b"[" * 5000 + b"]" * 5000 + b',"environments":['),
+        (b'"generation":2', b'"generation":18446744073709551615'),
     ],
     ids=["duplicate key", "deep nesting", "huge generation"],
 )
@@ -293,8 +293,10 @@ def test_a_sealed_but_malformed_current_falls_back_to_its_kept_generation(
     """Defects a valid checksum does not excuse are a fallback, never a crash or a reading."""
     commit_labels(store, "a", "b")
     current = store.path / "manifest.json"
-    data = current.read_bytes().replace(*damage, 1)
-    at = len(b'{\n "schema": 2,\n "checksum": "sha256:')
+    before = current.read_bytes()
+    data = before.replace(*damage, 1)
+    assert data != before
+    at = len(b'{"schema":3,"checksum":"sha256:')
     kept = data.rstrip()
     digest = hashlib.sha256(kept[:at] + kept[at + 64 :]).hexdigest().encode()
     current.write_bytes(data[:at] + digest + data[at + 64 :])
