@@ -407,17 +407,18 @@ def commit(session: Session) -> Manifest | None:
     Raises StoreError (StoreUnavailable: retry later) or ManifestError; the record stays
     in the session either way, so a later call commits it.
     """
-    changed, stored = session.store.check()
-    if changed:
-        # Another generation, a deleted directory or an older copy: what the store holds
-        # joins the record first, and the record is written whatever the store had.
-        session.tracker.fold(stored.body if stored is not None else Body())
-        session.on_store = None
-    body = session.tracker.body()
-    encoded = manifest.encode_body(body)
-    if encoded == session.on_store:
-        return None
-    written = session.store.commit(body, encoded)
+    with session.store.cycle():  # the store's root and key directory checked once for both
+        changed, stored = session.store.check()
+        if changed:
+            # Another generation, a deleted directory or an older copy: what the store
+            # holds joins the record first, and the record is written whatever it had.
+            session.tracker.fold(stored.body if stored is not None else Body())
+            session.on_store = None
+        body = session.tracker.body()
+        encoded = manifest.encode_body(body)
+        if encoded == session.on_store:
+            return None
+        written = session.store.commit(body, encoded)
     session.on_store = encoded
     if written is not None:
         session.generation = written.generation

@@ -123,16 +123,24 @@ def _write_all(fd: int, parts: Buffers) -> None:
             views[0] = views[0][written:]
 
 
-def read_all(fd: int, limit: int) -> bytes:
-    """Up to `limit` bytes (a short result means the file was smaller)."""
+def read_all(fd: int, limit: int, expected: int | None = None) -> bytes:
+    """Up to `limit` bytes (a short result means the file was smaller).
+
+    `expected`: the size fstat gave. Reads then ask for one byte more than that, and a
+    short read at exactly that size is the end: no read is spent to find it, and no
+    `limit`-sized buffer is allocated (a file that grew is read on).
+    """
     chunks: list[bytes] = []
     size = 0
+    step = limit if expected is None else min(limit, expected + 1)
     while size < limit:
-        chunk = os.read(fd, limit - size)
+        chunk = os.read(fd, min(step, limit - size))
         if not chunk:
             break
         chunks.append(chunk)
         size += len(chunk)
+        if size == expected:
+            break
     return b"".join(chunks)
 
 

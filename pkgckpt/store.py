@@ -34,6 +34,11 @@ changed it, the caller folds what the store holds into its record first. An ambi
 rename (ESTALE, EIO, a retransmitted rename answered ENOENT, ...) is settled by reading
 the file back.
 
+Every store call can be a round trip to an NFS server, so they are counted
+(tests/test_store_cost.py): `cycle()` checks the root, its marker and the key directory
+once for a check and the commit after it; `check` opens manifest.json and compares its
+stamp without reading it; a read asks for the size fstat gave, in one call.
+
 Errors: `StoreUnavailable` (EIO, ENOSPC, ESTALE, EDQUOT, ETIMEDOUT, an unmounted store,
 ...: retry later, the caller keeps its state), `StoreError` (permissions, ownership,
 layout: a person must look), `ManifestError` from `read()` when neither manifest.json nor
@@ -49,6 +54,8 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -215,6 +222,18 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+Stamp = tuple[int, int, int, int]
+"""A file's inode, size, mtime and ctime (ns): any write, rename or replacement changes
+one of them, and ctime cannot be set back."""
+
+
+_UNKNOWN: Stamp = (-1, -1, -1, -1)
+
+
+def _stamp_of(st: os.stat_result) -> Stamp:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 @dataclasses.dataclass
 class _Known:
     """What this writer knows of its key directory since its last successful commit."""
@@ -226,7 +245,7 @@ class _Known:
     """Generations present as manifest.<gen>.json (to prune)."""
     synced: int | None
     """The generation the sync marker names (None: no marker)."""
-    stamp: tuple[int, ...] | None
+    stamp: Stamp | None
     """manifest.json's identity when last seen: another change means another writer."""
 
 
@@ -263,10 +282,14 @@ class Store:
         self._known: _Known | None = None
         self._rewrite = False
         self._leftovers: set[str] = set()
-        self._head = b""
-        """The head of the file `_load` read last, as it is on disk."""
-        self._seen: tuple[int, bytes] | None = None
-        """manifest.json as last read whole or written: its inode and head (`check`)."""
+        self._stamp_read: Stamp | None = None
+        """The stamp of the file `_load` read last (from the descriptor it read)."""
+        self._seen: Stamp | None = None
+        """manifest.json as last read whole or written (`check`)."""
+        self._cycle: int | None = None
+        """The key directory, open for the length of a `cycle()`."""
+        self._checked: Stamp | None = None
+        """manifest.json's stamp as `check` found it unchanged in this cycle."""
         self._high = 0
         """The highest generation this Store has seen or written: a rolled-back directory
         must not make the generations run backwards."""
@@ -281,51 +304,84 @@ class Store:
         not a regular file) are refused with StoreError, never fallen back from.
         """
         self.last_read_warning = None
-        dfd = self._open_dir()
-        if dfd is None:
-            return None
-        try:
+        with self._dir() as dfd:
+            if dfd is None:
+                return None
             found, warning = self._read_in(dfd)
-        finally:
-            durable.close_quietly(dfd)
         if warning is not None:
             log.warning("%s", warning)
             self.last_read_warning = warning
         return found
+
+    @contextmanager
+    def cycle(self) -> Iterator[None]:
+        """Open the key directory once for the `check` and `commit` (or `read`) made inside:
+        the store root, its marker and the directory are checked once, not per call."""
+        if self._cycle is not None:
+            yield
+            return
+        self._cycle = self._open_dir()
+        self._checked = None
+        try:
+            yield
+        finally:
+            if self._cycle is not None:
+                durable.close_quietly(self._cycle)
+            self._cycle = None
+            self._checked = None
+
+    @contextmanager
+    def _dir(self, *, create: bool = False) -> Iterator[int | None]:
+        """The key directory: the cycle's, else opened (and closed) for this call."""
+        if self._cycle is not None:
+            yield self._cycle
+            return
+        dfd = self._open_dir(create=create)
+        try:
+            yield dfd
+        finally:
+            if dfd is not None:
+                durable.close_quietly(dfd)
 
     def check(self) -> tuple[bool, Manifest | None]:
         """Whether manifest.json is no longer what this Store last read or wrote (another
         writer, a deleted key directory, a copy rolled back), and if so what the store holds
         now (None: no manifest).
 
-        Cheap when nothing changed: the inode and the head (schema and whole-file checksum)
-        are compared; the file is read whole only when they differ. Raises as `read()`,
-        but for a ManifestError (no valid generation): that is a change with nothing to
-        fold in, which the next commit replaces.
+        Cheap when nothing changed: manifest.json is opened (over NFS, open revalidates
+        what the client cached, a stat may not) and its stamp (inode, size, mtime, ctime)
+        compared with the one this Store recorded; it is read whole only when they
+        differ. The stamp catches an edit in place that keeps the checksum's digits,
+        which a comparison of heads did not; it misses only a same-size change, on a
+        reused inode, within the file system's timestamp tick of this Store's write.
+        Raises as `read()`, but for a ManifestError (no valid
+        generation): that is a change with nothing to fold in, which the next commit
+        replaces.
         """
-        dfd = self._open_dir()
-        if dfd is None:
-            changed = self._seen is not None
-            self._seen = None
-            return changed, None
-        try:
-            if self._peek(dfd) == self._seen:
+        with self._dir() as dfd:
+            if dfd is None:
+                changed = self._seen is not None
+                self._seen = None
+                return changed, None
+            stamp = self._peek(dfd)
+            if stamp == self._seen:
+                if self._cycle is not None:
+                    self._checked = stamp
                 return False, None
-            found, warning = self._read_in(dfd)
-        except UnknownSchema:
-            raise
-        except ManifestError as e:
-            # Nothing valid left to fold in: the commit that follows replaces it.
-            log.warning("%s; the next commit replaces it", e)
-            return True, None
-        finally:
-            durable.close_quietly(dfd)
+            try:
+                found, warning = self._read_in(dfd)
+            except UnknownSchema:
+                raise
+            except ManifestError as e:
+                # Nothing valid left to fold in: the commit that follows replaces it.
+                log.warning("%s; the next commit replaces it", e)
+                return True, None
         if warning is not None:
             log.warning("%s", warning)
         return True, found
 
-    def _peek(self, dfd: int) -> tuple[int, bytes] | None:
-        """manifest.json's inode and head; None when it does not exist."""
+    def _peek(self, dfd: int) -> Stamp | None:
+        """manifest.json's stamp, through a descriptor; None when it does not exist."""
         try:
             fd = os.open(
                 CURRENT,
@@ -337,7 +393,7 @@ class Store:
         except OSError as e:
             raise durable.error(e, f"cannot open {self.path / CURRENT}") from e
         try:
-            return os.fstat(fd).st_ino, durable.read_all(fd, manifest.HEAD_BYTES)
+            return _stamp_of(os.fstat(fd))
         except OSError as e:
             raise durable.error(e, f"cannot read {self.path / CURRENT}") from e
         finally:
@@ -357,27 +413,19 @@ class Store:
                 raise _not_available(self.root, f"it has no {MARKER} marker") from e
             except OSError as e:
                 raise durable.error(e, f"cannot look for {self.root / MARKER}") from e
-            if create:
+            try:
+                dfd = self._open_key(rfd)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                # Made only when missing: a mkdir answered EEXIST is a store operation too.
                 try:
                     os.mkdir(self.key, 0o700, dir_fd=rfd)
                 except FileExistsError:
                     pass
                 except OSError as e:
                     raise durable.error(e, f"cannot create {self.path}") from e
-            try:
-                dfd = os.open(
-                    self.key,
-                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    dir_fd=rfd,
-                )
-            except OSError as e:
-                if e.errno == errno.ENOENT and not create:
-                    return None
-                if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise StoreError(
-                        f"{self.path} is not a directory (a symlink or a file): refused"
-                    ) from e
-                raise durable.error(e, f"cannot open {self.path}") from e
+                dfd = self._open_key(rfd)
         finally:
             durable.close_quietly(rfd)
         try:
@@ -386,6 +434,21 @@ class Store:
             durable.close_quietly(dfd)
             raise
         return dfd
+
+    def _open_key(self, rfd: int) -> int:
+        """The key directory in the open store root; FileNotFoundError when missing."""
+        try:
+            return os.open(
+                self.key, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=rfd
+            )
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise StoreError(
+                    f"{self.path} is not a directory (a symlink or a file): refused"
+                ) from e
+            raise durable.error(e, f"cannot open {self.path}") from e
 
     def _load(self, dfd: int, name: str) -> bytes | None:
         """The bytes of a manifest file, checked; None when it does not exist."""
@@ -405,12 +468,12 @@ class Store:
         try:
             st = os.fstat(fd)
             _check_owned(st, where, directory=False, owner=self.owner)
-            data = durable.read_all(fd, manifest.MAX_BYTES + 1)
+            data = durable.read_all(fd, manifest.MAX_BYTES + 1, st.st_size)
         except OSError as e:
             raise durable.error(e, f"cannot read {where}") from e
         finally:
             durable.close_quietly(fd)
-        self._head = data[: manifest.HEAD_BYTES]  # as on disk, sealed or not: for `check`
+        self._stamp_read = _stamp_of(st)  # of the inode these bytes came from: for `check`
         return self.seal.open(data, where)
 
     def _read_in(self, dfd: int) -> tuple[Manifest | None, str | None]:
@@ -421,7 +484,7 @@ class Store:
             data = self._load(dfd, CURRENT)
             if data is not None:
                 found = manifest.decode(data, str(current))
-                self._saw(dfd, found.generation, self._head)
+                self._saw(found.generation, self._stamp_read)
                 return found, None
             problem = f"{current} is missing"
         except UnknownSchema:
@@ -481,14 +544,10 @@ class Store:
             raise ManifestError(f"{self.path / name} holds generation {found.generation}")
         return found
 
-    def _saw(self, dfd: int, generation: int, head: bytes) -> None:
+    def _saw(self, generation: int, stamp: Stamp | None) -> None:
         """Remember manifest.json as read whole or written: `check` compares with it."""
         self._high = max(self._high, generation)
-        try:
-            st = os.stat(CURRENT, dir_fd=dfd, follow_symlinks=False)
-        except OSError:
-            return  # `check` then reads it again: never a reason to fail
-        self._seen = (st.st_ino, head)
+        self._seen = stamp
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -500,24 +559,24 @@ class Store:
         Raises StoreUnavailable (retry later: nothing was lost, the previous generation is
         intact or the new one is in place, whole) or StoreError / UnknownSchema.
         """
-        dfd = self._open_dir(create=True)
-        assert dfd is not None  # created
-        try:
-            return self._commit(dfd, body, encoded)
-        except BaseException:
-            # The outcome may be visible but not durable: re-read the directory and write
-            # again next time, even an unchanged body.
-            self._known = None
-            self._rewrite = True
-            raise
-        finally:
-            durable.close_quietly(dfd)
+        with self._dir(create=True) as dfd:
+            assert dfd is not None  # created
+            try:
+                return self._commit(dfd, body, encoded)
+            except BaseException:
+                # The outcome may be visible but not durable: re-read the directory and
+                # write again next time, even an unchanged body.
+                self._known = None
+                self._rewrite = True
+                raise
 
     def _commit(self, dfd: int, body: Body, encoded: bytes | None) -> Manifest | None:
         import socket
 
         known = self._known
-        if known is not None and self._stamp(dfd) != known.stamp:
+        # `check` in this cycle stamped manifest.json a moment ago: no second stat.
+        now = self._checked if self._checked is not None else self._stamp(dfd)
+        if known is not None and now != known.stamp:
             log.warning(
                 "%s changed since this writer's last commit: is another writer using key %r?",
                 self.path / CURRENT,
@@ -540,11 +599,17 @@ class Store:
         )
         parts = self.seal.sign(manifest.encode_parts(result, encoded))
         self._write(dfd, parts, generation)
-        self._saw(dfd, generation, b"".join(parts)[: manifest.HEAD_BYTES])
+        stamp = self._stamp(dfd)
+        if stamp is None or stamp[1] != sum(len(p) for p in parts):
+            # Deleted or replaced at once, not by this writer: a stamp no file has makes
+            # `check` and the next commit look again.
+            stamp = _UNKNOWN
+        self._saw(generation, stamp)
+        self._checked = None
         known.generation = generation
         known.body = encoded
         known.kept.add(generation)
-        known.stamp = self._stamp(dfd)
+        known.stamp = stamp
         self._known = known
         self._rewrite = False
         self._mark_synced(dfd, known)
@@ -639,14 +704,14 @@ class Store:
             self._mark_synced(dfd, known)
         return known
 
-    def _stamp(self, dfd: int) -> tuple[int, ...] | None:
+    def _stamp(self, dfd: int) -> Stamp | None:
         try:
             st = os.stat(CURRENT, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             return None
         except OSError as e:
             raise durable.error(e, f"cannot stat {self.path / CURRENT}") from e
-        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return _stamp_of(st)
 
     def _remove_stale_temps(self, dfd: int, names: list[str]) -> None:
         """Remove this host's temp files whose writer is gone, and our own leftovers."""

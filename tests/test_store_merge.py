@@ -4,6 +4,7 @@ directory or an older copy is folded into the record, never the other way round.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,23 @@ def test_an_edit_of_the_current_manifest_is_noticed_by_the_next_commit(store: St
     assert changed and found is not None and found.generation == 1  # manifest.1.json
 
 
+def test_an_edit_in_place_that_keeps_the_checksum_digits_is_noticed(store: Store) -> None:
+    """A byte of the body edited in place leaves the head (schema and checksum) as it was:
+    the file's stamp (mtime, ctime) still tells `check` to read it again."""
+    s = session(store)
+    installs(s, "a==1")
+    current = store.path / "manifest.json"
+    data = current.read_bytes()
+    at = data.index(b'"version":"1"', data.index(b'"body":'))
+    time.sleep(0.02)  # past the kernel's coarse timestamp tick after the commit's write
+    with current.open("r+b") as f:
+        f.seek(at + len(b'"version":"'))
+        f.write(b"7")
+    assert current.read_bytes()[:200] == data[:200]
+    changed, found = store.check()
+    assert changed and found is not None and found.generation == 1  # manifest.1.json
+
+
 def test_a_store_with_no_valid_generation_is_replaced_by_the_next_commit(store: Store) -> None:
     """Every generation corrupt: nothing to fold in, and the commit writes the record."""
     s = session(store)
@@ -141,4 +159,26 @@ def test_a_store_with_no_valid_generation_is_replaced_by_the_next_commit(store: 
         path.write_bytes(b"\0" * 100)
     assert store.check() == (True, None)
     installs(s, "a==1", "b==2")
+    assert recorded(store) == {"a==1", "b==2"}
+
+
+def test_a_key_directory_deleted_right_after_the_rename_is_noticed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory deleted between a commit's rename and its stamp: the commit cannot
+    stamp its file, so the next check and commit look again and write it back."""
+    s = session(store)
+    installs(s, "a==1")
+    real = Store._write
+
+    def write_then_delete(self: Store, dfd: int, parts: object, generation: int) -> None:
+        real(self, dfd, parts, generation)  # type: ignore[arg-type]
+        shutil.rmtree(self.path)
+
+    monkeypatch.setattr(Store, "_write", write_then_delete)
+    installs(s, "a==1", "b==2")
+    monkeypatch.undo()
+    assert not store.path.exists()
+    assert not confirm(s)
+    assert commit(s) is not None
     assert recorded(store) == {"a==1", "b==2"}

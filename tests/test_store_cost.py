@@ -1,0 +1,140 @@
+"""What a commit and a read cost the store, counted in system calls (not timed), and the
+compact format's compatibility with the manifests earlier versions wrote."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from pkgckpt import manifest
+from pkgckpt.store import Store, init_store
+
+FAULTS = Path(__file__).parent / "faults"
+sys.path.insert(0, str(FAULTS))
+from store_child import make_body  # noqa: E402
+
+CHILD = r"""
+import os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from store_child import make_body  # noqa: E402
+from pkgckpt.store import Store, init_store
+
+root = Path(sys.argv[1])
+init_store(root)
+store = Store(root, "alice")
+bodies = [make_body("a"), make_body("b")]
+
+
+def cycle(i):
+    with store.cycle():  # as checkpoint.commit does
+        store.check()
+        assert store.commit(bodies[i % 2]) is not None
+
+
+for i in range(6):  # past keep=5: every later commit prunes one generation
+    cycle(i)
+os.write(1, b"MARK commits\n")
+for i in range(6, 16):
+    cycle(i)
+os.write(1, b"MARK checks\n")
+for _ in range(10):
+    with store.cycle():
+        store.check()
+os.write(1, b"MARK reads\n")
+for _ in range(10):
+    assert Store(root, "alice").read() is not None  # what a restore does, in a new Store
+os.write(1, b"MARK end\n")
+"""
+
+LINE = re.compile(r"^\d+\s+(\w+)\(")
+MARK = re.compile(r'write\(1<[^>]*>, "MARK (\w+)')
+
+
+def store_calls(tmp_path: Path) -> dict[str, Counter[str]]:
+    """System calls naming a path under the store, per section of CHILD."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed: store calls cannot be counted")
+    root = tmp_path / "store"
+    trace = tmp_path / "trace.txt"
+    subprocess.run(
+        ["strace", "-f", "-y", "-e", "trace=%file,%desc", "-o", str(trace),
+         sys.executable, "-c", CHILD, str(root), str(FAULTS)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    sections: dict[str, Counter[str]] = {}
+    section = "setup"
+    for line in trace.read_text(errors="replace").splitlines():
+        mark = MARK.search(line)
+        if mark:
+            section = mark.group(1)
+            continue
+        m = LINE.match(line)
+        if m is not None and str(root) in line and "resumed>" not in line:
+            sections.setdefault(section, Counter())[m.group(1)] += 1
+    return sections
+
+
+def test_store_calls_per_commit_check_and_read_stay_at_their_floor(tmp_path: Path) -> None:
+    """A steady commit makes 24 store calls: the checked directory (7), the check (3), two
+    durable files with one directory fsync (11), a stat, the sync marker and one prune;
+    a check alone 10; a read 11. More is a regression."""
+    calls = store_calls(tmp_path)
+    per_commit = sum(calls["commits"].values()) / 10
+    per_check = sum(calls["checks"].values()) / 10
+    per_read = sum(calls["reads"].values()) / 10
+    assert per_commit <= 24, calls["commits"]
+    assert calls["commits"]["fsync"] == 30, "each file and the directory, once per commit"
+    assert calls["commits"]["renameat"] + calls["commits"].get("renameat2", 0) == 30
+    assert per_check <= 10, calls["checks"]
+    assert "read" not in calls["checks"], "an unchanged manifest is not read"
+    assert per_read <= 11, calls["reads"]
+    assert calls["reads"]["read"] == 10, "one read per manifest: its size is known"
+
+
+def schema_2(m: manifest.Manifest) -> bytes:
+    """`m` as pkgckpt wrote it in schema 2: indented by one space, whole-file checksum."""
+    compact = manifest.encode(m).replace(b'"schema":3', b'"schema":2', 1)
+    data = msgspec.json.format(compact, indent=1) + b"\n"
+    at = len(b'{\n "schema": 2,\n "checksum": "sha256:')
+    kept = data.rstrip()
+    digest = hashlib.sha256(kept[:at] + kept[at + 64 :]).hexdigest().encode()
+    return data[:at] + digest + data[at + 64 :]
+
+
+def test_a_store_written_in_schema_2_is_read_and_its_next_commit_is_compact(
+    tmp_path: Path,
+) -> None:
+    """Indented schema 2 files (an earlier pkgckpt's) are read, checked and fallen back to
+    like any; the next commit writes generation 2 as one compact line and keeps 1 as it was."""
+    root = tmp_path / "store"
+    init_store(root)
+    (root / "alice").mkdir(0o700)
+    old = manifest.Manifest(generation=1, time="2026-01-01T00:00:00+00:00", body=make_body("a"))
+    for name in ("manifest.json", "manifest.1.json"):
+        (root / "alice" / name).write_bytes(schema_2(old))
+        (root / "alice" / name).chmod(0o600)
+    store = Store(root, "alice")
+    found = store.read()
+    assert found is not None and (found.schema, found.generation) == (2, 1)
+    assert found.body == old.body and store.last_read_warning is None
+    with store.cycle():
+        assert store.check() == (False, None)
+        written = store.commit(make_body("b"))
+    assert written is not None and written.generation == 2
+    data = (root / "alice" / "manifest.json").read_bytes()
+    assert data.startswith(b'{"schema":3,"checksum":"sha256:') and data.count(b"\n") == 1
+    again = Store(root, "alice").read_generation(1)
+    assert again is not None and again.schema == 2 and again.body == old.body
+    (root / "alice" / "manifest.json").write_bytes(b"{")
+    fallback = Store(root, "alice")
+    kept = fallback.read()
+    assert kept is not None and kept.generation == 2 and fallback.last_read_warning is not None
