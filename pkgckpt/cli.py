@@ -41,6 +41,15 @@ or PKGCKPT_CONFIG; TOML with the same names: store, key, env = [...]) > defaults
 
 _FIELDS = frozenset(config.Config.__dataclass_fields__)
 
+
+class _StorePath(click.Path):
+    """Taken as given: the store checks its root itself (O_NOFOLLOW, the marker), and
+    click's stat and access(2) would be two more round trips to an NFS server."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return value if isinstance(value, Path) else Path(value)
+
+
 _SELECTORS = (
     click.option(
         "--env",
@@ -66,7 +75,7 @@ _SELECTORS = (
     ),
     click.option(
         "--store",
-        type=click.Path(path_type=Path),
+        type=_StorePath(path_type=Path),
         metavar="DIR",
         help="Where manifests live (an NFS mount in production). Default: ~/.local/state/pkgckpt.",
     ),
@@ -201,6 +210,14 @@ def snapshot(cfg: config.Config) -> int:
     default=None,
     metavar="S",
     help="Bound the whole run (default 900; 0: no bound). What is not done is reported.",
+)
+@click.option(
+    "--jitter",
+    type=click.FloatRange(min=0, max=600),
+    default=None,
+    metavar="S",
+    help="A container's first restore waits a random 0-S seconds first, spreading pods "
+    "that start together over the store (default 0: no wait).",
 )
 @click.option(
     "--installer",

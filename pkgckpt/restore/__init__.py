@@ -729,6 +729,10 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
     """`pkgckpt restore`: raises PartialRestore (with the Report) when anything failed."""
     from ..inventory import ensure_baseline, targets
 
+    if not dry_run:
+        from .jitter import wait
+
+        wait(config)
     deadline = Deadline(config.timeout)
     found = targets(config)
     if dry_run:
