@@ -2,6 +2,7 @@
 a schedule, then a restore storm. Everything lives on /dev/shm.
 
     python benchmarks/fleet.py [--n 200] [--duration 60] [--runs tmpfs,latency,storm]
+                               [--json PATH] [--markdown PATH]
 
 Runs:
   tmpfs    the store on tmpfs.
@@ -10,8 +11,8 @@ Runs:
            for an NFS round trip.
   storm    after the tmpfs run: every session's venv goes back to the image and its
            runtime directory is emptied (a new container), then N `pkgckpt restore` start
-           at once, and again with each start delayed by a uniform 0-J s (--jitter).
-           restore itself applies no jitter; the second storm shows what one would buy.
+           at once, and again all at once with `pkgckpt restore --jitter J` (--jitter):
+           each restore then waits a uniform 0-J s of its own before it reads the store.
 
 Sessions (seeded, --seed): 70 % idle for the whole run, 25 % make 1-3 installs at
 uniform times, 5 % make one burst of 8-15 installs 50-300 ms apart. An install writes a
@@ -450,31 +451,27 @@ def storm(
     wheels_dir: Path,
     jitter: float,
 ) -> dict[str, object]:
-    """N restores at once (or spread over `jitter` s) of the manifests the run left."""
+    """N restores at once, each `restore --jitter JITTER`, of the manifests the run left."""
     common = hermetic(base / "home")
     rng = random.Random(args.seed + 1)
     for s in sessions:
         fresh_session(s, template)
     recorded = {s.key: len(s.installed_at) for s in sessions}
     sample = [s for s in sessions if recorded[s.key]][: args.sample]
-    delays = sorted((rng.uniform(0, jitter) if jitter else 0.0, s.index) for s in sessions)
-    print(f"[{label}] {len(sessions)} restores, start jitter 0-{jitter:g} s", flush=True)
+    print(f"[{label}] {len(sessions)} restores, restore --jitter {jitter:g}", flush=True)
     procs: dict[int, subprocess.Popen[bytes]] = {}
     done: dict[int, float] = {}
-    began: dict[int, float] = {}
     t0 = time.monotonic()
-    queue = list(delays)
-    while queue or len(done) < len(sessions):
-        now = time.monotonic() - t0
-        while queue and queue[0][0] <= now:
-            _, index = queue.pop(0)
+    try:
+        # Every restore starts at once, in a random order; `--jitter` spreads them itself.
+        for index in rng.sample(range(len(sessions)), len(sessions)):
             s = sessions[index]
-            began[index] = time.monotonic() - t0
             env = {**common, "XDG_RUNTIME_DIR": str(s.runtime),
                    "UV_CACHE_DIR": str(s.dir / "uv-cache")}  # fmt: skip
             cmd = [sys.executable, "-m", "pkgckpt", "restore", "--store", str(store),
                    "--key", s.key, "--env", str(s.venv), "--installer", "uv", "--no-index",
-                   "--find-links", str(wheels_dir), "--timeout", "300"]  # fmt: skip
+                   "--find-links", str(wheels_dir), "--timeout", "300",
+                   "--jitter", str(jitter)]  # fmt: skip
             cmd = as_user(s, cmd)
             if s in sample:
                 trace = base / f"strace-{label}-{s.key}.txt"
@@ -484,10 +481,16 @@ def storm(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=(s.dir / f"restore-{label}.log").open("wb"), env=env,
             )  # fmt: skip
-        for index, p in procs.items():
-            if index not in done and p.poll() is not None:
-                done[index] = time.monotonic() - t0
-        time.sleep(0.005)
+        while len(done) < len(sessions):
+            for index, p in procs.items():
+                if index not in done and p.poll() is not None:
+                    done[index] = time.monotonic() - t0
+            time.sleep(0.005)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     codes = Counter(p.returncode for p in procs.values())
     failed = [sessions[i] for i, p in procs.items() if p.returncode != 0]
     if failed:
@@ -510,9 +513,6 @@ def storm(
         "jitter_seconds": jitter,
         "completion_s": _seconds(measured),
         "completion_with_packages_s": _seconds(with_installs),
-        "own_duration_s": _seconds(
-            [done[s.index] - began[s.index] for s in sessions if s not in sample]
-        ),
         "store_ops_per_restore": round(sum(ops.values()) / max(1, len(sample)), 2),
         "store_ops_per_restore_by_call": {
             k: round(v / max(1, len(sample)), 2) for k, v in ops.most_common()
@@ -534,6 +534,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--runs", default="tmpfs,latency,storm")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument("--markdown", type=Path, help="Also write the tables here.")
     parser.add_argument(
         "--venv-python",
         default="/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable,
@@ -606,6 +607,75 @@ def main() -> None:
     print(f"total {time.monotonic() - started:.0f} s", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
+    lines = markdown(results, args)
+    print("\n".join(lines))
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + "\n")
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, dict) and "p50" in value:
+        return f"{value['p50']} / {value['p99']} / {value['max']} (n {value['n']})"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+    if isinstance(value, list):
+        return f"{len(value)}" + (f": {', '.join(map(str, value[:5]))}" if value else "")
+    if isinstance(value, tuple):
+        return " / ".join(f"{v:.2f}" for v in value)
+    return str(value)
+
+
+FLEET_ROWS = (
+    ("commits (sessions not under strace)", "commits_measured"),
+    ("commit latency ms, p50 / p99 / max", "commit_latency_ms"),
+    ("install -> on the store ms, p50 / p99 / max", "install_to_store_ms"),
+    ("installs lost", "lost"),
+    ("store syscalls per commit (strace sample)", "store_ops_per_commit"),
+    ("... by call", "store_ops_per_commit_by_call"),
+    ("store syscalls at a daemon's start", "store_ops_at_start_per_daemon"),
+    ("daemon CPU s, all, start to SIGTERM", "cpu_seconds_total"),
+    ("daemon CPU ms after start, per daemon by kind", "cpu_ms_after_ready_by_kind"),
+    ("RSS kB", "rss_kb"),
+    ("exit codes", "exit_codes"),
+    ("load average at the end (1 / 5 / 15 min)", "load_average"),
+)
+STORM_ROWS = (
+    ("restores", "restores"),
+    ("... with packages to restore", "with_packages"),
+    ("restore --jitter s", "jitter_seconds"),
+    ("completion from the storm's start s, p50 / p99 / max", "completion_s"),
+    ("... of restores with packages", "completion_with_packages_s"),
+    ("store syscalls per restore (strace sample)", "store_ops_per_restore"),
+    ("... by call", "store_ops_per_restore_by_call"),
+    ("exit codes", "exit_codes"),
+    ("packages not back", "not_restored"),
+    ("load average at the end (1 / 5 / 15 min)", "load_average"),
+)
+
+
+def markdown(results: list[dict[str, object]], args: argparse.Namespace) -> list[str]:
+    """The runs side by side, one table for the daemons and one for the storms."""
+    here = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        check=False, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        f"{when}, commit {here}: --n {args.n} --duration {args.duration:g} --quiet-ms "
+        f"{args.quiet_ms} --latency-ms {args.latency_ms} --jitter {args.jitter:g} --seed "
+        f"{args.seed}; store on /dev/shm"
+    ]
+    for rows, kind in ((FLEET_ROWS, "tmpfs latency"), (STORM_ROWS, "storm storm-jitter")):
+        runs = [r for r in results if r["run"] in kind.split()]
+        if not runs:
+            continue
+        lines += ["", "| | " + " | ".join(str(r["run"]) for r in runs) + " |"]
+        lines.append("|---" * (len(runs) + 1) + "|")
+        lines += [
+            f"| {title} | " + " | ".join(_cell(r.get(key)) for r in runs) + " |"
+            for title, key in rows
+        ]
+    return lines
 
 
 if __name__ == "__main__":
