@@ -290,6 +290,8 @@ class Store:
         """The key directory, open for the length of a `cycle()`."""
         self._checked: Stamp | None = None
         """manifest.json's stamp as `check` found it unchanged in this cycle."""
+        self._last_read: tuple[Stamp, Manifest] | None = None
+        """manifest.json as last read whole: a first commit need not read it again."""
         self._high = 0
         """The highest generation this Store has seen or written: a rolled-back directory
         must not make the generations run backwards."""
@@ -476,15 +478,23 @@ class Store:
         self._stamp_read = _stamp_of(st)  # of the inode these bytes came from: for `check`
         return self.seal.open(data, where)
 
-    def _read_in(self, dfd: int) -> tuple[Manifest | None, str | None]:
-        """The manifest and, when it came from an earlier generation, the reason why."""
+    def _read_in(
+        self, dfd: int, names: list[str] | None = None
+    ) -> tuple[Manifest | None, str | None]:
+        """The manifest and, when it came from an earlier generation, the reason why.
+
+        `names`: the directory's entries, when the caller listed it already.
+        """
         current = self.path / CURRENT
         self._seen = None
+        self._last_read = None
         try:
             data = self._load(dfd, CURRENT)
             if data is not None:
                 found = manifest.decode(data, str(current))
                 self._saw(found.generation, self._stamp_read)
+                if self._stamp_read is not None:
+                    self._last_read = (self._stamp_read, found)
                 return found, None
             problem = f"{current} is missing"
         except UnknownSchema:
@@ -492,7 +502,7 @@ class Store:
         except ManifestError as e:
             problem = str(e)
         try:
-            generations = _generations(os.listdir(dfd))
+            generations = _generations(os.listdir(dfd) if names is None else names)
         except OSError as e:
             raise durable.error(e, f"cannot list {self.path}") from e
         if data is None and not generations:
@@ -606,6 +616,7 @@ class Store:
             stamp = _UNKNOWN
         self._saw(generation, stamp)
         self._checked = None
+        self._last_read = None  # superseded: not kept for the life of a daemon
         known.generation = generation
         known.body = encoded
         known.kept.add(generation)
@@ -674,14 +685,20 @@ class Store:
         except OSError as e:
             raise durable.error(e, f"cannot list {self.path}") from e
         self._remove_stale_temps(dfd, names)
-        stamp = self._stamp(dfd)
-        try:
-            current, warning = self._read_in(dfd)
-        except UnknownSchema:
-            raise
-        except ManifestError as e:
-            log.warning("%s; the next commit replaces it", e)
-            current, warning = None, str(e)
+        stamp = self._checked if self._checked is not None else self._stamp(dfd)
+        last_read = self._last_read
+        if stamp is not None and last_read is not None and last_read[0] == stamp:
+            # Read whole when the daemon started, or by `check`, and unchanged since.
+            current, warning = last_read[1], None
+            self._saw(current.generation, stamp)
+        else:
+            try:
+                current, warning = self._read_in(dfd, names)
+            except UnknownSchema:
+                raise
+            except ManifestError as e:
+                log.warning("%s; the next commit replaces it", e)
+                current, warning = None, str(e)
         generations = _generations(names)
         last = max([current.generation if current else 0, *generations[:1]])
         body = None

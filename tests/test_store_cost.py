@@ -52,6 +52,15 @@ for _ in range(10):
 os.write(1, b"MARK reads\n")
 for _ in range(10):
     assert Store(root, "alice").read() is not None  # what a restore does, in a new Store
+os.write(1, b"MARK first\n")
+for i in range(10):  # a daemon's start (its read), then its first commit
+    daemon = Store(root, "alice")
+    daemon.read()
+    os.write(1, b"MARK firstcommit\n")
+    with daemon.cycle():
+        daemon.check()
+        assert daemon.commit(bodies[i % 2]) is not None
+    os.write(1, b"MARK first\n")
 os.write(1, b"MARK end\n")
 """
 
@@ -98,6 +107,19 @@ def test_store_calls_per_commit_check_and_read_stay_at_their_floor(tmp_path: Pat
     assert "read" not in calls["checks"], "an unchanged manifest is not read"
     assert per_read <= 11, calls["reads"]
     assert calls["reads"]["read"] == 10, "one read per manifest: its size is known"
+
+
+def test_a_daemons_first_commit_lists_its_directory_once_and_reads_nothing_again(
+    tmp_path: Path,
+) -> None:
+    """The first commit after the start's read learns the directory (stale temps, kept
+    generations, the sync marker) with one listing, 8 calls as Python lists a directory
+    descriptor: 32 in all. The manifest the start read, unchanged since, is not read
+    again."""
+    first = store_calls(tmp_path)["firstcommit"]
+    assert "read" not in first, first
+    assert first["getdents64"] <= 20, "one listing (two getdents64 calls) per first commit"
+    assert sum(first.values()) / 10 <= 32, first
 
 
 def schema_2(m: manifest.Manifest) -> bytes:
