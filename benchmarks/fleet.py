@@ -30,8 +30,9 @@ Measured:
                   the wait for a CPU. Per install, the raw install -> on-store time (a
                   burst's first install waits for the burst to end).
   store ops       `strace -f -y -ttt` on --sample active sessions (excluded from the
-                  other figures): syscalls naming a path on the store, per commit after
-                  the start, and per restore.
+                  other figures): syscalls naming a path on the store, per commit between
+                  the start and SIGTERM, at the start, at the shutdown (a last check and
+                  the read-back), and per restore.
   CPU, RSS        utime + stime and VmRSS of every daemon from /proc before SIGTERM.
   lost            after SIGTERM: every install of every session must be in its manifest.
 """
@@ -150,17 +151,17 @@ def proc_cpu_rss(pid: int) -> tuple[float, int, int]:
 STRACE_LINE = re.compile(r"^\d+\s+([\d.]+)\s+(\w+)\(")
 
 
-def store_ops(trace: Path, store: Path, after: float = 0.0) -> tuple[Counter[str], Counter[str]]:
-    """Syscalls naming a path under `store`: (before `after`, from `after` on), by name."""
-    early: Counter[str] = Counter()
-    late: Counter[str] = Counter()
+def store_ops(trace: Path, store: Path, *cuts: float) -> list[Counter[str]]:
+    """Syscalls naming a path under `store`, by name: one Counter before the first of the
+    (ascending) wall-clock `cuts`, one between each two, one after the last."""
+    parts: list[Counter[str]] = [Counter() for _ in range(len(cuts) + 1)]
     needle = str(store)
     for line in trace.read_text(errors="replace").splitlines():
         m = STRACE_LINE.match(line)
         if m is None or needle not in line or "resumed>" in line:
             continue
-        (late if float(m.group(1)) >= after else early)[m.group(2)] += 1
-    return early, late
+        parts[sum(float(m.group(1)) >= cut for cut in cuts)][m.group(2)] += 1
+    return parts
 
 
 def build_shim(base: Path) -> Path:
@@ -320,6 +321,7 @@ def fleet_run(
     figures = {s.key: proc_cpu_rss(s.pid) for s in sessions}
     generation_end = {s.key: _generation(store, s) for s in sessions}
     print(f"[{label}] stopping", flush=True)
+    stop_wall = time.time()
     for s in sessions:
         os.kill(s.pid, signal.SIGTERM)  # the daemon itself, not strace around it
     codes = {s.key: s.proc.wait(60) for s in sessions if s.proc is not None}
@@ -344,12 +346,15 @@ def fleet_run(
     commits = sum(generation_end[s.key] - generation_ready[s.key] for s in measured)
     ops_commit: Counter[str] = Counter()
     ops_start: Counter[str] = Counter()
+    ops_stop: Counter[str] = Counter()
     sampled_commits = 0
     for s in sessions:
         if s.sampled:
-            early, late = store_ops(base / f"strace-{label}-{s.key}.txt", store, ready_wall)
+            trace = base / f"strace-{label}-{s.key}.txt"
+            early, late, stop = store_ops(trace, store, ready_wall, stop_wall)
             ops_start += early
             ops_commit += late
+            ops_stop += stop
             sampled_commits += generation_end[s.key] - generation_ready[s.key]
     sampled = sum(1 for s in sessions if s.sampled)
     cpu_total = sum(figures[s.key][0] for s in measured)
@@ -381,6 +386,10 @@ def fleet_run(
             k: round(v / max(1, sampled_commits), 2) for k, v in ops_commit.most_common()
         },
         "sampled_commits": sampled_commits,
+        "store_ops_at_shutdown_per_daemon": round(sum(ops_stop.values()) / max(1, sampled), 1),
+        "store_ops_at_shutdown_by_call": {
+            k: round(v / max(1, sampled), 1) for k, v in ops_stop.most_common()
+        },
         "store_ops_at_start_per_daemon": round(sum(ops_start.values()) / max(1, sampled), 1),
         "store_ops_at_start_by_call": {
             k: round(v / max(1, sampled), 1) for k, v in ops_start.most_common()
@@ -503,7 +512,7 @@ def storm(
         missing += [f"{s.key}:{n}" for n in s.installed_at if n not in have]
     ops: Counter[str] = Counter()
     for s in sample:
-        ops += store_ops(base / f"strace-{label}-{s.key}.txt", store)[1]
+        ops += store_ops(base / f"strace-{label}-{s.key}.txt", store)[0]
     measured = [done[s.index] for s in sessions if s not in sample]
     with_installs = [done[s.index] for s in sessions if s not in sample and recorded[s.key]]
     return {
@@ -633,6 +642,10 @@ FLEET_ROWS = (
     ("store syscalls per commit (strace sample)", "store_ops_per_commit"),
     ("... by call", "store_ops_per_commit_by_call"),
     ("store syscalls at a daemon's start", "store_ops_at_start_per_daemon"),
+    (
+        "store syscalls at a daemon's shutdown (check, read back)",
+        "store_ops_at_shutdown_per_daemon",
+    ),
     ("daemon CPU s, all, start to SIGTERM", "cpu_seconds_total"),
     ("daemon CPU ms after start, per daemon by kind", "cpu_ms_after_ready_by_kind"),
     ("RSS kB", "rss_kb"),
