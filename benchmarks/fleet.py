@@ -480,7 +480,7 @@ def storm(
             cmd = [sys.executable, "-m", "pkgckpt", "restore", "--store", str(store),
                    "--key", s.key, "--env", str(s.venv), "--installer", "uv", "--no-index",
                    "--find-links", str(wheels_dir), "--timeout", "300",
-                   "--jitter", str(jitter)]  # fmt: skip
+                   *(["--jitter", str(jitter)] if jitter else [])]  # fmt: skip
             cmd = as_user(s, cmd)
             if s in sample:
                 trace = base / f"strace-{label}-{s.key}.txt"
