@@ -29,6 +29,8 @@ Measured:
                   this driver), minus the quiet window (--quiet-ms): scan, commit and
                   the wait for a CPU. Per install, the raw install -> on-store time (a
                   burst's first install waits for the burst to end).
+  arrivals        (storms) when each restore first reaches the store: inotify IN_OPEN on
+                  the key directories; the peak count in one second is the storm's load.
   store ops       `strace -f -y -ttt` on --sample active sessions (excluded from the
                   other figures): syscalls naming a path on the store, per commit between
                   the start and SIGTERM, at the start, at the shutdown (a last check and
@@ -470,6 +472,12 @@ def storm(
     print(f"[{label}] {len(sessions)} restores, restore --jitter {jitter:g}", flush=True)
     procs: dict[int, subprocess.Popen[bytes]] = {}
     done: dict[int, float] = {}
+    # A restore's first store call on its key opens the key directory: when restores
+    # reach the store, whatever they did before (start-up, the jitter's wait).
+    notify = inotify_simple.INotify()
+    for s in sessions:
+        notify.add_watch(store / s.key, inotify_simple.flags.OPEN | inotify_simple.flags.ONLYDIR)
+    arrivals: list[float] = []
     t0 = time.monotonic()
     try:
         # Every restore starts at once, in a random order; `--jitter` spreads them itself.
@@ -491,15 +499,18 @@ def storm(
                 stderr=(s.dir / f"restore-{label}.log").open("wb"), env=env,
             )  # fmt: skip
         while len(done) < len(sessions):
+            now = time.monotonic() - t0
+            arrivals += [now for event in notify.read(timeout=5) if not event.name]
             for index, p in procs.items():
                 if index not in done and p.poll() is not None:
                     done[index] = time.monotonic() - t0
-            time.sleep(0.005)
     finally:
+        notify.close()
         for p in procs.values():
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    per_second = Counter(int(t) for t in arrivals)
     codes = Counter(p.returncode for p in procs.values())
     failed = [sessions[i] for i, p in procs.items() if p.returncode != 0]
     if failed:
@@ -522,6 +533,12 @@ def storm(
         "jitter_seconds": jitter,
         "completion_s": _seconds(measured),
         "completion_with_packages_s": _seconds(with_installs),
+        "restores_reaching_the_store": {
+            "n": len(arrivals),
+            "first_s": round(min(arrivals, default=0), 2),
+            "last_s": round(max(arrivals, default=0), 2),
+            "peak_per_second": max(per_second.values(), default=0),
+        },
         "store_ops_per_restore": round(sum(ops.values()) / max(1, len(sample)), 2),
         "store_ops_per_restore_by_call": {
             k: round(v / max(1, len(sample)), 2) for k, v in ops.most_common()
@@ -656,6 +673,7 @@ STORM_ROWS = (
     ("restores", "restores"),
     ("... with packages to restore", "with_packages"),
     ("restore --jitter s", "jitter_seconds"),
+    ("restores reaching the store: first, last s; peak per second", "restores_reaching_the_store"),
     ("completion from the storm's start s, p50 / p99 / max", "completion_s"),
     ("... of restores with packages", "completion_with_packages_s"),
     ("store syscalls per restore (strace sample)", "store_ops_per_restore"),
