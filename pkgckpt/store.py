@@ -687,10 +687,12 @@ class Store:
         self._remove_stale_temps(dfd, names)
         stamp = self._checked if self._checked is not None else self._stamp(dfd)
         last_read = self._last_read
+        current: Manifest | None
+        warning: str | None
         if stamp is not None and last_read is not None and last_read[0] == stamp:
             # Read whole when the daemon started, or by `check`, and unchanged since.
             current, warning = last_read[1], None
-            self._saw(current.generation, stamp)
+            self._saw(last_read[1].generation, stamp)
         else:
             try:
                 current, warning = self._read_in(dfd, names)
