@@ -340,10 +340,6 @@ _PLACEHOLDER = "sha256:" + "0" * _DIGITS
 _HEADS = {2: b'{\n "schema": 2,\n "checksum": "sha256:', 3: b'{"schema":3,"checksum":"sha256:'}
 """How every manifest of a schema with a whole-file checksum starts: its digits follow."""
 _HEAD = _HEADS[SCHEMA]
-HEAD_BYTES = max(map(len, _HEADS.values())) + _DIGITS
-"""The head of a manifest: its schema and the checksum of everything else (and, for
-the shorter heads, a few bytes after it). Two files with the same head hold the same
-bytes; `encode_parts`' first buffers are it."""
 
 
 def checksum(body: bytes | memoryview) -> str:

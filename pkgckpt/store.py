@@ -356,9 +356,8 @@ class Store:
         differ. The stamp catches an edit in place that keeps the checksum's digits,
         which a comparison of heads did not; it misses only a same-size change, on a
         reused inode, within the file system's timestamp tick of this Store's write.
-        Raises as `read()`, but for a ManifestError (no valid
-        generation): that is a change with nothing to fold in, which the next commit
-        replaces.
+        Raises as `read()`, but for a ManifestError (no valid generation): that is a
+        change with nothing to fold in, which the next commit replaces.
         """
         with self._dir() as dfd:
             if dfd is None:
@@ -492,9 +491,9 @@ class Store:
             data = self._load(dfd, CURRENT)
             if data is not None:
                 found = manifest.decode(data, str(current))
-                self._saw(found.generation, self._stamp_read)
-                if self._stamp_read is not None:
-                    self._last_read = (self._stamp_read, found)
+                stamp = self._stamp_read
+                self._saw(found.generation, stamp)
+                self._last_read = None if stamp is None else (stamp, found)
                 return found, None
             problem = f"{current} is missing"
         except UnknownSchema:
