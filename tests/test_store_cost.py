@@ -163,3 +163,34 @@ def test_a_store_written_in_schema_2_is_read_and_its_next_commit_is_compact(
     fallback = Store(root, "alice")
     kept = fallback.read()
     assert kept is not None and kept.generation == 2 and fallback.last_read_warning is not None
+
+
+def test_pkgckpt_restore_makes_eleven_store_calls(tmp_path: Path) -> None:
+    """The whole `pkgckpt restore` command touches the store 11 times: the checked directory
+    and the manifest, nothing from the command line's parsing of --store."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed: store calls cannot be counted")
+    from restore_kit import hermetic
+    from wheelhouse import make_venv
+
+    root = tmp_path / "store"
+    init_store(root)
+    assert Store(root, "alice").commit(make_body("a")) is not None
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    trace = tmp_path / "trace.txt"
+    done = subprocess.run(
+        ["strace", "-f", "-y", "-e", "trace=%file,%desc", "-o", str(trace),
+         sys.executable, "-m", "pkgckpt", "restore", "--store", str(root), "--key", "alice",
+         "--env", str(venv.prefix)],
+        check=False, capture_output=True, text=True, env=hermetic(tmp_path), timeout=120,
+    )  # fmt: skip
+    if done.returncode != 0 and "ptrace" in done.stderr.lower():
+        pytest.skip(f"strace cannot trace here (seccomp or ptrace_scope): {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    calls: Counter[str] = Counter()
+    for line in trace.read_text(errors="replace").splitlines():
+        m = LINE.match(line)
+        if m and str(root) in line and "resumed>" not in line and m.group(1) != "execve":
+            calls[m.group(1)] += 1
+    assert sum(calls.values()) <= 11, calls
+    assert "access" not in calls, "click does not check --store: the store does"
