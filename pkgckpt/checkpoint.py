@@ -30,6 +30,15 @@ same directory found anything, even one package, proves nothing either (a mount 
 a wipe in progress): its packages stay recorded until a scan that finds something there
 confirms their absence.
 
+On another image (the baseline's `image_identity` differs from the one the recorded
+delta is relative to), a recorded entry keeps the form it was recorded with, `replaced`
+version and all, until this process sees the user change that package: an addition that
+the new image now ships (superseded), a downgrade held back because the image needs the
+newer version, a removal of a package the new image no longer ships are all still the
+user's choices, and a later restore reads each against the image it then finds
+(`restore/rebase.py`). The delta records the new image's identity only once every entry
+is relative to it; until then it keeps the old one, so that restore rebases.
+
 Without a baseline for an environment whose manifest already records a delta (the
 container's baseline was lost), the image's state is inferred from the first scan and
 the recorded delta (`_inferred_baseline`); every recorded entry is kept and only changes
@@ -106,6 +115,13 @@ class _Track:
     identity: Identity | None = None
     gone: set[str] = dataclasses.field(default_factory=set)
     """Names whose uninstall this process observed (and not seen again since)."""
+    image: str | None = None
+    """`image_identity` of the baseline; None when the baseline was inferred."""
+    recorded: Delta | None = None
+    """The delta as recorded when tracking began (or adopted): what untouched names keep."""
+    touched: set[str] = dataclasses.field(default_factory=set)
+    """Names whose record this process changed: they are relative to this image now."""
+    rebased: dict[str, manifest.Rebased] = dataclasses.field(default_factory=dict)
 
 
 def _inferred_baseline(
@@ -192,6 +208,8 @@ class Tracker:
         changes = manifest.diff(before, track.state, env.kind, time)
         for change in changes:
             track.failing.pop(change.name, None)  # another install: its failures are past
+            track.rebased.pop(change.name, None)
+            track.touched.add(change.name)
         track.history.extend(changes)
         del track.history[: -manifest.HISTORY_LIMIT]
         return changes
@@ -199,14 +217,16 @@ class Tracker:
     def _start(self, env: Environment, obs: Observation) -> _Track:
         recorded = self._recorded.delta(env)
         inventory = self._baseline.inventory(env) if self._baseline is not None else None
+        image = None
         if inventory is not None:
             base, pinned = inventory.by_name(), frozenset[str]()
+            image = manifest.image_identity(inventory.packages)
         else:
             base, pinned = _inferred_baseline(obs.packages, recorded)
             self.inferred.append(env)
         state = manifest.apply(base, recorded) if recorded is not None else dict(base)
         history = list(recorded.history) if recorded is not None else []
-        track = _Track(env, base, pinned, state, {}, history, identity=obs.identity)
+        track = _Track(env, base, pinned, state, {}, history, identity=obs.identity, image=image)
         if recorded is not None:
             _remember(track, recorded)
         return track
@@ -226,7 +246,8 @@ class Tracker:
             kept = {p.name for p in recorded.changed} if recorded is not None else set()
             track.pinned = frozenset(track.pinned & kept)
             track.history = list(recorded.history) if recorded is not None else []
-            track.forgotten, track.failing = {}, {}
+            track.forgotten, track.failing, track.rebased = {}, {}, {}
+            track.recorded, track.touched = None, set()
             if recorded is not None:
                 _remember(track, recorded)
 
@@ -273,6 +294,11 @@ class Tracker:
                 forgotten=tuple(track.forgotten[n] for n in sorted(track.forgotten)),
                 failing=tuple(track.failing[n] for n in sorted(track.failing) if n in recorded),
             )
+            d = _carried(track, d)
+            kept_marks = {p.name for p in (*d.added, *d.changed, *d.removed)}
+            d = msgspec.structs.replace(
+                d, rebased=tuple(track.rebased[n] for n in sorted(track.rebased) if n in kept_marks)
+            )
             if key in deltas or not d.is_empty() or d.history or d.forgotten:
                 deltas[key] = d
         return Body.of(
@@ -284,6 +310,54 @@ class Tracker:
 def _remember(track: _Track, recorded: Delta) -> None:
     track.forgotten = {p.name: p for p in recorded.forgotten}
     track.failing = {f.name: f for f in recorded.failing}
+    track.rebased = {r.name: r for r in recorded.rebased}
+    track.recorded = recorded
+
+
+def _entries(d: Delta) -> dict[str, tuple[str, Package]]:
+    return {
+        p.name: (part, p)
+        for part, packages in (("added", d.added), ("changed", d.changed), ("removed", d.removed))
+        for p in packages
+    }
+
+
+def fits(part: str, p: Package, baseline: Mapping[str, Package]) -> bool:
+    """Whether a recorded entry is relative to `baseline`: what the same image would have
+    recorded, so that restoring it as it stands is right (see `restore/rebase.py`)."""
+    image = baseline.get(p.name)
+    if part == "added":
+        return image is None
+    if part == "changed":
+        return image is not None and p.replaced in (None, image.version)
+    return image is None or image.version == p.version
+
+
+def _carried(track: _Track, d: Delta) -> Delta:
+    """`d` (computed against this baseline) with the recorded form of every entry this
+    process did not change, when the record is relative to another image."""
+    recorded = track.recorded
+    if track.image is None:
+        # An inferred baseline: the entries are as recorded already (`_inferred_baseline`).
+        return msgspec.structs.replace(d, image=recorded.image if recorded else None)
+    if recorded is None or recorded.image in (None, track.image):
+        return msgspec.structs.replace(d, image=track.image)
+    entries = _entries(d)
+    for name, entry in _entries(recorded).items():
+        if name not in track.touched:
+            entries[name] = entry
+    parts: dict[str, list[Package]] = {"added": [], "changed": [], "removed": []}
+    for name in sorted(entries):
+        part, p = entries[name]
+        parts[part].append(p)
+    whole = all(fits(part, p, track.baseline) for part, p in entries.values())
+    return msgspec.structs.replace(
+        d,
+        added=tuple(parts["added"]),
+        changed=tuple(parts["changed"]),
+        removed=tuple(parts["removed"]),
+        image=track.image if whole else recorded.image,
+    )
 
 
 def _with(body: Body, theirs: Delta) -> Body:

@@ -142,6 +142,10 @@ class Package(Base, frozen=True):
     sha256: str | None = None
     """conda: the archive's digests, as the channel's repodata gives them."""
     md5: str | None = None
+    replaced: str | None = None
+    """In a delta's `changed`: the image's version this change replaced (None in `added`
+    and `removed`, and in manifests written before it was recorded). With it a change is
+    read against any later image: an upgrade `replaced -> version`, or a downgrade."""
 
 
 class Change(Base, frozen=True):
@@ -218,6 +222,21 @@ class Inventory(Base, frozen=True):
         return {p.name: p for p in self.packages}
 
 
+class Rebased(Base, frozen=True):
+    """A recorded change that a restore onto another image did not carry out: still the
+    user's, kept in the record, retried at every restore (`restore/rebase.py`)."""
+
+    name: str
+    version: str
+    """The recorded version (of a removal: the image's version then)."""
+    state: str
+    """"superseded" (the image caught up) or "held-back" (it would break the image);
+    a plain string so that an older reader decodes a state added later."""
+    reason: str = ""
+    image: str | None = None
+    """The identity of the image the restore found (`image_identity`)."""
+
+
 class Delta(Base, frozen=True):
     """The user's changes to one environment relative to the image."""
 
@@ -233,6 +252,11 @@ class Delta(Base, frozen=True):
     finds one of them, as it was, does not record it again (see checkpoint.Tracker)."""
     failing: tuple[Failing, ...] = ()
     """Recorded packages the last restores failed, with the last reason."""
+    image: str | None = None
+    """The identity of the image (`image_identity` of the baseline) every entry is relative
+    to; None: not known (written before it was recorded, or without a baseline)."""
+    rebased: tuple[Rebased, ...] = ()
+    """Entries the last restore, on another image, superseded or held back."""
 
     def is_empty(self) -> bool:
         return not (self.added or self.changed or self.removed)
@@ -555,6 +579,16 @@ def decode_baseline(data: bytes, what: str = "baseline") -> Baseline:
         raise ManifestError(f"{what} is malformed: {_reason(e)}") from None
 
 
+def image_identity(packages: Iterable[Package]) -> str:
+    """What identifies an image's environment: a digest over its sorted (name, version)
+    pairs, not over file bytes, so that two builds shipping the same versions are the
+    same image."""
+    digest = hashlib.sha256()
+    for name, version in sorted((p.name, p.version) for p in packages):
+        digest.update(f"{name}\0{version}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
 # -- the named diff ----------------------------------------------------------------------
 
 
@@ -667,7 +701,8 @@ def delta(
         elif change.action == "remove":
             removed.append(baseline[change.name])
         else:
-            changed.append(current[change.name])
+            was = baseline[change.name].version
+            changed.append(msgspec.structs.replace(current[change.name], replaced=was))
     if env.kind == "r":
         user = (*added, *changed)
         added, changed = r_requested(added, user), r_requested(changed, user)

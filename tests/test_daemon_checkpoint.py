@@ -27,6 +27,7 @@ def pkgs(*specs: str) -> dict[str, Package]:
 
 IMAGE = pkgs("numpy==1.26.0", "pip==24.0", "six==1.16.0")
 BASELINE = Baseline(environments=(Inventory(env=ENV, packages=tuple(IMAGE.values())),))
+IMAGE_ID = manifest.image_identity(IMAGE.values())
 
 
 def recorded(added=(), changed=(), removed=(), extra=()) -> Manifest:
@@ -203,7 +204,7 @@ def test_without_a_baseline_a_version_differing_from_the_record_is_the_image_one
 def test_reinstall_by_restore_does_not_rewrite_the_record() -> None:
     """REQUESTED/INSTALLER flags set by restore are not changes: the body stays equal."""
     dep = Package(name="idna", version="3.6", requested=False, installer="pip")
-    record = Manifest(body=Body(environments=(Delta(env=ENV, added=(dep,)),)))
+    record = Manifest(body=Body(environments=(Delta(env=ENV, added=(dep,), image=IMAGE_ID),)))
     t = Tracker(BASELINE, record)
     restored = Package(name="idna", version="3.6", requested=True, installer="uv")
     assert t.observe(ENV, Observation({**IMAGE, "idna": restored})) == []
@@ -292,7 +293,7 @@ def test_a_vcs_package_restored_at_its_commit_does_not_rewrite_the_record() -> N
         vcs="git", url="file:///src/tool", commit=sha, requested_revision="main"
     )
     recorded = Package(name="tool", version="0.3", source=asked)
-    record = Manifest(body=Body(environments=(Delta(env=ENV, added=(recorded,)),)))
+    record = Manifest(body=Body(environments=(Delta(env=ENV, added=(recorded,), image=IMAGE_ID),)))
     t = Tracker(BASELINE, record)
     as_restored = manifest.VcsSource(
         vcs="git", url="file://localhost/src/tool", commit=sha, requested_revision=sha
