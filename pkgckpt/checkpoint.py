@@ -350,7 +350,11 @@ def _carried(track: _Track, d: Delta) -> Delta:
     for name in sorted(entries):
         part, p = entries[name]
         parts[part].append(p)
-    whole = all(fits(part, p, track.baseline) for part, p in entries.values())
+    # A held-back or superseded entry is not relative to this image, even where the image
+    # ships the version it replaced: what held it back is the image's requirements.
+    whole = not (track.rebased.keys() & entries.keys()) and all(
+        fits(part, p, track.baseline) for part, p in entries.values()
+    )
     return msgspec.structs.replace(
         d,
         added=tuple(parts["added"]),

@@ -242,6 +242,13 @@ def snapshot(cfg: config.Config) -> int:
     help="Do not uninstall the image packages the user had removed.",
 )
 @click.option(
+    "--on-conflict",
+    type=click.Choice(["image", "user"]),
+    default=None,
+    help="On a new image, a recorded change that would break an image package: hold it "
+    "back (image, the default; exit 3) or install it anyway (user).",
+)
+@click.option(
     "--r-repo", multiple=True, metavar="URL", help="R repository (CRAN mirror); repeatable."
 )
 @with_config

@@ -270,6 +270,9 @@ class Config:
     find_links: tuple[str, ...] = ()
     no_index: bool = False
     keep_removed: bool = False
+    on_conflict: str = "image"
+    """On another image, a recorded change that would break an image package: "image"
+    holds it back (exit 3), "user" installs it anyway (see restore/rebase.py)."""
     r_repo: tuple[str, ...] = ()
     conda_client: tuple[str, ...] = ("mamba", "micromamba", "conda")
     """conda clients restore tries, in order: names on PATH or absolute paths."""
@@ -282,6 +285,8 @@ class Config:
             raise UsageError(
                 f"discover: unknown value(s) {', '.join(unknown)}; known: {', '.join(DISCOVER)}"
             )
+        if self.on_conflict not in ("image", "user"):
+            raise UsageError(f"on_conflict: {self.on_conflict!r} is neither 'image' nor 'user'")
 
     def python_envs(self) -> tuple[Path, ...]:
         return self.env or (Path(sys.prefix),)

@@ -331,6 +331,9 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
     env: Environment
     failed: tuple[Failing, ...] = ()
+    rebased: tuple[manifest.Rebased, ...] | None = None
+    """Entries a rebase superseded or held back (None: the restore did not rebase, the
+    recorded marks stand)."""
 
 
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
@@ -373,7 +376,11 @@ def with_failures(body: Body, outcomes: Sequence[Outcome]) -> Body:
             last = before.get(f.name)
             count = last.count + 1 if last is not None and last.version == f.version else 1
             now.append(msgspec.structs.replace(f, count=count))
-        out.append(msgspec.structs.replace(d, failing=tuple(sorted(now, key=lambda f: f.name))))
+        d = msgspec.structs.replace(d, failing=tuple(sorted(now, key=lambda f: f.name)))
+        if outcome.rebased is not None:
+            marks = [r for r in outcome.rebased if recorded.get(r.name) == r.version]
+            d = msgspec.structs.replace(d, rebased=tuple(sorted(marks, key=lambda r: r.name)))
+        out.append(d)
     return Body.of(out, events=body.events)
 
 
@@ -694,6 +701,7 @@ def remember(config: Config, recorded: Manifest, report: Report) -> None:
     """
     elsewhere = [env_key(e) for e in report.plan.elsewhere]
     failures = {env_key(e.env): e.failed for e in report.environments}
+    rebases = {env_key(e.env): e.rebase for e in report.plan.environments if e.rebase}
     stamp = now_iso()
     outcomes = []
     for d in recorded.body.deltas():
@@ -706,8 +714,22 @@ def remember(config: Config, recorded: Manifest, report: Report) -> None:
             for f in failures.get(key, ())
             if f.name in versions
         )
-        if failed or d.failing:
-            outcomes.append(Outcome(env=d.env, failed=failed))
+        rebase = rebases.get(key)
+        marks = None
+        if rebase is not None:
+            marks = tuple(
+                manifest.Rebased(
+                    name=c.name,
+                    version=c.version,
+                    state=c.action,
+                    reason=reason(c.reason),
+                    image=rebase.image_new,
+                )
+                for c in rebase.decisions
+                if c.action in ("superseded", "held-back") and c.name in versions
+            )
+        if failed or d.failing or marks or d.rebased:
+            outcomes.append(Outcome(env=d.env, failed=failed, rebased=marks))
     if not outcomes:
         return
     try:

@@ -53,6 +53,14 @@ Order per environment: removals first, then one install call. Removing after ins
 could delete files that a replacement package now owns (`opencv-python` replaced by
 `opencv-python-headless`: both ship `cv2/`).
 
+A new image or interpreter (`rebase.needed`): a Python environment's record is read
+against this container's image instead (`rebase.py`): each entry is installed, removed,
+superseded (the image caught up) or held back (it would break an image package), and the
+installs resolve their dependencies within the untouched installed versions (`-c`).
+Held-back entries are reported and make the exit code 3; they stay recorded (with their
+state and reason, through `record.remember`) and come back at a later restore onto an
+image that no longer conflicts.
+
 Failures: when a batch fails, the environment is rescanned (pip may have installed part
 of it) and what is still missing is split in halves, each installed again, down to single
 packages: every package that fails is tried once on its own, the others still install,
@@ -73,6 +81,8 @@ import msgspec
 from ..config import Config
 from ..errors import PartialRestore, RestoreUnavailable
 from ..manifest import (
+    Baseline,
+    Delta,
     DirectorySource,
     Environment,
     IndexSource,
@@ -87,6 +97,7 @@ from ..manifest import (
 )
 from ..runner import redact_text
 from ..scan.python import strip_credentials
+from .rebase import Decision, Rebase
 from .runner import Deadline, Installer, Outcome
 from .validate import canonical, check_body
 
@@ -170,9 +181,14 @@ class EnvPlan(_Out, frozen=True, kw_only=True):
     unavailable: str | None = None
     """Nothing of this environment can be restored here, for this one reason (R is not
     installed): said once instead of once per package."""
+    rebase: Rebase | None = None
+    """The record read against a new image or interpreter (None: the same ones)."""
 
     def is_empty(self) -> bool:
         return not (self.install or self.remove or self.blocked)
+
+    def held_back(self) -> tuple[Decision, ...]:
+        return self.rebase.held_back() if self.rebase is not None else ()
 
 
 class Skipped(_Out, frozen=True, kw_only=True):
@@ -205,6 +221,9 @@ class Plan(_Out, frozen=True, kw_only=True):
     def is_empty(self) -> bool:
         return all(e.is_empty() for e in self.environments)
 
+    def held_back(self) -> tuple[Decision, ...]:
+        return tuple(d for e in self.environments for d in e.held_back())
+
     def to_json(self) -> bytes:
         return _encoder.encode(_without_credentials(self))
 
@@ -214,15 +233,23 @@ class Plan(_Out, frozen=True, kw_only=True):
             lines.append(f"No manifest for key {self.key!r} in {self.store}: nothing to restore.")
         elif self.is_empty():
             here = " in the environments tracked here" if self.skipped else ""
+            rebased = any(e.rebase is not None for e in self.environments)
+            where = "in place, superseded or held back" if rebased else "in place"
             lines.append(
                 f"Nothing to restore{here}: the {self.packages} package(s) of generation "
-                f"{self.generation} (key {self.key!r}) are in place."
+                f"{self.generation} (key {self.key!r}) are {where}."
             )
             lines += _kept_lines(self.environments)
+            for e in self.environments:
+                if e.rebase is not None:
+                    lines.append(f"{e.env.where()}: rebased onto a new image")
+                    lines += e.rebase.render()
         else:
             lines.append(f"Restore plan for key {self.key!r}, generation {self.generation}:")
             for e in self.environments:
                 lines.append(f"{e.env.where()} ({e.installer}): {_counts(e)}")
+                if e.rebase is not None:
+                    lines += e.rebase.render()
                 lines += [f"  install {_describe(s)}" for s in e.install]
                 lines += [f"  remove  {s.name} {s.version} (removed by the user)" for s in e.remove]
                 lines += [f"  keep    {s.name} {s.version} (--keep-removed)" for s in e.kept]
@@ -261,11 +288,13 @@ class Report(_Out, frozen=True, kw_only=True):
 
     @property
     def exit_code(self) -> int:
-        """0: done; 1: nothing installed for a cause shared by every failure; 3: some failed."""
+        """0: done; 1: nothing installed for a cause shared by every failure; 3: some
+        failed, or a change was held back on a new image."""
         failing = [e for e in self.environments if e.failed]
         if failing and not self.timed_out and all(e.unavailable for e in failing):
             return 1
-        return 3 if self.failures or self.timed_out else 0
+        held = self.plan.held_back() and not self.dry_run
+        return 3 if self.failures or self.timed_out or held else 0
 
     def to_json(self) -> bytes:
         return _encoder.encode(msgspec.structs.replace(self, plan=_without_credentials(self.plan)))
@@ -287,14 +316,21 @@ class Report(_Out, frozen=True, kw_only=True):
                 lines.append(f"  failed to {f.action} {f.name} {f.version}:")
                 lines += [f"    | {line}" for line in f.message.splitlines()]
                 lines.append(f"    (retried at every restore: `pkgckpt forget {f.name}` stops it)")
+        for ep in self.plan.environments:
+            if ep.rebase is not None:
+                lines.append(f"{ep.env.where()}: rebased onto a new image")
+                lines += ep.rebase.render()
         lines += _skipped_lines(self.plan.skipped)
         failed = len(self.failures)
+        held = len(self.plan.held_back())
         if self.timed_out:
             lines.append(f"Restore stopped: the timeout ran out after {self.seconds:.1f} s.")
         elif self.exit_code == 1:
             lines.append(f"Restore failed: {failed} package(s) could not be installed here.")
         elif failed:
             lines.append(f"Restore incomplete: {failed} package(s) failed.")
+        elif held:
+            lines.append(f"Restore incomplete: {held} package(s) held back by the new image.")
         else:
             lines.append(f"Restored generation {self.plan.generation} in {self.seconds:.1f} s.")
         return "\n".join(lines)
@@ -417,10 +453,12 @@ def _installed(target: Target) -> dict[str, Package]:
     return {_key(kind, p.name): p for p in target.scan().packages}
 
 
-def _installer(env: Environment, config: Config) -> Installer:
+def _installer(env: Environment, config: Config, rebase: Rebase | None = None) -> Installer:
     if env.kind == "python":
         from .python import PythonInstaller
 
+        if rebase is not None:
+            return PythonInstaller(env, config, constraints=rebase.constraints)
         return PythonInstaller(env, config)
     if env.kind == "conda":
         from .conda import CondaInstaller
@@ -443,7 +481,49 @@ def _read(config: Config) -> Manifest | None:
     return manifest
 
 
-def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) -> Plan:
+def _image(baseline: Baseline | None, target: Target, now: Mapping[str, Package]) -> list[Package]:
+    """What the image ships in `target`: the baseline's record, else (no baseline yet, a
+    dry run in a fresh container) what is installed now."""
+    if baseline is None:
+        return list(now.values())
+    inventory = baseline.inventory(target.env)
+    return list(inventory.packages) if inventory is not None else []
+
+
+def _rebased(
+    delta: Delta, target: Target, rebase: Rebase, now: Mapping[str, Package]
+) -> tuple[list[Step], list[Step]]:
+    """The install and remove steps of a rebase's decisions."""
+    kind = target.env.kind
+    recorded = {_key(kind, p.name): p for p in (*delta.added, *delta.changed)}
+    install: list[Step] = []
+    gone: list[Step] = []
+    for d in rebase.decisions:
+        have = now.get(_key(kind, d.name))
+        if d.action == "install":
+            p = recorded[_key(kind, d.name)]
+            install.append(
+                Step(
+                    name=p.name,
+                    version=p.version,
+                    source=p.source,
+                    installed=None if have is None else have.version,
+                    reason="added" if d.recorded == "added" else "changed",
+                )
+            )
+        elif d.action == "remove" and have is not None:
+            gone.append(
+                Step(name=have.name, version=have.version, installed=have.version, reason="removed")
+            )
+    return install, gone
+
+
+def _plan(
+    config: Config,
+    manifest: Manifest | None,
+    targets: Sequence[Target],
+    baseline: Baseline | None = None,
+) -> Plan:
     if manifest is None:
         return Plan(key=config.key, store=str(config.store))
     from ..manifest import same_env
@@ -472,11 +552,22 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
         kind = target.env.kind
         now = _installed(target)
         install: list[Step] = []
+        gone: list[Step] = []
+        rebase: Rebase | None = None
+        if kind == "python":
+            from .rebase import needed
+
+            image = _image(baseline, target, now)
+            if image and needed(delta, target.env, image):
+                from .rebase import rebase as read_against
+
+                rebase = read_against(delta, target, image, now, config)
+                install, gone = _rebased(delta, target, rebase, now)
         wanted: tuple[tuple[Literal["added", "changed"], tuple[Package, ...]], ...] = (
             ("added", delta.added),
             ("changed", delta.changed),
         )
-        for reason, packages in wanted:
+        for reason, packages in wanted if rebase is None else ():
             for p in packages:
                 have = now.get(_key(kind, p.name))
                 if not _in_place(kind, p, have):
@@ -491,8 +582,7 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
                             channel=p.channel,
                         )
                     )
-        gone: list[Step] = []
-        for p in delta.removed:
+        for p in delta.removed if rebase is None else ():
             # Whatever version the image has now: the user removed the package, not a version.
             have = now.get(_key(kind, p.name))
             if have is not None:
@@ -504,10 +594,10 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
                         reason="removed",
                     )
                 )
-        if not install and not gone:
+        if not install and not gone and rebase is None:
             continue
         # The target's env (this container's interpreter and platform), not the manifest's.
-        installer = _installer(target.env, config)
+        installer = _installer(target.env, config, rebase)
         blocked: list[Failure] = []
         ready: list[Step] = []
         for step in sorted(install, key=lambda s: _key(kind, s.name)):
@@ -530,6 +620,7 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
                 kept=tuple(gone) if config.keep_removed else (),
                 blocked=tuple(blocked),
                 unavailable=_unavailable(installer) if blocked and not ready else None,
+                rebase=rebase,
             )
         )
     return Plan(
@@ -545,18 +636,20 @@ def _plan(config: Config, manifest: Manifest | None, targets: Sequence[Target]) 
 
 def plan(config: Config) -> Plan:
     """What a restore would do now; changes nothing."""
-    from ..inventory import targets
+    from ..inventory import load_baseline, targets
 
     manifest = _read(config)
-    return _plan(config, manifest, targets(config) if manifest is not None else [])
+    if manifest is None:
+        return _plan(config, manifest, [])
+    return _plan(config, manifest, targets(config), load_baseline(config))
 
 
 def plan_of(config: Config, manifest: Manifest) -> Plan:
     """What a restore of `manifest` (not the store's: `pkgckpt revert`) would do now."""
-    from ..inventory import targets
+    from ..inventory import load_baseline, targets
 
     check_body(manifest.body)
-    return _plan(config, manifest, targets(config))
+    return _plan(config, manifest, targets(config), load_baseline(config))
 
 
 # -- apply -----------------------------------------------------------------------------
@@ -651,13 +744,19 @@ def _apply(
             failed += [s.failure("remove", reason) for s in ep.remove]
             reports.append(EnvReport(env=ep.env, installer=ep.installer, failed=tuple(failed)))
             continue
-        work = _Env(target, _installer(target.env, config), deadline)
+        work = _Env(target, _installer(target.env, config, ep.rebase), deadline)
         if say is not None:
             say(f"{ep.env.where()}: {_counts(ep)} ({ep.installer})")
         if ep.remove:
             work.remove(ep.remove)
-        if ep.install:
-            work.install(ep.install)
+        forced = set(ep.rebase.forced) if ep.rebase is not None else set()
+        resolved = [s for s in ep.install if s.name not in forced]
+        if resolved:
+            work.install(resolved)
+        if len(resolved) < len(ep.install):
+            # --on-conflict user: the user's versions last, exactly, over what the image needs.
+            work.installer = _installer(target.env, config)
+            work.install([s for s in ep.install if s.name in forced])
         # The truth is the environment afterwards, not the installers' exit codes.
         now = _installed(target)
         installed: list[str] = []
@@ -736,27 +835,41 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
     deadline = Deadline(config.timeout)
     found = targets(config)
     if dry_run:
+        from ..inventory import load_baseline
+
         manifest = _read(config)
-        return Report(plan=_plan(config, manifest, found), dry_run=True)
+        baseline = load_baseline(config) if manifest is not None else None
+        return Report(plan=_plan(config, manifest, found, baseline), dry_run=True)
     started = time.monotonic()
     # Before anything is installed: afterwards the image's packages could not be told apart.
-    ensure_baseline(config, found)
+    baseline = ensure_baseline(config, found)
     manifest = _read(config)
-    the_plan = _plan(config, manifest, found)
+    the_plan = _plan(config, manifest, found, baseline)
     if the_plan.is_empty():
         report = Report(plan=the_plan)
     else:
         report = _apply(the_plan, config, found, deadline, progress or _terminal_progress())
-    if manifest is not None and (report.failures or any(d.failing for d in manifest.body.deltas())):
+    marks = any(e.rebase is not None for e in the_plan.environments)
+    if manifest is not None and (
+        report.failures or marks or any(d.failing or d.rebased for d in manifest.body.deltas())
+    ):
         from ..record import remember
 
         remember(config, manifest, report)
     _record(config, report, time.monotonic() - started)
-    if the_plan.is_empty():
+    if the_plan.is_empty() and not the_plan.held_back():
         return report
     if report.exit_code == 1:
         why = next(e.unavailable for e in report.environments if e.unavailable)
         raise RestoreUnavailable(f"restore failed: {why}", report=report)
+    if report.exit_code and not report.failures and not report.timed_out:
+        held = the_plan.held_back()
+        raise PartialRestore(
+            f"restore incomplete: {len(held)} package(s) held back by the new image ("
+            + "; ".join(d.render() for d in held)
+            + ")",
+            report=report,
+        )
     if report.exit_code:
         failed = report.failures
         names = ", ".join(f.name for f in failed[:5]) + (", ..." if len(failed) > 5 else "")

@@ -13,6 +13,12 @@ Installer choice: `--installer uv`, or `auto` when `uv` is on PATH, runs
 pkgckpt with `--python <interpreter>` (pip >= 22.3). The user site (`env.user`) is always
 restored with pip `--user`: uv has no user-site installs.
 
+On a new image (`rebase.py`) the installs resolve their dependencies instead: no
+`--no-deps`, and a constraints file (`-c`, in a private temporary directory) pins every
+installed distribution the plan leaves alone, so the installer fetches what the image no
+longer ships without moving anything the image does ship. Its lines are validated
+`name==version` pins, never options (a requirements file could carry `--index-url`).
+
 Index settings come only from pkgckpt's flags/config (`--index-url`, `--find-links`,
 `--no-index`) and the installer's own configuration: never from the manifest, and never
 from where the user happened to stand. Every call goes through `runner.call()`, so it
@@ -50,6 +56,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -161,15 +168,27 @@ def requirement(package: Package) -> str:
     return f"{package.name}=={package.version}"
 
 
+def _pin(line: str) -> bool:
+    """A `name==version` line with a valid name and version: nothing else is written."""
+    from .validate import python_name, python_version
+
+    name, sep, version = line.partition("==")
+    return bool(sep) and python_name(name) and python_version(version)
+
+
 class PythonInstaller:
     """The `runner.Installer` of one Python environment."""
 
-    def __init__(self, env: Environment, config: Config) -> None:
+    def __init__(
+        self, env: Environment, config: Config, constraints: Sequence[str] | None = None
+    ) -> None:
         if config.installer not in INSTALLERS:
             raise UsageError(
                 f"--installer must be one of {', '.join(INSTALLERS)}, not {config.installer!r}"
             )
         self.config = config
+        self._constraints = constraints
+        """None: exact pins, --no-deps. Else resolve within these `name==version` pins."""
         prefix = Path(env.path)
         python = interpreter(prefix)
         if python is None:
@@ -245,11 +264,17 @@ class PythonInstaller:
                 editables.append(f"--editable={requirement(package)}")
             else:
                 requirements.append(requirement(package))
-        argv = [*self._command, "install", *self._target, "--no-deps", *self._index_options()]
+        deps = ["--no-deps"] if self._constraints is None else []
+        argv = [*self._command, "install", *self._target, *deps, *self._index_options()]
         if reinstall:
             argv.append("--reinstall" if self._tool == "uv" else "--force-reinstall")
-        argv += [*editables, "--", *requirements]
-        return call(argv, deadline=deadline, env=self._env)
+        if self._constraints is None:
+            return call([*argv, *editables, "--", *requirements], deadline=deadline, env=self._env)
+        with tempfile.TemporaryDirectory(prefix="pkgckpt-constraints-") as private:
+            pins = Path(private, "constraints.txt")
+            pins.write_text("".join(f"{line}\n" for line in self._constraints if _pin(line)))
+            argv += ["--constraint", str(pins), *editables, "--", *requirements]
+            return call(argv, deadline=deadline, env=self._env)
 
     def remove(self, packages: Sequence[Package], *, deadline: Deadline) -> Outcome:
         if self._tool == "uv":

@@ -1,0 +1,590 @@
+"""Restore onto another image: the recorded delta of one Python environment read against
+the image this container runs (DESIGN: invariant 10).
+
+The API `restore/__init__.py` calls:
+
+    needed(delta, env, image) -> bool
+        Whether the record must be rebased: it is relative to another image (`Delta.image`
+        differs from `image_identity` of this container's baseline) or another
+        interpreter (Python major.minor or implementation). Otherwise restore stays as it
+        always was: exact pins, `--no-deps`, nothing read but the scan.
+    rebase(delta, target, image, live, config) -> Rebase
+        Every recorded entry classified (`Decision`), the consistency check done, and the
+        pins the installer must keep (`Rebase.constraints`).
+
+Each entry, with `w` the version the image ships now (None: it ships none):
+
+    added X v               w is None: install v;  w >= v: superseded;  w < v: install v
+    changed a -> v, v >= a  w >= v: superseded;  otherwise install v
+    changed a -> v, v < a   install v (the user chose the older version on purpose)
+    removed X               w is None: nothing;  an image package requires X: held back;
+                            otherwise remove X
+An install already in place (the version and source recorded) is "nothing".
+
+Consistent means that after the plan every installed distribution's `Requires-Dist`
+(markers evaluated for the target interpreter, with the extras other requirements ask
+for) is satisfied. The check reads, without installing: the image's installed metadata
+(`*.dist-info/METADATA` in the environment's library roots) and each planned package's
+METADATA from its wheel in a `--find-links` directory whose tags fit the target
+interpreter. Requirements, markers and versions are `packaging`'s; there is no resolver
+here. A planned package found only on an index has its own requirements unchecked (PEP 658
+metadata is not fetched): the installer, which resolves with every untouched installed
+distribution pinned as a constraint (`-c`), refuses a conflict there and the failure is
+reported per package. Then, with `--on-conflict image` (the default):
+
+- a planned install or removal that breaks an image package's requirement is held back,
+  with the requirement that blocked it (`evaldep 1.0 held back: evalimg 2.0 (image)
+  requires evaldep>=2.0`);
+- a planned install whose own requirement the image contradicts (the image ships the
+  dependency at a version outside it) is held back too: installing it would break it.
+`--on-conflict user` holds nothing back: what would have been held back is carried out
+anyway (`Rebase.forced`: installed with `--no-deps` after the other installs, so that the
+user's version is the one left), and the requirements left broken are reported.
+
+A dependency the image no longer ships (nothing installed under that name) is not a
+conflict: the installer's resolver installs it, within the constraints.
+
+On another interpreter, every recorded install is installed for it from the index or the
+find-links (the old environment's files are not used; the installer picks a wheel whose
+tags fit, or builds the sdist). With `--no-index`, an exact version for which the
+find-links hold no fitting wheel and no sdist is held back with that reason; with an
+index, the installer reports it. A recorded URL to a wheel whose tags do not fit the new
+interpreter is held back.
+
+Files read here (METADATA in a site directory, a wheel in the find-links) may be
+planted: reads are bounded, a name or version that is not valid is skipped, and nothing
+read becomes an installer option (constraints are validated `name==version` lines).
+"""
+
+from __future__ import annotations
+
+import email.parser
+import os
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from ..config import Config
+from ..manifest import (
+    Delta,
+    Environment,
+    IndexSource,
+    Package,
+    UrlSource,
+    image_identity,
+    same_source,
+)
+from .validate import canonical, python_name, python_version
+
+if TYPE_CHECKING:
+    from packaging.requirements import Requirement
+    from packaging.tags import Tag
+    from packaging.version import Version
+
+    from ..inventory import Target
+
+ON_CONFLICT = ("image", "user")
+MAX_METADATA = 1 << 20
+"""Bytes of a METADATA file read at most: a real one is a few KB."""
+
+Action = Literal["install", "remove", "superseded", "held-back", "nothing"]
+Part = Literal["added", "changed", "removed"]
+
+
+class _Out(msgspec.Struct, frozen=True, kw_only=True):
+    """Every field present in the JSON output (as the other plan types)."""
+
+
+class Decision(_Out, frozen=True, kw_only=True):
+    """What a rebase does with one recorded entry, and why."""
+
+    name: str
+    version: str
+    """The recorded version (a removal: the image's version when it was removed)."""
+    recorded: Part
+    image: str | None = None
+    """The version this image ships; None: none."""
+    action: Action
+    reason: str
+
+    def render(self) -> str:
+        if self.action == "held-back":
+            return f"{self.name} {self.version} held back: {self.reason}"
+        verb = {"remove": "remove", "install": "install", "superseded": "superseded"}.get(
+            self.action, "nothing"
+        )
+        return f"{verb:<10} {self.name} {self.version}: {self.reason}"
+
+
+class Rebase(_Out, frozen=True, kw_only=True):
+    """One environment's record read against this image."""
+
+    image_old: str | None = None
+    image_new: str
+    python_old: str | None = None
+    python_new: str | None = None
+    decisions: tuple[Decision, ...] = ()
+    constraints: tuple[str, ...] = ()
+    """`name==version` of every installed distribution the plan leaves alone: the
+    installer resolves dependencies within them."""
+    forced: tuple[str, ...] = ()
+    """`--on-conflict user`: the changes carried out although they break the image."""
+    broken: tuple[str, ...] = ()
+    """`--on-conflict user`: the requirements the user's versions leave unsatisfied."""
+
+    def held_back(self) -> tuple[Decision, ...]:
+        return tuple(d for d in self.decisions if d.action == "held-back")
+
+    def render(self) -> list[str]:
+        lines = [f"  image {_short(self.image_old)} -> {_short(self.image_new)}"]
+        if _minor(self.python_old) != _minor(self.python_new):
+            lines.append(f"  python {self.python_old} -> {self.python_new}")
+        lines += [f"  {d.render()}" for d in self.decisions if d.action != "nothing"]
+        lines += [f"  broken: {b} (--on-conflict user)" for b in self.broken]
+        return lines
+
+
+def _short(identity: str | None) -> str:
+    return "unknown" if identity is None else identity.removeprefix("sha256:")[:12]
+
+
+def _minor(version: str | None) -> str | None:
+    return ".".join(version.split(".")[:2]) if version else None
+
+
+def needed(delta: Delta, env: Environment, image: Sequence[Package]) -> bool:
+    """Whether `delta` must be rebased onto this image and interpreter (see the module)."""
+    if new_interpreter(delta.env, env):
+        return True
+    return delta.image is not None and delta.image != image_identity(image)
+
+
+def new_interpreter(old: Environment, new: Environment) -> bool:
+    """Another Python minor version or implementation (None: not known, taken as same)."""
+    if old.interpreter is None or new.interpreter is None:
+        return False
+    if old.implementation and new.implementation and old.implementation != new.implementation:
+        return True
+    return _minor(old.interpreter) != _minor(new.interpreter)
+
+
+# -- versions, metadata and markers ------------------------------------------------------
+
+
+def _version(text: str | None) -> Version | None:
+    from packaging.version import InvalidVersion, Version
+
+    if text is None:
+        return None
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
+def _at_least(have: str | None, want: str) -> bool:
+    """`have` >= `want`; unorderable versions are not (the user's choice wins)."""
+    a, b = _version(have), _version(want)
+    return a is not None and b is not None and a >= b
+
+
+class _Dist:
+    """One distribution of the state after the plan, as the check needs it."""
+
+    def __init__(self, name: str, version: str, origin: str, requires: list[str] | None) -> None:
+        self.name = name
+        self.version = version
+        self.origin = origin
+        """"image", "user" (installed, outside the plan) or "planned"."""
+        self.requires = requires
+        """Its Requires-Dist lines; None: not known (no metadata read)."""
+
+
+def _requires(text: str) -> tuple[str | None, str | None, list[str]]:
+    message = email.parser.Parser().parsestr(text, headersonly=True)
+    return message.get("Name"), message.get("Version"), message.get_all("Requires-Dist") or []
+
+
+def _read_bounded(path: Path) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(MAX_METADATA + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_METADATA:
+        return None
+    return data.decode("utf-8", "replace")
+
+
+def installed_metadata(roots: Iterable[Path]) -> dict[str, tuple[str, list[str]]]:
+    """canonical name -> (version, Requires-Dist) of the `.dist-info`s in `roots`, first
+    root first (an `.egg-info`'s requirements are not read: its name still counts)."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for root in roots:
+        try:
+            entries = sorted(e.name for e in Path(root).iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.endswith(".dist-info"):
+                continue
+            text = _read_bounded(Path(root, entry, "METADATA"))
+            if text is None:
+                continue
+            name, version, requires = _requires(text)
+            if not name or not version or not python_name(name):
+                continue
+            found.setdefault(canonical(name), (version, requires))
+    return found
+
+
+def target_tags(env: Environment) -> list[Tag]:
+    """The wheel tags an interpreter of `env` installs, best first."""
+    import sysconfig
+
+    from packaging import tags
+
+    version = tuple(int(p) for p in (_minor(env.interpreter) or "3.0").split("."))
+    here = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+    platforms = list(tags.platform_tags()) if env.platform in (None, here) else [env.platform]
+    if (env.implementation or "cpython") == "cpython":
+        found = list(tags.cpython_tags(version, platforms=platforms))
+        interpreter = f"cp{version[0]}{version[1] if len(version) > 1 else ''}"
+    else:
+        found = list(tags.generic_tags(platforms=platforms))
+        interpreter = None
+    return found + list(tags.compatible_tags(version, interpreter, platforms))
+
+
+def markers_for(env: Environment) -> dict[str, str]:
+    """PEP 508 marker values of the target interpreter: what `env` says, the rest of this
+    machine (the same container)."""
+    from packaging.markers import default_environment
+
+    values: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
+    if env.interpreter:
+        values["python_full_version"] = env.interpreter
+        values["python_version"] = _minor(env.interpreter) or values["python_version"]
+        values["implementation_version"] = env.interpreter
+    if env.implementation:
+        values["implementation_name"] = env.implementation
+        values["platform_python_implementation"] = {
+            "cpython": "CPython",
+            "pypy": "PyPy",
+        }.get(env.implementation, env.implementation)
+    return values
+
+
+class _Wheels:
+    """The find-links directories' distributions: wheel METADATA without installing."""
+
+    def __init__(self, links: Sequence[str], tags: Sequence[Tag]) -> None:
+        local = (_local(link) for link in links)
+        self.dirs = [Path(path) for path in local if path is not None]
+        self.rank = {t: i for i, t in enumerate(tags)}
+        self._listing: list[tuple[Path, str]] | None = None
+
+    def _files(self) -> list[tuple[Path, str]]:
+        if self._listing is None:
+            self._listing = []
+            for d in self.dirs:
+                try:
+                    self._listing += sorted((p, p.name) for p in d.iterdir())
+                except OSError:
+                    continue
+        return self._listing
+
+    def best(self, name: str, version: str) -> Path | None:
+        """The best fitting wheel of `name==version` in the find-links; None: none."""
+        from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+        want = _version(version)
+        best: tuple[int, Path] | None = None
+        for path, filename in self._files():
+            if not filename.endswith(".whl"):
+                continue
+            try:
+                wname, wversion, _, wtags = parse_wheel_filename(filename)
+            except InvalidWheelFilename:
+                continue
+            if wname != canonical(name) or wversion != want:
+                continue
+            rank = min((self.rank[t] for t in wtags if t in self.rank), default=None)
+            if rank is not None and (best is None or rank < best[0]):
+                best = (rank, path)
+        return best[1] if best else None
+
+    def sdist(self, name: str, version: str) -> bool:
+        want = _version(version)
+        for _, filename in self._files():
+            for suffix in (".tar.gz", ".zip"):
+                if filename.endswith(suffix):
+                    stem, _, v = filename.removesuffix(suffix).rpartition("-")
+                    if canonical(stem) == canonical(name) and _version(v) == want:
+                        return True
+        return False
+
+    def requires(self, name: str, version: str) -> list[str] | None:
+        wheel = self.best(name, version)
+        return None if wheel is None else wheel_requires(wheel)
+
+
+def _local(link: str) -> str | None:
+    if link.startswith("file://"):
+        from .python import local_path
+
+        path = local_path(link)
+        return str(path) if path is not None else None
+    return None if "://" in link else link
+
+
+def wheel_requires(wheel: Path) -> list[str] | None:
+    """The Requires-Dist of a wheel, read from its `.dist-info/METADATA` (None: unreadable)."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            for info in zf.infolist():
+                parts = info.filename.split("/")
+                if len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] == "METADATA":
+                    if info.file_size > MAX_METADATA:
+                        return None
+                    text = zf.read(info).decode("utf-8", "replace")
+                    return _requires(text)[2]
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return None
+
+
+def url_tags_fit(url: str, tags: Sequence[Tag]) -> bool:
+    """A recorded wheel URL installs on this interpreter (any non-wheel URL may: it builds)."""
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    filename = url.rsplit("/", 1)[-1].split("#", 1)[0]
+    if not filename.endswith(".whl"):
+        return True
+    try:
+        wtags = parse_wheel_filename(filename)[3]
+    except InvalidWheelFilename:
+        return True
+    return bool(wtags & set(tags))
+
+
+# -- the consistency check ---------------------------------------------------------------
+
+
+def _parsed(lines: list[str]) -> list[Requirement]:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    out = []
+    for line in lines:
+        try:
+            out.append(Requirement(line))
+        except InvalidRequirement:
+            continue
+    return out
+
+
+def violations(
+    state: Mapping[str, _Dist], markers: Mapping[str, str]
+) -> list[tuple[_Dist, Requirement]]:
+    """Every (distribution, requirement) of `state` whose requirement is not satisfied."""
+    reqs = {n: _parsed(d.requires) for n, d in state.items() if d.requires is not None}
+    extras: dict[str, set[str]] = {}
+    for rs in reqs.values():
+        for r in rs:
+            if r.extras and (r.marker is None or r.marker.evaluate({**markers, "extra": ""})):
+                extras.setdefault(canonical(r.name), set()).update(r.extras)
+    out = []
+    for name, rs in reqs.items():
+        asked = ["", *sorted(extras.get(name, ()))]
+        for r in rs:
+            if r.marker is not None and not any(
+                r.marker.evaluate({**markers, "extra": e}) for e in asked
+            ):
+                continue
+            have = state.get(canonical(r.name))
+            version = _version(have.version) if have is not None else None
+            if have is None or version is None or not r.specifier.contains(version, True):
+                out.append((state[name], r))
+    return out
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+def _classify(
+    part: Part, p: Package, image: Package | None, live: Package | None
+) -> tuple[Action, str]:
+    w = image.version if image is not None else None
+    if part == "removed":
+        if live is None:
+            return "nothing", "the image ships none" if w is None else "not installed here"
+        return "remove", "removed by the user"
+    # The image ships the user's version or a newer one: it caught up. The same version
+    # from another source (a VCS checkout) is still the user's to reinstall.
+    caught_up = (
+        w is not None
+        and _at_least(w, p.version)
+        and (_version(w) != _version(p.version) or isinstance(p.source, IndexSource))
+    )
+    old = p.replaced
+    downgrade = part == "changed" and old is not None and not _at_least(p.version, old)
+    if caught_up and not downgrade:
+        return "superseded", f"the image ships {w}"
+    if (
+        live is not None
+        and _version(live.version) == _version(p.version)
+        and same_source(p.source, live.source)
+    ):
+        return "nothing", "in place"
+    if part == "added":
+        return "install", "added by the user" + (f"; the image ships {w}" if w else "")
+    if w is None:
+        return "install", "changed by the user; the image ships none now"
+    return "install", f"changed by the user ({p.replaced} -> {p.version}); the image ships {w}"
+
+
+def rebase(
+    delta: Delta,
+    target: Target,
+    image: Sequence[Package],
+    live: Mapping[str, Package],
+    config: Config,
+) -> Rebase:
+    """`delta` read against `image` (this container's baseline of the environment) and
+    `live` (installed now, by canonical name): see the module docstring."""
+    env = target.env
+    images = {canonical(p.name): p for p in image}
+    moved = new_interpreter(delta.env, env)
+    tags = target_tags(env)
+    wheels = _Wheels(config.find_links, tags)
+    entries: list[tuple[Part, Package]] = [
+        *(("added", p) for p in delta.added),
+        *(("changed", p) for p in delta.changed),
+        *(("removed", p) for p in delta.removed),
+    ]
+    decided: dict[str, Decision] = {}
+    for part, p in entries:
+        key = canonical(p.name)
+        image_p = images.get(key)
+        action, reason = _classify(part, p, image_p, live.get(key))
+        if action == "install" and moved:
+            why = _unavailable(p, tags, wheels, config)
+            if why is not None:
+                action, reason = "held-back", why
+        decided[key] = Decision(
+            name=p.name,
+            version=p.version,
+            recorded=part,
+            image=image_p.version if image_p is not None else None,
+            action=action,
+            reason=reason,
+        )
+    user = config.on_conflict == "user"
+    markers = markers_for(env)
+    meta = installed_metadata(target.roots)
+    recorded_by_key = {canonical(p.name): p for _, p in entries}
+
+    def state() -> dict[str, _Dist]:
+        out: dict[str, _Dist] = {}
+        for key, p in live.items():
+            have = meta.get(key)
+            requires = have[1] if have is not None and have[0] == p.version else None
+            origin = "image" if key in images and images[key].version == p.version else "user"
+            out[key] = _Dist(p.name, p.version, origin, requires)
+        for key, d in decided.items():
+            if d.action == "remove":
+                out.pop(key, None)
+            elif d.action == "install":
+                p = recorded_by_key[key]
+                out[key] = _Dist(p.name, p.version, "planned", wheels.requires(p.name, p.version))
+        return out
+
+    planned = dict(decided)
+    while True:
+        now = state()
+        held = _hold_back(violations(now, markers), decided, now)
+        if not held:
+            break
+        decided.update(held)
+    forced: list[str] = []
+    broken: list[str] = []
+    if user:
+        for key, d in decided.items():
+            if d.action == "held-back" and planned[key].action != "held-back":
+                forced.append(d.name)
+                decided[key] = msgspec.structs.replace(
+                    planned[key], reason=f"--on-conflict user, although {d.reason}"
+                )
+        mine = {canonical(n) for n in forced}
+        broken = [
+            f"{d.name} {d.version} requires {r}"
+            for d, r in violations(state(), markers)
+            if canonical(r.name) in mine or canonical(d.name) in mine
+        ]
+    keep = {k for k, d in decided.items() if d.action in ("install", "remove")}
+    constraints = tuple(
+        sorted(
+            f"{p.name}=={p.version}"
+            for k, p in live.items()
+            if k not in keep and python_name(p.name) and python_version(p.version)
+        )
+    )
+    return Rebase(
+        image_old=delta.image,
+        image_new=image_identity(image),
+        python_old=delta.env.interpreter,
+        python_new=env.interpreter,
+        decisions=tuple(decided[k] for k in sorted(decided)),
+        constraints=constraints,
+        forced=tuple(forced),
+        broken=tuple(broken),
+    )
+
+
+def _hold_back(
+    found: list[tuple[_Dist, Requirement]],
+    decided: Mapping[str, Decision],
+    state: Mapping[str, _Dist],
+) -> dict[str, Decision]:
+    """The planned changes that `found` (unsatisfied requirements) blame, held back."""
+    held: dict[str, Decision] = {}
+    for dist, req in found:
+        needed_key = canonical(req.name)
+        planned = decided.get(needed_key)
+        there = state.get(needed_key)
+        if dist.origin == "image" and planned and planned.action in ("install", "remove"):
+            blame, why = needed_key, f"{dist.name} {dist.version} (image) requires {req}"
+        elif dist.origin == "planned" and there is not None and there.origin != "planned":
+            # The plan's own package, contradicted by what stays installed (a dependency
+            # missing altogether is the installer's to fetch, not a conflict).
+            blame = canonical(dist.name)
+            why = f"requires {req}, and {there.name} {there.version} ({there.origin}) stays"
+        else:
+            continue
+        if blame not in held:
+            held[blame] = msgspec.structs.replace(decided[blame], action="held-back", reason=why)
+    return held
+
+
+def _unavailable(p: Package, tags: Sequence[Tag], wheels: _Wheels, config: Config) -> str | None:
+    """Why `p` cannot be installed for the new interpreter, when that is known here."""
+    if isinstance(p.source, UrlSource) and not url_tags_fit(p.source.url, tags):
+        return "its recorded wheel does not fit this interpreter (no sdist recorded)"
+    if (
+        config.no_index
+        and isinstance(p.source, IndexSource)
+        and wheels.best(p.name, p.version) is None
+        and not wheels.sdist(p.name, p.version)
+    ):
+        return (
+            f"no distribution of {p.name} {p.version} for this interpreter "
+            f"({tags[0]}): no fitting wheel and no sdist in the find-links"
+        )
+    return None

@@ -1,0 +1,370 @@
+"""Restore onto a new image: image v1 and v2 as real venvs at the same prefix, each with
+its baseline file, the user's changes made with uv under the real daemon on v1, then
+`pkgckpt restore` on v2 (DESIGN: invariant 10; restore/rebase.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from daemon_kit import World, eventually, uv_install, uv_uninstall
+from wheelhouse import Dist, add_build_backend, build_c_sdist, build_wheel
+
+from pkgckpt import manifest
+from pkgckpt.manifest import Delta
+
+pytestmark = pytest.mark.slow
+
+V1 = [
+    "evalimg==1.0",
+    "evaldep==2.0",
+    "upg==1.0",
+    "upg2==1.0",
+    "down==2.0",
+    "gone==1.0",
+    "needed==1.0",
+    "dropped==1.0",
+    "libold==1.0",
+]
+"""Image v1. Every row of the rebase table is one package of this scenario."""
+V2 = [
+    "evalimg==2.0",  # requires evaldep>=2.0 and needed
+    "evaldep==2.0",
+    "catchup==1.1",
+    "olderimg==1.0",
+    "upg==1.2",
+    "upg2==1.1",
+    "down==2.1",
+    "gone==1.1",
+    "needed==1.0",
+]
+"""Image v2: no dropped, no libold (userapp's dependency), no newpkg."""
+USER = [
+    "newpkg==1.0",  # added, v2 ships none: install
+    "catchup==1.0",  # added, v2 ships 1.1: superseded
+    "olderimg==2.0",  # added, v2 ships 1.0: install (a change now)
+    "upg==1.1",  # upgrade 1.0 -> 1.1, v2 ships 1.2: superseded
+    "upg2==1.2",  # upgrade 1.0 -> 1.2, v2 ships 1.1: install
+    "down==1.0",  # downgrade 2.0 -> 1.0, v2 ships 2.1: install (nothing needs down)
+    "evaldep==1.0",  # downgrade 2.0 -> 1.0, v2's evalimg needs >=2.0: held back
+    "userapp==1.0",  # needs libold, which v2 no longer ships: the installer fetches it
+]
+REMOVED = [
+    "gone",  # v2 ships 1.1, nothing needs it: removed
+    "needed",  # v2's evalimg requires it: kept, held back
+    "dropped",  # v2 ships none: nothing to do
+]
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every version of every package of the scenario, as wheels built here."""
+    out = tmp_path_factory.mktemp("rebase-wheels")
+    dists = [
+        Dist("evalimg", "1.0"),
+        Dist("evalimg", "2.0", requires=["evaldep>=2.0", "needed"]),
+        Dist("evalimg", "3.0"),
+        *(Dist("evaldep", v) for v in ("1.0", "2.0", "2.1")),
+        *(Dist(n, v) for n in ("upg", "upg2") for v in ("1.0", "1.1", "1.2")),
+        *(Dist("down", v) for v in ("1.0", "2.0", "2.1")),
+        *(Dist("gone", v) for v in ("1.0", "1.1")),
+        *(Dist("catchup", v) for v in ("1.0", "1.1")),
+        *(Dist("olderimg", v) for v in ("1.0", "2.0")),
+        Dist("needed", "1.0"),
+        Dist("dropped", "1.0"),
+        Dist("libold", "1.0"),
+        Dist("newpkg", "1.0"),
+        Dist("userapp", "1.0", requires=["libold>=1.0"]),
+    ]
+    for dist in dists:
+        build_wheel(dist, out)
+    return out
+
+
+@dataclass
+class Scenario:
+    world: World
+    wheels: Path
+    prefix: Path
+
+    @property
+    def python(self) -> Path:
+        return self.prefix / "bin" / "python"
+
+    def image(self, python: str, reqs: list[str], name: str) -> Path:
+        """A new container: the venv rebuilt at the same prefix with `reqs`, its baseline
+        taken to `name`, an empty runtime directory."""
+        shutil.rmtree(self.prefix, ignore_errors=True)
+        shutil.rmtree(self.world.runtime, ignore_errors=True)
+        subprocess.run(
+            [python, "-m", "venv", "--without-pip", str(self.prefix)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        uv_install(self.python, self.wheels, *reqs, env=self.world.env)
+        baseline = self.world.tmp / name
+        made = self.world.pkgckpt("baseline", "--env", str(self.prefix), "--output", str(baseline))
+        assert made.returncode == 0, made.stderr
+        return baseline
+
+    def flags(self, baseline: Path) -> list[str]:
+        return [*self.world.flags(self.prefix), "--baseline", str(baseline)]
+
+    def restore(self, baseline: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.world.pkgckpt(
+            "restore", *self.flags(baseline), "--no-index", "--find-links", str(self.wheels),
+            *extra, timeout=600,
+        )  # fmt: skip
+
+    def installed(self) -> dict[str, str]:
+        out = subprocess.run(
+            ["uv", "pip", "list", "--python", str(self.python), "--format", "json"],
+            check=True, capture_output=True, text=True, env=self.world.env,
+        )  # fmt: skip
+        return {p["name"]: p["version"] for p in json.loads(out.stdout)}
+
+    def check(self) -> subprocess.CompletedProcess[str]:
+        """`pip check` of the environment (uv's, the venvs have no pip)."""
+        return subprocess.run(
+            ["uv", "pip", "check", "--python", str(self.python)],
+            capture_output=True, text=True, env=self.world.env,
+        )  # fmt: skip
+
+    def user_changes(self, baseline: Path, installs: list[str], removes: list[str]) -> Delta:
+        """The user's installs and uninstalls, made with uv under the real daemon."""
+        daemon = self.world.daemon(*self.flags(baseline), "--quiet-ms", "100").start()
+        try:
+            if installs:
+                uv_install(self.python, self.wheels, *installs, env=self.world.env)
+            if removes:
+                uv_uninstall(self.python, *removes, env=self.world.env)
+            assert daemon.stop() == 0, daemon.output()
+        finally:
+            daemon.close()
+        return self.world.delta()
+
+
+def recorded_on_v1(tmp_path: Path, wheels: Path, python: str = sys.executable) -> Scenario:
+    s = Scenario(World.make(tmp_path), wheels, tmp_path / "venv")
+    b1 = s.image(python, V1, "b1.json")
+    delta = s.user_changes(b1, USER, REMOVED)
+    assert {p.name for p in delta.removed} == set(REMOVED)
+    assert delta.image == manifest.image_identity(
+        manifest.decode_baseline(b1.read_bytes()).environments[0].packages
+    )
+    changed = {p.name: p.replaced for p in delta.changed}
+    assert changed == {"upg": "1.0", "upg2": "1.0", "down": "2.0", "evaldep": "2.0"}
+    return s
+
+
+HELD_DOWNGRADE = "evaldep 1.0 held back: evalimg 2.0 (image) requires evaldep>=2.0"
+HELD_REMOVAL = "needed 1.0 held back: evalimg 2.0 (image) requires needed"
+
+
+def test_every_row_of_the_rebase_table_on_a_new_image(tmp_path: Path, wheels: Path) -> None:
+    """On image v2, each recorded change gets the table's action; held-back ones are
+    named with the requirement that blocked them, exit 3, and `pip check` is clean."""
+    s = recorded_on_v1(tmp_path, wheels)
+    b2 = s.image(sys.executable, V2, "b2.json")
+
+    dry = s.restore(b2, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    (env_plan,) = json.loads(dry.stdout)["plan"]["environments"]
+    rebase = env_plan["rebase"]
+    assert rebase["image_old"] != rebase["image_new"]
+    actions = {d["name"]: d["action"] for d in rebase["decisions"]}
+    assert actions == {
+        "newpkg": "install",
+        "catchup": "superseded",
+        "olderimg": "install",
+        "upg": "superseded",
+        "upg2": "install",
+        "down": "install",
+        "evaldep": "held-back",
+        "userapp": "install",
+        "gone": "remove",
+        "needed": "held-back",
+        "dropped": "nothing",
+    }
+
+    done = s.restore(b2)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert HELD_DOWNGRADE in done.stdout and HELD_REMOVAL in done.stdout, done.stdout
+    have = s.installed()
+    assert {k: have.get(k) for k in ("newpkg", "catchup", "olderimg", "upg", "upg2")} == {
+        "newpkg": "1.0",
+        "catchup": "1.1",
+        "olderimg": "2.0",
+        "upg": "1.2",
+        "upg2": "1.2",
+    }
+    assert (have["down"], have["evaldep"], have["needed"]) == ("1.0", "2.0", "1.0")
+    assert "gone" not in have and "dropped" not in have
+    assert (have["userapp"], have["libold"]) == ("1.0", "1.0"), "the dependency v2 dropped"
+    check = s.check()
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    # Nothing lost: the held-back and superseded entries stay recorded, marked.
+    delta = s.world.delta()
+    assert {p.name: p.version for p in delta.changed}["evaldep"] == "1.0"
+    assert {p.name for p in delta.added} >= {"catchup", "newpkg"}
+    assert {p.name for p in delta.removed} == set(REMOVED)
+    marks = {r.name: r.state for r in delta.rebased}
+    assert marks == {
+        "evaldep": "held-back",
+        "needed": "held-back",
+        "catchup": "superseded",
+        "upg": "superseded",
+    }
+
+    again = s.restore(b2)
+    assert again.returncode == 3, again.stdout + again.stderr
+    assert again.stdout.startswith("Nothing to restore"), again.stdout
+    assert HELD_DOWNGRADE in again.stdout
+    assert s.installed() == have
+
+
+def test_on_conflict_user_installs_the_users_choice_and_reports_what_breaks(
+    tmp_path: Path, wheels: Path
+) -> None:
+    """`--on-conflict user`: the held-back downgrade and removal are carried out anyway,
+    the broken requirements named, the rest as with the default."""
+    s = recorded_on_v1(tmp_path, wheels)
+    b2 = s.image(sys.executable, V2, "b2.json")
+    done = s.restore(b2, "--on-conflict", "user")
+    assert done.returncode == 0, done.stdout + done.stderr
+    have = s.installed()
+    assert have["evaldep"] == "1.0" and "needed" not in have
+    assert (have["userapp"], have["libold"], have["upg"]) == ("1.0", "1.0", "1.2")
+    assert "broken: evalimg 2.0 requires evaldep>=2.0" in done.stdout, done.stdout
+    assert "broken: evalimg 2.0 requires needed" in done.stdout, done.stdout
+    assert s.check().returncode != 0, "the user chose to break evalimg"
+
+
+def test_same_image_restores_exact_pins_as_before(tmp_path: Path, wheels: Path) -> None:
+    """The same image and interpreter: no rebase, every recorded change put back as it
+    was (even the downgrade v2 would hold back), `pip freeze` as before."""
+    s = recorded_on_v1(tmp_path, wheels)
+    before = s.installed()
+    b1 = s.image(sys.executable, V1, "b1.json")
+    done = s.restore(b1, "--dry-run", "--json")
+    (env_plan,) = json.loads(done.stdout)["plan"]["environments"]
+    assert env_plan["rebase"] is None
+    assert s.restore(b1).returncode == 0
+    assert s.installed() == before
+
+
+def test_a_daemon_on_the_new_image_keeps_what_was_held_back(tmp_path: Path, wheels: Path) -> None:
+    """After the rebase, a daemon on v2 keeps the held-back and superseded entries (and
+    their marks) until the user changes that package here; a later image that lifts the
+    conflict gets the user's version back."""
+    s = recorded_on_v1(tmp_path, wheels)
+    b2 = s.image(sys.executable, V2, "b2.json")
+    assert s.restore(b2).returncode == 3
+    recorded = s.world.delta()
+
+    daemon = s.world.daemon(*s.flags(b2), "--quiet-ms", "100").start()
+    try:
+        uv_install(s.python, s.wheels, "upg2==1.1", env=s.world.env)  # the user's own change
+
+        def moved() -> Delta | None:
+            d = s.world.delta()
+            return d if {p.name: p.version for p in d.changed}.get("upg2") != "1.2" else None
+
+        after = eventually(moved, what="the daemon records the change to upg2")
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+    kept = {(p.name, p.version, p.replaced) for p in after.changed}
+    assert ("evaldep", "1.0", "2.0") in kept and ("upg", "1.1", "1.0") in kept
+    assert "upg2" not in {p.name for p in after.changed}, "v2 ships 1.1: the user's own"
+    added = {p.name for p in after.added}
+    assert added == {p.name for p in recorded.added} | {"libold"}, "v2 dropped libold"
+    assert {p.name for p in after.removed} == set(REMOVED)
+    assert {r.name for r in after.rebased} == {"evaldep", "needed", "catchup", "upg"}
+    assert after.image == recorded.image, "still relative to v1: restore keeps rebasing"
+
+    b3 = s.image(sys.executable, [*V2[1:], "evalimg==3.0"], "b3.json")
+    lifted = s.restore(b3)
+    assert lifted.returncode == 0, lifted.stdout + lifted.stderr
+    have = s.installed()
+    assert (have["evaldep"], "needed" in have) == ("1.0", False)
+    assert s.check().returncode == 0
+    marks = {(r.name, r.state, r.reason) for r in s.world.delta().rebased}
+    assert marks == {
+        ("catchup", "superseded", "the image ships 1.1"),
+        ("upg", "superseded", "the image ships 1.2"),
+    }
+
+
+# -- a new Python at the same prefix -------------------------------------------------------
+
+PYENV = Path.home() / ".pyenv" / "versions"
+
+
+def _other_python() -> str | None:
+    mine = f"{sys.version_info[0]}.{sys.version_info[1]}."
+    for candidate in sorted(PYENV.glob("3.1[0-9].*"), reverse=True):
+        python = candidate / "bin" / "python3"
+        if not candidate.name.startswith(mine) and python.exists():
+            return str(python)
+    return None
+
+
+def _retag(wheel: Path, tag: str) -> Path:
+    """A copy of a pure wheel, renamed and re-tagged for one interpreter's ABI only."""
+    name, version = wheel.name.split("-")[:2]
+    out = wheel.with_name(f"{name}-{version}-{tag}.whl")
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("/WHEEL"):
+                data = data.replace(b"Tag: py3-none-any", f"Tag: {tag}".encode())
+            dst.writestr(info, data)
+    wheel.unlink()
+    return out
+
+
+@pytest.fixture(scope="module")
+def abi_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Pure wheels, a wheel for this interpreter's ABI only, a C sdist, and setuptools."""
+    wheels = tmp_path_factory.mktemp("abi-wheels")
+    for dist in (Dist("imgpkg", "1.0"), Dist("purepkg", "1.0"), Dist("abionly", "1.0")):
+        build_wheel(dist, wheels)
+    mine = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    _retag(wheels / "abionly-1.0-py3-none-any.whl", f"{mine}-{mine}-linux_x86_64")
+    build_c_sdist("fastmath", "1.0", wheels)
+    add_build_backend(wheels)
+    return wheels
+
+
+def test_a_new_python_reinstalls_for_its_abi(tmp_path: Path, abi_wheels: Path) -> None:
+    """v2 is another Python minor at the same prefix: the C sdist is rebuilt for it, a
+    wheel only for the old ABI with no sdist is held back with that reason, the rest is
+    reinstalled, and `pip check` is clean."""
+    other = _other_python()
+    if other is None:
+        pytest.skip("needs a second CPython minor version under ~/.pyenv/versions")
+    s = Scenario(World.make(tmp_path), abi_wheels, tmp_path / "venv")
+    b1 = s.image(sys.executable, ["imgpkg==1.0"], "b1.json")
+    s.user_changes(b1, ["purepkg==1.0", "abionly==1.0", "fastmath==1.0"], [])
+    b2 = s.image(other, ["imgpkg==1.0"], "b2.json")
+    done = s.restore(b2)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "abionly 1.0 held back: no distribution of abionly 1.0 for this interpreter" in (
+        done.stdout
+    ), done.stdout
+    have = s.installed()
+    assert (have["purepkg"], have["fastmath"]) == ("1.0", "1.0") and "abionly" not in have
+    ext = subprocess.run(
+        [str(s.python), "-c", "import fastmath, sys; print(fastmath.add(40, 2), sys.version)"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert ext.stdout.startswith("42 "), ext.stderr
+    assert s.check().returncode == 0
+    assert {p.name for p in s.world.delta().added} == {"purepkg", "abionly", "fastmath"}
