@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
@@ -33,6 +33,11 @@ from .durable import atomic_write
 from .errors import PkgckptError
 from .manifest import Change, Environment, Package
 from .store import open_store
+
+if TYPE_CHECKING:
+    # Reports are only encoded, which needs no annotations resolved: the daemon imports
+    # this module and must not import restore.
+    from .restore.rebase import Rebase
 
 Phase = Literal["starting", "watching", "stopping", "stopped"]
 
@@ -196,6 +201,9 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     """Recorded packages the last restores in a row failed (`pkgckpt forget` stops them)."""
     stale_locks: tuple[str, ...] = ()
     """R `00LOCK-*` directories left by interrupted installs: not waited for."""
+    rebase: Rebase | None = None
+    """The record read against this container's new image or interpreter, as restore
+    would read it (None: the same ones)."""
 
 
 class Checkpoint(_Out, frozen=True, kw_only=True):
@@ -256,6 +264,28 @@ def _recorded(delta: manifest.Delta, env: Environment) -> EnvReport:
     )
 
 
+def _rebase(
+    config: Config,
+    target: inventory.Target,
+    baseline: manifest.Baseline | None,
+    delta: manifest.Delta,
+    live: Mapping[str, Package],
+) -> Rebase | None:
+    """How restore would rebase `delta` here, when this container runs another image or
+    interpreter than the record's."""
+    if target.env.kind != "python" or delta.is_empty():
+        return None
+    from .restore.rebase import needed, rebase
+    from .restore.validate import canonical
+
+    now = {canonical(p.name): p for p in live.values()}
+    inv = baseline.inventory(target.env) if baseline is not None else None
+    image = list(inv.packages) if inv is not None else list(now.values())
+    if not image or not needed(delta, target.env, image):
+        return None
+    return rebase(delta, target, image, now, config)
+
+
 def collect(config: Config) -> Report:
     """Everything `pkgckpt status` shows; reads only, never writes or takes a baseline."""
     store = open_store(config)
@@ -287,6 +317,11 @@ def collect(config: Config) -> Report:
             continue
         pending = tuple(tracker.observe(env, obs))
         unrestored = _restore_would(obs.packages, delta)
+        rebase = _rebase(config, target, baseline, delta, obs.packages)
+        if rebase is not None:
+            acting = {d.name for d in rebase.decisions if d.action in ("install", "remove")}
+            unrestored = tuple(c for c in unrestored if c.name in acting)
+            report = msgspec.structs.replace(report, rebase=rebase)
         stale = tuple(sorted(target.last.stale))
         envs.append(
             msgspec.structs.replace(
@@ -443,6 +478,7 @@ def to_text(report: Report) -> str:
             *_changes("pending", e.pending),
             *_changes("restore", e.unrestored),
             *_failing(e.failing),
+            *(e.rebase.render() if e.rebase is not None else ()),
         ]
         lines.extend(body or ["    nothing recorded"])
     return "\n".join(lines) + "\n"

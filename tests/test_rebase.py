@@ -92,6 +92,7 @@ class Scenario:
     world: World
     wheels: Path
     prefix: Path
+    installer: str = "auto"
 
     @property
     def python(self) -> Path:
@@ -118,7 +119,7 @@ class Scenario:
     def restore(self, baseline: Path, *extra: str) -> subprocess.CompletedProcess[str]:
         return self.world.pkgckpt(
             "restore", *self.flags(baseline), "--no-index", "--find-links", str(self.wheels),
-            *extra, timeout=600,
+            "--installer", self.installer, *extra, timeout=600,
         )  # fmt: skip
 
     def installed(self) -> dict[str, str]:
@@ -166,10 +167,14 @@ HELD_DOWNGRADE = "evaldep 1.0 held back: evalimg 2.0 (image) requires evaldep>=2
 HELD_REMOVAL = "needed 1.0 held back: evalimg 2.0 (image) requires needed"
 
 
-def test_every_row_of_the_rebase_table_on_a_new_image(tmp_path: Path, wheels: Path) -> None:
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_every_row_of_the_rebase_table_on_a_new_image(
+    tmp_path: Path, wheels: Path, installer: str
+) -> None:
     """On image v2, each recorded change gets the table's action; held-back ones are
     named with the requirement that blocked them, exit 3, and `pip check` is clean."""
     s = recorded_on_v1(tmp_path, wheels)
+    s.installer = installer
     b2 = s.image(sys.executable, V2, "b2.json")
 
     dry = s.restore(b2, "--dry-run", "--json")
@@ -191,6 +196,12 @@ def test_every_row_of_the_rebase_table_on_a_new_image(tmp_path: Path, wheels: Pa
         "needed": "held-back",
         "dropped": "nothing",
     }
+
+    status = s.world.pkgckpt("status", *s.flags(b2), "--json")
+    assert status.returncode == 0, status.stderr
+    (shown,) = [e for e in json.loads(status.stdout)["environments"] if not e["env"].get("user")]
+    assert {d["name"]: d["action"] for d in shown["rebase"]["decisions"]} == actions
+    assert HELD_DOWNGRADE in s.world.pkgckpt("status", *s.flags(b2)).stdout
 
     done = s.restore(b2)
     assert done.returncode == 3, done.stdout + done.stderr
