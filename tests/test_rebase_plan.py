@@ -1,0 +1,195 @@
+"""The rebase planner's parts without installers: image identity, markers for the target
+interpreter, hostile metadata, and the daemon's record on a new image (restore/rebase.py,
+checkpoint.py). The whole restore runs on real venvs in test_rebase.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from pkgckpt import manifest
+from pkgckpt.checkpoint import Observation, Tracker
+from pkgckpt.config import Config
+from pkgckpt.inventory import Target
+from pkgckpt.manifest import (
+    Baseline,
+    Body,
+    Delta,
+    Environment,
+    Inventory,
+    Manifest,
+    Package,
+    Rebased,
+    VcsSource,
+)
+from pkgckpt.restore.python import _pin
+from pkgckpt.restore.rebase import _Dist, installed_metadata, needed, rebase, violations
+
+PY311 = Environment(kind="python", path="/opt/venv", interpreter="3.11.7")
+PY312 = msgspec.structs.replace(PY311, interpreter="3.12.1")
+
+
+def pkgs(*specs: str) -> dict[str, Package]:
+    out = {}
+    for spec in specs:
+        name, version = spec.split("==")
+        out[name] = Package(name=name, version=version)
+    return out
+
+
+def dist_info(root: Path, name: str, version: str, *requires: str) -> None:
+    info = root / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    lines = [f"Name: {name}", f"Version: {version}", *(f"Requires-Dist: {r}" for r in requires)]
+    (info / "METADATA").write_text("Metadata-Version: 2.1\n" + "\n".join(lines) + "\n")
+
+
+def test_identical_images_have_identical_identities() -> None:
+    """The identity is over sorted (name, version) pairs: order and other fields do not
+    count, a version does."""
+    a = pkgs("numpy==1.26.0", "six==1.16.0")
+    b = {"six": Package(name="six", version="1.16.0", installer="uv"), "numpy": a["numpy"]}
+    assert manifest.image_identity(a.values()) == manifest.image_identity(b.values())
+    c = pkgs("numpy==1.26.1", "six==1.16.0")
+    assert manifest.image_identity(a.values()) != manifest.image_identity(c.values())
+
+
+def test_a_manifest_without_the_new_fields_still_reads() -> None:
+    """A manifest written before image identities decodes, with no identity: restore then
+    takes it for the same image, as before."""
+    old = Body(environments=(Delta(env=PY311, changed=tuple(pkgs("six==1.0").values())),))
+    data = manifest.encode(Manifest(generation=1, body=old))
+    assert b'"image"' not in data and b'"replaced"' not in data
+    (delta,) = manifest.decode(data).body.environments
+    assert delta.image is None and delta.changed[0].replaced is None
+    assert not needed(delta, PY311, list(pkgs("six==2.0").values()))
+
+
+def test_rebase_is_needed_for_another_image_or_python_minor_only() -> None:
+    """Same identity and Python minor: the fast path; another image, another minor, or
+    another implementation: a rebase. A new patch release is the same interpreter."""
+    image = list(pkgs("six==1.16.0").values())
+    same = Delta(env=PY311, image=manifest.image_identity(image))
+    assert not needed(same, msgspec.structs.replace(PY311, interpreter="3.11.9"), image)
+    assert needed(same, PY312, image)
+    assert needed(same, msgspec.structs.replace(PY311, implementation="pypy"), image) is False
+    pypy = msgspec.structs.replace(PY311, implementation="cpython")
+    assert needed(
+        msgspec.structs.replace(same, env=pypy),
+        msgspec.structs.replace(PY311, implementation="pypy"),
+        image,
+    )
+    assert needed(same, PY311, list(pkgs("six==1.17.0").values()))
+
+
+def test_markers_are_evaluated_for_the_target_interpreter() -> None:
+    """A requirement behind `python_version < "3.12"` binds on 3.11 and not on 3.12; an
+    extra's requirement binds only when something asks for that extra."""
+    from pkgckpt.restore.rebase import markers_for
+
+    state = {
+        "img": _Dist("img", "1.0", "image", ['dep>=2; python_version < "3.12"', "opt[fast]"]),
+        "dep": _Dist("dep", "1.0", "planned", []),
+        "opt": _Dist("opt", "1.0", "image", ['accel>=1; extra == "fast"', 'slow; extra == "x"']),
+    }
+    on311 = {(d.name, str(r)) for d, r in violations(state, markers_for(PY311))}
+    on312 = {(d.name, str(r)) for d, r in violations(state, markers_for(PY312))}
+    assert on311 == {
+        ("img", 'dep>=2; python_version < "3.12"'),
+        ("opt", 'accel>=1; extra == "fast"'),
+    }
+    assert on312 == {("opt", 'accel>=1; extra == "fast"')}
+
+
+def test_planted_metadata_is_skipped_not_trusted(tmp_path: Path) -> None:
+    """A dist-info whose Name is not a distribution name, a METADATA over the size limit
+    and a METADATA that is a symlink are all left out of the check."""
+    site = tmp_path / "site"
+    dist_info(site, "good", "1.0", "dep>=1")
+    dist_info(site, "--index-url=https:--evil", "1.0")
+    dist_info(site, "huge", "1.0")
+    (site / "huge-1.0.dist-info" / "METADATA").write_bytes(b"Name: huge\n" + b"x" * (2 << 20))
+    dist_info(site, "linked", "1.0")
+    meta = site / "linked-1.0.dist-info" / "METADATA"
+    meta.unlink()
+    meta.symlink_to(site / "good-1.0.dist-info" / "METADATA")
+    assert installed_metadata([site]) == {"good": ("1.0", ["dep>=1"])}
+
+
+def test_constraints_are_validated_pins_only(tmp_path: Path) -> None:
+    """Nothing but `name==version` with a valid name and version reaches the constraints
+    file: a requirements-file option in a planted name does not."""
+    assert _pin("six==1.16.0")
+    assert not _pin("--index-url==1.0")
+    assert not _pin("six==1.0\n--index-url https://evil")
+    assert not _pin("six>=1.0")
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    live = {
+        "six": Package(name="six", version="1.16.0"),
+        "-e evil": Package(name="-e evil", version="1.0"),
+    }
+    target = Target(env=PY311, roots=(site,))
+    delta = Delta(env=PY311, added=tuple(pkgs("newpkg==1.0").values()), image="sha256:old")
+    planned = rebase(delta, target, [live["six"]], live, Config(store=tmp_path / "s", key="k"))
+    assert planned.constraints == ("six==1.16.0",)
+    assert [d.action for d in planned.decisions] == ["install"]
+
+
+def test_the_same_version_from_a_vcs_is_not_superseded_by_the_image(tmp_path: Path) -> None:
+    """An addition from a VCS commit, where the image now ships the same version from an
+    index, is still the user's to reinstall; from an index it is superseded."""
+    site = tmp_path / "site"
+    site.mkdir()
+    vcs = VcsSource(vcs="git", url="https://example.org/tool.git", commit="a" * 40)
+    added = (
+        Package(name="tool", version="0.3", source=vcs),
+        Package(name="plain", version="0.3"),
+    )
+    image = list(pkgs("tool==0.3", "plain==0.3").values())
+    delta = Delta(env=PY311, added=added, image="sha256:old")
+    target = Target(env=PY311, roots=(site,))
+    live = {p.name: p for p in image}
+    planned = rebase(delta, target, image, live, Config(store=tmp_path / "s", key="k"))
+    assert {d.name: d.action for d in planned.decisions} == {
+        "plain": "superseded",
+        "tool": "install",
+    }
+
+
+def test_a_daemon_on_a_new_image_keeps_untouched_entries_as_recorded() -> None:
+    """On another image, an addition the image now ships, a downgrade the image needs
+    undone, and a removal of a package the image dropped all stay as recorded (with
+    their marks) until the user changes that package; the record stays relative to the
+    old image while any of them remains."""
+    v1 = pkgs("catchup==0.1", "evaldep==2.0", "dropped==1.0")
+    v2 = pkgs("catchup==1.1", "evaldep==2.1")
+    user = Package(name="evaldep", version="1.0", replaced="2.0")
+    mark = Rebased(name="evaldep", version="1.0", state="held-back", reason="img needs it")
+    record = Delta(
+        env=PY311,
+        added=(Package(name="newer", version="1.0"),),
+        changed=(Package(name="catchup", version="1.0", replaced="0.1"), user),
+        removed=(v1["dropped"],),
+        image=manifest.image_identity(v1.values()),
+        rebased=(mark,),
+    )
+    baseline = Baseline(environments=(Inventory(env=PY311, packages=tuple(v2.values())),))
+    t = Tracker(baseline, Manifest(generation=1, body=Body(environments=(record,))))
+    assert t.observe(PY311, Observation({**v2, **pkgs("newer==1.0")})) == []
+    kept = t.body().delta(PY311)
+    assert kept is not None
+    assert (kept.added, kept.changed, kept.removed) == (
+        record.added,
+        record.changed,
+        record.removed,
+    )
+    assert kept.rebased == (mark,) and kept.image == record.image
+
+    # The user upgrades evaldep here: that entry is now theirs against this image.
+    t.observe(PY311, Observation({**v2, **pkgs("newer==1.0", "evaldep==3.0")}))
+    now = t.body().delta(PY311)
+    assert now is not None and now.rebased == ()
+    assert {p.name: (p.version, p.replaced) for p in now.changed}["evaldep"] == ("3.0", "2.1")
+    assert now.image == record.image, "catchup and dropped are still relative to v1"
