@@ -58,9 +58,7 @@ read becomes an installer option (constraints are validated `name==version` line
 
 from __future__ import annotations
 
-import email.parser
 import os
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -204,6 +202,9 @@ class _Dist:
 
 
 def _requires(text: str) -> tuple[str | None, str | None, list[str]]:
+    # Imported here, as zipfile below: the same-image restore never needs them.
+    import email.parser
+
     message = email.parser.Parser().parsestr(text, headersonly=True)
     return message.get("Name"), message.get("Version"), message.get_all("Requires-Dist") or []
 
@@ -283,23 +284,37 @@ def markers_for(env: Environment) -> dict[str, str]:
 
 
 class _Wheels:
-    """The find-links directories' distributions: wheel METADATA without installing."""
+    """The find-links directories' distributions: wheel METADATA without installing.
+
+    Listed once and grouped by the name a file name starts with, so that a plan of n
+    packages parses only each package's own files, not n times the whole directory.
+    """
 
     def __init__(self, links: Sequence[str], tags: Sequence[Tag]) -> None:
         local = (_local(link) for link in links)
         self.dirs = [Path(path) for path in local if path is not None]
         self.rank = {t: i for i, t in enumerate(tags)}
-        self._listing: list[tuple[Path, str]] | None = None
+        self._wheels: dict[str, list[Path]] | None = None
+        self._sdists: dict[str, list[str]] = {}
+        self._requires: dict[tuple[str, str], list[str] | None] = {}
 
-    def _files(self) -> list[tuple[Path, str]]:
-        if self._listing is None:
-            self._listing = []
+    def _index(self) -> dict[str, list[Path]]:
+        if self._wheels is None:
+            self._wheels = {}
             for d in self.dirs:
                 try:
-                    self._listing += sorted((p, p.name) for p in d.iterdir())
+                    entries = sorted(d.iterdir())
                 except OSError:
                     continue
-        return self._listing
+                for path in entries:
+                    name = path.name
+                    if name.endswith(".whl"):
+                        self._wheels.setdefault(canonical(name.split("-")[0]), []).append(path)
+                    for suffix in (".tar.gz", ".zip"):
+                        if name.endswith(suffix):
+                            stem, _, v = name.removesuffix(suffix).rpartition("-")
+                            self._sdists.setdefault(canonical(stem), []).append(v)
+        return self._wheels
 
     def best(self, name: str, version: str) -> Path | None:
         """The best fitting wheel of `name==version` in the find-links; None: none."""
@@ -307,11 +322,9 @@ class _Wheels:
 
         want = _version(version)
         best: tuple[int, Path] | None = None
-        for path, filename in self._files():
-            if not filename.endswith(".whl"):
-                continue
+        for path in self._index().get(canonical(name), ()):
             try:
-                wname, wversion, _, wtags = parse_wheel_filename(filename)
+                wname, wversion, _, wtags = parse_wheel_filename(path.name)
             except InvalidWheelFilename:
                 continue
             if wname != canonical(name) or wversion != want:
@@ -322,18 +335,16 @@ class _Wheels:
         return best[1] if best else None
 
     def sdist(self, name: str, version: str) -> bool:
+        self._index()
         want = _version(version)
-        for _, filename in self._files():
-            for suffix in (".tar.gz", ".zip"):
-                if filename.endswith(suffix):
-                    stem, _, v = filename.removesuffix(suffix).rpartition("-")
-                    if canonical(stem) == canonical(name) and _version(v) == want:
-                        return True
-        return False
+        return any(_version(v) == want for v in self._sdists.get(canonical(name), ()))
 
     def requires(self, name: str, version: str) -> list[str] | None:
-        wheel = self.best(name, version)
-        return None if wheel is None else wheel_requires(wheel)
+        key = (canonical(name), version)
+        if key not in self._requires:
+            wheel = self.best(name, version)
+            self._requires[key] = None if wheel is None else wheel_requires(wheel)
+        return self._requires[key]
 
 
 def _local(link: str) -> str | None:
@@ -347,6 +358,8 @@ def _local(link: str) -> str | None:
 
 def wheel_requires(wheel: Path) -> list[str] | None:
     """The Requires-Dist of a wheel, read from its `.dist-info/METADATA` (None: unreadable)."""
+    import zipfile
+
     try:
         with zipfile.ZipFile(wheel) as zf:
             for info in zf.infolist():
