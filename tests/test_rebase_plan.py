@@ -193,3 +193,16 @@ def test_a_daemon_on_a_new_image_keeps_untouched_entries_as_recorded() -> None:
     assert now is not None and now.rebased == ()
     assert {p.name: (p.version, p.replaced) for p in now.changed}["evaldep"] == ("3.0", "2.1")
     assert now.image == record.image, "catchup and dropped are still relative to v1"
+
+
+def test_metadata_header_is_read_up_to_the_body_only() -> None:
+    """Name, Version and Requires-Dist come from the header: a continued line is joined,
+    the first Name wins, and a `Requires-Dist:` line in the description body is text."""
+    from pkgckpt.restore.rebase import _requires
+
+    text = (
+        "Metadata-Version: 2.1\nName: good\nVersion: 1.0\nName: other\n"
+        'Requires-Dist: dep>=1;\n python_version >= "3.8"\nRequires-Dist: six\n'
+        "\nRequires-Dist: not-a-requirement\n"
+    )
+    assert _requires(text) == ("good", "1.0", ['dep>=1; python_version >= "3.8"', "six"])

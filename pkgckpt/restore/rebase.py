@@ -202,11 +202,23 @@ class _Dist:
 
 
 def _requires(text: str) -> tuple[str | None, str | None, list[str]]:
-    # Imported here, as zipfile below: the same-image restore never needs them.
-    import email.parser
-
-    message = email.parser.Parser().parsestr(text, headersonly=True)
-    return message.get("Name"), message.get("Version"), message.get_all("Requires-Dist") or []
+    """Name, Version and every Requires-Dist of a METADATA file's header (RFC 822 style:
+    it ends at the first empty line; an indented line continues the one before). The
+    email package reads it too, at ~10 ms of imports that a restore would pay for three
+    fields."""
+    fields: list[list[str]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        if line[0] in " \t" and fields:
+            fields[-1][1] += " " + line.strip()
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.append([key.strip().lower(), value.strip()])
+    found = {k: v for k, v in reversed(fields)}
+    requires = [v for k, v in fields if k == "requires-dist"]
+    return found.get("name"), found.get("version"), requires
 
 
 def _read_bounded(path: Path) -> str | None:
