@@ -281,7 +281,7 @@ def _rebase(
     now = {canonical(p.name): p for p in live.values()}
     inv = baseline.inventory(target.env) if baseline is not None else None
     image = list(inv.packages) if inv is not None else list(now.values())
-    if not image or not needed(delta, target.env, image):
+    if (baseline is not None and inv is None) or not needed(delta, target.env, image):
         return None
     return rebase(delta, target, image, now, config)
 

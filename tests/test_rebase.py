@@ -379,3 +379,24 @@ def test_a_new_python_reinstalls_for_its_abi(tmp_path: Path, abi_wheels: Path) -
     assert ext.stdout.startswith("42 "), ext.stderr
     assert s.check().returncode == 0
     assert {p.name for p in s.world.delta().added} == {"purepkg", "abionly", "fastmath"}
+
+
+def test_a_dependency_nowhere_to_be_found_fails_its_package_only(
+    tmp_path: Path, wheels: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A user package whose dependency v2 dropped and no find-links holds fails with the
+    installer's own message; the other packages of the rebase are installed."""
+    s = recorded_on_v1(tmp_path, wheels)
+    b2 = s.image(sys.executable, V2, "b2.json")
+    without = tmp_path_factory.mktemp("without-libold")
+    for wheel in wheels.glob("*.whl"):
+        if not wheel.name.startswith("libold-"):
+            shutil.copy(wheel, without)
+    s.wheels = without
+    done = s.restore(b2)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "failed to install userapp 1.0" in done.stdout and "libold" in done.stdout
+    have = s.installed()
+    assert "userapp" not in have and "libold" not in have
+    assert (have["newpkg"], have["upg2"], have["down"]) == ("1.0", "1.2", "1.0")
+    assert s.check().returncode == 0

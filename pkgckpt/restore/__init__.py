@@ -481,13 +481,16 @@ def _read(config: Config) -> Manifest | None:
     return manifest
 
 
-def _image(baseline: Baseline | None, target: Target, now: Mapping[str, Package]) -> list[Package]:
+def _image(
+    baseline: Baseline | None, target: Target, now: Mapping[str, Package]
+) -> list[Package] | None:
     """What the image ships in `target`: the baseline's record, else (no baseline yet, a
-    dry run in a fresh container) what is installed now."""
+    dry run in a fresh container) what is installed now; None: not known (an
+    environment the baseline does not list)."""
     if baseline is None:
         return list(now.values())
     inventory = baseline.inventory(target.env)
-    return list(inventory.packages) if inventory is not None else []
+    return list(inventory.packages) if inventory is not None else None
 
 
 def _rebased(
@@ -558,7 +561,7 @@ def _plan(
             from .rebase import needed
 
             image = _image(baseline, target, now)
-            if image and needed(delta, target.env, image):
+            if image is not None and needed(delta, target.env, image):
                 from .rebase import rebase as read_against
 
                 rebase = read_against(delta, target, image, now, config)
