@@ -211,3 +211,19 @@ def test_message_is_bounded_and_shows_hostile_text_escaped() -> None:
     message = str(info.value)
     assert "\x1b" not in message and "\\x1b" in message
     assert "and 990 more" in message and len(message) < 2000
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        Delta(env=PY, changed=(Package(name="six", version="1.0", replaced="1.0\x1b[2J"),)),
+        Delta(env=PY, image="sha256:\x1b]0;owned\x07"),
+        Delta(env=Environment(kind="python", path="/opt/venv", interpreter="3.12\nfake")),
+        Delta(env=R, changed=(Package(name="Rcpp", version="1.0.12", replaced="latest"),)),
+    ],
+)
+def test_hostile_rebase_fields_refuse_the_manifest(delta: Delta) -> None:
+    """What a rebase plan shows from the store (the replaced version, the image identity,
+    the interpreter) must be a version, a digest, a version: else nothing is installed."""
+    with pytest.raises(ManifestError):
+        validate.check_body(Body(environments=(delta,)))

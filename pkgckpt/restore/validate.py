@@ -67,6 +67,8 @@ _CONDA_CHANNEL = re.compile(
     r"|(?:https|file)://[A-Za-z0-9_.~%/:@-]+",
     re.ASCII,
 )
+_IMAGE = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
+_INTERPRETER = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}", re.ASCII)
 VCS = frozenset({"git", "hg", "svn", "bzr"})
 
 _py_version: re.Pattern[str] | None = None
@@ -232,8 +234,18 @@ def delta_problems(delta: Delta) -> Iterator[str]:
         yield from _conda_problems(delta, where)
         return
     python = delta.env.kind == "python"
+    # Shown in the rebase plan (restore/rebase.py): never control characters from the store.
+    if delta.image is not None and _IMAGE.fullmatch(delta.image) is None:
+        yield f"{where}: {_show(delta.image)} is not an image identity"
+    if delta.env.interpreter is not None and _INTERPRETER.fullmatch(delta.env.interpreter) is None:
+        yield f"{where}: {_show(delta.env.interpreter)} is not an interpreter version"
     seen: set[str] = set()
     for package in (*delta.added, *delta.changed, *delta.removed):
+        if package.replaced is not None and not (
+            python_version(package.replaced) if python else r_version(package.replaced)
+        ):
+            yield f"{where}: {_show(package.name)}: {_show(package.replaced)} is not a version"
+            continue
         if python:
             if not python_name(package.name):
                 yield f"{where}: {_show(package.name)} is not a valid distribution name"
