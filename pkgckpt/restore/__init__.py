@@ -852,7 +852,12 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
         report = Report(plan=the_plan)
     else:
         report = _apply(the_plan, config, found, deadline, progress or _terminal_progress())
-    marks = any(e.rebase is not None for e in the_plan.environments)
+    marks = any(
+        d.action in ("superseded", "held-back")
+        for e in the_plan.environments
+        if e.rebase is not None
+        for d in e.rebase.decisions
+    )
     if manifest is not None and (
         report.failures or marks or any(d.failing or d.rebased for d in manifest.body.deltas())
     ):
