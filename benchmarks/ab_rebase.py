@@ -19,7 +19,11 @@ the wheelhouse), a cold uv cache, an empty runtime directory, `--no-index --find
   same image (REV)  the earlier commit on the same manifest
   uv --no-deps      `uv pip install --no-deps -r <the 40 pins>`: the same-image peer
 
-Prints min and median wall time of the whole process and the load average around it.
+Prints min and median wall time of the whole process and the load average around it;
+then the plan alone (`restore._plan`: read the image's and the wheels' metadata,
+classify, check) in a fresh process of this tree, first call (imports included) and best
+of 20 after it, for the rebase and for the same image: what the rebase adds to a restore
+beyond the installer's own work.
 """
 
 from __future__ import annotations
@@ -46,6 +50,26 @@ from pkgckpt.inventory import targets  # noqa: E402
 from pkgckpt.manifest import Body, Delta, Package, image_identity  # noqa: E402
 
 UV = shutil.which("uv") or "uv"
+PLAN = """
+import sys, time
+from pathlib import Path
+from pkgckpt.config import Config
+from pkgckpt.inventory import load_baseline, targets
+from pkgckpt.restore import _plan
+from pkgckpt.store import Store
+
+store, venv, baseline, wheels, run = sys.argv[1:6]
+config = Config(store=Path(store), key="bench", env=(Path(venv),), baseline=Path(baseline),
+                find_links=(wheels,), no_index=True, runtime_dir=Path(run))
+found, image, manifest = targets(config), load_baseline(config), Store(Path(store), "bench").read()
+times = []
+for _ in range(21):
+    start = time.perf_counter()
+    plan = _plan(config, manifest, found, image)
+    times.append((time.perf_counter() - start) * 1000)
+assert len(plan.environments[0].install) == 40
+print(f"{times[0]:.1f} {min(times[1:]):.1f}")
+"""
 IMAGE = 20
 USER = 40
 
@@ -138,6 +162,20 @@ def main(rev: str, rounds: int) -> None:
         print("| contender | min | median |\n|---|---|---|")
         for label, values in times.items():
             print(f"| {label} | {min(values):.0f} ms | {statistics.median(values):.0f} ms |")
+        fresh()
+        print("| plan alone (this tree, fresh process) | first call | best of 20 after |")
+        print("|---|---|---|")
+        for label, store in (("rebase", "v1"), ("same image", "v2")):
+            firsts, bests = [], []
+            for _ in range(5):
+                out = subprocess.run(
+                    [str(after), "-c", PLAN, str(stores[store]), str(venv), str(baseline),
+                     str(wheels), str(root / "run")],
+                    check=True, env=env, capture_output=True, text=True,
+                ).stdout.split()  # fmt: skip
+                firsts.append(float(out[0]))
+                bests.append(float(out[1]))
+            print(f"| {label} | {min(firsts):.1f} ms | {min(bests):.1f} ms |")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
