@@ -259,6 +259,8 @@ def restore(cfg: config.Config, dry_run: bool, as_json: bool) -> int:
     packages at their exact versions and removes the image packages the user removed;
     nothing else. Run twice, the second run does nothing and says so. Index settings come
     from these flags, the config or the installer's own configuration, never the store.
+    On a new image or Python, the record is rebased: what would break an image package is
+    held back and named (exit 3) unless --on-conflict user.
     """
     from . import restore as restore_
 

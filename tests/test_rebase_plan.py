@@ -67,8 +67,8 @@ def test_a_manifest_without_the_new_fields_still_reads() -> None:
 
 
 def test_rebase_is_needed_for_another_image_or_python_minor_only() -> None:
-    """Same identity and Python minor: the fast path; another image, another minor, or
-    another implementation: a rebase. A new patch release is the same interpreter."""
+    """Same identity and Python minor: the fast path; another image, another minor,
+    implementation or platform: a rebase. A new patch release is the same interpreter."""
     image = list(pkgs("six==1.16.0").values())
     same = Delta(env=PY311, image=manifest.image_identity(image))
     assert not needed(same, msgspec.structs.replace(PY311, interpreter="3.11.9"), image)
@@ -81,6 +81,8 @@ def test_rebase_is_needed_for_another_image_or_python_minor_only() -> None:
         image,
     )
     assert needed(same, PY311, list(pkgs("six==1.17.0").values()))
+    x86 = msgspec.structs.replace(same, env=msgspec.structs.replace(PY311, platform="linux_x86_64"))
+    assert needed(x86, msgspec.structs.replace(PY311, platform="linux_aarch64"), image)
 
 
 def test_markers_are_evaluated_for_the_target_interpreter() -> None:

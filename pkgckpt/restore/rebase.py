@@ -6,8 +6,8 @@ The API `restore/__init__.py` calls:
     needed(delta, env, image) -> bool
         Whether the record must be rebased: it is relative to another image (`Delta.image`
         differs from `image_identity` of this container's baseline) or another
-        interpreter (Python major.minor or implementation). Otherwise restore stays as it
-        always was: exact pins, `--no-deps`, nothing read but the scan.
+        interpreter (Python major.minor, implementation or platform tag). Otherwise
+        restore stays as it always was: exact pins, `--no-deps`, nothing read but the scan.
     rebase(delta, target, image, live, config) -> Rebase
         Every recorded entry classified (`Decision`), the consistency check done, and the
         pins the installer must keep (`Rebase.constraints`).
@@ -161,11 +161,13 @@ def needed(delta: Delta, env: Environment, image: Sequence[Package]) -> bool:
 
 
 def new_interpreter(old: Environment, new: Environment) -> bool:
-    """Another Python minor version or implementation (None: not known, taken as same)."""
+    """Another Python minor version, implementation or platform (a field not known on
+    either side is taken as the same)."""
+    for a, b in ((old.implementation, new.implementation), (old.platform, new.platform)):
+        if a and b and a != b:
+            return True
     if old.interpreter is None or new.interpreter is None:
         return False
-    if old.implementation and new.implementation and old.implementation != new.implementation:
-        return True
     return _minor(old.interpreter) != _minor(new.interpreter)
 
 
