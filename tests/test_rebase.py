@@ -5,6 +5,7 @@ its baseline file, the user's changes made with uv under the real daemon on v1, 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -233,10 +234,14 @@ def test_every_row_of_the_rebase_table_on_a_new_image(
         "upg": "superseded",
     }
 
+    # No installer on PATH: the second restore must not need one.
+    s.world.env["PATH"] = "/usr/bin:/bin"
+    s.installer = "auto"
     again = s.restore(b2)
     assert again.returncode == 3, again.stdout + again.stderr
     assert again.stdout.startswith("Nothing to restore"), again.stdout
     assert HELD_DOWNGRADE in again.stdout
+    s.world.env["PATH"] = os.environ["PATH"]
     assert s.installed() == have
 
 
