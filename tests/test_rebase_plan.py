@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+from wheelhouse import Dist, build_wheel
 
 from pkgckpt import manifest
 from pkgckpt.checkpoint import Observation, Tracker
@@ -208,3 +209,28 @@ def test_metadata_header_is_read_up_to_the_body_only() -> None:
         "\nRequires-Dist: not-a-requirement\n"
     )
     assert _requires(text) == ("good", "1.0", ['dep>=1; python_version >= "3.8"', "six"])
+
+
+def test_a_user_package_the_image_contradicts_is_held_back_from_its_wheel(
+    tmp_path: Path,
+) -> None:
+    """The planned wheel's METADATA (from the find-links, not installed) requires
+    `evaldep<2`; the image keeps evaldep 2.0: the package is held back with that reason,
+    while one whose dependency is missing altogether is left to the installer."""
+    links = tmp_path / "links"
+    build_wheel(Dist("olduser", "1.0", requires=["evaldep<2"]), links)
+    build_wheel(Dist("needsgone", "1.0", requires=["gonedep>=1"]), links)
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    dist_info(site, "evaldep", "2.0")
+    image = list(pkgs("evaldep==2.0").values())
+    delta = Delta(
+        env=PY311, added=tuple(pkgs("olduser==1.0", "needsgone==1.0").values()), image="x"
+    )
+    config = Config(store=tmp_path / "s", key="k", find_links=(str(links),), no_index=True)
+    live = {p.name: p for p in image}
+    planned = rebase(delta, Target(env=PY311, roots=(site,)), image, live, config)
+    decided = {d.name: (d.action, d.reason) for d in planned.decisions}
+    assert decided == {
+        "olduser": ("held-back", "requires evaldep<2, and evaldep 2.0 (image) stays"),
+        "needsgone": ("install", "added by the user"),
+    }
