@@ -234,3 +234,23 @@ def test_a_user_package_the_image_contradicts_is_held_back_from_its_wheel(
         "olduser": ("held-back", "requires evaldep<2, and evaldep 2.0 (image) stays"),
         "needsgone": ("install", "added by the user"),
     }
+
+
+def test_a_reason_from_planted_metadata_is_printable(tmp_path: Path) -> None:
+    """A marker may quote any character: the held-back reason built from it carries no
+    terminal control sequence."""
+    site = tmp_path / "site"
+    dist_info(site, "evalimg", "2.0", 'evaldep>=2; python_version != "\x1b]0;owned\x07"')
+    dist_info(site, "evaldep", "2.0")
+    image = list(pkgs("evalimg==2.0", "evaldep==2.0").values())
+    delta = Delta(
+        env=PY311,
+        changed=(Package(name="evaldep", version="1.0", replaced="2.0"),),
+        image="x",
+    )
+    live = {p.name: p for p in image}
+    config = Config(store=tmp_path / "s", key="k")
+    planned = rebase(delta, Target(env=PY311, roots=(site,)), image, live, config)
+    (held,) = planned.held_back()
+    assert held.reason.startswith("evalimg 2.0 (image) requires evaldep>=2")
+    assert held.reason.isprintable()

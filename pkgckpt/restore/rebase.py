@@ -111,10 +111,7 @@ class Decision(_Out, frozen=True, kw_only=True):
     def render(self) -> str:
         if self.action == "held-back":
             return f"{self.name} {self.version} held back: {self.reason}"
-        verb = {"remove": "remove", "install": "install", "superseded": "superseded"}.get(
-            self.action, "nothing"
-        )
-        return f"{verb:<10} {self.name} {self.version}: {self.reason}"
+        return f"{self.action:<10} {self.name} {self.version}: {self.reason}"
 
 
 class Rebase(_Out, frozen=True, kw_only=True):
@@ -143,6 +140,12 @@ class Rebase(_Out, frozen=True, kw_only=True):
         lines += [f"  {d.render()}" for d in self.decisions if d.action != "nothing"]
         lines += [f"  broken: {b} (--on-conflict user)" for b in self.broken]
         return lines
+
+
+def _printable(text: str) -> str:
+    """A reason built from METADATA files, safe on a terminal: a requirement's marker may
+    quote any character."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _short(identity: str | None) -> str:
@@ -551,7 +554,7 @@ def rebase(
                 )
         mine = {canonical(n) for n in forced}
         broken = [
-            f"{d.name} {d.version} requires {r}"
+            _printable(f"{d.name} {d.version} requires {r}")
             for d, r in violations(state(), markers)
             if canonical(r.name) in mine or canonical(d.name) in mine
         ]
@@ -596,7 +599,8 @@ def _hold_back(
         else:
             continue
         if blame not in held:
-            held[blame] = msgspec.structs.replace(decided[blame], action="held-back", reason=why)
+            reason = _printable(why)
+            held[blame] = msgspec.structs.replace(decided[blame], action="held-back", reason=reason)
     return held
 
 
