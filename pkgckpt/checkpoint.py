@@ -117,6 +117,9 @@ class _Track:
     """Names whose uninstall this process observed (and not seen again since)."""
     image: str | None = None
     """`image_identity` of the baseline; None when the baseline was inferred."""
+    shipped: dict[str, Package] = dataclasses.field(default_factory=dict)
+    """What the image ships as this environment sees it (`Baseline.image`): for a user
+    site, its prefix's packages too."""
     recorded: Delta | None = None
     """The delta as recorded when tracking began (or adopted): what untouched names keep."""
     touched: set[str] = dataclasses.field(default_factory=set)
@@ -217,16 +220,18 @@ class Tracker:
     def _start(self, env: Environment, obs: Observation) -> _Track:
         recorded = self._recorded.delta(env)
         inventory = self._baseline.inventory(env) if self._baseline is not None else None
-        image = None
+        image, shipped = None, []
         if inventory is not None:
             base, pinned = inventory.by_name(), frozenset[str]()
-            image = manifest.image_identity(inventory.packages)
+            shipped = inventory_image(self._baseline, env)
+            image = manifest.image_identity(shipped)
         else:
             base, pinned = _inferred_baseline(obs.packages, recorded)
             self.inferred.append(env)
         state = manifest.apply(base, recorded) if recorded is not None else dict(base)
         history = list(recorded.history) if recorded is not None else []
         track = _Track(env, base, pinned, state, {}, history, identity=obs.identity, image=image)
+        track.shipped = {p.name: p for p in shipped}
         if recorded is not None:
             _remember(track, recorded)
         return track
@@ -280,6 +285,8 @@ class Tracker:
         deltas: dict[EnvKey, Delta] = {env_key(d.env): d for d in self._recorded.deltas()}
         for key, track in self._tracks.items():
             d = manifest.delta(track.env, track.baseline, track.state, track.history)
+            if track.env.user:
+                d = _shadowing(d, track.shipped)
             kept = [
                 track.state[n]
                 for n in track.pinned
@@ -307,6 +314,24 @@ class Tracker:
         )
 
 
+def _shadowing(d: Delta, shipped: Mapping[str, Package]) -> Delta:
+    """A user site's additions that shadow a package of the prefix's image record the
+    version they shadow as `replaced`: `pip install --user idna==3.8` over the image's
+    3.10 is a downgrade, and a rebase must read it as one."""
+    added = tuple(
+        msgspec.structs.replace(p, replaced=shipped[p.name].version)
+        if p.replaced is None and p.name in shipped
+        else p
+        for p in d.added
+    )
+    return msgspec.structs.replace(d, added=added)
+
+
+def inventory_image(baseline: Baseline | None, env: Environment) -> list[Package]:
+    """`baseline.image(env)`, empty when there is none."""
+    return (baseline.image(env) if baseline is not None else None) or []
+
+
 def _remember(track: _Track, recorded: Delta) -> None:
     track.forgotten = {p.name: p for p in recorded.forgotten}
     track.failing = {f.name: f for f in recorded.failing}
@@ -327,7 +352,7 @@ def fits(part: str, p: Package, baseline: Mapping[str, Package]) -> bool:
     recorded, so that restoring it as it stands is right (see `restore/rebase.py`)."""
     image = baseline.get(p.name)
     if part == "added":
-        return image is None
+        return image is None or image.version == p.replaced
     if part == "changed":
         return image is not None and p.replaced in (None, image.version)
     return image is None or image.version == p.version
@@ -353,7 +378,7 @@ def _carried(track: _Track, d: Delta) -> Delta:
     # A held-back or superseded entry is not relative to this image, even where the image
     # ships the version it replaced: what held it back is the image's requirements.
     whole = not (track.rebased.keys() & entries.keys()) and all(
-        fits(part, p, track.baseline) for part, p in entries.values()
+        fits(part, p, track.shipped) for part, p in entries.values()
     )
     return msgspec.structs.replace(
         d,

@@ -143,8 +143,9 @@ class Package(Base, frozen=True):
     """conda: the archive's digests, as the channel's repodata gives them."""
     md5: str | None = None
     replaced: str | None = None
-    """In a delta's `changed`: the image's version this change replaced (None in `added`
-    and `removed`, and in manifests written before it was recorded). With it a change is
+    """In a delta's `changed`: the image's version this change replaced (None in `removed`,
+    in `added` but for a user site's copy shadowing its prefix's, and in manifests
+    written before it was recorded). With it a change is
     read against any later image: an upgrade `replaced -> version`, or a downgrade."""
 
 
@@ -325,6 +326,22 @@ class Baseline(Base, frozen=True):
     def inventory(self, env: Environment) -> Inventory | None:
         found = (*self.environments, *self.conda)
         return next((i for i in found if same_env(i.env, env)), None)
+
+    def image(self, env: Environment) -> list[Package] | None:
+        """What the image ships as seen from `env` (None: the baseline does not list it).
+
+        A user site sees its prefix's packages too (the user site's own win): a user's
+        copy shadows the image's, so both are the image it was taken against.
+        """
+        inventory = self.inventory(env)
+        if inventory is None:
+            return None
+        packages = {p.name: p for p in inventory.packages}
+        if env.user:
+            beneath = self.inventory(msgspec.structs.replace(env, user=False))
+            for p in beneath.packages if beneath is not None else ():
+                packages.setdefault(p.name, p)
+        return [packages[n] for n in sorted(packages)]
 
 
 class _Envelope(msgspec.Struct, kw_only=True):

@@ -270,20 +270,24 @@ def _rebase(
     baseline: manifest.Baseline | None,
     delta: manifest.Delta,
     live: Mapping[str, Package],
+    found: list[inventory.Target],
 ) -> Rebase | None:
     """How restore would rebase `delta` here, when this container runs another image or
     interpreter than the record's."""
     if target.env.kind != "python" or delta.is_empty():
         return None
+    from .restore import _beneath
     from .restore.rebase import needed, rebase
     from .restore.validate import canonical
 
     now = {canonical(p.name): p for p in live.values()}
-    inv = baseline.inventory(target.env) if baseline is not None else None
-    image = list(inv.packages) if inv is not None else list(now.values())
-    if (baseline is not None and inv is None) or not needed(delta, target.env, image):
+    image = baseline.image(target.env) if baseline is not None else list(now.values())
+    if image is None or not needed(delta, target.env, image):
         return None
-    return rebase(delta, target, image, now, config)
+    beneath = _beneath(target, found)
+    under = beneath.scan().packages if beneath is not None else ()
+    now = {**{canonical(p.name): p for p in under}, **now}
+    return rebase(delta, target, image, now, config, beneath)
 
 
 def collect(config: Config) -> Report:
@@ -317,7 +321,7 @@ def collect(config: Config) -> Report:
             continue
         pending = tuple(tracker.observe(env, obs))
         unrestored = _restore_would(obs.packages, delta)
-        rebase = _rebase(config, target, baseline, delta, obs.packages)
+        rebase = _rebase(config, target, baseline, delta, obs.packages, found)
         if rebase is not None:
             acting = {d.name for d in rebase.decisions if d.action in ("install", "remove")}
             unrestored = tuple(c for c in unrestored if c.name in acting)

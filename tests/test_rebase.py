@@ -405,3 +405,58 @@ def test_a_dependency_nowhere_to_be_found_fails_its_package_only(
     assert "userapp" not in have and "libold" not in have
     assert (have["newpkg"], have["upg2"], have["down"]) == ("1.0", "1.2", "1.0")
     assert s.check().returncode == 0
+
+
+# -- the user site (`pip install --user`) over a new image -------------------------------
+
+
+def test_a_user_site_is_read_against_the_new_prefix_image(tmp_path: Path, wheels: Path) -> None:
+    """`pip install --user` additions are read against the prefix's new image: one the
+    image now ships is superseded (pip would refuse a user copy under a venv's own), the
+    rest is installed in the user site, the exit is 0 and `pip check` is clean."""
+    world = World.make(tmp_path)
+    world.env["PYTHONUSERBASE"] = str(tmp_path / "userbase")
+    s = Scenario(world, wheels, tmp_path / "venv")
+
+    def image(reqs: list[str], name: str) -> Path:
+        shutil.rmtree(s.prefix, ignore_errors=True)
+        shutil.rmtree(tmp_path / "userbase", ignore_errors=True)  # a new pod: no home
+        shutil.rmtree(world.runtime, ignore_errors=True)
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages",
+             str(s.prefix)], check=True, capture_output=True,
+        )  # fmt: skip
+        uv_install(s.python, wheels, *reqs, env=world.env)
+        baseline = tmp_path / name
+        made = world.pkgckpt("baseline", "--env", str(s.prefix), "--output", str(baseline))
+        assert made.returncode == 0, made.stderr
+        return baseline
+
+    def pip(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pip", "--python", str(s.python), *args],
+            capture_output=True, text=True, env=world.env,
+        )  # fmt: skip
+
+    b1 = image(["evalimg==1.0", "evaldep==2.0"], "b1.json")
+    daemon = world.daemon(*s.flags(b1), "--quiet-ms", "100").start()
+    try:
+        user = ["catchup==1.0", "newpkg==1.0"]
+        done = pip("install", "--user", "--no-index", "--find-links", str(wheels), *user)
+        assert done.returncode == 0, done.stderr
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+    recorded = world.manifest()
+    assert recorded is not None
+    (mine,) = [d for d in recorded.body.environments if d.env.user]
+    assert sorted(p.name for p in mine.added) == ["catchup", "newpkg"]
+
+    b2 = image(V2, "b2.json")  # ships catchup 1.1
+    done = s.restore(b2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "superseded catchup 1.0: the image ships 1.1" in done.stdout, done.stdout
+    site = next((tmp_path / "userbase").glob("lib/python3*/site-packages"))
+    assert {p.name.split("-")[0] for p in site.glob("*.dist-info")} == {"newpkg"}
+    check = pip("check")
+    assert check.returncode == 0, check.stdout + check.stderr

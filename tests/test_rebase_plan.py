@@ -254,3 +254,35 @@ def test_a_reason_from_planted_metadata_is_printable(tmp_path: Path) -> None:
     (held,) = planned.held_back()
     assert held.reason.startswith("evalimg 2.0 (image) requires evaldep>=2")
     assert held.reason.isprintable()
+
+
+def test_a_user_site_copy_over_the_prefix_image_is_a_downgrade(tmp_path: Path) -> None:
+    """Where the user site comes before the prefix (a conda base, a system Python),
+    `pip install --user evaldep==1.0` over the image's 2.0 is recorded with the version it
+    shadows, and a new image whose evalimg needs evaldep>=2.0 holds it back."""
+    user_env = msgspec.structs.replace(PY311, user=True)
+    v1 = pkgs("evalimg==1.0", "evaldep==2.0")
+    baseline = Baseline(
+        environments=(
+            Inventory(env=PY311, packages=tuple(v1.values())),
+            Inventory(env=user_env),
+        )
+    )
+    t = Tracker(baseline, None)
+    t.observe(user_env, Observation({}))
+    t.observe(user_env, Observation(pkgs("evaldep==1.0")))
+    delta = t.body().delta(user_env)
+    assert delta is not None and delta.added[0].replaced == "2.0"
+    assert delta.image == manifest.image_identity(v1.values())
+
+    prefix_site, user_site = tmp_path / "prefix", tmp_path / "user"
+    dist_info(prefix_site, "evalimg", "2.0", "evaldep>=2.0")
+    dist_info(prefix_site, "evaldep", "2.0")
+    user_site.mkdir()
+    v2 = list(pkgs("evalimg==2.0", "evaldep==2.0").values())
+    prefix = Target(env=PY311, roots=(prefix_site,))
+    config = Config(store=tmp_path / "s", key="k")
+    live = {p.name: p for p in v2}
+    planned = rebase(delta, Target(env=user_env, roots=(user_site,)), v2, live, config, prefix)
+    (held,) = planned.held_back()
+    assert held.render() == "evaldep 1.0 held back: evalimg 2.0 (image) requires evaldep>=2.0"

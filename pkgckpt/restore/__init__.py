@@ -489,8 +489,18 @@ def _image(
     environment the baseline does not list)."""
     if baseline is None:
         return list(now.values())
-    inventory = baseline.inventory(target.env)
-    return list(inventory.packages) if inventory is not None else None
+    return baseline.image(target.env)
+
+
+def _beneath(target: Target, targets: Sequence[Target]) -> Target | None:
+    """The prefix under a user site: its packages are the image a user site is read
+    against (`Baseline.image`)."""
+    if not target.env.user:
+        return None
+    prefix = msgspec.structs.replace(target.env, user=False)
+    from ..manifest import same_env
+
+    return next((t for t in targets if same_env(t.env, prefix)), None)
 
 
 def _rebased(
@@ -564,7 +574,9 @@ def _plan(
             if image is not None and needed(delta, target.env, image):
                 from .rebase import rebase as read_against
 
-                rebase = read_against(delta, target, image, now, config)
+                beneath = _beneath(target, targets)
+                live = {**(_installed(beneath) if beneath else {}), **now}
+                rebase = read_against(delta, target, image, live, config, beneath)
                 install, gone = _rebased(delta, target, rebase, now)
         wanted: tuple[tuple[Literal["added", "changed"], tuple[Package, ...]], ...] = (
             ("added", delta.added),

@@ -464,7 +464,8 @@ def _classify(
         and (_version(w) != _version(p.version) or isinstance(p.source, IndexSource))
     )
     old = p.replaced
-    downgrade = part == "changed" and old is not None and not _at_least(p.version, old)
+    # `added` with `replaced`: a user site's copy over its prefix's (checkpoint._shadowing).
+    downgrade = old is not None and not _at_least(p.version, old)
     if caught_up and not downgrade:
         return "superseded", f"the image ships {w}"
     if (
@@ -486,9 +487,12 @@ def rebase(
     image: Sequence[Package],
     live: Mapping[str, Package],
     config: Config,
+    beneath: Target | None = None,
 ) -> Rebase:
     """`delta` read against `image` (this container's baseline of the environment) and
-    `live` (installed now, by canonical name): see the module docstring."""
+    `live` (installed now, by canonical name): see the module docstring. A user site is
+    read with the prefix `beneath` it: its installed packages are in `live` and in
+    `image`, its metadata is read after the user site's own."""
     env = target.env
     images = {canonical(p.name): p for p in image}
     moved = new_interpreter(delta.env, env)
@@ -518,7 +522,7 @@ def rebase(
         )
     user = config.on_conflict == "user"
     markers = markers_for(env)
-    meta = installed_metadata(target.roots)
+    meta = installed_metadata((*target.roots, *(beneath.roots if beneath else ())))
     recorded_by_key = {canonical(p.name): p for _, p in entries}
 
     def state() -> dict[str, _Dist]:
