@@ -17,18 +17,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from packaging.utils import canonicalize_name
-
-from . import discovery, manifest
+from . import manifest
 from .config import Config, ensure_runtime_dir
-from .discovery import Discovered, Unreadable
 from .errors import ManifestError, PkgckptError, ScanError
 from .manifest import Baseline, Environment, Inventory, Package
 from .scan import ScanResult
 from .scan.env import python_env
-from .scan.python import SiteScanner
+from .scan.python import SiteScanner, canonicalize_name
 
 if TYPE_CHECKING:
+    from .discovery import Discovered, Unreadable
     from .scan.r import RLibs
 
 log = logging.getLogger(__name__)
@@ -171,8 +169,10 @@ def entry_name(kind: str, entry: str) -> str:
 
 def discover(config: Config) -> Discovered:
     """The environments found beyond pkgckpt's own: none when `--env` names them."""
+    from . import discovery
+
     if config.env:
-        return Discovered()
+        return discovery.Discovered()
     return discovery.discover(config.discover, cache_dir=config.runtime_dir)
 
 
@@ -192,9 +192,12 @@ def targets(
     """
     result: list[Target] = []
     seen: set[Path] = set()
-    if found is None:
+    # With `--env` nothing is discovered: `targets` then does not even import discovery
+    # (~3 ms of a no-op restore's start).
+    if found is None and not config.env:
         found = discover(config)
-    problems: list[Unreadable] = list(found.unreadable)
+    discovered = found.found if found is not None else ()
+    problems: list[Unreadable] = list(found.unreadable) if found is not None else []
 
     def add(env: Environment, roots: tuple[Path, ...], conda_owned: bool = False) -> None:
         # One directory is read for one environment only: two prefixes of one interpreter
@@ -213,7 +216,7 @@ def targets(
 
     own = "--env" if config.env else "pkgckpt's own"
     named = [(prefix, own) for prefix in config.python_envs()]
-    for prefix, origin in [*named, *((f.prefix, f.origin) for f in found.found)]:
+    for prefix, origin in [*named, *((f.prefix, f.origin) for f in discovered)]:
         meta = prefix / "conda-meta"
         conda = meta.is_dir()
         if conda:
@@ -226,6 +229,8 @@ def targets(
             if unreadable is None and origin == "--env":
                 raise
             reason = "missing" if not prefix.exists() else str(e)
+            from .discovery import Unreadable
+
             problems.append(Unreadable(str(prefix), origin, reason))
             continue
         add(pe.environment(), pe.site_dirs, conda_owned=conda)
@@ -236,6 +241,10 @@ def targets(
             log.warning("%s (%s) is not tracked: %s", p.path, p.origin, p.reason)
     else:
         unreadable.extend(problems)
+    if r is None and not _discovers_r(config):
+        # Only the libraries named: whether R is installed at all matters to `status`,
+        # not here, and finding out costs a no-op restore ~3 ms of imports.
+        r = RTracking(libs=tuple(dict.fromkeys(config.r_libs())))
     r = r or r_libraries(config)
     if r.libs:
         from .scan.r import r_environment
@@ -258,6 +267,12 @@ class RTracking:
     """Why no R library is tracked although R is installed; None when some are."""
 
 
+def _discovers_r(config: Config) -> bool:
+    """Whether R is asked for its libraries: `--r-discover`, or `r` discovered and no
+    library named."""
+    return config.r_discover or (not config.r_libs() and "r" in config.discover)
+
+
 def r_libraries(config: Config) -> RTracking:
     """`--r-lib` exactly when given; else (or with `--r-discover` too) the libraries R uses.
 
@@ -271,8 +286,7 @@ def r_libraries(config: Config) -> RTracking:
     named = tuple(dict.fromkeys(config.r_libs()))
     programs = r_programs(config.r_home)
     installed = programs is not None
-    discover = config.r_discover or (not named and "r" in config.discover)
-    if not discover or programs is None:
+    if not _discovers_r(config) or programs is None:
         why = None
         if installed and not named:
             why = "`discover` does not include `r` and no --r-lib / r_lib is given"

@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import packaging.utils
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pkgckpt.manifest import DirectorySource, IndexSource, Package, UrlSource, VcsSource
-from pkgckpt.scan.python import SiteScanner, scan_site, strip_credentials
+from pkgckpt.scan.python import SiteScanner, canonicalize_name, scan_site, strip_credentials
 from tests.wheelhouse import Dist, Venv, add_build_backend, build_wheel, make_venv
 
 HOUR_NS = 3600 * 1_000_000_000
@@ -719,3 +720,9 @@ def test_names_given_to_a_scan_that_failed_are_not_lost(
         with pytest.raises(ScanError):
             scanner.scan({"newcomer-1.0.dist-info"})
     assert "newcomer" in scanner.scan(set()).packages
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=40))
+def test_canonical_names_are_packagings(name: str) -> None:
+    """The scanner's own PEP 503 normalization gives what packaging's does, for any name."""
+    assert canonicalize_name(name) == packaging.utils.canonicalize_name(name)

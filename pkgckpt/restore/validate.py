@@ -35,6 +35,7 @@ from ..manifest import (
     UrlSource,
     VcsSource,
 )
+from ..scan.python import canonicalize_name as canonical
 
 MAX_NAME = 200
 MAX_VERSION = 128
@@ -56,7 +57,6 @@ _HOST = re.compile(
     r"(?:[A-Za-z0-9_][A-Za-z0-9._~%!$&'()*+,;=:-]*@)?[A-Za-z0-9_][A-Za-z0-9._-]*(?::[0-9]+)?",
     re.ASCII,
 )
-_SEPARATORS = re.compile(r"[-_.]+")
 # conda's own rules: names lowercase, versions and build strings without the characters a
 # MatchSpec gives meaning to (= , | * < > ! @ [ ] and space), channels a name or a URL.
 _CONDA_NAME = re.compile(r"[a-z0-9_][a-z0-9_.+-]*", re.ASCII)
@@ -82,12 +82,6 @@ def _python_version_pattern() -> re.Pattern[str]:
 
         _py_version = re.compile(VERSION_PATTERN, re.VERBOSE | re.IGNORECASE | re.ASCII)
     return _py_version
-
-
-def canonical(name: str) -> str:
-    """PEP 503 normalized name (packaging.utils.canonicalize_name, without importing
-    packaging.utils: it pulls in packaging.tags, which the no-op restore cannot afford)."""
-    return _SEPARATORS.sub("-", name).lower()
 
 
 def python_name(name: str) -> bool:
