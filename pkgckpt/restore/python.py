@@ -60,7 +60,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from ..config import Config
 from ..errors import RestoreError, UsageError
@@ -110,6 +109,10 @@ def _has_pip(prefix: Path) -> bool:
 
 def local_path(url: str) -> Path | None:
     """The path a `file:` URL names on this machine (None: it names another host)."""
+    # Imported here: urllib.request brings http.client, email and ssl (~10 ms of every
+    # restore that installs anything), and most manifests hold no file: URL.
+    from urllib.request import url2pathname
+
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         return None
