@@ -51,17 +51,20 @@ import dataclasses
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import msgspec
 
 from . import inventory, manifest
 from .config import Config
-from .discovery import Discovered
 from .errors import PkgckptError, UsageError
 from .inventory import Identity, Target
 from .manifest import Baseline, Body, Change, Delta, Environment, Manifest, Package
-from .store import Store
+
+if TYPE_CHECKING:
+    # Types only: `pkgckpt baseline` needs neither, and they cost its start ~4 ms.
+    from .discovery import Discovered
+    from .store import Store
 
 EnvKey: TypeAlias = tuple[str, str, bool]
 
