@@ -1,6 +1,6 @@
 """The no-op restore of an earlier commit against this tree's, with the trust checks on.
 
-    python benchmarks/ab_restore_noop.py REV [ROUNDS]
+    python benchmarks/ab_restore_noop.py REV [ROUNDS] [--markdown PATH]
 
 Each side is installed as a user gets it (`pip install .` of a `git archive`, not
 editable, bytecode compiled) into its own venv on /dev/shm. One 100-package manifest,
@@ -14,13 +14,12 @@ check alone, in this process (best of 5 x 2000 calls), which the whole-process f
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import timeit
 from collections.abc import Callable
 from pathlib import Path
@@ -29,13 +28,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from bench_restore import Bench  # noqa: E402
+import bench_kit  # noqa: E402
+from bench_restore import Bench, small_wheels  # noqa: E402
 
 from pkgckpt import config, seal, status  # noqa: E402
 
 
-def checks(bench: Bench, sealed: Path, secret: Path) -> None:
-    """Microseconds per call of each check a start makes (this tree)."""
+def checks(bench: Bench, sealed: Path, secret: Path) -> str:
+    """Microseconds per call of each check a start makes (this tree), as a table."""
     run = bench.root / "run" / "pkgckpt"
     plain = config.Config(store=bench.store, key="bench", runtime_dir=run)
     squashed = config.Config(store=bench.store, key="bench", store_uid=os.getuid())
@@ -49,16 +49,17 @@ def checks(bench: Bench, sealed: Path, secret: Path) -> None:
         return f"{min(timeit.repeat(call, number=2000, repeat=5)) / 2000 * 1e6:.1f} us"
 
     resolve = best(lambda: config.find_runtime_dir(run))
-    print(f"| runtime directory resolved (`find_runtime_dir`) | {resolve} |")
-    print(f"| `seal.guard`, plain store | {best(lambda: seal.guard(plain))} |")
-    print(f"| `seal.guard`, store_uid (store root listed) | {best(lambda: seal.guard(squashed))} |")
-    print(f"| `seal.guard`, sealed (secret read, checked) | {best(lambda: seal.guard(keyed))} |")
-    print(
-        f"| HMAC verified, {len(data)}-byte manifest | {best(lambda: opener.open(data, sealed))} |"
-    )
-    print(
-        f"| status file looked for (status, snapshot) | {best(lambda: status.read_state(plain))} |"
-    )
+    rows = [
+        "| each check alone, in process (best of 5 x 2000 calls) | per call |",
+        "|---|---|",
+        f"| runtime directory resolved (`find_runtime_dir`) | {resolve} |",
+        f"| `seal.guard`, plain store | {best(lambda: seal.guard(plain))} |",
+        f"| `seal.guard`, store_uid (store root listed) | {best(lambda: seal.guard(squashed))} |",
+        f"| `seal.guard`, sealed (secret read, checked) | {best(lambda: seal.guard(keyed))} |",
+        f"| HMAC verified, {len(data)}-byte manifest | {best(lambda: opener.open(data, sealed))} |",
+        f"| status file looked for (status, snapshot) | {best(lambda: status.read_state(plain))} |",
+    ]
+    return "\n".join(rows)
 
 
 def install(rev: str, into: Path) -> Path:
@@ -80,12 +81,11 @@ def install(rev: str, into: Path) -> Path:
     return python
 
 
-def main(rev: str, rounds: int) -> None:
+def main(rev: str, rounds: int, markdown: Path | None) -> None:
     root = Path(tempfile.mkdtemp(prefix="ab-restore-noop-", dir="/dev/shm"))
     try:
         before, after = install(rev, root / "before"), install("HEAD", root / "after")
-        bench = Bench(root / "noop", 100)
-        bench.env.pop("PYTHONPYCACHEPREFIX", None)  # each venv has its bytecode
+        bench = Bench(root / "noop", root / "wheels", small_wheels(root / "wheels", 100), after)
         bench.fresh(with_pip=False)
         bench.manifest()
         argv = ["restore", "--key", "bench", "--env", str(bench.venv), "--no-index"]
@@ -111,6 +111,7 @@ def main(rev: str, rounds: int) -> None:
         )
         squash = {"PKGCKPT_STORE_UID": str(os.getuid())}
         contenders = {
+            "`python -c pass`": ([str(after), "-c", "pass"], {}),
             f"before ({rev})": (
                 [str(before), "-m", "pkgckpt", *argv, "--store", str(bench.store)],
                 {},
@@ -124,30 +125,37 @@ def main(rev: str, rounds: int) -> None:
                 [str(after), "-m", "pkgckpt", *argv, "--store", str(sealed)],
                 {**squash, "PKGCKPT_STORE_SECRET_FILE": str(secret)},
             ),
-            "python -c pass": ([str(after), "-c", "pass"], {}),
         }
         for label, (command, extra) in contenders.items():  # warm-up, and each is a no-op
             done = subprocess.run(
                 command, env={**bench.env, **extra}, capture_output=True, text=True
             )
             assert done.returncode == 0, (label, done.stderr)
-            assert label.startswith("python") or "in place" in done.stdout, (label, done.stdout)
-        times: dict[str, list[float]] = {label: [] for label in contenders}
-        load = os.getloadavg()
-        for _ in range(rounds):
-            for label, (command, extra) in contenders.items():
-                start = time.perf_counter()
-                subprocess.run(command, env={**bench.env, **extra}, capture_output=True)
-                times[label].append((time.perf_counter() - start) * 1000)
-        after_load = os.getloadavg()
-        print(f"load (1 min) {load[0]:.2f} -> {after_load[0]:.2f}; {rounds} rounds")
-        print("| contender | min | median |\n|---|---|---|")
-        for label, values in times.items():
-            print(f"| {label} | {min(values):.0f} ms | {statistics.median(values):.0f} ms |")
-        checks(bench, sealed, secret)
+            assert label.startswith("`python") or "in place" in done.stdout, (label, done.stdout)
+        run = bench_kit.Run("restore no-op, before and after")
+
+        def call(command: list[str], extra: dict[str, str]) -> Callable[[], object]:
+            return lambda: subprocess.run(command, env={**bench.env, **extra}, capture_output=True)
+
+        times = bench_kit.interleave(
+            {label: call(*contender) for label, contender in contenders.items()}, rounds
+        )
+        run.done()
+        run.add(
+            f"No-op restore, 100 packages in place, {rounds} rounds\n\n"
+            + bench_kit.table(times, peer="`python -c pass`")
+        )
+        run.add(checks(bench, sealed, secret))
+        run.write(markdown)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 30)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rev", help="the commit to compare this tree with")
+    parser.add_argument("rounds", type=int, nargs="?", default=30)
+    parser.add_argument("--markdown", type=Path, help="write the tables here (run_all.py)")
+    parser.add_argument("--quick", action="store_true", help="10 rounds")
+    args = parser.parse_args()
+    main(args.rev, 10 if args.quick else args.rounds, args.markdown)

@@ -1,54 +1,54 @@
 """R restore beside install.packages() of the same set by hand, from a local repository.
 
-    python -m pytest benchmarks/bench_r.py --benchmark-enable --benchmark-min-rounds=3 \\
-        --benchmark-columns=min,median,mean,max,rounds --benchmark-sort=name
+    python benchmarks/bench_r.py [--markdown PATH] [--quick]
 
 The set: the test packages (one importing another, one with C code, an archived version)
 and synthetic pure-R packages in import chains of three: 4 + SYNTHETIC packages, built
-with R CMD build into a file:// CRAN-like repository. Every round starts from an empty
-library at the same path.
+with R CMD build into a file:// CRAN-like repository on tmpfs. Every timed call starts
+from an empty library at the same path (emptied untimed); the contenders alternate round
+by round:
 
-  r-restore group
-    pkgckpt restore             the real command: baseline, manifest read and validated,
-                                Rscript --vanilla fetch, R CMD INSTALL in dependency order
-    install.packages            what a user types: install.packages(<set>, repos = ...)
-                                plus the archived version from its tarball (Ncpus = 1,
-                                R's default)
-    install.packages Ncpus=2    the same with R's own parallel installs
-  r-noop group
-    pkgckpt restore (no-op)     everything in place: the second run of the entrypoint
+  pkgckpt restore             the real command, from pkgckpt's own venv (installed,
+                              compiled): baseline, manifest read and validated,
+                              Rscript --vanilla fetch, R CMD INSTALL in dependency order
+  install.packages            what a user types: install.packages(<set>, repos = ...)
+                              plus the archived version from its tarball (Ncpus = 1,
+                              R's default)
+  install.packages Ncpus=2    the same with R's own parallel installs
+
+then the no-op: `pkgckpt restore` with everything in place, beside `Rscript -e 0` (R's
+own start, which restore does not need when nothing is missing).
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from pytest_benchmark.fixture import BenchmarkFixture
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
 
-import pkgckpt
-from pkgckpt.manifest import Body, Delta
-from pkgckpt.scan.r import RLibraryScanner, r_environment
-
-TESTS = Path(pkgckpt.__file__).resolve().parent.parent / "tests"
-sys.path.insert(0, str(TESTS))
-
+import bench_kit  # noqa: E402
 import restore_kit  # noqa: E402
 import rpkgs  # noqa: E402
+
+from pkgckpt.manifest import Body, Delta  # noqa: E402
+from pkgckpt.scan.r import RLibraryScanner, r_environment  # noqa: E402
 
 TEST_SET = ("ckpt.base", "ckptImports", "ckptC", "ckptOld")
 SYNTHETIC = 12
 CHAIN = 3
-ROUNDS = 3
-
-pytestmark = pytest.mark.skipif(not rpkgs.have_r(), reason=rpkgs.NO_R)
 
 
 class Setup:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, pkgckpt: Path) -> None:
+        self.pkgckpt = pkgckpt
         made = rpkgs.synthetic(root / "syn", SYNTHETIC, CHAIN)
         tests = [(n, v) for n, v in rpkgs.CURRENT if n in TEST_SET]
         current = [*tests, *((n, v) for n, v, _ in made)]
@@ -72,18 +72,9 @@ class Setup:
         self.lib.mkdir()
 
     def restore(self) -> None:
-        done = restore_kit.pkgckpt(
-            "restore",
-            "--r-lib",
-            str(self.lib),
-            "--store",
-            str(self.store),
-            "--key",
-            "k",
-            "--r-repo",
-            self.repo.url,
-            env=self.env,
-        )
+        argv = [str(self.pkgckpt), "-m", "pkgckpt", "restore", "--r-lib", str(self.lib)]
+        argv += ["--store", str(self.store), "--key", "k", "--r-repo", self.repo.url]
+        done = subprocess.run(argv, capture_output=True, text=True, env=self.env)
         assert done.returncode == 0, done.stdout + done.stderr
 
     def by_hand(self, ncpus: int) -> Callable[[], None]:
@@ -102,37 +93,43 @@ class Setup:
         return install
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    return Setup(tmp_path_factory.mktemp("bench-r"))
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", type=Path, help="write the tables here (run_all.py)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    args = parser.parse_args()
+    if not rpkgs.have_r():
+        sys.exit(f"skipped: {rpkgs.NO_R}")
+    run = bench_kit.Run("R restore")
+    root = Path(tempfile.mkdtemp(prefix="bench-r-", dir="/dev/shm"))
+    try:
+        setup = Setup(root, bench_kit.pkgckpt_python(root))
+        contenders = {
+            "`install.packages()` (Ncpus = 2)": setup.by_hand(2),
+            "`pkgckpt restore`": setup.restore,
+            "`install.packages()` (R's default, Ncpus = 1)": setup.by_hand(1),
+        }
+        times = bench_kit.interleave(
+            contenders, 2 if args.quick else 3, setup=lambda _: setup.empty()
+        )
+        assert rpkgs.installed(setup.lib) == setup.expected
+        run.add(
+            f"**r-restore**, {len(setup.expected)} packages into an empty library\n\n"
+            + bench_kit.table(times, peer="`install.packages()` (Ncpus = 2)")
+        )
+        setup.empty()
+        setup.restore()
+        noop = {
+            "`Rscript -e 0`": lambda: rpkgs.rscript("0"),
+            "`pkgckpt restore`, all in place": setup.restore,
+        }
+        times = bench_kit.interleave(noop, 5 if args.quick else 10)
+        run.add("**r-noop**\n\n" + bench_kit.table(times, peer="`Rscript -e 0`"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    run.done()
+    run.write(args.markdown)
 
 
-def _run(benchmark: BenchmarkFixture, setup: Setup, target: Callable[[], None]) -> None:
-    benchmark.pedantic(target, setup=setup.empty, rounds=ROUNDS, iterations=1)
-    assert rpkgs.installed(setup.lib) == setup.expected
-
-
-@pytest.mark.benchmark(group="r-restore")
-def test_pkgckpt_restore(benchmark: BenchmarkFixture, setup: Setup) -> None:
-    """pkgckpt restore of the whole set into an empty library."""
-    _run(benchmark, setup, setup.restore)
-
-
-@pytest.mark.benchmark(group="r-restore")
-def test_install_packages(benchmark: BenchmarkFixture, setup: Setup) -> None:
-    """install.packages() of the same set by hand, R's defaults (Ncpus = 1)."""
-    _run(benchmark, setup, setup.by_hand(1))
-
-
-@pytest.mark.benchmark(group="r-restore")
-def test_install_packages_ncpus2(benchmark: BenchmarkFixture, setup: Setup) -> None:
-    """install.packages(Ncpus = 2) of the same set by hand."""
-    _run(benchmark, setup, setup.by_hand(2))
-
-
-@pytest.mark.benchmark(group="r-noop")
-def test_pkgckpt_restore_noop(benchmark: BenchmarkFixture, setup: Setup) -> None:
-    """pkgckpt restore when every package is already in place."""
-    setup.empty()
-    setup.restore()
-    benchmark.pedantic(setup.restore, rounds=10, iterations=1)
+if __name__ == "__main__":
+    main()

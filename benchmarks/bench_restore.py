@@ -1,168 +1,244 @@
-"""Restore of 40 packages from a local wheelhouse, beside `pip install -r` and `uv pip install
--r` of the same pins; and the no-op restore of a 100-package manifest beside the installers'
-own no-ops.
+"""`pkgckpt restore` beside the bare installers doing the same installs, whole processes.
 
-    python -m pytest benchmarks/bench_restore.py --benchmark-enable
+    python benchmarks/bench_restore.py [--markdown PATH] [--quick] [--only restore-40 ...]
 
-Every figure is the wall time of a whole process, as the entrypoint would run it, into a
-fresh venv (made in the untimed setup of each round: a venv without pip for uv and for
-pkgckpt, a copy of a template venv with pip for pip). uv runs with a cold cache (emptied
-in the setup). All installers see the same pins, `--no-index --find-links <wheelhouse>`,
-and no pip.conf / uv.toml. Python bytecode is cached (see `Bench.__init__`).
+Three groups, each with its contenders interleaved round by round (README.md's rules),
+every tree on tmpfs (/dev/shm):
 
-  restore-40    pkgckpt restore (uv), pkgckpt restore --installer pip,
-                pip install --no-deps -r, uv pip install --no-deps -r
-  restore-noop  pkgckpt restore with everything in place (100 packages),
-                pip install --no-deps -r and uv pip install --no-deps -r with everything
-                in place, and `python -c pass` (the interpreter's own start)
+  restore-40     40 small wheels (5 modules each) pinned `name==version`, into a fresh
+                 venv: `pkgckpt restore` with uv and with pip, beside their
+                 design-equivalent peers `uv pip install --no-deps -r` and
+                 `pip install --no-deps -r` of the same pins from the same wheelhouse.
+  restore-scipy  the scipy wheel (~35 MB) and numpy, pinned, the same four contenders.
+                 The wheels come from PyPI once (`pip download scipy`) into a cache
+                 outside the repository (--wheels-cache), then are copied to tmpfs.
+  noop-100       a 100-package manifest, every package in place: `pkgckpt restore`,
+                 uv's and pip's own no-op (`install -r` of the same pins, all satisfied),
+                 and `python -c pass` from pkgckpt's own venv (the interpreter's start).
+
+pkgckpt runs from a venv where it is installed as a user gets it (`pip install .`,
+compiled: `bench_kit.pkgckpt_python`). Untimed before every timed call, for every
+contender alike: a fresh venv at the same path (a copy of a template with pip for the pip
+contenders), an empty uv cache, an empty runtime directory (a new container: no baseline,
+no kept interpreter answer). All installers see `--no-index --find-links <wheelhouse>`
+and no pip.conf / uv.toml.
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from pytest_benchmark.fixture import BenchmarkFixture
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
 
-import pkgckpt
-
-REPO = Path(pkgckpt.__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-
+import bench_kit  # noqa: E402
+from packaging.utils import parse_wheel_filename  # noqa: E402
 from restore_kit import hermetic, installed, put_manifest  # noqa: E402
 from wheelhouse import Dist, build_wheel, make_venv  # noqa: E402
 
 from pkgckpt.config import Config  # noqa: E402
 from pkgckpt.inventory import targets  # noqa: E402
 from pkgckpt.manifest import Body, Delta, Package  # noqa: E402
+from pkgckpt.scan.python import canonicalize_name  # noqa: E402
 
-ROUNDS = 7
-# sys.executable, not its realpath: in a venv the realpath is the base interpreter, which
-# lacks the peers' packages. (sys.executable is never a pyenv shim: the shim execs it.)
-PYTHON = sys.executable
-UV = shutil.which("uv") or "uv"
+UV = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
+OVERHEAD_MS = 25.0
+NOOP_RATIO = 2.5
+WHEELS_CACHE = Path.home() / ".cache" / "pkgckpt-bench" / "scipy"
 
 
 class Bench:
-    """A wheelhouse of `count` small wheels, their pins, a store with their manifest."""
+    """A wheelhouse, its pins, a store holding their manifest, and a venv to fill."""
 
-    def __init__(self, root: Path, count: int) -> None:
+    def __init__(self, root: Path, wheels: Path, pins: list[tuple[str, str]], pkgckpt: Path):
         self.root = root
-        self.wheels = root / "wheels"
-        self.pins = [Dist(f"bench-pkg-{i:03d}", f"1.{i}.0", files=5) for i in range(count)]
-        for dist in self.pins:
-            build_wheel(dist, self.wheels)
+        root.mkdir(parents=True, exist_ok=True)
+        self.wheels = wheels
+        self.pins = pins
+        self.pkgckpt = pkgckpt
         self.requirements = root / "requirements.txt"
-        self.requirements.write_text("".join(f"{d.name}=={d.version}\n" for d in self.pins))
+        self.requirements.write_text("".join(f"{n}=={v}\n" for n, v in pins))
         self.venv = root / "venv"
         self.store = root / "store"
         self.env = hermetic(root)
-        # This machine sets PYTHONDONTWRITEBYTECODE=1, so every process would compile
-        # pkgckpt from source; an installed package has its bytecode (pip and uv compile it
-        # at install time). The untimed warm-up round writes it here, outside the repo.
-        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
-        self.env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
+        # uv on PATH: `pkgckpt restore` (auto, or --installer uv) looks for it there.
+        self.env["PATH"] = f"{Path(UV).parent}:{self.env.get('PATH', '')}"
         self.cache = Path(self.env["UV_CACHE_DIR"])
         self.template: Path | None = None
 
-    def fresh(self, with_pip: bool = False) -> None:
-        """A new, empty venv at the same path; a cold uv cache; no baseline yet."""
+    def fresh(self, with_pip: bool) -> None:
+        """A new venv at the same path, a cold uv cache, a new container's runtime dir."""
         shutil.rmtree(self.cache, ignore_errors=True)
         shutil.rmtree(self.root / "run", ignore_errors=True)
+        shutil.rmtree(self.venv, ignore_errors=True)
         if with_pip:
             if self.template is None:
                 self.template = make_venv(self.root / "template").prefix
-            shutil.rmtree(self.venv, ignore_errors=True)
             shutil.copytree(self.template, self.venv, symlinks=True)
-            # The copy's activation scripts still name the template; pip does not use them.
-            (self.venv / "pyvenv.cfg").write_text((self.template / "pyvenv.cfg").read_text())
+            # The copy's scripts name the template in their #! line; pip runs as -m pip.
         else:
             make_venv(self.venv, with_pip=False)
 
     def manifest(self) -> None:
+        """The manifest a daemon would have written for these pins in this venv."""
         env = targets(Config(env=(self.venv,)))[0].env
-        added = tuple(Package(name=d.name, version=d.version) for d in self.pins)
+        added = tuple(Package(name=n, version=v) for n, v in self.pins)
         put_manifest(self.store, "bench", Body(environments=(Delta(env=env, added=added),)))
 
-    def run(self, *argv: str) -> None:
-        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+    def run(self, *argv: str) -> Callable[[], None]:
+        def call() -> None:
+            proc = subprocess.run(argv, env=self.env, capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+
+        return call
 
     def restore(self, *extra: str) -> Callable[[], None]:
-        argv = (PYTHON, "-m", "pkgckpt", "restore", "--store", str(self.store), "--key", "bench")
-        argv += ("--env", str(self.venv), "--no-index", "--find-links", str(self.wheels), *extra)
-        return lambda: self.run(*argv)
+        argv = (str(self.pkgckpt), "-m", "pkgckpt", "restore", "--store", str(self.store))
+        argv += ("--key", "bench", "--env", str(self.venv), "--no-index")
+        return self.run(*argv, "--find-links", str(self.wheels), *extra)
 
     def pip(self) -> Callable[[], None]:
-        python = str(self.venv / "bin" / "python")
-        argv = (python, "-m", "pip", "install", "-q", "--no-deps", "--no-index")
-        argv += ("--find-links", str(self.wheels), "-r", str(self.requirements))
-        return lambda: self.run(*argv)
+        argv = (str(self.venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps")
+        argv += ("--no-index", "--find-links", str(self.wheels), "-r", str(self.requirements))
+        return self.run(*argv)
 
     def uv(self) -> Callable[[], None]:
         argv = (UV, "pip", "install", "-q", "--python", str(self.venv / "bin" / "python"))
         argv += ("--no-deps", "--no-index", "--find-links", str(self.wheels))
-        argv += ("-r", str(self.requirements))
-        return lambda: self.run(*argv)
+        return self.run(*argv, "-r", str(self.requirements))
 
     def complete(self) -> None:
-        assert len(installed(next((self.venv / "lib").glob("python3*/site-packages")))) >= len(
-            self.pins
-        )
+        site = next((self.venv / "lib").glob("python3*/site-packages"))
+        have = {canonicalize_name(n): v for n, v in installed(site).items()}
+        missing = [n for n, v in self.pins if have.get(canonicalize_name(n)) != v]
+        assert not missing, f"not installed: {missing}"
 
 
-@pytest.fixture(scope="module")
-def forty(tmp_path_factory: pytest.TempPathFactory) -> Bench:
-    return Bench(tmp_path_factory.mktemp("restore40"), 40)
+def small_wheels(root: Path, count: int) -> list[tuple[str, str]]:
+    pins = [Dist(f"bench-pkg-{i:03d}", f"1.{i}.0", files=5) for i in range(count)]
+    for dist in pins:
+        build_wheel(dist, root)
+    return [(d.name, d.version) for d in pins]
 
 
-@pytest.fixture(scope="module")
-def hundred(tmp_path_factory: pytest.TempPathFactory) -> Bench:
-    bench = Bench(tmp_path_factory.mktemp("noop100"), 100)
+def scipy_wheels(cache: Path, into: Path) -> list[tuple[str, str]]:
+    """scipy and its dependencies as wheels for this interpreter, from `cache` (filled
+    from PyPI with `pip download` when empty), copied to `into` on tmpfs."""
+    if not any(cache.glob("scipy-*.whl")):
+        cache.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:"]
+        subprocess.run([*argv, "--dest", str(cache), "scipy"], check=True)
+    into.mkdir(parents=True, exist_ok=True)
+    pins = []
+    for wheel in sorted(cache.glob("*.whl")):
+        shutil.copy2(wheel, into / wheel.name)
+        name, version, _, _ = parse_wheel_filename(wheel.name)
+        pins.append((str(name), str(version)))
+    return pins
+
+
+def overhead(label: str, ratio: float, extra_ms: float) -> str:
+    del label, ratio
+    return "met" if extra_ms <= OVERHEAD_MS else f"**not met** (≤ +{OVERHEAD_MS:.0f} ms)"
+
+
+def install_group(run: bench_kit.Run, name: str, bench: Bench, rounds: int) -> None:
+    bench.fresh(with_pip=False)
+    bench.manifest()
+    contenders = {
+        "`uv pip install --no-deps -r`": bench.uv(),
+        "`pkgckpt restore --installer uv`": bench.restore("--installer", "uv"),
+        "`pip install --no-deps -r`": bench.pip(),
+        "`pkgckpt restore --installer pip`": bench.restore("--installer", "pip"),
+    }
+
+    def setup(label: str) -> None:
+        bench.fresh(with_pip="pip" in label and "uv" not in label)
+
+    # One untimed round: the page cache holds the wheels and the interpreters for all.
+    bench_kit.interleave(contenders, 1, setup)
+    times = bench_kit.interleave(contenders, rounds, setup)
+    bench.complete()
+    uv_side = {k: v for k, v in times.items() if "uv" in k}
+    pip_side = {k: v for k, v in times.items() if "uv" not in k}
+    run.add(
+        f"**{name}**, {len(bench.pins)} pinned distributions into a fresh venv\n\n"
+        + bench_kit.table(uv_side, peer="`uv pip install --no-deps -r`", target=overhead)
+        + "\n\n"
+        + bench_kit.table(pip_side, peer="`pip install --no-deps -r`", target=overhead)
+    )
+
+
+def noop_group(run: bench_kit.Run, bench: Bench, rounds: int) -> None:
     bench.fresh(with_pip=True)
     bench.manifest()
     bench.restore()()
     bench.complete()
-    return bench
+    contenders = {
+        "`python -c pass` (pkgckpt's venv)": bench.run(str(bench.pkgckpt), "-c", "pass"),
+        "`pkgckpt restore`, all in place": bench.restore(),
+        "`uv pip install --no-deps -r`, all in place": bench.uv(),
+        "`pip install --no-deps -r`, all in place": bench.pip(),
+    }
+    bench_kit.interleave(contenders, 2)
+
+    def target(label: str, ratio: float, extra_ms: float) -> str:
+        del extra_ms
+        if "pkgckpt" not in label:
+            return ""
+        return "met" if ratio <= NOOP_RATIO else f"**not met** (≤ {NOOP_RATIO}x)"
+
+    times = bench_kit.interleave(contenders, rounds)
+    run.add(
+        f"**noop-100**, {len(bench.pins)} recorded packages, all in place\n\n"
+        + bench_kit.table(times, peer="`python -c pass` (pkgckpt's venv)", target=target)
+    )
 
 
-def _install(benchmark: BenchmarkFixture, bench: Bench, how: str) -> None:
-    def setup() -> None:
-        bench.fresh(with_pip=how in ("pip", "pkgckpt-pip"))
-        # For every contender, so that all setups do the same (this one runs the venv's
-        # interpreter once, to name the environment).
-        bench.manifest()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", type=Path, help="write the tables here (run_all.py)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--only", action="append", choices=["restore-40", "scipy", "noop-100"])
+    parser.add_argument("--wheels-cache", type=Path, default=WHEELS_CACHE)
+    args = parser.parse_args()
+    only = set(args.only or ["restore-40", "scipy", "noop-100"])
+    rounds = {"restore-40": 3, "scipy": 2, "noop-100": 10} if args.quick else {}
+    root = Path(tempfile.mkdtemp(prefix="bench-restore-", dir="/dev/shm"))
+    try:
+        pkgckpt = bench_kit.pkgckpt_python(root)
+        run = bench_kit.Run("restore")
+        if "restore-40" in only:
+            pins = small_wheels(root / "w40", 40)
+            bench = Bench(root / "r40", root / "w40", pins, pkgckpt)
+            install_group(run, "restore-40", bench, rounds.get("restore-40", 7))
+        if "scipy" in only:
+            pins = scipy_wheels(args.wheels_cache, root / "wsci")
+            bench = Bench(root / "sci", root / "wsci", pins, pkgckpt)
+            install_group(run, "restore-scipy", bench, rounds.get("scipy", 5))
+        if "noop-100" in only:
+            pins = small_wheels(root / "w100", 100)
+            bench = Bench(root / "n100", root / "w100", pins, pkgckpt)
+            noop_group(run, bench, rounds.get("noop-100", 30))
+        run.done()
+        uv = subprocess.run([UV, "--version"], capture_output=True, text=True).stdout.strip()
+        run.add(
+            f"Peers: {uv} (cache emptied before each round, no config); the pip of each "
+            "fresh venv (`python -m venv`), no pip.conf. `pkgckpt restore` picks the "
+            "installer named; the target column asks ≤ +25 ms over the bare installer's "
+            "median, and ≤ 2.5x `python -c pass` for the no-op."
+        )
+        run.write(args.markdown)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
-    target = {
-        "pkgckpt-uv": bench.restore("--installer", "uv"),
-        "pkgckpt-pip": bench.restore("--installer", "pip"),
-        "pip": bench.pip(),
-        "uv": bench.uv(),
-    }[how]
-    benchmark.pedantic(target, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    bench.complete()
 
-
-@pytest.mark.benchmark(group="restore-40")
-@pytest.mark.parametrize("how", ["pkgckpt-uv", "pkgckpt-pip", "pip", "uv"])
-def test_restore_40(benchmark: BenchmarkFixture, forty: Bench, how: str) -> None:
-    """Whole-process wall time of installing 40 pinned wheels into a fresh venv."""
-    _install(benchmark, forty, how)
-
-
-@pytest.mark.benchmark(group="restore-noop")
-@pytest.mark.parametrize("how", ["pkgckpt", "pip", "uv", "python-startup"])
-def test_noop_100(benchmark: BenchmarkFixture, hundred: Bench, how: str) -> None:
-    """Whole-process wall time when all 100 pinned packages are already in place."""
-    target = {
-        "pkgckpt": hundred.restore(),
-        "pip": hundred.pip(),
-        "uv": hundred.uv(),
-        # The floor under any Python command here: the interpreter starting, nothing else.
-        "python-startup": lambda: hundred.run(PYTHON, "-c", "pass"),
-    }[how]
-    benchmark.pedantic(target, rounds=4 * ROUNDS, iterations=1, warmup_rounds=1)
+if __name__ == "__main__":
+    main()

@@ -1,39 +1,51 @@
-"""Scanning a site-packages of 3,000 distributions: pkgckpt beside importlib.metadata,
-`pip freeze --path` and `uv pip freeze --path`, plus pkgckpt's rescan after one install.
+"""Scanning a site-packages of 3,000 distributions: pkgckpt beside `uv pip freeze`,
+`pip freeze`, importlib.metadata and a bare loop, then pkgckpt's rescans.
 
-Run (see benchmarks/RESULTS.md for figures):
+    python benchmarks/bench_scan.py [--markdown PATH] [--quick]
 
-    python -m pytest benchmarks/bench_scan.py --benchmark-enable \\
-        --benchmark-columns=min,median,mean,max,rounds --benchmark-sort=name
+The tree lives on tmpfs (/dev/shm), in the site-packages of a venv made for it, written
+the way pip leaves it (METADATA with long headers and a description, INSTALLER, WHEEL,
+RECORD, REQUESTED for a third, direct_url.json for a few, one import package each).
+Contenders alternate round by round within each group (README.md's rules):
 
-The tree lives on tmpfs (/dev/shm) so that disk caches do not decide the result; it is
-written the way pip leaves it (METADATA with long headers and a description, INSTALLER,
-WHEEL, RECORD, REQUESTED for a third, direct_url.json for a few, one import package
-each). The peers that run as processes are timed by wall clock, and their CPU time
-(user + system, from RUSAGE_CHILDREN) is put in `extra_info["cpu_ms"]`.
+  baseline, whole process   `pkgckpt baseline --env VENV --output FILE` from pkgckpt's own
+                            venv (installed, compiled), beside `uv pip freeze --python
+                            VENV/bin/python` and `uv pip freeze --path SITE` (the
+                            design-equivalent peer: list what is installed) and
+                            `pip freeze --path SITE`; `python -c pass` for the floor.
+                            pkgckpt's kept interpreter answer and uv's cache are warm
+                            after the untimed first round, for both alike.
+  full scan, in process     `scan_site` (nothing known: what `pkgckpt baseline` reads),
+                            `SiteScanner(site, baseline)` (the first scan of the daemon,
+                            restore and status), a bare scandir + METADATA loop,
+                            importlib.metadata.
+  rescan, in process        after one install told the names (the daemon's case), after
+                            one install by identity, nothing changed.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.metadata
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-from pytest_benchmark.fixture import BenchmarkFixture
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pkgckpt.scan import ScanResult
+import bench_kit
+
 from pkgckpt.scan.python import SiteScanner, scan_site
 
 COUNT = 3000
+UV = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
 OLD_NS = 3600 * 10**9
 
 
@@ -81,165 +93,165 @@ def site_tree(prefix: str) -> Iterator[Path]:
         yield root
 
 
-@pytest.fixture(scope="module")
-def site() -> Iterator[Path]:
-    with site_tree("bench-scan-") as root:
-        yield root
-
-
 def age(path: Path) -> None:
     """Date `path` an hour back: what a scan sees once the install is over."""
     t = path.stat().st_mtime_ns - OLD_NS
     os.utime(path, ns=(t, t))
 
 
-def with_cpu(benchmark: BenchmarkFixture, run: Callable[..., object]) -> Callable[..., object]:
-    """`run`, with the CPU time it costs (this process and its children: user + system)
-    averaged into `extra_info["cpu_ms"]`: wall time on a shared machine includes waiting."""
-    totals = {"cpu": 0.0, "calls": 0}
-
-    def cpu() -> float:
-        me = resource.getrusage(resource.RUSAGE_SELF)
-        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-    def timed(*args: object) -> object:
-        before = cpu()
-        result = run(*args)
-        totals["cpu"] += cpu() - before
-        totals["calls"] += 1
-        benchmark.extra_info["cpu_ms"] = round(1000 * totals["cpu"] / totals["calls"], 2)
-        return result
-
-    return timed
+def bare_loop(site: Path) -> dict[str, str]:
+    """The floor the issue quotes: list, open each METADATA, keep Name and Version."""
+    found = {}
+    with os.scandir(site) as it:
+        for entry in it:
+            if entry.name.endswith(".dist-info"):
+                with open(f"{entry.path}/METADATA", "rb") as f:
+                    head = f.read(4096).split(b"\n\n", 1)[0].split(b"\n")
+                name = next(h[6:] for h in head if h.startswith(b"Name: "))
+                version = next(h[9:] for h in head if h.startswith(b"Version: "))
+                found[name.decode()] = version.decode()
+    return found
 
 
-def process(*cmd: str) -> Callable[[], object]:
-    def run() -> object:
-        return subprocess.run(cmd, check=True, capture_output=True)
+def importlib_names(site: Path) -> dict[str, str]:
+    return {
+        d.metadata["Name"]: d.version for d in importlib.metadata.distributions(path=[str(site)])
+    }
+
+
+def process(env: dict[str, str], *argv: str) -> Callable[[], None]:
+    def run() -> None:
+        subprocess.run(argv, check=True, capture_output=True, env=env)
 
     return run
 
 
-# -- full scan: ours and the peers on the same tree ------------------------------------
+def baseline_group(run: bench_kit.Run, root: Path, rounds: int) -> None:
+    """`pkgckpt baseline` of the venv's 3,000 distributions beside the freezes."""
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    for i in range(COUNT):
+        write_dist(site, i)
+    age(site)
+    pkgckpt = bench_kit.pkgckpt_python(root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "PKGCKPT_"))}
+    env.update(
+        PIP_CONFIG_FILE=os.devnull,
+        UV_NO_CONFIG="1",
+        UV_CACHE_DIR=str(root / "uv-cache"),
+        XDG_RUNTIME_DIR=str(root / "run"),
+        XDG_CONFIG_HOME=str(root / "config"),
+        PKGCKPT_DISCOVER="",
+    )
+    # pkgckpt keeps its interpreter's answer in the runtime directory as uv keeps its own
+    # in its cache: both warm after the untimed round.
+    (root / "run").mkdir(mode=0o700)
+    (root / "run" / "pkgckpt").mkdir(mode=0o700)
+    out = root / "baseline.json"
+    contenders = {
+        "`python -c pass` (pkgckpt's venv)": process(env, str(pkgckpt), "-c", "pass"),
+        "`uv pip freeze --python VENV`": process(
+            env, UV, "pip", "freeze", "--python", str(venv / "bin" / "python")
+        ),
+        "`pkgckpt baseline --env VENV`": process(
+            env, str(pkgckpt), "-m", "pkgckpt", "baseline", "--env", str(venv), "-o", str(out)
+        ),
+        "`uv pip freeze --path SITE`": process(env, UV, "pip", "freeze", "--path", str(site)),
+        "`pip freeze --path SITE`": process(
+            env, sys.executable, "-m", "pip", "freeze", "--path", str(site)
+        ),
+    }
+    bench_kit.interleave(contenders, 1)
+    assert f"{COUNT} packages" in subprocess.run(
+        [str(pkgckpt), "-m", "pkgckpt", "baseline", "--env", str(venv), "-o", str(out)],
+        check=True, capture_output=True, text=True, env=env,
+    ).stdout  # fmt: skip
+    times = bench_kit.interleave(contenders, rounds)
+
+    def target(label: str, ratio: float, extra_ms: float) -> str:
+        del extra_ms
+        if "pkgckpt" not in label:
+            return ""
+        return "met" if ratio <= 1.0 else "**not met** (≤ 1.0x)"
+
+    run.add(
+        f"**baseline, whole process**, {COUNT} distributions, {rounds} rounds\n\n"
+        + bench_kit.table(times, peer="`uv pip freeze --python VENV`", target=target)
+    )
 
 
-@pytest.mark.benchmark(group="full scan, 3000 dists")
-def test_pkgckpt_in_process(benchmark: BenchmarkFixture, site: Path) -> None:
-    """No baseline to go by (`pkgckpt baseline` itself): every file of every entry read."""
-    result = benchmark(with_cpu(benchmark, lambda: scan_site(site)))
-    assert len(result.packages) == COUNT
-
-
-@pytest.mark.benchmark(group="full scan, 3000 dists")
-def test_pkgckpt_baseline_known_in_process(benchmark: BenchmarkFixture, site: Path) -> None:
-    """The daemon's, restore's and status's first scan: the baseline lists these packages
-    (a fresh scanner each round, as each of those processes starts with)."""
+def scan_group(run: bench_kit.Run, site: Path, rounds: int) -> None:
     full = scan_site(site)
-
-    def scan() -> ScanResult:
-        return SiteScanner(site, full.packages).scan()
-
-    result = benchmark(with_cpu(benchmark, scan))
-    assert result == full
-
-
-@pytest.mark.benchmark(group="full scan, 3000 dists")
-def test_importlib_metadata_in_process(benchmark: BenchmarkFixture, site: Path) -> None:
-    def names() -> dict[str, str]:
-        return {
-            d.metadata["Name"]: d.version
-            for d in importlib.metadata.distributions(path=[str(site)])
-        }
-
-    assert len(benchmark(with_cpu(benchmark, names))) == COUNT
-
-
-@pytest.mark.benchmark(group="full scan, 3000 dists")
-def test_bare_metadata_loop_in_process(benchmark: BenchmarkFixture, site: Path) -> None:
-    """The floor the issue quotes: list, open each METADATA, keep Name and Version."""
-
-    def loop() -> dict[str, str]:
-        found = {}
-        with os.scandir(site) as it:
-            for entry in it:
-                if entry.name.endswith(".dist-info"):
-                    with open(f"{entry.path}/METADATA", "rb") as f:
-                        head = f.read(4096).split(b"\n\n", 1)[0].split(b"\n")
-                    name = next(h[6:] for h in head if h.startswith(b"Name: "))
-                    version = next(h[9:] for h in head if h.startswith(b"Version: "))
-                    found[name.decode()] = version.decode()
-        return found
-
-    assert len(benchmark(with_cpu(benchmark, loop))) == COUNT
-
-
-@pytest.mark.benchmark(group="full scan, 3000 dists")
-def test_pkgckpt_process(benchmark: BenchmarkFixture, site: Path) -> None:
-    code = "import sys; from pathlib import Path; from pkgckpt.scan.python import scan_site; "
-    code += "sys.exit(len(scan_site(Path(sys.argv[1])).packages) != 3000)"
-    benchmark.pedantic(
-        with_cpu(benchmark, process(sys.executable, "-c", code, str(site))), rounds=5
+    assert len(full.packages) == COUNT
+    contenders: dict[str, Callable[[], object]] = {
+        "pkgckpt, nothing known (`scan_site`: `pkgckpt baseline`)": lambda: scan_site(site),
+        "pkgckpt, baseline known (`SiteScanner(site, baseline)`)": lambda: SiteScanner(
+            site, full.packages
+        ).scan(),
+        "bare scandir + METADATA Name/Version loop": lambda: bare_loop(site),
+        "importlib.metadata Name + version": lambda: importlib_names(site),
+    }
+    times = bench_kit.interleave(contenders, rounds)
+    run.add(
+        f"**full scan, in process**, {COUNT} distributions, {rounds} rounds\n\n"
+        + bench_kit.table(times, first="scan")
     )
 
 
-@pytest.mark.benchmark(group="full scan, 3000 dists")
-def test_pip_freeze_path_process(benchmark: BenchmarkFixture, site: Path) -> None:
-    run = process(
-        sys.executable, "-m", "pip", "freeze", "--disable-pip-version-check", "--path", str(site)
-    )
-    benchmark.pedantic(with_cpu(benchmark, run), rounds=3)
-
-
-@pytest.mark.benchmark(group="full scan, 3000 dists")
-def test_uv_pip_freeze_path_process(benchmark: BenchmarkFixture, site: Path) -> None:
-    uv = shutil.which("uv")
-    if uv is None:
-        pytest.skip("uv is not installed")
-    run = process(uv, "pip", "freeze", "--no-config", "--path", str(site))
-    benchmark.pedantic(with_cpu(benchmark, run), rounds=5)
-
-
-# -- incremental: what the daemon pays after an install --------------------------------
-
-
-@pytest.mark.benchmark(group="rescan, 3000 dists")
-@pytest.mark.parametrize("told", [True, False], ids=["names from events", "by identity"])
-def test_rescan_after_one_install(benchmark: BenchmarkFixture, site: Path, told: bool) -> None:
-    """One new dist-info (and its import package) per round, only the new one read. Told
-    the names, as the daemon is by its watcher, the scan looks at those two entries; by
-    identity (after an overflow, say), the directory changed, so every entry is stat'ed."""
-    scanner = SiteScanner(site)
-    scanner.scan()
-    made: list[Path] = []
-    counter = iter(range(COUNT, COUNT + 10_000))
-    reads: list[int] = []
-
-    def install() -> tuple[tuple[set[str] | None], dict[str, object]]:
-        info = write_dist(site, next(counter))
-        made.append(info)
-        return ({info.name, info.name.split("-")[0]} if told else None,), {}
-
-    def rescan(changed: set[str] | None) -> object:
-        result = scanner.scan(changed)
-        reads.append(scanner.reads)
-        return result
-
-    try:
-        result = benchmark.pedantic(with_cpu(benchmark, rescan), setup=install, rounds=30)
-        assert len(result.packages) == COUNT + len(made)
-        assert set(reads) == {1}
-    finally:
-        for info in made:
-            shutil.rmtree(info)
-            shutil.rmtree(site / info.name.split("-")[0])
-
-
-@pytest.mark.benchmark(group="rescan, 3000 dists")
-def test_rescan_nothing_changed(benchmark: BenchmarkFixture, site: Path) -> None:
-    """No entry added or removed (the directory's identity holds): nothing is listed or read."""
+def rescan_group(run: bench_kit.Run, site: Path, rounds: int) -> None:
+    times: dict[str, list[float]] = {}
+    for told in (True, False):
+        scanner = SiteScanner(site)
+        scanner.scan()
+        label = "after one install, told the names" if told else "after one install, by identity"
+        made = []
+        try:
+            for n in range(rounds):
+                info = write_dist(site, COUNT + n)
+                made.append(info)
+                names = {info.name, info.name.split("-")[0]} if told else None
+                start = time.perf_counter()
+                scanner.scan(names)
+                times.setdefault(label, []).append(time.perf_counter() - start)
+                assert scanner.reads == 1
+        finally:
+            for info in made:
+                shutil.rmtree(info)
+                shutil.rmtree(site / info.name.split("-")[0])
     age(site)
     scanner = SiteScanner(site)
     scanner.scan()
-    benchmark(with_cpu(benchmark, scanner.scan))
+    for _ in range(rounds):
+        start = time.perf_counter()
+        scanner.scan()
+        times.setdefault("nothing changed", []).append(time.perf_counter() - start)
     assert scanner.reads == 0
+    run.add(
+        f"**rescan, in process**, {COUNT} distributions, {rounds} rounds\n\n"
+        + bench_kit.table(times, first="rescan")
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", type=Path, help="write the tables here (run_all.py)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    args = parser.parse_args()
+    run = bench_kit.Run("scan")
+    root = Path(tempfile.mkdtemp(prefix="bench-scan-", dir="/dev/shm"))
+    try:
+        baseline_group(run, root, 5 if args.quick else 15)
+        with site_tree("bench-scan-") as site:
+            scan_group(run, site, 3 if args.quick else 10)
+            rescan_group(run, site, 10 if args.quick else 30)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    run.done()
+    uv = subprocess.run([UV, "--version"], capture_output=True, text=True).stdout.strip()
+    run.add(f"Peers: {uv} (warm cache, no config); pip {importlib.metadata.version('pip')}.")
+    run.write(args.markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""What the script benchmarks share, so that each follows README.md's rules the same way.
+
+- `pkgckpt_python(scratch)`: the interpreter of a venv holding pkgckpt as a user gets it
+  (`pip install .`, not editable, compiled). `run_all.py` makes one and names it in
+  `PKGCKPT_BENCH_PYTHON`; a bench run on its own makes its own under `scratch`.
+- `interleave(contenders, rounds)`: every contender once per round, in turn (A B A B ...),
+  the order rotated each round so that none always runs after the same one.
+- `Run`: the date, the commit and the load average before and after; `table()` renders
+  min and median per contender as markdown for RESULTS.md (`--markdown PATH`).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ENV_PYTHON = "PKGCKPT_BENCH_PYTHON"
+
+
+def commit() -> str:
+    """`git rev-parse --short HEAD`, with "+dirty" when the tree has uncommitted changes."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "pkgckpt"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
+def load() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def install(into: Path) -> Path:
+    """A venv at `into` with this tree's pkgckpt installed by `pip install .`, compiled."""
+    # sys.executable, not its realpath: from a venv the realpath is the base interpreter.
+    subprocess.run([sys.executable, "-m", "venv", str(into)], check=True)
+    python = into / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(REPO)],
+        check=True,
+        cwd=into,
+        env={**os.environ, "PIP_NO_INPUT": "1"},
+    )
+    site = next((into / "lib").glob("python3*/site-packages"))
+    subprocess.run([str(python), "-m", "compileall", "-q", str(site)], check=True)
+    return python
+
+
+def pkgckpt_python(scratch: Path) -> Path:
+    """run_all's installed pkgckpt, else one installed now under `scratch`."""
+    named = os.environ.get(ENV_PYTHON)
+    return Path(named) if named else install(scratch / "pkgckpt-venv")
+
+
+def interleave(
+    contenders: Mapping[str, Callable[[], object]],
+    rounds: int,
+    setup: Callable[[str], object] | None = None,
+) -> dict[str, list[float]]:
+    """Wall seconds of each contender per round, contenders in turn within each round.
+
+    `setup(label)` runs untimed before each timed call (a fresh venv, a cold cache).
+    """
+    labels = list(contenders)
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(rounds):
+        shift = r % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            if setup is not None:
+                setup(label)
+            start = time.perf_counter()
+            contenders[label]()
+            times[label].append(time.perf_counter() - start)
+    return times
+
+
+@dataclass
+class Run:
+    """One bench run: when, on what, under which load."""
+
+    title: str
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    commit: str = field(default_factory=commit)
+    load_before: str = field(default_factory=load)
+    load_after: str = ""
+    sections: list[str] = field(default_factory=list)
+
+    def done(self) -> None:
+        self.load_after = load()
+
+    def header(self) -> str:
+        return (
+            f"{self.started}, commit `{self.commit}`, load average (1 / 5 / 15 min) "
+            f"{self.load_before} before, {self.load_after or load()} after. "
+            f"Python {sys.version.split()[0]}, `nproc` {os.cpu_count()}."
+        )
+
+    def add(self, text: str) -> None:
+        self.sections.append(text)
+        print(text, flush=True)
+
+    def markdown(self) -> str:
+        return "\n\n".join([self.header(), *self.sections]) + "\n"
+
+    def write(self, path: Path | None) -> None:
+        if path is not None:
+            path.write_text(self.markdown())
+
+
+def ms(seconds: float) -> str:
+    value = seconds * 1000
+    return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
+
+
+def table(
+    times: Mapping[str, Sequence[float]],
+    *,
+    peer: str | None = None,
+    target: Callable[[str, float, float], str] | None = None,
+    first: str = "contender",
+) -> str:
+    """min and median per contender; beside `peer`: the difference and the ratio of
+    medians (and of minima); `target(label, ratio, extra_ms)` -> "met" / "**not met**"."""
+    head = f"| {first} | min | median | rounds |"
+    rule = "|---|---|---|---|"
+    if peer is not None:
+        head += f" vs {peer}: + median (+ min) | ratio of medians |"
+        rule += "---|---|"
+        if target is not None:
+            head += " target |"
+            rule += "---|"
+    rows = [head, rule]
+    base = times[peer] if peer is not None else None
+    for label, values in times.items():
+        lo, mid = min(values), statistics.median(values)
+        row = f"| {label} | {ms(lo)} | {ms(mid)} | {len(values)} |"
+        if base is not None:
+            b_lo, b_mid = min(base), statistics.median(base)
+            if label == peer:
+                row += " — | — |" + (" |" if target is not None else "")
+            else:
+                extra = mid - b_mid
+                row += f" {extra * 1000:+,.0f} ms ({(lo - b_lo) * 1000:+,.0f} ms) |"
+                row += f" {mid / b_mid:.2f}x |"
+                if target is not None:
+                    row += f" {target(label, mid / b_mid, extra * 1000)} |"
+        rows.append(row)
+    return "\n".join(rows)
