@@ -3,7 +3,7 @@
 Single runs of bench_scan.py swing by ~30% from run to run on a shared 2-core VM, more
 than a change to the scanner; alternating the two on one tree shows the change itself.
 
-    python benchmarks/ab_scan.py REV [ROUNDS]
+    python benchmarks/ab_scan.py REV [ROUNDS] [--markdown PATH] [--quick]
 
 REV's `pkgckpt/scan/python.py` is taken with `git show` (its relative imports made
 absolute, so it runs against this tree's manifest and errors). Prints min and median
@@ -14,11 +14,11 @@ scanners return the same result.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib.util
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +30,7 @@ from types import ModuleType
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
+import bench_kit
 from bench_scan import COUNT, site_tree
 
 from pkgckpt.scan import python as current
@@ -61,7 +62,8 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def main(rev: str, rounds: int) -> None:
+def main(rev: str, rounds: int, markdown: Path | None) -> None:
+    run = bench_kit.Run("scanner A/B")
     with site_tree("ab-scan-") as site:
         old = earlier(rev, site.parent)
         assert old.scan_site(site) == current.scan_site(site), "the scanners disagree"
@@ -69,31 +71,39 @@ def main(rev: str, rounds: int) -> None:
         for scanner in scanners.values():
             scanner.scan()
         modules = {"before": old, "after": current}
-        times: dict[str, list[tuple[float, float]]] = {}
+        walls: dict[str, list[float]] = {}
+        cpus: dict[str, list[float]] = {}
         stamp = site.stat().st_mtime_ns
 
-        def timed(label: str, run: Callable[[], object]) -> None:
+        def timed(label: str, call: Callable[[], object]) -> None:
             wall, used = time.perf_counter(), cpu()
-            run()
-            times.setdefault(label, []).append((time.perf_counter() - wall, cpu() - used))
+            call()
+            walls.setdefault(label, []).append(time.perf_counter() - wall)
+            cpus.setdefault(label, []).append(cpu() - used)
 
         for _ in range(rounds):
             for name, module in modules.items():
-                timed(f"{name} full scan", functools.partial(module.scan_site, site))
+                timed(f"{name} ({rev if name == 'before' else 'this tree'}), full scan",
+                      functools.partial(module.scan_site, site))  # fmt: skip
             for name, scanner in scanners.items():
                 stamp += 1  # the directory "changed": listed, every entry stat'ed
                 os.utime(site, ns=(stamp, stamp))
-                timed(f"{name} rescan", scanner.scan)
-    print(f"{rev} (before) against {current.__file__} (after), {rounds} rounds, {COUNT} dists")
-    for label in sorted(times, key=lambda k: (k.split()[1], k.split()[0] == "after")):
-        walls = [w for w, _ in times[label]]
-        cpus = [c for _, c in times[label]]
-        print(
-            f"{label:18s} wall min {1000 * min(walls):6.1f}  median "
-            f"{1000 * statistics.median(walls):6.1f}  cpu median "
-            f"{1000 * statistics.median(cpus):6.1f} ms"
-        )
+                timed(f"{name} ({rev if name == 'before' else 'this tree'}), rescan", scanner.scan)
+    run.done()
+    order = sorted(walls, key=lambda k: (k.endswith("rescan"), not k.startswith("before")))
+    run.add(
+        f"Scanner {rev} (before) against this tree (after), {COUNT} distributions, "
+        f"{rounds} rounds, wall time\n\n" + bench_kit.table({k: walls[k] for k in order})
+    )
+    run.add("CPU time\n\n" + bench_kit.table({k: cpus[k] for k in order}))
+    run.write(markdown)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 20)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rev", help="the commit whose scanner is compared with this tree's")
+    parser.add_argument("rounds", type=int, nargs="?", default=20)
+    parser.add_argument("--markdown", type=Path, help="write the tables here (run_all.py)")
+    parser.add_argument("--quick", action="store_true", help="5 rounds")
+    args = parser.parse_args()
+    main(args.rev, 5 if args.quick else args.rounds, args.markdown)
