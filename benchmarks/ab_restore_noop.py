@@ -137,13 +137,14 @@ def main(rev: str, rounds: int, markdown: Path | None) -> None:
         def call(command: list[str], extra: dict[str, str]) -> Callable[[], object]:
             return lambda: subprocess.run(command, env={**bench.env, **extra}, capture_output=True)
 
+        cpu: dict[str, list[float]] = {}
         times = bench_kit.interleave(
-            {label: call(*contender) for label, contender in contenders.items()}, rounds
+            {label: call(*contender) for label, contender in contenders.items()}, rounds, cpu=cpu
         )
         run.done()
         run.add(
             f"No-op restore, 100 packages in place, {rounds} rounds\n\n"
-            + bench_kit.table(times, peer="`python -c pass`")
+            + bench_kit.table(times, cpu=cpu, peer="`python -c pass`")
         )
         run.add(checks(bench, sealed, secret))
         run.write(markdown)

@@ -6,12 +6,14 @@
 - `interleave(contenders, rounds)`: every contender once per round, in turn (A B A B ...),
   the order rotated each round so that none always runs after the same one.
 - `Run`: the date, the commit and the load average before and after; `table()` renders
-  min and median per contender as markdown for RESULTS.md (`--markdown PATH`).
+  min and median per contender as markdown for RESULTS.md (`--markdown PATH`), with the
+  CPU time of the contenders' processes where the bench measured it.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,14 +63,23 @@ def pkgckpt_python(scratch: Path) -> Path:
     return Path(named) if named else install(scratch / "pkgckpt-venv")
 
 
+def children_cpu() -> float:
+    """User + system seconds of every child waited for so far (and theirs)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def interleave(
     contenders: Mapping[str, Callable[[], object]],
     rounds: int,
     setup: Callable[[str], object] | None = None,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Wall seconds of each contender per round, contenders in turn within each round.
 
     `setup(label)` runs untimed before each timed call (a fresh venv, a cold cache).
+    `cpu`, when given, receives the CPU seconds of each call's child processes (and
+    theirs): on cores shared with other jobs it moves far less than the wall time.
     """
     labels = list(contenders)
     times: dict[str, list[float]] = {label: [] for label in labels}
@@ -77,9 +88,12 @@ def interleave(
         for label in labels[shift:] + labels[:shift]:
             if setup is not None:
                 setup(label)
+            used = children_cpu()
             start = time.perf_counter()
             contenders[label]()
             times[label].append(time.perf_counter() - start)
+            if cpu is not None:
+                cpu.setdefault(label, []).append(children_cpu() - used)
     return times
 
 
@@ -124,32 +138,41 @@ def ms(seconds: float) -> str:
 def table(
     times: Mapping[str, Sequence[float]],
     *,
+    cpu: Mapping[str, Sequence[float]] | None = None,
     peer: str | None = None,
     target: Callable[[str, float, float], str] | None = None,
     first: str = "contender",
 ) -> str:
-    """min and median per contender; beside `peer`: the difference and the ratio of
-    medians (and of minima); `target(label, ratio, extra_ms)` -> "met" / "**not met**"."""
-    head = f"| {first} | min | median | rounds |"
-    rule = "|---|---|---|---|"
+    """Wall min and median per contender (with the children's CPU median when `cpu` is
+    given); beside `peer`: the differences and the ratio of wall medians;
+    `target(label, ratio, extra_ms)` of the wall medians -> "met" / "**not met**"."""
+    head = f"| {first} | min | median |" + (" CPU median |" if cpu else "") + " rounds |"
+    rule = "|---|---|---|" + ("---|" if cpu else "") + "---|"
     if peer is not None:
-        head += f" vs {peer}: + median (+ min) | ratio of medians |"
-        rule += "---|---|"
+        head += f" vs {peer}: + median (+ min) |" + (" + CPU median |" if cpu else "")
+        head += " ratio of medians |"
+        rule += "---|" + ("---|" if cpu else "") + "---|"
         if target is not None:
             head += " target |"
             rule += "---|"
     rows = [head, rule]
-    base = times[peer] if peer is not None else None
     for label, values in times.items():
         lo, mid = min(values), statistics.median(values)
-        row = f"| {label} | {ms(lo)} | {ms(mid)} | {len(values)} |"
-        if base is not None:
+        row = f"| {label} | {ms(lo)} | {ms(mid)} |"
+        if cpu:
+            row += f" {ms(statistics.median(cpu[label]))} |"
+        row += f" {len(values)} |"
+        if peer is not None:
+            base = times[peer]
             b_lo, b_mid = min(base), statistics.median(base)
             if label == peer:
-                row += " — | — |" + (" |" if target is not None else "")
+                row += " — |" + (" — |" if cpu else "") + " — |" + (" |" if target else "")
             else:
                 extra = mid - b_mid
                 row += f" {extra * 1000:+,.0f} ms ({(lo - b_lo) * 1000:+,.0f} ms) |"
+                if cpu:
+                    more = statistics.median(cpu[label]) - statistics.median(cpu[peer])
+                    row += f" {more * 1000:+,.0f} ms |"
                 row += f" {mid / b_mid:.2f}x |"
                 if target is not None:
                     row += f" {target(label, mid / b_mid, extra * 1000)} |"

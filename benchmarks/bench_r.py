@@ -109,13 +109,14 @@ def main() -> None:
             "`pkgckpt restore`": setup.restore,
             "`install.packages()` (R's default, Ncpus = 1)": setup.by_hand(1),
         }
+        cpu: dict[str, list[float]] = {}
         times = bench_kit.interleave(
-            contenders, 2 if args.quick else 3, setup=lambda _: setup.empty()
+            contenders, 2 if args.quick else 3, setup=lambda _: setup.empty(), cpu=cpu
         )
         assert rpkgs.installed(setup.lib) == setup.expected
         run.add(
             f"**r-restore**, {len(setup.expected)} packages into an empty library\n\n"
-            + bench_kit.table(times, peer="`install.packages()` (Ncpus = 2)")
+            + bench_kit.table(times, cpu=cpu, peer="`install.packages()` (Ncpus = 2)")
         )
         setup.empty()
         setup.restore()
@@ -123,8 +124,9 @@ def main() -> None:
             "`Rscript -e 0`": lambda: rpkgs.rscript("0"),
             "`pkgckpt restore`, all in place": setup.restore,
         }
-        times = bench_kit.interleave(noop, 5 if args.quick else 10)
-        run.add("**r-noop**\n\n" + bench_kit.table(times, peer="`Rscript -e 0`"))
+        cpu = {}
+        times = bench_kit.interleave(noop, 5 if args.quick else 10, cpu=cpu)
+        run.add("**r-noop**\n\n" + bench_kit.table(times, cpu=cpu, peer="`Rscript -e 0`"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     run.done()

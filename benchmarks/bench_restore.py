@@ -164,15 +164,16 @@ def install_group(run: bench_kit.Run, name: str, bench: Bench, rounds: int) -> N
 
     # One untimed round: the page cache holds the wheels and the interpreters for all.
     bench_kit.interleave(contenders, 1, setup)
-    times = bench_kit.interleave(contenders, rounds, setup)
+    cpu: dict[str, list[float]] = {}
+    times = bench_kit.interleave(contenders, rounds, setup, cpu)
     bench.complete()
     uv_side = {k: v for k, v in times.items() if "uv" in k}
     pip_side = {k: v for k, v in times.items() if "uv" not in k}
     run.add(
         f"**{name}**, {len(bench.pins)} pinned distributions into a fresh venv\n\n"
-        + bench_kit.table(uv_side, peer="`uv pip install --no-deps -r`", target=overhead)
+        + bench_kit.table(uv_side, cpu=cpu, peer="`uv pip install --no-deps -r`", target=overhead)
         + "\n\n"
-        + bench_kit.table(pip_side, peer="`pip install --no-deps -r`", target=overhead)
+        + bench_kit.table(pip_side, cpu=cpu, peer="`pip install --no-deps -r`", target=overhead)
     )
 
 
@@ -195,10 +196,11 @@ def noop_group(run: bench_kit.Run, bench: Bench, rounds: int) -> None:
             return ""
         return "met" if ratio <= NOOP_RATIO else f"**not met** (≤ {NOOP_RATIO}x)"
 
-    times = bench_kit.interleave(contenders, rounds)
+    cpu: dict[str, list[float]] = {}
+    times = bench_kit.interleave(contenders, rounds, cpu=cpu)
     run.add(
         f"**noop-100**, {len(bench.pins)} recorded packages, all in place\n\n"
-        + bench_kit.table(times, peer="`python -c pass` (pkgckpt's venv)", target=target)
+        + bench_kit.table(times, cpu=cpu, peer="`python -c pass` (pkgckpt's venv)", target=target)
     )
 
 

@@ -167,7 +167,8 @@ def baseline_group(run: bench_kit.Run, root: Path, rounds: int) -> None:
         [str(pkgckpt), "-m", "pkgckpt", "baseline", "--env", str(venv), "-o", str(out)],
         check=True, capture_output=True, text=True, env=env,
     ).stdout  # fmt: skip
-    times = bench_kit.interleave(contenders, rounds)
+    cpu: dict[str, list[float]] = {}
+    times = bench_kit.interleave(contenders, rounds, cpu=cpu)
 
     def target(label: str, ratio: float, extra_ms: float) -> str:
         del extra_ms
@@ -177,7 +178,7 @@ def baseline_group(run: bench_kit.Run, root: Path, rounds: int) -> None:
 
     run.add(
         f"**baseline, whole process**, {COUNT} distributions, {rounds} rounds\n\n"
-        + bench_kit.table(times, peer="`uv pip freeze --python VENV`", target=target)
+        + bench_kit.table(times, cpu=cpu, peer="`uv pip freeze --python VENV`", target=target)
     )
 
 
