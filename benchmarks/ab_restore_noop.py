@@ -91,7 +91,7 @@ def main(rev: str, rounds: int, markdown: Path | None) -> None:
         argv = ["restore", "--key", "bench", "--env", str(bench.venv), "--no-index"]
         argv += ["--find-links", str(bench.wheels)]
         first = subprocess.run(
-            [str(after), "-m", "pkgckpt", *argv, "--store", str(bench.store)], env=bench.env
+            [bench_kit.script(after), *argv, "--store", str(bench.store)], env=bench.env
         )
         assert first.returncode == 0
         secret = root / "secret"
@@ -99,30 +99,32 @@ def main(rev: str, rounds: int, markdown: Path | None) -> None:
         secret.chmod(0o600)
         sealed = root / "sealed"
         seal_it = (
-            "import sys; from pathlib import Path; from pkgckpt.store import Store; "
+            "import sys; from pathlib import Path; from pkgckpt.store import Store, init_store; "
             "from pkgckpt.seal import Sealed, read_secret; "
-            "m = Store(Path(sys.argv[1]), 'bench').read(); "
+            "m = Store(Path(sys.argv[1]), 'bench').read(); init_store(Path(sys.argv[2])); "
             "Store(Path(sys.argv[2]), 'bench', "
             "seal=Sealed(read_secret(Path(sys.argv[3]), Path(sys.argv[2])), 'bench'))"
             ".commit(m.body)"
         )
         subprocess.run(
-            [str(after), "-c", seal_it, str(bench.store), str(sealed), str(secret)], check=True
+            [str(after), "-c", seal_it, str(bench.store), str(sealed), str(secret)],
+            check=True,
+            cwd=root,
         )
         squash = {"PKGCKPT_STORE_UID": str(os.getuid())}
         contenders = {
             "`python -c pass`": ([str(after), "-c", "pass"], {}),
             f"before ({rev})": (
-                [str(before), "-m", "pkgckpt", *argv, "--store", str(bench.store)],
+                [bench_kit.script(before), *argv, "--store", str(bench.store)],
                 {},
             ),
-            "after": ([str(after), "-m", "pkgckpt", *argv, "--store", str(bench.store)], {}),
+            "after": ([bench_kit.script(after), *argv, "--store", str(bench.store)], {}),
             "after, store_uid, layout (a)": (
-                [str(after), "-m", "pkgckpt", *argv, "--store", str(bench.store)],
+                [bench_kit.script(after), *argv, "--store", str(bench.store)],
                 squash,
             ),
             "after, sealed, layout (b)": (
-                [str(after), "-m", "pkgckpt", *argv, "--store", str(sealed)],
+                [bench_kit.script(after), *argv, "--store", str(sealed)],
                 {**squash, "PKGCKPT_STORE_SECRET_FILE": str(secret)},
             ),
         }

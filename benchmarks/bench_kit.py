@@ -57,6 +57,13 @@ def install(into: Path) -> Path:
     return python
 
 
+def script(python: Path) -> str:
+    """The `pkgckpt` console script beside `python`: what an entrypoint runs. Not
+    `python -m pkgckpt`, which puts the working directory first on sys.path, where a
+    checkout would shadow the installed package (uncompiled, on this machine)."""
+    return str(python.with_name("pkgckpt"))
+
+
 def pkgckpt_python(scratch: Path) -> Path:
     """run_all's installed pkgckpt, else one installed now under `scratch`."""
     named = os.environ.get(ENV_PYTHON)

@@ -72,9 +72,11 @@ class Setup:
         self.lib.mkdir()
 
     def restore(self) -> None:
-        argv = [str(self.pkgckpt), "-m", "pkgckpt", "restore", "--r-lib", str(self.lib)]
+        argv = [bench_kit.script(self.pkgckpt), "restore", "--r-lib", str(self.lib)]
         argv += ["--store", str(self.store), "--key", "k", "--r-repo", self.repo.url]
-        done = subprocess.run(argv, capture_output=True, text=True, env=self.env)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, env=self.env, cwd=self.lib.parent
+        )
         assert done.returncode == 0, done.stdout + done.stderr
 
     def by_hand(self, ncpus: int) -> Callable[[], None]:

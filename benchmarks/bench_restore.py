@@ -94,13 +94,13 @@ class Bench:
 
     def run(self, *argv: str) -> Callable[[], None]:
         def call() -> None:
-            proc = subprocess.run(argv, env=self.env, capture_output=True, text=True)
+            proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, cwd=self.root)
             assert proc.returncode == 0, proc.stdout + proc.stderr
 
         return call
 
     def restore(self, *extra: str) -> Callable[[], None]:
-        argv = (str(self.pkgckpt), "-m", "pkgckpt", "restore", "--store", str(self.store))
+        argv = (bench_kit.script(self.pkgckpt), "restore", "--store", str(self.store))
         argv += ("--key", "bench", "--env", str(self.venv), "--no-index")
         return self.run(*argv, "--find-links", str(self.wheels), *extra)
 

@@ -121,7 +121,7 @@ def importlib_names(site: Path) -> dict[str, str]:
 
 def process(env: dict[str, str], *argv: str) -> Callable[[], None]:
     def run() -> None:
-        subprocess.run(argv, check=True, capture_output=True, env=env)
+        subprocess.run(argv, check=True, capture_output=True, env=env, cwd=env["HOME"])
 
     return run
 
@@ -143,6 +143,8 @@ def baseline_group(run: bench_kit.Run, root: Path, rounds: int) -> None:
         XDG_RUNTIME_DIR=str(root / "run"),
         XDG_CONFIG_HOME=str(root / "config"),
         PKGCKPT_DISCOVER="",
+        # A working directory of the bench's own, for every contender.
+        HOME=str(root),
     )
     # pkgckpt keeps its interpreter's answer in the runtime directory as uv keeps its own
     # in its cache: both warm after the untimed round.
@@ -155,7 +157,7 @@ def baseline_group(run: bench_kit.Run, root: Path, rounds: int) -> None:
             env, UV, "pip", "freeze", "--python", str(venv / "bin" / "python")
         ),
         "`pkgckpt baseline --env VENV`": process(
-            env, str(pkgckpt), "-m", "pkgckpt", "baseline", "--env", str(venv), "-o", str(out)
+            env, bench_kit.script(pkgckpt), "baseline", "--env", str(venv), "-o", str(out)
         ),
         "`uv pip freeze --path SITE`": process(env, UV, "pip", "freeze", "--path", str(site)),
         "`pip freeze --path SITE`": process(
@@ -164,7 +166,7 @@ def baseline_group(run: bench_kit.Run, root: Path, rounds: int) -> None:
     }
     bench_kit.interleave(contenders, 1)
     assert f"{COUNT} packages" in subprocess.run(
-        [str(pkgckpt), "-m", "pkgckpt", "baseline", "--env", str(venv), "-o", str(out)],
+        [bench_kit.script(pkgckpt), "baseline", "--env", str(venv), "-o", str(out)],
         check=True, capture_output=True, text=True, env=env,
     ).stdout  # fmt: skip
     cpu: dict[str, list[float]] = {}

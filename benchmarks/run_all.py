@@ -137,7 +137,8 @@ def main() -> int:
                 continue
             print(f"run_all: {bench.name}: {' '.join(argv)}", flush=True)
             began = time.monotonic()
-            done = subprocess.run(argv, env=env, cwd=HERE.parent)
+            # Not the checkout: there `python -m pkgckpt` would import its source.
+            done = subprocess.run(argv, env=env, cwd=scratch)
             took = time.monotonic() - began
             if done.returncode != 0 or not out.exists():
                 print(
