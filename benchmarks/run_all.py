@@ -54,6 +54,8 @@ BENCHES = (
     Bench("scan", "bench_scan.py"),
     Bench("scan-ab", "ab_scan.py", ab=True),
     Bench("r", "bench_r.py"),
+    # restore onto a new image (issue 10)
+    Bench("rebase-ab", "ab_rebase.py", ab=True),
     # watcher, daemon, idle RSS (issue 15: watcher, daemon and RSS targets)
     Bench("watch", "bench_watch.py"),
     Bench("daemon", "bench_daemon.py"),
