@@ -120,7 +120,7 @@ class Run:
 
     def header(self) -> str:
         return (
-            f"{self.started}, commit `{self.commit}`, load average (1 / 5 / 15 min) "
+            f"{self.title}: {self.started}, commit `{self.commit}`, load average (1 / 5 / 15 min) "
             f"{self.load_before} before, {self.load_after or load()} after. "
             f"Python {sys.version.split()[0]}, `nproc` {os.cpu_count()}."
         )
