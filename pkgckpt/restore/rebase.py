@@ -26,11 +26,14 @@ Consistent means that after the plan every installed distribution's `Requires-Di
 for) is satisfied. The check reads, without installing: the image's installed metadata
 (`*.dist-info/METADATA` in the environment's library roots) and each planned package's
 METADATA from its wheel in a `--find-links` directory whose tags fit the target
-interpreter. Requirements, markers and versions are `packaging`'s; there is no resolver
-here. A planned package found only on an index has its own requirements unchecked (PEP 658
-metadata is not fetched): the installer, which resolves with every untouched installed
-distribution pinned as a constraint (`-c`), refuses a conflict there and the failure is
-reported per package. Then, with `--on-conflict image` (the default):
+interpreter, else, for a package from an index, its METADATA from the configured index
+(`indexmeta.py`: the PEP 658 metadata file, or a small wheel). Requirements, markers and
+versions are `packaging`'s; there is no resolver here. A planned package whose metadata
+cannot be read (no index configured, the index down, no fitting wheel, a hash mismatch)
+has its own requirements unchecked, and its decision's reason says why: the installer,
+which resolves with every untouched installed distribution pinned as a constraint (`-c`),
+refuses a conflict there and the failure is reported per package. Then, with
+`--on-conflict image` (the default):
 
 - a planned install or removal that breaks an image package's requirement is held back,
   with the requirement that blocked it (`evaldep 1.0 held back: evalimg 2.0 (image)
@@ -88,6 +91,9 @@ ON_CONFLICT = ("image", "user")
 MAX_METADATA = 1 << 20
 """Bytes of a METADATA file read at most: a real one is a few KB."""
 
+NO_INDEX = (
+    "no http(s) index named to pkgckpt (index_url, UV_DEFAULT_INDEX, UV_INDEX_URL, PIP_INDEX_URL)"
+)
 Action = Literal["install", "remove", "superseded", "held-back", "nothing"]
 Part = Literal["added", "changed", "removed"]
 
@@ -356,6 +362,10 @@ class _Wheels:
         want = _version(version)
         return any(_version(v) == want for v in self._sdists.get(canonical(name), ()))
 
+    def learn(self, name: str, version: str, requires: list[str]) -> None:
+        """`name==version`'s requirements, read elsewhere (from the index)."""
+        self._requires[(canonical(name), version)] = requires
+
     def requires(self, name: str, version: str) -> list[str] | None:
         key = (canonical(name), version)
         if key not in self._requires:
@@ -520,10 +530,11 @@ def rebase(
             action=action,
             reason=reason,
         )
+    recorded_by_key = {canonical(p.name): p for _, p in entries}
+    _from_index(decided, recorded_by_key, wheels, config, tags)
     user = config.on_conflict == "user"
     markers = markers_for(env)
     meta = installed_metadata((*target.roots, *(beneath.roots if beneath else ())))
-    recorded_by_key = {canonical(p.name): p for _, p in entries}
 
     def state() -> dict[str, _Dist]:
         out: dict[str, _Dist] = {}
@@ -580,6 +591,51 @@ def rebase(
         forced=tuple(forced),
         broken=tuple(broken),
     )
+
+
+def _from_index(
+    decided: dict[str, Decision],
+    recorded: Mapping[str, Package],
+    wheels: _Wheels,
+    config: Config,
+    tags: Sequence[Tag],
+) -> None:
+    """Teach `wheels` the requirements of each planned install from an index that the
+    find-links do not hold, read from the configured index; where they cannot be read,
+    say so in the decision's reason (the installer then decides)."""
+    wanted = {
+        key: recorded[key]
+        for key, d in decided.items()
+        if d.action == "install"
+        and isinstance(recorded[key].source, IndexSource)
+        and wheels.best(d.name, d.version) is None
+    }
+    if not wanted:
+        return
+    from .indexmeta import IndexMetadata, index_url
+
+    url = index_url(config)
+    if url is None:
+        why = "no wheel of it in the find-links" if config.no_index else NO_INDEX
+        found: dict[tuple[str, str], tuple[str | None, str | None]] = {
+            (key, p.version): (None, why) for key, p in wanted.items()
+        }
+    else:
+        found = IndexMetadata(url, tags).fetch((p.name, p.version) for p in wanted.values())
+    for key, p in wanted.items():
+        text, why = found.get((key, p.version), (None, "not a valid name or version"))
+        if text is not None:
+            name, version, requires = _requires(text)
+            if (
+                name is not None
+                and canonical(name) == key
+                and _version(version) == _version(p.version)
+            ):
+                wheels.learn(p.name, p.version, requires)
+                continue
+            why = "its metadata on the index names another distribution"
+        reason = f"{decided[key].reason}; its requirements are left to the installer: {why}"
+        decided[key] = msgspec.structs.replace(decided[key], reason=_printable(reason))
 
 
 def _hold_back(
