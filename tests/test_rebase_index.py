@@ -108,6 +108,18 @@ def _handler(index: Index) -> type[http.server.SimpleHTTPRequestHandler]:
                 self.send_header("Location", moved.read_text())
                 self.end_headers()
                 return
+            if (
+                self.path.endswith("/")
+                and Path(index.root, self.path.lstrip("/"), "drip").is_file()
+            ):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.end_headers()
+                for _ in range(50):  # a byte each 0.1 s: each read is within any timeout
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                return
             page = Path(index.root, self.path.lstrip("/"), "index.json")
             wants_json = "application/vnd.pypi.simple.v1+json" in self.headers.get("Accept", "")
             if self.path.endswith("/") and wants_json and page.is_file():
@@ -236,6 +248,21 @@ def test_an_index_that_is_down_leaves_the_check_to_the_installer(tmp_path: Path)
     for action, reason in decisions(planned).values():
         assert action == "install"
         assert f"the index {url} is unreachable" in reason, reason
+
+
+def test_an_index_answering_a_byte_at_a_time_costs_the_budget_only(
+    tmp_path: Path, index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page that never ends, a byte at a time: the reads stop at the budget and the
+    package is left to the installer with the reason."""
+    monkeypatch.setattr(indexmeta, "BUDGET", 0.5)
+    (project := index.root / "simple" / "olduser").mkdir(parents=True)
+    (project / "drip").touch()
+    started = time.monotonic()
+    (action, reason) = decisions(plan_on_v2(tmp_path, index.url, "olduser==1.0"))["olduser"]
+    assert time.monotonic() - started < 2.0
+    assert action == "install"
+    assert reason.endswith(f"the index {index.url} is unreachable (over 0.5 s)"), reason
 
 
 def test_a_metadata_file_that_does_not_match_its_hash_is_ignored(

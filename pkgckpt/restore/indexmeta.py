@@ -33,7 +33,9 @@ The index is the admin's, never the store's; its answers are still hostile:
   appear in a reason;
 - every read is bounded (`MAX_PAGE`, `rebase.MAX_METADATA`, `MAX_WHEEL`) and times out
   after `TIMEOUT` seconds; the first connection failure marks the index down for the rest
-  of the run, so an index that is down costs one timeout, not one per package.
+  of the run, so an index that is down costs one timeout, not one per package; and all
+  reads stop after `BUDGET` seconds, so an index that answers a byte at a time delays the
+  restore by that much at most.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import io
 import json
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -63,6 +66,9 @@ if TYPE_CHECKING:
 
 TIMEOUT = 5.0
 """Seconds a connection or a read may take."""
+BUDGET = 20.0
+"""Seconds all of one plan's reads from the index may take together."""
+CHUNK = 1 << 16
 MAX_PAGE = 16 << 20
 """Bytes of a project page read at most (PyPI's largest are a few MB)."""
 MAX_WHEEL = 5 << 20
@@ -262,6 +268,7 @@ class IndexMetadata:
             self._auth = "Basic " + base64.b64encode(secret.encode()).decode()
         self._rank = {t: i for i, t in enumerate(tags)}
         self._timeout = timeout
+        self._deadline = time.monotonic() + BUDGET
         self._opener = _opener()
         self._down = threading.Event()
         self.shown = shown(url)
@@ -278,7 +285,7 @@ class IndexMetadata:
             return dict(zip(todo, found, strict=True))
 
     def _one(self, name: str, version: str) -> Found:
-        if self._down.is_set():
+        if self._down.is_set() or time.monotonic() > self._deadline:
             return None, f"the index {self.shown} is unreachable"
         try:
             return self._metadata(name, version), None
@@ -299,7 +306,7 @@ class IndexMetadata:
                 length = response.headers.get("Content-Length")
                 if length and length.isdigit() and int(length) > limit:
                     raise _Refused(f"{shown(url)} is over {limit} bytes")
-                data = response.read(limit + 1)
+                data = self._read(response, limit)
                 final = response.geturl()
                 kind = response.headers.get_content_type()
         except urllib.error.HTTPError as e:
@@ -317,6 +324,20 @@ class IndexMetadata:
         if len(data) > limit:
             raise _Refused(f"{shown(url)} is over {limit} bytes")
         return data, kind, final
+
+    def _read(self, response: http.client.HTTPResponse, limit: int) -> bytes:
+        """At most `limit` + 1 bytes of the body, within the budget."""
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            if time.monotonic() > self._deadline:
+                raise _Down(f"over {BUDGET:g} s")
+            chunk = response.read1(min(CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
 
     def _links(self, name: str) -> list[_Link]:
         data, kind, final = self._get(f"{self._root.rstrip('/')}/{name}/", MAX_PAGE, ACCEPT)
