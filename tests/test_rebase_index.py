@@ -138,12 +138,17 @@ def _handler(index: Index) -> type[http.server.SimpleHTTPRequestHandler]:
     return Handler
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 64
+    """The default 5 drops the connections of concurrent fetches (a 1 s retry each)."""
+
+
 @pytest.fixture
 def index(tmp_path: Path) -> Iterator[Index]:
     """A live index on 127.0.0.1 (stopped at the end of the test)."""
     served = Index(tmp_path / "index")
     served.root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(served))
+    server = _Server(("127.0.0.1", 0), _handler(served))
     served.url = f"http://127.0.0.1:{server.server_address[1]}/simple/"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
