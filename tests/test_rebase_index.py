@@ -343,13 +343,20 @@ def test_a_redirect_off_http_is_not_followed(
 def test_index_credentials_go_to_the_index_only_and_are_never_shown(
     tmp_path: Path, index: Index, built: Path
 ) -> None:
-    """Credentials in the index URL are sent as HTTP Basic to the index, and appear in no
-    reason, even when the index refuses."""
+    """Credentials in the index URL are sent as HTTP Basic to the index, not along a
+    redirect to another host, and appear in no reason, even when the index refuses."""
     index.publish(built / "olduser-1.0-py3-none-any.whl")
+    (moved := index.root / "simple" / "moved").mkdir()
+    other = index.url.replace("127.0.0.1", "localhost")
+    (moved / "moved").write_text(f"{other}olduser/")
     secret = index.url.replace("http://", "http://alice:s3cret@")
-    planned = plan_on_v2(tmp_path, secret, "olduser==1.0", "nothere==1.0")
+    planned = plan_on_v2(tmp_path, secret, "olduser==1.0", "nothere==1.0", "moved==1.0")
     assert decisions(planned)["olduser"] == ("held-back", OLDUSER_HELD)
-    assert {auth for _, auth in index.seen} == {"Basic YWxpY2U6czNjcmV0"}
+    redirected = ("/simple/olduser/", None)  # moved's page, fetched again from localhost
+    assert index.seen.count(redirected) == 1, index.seen
+    assert {auth for seen, auth in index.seen if (seen, auth) != redirected} == {
+        "Basic YWxpY2U6czNjcmV0"
+    }
     nothere = decisions(planned)["nothere"][1]
     assert "HTTP 404" in nothere and "s3cret" not in nothere and "alice" not in nothere
 
