@@ -86,6 +86,7 @@ if TYPE_CHECKING:
     from packaging.version import Version
 
     from ..inventory import Target
+    from .indexmeta import Found
 
 ON_CONFLICT = ("image", "user")
 MAX_METADATA = 1 << 20
@@ -616,9 +617,9 @@ def _from_index(
 
     url = index_url(config)
     if url is None:
-        why = "no wheel of it in the find-links" if config.no_index else NO_INDEX
-        found: dict[tuple[str, str], tuple[str | None, str | None]] = {
-            (key, p.version): (None, why) for key, p in wanted.items()
+        none = "no wheel of it in the find-links" if config.no_index else NO_INDEX
+        found: dict[tuple[str, str], Found] = {
+            (key, p.version): (None, none) for key, p in wanted.items()
         }
     else:
         found = IndexMetadata(url, tags).fetch((p.name, p.version) for p in wanted.values())
