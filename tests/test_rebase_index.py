@@ -283,6 +283,21 @@ def test_a_metadata_file_that_does_not_match_its_hash_is_ignored(
     )
 
 
+def test_a_metadata_file_naming_another_distribution_is_ignored(
+    tmp_path: Path, index: Index, built: Path
+) -> None:
+    """A metadata file (hash and all) whose Name or Version is not the wheel's: its
+    requirements are not used, the reason says so."""
+    planted = "Metadata-Version: 2.1\nName: olduser\nVersion: 9.0\nRequires-Dist: evaldep<2\n"
+    for text in (planted, planted.replace("Name: olduser", "Name: other").replace("9.0", "1.0")):
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        index.publish(built / "olduser-1.0-py3-none-any.whl", metadata_hash=sha)
+        Path(index.files(), "olduser-1.0-py3-none-any.whl.metadata").write_text(text)
+        (action, reason) = decisions(plan_on_v2(tmp_path, index.url, "olduser==1.0"))["olduser"]
+        assert action == "install"
+        assert reason.endswith("its metadata on the index names another distribution"), reason
+
+
 def test_hostile_links_on_the_index_are_not_followed(
     tmp_path: Path, index: Index, built: Path
 ) -> None:
