@@ -287,7 +287,7 @@ def _rebase(
     beneath = _beneath(target, found)
     under = beneath.scan().packages if beneath is not None else ()
     now = {**{canonical(p.name): p for p in under}, **now}
-    return rebase(delta, target, image, now, config, beneath)
+    return rebase(delta, target, image, now, config, beneath, ask_index=False)
 
 
 def collect(config: Config) -> Report:

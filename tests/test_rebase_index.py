@@ -160,7 +160,7 @@ def index(tmp_path: Path) -> Iterator[Index]:
         thread.join()
 
 
-def plan_on_v2(tmp_path: Path, url: str, *added: str) -> Rebase:
+def plan_on_v2(tmp_path: Path, url: str, *added: str, ask_index: bool = True) -> Rebase:
     """The rebase of `added` (each `name==version`, from an index) onto an image that ships
     evaldep 2.0, with `url` as the index and no find-links."""
     site = tmp_path / "site"
@@ -171,7 +171,14 @@ def plan_on_v2(tmp_path: Path, url: str, *added: str) -> Rebase:
     packages = tuple(Package(name=s.split("==")[0], version=s.split("==")[1]) for s in added)
     delta = Delta(env=PY, added=packages, image="sha256:v1")
     config = Config(store=tmp_path / "s", key="k", index_url=url)
-    return rebase(delta, Target(env=PY, roots=(site,)), image, {"evaldep": image[0]}, config)
+    return rebase(
+        delta,
+        Target(env=PY, roots=(site,)),
+        image,
+        {"evaldep": image[0]},
+        config,
+        ask_index=ask_index,
+    )
 
 
 def decisions(planned: Rebase) -> dict[str, tuple[str, str]]:
@@ -207,6 +214,17 @@ def test_a_package_only_on_the_index_is_held_back_from_its_metadata_file(
     }
     assert ("/files/olduser-1.0-py3-none-any.whl.metadata", None) in index.seen
     assert not index.wheel_fetched("olduser-1.0-py3-none-any.whl")
+
+
+def test_status_plans_without_asking_the_index(tmp_path: Path, index: Index, built: Path) -> None:
+    """The plan `status` shows (ask_index=False) sends no request, so a slow or blackholed
+    index never holds up a person reading status; its reason says restore's dry run asks."""
+    index.publish(built / "olduser-1.0-py3-none-any.whl")
+    planned = plan_on_v2(tmp_path, index.url, "olduser==1.0", ask_index=False)
+    action, reason = decisions(planned)["olduser"]
+    assert action == "install"
+    assert "status reads no index" in reason
+    assert index.seen == []
 
 
 def test_without_metadata_files_a_small_wheel_is_read(

@@ -499,11 +499,14 @@ def rebase(
     live: Mapping[str, Package],
     config: Config,
     beneath: Target | None = None,
+    *,
+    ask_index: bool = True,
 ) -> Rebase:
     """`delta` read against `image` (this container's baseline of the environment) and
     `live` (installed now, by canonical name): see the module docstring. A user site is
     read with the prefix `beneath` it: its installed packages are in `live` and in
-    `image`, its metadata is read after the user site's own."""
+    `image`, its metadata is read after the user site's own. Without `ask_index` no
+    index is read (status answers at once, whatever the index does)."""
     env = target.env
     images = {canonical(p.name): p for p in image}
     moved = new_interpreter(delta.env, env)
@@ -532,7 +535,7 @@ def rebase(
             reason=reason,
         )
     recorded_by_key = {canonical(p.name): p for _, p in entries}
-    _from_index(decided, recorded_by_key, wheels, config, tags)
+    _from_index(decided, recorded_by_key, wheels, config, tags, ask_index)
     user = config.on_conflict == "user"
     markers = markers_for(env)
     meta = installed_metadata((*target.roots, *(beneath.roots if beneath else ())))
@@ -600,6 +603,7 @@ def _from_index(
     wheels: _Wheels,
     config: Config,
     tags: Sequence[Tag],
+    ask_index: bool,
 ) -> None:
     """Teach `wheels` the requirements of each planned install from an index that the
     find-links do not hold, read from the configured index; where they cannot be read,
@@ -615,9 +619,14 @@ def _from_index(
         return
     from .indexmeta import IndexMetadata, index_url
 
-    url = index_url(config)
+    url = index_url(config) if ask_index else None
     if url is None:
-        none = "no wheel of it in the find-links" if config.no_index else NO_INDEX
+        if not ask_index:
+            none = "status reads no index (restore --dry-run does)"
+        elif config.no_index:
+            none = "no wheel of it in the find-links"
+        else:
+            none = NO_INDEX
         found: dict[tuple[str, str], Found] = {
             (key, p.version): (None, none) for key, p in wanted.items()
         }
