@@ -1,54 +1,59 @@
-"""The watch engine beside its peers: CPU to absorb a pip-like burst, idle wake-ups, RSS.
+"""The watch engine beside its peers: CPU to absorb a 20,000-file install, idle cost.
 
-Run (figures in benchmarks/RESULTS.md, "Watch engine (issue 2)"):
+    python benchmarks/bench_watch.py [--rounds 7] [--idle 60] [--python PY] [--markdown PATH]
 
-    python -m pytest benchmarks/bench_watch.py --benchmark-enable -s \\
-        --benchmark-columns=min,median,mean,max,rounds --benchmark-sort=name
+Each watcher runs in a child process of its own, watching a fresh site-packages on tmpfs
+(/dev/shm); this process writes the burst (`pip_order_burst`: 20,000 files in 1,500
+directories in the order pip extracts a wheel, each directory made just before its first
+file, then the dist-info with RECORD renamed into place last) and waits until the child
+says it has seen RECORD arrive. The figure is the child's CPU (user + system of all its
+threads, ns from /proc/<pid>/task/*/schedstat) from "armed" to "RECORD seen"; each child
+also measures itself with getrusage as a cross-check. Contenders run one after another
+within each round (A B C ..., A B C ...), never all of A's rounds first.
 
-Each watcher runs in a child process of its own, watching a fresh site-packages on tmpfs;
-this process writes the burst (`pip_like_burst`: 20,000 files in 1,500 directories, then
-the dist-info with RECORD renamed into place last) and waits until the child says it has
-seen RECORD's arrival. The benchmark's timer is the child's CPU time (user + system of
-all its threads, nanoseconds from /proc/<pid>/task/*/schedstat), so the figures are CPU
-seconds of the watching process, from "armed" to "RECORD seen". Peers: a recursive
-watcher on inotify_simple (a watch per directory, new directories scanned for what they
-already hold), watchdog's Observer (recursive), watchfiles' `watch` (its defaults:
-debounce 1,600 ms, step 50 ms).
+Contenders, all from one venv where pkgckpt is installed by `pip install .` with bytecode
+compiled (`--python` names one, else one is built for the run):
 
-`test_idle_watchers` then leaves all four idle, side by side, on a site holding that
-tree, for BENCH_IDLE_SECONDS (60) and counts their wake-ups (voluntary + involuntary
-context switches of every thread) and their RSS.
+  pkgckpt                 `Watcher` + `Debouncer` as the daemon runs them (native engine,
+                          batches of 50 ms with the leading edge, max 1,000 ms), markers
+                          followed until RECORD.
+  pkgckpt (python)        the same with PKGCKPT_WATCH_BACKEND=python (inotify_simple).
+  non-recursive           the design-equivalent peer: the simplest correct program doing
+                          pkgckpt's job its way. inotify_simple on the root alone, and on
+                          each *.dist-info that appears until its RECORD arrives.
+  recursive               inotify_simple, a watch per directory, new ones scanned.
+  watchdog, watchfiles    the popular peers, recursive, their defaults.
+
+`--idle N` then leaves one of each idle, side by side, on a site holding the burst's tree
+for N seconds and counts wake-ups (context switches of every thread), CPU and RSS.
+`--markdown PATH` writes the tables for RESULTS.md.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import select
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-from pytest_benchmark.fixture import BenchmarkFixture
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from watch_kit import pip_like_burst, shm
-
-__all__ = ["shm"]  # fixtures
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchvenv import commit, installed, load, stamp
 
 DIST = "bigpkg-1.0.dist-info"
-ROUNDS = int(os.environ.get("BENCH_WATCH_ROUNDS", "5"))
-IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
 MISS_AFTER = 15.0  # seconds after the burst without "record": the watcher missed it
 
-# Each child: arm on argv[1], print "ready", print "record" once RECORD of DIST has been
-# seen, then on stdin's end print its counts as JSON and exit. Each also measures itself
-# (RUSAGE_SELF, every thread) from "ready" to "record": a cross-check of the timer.
+# Each child: arm on argv[1], print "ready", print "record" once RECORD of argv[2] has
+# been seen, then on stdin's end print its counts as JSON and exit.
 SELF_CPU = r"""
 import resource
 
@@ -56,25 +61,25 @@ def cpu_ms():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return (r.ru_utime + r.ru_stime) * 1000
 """
+
 PKGCKPT = r"""
 import sys, time, json
 from pathlib import Path
-import click, msgspec, cffi  # what the daemon process holds besides the watcher
 from pkgckpt.debounce import Debouncer
 from pkgckpt.watcher import Root, Watcher
 
 site, dist = Path(sys.argv[1]), sys.argv[2]
-with Watcher([Root(site, "python")]) as w:
+with Watcher([Root(site, "python")], quiet_ms=50, max_ms=1000, leading=True) as w:
+    debounce = Debouncer(quiet=0.5, max_delay=30.0)
     print("ready", flush=True)
     start = cpu_ms()
-    debounce = Debouncer(quiet=0.5, max_delay=30.0)
     batches = 0
     while True:
         batch = w.wait(None)
         batches += 1
         now = time.monotonic()
         for root in batch.dirty:
-            debounce.touch(root, now)
+            debounce.touch(root, batch.last or now)
         if dist in batch.markers.get(site, ()) and not w.busy(site):
             break
     cpu = cpu_ms() - start
@@ -83,7 +88,40 @@ with Watcher([Root(site, "python")]) as w:
 print(json.dumps({"self_cpu_ms": round(cpu, 3), "batches": batches}))
 """
 
-INOTIFY_SIMPLE = r"""
+# The design-equivalent peer: what pkgckpt's watcher does, written plainly.
+NON_RECURSIVE = r"""
+import sys, os, json
+from inotify_simple import INotify, flags as F
+
+root, dist = sys.argv[1], sys.argv[2]
+ino = INotify()
+top = ino.add_watch(root, F.CREATE | F.DELETE | F.MOVED_FROM | F.MOVED_TO | F.CLOSE_WRITE
+                    | F.DELETE_SELF | F.ONLYDIR)
+markers = {}  # wd -> *.dist-info name, watched until its RECORD arrives
+done = set()
+print("ready", flush=True)
+start = cpu_ms()
+reads = 0
+while dist not in done:
+    reads += 1
+    for ev in ino.read():
+        if ev.wd == top:
+            new = ev.mask & F.ISDIR and ev.mask & (F.CREATE | F.MOVED_TO)
+            if new and ev.name.endswith(".dist-info"):
+                path = os.path.join(root, ev.name)
+                markers[ino.add_watch(path, F.CLOSE_WRITE | F.MOVED_TO | F.ONLYDIR)] = ev.name
+                if os.path.exists(os.path.join(path, "RECORD")):  # before the watch
+                    done.add(ev.name)
+        elif ev.name == "RECORD" and ev.wd in markers:
+            done.add(markers.pop(ev.wd))
+            ino.rm_watch(ev.wd)
+cpu = cpu_ms() - start
+print("record", flush=True)
+sys.stdin.read()
+print(json.dumps({"self_cpu_ms": round(cpu, 3), "reads": reads}))
+"""
+
+RECURSIVE = r"""
 import sys, os, json
 from inotify_simple import INotify, flags
 
@@ -184,12 +222,56 @@ with RustNotify([root], False, False, 300, True, False) as notify:
 print(json.dumps({"self_cpu_ms": round(cpu, 3), "files": len(files - {root})}))
 """
 
-WATCHERS = {
-    "pkgckpt": PKGCKPT,
-    "inotify_simple-recursive": INOTIFY_SIMPLE,
-    "watchdog": WATCHDOG,
-    "watchfiles": WATCHFILES,
-}
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    script: str
+    setup: str
+    env: tuple[tuple[str, str], ...] = ()
+
+
+CONTENDERS = [
+    Contender("pkgckpt", PKGCKPT, "`Watcher` + `Debouncer` as in the daemon, native engine"),
+    Contender(
+        "pkgckpt (python backend)",
+        PKGCKPT,
+        "the same, `PKGCKPT_WATCH_BACKEND=python` (inotify_simple)",
+        (("PKGCKPT_WATCH_BACKEND", "python"),),
+    ),
+    Contender(
+        "non-recursive inotify_simple",
+        NON_RECURSIVE,
+        "design-equivalent: the root, and each new `*.dist-info` until RECORD",
+    ),
+    Contender("recursive inotify_simple", RECURSIVE, "a watch per directory, new ones scanned"),
+    Contender("watchdog", WATCHDOG, "`Observer`, recursive"),
+    Contender("watchfiles", WATCHFILES, "`watch` defaults (debounce 1,600 ms, step 50 ms)"),
+]
+DESIGN_PEER = "non-recursive inotify_simple"
+
+
+def pip_order_burst(
+    site: Path, name: str = "bigpkg", files: int = 20_000, dirs: int = 1_500
+) -> None:
+    """What `pip install` of a large wheel writes, in pip's order: the archive's files one
+    after another, each directory made just before its first file (pip's makedirs), then
+    the dist-info, RECORD last through a temporary file renamed into place."""
+    pkg = site / name
+    subs = 30
+    tree = [pkg / f"sub{i}" for i in range(subs)]
+    tree += [tree[i % subs] / f"mod{i}" for i in range(dirs - subs)]
+    for j, d in enumerate(tree):
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(j, files, len(tree)):
+            (d / f"f{i}.py").write_bytes(b"x = 1\n")
+    dist = site / f"{name}-1.0.dist-info"
+    dist.mkdir()
+    for meta in ("METADATA", "WHEEL", "INSTALLER", "REQUESTED"):
+        (dist / meta).write_text(f"{meta}\n")
+    tmp = dist / "RECORD.tmp"
+    tmp.write_text("...\n")
+    tmp.rename(dist / "RECORD")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -226,107 +308,187 @@ def rss_mb(pid: int) -> float:
 
 @dataclass
 class Child:
-    """A watcher process; the timer reads the CPU of the current one."""
+    """One watcher process, stopped by `close` (an ExitStack holds it from its start)."""
 
+    python: Path
+    contender: Contender
+    site: Path
     proc: subprocess.Popen[str] | None = None
-    counts: list[dict[str, int]] = field(default_factory=list)
-    missed: int = 0
 
-    def start(self, script: str, site: Path) -> None:
-        # watchdog logs every queue overflow and re-added watch: keep that out of the
-        # report, but at hand when a child fails.
-        with tempfile.TemporaryFile("w+") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", SELF_CPU + script, str(site), DIST],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-            )
-            if self.line(60) != "ready":
-                stderr.seek(0)
-                raise AssertionError(f"watcher did not start:\n{stderr.read()}")
+    def start(self) -> Child:
+        env = {**os.environ, **dict(self.contender.env)}
+        # watchdog logs every queue overflow: kept out of the report, at hand on failure.
+        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by close())
+        self.proc = subprocess.Popen(
+            [str(self.python), "-c", SELF_CPU + self.contender.script, str(self.site), DIST],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+            env=env, cwd=self.site,
+        )  # fmt: skip
+        if self.line(60) != "ready":
+            self.stderr.seek(0)
+            raise AssertionError(f"{self.contender.name} did not start:\n{self.stderr.read()}")
+        return self
 
     def line(self, timeout: float) -> str:
         assert self.proc is not None and self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         return self.proc.stdout.readline().strip() if ready else ""
 
-    def finish(self) -> None:
+    def counts(self) -> dict[str, object]:
+        """Ask the child for its own counts (it exits after)."""
         assert self.proc is not None and self.proc.stdin is not None
         self.proc.stdin.close()
         out = self.line(30)
-        if out:
-            self.counts.append(json.loads(out))
-        self.proc.kill()
-        self.proc.wait()
-        self.proc = None
+        return json.loads(out) if out else {}
 
-    def cpu(self) -> float:
-        return 0.0 if self.proc is None else cpu_seconds(self.proc.pid)
-
-
-CHILD = Child()
+    def close(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        self.stderr.close()
 
 
-@pytest.mark.parametrize("name", list(WATCHERS))
-@pytest.mark.benchmark(group="watch: CPU s of the watcher, pip-like burst", timer=CHILD.cpu)
-def test_burst(benchmark: BenchmarkFixture, shm: Path, name: str) -> None:
-    """CPU of the watching process while 20,000 files land, until RECORD is seen."""
-    CHILD.counts.clear()
-    CHILD.missed = 0
-    n = 0
-
-    def setup() -> tuple[tuple[Path], dict[str, object]]:
-        nonlocal n
-        n += 1
-        site = shm / f"site-{n}"
-        site.mkdir()
-        CHILD.start(WATCHERS[name], site)
-        return (site,), {}
-
-    def burst(site: Path) -> None:
-        pip_like_burst(site)
-        # The peers can miss RECORD (written into a directory they had not watched yet);
-        # the CPU they spent is measured all the same, and the miss is recorded.
-        if CHILD.line(MISS_AFTER) != "record":
-            CHILD.missed += 1
-
-    def teardown(site: Path) -> None:
-        CHILD.finish()
-        shutil.rmtree(site)
-
-    benchmark.pedantic(burst, setup=setup, teardown=teardown, rounds=ROUNDS)
-    benchmark.extra_info["record_missed_rounds"] = CHILD.missed
-    benchmark.extra_info["child_counts"] = CHILD.counts[:]
-    print(f"\n{name}: RECORD missed in {CHILD.missed}/{ROUNDS} rounds; {CHILD.counts}")
-    if name == "pkgckpt":
-        assert CHILD.missed == 0, "pkgckpt did not see RECORD arrive"
+@dataclass
+class Result:
+    cpu_ms: list[float] = field(default_factory=list)
+    self_ms: list[float] = field(default_factory=list)
+    missed: int = 0
+    counts: list[dict[str, object]] = field(default_factory=list)
 
 
-def test_idle_watchers(shm: Path) -> None:
-    """Wake-ups and RSS of each watcher left idle on a site holding the burst's tree."""
-    site = shm / "site"
+def one_round(python: Path, contender: Contender, tmp: Path, result: Result) -> None:
+    site = tmp / "site"
     site.mkdir()
-    pip_like_burst(site)
-    children = {}
-    for name, script in WATCHERS.items():
-        child = Child()
-        child.start(script, site)
-        children[name] = child
-    time.sleep(2)  # let start-up work settle before counting
-    assert all(c.proc is not None for c in children.values())
-    before = {n: wakeups(c.proc.pid) for n, c in children.items()}  # type: ignore[union-attr]
-    cpu_before = {n: c.cpu() for n, c in children.items()}
-    time.sleep(IDLE_SECONDS)
+    try:
+        with ExitStack() as stack:
+            child = Child(python, contender, site)
+            stack.callback(child.close)
+            child.start()
+            assert child.proc is not None
+            time.sleep(0.2)  # let the child block in its wait
+            before = cpu_seconds(child.proc.pid)
+            pip_order_burst(site)
+            # A peer can miss RECORD; the CPU it spent counts all the same, and the miss too.
+            if child.line(MISS_AFTER) != "record":
+                result.missed += 1
+            result.cpu_ms.append((cpu_seconds(child.proc.pid) - before) * 1000)
+            counts = child.counts()
+            result.counts.append(counts)
+            if "self_cpu_ms" in counts:
+                result.self_ms.append(float(counts["self_cpu_ms"]))  # type: ignore[arg-type]
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
+
+
+@contextmanager
+def python_for_run(given: str | None) -> Iterator[Path]:
+    if given:
+        yield Path(given)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-watch-venv-", dir="/dev/shm") as tmp:
+        yield installed(Path(tmp) / "venv", ["watchdog", "watchfiles"])
+
+
+def idle(python: Path, tmp: Path, seconds: float, chosen: Sequence[Contender]) -> list[str]:
+    """One of each, idle side by side on a site holding the burst's tree."""
+    site = tmp / "idle-site"
+    site.mkdir()
+    pip_order_burst(site)
     rows = []
-    for name, c in children.items():
-        assert c.proc is not None
-        pid = c.proc.pid
-        rows.append(
-            f"{name:26} wake-ups in {IDLE_SECONDS:g} s: {wakeups(pid) - before[name]:6d}"
-            f"   CPU: {(c.cpu() - cpu_before[name]) * 1000:8.1f} ms   RSS: {rss_mb(pid):6.1f} MB"
+    try:
+        with ExitStack() as stack:
+            children = []
+            for c in chosen:
+                child = Child(python, c, site)
+                stack.callback(child.close)
+                children.append(child.start())
+            time.sleep(2)  # start-up work settles before counting
+            pids = [c.proc.pid for c in children if c.proc is not None]
+            before = [(wakeups(p), cpu_seconds(p)) for p in pids]
+            time.sleep(seconds)
+            for c, pid, (w0, c0) in zip(children, pids, before, strict=True):
+                rows.append(
+                    f"| {c.contender.name} | {wakeups(pid) - w0} | "
+                    f"{(cpu_seconds(pid) - c0) * 1000:.1f} ms | {rss_mb(pid):.1f} MB |"
+                )
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--idle", type=float, default=0.0, help="idle seconds (0: skip)")
+    parser.add_argument("--python", help="a venv's python with pkgckpt installed (not editable)")
+    parser.add_argument("--only", action="append", help="contender names to run (repeatable)")
+    parser.add_argument("--markdown", help="write the tables to this file")
+    args = parser.parse_args()
+    chosen = [c for c in CONTENDERS if not args.only or c.name in args.only]
+    results = {c.name: Result() for c in chosen}
+    with python_for_run(args.python) as python:
+        version = subprocess.run(
+            [str(python), "-c", "import sys; print(sys.version.split()[0])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        load_before = load()
+        with tempfile.TemporaryDirectory(prefix="bench-watch-", dir="/dev/shm") as tmp:
+            for r in range(args.rounds):
+                for c in chosen:
+                    one_round(python, c, Path(tmp), results[c.name])
+                print(f"round {r + 1}/{args.rounds} done, load {load()}", file=sys.stderr)
+            load_after = load()
+            idle_rows = idle(python, Path(tmp), args.idle, chosen) if args.idle > 0 else []
+    text = report(
+        chosen, results, args.rounds, version, load_before, load_after, idle_rows, args.idle
+    )
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+
+
+def report(
+    chosen: Sequence[Contender],
+    results: dict[str, Result],
+    rounds: int,
+    version: str,
+    load_before: str,
+    load_after: str,
+    idle_rows: list[str],
+    idle_s: float,
+) -> str:
+    peer = results.get(DESIGN_PEER)
+    peer_median = statistics.median(peer.cpu_ms) if peer and peer.cpu_ms else None
+    lines = [
+        f"{stamp()}, commit {commit()}, Python {version}, {rounds} rounds interleaved, "
+        f"trees on /dev/shm; load average {load_before} before, {load_after} after.",
+        "",
+        "| CPU of the watcher, 20,000-file burst in pip's order | set up | min | median | max "
+        "| by getrusage (median) | RECORD seen | median vs design peer |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in chosen:
+        res = results[c.name]
+        if not res.cpu_ms:
+            continue
+        median = statistics.median(res.cpu_ms)
+        ratio = f"{median / peer_median:.2f}x" if peer_median else "-"
+        own = f"{statistics.median(res.self_ms):.2f} ms" if res.self_ms else "-"
+        lines.append(
+            f"| {c.name} | {c.setup} | {min(res.cpu_ms):.2f} ms | {median:.2f} ms | "
+            f"{max(res.cpu_ms):.2f} ms | {own} | {rounds - res.missed}/{rounds} | {ratio} |"
         )
-        c.proc.kill()
-        c.proc.wait()
-    print("\n" + "\n".join(rows))
+    if idle_rows:
+        lines += [
+            "",
+            f"| idle {idle_s:g} s on the burst's tree | wake-ups | CPU | RSS |",
+            "|---|---|---|---|",
+            *idle_rows,
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -40,6 +40,9 @@ struct pkw {
     uint32_t *slots; /* open addressing over named records: index + 1, 0 = empty */
     uint32_t slot_mask;
     int overflow, woken, error;
+    int recorded;        /* a RECORD was reported in this batch */
+    int64_t last_ms;     /* when the batch's last event was read; 0: none yet */
+    int64_t returned_ms; /* when the last batch with records was returned */
 
     char buf[64 * 1024] __attribute__((aligned(__alignof__(struct inotify_event))));
 };
@@ -167,7 +170,8 @@ static void batch_reset(struct pkw *e)
 {
     memset(e->slots, 0, sizeof *e->slots * ((size_t)e->slot_mask + 1));
     e->n_named = e->n_self = 0;
-    e->overflow = e->woken = e->error = 0;
+    e->overflow = e->woken = e->error = e->recorded = 0;
+    e->last_ms = 0;
 }
 
 static void self_add(struct pkw *e, int wd, uint32_t bits)
@@ -217,6 +221,8 @@ static void named_add(struct pkw *e, int wd, const char *name, uint32_t bits)
 
 static void record_add(struct pkw *e, int wd, const char *name, uint32_t bits)
 {
+    if (bits & PKW_RECORD)
+        e->recorded = 1;
     if (*name)
         named_add(e, wd, name, bits);
     else
@@ -385,6 +391,7 @@ static int drain_events(struct pkw *e)
             count++;
             p += sizeof *ev + ev->len;
         }
+        e->last_ms = now_ms();
     }
 }
 
@@ -407,16 +414,26 @@ static void finish(struct pkw *e, struct pkw_batch *out)
     out->overflow = e->overflow;
     out->woken = e->woken;
     out->error = e->error;
+    out->last_ms = e->last_ms;
+    if (out->n_records)
+        e->returned_ms = now_ms();
 }
 
-int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_ms,
+/* Markers still waiting for their RECORD: an install visibly in progress. */
+static int markers_pending(const struct pkw *e) { return e->n_watches > e->n_top; }
+
+int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_ms, int flags,
              struct pkw_batch *out)
 {
     struct pollfd p[2];
     nfds_t np = wake_fd >= 0 ? 2 : 1;
     int64_t first, last;
-    int r;
+    int r, leading;
 
+    if (flags & ~PKW_LEADING) {
+        errno = EINVAL;
+        return -1;
+    }
     batch_reset(e);
     p[0].fd = e->fd;
     p[0].events = POLLIN;
@@ -431,6 +448,9 @@ int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_m
         return 0;
     }
     first = last = now_ms();
+    /* After a quiet spell nothing is known to follow: returning at once saves the timed
+       wake-up at the end of the window (the caller's own debounce waits anyway). */
+    leading = (flags & PKW_LEADING) && first - e->returned_ms >= quiet_ms;
     for (;;) {
         int64_t until;
         if (p[0].revents & POLLNVAL) {
@@ -446,9 +466,11 @@ int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_m
         }
         if (p[0].revents) {
             if (drain_events(e) > 0)
-                last = now_ms();
+                last = e->last_ms;
             if (e->error)
                 break; /* the fd may stay readable: waiting out the window would spin */
+            if ((flags & PKW_LEADING) && (leading || e->recorded) && !markers_pending(e))
+                break;
         }
         until = last + quiet_ms;
         if (until > first + max_ms)

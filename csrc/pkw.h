@@ -22,6 +22,13 @@
 /* pkw_add_watch flag: watch marker directories that appear in this directory. */
 #define PKW_MARKERS 1
 
+/* pkw_wait flag: leading edge. The first event after a quiet spell (no batch returned
+   for quiet_ms) ends the batch at once, and so does the arrival of a RECORD, unless a
+   followed marker still waits for its RECORD (an install visibly in progress: the caller
+   could only find it busy). Events that follow within quiet_ms of a return are batched
+   as without the flag. An isolated change then costs one wake-up, not two. */
+#define PKW_LEADING 1
+
 #define PKW_NAME_MAX 255
 
 struct pkw_record {
@@ -38,6 +45,7 @@ struct pkw_batch {
     int error;    /* errno of a read() or poll() that failed once the batch had begun (not
                      EAGAIN/EINTR): events may be lost, the records before it are kept;
                      replace the instance */
+    int64_t last_ms; /* CLOCK_MONOTONIC ms of the last event read; 0 when none */
 };
 
 struct pkw;
@@ -58,12 +66,13 @@ int pkw_rm_watch(struct pkw *e, int wd);
 
 /*
  * Block until an event, timeout_ms (-1: forever) or wake_fd (-1: none) is readable; then
- * keep reading until nothing arrived for quiet_ms or max_ms passed since the first event.
+ * keep reading until nothing arrived for quiet_ms or max_ms passed since the first event
+ * (flags: 0 or PKW_LEADING, which may end the batch sooner).
  * Returns the number of records (0 on timeout). Fails with EINTR only before anything was
  * read, so the caller can simply call again. Once the first poll() has returned, an error
  * ends the batch early with out->error set, never -1: the records taken are returned.
  */
-int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_ms,
+int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_ms, int flags,
              struct pkw_batch *out);
 
 /* Lets a smoke test check that the compiled layout is the one Python was built against. */

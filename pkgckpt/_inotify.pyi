@@ -25,6 +25,7 @@ class _Batch:
     overflow: int
     woken: int
     error: int
+    last_ms: int
 
 @final
 class _FFI:
@@ -40,6 +41,7 @@ class _Lib:
     PKW_INSIDE: int
     PKW_DIRTY: int
     PKW_MARKERS: int
+    PKW_LEADING: int
     PKW_NAME_MAX: int
     def pkw_new(self, max_records: int) -> _Engine: ...
     def pkw_fileno(self, e: _Engine) -> int: ...
@@ -48,7 +50,14 @@ class _Lib:
     def pkw_add_marker(self, e: _Engine, parent_wd: int, name: bytes) -> int: ...
     def pkw_rm_watch(self, e: _Engine, wd: int) -> int: ...
     def pkw_wait(
-        self, e: _Engine, wake_fd: int, timeout_ms: int, quiet_ms: int, max_ms: int, out: _Batch
+        self,
+        e: _Engine,
+        wake_fd: int,
+        timeout_ms: int,
+        quiet_ms: int,
+        max_ms: int,
+        flags: int,
+        out: _Batch,
     ) -> int: ...
     def pkw_record_size(self) -> int: ...
 

@@ -20,6 +20,7 @@ ffibuilder.cdef(
     #define PKW_INSIDE ...
     #define PKW_DIRTY ...
     #define PKW_MARKERS ...
+    #define PKW_LEADING ...
     #define PKW_NAME_MAX ...
 
     struct pkw_record {
@@ -33,6 +34,7 @@ ffibuilder.cdef(
         int overflow;
         int woken;
         int error;
+        int64_t last_ms;
     };
     struct pkw;
 
@@ -43,7 +45,7 @@ ffibuilder.cdef(
     int pkw_add_marker(struct pkw *e, int parent_wd, const char *name);
     int pkw_rm_watch(struct pkw *e, int wd);
     int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_ms,
-                 struct pkw_batch *out);
+                 int flags, struct pkw_batch *out);
     uint32_t pkw_record_size(void);
     """
 )

@@ -55,11 +55,17 @@ class Native:
             raise _oserror(self._ffi.errno)
 
     def wait(
-        self, wake_fd: int | None, timeout_ms: int, quiet_ms: int, max_ms: int
+        self, wake_fd: int | None, timeout_ms: int, quiet_ms: int, max_ms: int, leading: bool
     ) -> Events | None:
         out = self._out
         n = self._lib.pkw_wait(
-            self._engine, -1 if wake_fd is None else wake_fd, timeout_ms, quiet_ms, max_ms, out
+            self._engine,
+            -1 if wake_fd is None else wake_fd,
+            timeout_ms,
+            quiet_ms,
+            max_ms,
+            self._lib.PKW_LEADING if leading else 0,
+            out,
         )
         if n < 0:
             err = self._ffi.errno
@@ -76,4 +82,5 @@ class Native:
             bool(out.overflow),
             bool(out.woken),
             int(out.error),
+            out.last_ms / 1000,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import select
 import time
@@ -53,8 +54,12 @@ class _Table:
         self.overflow = False
         self.woken = False
         self.error = 0
+        self.recorded = False  # a RECORD was reported in this batch
+        self.last = 0.0  # when the last event was read
 
     def add(self, wd: int, name: str, bits: int) -> None:
+        if bits & PKW_RECORD:
+            self.recorded = True
         if not name:
             self.own[wd] = self.own.get(wd, 0) | bits
         elif (wd, name) in self.named or len(self.named) < self.capacity:
@@ -65,7 +70,7 @@ class _Table:
     def events(self) -> Events:
         records = [Record(wd, mask, name) for (wd, name), mask in self.named.items()]
         records += (Record(wd, mask, "") for wd, mask in self.own.items())
-        return Events(tuple(records), self.overflow, self.woken, self.error)
+        return Events(tuple(records), self.overflow, self.woken, self.error, self.last)
 
 
 class Python:
@@ -75,6 +80,7 @@ class Python:
         self._ino = inotify_simple.INotify(inheritable=False, nonblocking=True)
         self._max = max_records
         self._watches: dict[int, _PyWatch] = {}
+        self._returned = -math.inf  # when the last batch with records was returned
 
     def fileno(self) -> int:
         return int(self._ino.fileno())
@@ -195,10 +201,22 @@ class Python:
             for ev in inotify_simple.parse_events(data):
                 self._on_event(table, ev)
                 count += 1
+            table.last = time.monotonic()
+
+    def _markers_pending(self) -> bool:
+        return any(w.parent >= 0 for w in self._watches.values())
 
     def wait(
-        self, wake_fd: int | None, timeout_ms: int, quiet_ms: int, max_ms: int
+        self, wake_fd: int | None, timeout_ms: int, quiet_ms: int, max_ms: int, leading: bool
     ) -> Events | None:
+        events = self._wait(wake_fd, timeout_ms, quiet_ms, max_ms, leading)
+        if events.records:
+            self._returned = time.monotonic()
+        return events
+
+    def _wait(
+        self, wake_fd: int | None, timeout_ms: int, quiet_ms: int, max_ms: int, leading: bool
+    ) -> Events:
         table = _Table(self._max)
         fd = self._ino.fileno()
         poller = select.poll()
@@ -210,6 +228,8 @@ class Python:
         if not ready:
             return table.events()
         first = last = time.monotonic()
+        # As the engine does (PKW_LEADING): after a quiet spell, return at once.
+        fresh = leading and first - self._returned >= quiet_ms / 1000
         while True:
             if ready.get(fd, 0) & select.POLLNVAL:
                 table.error = errno.EBADF  # as the engine does: the records taken still go back
@@ -220,8 +240,10 @@ class Python:
                 self._drain(table)
                 break
             if fd in ready and self._drain(table):
-                last = time.monotonic()
+                last = table.last
             if table.error:
+                break
+            if leading and (fresh or table.recorded) and not self._markers_pending():
                 break
             until = min(last + quiet_ms / 1000, first + max_ms / 1000) - time.monotonic()
             if until <= 0:

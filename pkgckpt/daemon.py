@@ -165,13 +165,12 @@ class Daemon:
         self.session: checkpoint.Session | None = None
         self.state = status.new_state(config)
         self._written = False
-        # The watcher returns a batch once the kernel has been quiet for `batch_ms`; the
-        # debouncer waits out the rest of the quiet window, so a root is scanned
-        # `quiet_ms` after its last event, not `batch_ms + quiet_ms`.
+        # The watcher batches events closer than `batch_ms`, and returns at once the first
+        # one after a quiet spell (leading edge); the debouncer counts the quiet window from
+        # each batch's last event (`Batch.last`), so a root is scanned `quiet_ms` after its
+        # last event however the batch ended, with no wake-up of its own for the batch.
         self.batch_ms = min(BATCH_MS, config.quiet_ms)
-        self.debouncer = Debouncer(
-            (config.quiet_ms - self.batch_ms) / 1000, config.max_delay_ms / 1000
-        )
+        self.debouncer = Debouncer(config.quiet_ms / 1000, config.max_delay_ms / 1000)
         self.backoff = Backoff()
         self.watch_backoff = Backoff(cap=10.0)
         self.retry_at: float | None = None
@@ -219,6 +218,7 @@ class Daemon:
                 rescan_interval=self.config.rescan_interval or 60.0,
                 wake_fd=wake_fd,
                 r_lock_stale=self.config.r_lock_stale,
+                leading=True,
             ) as watcher,
         ):
             log.info(
@@ -258,7 +258,7 @@ class Daemon:
             if target is not None:
                 target.renew()
         for root in batch.dirty:
-            self.debouncer.touch(root, now)
+            self.debouncer.touch(root, batch.last or now)
             names = batch.changed.get(root)
             held = self.changed.setdefault(root, set())
             if names is None:

@@ -103,6 +103,9 @@ class Batch:
     replaced: frozenset[Path] = frozenset()
     """Roots seen deleted or moved away, themselves or through an ancestor: what is at
     the path from now on is another directory."""
+    last: float = 0.0
+    """`time.monotonic()` when the last event of the batch was read (0.0: no event), for
+    a debouncer that counts its quiet window from the events, not from the wake-up."""
 
 
 Role = Literal["root", "ancestor", "guard"]
@@ -146,11 +149,15 @@ class Watcher:
         wake_fd: int | None = None,
         backend: str | None = None,
         r_lock_stale: float = 600.0,
+        leading: bool = False,
     ) -> None:
+        """``leading``: see `Inotify.read_batch`; for a caller that debounces by
+        `Batch.last`, as the daemon does."""
         if rescan_interval <= 0:
             raise ValueError("rescan_interval must be positive")
         self.quiet_ms = quiet_ms
         self.max_ms = max_ms
+        self.leading = leading
         self.rescan_interval = rescan_interval
         self.wake_fd = wake_fd
         self.r_lock_stale = r_lock_stale
@@ -430,7 +437,11 @@ class Watcher:
             return Batch(frozenset(), {}, {}, overflow=False, woken=self._wait_wake(timeout))
         try:
             events = self._ino.read_batch(
-                timeout, quiet_ms=self.quiet_ms, max_ms=self.max_ms, wake_fd=self.wake_fd
+                timeout,
+                quiet_ms=self.quiet_ms,
+                max_ms=self.max_ms,
+                wake_fd=self.wake_fd,
+                leading=self.leading,
             )
         except OSError as e:
             # The first poll() failed: nothing was taken (later errors come in the batch).
@@ -500,6 +511,7 @@ class Watcher:
             overflow=events.overflow,
             woken=events.woken,
             replaced=frozenset(gone),
+            last=events.last,
         )
 
     def _wait_wake(self, timeout: float | None) -> bool:
@@ -522,12 +534,12 @@ class Watcher:
         if st is None:
             return False
         for name in tuple(st.candidates):
-            path = root / name
             if name.startswith(_R_LOCK):
                 from .scan.r import lock_active  # only where R locks are seen
 
-                in_progress = lock_active(path, self.r_lock_stale)
+                in_progress = lock_active(root / name, self.r_lock_stale)
             else:
+                path = root / name
                 in_progress = (
                     name.endswith(".dist-info") and path.is_dir() and not (path / "RECORD").exists()
                 )

@@ -170,6 +170,64 @@ def test_max_ms_ends_a_batch_that_never_goes_quiet(ino: Inotify, tmp_path: Path)
     assert by_name(events, wd)
 
 
+def test_leading_edge_returns_an_isolated_event_at_once(ino: Inotify, tmp_path: Path) -> None:
+    """With `leading`, the first event after a quiet spell ends the batch without waiting
+    out the quiet window, and the batch says when that event was read."""
+    wd = ino.add_watch(tmp_path, MASK)
+    (tmp_path / "a").mkdir()
+    before = time.monotonic()
+    events = ino.read_batch(5, quiet_ms=2000, max_ms=10_000, leading=True)
+    assert time.monotonic() - before < 1.0
+    assert by_name(events, wd) == {"a": IN_CREATE | IN_ISDIR}
+    assert before - 0.5 < events.last <= time.monotonic()
+
+
+def test_leading_edge_still_batches_a_stream(ino: Inotify, tmp_path: Path) -> None:
+    """Events that follow a leading-edge batch within the quiet window are one batch."""
+    wd = ino.add_watch(tmp_path, MASK)
+    (tmp_path / "first").mkdir()
+    assert ino.read_batch(5, quiet_ms=1000, leading=True).records
+
+    def writer() -> None:
+        for i in range(4):
+            (tmp_path / f"d{i}").mkdir()
+            time.sleep(0.05)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        events = ino.read_batch(5, quiet_ms=1000, max_ms=10_000, leading=True)
+    finally:
+        t.join()
+    assert set(by_name(events, wd)) == {f"d{i}" for i in range(4)}
+
+
+def test_leading_edge_waits_for_the_record_of_an_install_in_progress(
+    ino: Inotify, shm: Path
+) -> None:
+    """A marker still waiting for RECORD holds the leading-edge batch; RECORD's arrival
+    then ends it at once, not the quiet window."""
+    wd = ino.add_watch(shm, MASK, markers=True)
+    marker = shm / "demo-1.0.dist-info"
+
+    def installer() -> None:
+        marker.mkdir()
+        time.sleep(0.2)
+        (marker / "RECORD").write_text("")
+
+    t = threading.Thread(target=installer)
+    before = time.monotonic()
+    t.start()
+    try:
+        events = ino.read_batch(5, quiet_ms=3000, max_ms=10_000, leading=True)
+    finally:
+        t.join()
+    assert time.monotonic() - before < 2.0
+    # RECORD's creation counts as "inside", its close as its arrival.
+    assert by_name(events, wd) == {marker.name: IN_CREATE | IN_ISDIR | PKW_INSIDE | PKW_RECORD}
+    assert watch_count(ino.fileno()) == 1
+
+
 def test_wake_fd_ends_the_wait_and_is_drained(ino: Inotify, tmp_path: Path) -> None:
     """A byte on the wake fd returns woken=True at once, with the pipe emptied."""
     ino.add_watch(tmp_path, MASK)
