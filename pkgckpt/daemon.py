@@ -39,7 +39,6 @@ import math
 import os
 import random
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -76,6 +75,8 @@ def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
     if not address or address[0] not in "/@":
         return False
     target = "\0" + address[1:] if address[0] == "@" else address
+    import socket  # only under systemd: 0.6 MB the idle daemon otherwise does without
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
             s.connect(target)
@@ -165,6 +166,8 @@ class Daemon:
         self.session: checkpoint.Session | None = None
         self.state = status.new_state(config)
         self._written = False
+        self._unwritten = False
+        """The state changed since the status file was last written (see `_flush`)."""
         # The watcher batches events closer than `batch_ms`, and returns at once the first
         # one after a quiet spell (leading edge); the debouncer counts the quiet window from
         # each batch's last event (`Batch.last`), so a root is scanned `quiet_ms` after its
@@ -231,6 +234,7 @@ class Daemon:
             self._open()
             self._commit()
             self._set(phase="watching")
+            self._flush()
             sd_notify(f"READY=1\nSTATUS={self._summary()}\nMAINPID={os.getpid()}")
             now = time.monotonic()
             if self.watchdog is not None:
@@ -303,11 +307,13 @@ class Daemon:
                 self.changed[root] = None
             self.replaced.clear()
         self._set(pending_roots=tuple(sorted(str(p) for p in self.debouncer.pending())))
+        self._flush()
 
     def _shutdown(self, watcher: Watcher) -> int:
         deadline = time.monotonic() + self.config.shutdown_timeout
         sd_notify("STOPPING=1")
         self._set(phase="stopping")
+        self._flush()
         # An install that ended just before the signal may not have reached the debouncer
         # (or is still in its quiet window): rescan everything now; scans are incremental.
         if self.session is None:
@@ -334,10 +340,12 @@ class Daemon:
                 code = 1
                 break
             self._ping(time.monotonic())
+            self._flush()
             time.sleep(min(delay, left))
             if self.session is None:
                 self._open()
         self._set(phase="stopped")
+        self._flush()
         return code
 
     # -- the pieces ------------------------------------------------------------------------
@@ -491,6 +499,7 @@ class Daemon:
         """Log, replace the inotify instance, and take every root as changed anywhere."""
         log.error("watcher error: %r", error, exc_info=error)
         self._set(last_error=f"watcher error: {error!r}", error_time=checkpoint.now_iso())
+        self._flush()
         # An error that comes back at once must not spin: the delay grows up to 10 s.
         time.sleep(self.watch_backoff.next())
         try:
@@ -550,12 +559,22 @@ class Daemon:
         return f"watching {len(self._by_root)} libraries; generation {generation or 'none'}"
 
     def _set(self, **changes: object) -> None:
-        """Update the status file when something in it changed (never on a timer)."""
+        """Update the state; `_flush` writes it to the status file."""
         changes["pending"] = len(self.uncommitted)
         state = msgspec.structs.replace(self.state, **changes)
         if state == self.state and self._written:
             return
-        self.state = msgspec.structs.replace(state, updated=checkpoint.now_iso())
+        self.state = state
+        self._unwritten = True
+
+    def _flush(self) -> None:
+        """Write the status file when something in it changed (never on a timer): once per
+        step of the loop, however many of the step's pieces changed it (a commit changes
+        five), and before the daemon tells systemd anything or sleeps."""
+        if not self._unwritten:
+            return
+        self.state = msgspec.structs.replace(self.state, updated=checkpoint.now_iso())
+        self._unwritten = False
         self._written = True
         try:
             status.write_state(self.config, self.state)
