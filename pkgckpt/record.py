@@ -50,6 +50,7 @@ from .config import Config, ensure_runtime_dir
 from .durable import atomic_write
 from .errors import Declined, ManifestError, NotKept, PkgckptError, StoreError, UnknownPackage
 from .manifest import Body, Change, Delta, Environment, Event, Failing, Manifest, Package
+from .scan.python import canonicalize_name
 from .store import Store, open_store
 
 log = logging.getLogger("pkgckpt.record")
@@ -81,9 +82,7 @@ __all__ = [
 
 def _key(kind: str, name: str) -> str:
     # Python names compare normalized (PEP 503); R package names are case-sensitive.
-    from packaging.utils import canonicalize_name
-
-    return str(canonicalize_name(name)) if kind == "python" else name
+    return canonicalize_name(name) if kind == "python" else name
 
 
 # Printable text only: a reason or a name read from the store is shown on a terminal.

@@ -580,8 +580,6 @@ class Store:
                 raise
 
     def _commit(self, dfd: int, body: Body, encoded: bytes | None) -> Manifest | None:
-        import socket
-
         known = self._known
         # `check` in this cycle stamped manifest.json a moment ago: no second stat.
         now = self._checked if self._checked is not None else self._stamp(dfd)
@@ -602,7 +600,7 @@ class Store:
         generation = max(known.generation, self._high) + 1
         result = Manifest(
             generation=generation,
-            writer=Writer(host=socket.gethostname(), pid=os.getpid(), version=__version__),
+            writer=Writer(host=os.uname().nodename, pid=os.getpid(), version=__version__),
             time=_now(),
             body=body,
         )
