@@ -74,10 +74,13 @@ class Native:
             raise _oserror(err)
         string = self._ffi.string
         recs = out.records
+        fsdecode = os.fsdecode
         return Events(
             tuple(
-                Record(r.wd, r.mask, os.fsdecode(string(r.name)))
-                for r in (recs[i] for i in range(n))
+                [
+                    Record(r.wd, r.mask, fsdecode(string(r.name)))
+                    for r in map(recs.__getitem__, range(n))
+                ]
             ),
             bool(out.overflow),
             bool(out.woken),

@@ -539,9 +539,13 @@ class Watcher:
 
                 in_progress = lock_active(root / name, self.r_lock_stale)
             else:
-                path = root / name
+                # Strings, not pathlib: asked after every batch that names a marker, and
+                # building Path objects cost more than the two stat calls themselves.
+                path = f"{root}/{name}"
                 in_progress = (
-                    name.endswith(".dist-info") and path.is_dir() and not (path / "RECORD").exists()
+                    name.endswith(".dist-info")
+                    and os.path.isdir(path)  # noqa: PTH112
+                    and not os.path.exists(path + "/RECORD")  # noqa: PTH110
                 )
             if not in_progress:
                 st.candidates.discard(name)
