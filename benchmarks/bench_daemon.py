@@ -25,6 +25,8 @@ editable) with bytecode compiled (`--python` names one, else one is built for th
   watchfiles       the popular way: `watchfiles.watch` (recursive, step = the quiet
                    window) and `importlib.metadata` over the site, the same durable write.
 
+`--compare PY` adds `pkgckpt daemon` from another venv (another commit, installed the same
+way) as one more contender, interleaved with the others: a before/after in one run.
 `--idle N` leaves pkgckpt and the minimal daemon idle side by side for N seconds and
 counts their context switches. `--markdown PATH` writes the tables for RESULTS.md.
 """
@@ -147,6 +149,7 @@ class Contender:
     name: str
     setup: str
     script: str | None  # None: pkgckpt daemon
+    python: Path | None = None  # another venv's interpreter (--compare); None: the run's
 
 
 CONTENDERS = [
@@ -326,13 +329,18 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=0.0, help="idle seconds (0: skip)")
     parser.add_argument("--python", help="a venv's python with pkgckpt installed (not editable)")
     parser.add_argument("--markdown", help="write the tables to this file")
+    parser.add_argument("--compare", help="another venv's python: its pkgckpt runs too")
     args = parser.parse_args()
+    contenders = list(CONTENDERS)
+    if args.compare:
+        setup = f"`pkgckpt daemon` installed in {Path(args.compare).parent.parent}"
+        contenders.insert(1, Contender("pkgckpt (compared)", setup, None, Path(args.compare)))
     groups = {
         "cpu-big": "CPU over `uv pip install` of one 20,000-file wheel, until the output",
         "cpu-40": "CPU over one `uv pip install` of 40 small wheels, until the output",
         "latency": "installer exit -> output renamed into place (wall)",
     }
-    found: dict[str, dict[str, list[float]]] = {g: {c.name: [] for c in CONTENDERS} for g in groups}
+    found = {g: {c.name: list[float]() for c in contenders} for g in groups}
     with (
         python_for_run(args.python) as python,
         tempfile.TemporaryDirectory(prefix="bench-daemon-", dir="/dev/shm") as tmp_name,
@@ -351,10 +359,11 @@ def main() -> None:
 
         load_before = load()
         for r in range(args.rounds):
-            for c in CONTENDERS:
-                found["cpu-big"][c.name].append(measure(python, c, tmp, wheels, big))
-                found["cpu-40"][c.name].append(measure(python, c, tmp, wheels, many))
-                found["latency"][c.name].append(latency(python, c, tmp, wheels))
+            for c in contenders:
+                py = c.python or python
+                found["cpu-big"][c.name].append(measure(py, c, tmp, wheels, big))
+                found["cpu-40"][c.name].append(measure(py, c, tmp, wheels, many))
+                found["latency"][c.name].append(latency(py, c, tmp, wheels))
             print(f"round {r + 1}/{args.rounds} done, load {load()}", file=sys.stderr)
         load_after = load()
         idled = idle(python, tmp, args.idle) if args.idle > 0 else {}
@@ -367,7 +376,7 @@ def main() -> None:
         peer = found[group][DESIGN_PEER]
         lines += ["", f"| {title} | set up | min | median | max | median vs design peer |"]
         lines.append("|---|---|---|---|---|---|")
-        lines += [row(c.name, c.setup, found[group][c.name], peer) for c in CONTENDERS]
+        lines += [row(c.name, c.setup, found[group][c.name], peer) for c in contenders]
     if idled:
         lines += ["", f"| idle {args.idle:g} s | context switches |", "|---|---|"]
         lines += [f"| {name} | {n} |" for name, n in idled.items()]
