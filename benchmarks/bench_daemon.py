@@ -211,13 +211,21 @@ class Watched:
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
                 env=self.world.env, cwd=root,
             )  # fmt: skip
-        if contender.script is None:
-            status = self.world.status_file
-            eventually(lambda: status.exists() and '"watching"' in status.read_text(), 60, "ready")
-        else:
-            assert self.proc.stdout is not None
-            assert self.proc.stdout.readline().strip() == b"READY", self.log.read_text()
-        self.ino.add_watch(str(self.out_dir), inotify_simple.flags.MOVED_TO)
+        try:
+            if contender.script is None:
+                status = self.world.status_file
+                eventually(
+                    lambda: status.exists() and '"watching"' in status.read_text(), 60, "ready"
+                )
+            else:
+                assert self.proc.stdout is not None
+                assert self.proc.stdout.readline().strip() == b"READY", self.log.read_text()
+            self.ino.add_watch(str(self.out_dir), inotify_simple.flags.MOVED_TO)
+        except BaseException:
+            # The caller never gets this object to close: a contender that did not start
+            # must not be left running.
+            self.close()
+            raise
         self.pid = self.proc.pid
 
     def install(self, wheels: Path, *reqs: str) -> None:
