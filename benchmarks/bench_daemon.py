@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from benchvenv import commit, installed, load, stamp  # noqa: E402
+from benchvenv import commit, given, installed, load, stamp  # noqa: E402
 from daemon_kit import World, context_switches, eventually, uv_install  # noqa: E402
 from wheelhouse import Dist, build_wheel, make_venv  # noqa: E402
 
@@ -322,9 +322,11 @@ def idle(python: Path, tmp: Path, seconds: float) -> dict[str, int]:
 
 
 @contextmanager
-def python_for_run(given: str | None) -> Iterator[Path]:
-    if given:
-        yield Path(given)
+def python_for_run(python: str | None) -> Iterator[Path]:
+    """`--python`, else run_all.py's venv (PKGCKPT_BENCH_PYTHON), else one made here."""
+    chosen = given(python, ["watchfiles"])
+    if chosen is not None:
+        yield chosen
         return
     with tempfile.TemporaryDirectory(prefix="bench-daemon-venv-", dir="/dev/shm") as tmp:
         yield installed(Path(tmp) / "venv", ["watchfiles"])

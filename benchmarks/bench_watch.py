@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchvenv import commit, installed, load, stamp
+from benchvenv import commit, given, installed, load, stamp
 
 DIST = "bigpkg-1.0.dist-info"
 MISS_AFTER = 15.0  # seconds after the burst without "record": the watcher missed it
@@ -383,9 +383,11 @@ def one_round(python: Path, contender: Contender, tmp: Path, result: Result) -> 
 
 
 @contextmanager
-def python_for_run(given: str | None) -> Iterator[Path]:
-    if given:
-        yield Path(given)
+def python_for_run(python: str | None) -> Iterator[Path]:
+    """`--python`, else run_all.py's venv (PKGCKPT_BENCH_PYTHON), else one made here."""
+    chosen = given(python, ["watchdog", "watchfiles"])
+    if chosen is not None:
+        yield chosen
         return
     with tempfile.TemporaryDirectory(prefix="bench-watch-venv-", dir="/dev/shm") as tmp:
         yield installed(Path(tmp) / "venv", ["watchdog", "watchfiles"])

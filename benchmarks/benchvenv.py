@@ -33,6 +33,26 @@ def installed(into: Path, extra: Sequence[str] = ()) -> Path:
     return python
 
 
+def given(python: str | None, extra: Sequence[str]) -> Path | None:
+    """The interpreter named by `--python`, else by PKGCKPT_BENCH_PYTHON (run_all.py's
+    venv), with the peers' packages `extra` installed into it when they are missing;
+    None when neither names one."""
+    chosen = python or os.environ.get("PKGCKPT_BENCH_PYTHON")
+    if not chosen:
+        return None
+    missing = [
+        name
+        for name in extra
+        if subprocess.run([chosen, "-c", f"import {name}"], capture_output=True).returncode
+    ]
+    if missing:
+        subprocess.run(
+            [chosen, "-m", "pip", "install", "-q", "--disable-pip-version-check", *missing],
+            check=True,
+        )
+    return Path(chosen)
+
+
 def commit() -> str:
     """The commit measured (with "+dirty" when the tree has changes not committed)."""
     head = subprocess.run(

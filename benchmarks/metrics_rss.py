@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_daemon import MINIMAL  # noqa: E402
-from benchvenv import commit, installed, load, stamp  # noqa: E402
+from benchvenv import commit, given, installed, load, stamp  # noqa: E402
 from daemon_kit import World, eventually  # noqa: E402
 from wheelhouse import make_venv  # noqa: E402
 
@@ -128,9 +128,11 @@ def where(daemon: dict[str, int], bare: dict[str, int]) -> list[str]:
 
 
 @contextmanager
-def python_for_run(given: str | None) -> Iterator[Path]:
-    if given:
-        yield Path(given)
+def python_for_run(python: str | None) -> Iterator[Path]:
+    """`--python`, else run_all.py's venv (PKGCKPT_BENCH_PYTHON), else one made here."""
+    chosen = given(python, ["prometheus_client"])
+    if chosen is not None:
+        yield chosen
         return
     with tempfile.TemporaryDirectory(prefix="bench-rss-venv-", dir="/dev/shm") as tmp:
         yield installed(Path(tmp) / "venv", ["prometheus_client"])
