@@ -35,7 +35,10 @@ from ..manifest import (
     UrlSource,
     VcsSource,
 )
-from ..scan.python import canonicalize_name as canonical
+from ..scan.python import canonicalize_name
+
+canonical = canonicalize_name
+"""The key restore compares distributions by (the scanner's, so both sides agree)."""
 
 MAX_NAME = 200
 MAX_VERSION = 128
