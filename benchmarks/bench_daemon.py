@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from benchvenv import commit, given, installed, load, stamp  # noqa: E402
+from bench_kit import commit, given, install, load, stamp  # noqa: E402
 from daemon_kit import World, context_switches, eventually, uv_install  # noqa: E402
 from wheelhouse import Dist, build_wheel, make_venv  # noqa: E402
 
@@ -329,7 +329,7 @@ def python_for_run(python: str | None) -> Iterator[Path]:
         yield chosen
         return
     with tempfile.TemporaryDirectory(prefix="bench-daemon-venv-", dir="/dev/shm") as tmp:
-        yield installed(Path(tmp) / "venv", ["watchfiles"])
+        yield install(Path(tmp) / "venv", ["watchfiles"])
 
 
 def row(name: str, setup: str, values: list[float], peer: list[float] | None) -> str:

@@ -41,13 +41,20 @@ def load() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def install(into: Path) -> Path:
-    """A venv at `into` with this tree's pkgckpt installed by `pip install .`, compiled."""
+def stamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def install(into: Path, extra: Sequence[str] = ()) -> Path:
+    """A venv at `into` with this tree's pkgckpt installed by `pip install .`, and the
+    peers' packages `extra` beside it, compiled: ours and the peers' then run from one
+    interpreter and one site-packages."""
     # sys.executable, not its realpath: from a venv the realpath is the base interpreter.
     subprocess.run([sys.executable, "-m", "venv", str(into)], check=True)
     python = into / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(REPO)],
+        [*pip, str(REPO), *extra],
         check=True,
         cwd=into,
         env={**os.environ, "PIP_NO_INPUT": "1"},
@@ -55,6 +62,26 @@ def install(into: Path) -> Path:
     site = next((into / "lib").glob("python3*/site-packages"))
     subprocess.run([str(python), "-m", "compileall", "-q", str(site)], check=True)
     return python
+
+
+def given(python: str | None, extra: Sequence[str]) -> Path | None:
+    """The interpreter named by `--python`, else by PKGCKPT_BENCH_PYTHON (run_all.py's
+    venv), with the peers' packages `extra` installed into it when they are missing;
+    None when neither names one."""
+    chosen = python or os.environ.get(ENV_PYTHON)
+    if not chosen:
+        return None
+    missing = [
+        name
+        for name in extra
+        if subprocess.run([chosen, "-c", f"import {name}"], capture_output=True).returncode
+    ]
+    if missing:
+        subprocess.run(
+            [chosen, "-m", "pip", "install", "-q", "--disable-pip-version-check", *missing],
+            check=True,
+        )
+    return Path(chosen)
 
 
 def script(python: Path) -> str:

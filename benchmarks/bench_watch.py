@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchvenv import commit, given, installed, load, stamp
+from bench_kit import commit, given, install, load, stamp
 
 DIST = "bigpkg-1.0.dist-info"
 MISS_AFTER = 15.0  # seconds after the burst without "record": the watcher missed it
@@ -390,7 +390,7 @@ def python_for_run(python: str | None) -> Iterator[Path]:
         yield chosen
         return
     with tempfile.TemporaryDirectory(prefix="bench-watch-venv-", dir="/dev/shm") as tmp:
-        yield installed(Path(tmp) / "venv", ["watchdog", "watchfiles"])
+        yield install(Path(tmp) / "venv", ["watchdog", "watchfiles"])
 
 
 def idle(python: Path, tmp: Path, seconds: float, chosen: Sequence[Contender]) -> list[str]:

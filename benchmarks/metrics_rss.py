@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_daemon import MINIMAL  # noqa: E402
-from benchvenv import commit, given, installed, load, stamp  # noqa: E402
+from bench_kit import commit, given, install, load, stamp  # noqa: E402
 from daemon_kit import World, eventually  # noqa: E402
 from wheelhouse import make_venv  # noqa: E402
 
@@ -135,7 +135,7 @@ def python_for_run(python: str | None) -> Iterator[Path]:
         yield chosen
         return
     with tempfile.TemporaryDirectory(prefix="bench-rss-venv-", dir="/dev/shm") as tmp:
-        yield installed(Path(tmp) / "venv", ["prometheus_client"])
+        yield install(Path(tmp) / "venv", ["prometheus_client"])
 
 
 def main() -> None:
