@@ -59,7 +59,7 @@ from . import inventory, manifest
 from .config import Config
 from .errors import PkgckptError, UsageError
 from .inventory import Identity, Target
-from .manifest import Baseline, Body, Change, Delta, Environment, Manifest, Package
+from .manifest import Artifact, Baseline, Body, Change, Delta, Environment, Manifest, Package
 
 if TYPE_CHECKING:
     # Types only: `pkgckpt baseline` needs neither, and they cost its start ~4 ms.
@@ -277,6 +277,20 @@ class Tracker:
             for p in (*theirs.added, *theirs.changed):
                 if not (p.name in track.state or p.name in track.gone or p.name in track.forgotten):
                     track.state[p.name] = p
+                elif p.artifact is not None:
+                    self.attach(theirs.env, p, p.artifact)  # captured by another process
+
+    def attach(self, env: Environment, package: Package, artifact: Artifact) -> bool:
+        """Record `artifact` as the capture of `package` in `env` when the record still
+        holds that very install (and no artifact for it); whether it was recorded."""
+        track = self._tracks.get(env_key(env))
+        recorded = track.state.get(package.name) if track is not None else None
+        if track is None or recorded is None or recorded.artifact is not None:
+            return False
+        if not same_install(recorded, package):
+            return False  # upgraded since the capture began: that artifact is not this install
+        track.state[package.name] = msgspec.structs.replace(recorded, artifact=artifact)
+        return True
 
     def state(self, env: Environment) -> dict[str, Package] | None:
         """The recorded state of `env` as this tracker holds it (None: not scanned yet)."""

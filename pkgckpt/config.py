@@ -258,6 +258,13 @@ class Config:
     """Backstop full rescan every N seconds; 0 disables it (idle then costs nothing)."""
     metrics_file: Path | None = None
     """Prometheus text the daemon rewrites after each commit and error (textfile collector)."""
+    # artifacts
+    artifacts: bool = True
+    """Capture every recorded package as a file on the store (`pkgckpt.artifacts`)."""
+    artifact_quota: int = 5 << 30
+    """Bytes of artifacts kept under one key; a capture that would exceed it is skipped."""
+    artifact_pool: Path | None = None
+    """A content-addressed directory shared by every user (`sha256/<hex>`, mode 1777)."""
     # restore
     timeout: float = 900.0
     jitter: float = 0.0

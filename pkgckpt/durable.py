@@ -143,6 +143,16 @@ def read_all(fd: int, limit: int, expected: int | None = None) -> bytes:
     return b"".join(chunks)
 
 
+def sha256_of(fd: int) -> str:
+    """The sha256 (hex) of what `fd` holds from its offset to its end."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    while chunk := os.read(fd, 1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _reads_back(path: Path, data: bytes) -> bool:
     """Whether `path` holds exactly `data`: settles a rename whose outcome is unknown.
 
@@ -177,9 +187,23 @@ def fsync_dir(dfd: int, directory: Path, *, reopen: bool = False) -> None:
             raise error(e, f"cannot make the new {directory} entries durable (fsync)") from e
 
 
-def stage(dfd: int, path: Path, parts: Buffers, mode: int, leftovers: set[str]) -> str:
-    """Write `parts` to a new unique temp file beside `path` (in the directory `dfd`),
-    fsynced and closed; its name. On error it is removed (or added to `leftovers`)."""
+def _copy_all(fd: int, source: int) -> None:
+    """Copy `source` from its offset to its end into `fd`, in the kernel where it can."""
+    while True:
+        try:
+            copied = os.copy_file_range(source, fd, 1 << 24)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            copied = os.sendfile(fd, source, None, 1 << 24)
+        if copied == 0:
+            return
+
+
+def stage(dfd: int, path: Path, parts: Buffers | int, mode: int, leftovers: set[str]) -> str:
+    """Write `parts` (buffers, or an open file to copy from its offset on) to a new unique
+    temp file beside `path` (in the directory `dfd`), fsynced and closed; its name. On
+    error it is removed (or added to `leftovers`)."""
     # os.urandom, as secrets.token_hex uses, without importing secrets and random (~3 ms).
     tmp = f"{_temp_prefix(path.name, host())}{os.getpid()}.{os.urandom(4).hex()}"
     try:
@@ -194,12 +218,18 @@ def stage(dfd: int, path: Path, parts: Buffers, mode: int, leftovers: set[str]) 
     try:
         if mode != 0o600:
             os.fchmod(fd, mode)
-        _write_all(fd, parts)
+        if isinstance(parts, int):
+            _copy_all(fd, parts)
+        else:
+            _write_all(fd, parts)
         os.fsync(fd)
-    except OSError as e:
+    except BaseException as e:
+        # A signal's exception (SIGTERM mid-copy) must not leave the temp file either.
         close_quietly(fd)
         discard(dfd, tmp, leftovers)
-        raise error(e, f"cannot write {path}") from e
+        if isinstance(e, OSError):
+            raise error(e, f"cannot write {path}") from e
+        raise
     try:
         os.close(fd)
     except OSError as e:

@@ -47,6 +47,11 @@ class ScanError(PkgckptError):
     """A library or environment could not be scanned."""
 
 
+class Uncapturable(PkgckptError):
+    """A package that cannot be captured as an artifact (editable, a file gone, over the
+    quota): the reason is reported, the package stays recorded as it is."""
+
+
 class RestoreError(PkgckptError):
     """Restore could not run at all; nothing was changed."""
 

@@ -116,6 +116,24 @@ class LocalSource(Base, frozen=True, tag="local", tag_field="type"):
 Source = IndexSource | UrlSource | VcsSource | DirectorySource | LocalSource
 
 
+class Artifact(Base, frozen=True):
+    """The installed package captured as a file on the store (`pkgckpt.artifacts`).
+
+    Restore installs it only after the bytes it read hash to `sha256`: this record is the
+    user's own, the file may sit where others can write (`pooled`).
+    """
+
+    file: str
+    """Its name under `<key>/artifacts/`: `{name}-{version}(-{build})?-{tags}.whl`, or
+    `R-{major.minor}/{pkg}_{version}_R_{platform}.tar.gz`. Also the name it is installed
+    under when it lives in the pool."""
+    sha256: str
+    """64 lowercase hex digits."""
+    size: int
+    pooled: bool = False
+    """In the shared pool (`artifact_pool`, as `sha256/<hex>`), not under the key."""
+
+
 class Package(Base, frozen=True):
     """One installed distribution (Python, keyed by canonical name) or R package."""
 
@@ -147,6 +165,8 @@ class Package(Base, frozen=True):
     in `added` but for a user site's copy shadowing its prefix's, and in manifests
     written before it was recorded). With it a change is
     read against any later image: an upgrade `replaced -> version`, or a downgrade."""
+    artifact: Artifact | None = None
+    """This very install captured on the store; None until captured (or uncapturable)."""
 
 
 class Change(Base, frozen=True):

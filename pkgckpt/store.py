@@ -48,6 +48,7 @@ pkgckpt (never overwritten).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -749,3 +750,212 @@ class Store:
                 log.warning("cannot remove %s: %s", self.path / _generation_name(generation), e)
                 continue
             known.kept.discard(generation)
+
+    # -- artifacts -------------------------------------------------------------------------
+    #
+    # <key>/artifacts/ (0700) holds captured packages (files 0600), each written with the
+    # durable recipe; `R-<major.minor>/` subdirectories hold R binaries. Names come from
+    # manifests and are hostile until `artifact_name` has checked them.
+
+    def _artifact_dir(self, name: str, *, create: bool) -> tuple[int, Path] | None:
+        """The directory `name` lives in, opened and checked like the key directory;
+        None when it does not exist (and not `create`)."""
+        parts = artifact_name(name).split("/")
+        dfd = self._open_dir(create=create)
+        if dfd is None:
+            return None
+        where = self.path
+        try:
+            for part in (ARTIFACTS, *parts[:-1]):
+                where = where / part
+                dfd = _open_sub(dfd, part, where, create=create, owner=self.owner)
+                if dfd is None:
+                    return None
+        except BaseException:
+            if dfd is not None:
+                durable.close_quietly(dfd)
+            raise
+        return dfd, where
+
+    def put_artifact(self, name: str, source: int, sha256: str) -> None:
+        """Write the open file `source` (from its offset) as artifact `name`, durably.
+
+        The caller hashed it: an ambiguous rename is settled by hashing what is there.
+        """
+        found = self._artifact_dir(name, create=True)
+        assert found is not None  # created
+        dfd, where = found
+        target = where / name.rsplit("/", 1)[-1]
+        leftovers: set[str] = set()
+        try:
+            tmp = durable.stage(dfd, target, source, 0o600, leftovers)
+            settled = False
+            try:
+                os.rename(tmp, target.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except OSError as e:
+                durable.discard(dfd, tmp, leftovers)
+                if _sha256_at(target) != sha256:
+                    raise durable.error(e, f"cannot write {target}") from e
+                settled = True
+            durable.fsync_dir(dfd, where, reopen=settled)
+        finally:
+            durable.close_quietly(dfd)
+
+    def open_artifact(self, name: str) -> int | None:
+        """Artifact `name` open for reading, checked (ours, a regular file, not writable
+        by others, no symlink on the way); None when it is not there."""
+        found = self._artifact_dir(name, create=False)
+        if found is None:
+            return None
+        dfd, where = found
+        base = name.rsplit("/", 1)[-1]
+        try:
+            fd = os.open(
+                base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd
+            )
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StoreError(f"{where / base} is a symbolic link: refused") from e
+            raise durable.error(e, f"cannot open {where / base}") from e
+        finally:
+            durable.close_quietly(dfd)
+        try:
+            _check_owned(os.fstat(fd), where / base, directory=False, owner=self.owner)
+        except BaseException:
+            durable.close_quietly(fd)
+            raise
+        return fd
+
+    def artifacts(self) -> dict[str, os.stat_result]:
+        """Every artifact under the key (name -> its stat); this host's dead writers'
+        temp files are removed on the way."""
+        found: dict[str, os.stat_result] = {}
+        top = self._artifact_dir("x.whl", create=False)
+        if top is None:
+            return found
+        dfd, where = top
+        try:
+            self._list_artifacts(dfd, where, "", found, depth=0)
+        finally:
+            durable.close_quietly(dfd)
+        return found
+
+    def _list_artifacts(
+        self, dfd: int, where: Path, prefix: str, found: dict[str, os.stat_result], depth: int
+    ) -> None:
+        try:
+            names = os.listdir(dfd)
+        except OSError as e:
+            raise durable.error(e, f"cannot list {where}") from e
+        _remove_dead_temps(dfd, names)
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise durable.error(e, f"cannot stat {where / name}") from e
+            if stat.S_ISDIR(st.st_mode) and depth == 0 and _R_DIR.fullmatch(name):
+                sub = _open_sub(dfd, name, where / name, create=False, owner=self.owner)
+                if sub is not None:
+                    try:
+                        self._list_artifacts(sub, where / name, f"{name}/", found, depth + 1)
+                    finally:
+                        durable.close_quietly(sub)
+            elif stat.S_ISREG(st.st_mode) and _ARTIFACT_FILE.fullmatch(name):
+                found[prefix + name] = st
+
+    def remove_artifact(self, name: str) -> None:
+        """Remove artifact `name` (gone already is fine)."""
+        found = self._artifact_dir(name, create=False)
+        if found is None:
+            return
+        dfd, where = found
+        base = name.rsplit("/", 1)[-1]
+        try:
+            os.unlink(base, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise durable.error(e, f"cannot remove {where / base}") from e
+        finally:
+            durable.close_quietly(dfd)
+
+
+ARTIFACTS = "artifacts"
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_R_DIR = re.compile(r"R-[0-9]{1,3}\.[0-9]{1,3}")
+_ARTIFACT_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,250}\.(?:whl|tar\.gz)")
+
+
+def artifact_name(name: str) -> str:
+    """`name` when it is an artifact's name (`file.whl`, `R-4.4/file.tar.gz`), else
+    StoreError: a name from a manifest never climbs out of `<key>/artifacts/`."""
+    parts = name.split("/")
+    ok = (len(parts) == 1 or (len(parts) == 2 and _R_DIR.fullmatch(parts[0]))) and bool(
+        _ARTIFACT_FILE.fullmatch(parts[-1])
+    )
+    if not ok:
+        raise StoreError(f"invalid artifact name {name!r}: refused")
+    return name
+
+
+def _open_sub(dfd: int, name: str, where: Path, *, create: bool, owner: int) -> int | None:
+    """The subdirectory `name` of `dfd`, checked like a key directory; closes `dfd`."""
+    try:
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=dfd)
+        try:
+            sub = os.open(
+                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd
+            )
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise StoreError(
+                    f"{where} is not a directory (a symlink or a file): refused"
+                ) from e
+            raise
+    except OSError as e:
+        raise durable.error(e, f"cannot open {where}") from e
+    finally:
+        durable.close_quietly(dfd)
+    try:
+        st = os.fstat(sub)
+        _check_owned(st, where, directory=True, owner=owner)
+        if st.st_mode & 0o077:
+            raise StoreError(
+                f"{where} is open to group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
+                "refused (artifacts are private: chmod 700)"
+            )
+    except BaseException:
+        durable.close_quietly(sub)
+        raise
+    return sub
+
+
+def _remove_dead_temps(dfd: int, names: list[str]) -> None:
+    """Temp files of this host's writers that died (killed mid-capture)."""
+    marker = f".tmp.{durable.host()}."
+    for name in names:
+        if name.startswith(".") and marker in name:
+            target = name[1 : name.index(marker)]
+            for stale in durable.stale_temps([name], target):
+                durable.discard(dfd, stale, set())
+
+
+def _sha256_at(path: Path) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return durable.sha256_of(fd)
+    except OSError:
+        return None
+    finally:
+        durable.close_quietly(fd)

@@ -19,13 +19,14 @@ started), `output`, `tail()`, `timed_out`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from ..manifest import Package
 from ..runner import TAIL_LINES, Deadline, Outcome, call
 
-__all__ = ["TAIL_LINES", "Deadline", "Installer", "Outcome", "call"]
+__all__ = ["TAIL_LINES", "ArtifactInstaller", "Deadline", "Installer", "Outcome", "call"]
 
 
 class Installer(Protocol):
@@ -57,4 +58,16 @@ class Installer(Protocol):
 
     def remove(self, packages: Sequence[Package], *, deadline: Deadline) -> Outcome:
         """One installer call that uninstalls `packages` from this environment only."""
+        ...
+
+
+@runtime_checkable
+class ArtifactInstaller(Protocol):
+    """An installer that also installs captured artifacts (`pkgckpt.artifacts`)."""
+
+    def install_artifacts(
+        self, packages: Sequence[Package], files: Mapping[str, Path], *, deadline: Deadline
+    ) -> Outcome:
+        """One call installing each of `packages` from `files[package.name]` alone: a
+        verified private copy of its artifact (no index, no repository, no build)."""
         ...

@@ -1,0 +1,245 @@
+"""Artifacts: each recorded package captured as a file on the store, so that a restore
+is exact, offline and fast (no index, no compiler, no VCS host needed).
+
+The API the daemon, `snapshot`, `status` and restore call:
+
+    missing(body, targets) -> list[Job]
+        Recorded packages (added or changed, in an environment scanned here) that have
+        no artifact yet, each with the target it is installed in.
+    capture(store, config, job) -> Artifact
+        Build the artifact of one installed package in a private directory, hash it and
+        write it through the store (`Store.put_artifact`, the durable recipe) or into the
+        shared pool; raises `Uncapturable` (with the reason a person reads in `status`)
+        or StoreError / StoreUnavailable.
+    fits(env, package) -> str | None
+        Why the package's artifact cannot be used in `env` (restore's target: tags that do
+        not fit its interpreter, another R major.minor), or None.
+    fetch(store, config, package, into) -> Path
+        A private copy of the package's artifact in the directory `into`, hashed while it
+        is copied and checked against the user's own manifest; raises `ArtifactRefused`
+        (tampered, truncated, missing, hostile name), never returns unverified bytes.
+
+Capturers, one module per environment kind, looked up by `capturer(kind)`; each has
+
+    capture(job: Job, out: Path) -> Path
+        Build the artifact of `job.package`, installed under `job.roots`, as a file in
+        the private directory `out` (nothing else writes there), and return its path.
+        Its name, relative to `out`, is the artifact's name under `<key>/artifacts/`
+        (`store.artifact_name` says which names are allowed). Raise `Uncapturable`.
+    fits(env: Environment, artifact: Artifact) -> str | None
+        Why the artifact cannot be installed in `env`; None when it can.
+
+`wheel.py` captures Python distributions; `rpkg.py` R packages. A kind without a module
+(conda) is `Uncapturable`.
+
+Nothing here trusts a file it did not hash: names from a manifest are checked by
+`store.artifact_name`, the bytes against the manifest's sha256.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol, cast
+
+from ..config import Config
+from ..errors import PkgckptError, StoreError, Uncapturable
+from ..manifest import Artifact, Body, DirectorySource, Environment, Kind, Package, same_env
+from ..store import Store, artifact_name
+
+__all__ = [
+    "ArtifactRefused",
+    "Capturer",
+    "Job",
+    "Uncapturable",
+    "capture",
+    "capturer",
+    "fetch",
+    "fits",
+    "missing",
+]
+
+_MODULES: dict[str, str] = {"python": "wheel", "r": "rpkg"}
+
+
+class ArtifactRefused(PkgckptError):
+    """An artifact that must not be installed: its bytes, name or presence do not match
+    the manifest. Restore falls back to the package's source, or fails naming the hash."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One package to capture, in the environment (and library roots) it is installed in."""
+
+    env: Environment
+    roots: tuple[Path, ...]
+    package: Package
+
+
+class Capturer(Protocol):
+    def capture(self, job: Job, out: Path) -> Path: ...
+
+    def fits(self, env: Environment, artifact: Artifact) -> str | None: ...
+
+
+def capturer(kind: Kind) -> Capturer:
+    """The module that captures packages of `kind`; Uncapturable when there is none."""
+    name = _MODULES.get(kind)
+    module: ModuleType | None = None
+    if name is not None:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+    if module is None:
+        raise Uncapturable(f"{kind} packages are not captured")
+    return cast(Capturer, module)
+
+
+def uncapturable(package: Package) -> str | None:
+    """Why `package` is never captured, known from its record alone; None otherwise."""
+    if isinstance(package.source, DirectorySource):
+        if package.source.editable:
+            return "an editable install: its files live in the user's directory"
+        return "installed from a directory: its files live in the user's directory"
+    return None
+
+
+def missing(body: Body, targets: Iterable[tuple[Environment, Sequence[Path]]]) -> list[Job]:
+    """Recorded packages of the environments in `targets` that have no artifact yet and
+    may have one (see `uncapturable`), in manifest order."""
+    jobs: list[Job] = []
+    targets = list(targets)
+    for delta in body.deltas():
+        where = next((t for t in targets if same_env(t[0], delta.env)), None)
+        if where is None or delta.env.kind not in _MODULES:
+            continue
+        for p in (*delta.added, *delta.changed):
+            if p.artifact is None and uncapturable(p) is None:
+                jobs.append(Job(env=where[0], roots=tuple(where[1]), package=p))
+    return jobs
+
+
+def capture(store: Store, config: Config, job: Job, *, used: int = 0) -> Artifact:
+    """Capture `job` on the store (see the module docstring). `used`: bytes the key's
+    artifacts hold now; a capture that would take them past `artifact_quota` is skipped."""
+    why = uncapturable(job.package)
+    if why is not None:
+        raise Uncapturable(why)
+    module = capturer(job.env.kind)
+    with tempfile.TemporaryDirectory(prefix="pkgckpt-capture-") as out:
+        built = module.capture(job, Path(out))
+        name = artifact_name(built.relative_to(out).as_posix())
+        fd = os.open(built, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            digest = _sha256(fd)
+            from . import pool
+
+            if config.artifact_pool is not None and pool.put(config.artifact_pool, fd, digest):
+                return Artifact(file=name, sha256=digest, size=size, pooled=True)
+            if used + size > config.artifact_quota:
+                raise Uncapturable(
+                    f"over the artifact quota ({_bytes(used)} used + {_bytes(size)} > "
+                    f"{_bytes(config.artifact_quota)})"
+                )
+            os.lseek(fd, 0, os.SEEK_SET)
+            store.put_artifact(name, fd, digest)
+        finally:
+            os.close(fd)
+    return Artifact(file=name, sha256=digest, size=size)
+
+
+def fits(env: Environment, package: Package) -> str | None:
+    """Why `package`'s artifact cannot be installed in `env`; None when it can."""
+    if package.artifact is None:
+        return "no artifact"
+    try:
+        return capturer(env.kind).fits(env, package.artifact)
+    except Uncapturable as e:
+        return str(e)
+
+
+def fetch(store: Store, config: Config, package: Package, into: Path) -> Path:
+    """A verified private copy of `package`'s artifact in `into` (see the module docstring)."""
+    artifact = package.artifact
+    if artifact is None:
+        raise ArtifactRefused(f"{package.name} {package.version} has no artifact")
+    try:
+        name = artifact_name(artifact.file)
+    except StoreError as e:
+        raise ArtifactRefused(str(e)) from None
+    if not _HEX.fullmatch(artifact.sha256):
+        raise ArtifactRefused(f"{artifact.file}: invalid sha256 {artifact.sha256!r} recorded")
+    if artifact.pooled:
+        from . import pool
+
+        source = pool.read(config.artifact_pool, artifact.sha256)
+    else:
+        source = store.open_artifact(name)
+    if source is None:
+        raise ArtifactRefused(f"{artifact.file} (sha256 {artifact.sha256}) is missing")
+    target = into / name.rsplit("/", 1)[-1]
+    try:
+        fd = os.open(
+            target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            digest, size = _copy_hashing(source, fd, artifact.size)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(source)
+    if (digest, size) != (artifact.sha256, artifact.size):
+        target.unlink()
+        raise ArtifactRefused(
+            f"{artifact.file}: sha256 {digest} ({size} bytes) is not the recorded "
+            f"sha256 {artifact.sha256} ({artifact.size} bytes): tampered or truncated, refused"
+        )
+    return target
+
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _sha256(fd: int) -> str:
+    from ..durable import sha256_of
+
+    return sha256_of(fd)
+
+
+def _copy_hashing(source: int, fd: int, expected: int) -> tuple[str, int]:
+    """Copy `source` into `fd`, hashing what is read; stops one byte past `expected` so a
+    file grown huge under us is not copied whole."""
+    digest = hashlib.sha256()
+    size = 0
+    while size <= expected:
+        chunk = os.read(source, min(1 << 20, expected + 1 - size))
+        if not chunk:
+            break
+        digest.update(chunk)
+        size += len(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+    return digest.hexdigest(), size
+
+
+def _bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.1f} {unit}"

@@ -1,0 +1,112 @@
+"""The shared pool (`artifact_pool = DIR`): artifacts stored once for every user.
+
+Layout: `DIR/sha256/<hex>`, the directory mode 1777 like /tmp, each file named by the
+sha256 of its bytes and readable by everyone. Capture adds a file create-exclusive
+(`link()` of a fully written temp file: an entry is never seen half-written and never
+replaced); an entry that exists already is used only when its bytes hash to its name.
+
+Another user may delete an entry they created, and put other bytes under that name:
+restore therefore verifies every pooled artifact against the sha256 in the user's own
+manifest (`artifacts.fetch`) and refuses a mismatch. Every user can read every pooled
+artifact: what one user installed is visible to the others (README: the trade-off).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from .. import durable
+from ..errors import StoreError
+
+SUBDIR = "sha256"
+
+
+def _open_dir(root: Path, *, create: bool) -> int | None:
+    """`root/sha256`, checked: a real directory, sticky when others may write it."""
+    try:
+        if create:
+            try:
+                (root / SUBDIR).mkdir(0o700)
+                (root / SUBDIR).chmod(0o1777)  # mkdir's mode passes through the umask
+            except FileExistsError:
+                pass
+        fd = os.open(root / SUBDIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise StoreError(f"artifact pool {root / SUBDIR} is not a directory: refused") from e
+        raise durable.error(e, f"cannot open the artifact pool {root}") from e
+    mode = os.fstat(fd).st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        durable.close_quietly(fd)
+        raise StoreError(
+            f"artifact pool {root / SUBDIR} is writable by others without the sticky bit: refused"
+        )
+    return fd
+
+
+def put(root: Path, source: int, digest: str) -> bool:
+    """Put the bytes of `source` (whose sha256 is `digest`) into the pool; True when the
+    pool holds exactly them afterwards (added now, or already there), False when the
+    pool cannot be used (missing, or someone else's bytes under that name)."""
+    dfd = _open_dir(root, create=root.is_dir())
+    if dfd is None:
+        return False
+    try:
+        if _holds(dfd, digest):
+            return True
+        os.lseek(source, 0, os.SEEK_SET)
+        where = root / SUBDIR / digest
+        leftovers: set[str] = set()
+        tmp = durable.stage(dfd, where, source, 0o644, leftovers)
+        try:
+            os.link(tmp, digest, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+        except FileExistsError:
+            return _holds(dfd, digest)  # another user's capture won the race
+        except OSError as e:
+            raise durable.error(e, f"cannot add {where}") from e
+        finally:
+            durable.discard(dfd, tmp, leftovers)
+        durable.fsync_dir(dfd, root / SUBDIR)
+        return True
+    finally:
+        durable.close_quietly(dfd)
+
+
+def _holds(dfd: int, digest: str) -> bool:
+    fd = _open_entry(dfd, digest)
+    if fd is None:
+        return False
+    try:
+        return durable.sha256_of(fd) == digest
+    finally:
+        durable.close_quietly(fd)
+
+
+def _open_entry(dfd: int, digest: str) -> int | None:
+    try:
+        fd = os.open(digest, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+    except OSError:
+        return None  # missing, a symlink, unreadable: not an entry to use
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        durable.close_quietly(fd)
+        return None
+    return fd
+
+
+def read(root: Path | None, digest: str) -> int | None:
+    """The pool's entry for `digest`, open for reading, unverified (the caller hashes
+    what it reads); None when there is no pool or no such entry."""
+    if root is None:
+        return None
+    dfd = _open_dir(root, create=False)
+    if dfd is None:
+        return None
+    try:
+        return _open_entry(dfd, digest)
+    finally:
+        durable.close_quietly(dfd)

@@ -1,0 +1,306 @@
+"""Python: an installed distribution repacked into a wheel from the files its RECORD lists.
+
+The wheel holds exactly what the user had, whatever it was installed from (an index, a
+URL, a VCS checkout, a built sdist), and installs without a network or a compiler:
+
+- files under the site directory go to the wheel's root; files elsewhere in the
+  environment go back to `<name>-<version>.data/`: `scripts/` (the prefix's `bin/`),
+  `headers/` (`include/.../<name>/`), `data/` (anything else under the prefix);
+- `__pycache__` and `.pyc` files, `INSTALLER`, `REQUESTED` and the RECORD signatures
+  are left out: the installer writes its own; console and GUI scripts that
+  `entry_points.txt` names are left out too: the installer generates them for the new
+  interpreter. Other scripts get their `#!python` line back, for the same reason;
+- `WHEEL` (tags, build number, Root-Is-Purelib), `METADATA`, `entry_points.txt` and
+  `direct_url.json` are kept byte for byte, so the restored install records the source
+  the user's had;
+- a new RECORD with the sha256 of each file as packed.
+
+Members are sorted and dated 1980-01-01: the same install always packs to the same bytes.
+Editable and directory installs are never captured (`artifacts.uncapturable`); neither
+is a `.egg-info` install (it has no RECORD).
+
+Built with the standard library's zipfile and packaging's wheel-name and tag functions
+(already a dependency): `wheel`'s WheelFile is not a public API of that project, and
+`installer` installs wheels rather than packing them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import hashlib
+import io
+import os
+import posixpath
+import stat
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from packaging.tags import Tag, compatible_tags, cpython_tags, generic_tags, platform_tags
+from packaging.utils import (
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
+
+from ..errors import Uncapturable
+from ..manifest import Artifact, Environment
+from . import Job
+
+_DATE = (1980, 1, 1, 0, 0, 0)
+_LEFT_OUT = frozenset({"INSTALLER", "REQUESTED", "RECORD", "RECORD.jws", "RECORD.p7s"})
+_MAX_META = 16 << 20
+"""RECORD, WHEEL and entry_points.txt larger than this are not a distribution's."""
+COMPRESSLEVEL = 6
+
+
+def capture(job: Job, out: Path) -> Path:
+    """Repack `job.package` into `out/<wheel name>` (see the module docstring)."""
+    site, info = _find(job)
+    dist_dir = site / info
+    record = _read(dist_dir / "RECORD", "RECORD")
+    wheel = _read(dist_dir / "WHEEL", "WHEEL")
+    tags, build = _wheel_fields(wheel)
+    if not tags:
+        raise Uncapturable(f"{dist_dir / 'WHEEL'} names no tags")
+    generated = _entry_point_scripts(dist_dir / "entry_points.txt")
+    prefix = _data_root(job, site)
+    stem = info[: -len(".dist-info")]
+    name = _wheel_name(job.package.name, job.package.version, build, tags)
+    members: list[tuple[str, Path, bool]] = []
+    """(name in the wheel, file, is a script whose #! line is restored)."""
+    for path in _record_paths(record):
+        parts = path.split("/")
+        if "__pycache__" in parts or path.endswith((".pyc", ".pyo")):
+            continue
+        if parts[0] == info and len(parts) == 2 and parts[1] in _LEFT_OUT:
+            continue
+        where = Path(os.path.normpath(site / path))
+        member = _member(where, site, prefix, stem, job.package.name)
+        if member is None:
+            raise Uncapturable(f"{where} (in RECORD) lies outside the environment {prefix}")
+        if member.startswith(f"{stem}.data/scripts/"):
+            if where.name in generated:
+                continue
+            members.append((member, where, True))
+        else:
+            members.append((member, where, False))
+    # The dist-info directory last, as the wheel specification recommends.
+    members.sort(key=lambda m: (m[0].startswith(f"{info}/"), m[0]))
+    target = out / name
+    rows: list[tuple[str, str, str]] = []
+    with zipfile.ZipFile(
+        target, "x", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESSLEVEL
+    ) as zf:
+        for member, path, script in members:
+            data, mode = _content(path, script)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            rows.append((member, f"sha256={digest.decode()}", str(len(data))))
+            _add(zf, member, data, mode)
+        rows.append((f"{info}/RECORD", "", ""))
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows(rows)
+        _add(zf, f"{info}/RECORD", text.getvalue().encode(), 0o644)
+    return target
+
+
+def fits(env: Environment, artifact: Artifact) -> str | None:
+    """Why the wheel `artifact.file` cannot be installed in `env`'s interpreter, or None."""
+    try:
+        _, _, _, tags = parse_wheel_filename(artifact.file)
+    except InvalidWheelFilename as e:
+        return f"not a wheel name: {e}"
+    supported = set(_supported(env))
+    if supported.isdisjoint(tags):
+        wanted = ", ".join(sorted(str(t) for t in tags)[:3])
+        return f"its tags ({wanted}) do not fit {env.implementation or 'python'} {env.interpreter}"
+    return None
+
+
+def _supported(env: Environment) -> Iterable[Tag]:
+    parts = (env.interpreter or "").split(".")
+    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+        return ()
+    version = (int(parts[0]), int(parts[1]))
+    # The machine is the target's: its libc decides manylinux/musllinux, as for pkgckpt.
+    platforms = list(platform_tags())
+    if env.implementation in (None, "cpython"):
+        interpreter = f"cp{version[0]}{version[1]}"
+        return [
+            *cpython_tags(version, platforms=platforms),
+            *compatible_tags(version, interpreter, platforms),
+        ]
+    short = {"pypy": "pp", "graalpy": "graalpy"}.get(env.implementation, env.implementation)
+    interpreter = f"{short}{version[0]}{version[1]}"
+    return [
+        *generic_tags(interpreter, platforms=platforms),
+        *compatible_tags(version, interpreter, platforms),
+    ]
+
+
+# -- finding the installed files ---------------------------------------------------------
+
+
+def _find(job: Job) -> tuple[Path, str]:
+    """The site directory and the `.dist-info` name of the recorded install."""
+    want = canonicalize_name(job.package.name)
+    try:
+        version = Version(job.package.version)
+    except InvalidVersion:
+        version = None
+    egg = False
+    for root in job.roots:
+        try:
+            names = sorted(os.listdir(root))  # noqa: PTH208 - names, not paths
+        except OSError:
+            continue
+        for entry in names:
+            stem, dot, suffix = entry.rpartition(".")
+            if not dot or suffix not in ("dist-info", "egg-info"):
+                continue
+            dist, _, found = stem.rpartition("-")
+            if canonicalize_name(dist) != want:
+                continue
+            if suffix == "egg-info":
+                egg = True
+                continue
+            try:
+                same = Version(found) == version
+            except InvalidVersion:
+                same = found == job.package.version
+            if same:
+                return root, entry
+    if egg:
+        raise Uncapturable("installed as .egg-info, which lists no files (RECORD)")
+    raise Uncapturable(f"{job.package.name} {job.package.version} is no longer installed")
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise Uncapturable(f"no {what} in {path.parent}") from None
+    except OSError as e:
+        raise Uncapturable(f"cannot read {path}: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Uncapturable(f"{path} is not a regular file")
+        data = os.read(fd, _MAX_META + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_META:
+        raise Uncapturable(f"{path} is larger than {_MAX_META} bytes")
+    return data
+
+
+def _wheel_fields(data: bytes) -> tuple[list[str], str | None]:
+    tags: list[str] = []
+    build = None
+    for line in data.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "tag":
+            tags.append(value.strip())
+        elif key.strip().lower() == "build":
+            build = value.strip() or None
+    return tags, build
+
+
+def _entry_point_scripts(path: Path) -> frozenset[str]:
+    """The names of the scripts the installer generates from `entry_points.txt`."""
+    import configparser
+
+    try:
+        data = _read(path, "entry_points.txt")
+    except Uncapturable:
+        return frozenset()
+    parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(data.decode("utf-8", "replace"))
+    except configparser.Error as e:
+        raise Uncapturable(f"{path}: {e}") from None
+    names: set[str] = set()
+    for section in ("console_scripts", "gui_scripts"):
+        if parser.has_section(section):
+            for name in parser.options(section):
+                # pip also writes Windows launchers and versioned names; harmless here.
+                names.update((name, f"{name}.exe", f"{name}-script.py"))
+    return frozenset(names)
+
+
+def _record_paths(data: bytes) -> list[str]:
+    rows = csv.reader(io.StringIO(data.decode("utf-8", "replace")))
+    paths = []
+    for row in rows:
+        if row and row[0]:
+            paths.append(row[0].replace("\\", "/"))
+    return paths
+
+
+def _data_root(job: Job, site: Path) -> Path:
+    """The directory the wheel's `.data/data` maps to: the prefix, or the user base."""
+    if job.env.user:
+        # <userbase>/lib/pythonX.Y/site-packages
+        return site.parents[2]
+    return Path(job.env.path)
+
+
+def _member(where: Path, site: Path, prefix: Path, stem: str, name: str) -> str | None:
+    """The name in the wheel of the installed file `where`; None when it lies outside."""
+    if where.is_relative_to(site):
+        return where.relative_to(site).as_posix()
+    if not where.is_relative_to(prefix):
+        return None
+    inside = where.relative_to(prefix)
+    if inside.parts[:1] == ("bin",) and len(inside.parts) == 2:
+        return f"{stem}.data/scripts/{inside.parts[1]}"
+    if inside.parts[:1] == ("include",):
+        # include/site/pythonX.Y/<name>/... or include/pythonX.Y/<name>/...
+        want = canonicalize_name(name)
+        for i in range(len(inside.parts) - 1, 0, -1):
+            if canonicalize_name(inside.parts[i]) == want:
+                rest = posixpath.join(*inside.parts[i + 1 :])
+                return f"{stem}.data/headers/{rest}"
+    return f"{stem}.data/data/{inside.as_posix()}"
+
+
+def _content(path: Path, script: bool) -> tuple[bytes, int]:
+    """The file's bytes (a script's `#!` line back to `#!python`) and its mode."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise Uncapturable(f"{path} (in RECORD) cannot be read: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Uncapturable(f"{path} (in RECORD) is not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+    finally:
+        os.close(fd)
+    if script and data.startswith(b"#!"):
+        line, nl, rest = data.partition(b"\n")
+        if b"python" in line.split(b"/")[-1]:
+            data = b"#!python" + nl + rest
+    return data, stat.S_IMODE(st.st_mode)
+
+
+def _add(zf: zipfile.ZipFile, member: str, data: bytes, mode: int) -> None:
+    info = zipfile.ZipInfo(member, _DATE)
+    info.external_attr = (stat.S_IFREG | (0o755 if mode & 0o111 else 0o644)) << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    zf.writestr(info, data, compresslevel=COMPRESSLEVEL)
+
+
+def _wheel_name(name: str, version: str, build: str | None, tags: list[str]) -> str:
+    pys, abis, plats = (sorted({t.split("-")[i] for t in tags}) for i in range(3))
+    with contextlib.suppress(InvalidVersion):
+        version = str(Version(version))
+    parts = [canonicalize_name(name).replace("-", "_"), version.replace("-", "_")]
+    if build:
+        parts.append(build)
+    parts += [".".join(pys), ".".join(abis), ".".join(plats)]
+    return "-".join(parts) + ".whl"
