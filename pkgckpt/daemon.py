@@ -48,12 +48,15 @@ from typing import TypeAlias
 import msgspec
 
 from . import checkpoint, inventory, metrics, record, status
+from .artifacts import Result, quota
+from .artifacts import session as art
+from .artifacts.background import Background
 from .config import Config, ensure_runtime_dir
 from .debounce import Debouncer
 from .discovery import Unreadable
 from .errors import ManifestError, PkgckptError, StoreError
 from .inventory import Target
-from .manifest import Change, Environment
+from .manifest import Body, Change, Environment
 from .store import open_store
 from .watcher import Batch, Root, Watcher
 
@@ -127,6 +130,10 @@ def describe(env: Environment, change: Change) -> str:
 _Handler: TypeAlias = Callable[[int, FrameType | None], None]
 
 
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    pass
+
+
 @contextlib.contextmanager
 def _signals(on_stop: _Handler, on_rescan: _Handler) -> Iterator[int]:
     """Route SIGTERM/SIGINT/SIGHUP to the handlers; yield the read end of the wake-up pipe.
@@ -141,6 +148,9 @@ def _signals(on_stop: _Handler, on_rescan: _Handler) -> Iterator[int]:
             (signal.SIGTERM, on_stop),
             (signal.SIGINT, on_stop),
             (signal.SIGHUP, on_rescan),
+            # A handler, even one doing nothing, makes a child's end wake the loop
+            # through the pipe: the artifact capture worker is waited for without polling.
+            (signal.SIGCHLD, _ignore),
         )
     }
     old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
@@ -190,6 +200,9 @@ class Daemon:
         self.changed: dict[Path, set[str] | None] = {}
         """Root -> the entries its events named since its last scan; None: the events
         could not say (see `watcher.Batch.changed`), so the scan goes by identities."""
+        self.captures = Background(config, self.store) if config.artifacts else None
+        self.uncaptured: dict[str, str] = {}
+        """Packages this process could not capture, and why: not tried again."""
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -307,12 +320,49 @@ class Daemon:
                 self.changed[root] = None
             self.replaced.clear()
         self._set(pending_roots=tuple(sorted(str(p) for p in self.debouncer.pending())))
+        if self.captures is not None and self.session is not None:
+            results = self.captures.collect()
+            if results is not None:
+                self._took(results)
+                self._commit()  # which starts the next worker, if anything new is pending
+                if not self.captures.running:
+                    self._set(capturing=0)
         self._flush()
+
+    def _took(self, results: list[Result]) -> None:
+        """A capture worker's results into the record (committed by the caller)."""
+        assert self.session is not None
+        self.uncaptured.update(art.attach(self.session, results))
+        done = sum(1 for r in results if r.artifact is not None)
+        log.info("captured %d artifact(s), %d not captured", done, len(results) - done)
+
+    def _capture_more(self, before: Body | None) -> None:
+        """After a commit: GC, then start a worker for what has no artifact yet. Never
+        raises: an artifact cache that fails costs a slower restore, not a checkpoint."""
+        if self.captures is None or self.session is None:
+            return
+        try:
+            if before is not None:
+                art.tidy(self.session, self.config, before)
+            never = art.never(self.session, self.targets)
+            self._set(uncaptured={**never, **self.uncaptured})
+            if self.captures.running:
+                return
+            jobs = art.pending(self.session, self.targets, self.uncaptured)
+            if jobs and self.captures.start(jobs, quota.used(self.store), art.keep(self.session)):
+                self._set(capturing=len(jobs))
+        except PkgckptError as e:
+            log.warning("artifact cache: %s", e)
 
     def _shutdown(self, watcher: Watcher) -> int:
         deadline = time.monotonic() + self.config.shutdown_timeout
         sd_notify("STOPPING=1")
         self._set(phase="stopping")
+        if self.captures is not None:
+            # Stopped first, so that the captures it finished are in the flushed manifest.
+            results = self.captures.stop()
+            if self.session is not None:
+                self._took(results)
         self._flush()
         # An install that ended just before the signal may not have reached the debouncer
         # (or is still in its quiet window): rescan everything now; scans are incremental.
@@ -474,6 +524,7 @@ class Daemon:
     def _commit(self) -> None:
         if self.session is None:
             return
+        before = self.session.tracker.body() if self.captures is not None else None
         try:
             committed = checkpoint.commit(self.session)
         except _STORE_ERRORS as e:
@@ -494,6 +545,8 @@ class Daemon:
         self._count(committed_at=time.time())
         self._set(last_error=None, error_time=None)
         self._write_metrics()
+        if self.state.phase != "stopping":
+            self._capture_more(before if committed is not None else None)
 
     def _watcher_failed(self, watcher: Watcher, error: Exception) -> Batch:
         """Log, replace the inotify instance, and take every root as changed anywhere."""
@@ -597,14 +650,21 @@ class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
     """A new generation was written (False: the store already had this record)."""
     by_daemon: bool = False
     """The running daemon did it (one writer per manifest)."""
+    uncaptured: dict[str, str] = {}
+    """Recorded packages without an artifact on the store, and why."""
 
     def render(self) -> str:
         if self.generation is None:
-            return "nothing to checkpoint: nothing recorded\n"
-        if not self.committed:
-            return f"nothing to checkpoint: generation {self.generation} is current\n"
-        who = "the daemon" if self.by_daemon else "snapshot"
-        return f"{who} wrote generation {self.generation}\n"
+            text = "nothing to checkpoint: nothing recorded\n"
+        elif not self.committed:
+            text = f"nothing to checkpoint: generation {self.generation} is current\n"
+        else:
+            who = "the daemon" if self.by_daemon else "snapshot"
+            text = f"{who} wrote generation {self.generation}\n"
+        if self.uncaptured:
+            text += f"not captured ({len(self.uncaptured)}):\n"
+            text += "".join(f"  {k}: {v}\n" for k, v in sorted(self.uncaptured.items()))
+        return text
 
 
 def snapshot(config: Config) -> SnapshotResult:
@@ -617,9 +677,17 @@ def snapshot(config: Config) -> SnapshotResult:
     store = open_store(config)
     session, _ = checkpoint.open_session(config, targets, store)
     committed = checkpoint.commit(session)
+    uncaptured: dict[str, str] = {}
+    if config.artifacts:
+        # The manifest is on the store first: a capture that fails loses nothing.
+        before = session.tracker.body()
+        uncaptured = {**art.never(session, targets), **art.capture_now(session, config, targets)}
+        committed = checkpoint.commit(session) or committed
+        art.tidy(session, config, before)
     return SnapshotResult(
         generation=committed.generation if committed else session.generation,
         committed=committed is not None,
+        uncaptured=uncaptured,
     )
 
 
@@ -630,17 +698,24 @@ def _ask_daemon(config: Config, state: status.DaemonState) -> SnapshotResult:
     os.kill(state.pid, signal.SIGHUP)
     wait = max(config.shutdown_timeout, 1.0)
     deadline = time.monotonic() + wait
+    answered = False
     while time.monotonic() < deadline:
         time.sleep(0.02)
         now = status.read_state(config)
         if now is None or not status.running(now, config):
             raise PkgckptError(f"the daemon (pid {state.pid}) stopped before checkpointing")
-        if now.rescans > before:
+        if now.rescans > before and not answered:
+            # Rescanned and committed: its artifacts may take longer (the restore timeout).
+            answered = True
+            wait = max(wait, config.timeout)
+            deadline = time.monotonic() + wait
+        if answered and not now.capturing:
             if now.pending:
                 raise StoreError(
                     f"the daemon could not commit {now.pending} change(s): {now.last_error}"
                 )
             return SnapshotResult(
+                uncaptured=now.uncaptured,
                 generation=now.generation,
                 committed=now.generation != state.generation,
                 by_daemon=True,

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import subprocess
 
-__all__ = ["TAIL_LINES", "Deadline", "Outcome", "call", "redact_text"]
+__all__ = ["TAIL_LINES", "Deadline", "Outcome", "call", "redact_text", "spawn"]
 
 TAIL_LINES = 12
 """Lines of a child's output kept in a failure report: enough for pip's and R's errors."""
@@ -133,6 +133,23 @@ def call(
         return _run(args, deadline, _environment(env), private, split_stderr)
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+def spawn(argv: Sequence[str], *, cwd: str, stdin: int, stdout: int) -> subprocess.Popen[bytes]:
+    """Start `argv` to run beside pkgckpt (the artifact capture worker) with `call()`'s
+    clean start: no shell, in the caller's own private directory `cwd`, its own session,
+    pkgckpt's environment; stderr is pkgckpt's (its log lines join ours). The caller
+    waits for it. Raises OSError when it cannot start."""
+    import subprocess
+
+    return subprocess.Popen(
+        tuple(argv),
+        stdin=stdin,
+        stdout=stdout,
+        env=_environment(None),
+        cwd=cwd,
+        start_new_session=True,
+    )
 
 
 def _run(

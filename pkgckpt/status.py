@@ -70,6 +70,10 @@ class DaemonState(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Full rescans done on request (SIGHUP): `snapshot` waits for this to move."""
     counters: metrics.Counters = msgspec.field(default_factory=metrics.Counters)
     """What the metrics count (`pkgckpt daemon --metrics-file`, `status --prometheus`)."""
+    capturing: int = 0
+    """Packages the artifact capture worker is capturing now (`snapshot` waits for 0)."""
+    uncaptured: dict[str, str] = msgspec.field(default_factory=dict)
+    """Packages this daemon could not capture (`name==version (env)`), and why."""
 
 
 _state_decoder = msgspec.json.Decoder(DaemonState)

@@ -867,6 +867,22 @@ class Store:
             elif stat.S_ISREG(st.st_mode) and _ARTIFACT_FILE.fullmatch(name):
                 found[prefix + name] = st
 
+    def touch_artifact(self, name: str) -> None:
+        """Date artifact `name` now (GC removes the least recently referenced first)."""
+        found = self._artifact_dir(name, create=False)
+        if found is None:
+            return
+        dfd, where = found
+        base = name.rsplit("/", 1)[-1]
+        try:
+            os.utime(base, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise durable.error(e, f"cannot date {where / base}") from e
+        finally:
+            durable.close_quietly(dfd)
+
     def remove_artifact(self, name: str) -> None:
         """Remove artifact `name` (gone already is fine)."""
         found = self._artifact_dir(name, create=False)

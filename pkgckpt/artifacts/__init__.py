@@ -49,6 +49,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol, cast
 
+import msgspec
+
 from ..config import Config
 from ..errors import PkgckptError, StoreError, Uncapturable
 from ..manifest import Artifact, Body, DirectorySource, Environment, Kind, Package, same_env
@@ -58,6 +60,7 @@ __all__ = [
     "ArtifactRefused",
     "Capturer",
     "Job",
+    "Result",
     "Uncapturable",
     "capture",
     "capturer",
@@ -66,7 +69,7 @@ __all__ = [
     "missing",
 ]
 
-_MODULES: dict[str, str] = {"python": "wheel", "r": "rpkg"}
+CAPTURERS: dict[str, str] = {"python": "wheel", "r": "rpkg"}
 
 
 class ArtifactRefused(PkgckptError):
@@ -83,6 +86,15 @@ class Job:
     package: Package
 
 
+class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One capture: the artifact written, or why there is none."""
+
+    env: Environment
+    package: Package
+    artifact: Artifact | None = None
+    reason: str | None = None
+
+
 class Capturer(Protocol):
     def capture(self, job: Job, out: Path) -> Path: ...
 
@@ -91,7 +103,7 @@ class Capturer(Protocol):
 
 def capturer(kind: Kind) -> Capturer:
     """The module that captures packages of `kind`; Uncapturable when there is none."""
-    name = _MODULES.get(kind)
+    name = CAPTURERS.get(kind)
     module: ModuleType | None = None
     if name is not None:
         try:
@@ -120,7 +132,7 @@ def missing(body: Body, targets: Iterable[tuple[Environment, Sequence[Path]]]) -
     targets = list(targets)
     for delta in body.deltas():
         where = next((t for t in targets if same_env(t[0], delta.env)), None)
-        if where is None or delta.env.kind not in _MODULES:
+        if where is None or delta.env.kind not in CAPTURERS:
             continue
         for p in (*delta.added, *delta.changed):
             if p.artifact is None and uncapturable(p) is None:
@@ -128,9 +140,13 @@ def missing(body: Body, targets: Iterable[tuple[Environment, Sequence[Path]]]) -
     return jobs
 
 
-def capture(store: Store, config: Config, job: Job, *, used: int = 0) -> Artifact:
+def capture(
+    store: Store, config: Config, job: Job, *, used: int = 0, keep: set[str] | None = None
+) -> Artifact:
     """Capture `job` on the store (see the module docstring). `used`: bytes the key's
-    artifacts hold now; a capture that would take them past `artifact_quota` is skipped."""
+    artifacts hold now. A capture that would take them past `artifact_quota` first
+    removes artifacts outside `keep` (`quota.collect`; None: removes none), and is
+    skipped when that is not enough."""
     why = uncapturable(job.package)
     if why is not None:
         raise Uncapturable(why)
@@ -146,6 +162,12 @@ def capture(store: Store, config: Config, job: Job, *, used: int = 0) -> Artifac
 
             if config.artifact_pool is not None and pool.put(config.artifact_pool, fd, digest):
                 return Artifact(file=name, sha256=digest, size=size, pooled=True)
+            if used + size > config.artifact_quota and keep is not None:
+                from .quota import collect
+                from .quota import used as measure
+
+                collect(store, config.artifact_quota, keep, need=size)
+                used = measure(store)
             if used + size > config.artifact_quota:
                 raise Uncapturable(
                     f"over the artifact quota ({_bytes(used)} used + {_bytes(size)} > "

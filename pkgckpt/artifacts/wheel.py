@@ -95,8 +95,8 @@ def capture(job: Job, out: Path) -> Path:
     with zipfile.ZipFile(
         target, "x", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESSLEVEL
     ) as zf:
-        for member, path, script in members:
-            data, mode = _content(path, script)
+        for member, source, script in members:
+            data, mode = _content(source, script)
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
             rows.append((member, f"sha256={digest.decode()}", str(len(data))))
             _add(zf, member, data, mode)

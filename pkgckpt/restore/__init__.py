@@ -74,6 +74,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -81,6 +82,7 @@ import msgspec
 from ..config import Config
 from ..errors import PartialRestore, RestoreUnavailable
 from ..manifest import (
+    Artifact,
     Baseline,
     Delta,
     DirectorySource,
@@ -98,7 +100,7 @@ from ..manifest import (
 from ..runner import redact_text
 from ..scan.python import strip_credentials
 from .rebase import Decision, Rebase
-from .runner import Deadline, Installer, Outcome
+from .runner import ArtifactInstaller, Deadline, Installer, Outcome
 from .validate import canonical, check_body
 
 if TYPE_CHECKING:
@@ -143,6 +145,8 @@ class Step(_Out, frozen=True, kw_only=True):
     """conda: the build string to install."""
     channel: str | None = None
     """conda: the recorded channel, which selects one of the configured ones."""
+    artifact: Artifact | None = None
+    """install: the package as captured on the store (`pkgckpt.artifacts`), tried first."""
 
     def package(self) -> Package:
         return Package(
@@ -151,6 +155,7 @@ class Step(_Out, frozen=True, kw_only=True):
             source=self.source,
             build=self.build,
             channel=self.channel,
+            artifact=self.artifact,
         )
 
     def failure(self, action: Literal["install", "remove"], message: str) -> Failure:
@@ -273,6 +278,10 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     unavailable: str | None = None
     """Nothing could be installed here, for this one reason (no R, no readable R
     repository)."""
+    notes: tuple[str, ...] = ()
+    """Packages installed from their source because their artifact was not used, and why."""
+    from_artifacts: int = 0
+    """Packages installed from their artifacts."""
 
 
 class Report(_Out, frozen=True, kw_only=True):
@@ -312,6 +321,7 @@ class Report(_Out, frozen=True, kw_only=True):
             if e.unavailable:
                 lines.append(f"  not restored: {e.unavailable}")
                 continue
+            lines += [f"  {note}" for note in e.notes]
             for f in e.failed:
                 lines.append(f"  failed to {f.action} {f.name} {f.version}:")
                 lines += [f"    | {line}" for line in f.message.splitlines()]
@@ -595,6 +605,7 @@ def _plan(
                             reason=reason,
                             build=p.build,
                             channel=p.channel,
+                            artifact=p.artifact,
                         )
                     )
         for p in delta.removed if rebase is None else ():
@@ -617,7 +628,7 @@ def _plan(
         ready: list[Step] = []
         for step in sorted(install, key=lambda s: _key(kind, s.name)):
             why = installer.blocked(step.package())
-            if why is None:
+            if why is None or _artifact_fits(target.env, step):
                 ready.append(step)
             else:
                 blocked.append(step.failure("install", why))
@@ -647,6 +658,15 @@ def _plan(
         elsewhere=tuple(elsewhere),
         skipped=tuple(skipped),
     )
+
+
+def _artifact_fits(env: Environment, step: Step) -> bool:
+    """A step whose source cannot be used here may still install from its artifact."""
+    if step.artifact is None:
+        return False
+    from ..artifacts import fits
+
+    return fits(env, step.package()) is None
 
 
 def plan(config: Config) -> Plan:
@@ -689,6 +709,8 @@ class _Env:
         self.installer = installer
         self.deadline = deadline
         self.failed: dict[str, Failure] = {}
+        self.notes: list[str] = []
+        self.from_artifacts = 0
 
     def placed(self, step: Step, now: Mapping[str, Package]) -> bool:
         """An install step is done: the version and source the manifest records."""
@@ -734,6 +756,62 @@ class _Env:
 
         self._settle(steps, "install", attempt, self.placed)
 
+    def install_artifacts(self, steps: Sequence[Step], config: Config) -> list[Step]:
+        """Install the steps that have a usable artifact from it; the steps left for their
+        recorded source (the others, and those whose artifact was not used)."""
+        import tempfile
+
+        from ..artifacts import use
+        from ..store import open_store
+
+        installer = self.installer
+        if not isinstance(installer, ArtifactInstaller) or not any(s.artifact for s in steps):
+            return list(steps)
+        with tempfile.TemporaryDirectory(prefix="pkgckpt-artifacts-") as into:
+            staged = use.stage(
+                open_store(config),
+                config,
+                self.target.env,
+                [s.package() for s in steps],
+                Path(into),
+            )
+            ready = [s for s in steps if s.name in staged.files]
+
+            def attempt(batch: Sequence[Step]) -> Outcome:
+                reinstall = any(
+                    s.installed is not None and _same_version(self.kind, s.installed, s.version)
+                    for s in batch
+                )
+                return installer.install_artifacts(
+                    [s.package() for s in batch],
+                    staged.files,
+                    reinstall=reinstall,
+                    deadline=self.deadline,
+                )
+
+            if ready:
+                self._settle(ready, "install", attempt, self.placed)
+        now = _installed(self.target) if ready else {}
+        self.from_artifacts = sum(1 for s in ready if self.placed(s, now))
+        left: list[Step] = []
+        for s in steps:
+            if s.name in staged.files and self.placed(s, now):
+                continue
+            failure = self.failed.pop(s.name, None)
+            why = staged.unused.get(s.name) or (
+                f"installing its artifact failed: {failure.message}" if failure else None
+            )
+            if why is None:  # no artifact
+                left.append(s)
+                continue
+            cannot = use.fallback(config, s.package(), installer.blocked(s.package()))
+            if cannot is None:
+                self.notes.append(f"{s.name} {s.version}: {why}; installed from its source")
+                left.append(s)
+            else:
+                self.failed[s.name] = s.failure("install", f"{why}; {cannot}")
+        return left
+
     def remove(self, steps: Sequence[Step]) -> None:
         def attempt(batch: Sequence[Step]) -> Outcome:
             return self.installer.remove([s.package() for s in batch], deadline=self.deadline)
@@ -767,11 +845,15 @@ def _apply(
         forced = set(ep.rebase.forced) if ep.rebase is not None else set()
         resolved = [s for s in ep.install if s.name not in forced]
         if resolved:
-            work.install(resolved)
+            rest = work.install_artifacts(resolved, config)
+            if rest:
+                work.install(rest)
         if len(resolved) < len(ep.install):
             # --on-conflict user: the user's versions last, exactly, over what the image needs.
             work.installer = _installer(target.env, config)
-            work.install([s for s in ep.install if s.name in forced])
+            rest = work.install_artifacts([s for s in ep.install if s.name in forced], config)
+            if rest:
+                work.install(rest)
         # The truth is the environment afterwards, not the installers' exit codes.
         now = _installed(target)
         installed: list[str] = []
@@ -801,6 +883,8 @@ def _apply(
             failed=tuple(failed),
             seconds=round(time.monotonic() - began, 3),
             unavailable=None if installed or removed else _unavailable(work.installer),
+            notes=tuple(work.notes),
+            from_artifacts=work.from_artifacts,
         )
         if say is not None:
             say(

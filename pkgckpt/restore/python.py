@@ -57,7 +57,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -278,6 +278,38 @@ class PythonInstaller:
             pins.write_text("".join(f"{line}\n" for line in self._constraints if _pin(line)))
             argv += ["--constraint", str(pins), *editables, "--", *requirements]
             return call(argv, deadline=deadline, env=self._env)
+
+    def install_artifacts(
+        self,
+        packages: Sequence[Package],
+        files: Mapping[str, Path],
+        *,
+        reinstall: bool,
+        deadline: Deadline,
+    ) -> Outcome:
+        """Install `packages` from their verified wheels in `files` alone: exact pins,
+        `--no-index`, the wheels' directory as the only find-links (on a new image: beside
+        the configured sources, dependencies resolved). Installing by name
+        rather than by file path keeps the `direct_url.json` the wheel carries (the
+        source the user had), where a path would make the installer record the path."""
+        links = [f"--find-links={d}" for d in sorted({str(files[p.name].parent) for p in packages})]
+        pins = [f"{p.name}=={p.version}" for p in packages]
+        again = ["--reinstall" if self._tool == "uv" else "--force-reinstall"] if reinstall else []
+        # The image's own find-links could offer another file of the same version.
+        env = {**self._env, "PIP_FIND_LINKS": None, "UV_FIND_LINKS": None}
+        if self._constraints is None:
+            argv = [*self._command, "install", *self._target, "--no-deps", "--no-index", *links]
+            return call([*argv, *again, "--", *pins], deadline=deadline, env=env)
+        # On a new image the batch resolves its dependencies under the image's constraints
+        # (see the module docstring): the verified wheels join the configured sources, so
+        # what the image no longer ships is still fetched, and with no index allowed the
+        # batch fails rather than leave a package without its dependencies.
+        argv = [*self._command, "install", *self._target, *self._index_options(), *links, *again]
+        with tempfile.TemporaryDirectory(prefix="pkgckpt-constraints-") as private:
+            fixed = Path(private, "constraints.txt")
+            fixed.write_text("".join(f"{line}\n" for line in self._constraints if _pin(line)))
+            argv += ["--constraint", str(fixed), "--", *pins]
+            return call(argv, deadline=deadline, env=env)
 
     def remove(self, packages: Sequence[Package], *, deadline: Deadline) -> Outcome:
         if self._tool == "uv":

@@ -66,8 +66,14 @@ class ArtifactInstaller(Protocol):
     """An installer that also installs captured artifacts (`pkgckpt.artifacts`)."""
 
     def install_artifacts(
-        self, packages: Sequence[Package], files: Mapping[str, Path], *, deadline: Deadline
+        self,
+        packages: Sequence[Package],
+        files: Mapping[str, Path],
+        *,
+        reinstall: bool,
+        deadline: Deadline,
     ) -> Outcome:
         """One call installing each of `packages` from `files[package.name]` alone: a
-        verified private copy of its artifact (no index, no repository, no build)."""
+        verified private copy of its artifact (no index, no repository, no build).
+        `reinstall` as for `Installer.install`."""
         ...

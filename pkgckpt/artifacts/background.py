@@ -1,0 +1,242 @@
+"""Capture in the background: the daemon hands the packages to capture to one child
+process, which captures them one at a time at idle priority and reports each result.
+
+    Background(config, store)
+        .start(jobs, used) -> bool    start a worker for `jobs` (False: one runs already)
+        .running -> bool
+        .collect() -> list[Result] | None
+                                      the finished worker's results (None: still running)
+        .stop(timeout) -> list[Result]
+                                      SIGTERM the worker, wait for it, its results so far
+
+A child rather than a thread: a thread at idle priority holding the GIL would stall the
+daemon's own loop behind every busy process of the machine (priority inversion), and
+compressing a wheel is CPU work the daemon's commits must never wait for. The worker sets
+`nice 19` and the idle I/O class (`ioprio_set`) on itself. It gets its orders in a private
+file and appends one JSON line per finished capture to another; an artifact is reported
+only once `Store.put_artifact` returned (written, fsynced, renamed), so a worker killed
+at any point leaves at worst an unreferenced file, which GC removes, or a temp file,
+which the next listing of the artifacts directory removes. At SIGTERM it stops at once:
+the capture in progress unwinds (its temp files removed) and the worker exits 143.
+
+The daemon learns that the worker ended from SIGCHLD, which wakes its loop like every
+other signal: nothing polls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ..config import Config
+from ..errors import PkgckptError
+from ..manifest import Environment, Package
+from ..runner import spawn
+from ..store import Store
+from . import Job, Result, capture
+
+if TYPE_CHECKING:
+    import subprocess
+
+log = logging.getLogger(__name__)
+
+
+class _Job(msgspec.Struct, frozen=True, kw_only=True):
+    env: Environment
+    roots: tuple[str, ...]
+    package: Package
+
+
+class _Orders(msgspec.Struct, frozen=True, kw_only=True):
+    store: str
+    key: str
+    owner: int
+    pool: str | None
+    quota: int
+    used: int
+    keep: tuple[str, ...]
+    jobs: tuple[_Job, ...]
+
+
+_result_decoder = msgspec.json.Decoder(Result)
+_orders_decoder = msgspec.json.Decoder(_Orders)
+_encoder = msgspec.json.Encoder()
+
+ORDERS = "orders.json"
+RESULTS = "results.jsonl"
+
+
+class Background:
+    """The daemon's handle on its one capture worker (see the module docstring)."""
+
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._dir: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None
+
+    def start(self, jobs: Sequence[Job], used: int, keep: set[str]) -> bool:
+        """Start a worker for `jobs` (`used`, `keep`: as `artifacts.capture` takes them);
+        False when one runs already or none can start."""
+        if self._proc is not None or not jobs:
+            return False
+        orders = _Orders(
+            store=str(self.store.root),
+            key=self.store.key,
+            owner=self.store.owner,
+            pool=None if self.config.artifact_pool is None else str(self.config.artifact_pool),
+            quota=self.config.artifact_quota,
+            used=used,
+            keep=tuple(sorted(keep)),
+            jobs=tuple(
+                _Job(env=j.env, roots=tuple(map(str, j.roots)), package=j.package) for j in jobs
+            ),
+        )
+        private = tempfile.mkdtemp(prefix="pkgckpt-capture-")
+        try:
+            Path(private, ORDERS).write_bytes(_encoder.encode(orders))
+            with (
+                open(Path(private, ORDERS), "rb") as stdin,
+                open(Path(private, RESULTS), "xb") as stdout,
+            ):
+                self._proc = spawn(
+                    [sys.executable, "-I", "-m", __name__],
+                    cwd=private,
+                    stdin=stdin.fileno(),
+                    stdout=stdout.fileno(),
+                )
+        except OSError as e:
+            shutil.rmtree(private, ignore_errors=True)
+            log.warning("cannot start the artifact capture: %s", e)
+            return False
+        self._dir = private
+        log.info("capturing %d package(s) in the background (pid %d)", len(jobs), self._proc.pid)
+        return True
+
+    def collect(self) -> list[Result] | None:
+        """The results of a worker that has ended; None while it runs (or none ran)."""
+        if self._proc is None or self._proc.poll() is None:
+            return None
+        return self._finish()
+
+    def stop(self, timeout: float = 5.0) -> list[Result]:
+        """Stop the worker (SIGTERM; SIGKILL after `timeout`) and return what it finished."""
+        if self._proc is None:
+            return []
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.send_signal(signal.SIGTERM)
+        try:
+            self._proc.wait(timeout)
+        except Exception:  # subprocess.TimeoutExpired, without importing subprocess here
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        return self._finish()
+
+    def _finish(self) -> list[Result]:
+        assert self._proc is not None and self._dir is not None
+        code = self._proc.returncode
+        results = []
+        try:
+            for line in Path(self._dir, RESULTS).read_bytes().splitlines():
+                # A line cut by a kill is the only one that may not decode: it was not done.
+                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                    results.append(_result_decoder.decode(line))
+        except OSError as e:
+            log.warning("cannot read the capture results: %s", e)
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._proc = None
+            self._dir = None
+        if code not in (0, 143, -signal.SIGTERM):
+            log.warning("the artifact capture worker exited with %s", code)
+        return results
+
+
+# -- the worker ----------------------------------------------------------------------------
+
+
+_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "ppc64le": 273, "s390x": 282}
+_IOPRIO_WHO_PROCESS = 1
+_IOPRIO_CLASS_IDLE = 3
+
+
+def idle_priority() -> None:
+    """CPU nice 19 and the idle I/O class for this process: capture only takes what
+    nobody else wants."""
+    os.nice(19 - os.nice(0))
+    number = _IOPRIO_SET.get(platform.machine())
+    if number is None:
+        log.debug("no ioprio_set number known for %s", platform.machine())
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(number, _IOPRIO_WHO_PROCESS, 0, _IOPRIO_CLASS_IDLE << 13) != 0:
+        log.debug("ioprio_set: %s", os.strerror(ctypes.get_errno()))
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def work(orders: _Orders, out: int) -> None:
+    """Capture every job in `orders`, one at a time; one result line each on `out`."""
+    store = Store(Path(orders.store), orders.key, owner=orders.owner)
+    config = Config(
+        store=Path(orders.store),
+        key=orders.key,
+        artifact_quota=orders.quota,
+        artifact_pool=None if orders.pool is None else Path(orders.pool),
+    )
+    used = orders.used
+    keep = set(orders.keep)
+    for job in orders.jobs:
+        try:
+            artifact = capture(
+                store,
+                config,
+                Job(job.env, tuple(map(Path, job.roots)), job.package),
+                used=used,
+                keep=keep,
+            )
+        except PkgckptError as e:
+            result = Result(env=job.env, package=job.package, reason=str(e))
+        except Exception as e:  # one package's surprise must not stop the others
+            log.exception("capturing %s %s", job.package.name, job.package.version)
+            result = Result(env=job.env, package=job.package, reason=f"capture failed: {e!r}")
+        else:
+            if not artifact.pooled:
+                used += artifact.size
+            result = Result(env=job.env, package=job.package, artifact=artifact)
+        line = _encoder.encode(result) + b"\n"
+        while line:
+            line = line[os.write(out, line) :]
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    logging.basicConfig(level=logging.WARNING, format="pkgckpt capture: %(message)s")
+    idle_priority()
+    orders = _orders_decoder.decode(sys.stdin.buffer.read())
+    work(orders, sys.stdout.fileno())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The artifact cache inside a checkpoint session: what the daemon and `snapshot` share.
+
+pending(session, targets, skip) -> list[Job]
+    The recorded packages to capture now: no artifact yet, capturable, and not in
+    `skip` (the ones this process already failed to capture, by `key()`).
+attach(session, results) -> dict[str, str]
+    Record each captured artifact in the session's record (`Tracker.attach`: only
+    for the very install captured); the failures, `key()` -> reason.
+capture_now(session, config, targets, skip) -> dict[str, str]
+    `snapshot`: capture every pending package in this process, then attach; the
+    failures. Raises StoreError / StoreUnavailable when the store fails.
+tidy(session, config, before)
+    After a commit: date what left the record, then GC to the quota.
+never(session, targets) -> dict[str, str]
+    Recorded packages that are never captured (editable, directory, conda), why.
+keep(session) -> set[str]
+    The artifacts GC must not remove (`quota.protected`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from ..checkpoint import Session
+from ..config import Config
+from ..errors import StoreError, Uncapturable
+from ..inventory import Target
+from ..manifest import Body, Environment, Package
+from . import Job, Result, capture, missing, quota
+
+
+def key(env: Environment, package: Package) -> str:
+    """How a package is named in status and in the skip list: `name==version (where)`."""
+    return f"{package.name}=={package.version} ({env.where()})"
+
+
+def pending(session: Session, targets: Iterable[Target], skip: Mapping[str, str]) -> list[Job]:
+    body = session.tracker.body()
+    found = missing(body, ((t.env, t.roots) for t in targets))
+    return [j for j in found if key(j.env, j.package) not in skip]
+
+
+def attach(session: Session, results: Iterable[Result]) -> dict[str, str]:
+    failed: dict[str, str] = {}
+    for r in results:
+        if r.artifact is not None:
+            session.tracker.attach(r.env, r.package, r.artifact)
+        else:
+            failed[key(r.env, r.package)] = r.reason or "not captured"
+    return failed
+
+
+def keep(session: Session) -> set[str]:
+    return quota.protected(session.store, session.tracker.body())
+
+
+def capture_now(session: Session, config: Config, targets: Iterable[Target]) -> dict[str, str]:
+    jobs = pending(session, targets, {})
+    if not jobs:
+        return {}
+    store = session.store
+    protect = keep(session)
+    used = quota.used(store)
+    results: list[Result] = []
+    for job in jobs:
+        try:
+            artifact = capture(store, config, job, used=used, keep=protect)
+        except StoreError:
+            raise
+        except Uncapturable as e:
+            results.append(Result(env=job.env, package=job.package, reason=str(e)))
+            continue
+        if not artifact.pooled:
+            used += artifact.size
+        results.append(Result(env=job.env, package=job.package, artifact=artifact))
+    return attach(session, results)
+
+
+def tidy(session: Session, config: Config, before: Body) -> None:
+    after = session.tracker.body()
+    quota.note_dropped(session.store, before, after)
+    if quota.used(session.store) > config.artifact_quota:
+        quota.collect(session.store, config.artifact_quota, quota.protected(session.store, after))
+
+
+def never(session: Session, targets: Iterable[Target]) -> dict[str, str]:
+    """Recorded packages of `targets` that are never captured, known from the record
+    alone (editable and directory installs, kinds without a capturer), with the reason."""
+    from . import CAPTURERS, uncapturable
+
+    found: dict[str, str] = {}
+    body = session.tracker.body()
+    for t in targets:
+        delta = body.delta(t.env)
+        if delta is None:
+            continue
+        for p in (*delta.added, *delta.changed):
+            why = uncapturable(p)
+            if why is None and t.env.kind not in CAPTURERS:
+                why = f"{t.env.kind} packages are not captured"
+            if why is not None and p.artifact is None:
+                found[key(t.env, p)] = why
+    return found

@@ -1,0 +1,68 @@
+"""Restore's side of the artifact cache: which recorded packages install from their
+artifact, as verified private copies, and what happens to the others.
+
+    stage(store, config, env, packages, into) -> Staged
+
+For each package with an artifact: one that does not fit `env` (`artifacts.fits`: wheel
+tags, R major.minor) is not used, one whose bytes do not hash to the manifest's sha256
+(tampered, truncated, missing, a pooled file swapped by another user) is refused; the
+others are copied into the private directory `into` (0700, restore's own) while being
+hashed, so what the installer reads is exactly what was verified. A package not staged
+falls back to its recorded source (the index, find-links, a URL, a repository), when
+that is allowed here (`fallback`), and the report says why its artifact was not used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..config import Config
+from ..errors import PkgckptError
+from ..manifest import Environment, IndexSource, Package
+from ..store import Store
+from . import ArtifactRefused, fetch, fits
+
+
+@dataclasses.dataclass
+class Staged:
+    files: dict[str, Path] = dataclasses.field(default_factory=dict)
+    """Package name -> its verified copy."""
+    unused: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Package name -> why its artifact is not used (does not fit, refused, unreadable)."""
+
+
+def stage(
+    store: Store, config: Config, env: Environment, packages: Sequence[Package], into: Path
+) -> Staged:
+    staged = Staged()
+    for p in packages:
+        if p.artifact is None:
+            continue
+        why = fits(env, p)
+        if why is not None:
+            staged.unused[p.name] = f"its artifact {p.artifact.file} is not used: {why}"
+            continue
+        try:
+            staged.files[p.name] = fetch(store, config, p, into)
+        except ArtifactRefused as e:
+            staged.unused[p.name] = f"artifact refused: {e}"
+        except PkgckptError as e:  # the store refused or failed: the source may still work
+            staged.unused[p.name] = f"artifact unreadable: {e}"
+    return staged
+
+
+def index_allowed(config: Config) -> bool:
+    """Whether an index-recorded package may be installed from an index or find-links."""
+    return not config.no_index or bool(config.find_links)
+
+
+def fallback(config: Config, package: Package, blocked: str | None) -> str | None:
+    """Why `package` cannot be installed from its recorded source instead of its
+    artifact (`blocked`: what the installer said of that source), or None when it can."""
+    if blocked is not None:
+        return f"its source cannot be used either: {blocked}"
+    if isinstance(package.source, IndexSource) and not index_allowed(config):
+        return "no index is allowed (--no-index without --find-links)"
+    return None
