@@ -51,6 +51,7 @@ from . import checkpoint, inventory, metrics, record, status
 from .artifacts import Result, quota
 from .artifacts import session as art
 from .artifacts.background import Background
+from .artifacts.summary import remember
 from .config import Config, ensure_runtime_dir
 from .debounce import Debouncer
 from .discovery import Unreadable
@@ -348,8 +349,12 @@ class Daemon:
             self._set(uncaptured={**never, **self.uncaptured})
             if self.captures.running:
                 return
+            used = quota.used(self.store)
+            if used != self.state.counters.artifact_bytes:
+                self._count(artifact_bytes=used)
+                self._write_metrics()
             jobs = art.pending(self.session, self.targets, self.uncaptured)
-            if jobs and self.captures.start(jobs, quota.used(self.store), art.keep(self.session)):
+            if jobs and self.captures.start(jobs, used, art.keep(self.session)):
                 self._set(capturing=len(jobs))
         except PkgckptError as e:
             log.warning("artifact cache: %s", e)
@@ -684,6 +689,7 @@ def snapshot(config: Config) -> SnapshotResult:
         uncaptured = {**art.never(session, targets), **art.capture_now(session, config, targets)}
         committed = checkpoint.commit(session) or committed
         art.tidy(session, config, before)
+        remember(config, uncaptured)
     return SnapshotResult(
         generation=committed.generation if committed else session.generation,
         committed=committed is not None,

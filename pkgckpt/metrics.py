@@ -16,10 +16,11 @@ the daemon's status file, so the two never disagree.
     pkgckpt_restore_seconds                   gauge    the last restore's duration
     pkgckpt_restore_packages{outcome}         gauge    the last restore: installed,
                                                        removed, kept, failed
+    pkgckpt_artifact_bytes                    gauge    bytes of the key's artifacts on
+                                                       the store (when the cache exists)
 
 Every series also carries `key`: a textfile collector merges the files of every session
-on a node, and refuses the same series from two files. There is no artifact cache yet, so
-no `pkgckpt_artifact_bytes`.
+on a node, and refuses the same series from two files.
 
 The writer is these few lines rather than prometheus_client's exposition: loading that
 library adds ~4.9 MB to the idle daemon's RSS, this writer nothing measurable
@@ -54,6 +55,8 @@ class Counters(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Packages the manifest records (added, changed, removed) by environment kind."""
     committed_at: float | None = None
     """Unix time of the last commit (written, or found already on the store)."""
+    artifact_bytes: int | None = None
+    """Bytes of the key's artifacts, as last measured (None: no artifact cache)."""
 
 
 class RestoreRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -186,6 +189,13 @@ def render(
         "Time the daemon spent scanning libraries.",
         [("_count", {}, c.scans), ("_sum", {}, c.scan_seconds)],
     )
+    if c.artifact_bytes is not None:
+        family(
+            "pkgckpt_artifact_bytes",
+            "gauge",
+            "Bytes of the key's artifacts on the store.",
+            one(c.artifact_bytes),
+        )
     if restore is not None:
         family(
             "pkgckpt_restore_seconds",

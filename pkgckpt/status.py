@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from . import __version__, checkpoint, inventory, manifest, metrics
+from .artifacts import quota
+from .artifacts.summary import Summary, recall, summarize
+from .artifacts.summary import lines as artifact_lines
 from .checkpoint import now_iso
 from .config import Config, ensure_runtime_dir, read_private
 from .discovery import Unreadable
@@ -238,6 +241,8 @@ class Report(_Out, frozen=True, kw_only=True):
     """Why restore would refuse the manifest (an entry that fails its validation)."""
     baseline_from_daemon: bool = False
     """`baseline` is the one the running daemon reported, not one this command found."""
+    artifacts: Summary | None = None
+    """The artifact cache (None: switched off, or no manifest)."""
 
 
 def _age(stamp: str | None) -> float | None:
@@ -360,6 +365,10 @@ def collect(config: Config) -> Report:
             check_body(recorded.body)
         except PkgckptError as e:
             refused = str(e)
+    cache = None
+    if config.artifacts and recorded is not None:
+        reasons = state.uncaptured if alive and state is not None else recall(config)
+        cache = summarize(store, config, recorded.body, reasons)
     shown = str(inventory.baseline_path(config)) if baseline is not None else None
     from_daemon = shown is None and alive and state is not None and state.baseline is not None
     return Report(
@@ -379,6 +388,7 @@ def collect(config: Config) -> Report:
         store_error=store_error,
         revert_back_to=min(kept) if kept else None,
         r_untracked=r_tracking.untracked,
+        artifacts=cache,
     )
 
 
@@ -470,6 +480,8 @@ def to_text(report: Report) -> str:
         lines.append(f"last error: {report.store_error}")
     if report.r_untracked:
         lines.append(f"R:          installed, but no R library is tracked: {report.r_untracked}")
+    if report.artifacts is not None:
+        lines += artifact_lines(report.artifacts)
     if report.refused:
         lines.append("restore:    would refuse this manifest, nothing would be installed:")
         lines += [f"    {line.strip()}" for line in report.refused.splitlines()[1:]]
@@ -510,4 +522,7 @@ def to_prometheus(config: Config) -> str:
     if recorded is None:
         return metrics.render(config.key, None, 0, metrics.Counters(), restore)
     counters = metrics.Counters(tracked=metrics.tracked(recorded.body))
+    if config.artifacts:
+        with contextlib.suppress(PkgckptError):
+            counters.artifact_bytes = quota.used(open_store(config))
     return metrics.render(config.key, recorded.generation, 0, counters, restore)

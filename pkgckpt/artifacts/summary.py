@@ -1,0 +1,106 @@
+"""What `pkgckpt status` says of the artifact cache: count, bytes, quota, and every
+recorded package without an artifact, with the reason."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from ..config import Config, ensure_runtime_dir, read_private
+from ..errors import PkgckptError
+from ..manifest import Body
+from ..store import Store
+from . import CAPTURERS, uncapturable
+
+log = logging.getLogger(__name__)
+_reasons = msgspec.json.Decoder(dict[str, str])
+
+
+def _reasons_path(config: Config) -> Path:
+    return config.runtime_dir / f"uncaptured-{config.key}.json"
+
+
+def remember(config: Config, reasons: Mapping[str, str]) -> None:
+    """Leave `snapshot`'s reasons for `status` (the daemon keeps its own in its status
+    file); a failure here only warns."""
+    from ..durable import atomic_write
+
+    try:
+        run = ensure_runtime_dir(config.runtime_dir)
+        atomic_write(run / _reasons_path(config).name, msgspec.json.encode(dict(reasons)))
+    except PkgckptError as e:
+        log.warning("cannot record the packages not captured: %s", e)
+
+
+def recall(config: Config) -> dict[str, str]:
+    data = read_private(_reasons_path(config))
+    if data is None:
+        return {}
+    try:
+        return _reasons.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return {}
+
+
+class Summary(msgspec.Struct, frozen=True, kw_only=True):
+    count: int = 0
+    """Artifacts under the key."""
+    bytes: int = 0
+    quota: int
+    pooled: int = 0
+    """Recorded packages whose artifact is in the shared pool."""
+    without: dict[str, str] = {}
+    """`name==version (env)` -> why it has no artifact."""
+    error: str | None = None
+    """The store could not be listed."""
+
+
+def summarize(
+    store: Store, config: Config, body: Body, reasons: Mapping[str, str] | None = None
+) -> Summary:
+    """`reasons`: why the daemon could not capture a package (its status file)."""
+    from .session import key
+
+    without: dict[str, str] = {}
+    pooled = 0
+    for delta in body.deltas():
+        for p in (*delta.added, *delta.changed):
+            if p.artifact is not None:
+                pooled += p.artifact.pooled
+                continue
+            name = key(delta.env, p)
+            why = (reasons or {}).get(name) or uncapturable(p)
+            if why is None and delta.env.kind not in CAPTURERS:
+                why = f"{delta.env.kind} packages are not captured"
+            without[name] = why or "not captured yet"
+    try:
+        files = store.artifacts()
+    except PkgckptError as e:
+        return Summary(quota=config.artifact_quota, pooled=pooled, without=without, error=str(e))
+    return Summary(
+        count=len(files),
+        bytes=sum(st.st_size for st in files.values()),
+        quota=config.artifact_quota,
+        pooled=pooled,
+        without=without,
+    )
+
+
+def lines(summary: Summary) -> list[str]:
+    from . import _bytes
+
+    text = (
+        f"artifacts:  {summary.count} ({_bytes(summary.bytes)} of a {_bytes(summary.quota)} quota)"
+    )
+    if summary.pooled:
+        text += f", {summary.pooled} in the shared pool"
+    out = [text]
+    if summary.error:
+        out.append(f"    error: {summary.error}")
+    if summary.without:
+        out.append(f"    without an artifact ({len(summary.without)}):")
+        out += [f"      {name}: {why}" for name, why in sorted(summary.without.items())]
+    return out

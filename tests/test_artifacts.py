@@ -1,0 +1,377 @@
+"""The artifact cache with real pip and uv: what a capture packs, what restore refuses
+(tampered, truncated, missing, unfit, hostile), the quota and its GC."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import pytest
+from artifact_kit import artifacts, make_wheelhouse
+from daemon_kit import World
+from wheelhouse import make_venv
+
+from pkgckpt.artifacts import ArtifactRefused, Job, capturer, fetch
+from pkgckpt.artifacts.quota import collect, protected
+from pkgckpt.config import Config
+from pkgckpt.errors import StoreError
+from pkgckpt.manifest import Artifact, Body, Delta, Environment, Package
+from pkgckpt.store import Store, artifact_name
+
+pytestmark = pytest.mark.slow
+
+PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def _hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def _data_wheel(out: Path) -> Path:
+    """A wheel with a console script, a `#!python` script, data and a header: every
+    place RECORD can point outside the site directory."""
+    info = "datapkg-2.0.dist-info"
+    files = {
+        "datapkg/__init__.py": b"def main():\n    print('datapkg')\n",
+        "datapkg-2.0.data/scripts/tool": b"#!python\nimport datapkg\ndatapkg.main()\n",
+        "datapkg-2.0.data/data/share/datapkg/notes.txt": b"notes\n",
+        "datapkg-2.0.data/headers/datapkg.h": b"int datapkg(void);\n",
+        f"{info}/METADATA": b"Metadata-Version: 2.1\nName: datapkg\nVersion: 2.0\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\nBuild: 7\n"
+        b"Tag: py3-none-any\n",
+        f"{info}/entry_points.txt": b"[console_scripts]\ndatapkg-cli = datapkg:main\n",
+    }
+    rows = [f"{p},{_hash(d)},{len(d)}" for p, d in files.items()] + [f"{info}/RECORD,,"]
+    files[f"{info}/RECORD"] = ("\n".join(rows) + "\n").encode()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "datapkg-2.0-7-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            info_ = zipfile.ZipInfo(name)
+            info_.external_attr = (0o100755 if "scripts" in name else 0o100644) << 16
+            zf.writestr(info_, data)
+    return path
+
+
+def test_a_capture_puts_every_file_back_where_the_wheel_had_it(tmp_path: Path) -> None:
+    """Scripts, data and headers return to `.data/`; the generated console script, the
+    bytecode and the installer's files stay out; WHEEL (build number) and METADATA are
+    the installed bytes; the RECORD hashes are those of the packed files."""
+    wheel = _data_wheel(tmp_path / "wheels")
+    venv = make_venv(tmp_path / "venv")
+    venv.install(wheel.parent, "datapkg")
+    site = venv.site_packages
+    assert (venv.prefix / "bin" / "datapkg-cli").exists()
+    assert not (venv.prefix / "bin" / "tool").read_bytes().startswith(b"#!python")
+    env = Environment(kind="python", path=str(venv.prefix), interpreter=PY)
+    job = Job(env=env, roots=(site,), package=Package(name="datapkg", version="2.0"))
+    out = tmp_path / "out"
+    out.mkdir()
+    built = capturer("python").capture(job, out)
+    assert built.name == "datapkg-2.0-7-py3-none-any.whl"
+    with zipfile.ZipFile(built) as zf:
+        names = set(zf.namelist())
+        assert zf.read("datapkg-2.0.data/scripts/tool").startswith(b"#!python\n")
+        info = "datapkg-2.0.dist-info"
+        assert zf.read(f"{info}/WHEEL") == (site / info / "WHEEL").read_bytes()
+        assert zf.read(f"{info}/METADATA") == (site / info / "METADATA").read_bytes()
+        record = zf.read(f"{info}/RECORD").decode().splitlines()
+        for row in record:
+            path, digest, _ = row.split(",")
+            if digest:
+                assert _hash(zf.read(path)) == digest, path
+    assert names == {
+        "datapkg/__init__.py",
+        "datapkg-2.0.data/scripts/tool",
+        "datapkg-2.0.data/data/share/datapkg/notes.txt",
+        "datapkg-2.0.data/headers/datapkg.h",
+        f"{info}/METADATA",
+        f"{info}/WHEEL",
+        f"{info}/entry_points.txt",
+        f"{info}/RECORD",
+    }
+    again = tmp_path / "again"
+    again.mkdir()
+    assert capturer("python").capture(job, again).read_bytes() == built.read_bytes()
+
+
+def test_an_editable_install_is_not_captured_and_says_why(tmp_path: Path) -> None:
+    """Editable and directory installs live in the user's directory: never captured."""
+    from pkgckpt.artifacts import uncapturable
+    from pkgckpt.manifest import DirectorySource
+
+    editable = Package(name="x", version="1", source=DirectorySource(path="/p", editable=True))
+    assert "editable" in (uncapturable(editable) or "")
+    plain = Package(name="x", version="1", source=DirectorySource(path="/p"))
+    assert "directory" in (uncapturable(plain) or "")
+
+
+# -- restore: a snapshot taken once, copied for each test ----------------------------------
+
+
+@dataclass
+class Captured:
+    world: World
+    wheels: Path
+    prefix: Path
+    flags: list[str]
+    freeze: list[str]
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory: pytest.TempPathFactory) -> Captured:
+    """app (console script) and libdep installed from wheels, then `pkgckpt snapshot`."""
+    tmp = tmp_path_factory.mktemp("captured")
+    world = World.make(tmp)
+    wheels = make_wheelhouse(tmp / "wheels")
+    venv = make_venv(tmp / "venv")
+    baseline = tmp / "baseline.json"
+    made = world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
+    assert made.returncode == 0, made.stderr
+    venv.install(wheels, "app")
+    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
+    snap = world.pkgckpt("snapshot", *flags)
+    assert snap.returncode == 0, snap.stderr
+    assert set(artifacts(world.store, world.key)) == {
+        "app-1.0-py3-none-any.whl",
+        "libdep-1.0-py3-none-any.whl",
+    }
+    return Captured(world, wheels, venv.prefix, flags, venv.freeze())
+
+
+@pytest.fixture
+def fresh(captured: Captured, tmp_path: Path) -> Captured:
+    """A copy of the captured store and a fresh venv at the recorded path."""
+    store = tmp_path / "store"
+    shutil.copytree(captured.world.store, store, symlinks=True)
+    world = World(tmp=captured.world.tmp, env=dict(captured.world.env), store=store)
+    shutil.rmtree(world.runtime, ignore_errors=True)
+    make_venv(captured.prefix, with_pip=False)
+    flags = [a if a != str(captured.world.store) else str(store) for a in captured.flags]
+    return Captured(world, captured.wheels, captured.prefix, flags, captured.freeze)
+
+
+def _artifact(c: Captured, name: str) -> Path:
+    return c.world.store / c.world.key / "artifacts" / name
+
+
+def _restore(c: Captured, *extra: str) -> subprocess.CompletedProcess[str]:
+    return c.world.pkgckpt("restore", *c.flags, "--installer", "uv", *extra, timeout=300)
+
+
+def _freeze(prefix: Path) -> list[str]:
+    out = subprocess.run(
+        ["uv", "pip", "freeze", "--python", str(prefix / "bin" / "python")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return sorted(line for line in out.stdout.splitlines() if line and not line.startswith("pip"))
+
+
+def _pip_free(freeze: list[str]) -> list[str]:
+    return [line for line in freeze if not line.startswith(("pip=", "setuptools="))]
+
+
+def test_restore_from_artifacts_needs_no_index(fresh: Captured) -> None:
+    """`--no-index` without find-links: every package comes from its artifact."""
+    done = _restore(fresh, "--no-index")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _freeze(fresh.prefix) == _pip_free(fresh.freeze)
+    script = subprocess.run([str(fresh.prefix / "bin" / "app-cli")], capture_output=True, text=True)
+    assert script.stdout.strip() == "app 1.0"
+
+
+def _tamper(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _delete(path: Path) -> None:
+    path.unlink()
+
+
+DAMAGE = {"tampered": _tamper, "truncated": _truncate, "missing": _delete}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_artifact_is_never_installed_and_fails_naming_its_hash(
+    fresh: Captured, damage: str
+) -> None:
+    """With no index allowed, a damaged artifact fails its package (exit 3, the recorded
+    sha256 in the message); the intact one still installs from its artifact."""
+    path = _artifact(fresh, "app-1.0-py3-none-any.whl")
+    recorded = _recorded(fresh, "app")
+    DAMAGE[damage](path)
+    done = _restore(fresh, "--no-index")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert recorded.sha256 in done.stdout, done.stdout
+    freeze = _freeze(fresh.prefix)
+    assert "libdep==1.0" in freeze and not any(line.startswith("app==") for line in freeze)
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_artifact_falls_back_to_the_index_and_says_so(
+    fresh: Captured, damage: str
+) -> None:
+    """With find-links allowed, the package installs from its source and the report
+    says why its artifact was not used."""
+    DAMAGE[damage](_artifact(fresh, "app-1.0-py3-none-any.whl"))
+    done = _restore(fresh, "--no-index", "--find-links", str(fresh.wheels))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "app 1.0: artifact refused" in done.stdout, done.stdout
+    assert _freeze(fresh.prefix) == _pip_free(fresh.freeze)
+
+
+def _recorded(c: Captured, name: str) -> Artifact:
+    found = Store(c.world.store, c.world.key).read()
+    assert found is not None
+    artifact = next(
+        p.artifact for d in found.body.deltas() for p in d.added if p.name == name and p.artifact
+    )
+    return artifact
+
+
+def _rewrite(c: Captured, name: str, artifact: Artifact) -> None:
+    """Commit the manifest with `name`'s artifact replaced (as a writer of the key)."""
+    store = Store(c.world.store, c.world.key)
+    found = store.read()
+    assert found is not None
+    deltas = []
+    for d in found.body.deltas():
+        added = tuple(
+            msgspec.structs.replace(p, artifact=artifact) if p.name == name else p for p in d.added
+        )
+        deltas.append(msgspec.structs.replace(d, added=added))
+    store.commit(Body.of(deltas, found.body.events))
+
+
+def test_a_wheel_whose_tags_do_not_fit_is_never_used_and_restore_says_so(
+    fresh: Captured,
+) -> None:
+    """An artifact for another interpreter is not installed: the index is used instead,
+    and the report says why; with no index the package fails with that reason."""
+    good = _recorded(fresh, "app")
+    other = "app-1.0-cp27-cp27mu-linux_x86_64.whl"
+    shutil.copy(_artifact(fresh, good.file), _artifact(fresh, other))
+    _rewrite(fresh, "app", msgspec.structs.replace(good, file=other))
+    alone = _restore(fresh, "--no-index")
+    assert alone.returncode == 3, alone.stdout
+    assert "do not fit" in alone.stdout, alone.stdout
+    done = _restore(fresh, "--no-index", "--find-links", str(fresh.wheels))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "do not fit" in done.stdout, done.stdout
+    assert _freeze(fresh.prefix) == _pip_free(fresh.freeze)
+
+
+@pytest.mark.parametrize(
+    "name", ["../../../etc/x.whl", "R-4.4/../../x.whl", "/abs.whl", ".hidden.whl", "a/b/c.whl"]
+)
+def test_an_artifact_name_that_climbs_out_is_refused(tmp_path: Path, name: str) -> None:
+    """Names from a manifest never leave `<key>/artifacts/`: refused before any open."""
+    with pytest.raises(StoreError):
+        artifact_name(name)
+    package = Package(name="x", version="1", artifact=Artifact(file=name, sha256="0" * 64, size=1))
+    store = Store(tmp_path, "k")
+    with pytest.raises(ArtifactRefused):
+        fetch(store, Config(store=tmp_path, key="k"), package, tmp_path)
+
+
+def test_a_symlinked_artifact_is_refused(fresh: Captured, tmp_path: Path) -> None:
+    """An artifact that is a symbolic link is not followed (the store refuses it)."""
+    path = _artifact(fresh, "app-1.0-py3-none-any.whl")
+    real = tmp_path / "elsewhere.whl"
+    shutil.move(path, real)
+    path.symlink_to(real)
+    done = _restore(fresh, "--no-index")
+    assert done.returncode == 3, done.stdout
+    assert "symbolic link" in done.stdout, done.stdout
+
+
+# -- quota and GC ----------------------------------------------------------------------
+
+
+def test_a_capture_over_the_quota_is_skipped_and_reported(tmp_path: Path) -> None:
+    """With a quota smaller than a wheel, snapshot still commits, exits 0, and names each
+    package it could not capture and why; status says the same."""
+    world = World.make(tmp_path)
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    baseline = tmp_path / "baseline.json"
+    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
+    subprocess.run(
+        ["uv", "pip", "install", "--python", str(venv.python), "--no-index",
+         "--find-links", str(wheels), "app"],
+        check=True, capture_output=True, env=world.env,
+    )  # fmt: skip
+    world.env["PKGCKPT_ARTIFACT_QUOTA"] = "200"
+    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
+    snap = world.pkgckpt("snapshot", *flags)
+    assert snap.returncode == 0, snap.stderr
+    assert "not captured (2)" in snap.stdout, snap.stdout
+    assert "over the artifact quota" in snap.stdout
+    assert artifacts(world.store, world.key) == {}
+    assert world.generation() == 1
+    status = world.pkgckpt("status", *flags)
+    assert "artifacts:  0 (0 B of a 200 B quota)" in status.stdout, status.stdout
+    assert "app==1.0" in status.stdout and "over the artifact quota" in status.stdout
+
+
+def _put(store: Store, name: str, size: int, age: int) -> None:
+    src = store.root / f"src-{name}"
+    src.write_bytes(b"x" * size)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        store.put_artifact(name, fd, hashlib.sha256(b"x" * size).hexdigest())
+    finally:
+        os.close(fd)
+    path = store.path / "artifacts" / name
+    os.utime(path, (1_000_000 + age, 1_000_000 + age))
+
+
+def _body(*names: str) -> Body:
+    env = Environment(kind="python", path="/venv")
+    packages = tuple(
+        Package(
+            name=n.split("-")[0], version="1", artifact=Artifact(file=n, sha256="0" * 64, size=1)
+        )
+        for n in names
+    )
+    return Body.of([Delta(env=env, added=packages)])
+
+
+def test_gc_removes_the_least_recently_referenced_and_never_a_kept_generations(
+    tmp_path: Path,
+) -> None:
+    """Over the quota, unreferenced artifacts go oldest first; one referenced by any kept
+    generation (not only the current one) stays even when the quota is still exceeded."""
+    from pkgckpt.store import init_store
+
+    init_store(tmp_path)
+    store = Store(tmp_path, "k", keep=3)
+    store.commit(_body("old-1-py3-none-any.whl"))
+    store.commit(_body("cur-1-py3-none-any.whl"))
+    for name, age in [
+        ("old-1-py3-none-any.whl", 0),
+        ("cur-1-py3-none-any.whl", 1),
+        ("gone-1-py3-none-any.whl", 5),
+        ("gonetoo-1-py3-none-any.whl", 9),
+    ]:
+        _put(store, name, 100, age)
+    keep = protected(store, _body("cur-1-py3-none-any.whl"))
+    assert keep == {"old-1-py3-none-any.whl", "cur-1-py3-none-any.whl"}
+    assert collect(store, 400, keep) == []
+    assert collect(store, 300, keep) == ["gone-1-py3-none-any.whl"]
+    assert collect(store, 50, keep) == ["gonetoo-1-py3-none-any.whl"]
+    assert set(store.artifacts()) == keep
