@@ -66,3 +66,33 @@ def record_hashes(site: Path) -> dict[str, str]:
 def artifacts(store: Path, key: str) -> dict[str, int]:
     """The key's artifacts on the store: name -> size."""
     return {name: st.st_size for name, st in Store(store, key).artifacts().items()}
+
+
+def big_wheel(out: Path, name: str, megabytes: int) -> Path:
+    """A wheel holding `megabytes` of random (incompressible) data: slow to capture."""
+    import base64
+    import hashlib
+    import os
+    import zipfile
+
+    info = f"{name}-1.0.dist-info"
+    files = {
+        f"{name}/__init__.py": b"",
+        f"{name}/blob.bin": os.urandom(megabytes << 20),
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+
+    def digest(data: bytes) -> str:
+        raw = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+        return "sha256=" + raw.decode()
+
+    rows = [f"{p},{digest(d)},{len(d)}" for p, d in files.items()] + [f"{info}/RECORD,,"]
+    files[f"{info}/RECORD"] = ("\n".join(rows) + "\n").encode()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for member, data in files.items():
+            zf.writestr(member, data)
+    return path

@@ -1,0 +1,193 @@
+"""The daemon's background capture: after the commit, at idle priority, one worker, and
+SIGTERM in the middle of a capture leaves no partial artifact and no temp file."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from artifact_kit import artifacts, big_wheel, make_wheelhouse
+from daemon_kit import World, eventually, uv_install
+from prometheus_client.parser import text_string_to_metric_families
+from restore_kit import hermetic
+
+from pkgckpt.manifest import Manifest, Package
+from pkgckpt.store import Store
+
+pytestmark = pytest.mark.slow
+
+
+def _packages(found: Manifest | None) -> dict[str, Package]:
+    if found is None:
+        return {}
+    return {p.name: p for d in found.body.deltas() for p in (*d.added, *d.changed)}
+
+
+def _world(tmp_path: Path) -> tuple[World, Path, list[str]]:
+    world = World.make(tmp_path)
+    # The worker's private directories go here, where the test can see they are gone.
+    (tmp_path / "tmpdir").mkdir()
+    world.env["TMPDIR"] = str(tmp_path / "tmpdir")
+    venv = world.image_venv(tmp_path)
+    flags = [*world.flags(venv.prefix), "--baseline", str(tmp_path / "b.json")]
+    return world, venv.prefix, flags
+
+
+def test_the_daemon_captures_after_its_commit_in_the_background(tmp_path: Path) -> None:
+    """The install is committed without artifacts first; the artifacts follow in a later
+    generation; the metric and `status` count them; SIGTERM exits 0."""
+    world, prefix, flags = _world(tmp_path)
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    metrics = tmp_path / "k.prom"
+    daemon = world.daemon(*flags, "--quiet-ms", "100", "--metrics-file", str(metrics)).start()
+    try:
+        generations: dict[int, dict[str, Package]] = {}
+
+        def captured() -> bool:
+            found = world.manifest()
+            if found is not None:
+                generations[found.generation] = _packages(found)
+            have = _packages(found)
+            return bool(have) and all(p.artifact is not None for p in have.values())
+
+        uv_install(prefix / "bin" / "python", wheels, "app", env=world.env)
+        eventually(captured, what="artifacts in the manifest")
+        first = min(g for g, p in generations.items() if "app" in p)
+        assert generations[first]["app"].artifact is None, "the commit waited for the capture"
+        names = artifacts(world.store, world.key)
+        assert set(names) == {"app-1.0-py3-none-any.whl", "libdep-1.0-py3-none-any.whl"}
+
+        def gauge() -> float | None:
+            text = metrics.read_text() if metrics.exists() else ""
+            for family in text_string_to_metric_families(text):
+                if family.name == "pkgckpt_artifact_bytes":
+                    return family.samples[0].value
+            return None
+
+        assert eventually(gauge, what="the artifact metric") == sum(names.values())
+        status = world.pkgckpt("status", *flags)
+        assert "artifacts:  2 (" in status.stdout, status.stdout
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+    assert not list((tmp_path / "tmpdir").iterdir())
+
+
+def test_snapshot_with_a_daemon_returns_once_the_artifacts_are_on_the_store(
+    tmp_path: Path,
+) -> None:
+    """`pkgckpt snapshot` asks the running daemon and returns only when every recorded
+    package has its artifact in the manifest."""
+    world, prefix, flags = _world(tmp_path)
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    # A quiet window the test never reaches: only the snapshot's SIGHUP scans.
+    daemon = world.daemon(*flags, "--quiet-ms", "600000").start()
+    try:
+        uv_install(prefix / "bin" / "python", wheels, "app", env=world.env)
+        snap = world.pkgckpt("snapshot", *flags, timeout=300)
+        assert snap.returncode == 0, snap.stdout + snap.stderr
+        assert snap.stdout.startswith("the daemon wrote generation"), snap.stdout
+        have = _packages(world.manifest())
+        assert set(have) == {"app", "libdep"}
+        assert all(p.artifact is not None for p in have.values()), have
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+
+
+def test_sigterm_mid_capture_references_no_partial_artifact_and_leaves_no_temp_file(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while the worker packs a large wheel: the daemon exits 0 with the install
+    committed, every artifact the manifest names is whole (its sha256 matches), and no
+    temp file is left on the store or in the worker's private directory."""
+    world, prefix, flags = _world(tmp_path)
+    wheels = tmp_path / "wheels"
+    big_wheel(wheels, "bigpkg", 48)
+    daemon = world.daemon(*flags, "--quiet-ms", "100").start()
+    try:
+        uv_install(prefix / "bin" / "python", wheels, "bigpkg", env=world.env)
+        eventually(lambda: "bigpkg" in _packages(world.manifest()), what="the commit")
+        eventually(
+            lambda: any((tmp_path / "tmpdir").glob("pkgckpt-capture-*/*.whl")),
+            what="a capture in progress",
+        )
+        daemon.signal(signal.SIGTERM)
+        assert daemon.proc is not None
+        assert daemon.proc.wait(60) == 0, daemon.output()
+    finally:
+        daemon.close()
+    found = world.manifest()
+    assert "bigpkg" in _packages(found)
+    store = Store(world.store, world.key)
+    for p in _packages(found).values():
+        if p.artifact is not None:
+            path = world.store / world.key / "artifacts" / p.artifact.file
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == p.artifact.sha256
+    directory = world.store / world.key / "artifacts"
+    left = (
+        [n.name for n in directory.iterdir() if n.name.startswith(".")]
+        if directory.exists()
+        else []
+    )
+    assert left == []
+    assert set(store.artifacts()) <= {
+        p.artifact.file for p in _packages(found).values() if p.artifact
+    }
+    assert not list((tmp_path / "tmpdir").iterdir())
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="ioprio_get's number is x86_64's")
+def test_the_capture_worker_runs_at_idle_cpu_and_io_priority() -> None:
+    """`idle_priority()` leaves the process at nice 19 and in the idle I/O class."""
+    code = (
+        "import ctypes, os\n"
+        "from pkgckpt.artifacts.background import idle_priority\n"
+        "idle_priority()\n"
+        "libc = ctypes.CDLL(None)\n"
+        "print(os.nice(0), libc.syscall(252, 1, 0) >> 13)\n"  # ioprio_get(WHO_PROCESS, self)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["19", "3"]
+
+
+def test_the_worker_exits_at_sigterm_without_reporting_the_capture_it_was_doing(
+    tmp_path: Path,
+) -> None:
+    """Killed mid-capture, the worker reports nothing for that package and leaves no file
+    on the store: the daemon never references a partial artifact."""
+    from wheelhouse import make_venv
+
+    from pkgckpt.artifacts import Job
+    from pkgckpt.artifacts.background import Background
+    from pkgckpt.config import Config
+    from pkgckpt.manifest import Environment
+    from pkgckpt.store import init_store
+
+    wheels = tmp_path / "wheels"
+    big_wheel(wheels, "bigpkg", 48)
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    uv_install(venv.python, wheels, "bigpkg", env=hermetic(tmp_path))
+    init_store(tmp_path / "store")
+    store = Store(tmp_path / "store", "k")
+    config = Config(store=tmp_path / "store", key="k")
+    env = Environment(
+        kind="python",
+        path=str(venv.prefix),
+        interpreter=f"{sys.version_info[0]}.{sys.version_info[1]}",
+    )
+    job = Job(env=env, roots=(venv.site_packages,), package=Package(name="bigpkg", version="1.0"))
+    worker = Background(config, store)
+    assert worker.start([job], 0, set())
+    time.sleep(0.5)
+    assert worker.collect() is None, "the capture of 48 MB took less than half a second"
+    assert worker.stop() == []
+    assert store.artifacts() == {}
+    directory = tmp_path / "store" / "k" / "artifacts"
+    assert not directory.exists() or not list(directory.iterdir())
