@@ -6,8 +6,8 @@ URL, a VCS checkout, a built sdist), and installs without a network or a compile
 - files under the site directory go to the wheel's root; files elsewhere in the
   environment go back to `<name>-<version>.data/`: `scripts/` (the prefix's `bin/`),
   `headers/` (`include/.../<name>/`), `data/` (anything else under the prefix);
-- `__pycache__` and `.pyc` files, `INSTALLER`, `REQUESTED` and the RECORD signatures
-  are left out: the installer writes its own; console and GUI scripts that
+- `__pycache__` and `.pyc` files, `INSTALLER`, `REQUESTED`, the RECORD signatures and
+  uv's `uv_cache.json` (a timestamp) are left out: the installer writes its own; console and GUI scripts that
   `entry_points.txt` names are left out too: the installer generates them for the new
   interpreter. Other scripts get their `#!python` line back, for the same reason;
 - `WHEEL` (tags, build number, Root-Is-Purelib), `METADATA`, `entry_points.txt` and
@@ -51,7 +51,9 @@ from ..manifest import Artifact, Environment
 from . import Job
 
 _DATE = (1980, 1, 1, 0, 0, 0)
-_LEFT_OUT = frozenset({"INSTALLER", "REQUESTED", "RECORD", "RECORD.jws", "RECORD.p7s"})
+_LEFT_OUT = frozenset(
+    {"INSTALLER", "REQUESTED", "RECORD", "RECORD.jws", "RECORD.p7s", "uv_cache.json"}
+)
 _MAX_META = 16 << 20
 """RECORD, WHEEL and entry_points.txt larger than this are not a distribution's."""
 COMPRESSLEVEL = 6

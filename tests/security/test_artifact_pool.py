@@ -1,0 +1,187 @@
+"""The shared artifact pool between two real users: bob can delete and replace the pool
+entries he created, and can plant a file under the name alice's capture will have; alice
+never installs bytes whose sha256 is not the one in her own manifest."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pkgckpt.manifest import Package
+from pkgckpt.store import Store
+from tests.security.conftest import User
+from tests.security.test_children import chown_tree, evil_wheel, tool
+from tests.wheelhouse import Dist, build_wheel
+
+pytestmark = pytest.mark.slow
+__all__ = ["tool"]  # the fixture, shared with test_children
+
+
+@pytest.fixture
+def pool() -> Iterator[Path]:
+    """The pool an administrator makes: `DIR/sha256` mode 1777, like /tmp."""
+    root = Path(tempfile.mkdtemp(prefix="pkgckpt-pool-", dir="/var/tmp"))
+    root.chmod(0o755)
+    (root / "sha256").mkdir()
+    (root / "sha256").chmod(0o1777)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class Person:
+    """A user's own wheels, venv, store and runtime directory, all in their home."""
+
+    def __init__(self, user: User, tool: Path, pool: Path, dists: list[Dist]) -> None:
+        self.user = user
+        self.tool = tool
+        self.pool = pool
+        self.home = user.home / f"pool-{secrets.token_hex(3)}"
+        self.home.mkdir(mode=0o700)
+        self.wheels = self.home / "wheels"
+        for dist in dists:
+            build_wheel(dist, self.wheels)
+        self.store = self.home / "store"
+        self.prefix = self.home / "env"
+        (self.home / "tmp").mkdir()
+        (self.home / "run").mkdir(mode=0o700)
+        chown_tree(self.home, user)
+        self.run([str(tool / "bin" / "pkgckpt"), "store", "init", str(self.store)])
+        self.new_venv()
+        self.baseline = self.home / "baseline.json"
+        pkgckpt = str(tool / "bin" / "pkgckpt")
+        self.run([pkgckpt, "baseline", "--env", str(self.prefix), "--output", str(self.baseline)])
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": f"{self.tool / 'bin'}:/usr/bin:/bin",
+            "XDG_RUNTIME_DIR": str(self.home / "run"),
+            "TMPDIR": str(self.home / "tmp"),
+            "UV_CACHE_DIR": str(self.home / "uv-cache"),
+            "PKGCKPT_ARTIFACT_POOL": str(self.pool),
+            "PKGCKPT_DISCOVER": "",
+        }
+
+    def run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = self.user.run(argv, env=self.env(), timeout=300)
+        if check:
+            assert out.returncode == 0, (argv, out.stdout, out.stderr)
+        return out
+
+    def new_venv(self) -> None:
+        if self.prefix.exists():
+            shutil.rmtree(self.prefix)
+        self.run(
+            [str(self.tool / "bin" / "python"), "-m", "venv", "--without-pip", str(self.prefix)]
+        )
+
+    def install(self, *reqs: str) -> None:
+        python = str(self.prefix / "bin" / "python")
+        uv = [str(self.tool / "bin" / "uv"), "pip", "install", "--python", python]
+        self.run([*uv, "--no-index", "--find-links", str(self.wheels), *reqs])
+
+    def pkgckpt(self, *args: str) -> subprocess.CompletedProcess[str]:
+        common = ["--store", str(self.store), "--key", self.user.name, "--env", str(self.prefix)]
+        common += ["--baseline", str(self.baseline)]
+        return self.run([str(self.tool / "bin" / "pkgckpt"), *args, *common], check=False)
+
+    def recorded(self) -> dict[str, Package]:
+        found = Store(self.store, self.user.name, owner=self.user.uid).read()
+        assert found is not None
+        return {p.name: p for d in found.body.deltas() for p in d.added}
+
+    def installed(self) -> set[str]:
+        site = next(self.prefix.glob("lib/python3*/site-packages"))
+        return {p.name.split("-")[0] for p in site.glob("*.dist-info")}
+
+
+DISTS = [Dist("app", "1.0", requires=["libdep"]), Dist("libdep", "1.0")]
+
+
+def test_bobs_swapped_pool_entry_is_refused_by_alices_restore(
+    alice: User, bob: User, tool: Path, pool: Path
+) -> None:
+    """bob captures app first (the pool keeps his entry), alice's identical capture points
+    to it; bob then replaces his entry with a wheel that runs code at interpreter start.
+    Alice's restore from artifacts alone refuses it naming the hash (exit 3), installs
+    libdep from the pool, and never runs bob's code; with her wheels it falls back."""
+    b = Person(bob, tool, pool, DISTS)
+    a = Person(alice, tool, pool, DISTS)
+    try:
+        b.install("app")
+        assert b.pkgckpt("snapshot").returncode == 0
+        a.install("app")
+        snap = a.pkgckpt("snapshot")
+        assert snap.returncode == 0, snap.stdout + snap.stderr
+        mine = a.recorded()
+        assert all(p.artifact is not None and p.artifact.pooled for p in mine.values()), mine
+        assert not list((a.store / alice.name / "artifacts").glob("*.whl"))
+        app = mine["app"].artifact
+        assert app is not None
+        entry = pool / "sha256" / app.sha256
+        assert entry.stat().st_uid == bob.uid, "bob's capture made the entry"
+
+        marker = pool / f"ran-{secrets.token_hex(3)}"
+        evil = evil_wheel("app", "1.0", b.home / "evil", marker)
+        chown_tree(b.home, bob)
+        b.run(["rm", "-f", str(entry)])
+        b.run(["cp", str(evil), str(entry)])
+
+        a.new_venv()
+        alone = a.pkgckpt("restore", "--installer", "uv", "--no-index")
+        assert alone.returncode == 3, alone.stdout + alone.stderr
+        assert app.sha256 in alone.stdout, alone.stdout
+        assert a.installed() == {"libdep"}
+        a.run([str(a.prefix / "bin" / "python"), "-c", "pass"])
+        assert not marker.exists(), "bob's bytes ran in alice's venv"
+
+        back = a.pkgckpt(
+            "restore", "--installer", "uv", "--no-index", "--find-links", str(a.wheels)
+        )
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert "app 1.0: artifact refused" in back.stdout
+        assert a.installed() == {"app", "libdep"}
+        a.run([str(a.prefix / "bin" / "python"), "-c", "pass"])
+        assert not marker.exists()
+    finally:
+        shutil.rmtree(a.home, ignore_errors=True)
+        shutil.rmtree(b.home, ignore_errors=True)
+
+
+def test_a_pool_entry_planted_before_alices_capture_is_not_used(
+    alice: User, bob: User, tool: Path, pool: Path
+) -> None:
+    """bob plants other bytes under the name alice's capture will have (captures are
+    reproducible, so he can know it): the pool cannot be replaced, alice keeps her
+    artifact under her own key instead, and it restores."""
+    a = Person(alice, tool, pool, DISTS)
+    try:
+        a.install("libdep")
+        # The name alice's capture will have, found by capturing the same install once.
+        probe = Person(bob, tool, pool.parent / f"nopool-{secrets.token_hex(3)}", DISTS)
+        probe.install("libdep")
+        assert probe.pkgckpt("snapshot").returncode == 0
+        want = probe.recorded()["libdep"].artifact
+        assert want is not None and not want.pooled
+        shutil.rmtree(probe.home, ignore_errors=True)
+        planted = pool / "sha256" / want.sha256
+        bob.run(["sh", "-c", f"echo not-a-wheel > {planted}"], check=True)
+
+        snap = a.pkgckpt("snapshot")
+        assert snap.returncode == 0, snap.stdout + snap.stderr
+        got = a.recorded()["libdep"].artifact
+        assert got is not None and got.sha256 == want.sha256 and not got.pooled
+        assert (a.store / alice.name / "artifacts" / got.file).stat().st_uid == alice.uid
+        a.new_venv()
+        done = a.pkgckpt("restore", "--installer", "uv", "--no-index")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert a.installed() == {"libdep"}
+    finally:
+        shutil.rmtree(a.home, ignore_errors=True)
