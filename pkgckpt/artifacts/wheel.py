@@ -7,9 +7,10 @@ URL, a VCS checkout, a built sdist), and installs without a network or a compile
   environment go back to `<name>-<version>.data/`: `scripts/` (the prefix's `bin/`),
   `headers/` (`include/.../<name>/`), `data/` (anything else under the prefix);
 - `__pycache__` and `.pyc` files, `INSTALLER`, `REQUESTED`, the RECORD signatures and
-  uv's `uv_cache.json` (a timestamp) are left out: the installer writes its own; console and GUI scripts that
-  `entry_points.txt` names are left out too: the installer generates them for the new
-  interpreter. Other scripts get their `#!python` line back, for the same reason;
+  uv's `uv_cache.json` (a timestamp) are left out: the installer writes its own; console
+  and GUI scripts that `entry_points.txt` names are left out too: the installer
+  generates them for the new interpreter. Other scripts get their `#!python` line back,
+  for the same reason;
 - `WHEEL` (tags, build number, Root-Is-Purelib), `METADATA`, `entry_points.txt` and
   `direct_url.json` are kept byte for byte, so the restored install records the source
   the user's had;
@@ -29,6 +30,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import os
@@ -115,27 +117,48 @@ def fits(env: Environment, artifact: Artifact) -> str | None:
         _, _, _, tags = parse_wheel_filename(artifact.file)
     except InvalidWheelFilename as e:
         return f"not a wheel name: {e}"
-    supported = set(_supported(env))
-    if supported.isdisjoint(tags):
+    if _pure(env.interpreter, env.implementation).isdisjoint(tags) and _supported(env).isdisjoint(
+        tags
+    ):
         wanted = ", ".join(sorted(str(t) for t in tags)[:3])
         return f"its tags ({wanted}) do not fit {env.implementation or 'python'} {env.interpreter}"
     return None
 
 
-def _supported(env: Environment) -> Iterable[Tag]:
-    parts = (env.interpreter or "").split(".")
+@functools.lru_cache(maxsize=8)
+def _pure(interpreter: str | None, implementation: str | None) -> frozenset[Tag]:
+    """The `-none-any` tags an interpreter accepts: what most wheels carry, known without
+    asking the C library which manylinux it is (the full set costs ~40 ms)."""
+    return frozenset(t for t in _tag_list(interpreter, implementation, ["any"]) if t.abi == "none")
+
+
+def _supported(env: Environment) -> frozenset[Tag]:
+    return _tags_for(env.interpreter, env.implementation)
+
+
+@functools.lru_cache(maxsize=8)
+def _tags_for(interpreter: str | None, implementation: str | None) -> frozenset[Tag]:
+    """Every tag an interpreter accepts: ~1,000 of them, worked out once per interpreter."""
+    return frozenset(_tag_list(interpreter, implementation))
+
+
+def _tag_list(
+    version_text: str | None, implementation: str | None, platforms: list[str] | None = None
+) -> Iterable[Tag]:
+    parts = (version_text or "").split(".")
     if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
         return ()
     version = (int(parts[0]), int(parts[1]))
-    # The machine is the target's: its libc decides manylinux/musllinux, as for pkgckpt.
-    platforms = list(platform_tags())
-    if env.implementation in (None, "cpython"):
+    if platforms is None:
+        # The machine is the target's: its libc decides manylinux/musllinux, as for pkgckpt.
+        platforms = list(platform_tags())
+    if implementation in (None, "cpython"):
         interpreter = f"cp{version[0]}{version[1]}"
         return [
             *cpython_tags(version, platforms=platforms),
             *compatible_tags(version, interpreter, platforms),
         ]
-    short = {"pypy": "pp", "graalpy": "graalpy"}.get(env.implementation, env.implementation)
+    short = {"pypy": "pp", "graalpy": "graalpy"}.get(implementation, implementation)
     interpreter = f"{short}{version[0]}{version[1]}"
     return [
         *generic_tags(interpreter, platforms=platforms),
