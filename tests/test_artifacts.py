@@ -375,3 +375,34 @@ def test_gc_removes_the_least_recently_referenced_and_never_a_kept_generations(
     assert collect(store, 300, keep) == ["gone-1-py3-none-any.whl"]
     assert collect(store, 50, keep) == ["gonetoo-1-py3-none-any.whl"]
     assert set(store.artifacts()) == keep
+
+
+def test_snapshot_lists_editable_and_directory_installs_as_not_captured(tmp_path: Path) -> None:
+    """An editable install and a directory install stay recorded, get no artifact, and
+    snapshot and status name each with its reason; the wheel install is captured."""
+    world = World.make(tmp_path)
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    venv = make_venv(tmp_path / "venv")
+    baseline = tmp_path / "baseline.json"
+    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
+    for name in ("edited", "copied"):
+        project = tmp_path / name
+        (project / name).mkdir(parents=True)
+        (project / name / "__init__.py").write_text("")
+        (project / "pyproject.toml").write_text(
+            '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+            f'[project]\nname = "{name}"\nversion = "0.1"\n'
+        )
+    venv.install(wheels, "libdep")
+    venv.install(wheels, "-e", str(tmp_path / "edited"))
+    venv.install(wheels, str(tmp_path / "copied"))
+    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
+    snap = world.pkgckpt("snapshot", *flags, timeout=300)
+    assert snap.returncode == 0, snap.stderr
+    assert "not captured (2)" in snap.stdout, snap.stdout
+    assert "edited==0.1" in snap.stdout and "an editable install" in snap.stdout
+    assert "copied==0.1" in snap.stdout and "installed from a directory" in snap.stdout
+    assert set(artifacts(world.store, world.key)) == {"libdep-1.0-py3-none-any.whl"}
+    status = world.pkgckpt("status", *flags)
+    assert "without an artifact (2)" in status.stdout, status.stdout
+    assert "an editable install" in status.stdout

@@ -313,7 +313,10 @@ class Report(_Out, frozen=True, kw_only=True):
             return self.plan.render()
         lines: list[str] = []
         for e in self.environments:
-            counts = f"installed {len(e.installed)}, removed {len(e.removed)}"
+            counts = f"installed {len(e.installed)}"
+            if e.from_artifacts:
+                counts += f" ({e.from_artifacts} from artifacts)"
+            counts += f", removed {len(e.removed)}"
             if e.kept:
                 counts += f", kept {len(e.kept)}"
             counts += f", failed {len(e.failed)}"
