@@ -1,7 +1,7 @@
 """The artifact cache (issue 11): restore from artifacts beside the installers, and the
 cost of capture.
 
-    python benchmarks/ab_artifacts.py [ROUNDS]
+    python benchmarks/ab_artifacts.py [ROUNDS [forty|sdist]]
 
 pkgckpt is installed as a user gets it (`pip install .` of `git archive HEAD`, not
 editable, bytecode compiled) into a venv of its own on /dev/shm; every tree is on
@@ -15,7 +15,8 @@ load average before and after.
            target's peer; `pkgckpt restore` from the wheelhouse with a manifest without
            artifacts (restore as it was before the cache).
   sdist    one C-extension sdist: `pkgckpt restore --no-index` from its artifact, and
-           from the sdist (uv builds it, cold).
+           from the sdist (built by uv, cold; by pip, --no-cache-dir via PIP_NO_CACHE_DIR),
+           each with uv and with pip (pip beside pkgckpt, `--python` the venv).
   capture  `pkgckpt snapshot` of the 40 wheels into an empty store, with the cache on
            (captures all 40) and off (`PKGCKPT_ARTIFACTS=0`): wall and CPU time (user +
            system of the process and its children, from wait4).
@@ -212,6 +213,7 @@ def sdist(root: Path, python: Path, env: dict[str, str], rounds: int) -> None:
     case.run(case.pkgckpt("snapshot", store=store))
     plain = without_artifacts(store, root / "plain")
     restore = ["restore", "--installer", "uv", "--no-index"]
+    pip = ["restore", "--installer", "pip", "--no-index"]
     print("\n### A C-extension sdist: restore\n")
     interleave(
         {
@@ -225,23 +227,36 @@ def sdist(root: Path, python: Path, env: dict[str, str], rounds: int) -> None:
                 case.pkgckpt(*restore, "--find-links", str(case.wheels), store=plain),
                 {},
             ),
+            "`pkgckpt restore --installer pip --no-index`, from its artifact": (
+                case.fresh,
+                case.pkgckpt(*pip, store=store),
+                {},
+            ),
+            "`pkgckpt restore --installer pip`, from the sdist (pip builds it)": (
+                case.fresh,
+                case.pkgckpt(*pip, "--find-links", str(case.wheels), store=plain),
+                {},
+            ),
         },
         rounds,
         env,
     )
 
 
-def main(rounds: int) -> None:
+def main(rounds: int, only: str | None) -> None:
     root = Path(tempfile.mkdtemp(prefix="ab-artifacts-", dir="/dev/shm"))
     try:
         python = install("HEAD", root / "tool")
         env = hermetic(root)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        forty(root / "forty", python, env, rounds)
-        sdist(root / "sdist", python, env, rounds)
+        env["PIP_NO_CACHE_DIR"] = "1"
+        if only in (None, "forty"):
+            forty(root / "forty", python, env, rounds)
+        if only in (None, "sdist"):
+            sdist(root / "sdist", python, env, rounds)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10, sys.argv[2] if len(sys.argv) > 2 else None)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import logging
 import os
 import re
 import tempfile
@@ -70,6 +71,7 @@ __all__ = [
 ]
 
 CAPTURERS: dict[str, str] = {"python": "wheel", "r": "rpkg"}
+log = logging.getLogger(__name__)
 
 
 class ArtifactRefused(PkgckptError):
@@ -160,8 +162,12 @@ def capture(
             digest = _sha256(fd)
             from . import pool
 
-            if config.artifact_pool is not None and pool.put(config.artifact_pool, fd, digest):
-                return Artifact(file=name, sha256=digest, size=size, pooled=True)
+            if config.artifact_pool is not None:
+                try:
+                    if pool.put(config.artifact_pool, fd, digest):
+                        return Artifact(file=name, sha256=digest, size=size, pooled=True)
+                except PkgckptError as e:  # the key's own directory still takes it
+                    log.warning("artifact pool not used: %s", e)
             if used + size > config.artifact_quota and keep is not None:
                 from .quota import collect
                 from .quota import used as measure
