@@ -249,6 +249,7 @@ def main(rounds: int, only: str | None) -> None:
         python = install("HEAD", root / "tool")
         env = hermetic(root)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PKGCKPT_ARTIFACTS"] = "1"  # the tests' settings switch it off
         env["PIP_NO_CACHE_DIR"] = "1"
         if only in (None, "forty"):
             forty(root / "forty", python, env, rounds)

@@ -9,9 +9,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from daemon_kit import World
 from wheelhouse import Dist, add_build_backend, build_c_sdist, build_wheel
 
 from pkgckpt.store import Store
+
+
+def cache_on(world: World) -> World:
+    """`world` with the artifact cache on (the shared test settings switch it off)."""
+    world.env["PKGCKPT_ARTIFACTS"] = "1"
+    return world
 
 
 def make_wheelhouse(out: Path) -> Path:

@@ -34,6 +34,9 @@ def hermetic(tmp: Path) -> dict[str, str]:
         XDG_CONFIG_HOME=str(tmp / "config"),
         # The machine's own R libraries are not the test's: R tests name theirs.
         PKGCKPT_DISCOVER=os.pathsep.join(d for d in DISCOVER if d != "r"),
+        # Captures commit generations of their own, in the background: tests that count
+        # generations or commits switch the cache on only where it is their subject.
+        PKGCKPT_ARTIFACTS="0",
     )
     return env
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from artifact_kit import artifacts, make_wheelhouse
+from artifact_kit import artifacts, cache_on, make_wheelhouse
 from daemon_kit import World
 from wheelhouse import make_venv
 
@@ -130,7 +130,7 @@ class Captured:
 def captured(tmp_path_factory: pytest.TempPathFactory) -> Captured:
     """app (console script) and libdep installed from wheels, then `pkgckpt snapshot`."""
     tmp = tmp_path_factory.mktemp("captured")
-    world = World.make(tmp)
+    world = cache_on(World.make(tmp))
     wheels = make_wheelhouse(tmp / "wheels")
     venv = make_venv(tmp / "venv")
     baseline = tmp / "baseline.json"
@@ -305,7 +305,7 @@ def test_a_symlinked_artifact_is_refused(fresh: Captured, tmp_path: Path) -> Non
 def test_a_capture_over_the_quota_is_skipped_and_reported(tmp_path: Path) -> None:
     """With a quota smaller than a wheel, snapshot still commits, exits 0, and names each
     package it could not capture and why; status says the same."""
-    world = World.make(tmp_path)
+    world = cache_on(World.make(tmp_path))
     wheels = make_wheelhouse(tmp_path / "wheels")
     venv = make_venv(tmp_path / "venv", with_pip=False)
     baseline = tmp_path / "baseline.json"
@@ -380,7 +380,7 @@ def test_gc_removes_the_least_recently_referenced_and_never_a_kept_generations(
 def test_snapshot_lists_editable_and_directory_installs_as_not_captured(tmp_path: Path) -> None:
     """An editable install and a directory install stay recorded, get no artifact, and
     snapshot and status name each with its reason; the wheel install is captured."""
-    world = World.make(tmp_path)
+    world = cache_on(World.make(tmp_path))
     wheels = make_wheelhouse(tmp_path / "wheels")
     venv = make_venv(tmp_path / "venv")
     baseline = tmp_path / "baseline.json"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from artifact_kit import artifacts, big_wheel, make_wheelhouse
+from artifact_kit import artifacts, big_wheel, cache_on, make_wheelhouse
 from daemon_kit import World, eventually, uv_install
 from prometheus_client.parser import text_string_to_metric_families
 from restore_kit import hermetic
@@ -30,7 +30,7 @@ def _packages(found: Manifest | None) -> dict[str, Package]:
 
 
 def _world(tmp_path: Path) -> tuple[World, Path, list[str]]:
-    world = World.make(tmp_path)
+    world = cache_on(World.make(tmp_path))
     # The worker's private directories go here, where the test can see they are gone.
     (tmp_path / "tmpdir").mkdir()
     world.env["TMPDIR"] = str(tmp_path / "tmpdir")

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from artifact_kit import artifacts, make_git_repo, make_wheelhouse, record_hashes
+from artifact_kit import artifacts, cache_on, make_git_repo, make_wheelhouse, record_hashes
 from daemon_kit import World
 from wheelhouse import Venv, make_venv
 
@@ -21,7 +21,7 @@ def test_a_fresh_venv_is_restored_from_artifacts_alone(tmp_path: Path, installer
     """No index, no wheelhouse, no repository, CC=false: `restore --no-index` puts back the
     same `pip freeze`, a working console script and C extension, and RECORD hashes
     identical to the original install's (scripts and bytecode apart)."""
-    world = World.make(tmp_path)
+    world = cache_on(World.make(tmp_path))
     wheels = make_wheelhouse(tmp_path / "wheels")
     repo = make_git_repo(tmp_path / "repo")
     prefix = make_venv(tmp_path / "venv").prefix
