@@ -1,7 +1,7 @@
 """The artifact cache (issue 11): restore from artifacts beside the installers, and the
 cost of capture.
 
-    python benchmarks/ab_artifacts.py [ROUNDS [forty|sdist]]
+    python benchmarks/ab_artifacts.py [ROUNDS [forty|sdist|wheel DIR]]
 
 pkgckpt is installed as a user gets it (`pip install .` of `git archive HEAD`, not
 editable, bytecode compiled) into a venv of its own on /dev/shm; every tree is on
@@ -17,6 +17,10 @@ load average before and after.
   sdist    one C-extension sdist: `pkgckpt restore --no-index` from its artifact, and
            from the sdist (built by uv, cold; by pip, --no-cache-dir via PIP_NO_CACHE_DIR),
            each with uv and with pip (pip beside pkgckpt, `--python` the venv).
+  wheel    the one wheel in DIR (a large compiled one: scipy, `pip download --no-deps`):
+           `pkgckpt restore --no-index` from its artifact against `uv pip install
+           --no-deps` (cold) of the downloaded file; then its capture (`pkgckpt
+           snapshot` into an empty store) with the cache on and off.
   capture  `pkgckpt snapshot` of the 40 wheels into an empty store, with the cache on
            (captures all 40) and off (`PKGCKPT_ARTIFACTS=0`): wall and CPU time (user +
            system of the process and its children, from wait4).
@@ -243,7 +247,58 @@ def sdist(root: Path, python: Path, env: dict[str, str], rounds: int) -> None:
     )
 
 
-def main(rounds: int, only: str | None) -> None:
+def wheel(root: Path, python: Path, env: dict[str, str], rounds: int, source: Path) -> None:
+    case = Case(root, python, env)
+    shutil.copytree(source, case.wheels)
+    found = sorted(case.wheels.glob("*.whl"))
+    assert len(found) == 1, found
+    name = found[0].name.split("-")[0]
+    store = case.captured_store("store")
+    case.install_all(name)
+    case.run(case.pkgckpt("snapshot", store=store))
+    uv = [UV, "pip", "install", "-q", "--python", str(case.venv / "bin" / "python")]
+    uv += ["--no-deps", "--no-index", "--find-links", str(case.wheels), name]
+    size = found[0].stat().st_size / 2**20
+    print(f"\n### {found[0].name} ({size:.1f} MiB): restore\n")
+    interleave(
+        {
+            "`pkgckpt restore --no-index`, from its artifact": (
+                case.fresh,
+                case.pkgckpt("restore", "--installer", "uv", "--no-index", store=store),
+                {},
+            ),
+            "`uv pip install --no-deps` (cold), from the wheel": (case.fresh, uv, {}),
+        },
+        rounds,
+        env,
+    )
+    case.fresh()
+    case.install_all(name)
+    empty = root / "empty"
+
+    def empty_store() -> None:
+        shutil.rmtree(empty, ignore_errors=True)
+        init_store(empty)
+        shutil.rmtree(Path(env["XDG_RUNTIME_DIR"]), ignore_errors=True)
+
+    print(f"\n### {name}: capture (`pkgckpt snapshot` into an empty store)\n")
+    interleave(
+        {
+            "snapshot, artifact captured": (empty_store, case.pkgckpt("snapshot", store=empty), {}),
+            "snapshot, `PKGCKPT_ARTIFACTS=0`": (
+                empty_store,
+                case.pkgckpt("snapshot", store=empty),
+                {"PKGCKPT_ARTIFACTS": "0"},
+            ),
+        },
+        rounds,
+        env,
+    )
+    sizes = {p.name: p.stat().st_size / 2**20 for p in (empty / "b" / "artifacts").iterdir()}
+    print(f"\nartifact sizes (MiB): {sizes}")
+
+
+def main(rounds: int, only: str | None, source: Path | None) -> None:
     root = Path(tempfile.mkdtemp(prefix="ab-artifacts-", dir="/dev/shm"))
     try:
         python = install("HEAD", root / "tool")
@@ -255,9 +310,17 @@ def main(rounds: int, only: str | None) -> None:
             forty(root / "forty", python, env, rounds)
         if only in (None, "sdist"):
             sdist(root / "sdist", python, env, rounds)
+        if only == "wheel":
+            assert source is not None, "wheel DIR"
+            wheel(root / "wheel", python, env, rounds, source)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10, sys.argv[2] if len(sys.argv) > 2 else None)
+    args = sys.argv[1:]
+    main(
+        int(args[0]) if args else 10,
+        args[1] if len(args) > 1 else None,
+        Path(args[2]) if len(args) > 2 else None,
+    )
