@@ -411,6 +411,8 @@ def _describe(step: Step) -> str:
         text += f" from {source.path}" + (" (editable)" if source.editable else "")
     elif isinstance(source, LocalSource):
         text += f" from {source.path}" if source.path else " (a local install)"
+    if step.artifact is not None:
+        text += f", its artifact {step.artifact.file} first"
     now = f"installed {step.installed}" if step.installed else "not installed"
     return f"{text} ({step.reason}; {now})"
 
