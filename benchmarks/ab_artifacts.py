@@ -294,7 +294,8 @@ def wheel(root: Path, python: Path, env: dict[str, str], rounds: int, source: Pa
         rounds,
         env,
     )
-    sizes = {p.name: p.stat().st_size / 2**20 for p in (empty / "b" / "artifacts").iterdir()}
+    kept = (store / "b" / "artifacts").iterdir()
+    sizes = {p.name: f"{p.stat().st_size / 2**20:.1f}" for p in kept}
     print(f"\nartifact sizes (MiB): {sizes}")
 
 

@@ -204,6 +204,8 @@ class Daemon:
         self.captures = Background(config, self.store) if config.artifacts else None
         self.uncaptured: dict[str, str] = {}
         """Packages this process could not capture, and why: not tried again."""
+        self.last_written: Body | None = None
+        """The body of the last generation this process wrote (GC dates what left it)."""
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -337,14 +339,16 @@ class Daemon:
         done = sum(1 for r in results if r.artifact is not None)
         log.info("captured %d artifact(s), %d not captured", done, len(results) - done)
 
-    def _capture_more(self, before: Body | None) -> None:
-        """After a commit: GC, then start a worker for what has no artifact yet. Never
-        raises: an artifact cache that fails costs a slower restore, not a checkpoint."""
+    def _capture_more(self, written: Body | None) -> None:
+        """After a commit (`written`: the body of the generation it wrote, if any): GC,
+        then start a worker for what has no artifact yet. Never raises: an artifact cache
+        that fails costs a slower restore, not a checkpoint."""
         if self.captures is None or self.session is None:
             return
         try:
-            if before is not None:
-                art.tidy(self.session, self.config, before)
+            if written is not None:
+                art.tidy(self.session, self.config, self.last_written or written, written)
+                self.last_written = written
             never = art.never(self.session, self.targets)
             self._set(uncaptured={**never, **self.uncaptured})
             if self.captures.running:
@@ -529,7 +533,6 @@ class Daemon:
     def _commit(self) -> None:
         if self.session is None:
             return
-        before = self.session.tracker.body() if self.captures is not None else None
         try:
             committed = checkpoint.commit(self.session)
         except _STORE_ERRORS as e:
@@ -551,7 +554,7 @@ class Daemon:
         self._set(last_error=None, error_time=None)
         self._write_metrics()
         if self.state.phase != "stopping":
-            self._capture_more(before if committed is not None else None)
+            self._capture_more(committed.body if committed is not None else None)
 
     def _watcher_failed(self, watcher: Watcher, error: Exception) -> Batch:
         """Log, replace the inotify instance, and take every root as changed anywhere."""
@@ -685,10 +688,10 @@ def snapshot(config: Config) -> SnapshotResult:
     uncaptured: dict[str, str] = {}
     if config.artifacts:
         # The manifest is on the store first: a capture that fails loses nothing.
-        before = session.tracker.body()
+        before = committed.body if committed is not None else session.tracker.body()
         uncaptured = {**art.never(session, targets), **art.capture_now(session, config, targets)}
         committed = checkpoint.commit(session) or committed
-        art.tidy(session, config, before)
+        art.tidy(session, config, before, session.tracker.body())
         remember(config, uncaptured)
     return SnapshotResult(
         generation=committed.generation if committed else session.generation,

@@ -758,23 +758,23 @@ class Store:
     # manifests and are hostile until `artifact_name` has checked them.
 
     def _artifact_dir(self, name: str, *, create: bool) -> tuple[int, Path] | None:
-        """The directory `name` lives in, opened and checked like the key directory;
-        None when it does not exist (and not `create`)."""
-        parts = artifact_name(name).split("/")
+        """The directory artifact `name` lives in, opened and checked like the key
+        directory; None when it does not exist (and not `create`)."""
+        return self._artifacts_open(artifact_name(name).split("/")[:-1], create=create)
+
+    def _artifacts_open(self, subdirs: list[str], *, create: bool) -> tuple[int, Path] | None:
+        """`<key>/artifacts/<subdirs...>`, each level checked (see `_open_sub`)."""
         dfd = self._open_dir(create=create)
         if dfd is None:
             return None
         where = self.path
-        try:
-            for part in (ARTIFACTS, *parts[:-1]):
-                where = where / part
-                dfd = _open_sub(dfd, part, where, create=create, owner=self.owner)
-                if dfd is None:
-                    return None
-        except BaseException:
-            if dfd is not None:
-                durable.close_quietly(dfd)
-            raise
+        for part in (ARTIFACTS, *subdirs):
+            where = where / part
+            # _open_sub closes the parent, whatever happens.
+            sub = _open_sub(dfd, part, where, create=create, owner=self.owner)
+            if sub is None:
+                return None
+            dfd = sub
         return dfd, where
 
     def put_artifact(self, name: str, source: int, sha256: str) -> None:
@@ -832,7 +832,7 @@ class Store:
         """Every artifact under the key (name -> its stat); this host's dead writers'
         temp files are removed on the way."""
         found: dict[str, os.stat_result] = {}
-        top = self._artifact_dir("x.whl", create=False)
+        top = self._artifacts_open([], create=False)
         if top is None:
             return found
         dfd, where = top

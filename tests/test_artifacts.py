@@ -406,3 +406,23 @@ def test_snapshot_lists_editable_and_directory_installs_as_not_captured(tmp_path
     status = world.pkgckpt("status", *flags)
     assert "without an artifact (2)" in status.stdout, status.stdout
     assert "an editable install" in status.stdout
+
+
+def test_an_artifact_that_leaves_the_record_is_dated_then(tmp_path: Path) -> None:
+    """GC's order is "least recently referenced": the artifact an upgrade dropped from the
+    record is dated at that commit, the one still referenced keeps its date."""
+    import time
+
+    from pkgckpt.artifacts.quota import note_dropped
+    from pkgckpt.store import init_store
+
+    init_store(tmp_path)
+    store = Store(tmp_path, "k")
+    store.commit(_body("a-1-py3-none-any.whl", "b-1-py3-none-any.whl"))
+    _put(store, "a-1-py3-none-any.whl", 10, 0)
+    _put(store, "b-1-py3-none-any.whl", 10, 0)
+    before = _body("a-1-py3-none-any.whl", "b-1-py3-none-any.whl")
+    note_dropped(store, before, _body("b-1-py3-none-any.whl"))
+    dated = store.artifacts()
+    assert dated["a-1-py3-none-any.whl"].st_mtime > time.time() - 60
+    assert dated["b-1-py3-none-any.whl"].st_mtime == 1_000_000

@@ -76,8 +76,7 @@ def capture_now(session: Session, config: Config, targets: Iterable[Target]) -> 
     return attach(session, results)
 
 
-def tidy(session: Session, config: Config, before: Body) -> None:
-    after = session.tracker.body()
+def tidy(session: Session, config: Config, before: Body, after: Body) -> None:
     quota.note_dropped(session.store, before, after)
     if quota.used(session.store) > config.artifact_quota:
         quota.collect(session.store, config.artifact_quota, quota.protected(session.store, after))

@@ -16,7 +16,8 @@ URL, a VCS checkout, a built sdist), and installs without a network or a compile
   the user's had;
 - a new RECORD with the sha256 of each file as packed.
 
-Members are sorted and dated 1980-01-01: the same install always packs to the same bytes.
+Members are sorted, dated 1980-01-01 and compressed at one fixed level: the same install
+always packs to the same bytes.
 Editable and directory installs are never captured (`artifacts.uncapturable`); neither
 is a `.egg-info` install (it has no RECORD).
 
@@ -58,7 +59,10 @@ _LEFT_OUT = frozenset(
 )
 _MAX_META = 16 << 20
 """RECORD, WHEEL and entry_points.txt larger than this are not a distribution's."""
-COMPRESSLEVEL = 6
+COMPRESSLEVEL = 1
+"""zlib level 1: the installed scipy 1.17.1 (83 MB) packs in 1.7 s of CPU to 38.1 MiB, where
+level 6 takes 4.8 s for 33.7 MiB; capture runs after every install on every node, the
+13 % more bytes sit once on the store."""
 
 
 def capture(job: Job, out: Path) -> Path:
