@@ -53,9 +53,11 @@ from typing import Protocol, cast
 import msgspec
 
 from ..config import Config
+from ..durable import sha256_of
 from ..errors import PkgckptError, StoreError, Uncapturable
 from ..manifest import Artifact, Body, DirectorySource, Environment, Kind, Package, same_env
 from ..store import Store, artifact_name
+from . import pool, quota
 
 __all__ = [
     "ArtifactRefused",
@@ -159,9 +161,7 @@ def capture(
         fd = os.open(built, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
-            digest = _sha256(fd)
-            from . import pool
-
+            digest = sha256_of(fd)
             if config.artifact_pool is not None:
                 try:
                     if pool.put(config.artifact_pool, fd, digest):
@@ -169,11 +169,8 @@ def capture(
                 except PkgckptError as e:  # the key's own directory still takes it
                     log.warning("artifact pool not used: %s", e)
             if used + size > config.artifact_quota and keep is not None:
-                from .quota import collect
-                from .quota import used as measure
-
-                collect(store, config.artifact_quota, keep, need=size)
-                used = measure(store)
+                quota.collect(store, config.artifact_quota, keep, need=size)
+                used = quota.used(store)
             if used + size > config.artifact_quota:
                 raise Uncapturable(
                     f"over the artifact quota ({_bytes(used)} used + {_bytes(size)} > "
@@ -208,8 +205,6 @@ def fetch(store: Store, config: Config, package: Package, into: Path) -> Path:
     if not _HEX.fullmatch(artifact.sha256):
         raise ArtifactRefused(f"{artifact.file}: invalid sha256 {artifact.sha256!r} recorded")
     if artifact.pooled:
-        from . import pool
-
         source = pool.read(config.artifact_pool, artifact.sha256)
     else:
         source = store.open_artifact(name)
@@ -217,9 +212,7 @@ def fetch(store: Store, config: Config, package: Package, into: Path) -> Path:
         raise ArtifactRefused(f"{artifact.file} (sha256 {artifact.sha256}) is missing")
     target = into / name.rsplit("/", 1)[-1]
     try:
-        fd = os.open(
-            target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        fd = os.open(target, _CREATE, 0o600)
         try:
             digest, size = _copy_hashing(source, fd, artifact.size)
         finally:
@@ -237,12 +230,6 @@ def fetch(store: Store, config: Config, package: Package, into: Path) -> Path:
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _HEX = re.compile(r"[0-9a-f]{64}")
-
-
-def _sha256(fd: int) -> str:
-    from ..durable import sha256_of
-
-    return sha256_of(fd)
 
 
 def _copy_hashing(source: int, fd: int, expected: int) -> tuple[str, int]:

@@ -26,10 +26,8 @@ other signal: nothing polls.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
-import platform
 import shutil
 import signal
 import sys
@@ -181,6 +179,10 @@ _IOPRIO_CLASS_IDLE = 3
 def idle_priority() -> None:
     """CPU nice 19 and the idle I/O class for this process: capture only takes what
     nobody else wants."""
+    # Imported here: the worker needs them, the daemon that imports this module does not.
+    import ctypes
+    import platform
+
     os.nice(19 - os.nice(0))
     number = _IOPRIO_SET.get(platform.machine())
     if number is None:
