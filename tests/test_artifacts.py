@@ -426,3 +426,36 @@ def test_an_artifact_that_leaves_the_record_is_dated_then(tmp_path: Path) -> Non
     dated = store.artifacts()
     assert dated["a-1-py3-none-any.whl"].st_mtime > time.time() - 60
     assert dated["b-1-py3-none-any.whl"].st_mtime == 1_000_000
+
+
+class _Stop(Exception):
+    """What the test's signal handler raises, as the worker's SIGTERM handler does."""
+
+
+def test_a_signal_mid_write_leaves_no_temp_file_and_no_artifact(tmp_path: Path) -> None:
+    """A signal whose handler raises while `put_artifact` copies a large file: the
+    exception comes through, and neither the temp file nor the artifact is left."""
+    import signal
+
+    from pkgckpt.store import init_store
+
+    init_store(tmp_path / "store")
+    store = Store(tmp_path / "store", "k")
+    source = tmp_path / "big.whl"
+    with source.open("wb") as f:
+        f.truncate(256 << 20)  # sparse: quick to make, 16 copy rounds of 16 MiB to write
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop
+
+    old = signal.signal(signal.SIGALRM, stop)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.005)
+        with pytest.raises(_Stop):
+            store.put_artifact("big-1-py3-none-any.whl", fd, "0" * 64)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.close(fd)
+    assert list((tmp_path / "store" / "k" / "artifacts").iterdir()) == []

@@ -8,7 +8,7 @@ import platform
 import signal
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -109,7 +109,7 @@ def test_sigterm_mid_capture_references_no_partial_artifact_and_leaves_no_temp_f
     temp file is left on the store or in the worker's private directory."""
     world, prefix, flags = _world(tmp_path)
     wheels = tmp_path / "wheels"
-    big_wheel(wheels, "bigpkg", 48)
+    big_wheel(wheels, "bigpkg", 64)
     daemon = world.daemon(*flags, "--quiet-ms", "100").start()
     try:
         uv_install(prefix / "bin" / "python", wheels, "bigpkg", env=world.env)
@@ -158,7 +158,7 @@ def test_the_capture_worker_runs_at_idle_cpu_and_io_priority() -> None:
 
 
 def test_the_worker_exits_at_sigterm_without_reporting_the_capture_it_was_doing(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Killed mid-capture, the worker reports nothing for that package and leaves no file
     on the store: the daemon never references a partial artifact."""
@@ -171,7 +171,7 @@ def test_the_worker_exits_at_sigterm_without_reporting_the_capture_it_was_doing(
     from pkgckpt.store import init_store
 
     wheels = tmp_path / "wheels"
-    big_wheel(wheels, "bigpkg", 48)
+    big_wheel(wheels, "bigpkg", 64)
     venv = make_venv(tmp_path / "venv", with_pip=False)
     uv_install(venv.python, wheels, "bigpkg", env=hermetic(tmp_path))
     init_store(tmp_path / "store")
@@ -183,11 +183,16 @@ def test_the_worker_exits_at_sigterm_without_reporting_the_capture_it_was_doing(
         interpreter=f"{sys.version_info[0]}.{sys.version_info[1]}",
     )
     job = Job(env=env, roots=(venv.site_packages,), package=Package(name="bigpkg", version="1.0"))
+    private = tmp_path / "tmpdir"
+    private.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
     worker = Background(config, store)
     assert worker.start([job], 0, set())
-    time.sleep(0.5)
-    assert worker.collect() is None, "the capture of 48 MB took less than half a second"
+    eventually(lambda: any(private.glob("pkgckpt-capture-*/*.whl")), what="capture under way")
+    assert worker.collect() is None, "the capture ended before the test could stop it"
     assert worker.stop() == []
+    assert not list(private.iterdir())
     assert store.artifacts() == {}
     directory = tmp_path / "store" / "k" / "artifacts"
     assert not directory.exists() or not list(directory.iterdir())
