@@ -5,8 +5,9 @@
 pkgckpt installed as a user gets it (`pip install .` of `git archive HEAD`, compiled)
 into a venv of its own; two daemons, each watching its own venv on /dev/shm with its own
 store, quiet window 500 ms: one with the cache on (`PKGCKPT_ARTIFACTS=1`), one off.
-Rounds alternate between them: `uv pip install` of the next package (200 modules, so
-that a capture takes a while), then the wall time from uv's exit to a manifest.json
+Rounds alternate between them: `uv pip install` of the next package (a module and 32
+MiB of random bytes, so that its capture takes about a second and overlaps the next
+round), then the wall time from uv's exit to a manifest.json
 renamed into place that records the package (inotify on the key directory, the
 manifest read at each rename). With the cache on, the previous package's capture is
 often still running or committing when the next install lands: the case to measure.
@@ -31,8 +32,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from ab_restore_noop import install  # noqa: E402
+from artifact_kit import big_wheel  # noqa: E402
 from restore_kit import hermetic  # noqa: E402
-from wheelhouse import Dist, build_wheel, make_venv  # noqa: E402
+from wheelhouse import make_venv  # noqa: E402
 
 from pkgckpt.store import Store, init_store  # noqa: E402
 
@@ -109,14 +111,14 @@ def main(rounds: int) -> None:
         python = install("HEAD", root / "tool")
         wheels = root / "wheels"
         for i in range(rounds):
-            build_wheel(Dist(f"lat-{i:02d}", "1.0", files=200), wheels)
+            big_wheel(wheels, f"lat{i:02d}", 32)
         sides["cache on"] = Side(root / "on", python, wheels, cache=True)
         sides["cache off"] = Side(root / "off", python, wheels, cache=False)
         times: dict[str, list[float]] = {k: [] for k in sides}
         load = os.getloadavg()
         for i in range(rounds):
             for label, side in sides.items():
-                times[label].append(side.round(f"lat-{i:02d}"))
+                times[label].append(side.round(f"lat{i:02d}"))
         after = os.getloadavg()
         print(f"load (1 min) {load[0]:.2f} -> {after[0]:.2f}; {rounds} rounds")
         print("| daemon | min | median | max |\n|---|---|---|---|")
