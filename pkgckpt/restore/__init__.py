@@ -796,11 +796,13 @@ class _Env:
 
             if ready:
                 self._settle(ready, "install", attempt, self.placed)
-        now = _installed(self.target) if ready else {}
-        self.from_artifacts = sum(1 for s in ready if self.placed(s, now))
+        # What `_settle` did not mark failed is in place as far as the installer knows;
+        # the environment itself is checked once, after the whole plan (`_apply`).
+        done = {s.name for s in ready if s.name not in self.failed}
+        self.from_artifacts = len(done)
         left: list[Step] = []
         for s in steps:
-            if s.name in staged.files and self.placed(s, now):
+            if s.name in done:
                 continue
             failure = self.failed.pop(s.name, None)
             why = staged.unused.get(s.name) or (
