@@ -537,6 +537,7 @@ def _rebased(
                     source=p.source,
                     installed=None if have is None else have.version,
                     reason="added" if d.recorded == "added" else "changed",
+                    artifact=p.artifact,
                 )
             )
         elif d.action == "remove" and have is not None:
