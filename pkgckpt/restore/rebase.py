@@ -676,6 +676,9 @@ def _hold_back(
 
 def _unavailable(p: Package, tags: Sequence[Tag], wheels: _Wheels, config: Config) -> str | None:
     """Why `p` cannot be installed for the new interpreter, when that is known here."""
+    fits = p.artifact is not None and url_tags_fit(p.artifact.file, tags)
+    if fits and p.artifact is not None and p.artifact.file.endswith(".whl"):
+        return None  # its captured wheel fits: restore installs from it (artifacts)
     if isinstance(p.source, UrlSource) and not url_tags_fit(p.source.url, tags):
         return "its recorded wheel does not fit this interpreter (no sdist recorded)"
     if (
