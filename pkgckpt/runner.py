@@ -135,18 +135,25 @@ def call(
         shutil.rmtree(private, ignore_errors=True)
 
 
-def spawn(argv: Sequence[str], *, cwd: str, stdin: int, stdout: int) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str],
+    *,
+    cwd: str,
+    stdin: int,
+    stdout: int,
+    env: Mapping[str, str | None] | None = None,
+) -> subprocess.Popen[bytes]:
     """Start `argv` to run beside pkgckpt (the artifact capture worker) with `call()`'s
     clean start: no shell, in the caller's own private directory `cwd`, its own session,
-    pkgckpt's environment; stderr is pkgckpt's (its log lines join ours). The caller
-    waits for it. Raises OSError when it cannot start."""
+    pkgckpt's environment changed by `env` as in `call()`; stderr is pkgckpt's (its log
+    lines join ours). The caller waits for it. Raises OSError when it cannot start."""
     import subprocess
 
     return subprocess.Popen(
         tuple(argv),
         stdin=stdin,
         stdout=stdout,
-        env=_environment(None),
+        env=_environment(env),
         cwd=cwd,
         start_new_session=True,
     )

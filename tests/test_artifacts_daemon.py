@@ -115,7 +115,7 @@ def test_sigterm_mid_capture_references_no_partial_artifact_and_leaves_no_temp_f
         uv_install(prefix / "bin" / "python", wheels, "bigpkg", env=world.env)
         eventually(lambda: "bigpkg" in _packages(world.manifest()), what="the commit")
         eventually(
-            lambda: any((tmp_path / "tmpdir").glob("pkgckpt-capture-*/*.whl")),
+            lambda: any((tmp_path / "tmpdir").glob("pkgckpt-capture-*/pkgckpt-capture-*/*.whl")),
             what="a capture in progress",
         )
         daemon.signal(signal.SIGTERM)
@@ -189,7 +189,8 @@ def test_the_worker_exits_at_sigterm_without_reporting_the_capture_it_was_doing(
     monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
     worker = Background(config, store)
     assert worker.start([job], 0, set())
-    eventually(lambda: any(private.glob("pkgckpt-capture-*/*.whl")), what="capture under way")
+    under_way = "pkgckpt-capture-*/pkgckpt-capture-*/*.whl"
+    eventually(lambda: any(private.glob(under_way)), what="capture under way")
     assert worker.collect() is None, "the capture ended before the test could stop it"
     assert worker.stop() == []
     assert not list(private.iterdir())

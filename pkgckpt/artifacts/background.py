@@ -16,8 +16,10 @@ compressing a wheel is CPU work the daemon's commits must never wait for. The wo
 file and appends one JSON line per finished capture to another; an artifact is reported
 only once `Store.put_artifact` returned (written, fsynced, renamed), so a worker killed
 at any point leaves at worst an unreferenced file, which GC removes, or a temp file,
-which the next listing of the artifacts directory removes. At SIGTERM it stops at once:
-the capture in progress unwinds (its temp files removed) and the worker exits 143.
+which the next listing of the artifacts directory removes; its local temporary files
+live in the daemon's private directory for it, removed when it ends however it ends.
+At SIGTERM it stops at once: the capture in progress unwinds (its temp files removed)
+and the worker exits 143.
 
 The daemon learns that the worker ended from SIGCHLD, which wakes its loop like every
 other signal: nothing polls.
@@ -119,6 +121,9 @@ class Background:
                     cwd=private,
                     stdin=stdin.fileno(),
                     stdout=stdout.fileno(),
+                    # Its temporary files go here too: removed with this directory even
+                    # when a starved worker had to be killed before it could clean up.
+                    env={"TMPDIR": private},
                 )
         except OSError as e:
             shutil.rmtree(private, ignore_errors=True)
@@ -193,7 +198,12 @@ def idle_priority() -> None:
         log.debug("ioprio_set: %s", os.strerror(ctypes.get_errno()))
 
 
+_stopping = False
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    global _stopping
+    _stopping = True
     raise SystemExit(128 + signum)
 
 
@@ -236,7 +246,14 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="pkgckpt capture: %(message)s")
     idle_priority()
     orders = _orders_decoder.decode(sys.stdin.buffer.read())
-    work(orders, sys.stdout.fileno())
+    try:
+        work(orders, sys.stdout.fileno())
+    except BaseException:
+        # SIGTERM's SystemExit may surface as another error of the code it interrupted
+        # (zipfile closing around a half-written member): it is still the stop asked for.
+        if _stopping:
+            return 128 + signal.SIGTERM
+        raise
     return 0
 
 
