@@ -250,7 +250,10 @@ def targets(
         from .scan.r import r_environment
 
         for lib in r.libs:
-            add(r_environment(lib, r.info if lib not in config.r_lib else None), (lib,))
+            if lib in config.r_lib or r.info is None:
+                add(r_environment(lib, role="named"), (lib,))
+            else:
+                add(r_environment(lib, r.info, r.info.role(lib)), (lib,))
     return result
 
 

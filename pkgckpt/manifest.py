@@ -191,6 +191,12 @@ class Environment(Base, frozen=True):
     """Python or R version, e.g. "3.11.7" or "4.2.2"."""
     implementation: str | None = None
     platform: str | None = None
+    role: str | None = None
+    """R: which library this is to R: "user" (`R_LIBS_USER`, whose default path names the
+    R version), "site" (`R_LIBS_SITE`), "libs" (`R_LIBS`) or "named" (`--r-lib`). Restore
+    matches a library by it when its path is not here (see `pkgckpt.rmatch`); None: not
+    known (older manifests), matched by path only. A string, not a Literal: an older
+    reader still decodes a role added later."""
 
     def where(self) -> str:
         """The path as people read it in logs and reports."""

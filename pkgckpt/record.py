@@ -699,8 +699,15 @@ def remember(config: Config, recorded: Manifest, report: Report) -> None:
     restore counts again.
     """
     elsewhere = [env_key(e) for e in report.plan.elsewhere]
-    failures = {env_key(e.env): e.failed for e in report.environments}
     rebases = {env_key(e.env): e.rebase for e in report.plan.environments if e.rebase}
+    # An R library matched by its role was planned under its path here, recorded under
+    # the old one: its failures count against the record's.
+    recorded_as = {
+        env_key(e.env): env_key(e.recorded) for e in report.plan.environments if e.recorded
+    }
+    failures = {
+        recorded_as.get(env_key(e.env), env_key(e.env)): e.failed for e in report.environments
+    }
     stamp = now_iso()
     outcomes = []
     for d in recorded.body.deltas():

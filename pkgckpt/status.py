@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from . import __version__, checkpoint, inventory, manifest, metrics
+from . import __version__, checkpoint, inventory, manifest, metrics, rmatch
 from .artifacts import quota
 from .artifacts.summary import Summary, recall, summarize
 from .artifacts.summary import lines as artifact_lines
@@ -198,6 +198,14 @@ class _Out(msgspec.Struct, frozen=True, kw_only=True):
     """Report structs: every field in the JSON, defaults included, for scripts to rely on."""
 
 
+class Rebuild(_Out, frozen=True, kw_only=True):
+    """An R package restore reinstalls although its version is in place, and why."""
+
+    name: str
+    version: str
+    reason: str
+
+
 class EnvReport(_Out, frozen=True, kw_only=True):
     env: Environment
     added: tuple[Package, ...] = ()
@@ -216,6 +224,12 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     rebase: Rebase | None = None
     """The record read against this container's new image or interpreter, as restore
     would read it (None: the same ones)."""
+    rebuild: tuple[Rebuild, ...] = ()
+    """R packages in place at the recorded version but built for another R `major.minor`:
+    restore installs them again."""
+    recorded_as: Environment | None = None
+    """The manifest's environment, when it is another path: an R library matched by its
+    role (see `pkgckpt.rmatch`)."""
 
 
 class Checkpoint(_Out, frozen=True, kw_only=True):
@@ -265,6 +279,19 @@ def _restore_would(live: Mapping[str, Package], delta: manifest.Delta) -> tuple[
     have = {n: live[n] for n in names if n in live}
     want = {p.name: p for p in (*delta.added, *delta.changed) if p.name in names}
     return tuple(manifest.diff(have, want, delta.env.kind))
+
+
+def _rebuild(
+    live: Mapping[str, Package], delta: manifest.Delta, env: Environment
+) -> tuple[Rebuild, ...]:
+    """The recorded R packages in place at their version but built for another R."""
+    found = []
+    for p in (*delta.added, *delta.changed):
+        have = live.get(p.name)
+        why = rmatch.stale_build(have, env)
+        if have is not None and have.version == p.version and why is not None:
+            found.append(Rebuild(name=p.name, version=p.version, reason=why))
+    return tuple(sorted(found, key=lambda r: r.name))
 
 
 def _recorded(delta: manifest.Delta, env: Environment) -> EnvReport:
@@ -324,10 +351,19 @@ def collect(config: Config) -> Report:
     r_tracking = inventory.r_libraries(config)
     found = inventory.targets(config, unreadable=unreadable, r=r_tracking)
     inventory.expect(found, baseline)
-    for target in found:
+    paired = {
+        j: recorded_envs[i]
+        for i, j in rmatch.pair([d.env for d in recorded_envs], [t.env for t in found]).items()
+    }
+    for j, target in enumerate(found):
         env = target.env
-        delta = elsewhere.pop(checkpoint.env_key(env), None) or manifest.Delta(env=env)
+        mine = paired.get(j)
+        delta = (elsewhere.pop(checkpoint.env_key(mine.env), None) if mine else None) or (
+            manifest.Delta(env=env)
+        )
         report = _recorded(delta, env)
+        if delta.env.path != env.path:
+            report = msgspec.structs.replace(report, recorded_as=delta.env)
         try:
             obs = checkpoint.observe(target)
         except PkgckptError as e:
@@ -343,7 +379,11 @@ def collect(config: Config) -> Report:
         stale = tuple(sorted(target.last.stale))
         envs.append(
             msgspec.structs.replace(
-                report, pending=pending, unrestored=unrestored, stale_locks=stale
+                report,
+                pending=pending,
+                unrestored=unrestored,
+                stale_locks=stale,
+                rebuild=_rebuild(obs.packages, delta, env),
             )
         )
     for u in unreadable:
@@ -487,6 +527,8 @@ def to_text(report: Report) -> str:
         lines += [f"    {line.strip()}" for line in report.refused.splitlines()[1:]]
     for e in report.environments:
         lines.append(f"{e.env.kind} {e.env.where()}:")
+        if e.recorded_as is not None:
+            lines.append(f"    ({rmatch.moved(e.recorded_as, e.env)})")
         if e.error:
             lines.append(f"    error: {e.error}")
         for lock in e.stale_locks:
@@ -502,6 +544,7 @@ def to_text(report: Report) -> str:
             *_pkgs("removed", e.removed),
             *_changes("pending", e.pending),
             *_changes("restore", e.unrestored),
+            *_wrapped("rebuild", [f"{r.name} {r.version} ({r.reason})" for r in e.rebuild]),
             *_failing(e.failing),
             *(e.rebase.render() if e.rebase is not None else ()),
         ]

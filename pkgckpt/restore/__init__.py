@@ -43,11 +43,13 @@ Back ends: `python.PythonInstaller(env, config)` and `r.RInstaller(env, config)`
 
 The plan (DESIGN: invariants 4 and 6): per environment the manifest records, install
 its added and changed packages at their exact versions and uninstall the image packages
-the user removed (unless `keep_removed`), minus what a live scan finds already in place,
+the user removed (unless `keep_removed`), minus what a live scan finds already in place
+(for R, at that version and built for this R's `major.minor`: `rmatch.stale_build`),
 so a second run has nothing to do and says so without starting any installer. Nothing
 else is touched; environments of the manifest that are not targets here are left alone
-and listed. Manifest paths are only compared with the local targets (`same_env`), never
-used to find an interpreter or a directory.
+and listed. Manifest paths are only compared with the local targets (`same_env`, and an
+R library's role after an R upgrade moved it: `pkgckpt.rmatch.pair`), never used to find
+an interpreter or a directory.
 
 Order per environment: removals first, then one install call. Removing after installing
 could delete files that a replacement package now owns (`opencv-python` replaced by
@@ -97,6 +99,7 @@ from ..manifest import (
     VcsSource,
     same_source,
 )
+from ..rmatch import moved, pair, stale_build, superseded
 from ..runner import redact_text
 from ..scan.python import strip_credentials
 from .rebase import Decision, Rebase
@@ -147,6 +150,9 @@ class Step(_Out, frozen=True, kw_only=True):
     """conda: the recorded channel, which selects one of the configured ones."""
     artifact: Artifact | None = None
     """install: the package as captured on the store (`pkgckpt.artifacts`), tried first."""
+    rebuild: str | None = None
+    """R: why a package installed at the recorded version is installed again (built for
+    another R `major.minor`; see `pkgckpt.rmatch.stale_build`)."""
 
     def package(self) -> Package:
         return Package(
@@ -188,6 +194,9 @@ class EnvPlan(_Out, frozen=True, kw_only=True):
     installed): said once instead of once per package."""
     rebase: Rebase | None = None
     """The record read against a new image or interpreter (None: the same ones)."""
+    recorded: Environment | None = None
+    """The manifest's environment, when it is another path: an R library matched by its
+    role after an R upgrade moved it (see `pkgckpt.rmatch`)."""
 
     def is_empty(self) -> bool:
         return not (self.install or self.remove or self.blocked)
@@ -255,6 +264,8 @@ class Plan(_Out, frozen=True, kw_only=True):
                 lines.append(f"{e.env.where()} ({e.installer}): {_counts(e)}")
                 if e.rebase is not None:
                     lines += e.rebase.render()
+                if e.recorded is not None:
+                    lines.append(f"  ({moved(e.recorded, e.env)})")
                 lines += [f"  install {_describe(s)}" for s in e.install]
                 lines += [f"  remove  {s.name} {s.version} (removed by the user)" for s in e.remove]
                 lines += [f"  keep    {s.name} {s.version} (--keep-removed)" for s in e.kept]
@@ -414,6 +425,8 @@ def _describe(step: Step) -> str:
     if step.artifact is not None:
         text += f", its artifact {step.artifact.file} first"
     now = f"installed {step.installed}" if step.installed else "not installed"
+    if step.rebuild:
+        now += f", {step.rebuild}"
     return f"{text} ({step.reason}; {now})"
 
 
@@ -555,8 +568,6 @@ def _plan(
 ) -> Plan:
     if manifest is None:
         return Plan(key=config.key, store=str(config.store))
-    from ..manifest import same_env
-
     environments: list[EnvPlan] = []
     needs: dict[int, set[str]] = {}
     """Per planned environment: the packages its installs depend on (R's Depends, Imports,
@@ -565,16 +576,20 @@ def _plan(
     skipped: list[Skipped] = []
     tracked = 0
     # conda's packages first: pip's in the same prefix may need them.
-    for delta in (*manifest.body.conda, *manifest.body.environments):
+    deltas = (*manifest.body.conda, *manifest.body.environments)
+    paired = pair([d.env for d in deltas], [t.env for t in targets])
+    for i, delta in enumerate(deltas):
         if delta.is_empty():
             continue
-        target = next((t for t in targets if same_env(t.env, delta.env)), None)
+        target = targets[paired[i]] if i in paired else None
         if target is None:
             elsewhere.append(delta.env)
             # Only looked at, never used: the path comes from the store.
             exists = os.path.lexists(delta.env.path)
             count = len(delta.added) + len(delta.changed) + len(delta.removed)
-            reason = NOT_TRACKED if exists else MISSING
+            reason = superseded(delta.env, [t.env for t in targets]) or (
+                NOT_TRACKED if exists else MISSING
+            )
             skipped.append(Skipped(env=delta.env, packages=count, reason=reason))
             continue
         tracked += len(delta.added) + len(delta.changed) + len(delta.removed)
@@ -601,7 +616,9 @@ def _plan(
         for reason, packages in wanted if rebase is None else ():
             for p in packages:
                 have = now.get(_key(kind, p.name))
-                if not _in_place(kind, p, have):
+                placed = _in_place(kind, p, have)
+                rebuild = stale_build(have, target.env) if placed else None
+                if not placed or rebuild is not None:
                     install.append(
                         Step(
                             name=p.name,
@@ -612,6 +629,7 @@ def _plan(
                             build=p.build,
                             channel=p.channel,
                             artifact=p.artifact,
+                            rebuild=rebuild,
                         )
                     )
         for p in delta.removed if rebase is None else ():
@@ -653,6 +671,7 @@ def _plan(
                 blocked=tuple(blocked),
                 unavailable=_unavailable(installer) if blocked and not ready else None,
                 rebase=rebase,
+                recorded=None if target.env.path == delta.env.path else delta.env,
             )
         )
     return Plan(
@@ -719,8 +738,10 @@ class _Env:
         self.from_artifacts = 0
 
     def placed(self, step: Step, now: Mapping[str, Package]) -> bool:
-        """An install step is done: the version and source the manifest records."""
-        return _in_place(self.kind, step, now.get(_key(self.kind, step.name)))
+        """An install step is done: the version and source the manifest records, built
+        for this R when it is an R package."""
+        have = now.get(_key(self.kind, step.name))
+        return _in_place(self.kind, step, have) and stale_build(have, self.target.env) is None
 
     def gone(self, step: Step, now: Mapping[str, Package]) -> bool:
         """A remove step is done: no version of the package is left."""

@@ -522,6 +522,7 @@ _PROBE = r"""local({
     # .libPaths() yet, but install.packages() creates it on first use.
     m("user", split("R_LIBS_USER"))
     m("candidate", c(split("R_LIBS"), split("R_LIBS_SITE")))
+    m("rlibs", split("R_LIBS"))
 })"""
 
 
@@ -540,6 +541,18 @@ class RLibs(msgspec.Struct, frozen=True, kw_only=True):
     candidates: tuple[str, ...] = ()
     """`R_LIBS` and `R_LIBS_SITE` entries: R drops missing ones from `.libPaths()`, so
     their creation changes the answer."""
+    r_libs: tuple[str, ...] = ()
+    """`R_LIBS` entries: libraries the environment names, told apart from site ones."""
+
+    def role(self, lib: Path) -> str:
+        """What `lib` is to this R: "user", "libs" (`R_LIBS`) or "site" (the rest of
+        `.libPaths()`, which R fills from `R_LIBS_SITE`). Compared resolved: R reports
+        `.libPaths()` normalized, the variables as written."""
+        here = os.path.realpath(lib)
+        for role, paths in (("user", self.user), ("libs", self.r_libs)):
+            if any(os.path.realpath(p) == here for p in paths):
+                return role
+        return "site"
 
     def tracked(self) -> tuple[Path, ...]:
         """The libraries to track: `.libPaths()` and the user library, without `.Library`."""
@@ -558,7 +571,7 @@ def _parse_probe(lines: Sequence[str]) -> RLibs:
         values.setdefault(kind, []).append(value)
     paths = {
         kind: tuple(v for v in values.get(kind, []) if v.startswith("/"))
-        for kind in ("base", "lib", "user", "candidate")
+        for kind in ("base", "lib", "user", "candidate", "rlibs")
     }
     one = {k: (values.get(k) or [""])[0] for k in ("home", "version", "platform")}
     if not all(one.values()):
@@ -571,6 +584,7 @@ def _parse_probe(lines: Sequence[str]) -> RLibs:
         libs=paths["lib"],
         user=paths["user"],
         candidates=paths["candidate"],
+        r_libs=paths["rlibs"],
     )
 
 
@@ -703,17 +717,18 @@ def r_info() -> tuple[str, str]:
     return lines[0], lines[1]
 
 
-def r_environment(lib: Path, info: RLibs | None = None) -> Environment:
+def r_environment(lib: Path, info: RLibs | None = None, role: str | None = None) -> Environment:
     """The manifest identity of an R library; without a usable R, version and platform are None.
 
-    `info`: what the R that uses the library said of itself, when it was asked.
+    `info`: what the R that uses the library said of itself, when it was asked. `role`:
+    what the library is to R (see `Environment.role`).
     """
     if info is not None:
         return Environment(
-            kind="r", path=str(lib), interpreter=info.version, platform=info.platform
+            kind="r", path=str(lib), interpreter=info.version, platform=info.platform, role=role
         )
     try:
         version, platform = r_info()
     except ScanError:
-        return Environment(kind="r", path=str(lib))
-    return Environment(kind="r", path=str(lib), interpreter=version, platform=platform)
+        return Environment(kind="r", path=str(lib), role=role)
+    return Environment(kind="r", path=str(lib), interpreter=version, platform=platform, role=role)

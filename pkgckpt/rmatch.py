@@ -1,0 +1,103 @@
+"""R libraries across an R upgrade: which recorded library a library here stands for, and
+which installed packages were built for another R.
+
+R's default user library is `~/R/%p-library/%v` (`R_LIBS_USER`): its path names the R
+version, so a new image with a newer R has its user library elsewhere, and a manifest
+that matched libraries by path alone would leave the user's packages behind. The rule:
+
+1. A recorded environment whose path is a target here is that target (`same_env`), for
+   every kind.
+2. A recorded R library left over is matched by its role (`Environment.role`: the user
+   library, a site library, `R_LIBS`, a named `--r-lib`): when exactly one R library here
+   of that role is left over, it is the recorded one of that role, or the one recorded
+   by the newest R when several are (4.1, then 4.2, now 4.3: the 4.2 record is the
+   user's latest). A library here that its own path matched is never taken again: once
+   the daemon recorded the new user library, the old record no longer speaks for it.
+   Several of a role left over here, or a tie for the newest R, match nothing.
+
+An R package is compiled against one R `major.minor` (its `Built:` field, "R 4.3.2; ...");
+R refuses or misbehaves with packages built for another. One whose installed copy was
+built for another `major.minor` than the library's R is reinstalled even where its
+version is the recorded one (`stale_build`); a patch release (4.3.1 to 4.3.2) keeps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .manifest import Environment, Package, same_env
+
+
+def minor(version: str | None) -> str | None:
+    """R's `major.minor` of a version ("4.3.2" -> "4.3"); None when it has no two parts."""
+    if not version:
+        return None
+    parts = version.split(".")
+    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+        return None
+    return f"{parts[0]}.{parts[1]}"
+
+
+def stale_build(installed: Package | None, env: Environment) -> str | None:
+    """Why `installed`, in R library `env`, must be rebuilt: built for another R
+    `major.minor` than the library's R. None when it needs no rebuild or either version is
+    unknown."""
+    if env.kind != "r" or installed is None:
+        return None
+    built, running = minor(installed.built), minor(env.interpreter)
+    if built is None or running is None or built == running:
+        return None
+    return f"built under R {built}, this is R {running}"
+
+
+def pair(recorded: Sequence[Environment], here: Sequence[Environment]) -> dict[int, int]:
+    """Index in `recorded` -> index in `here` of the environment it stands for (see the
+    module docstring); an environment matched by neither rule is left out."""
+    paired: dict[int, int] = {}
+    for i, env in enumerate(recorded):
+        j = next((j for j, h in enumerate(here) if same_env(env, h)), None)
+        if j is not None and j not in paired.values():
+            paired[i] = j
+    taken = set(paired.values())
+    roles = {env.role for i, env in enumerate(recorded) if i not in paired and env.kind == "r"}
+    for role in sorted(r for r in roles if r is not None):
+        left = [
+            i
+            for i, env in enumerate(recorded)
+            if i not in paired and env.kind == "r" and env.role == role
+        ]
+        free = [
+            j for j, h in enumerate(here) if j not in taken and h.kind == "r" and h.role == role
+        ]
+        newest = sorted(left, key=lambda i: _release(recorded[i].interpreter), reverse=True)
+        tie = len(newest) > 1 and _release(recorded[newest[0]].interpreter) == _release(
+            recorded[newest[1]].interpreter
+        )
+        if len(free) == 1 and not tie:
+            paired[newest[0]] = free[0]
+    return paired
+
+
+def _release(version: str | None) -> tuple[int, ...]:
+    parts = (version or "").replace("-", ".").split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
+
+
+def moved(recorded: Environment, here: Environment) -> str | None:
+    """How a recorded library paired by role differs from the one here, for people;
+    None when it is the same path."""
+    if same_env(recorded, here):
+        return None
+    was = f" of R {minor(recorded.interpreter)}" if minor(recorded.interpreter) else ""
+    return f"recorded as the {recorded.role} library {recorded.path}{was}"
+
+
+def superseded(recorded: Environment, here: Sequence[Environment]) -> str | None:
+    """Why an R library left unpaired is not restored, when a library of its role is here:
+    another record (or an ambiguity) speaks for that one. None otherwise."""
+    if recorded.kind != "r" or recorded.role is None:
+        return None
+    same = [h.path for h in here if h.kind == "r" and h.role == recorded.role]
+    if not same:
+        return None
+    return f"another record speaks for the {recorded.role} library here ({', '.join(same)})"

@@ -1,0 +1,369 @@
+"""R on a new image, with real R: packages built for another R `major.minor` are rebuilt,
+and the user library that an R upgrade moved is matched by its role, not its path."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import msgspec
+import pytest
+import restore_kit
+import rpkgs
+
+from pkgckpt import inventory, manifest
+from pkgckpt.config import Config
+from pkgckpt.discovery import Discovered
+from pkgckpt.manifest import Body, Delta, Environment, Package
+from pkgckpt.rmatch import minor, pair, stale_build
+from pkgckpt.scan.r import RLibraryScanner, r_environment, r_info
+from pkgckpt.store import Store
+
+needs_r = rpkgs.needs_r
+
+IMAGE = ("ckpt.base", "ckptOld", "ckptGone")
+USER = ("ckptAfirst", "ckptImports", "ckptC")
+"""What the user installs: ckptAfirst imports ckptImports, which imports ckpt.base."""
+
+FAKE_BUILT = r"""
+a <- commandArgs(TRUE)
+for (p in a[-(1:2)]) {
+    dir <- file.path(a[[1L]], p)
+    # library() reads Meta/package.rds, pkgckpt and installed.packages() the DESCRIPTION.
+    rds <- file.path(dir, "Meta", "package.rds")
+    meta <- readRDS(rds)
+    meta$Built$R <- R_system_version(a[[2L]])
+    built <- sub("^R [^;]*", paste("R", a[[2L]]), meta$DESCRIPTION[["Built"]])
+    meta$DESCRIPTION[["Built"]] <- built
+    saveRDS(meta, rds)
+    desc <- read.dcf(file.path(dir, "DESCRIPTION"))
+    desc[, "Built"] <- built
+    write.dcf(desc, file.path(dir, "DESCRIPTION"))
+}
+"""
+
+
+def built_under(lib: Path, version: str, *names: str) -> None:
+    """Make installed packages look built by R `version`, as R itself would read them."""
+    rpkgs.rscript(FAKE_BUILT, str(lib), version, *names)
+
+
+def x_y(version: str) -> str:
+    """R's major.minor of a version the test knows to have one."""
+    found = minor(version)
+    assert found is not None, version
+    return found
+
+
+def older_r() -> str:
+    """A version of R one minor release before the running one (4.2.2 -> 4.1.3)."""
+    major, minor_, *_ = (int(p) for p in r_info()[0].split("."))
+    return f"{major}.{minor_ - 1}.3" if minor_ else f"{major - 1}.9.0"
+
+
+def built(lib: Path, name: str) -> str:
+    """The R version in an installed package's `Built:` field."""
+    text = (lib / name / "DESCRIPTION").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("Built:"))
+    return line.split(";")[0].removeprefix("Built: R ").strip()
+
+
+def identities(lib: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of every DESCRIPTION: any reinstall changes them."""
+    return {
+        p.parent.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in lib.glob("*/DESCRIPTION")
+    }
+
+
+def loads(lib: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """Each package loaded by a fresh R from `lib`: "" when it loads, else R's error."""
+    out = rpkgs.rscript(
+        "a <- commandArgs(TRUE); .libPaths(a[[1L]]);"
+        "for (n in a[-1L]) cat(n, tryCatch({ loadNamespace(n); 'ok' },"
+        " error = function(e) gsub('\\n', ' ', conditionMessage(e))), sep = '\\t', fill = TRUE)",
+        str(lib),
+        *names,
+    )
+    return dict(line.split("\t", 1) for line in out.splitlines() if line)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> rpkgs.Repo:
+    return rpkgs.shared_repo(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def user_lib(repo: rpkgs.Repo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image's packages and the user's, installed once; each test copies them."""
+    lib = tmp_path_factory.mktemp("image") / "lib"
+    rpkgs.install(lib, repo, (*IMAGE, *USER))
+    return lib
+
+
+def recorded(lib: Path, names: tuple[str, ...]) -> tuple[Package, ...]:
+    """The manifest entries of `names` as pkgckpt's scanner reads them from `lib`."""
+    found = RLibraryScanner(lib).scan().packages
+    return tuple(found[n] for n in sorted(names))
+
+
+def environ(tmp: Path, discover_r: bool = False) -> dict[str, str]:
+    """A container's environment: its own runtime directory, HOME and R site files."""
+    env = restore_kit.hermetic(tmp / "container")
+    home, site = tmp / "home", tmp / "site"
+    home.mkdir(exist_ok=True)
+    site.mkdir(exist_ok=True)
+    (tmp / "Renviron.site").write_text(f"R_LIBS_SITE={site}\n")
+    (tmp / "Rprofile.site").write_text("")
+    env.update(
+        HOME=str(home),
+        R_ENVIRON=str(tmp / "Renviron.site"),
+        R_PROFILE=str(tmp / "Rprofile.site"),
+        PKGCKPT_DEBUG="1",
+    )
+    if discover_r:
+        del env["PKGCKPT_DISCOVER"]  # pkgckpt's default: the libraries R uses
+    return env
+
+
+def run(
+    command: str, tmp: Path, env: dict[str, str], *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return restore_kit.pkgckpt(
+        command, "--store", str(tmp / "store"), "--key", "k", *extra, env=env
+    )
+
+
+@needs_r
+def test_packages_built_for_another_r_are_rebuilt_and_say_why(
+    tmp_path: Path, repo: rpkgs.Repo, user_lib: Path
+) -> None:
+    """Same library, same versions, but built under the previous R minor: restore reinstalls
+    the recorded ones (dry run, --json and status say why), leaves a patch-release build and
+    the image's packages alone, R loads every restored package, and a rerun does nothing."""
+    lib = tmp_path / "lib"
+    shutil.copytree(user_lib, lib)
+    version = r_info()[0]
+    patch = f"{x_y(version)}.0" if not version.endswith(".0") else f"{x_y(version)}.99"
+    env = r_environment(lib, role="named")
+    restore_kit.put_manifest(
+        tmp_path / "store", "k", Body(environments=(Delta(env=env, added=recorded(lib, USER)),))
+    )
+    old = older_r()
+    built_under(lib, old, "ckptC", "ckptImports", "ckpt.base")
+    built_under(lib, patch, "ckptAfirst")
+    before = identities(lib)
+    environment = environ(tmp_path)
+    args = ("--r-lib", str(lib), "--r-repo", repo.url)
+    why = f"built under R {x_y(old)}, this is R {x_y(version)}"
+
+    dry = run("restore", tmp_path, environment, *args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"install ckptC 0.3.1 (added; installed 0.3.1, {why})" in dry.stdout
+    assert f"install ckptImports 1.2.0 (added; installed 1.2.0, {why})" in dry.stdout
+    assert "ckptAfirst" not in dry.stdout and "ckpt.base" not in dry.stdout
+    as_json = run("restore", tmp_path, environment, *args, "--dry-run", "--json")
+    steps = json.loads(as_json.stdout)["plan"]["environments"][0]["install"]
+    assert {s["name"]: s["rebuild"] for s in steps} == {"ckptC": why, "ckptImports": why}
+    status = run("status", tmp_path, environment, "--r-lib", str(lib))
+    assert "    rebuild  ckptC 0.3.1 (" in status.stdout
+    assert f"ckptC 0.3.1 ({why})" in status.stdout
+    assert f"ckptImports 1.2.0 ({why})" in status.stdout
+    assert identities(lib) == before
+
+    done = run("restore", tmp_path, environment, *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {n: built(lib, n) for n in (*USER, "ckpt.base")} == {
+        "ckptC": version,
+        "ckptImports": version,
+        "ckptAfirst": patch,
+        "ckpt.base": old,
+    }
+    after = identities(lib)
+    assert after["ckptAfirst"] == before["ckptAfirst"]
+    assert after["ckpt.base"] == before["ckpt.base"]
+    assert loads(lib, USER) == dict.fromkeys(USER, "ok")
+    out = rpkgs.rscript(".libPaths(commandArgs(TRUE)); cat(ckptC::c_add(2L, 3L))", str(lib))
+    assert out == "5"
+
+    again = run("restore", tmp_path, environment, *args)
+    assert again.returncode == 0, again.stderr
+    assert "Nothing to restore" in again.stdout
+    assert identities(lib) == after
+
+
+@needs_r
+def test_an_r_upgrade_brings_the_user_library_back_in_the_new_versions_user_library(
+    tmp_path: Path, repo: rpkgs.Repo, user_lib: Path
+) -> None:
+    """The manifest recorded the user library `~/R/<platform>-library/<older R>`; R's user
+    library is now the running version's, which does not exist yet. Restore creates it as
+    R would, installs the user's packages there from the repository (the old library,
+    still in the home, is left alone), R loads them all, and a rerun does nothing."""
+    version, platform = r_info()
+    old = older_r()
+    home = tmp_path / "home"
+    old_lib = home / "R" / f"{platform}-library" / x_y(old)
+    new_lib = home / "R" / f"{platform}-library" / x_y(version)
+    old_lib.parent.mkdir(parents=True)
+    shutil.copytree(user_lib, old_lib)
+    for name in ("ckptOld", "ckptGone"):
+        shutil.rmtree(old_lib / name)
+    wanted = (*USER, "ckpt.base")
+    built_under(old_lib, old, *wanted)
+    old_env = Environment(
+        kind="r", path=str(old_lib), interpreter=old, platform=platform, role="user"
+    )
+    delta = Delta(env=old_env, added=recorded(old_lib, wanted))
+    restore_kit.put_manifest(tmp_path / "store", "k", Body(environments=(delta,)))
+    untouched = identities(old_lib)
+    environment = environ(tmp_path, discover_r=True)
+
+    dry = run("restore", tmp_path, environment, "--r-repo", repo.url, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"{new_lib} (Rscript): install 4, remove 0" in dry.stdout
+    moved = f"(recorded as the user library {old_lib} of R {x_y(old)})"
+    assert moved in dry.stdout
+    assert not new_lib.exists()
+
+    done = run("restore", tmp_path, environment, "--r-repo", repo.url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rpkgs.installed(new_lib) == {
+        "ckptAfirst": "2.0.1",
+        "ckptImports": "1.2.0",
+        "ckptC": "0.3.1",
+        "ckpt.base": "1.0.0",
+    }
+    assert all(built(new_lib, n) == version for n in wanted)
+    assert new_lib.stat().st_mode & 0o777 == 0o777 & ~_umask()
+    assert loads(new_lib, wanted) == dict.fromkeys(wanted, "ok")
+    assert identities(old_lib) == untouched
+
+    status = run("status", tmp_path, environment)
+    assert moved in status.stdout
+
+    # A checkpoint on the new image records the new library and keeps the old record.
+    snap = run("snapshot", tmp_path, environment)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    stored = Store(tmp_path / "store", "k").read()
+    assert stored is not None
+    by_path = {d.env.path: d for d in stored.body.environments if d.env.kind == "r"}
+    assert {p.name for p in by_path[str(old_lib)].added} == set(wanted)
+    assert {p.name for p in by_path[str(new_lib)].added} == set(wanted)
+    assert by_path[str(new_lib)].env.role == "user"
+    again = run("restore", tmp_path, environment, "--r-repo", repo.url)
+    assert again.returncode == 0, again.stderr
+    assert "Nothing to restore" in again.stdout
+    assert (
+        f"Skipped r {old_lib}: 4 recorded package(s), another record speaks for the user "
+        f"library here ({new_lib})"
+    ) in again.stdout
+
+
+@needs_r
+def test_each_r_library_is_recorded_with_its_role_r_version_and_platform(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What R says of its libraries gives each its role: R_LIBS_USER "user", R_LIBS_SITE
+    "site", R_LIBS "libs", --r-lib "named" (which wins where a path is both)."""
+    for key in [k for k in os.environ if k.startswith("R_") and k != "R_HOME"]:
+        monkeypatch.delenv(key)
+    environment = environ(tmp_path)
+    mine, libs, named = tmp_path / "mine", tmp_path / "rlibs", tmp_path / "named"
+    libs.mkdir()
+    for key in ("HOME", "R_ENVIRON", "R_PROFILE"):
+        monkeypatch.setenv(key, environment[key])
+    monkeypatch.setenv("R_LIBS_USER", str(mine))
+    monkeypatch.setenv("R_LIBS", str(libs))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    config = Config(runtime_dir=run_dir, env=(), r_lib=(named, mine), r_discover=True)
+    found = inventory.targets(config, found=Discovered())
+    roles = {t.env.path: t.env.role for t in found if t.env.kind == "r"}
+    assert roles == {
+        str(named): "named",
+        str(mine): "named",
+        str(libs): "libs",
+        str(tmp_path / "site"): "site",
+    }
+    config = Config(runtime_dir=run_dir, env=())
+    envs = [t.env for t in inventory.targets(config, found=Discovered()) if t.env.kind == "r"]
+    assert {e.path: e.role for e in envs}[str(mine)] == "user"
+    version, platform = r_info()
+    assert {(e.interpreter, e.platform) for e in envs} == {(version, platform)}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# -- matching without R -----------------------------------------------------------------
+
+
+def r_env(path: str, role: str | None, version: str = "4.3.2") -> Environment:
+    return Environment(kind="r", path=path, interpreter=version, role=role)
+
+
+def test_a_path_match_wins_and_is_never_taken_again_by_role() -> None:
+    """The library the daemon recorded under its new path is that record's; the old user
+    library's record does not claim it too."""
+    old, new = r_env("/h/R/4.3", "user"), r_env("/h/R/4.4", "user", "4.4.0")
+    assert pair([old, new], [new]) == {1: 0}
+    assert pair([old], [new]) == {0: 0}
+
+
+def test_the_newest_r_record_of_a_role_takes_the_one_library_left_of_it() -> None:
+    """Two R upgrades in a row (records of 4.1 and 4.2, now 4.3): the 4.2 record, the
+    user's latest, goes to the user library; a tie for the newest matches nothing."""
+    r41, r42 = r_env("/h/R/4.1", "user", "4.1.3"), r_env("/h/R/4.2", "user", "4.2.2")
+    here = [r_env("/h/R/4.3", "user", "4.3.0")]
+    assert pair([r41, r42], here) == {1: 0}
+    assert pair([r42, r41], here) == {0: 0}
+    assert pair([r42, r_env("/other/4.2", "user", "4.2.2")], here) == {}
+
+
+def test_roles_match_only_one_library_left_here() -> None:
+    """Two site libraries moved at once are ambiguous; a library with no role (an older
+    manifest) and a Python prefix never match by role."""
+    sites = [r_env("/a/4.3", "site"), r_env("/b/4.3", "site")]
+    here = [r_env("/a/4.4", "site"), r_env("/b/4.4", "site")]
+    assert pair(sites, here) == {}
+    assert pair(sites[:1], here) == {}
+    assert pair([r_env("/x/4.3", None)], [r_env("/x/4.4", None)]) == {}
+    assert pair([r_env("/x", "named")], [r_env("/y", "user")]) == {}
+    python = Environment(kind="python", path="/venv/a", role="user")
+    assert pair([python], [Environment(kind="python", path="/venv/b", role="user")]) == {}
+
+
+def test_only_another_minor_release_needs_a_rebuild() -> None:
+    """4.3.1 in a 4.3.2 library stays; 4.2.3 is rebuilt; an unknown version is left as is."""
+    env = r_env("/lib", "user", "4.3.2")
+    assert stale_build(Package(name="a", version="1.0", built="4.3.1"), env) is None
+    assert (
+        stale_build(Package(name="a", version="1.0", built="4.2.3"), env)
+        == "built under R 4.2, this is R 4.3"
+    )
+    assert stale_build(Package(name="a", version="1.0"), env) is None
+    assert (
+        stale_build(Package(name="a", version="1.0", built="4.2.3"), r_env("/l", None, "")) is None
+    )
+
+
+def test_an_older_manifest_without_roles_still_reads_and_keeps_its_bytes() -> None:
+    """No role: decoded as None, and encoding it writes no role (the checksum stays)."""
+    env = Environment(kind="r", path="/lib", interpreter="4.3.2")
+    body = Body(environments=(Delta(env=env, added=(Package(name="a", version="1.0"),)),))
+    data = manifest.encode(manifest.Manifest(generation=1, body=body))
+    assert b"role" not in data
+    assert manifest.decode(data).body.environments[0].env.role is None
+    newer = manifest.encode(
+        manifest.Manifest(
+            generation=1,
+            body=Body(environments=(Delta(env=msgspec.structs.replace(env, role="a later role")),)),
+        )
+    )
+    assert manifest.decode(newer).body.environments[0].env.role == "a later role"
