@@ -1,0 +1,233 @@
+"""R: an installed package directory captured as a binary package tarball.
+
+An installed package holds `DESCRIPTION` with `Built:` (R writes it at install time);
+a tarball of that directory is what R calls a binary package, and `R CMD INSTALL`
+unpacks it without building or compiling anything. The tarball is named as binary
+repositories name theirs, `{pkg}_{version}_R_{platform}.tar.gz`, under `R-{major.minor}/`:
+the R it was built for, from its own `Built:` field, not the R running now. A pure-R
+package's `Built:` names no platform; the library's R platform names it then.
+
+The tarball holds exactly the installed tree, one top directory named after the
+package, in name order, every member dated 1980-01-01, owned by 0:0, mode 0644 (0755
+for directories and executables), gzip without a name or time: the same install always
+packs to the same bytes. Links inside stay links; one that leaves the package, a device
+or a FIFO makes the package uncapturable, so that restore never meets one. The package
+is captured only when it is the very install the manifest records (name, version, the
+`Built:` R version) and nothing replaced it meanwhile (R installs by renaming a staged
+directory into place: the directory's and its DESCRIPTION's identity are compared before
+and after).
+
+`check_binary` is the restore side: before `R CMD INSTALL` sees a verified copy, the
+tarball must hold only `<pkg>/...` members (no absolute path, no `..`, no link out), and
+its DESCRIPTION that package at that version, built for the running R's major.minor.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import posixpath
+import re
+import stat
+import tarfile
+from pathlib import Path
+from typing import IO
+
+from ..errors import Uncapturable
+from ..manifest import Artifact, Environment
+from ..rmatch import minor
+from ..scan.r import DescriptionError, dependencies, parse_dcf
+from . import Job
+
+EPOCH = 315532800
+"""1980-01-01 UTC, every member's time (as wheels use): a date outside the tree's history
+keeps the bytes equal for equal trees."""
+COMPRESSLEVEL = 6
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]")
+_VERSION = re.compile(r"[0-9]+(?:[.-][0-9]+)+")
+_PLATFORM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_FILE = re.compile(
+    r"R-(?P<r>[0-9]{1,3}\.[0-9]{1,3})/(?P<name>[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9])_"
+    r"(?P<version>[0-9]+(?:[.-][0-9]+)+)_R_(?P<platform>[A-Za-z0-9][A-Za-z0-9._+-]*)\.tar\.gz"
+)
+MAX_DESCRIPTION = 1 << 20
+
+
+def artifact_file(name: str, version: str, r: str, platform: str) -> str:
+    """The artifact's name under `<key>/artifacts/`."""
+    return f"R-{r}/{name}_{version}_R_{platform}.tar.gz"
+
+
+def parse_file(file: str) -> tuple[str, str, str, str] | None:
+    """(R major.minor, package, version, platform) of an artifact name; None when it is
+    not an R binary's."""
+    match = _FILE.fullmatch(file)
+    if match is None:
+        return None
+    return match["r"], match["name"], match["version"], match["platform"]
+
+
+def _built(fields: dict[str, str]) -> tuple[str | None, str]:
+    """(R major.minor, platform) from a DESCRIPTION's `Built:`; platform "" for pure R."""
+    parts = [p.strip() for p in fields.get("Built", "").split(";")]
+    r = minor(parts[0].removeprefix("R ").strip()) if parts[0].startswith("R ") else None
+    return r, parts[1] if len(parts) > 1 else ""
+
+
+def _find(job: Job) -> Path:
+    name = job.package.name
+    if not _NAME.fullmatch(name) or not _VERSION.fullmatch(job.package.version):
+        raise Uncapturable(f"{name!r} {job.package.version!r} is not an R package and version")
+    for root in job.roots:
+        if (root / name / "DESCRIPTION").is_file():
+            return root / name
+    raise Uncapturable("not installed any more")
+
+
+def capture(job: Job, out: Path) -> Path:
+    """`job.package`'s installed directory as a binary package tarball in `out`."""
+    directory = _find(job)
+    try:
+        before = _identity(directory)
+        fields = parse_dcf(_read_description(directory / "DESCRIPTION"))
+    except (OSError, DescriptionError) as e:
+        raise Uncapturable(f"cannot read its DESCRIPTION: {e}") from None
+    p = job.package
+    found = (fields.get("Package"), fields.get("Version"))
+    if found != (p.name, p.version):
+        raise Uncapturable(f"the installed one is {found[0]} {found[1]}, not the recorded one")
+    r, platform = _built(fields)
+    if r is None:
+        raise Uncapturable("its DESCRIPTION has no Built: field (not an installed package)")
+    if p.built is not None and minor(p.built) != r:
+        raise Uncapturable(f"the installed one was built for R {r}, the recorded for {p.built}")
+    platform = platform or job.env.platform or ""
+    if not _PLATFORM.fullmatch(platform):
+        raise Uncapturable(f"unknown R platform {platform!r}")
+    target = out / artifact_file(p.name, p.version, r, platform)
+    target.parent.mkdir(mode=0o700)
+    try:
+        with open(target, "xb") as raw:
+            _pack(directory, p.name, raw)
+        if _identity(directory) != before:
+            raise Uncapturable("reinstalled while it was captured (captured at a later checkpoint)")
+    except OSError as e:
+        raise Uncapturable(f"cannot read the installed package: {e}") from None
+    return target
+
+
+def _identity(directory: Path) -> tuple[int, int, int, int]:
+    """The package directory and its DESCRIPTION (inode, mtime): a reinstall changes both."""
+    d, f = directory.stat(), (directory / "DESCRIPTION").stat()
+    return d.st_ino, d.st_mtime_ns, f.st_ino, f.st_mtime_ns
+
+
+def _read_description(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise DescriptionError("DESCRIPTION is not a regular file")
+        return f.read(MAX_DESCRIPTION).decode("utf-8", "replace")
+
+
+def _pack(directory: Path, name: str, raw: IO[bytes]) -> None:
+    # GNU format, as R's own tar() writes: R's internal untar reads its long names.
+    gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=COMPRESSLEVEL)
+    with gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(_info(name, tarfile.DIRTYPE, 0o755))
+        # Not following links: a linked directory is packed as the link it is.
+        for top, dirs, files in os.walk(directory):
+            dirs.sort()
+            here = Path(top)
+            rel = here.relative_to(directory).as_posix()
+            member = name if rel == "." else f"{name}/{rel}"
+            for entry in sorted([*dirs, *files]):
+                _add(tar, here / entry, f"{member}/{entry}", name)
+
+
+def _info(member: str, kind: bytes, mode: int, size: int = 0, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(member)
+    info.type, info.mode, info.size, info.linkname = kind, mode, size, link
+    info.mtime, info.uid, info.gid, info.uname, info.gname = EPOCH, 0, 0, "", ""
+    return info
+
+
+def _add(tar: tarfile.TarFile, path: Path, member: str, name: str) -> None:
+    st = path.lstat()
+    if stat.S_ISDIR(st.st_mode):
+        tar.addfile(_info(member, tarfile.DIRTYPE, 0o755))
+    elif stat.S_ISLNK(st.st_mode):
+        link = str(path.readlink())
+        if _escapes(member, link, name):
+            raise Uncapturable(f"{member} links out of the package ({link})")
+        tar.addfile(_info(member, tarfile.SYMTYPE, 0o777, link=link))
+    elif stat.S_ISREG(st.st_mode):
+        mode = 0o755 if st.st_mode & 0o111 else 0o644
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != st.st_size:
+                raise Uncapturable(f"{member} changed while it was captured")
+            # addfile copies exactly `size` bytes and raises if the file shrank under it.
+            tar.addfile(_info(member, tarfile.REGTYPE, mode, size), f)
+    else:
+        raise Uncapturable(f"{member} is not a file, a directory or a link")
+
+
+def _escapes(member: str, link: str, name: str) -> bool:
+    """A link that resolves outside the package's top directory."""
+    if link.startswith("/"):
+        return True
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(member), link))
+    return resolved != name and not resolved.startswith(name + "/")
+
+
+def fits(env: Environment, artifact: Artifact) -> str | None:
+    """Why `artifact` cannot be installed in R library `env`: not an R binary's name,
+    another R major.minor or another platform; None when it can."""
+    parsed = parse_file(artifact.file)
+    if parsed is None:
+        return f"{artifact.file} is not an R binary package"
+    r, _, _, platform = parsed
+    running = minor(env.interpreter)
+    if env.kind != "r" or running is None:
+        return "not an R library with a known R version"
+    if r != running:
+        return f"built for R {r}, this is R {running}: another R major.minor is never used"
+    if env.platform and platform != env.platform:
+        return f"built for {platform}, this R is {env.platform}"
+    return None
+
+
+def check_binary(path: Path, name: str, version: str, r: str | None) -> frozenset[str]:
+    """The dependencies of a binary package tarball that holds only `name` `version`,
+    built for R `r` (major.minor); else DescriptionError."""
+    description = None
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for m in tar:
+                parts = m.name.split("/")
+                if m.name.startswith("/") or ".." in parts or parts[0] != name:
+                    raise DescriptionError(f"member {m.name!r} is outside {name}/")
+                if m.issym() and _escapes(m.name, m.linkname, name):
+                    raise DescriptionError(f"{m.name} links out of the package")
+                if not (m.isfile() or m.isdir() or m.issym()):
+                    raise DescriptionError(f"{m.name} is not a file, a directory or a link")
+                if m.name == f"{name}/DESCRIPTION" and m.isfile():
+                    member = tar.extractfile(m)
+                    if member is not None:
+                        description = member.read(MAX_DESCRIPTION)
+    except (OSError, EOFError, tarfile.TarError) as e:
+        raise DescriptionError(f"not a binary package tarball: {e}") from None
+    if description is None:
+        raise DescriptionError("no DESCRIPTION in the tarball")
+    fields = parse_dcf(description.decode("utf-8", "replace"))
+    found = (fields.get("Package"), fields.get("Version"))
+    if found != (name, version):
+        raise DescriptionError(f"the tarball holds {found[0]} {found[1]}")
+    built, _ = _built(fields)
+    if built is None:
+        raise DescriptionError("a source package (no Built: field), not a binary one")
+    if r is not None and built != r:
+        raise DescriptionError(f"built for R {built}, this is R {r}")
+    return frozenset(dependencies(fields))
