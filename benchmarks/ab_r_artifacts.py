@@ -1,0 +1,166 @@
+"""16 R packages from their artifacts against install.packages(Ncpus = 2) from source.
+
+    python benchmarks/ab_r_artifacts.py [ROUNDS]
+
+The set is `bench_r.py`'s: the test packages (one importing another, one with C code,
+an archived version) and 12 synthetic pure-R packages in import chains of three, built
+with R CMD build into a file:// CRAN-like repository on /dev/shm. They are installed once
+by hand and captured (`pkgckpt.artifacts.capture`) on a store on /dev/shm.
+
+Contenders, each into an empty library at the same path, alternating round by round:
+
+  artifacts     a process of pkgckpt installed as a user gets it (`pip install .`, not
+                editable, bytecode compiled, its own venv): every artifact fetched and
+                hash-verified against the manifest, then `RInstaller.install_artifacts`
+                (one R CMD INSTALL of the 16 binaries, one R loading each namespace)
+  Ncpus=2       `install.packages(<set>, Ncpus = 2)` from the repository, and the
+                archived version from its tarball: what a user types
+
+Prints min and median wall time of each, and the load average before and after.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import msgspec  # noqa: E402
+import rpkgs  # noqa: E402
+from ab_restore_noop import install  # noqa: E402
+
+from pkgckpt import artifacts, manifest  # noqa: E402
+from pkgckpt.artifacts import Job  # noqa: E402
+from pkgckpt.config import Config  # noqa: E402
+from pkgckpt.manifest import Body, Delta  # noqa: E402
+from pkgckpt.scan.r import RLibraryScanner, r_environment  # noqa: E402
+from pkgckpt.store import Store, init_store  # noqa: E402
+
+TEST_SET = ("ckpt.base", "ckptImports", "ckptC", "ckptOld")
+SYNTHETIC = 12
+CHAIN = 3
+
+RESTORE = """
+import sys, tempfile
+from pathlib import Path
+import msgspec
+from pkgckpt import artifacts, manifest
+from pkgckpt.config import Config
+from pkgckpt.restore.r import RInstaller
+from pkgckpt.restore.runner import Deadline
+from pkgckpt.store import Store
+
+store_root, lib, body = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+config = Config(store=store_root, key="k", discover=())
+store = Store(store_root, "k")
+delta = manifest.decode(body.read_bytes()).body.environments[0]
+with tempfile.TemporaryDirectory() as into:
+    files = {p.name: artifacts.fetch(store, config, p, Path(into)) for p in delta.added}
+    env = msgspec.structs.replace(delta.env, path=str(lib))
+    done = RInstaller(env, config).install_artifacts(
+        list(delta.added), files, deadline=Deadline(600)
+    )
+sys.exit(0 if done.ok else done.output)
+"""
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    root = Path(tempfile.mkdtemp(prefix="ab-r-artifacts-", dir="/dev/shm"))
+    try:
+        python = install("HEAD", root / "venv")
+        made = rpkgs.synthetic(root / "syn", SYNTHETIC, CHAIN)
+        tests = [(n, v) for n, v in rpkgs.CURRENT if n in TEST_SET]
+        current = [*tests, *((n, v) for n, v, _ in made)]
+        repo = rpkgs.build_repo(
+            root / "cran", current, rpkgs.ARCHIVED, sources={n: s for n, _, s in made}
+        )
+        names = [n for n, _ in current if n != "ckptOld"]
+        archived = repo.tarball("ckptOld", "0.9-1")
+        user = root / "user"
+        rpkgs.install(user, repo, names, [archived])
+        expected = rpkgs.installed(user)
+        assert len(expected) == 16, expected
+        store_root = root / "store"
+        init_store(store_root)
+        store = Store(store_root, "k")
+        config = Config(store=store_root, key="k")
+        env = r_environment(user)
+        captured = []
+        started = time.perf_counter()
+        for p in RLibraryScanner(user).scan().packages.values():
+            art = artifacts.capture(store, config, Job(env=env, roots=(user,), package=p))
+            captured.append(msgspec.structs.replace(p, artifact=art))
+        capture_s = time.perf_counter() - started
+        body = root / "manifest.json"
+        body.write_bytes(
+            manifest.encode(
+                manifest.Manifest(
+                    generation=1, body=Body(environments=(Delta(env=env, added=tuple(captured)),))
+                )
+            )
+        )
+        lib = root / "lib"
+
+        def from_artifacts() -> None:
+            subprocess.run(
+                [str(python), "-c", RESTORE, str(store_root), str(lib), str(body)],
+                check=True,
+                cwd=root,
+            )
+
+        def ncpus2() -> None:
+            rpkgs.rscript(
+                "options(warn = 2); a <- commandArgs(TRUE); "
+                "install.packages(a[-(1:3)], lib = a[1], repos = a[2], Ncpus = 2L, quiet = TRUE);"
+                'install.packages(a[3], lib = a[1], repos = NULL, type = "source", quiet = TRUE)',
+                str(lib),
+                repo.url,
+                str(archived),
+                *names,
+            )
+
+        contenders = {"artifacts": from_artifacts, "install.packages(Ncpus = 2)": ncpus2}
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        before = load()
+        for _ in range(rounds):
+            for name, run in contenders.items():
+                shutil.rmtree(lib, ignore_errors=True)
+                lib.mkdir()
+                t0 = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t0)
+                assert rpkgs.installed(lib) == expected, name
+        after = load()
+        print(f"capture of the 16 packages (in-process): {capture_s:.2f} s")
+        print(f"load average before {before}, after {after}; {rounds} rounds interleaved")
+        print("| contender | min | median |")
+        print("|---|---|---|")
+        for name, found in times.items():
+            print(f"| {name} | {min(found):.2f} s | {statistics.median(found):.2f} s |")
+        a, b = times["artifacts"], times["install.packages(Ncpus = 2)"]
+        print(
+            f"ratio (Ncpus=2 / artifacts): min {min(b) / min(a):.1f}x, "
+            f"median {statistics.median(b) / statistics.median(a):.1f}x"
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root.with_name(root.name + "-staging"), ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.pop("R_LIBS_USER", None)
+    main()
