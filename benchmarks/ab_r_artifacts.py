@@ -15,6 +15,8 @@ Contenders, each into an empty library at the same path, alternating round by ro
                 (one R CMD INSTALL of the 16 binaries, one R loading each namespace)
   Ncpus=2       `install.packages(<set>, Ncpus = 2)` from the repository, and the
                 archived version from its tarball: what a user types
+  bare          the design-equivalent peer: `R CMD INSTALL --no-test-load` of the same 16
+                binary tarballs in one call, nothing verified, nothing loaded afterwards
 
 Prints min and median wall time of each, and the load average before and after.
 """
@@ -133,7 +135,27 @@ def main() -> None:
                 *names,
             )
 
-        contenders = {"artifacts": from_artifacts, "install.packages(Ncpus = 2)": ncpus2}
+        binaries = root / "binaries"
+        binaries.mkdir()
+        tarballs = [
+            str(shutil.copy(store.path / "artifacts" / p.artifact.file, binaries))
+            for p in captured
+            if p.artifact is not None
+        ]
+
+        def bare() -> None:
+            subprocess.run(
+                ["R", "CMD", "INSTALL", "--no-test-load", f"--library={lib}", *tarballs],
+                check=True,
+                capture_output=True,
+                cwd=root,
+            )
+
+        contenders = {
+            "artifacts": from_artifacts,
+            "install.packages(Ncpus = 2)": ncpus2,
+            "bare R CMD INSTALL of the 16 binaries": bare,
+        }
         times: dict[str, list[float]] = {name: [] for name in contenders}
         before = load()
         for _ in range(rounds):
