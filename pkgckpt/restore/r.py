@@ -470,7 +470,8 @@ class RInstaller:
         bad = [(p, results[p.name]) for p in packages if not results[p.name].ok]
         argv = (self.r, "CMD", "INSTALL", f"--library={self.lib}", *(p.name for p in packages))
         if not bad:
-            return Outcome(argv, 0, "".join(o.output for o in results.values()))
+            # Packages installed by one call share its Outcome: its output is said once.
+            return Outcome(argv, 0, "".join(dict.fromkeys(o.output for o in results.values())))
         report = "\n".join(f"{p.name} {p.version}: failed\n{o.tail()}" for p, o in bad)
         return Outcome(argv, 1, report, timed_out=any(o.timed_out for _, o in bad))
 
