@@ -60,6 +60,7 @@ from .config import Config
 from .errors import PkgckptError, UsageError
 from .inventory import Identity, Target
 from .manifest import Artifact, Baseline, Body, Change, Delta, Environment, Manifest, Package
+from .rmatch import rebuilt
 
 if TYPE_CHECKING:
     # Types only: `pkgckpt baseline` needs neither, and they cost its start ~4 ms.
@@ -80,12 +81,15 @@ def same_install(recorded: Package, found: Package) -> bool:
 
     A restore installs every package as requested, by its own installer, and a VCS one at
     its recorded commit; counting those differences would rewrite the manifest after a
-    container start for nothing.
+    container start for nothing. An R package rebuilt for another R `major.minor` is
+    another install (`rmatch.rebuilt`): the record then takes the new build, whose
+    artifact is yet to be captured.
     """
     return (
         recorded.version == found.version
         and recorded.build == found.build
         and manifest.same_source(recorded.source, found.source)
+        and not rebuilt(recorded, found)
     )
 
 

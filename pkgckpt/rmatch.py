@@ -50,6 +50,13 @@ def stale_build(installed: Package | None, env: Environment) -> str | None:
     return f"built under R {built}, this is R {running}"
 
 
+def rebuilt(recorded: Package, found: Package) -> bool:
+    """`found` is `recorded` built again for another R `major.minor`: another install, whose
+    artifact (keyed by the R it was built for) is not the recorded one's."""
+    was, now = minor(recorded.built), minor(found.built)
+    return was is not None and now is not None and was != now
+
+
 def pair(recorded: Sequence[Environment], here: Sequence[Environment]) -> dict[int, int]:
     """Index in `recorded` -> index in `here` of the environment it stands for (see the
     module docstring); an environment matched by neither rule is left out."""
