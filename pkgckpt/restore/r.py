@@ -476,10 +476,16 @@ class RInstaller:
         return Outcome(argv, 1, report, timed_out=any(o.timed_out for _, o in bad))
 
     def install_artifacts(
-        self, packages: Sequence[Package], files: Mapping[str, Path], *, deadline: Deadline
+        self,
+        packages: Sequence[Package],
+        files: Mapping[str, Path],
+        *,
+        reinstall: bool = False,
+        deadline: Deadline,
     ) -> Outcome:
         """Install each package from its binary package `files[name]` (a verified private
-        copy of its artifact): no repository, no build; one Outcome naming every failure."""
+        copy of its artifact): no repository, no build; one Outcome naming every failure
+        (R always replaces, so `reinstall` needs nothing more)."""
         return self._summary(packages, self.install_binaries(packages, files, deadline=deadline))
 
     def install_binaries(
