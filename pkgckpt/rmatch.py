@@ -14,6 +14,9 @@ that matched libraries by path alone would leave the user's packages behind. The
    user's latest). A library here that its own path matched is never taken again: once
    the daemon recorded the new user library, the old record no longer speaks for it.
    Several of a role left over here, or a tie for the newest R, match nothing.
+   A record written before roles were (role None) is taken for the user library when
+   its path is this R's user library with the recorded R's `major.minor` in place of
+   this one's (`~/R/<platform>-library/4.3` for `.../4.4`): R's default.
 
 An R package is compiled against one R `major.minor` (its `Built:` field, "R 4.3.2; ...");
 R refuses or misbehaves with packages built for another. One whose installed copy was
@@ -66,15 +69,11 @@ def pair(recorded: Sequence[Environment], here: Sequence[Environment]) -> dict[i
         if j is not None and j not in paired.values():
             paired[i] = j
     taken = set(paired.values())
-    roles = {env.role for i, env in enumerate(recorded) if i not in paired and env.kind == "r"}
-    for role in sorted(r for r in roles if r is not None):
-        left = [
-            i
-            for i, env in enumerate(recorded)
-            if i not in paired and env.kind == "r" and env.role == role
-        ]
+    roles = {i: role(env, here) for i, env in enumerate(recorded) if i not in paired}
+    for kind in sorted({r for r in roles.values() if r is not None}):
+        left = [i for i, r in roles.items() if r == kind]
         free = [
-            j for j, h in enumerate(here) if j not in taken and h.kind == "r" and h.role == role
+            j for j, h in enumerate(here) if j not in taken and h.kind == "r" and h.role == kind
         ]
         newest = sorted(left, key=lambda i: _release(recorded[i].interpreter), reverse=True)
         tie = len(newest) > 1 and _release(recorded[newest[0]].interpreter) == _release(
@@ -83,6 +82,23 @@ def pair(recorded: Sequence[Environment], here: Sequence[Environment]) -> dict[i
         if len(free) == 1 and not tie:
             paired[newest[0]] = free[0]
     return paired
+
+
+def role(recorded: Environment, here: Sequence[Environment]) -> str | None:
+    """The role of a recorded R library: as recorded, else inferred (see the module
+    docstring); None for anything else."""
+    if recorded.kind != "r":
+        return None
+    if recorded.role is not None:
+        return recorded.role
+    was = minor(recorded.interpreter)
+    for h in here:
+        now = minor(h.interpreter)
+        if h.kind == "r" and h.role == "user" and was and now and was != now:
+            head, sep, tail = h.path.rpartition(now)
+            if sep and f"{head}{was}{tail}" == recorded.path:
+                return "user"
+    return None
 
 
 def _release(version: str | None) -> tuple[int, ...]:
@@ -96,15 +112,14 @@ def moved(recorded: Environment, here: Environment) -> str | None:
     if same_env(recorded, here):
         return None
     was = f" of R {minor(recorded.interpreter)}" if minor(recorded.interpreter) else ""
-    return f"recorded as the {recorded.role} library {recorded.path}{was}"
+    return f"recorded as the {role(recorded, [here])} library {recorded.path}{was}"
 
 
 def superseded(recorded: Environment, here: Sequence[Environment]) -> str | None:
     """Why an R library left unpaired is not restored, when a library of its role is here:
     another record (or an ambiguity) speaks for that one. None otherwise."""
-    if recorded.kind != "r" or recorded.role is None:
+    kind = role(recorded, here)
+    same = [h.path for h in here if h.kind == "r" and h.role == kind]
+    if kind is None or not same:
         return None
-    same = [h.path for h in here if h.kind == "r" and h.role == recorded.role]
-    if not same:
-        return None
-    return f"another record speaks for the {recorded.role} library here ({', '.join(same)})"
+    return f"another record speaks for the {kind} library here ({', '.join(same)})"

@@ -196,13 +196,15 @@ def test_packages_built_for_another_r_are_rebuilt_and_say_why(
 
 
 @needs_r
+@pytest.mark.parametrize("role", ["user", None], ids=["role recorded", "before roles"])
 def test_an_r_upgrade_brings_the_user_library_back_in_the_new_versions_user_library(
-    tmp_path: Path, repo: rpkgs.Repo, user_lib: Path
+    tmp_path: Path, repo: rpkgs.Repo, user_lib: Path, role: str | None
 ) -> None:
-    """The manifest recorded the user library `~/R/<platform>-library/<older R>`; R's user
-    library is now the running version's, which does not exist yet. Restore creates it as
-    R would, installs the user's packages there from the repository (the old library,
-    still in the home, is left alone), R loads them all, and a rerun does nothing."""
+    """The manifest recorded the user library `~/R/<platform>-library/<older R>` (with its
+    role, or before roles were recorded); R's user library is now the running version's,
+    which does not exist yet. Restore creates it as R would, installs the user's packages
+    there from the repository (the old library, still in the home, is left alone), R loads
+    them all, and a rerun does nothing."""
     version, platform = r_info()
     old = older_r()
     home = tmp_path / "home"
@@ -215,7 +217,7 @@ def test_an_r_upgrade_brings_the_user_library_back_in_the_new_versions_user_libr
     wanted = (*USER, "ckpt.base")
     built_under(old_lib, old, *wanted)
     old_env = Environment(
-        kind="r", path=str(old_lib), interpreter=old, platform=platform, role="user"
+        kind="r", path=str(old_lib), interpreter=old, platform=platform, role=role
     )
     delta = Delta(env=old_env, added=recorded(old_lib, wanted))
     restore_kit.put_manifest(tmp_path / "store", "k", Body(environments=(delta,)))
@@ -338,6 +340,15 @@ def test_roles_match_only_one_library_left_here() -> None:
     assert pair([r_env("/x", "named")], [r_env("/y", "user")]) == {}
     python = Environment(kind="python", path="/venv/a", role="user")
     assert pair([python], [Environment(kind="python", path="/venv/b", role="user")]) == {}
+
+
+def test_a_record_from_before_roles_is_the_user_library_where_r_would_have_put_it() -> None:
+    """No role recorded: `~/R/x86_64-pc-linux-gnu-library/4.3` is the 4.4 user library
+    `.../4.4` of the same home; another path, or the same R minor, is not."""
+    here = [r_env("/h/R/x86_64-pc-linux-gnu-library/4.4", "user", "4.4.0")]
+    assert pair([r_env("/h/R/x86_64-pc-linux-gnu-library/4.3", None)], here) == {0: 0}
+    assert pair([r_env("/other/R/x86_64-pc-linux-gnu-library/4.3", None)], here) == {}
+    assert pair([r_env("/h/R/x86_64-pc-linux-gnu-library/4.4x", None, "4.4.1")], here) == {}
 
 
 def test_only_another_minor_release_needs_a_rebuild() -> None:
