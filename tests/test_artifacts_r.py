@@ -176,19 +176,16 @@ def _retar(source: Path, dest: Path, edit: dict[str, bytes | None]) -> Path:
     (None: a link to /etc/passwd)."""
     with tarfile.open(source) as tar, tarfile.open(dest, "w:gz") as out:
         for m in tar.getmembers():
-            data = tar.extractfile(m) if m.isfile() else None
-            if m.name in edit and edit[m.name] is not None:
-                content = edit[m.name]
-                assert content is not None
+            content = edit.get(m.name)
+            if content is None:
+                out.addfile(m, tar.extractfile(m) if m.isfile() else None)
+            else:
                 m.size = len(content)
                 out.addfile(m, io.BytesIO(content))
-            else:
-                out.addfile(m, data)
-        for name, content in edit.items():
-            if content is None:
-                link = tarfile.TarInfo(name)
-                link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-                out.addfile(link)
+        for name in (n for n, c in edit.items() if c is None):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            out.addfile(link)
     return dest
 
 
@@ -205,7 +202,7 @@ def test_a_binary_for_another_r_or_another_package_is_never_installed(
     major, minor_ = version.split(".")[:2]
     older = f"{major}.{int(minor_) - 1}.3".encode()
     source = files["ckpt.base"]
-    cases = {
+    cases: dict[str, dict[str, bytes | None]] = {
         "built for R": {
             "ckpt.base/DESCRIPTION": text.replace(f"R {version}".encode(), b"R " + older)
         },
