@@ -271,3 +271,15 @@ def test_what_is_not_the_recorded_install_is_not_captured(
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
     """R children inherit this environment: this machine's R_LIBS_USER is not the test's."""
     monkeypatch.delenv("R_LIBS_USER", raising=False)
+
+
+def test_without_r_no_artifact_is_attempted(tmp_path: Path) -> None:
+    """No R here: every package fails with the one reason, and no library is created."""
+    lib = tmp_path / "lib"
+    env = Environment(kind="r", path=str(lib), interpreter="4.2.2", platform="x86_64")
+    r = RInstaller(env, Config(discover=(), r_home=tmp_path / "no-r"))
+    p = Package(name="ckptC", version="0.3.1")
+    results = r.install_binaries([p], {"ckptC": tmp_path / "x.tar.gz"}, deadline=Deadline(10))
+    assert not results["ckptC"].ok
+    assert "R is not installed here" in results["ckptC"].output
+    assert not lib.exists()

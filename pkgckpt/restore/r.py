@@ -506,6 +506,8 @@ class RInstaller:
         for p in packages:
             if not (r_name(p.name) and r_version(p.version)):
                 raise RestoreError(f"invalid R package {p.name!r} {p.version!r}")
+        if not (self.rscript and self.r):
+            return {p.name: failed(p, NO_R) for p in packages}
         self.lib.mkdir(parents=True, exist_ok=True)
         running = minor(self.env.interpreter)
         results: dict[str, Outcome] = {}
