@@ -396,3 +396,29 @@ def test_a_package_rebuilt_for_another_r_minor_is_recorded_anew_for_its_artifact
         tracker.observe(env, Observation(packages={"a": found}))
         (now,) = tracker.body().environments[0].added
         assert now == (old if kept else found), built
+
+
+@needs_r
+def test_a_failure_in_the_moved_user_library_counts_against_its_record(
+    tmp_path: Path, repo: rpkgs.Repo
+) -> None:
+    """A package of the old user library's record that cannot be installed in the new one
+    is counted as failing in that record, where `pkgckpt forget` finds it."""
+    version, platform = r_info()
+    old = older_r()
+    base = tmp_path / "home" / "R" / f"{platform}-library"
+    env = Environment(
+        kind="r", path=str(base / x_y(old)), interpreter=old, platform=platform, role="user"
+    )
+    gone = Package(name="ckptNowhere", version="1.0", built=old)
+    restore_kit.put_manifest(
+        tmp_path / "store", "k", Body(environments=(Delta(env=env, added=(gone,)),))
+    )
+    done = run("restore", tmp_path, environ(tmp_path, discover_r=True), "--r-repo", repo.url)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert str(base / x_y(version)) in done.stdout
+    stored = Store(tmp_path / "store", "k").read()
+    assert stored is not None
+    (delta,) = [d for d in stored.body.environments if d.env.kind == "r"]
+    assert delta.env.path == env.path
+    assert [(f.name, f.count) for f in delta.failing] == [("ckptNowhere", 1)]
