@@ -1,0 +1,71 @@
+"""R end to end with artifacts: `pkgckpt snapshot` captures the user's R packages as
+binary packages; with the repository gone and no compiler, `pkgckpt restore` puts the
+same library back from them alone, and refuses a tampered one, naming its hash."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import restore_kit
+import rpkgs
+
+from pkgckpt.rmatch import minor
+from pkgckpt.scan.r import r_info
+from pkgckpt.store import init_store
+
+needs_r = rpkgs.needs_r
+
+
+@needs_r
+def test_an_r_library_comes_back_from_its_artifacts_alone(tmp_path: Path) -> None:
+    """Repository removed, CC=false and R's make variables pointing at `false`: restore
+    installs every package from its artifact; installed.packages() is the same, the C code
+    runs, a rerun does nothing; a tampered artifact is refused and named."""
+    repo = rpkgs.build_repo(tmp_path / "cran")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    init_store(tmp_path / "store")
+    env = restore_kit.hermetic(tmp_path / "c1")
+    env.update(HOME=str(tmp_path), PKGCKPT_DEBUG="1")
+    flags = ["--r-lib", str(lib), "--store", str(tmp_path / "store"), "--key", "k"]
+    baseline = tmp_path / "baseline.json"
+    made = restore_kit.pkgckpt("baseline", *flags, "--output", str(baseline), env=env)
+    assert made.returncode == 0, made.stderr
+    flags += ["--baseline", str(baseline)]
+    rpkgs.install(lib, repo, ["ckptAfirst", "ckptC"], [repo.tarball("ckptOld", "0.9-1")])
+    before = rpkgs.installed(lib)
+    snap = restore_kit.pkgckpt("snapshot", *flags, env=env, timeout=300)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    version, platform = r_info()
+    where = tmp_path / "store" / "k" / "artifacts" / f"R-{minor(version)}"
+    assert sorted(p.name for p in where.iterdir()) == sorted(
+        f"{n}_{v}_R_{platform}.tar.gz" for n, v in before.items()
+    )
+
+    shutil.rmtree(repo.root)
+    makevars = tmp_path / "Makevars"
+    makevars.write_text("CC=false\nCXX=false\nFC=false\n")
+    env = restore_kit.hermetic(tmp_path / "c2")
+    env.update(HOME=str(tmp_path), CC="false", R_MAKEVARS_USER=str(makevars))
+    shutil.rmtree(lib)
+    lib.mkdir()
+    done = restore_kit.pkgckpt("restore", *flags, "--r-repo", repo.url, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rpkgs.installed(lib) == before
+    out = rpkgs.rscript(".libPaths(commandArgs(TRUE)); cat(ckptC::c_add(2L, 3L))", str(lib))
+    assert out == "5"
+    again = restore_kit.pkgckpt("restore", *flags, "--r-repo", repo.url, env=env)
+    assert again.returncode == 0 and "Nothing to restore" in again.stdout, again.stdout
+
+    tampered = where / f"ckpt.base_1.0.0_R_{platform}.tar.gz"
+    data = bytearray(tampered.read_bytes())
+    data[len(data) // 2] ^= 1
+    tampered.write_bytes(bytes(data))
+    shutil.rmtree(lib)
+    lib.mkdir()
+    env = {**env, "XDG_RUNTIME_DIR": str(tmp_path / "c3" / "run")}
+    bad = restore_kit.pkgckpt("restore", *flags, "--r-repo", repo.url, env=env, timeout=300)
+    assert bad.returncode == 3, bad.stdout + bad.stderr
+    assert "ckpt.base" not in rpkgs.installed(lib)
+    assert "sha256" in bad.stdout, bad.stdout
