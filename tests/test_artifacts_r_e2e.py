@@ -27,7 +27,8 @@ def test_an_r_library_comes_back_from_its_artifacts_alone(tmp_path: Path) -> Non
     lib.mkdir()
     init_store(tmp_path / "store")
     env = restore_kit.hermetic(tmp_path / "c1")
-    env.update(HOME=str(tmp_path), PKGCKPT_DEBUG="1")
+    # The shared test settings switch the cache off; this test is about the cache.
+    env.update(HOME=str(tmp_path), PKGCKPT_DEBUG="1", PKGCKPT_ARTIFACTS="1")
     flags = ["--r-lib", str(lib), "--store", str(tmp_path / "store"), "--key", "k"]
     baseline = tmp_path / "baseline.json"
     made = restore_kit.pkgckpt("baseline", *flags, "--output", str(baseline), env=env)
