@@ -55,7 +55,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -869,33 +869,28 @@ class Store:
 
     def touch_artifact(self, name: str) -> None:
         """Date artifact `name` now (GC removes the least recently referenced first)."""
-        found = self._artifact_dir(name, create=False)
-        if found is None:
-            return
-        dfd, where = found
-        base = name.rsplit("/", 1)[-1]
-        try:
-            os.utime(base, dir_fd=dfd, follow_symlinks=False)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise durable.error(e, f"cannot date {where / base}") from e
-        finally:
-            durable.close_quietly(dfd)
+        self._on_artifact(
+            name, "date", lambda base, dfd: os.utime(base, dir_fd=dfd, follow_symlinks=False)
+        )
 
     def remove_artifact(self, name: str) -> None:
         """Remove artifact `name` (gone already is fine)."""
+        self._on_artifact(name, "remove", lambda base, dfd: os.unlink(base, dir_fd=dfd))
+
+    def _on_artifact(self, name: str, verb: str, act: Callable[[str, int], None]) -> None:
+        """`act(file name, its directory's fd)` on artifact `name`; a missing artifact (or
+        directory) is fine, any other failure a store error saying what could not `verb`."""
         found = self._artifact_dir(name, create=False)
         if found is None:
             return
         dfd, where = found
         base = name.rsplit("/", 1)[-1]
         try:
-            os.unlink(base, dir_fd=dfd)
+            act(base, dfd)
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise durable.error(e, f"cannot remove {where / base}") from e
+            raise durable.error(e, f"cannot {verb} {where / base}") from e
         finally:
             durable.close_quietly(dfd)
 
