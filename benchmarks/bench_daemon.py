@@ -42,8 +42,8 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from bench_kit import commit, given, install, load, stamp  # noqa: E402
+from bench_kit import commit, load, python_for_run, stamp  # noqa: E402
 from daemon_kit import World, context_switches, eventually, uv_install  # noqa: E402
 from wheelhouse import Dist, build_wheel, make_venv  # noqa: E402
 
@@ -321,17 +321,6 @@ def idle(python: Path, tmp: Path, seconds: float) -> dict[str, int]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@contextmanager
-def python_for_run(python: str | None) -> Iterator[Path]:
-    """`--python`, else run_all.py's venv (PKGCKPT_BENCH_PYTHON), else one made here."""
-    chosen = given(python, ["watchfiles"])
-    if chosen is not None:
-        yield chosen
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-daemon-venv-", dir="/dev/shm") as tmp:
-        yield install(Path(tmp) / "venv", ["watchfiles"])
-
-
 def row(name: str, setup: str, values: list[float], peer: list[float] | None) -> str:
     median = statistics.median(values)
     ratio = f"{median / statistics.median(peer):.2f}x" if peer else "-"
@@ -360,7 +349,7 @@ def main() -> None:
     }
     found = {g: {c.name: list[float]() for c in contenders} for g in groups}
     with (
-        python_for_run(args.python) as python,
+        python_for_run(args.python, ["watchfiles"], "daemon") as python,
         tempfile.TemporaryDirectory(prefix="bench-daemon-", dir="/dev/shm") as tmp_name,
     ):
         tmp = Path(tmp_name)

@@ -17,8 +17,10 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +84,18 @@ def given(python: str | None, extra: Sequence[str]) -> Path | None:
             check=True,
         )
     return Path(chosen)
+
+
+@contextmanager
+def python_for_run(python: str | None, peers: Sequence[str], label: str) -> Iterator[Path]:
+    """`--python`, else run_all.py's venv (PKGCKPT_BENCH_PYTHON), else one made here under
+    /dev/shm for the run, each with the peers' packages `peers`."""
+    chosen = given(python, peers)
+    if chosen is not None:
+        yield chosen
+        return
+    with tempfile.TemporaryDirectory(prefix=f"bench-{label}-venv-", dir="/dev/shm") as tmp:
+        yield install(Path(tmp) / "venv", peers)
 
 
 def script(python: Path) -> str:

@@ -41,13 +41,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_kit import commit, given, install, load, stamp
+from bench_kit import commit, load, python_for_run, stamp
 
 DIST = "bigpkg-1.0.dist-info"
 MISS_AFTER = 15.0  # seconds after the burst without "record": the watcher missed it
@@ -382,17 +382,6 @@ def one_round(python: Path, contender: Contender, tmp: Path, result: Result) -> 
         shutil.rmtree(site, ignore_errors=True)
 
 
-@contextmanager
-def python_for_run(python: str | None) -> Iterator[Path]:
-    """`--python`, else run_all.py's venv (PKGCKPT_BENCH_PYTHON), else one made here."""
-    chosen = given(python, ["watchdog", "watchfiles"])
-    if chosen is not None:
-        yield chosen
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-watch-venv-", dir="/dev/shm") as tmp:
-        yield install(Path(tmp) / "venv", ["watchdog", "watchfiles"])
-
-
 def idle(python: Path, tmp: Path, seconds: float, chosen: Sequence[Contender]) -> list[str]:
     """One of each, idle side by side on a site holding the burst's tree."""
     site = tmp / "idle-site"
@@ -430,7 +419,7 @@ def main() -> None:
     args = parser.parse_args()
     chosen = [c for c in CONTENDERS if not args.only or c.name in args.only]
     results = {c.name: Result() for c in chosen}
-    with python_for_run(args.python) as python:
+    with python_for_run(args.python, ["watchdog", "watchfiles"], "watch") as python:
         version = subprocess.run(
             [str(python), "-c", "import sys; print(sys.version.split()[0])"],
             capture_output=True, text=True, check=True,

@@ -29,8 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -38,7 +36,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_daemon import MINIMAL  # noqa: E402
-from bench_kit import commit, given, install, load, stamp  # noqa: E402
+from bench_kit import commit, load, python_for_run, stamp  # noqa: E402
 from daemon_kit import World, eventually  # noqa: E402
 from wheelhouse import make_venv  # noqa: E402
 
@@ -127,17 +125,6 @@ def where(daemon: dict[str, int], bare: dict[str, int]) -> list[str]:
     return [f"| {label} | {kb:+,} kB |" for label, kb in rows if kb]
 
 
-@contextmanager
-def python_for_run(python: str | None) -> Iterator[Path]:
-    """`--python`, else run_all.py's venv (PKGCKPT_BENCH_PYTHON), else one made here."""
-    chosen = given(python, ["prometheus_client"])
-    if chosen is not None:
-        yield chosen
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-rss-venv-", dir="/dev/shm") as tmp:
-        yield install(Path(tmp) / "venv", ["prometheus_client"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -148,7 +135,7 @@ def main() -> None:
     maps: dict[str, dict[str, int]] = {}
     load_before = load()
     with (
-        python_for_run(args.python) as python,
+        python_for_run(args.python, ["prometheus_client"], "rss") as python,
         tempfile.TemporaryDirectory(dir="/dev/shm") as tmp,
     ):
         for r in range(args.rounds):
