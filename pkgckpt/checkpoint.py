@@ -37,7 +37,11 @@ the new image now ships (superseded), a downgrade held back because the image ne
 newer version, a removal of a package the new image no longer ships are all still the
 user's choices, and a later restore reads each against the image it then finds
 (`restore/rebase.py`). The delta records the new image's identity only once every entry
-is relative to it; until then it keeps the old one, so that restore rebases.
+is relative to it; until then it keeps the old one, so that restore rebases. On the same
+image, a recorded entry this process did not change stays even where the baseline holds
+that very install: a baseline taken by the first command of a container whose library
+outlives it (a user site or R user library in a persistent home) includes the user's
+packages, and equal to the baseline is not evidence that the image ships them.
 
 Without a baseline for an environment whose manifest already records a delta (the
 container's baseline was lost), the image's state is inferred from the first scan and
@@ -381,16 +385,22 @@ def fits(part: str, p: Package, baseline: Mapping[str, Package]) -> bool:
 
 def _carried(track: _Track, d: Delta) -> Delta:
     """`d` (computed against this baseline) with the recorded form of every entry this
-    process did not change, when the record is relative to another image."""
+    process did not change: each one when the record is relative to another image (or
+    to an unknown one), the ones `d` lacks when it is relative to this image."""
     recorded = track.recorded
     if track.image is None:
         # An inferred baseline: the entries are as recorded already (`_inferred_baseline`).
         return msgspec.structs.replace(d, image=recorded.image if recorded else None)
-    if recorded is None or recorded.image in (None, track.image):
+    if recorded is None:
         return msgspec.structs.replace(d, image=track.image)
+    same = recorded.image == track.image
     entries = _entries(d)
     for name, entry in _entries(recorded).items():
-        if name not in track.touched:
+        # On the same image an untouched entry missing from `d` equals the baseline: one
+        # taken from a library that already held the user's packages (a home that
+        # outlives the container), which proves nothing about the image. A record with
+        # no image (written before images were recorded) is read as another image's.
+        if name not in track.touched and not (same and name in entries):
             entries[name] = entry
     parts: dict[str, list[Package]] = {"added": [], "changed": [], "removed": []}
     for name in sorted(entries):
@@ -398,8 +408,9 @@ def _carried(track: _Track, d: Delta) -> Delta:
         parts[part].append(p)
     # A held-back or superseded entry is not relative to this image, even where the image
     # ships the version it replaced: what held it back is the image's requirements.
-    whole = not (track.rebased.keys() & entries.keys()) and all(
-        fits(part, p, track.shipped) for part, p in entries.values()
+    whole = same or (
+        not (track.rebased.keys() & entries.keys())
+        and all(fits(part, p, track.shipped) for part, p in entries.values())
     )
     return msgspec.structs.replace(
         d,

@@ -432,6 +432,35 @@ def test_without_a_baseline_an_existing_manifest_only_grows(world: World, wheels
 
 
 @pytest.mark.slow
+def test_a_baseline_taken_over_a_library_that_kept_the_users_packages_drops_none(
+    world: World, wheels: Path
+) -> None:
+    """A library that outlived its container (a home volume) still holds the user's
+    packages when restore takes the baseline: the record keeps them all the same.
+
+    The record, written before images were recorded, names no image; restore finds
+    alpha installed and takes it into the baseline with image-pkg; the daemon's commits
+    (after a later install) keep alpha as the user's addition."""
+    v = make_venv(world.tmp / "venv", with_pip=False)
+    install(world, v, wheels, "image-pkg==1.0", "alpha==1.0")
+    env = Environment(kind="python", path=str(v.prefix))
+    recorded = Delta(env=env, added=(Package(name="alpha", version="1.0"),))
+    Store(world.store, world.key).commit(Body(environments=(recorded,)))
+    restored = world.pkgckpt("restore", *world.flags(v.prefix), "--no-index")
+    assert restored.returncode == 0, restored.stderr
+    baseline = manifest.decode_baseline((world.runtime / "baseline.json").read_bytes())
+    assert sorted(p.name for p in baseline.environments[0].packages) == ["alpha", "image-pkg"]
+    d = world.daemon(*world.flags(v.prefix), "--quiet-ms", "50").start()
+    try:
+        install(world, v, wheels, "delta==1.0")
+        eventually(lambda: committed(world, ["alpha==1.0", "delta==1.0"]), what="both kept")
+        assert d.stop() == 0
+        assert pins(world.delta().added) == ["alpha==1.0", "delta==1.0"]
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 def test_no_baseline_and_no_manifest_takes_the_baseline_now(world: World, wheels: Path) -> None:
     """A fresh container without restore: the daemon's first act is to take the baseline."""
     v = make_venv(world.tmp / "venv", with_pip=False)

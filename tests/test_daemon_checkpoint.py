@@ -339,3 +339,48 @@ def test_identity_names_the_directories_a_scan_read(tmp_path: Path) -> None:
     assert all(replaced[p] != before[p] for p in (venv, conda))
     targets[venv].renew()
     assert identities() == {venv: replaced[venv]._replace(epoch=1), conda: replaced[conda]}
+
+
+# -- a baseline taken from a library that already held the user's packages ------------
+
+ATTRS = pkgs("attrs==23.1.0")
+POLLUTED = Baseline(environments=(Inventory(env=ENV, packages=tuple({**IMAGE, **ATTRS}.values())),))
+
+
+def _recorded_attrs(image: str | None) -> Manifest:
+    delta = Delta(env=ENV, added=tuple(ATTRS.values()), image=image)
+    return Manifest(generation=3, body=Body(environments=(delta,)))
+
+
+def test_a_baseline_holding_a_recorded_addition_does_not_drop_it() -> None:
+    """A persistent library's packages taken into the baseline stay recorded as added,
+    whatever image the record names, until the user is seen changing them."""
+    polluted_id = manifest.image_identity({**IMAGE, **ATTRS}.values())
+    for image in (IMAGE_ID, None, polluted_id):
+        t = Tracker(POLLUTED, _recorded_attrs(image))
+        t.observe(ENV, Observation({**IMAGE, **ATTRS}))
+        t.observe(ENV, Observation({**IMAGE, **ATTRS, **pkgs("tqdm==4.66.0")}))
+        assert names(t.body().delta(ENV))["added"] == ["attrs==23.1.0", "tqdm==4.66.0"], image
+
+
+def test_an_observed_uninstall_of_an_addition_the_baseline_holds_is_recorded() -> None:
+    """Keeping such an entry does not make it permanent: uninstalled here, it leaves the
+    additions (as the removal of what that baseline calls the image's)."""
+    t = Tracker(POLLUTED, _recorded_attrs(None))
+    t.observe(ENV, Observation({**IMAGE, **ATTRS}))
+    t.observe(ENV, Observation(dict(IMAGE)))
+    assert names(t.body().delta(ENV)) == {"added": [], "changed": [], "removed": ["attrs==23.1.0"]}
+
+
+def test_a_record_without_an_image_keeps_it_unknown_while_entries_do_not_fit() -> None:
+    """A record written before images were recorded is not stamped with this image while
+    it holds an entry this image would not have recorded: restore must not read it as
+    relative to this image."""
+    t = Tracker(POLLUTED, _recorded_attrs(None))
+    t.observe(ENV, Observation({**IMAGE, **ATTRS}))
+    delta = t.body().delta(ENV)
+    assert delta is not None and delta.image is None
+    clean = Tracker(BASELINE, _recorded_attrs(None))
+    clean.observe(ENV, Observation({**IMAGE, **ATTRS}))
+    delta = clean.body().delta(ENV)
+    assert delta is not None and delta.image == IMAGE_ID
