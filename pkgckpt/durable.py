@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import re
@@ -66,8 +67,13 @@ def close_quietly(fd: int) -> None:
         os.close(fd)
 
 
+@functools.cache
 def host() -> str:
-    """This host's name, as it goes into temp file names (characters safe in a name)."""
+    """This host's name, as it goes into temp file names (characters safe in a name).
+
+    Taken once per process: every durable write names two temps with it. A host renamed
+    under a running process only delays the removal of that process's dead temps.
+    """
     # uname's nodename is what socket.gethostname() returns on Linux, without importing
     # socket (~2 ms of a no-op restore, which writes its metrics file).
     return re.sub(r"[^A-Za-z0-9_.-]", "_", os.uname().nodename)[:64] or "unknown"

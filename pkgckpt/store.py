@@ -55,9 +55,9 @@ import logging
 import os
 import re
 import stat
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__, durable, manifest
@@ -220,7 +220,9 @@ def _synced(names: list[str]) -> list[int]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    # What datetime.now(timezone.utc).isoformat(timespec="seconds") says, at half its cost
+    # (once per commit).
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
 
 
 Stamp = tuple[int, int, int, int]
@@ -279,6 +281,8 @@ class Store:
         self.owner = os.geteuid() if owner is None else owner
         self.seal = Seal() if seal is None else seal
         self.path = self.root / key
+        self._current = self.path / CURRENT
+        self._writer_as: Writer | None = None
         self.last_read_warning: str | None = None
         self._known: _Known | None = None
         self._rewrite = False
@@ -360,11 +364,13 @@ class Store:
         Raises as `read()`, but for a ManifestError (no valid generation): that is a
         change with nothing to fold in, which the next commit replaces.
         """
-        with self._dir() as dfd:
-            if dfd is None:
-                changed = self._seen is not None
-                self._seen = None
-                return changed, None
+        # Not through `_dir`: its generator costs as much as a store call (as in `commit`).
+        dfd = self._cycle if self._cycle is not None else self._open_dir()
+        if dfd is None:
+            changed = self._seen is not None
+            self._seen = None
+            return changed, None
+        try:
             stamp = self._peek(dfd)
             if stamp == self._seen:
                 if self._cycle is not None:
@@ -378,6 +384,9 @@ class Store:
                 # Nothing valid left to fold in: the commit that follows replaces it.
                 log.warning("%s; the next commit replaces it", e)
                 return True, None
+        finally:
+            if dfd != self._cycle:
+                durable.close_quietly(dfd)
         if warning is not None:
             log.warning("%s", warning)
         return True, found
@@ -569,16 +578,21 @@ class Store:
         Raises StoreUnavailable (retry later: nothing was lost, the previous generation is
         intact or the new one is in place, whole) or StoreError / UnknownSchema.
         """
-        with self._dir(create=True) as dfd:
-            assert dfd is not None  # created
-            try:
-                return self._commit(dfd, body, encoded)
-            except BaseException:
-                # The outcome may be visible but not durable: re-read the directory and
-                # write again next time, even an unchanged body.
-                self._known = None
-                self._rewrite = True
-                raise
+        # The cycle's directory, else one opened for this call (not through `_dir`: a
+        # generator's context manager costs as much as a store call here).
+        dfd = self._cycle if self._cycle is not None else self._open_dir(create=True)
+        assert dfd is not None  # created
+        try:
+            return self._commit(dfd, body, encoded)
+        except BaseException:
+            # The outcome may be visible but not durable: re-read the directory and
+            # write again next time, even an unchanged body.
+            self._known = None
+            self._rewrite = True
+            raise
+        finally:
+            if dfd != self._cycle:
+                durable.close_quietly(dfd)
 
     def _commit(self, dfd: int, body: Body, encoded: bytes | None) -> Manifest | None:
         known = self._known
@@ -601,14 +615,14 @@ class Store:
         generation = max(known.generation, self._high) + 1
         result = Manifest(
             generation=generation,
-            writer=Writer(host=os.uname().nodename, pid=os.getpid(), version=__version__),
+            writer=self._writer(),
             time=_now(),
             body=body,
         )
         parts = self.seal.sign(manifest.encode_parts(result, encoded))
         self._write(dfd, parts, generation)
         stamp = self._stamp(dfd)
-        if stamp is None or stamp[1] != sum(len(p) for p in parts):
+        if stamp is None or stamp[1] != sum(map(len, parts)):
             # Deleted or replaced at once, not by this writer: a stamp no file has makes
             # `check` and the next commit look again.
             stamp = _UNKNOWN
@@ -625,10 +639,17 @@ class Store:
         self._prune(dfd, known)
         return result
 
+    def _writer(self) -> Writer:
+        """Who writes: the same for every commit of this process (a fork has its pid)."""
+        pid = os.getpid()
+        if self._writer_as is None or self._writer_as.pid != pid:
+            self._writer_as = Writer(host=os.uname().nodename, pid=pid, version=__version__)
+        return self._writer_as
+
     def _write(self, dfd: int, parts: durable.Buffers, generation: int) -> None:
         """The durable recipe for manifest.<generation>.json and manifest.json: two files,
         so that an edit in place of one leaves the other whole; one directory fsync."""
-        current = self.path / CURRENT
+        current = self._current
         history = self.path / _generation_name(generation)
         # Both temps carry manifest.json's prefix: one name for a dead writer's leftovers.
         kept = durable.stage(dfd, current, parts, 0o600, self._leftovers)
