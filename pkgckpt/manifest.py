@@ -2,29 +2,36 @@
 
 No I/O here: `store.py` reads and writes the bytes, the scanners fill the structs.
 
-On disk a manifest (schema 3) is compact JSON: an envelope whose `checksum` covers the
-whole file but its own 64 hex digits and trailing white space: the envelope, the
+On disk a manifest (schema 4) is compact JSON: an envelope whose `checksum` covers the
+whole file but its own 8 hex digits and trailing white space: the envelope, the
 generation and the body, byte for byte. The checksum sits at a fixed place, right after
 the schema, so a reader finds it without parsing anything:
 
-    {"schema":3,"checksum":"sha256:...","generation":7,"writer":{...},"time":"...",
+    {"schema":4,"checksum":"crc32:...","generation":7,"writer":{...},"time":"...",
      "body":{"environments":[...]}}
 
 (one line; `python -m json.tool manifest.json` shows it indented). Compact, so that a
-commit hashes and writes the body bytes it already has, as they are: no second pass to
-indent 200 KB, no copy.
+commit checksums and writes the body bytes it already has, as they are: no second pass
+to indent 200 KB, no copy.
+
+The checksum finds a torn or damaged file; it cannot stop a forger, who would recompute
+any unkeyed digest (that is `seal.py`'s HMAC). So it is CRC-32 (zlib, every burst error
+up to 32 bits found, anything else missed once in 2^32), which costs a quarter of
+sha256 over a 200 KB manifest here, where sha256 was as costly as the durable write
+itself (benchmarks/RESULTS.md, issue 9).
 
 A reader refuses, as `ManifestError`: invalid UTF-8 anywhere, nesting deeper than
 `MAX_DEPTH`, a key twice in the envelope, a generation outside 1..`MAX_GENERATION`, an
 environment twice in the body, and any byte that does not match the checksum.
 
-Older layouts are still read, and the next commit rewrites them as schema 3: schema 2
-(the same whole-file checksum, in an envelope indented by one space) and schema 1
-(before the whole-file checksum: its checksum covers the body only, so its envelope is
-taken as it stands). A pkgckpt that knows an older schema only refuses a newer one
-("upgrade pkgckpt") rather than misread it, and never overwrites it.
+Older layouts are still read, and the next commit rewrites them as schema 4: schema 3
+(compact, the same whole-file checksum as sha256), schema 2 (sha256, in an envelope
+indented by one space) and schema 1 (before the whole-file checksum: its checksum covers
+the body only, so its envelope is taken as it stands). A pkgckpt that knows an older
+schema only refuses a newer one ("has schema 4, newer than this pkgckpt understands
+(3); upgrade pkgckpt") rather than misread it, and never overwrites it.
 
-Compatibility: every field added after schema 3 must have a default, so an older
+Compatibility: every field added after schema 4 must have a default, so an older
 reader reads a newer manifest; a change that an older reader must not misread bumps
 `SCHEMA` (the major version), and readers refuse a schema newer than theirs.
 """
@@ -33,15 +40,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
-from typing import Literal
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Literal, NamedTuple
 
 import msgspec
 
 from .errors import ManifestError, UnknownSchema
 
-SCHEMA = 3
-"""Of manifests; 1 and 2 are still read (see the module docstring)."""
+SCHEMA = 4
+"""Of manifests; 1 to 3 are still read (see the module docstring)."""
 BASELINE_SCHEMA = 1
 """Of baselines: their layout did not change with the manifest's checksum."""
 MAX_GENERATION = 2**53
@@ -402,22 +410,42 @@ def _pretty(data: bytes) -> bytes:
     return msgspec.json.format(data, indent=1)
 
 
-_DIGITS = 64
-_PLACEHOLDER = "sha256:" + "0" * _DIGITS
-_HEADS = {2: b'{\n "schema": 2,\n "checksum": "sha256:', 3: b'{"schema":3,"checksum":"sha256:'}
-"""How every manifest of a schema with a whole-file checksum starts: its digits follow."""
-_HEAD = _HEADS[SCHEMA]
-
-
-def checksum(body: bytes | memoryview) -> str:
-    return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
-def _seal(parts: Iterable[bytes | memoryview]) -> str:
+def _sha256(parts: Iterable[bytes | memoryview]) -> bytes:
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part)
-    return digest.hexdigest()
+    return digest.hexdigest().encode()
+
+
+def _crc32(parts: Iterable[bytes | memoryview]) -> bytes:
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return b"%08x" % crc
+
+
+class _WholeFile(NamedTuple):
+    """A schema's whole-file checksum: the digits follow `head`, how every manifest of
+    that schema starts; the envelope's `checksum` is `algorithm:digits`."""
+
+    head: bytes
+    algorithm: str
+    digits: int
+    digest: Callable[[Iterable[bytes | memoryview]], bytes]
+
+
+_WHOLE_FILE = {
+    2: _WholeFile(b'{\n "schema": 2,\n "checksum": "sha256:', "sha256", 64, _sha256),
+    3: _WholeFile(b'{"schema":3,"checksum":"sha256:', "sha256", 64, _sha256),
+    4: _WholeFile(b'{"schema":4,"checksum":"crc32:', "crc32", 8, _crc32),
+}
+_HEAD, _ALGORITHM, _DIGITS, _DIGEST = _WHOLE_FILE[SCHEMA]
+_PLACEHOLDER = f"{_ALGORITHM}:" + "0" * _DIGITS
+
+
+def checksum(body: bytes | memoryview) -> str:
+    """Schema 1's checksum, of the body only."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 def encode(manifest: Manifest, body: bytes | None = None) -> bytes:
@@ -430,7 +458,7 @@ def encode(manifest: Manifest, body: bytes | None = None) -> bytes:
 
 def encode_parts(manifest: Manifest, body: bytes | None = None) -> tuple[bytes | memoryview, ...]:
     """`encode(manifest, body)` as buffers to be written one after the other (writev):
-    the ~200 KB body is hashed once and written as the caller's bytes, never copied."""
+    the ~200 KB body is checksummed once and written as the caller's bytes, never copied."""
     if body is None:
         body = encode_body(manifest.body)
     envelope = _Envelope(
@@ -447,8 +475,7 @@ def encode_parts(manifest: Manifest, body: bytes | None = None) -> tuple[bytes |
     # than hashed, then the digest is put in their place.
     at = len(_HEAD)
     head, tail = data[:at], data[at + _DIGITS : -len(b"0}")]
-    digest = _seal((head, tail, body, b"}")).encode()
-    return (head, digest, tail, body, b"}\n")
+    return (head, _DIGEST((head, tail, body, b"}")), tail, body, b"}\n")
 
 
 def encode_body(body: Body) -> bytes:
@@ -542,15 +569,16 @@ def decode(data: bytes, what: str = "manifest") -> Manifest:
     """Decode and verify a manifest; any defect raises `ManifestError`, never anything else."""
     schema = _check_schema(data, what, SCHEMA)
     if schema >= 2:
-        head = _HEADS[schema]
+        whole = _WHOLE_FILE[schema]
+        head, digits = whole.head, whole.digits
         if not data.startswith(head):
             raise ManifestError(f"{what} does not start as a schema {schema} manifest does")
         at = len(head)
-        sealed = data[at : at + _DIGITS].decode()
+        sealed = data[at : at + digits]
         # Trailing white space is left out: a sealing envelope (seal.py) keeps the
         # manifest's bytes without it, and it changes no meaning.
         kept = memoryview(data)[: len(data.rstrip())]
-        if _seal((kept[:at], kept[at + _DIGITS :])) != sealed:
+        if whole.digest((kept[:at], kept[at + digits :])) != sealed:
             raise ManifestError(f"{what} fails its checksum: torn or edited")
     try:
         envelope = _envelope_decoder.decode(data)
@@ -564,7 +592,7 @@ def decode(data: bytes, what: str = "manifest") -> Manifest:
     if schema >= 2:
         # The digits were checked above, but a second "checksum" key could have said
         # otherwise to another parser: the one decoded must be the one checked.
-        if envelope.checksum != "sha256:" + sealed:
+        if envelope.checksum != f"{whole.algorithm}:{sealed.decode()}":
             raise ManifestError(f"{what} fails its checksum: torn or edited")
     elif checksum(raw) != envelope.checksum:
         raise ManifestError(f"{what} fails its checksum: torn or edited")

@@ -166,7 +166,7 @@ RAW: dict[str, tuple[Callable[[], bytes], str]] = {
     "binary garbage": (lambda: bytes(range(256)) * 64, "not valid UTF-8"),
     "empty file": (lambda: b"", "not a valid pkgckpt file"),
     "a JSON array": (lambda: b"[1, 2, 3]", "not a valid pkgckpt file"),
-    "truncated": (lambda: _manifest_bytes()[:200], "not a valid pkgckpt file"),
+    "truncated": (lambda: _manifest_bytes()[:100], "not a valid pkgckpt file"),
     "edited body": (lambda: _manifest_bytes().replace(b'"alpha"', b'"evil"'), "fails its checksum"),
     "unknown schema": (lambda: _manifest_bytes(schema=99), "newer than this pkgckpt understands"),
     "schema zero": (lambda: _manifest_bytes(schema=0), "invalid schema"),

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import msgspec
@@ -114,13 +115,23 @@ def test_any_edit_or_tear_is_caught_by_the_checksum() -> None:
             manifest.decode(data[:cut])
 
 
-HEAD = b'{"schema":3,"checksum":"sha256:'
+HEAD = b'{"schema":4,"checksum":"crc32:'
 
 
 def sealed(data: bytes) -> bytes:
     """`data` with its whole-file checksum recomputed: what a writer of these bytes gives."""
     at = len(HEAD)
     assert data.startswith(HEAD)
+    kept = data.rstrip()
+    digest = b"%08x" % zlib.crc32(kept[:at] + kept[at + 8 :])
+    return data[:at] + digest + data[at + 8 :]
+
+
+def schema_3(m: Manifest) -> bytes:
+    """`m` as pkgckpt wrote it in schema 3: compact, the whole-file checksum a sha256."""
+    head = b'{"schema":3,"checksum":"sha256:'
+    data = head + b"0" * 64 + manifest.encode(m)[len(HEAD) + 8 :]
+    at = len(head)
     kept = data.rstrip()
     digest = hashlib.sha256(kept[:at] + kept[at + 64 :]).hexdigest().encode()
     return data[:at] + digest + data[at + 64 :]
@@ -136,7 +147,7 @@ def test_newer_fields_are_read_by_this_version_and_a_newer_schema_is_refused() -
     )
     assert manifest.decode(newer) == sample()
     with pytest.raises(UnknownSchema):
-        manifest.decode(newer.replace(b'"schema":3', b'"schema":%d' % (manifest.SCHEMA + 1)))
+        manifest.decode(newer.replace(b'"schema":4', b'"schema":%d' % (manifest.SCHEMA + 1)))
     with pytest.raises(UnknownSchema):
         manifest.decode_baseline(json.dumps({"schema": manifest.BASELINE_SCHEMA + 1}).encode())
 
@@ -153,7 +164,7 @@ def legacy(m: Manifest) -> bytes:
 def schema_2(m: Manifest) -> bytes:
     """`m` as pkgckpt wrote it in schema 2: the whole-file checksum, the envelope and the
     body indented by one space."""
-    compact = manifest.encode(m).replace(b'"schema":3', b'"schema":2', 1)
+    compact = schema_3(m).replace(b'"schema":3', b'"schema":2', 1)
     data = msgspec.json.format(compact, indent=1) + b"\n"
     at = len(b'{\n "schema": 2,\n "checksum": "sha256:')
     kept = data.rstrip()
@@ -173,6 +184,32 @@ def test_schema_2_indented_manifests_are_still_read() -> None:
         manifest.decode(data.replace(b'"generation": 3', b'"generation": 4'))
     with pytest.raises(ManifestError, match="does not start"):
         manifest.decode(data.replace(b'"schema": 2', b'"schema": 3', 1))
+
+
+def test_schema_3_sha256_manifests_are_still_read() -> None:
+    """A manifest as schema 3 wrote it (compact, sha256 over the whole file) decodes to the
+    same record, and its checksum still guards every byte of the envelope and body."""
+    m = sample()
+    data = schema_3(m)
+    found = manifest.decode(data)
+    assert (found.schema, found.generation, found.body) == (3, m.generation, m.body)
+    for old, new in ((b'"generation":3', b'"generation":4'), (b'"2.0.0"', b'"2.0.1"')):
+        with pytest.raises(ManifestError, match="checksum"):
+            manifest.decode(data.replace(old, new, 1))
+    with pytest.raises(ManifestError, match="does not start"):
+        manifest.decode(data.replace(b'"schema":3', b'"schema":4', 1))
+
+
+def test_schema_4_checksum_is_crc32_of_every_byte_but_its_digits() -> None:
+    """The 8 digits after the head are the CRC-32 of the file without them and without
+    the trailing newline: what another implementation needs to check one."""
+    data = manifest.encode(sample())
+    assert data.startswith(HEAD) and sealed(data) == data
+    kept = data.rstrip()
+    assert int(data[len(HEAD) : len(HEAD) + 8], 16) == zlib.crc32(
+        kept[: len(HEAD)] + kept[len(HEAD) + 8 :]
+    )
+    assert json.loads(data)["checksum"] == "crc32:" + data[len(HEAD) : len(HEAD) + 8].decode()
 
 
 def test_schema_1_manifests_are_still_read() -> None:

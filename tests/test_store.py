@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -10,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -296,10 +296,10 @@ def test_a_sealed_but_malformed_current_falls_back_to_its_kept_generation(
     before = current.read_bytes()
     data = before.replace(*damage, 1)
     assert data != before
-    at = len(b'{"schema":3,"checksum":"sha256:')
+    at = len(b'{"schema":4,"checksum":"crc32:')
     kept = data.rstrip()
-    digest = hashlib.sha256(kept[:at] + kept[at + 64 :]).hexdigest().encode()
-    current.write_bytes(data[:at] + digest + data[at + 64 :])
+    digest = b"%08x" % zlib.crc32(kept[:at] + kept[at + 8 :])
+    current.write_bytes(data[:at] + digest + data[at + 8 :])
     reader = Store(store.root, store.key)
     found = reader.read()
     assert found is not None and found.generation == 2 and label(found) == "b"
@@ -392,6 +392,57 @@ def test_newer_schema_is_never_overwritten(store: Store) -> None:
     before = (store.path / "manifest.json").read_bytes()
     with pytest.raises(UnknownSchema):
         Store(store.root, store.key).commit(make_body("b"))
+    assert (store.path / "manifest.json").read_bytes() == before
+
+
+SCHEMA_3 = "86b2d18"
+"""The last commit that wrote schema 3 (sha256): what a fleet's older images still run."""
+
+OLDER = r"""
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from pkgckpt import manifest
+from pkgckpt.errors import UnknownSchema
+from pkgckpt.store import Store
+
+assert manifest.__file__.startswith(sys.argv[1]) and manifest.SCHEMA == 3
+root = Path(sys.argv[2])
+for call in (lambda: Store(root, "alice").read(),
+             lambda: Store(root, "alice").commit(manifest.Body())):
+    try:
+        call()
+    except UnknownSchema as e:
+        print(e)
+    else:
+        sys.exit("accepted")
+"""
+
+
+def test_a_pkgckpt_before_schema_4_refuses_it_clearly_and_never_overwrites_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """The code of the last schema 3 pkgckpt, given a schema 4 manifest, says "upgrade
+    pkgckpt" at read and at commit, and leaves the file as it was."""
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", SCHEMA_3, "pkgckpt"], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        pytest.skip(f"commit {SCHEMA_3} is not in this clone: {archive.stderr.decode().strip()}")
+    older = tmp_path / "older"
+    older.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(older)], input=archive.stdout, check=True)
+    commit_labels(store, "a")
+    before = (store.path / "manifest.json").read_bytes()
+    assert before.startswith(b'{"schema":4,')
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", OLDER, str(older), str(store.root)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = done.stdout.splitlines()
+    assert len(said) == 2 and all("has schema 4" in s and "upgrade pkgckpt" in s for s in said)
     assert (store.path / "manifest.json").read_bytes() == before
 
 

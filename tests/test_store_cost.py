@@ -125,9 +125,19 @@ def test_a_daemons_first_commit_lists_its_directory_once_and_reads_nothing_again
     assert sum(first.values()) / 10 <= 32, first
 
 
+def schema_3(m: manifest.Manifest) -> bytes:
+    """`m` as pkgckpt wrote it in schema 3: compact, the whole-file checksum a sha256."""
+    head, ours = b'{"schema":3,"checksum":"sha256:', b'{"schema":4,"checksum":"crc32:'
+    data = head + b"0" * 64 + manifest.encode(m)[len(ours) + 8 :]
+    at = len(head)
+    kept = data.rstrip()
+    digest = hashlib.sha256(kept[:at] + kept[at + 64 :]).hexdigest().encode()
+    return data[:at] + digest + data[at + 64 :]
+
+
 def schema_2(m: manifest.Manifest) -> bytes:
     """`m` as pkgckpt wrote it in schema 2: indented by one space, whole-file checksum."""
-    compact = manifest.encode(m).replace(b'"schema":3', b'"schema":2', 1)
+    compact = schema_3(m).replace(b'"schema":3', b'"schema":2', 1)
     data = msgspec.json.format(compact, indent=1) + b"\n"
     at = len(b'{\n "schema": 2,\n "checksum": "sha256:')
     kept = data.rstrip()
@@ -135,30 +145,32 @@ def schema_2(m: manifest.Manifest) -> bytes:
     return data[:at] + digest + data[at + 64 :]
 
 
-def test_a_store_written_in_schema_2_is_read_and_its_next_commit_is_compact(
-    tmp_path: Path,
+@pytest.mark.parametrize("schema", [2, 3])
+def test_a_store_written_in_an_older_schema_is_read_and_its_next_commit_is_schema_4(
+    tmp_path: Path, schema: int
 ) -> None:
-    """Indented schema 2 files (an earlier pkgckpt's) are read, checked and fallen back to
-    like any; the next commit writes generation 2 as one compact line and keeps 1 as it was."""
+    """Indented schema 2 and compact sha256 schema 3 files (earlier pkgckpts') are read,
+    checked and fallen back to like any; the next commit writes generation 2 as one
+    compact schema 4 line and keeps 1 as it was."""
     root = tmp_path / "store"
     init_store(root)
     (root / "alice").mkdir(0o700)
     old = manifest.Manifest(generation=1, time="2026-01-01T00:00:00+00:00", body=make_body("a"))
     for name in ("manifest.json", "manifest.1.json"):
-        (root / "alice" / name).write_bytes(schema_2(old))
+        (root / "alice" / name).write_bytes({2: schema_2, 3: schema_3}[schema](old))
         (root / "alice" / name).chmod(0o600)
     store = Store(root, "alice")
     found = store.read()
-    assert found is not None and (found.schema, found.generation) == (2, 1)
+    assert found is not None and (found.schema, found.generation) == (schema, 1)
     assert found.body == old.body and store.last_read_warning is None
     with store.cycle():
         assert store.check() == (False, None)
         written = store.commit(make_body("b"))
     assert written is not None and written.generation == 2
     data = (root / "alice" / "manifest.json").read_bytes()
-    assert data.startswith(b'{"schema":3,"checksum":"sha256:') and data.count(b"\n") == 1
+    assert data.startswith(b'{"schema":4,"checksum":"crc32:') and data.count(b"\n") == 1
     again = Store(root, "alice").read_generation(1)
-    assert again is not None and again.schema == 2 and again.body == old.body
+    assert again is not None and again.schema == schema and again.body == old.body
     (root / "alice" / "manifest.json").write_bytes(b"{")
     fallback = Store(root, "alice")
     kept = fallback.read()
