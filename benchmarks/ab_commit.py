@@ -5,10 +5,12 @@ durable recipe for the same files, interleaved.
                                    [--markdown PATH]
 
 BEFORE_COMMIT (default a19cd21) is taken with `git archive` into a temp directory; its
-`pkgckpt` is imported by its own worker processes. Contenders, each in a fresh worker
-per round (rounds interleaved, the order rotated), each timing K commits of a ~200 KB
-manifest (in its own tree's format) after 5 untimed ones, on the repository's disk and on
-tmpfs (/dev/shm):
+`pkgckpt` is imported by its own worker processes. Per round, on the repository's disk
+and on tmpfs (/dev/shm), one fresh worker per tree (the order rotated) times K commits
+of a ~200 KB manifest (in its own tree's format) after 5 untimed ones, each commit
+paired with the bare recipe for the same files in a sibling directory, the two
+alternating which goes first: a disk whose fsync swings between 1 and 25 ms within a
+minute then slows both alike, not one contender's whole round. Contenders:
 
   before       what checkpoint.commit asks of the store at BEFORE_COMMIT: Store.commit
                (and Store.check first, where it exists; inside Store.cycle, where that
@@ -20,6 +22,9 @@ tmpfs (/dev/shm):
                directory fsync, the sync marker renamed)
   bare-after   the bare recipe for those files: two temps written and fsynced, two
                renames, one directory fsync
+
+The ratio is of the medians of each contender and its bare recipe, both over the same
+minutes.
 
 --markdown PATH writes the table printed, with the date, the commit and the load.
 """
@@ -48,7 +53,7 @@ from pkgckpt import manifest, store as store_module
 from pkgckpt.store import Store
 
 assert manifest.__file__.startswith(sys.argv[1]), manifest.__file__
-kind, where, commits = sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+where, commits = Path(sys.argv[2]), int(sys.argv[3])
 
 
 def make(label, packages):
@@ -72,7 +77,7 @@ per = len(manifest.encode(manifest.Manifest(generation=1, body=make("a", 100))))
 bodies = (make("a", int(200 * 1024 / per)), make("b", int(200 * 1024 / per)))
 data = [manifest.encode(manifest.Manifest(generation=1, body=b)) for b in bodies]
 
-def bare(n, gen):
+def bare(where, n, gen):
     d = data[gen % 2]
     names = ["manifest.json"] if n == 1 else [f"manifest.{gen}.json", "manifest.json"]
     temps = []
@@ -94,37 +99,68 @@ def bare(n, gen):
     if gen > 5:
         old.unlink()
 
-if kind in ("before", "after"):
-    if hasattr(store_module, "init_store"):
-        store_module.init_store(where)
-    store = Store(where, "alice")
-    encoded = [manifest.encode_body(b) for b in bodies]
-    def commit(i):
-        if hasattr(store, "check"):
-            store.check()
-        assert store.commit(bodies[i % 2], encoded[i % 2]) is not None
-    def one(i):
-        if hasattr(store, "cycle"):
-            with store.cycle():
-                commit(i)
-        else:
-            commit(i)
-else:
-    # Files per commit as this tree's store writes them: one (and a hard link) before
-    # the separate generation files and their sync marker, two since.
-    def one(i):
-        bare(2 if hasattr(store_module, "SYNCED") else 1, i + 1)
+if hasattr(store_module, "init_store"):
+    store_module.init_store(where)
+store = Store(where, "alice")
+encoded = [manifest.encode_body(b) for b in bodies]
+bare_dir = Path(f"{where}.bare")
+bare_dir.mkdir()
+# Files per commit as this tree's store writes them: one (and a hard link) before the
+# separate generation files and their sync marker, two since.
+files = 2 if hasattr(store_module, "SYNCED") else 1
 
-times = []
+
+def commit(i):
+    if hasattr(store, "check"):
+        store.check()
+    assert store.commit(bodies[i % 2], encoded[i % 2]) is not None
+
+
+def ours(i):
+    if hasattr(store, "cycle"):
+        with store.cycle():
+            commit(i)
+    else:
+        commit(i)
+
+
+def peer(i):
+    bare(bare_dir, files, i + 1)
+
+
+def check(i):
+    if hasattr(store, "cycle"):
+        with store.cycle():
+            store.check()
+
+
+# The tree's whole-file checksum over one file's bytes: sha256 up to schema 3, CRC-32 since.
+digest = getattr(manifest, "_DIGEST", None) or getattr(manifest, "_seal", None)
+
+
+def checksum(i):
+    digest((data[i % 2],))
+
+
+times = {"store": [], "bare": [], "check": [], "checksum": []}
 for i in range(5 + commits):
-    t = time.perf_counter()
-    one(i)
-    if i >= 5:
-        times.append(time.perf_counter() - t)
+    pair = (("store", ours), ("bare", peer))
+    for name, one in (*(pair if i % 2 else pair[::-1]), ("check", check), ("checksum", checksum)):
+        t = time.perf_counter()
+        one(i)
+        if i >= 5:
+            times[name].append(time.perf_counter() - t)
 print(json.dumps(times))
 """
 
 KINDS = ("before", "bare-before", "after", "bare-after")
+PARTS = {
+    "store": "{}",
+    "bare": "bare-{}",
+    "check": "{}: Store.cycle + Store.check alone",
+    "checksum": "{}: the whole-file checksum alone",
+}
+"""What each worker times (per tree), and the table's names for them."""
 
 
 def main() -> None:
@@ -146,22 +182,25 @@ def main() -> None:
         with tarfile.open(work / "before.tar") as tar:
             tar.extractall(tree, filter="data")
         before = os.getloadavg()
-        roots = {"before": tree, "bare-before": tree, "after": REPO, "bare-after": REPO}
+        roots = {"before": tree, "after": REPO}
         results: dict[tuple[str, str], list[float]] = {}
         for rnd in range(args.rounds):
-            order = KINDS[rnd % 4 :] + KINDS[: rnd % 4]
+            order = ("before", "after") if rnd % 2 == 0 else ("after", "before")
             for place, base in (("disk", REPO), ("tmpfs", Path("/dev/shm"))):
                 for kind in order:
                     where = Path(tempfile.mkdtemp(prefix=".ab-commit-", dir=base))
                     try:
                         out = subprocess.run(
-                            [sys.executable, "-I", "-c", WORKER, str(roots[kind]), kind,
+                            [sys.executable, "-I", "-c", WORKER, str(roots[kind]),
                              str(where), str(args.commits)],
                             check=True, capture_output=True, text=True,
                         ).stdout  # fmt: skip
                     finally:
                         shutil.rmtree(where)
-                    results.setdefault((place, kind), []).extend(json.loads(out))
+                        shutil.rmtree(f"{where}.bare", ignore_errors=True)
+                    times = json.loads(out)
+                    for part, name in PARTS.items():
+                        results.setdefault((place, name.format(kind)), []).extend(times[part])
         after = os.getloadavg()
         lines = table(results, args, before, after)
         print("\n".join(lines))
@@ -197,6 +236,13 @@ def table(
                 f"| {place} | {kind} | {min(t) * 1e3:.2f} | "
                 f"{statistics.median(t) * 1e3:.2f} | {len(t)} |"
             )
+        for kind in ("before", "after"):
+            for part in ("check", "checksum"):
+                t = results[(place, PARTS[part].format(kind))]
+                lines.append(
+                    f"| {place} | {PARTS[part].format(kind)} | {min(t) * 1e3:.3f} | "
+                    f"{statistics.median(t) * 1e3:.3f} | {len(t)} |"
+                )
         for kind, bare in (("after", "bare-after"), ("before", "bare-before")):
             ratio = statistics.median(results[(place, kind)]) / statistics.median(
                 results[(place, bare)]
