@@ -46,7 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 WORKER = r"""
-import json, os, sys, time
+import hashlib, json, os, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from pkgckpt import manifest, store as store_module
@@ -134,8 +134,13 @@ def check(i):
             store.check()
 
 
-# The tree's whole-file checksum over one file's bytes: sha256 up to schema 3, CRC-32 since.
-digest = getattr(manifest, "_DIGEST", None) or getattr(manifest, "_seal", None)
+# The tree's whole-file checksum over one file's bytes: sha256 up to schema 3 (also for a
+# tree older than the whole-file checksum), CRC-32 since.
+digest = (
+    getattr(manifest, "_DIGEST", None)
+    or getattr(manifest, "_seal", None)
+    or (lambda parts: hashlib.sha256(b"".join(parts)).hexdigest())
+)
 
 
 def checksum(i):
