@@ -1,6 +1,7 @@
 """Durable commit of a ~200 KB manifest, beside the bare recipe, on disk and on tmpfs.
 
     python -m pytest benchmarks/bench_store.py --benchmark-enable --benchmark-min-rounds=300
+    python benchmarks/bench_store.py [--rounds N] [--quick] [--markdown PATH]
 
 Per location (the repository's file system, and /dev/shm):
   bare recipe     plain Python: temp (O_EXCL) + write + fsync + close + rename + dir fsync
@@ -9,16 +10,22 @@ Per location (the repository's file system, and /dev/shm):
                   manifest.json (two fsynced files, one directory fsync) + the sync
                   marker + pruning; alternating bodies so that every call writes
   encode          manifest.encode alone, to show where the commit's time goes
-"""
+
+Run as a script (what `run_all.py --only store` does), the four are timed in process,
+interleaved round by round (bench_kit.interleave) after 5 untimed rounds, and the table
+(min and median, and each median over the bare recipe's) goes to --markdown PATH."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import statistics
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import bench_kit
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
@@ -130,3 +137,60 @@ def test_encode(
     """Encoding alone (no I/O), for the split of a commit's time."""
     m = manifest.Manifest(generation=1, body=bodies[0])
     run(benchmark, where, lambda: manifest.encode(m))
+
+
+def time_place(
+    base: Path, rounds: int, bodies: tuple[manifest.Body, manifest.Body]
+) -> dict[str, list[float]]:
+    """The four contenders, interleaved, each in a directory of its own under `base`."""
+    m = manifest.Manifest(generation=1, body=bodies[0])
+    data = manifest.encode(m)
+    where = Path(tempfile.mkdtemp(prefix=".bench-store-", dir=base))
+    try:
+        for sub in ("bare", "atomic", "store"):
+            (where / sub).mkdir()
+        init_store(where / "store")
+        store = Store(where / "store", "alice")
+        turn = iter(range(10**9))
+        contenders: dict[str, Callable[[], object]] = {
+            "bare recipe": lambda: bare_recipe(where / "bare" / "manifest.json", data),
+            "atomic_write": lambda: atomic_write(where / "atomic" / "manifest.json", data),
+            "Store.commit": lambda: store.commit(bodies[next(turn) % 2]),
+            "manifest.encode alone": lambda: manifest.encode(m),
+        }
+        bench_kit.interleave(contenders, 5)
+        return bench_kit.interleave(contenders, rounds)
+    finally:
+        shutil.rmtree(where)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--quick", action="store_true", help="60 rounds")
+    parser.add_argument("--markdown", type=Path, help="Also write the table here.")
+    args = parser.parse_args()
+    rounds = 60 if args.quick else args.rounds
+    bodies = sized_bodies()
+    size = len(manifest.encode(manifest.Manifest(generation=1, body=bodies[0])))
+    run = bench_kit.Run(f"Durable commit of a {size / 1024:.0f} KB manifest")
+    rows = [
+        "| place | contender | min ms | median ms | rounds | median ÷ bare recipe's |",
+        "|---|---|---|---|---|---|",
+    ]
+    for place, base in (("disk", str(REPO)), ("tmpfs", "/dev/shm")):
+        times = time_place(Path(base), rounds, bodies)
+        bare = statistics.median(times["bare recipe"])
+        for label, values in times.items():
+            mid = statistics.median(values)
+            rows.append(
+                f"| {place} | {label} | {min(values) * 1e3:.3f} | {mid * 1e3:.3f} | "
+                f"{len(values)} | {mid / bare:.2f}x |"
+            )
+    run.done()
+    run.add("\n".join(rows))
+    run.write(args.markdown)
+
+
+if __name__ == "__main__":
+    main()
