@@ -311,10 +311,13 @@ class Store:
         not a regular file) are refused with StoreError, never fallen back from.
         """
         self.last_read_warning = None
-        with self._dir() as dfd:
-            if dfd is None:
-                return None
+        dfd = self._key_dir()
+        if dfd is None:
+            return None
+        try:
             found, warning = self._read_in(dfd)
+        finally:
+            self._done(dfd)
         if warning is not None:
             log.warning("%s", warning)
             self.last_read_warning = warning
@@ -337,18 +340,17 @@ class Store:
             self._cycle = None
             self._checked = None
 
-    @contextmanager
-    def _dir(self, *, create: bool = False) -> Iterator[int | None]:
-        """The key directory: the cycle's, else opened (and closed) for this call."""
-        if self._cycle is not None:
-            yield self._cycle
-            return
-        dfd = self._open_dir(create=create)
-        try:
-            yield dfd
-        finally:
-            if dfd is not None:
-                durable.close_quietly(dfd)
+    def _key_dir(self, *, create: bool = False) -> int | None:
+        """The key directory: the cycle's, else opened for this call (`_done` closes it).
+
+        A pair of calls, not a context manager: a generator's costs as much as a store
+        call, and a commit makes a few."""
+        return self._cycle if self._cycle is not None else self._open_dir(create=create)
+
+    def _done(self, dfd: int) -> None:
+        """Close `dfd` unless it is the cycle's."""
+        if dfd != self._cycle:
+            durable.close_quietly(dfd)
 
     def check(self) -> tuple[bool, Manifest | None]:
         """Whether manifest.json is no longer what this Store last read or wrote (another
@@ -364,8 +366,7 @@ class Store:
         Raises as `read()`, but for a ManifestError (no valid generation): that is a
         change with nothing to fold in, which the next commit replaces.
         """
-        # Not through `_dir`: its generator costs as much as a store call (as in `commit`).
-        dfd = self._cycle if self._cycle is not None else self._open_dir()
+        dfd = self._key_dir()
         if dfd is None:
             changed = self._seen is not None
             self._seen = None
@@ -385,8 +386,7 @@ class Store:
                 log.warning("%s; the next commit replaces it", e)
                 return True, None
         finally:
-            if dfd != self._cycle:
-                durable.close_quietly(dfd)
+            self._done(dfd)
         if warning is not None:
             log.warning("%s", warning)
         return True, found
@@ -578,9 +578,7 @@ class Store:
         Raises StoreUnavailable (retry later: nothing was lost, the previous generation is
         intact or the new one is in place, whole) or StoreError / UnknownSchema.
         """
-        # The cycle's directory, else one opened for this call (not through `_dir`: a
-        # generator's context manager costs as much as a store call here).
-        dfd = self._cycle if self._cycle is not None else self._open_dir(create=True)
+        dfd = self._key_dir(create=True)
         assert dfd is not None  # created
         try:
             return self._commit(dfd, body, encoded)
@@ -591,8 +589,7 @@ class Store:
             self._rewrite = True
             raise
         finally:
-            if dfd != self._cycle:
-                durable.close_quietly(dfd)
+            self._done(dfd)
 
     def _commit(self, dfd: int, body: Body, encoded: bytes | None) -> Manifest | None:
         known = self._known
