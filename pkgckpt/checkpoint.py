@@ -466,7 +466,7 @@ def observe(target: Target, changed: Mapping[Path, Collection[str]] | None = Non
 def write_baseline(config: Config, output: Path) -> Baseline:
     """`pkgckpt baseline`: scan every target now and write the result to `output`."""
     baseline = inventory.take_baseline(targets(config))
-    inventory.save_baseline(baseline, output)
+    inventory.save_baseline(baseline, output, answers=True)
     return baseline
 
 

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .trust import unsafe
+
 log = logging.getLogger(__name__)
 
 MAX_FILE = 256 * 1024
@@ -73,32 +75,6 @@ class Discovered:
 
 
 # -- the hostile-path check ------------------------------------------------------------
-
-
-def unsafe(path: Path) -> str | None:
-    """Why `path` may not be trusted (None: it may): relative, missing, or it or a directory
-    above it (on the way as written and once resolved) belongs to someone other than this
-    user or root, or is writable by group or others."""
-    if not path.is_absolute():
-        return "not an absolute path"
-    uid = os.geteuid()
-    real = Path(os.path.realpath(path))
-    # As written (lstat: the links themselves) and resolved (what the links lead to).
-    for chain, follow in ((path, False), (real, True)):
-        for p in (chain, *chain.parents):
-            try:
-                st = p.stat() if follow else p.lstat()
-            except FileNotFoundError:
-                return "missing"
-            except OSError as e:
-                return f"cannot be read ({e.strerror})"
-            if st.st_uid not in (uid, 0):
-                return f"{p} belongs to uid {st.st_uid}, neither this user nor root"
-            loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-            sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-            if loose and not stat.S_ISLNK(st.st_mode) and not sticky:
-                return f"{p} is writable by group or others"
-    return None
 
 
 def _read_small(path: Path) -> str | None:
@@ -239,7 +215,7 @@ def _kernel_interpreter(kernel: _Kernel) -> tuple[Path | None, str]:
 
 
 def _kernels(
-    environ: Mapping[str, str], cache_dir: Path | None, watch: list[Path]
+    environ: Mapping[str, str], cache_dir: Path | None, image: Path | None, watch: list[Path]
 ) -> Iterator[Found | Unreadable]:
     from .scan.env import probe
 
@@ -254,7 +230,7 @@ def _kernels(
         if why:
             yield Unreadable(str(python), origin, f"interpreter {python}: {why}")
             continue
-        answer = probe(python, cache_dir=cache_dir)
+        answer = probe(python, cache_dir=cache_dir, image=image)
         if answer is None:
             yield Unreadable(str(python), origin, f"interpreter {python} did not answer")
             continue
@@ -391,9 +367,12 @@ def discover(
     sources: Iterable[str],
     *,
     cache_dir: Path | None = None,
+    image: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Discovered:
-    """The environments `sources` name (kernels, conda), each once, first origin kept."""
+    """The environments `sources` name (kernels, conda), each once, first origin kept.
+
+    `cache_dir` and `image`: where interpreters' answers are kept (`scan.env.probe`)."""
     environ = os.environ if environ is None else environ
     wanted = set(sources)
     watch: list[Path] = []
@@ -401,7 +380,7 @@ def discover(
     unreadable: dict[str, Unreadable] = {}
     parts: list[Iterator[Found | Unreadable]] = []
     if "kernels" in wanted:
-        parts.append(_kernels(environ, cache_dir, watch))
+        parts.append(_kernels(environ, cache_dir, image, watch))
     if "conda" in wanted:
         parts.append(_conda(environ, watch))
     for part in parts:

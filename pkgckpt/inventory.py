@@ -173,7 +173,7 @@ def discover(config: Config) -> Discovered:
 
     if config.env:
         return discovery.Discovered()
-    return discovery.discover(config.discover, cache_dir=config.runtime_dir)
+    return discovery.discover(config.discover, cache_dir=config.runtime_dir, image=config.baseline)
 
 
 def targets(
@@ -222,7 +222,7 @@ def targets(
         if conda:
             add(Environment(kind="conda", path=str(prefix)), (meta,))
         try:
-            pe = python_env(prefix, cache_dir=config.runtime_dir)
+            pe = python_env(prefix, cache_dir=config.runtime_dir, image=config.baseline)
         except ScanError as e:
             if conda:
                 continue  # a conda environment without Python (R, tools): its records only
@@ -279,7 +279,8 @@ def _discovers_r(config: Config) -> bool:
 def r_libraries(config: Config) -> RTracking:
     """`--r-lib` exactly when given; else (or with `--r-discover` too) the libraries R uses.
 
-    R is asked through `scan.r.r_libraries` (kept in the runtime directory). An R that
+    R is asked through `scan.r.r_libraries` (kept in the runtime directory, or beside the
+    image's baseline: `scan.kept`). An R that
     cannot answer leaves its libraries untracked, with the reason, rather than stopping
     the command: the Python environments still count.
     """
@@ -295,7 +296,7 @@ def r_libraries(config: Config) -> RTracking:
             why = "`discover` does not include `r` and no --r-lib / r_lib is given"
         return RTracking(libs=named, installed=installed, untracked=why)
     try:
-        info = ask(programs[0], cache_dir=config.runtime_dir)
+        info = ask(programs[0], cache_dir=config.runtime_dir, image=config.baseline)
     except PkgckptError as e:
         why = f"R could not report its libraries: {e}"
         log.warning("%s", why)
@@ -365,11 +366,21 @@ def _check_private(path: Path, st: os.stat_result) -> None:
         raise ManifestError(f"baseline {path} is not private to this user; remove it")
 
 
-def save_baseline(baseline: Baseline, path: Path) -> None:
-    """Write `baseline` durably (the store's atomic recipe), readable by all."""
+def save_baseline(baseline: Baseline, path: Path, answers: bool = False) -> None:
+    """Write `baseline` durably (the store's atomic recipe), readable by all.
+
+    `answers`: also write, beside it, the interpreters' and R's answers this process got
+    (`scan.kept`), so that a new container of the image need not ask them again: for
+    `pkgckpt baseline` at image build time, not for a container's own baseline (its
+    runtime directory keeps the answers already).
+    """
     from .durable import atomic_write
 
     atomic_write(path, manifest.encode_baseline(baseline), mode=0o644)
+    if answers:
+        from .scan import kept
+
+        kept.save(path)
 
 
 def ensure_baseline(config: Config, found: list[Target]) -> Baseline:

@@ -12,6 +12,10 @@ the interpreter's path and resolved path, the variables that steer `site` and
 `pyvenv.cfg` and of the directories holding the site directories. Rebuilding the
 environment or replacing its interpreter changes one of them. A cache file that is not
 ours, is writable by others or does not decode is ignored, never trusted.
+
+A new container has no runtime directory: there the answer `pkgckpt baseline` kept beside
+the image's baseline is used instead, under the same key and with identities that hold
+across containers of one image (`kept`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import msgspec
 
 from ..errors import PkgckptError, ScanError
 from ..manifest import Environment
+from . import kept as image_kept
+from .kept import Stable, stable
 
 log = logging.getLogger(__name__)
 
@@ -104,31 +110,36 @@ def interpreter(prefix: Path) -> Path | None:
     return None
 
 
-def python_env(prefix: Path, *, cache_dir: Path | None = None) -> PythonEnv:
+def python_env(
+    prefix: Path, *, cache_dir: Path | None = None, image: Path | None = None
+) -> PythonEnv:
     """The environment at `prefix`, asking its interpreter once (else guessing).
 
     `cache_dir`: a private directory (the runtime directory) where the answer is kept for
-    the next call, in this process or another; None: always ask.
+    the next call, in this process or another; None: always ask. `image`: the image's
+    baseline file, beside which `pkgckpt baseline` kept the answers it got (`kept`).
     """
     if not prefix.is_dir():
         raise ScanError(f"no Python environment at {prefix}: not a directory")
     python = interpreter(prefix)
     if python is not None:
-        found = _ask(python) if cache_dir is None else _cached_ask(python, cache_dir)
+        found = probe(python, cache_dir=cache_dir, image=image)
         if found is not None:
             return found
     return _guess(prefix)
 
 
-def probe(python: Path, *, cache_dir: Path | None = None) -> PythonEnv | None:
+def probe(
+    python: Path, *, cache_dir: Path | None = None, image: Path | None = None
+) -> PythonEnv | None:
     """What the interpreter `python` says of its environment (its prefix first of all);
-    None when it does not answer. `cache_dir` as for `python_env`."""
-    return _ask(python) if cache_dir is None else _cached_ask(python, cache_dir)
+    None when it does not answer. `cache_dir` and `image` as for `python_env`."""
+    return _cached_ask(python, cache_dir, image)
 
 
 # -- the interpreter's answer, kept ---------------------------------------------------
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 _CACHE_MAX = 64 * 1024
 # Prefixes of the variables that change what the probe reports, with HOME: the user site
 # (PYTHONUSERBASE, PYTHONNOUSERSITE), the platform and scheme (_PYTHON_HOST_PLATFORM,
@@ -146,9 +157,9 @@ class _Stamp(msgspec.Struct, frozen=True, array_like=True):
     """(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns); None: absent or unreadable."""
 
 
-class _Kept(msgspec.Struct, frozen=True, kw_only=True):
-    key: str
-    stamps: tuple[_Stamp, ...]
+class _Answer(msgspec.Struct, frozen=True, kw_only=True):
+    """What the interpreter said, as kept."""
+
     prefix: str
     version: str | None
     implementation: str | None
@@ -157,7 +168,17 @@ class _Kept(msgspec.Struct, frozen=True, kw_only=True):
     user_site: str | None
 
 
+class _Kept(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    stamps: tuple[_Stamp, ...]
+    stable: tuple[Stable, ...]
+    """The same files' identities as a new container of the image sees them (`kept`):
+    what `pkgckpt baseline` writes beside the baseline."""
+    answer: _Answer
+
+
 _kept_decoder = msgspec.json.Decoder(_Kept)
+_answer_decoder = msgspec.json.Decoder(_Answer)
 
 
 def _identity(path: str, follow: bool) -> _Stamp:
@@ -179,6 +200,18 @@ def _layout_stamps(site_dirs: tuple[Path, ...]) -> tuple[_Stamp, ...]:
     # The parents of the site directories (lib/pythonX.Y: rebuilt with the environment),
     # not the site directories themselves, whose mtime changes with every install.
     return tuple(_identity(str(d.parent), True) for d in dict.fromkeys(site_dirs))
+
+
+def _stable_stamps(python: Path, resolved: str) -> tuple[Stable, ...]:
+    # As `_stamps`, for another container of the image. Besides the variables of the key
+    # and pyvenv.cfg, the probe (run with -I) reads nothing a user controls: the user site
+    # it reports depends on HOME and PYTHONUSERBASE (in the key), not on what exists.
+    cfg = str(python.parent.parent / "pyvenv.cfg")
+    return (stable(str(python), False), stable(resolved), stable(cfg, content=True))
+
+
+def _stable_layout(site_dirs: tuple[str, ...]) -> tuple[Stable, ...]:
+    return tuple(stable(str(Path(d).parent)) for d in dict.fromkeys(site_dirs))
 
 
 def _key(python: Path, resolved: str) -> str:
@@ -222,7 +255,7 @@ def read_private(path: Path, limit: int) -> bytes | None:
         os.close(fd)
 
 
-def _recall(path: Path, python: Path, key: str) -> PythonEnv | None:
+def _recall(path: Path, key: str) -> _Kept | None:
     data = read_private(path, _CACHE_MAX)
     if data is None:
         return None
@@ -234,24 +267,23 @@ def _recall(path: Path, python: Path, key: str) -> PythonEnv | None:
         return None
     if kept.key != key or any(_identity(s.path, s.follow) != s for s in kept.stamps):
         return None
+    return kept
+
+
+def _found(python: Path, answer: _Answer) -> PythonEnv:
     return PythonEnv(
-        prefix=Path(kept.prefix),
+        prefix=Path(answer.prefix),
         python=python,
-        version=kept.version,
-        implementation=kept.implementation,
-        platform=kept.platform,
-        site_dirs=tuple(Path(d) for d in kept.site_dirs),
-        user_site=Path(kept.user_site) if kept.user_site else None,
+        version=answer.version,
+        implementation=answer.implementation,
+        platform=answer.platform,
+        site_dirs=tuple(Path(d) for d in answer.site_dirs),
+        user_site=Path(answer.user_site) if answer.user_site else None,
     )
 
 
-def _keep(path: Path, key: str, stamps: tuple[_Stamp, ...], found: PythonEnv) -> None:
-    from ..config import ensure_runtime_dir
-    from ..durable import atomic_write
-
-    kept = _Kept(
-        key=key,
-        stamps=stamps,
+def _answer(found: PythonEnv) -> _Answer:
+    return _Answer(
         prefix=str(found.prefix),
         version=found.version,
         implementation=found.implementation,
@@ -259,6 +291,12 @@ def _keep(path: Path, key: str, stamps: tuple[_Stamp, ...], found: PythonEnv) ->
         site_dirs=tuple(str(d) for d in found.site_dirs),
         user_site=None if found.user_site is None else str(found.user_site),
     )
+
+
+def _keep(path: Path, kept: _Kept) -> None:
+    from ..config import ensure_runtime_dir
+    from ..durable import atomic_write
+
     if not path.parent.is_dir():
         # The runtime directory is made by the commands that change state (restore, the
         # daemon); a read-only command (status, restore --dry-run) must not create it.
@@ -272,20 +310,45 @@ def _keep(path: Path, key: str, stamps: tuple[_Stamp, ...], found: PythonEnv) ->
         log.debug("cannot keep the answer of the interpreter: %s", e)
 
 
-def _cached_ask(python: Path, cache_dir: Path) -> PythonEnv | None:
+def _from_image(image: Path | None, key: str) -> tuple[_Answer, tuple[Stable, ...]] | None:
+    entry = image_kept.lookup(image, "python", key)
+    if entry is None:
+        return None
+    try:
+        return _answer_decoder.decode(entry.answer), entry.stable
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+
+
+def _cached_ask(python: Path, cache_dir: Path | None, image: Path | None) -> PythonEnv | None:
     resolved = os.path.realpath(python)
     key = _key(python, resolved)
-    path = _cache_file(cache_dir, python)
-    found = _recall(path, python, key)
-    if found is not None:
-        return found
+    path = _cache_file(cache_dir, python) if cache_dir is not None else None
+    kept = _recall(path, key) if path is not None else None
+    if kept is not None:
+        image_kept.note("python", key, kept.stable, msgspec.json.encode(kept.answer))
+        return _found(python, kept.answer)
     # Taken before asking: a change while the interpreter runs makes the entry stale at
     # once rather than hiding the change.
     before = _stamps(python, resolved)
-    found = _ask(python)
-    if found is not None:
-        _keep(path, key, before + _layout_stamps(found.site_dirs), found)
-    return found
+    from_image = _from_image(image, key)
+    if from_image is not None:
+        answer, stamps = from_image
+    else:
+        stamps = _stable_stamps(python, resolved)
+        found = _ask(python)
+        if found is None:
+            return None
+        answer = _answer(found)
+        stamps += _stable_layout(answer.site_dirs)
+    site_dirs = tuple(Path(d) for d in answer.site_dirs)
+    if path is not None:
+        _keep(
+            path,
+            _Kept(key=key, stamps=before + _layout_stamps(site_dirs), stable=stamps, answer=answer),
+        )
+    image_kept.note("python", key, stamps, msgspec.json.encode(answer))
+    return _found(python, answer)
 
 
 def _ask(python: Path) -> PythonEnv | None:

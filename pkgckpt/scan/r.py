@@ -44,7 +44,9 @@ from ..manifest import (
     VcsSource,
 )
 from . import ScanResult
+from . import kept as image_kept
 from .env import _identity, _Stamp, read_private
+from .kept import Stable, stable
 from .python import RACY_NS, strip_credentials
 
 log = logging.getLogger(__name__)
@@ -591,11 +593,14 @@ def _parse_probe(lines: Sequence[str]) -> RLibs:
 class _KeptR(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     stamps: tuple[_Stamp, ...]
+    stable: tuple[Stable, ...]
+    """The same files' identities as a new container of the image sees them (`kept`)."""
     found: RLibs
 
 
 _kept_decoder = msgspec.json.Decoder(_KeptR)
-_CACHE_FORMAT = 1
+_rlibs_decoder = msgspec.json.Decoder(RLibs)
+_CACHE_FORMAT = 2
 
 
 def _probe_key(rscript: str) -> str:
@@ -617,11 +622,26 @@ def _answer_stamps(found: RLibs) -> tuple[_Stamp, ...]:
     return tuple(_identity(p, True) for p in [*files, *sorted(parents)])
 
 
+def _stable_stamps(found: RLibs) -> tuple[Stable, ...]:
+    # As `_answer_stamps`, for another container of the image. What R reads that a user
+    # controls: the variables of the key, ~/.Renviron (or R_ENVIRON_USER), by content, and
+    # whether a library exists (R drops missing ones from .libPaths()), by the mtime of its
+    # parent: a persistent home's ~/R/... library created since shows there. R's own
+    # version is in base's DESCRIPTION (`Built:`), read by content.
+    files = [str(f) for f in site_files(found.home, os.environ)]
+    files.append(str(Path(found.home, "library", "base", "DESCRIPTION")))
+    parents = {str(Path(p).parent) for p in (*found.libs, *found.user, *found.candidates)}
+    return (
+        *(stable(f, content=True) for f in files),
+        *(stable(p) for p in sorted(parents)),
+    )
+
+
 def _cache_file(cache_dir: Path, rscript: str) -> Path:
     return cache_dir / f"r-libs-{hashlib.sha256(rscript.encode()).hexdigest()[:32]}.json"
 
 
-def _recall(path: Path, key: str) -> RLibs | None:
+def _recall(path: Path, key: str) -> _KeptR | None:
     data = read_private(path, _CACHE_MAX)
     if data is None:
         return None
@@ -631,7 +651,17 @@ def _recall(path: Path, key: str) -> RLibs | None:
         return None
     if kept.key != key or any(_identity(s.path, s.follow) != s for s in kept.stamps):
         return None
-    return kept.found
+    return kept
+
+
+def _from_image(image: Path | None, key: str) -> tuple[RLibs, tuple[Stable, ...]] | None:
+    entry = image_kept.lookup(image, "r", key)
+    if entry is None:
+        return None
+    try:
+        return _rlibs_decoder.decode(entry.answer), entry.stable
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
 
 
 _CACHE_MAX = 64 * 1024
@@ -649,25 +679,36 @@ def keep_private(path: Path, data: bytes) -> None:
         log.debug("cannot keep R's answer: %s", e)
 
 
-def r_libraries(rscript: str, *, cache_dir: Path | None = None) -> RLibs:
+def r_libraries(rscript: str, *, cache_dir: Path | None = None, image: Path | None = None) -> RLibs:
     """What `rscript`'s R says of its libraries, asked once and kept in `cache_dir` (the
     runtime directory) until R, its startup files, its environment or its libraries'
-    parents change; ScanError when R cannot answer."""
+    parents change; ScanError when R cannot answer. `image`: the image's baseline file,
+    beside which `pkgckpt baseline` kept the answer it got (`kept`), used when the
+    runtime directory has none."""
     key = _probe_key(rscript)
     path = _cache_file(cache_dir, rscript) if cache_dir is not None else None
     if path is not None:
         kept = _recall(path, key)
         if kept is not None:
-            return kept
-    before = (_identity(os.path.realpath(rscript), True),)
-    found = _parse_probe(run_rscript(rscript, _PROBE))
+            image_kept.note("r", key, kept.stable, msgspec.json.encode(kept.found))
+            return kept.found
+    resolved = os.path.realpath(rscript)
+    before = (_identity(resolved, True),)
+    from_image = _from_image(image, key)
+    if from_image is not None:
+        found, stamps = from_image
+    else:
+        program = stable(resolved)
+        found = _parse_probe(run_rscript(rscript, _PROBE))
+        stamps = (program, *_stable_stamps(found))
     if path is not None and path.parent.is_dir():
         keep_private(
             path,
             msgspec.json.encode(
-                _KeptR(key=key, stamps=before + _answer_stamps(found), found=found)
+                _KeptR(key=key, stamps=before + _answer_stamps(found), stable=stamps, found=found)
             ),
         )
+    image_kept.note("r", key, stamps, msgspec.json.encode(found))
     return found
 
 

@@ -1,0 +1,247 @@
+"""The interpreters' and R's answers kept beside the image's baseline: a new container of
+the image (an empty runtime directory) restores without starting a probe, and probes
+again as soon as any input of the answer differs from the image build's."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from restore_kit import (
+    hermetic,
+    isolated,  # noqa: F401 (an autouse fixture)
+    put_manifest,
+)
+from wheelhouse import Dist, build_wheel, make_venv
+
+from pkgckpt.config import Config
+from pkgckpt.inventory import targets
+from pkgckpt.manifest import Body, Delta, Package
+
+pytestmark = pytest.mark.slow
+
+UV = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
+EXECVE = re.compile(r'^\d+\s+execve\("([^"]+)", \[(.*?)\]')
+# The first bytes of env.py's probe as strace shows them (-I -c CODE).
+PYTHON_PROBE = '"-I", "-c", "import json, os, site, sys, sysconfig'
+
+
+@dataclass
+class Image:
+    """A venv, a store holding its manifest, and the baseline `pkgckpt baseline` wrote."""
+
+    root: Path
+    venv: Path
+    store: Path
+    wheels: Path
+    baseline: Path
+    env: dict[str, str]
+
+    def build(self) -> None:
+        """The image build step: `pkgckpt baseline --output FILE`."""
+        done = run(self.env, "baseline", "--output", str(self.baseline), "--env", str(self.venv))
+        assert done.returncode == 0, done.stderr
+
+    def new_container(self) -> None:
+        """What a new container of the image starts with: no runtime directory."""
+        shutil.rmtree(self.env["XDG_RUNTIME_DIR"], ignore_errors=True)
+
+    def restore(self, *, configured: bool = True, **extra: str) -> list[tuple[str, str]]:
+        """`pkgckpt restore` as the image's entry point runs it (PKGCKPT_BASELINE set unless
+        not `configured`), in a new container, traced: the (program, argv) of every process
+        it started."""
+        self.new_container()
+        env = {**self.env, **extra}
+        if configured:
+            env["PKGCKPT_BASELINE"] = str(self.baseline)
+        argv = ["restore", "--store", str(self.store), "--key", "k", "--env", str(self.venv)]
+        return traced(env, self.root, *argv, "--no-index", "--find-links", str(self.wheels))
+
+
+def run(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pkgckpt", *args],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def traced(env: Mapping[str, str], root: Path, *args: str) -> list[tuple[str, str]]:
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed: started processes cannot be seen")
+    trace = root / "trace.txt"
+    done = subprocess.run(
+        ["strace", "-f", "-s", "64", "-e", "trace=execve", "-o", str(trace),
+         sys.executable, "-m", "pkgckpt", *args],
+        capture_output=True, text=True, env=dict(env), timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if done.returncode != 0 and "ptrace" in done.stderr.lower():
+        pytest.skip(f"strace cannot trace here (seccomp or ptrace_scope): {done.stderr.strip()}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    started = []
+    for line in trace.read_text(errors="replace").splitlines():
+        m = EXECVE.match(line)
+        if m is not None and line.rstrip().endswith("= 0"):
+            started.append((m.group(1), m.group(2)))
+    return started
+
+
+def python_probes(started: list[tuple[str, str]], venv: Path) -> list[str]:
+    return [p for p, argv in started if p.startswith(str(venv)) and PYTHON_PROBE in argv]
+
+
+def r_started(started: list[tuple[str, str]]) -> list[str]:
+    # Rscript execs R's shell script, which execs bin/exec/R.
+    return [p for p, _ in started if Path(p).name in ("Rscript", "R")]
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheels")
+    build_wheel(Dist("alpha", "1.0"), out)
+    return out
+
+
+def make_image(root: Path, wheels: Path, *, r: bool = False) -> Image:
+    env = hermetic(root)
+    env["PATH"] = f"{Path(UV).parent}:{env.get('PATH', '')}"
+    home = root / "home"
+    home.mkdir()
+    env["HOME"] = str(home)
+    if r:
+        env.pop("PKGCKPT_DISCOVER")  # the default: R's libraries discovered
+    venv = make_venv(root / "venv", with_pip=False).prefix
+    store = root / "store"
+    target = targets(Config(env=(venv,)))[0].env
+    added = (Package(name="alpha", version="1.0"),)
+    put_manifest(store, "k", Body(environments=(Delta(env=target, added=added),)))
+    image = Image(root, venv, store, wheels, root / "etc" / "baseline.json", env)
+    image.baseline.parent.mkdir()
+    image.build()
+    return image
+
+
+@pytest.fixture
+def image(tmp_path: Path, wheels: Path) -> Image:
+    return make_image(tmp_path, wheels)
+
+
+def _answers(image: Image) -> Path:
+    return image.baseline.with_name("baseline.probes.json")
+
+
+def test_new_container_restore_starts_no_interpreter_probe(image: Image) -> None:
+    """With the image's answers, a restore in a new container never starts the probe;
+    without them (no baseline configured) the same restore does: the check can fail."""
+    assert _answers(image).is_file()
+    started = image.restore()
+    assert python_probes(started, image.venv) == []
+    assert any(Path(p).name == "uv" for p, _ in started)  # it did install
+    started = image.restore(configured=False)
+    assert python_probes(started, image.venv) != []
+
+
+def test_answers_hold_across_new_inodes_and_whole_second_mtimes(image: Image) -> None:
+    """A copy of the venv with new inodes and ctimes, mtimes cut to whole seconds (a new
+    container of a pulled image) still uses the answers."""
+    copy = image.root / "copy"
+    subprocess.run(["cp", "-a", str(image.venv), str(copy)], check=True)
+    shutil.rmtree(image.venv)
+    copy.rename(image.venv)
+    for top, dirs, files in os.walk(image.venv, topdown=False):
+        for name in [*files, *dirs, None]:
+            path = Path(top, name) if name else Path(top)
+            st = path.lstat()
+            ns = st.st_mtime_ns - st.st_mtime_ns % 1_000_000_000
+            os.utime(path, ns=(ns, ns), follow_symlinks=False)
+    assert python_probes(image.restore(), image.venv) == []
+
+
+def test_changed_pyvenv_cfg_content_probes_again(image: Image) -> None:
+    """pyvenv.cfg rewritten with the same size and mtime but other content: asked again."""
+    cfg = image.venv / "pyvenv.cfg"
+    st = cfg.stat()
+    text = cfg.read_text()
+    changed = text.replace(
+        "include-system-site-packages = false", "include-system-site-packages = true "
+    )
+    assert changed != text and len(changed) == len(text)
+    cfg.write_text(changed)
+    os.utime(cfg, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert python_probes(image.restore(), image.venv) != []
+
+
+def test_replaced_venv_probes_again(image: Image) -> None:
+    """The venv built again at the same path (a user's rebuild): asked again."""
+    shutil.rmtree(image.venv)
+    make_venv(image.venv, with_pip=False)
+    assert python_probes(image.restore(), image.venv) != []
+
+
+def test_other_steering_variable_probes_again(image: Image) -> None:
+    """A PYTHONUSERBASE the build did not have changes the key: asked again."""
+    started = image.restore(PYTHONUSERBASE=str(image.root / "userbase"))
+    assert python_probes(started, image.venv) != []
+
+
+@pytest.mark.parametrize("loose", ["answers", "baseline"])
+def test_answers_beside_a_loose_file_are_ignored(image: Image, loose: str) -> None:
+    """Answers in, or beside, a file others can write are not trusted: asked again."""
+    (_answers(image) if loose == "answers" else image.baseline).chmod(0o666)
+    assert python_probes(image.restore(), image.venv) != []
+
+
+# -- R ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def r_image(tmp_path: Path, wheels: Path) -> Image:
+    if shutil.which("Rscript") is None or shutil.which("R") is None:
+        print("Rscript or R is not on PATH: the R answers cannot be tested")
+        pytest.skip("Rscript or R is not on PATH")
+    return make_image(tmp_path, wheels, r=True)
+
+
+def test_new_container_restore_starts_no_r(r_image: Image) -> None:
+    """With R discovery on, a restore in a new container of the image starts no R (nor
+    the interpreter probe); without the image's answers it starts Rscript."""
+    started = r_image.restore()
+    assert r_started(started) == []
+    assert python_probes(started, r_image.venv) == []
+    assert r_started(r_image.restore(configured=False)) != []
+
+
+def test_r_libs_user_set_probes_r_again(r_image: Image) -> None:
+    """An R_LIBS_USER the build did not have: R is asked again."""
+    started = r_image.restore(R_LIBS_USER=str(r_image.root / "rlib"))
+    assert r_started(started) != []
+
+
+def test_user_renviron_created_probes_r_again(r_image: Image) -> None:
+    """A ~/.Renviron created since the build (a persistent home): R is asked again."""
+    (Path(r_image.env["HOME"]) / ".Renviron").write_text("R_LIBS_SITE=/nonexistent\n")
+    assert r_started(r_image.restore()) != []
+
+
+def test_user_library_created_probes_r_again(r_image: Image) -> None:
+    """The user library R_LIBS_USER names by default created since the build: R would
+    now list it, so it is asked again."""
+    home = Path(r_image.env["HOME"])
+    done = subprocess.run(
+        ["Rscript", "--no-init-file", "-e", "cat(Sys.getenv('R_LIBS_USER'))"],
+        capture_output=True, text=True, env=r_image.env, check=True,
+    )  # fmt: skip
+    lib = Path(done.stdout.strip().replace("~", str(home), 1))
+    assert lib.is_relative_to(home)
+    lib.mkdir(parents=True)
+    assert r_started(r_image.restore()) != []
