@@ -15,6 +15,12 @@ every tree on tmpfs (/dev/shm):
   noop-100       a 100-package manifest, every package in place: `pkgckpt restore`,
                  uv's and pip's own no-op (`install -r` of the same pins, all satisfied),
                  and `python -c pass` from pkgckpt's own venv (the interpreter's start).
+  restore-40-r   the 40 wheels again, in a new container of an image with R: R
+                 discovery on (`discover`'s default), an empty runtime directory, the
+                 venv a copy of the image's (`cp -a`: new inodes, the image's mtimes).
+                 `pkgckpt restore --installer uv` without the image's baseline, with it
+                 but without the answers kept beside it (`baseline.probes.json`), and with
+                 both, beside `uv pip install --no-deps -r`. Skipped without Rscript.
 
 pkgckpt runs from a venv where it is installed as a user gets it (`pip install .`,
 compiled: `bench_kit.pkgckpt_python`). Untimed before every timed call, for every
@@ -92,17 +98,19 @@ class Bench:
         added = tuple(Package(name=n, version=v) for n, v in self.pins)
         put_manifest(self.store, "bench", Body(environments=(Delta(env=env, added=added),)))
 
-    def run(self, *argv: str) -> Callable[[], None]:
+    def run(self, *argv: str, env: dict[str, str] | None = None) -> Callable[[], None]:
         def call() -> None:
-            proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, cwd=self.root)
+            proc = subprocess.run(
+                argv, env=env or self.env, capture_output=True, text=True, cwd=self.root
+            )
             assert proc.returncode == 0, proc.stdout + proc.stderr
 
         return call
 
-    def restore(self, *extra: str) -> Callable[[], None]:
+    def restore(self, *extra: str, env: dict[str, str] | None = None) -> Callable[[], None]:
         argv = (bench_kit.script(self.pkgckpt), "restore", "--store", str(self.store))
         argv += ("--key", "bench", "--env", str(self.venv), "--no-index")
-        return self.run(*argv, "--find-links", str(self.wheels), *extra)
+        return self.run(*argv, "--find-links", str(self.wheels), *extra, env=env)
 
     def pip(self) -> Callable[[], None]:
         argv = (str(self.venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps")
@@ -204,15 +212,79 @@ def noop_group(run: bench_kit.Run, bench: Bench, rounds: int) -> None:
     )
 
 
+def r_group(run: bench_kit.Run, bench: Bench, rounds: int) -> None:
+    """restore-40-r: what a new container of an image with R pays before installing."""
+    if shutil.which("Rscript") is None:
+        run.add("**restore-40-r** skipped: Rscript is not on PATH.")
+        return
+    home = bench.root / "home"
+    home.mkdir()
+    bench.env["HOME"] = str(home)
+    bench.env.pop("PKGCKPT_DISCOVER")  # the default: R's libraries are discovered
+    image = bench.root / "image"
+    make_venv(image, with_pip=False)
+    baseline = bench.root / "etc" / "baseline.json"
+    baseline.parent.mkdir()
+    answers = baseline.with_name("baseline.probes.json")
+    hidden = baseline.with_name("hidden.json")
+
+    def container() -> None:
+        """A new container: the image's venv as the layers give it, no runtime dir."""
+        shutil.rmtree(bench.cache, ignore_errors=True)
+        shutil.rmtree(bench.root / "run", ignore_errors=True)
+        shutil.rmtree(bench.venv, ignore_errors=True)
+        subprocess.run(["cp", "-a", str(image), str(bench.venv)], check=True)
+
+    container()
+    # The image build step, on the image's venv as a new container sees it.
+    bench.run(bench_kit.script(bench.pkgckpt), "baseline", "--output", str(baseline),
+              "--env", str(bench.venv))()  # fmt: skip
+    assert answers.is_file()
+    bench.manifest()
+    with_image = {**bench.env, "PKGCKPT_BASELINE": str(baseline)}
+    contenders = {
+        "`uv pip install --no-deps -r`": bench.uv(),
+        "`pkgckpt restore`, no image baseline": bench.restore("--installer", "uv"),
+        "`pkgckpt restore`, image baseline without its answers": bench.restore(
+            "--installer", "uv", env=with_image
+        ),
+        "`pkgckpt restore`, image baseline and its answers": bench.restore(
+            "--installer", "uv", env=with_image
+        ),
+    }
+
+    def setup(label: str) -> None:
+        container()
+        if "without its answers" in label:
+            answers.rename(hidden)
+        elif hidden.exists():
+            hidden.rename(answers)
+
+    bench_kit.interleave(contenders, 1, setup)
+    cpu: dict[str, list[float]] = {}
+    times = bench_kit.interleave(contenders, rounds, setup, cpu)
+    if hidden.exists():
+        hidden.rename(answers)
+    bench.complete()
+    run.add(
+        f"**restore-40-r**, {len(bench.pins)} pinned distributions, a new container of an "
+        "image with R (R discovery on, empty runtime directory)\n\n"
+        + bench_kit.table(times, cpu=cpu, peer="`uv pip install --no-deps -r`", target=overhead)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", type=Path, help="write the tables here (run_all.py)")
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
-    parser.add_argument("--only", action="append", choices=["restore-40", "scipy", "noop-100"])
+    parser.add_argument(
+        "--only", action="append", choices=["restore-40", "scipy", "noop-100", "restore-40-r"]
+    )
     parser.add_argument("--wheels-cache", type=Path, default=WHEELS_CACHE)
     args = parser.parse_args()
-    only = set(args.only or ["restore-40", "scipy", "noop-100"])
-    rounds = {"restore-40": 3, "scipy": 2, "noop-100": 10} if args.quick else {}
+    only = set(args.only or ["restore-40", "scipy", "noop-100", "restore-40-r"])
+    rounds = {"restore-40": 3, "scipy": 2, "noop-100": 10, "restore-40-r": 3}
+    rounds = rounds if args.quick else {}
     root = Path(tempfile.mkdtemp(prefix="bench-restore-", dir="/dev/shm"))
     try:
         pkgckpt = bench_kit.pkgckpt_python(root)
@@ -229,6 +301,10 @@ def main() -> None:
             pins = small_wheels(root / "w100", 100)
             bench = Bench(root / "n100", root / "w100", pins, pkgckpt)
             noop_group(run, bench, rounds.get("noop-100", 30))
+        if "restore-40-r" in only:
+            pins = small_wheels(root / "w40r", 40)
+            bench = Bench(root / "r40r", root / "w40r", pins, pkgckpt)
+            r_group(run, bench, rounds.get("restore-40-r", 7))
         run.done()
         uv = subprocess.run([UV, "--version"], capture_output=True, text=True).stdout.strip()
         run.add(
