@@ -380,7 +380,11 @@ def save_baseline(baseline: Baseline, path: Path, answers: bool = False) -> None
     if answers:
         from .scan import kept
 
-        kept.save(path)
+        try:
+            kept.save(path)
+        except PkgckptError as e:
+            # Only a cache: the baseline stands, and new containers ask as before.
+            log.warning("cannot keep the probes' answers beside %s: %s", path, e)
 
 
 def ensure_baseline(config: Config, found: list[Target]) -> Baseline:

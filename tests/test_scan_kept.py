@@ -24,6 +24,7 @@ from wheelhouse import Dist, build_wheel, make_venv
 from pkgckpt.config import Config
 from pkgckpt.inventory import targets
 from pkgckpt.manifest import Body, Delta, Package
+from pkgckpt.scan.kept import holds, stable
 
 pytestmark = pytest.mark.slow
 
@@ -151,6 +152,17 @@ def test_new_container_restore_starts_no_interpreter_probe(image: Image) -> None
     assert python_probes(started, image.venv) != []
 
 
+def test_new_container_status_starts_no_interpreter_probe(image: Image) -> None:
+    """`pkgckpt status` in a new container uses the image's answers too."""
+    image.new_container()
+    env = {**image.env, "PKGCKPT_BASELINE": str(image.baseline)}
+    argv = ("status", "--store", str(image.store), "--key", "k", "--env", str(image.venv))
+    assert python_probes(traced(env, image.root, *argv), image.venv) == []
+    env.pop("PKGCKPT_BASELINE")
+    image.new_container()
+    assert python_probes(traced(env, image.root, *argv), image.venv) != []
+
+
 def test_answers_hold_across_new_inodes_and_whole_second_mtimes(image: Image) -> None:
     """A copy of the venv with new inodes and ctimes, mtimes cut to whole seconds (a new
     container of a pulled image) still uses the answers."""
@@ -245,3 +257,33 @@ def test_user_library_created_probes_r_again(r_image: Image) -> None:
     assert lib.is_relative_to(home)
     lib.mkdir(parents=True)
     assert r_started(r_image.restore()) != []
+
+
+def test_stable_identity_allows_a_pulled_layers_whole_seconds_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """An identity holds for the build's mtime or that mtime cut to whole seconds (a
+    layer tar), never for another mtime, size or content, nor for a file since created."""
+    path = tmp_path / "f"
+    path.write_text("abc")
+    ns = 1_700_000_000_123_456_789
+
+    def stamped_at(mtime: int) -> bool:
+        os.utime(path, ns=(mtime, mtime))
+        return holds(kept)
+
+    os.utime(path, ns=(ns, ns))
+    kept = stable(str(path))
+    assert stamped_at(ns)
+    assert stamped_at(1_700_000_000_000_000_000)
+    assert not stamped_at(1_700_000_001_000_000_000)
+    assert not stamped_at(ns - 1)
+    path.write_text("abcd")
+    assert not stamped_at(ns)
+    by_content = stable(str(path), content=True)
+    path.write_text("abce")
+    assert not holds(by_content)
+    missing = stable(str(tmp_path / "later"), content=True)
+    assert holds(missing)
+    (tmp_path / "later").write_text("")
+    assert not holds(missing)
