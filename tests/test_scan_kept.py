@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +92,11 @@ def traced(env: Mapping[str, str], root: Path, *args: str) -> list[tuple[str, st
     if done.returncode != 0 and "ptrace" in done.stderr.lower():
         pytest.skip(f"strace cannot trace here (seccomp or ptrace_scope): {done.stderr.strip()}")
     assert done.returncode == 0, done.stdout + done.stderr
+    return execs(trace)
+
+
+def execs(trace: Path) -> list[tuple[str, str]]:
+    """(program, argv) of every successful execve in an `strace -f -e execve` log."""
     started = []
     for line in trace.read_text(errors="replace").splitlines():
         m = EXECVE.match(line)
@@ -161,6 +169,45 @@ def test_new_container_status_starts_no_interpreter_probe(image: Image) -> None:
     env.pop("PKGCKPT_BASELINE")
     image.new_container()
     assert python_probes(traced(env, image.root, *argv), image.venv) != []
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_new_container_daemon_starts_no_interpreter_probe(image: Image, configured: bool) -> None:
+    """`pkgckpt daemon` in a new container uses the image's answers too: ready (its
+    first scan done) without having started the probe; without the baseline it probes."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed: started processes cannot be seen")
+    image.new_container()
+    trace = image.root / "daemon-trace.txt"
+    address = f"pkgckpt-test-{os.getpid()}-{time.monotonic_ns()}"
+    env = {**image.env, "NOTIFY_SOCKET": "@" + address}
+    if configured:
+        env["PKGCKPT_BASELINE"] = str(image.baseline)
+    argv = ["daemon", "--store", str(image.store), "--key", "k", "--env", str(image.venv)]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as notify:
+        notify.bind("\0" + address)
+        notify.settimeout(120)
+        with (image.root / "daemon.log").open("wb") as log:
+            proc = subprocess.Popen(
+                ["strace", "-f", "-s", "64", "-e", "trace=execve", "-o", str(trace),
+                 sys.executable, "-m", "pkgckpt", *argv],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            )  # fmt: skip
+        daemon = None
+        try:
+            while b"READY=1" not in notify.recv(4096):
+                pass
+            # strace's first line is the daemon's own execve, with its pid.
+            daemon = int(trace.read_text().split()[0])
+            os.kill(daemon, signal.SIGTERM)
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                if daemon is not None:
+                    os.kill(daemon, signal.SIGKILL)
+                proc.kill()
+                proc.wait()
+    assert (python_probes(execs(trace), image.venv) == []) == configured
 
 
 def test_answers_hold_across_new_inodes_and_whole_second_mtimes(image: Image) -> None:
