@@ -226,6 +226,39 @@ def test_answers_hold_across_new_inodes_and_whole_second_mtimes(image: Image) ->
     assert python_probes(image.restore(), image.venv) == []
 
 
+def _overlay(lower: Path, upper: Path, at: Path) -> None:
+    work = upper.with_name(upper.name + "-work")
+    for d in (lower, upper, work, at):
+        d.mkdir(exist_ok=True)
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    done = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(at)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount overlayfs here: {done.stderr.strip()}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount overlayfs")
+def test_a_new_overlay_of_the_built_layer_uses_the_answers(tmp_path: Path, wheels: Path) -> None:
+    """The image built in one overlayfs mount, its layer the lower of a new mount at the
+    same path (another st_dev, as a new container sees it): no probe starts."""
+    layer, merged = tmp_path / "layer", tmp_path / "merged"
+    _overlay(tmp_path / "empty", layer, merged)
+    try:
+        image = make_image(merged, wheels)
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    _overlay(layer, tmp_path / "container", merged)
+    try:
+        assert merged.stat().st_dev != layer.stat().st_dev
+        started = image.restore()
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    assert python_probes(started, image.venv) == []
+    assert any(Path(p).name == "uv" for p, _ in started)
+
+
 def test_changed_pyvenv_cfg_content_probes_again(image: Image) -> None:
     """pyvenv.cfg rewritten with the same size and mtime but other content: asked again."""
     cfg = image.venv / "pyvenv.cfg"
