@@ -483,6 +483,8 @@ class Session:
     """`manifest.encode_body` of the body on the store (an empty body when none yet);
     None when the current generation is damaged and must be rewritten."""
     scan_errors: list[str] = dataclasses.field(default_factory=list)
+    stored: Body | None = None
+    """The body `on_store` encodes, when known: what a commit may only annotate."""
 
 
 def open_session(
@@ -512,6 +514,7 @@ def open_session(
         on_store=None
         if store.last_read_warning is not None
         else manifest.encode_body(recorded.body if recorded is not None else Body()),
+        stored=recorded.body if recorded is not None else None,
     )
     return session, scan(session, targets)
 
@@ -539,6 +542,13 @@ def scan(
 def commit(session: Session) -> Manifest | None:
     """Write the record when it differs from the store's; None when there was nothing new.
 
+    A record that differs from the generation on the store only by artifacts (a capture
+    attached them) amends that generation under its own number (`Store.commit`'s
+    `amend`): a capture never costs the user a kept generation, so `revert` and
+    `history` reach as far back with the artifact cache as without. Anything else (an
+    install, a forget, another writer's generation folded in) is a new generation, which
+    carries the artifacts attached since.
+
     Raises StoreError (StoreUnavailable: retry later) or ManifestError; the record stays
     in the session either way, so a later call commits it.
     """
@@ -549,15 +559,47 @@ def commit(session: Session) -> Manifest | None:
             # holds joins the record first, and the record is written whatever it had.
             session.tracker.fold(stored.body if stored is not None else Body())
             session.on_store = None
+            session.stored = None
         body = session.tracker.body()
         encoded = manifest.encode_body(body)
         if encoded == session.on_store:
             return None
-        written = session.store.commit(body, encoded)
+        amend = None
+        if (
+            session.stored is not None
+            and session.on_store is not None
+            and _unannotated(body) == _unannotated(session.stored)
+        ):
+            amend = session.generation
+        written = session.store.commit(body, encoded, amend=amend)
     session.on_store = encoded
+    session.stored = body
     if written is not None:
         session.generation = written.generation
     return written
+
+
+def _unannotated(body: Body) -> Body:
+    """`body` without its artifacts: what the record says is installed, and its history."""
+
+    def bare(packages: tuple[Package, ...]) -> tuple[Package, ...]:
+        return tuple(
+            p if p.artifact is None else msgspec.structs.replace(p, artifact=None) for p in packages
+        )
+
+    return Body.of(
+        (
+            msgspec.structs.replace(
+                d,
+                added=bare(d.added),
+                changed=bare(d.changed),
+                removed=bare(d.removed),
+                forgotten=bare(d.forgotten),
+            )
+            for d in body.deltas()
+        ),
+        events=body.events,
+    )
 
 
 def confirm(session: Session) -> bool:

@@ -570,10 +570,17 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def commit(self, body: Body, encoded: bytes | None = None) -> Manifest | None:
+    def commit(
+        self, body: Body, encoded: bytes | None = None, *, amend: int | None = None
+    ) -> Manifest | None:
         """Write `body` as the next generation, durably; None when it is unchanged.
 
         `encoded`: `manifest.encode_body(body)`, when the caller has it already.
+        `amend`: the generation `body` only annotates (the caller vouches that it records
+        the same packages): written again under that number, so that annotations cost no
+        kept generation, when manifest.json holds it as this writer last wrote or read it
+        and it is the newest; a new generation otherwise. Either way a reader sees one
+        whole file or the other.
 
         Raises StoreUnavailable (retry later: nothing was lost, the previous generation is
         intact or the new one is in place, whole) or StoreError / UnknownSchema.
@@ -581,7 +588,7 @@ class Store:
         dfd = self._key_dir(create=True)
         assert dfd is not None  # created
         try:
-            return self._commit(dfd, body, encoded)
+            return self._commit(dfd, body, encoded, amend)
         except BaseException:
             # The outcome may be visible but not durable: re-read the directory and
             # write again next time, even an unchanged body.
@@ -591,7 +598,9 @@ class Store:
         finally:
             self._done(dfd)
 
-    def _commit(self, dfd: int, body: Body, encoded: bytes | None) -> Manifest | None:
+    def _commit(
+        self, dfd: int, body: Body, encoded: bytes | None, amend: int | None = None
+    ) -> Manifest | None:
         known = self._known
         # `check` in this cycle stamped manifest.json a moment ago: no second stat.
         now = self._checked if self._checked is not None else self._stamp(dfd)
@@ -610,6 +619,8 @@ class Store:
             self._known = known
             return None
         generation = max(known.generation, self._high) + 1
+        if amend is not None and known.body is not None and amend == known.generation == self._high:
+            generation = amend
         result = Manifest(
             generation=generation,
             writer=self._writer(),
@@ -664,8 +675,11 @@ class Store:
             settled = durable.install(dfd, tmp, current, parts, self._leftovers) or settled
         except BaseException:
             # manifest.json still holds the previous generation: a kept file newer than
-            # it would only be taken for it by a fallback.
-            durable.discard(dfd, history.name, set())
+            # it would only be taken for it by a fallback. An amended one (a generation
+            # this writer has seen already, `commit`'s `amend`) is that very generation,
+            # annotated: removing it would lose the generation's only kept copy.
+            if generation != self._high:
+                durable.discard(dfd, history.name, set())
             raise
         durable.fsync_dir(dfd, self.path, reopen=settled)
 

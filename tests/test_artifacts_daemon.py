@@ -40,26 +40,30 @@ def _world(tmp_path: Path) -> tuple[World, Path, list[str]]:
 
 
 def test_the_daemon_captures_after_its_commit_in_the_background(tmp_path: Path) -> None:
-    """The install is committed without artifacts first; the artifacts follow in a later
-    generation; the metric and `status` count them; SIGTERM exits 0."""
+    """The install is committed without artifacts first; the artifacts then amend that
+    same generation (no kept generation spent on them); the metric and `status` count
+    them; SIGTERM exits 0."""
     world, prefix, flags = _world(tmp_path)
     wheels = make_wheelhouse(tmp_path / "wheels")
     metrics = tmp_path / "k.prom"
     daemon = world.daemon(*flags, "--quiet-ms", "100", "--metrics-file", str(metrics)).start()
     try:
-        generations: dict[int, dict[str, Package]] = {}
+        seen: list[tuple[int, dict[str, Package]]] = []
 
         def captured() -> bool:
             found = world.manifest()
             if found is not None:
-                generations[found.generation] = _packages(found)
+                seen.append((found.generation, _packages(found)))
             have = _packages(found)
             return bool(have) and all(p.artifact is not None for p in have.values())
 
         uv_install(prefix / "bin" / "python", wheels, "app", env=world.env)
-        eventually(captured, what="artifacts in the manifest")
-        first = min(g for g, p in generations.items() if "app" in p)
-        assert generations[first]["app"].artifact is None, "the commit waited for the capture"
+        final = eventually(captured, what="artifacts in the manifest") and world.manifest()
+        first, before = next((g, p) for g, p in seen if "app" in p)
+        assert before["app"].artifact is None, "the commit waited for the capture"
+        assert final is not None and final.generation == first, "the capture took a generation"
+        kept = Store(world.store, world.key).read_generation(first)
+        assert kept is not None and all(p.artifact for p in _packages(kept).values())
         names = artifacts(world.store, world.key)
         assert set(names) == {"app-1.0-py3-none-any.whl", "libdep-1.0-py3-none-any.whl"}
 
