@@ -265,6 +265,9 @@ class Config:
     """Bytes of artifacts kept under one key; a capture that would exceed it is skipped."""
     artifact_pool: Path | None = None
     """A content-addressed directory shared by every user (`sha256/<hex>`, mode 1777)."""
+    artifact_retries: int = 6
+    """Times the daemon retries a failed capture (backoff from 5 s, doubling, at most
+    10 min apart) before it gives up until its restart; 0: never while it runs."""
     # restore
     timeout: float = 900.0
     jitter: float = 0.0

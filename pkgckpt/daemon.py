@@ -51,6 +51,7 @@ from . import checkpoint, inventory, metrics, record, status
 from .artifacts import Result, quota
 from .artifacts import session as art
 from .artifacts.background import Background
+from .artifacts.retry import Retries
 from .artifacts.summary import remember
 from .config import Config, ensure_runtime_dir
 from .debounce import Debouncer
@@ -203,7 +204,11 @@ class Daemon:
         could not say (see `watcher.Batch.changed`), so the scan goes by identities."""
         self.captures = Background(config, self.store) if config.artifacts else None
         self.uncaptured: dict[str, str] = {}
-        """Packages this process could not capture, and why: not tried again."""
+        """Packages this process can never capture, and why: not tried again."""
+        self.retries = Retries(config.artifact_retries)
+        """Captures that failed for a reason that may pass: tried again after a backoff."""
+        self.attached = 0
+        """Artifacts attached to the record since its last commit (pending like changes)."""
         self.last_written: Body | None = None
         """The body of the last generation this process wrote (GC dates what left it)."""
 
@@ -314,7 +319,9 @@ class Daemon:
                 self._rediscover(watcher)
             if ready:
                 self._scan(self._targets_of(ready), by_events=True)
-            if self.uncommitted and (self.retry_at is None or self._due(self.retry_at, now)):
+            if (self.uncommitted or self.attached) and (
+                self.retry_at is None or self._due(self.retry_at, now)
+            ):
                 self._commit()
         if self.replaced:
             watcher.rearm(self.replaced)
@@ -330,14 +337,29 @@ class Daemon:
                 self._commit()  # which starts the next worker, if anything new is pending
                 if not self.captures.running:
                     self._set(capturing=0)
+            elif self.retries.due(now) and not self.captures.running:
+                self.retries.release()
+                self._capture_more(None)
         self._flush()
 
     def _took(self, results: list[Result]) -> None:
         """A capture worker's results into the record (committed by the caller)."""
         assert self.session is not None
-        self.uncaptured.update(art.attach(self.session, results))
+        attached, never = art.attach(self.session, (r for r in results if not r.retry))
+        self.attached += attached
+        self.uncaptured.update(never)
+        again = {art.key(r.env, r.package): r.reason or "" for r in results if r.retry}
+        if self.state.phase != "stopping":
+            self.retries.settle(again, time.monotonic())
         done = sum(1 for r in results if r.artifact is not None)
         log.info("captured %d artifact(s), %d not captured", done, len(results) - done)
+        if again:
+            log.warning(
+                "%d capture(s) failed, %s: %s",
+                len(again),
+                "retrying" if self.retries.at is not None else "given up",
+                "; ".join(f"{k}: {v}" for k, v in sorted(again.items())),
+            )
 
     def _capture_more(self, written: Body | None) -> None:
         """After a commit (`written`: the body of the generation it wrote, if any): GC,
@@ -345,23 +367,37 @@ class Daemon:
         that fails costs a slower restore, not a checkpoint."""
         if self.captures is None or self.session is None:
             return
-        try:
-            if written is not None:
+        if written is not None:
+            try:
                 art.tidy(self.session, self.config, self.last_written or written, written)
-                self.last_written = written
-            never = art.never(self.session, self.targets)
-            self._set(uncaptured={**never, **self.uncaptured})
-            if self.captures.running:
-                return
+            except PkgckptError as e:  # the next commit collects again
+                log.warning("artifact GC: %s", e)
+            self.last_written = written
+        never = art.never(self.session, self.targets)
+        self._set(uncaptured={**never, **self.uncaptured, **self.retries.reasons()})
+        if self.captures.running:
+            return
+        jobs = art.pending(self.session, self.targets, {**self.uncaptured, **self.retries.skip})
+        try:
             used = quota.used(self.store)
             if used != self.state.counters.artifact_bytes:
                 self._count(artifact_bytes=used)
                 self._write_metrics()
-            jobs = art.pending(self.session, self.targets, self.uncaptured)
-            if jobs and self.captures.start(jobs, used, art.keep(self.session)):
-                self._set(capturing=len(jobs))
+            if not jobs:
+                return
+            started = self.captures.start(jobs, used, art.keep(self.session))
+            failure = None if started else "the capture worker could not start"
         except PkgckptError as e:
-            log.warning("artifact cache: %s", e)
+            failure = str(e)
+            if not jobs:  # nothing to capture: the next commit counts again
+                log.warning("artifact cache: %s", failure)
+                return
+        if failure is None:
+            self._set(capturing=len(jobs))
+            return
+        log.warning("artifact cache: %s", failure)
+        self.retries.settle({art.key(j.env, j.package): failure for j in jobs}, time.monotonic())
+        self._set(uncaptured={**never, **self.uncaptured, **self.retries.reasons()})
 
     def _shutdown(self, watcher: Watcher) -> int:
         deadline = time.monotonic() + self.config.shutdown_timeout
@@ -419,12 +455,19 @@ class Daemon:
             self.debouncer.next_deadline(now),
             *(
                 when - now
-                for when in (self.retry_at, self.next_ping, self.next_backstop)
+                for when in (self.retry_at, self.next_ping, self.next_backstop, self._recapture())
                 if when is not None
             ),
         ]
         known = [max(0.0, d) for d in deadlines if d is not None]
         return min(known) if known else None
+
+    def _recapture(self) -> float | None:
+        """When failed captures are due again; None while a worker runs (its end wakes
+        the loop) or when nothing failed."""
+        if self.captures is None or self.captures.running:
+            return None
+        return self.retries.at
 
     def _ping(self, now: float) -> None:
         if self.watchdog is not None and self.next_ping is not None and now >= self.next_ping:
@@ -540,6 +583,7 @@ class Daemon:
             return
         count = len(self.uncommitted)
         self.uncommitted.clear()
+        self.attached = 0
         self.retry_at = None
         self.backoff.reset()
         if committed is not None:
@@ -621,7 +665,7 @@ class Daemon:
 
     def _set(self, **changes: object) -> None:
         """Update the state; `_flush` writes it to the status file."""
-        changes["pending"] = len(self.uncommitted)
+        changes["pending"] = len(self.uncommitted) + self.attached
         state = msgspec.structs.replace(self.state, **changes)
         if state == self.state and self._written:
             return

@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 from artifact_kit import artifacts, big_wheel, cache_on, make_wheelhouse
-from daemon_kit import World, eventually, uv_install
+from daemon_kit import World, context_switches, eventually, uv_install
 from prometheus_client.parser import text_string_to_metric_families
 from restore_kit import hermetic
 
@@ -201,3 +202,116 @@ def test_the_worker_exits_at_sigterm_without_reporting_the_capture_it_was_doing(
     assert store.artifacts() == {}
     directory = tmp_path / "store" / "k" / "artifacts"
     assert not directory.exists() or not list(directory.iterdir())
+
+
+def _private_artifacts(world: World) -> Path:
+    """The key's artifacts directory made before the daemon starts, open to others: every
+    capture fails on it (refused, a person must look) until it is made private again."""
+    key = world.store / world.key
+    key.mkdir(mode=0o700)
+    (key / "artifacts").mkdir()
+    (key / "artifacts").chmod(0o755)
+    return key / "artifacts"
+
+
+def _reasons(world: World, flags: list[str]) -> str:
+    return world.pkgckpt("status", *flags).stdout
+
+
+def test_a_failed_capture_is_retried_while_the_daemon_runs(tmp_path: Path) -> None:
+    """A capture that failed on the store is retried after a backoff, with no other event:
+    once the store is fixed the artifacts reach the manifest without a restart, and
+    `status` said meanwhile why and that a retry is due."""
+    world, prefix, flags = _world(tmp_path)
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    directory = _private_artifacts(world)
+    daemon = world.daemon(*flags, "--quiet-ms", "100").start()
+    try:
+        uv_install(prefix / "bin" / "python", wheels, "libdep", env=world.env)
+        eventually(lambda: "libdep" in _packages(world.manifest()), what="the commit")
+        said = eventually(
+            lambda: (text := _reasons(world, flags)) and "retry 1 of 6 is due" in text and text,
+            what="the retry in status",
+        )
+        assert "open to group or others" in said, said
+        directory.chmod(0o700)
+        eventually(
+            lambda: _packages(world.manifest())["libdep"].artifact is not None,
+            timeout=60,
+            what="the retried capture",
+        )
+        assert "without an artifact" not in _reasons(world, flags)
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+
+
+def test_a_capture_that_keeps_failing_is_given_up_and_the_daemon_goes_idle(
+    tmp_path: Path,
+) -> None:
+    """After `artifact_retries` failed retries the daemon stops trying, says so in
+    `status` with the reason, and wakes no more (invariant 5)."""
+    world, prefix, flags = _world(tmp_path)
+    world.env["PKGCKPT_ARTIFACT_RETRIES"] = "1"
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    _private_artifacts(world)
+    daemon = world.daemon(*flags, "--quiet-ms", "100").start()
+    try:
+        uv_install(prefix / "bin" / "python", wheels, "libdep", env=world.env)
+        said = eventually(
+            lambda: (text := _reasons(world, flags)) and "gave up after 1 retries" in text and text,
+            timeout=60,
+            what="the give-up in status",
+        )
+        assert "libdep==1.0" in said and "open to group or others" in said, said
+        assert daemon.proc is not None
+        time.sleep(0.5)
+        before = context_switches(daemon.proc.pid)
+        time.sleep(3)
+        assert context_switches(daemon.proc.pid) == before
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+
+
+def test_a_daemon_killed_between_capture_and_commit_references_nothing_partial(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the daemon mid-capture: its worker stops with it and removes its private
+    directory; the store keeps no temp file; the next daemon captures again and the
+    manifest names only whole artifacts, in the same generation as the install."""
+    world, prefix, flags = _world(tmp_path)
+    wheels = tmp_path / "wheels"
+    big_wheel(wheels, "bigpkg", 64)
+    daemon = world.daemon(*flags, "--quiet-ms", "100").start()
+    try:
+        uv_install(prefix / "bin" / "python", wheels, "bigpkg", env=world.env)
+        eventually(lambda: "bigpkg" in _packages(world.manifest()), what="the commit")
+        eventually(
+            lambda: any((tmp_path / "tmpdir").glob("pkgckpt-capture-*/pkgckpt-capture-*/*.whl")),
+            what="a capture in progress",
+        )
+        daemon.kill()
+    finally:
+        daemon.close()
+    eventually(lambda: not list((tmp_path / "tmpdir").iterdir()), what="the worker's cleanup")
+    generation = world.generation()
+    directory = world.store / world.key / "artifacts"
+    assert not directory.exists() or not [n for n in directory.iterdir() if n.name[0] == "."]
+    again = world.daemon(*flags, "--quiet-ms", "100").start()
+    try:
+        eventually(
+            lambda: _packages(world.manifest())["bigpkg"].artifact is not None,
+            timeout=120,
+            what="the capture by the next daemon",
+        )
+        assert again.stop() == 0, again.output()
+    finally:
+        again.close()
+    found = world.manifest()
+    assert found is not None and found.generation == generation
+    artifact = _packages(found)["bigpkg"].artifact
+    assert artifact is not None
+    data = (directory / artifact.file).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == artifact.sha256 and len(data) == artifact.size
+    assert [n.name for n in directory.iterdir()] == [artifact.file]

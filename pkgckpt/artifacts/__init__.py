@@ -97,6 +97,8 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     package: Package
     artifact: Artifact | None = None
     reason: str | None = None
+    retry: bool = False
+    """The failure may pass (the store, the worker): the daemon tries again later."""
 
 
 class Capturer(Protocol):

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ..config import Config
-from ..errors import PkgckptError
+from ..errors import PkgckptError, Uncapturable
 from ..manifest import Environment, Package
 from ..runner import spawn
 from ..store import Store
@@ -87,6 +87,7 @@ class Background:
         self.store = store
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: str | None = None
+        self._jobs: tuple[_Job, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -130,6 +131,7 @@ class Background:
             log.warning("cannot start the artifact capture: %s", e)
             return False
         self._dir = private
+        self._jobs = orders.jobs
         log.info("capturing %d package(s) in the background (pid %d)", len(jobs), self._proc.pid)
         return True
 
@@ -137,7 +139,7 @@ class Background:
         """The results of a worker that has ended; None while it runs (or none ran)."""
         if self._proc is None or self._proc.poll() is None:
             return None
-        return self._finish()
+        return self._finish(stopped=False)
 
     def stop(self, timeout: float = 5.0) -> list[Result]:
         """Stop the worker (SIGTERM; SIGKILL after `timeout`) and return what it finished."""
@@ -151,9 +153,11 @@ class Background:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
-        return self._finish()
+        return self._finish(stopped=True)
 
-    def _finish(self) -> list[Result]:
+    def _finish(self, *, stopped: bool) -> list[Result]:
+        """The results the worker reported; when it died on its own, a failure that may
+        pass for each job it did not report (the daemon retries them)."""
         assert self._proc is not None and self._dir is not None
         code = self._proc.returncode
         results = []
@@ -168,8 +172,21 @@ class Background:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._proc = None
             self._dir = None
+        jobs, self._jobs = self._jobs, ()
         if code not in (0, 143, -signal.SIGTERM):
             log.warning("the artifact capture worker exited with %s", code)
+        if not stopped and code != 0:
+            done = {(r.env, r.package) for r in results}
+            results += [
+                Result(
+                    env=j.env,
+                    package=j.package,
+                    reason=f"the capture worker exited with {code}",
+                    retry=True,
+                )
+                for j in jobs
+                if (j.env, j.package) not in done
+            ]
         return results
 
 
@@ -227,11 +244,15 @@ def work(orders: _Orders, out: int) -> None:
                 used=used,
                 keep=keep,
             )
-        except PkgckptError as e:
+        except Uncapturable as e:
             result = Result(env=job.env, package=job.package, reason=str(e))
+        except PkgckptError as e:
+            result = Result(env=job.env, package=job.package, reason=str(e), retry=True)
         except Exception as e:  # one package's surprise must not stop the others
             log.exception("capturing %s %s", job.package.name, job.package.version)
-            result = Result(env=job.env, package=job.package, reason=f"capture failed: {e!r}")
+            result = Result(
+                env=job.env, package=job.package, reason=f"capture failed: {e!r}", retry=True
+            )
         else:
             if not artifact.pooled:
                 used += artifact.size
@@ -241,19 +262,43 @@ def work(orders: _Orders, out: int) -> None:
             line = line[os.write(out, line) :]
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with(parent: int) -> None:
+    """SIGTERM this process when `parent` dies (a daemon killed -9 must not leave a
+    worker capturing for nobody); exits at once when it is gone already."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.debug("prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:
+        raise SystemExit(128 + signal.SIGTERM)
+
+
 def main() -> int:
+    parent = os.getppid()
     signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(level=logging.WARNING, format="pkgckpt capture: %(message)s")
-    idle_priority()
-    orders = _orders_decoder.decode(sys.stdin.buffer.read())
     try:
+        die_with(parent)
+        idle_priority()
+        orders = _orders_decoder.decode(sys.stdin.buffer.read())
         work(orders, sys.stdout.fileno())
     except BaseException:
         # SIGTERM's SystemExit may surface as another error of the code it interrupted
         # (zipfile closing around a half-written member): it is still the stop asked for.
-        if _stopping:
+        if _stopping or os.getppid() != parent:
             return 128 + signal.SIGTERM
         raise
+    finally:
+        if os.getppid() != parent:
+            # The daemon died without collecting: its private directory (our cwd, named
+            # by `Background.start`) has no one else to remove it.
+            here = Path.cwd()
+            if here.name.startswith("pkgckpt-capture-"):
+                shutil.rmtree(here, ignore_errors=True)
     return 0
 
 

@@ -3,9 +3,10 @@
 pending(session, targets, skip) -> list[Job]
     The recorded packages to capture now: no artifact yet, capturable, and not in
     `skip` (the ones this process already failed to capture, by `key()`).
-attach(session, results) -> dict[str, str]
+attach(session, results) -> tuple[int, dict[str, str]]
     Record each captured artifact in the session's record (`Tracker.attach`: only
-    for the very install captured); the failures, `key()` -> reason.
+    for the very install captured); how many were, and the failures, `key()` -> reason.
+    The next commit amends the generation on the store with them (`checkpoint.commit`).
 capture_now(session, config, targets, skip) -> dict[str, str]
     `snapshot`: capture every pending package in this process, then attach; the
     failures. Raises StoreError / StoreUnavailable when the store fails.
@@ -40,14 +41,15 @@ def pending(session: Session, targets: Iterable[Target], skip: Mapping[str, str]
     return [j for j in found if key(j.env, j.package) not in skip]
 
 
-def attach(session: Session, results: Iterable[Result]) -> dict[str, str]:
+def attach(session: Session, results: Iterable[Result]) -> tuple[int, dict[str, str]]:
+    attached = 0
     failed: dict[str, str] = {}
     for r in results:
         if r.artifact is not None:
-            session.tracker.attach(r.env, r.package, r.artifact)
+            attached += session.tracker.attach(r.env, r.package, r.artifact)
         else:
             failed[key(r.env, r.package)] = r.reason or "not captured"
-    return failed
+    return attached, failed
 
 
 def keep(session: Session) -> set[str]:
@@ -73,7 +75,7 @@ def capture_now(session: Session, config: Config, targets: Iterable[Target]) -> 
         if not artifact.pooled:
             used += artifact.size
         results.append(Result(env=job.env, package=job.package, artifact=artifact))
-    return attach(session, results)
+    return attach(session, results)[1]
 
 
 def tidy(session: Session, config: Config, before: Body, after: Body) -> None:
