@@ -288,12 +288,17 @@ class Tracker:
                 elif p.artifact is not None:
                     self.attach(theirs.env, p, p.artifact)  # captured by another process
 
-    def attach(self, env: Environment, package: Package, artifact: Artifact) -> bool:
+    def attach(
+        self, env: Environment, package: Package, artifact: Artifact, *, again: bool = False
+    ) -> bool:
         """Record `artifact` as the capture of `package` in `env` when the record still
-        holds that very install (and no artifact for it); whether it was recorded."""
+        holds that very install (and no artifact for it; `again`: or the one `package`
+        names, which is lost); whether it was recorded."""
         track = self._tracks.get(env_key(env))
         recorded = track.state.get(package.name) if track is not None else None
-        if track is None or recorded is None or recorded.artifact is not None:
+        if track is None or recorded is None:
+            return False
+        if recorded.artifact is not None and not (again and recorded.artifact == package.artifact):
             return False
         if not same_install(recorded, package):
             return False  # upgraded since the capture began: that artifact is not this install

@@ -424,6 +424,43 @@ def store_init(directory: Path) -> int:
     return 0
 
 
+@store.command("prune-pool", epilog=EXIT_CODES)
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--older-than",
+    "days",
+    type=click.IntRange(min=1),
+    required=True,
+    metavar="DAYS",
+    help="Remove entries nobody read or added for DAYS days (at least 1).",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+def store_prune_pool(directory: Path, days: int, dry_run: bool) -> int:
+    """Remove old entries of the shared artifact pool DIR (`artifact_pool`).
+
+    The pool cannot tell which users' manifests still name an entry, so age is the rule:
+    an entry nobody restored from or captured into for DAYS days goes. That costs at
+    most a re-download or a new capture: every user's manifest verifies its artifacts
+    by hash and falls back to the package's source. Only regular files named by their
+    sha256 (and dead captures' temp files) are removed; no symlink is followed. Run it
+    as root or as the pool's owner (the sticky bit lets others remove only their own).
+    """
+    from .artifacts import _bytes
+    from .artifacts.pool import prune
+
+    done = prune(directory, days, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for name in done.removed:
+        click.echo(f"{verb} {name}")
+    click.echo(
+        f"{verb} {len(done.removed)} entr{'y' if len(done.removed) == 1 else 'ies'} "
+        f"({_bytes(done.freed)}), kept {done.kept}"
+    )
+    for error in done.errors:
+        click.echo(f"pkgckpt: error: {error}", err=True)
+    return 1 if done.errors else 0
+
+
 def _emit(data: str | bytes) -> None:
     """Print a rendered report (text, or JSON bytes) ending in exactly one newline."""
     text = data.decode() if isinstance(data, bytes) else data

@@ -9,13 +9,24 @@ Another user may delete an entry they created, and put other bytes under that na
 restore therefore verifies every pooled artifact against the sha256 in the user's own
 manifest (`artifacts.fetch`) and refuses a mismatch. Every user can read every pooled
 artifact: what one user installed is visible to the others (README: the trade-off).
+
+`prune(root, days)` (`pkgckpt store prune-pool`, an administrator's command) removes the
+entries nobody read or added for `days` days. It cannot know which manifests still name
+an entry (it cannot read other users'), so age is the only rule, and a removed entry
+costs a re-download or a new capture, never a wrong install: each user's manifest
+verifies by hash and restore falls back to the package's source. It follows no symlink
+and removes only regular files named by a sha256, and the temp files of captures that
+died before linking theirs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
+import re
 import stat
+import time
 from pathlib import Path
 
 from .. import durable
@@ -98,6 +109,21 @@ def _open_entry(dfd: int, digest: str) -> int | None:
     return fd
 
 
+def present(root: Path, digest: str) -> bool:
+    """Whether the pool holds a regular file for `digest` (unverified: restore hashes it)."""
+    dfd = _open_dir(root, create=False)
+    if dfd is None:
+        return False
+    try:
+        fd = _open_entry(dfd, digest)
+    finally:
+        durable.close_quietly(dfd)
+    if fd is None:
+        return False
+    durable.close_quietly(fd)
+    return True
+
+
 def read(root: Path | None, digest: str) -> int | None:
     """The pool's entry for `digest`, open for reading, unverified (the caller hashes
     what it reads); None when there is no pool or no such entry."""
@@ -110,3 +136,61 @@ def read(root: Path | None, digest: str) -> int | None:
         return _open_entry(dfd, digest)
     finally:
         durable.close_quietly(dfd)
+
+
+_ENTRY = re.compile(r"[0-9a-f]{64}")
+_TEMP = re.compile(r"\.[0-9a-f]{64}\.tmp\..+")
+"""`durable.stage`'s temp files for an entry: a capture killed before its link."""
+DAY = 86400.0
+
+
+@dataclasses.dataclass
+class Pruned:
+    """What `prune` removed (or, dry, would remove), kept, and could not remove."""
+
+    removed: list[str] = dataclasses.field(default_factory=list)
+    freed: int = 0
+    kept: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
+def prune(root: Path, days: int, *, dry_run: bool = False, now: float | None = None) -> Pruned:
+    """Remove the entries of the pool at `root` that nobody read or added for `days` days
+    (at least 1: relatime updates a file's atime only once a day). Raises StoreError when
+    the pool is missing or hostile."""
+    if days < 1:
+        raise StoreError(f"prune-pool: --older-than must be at least 1 day, not {days}")
+    dfd = _open_dir(root, create=False)
+    if dfd is None:
+        raise StoreError(f"{root / SUBDIR} does not exist: not an artifact pool")
+    now = time.time() if now is None else now
+    done = Pruned()
+    try:
+        for name in sorted(os.listdir(dfd)):  # noqa: PTH208
+            if not (_ENTRY.fullmatch(name) or _TEMP.fullmatch(name)):
+                continue
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            # Read by a restore or a capture (atime), or added (mtime): whichever is later.
+            if now - max(st.st_atime, st.st_mtime) < days * DAY:
+                done.kept += 1
+                continue
+            if not dry_run:
+                try:
+                    os.unlink(name, dir_fd=dfd)  # a name swapped for a symlink: the link goes
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    done.errors.append(f"cannot remove {root / SUBDIR / name}: {e.strerror}")
+                    continue
+            done.removed.append(name)
+            done.freed += st.st_size
+    except OSError as e:
+        raise durable.error(e, f"cannot list {root / SUBDIR}") from e
+    finally:
+        durable.close_quietly(dfd)
+    return done

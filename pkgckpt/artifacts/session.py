@@ -8,7 +8,8 @@ attach(session, results) -> tuple[int, dict[str, str]]
     for the very install captured); how many were, and the failures, `key()` -> reason.
     The next commit amends the generation on the store with them (`checkpoint.commit`).
 capture_now(session, config, targets, skip) -> dict[str, str]
-    `snapshot`: capture every pending package in this process, then attach; the
+    `snapshot`: capture every pending package in this process, and every package whose
+    pooled artifact left the pool (pruned, deleted by its owner), then attach; the
     failures. Raises StoreError / StoreUnavailable when the store fails.
 tidy(session, config, before)
     After a commit: date what left the record, then GC to the quota.
@@ -27,7 +28,7 @@ from ..config import Config
 from ..errors import StoreError, Uncapturable
 from ..inventory import Target
 from ..manifest import Body, Environment, Package
-from . import Job, Result, capture, missing, quota
+from . import Job, Result, capture, missing, pool, quota
 
 
 def key(env: Environment, package: Package) -> str:
@@ -41,12 +42,14 @@ def pending(session: Session, targets: Iterable[Target], skip: Mapping[str, str]
     return [j for j in found if key(j.env, j.package) not in skip]
 
 
-def attach(session: Session, results: Iterable[Result]) -> tuple[int, dict[str, str]]:
+def attach(
+    session: Session, results: Iterable[Result], *, again: bool = False
+) -> tuple[int, dict[str, str]]:
     attached = 0
     failed: dict[str, str] = {}
     for r in results:
         if r.artifact is not None:
-            attached += session.tracker.attach(r.env, r.package, r.artifact)
+            attached += session.tracker.attach(r.env, r.package, r.artifact, again=again)
         else:
             failed[key(r.env, r.package)] = r.reason or "not captured"
     return attached, failed
@@ -56,8 +59,25 @@ def keep(session: Session) -> set[str]:
     return quota.protected(session.store, session.tracker.body())
 
 
+def lost(session: Session, config: Config, targets: Iterable[Target]) -> list[Job]:
+    """Recorded packages of `targets` whose pooled artifact the pool no longer holds."""
+    jobs: list[Job] = []
+    body = session.tracker.body()
+    for t in targets:
+        delta = body.delta(t.env)
+        for p in (*delta.added, *delta.changed) if delta is not None else ():
+            if p.artifact is None or not p.artifact.pooled:
+                continue
+            if config.artifact_pool is None or not pool.present(
+                config.artifact_pool, p.artifact.sha256
+            ):
+                jobs.append(Job(env=t.env, roots=tuple(t.roots), package=p))
+    return jobs
+
+
 def capture_now(session: Session, config: Config, targets: Iterable[Target]) -> dict[str, str]:
-    jobs = pending(session, targets, {})
+    targets = list(targets)
+    jobs = pending(session, targets, {}) + lost(session, config, targets)
     if not jobs:
         return {}
     store = session.store
@@ -75,7 +95,7 @@ def capture_now(session: Session, config: Config, targets: Iterable[Target]) -> 
         if not artifact.pooled:
             used += artifact.size
         results.append(Result(env=job.env, package=job.package, artifact=artifact))
-    return attach(session, results)[1]
+    return attach(session, results, again=True)[1]
 
 
 def tidy(session: Session, config: Config, before: Body, after: Body) -> None:

@@ -185,3 +185,27 @@ def test_a_pool_entry_planted_before_alices_capture_is_not_used(
         assert a.installed() == {"libdep"}
     finally:
         shutil.rmtree(a.home, ignore_errors=True)
+
+
+def test_bob_cannot_prune_alices_pool_entries(
+    alice: User, bob: User, tool: Path, pool: Path
+) -> None:
+    """`store prune-pool` run by an ordinary user removes no entry another user added
+    (the sticky bit): alice's old entries stay and bob's run exits 1 naming them."""
+    import os
+    import time
+
+    a = Person(alice, tool, pool, DISTS)
+    a.install("app")
+    snap = a.pkgckpt("snapshot")
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    entries = sorted((pool / "sha256").iterdir())
+    assert len(entries) == 2, entries
+    old = time.time() - 40 * 86400
+    for entry in entries:
+        os.utime(entry, (old, old))
+    argv = [str(tool / "bin" / "pkgckpt"), "store", "prune-pool", str(pool), "--older-than", "30"]
+    out = bob.run(argv, env={"PATH": f"{tool / 'bin'}:/usr/bin:/bin"})
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert all(f"cannot remove {e}" in out.stderr for e in entries), out.stderr
+    assert all(e.exists() for e in entries)
