@@ -190,11 +190,13 @@ def _find(job: Job) -> tuple[Path, str]:
             stem, dot, suffix = entry.rpartition(".")
             if not dot or suffix not in ("dist-info", "egg-info"):
                 continue
+            if suffix == "egg-info":
+                # `name-version(-pyX.Y(-platform))`: the name is the first field (an
+                # egg's name has its dashes escaped), the tail is not the version.
+                egg = egg or canonicalize_name(stem.split("-", 1)[0]) == want
+                continue
             dist, _, found = stem.rpartition("-")
             if canonicalize_name(dist) != want:
-                continue
-            if suffix == "egg-info":
-                egg = True
                 continue
             try:
                 same = Version(found) == version
