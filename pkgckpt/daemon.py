@@ -306,6 +306,7 @@ class Daemon:
             self._scan(self.targets)
             taken = record.serve(self.config, self.session)
             self.retry_at = None  # a person asked (snapshot): try the store now
+            self.retries.ask()  # and the captures that failed, once more each
             self._commit()
             if taken:  # forget, revert, restore failures: answered once on the store or not
                 failed = self.state.last_error if self.retry_at is not None else None
@@ -374,7 +375,10 @@ class Daemon:
                 log.warning("artifact GC: %s", e)
             self.last_written = written
         never = art.never(self.session, self.targets)
-        self._set(uncaptured={**never, **self.uncaptured, **self.retries.reasons()})
+        self._set(
+            uncaptured={**never, **self.uncaptured, **self.retries.reasons()},
+            capture_failed=tuple(sorted(self.retries.skip)),
+        )
         if self.captures.running:
             return
         jobs = art.pending(self.session, self.targets, {**self.uncaptured, **self.retries.skip})
@@ -397,7 +401,10 @@ class Daemon:
             return
         log.warning("artifact cache: %s", failure)
         self.retries.settle({art.key(j.env, j.package): failure for j in jobs}, time.monotonic())
-        self._set(uncaptured={**never, **self.uncaptured, **self.retries.reasons()})
+        self._set(
+            uncaptured={**never, **self.uncaptured, **self.retries.reasons()},
+            capture_failed=tuple(sorted(self.retries.skip)),
+        )
 
     def _shutdown(self, watcher: Watcher) -> int:
         deadline = time.monotonic() + self.config.shutdown_timeout
@@ -766,6 +773,11 @@ def _ask_daemon(config: Config, state: status.DaemonState) -> SnapshotResult:
             if now.pending:
                 raise StoreError(
                     f"the daemon could not commit {now.pending} change(s): {now.last_error}"
+                )
+            if now.capture_failed:
+                raise StoreError(
+                    f"the daemon could not capture {len(now.capture_failed)} package(s): "
+                    + "; ".join(f"{k}: {now.uncaptured.get(k, '')}" for k in now.capture_failed)
                 )
             return SnapshotResult(
                 uncaptured=now.uncaptured,

@@ -77,6 +77,9 @@ class DaemonState(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Packages the artifact capture worker is capturing now (`snapshot` waits for 0)."""
     uncaptured: dict[str, str] = msgspec.field(default_factory=dict)
     """Packages this daemon could not capture (`name==version (env)`), and why."""
+    capture_failed: tuple[str, ...] = ()
+    """Of those, the ones whose capture failed for a reason that may pass (the store):
+    retried later, or given up; `snapshot` exits 1 when any are left."""
 
 
 _state_decoder = msgspec.json.Decoder(DaemonState)

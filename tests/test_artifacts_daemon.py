@@ -315,3 +315,29 @@ def test_a_daemon_killed_between_capture_and_commit_references_nothing_partial(
     data = (directory / artifact.file).read_bytes()
     assert hashlib.sha256(data).hexdigest() == artifact.sha256 and len(data) == artifact.size
     assert [n.name for n in directory.iterdir()] == [artifact.file]
+
+
+def test_snapshot_through_the_daemon_exits_1_while_captures_fail_on_the_store(
+    tmp_path: Path,
+) -> None:
+    """`snapshot` asks the daemon to capture the failed packages again at once: while the
+    store refuses them it exits 1 naming the package and the reason; once fixed, the next
+    snapshot exits 0 with the artifact in the manifest."""
+    world, prefix, flags = _world(tmp_path)
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    directory = _private_artifacts(world)
+    daemon = world.daemon(*flags, "--quiet-ms", "600000").start()
+    try:
+        uv_install(prefix / "bin" / "python", wheels, "libdep", env=world.env)
+        failed = world.pkgckpt("snapshot", *flags, timeout=300)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert "could not capture 1 package(s): libdep==1.0" in failed.stderr, failed.stderr
+        assert "open to group or others" in failed.stderr
+        assert "libdep" in _packages(world.manifest()), "the manifest waited for the capture"
+        directory.chmod(0o700)
+        snap = world.pkgckpt("snapshot", *flags, timeout=300)
+        assert snap.returncode == 0, snap.stdout + snap.stderr
+        assert _packages(world.manifest())["libdep"].artifact is not None
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()

@@ -11,6 +11,7 @@ timer unless something failed (DESIGN invariant 5, idle costs nothing).
         .at -> float | None    when the next round is due (the daemon's loop wakes then)
         .due(now) -> bool      it is: `release()`, then capture again
         .skip -> dict          what a round must not take now (waiting or given up)
+        .ask()                 a person asked (`snapshot`): retry everything now, once
         .reasons() -> dict     for `status`: each waiting or given-up package, and why
 
 A capture that can never succeed (`Uncapturable`: an editable install, an egg-info,
@@ -59,6 +60,13 @@ class Retries:
 
     def due(self, now: float) -> bool:
         return self.at is not None and now >= self.at
+
+    def ask(self) -> None:
+        """A person asked (`snapshot`): every failed package is captured again in the next
+        round, given up or not; one more failure gives it up again."""
+        self.gave_up.clear()
+        self.failures = min(self.failures, self.attempts)
+        self.release()
 
     def release(self) -> None:
         """The waiting packages may be captured again (their round is due)."""
