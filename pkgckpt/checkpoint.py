@@ -573,7 +573,7 @@ def commit(session: Session) -> Manifest | None:
         if (
             session.stored is not None
             and session.on_store is not None
-            and _unannotated(body) == _unannotated(session.stored)
+            and _annotates(body, session.stored)
         ):
             amend = session.generation
         written = session.store.commit(body, encoded, amend=amend)
@@ -584,26 +584,41 @@ def commit(session: Session) -> Manifest | None:
     return written
 
 
-def _unannotated(body: Body) -> Body:
-    """`body` without its artifacts: what the record says is installed, and its history."""
+def _annotates(body: Body, stored: Body) -> bool:
+    """Whether `body` records what `stored` records, artifacts aside (see `commit`).
+    Cheap on the common path: an install changes a delta's length, and equal deltas
+    compare in C; only a delta that differs at equal lengths is compared bare."""
+    if msgspec.structs.replace(body, environments=(), conda=()) != msgspec.structs.replace(
+        stored, environments=(), conda=()
+    ):
+        return False
+    mine, theirs = body.deltas(), stored.deltas()
+    if len(mine) != len(theirs):
+        return False
+    return all(
+        a == b or (_sizes(a) == _sizes(b) and _bare(a) == _bare(b))
+        for a, b in zip(mine, theirs, strict=True)
+    )
+
+
+def _sizes(d: Delta) -> tuple[int, int, int]:
+    return len(d.added), len(d.changed), len(d.removed)
+
+
+def _bare(d: Delta) -> Delta:
+    """`d` without its packages' artifacts."""
 
     def bare(packages: tuple[Package, ...]) -> tuple[Package, ...]:
         return tuple(
             p if p.artifact is None else msgspec.structs.replace(p, artifact=None) for p in packages
         )
 
-    return Body.of(
-        (
-            msgspec.structs.replace(
-                d,
-                added=bare(d.added),
-                changed=bare(d.changed),
-                removed=bare(d.removed),
-                forgotten=bare(d.forgotten),
-            )
-            for d in body.deltas()
-        ),
-        events=body.events,
+    return msgspec.structs.replace(
+        d,
+        added=bare(d.added),
+        changed=bare(d.changed),
+        removed=bare(d.removed),
+        forgotten=bare(d.forgotten),
     )
 
 

@@ -14,7 +14,8 @@ collection.
         Date the artifacts `after` no longer references as referenced now: a file's
         mtime is when it was last referenced (or captured), which is the GC's order.
 
-Pooled artifacts are not the key's: they count against no quota and no key removes them.
+Pooled artifacts are not the key's: they count against no quota and no key removes them
+(an administrator prunes the pool by age: `pool.prune`).
 """
 
 from __future__ import annotations
