@@ -586,40 +586,34 @@ def commit(session: Session) -> Manifest | None:
 
 def _annotates(body: Body, stored: Body) -> bool:
     """Whether `body` records what `stored` records, artifacts aside (see `commit`).
-    Cheap on the common path: an install changes a delta's length, and equal deltas
-    compare in C; only a delta that differs at equal lengths is compared bare."""
+    Cheap on the daemon's path: an install changes a delta's lengths, which is looked at
+    first; equal packages compare in C, only the ones that differ are compared bare."""
     if msgspec.structs.replace(body, environments=(), conda=()) != msgspec.structs.replace(
         stored, environments=(), conda=()
     ):
         return False
     mine, theirs = body.deltas(), stored.deltas()
-    if len(mine) != len(theirs):
+    return len(mine) == len(theirs) and all(
+        _same_but_artifacts(a, b) for a, b in zip(mine, theirs, strict=True)
+    )
+
+
+_LISTS = ("added", "changed", "removed", "forgotten")
+"""A delta's lists of packages, whose artifacts an amend may add."""
+
+
+def _same_but_artifacts(a: Delta, b: Delta) -> bool:
+    lists = [(getattr(a, f), getattr(b, f)) for f in _LISTS]
+    if any(len(x) != len(y) for x, y in lists):
         return False
-    return all(
-        a == b or (_sizes(a) == _sizes(b) and _bare(a) == _bare(b))
-        for a, b in zip(mine, theirs, strict=True)
-    )
+    empty = dict.fromkeys(_LISTS, ())
+    if msgspec.structs.replace(a, **empty) != msgspec.structs.replace(b, **empty):
+        return False
+    return all(p == q or _bare(p) == _bare(q) for x, y in lists for p, q in zip(x, y, strict=True))
 
 
-def _sizes(d: Delta) -> tuple[int, int, int]:
-    return len(d.added), len(d.changed), len(d.removed)
-
-
-def _bare(d: Delta) -> Delta:
-    """`d` without its packages' artifacts."""
-
-    def bare(packages: tuple[Package, ...]) -> tuple[Package, ...]:
-        return tuple(
-            p if p.artifact is None else msgspec.structs.replace(p, artifact=None) for p in packages
-        )
-
-    return msgspec.structs.replace(
-        d,
-        added=bare(d.added),
-        changed=bare(d.changed),
-        removed=bare(d.removed),
-        forgotten=bare(d.forgotten),
-    )
+def _bare(p: Package) -> Package:
+    return p if p.artifact is None else msgspec.structs.replace(p, artifact=None)
 
 
 def confirm(session: Session) -> bool:
