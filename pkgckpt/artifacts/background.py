@@ -19,7 +19,11 @@ at any point leaves at worst an unreferenced file, which GC removes, or a temp f
 which the next listing of the artifacts directory removes; its local temporary files
 live in the daemon's private directory for it, removed when it ends however it ends.
 At SIGTERM it stops at once: the capture in progress unwinds (its temp files removed)
-and the worker exits 143.
+and the worker exits 143. It gets that SIGTERM too when the daemon dies (killed -9):
+nobody would read its results, so it then also removes its private directory.
+
+A worker that exits on its own without reporting a job reports it as a failure that may
+pass (`Result.retry`): the daemon retries it after a backoff (`retry.py`), never at once.
 
 The daemon learns that the worker ended from SIGCHLD, which wakes its loop like every
 other signal: nothing polls.
