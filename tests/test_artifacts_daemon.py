@@ -59,7 +59,8 @@ def test_the_daemon_captures_after_its_commit_in_the_background(tmp_path: Path) 
             return bool(have) and all(p.artifact is not None for p in have.values())
 
         uv_install(prefix / "bin" / "python", wheels, "app", env=world.env)
-        final = eventually(captured, what="artifacts in the manifest") and world.manifest()
+        eventually(captured, what="artifacts in the manifest")
+        final = world.manifest()
         first, before = next((g, p) for g, p in seen if "app" in p)
         assert before["app"].artifact is None, "the commit waited for the capture"
         assert final is not None and final.generation == first, "the capture took a generation"
@@ -218,6 +219,12 @@ def _reasons(world: World, flags: list[str]) -> str:
     return world.pkgckpt("status", *flags).stdout
 
 
+def _status_saying(world: World, flags: list[str], words: str) -> str | None:
+    """`pkgckpt status` when it says `words`; None before."""
+    text = _reasons(world, flags)
+    return text if words in text else None
+
+
 def test_a_failed_capture_is_retried_while_the_daemon_runs(tmp_path: Path) -> None:
     """A capture that failed on the store is retried after a backoff, with no other event:
     once the store is fixed the artifacts reach the manifest without a restart, and
@@ -230,8 +237,7 @@ def test_a_failed_capture_is_retried_while_the_daemon_runs(tmp_path: Path) -> No
         uv_install(prefix / "bin" / "python", wheels, "libdep", env=world.env)
         eventually(lambda: "libdep" in _packages(world.manifest()), what="the commit")
         said = eventually(
-            lambda: (text := _reasons(world, flags)) and "retry 1 of 6 is due" in text and text,
-            what="the retry in status",
+            lambda: _status_saying(world, flags, "retry 1 of 6 is due"), what="the retry"
         )
         assert "open to group or others" in said, said
         directory.chmod(0o700)
@@ -259,7 +265,7 @@ def test_a_capture_that_keeps_failing_is_given_up_and_the_daemon_goes_idle(
     try:
         uv_install(prefix / "bin" / "python", wheels, "libdep", env=world.env)
         said = eventually(
-            lambda: (text := _reasons(world, flags)) and "gave up after 1 retries" in text and text,
+            lambda: _status_saying(world, flags, "gave up after 1 retries"),
             timeout=60,
             what="the give-up in status",
         )

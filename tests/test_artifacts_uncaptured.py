@@ -95,14 +95,12 @@ def test_with_a_daemon_status_and_snapshot_say_why(tmp_path: Path) -> None:
             timeout=60,
             what="libdep captured",
         )
-        status = eventually(
-            lambda: (
-                (out := world.pkgckpt("status", *flags).stdout)
-                and "without an artifact (4)" in out
-                and out
-            ),
-            what="the four in status",
-        )
+
+        def status_with_four() -> str | None:
+            out = world.pkgckpt("status", *flags).stdout
+            return out if "without an artifact (4)" in out else None
+
+        status = eventually(status_with_four, what="the four in status")
         _said(status)
         snap = world.pkgckpt("snapshot", *flags, timeout=300)
         assert snap.returncode == 0, snap.stdout + snap.stderr
