@@ -1,6 +1,7 @@
-"""The daemon's install -> manifest latency with the artifact cache on and off.
+"""The daemon's install -> manifest latency with the artifact cache on and off, and the
+generations each daemon wrote (captures must not spend the user's kept generations).
 
-    python benchmarks/ab_capture_latency.py [ROUNDS]
+    python benchmarks/ab_capture_latency.py [ROUNDS] [--quick] [--markdown PATH]
 
 pkgckpt installed as a user gets it (`pip install .` of `git archive HEAD`, compiled)
 into a venv of its own; two daemons, each watching its own venv on /dev/shm with its own
@@ -11,11 +12,14 @@ round), then the wall time from uv's exit to a manifest.json
 renamed into place that records the package (inotify on the key directory, the
 manifest read at each rename). With the cache on, the previous package's capture is
 often still running or committing when the next install lands: the case to measure.
+The last column is the manifest's generation when the daemons stopped (after the
+rounds and a SIGTERM that flushes the finished captures): with the cache on it must
+equal the one with the cache off, one generation per install.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
 import shutil
 import signal
 import statistics
@@ -31,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+import bench_kit  # noqa: E402
 from ab_restore_noop import install  # noqa: E402
 from artifact_kit import big_wheel  # noqa: E402
 from restore_kit import hermetic  # noqa: E402
@@ -94,6 +99,8 @@ class Side:
         raise AssertionError(f"{name} not recorded within 30 s")
 
     def close(self) -> None:
+        if self.proc.returncode is not None:
+            return
         self.ino.close()
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -104,9 +111,10 @@ class Side:
         self.log.close()
 
 
-def main(rounds: int) -> None:
+def main(rounds: int, markdown: Path | None) -> None:
     root = Path(tempfile.mkdtemp(prefix="ab-capture-latency-", dir="/dev/shm"))
     sides: dict[str, Side] = {}
+    run = bench_kit.Run("The daemon's install → manifest latency, artifact cache on and off")
     try:
         python = install("HEAD", root / "tool")
         wheels = root / "wheels"
@@ -115,20 +123,26 @@ def main(rounds: int) -> None:
         sides["cache on"] = Side(root / "on", python, wheels, cache=True)
         sides["cache off"] = Side(root / "off", python, wheels, cache=False)
         times: dict[str, list[float]] = {k: [] for k in sides}
-        load = os.getloadavg()
         for i in range(rounds):
             for label, side in sides.items():
                 times[label].append(side.round(f"lat{i:02d}"))
-        after = os.getloadavg()
-        print(f"load (1 min) {load[0]:.2f} -> {after[0]:.2f}; {rounds} rounds")
-        print("| daemon | min | median | max |\n|---|---|---|---|")
+        for side in sides.values():
+            side.close()
+        run.done()
+        rows = ["| daemon | min | median | max | generation at the end |", "|---|---|---|---|---|"]
         for label, values in times.items():
-            print(
+            found = Store(sides[label].store, "b").read()
+            rows.append(
                 f"| {label} | {min(values):.0f} ms | {statistics.median(values):.0f} ms "
-                f"| {max(values):.0f} ms |"
+                f"| {max(values):.0f} ms | {found.generation if found else 'none'} |"
             )
         captured = len(list((root / "on" / "store" / "b" / "artifacts").glob("*.whl")))
-        print(f"artifacts captured by the daemon with the cache on: {captured}")
+        run.add(
+            f"{rounds} rounds, packages of 32 MiB of random bytes, quiet window {QUIET_MS} ms; "
+            f"{captured} of the {rounds} packages captured when the daemon with the cache "
+            "on stopped.\n\n" + "\n".join(rows)
+        )
+        run.write(markdown)
     finally:
         for side in sides.values():
             side.close()
@@ -136,4 +150,9 @@ def main(rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rounds", nargs="?", type=int, default=12)
+    parser.add_argument("--quick", action="store_true", help="6 rounds")
+    parser.add_argument("--markdown", type=Path, metavar="PATH")
+    args = parser.parse_args()
+    main(6 if args.quick else args.rounds, args.markdown)

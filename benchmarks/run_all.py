@@ -56,6 +56,8 @@ BENCHES = (
     Bench("r", "bench_r.py"),
     # restore onto a new image (issue 10)
     Bench("rebase-ab", "ab_rebase.py", ab=True),
+    # the artifact cache (issue 11)
+    Bench("capture-latency", "ab_capture_latency.py"),
     # watcher, daemon, idle RSS (issue 15: watcher, daemon and RSS targets)
     Bench("watch", "bench_watch.py"),
     Bench("daemon", "bench_daemon.py"),
