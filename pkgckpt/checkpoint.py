@@ -285,20 +285,17 @@ class Tracker:
             for p in (*theirs.added, *theirs.changed):
                 if not (p.name in track.state or p.name in track.gone or p.name in track.forgotten):
                     track.state[p.name] = p
-                elif p.artifact is not None:
-                    self.attach(theirs.env, p, p.artifact)  # captured by another process
+                elif p.artifact is not None:  # captured by another process
+                    bare = msgspec.structs.replace(p, artifact=None)
+                    self.attach(theirs.env, bare, p.artifact)
 
-    def attach(
-        self, env: Environment, package: Package, artifact: Artifact, *, again: bool = False
-    ) -> bool:
+    def attach(self, env: Environment, package: Package, artifact: Artifact) -> bool:
         """Record `artifact` as the capture of `package` in `env` when the record still
-        holds that very install (and no artifact for it; `again`: or the one `package`
-        names, which is lost); whether it was recorded."""
+        holds that very install, with the artifact `package` had when its capture began
+        (none, or a pooled one the pool lost); whether it was recorded."""
         track = self._tracks.get(env_key(env))
         recorded = track.state.get(package.name) if track is not None else None
-        if track is None or recorded is None:
-            return False
-        if recorded.artifact is not None and not (again and recorded.artifact == package.artifact):
+        if track is None or recorded is None or recorded.artifact != package.artifact:
             return False
         if not same_install(recorded, package):
             return False  # upgraded since the capture began: that artifact is not this install

@@ -209,6 +209,8 @@ class Daemon:
         """Captures that failed for a reason that may pass: tried again after a backoff."""
         self.attached = 0
         """Artifacts attached to the record since its last commit (pending like changes)."""
+        self.pool_checked = False
+        """Whether the pooled artifacts the record names were looked for in the pool."""
         self.last_written: Body | None = None
         """The body of the last generation this process wrote (GC dates what left it)."""
 
@@ -381,8 +383,15 @@ class Daemon:
         )
         if self.captures.running:
             return
-        jobs = art.pending(self.session, self.targets, {**self.uncaptured, **self.retries.skip})
+        skip = {**self.uncaptured, **self.retries.skip}
+        jobs = art.pending(self.session, self.targets, skip)
         try:
+            if not self.pool_checked:
+                # Once per process: a pooled artifact pruned or deleted since it was
+                # recorded is captured again (a stat per pooled package, not on each commit).
+                lost = art.lost(self.session, self.config, self.targets)
+                jobs += [j for j in lost if art.key(j.env, j.package) not in skip]
+                self.pool_checked = True
             used = quota.used(self.store)
             if used != self.state.counters.artifact_bytes:
                 self._count(artifact_bytes=used)

@@ -116,3 +116,35 @@ def test_a_pruned_entry_is_captured_again_by_the_next_snapshot(tmp_path: Path) -
     assert not (world.store / world.key / "artifacts").exists() or not list(
         (world.store / world.key / "artifacts").iterdir()
     )
+
+
+def test_a_starting_daemon_captures_a_pruned_entry_again(tmp_path: Path) -> None:
+    """The daemon looks for its record's pooled artifacts once at start: one pruned
+    since is captured into the pool again, with no install and no new generation."""
+    from daemon_kit import eventually
+
+    world = cache_on(World.make(tmp_path))
+    pool = _pool(tmp_path)
+    world.env["PKGCKPT_ARTIFACT_POOL"] = str(pool)
+    wheels = tmp_path / "wheels"
+    build_wheel(Dist("solo", "1.0"), wheels)
+    venv = make_venv(tmp_path / "venv")
+    baseline = tmp_path / "baseline.json"
+    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
+    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
+    venv.install(wheels, "solo")
+    assert world.pkgckpt("snapshot", *flags, timeout=300).returncode == 0
+    found = world.manifest()
+    assert found is not None
+    (solo,) = [p for d in found.body.deltas() for p in d.added]
+    assert solo.artifact is not None and solo.artifact.pooled
+    entry = pool / "sha256" / solo.artifact.sha256
+    entry.unlink()
+    daemon = world.daemon(*flags, "--quiet-ms", "100").start()
+    try:
+        eventually(entry.exists, timeout=60, what="the entry captured again")
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+    assert hashlib.sha256(entry.read_bytes()).hexdigest() == solo.artifact.sha256
+    assert world.generation() == found.generation

@@ -42,14 +42,12 @@ def pending(session: Session, targets: Iterable[Target], skip: Mapping[str, str]
     return [j for j in found if key(j.env, j.package) not in skip]
 
 
-def attach(
-    session: Session, results: Iterable[Result], *, again: bool = False
-) -> tuple[int, dict[str, str]]:
+def attach(session: Session, results: Iterable[Result]) -> tuple[int, dict[str, str]]:
     attached = 0
     failed: dict[str, str] = {}
     for r in results:
         if r.artifact is not None:
-            attached += session.tracker.attach(r.env, r.package, r.artifact, again=again)
+            attached += session.tracker.attach(r.env, r.package, r.artifact)
         else:
             failed[key(r.env, r.package)] = r.reason or "not captured"
     return attached, failed
@@ -95,7 +93,7 @@ def capture_now(session: Session, config: Config, targets: Iterable[Target]) -> 
         if not artifact.pooled:
             used += artifact.size
         results.append(Result(env=job.env, package=job.package, artifact=artifact))
-    return attach(session, results, again=True)[1]
+    return attach(session, results)[1]
 
 
 def tidy(session: Session, config: Config, before: Body, after: Body) -> None:
