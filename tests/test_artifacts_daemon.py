@@ -205,6 +205,24 @@ def test_the_worker_exits_at_sigterm_without_reporting_the_capture_it_was_doing(
     assert not directory.exists() or not list(directory.iterdir())
 
 
+def _children(module: str) -> list[int]:
+    """The pids of this process's children running `python -m module`."""
+    import os
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and module.encode() in argv:
+            found.append(int(proc.name))
+    return found
+
+
 def _private_artifacts(world: World) -> Path:
     """The key's artifacts directory made before the daemon starts, open to others: every
     capture fails on it (refused, a person must look) until it is made private again."""
@@ -347,3 +365,49 @@ def test_snapshot_through_the_daemon_exits_1_while_captures_fail_on_the_store(
         assert daemon.stop() == 0, daemon.output()
     finally:
         daemon.close()
+
+
+def test_a_worker_that_dies_on_its_own_reports_its_jobs_as_failures_to_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed by someone else than the daemon (the OOM killer) reports each job
+    it had not finished as a failure that may pass, so the daemon retries it after a
+    backoff instead of never (or at once, in a loop)."""
+    import os
+
+    from wheelhouse import make_venv
+
+    from pkgckpt.artifacts import Job
+    from pkgckpt.artifacts.background import Background
+    from pkgckpt.config import Config
+    from pkgckpt.manifest import Environment
+    from pkgckpt.store import init_store
+
+    wheels = tmp_path / "wheels"
+    big_wheel(wheels, "bigpkg", 64)
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    uv_install(venv.python, wheels, "bigpkg", env=hermetic(tmp_path))
+    init_store(tmp_path / "store")
+    store = Store(tmp_path / "store", "k")
+    env = Environment(
+        kind="python",
+        path=str(venv.prefix),
+        interpreter=f"{sys.version_info[0]}.{sys.version_info[1]}",
+    )
+    job = Job(env=env, roots=(venv.site_packages,), package=Package(name="bigpkg", version="1.0"))
+    private = tmp_path / "tmpdir"
+    private.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    worker = Background(Config(store=tmp_path / "store", key="k"), store)
+    assert worker.start([job], 0, set())
+    eventually(
+        lambda: any(private.glob("pkgckpt-capture-*/pkgckpt-capture-*/*.whl")),
+        what="capture under way",
+    )
+    (pid,) = _children("pkgckpt.artifacts.background")
+    os.kill(pid, signal.SIGKILL)
+    results = eventually(worker.collect, what="the dead worker collected")
+    assert [(r.package.name, r.artifact, r.retry) for r in results] == [("bigpkg", None, True)]
+    assert results[0].reason == f"the capture worker exited with {-signal.SIGKILL}"
+    assert not list(private.iterdir())
