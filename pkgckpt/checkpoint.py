@@ -207,6 +207,9 @@ class Tracker:
                     continue  # still the install the user told the record to forget
                 del track.forgotten[name]  # installed or upgraded again: recorded again
             track.state[name] = found
+            # Even where `diff` sees no change (a rebuild for another R minor): the record
+            # now holds what this process found, relative to this image.
+            track.touched.add(name)
         track.gone.difference_update(obs.packages)
         unconfirmed = {}
         for name, seen in track.last.items():
@@ -216,6 +219,7 @@ class Tracker:
                 track.state.pop(name, None)  # an uninstall this process saw happen
                 track.forgotten.pop(name, None)
                 track.gone.add(name)
+                track.touched.add(name)
             else:
                 unconfirmed[name] = seen
         track.last = {**unconfirmed, **obs.packages}
@@ -223,7 +227,6 @@ class Tracker:
         for change in changes:
             track.failing.pop(change.name, None)  # another install: its failures are past
             track.rebased.pop(change.name, None)
-            track.touched.add(change.name)
         track.history.extend(changes)
         del track.history[: -manifest.HISTORY_LIMIT]
         return changes
