@@ -4,6 +4,7 @@ files, or without) built from wheels the tests make (restore/indexmeta.py, rebas
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from restore_kit import isolated  # noqa: F401  (autouse: this machine's pip.conf kept out)
 from wheelhouse import Dist, build_wheel
 
 from pkgckpt.config import Config
@@ -143,10 +145,10 @@ class _Server(http.server.ThreadingHTTPServer):
     """The default 5 drops the connections of concurrent fetches (a 1 s retry each)."""
 
 
-@pytest.fixture
-def index(tmp_path: Path) -> Iterator[Index]:
-    """A live index on 127.0.0.1 (stopped at the end of the test)."""
-    served = Index(tmp_path / "index")
+@contextlib.contextmanager
+def serve(root: Path) -> Iterator[Index]:
+    """A live index of `root` on 127.0.0.1, stopped on leaving."""
+    served = Index(root)
     served.root.mkdir()
     server = _Server(("127.0.0.1", 0), _handler(served))
     served.url = f"http://127.0.0.1:{server.server_address[1]}/simple/"
@@ -158,6 +160,13 @@ def index(tmp_path: Path) -> Iterator[Index]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[Index]:
+    """A live index on 127.0.0.1 (stopped at the end of the test)."""
+    with serve(tmp_path / "index") as served:
+        yield served
 
 
 def plan_on_v2(tmp_path: Path, url: str, *added: str, ask_index: bool = True) -> Rebase:
@@ -394,20 +403,22 @@ def test_index_credentials_go_to_the_index_only_and_are_never_shown(
     assert "HTTP 404" in nothere and "s3cret" not in nothere and "alice" not in nothere
 
 
-def test_an_index_url_comes_from_the_settings_never_anything_else(tmp_path: Path) -> None:
-    """pkgckpt's index_url first, then the image's UV_/PIP_ variables; none with
-    --no-index, none for a file:// index."""
-    config = Config(store=tmp_path / "s", key="k")
-    env = {"PIP_INDEX_URL": "https://pip.example/simple/"}
-    assert indexmeta.index_url(config, {}) is None
-    assert indexmeta.index_url(config, env) == "https://pip.example/simple/"
-    uv = {**env, "UV_DEFAULT_INDEX": "https://uv.example/simple/"}
-    assert indexmeta.index_url(config, uv) == "https://uv.example/simple/"
-    own = Config(store=tmp_path / "s", key="k", index_url="https://mine.example/simple/")
-    assert indexmeta.index_url(own, uv) == "https://mine.example/simple/"
-    off = Config(store=tmp_path / "s", key="k", index_url="https://x/simple/", no_index=True)
-    assert indexmeta.index_url(off, uv) is None
-    assert indexmeta.index_url(config, {"PIP_INDEX_URL": "file:///opt/simple"}) is None
+def test_the_indexes_read_are_named_http_ones_only(tmp_path: Path) -> None:
+    """pkgckpt's index_url and the installer's extra indexes are read, the default first;
+    nothing with --no-index, with no index named (the built-in default is not asked), or
+    when one of them is a file:// tree the installer may take the package from."""
+    from pkgckpt.restore.indexconf import Indexes
+
+    named = Indexes("pip", default="https://a.example/simple/", extra=("https://b.example/",))
+    assert indexmeta.readable(named) == (("https://a.example/simple/", "https://b.example/"), None)
+    for found, why in (
+        (Indexes("uv", default="https://a.example/", no_index=True), "no wheel of it"),
+        (Indexes("uv", extra=("https://b.example/",)), "built-in default is not asked"),
+        (Indexes("pip", default="file:///opt/simple"), "file:///opt/simple, which is not http"),
+        (Indexes("pip", problem="pip's configuration x cannot be read"), "cannot be read"),
+    ):
+        urls, reason = indexmeta.readable(found)
+        assert urls == () and reason is not None and why in reason, reason
 
 
 @pytest.mark.slow

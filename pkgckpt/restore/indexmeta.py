@@ -4,12 +4,14 @@ find-links do not hold.
 
 The API `rebase.py` calls:
 
-    index_url(config) -> str | None
-        The index restore's installers use: pkgckpt's `index_url`, else the image's
-        `UV_DEFAULT_INDEX`, `UV_INDEX_URL` or `PIP_INDEX_URL`; None with `--no-index`, when
-        none is set (the installer's default index is not asked for metadata: an image
-        whose pip.conf names a private mirror must not have its package names sent to
-        another index) or when it is not http(s).
+    readable(found: indexconf.Indexes) -> (urls, None) | ((), why)
+        The indexes to read, the default first: every index the installer reads
+        (`indexconf.py`: pkgckpt's settings, then the installer's own configuration files
+        and variables, with its precedence), when each of them can be read here; else
+        none, and why. The installer's built-in default index is not asked (no index
+        named: the image named none, and package names are not sent where it did not
+        say). An index that is not http(s) (a file:// tree) is not read, and then no
+        other is either: the installer may take the package from that one.
     IndexMetadata(url, tags).fetch([(name, version), ...]) -> {(canonical, version): Found}
         Each package's METADATA text, or why it was not read.
 
@@ -46,7 +48,6 @@ import html.parser
 import http.client
 import io
 import json
-import os
 import threading
 import time
 import urllib.error
@@ -57,12 +58,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from ..config import Config
 from .rebase import MAX_METADATA
 from .validate import canonical, python_name, python_version
 
 if TYPE_CHECKING:
     from packaging.tags import Tag
+
+    from .indexconf import Indexes
 
 TIMEOUT = 5.0
 """Seconds a connection or a read may take."""
@@ -78,21 +80,26 @@ ACCEPT = (
     "application/vnd.pypi.simple.v1+json, "
     "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
 )
-ENV_INDEX = ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL")
-"""The image's index settings that the installers read from the environment, in order."""
-
 Found = tuple[str | None, str | None]
 """(METADATA text, None) or (None, why it was not read)."""
 
 
-def index_url(config: Config, environ: Mapping[str, str] = os.environ) -> str | None:
-    """The index to read metadata from (see the module); None: none."""
-    if config.no_index:
-        return None
-    url = config.index_url or next((environ[k] for k in ENV_INDEX if environ.get(k)), None)
-    if url is None or urlsplit(url).scheme.lower() not in ("http", "https"):
-        return None
-    return url
+def readable(found: Indexes) -> tuple[tuple[str, ...], str | None]:
+    """The index URLs to read metadata from, or () and why none (see the module)."""
+    if found.problem is not None:
+        return (), found.problem
+    if found.no_index:
+        return (), "no wheel of it in the find-links (no index)"
+    if found.default is None:
+        return (), (
+            f"no index named to {found.tool} (pkgckpt's index_url, {found.tool}'s "
+            "configuration or environment): its built-in default is not asked"
+        )
+    urls = (found.default, *found.extra)
+    for url in urls:
+        if urlsplit(url).scheme.lower() not in ("http", "https"):
+            return (), f"{found.tool} also reads {shown(url)}, which is not http(s)"
+    return tuple(dict.fromkeys(urls)), None
 
 
 def shown(url: str) -> str:

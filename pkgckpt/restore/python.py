@@ -30,7 +30,8 @@ disable the user site, and `pip install --user` must go where the image says. uv
 with `--no-config`: it would otherwise read `uv.toml`/`pyproject.toml` from the working
 directory and every directory above it (a private directory under a shared /tmp has
 `/tmp` above it); the image's uv settings reach it from pkgckpt's config as flags, and as
-UV_* variables (UV_CONFIG_FILE among them), which are kept.
+UV_* variables (UV_CONFIG_FILE among them), which are kept, except UV_DEFAULT_INDEX
+when pkgckpt names an index: uv would prefer it to `--index-url`.
 
 Sources other than an index are reinstalled from where they were recorded, when allowed
 and reachable:
@@ -179,6 +180,14 @@ def _pin(line: str) -> bool:
     return bool(sep) and python_name(name) and python_version(version)
 
 
+def installer_for(config: Config, env: Environment) -> str:
+    """ "uv" or "pip": the installer restore runs for `env` (see the module). The
+    consistency check (`indexconf.py`) reads the indexes of this one."""
+    if env.user or config.installer == "pip":
+        return "pip"
+    return "uv" if shutil.which("uv") is not None else "pip"
+
+
 class PythonInstaller:
     """The `runner.Installer` of one Python environment."""
 
@@ -196,18 +205,22 @@ class PythonInstaller:
         python = interpreter(prefix)
         if python is None:
             raise RestoreError(f"{prefix}: no Python interpreter in {prefix / 'bin'}")
-        uv = shutil.which("uv") if config.installer in ("auto", "uv") else None
-        if config.installer == "uv" and uv is None:
+        if config.installer == "uv" and shutil.which("uv") is None:
             raise RestoreError("--installer uv: uv is not installed (not found on PATH)")
         # Only what pkgckpt itself sets: the rest of the environment is the image's.
         self._env: dict[str, str | None] = {
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "PIP_NO_INPUT": "1",
         }
-        if uv is not None and not env.user:
+        uv = shutil.which("uv")
+        if installer_for(config, env) == "uv" and uv is not None:
             self._tool = "uv"
             self._command = [uv, "pip"]
             self._target = ["--no-config", "--python", str(python)]
+            if config.index_url:
+                # uv's default index is UV_DEFAULT_INDEX before `--index-url`: pkgckpt's
+                # own setting must win, as it does for pip.
+                self._env["UV_DEFAULT_INDEX"] = None
             return
         self._tool = "pip"
         self._target = ["--user"] if env.user else []

@@ -26,11 +26,14 @@ Consistent means that after the plan every installed distribution's `Requires-Di
 for) is satisfied. The check reads, without installing: the image's installed metadata
 (`*.dist-info/METADATA` in the environment's library roots) and each planned package's
 METADATA from its wheel in a `--find-links` directory whose tags fit the target
-interpreter, else, for a package from an index, its METADATA from the configured index
-(`indexmeta.py`: the PEP 658 metadata file, or a small wheel). Requirements, markers and
-versions are `packaging`'s; there is no resolver here. A planned package whose metadata
-cannot be read (no index configured, the index down, no fitting wheel, a hash mismatch)
-has its own requirements unchecked, and its decision's reason says why: the installer,
+interpreter, else, for a package from an index, its METADATA from the indexes the
+installer reads (`indexconf.py`: pkgckpt's settings, then pip's or uv's own configuration
+files and variables; `indexmeta.py`: the PEP 658 metadata file, or a small wheel), used
+only when every index offering it agrees (with extra indexes the installer may take the
+file from any of them). Requirements, markers and versions are `packaging`'s; there is
+no resolver here. A planned package whose metadata cannot be read (no index named, an
+index down or not http(s), indexes that disagree, no fitting wheel, a hash mismatch) has
+its own requirements unchecked, and its decision's reason says why: the installer,
 which resolves with every untouched installed distribution pinned as a constraint (`-c`),
 refuses a conflict there and the failure is reported per package. Then, with
 `--on-conflict image` (the default):
@@ -92,9 +95,6 @@ ON_CONFLICT = ("image", "user")
 MAX_METADATA = 1 << 20
 """Bytes of a METADATA file read at most: a real one is a few KB."""
 
-NO_INDEX = (
-    "no http(s) index named to pkgckpt (index_url, UV_DEFAULT_INDEX, UV_INDEX_URL, PIP_INDEX_URL)"
-)
 Action = Literal["install", "remove", "superseded", "held-back", "nothing"]
 Part = Literal["added", "changed", "removed"]
 
@@ -535,7 +535,7 @@ def rebase(
             reason=reason,
         )
     recorded_by_key = {canonical(p.name): p for _, p in entries}
-    _from_index(decided, recorded_by_key, wheels, config, tags, ask_index)
+    _from_index(decided, recorded_by_key, wheels, config, env, tags, ask_index)
     user = config.on_conflict == "user"
     markers = markers_for(env)
     meta = installed_metadata((*target.roots, *(beneath.roots if beneath else ())))
@@ -602,12 +602,14 @@ def _from_index(
     recorded: Mapping[str, Package],
     wheels: _Wheels,
     config: Config,
+    env: Environment,
     tags: Sequence[Tag],
     ask_index: bool,
 ) -> None:
     """Teach `wheels` the requirements of each planned install from an index that the
-    find-links do not hold, read from the configured index; where they cannot be read,
-    say so in the decision's reason (the installer then decides)."""
+    find-links do not hold, read from the indexes its installer reads; where they cannot
+    be read, or the indexes disagree, say so in the decision's reason (the installer then
+    decides)."""
     wanted = {
         key: recorded[key]
         for key, d in decided.items()
@@ -617,34 +619,48 @@ def _from_index(
     }
     if not wanted:
         return
-    from .indexmeta import IndexMetadata, index_url
+    from .indexconf import indexes
+    from .indexmeta import IndexMetadata, readable, shown
 
-    url = index_url(config) if ask_index else None
-    if url is None:
-        if not ask_index:
-            none = "status reads no index (restore --dry-run does)"
-        elif config.no_index:
-            none = "no wheel of it in the find-links"
-        else:
-            none = NO_INDEX
-        found: dict[tuple[str, str], Found] = {
-            (key, p.version): (None, none) for key, p in wanted.items()
-        }
+    urls: tuple[str, ...] = ()
+    none: str | None
+    if not ask_index:
+        none = "status reads no index (restore --dry-run does)"
+    elif config.no_index:
+        none = "no wheel of it in the find-links"
     else:
-        found = IndexMetadata(url, tags).fetch((p.name, p.version) for p in wanted.values())
+        urls, none = readable(indexes(config, env))
+    answers: list[tuple[str, dict[tuple[str, str], Found]]] = [
+        (url, IndexMetadata(url, tags).fetch((p.name, p.version) for p in wanted.values()))
+        for url in urls
+    ]
     for key, p in wanted.items():
-        text, why = found.get((key, p.version), (None, "not a valid name or version"))
-        if text is not None:
-            name, version, requires = _requires(text)
-            if (
-                name is not None
-                and canonical(name) == key
-                and _version(version) == _version(p.version)
-            ):
-                wheels.learn(p.name, p.version, requires)
-                continue
-            why = "its metadata on the index names another distribution"
-        reason = f"{decided[key].reason}; its requirements are left to the installer: {why}"
+        found: dict[tuple[str, ...], str] = {}
+        whys: list[str] = [none] if none else []
+        for url, answer in answers:
+            text, why = answer.get((key, p.version), (None, "not a valid name or version"))
+            if text is not None:
+                name, version, requires = _requires(text)
+                if (
+                    name is not None
+                    and canonical(name) == key
+                    and _version(version) == _version(p.version)
+                ):
+                    found.setdefault(tuple(sorted(requires)), url)
+                    continue
+                why = "its metadata on the index names another distribution"
+            if why is not None and why not in whys:
+                whys.append(why)
+        if len(found) == 1:
+            wheels.learn(p.name, p.version, list(next(iter(found))))
+            continue
+        if found:
+            # Dependency confusion: the installer takes either file, so neither says what
+            # gets installed.
+            where = ", ".join(shown(url) for url in found.values())
+            whys = [f"the indexes offer it with different requirements ({where})"]
+        reason = f"{decided[key].reason}; its requirements are left to the installer: "
+        reason += "; ".join(whys)
         decided[key] = msgspec.structs.replace(decided[key], reason=_printable(reason))
 
 
