@@ -101,9 +101,15 @@ def role(recorded: Environment, here: Sequence[Environment]) -> str | None:
     return None
 
 
+def r_version(version: str) -> tuple[int, ...] | None:
+    """An R version as R's `package_version` orders it: the integer components split on
+    `.` and `-` ("1.0-3" is (1, 0, 3), below "1.0.10"); None when it is not one."""
+    parts = version.replace("-", ".").split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+
+
 def _release(version: str | None) -> tuple[int, ...]:
-    parts = (version or "").replace("-", ".").split(".")
-    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
+    return r_version(version or "") or ()
 
 
 def moved(recorded: Environment, here: Environment) -> str | None:

@@ -422,3 +422,140 @@ def test_a_failure_in_the_moved_user_library_counts_against_its_record(
     (delta,) = [d for d in stored.body.environments if d.env.kind == "r"]
     assert delta.env.path == env.path
     assert [(f.name, f.count) for f in delta.failing] == [("ckptNowhere", 1)]
+
+
+# -- the image's R packages (restore/rimage.py) --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_base(tmp_path_factory: pytest.TempPathFactory) -> rpkgs.Repo:
+    """ckpt.base 1.1.0 (newer than the user's 1.0.0) and, in the archive, 0.9-1 (older)."""
+    return rpkgs.build_repo(
+        tmp_path_factory.mktemp("base") / "cran",
+        current=(("ckpt.base", "1.1.0"),),
+        archived=(("ckpt.base", "0.9-1"),),
+    )
+
+
+@needs_r
+@pytest.mark.parametrize(("shipped", "superseded"), [("1.1.0", True), ("0.9-1", False)])
+def test_a_user_package_the_image_ships_newer_is_superseded_not_downgraded(
+    tmp_path: Path,
+    repo: rpkgs.Repo,
+    user_lib: Path,
+    other_base: rpkgs.Repo,
+    shipped: str,
+    superseded: bool,
+) -> None:
+    """The user added ckpt.base 1.0.0 and ckptImports to their library; the new image's
+    site library ships ckpt.base `shipped`. Newer (1.1.0, R's package_version order):
+    superseded, not installed over it (dry run and restore say so), ckptImports is
+    installed and loads against the image's copy; older (0.9-1): the user's 1.0.0 is
+    installed. A second restore installs nothing."""
+    mine, site = tmp_path / "mine", tmp_path / "site-lib"
+    rpkgs.install(site, other_base, tarballs=[other_base.tarball("ckpt.base", shipped)])
+    delta = Delta(
+        env=r_environment(mine, role="named"),
+        added=recorded(user_lib, ("ckpt.base", "ckptImports")),
+        image="sha256:" + "0" * 64,
+    )
+    restore_kit.put_manifest(tmp_path / "store", "k", Body(environments=(delta,)))
+    environment = environ(tmp_path)
+    args = ("--r-lib", str(mine), "--r-lib", str(site), "--r-repo", repo.url)
+
+    dry = run("restore", tmp_path, environment, *args, "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    line = f"superseded ckpt.base 1.0.0: the image ships {shipped}"
+    assert (line in dry.stdout) is superseded, dry.stdout
+
+    done = run("restore", tmp_path, environment, *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    want = (
+        {"ckptImports": "1.2.0"} if superseded else {"ckptImports": "1.2.0", "ckpt.base": "1.0.0"}
+    )
+    assert rpkgs.installed(mine) == want
+    assert rpkgs.installed(site) == {"ckpt.base": shipped}
+    out = rpkgs.rscript(
+        ".libPaths(commandArgs(TRUE)); library(ckptImports);"
+        "cat(format(packageVersion('ckpt.base')))",
+        str(mine),
+        str(site),
+    )
+    assert out == (shipped.replace("-", ".") if superseded else "1.0.0")
+    again = run("restore", tmp_path, environment, *args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert rpkgs.installed(mine) == want
+
+
+@needs_r
+def test_removing_an_image_r_package_another_image_package_imports_is_held_back(
+    tmp_path: Path, repo: rpkgs.Repo
+) -> None:
+    """The user removed ckpt.base and ckptGone from the image's library; on the new image
+    ckptImports imports ckpt.base (>= 1.0.0): that removal is held back (exit 3, named
+    with the requirement as its DESCRIPTION states it), ckptGone is removed, ckptImports
+    still loads. `--on-conflict user` removes it anyway and names what it breaks."""
+    site = tmp_path / "site-lib"
+    rpkgs.install(site, repo, ("ckpt.base", "ckptImports", "ckptGone"))
+    delta = Delta(
+        env=r_environment(site, role="named"),
+        removed=(
+            Package(name="ckpt.base", version="1.0.0"),
+            Package(name="ckptGone", version="1.0"),
+        ),
+        image="sha256:" + "0" * 64,
+    )
+    restore_kit.put_manifest(tmp_path / "store", "k", Body(environments=(delta,)))
+    environment = environ(tmp_path)
+    args = ("--r-lib", str(site), "--r-repo", repo.url)
+    held = "ckpt.base 1.0.0 held back: ckptImports 1.2.0 (image) requires ckpt.base (>= 1.0.0)"
+
+    done = run("restore", tmp_path, environment, *args)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert held in done.stdout, done.stdout
+    assert rpkgs.installed(site) == {"ckpt.base": "1.0.0", "ckptImports": "1.2.0"}
+    assert loads(site, ("ckptImports",)) == {"ckptImports": "ok"}
+    again = run("restore", tmp_path, environment, *args)
+    assert again.returncode == 3 and held in again.stdout, again.stdout + again.stderr
+
+    forced = run("restore", tmp_path, environment, *args, "--on-conflict", "user")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "broken: ckptImports 1.2.0 (image) requires ckpt.base (>= 1.0.0)" in forced.stdout
+    assert rpkgs.installed(site) == {"ckptImports": "1.2.0"}
+
+
+def test_r_versions_order_as_package_version_and_requirements_parse_as_r_writes_them(
+    tmp_path: Path,
+) -> None:
+    """Integer components split on `.` and `-` ("1.0-3" < "1.0.10", "1.10" > "1.9"); an
+    image package's Depends/Imports/LinkingTo are read with their constraints (over
+    continuation lines), R itself and Suggests are not requirements, and a DESCRIPTION
+    naming another package or version, or an item that does not parse, gives nothing."""
+    from pkgckpt.restore.rimage import requirements
+    from pkgckpt.rmatch import r_version
+
+    assert r_version("1.0-3") == (1, 0, 3)
+    assert r_version("1.0-3") < r_version("1.0.10")  # type: ignore[operator]
+    assert r_version("1.10") > r_version("1.9")  # type: ignore[operator]
+    assert r_version("1.0a") is None
+    (tmp_path / "Yimg").mkdir()
+    (tmp_path / "Yimg" / "DESCRIPTION").write_text(
+        "Package: Yimg\nVersion: 2.0\nDepends: R (>= 4.0), Xdep (>= 2.0-1)\n"
+        "Imports: Zdep,\n    Wdep(<1.5), bad (>= x), --opt\nLinkingTo: Ldep\nSuggests: Sdep\n"
+    )
+    found = [str(n) for n in requirements(tmp_path, "Yimg", "2.0")]
+    assert found == [
+        "Yimg 2.0 (image) requires Xdep (>= 2.0-1)",
+        "Yimg 2.0 (image) requires Zdep",
+        "Yimg 2.0 (image) requires Wdep (< 1.5)",
+        "Yimg 2.0 (image) requires Ldep",
+    ]
+    (x,) = [n for n in requirements(tmp_path, "Yimg", "2.0") if n.name == "Xdep"]
+    assert (x.allows("2.0-1"), x.allows("2.0.0"), x.allows("2.1"), x.allows("1.99")) == (
+        True,
+        False,
+        True,
+        False,
+    )
+    assert requirements(tmp_path, "Yimg", "1.0") == []
+    assert requirements(tmp_path, "Other", "2.0") == []

@@ -59,6 +59,8 @@ A new image or interpreter (`rebase.needed`): a Python environment's record is r
 against this container's image instead (`rebase.py`): each entry is installed, removed,
 superseded (the image caught up) or held back (it would break an image package), and the
 installs resolve their dependencies within the untouched installed versions (`-c`).
+An R library's record is read against the R packages the image ships in every R library
+here (`rimage.py`); only when that supersedes or holds back something is it a rebase.
 Held-back entries are reported and make the exit code 3; they stay recorded (with their
 state and reason, through `record.remember`) and come back at a later restore onto an
 image that no longer conflicts.
@@ -543,6 +545,7 @@ def _rebased(
         have = now.get(_key(kind, d.name))
         if d.action == "install":
             p = recorded[_key(kind, d.name)]
+            placed = have is not None and _same_version(kind, have.version, p.version)
             install.append(
                 Step(
                     name=p.name,
@@ -551,6 +554,7 @@ def _rebased(
                     installed=None if have is None else have.version,
                     reason="added" if d.recorded == "added" else "changed",
                     artifact=p.artifact,
+                    rebuild=stale_build(have, target.env) if placed else None,
                 )
             )
         elif d.action == "remove" and have is not None:
@@ -608,6 +612,12 @@ def _plan(
                 beneath = _beneath(target, targets)
                 live = {**(_installed(beneath) if beneath else {}), **now}
                 rebase = read_against(delta, target, image, live, config, beneath)
+                install, gone = _rebased(delta, target, rebase, now)
+        elif kind == "r":
+            from .rimage import rebase_r
+
+            rebase = rebase_r(delta, target, targets, baseline, now, config)
+            if rebase is not None:
                 install, gone = _rebased(delta, target, rebase, now)
         wanted: tuple[tuple[Literal["added", "changed"], tuple[Package, ...]], ...] = (
             ("added", delta.added),

@@ -1,0 +1,253 @@
+"""An R library's record read against the R packages the image ships (DESIGN: invariant
+10): the rows of `rebase.py`'s table, with R's versions and R's requirements.
+
+    rebase_r(delta, target, libraries, baseline, live, config) -> Rebase | None
+
+R searches its libraries in order (`.libPaths()`: the user library, then the site ones),
+so a package in the user's library hides the image's copy in a site library. What the
+image ships as seen from a library: the baseline's packages of that library, then of the
+other R libraries tracked here (the first one that has a name wins); without a baseline
+yet (a dry run in a fresh container), what the other libraries hold now. `w` is that version,
+`v` the recorded one, compared as R's `package_version` (`rmatch.r_version`: integer
+components split on `.` and `-`; "1.0-3" < "1.0.10"; unorderable: not superseded):
+
+    added or changed X v   w >= v: superseded (installing v would hide the image's newer
+                           X: a silent downgrade); a recorded downgrade (v below the
+                           version it replaced) is the user's on purpose: installed
+    removed X              not installed here: nothing; an image package needs it:
+                           held back; otherwise removed
+
+Then the image's requirements: each image package (installed now at the version the
+image ships, in any R library here) is read from its `DESCRIPTION` (`Depends`, `Imports`,
+`LinkingTo`, with their version constraints). A removal that leaves one of them without a
+package it names, or an install at a version outside a constraint one of them states, is
+held back with that requirement as written (`ckpt.base 1.0.0 held back: ckptImports 1.2.0
+(image) requires ckpt.base (>= 1.0.0)`), unless another library still holds a version
+that satisfies it. `--on-conflict user` carries them out anyway and lists what breaks.
+
+R gives a deliberate older version in the user's library no `replaced` version (that is
+recorded within one library only), so an addition older than the image's is superseded
+too: the image's newer copy is what R loads anyway once the user's is not there.
+
+None when nothing is superseded or held back: the library is then restored exactly as on
+the same image (exact versions, builds for this R), and the plan says nothing new.
+A DESCRIPTION may be planted: reads are bounded, and a name, operator or version that
+does not parse is skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ..config import Config
+from ..manifest import Baseline, Delta, IndexSource, Package, image_identity, same_source
+from ..rmatch import r_version, stale_build
+from ..scan.r import DEPENDENCY_FIELDS, parse_dcf
+from .rebase import MAX_METADATA, Action, Decision, Part, Rebase
+
+if TYPE_CHECKING:
+    from ..inventory import Target
+
+_REQUIREMENT = re.compile(
+    r"\s*([A-Za-z][A-Za-z0-9.]*[A-Za-z0-9])\s*"
+    r"(?:\(\s*(>=|<=|==|!=|>|<)\s*([0-9][0-9.\-]*)\s*\))?\s*"
+)
+_OPS = {
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+
+class _Need(msgspec.Struct, frozen=True):
+    """One requirement an image package states: `name (op version)`."""
+
+    owner: str
+    owner_version: str
+    name: str
+    op: str | None
+    version: str | None
+
+    def allows(self, version: str) -> bool:
+        if self.op is None or self.version is None:
+            return True
+        have, want = r_version(version), r_version(self.version)
+        return have is not None and want is not None and _OPS[self.op](have, want)
+
+    def __str__(self) -> str:
+        spec = f" ({self.op} {self.version})" if self.op else ""
+        return f"{self.owner} {self.owner_version} (image) requires {self.name}{spec}"
+
+
+def _at_least(have: str | None, want: str) -> bool:
+    a, b = r_version(have or ""), r_version(want)
+    return a is not None and b is not None and a >= b
+
+
+def _description(path: Path) -> dict[str, str] | None:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_METADATA + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_METADATA:
+        return None
+    return parse_dcf(data.decode("utf-8", "replace"))
+
+
+def requirements(lib: Path, name: str, version: str) -> list[_Need]:
+    """What the installed package `lib/name` requires, if it is `name` `version`."""
+    fields = _description(lib / name / "DESCRIPTION")
+    if fields is None or fields.get("Package") != name or fields.get("Version") != version:
+        return []
+    out = []
+    for field in DEPENDENCY_FIELDS:
+        for item in fields.get(field, "").split(","):
+            match = _REQUIREMENT.fullmatch(item)
+            if match is not None and match.group(1) != "R":
+                out.append(_Need(name, version, match.group(1), match.group(2), match.group(3)))
+    return out
+
+
+def rebase_r(
+    delta: Delta,
+    target: Target,
+    libraries: Sequence[Target],
+    baseline: Baseline | None,
+    live: Mapping[str, Package],
+    config: Config,
+) -> Rebase | None:
+    """`delta` of R library `target` read against the image (see the module); None when
+    that changes nothing."""
+    others = [t for t in libraries if t is not target and t.env.kind == "r"]
+    shipped: list[tuple[Target, dict[str, Package]]] = []
+    for t in (target, *others):
+        if baseline is not None:
+            listed = baseline.image(t.env)
+        else:
+            # No baseline yet (a dry run in a fresh container): what the other libraries
+            # hold is the image; the record's own library may hold the user's packages.
+            listed = None if t is target else list(t.scan().packages)
+        if listed is not None:
+            shipped.append((t, {p.name: p for p in listed}))
+    image: dict[str, Package] = {}
+    for _, packages in shipped:
+        for name, p in packages.items():
+            image.setdefault(name, p)
+
+    entries: list[tuple[Part, Package]] = [
+        *(("added", p) for p in delta.added),
+        *(("changed", p) for p in delta.changed),
+        *(("removed", p) for p in delta.removed),
+    ]
+    decided: dict[str, Decision] = {}
+    for part, p in entries:
+        image_p = image.get(p.name)
+        action, reason = _classify(part, p, image_p, live.get(p.name), target)
+        decided[p.name] = Decision(
+            name=p.name,
+            version=p.version,
+            recorded=part,
+            image=image_p.version if image_p is not None else None,
+            action=action,
+            reason=reason,
+        )
+    broken: dict[str, str] = {}
+    if any(d.action in ("install", "remove") for d in decided.values()):
+        broken = _hold_back(decided, target, others, shipped, live, config)
+    if not broken and not any(d.action in ("superseded", "held-back") for d in decided.values()):
+        return None
+    return Rebase(
+        image_old=delta.image,
+        image_new=image_identity(image.values()),
+        decisions=tuple(decided[k] for k in sorted(decided)),
+        forced=tuple(sorted(broken)),
+        broken=tuple(broken[k] for k in sorted(broken)),
+    )
+
+
+def _classify(
+    part: Part, p: Package, image: Package | None, live: Package | None, target: Target
+) -> tuple[Action, str]:
+    w = image.version if image is not None else None
+    if part == "removed":
+        if live is None:
+            return "nothing", "the image ships none" if w is None else "not installed here"
+        return "remove", "removed by the user"
+    caught_up = (
+        w is not None
+        and _at_least(w, p.version)
+        and (r_version(w) != r_version(p.version) or isinstance(p.source, IndexSource))
+    )
+    downgrade = p.replaced is not None and not _at_least(p.version, p.replaced)
+    if caught_up and not downgrade:
+        return "superseded", f"the image ships {w}"
+    if (
+        live is not None
+        and live.version == p.version
+        and same_source(p.source, live.source)
+        and stale_build(live, target.env) is None
+    ):
+        return "nothing", "in place"
+    return "install", f"{part} by the user" + (f"; the image ships {w}" if w else "")
+
+
+def _hold_back(
+    decided: dict[str, Decision],
+    target: Target,
+    others: Sequence[Target],
+    shipped: Sequence[tuple[Target, Mapping[str, Package]]],
+    live: Mapping[str, Package],
+    config: Config,
+) -> dict[str, str]:
+    """Hold back the planned changes an image package's requirement forbids (see the
+    module). With `--on-conflict user` they stay planned, with the requirement in their
+    reason; returned: name -> the requirement each of those breaks."""
+    now = {t.env.path: {p.name: p for p in t.scan().packages} for t in others}
+    now[target.env.path] = dict(live)
+    # A removal here is no loss where another library still holds the package.
+    elsewhere: dict[str, list[str]] = {}
+    for t in others:
+        for p in now[t.env.path].values():
+            elsewhere.setdefault(p.name, []).append(p.version)
+    needs: list[_Need] = []
+    for t, packages in shipped:
+        for name, p in packages.items():
+            have = now[t.env.path].get(name)
+            if have is not None and have.version == p.version:
+                for lib in t.roots:
+                    needs += requirements(lib, name, p.version)
+    forced: dict[str, str] = {}
+    while True:
+        held: dict[str, str] = {}
+        gone = {k for k, d in decided.items() if d.action == "remove" and k not in forced}
+        for need in needs:
+            d = decided.get(need.name)
+            if need.owner in gone or d is None or need.name in forced:
+                continue
+            if d.action == "remove":
+                broken = not any(need.allows(v) for v in elsewhere.get(need.name, ()))
+            elif d.action == "install":
+                broken = not need.allows(d.version)
+            else:
+                continue
+            if broken:
+                held.setdefault(need.name, str(need))
+        if not held:
+            return forced
+        for name, why in held.items():
+            d = decided[name]
+            if config.on_conflict == "user":
+                forced[name] = why
+                why = f"--on-conflict user, although {why}"
+                decided[name] = msgspec.structs.replace(d, reason=why)
+            else:
+                decided[name] = msgspec.structs.replace(d, action="held-back", reason=why)
