@@ -318,7 +318,13 @@ def _rebase(
 ) -> Rebase | None:
     """How restore would rebase `delta` here, when this container runs another image or
     interpreter than the record's."""
-    if target.env.kind != "python" or delta.is_empty():
+    if delta.is_empty():
+        return None
+    if target.env.kind == "r":
+        from .restore.rimage import rebase_r
+
+        return rebase_r(delta, target, found, baseline, live, config)
+    if target.env.kind != "python":
         return None
     from .restore import _beneath
     from .restore.rebase import needed, rebase

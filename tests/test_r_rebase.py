@@ -494,7 +494,8 @@ def test_removing_an_image_r_package_another_image_package_imports_is_held_back(
     """The user removed ckpt.base and ckptGone from the image's library; on the new image
     ckptImports imports ckpt.base (>= 1.0.0): that removal is held back (exit 3, named
     with the requirement as its DESCRIPTION states it), ckptGone is removed, ckptImports
-    still loads. `--on-conflict user` removes it anyway and names what it breaks."""
+    still loads; status says the same. `--on-conflict user` removes it anyway and names
+    what it breaks."""
     site = tmp_path / "site-lib"
     rpkgs.install(site, repo, ("ckpt.base", "ckptImports", "ckptGone"))
     delta = Delta(
@@ -515,6 +516,8 @@ def test_removing_an_image_r_package_another_image_package_imports_is_held_back(
     assert held in done.stdout, done.stdout
     assert rpkgs.installed(site) == {"ckpt.base": "1.0.0", "ckptImports": "1.2.0"}
     assert loads(site, ("ckptImports",)) == {"ckptImports": "ok"}
+    status = run("status", tmp_path, environment, "--r-lib", str(site))
+    assert held in status.stdout, status.stdout + status.stderr
     again = run("restore", tmp_path, environment, *args)
     assert again.returncode == 3 and held in again.stdout, again.stdout + again.stderr
 

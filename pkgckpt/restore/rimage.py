@@ -4,26 +4,31 @@
     rebase_r(delta, target, libraries, baseline, live, config) -> Rebase | None
 
 R searches its libraries in order (`.libPaths()`: the user library, then the site ones),
-so a package in the user's library hides the image's copy in a site library. What the
-image ships as seen from a library: the baseline's packages of that library, then of the
-other R libraries tracked here (the first one that has a name wins); without a baseline
-yet (a dry run in a fresh container), what the other libraries hold now. `w` is that version,
-`v` the recorded one, compared as R's `package_version` (`rmatch.r_version`: integer
-components split on `.` and `-`; "1.0-3" < "1.0.10"; unorderable: not superseded):
+so a package in the user's library hides the image's copy in a site library. `w`, what
+the image ships as seen from a library, is the baseline's version in that library (only
+when that library's image changed, `Delta.image`: on the same one the record was taken
+against it, and a baseline taken where the user's library persisted lists the user's own
+packages), else in the other R libraries tracked here (the first one that has the name);
+without a baseline yet (a dry run in a fresh container), what the other libraries hold
+now. `v` is the recorded version; both compare as R's `package_version`
+(`rmatch.r_version`: integer components split on `.` and `-`; "1.0-3" < "1.0.10";
+unorderable: not superseded):
 
-    added or changed X v   w >= v: superseded (installing v would hide the image's newer
-                           X: a silent downgrade); a recorded downgrade (v below the
-                           version it replaced) is the user's on purpose: installed
+    added or changed X v   in place (that version, source and R build): nothing;
+                           w >= v: superseded (installing v would hide the image's
+                           newer X: a silent downgrade); a recorded downgrade (v below
+                           the version it replaced) is the user's on purpose: installed
     removed X              not installed here: nothing; an image package needs it:
                            held back; otherwise removed
 
 Then the image's requirements: each image package (installed now at the version the
-image ships, in any R library here) is read from its `DESCRIPTION` (`Depends`, `Imports`,
-`LinkingTo`, with their version constraints). A removal that leaves one of them without a
-package it names, or an install at a version outside a constraint one of them states, is
-held back with that requirement as written (`ckpt.base 1.0.0 held back: ckptImports 1.2.0
-(image) requires ckpt.base (>= 1.0.0)`), unless another library still holds a version
-that satisfies it. `--on-conflict user` carries them out anyway and lists what breaks.
+image ships, in any R library here, and not one the record says the user installed) is
+read from its `DESCRIPTION` (`Depends`, `Imports`, `LinkingTo`, with their version
+constraints). A removal that leaves one of them without a package it names, or an
+install at a version outside a constraint one of them states, is held back with that
+requirement as written (`ckpt.base 1.0.0 held back: ckptImports 1.2.0 (image) requires
+ckpt.base (>= 1.0.0)`), unless another library still holds a version that satisfies it.
+`--on-conflict user` carries them out anyway and lists what breaks.
 
 R gives a deliberate older version in the user's library no `replaced` version (that is
 recorded within one library only), so an addition older than the image's is superseded
@@ -128,20 +133,23 @@ def rebase_r(
     """`delta` of R library `target` read against the image (see the module); None when
     that changes nothing."""
     others = [t for t in libraries if t is not target and t.env.kind == "r"]
-    shipped: list[tuple[Target, dict[str, Package]]] = []
-    for t in (target, *others):
-        if baseline is not None:
-            listed = baseline.image(t.env)
-        else:
-            # No baseline yet (a dry run in a fresh container): what the other libraries
-            # hold is the image; the record's own library may hold the user's packages.
-            listed = None if t is target else list(t.scan().packages)
+    # No baseline yet (a dry run in a fresh container): what the other libraries hold is
+    # the image; the record's own library may hold the user's packages.
+    own_listed = baseline.image(target.env) if baseline is not None else None
+    own = {p.name: p for p in own_listed or ()}
+    # The image's copy in the record's own library counts only when that library's image
+    # changed: on the same one it is what the record was taken against, and a baseline
+    # taken where the user's library persisted lists the user's own packages.
+    moved = delta.image is not None and delta.image != image_identity(own.values())
+    shipped: list[tuple[Target, dict[str, Package]]] = [(target, own)]
+    for t in others:
+        listed = baseline.image(t.env) if baseline is not None else list(t.scan().packages)
         if listed is not None:
             shipped.append((t, {p.name: p for p in listed}))
-    image: dict[str, Package] = {}
-    for _, packages in shipped:
+    elsewhere: dict[str, Package] = {}
+    for _, packages in shipped[1:]:
         for name, p in packages.items():
-            image.setdefault(name, p)
+            elsewhere.setdefault(name, p)
 
     entries: list[tuple[Part, Package]] = [
         *(("added", p) for p in delta.added),
@@ -150,7 +158,8 @@ def rebase_r(
     ]
     decided: dict[str, Decision] = {}
     for part, p in entries:
-        image_p = image.get(p.name)
+        mine = own.get(p.name) if moved else None
+        image_p = mine or elsewhere.get(p.name)
         action, reason = _classify(part, p, image_p, live.get(p.name), target)
         decided[p.name] = Decision(
             name=p.name,
@@ -160,6 +169,8 @@ def rebase_r(
             action=action,
             reason=reason,
         )
+    users = {p.name for p in (*delta.added, *delta.changed)}
+    shipped[0] = (target, {n: p for n, p in own.items() if n not in users})
     broken: dict[str, str] = {}
     if any(d.action in ("install", "remove") for d in decided.values()):
         broken = _hold_back(decided, target, others, shipped, live, config)
@@ -167,7 +178,7 @@ def rebase_r(
         return None
     return Rebase(
         image_old=delta.image,
-        image_new=image_identity(image.values()),
+        image_new=image_identity(own.values()),
         decisions=tuple(decided[k] for k in sorted(decided)),
         forced=tuple(sorted(broken)),
         broken=tuple(broken[k] for k in sorted(broken)),
@@ -182,6 +193,15 @@ def _classify(
         if live is None:
             return "nothing", "the image ships none" if w is None else "not installed here"
         return "remove", "removed by the user"
+    if (
+        live is not None
+        and live.version == p.version
+        and same_source(p.source, live.source)
+        and stale_build(live, target.env) is None
+    ):
+        # Before "superseded": the user's copy is already what R loads, whatever the image
+        # ships, so this restore changes nothing and has nothing to report.
+        return "nothing", "in place"
     caught_up = (
         w is not None
         and _at_least(w, p.version)
@@ -190,13 +210,6 @@ def _classify(
     downgrade = p.replaced is not None and not _at_least(p.version, p.replaced)
     if caught_up and not downgrade:
         return "superseded", f"the image ships {w}"
-    if (
-        live is not None
-        and live.version == p.version
-        and same_source(p.source, live.source)
-        and stale_build(live, target.env) is None
-    ):
-        return "nothing", "in place"
     return "install", f"{part} by the user" + (f"; the image ships {w}" if w else "")
 
 
