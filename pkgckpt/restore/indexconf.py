@@ -73,8 +73,6 @@ class Indexes:
     """"pip" or "uv"."""
     default: str | None = None
     """The index named as the default; None: the installer's own (PyPI)."""
-    origin: str = ""
-    """Where `default` was named, as a reason may say it."""
     extra: tuple[str, ...] = ()
     no_index: bool = False
     problem: str | None = None
@@ -130,8 +128,8 @@ def pip_files(prefix: Path, environ: Mapping[str, str]) -> list[Path]:
 
 def pip_indexes(config: Config, prefix: Path, environ: Mapping[str, str]) -> Indexes:
     """pip's indexes for an interpreter at `prefix` (see the module)."""
-    # section -> key -> (value, where it was set); a later file replaces a key's value.
-    sections: dict[str, dict[str, tuple[str, str]]] = {"global": {}, "install": {}, ":env:": {}}
+    # section -> key -> value; a later file replaces a key's value.
+    sections: dict[str, dict[str, str]] = {"global": {}, "install": {}, ":env:": {}}
     for path in pip_files(prefix, environ):
         parser = configparser.RawConfigParser()
         try:
@@ -142,26 +140,22 @@ def pip_indexes(config: Config, prefix: Path, environ: Mapping[str, str]) -> Ind
         for section in ("global", "install"):
             if parser.has_section(section):
                 for key, value in parser.items(section):
-                    sections[section][_pip_key(key)] = (value, f"{path} [{section}]")
+                    sections[section][_pip_key(key)] = value
     for name, value in environ.items():
         if name.startswith("PIP_") and name[4:].lower() not in ("version", "help"):
-            sections[":env:"][_pip_key(name[4:])] = (value, name)
-    found: dict[str, tuple[str, str]] = {}
+            sections[":env:"][_pip_key(name[4:])] = value
+    found: dict[str, str] = {}
     for keys in sections.values():
-        for key, (value, origin) in keys.items():
+        for key, value in keys.items():
             if key in PIP_DEST and value:
-                found[PIP_DEST[key]] = (value, origin)
-    no_index = found.get("no-index", ("0", ""))[0].lower()
+                found[PIP_DEST[key]] = value
+    no_index = found.get("no-index", "0").lower()
     if no_index not in TRUE + FALSE:
         return Indexes("pip", problem=f"pip's no-index is {no_index!r}, not a boolean")
-    default, origin = found.get("index-url", (None, ""))
-    if config.index_url:
-        default, origin = config.index_url, "pkgckpt's index_url"
     return Indexes(
         "pip",
-        default=default,
-        origin=origin,
-        extra=tuple(found.get("extra", ("", ""))[0].split()),
+        default=config.index_url or found.get("index-url"),
+        extra=tuple(found.get("extra", "").split()),
         no_index=config.no_index or no_index in TRUE,
     )
 
@@ -195,10 +189,11 @@ def uv_indexes(config: Config, environ: Mapping[str, str]) -> Indexes:
         pip = top["pip"] if isinstance(top.get("pip"), dict) else {}
         file = {k: pip.get(k, top.get(k)) for k in ("index-url", "extra-index-url", "no-index")}
         file["index"] = [*_entries(pip.get("index")), *_entries(top.get("index"))]
-    candidates: list[tuple[str | None, str]] = [
-        (config.index_url, "pkgckpt's index_url"),
-        (None if config.index_url else environ.get("UV_DEFAULT_INDEX"), "UV_DEFAULT_INDEX"),
-        (environ.get("UV_INDEX_URL"), "UV_INDEX_URL"),
+    # uv's order (restore unsets UV_DEFAULT_INDEX when pkgckpt names an index).
+    candidates: list[str | None] = [
+        config.index_url,
+        None if config.index_url else environ.get("UV_DEFAULT_INDEX"),
+        environ.get("UV_INDEX_URL"),
     ]
     extra = [_uv_index(entry) for entry in environ.get("UV_INDEX", "").split()]
     extra += environ.get("UV_EXTRA_INDEX_URL", "").split()
@@ -207,20 +202,20 @@ def uv_indexes(config: Config, environ: Mapping[str, str]) -> Indexes:
         if not isinstance(url, str) or entry.get("explicit") is True:
             continue
         if entry.get("default") is True:
-            candidates.append((url, f"{named} [[index]] default = true"))
+            candidates.append(url)
         else:
             extra.append(url)
     url = file.get("index-url")
-    candidates.append((url if isinstance(url, str) else None, f"{named} index-url"))
+    candidates.append(url if isinstance(url, str) else None)
     more = file.get("extra-index-url")
     extra += [u for u in more if isinstance(u, str)] if isinstance(more, list) else []
-    default, origin = next(((u, o) for u, o in candidates if u), (None, ""))
+    default = next((u for u in candidates if u), None)
     no_index = (
         config.no_index
         or environ.get("UV_NO_INDEX", "").lower() in TRUE
         or file.get("no-index") is True
     )
-    return Indexes("uv", default=default, origin=origin, extra=tuple(extra), no_index=no_index)
+    return Indexes("uv", default=default, extra=tuple(extra), no_index=no_index)
 
 
 def _uv_index(entry: str) -> str:

@@ -181,7 +181,7 @@ def _pin(line: str) -> bool:
 
 
 def installer_for(config: Config, env: Environment) -> str:
-    """ "uv" or "pip": the installer restore runs for `env` (see the module). The
+    """Which installer restore runs for `env`, "uv" or "pip" (see the module): the
     consistency check (`indexconf.py`) reads the indexes of this one."""
     if env.user or config.installer == "pip":
         return "pip"
@@ -205,15 +205,15 @@ class PythonInstaller:
         python = interpreter(prefix)
         if python is None:
             raise RestoreError(f"{prefix}: no Python interpreter in {prefix / 'bin'}")
-        if config.installer == "uv" and shutil.which("uv") is None:
+        uv = shutil.which("uv")
+        if config.installer == "uv" and uv is None:
             raise RestoreError("--installer uv: uv is not installed (not found on PATH)")
         # Only what pkgckpt itself sets: the rest of the environment is the image's.
         self._env: dict[str, str | None] = {
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "PIP_NO_INPUT": "1",
         }
-        uv = shutil.which("uv")
-        if installer_for(config, env) == "uv" and uv is not None:
+        if uv is not None and installer_for(config, env) == "uv":
             self._tool = "uv"
             self._command = [uv, "pip"]
             self._target = ["--no-config", "--python", str(python)]
