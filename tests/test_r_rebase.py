@@ -451,7 +451,7 @@ def test_a_user_package_the_image_ships_newer_is_superseded_not_downgraded(
     site library ships ckpt.base `shipped`. Newer (1.1.0, R's package_version order):
     superseded, not installed over it (dry run and restore say so), ckptImports is
     installed and loads against the image's copy; older (0.9-1): the user's 1.0.0 is
-    installed. A second restore installs nothing."""
+    installed. A second restore installs nothing; a checkpoint keeps the record."""
     mine, site = tmp_path / "mine", tmp_path / "site-lib"
     rpkgs.install(site, other_base, tarballs=[other_base.tarball("ckpt.base", shipped)])
     delta = Delta(
@@ -485,6 +485,13 @@ def test_a_user_package_the_image_ships_newer_is_superseded_not_downgraded(
     again = run("restore", tmp_path, environment, *args)
     assert again.returncode == 0, again.stdout + again.stderr
     assert rpkgs.installed(mine) == want
+    # The user uninstalled nothing: a checkpoint on the new image keeps the record.
+    snap = run("snapshot", tmp_path, environment, "--r-lib", str(mine), "--r-lib", str(site))
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    stored = Store(tmp_path / "store", "k").read()
+    assert stored is not None
+    (kept,) = [d for d in stored.body.environments if d.env.path == str(mine)]
+    assert {p.name: p.version for p in kept.added} == {"ckpt.base": "1.0.0", "ckptImports": "1.2.0"}
 
 
 @needs_r
