@@ -388,7 +388,14 @@ def save_baseline(baseline: Baseline, path: Path, answers: bool = False) -> None
 
 
 def ensure_baseline(config: Config, found: list[Target]) -> Baseline:
-    """The baseline; taken now (before anything is installed) and kept when there is none."""
+    """The baseline; taken now (before anything is installed) and kept when there is none.
+
+    Called by the commands that change state, first: the probes' answers found for
+    `found`, held until a runtime directory exists, are written now (`scan.kept.settle`).
+    """
+    from .scan import kept
+
+    kept.settle(config.runtime_dir)
     baseline = load_baseline(config)
     if baseline is not None:
         expect(found, baseline)

@@ -57,16 +57,34 @@ class Image:
         """What a new container of the image starts with: no runtime directory."""
         shutil.rmtree(self.env["XDG_RUNTIME_DIR"], ignore_errors=True)
 
-    def restore(self, *, configured: bool = True, **extra: str) -> list[tuple[str, str]]:
+    def restore(
+        self, *, configured: bool = True, fresh: bool = True, **extra: str
+    ) -> list[tuple[str, str]]:
         """`pkgckpt restore` as the image's entry point runs it (PKGCKPT_BASELINE set unless
-        not `configured`), in a new container, traced: the (program, argv) of every process
-        it started."""
-        self.new_container()
+        not `configured`), in a new container unless not `fresh`, traced: the (program,
+        argv) of every process it started."""
+        if fresh:
+            self.new_container()
+        argv = ["restore", *self.flags(), "--no-index", "--find-links", str(self.wheels)]
+        return traced(self.environ(configured, **extra), self.root, *argv)
+
+    def status(self, *, configured: bool = True, **extra: str) -> list[tuple[str, str]]:
+        """`pkgckpt status` in this container (no new one), traced as `restore`."""
+        return traced(self.environ(configured, **extra), self.root, "status", *self.flags())
+
+    def environ(self, configured: bool, **extra: str) -> dict[str, str]:
         env = {**self.env, **extra}
         if configured:
             env["PKGCKPT_BASELINE"] = str(self.baseline)
-        argv = ["restore", "--store", str(self.store), "--key", "k", "--env", str(self.venv)]
-        return traced(env, self.root, *argv, "--no-index", "--find-links", str(self.wheels))
+        return env
+
+    def flags(self) -> list[str]:
+        return ["--store", str(self.store), "--key", "k", "--env", str(self.venv)]
+
+    @property
+    def runtime(self) -> Path:
+        """The runtime directory (`config.runtime_dir` under XDG_RUNTIME_DIR)."""
+        return Path(self.env["XDG_RUNTIME_DIR"]) / "pkgckpt"
 
 
 def run(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -121,14 +139,21 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def make_image(root: Path, wheels: Path, *, r: bool = False) -> Image:
+def make_image(
+    root: Path, wheels: Path, *, r: bool = False, r_lib: Path | None = None, path: str = ""
+) -> Image:
+    """The image built: R's libraries discovered when `r`, else `r_lib` named when given;
+    `path` goes first on PATH."""
     env = hermetic(root)
-    env["PATH"] = f"{Path(UV).parent}:{env.get('PATH', '')}"
+    env["PATH"] = f"{path}{Path(UV).parent}:{env.get('PATH', '')}"
     home = root / "home"
     home.mkdir()
     env["HOME"] = str(home)
     if r:
         env.pop("PKGCKPT_DISCOVER")  # the default: R's libraries discovered
+    if r_lib is not None:
+        r_lib.mkdir(exist_ok=True)
+        env["PKGCKPT_R_LIB"] = str(r_lib)
     venv = make_venv(root / "venv", with_pip=False).prefix
     store = root / "store"
     target = targets(Config(env=(venv,)))[0].env
@@ -175,15 +200,20 @@ def test_new_container_status_starts_no_interpreter_probe(image: Image) -> None:
 def test_new_container_daemon_starts_no_interpreter_probe(image: Image, configured: bool) -> None:
     """`pkgckpt daemon` in a new container uses the image's answers too: ready (its
     first scan done) without having started the probe; without the baseline it probes."""
+    image.new_container()
+    started = traced_daemon(image, image.environ(configured))
+    assert (python_probes(started, image.venv) == []) == configured
+
+
+def traced_daemon(image: Image, environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """`pkgckpt daemon` started traced in this container, stopped once ready (its first
+    scan done): what it started."""
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed: started processes cannot be seen")
-    image.new_container()
     trace = image.root / "daemon-trace.txt"
     address = f"pkgckpt-test-{os.getpid()}-{time.monotonic_ns()}"
-    env = {**image.env, "NOTIFY_SOCKET": "@" + address}
-    if configured:
-        env["PKGCKPT_BASELINE"] = str(image.baseline)
-    argv = ["daemon", "--store", str(image.store), "--key", "k", "--env", str(image.venv)]
+    env = {**environ, "NOTIFY_SOCKET": "@" + address}
+    argv = ["daemon", *image.flags()]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as notify:
         notify.bind("\0" + address)
         notify.settimeout(120)
@@ -207,7 +237,7 @@ def test_new_container_daemon_starts_no_interpreter_probe(image: Image, configur
                     os.kill(daemon, signal.SIGKILL)
                 proc.kill()
                 proc.wait()
-    assert (python_probes(execs(trace), image.venv) == []) == configured
+    return execs(trace)
 
 
 def test_answers_hold_across_new_inodes_and_whole_second_mtimes(image: Image) -> None:
@@ -293,6 +323,59 @@ def test_answers_beside_a_loose_file_are_ignored(image: Image, loose: str) -> No
     assert python_probes(image.restore(), image.venv) != []
 
 
+# -- the runtime directory's copies -----------------------------------------------------
+
+
+def _kept_in(runtime: Path, what: str) -> list[Path]:
+    return sorted(runtime.glob(f"{what}-*.json")) if runtime.is_dir() else []
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_first_restore_keeps_the_answers_for_the_next_command(
+    image: Image, configured: bool
+) -> None:
+    """A new container's first restore, whether it probed or used the image's answers,
+    keeps them in the runtime directory: a status after it without the image's baseline
+    (so without its answers) starts no probe."""
+    started = image.restore(configured=configured)
+    assert (python_probes(started, image.venv) == []) == configured
+    assert _kept_in(image.runtime, "python-env") != []
+    assert python_probes(image.status(configured=False), image.venv) == []
+
+
+def test_daemon_after_the_first_restore_starts_no_probe(image: Image) -> None:
+    """The daemon started after a new container's first restore, with no image answers
+    to use, finds the restore's answers: ready without starting the probe."""
+    assert python_probes(image.restore(configured=False), image.venv) != []
+    started = traced_daemon(image, image.environ(configured=False))
+    assert python_probes(started, image.venv) == []
+
+
+def test_read_only_commands_keep_nothing_and_create_no_runtime_directory(image: Image) -> None:
+    """status and restore --dry-run in a new container probe, and hold the answers
+    without creating the runtime directory; the next status probes again."""
+    image.new_container()
+    assert python_probes(image.status(configured=False), image.venv) != []
+    env = image.environ(configured=False)
+    done = run(env, "restore", "--dry-run", *image.flags())
+    assert done.returncode == 0, done.stderr
+    assert not image.runtime.exists()
+    assert python_probes(image.status(configured=False), image.venv) != []
+
+
+def test_answers_are_never_kept_in_a_planted_runtime_directory(image: Image) -> None:
+    """A runtime directory others may write (planted in a shared /tmp) gets no answer:
+    they go to the private fallback, where the next command finds them."""
+    image.new_container()
+    image.runtime.mkdir(parents=True)
+    image.runtime.chmod(0o777)
+    assert python_probes(image.restore(configured=False, fresh=False), image.venv) != []
+    assert list(image.runtime.iterdir()) == []
+    fallback = Path(image.env["HOME"], ".cache", "pkgckpt")
+    assert [p for p in fallback.glob("run-*/python-env-*.json")] != []
+    assert python_probes(image.status(configured=False), image.venv) == []
+
+
 # -- R ----------------------------------------------------------------------------------
 
 
@@ -337,6 +420,14 @@ def test_user_library_created_probes_r_again(r_image: Image) -> None:
     assert lib.is_relative_to(home)
     lib.mkdir(parents=True)
     assert r_started(r_image.restore()) != []
+
+
+def test_first_restore_keeps_r_answer_for_the_next_command(r_image: Image) -> None:
+    """R discovered: a new container's first restore without the image's answers asks
+    R once and keeps its answer; the status after it starts no R."""
+    assert r_started(r_image.restore(configured=False)) != []
+    assert _kept_in(r_image.runtime, "r-libs") != []
+    assert r_started(r_image.status(configured=False)) == []
 
 
 def test_stable_identity_allows_a_pulled_layers_whole_seconds_and_nothing_else(

@@ -6,12 +6,13 @@ user site. When it cannot run (a foreign architecture, a broken venv), the layou
 guessed from `lib/python3*/site-packages`.
 
 Starting the interpreter costs ~25 ms, a sixth of a no-op `pkgckpt restore`, so its answer
-is kept in the runtime directory (`cache_dir`) under a key that cannot go stale: the probe,
-the interpreter's path and resolved path, the variables that steer `site` and
-`sysconfig`, and the identity (device, inode, size, mtime, ctime) of the interpreter, of
-`pyvenv.cfg` and of the directories holding the site directories. Rebuilding the
-environment or replacing its interpreter changes one of them. A cache file that is not
-ours, is writable by others or does not decode is ignored, never trusted.
+is kept in the runtime directory (`cache_dir`; held until a command that changes state
+makes it: `kept.keep`) under a key that cannot go stale: the probe, the interpreter's
+path and resolved path, the variables that steer `site` and `sysconfig`, and the identity
+(device, inode, size, mtime, ctime) of the interpreter, of `pyvenv.cfg` and of the
+directories holding the site directories. Rebuilding the environment or replacing its
+interpreter changes one of them. A cache file that is not ours, is writable by others or
+does not decode is ignored, never trusted.
 
 A new container has no runtime directory: there the answer `pkgckpt baseline` kept beside
 the image's baseline is used instead, under the same key and with identities that hold
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import msgspec
 
-from ..errors import PkgckptError, ScanError
+from ..errors import ScanError
 from ..manifest import Environment
 from . import kept as image_kept
 from .kept import Stable, stable
@@ -293,23 +294,6 @@ def _answer(found: PythonEnv) -> _Answer:
     )
 
 
-def _keep(path: Path, kept: _Kept) -> None:
-    from ..config import ensure_runtime_dir
-    from ..durable import atomic_write
-
-    if not path.parent.is_dir():
-        # The runtime directory is made by the commands that change state (restore, the
-        # daemon); a read-only command (status, restore --dry-run) must not create it.
-        return
-    try:
-        if ensure_runtime_dir(path.parent) != path.parent:
-            return  # not ours: the commands resolve the runtime directory before this
-        atomic_write(path, msgspec.json.encode(kept))
-    except PkgckptError as e:
-        # Only a cache: the next run asks the interpreter again.
-        log.debug("cannot keep the answer of the interpreter: %s", e)
-
-
 def _from_image(image: Path | None, key: str) -> tuple[_Answer, tuple[Stable, ...]] | None:
     entry = image_kept.lookup(image, "python", key)
     if entry is None:
@@ -343,10 +327,10 @@ def _cached_ask(python: Path, cache_dir: Path | None, image: Path | None) -> Pyt
         stamps += _stable_layout(answer.site_dirs)
     site_dirs = tuple(Path(d) for d in answer.site_dirs)
     if path is not None:
-        _keep(
-            path,
-            _Kept(key=key, stamps=before + _layout_stamps(site_dirs), stable=stamps, answer=answer),
+        kept = _Kept(
+            key=key, stamps=before + _layout_stamps(site_dirs), stable=stamps, answer=answer
         )
+        image_kept.keep(path, msgspec.json.encode(kept))
     image_kept.note("python", key, stamps, msgspec.json.encode(answer))
     return _found(python, answer)
 

@@ -19,6 +19,14 @@ from it, on a miss of the runtime cache, only when it cannot be stale:
   no one else, in directories no one else can write (`trust.unsafe`; stricter than
   `load_baseline` for a configured file, which only warns of nothing).
 
+The runtime directory's own copies (`keep`, `settle`): a read-only command (status,
+restore --dry-run) creates no runtime directory, and every command probes before it
+knows whether it will make one, so an answer whose directory does not exist yet is held
+in memory. The command that changes state makes the directory private
+(`config.ensure_runtime_dir`, never trusting one planted in a shared /tmp) and writes
+what is held (`inventory.ensure_baseline` calls `settle`): the first restore of a new
+container keeps its answers for the daemon started after it.
+
 A separate file, not a field of the baseline: the answers are read before any
 environment is scanned, from a few KB rather than by decoding a baseline of thousands of
 packages; the baseline stays the record of what the image shipped, readable by every
@@ -34,6 +42,8 @@ import stat
 from pathlib import Path
 
 import msgspec
+
+from ..errors import PkgckptError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +118,7 @@ def usable(stamps: tuple[Stable, ...]) -> bool:
 
 class Entry(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
-    """"python" (`env.py`) or "r" (`r.py`)."""
+    """"python" (`env.py`), "r" (`r.py`'s libraries) or "r-home" (`r.py`'s `R RHOME`)."""
     key: str
     stable: tuple[Stable, ...]
     answer: msgspec.Raw
@@ -201,3 +211,38 @@ def _read_trusted(path: Path, baseline: Path) -> bytes | None:
     finally:
         os.close(fd)
     return data if len(data) <= _MAX else None
+
+
+# -- the runtime directory -----------------------------------------------------------------
+
+_held: dict[Path, bytes] = {}
+"""Runtime-cache files not written yet: their directory did not exist when they were kept."""
+
+
+def keep(path: Path, data: bytes) -> None:
+    """Keep a probe's answer at `path` in the runtime directory: written now when the
+    directory exists, else held until the command makes it (`settle`)."""
+    _held[path] = data
+    if path.parent.is_dir():
+        settle(path.parent)
+
+
+def settle(runtime: Path) -> None:
+    """Write the answers held for `runtime`, made private first when missing; for a
+    command that changes state. Nothing is created when nothing is held, and nothing is
+    written in a directory that is not ours alone (the answers are then dropped: they are
+    looked up in `runtime` only). A failure only costs the next command the probes."""
+    held = [p for p in _held if p.parent == runtime]
+    if not held:
+        return
+    from ..config import ensure_runtime_dir
+    from ..durable import atomic_write
+
+    try:
+        ours = ensure_runtime_dir(runtime) == runtime
+        for path in held:
+            data = _held.pop(path)
+            if ours:
+                atomic_write(path, data)
+    except PkgckptError as e:
+        log.debug("cannot keep the probes' answers in %s: %s", runtime, e)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import msgspec
 
-from ..errors import PkgckptError, ScanError
+from ..errors import ScanError
 from ..manifest import (
     DirectorySource,
     Environment,
@@ -667,18 +667,6 @@ def _from_image(image: Path | None, key: str) -> tuple[RLibs, tuple[Stable, ...]
 _CACHE_MAX = 64 * 1024
 
 
-def keep_private(path: Path, data: bytes) -> None:
-    """Write a cache file in the runtime directory; a failure only costs the next run a probe."""
-    from ..config import ensure_runtime_dir
-    from ..durable import atomic_write
-
-    try:
-        ensure_runtime_dir(path.parent)
-        atomic_write(path, data)
-    except PkgckptError as e:
-        log.debug("cannot keep R's answer: %s", e)
-
-
 def r_libraries(rscript: str, *, cache_dir: Path | None = None, image: Path | None = None) -> RLibs:
     """What `rscript`'s R says of its libraries, asked once and kept in `cache_dir` (the
     runtime directory) until R, its startup files, its environment or its libraries'
@@ -701,13 +689,9 @@ def r_libraries(rscript: str, *, cache_dir: Path | None = None, image: Path | No
         program = stable(resolved)
         found = _parse_probe(run_rscript(rscript, _PROBE))
         stamps = (program, *_stable_stamps(found))
-    if path is not None and path.parent.is_dir():
-        keep_private(
-            path,
-            msgspec.json.encode(
-                _KeptR(key=key, stamps=before + _answer_stamps(found), stable=stamps, found=found)
-            ),
-        )
+    if path is not None:
+        kept = _KeptR(key=key, stamps=before + _answer_stamps(found), stable=stamps, found=found)
+        image_kept.keep(path, msgspec.json.encode(kept))
     image_kept.note("r", key, stamps, msgspec.json.encode(found))
     return found
 
