@@ -251,7 +251,10 @@ def targets(
 
         for lib in r.libs:
             if lib in config.r_lib or r.info is None:
-                add(r_environment(lib, role="named"), (lib,))
+                env = r_environment(
+                    lib, role="named", cache_dir=config.runtime_dir, image=config.baseline
+                )
+                add(env, (lib,))
             else:
                 add(r_environment(lib, r.info, r.info.role(lib)), (lib,))
     return result

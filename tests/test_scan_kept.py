@@ -458,3 +458,75 @@ def test_stable_identity_allows_a_pulled_layers_whole_seconds_and_nothing_else(
     assert holds(missing)
     (tmp_path / "later").write_text("")
     assert not holds(missing)
+
+
+# -- R libraries named (no R discovery): the R on PATH's version and platform ------------
+
+
+def _skip_without_r() -> None:
+    if shutil.which("Rscript") is None or shutil.which("R") is None:
+        print("Rscript or R is not on PATH: the R answers cannot be tested")
+        pytest.skip("Rscript or R is not on PATH")
+
+
+@pytest.fixture
+def r_named(tmp_path: Path, wheels: Path) -> Image:
+    _skip_without_r()
+    return make_image(tmp_path, wheels, r_lib=tmp_path / "rlib")
+
+
+def rhome_started(started: list[tuple[str, str]]) -> list[str]:
+    return [p for p, argv in started if Path(p).name == "R" and '"RHOME"' in argv]
+
+
+def test_named_r_libraries_new_container_restore_starts_no_r(r_named: Image) -> None:
+    """With R libraries named, a restore in a new container starts no R (not even
+    `R RHOME`); without the image's answers it runs `R RHOME`, and keeps the answer: the
+    status after it starts no R."""
+    assert r_started(r_named.restore()) == []
+    assert rhome_started(r_named.restore(configured=False)) != []
+    assert _kept_in(r_named.runtime, "r-home") != []
+    assert r_started(r_named.status(configured=False)) == []
+
+
+def test_named_r_libraries_other_r_variable_asks_again(r_named: Image) -> None:
+    """An R_* variable the build did not have (R_LIBS_USER) changes the key: asked again."""
+    started = r_named.restore(R_LIBS_USER=str(r_named.root / "elsewhere"))
+    assert rhome_started(started) != []
+
+
+def _relocated_r(root: Path) -> Path:
+    """R's own front-end script, moved as R's installation guide says (its R_HOME_DIR
+    edited), over a home holding `tools`' DESCRIPTION: what `R RHOME` and the version
+    lookup read. Returns its bin directory."""
+    front = Path(shutil.which("R") or "").resolve()
+    home = subprocess.run([str(front), "RHOME"], capture_output=True, text=True, check=True)
+    script = front.read_text()
+    moved = root / "R"
+    if not re.search(r"^R_HOME_DIR=", script, re.M):
+        pytest.skip(f"{front} does not set R_HOME_DIR: it cannot be relocated")
+    (moved / "bin").mkdir(parents=True)
+    (moved / "library" / "tools").mkdir(parents=True)
+    edited = re.sub(r"^R_HOME_DIR=.*$", f"R_HOME_DIR={moved}", script, count=1, flags=re.M)
+    (moved / "bin" / "R").write_text(edited)
+    (moved / "bin" / "R").chmod(0o755)
+    tools = Path(home.stdout.strip(), "library", "tools", "DESCRIPTION")
+    shutil.copy2(tools, moved / "library" / "tools" / "DESCRIPTION")
+    return moved / "bin"
+
+
+def test_named_r_libraries_r_upgraded_in_place_asks_again(tmp_path: Path, wheels: Path) -> None:
+    """`tools`' DESCRIPTION rewritten with the same size and mtime (an R upgraded in
+    place): `R RHOME` runs again in a new container; untouched, it does not."""
+    _skip_without_r()
+    bin_dir = _relocated_r(tmp_path)
+    image = make_image(tmp_path, wheels, r_lib=tmp_path / "rlib", path=f"{bin_dir}:")
+    assert r_started(image.restore()) == []
+    tools = bin_dir.parent / "library" / "tools" / "DESCRIPTION"
+    st = tools.stat()
+    text = tools.read_text()
+    changed = re.sub(r"(Built: R )(\d)", lambda m: m.group(1) + str(9 - int(m.group(2))), text)
+    assert changed != text and len(changed) == len(text)
+    tools.write_text(changed)
+    os.utime(tools, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert rhome_started(image.restore()) == [str(bin_dir / "R")]

@@ -24,11 +24,11 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
@@ -598,18 +598,33 @@ class _KeptR(msgspec.Struct, frozen=True, kw_only=True):
     found: RLibs
 
 
+class _Home(msgspec.Struct, frozen=True, kw_only=True):
+    """What `R RHOME` and R's own `tools` package say of the R on PATH."""
+
+    home: str
+    version: str
+    platform: str
+
+
+class _KeptHome(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    stamps: tuple[_Stamp, ...]
+    stable: tuple[Stable, ...]
+    found: _Home
+
+
 _kept_decoder = msgspec.json.Decoder(_KeptR)
 _rlibs_decoder = msgspec.json.Decoder(RLibs)
 _CACHE_FORMAT = 2
 
 
-def _probe_key(rscript: str) -> str:
+def _probe_key(program: str, probe: str = _PROBE) -> str:
     # Every R_* variable steers R (R_HOME, R_LIBS*, R_ENVIRON*, R_PROFILE), and HOME the
     # user's Renviron and `~`.
     steering = sorted((k, v) for k, v in os.environ.items() if k == "HOME" or k.startswith("R_"))
     ids = (os.getuid(), os.geteuid(), os.getgid(), os.getegid())
     text = msgspec.json.encode(
-        [_CACHE_FORMAT, _PROBE, rscript, os.path.realpath(rscript), steering, ids]
+        [_CACHE_FORMAT, probe, program, os.path.realpath(program), steering, ids]
     )
     return hashlib.sha256(text).hexdigest()
 
@@ -637,16 +652,19 @@ def _stable_stamps(found: RLibs) -> tuple[Stable, ...]:
     )
 
 
-def _cache_file(cache_dir: Path, rscript: str) -> Path:
-    return cache_dir / f"r-libs-{hashlib.sha256(rscript.encode()).hexdigest()[:32]}.json"
+def _cache_file(cache_dir: Path, program: str, what: str = "r-libs") -> Path:
+    return cache_dir / f"{what}-{hashlib.sha256(program.encode()).hexdigest()[:32]}.json"
 
 
-def _recall(path: Path, key: str) -> _KeptR | None:
+_K = TypeVar("_K", _KeptR, _KeptHome)
+
+
+def _recall(path: Path, key: str, decoder: msgspec.json.Decoder[_K]) -> _K | None:
     data = read_private(path, _CACHE_MAX)
     if data is None:
         return None
     try:
-        kept = _kept_decoder.decode(data)
+        kept = decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
     if kept.key != key or any(_identity(s.path, s.follow) != s for s in kept.stamps):
@@ -676,7 +694,7 @@ def r_libraries(rscript: str, *, cache_dir: Path | None = None, image: Path | No
     key = _probe_key(rscript)
     path = _cache_file(cache_dir, rscript) if cache_dir is not None else None
     if path is not None:
-        kept = _recall(path, key)
+        kept = _recall(path, key, _kept_decoder)
         if kept is not None:
             image_kept.note("r", key, kept.stable, msgspec.json.encode(kept.found))
             return kept.found
@@ -704,34 +722,99 @@ def r_discover() -> list[Path]:
     return list(r_libraries(programs[0]).tracked())
 
 
-def _tools_built() -> tuple[str, str] | None:
-    """(version, platform) from the `Built:` of R's own `tools` package, without starting R.
+# -- the R on PATH, without starting R ----------------------------------------------------
 
-    `R RHOME` is a shell script that prints R's home (10 ms, where Rscript takes 200):
-    the no-op restore runs this on every container start. `tools` has compiled code, so
-    its `Built:` names the platform (`base`'s does not).
+
+_kept_home_decoder = msgspec.json.Decoder(_KeptHome)
+_home_decoder = msgspec.json.Decoder(_Home)
+_RHOME = "RHOME"
+"""The probe of the R home in its key: `R RHOME`, then `tools`' DESCRIPTION."""
+
+
+def _tools(home: str) -> str:
+    return str(Path(home, "library", "tools", "DESCRIPTION"))
+
+
+def _ask_home(r: str) -> tuple[_Home, _Stamp, Stable] | None:
+    """`R RHOME`, then (version, platform) from the `Built:` of R's own `tools` package,
+    with that DESCRIPTION's identities taken before it is read.
+
+    `R RHOME` is a shell script that prints R's home (10 ms, where Rscript takes 200).
+    `tools` has compiled code, so its `Built:` names the platform (`base`'s does not).
     """
+    from ..runner import Deadline, call
+
+    done = call([r, _RHOME], deadline=Deadline(30), split_stderr=True)
+    home = done.output.strip()
+    if done.returncode != 0 or not home.startswith("/") or "\n" in home:
+        return None
+    tools = _tools(home)
+    stamp, kept = _identity(tools, True), stable(tools, content=True)
+    try:
+        built = read_dcf(Path(tools)).get("Built", "")
+    except (OSError, DescriptionError):
+        return None
+    parts = [p.strip() for p in built.split(";")]
+    if len(parts) < 2 or not parts[0].startswith("R ") or not parts[1]:
+        return None
+    return _Home(home=home, version=parts[0].removeprefix("R "), platform=parts[1]), stamp, kept
+
+
+def _r_home(cache_dir: Path | None, image: Path | None) -> _Home | None:
+    """What `_ask_home` says of the R on PATH, kept as `r_libraries` keeps R's answer: in
+    `cache_dir` under the same key rules (the R program's path and resolved path, the
+    R_* variables and HOME, the ids) until the program or `tools`' DESCRIPTION changes,
+    and beside the image's baseline (`kept`, by the program's size and mtime and the
+    DESCRIPTION's content). Derived from nothing else: `r_libraries`' answer is Rscript's,
+    which need not be the R on PATH, and with named libraries R is never asked for it."""
     r = shutil.which("R")
     if r is None:
         return None
+    key = _probe_key(r, _RHOME)
+    path = _cache_file(cache_dir, r, "r-home") if cache_dir is not None else None
+    if path is not None:
+        kept = _recall(path, key, _kept_home_decoder)
+        if kept is not None:
+            image_kept.note("r-home", key, kept.stable, msgspec.json.encode(kept.found))
+            return kept.found
+    resolved = os.path.realpath(r)
+    before = (_identity(r, False), _identity(resolved, True))
+    from_image = _home_from_image(image, key)
+    if from_image is not None:
+        found, stamps = from_image
+        tools = _identity(_tools(found.home), True)
+    else:
+        program = (stable(r, False), stable(resolved))
+        asked = _ask_home(r)
+        if asked is None:
+            return None
+        found, tools, described = asked
+        stamps = (*program, described)
+    if path is not None:
+        kept = _KeptHome(key=key, stamps=(*before, tools), stable=stamps, found=found)
+        image_kept.keep(path, msgspec.json.encode(kept))
+    image_kept.note("r-home", key, stamps, msgspec.json.encode(found))
+    return found
+
+
+def _home_from_image(image: Path | None, key: str) -> tuple[_Home, tuple[Stable, ...]] | None:
+    entry = image_kept.lookup(image, "r-home", key)
+    if entry is None:
+        return None
     try:
-        done = subprocess.run([r, "RHOME"], capture_output=True, text=True, timeout=30)
-        home = done.stdout.strip()
-        built = read_dcf(Path(home, "library", "tools", "DESCRIPTION")).get("Built", "")
-    except (OSError, subprocess.SubprocessError, DescriptionError):
+        return _home_decoder.decode(entry.answer), entry.stable
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
-    parts = [p.strip() for p in built.split(";")]
-    if done.returncode != 0 or len(parts) < 2 or not parts[0].startswith("R ") or not parts[1]:
-        return None
-    return parts[0].removeprefix("R "), parts[1]
 
 
 @functools.cache
-def r_info() -> tuple[str, str]:
-    """(R version, platform) of the R on PATH, found once per process."""
-    found = _tools_built()
+def r_info(cache_dir: Path | None = None, image: Path | None = None) -> tuple[str, str]:
+    """(R version, platform) of the R on PATH, found once per process; `cache_dir` and
+    `image` as for `r_libraries`. Without `R RHOME`'s answer, Rscript is asked (not kept:
+    an R whose front end cannot name its home is not worth a cache)."""
+    found = _r_home(cache_dir, image)
     if found is not None:
-        return found
+        return found.version, found.platform
     programs = r_programs()
     if programs is None:
         raise ScanError("Rscript not found on PATH")
@@ -742,18 +825,26 @@ def r_info() -> tuple[str, str]:
     return lines[0], lines[1]
 
 
-def r_environment(lib: Path, info: RLibs | None = None, role: str | None = None) -> Environment:
+def r_environment(
+    lib: Path,
+    info: RLibs | None = None,
+    role: str | None = None,
+    *,
+    cache_dir: Path | None = None,
+    image: Path | None = None,
+) -> Environment:
     """The manifest identity of an R library; without a usable R, version and platform are None.
 
     `info`: what the R that uses the library said of itself, when it was asked. `role`:
-    what the library is to R (see `Environment.role`).
+    what the library is to R (see `Environment.role`). `cache_dir`, `image`: where the
+    R on PATH's answer is kept, when `info` is None (`r_info`).
     """
     if info is not None:
         return Environment(
             kind="r", path=str(lib), interpreter=info.version, platform=info.platform, role=role
         )
     try:
-        version, platform = r_info()
+        version, platform = r_info(cache_dir, image)
     except ScanError:
         return Environment(kind="r", path=str(lib), role=role)
     return Environment(kind="r", path=str(lib), interpreter=version, platform=platform, role=role)
