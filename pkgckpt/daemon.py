@@ -177,6 +177,7 @@ class Daemon:
         self.store = open_store(config)
         self.session: checkpoint.Session | None = None
         self.state = status.new_state(config)
+        self.status_file = status.StatusFile(config)
         self._written = False
         self._unwritten = False
         """The state changed since the status file was last written (see `_flush`)."""
@@ -234,6 +235,7 @@ class Daemon:
         roots = [Root(path=r, kind=t.env.kind) for r, t in self._by_root.items()]
         roots += [Root(path=p, kind="discovery") for p in self.discovery - self._by_root.keys()]
         with (
+            contextlib.closing(self.status_file),
             _signals(self._on_stop, self._on_rescan) as wake_fd,
             Watcher(
                 roots,
@@ -698,7 +700,7 @@ class Daemon:
         self._unwritten = False
         self._written = True
         try:
-            status.write_state(self.config, self.state)
+            self.status_file.write(self.state)
         except PkgckptError as e:
             log.warning("cannot write the status file: %s", e)
 

@@ -1,8 +1,8 @@
 """The daemon's runtime status file, and `pkgckpt status`: what is recorded, what is not yet.
 
 The daemon keeps `<runtime dir>/daemon-<digest of store and key>.json` up to date (pid,
-start, last commit, pending changes, last error) with `durable.atomic_write`; it is
-rewritten when something in it changes, never on a timer. `collect()` reads it, the store
+start, last commit, pending changes, last error) through `StatusFile`; it is rewritten
+when something in it changes, never on a timer. `collect()` reads it, the store
 and a live scan.
 
 The runtime directory may sit in a shared /tmp. A status file is read only when it and its
@@ -31,7 +31,6 @@ from .artifacts.summary import lines as artifact_lines
 from .checkpoint import now_iso
 from .config import Config, ensure_runtime_dir, read_private
 from .discovery import Unreadable
-from .durable import atomic_write
 from .errors import PkgckptError
 from .manifest import Change, Environment, Package
 from .store import open_store
@@ -123,9 +122,54 @@ def new_state(config: Config) -> DaemonState:
     )
 
 
-def write_state(config: Config, state: DaemonState) -> None:
-    run = ensure_runtime_dir(config.runtime_dir)
-    atomic_write(run / status_path(config).name, _encoder.encode(state) + b"\n", 0o600)
+class StatusFile:
+    """The daemon's status file: each write replaces it whole (temp file, rename).
+
+    Never fsynced: it describes a live process. A daemon killed leaves the last file whole
+    (the rename is atomic without a sync); a machine that stops ends the process it
+    describes, and whatever is left (an old file, a torn one, none: a runtime directory on
+    tmpfs is empty) is a stopped daemon to `read_state` and `running`. The directory is
+    checked once and held open; it is checked and opened again when it was removed.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.name = status_path(config).name
+        self._temp = f".{self.name}.{os.getpid()}.tmp"
+        self._dir: int | None = None
+
+    def write(self, state: DaemonState) -> None:
+        """Raises PkgckptError when the file cannot be written."""
+        data = _encoder.encode(state) + b"\n"
+        try:
+            if self._dir is not None and os.fstat(self._dir).st_nlink == 0:
+                self.close()  # removed (tmpfiles cleaning /tmp): made and checked anew
+            if self._dir is None:
+                run = ensure_runtime_dir(self.config.runtime_dir)
+                self._dir = os.open(
+                    run, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                )
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            # A name of this process's own, in a directory no one else may write in.
+            fd = os.open(self._temp, flags, 0o600, dir_fd=self._dir)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            os.rename(self._temp, self.name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+        except OSError as e:
+            if self._dir is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._temp, dir_fd=self._dir)
+            self.close()
+            raise PkgckptError(f"cannot write {self.name}: {e.strerror or e}") from e
+
+    def close(self) -> None:
+        if self._dir is not None:
+            os.close(self._dir)
+            self._dir = None
 
 
 def read_state(config: Config) -> DaemonState | None:

@@ -5,6 +5,7 @@ that pid is a `pkgckpt daemon` of this store and key."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -94,7 +95,9 @@ def test_a_status_file_that_is_not_private_or_not_this_stores_is_not_read(tmp_pa
     """Only a 0600 file of ours, in a 0700 directory of ours, naming this store and key, is
     read; anything else is as if there were none."""
     config = Config(store=tmp_path / "store", key="k", runtime_dir=tmp_path / "run")
-    status.write_state(config, _state(config, os.getpid()))
+    writer = status.StatusFile(config)
+    writer.write(_state(config, os.getpid()))
+    writer.close()
     assert status.read_state(config) is not None
     path = status.status_path(config)
     path.chmod(0o644)
@@ -111,6 +114,22 @@ def test_a_status_file_that_is_not_private_or_not_this_stores_is_not_read(tmp_pa
     path.rename(link)
     path.symlink_to(link)
     assert status.read_state(config) is None
+
+
+def test_the_status_file_is_made_again_when_its_directory_was_removed(tmp_path: Path) -> None:
+    """The writer holds its checked directory open; one removed under it (tmpfiles cleaning
+    /tmp) is made and checked again, so the next write is seen, not lost in a deleted one."""
+    config = Config(store=tmp_path / "store", key="k", runtime_dir=tmp_path / "run")
+    writer = status.StatusFile(config)
+    try:
+        writer.write(_state(config, os.getpid()))
+        shutil.rmtree(config.runtime_dir)
+        writer.write(msgspec.structs.replace(_state(config, os.getpid()), generation=7))
+    finally:
+        writer.close()
+    state = status.read_state(config)
+    assert state is not None and state.generation == 7
+    assert sorted(p.name for p in config.runtime_dir.iterdir()) == [status.status_path(config).name]
 
 
 @pytest.fixture
