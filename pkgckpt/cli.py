@@ -13,16 +13,14 @@ import gc
 import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 
-from . import __version__, config
+from . import __version__, config, logs
 from .errors import PartialRestore, PkgckptError
-from .runner import redact_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +38,8 @@ PKGCKPT_ENV=prefix1:prefix2, PKGCKPT_QUIET_MS, ...) > config files
 or PKGCKPT_CONFIG; TOML with the same names: store, key, env = [...]) > defaults."""
 
 _FIELDS = frozenset(config.Config.__dataclass_fields__)
+_OWN_ARGV = "own argv"
+"""click's `obj` when the command line is this process's own (`sys.argv`)."""
 
 
 class _StorePath(click.Path):
@@ -180,6 +180,10 @@ def daemon(cfg: config.Config) -> int:
     store has no manifest yet; if it has one, every recorded entry is kept and only
     changes seen from now on are added.
     """
+    if click.get_current_context().obj == _OWN_ARGV:
+        from . import handoff
+
+        handoff.replace(cfg)  # returns only when the daemon must run in this process
     from . import daemon as daemon_
 
     logging.getLogger().setLevel(logging.INFO)
@@ -467,28 +471,14 @@ def _emit(data: str | bytes) -> None:
     click.echo(text, nl=not text.endswith("\n"))
 
 
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        # Log messages quote URLs (sources, indexes): never with their credentials.
-        message = redact_text(record.getMessage())
-        if record.levelno >= logging.WARNING:
-            return f"pkgckpt: {record.levelname.lower()}: {message}"
-        return f"pkgckpt: {message}"
-
-
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-
-
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (no traceback for any error)."""
-    _setup_logging()
+    logs.setup()
     try:
-        result = cli.main(args=argv, prog_name="pkgckpt", standalone_mode=False)
+        # The process's own command line (argv None) is the only one `daemon` can hand
+        # over to a leaner interpreter (see handoff): tests call run() in their process.
+        obj = _OWN_ARGV if argv is None else None
+        result = cli.main(args=argv, prog_name="pkgckpt", standalone_mode=False, obj=obj)
     except click.ClickException as e:
         e.show()
         return e.exit_code
@@ -496,21 +486,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         click.echo("pkgckpt: interrupted", err=True)
         return 1
     except PkgckptError as e:
-        click.echo(f"pkgckpt: {redact_text(str(e))}", err=True)
-        return e.exit_code
+        return logs.report(e)
     except BrokenPipeError:
         # The reader went away (`pkgckpt status | head`): nothing more to say.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as e:
-        if os.environ.get("PKGCKPT_DEBUG"):
-            traceback.print_exc()
-        click.echo(
-            f"pkgckpt: internal error: {type(e).__name__}: {redact_text(str(e))} "
-            "(PKGCKPT_DEBUG=1 shows where)",
-            err=True,
-        )
-        return 1
+        return logs.report(e)
     return result if isinstance(result, int) else 0
 
 

@@ -5,17 +5,37 @@ from __future__ import annotations
 import subprocess
 import sys
 
+DAEMON_PROCESS = "pkgckpt.handoff, pkgckpt.daemon, pkgckpt._inotify_native, pkgckpt.scan.r"
+"""What the daemon's own process imports (see handoff): its entry, the daemon and what it
+runs."""
+
+
+def _loaded(*modules: str) -> list[str]:
+    """Which of `modules` importing the daemon's process modules loads, in a fresh
+    interpreter."""
+    code = (
+        f"import sys, {DAEMON_PROCESS}; print(' '.join(m for m in {modules!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    return out.split()
+
 
 def test_the_daemon_path_loads_neither_packaging_utils_nor_socket() -> None:
     """Importing the daemon with everything it runs loads neither packaging.utils (and its
     packaging.tags) nor socket: 0.6 MB of the idle daemon's RSS for a one-line name
     normalization and a host name."""
-    code = (
-        "import sys, pkgckpt.daemon, pkgckpt._inotify_native, pkgckpt.scan.r; "
-        "print(' '.join(sorted(m for m in ('packaging.utils', 'packaging.tags', 'socket') "
-        "if m in sys.modules)))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == ""
+    assert _loaded("packaging.utils", "packaging.tags", "socket") == []
+
+
+def test_the_daemon_process_loads_neither_click_nor_the_command_line() -> None:
+    """The daemon's own process (after the hand-off) imports neither click nor the command
+    line: ~1.5 MB of idle RSS that only parsing the flags needed."""
+    assert _loaded("click", "pkgckpt.cli", "pkgckpt.restore") == []
+
+
+def test_the_daemon_process_without_r_loads_no_subprocess() -> None:
+    """subprocess (with selectors and locale, 0.6 MB) is imported where a child starts: R's
+    probes, the capture worker; a daemon that has started none does without it."""
+    assert _loaded("subprocess") == []
