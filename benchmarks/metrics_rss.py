@@ -10,7 +10,8 @@ daemon of bench_daemon.py, and what the metrics writer adds:
   ours         the same with --metrics-file PATH (the writer in pkgckpt/metrics.py)
   client       the same daemon with prometheus_client's exposition loaded, as a lazy
                import would leave it after the first write (a registry, a gauge and
-               generate_latest() run once in the daemon's process before it starts)
+               generate_latest() run once by a `sitecustomize` on PYTHONPATH, so in the
+               daemon's own process too)
 
 Every process runs from one venv where pkgckpt is installed by `pip install .` (not
 editable) with bytecode compiled (`--python` names one, else one is built for the run),
@@ -40,10 +41,11 @@ from bench_kit import commit, load, python_for_run, stamp  # noqa: E402
 from daemon_kit import World, eventually  # noqa: E402
 from wheelhouse import make_venv  # noqa: E402
 
+# Run by the `sitecustomize` of the client kind: at the start of every interpreter, so in
+# the daemon's own process too (`pkgckpt daemon` execs a fresh one, see pkgckpt/handoff.py).
 CLIENT = (
     "import prometheus_client as p; r = p.CollectorRegistry(); "
-    "p.Gauge('x', 'x', registry=r).set(1); p.generate_latest(r); "
-    "import sys; from pkgckpt.cli import main; sys.argv[0] = 'pkgckpt'; main()"
+    "p.Gauge('x', 'x', registry=r).set(1); p.generate_latest(r)\n"
 )
 KINDS = ("bare", "minimal", "none", "ours", "client")
 
@@ -81,11 +83,15 @@ def one(python: Path, kind: str, base: Path) -> tuple[int, dict[str, int]]:
         args = [*world.flags(venv.prefix), "--quiet-ms", "50"]
         if kind != "none":
             args += ["--metrics-file", str(prom)]
-        head = ["-c", CLIENT] if kind == "client" else ["-m", "pkgckpt"]
-        cmd = [str(python), *head, "daemon", *args]
+        cmd = [str(python), "-m", "pkgckpt", "daemon", *args]
+    env = world.env
+    if kind == "client":
+        (base / "hooks").mkdir()
+        (base / "hooks" / "sitecustomize.py").write_text(CLIENT)
+        env = {**env, "PYTHONPATH": str(base / "hooks")}
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=world.env, cwd=base,
+        env=env, cwd=base,
     )  # fmt: skip
     try:
         if kind in ("none", "ours", "client"):
