@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import getpass
-import hashlib
 import logging
 import os
 import stat
@@ -21,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .digest import sha256
 from .errors import PkgckptError, UsageError
 
 SYSTEM_CONFIG = Path("/etc/pkgckpt/config.toml")
@@ -97,7 +97,7 @@ def _container_id() -> str:
     with contextlib.suppress(OSError, IndexError):
         # The start time is field 22, counted after the end of the command name's ")".
         parts.append(Path("/proc/1/stat").read_text().rpartition(")")[2].split()[19])
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    return sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def fallback_runtime_dir() -> Path:

@@ -38,7 +38,6 @@ reader reads a newer manifest; a change that an older reader must not misread bu
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -46,6 +45,7 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
+from .digest import sha256
 from .errors import ManifestError, UnknownSchema
 
 SCHEMA = 4
@@ -411,6 +411,9 @@ def _pretty(data: bytes) -> bytes:
 
 
 def _sha256(parts: Iterable[bytes | memoryview]) -> bytes:
+    # OpenSSL's: a whole manifest of schema 2 or 3 (see digest).
+    import hashlib
+
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part)
@@ -445,6 +448,8 @@ _PLACEHOLDER = f"{_ALGORITHM}:" + "0" * _DIGITS
 
 def checksum(body: bytes | memoryview) -> str:
     """Schema 1's checksum, of the body only."""
+    import hashlib  # OpenSSL's, for a whole manifest (see digest)
+
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
@@ -654,7 +659,7 @@ def image_identity(packages: Iterable[Package]) -> str:
     """What identifies an image's environment: a digest over its sorted (name, version)
     pairs, not over file bytes, so that two builds shipping the same versions are the
     same image."""
-    digest = hashlib.sha256()
+    digest = sha256()
     for name, version in sorted((p.name, p.version) for p in packages):
         digest.update(f"{name}\0{version}\n".encode())
     return "sha256:" + digest.hexdigest()

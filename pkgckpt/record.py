@@ -35,7 +35,6 @@ import errno
 import logging
 import os
 import re
-import secrets
 import signal
 import stat
 import time
@@ -460,7 +459,7 @@ def _write(config: Config, request: Request) -> Written:
 
 
 def _names(config: Config, prefix: str) -> tuple[str, re.Pattern[str]]:
-    stem = f"{prefix}-{config.key}.{os.getpid()}.{secrets.token_hex(8)}.json"
+    stem = f"{prefix}-{config.key}.{os.getpid()}.{os.urandom(8).hex()}.json"
     pattern = re.compile(re.escape(f"{prefix}-{config.key}.") + r"[0-9]+\.[0-9a-f]{16}\.json")
     return stem, pattern
 

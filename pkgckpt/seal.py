@@ -32,8 +32,6 @@ the raw bytes of a file at read, before decoding.
 from __future__ import annotations
 
 import errno
-import hashlib
-import hmac
 import os
 import stat
 from collections.abc import Sequence
@@ -102,6 +100,11 @@ class Sealed(Seal):
         self._key = key.encode()
 
     def _mac(self, body: bytes) -> str:
+        # Here, not at the top: they load OpenSSL (3.6 MB), which an unsealed store's
+        # daemon does without (see digest).
+        import hashlib
+        import hmac
+
         mac = hmac.new(self._secret, _TAG + self._key + b"\0", hashlib.sha256)
         mac.update(body)
         return "hmac-sha256:" + mac.hexdigest()
@@ -121,6 +124,8 @@ class Sealed(Seal):
                 "the secret, so maybe by someone else: refused (move it away to start anew)"
             )
         seal, body = found
+        import hmac
+
         if not hmac.compare_digest(seal.encode(), self._mac(body).encode()):
             raise StoreError(
                 f"{where} fails its seal: not written with this user's store_secret_file "

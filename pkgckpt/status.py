@@ -14,7 +14,6 @@ same store and key: a planted file can neither fake a daemon nor aim `snapshot`'
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from .artifacts.summary import Summary, recall, summarize
 from .artifacts.summary import lines as artifact_lines
 from .checkpoint import now_iso
 from .config import Config, ensure_runtime_dir, read_private
+from .digest import sha256
 from .discovery import Unreadable
 from .errors import PkgckptError
 from .manifest import Change, Environment, Package
@@ -94,7 +94,7 @@ def _host() -> str:
 def status_path(config: Config) -> Path:
     """Named by store and key: a daemon of another store with this key is not ours to ask."""
     what = f"{config.store.absolute()}\0{config.key}".encode()
-    return config.runtime_dir / f"daemon-{hashlib.sha256(what).hexdigest()[:24]}.json"
+    return config.runtime_dir / f"daemon-{sha256(what).hexdigest()[:24]}.json"
 
 
 def process_start(pid: int) -> int | None:

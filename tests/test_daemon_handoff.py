@@ -81,6 +81,7 @@ def test_the_daemon_keeps_its_pid_and_its_command_line_without_click(tmp_path: P
     loaded = modules.read_text().split()
     assert "pkgckpt.daemon" in loaded
     assert "click" not in loaded and "pkgckpt.cli" not in loaded
+    assert "_hashlib" not in loaded  # OpenSSL: a plain store and no local archive need none
 
 
 def test_settings_json_cannot_hold_leave_the_daemon_in_the_commands_process(

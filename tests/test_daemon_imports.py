@@ -39,3 +39,20 @@ def test_the_daemon_process_without_r_loads_no_subprocess() -> None:
     """subprocess (with selectors and locale, 0.6 MB) is imported where a child starts: R's
     probes, the capture worker; a daemon that has started none does without it."""
     assert _loaded("subprocess") == []
+
+
+def test_the_daemon_process_loads_no_openssl() -> None:
+    """Neither hashlib nor hmac (which load OpenSSL's libcrypto, 3.6 MB) on the daemon's
+    import path: its names and keys are hashed with the builtin sha256 (`digest`)."""
+    assert _loaded("_hashlib", "hashlib", "hmac") == []
+
+
+def test_the_builtin_sha256_gives_hashlib_s_digests() -> None:
+    """`digest.sha256` names files and keys exactly as OpenSSL's sha256 did: status
+    files, caches and container ids of earlier versions are found again."""
+    import hashlib
+
+    from pkgckpt.digest import sha256
+
+    for data in (b"", b"abc", bytes(range(256)) * 1000):
+        assert sha256(data).hexdigest() == hashlib.sha256(data).hexdigest()

@@ -39,7 +39,6 @@ Nothing here trusts a file it did not hash: names from a manifest are checked by
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import logging
 import os
@@ -237,6 +236,8 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 def _copy_hashing(source: int, fd: int, expected: int) -> tuple[str, int]:
     """Copy `source` into `fd`, hashing what is read; stops one byte past `expected` so a
     file grown huge under us is not copied whole."""
+    import hashlib  # OpenSSL's, for the files a capture copies (see digest)
+
     digest = hashlib.sha256()
     size = 0
     while size <= expected:

@@ -21,7 +21,6 @@ across containers of one image (`kept`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import msgspec
 
+from ..digest import sha256
 from ..errors import ScanError
 from ..manifest import Environment
 from . import kept as image_kept
@@ -224,11 +224,11 @@ def _key(python: Path, resolved: str) -> str:
     # ENABLE_USER_SITE is off when the real and effective ids differ.
     ids = (os.getuid(), os.geteuid(), os.getgid(), os.getegid())
     text = msgspec.json.encode([_CACHE_FORMAT, _PROBE, str(python), resolved, steering, ids])
-    return hashlib.sha256(text).hexdigest()
+    return sha256(text).hexdigest()
 
 
 def _cache_file(cache_dir: Path, python: Path) -> Path:
-    name = hashlib.sha256(str(python).encode()).hexdigest()[:32]
+    name = sha256(str(python).encode()).hexdigest()[:32]
     return cache_dir / f"python-env-{name}.json"
 
 

@@ -18,7 +18,6 @@ changes the file's mtime, not the directory's.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import re
@@ -32,6 +31,7 @@ from typing import TypeVar
 
 import msgspec
 
+from ..digest import sha256
 from ..errors import ScanError
 from ..manifest import (
     DirectorySource,
@@ -262,6 +262,8 @@ def read_dcf(path: Path) -> dict[str, str]:
 
 def _sha256(path: Path) -> str | None:
     """sha256 of a regular file (never a FIFO or a device that would not end)."""
+    import hashlib  # OpenSSL's, for files (see digest)
+
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
@@ -295,6 +297,8 @@ def _tree_sha256(directory: Path) -> str | None:
     """sha256 over an installed package's files (relative path and content, in name
     order; a link by its target): which build this is. None for a tree too large to read
     at every reinstall, or unreadable."""
+    import hashlib  # OpenSSL's, for files (see digest)
+
     digest = hashlib.sha256()
     count = 0
     try:
@@ -626,7 +630,7 @@ def _probe_key(program: str, probe: str = _PROBE) -> str:
     text = msgspec.json.encode(
         [_CACHE_FORMAT, probe, program, os.path.realpath(program), steering, ids]
     )
-    return hashlib.sha256(text).hexdigest()
+    return sha256(text).hexdigest()
 
 
 def _answer_stamps(found: RLibs) -> tuple[_Stamp, ...]:
@@ -653,7 +657,7 @@ def _stable_stamps(found: RLibs) -> tuple[Stable, ...]:
 
 
 def _cache_file(cache_dir: Path, program: str, what: str = "r-libs") -> Path:
-    return cache_dir / f"{what}-{hashlib.sha256(program.encode()).hexdigest()[:32]}.json"
+    return cache_dir / f"{what}-{sha256(program.encode()).hexdigest()[:32]}.json"
 
 
 _K = TypeVar("_K", _KeptR, _KeptHome)
