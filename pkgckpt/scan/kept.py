@@ -35,7 +35,6 @@ version of pkgckpt, and losing or dropping the answers costs only the probes.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -43,6 +42,7 @@ from pathlib import Path
 
 import msgspec
 
+from ..digest import sha256
 from ..errors import PkgckptError
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def _digest(path: str) -> str:
         return "unreadable"
     if len(data) > _DIGEST_MAX:
         return "unreadable"
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return "sha256:" + sha256(data).hexdigest()
 
 
 def holds(kept: Stable) -> bool:
