@@ -59,6 +59,7 @@ from .discovery import Unreadable
 from .errors import ManifestError, PkgckptError, StoreError
 from .inventory import Target
 from .manifest import Body, Change, Environment
+from .scan import kept as scan_kept
 from .store import open_store
 from .watcher import Batch, Root, Watcher
 
@@ -232,6 +233,9 @@ class Daemon:
         self.config = dataclasses.replace(
             self.config, runtime_dir=ensure_runtime_dir(self.config.runtime_dir)
         )
+        # The answers of the probes its targets needed, held since no runtime directory
+        # existed (the daemon first in a new container): the next command needs none.
+        scan_kept.settle(self.config.runtime_dir)
         roots = [Root(path=r, kind=t.env.kind) for r, t in self._by_root.items()]
         roots += [Root(path=p, kind="discovery") for p in self.discovery - self._by_root.keys()]
         with (

@@ -530,3 +530,12 @@ def test_named_r_libraries_r_upgraded_in_place_asks_again(tmp_path: Path, wheels
     tools.write_text(changed)
     os.utime(tools, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert rhome_started(image.restore()) == [str(bin_dir / "R")]
+
+
+def test_daemon_first_in_a_new_container_keeps_its_answers(image: Image) -> None:
+    """The daemon started before any restore, with no image answers to use, probes once
+    and keeps the answer: a status after it starts no probe."""
+    image.new_container()
+    assert python_probes(traced_daemon(image, image.environ(configured=False)), image.venv) != []
+    assert _kept_in(image.runtime, "python-env") != []
+    assert python_probes(image.status(configured=False), image.venv) == []
