@@ -11,10 +11,24 @@
 #include <time.h>
 #include <unistd.h>
 
-/* A marker only needs its RECORD's arrival and its own disappearance. */
-#define MARKER_MASK                                                                      \
-    (IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_ONLYDIR | IN_DONT_FOLLOW | \
-     IN_EXCL_UNLINK)
+/* A marker only needs its RECORD's arrival (written, or moved into place); its own
+   disappearance is seen by its parent. Files being written count as activity; their
+   creations and deletions would only wake the engine once more each. */
+#define MARKER_MASK (IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
+
+/* inotify names are at most NAME_MAX bytes. */
+#define PKW_NAME_MAX 255
+
+struct pkw_record {
+    int wd;
+    uint32_t mask;               /* union of the event masks (plus PKW_* bits) */
+    char name[PKW_NAME_MAX + 1]; /* "" for the watched directory itself */
+};
+
+/* Bounds of one field of the batch's text (see pkw_wait), its NUL included: the four
+   numbers of the head, and a record's int wd, uint32_t mask and name. */
+#define TEXT_HEAD (2 + 2 + 12 + 21)
+#define TEXT_RECORD (12 + 11 + PKW_NAME_MAX + 1)
 
 struct watch {
     int wd;
@@ -43,11 +57,10 @@ struct pkw {
     int recorded;        /* a RECORD was reported in this batch */
     int64_t last_ms;     /* when the batch's last event was read; 0: none yet */
     int64_t returned_ms; /* when the last batch with records was returned */
+    char *text;          /* the batch as pkw_wait returns it; TEXT_HEAD + TEXT_RECORD per record */
 
     char buf[64 * 1024] __attribute__((aligned(__alignof__(struct inotify_event))));
 };
-
-uint32_t pkw_record_size(void) { return (uint32_t)sizeof(struct pkw_record); }
 
 static int64_t now_ms(void)
 {
@@ -79,15 +92,23 @@ static struct watch *watch_find(struct pkw *e, int wd)
     return found ? &e->watches[i] : NULL;
 }
 
+static size_t text_size(size_t records) { return TEXT_HEAD + TEXT_RECORD * records; }
+
 static int grow_self(struct pkw *e, uint32_t want)
 {
     struct pkw_record *rec;
+    char *text;
+    size_t records = (size_t)e->max_records + want;
     if (want <= e->self_cap)
         return 0;
-    rec = realloc(e->rec, sizeof *rec * ((size_t)e->max_records + want));
+    rec = realloc(e->rec, sizeof *rec * records);
     if (!rec)
         return -1;
     e->rec = rec;
+    text = realloc(e->text, text_size(records));
+    if (!text)
+        return -1; /* the larger rec stays: self_cap, which bounds both, is unchanged */
+    e->text = text;
     e->self_cap = want;
     return 0;
 }
@@ -168,7 +189,15 @@ static uint32_t hash(int wd, const char *name)
 
 static void batch_reset(struct pkw *e)
 {
-    memset(e->slots, 0, sizeof *e->slots * ((size_t)e->slot_mask + 1));
+    uint32_t i, s;
+    /* Clears the slots the last batch used, not the whole table: a batch is mostly one or
+       two records, and the table is 8 KB that an idle wait would otherwise touch. */
+    for (i = 0; i < e->n_named; i++) {
+        s = hash(e->rec[i].wd, e->rec[i].name) & e->slot_mask;
+        while (e->slots[s] != i + 1)
+            s = (s + 1) & e->slot_mask;
+        e->slots[s] = 0;
+    }
     e->n_named = e->n_self = 0;
     e->overflow = e->woken = e->error = e->recorded = 0;
     e->last_ms = 0;
@@ -263,15 +292,22 @@ static int join(char *out, size_t size, const char *a, const char *b, const char
  */
 static int marker_watch(struct pkw *e, struct watch *p, const char *name, int report)
 {
-    char path[PATH_MAX];
+    char path[PATH_MAX], record[PATH_MAX];
     int wd, parent = p->wd;
     struct watch *w;
     char *dup;
 
     if (marker_find(e, parent, name))
         return 0;
-    if (join(path, sizeof path, p->path, name, NULL) < 0)
+    if (join(path, sizeof path, p->path, name, NULL) < 0 ||
+        join(record, sizeof record, p->path, name, "RECORD") < 0)
         return -1;
+    /* An install that completed before we looked needs no watch at all. */
+    if (access(record, F_OK) == 0) {
+        if (report)
+            record_add(e, parent, name, PKW_RECORD);
+        return 0;
+    }
     wd = inotify_add_watch(e->fd, path, MARKER_MASK);
     if (wd < 0)
         return -1;
@@ -288,9 +324,8 @@ static int marker_watch(struct pkw *e, struct watch *p, const char *name, int re
     }
     w->parent = parent;
     w->name = dup;
-    /* RECORD may have been written before the watch existed. */
-    if (join(path, sizeof path, watch_find(e, parent)->path, name, "RECORD") == 0 &&
-        access(path, F_OK) == 0) {
+    /* RECORD may have arrived between the look and the watch. */
+    if (access(record, F_OK) == 0) {
         if (report)
             record_add(e, parent, name, PKW_RECORD);
         marker_drop(e, wd);
@@ -392,6 +427,10 @@ static int drain_events(struct pkw *e)
             p += sizeof *ev + ev->len;
         }
         e->last_ms = now_ms();
+        /* The kernel fills the buffer with every event that fits: with room left for the
+           largest one, the queue was empty. One read() per wake-up, not two. */
+        if ((size_t)n <= sizeof e->buf - (sizeof(struct inotify_event) + NAME_MAX + 1))
+            return count;
     }
 }
 
@@ -406,24 +445,59 @@ static void drain_wake(int fd)
     }
 }
 
-static void finish(struct pkw *e, struct pkw_batch *out)
+/* Appends v in decimal and a NUL; text is sized for the worst case (TEXT_*). Not printf:
+   its format parsing and locale lookups would run at every wake-up. */
+static char *put_number(char *p, long long v)
 {
-    memmove(e->rec + e->n_named, e->rec + e->max_records, sizeof *e->rec * e->n_self);
-    out->records = e->rec;
-    out->n_records = e->n_named + e->n_self;
-    out->overflow = e->overflow;
-    out->woken = e->woken;
-    out->error = e->error;
-    out->last_ms = e->last_ms;
-    if (out->n_records)
+    char digits[24];
+    int n = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        digits[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *p++ = '-';
+    while (n)
+        *p++ = digits[--n];
+    *p++ = '\0';
+    return p;
+}
+
+static char *put_record(char *p, const struct pkw_record *r)
+{
+    size_t n = strlen(r->name) + 1;
+    p = put_number(p, r->wd);
+    p = put_number(p, r->mask);
+    memcpy(p, r->name, n);
+    return p + n;
+}
+
+/* The batch as text (see pkw_wait); returns its length. */
+static int finish(struct pkw *e, const char **text)
+{
+    const struct pkw_record *self = e->rec + e->max_records;
+    char *p = e->text;
+    uint32_t i;
+    p = put_number(p, e->overflow);
+    p = put_number(p, e->woken);
+    p = put_number(p, e->error);
+    p = put_number(p, e->last_ms);
+    for (i = 0; i < e->n_named; i++)
+        p = put_record(p, &e->rec[i]);
+    for (i = 0; i < e->n_self; i++)
+        p = put_record(p, &self[i]);
+    if (e->n_named + e->n_self)
         e->returned_ms = now_ms();
+    *text = e->text;
+    return (int)(p - e->text);
 }
 
 /* Markers still waiting for their RECORD: an install visibly in progress. */
 static int markers_pending(const struct pkw *e) { return e->n_watches > e->n_top; }
 
 int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_ms, int flags,
-             struct pkw_batch *out)
+             const char **text)
 {
     struct pollfd p[2];
     nfds_t np = wake_fd >= 0 ? 2 : 1;
@@ -443,10 +517,8 @@ int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_m
     r = poll(p, np, timeout_ms);
     if (r < 0)
         return -1;
-    if (r == 0) {
-        finish(e, out);
-        return 0;
-    }
+    if (r == 0)
+        return finish(e, text);
     first = last = now_ms();
     /* After a quiet spell nothing is known to follow: returning at once saves the timed
        wake-up at the end of the window (the caller's own debounce waits anyway). */
@@ -486,8 +558,7 @@ int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_m
             break;
         }
     }
-    finish(e, out);
-    return (int)out->n_records;
+    return finish(e, text);
 }
 
 /* ---- lifetime and watches ---------------------------------------------------------- */
@@ -509,9 +580,11 @@ struct pkw *pkw_new(uint32_t max_records)
     e->slot_mask = slots - 1;
     e->rec = malloc(sizeof *e->rec * max_records);
     e->slots = calloc(slots, sizeof *e->slots);
-    if (!e->rec || !e->slots) {
+    e->text = malloc(text_size(max_records));
+    if (!e->rec || !e->slots || !e->text) {
         free(e->rec);
         free(e->slots);
+        free(e->text);
         free(e);
         errno = ENOMEM;
         return NULL;
@@ -521,6 +594,7 @@ struct pkw *pkw_new(uint32_t max_records)
         int saved = errno;
         free(e->rec);
         free(e->slots);
+        free(e->text);
         free(e);
         errno = saved;
         return NULL;
@@ -541,6 +615,7 @@ int pkw_free(struct pkw *e)
     free(e->watches);
     free(e->rec);
     free(e->slots);
+    free(e->text);
     free(e);
     return r;
 }

@@ -29,25 +29,6 @@
    as without the flag. An isolated change then costs one wake-up, not two. */
 #define PKW_LEADING 1
 
-#define PKW_NAME_MAX 255
-
-struct pkw_record {
-    int wd;
-    uint32_t mask;         /* union of the event masks (plus PKW_* bits) */
-    char name[PKW_NAME_MAX + 1]; /* "" for the watched directory itself */
-};
-
-struct pkw_batch {
-    const struct pkw_record *records; /* valid until the next pkw_wait or pkw_free */
-    uint32_t n_records;
-    int overflow; /* IN_Q_OVERFLOW seen: events were lost */
-    int woken;    /* wake_fd was readable (and has been drained) */
-    int error;    /* errno of a read() or poll() that failed once the batch had begun (not
-                     EAGAIN/EINTR): events may be lost, the records before it are kept;
-                     replace the instance */
-    int64_t last_ms; /* CLOCK_MONOTONIC ms of the last event read; 0 when none */
-};
-
 struct pkw;
 
 /* max_records: distinct (watch, name) records one batch can hold before watches degrade. */
@@ -68,14 +49,26 @@ int pkw_rm_watch(struct pkw *e, int wd);
  * Block until an event, timeout_ms (-1: forever) or wake_fd (-1: none) is readable; then
  * keep reading until nothing arrived for quiet_ms or max_ms passed since the first event
  * (flags: 0 or PKW_LEADING, which may end the batch sooner).
- * Returns the number of records (0 on timeout). Fails with EINTR only before anything was
- * read, so the caller can simply call again. Once the first poll() has returned, an error
- * ends the batch early with out->error set, never -1: the records taken are returned.
+ *
+ * The batch is returned as text, in one piece, so that the caller turns it into objects
+ * with a decode and a split instead of a foreign call per field: fields each ended by a
+ * NUL, numbers in decimal. First the batch's own fields:
+ *   overflow  1 when IN_Q_OVERFLOW was seen (events were lost), else 0
+ *   woken     1 when wake_fd was readable (it has been drained), else 0
+ *   error     errno of a read() or poll() that failed once the batch had begun (not
+ *             EAGAIN/EINTR): events may be lost, the records before it are kept; replace
+ *             the instance. 0 when none
+ *   last_ms   CLOCK_MONOTONIC ms of the last event read; 0 when none
+ * then one record per (watch, name): wd, mask (the union of the event masks, plus PKW_*
+ * bits), name ("" for the watched directory itself).
+ *
+ * Sets *text to the batch (valid until the next pkw_wait or pkw_free) and returns its
+ * length; an empty batch (timeout) is the four fields alone. Fails with EINTR only before
+ * anything was read, so the caller can simply call again. Once the first poll() has
+ * returned, an error ends the batch early with the error field set, never -1: the records
+ * taken are returned.
  */
 int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_ms, int flags,
-             struct pkw_batch *out);
-
-/* Lets a smoke test check that the compiled layout is the one Python was built against. */
-uint32_t pkw_record_size(void);
+             const char **text);
 
 #endif

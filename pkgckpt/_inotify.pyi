@@ -1,39 +1,23 @@
 # The compiled cffi module (csrc/ via _inotify_build.py): what inotify.py uses, plus what
-# the smoke test (tests/test_native.py) reads (the PKW_* constants, sizes).
+# the smoke test (tests/test_native.py) reads (the PKW_* constants).
 from typing import Literal, final
 
 @final
 class _Engine: ...
 
 @final
-class _CharArray: ...
+class _Text: ...
 
 @final
-class _Record:
-    wd: int
-    mask: int
-    name: _CharArray
-
-@final
-class _Records:
-    def __getitem__(self, i: int) -> _Record: ...
-
-@final
-class _Batch:
-    records: _Records
-    n_records: int
-    overflow: int
-    woken: int
-    error: int
-    last_ms: int
+class _TextOut:
+    def __getitem__(self, i: Literal[0]) -> _Text: ...
 
 @final
 class _FFI:
     NULL: _Engine
     errno: int
-    def new(self, cdecl: Literal["struct pkw_batch *"]) -> _Batch: ...
-    def string(self, cdata: _CharArray) -> bytes: ...
-    def sizeof(self, cdecl: str) -> int: ...
+    def new(self, cdecl: Literal["const char **"]) -> _TextOut: ...
+    def unpack(self, cdata: _Text, length: int) -> bytes: ...
 
 @final
 class _Lib:
@@ -42,7 +26,6 @@ class _Lib:
     PKW_DIRTY: int
     PKW_MARKERS: int
     PKW_LEADING: int
-    PKW_NAME_MAX: int
     def pkw_new(self, max_records: int) -> _Engine: ...
     def pkw_fileno(self, e: _Engine) -> int: ...
     def pkw_free(self, e: _Engine) -> int: ...
@@ -57,9 +40,8 @@ class _Lib:
         quiet_ms: int,
         max_ms: int,
         flags: int,
-        out: _Batch,
+        text: _TextOut,
     ) -> int: ...
-    def pkw_record_size(self) -> int: ...
 
 ffi: _FFI
 lib: _Lib

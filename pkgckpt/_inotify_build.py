@@ -1,9 +1,9 @@
 """cffi builder for pkgckpt._inotify (out-of-line API mode); run by the build, never imported.
 
 The cdef declares only what pkgckpt/_inotify_native.py calls, plus what the smoke test
-(tests/test_native.py) reads to hold the C to the cdef and to inotify.py's literal bits:
-PKW_RECORD, PKW_INSIDE, PKW_DIRTY, PKW_NAME_MAX and pkw_record_size(). The constants are
-filled in by the compiler from csrc/pkw.h, and cffi checks the struct layouts against it.
+(tests/test_native.py) reads to hold the C to inotify.py's literal bits: PKW_RECORD,
+PKW_INSIDE and PKW_DIRTY. The constants are filled in by the compiler from csrc/pkw.h,
+and the compiler checks every prototype against it.
 """
 
 from __future__ import annotations
@@ -21,21 +21,7 @@ ffibuilder.cdef(
     #define PKW_DIRTY ...
     #define PKW_MARKERS ...
     #define PKW_LEADING ...
-    #define PKW_NAME_MAX ...
 
-    struct pkw_record {
-        int wd;
-        uint32_t mask;
-        char name[...];
-    };
-    struct pkw_batch {
-        const struct pkw_record *records;
-        uint32_t n_records;
-        int overflow;
-        int woken;
-        int error;
-        int64_t last_ms;
-    };
     struct pkw;
 
     struct pkw *pkw_new(uint32_t max_records);
@@ -45,8 +31,7 @@ ffibuilder.cdef(
     int pkw_add_marker(struct pkw *e, int parent_wd, const char *name);
     int pkw_rm_watch(struct pkw *e, int wd);
     int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_ms,
-                 int flags, struct pkw_batch *out);
-    uint32_t pkw_record_size(void);
+                 int flags, const char **text);
     """
 )
 ffibuilder.set_source(

@@ -29,11 +29,16 @@ from .inotify import (
     PKW_INSIDE,
     PKW_RECORD,
     Events,
-    Record,
+    Inotify,
     _oserror,
+    closed_error,
     drain_wake,
     is_marker,
+    timeout_ms,
 )
+
+# struct inotify_event (16 bytes) and the longest name with its NUL.
+_LARGEST_EVENT = 16 + 255 + 1
 
 
 @dataclass
@@ -68,27 +73,38 @@ class _Table:
             self.own[wd] = self.own.get(wd, 0) | PKW_DIRTY
 
     def events(self) -> Events:
-        records = [Record(wd, mask, name) for (wd, name), mask in self.named.items()]
-        records += (Record(wd, mask, "") for wd, mask in self.own.items())
-        return Events(tuple(records), self.overflow, self.woken, self.error, self.last)
+        named = [(wd, mask, name) for (wd, name), mask in self.named.items()]
+        named += ((wd, mask, "") for wd, mask in self.own.items())
+        wds, masks, names = zip(*named, strict=True) if named else ((), (), ())
+        return Events(self.overflow, self.woken, self.error, self.last, wds, masks, names)
 
 
-class Python:
+class Python(Inotify):
     """The native engine's behaviour, event by event in Python, on inotify_simple."""
 
-    def __init__(self, max_records: int) -> None:
+    backend = "python"
+
+    def __init__(self, backend: str | None = None, *, max_records: int = 1024) -> None:
         self._ino = inotify_simple.INotify(inheritable=False, nonblocking=True)
         self._max = max_records
         self._watches: dict[int, _PyWatch] = {}
         self._returned = -math.inf  # when the last batch with records was returned
 
+    @property
+    def closed(self) -> bool:
+        return bool(self._ino.closed)
+
     def fileno(self) -> int:
+        if self._ino.closed:
+            raise closed_error()
         return int(self._ino.fileno())
 
     def close(self) -> None:
-        self._ino.close()
+        self._ino.close()  # a second call does nothing
 
     def _add(self, path: str | os.PathLike[str], mask: int) -> int:
+        if self._ino.closed:
+            raise closed_error()
         try:
             wd = int(self._ino.add_watch(path, mask))
         except OSError as e:
@@ -105,7 +121,7 @@ class Python:
         with contextlib.suppress(OSError):
             self._ino.rm_watch(wd)
 
-    def add_watch(self, path: str | os.PathLike[str], mask: int, markers: bool) -> int:
+    def add_watch(self, path: str | os.PathLike[str], mask: int, *, markers: bool = False) -> int:
         wd = self._add(path, mask)
         old = self._watches.get(wd)
         if old is not None and old.parent < 0 and mask & IN_MASK_ADD:
@@ -125,12 +141,17 @@ class Python:
         if self._marker_find(parent, name) is not None:
             return 0
         path = self._watches[parent].path / name
+        # As the engine does: an install that completed before we looked needs no watch.
+        if (path / "RECORD").exists():
+            if table is not None:
+                table.add(parent, name, PKW_RECORD)
+            return 0
         wd = self._add(path, _MARKER_MASK)
         if wd in self._watches:
             return 0
         self._watches[wd] = _PyWatch(parent, False, path, name)
         if (path / "RECORD").exists():
-            # RECORD was written before the watch existed.
+            # RECORD arrived between the look and the watch.
             if table is not None:
                 table.add(parent, name, PKW_RECORD)
             self._marker_drop(wd)
@@ -144,6 +165,8 @@ class Python:
         return self._marker_watch(parent_wd, name, None)
 
     def rm_watch(self, wd: int) -> None:
+        if self._ino.closed:
+            raise closed_error()
         w = self._watches.get(wd)
         if w is None or w.parent >= 0:
             raise _oserror(errno.EINVAL)
@@ -202,20 +225,32 @@ class Python:
                 self._on_event(table, ev)
                 count += 1
             table.last = time.monotonic()
+            # As the engine does: with room left for the largest event, the queue was empty.
+            if len(data) <= 65536 - _LARGEST_EVENT:
+                return count
 
     def _markers_pending(self) -> bool:
         return any(w.parent >= 0 for w in self._watches.values())
 
-    def wait(
-        self, wake_fd: int | None, timeout_ms: int, quiet_ms: int, max_ms: int, leading: bool
-    ) -> Events | None:
-        events = self._wait(wake_fd, timeout_ms, quiet_ms, max_ms, leading)
-        if events.records:
+    def read_batch(
+        self,
+        timeout: float | None,
+        *,
+        quiet_ms: int = 200,
+        max_ms: int = 2000,
+        wake_fd: int | None = None,
+        leading: bool = False,
+    ) -> Events:
+        if self._ino.closed:
+            raise closed_error()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        events = self._wait(wake_fd, timeout_ms(deadline), quiet_ms, max_ms, leading)
+        if events.wds:
             self._returned = time.monotonic()
         return events
 
     def _wait(
-        self, wake_fd: int | None, timeout_ms: int, quiet_ms: int, max_ms: int, leading: bool
+        self, wake_fd: int | None, wait_ms: int, quiet_ms: int, max_ms: int, leading: bool
     ) -> Events:
         table = _Table(self._max)
         fd = self._ino.fileno()
@@ -224,7 +259,7 @@ class Python:
         if wake_fd is not None:
             poller.register(wake_fd, select.POLLIN)
         # select.poll retries EINTR itself (PEP 475), so this backend never returns None.
-        ready = dict(poller.poll(None if timeout_ms < 0 else timeout_ms))
+        ready = dict(poller.poll(None if wait_ms < 0 else wait_ms))
         if not ready:
             return table.events()
         first = last = time.monotonic()

@@ -1,14 +1,17 @@
 """The one object that owns the inotify file descriptor.
 
-Two backends with the same behaviour, one module each, loaded only when chosen:
+Two backends with the same behaviour, one module each, loaded only when chosen; each is a
+subclass of :class:`Inotify`, which ``Inotify(backend)`` makes:
 
 * ``native`` (``_inotify_native.py``): the C engine in ``csrc/`` (``pkgckpt._inotify``).
   It waits for the quiet window, coalesces events and follows marker directories without
-  waking Python, so a pip install of 20,000 files costs Python a handful of records.
+  waking Python, so a pip install of 20,000 files costs Python a handful of records,
+  handed over as one piece of text per batch.
 * ``python`` (``_inotify_python.py``): the same logic on top of inotify_simple, for when
   the compiled module cannot be loaded (or ``PKGCKPT_WATCH_BACKEND=python`` asks for it).
 
-A batch holds one :class:`Record` per (watch, name) with the union of the event masks.
+A batch (:class:`Events`) holds one record per (watch, name) with the union of the event
+masks.
 For a watch added with ``markers=True`` every ``*.dist-info`` / ``*.egg-info`` directory
 that appears in it is watched too, one level deep and only until its ``RECORD`` arrives:
 what happens inside such a marker is reported on the parent's record for the marker's
@@ -19,13 +22,14 @@ is reported with :data:`PKW_DIRTY` instead: memory stays bounded and nothing is 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
 import select
 import time
 from types import TracebackType
-from typing import NamedTuple, Protocol
+from typing import ClassVar, NamedTuple
 
 from .errors import UsageError
 
@@ -57,15 +61,8 @@ PKW_RECORD = 0x00010000
 PKW_INSIDE = 0x00020000
 PKW_DIRTY = 0x00040000
 
-_MARKER_MASK = (
-    IN_CLOSE_WRITE
-    | IN_MOVED_TO
-    | IN_CREATE
-    | IN_DELETE
-    | IN_ONLYDIR
-    | IN_DONT_FOLLOW
-    | IN_EXCL_UNLINK
-)
+# As csrc/pkw.c's MARKER_MASK: RECORD's arrival, and the other files' writes as activity.
+_MARKER_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK
 _MARKER_SUFFIXES = (".dist-info", ".egg-info")
 
 
@@ -86,7 +83,11 @@ class Record(NamedTuple):
 
 
 class Events(NamedTuple):
-    records: tuple[Record, ...]
+    """One batch. Its records are in three parallel tuples, record i being ``wds[i]``,
+    ``masks[i]``, ``names[i]``: the native back end makes them without a Python object per
+    record, which a batch read after a long sleep pays for in cache misses. `records`
+    gives them as `Record` objects."""
+
     overflow: bool
     """IN_Q_OVERFLOW: the kernel dropped events; anything may have changed."""
     woken: bool
@@ -96,24 +97,19 @@ class Events(NamedTuple):
     the records given; the instance may be unusable, so replace it."""
     last: float = 0.0
     """`time.monotonic()` when the batch's last event was read; 0.0 when none was."""
+    wds: tuple[int, ...] = ()
+    masks: tuple[int, ...] = ()
+    names: tuple[str, ...] = ()
+
+    @property
+    def records(self) -> tuple[Record, ...]:
+        return tuple(map(Record, self.wds, self.masks, self.names))
 
 
 def _oserror(err: int, path: str | os.PathLike[str] | None = None) -> OSError:
     if path is None:
         return OSError(err, os.strerror(err))
     return OSError(err, os.strerror(err), os.fspath(path))
-
-
-class _Backend(Protocol):
-    def fileno(self) -> int: ...
-    def close(self) -> None: ...
-    def add_watch(self, path: str | os.PathLike[str], mask: int, markers: bool) -> int: ...
-    def add_marker(self, parent_wd: int, name: str) -> int: ...
-    def rm_watch(self, wd: int) -> None: ...
-    def wait(
-        self, wake_fd: int | None, timeout_ms: int, quiet_ms: int, max_ms: int, leading: bool
-    ) -> Events | None:
-        """A batch, or None when a signal interrupted the wait before anything arrived."""
 
 
 def drain_wake(fd: int) -> None:
@@ -129,12 +125,6 @@ def drain_wake(fd: int) -> None:
             return
 
 
-def _python(max_records: int) -> _Backend:
-    from ._inotify_python import Python
-
-    return Python(max_records)
-
-
 def _choose(backend: str | None) -> str:
     chosen = backend or os.environ.get(ENV_BACKEND) or None
     if chosen is not None and chosen not in BACKENDS:
@@ -145,60 +135,71 @@ def _choose(backend: str | None) -> str:
     return chosen or "auto"
 
 
+def timeout_ms(deadline: float | None) -> int:
+    """Milliseconds left until ``deadline`` (`time.monotonic()`), as poll() takes them;
+    -1 (forever) for None."""
+    if deadline is None:
+        return -1
+    return min(max(0, math.ceil((deadline - time.monotonic()) * 1000)), 2**31 - 1)
+
+
+def closed_error() -> ValueError:
+    return ValueError("I/O operation on a closed Inotify")
+
+
 class Inotify:
     """An inotify instance: watches and batched, coalesced reads.
+
+    ``Inotify(backend)`` makes an instance of the chosen back end's class, a subclass (as
+    ``pathlib.Path`` makes a ``PosixPath``): the wait made at every wake-up then runs in
+    one Python call, the back end's own, not in a wrapper around it.
 
     Not thread-safe. To interrupt a wait from elsewhere (a signal handler, another
     thread), write to the ``wake_fd`` given to :meth:`read_batch`.
     """
 
-    backend: str
+    backend: ClassVar[str]
     """``"native"`` or ``"python"``."""
 
-    def __init__(self, backend: str | None = None, *, max_records: int = 1024) -> None:
+    def __new__(cls, backend: str | None = None, *, max_records: int = 1024) -> Inotify:
+        if cls is not Inotify:
+            return super().__new__(cls)
         if max_records < 1:
             raise ValueError("max_records must be at least 1")
         chosen = _choose(backend)
-        impl: _Backend
         if chosen in ("auto", "native"):
             try:
+                # The compiled engine itself first, through sys.modules: _inotify_native
+                # may have been imported while the engine could still be loaded.
+                importlib.import_module("._inotify", __package__)
                 from ._inotify_native import Native
-
-                impl = Native(max_records)
             except ImportError as e:
                 if chosen == "native":
                     raise UsageError(f"the native watch backend cannot be loaded: {e}") from e
-                impl = _python(max_records)
-                self.backend = "python"
                 log.warning(
                     "inotify backend: python (inotify_simple); native engine unavailable: %s", e
                 )
             else:
-                self.backend = "native"
                 log.info("inotify backend: native (pkgckpt._inotify)")
+                return super().__new__(Native)
         else:
-            impl = _python(max_records)
-            self.backend = "python"
             log.info("inotify backend: python (inotify_simple), as configured")
-        self._impl: _Backend | None = impl
+        from ._inotify_python import Python
 
-    def _live(self) -> _Backend:
-        if self._impl is None:
-            raise ValueError("I/O operation on a closed Inotify")
-        return self._impl
+        return super().__new__(Python)
+
+    # What each back end implements.
 
     @property
     def closed(self) -> bool:
-        return self._impl is None
+        raise NotImplementedError
 
     def fileno(self) -> int:
-        return self._live().fileno()
+        raise NotImplementedError
 
     def close(self) -> None:
         """Close the fd; calling it again does nothing."""
-        impl, self._impl = self._impl, None
-        if impl is not None:
-            impl.close()
+        raise NotImplementedError
 
     def __enter__(self) -> Inotify:
         return self
@@ -217,18 +218,18 @@ class Inotify:
         Adding a directory already watched replaces its mask and its ``markers``; with
         IN_MASK_ADD in ``mask``, both accumulate instead.
         """
-        return self._live().add_watch(path, mask, markers)
+        raise NotImplementedError
 
     def add_marker(self, parent_wd: int, name: str) -> int:
         """Watch marker ``name`` of ``parent_wd`` (a ``markers`` watch) that already exists.
 
         Returns its wd, or 0 when its RECORD is already there (nothing left to wait for).
         """
-        return self._live().add_marker(parent_wd, name)
+        raise NotImplementedError
 
     def rm_watch(self, wd: int) -> None:
         """Stop watching ``wd`` (and the markers followed under it)."""
-        self._live().rm_watch(wd)
+        raise NotImplementedError
 
     def read_batch(
         self,
@@ -243,7 +244,8 @@ class Inotify:
 
         After the first event, keep reading until nothing arrived for ``quiet_ms`` or
         ``max_ms`` passed. A readable ``wake_fd`` ends the wait at once (it is drained).
-        An empty batch means the timeout expired.
+        An empty batch means the timeout expired. A signal whose handler returns does not
+        end the wait (unless it writes to ``wake_fd``, as ``signal.set_wakeup_fd`` does).
 
         ``leading``: the first event after a quiet spell (no batch returned for
         ``quiet_ms``) ends the batch at once, and so does a RECORD's arrival, unless a
@@ -251,15 +253,4 @@ class Inotify:
         own (``Events.last`` says when the last event came): an isolated change then
         costs one wake-up instead of two, and a stream of events is still batched.
         """
-        impl = self._live()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if deadline is None:
-                timeout_ms = -1
-            else:
-                timeout_ms = min(max(0, math.ceil((deadline - time.monotonic()) * 1000)), 2**31 - 1)
-            events = impl.wait(wake_fd, timeout_ms, quiet_ms, max_ms, leading)
-            if events is not None:
-                return events
-            # EINTR before anything arrived. The interpreter has run the signal handlers
-            # by now (and propagated any exception they raised): wait for the rest.
+        raise NotImplementedError

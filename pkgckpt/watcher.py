@@ -26,16 +26,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import operator
 import os
 import select
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from .inotify import (
+    _MARKER_SUFFIXES,
     IN_CLOSE_WRITE,
     IN_CREATE,
     IN_DELETE,
@@ -49,6 +52,7 @@ from .inotify import (
     IN_ONLYDIR,
     IN_UNMOUNT,
     PKW_DIRTY,
+    PKW_RECORD,
     Events,
     Inotify,
     drain_wake,
@@ -76,6 +80,9 @@ ANCESTOR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONL
 # Only the directory's own fate: no event for what happens in it.
 GUARD_MASK = IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_MASK_ADD
 _GONE = IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
+_LEFT = IN_DELETE | IN_MOVED_FROM  # an entry that went away (and may have come back)
+_DEGRADED = operator.attrgetter("degraded")
+_new_tuple = tuple.__new__
 _APPEARED = IN_CREATE | IN_MOVED_TO
 _R_LOCK = "00LOCK"
 
@@ -88,19 +95,21 @@ class Root:
     `envs`), watched like a library but holding no packages."""
 
 
-@dataclass(frozen=True)
-class Batch:
-    dirty: frozenset[Path]
+class Batch(NamedTuple):
+    """What one wait saw. A tuple, not a frozen dataclass: one is made per wake-up, and
+    its sets are made for it alone, so it is handed over as they are."""
+
+    dirty: AbstractSet[Path]
     """Roots to rescan: all of them on overflow; degraded roots when their rescan is due."""
-    markers: Mapping[Path, frozenset[str]]
+    markers: Mapping[Path, AbstractSet[str]]
     """Root -> names of the marker directories (``*.dist-info``, ...) that changed."""
-    changed: Mapping[Path, frozenset[str]]
+    changed: Mapping[Path, AbstractSet[str]]
     """Dirty root -> the names of the entries that changed in it, for roots where every
     event came with a name. A dirty root missing here may have changed anywhere: an
     overflow, a watch armed anew, a degraded root, an event on the root itself."""
     overflow: bool
     woken: bool
-    replaced: frozenset[Path] = frozenset()
+    replaced: AbstractSet[Path] = frozenset()
     """Roots seen deleted or moved away, themselves or through an ancestor: what is at
     the path from now on is another directory."""
     last: float = 0.0
@@ -364,32 +373,121 @@ class Watcher:
         Returns an empty batch on timeout. Degraded roots come back dirty each time their
         rescan is due, which is then the only reason this wakes up without an event.
         """
-        start = time.monotonic()
-        deadline = None if timeout is None else start + timeout
+        # One function from the wait to the batch, the rare cases aside (`_rescans`,
+        # `_recover`): it runs at every wake-up, after a sleep that left the caches cold,
+        # where each Python call costs more than the work it does.
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            now = time.monotonic()
-            dirty = {
-                s.root.path for s in self._states.values() if s.degraded and s.next_rescan <= now
-            }
-            if dirty and self._ino is None and not self._open(now):
-                for st in self._states.values():
-                    st.next_rescan = now + self.rescan_interval
-                    self._sync(st, None)
-            elif dirty:
-                for path in dirty:
-                    st = self._states[path]
-                    st.next_rescan = now + self.rescan_interval
-                    self._arm(st, now)
-            if dirty:
-                return Batch(frozenset(dirty), {}, {}, overflow=False, woken=False)
-            rescan = min((s.next_rescan for s in self._states.values() if s.degraded), default=None)
-            until = min((t for t in (deadline, rescan) if t is not None), default=None)
-            wait_s = None if until is None else max(0.0, until - now)
-            batch = self._wait_once(wait_s)
-            if batch.dirty or batch.markers or batch.overflow or batch.woken:
-                return batch
+            wait_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # map and attrgetter: no Python frame for the check.
+            if any(map(_DEGRADED, self._states.values())):
+                due = self._rescans()
+                if isinstance(due, Batch):
+                    return due
+                wait_s = due if wait_s is None else min(wait_s, due)
+            if self._ino is None:
+                woken = self._wait_wake(wait_s)
+                if woken or (deadline is not None and time.monotonic() >= deadline):
+                    return Batch(frozenset(), {}, {}, overflow=False, woken=woken)
+                continue
+            try:
+                events = self._ino.read_batch(
+                    wait_s,
+                    quiet_ms=self.quiet_ms,
+                    max_ms=self.max_ms,
+                    wake_fd=self.wake_fd,
+                    leading=self.leading,
+                )
+            except OSError as e:
+                # The first poll() failed: nothing was taken (later errors come in the batch).
+                events = Events(overflow=False, woken=False, error=e.errno or errno.EIO)
+            # The dirty roots are those of `named` and `unnamed`: every root made dirty
+            # below without a name goes to `unnamed`.
+            markers: dict[Path, set[str]] = {}
+            named: dict[Path, set[str]] = {}
+            unnamed: set[Path] = set()
+            rearm: set[Path] = set()
+            gone: set[Path] = set()
+            resync: set[Path] = set()
+            for wd, mask, name in zip(events.wds, events.masks, events.names, strict=True):
+                # Nothing below changes the roles: no copy of them is needed.
+                for role, root in self._roles.get(wd, ()):
+                    st = self._states[root]
+                    if role == "root" and name:  # nearly every record
+                        named.setdefault(root, set()).add(name)
+                        if st.root.kind == "python":
+                            if name.endswith(_MARKER_SUFFIXES) and is_marker(name):
+                                markers.setdefault(root, set()).add(name)
+                                if mask & PKW_RECORD and not mask & _LEFT:
+                                    # Made (or there) and its RECORD arrived since: that
+                                    # install is complete, no need to look at the disk.
+                                    st.candidates.discard(name)
+                                else:
+                                    st.candidates.add(name)
+                        elif name.startswith(_R_LOCK):
+                            st.candidates.add(name)
+                        continue
+                    if role == "guard":
+                        if not name and mask & _GONE:
+                            rearm.add(root)
+                            gone.add(root)
+                        continue
+                    if role == "ancestor":
+                        if (not name and mask & _GONE) or (
+                            name == st.next_name and mask & _APPEARED
+                        ):
+                            rearm.add(root)
+                        if not name and mask & _GONE:
+                            gone.add(root)
+                        continue
+                    # An event on the root itself: it may have changed anywhere.
+                    if mask & _GONE:
+                        rearm.add(root)
+                        gone.add(root)
+                    if mask & PKW_DIRTY:
+                        resync.add(root)
+                    unnamed.add(root)
+            if events.error or events.overflow or rearm or resync:
+                self._recover(events, unnamed, rearm, resync)
+            if named or unnamed or events.overflow or events.woken:
+                # tuple.__new__, as NamedTuple's own _make: the generated __new__ is one
+                # more Python call.
+                return _new_tuple(
+                    Batch,
+                    (
+                        # The keys themselves when they are all: no set made, no Path hashed.
+                        named.keys() | unnamed if unnamed else named.keys(),
+                        markers,
+                        {root: names for root, names in named.items() if root not in unnamed}
+                        if unnamed
+                        else named,
+                        events.overflow,
+                        events.woken,
+                        gone,
+                        events.last,
+                    ),
+                )
             if deadline is not None and time.monotonic() >= deadline:
-                return batch
+                return Batch(frozenset(), {}, {}, overflow=False, woken=False, replaced=gone)
+
+    def _rescans(self) -> Batch | float:
+        """The degraded roots whose rescan is due, armed again where possible; else the
+        seconds until the next one is due."""
+        now = time.monotonic()
+        degraded = [s for s in self._states.values() if s.degraded]
+        dirty = {s.root.path for s in degraded if s.next_rescan <= now}
+        if not dirty:
+            return max(0.0, min(s.next_rescan for s in degraded) - now)
+        if self._ino is None and not self._open(now):
+            for st in self._states.values():
+                st.next_rescan = now + self.rescan_interval
+                self._sync(st, None)
+        else:
+            for path in dirty:
+                st = self._states[path]
+                st.next_rescan = now + self.rescan_interval
+                self._arm(st, now)
+        return Batch(frozenset(dirty), {}, {}, overflow=False, woken=False)
 
     def rearm(self, roots: Iterable[Path]) -> None:
         """Watch ``roots`` by their path again: a scan found another directory there that
@@ -432,67 +530,18 @@ class Watcher:
             for st in self._states.values():
                 self._degrade(st, e, now)
 
-    def _wait_once(self, timeout: float | None) -> Batch:
-        if self._ino is None:
-            return Batch(frozenset(), {}, {}, overflow=False, woken=self._wait_wake(timeout))
-        try:
-            events = self._ino.read_batch(
-                timeout,
-                quiet_ms=self.quiet_ms,
-                max_ms=self.max_ms,
-                wake_fd=self.wake_fd,
-                leading=self.leading,
-            )
-        except OSError as e:
-            # The first poll() failed: nothing was taken (later errors come in the batch).
-            events = Events((), overflow=False, woken=False, error=e.errno or errno.EIO)
+    def _recover(
+        self, events: Events, unnamed: set[Path], rearm: set[Path], resync: set[Path]
+    ) -> None:
+        """After a read error, an overflow, a root (or its way) that changed, or a full
+        batch table: arm again, and add to `unnamed` the roots to read in full."""
         now = time.monotonic()
-        dirty: set[Path] = set()
-        markers: dict[Path, set[str]] = {}
-        named: dict[Path, set[str]] = {}
-        unnamed: set[Path] = set()
-        rearm: set[Path] = set()
-        gone: set[Path] = set()
-        resync: set[Path] = set()
-        for wd, mask, name in events.records:
-            for role, root in tuple(self._roles.get(wd, ())):
-                st = self._states[root]
-                if role == "guard":
-                    if not name and mask & _GONE:
-                        rearm.add(root)
-                        gone.add(root)
-                    continue
-                if role == "ancestor":
-                    if (not name and mask & _GONE) or (name == st.next_name and mask & _APPEARED):
-                        rearm.add(root)
-                    if not name and mask & _GONE:
-                        gone.add(root)
-                    continue
-                if not name:
-                    if mask & _GONE:
-                        rearm.add(root)
-                        gone.add(root)
-                    if mask & PKW_DIRTY:
-                        resync.add(root)
-                    dirty.add(root)
-                    unnamed.add(root)
-                    continue
-                dirty.add(root)
-                named.setdefault(root, set()).add(name)
-                if st.root.kind == "python":
-                    if is_marker(name):
-                        markers.setdefault(root, set()).add(name)
-                        st.candidates.add(name)
-                elif name.startswith(_R_LOCK):
-                    st.candidates.add(name)
         if events.error:
             self._reopen(now, f"reading inotify events failed ({os.strerror(events.error)})")
-            dirty.update(self._states)
             unnamed.update(self._states)
         elif events.overflow:
             log.warning("inotify queue overflowed: rescanning every library")
             rearm.update(self._states)
-            dirty.update(self._states)
             unnamed.update(self._states)
         for root in rearm:
             st = self._states[root]
@@ -500,19 +549,9 @@ class Watcher:
             self._arm(st, now)
             # Appeared, vanished or re-created: whatever is there now must be read.
             if was_root or (st.wd is not None and st.role == "root") or st.degraded:
-                dirty.add(root)
                 unnamed.add(root)
         for root in resync - rearm:
             self._sync(self._states[root], self._states[root].wd)
-        return Batch(
-            frozenset(dirty),
-            {root: frozenset(names) for root, names in markers.items()},
-            {root: frozenset(names) for root, names in named.items() if root not in unnamed},
-            overflow=events.overflow,
-            woken=events.woken,
-            replaced=frozenset(gone),
-            last=events.last,
-        )
 
     def _wait_wake(self, timeout: float | None) -> bool:
         poller = select.poll()
@@ -541,11 +580,12 @@ class Watcher:
             else:
                 # Strings, not pathlib: asked after every batch that names a marker, and
                 # building Path objects cost more than the two stat calls themselves.
+                # RECORD first: once it is there, that one stat settles it.
                 path = f"{root}/{name}"
                 in_progress = (
                     name.endswith(".dist-info")
+                    and not os.access(path + "/RECORD", os.F_OK)
                     and os.path.isdir(path)  # noqa: PTH112
-                    and not os.path.exists(path + "/RECORD")  # noqa: PTH110
                 )
             if not in_progress:
                 st.candidates.discard(name)

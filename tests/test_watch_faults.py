@@ -59,13 +59,19 @@ def tell(proc: subprocess.Popen[str]) -> None:
 
 
 ENGINE = """
-import json, sys
+import json, sys, threading
+from pathlib import Path
 from pkgckpt.inotify import IN_CREATE, Inotify
 with Inotify(sys.argv[2]) as ino:
     ino.add_watch(sys.argv[1], IN_CREATE)
     print("ready", flush=True)
     sys.stdin.readline()
-    events = ino.read_batch(10, quiet_ms=50, max_ms=2000)
+    # An event in the quiet window: a back end reads once per wake-up, so this is what
+    # makes it wake and read a second time.
+    later = threading.Timer(0.3, Path(sys.argv[1], "later.py").write_text, ("",))
+    later.start()
+    events = ino.read_batch(10, quiet_ms=3000, max_ms=5000)
+    later.join()
     print(json.dumps({"names": [r.name for r in events.records], "error": events.error}))
 """
 
