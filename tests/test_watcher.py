@@ -216,6 +216,37 @@ def test_record_arrival_ends_busy(backend: str, site: Path) -> None:
         assert not w.busy(site)
 
 
+def test_a_reinstall_begun_in_the_batch_that_saw_a_record_is_still_busy(
+    backend: str, site: Path
+) -> None:
+    """A RECORD seen in a batch ends busy only if its dist-info did not go away after it:
+    installed, removed and begun again within one batch, the new install is in progress."""
+    marker = site / "demo-1.0.dist-info"
+
+    def installer() -> None:
+        # Each step once the watcher, waiting meanwhile, has followed the last: the
+        # marker watched, then its RECORD seen; all within one quiet window.
+        marker.mkdir()
+        time.sleep(0.3)
+        (marker / "RECORD").write_text("")
+        time.sleep(0.3)
+        shutil.rmtree(marker)
+        marker.mkdir()
+
+    with Watcher([Root(site, "python")], quiet_ms=1500, max_ms=5000, backend=backend) as w:
+        t = threading.Thread(target=installer)
+        t.start()
+        try:
+            batch = wait_for(w, site, timeout=10)
+        finally:
+            t.join()
+        assert batch.markers == {site: frozenset({marker.name})}
+        assert w.busy(site)
+        (marker / "RECORD").write_text("")
+        wait_for(w, site, timeout=10)
+        assert not w.busy(site)
+
+
 def test_install_in_progress_at_start_is_busy_and_its_record_seen(backend: str, site: Path) -> None:
     """An install already in progress at start is busy, and its RECORD's arrival is seen."""
     marker, _ = markers_in_progress_and_done(site)
