@@ -10,12 +10,17 @@ where they are hashed.
 
 from __future__ import annotations
 
-try:
-    from _sha256 import sha256  # CPython 3.10 and 3.11
-except ImportError:  # pragma: no cover - the interpreter decides
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hashlib import sha256  # the builtin's type: the same interface
+else:
     try:
-        from _sha2 import sha256  # type: ignore[import-not-found,no-redef]  # CPython 3.12+
-    except ImportError:
-        from hashlib import sha256  # type: ignore[assignment]  # another implementation
+        from _sha256 import sha256  # CPython 3.9 to 3.11
+    except ImportError:  # pragma: no cover - the interpreter decides
+        try:
+            from _sha2 import sha256  # CPython 3.12+
+        except ImportError:
+            from hashlib import sha256  # another implementation
 
 __all__ = ["sha256"]

@@ -29,7 +29,7 @@ class _Formatter(logging.Formatter):
 def setup(level: int = logging.WARNING) -> None:
     # The record's caller, thread and process are never printed: not looked up either
     # (the logging HOWTO's "Optimization"; the daemon logs a line per change).
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
