@@ -1,40 +1,42 @@
 """The artifact cache (issue 11): restore from artifacts beside the installers, and the
 cost of capture.
 
-    python benchmarks/ab_artifacts.py [ROUNDS [forty|sdist|wheel DIR]]
+    python benchmarks/ab_artifacts.py [--rounds N] [--quick] [--markdown PATH]
+        [--only forty|sdist|wheel ...] [--wheels-cache DIR]
 
-pkgckpt is installed as a user gets it (`pip install .` of `git archive HEAD`, not
-editable, bytecode compiled) into a venv of its own on /dev/shm; every tree is on
-/dev/shm. Each round's setup (untimed) makes a fresh venv without pip at the recorded
-path, empties uv's cache (every uv is cold) and the runtime directory. Contenders run
-interleaved round by round; min and median of the whole process's wall time, with the
-load average before and after.
+pkgckpt runs from a venv where it is installed as a user gets it (`pip install .`, not
+editable, bytecode compiled: `bench_kit.pkgckpt_python`, run_all.py's); every tree is on
+/dev/shm. The target venv is an image's: made once, then each round's setup (untimed, for
+every contender alike) puts a copy of it at the recorded path (`cp -a`: new inodes, the
+image's mtimes, as a new container sees its image), empties uv's cache and the runtime
+directory. The baseline is the image's, taken by `pkgckpt baseline --output`, which keeps
+the interpreter's probe answers beside it (`baseline.probes.json`): restore starts no
+interpreter probe, the configuration of a new container of an image built with pkgckpt.
+Contenders are interleaved round by round (`bench_kit.interleave`); min and median of the
+whole process's wall time, the median CPU of its processes, the load before and after.
 
   forty    40 small wheels: `pkgckpt restore --no-index` from the artifacts alone;
            `uv pip install --no-deps --no-index --find-links <wheels> -r` (cold), the
            target's peer; `pkgckpt restore` from the wheelhouse with a manifest without
-           artifacts (restore as it was before the cache).
+           artifacts (restore as it was before the cache). Then the capture:
+           `pkgckpt snapshot` of the 40 into an empty store, the cache on and off.
   sdist    one C-extension sdist: `pkgckpt restore --no-index` from its artifact, and
            from the sdist (built by uv, cold; by pip, --no-cache-dir via PIP_NO_CACHE_DIR),
            each with uv and with pip (pip beside pkgckpt, `--python` the venv).
-  wheel    the one wheel in DIR (a large compiled one: scipy, `pip download --no-deps`):
+  wheel    the scipy wheel (from --wheels-cache, filled once by `pip download` from the
+           configured index, as bench_restore.py does; copied to /dev/shm):
            `pkgckpt restore --no-index` from its artifact against `uv pip install
-           --no-deps` (cold) of the downloaded file; then its capture (`pkgckpt
-           snapshot` into an empty store) with the cache on and off.
-  capture  `pkgckpt snapshot` of the 40 wheels into an empty store, with the cache on
-           (captures all 40) and off (`PKGCKPT_ARTIFACTS=0`): wall and CPU time (user +
-           system of the process and its children, from wait4).
+           --no-deps` (cold) of the same file; then its capture, the cache on and off.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -44,36 +46,51 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from ab_restore_noop import install  # noqa: E402
+import bench_kit  # noqa: E402
+from bench_restore import WHEELS_CACHE  # noqa: E402
 from restore_kit import hermetic  # noqa: E402
 from wheelhouse import Dist, add_build_backend, build_c_sdist, build_wheel, make_venv  # noqa: E402
 
 from pkgckpt.manifest import Body  # noqa: E402
 from pkgckpt.store import Store, init_store  # noqa: E402
 
-UV = shutil.which("uv") or "uv"
+UV = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
+FORTY_RATIO = 1.0
+WHEEL_RATIO = 1.0
+SDIST_SPEEDUP = 10.0
+
+Contender = tuple[Callable[[], None], Callable[[], object]]
+"""The untimed setup of a round, and the timed call."""
 
 
 class Case:
-    """A venv path, a wheelhouse, a baseline of the empty venv, and the stores."""
+    """An image's venv (a template copied into place), a wheelhouse, the image's baseline
+    with its probe answers, and the stores."""
 
     def __init__(self, root: Path, python: Path, env: dict[str, str]) -> None:
         self.root = root
         self.python = python
         self.env = env
         self.venv = root / "venv"
+        self.image = root / "image"
         self.wheels = root / "wheels"
         self.baseline = root / "baseline.json"
         root.mkdir(parents=True)
+        make_venv(self.image, with_pip=False)
+        self.fresh()
+        self.run([bench_kit.script(python), "baseline", "--env", str(self.venv),
+                  "--output", str(self.baseline)])  # fmt: skip
 
     def pkgckpt(self, *args: str, store: Path) -> list[str]:
-        argv = [str(self.python), "-m", "pkgckpt", *args, "--store", str(store), "--key", "b"]
+        argv = [bench_kit.script(self.python), *args, "--store", str(store), "--key", "b"]
         return [*argv, "--env", str(self.venv), "--baseline", str(self.baseline)]
 
     def fresh(self) -> None:
+        """A new container: the image's venv as its layers give it, cold caches."""
         shutil.rmtree(self.env["UV_CACHE_DIR"], ignore_errors=True)
         shutil.rmtree(Path(self.env["XDG_RUNTIME_DIR"]), ignore_errors=True)
-        make_venv(self.venv, with_pip=False)
+        shutil.rmtree(self.venv, ignore_errors=True)
+        subprocess.run(["cp", "-a", str(self.image), str(self.venv)], check=True)
 
     def run(self, argv: list[str], extra: Mapping[str, str] | None = None) -> str:
         done = subprocess.run(
@@ -82,18 +99,43 @@ class Case:
         assert done.returncode == 0, (argv, done.stdout, done.stderr)
         return done.stdout
 
+    def call(self, argv: list[str], extra: Mapping[str, str] | None = None) -> Callable[[], str]:
+        return lambda: self.run(argv, extra)
+
     def install_all(self, *reqs: str) -> None:
         uv = [UV, "pip", "install", "-q", "--python", str(self.venv / "bin" / "python")]
         self.run([*uv, "--no-deps", "--no-index", "--find-links", str(self.wheels), *reqs])
 
-    def captured_store(self, name: str) -> Path:
-        """Install the wheelhouse's packages, snapshot them (with artifacts) to a store."""
+    def snapshot(self, name: str) -> Path:
+        """A store holding a snapshot (with artifacts) of what the venv holds now."""
         store = self.root / name
         init_store(store)
-        self.fresh()
-        baseline = ["baseline", "--env", str(self.venv), "--output", str(self.baseline)]
-        self.run([str(self.python), "-m", "pkgckpt", *baseline])
+        self.run(self.pkgckpt("snapshot", store=store))
         return store
+
+    def empty_store(self) -> Callable[[], None]:
+        empty = self.root / "empty"
+
+        def setup() -> None:
+            shutil.rmtree(empty, ignore_errors=True)
+            init_store(empty)
+            shutil.rmtree(Path(self.env["XDG_RUNTIME_DIR"]), ignore_errors=True)
+
+        return setup
+
+    def capture(self, what: str, rounds: int) -> str:
+        """`pkgckpt snapshot` into an empty store, the cache on and off, as a table."""
+        setup, empty = self.empty_store(), self.root / "empty"
+        off = "snapshot, `PKGCKPT_ARTIFACTS=0` (the manifest only)"
+        contenders = {
+            f"snapshot, {what} captured (repacked, hashed, written durably)": (
+                setup, self.call(self.pkgckpt("snapshot", store=empty))
+            ),
+            off: (setup, self.call(self.pkgckpt("snapshot", store=empty),
+                                   {"PKGCKPT_ARTIFACTS": "0"})),
+        }  # fmt: skip
+        times, cpu = measure(contenders, rounds)
+        return bench_kit.table(times, cpu=cpu, peer=off)
 
 
 def without_artifacts(store: Path, into: Path) -> Path:
@@ -111,217 +153,190 @@ def without_artifacts(store: Path, into: Path) -> Path:
     return into
 
 
-def timed(argv: list[str], env: Mapping[str, str]) -> tuple[float, float]:
-    """Wall seconds and CPU seconds (user + system, children included) of one process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, (argv, proc.stderr.read() if proc.stderr else b"")
-    return wall, usage.ru_utime + usage.ru_stime
+def measure(
+    contenders: Mapping[str, Contender], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds per contender, after one untimed round (page cache, bytecode)."""
+    calls = {label: call for label, (_, call) in contenders.items()}
+
+    def setup(label: str) -> None:
+        contenders[label][0]()
+
+    bench_kit.interleave(calls, 1, setup)
+    cpu: dict[str, list[float]] = {}
+    return bench_kit.interleave(calls, rounds, setup, cpu), cpu
 
 
-def interleave(
-    contenders: Mapping[str, tuple[Callable[[], None], list[str], Mapping[str, str]]],
-    rounds: int,
-    env: Mapping[str, str],
-) -> None:
-    walls: dict[str, list[float]] = {k: [] for k in contenders}
-    cpus: dict[str, list[float]] = {k: [] for k in contenders}
-    load = os.getloadavg()
-    for _ in range(rounds):
-        for label, (setup, argv, extra) in contenders.items():
-            setup()
-            wall, cpu = timed(argv, {**env, **extra})
-            walls[label].append(wall * 1000)
-            cpus[label].append(cpu * 1000)
-    after = os.getloadavg()
-    print(f"load (1 min) {load[0]:.2f} -> {after[0]:.2f}; {rounds} rounds")
-    print("| contender | wall min | wall median | CPU min | CPU median |\n|---|---|---|---|---|")
-    for label in contenders:
-        w, c = walls[label], cpus[label]
-        print(
-            f"| {label} | {min(w):.0f} ms | {statistics.median(w):.0f} ms "
-            f"| {min(c):.0f} ms | {statistics.median(c):.0f} ms |"
-        )
+def at_most(limit: float) -> Callable[[str, float, float], str]:
+    """The target column: wall and CPU ratios ≤ `limit` to the peer."""
+
+    def target(label: str, ratio: float, extra_ms: float) -> str:
+        del label, extra_ms
+        return "met" if ratio <= limit else f"**not met** (≤ {limit:g}x)"
+
+    return target
 
 
-def forty(root: Path, python: Path, env: dict[str, str], rounds: int) -> None:
+def faster(times: Mapping[str, list[float]], cpu: Mapping[str, list[float]], ours: str,
+           theirs: str) -> str:  # fmt: skip
+    """How many times faster `ours` is than `theirs`, by the median, against the target."""
+    wall = statistics.median(times[theirs]) / statistics.median(times[ours])
+    used = statistics.median(cpu[theirs]) / statistics.median(cpu[ours])
+    worse = min(wall, used)
+    verdict = "met" if worse >= SDIST_SPEEDUP else f"**not met** (≥ {SDIST_SPEEDUP:g}x)"
+    return f"{wall:.1f}x faster by the wall median, {used:.1f}x by CPU: {verdict}"
+
+
+def forty(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
+          rounds: int) -> None:  # fmt: skip
     case = Case(root, python, env)
     pins = [Dist(f"bench-pkg-{i:03d}", f"1.{i}.0", files=5) for i in range(40)]
     for dist in pins:
         build_wheel(dist, case.wheels)
     requirements = root / "requirements.txt"
     requirements.write_text("".join(f"{d.name}=={d.version}\n" for d in pins))
-    store = case.captured_store("store")
     case.install_all("-r", str(requirements))
-    case.run(case.pkgckpt("snapshot", store=store))
+    store = case.snapshot("store")
     plain = without_artifacts(store, root / "plain")
-    empty = root / "empty"
-
-    def empty_store() -> None:
-        shutil.rmtree(empty, ignore_errors=True)
-        init_store(empty)
-        shutil.rmtree(Path(env["XDG_RUNTIME_DIR"]), ignore_errors=True)
-
     uv = [UV, "pip", "install", "-q", "--python", str(case.venv / "bin" / "python")]
     uv += ["--no-deps", "--no-index", "--find-links", str(case.wheels), "-r", str(requirements)]
     restore = ["restore", "--installer", "uv", "--no-index"]
-    print("\n### 40 small wheels: restore\n")
-    interleave(
-        {
-            "`pkgckpt restore --no-index`, from artifacts": (
-                case.fresh,
-                case.pkgckpt(*restore, store=store),
-                {},
-            ),
-            "`uv pip install --no-deps` (cold), from the wheels": (case.fresh, uv, {}),
-            "`pkgckpt restore`, from the wheels (no artifacts)": (
-                case.fresh,
-                case.pkgckpt(*restore, "--find-links", str(case.wheels), store=plain),
-                {},
-            ),
-        },
-        rounds,
-        env,
+    peer = "`uv pip install --no-deps` (cold), from the wheels"
+    contenders = {
+        "`pkgckpt restore --no-index`, from the artifacts alone": (
+            case.fresh, case.call(case.pkgckpt(*restore, store=store))
+        ),
+        peer: (case.fresh, case.call(uv)),
+        "`pkgckpt restore --find-links <wheels>`, no artifacts (restore before the cache)": (
+            case.fresh,
+            case.call(case.pkgckpt(*restore, "--find-links", str(case.wheels), store=plain)),
+        ),
+    }  # fmt: skip
+    times, cpu = measure(contenders, rounds)
+    run.add(
+        "**40 small wheels** (5 modules each), restore into a new container's venv; "
+        f"target ≤ {FORTY_RATIO:g}x uv cold\n\n"
+        + bench_kit.table(times, cpu=cpu, peer=peer, target=at_most(FORTY_RATIO))
     )
-    # The venv holds the 40 packages again for the capture rounds.
     case.fresh()
     case.install_all("-r", str(requirements))
-    print("\n### 40 small wheels: capture (`pkgckpt snapshot` into an empty store)\n")
-    interleave(
-        {
-            "snapshot, artifacts captured": (
-                empty_store,
-                case.pkgckpt("snapshot", store=empty),
-                {},
-            ),
-            "snapshot, `PKGCKPT_ARTIFACTS=0`": (
-                empty_store,
-                case.pkgckpt("snapshot", store=empty),
-                {"PKGCKPT_ARTIFACTS": "0"},
-            ),
-        },
-        rounds,
-        env,
+    run.add(
+        "**40 small wheels, capture**: `pkgckpt snapshot` into an empty store (reported)\n\n"
+        + case.capture("40 artifacts", rounds)
     )
 
 
-def sdist(root: Path, python: Path, env: dict[str, str], rounds: int) -> None:
+def sdist(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
+          rounds: int) -> None:  # fmt: skip
     case = Case(root, python, env)
     build_c_sdist("fastmath", "1.0", case.wheels)
     add_build_backend(case.wheels)
-    store = case.captured_store("store")
     case.install_all("fastmath")
-    case.run(case.pkgckpt("snapshot", store=store))
+    store = case.snapshot("store")
     plain = without_artifacts(store, root / "plain")
-    restore = ["restore", "--installer", "uv", "--no-index"]
-    pip = ["restore", "--installer", "pip", "--no-index"]
-    print("\n### A C-extension sdist: restore\n")
-    interleave(
-        {
-            "`pkgckpt restore --no-index`, from its artifact": (
-                case.fresh,
-                case.pkgckpt(*restore, store=store),
-                {},
-            ),
-            "`pkgckpt restore`, from the sdist (uv builds it, cold)": (
-                case.fresh,
-                case.pkgckpt(*restore, "--find-links", str(case.wheels), store=plain),
-                {},
-            ),
-            "`pkgckpt restore --installer pip --no-index`, from its artifact": (
-                case.fresh,
-                case.pkgckpt(*pip, store=store),
-                {},
-            ),
-            "`pkgckpt restore --installer pip`, from the sdist (pip builds it)": (
-                case.fresh,
-                case.pkgckpt(*pip, "--find-links", str(case.wheels), store=plain),
-                {},
-            ),
-        },
-        rounds,
-        env,
-    )
+    links = ("--find-links", str(case.wheels))
+    for installer, how in (("uv", "uv builds it, cold"), ("pip", "pip builds it")):
+        restore = ["restore", "--installer", installer, "--no-index"]
+        ours = f"`pkgckpt restore --installer {installer} --no-index`, from its artifact"
+        peer = f"`pkgckpt restore --installer {installer}`, from the sdist ({how})"
+        contenders = {
+            ours: (case.fresh, case.call(case.pkgckpt(*restore, store=store))),
+            peer: (case.fresh, case.call(case.pkgckpt(*restore, *links, store=plain))),
+        }
+        times, cpu = measure(contenders, rounds)
+        run.add(
+            f"**A C-extension sdist** (one 10-line function, setuptools), {installer}; "
+            f"target ≥ {SDIST_SPEEDUP:g}x faster from the artifact: "
+            + faster(times, cpu, ours, peer)
+            + "\n\n"
+            + bench_kit.table(times, cpu=cpu, peer=peer)
+        )
 
 
-def wheel(root: Path, python: Path, env: dict[str, str], rounds: int, source: Path) -> None:
+def scipy_wheel(cache: Path, into: Path) -> Path:
+    """The scipy wheel for this interpreter, from `cache` (filled with `pip download
+    --no-deps` from the configured index when it holds none), copied to `into`."""
+    if not any(cache.glob("scipy-*.whl")):
+        cache.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:"]
+        subprocess.run([*argv, "--no-deps", "--dest", str(cache), "scipy"], check=True)
+    found = sorted(cache.glob("scipy-*.whl"))[-1]
+    into.mkdir(parents=True)
+    return Path(shutil.copy2(found, into / found.name))
+
+
+def wheel(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str], rounds: int,
+          cache: Path) -> None:  # fmt: skip
     case = Case(root, python, env)
-    shutil.copytree(source, case.wheels)
-    found = sorted(case.wheels.glob("*.whl"))
-    assert len(found) == 1, found
-    name = found[0].name.split("-")[0]
-    store = case.captured_store("store")
+    found = scipy_wheel(cache, case.wheels)
+    name = found.name.split("-")[0]
     case.install_all(name)
-    case.run(case.pkgckpt("snapshot", store=store))
+    store = case.snapshot("store")
     uv = [UV, "pip", "install", "-q", "--python", str(case.venv / "bin" / "python")]
     uv += ["--no-deps", "--no-index", "--find-links", str(case.wheels), name]
-    size = found[0].stat().st_size / 2**20
-    print(f"\n### {found[0].name} ({size:.1f} MiB): restore\n")
-    interleave(
-        {
-            "`pkgckpt restore --no-index`, from its artifact": (
-                case.fresh,
-                case.pkgckpt("restore", "--installer", "uv", "--no-index", store=store),
-                {},
-            ),
-            "`uv pip install --no-deps` (cold), from the wheel": (case.fresh, uv, {}),
-        },
-        rounds,
-        env,
+    restore = ["restore", "--installer", "uv", "--no-index"]
+    peer = "`uv pip install --no-deps` (cold), from the wheel"
+    contenders = {
+        "`pkgckpt restore --no-index`, from its artifact": (
+            case.fresh, case.call(case.pkgckpt(*restore, store=store))
+        ),
+        peer: (case.fresh, case.call(uv)),
+    }  # fmt: skip
+    times, cpu = measure(contenders, rounds)
+    artifact = next((store / "b" / "artifacts").glob("*.whl")).stat().st_size / 2**20
+    size = found.stat().st_size / 2**20
+    run.add(
+        f"**{found.name}** ({size:.1f} MiB; its artifact {artifact:.1f} MiB), restore into a "
+        f"new container's venv; target ≤ {WHEEL_RATIO:g}x uv cold\n\n"
+        + bench_kit.table(times, cpu=cpu, peer=peer, target=at_most(WHEEL_RATIO))
     )
     case.fresh()
     case.install_all(name)
-    empty = root / "empty"
-
-    def empty_store() -> None:
-        shutil.rmtree(empty, ignore_errors=True)
-        init_store(empty)
-        shutil.rmtree(Path(env["XDG_RUNTIME_DIR"]), ignore_errors=True)
-
-    print(f"\n### {name}: capture (`pkgckpt snapshot` into an empty store)\n")
-    interleave(
-        {
-            "snapshot, artifact captured": (empty_store, case.pkgckpt("snapshot", store=empty), {}),
-            "snapshot, `PKGCKPT_ARTIFACTS=0`": (
-                empty_store,
-                case.pkgckpt("snapshot", store=empty),
-                {"PKGCKPT_ARTIFACTS": "0"},
-            ),
-        },
-        rounds,
-        env,
+    run.add(
+        f"**{name}, capture**: `pkgckpt snapshot` into an empty store (reported)\n\n"
+        + case.capture("the artifact", rounds)
     )
-    kept = (store / "b" / "artifacts").iterdir()
-    sizes = {p.name: f"{p.stat().st_size / 2**20:.1f}" for p in kept}
-    print(f"\nartifact sizes (MiB): {sizes}")
 
 
-def main(rounds: int, only: str | None, source: Path | None) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="3 rounds")
+    parser.add_argument("--markdown", type=Path, help="write the tables here (run_all.py)")
+    parser.add_argument("--only", action="append", choices=["forty", "sdist", "wheel"])
+    parser.add_argument("--wheels-cache", type=Path, default=WHEELS_CACHE)
+    args = parser.parse_args()
+    only = set(args.only or ["forty", "sdist", "wheel"])
+    rounds = 3 if args.quick else args.rounds
     root = Path(tempfile.mkdtemp(prefix="ab-artifacts-", dir="/dev/shm"))
     try:
-        python = install("HEAD", root / "tool")
+        python = bench_kit.pkgckpt_python(root)
         env = hermetic(root)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PKGCKPT_ARTIFACTS"] = "1"  # the tests' settings switch it off
+        env["PKGCKPT_ARTIFACTS"] = "1"  # hermetic() switches it off for the tests
         env["PIP_NO_CACHE_DIR"] = "1"
-        if only in (None, "forty"):
-            forty(root / "forty", python, env, rounds)
-        if only in (None, "sdist"):
-            sdist(root / "sdist", python, env, rounds)
-        if only == "wheel":
-            assert source is not None, "wheel DIR"
-            wheel(root / "wheel", python, env, rounds, source)
+        run = bench_kit.Run("artifacts")
+        if "forty" in only:
+            forty(run, root / "forty", python, env, rounds)
+        if "sdist" in only:
+            sdist(run, root / "sdist", python, env, rounds)
+        if "wheel" in only:
+            wheel(run, root / "wheel", python, env, rounds, args.wheels_cache)
+        run.done()
+        versions = [
+            subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+            for argv in ([UV, "--version"], [str(python), "-m", "pip", "--version"])
+        ]
+        run.add(
+            f"{rounds} rounds. Peers: {versions[0]} (cache emptied before each round, no "
+            f"config); {' '.join(versions[1].split()[:2])} beside pkgckpt, `--python` the "
+            "target venv, `PIP_NO_CACHE_DIR=1`, no pip.conf. Ratios are of medians; the "
+            "target column takes the larger of the wall and the CPU ratio."
+        )
+        run.write(args.markdown)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    main(
-        int(args[0]) if args else 10,
-        args[1] if len(args) > 1 else None,
-        Path(args[2]) if len(args) > 2 else None,
-    )
+    main()

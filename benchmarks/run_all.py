@@ -57,6 +57,8 @@ BENCHES = (
     # restore onto a new image (issue 10)
     Bench("rebase-ab", "ab_rebase.py", ab=True),
     # the artifact cache (issue 11)
+    Bench("artifacts", "ab_artifacts.py"),
+    Bench("r-artifacts", "ab_r_artifacts.py"),
     Bench("capture-latency", "ab_capture_latency.py"),
     # watcher, daemon, idle RSS (issue 15: watcher, daemon and RSS targets)
     # The ratio to the design peer sits near 1.0 on a shared machine: more rounds than the
