@@ -1,15 +1,20 @@
 """Restore of 40 packages onto a new image (a rebase) beside the installer doing the same
 work, and the same-image restore of an earlier commit beside this tree's.
 
-    python benchmarks/ab_rebase.py REV [ROUNDS]
+    python benchmarks/ab_rebase.py [REV] [--rounds N] [--quick] [--markdown PATH]
 
-Each pkgckpt is installed as a user gets it (`pip install .` of a `git archive`, not
-editable, bytecode compiled) into its own venv on /dev/shm. The image ships 20 packages
+Each pkgckpt is installed as a user gets it (`pip install .`, not editable, bytecode
+compiled) into its own venv on /dev/shm: this tree's is run_all.py's
+(`bench_kit.pkgckpt_python`), REV's from a `git archive`; without REV the same-image row
+of the earlier commit is left out. The image's baseline is taken by `pkgckpt baseline
+--output`, with the interpreter's probe answers beside it (`baseline.probes.json`), and
+each round's venv keeps the image's files (`cp -a` of the image, as a new container
+sees it), so restore starts no interpreter probe. The image ships 20 packages
 `bench-img-NNN` (v1 at 1.0, v2 at 2.0); the manifest records 40 added packages
 `bench-pkg-NNN`, each requiring one image package (`>=1.0`). Every contender gets the
-same untimed setup per round: the venv rebuilt at the same path with image v2 (uv, from
-the wheelhouse), a cold uv cache, an empty runtime directory, `--no-index --find-links
-<wheelhouse>`, no pip.conf / uv.toml. Contenders alternate round by round:
+same untimed setup per round: the venv put back at the same path as image v2 left it,
+a cold uv cache, an empty runtime directory, `--no-index --find-links <wheelhouse>`, no
+pip.conf / uv.toml. Contenders alternate round by round:
 
   rebase            this tree, the manifest taken on image v1: classify, read the image's
                     and the wheels' metadata, check, then `uv pip install -c` (resolving)
@@ -19,28 +24,29 @@ the wheelhouse), a cold uv cache, an empty runtime directory, `--no-index --find
   same image (REV)  the earlier commit on the same manifest
   uv --no-deps      `uv pip install --no-deps -r <the 40 pins>`: the same-image peer
 
-Prints min and median wall time of the whole process and the load average around it;
-then the plan alone (`restore._plan`: read the image's and the wheels' metadata,
-classify, check) in a fresh process of this tree, first call (imports included) and best
-of 20 after it, for the rebase and for the same image: what the rebase adds to a restore
-beyond the installer's own work.
+Min and median wall time of the whole process, the median CPU of its processes, and the
+load average around it (`bench_kit.interleave`, `bench_kit.table`); then the plan alone
+(`restore._plan`: read the image's and the wheels' metadata, classify, check) in a fresh
+process of this tree, first call (imports included) and best of 20 after it, for the
+rebase and for the same image: what the rebase adds to a restore beyond the installer's
+own work.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+import bench_kit  # noqa: E402
 from ab_restore_noop import install  # noqa: E402
 from restore_kit import hermetic, put_manifest  # noqa: E402
 from wheelhouse import Dist, build_wheel, make_venv  # noqa: E402
@@ -49,7 +55,7 @@ from pkgckpt.config import Config  # noqa: E402
 from pkgckpt.inventory import targets  # noqa: E402
 from pkgckpt.manifest import Body, Delta, Package, image_identity  # noqa: E402
 
-UV = shutil.which("uv") or "uv"
+UV = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
 PLAN = """
 import sys, time
 from pathlib import Path
@@ -72,12 +78,20 @@ print(f"{times[0]:.1f} {min(times[1:]):.1f}")
 """
 IMAGE = 20
 USER = 40
+REBASE_MS = 50.0
 
 
-def main(rev: str, rounds: int) -> None:
+def overhead(label: str, ratio: float, extra_ms: float) -> str:
+    del label, ratio
+    return "met" if extra_ms <= REBASE_MS else f"**not met** (≤ +{REBASE_MS:.0f} ms)"
+
+
+def main(rev: str | None, rounds: int, markdown: Path | None) -> None:
     root = Path(tempfile.mkdtemp(prefix="ab-rebase-", dir="/dev/shm"))
     try:
-        before, after = install(rev, root / "before"), install("HEAD", root / "after")
+        after = bench_kit.pkgckpt_python(root)
+        before = install(rev, root / "before") if rev is not None else None
+        run = bench_kit.Run("rebase")
         wheels = root / "wheels"
         v1 = [Dist(f"bench-img-{i:03d}", "1.0", files=5) for i in range(IMAGE)]
         v2 = [Dist(f"bench-img-{i:03d}", "2.0", files=5) for i in range(IMAGE)]
@@ -96,25 +110,30 @@ def main(rev: str, rounds: int) -> None:
         requirements.write_text("".join(f"{d.name}=={d.version}\n" for d in pins))
         constraints = root / "constraints.txt"
         constraints.write_text("".join(f"{d.name}=={d.version}\n" for d in v2))
-        venv, env = root / "venv", hermetic(root)
+        venv, image, env = root / "venv", root / "image", hermetic(root)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         python = str(venv / "bin" / "python")
+        make_venv(image, with_pip=False)
+        subprocess.run(
+            [UV, "pip", "install", "-q", "--python", str(image / "bin" / "python"),
+             "--no-index", "--find-links", str(wheels),
+             *(f"{d.name}=={d.version}" for d in v2)],
+            check=True, env=env,
+        )  # fmt: skip
 
-        def fresh() -> None:
+        def fresh(label: str = "") -> None:
+            """A new container of image v2: its venv as the layers give it, cold caches."""
+            del label
             shutil.rmtree(env["UV_CACHE_DIR"], ignore_errors=True)
             shutil.rmtree(root / "run", ignore_errors=True)
-            make_venv(venv, with_pip=False)
-            subprocess.run(
-                [UV, "pip", "install", "-q", "--python", python, "--no-index",
-                 "--find-links", str(wheels), *(f"{d.name}=={d.version}" for d in v2)],
-                check=True, env=env,
-            )  # fmt: skip
-            shutil.rmtree(env["UV_CACHE_DIR"], ignore_errors=True)
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run(["cp", "-a", str(image), str(venv)], check=True)
 
         fresh()
-        baseline = root / "b2.json"
+        baseline = root / "etc" / "b2.json"
+        baseline.parent.mkdir()
         subprocess.run(
-            [str(after), "-m", "pkgckpt", "baseline", "--env", str(venv), "--output",
+            [bench_kit.script(after), "baseline", "--env", str(venv), "--output",
              str(baseline)],
             check=True, env=env,
         )  # fmt: skip
@@ -129,56 +148,79 @@ def main(rev: str, rounds: int) -> None:
             put_manifest(stores[label], "bench", Body(environments=(delta,)))
 
         def restore(python: Path, store: str) -> list[str]:
-            return [str(python), "-m", "pkgckpt", "restore", "--store", str(stores[store]),
+            return [bench_kit.script(python), "restore", "--store", str(stores[store]),
                     "--key", "bench", "--env", str(venv), "--baseline", str(baseline),
                     "--no-index", "--find-links", str(wheels)]  # fmt: skip
 
         uv = [UV, "pip", "install", "-q", "--python", python, "--no-index", "--find-links",
               str(wheels), "-r", str(requirements)]  # fmt: skip
-        contenders = {
-            "rebase (this tree)": restore(after, "v1"),
-            "uv pip install -c <image> -r": [*uv, "-c", str(constraints)],
-            "same image (this tree)": restore(after, "v2"),
-            f"same image ({rev})": restore(before, "v2"),
-            "uv pip install --no-deps -r": [*uv, "--no-deps"],
+        rebase, uv_c = "`pkgckpt restore`, rebase onto v2", "`uv pip install -c <image> -r`"
+        same, uv_nodeps = "`pkgckpt restore`, same image", "`uv pip install --no-deps -r`"
+        commands = {
+            rebase: restore(after, "v1"),
+            uv_c: [*uv, "-c", str(constraints)],
+            same: restore(after, "v2"),
+            uv_nodeps: [*uv, "--no-deps"],
         }
-        for label, command in contenders.items():  # warm-up: bytecode, and a check
+        if before is not None:
+            commands[f"`pkgckpt restore`, same image ({rev})"] = restore(before, "v2")
+        for label, command in commands.items():  # warm-up: page cache, and a check
             fresh()
             done = subprocess.run(command, env=env, capture_output=True, text=True)
             assert done.returncode == 0, (label, done.stdout, done.stderr)
-            if label.startswith("rebase"):
+            if label == rebase:
                 assert "rebased onto a new image" in done.stdout, done.stdout
-        times: dict[str, list[float]] = {label: [] for label in contenders}
-        load = os.getloadavg()
-        for _ in range(rounds):
-            for label, command in contenders.items():
-                fresh()
-                start = time.perf_counter()
-                done = subprocess.run(command, env=env, capture_output=True)
-                times[label].append((time.perf_counter() - start) * 1000)
-                assert done.returncode == 0, label
-        after_load = os.getloadavg()
-        print(f"load (1 min) {load[0]:.2f} -> {after_load[0]:.2f}; {rounds} rounds")
-        print("| contender | min | median |\n|---|---|---|")
-        for label, values in times.items():
-            print(f"| {label} | {min(values):.0f} ms | {statistics.median(values):.0f} ms |")
+
+        def call(command: list[str]) -> Callable[[], None]:
+            return lambda: subprocess.run(command, env=env, capture_output=True, check=True)
+
+        contenders = {label: call(command) for label, command in commands.items()}
+        cpu: dict[str, list[float]] = {}
+        times = bench_kit.interleave(contenders, rounds, fresh, cpu)
         fresh()
-        print("| plan alone (this tree, fresh process) | first call | best of 20 after |")
-        print("|---|---|---|")
+        rows = [
+            "| plan alone (this tree, fresh process, min of 5) | first call | best of 20 after |",
+            "|---|---|---|",
+        ]
         for label, store in (("rebase", "v1"), ("same image", "v2")):
             firsts, bests = [], []
             for _ in range(5):
                 out = subprocess.run(
                     [str(after), "-c", PLAN, str(stores[store]), str(venv), str(baseline),
                      str(wheels), str(root / "run")],
-                    check=True, env=env, capture_output=True, text=True,
+                    check=True, env=env, capture_output=True, text=True, cwd=root,
                 ).stdout.split()  # fmt: skip
                 firsts.append(float(out[0]))
                 bests.append(float(out[1]))
-            print(f"| {label} | {min(firsts):.1f} ms | {min(bests):.1f} ms |")
+            rows.append(f"| {label} | {min(firsts):.1f} ms | {min(bests):.1f} ms |")
+        run.done()
+        rebase_side = {k: times[k] for k in (rebase, uv_c)}
+        same_side = {k: v for k, v in times.items() if k not in rebase_side}
+        version = subprocess.run([UV, "--version"], capture_output=True, text=True).stdout
+        run.add(
+            f"**Rebase** of {USER} packages onto image v2 ({IMAGE} image packages), "
+            f"{rounds} rounds; target ≤ the installer's own time + {REBASE_MS:.0f} ms\n\n"
+            + bench_kit.table(rebase_side, cpu=cpu, peer=uv_c, target=overhead)
+        )
+        run.add(
+            "**Same image**: exact pins, `--no-deps` (no regression)\n\n"
+            + bench_kit.table(same_side, cpu=cpu, peer=uv_nodeps)
+        )
+        run.add(
+            "\n".join(rows)
+            + f"\n\nPeer: {version.strip()}, cache emptied before each round, no config. "
+            "The target column takes the larger of the wall and the CPU difference."
+        )
+        run.write(markdown)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 10)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rev", nargs="?", help="an earlier commit for the same-image row")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="4 rounds")
+    parser.add_argument("--markdown", type=Path, help="write the tables here (run_all.py)")
+    args = parser.parse_args()
+    main(args.rev, 4 if args.quick else args.rounds, args.markdown)
