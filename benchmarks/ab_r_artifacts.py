@@ -1,6 +1,6 @@
 """16 R packages from their artifacts against install.packages(Ncpus = 2) from source.
 
-    python benchmarks/ab_r_artifacts.py [ROUNDS]
+    python benchmarks/ab_r_artifacts.py [--rounds N] [--quick] [--markdown PATH]
 
 The set is `bench_r.py`'s: the test packages (one importing another, one with C code,
 an archived version) and 12 synthetic pure-R packages in import chains of three, built
@@ -10,7 +10,7 @@ by hand and captured (`pkgckpt.artifacts.capture`) on a store on /dev/shm.
 Contenders, each into an empty library at the same path, alternating round by round:
 
   artifacts     a process of pkgckpt installed as a user gets it (`pip install .`, not
-                editable, bytecode compiled, its own venv): every artifact fetched and
+                editable, bytecode compiled: `bench_kit.pkgckpt_python`): every artifact fetched and
                 hash-verified against the manifest, then `RInstaller.install_artifacts`
                 (one R CMD INSTALL of the 16 binaries, one R loading each namespace)
   Ncpus=2       `install.packages(<set>, Ncpus = 2)` from the repository, and the
@@ -18,14 +18,15 @@ Contenders, each into an empty library at the same path, alternating round by ro
   bare          the design-equivalent peer: `R CMD INSTALL --no-test-load` of the same 16
                 binary tarballs in one call, nothing verified, nothing loaded afterwards
 
-Prints min and median wall time of each, and the load average before and after.
+Min and median wall time of each (`bench_kit.interleave`, `bench_kit.table`), and the
+load average before and after; every library is checked (untimed) to hold the 16 after each call.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,9 +37,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+import bench_kit  # noqa: E402
 import msgspec  # noqa: E402
 import rpkgs  # noqa: E402
-from ab_restore_noop import install  # noqa: E402
 
 from pkgckpt import artifacts, manifest  # noqa: E402
 from pkgckpt.artifacts import Job  # noqa: E402
@@ -50,6 +51,7 @@ from pkgckpt.store import Store, init_store  # noqa: E402
 TEST_SET = ("ckpt.base", "ckptImports", "ckptC", "ckptOld")
 SYNTHETIC = 12
 CHAIN = 3
+SPEEDUP = 10.0
 
 RESTORE = """
 import sys, tempfile
@@ -75,15 +77,25 @@ sys.exit(0 if done.ok else done.output)
 """
 
 
-def load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+def faster(label: str, ratio: float, extra_ms: float) -> str:
+    """The target column: ≥ 10x faster than install.packages, by the wall median."""
+    del extra_ms
+    if label != ARTIFACTS:
+        return ""
+    verdict = "met" if ratio * SPEEDUP <= 1 else f"**not met** (≥ {SPEEDUP:g}x faster)"
+    return f"{1 / ratio:.1f}x faster: {verdict}"
 
 
-def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+ARTIFACTS = "from artifacts (pkgckpt: fetch, hash-check, one R CMD INSTALL, load)"
+NCPUS = "`install.packages(Ncpus = 2)` from source"
+BARE = "bare `R CMD INSTALL --no-test-load` of the 16 binaries"
+
+
+def main(rounds: int, markdown: Path | None) -> None:
     root = Path(tempfile.mkdtemp(prefix="ab-r-artifacts-", dir="/dev/shm"))
     try:
-        python = install("HEAD", root / "venv")
+        python = bench_kit.pkgckpt_python(root)
+        run = bench_kit.Run("R packages from artifacts")
         made = rpkgs.synthetic(root / "syn", SYNTHETIC, CHAIN)
         tests = [(n, v) for n, v in rpkgs.CURRENT if n in TEST_SET]
         current = [*tests, *((n, v) for n, v, _ in made)]
@@ -151,38 +163,36 @@ def main() -> None:
                 cwd=root,
             )
 
-        contenders = {
-            "artifacts": from_artifacts,
-            "install.packages(Ncpus = 2)": ncpus2,
-            "bare R CMD INSTALL of the 16 binaries": bare,
-        }
-        times: dict[str, list[float]] = {name: [] for name in contenders}
-        before = load()
-        for _ in range(rounds):
-            for name, run in contenders.items():
-                shutil.rmtree(lib, ignore_errors=True)
-                lib.mkdir()
-                t0 = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - t0)
-                assert rpkgs.installed(lib) == expected, name
-        after = load()
-        print(f"capture of the 16 packages (in-process): {capture_s:.2f} s")
-        print(f"load average before {before}, after {after}; {rounds} rounds interleaved")
-        print("| contender | min | median |")
-        print("|---|---|---|")
-        for name, found in times.items():
-            print(f"| {name} | {min(found):.2f} s | {statistics.median(found):.2f} s |")
-        a, b = times["artifacts"], times["install.packages(Ncpus = 2)"]
-        print(
-            f"ratio (Ncpus=2 / artifacts): min {min(b) / min(a):.1f}x, "
-            f"median {statistics.median(b) / statistics.median(a):.1f}x"
+        contenders = {ARTIFACTS: from_artifacts, NCPUS: ncpus2, BARE: bare}
+
+        def empty(label: str) -> None:
+            """Untimed: the previous call's library checked (an R start), then emptied."""
+            del label
+            if lib.exists():
+                assert rpkgs.installed(lib) == expected
+            shutil.rmtree(lib, ignore_errors=True)
+            lib.mkdir()
+
+        times = bench_kit.interleave(contenders, rounds, empty)
+        empty("")
+        run.done()
+        version = subprocess.run(["R", "--version"], capture_output=True, text=True).stdout
+        run.add(
+            f"16 R packages into an empty library, {rounds} rounds; capture of the 16 (in "
+            f"process, hashing and the durable write included): {capture_s:.2f} s. "
+            f"{version.splitlines()[0]}.\n\n" + bench_kit.table(times, peer=NCPUS, target=faster)
         )
+        run.write(markdown)
     finally:
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(root.with_name(root.name + "-staging"), ignore_errors=True)
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2 rounds")
+    parser.add_argument("--markdown", type=Path, help="write the table here (run_all.py)")
+    args = parser.parse_args()
     os.environ.pop("R_LIBS_USER", None)
-    main()
+    main(2 if args.quick else args.rounds, args.markdown)
