@@ -140,6 +140,11 @@ def main() -> int:
         python = bench_kit.install(scratch / "venv")
         print(f"run_all: pkgckpt installed (pip install ., compiled) in {python}", flush=True)
         env = {**os.environ, bench_kit.ENV_PYTHON: str(python)}
+        # As an activated venv would: the uv installed beside this interpreter is the one
+        # `pkgckpt restore --installer uv` finds on PATH. Not the realpath's directory,
+        # which is the base interpreter's.
+        bindir = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
         for bench in chosen:
             out = scratch / f"{bench.name}.md"
             argv = command(bench, out, args.quick, args.before)
