@@ -22,6 +22,7 @@ from typing import Any
 
 from .digest import sha256
 from .errors import PkgckptError, UsageError
+from .trust import read_owned
 
 SYSTEM_CONFIG = Path("/etc/pkgckpt/config.toml")
 
@@ -136,23 +137,9 @@ def read_private(path: Path) -> bytes | None:
     try:
         if untrusted(path.parent) is not None:
             return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        return read_owned(path, 1 << 20, forbid=0o077)
     except OSError:
         return None
-    try:
-        st = os.fstat(fd)
-        if (
-            not stat.S_ISREG(st.st_mode)
-            or st.st_uid != os.geteuid()
-            or stat.S_IMODE(st.st_mode) & 0o077
-        ):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(1 << 20)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 _WARNED: set[Path] = set()

@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import logging
 import os
 import re
 import signal
-import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -51,6 +49,7 @@ from .errors import Declined, ManifestError, NotKept, PkgckptError, StoreError, 
 from .manifest import Body, Change, Delta, Environment, Event, Failing, Manifest, Package
 from .scan.python import canonicalize_name
 from .store import Store, open_store
+from .trust import read_owned
 
 log = logging.getLogger("pkgckpt.record")
 
@@ -466,18 +465,7 @@ def _names(config: Config, prefix: str) -> tuple[str, re.Pattern[str]]:
 
 def _read_private(directory_fd: int, name: str) -> bytes:
     """A file of the runtime directory that only this user could have written."""
-    fd = os.open(
-        name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory_fd
-    )
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            raise PermissionError(errno.EPERM, "not a private file of this user", name)
-        if st.st_size > _MAX_REQUEST:
-            raise OSError(errno.EFBIG, "too large", name)
-        return os.read(fd, _MAX_REQUEST)
-    finally:
-        os.close(fd)
+    return read_owned(name, _MAX_REQUEST, forbid=0o077, dir_fd=directory_fd)
 
 
 def ask_daemon(config: Config, state: status.DaemonState, request: Request) -> int | None:

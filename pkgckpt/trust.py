@@ -8,6 +8,7 @@ names, so that `scan.kept` checks the image's files without importing discovery
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -37,3 +38,35 @@ def unsafe(path: Path) -> str | None:
             if loose and not stat.S_ISLNK(st.st_mode) and not sticky:
                 return f"{p} is writable by group or others"
     return None
+
+
+LOOSE = stat.S_IWGRP | stat.S_IWOTH
+"""Mode bits that let someone else write a file."""
+
+
+def read_owned(
+    path: Path | str,
+    limit: int,
+    *,
+    forbid: int = LOOSE,
+    root_ok: bool = False,
+    dir_fd: int | None = None,
+) -> bytes:
+    """The bytes of a regular file of this user's (or root's, with `root_ok`) whose mode
+    has none of `forbid`, read through no link and without blocking on a FIFO: what is in a
+    runtime directory or beside a baseline may have been planted. Raises OSError:
+    PermissionError when the file is not such a file, EFBIG when it is over `limit` bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        owners = (os.geteuid(), 0) if root_ok else (os.geteuid(),)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in owners or st.st_mode & forbid:
+            raise PermissionError(errno.EPERM, "not a private file of this user", str(path))
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, "too large", str(path))
+    return data

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import msgspec
 from ..digest import sha256
 from ..errors import ScanError
 from ..manifest import Environment
+from ..trust import read_owned
 from . import kept as image_kept
 from .kept import Stable, stable
 
@@ -233,27 +233,16 @@ def _cache_file(cache_dir: Path, python: Path) -> Path:
 
 
 def read_private(path: Path, limit: int) -> bytes | None:
-    """Up to `limit` + 1 bytes of a regular file of ours that no one else can write, else
+    """Up to `limit` bytes of a regular file of ours that no one else can write, else
     None: a runtime directory in a shared /tmp could hold a planted answer pointing the
     scan anywhere."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        return read_owned(path, limit)
+    except PermissionError:
+        log.debug("%s is not a private file of ours; ignored", path)
     except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if (
-            not stat.S_ISREG(st.st_mode)
-            or st.st_uid != os.geteuid()
-            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        ):
-            log.debug("%s is not a private file of ours; ignored", path)
-            return None
-        return os.read(fd, limit + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+        pass
+    return None
 
 
 def _recall(path: Path, key: str) -> _Kept | None:

@@ -184,7 +184,7 @@ def lookup(baseline: Path | None, kind: str, key: str) -> Entry | None:
 
 def _read_trusted(path: Path, baseline: Path) -> bytes | None:
     # Imported here: a run that recalls from the runtime directory never gets this far.
-    from ..trust import unsafe
+    from ..trust import read_owned, unsafe
 
     for p in (baseline, path):
         why = unsafe(p)
@@ -193,24 +193,9 @@ def _read_trusted(path: Path, baseline: Path) -> bytes | None:
                 log.debug("%s is not trusted (%s); its answers are ignored", p, why)
             return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        return read_owned(path, _MAX, root_ok=True)
     except OSError:
         return None
-    try:
-        st = os.fstat(fd)
-        if (
-            not stat.S_ISREG(st.st_mode)
-            or st.st_uid not in (0, os.geteuid())
-            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        ):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(_MAX + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return data if len(data) <= _MAX else None
 
 
 # -- the runtime directory -----------------------------------------------------------------
