@@ -221,6 +221,28 @@ def test_a_binary_for_another_r_or_another_package_is_never_installed(
         assert not (fresh / "ckpt.base").exists()
 
 
+@needs_r
+def test_a_binary_that_installs_but_does_not_load_is_reported_alone_and_removed(
+    captured: Captured, tmp_path: Path
+) -> None:
+    """ckptC's shared library garbled (its checks pass, R unpacks it): the one R that
+    installs and load-checks them all names ckptC as not loading and removes it; every
+    other package is installed and loads."""
+    files = captured.fetch(tmp_path / "fetched")
+    edit: dict[str, bytes | None] = {"ckptC/libs/ckptC.so": b"not an ELF object"}
+    files["ckptC"] = _retar(files["ckptC"], tmp_path / "broken.tar.gz", edit)
+    fresh = tmp_path / "fresh"
+    wanted = list(captured.packages.values())
+    results = installer(fresh).install_binaries(wanted, files, deadline=Deadline(300))
+    assert sorted(n for n, o in results.items() if not o.ok) == ["ckptC"]
+    assert "installed but does not load" in results["ckptC"].output, results["ckptC"].output
+    assert "ckptC.so" in results["ckptC"].output, results["ckptC"].output
+    installed = rpkgs.installed(fresh)
+    assert installed == {n: v for n, v in rpkgs.installed(captured.lib).items() if n != "ckptC"}
+    out = rpkgs.rscript(".libPaths(commandArgs(TRUE)); cat(ckptAfirst::afirst_value())", str(fresh))
+    assert out == "84"
+
+
 def test_fits_refuses_another_r_minor_or_platform() -> None:
     """R 4.3's binary in a 4.4 library, or an aarch64 one on x86_64: another R is never
     used; the same major.minor with another patch level fits."""

@@ -35,8 +35,9 @@ like the rest.
 Packages captured as artifacts (`pkgckpt.artifacts.rpkg`: the installed directory as a
 binary package tarball) install from the verified copy restore hands over
 (`install_artifacts`): checked to hold that package at that version built for this R's
-major.minor, then one `R CMD INSTALL` of them all (a binary is only unpacked: no
-repository, no compiler), then the same load check.
+major.minor, then one R that installs them all as `R CMD INSTALL` does (its own
+`tools:::.install_packages`, the same arguments; a binary is only unpacked: no
+repository, no compiler) and then runs the same load check: one R start in all.
 """
 
 from __future__ import annotations
@@ -169,6 +170,25 @@ for (name in readLines(args[[2L]], encoding = "UTF-8")) {
 }
 close(out)
 """
+
+
+INSTALL_LOAD_R = (
+    r"""
+args <- commandArgs(trailingOnly = TRUE)
+# R's own tar (TAR, from R's etc/Renviron) unpacks, where R CMD INSTALL's default is
+# R-level untar code that takes as long as the rest of the install; the tarballs were
+# checked member by member before (`artifacts.rpkg.check_binary`).
+if (!nzchar(Sys.getenv("R_INSTALL_TAR")) && nzchar(Sys.getenv("TAR")))
+    Sys.setenv(R_INSTALL_TAR = Sys.getenv("TAR"))
+tarballs <- readLines(args[[4L]], encoding = "UTF-8")
+# What R CMD INSTALL runs, here without quitting R, so that this R loads them afterwards.
+tools:::.install_packages(c("--no-test-load", paste0("--library=", args[[1L]]), tarballs),
+                          no.q = TRUE)
+"""
+    + LOAD_R
+)
+"""One R that installs binary packages as R CMD INSTALL does and then runs LOAD_R: its
+answer file exists only once every package is installed."""
 
 
 @dataclass(frozen=True)
@@ -494,11 +514,12 @@ class RInstaller:
         """`install_artifacts`, the Outcome of each package by name.
 
         Each tarball is checked first (`artifacts.rpkg.check_binary`: only that package at
-        that version, built for this R's major.minor). One `R CMD INSTALL` takes them all:
-        a binary package is only unpacked, so one R start serves every package, where a
-        call per package would cost an R start each. R unpacks every argument before it
-        installs any, so a failed call installed nothing: each is then tried alone, in
-        dependency order, to name the failing ones. Then every namespace is loaded once.
+        that version, built for this R's major.minor). One R takes them all
+        (`_install_and_load`): a binary package is only unpacked, so one R start serves
+        every package and then loads every namespace once. R unpacks every argument
+        before it installs any, so a failed install installed nothing: each is then tried
+        alone with R CMD INSTALL, in dependency order, to name the failing ones, and the
+        installed ones are loaded as after a source install.
         """
         from ..artifacts.rpkg import check_binary
         from ..rmatch import minor
@@ -524,18 +545,48 @@ class RInstaller:
                 continue
             ready[p.name] = Prepared(p, path, depends)
         with tempfile.TemporaryDirectory(prefix="pkgckpt-r-") as tmp:
+            first = None
             if ready:
-                argv = [*self._command_head(), *(str(b.path) for b in ready.values())]
-                outcome = self._call(argv, deadline, Path(tmp))
-                if outcome.ok:
-                    results.update(dict.fromkeys(ready, outcome))
+                outcome, finished = self._install_and_load(ready, deadline, Path(tmp))
+                if finished:
+                    first = outcome
+                    results.update(dict.fromkeys(ready, Outcome(outcome.argv, 0, outcome.output)))
                 elif not deadline.expired():
                     results.update(self._install(ready, deadline, Path(tmp)))
                 else:
                     results.update(dict.fromkeys(ready, outcome))
             installed = [p for p in packages if p.name in ready and results[p.name].ok]
-            results.update(self._check_loads(installed, Path(tmp), deadline))
+            results.update(self._check_loads(installed, Path(tmp), deadline, first))
         return results
+
+    def _install_and_load(
+        self, ready: Mapping[str, Prepared], deadline: Deadline, tmp: Path
+    ) -> tuple[Outcome, bool]:
+        """Install every binary and load every namespace in one R (INSTALL_LOAD_R), where
+        R CMD INSTALL and then a load check would start R twice; its Outcome (the load
+        answers in `_check_loads`' files) and whether the install finished.
+
+        `tools:::.install_packages` is the function R CMD INSTALL calls, with the same
+        arguments; started like every R here, plus the `LC_COLLATE=C` R CMD INSTALL sets.
+        """
+        names, answer, tarballs = tmp / "load.txt", tmp / "loaded.tsv", tmp / "tarballs.txt"
+        script = tmp / "install-load.R"
+        script.write_text(INSTALL_LOAD_R, encoding="utf-8")
+        names.write_text("\n".join(ready) + "\n", encoding="utf-8")
+        tarballs.write_text("".join(f"{b.path}\n" for b in ready.values()), encoding="utf-8")
+        answer.unlink(missing_ok=True)
+        argv = [
+            self.rscript,
+            *R_FLAGS,
+            str(script),
+            str(self.lib),
+            str(names),
+            str(answer),
+            str(tarballs),
+        ]
+        env = {**self.environ(), "LC_COLLATE": "C"}
+        outcome = call(argv, deadline=deadline, env=env, cwd=tmp)
+        return outcome, answer.exists()
 
     def install_each(
         self, packages: Sequence[Package], *, deadline: Deadline
@@ -684,18 +735,27 @@ class RInstaller:
         # a dependency may be in) is set; R_PROFILE_USER keeps the user's profile out.
         # --no-test-load: R's test loads start two R processes per package (0.5 s of the
         # 1.3 s a small package takes); `_check_loads` loads them all in one R afterwards.
-        return [*self._command_head(), str(tarball.path)]
-
-    def _command_head(self) -> list[str]:
-        return [self.r, "CMD", "INSTALL", "--no-test-load", f"--library={self.lib}"]
+        return [
+            self.r,
+            "CMD",
+            "INSTALL",
+            "--no-test-load",
+            f"--library={self.lib}",
+            str(tarball.path),
+        ]
 
     def _check_loads(
-        self, packages: Sequence[Package], tmp: Path, deadline: Deadline
+        self,
+        packages: Sequence[Package],
+        tmp: Path,
+        deadline: Deadline,
+        first: Outcome | None = None,
     ) -> dict[str, Outcome]:
         """Load every installed package's namespace in one R; remove those that fail.
 
         A package that does not load is reported and removed, as R's own test load would
-        have left it uninstalled: the next restore tries it again.
+        have left it uninstalled: the next restore tries it again. `first`: an R that
+        already ran the first round (`_install_and_load`), its answers in the files here.
         """
         if not packages:
             return {}
@@ -705,10 +765,13 @@ class RInstaller:
         errors: dict[str, str] = {}
         pending = [p.name for p in packages]
         while pending:
-            names.write_text("\n".join(pending) + "\n", encoding="utf-8")
-            answer.unlink(missing_ok=True)
-            argv = [self.rscript, *R_FLAGS, str(script), str(self.lib), str(names), str(answer)]
-            outcome = self._call(argv, deadline, tmp)
+            if first is not None:
+                outcome, first = first, None
+            else:
+                names.write_text("\n".join(pending) + "\n", encoding="utf-8")
+                answer.unlink(missing_ok=True)
+                argv = [self.rscript, *R_FLAGS, str(script), str(self.lib), str(names)]
+                outcome = self._call([*argv, str(answer)], deadline, tmp)
             checked = dict.fromkeys(pending, "")
             if answer.exists():
                 for line in answer.read_text(encoding="utf-8", errors="replace").splitlines():
