@@ -12,7 +12,8 @@ Contenders, each into an empty library at the same path, alternating round by ro
   artifacts     a process of pkgckpt installed as a user gets it (`pip install .`, not
                 editable, bytecode compiled: `bench_kit.pkgckpt_python`): every artifact fetched and
                 hash-verified against the manifest, then `RInstaller.install_artifacts`
-                (one R CMD INSTALL of the 16 binaries, one R loading each namespace)
+                (one R that installs the 16 binaries as R CMD INSTALL does, then loads
+                each namespace)
   Ncpus=2       `install.packages(<set>, Ncpus = 2)` from the repository, and the
                 archived version from its tarball: what a user types
   bare          the design-equivalent peer: `R CMD INSTALL --no-test-load` of the same 16
@@ -86,7 +87,7 @@ def faster(label: str, ratio: float, extra_ms: float) -> str:
     return f"{1 / ratio:.1f}x faster: {verdict}"
 
 
-ARTIFACTS = "from artifacts (pkgckpt: fetch, hash-check, one R CMD INSTALL, load)"
+ARTIFACTS = "from artifacts (pkgckpt: fetch, hash-check, one R installing and loading)"
 NCPUS = "`install.packages(Ncpus = 2)` from source"
 BARE = "bare `R CMD INSTALL --no-test-load` of the 16 binaries"
 
