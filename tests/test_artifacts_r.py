@@ -243,6 +243,35 @@ def test_a_binary_that_installs_but_does_not_load_is_reported_alone_and_removed(
     assert out == "84"
 
 
+@needs_r
+def test_a_binary_r_cannot_install_is_named_alone_with_its_dependents(
+    captured: Captured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R's tar failing on ckpt.base's tarball alone (R_INSTALL_TAR in ~/.Renviron): the one
+    R for them all installs nothing, each package is then tried alone, so ckpt.base is
+    named with R's reason, those importing it are not attempted, the others install."""
+    tar = tmp_path / "tar"
+    tar.write_text('#!/bin/sh\ncase "$*" in *ckpt.base_*) exit 2;; esac\nexec tar "$@"\n')
+    tar.chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".Renviron").write_text(f"R_INSTALL_TAR={tar}\n")
+    monkeypatch.setenv("HOME", str(home))
+    files = captured.fetch(tmp_path / "fetched")
+    fresh = tmp_path / "fresh"
+    wanted = list(captured.packages.values())
+    results = installer(fresh).install_binaries(wanted, files, deadline=Deadline(300))
+    bad = sorted(n for n, o in results.items() if not o.ok)
+    assert bad == ["ckpt.base", "ckptAfirst", "ckptImports"], bad
+    assert "error unpacking tarball" in results["ckpt.base"].output, results["ckpt.base"].output
+    for name, dependency in (("ckptImports", "ckpt.base"), ("ckptAfirst", "ckptImports")):
+        why = results[name].output
+        assert f"not installed: its dependency {dependency} failed" in why, why
+    assert rpkgs.installed(fresh) == {
+        n: v for n, v in rpkgs.installed(captured.lib).items() if n not in bad
+    }
+
+
 def test_fits_refuses_another_r_minor_or_platform() -> None:
     """R 4.3's binary in a 4.4 library, or an aarch64 one on x86_64: another R is never
     used; the same major.minor with another patch level fits."""
