@@ -253,7 +253,8 @@ def work(orders: _Orders, out: int) -> None:
         except PkgckptError as e:
             result = Result(env=job.env, package=job.package, reason=str(e), retry=True)
         except Exception as e:  # one package's surprise must not stop the others
-            log.exception("capturing %s %s", job.package.name, job.package.version)
+            if not _stopping:
+                log.exception("capturing %s %s", job.package.name, job.package.version)
             result = Result(
                 env=job.env, package=job.package, reason=f"capture failed: {e!r}", retry=True
             )
@@ -261,6 +262,11 @@ def work(orders: _Orders, out: int) -> None:
             if not artifact.pooled:
                 used += artifact.size
             result = Result(env=job.env, package=job.package, artifact=artifact)
+        if _stopping:
+            # SIGTERM's SystemExit surfaced as another error of the code it interrupted
+            # (zipfile closing around a half-written member) and was caught above: a stop,
+            # not this package's failure, so nothing is reported for it.
+            raise SystemExit(128 + signal.SIGTERM)
         line = _encoder.encode(result) + b"\n"
         while line:
             line = line[os.write(out, line) :]
