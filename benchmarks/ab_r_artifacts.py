@@ -39,6 +39,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import bench_kit  # noqa: E402
+import bench_r  # noqa: E402
 import msgspec  # noqa: E402
 import rpkgs  # noqa: E402
 
@@ -49,9 +50,6 @@ from pkgckpt.manifest import Body, Delta  # noqa: E402
 from pkgckpt.scan.r import RLibraryScanner, r_environment  # noqa: E402
 from pkgckpt.store import Store, init_store  # noqa: E402
 
-TEST_SET = ("ckpt.base", "ckptImports", "ckptC", "ckptOld")
-SYNTHETIC = 12
-CHAIN = 3
 SPEEDUP = 10.0
 
 RESTORE = """
@@ -97,14 +95,7 @@ def main(rounds: int, markdown: Path | None) -> None:
     try:
         python = bench_kit.pkgckpt_python(root)
         run = bench_kit.Run("R packages from artifacts")
-        made = rpkgs.synthetic(root / "syn", SYNTHETIC, CHAIN)
-        tests = [(n, v) for n, v in rpkgs.CURRENT if n in TEST_SET]
-        current = [*tests, *((n, v) for n, v, _ in made)]
-        repo = rpkgs.build_repo(
-            root / "cran", current, rpkgs.ARCHIVED, sources={n: s for n, _, s in made}
-        )
-        names = [n for n, _ in current if n != "ckptOld"]
-        archived = repo.tarball("ckptOld", "0.9-1")
+        repo, names, archived = bench_r.package_set(root)
         user = root / "user"
         rpkgs.install(user, repo, names, [archived])
         expected = rpkgs.installed(user)

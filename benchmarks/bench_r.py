@@ -46,17 +46,23 @@ SYNTHETIC = 12
 CHAIN = 3
 
 
+def package_set(root: Path) -> tuple[rpkgs.Repo, list[str], Path]:
+    """The benches' 16 R packages in a CRAN-like repository under `root`: the repository,
+    the names installed from it, and the archived ckptOld tarball installed beside them."""
+    made = rpkgs.synthetic(root / "syn", SYNTHETIC, CHAIN)
+    tests = [(n, v) for n, v in rpkgs.CURRENT if n in TEST_SET]
+    current = [*tests, *((n, v) for n, v, _ in made)]
+    repo = rpkgs.build_repo(
+        root / "cran", current, rpkgs.ARCHIVED, sources={n: s for n, _, s in made}
+    )
+    names = [n for n, _ in current if n != "ckptOld"]
+    return repo, names, repo.tarball("ckptOld", "0.9-1")
+
+
 class Setup:
     def __init__(self, root: Path, pkgckpt: Path) -> None:
         self.pkgckpt = pkgckpt
-        made = rpkgs.synthetic(root / "syn", SYNTHETIC, CHAIN)
-        tests = [(n, v) for n, v in rpkgs.CURRENT if n in TEST_SET]
-        current = [*tests, *((n, v) for n, v, _ in made)]
-        self.repo = rpkgs.build_repo(
-            root / "cran", current, rpkgs.ARCHIVED, sources={n: s for n, _, s in made}
-        )
-        self.names = [n for n, _ in current if n != "ckptOld"]
-        self.archived = self.repo.tarball("ckptOld", "0.9-1")
+        self.repo, self.names, self.archived = package_set(root)
         self.lib = root / "lib"
         self.store = root / "store"
         self.env = restore_kit.hermetic(root / "run")
