@@ -25,6 +25,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import msgspec
 
@@ -245,12 +246,26 @@ def read_private(path: Path, limit: int) -> bytes | None:
     return None
 
 
-def _recall(path: Path, key: str) -> _Kept | None:
+class _Stamped(Protocol):
+    """A kept answer: the key it was asked under and the stamps that must still hold."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def stamps(self) -> tuple[_Stamp, ...]: ...
+
+
+_K = TypeVar("_K", bound=_Stamped)
+
+
+def recall(path: Path, key: str, decoder: msgspec.json.Decoder[_K]) -> _K | None:
+    """The answer kept in the runtime directory's `path` when it was asked under `key` and
+    every stamp still holds; else None (the caller asks). Shared with `scan.r`."""
     data = read_private(path, _CACHE_MAX)
     if data is None:
         return None
     try:
-        kept = _kept_decoder.decode(data)
+        kept = decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError):
         # msgspec reports invalid UTF-8 inside a JSON string as UnicodeDecodeError.
         log.debug("%s does not decode; ignored", path)
@@ -297,7 +312,7 @@ def _cached_ask(python: Path, cache_dir: Path | None, image: Path | None) -> Pyt
     resolved = os.path.realpath(python)
     key = _key(python, resolved)
     path = _cache_file(cache_dir, python) if cache_dir is not None else None
-    kept = _recall(path, key) if path is not None else None
+    kept = recall(path, key, _kept_decoder) if path is not None else None
     if kept is not None:
         image_kept.note("python", key, kept.stable, msgspec.json.encode(kept.answer))
         return _found(python, kept.answer)

@@ -27,7 +27,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import msgspec
 
@@ -45,7 +44,7 @@ from ..manifest import (
 )
 from . import ScanResult
 from . import kept as image_kept
-from .env import _identity, _Stamp, read_private
+from .env import _identity, _Stamp, recall
 from .kept import Stable, stable
 from .python import RACY_NS, strip_credentials
 
@@ -660,22 +659,6 @@ def _cache_file(cache_dir: Path, program: str, what: str = "r-libs") -> Path:
     return cache_dir / f"{what}-{sha256(program.encode()).hexdigest()[:32]}.json"
 
 
-_K = TypeVar("_K", _KeptR, _KeptHome)
-
-
-def _recall(path: Path, key: str, decoder: msgspec.json.Decoder[_K]) -> _K | None:
-    data = read_private(path, _CACHE_MAX)
-    if data is None:
-        return None
-    try:
-        kept = decoder.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return None
-    if kept.key != key or any(_identity(s.path, s.follow) != s for s in kept.stamps):
-        return None
-    return kept
-
-
 def _from_image(image: Path | None, key: str) -> tuple[RLibs, tuple[Stable, ...]] | None:
     entry = image_kept.lookup(image, "r", key)
     if entry is None:
@@ -698,7 +681,7 @@ def r_libraries(rscript: str, *, cache_dir: Path | None = None, image: Path | No
     key = _probe_key(rscript)
     path = _cache_file(cache_dir, rscript) if cache_dir is not None else None
     if path is not None:
-        kept = _recall(path, key, _kept_decoder)
+        kept = recall(path, key, _kept_decoder)
         if kept is not None:
             image_kept.note("r", key, kept.stable, msgspec.json.encode(kept.found))
             return kept.found
@@ -777,7 +760,7 @@ def _r_home(cache_dir: Path | None, image: Path | None) -> _Home | None:
     key = _probe_key(r, _RHOME)
     path = _cache_file(cache_dir, r, "r-home") if cache_dir is not None else None
     if path is not None:
-        kept = _recall(path, key, _kept_home_decoder)
+        kept = recall(path, key, _kept_home_decoder)
         if kept is not None:
             image_kept.note("r-home", key, kept.stable, msgspec.json.encode(kept.found))
             return kept.found
