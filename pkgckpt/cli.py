@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import gc
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from . import __version__, config, logs
-from .errors import PartialRestore, PkgckptError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -268,14 +266,7 @@ def restore(cfg: config.Config, dry_run: bool, as_json: bool) -> int:
     """
     from . import restore as restore_
 
-    try:
-        report = restore_.run(cfg, dry_run=dry_run)
-    except PartialRestore as e:
-        if e.report is not None:
-            _emit(e.report.to_json() if as_json else e.report.render())
-        raise
-    _emit(report.to_json() if as_json else report.render())
-    return report.exit_code
+    return restore_.command(cfg, dry_run=dry_run, as_json=as_json)
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -297,10 +288,10 @@ def status(cfg: config.Config, as_json: bool, prometheus: bool) -> int:
     from . import status as status_
 
     if prometheus:
-        _emit(status_.to_prometheus(cfg))
+        logs.emit(status_.to_prometheus(cfg))
         return 0
     report = status_.collect(cfg)
-    _emit(status_.to_json(report) if as_json else status_.to_text(report))
+    logs.emit(status_.to_json(report) if as_json else status_.to_text(report))
     return 0
 
 
@@ -321,7 +312,7 @@ def history(cfg: config.Config, as_json: bool, limit: int | None) -> int:
     from . import record
 
     found = record.history(cfg, limit)
-    _emit(found.to_json() if as_json else found.render())
+    logs.emit(found.to_json() if as_json else found.render())
     return 0
 
 
@@ -465,35 +456,25 @@ def store_prune_pool(directory: Path, days: int, dry_run: bool) -> int:
     return 1 if done.errors else 0
 
 
-def _emit(data: str | bytes) -> None:
-    """Print a rendered report (text, or JSON bytes) ending in exactly one newline."""
-    text = data.decode() if isinstance(data, bytes) else data
-    click.echo(text, nl=not text.endswith("\n"))
-
-
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (no traceback for any error)."""
     logs.setup()
-    try:
-        # The process's own command line (argv None) is the only one `daemon` can hand
-        # over to a leaner interpreter (see handoff): tests call run() in their process.
-        obj = _OWN_ARGV if argv is None else None
-        result = cli.main(args=argv, prog_name="pkgckpt", standalone_mode=False, obj=obj)
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.Abort:
-        click.echo("pkgckpt: interrupted", err=True)
-        return 1
-    except PkgckptError as e:
-        return logs.report(e)
-    except BrokenPipeError:
-        # The reader went away (`pkgckpt status | head`): nothing more to say.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except Exception as e:
-        return logs.report(e)
-    return result if isinstance(result, int) else 0
+
+    def command() -> int:
+        try:
+            # The process's own command line (argv None) is the only one `daemon` can hand
+            # over to a leaner interpreter (see handoff): tests call run() in their process.
+            obj = _OWN_ARGV if argv is None else None
+            result = cli.main(args=argv, prog_name="pkgckpt", standalone_mode=False, obj=obj)
+        except click.ClickException as e:
+            e.show()
+            return e.exit_code
+        except click.Abort:
+            click.echo("pkgckpt: interrupted", err=True)
+            return 1
+        return result if isinstance(result, int) else 0
+
+    return logs.guarded(command)
 
 
 def main() -> NoReturn:

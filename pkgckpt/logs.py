@@ -2,8 +2,9 @@
 
 `setup()` gives the root logger that one handler; `report()` turns an error that ends a
 command into its line and its exit code (a `PkgckptError` says why; anything else is an
-internal error, with its traceback under `PKGCKPT_DEBUG=1`). The command line and the
-daemon's own process (`handoff`) share both, and neither imports click here.
+internal error, with its traceback under `PKGCKPT_DEBUG=1`); `guarded()` runs a command
+that way; `emit()` prints its report. The command line (click's and `entry`'s) and the
+daemon's own process (`handoff`) share them, and none of them imports click here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 
 from .errors import PkgckptError
 from .runner import redact_text
@@ -51,3 +53,28 @@ def report(error: Exception) -> int:
         file=sys.stderr,
     )
     return 1
+
+
+def guarded(command: Callable[[], int]) -> int:
+    """Run `command`; its exit code, or the error's (no traceback for any error)."""
+    try:
+        return command()
+    except PkgckptError as e:
+        return report(e)
+    except (KeyboardInterrupt, EOFError):
+        # What click prints for its Abort: the interrupted line ends first.
+        print("\npkgckpt: interrupted", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`pkgckpt status | head`): nothing more to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as e:
+        return report(e)
+
+
+def emit(data: str | bytes) -> None:
+    """Print a rendered report (text, or JSON bytes) ending in exactly one newline."""
+    text = data.decode() if isinstance(data, bytes) else data
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()

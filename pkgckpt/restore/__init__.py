@@ -1023,3 +1023,17 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
             report=report,
         )
     return report
+
+
+def command(config: Config, *, dry_run: bool, as_json: bool) -> int:
+    """The `restore` command: run, print the report (also when incomplete), its exit code."""
+    from ..logs import emit
+
+    try:
+        report = run(config, dry_run=dry_run)
+    except PartialRestore as e:
+        if e.report is not None:
+            emit(e.report.to_json() if as_json else e.report.render())
+        raise
+    emit(report.to_json() if as_json else report.render())
+    return report.exit_code
