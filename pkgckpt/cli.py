@@ -1,9 +1,10 @@
 """The `pkgckpt` command: a thin click front end.
 
 Each command builds the config once from its flags (`config.load`), makes one library
-call and renders the result. Library code raises `PkgckptError` subclasses; only `main()`
-turns them into one line on stderr and an exit code: 0 done or nothing to do, 1 error
-(nothing changed), 2 usage, 3 partial restore.
+call and renders the result. Library code raises `PkgckptError` subclasses; only
+`logs.guarded` turns them into one line on stderr and an exit code: 0 done or nothing to
+do, 1 error (nothing changed), 2 usage, 3 partial restore. A plain `pkgckpt restore`
+never gets here: `entry` runs it without importing click, from the same options.
 """
 
 from __future__ import annotations
