@@ -329,6 +329,17 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         raise UsageError(f"{origin}: invalid value {value!r} for {name}") from None
 
 
+def _present(path: Path) -> bool:
+    """Whether a config file is at one of its default places. One in a directory this user
+    may not enter is not theirs: a container whose HOME is still root's after a switch to
+    the user (s6-setuidgid, `docker run --user`) is warned of, as git does, not an error."""
+    try:
+        return path.is_file()
+    except PermissionError:
+        log.warning("config file %s skipped: its directory is not readable by this user", path)
+        return False
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     # Imported here: most runs find no config file and need no TOML parser.
     if sys.version_info >= (3, 11):
@@ -361,7 +372,7 @@ def load(
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for path in (SYSTEM_CONFIG, user_config(environ)):
-        if path.is_file():
+        if _present(path):
             values.update(_read_file(path))
     explicit = config_file
     if explicit is None and environ.get("PKGCKPT_CONFIG"):

@@ -32,7 +32,7 @@ import re
 import site
 import stat
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,7 +270,7 @@ def condarc_files(environ: Mapping[str, str]) -> list[Path]:
     for base in bases:
         files += [base / ".condarc", base / "condarc"]
         d = base / "condarc.d"
-        if d.is_dir():
+        if _there(d, Path.is_dir):
             files += sorted(p for p in d.iterdir() if p.suffix in (".yml", ".yaml"))
     files.append(home / ".condarc")
     if environ.get("CONDA_PREFIX"):
@@ -280,8 +280,17 @@ def condarc_files(environ: Mapping[str, str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
+def _there(path: Path, test: Callable[[Path], bool] = Path.is_file) -> bool:
+    """`path.is_file()` (or `test`); False where a directory above it may not be entered:
+    a HOME still root's after a switch to the user (s6-setuidgid) holds nothing of theirs."""
+    try:
+        return test(path)
+    except OSError:
+        return False
+
+
 def _condarc_envs_dirs(path: Path) -> list[Path]:
-    if not path.is_file():
+    if not _there(path):
         return []
     why = unsafe(path)
     text = _read_small(path) if why is None else None
@@ -322,7 +331,7 @@ def _conda(environ: Mapping[str, str], watch: list[Path]) -> Iterator[Found | Un
     listing = home / ".conda" / "environments.txt"
     watch.append(listing.parent)
     named: list[tuple[str, str]] = []
-    if listing.is_file():
+    if _there(listing):
         why = unsafe(listing)
         text = _read_small(listing) if why is None else None
         if text is None:
@@ -343,7 +352,7 @@ def _conda(environ: Mapping[str, str], watch: list[Path]) -> Iterator[Found | Un
             yield Unreadable(text, origin, "not an absolute path")
             continue
         why = unsafe(prefix)
-        if why is None and not (prefix / "conda-meta").is_dir():
+        if why is None and not _there(prefix / "conda-meta", Path.is_dir):
             if origin.startswith("envs_dirs"):
                 # Not (yet) an environment: `conda create` is still writing it. Its
                 # conda-meta/ appearing brings discovery back.

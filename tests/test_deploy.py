@@ -308,3 +308,13 @@ def test_kubelet_order_snapshot_then_sigterm_then_flush_within_grace(
     assert pins(delta.added) == ["early==1.0", "late==1.0"], text
     hook_line = text.index(f"checkpoint: generation {after_hook.generation} ")
     assert text.index("stopped: every change is on the store", hook_line) > hook_line, text
+
+
+def test_rstudio_image_takes_its_baseline_as_its_user() -> None:
+    """The RStudio image's baseline is taken as `rstudio` with its HOME, as its start-up
+    scripts run pkgckpt (tests/security/test_rstudio_start.py runs those)."""
+    text = (DEPLOY / "rstudio" / "Dockerfile").read_text()
+    assert re.search(r"^USER rstudio\nRUN HOME=/home/rstudio pkgckpt baseline ", text, re.M)
+    for script in ("pkgckpt-restore", "pkgckpt-daemon"):
+        body = (DEPLOY / "rstudio" / script).read_text()
+        assert 's6-setuidgid "$user" env HOME="${home:-/home/$user}" pkgckpt' in body, script

@@ -208,7 +208,9 @@ def keep(path: Path, data: bytes) -> None:
     """Keep a probe's answer at `path` in the runtime directory: written now when the
     directory exists, else held until the command makes it (`settle`)."""
     _held[path] = data
-    if path.parent.is_dir():
+    # False, not an error, where a directory above may not be entered (a HOME still
+    # root's after a switch to the user, for the fallback runtime directory in it).
+    if os.path.isdir(path.parent):  # noqa: PTH112
         settle(path.parent)
 
 

@@ -16,11 +16,10 @@ import pytest
 from pkgckpt.manifest import Package
 from pkgckpt.store import Store
 from tests.security.conftest import User
-from tests.security.test_children import chown_tree, evil_wheel, tool
+from tests.security.test_children import chown_tree, evil_wheel
 from tests.wheelhouse import Dist, build_wheel
 
 pytestmark = pytest.mark.slow
-__all__ = ["tool"]  # the fixture, shared with test_children
 
 
 @pytest.fixture

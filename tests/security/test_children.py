@@ -14,10 +14,7 @@ import json
 import os
 import secrets
 import shutil
-import site
 import subprocess
-import sys
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,55 +30,6 @@ from tests.wheelhouse import Dist, build_wheel
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tool(alice: User) -> Iterator[Path]:
-    """A Python alice can run with this checkout of pkgckpt and its dependencies importable:
-    a root-owned venv (0755) whose .pth names the checkout and this venv's site-packages.
-
-    The interpreter running the tests may live where alice cannot go (/root/.pyenv), so the
-    venv is made from the first of it and the system python3 that alice can execute and
-    that has the same version (the dependencies are compiled for it)."""
-    want = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    bases = [getattr(sys, "_base_executable", sys.executable), "/usr/bin/python3"]
-    base = next(
-        (
-            b
-            for b in bases
-            if b
-            and alice.run(
-                [b, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]
-            ).stdout.strip()
-            == want
-        ),
-        None,
-    )
-    if base is None:
-        pytest.skip(f"no Python {want} that {alice.name} can run")
-    root = Path(tempfile.mkdtemp(prefix="pkgckpt-sec-", dir="/var/tmp"))
-    root.chmod(0o755)
-    try:
-        venv = root / "tool"
-        subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
-        sites = list(venv.glob("lib/python3*/site-packages"))
-        paths = [str(REPO), *site.getsitepackages()]
-        (sites[0] / "pkgckpt_checkout.pth").write_text("\n".join(paths) + "\n")
-        (venv / "bin" / "uv").symlink_to(shutil.which("uv") or "/nonexistent")
-        # The console script as pip writes it: run from a shared /tmp, `python -m pkgckpt`
-        # would itself import from there (sys.path[0] is the working directory).
-        script = venv / "bin" / "pkgckpt"
-        script.write_text(
-            f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom pkgckpt.cli import main\n"
-            "sys.exit(main())\n"
-        )
-        script.chmod(0o755)
-        probe = alice.run([str(venv / "bin" / "python"), "-c", "import pkgckpt.cli, pip, msgspec"])
-        if probe.returncode != 0:
-            pytest.skip(f"{alice.name} cannot import this checkout: {probe.stderr.strip()}")
-        yield venv
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def evil_wheel(name: str, version: str, outdir: Path, marker: Path) -> Path:

@@ -1,0 +1,136 @@
+"""The RStudio image's start-up, run as s6-overlay runs it: root drops to the user.
+
+`deploy/rstudio/Dockerfile` takes the baseline as the user with the user's HOME, and its
+scripts (`pkgckpt-restore`, `pkgckpt-daemon`) run pkgckpt through s6-setuidgid, which
+changes the ids and not HOME. The baseline's kept answers are keyed on both, so unless
+the scripts set HOME as the image build had it, every container start asks R again
+(Rscript, ~0.8 s) before the first session opens. alice plays the image's user; the
+commands are the real ones (s6-setuidgid from Debian's s6, Rscript, strace)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.security.conftest import User
+
+pytestmark = pytest.mark.slow
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "rstudio"
+
+for _tool in ("s6-setuidgid", "Rscript", "strace"):
+    if shutil.which(_tool) is None:
+        pytest.skip(f"{_tool} is not installed (scripts/test installs it)", allow_module_level=True)
+
+
+@pytest.fixture
+def image(alice: User) -> Iterator[Path]:
+    """A root-owned tree alice can enter: /etc/pkgckpt hers (the Dockerfile's
+    `install -d -o rstudio`), a store of hers for /mnt/pkgckpt."""
+    root = Path(tempfile.mkdtemp(prefix="pkgckpt-rstudio-", dir="/var/tmp"))
+    root.chmod(0o755)
+    try:
+        for name in ("etc", "mnt"):
+            (root / name).mkdir(mode=0o755)
+            os.chown(root / name, alice.uid, alice.gid)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def container_env(alice: User, tool: Path, image: Path, run: str) -> dict[str, str]:
+    """What with-contenv gives the scripts: the image's ENV and root's HOME."""
+    return {
+        "PATH": f"{tool / 'bin'}:/usr/bin:/bin",
+        "HOME": "/root",
+        "USER": alice.name,
+        "LANG": "C.UTF-8",
+        "R_LIBS_USER": str(alice.home / "R" / "library"),
+        "PKGCKPT_STORE": str(image / "mnt" / "store"),
+        "PKGCKPT_BASELINE": str(image / "etc" / "baseline.json"),
+        "XDG_RUNTIME_DIR": run,
+    }
+
+
+def programs(trace: Path) -> list[str]:
+    """The programs a traced run started (`strace -e execve`), successful calls only."""
+    started = re.compile(r'execve\("([^"]+)".*= 0$')
+    return [m[1] for line in trace.read_text().splitlines() if (m := started.search(line))]
+
+
+def runtime_dir(alice: User, path: Path) -> str:
+    path.mkdir(mode=0o700)
+    os.chown(path, alice.uid, alice.gid)
+    return str(path)
+
+
+def test_the_scripts_use_the_answers_the_image_build_kept(
+    alice: User, tool: Path, image: Path, tmp_path: Path
+) -> None:
+    """Restore through the image's script starts no Rscript; without HOME set it would."""
+    built = container_env(alice, tool, image, runtime_dir(alice, image / "build"))
+    alice.run(["mkdir", "-p", built["R_LIBS_USER"]], check=True)
+    alice.run([str(tool / "bin" / "pkgckpt"), "store", "init", built["PKGCKPT_STORE"]], check=True)
+    # The Dockerfile's step: `USER rstudio` and `RUN HOME=/home/rstudio pkgckpt baseline`.
+    baseline = [str(tool / "bin" / "pkgckpt"), "baseline", "--output", built["PKGCKPT_BASELINE"]]
+    done = alice.run(baseline, env={**built, "HOME": str(alice.home)})
+    assert done.returncode == 0, done.stderr
+    assert (image / "etc" / "baseline.probes.json").is_file()
+
+    # A new container: s6's cont-init runs the script as root, with root's HOME.
+    env = container_env(alice, tool, image, runtime_dir(alice, image / "start"))
+    trace = tmp_path / "start.trace"
+    script = str(DEPLOY / "pkgckpt-restore")
+    argv = ["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace), "bash", script]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "restore failed" not in done.stderr and "pkgckpt: error" not in done.stderr
+    started = programs(trace)
+    assert any(p.endswith("/pkgckpt") for p in started), started
+    assert not [p for p in started if p.endswith(("/Rscript", "/exec/R"))], started
+
+    # The same restore the way the script ran it before HOME was set: R is asked again.
+    env = container_env(alice, tool, image, runtime_dir(alice, image / "before"))
+    trace = tmp_path / "before.trace"
+    restore = ["s6-setuidgid", alice.name, "pkgckpt", "restore", "--timeout", "300"]
+    argv = ["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace), *restore]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [p for p in programs(trace) if p.endswith("/Rscript")], programs(trace)
+
+
+def test_the_daemon_script_runs_as_the_user_with_the_users_home(
+    alice: User, tool: Path, image: Path, tmp_path: Path
+) -> None:
+    """The s6 service runs `pkgckpt daemon` as the user, with the HOME restore had."""
+    env = container_env(alice, tool, image, runtime_dir(alice, image / "run"))
+    alice.run([str(tool / "bin" / "pkgckpt"), "store", "init", env["PKGCKPT_STORE"]], check=True)
+    service = subprocess.Popen(
+        ["bash", str(DEPLOY / "pkgckpt-daemon")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # exec all the way down: the service's pid becomes the daemon's.
+        status = Path(f"/proc/{service.pid}/status")
+        environ = Path(f"/proc/{service.pid}/environ")
+        cmdline = Path(f"/proc/{service.pid}/cmdline")
+        for _ in range(200):
+            argv = cmdline.read_bytes().split(b"\0")
+            if service.poll() is not None or (b"daemon" in argv and b"bash" not in argv[0]):
+                break
+            time.sleep(0.05)
+        assert service.poll() is None, service.stderr.read() if service.stderr else ""
+        uids = next(line for line in status.read_text().splitlines() if line.startswith("Uid:"))
+        assert uids.split()[1:] == [str(alice.uid)] * 4
+        assert f"HOME={alice.home}".encode() in environ.read_bytes().split(b"\0")
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
