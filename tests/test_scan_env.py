@@ -78,6 +78,31 @@ def test_layout_is_guessed_when_the_interpreter_cannot_run(tmp_path: Path) -> No
     assert env.user_site is None
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "__import__('pathlib').Path({marker!r}).touch()",
+        "{{'prefix': (lambda: 1)}}",
+        "(" * 500 + ")" * 500,
+        "{{'prefix': '/x'}}" + " " * 70000,
+        "{{'prefix': b'/x', 'purelib': 1}}",
+    ],
+)
+def test_an_answer_is_read_as_literals_only(tmp_path: Path, answer: str) -> None:
+    """An interpreter that answers with code, a nest, a flood or the wrong types has its
+    layout guessed; nothing it printed runs."""
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    marker = tmp_path / "ran"
+    for name in ("python", "python3"):
+        link = venv.prefix / "bin" / name
+        link.unlink()
+        link.write_text(f"#!/bin/sh\ncat <<'EOF'\n{answer.format(marker=str(marker))}\nEOF\n")
+        link.chmod(0o755)
+    env = python_env(venv.prefix)
+    assert env.python is None and env.site_dirs == (venv.site_packages,)
+    assert not marker.exists()
+
+
 def test_prefix_without_python_is_an_error(tmp_path: Path) -> None:
     """Neither interpreter nor site-packages (or no directory at all): ScanError."""
     with pytest.raises(ScanError):

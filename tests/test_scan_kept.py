@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 UV = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
 EXECVE = re.compile(r'^\d+\s+execve\("([^"]+)", \[(.*?)\]')
 # The first bytes of env.py's probe as strace shows them (-I -c CODE).
-PYTHON_PROBE = '"-I", "-c", "import json, os, site, sys, sysconfig'
+PYTHON_PROBE = '"-I", "-c", "import os, site, sys, sysconfig'
 
 
 @dataclass

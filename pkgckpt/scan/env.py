@@ -47,8 +47,10 @@ ASK_TIMEOUT = 30.0
 # in this process, so whether the interpreter enables it for the user is worked out as
 # site.py does: not with PYTHONNOUSERSITE, not setuid, not in a venv without system site
 # packages. The user base itself comes from os.environ (PYTHONUSERBASE), which -I leaves.
+# Printed with repr(), read with ast.literal_eval: json would be half of the probe's cost
+# (it imports re, enum and functools into an interpreter that needs none of them).
 _PROBE = """\
-import json, os, site, sys, sysconfig
+import os, site, sys, sysconfig
 paths = sysconfig.get_paths()
 enabled = not os.environ.get("PYTHONNOUSERSITE")
 if hasattr(os, "getuid") and (os.geteuid() != os.getuid() or os.getegid() != os.getgid()):
@@ -65,7 +67,7 @@ if sys.prefix != sys.base_prefix:
         pass
     enabled = enabled and system
 user = site.getusersitepackages() if enabled else None
-print(json.dumps({
+print(repr({
     "prefix": sys.prefix,
     "purelib": paths["purelib"],
     "platlib": paths["platlib"],
@@ -143,6 +145,8 @@ def probe(
 
 _CACHE_FORMAT = 2
 _CACHE_MAX = 64 * 1024
+_ANSWER_MAX = 64 * 1024
+"""The probe's answer is a few hundred characters: a longer last line is not read."""
 # Prefixes of the variables that change what the probe reports, with HOME: the user site
 # (PYTHONUSERBASE, PYTHONNOUSERSITE), the platform and scheme (_PYTHON_HOST_PLATFORM,
 # PYTHONPLATLIBDIR, _PYTHON_SYSCONFIGDATA_NAME, ...). PYTHONPATH and PYTHONHOME are never
@@ -340,8 +344,8 @@ def _cached_ask(python: Path, cache_dir: Path | None, image: Path | None) -> Pyt
 
 
 def _ask(python: Path) -> PythonEnv | None:
-    # Imported here: when the answer is kept, a run starts no process and parses no JSON.
-    import json
+    # Imported here: when the answer is kept, a run starts no process and parses nothing.
+    import ast
 
     from ..runner import Deadline, call
 
@@ -355,7 +359,11 @@ def _ask(python: Path) -> PythonEnv | None:
         return None
     try:
         # The last line: a .pth file of the environment may print before the probe does.
-        answer = json.loads(proc.output.strip().splitlines()[-1])
+        line = proc.output.strip().splitlines()[-1]
+        if len(line) > _ANSWER_MAX:
+            raise ValueError(f"an answer of {len(line)} characters")
+        # Literals only: the interpreter's output is data, never code.
+        answer = ast.literal_eval(line)
         purelib, platlib = Path(answer["purelib"]), Path(answer["platlib"])
         user = answer["user_site"]
         return PythonEnv(
@@ -367,7 +375,7 @@ def _ask(python: Path) -> PythonEnv | None:
             site_dirs=(purelib,) if purelib == platlib else (purelib, platlib),
             user_site=Path(user) if user else None,
         )
-    except (ValueError, IndexError, KeyError, TypeError):
+    except (ValueError, IndexError, KeyError, TypeError, SyntaxError, MemoryError, RecursionError):
         log.warning(
             "%s failed to describe itself (exit %s): %s; guessing its layout",
             python,
