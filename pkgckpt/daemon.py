@@ -37,7 +37,6 @@ import dataclasses
 import logging
 import math
 import os
-import random
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -119,6 +118,8 @@ class Backoff:
     def next(self) -> float:
         delay = min(self.cap, self.first * 2.0**self.failures)
         self.failures += 1
+        import random  # only after a failure: the idle daemon does without
+
         return delay * random.uniform(0.5, 1.0)
 
     def reset(self) -> None:

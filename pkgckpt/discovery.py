@@ -25,7 +25,6 @@ daemon watches them and discovers again after their quiet window.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -36,6 +35,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from .trust import unsafe
 
@@ -189,8 +190,9 @@ def _kernel_interpreter(kernel: _Kernel) -> tuple[Path | None, str]:
     if text is None:
         return None, "kernel.json cannot be read"
     try:
-        spec: Any = json.loads(text)
-    except ValueError as e:
+        # msgspec's, which the daemon has loaded anyway: the json module is 0.15 MB more.
+        spec: Any = msgspec.json.decode(text)
+    except msgspec.DecodeError as e:
         return None, f"kernel.json is not JSON ({e})"
     if not isinstance(spec, dict):
         return None, "kernel.json is not a JSON object"

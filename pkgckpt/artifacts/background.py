@@ -34,10 +34,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -114,6 +112,11 @@ class Background:
                 _Job(env=j.env, roots=tuple(map(str, j.roots)), package=j.package) for j in jobs
             ),
         )
+        # Here, not at the top: tempfile and shutil (with bz2, lzma, random) are ~0.8 MB
+        # that an idle daemon, which has captured nothing yet, does without.
+        import shutil
+        import tempfile
+
         private = tempfile.mkdtemp(prefix="pkgckpt-capture-")
         try:
             Path(private, ORDERS).write_bytes(_encoder.encode(orders))
@@ -173,6 +176,8 @@ class Background:
         except OSError as e:
             log.warning("cannot read the capture results: %s", e)
         finally:
+            import shutil  # loaded by `start` already
+
             shutil.rmtree(self._dir, ignore_errors=True)
             self._proc = None
             self._dir = None
@@ -308,6 +313,8 @@ def main() -> int:
             # by `Background.start`) has no one else to remove it.
             here = Path.cwd()
             if here.name.startswith("pkgckpt-capture-"):
+                import shutil
+
                 shutil.rmtree(here, ignore_errors=True)
     return 0
 

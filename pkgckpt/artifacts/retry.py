@@ -22,7 +22,6 @@ retried together.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 
 FIRST = 5.0
@@ -55,6 +54,8 @@ class Retries:
             return
         self.waiting.update(failed)
         delay = min(self.cap, self.first * 2.0 ** (self.failures - 1))
+        import random  # only after a failure: the idle daemon does without
+
         # Jittered: the daemons of many containers do not hammer one NFS server together.
         self.at = now + delay * random.uniform(0.5, 1.0)
 

@@ -34,7 +34,6 @@ known package's name and version and which has no `direct_url.json` is that pack
 
 from __future__ import annotations
 
-import ast
 import functools
 import os
 import re
@@ -748,6 +747,8 @@ def _finder_project(fd: int, finder: str) -> str | None:
     m = _FINDER_MAPPING.search(text)
     if m is None:
         return None
+    import ast  # only for an editable install's finder: rare, and 0.3 MB
+
     try:
         mapping = ast.literal_eval(m.group(1))
     except (ValueError, SyntaxError):
