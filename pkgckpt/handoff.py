@@ -19,6 +19,11 @@ the process that stays up for the whole session (~1.5 MB of its idle RSS).
 - It imports pkgckpt from where this process did, and not from the working directory
   (`-c` would put it first on sys.path); the interpreter keeps this one's flags (`-I`,
   `-X ...`).
+- Before the exec, this process asks every environment's interpreter (and R) what the
+  daemon will ask, and keeps the answers in the runtime directory (`keep_answers`), as
+  `pkgckpt restore` does: the daemon's own process then recalls them and starts no child,
+  so it never loads subprocess, tempfile, shutil and json (~1.8 MB for the session) to
+  start one once. After a restore they are kept already, and this costs a look-up.
 
 When any of it cannot be done (settings that do not fit the pipe, a path JSON cannot
 hold, an exec refused), the daemon runs in this process as before: the hand-off saves
@@ -90,6 +95,7 @@ def replace(config: Config) -> None:
     except (TypeError, ValueError) as e:  # msgspec.EncodeError is a ValueError
         log.debug("settings not passed on (%s): the daemon runs in the command's process", e)
         return
+    keep_answers(config)
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
         os.set_blocking(write_fd, False)
@@ -113,6 +119,24 @@ def replace(config: Config) -> None:
         if write_fd >= 0:
             os.close(write_fd)
         os.close(read_fd)
+
+
+def keep_answers(config: Config) -> None:
+    """Probe what the daemon's targets need and keep the answers in the runtime directory
+    (see the module docstring). Silent and never fatal: whatever goes wrong here the daemon
+    meets again, and reports once, in its own process."""
+    from . import inventory
+    from .scan import kept
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        inventory.targets(config, unreadable=[])
+        kept.settle(config.runtime_dir)
+    except Exception as e:
+        log.debug("answers not kept before the hand-off (%s)", e)
+    finally:
+        logging.disable(previous)
 
 
 def main(fd: int) -> NoReturn:

@@ -99,3 +99,27 @@ def test_settings_json_cannot_hold_leave_the_daemon_in_the_commands_process(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout == "returned\n"
+
+
+def test_a_first_daemon_finds_its_probe_answers_kept_and_starts_no_child(tmp_path: Path) -> None:
+    """With nothing kept in the runtime directory (no restore ran first), the command asks
+    the interpreter before the hand-off and keeps the answer: the daemon's own process
+    recalls it and never loads subprocess, tempfile or shutil for the whole session."""
+    world = World.make(tmp_path)
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    assert not world.runtime.exists()
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(DUMP_MODULES)
+    modules = tmp_path / "modules.txt"
+    env = {**world.env, "PYTHONPATH": str(hooks), "MODULES_OUT": str(modules)}
+    d = world.daemon(*world.flags(venv.prefix))
+    try:
+        d.start(extra_env=env)
+        assert list(world.runtime.glob("python-env-*.json"))
+        assert d.stop() == 0
+    finally:
+        d.close()
+    loaded = modules.read_text().split()
+    assert "pkgckpt.daemon" in loaded
+    assert not {"subprocess", "tempfile", "shutil", "json"} & set(loaded)
