@@ -46,7 +46,7 @@ from typing import TypeAlias
 
 import msgspec
 
-from . import checkpoint, inventory, metrics, record, status
+from . import checkpoint, inventory, metrics, status
 from .artifacts import Result, quota
 from .artifacts import session as art
 from .artifacts.background import Background
@@ -313,6 +313,10 @@ class Daemon:
             self.debouncer.ready(math.inf, watcher.busy)  # every root is rescanned now
             self._rediscover(watcher)
             self._scan(self.targets)
+            # Here: the requests of forget, revert and restore come with a rescan, and the
+            # record's code (~0.2 MB) need not stay loaded in a daemon never asked.
+            from . import record
+
             taken = record.serve(self.config, self.session)
             self.retry_at = None  # a person asked (snapshot): try the store now
             self.retries.ask()  # and the captures that failed, once more each
