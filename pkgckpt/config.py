@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import getpass
-import logging
 import os
 import stat
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 
 from .digest import sha256
 from .errors import PkgckptError, UsageError
+from .logs import getLogger
 from .trust import read_owned
 
 SYSTEM_CONFIG = Path("/etc/pkgckpt/config.toml")
@@ -29,7 +29,7 @@ SYSTEM_CONFIG = Path("/etc/pkgckpt/config.toml")
 DISCOVER = ("kernels", "conda", "user-site", "r")
 """The values of the `discover` setting, all on by default."""
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 
 def user_config(environ: Mapping[str, str]) -> Path:

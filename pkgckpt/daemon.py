@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import math
 import os
 import signal
@@ -57,12 +56,13 @@ from .debounce import Debouncer
 from .discovery import Unreadable
 from .errors import ManifestError, PkgckptError, StoreError
 from .inventory import Target
+from .logs import getLogger
 from .manifest import Body, Change, Environment
 from .scan import kept as scan_kept
 from .store import open_store
 from .watcher import Batch, Root, Watcher
 
-log = logging.getLogger("pkgckpt.daemon")
+log = getLogger("pkgckpt.daemon")
 
 _STORE_ERRORS = (StoreError, ManifestError)
 BATCH_MS = 50

@@ -25,7 +25,6 @@ daemon watches them and discovers again after their quiet window.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import site
@@ -38,9 +37,10 @@ from typing import Any
 
 import msgspec
 
+from .logs import getLogger
 from .trust import unsafe
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 MAX_FILE = 256 * 1024
 """A kernel.json, environments.txt or .condarc larger than this is not read."""

@@ -22,15 +22,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .errors import StoreError, StoreUnavailable
+from .logs import getLogger
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 # A person has to act on these; every other errno (EIO, ENOSPC, ESTALE, EDQUOT, ETIMEDOUT,
 # ENOTCONN, ...) may clear by itself, so it is reported as StoreUnavailable: retry later.

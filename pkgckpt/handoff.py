@@ -32,16 +32,15 @@ memory, it is never a reason not to watch.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 from .config import Config
-from .logs import report, setup
+from .logs import INFO, direct, getLogger, report
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 
 def _encode_path(obj: Any) -> str:
@@ -125,6 +124,8 @@ def keep_answers(config: Config) -> None:
     """Probe what the daemon's targets need and keep the answers in the runtime directory
     (see the module docstring). Silent and never fatal: whatever goes wrong here the daemon
     meets again, and reports once, in its own process."""
+    import logging  # this process's (the command line's): see `logs`
+
     from . import inventory
     from .scan import kept
 
@@ -141,7 +142,7 @@ def keep_answers(config: Config) -> None:
 
 def main(fd: int) -> NoReturn:
     """The daemon's process: the settings from `fd`, then `daemon.run` until it ends."""
-    setup(logging.INFO)
+    direct(INFO)
     try:
         with os.fdopen(fd, "rb") as f:
             config = decode(f.read())

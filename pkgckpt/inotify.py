@@ -23,7 +23,6 @@ is reported with :data:`PKW_DIRTY` instead: memory stays bounded and nothing is 
 from __future__ import annotations
 
 import importlib
-import logging
 import math
 import os
 import select
@@ -32,8 +31,9 @@ from types import TracebackType
 from typing import ClassVar, NamedTuple
 
 from .errors import UsageError
+from .logs import getLogger
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 ENV_BACKEND = "PKGCKPT_WATCH_BACKEND"
 BACKENDS = ("native", "python")

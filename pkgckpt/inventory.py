@@ -8,7 +8,6 @@ before anything is installed; `pkgckpt baseline` writes it at image build time.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from collections.abc import Collection, Mapping
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from . import manifest
 from .config import Config, ensure_runtime_dir
 from .errors import ManifestError, PkgckptError, ScanError
+from .logs import getLogger
 from .manifest import Baseline, Environment, Inventory, Package
 from .scan import ScanResult
 from .scan.env import python_env
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .discovery import Discovered, Unreadable
     from .scan.r import RLibs
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 BASELINE = "baseline.json"
 

@@ -5,30 +5,112 @@ command into its line and its exit code (a `PkgckptError` says why; anything els
 internal error, with its traceback under `PKGCKPT_DEBUG=1`); `guarded()` runs a command
 that way; `emit()` prints its report. The command line (click's and `entry`'s) and the
 daemon's own process (`handoff`) share them, and none of them imports click here.
+
+The modules the daemon loads log through `getLogger(name)`: its loggers hand each message
+to the standard `logging` (the command line's handler, pytest's capture, the capture
+worker's own set-up), except in the daemon's own process, where `direct(level)` makes them
+write the same line to stderr themselves. That process never imports `logging` (with
+`threading`, `traceback`, `weakref`: ~0.6 MB for the whole session) to print a few lines.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import PkgckptError
 from .runner import redact_text
 
+if TYPE_CHECKING:
+    import logging
 
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        # Log messages quote URLs (sources, indexes): never with their credentials.
-        message = redact_text(record.getMessage())
-        if record.levelno >= logging.WARNING:
-            return f"pkgckpt: {record.levelname.lower()}: {message}"
-        return f"pkgckpt: {message}"
+# The standard levels' values, without importing logging for them.
+DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
+_NAMES = {WARNING: "warning", ERROR: "error", CRITICAL: "critical"}
+
+_direct: int | None = None
+"""The level below which the daemon's own process drops a message (`direct`); None:
+messages go through the standard logging."""
 
 
-def setup(level: int = logging.WARNING) -> None:
+def line(level: int, message: str) -> str:
+    """The line a message is printed as (without its newline)."""
+    # Log messages quote URLs (sources, indexes): never with their credentials.
+    message = redact_text(message)
+    if level >= WARNING:
+        return f"pkgckpt: {_NAMES.get(level, f'level {level}')}: {message}"
+    return f"pkgckpt: {message}"
+
+
+class Logger:
+    """The part of `logging.Logger` pkgckpt uses: `%`-style messages by level."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _log(
+        self, level: int, msg: str, args: tuple[Any, ...], exc_info: BaseException | bool = False
+    ) -> None:
+        if _direct is None:
+            import logging
+
+            logging.getLogger(self.name).log(level, msg, *args, exc_info=exc_info)
+            return
+        if level < _direct:
+            return
+        try:
+            text = msg % args if args else msg
+        except (TypeError, ValueError, KeyError):
+            # logging would print a "Logging error" report and go on: never stop the daemon.
+            text = f"{msg} {args!r}"
+        try:
+            sys.stderr.write(line(level, text) + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            # A closed or broken stderr (None, EPIPE, EIO): logging's handler would drop
+            # the line too, and the daemon goes on watching.
+            pass
+
+    def debug(self, msg: str, *args: Any) -> None:
+        self._log(DEBUG, msg, args)
+
+    def info(self, msg: str, *args: Any) -> None:
+        self._log(INFO, msg, args)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        self._log(WARNING, msg, args)
+
+    def error(self, msg: str, *args: Any, exc_info: BaseException | bool = False) -> None:
+        # `exc_info` goes to logging's handlers; the line itself never shows a traceback.
+        self._log(ERROR, msg, args, exc_info)
+
+    def exception(self, msg: str, *args: Any) -> None:
+        self._log(ERROR, msg, args, exc_info=True)
+
+
+def getLogger(name: str) -> Logger:
+    """`logging.getLogger`'s name, so that call sites read alike."""
+    return Logger(name)
+
+
+def direct(level: int) -> None:
+    """The daemon's own process: loggers write their lines to stderr themselves, from
+    `level` up, and the standard logging is never imported."""
+    global _direct
+    _direct = level
+
+
+def setup(level: int = WARNING) -> None:
+    import logging
+
+    class _Formatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return line(record.levelno, record.getMessage())
+
     # The record's caller, thread and process are never printed: not looked up either
     # (the logging HOWTO's "Optimization"; the daemon logs a line per change).
     logging._srcfile = None
@@ -46,6 +128,8 @@ def report(error: Exception) -> int:
         print(f"pkgckpt: {redact_text(str(error))}", file=sys.stderr)
         return error.exit_code
     if os.environ.get("PKGCKPT_DEBUG"):
+        import traceback
+
         traceback.print_exception(error)
     print(
         f"pkgckpt: internal error: {type(error).__name__}: {redact_text(str(error))} "

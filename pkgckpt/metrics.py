@@ -29,7 +29,6 @@ library adds ~4.9 MB to the idle daemon's RSS, this writer nothing measurable
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -39,9 +38,10 @@ import msgspec
 from .config import Config, ensure_runtime_dir, read_private
 from .durable import atomic_write
 from .errors import ManifestError, PkgckptError, StoreError, StoreUnavailable, UnknownSchema
+from .logs import getLogger
 from .manifest import Body
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 
 class Counters(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import re
 import signal
@@ -46,12 +45,13 @@ from .checkpoint import env_key, now_iso, same_install
 from .config import Config, ensure_runtime_dir
 from .durable import atomic_write
 from .errors import Declined, ManifestError, NotKept, PkgckptError, StoreError, UnknownPackage
+from .logs import getLogger
 from .manifest import Body, Change, Delta, Environment, Event, Failing, Manifest, Package
 from .scan.python import canonicalize_name
 from .store import Store, open_store
 from .trust import read_owned
 
-log = logging.getLogger("pkgckpt.record")
+log = getLogger("pkgckpt.record")
 
 if TYPE_CHECKING:
     from .checkpoint import Session

@@ -51,7 +51,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import logging
 import os
 import re
 import stat
@@ -63,10 +62,11 @@ from pathlib import Path
 from . import __version__, durable, manifest
 from .config import Config
 from .errors import ManifestError, StoreError, StoreUnavailable, UnknownSchema, UsageError
+from .logs import getLogger
 from .manifest import Body, Manifest, Writer
 from .seal import Seal, guard
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 CURRENT = "manifest.json"
 _GENERATION = re.compile(r"manifest\.([1-9][0-9]{0,15})\.json")

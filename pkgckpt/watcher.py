@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import operator
 import os
 import select
@@ -58,8 +57,9 @@ from .inotify import (
     drain_wake,
     is_marker,
 )
+from .logs import getLogger
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 # IN_MASK_ADD: a directory can be both a root and the ancestor of a missing root, and the
 # kernel keeps one watch per inode; masks (and the engine's markers flag) only accumulate,

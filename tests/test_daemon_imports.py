@@ -56,3 +56,11 @@ def test_the_builtin_sha256_gives_hashlib_s_digests() -> None:
 
     for data in (b"", b"abc", bytes(range(256)) * 1000):
         assert sha256(data).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_the_daemon_process_loads_neither_logging_nor_what_rare_paths_need() -> None:
+    """logging (with threading and traceback: its lines go through `logs.direct`),
+    tempfile (a capture's), random (a retry's jitter), json and the record's commands
+    are imported where they are used: ~1.5 MB of idle RSS."""
+    rare = ("logging", "threading", "traceback", "tempfile", "random", "json")
+    assert _loaded(*rare, "pkgckpt.record") == []

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -53,6 +52,7 @@ import msgspec
 from ..config import Config
 from ..durable import sha256_of
 from ..errors import PkgckptError, StoreError, Uncapturable
+from ..logs import getLogger
 from ..manifest import Artifact, Body, DirectorySource, Environment, Kind, Package, same_env
 from ..store import Store, artifact_name
 from . import pool, quota
@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 CAPTURERS: dict[str, str] = {"python": "wheel", "r": "rpkg"}
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 
 class ArtifactRefused(PkgckptError):

@@ -32,7 +32,6 @@ other signal: nothing polls.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -45,6 +44,7 @@ import msgspec
 
 from ..config import Config
 from ..errors import PkgckptError, Uncapturable
+from ..logs import getLogger
 from ..manifest import Environment, Package
 from ..runner import spawn
 from ..store import Store
@@ -53,7 +53,7 @@ from . import Job, Result, capture
 if TYPE_CHECKING:
     import subprocess
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 
 class _Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -295,6 +295,8 @@ def die_with(parent: int) -> None:
 def main() -> int:
     parent = os.getppid()
     signal.signal(signal.SIGTERM, _terminate)
+    import logging  # the worker's own lines; pkgckpt's loggers hand theirs to it
+
     logging.basicConfig(level=logging.WARNING, format="pkgckpt capture: %(message)s")
     try:
         die_with(parent)

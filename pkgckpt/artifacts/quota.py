@@ -20,14 +20,14 @@ Pooled artifacts are not the key's: they count against no quota and no key remov
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
 from ..errors import ManifestError, PkgckptError
+from ..logs import getLogger
 from ..manifest import Body
 from ..store import Store
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 
 def referenced(bodies: Iterable[Body]) -> set[str]:

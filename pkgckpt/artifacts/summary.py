@@ -3,7 +3,6 @@ recorded package without an artifact, with the reason."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,11 +10,12 @@ import msgspec
 
 from ..config import Config, ensure_runtime_dir, read_private
 from ..errors import PkgckptError
+from ..logs import getLogger
 from ..manifest import Body
 from ..store import Store
 from . import CAPTURERS, uncapturable
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 _reasons = msgspec.json.Decoder(dict[str, str])
 
 

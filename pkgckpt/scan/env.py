@@ -21,7 +21,6 @@ across containers of one image (`kept`).
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +30,13 @@ import msgspec
 
 from ..digest import sha256
 from ..errors import ScanError
+from ..logs import getLogger
 from ..manifest import Environment
 from ..trust import read_owned
 from . import kept as image_kept
 from .kept import Stable, stable
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 ASK_TIMEOUT = 30.0
 """Seconds the interpreter gets to answer; a first start on a cold NFS home can be slow."""

@@ -35,7 +35,6 @@ version of pkgckpt, and losing or dropping the answers costs only the probes.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from pathlib import Path
@@ -44,8 +43,9 @@ import msgspec
 
 from ..digest import sha256
 from ..errors import PkgckptError
+from ..logs import getLogger
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 _SCHEMA = 1
 _MAX = 1 << 20

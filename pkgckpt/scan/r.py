@@ -18,7 +18,6 @@ changes the file's mtime, not the directory's.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import re
 import shutil
@@ -32,6 +31,7 @@ import msgspec
 
 from ..digest import sha256
 from ..errors import ScanError
+from ..logs import getLogger
 from ..manifest import (
     DirectorySource,
     Environment,
@@ -48,7 +48,7 @@ from .env import _identity, _Stamp, recall
 from .kept import Stable, stable
 from .python import RACY_NS, strip_credentials
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 LOCK_PREFIX = "00LOCK"
 """R CMD INSTALL's lock: `00LOCK-<pkg>` per package, or `00LOCK` for the whole library."""

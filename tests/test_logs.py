@@ -1,0 +1,62 @@
+"""pkgckpt's log lines: the daemon's own writer and the logging handler say the same."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+SPEAK = """\
+import sys
+from pkgckpt import logs
+if sys.argv[1] == "direct":
+    logs.direct(logs.INFO)
+else:
+    logs.setup(logs.INFO)
+log = logs.getLogger("pkgckpt.example")
+log.debug("not shown %s", 1)
+log.info("scanned %d root(s) of %s", 2, "/venv")
+log.warning("index https://user:secret@example.invalid/simple refused")
+log.error("plain %s", "error")
+try:
+    raise OSError("boom")
+except OSError:
+    log.exception("capturing %s", "pkg")
+log.info("50% done, no arguments")
+print("logging" in sys.modules, "threading" in sys.modules, file=sys.stdout)
+"""
+
+
+def _speak(mode: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", SPEAK, mode], capture_output=True, text=True, timeout=60, check=True
+    )
+
+
+def test_the_direct_writer_prints_the_handlers_lines_without_importing_logging() -> None:
+    """`logs.direct` (the daemon's own process) prints exactly the lines `logs.setup`'s
+    handler prints, one per message, levels and redaction alike, and never imports
+    logging or threading."""
+    direct, handler = _speak("direct"), _speak("setup")
+    assert direct.stderr == handler.stderr
+    assert direct.stderr.splitlines() == [
+        "pkgckpt: scanned 2 root(s) of /venv",
+        "pkgckpt: warning: index https://example.invalid/simple refused",
+        "pkgckpt: error: plain error",
+        "pkgckpt: error: capturing pkg",
+        "pkgckpt: 50% done, no arguments",
+    ]
+    assert direct.stdout.split() == ["False", "False"]
+    assert handler.stdout.split() == ["True", "True"]
+
+
+def test_a_broken_stderr_does_not_stop_the_direct_writer() -> None:
+    """With stderr closed under it, a line the daemon logs is dropped, as logging's handler
+    would drop it, and the process goes on."""
+    code = (
+        "import os; from pkgckpt import logs; logs.direct(logs.INFO); os.close(2); "
+        "logs.getLogger('pkgckpt.example').warning('lost %s', 1); print('alive')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout == "alive\n"
