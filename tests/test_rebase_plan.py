@@ -25,7 +25,7 @@ from pkgckpt.manifest import (
     VcsSource,
 )
 from pkgckpt.restore.python import _pin
-from pkgckpt.restore.rebase import _Dist, installed_metadata, needed, rebase, violations
+from pkgckpt.restore.rebase import _Check, _Dist, installed_metadata, needed, rebase
 
 PY311 = Environment(kind="python", path="/opt/venv", interpreter="3.11.7")
 PY312 = msgspec.structs.replace(PY311, interpreter="3.12.1")
@@ -89,15 +89,13 @@ def test_rebase_is_needed_for_another_image_or_python_minor_only() -> None:
 def test_markers_are_evaluated_for_the_target_interpreter() -> None:
     """A requirement behind `python_version < "3.12"` binds on 3.11 and not on 3.12; an
     extra's requirement binds only when something asks for that extra."""
-    from pkgckpt.restore.rebase import markers_for
-
     state = {
         "img": _Dist("img", "1.0", "image", ['dep>=2; python_version < "3.12"', "opt[fast]"]),
         "dep": _Dist("dep", "1.0", "planned", []),
         "opt": _Dist("opt", "1.0", "image", ['accel>=1; extra == "fast"', 'slow; extra == "x"']),
     }
-    on311 = {(d.name, str(r)) for d, r in violations(state, markers_for(PY311))}
-    on312 = {(d.name, str(r)) for d, r in violations(state, markers_for(PY312))}
+    on311 = {(d.name, str(r)) for d, r in _Check(PY311).violations(state)}
+    on312 = {(d.name, str(r)) for d, r in _Check(PY312).violations(state)}
     assert on311 == {
         ("img", 'dep>=2; python_version < "3.12"'),
         ("opt", 'accel>=1; extra == "fast"'),

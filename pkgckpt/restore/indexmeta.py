@@ -53,17 +53,15 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from .rebase import MAX_METADATA
+from .rebase import MAX_METADATA, TargetTags
 from .validate import canonical, python_name, python_version
 
 if TYPE_CHECKING:
-    from packaging.tags import Tag
-
     from .indexconf import Indexes
 
 TIMEOUT = 5.0
@@ -263,7 +261,7 @@ def _json_links(data: bytes, base: str) -> list[_Link]:
 class IndexMetadata:
     """METADATA of exact versions from one index, for one target interpreter."""
 
-    def __init__(self, url: str, tags: Sequence[Tag], *, timeout: float = TIMEOUT) -> None:
+    def __init__(self, url: str, tags: TargetTags, *, timeout: float = TIMEOUT) -> None:
         parts = urlsplit(url)
         self._root = urlunsplit(
             (parts.scheme.lower(), parts.netloc.rpartition("@")[2], parts.path, "", "")
@@ -273,7 +271,7 @@ class IndexMetadata:
         if parts.username is not None:
             secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             self._auth = "Basic " + base64.b64encode(secret.encode()).decode()
-        self._rank = {t: i for i, t in enumerate(tags)}
+        self._tags = tags
         self._timeout = timeout
         self._deadline = time.monotonic() + BUDGET
         self._opener = _opener()
@@ -379,7 +377,7 @@ class IndexMetadata:
                 continue
             if wname != name or wversion != want:
                 continue
-            rank = min((self._rank[t] for t in wtags if t in self._rank), default=None)
+            rank = self._tags.rank(wtags)
             if rank is not None and (best is None or rank < best[0]):
                 best = (rank, link)
         return best[1] if best else None

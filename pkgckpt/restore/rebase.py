@@ -31,7 +31,11 @@ installer reads (`indexconf.py`: pkgckpt's settings, then pip's or uv's own conf
 files and variables; `indexmeta.py`: the PEP 658 metadata file, or a small wheel), used
 only when every index offering it agrees (with extra indexes the installer may take the
 file from any of them). Requirements, markers and versions are `packaging`'s; there is
-no resolver here. A planned package whose metadata cannot be read (no index named, an
+no resolver here. Only what can hold something back is parsed: a requirement of a
+distribution outside the plan when it names a package the plan installs or removes, or
+asks for extras (which decide what other requirements apply); a plain `NAME SPECIFIERS`
+line is read by `SpecifierSet` alone (`_Simple`); markers are evaluated only where a
+parsed requirement has one. A planned package whose metadata cannot be read (no index named, an
 index down or not http(s), indexes that disagree, no fitting wheel, a hash mismatch) has
 its own requirements unchecked, and its decision's reason says why: the installer,
 which resolves with every untouched installed distribution pinned as a constraint (`-c`),
@@ -64,10 +68,12 @@ read becomes an installer option (constraints are validated `name==version` line
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import msgspec
 
@@ -85,6 +91,7 @@ from .validate import canonical, python_name, python_version
 
 if TYPE_CHECKING:
     from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
     from packaging.tags import Tag
     from packaging.version import Version
 
@@ -93,7 +100,10 @@ if TYPE_CHECKING:
 
 ON_CONFLICT = ("image", "user")
 MAX_METADATA = 1 << 20
-"""Bytes of a METADATA file read at most: a real one is a few KB."""
+"""Bytes of a METADATA file (or of an installed one's header) read at most: a real one is
+a few KB."""
+_HEADER_CHUNK = 8192
+"""An installed METADATA is read this much at a time, up to the end of its header."""
 
 Action = Literal["install", "remove", "superseded", "held-back", "nothing"]
 Part = Literal["added", "changed", "removed"]
@@ -233,19 +243,41 @@ def _requires(text: str) -> tuple[str | None, str | None, list[str]]:
     return found.get("name"), found.get("version"), requires
 
 
-def _read_bounded(path: Path) -> str | None:
+def _read_header(name: str, dir_fd: int) -> str | None:
+    """The header of the METADATA file `name` (under `dir_fd`): read in chunks up to its
+    first empty line, so that a long description (often most of the file) is not read.
+    None: unreadable, a symlink, or no header end within `MAX_METADATA` bytes."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError:
         return None
+    data = bytearray()
     try:
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(MAX_METADATA + 1)
+        while len(data) <= MAX_METADATA:
+            chunk = os.read(fd, _HEADER_CHUNK)
+            if not chunk:
+                break
+            # Searched from just before the chunk: an end split across two reads counts.
+            start = max(0, len(data) - 2)
+            data += chunk
+            end = _header_end(data, start)
+            if end is not None:
+                return None if end > MAX_METADATA else data[:end].decode("utf-8", "replace")
     except OSError:
         return None
+    finally:
+        os.close(fd)
     if len(data) > MAX_METADATA:
         return None
     return data.decode("utf-8", "replace")
+
+
+def _header_end(data: bytearray, start: int) -> int | None:
+    """The end of the first line, at or after `start`, that an empty line follows (where
+    `_requires` stops reading); None: none yet."""
+    ends = [i for i in (data.find(b"\n\n", start), data.find(b"\n\r\n", start)) if i >= 0]
+    return min(ends) + 1 if ends else None
 
 
 def installed_metadata(roots: Iterable[Path]) -> dict[str, tuple[str, list[str]]]:
@@ -254,19 +286,25 @@ def installed_metadata(roots: Iterable[Path]) -> dict[str, tuple[str, list[str]]
     found: dict[str, tuple[str, list[str]]] = {}
     for root in roots:
         try:
-            entries = sorted(e.name for e in Path(root).iterdir())
+            dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             continue
-        for entry in entries:
-            if not entry.endswith(".dist-info"):
-                continue
-            text = _read_bounded(Path(root, entry, "METADATA"))
-            if text is None:
-                continue
-            name, version, requires = _requires(text)
-            if not name or not version or not python_name(name):
-                continue
-            found.setdefault(canonical(name), (version, requires))
+        try:
+            # By name: a root's METADATA files are opened relative to the one descriptor.
+            names = os.listdir(dir_fd)  # noqa: PTH208
+            entries = sorted(e for e in names if e.endswith(".dist-info"))
+            for entry in entries:
+                text = _read_header(f"{entry}/METADATA", dir_fd)
+                if text is None:
+                    continue
+                name, version, requires = _requires(text)
+                if not name or not version or not python_name(name):
+                    continue
+                found.setdefault(canonical(name), (version, requires))
+        except OSError:
+            continue
+        finally:
+            os.close(dir_fd)
     return found
 
 
@@ -276,16 +314,77 @@ def target_tags(env: Environment) -> list[Tag]:
 
     from packaging import tags
 
-    version = tuple(int(p) for p in (_minor(env.interpreter) or "3.0").split("."))
+    version, interpreter = _tag_python(env)
     here = sysconfig.get_platform().replace("-", "_").replace(".", "_")
     platforms = list(tags.platform_tags()) if env.platform in (None, here) else [env.platform]
-    if (env.implementation or "cpython") == "cpython":
+    if interpreter is not None:
         found = list(tags.cpython_tags(version, platforms=platforms))
-        interpreter = f"cp{version[0]}{version[1] if len(version) > 1 else ''}"
     else:
         found = list(tags.generic_tags(platforms=platforms))
-        interpreter = None
     return found + list(tags.compatible_tags(version, interpreter, platforms))
+
+
+def _tag_python(env: Environment) -> tuple[tuple[int, ...], str | None]:
+    """The Python version the tags of `env` are for, and its CPython interpreter tag
+    (None: another implementation)."""
+    version = tuple(int(p) for p in (_minor(env.interpreter) or "3.0").split("."))
+    if (env.implementation or "cpython") != "cpython":
+        return version, None
+    return version, f"cp{version[0]}{version[1] if len(version) > 1 else ''}"
+
+
+_PURE_RANK = 1 << 30
+"""Where the ranks of pure-Python tags start: after every other tag, as in the full list."""
+
+
+class TargetTags:
+    """`target_tags(env)` as ranks (lower is better), computed only as far as needed.
+
+    The full list is ~900 tags (every ABI and every manylinux level of the platform, ~2 ms
+    and the platform's probing). A pure-Python wheel (`*-none-any`, most of what users
+    install) needs only the ~15 tags that end that list: `compatible_tags` gives them, in
+    the same order, without the platforms. A wheel with a platform tag is ranked by the
+    full list, where every pure tag comes after every other (`_PURE_RANK`)."""
+
+    def __init__(self, env: Environment) -> None:
+        self._env = env
+        self._full: list[Tag] | None = None
+        self._ranks: dict[Tag, int] | None = None
+        self._pure: dict[Tag, int] | None = None
+
+    def full(self) -> list[Tag]:
+        if self._full is None:
+            self._full = target_tags(self._env)
+        return self._full
+
+    def rank(self, tags: Iterable[Tag]) -> int | None:
+        """The best rank among `tags`; None: none of them installs here."""
+        best: int | None = None
+        for tag in tags:
+            if tag.platform == "any":
+                pure = self._pure_ranks().get(tag)
+                rank = None if pure is None else _PURE_RANK + pure
+            else:
+                rank = self._full_ranks().get(tag)
+            if rank is not None and (best is None or rank < best):
+                best = rank
+        return best
+
+    def _full_ranks(self) -> dict[Tag, int]:
+        if self._ranks is None:
+            self._ranks = {t: i for i, t in enumerate(self.full())}
+        return self._ranks
+
+    def _pure_ranks(self) -> dict[Tag, int]:
+        if self._pure is None:
+            from packaging.tags import compatible_tags
+
+            version, interpreter = _tag_python(self._env)
+            # One platform that is not "any", filtered out: an empty list would mean
+            # "this machine's platforms" to packaging before 26.
+            pure = compatible_tags(version, interpreter, ["none"])
+            self._pure = {t: i for i, t in enumerate(t for t in pure if t.platform == "any")}
+        return self._pure
 
 
 def markers_for(env: Environment) -> dict[str, str]:
@@ -314,12 +413,13 @@ class _Wheels:
     packages parses only each package's own files, not n times the whole directory.
     """
 
-    def __init__(self, links: Sequence[str], tags: Sequence[Tag]) -> None:
+    def __init__(self, links: Sequence[str], tags: TargetTags) -> None:
         local = (_local(link) for link in links)
         self.dirs = [Path(path) for path in local if path is not None]
-        self.rank = {t: i for i, t in enumerate(tags)}
+        self.tags = tags
         self._wheels: dict[str, list[Path]] | None = None
         self._sdists: dict[str, list[str]] = {}
+        self._best: dict[tuple[str, str], Path | None] = {}
         self._requires: dict[tuple[str, str], list[str] | None] = {}
 
     def _index(self) -> dict[str, list[Path]]:
@@ -327,13 +427,12 @@ class _Wheels:
             self._wheels = {}
             for d in self.dirs:
                 try:
-                    entries = sorted(d.iterdir())
+                    entries = sorted(e.name for e in os.scandir(d))
                 except OSError:
                     continue
-                for path in entries:
-                    name = path.name
+                for name in entries:
                     if name.endswith(".whl"):
-                        self._wheels.setdefault(canonical(name.split("-")[0]), []).append(path)
+                        self._wheels.setdefault(canonical(name.split("-")[0]), []).append(d / name)
                     for suffix in (".tar.gz", ".zip"):
                         if name.endswith(suffix):
                             stem, _, v = name.removesuffix(suffix).rpartition("-")
@@ -342,18 +441,27 @@ class _Wheels:
 
     def best(self, name: str, version: str) -> Path | None:
         """The best fitting wheel of `name==version` in the find-links; None: none."""
+        key = (canonical(name), version)
+        if key not in self._best:
+            self._best[key] = self._find(*key)
+        return self._best[key]
+
+    def _find(self, name: str, version: str) -> Path | None:
+        candidates = self._index().get(name, ())
+        if not candidates:
+            return None
         from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
         want = _version(version)
         best: tuple[int, Path] | None = None
-        for path in self._index().get(canonical(name), ()):
+        for path in candidates:
             try:
                 wname, wversion, _, wtags = parse_wheel_filename(path.name)
             except InvalidWheelFilename:
                 continue
-            if wname != canonical(name) or wversion != want:
+            if wname != name or wversion != want:
                 continue
-            rank = min((self.rank[t] for t in wtags if t in self.rank), default=None)
+            rank = self.tags.rank(wtags)
             if rank is not None and (best is None or rank < best[0]):
                 best = (rank, path)
         return best[1] if best else None
@@ -402,7 +510,7 @@ def wheel_requires(wheel: Path) -> list[str] | None:
     return None
 
 
-def url_tags_fit(url: str, tags: Sequence[Tag]) -> bool:
+def url_tags_fit(url: str, tags: TargetTags) -> bool:
     """A recorded wheel URL installs on this interpreter (any non-wheel URL may: it builds)."""
     from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
@@ -413,47 +521,141 @@ def url_tags_fit(url: str, tags: Sequence[Tag]) -> bool:
         wtags = parse_wheel_filename(filename)[3]
     except InvalidWheelFilename:
         return True
-    return bool(wtags & set(tags))
+    return tags.rank(wtags) is not None
 
 
 # -- the consistency check ---------------------------------------------------------------
 
 
-def _parsed(lines: list[str]) -> list[Requirement]:
+class _Simple:
+    """A requirement `NAME SPECIFIERS` (no extras, URL or marker), read by packaging's
+    `SpecifierSet` without its requirement grammar. `packaging.requirements` imports the
+    marker parser, whose tokenizer compiles ~20 regular expressions at import (about a
+    fifth of what a rebase adds to a restore: benchmarks/RESULTS.md, issue 10), and most
+    requirement lines have no marker.
+    `_parse` takes a line this way only when every character of its specifiers is one
+    the grammar's specifier list accepts; a test holds the result to
+    `Requirement(line)`'s (name, specifiers, text)."""
+
+    __slots__ = ("name", "specifier")
+    extras: frozenset[str] = frozenset()
+    marker: None = None
+
+    def __init__(self, name: str, specifier: SpecifierSet) -> None:
+        self.name = name
+        self.specifier = specifier
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.specifier}"
+
+
+_Req: TypeAlias = "Requirement | _Simple"
+
+
+@functools.cache
+def _simple_line() -> re.Pattern[str]:
+    # A name, then what a specifier list may hold less `;()[]@`: a line with a marker,
+    # extras, a URL or parentheses is the grammar's.
+    return re.compile(
+        r"[ \t]*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)[ \t]*"
+        r"([\t\x20-\x27\x2a-\x3a\x3c-\x3f\x41-\x5a\x5c\x5e-\x7e]*)",
+        re.ASCII,
+    )
+
+
+@functools.cache
+def _leading_name() -> re.Pattern[str]:
+    return re.compile(r"[ \t]*([A-Za-z0-9._-]*)", re.ASCII)
+
+
+def _named(line: str) -> str:
+    """The canonical name a requirement line starts with, read without parsing it: when
+    `Requirement(line)` parses, its name (a test holds the two together)."""
+    match = _leading_name().match(line)
+    return canonical(match.group(1)) if match else ""
+
+
+def _parse(line: str) -> _Req | None:
+    """`line` as packaging reads it (None: not a valid requirement)."""
+    simple = _simple_line().fullmatch(line)
+    if simple is not None:
+        name, specifiers = simple.groups()
+        # An empty item between commas is left to the grammar: SpecifierSet skips it, the
+        # grammar refuses it (or, in newer packaging, accepts one at the end).
+        if not specifiers.strip(" \t") or all(i.strip(" \t") for i in specifiers.split(",")):
+            from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+            try:
+                return _Simple(name, SpecifierSet(specifiers))
+            except InvalidSpecifier:
+                pass
     from packaging.requirements import InvalidRequirement, Requirement
 
-    out = []
-    for line in lines:
-        try:
-            out.append(Requirement(line))
-        except InvalidRequirement:
-            continue
-    return out
+    try:
+        return Requirement(line)
+    except InvalidRequirement:
+        return None
 
 
-def violations(
-    state: Mapping[str, _Dist], markers: Mapping[str, str]
-) -> list[tuple[_Dist, Requirement]]:
-    """Every (distribution, requirement) of `state` whose requirement is not satisfied."""
-    reqs = {n: _parsed(d.requires) for n, d in state.items() if d.requires is not None}
-    extras: dict[str, set[str]] = {}
-    for rs in reqs.values():
-        for r in rs:
-            if r.extras and (r.marker is None or r.marker.evaluate({**markers, "extra": ""})):
-                extras.setdefault(canonical(r.name), set()).update(r.extras)
-    out = []
-    for name, rs in reqs.items():
-        asked = ["", *sorted(extras.get(name, ()))]
-        for r in rs:
-            if r.marker is not None and not any(
-                r.marker.evaluate({**markers, "extra": e}) for e in asked
-            ):
+class _Check:
+    """The consistency check of one plan: each Requires-Dist line parsed once (the check
+    runs again after each round of holding back), only where its answer can count, and
+    the target's marker values computed at the first marker."""
+
+    def __init__(self, env: Environment) -> None:
+        self._env = env
+        self._markers: dict[str, str] | None = None
+        self._parsed: dict[str, _Req | None] = {}
+
+    def _requirements(self, lines: list[str], touched: Collection[str] | None) -> list[_Req]:
+        out = []
+        for line in lines:
+            # A line naming nothing the plan touches, asking for no extras (which decide
+            # what other lines apply), cannot make the plan hold anything back.
+            if touched is not None and "[" not in line and _named(line) not in touched:
                 continue
-            have = state.get(canonical(r.name))
-            version = _version(have.version) if have is not None else None
-            if have is None or version is None or not r.specifier.contains(version, True):
-                out.append((state[name], r))
-    return out
+            if line not in self._parsed:
+                self._parsed[line] = _parse(line)
+            found = self._parsed[line]
+            if found is not None:
+                out.append(found)
+        return out
+
+    def _applies(self, r: _Req, extra: str) -> bool:
+        if r.marker is None:
+            return True
+        if self._markers is None:
+            self._markers = markers_for(self._env)
+        return r.marker.evaluate({**self._markers, "extra": extra})
+
+    def violations(
+        self, state: Mapping[str, _Dist], touched: Collection[str] | None = None
+    ) -> list[tuple[_Dist, _Req]]:
+        """Every (distribution, requirement) of `state` whose requirement is not
+        satisfied. With `touched` (what the plan installs or removes), a distribution
+        outside the plan has only its requirements on those (or asking for extras) read:
+        what its others say blames nothing the plan does, and an image has thousands."""
+        reqs = {
+            n: self._requirements(d.requires, None if d.origin == "planned" else touched)
+            for n, d in state.items()
+            if d.requires is not None
+        }
+        extras: dict[str, set[str]] = {}
+        for rs in reqs.values():
+            for r in rs:
+                if r.extras and self._applies(r, ""):
+                    extras.setdefault(canonical(r.name), set()).update(r.extras)
+        out = []
+        for name, rs in reqs.items():
+            asked = ["", *sorted(extras.get(name, ()))]
+            for r in rs:
+                if r.marker is not None and not any(self._applies(r, e) for e in asked):
+                    continue
+                have = state.get(canonical(r.name))
+                version = _version(have.version) if have is not None else None
+                if have is None or version is None or not r.specifier.contains(version, True):
+                    out.append((state[name], r))
+        return out
 
 
 # -- the plan ------------------------------------------------------------------------------
@@ -510,7 +712,7 @@ def rebase(
     env = target.env
     images = {canonical(p.name): p for p in image}
     moved = new_interpreter(delta.env, env)
-    tags = target_tags(env)
+    tags = TargetTags(env)
     wheels = _Wheels(config.find_links, tags)
     entries: list[tuple[Part, Package]] = [
         *(("added", p) for p in delta.added),
@@ -537,7 +739,7 @@ def rebase(
     recorded_by_key = {canonical(p.name): p for _, p in entries}
     _from_index(decided, recorded_by_key, wheels, config, env, tags, ask_index)
     user = config.on_conflict == "user"
-    markers = markers_for(env)
+    check = _Check(env)
     meta = installed_metadata((*target.roots, *(beneath.roots if beneath else ())))
 
     def state() -> dict[str, _Dist]:
@@ -555,10 +757,13 @@ def rebase(
                 out[key] = _Dist(p.name, p.version, "planned", wheels.requires(p.name, p.version))
         return out
 
+    def touched() -> set[str]:
+        return {k for k, d in decided.items() if d.action in ("install", "remove")}
+
     planned = dict(decided)
     while True:
         now = state()
-        held = _hold_back(violations(now, markers), decided, now)
+        held = _hold_back(check.violations(now, touched()), decided, now)
         if not held:
             break
         decided.update(held)
@@ -574,7 +779,7 @@ def rebase(
         mine = {canonical(n) for n in forced}
         broken = [
             _printable(f"{d.name} {d.version} requires {r}")
-            for d, r in violations(state(), markers)
+            for d, r in check.violations(state(), touched())
             if canonical(r.name) in mine or canonical(d.name) in mine
         ]
     keep = {k for k, d in decided.items() if d.action in ("install", "remove")}
@@ -603,7 +808,7 @@ def _from_index(
     wheels: _Wheels,
     config: Config,
     env: Environment,
-    tags: Sequence[Tag],
+    tags: TargetTags,
     ask_index: bool,
 ) -> None:
     """Teach `wheels` the requirements of each planned install from an index that the
@@ -665,7 +870,7 @@ def _from_index(
 
 
 def _hold_back(
-    found: list[tuple[_Dist, Requirement]],
+    found: list[tuple[_Dist, _Req]],
     decided: Mapping[str, Decision],
     state: Mapping[str, _Dist],
 ) -> dict[str, Decision]:
@@ -690,7 +895,7 @@ def _hold_back(
     return held
 
 
-def _unavailable(p: Package, tags: Sequence[Tag], wheels: _Wheels, config: Config) -> str | None:
+def _unavailable(p: Package, tags: TargetTags, wheels: _Wheels, config: Config) -> str | None:
     """Why `p` cannot be installed for the new interpreter, when that is known here."""
     fits = p.artifact is not None and url_tags_fit(p.artifact.file, tags)
     if fits and p.artifact is not None and p.artifact.file.endswith(".whl"):
@@ -705,6 +910,6 @@ def _unavailable(p: Package, tags: Sequence[Tag], wheels: _Wheels, config: Confi
     ):
         return (
             f"no distribution of {p.name} {p.version} for this interpreter "
-            f"({tags[0]}): no fitting wheel and no sdist in the find-links"
+            f"({tags.full()[0]}): no fitting wheel and no sdist in the find-links"
         )
     return None

@@ -1,0 +1,187 @@
+"""The rebase's consistency check reads less than every requirement of the image, and what
+it reads is what `packaging` reads: the name prefilter and the specifier-only reading of a
+plain `NAME SPECIFIERS` line are held to `Requirement(line)`, the lazily ranked wheel tags
+to the full list, and an installed METADATA is read up to its header (restore/rebase.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.tags import Tag
+from packaging.utils import canonicalize_name
+
+from pkgckpt.config import Config
+from pkgckpt.inventory import Target
+from pkgckpt.manifest import Delta, Environment, Package
+from pkgckpt.restore.rebase import (
+    MAX_METADATA,
+    TargetTags,
+    _Check,
+    _Dist,
+    _named,
+    _parse,
+    _Simple,
+    installed_metadata,
+    rebase,
+    target_tags,
+)
+
+PY311 = Environment(kind="python", path="/opt/venv", interpreter="3.11.7")
+
+_PIECES = st.sampled_from(
+    [
+        "foo", "Foo.Bar_baz", "a", "x-", "_y", "9z", " ", "\t", "  ", ">=", "==", "~=", "!=",
+        "<", ">", "<=", "===", "1.0", "2!1.0", "1.0.*", "1.0+local.1", "1.0a1", "1.0.post2",
+        "v1", "abc", ",", ";", "[", "]", "(", ")", "@", "extra", '"x"', "'3.8'", "and",
+        "python_version", "https://e.org/f.whl", ".", "-", "*", "#", "\u00a0", "é", "\x00",
+        "\r", "K", "\\", "/", "!", "+", "$",
+    ]
+)  # fmt: skip
+_LINES = st.one_of(
+    st.lists(_PIECES, max_size=10).map("".join),
+    st.text(max_size=30),
+)
+
+
+def _packaging(line: str) -> Requirement | None:
+    try:
+        return Requirement(line)
+    except InvalidRequirement:
+        return None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_LINES)
+@example("foo>=1.0,<2")
+@example("foo >= 1.0 , < 2 ")
+@example("foo>=1,")
+@example("foo>=1,,<2")
+@example("foo_>=1")
+@example("foo.>=1")
+@example("foo (>=1)")
+@example("foo>=1\u00a0")
+@example("foo===abc def")
+@example("foo==1.0.*")
+@example("foo>=1; python_version < '3'")
+@example("foo @ https://e.org/f.whl")
+@example("foo[bar]>=1")
+@example("\tfoo\t>=\t1")
+def test_a_requirement_line_is_read_as_packaging_reads_it(line: str) -> None:
+    """Whatever a line is, it is read as `Requirement(line)` reads it (the same name,
+    specifiers, extras, marker and text, or invalid both ways), and the name the prefilter
+    takes from it is the requirement's, canonical, whenever the line parses without
+    extras."""
+    want = _packaging(line)
+    got = _parse(line)
+    if want is None:
+        assert got is None
+        return
+    assert got is not None
+    assert (got.name, got.specifier, got.extras) == (want.name, want.specifier, want.extras)
+    assert str(got.marker) == str(want.marker) and str(got) == str(want)
+    if "[" not in line:
+        assert _named(line) == canonicalize_name(want.name)
+
+
+@pytest.mark.parametrize("line", ["foo", "foo>=1.0,<2", "Foo.Bar >= 1.0 , != 1.5", "x==1.0.*"])
+def test_plain_lines_are_read_without_the_requirement_grammar(line: str) -> None:
+    """A line with neither marker, extras nor URL takes the specifier-only reading (so that
+    the test above compares something); one with a marker goes to the grammar."""
+    assert isinstance(_parse(line), _Simple)
+    assert isinstance(_parse(f'{line}; python_version >= "3.8"'), Requirement)
+
+
+def test_only_requirements_on_what_the_plan_touches_are_parsed() -> None:
+    """An image package's requirement on a package the plan leaves alone is never parsed
+    (an image has thousands), even behind an extra; one on a planned package, or asking for
+    extras, is; and the plan's own packages have every requirement read."""
+    state = {
+        "img": _Dist("img", "1.0", "image", ["other>=1", "dep>=2", "opt[fast]", "bad ~= ~"]),
+        "other": _Dist("other", "1.0", "image", []),
+        "opt": _Dist("opt", "1.0", "image", ['accel>=1; extra == "fast"']),
+        "dep": _Dist("dep", "1.0", "planned", ["gone>=1", "other<1"]),
+    }
+    check = _Check(PY311)
+    found = {(d.name, str(r)) for d, r in check.violations(state, {"dep"})}
+    assert found == {
+        ("img", "dep>=2"),
+        ("dep", "gone>=1"),
+        ("dep", "other<1"),
+    }
+    assert set(check._parsed) == {"dep>=2", "opt[fast]", "gone>=1", "other<1"}
+
+
+def test_extras_asked_by_an_untouched_requirement_still_hold_back(tmp_path: Path) -> None:
+    """The image's evalimg requires `extraimg[strict]`, whose `strict` extra requires
+    evaldep>=2: the user's evaldep 1.0 is held back, though the line asking for the extra
+    names nothing the plan touches."""
+    site = tmp_path / "site"
+    for name, version, requires in (
+        ("evalimg", "2.0", "extraimg[strict]"),
+        ("extraimg", "1.0", 'evaldep>=2; extra == "strict"'),
+        ("evaldep", "2.0", None),
+    ):
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True)
+        lines = [f"Name: {name}", f"Version: {version}"]
+        lines += [f"Requires-Dist: {requires}"] if requires else []
+        (info / "METADATA").write_text("\n".join(lines) + "\n")
+    image = [
+        Package(name="evalimg", version="2.0"),
+        Package(name="extraimg", version="1.0"),
+        Package(name="evaldep", version="2.0"),
+    ]
+    delta = Delta(
+        env=PY311, changed=(Package(name="evaldep", version="1.0", replaced="2.0"),), image="x"
+    )
+    live = {p.name: p for p in image}
+    config = Config(store=tmp_path / "s", key="k")
+    planned = rebase(delta, Target(env=PY311, roots=(site,)), image, live, config)
+    (held,) = planned.held_back()
+    assert held.reason == 'extraimg 1.0 (image) requires evaldep>=2; extra == "strict"'
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        PY311,
+        msgspec.structs.replace(PY311, interpreter="3.12.1"),
+        msgspec.structs.replace(PY311, platform="linux_aarch64"),
+        msgspec.structs.replace(PY311, implementation="pypy"),
+    ],
+)
+def test_wheel_tags_rank_as_the_full_list_orders_them(env: Environment) -> None:
+    """Every tag of the full list ranks in the list's order, pure-Python ones computed
+    without the full list, and a tag the interpreter does not install ranks nowhere."""
+    full = target_tags(env)
+    pure = TargetTags(env)
+    foreign = [Tag("py313", "none", "any"), Tag("cp311", "abi3", "any"), Tag("py2", "none", "any")]
+    foreign = [t for t in foreign if t not in full]
+    assert foreign and all(pure.rank([t]) is None for t in foreign)
+    ranked = [(pure.rank([t]), t) for t in full if t.platform == "any"]
+    assert pure._full is None, "pure-Python tags are ranked without the full list"
+    assert [t for _, t in sorted(ranked)] == [t for t in full if t.platform == "any"]
+    tags = TargetTags(env)
+    ranks = [tags.rank([t]) for t in full]
+    assert None not in ranks and ranks == sorted(ranks)
+    assert tags.rank([full[-1], full[3]]) == ranks[3]
+    assert tags.rank([Tag("cp30", "cp30", "win32")]) is None
+
+
+def test_an_installed_metadata_is_read_up_to_its_header(tmp_path: Path) -> None:
+    """A METADATA whose description is larger than the bound still gives its requirements
+    (only its header is read); a header that never ends within the bound gives nothing."""
+    site = tmp_path / "site"
+    long = site / "long-1.0.dist-info"
+    long.mkdir(parents=True)
+    header = "Name: long\r\nVersion: 1.0\r\nRequires-Dist: dep>=1\r\n\r\n"
+    (long / "METADATA").write_text(header + "x" * (2 * MAX_METADATA), newline="")
+    endless = site / "endless-1.0.dist-info"
+    endless.mkdir()
+    (endless / "METADATA").write_text("Name: endless\nVersion: 1.0\n" + "X: y\n" * MAX_METADATA)
+    assert installed_metadata([site]) == {"long": ("1.0", ["dep>=1"])}
