@@ -247,6 +247,26 @@ def test_without_metadata_files_a_small_wheel_is_read(
     assert index.wheel_fetched("olduser-1.0-py3-none-any.whl")
 
 
+def test_a_corrupt_wheel_from_the_index_is_left_to_the_installer(
+    tmp_path: Path, index: Index, built: Path
+) -> None:
+    """A wheel whose METADATA does not inflate (its hash matching, as an index's own bad
+    upload would): the plan is made, the reason names the unreadable wheel. zipfile's
+    zlib.error stopped the restore before."""
+    data = bytearray((built / "olduser-1.0-py3-none-any.whl").read_bytes())
+    with zipfile.ZipFile(built / "olduser-1.0-py3-none-any.whl") as zf:
+        (info,) = [i for i in zf.infolist() if i.filename.endswith(".dist-info/METADATA")]
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data[start : start + 4] = b"\xff\xff\xff\xff"
+    corrupt = tmp_path / "corrupt" / "olduser-1.0-py3-none-any.whl"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(data)
+    index.publish(corrupt, metadata=False)
+    (action, reason) = decisions(plan_on_v2(tmp_path, index.url, "olduser==1.0"))["olduser"]
+    assert action == "install"
+    assert reason.endswith("olduser-1.0-py3-none-any.whl holds no readable METADATA"), reason
+
+
 def test_a_large_wheel_without_metadata_file_is_left_to_the_installer(
     tmp_path: Path, index: Index, built: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -46,13 +46,11 @@ import base64
 import hashlib
 import html.parser
 import http.client
-import io
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -60,6 +58,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from .rebase import MAX_METADATA, TargetTags
 from .validate import canonical, python_name, python_version
+from .wheelmeta import metadata
 
 if TYPE_CHECKING:
     from .indexconf import Indexes
@@ -402,14 +401,7 @@ class IndexMetadata:
 
 def _wheel_metadata(data: bytes, filename: str) -> str:
     """The top-level `.dist-info/METADATA` of a wheel held in memory."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            for info in zf.infolist():
-                parts = info.filename.split("/")
-                if len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] == "METADATA":
-                    if info.file_size > MAX_METADATA:
-                        break
-                    return zf.read(info).decode("utf-8", "replace")
-    except (zipfile.BadZipFile, OSError, ValueError):
-        pass
-    raise _Refused(f"{filename} holds no readable METADATA")
+    text = metadata(data)
+    if text is None:
+        raise _Refused(f"{filename} holds no readable METADATA")
+    return text

@@ -494,20 +494,10 @@ def _local(link: str) -> str | None:
 
 def wheel_requires(wheel: Path) -> list[str] | None:
     """The Requires-Dist of a wheel, read from its `.dist-info/METADATA` (None: unreadable)."""
-    import zipfile
+    from .wheelmeta import metadata
 
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            for info in zf.infolist():
-                parts = info.filename.split("/")
-                if len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] == "METADATA":
-                    if info.file_size > MAX_METADATA:
-                        return None
-                    text = zf.read(info).decode("utf-8", "replace")
-                    return _requires(text)[2]
-    except (OSError, zipfile.BadZipFile):
-        return None
-    return None
+    text = metadata(wheel)
+    return None if text is None else _requires(text)[2]
 
 
 def url_tags_fit(url: str, tags: TargetTags) -> bool:
