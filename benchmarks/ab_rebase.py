@@ -1,15 +1,16 @@
 """Restore of 40 packages onto a new image (a rebase) beside the installer doing the same
-work, and the same-image restore of an earlier commit beside this tree's.
+work, and an earlier commit's rebase and same-image restore beside this tree's.
 
     python benchmarks/ab_rebase.py [REV] [--rounds N] [--quick] [--markdown PATH]
 
 Each pkgckpt is installed as a user gets it (`pip install .`, not editable, bytecode
 compiled) into its own venv on /dev/shm: this tree's is run_all.py's
-(`bench_kit.pkgckpt_python`), REV's from a `git archive`; without REV the same-image row
-of the earlier commit is left out. The image's baseline is taken by `pkgckpt baseline
---output`, with the interpreter's probe answers beside it (`baseline.probes.json`), and
-each round's venv keeps the image's files (`cp -a` of the image, as a new container
-sees it), so restore starts no interpreter probe. The image ships 20 packages
+(`bench_kit.pkgckpt_python`), REV's from a `git archive`; without REV the earlier
+commit's rows (its rebase, its same-image restore, its plan alone) are left out. The
+image's baseline is taken by `pkgckpt baseline --output`, with the interpreter's probe
+answers beside it (`baseline.probes.json`), and each round's venv keeps the image's
+files (`cp -a` of the image, as a new container sees it), so restore starts no
+interpreter probe. The image ships 20 packages
 `bench-img-NNN` (v1 at 1.0, v2 at 2.0); the manifest records 40 added packages
 `bench-pkg-NNN`, each requiring one image package (`>=1.0`). Every contender gets the
 same untimed setup per round: the venv put back at the same path as image v2 left it,
@@ -20,6 +21,7 @@ pip.conf / uv.toml. Contenders alternate round by round:
                     and the wheels' metadata, check, then `uv pip install -c` (resolving)
   uv -c             `uv pip install -c <image pins> -r <the 40 pins>`: the installer's
                     own time for the same resolution, the rebase's target peer
+  rebase (REV)      the earlier commit on the same manifest
   same image        this tree, the manifest taken on image v2: exact pins, --no-deps
   same image (REV)  the earlier commit on the same manifest
   uv --no-deps      `uv pip install --no-deps -r <the 40 pins>`: the same-image peer
@@ -27,9 +29,9 @@ pip.conf / uv.toml. Contenders alternate round by round:
 Min and median wall time of the whole process, the median CPU of its processes, and the
 load average around it (`bench_kit.interleave`, `bench_kit.table`); then the plan alone
 (`restore._plan`: read the image's and the wheels' metadata, classify, check) in a fresh
-process of this tree, first call (imports included) and best of 20 after it, for the
-rebase and for the same image: what the rebase adds to a restore beyond the installer's
-own work.
+process of this tree (and of REV), first call (imports included) and best of 20 after
+it, for the rebase and for the same image: what the rebase adds to a restore beyond the
+installer's own work.
 """
 
 from __future__ import annotations
@@ -156,19 +158,18 @@ def main(rev: str | None, rounds: int, markdown: Path | None) -> None:
               str(wheels), "-r", str(requirements)]  # fmt: skip
         rebase, uv_c = "`pkgckpt restore`, rebase onto v2", "`uv pip install -c <image> -r`"
         same, uv_nodeps = "`pkgckpt restore`, same image", "`uv pip install --no-deps -r`"
-        commands = {
-            rebase: restore(after, "v1"),
-            uv_c: [*uv, "-c", str(constraints)],
-            same: restore(after, "v2"),
-            uv_nodeps: [*uv, "--no-deps"],
-        }
+        rebase_before = f"`pkgckpt restore`, rebase onto v2 ({rev})"
+        commands = {rebase: restore(after, "v1"), uv_c: [*uv, "-c", str(constraints)]}
+        if before is not None:
+            commands[rebase_before] = restore(before, "v1")
+        commands |= {same: restore(after, "v2"), uv_nodeps: [*uv, "--no-deps"]}
         if before is not None:
             commands[f"`pkgckpt restore`, same image ({rev})"] = restore(before, "v2")
         for label, command in commands.items():  # warm-up: page cache, and a check
             fresh()
             done = subprocess.run(command, env=env, capture_output=True, text=True)
             assert done.returncode == 0, (label, done.stdout, done.stderr)
-            if label == rebase:
+            if label in (rebase, rebase_before):
                 assert "rebased onto a new image" in done.stdout, done.stdout
 
         def call(command: list[str]) -> Callable[[], None]:
@@ -179,22 +180,28 @@ def main(rev: str | None, rounds: int, markdown: Path | None) -> None:
         times = bench_kit.interleave(contenders, rounds, fresh, cpu)
         fresh()
         rows = [
-            "| plan alone (this tree, fresh process, min of 5) | first call | best of 20 after |",
+            "| plan alone (fresh process, min of 5, interleaved) | first call | best of 20 after |",
             "|---|---|---|",
         ]
+        trees = [("this tree", after)] + ([(rev, before)] if before is not None else [])
         for label, store in (("rebase", "v1"), ("same image", "v2")):
-            firsts, bests = [], []
+            firsts: dict[str, list[float]] = {}
+            bests: dict[str, list[float]] = {}
             for _ in range(5):
-                out = subprocess.run(
-                    [str(after), "-c", PLAN, str(stores[store]), str(venv), str(baseline),
-                     str(wheels), str(root / "run")],
-                    check=True, env=env, capture_output=True, text=True, cwd=root,
-                ).stdout.split()  # fmt: skip
-                firsts.append(float(out[0]))
-                bests.append(float(out[1]))
-            rows.append(f"| {label} | {min(firsts):.1f} ms | {min(bests):.1f} ms |")
+                for tree, python in trees:
+                    out = subprocess.run(
+                        [str(python), "-c", PLAN, str(stores[store]), str(venv),
+                         str(baseline), str(wheels), str(root / "run")],
+                        check=True, env=env, capture_output=True, text=True, cwd=root,
+                    ).stdout.split()  # fmt: skip
+                    firsts.setdefault(tree, []).append(float(out[0]))
+                    bests.setdefault(tree, []).append(float(out[1]))
+            for tree, _ in trees:
+                rows.append(
+                    f"| {label}, {tree} | {min(firsts[tree]):.1f} ms | {min(bests[tree]):.1f} ms |"
+                )
         run.done()
-        rebase_side = {k: times[k] for k in (rebase, uv_c)}
+        rebase_side = {k: times[k] for k in (rebase, uv_c, rebase_before) if k in times}
         same_side = {k: v for k, v in times.items() if k not in rebase_side}
         version = subprocess.run([UV, "--version"], capture_output=True, text=True).stdout
         run.add(
