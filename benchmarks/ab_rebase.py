@@ -28,10 +28,11 @@ pip.conf / uv.toml. Contenders alternate round by round:
 
 Min and median wall time of the whole process, the median CPU of its processes, and the
 load average around it (`bench_kit.interleave`, `bench_kit.table`); then the plan alone
-(`restore._plan`: read the image's and the wheels' metadata, classify, check) in a fresh
-process of this tree (and of REV), first call (imports included) and best of 20 after
-it, for the rebase and for the same image: what the rebase adds to a restore beyond the
-installer's own work.
+(`restore._plan`: read the image's and the wheels' metadata, classify, check) of this
+tree (and of REV), first call (imports included) and best of 20 after it, for the
+rebase and for the same image, in a fresh process that has done what a restore does
+before it (the manifest read and validated, `subprocess` imported: every install runs
+through it): what the rebase adds to a restore beyond the installer's own work.
 """
 
 from __future__ import annotations
@@ -59,17 +60,16 @@ from pkgckpt.manifest import Body, Delta, Package, image_identity  # noqa: E402
 
 UV = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
 PLAN = """
-import sys, time
+import subprocess, sys, time
 from pathlib import Path
 from pkgckpt.config import Config
 from pkgckpt.inventory import load_baseline, targets
-from pkgckpt.restore import _plan
-from pkgckpt.store import Store
+from pkgckpt.restore import _plan, _read
 
 store, venv, baseline, wheels, run = sys.argv[1:6]
 config = Config(store=Path(store), key="bench", env=(Path(venv),), baseline=Path(baseline),
                 find_links=(wheels,), no_index=True, runtime_dir=Path(run))
-found, image, manifest = targets(config), load_baseline(config), Store(Path(store), "bench").read()
+found, image, manifest = targets(config), load_baseline(config), _read(config)
 times = []
 for _ in range(21):
     start = time.perf_counter()
