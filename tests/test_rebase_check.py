@@ -99,7 +99,8 @@ def test_plain_lines_are_read_without_the_requirement_grammar(line: str) -> None
 def test_only_requirements_on_what_the_plan_touches_are_parsed() -> None:
     """An image package's requirement on a package the plan leaves alone is never parsed
     (an image has thousands), even behind an extra; one on a planned package, or asking for
-    extras, is; and the plan's own packages have every requirement read."""
+    extras, is. A planned package's requirements are all read when asked (what
+    `--on-conflict user` reports), else only those on what stays installed."""
     state = {
         "img": _Dist("img", "1.0", "image", ["other>=1", "dep>=2", "opt[fast]", "bad ~= ~"]),
         "other": _Dist("other", "1.0", "image", []),
@@ -114,6 +115,10 @@ def test_only_requirements_on_what_the_plan_touches_are_parsed() -> None:
         ("dep", "other<1"),
     }
     assert set(check._parsed) == {"dep>=2", "opt[fast]", "gone>=1", "other<1"}
+    kept = _Check(PY311)
+    found = {(d.name, str(r)) for d, r in kept.violations(state, {"dep"}, {"img", "other"})}
+    assert found == {("img", "dep>=2"), ("dep", "other<1")}
+    assert set(kept._parsed) == {"dep>=2", "opt[fast]", "other<1"}
 
 
 def test_extras_asked_by_an_untouched_requirement_still_hold_back(tmp_path: Path) -> None:

@@ -32,8 +32,9 @@ files and variables; `indexmeta.py`: the PEP 658 metadata file, or a small wheel
 only when every index offering it agrees (with extra indexes the installer may take the
 file from any of them). Requirements, markers and versions are `packaging`'s; there is
 no resolver here. Only what can hold something back is parsed: a requirement of a
-distribution outside the plan when it names a package the plan installs or removes, or
-asks for extras (which decide what other requirements apply); a plain `NAME SPECIFIERS`
+distribution outside the plan when it names a package the plan installs or removes, one
+of a planned package when it names a package that stays installed, and any asking for
+extras (which decide what other requirements apply); a plain `NAME SPECIFIERS`
 line is read by `SpecifierSet` alone (`_Simple`); markers are evaluated only where a
 parsed requirement has one. A planned package whose metadata cannot be read (no index named, an
 index down or not http(s), indexes that disagree, no fitting wheel, a hash mismatch) has
@@ -597,12 +598,12 @@ class _Check:
         self._markers: dict[str, str] | None = None
         self._parsed: dict[str, _Req | None] = {}
 
-    def _requirements(self, lines: list[str], touched: Collection[str] | None) -> list[_Req]:
+    def _requirements(self, lines: list[str], names: Collection[str] | None) -> list[_Req]:
+        """The lines that name one of `names` (None: any) or ask for extras (which decide
+        what other lines apply), parsed."""
         out = []
         for line in lines:
-            # A line naming nothing the plan touches, asking for no extras (which decide
-            # what other lines apply), cannot make the plan hold anything back.
-            if touched is not None and "[" not in line and _named(line) not in touched:
+            if names is not None and "[" not in line and _named(line) not in names:
                 continue
             if line not in self._parsed:
                 self._parsed[line] = _parse(line)
@@ -619,14 +620,20 @@ class _Check:
         return r.marker.evaluate({**self._markers, "extra": extra})
 
     def violations(
-        self, state: Mapping[str, _Dist], touched: Collection[str] | None = None
+        self,
+        state: Mapping[str, _Dist],
+        touched: Collection[str] | None = None,
+        kept: Collection[str] | None = None,
     ) -> list[tuple[_Dist, _Req]]:
         """Every (distribution, requirement) of `state` whose requirement is not
-        satisfied. With `touched` (what the plan installs or removes), a distribution
-        outside the plan has only its requirements on those (or asking for extras) read:
-        what its others say blames nothing the plan does, and an image has thousands."""
+        satisfied, of those read. With `touched` (what the plan installs or removes), a
+        distribution outside the plan has only its requirements on those read: what its
+        others say blames nothing the plan does, and an image has thousands. With `kept`
+        (what stays installed outside the plan), a planned distribution has only its
+        requirements on those read: a dependency missing altogether, or planned too, is
+        the installer's to resolve. Lines asking for extras are always read."""
         reqs = {
-            n: self._requirements(d.requires, None if d.origin == "planned" else touched)
+            n: self._requirements(d.requires, kept if d.origin == "planned" else touched)
             for n, d in state.items()
             if d.requires is not None
         }
@@ -753,7 +760,8 @@ def rebase(
     planned = dict(decided)
     while True:
         now = state()
-        held = _hold_back(check.violations(now, touched()), decided, now)
+        kept = {k for k, d in now.items() if d.origin != "planned"}
+        held = _hold_back(check.violations(now, touched(), kept), decided, now)
         if not held:
             break
         decided.update(held)
