@@ -5,6 +5,8 @@ a hostile wheel in the find-links or from an index is "unreadable", never a cras
 from __future__ import annotations
 
 import io
+import os
+import signal
 import struct
 import zipfile
 from pathlib import Path
@@ -71,11 +73,11 @@ def _zip64_end() -> bytes:
     """A wheel with zipfile's zip64 end record and locator, which it writes past 65,535
     members (the limit lowered while writing, rather than writing that many)."""
     limit = zipfile.ZIP_FILECOUNT_LIMIT
-    zipfile.ZIP_FILECOUNT_LIMIT = 1
+    zipfile.ZIP_FILECOUNT_LIMIT = 1  # type: ignore[misc]
     try:
         data = _wheel()
     finally:
-        zipfile.ZIP_FILECOUNT_LIMIT = limit
+        zipfile.ZIP_FILECOUNT_LIMIT = limit  # type: ignore[misc]
     assert b"PK\x06\x07" in data[-60:]
     return data
 
@@ -141,7 +143,7 @@ def test_every_shape_of_wheel_reads_as_zipfile_reads_it(shape: str, tmp_path: Pa
     data, want, fast = SHAPES[shape]
     path = tmp_path / "demo-1.0-py3-none-any.whl"
     path.write_bytes(data)
-    assert wheelmeta.by_zipfile(data) == want
+    assert wheelmeta.by_zipfile(io.BytesIO(data)) == want
     assert wheelmeta.metadata(data) == want
     assert wheelmeta.metadata(path) == want
     if fast:
@@ -200,7 +202,7 @@ def _mutated(draw: st.DrawFn) -> bytes:
 def test_a_mutated_wheel_reads_as_zipfile_reads_it(data: bytes) -> None:
     """Whatever bytes a hostile wheel has, the answer is zipfile's (a text or None), and
     reading it raises nothing."""
-    assert wheelmeta.metadata(data) == wheelmeta.by_zipfile(data)
+    assert wheelmeta.metadata(data) == wheelmeta.by_zipfile(io.BytesIO(data))
 
 
 def test_a_planted_wheel_is_unreadable_not_a_crash(tmp_path: Path) -> None:
@@ -225,3 +227,25 @@ def test_a_planted_wheel_is_unreadable_not_a_crash(tmp_path: Path) -> None:
     data[start : start + 4] = b"\xff\xff\xff\xff"
     good.write_bytes(data)
     assert wheel_requires(good) is None
+
+
+def test_a_fifo_under_a_wheels_name_is_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO planted in the find-links under a wheel's name is unreadable at once: opening
+    it for zipfile would wait for a writer forever (an alarm turns a wait into a failure).
+    Only a regular file is read."""
+    fifo = tmp_path / "planted-1.0-py3-none-any.whl"
+    os.mkfifo(fifo)
+
+    class Waited(Exception):
+        """Not an OSError: nothing on the way may take it for an unreadable file."""
+
+    def waited(signum: int, frame: object) -> None:
+        raise Waited
+
+    before = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(5)
+    try:
+        assert wheel_requires(fifo) is None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)

@@ -19,17 +19,22 @@ reads it instead, its exceptions taken for "unreadable"; a hypothesis test holds
 to the same answer on mutated wheels.
 
 A wheel is hostile until read (a find-links directory or an index is not pkgckpt's):
-reads are bounded (`MAX_DIRECTORY`, `rebase.MAX_METADATA`) and within the file, every
-offset and length is checked before it is used, and the member must match its CRC-32.
+only a regular file is read (a FIFO or a device under a wheel's name would block or
+never end), zipfile gets the file already open, reads are bounded (`MAX_DIRECTORY`,
+`rebase.MAX_METADATA`) and within the file, every offset and length is checked before it
+is used, and the member must match its CRC-32.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from .rebase import MAX_METADATA
 
@@ -68,28 +73,33 @@ def metadata(wheel: Path | bytes) -> str | None:
         try:
             return _metadata(len(wheel), lambda at, n: bytes(view[at : at + n]))
         except _Other:
-            return by_zipfile(wheel)
+            return by_zipfile(io.BytesIO(wheel))
     try:
         fd = os.open(wheel, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
     try:
-        return _metadata(os.fstat(fd).st_size, lambda at, n: os.pread(fd, n, at))
+        info = os.fstat(fd)
+        # A FIFO or a device planted under a wheel's name would block or never end.
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return _metadata(info.st_size, lambda at, n: os.pread(fd, n, at))
     except _Other:
-        return by_zipfile(wheel)
+        # The same open file: the name may point elsewhere by now.
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return by_zipfile(f)
     except OSError:
         return None
     finally:
         os.close(fd)
 
 
-def by_zipfile(wheel: Path | bytes) -> str | None:
-    """`metadata(wheel)` as zipfile reads it."""
-    import io
+def by_zipfile(wheel: BinaryIO) -> str | None:
+    """`metadata()` of the wheel in `wheel` as zipfile reads it."""
     import zipfile
 
     try:
-        with zipfile.ZipFile(io.BytesIO(wheel) if isinstance(wheel, bytes) else wheel) as zf:
+        with zipfile.ZipFile(wheel) as zf:
             for info in zf.infolist():
                 parts = info.filename.split("/")
                 if len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] == "METADATA":
