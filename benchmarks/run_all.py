@@ -2,10 +2,11 @@
 
     python benchmarks/run_all.py [--only NAME ...] [--quick] [--before REV] [--list]
 
-Prints the date, the commit (`git rev-parse --short HEAD`) and the load average; installs
-pkgckpt as a user gets it (`pip install .`, not editable, bytecode compiled) into a fresh
-venv under /dev/shm and names its interpreter to every bench in PKGCKPT_BENCH_PYTHON (the
-whole-process figures run it); then runs each bench below as a subprocess with
+Prints the date, the commit (`git rev-parse --short HEAD`) and the load average; for each
+bench, installs pkgckpt as a user gets it (`pip install .`, not editable, bytecode
+compiled) into a fresh venv under /dev/shm, so that no bench's peers (installed into it
+beside pkgckpt) reach another's figures, and names its interpreter to the bench in
+PKGCKPT_BENCH_PYTHON (the whole-process figures run it); runs the bench as a subprocess with
 `--markdown PATH` and puts what it wrote into RESULTS.md between
 `<!-- table:NAME -->` and `<!-- /table:NAME -->`. No figure is copied by hand; a result
 that misses its target stays in its table, marked by the bench.
@@ -137,20 +138,23 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="pkgckpt-run-all-", dir="/dev/shm"))
     failed = False
     try:
-        python = bench_kit.install(scratch / "venv")
-        print(f"run_all: pkgckpt installed (pip install ., compiled) in {python}", flush=True)
-        env = {**os.environ, bench_kit.ENV_PYTHON: str(python)}
         # As an activated venv would: the uv installed beside this interpreter is the one
         # `pkgckpt restore --installer uv` finds on PATH. Not the realpath's directory,
         # which is the base interpreter's.
         bindir = str(Path(sys.executable).parent)
-        env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
+        path = os.pathsep.join([bindir, os.environ.get("PATH", "")])
         for bench in chosen:
             out = scratch / f"{bench.name}.md"
             argv = command(bench, out, args.quick, args.before)
             if isinstance(argv, str):
                 print(f"run_all: skip {bench.name}: {argv}", flush=True)
                 continue
+            # A venv of its own for each bench: the peers one bench installs beside
+            # pkgckpt must not reach another's figures (msgspec, for one, imports
+            # typing_extensions when it is there: +0.4 MB on the idle daemon).
+            python = bench_kit.install(scratch / f"venv-{bench.name}")
+            print(f"run_all: pkgckpt installed (pip install ., compiled) in {python}", flush=True)
+            env = {**os.environ, bench_kit.ENV_PYTHON: str(python), "PATH": path}
             print(f"run_all: {bench.name}: {' '.join(argv)}", flush=True)
             began = time.monotonic()
             # Not the checkout: there `python -m pkgckpt` would import its source.
