@@ -478,3 +478,32 @@ def test_restore_holds_back_a_package_known_only_from_the_index(
     assert not index.wheel_fetched("olduser-1.0-py3-none-any.whl")
     check = s.check()
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_corrupt_wheel_in_the_find_links_is_named_in_the_reason(
+    tmp_path: Path, built: Path
+) -> None:
+    """The same corrupt wheel in a find-links directory: planned, and its reason says that
+    its requirements went unchecked and which file could not be read."""
+    data = bytearray((built / "olduser-1.0-py3-none-any.whl").read_bytes())
+    with zipfile.ZipFile(built / "olduser-1.0-py3-none-any.whl") as zf:
+        (info,) = [i for i in zf.infolist() if i.filename.endswith(".dist-info/METADATA")]
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data[start : start + 4] = b"\xff\xff\xff\xff"
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "olduser-1.0-py3-none-any.whl").write_bytes(data)
+    site = tmp_path / "site"
+    info_dir = site / "evaldep-2.0.dist-info"
+    info_dir.mkdir(parents=True)
+    (info_dir / "METADATA").write_text("Metadata-Version: 2.1\nName: evaldep\nVersion: 2.0\n")
+    image = [Package(name="evaldep", version="2.0")]
+    delta = Delta(env=PY, added=(Package(name="olduser", version="1.0"),), image="sha256:v1")
+    config = Config(store=tmp_path / "s", key="k", no_index=True, find_links=(str(links),))
+    planned = rebase(delta, Target(env=PY, roots=(site,)), image, {"evaldep": image[0]}, config)
+    (action, reason) = decisions(planned)["olduser"]
+    assert action == "install"
+    assert reason.endswith(
+        "left to the installer: olduser-1.0-py3-none-any.whl in the find-links holds no "
+        "readable METADATA"
+    ), reason

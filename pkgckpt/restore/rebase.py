@@ -735,6 +735,13 @@ def rebase(
         )
     recorded_by_key = {canonical(p.name): p for _, p in entries}
     _from_index(decided, recorded_by_key, wheels, config, env, tags, ask_index)
+    for key, d in decided.items():
+        wheel = wheels.best(d.name, d.version) if d.action == "install" else None
+        if wheel is not None and wheels.requires(d.name, d.version) is None:
+            # As for an index's wheel: the plan stands, and says what it could not check.
+            reason = f"{d.reason}; its requirements are left to the installer: "
+            reason += f"{wheel.name} in the find-links holds no readable METADATA"
+            decided[key] = msgspec.structs.replace(d, reason=_printable(reason))
     user = config.on_conflict == "user"
     check = _Check(env)
     meta = installed_metadata((*target.roots, *(beneath.roots if beneath else ())))
