@@ -22,7 +22,7 @@ from .errors import ManifestError, PkgckptError, ScanError
 from .logs import getLogger
 from .manifest import Baseline, Environment, Inventory, Package
 from .scan import ScanResult
-from .scan.env import python_env
+from .scan.env import absence, python_env
 from .scan.python import SiteScanner, canonicalize_name
 
 if TYPE_CHECKING:
@@ -218,7 +218,8 @@ def targets(
     named = [(prefix, own) for prefix in config.python_envs()]
     for prefix, origin in [*named, *((f.prefix, f.origin) for f in discovered)]:
         meta = prefix / "conda-meta"
-        conda = meta.is_dir()
+        # os.path's: False, not an error, beneath a directory this user may not enter.
+        conda = os.path.isdir(meta)  # noqa: PTH112
         if conda:
             add(Environment(kind="conda", path=str(prefix)), (meta,))
         try:
@@ -228,7 +229,7 @@ def targets(
                 continue  # a conda environment without Python (R, tools): its records only
             if unreadable is None and origin == "--env":
                 raise
-            reason = "missing" if not prefix.exists() else str(e)
+            reason = str(e) if os.path.lexists(prefix) else absence(prefix)
             from .discovery import Unreadable
 
             problems.append(Unreadable(str(prefix), origin, reason))
@@ -317,7 +318,13 @@ def take_baseline(found: list[Target]) -> Baseline:
     """The state of every target now: what the image shipped, if nothing was installed yet."""
     inventories = []
     for target in found:
-        inventories.append(target.scan())
+        try:
+            inventories.append(target.scan())
+        except ScanError as e:
+            # A library this user cannot read (beneath a closed HOME): left out, so that
+            # what it holds counts as the user's should it become readable. Kept, not lost.
+            log.warning("baseline: %s left out: %s", target.env.where(), e)
+            continue
         for entry, why in sorted(target.last.broken.items()):
             log.warning("baseline: %s is unreadable (%s); left out", entry, why)
     return Baseline.of(inventories, time=_now())

@@ -106,6 +106,15 @@ class PythonEnv:
         )
 
 
+def absence(path: Path) -> str:
+    """Why `path` is not there for this user: "missing", "not a directory", or "not
+    readable" beneath a directory they may not enter (a HOME that is root's)."""
+    if os.path.lexists(path):
+        return "not a directory"
+    above = next((p for p in path.parents if os.path.lexists(p)), Path("/"))
+    return "missing" if os.access(above, os.X_OK) else f"not readable: {above} is closed to this user"
+
+
 def interpreter(prefix: Path) -> Path | None:
     for name in ("python3", "python"):
         candidate = prefix / "bin" / name
@@ -123,8 +132,8 @@ def python_env(
     the next call, in this process or another; None: always ask. `image`: the image's
     baseline file, beside which `pkgckpt baseline` kept the answers it got (`kept`).
     """
-    if not prefix.is_dir():
-        raise ScanError(f"no Python environment at {prefix}: not a directory")
+    if not os.path.isdir(prefix):  # noqa: PTH112 (pathlib's raises on EACCES)
+        raise ScanError(f"no Python environment at {prefix}: {absence(prefix)}")
     python = interpreter(prefix)
     if python is not None:
         found = probe(python, cache_dir=cache_dir, image=image)
