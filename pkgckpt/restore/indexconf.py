@@ -112,7 +112,8 @@ def pip_files(prefix: Path, environ: Mapping[str, str]) -> list[Path]:
     files = [Path(d, "pip", "pip.conf") for d in dirs or ["/etc/xdg"]]
     files.append(Path("/etc/pip.conf"))
     env_file = _absolute(named)
-    if env_file is None or not env_file.exists():
+    # os.path's, as pip's own: False, not an error, beneath a closed directory.
+    if env_file is None or not os.path.exists(env_file):  # noqa: PTH110
         home = _home(environ)
         xdg = environ.get("XDG_CONFIG_HOME", "").strip()
         if home is not None:

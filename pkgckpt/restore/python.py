@@ -256,7 +256,9 @@ class PythonInstaller:
             return url_blocked(source.url, VCS_SCHEMES)
         if isinstance(source, LocalSource):  # validate.py refuses it in a Python environment
             return "a local R source is not a Python source"
-        if not Path(source.path).is_dir():
+        # os.path's: a path named by the store may lie beneath a directory this user may
+        # not enter, where pathlib's is_dir raises.
+        if not os.path.isdir(source.path):  # noqa: PTH112
             return f"directory {source.path} does not exist here"
         return path_problem(source.path)
 

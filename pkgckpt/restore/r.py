@@ -471,11 +471,13 @@ class RInstaller:
                 return "git is not installed"
             return url_blocked(source.url, VCS_SCHEMES)
         if isinstance(source, LocalSource):
-            if source.path is None or not Path(source.path).is_file():
+            # os.path's: a path named by the store may lie beneath a directory this user
+            # may not enter, where pathlib's is_file and is_dir raise.
+            if source.path is None or not os.path.isfile(source.path):  # noqa: PTH113
                 where = f" ({source.path})" if source.path else ""
                 return f"installed from a local file that is not here{where}"
             return None
-        if not Path(source.path, source.subdirectory or "").is_dir():
+        if not os.path.isdir(Path(source.path, source.subdirectory or "")):  # noqa: PTH112
             return f"directory {source.path} does not exist here"
         return None
 

@@ -112,7 +112,9 @@ def absence(path: Path) -> str:
     if os.path.lexists(path):
         return "not a directory"
     above = next((p for p in path.parents if os.path.lexists(p)), Path("/"))
-    return "missing" if os.access(above, os.X_OK) else f"not readable: {above} is closed to this user"
+    if os.access(above, os.X_OK):
+        return "missing"
+    return f"not readable: {above} is closed to this user"
 
 
 def interpreter(prefix: Path) -> Path | None:

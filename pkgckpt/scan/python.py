@@ -763,7 +763,9 @@ def _finder_project(fd: int, finder: str) -> str | None:
 def _project_of(path: Path) -> Path:
     """The nearest directory at or above `path` holding a project file, else `path`."""
     for here in (path, *path.parents[:3]):
-        if any((here / f).exists() for f in _PROJECT_FILES):
+        # os.path's: a project beneath a directory this user may not enter is not found,
+        # where pathlib's exists would raise.
+        if any(os.path.exists(here / f) for f in _PROJECT_FILES):  # noqa: PTH110
             return here
     return path
 
