@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from pkgckpt.manifest import Body, Delta, DirectorySource, Environment, Package
+from tests.restore_kit import put_manifest
 from tests.security.conftest import User
+from tests.security.test_children import chown_tree
 
 pytestmark = pytest.mark.slow
 
@@ -121,3 +124,25 @@ def test_commands_with_home_and_env_beneath_a_closed_directory(
     assert daemon.returncode == 0, text
     assert "config.toml skipped: its directory is not readable by this user" in text
     assert "internal error" not in text
+
+
+def test_a_directory_source_beneath_a_closed_directory_is_not_here(
+    alice: User, tool: Path, place: Path
+) -> None:
+    """A manifest naming a directory source beneath the closed directory: restore reports
+    that package as not restorable here and exits 3, without an internal error."""
+    venv = place / "open" / "venv"
+    alice.run([str(tool / "bin" / "python"), "-m", "venv", "--without-pip", str(venv)], check=True)
+    store = place / "open" / "store"
+    env = Environment(kind="python", path=str(venv))
+    source = DirectorySource(path=str(place / "closed" / "project"))
+    body = Body(environments=(Delta(env=env, added=(Package("proj", "1.0", source=source),)),))
+    put_manifest(store, alice.name, body)
+    chown_tree(store, alice)
+    restore = alice.run(
+        [str(tool / "bin" / "pkgckpt"), "restore", "--store", str(store), "--env", str(venv)],
+        env={"XDG_RUNTIME_DIR": str(place / "run"), "PKGCKPT_DISCOVER": ""},
+    )
+    assert restore.returncode == 3, restore.stdout + restore.stderr
+    assert "does not exist here" in restore.stdout + restore.stderr
+    assert "internal error" not in restore.stderr
