@@ -12,9 +12,11 @@ runs."""
 
 def _loaded(*modules: str) -> list[str]:
     """Which of `modules` importing the daemon's process modules loads, in a fresh
-    interpreter."""
+    interpreter, beyond what msgspec loads by itself (msgspec 0.19 imports json)."""
     code = (
-        f"import sys, {DAEMON_PROCESS}; print(' '.join(m for m in {modules!r} if m in sys.modules))"
+        "import sys, msgspec; own = set(sys.modules); "
+        f"import {DAEMON_PROCESS}; "
+        f"print(' '.join(m for m in {modules!r} if m in sys.modules and m not in own))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
