@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import site
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,37 +29,9 @@ def plant(shared: Path, bob: User) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pkgckpt(alice: User) -> Iterator[Path]:
-    """A `pkgckpt` console script alice can run: a root-owned venv (0755) made from a Python
-    she can execute, whose .pth names this checkout and the test venv's site-packages (the
-    interpreter running the tests may live where she cannot go)."""
-    want = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    bases = [getattr(sys, "_base_executable", sys.executable), "/usr/bin/python3"]
-    version = "import sys; print('%d.%d' % sys.version_info[:2])"
-    base = next((b for b in bases if alice.run([b, "-c", version]).stdout.strip() == want), None)
-    if base is None:
-        pytest.skip(f"no Python {want} that {alice.name} can run")
-    root = Path(tempfile.mkdtemp(prefix="pkgckpt-sec-r-", dir="/var/tmp"))
-    root.chmod(0o755)
-    try:
-        venv = root / "tool"
-        subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
-        (site_dir,) = venv.glob("lib/python3*/site-packages")
-        paths = [str(REPO), *site.getsitepackages()]
-        (site_dir / "pkgckpt_checkout.pth").write_text("\n".join(paths) + "\n")
-        # As pip writes it: `python -m pkgckpt` would import from the working directory.
-        script = venv / "bin" / "pkgckpt"
-        script.write_text(
-            f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom pkgckpt.cli import main\n"
-            "sys.exit(main())\n"
-        )
-        script.chmod(0o755)
-        probe = alice.run([str(venv / "bin" / "python"), "-c", "import pkgckpt.cli"])
-        if probe.returncode != 0:
-            pytest.skip(f"{alice.name} cannot import this checkout: {probe.stderr.strip()}")
-        yield script
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+def pkgckpt(tool: Path) -> Path:
+    """The `pkgckpt` console script alice can run (the suite's tool venv, conftest.py)."""
+    return tool / "bin" / "pkgckpt"
 
 
 def test_r_discovery_from_a_planted_directory_runs_none_of_bobs_r_code(
