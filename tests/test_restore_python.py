@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,12 +120,32 @@ def test_auto_prefers_uv_when_installed(wheels: Path, bare: Venv) -> None:
 
 
 def test_uv_requested_but_missing_is_an_error(
-    wheels: Path, bare: Venv, monkeypatch: pytest.MonkeyPatch
+    wheels: Path, bare: Venv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """`--installer uv` without uv stops before anything runs, with a clear reason."""
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(RestoreError, match="uv is not installed"):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    with pytest.raises(RestoreError, match=r"uv is not installed \(not on PATH, nor in "):
         PythonInstaller(env(bare), config(wheels, "uv"))
+
+
+def test_uv_beside_pkgckpts_interpreter_is_found_off_path(
+    wheels: Path, bare: Venv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image that installs pkgckpt and uv into one venv and links only `pkgckpt` onto
+    PATH: `auto` finds uv beside the interpreter running pkgckpt, and installs with it."""
+    beside = Path(sys.executable).parent / "uv"
+    if not beside.is_file():
+        pytest.skip(f"no uv beside {sys.executable} (the test extra installs it there)")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    installer = PythonInstaller(env(bare), config(wheels, "auto"))
+    assert installer.name == "uv"
+    out = installer.install(
+        [Package(name="gamma", version="1.0")], reinstall=False, deadline=Deadline(60)
+    )
+    assert out.ok, out.output
+    assert out.argv[0] == str(beside)
+    assert installed(bare.site_packages)["gamma"] == "1.0"
 
 
 def test_user_site_is_restored_with_pip_user(wheels: Path, bare: Venv) -> None:

@@ -7,7 +7,9 @@ even a name that slipped past validation could not become an option. Names and v
 have been validated before they get here (`validate.py`); sources are shape-checked there
 and policy-checked in `PythonInstaller.blocked()`.
 
-Installer choice: `--installer uv`, or `auto` when `uv` is on PATH, runs
+Installer choice: `--installer uv`, or `auto` when uv is installed (on PATH, else beside
+the interpreter running pkgckpt: an image that installs pkgckpt and uv into one venv and
+links only `pkgckpt` onto PATH), runs
 `uv pip install --python <env's interpreter>`; otherwise pip: the environment's own
 `<prefix>/bin/python -m pip`, or, when the environment has no pip, the pip running
 pkgckpt with `--python <interpreter>` (pip >= 22.3). The user site (`env.user`) is always
@@ -180,12 +182,24 @@ def _pin(line: str) -> bool:
     return bool(sep) and python_name(name) and python_version(version)
 
 
+def uv_program() -> str | None:
+    """uv on PATH, else the uv installed beside pkgckpt's own interpreter (the image's,
+    like pkgckpt itself; `sys.executable`, not its realpath, which is the base
+    interpreter's); None: not installed."""
+    found = shutil.which("uv")
+    if found is None:
+        beside = Path(sys.executable).parent / "uv"
+        if os.access(beside, os.X_OK) and os.path.isfile(beside):  # noqa: PTH113
+            found = str(beside)
+    return found
+
+
 def installer_for(config: Config, env: Environment) -> str:
     """Which installer restore runs for `env`, "uv" or "pip" (see the module): the
     consistency check (`indexconf.py`) reads the indexes of this one."""
     if env.user or config.installer == "pip":
         return "pip"
-    return "uv" if shutil.which("uv") is not None else "pip"
+    return "uv" if uv_program() is not None else "pip"
 
 
 class PythonInstaller:
@@ -205,9 +219,12 @@ class PythonInstaller:
         python = interpreter(prefix)
         if python is None:
             raise RestoreError(f"{prefix}: no Python interpreter in {prefix / 'bin'}")
-        uv = shutil.which("uv")
+        uv = uv_program()
         if config.installer == "uv" and uv is None:
-            raise RestoreError("--installer uv: uv is not installed (not found on PATH)")
+            beside = Path(sys.executable).parent
+            raise RestoreError(
+                f"--installer uv: uv is not installed (not on PATH, nor in {beside})"
+            )
         # Only what pkgckpt itself sets: the rest of the environment is the image's.
         self._env: dict[str, str | None] = {
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
