@@ -43,8 +43,6 @@ def _path(value: str) -> Path | None:
         path.stat()
     except OSError:
         return path
-    except ValueError:
-        return None
     return path if os.access(path, os.R_OK) else None
 
 
@@ -118,7 +116,7 @@ def parse_restore(args: Sequence[str]) -> dict[str, Any] | None:
             value = args[i + 1]
             i += 1
         i += 1
-        if value.startswith("-") or "\x00" in value:
+        if value.startswith("-"):
             return None
         assert option.convert is not None
         converted = option.convert(value)
@@ -142,8 +140,9 @@ def _restore(params: dict[str, Any]) -> int:
         from . import config, restore
 
         dry_run, as_json = params.pop("dry_run"), params.pop("as_json")
+        config_file = params.pop("config_file")
         # As cli.with_config: every other option is a setting, given or None.
-        cfg = config.load(params, params.pop("config_file"))
+        cfg = config.load(params, config_file)
         return restore.command(cfg, dry_run=dry_run, as_json=as_json)
 
     return logs.guarded(body)
