@@ -10,7 +10,6 @@ never gets here: `entry` runs it without importing click, from the same options.
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -479,11 +478,4 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> NoReturn:
-    code = run()
-    # The process ends here. Its last garbage collection walks every object of every
-    # module loaded (click, msgspec, packaging: ~15-20 ms, more than a no-op restore's own
-    # work) to free memory the process is about to give back anyway. Frozen objects are
-    # skipped; atexit handlers, thread joins and the flush of stdout/stderr still run.
-    # Not in run(): tests call it in-process many times.
-    gc.freeze()
-    sys.exit(code)
+    logs.finish(run())

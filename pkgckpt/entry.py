@@ -155,10 +155,6 @@ def main() -> NoReturn:
         from .cli import main as click_main
 
         click_main()
-    code = _restore(params)
-    # As cli.main: the interpreter's last collection would walk every object to free
-    # memory the process gives back anyway.
-    import gc
+    from .logs import finish
 
-    gc.freeze()
-    sys.exit(code)
+    finish(_restore(params))
