@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import getpass
 import os
 import stat
 import sys
@@ -51,6 +50,8 @@ def default_key(environ: Mapping[str, str] | None = None) -> str:
     environ = os.environ if environ is None else environ
     if environ.get("JUPYTERHUB_USER"):
         return environ["JUPYTERHUB_USER"]
+    import getpass  # with termios: only where no name is given, as in a JupyterHub pod
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):

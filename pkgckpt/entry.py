@@ -134,7 +134,8 @@ def parse_restore(args: Sequence[str]) -> dict[str, Any] | None:
 def _restore(params: dict[str, Any]) -> int:
     from . import logs
 
-    logs.setup()
+    # Its lines as `logs.setup` would print them, without importing logging for them.
+    logs.direct(logs.WARNING)
 
     def body() -> int:
         from . import config, restore

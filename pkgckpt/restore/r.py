@@ -43,7 +43,6 @@ repository, no compiler) and then runs the same load check: one R start in all.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import shutil
@@ -62,6 +61,7 @@ from urllib.parse import urlsplit
 from ..config import Config
 from ..errors import RestoreError, ScanError, UsageError
 from ..localsource import file_problem
+from ..logs import getLogger
 from ..manifest import (
     DirectorySource,
     Environment,
@@ -84,7 +84,7 @@ from .python import URL_SCHEMES, VCS_SCHEMES, local_path, url_blocked
 from .runner import Deadline, Outcome, call
 from .validate import r_name, r_version
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 FETCH_R = r"""
 args <- commandArgs(trailingOnly = TRUE)
