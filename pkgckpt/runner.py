@@ -18,7 +18,8 @@
 `call()` never raises for the child's sake: a program that cannot start or is killed is an
 `Outcome` (`returncode` None). What each tool needs beyond a clean start is said by its
 caller: `python -I` for the interpreter probe, `uv --no-config` with explicit settings,
-`Rscript --no-init-file`.
+`Rscript --no-init-file`. Which program runs is `which()`'s answer: never one found through
+a relative `PATH` entry.
 
 Stdlib only and no package imports: the daemon (the interpreter probe) and restore share
 it, and the idle daemon must not load restore.
@@ -88,6 +89,21 @@ class Outcome:
         with credentials taken out of any URL: this text goes into reports."""
         kept = [line.rstrip() for line in self.output.splitlines() if line.strip()]
         return redact_text("\n".join(kept[-lines:]))
+
+
+def which(name: str) -> str | None:
+    """The program `name` as `shutil.which` finds it, but only in PATH's absolute
+    directories: an empty or relative entry ("", ".") names the working directory, where
+    anyone may have left an `R` or a `uv` for pkgckpt to run as the user."""
+    # Not shutil's: it imports bz2 and lzma (0.6 MB of the idle daemon) for its archives;
+    # and strings, as everywhere in this module, which the daemon loads without pathlib.
+    path = os.environ.get("PATH")
+    for directory in (os.defpath if path is None else path).split(os.pathsep):
+        if os.path.isabs(directory):  # noqa: PTH117
+            program = os.path.join(directory, name)  # noqa: PTH118
+            if os.access(program, os.X_OK) and not os.path.isdir(program):  # noqa: PTH112
+                return program
+    return None
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -66,3 +66,9 @@ def test_the_daemon_process_loads_neither_logging_nor_what_rare_paths_need() -> 
     are imported where they are used: ~1.5 MB of idle RSS."""
     rare = ("logging", "threading", "traceback", "tempfile", "random", "json")
     assert _loaded(*rare, "pkgckpt.record") == []
+
+
+def test_the_daemon_process_loads_no_shutil() -> None:
+    """Finding R (`runner.which`) needs no shutil, which imports bz2 and lzma for its
+    archives: 0.6 MB of the idle daemon's RSS."""
+    assert _loaded("shutil", "bz2", "lzma") == []

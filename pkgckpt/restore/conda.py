@@ -18,12 +18,12 @@ packages in the same prefix among them) are restored as usual.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import Config
 from ..manifest import Environment, Package
+from ..runner import which
 from ..scan.conda import channel_name
 from .runner import Deadline, Outcome, call
 
@@ -35,7 +35,7 @@ def find_client(names: Sequence[str]) -> Path | None:
             if os.access(name, os.X_OK):
                 return Path(name)
             continue
-        found = shutil.which(name)
+        found = which(name)
         if found is not None:
             return Path(found)
     return None

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -76,7 +75,7 @@ from ..manifest import (
     UrlSource,
     VcsSource,
 )
-from ..runner import redact_text
+from ..runner import redact_text, which
 from .runner import Deadline, Outcome, call
 
 URL_SCHEMES = ("https", "file")
@@ -186,7 +185,7 @@ def uv_program() -> str | None:
     """uv on PATH, else the uv installed beside pkgckpt's own interpreter (the image's,
     like pkgckpt itself; `sys.executable`, not its realpath, which is the base
     interpreter's); None: not installed."""
-    found = shutil.which("uv")
+    found = which("uv")
     if found is None:
         beside = Path(sys.executable).parent / "uv"
         if os.access(beside, os.X_OK) and os.path.isfile(beside):  # noqa: PTH113
@@ -268,7 +267,7 @@ class PythonInstaller:
                 return file_problem(str(path), source.hashes)
             return problem
         if isinstance(source, VcsSource):
-            if shutil.which(source.vcs) is None:
+            if which(source.vcs) is None:
                 return f"{source.vcs} is not installed"
             return url_blocked(source.url, VCS_SCHEMES)
         if isinstance(source, LocalSource):  # validate.py refuses it in a Python environment

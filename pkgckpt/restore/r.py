@@ -71,6 +71,7 @@ from ..manifest import (
     UrlSource,
     VcsSource,
 )
+from ..runner import which
 from ..scan.r import (
     R_FLAGS,
     DescriptionError,
@@ -467,7 +468,7 @@ class RInstaller:
         if isinstance(source, VcsSource):
             if source.vcs != "git":
                 return f"R packages are restored from git, not {source.vcs}"
-            if shutil.which("git") is None:
+            if which("git") is None:
                 return "git is not installed"
             return url_blocked(source.url, VCS_SCHEMES)
         if isinstance(source, LocalSource):

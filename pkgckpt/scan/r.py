@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import shutil
 import stat
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,7 @@ from ..manifest import (
     UrlSource,
     VcsSource,
 )
+from ..runner import which
 from . import ScanResult
 from . import kept as image_kept
 from .env import _identity, _Stamp, recall
@@ -437,7 +437,7 @@ def r_programs(r_home: Path | None = None) -> tuple[str, str] | None:
     if r_home is not None:
         found = [str(r_home / "bin" / name) for name in ("Rscript", "R")]
         return (found[0], found[1]) if all(os.access(f, os.X_OK) for f in found) else None
-    rscript, r = shutil.which("Rscript"), shutil.which("R")
+    rscript, r = which("Rscript"), which("R")
     return (rscript, r) if rscript and r else None
 
 
@@ -754,7 +754,7 @@ def _r_home(cache_dir: Path | None, image: Path | None) -> _Home | None:
     and beside the image's baseline (`kept`, by the program's size and mtime and the
     DESCRIPTION's content). Derived from nothing else: `r_libraries`' answer is Rscript's,
     which need not be the R on PATH, and with named libraries R is never asked for it."""
-    r = shutil.which("R")
+    r = which("R")
     if r is None:
         return None
     key = _probe_key(r, _RHOME)

@@ -104,8 +104,9 @@ class Alice:
         chown_tree(self.store, self.user)
 
     def pkgckpt(
-        self, *args: str, cwd: Path | str = "/", installer: str = "uv"
+        self, *args: str, cwd: Path | str = "/", installer: str = "uv", path: str = ""
     ) -> subprocess.CompletedProcess[str]:
+        """The real command as alice; `path`: what her PATH has before the usual one."""
         common = [
             "--store",
             str(self.store),
@@ -118,7 +119,7 @@ class Alice:
         if args[0] == "restore":
             argv += ["--installer", installer, "--no-index", "--find-links", str(self.wheels)]
         env = {
-            "PATH": f"{self.tool / 'bin'}:/usr/bin:/bin",
+            "PATH": f"{path}{self.tool / 'bin'}:/usr/bin:/bin",
             "XDG_RUNTIME_DIR": str(self.home / "run"),
             "TMPDIR": str(cwd if cwd != "/" else self.home / "tmp"),
         }
@@ -180,6 +181,37 @@ def test_nothing_bob_plants_in_a_shared_tmp_runs_when_alice_works_there(
     assert not list(victim.site.glob("*_evil.pth")), "bob's wheel was installed"
     ran = sorted(p.name for p in markers.iterdir())
     assert ran == [], f"planted code ran as alice: {ran}"
+
+
+def test_a_relative_path_entry_finds_none_of_bobs_programs(
+    victim: Alice, bob: User, shared_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alice's PATH starts with `.` (or an empty entry, as `PATH=$EXTRA:$PATH` leaves with
+    EXTRA unset): both name the working directory. bob's `uv`, `R`, `Rscript` and `git` in
+    the shared /tmp she works in are never picked (shutil.which picked them, and her
+    restore then failed to start `./uv` from its private working directory): `status`
+    and `restore` run there find her own programs, and nothing of bob's runs."""
+    markers = shared_tmp / "markers"
+    bob.run(["mkdir", "-m", "0777", str(markers)], check=True)
+    for name in ("uv", "R", "Rscript", "git"):
+        script = f"#!/bin/sh\ntouch {markers / name}\nexit 0\n"
+        path = shared_tmp / name
+        bob.run(["sh", "-c", 'printf "%s" "$1" > "$2"', "-", script, str(path)], check=True)
+        bob.run(["chmod", "0755", str(path)], check=True)
+    # What shutil.which picks for her, standing there: bob's.
+    with monkeypatch.context() as here:
+        here.chdir(shared_tmp)
+        assert shutil.which("uv", path=".:/nonexistent") == "./uv"
+        assert shutil.which("uv", path=":/nonexistent") == "uv"
+
+    victim.put(1, Package(name="alpha", version="1.0"))
+    status = victim.pkgckpt("status", cwd=shared_tmp, path=".:")
+    assert status.returncode == 0, (status.stdout, status.stderr)
+    restored = victim.pkgckpt("restore", cwd=shared_tmp, path=".:")
+    assert restored.returncode == 0, (restored.stdout, restored.stderr)
+    assert victim.installed() == {"alpha"}
+    ran = sorted(p.name for p in markers.iterdir())
+    assert ran == [], f"planted programs ran as alice: {ran}"
 
 
 @pytest.fixture
