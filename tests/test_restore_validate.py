@@ -136,6 +136,13 @@ def test_an_accepted_version_is_a_version_as_written(text: str) -> None:
         assert not any(c in text for c in " ;|&$`'\"\\\n\x00<>=")
 
 
+@given(st.from_regex(validate._PY_RELEASE, fullmatch=True))
+def test_the_release_shortcut_takes_only_what_packaging_takes(version: str) -> None:
+    """A version the shortcut accepts without packaging (a release segment alone) is one
+    packaging's own PEP 440 pattern accepts too, exactly as written."""
+    assert validate._python_version_pattern().fullmatch(version) is not None
+
+
 @pytest.mark.parametrize(
     "source",
     [
