@@ -9,10 +9,10 @@ import math
 import os
 import select
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import inotify_simple  # type: ignore[import-untyped]
+import msgspec
 
 from .inotify import (
     _MARKER_MASK,
@@ -41,8 +41,7 @@ from .inotify import (
 _LARGEST_EVENT = 16 + 255 + 1
 
 
-@dataclass
-class _PyWatch:
+class _PyWatch(msgspec.Struct):
     parent: int  # wd of the directory a marker belongs to; -1 for top-level watches
     markers: bool
     path: Path

@@ -51,7 +51,6 @@ seen afterwards are added, so the manifest can only grow until a baseline is fou
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -97,8 +96,7 @@ def same_install(recorded: Package, found: Package) -> bool:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class Observation:
+class Observation(msgspec.Struct, frozen=True):
     """One scan of one environment, as the tracker needs it."""
 
     packages: Mapping[str, Package]
@@ -111,8 +109,7 @@ class Observation:
     """Which directories were read (see the module docstring); None: not known."""
 
 
-@dataclasses.dataclass
-class _Track:
+class _Track(msgspec.Struct):
     env: Environment
     baseline: dict[str, Package]
     pinned: frozenset[str]
@@ -121,21 +118,21 @@ class _Track:
     last: dict[str, Package]
     """What this process last saw installed, absences not yet confirmed included."""
     history: list[Change]
-    forgotten: dict[str, Package] = dataclasses.field(default_factory=dict)
-    failing: dict[str, manifest.Failing] = dataclasses.field(default_factory=dict)
+    forgotten: dict[str, Package] = msgspec.field(default_factory=dict)
+    failing: dict[str, manifest.Failing] = msgspec.field(default_factory=dict)
     identity: Identity | None = None
-    gone: set[str] = dataclasses.field(default_factory=set)
+    gone: set[str] = msgspec.field(default_factory=set)
     """Names whose uninstall this process observed (and not seen again since)."""
     image: str | None = None
     """`image_identity` of the baseline; None when the baseline was inferred."""
-    shipped: dict[str, Package] = dataclasses.field(default_factory=dict)
+    shipped: dict[str, Package] = msgspec.field(default_factory=dict)
     """What the image ships as this environment sees it (`Baseline.image`): for a user
     site, its prefix's packages too."""
     recorded: Delta | None = None
     """The delta as recorded when tracking began (or adopted): what untouched names keep."""
-    touched: set[str] = dataclasses.field(default_factory=set)
+    touched: set[str] = msgspec.field(default_factory=set)
     """Names whose record this process changed: they are relative to this image now."""
-    rebased: dict[str, manifest.Rebased] = dataclasses.field(default_factory=dict)
+    rebased: dict[str, manifest.Rebased] = msgspec.field(default_factory=dict)
 
 
 def _inferred_baseline(
@@ -475,8 +472,7 @@ def write_baseline(config: Config, output: Path) -> Baseline:
     return baseline
 
 
-@dataclasses.dataclass
-class Session:
+class Session(msgspec.Struct):
     """What one process (daemon or snapshot) holds between scans and commits."""
 
     store: Store
@@ -487,7 +483,7 @@ class Session:
     on_store: bytes | None
     """`manifest.encode_body` of the body on the store (an empty body when none yet);
     None when the current generation is damaged and must be rewritten."""
-    scan_errors: list[str] = dataclasses.field(default_factory=list)
+    scan_errors: list[str] = msgspec.field(default_factory=list)
     stored: Body | None = None
     """The body `on_store` encodes, when known: what a commit may only annotate."""
 

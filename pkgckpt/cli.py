@@ -35,7 +35,7 @@ PKGCKPT_ENV=prefix1:prefix2, PKGCKPT_QUIET_MS, ...) > config files
 (/etc/pkgckpt/config.toml, then ~/.config/pkgckpt/config.toml, then --config FILE
 or PKGCKPT_CONFIG; TOML with the same names: store, key, env = [...]) > defaults."""
 
-_FIELDS = frozenset(config.Config.__dataclass_fields__)
+_FIELDS = frozenset(config.Config.__struct_fields__)
 _OWN_ARGV = "own argv"
 """click's `obj` when the command line is this process's own (`sys.argv`)."""
 

@@ -10,13 +10,14 @@ upper case with a `PKGCKPT_` prefix; list settings take `os.pathsep`-separated v
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from .digest import sha256
 from .errors import PkgckptError, UsageError
@@ -203,10 +204,9 @@ def ensure_runtime_dir(path: Path) -> Path:
     )
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Config:
-    store: Path = dataclasses.field(default_factory=default_store)
-    key: str = dataclasses.field(default_factory=default_key)
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    store: Path = msgspec.field(default_factory=default_store)
+    key: str = msgspec.field(default_factory=default_key)
     store_uid: int | None = None
     """The uid owning what this user writes on the store, where the NFS server maps it
     (all_squash, anonuid); ownership is checked against it. None: this process's uid.
@@ -235,7 +235,7 @@ class Config:
     max_download_bytes: int = 2 << 30
     """The largest source archive restore downloads or copies."""
     baseline: Path | None = None
-    runtime_dir: Path = dataclasses.field(default_factory=runtime_dir)
+    runtime_dir: Path = msgspec.field(default_factory=runtime_dir)
     keep_generations: int = 5
     """Generations kept on the store, the current one included: how far `revert` goes back."""
     # daemon
@@ -292,12 +292,18 @@ class Config:
         return self.r_lib
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "key_defaulted"}
+_FIELDS = {
+    name: Config.__annotations__[name]
+    for name in Config.__struct_fields__
+    if name != "key_defaulted"
+}
+"""Setting -> its type as written: a string (annotations are not evaluated), which
+`_coerce` reads as it is, without `typing.get_type_hints`."""
 
 
 def _coerce(name: str, value: Any, origin: str) -> Any:
     """Turn a file, environment or flag value into the field's type, or raise UsageError."""
-    kind = str(_FIELDS[name].type)
+    kind = str(_FIELDS[name])
     try:
         if kind.startswith("tuple"):
             items = value.split(os.pathsep) if isinstance(value, str) else list(value)

@@ -33,7 +33,6 @@ backstop rescan when `rescan_interval` is set.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import signal
@@ -231,7 +230,7 @@ class Daemon:
         """Watch until SIGTERM/SIGINT; the exit code (0: everything seen is on the store)."""
         # Someone else's runtime directory is passed over for the private fallback, which
         # `snapshot` looks in too: the daemon never exits because of it.
-        self.config = dataclasses.replace(
+        self.config = msgspec.structs.replace(
             self.config, runtime_dir=ensure_runtime_dir(self.config.runtime_dir)
         )
         # The answers of the probes its targets needed, held since no runtime directory

@@ -9,12 +9,12 @@ must not keep the manifest stale forever.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 
-@dataclass
-class _Pending:
+
+class _Pending(msgspec.Struct):
     first: float  # the first event since the root was last ready
     last: float  # the latest event, or the latest check that found the root busy
 

@@ -31,7 +31,6 @@ import site
 import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +50,14 @@ _BARE_PYTHON = ("python", "python3")
 _PYTHON_NAME = re.compile(r"(?:python|pypy)[0-9.]*", re.ASCII)
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(msgspec.Struct, frozen=True):
     """A Python prefix to track, and what named it."""
 
     prefix: Path
     origin: str
 
 
-@dataclass(frozen=True)
-class Unreadable:
+class Unreadable(msgspec.Struct, frozen=True):
     """An environment something named but that cannot be tracked, and why."""
 
     path: str
@@ -68,8 +65,7 @@ class Unreadable:
     reason: str
 
 
-@dataclass(frozen=True)
-class Discovered:
+class Discovered(msgspec.Struct, frozen=True):
     found: tuple[Found, ...] = ()
     unreadable: tuple[Unreadable, ...] = ()
     watch: tuple[Path, ...] = ()
@@ -155,8 +151,7 @@ def jupyter_path(environ: Mapping[str, str]) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
-@dataclass(frozen=True)
-class _Kernel:
+class _Kernel(msgspec.Struct, frozen=True):
     name: str
     directory: Path
     data_dir: Path

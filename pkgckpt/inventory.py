@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+import msgspec
 
 from . import manifest
 from .config import Config, ensure_runtime_dir
@@ -49,29 +50,68 @@ class Identity(NamedTuple):
     """(st_dev, st_ino) of each root, then of the prefix's marker; None: missing."""
 
 
-@dataclass
 class Target:
-    """One environment and its library roots; `scan()` is incremental across calls."""
+    """One environment and its library roots; `scan()` is incremental across calls.
+
+    A plain class, not a Struct: only `env` and `roots` are compared, and what the scans
+    leave behind is not passed in."""
+
+    __slots__ = (
+        "_scanners",
+        "conda_owned",
+        "env",
+        "epoch",
+        "identity",
+        "known",
+        "last",
+        "r_lock_stale",
+        "roots",
+        "trusted",
+    )
 
     env: Environment
     roots: tuple[Path, ...]
-    last: ScanResult = field(default_factory=ScanResult, init=False, compare=False)
+    last: ScanResult
     """The merged result of the last `scan()`: broken entries and installs in progress
     (keyed `<root>/<entry>`), for callers deciding whether an absence means anything."""
-    trusted: bool = field(default=False, init=False, compare=False)
+    trusted: bool
     """Every root existed at the last scan: only then can a missing package mean removal."""
-    identity: Identity | None = field(default=None, init=False, compare=False)
+    identity: Identity | None
     """The directories the last scan read, not the paths (see `pkgckpt.checkpoint`)."""
-    epoch: int = field(default=0, init=False, compare=False)
-    known: dict[str, Package] = field(default_factory=dict, init=False, compare=False)
+    epoch: int
+    known: dict[str, Package]
     """The baseline's packages of this environment: what a first scan may expect to find
     (see `SiteScanner`); set by `expect()`."""
-    conda_owned: bool = field(default=False, compare=False)
+    conda_owned: bool
     """A Python target in a conda prefix: a distribution conda installed (INSTALLER
     `conda`) is the conda record's, tracked by the prefix's conda target, not pip's."""
-    r_lock_stale: float = field(default=600.0, compare=False)
+    r_lock_stale: float
     """Seconds after which an R `00LOCK-*` nothing writes under is a leftover."""
-    _scanners: list[Scanner] = field(default_factory=list, init=False, repr=False, compare=False)
+    _scanners: list[Scanner]
+
+    def __init__(
+        self,
+        env: Environment,
+        roots: tuple[Path, ...],
+        conda_owned: bool = False,
+        r_lock_stale: float = 600.0,
+    ) -> None:
+        self.env = env
+        self.roots = roots
+        self.last = ScanResult()
+        self.trusted = False
+        self.identity = None
+        self.epoch = 0
+        self.known = {}
+        self.conda_owned = conda_owned
+        self.r_lock_stale = r_lock_stale
+        self._scanners = []
+
+    def __eq__(self, other: object) -> bool:
+        # Defining __eq__ leaves the class unhashable, as a target is mutable.
+        if not isinstance(other, Target) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.env, self.roots) == (other.env, other.roots)
 
     def scan(self, changed: Mapping[Path, Collection[str]] | None = None) -> Inventory:
         """Every root scanned, merged: a name found in an earlier root hides later ones.
@@ -261,8 +301,7 @@ def targets(
     return result
 
 
-@dataclass(frozen=True)
-class RTracking:
+class RTracking(msgspec.Struct, frozen=True):
     """The R libraries a command works on, and why there are none when R is installed."""
 
     libs: tuple[Path, ...] = ()

@@ -30,7 +30,6 @@ question was answered no), StoreError / ManifestError as the store raises them.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import signal
@@ -600,8 +599,7 @@ def forget(config: Config, names: Sequence[str]) -> Written:
     return msgspec.structs.replace(written, names=tuple(dict.fromkeys(names)))
 
 
-@dataclasses.dataclass(frozen=True)
-class Reverted:
+class Reverted(msgspec.Struct, frozen=True):
     """What `pkgckpt revert` did (or, on a dry run, would do)."""
 
     to: int
@@ -667,7 +665,7 @@ def revert(
         return result
     if confirm is not None and not confirm(result.preview()):
         raise Declined("revert declined: nothing was changed")
-    result = dataclasses.replace(result, written=_write(config, _Revert(generation=generation)))
+    result = msgspec.structs.replace(result, written=_write(config, _Revert(generation=generation)))
     if restore:
         try:
             report = restore_.run(config)
@@ -675,7 +673,7 @@ def revert(
             if e.report is None:
                 raise
             report = e.report
-        result = dataclasses.replace(result, restored=report)
+        result = msgspec.structs.replace(result, restored=report)
     return result
 
 

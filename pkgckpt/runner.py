@@ -32,8 +32,9 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 if TYPE_CHECKING:
     import subprocess
@@ -68,8 +69,7 @@ class Deadline:
         return left is not None and left <= 0.0
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     """What one child process did."""
 
     argv: tuple[str, ...]

@@ -49,7 +49,6 @@ pkgckpt (never overwritten).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import os
 import re
@@ -58,6 +57,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import msgspec
 
 from . import __version__, durable, manifest
 from .config import Config
@@ -237,8 +238,7 @@ def _stamp_of(st: os.stat_result) -> Stamp:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-@dataclasses.dataclass
-class _Known:
+class _Known(msgspec.Struct):
     """What this writer knows of its key directory since its last successful commit."""
 
     generation: int

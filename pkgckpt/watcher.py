@@ -31,10 +31,11 @@ import select
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, NamedTuple
+
+import msgspec
 
 from .inotify import (
     _MARKER_SUFFIXES,
@@ -87,8 +88,7 @@ _APPEARED = IN_CREATE | IN_MOVED_TO
 _R_LOCK = "00LOCK"
 
 
-@dataclass(frozen=True)
-class Root:
+class Root(msgspec.Struct, frozen=True):
     path: Path
     kind: Literal["python", "r", "conda", "discovery"]
     """"discovery": a directory where new environments show (Jupyter's `kernels`, conda's
@@ -96,7 +96,7 @@ class Root:
 
 
 class Batch(NamedTuple):
-    """What one wait saw. A tuple, not a frozen dataclass: one is made per wake-up, and
+    """What one wait saw. A tuple, not a frozen Struct: one is made per wake-up, and
     its sets are made for it alone, so it is handed over as they are."""
 
     dirty: AbstractSet[Path]
@@ -120,16 +120,17 @@ class Batch(NamedTuple):
 Role = Literal["root", "ancestor", "guard"]
 
 
-@dataclass
-class _State:
+class _State(msgspec.Struct):
     root: Root
     wd: int | None = None
     role: Role = "root"
     next_name: str = ""  # ancestor role: the child whose creation brings the root closer
     degraded: bool = False
     next_rescan: float = 0.0
-    candidates: set[str] = field(default_factory=set)  # names that may be installs in progress
-    guards: list[int] = field(default_factory=list)  # wds of the watched directory's ancestors
+    # names that may be installs in progress
+    candidates: set[str] = msgspec.field(default_factory=set)
+    # wds of the watched directory's ancestors
+    guards: list[int] = msgspec.field(default_factory=list)
 
 
 class _Unwatchable(Exception):

@@ -199,3 +199,20 @@ def test_a_no_op_restore_loads_only_what_it_runs(tmp_path: Path) -> None:
         f"pkgckpt: warning: runtime directory {run / 'pkgckpt'} is not ours "
         f"(open to group or others (mode 0755)): using {fallback}"
     ), said
+
+
+def test_the_restore_path_loads_neither_dataclasses_nor_inspect() -> None:
+    """`import pkgckpt.restore, pkgckpt.entry` loads neither dataclasses nor inspect beyond
+    what msgspec loads (typing_extensions kept out, as in an image: it imports inspect):
+    the two cost every container start ~15-20 ms and 1.2 MB, measured on a plain install."""
+    code = (
+        "import sys; sys.modules['typing_extensions'] = None; "
+        "import msgspec; own = set(sys.modules); "
+        "import pkgckpt.restore, pkgckpt.entry; "
+        "print(' '.join(m for m in ('dataclasses', 'inspect', 'ast') "
+        "if m in sys.modules and m not in own))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == []

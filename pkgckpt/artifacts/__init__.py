@@ -38,7 +38,6 @@ Nothing here trusts a file it did not hash: names from a manifest are checked by
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import re
@@ -79,8 +78,7 @@ class ArtifactRefused(PkgckptError):
     the manifest. Restore falls back to the package's source, or fails naming the hash."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Job:
+class Job(msgspec.Struct, frozen=True):
     """One package to capture, in the environment (and library roots) it is installed in."""
 
     env: Environment

@@ -21,13 +21,14 @@ died before linking theirs.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import re
 import stat
 import time
 from pathlib import Path
+
+import msgspec
 
 from .. import durable
 from ..errors import StoreError
@@ -144,14 +145,13 @@ _TEMP = re.compile(r"\.[0-9a-f]{64}\.tmp\..+")
 DAY = 86400.0
 
 
-@dataclasses.dataclass
-class Pruned:
+class Pruned(msgspec.Struct):
     """What `prune` removed (or, dry, would remove), kept, and could not remove."""
 
-    removed: list[str] = dataclasses.field(default_factory=list)
+    removed: list[str] = msgspec.field(default_factory=list)
     freed: int = 0
     kept: int = 0
-    errors: list[str] = dataclasses.field(default_factory=list)
+    errors: list[str] = msgspec.field(default_factory=list)
 
 
 def prune(root: Path, days: int, *, dry_run: bool = False, now: float | None = None) -> Pruned:

@@ -14,9 +14,10 @@ that is allowed here (`fallback`), and the report says why its artifact was not 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+
+import msgspec
 
 from ..config import Config
 from ..errors import PkgckptError
@@ -25,11 +26,10 @@ from ..store import Store
 from . import ArtifactRefused, fetch, fits
 
 
-@dataclasses.dataclass
-class Staged:
-    files: dict[str, Path] = dataclasses.field(default_factory=dict)
+class Staged(msgspec.Struct):
+    files: dict[str, Path] = msgspec.field(default_factory=dict)
     """Package name -> its verified copy."""
-    unused: dict[str, str] = dataclasses.field(default_factory=dict)
+    unused: dict[str, str] = msgspec.field(default_factory=dict)
     """Package name -> why its artifact is not used (does not fit, refused, unreadable)."""
 
 

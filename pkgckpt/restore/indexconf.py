@@ -46,9 +46,10 @@ import os
 import pwd
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from ..config import Config
 from ..manifest import Environment
@@ -65,8 +66,7 @@ PIP_DEST = {
 """pip's configuration keys (long option names) of the settings read here -> the setting."""
 
 
-@dataclass(frozen=True)
-class Indexes:
+class Indexes(msgspec.Struct, frozen=True):
     """The indexes one installer reads."""
 
     tool: str

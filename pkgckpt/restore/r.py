@@ -52,11 +52,12 @@ import tempfile
 import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from http.client import HTTPMessage
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
+
+import msgspec
 
 from ..config import Config
 from ..errors import RestoreError, ScanError, UsageError
@@ -192,8 +193,7 @@ tools:::.install_packages(c("--no-test-load", paste0("--library=", args[[1L]]), 
 answer file exists only once every package is installed."""
 
 
-@dataclass(frozen=True)
-class Prepared:
+class Prepared(msgspec.Struct, frozen=True):
     """A source package (tarball or directory), checked to be the package and version
     asked for, ready for R CMD INSTALL."""
 

@@ -7,19 +7,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import msgspec
 
 from ..manifest import Package
 
 
-@dataclass(frozen=True)
-class ScanResult:
+class ScanResult(msgspec.Struct, frozen=True):
     """What one scan of one library directory found."""
 
-    packages: dict[str, Package] = field(default_factory=dict)
+    packages: dict[str, Package] = msgspec.field(default_factory=dict)
     """Key: canonical name (Python) or the package name (R). Includes what can be read of
     installs still running (see `in_progress`)."""
-    broken: dict[str, str] = field(default_factory=dict)
+    broken: dict[str, str] = msgspec.field(default_factory=dict)
     """Directory entry -> reason it could not be read. The package it holds, if any, is
     unknown: absent from `packages`, which is not proof that it was removed."""
     in_progress: frozenset[str] = frozenset()

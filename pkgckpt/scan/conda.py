@@ -17,7 +17,6 @@ import os
 import re
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -94,8 +93,7 @@ def requested(history: str) -> set[str]:
     return wanted
 
 
-@dataclass(frozen=True)
-class _Cached:
+class _Cached(msgspec.Struct, frozen=True):
     identity: tuple[int, int, int]
     record: _Record
 

@@ -22,7 +22,6 @@ across containers of one image (`kept`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -79,8 +78,7 @@ print(repr({
 """
 
 
-@dataclass(frozen=True)
-class PythonEnv:
+class PythonEnv(msgspec.Struct, frozen=True):
     """Where a prefix's distributions live and what interpreter they are for."""
 
     prefix: Path

@@ -23,7 +23,6 @@ import re
 import stat
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -323,8 +322,7 @@ _Found = Package | str | None
 """A package, the reason an entry is broken, or None: not an installed package."""
 
 
-@dataclass(frozen=True)
-class _Cached:
+class _Cached(msgspec.Struct, frozen=True):
     identity: tuple[int, int, int]
     """(inode, mtime_ns, size) of the entry's DESCRIPTION."""
     found: _Found
