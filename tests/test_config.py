@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from pkgckpt import config
@@ -213,3 +214,30 @@ def test_the_key_defaulted_marker_is_not_a_setting(files: dict[str, Path]) -> No
     files["user"].unlink()
     loaded = config.load({}, environ={"PKGCKPT_KEY_DEFAULTED": "x"})
     assert loaded.key_defaulted == config.default_key({})
+
+
+def test_a_config_is_frozen_hashable_and_keyword_only(tmp_path: Path) -> None:
+    """A Config takes keywords only, refuses assignment, and equal settings hash alike;
+    its checks run again when a field is replaced."""
+    one = config.Config(store=tmp_path, key="k", runtime_dir=tmp_path)
+    same = config.Config(store=tmp_path, key="k", runtime_dir=tmp_path)
+    assert one == same and hash(one) == hash(same)
+    with pytest.raises(AttributeError):
+        one.key = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.Config(tmp_path)  # type: ignore[misc]
+    with pytest.raises(UsageError, match="on_conflict"):
+        msgspec.structs.replace(one, on_conflict="neither")
+
+
+def test_each_setting_is_coerced_by_its_declared_type() -> None:
+    """`_coerce` reads each setting's annotation as written: paths, lists, numbers, flags."""
+    assert config._FIELDS["env"] == "tuple[Path, ...]"
+    assert "key_defaulted" not in config._FIELDS
+    assert config._coerce("env", "~/a:/b", "x") == (Path("~/a").expanduser(), Path("/b"))
+    assert config._coerce("store_uid", "7", "x") == 7
+    assert config._coerce("artifacts", "off", "x") is False
+    assert config._coerce("timeout", "1.5", "x") == 1.5
+    assert config._coerce("metrics_file", "/m", "x") == Path("/m")
+    with pytest.raises(UsageError, match="invalid value"):
+        config._coerce("keep_generations", "-1", "x")

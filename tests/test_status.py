@@ -87,7 +87,7 @@ def test_the_status_file_is_named_by_store_and_key(tmp_path: Path) -> None:
     one = Config(store=tmp_path / "a", key="k", runtime_dir=tmp_path / "run")
     other = Config(store=tmp_path / "b", key="k", runtime_dir=tmp_path / "run")
     assert status.status_path(one) != status.status_path(other)
-    assert status.status_path(one) == status.status_path(Config(**{**vars(one)}))
+    assert status.status_path(one) == status.status_path(Config(**msgspec.structs.asdict(one)))
     assert "k" not in status.status_path(one).name.removeprefix("daemon-")
 
 
