@@ -217,8 +217,8 @@ def test_the_key_defaulted_marker_is_not_a_setting(files: dict[str, Path]) -> No
 
 
 def test_a_config_is_frozen_hashable_and_keyword_only(tmp_path: Path) -> None:
-    """A Config takes keywords only, refuses assignment, and equal settings hash alike;
-    its checks run again when a field is replaced."""
+    """A Config takes keywords only, refuses assignment, equal settings hash alike, and
+    its checks refuse a bad value as UsageError."""
     one = config.Config(store=tmp_path, key="k", runtime_dir=tmp_path)
     same = config.Config(store=tmp_path, key="k", runtime_dir=tmp_path)
     assert one == same and hash(one) == hash(same)
@@ -227,7 +227,8 @@ def test_a_config_is_frozen_hashable_and_keyword_only(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         config.Config(tmp_path)  # type: ignore[misc]
     with pytest.raises(UsageError, match="on_conflict"):
-        msgspec.structs.replace(one, on_conflict="neither")
+        config.Config(store=tmp_path, key="k", runtime_dir=tmp_path, on_conflict="neither")
+    assert msgspec.structs.replace(one, key="other").key == "other"
 
 
 def test_each_setting_is_coerced_by_its_declared_type() -> None:
