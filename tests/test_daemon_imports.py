@@ -13,8 +13,8 @@ runs."""
 def _loaded(*modules: str) -> list[str]:
     """Which of `modules` importing the daemon's process modules loads, in a fresh
     interpreter, beyond what msgspec loads by itself (msgspec 0.19 imports json). Without
-    typing_extensions, as in an image: msgspec imports it when present (the test extras
-    bring it), and it imports inspect, which would hide the daemon's own."""
+    typing_extensions, as in a plain install of pkgckpt: msgspec imports it when present
+    (the test extras bring it), and it imports inspect, which would hide the daemon's own."""
     code = (
         "import sys; sys.modules['typing_extensions'] = None; "
         "import msgspec; own = set(sys.modules); "

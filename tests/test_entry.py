@@ -203,8 +203,8 @@ def test_a_no_op_restore_loads_only_what_it_runs(tmp_path: Path) -> None:
 
 def test_the_restore_path_loads_neither_dataclasses_nor_inspect() -> None:
     """`import pkgckpt.restore, pkgckpt.entry` loads neither dataclasses nor inspect beyond
-    what msgspec loads (typing_extensions kept out, as in an image: it imports inspect):
-    the two cost every container start ~15-20 ms and 1.2 MB, measured on a plain install."""
+    what msgspec loads (typing_extensions kept out, as in a plain install: it imports
+    inspect): the two cost each start ~15-20 ms and 1.2 MB, measured on a plain install."""
     code = (
         "import sys; sys.modules['typing_extensions'] = None; "
         "import msgspec; own = set(sys.modules); "
