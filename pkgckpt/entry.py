@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
+from . import own_process
+
 
 class Option(NamedTuple):
     """One of restore's options as click declares it (`cli.restore`)."""
@@ -155,6 +157,7 @@ def main() -> NoReturn:
     # (~6 ms of a no-op's ~90) walk objects that all live until exit, and what it allocates
     # afterwards (a plan, each installer's output) is bounded by the manifest.
     gc.disable()
+    own_process()
     args = sys.argv[1:]
     params = parse_restore(args[1:]) if args[:1] == ["restore"] else None
     if params is None:

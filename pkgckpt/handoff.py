@@ -77,7 +77,7 @@ def command(fd: int) -> list[str]:
     where = str(Path(pkgckpt.__file__).resolve().parent.parent)
     code = (
         f"import sys; sys.path[:] = [{where!r}] + [p for p in sys.path if p]; "
-        f"from pkgckpt.handoff import main; main({fd})"
+        f"import pkgckpt; pkgckpt.own_process(); from pkgckpt.handoff import main; main({fd})"
     )
     # The interpreter's own flags (-I, -E, -s, -X importtime, -W ...), as this one had.
     flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]

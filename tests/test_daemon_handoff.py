@@ -18,7 +18,8 @@ from pkgckpt.config import Config
 
 DUMP_MODULES = """\
 import atexit, os, sys
-atexit.register(lambda: open(os.environ["MODULES_OUT"], "w").write("\\n".join(sys.modules)))
+atexit.register(lambda: open(os.environ["MODULES_OUT"], "w").write(
+    "\\n".join(name for name, module in sys.modules.items() if module is not None)))
 """
 
 
@@ -126,3 +127,5 @@ def test_a_first_daemon_finds_its_probe_answers_kept_and_starts_no_child(tmp_pat
     code = "import sys, msgspec; print(' '.join(sys.modules))"
     own = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert not {"subprocess", "tempfile", "shutil", "json"} - set(own.split()) & set(loaded)
+    # Installed here, and kept out of the daemon's process with the inspect it imports.
+    assert not {"typing_extensions", "inspect", "dataclasses"} & set(loaded)

@@ -12,11 +12,11 @@ runs."""
 
 def _loaded(*modules: str) -> list[str]:
     """Which of `modules` importing the daemon's process modules loads, in a fresh
-    interpreter, beyond what msgspec loads by itself (msgspec 0.19 imports json). Without
-    typing_extensions, as in a plain install of pkgckpt: msgspec imports it when present
-    (the test extras bring it), and it imports inspect, which would hide the daemon's own."""
+    interpreter set up as the daemon's own (`own_process`: no typing_extensions, which the
+    test extras install and which imports inspect), beyond what msgspec loads by itself
+    (msgspec 0.19 imports json)."""
     code = (
-        "import sys; sys.modules['typing_extensions'] = None; "
+        "import sys, pkgckpt; pkgckpt.own_process(); "
         "import msgspec; own = set(sys.modules); "
         f"import {DAEMON_PROCESS}; "
         f"print(' '.join(m for m in {modules!r} if m in sys.modules and m not in own))"
