@@ -113,6 +113,10 @@ class Target:
             return NotImplemented
         return (self.env, self.roots) == (other.env, other.roots)
 
+    def __repr__(self) -> str:
+        # What the dataclass printed, in assertion messages and logs.
+        return f"Target(env={self.env!r}, roots={self.roots!r})"
+
     def scan(self, changed: Mapping[Path, Collection[str]] | None = None) -> Inventory:
         """Every root scanned, merged: a name found in an earlier root hides later ones.
 

@@ -94,7 +94,7 @@ def test_first_root_wins_and_missing_roots_make_a_scan_untrusted(tmp_path: Path)
 
 def test_targets_compare_by_environment_and_roots_alone(tmp_path: Path) -> None:
     """Two targets of one environment and roots are equal whatever their scans left, and
-    a target, being mutable, is unhashable."""
+    a target, being mutable, is unhashable; its repr names what it compares by."""
     dist_info(tmp_path, "one", "1.0")
     scanned = Target(ENV, (tmp_path,), True, 60.0)
     scanned.scan()
@@ -103,6 +103,7 @@ def test_targets_compare_by_environment_and_roots_alone(tmp_path: Path) -> None:
     assert scanned.conda_owned is True and scanned.r_lock_stale == 60.0
     with pytest.raises(TypeError):
         hash(scanned)
+    assert repr(scanned) == f"Target(env={ENV!r}, roots={(tmp_path,)!r})"
 
 
 def test_broken_and_half_installed_entries_make_their_names_uncertain(tmp_path: Path) -> None:
