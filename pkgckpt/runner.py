@@ -21,8 +21,8 @@ caller: `python -I` for the interpreter probe, `uv --no-config` with explicit se
 `Rscript --no-init-file`. Which program runs is `which()`'s answer: never one found through
 a relative `PATH` entry.
 
-Stdlib only and no package imports: the daemon (the interpreter probe) and restore share
-it, and the idle daemon must not load restore.
+The stdlib and msgspec only, no other pkgckpt module: the daemon (the interpreter probe)
+and restore share it, and the idle daemon must not load restore.
 """
 
 from __future__ import annotations
