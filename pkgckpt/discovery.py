@@ -30,7 +30,7 @@ import re
 import site
 import stat
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -267,7 +267,7 @@ def condarc_files(environ: Mapping[str, str]) -> list[Path]:
     for base in bases:
         files += [base / ".condarc", base / "condarc"]
         d = base / "condarc.d"
-        if _there(d, Path.is_dir):
+        if os.path.isdir(d):  # noqa: PTH112 (see `_condarc_envs_dirs`)
             files += sorted(p for p in d.iterdir() if p.suffix in (".yml", ".yaml"))
     files.append(home / ".condarc")
     if environ.get("CONDA_PREFIX"):
@@ -277,17 +277,10 @@ def condarc_files(environ: Mapping[str, str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def _there(path: Path, test: Callable[[Path], bool] = Path.is_file) -> bool:
-    """`path.is_file()` (or `test`); False where a directory above it may not be entered:
-    a HOME still root's after a switch to the user (s6-setuidgid) holds nothing of theirs."""
-    try:
-        return test(path)
-    except OSError:
-        return False
-
-
 def _condarc_envs_dirs(path: Path) -> list[Path]:
-    if not _there(path):
+    # os.path's, here and below: False where a directory above may not be entered (a HOME
+    # still root's after a switch to the user, s6-setuidgid), where pathlib's would raise.
+    if not os.path.isfile(path):  # noqa: PTH113
         return []
     why = unsafe(path)
     text = _read_small(path) if why is None else None
@@ -328,7 +321,7 @@ def _conda(environ: Mapping[str, str], watch: list[Path]) -> Iterator[Found | Un
     listing = home / ".conda" / "environments.txt"
     watch.append(listing.parent)
     named: list[tuple[str, str]] = []
-    if _there(listing):
+    if os.path.isfile(listing):  # noqa: PTH113
         why = unsafe(listing)
         text = _read_small(listing) if why is None else None
         if text is None:
@@ -349,7 +342,7 @@ def _conda(environ: Mapping[str, str], watch: list[Path]) -> Iterator[Found | Un
             yield Unreadable(text, origin, "not an absolute path")
             continue
         why = unsafe(prefix)
-        if why is None and not _there(prefix / "conda-meta", Path.is_dir):
+        if why is None and not os.path.isdir(prefix / "conda-meta"):  # noqa: PTH112
             if origin.startswith("envs_dirs"):
                 # Not (yet) an environment: `conda create` is still writing it. Its
                 # conda-meta/ appearing brings discovery back.

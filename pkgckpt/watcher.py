@@ -148,13 +148,6 @@ def _limit(kind: Literal["watches", "instances"]) -> str:
     return str(min(values)) if values else "unknown"
 
 
-def _is_dir(path: Path) -> bool:
-    """A directory this user can see; False, not an error, beneath one they may not enter
-    (a user site under a HOME that is root's): the root is then watched from the nearest
-    ancestor that can be, or degrades to rescans like any root that cannot be watched."""
-    return os.path.isdir(path)  # noqa: PTH112 (pathlib's is_dir raises on EACCES)
-
-
 class Watcher:
     def __init__(
         self,
@@ -309,9 +302,12 @@ class Watcher:
         self._release(st)
         path = st.root.path
         try:
-            # Each retry follows a directory that appeared or vanished meanwhile.
+            # Each retry follows a directory that appeared or vanished meanwhile. os.path's
+            # isdir: False, not an error, beneath a directory this user may not enter (a
+            # user site under a HOME that is root's): the root is then watched from the
+            # nearest ancestor that can be, or degrades to rescans like any unwatchable root.
             for _ in range(100):
-                target = next((p for p in (path, *path.parents) if _is_dir(p)), None)
+                target = next((p for p in (path, *path.parents) if os.path.isdir(p)), None)  # noqa: PTH112
                 if target is None:
                     raise _Unwatchable(OSError(errno.ENOENT, "no existing ancestor", str(path)))
                 try:
@@ -322,7 +318,7 @@ class Watcher:
                     self._sync(st, wd)
                     break
                 st.next_name = path.relative_to(target).parts[0]
-                if not _is_dir(target / st.next_name):
+                if not os.path.isdir(target / st.next_name):  # noqa: PTH112
                     break
                 self._release(st)
             else:
