@@ -20,7 +20,6 @@ from pkgckpt.inventory import Target
 from pkgckpt.manifest import Delta, Environment, Package
 from pkgckpt.restore.rebase import (
     MAX_METADATA,
-    TargetTags,
     _Check,
     _Dist,
     _named,
@@ -28,8 +27,8 @@ from pkgckpt.restore.rebase import (
     _Simple,
     installed_metadata,
     rebase,
-    target_tags,
 )
+from pkgckpt.wheeltags import TargetTags, target_tags
 
 PY311 = Environment(kind="python", path="/opt/venv", interpreter="3.11.7")
 

@@ -26,11 +26,12 @@ Capturers, one module per environment kind, looked up by `capturer(kind)`; each 
         the private directory `out` (nothing else writes there), and return its path.
         Its name, relative to `out`, is the artifact's name under `<key>/artifacts/`
         (`store.artifact_name` says which names are allowed). Raise `Uncapturable`.
-    fits(env: Environment, artifact: Artifact) -> str | None
-        Why the artifact cannot be installed in `env`; None when it can.
 
 `wheel.py` captures Python distributions; `rpkg.py` R packages. A kind without a module
-(conda) is `Uncapturable`.
+(conda) is `Uncapturable`. Whether an artifact fits an environment is one module's
+`fits(env: Environment, artifact: Artifact) -> str | None` per kind (`FITS`): for a
+wheel, its tags (`pkgckpt.wheeltags`), not the capturer, whose zipfile, hashlib and csv
+a restore does without; for R, `rpkg.py`.
 
 Nothing here trusts a file it did not hash: names from a manifest are checked by
 `store.artifact_name`, the bytes against the manifest's sha256.
@@ -70,6 +71,8 @@ __all__ = [
 ]
 
 CAPTURERS: dict[str, str] = {"python": "wheel", "r": "rpkg"}
+FITS: dict[str, str] = {"python": "pkgckpt.wheeltags", "r": "pkgckpt.artifacts.rpkg"}
+"""The module whose `fits` says whether an artifact of each kind installs somewhere."""
 log = getLogger(__name__)
 
 
@@ -100,6 +103,8 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 class Capturer(Protocol):
     def capture(self, job: Job, out: Path) -> Path: ...
 
+
+class _Fits(Protocol):
     def fits(self, env: Environment, artifact: Artifact) -> str | None: ...
 
 
@@ -187,10 +192,10 @@ def fits(env: Environment, package: Package) -> str | None:
     """Why `package`'s artifact cannot be installed in `env`; None when it can."""
     if package.artifact is None:
         return "no artifact"
-    try:
-        return capturer(env.kind).fits(env, package.artifact)
-    except Uncapturable as e:
-        return str(e)
+    name = FITS.get(env.kind)
+    if name is None:
+        return f"{env.kind} packages are not captured"
+    return cast(_Fits, importlib.import_module(name)).fits(env, package.artifact)
 
 
 def fetch(store: Store, config: Config, package: Package, into: Path) -> Path:

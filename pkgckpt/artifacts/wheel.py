@@ -21,7 +21,7 @@ always packs to the same bytes.
 Editable and directory installs are never captured (`artifacts.uncapturable`); neither
 is a `.egg-info` install (it has no RECORD).
 
-Built with the standard library's zipfile and packaging's wheel-name and tag functions
+Built with the standard library's zipfile and packaging's name and version functions
 (already a dependency): `wheel`'s WheelFile is not a public API of that project, and
 `installer` installs wheels rather than packing them.
 """
@@ -31,26 +31,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
-import functools
 import hashlib
 import io
 import os
 import posixpath
 import stat
 import zipfile
-from collections.abc import Iterable
 from pathlib import Path
 
-from packaging.tags import Tag, compatible_tags, cpython_tags, generic_tags, platform_tags
-from packaging.utils import (
-    InvalidWheelFilename,
-    canonicalize_name,
-    parse_wheel_filename,
-)
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from ..errors import Uncapturable
-from ..manifest import Artifact, Environment
 from . import Job
 
 _DATE = (1980, 1, 1, 0, 0, 0)
@@ -113,61 +105,6 @@ def capture(job: Job, out: Path) -> Path:
         csv.writer(text, lineterminator="\n").writerows(rows)
         _add(zf, f"{info}/RECORD", text.getvalue().encode(), 0o644)
     return target
-
-
-def fits(env: Environment, artifact: Artifact) -> str | None:
-    """Why the wheel `artifact.file` cannot be installed in `env`'s interpreter, or None."""
-    try:
-        _, _, _, tags = parse_wheel_filename(artifact.file)
-    except InvalidWheelFilename as e:
-        return f"not a wheel name: {e}"
-    if _pure(env.interpreter, env.implementation).isdisjoint(tags) and _supported(env).isdisjoint(
-        tags
-    ):
-        wanted = ", ".join(sorted(str(t) for t in tags)[:3])
-        return f"its tags ({wanted}) do not fit {env.implementation or 'python'} {env.interpreter}"
-    return None
-
-
-@functools.lru_cache(maxsize=8)
-def _pure(interpreter: str | None, implementation: str | None) -> frozenset[Tag]:
-    """The `-none-any` tags an interpreter accepts: what most wheels carry, known without
-    asking the C library which manylinux it is (the full set costs ~40 ms)."""
-    return frozenset(t for t in _tag_list(interpreter, implementation, ["any"]) if t.abi == "none")
-
-
-def _supported(env: Environment) -> frozenset[Tag]:
-    return _tags_for(env.interpreter, env.implementation)
-
-
-@functools.lru_cache(maxsize=8)
-def _tags_for(interpreter: str | None, implementation: str | None) -> frozenset[Tag]:
-    """Every tag an interpreter accepts: ~1,000 of them, worked out once per interpreter."""
-    return frozenset(_tag_list(interpreter, implementation))
-
-
-def _tag_list(
-    version_text: str | None, implementation: str | None, platforms: list[str] | None = None
-) -> Iterable[Tag]:
-    parts = (version_text or "").split(".")
-    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
-        return ()
-    version = (int(parts[0]), int(parts[1]))
-    if platforms is None:
-        # The machine is the target's: its libc decides manylinux/musllinux, as for pkgckpt.
-        platforms = list(platform_tags())
-    if implementation in (None, "cpython"):
-        interpreter = f"cp{version[0]}{version[1]}"
-        return [
-            *cpython_tags(version, platforms=platforms),
-            *compatible_tags(version, interpreter, platforms),
-        ]
-    short = {"pypy": "pp", "graalpy": "graalpy"}.get(implementation, implementation)
-    interpreter = f"{short}{version[0]}{version[1]}"
-    return [
-        *generic_tags(interpreter, platforms=platforms),
-        *compatible_tags(version, interpreter, platforms),
-    ]
 
 
 # -- finding the installed files ---------------------------------------------------------

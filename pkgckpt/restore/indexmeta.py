@@ -18,7 +18,7 @@ The API `rebase.py` calls:
 Per package, one request for the project page, negotiated (PEP 691): the JSON simple API
 (`application/vnd.pypi.simple.v1+json`) where the index speaks it, else PEP 503 HTML.
 Among the files of that exact version, the wheel whose tags fit the target interpreter
-best is chosen (`packaging.tags`, the order of `rebase.target_tags`). Its PEP 658/714
+best is chosen (`packaging.tags`, the order of `wheeltags.target_tags`). Its PEP 658/714
 metadata file (`data-core-metadata`, `data-dist-info-metadata`, JSON `core-metadata`) is
 read and checked against its hash when the index gives one; without a metadata file the
 wheel itself is read when it is at most `MAX_WHEEL` bytes, checked against its hash when
@@ -56,7 +56,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from .rebase import MAX_METADATA, TargetTags
+from ..wheeltags import TargetTags
+from .rebase import MAX_METADATA
 from .validate import canonical, python_name, python_version
 from .wheelmeta import metadata
 

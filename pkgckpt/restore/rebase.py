@@ -88,12 +88,12 @@ from ..manifest import (
     image_identity,
     same_source,
 )
+from ..wheeltags import TargetTags, wheel_tags
 from .validate import canonical, python_name, python_version
 
 if TYPE_CHECKING:
     from packaging.requirements import Requirement
     from packaging.specifiers import SpecifierSet
-    from packaging.tags import Tag
     from packaging.version import Version
 
     from ..inventory import Target
@@ -309,85 +309,6 @@ def installed_metadata(roots: Iterable[Path]) -> dict[str, tuple[str, list[str]]
     return found
 
 
-def target_tags(env: Environment) -> list[Tag]:
-    """The wheel tags an interpreter of `env` installs, best first."""
-    import sysconfig
-
-    from packaging import tags
-
-    version, interpreter = _tag_python(env)
-    here = sysconfig.get_platform().replace("-", "_").replace(".", "_")
-    platforms = list(tags.platform_tags()) if env.platform in (None, here) else [env.platform]
-    if interpreter is not None:
-        found = list(tags.cpython_tags(version, platforms=platforms))
-    else:
-        found = list(tags.generic_tags(platforms=platforms))
-    return found + list(tags.compatible_tags(version, interpreter, platforms))
-
-
-def _tag_python(env: Environment) -> tuple[tuple[int, ...], str | None]:
-    """The Python version the tags of `env` are for, and its CPython interpreter tag
-    (None: another implementation)."""
-    version = tuple(int(p) for p in (_minor(env.interpreter) or "3.0").split("."))
-    if (env.implementation or "cpython") != "cpython":
-        return version, None
-    return version, f"cp{version[0]}{version[1] if len(version) > 1 else ''}"
-
-
-_PURE_RANK = 1 << 30
-"""Where the ranks of pure-Python tags start: after every other tag, as in the full list."""
-
-
-class TargetTags:
-    """`target_tags(env)` as ranks (lower is better), computed only as far as needed.
-
-    The full list is ~900 tags (every ABI and every manylinux level of the platform, ~2 ms
-    and the platform's probing). A pure-Python wheel (`*-none-any`, most of what users
-    install) needs only the ~15 tags that end that list: `compatible_tags` gives them, in
-    the same order, without the platforms. A wheel with a platform tag is ranked by the
-    full list, where every pure tag comes after every other (`_PURE_RANK`)."""
-
-    def __init__(self, env: Environment) -> None:
-        self._env = env
-        self._full: list[Tag] | None = None
-        self._ranks: dict[Tag, int] | None = None
-        self._pure: dict[Tag, int] | None = None
-
-    def full(self) -> list[Tag]:
-        if self._full is None:
-            self._full = target_tags(self._env)
-        return self._full
-
-    def rank(self, tags: Iterable[Tag]) -> int | None:
-        """The best rank among `tags`; None: none of them installs here."""
-        best: int | None = None
-        for tag in tags:
-            if tag.platform == "any":
-                pure = self._pure_ranks().get(tag)
-                rank = None if pure is None else _PURE_RANK + pure
-            else:
-                rank = self._full_ranks().get(tag)
-            if rank is not None and (best is None or rank < best):
-                best = rank
-        return best
-
-    def _full_ranks(self) -> dict[Tag, int]:
-        if self._ranks is None:
-            self._ranks = {t: i for i, t in enumerate(self.full())}
-        return self._ranks
-
-    def _pure_ranks(self) -> dict[Tag, int]:
-        if self._pure is None:
-            from packaging.tags import compatible_tags
-
-            version, interpreter = _tag_python(self._env)
-            # One platform that is not "any", filtered out: an empty list would mean
-            # "this machine's platforms" to packaging before 26.
-            pure = compatible_tags(version, interpreter, ["none"])
-            self._pure = {t: i for i, t in enumerate(t for t in pure if t.platform == "any")}
-        return self._pure
-
-
 def markers_for(env: Environment) -> dict[str, str]:
     """PEP 508 marker values of the target interpreter: what `env` says, the rest of this
     machine (the same container)."""
@@ -503,16 +424,8 @@ def wheel_requires(wheel: Path) -> list[str] | None:
 
 def url_tags_fit(url: str, tags: TargetTags) -> bool:
     """A recorded wheel URL installs on this interpreter (any non-wheel URL may: it builds)."""
-    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-
-    filename = url.rsplit("/", 1)[-1].split("#", 1)[0]
-    if not filename.endswith(".whl"):
-        return True
-    try:
-        wtags = parse_wheel_filename(filename)[3]
-    except InvalidWheelFilename:
-        return True
-    return tags.rank(wtags) is not None
+    wtags = wheel_tags(url.rsplit("/", 1)[-1].split("#", 1)[0])
+    return wtags is None or tags.rank(wtags) is not None
 
 
 # -- the consistency check ---------------------------------------------------------------
