@@ -1,7 +1,7 @@
 """The artifact cache (issue 11): restore from artifacts beside the installers, and the
 cost of capture.
 
-    python benchmarks/ab_artifacts.py [--rounds N] [--quick] [--markdown PATH]
+    python benchmarks/ab_artifacts.py [REV] [--rounds N] [--quick] [--markdown PATH]
         [--only forty|sdist|wheel ...] [--wheels-cache DIR]
 
 pkgckpt runs from a venv where it is installed as a user gets it (`pip install .`, not
@@ -14,6 +14,8 @@ the interpreter's probe answers beside it (`baseline.probes.json`): restore star
 interpreter probe, the configuration of a new container of an image built with pkgckpt.
 Contenders are interleaved round by round (`bench_kit.interleave`); min and median of the
 whole process's wall time, the median CPU of its processes, the load before and after.
+Given REV, an earlier commit installed the same way (`ab_restore_noop.install`) restores
+from the same artifacts in the same rounds, in `forty` and `sdist` (uv).
 
   forty    40 small wheels: `pkgckpt restore --no-index` from the artifacts alone;
            `uv pip install --no-deps --no-index --find-links <wheels> -r` (cold), the
@@ -47,6 +49,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import bench_kit  # noqa: E402
+from ab_restore_noop import install  # noqa: E402
 from bench_restore import WHEELS_CACHE  # noqa: E402
 from restore_kit import hermetic  # noqa: E402
 from wheelhouse import Dist, add_build_backend, build_c_sdist, build_wheel, make_venv  # noqa: E402
@@ -81,8 +84,9 @@ class Case:
         self.run([bench_kit.script(python), "baseline", "--env", str(self.venv),
                   "--output", str(self.baseline)])  # fmt: skip
 
-    def pkgckpt(self, *args: str, store: Path) -> list[str]:
-        argv = [bench_kit.script(self.python), *args, "--store", str(store), "--key", "b"]
+    def pkgckpt(self, *args: str, store: Path, python: Path | None = None) -> list[str]:
+        script = bench_kit.script(python or self.python)
+        argv = [script, *args, "--store", str(store), "--key", "b"]
         return [*argv, "--env", str(self.venv), "--baseline", str(self.baseline)]
 
     def fresh(self) -> None:
@@ -188,7 +192,7 @@ def faster(times: Mapping[str, list[float]], cpu: Mapping[str, list[float]], our
 
 
 def forty(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
-          rounds: int) -> None:  # fmt: skip
+          rounds: int, before: tuple[str, Path] | None) -> None:  # fmt: skip
     case = Case(root, python, env)
     pins = [Dist(f"bench-pkg-{i:03d}", f"1.{i}.0", files=5) for i in range(40)]
     for dist in pins:
@@ -207,6 +211,7 @@ def forty(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
             case.fresh, case.call(case.pkgckpt(*restore, store=store))
         ),
         peer: (case.fresh, case.call(uv)),
+        **earlier(case, before, restore, store, "the artifacts alone"),
         "`pkgckpt restore --find-links <wheels>`, no artifacts (restore before the cache)": (
             case.fresh,
             case.call(case.pkgckpt(*restore, "--find-links", str(case.wheels), store=plain)),
@@ -227,7 +232,7 @@ def forty(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
 
 
 def sdist(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
-          rounds: int) -> None:  # fmt: skip
+          rounds: int, before: tuple[str, Path] | None) -> None:  # fmt: skip
     case = Case(root, python, env)
     build_c_sdist("fastmath", "1.0", case.wheels)
     add_build_backend(case.wheels)
@@ -242,6 +247,7 @@ def sdist(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
         contenders = {
             ours: (case.fresh, case.call(case.pkgckpt(*restore, store=store))),
             peer: (case.fresh, case.call(case.pkgckpt(*restore, *links, store=plain))),
+            **(earlier(case, before, restore, store, "its artifact") if installer == "uv" else {}),
         }
         times, cpu = measure(contenders, rounds)
         run.add(
@@ -251,6 +257,16 @@ def sdist(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
             + "\n\n"
             + bench_kit.table(times, cpu=cpu, peer=peer)
         )
+
+
+def earlier(case: Case, before: tuple[str, Path] | None, restore: list[str], store: Path,
+            what: str) -> dict[str, Contender]:  # fmt: skip
+    """The same restore by an earlier commit's pkgckpt, when one is given."""
+    if before is None:
+        return {}
+    rev, python = before
+    label = f"`pkgckpt restore --no-index`, from {what}, at {rev}"
+    return {label: (case.fresh, case.call(case.pkgckpt(*restore, store=store, python=python)))}
 
 
 def scipy_wheel(cache: Path, into: Path) -> Path:
@@ -300,6 +316,7 @@ def wheel(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str], rou
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rev", nargs="?", help="an earlier commit restoring in the same rounds")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="3 rounds")
     parser.add_argument("--markdown", type=Path, help="write the tables here (run_all.py)")
@@ -311,15 +328,16 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="ab-artifacts-", dir="/dev/shm"))
     try:
         python = bench_kit.pkgckpt_python(root)
+        before = (args.rev, install(args.rev, root / "before")) if args.rev else None
         env = hermetic(root)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PKGCKPT_ARTIFACTS"] = "1"  # hermetic() switches it off for the tests
         env["PIP_NO_CACHE_DIR"] = "1"
         run = bench_kit.Run("artifacts")
         if "forty" in only:
-            forty(run, root / "forty", python, env, rounds)
+            forty(run, root / "forty", python, env, rounds, before)
         if "sdist" in only:
-            sdist(run, root / "sdist", python, env, rounds)
+            sdist(run, root / "sdist", python, env, rounds, before)
         if "wheel" in only:
             wheel(run, root / "wheel", python, env, rounds, args.wheels_cache)
         run.done()

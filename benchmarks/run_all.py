@@ -61,7 +61,7 @@ BENCHES = (
     # restore onto a new image (issue 10)
     Bench("rebase-ab", "ab_rebase.py", ab=True, before_optional=True),
     # the artifact cache (issue 11)
-    Bench("artifacts", "ab_artifacts.py"),
+    Bench("artifacts", "ab_artifacts.py", ab=True, before_optional=True),
     Bench("r-artifacts", "ab_r_artifacts.py"),
     Bench("capture-latency", "ab_capture_latency.py"),
     # watcher, daemon, idle RSS (issue 15: watcher, daemon and RSS targets)
