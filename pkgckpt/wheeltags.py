@@ -57,7 +57,7 @@ def target_tags(env: Environment) -> list[Tag]:
     version, interpreter = _python(env)
     here = sysconfig.get_platform().replace("-", "_").replace(".", "_")
     platforms = list(tags.platform_tags()) if env.platform in (None, here) else [env.platform]
-    if interpreter.startswith("cp"):
+    if (env.implementation or "cpython") == "cpython":
         found = list(tags.cpython_tags(version, platforms=platforms))
     else:
         # Its ABI tag is not recorded: only its `none` ABI, never this process's ABI.
