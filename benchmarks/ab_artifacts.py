@@ -2,7 +2,7 @@
 cost of capture.
 
     python benchmarks/ab_artifacts.py [REV] [--rounds N] [--quick] [--markdown PATH]
-        [--only forty|sdist|wheel ...] [--wheels-cache DIR]
+        [--only forty|sdist|real|wheel ...] [--wheels-cache DIR]
 
 pkgckpt runs from a venv where it is installed as a user gets it (`pip install .`, not
 editable, bytecode compiled: `bench_kit.pkgckpt_python`, run_all.py's); every tree is on
@@ -25,6 +25,10 @@ from the same artifacts in the same rounds, in `forty` and `sdist` (uv).
   sdist    one C-extension sdist: `pkgckpt restore --no-index` from its artifact, and
            from the sdist (built by uv, cold; by pip, --no-cache-dir via PIP_NO_CACHE_DIR),
            each with uv and with pip (pip beside pkgckpt, `--python` the venv).
+  real     a real C extension's sdist, msgspec 0.19.0's (one 22,000-line C file, no library
+           beside it; from `sdists/` beside --wheels-cache, filled once by `pip download
+           --no-binary :all:`): `pkgckpt restore --no-index` from its artifact and from the
+           sdist (built by uv, cold), at most 3 rounds: the build takes ~15 s here.
   wheel    the scipy wheel (from --wheels-cache, filled once by `pip download` from the
            configured index, as bench_restore.py does; copied to /dev/shm):
            `pkgckpt restore --no-index` from its artifact against `uv pip install
@@ -61,6 +65,7 @@ UV = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
 FORTY_RATIO = 1.0
 WHEEL_RATIO = 1.0
 SDIST_SPEEDUP = 10.0
+REAL_SDIST = ("msgspec", "0.19.0")
 
 Contender = tuple[Callable[[], None], Callable[[], object]]
 """The untimed setup of a round, and the timed call."""
@@ -269,6 +274,47 @@ def earlier(case: Case, before: tuple[str, Path] | None, restore: list[str], sto
     return {label: (case.fresh, case.call(case.pkgckpt(*restore, store=store, python=python)))}
 
 
+def real_sdist(cache: Path, into: Path) -> str:
+    """REAL_SDIST's sdist from `cache` (filled with `pip download` from the configured index
+    when it holds none), copied to `into`; its requirement."""
+    name, version = REAL_SDIST
+    found = cache / f"{name}-{version}.tar.gz"
+    if not found.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:"]
+        subprocess.run([*argv, "--no-deps", "--dest", str(cache), f"{name}=={version}"], check=True)
+    into.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(found, into / found.name)
+    return f"{name}=={version}"
+
+
+def real(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str], rounds: int,
+         cache: Path) -> None:  # fmt: skip
+    case = Case(root, python, env)
+    requirement = real_sdist(cache / "sdists", case.wheels)
+    add_build_backend(case.wheels)
+    case.install_all(requirement)
+    store = case.snapshot("store")
+    plain = without_artifacts(store, root / "plain")
+    restore = ["restore", "--installer", "uv", "--no-index"]
+    ours = "`pkgckpt restore --installer uv --no-index`, from its artifact"
+    peer = "`pkgckpt restore --installer uv`, from the sdist (uv builds it, cold)"
+    contenders = {
+        ours: (case.fresh, case.call(case.pkgckpt(*restore, store=store))),
+        peer: (case.fresh, case.call(
+            case.pkgckpt(*restore, "--find-links", str(case.wheels), store=plain))),
+    }  # fmt: skip
+    times, cpu = measure(contenders, rounds)
+    run.add(
+        f"**A real C extension**, {requirement.replace('==', ' ')} from its sdist (one "
+        "22,000-line C file), uv; the target's ratio (≥ "
+        f"{SDIST_SPEEDUP:g}x) on a build of the size users wait for: "
+        + faster(times, cpu, ours, peer)
+        + "\n\n"
+        + bench_kit.table(times, cpu=cpu, peer=peer)
+    )
+
+
 def scipy_wheel(cache: Path, into: Path) -> Path:
     """The scipy wheel for this interpreter, from `cache` (filled with `pip download
     --no-deps` from the configured index when it holds none), copied to `into`."""
@@ -320,10 +366,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="3 rounds")
     parser.add_argument("--markdown", type=Path, help="write the tables here (run_all.py)")
-    parser.add_argument("--only", action="append", choices=["forty", "sdist", "wheel"])
+    parser.add_argument("--only", action="append", choices=["forty", "sdist", "real", "wheel"])
     parser.add_argument("--wheels-cache", type=Path, default=WHEELS_CACHE)
     args = parser.parse_args()
-    only = set(args.only or ["forty", "sdist", "wheel"])
+    only = set(args.only or ["forty", "sdist", "real", "wheel"])
     rounds = 3 if args.quick else args.rounds
     root = Path(tempfile.mkdtemp(prefix="ab-artifacts-", dir="/dev/shm"))
     try:
@@ -338,6 +384,8 @@ def main() -> None:
             forty(run, root / "forty", python, env, rounds, before)
         if "sdist" in only:
             sdist(run, root / "sdist", python, env, rounds, before)
+        if "real" in only:
+            real(run, root / "real", python, env, min(rounds, 3), args.wheels_cache.parent)
         if "wheel" in only:
             wheel(run, root / "wheel", python, env, rounds, args.wheels_cache)
         run.done()
