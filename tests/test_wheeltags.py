@@ -59,6 +59,8 @@ def test_a_wheel_fits_by_its_tags_on_this_machine() -> None:
     # PyPy's ABI is not recorded: never this process's ABI, whose tags look alike.
     pypy = Environment(kind="python", path="/pypy", interpreter=PY, implementation="pypy")
     assert fits(pypy, _artifact(f"fastmath-1.0-{CP}-{CP}-{HERE}.whl")) is not None
+    pp = f"pp{sys.version_info[0]}{sys.version_info[1]}"
+    assert fits(pypy, _artifact(f"fastmath-1.0-{pp}-pypy{pp[2:]}_pp73-{HERE}.whl")) is not None
     assert fits(pypy, _artifact("six-1.16.0-py2.py3-none-any.whl")) is None
 
 
