@@ -30,8 +30,8 @@ Capturers, one module per environment kind, looked up by `capturer(kind)`; each 
 `wheel.py` captures Python distributions; `rpkg.py` R packages. A kind without a module
 (conda) is `Uncapturable`. Whether an artifact fits an environment is one module's
 `fits(env: Environment, artifact: Artifact) -> str | None` per kind (`FITS`): for a
-wheel, its tags (`pkgckpt.wheeltags`), not the capturer, whose zipfile, hashlib and csv
-a restore does without; for R, `rpkg.py`.
+wheel, its tags (`pkgckpt.wheeltags`), not the capturer, whose zipfile, csv and version
+parsing a restore does without; for R, `rpkg.py`.
 
 Nothing here trusts a file it did not hash: names from a manifest are checked by
 `store.artifact_name`, the bytes against the manifest's sha256.
