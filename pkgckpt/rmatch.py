@@ -32,7 +32,8 @@ from .manifest import Environment, Package, same_env
 
 
 def minor(version: str | None) -> str | None:
-    """R's `major.minor` of a version ("4.3.2" -> "4.3"); None when it has no two parts."""
+    """The `major.minor` of a version (R's "4.3.2" -> "4.3"; a Python interpreter's for its
+    wheel tags, `wheeltags`); None when it has no two numeric parts."""
     if not version:
         return None
     parts = version.split(".")

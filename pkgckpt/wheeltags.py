@@ -22,6 +22,8 @@ import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from .rmatch import minor
+
 if TYPE_CHECKING:
     from packaging.tags import Tag
 
@@ -33,17 +35,11 @@ _SHORT = {"cpython": "cp", "pypy": "pp"}
 """PEP 425's interpreter abbreviations; another implementation goes by its own name."""
 
 
-def _minor(version: str | None) -> tuple[int, int] | None:
-    parts = (version or "").split(".")
-    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
-        return None
-    return int(parts[0]), int(parts[1])
-
-
 def _python(env: Environment) -> tuple[tuple[int, int], str]:
     """The Python version the tags of `env` are for (3.0 when not known, as before the
     manifest recorded it) and its interpreter tag (`cp311`, `pp310`)."""
-    version = _minor(env.interpreter) or (3, 0)
+    major, _, rest = (minor(env.interpreter) or "3.0").partition(".")
+    version = (int(major), int(rest))
     implementation = env.implementation or "cpython"
     return version, f"{_SHORT.get(implementation, implementation)}{version[0]}{version[1]}"
 
@@ -137,7 +133,7 @@ def fits(env: Environment, artifact: Artifact) -> str | None:
     tags = wheel_tags(artifact.file)
     if tags is None:
         return f"{artifact.file} is not a wheel's name"
-    if _minor(env.interpreter) is None:
+    if minor(env.interpreter) is None:
         return "the interpreter's version is not known"
     if _target(env).rank(tags) is None:
         wanted = ", ".join(sorted(str(t) for t in tags)[:3])
