@@ -29,6 +29,8 @@ from the same artifacts in the same rounds, in `forty` and `sdist` (uv).
            beside it; from `sdists/` beside --wheels-cache, filled once by `pip download
            --no-binary :all:`): `pkgckpt restore --no-index` from its artifact and from the
            sdist (built by uv, cold), at most 3 rounds: the build takes ~15 s here.
+           In both sdist cases, with uv, the design-equivalent peer: `uv pip install
+           --no-deps` (cold) of the captured wheel itself, no store and no checks.
   wheel    the scipy wheel (from --wheels-cache, filled once by `pip download` from the
            configured index, as bench_restore.py does; copied to /dev/shm):
            `pkgckpt restore --no-index` from its artifact against `uv pip install
@@ -253,6 +255,7 @@ def sdist(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
             ours: (case.fresh, case.call(case.pkgckpt(*restore, store=store))),
             peer: (case.fresh, case.call(case.pkgckpt(*restore, *links, store=plain))),
             **(earlier(case, before, restore, store, "its artifact") if installer == "uv" else {}),
+            **(captured_by_uv(case, store, "fastmath") if installer == "uv" else {}),
         }
         times, cpu = measure(contenders, rounds)
         run.add(
@@ -262,6 +265,20 @@ def sdist(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
             + "\n\n"
             + bench_kit.table(times, cpu=cpu, peer=peer)
         )
+
+
+def captured_by_uv(case: Case, store: Path, requirement: str) -> dict[str, Contender]:
+    """The design-equivalent peer of a restore from an artifact: uv (cold) installing the
+    captured wheel itself, from a directory of its own, with no store and no checks."""
+    captured = case.root / "captured"
+    if not captured.exists():
+        captured.mkdir()
+        for wheel in (store / "b" / "artifacts").glob("*.whl"):
+            shutil.copy2(wheel, captured / wheel.name)
+    uv = [UV, "pip", "install", "-q", "--python", str(case.venv / "bin" / "python")]
+    uv += ["--no-deps", "--no-index", "--find-links", str(captured), requirement]
+    label = "`uv pip install --no-deps` (cold), the captured wheel itself (design-equivalent)"
+    return {label: (case.fresh, case.call(uv))}
 
 
 def earlier(case: Case, before: tuple[str, Path] | None, restore: list[str], store: Path,
@@ -303,6 +320,7 @@ def real(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str], roun
         ours: (case.fresh, case.call(case.pkgckpt(*restore, store=store))),
         peer: (case.fresh, case.call(
             case.pkgckpt(*restore, "--find-links", str(case.wheels), store=plain))),
+        **captured_by_uv(case, store, requirement),
     }  # fmt: skip
     times, cpu = measure(contenders, rounds)
     run.add(
