@@ -199,6 +199,10 @@ class Environment(Base, frozen=True):
     """Python or R version, e.g. "3.11.7" or "4.2.2"."""
     implementation: str | None = None
     platform: str | None = None
+    abi: str | None = None
+    """Python: the interpreter's ABI tag as wheel names spell it (`cp311`, `cp313t` for a
+    free-threaded build, `pypy310_pp73`); None: not recorded (older manifests, R), taken
+    as CPython's plain ABI, and as no binary ABI at all for another implementation."""
     role: str | None = None
     """R: which library this is to R: "user" (`R_LIBS_USER`, whose default path names the
     R version), "site" (`R_LIBS_SITE`), "libs" (`R_LIBS`) or "named" (`--r-lib`). Restore

@@ -10,8 +10,11 @@
         Why a captured wheel cannot be installed in `env`; None when it can.
 
 The tags are the interpreter's as the manifest and the probe describe it (version,
-implementation, platform), on this machine's C library: restore runs in the container
-it restores. A wheel's tags are read from its name with `packaging.tags.parse_tag`, not
+implementation, ABI, platform), on this machine's C library: restore runs in the
+container it restores. Never this process's ABI: pkgckpt's own interpreter may be
+another build than the one it restores for (a free-threaded 3.13t kernel, PyPy).
+
+A wheel's tags are read from its name with `packaging.tags.parse_tag`, not
 `packaging.utils`: a restore from artifacts checks every file this way, and needs no
 version parsing for it.
 """
@@ -54,10 +57,14 @@ def target_tags(env: Environment) -> list[Tag]:
     here = sysconfig.get_platform().replace("-", "_").replace(".", "_")
     platforms = list(tags.platform_tags()) if env.platform in (None, here) else [env.platform]
     if (env.implementation or "cpython") == "cpython":
-        found = list(tags.cpython_tags(version, platforms=platforms))
+        # Not recorded (an older manifest): the plain ABI, what almost every CPython is.
+        abi = env.abi or interpreter
+        # A debug build (cp311d) loads its plain ABI's extensions too, as packaging says.
+        abis = [abi, abi[:-1]] if abi.endswith("d") and version >= (3, 8) else [abi]
+        found = list(tags.cpython_tags(version, abis, platforms))
     else:
-        # Its ABI tag is not recorded: only its `none` ABI, never this process's ABI.
-        found = list(tags.generic_tags(interpreter, (), platforms))
+        # Not recorded: only its `none` ABI.
+        found = list(tags.generic_tags(interpreter, [env.abi] if env.abi else [], platforms))
     return found + list(tags.compatible_tags(version, interpreter, platforms))
 
 
@@ -137,5 +144,9 @@ def fits(env: Environment, artifact: Artifact) -> str | None:
         return "the interpreter's version is not known"
     if _target(env).rank(tags) is None:
         wanted = ", ".join(sorted(str(t) for t in tags)[:3])
-        return f"its tags ({wanted}) do not fit {env.implementation or 'python'} {env.interpreter}"
+        abi = f" ({env.abi})" if env.abi else ""
+        return (
+            f"its tags ({wanted}) do not fit "
+            f"{env.implementation or 'python'} {env.interpreter}{abi}"
+        )
     return None

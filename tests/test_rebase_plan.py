@@ -69,7 +69,7 @@ def test_a_manifest_without_the_new_fields_still_reads() -> None:
 
 def test_rebase_is_needed_for_another_image_or_python_minor_only() -> None:
     """Same identity and Python minor: the fast path; another image, another minor,
-    implementation or platform: a rebase. A new patch release is the same interpreter."""
+    implementation, ABI or platform: a rebase. A new patch release is the same interpreter."""
     image = list(pkgs("six==1.16.0").values())
     same = Delta(env=PY311, image=manifest.image_identity(image))
     assert not needed(same, msgspec.structs.replace(PY311, interpreter="3.11.9"), image)
@@ -84,6 +84,11 @@ def test_rebase_is_needed_for_another_image_or_python_minor_only() -> None:
     assert needed(same, PY311, list(pkgs("six==1.17.0").values()))
     x86 = msgspec.structs.replace(same, env=msgspec.structs.replace(PY311, platform="linux_x86_64"))
     assert needed(x86, msgspec.structs.replace(PY311, platform="linux_aarch64"), image)
+    # A free-threaded build of the same version loads none of the plain build's extensions.
+    cp313 = msgspec.structs.replace(same, env=msgspec.structs.replace(PY311, abi="cp311"))
+    assert needed(cp313, msgspec.structs.replace(PY311, abi="cp311t"), image)
+    assert not needed(cp313, msgspec.structs.replace(PY311, abi="cp311"), image)
+    assert not needed(cp313, PY311, image), "an ABI not recorded on one side is the same"
 
 
 def test_markers_are_evaluated_for_the_target_interpreter() -> None:

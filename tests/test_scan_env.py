@@ -34,6 +34,40 @@ def test_venv_is_described_by_its_own_interpreter(tmp_path: Path) -> None:
     )
 
 
+def _packagings_abi(python: str) -> str | None:
+    """The ABI tag packaging, run by `python` itself, gives its first tag; None: this
+    packaging does not run there."""
+    import packaging
+
+    where = str(Path(packaging.__file__).parent.parent)
+    code = "import sys; from packaging.tags import sys_tags; print(next(iter(sys_tags())).abi)"
+    done = subprocess.run(
+        [python, "-I", "-c", f"import sys; sys.path.insert(0, {where!r}); {code}"],
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def test_the_abi_is_the_interpreters_own_as_packaging_reads_it() -> None:
+    """The ABI tag recorded is what packaging, inside that interpreter, calls its ABI: for
+    this Python and every other CPython pyenv has here. Where this packaging does not run
+    (3.7 to 3.9), the interpreter's own `sys.abiflags` says (3.7's carries its `m`)."""
+    pyenv = sorted(map(str, Path.home().glob(".pyenv/versions/3.*/bin/python3")))
+    checked = []
+    for python in [sys.executable, *pyenv]:
+        prefix, abiflags = subprocess.check_output(
+            [python, "-I", "-c", "import sys; print(sys.prefix); print('cp%d%d%s' % ("
+             "sys.version_info[0], sys.version_info[1], sys.abiflags))"],
+            text=True,
+        ).splitlines()  # fmt: skip
+        found = python_env(Path(prefix))
+        assert found.abi == (_packagings_abi(python) or abiflags), python
+        assert found.environment().abi == found.abi
+        checked.append(f"{python}: {found.abi}")
+    print(f"ABI tags checked for {len(checked)} interpreters: {checked}")
+
+
 def test_user_site_is_reported_when_the_interpreter_enables_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -101,6 +135,27 @@ def test_an_answer_is_read_as_literals_only(tmp_path: Path, answer: str) -> None
     env = python_env(venv.prefix)
     assert env.python is None and env.site_dirs == (venv.site_packages,)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("abi", ["cp311/../x", "CP311", "cp311 -x", 311, "c" * 65, ""])
+def test_an_abi_that_is_not_a_tag_is_not_recorded(tmp_path: Path, abi: object) -> None:
+    """The interpreter's answer is data: an ABI that does not read as a tag is left out
+    (no binary wheel fits then), the rest of the answer kept."""
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    site = str(venv.site_packages)
+    answer = {
+        "prefix": str(venv.prefix), "purelib": site, "platlib": site, "version": "3.11.7",
+        "implementation": "cpython", "platform": "linux_x86_64", "user_site": None,
+        "abi": abi,
+    }  # fmt: skip
+    for name in ("python", "python3"):
+        link = venv.prefix / "bin" / name
+        link.unlink()
+        link.write_text(f"#!/bin/sh\ncat <<'EOF'\n{answer!r}\nEOF\n")
+        link.chmod(0o755)
+    env = python_env(venv.prefix)
+    assert env.python is not None and env.version == "3.11.7"
+    assert env.abi is None
 
 
 def test_prefix_without_python_is_an_error(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import sysconfig
 
+import msgspec
 import pytest
 from packaging.utils import parse_wheel_filename
 
@@ -62,6 +63,38 @@ def test_a_wheel_fits_by_its_tags_on_this_machine() -> None:
     pp = f"pp{sys.version_info[0]}{sys.version_info[1]}"
     assert fits(pypy, _artifact(f"fastmath-1.0-{pp}-pypy{pp[2:]}_pp73-{HERE}.whl")) is not None
     assert fits(pypy, _artifact("six-1.16.0-py2.py3-none-any.whl")) is None
+
+
+def test_the_recorded_abi_decides_not_this_processs() -> None:
+    """A free-threaded 3.13t takes cp313t wheels, not the plain ABI's nor abi3 ones, and a
+    plain 3.13 not the free-threaded ones, whatever build pkgckpt itself runs on; a debug
+    build takes its plain ABI's too; a PyPy whose ABI is recorded takes its binary wheels."""
+    ft = Environment(
+        kind="python", path="/ft", interpreter="3.13.1", implementation="cpython", abi="cp313t"
+    )
+    assert fits(ft, _artifact(f"x-1.0-cp313-cp313t-{HERE}.whl")) is None
+    assert fits(ft, _artifact(f"x-1.0-cp313-cp313-{HERE}.whl")) == (
+        f"its tags (cp313-cp313-{HERE}) do not fit cpython 3.13.1 (cp313t)"
+    )
+    assert fits(ft, _artifact(f"x-1.0-cp39-abi3-{HERE}.whl")) is not None
+    assert fits(ft, _artifact("six-1.16.0-py3-none-any.whl")) is None
+    plain = msgspec.structs.replace(ft, abi="cp313")
+    assert fits(plain, _artifact(f"x-1.0-cp313-cp313-{HERE}.whl")) is None
+    assert fits(plain, _artifact(f"x-1.0-cp39-abi3-{HERE}.whl")) is None
+    assert fits(plain, _artifact(f"x-1.0-cp313-cp313t-{HERE}.whl")) is not None
+    unrecorded = msgspec.structs.replace(ft, abi=None)
+    assert fits(unrecorded, _artifact(f"x-1.0-cp313-cp313-{HERE}.whl")) is None
+    assert fits(unrecorded, _artifact(f"x-1.0-cp313-cp313t-{HERE}.whl")) is not None
+    debug = msgspec.structs.replace(ft, abi="cp313d")
+    assert fits(debug, _artifact(f"x-1.0-cp313-cp313d-{HERE}.whl")) is None
+    assert fits(debug, _artifact(f"x-1.0-cp313-cp313-{HERE}.whl")) is None
+    pypy = Environment(
+        kind="python", path="/pypy", interpreter="3.10.14", implementation="pypy",
+        abi="pypy310_pp73",
+    )  # fmt: skip
+    assert fits(pypy, _artifact(f"x-1.0-pp310-pypy310_pp73-{HERE}.whl")) is None
+    assert fits(pypy, _artifact(f"x-1.0-pp39-pypy39_pp73-{HERE}.whl")) is not None
+    assert fits(pypy, _artifact(f"x-1.0-cp310-cp310-{HERE}.whl")) is not None
 
 
 def test_an_unknown_interpreter_or_name_fits_nothing() -> None:

@@ -182,9 +182,13 @@ def needed(delta: Delta, env: Environment, image: Sequence[Package]) -> bool:
 
 
 def new_interpreter(old: Environment, new: Environment) -> bool:
-    """Another Python minor version, implementation or platform (a field not known on
-    either side is taken as the same)."""
-    for a, b in ((old.implementation, new.implementation), (old.platform, new.platform)):
+    """Another Python minor version, implementation, ABI (a free-threaded build of the
+    same version) or platform (a field not known on either side is taken as the same)."""
+    for a, b in (
+        (old.implementation, new.implementation),
+        (old.abi, new.abi),
+        (old.platform, new.platform),
+    ):
         if a and b and a != b:
             return True
     if old.interpreter is None or new.interpreter is None:

@@ -22,6 +22,7 @@ across containers of one image (`kept`).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -66,6 +67,15 @@ if sys.prefix != sys.base_prefix:
         pass
     enabled = enabled and system
 user = site.getusersitepackages() if enabled else None
+# The ABI tag as packaging.tags reads it from EXT_SUFFIX: ".cpython-313t-x86_64-linux-gnu.so"
+# is cp313t, ".pypy310-pp73-x86_64-linux-gnu.so" pypy310_pp73; another form is not named.
+soabi = str(sysconfig.get_config_var("EXT_SUFFIX") or "").split(".")
+soabi = soabi[1].split("-") if len(soabi) > 2 else []
+abi = None
+if len(soabi) > 1 and soabi[0] == "cpython":
+    abi = "cp" + soabi[1]
+elif len(soabi) > 1 and soabi[0].startswith("pypy"):
+    abi = soabi[0] + "_" + soabi[1]
 print(repr({
     "prefix": sys.prefix,
     "purelib": paths["purelib"],
@@ -73,6 +83,7 @@ print(repr({
     "version": "%d.%d.%d" % sys.version_info[:3],
     "implementation": sys.implementation.name,
     "platform": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
+    "abi": abi,
     "user_site": user,
 }))
 """
@@ -88,6 +99,8 @@ class PythonEnv(msgspec.Struct, frozen=True):
     implementation: str | None
     platform: str | None
     """The platform tag, e.g. "linux_x86_64"."""
+    abi: str | None
+    """The ABI tag, e.g. "cp311" (`manifest.Environment.abi`)."""
     site_dirs: tuple[Path, ...]
     user_site: Path | None
     """The user site (`pip install --user`) when the interpreter enables it, whether or
@@ -101,6 +114,7 @@ class PythonEnv(msgspec.Struct, frozen=True):
             interpreter=self.version,
             implementation=self.implementation,
             platform=self.platform,
+            abi=self.abi,
         )
 
 
@@ -181,6 +195,7 @@ class _Answer(msgspec.Struct, frozen=True, kw_only=True):
     platform: str | None
     site_dirs: tuple[str, ...]
     user_site: str | None
+    abi: str | None = None
 
 
 class _Kept(msgspec.Struct, frozen=True, kw_only=True):
@@ -295,6 +310,7 @@ def _found(python: Path, answer: _Answer) -> PythonEnv:
         version=answer.version,
         implementation=answer.implementation,
         platform=answer.platform,
+        abi=_abi(answer.abi),
         site_dirs=tuple(Path(d) for d in answer.site_dirs),
         user_site=Path(answer.user_site) if answer.user_site else None,
     )
@@ -306,6 +322,7 @@ def _answer(found: PythonEnv) -> _Answer:
         version=found.version,
         implementation=found.implementation,
         platform=found.platform,
+        abi=found.abi,
         site_dirs=tuple(str(d) for d in found.site_dirs),
         user_site=None if found.user_site is None else str(found.user_site),
     )
@@ -381,6 +398,7 @@ def _ask(python: Path) -> PythonEnv | None:
             version=str(answer["version"]),
             implementation=str(answer["implementation"]),
             platform=str(answer["platform"]),
+            abi=_abi(answer.get("abi")),
             site_dirs=(purelib,) if purelib == platlib else (purelib, platlib),
             user_site=Path(user) if user else None,
         )
@@ -392,6 +410,16 @@ def _ask(python: Path) -> PythonEnv | None:
             proc.errors.strip()[-500:],
         )
         return None
+
+
+def _abi(value: object) -> str | None:
+    """The answer's ABI tag when it reads as one (lower-case letters, digits, `_`)."""
+    if isinstance(value, str) and _ABI.fullmatch(value):
+        return value
+    return None
+
+
+_ABI = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def _guess(prefix: Path) -> PythonEnv:
@@ -409,6 +437,7 @@ def _guess(prefix: Path) -> PythonEnv:
         version=version,
         implementation=implementation,
         platform=None,
+        abi=None,
         site_dirs=(site,),
         user_site=None,
     )
