@@ -45,7 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -75,26 +75,35 @@ Contender = tuple[Callable[[], None], Callable[[], object]]
 
 class Case:
     """An image's venv (a template copied into place), a wheelhouse, the image's baseline
-    with its probe answers, and the stores."""
+    with its probe answers, and the stores.
 
-    def __init__(self, root: Path, python: Path, env: dict[str, str]) -> None:
+    Each pkgckpt (`python`, and an earlier commit's in `others`) gets the baseline its own
+    `pkgckpt baseline` wrote, as an image built with it would ship: the probe answers kept
+    beside a baseline are keyed by the probe's text, so another commit's would be ignored
+    and its restores would pay an interpreter probe the image spares them."""
+
+    def __init__(
+        self, root: Path, python: Path, env: dict[str, str], others: Sequence[Path] = ()
+    ) -> None:
         self.root = root
         self.python = python
         self.env = env
         self.venv = root / "venv"
         self.image = root / "image"
         self.wheels = root / "wheels"
-        self.baseline = root / "baseline.json"
         root.mkdir(parents=True)
         make_venv(self.image, with_pip=False)
         self.fresh()
-        self.run([bench_kit.script(python), "baseline", "--env", str(self.venv),
-                  "--output", str(self.baseline)])  # fmt: skip
+        self.baselines: dict[Path, Path] = {}
+        for i, each in enumerate((python, *others)):
+            self.baselines[each] = root / f"baseline-{i}.json"
+            self.run([bench_kit.script(each), "baseline", "--env", str(self.venv),
+                      "--output", str(self.baselines[each])])  # fmt: skip
 
     def pkgckpt(self, *args: str, store: Path, python: Path | None = None) -> list[str]:
-        script = bench_kit.script(python or self.python)
-        argv = [script, *args, "--store", str(store), "--key", "b"]
-        return [*argv, "--env", str(self.venv), "--baseline", str(self.baseline)]
+        python = python or self.python
+        argv = [bench_kit.script(python), *args, "--store", str(store), "--key", "b"]
+        return [*argv, "--env", str(self.venv), "--baseline", str(self.baselines[python])]
 
     def fresh(self) -> None:
         """A new container: the image's venv as its layers give it, cold caches."""
@@ -200,7 +209,7 @@ def faster(times: Mapping[str, list[float]], cpu: Mapping[str, list[float]], our
 
 def forty(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
           rounds: int, before: tuple[str, Path] | None) -> None:  # fmt: skip
-    case = Case(root, python, env)
+    case = Case(root, python, env, [before[1]] if before else [])
     pins = [Dist(f"bench-pkg-{i:03d}", f"1.{i}.0", files=5) for i in range(40)]
     for dist in pins:
         build_wheel(dist, case.wheels)
@@ -240,7 +249,7 @@ def forty(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
 
 def sdist(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
           rounds: int, before: tuple[str, Path] | None) -> None:  # fmt: skip
-    case = Case(root, python, env)
+    case = Case(root, python, env, [before[1]] if before else [])
     build_c_sdist("fastmath", "1.0", case.wheels)
     add_build_backend(case.wheels)
     case.install_all("fastmath")

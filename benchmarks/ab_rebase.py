@@ -132,13 +132,17 @@ def main(rev: str | None, rounds: int, markdown: Path | None) -> None:
             subprocess.run(["cp", "-a", str(image), str(venv)], check=True)
 
         fresh()
-        baseline = root / "etc" / "b2.json"
-        baseline.parent.mkdir()
-        subprocess.run(
-            [bench_kit.script(after), "baseline", "--env", str(venv), "--output",
-             str(baseline)],
-            check=True, env=env,
-        )  # fmt: skip
+        # Each commit with the baseline its own `pkgckpt baseline` writes, as its image
+        # would ship it: the probe answers beside it are keyed by the probe's text.
+        baselines: dict[Path, Path] = {}
+        (root / "etc").mkdir()
+        for ours in (after, *([before] if before is not None else [])):
+            baselines[ours] = root / "etc" / f"b2-{len(baselines)}.json"
+            subprocess.run(
+                [bench_kit.script(ours), "baseline", "--env", str(venv), "--output",
+                 str(baselines[ours])],
+                check=True, env=env,
+            )  # fmt: skip
         target = targets(Config(env=(venv,), runtime_dir=root / "cfg"))[0].env
         added = tuple(Package(name=d.name, version=d.version) for d in pins)
         old = image_identity(Package(name=d.name, version=d.version) for d in v1)
@@ -151,7 +155,7 @@ def main(rev: str | None, rounds: int, markdown: Path | None) -> None:
 
         def restore(python: Path, store: str) -> list[str]:
             return [bench_kit.script(python), "restore", "--store", str(stores[store]),
-                    "--key", "bench", "--env", str(venv), "--baseline", str(baseline),
+                    "--key", "bench", "--env", str(venv), "--baseline", str(baselines[python]),
                     "--no-index", "--find-links", str(wheels)]  # fmt: skip
 
         uv = [UV, "pip", "install", "-q", "--python", python, "--no-index", "--find-links",
@@ -188,10 +192,10 @@ def main(rev: str | None, rounds: int, markdown: Path | None) -> None:
             firsts: dict[str, list[float]] = {}
             bests: dict[str, list[float]] = {}
             for _ in range(5):
-                for tree, python in trees:
+                for tree, ours in trees:
                     out = subprocess.run(
-                        [str(python), "-c", PLAN, str(stores[store]), str(venv),
-                         str(baseline), str(wheels), str(root / "run")],
+                        [str(ours), "-c", PLAN, str(stores[store]), str(venv),
+                         str(baselines[ours]), str(wheels), str(root / "run")],
                         check=True, env=env, capture_output=True, text=True, cwd=root,
                     ).stdout.split()  # fmt: skip
                     firsts.setdefault(tree, []).append(float(out[0]))
