@@ -289,3 +289,22 @@ def test_a_user_site_copy_over_the_prefix_image_is_a_downgrade(tmp_path: Path) -
     planned = rebase(delta, Target(env=user_env, roots=(user_site,)), v2, live, config, prefix)
     (held,) = planned.held_back()
     assert held.render() == "evaldep 1.0 held back: evalimg 2.0 (image) requires evaldep>=2.0"
+
+
+def test_another_abi_of_the_same_python_is_a_new_interpreter(tmp_path: Path) -> None:
+    """A venv recorded on a plain 3.11 and found on a free-threaded 3.11 at the same prefix:
+    every recorded install is installed for it, and the plan says why (the versions alone
+    are the same)."""
+    plain = msgspec.structs.replace(PY311, abi="cp311")
+    delta = Delta(env=plain, added=tuple(pkgs("six==1.16.0").values()))
+    site = tmp_path / "site"
+    site.mkdir()
+    threaded = Target(env=msgspec.structs.replace(PY311, abi="cp311t"), roots=(site,))
+    config = Config(store=tmp_path / "s", key="k")
+    planned = rebase(delta, threaded, [], {}, config, ask_index=False)
+    assert planned.render()[1] == "  python 3.11.7 (cp311) -> 3.11.7 (cp311t)"
+    (decision,) = planned.decisions
+    assert decision.action == "install", decision
+    assert (planned.abi_old, planned.abi_new) == ("cp311", "cp311t")
+    same = rebase(delta, Target(env=plain, roots=(site,)), [], {}, config, ask_index=False)
+    assert not any(line.startswith("  python") for line in same.render())

@@ -139,6 +139,10 @@ class Rebase(_Out, frozen=True, kw_only=True):
     image_new: str
     python_old: str | None = None
     python_new: str | None = None
+    abi_old: str | None = None
+    """The interpreters' ABI tags (`Environment.abi`): a free-threaded build of the same
+    version is another interpreter too."""
+    abi_new: str | None = None
     decisions: tuple[Decision, ...] = ()
     constraints: tuple[str, ...] = ()
     """`name==version` of every installed distribution the plan leaves alone: the
@@ -153,7 +157,11 @@ class Rebase(_Out, frozen=True, kw_only=True):
 
     def render(self) -> list[str]:
         lines = [f"  image {_short(self.image_old)} -> {_short(self.image_new)}"]
-        if _minor(self.python_old) != _minor(self.python_new):
+        abi = bool(self.abi_old and self.abi_new and self.abi_old != self.abi_new)
+        if abi:
+            old, new = f"{self.python_old} ({self.abi_old})", f"{self.python_new} ({self.abi_new})"
+            lines.append(f"  python {old} -> {new}")
+        elif _minor(self.python_old) != _minor(self.python_new):
             lines.append(f"  python {self.python_old} -> {self.python_new}")
         lines += [f"  {d.render()}" for d in self.decisions if d.action != "nothing"]
         lines += [f"  broken: {b} (--on-conflict user)" for b in self.broken]
@@ -717,6 +725,8 @@ def rebase(
         image_new=image_identity(image),
         python_old=delta.env.interpreter,
         python_new=env.interpreter,
+        abi_old=delta.env.abi,
+        abi_new=env.abi,
         decisions=tuple(decided[k] for k in sorted(decided)),
         constraints=constraints,
         forced=tuple(forced),
