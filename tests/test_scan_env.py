@@ -112,6 +112,15 @@ def test_layout_is_guessed_when_the_interpreter_cannot_run(tmp_path: Path) -> No
     assert env.user_site is None
 
 
+def _answers(prefix: Path, text: str) -> None:
+    """The venv's interpreter replaced by a script that prints `text`, whatever it is asked."""
+    for name in ("python", "python3"):
+        link = prefix / "bin" / name
+        link.unlink()
+        link.write_text(f"#!/bin/sh\ncat <<'EOF'\n{text}\nEOF\n")
+        link.chmod(0o755)
+
+
 @pytest.mark.parametrize(
     "answer",
     [
@@ -127,11 +136,7 @@ def test_an_answer_is_read_as_literals_only(tmp_path: Path, answer: str) -> None
     layout guessed; nothing it printed runs."""
     venv = make_venv(tmp_path / "venv", with_pip=False)
     marker = tmp_path / "ran"
-    for name in ("python", "python3"):
-        link = venv.prefix / "bin" / name
-        link.unlink()
-        link.write_text(f"#!/bin/sh\ncat <<'EOF'\n{answer.format(marker=str(marker))}\nEOF\n")
-        link.chmod(0o755)
+    _answers(venv.prefix, answer.format(marker=str(marker)))
     env = python_env(venv.prefix)
     assert env.python is None and env.site_dirs == (venv.site_packages,)
     assert not marker.exists()
@@ -148,11 +153,7 @@ def test_an_abi_that_is_not_a_tag_is_not_recorded(tmp_path: Path, abi: object) -
         "implementation": "cpython", "platform": "linux_x86_64", "user_site": None,
         "abi": abi,
     }  # fmt: skip
-    for name in ("python", "python3"):
-        link = venv.prefix / "bin" / name
-        link.unlink()
-        link.write_text(f"#!/bin/sh\ncat <<'EOF'\n{answer!r}\nEOF\n")
-        link.chmod(0o755)
+    _answers(venv.prefix, repr(answer))
     env = python_env(venv.prefix)
     assert env.python is not None and env.version == "3.11.7"
     assert env.abi is None
