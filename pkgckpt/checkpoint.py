@@ -543,12 +543,14 @@ def scan(
 def commit(session: Session) -> Manifest | None:
     """Write the record when it differs from the store's; None when there was nothing new.
 
-    A record that differs from the generation on the store only by artifacts (a capture
-    attached them) amends that generation under its own number (`Store.commit`'s
-    `amend`): a capture never costs the user a kept generation, so `revert` and
-    `history` reach as far back with the artifact cache as without. Anything else (an
-    install, a forget, another writer's generation folded in) is a new generation, which
-    carries the artifacts attached since.
+    A record that differs from the generation on the store only by annotations amends
+    that generation under its own number (`Store.commit`'s `amend`): artifacts a capture
+    attached, and what the record did not know of an environment's interpreter (the ABI
+    tag, which a pkgckpt before it did not record). Neither costs the user a kept
+    generation, so `revert` and `history` reach as far back with the artifact cache, and
+    after an upgrade of pkgckpt, as without. Anything else (an install, a forget, another
+    writer's generation folded in, another interpreter) is a new generation, which
+    carries the annotations made since.
 
     Raises StoreError (StoreUnavailable: retry later) or ManifestError; the record stays
     in the session either way, so a later call commits it.
@@ -581,7 +583,7 @@ def commit(session: Session) -> Manifest | None:
 
 
 def _annotates(body: Body, stored: Body) -> bool:
-    """Whether `body` records what `stored` records, artifacts aside (see `commit`).
+    """Whether `body` records what `stored` records, annotations aside (see `commit`).
     Cheap on the daemon's path: an install changes a delta's lengths, which is looked at
     first; equal packages compare in C, only the ones that differ are compared bare."""
     if msgspec.structs.replace(body, environments=(), conda=()) != msgspec.structs.replace(
@@ -590,7 +592,7 @@ def _annotates(body: Body, stored: Body) -> bool:
         return False
     mine, theirs = body.deltas(), stored.deltas()
     return len(mine) == len(theirs) and all(
-        _same_but_artifacts(a, b) for a, b in zip(mine, theirs, strict=True)
+        _same_but_annotations(a, b) for a, b in zip(mine, theirs, strict=True)
     )
 
 
@@ -598,14 +600,23 @@ _LISTS = ("added", "changed", "removed", "forgotten")
 """A delta's lists of packages, whose artifacts an amend may add."""
 
 
-def _same_but_artifacts(a: Delta, b: Delta) -> bool:
+def _same_but_annotations(a: Delta, b: Delta) -> bool:
     lists = [(getattr(a, f), getattr(b, f)) for f in _LISTS]
-    if any(len(x) != len(y) for x, y in lists):
+    if any(len(x) != len(y) for x, y in lists) or not _filled_in(a.env, b.env):
         return False
     empty = dict.fromkeys(_LISTS, ())
-    if msgspec.structs.replace(a, **empty) != msgspec.structs.replace(b, **empty):
+    if msgspec.structs.replace(a, env=b.env, **empty) != msgspec.structs.replace(b, **empty):
         return False
     return all(p == q or _bare(p) == _bare(q) for x, y in lists for p, q in zip(x, y, strict=True))
+
+
+def _filled_in(new: Environment, old: Environment) -> bool:
+    """`new` says what `old` says, and perhaps more: a field `old` left unknown (None) may
+    be known now, no known one has changed (another interpreter version is not more)."""
+    return new == old or all(
+        getattr(old, f) is None or getattr(old, f) == getattr(new, f)
+        for f in Environment.__struct_fields__
+    )
 
 
 def _bare(p: Package) -> Package:

@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from pkgckpt import manifest
@@ -182,3 +183,46 @@ def test_a_key_directory_deleted_right_after_the_rename_is_noticed(
     assert not confirm(s)
     assert commit(s) is not None
     assert recorded(store) == {"a==1", "b==2"}
+
+
+def test_what_a_newer_pkgckpt_knows_of_the_interpreter_amends_the_generation(
+    store: Store,
+) -> None:
+    """A record written before the ABI tag was recorded, read by a daemon that records it:
+    the tag fills in the newest generation under its own number (no kept generation is
+    spent on it). Another interpreter version is a change: a new generation."""
+    before = Environment(kind="python", path="/opt/venv", interpreter="3.11.7")
+    first = Tracker(
+        Baseline(environments=(Inventory(env=before, packages=tuple(IMAGE.values())),)), None
+    )
+    first.observe(before, Observation(IMAGE))
+    first.observe(before, Observation({**IMAGE, **pkgs("a==1")}))
+    assert store.commit(first.body()) is not None
+
+    def daemon() -> Session:
+        found = store.read()
+        assert found is not None
+        return Session(
+            store=store,
+            tracker=Tracker(BASELINE, found),
+            baseline_origin="test",
+            generation=found.generation,
+            on_store=manifest.encode_body(found.body),
+            stored=found.body,
+        )
+
+    s = daemon()
+    tagged = msgspec.structs.replace(before, abi="cp311")
+    s.tracker.observe(tagged, Observation({**IMAGE, **pkgs("a==1")}))
+    done = commit(s)
+    assert done is not None and done.generation == 1
+    assert store.generations() == [1]
+    for found in (Store(store.root, store.key).read(), store.read_generation(1)):
+        assert found is not None and found.body.environments[0].env == tagged
+
+    s = daemon()
+    newer = msgspec.structs.replace(tagged, interpreter="3.12.1", abi="cp312")
+    s.tracker.observe(newer, Observation({**IMAGE, **pkgs("a==1")}))
+    done = commit(s)
+    assert done is not None and done.generation == 2
+    assert store.generations() == [2, 1]
