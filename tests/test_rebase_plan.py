@@ -308,3 +308,6 @@ def test_another_abi_of_the_same_python_is_a_new_interpreter(tmp_path: Path) -> 
     assert (planned.abi_old, planned.abi_new) == ("cp311", "cp311t")
     same = rebase(delta, Target(env=plain, roots=(site,)), [], {}, config, ask_index=False)
     assert not any(line.startswith("  python") for line in same.render())
+    newer = Target(env=msgspec.structs.replace(PY312, abi="cp312"), roots=(site,))
+    moved = rebase(delta, newer, [], {}, config, ask_index=False)
+    assert moved.render()[1] == "  python 3.11.7 -> 3.12.1", "the version says it"

@@ -157,12 +157,11 @@ class Rebase(_Out, frozen=True, kw_only=True):
 
     def render(self) -> list[str]:
         lines = [f"  image {_short(self.image_old)} -> {_short(self.image_new)}"]
-        abi = bool(self.abi_old and self.abi_new and self.abi_old != self.abi_new)
-        if abi:
+        if _minor(self.python_old) != _minor(self.python_new):
+            lines.append(f"  python {self.python_old} -> {self.python_new}")
+        elif self.abi_old and self.abi_new and self.abi_old != self.abi_new:
             old, new = f"{self.python_old} ({self.abi_old})", f"{self.python_new} ({self.abi_new})"
             lines.append(f"  python {old} -> {new}")
-        elif _minor(self.python_old) != _minor(self.python_new):
-            lines.append(f"  python {self.python_old} -> {self.python_new}")
         lines += [f"  {d.render()}" for d in self.decisions if d.action != "nothing"]
         lines += [f"  broken: {b} (--on-conflict user)" for b in self.broken]
         return lines
