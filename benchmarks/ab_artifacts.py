@@ -75,12 +75,8 @@ Contender = tuple[Callable[[], None], Callable[[], object]]
 
 class Case:
     """An image's venv (a template copied into place), a wheelhouse, the image's baseline
-    with its probe answers, and the stores.
-
-    Each pkgckpt (`python`, and an earlier commit's in `others`) gets the baseline its own
-    `pkgckpt baseline` wrote, as an image built with it would ship: the probe answers kept
-    beside a baseline are keyed by the probe's text, so another commit's would be ignored
-    and its restores would pay an interpreter probe the image spares them."""
+    with its probe answers (one per pkgckpt: `python`'s, and an earlier commit's in
+    `others`, `bench_kit.baselines`), and the stores."""
 
     def __init__(
         self, root: Path, python: Path, env: dict[str, str], others: Sequence[Path] = ()
@@ -94,11 +90,7 @@ class Case:
         root.mkdir(parents=True)
         make_venv(self.image, with_pip=False)
         self.fresh()
-        self.baselines: dict[Path, Path] = {}
-        for i, each in enumerate((python, *others)):
-            self.baselines[each] = root / f"baseline-{i}.json"
-            self.run([bench_kit.script(each), "baseline", "--env", str(self.venv),
-                      "--output", str(self.baselines[each])])  # fmt: skip
+        self.baselines = bench_kit.baselines([python, *others], self.venv, root, env)
 
     def pkgckpt(self, *args: str, store: Path, python: Path | None = None) -> list[str]:
         python = python or self.python

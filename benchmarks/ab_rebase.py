@@ -132,17 +132,9 @@ def main(rev: str | None, rounds: int, markdown: Path | None) -> None:
             subprocess.run(["cp", "-a", str(image), str(venv)], check=True)
 
         fresh()
-        # Each commit with the baseline its own `pkgckpt baseline` writes, as its image
-        # would ship it: the probe answers beside it are keyed by the probe's text.
-        baselines: dict[Path, Path] = {}
         (root / "etc").mkdir()
-        for ours in (after, *([before] if before is not None else [])):
-            baselines[ours] = root / "etc" / f"b2-{len(baselines)}.json"
-            subprocess.run(
-                [bench_kit.script(ours), "baseline", "--env", str(venv), "--output",
-                 str(baselines[ours])],
-                check=True, env=env,
-            )  # fmt: skip
+        commits = [after, *([before] if before is not None else [])]
+        baselines = bench_kit.baselines(commits, venv, root / "etc", env)
         target = targets(Config(env=(venv,), runtime_dir=root / "cfg"))[0].env
         added = tuple(Package(name=d.name, version=d.version) for d in pins)
         old = image_identity(Package(name=d.name, version=d.version) for d in v1)

@@ -105,6 +105,21 @@ def script(python: Path) -> str:
     return str(python.with_name("pkgckpt"))
 
 
+def baselines(
+    pythons: Sequence[Path], venv: Path, into: Path, env: Mapping[str, str]
+) -> dict[Path, Path]:
+    """`pkgckpt baseline` of `venv` by each pkgckpt of `pythons` (this tree's, an earlier
+    commit's), each file its own, as an image built with that pkgckpt would ship it: the
+    interpreter's answers kept beside a baseline are keyed by the probe's text, so another
+    commit's would be ignored and its restores would pay a probe the image spares them."""
+    found: dict[Path, Path] = {}
+    for python in pythons:
+        found[python] = into / f"baseline-{len(found)}.json"
+        command = [script(python), "baseline", "--env", str(venv), "--output", str(found[python])]
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    return found
+
+
 def pkgckpt_python(scratch: Path) -> Path:
     """run_all's installed pkgckpt, else one installed now under `scratch`."""
     named = os.environ.get(ENV_PYTHON)
