@@ -40,7 +40,7 @@ def _packagings_abi(python: str) -> str | None:
     import packaging
 
     where = str(Path(packaging.__file__).parent.parent)
-    code = "import sys; from packaging.tags import sys_tags; print(next(iter(sys_tags())).abi)"
+    code = "from packaging.tags import sys_tags; print(next(iter(sys_tags())).abi)"
     done = subprocess.run(
         [python, "-I", "-c", f"import sys; sys.path.insert(0, {where!r}); {code}"],
         capture_output=True,
