@@ -8,10 +8,14 @@
 - `Run`: the date, the commit and the load average before and after; `table()` renders
   min and median per contender as markdown for RESULTS.md (`--markdown PATH`), with the
   CPU time of the contenders' processes where the bench measured it.
+- `verdict(markdown, target, measured, met)`: one row of RESULTS.md's table of targets,
+  beside the bench's tables (`NAME.verdicts.json` next to `NAME.md`): run_all.py renders
+  it, so the summary's figures are the bench's, never copied by hand.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import statistics
@@ -23,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_PYTHON = "PKGCKPT_BENCH_PYTHON"
@@ -193,8 +198,55 @@ class Run:
             path.write_text(self.markdown())
 
 
+def verdict(markdown: Path | str | None, target: str, measured: str, met: bool) -> None:
+    """Record how this run did against `target` (a key of run_all.py's TARGETS) for the
+    table of targets: `measured` is the figure as the summary shows it (min / median,
+    the peer's, the ratio), `met` the bench's own reading of the target. Without
+    `--markdown` (a bench run by hand) nothing is kept."""
+    if markdown is None:
+        return
+    sidecar = Path(markdown).with_suffix(".verdicts.json")
+    kept = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    kept[target] = {"measured": measured, "met": met}
+    sidecar.write_text(json.dumps(kept, indent=1) + "\n")
+
+
+class Versus(NamedTuple):
+    text: str
+    """"217 ms / 263 ms vs 117 ms / 129 ms (min / median): 2.03x, +134 ms by the median
+    (CPU 290 ms vs 161 ms: 1.80x)": the figure a summary row shows."""
+    ratio: float
+    """Of the medians; the larger of the wall's and the CPU's when CPU was measured, as
+    `table`'s target column reads it."""
+    extra_ms: float
+    """Median over the peer's, the larger of wall and CPU likewise."""
+
+
+def versus(
+    times: Mapping[str, Sequence[float]],
+    label: str,
+    peer: str,
+    cpu: Mapping[str, Sequence[float]] | None = None,
+) -> Versus:
+    """`label` against `peer` in one run, for `verdict`."""
+    mine, theirs = times[label], times[peer]
+    mid, peer_mid = statistics.median(mine), statistics.median(theirs)
+    ratio, extra = mid / peer_mid, mid - peer_mid
+    text = (
+        f"{ms(min(mine))} / {ms(mid)} vs {ms(min(theirs))} / {ms(peer_mid)} (min / median): "
+        f"{ratio:.2f}x, {extra * 1000:+,.0f} ms by the median"
+    )
+    if cpu:
+        c_mine, c_theirs = statistics.median(cpu[label]), statistics.median(cpu[peer])
+        text += f" (CPU {ms(c_mine)} vs {ms(c_theirs)}: {c_mine / c_theirs:.2f}x)"
+        ratio, extra = max(ratio, c_mine / c_theirs), max(extra, c_mine - c_theirs)
+    return Versus(text, ratio, extra * 1000)
+
+
 def ms(seconds: float) -> str:
     value = seconds * 1000
+    if value < 1:
+        return f"{value:.3f} ms"
     return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
 
 

@@ -11,6 +11,11 @@ PKGCKPT_BENCH_PYTHON (the whole-process figures run it); runs the bench as a sub
 `<!-- table:NAME -->` and `<!-- /table:NAME -->`. No figure is copied by hand; a result
 that misses its target stays in its table, marked by the bench.
 
+The table of targets (`<!-- table:targets -->`) is rendered from TARGETS below and what
+each bench said of its targets (`bench_kit.verdict`), kept in targets.json beside
+RESULTS.md with the commit and the date of the run that measured it: a run of some benches
+(`--only`) updates their rows and leaves the others', each still naming its own run.
+
 A bench whose source does not offer `--markdown` yet is skipped with the reason printed,
 as is one that needs `--before REV` (the A/B benches) when it is not given (ab_rebase.py
 runs without it, leaving out its earlier commit's row), and one whose
@@ -21,6 +26,7 @@ status 1. `--quick` passes `--quick` (fewer rounds) to the benches that take it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -37,6 +43,7 @@ sys.path.insert(0, str(HERE))
 import bench_kit  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
+VERDICTS = HERE / "targets.json"
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,225 @@ BENCHES = (
     Bench("commit-ab", "ab_commit.py", ab=True),
     Bench("fleet", "fleet.py"),
 )
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    """What a bench names in `bench_kit.verdict`."""
+    bench: str
+    issues: str
+    text: str
+    floor: str = ""
+    """Why it is not met, where a profile showed a floor; shown only when it is not."""
+
+
+_START_UP = (
+    "the restore command's start-up: the interpreter with msgspec, which decodes and "
+    "validates what the store holds, and the modules that start the installer clean; see "
+    '"Where the time goes"'
+)
+TARGETS = (
+    Target(
+        "watch-burst",
+        "watch",
+        "2",
+        "watcher CPU for a 20,000-file `pip install` burst ≤ 5 ms, install and RECORD seen",
+    ),
+    Target(
+        "watch-peer",
+        "watch",
+        "15",
+        "watcher CPU over the burst vs the design-equivalent "
+        "non-recursive inotify_simple watcher ≤ 1.0x",
+        "the two sit within the machine's noise of each other: compare the minimums",
+    ),
+    Target("watch-idle", "watch", "2", "idle wake-ups over 60 s = 0"),
+    Target(
+        "daemon-rss",
+        "metrics-rss",
+        "2, 15",
+        "idle RSS of the real `pkgckpt daemon` ≤ 16 MB, read as MiB (issue 2: ≤ 20 MB)",
+    ),
+    Target(
+        "metrics-writer",
+        "metrics-rss",
+        "12",
+        "metrics writer ≤ 1 MB RSS on the idle daemon, else not prometheus_client",
+    ),
+    Target(
+        "daemon-latency", "daemon", "4", "installer exit → manifest on disk ≤ quiet window + 50 ms"
+    ),
+    Target("daemon-cpu", "daemon", "4", "daemon CPU over a 20,000-file install ≤ 60 ms"),
+    Target(
+        "daemon-peer",
+        "daemon",
+        "15",
+        "`pkgckpt daemon` CPU over a 20,000-file install vs "
+        "the minimal non-recursive daemon ≤ 1.5x",
+        "the durable merged commit with its generation, and the scan of the metadata the "
+        'manifest records; see "Daemon"',
+    ),
+    Target(
+        "scan-full",
+        "scan",
+        "3",
+        "full scan of 3,000 distributions ≤ 30 ms in-process, the baseline known",
+    ),
+    Target("scan-rescan", "scan", "3", "rescan after one install ≤ 1 ms"),
+    Target(
+        "baseline-peer",
+        "scan",
+        "15",
+        "`pkgckpt baseline` of 3,000 distributions, whole process, ≤ 1.0x `uv pip freeze`",
+        "it reads three files and looks for three more per dist-info where uv reads the "
+        "directory's names, and the same start-up",
+    ),
+    Target("commit-1ms", "store", "3", "durable commit of a 200 KB manifest ≤ 1 ms on local disk"),
+    Target(
+        "commit-disk",
+        "commit-ab",
+        "9, 15",
+        "`Store.commit` of 200 KB ≤ 1.3x the bare durable recipe for the same files, on disk",
+    ),
+    Target(
+        "commit-tmpfs",
+        "commit-ab",
+        "15",
+        "the same on tmpfs",
+        'the whole-file checksum and the merge check; see "The commit\'s floor"',
+    ),
+    Target("noop-150", "restore", "4", "no-op restore ≤ 150 ms, 100-package manifest"),
+    Target(
+        "noop-peer",
+        "restore",
+        "15",
+        "no-op restore, 100 packages, ≤ 2.5x `python -c pass` from the same venv",
+        "msgspec, which decodes and validates the manifest, is 2.5-2.8x `python -c pass` "
+        'on its own; see "Where the time goes"',
+    ),
+    Target(
+        "restore-uv",
+        "restore",
+        "4, 15",
+        "restore overhead ≤ + 25 ms over `uv pip install` of the same 40 wheels",
+        _START_UP,
+    ),
+    Target("restore-pip", "restore", "4, 15", "the same over `pip install`", _START_UP),
+    Target(
+        "restore-scipy", "restore", "15", "the same for the 35 MB scipy wheel, with uv", _START_UP
+    ),
+    Target(
+        "trust-checks", "restore-noop-ab", "16", "the trust checks add ≤ 5 ms to the no-op restore"
+    ),
+    Target("r-restore", "r", "5", "R restore faster than `install.packages()` of the same set"),
+    Target(
+        "same-image",
+        "rebase-ab",
+        "10",
+        "same-image restore of 40 wheels: no regression against the commit before",
+    ),
+    Target(
+        "rebase",
+        "rebase-ab",
+        "10",
+        "rebase of 40 wheels onto a new image ≤ `uv pip install -c <image>` + 50 ms",
+        _START_UP,
+    ),
+    Target(
+        "artifacts-forty",
+        "artifacts",
+        "11",
+        "40 small wheels from artifacts ≤ 1.0x `uv pip install --no-deps` cold",
+        _START_UP + ", and the verified private copy",
+    ),
+    Target(
+        "artifacts-scipy",
+        "artifacts",
+        "11",
+        "a 35 MB wheel (scipy) from its artifact ≤ 1.0x uv cold",
+        _START_UP + ", and the 38 MiB private copy hashed before the installer reads it",
+    ),
+    Target(
+        "artifacts-sdist",
+        "artifacts",
+        "11",
+        "a C-extension sdist from its artifact "
+        "≥ 10x faster than from the sdist (the tests' one-function sdist)",
+        "it builds in about a second, and restore's fixed cost caps the ratio",
+    ),
+    Target(
+        "artifacts-sdist-real",
+        "artifacts",
+        "11",
+        "the same for a real C extension's sdist (msgspec 0.19.0)",
+    ),
+    Target(
+        "capture-latency",
+        "capture-latency",
+        "11",
+        "the daemon's install → manifest latency with capture running: unchanged",
+    ),
+    Target(
+        "r-artifacts",
+        "r-artifacts",
+        "11",
+        "16 R packages from artifacts ≥ 10x faster than `install.packages(Ncpus = 2)` from source",
+    ),
+    Target("fleet-lost", "fleet", "12", "no lost install with 200 daemons on one store"),
+    Target(
+        "store-ops-restore",
+        "fleet",
+        "12",
+        "≤ 3 store operations per restore before installing (syscalls naming a store path)",
+        "checking the store's root, its marker and the key directory (7 calls), then the "
+        "manifest's open, stat, read and close (4)",
+    ),
+    Target(
+        "store-ops-commit",
+        "fleet",
+        "12",
+        "≤ 8 store operations per commit",
+        "two durable files (the manifest and its generation's copy) are 11 calls by "
+        "themselves, checking the store 7, the merge check 3",
+    ),
+    Target(
+        "fleet-p99",
+        "fleet",
+        "12",
+        "p99 commit latency ≤ 2 x injected latency x operations per commit",
+    ),
+)
+
+
+def keep_verdicts(bench: Bench, sidecar: Path) -> None:
+    """Fold what `bench` said of its targets into targets.json, with this run's stamp."""
+    said = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    known = {t.key for t in TARGETS if t.bench == bench.name}
+    unknown = set(said) - known
+    if unknown:
+        print(f"run_all: {bench.name}: no such target {', '.join(sorted(unknown))}", flush=True)
+    kept = json.loads(VERDICTS.read_text()) if VERDICTS.exists() else {}
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for key in sorted(known & set(said)):
+        kept[key] = {**said[key], "commit": bench_kit.commit(), "when": when}
+    tmp = VERDICTS.with_name(f".{VERDICTS.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    tmp.replace(VERDICTS)
+
+
+def targets_table() -> str:
+    kept = json.loads(VERDICTS.read_text()) if VERDICTS.exists() else {}
+    rows = ["| target (issue) | measured | met? |", "|---|---|---|"]
+    for t in TARGETS:
+        got = kept.get(t.key)
+        if got is None:
+            rows.append(f"| {t.text} ({t.issues}) | not measured by run_all yet | — |")
+            continue
+        where = f"`table:{t.bench}`, {got['commit']}, {got['when']}"
+        met = "yes" if got["met"] else "**no**" + (f": {t.floor}" if t.floor else "")
+        rows.append(f"| {t.text} ({t.issues}) | {got['measured']} ({where}) | {met} |")
+    return "\n".join(rows)
 
 
 def header() -> str:
@@ -176,6 +402,8 @@ def main() -> int:
                     flush=True,
                 )
                 continue
+            keep_verdicts(bench, out.with_suffix(".verdicts.json"))
+            text = replace_table(text, "targets", targets_table()) or text
             write_results(text)
             print(f"run_all: {bench.name} done in {took:.0f} s; RESULTS.md updated", flush=True)
     finally:
