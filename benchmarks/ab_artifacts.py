@@ -189,18 +189,39 @@ def at_most(limit: float) -> Callable[[str, float, float], str]:
     return target
 
 
+def speedup(times: Mapping[str, list[float]], cpu: Mapping[str, list[float]], ours: str,
+            theirs: str) -> tuple[str, bool]:  # fmt: skip
+    """How many times faster `ours` is than `theirs`, by the wall and the CPU median, and
+    whether the smaller of the two meets the target."""
+    wall = statistics.median(times[theirs]) / statistics.median(times[ours])
+    used = statistics.median(cpu[theirs]) / statistics.median(cpu[ours])
+    text = f"{wall:.1f}x faster by the wall median, {used:.1f}x by CPU"
+    return text, min(wall, used) >= SDIST_SPEEDUP
+
+
 def faster(times: Mapping[str, list[float]], cpu: Mapping[str, list[float]], ours: str,
            theirs: str) -> str:  # fmt: skip
     """How many times faster `ours` is than `theirs`, by the median, against the target."""
-    wall = statistics.median(times[theirs]) / statistics.median(times[ours])
-    used = statistics.median(cpu[theirs]) / statistics.median(cpu[ours])
-    worse = min(wall, used)
-    verdict = "met" if worse >= SDIST_SPEEDUP else f"**not met** (≥ {SDIST_SPEEDUP:g}x)"
-    return f"{wall:.1f}x faster by the wall median, {used:.1f}x by CPU: {verdict}"
+    text, met = speedup(times, cpu, ours, theirs)
+    return f"{text}: " + ("met" if met else f"**not met** (≥ {SDIST_SPEEDUP:g}x)")
+
+
+def sdist_verdict(markdown: Path | None, key: str, times: Mapping[str, list[float]],
+                  cpu: Mapping[str, list[float]], ours: str, theirs: str) -> None:  # fmt: skip
+    """`key`'s row in the table of targets: the artifact's restore against the sdist's."""
+    text, met = speedup(times, cpu, ours, theirs)
+    mine, peer = times[ours], times[theirs]
+    figures = (
+        f"{bench_kit.ms(min(mine))} / {bench_kit.ms(statistics.median(mine))} from the "
+        f"artifact vs {bench_kit.ms(min(peer))} / {bench_kit.ms(statistics.median(peer))} "
+        f"from the sdist (min / median), CPU {bench_kit.ms(statistics.median(cpu[ours]))} vs "
+        f"{bench_kit.ms(statistics.median(cpu[theirs]))}: {text}"
+    )
+    bench_kit.verdict(markdown, key, figures, met)
 
 
 def forty(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
-          rounds: int, before: tuple[str, Path] | None) -> None:  # fmt: skip
+          rounds: int, before: tuple[str, Path] | None, markdown: Path | None) -> None:  # fmt: skip
     case = Case(root, python, env, [before[1]] if before else [])
     pins = [Dist(f"bench-pkg-{i:03d}", f"1.{i}.0", files=5) for i in range(40)]
     for dist in pins:
@@ -214,10 +235,9 @@ def forty(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
     uv += ["--no-deps", "--no-index", "--find-links", str(case.wheels), "-r", str(requirements)]
     restore = ["restore", "--installer", "uv", "--no-index"]
     peer = "`uv pip install --no-deps` (cold), from the wheels"
+    ours = "`pkgckpt restore --no-index`, from the artifacts alone"
     contenders = {
-        "`pkgckpt restore --no-index`, from the artifacts alone": (
-            case.fresh, case.call(case.pkgckpt(*restore, store=store))
-        ),
+        ours: (case.fresh, case.call(case.pkgckpt(*restore, store=store))),
         peer: (case.fresh, case.call(uv)),
         **earlier(case, before, restore, store, "the artifacts alone"),
         "`pkgckpt restore --find-links <wheels>`, no artifacts (restore before the cache)": (
@@ -231,6 +251,8 @@ def forty(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
         f"target ≤ {FORTY_RATIO:g}x uv cold\n\n"
         + bench_kit.table(times, cpu=cpu, peer=peer, target=at_most(FORTY_RATIO))
     )
+    got = bench_kit.versus(times, ours, peer, cpu)
+    bench_kit.verdict(markdown, "artifacts-forty", got.text, got.ratio <= FORTY_RATIO)
     case.fresh()
     case.install_all("-r", str(requirements))
     run.add(
@@ -240,7 +262,7 @@ def forty(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
 
 
 def sdist(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
-          rounds: int, before: tuple[str, Path] | None) -> None:  # fmt: skip
+          rounds: int, before: tuple[str, Path] | None, markdown: Path | None) -> None:  # fmt: skip
     case = Case(root, python, env, [before[1]] if before else [])
     build_c_sdist("fastmath", "1.0", case.wheels)
     add_build_backend(case.wheels)
@@ -266,6 +288,8 @@ def sdist(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str],
             + "\n\n"
             + bench_kit.table(times, cpu=cpu, peer=peer)
         )
+        if installer == "uv":
+            sdist_verdict(markdown, "artifacts-sdist", times, cpu, ours, peer)
 
 
 def captured_by_uv(case: Case, store: Path, requirement: str) -> dict[str, Contender]:
@@ -307,7 +331,7 @@ def real_sdist(cache: Path, into: Path) -> str:
 
 
 def real(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str], rounds: int,
-         cache: Path) -> None:  # fmt: skip
+         cache: Path, markdown: Path | None) -> None:  # fmt: skip
     case = Case(root, python, env)
     requirement = real_sdist(cache / "sdists", case.wheels)
     add_build_backend(case.wheels)
@@ -332,6 +356,7 @@ def real(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str], roun
         + "\n\n"
         + bench_kit.table(times, cpu=cpu, peer=peer)
     )
+    sdist_verdict(markdown, "artifacts-sdist-real", times, cpu, ours, peer)
 
 
 def scipy_wheel(cache: Path, into: Path) -> Path:
@@ -347,7 +372,7 @@ def scipy_wheel(cache: Path, into: Path) -> Path:
 
 
 def wheel(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str], rounds: int,
-          cache: Path) -> None:  # fmt: skip
+          cache: Path, markdown: Path | None) -> None:  # fmt: skip
     case = Case(root, python, env)
     found = scipy_wheel(cache, case.wheels)
     name = found.name.split("-")[0]
@@ -357,10 +382,9 @@ def wheel(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str], rou
     uv += ["--no-deps", "--no-index", "--find-links", str(case.wheels), name]
     restore = ["restore", "--installer", "uv", "--no-index"]
     peer = "`uv pip install --no-deps` (cold), from the wheel"
+    ours = "`pkgckpt restore --no-index`, from its artifact"
     contenders = {
-        "`pkgckpt restore --no-index`, from its artifact": (
-            case.fresh, case.call(case.pkgckpt(*restore, store=store))
-        ),
+        ours: (case.fresh, case.call(case.pkgckpt(*restore, store=store))),
         peer: (case.fresh, case.call(uv)),
     }  # fmt: skip
     times, cpu = measure(contenders, rounds)
@@ -371,6 +395,8 @@ def wheel(run: bench_kit.Run, root: Path, python: Path, env: dict[str, str], rou
         f"new container's venv; target ≤ {WHEEL_RATIO:g}x uv cold\n\n"
         + bench_kit.table(times, cpu=cpu, peer=peer, target=at_most(WHEEL_RATIO))
     )
+    got = bench_kit.versus(times, ours, peer, cpu)
+    bench_kit.verdict(markdown, "artifacts-scipy", got.text, got.ratio <= WHEEL_RATIO)
     case.fresh()
     case.install_all(name)
     run.add(
@@ -400,13 +426,14 @@ def main() -> None:
         env["PIP_NO_CACHE_DIR"] = "1"
         run = bench_kit.Run("artifacts")
         if "forty" in only:
-            forty(run, root / "forty", python, env, rounds, before)
+            forty(run, root / "forty", python, env, rounds, before, args.markdown)
         if "sdist" in only:
-            sdist(run, root / "sdist", python, env, rounds, before)
+            sdist(run, root / "sdist", python, env, rounds, before, args.markdown)
         if "real" in only:
-            real(run, root / "real", python, env, min(rounds, 3), args.wheels_cache.parent)
+            real(run, root / "real", python, env, min(rounds, 3), args.wheels_cache.parent,
+                 args.markdown)  # fmt: skip
         if "wheel" in only:
-            wheel(run, root / "wheel", python, env, rounds, args.wheels_cache)
+            wheel(run, root / "wheel", python, env, rounds, args.wheels_cache, args.markdown)
         run.done()
         versions = [
             subprocess.run(argv, capture_output=True, text=True).stdout.strip()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,12 +77,17 @@ sys.exit(0 if done.ok else done.output)
 """
 
 
+def met(ratio: float) -> bool:
+    """≥ 10x faster than install.packages: `ratio`, of the wall medians, ≤ 1/10."""
+    return ratio * SPEEDUP <= 1
+
+
 def faster(label: str, ratio: float, extra_ms: float) -> str:
     """The target column: ≥ 10x faster than install.packages, by the wall median."""
     del extra_ms
     if label != ARTIFACTS:
         return ""
-    verdict = "met" if ratio * SPEEDUP <= 1 else f"**not met** (≥ {SPEEDUP:g}x faster)"
+    verdict = "met" if met(ratio) else f"**not met** (≥ {SPEEDUP:g}x faster)"
     return f"{1 / ratio:.1f}x faster: {verdict}"
 
 
@@ -173,6 +179,16 @@ def main(rounds: int, markdown: Path | None) -> None:
             f"16 R packages into an empty library, {rounds} rounds; capture of the 16 (in "
             f"process, hashing and the durable write included): {capture_s:.2f} s. "
             f"{version.splitlines()[0]}.\n\n" + bench_kit.table(times, peer=NCPUS, target=faster)
+        )
+        ours, peer = times[ARTIFACTS], times[NCPUS]
+        ratio = bench_kit.versus(times, ARTIFACTS, NCPUS).ratio
+        bench_kit.verdict(
+            markdown,
+            "r-artifacts",
+            f"{bench_kit.ms(min(ours))} / {bench_kit.ms(statistics.median(ours))} vs "
+            f"{bench_kit.ms(min(peer))} / {bench_kit.ms(statistics.median(peer))} "
+            f"(min / median): {1 / ratio:.1f}x faster by the median",
+            met(ratio),
         )
         run.write(markdown)
     finally:

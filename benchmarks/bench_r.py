@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,8 @@ from pkgckpt.scan.r import RLibraryScanner, r_environment  # noqa: E402
 TEST_SET = ("ckpt.base", "ckptImports", "ckptC", "ckptOld")
 SYNTHETIC = 12
 CHAIN = 3
+PEER = "`install.packages()` (Ncpus = 2)"
+SERIAL = "`install.packages()` (R's default, Ncpus = 1)"
 
 
 def package_set(root: Path) -> tuple[rpkgs.Repo, list[str], Path]:
@@ -101,6 +104,16 @@ class Setup:
         return install
 
 
+def verdict(markdown: Path | None, times: dict[str, list[float]]) -> None:
+    """r-restore: `pkgckpt restore`'s wall median below install.packages(Ncpus = 2)'s."""
+    got = bench_kit.versus(times, "`pkgckpt restore`", PEER)
+    text = f"`pkgckpt restore` vs Ncpus = 2: {got.text}"
+    if SERIAL in times:
+        lo, mid = min(times[SERIAL]), statistics.median(times[SERIAL])
+        text += f"; Ncpus = 1: {bench_kit.ms(lo)} / {bench_kit.ms(mid)}"
+    bench_kit.verdict(markdown, "r-restore", text, got.ratio < 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", type=Path, help="write the tables here (run_all.py)")
@@ -113,9 +126,9 @@ def main() -> None:
     try:
         setup = Setup(root, bench_kit.pkgckpt_python(root))
         contenders = {
-            "`install.packages()` (Ncpus = 2)": setup.by_hand(2),
+            PEER: setup.by_hand(2),
             "`pkgckpt restore`": setup.restore,
-            "`install.packages()` (R's default, Ncpus = 1)": setup.by_hand(1),
+            SERIAL: setup.by_hand(1),
         }
         cpu: dict[str, list[float]] = {}
         times = bench_kit.interleave(
@@ -124,8 +137,9 @@ def main() -> None:
         assert rpkgs.installed(setup.lib) == setup.expected
         run.add(
             f"**r-restore**, {len(setup.expected)} packages into an empty library\n\n"
-            + bench_kit.table(times, cpu=cpu, peer="`install.packages()` (Ncpus = 2)")
+            + bench_kit.table(times, cpu=cpu, peer=PEER)
         )
+        verdict(args.markdown, times)
         setup.empty()
         setup.restore()
         noop = {

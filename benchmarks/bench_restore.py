@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -57,6 +58,7 @@ from pkgckpt.scan.python import canonicalize_name  # noqa: E402
 UV = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
 OVERHEAD_MS = 25.0
 NOOP_RATIO = 2.5
+NOOP_MS = 150.0
 WHEELS_CACHE = Path.home() / ".cache" / "pkgckpt-bench" / "scipy"
 
 
@@ -157,7 +159,16 @@ def overhead(label: str, ratio: float, extra_ms: float) -> str:
     return "met" if extra_ms <= OVERHEAD_MS else f"**not met** (≤ +{OVERHEAD_MS:.0f} ms)"
 
 
-def install_group(run: bench_kit.Run, name: str, bench: Bench, rounds: int) -> None:
+def install_group(
+    run: bench_kit.Run,
+    name: str,
+    bench: Bench,
+    rounds: int,
+    markdown: Path | None = None,
+    keys: Mapping[str, str] | None = None,
+) -> None:
+    """`keys`: the target (run_all.py's TARGETS) each installer's pair answers, by
+    installer ("uv", "pip"), told to `bench_kit.verdict` with the table's own reading."""
     bench.fresh(with_pip=False)
     bench.manifest()
     contenders = {
@@ -183,9 +194,18 @@ def install_group(run: bench_kit.Run, name: str, bench: Bench, rounds: int) -> N
         + "\n\n"
         + bench_kit.table(pip_side, cpu=cpu, peer="`pip install --no-deps -r`", target=overhead)
     )
+    pairs = {
+        "uv": ("`pkgckpt restore --installer uv`", "`uv pip install --no-deps -r`"),
+        "pip": ("`pkgckpt restore --installer pip`", "`pip install --no-deps -r`"),
+    }
+    for installer, key in (keys or {}).items():
+        label, peer = pairs[installer]
+        got = bench_kit.versus(times, label, peer, cpu)
+        met = overhead(label, got.ratio, got.extra_ms) == "met"
+        bench_kit.verdict(markdown, key, got.text, met)
 
 
-def noop_group(run: bench_kit.Run, bench: Bench, rounds: int) -> None:
+def noop_group(run: bench_kit.Run, bench: Bench, rounds: int, markdown: Path | None = None) -> None:
     bench.fresh(with_pip=True)
     bench.manifest()
     bench.restore()()
@@ -210,6 +230,18 @@ def noop_group(run: bench_kit.Run, bench: Bench, rounds: int) -> None:
         f"**noop-100**, {len(bench.pins)} recorded packages, all in place\n\n"
         + bench_kit.table(times, cpu=cpu, peer="`python -c pass` (pkgckpt's venv)", target=target)
     )
+    label, peer = "`pkgckpt restore`, all in place", "`python -c pass` (pkgckpt's venv)"
+    mine, mid = times[label], statistics.median(times[label])
+    bench_kit.verdict(
+        markdown,
+        "noop-150",
+        f"{bench_kit.ms(min(mine))} / {bench_kit.ms(mid)} (min / median; "
+        f"CPU median {bench_kit.ms(statistics.median(cpu[label]))})",
+        mid * 1000 <= NOOP_MS,
+    )
+    got = bench_kit.versus(times, label, peer, cpu)
+    met = target(label, got.ratio, got.extra_ms) == "met"
+    bench_kit.verdict(markdown, "noop-peer", got.text, met)
 
 
 def r_group(run: bench_kit.Run, bench: Bench, rounds: int) -> None:
@@ -292,15 +324,19 @@ def main() -> None:
         if "restore-40" in only:
             pins = small_wheels(root / "w40", 40)
             bench = Bench(root / "r40", root / "w40", pins, pkgckpt)
-            install_group(run, "restore-40", bench, rounds.get("restore-40", 7))
+            keys = {"uv": "restore-uv", "pip": "restore-pip"}
+            install_group(
+                run, "restore-40", bench, rounds.get("restore-40", 7), args.markdown, keys
+            )
         if "scipy" in only:
             pins = scipy_wheels(args.wheels_cache, root / "wsci")
             bench = Bench(root / "sci", root / "wsci", pins, pkgckpt)
-            install_group(run, "restore-scipy", bench, rounds.get("scipy", 5))
+            keys = {"uv": "restore-scipy"}
+            install_group(run, "restore-scipy", bench, rounds.get("scipy", 5), args.markdown, keys)
         if "noop-100" in only:
             pins = small_wheels(root / "w100", 100)
             bench = Bench(root / "n100", root / "w100", pins, pkgckpt)
-            noop_group(run, bench, rounds.get("noop-100", 30))
+            noop_group(run, bench, rounds.get("noop-100", 30), args.markdown)
         if "restore-40-r" in only:
             pins = small_wheels(root / "w40r", 40)
             bench = Bench(root / "r40r", root / "w40r", pins, pkgckpt)

@@ -31,6 +31,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,12 @@ from pkgckpt.scan.python import SiteScanner, scan_site
 COUNT = 3000
 UV = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
 OLD_NS = 3600 * 10**9
+FULL_MS = 30.0
+"""Full scan, baseline known, in process (run_all.py's "scan-full")."""
+RESCAN_MS = 1.0
+"""Rescan after one install, told the names ("scan-rescan")."""
+BASELINE_RATIO = 1.0
+"""`pkgckpt baseline` over `uv pip freeze --python VENV`, whole process ("baseline-peer")."""
 
 
 def write_dist(site: Path, i: int) -> Path:
@@ -126,7 +133,13 @@ def process(env: dict[str, str], *argv: str) -> Callable[[], None]:
     return run
 
 
-def baseline_group(run: bench_kit.Run, root: Path, rounds: int) -> None:
+def min_median(values: list[float]) -> str:
+    return f"{bench_kit.ms(min(values))} / {bench_kit.ms(statistics.median(values))}"
+
+
+def baseline_group(
+    run: bench_kit.Run, root: Path, rounds: int, markdown: Path | None = None
+) -> None:
     """`pkgckpt baseline` of the venv's 3,000 distributions beside the freezes."""
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -176,22 +189,26 @@ def baseline_group(run: bench_kit.Run, root: Path, rounds: int) -> None:
         del extra_ms
         if not label.startswith("`pkgckpt"):
             return ""
-        return "met" if ratio <= 1.0 else "**not met** (≤ 1.0x)"
+        return "met" if ratio <= BASELINE_RATIO else f"**not met** (≤ {BASELINE_RATIO}x)"
 
+    peer = "`uv pip freeze --python VENV`"
     run.add(
         f"**baseline, whole process**, {COUNT} distributions, {rounds} rounds\n\n"
-        + bench_kit.table(times, cpu=cpu, peer="`uv pip freeze --python VENV`", target=target)
+        + bench_kit.table(times, cpu=cpu, peer=peer, target=target)
     )
+    label = "`pkgckpt baseline --env VENV`"
+    got = bench_kit.versus(times, label, peer, cpu)
+    met = target(label, got.ratio, got.extra_ms) == "met"
+    bench_kit.verdict(markdown, "baseline-peer", got.text, met)
 
 
-def scan_group(run: bench_kit.Run, site: Path, rounds: int) -> None:
+def scan_group(run: bench_kit.Run, site: Path, rounds: int, markdown: Path | None = None) -> None:
     full = scan_site(site)
     assert len(full.packages) == COUNT
+    known = "pkgckpt, baseline known (`SiteScanner(site, baseline)`)"
     contenders: dict[str, Callable[[], object]] = {
         "pkgckpt, nothing known (`scan_site`: `pkgckpt baseline`)": lambda: scan_site(site),
-        "pkgckpt, baseline known (`SiteScanner(site, baseline)`)": lambda: SiteScanner(
-            site, full.packages
-        ).scan(),
+        known: lambda: SiteScanner(site, full.packages).scan(),
         "bare scandir + METADATA Name/Version loop": lambda: bare_loop(site),
         "importlib.metadata Name + version": lambda: importlib_names(site),
     }
@@ -200,9 +217,12 @@ def scan_group(run: bench_kit.Run, site: Path, rounds: int) -> None:
         f"**full scan, in process**, {COUNT} distributions, {rounds} rounds\n\n"
         + bench_kit.table(times, first="scan")
     )
+    mid = statistics.median(times[known])
+    text = f"{min_median(times[known])} (min / median), baseline known"
+    bench_kit.verdict(markdown, "scan-full", text, mid * 1000 <= FULL_MS)
 
 
-def rescan_group(run: bench_kit.Run, site: Path, rounds: int) -> None:
+def rescan_group(run: bench_kit.Run, site: Path, rounds: int, markdown: Path | None = None) -> None:
     times: dict[str, list[float]] = {}
     for told in (True, False):
         scanner = SiteScanner(site)
@@ -234,6 +254,9 @@ def rescan_group(run: bench_kit.Run, site: Path, rounds: int) -> None:
         f"**rescan, in process**, {COUNT} distributions, {rounds} rounds\n\n"
         + bench_kit.table(times, first="rescan")
     )
+    named = times["after one install, told the names"]
+    text = f"{min_median(named)} (min / median), told the names"
+    bench_kit.verdict(markdown, "scan-rescan", text, statistics.median(named) * 1000 <= RESCAN_MS)
 
 
 def main() -> None:
@@ -244,10 +267,10 @@ def main() -> None:
     run = bench_kit.Run("scan")
     root = Path(tempfile.mkdtemp(prefix="bench-scan-", dir="/dev/shm"))
     try:
-        baseline_group(run, root, 5 if args.quick else 15)
+        baseline_group(run, root, 5 if args.quick else 15, args.markdown)
         with site_tree("bench-scan-") as site:
-            scan_group(run, site, 3 if args.quick else 10)
-            rescan_group(run, site, 10 if args.quick else 30)
+            scan_group(run, site, 3 if args.quick else 10, args.markdown)
+            rescan_group(run, site, 10 if args.quick else 30, args.markdown)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     run.done()

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_kit import commit, load, python_for_run, stamp
+from bench_kit import commit, load, python_for_run, stamp, verdict
 
 DIST = "bigpkg-1.0.dist-info"
 MISS_AFTER = 15.0  # seconds after the burst without "record": the watcher missed it
@@ -249,6 +249,9 @@ CONTENDERS = [
     Contender("watchfiles", WATCHFILES, "`watch` defaults (debounce 1,600 ms, step 50 ms)"),
 ]
 DESIGN_PEER = "non-recursive inotify_simple"
+OURS = "pkgckpt"
+BURST_TARGET_MS = 5.0  # pkgckpt's CPU for the burst, by the median (issue 2)
+PEER_TARGET = 1.0  # pkgckpt's median over the design peer's (issue 15)
 
 
 def pip_order_burst(
@@ -382,12 +385,16 @@ def one_round(python: Path, contender: Contender, tmp: Path, result: Result) -> 
         shutil.rmtree(site, ignore_errors=True)
 
 
-def idle(python: Path, tmp: Path, seconds: float, chosen: Sequence[Contender]) -> list[str]:
-    """One of each, idle side by side on a site holding the burst's tree."""
+def idle(
+    python: Path, tmp: Path, seconds: float, chosen: Sequence[Contender]
+) -> tuple[list[str], dict[str, int]]:
+    """One of each, idle side by side on a site holding the burst's tree: the table's
+    rows, and the wake-ups of each by name."""
     site = tmp / "idle-site"
     site.mkdir()
     pip_order_burst(site)
     rows = []
+    woke: dict[str, int] = {}
     try:
         with ExitStack() as stack:
             children = []
@@ -399,14 +406,16 @@ def idle(python: Path, tmp: Path, seconds: float, chosen: Sequence[Contender]) -
             pids = [c.proc.pid for c in children if c.proc is not None]
             before = [(wakeups(p), cpu_seconds(p)) for p in pids]
             time.sleep(seconds)
-            for c, pid, (w0, c0) in zip(children, pids, before, strict=True):
+            for child, pid, (w0, c0) in zip(children, pids, before, strict=True):
+                name = child.contender.name
+                woke[name] = wakeups(pid) - w0
                 rows.append(
-                    f"| {c.contender.name} | {wakeups(pid) - w0} | "
+                    f"| {name} | {woke[name]} | "
                     f"{(cpu_seconds(pid) - c0) * 1000:.1f} ms | {rss_mb(pid):.1f} MB |"
                 )
     finally:
         shutil.rmtree(site, ignore_errors=True)
-    return rows
+    return rows, woke
 
 
 def main() -> None:
@@ -431,13 +440,52 @@ def main() -> None:
                     one_round(python, c, Path(tmp), results[c.name])
                 print(f"round {r + 1}/{args.rounds} done, load {load()}", file=sys.stderr)
             load_after = load()
-            idle_rows = idle(python, Path(tmp), args.idle, chosen) if args.idle > 0 else []
+            idle_rows, woke = (
+                idle(python, Path(tmp), args.idle, chosen) if args.idle > 0 else ([], {})
+            )
     text = report(
         chosen, results, args.rounds, version, load_before, load_after, idle_rows, args.idle
     )
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)
+        verdicts(args.markdown, results, args.rounds, woke, args.idle)
+
+
+def verdicts(
+    markdown: str, results: dict[str, Result], rounds: int, woke: dict[str, int], idle_s: float
+) -> None:
+    """pkgckpt's figures against the targets of run_all.py's table, from what this run
+    measured (the table's min, median and "median vs design peer")."""
+    ours = results.get(OURS)
+    if ours is None or not ours.cpu_ms:
+        return
+    median = statistics.median(ours.cpu_ms)
+    seen = rounds - ours.missed
+    verdict(
+        markdown,
+        "watch-burst",
+        f"{min(ours.cpu_ms):.2f} / {median:.2f} ms (min / median), RECORD seen {seen}/{rounds}",
+        median <= BURST_TARGET_MS and ours.missed == 0,
+    )
+    peer = results.get(DESIGN_PEER)
+    if peer is not None and peer.cpu_ms:
+        peer_median = statistics.median(peer.cpu_ms)
+        ratio = median / peer_median
+        verdict(
+            markdown,
+            "watch-peer",
+            f"{min(ours.cpu_ms):.2f} / {median:.2f} ms (min / median) vs "
+            f"{min(peer.cpu_ms):.2f} / {peer_median:.2f} ms: {ratio:.2f}x by the median",
+            ratio <= PEER_TARGET,
+        )
+    if OURS in woke:
+        verdict(
+            markdown,
+            "watch-idle",
+            f"{woke[OURS]} wake-ups over {idle_s:g} s idle",
+            woke[OURS] == 0,
+        )
 
 
 def report(

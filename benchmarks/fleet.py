@@ -68,11 +68,20 @@ from pkgckpt.store import Store
 
 REPO = Path(pkgckpt.__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_kit import verdict  # noqa: E402
 from restore_kit import hermetic  # noqa: E402
 from wheelhouse import Dist, build_wheel  # noqa: E402
 
 POOL = 40
+# The calls latencyshim.c delays, as strace names them: what the p99 target counts as
+# "operations per commit" (issue 12: p99 commit latency <= 2 x the injected latency x
+# the operations per commit), with the shim's mean delay as the injected latency.
+DELAYED = ("open", "openat", "fsync", "fdatasync", "rename", "renameat", "renameat2")
+P99_FACTOR = 2
+# Issue 12's budgets of store calls: per commit, and per restore before it installs.
+OPS_PER_COMMIT, OPS_PER_RESTORE = 8, 3
 UID_BASE = 40000
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -637,6 +646,77 @@ def main() -> None:
     print("\n".join(lines))
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")
+        verdicts(args.markdown, results, args.latency_ms)
+
+
+def injected_ms(spec: str) -> tuple[int, int]:
+    """--latency-ms MIN:MAX as latencyshim.c reads it (2:20 when it cannot)."""
+    try:
+        low, high = (int(v) for v in spec.split(":"))
+    except ValueError:
+        return 2, 20
+    return (low, high) if 0 <= low <= high else (2, 20)
+
+
+def verdicts(markdown: Path, results: list[dict[str, object]], latency_ms: str) -> None:
+    """The fleet's targets in run_all.py's table, from the figures its table shows: no
+    install lost in the tmpfs and the latency runs, and the latency run's p99 commit
+    latency against 2 x the shim's mean delay x the delayed store calls per commit."""
+    runs = {str(r["run"]): r for r in results}
+    tmpfs, slow = runs.get("tmpfs"), runs.get("latency")
+    low, high = injected_ms(latency_ms)
+    storm = runs.get("storm")
+    # Nothing counted (no restore under strace) is no figure, not zero calls.
+    if storm is not None and storm["store_ops_per_restore_by_call"]:
+        per_restore = storm["store_ops_per_restore"]
+        assert isinstance(per_restore, float)
+        verdict(
+            markdown,
+            "store-ops-restore",
+            f"{per_restore:g} store calls per restore (strace sample of the storm; "
+            f"{_cell(storm['store_ops_per_restore_by_call'])})",
+            per_restore <= OPS_PER_RESTORE,
+        )
+    if tmpfs is not None and tmpfs["sampled_commits"]:
+        per_commit = tmpfs["store_ops_per_commit"]
+        assert isinstance(per_commit, float)
+        verdict(
+            markdown,
+            "store-ops-commit",
+            f"{per_commit:g} store calls per commit (strace sample, "
+            f"{tmpfs['sampled_commits']} commits; {_cell(tmpfs['store_ops_per_commit_by_call'])})",
+            per_commit <= OPS_PER_COMMIT,
+        )
+    if tmpfs is not None and slow is not None:
+        lost, lost_slow = tmpfs["lost"], slow["lost"]
+        assert isinstance(lost, list) and isinstance(lost_slow, list)
+        verdict(
+            markdown,
+            "fleet-lost",
+            f"{len(lost)} of {tmpfs['installs']} installs lost on tmpfs, {len(lost_slow)} of "
+            f"{slow['installs']} with {low}-{high} ms injected; {tmpfs['daemons']} daemons",
+            not lost and not lost_slow,
+        )
+    if slow is None:
+        return
+    p99 = slow["commit_latency_ms"]
+    by_call = slow["store_ops_per_commit_by_call"]
+    assert isinstance(p99, dict) and isinstance(by_call, dict)
+    if "p99" not in p99 or not slow["sampled_commits"]:
+        return  # no commit measured, or none under strace to count its calls
+    delayed = {name: n for name, n in by_call.items() if name in DELAYED}
+    ops = sum(delayed.values())
+    mean = (low + high) / 2
+    bound = P99_FACTOR * mean * ops
+    verdict(
+        markdown,
+        "fleet-p99",
+        f"p99 {p99['p99']} ms (n {p99['n']}), {low}-{high} ms injected; bound "
+        f"{P99_FACTOR} x {mean:g} ms x {ops:.1f} delayed calls per commit "
+        f"({', '.join(f'{k} {v}' for k, v in delayed.items())}; of "
+        f"{slow['store_ops_per_commit']} store calls) = {bound:.0f} ms",
+        p99["p99"] <= bound,
+    )
 
 
 def _cell(value: object) -> str:

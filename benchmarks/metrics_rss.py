@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_daemon import MINIMAL  # noqa: E402
-from bench_kit import commit, load, python_for_run, stamp  # noqa: E402
+from bench_kit import commit, load, python_for_run, stamp, verdict  # noqa: E402
 from daemon_kit import World, eventually  # noqa: E402
 from wheelhouse import make_venv  # noqa: E402
 
@@ -48,6 +48,13 @@ CLIENT = (
     "p.Gauge('x', 'x', registry=r).set(1); p.generate_latest(r)\n"
 )
 KINDS = ("bare", "minimal", "none", "ours", "client")
+# Targets (issues 2, 12 and 15), by the medians: the idle daemon's RSS, and what the
+# metrics writer adds to it. VmRSS counts KiB ("kB"); a memory "MB" is read as MiB, as
+# free(1) and top(1) print it, and the figure in SI megabytes is shown beside it for a
+# reader who takes the stricter reading.
+KIB_PER_MIB = 1024
+DAEMON_TARGET_KIB = 16 * KIB_PER_MIB
+WRITER_TARGET_KIB = 1 * KIB_PER_MIB
 
 
 def rss_kb(pid: int) -> int:
@@ -178,6 +185,26 @@ def main() -> None:
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)
+        verdicts(args.markdown, found)
+
+
+def verdicts(markdown: str, found: dict[str, list[int]]) -> None:
+    """The targets of run_all.py's table, from the medians the table shows."""
+    daemon, ours, client = (statistics.median(found[kind]) for kind in ("none", "ours", "client"))
+    verdict(
+        markdown,
+        "daemon-rss",
+        f"{min(found['none']):,} / {daemon:,.0f} KiB (min / median): "
+        f"{daemon / KIB_PER_MIB:.2f} MiB, {daemon * 1024 / 1e6:.2f} MB in SI units",
+        daemon <= DAEMON_TARGET_KIB,
+    )
+    verdict(
+        markdown,
+        "metrics-writer",
+        f"{ours - daemon:+,.0f} KiB by the median ({ours:,.0f} vs {daemon:,.0f} KiB without a "
+        f"metrics file); prometheus_client's exposition {client - daemon:+,.0f} KiB",
+        ours - daemon <= WRITER_TARGET_KIB,
+    )
 
 
 if __name__ == "__main__":
