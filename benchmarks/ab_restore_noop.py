@@ -4,7 +4,9 @@
 
 Each side is installed as a user gets it (`pip install .` of a `git archive`, not
 editable, bytecode compiled) into its own venv on /dev/shm. One 100-package manifest,
-every package in place; contenders alternate round by round: REV; this tree; this tree
+every package in place, each commit with its own runtime directory (the interpreter's
+answer kept there by its own first run, as in a container where it restored before);
+contenders alternate round by round: REV; this tree; this tree
 with `store_uid` (layout (a): the store root is listed); this tree with a sealed manifest
 (layout (b): the secret is read and the HMAC verified); `python -c pass`. Prints min and
 median wall time of the whole process and the load average before and after; then each
@@ -143,11 +145,18 @@ def main(rev: str, rounds: int, markdown: Path | None) -> None:
             cwd=root,
         )
         squash = {"PKGCKPT_STORE_UID": str(os.getuid())}
+        # A runtime directory of its own for the earlier commit, as a container that ran
+        # that commit's restore before would have: the interpreter's answer is kept there
+        # under a key that includes the probe's text, one entry per interpreter, so with
+        # a shared one, two commits whose probes differ would evict each other's answer
+        # and each pay the probe (~30 ms) in turn. The warm-up below fills it.
+        own_run = root / "run-before"
+        own_run.mkdir(mode=0o700)
         contenders = {
             "`python -c pass`": ([str(after), "-c", "pass"], {}),
             f"before ({rev})": (
                 [bench_kit.script(before), *argv, "--store", str(bench.store)],
-                {},
+                {"XDG_RUNTIME_DIR": str(own_run)},
             ),
             "after": ([bench_kit.script(after), *argv, "--store", str(bench.store)], {}),
             "after, store_uid, layout (a)": (
