@@ -659,33 +659,29 @@ def injected_ms(spec: str) -> tuple[int, int]:
 
 
 def verdicts(markdown: Path, results: list[dict[str, object]], latency_ms: str) -> None:
-    """The fleet's targets in run_all.py's table, from the figures its table shows: no
-    install lost in the tmpfs and the latency runs, and the latency run's p99 commit
+    """The fleet's targets in run_all.py's table, from the figures its table shows: the
+    store calls per restore (the storm) and per commit (tmpfs) against issue 12's budgets,
+    no install lost in the tmpfs and the latency runs, and the latency run's p99 commit
     latency against 2 x the shim's mean delay x the delayed store calls per commit."""
     runs = {str(r["run"]): r for r in results}
     tmpfs, slow = runs.get("tmpfs"), runs.get("latency")
     low, high = injected_ms(latency_ms)
-    storm = runs.get("storm")
-    # Nothing counted (no restore under strace) is no figure, not zero calls.
-    if storm is not None and storm["store_ops_per_restore_by_call"]:
-        per_restore = storm["store_ops_per_restore"]
-        assert isinstance(per_restore, float)
+    budgets = (
+        ("store-ops-restore", runs.get("storm"), "restore", OPS_PER_RESTORE),
+        ("store-ops-commit", tmpfs, "commit", OPS_PER_COMMIT),
+    )
+    for key, run, per, budget in budgets:
+        # Nothing counted (no call under strace) is no figure, not zero calls.
+        if run is None or not run[f"store_ops_per_{per}_by_call"]:
+            continue
+        calls = run[f"store_ops_per_{per}"]
+        assert isinstance(calls, float)
         verdict(
             markdown,
-            "store-ops-restore",
-            f"{per_restore:g} store calls per restore (strace sample of the storm; "
-            f"{_cell(storm['store_ops_per_restore_by_call'])})",
-            per_restore <= OPS_PER_RESTORE,
-        )
-    if tmpfs is not None and tmpfs["sampled_commits"]:
-        per_commit = tmpfs["store_ops_per_commit"]
-        assert isinstance(per_commit, float)
-        verdict(
-            markdown,
-            "store-ops-commit",
-            f"{per_commit:g} store calls per commit (strace sample, "
-            f"{tmpfs['sampled_commits']} commits; {_cell(tmpfs['store_ops_per_commit_by_call'])})",
-            per_commit <= OPS_PER_COMMIT,
+            key,
+            f"{calls:g} store calls per {per} (strace sample, run {run['run']}; "
+            f"{_cell(run[f'store_ops_per_{per}_by_call'])})",
+            calls <= budget,
         )
     if tmpfs is not None and slow is not None:
         lost, lost_slow = tmpfs["lost"], slow["lost"]
