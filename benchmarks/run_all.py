@@ -330,14 +330,10 @@ def command(bench: Bench, out: Path, quick: bool, before: str | None) -> list[st
     if bench.ab and before is None and not bench.before_optional:
         return "an A/B bench: give --before REV"
     extra = (*bench.args, *(("--quick",) if quick and "--quick" in source else ()))
-    if 'if __name__ == "__main__":' in source:
-        argv = [sys.executable, str(path)]
-        if bench.ab and before is not None:
-            argv.append(before)
-        return [*argv, *extra, "--markdown", str(out)]
-    # A pytest-benchmark file: its --markdown comes from benchmarks' conftest.py.
-    pytest = [sys.executable, "-m", "pytest", str(path), "--benchmark-enable", "-q", "-s"]
-    return [*pytest, "-p", "no:cacheprovider", *extra, "--markdown", str(out)]
+    argv = [sys.executable, str(path)]
+    if bench.ab and before is not None:
+        argv.append(before)
+    return [*argv, *extra, "--markdown", str(out)]
 
 
 def replace_table(text: str, name: str, table: str) -> str | None:
