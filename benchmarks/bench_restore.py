@@ -331,7 +331,7 @@ def main() -> None:
         if "scipy" in only:
             pins = scipy_wheels(args.wheels_cache, root / "wsci")
             bench = Bench(root / "sci", root / "wsci", pins, pkgckpt)
-            keys = {"uv": "restore-scipy"}
+            keys = {"uv": "restore-scipy", "pip": "restore-scipy-pip"}
             install_group(run, "restore-scipy", bench, rounds.get("scipy", 5), args.markdown, keys)
         if "noop-100" in only:
             pins = small_wheels(root / "w100", 100)

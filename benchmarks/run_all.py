@@ -197,6 +197,13 @@ TARGETS = (
         "restore-scipy", "restore", "15", "the same for the 35 MB scipy wheel, with uv", _START_UP
     ),
     Target(
+        "restore-scipy-pip",
+        "restore",
+        "15",
+        "the same for the 35 MB scipy wheel, with pip",
+        _START_UP + "; pip's own rounds spread by a second or more here",
+    ),
+    Target(
         "trust-checks",
         "restore-noop-ab",
         "16",
