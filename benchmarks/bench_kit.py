@@ -198,6 +198,10 @@ class Run:
             path.write_text(self.markdown())
 
 
+_started: set[Path] = set()
+"""The sidecars this process has written: `verdict` starts each afresh."""
+
+
 def verdict(markdown: Path | str | None, target: str, measured: str, met: bool) -> None:
     """Record how this run did against `target` (a key of run_all.py's TARGETS) for the
     table of targets: `measured` is the figure as the summary shows it (min / median,
@@ -206,7 +210,10 @@ def verdict(markdown: Path | str | None, target: str, measured: str, met: bool) 
     if markdown is None:
         return
     sidecar = Path(markdown).with_suffix(".verdicts.json")
-    kept = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    # This run's verdicts only: a file left by an earlier run at the same path would
+    # otherwise lend this one the targets it did not measure.
+    kept = json.loads(sidecar.read_text()) if sidecar in _started else {}
+    _started.add(sidecar)
     kept[target] = {"measured": measured, "met": met}
     sidecar.write_text(json.dumps(kept, indent=1) + "\n")
 
