@@ -212,8 +212,7 @@ def sdist_verdict(markdown: Path | None, key: str, times: Mapping[str, list[floa
     text, met = speedup(times, cpu, ours, theirs)
     mine, peer = times[ours], times[theirs]
     figures = (
-        f"{bench_kit.ms(min(mine))} / {bench_kit.ms(statistics.median(mine))} from the "
-        f"artifact vs {bench_kit.ms(min(peer))} / {bench_kit.ms(statistics.median(peer))} "
+        f"{bench_kit.min_median(mine)} from the artifact vs {bench_kit.min_median(peer)} "
         f"from the sdist (min / median), CPU {bench_kit.ms(statistics.median(cpu[ours]))} vs "
         f"{bench_kit.ms(statistics.median(cpu[theirs]))}: {text}"
     )

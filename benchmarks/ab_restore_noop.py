@@ -210,8 +210,8 @@ def main(rev: str, rounds: int, markdown: Path | None) -> None:
             markdown,
             "trust-checks",
             f"the first sealed check of a process, its imports included: "
-            f"{bench_kit.ms(min(first))} / {bench_kit.ms(statistics.median(first))} (min / "
-            f"median, {FIRST_ROUNDS} processes); in a process that has them, "
+            f"{bench_kit.min_median(first)} (min / median, {FIRST_ROUNDS} processes); "
+            "in a process that has them, "
             + " + ".join(f"{what} {us:.1f} us" for what, us in worst.items())
             + f"; whole process, sealed vs plain: {whole.extra_ms:+.1f} ms by the larger of "
             f"the wall and CPU medians ({rounds} rounds, ±10 ms round to round)",

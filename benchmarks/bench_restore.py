@@ -235,7 +235,7 @@ def noop_group(run: bench_kit.Run, bench: Bench, rounds: int, markdown: Path | N
     bench_kit.verdict(
         markdown,
         "noop-150",
-        f"{bench_kit.ms(min(mine))} / {bench_kit.ms(mid)} (min / median; "
+        f"{bench_kit.min_median(mine)} (min / median; "
         f"CPU median {bench_kit.ms(statistics.median(cpu[label]))})",
         mid * 1000 <= NOOP_MS,
     )

@@ -133,10 +133,6 @@ def process(env: dict[str, str], *argv: str) -> Callable[[], None]:
     return run
 
 
-def min_median(values: list[float]) -> str:
-    return f"{bench_kit.ms(min(values))} / {bench_kit.ms(statistics.median(values))}"
-
-
 def baseline_group(
     run: bench_kit.Run, root: Path, rounds: int, markdown: Path | None = None
 ) -> None:
@@ -218,7 +214,7 @@ def scan_group(run: bench_kit.Run, site: Path, rounds: int, markdown: Path | Non
         + bench_kit.table(times, first="scan")
     )
     mid = statistics.median(times[known])
-    text = f"{min_median(times[known])} (min / median), baseline known"
+    text = f"{bench_kit.min_median(times[known])} (min / median), baseline known"
     bench_kit.verdict(markdown, "scan-full", text, mid * 1000 <= FULL_MS)
 
 
@@ -255,7 +251,7 @@ def rescan_group(run: bench_kit.Run, site: Path, rounds: int, markdown: Path | N
         + bench_kit.table(times, first="rescan")
     )
     named = times["after one install, told the names"]
-    text = f"{min_median(named)} (min / median), told the names"
+    text = f"{bench_kit.min_median(named)} (min / median), told the names"
     bench_kit.verdict(markdown, "scan-rescan", text, statistics.median(named) * 1000 <= RESCAN_MS)
 
 

@@ -299,9 +299,12 @@ def keep_verdicts(bench: Bench, sidecar: Path) -> None:
     if unknown:
         print(f"run_all: {bench.name}: no such target {', '.join(sorted(unknown))}", flush=True)
     kept = json.loads(VERDICTS.read_text()) if VERDICTS.exists() else {}
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    stamp = {
+        "commit": bench_kit.commit(),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     for key in sorted(known & set(said)):
-        kept[key] = {**said[key], "commit": bench_kit.commit(), "when": when}
+        kept[key] = {**said[key], **stamp}
     tmp = VERDICTS.with_name(f".{VERDICTS.name}.{os.getpid()}")
     tmp.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
     tmp.replace(VERDICTS)
