@@ -382,7 +382,13 @@ class Daemon:
             return
         if written is not None:
             try:
-                art.tidy(self.session, self.config, self.last_written or written, written)
+                art.tidy(
+                    self.session,
+                    self.config,
+                    self.last_written or written,
+                    written,
+                    collect=not self.captures.running,
+                )
             except PkgckptError as e:  # the next commit collects again
                 log.warning("artifact GC: %s", e)
             self.last_written = written

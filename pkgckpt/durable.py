@@ -149,13 +149,16 @@ def read_all(fd: int, limit: int, expected: int | None = None) -> bytes:
     return b"".join(chunks)
 
 
-def sha256_of(fd: int) -> str:
-    """The sha256 (hex) of what `fd` holds from its offset to its end."""
+def sha256_of(fd: int, limit: int | None = None) -> str:
+    """The sha256 (hex) of what `fd` holds from its offset to its end, or of its first
+    `limit` + 1 bytes: a file someone else can grow is not read whole."""
     import hashlib
 
     digest = hashlib.sha256()
-    while chunk := os.read(fd, 1 << 20):
+    left = float("inf") if limit is None else limit + 1
+    while left > 0 and (chunk := os.read(fd, int(min(1 << 20, left)))):
         digest.update(chunk)
+        left -= len(chunk)
     return digest.hexdigest()
 
 

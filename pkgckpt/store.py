@@ -930,7 +930,8 @@ class Store:
 ARTIFACTS = "artifacts"
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _R_DIR = re.compile(r"R-[0-9]{1,3}\.[0-9]{1,3}")
-_ARTIFACT_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,250}\.(?:whl|tar\.gz)")
+# `!`: a version's epoch (`1!2.0`), which wheel names keep as it is.
+_ARTIFACT_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+!-]{0,250}\.(?:whl|tar\.gz)")
 
 
 def artifact_name(name: str) -> str:

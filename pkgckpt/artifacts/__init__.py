@@ -162,7 +162,10 @@ def capture(
     module = capturer(job.env.kind)
     with tempfile.TemporaryDirectory(prefix="pkgckpt-capture-") as out:
         built = module.capture(job, Path(out))
-        name = artifact_name(built.relative_to(out).as_posix())
+        try:
+            name = artifact_name(built.relative_to(out).as_posix())
+        except StoreError as e:  # this package's odd name, not a store that failed
+            raise Uncapturable(str(e)) from None
         fd = os.open(built, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size

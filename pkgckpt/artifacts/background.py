@@ -266,6 +266,7 @@ def work(orders: _Orders, out: int) -> None:
         else:
             if not artifact.pooled:
                 used += artifact.size
+                keep.add(artifact.file)  # not referenced until attached: GC must spare it
             result = Result(env=job.env, package=job.package, artifact=artifact)
         if _stopping:
             # SIGTERM's SystemExit surfaced as another error of the code it interrupted

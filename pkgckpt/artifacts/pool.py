@@ -37,9 +37,15 @@ SUBDIR = "sha256"
 
 
 def _open_dir(root: Path, *, create: bool) -> int | None:
-    """`root/sha256`, checked: a real directory, sticky when others may write it."""
+    """`root/sha256`, checked: a real directory, sticky when others may write it, and
+    owned by root, this user or the owner of `root` (the administrator who made the
+    pool): the sticky bit binds everyone but the directory's owner, so a `sha256/` made
+    by another user would let them remove or replace every entry. `create`: make it
+    when this user owns `root` (a pool of one's own); an administrator makes it for
+    everyone else."""
     try:
-        if create:
+        owner = root.stat().st_uid
+        if create and owner == os.geteuid():
             try:
                 (root / SUBDIR).mkdir(0o700)
                 (root / SUBDIR).chmod(0o1777)  # mkdir's mode passes through the umask
@@ -52,12 +58,15 @@ def _open_dir(root: Path, *, create: bool) -> int | None:
         if e.errno in (errno.ELOOP, errno.ENOTDIR):
             raise StoreError(f"artifact pool {root / SUBDIR} is not a directory: refused") from e
         raise durable.error(e, f"cannot open the artifact pool {root}") from e
-    mode = os.fstat(fd).st_mode
-    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+    st = os.fstat(fd)
+    why = None
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        why = "is writable by others without the sticky bit"
+    elif st.st_uid not in (0, os.geteuid(), owner):
+        why = f"is owned by uid {st.st_uid}, not by root, you or the owner of {root}"
+    if why is not None:
         durable.close_quietly(fd)
-        raise StoreError(
-            f"artifact pool {root / SUBDIR} is writable by others without the sticky bit: refused"
-        )
+        raise StoreError(f"artifact pool {root / SUBDIR} {why}: refused")
     return fd
 
 
@@ -65,11 +74,12 @@ def put(root: Path, source: int, digest: str) -> bool:
     """Put the bytes of `source` (whose sha256 is `digest`) into the pool; True when the
     pool holds exactly them afterwards (added now, or already there), False when the
     pool cannot be used (missing, or someone else's bytes under that name)."""
-    dfd = _open_dir(root, create=root.is_dir())
+    dfd = _open_dir(root, create=True)
     if dfd is None:
         return False
+    size = os.fstat(source).st_size
     try:
-        if _holds(dfd, digest):
+        if _holds(dfd, digest, size):
             return True
         os.lseek(source, 0, os.SEEK_SET)
         where = root / SUBDIR / digest
@@ -78,7 +88,7 @@ def put(root: Path, source: int, digest: str) -> bool:
         try:
             os.link(tmp, digest, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
         except FileExistsError:
-            return _holds(dfd, digest)  # another user's capture won the race
+            return _holds(dfd, digest, size)  # another user's capture won the race
         except OSError as e:
             raise durable.error(e, f"cannot add {where}") from e
         finally:
@@ -89,34 +99,41 @@ def put(root: Path, source: int, digest: str) -> bool:
         durable.close_quietly(dfd)
 
 
-def _holds(dfd: int, digest: str) -> bool:
-    fd = _open_entry(dfd, digest)
+def _holds(dfd: int, digest: str, size: int) -> bool:
+    """Whether the entry for `digest` holds `size` bytes hashing to it. The size first,
+    and no more than one byte past it read: another user's entry may be a sparse
+    file of terabytes, or grow while it is hashed."""
+    fd = _open_entry(dfd, digest, size)
     if fd is None:
         return False
     try:
-        return durable.sha256_of(fd) == digest
+        return durable.sha256_of(fd, limit=size) == digest
     finally:
         durable.close_quietly(fd)
 
 
-def _open_entry(dfd: int, digest: str) -> int | None:
+def _open_entry(dfd: int, digest: str, size: int | None = None) -> int | None:
+    """The entry for `digest`, open: a regular file, of `size` bytes when given."""
     try:
         fd = os.open(digest, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
     except OSError:
         return None  # missing, a symlink, unreadable: not an entry to use
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
         durable.close_quietly(fd)
         return None
     return fd
 
 
-def present(root: Path, digest: str) -> bool:
-    """Whether the pool holds a regular file for `digest` (unverified: restore hashes it)."""
+def present(root: Path, digest: str, size: int) -> bool:
+    """Whether the pool holds a regular file of `size` bytes for `digest` (not hashed:
+    restore does; a cheap check that finds an entry pruned, deleted or truncated, or
+    replaced by other bytes of another size)."""
     dfd = _open_dir(root, create=False)
     if dfd is None:
         return False
     try:
-        fd = _open_entry(dfd, digest)
+        fd = _open_entry(dfd, digest, size)
     finally:
         durable.close_quietly(dfd)
     if fd is None:

@@ -11,8 +11,9 @@ capture_now(session, config, targets, skip) -> dict[str, str]
     `snapshot`: capture every pending package in this process, and every package whose
     pooled artifact left the pool (pruned, deleted by its owner), then attach; the
     failures. Raises StoreError / StoreUnavailable when the store fails.
-tidy(session, config, before)
-    After a commit: date what left the record, then GC to the quota.
+tidy(session, config, before, after, collect=True)
+    After a commit: date what left the record, then GC to the quota. Not while a
+    capture worker runs (`collect=False`): what it wrote is referenced once attached.
 never(session, targets) -> dict[str, str]
     Recorded packages that are never captured (editable, directory, conda), why.
 keep(session) -> set[str]
@@ -25,9 +26,9 @@ from collections.abc import Iterable, Mapping
 
 from ..checkpoint import Session
 from ..config import Config
-from ..errors import StoreError, Uncapturable
+from ..errors import PkgckptError, StoreError, Uncapturable
 from ..inventory import Target
-from ..manifest import Body, Environment, Package
+from ..manifest import Artifact, Body, Environment, Package
 from . import Job, Result, capture, missing, pool, quota
 
 
@@ -58,7 +59,8 @@ def keep(session: Session) -> set[str]:
 
 
 def lost(session: Session, config: Config, targets: Iterable[Target]) -> list[Job]:
-    """Recorded packages of `targets` whose pooled artifact the pool no longer holds."""
+    """Recorded packages of `targets` whose pooled artifact the pool no longer holds
+    (or holds at another size)."""
     jobs: list[Job] = []
     body = session.tracker.body()
     for t in targets:
@@ -66,11 +68,18 @@ def lost(session: Session, config: Config, targets: Iterable[Target]) -> list[Jo
         for p in (*delta.added, *delta.changed) if delta is not None else ():
             if p.artifact is None or not p.artifact.pooled:
                 continue
-            if config.artifact_pool is None or not pool.present(
-                config.artifact_pool, p.artifact.sha256
-            ):
+            if not _pooled(config, p.artifact):
                 jobs.append(Job(env=t.env, roots=tuple(t.roots), package=p))
     return jobs
+
+
+def _pooled(config: Config, artifact: Artifact) -> bool:
+    if config.artifact_pool is None:
+        return False
+    try:
+        return pool.present(config.artifact_pool, artifact.sha256, artifact.size)
+    except PkgckptError:  # a pool refused now: captured again, under the key this time
+        return False
 
 
 def capture_now(session: Session, config: Config, targets: Iterable[Target]) -> dict[str, str]:
@@ -92,13 +101,16 @@ def capture_now(session: Session, config: Config, targets: Iterable[Target]) -> 
             continue
         if not artifact.pooled:
             used += artifact.size
+            protect.add(artifact.file)  # not referenced until attached: GC must spare it
         results.append(Result(env=job.env, package=job.package, artifact=artifact))
     return attach(session, results)[1]
 
 
-def tidy(session: Session, config: Config, before: Body, after: Body) -> None:
+def tidy(
+    session: Session, config: Config, before: Body, after: Body, *, collect: bool = True
+) -> None:
     quota.note_dropped(session.store, before, after)
-    if quota.used(session.store) > config.artifact_quota:
+    if collect and quota.used(session.store) > config.artifact_quota:
         quota.collect(session.store, config.artifact_quota, quota.protected(session.store, after))
 
 

@@ -35,6 +35,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import stat
 import zipfile
 from pathlib import Path
@@ -66,6 +67,9 @@ def capture(job: Job, out: Path) -> Path:
     tags, build = _wheel_fields(wheel)
     if not tags:
         raise Uncapturable(f"{dist_dir / 'WHEEL'} names no tags")
+    odd = next((t for t in tags if not _TAG.fullmatch(t)), None)
+    if odd is not None:
+        raise Uncapturable(f"{dist_dir / 'WHEEL'}: tag {odd!r} is not python-abi-platform")
     generated = _entry_point_scripts(dist_dir / "entry_points.txt")
     prefix = _data_root(job, site)
     stem = info[: -len(".dist-info")]
@@ -162,6 +166,9 @@ def _read(path: Path, what: str) -> bytes:
     if len(data) > _MAX_META:
         raise Uncapturable(f"{path} is larger than {_MAX_META} bytes")
     return data
+
+
+_TAG = re.compile(r"[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+")
 
 
 def _wheel_fields(data: bytes) -> tuple[list[str], str | None]:

@@ -208,3 +208,37 @@ def test_bob_cannot_prune_alices_pool_entries(
     assert out.returncode == 1, out.stdout + out.stderr
     assert all(f"cannot remove {e}" in out.stderr for e in entries), out.stderr
     assert all(e.exists() for e in entries)
+
+
+def test_a_sha256_dir_made_by_bob_is_not_used_by_alice(alice: User, bob: User, tool: Path) -> None:
+    """An administrator made the pool's root (1777) but not `sha256/`: bob makes it, and
+    as its owner the sticky bit would not stop him removing or replacing alice's entries.
+    Alice's capture refuses that directory and keeps her artifacts under her key; her
+    own capture never makes `sha256/` under a root she does not own."""
+    root = Path(tempfile.mkdtemp(prefix="pkgckpt-pool-", dir="/var/tmp"))
+    try:
+        root.chmod(0o1777)
+        a = Person(alice, tool, root, DISTS)
+        try:
+            a.install("libdep")
+            snap = a.pkgckpt("snapshot")
+            assert snap.returncode == 0, snap.stdout + snap.stderr
+            assert not (root / "sha256").exists(), "alice made sha256/ under root's pool"
+            assert not a.recorded()["libdep"].artifact.pooled  # type: ignore[union-attr]
+
+            bob.run(["mkdir", "-m", "1777", str(root / "sha256")], check=True)
+            a.install("app")
+            snap = a.pkgckpt("snapshot")
+            assert snap.returncode == 0, snap.stdout + snap.stderr
+            assert f"owned by uid {bob.uid}" in snap.stderr, snap.stderr
+            mine = a.recorded()
+            assert all(p.artifact is not None and not p.artifact.pooled for p in mine.values())
+            assert list((root / "sha256").iterdir()) == []
+            a.new_venv()
+            done = a.pkgckpt("restore", "--installer", "uv", "--no-index")
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert a.installed() == {"app", "libdep"}
+        finally:
+            shutil.rmtree(a.home, ignore_errors=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
