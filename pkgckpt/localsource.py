@@ -10,6 +10,13 @@ only when no other user could have put what is there now.
         the path it resolves to; each symbolic link on the way as written must be owned by
         the user or root (its mode means nothing) and sit in a directory that passes the
         same walk, since whoever can change a link chooses where the path leads.
+    directory_problem(path, subdirectory) -> str | None
+        A directory source: `path_problem` of the recorded `path` and of every directory
+        below it down to `path/subdirectory`, the one the installer is given. Each is
+        checked on its own, so a root-owned directory inside the subdirectory does not
+        end the check of the recorded directories above it, and a symbolic link anywhere
+        in the subdirectory is checked as one on the recorded path is. A subdirectory that
+        is absolute or climbs with `..` is refused: it does not lie below `path`.
     file_problem(path, hashes) -> str | None
         `path_problem`, then: a regular file whose sha256 is the one recorded at checkpoint
         (`hashes["sha256"]`); no recorded sha256 is itself a refusal.
@@ -31,7 +38,7 @@ import stat
 from collections.abc import Iterator, Mapping
 from pathlib import PurePath
 
-__all__ = ["file_problem", "path_problem", "sha256_file"]
+__all__ = ["directory_problem", "file_problem", "path_problem", "sha256_file"]
 
 _CHUNK = 1 << 20
 
@@ -106,6 +113,26 @@ def path_problem(path: str) -> str | None:
     if problem is None or problem.startswith(f"{literal} "):
         return problem
     return f"{path}: {problem}"
+
+
+def directory_problem(path: str, subdirectory: str | None = None) -> str | None:
+    """Why the directory source at `path` (and `subdirectory` in it) may not be trusted, or
+    None (see the module)."""
+    problem = path_problem(path)
+    if problem is not None or not subdirectory:
+        return problem
+    below = PurePath(subdirectory)
+    if below.is_absolute() or ".." in below.parts:
+        return f"subdirectory {subdirectory} of {path} leads out of it"
+    # The installer is given the joined path: every directory from `path` down to it is
+    # one another user could otherwise have put there.
+    current = PurePath(path)
+    for part in below.parts:
+        current /= part
+        problem = path_problem(str(current))
+        if problem is not None:
+            return problem
+    return None
 
 
 def _digest(path: str) -> str | None:

@@ -25,6 +25,7 @@ from pkgckpt import restore
 from pkgckpt.config import Config
 from pkgckpt.errors import PartialRestore
 from pkgckpt.inventory import targets
+from pkgckpt.localsource import directory_problem
 from pkgckpt.manifest import (
     Body,
     Delta,
@@ -259,6 +260,18 @@ def test_local_sources_others_could_change_are_refused(
     assert set(failures) == {"solo", "mine"}
     assert all(culprit in message for message in failures.values()), failures
     assert installed(venv.site_packages) == {"alpha": "1.0"}
+
+
+@pytest.mark.parametrize("subdirectory", ["../elsewhere", "/etc", "mine/../.."])
+def test_a_subdirectory_that_leaves_the_recorded_directory_is_refused(
+    subdirectory: str, tmp_path: Path
+) -> None:
+    """Validation refuses these in a manifest; the check refuses them on its own too."""
+    (tmp_path / "mine").mkdir()
+    assert directory_problem(str(tmp_path), subdirectory) == (
+        f"subdirectory {subdirectory} of {tmp_path} leads out of it"
+    )
+    assert directory_problem(str(tmp_path), "mine") is None
 
 
 def test_user_site_install_works_with_the_safe_path_flag(
