@@ -216,12 +216,14 @@ def test_file_wheel_without_a_recorded_hash_is_refused(tmp_path: Path, wheels: P
     )
 
 
-@pytest.mark.parametrize("attack", ["owner", "writable", "symlink"])
+@pytest.mark.parametrize("attack", ["owner", "writable", "symlink", "subdirectory"])
 def test_local_sources_others_could_change_are_refused(
     attack: str, tmp_path: Path, wheels: Path
 ) -> None:
     """A file or directory source that another user owns, that others can write, or that
-    is reached through another user's symlink is refused with the reason; the rest install."""
+    is reached through another user's symlink is refused with the reason; the rest install.
+    A directory recorded with a subdirectory is checked down to the subdirectory, which is
+    what the installer is given: a root-owned recorded path does not vouch for it."""
     shared = tmp_path / "shared"
     local = build_wheel(Dist("solo", "2.0"), shared / "inner")
     src = project("mine", "0.3", shared / "inner" / "mine")
@@ -237,7 +239,7 @@ def test_local_sources_others_could_change_are_refused(
         local.chmod(0o666)
         src.chmod(0o777)
         culprit = "is writable by others"
-    else:
+    elif attack == "symlink":
         # Everything is root's, but the way to it goes through another user's symlink.
         link = tmp_path / "link"
         link.symlink_to(shared / "inner")
@@ -245,6 +247,12 @@ def test_local_sources_others_could_change_are_refused(
         file_source = UrlSource(url=(link / local.name).as_uri(), hashes=_hash(local))
         dir_source = DirectorySource(path=str(link / "mine"), editable=True)
         culprit = f"{link} is owned by"
+    else:
+        # The recorded directory is root's; another user's directory is below it, on the
+        # way to the subdirectory the installer is given (and to the wheel).
+        os.lchown(shared / "inner", 65534, 65534)
+        dir_source = DirectorySource(path=str(shared), subdirectory="inner/mine")
+        culprit = f"{shared / 'inner'} is owned by nobody (uid 65534), not by you or root"
     venv = make_venv(tmp_path / "venv", with_pip=False)
     config = configure(tmp_path, venv.prefix, wheels)
     packages = (

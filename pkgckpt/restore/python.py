@@ -47,7 +47,9 @@ and reachable:
 - VCS (git, hg, svn, bzr): over `https://`, `ssh://` or `file://` (the repository must
   pass `localsource.path_problem`), with the recorded commit (else the requested
   revision); the VCS tool must be installed.
-- local directories: when the directory passes `localsource.path_problem`; editable ones
+- local directories: when the directory, and a recorded subdirectory of it, pass
+  `localsource.directory_problem` (`path_problem` from the recorded path down to the
+  directory the installer is given); editable ones
   as `--editable=<path>` (a single argv element before `--`: the path is an option's
   value, never an option, and validation made sure it is absolute).
 Anything else is reported as a failure of that package; the rest is restored.
@@ -65,7 +67,7 @@ from urllib.parse import urlsplit
 
 from ..config import Config
 from ..errors import RestoreError, UsageError
-from ..localsource import file_problem, path_problem
+from ..localsource import directory_problem, file_problem, path_problem
 from ..manifest import (
     DirectorySource,
     Environment,
@@ -272,11 +274,14 @@ class PythonInstaller:
             return url_blocked(source.url, VCS_SCHEMES)
         if isinstance(source, LocalSource):  # validate.py refuses it in a Python environment
             return "a local R source is not a Python source"
+        # What the installer is given (`requirement`): the subdirectory, when one was
+        # recorded, is checked with every directory between it and the recorded path.
+        used = Path(source.path, source.subdirectory or "")
         # os.path's: a path named by the store may lie beneath a directory this user may
         # not enter, where pathlib's is_dir raises.
-        if not os.path.isdir(source.path):  # noqa: PTH112
-            return f"directory {source.path} does not exist here"
-        return path_problem(source.path)
+        if not os.path.isdir(used):  # noqa: PTH112
+            return f"directory {used} does not exist here"
+        return directory_problem(source.path, source.subdirectory)
 
     def _index_options(self) -> list[str]:
         options: list[str] = []

@@ -22,8 +22,17 @@ from pathlib import Path
 import pytest
 
 from pkgckpt import manifest
-from pkgckpt.manifest import Body, Delta, Environment, Manifest, Package, UrlSource
+from pkgckpt.manifest import (
+    Body,
+    Delta,
+    DirectorySource,
+    Environment,
+    Manifest,
+    Package,
+    UrlSource,
+)
 from pkgckpt.store import init_store
+from tests.restore_kit import project
 from tests.security.conftest import User
 from tests.wheelhouse import Dist, build_wheel
 
@@ -56,9 +65,10 @@ def evil_wheel(name: str, version: str, outdir: Path, marker: Path) -> Path:
     return path
 
 
-def chown_tree(path: Path, user: User) -> None:
+def chown_tree(path: Path, user: User) -> Path:
     for p in [path, *path.rglob("*")]:
         os.lchown(p, user.uid, user.gid)
+    return path
 
 
 class Alice:
@@ -282,3 +292,56 @@ def test_wheel_bob_replaced_at_alices_recorded_path_is_refused(
     assert failures == {"solo": expect}
     assert victim.installed() == {"alpha"}
     assert not list(markers.iterdir()), "bob's wheel ran as alice"
+
+
+def evil_project(name: str, version: str, root: Path, marker: Path) -> Path:
+    """A source tree of `name` whose build backend writes `marker` when it runs."""
+    project(name, version, root)
+    backend = root / "backend.py"
+    backend.write_text(f"open({str(marker)!r}, 'w').close()\n" + backend.read_text())
+    return root
+
+
+@pytest.mark.parametrize("plant", ["directory", "symlink", "root's directory in bob's"])
+def test_a_subdirectory_bob_put_under_alices_recorded_directory_is_refused(
+    plant: str, victim: Alice, bob: User, shared_tmp: Path
+) -> None:
+    """alice's manifest records a project as `mine`, a subdirectory of the shared /tmp (the
+    recorded path itself is root's and sticky, so it passes): what the installer is given
+    is the subdirectory, and that is what is checked. bob's directory there, his symlink
+    there, or a root-owned directory inside a directory of his (which he can swap after
+    the check) is refused with the reason (exit 3), the rest is installed, and bob's build
+    backend never runs."""
+    markers = shared_tmp / "markers"
+    markers.mkdir()
+    markers.chmod(0o777)
+    mine = shared_tmp / "mine"
+    subdirectory = "mine"
+    owned_by_bob = f"is owned by {bob.name} (uid {bob.uid}), not by you or root"
+    if plant == "directory":
+        chown_tree(evil_project("mine", "0.3", mine, markers / "backend"), bob)
+        expect = f"{mine} {owned_by_bob}"
+    elif plant == "symlink":
+        theirs = chown_tree(evil_project("mine", "0.3", shared_tmp / "bob-src", markers / "b"), bob)
+        bob.run(["ln", "-s", str(theirs), str(mine)], check=True)
+        expect = f"{mine}: {theirs} {owned_by_bob}"
+    else:
+        bobs = shared_tmp / "bobs"
+        bob.run(["mkdir", str(bobs)], check=True)
+        project("mine", "0.3", bobs / "mine")  # root's: the check of it alone ends the walk
+        subdirectory = "bobs/mine"
+        expect = f"{bobs} {owned_by_bob}"
+    recorded = DirectorySource(path=str(shared_tmp), subdirectory=subdirectory)
+    victim.put(
+        1,
+        Package(name="alpha", version="1.0"),
+        Package(name="mine", version="0.3", source=recorded),
+    )
+
+    out = victim.pkgckpt("restore", "--json")
+    assert not list(markers.iterdir()), "bob's build backend ran as alice"
+    assert out.returncode == 3, (out.stdout, out.stderr)
+    report = json.loads(out.stdout)
+    failures = {f["name"]: f["message"] for e in report["environments"] for f in e["failed"]}
+    assert failures == {"mine": expect}
+    assert victim.installed() == {"alpha"}
