@@ -4,6 +4,8 @@ fetching them stays inside its limits (scheme, size, deadline, the tree it was c
 from __future__ import annotations
 
 import http.server
+import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,6 +162,49 @@ def test_a_directory_source_is_copied_without_following_symlinks(tmp_path: Path)
     assert isinstance(prepared, Prepared), prepared
     assert (prepared.path / "etc").is_symlink()
     assert "RemoteType: local" in (prepared.path / "DESCRIPTION").read_text()
+
+
+@needs_r
+@pytest.mark.parametrize("attack", ["none", "owner", "writable", "subdirectory", "link"])
+def test_a_directory_source_others_could_change_is_blocked(attack: str, tmp_path: Path) -> None:
+    """`remotes::install_local()` sources pass the checks of Python's directory sources
+    (`localsource.directory_problem`), down to the recorded subdirectory: R CMD INSTALL
+    runs their code. Run as root, another user is nobody (the security suite has a real
+    one); tmp_path is root's, so each attack is on the source itself."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: root's and sticky, so it passes
+    src = tmp_path / "src"
+    (src / "R").mkdir(parents=True)
+    (src / "DESCRIPTION").write_text("Package: ckptLocal\nVersion: 1.0\nTitle: T\n")
+    source = DirectorySource(path=str(src))
+    nobody = "is owned by nobody (uid 65534), not by you or root"
+    expect: str | None = None
+    if attack == "owner":
+        for path in (src, *src.rglob("*")):
+            os.lchown(path, 65534, 65534)
+        expect = f"{src} {nobody}"
+    elif attack == "writable":
+        src.chmod(0o777)
+        expect = f"{src} is writable by others"
+    elif attack == "subdirectory":
+        mine = shutil.copytree(src, shared / "mine")
+        for path in (mine, *mine.rglob("*")):
+            os.lchown(path, 65534, 65534)
+        source = DirectorySource(path=str(shared), subdirectory="mine")
+        expect = f"{mine} {nobody}"
+    elif attack == "link":
+        # The tree is root's, but the subdirectory is another user's link to it.
+        (shared / "mine").symlink_to(src)
+        os.lchown(shared / "mine", 65534, 65534)
+        source = DirectorySource(path=str(shared), subdirectory="mine")
+        expect = f"{shared / 'mine'} {nobody}"
+    installer = RInstaller(Environment(kind="r", path=str(tmp_path / "lib")), Config())
+    package = Package(name="ckptLocal", version="1.0", source=source)
+    assert installer.blocked(package) == expect
+    if expect is not None:
+        prepared = installer._prepare(package, source, tmp_path / "work", Deadline(60))
+        assert not isinstance(prepared, Prepared) and expect in prepared.output
 
 
 def test_an_scp_like_git_remote_is_recorded_as_the_ssh_url_it_means() -> None:

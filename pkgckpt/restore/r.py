@@ -27,10 +27,11 @@ checked to hold that package at that version before it is installed.
 Packages recorded from git, a URL or a local directory (what remotes and pak write) are
 reinstalled from there when allowed and reachable, with the rules of `restore/python.py`
 (archive URLs over https or file; git over https, ssh or file, at the recorded commit;
-directories that exist): the source is cloned, downloaded or copied into a temporary
-directory, checked to be that package at that version, given the `Remote*` fields remotes
-would write (so that a rescan records the same source), and installed with R CMD INSTALL
-like the rest.
+directories that exist and pass `localsource.directory_problem`, down to a recorded
+subdirectory): the source is cloned, downloaded or copied into a temporary directory,
+checked to be that package at that version, given the `Remote*` fields remotes would
+write (so that a rescan records the same source), and installed with R CMD INSTALL like
+the rest.
 
 Packages captured as artifacts (`pkgckpt.artifacts.rpkg`: the installed directory as a
 binary package tarball) install from the verified copy restore hands over
@@ -61,7 +62,7 @@ import msgspec
 
 from ..config import Config
 from ..errors import RestoreError, ScanError, UsageError
-from ..localsource import file_problem
+from ..localsource import directory_problem, file_problem
 from ..logs import getLogger
 from ..manifest import (
     DirectorySource,
@@ -478,9 +479,12 @@ class RInstaller:
                 where = f" ({source.path})" if source.path else ""
                 return f"installed from a local file that is not here{where}"
             return None
-        if not os.path.isdir(Path(source.path, source.subdirectory or "")):  # noqa: PTH112
-            return f"directory {source.path} does not exist here"
-        return None
+        used = Path(source.path, source.subdirectory or "")
+        if not os.path.isdir(used):  # noqa: PTH112
+            return f"directory {used} does not exist here"
+        # The rules of Python's directory sources: R CMD INSTALL runs the package's code
+        # (configure, its R files) as this user, so nobody else may have put it there.
+        return directory_problem(source.path, source.subdirectory)
 
     def install(
         self, packages: Sequence[Package], *, reinstall: bool, deadline: Deadline

@@ -99,11 +99,12 @@ class Alice:
         # The environment as alice's own scan names it: her venv's prefix.
         return Environment(kind="python", path=str(self.env_prefix))
 
-    def put(self, generation: int, *packages: Package) -> None:
+    def put(self, generation: int, *packages: Package, env: Environment | None = None) -> None:
+        """The manifest of her venv (or of `env`) with `packages` added."""
         directory = self.store / self.user.name
         init_store(self.store)
         directory.mkdir(parents=True, exist_ok=True)
-        body = Body(environments=(Delta(env=self.env(), added=packages),))
+        body = Body(environments=(Delta(env=env or self.env(), added=packages),))
         data = manifest.encode(
             Manifest(generation=generation, time="2024-01-01T00:00:00+00:00", body=body)
         )
@@ -345,3 +346,58 @@ def test_a_subdirectory_bob_put_under_alices_recorded_directory_is_refused(
     failures = {f["name"]: f["message"] for e in report["environments"] for f in e["failed"]}
     assert failures == {"mine": expect}
     assert victim.installed() == {"alpha"}
+
+
+@pytest.mark.skipif(
+    shutil.which("Rscript") is None or shutil.which("R") is None,
+    reason="Rscript or R not found: R is not installed",
+)
+@pytest.mark.parametrize("recorded", ["directory", "subdirectory"])
+def test_an_r_package_bob_recreated_at_alices_recorded_directory_is_refused(
+    recorded: str, victim: Alice, bob: User, shared_tmp: Path
+) -> None:
+    """alice installed ckpt.base with `remotes::install_local("/tmp/mypkg")` (recorded as
+    that directory, or as `mypkg` in /tmp); bob has since made /tmp/mypkg with that name
+    and version. Her R restore refuses it with the reason (exit 3) and installs her own
+    directory's package beside it; bob's R code, which R CMD INSTALL would run as her,
+    never runs."""
+    from pkgckpt.scan.r import r_environment
+
+    markers = shared_tmp / "markers"
+    markers.mkdir()
+    markers.chmod(0o777)
+    marker = markers / "evil.R"
+    evil = shared_tmp / "mypkg"
+    shutil.copytree(REPO / "tests" / "rpkgs" / "ckpt.base", evil)
+    (evil / "R" / "evil.R").write_text(f'cat("ran", file = "{marker}")\n')
+    chown_tree(evil, bob)
+    own = shutil.copytree(REPO / "tests" / "rpkgs" / "ckptGone", victim.home / "src" / "gone")
+    lib = victim.home / "rlib"
+    lib.mkdir()
+    chown_tree(victim.home, victim.user)
+    if recorded == "directory":
+        source = DirectorySource(path=str(evil))
+    else:
+        source = DirectorySource(path=str(shared_tmp), subdirectory="mypkg")
+    victim.put(
+        1,
+        Package(name="ckpt.base", version="1.0.0", source=source),
+        Package(name="ckptGone", version="1.0", source=DirectorySource(path=str(own))),
+        env=r_environment(lib),
+    )
+
+    argv = [str(victim.tool / "bin" / "pkgckpt"), "restore", "--json", "--r-lib", str(lib)]
+    argv += ["--store", str(victim.store), "--key", victim.user.name]
+    env = {
+        "PATH": f"{victim.tool / 'bin'}:/usr/bin:/bin",
+        "XDG_RUNTIME_DIR": str(victim.home / "run"),
+        "TMPDIR": str(victim.home / "tmp"),
+    }
+    out = victim.user.run(argv, env=env, timeout=300)
+    assert not marker.exists(), "bob's R code ran as alice"
+    assert out.returncode == 3, (out.stdout, out.stderr)
+    report = json.loads(out.stdout)
+    failures = {f["name"]: f["message"] for e in report["environments"] for f in e["failed"]}
+    owned_by_bob = f"is owned by {bob.name} (uid {bob.uid}), not by you or root"
+    assert failures == {"ckpt.base": f"{evil} {owned_by_bob}"}
+    assert sorted(p.name for p in lib.iterdir()) == ["ckptGone"]
