@@ -43,3 +43,14 @@ def test_every_runtime_dependency_has_a_tested_lower_bound_and_an_upper_bound() 
         assert Version(pins[name]) == Version(lower), (req.name, lower, pins[name])
         checked.add(name)
     assert checked == set(pins)
+
+
+def test_every_test_and_build_dependency_has_both_bounds() -> None:
+    """The test extra and the build requirements are bounded both ways too: a fresh
+    resolve must not pick up a major release nobody has run the suite with."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    texts = [*data["project"]["optional-dependencies"]["test"], *data["build-system"]["requires"]]
+    for text in texts:
+        operators = {spec.operator for spec in Requirement(text).specifier}
+        assert ">=" in operators, f"{text}: no lower bound"
+        assert "<" in operators, f"{text}: no upper bound"
