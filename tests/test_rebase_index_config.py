@@ -193,7 +193,7 @@ def _check(
     assert letters == [case.default, *case.extra]
 
     probe = Package(name="probe", version="1.0")
-    out = PythonInstaller(env, config).install([probe], reinstall=False, deadline=Deadline(120))
+    out = PythonInstaller(env, config).install([probe], reinstall=(), deadline=Deadline(120))
     assert not out.ok
     assert asked(index) == set(letters), out.output
 

@@ -63,7 +63,7 @@ def image(tmp_path: Path, wheels: Path) -> Iterator[Venv]:
     config = Config(installer="uv", no_index=True, find_links=(str(wheels),))
     pins = [Package(name=n, version=v) for n, v in IMAGE.items()]
     out = PythonInstaller(Environment(kind="python", path=str(venv.prefix)), config).install(
-        pins, reinstall=False, deadline=Deadline(120)
+        pins, reinstall=(), deadline=Deadline(120)
     )
     assert out.ok, out.output
     yield venv
@@ -286,6 +286,50 @@ def test_same_version_from_its_recorded_source_is_reinstalled(
     assert restore.plan(config).is_empty()
 
 
+@pytest.mark.parametrize("links", ["empty", "another-build"])
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_on_a_new_image_a_same_version_reinstall_leaves_the_image_alone(
+    tool: str, links: str, tmp_path: Path
+) -> None:
+    """On a new image the installs resolve dependencies: replacing a package the image
+    ships at the recorded version, from the user's source, reinstalls that package alone,
+    never the image's dependency of it (which the find-links may not hold at all, or hold
+    another build of)."""
+    shipped = tmp_path / "image-wheels"
+    build_wheel(Dist("dep", "1.0"), shipped)
+    build_wheel(Dist("solo", "1.0", requires=["dep"]), shipped)
+    mine = build_wheel(Dist("solo", "1.0", requires=["dep"], files=2), tmp_path / "mine")
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    config = Config(installer="uv", no_index=True, find_links=(str(shipped),))
+    pins = [Package(name="dep", version="1.0"), Package(name="solo", version="1.0")]
+    out = PythonInstaller(Environment(kind="python", path=str(venv.prefix)), config).install(
+        pins, reinstall=(), deadline=Deadline(120)
+    )
+    assert out.ok, out.output
+    found = tmp_path / "links"
+    found.mkdir()
+    if links == "another-build":
+        build_wheel(Dist("dep", "1.0", files=3), found)
+    config = make_config(tmp_path, venv, found, installer=tool)
+    source = UrlSource(
+        url=mine.as_uri(), hashes={"sha256": hashlib.sha256(mine.read_bytes()).hexdigest()}
+    )
+    recorded = Delta(
+        env=env_of(config),
+        image="sha256:" + "0" * 64,  # another image than this one
+        added=(Package(name="solo", version="1.0", source=source),),
+    )
+    put_manifest(config.store, config.key, Body(environments=(recorded,)))
+    (planned,) = restore.plan(config).environments
+    assert planned.rebase is not None
+    assert [(s.name, s.installed) for s in planned.install] == [("solo", "1.0")]
+    report = restore.run(config)
+    assert report.exit_code == 0, report.render()
+    assert (venv.site_packages / "solo" / "m1.py").exists(), "the user's build of solo"
+    assert not (venv.site_packages / "dep" / "m2.py").exists(), "the image's dep moved"
+    assert installed(venv.site_packages) == {"dep": "1.0", "solo": "1.0"}
+
+
 def test_environments_not_here_are_left_alone(tmp_path: Path, image: Venv, wheels: Path) -> None:
     """A manifest environment that is not a target here is listed with its package count
     and why: "missing" when its directory is gone, "not tracked here" when it exists."""
@@ -467,7 +511,7 @@ def test_replacing_a_package_that_shares_files_keeps_the_new_files(
     image_env = Environment(kind="python", path=str(venv.prefix))
     assert (
         PythonInstaller(image_env, config)
-        .install([Package(name="oldcv", version="1.0")], reinstall=False, deadline=Deadline(60))
+        .install([Package(name="oldcv", version="1.0")], reinstall=(), deadline=Deadline(60))
         .ok
     )
     body = Body(

@@ -58,7 +58,7 @@ def test_exact_pins_without_dependencies(tool: str, wheels: Path, bare: Venv) ->
     installer = PythonInstaller(env(bare), config(wheels, tool))
     assert installer.name == tool
     pins = [Package(name="alpha", version="1.0"), Package(name="beta", version="1.0")]
-    out = installer.install(pins, reinstall=False, deadline=Deadline(120))
+    out = installer.install(pins, reinstall=(), deadline=Deadline(120))
     assert out.ok, out.output
     assert "--" in out.argv and out.argv.index("--") == len(out.argv) - 3
     assert installed(bare.site_packages) == {"alpha": "1.0", "beta": "1.0"}  # no gamma: --no-deps
@@ -70,11 +70,9 @@ def test_pin_replaces_another_version(tool: str, wheels: Path, bare: Venv) -> No
     installer = PythonInstaller(env(bare), config(wheels, tool))
     deadline = Deadline(120)
     assert installer.install(
-        [Package(name="alpha", version="2.0")], reinstall=False, deadline=deadline
+        [Package(name="alpha", version="2.0")], reinstall=(), deadline=deadline
     ).ok
-    out = installer.install(
-        [Package(name="alpha", version="1.0")], reinstall=False, deadline=deadline
-    )
+    out = installer.install([Package(name="alpha", version="1.0")], reinstall=(), deadline=deadline)
     assert out.ok, out.output
     assert installed(bare.site_packages) == {"alpha": "1.0"}
 
@@ -85,7 +83,7 @@ def test_remove_touches_only_the_named_packages(tool: str, wheels: Path, bare: V
     installer = PythonInstaller(env(bare), config(wheels, tool))
     deadline = Deadline(120)
     both = [Package(name="alpha", version="1.0"), Package(name="gamma", version="1.0")]
-    assert installer.install(both, reinstall=False, deadline=deadline).ok
+    assert installer.install(both, reinstall=(), deadline=deadline).ok
     out = installer.remove([Package(name="gamma", version="1.0")], deadline=deadline)
     assert out.ok, out.output
     assert installed(bare.site_packages) == {"alpha": "1.0"}
@@ -95,7 +93,7 @@ def test_a_version_missing_from_the_index_fails_with_the_reason(wheels: Path, ba
     """A pin the index cannot satisfy fails, and the output says which one."""
     installer = PythonInstaller(env(bare), config(wheels, "uv"))
     out = installer.install(
-        [Package(name="alpha", version="9.9")], reinstall=False, deadline=Deadline(60)
+        [Package(name="alpha", version="9.9")], reinstall=(), deadline=Deadline(60)
     )
     assert not out.ok and "alpha" in out.tail()
     assert installed(bare.site_packages) == {}
@@ -106,7 +104,7 @@ def test_pip_of_the_environment_is_preferred(wheels: Path, tmp_path: Path) -> No
     venv = make_venv(tmp_path / "withpip")
     installer = PythonInstaller(env(venv), config(wheels, "pip"))
     out = installer.install(
-        [Package(name="gamma", version="1.0")], reinstall=False, deadline=Deadline(120)
+        [Package(name="gamma", version="1.0")], reinstall=(), deadline=Deadline(120)
     )
     assert out.ok, out.output
     assert out.argv[:3] == (str(venv.prefix / "bin" / "python3"), "-m", "pip")
@@ -141,7 +139,7 @@ def test_uv_beside_pkgckpts_interpreter_is_found_off_path(
     installer = PythonInstaller(env(bare), config(wheels, "auto"))
     assert installer.name == "uv"
     out = installer.install(
-        [Package(name="gamma", version="1.0")], reinstall=False, deadline=Deadline(60)
+        [Package(name="gamma", version="1.0")], reinstall=(), deadline=Deadline(60)
     )
     assert out.ok, out.output
     assert out.argv[0] == str(beside)
@@ -168,7 +166,7 @@ def test_file_url_source_is_reinstalled_from_that_file(
     source = UrlSource(url=wheel.as_uri(), hashes={"sha256": digest})
     package = Package(name="delta", version="3.0", source=source)
     assert installer.blocked(package) is None
-    out = installer.install([package], reinstall=False, deadline=Deadline(60))
+    out = installer.install([package], reinstall=(), deadline=Deadline(60))
     assert out.ok, out.output
     assert installed(bare.site_packages) == {"delta": "3.0"}
     direct = next(bare.site_packages.glob("delta-3.0.dist-info")) / "direct_url.json"
@@ -233,7 +231,7 @@ def test_index_settings_come_from_the_config_only(tool: str, wheels: Path, bare:
     installer = PythonInstaller(env(bare), settings)
     expired = Deadline(1e-9)
     argv = installer.install(
-        [Package(name="alpha", version="1.0")], reinstall=False, deadline=expired
+        [Package(name="alpha", version="1.0")], reinstall=(), deadline=expired
     ).argv
     options = argv[: argv.index("--")]
     assert options[-8:] == (
@@ -269,7 +267,7 @@ def test_uv_reads_no_uv_toml_from_above_its_working_directory(
     settings = Config(installer="uv", index_url=index.parent.as_uri())
     installer = PythonInstaller(env(bare), settings)
     out = installer.install(
-        [Package(name="alpha", version="1.0")], reinstall=False, deadline=Deadline(60)
+        [Package(name="alpha", version="1.0")], reinstall=(), deadline=Deadline(60)
     )
     assert out.ok, out.output
     assert installed(bare.site_packages) == {"alpha": "1.0"}
@@ -286,7 +284,7 @@ def test_recorded_hash_is_checked_by_the_installer(tool: str, wheels: Path, bare
     wrong = UrlSource(url=wheel.as_uri(), hashes={"sha256": "0" * 64})
     installer = PythonInstaller(env(bare), config(wheels, tool))
     out = installer.install(
-        [Package(name="alpha", version="1.0", source=wrong)], reinstall=False, deadline=Deadline(60)
+        [Package(name="alpha", version="1.0", source=wrong)], reinstall=(), deadline=Deadline(60)
     )
     assert not out.ok and "0" * 64 in out.output
     assert "alpha" not in installed(bare.site_packages)
@@ -320,3 +318,36 @@ def test_pip_runs_with_safe_path_and_uv_without_config(wheels: Path, bare: Venv)
     assert old._command[1:3] == ["-m", "pip"]
     uv = PythonInstaller(env(bare), config(wheels, "uv"))
     assert "--no-config" in uv._target
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_on_a_new_image_artifacts_replace_only_the_same_version_packages(
+    tool: str, tmp_path: Path, bare: Venv
+) -> None:
+    """Under the image's constraints (a new image: the install resolves), the package the
+    image ships at the recorded version is replaced from its artifact, beside a new one,
+    and nothing else moves: not the image's dependency of it, of which the configured
+    find-links hold another build."""
+    shipped = tmp_path / "image-wheels"
+    build_wheel(Dist("dep", "1.0"), shipped)
+    build_wheel(Dist("solo", "1.0", requires=["dep"]), shipped)
+    image = [Package(name="dep", version="1.0"), Package(name="solo", version="1.0")]
+    made = PythonInstaller(env(bare), config(shipped, "uv"))
+    assert made.install(image, reinstall=(), deadline=Deadline(120)).ok
+    sources = tmp_path / "sources"
+    build_wheel(Dist("dep", "1.0", files=3), sources)
+    files = {
+        "solo": build_wheel(Dist("solo", "1.0", requires=["dep"], files=2), tmp_path / "a" / "1"),
+        "alpha": build_wheel(Dist("alpha", "1.0"), tmp_path / "a" / "2"),
+    }
+    installer = PythonInstaller(env(bare), config(sources, tool), constraints=["dep==1.0"])
+    out = installer.install_artifacts(
+        [Package(name="solo", version="1.0"), Package(name="alpha", version="1.0")],
+        files,
+        reinstall={"solo"},
+        deadline=Deadline(120),
+    )
+    assert out.ok, out.output
+    assert (bare.site_packages / "solo" / "m1.py").exists(), "solo from its artifact"
+    assert not (bare.site_packages / "dep" / "m2.py").exists(), "the image's dep moved"
+    assert installed(bare.site_packages) == {"alpha": "1.0", "dep": "1.0", "solo": "1.0"}

@@ -780,15 +780,21 @@ class _Env:
         for part in (left[:middle], left[middle:]) if len(left) > 1 else (left,):
             self._settle(part, action, attempt, done)
 
+    def reinstall(self, batch: Sequence[Step]) -> frozenset[str]:
+        """The names of the steps of `batch` whose version is installed, from another
+        source: the installer must replace those, not call them satisfied."""
+        return frozenset(
+            s.name
+            for s in batch
+            if s.installed is not None and _same_version(self.kind, s.installed, s.version)
+        )
+
     def install(self, steps: Sequence[Step]) -> None:
         def attempt(batch: Sequence[Step]) -> Outcome:
-            # Same version from another source: the installer must replace, not skip it.
-            reinstall = any(
-                s.installed is not None and _same_version(self.kind, s.installed, s.version)
-                for s in batch
-            )
             return self.installer.install(
-                [s.package() for s in batch], reinstall=reinstall, deadline=self.deadline
+                [s.package() for s in batch],
+                reinstall=self.reinstall(batch),
+                deadline=self.deadline,
             )
 
         self._settle(steps, "install", attempt, self.placed)
@@ -815,14 +821,10 @@ class _Env:
             ready = [s for s in steps if s.name in staged.files]
 
             def attempt(batch: Sequence[Step]) -> Outcome:
-                reinstall = any(
-                    s.installed is not None and _same_version(self.kind, s.installed, s.version)
-                    for s in batch
-                )
                 return installer.install_artifacts(
                     [s.package() for s in batch],
                     staged.files,
-                    reinstall=reinstall,
+                    reinstall=self.reinstall(batch),
                     deadline=self.deadline,
                 )
 

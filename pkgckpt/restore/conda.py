@@ -18,7 +18,7 @@ packages in the same prefix among them) are restored as usual.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from ..config import Config
@@ -80,7 +80,7 @@ class CondaInstaller:
         return f"{channel}::{package.name}={package.version}={package.build}"
 
     def install(
-        self, packages: Sequence[Package], *, reinstall: bool, deadline: Deadline
+        self, packages: Sequence[Package], *, reinstall: Collection[str], deadline: Deadline
     ) -> Outcome:
         assert self.client is not None
         argv = [str(self.client), "install", "--prefix", self.prefix, "--yes"]

@@ -20,6 +20,11 @@ On a new image (`rebase.py`) the installs resolve their dependencies instead: no
 installed distribution the plan leaves alone, so the installer fetches what the image no
 longer ships without moving anything the image does ship. Its lines are validated
 `name==version` pins, never options (a requirements file could carry `--index-url`).
+A package installed at the recorded version from another source must be replaced, not
+called satisfied; `--reinstall` / `--force-reinstall` would replace everything the install
+resolves, the image's packages too, so on a new image uv gets `--reinstall-package` for
+each such package, and pip replaces them first in a call of their own (exact pins,
+`--no-deps`, `--force-reinstall`) before the batch resolves with them in place.
 
 Index settings come only from pkgckpt's flags/config (`--index-url`, `--find-links`,
 `--no-index`) and the installer's own configuration: never from the manifest, and never
@@ -61,7 +66,7 @@ import importlib.util
 import os
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -183,6 +188,28 @@ def _pin(line: str) -> bool:
     return bool(sep) and python_name(name) and python_version(version)
 
 
+def _requirements(packages: Sequence[Package]) -> tuple[list[str], list[str]]:
+    """The `--editable=` options and the requirements (after `--`) that install `packages`."""
+    editables: list[str] = []
+    requirements: list[str] = []
+    for package in packages:
+        if isinstance(package.source, DirectorySource) and package.source.editable:
+            editables.append(f"--editable={requirement(package)}")
+        else:
+            requirements.append(requirement(package))
+    return editables, requirements
+
+
+def _links(packages: Sequence[Package], files: Mapping[str, Path]) -> list[str]:
+    """`--find-links` for the directories of the artifacts of `packages`."""
+    return [f"--find-links={d}" for d in sorted({str(files[p.name].parent) for p in packages})]
+
+
+def _reinstall_packages(packages: Sequence[Package]) -> list[str]:
+    """uv's options that replace exactly `packages`, whatever else the install resolves."""
+    return [option for p in packages for option in ("--reinstall-package", p.name)]
+
+
 def uv_program() -> str | None:
     """uv on PATH, else the uv installed beside pkgckpt's own interpreter (the image's,
     like pkgckpt itself; `sys.executable`, not its realpath, which is the base
@@ -293,59 +320,104 @@ class PythonInstaller:
             options.append("--no-index")
         return options
 
+    def _reinstall_all(self) -> str:
+        return "--reinstall" if self._tool == "uv" else "--force-reinstall"
+
     def install(
-        self, packages: Sequence[Package], *, reinstall: bool, deadline: Deadline
+        self, packages: Sequence[Package], *, reinstall: Collection[str], deadline: Deadline
     ) -> Outcome:
-        editables: list[str] = []
-        requirements: list[str] = []
-        for package in packages:
-            if isinstance(package.source, DirectorySource) and package.source.editable:
-                editables.append(f"--editable={requirement(package)}")
-            else:
-                requirements.append(requirement(package))
-        deps = ["--no-deps"] if self._constraints is None else []
-        argv = [*self._command, "install", *self._target, *deps, *self._index_options()]
-        if reinstall:
-            argv.append("--reinstall" if self._tool == "uv" else "--force-reinstall")
         if self._constraints is None:
-            return call([*argv, *editables, "--", *requirements], deadline=deadline, env=self._env)
+            return self._exact(packages, reinstall=bool(reinstall), deadline=deadline)
+        # A new image: the install resolves, and `--reinstall` / `--force-reinstall` would
+        # reinstall everything it resolves, the image's packages among them. Only the
+        # same-version packages are replaced: uv names them; pip, which cannot, replaces
+        # them first on their own (exact, `--no-deps`), then resolves the batch, where
+        # they are now in place as recorded and their dependencies are checked.
+        again = [p for p in packages if p.name in reinstall]
+        extra: list[str] = []
+        if again and self._tool == "uv":
+            extra = _reinstall_packages(again)
+        elif again:
+            first = self._exact(again, reinstall=True, deadline=deadline)
+            if not first.ok:
+                return first
+            packages = [
+                Package(name=p.name, version=p.version) if p.name in reinstall else p
+                for p in packages
+            ]
+        editables, requirements = _requirements(packages)
+        argv = [*self._command, "install", *self._target, *self._index_options(), *extra]
         with tempfile.TemporaryDirectory(prefix="pkgckpt-constraints-") as private:
             pins = Path(private, "constraints.txt")
             pins.write_text("".join(f"{line}\n" for line in self._constraints if _pin(line)))
             argv += ["--constraint", str(pins), *editables, "--", *requirements]
             return call(argv, deadline=deadline, env=self._env)
 
+    def _exact(
+        self, packages: Sequence[Package], *, reinstall: bool, deadline: Deadline
+    ) -> Outcome:
+        """One call installing `packages` at their exact pins, `--no-deps`."""
+        editables, requirements = _requirements(packages)
+        argv = [*self._command, "install", *self._target, "--no-deps", *self._index_options()]
+        if reinstall:
+            argv.append(self._reinstall_all())
+        return call([*argv, *editables, "--", *requirements], deadline=deadline, env=self._env)
+
     def install_artifacts(
         self,
         packages: Sequence[Package],
         files: Mapping[str, Path],
         *,
-        reinstall: bool,
+        reinstall: Collection[str],
         deadline: Deadline,
     ) -> Outcome:
         """Install `packages` from their verified wheels in `files` alone: exact pins,
         `--no-index`, the wheels' directory as the only find-links (on a new image: beside
-        the configured sources, dependencies resolved). Installing by name
-        rather than by file path keeps the `direct_url.json` the wheel carries (the
-        source the user had), where a path would make the installer record the path."""
-        links = [f"--find-links={d}" for d in sorted({str(files[p.name].parent) for p in packages})]
-        pins = [f"{p.name}=={p.version}" for p in packages]
-        again = ["--reinstall" if self._tool == "uv" else "--force-reinstall"] if reinstall else []
+        the configured sources, dependencies resolved, `reinstall` as for `install`).
+        Installing by name rather than by file path keeps the `direct_url.json` the wheel
+        carries (the source the user had), where a path would make the installer record
+        the path."""
         # The image's own find-links could offer another file of the same version.
         env = {**self._env, "PIP_FIND_LINKS": None, "UV_FIND_LINKS": None}
         if self._constraints is None:
-            argv = [*self._command, "install", *self._target, "--no-deps", "--no-index", *links]
-            return call([*argv, *again, "--", *pins], deadline=deadline, env=env)
+            return self._exact_artifacts(packages, files, bool(reinstall), env, deadline)
         # On a new image the batch resolves its dependencies under the image's constraints
         # (see the module docstring): the verified wheels join the configured sources, so
         # what the image no longer ships is still fetched, and with no index allowed the
-        # batch fails rather than leave a package without its dependencies.
-        argv = [*self._command, "install", *self._target, *self._index_options(), *links, *again]
+        # batch fails rather than leave a package without its dependencies. Only the
+        # same-version packages are replaced, as in `install`.
+        same = [p for p in packages if p.name in reinstall]
+        again: list[str] = []
+        if same and self._tool == "uv":
+            again = _reinstall_packages(same)
+        elif same:
+            first = self._exact_artifacts(same, files, True, env, deadline)
+            if not first.ok:
+                return first
+        pins = [f"{p.name}=={p.version}" for p in packages]
+        argv = [*self._command, "install", *self._target, *self._index_options()]
+        argv += [*_links(packages, files), *again]
         with tempfile.TemporaryDirectory(prefix="pkgckpt-constraints-") as private:
             fixed = Path(private, "constraints.txt")
             fixed.write_text("".join(f"{line}\n" for line in self._constraints if _pin(line)))
             argv += ["--constraint", str(fixed), "--", *pins]
             return call(argv, deadline=deadline, env=env)
+
+    def _exact_artifacts(
+        self,
+        packages: Sequence[Package],
+        files: Mapping[str, Path],
+        reinstall: bool,
+        env: Mapping[str, str | None],
+        deadline: Deadline,
+    ) -> Outcome:
+        """One call installing `packages` from their artifacts alone, `--no-deps`."""
+        argv = [*self._command, "install", *self._target, "--no-deps", "--no-index"]
+        argv += _links(packages, files)
+        if reinstall:
+            argv.append(self._reinstall_all())
+        pins = [f"{p.name}=={p.version}" for p in packages]
+        return call([*argv, "--", *pins], deadline=deadline, env=env)
 
     def remove(self, packages: Sequence[Package], *, deadline: Deadline) -> Outcome:
         if self._tool == "uv":

@@ -51,7 +51,7 @@ import stat
 import tarfile
 import tempfile
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from http.client import HTTPMessage
 from pathlib import Path
@@ -487,7 +487,7 @@ class RInstaller:
         return directory_problem(source.path, source.subdirectory)
 
     def install(
-        self, packages: Sequence[Package], *, reinstall: bool, deadline: Deadline
+        self, packages: Sequence[Package], *, reinstall: Collection[str], deadline: Deadline
     ) -> Outcome:
         """Install all `packages`; one Outcome that names every failure (R always replaces,
         so `reinstall` needs nothing more)."""
@@ -507,7 +507,7 @@ class RInstaller:
         packages: Sequence[Package],
         files: Mapping[str, Path],
         *,
-        reinstall: bool = False,
+        reinstall: Collection[str] = (),
         deadline: Deadline,
     ) -> Outcome:
         """Install each package from its binary package `files[name]` (a verified private

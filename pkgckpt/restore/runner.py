@@ -19,7 +19,7 @@ started), `output`, `tail()`, `timed_out`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -47,12 +47,14 @@ class Installer(Protocol):
         ...
 
     def install(
-        self, packages: Sequence[Package], *, reinstall: bool, deadline: Deadline
+        self, packages: Sequence[Package], *, reinstall: Collection[str], deadline: Deadline
     ) -> Outcome:
         """One installer call for all `packages` at their exact versions, no dependencies.
 
-        `reinstall`: some package is installed at the wanted version but from another
-        source, so the installer must replace it rather than call it satisfied.
+        `reinstall`: the names of the packages installed at the wanted version but from
+        another source, which the installer must replace rather than call satisfied (and
+        only those: on a new image the install resolves, and what it resolves to that is
+        already installed stays as it is).
         """
         ...
 
@@ -70,7 +72,7 @@ class ArtifactInstaller(Protocol):
         packages: Sequence[Package],
         files: Mapping[str, Path],
         *,
-        reinstall: bool,
+        reinstall: Collection[str],
         deadline: Deadline,
     ) -> Outcome:
         """One call installing each of `packages` from `files[package.name]` alone: a
