@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from pkgckpt.inventory import load_baseline, targets
 from pkgckpt.manifest import Body, Delta, Environment, Package, UrlSource
 from pkgckpt.restore.python import PythonInstaller
 from pkgckpt.restore.runner import Deadline
+from pkgckpt.scan.r import r_environment
 from pkgckpt.store import init_store
 
 pytestmark = pytest.mark.slow
@@ -328,6 +330,33 @@ def test_on_a_new_image_a_same_version_reinstall_leaves_the_image_alone(
     assert (venv.site_packages / "solo" / "m1.py").exists(), "the user's build of solo"
     assert not (venv.site_packages / "dep" / "m2.py").exists(), "the image's dep moved"
     assert installed(venv.site_packages) == {"dep": "1.0", "solo": "1.0"}
+
+
+def test_an_environment_not_restorable_here_beside_one_restored_is_partial(
+    tmp_path: Path, image: Venv, wheels: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 1 says nothing was changed: an R library that cannot be restored here (no R)
+    beside a venv whose packages were installed is a partial restore, exit 3."""
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # uv, and no R
+    lib = tmp_path / "rlib"
+    lib.mkdir()
+    config = make_config(
+        tmp_path, image, wheels, r_lib=(lib,), r_repo=("https://cloud.r-project.org",)
+    )
+    venv = next(t.env for t in targets(config) if t.env.kind == "python" and not t.env.user)
+    body = Body(
+        environments=(
+            Delta(env=venv, added=(Package(name="alpha", version="1.0"),)),
+            Delta(env=r_environment(lib), added=(Package(name="ckpt.base", version="1.0.0"),)),
+        )
+    )
+    put_manifest(config.store, config.key, body)
+    with pytest.raises(PartialRestore) as raised:
+        restore.run(config)
+    report = raised.value.report
+    assert raised.value.exit_code == 3 and report is not None and report.exit_code == 3
+    assert "R is not installed here" in report.render()
+    assert installed(image.site_packages)["alpha"] == "1.0"
 
 
 def test_environments_not_here_are_left_alone(tmp_path: Path, image: Venv, wheels: Path) -> None:

@@ -19,8 +19,9 @@ The API `cli.py` calls (`pkgckpt restore [--dry-run] [--json] ...`):
 
     Plan.render() -> str, Report.render() -> str: text for a person;
     Plan.to_json() -> bytes, Report.to_json() -> bytes: for `--json` (msgspec).
-    Report.exit_code: 0 (done, or nothing to do) or 3 (some packages failed, or the
-    timeout ran out).
+    Report.exit_code: 0 (done, or nothing to do), 1 (nothing installed or removed
+    anywhere, for a cause every failure shares: no R, say) or 3 (some packages failed, or
+    the timeout ran out).
 
 Errors (pkgckpt.errors): ManifestError (corrupt, hostile: refused, nothing installed),
 StoreError / StoreUnavailable (the store refused or is unreachable), RestoreError (cannot
@@ -310,10 +311,12 @@ class Report(_Out, frozen=True, kw_only=True):
 
     @property
     def exit_code(self) -> int:
-        """0: done; 1: nothing installed for a cause shared by every failure; 3: some
-        failed, or a change was held back on a new image."""
+        """0: done; 1: nothing installed or removed anywhere, for a cause shared by every
+        failure; 3: some failed (beside what another environment installed, too), or a
+        change was held back on a new image."""
         failing = [e for e in self.environments if e.failed]
-        if failing and not self.timed_out and all(e.unavailable for e in failing):
+        changed = any(e.installed or e.removed for e in self.environments)
+        if failing and not changed and not self.timed_out and all(e.unavailable for e in failing):
             return 1
         held = self.plan.held_back() and not self.dry_run
         return 3 if self.failures or self.timed_out or held else 0
