@@ -5,6 +5,11 @@ Config files are TOML with the same names as the settings below (`store`, `key`,
 then `~/.config/pkgckpt/config.toml` (the user's), then `--config FILE`; later files
 override earlier ones key by key. The environment variable of a setting is its name in
 upper case with a `PKGCKPT_` prefix; list settings take `os.pathsep`-separated values.
+
+`find_links` paths are made absolute where they are read (`_absolute_links`): restore's
+installers run in a private, empty working directory, where a relative path names
+nothing. A config file's relative path is relative to that file's directory; a flag's or
+the environment's to the working directory pkgckpt started in. URLs stay as they are.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -336,6 +342,38 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         raise UsageError(f"{origin}: invalid value {value!r} for {name}") from None
 
 
+LINK_URL_SCHEMES = ("http", "https", "file")
+"""`find_links` entries with these schemes are URLs, passed on as they are."""
+
+
+def _absolute_links(links: tuple[str, ...], base: Path | None, origin: str) -> tuple[str, ...]:
+    """`find_links` as pip and uv must get them in the private working directory they run
+    in: URLs as they are, paths with `~` expanded and, when relative, joined to `base` (a
+    config file's directory), else to the working directory pkgckpt started in."""
+    out: list[str] = []
+    for link in links:
+        try:
+            scheme = urlsplit(link).scheme.lower()
+        except ValueError:  # a malformed URL (`http://[`): the installer says so
+            scheme = "http"
+        if scheme in LINK_URL_SCHEMES:
+            out.append(link)
+            continue
+        path = Path(link).expanduser()
+        if not path.is_absolute():
+            if base is None:
+                try:
+                    base = Path.cwd()
+                except OSError as e:
+                    raise UsageError(
+                        f"{origin}: find_links {link!r} is relative to the working "
+                        f"directory, which cannot be read: {e.strerror}"
+                    ) from None
+            path = base / path
+        out.append(str(path))
+    return tuple(out)
+
+
 def _present(path: Path) -> bool:
     """Whether a config file is at one of its default places. One in a directory this user
     may not enter is not theirs: a container whose HOME is still root's after a switch to
@@ -367,6 +405,10 @@ def _read_file(path: Path) -> dict[str, Any]:
         if name not in _FIELDS:
             raise UsageError(f"config file {path}: unknown setting {k!r}")
         values[name] = _coerce(name, v, str(path))
+    if "find_links" in values:
+        values["find_links"] = _absolute_links(
+            values["find_links"], path.absolute().parent, str(path)
+        )
     return values
 
 
@@ -390,10 +432,15 @@ def load(
         var = f"PKGCKPT_{name.upper()}"
         if var in environ:
             values[name] = _coerce(name, environ[var], var)
+            if name == "find_links":
+                values[name] = _absolute_links(values[name], None, var)
     for name, value in (flags or {}).items():
         if value is None or value == ():
             continue
-        values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+        flag = f"--{name.replace('_', '-')}"
+        values[name] = _coerce(name, value, flag)
+        if name == "find_links":
+            values[name] = _absolute_links(values[name], None, flag)
     if "key" not in values:
         values["key"] = values["key_defaulted"] = default_key(environ)
     # Read-only commands read what is there: never from a directory someone else planted.

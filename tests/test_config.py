@@ -99,6 +99,38 @@ def test_a_leading_tilde_is_the_home_directory_in_single_and_list_paths(
     assert c.env == (home / "a", home / "b")
 
 
+def test_relative_find_links_are_made_absolute_where_they_are_read(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pip and uv run in a private, empty working directory: a relative find-links path
+    is made absolute against its config file's directory, or, given as a flag or in the
+    environment, against the working directory pkgckpt started in. URLs, absolute paths
+    and `~` read as everywhere else."""
+    home = Path(os.environ["HOME"])
+    start = tmp_path / "start"
+    start.mkdir()
+    monkeypatch.chdir(start)
+    links = '["wheels", "../more", "/abs", "~/w", "https://h/w/", "file:///srv/w", "http://h/x"]'
+    files["system"].write_text(f"find_links = {links}\n")
+    assert config.load({}, None, environ={}).find_links == (
+        str(files["system"].parent / "wheels"),
+        str(files["system"].parent / "../more"),
+        "/abs",
+        str(home / "w"),
+        "https://h/w/",
+        "file:///srv/w",
+        "http://h/x",
+    )
+    files["explicit"].write_text('find_links = ["wheels"]\n')
+    relative = Path(os.path.relpath(files["explicit"], start))
+    (found,) = config.load({}, relative, environ={}).find_links
+    assert Path(found).is_absolute() and Path(found).resolve() == tmp_path.resolve() / "wheels"
+    environ = {"PKGCKPT_FIND_LINKS": f"wheels{os.pathsep}/abs"}
+    assert config.load({}, None, environ=environ).find_links == (str(start / "wheels"), "/abs")
+    flags = {"find_links": ("here", "https://h/w/")}
+    assert config.load(flags, None, environ={}).find_links == (str(start / "here"), "https://h/w/")
+
+
 @pytest.mark.parametrize(
     ("environ", "text", "message"),
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
 import sys
 import time
 import zipfile
@@ -455,6 +456,25 @@ def cli_args(config: Config, *extra: str) -> list[str]:
         config.find_links[0],
         *extra,
     ]
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_command_reads_a_relative_find_links_from_where_it_started(
+    tool: str, tmp_path: Path, image: Venv, wheels: Path
+) -> None:
+    """A relative `--find-links DIR` names DIR in the directory the command started in,
+    although the installers run in a private, empty one."""
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(config.store, config.key, user_delta(env_of(config)))
+    argv = cli_args(config, "--installer", tool)
+    argv[argv.index("--find-links") + 1] = wheels.name
+    done = subprocess.run(
+        [sys.executable, "-m", "pkgckpt", *argv],
+        capture_output=True, text=True, env=hermetic(tmp_path), cwd=wheels.parent,
+        stdin=subprocess.DEVNULL, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert installed(image.site_packages)["alpha"] == "1.0"
 
 
 def test_command_restores_then_says_nothing_to_do(
