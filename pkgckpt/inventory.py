@@ -24,7 +24,8 @@ from .logs import getLogger
 from .manifest import Baseline, Environment, Inventory, Package
 from .scan import ScanResult
 from .scan.env import absence, python_env
-from .scan.python import SiteScanner, canonicalize_name
+from .scan.python import SiteScanner
+from .scan.python import entry_name as python_entry_name
 
 if TYPE_CHECKING:
     from .discovery import Discovered, Unreadable
@@ -205,10 +206,7 @@ def entry_name(kind: str, entry: str) -> str:
     if kind == "r":
         # R CMD INSTALL moves the package it replaces into 00LOCK-<pkg> while it runs.
         return entry.removeprefix("00LOCK-")
-    stem = entry.removeprefix("__editable__.")
-    for suffix in (".dist-info", ".egg-info", ".egg-link", ".pth"):
-        stem = stem.removesuffix(suffix)
-    return canonicalize_name(stem.split("-")[0])
+    return python_entry_name(entry)
 
 
 def discover(config: Config) -> Discovered:

@@ -329,3 +329,41 @@ def test_a_tmpfs_over_a_one_package_user_site_records_no_removal(
     assert recorded(world, venv.prefix, want, user=True)
     assert "remove " not in d.output()
     restore_removes_nothing(world, flags)
+
+
+@needs_root
+def test_an_egg_link_whose_project_mount_goes_away_stays_recorded(
+    world: World, wheels: Path
+) -> None:
+    """`setup.py develop` links `my-pkg.egg-link` (hyphens kept) to a project on a mount;
+    the mount goes away: the link cannot be read, which proves nothing, so my-pkg stays
+    recorded (the link's whole name is uncertain, not `my`) and no removal is planned."""
+    venv = image_venv(world, wheels)
+    project = world.tmp / "proj"
+    project.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "tmpfs", str(project)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        (project / "my_pkg.egg-info").mkdir()
+        (project / "my_pkg.egg-info" / "PKG-INFO").write_text(
+            "Metadata-Version: 2.1\nName: my-pkg\nVersion: 1.0\n\n"
+        )
+        flags = baseline(world, "--env", str(venv.prefix))
+        with daemon(world, flags) as d:
+            uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+            (venv.site_packages / "my-pkg.egg-link").write_text(f"{project}\n.\n")
+            want = {"alpha==1.0", "my-pkg==1.0"}
+            eventually(lambda: recorded(world, venv.prefix, want), WITHIN, "the editable install")
+            subprocess.run(["umount", str(project)], check=True)
+            snap = world.pkgckpt("snapshot", *flags)  # the daemon rescans everything now
+            assert snap.returncode == 0, snap.stderr
+            assert recorded(world, venv.prefix, want)
+            assert d.stop() == 0
+        assert recorded(world, venv.prefix, want)
+        assert "remove " not in d.output(), d.output()
+        restore_removes_nothing(world, flags)
+    finally:
+        subprocess.run(["umount", str(project)], check=False, capture_output=True)

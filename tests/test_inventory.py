@@ -130,6 +130,65 @@ def test_entry_names_map_to_canonical_package_names() -> None:
     assert entry_name("r", "data.table") == "data.table"
 
 
+@pytest.mark.parametrize(
+    ("entry", "name"),
+    [
+        # setup.py develop names the link after the project, hyphens kept
+        ("my-pkg.egg-link", "my-pkg"),
+        ("My.Pkg.egg-link", "my-pkg"),
+        ("my_pkg.egg-link", "my-pkg"),
+        ("a-b-c.egg-link", "a-b-c"),
+        # escaped names (PEP 427, setuptools' to_filename): `_` stands for `-`
+        ("my_pkg-1.0.dist-info", "my-pkg"),
+        ("PyYAML-6.0.1.dist-info", "pyyaml"),
+        ("zope.interface-6.0.dist-info", "zope-interface"),
+        ("foo-1.0+local.1.dist-info", "foo"),
+        ("foo-1!2.0.dist-info", "foo"),
+        # an unescaped name keeps its hyphens: the version follows the last `-`
+        ("my-pkg-1.0.dist-info", "my-pkg"),
+        ("my_pkg-1.0-py3.11.egg-info", "my-pkg"),
+        ("Foo_Bar-2.0.1-py3.11-linux-x86_64.egg-info", "foo-bar"),
+        ("my-pkg-1.0.egg-info", "my-pkg"),
+        ("my-pkg-1.0-py3.11.egg-info", "my-pkg"),
+        # versionless egg-info (setup.py develop's, in the project): the whole stem
+        ("my_pkg.egg-info", "my-pkg"),
+        ("my-pkg.egg-info", "my-pkg"),
+        ("__editable__.my_pkg-1.0.pth", "my-pkg"),
+        ("__editable__.my-pkg-1.0.pth", "my-pkg"),
+    ],
+)
+def test_python_entry_names_keep_the_whole_project_name(entry: str, name: str) -> None:
+    """The name an entry that cannot be read makes uncertain is its package's, never a
+    prefix of it: a prefix would leave the real package's absence counted as an uninstall."""
+    assert entry_name("python", entry) == name
+
+
+def test_an_egg_link_whose_project_is_gone_makes_its_whole_name_uncertain(
+    tmp_path: Path,
+) -> None:
+    """`my-pkg.egg-link` pointing at a directory that is not there: `my-pkg` is uncertain."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "my-pkg.egg-link").write_text(f"{tmp_path / 'gone'}\n.\n")
+    target = Target(env=ENV, roots=(site,))
+    target.scan()
+    assert set(target.last.broken) == {f"{site}/my-pkg.egg-link"}
+    assert target.uncertain() == {"my-pkg"}
+
+
+def test_an_egg_link_finds_an_egg_info_spelled_with_hyphens(tmp_path: Path) -> None:
+    """The project's egg-info is matched by its whole name (`my-pkg.egg-info` is my-pkg)."""
+    site, project = tmp_path / "site", tmp_path / "proj"
+    site.mkdir()
+    (project / "my-pkg.egg-info").mkdir(parents=True)
+    (project / "my-pkg.egg-info" / "PKG-INFO").write_text("Name: my-pkg\nVersion: 1.0\n\n")
+    (site / "my-pkg.egg-link").write_text(f"{project}\n.\n")
+    target = Target(env=ENV, roots=(site,))
+    found = target.scan()
+    assert [(p.name, p.version) for p in found.packages] == [("my-pkg", "1.0")]
+    assert not target.last.broken
+
+
 def test_baseline_is_taken_once_then_loaded(tmp_path: Path) -> None:
     """ensure_baseline takes and keeps a baseline; later installs do not change it."""
     site = tmp_path / "site"

@@ -90,6 +90,40 @@ def canonicalize_name(name: str) -> str:
     return value
 
 
+_EGG_PYVER = re.compile(r"-py[0-9][^-]*(?:-.+)?")
+"""The `-pyX.Y[-platform]` tail of an egg-info's name."""
+
+
+def entry_name(entry: str) -> str:
+    """The canonical name of the distribution a site-packages entry stands for, read from
+    the entry's name alone (for entries that cannot be read, whose absence proves nothing).
+
+    * `NAME-VER.dist-info`: installers escape both parts (`-` becomes `_`), so the version
+      follows the last `-`; a name with a `-` in it (an unescaped spelling) stays whole.
+    * `NAME[-VER[-pyX.Y[-PLAT]]].egg-info`: the same, and the version is optional (the
+      one `setup.py develop` writes in the project has none): what follows the last `-`
+      is a version only when it starts with a digit, so `my-pkg.egg-info` is `my-pkg`.
+    * `NAME.egg-link`: setuptools names it after the project, hyphens kept: the whole stem.
+    * `__editable__.NAME-VER.pth`: as the scanner reads it.
+    """
+    if entry.endswith(".egg-link"):
+        return canonicalize_name(entry[: -len(".egg-link")])
+    if entry.endswith(".dist-info"):
+        name, dash, _ = entry[: -len(".dist-info")].rpartition("-")
+        return canonicalize_name(name if dash else entry[: -len(".dist-info")])
+    if entry.endswith(".egg-info"):
+        stem = entry[: -len(".egg-info")]
+        m = _EGG_PYVER.search(stem)
+        if m is not None and m.start() > 0:
+            stem = stem[: m.start()]
+        name, dash, version = stem.rpartition("-")
+        return canonicalize_name(name if dash and version[:1].isdigit() else stem)
+    m = _EDITABLE_PTH.fullmatch(entry)
+    if m is not None:
+        return canonicalize_name(m.group(1))
+    return canonicalize_name(entry.removeprefix("__editable__.").removesuffix(".pth"))
+
+
 class _Broken(Exception):
     """An entry that cannot be read; the message is the reason reported in `broken`."""
 
@@ -706,9 +740,7 @@ def _read_egg_link(fd: int, name: str) -> _Dist:
         infos = sorted(p for p in target.iterdir() if p.name.endswith(".egg-info"))
     except OSError as e:
         raise _Broken(f"egg-link target {target}: {e.strerror}") from None
-    matching = [
-        p for p in infos if canonicalize_name(p.name[: -len(".egg-info")].split("-")[0]) == want
-    ]
+    matching = [p for p in infos if entry_name(p.name) == want]
     if not matching:
         raise _Broken(f"no {want} egg-info in {target}")
     info = matching[0]
