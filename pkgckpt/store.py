@@ -5,8 +5,11 @@ Layout of a store::
 
     <store>/                    the store root: made by `pkgckpt store init` (an admin, once,
                                 on the NFS export; the default local store is made on first
-                                use). Never a symlink; writable by others only with the
-                                sticky bit (1777), else anyone could move a key away.
+                                use). Never a symlink; writable by group or others only
+                                with the sticky bit (1777), else they could move a key
+                                away; owned by root, the user, store_uid or nobody (what
+                                root_squash makes of root), since its owner can move any
+                                key away, sticky bit or not.
       .pkgckpt-store            the marker: a root without it is unavailable, not empty
       <key>/                    0700, owned by its one writer (DESIGN invariant 3)
         manifest.json           the current generation, 0600
@@ -100,7 +103,9 @@ def init_store(root: Path, *, parents: bool = False) -> bool:
     """Make `root` a store: create it (0700) when missing, then write its marker.
 
     Idempotent: False when it was a store already. `parents`: create missing parents too
-    (the default local store). Refuses a root that `Store` would refuse.
+    (the default local store). Refuses a root that every `Store` would refuse; its owner
+    is checked by each user's `Store`, against the owners that user trusts (an
+    administrator makes a root on the server and may then give it to a user's uid).
     """
     root = Path(root)
     try:
@@ -132,8 +137,16 @@ def _not_available(root: Path, why: str) -> StoreUnavailable:
     )
 
 
-def _open_root(root: Path) -> int:
-    """The store root, checked (issue: a root others could rearrange is refused)."""
+NOBODY = 65534
+"""`nobody`: the uid an NFS server's root_squash gives what a client's root creates (an
+administrator's `pkgckpt store init` on a client), and the kernel's overflow uid (a
+root-owned directory seen from a user namespace)."""
+
+
+def _open_root(root: Path, owner: int | None = None) -> int:
+    """The store root, checked: a root that someone other than this user (`owner`: the
+    uid of what this user writes there) and the administrators could rearrange is
+    refused. `owner` None: the owner is not checked (`init_store`)."""
     try:
         rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
@@ -147,15 +160,39 @@ def _open_root(root: Path) -> int:
         if e.errno == errno.ENOTDIR:
             raise StoreError(f"store {root} is not a directory: refused") from e
         raise durable.error(e, f"cannot open the store {root}") from e
-    st = os.fstat(rfd)
-    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+    try:
+        _check_root(os.fstat(rfd), root, owner)
+    except BaseException:
         durable.close_quietly(rfd)
-        raise StoreError(
-            f"store {root} is writable by others without the sticky bit "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}): anyone could move a key directory "
-            f"away: refused (fix: chmod +t {root}, or chmod o-w {root})"
-        )
+        raise
     return rfd
+
+
+def _check_root(st: os.stat_result, root: Path, owner: int | None) -> None:
+    mode = stat.S_IMODE(st.st_mode)
+    # Without the sticky bit, whoever may write a directory may rename what is in it.
+    group, others = st.st_mode & stat.S_IWGRP, st.st_mode & stat.S_IWOTH
+    if (group or others) and not st.st_mode & stat.S_ISVTX:
+        who = f"its group ({_group(st.st_gid)})" if group else ""
+        who = " and ".join(w for w in (who, "others" if others else "") if w)
+        bits = ("g" if group else "") + ("o" if others else "") + "-w"
+        raise StoreError(
+            f"store {root} is writable by {who} without the sticky bit "
+            f"(mode {mode:04o}): any of them could move a key directory away: refused "
+            f"(fix: chmod +t {root}, or chmod {bits} {root})"
+        )
+    # The sticky bit binds everyone but the directory's owner.
+    if owner is not None and st.st_uid not in (0, os.geteuid(), owner, NOBODY):
+        trusted = ["root", "this user"]
+        if owner not in (0, os.geteuid()):
+            trusted.append(f"store_uid (uid {owner})")
+        raise StoreError(
+            f"store {root} is owned by {_user(st.st_uid)}, not by {', '.join(trusted)} or "
+            "nobody: its owner could move any key directory away, sticky bit or not: "
+            f"refused (fix: an administrator gives it to root, `chown root {root}` on the "
+            "NFS server, or to the user whose store it alone is; if the export maps every "
+            "user's files to one uid, set store_uid to it)"
+        )
 
 
 def _check_key(key: str) -> None:
@@ -201,6 +238,15 @@ def _user(uid: int) -> str:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
         return f"uid {uid}"
+
+
+def _group(gid: int) -> str:
+    import grp
+
+    try:
+        return f"{grp.getgrgid(gid).gr_name}, gid {gid}"
+    except KeyError:
+        return f"gid {gid}"
 
 
 def _generation_name(generation: int) -> str:
@@ -416,7 +462,7 @@ class Store:
         Through the checked store root: a root that is missing or carries no marker is
         an unavailable store (StoreUnavailable), never an empty one.
         """
-        rfd = _open_root(self.root)
+        rfd = _open_root(self.root, self.owner)
         try:
             try:
                 os.stat(MARKER, dir_fd=rfd, follow_symlinks=False)

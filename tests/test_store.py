@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 from pkgckpt import manifest
 from pkgckpt.durable import atomic_write
 from pkgckpt.errors import ManifestError, StoreError, StoreUnavailable, UnknownSchema, UsageError
-from pkgckpt.store import MARKER, SYNCED, Store, init_store
+from pkgckpt.store import MARKER, NOBODY, SYNCED, Store, init_store
 
 sys.path.insert(0, str(Path(__file__).parent / "faults"))
 from store_child import label, make_body
@@ -128,20 +129,70 @@ def test_a_symlinked_store_root_is_refused(tmp_path: Path) -> None:
         init_store(tmp_path / "link")
 
 
-@pytest.mark.parametrize(("mode", "refused"), [(0o777, True), (0o1777, False), (0o755, False)])
-def test_a_root_others_can_write_needs_the_sticky_bit(
-    tmp_path: Path, mode: int, refused: bool
+@pytest.mark.parametrize(
+    ("mode", "who", "bits"),
+    [
+        (0o777, "its group (.*) and others", "go-w"),
+        (0o757, "others", "o-w"),
+        (0o775, "its group (.*)", "g-w"),
+        (0o770, "its group (.*)", "g-w"),
+        (0o1777, None, None),
+        (0o1775, None, None),
+        (0o755, None, None),
+    ],
+)
+def test_a_root_group_or_others_can_write_needs_the_sticky_bit(
+    tmp_path: Path, mode: int, who: str | None, bits: str | None
 ) -> None:
-    """0777 lets anyone move a key directory away: refused; 1777 (sticky) is the shared layout."""
+    """0777 or 0775 lets others, or the group's members, move a key directory away:
+    refused, saying how to fix it; 1777 (sticky) is the shared layout."""
     root = tmp_path / "store"
     init_store(root)
     root.chmod(mode)
     store = Store(root, "alice")
-    if refused:
-        with pytest.raises(StoreError, match="writable by others without the sticky bit"):
+    if who is not None:
+        where = re.escape(str(root))
+        message = (
+            f"store {where} is writable by {who} without the sticky bit .* refused "
+            f"\\(fix: chmod \\+t {where}, or chmod {bits} {where}\\)"
+        )
+        with pytest.raises(StoreError, match=message):
             store.read()
+        with pytest.raises(StoreError, match=message):
+            init_store(root)
     else:
         assert store.commit(make_body("a")) is not None
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("uid", "store_uid", "refused"),
+    [
+        (4242, None, True),  # an ordinary other user's: it could move any key away
+        (4242, 4242, False),  # store_uid: the squashed export's one uid
+        (NOBODY, None, False),  # root_squash made it of an administrator's init
+        (0, None, False),
+    ],
+)
+def test_a_root_owned_by_another_user_is_refused(
+    tmp_path: Path, uid: int, store_uid: int | None, refused: bool
+) -> None:
+    """The sticky bit binds everyone but a directory's owner: a root owned by someone not
+    trusted is refused, sticky or not, with how to fix it (the tests run as root, so any
+    uid but 0 stands for another user)."""
+    root = tmp_path / "store"
+    init_store(root)
+    root.chmod(0o1777)
+    os.chown(root, uid, -1)
+    assert init_store(root) is False, "init leaves the owner to each user's Store"
+    store = Store(root, "alice", owner=store_uid)
+    if refused:
+        where = re.escape(str(root))
+        message = f"store {where} is owned by .*uid {uid}.*, not by root, this user or nobody"
+        with pytest.raises(StoreError, match=f"{message}: .* `chown root {where}`.*store_uid"):
+            store.read()
+    else:
+        assert store.read() is None
 
 
 def test_commit_creates_private_layout(store: Store) -> None:

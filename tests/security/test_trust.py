@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -32,7 +33,7 @@ from wheelhouse import Dist, build_wheel
 
 from pkgckpt import status
 from pkgckpt.config import Config
-from pkgckpt.store import init_store
+from pkgckpt.store import NOBODY, init_store
 
 from .conftest import User
 
@@ -552,6 +553,80 @@ def test_every_user_as_jovyan_is_refused_until_a_key_is_set(
     assert (store / "alice-hub" / "manifest.json").stat().st_uid == alice.uid
     session.new_container()
     restore = session.pkgckpt("restore", **shared, **session.runtime(), JUPYTERHUB_USER="alice-hub")
+    assert restore.returncode == 0, restore.stderr
+    assert "alicepkg" in session.installed()
+    session.assert_clean()
+
+
+# -- the store root ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def team(alice: User, bob: User) -> Iterator[str]:
+    """A group alice and bob are both members of (a team's, a project's)."""
+    name = f"pkcteam{secrets.token_hex(3)}"
+    subprocess.run(["groupadd", name], check=True)
+    try:
+        for user in (alice, bob):
+            subprocess.run(["usermod", "-a", "-G", name, user.name], check=True)
+        yield name
+    finally:
+        subprocess.run(["groupdel", name], check=False)
+
+
+def test_a_store_root_its_group_can_write_is_refused_until_it_is_sticky(
+    session: Session, alice: User, bob: User, base: Path, team: str
+) -> None:
+    """A root writable by a group bob is in (0775): bob could `mv` alice's key directory
+    away and her next container would start from nothing, so alice's restore refuses the
+    store and says how to fix it, writing nothing. With the sticky bit (1775) her record
+    works and bob's `mv` fails."""
+    store = _open(base / "store", 0o755)
+    init_store(store)
+    shutil.chown(store, group=team)
+    store.chmod(0o775)
+    settings = {"PKGCKPT_STORE": str(store), "PKGCKPT_KEY": alice.name}
+
+    refused = session.pkgckpt("restore", **settings, **session.runtime())
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"writable by its group ({team}" in refused.stderr
+    assert f"chmod +t {store}" in refused.stderr
+    assert not (store / alice.name).exists(), "a key directory was made in a loose root"
+
+    store.chmod(0o1775)  # the administrator's fix
+    _record_alicepkg(session, settings)
+    moved = bob.run(["mv", str(store / alice.name), str(store / "stolen")])
+    assert moved.returncode != 0, "bob moved alice's record away"
+    session.new_container()
+    restore = session.pkgckpt("restore", **settings, **session.runtime())
+    assert restore.returncode == 0, restore.stderr
+    assert "alicepkg" in session.installed()
+    session.assert_clean()
+
+
+def test_a_store_root_another_user_owns_is_refused_one_root_squash_made_is_not(
+    session: Session, alice: User, bob: User, base: Path
+) -> None:
+    """bob's 1777 root: the sticky bit binds everyone but the directory's owner, so bob
+    could move alice's key directory away; alice's restore refuses it, naming bob and the
+    fix, and writes nothing. The same root owned by nobody, what root_squash makes of an
+    administrator's `pkgckpt store init` run on an NFS client, is a store."""
+    store = _open(base / "store", 0o755)
+    init_store(store)
+    os.chown(store, bob.uid, bob.gid)
+    store.chmod(0o1777)
+    settings = {"PKGCKPT_STORE": str(store), "PKGCKPT_KEY": alice.name}
+
+    refused = session.pkgckpt("restore", **settings, **session.runtime())
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"is owned by {bob.name} (uid {bob.uid}), not by root, this user" in refused.stderr
+    assert f"chown root {store}" in refused.stderr
+    assert not (store / alice.name).exists(), "a key directory was made in bob's root"
+
+    os.chown(store, NOBODY, NOBODY)
+    _record_alicepkg(session, settings)
+    session.new_container()
+    restore = session.pkgckpt("restore", **settings, **session.runtime())
     assert restore.returncode == 0, restore.stderr
     assert "alicepkg" in session.installed()
     session.assert_clean()
