@@ -181,3 +181,18 @@ def test_an_entry_swapped_for_other_bytes_is_captured_again_under_the_key(
     stored = case.world.store / case.world.key / "artifacts" / second.file
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == first.sha256
     assert entry.stat().st_size == len(b"garbage")  # the pool's name is not ours to fix
+
+
+def test_a_pool_its_group_can_write_without_the_sticky_bit_is_not_used(tmp_path: Path) -> None:
+    """`sha256/` at 0775: any member of its group could remove or replace entries, so
+    the capture keeps its artifact under the key, and says why."""
+    pool = _pool(tmp_path / "pool")
+    (pool / "sha256").chmod(0o775)
+    case = Case(tmp_path, [Dist("solo", "1.0")])
+    case.world.env["PKGCKPT_ARTIFACT_POOL"] = str(pool)
+    done = case.world.pkgckpt("snapshot", *case.flags)
+    assert done.returncode == 0, done.stderr
+    assert "writable by its group or others without the sticky bit" in done.stderr
+    solo = case.recorded()["solo"].artifact
+    assert solo is not None and not solo.pooled
+    assert list((pool / "sha256").iterdir()) == []

@@ -37,12 +37,12 @@ SUBDIR = "sha256"
 
 
 def _open_dir(root: Path, *, create: bool) -> int | None:
-    """`root/sha256`, checked: a real directory, sticky when others may write it, and
-    owned by root, this user or the owner of `root` (the administrator who made the
-    pool): the sticky bit binds everyone but the directory's owner, so a `sha256/` made
-    by another user would let them remove or replace every entry. `create`: make it
-    when this user owns `root` (a pool of one's own); an administrator makes it for
-    everyone else."""
+    """`root/sha256`, checked: a real directory, sticky when its group or others may
+    write it, and owned by root, this user or the owner of `root` (the administrator who
+    made the pool): the sticky bit binds everyone but the directory's owner, so a
+    `sha256/` made by another user would let them remove or replace every entry.
+    `create`: make it when this user owns `root` (a pool of one's own); an administrator
+    makes it for everyone else."""
     try:
         owner = root.stat().st_uid
         if create and owner == os.geteuid():
@@ -60,8 +60,8 @@ def _open_dir(root: Path, *, create: bool) -> int | None:
         raise durable.error(e, f"cannot open the artifact pool {root}") from e
     st = os.fstat(fd)
     why = None
-    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-        why = "is writable by others without the sticky bit"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        why = "is writable by its group or others without the sticky bit"
     elif st.st_uid not in (0, os.geteuid(), owner):
         why = f"is owned by uid {st.st_uid}, not by root, you or the owner of {root}"
     if why is not None:
