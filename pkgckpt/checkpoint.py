@@ -267,27 +267,45 @@ class Tracker:
             if recorded is not None:
                 _remember(track, recorded)
 
-    def fold(self, stored: Body) -> None:
+    def fold(self, stored: Body, newer: bool = True) -> None:
         """Fold what the store holds into the record, never the other way round.
 
         The store may hold what this process does not (another generation, a directory
-        restored from a snapshot) or lack what it holds (deleted, rolled back). A package
-        the store records as added or changed joins the record unless the record has it
-        already (this process's view wins) or this process saw it uninstalled; nothing
-        the record holds leaves. A package the user told the record to forget is not
-        brought back either.
+        restored from a snapshot) or lack what it holds (deleted, rolled back). `newer`:
+        the store holds a generation above the one this process last read or wrote
+        (another writer of the key), not an older or equal one (a rolled-back copy).
+
+        In an environment this process tracks, a package the store records as added or
+        changed joins the record unless this process observed that name itself
+        (`_observed`: it changed its record, saw it uninstalled, was told to forget it,
+        or sees another install of it than the store's where that is not the image's)
+        — and, from a copy that is not newer, unless the record holds an entry of its
+        own for it. Whatever the image ships is in the state too; that is no reason to
+        leave out another writer's upgrade of it. In an environment this process does
+        not track, entries the record lacks join it. Nothing the record holds leaves; a
+        package the user told the record to forget is not brought back.
         """
         for theirs in stored.environments:
             track = self._tracks.get(env_key(theirs.env))
             if track is None:
                 self._recorded = _with(self._recorded, theirs)
                 continue
-            for p in (*theirs.added, *theirs.changed):
-                if not (p.name in track.state or p.name in track.gone or p.name in track.forgotten):
-                    track.state[p.name] = p
-                elif p.artifact is not None:  # captured by another process
-                    bare = msgspec.structs.replace(p, artifact=None)
-                    self.attach(theirs.env, bare, p.artifact)
+            ours = _entries(track.recorded) if track.recorded is not None else {}
+            for part, p in (
+                *(("added", p) for p in theirs.added),
+                *(("changed", p) for p in theirs.changed),
+            ):
+                held = ours.get(p.name)
+                if (
+                    _observed(track, p)
+                    or (held is not None and same_install(held[1], p))
+                    or (held is not None and not newer)
+                ):
+                    if p.artifact is not None:  # captured by another process
+                        bare = msgspec.structs.replace(p, artifact=None)
+                        self.attach(theirs.env, bare, p.artifact)
+                    continue
+                _take(track, theirs, part, p)
 
     def attach(self, env: Environment, package: Package, artifact: Artifact) -> bool:
         """Record `artifact` as the capture of `package` in `env` when the record still
@@ -421,6 +439,62 @@ def _carried(track: _Track, d: Delta) -> Delta:
         removed=tuple(parts["removed"]),
         image=track.image if whole else recorded.image,
     )
+
+
+def _observed(track: _Track, p: Package) -> bool:
+    """Whether this process saw for itself what became of `p.name`, so that the store's
+    entry `p` (another writer's, or an older copy's) must not replace its record of it:
+    it changed that record (an install, an upgrade, an uninstall it saw), was told to
+    forget the name, or finds another install of it than `p` where that is not simply
+    the image's (a restore that did not run yet, or failed, looks like the image's).
+    """
+    name = p.name
+    if name in track.touched or name in track.gone or name in track.forgotten:
+        return True
+    seen = track.last.get(name)
+    if seen is None or same_install(seen, p):
+        return False
+    image = track.baseline.get(name)
+    return image is None or not same_install(image, seen)
+
+
+def _take(track: _Track, theirs: Delta, part: str, p: Package) -> None:
+    """Record the store's entry `p` (in `theirs`'s list `part`, added or changed) as if
+    it had been recorded when tracking began: untouched, it keeps the form it has on the
+    store (`_carried`), relative to the image `theirs` is relative to."""
+    name = p.name
+    track.state[name] = p
+    if track.image is None:
+        # An inferred baseline holds the form of each entry (`_inferred_baseline`).
+        if part == "added":
+            track.baseline.pop(name, None)
+        elif name not in track.baseline or same_install(track.baseline[name], p):
+            track.baseline[name] = p
+            track.pinned = track.pinned | {name}
+    else:
+        recorded = track.recorded
+        if recorded is None:
+            image, entries = theirs.image, {}
+        else:
+            # Relative to this image only while both records are.
+            image = recorded.image if recorded.image != track.image else theirs.image
+            entries = _entries(recorded)
+        entries[name] = (part, p)
+        parts: dict[str, list[Package]] = {"added": [], "changed": [], "removed": []}
+        for n in sorted(entries):
+            parts[entries[n][0]].append(entries[n][1])
+        track.recorded = Delta(
+            env=track.env,
+            added=tuple(parts["added"]),
+            changed=tuple(parts["changed"]),
+            removed=tuple(parts["removed"]),
+            image=image,
+        )
+    # What a restore said of that install (held back, failing) comes with it.
+    track.rebased.pop(name, None)
+    track.rebased.update((r.name, r) for r in theirs.rebased if r.name == name)
+    track.failing.pop(name, None)
+    track.failing.update((f.name, f) for f in theirs.failing if f.name == name)
 
 
 def _with(body: Body, theirs: Delta) -> Body:
@@ -560,7 +634,10 @@ def commit(session: Session) -> Manifest | None:
         if changed:
             # Another generation, a deleted directory or an older copy: what the store
             # holds joins the record first, and the record is written whatever it had.
-            session.tracker.fold(stored.body if stored is not None else Body())
+            newer = stored is not None and (
+                session.generation is None or stored.generation > session.generation
+            )
+            session.tracker.fold(stored.body if stored is not None else Body(), newer)
             session.on_store = None
             session.stored = None
         body = session.tracker.body()

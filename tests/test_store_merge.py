@@ -9,10 +9,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from daemon_kit import World, eventually, uv_install
+from wheelhouse import Dist, build_wheel
 
 from pkgckpt import manifest
 from pkgckpt.checkpoint import Observation, Session, Tracker, commit, confirm
-from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Package
+from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Package, Rebased
 from pkgckpt.store import Store, init_store
 
 ENV = Environment(kind="python", path="/opt/venv")
@@ -53,9 +55,18 @@ def recorded(store: Store, env: Environment = ENV) -> set[str]:
     return {f"{p.name}=={p.version}" for p in (*delta.added, *delta.changed)}
 
 
-def installs(s: Session, *specs: str) -> None:
-    s.tracker.observe(ENV, Observation({**IMAGE, **pkgs(*specs)}))
+def installs(s: Session, *specs: str, env: Environment = ENV) -> None:
+    s.tracker.observe(env, Observation({**IMAGE, **pkgs(*specs)}))
     assert commit(s) is not None
+
+
+def upgrade(name: str, version: str, was: str) -> Package:
+    """A `changed` entry: the image's `was` replaced by the user's `version`."""
+    return Package(name=name, version=version, replaced=was)
+
+
+def pins(packages: tuple[Package, ...]) -> list[str]:
+    return sorted(f"{p.name}=={p.version}" for p in packages)
 
 
 def test_an_unchanged_store_is_checked_without_a_full_read(store: Store) -> None:
@@ -226,3 +237,150 @@ def test_what_a_newer_pkgckpt_knows_of_the_interpreter_amends_the_generation(
     done = commit(s)
     assert done is not None and done.generation == 2
     assert store.generations() == [2, 1]
+
+
+def test_another_writers_upgrade_of_an_image_package_stays_in_the_record(store: Store) -> None:
+    """Another writer of the key (a second container of the same user) records an upgrade
+    of a package the image ships; this process never saw that package change, so its
+    next commit keeps the upgrade beside its own install."""
+    s = session(store)
+    installs(s, "a==1")
+    other = Store(store.root, store.key)
+    theirs = Delta(
+        env=ENV, added=(Package(name="a", version="1"),), changed=(upgrade("six", "2.0", "1.16.0"),)
+    )
+    assert other.commit(Body(environments=(theirs,))) is not None
+    installs(s, "a==1", "b==2")
+    assert recorded(store) == {"a==1", "b==2", "six==2.0"}
+    found = store.read()
+    assert found is not None
+    delta = found.body.delta(ENV)
+    assert delta is not None and delta.changed == (upgrade("six", "2.0", "1.16.0"),)
+
+
+def test_what_this_process_saw_of_a_package_wins_over_another_writers_entry(
+    store: Store,
+) -> None:
+    """An image package this process saw upgraded, and a recorded install it finds as
+    recorded, keep this process's record against another writer's versions of them."""
+    first = Tracker(BASELINE, None)
+    first.observe(ENV, Observation(IMAGE))
+    first.observe(ENV, Observation({**IMAGE, **pkgs("a==1")}))
+    assert store.commit(first.body()) is not None
+    s = session(store)  # restored: finds a==1 as recorded
+    s.tracker.observe(ENV, Observation({**IMAGE, **pkgs("a==1")}))
+    installs(s, "a==1", "numpy==2.0")
+    other = Store(store.root, store.key)
+    theirs = Delta(
+        env=ENV,
+        added=(Package(name="a", version="2"),),
+        changed=(upgrade("numpy", "1.9", "1.26.0"), upgrade("six", "2.0", "1.16.0")),
+    )
+    assert other.commit(Body(environments=(theirs,))) is not None
+    installs(s, "a==1", "numpy==2.0", "b==2")
+    assert recorded(store) == {"a==1", "b==2", "numpy==2.0", "six==2.0"}
+
+
+def test_an_older_copy_does_not_replace_a_recorded_version(store: Store, tmp_path: Path) -> None:
+    """A key directory rolled back to an older copy: a recorded install this process
+    never found keeps the newer record's version; what only the copy holds joins."""
+    other = Store(store.root, store.key)
+    old = Delta(
+        env=ENV, added=tuple(pkgs("a==1").values()), changed=(upgrade("six", "2.0", "1.16.0"),)
+    )
+    assert other.commit(Body(environments=(old,))) is not None
+    shutil.copytree(store.path, tmp_path / "old", symlinks=True)
+    assert (
+        other.commit(Body(environments=(Delta(env=ENV, added=tuple(pkgs("a==2").values())),)))
+        is not None
+    )
+    s = session(store)
+    s.tracker.observe(ENV, Observation(IMAGE))  # a restore has not run yet
+    shutil.rmtree(store.path)
+    shutil.copytree(tmp_path / "old", store.path, symlinks=True)
+    installs(s, "b==2")
+    assert recorded(store) == {"a==2", "b==2", "six==2.0"}
+
+
+def test_another_writers_held_back_entry_keeps_its_form(store: Store) -> None:
+    """Another writer's entry recorded on another image, held back by its restore, joins
+    the record as it was recorded (`replaced`, the mark and the old image), so that a
+    restore still reads it against the image it was recorded on."""
+    s = session(store)
+    installs(s, "a==1")
+    held = upgrade("numpy", "1.20", "1.25")  # a downgrade on the old image
+    mark = Rebased(
+        name="numpy", version="1.20", state="held-back", reason="pandas needs numpy>=1.26"
+    )
+    theirs = Delta(
+        env=ENV,
+        added=tuple(pkgs("a==1").values()),
+        changed=(held,),
+        image="old-image",
+        rebased=(mark,),
+    )
+    assert Store(store.root, store.key).commit(Body(environments=(theirs,))) is not None
+    installs(s, "a==1", "b==2")
+    found = store.read()
+    assert found is not None
+    delta = found.body.delta(ENV)
+    assert delta is not None
+    assert delta.changed == (held,)
+    assert delta.rebased == (mark,)
+    assert delta.image == "old-image"
+    assert pins(delta.added) == ["a==1", "b==2"]
+
+
+# -- real daemons: two writers of one key, one store -----------------------------------
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World.make(tmp_path)
+
+
+@pytest.fixture
+def wheels(tmp_path: Path) -> Path:
+    out = tmp_path / "wheels"
+    for name, version in [
+        ("alpha", "1.0"),
+        ("beta", "1.0"),
+        ("gamma", "1.0"),
+        ("image-pkg", "1.0"),
+    ]:
+        build_wheel(Dist(name, version), out)
+    return out
+
+
+def entries(world: World, prefix: Path) -> list[str] | None:
+    found = world.manifest()
+    delta = found.body.delta(Environment(kind="python", path=str(prefix))) if found else None
+    if delta is None:
+        return None
+    return sorted(f"{p.name}=={p.version}" for p in (*delta.added, *delta.changed))
+
+
+def test_a_daemon_keeps_another_writers_upgrade_of_an_image_package(
+    world: World, wheels: Path
+) -> None:
+    """The daemon records an install; another writer of the key commits an upgrade of a
+    package the image ships; the daemon's next commit keeps that upgrade."""
+    venv = world.image_venv(wheels, "image-pkg==1.0", aged=True)
+    daemon = world.daemon(
+        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "100"
+    ).start()
+    try:
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+        eventually(lambda: entries(world, venv.prefix) == ["alpha==1.0"], 30, "alpha recorded")
+        other = Store(world.store, world.key)
+        found = other.read()
+        assert found is not None
+        (delta,) = found.body.environments
+        theirs = msgspec.structs.replace(delta, changed=(upgrade("image-pkg", "2.0", "1.0"),))
+        assert other.commit(Body(environments=(theirs,))) is not None
+        uv_install(venv.python, wheels, "beta==1.0", env=world.env)
+        eventually(lambda: "beta==1.0" in (entries(world, venv.prefix) or []), 30, "beta")
+        assert entries(world, venv.prefix) == ["alpha==1.0", "beta==1.0", "image-pkg==2.0"]
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
