@@ -638,6 +638,9 @@ def commit(session: Session) -> Manifest | None:
                 session.generation is None or stored.generation > session.generation
             )
             session.tracker.fold(stored.body if stored is not None else Body(), newer)
+            if stored is not None:
+                # Read now: what `confirm` expects when the record folds into this very body.
+                session.generation = stored.generation
             session.on_store = None
             session.stored = None
         body = session.tracker.body()

@@ -626,6 +626,9 @@ class Daemon:
             self._set(generation=committed.generation, committed=checkpoint.now_iso())
             self._count(tracked=metrics.tracked(committed.body))
             sd_notify(f"STATUS={self._summary()}")
+        elif self.session.generation != self.state.generation:
+            # Another writer's generation, folded in, already holds the whole record.
+            self._set(generation=self.session.generation)
         self._count(committed_at=time.time())
         self._set(last_error=None, error_time=None)
         self._write_metrics()

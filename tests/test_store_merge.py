@@ -18,6 +18,7 @@ from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Pack
 from pkgckpt.store import Store, init_store
 
 ENV = Environment(kind="python", path="/opt/venv")
+ENV2 = Environment(kind="python", path="/opt/venv2")
 R = Environment(kind="r", path="/opt/R/library")
 
 
@@ -26,7 +27,12 @@ def pkgs(*specs: str) -> dict[str, Package]:
 
 
 IMAGE = pkgs("numpy==1.26.0", "six==1.16.0")
-BASELINE = Baseline(environments=(Inventory(env=ENV, packages=tuple(IMAGE.values())),))
+BASELINE = Baseline(
+    environments=(
+        Inventory(env=ENV, packages=tuple(IMAGE.values())),
+        Inventory(env=ENV2, packages=tuple(IMAGE.values())),
+    )
+)
 
 
 @pytest.fixture
@@ -329,6 +335,17 @@ def test_another_writers_held_back_entry_keeps_its_form(store: Store) -> None:
     assert delta.rebased == (mark,)
     assert delta.image == "old-image"
     assert pins(delta.added) == ["a==1", "b==2"]
+
+
+def test_a_record_equal_to_the_merged_store_is_confirmed_without_a_write(store: Store) -> None:
+    """Another writer's generation already holds the whole record: nothing is written,
+    and the store is confirmed to hold it (a daemon stopping then says so, exit 0)."""
+    a = session(store)
+    b = session(Store(store.root, store.key))
+    installs(a, "beta==1")
+    installs(b, "alpha==1", env=ENV2)
+    assert commit(a) is None
+    assert confirm(a)
 
 
 # -- real daemons: two writers of one key, one store -----------------------------------
