@@ -171,6 +171,9 @@ class Tracker:
         self._tracks: dict[EnvKey, _Track] = {}
         self.inferred: list[Environment] = []
         """Environments tracked without a baseline (their image state was inferred)."""
+        self._edited: set[EnvKey] = set()
+        """Environments not tracked whose record this process changed (`adopt`) and has
+        not written yet: their delta is this process's, not only the store's."""
 
     def observe(self, env: Environment, obs: Observation, time: str | None = None) -> list[Change]:
         """Fold one scan of `env` in; return the changes it made to the record."""
@@ -250,6 +253,12 @@ class Tracker:
     def adopt(self, body: Body) -> None:
         """Make `body` the record (after a forget or a revert), keeping what this process
         saw installed: an install it saw before stays unrecorded until it changes."""
+        was = {env_key(d.env): d for d in self._recorded.deltas()}
+        self._edited.update(
+            key
+            for key, d in ((env_key(d.env), d) for d in body.deltas())
+            if key not in self._tracks and was.get(key) != d
+        )
         self._recorded = body
         self._events = list(body.events)
         for track in self._tracks.values():
@@ -281,14 +290,19 @@ class Tracker:
         or sees another install of it than the store's where that is not the image's)
         — and, from a copy that is not newer, unless the record holds an entry of its
         own for it. Whatever the image ships is in the state too; that is no reason to
-        leave out another writer's upgrade of it. In an environment this process does
-        not track, entries the record lacks join it. Nothing the record holds leaves; a
-        package the user told the record to forget is not brought back.
+        leave out another writer's upgrade of it. An environment this process does not
+        track is taken as the newer store records it: its writer observed what changed
+        there. From an older copy, or where this process changed that environment's
+        record itself (a forget or a revert not written yet), its entries only join.
+        Nothing the record holds leaves; a package the user told the record to forget
+        is not brought back.
         """
         for theirs in stored.environments:
-            track = self._tracks.get(env_key(theirs.env))
+            key = env_key(theirs.env)
+            track = self._tracks.get(key)
             if track is None:
-                self._recorded = _with(self._recorded, theirs)
+                whole = newer and key not in self._edited
+                self._recorded = _with(self._recorded, theirs, whole=whole)
                 continue
             ours = _entries(track.recorded) if track.recorded is not None else {}
             for part, p in (
@@ -306,6 +320,11 @@ class Tracker:
                         self.attach(theirs.env, bare, p.artifact)
                     continue
                 _take(track, theirs, part, p)
+
+    def written(self) -> None:
+        """The record was written to the store whole: what this process changed in the
+        environments it does not track is on the store from now on."""
+        self._edited.clear()
 
     def attach(self, env: Environment, package: Package, artifact: Artifact) -> bool:
         """Record `artifact` as the capture of `package` in `env` when the record still
@@ -497,20 +516,23 @@ def _take(track: _Track, theirs: Delta, part: str, p: Package) -> None:
     track.failing.update((f.name, f) for f in theirs.failing if f.name == name)
 
 
-def _with(body: Body, theirs: Delta) -> Body:
-    """`body` with the store's delta `theirs` folded into its delta for the same
-    environment: entries `body` lacks are added, the ones it has stay as they are."""
+def _with(body: Body, theirs: Delta, *, whole: bool) -> Body:
+    """`body` with the store's delta `theirs` for an environment no scan of this process
+    reads. `whole`: `theirs` replaces `body`'s; else entries `body` lacks (and did not
+    forget) join its delta, the ones it has stay as they are."""
     mine = body.delta(theirs.env)
-    if mine is None:
-        return Body(environments=(*body.environments, theirs))
-    names = {p.name for p in (*mine.added, *mine.changed, *mine.removed)}
-    merged = msgspec.structs.replace(
-        mine,
-        added=(*mine.added, *(p for p in theirs.added if p.name not in names)),
-        changed=(*mine.changed, *(p for p in theirs.changed if p.name not in names)),
-        removed=(*mine.removed, *(p for p in theirs.removed if p.name not in names)),
-    )
-    return Body(environments=tuple(merged if d is mine else d for d in body.environments))
+    if mine is None or whole:
+        merged = theirs
+    else:
+        names = {p.name for p in (*mine.added, *mine.changed, *mine.removed, *mine.forgotten)}
+        merged = msgspec.structs.replace(
+            mine,
+            added=(*mine.added, *(p for p in theirs.added if p.name not in names)),
+            changed=(*mine.changed, *(p for p in theirs.changed if p.name not in names)),
+            removed=(*mine.removed, *(p for p in theirs.removed if p.name not in names)),
+        )
+    others = (d for d in body.environments if not manifest.same_env(d.env, theirs.env))
+    return Body(environments=(*others, merged))
 
 
 # -- a session: the manifest, the baseline and the scans of one process ----------------
@@ -646,6 +668,7 @@ def commit(session: Session) -> Manifest | None:
         body = session.tracker.body()
         encoded = manifest.encode_body(body)
         if encoded == session.on_store:
+            session.tracker.written()  # the store holds it already
             return None
         amend = None
         if (
@@ -655,6 +678,7 @@ def commit(session: Session) -> Manifest | None:
         ):
             amend = session.generation
         written = session.store.commit(body, encoded, amend=amend)
+    session.tracker.written()
     session.on_store = encoded
     session.stored = body
     if written is not None:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from daemon_kit import World, eventually, uv_install
-from wheelhouse import Dist, build_wheel
+from daemon_kit import Daemon, World, eventually, uv_install, uv_uninstall
+from wheelhouse import Dist, build_wheel, make_venv
 
-from pkgckpt import manifest
+from pkgckpt import manifest, record
 from pkgckpt.checkpoint import Observation, Session, Tracker, commit, confirm
 from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Package, Rebased
 from pkgckpt.store import Store, init_store
@@ -337,6 +337,40 @@ def test_another_writers_held_back_entry_keeps_its_form(store: Store) -> None:
     assert pins(delta.added) == ["a==1", "b==2"]
 
 
+def test_an_environment_another_process_tracks_is_taken_as_that_process_wrote_it(
+    store: Store,
+) -> None:
+    """Two processes of one key, each scanning its own environment: an uninstall and an
+    upgrade the other one saw in its environment stay when this one commits next."""
+    a = session(store)
+    b = session(Store(store.root, store.key))
+    installs(b, "alpha==1", "my==1", env=ENV2)
+    installs(a, "beta==1")
+    assert recorded(store, ENV2) == {"alpha==1", "my==1"}
+    installs(b, "my==2", env=ENV2)  # alpha uninstalled, my upgraded
+    installs(a, "beta==1", "gamma==1")
+    assert recorded(store) == {"beta==1", "gamma==1"}
+    assert recorded(store, ENV2) == {"my==2"}
+
+
+def test_a_forget_not_written_yet_survives_another_writers_generation(store: Store) -> None:
+    """This process forgets a package of an environment it does not scan; another writer's
+    generation arrives before the forget is written: the forget stays, the other writer's
+    new install joins."""
+    a = session(store)
+    b = session(Store(store.root, store.key))
+    installs(b, "alpha==1", "my==1", env=ENV2)
+    installs(a, "beta==1")
+    a.tracker.adopt(record.forgotten(a.tracker.body(), ["alpha"], scope=[ENV2], stamp="t"))
+    installs(b, "alpha==1", "my==1", "zeta==1", env=ENV2)
+    assert commit(a) is not None
+    assert recorded(store, ENV2) == {"my==1", "zeta==1"}
+    found = store.read()
+    assert found is not None
+    delta = found.body.delta(ENV2)
+    assert delta is not None and [p.name for p in delta.forgotten] == ["alpha"]
+
+
 def test_a_record_equal_to_the_merged_store_is_confirmed_without_a_write(store: Store) -> None:
     """Another writer's generation already holds the whole record: nothing is written,
     and the store is confirmed to hold it (a daemon stopping then says so, exit 0)."""
@@ -348,7 +382,7 @@ def test_a_record_equal_to_the_merged_store_is_confirmed_without_a_write(store: 
     assert confirm(a)
 
 
-# -- real daemons: two writers of one key, one store -----------------------------------
+# -- real daemons: two containers of one user, one key, one store ----------------------
 
 
 @pytest.fixture
@@ -401,3 +435,46 @@ def test_a_daemon_keeps_another_writers_upgrade_of_an_image_package(
         assert daemon.stop() == 0
     finally:
         daemon.close()
+
+
+def test_two_daemons_of_one_key_keep_each_others_environments(world: World, wheels: Path) -> None:
+    """Daemon A scans one venv, daemon B another (two containers of one user). B sees
+    alpha uninstalled from its venv; A's next commit does not write alpha back, and both
+    stop saying every change is on the store."""
+    v1 = world.image_venv(wheels)
+    v2 = make_venv(world.tmp / "venv2", with_pip=False)
+    made = world.pkgckpt(
+        "baseline", "--env", str(v1.prefix), "--env", str(v2.prefix),
+        "--output", str(world.tmp / "b.json"),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+
+    def daemon(prefix: Path, name: str) -> Daemon:
+        d = world.daemon(
+            *world.flags(prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "100"
+        )
+        d.log = world.tmp / f"{name}.log"
+        (world.tmp / name).mkdir(mode=0o700)
+        return d.start(extra_env={"XDG_RUNTIME_DIR": str(world.tmp / name)})
+
+    a = daemon(v1.prefix, "a")
+    b = daemon(v2.prefix, "b")
+    try:
+        uv_install(v2.python, wheels, "alpha==1.0", "gamma==1.0", env=world.env)
+        eventually(lambda: entries(world, v2.prefix) == ["alpha==1.0", "gamma==1.0"], 30, "B")
+        uv_install(v1.python, wheels, "beta==1.0", env=world.env)
+        eventually(lambda: entries(world, v1.prefix) == ["beta==1.0"], 30, "A's beta")
+        uv_uninstall(v2.python, "alpha", env=world.env)
+        eventually(lambda: entries(world, v2.prefix) == ["gamma==1.0"], 30, "B's uninstall")
+        seen = world.generation()
+        uv_install(v1.python, wheels, "alpha==1.0", env=world.env)  # in A's venv
+        eventually(lambda: world.generation() > seen, 30, "A's commit")
+        assert entries(world, v1.prefix) == ["alpha==1.0", "beta==1.0"]
+        assert entries(world, v2.prefix) == ["gamma==1.0"]
+        assert a.stop() == 0
+        assert b.stop() == 0, b.output()
+    finally:
+        a.close()
+        b.close()
+    assert "every change is on the store" in b.output()
+    assert entries(world, v2.prefix) == ["gamma==1.0"]
