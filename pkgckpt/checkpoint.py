@@ -297,7 +297,7 @@ class Tracker:
         Nothing the record holds leaves; a package the user told the record to forget
         is not brought back.
         """
-        for theirs in stored.environments:
+        for theirs in stored.deltas():
             key = env_key(theirs.env)
             track = self._tracks.get(key)
             if track is None:
@@ -531,8 +531,8 @@ def _with(body: Body, theirs: Delta, *, whole: bool) -> Body:
             changed=(*mine.changed, *(p for p in theirs.changed if p.name not in names)),
             removed=(*mine.removed, *(p for p in theirs.removed if p.name not in names)),
         )
-    others = (d for d in body.environments if not manifest.same_env(d.env, theirs.env))
-    return Body(environments=(*others, merged))
+    others = (d for d in body.deltas() if not manifest.same_env(d.env, theirs.env))
+    return Body.of((*others, merged), events=body.events)
 
 
 # -- a session: the manifest, the baseline and the scans of one process ----------------

@@ -20,6 +20,7 @@ from pkgckpt.store import Store, init_store
 ENV = Environment(kind="python", path="/opt/venv")
 ENV2 = Environment(kind="python", path="/opt/venv2")
 R = Environment(kind="r", path="/opt/R/library")
+CONDA = Environment(kind="conda", path="/opt/conda/envs/work")
 
 
 def pkgs(*specs: str) -> dict[str, Package]:
@@ -369,6 +370,20 @@ def test_a_forget_not_written_yet_survives_another_writers_generation(store: Sto
     assert found is not None
     delta = found.body.delta(ENV2)
     assert delta is not None and [p.name for p in delta.forgotten] == ["alpha"]
+
+
+def test_a_conda_environment_no_scan_reads_stays_through_a_merge(store: Store) -> None:
+    """Another writer's generation folded in keeps the record of a conda environment
+    neither process scans."""
+    kept = Delta(env=CONDA, added=(Package(name="tiny", version="1.0", build="0"),))
+    assert store.commit(Body.of([kept])) is not None
+    a = session(store)
+    b = session(Store(store.root, store.key))
+    installs(b, "alpha==1", env=ENV2)
+    installs(a, "beta==1")
+    found = store.read()
+    assert found is not None
+    assert found.body.delta(CONDA) == kept
 
 
 def test_a_record_equal_to_the_merged_store_is_confirmed_without_a_write(store: Store) -> None:
