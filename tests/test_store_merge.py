@@ -338,6 +338,39 @@ def test_another_writers_held_back_entry_keeps_its_form(store: Store) -> None:
     assert pins(delta.added) == ["a==1", "b==2"]
 
 
+def test_without_a_baseline_another_writers_upgrade_is_kept_as_an_upgrade(store: Store) -> None:
+    """The baseline lost (the image's state inferred from the first scan): another
+    writer's upgrade of a package found at the image's version is still recorded as an
+    upgrade of it, and an install of its that the first scan found joins as an addition."""
+    first = Tracker(BASELINE, None)
+    first.observe(ENV, Observation(IMAGE))
+    first.observe(ENV, Observation({**IMAGE, **pkgs("a==1")}))
+    assert store.commit(first.body()) is not None
+    found = store.read()
+    assert found is not None
+    s = Session(
+        store=store,
+        tracker=Tracker(None, found),
+        baseline_origin="inferred",
+        generation=found.generation,
+        on_store=manifest.encode_body(found.body),
+    )
+    s.tracker.observe(ENV, Observation({**IMAGE, **pkgs("a==1", "z==1")}))
+    assert s.tracker.inferred == [ENV]
+    theirs = Delta(
+        env=ENV,
+        added=tuple(pkgs("a==1", "z==1").values()),
+        changed=(upgrade("six", "2.0", "1.16.0"),),
+    )
+    assert Store(store.root, store.key).commit(Body(environments=(theirs,))) is not None
+    installs(s, "a==1", "z==1", "b==2")
+    assert recorded(store) == {"a==1", "b==2", "six==2.0", "z==1"}
+    found = store.read()
+    assert found is not None
+    delta = found.body.delta(ENV)
+    assert delta is not None and delta.changed == (upgrade("six", "2.0", "1.16.0"),)
+
+
 def test_an_environment_another_process_tracks_is_taken_as_that_process_wrote_it(
     store: Store,
 ) -> None:
