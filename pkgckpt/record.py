@@ -444,10 +444,9 @@ class Written(_Out, frozen=True, kw_only=True):
 
 def _write(config: Config, request: Request) -> Written:
     """Make the change: the running daemon does, or this process through the store."""
-    state = status.read_state(config)
-    if status.running(state, config):
-        assert state is not None
-        return Written(generation=ask_daemon(config, state, request), by_daemon=True)
+    found = status.find_state(config)
+    if found is not None and status.running(found.state, config):
+        return Written(generation=ask_daemon(config, found, request), by_daemon=True)
     store = open_store(config)
     current = store.read()
     if current is None:
@@ -467,10 +466,12 @@ def _read_private(directory_fd: int, name: str) -> bytes:
     return read_owned(name, _MAX_REQUEST, forbid=0o077, dir_fd=directory_fd)
 
 
-def ask_daemon(config: Config, state: status.DaemonState, request: Request) -> int | None:
-    """Hand `request` to the running daemon (a private file and SIGHUP) and wait for the
-    generation it wrote; raise what it reports."""
-    runtime = ensure_runtime_dir(config.runtime_dir)
+def ask_daemon(config: Config, found: status.Found, request: Request) -> int | None:
+    """Hand `request` to the running daemon (a private file, in the runtime directory its
+    status file is in, and SIGHUP) and wait for the generation it wrote; raise what it
+    reports."""
+    state = found.state
+    runtime = ensure_runtime_dir(found.directory)
     name, _ = _names(config, "request")
     atomic_write(runtime / name, _encoder.encode(request), 0o600)
     answer = "reply" + name.removeprefix("request")

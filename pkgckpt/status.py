@@ -9,6 +9,8 @@ The runtime directory may sit in a shared /tmp. A status file is read only when 
 directory are this user's alone (0600 in 0700), and it names a live daemon only when that
 pid is this user's process, started when the file says, running `pkgckpt daemon` for the
 same store and key: a planted file can neither fake a daemon nor aim `snapshot`'s SIGHUP.
+A daemon that found the usual directory someone else's keeps its file in the private
+fallback, and stays there after that directory is gone: readers look in both.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import msgspec
 
@@ -28,7 +30,7 @@ from .artifacts import quota
 from .artifacts.summary import Summary, recall, summarize
 from .artifacts.summary import lines as artifact_lines
 from .checkpoint import now_iso
-from .config import Config, ensure_runtime_dir, read_private
+from .config import Config, ensure_runtime_dir, fallback_runtime_dir, read_private
 from .digest import sha256
 from .discovery import Unreadable
 from .errors import PkgckptError
@@ -91,10 +93,22 @@ def _host() -> str:
     return os.uname().nodename
 
 
-def status_path(config: Config) -> Path:
-    """Named by store and key: a daemon of another store with this key is not ours to ask."""
+def status_path(config: Config, directory: Path | None = None) -> Path:
+    """Named by store and key: a daemon of another store with this key is not ours to ask.
+    In `directory`, else in the configured runtime directory."""
     what = f"{config.store.absolute()}\0{config.key}".encode()
-    return config.runtime_dir / f"daemon-{sha256(what).hexdigest()[:24]}.json"
+    name = f"daemon-{sha256(what).hexdigest()[:24]}.json"
+    return (config.runtime_dir if directory is None else directory) / name
+
+
+def directories(config: Config) -> list[Path]:
+    """Where a daemon of this store and key may keep its status file: the runtime
+    directory, then the private fallback, which a daemon keeps using once it went there
+    (the usual one was someone else's at its start, or when it came back after a clean)."""
+    found = [config.runtime_dir]
+    with contextlib.suppress(RuntimeError):  # no home directory: no fallback either
+        found.append(fallback_runtime_dir())
+    return list(dict.fromkeys(found))
 
 
 def process_start(pid: int) -> int | None:
@@ -172,10 +186,15 @@ class StatusFile:
             self._dir = None
 
 
-def read_state(config: Config) -> DaemonState | None:
-    """The status file of this store and key, or None when there is none, it cannot be
-    read, or it is not this user's alone."""
-    data = read_private(status_path(config))
+class Found(NamedTuple):
+    """A daemon's status and the runtime directory it was read from."""
+
+    state: DaemonState
+    directory: Path
+
+
+def _read_in(config: Config, directory: Path) -> DaemonState | None:
+    data = read_private(status_path(config, directory))
     if data is None:
         return None
     try:
@@ -185,6 +204,27 @@ def read_state(config: Config) -> DaemonState | None:
     if not _same_store(Path(state.store), config.store) or state.key != config.key:
         return None
     return state
+
+
+def find_state(config: Config) -> Found | None:
+    """The status file of this store and key, and where it is: the first of `directories`
+    that names a live daemon, else the first that has one. None when none has one that
+    can be read and is this user's alone."""
+    first = None
+    for directory in directories(config):
+        state = _read_in(config, directory)
+        if state is None:
+            continue
+        if running(state, config):
+            return Found(state, directory)
+        first = first or Found(state, directory)
+    return first
+
+
+def read_state(config: Config) -> DaemonState | None:
+    """The status of this store and key's daemon (see `find_state`), or None."""
+    found = find_state(config)
+    return found.state if found is not None else None
 
 
 def _option(argv: list[str], name: str) -> str | None:

@@ -344,6 +344,88 @@ def test_a_planted_runtime_directory_fakes_no_daemon_and_aims_no_signal(
     session.assert_clean()
 
 
+def _alices_daemon(session: Session, settings: dict[str, str]) -> subprocess.Popen[str]:
+    """alice's `pkgckpt daemon` in the background, its log on a pipe (`_stopped`)."""
+    env = {**session.env(**settings), "HOME": str(session.alice.home), "PATH": os.environ["PATH"]}
+    return subprocess.Popen(
+        ["runuser", "-u", session.alice.name, "--", "env", "-i"]
+        + [f"{k}={v}" for k, v in env.items()]
+        + [*PKGCKPT, "daemon", "--quiet-ms", "100"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stopped(daemon: subprocess.Popen[str]) -> str:
+    """SIGTERM (kill after 30 s); the daemon's log."""
+    daemon.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        daemon.wait(timeout=30)
+    if daemon.poll() is None:
+        daemon.kill()
+    assert daemon.stderr is not None
+    return daemon.stderr.read()
+
+
+def _shown(session: Session, settings: dict[str, str]) -> dict[str, object]:
+    shown = session.pkgckpt("status", "--json", **settings)
+    assert shown.returncode == 0, shown.stderr
+    report: dict[str, object] = json.loads(shown.stdout)
+    return report
+
+
+def _recorded(session: Session, settings: dict[str, str]) -> list[str]:
+    """The names alice's record holds as added, in her venv."""
+    report = _shown(session, settings)
+    envs = report["environments"]
+    assert isinstance(envs, list)
+    return sorted(p["name"] for e in envs for p in e["added"])
+
+
+def _alices_store(base: Path, alice: User) -> dict[str, str]:
+    store = _open(base / "store", 0o755)
+    init_store(store)
+    init_store(store / "s")
+    os.chown(store / "s", alice.uid, alice.gid)
+    return {"PKGCKPT_STORE": str(store / "s"), "PKGCKPT_KEY": alice.name}
+
+
+def test_a_daemon_in_the_fallback_is_still_found_once_the_planted_directory_is_gone(
+    session: Session, alice: User, bob: User, shared: Path, base: Path
+) -> None:
+    """bob's /tmp/pkgckpt-<alice's uid>/ sends alice's daemon to the private fallback; bob
+    then removes it: `status` still finds the daemon, `forget` goes through it (no second
+    writer: its next commit keeps the package forgotten)."""
+    settings = _alices_store(base, alice)
+    planted = shared / f"pkgckpt-{alice.uid}"
+    bob.run(["mkdir", "-m", "0777", str(planted)], check=True)
+    first = session.pkgckpt("restore", **settings)
+    assert first.returncode == 0, first.stderr
+    daemon = _alices_daemon(session, settings)
+    try:
+        session.install_alicepkg()
+        deadline = time.monotonic() + 60
+        while _recorded(session, settings) != ["alicepkg"]:
+            assert daemon.poll() is None, "the daemon exited"
+            assert time.monotonic() < deadline, "alicepkg never recorded"
+            time.sleep(0.2)
+        bob.run(["rmdir", str(planted)], check=True)
+
+        report = _shown(session, settings)
+        assert report["daemon_running"] is True
+        forgot = session.pkgckpt("forget", "alicepkg", **settings)
+        assert forgot.returncode == 0, forgot.stderr
+        assert "the daemon wrote" in forgot.stdout
+        snap = session.pkgckpt("snapshot", **settings)  # the daemon rescans and commits
+        assert snap.returncode == 0, snap.stderr
+        assert "the daemon" in snap.stdout or "nothing to checkpoint" in snap.stdout
+        assert _recorded(session, settings) == []
+    finally:
+        log = _stopped(daemon)
+    assert log.count("is not ours") == 1, log
+    session.assert_clean()
+
+
 # -- squashed stores -------------------------------------------------------------------
 
 
