@@ -316,13 +316,16 @@ class Daemon:
             # record's code (~0.2 MB) need not stay loaded in a daemon never asked.
             from . import record
 
-            taken = record.serve(self.config, self.session)
+            # From where the status file is now, where `forget` and `revert` found it: it
+            # moves to the fallback when the runtime directory is taken after a clean.
+            runtime = self.status_file.directory or self.config.runtime_dir
+            taken = record.serve(self.config, self.session, runtime)
             self.retry_at = None  # a person asked (snapshot): try the store now
             self.retries.ask()  # and the captures that failed, once more each
             self._commit()
             if taken:  # forget, revert, restore failures: answered once on the store or not
                 failed = self.state.last_error if self.retry_at is not None else None
-                record.answer(self.config, taken, self.state.generation, failed)
+                record.answer(runtime, taken, self.state.generation, failed)
             self._set(rescans=self.state.rescans + 1)
             if self.next_backstop is not None:
                 self.next_backstop = now + self.config.rescan_interval

@@ -53,6 +53,8 @@ from .trust import read_owned
 log = getLogger("pkgckpt.record")
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .checkpoint import Session
     from .restore import Plan, Report
 
@@ -514,8 +516,9 @@ def ask_daemon(config: Config, found: status.Found, request: Request) -> int | N
         os.close(dfd)
 
 
-def serve(config: Config, session: Session) -> list[tuple[str, _Reply | None]]:
-    """The daemon's side: apply every pending request to the session's record, in order.
+def serve(config: Config, session: Session, runtime: Path) -> list[tuple[str, _Reply | None]]:
+    """The daemon's side: apply every pending request in `runtime` (the directory its
+    status file is in) to the session's record, in order.
 
     Returns the replies to send once the record is committed (`answer`): None where the
     request was applied and the reply is the generation written. A request file that this
@@ -523,7 +526,7 @@ def serve(config: Config, session: Session) -> list[tuple[str, _Reply | None]]:
     """
     _, pattern = _names(config, "request")
     try:
-        dfd = os.open(config.runtime_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dfd = os.open(runtime, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return []
     taken: list[tuple[str, _Reply | None]] = []
@@ -535,7 +538,7 @@ def serve(config: Config, session: Session) -> list[tuple[str, _Reply | None]]:
             try:
                 data = _read_private(dfd, name)
             except OSError as e:
-                log.warning("request %s refused: %s", config.runtime_dir / name, e)
+                log.warning("request %s refused: %s", runtime / name, e)
                 continue
             finally:
                 with contextlib.suppress(OSError):
@@ -567,7 +570,7 @@ def _describe(request: Request) -> str:
 
 
 def answer(
-    config: Config,
+    runtime: Path,
     taken: Iterable[tuple[str, _Reply | None]],
     generation: int | None,
     error: str | None,
@@ -580,7 +583,7 @@ def answer(
                 error=None if error is None else f"the change is not on the store yet: {error}",
             )
         try:
-            atomic_write(config.runtime_dir / name, _encoder.encode(reply), 0o600)
+            atomic_write(runtime / name, _encoder.encode(reply), 0o600)
         except PkgckptError as e:
             log.warning("cannot answer %s: %s", name, e)
 

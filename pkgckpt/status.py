@@ -144,6 +144,8 @@ class StatusFile:
     describes, and whatever is left (an old file, a torn one, none: a runtime directory on
     tmpfs is empty) is a stopped daemon to `read_state` and `running`. The directory is
     checked once and held open; it is checked and opened again when it was removed.
+    `directory` is where the file is now: the daemon takes the requests of `forget` and
+    `revert` from there, where they find its status.
     """
 
     def __init__(self, config: Config) -> None:
@@ -151,6 +153,7 @@ class StatusFile:
         self.name = status_path(config).name
         self._temp = f".{self.name}.{os.getpid()}.tmp"
         self._dir: int | None = None
+        self.directory: Path | None = None
 
     def write(self, state: DaemonState) -> None:
         """Raises PkgckptError when the file cannot be written."""
@@ -163,6 +166,7 @@ class StatusFile:
                 self._dir = os.open(
                     run, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
                 )
+                self.directory = run
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
             # A name of this process's own, in a directory no one else may write in.
             fd = os.open(self._temp, flags, 0o600, dir_fd=self._dir)

@@ -426,6 +426,48 @@ def test_a_daemon_in_the_fallback_is_still_found_once_the_planted_directory_is_g
     session.assert_clean()
 
 
+def test_forget_reaches_a_daemon_whose_runtime_directory_was_cleaned_and_taken(
+    session: Session, alice: User, bob: User, shared: Path, base: Path
+) -> None:
+    """alice's runtime directory is removed under her running daemon (tmpfiles cleaning
+    /tmp) and bob takes the name: the daemon's status moves to the private fallback, and
+    so does where it takes requests: `forget` is answered at once, not after a timeout."""
+    settings = _alices_store(base, alice)
+    first = session.pkgckpt("restore", **settings)
+    assert first.returncode == 0, first.stderr
+    runtime = shared / f"pkgckpt-{alice.uid}"
+    assert runtime.stat().st_uid == alice.uid
+    daemon = _alices_daemon(session, settings)
+    try:
+        deadline = time.monotonic() + 60
+        while not _shown(session, settings)["daemon_running"]:
+            assert daemon.poll() is None, "the daemon exited"
+            assert time.monotonic() < deadline, "the daemon never showed in status"
+            time.sleep(0.2)
+        shutil.rmtree(runtime)
+        bob.run(["mkdir", "-m", "0777", str(runtime)], check=True)
+        session.install_alicepkg()  # a change: the daemon writes its status anew
+        deadline = time.monotonic() + 60
+        while not (
+            (report := _shown(session, settings))["daemon_running"]
+            and _recorded(session, settings) == ["alicepkg"]
+        ):
+            assert daemon.poll() is None, "the daemon exited"
+            assert time.monotonic() < deadline, f"the daemon was not found again: {report}"
+            time.sleep(0.2)
+
+        started = time.monotonic()
+        forgot = session.pkgckpt("forget", "alicepkg", **settings)
+        assert forgot.returncode == 0, forgot.stderr
+        assert "the daemon wrote" in forgot.stdout
+        assert time.monotonic() - started < 8
+        assert _recorded(session, settings) == []
+        assert sorted(p.name for p in runtime.iterdir()) == [], "alice wrote into bob's directory"
+    finally:
+        _stopped(daemon)
+    session.assert_clean()
+
+
 # -- squashed stores -------------------------------------------------------------------
 
 
