@@ -69,5 +69,12 @@ wait_for "$server" || status=$?
 
 # The server ended (signal or not): let the daemon flush what is pending, then exit.
 kill -s TERM "$daemon" 2>/dev/null
-wait_for "$daemon" || log "pkgckpt daemon exited $?: some changes may not be checkpointed"
+code=0
+wait_for "$daemon" || code=$?
+case $code in
+    0) ;;
+    # It did not start: another daemon for this store and key (a systemd unit, say) ran.
+    4) log "pkgckpt daemon did not start: another one checkpointed this session" ;;
+    *) log "pkgckpt daemon exited $code: some changes may not be checkpointed" ;;
+esac
 exit "$status"

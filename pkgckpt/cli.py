@@ -27,7 +27,8 @@ Exit codes:
   0  done, or nothing to do
   1  error: nothing was changed (the message says why)
   2  usage: a bad flag, setting or config file
-  3  partial restore: some packages failed, the others were installed"""
+  3  partial restore: some packages failed, the others were installed
+  4  daemon: one for this store and key already runs; this one did not start"""
 
 SETTINGS = """\b
 Settings: flags > PKGCKPT_* environment variables (PKGCKPT_STORE, PKGCKPT_KEY,
@@ -171,6 +172,7 @@ def daemon(cfg: config.Config) -> int:
                      store; 1: the store stayed unreachable until --shutdown-timeout)
     SIGHUP           rescan everything and commit now
     A store that fails is retried with backoff; the daemon never exits because of it.
+    One daemon per store and key: a second one exits 4 at once, the first runs on.
     Status (pid, last checkpoint, pending changes, last error): `pkgckpt status`.
 
     A package leaves the manifest only when the daemon saw it uninstalled. With no

@@ -1,13 +1,14 @@
 """`pkgckpt daemon`: watch the library roots, checkpoint every change to the store.
 
-Start: open the session (`checkpoint.open_session`: the store's manifest, the baseline,
-a full scan), commit if the record changed, tell systemd `READY=1`. Then loop: the
-watcher blocks in the kernel until a root changes (or a signal arrives through the
-wake-up pipe); the debouncer holds a root until its install has gone quiet; only the
-ready roots are rescanned, and in them only the entries their events named (every
-entry's identity when the events could not name them: an overflow, a root armed anew);
-the tracker folds the scan into the record (invariant 1); the store commits it. One log
-line per change and per commit, on stderr.
+Start: take the store and key's lock in the runtime directory (`status.StatusFile.claim`:
+a second daemon for them exits 4, AlreadyRunning), open the session
+(`checkpoint.open_session`: the store's manifest, the baseline, a full scan), commit if
+the record changed, tell systemd `READY=1`. Then loop: the watcher blocks in the kernel
+until a root changes (or a signal arrives through the wake-up pipe); the debouncer holds
+a root until its install has gone quiet; only the ready roots are rescanned, and in them
+only the entries their events named (every entry's identity when the events could not
+name them: an overflow, a root armed anew); the tracker folds the scan into the record
+(invariant 1); the store commits it. One log line per change and per commit, on stderr.
 
 Signals: SIGTERM / SIGINT flush (every root rescanned at once, no quiet window, then
 commit, retried until `shutdown_timeout`) and exit: 0 when everything seen is on the
@@ -50,7 +51,7 @@ from .artifacts import session as art
 from .artifacts.background import Background
 from .artifacts.retry import Retries
 from .artifacts.summary import remember
-from .config import Config, ensure_runtime_dir
+from .config import Config
 from .debounce import Debouncer
 from .discovery import Unreadable
 from .errors import ManifestError, PkgckptError, StoreError
@@ -228,11 +229,10 @@ class Daemon:
 
     def run(self) -> int:
         """Watch until SIGTERM/SIGINT; the exit code (0: everything seen is on the store)."""
+        # One daemon per store and key (AlreadyRunning, before anything is written).
         # Someone else's runtime directory is passed over for the private fallback, which
         # `snapshot` looks in too: the daemon never exits because of it.
-        self.config = msgspec.structs.replace(
-            self.config, runtime_dir=ensure_runtime_dir(self.config.runtime_dir)
-        )
+        self.config = msgspec.structs.replace(self.config, runtime_dir=self.status_file.claim())
         # The answers of the probes its targets needed, held since no runtime directory
         # existed (the daemon first in a new container): the next command needs none.
         scan_kept.settle(self.config.runtime_dir)

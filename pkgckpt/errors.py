@@ -32,6 +32,13 @@ class UnknownSchema(ManifestError):
     """
 
 
+class AlreadyRunning(PkgckptError):
+    """`pkgckpt daemon` for a store and key whose daemon already runs in this container:
+    a second one would be a second writer of the manifest (exit 4, nothing was done)."""
+
+    exit_code = 4
+
+
 class StoreError(PkgckptError):
     """The store refused a read or a write (ownership, permissions, layout)."""
 

@@ -11,6 +11,11 @@ pid is this user's process, started when the file says, running `pkgckpt daemon`
 same store and key: a planted file can neither fake a daemon nor aim `snapshot`'s SIGHUP.
 A daemon that found the usual directory someone else's keeps its file in the private
 fallback, and stays there after that directory is gone: readers look in both.
+
+One daemon per store and key: beside its status file the daemon holds an exclusive
+`flock` on `daemon-<digest>.lock` for as long as it runs (the runtime directory is local,
+the store may be NFS and takes no locks). A second daemon finds it held and refuses to
+start (`AlreadyRunning`, exit 4): two would undo each other's `forget`.
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ from .artifacts import quota
 from .artifacts.summary import Summary, recall, summarize
 from .artifacts.summary import lines as artifact_lines
 from .checkpoint import now_iso
-from .config import Config, ensure_runtime_dir, fallback_runtime_dir, read_private
+from .config import Config, ensure_runtime_dir, fallback_runtime_dir, read_private, untrusted
 from .digest import sha256
 from .discovery import Unreadable
-from .errors import PkgckptError
+from .errors import AlreadyRunning, PkgckptError
 from .manifest import Change, Environment, Package
 from .store import open_store
 
@@ -101,6 +106,11 @@ def status_path(config: Config, directory: Path | None = None) -> Path:
     return (config.runtime_dir if directory is None else directory) / name
 
 
+def lock_name(config: Config) -> str:
+    """The daemon lock's file name, beside its status file's."""
+    return status_path(config).with_suffix(".lock").name
+
+
 def directories(config: Config) -> list[Path]:
     """Where a daemon of this store and key may keep its status file: the runtime
     directory, then the private fallback, which a daemon keeps using once it went there
@@ -137,36 +147,76 @@ def new_state(config: Config) -> DaemonState:
 
 
 class StatusFile:
-    """The daemon's status file: each write replaces it whole (temp file, rename).
+    """The daemon's status file: each write replaces it whole (temp file, rename), and the
+    daemon's lock beside it (see the module docstring).
 
     Never fsynced: it describes a live process. A daemon killed leaves the last file whole
     (the rename is atomic without a sync); a machine that stops ends the process it
     describes, and whatever is left (an old file, a torn one, none: a runtime directory on
     tmpfs is empty) is a stopped daemon to `read_state` and `running`. The directory is
-    checked once and held open; it is checked and opened again when it was removed.
-    `directory` is where the file is now: the daemon takes the requests of `forget` and
-    `revert` from there, where they find its status.
+    checked once and held open; it is checked and opened again, and the lock taken there
+    again, when it was removed. `directory` is where the file is now: the daemon takes
+    the requests of `forget` and `revert` from there, where they find its status.
     """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.name = status_path(config).name
+        self.lock = lock_name(config)
         self._temp = f".{self.name}.{os.getpid()}.tmp"
         self._dir: int | None = None
+        self._lock: int | None = None
         self.directory: Path | None = None
 
+    def claim(self) -> Path:
+        """At the daemon's start, before anything is written: take the lock of this store
+        and key; the runtime directory it is in. Raises AlreadyRunning when another
+        daemon holds it there or in the other directory readers look in (see
+        `directories`), PkgckptError when no runtime directory can be had."""
+        try:
+            for other in directories(self.config):
+                _probe(other, self.lock, self.config)
+            self._open()
+        except OSError as e:
+            self.close()
+            raise PkgckptError(f"cannot take the daemon lock: {e.strerror or e}") from e
+        assert self.directory is not None
+        return self.directory
+
+    def _open(self) -> None:
+        """Open the runtime directory (made and checked) and hold the lock in it; nothing
+        is kept open when the lock is another daemon's."""
+        run = ensure_runtime_dir(self.config.runtime_dir)
+        directory = os.open(run, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            lock = os.open(self.lock, flags, 0o600, dir_fd=directory)
+            if self._lock is not None and _same_file(lock, self._lock):
+                os.close(lock)  # the directory reopened after an error: held already
+            else:
+                try:
+                    _flock(lock, run / self.lock, self.config)
+                except BaseException:
+                    os.close(lock)
+                    raise
+                if self._lock is not None:
+                    os.close(self._lock)  # on a file removed with its directory
+                self._lock = lock
+        except BaseException:
+            os.close(directory)
+            raise
+        self._dir, self.directory = directory, run
+
     def write(self, state: DaemonState) -> None:
-        """Raises PkgckptError when the file cannot be written."""
+        """Raises PkgckptError when the file cannot be written (AlreadyRunning when its
+        directory was removed and another daemon holds the lock in the new one)."""
         data = _encoder.encode(state) + b"\n"
         try:
             if self._dir is not None and os.fstat(self._dir).st_nlink == 0:
-                self.close()  # removed (tmpfiles cleaning /tmp): made and checked anew
+                self._close_dir()  # removed (tmpfiles cleaning /tmp): made and checked anew
             if self._dir is None:
-                run = ensure_runtime_dir(self.config.runtime_dir)
-                self._dir = os.open(
-                    run, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-                )
-                self.directory = run
+                self._open()
+                assert self._dir is not None
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
             # A name of this process's own, in a directory no one else may write in.
             fd = os.open(self._temp, flags, 0o600, dir_fd=self._dir)
@@ -181,13 +231,56 @@ class StatusFile:
             if self._dir is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(self._temp, dir_fd=self._dir)
-            self.close()
+            self._close_dir()
             raise PkgckptError(f"cannot write {self.name}: {e.strerror or e}") from e
 
-    def close(self) -> None:
+    def _close_dir(self) -> None:
         if self._dir is not None:
             os.close(self._dir)
             self._dir = None
+
+    def close(self) -> None:
+        """Close the directory and let the lock go (the daemon's end)."""
+        self._close_dir()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+def _same_file(a: int, b: int) -> bool:
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _flock(fd: int, path: Path, config: Config) -> None:
+    """Lock `fd` exclusively, without waiting; AlreadyRunning when another holds it."""
+    import fcntl  # the daemon's only lock: loaded here, not by every reader of the status
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        found = find_state(config)
+        pid = f" (pid {found.state.pid})" if found is not None else ""
+        raise AlreadyRunning(
+            f"a pkgckpt daemon{pid} already runs for store {config.store} and key "
+            f"{config.key!r} ({path} is locked): not starting another. `pkgckpt status` "
+            "shows it; stop it first to start a new one"
+        ) from None
+
+
+def _probe(directory: Path, name: str, config: Config) -> None:
+    """AlreadyRunning when a daemon holds the lock `name` in `directory`; creates nothing,
+    and reads nothing in a directory that is not this user's alone."""
+    try:
+        if untrusted(directory) is not None:
+            return
+        fd = os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        _flock(fd, directory / name, config)
+    finally:
+        os.close(fd)  # held only for the look: the lock taken is the one in `_open`
 
 
 class Found(NamedTuple):

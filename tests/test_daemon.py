@@ -404,6 +404,26 @@ def test_kill_9_and_restart_converges_without_losing_anything(
         d.close()
 
 
+def test_the_daemon_lock_is_per_store_and_key_and_goes_with_its_daemon(
+    world: World, venv: Venv, running: Daemon
+) -> None:
+    """A daemon for another key of the same store runs beside the first; once the first
+    stops (or is killed: the kernel drops its lock), a new daemon for its key starts."""
+    args = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    other = Daemon(
+        args=[*args, "--key", "other"], env=world.env, log=world.tmp / "other.log"
+    ).start()
+    try:
+        assert running.stop() == 0
+        again = Daemon(args=args, env=world.env, log=world.tmp / "again.log").start()
+        again.kill()
+        last = Daemon(args=args, env=world.env, log=world.tmp / "last.log").start()
+        assert last.stop() == 0
+        assert other.stop() == 0
+    finally:
+        other.close()
+
+
 @pytest.mark.slow
 def test_without_a_baseline_an_existing_manifest_only_grows(world: World, wheels: Path) -> None:
     """Without a baseline, a manifest already on the store only grows.

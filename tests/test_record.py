@@ -164,6 +164,36 @@ def test_forget_beside_a_running_daemon_keeps_one_writer_and_stays_forgotten(
     assert world.delta().forgotten == ()
 
 
+def test_a_second_daemon_for_the_key_refuses_to_start_so_a_forget_stays_forgotten(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """A second `pkgckpt daemon` for the same store and key (an entrypoint run twice, a
+    unit beside the entrypoint) exits 4 naming the one that runs, which keeps its status
+    file: the forget reaches the only writer, and no later commit records the package
+    again."""
+    second = Daemon(
+        args=[*flags(world, venv), "--quiet-ms", "100"], env=world.env, log=world.tmp / "2.log"
+    ).start(ready=False)
+    try:
+        assert second.proc is not None and daemon.proc is not None
+        assert second.proc.wait(timeout=30) == 4, second.output()
+    finally:
+        second.close()
+    assert f"a pkgckpt daemon (pid {daemon.proc.pid}) already runs" in second.output()
+    assert json.loads(world.status_file.read_text())["pid"] == daemon.proc.pid
+
+    uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
+    assert "generation 1" in snapshot(world, venv)
+    forgot = world.pkgckpt("forget", "alpha", *flags(world, venv))
+    assert forgot.returncode == 0, forgot.stderr
+    assert "forgot alpha: the daemon wrote generation 2" in forgot.stdout
+    uv_install(venv.python, wheels, "delta==1.0", env=world.env)
+    assert "generation 3" in snapshot(world, venv)
+    assert daemon.stop() == 0
+    assert pins(world.delta().added) == ["beta==1.0", "delta==1.0"]
+    assert pins(world.delta().forgotten) == ["alpha==1.0"]
+
+
 def test_forget_of_an_unknown_name_fails_and_lists_the_recorded_names(
     world: World, venv: Venv, wheels: Path
 ) -> None:

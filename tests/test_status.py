@@ -18,6 +18,7 @@ from wheelhouse import make_venv
 
 from pkgckpt import status
 from pkgckpt.config import Config
+from pkgckpt.errors import AlreadyRunning
 from pkgckpt.inventory import targets
 from pkgckpt.manifest import Body, Delta, Environment, Package
 from pkgckpt.store import Store, init_store
@@ -129,7 +130,39 @@ def test_the_status_file_is_made_again_when_its_directory_was_removed(tmp_path: 
         writer.close()
     state = status.read_state(config)
     assert state is not None and state.generation == 7
-    assert sorted(p.name for p in config.runtime_dir.iterdir()) == [status.status_path(config).name]
+    made = sorted([status.status_path(config).name, status.lock_name(config)])
+    assert sorted(p.name for p in config.runtime_dir.iterdir()) == made
+
+
+def test_the_daemon_lock_is_one_per_store_and_key_and_follows_a_removed_directory(
+    tmp_path: Path,
+) -> None:
+    """A second claim of one store and key is refused (AlreadyRunning, exit 4) while the
+    first holds it, another key's is not; when the directory is removed under the holder,
+    its next write takes the lock in the new one, so a claim there is refused too."""
+    config = Config(store=tmp_path / "store", key="k", runtime_dir=tmp_path / "run")
+    first = status.StatusFile(config)
+    other = status.StatusFile(msgspec.structs.replace(config, key="other"))
+    second = status.StatusFile(config)
+    try:
+        assert first.claim() == config.runtime_dir
+        other.claim()
+        with pytest.raises(AlreadyRunning) as refused:
+            second.claim()
+        assert refused.value.exit_code == 4
+        first.write(_state(config, os.getpid()))
+        with pytest.raises(AlreadyRunning, match=f"daemon \\(pid {os.getpid()}\\) already runs"):
+            second.claim()
+
+        shutil.rmtree(config.runtime_dir)
+        first.write(_state(config, os.getpid()))
+        with pytest.raises(AlreadyRunning):
+            second.claim()
+    finally:
+        first.close()
+        other.close()
+    second.claim()  # the first let it go
+    second.close()
 
 
 @pytest.fixture

@@ -395,7 +395,8 @@ def test_a_daemon_in_the_fallback_is_still_found_once_the_planted_directory_is_g
 ) -> None:
     """bob's /tmp/pkgckpt-<alice's uid>/ sends alice's daemon to the private fallback; bob
     then removes it: `status` still finds the daemon, `forget` goes through it (no second
-    writer: its next commit keeps the package forgotten)."""
+    writer: its next commit keeps the package forgotten), and a second daemon refuses to
+    start (exit 4)."""
     settings = _alices_store(base, alice)
     planted = shared / f"pkgckpt-{alice.uid}"
     bob.run(["mkdir", "-m", "0777", str(planted)], check=True)
@@ -416,6 +417,9 @@ def test_a_daemon_in_the_fallback_is_still_found_once_the_planted_directory_is_g
         forgot = session.pkgckpt("forget", "alicepkg", **settings)
         assert forgot.returncode == 0, forgot.stderr
         assert "the daemon wrote" in forgot.stdout
+        second = session.pkgckpt("daemon", **settings)
+        assert second.returncode == 4, second.stderr
+        assert "already runs" in second.stderr
         snap = session.pkgckpt("snapshot", **settings)  # the daemon rescans and commits
         assert snap.returncode == 0, snap.stderr
         assert "the daemon" in snap.stdout or "nothing to checkpoint" in snap.stdout
@@ -431,7 +435,8 @@ def test_forget_reaches_a_daemon_whose_runtime_directory_was_cleaned_and_taken(
 ) -> None:
     """alice's runtime directory is removed under her running daemon (tmpfiles cleaning
     /tmp) and bob takes the name: the daemon's status moves to the private fallback, and
-    so does where it takes requests: `forget` is answered at once, not after a timeout."""
+    so does where it takes requests: `forget` is answered at once, not after a timeout,
+    and the daemon holds its lock there (a second daemon exits 4)."""
     settings = _alices_store(base, alice)
     first = session.pkgckpt("restore", **settings)
     assert first.returncode == 0, first.stderr
@@ -462,6 +467,8 @@ def test_forget_reaches_a_daemon_whose_runtime_directory_was_cleaned_and_taken(
         assert "the daemon wrote" in forgot.stdout
         assert time.monotonic() - started < 8
         assert _recorded(session, settings) == []
+        second = session.pkgckpt("daemon", **settings)
+        assert second.returncode == 4, second.stderr
         assert sorted(p.name for p in runtime.iterdir()) == [], "alice wrote into bob's directory"
     finally:
         _stopped(daemon)
