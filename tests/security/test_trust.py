@@ -240,6 +240,29 @@ def _plant(bob: User, directory: Path, name: str, state: status.DaemonState) -> 
     assert (directory / name).stat().st_uid == bob.uid
 
 
+def _alices_daemon(session: Session, settings: dict[str, str]) -> subprocess.Popen[str]:
+    """alice's `pkgckpt daemon` in the background, its log on a pipe (`_stopped`)."""
+    env = {**session.env(**settings), "HOME": str(session.alice.home), "PATH": os.environ["PATH"]}
+    return subprocess.Popen(
+        ["runuser", "-u", session.alice.name, "--", "env", "-i"]
+        + [f"{k}={v}" for k, v in env.items()]
+        + [*PKGCKPT, "daemon", "--quiet-ms", "100"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stopped(daemon: subprocess.Popen[str]) -> str:
+    """SIGTERM (kill after 30 s); the daemon's log."""
+    daemon.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        daemon.wait(timeout=30)
+    if daemon.poll() is None:
+        daemon.kill()
+    assert daemon.stderr is not None
+    return daemon.stderr.read()
+
+
 @pytest.mark.parametrize("where", ["TMPDIR", "XDG_RUNTIME_DIR"])
 def test_a_planted_runtime_directory_fakes_no_daemon_and_aims_no_signal(
     session: Session, alice: User, bob: User, shared: Path, base: Path, where: str
@@ -273,7 +296,7 @@ def test_a_planted_runtime_directory_fakes_no_daemon_and_aims_no_signal(
     settings = {"PKGCKPT_STORE": str(config.store), "PKGCKPT_KEY": key}
     if where == "XDG_RUNTIME_DIR":
         settings[where] = str(shared)
-    daemon: subprocess.Popen[bytes] | None = None
+    daemon: subprocess.Popen[str] | None = None
     try:
         shown = session.pkgckpt("status", "--json", **settings)
         assert shown.returncode == 0, shown.stderr
@@ -289,29 +312,7 @@ def test_a_planted_runtime_directory_fakes_no_daemon_and_aims_no_signal(
         assert restore.returncode == 0, restore.stderr
         assert restore.stderr.count(f"runtime directory {planted} is not ours") == 1
 
-        daemon = subprocess.Popen(
-            [
-                "runuser",
-                "-u",
-                alice.name,
-                "--",
-                "env",
-                "-i",
-                *(
-                    f"{k}={v}"
-                    for k, v in {
-                        **session.env(**settings),
-                        "HOME": str(alice.home),
-                        "PATH": os.environ["PATH"],
-                    }.items()
-                ),
-                *PKGCKPT,
-                "daemon",
-                "--quiet-ms",
-                "100",
-            ],
-            stderr=subprocess.PIPE,
-        )
+        daemon = _alices_daemon(session, settings)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             report = json.loads(session.pkgckpt("status", "--json", **settings).stdout)
@@ -331,40 +332,11 @@ def test_a_planted_runtime_directory_fakes_no_daemon_and_aims_no_signal(
         ), "alice wrote into bob's directory"
     finally:
         if daemon is not None:
-            daemon.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                daemon.wait(timeout=30)
-            if daemon.poll() is None:
-                daemon.kill()
-            assert daemon.stderr is not None
-            log = daemon.stderr.read().decode()
+            log = _stopped(daemon)
             assert log.count("is not ours") == 1, log
         sleeper.kill()
         sleeper.wait()
     session.assert_clean()
-
-
-def _alices_daemon(session: Session, settings: dict[str, str]) -> subprocess.Popen[str]:
-    """alice's `pkgckpt daemon` in the background, its log on a pipe (`_stopped`)."""
-    env = {**session.env(**settings), "HOME": str(session.alice.home), "PATH": os.environ["PATH"]}
-    return subprocess.Popen(
-        ["runuser", "-u", session.alice.name, "--", "env", "-i"]
-        + [f"{k}={v}" for k, v in env.items()]
-        + [*PKGCKPT, "daemon", "--quiet-ms", "100"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _stopped(daemon: subprocess.Popen[str]) -> str:
-    """SIGTERM (kill after 30 s); the daemon's log."""
-    daemon.send_signal(signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        daemon.wait(timeout=30)
-    if daemon.poll() is None:
-        daemon.kill()
-    assert daemon.stderr is not None
-    return daemon.stderr.read()
 
 
 def _shown(session: Session, settings: dict[str, str]) -> dict[str, object]:
