@@ -41,6 +41,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import PurePosixPath
 from typing import Literal, NamedTuple
 
 import msgspec
@@ -708,7 +709,10 @@ def same_source(want: Source, have: Source) -> bool:
     restore installs a VCS package at its recorded commit (so pip records that commit as
     the requested revision, not the branch first asked for) and may spell a file URL
     `file://localhost/`; neither is a new install. A VCS record without a commit takes
-    any commit.
+    any commit. A directory is the one the installer is given (`path` joined with
+    `subdirectory`), however it was written down: pip records
+    `pip install 'file:///p#subdirectory=sub'` as /p with subdirectory sub, and the
+    reinstall restore makes from /p/sub (`restore.python.requirement`) as /p/sub.
     """
     if isinstance(want, IndexSource) or isinstance(have, IndexSource):
         return type(want) is type(have)
@@ -721,10 +725,16 @@ def same_source(want: Source, have: Source) -> bool:
             and want.commit in (None, have.commit)
         )
     if isinstance(want, DirectorySource) and isinstance(have, DirectorySource):
-        return (want.path, want.editable) == (have.path, have.editable)
+        return want.editable == have.editable and _directory(want) == _directory(have)
     if isinstance(want, LocalSource) and isinstance(have, LocalSource):
         return want.path == have.path
     return False
+
+
+def _directory(source: DirectorySource) -> PurePosixPath:
+    # Lexical, as the installers write it: they keep symbolic links as given (a link
+    # retargeted elsewhere is another source) and drop `.` parts and trailing slashes.
+    return PurePosixPath(source.path, source.subdirectory or "")
 
 
 def _same_url(a: str, b: str) -> bool:

@@ -479,3 +479,29 @@ def test_diff_of_baseline_and_scan_equals_the_model(
         got = [(c.action, c.name, c.old, c.new) for c in manifest.diff(baseline, current)]
         assert got == truth(image_state, site.state)
         assert current == scan_site(site.root).packages, "incremental equals a full scan"
+
+
+@pytest.mark.parametrize(
+    ("want", "have", "same"),
+    [
+        # pip's record of `pip install 'file:///p#subdirectory=sub'`, and of the reinstall
+        # restore makes from /p/sub: one directory, written down two ways.
+        (DirectorySource(path="/p", subdirectory="sub"), DirectorySource(path="/p/sub"), True),
+        (DirectorySource(path="/p/sub"), DirectorySource(path="/p", subdirectory="sub"), True),
+        (DirectorySource(path="/p", subdirectory="a/b"), DirectorySource(path="/p/a/b/"), True),
+        (DirectorySource(path="/p", subdirectory="./sub/"), DirectorySource(path="/p/sub"), True),
+        (DirectorySource(path="/p", subdirectory="sub"), DirectorySource(path="/p"), False),
+        (DirectorySource(path="/p", subdirectory="sub"), DirectorySource(path="/p/other"), False),
+        (
+            DirectorySource(path="/p", subdirectory="sub", editable=True),
+            DirectorySource(path="/p/sub"),
+            False,
+        ),
+    ],
+)
+def test_a_directory_source_is_the_directory_the_installer_is_given(
+    want: DirectorySource, have: DirectorySource, same: bool
+) -> None:
+    """A directory and its subdirectory are the same source as the joined directory: what
+    restore gives the installer, and what the installer then records."""
+    assert manifest.same_source(want, have) is same

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 from restore_kit import (
     hermetic,
@@ -34,8 +35,10 @@ from pkgckpt.manifest import (
     Package,
     UrlSource,
     VcsSource,
+    decode,
 )
 from pkgckpt.restore.python import PythonInstaller
+from pkgckpt.store import init_store
 
 pytestmark = pytest.mark.slow
 
@@ -115,6 +118,55 @@ def test_editable_directory_comes_back_editable(tool: str, tmp_path: Path, wheel
     )
     assert out.stdout.strip() == str(src / "mine" / "__init__.py")
     assert restore.plan(config).is_empty(), "the scanner must see the same editable directory"
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_directory_with_a_subdirectory_comes_back_and_stays_recorded_as_it_was(
+    tool: str, tmp_path: Path, wheels: Path
+) -> None:
+    """pip records `pip install 'file:///p#subdirectory=sub'` as the directory /p and its
+    subdirectory sub; restore gives the installer /p/sub, which it records as that
+    directory with no subdirectory. Both name the same directory: the restore succeeds,
+    a second one has nothing to do, and a checkpoint afterwards sees no change."""
+    outer = tmp_path / "src"
+    project("mine", "0.3", outer / "sub")
+    venv = make_venv(tmp_path / "venv")
+    env = hermetic(tmp_path)
+    store = tmp_path / "store"
+    common = ["--env", str(venv.prefix), "--store", str(store), "--key", "alice"]
+    baseline = tmp_path / "baseline.json"
+    done = pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline), env=env)
+    assert done.returncode == 0, done.stderr
+    subprocess.run(
+        [str(venv.python), "-m", "pip", "install", "-q", f"{outer.as_uri()}#subdirectory=sub"],
+        check=True,
+        env=env,
+    )
+    store.mkdir(mode=0o700)
+    init_store(store)
+    done = pkgckpt("snapshot", *common, "--baseline", str(baseline), env=env)
+    assert done.returncode == 0, done.stderr
+    recorded = decode((store / "alice" / "manifest.json").read_bytes())
+    (delta,) = recorded.body.environments
+    assert [(p.name, p.source) for p in delta.added] == [
+        ("mine", DirectorySource(path=str(outer), subdirectory="sub"))
+    ]
+
+    make_venv(venv.prefix, with_pip=False)  # the next container: a fresh venv, same prefix
+    config = configure(tmp_path, venv.prefix, wheels, tool)
+    config = msgspec.structs.replace(config, baseline=baseline)
+    report = restore.run(config)
+    assert report.environments[0].installed == ("mine==0.3",), report.render()
+    (found,) = [p for p in targets(config)[0].scan().packages if p.name == "mine"]
+    assert found.source == DirectorySource(path=str(outer / "sub")), "how installers record it"
+    assert restore.plan(config).is_empty(), "the directory restored is the one recorded"
+    again = ["--installer", tool, "--no-index", "--find-links", str(wheels)]
+    done = pkgckpt("restore", *common, *again, "--baseline", str(baseline), env=env)
+    assert done.returncode == 0 and "Nothing to restore" in done.stdout, done.stdout + done.stderr
+
+    done = pkgckpt("snapshot", *common, "--baseline", str(baseline), env=env)
+    assert done.returncode == 0, done.stderr
+    assert decode((store / "alice" / "manifest.json").read_bytes()) == recorded, done.stdout
 
 
 def test_missing_directory_is_reported_and_the_rest_restored(tmp_path: Path, wheels: Path) -> None:
