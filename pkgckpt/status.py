@@ -462,6 +462,16 @@ def _restore_would(live: Mapping[str, Package], delta: manifest.Delta) -> tuple[
     names = {p.name for p in (*delta.added, *delta.changed, *delta.removed) if valid(p)}
     have = {n: live[n] for n in names if n in live}
     want = {p.name: p for p in (*delta.added, *delta.changed) if p.name in names}
+    for name, p in want.items():
+        h = have.get(name)
+        # What restore takes for in place, though written down otherwise (a directory and
+        # its subdirectory, reinstalled as the joined directory; `manifest.same_source`).
+        if (
+            h is not None
+            and (h.version, h.build) == (p.version, p.build)
+            and manifest.same_source(p.source, h.source)
+        ):
+            have[name] = p
     return tuple(manifest.diff(have, want, delta.env.kind))
 
 

@@ -127,7 +127,8 @@ def test_directory_with_a_subdirectory_comes_back_and_stays_recorded_as_it_was(
     """pip records `pip install 'file:///p#subdirectory=sub'` as the directory /p and its
     subdirectory sub; restore gives the installer /p/sub, which it records as that
     directory with no subdirectory. Both name the same directory: the restore succeeds,
-    a second one has nothing to do, and a checkpoint afterwards sees no change."""
+    a second one has nothing to do, status has nothing left to restore, and a checkpoint
+    afterwards sees no change."""
     outer = tmp_path / "src"
     project("mine", "0.3", outer / "sub")
     venv = make_venv(tmp_path / "venv")
@@ -163,6 +164,10 @@ def test_directory_with_a_subdirectory_comes_back_and_stays_recorded_as_it_was(
     again = ["--installer", tool, "--no-index", "--find-links", str(wheels)]
     done = pkgckpt("restore", *common, *again, "--baseline", str(baseline), env=env)
     assert done.returncode == 0 and "Nothing to restore" in done.stdout, done.stdout + done.stderr
+    done = pkgckpt("status", "--json", *common, "--baseline", str(baseline), env=env)
+    assert done.returncode == 0, done.stderr
+    (shown,) = json.loads(done.stdout)["environments"]
+    assert shown["unrestored"] == [] and shown["pending"] == [], "status agrees with restore"
 
     done = pkgckpt("snapshot", *common, "--baseline", str(baseline), env=env)
     assert done.returncode == 0, done.stderr
