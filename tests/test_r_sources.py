@@ -29,7 +29,7 @@ from pkgckpt.manifest import (
 from pkgckpt.restore.r import Prepared, RInstaller, fetch_archive, mark_source
 from pkgckpt.restore.runner import Deadline
 from pkgckpt.restore.validate import check_body
-from pkgckpt.scan.r import DescriptionError, source
+from pkgckpt.scan.r import DescriptionError, RLibraryScanner, source
 
 needs_r = rpkgs.needs_r
 
@@ -162,6 +162,56 @@ def test_a_directory_source_is_copied_without_following_symlinks(tmp_path: Path)
     assert isinstance(prepared, Prepared), prepared
     assert (prepared.path / "etc").is_symlink()
     assert "RemoteType: local" in (prepared.path / "DESCRIPTION").read_text()
+
+
+@needs_r
+def test_a_directory_source_with_a_subdirectory_copies_only_the_subdirectory(
+    tmp_path: Path,
+) -> None:
+    """`remotes::install_local(path, subdir = ...)` records the directory and the
+    subdirectory; restore copies the package's directory alone (the recorded one may be the
+    home directory, or /tmp), installs it with the Remote* fields remotes writes, and a
+    rescan records the same source."""
+    home = tmp_path / "home"
+    package_dir = rpkgs.stage("ckpt.base", "1.0.0", home)
+    subdirectory = str(package_dir.relative_to(home))  # ckpt.base-1.0.0/ckpt.base
+    (home / "secret.txt").write_text("not the package's\n")
+    (home / "ckpt.base-1.0.0" / "notes.txt").write_text("beside the package\n")
+    source = DirectorySource(path=str(home), subdirectory=subdirectory)
+    package = Package(name="ckpt.base", version="1.0.0", source=source)
+    lib = tmp_path / "lib"
+    installer = RInstaller(Environment(kind="r", path=str(lib)), Config())
+    assert installer.blocked(package) is None
+    work = tmp_path / "work"
+    prepared = installer._prepare(package, source, work, Deadline(60))
+    assert isinstance(prepared, Prepared), prepared
+    copied = {p.relative_to(prepared.path) for p in prepared.path.rglob("*")}
+    assert copied == {p.relative_to(package_dir) for p in package_dir.rglob("*")}
+    assert not [p for p in work.rglob("*") if p.name in ("secret.txt", "notes.txt")]
+
+    outcome = installer.install_each([package], deadline=Deadline(120))["ckpt.base"]
+    assert outcome.ok, outcome.output
+    found = RLibraryScanner(lib).scan().packages["ckpt.base"]
+    assert (found.version, found.source) == ("1.0.0", source)
+
+
+@needs_r
+def test_a_subdirectory_linking_out_of_the_recorded_directory_is_not_copied(
+    tmp_path: Path,
+) -> None:
+    """A subdirectory that is a link out of the recorded directory is refused, as when the
+    whole directory was copied with its links kept: the recorded directory does not hold
+    that package."""
+    elsewhere = rpkgs.stage("ckpt.base", "1.0.0", tmp_path / "elsewhere")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "pkg").symlink_to(elsewhere)
+    source = DirectorySource(path=str(home), subdirectory="pkg")
+    package = Package(name="ckpt.base", version="1.0.0", source=source)
+    installer = RInstaller(Environment(kind="r", path=str(tmp_path / "lib")), Config())
+    prepared = installer._prepare(package, source, tmp_path / "work", Deadline(60))
+    assert not isinstance(prepared, Prepared) and "out of" in prepared.output, prepared
+    assert not list((tmp_path / "work").rglob("DESCRIPTION"))
 
 
 @needs_r

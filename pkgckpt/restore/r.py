@@ -28,8 +28,9 @@ Packages recorded from git, a URL or a local directory (what remotes and pak wri
 reinstalled from there when allowed and reachable, with the rules of `restore/python.py`
 (archive URLs over https or file; git over https, ssh or file, at the recorded commit;
 directories that exist and pass `localsource.directory_problem`, down to a recorded
-subdirectory): the source is cloned, downloaded or copied into a temporary directory,
-checked to be that package at that version, given the `Remote*` fields remotes would
+subdirectory): the source is cloned, downloaded or copied into a temporary directory (of
+a directory, only the package's own: the recorded subdirectory, never the whole recorded
+tree), checked to be that package at that version, given the `Remote*` fields remotes would
 write (so that a rescan records the same source), and installed with R CMD INSTALL like
 the rest.
 
@@ -640,21 +641,28 @@ class RInstaller:
             if not outcome.ok:
                 return outcome
             root = work / "checkout"
+            directory = root / (source.subdirectory or "")
         elif isinstance(source, UrlSource):
             try:
                 root = _download_source(source, work, deadline, self.config.max_download_bytes)
             except (OSError, ValueError, tarfile.TarError) as e:
                 return failed(package, f"cannot fetch {source.url}: {e}")
+            directory = root / (source.subdirectory or "")
         else:
-            root = work / "copy"
+            # The package's directory alone: the recorded one may be the home directory or
+            # /tmp, whose other files are no part of the package. As when the whole tree was
+            # copied with its links kept, a subdirectory that leads out of it is refused.
+            used = Path(source.path, source.subdirectory or "")
+            if source.subdirectory and not Path(os.path.realpath(used)).is_relative_to(
+                os.path.realpath(source.path)
+            ):
+                return failed(package, f"{source.path}: the subdirectory leads out of it")
+            root = directory = work / "copy"
             try:
                 # symlinks=True: a link is copied as a link, never followed out of the tree.
-                shutil.copytree(
-                    source.path, root, symlinks=True, ignore=shutil.ignore_patterns(".git")
-                )
+                shutil.copytree(used, root, symlinks=True, ignore=shutil.ignore_patterns(".git"))
             except OSError as e:
-                return failed(package, f"cannot copy {source.path}: {e}")
-        directory = root / (source.subdirectory or "")
+                return failed(package, f"cannot copy {used}: {e}")
         try:
             fields = remote_fields(source, commit)
             depends = mark_source(directory, package.name, package.version, fields, root)
