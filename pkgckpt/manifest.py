@@ -731,6 +731,15 @@ def same_source(want: Source, have: Source) -> bool:
     return False
 
 
+def plain_subdirectory(subdirectory: str | None) -> str | None:
+    """`subdirectory` without `.` parts and empty ones (`./sub/` is `sub`), as the
+    installers read it; pip records it as the user typed it. None for the directory
+    itself. An absolute one, or one with `..`, is left as it is (validation refuses it)."""
+    if subdirectory is None or subdirectory.startswith("/"):
+        return subdirectory
+    return "/".join(p for p in subdirectory.split("/") if p not in ("", ".")) or None
+
+
 def _directory(source: DirectorySource) -> PurePosixPath:
     # Lexical, as the installers write it: they keep symbolic links as given (a link
     # retargeted elsewhere is another source) and drop `.` parts and trailing slashes.

@@ -153,6 +153,8 @@ def test_the_release_shortcut_takes_only_what_packaging_takes(version: str) -> N
         VcsSource(vcs="git", url="ssh://git@github.com/o/r", requested_revision="v1.0"),
         VcsSource(vcs="hg", url="https://hg.example/r", subdirectory="sub/pkg"),
         DirectorySource(path="/home/u/src/pkg", editable=True),
+        # As pip records what the user typed: `file:///home/u/src#subdirectory=./pkg/`.
+        DirectorySource(path="/home/u/src", subdirectory="./pkg/"),
     ],
 )
 def test_recorded_sources_pass(source: Source) -> None:
@@ -178,6 +180,8 @@ def test_recorded_sources_pass(source: Source) -> None:
             "revision",
         ),
         (VcsSource(vcs="git", url="https://x.example/r", subdirectory="../../etc"), "subdirectory"),
+        (DirectorySource(path="/home/u", subdirectory="./../../etc"), "subdirectory"),
+        (DirectorySource(path="/home/u", subdirectory="/etc"), "subdirectory"),
         (DirectorySource(path="relative/dir"), "absolute path"),
         (DirectorySource(path="/tmp/x\n--pre"), "control characters"),
     ],

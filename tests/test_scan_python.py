@@ -359,7 +359,7 @@ def test_credentials_never_leave_the_direct_url(tmp_path: Path) -> None:
         direct_url={
             "url": "https://token@example.org/r.git",
             "vcs_info": {"vcs": "git", "commit_id": "c0ffee"},
-            "subdirectory": "sub",
+            "subdirectory": "./sub/",
         },
     )
     packages = scan_site(site).packages

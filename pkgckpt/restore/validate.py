@@ -34,6 +34,7 @@ from ..manifest import (
     Package,
     UrlSource,
     VcsSource,
+    plain_subdirectory,
 )
 from ..scan.python import canonicalize_name
 
@@ -167,7 +168,9 @@ def _source_problem(package: Package) -> str | None:
             return "directory source is not an absolute path"
         if any(c in path for c in "\0\n\r"):
             return "directory source path with control characters"
-    subdirectory = getattr(source, "subdirectory", None)
+    # `./sub/` is `sub` to the installers: a manifest recorded before the checkpoint
+    # wrote it plainly is not refused for it.
+    subdirectory = plain_subdirectory(getattr(source, "subdirectory", None))
     if subdirectory is not None and (
         _SUBDIR.fullmatch(subdirectory) is None or ".." in subdirectory.split("/")
     ):

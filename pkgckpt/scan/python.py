@@ -53,6 +53,7 @@ from ..manifest import (
     Source,
     UrlSource,
     VcsSource,
+    plain_subdirectory,
 )
 from . import ScanResult, listing
 
@@ -236,7 +237,7 @@ def _source(data: bytes) -> Source:
             url=strip_credentials(d.url),
             commit=v.commit_id,
             requested_revision=v.requested_revision,
-            subdirectory=d.subdirectory,
+            subdirectory=plain_subdirectory(d.subdirectory),
         )
     if d.archive_info is not None:
         hashes = dict(d.archive_info.hashes or {})
@@ -247,10 +248,16 @@ def _source(data: bytes) -> Source:
         hashes = {**fragment_hashes, **hashes}
         if "sha256" not in hashes:
             hashes.update(_local_sha256(url))
-        return UrlSource(url=strip_credentials(url), hashes=hashes, subdirectory=d.subdirectory)
+        return UrlSource(
+            url=strip_credentials(url),
+            hashes=hashes,
+            subdirectory=plain_subdirectory(d.subdirectory),
+        )
     if d.dir_info is not None:
         return DirectorySource(
-            path=_file_url_path(d.url), editable=d.dir_info.editable, subdirectory=d.subdirectory
+            path=_file_url_path(d.url),
+            editable=d.dir_info.editable,
+            subdirectory=plain_subdirectory(d.subdirectory),
         )
     raise _Broken("direct_url.json has none of archive_info, vcs_info, dir_info")
 
