@@ -133,6 +133,10 @@ class _Track(msgspec.Struct):
     touched: set[str] = msgspec.field(default_factory=set)
     """Names whose record this process changed: they are relative to this image now."""
     rebased: dict[str, manifest.Rebased] = msgspec.field(default_factory=dict)
+    dropped: set[str] = msgspec.field(default_factory=set)
+    """Names a forget or a revert took out of the record, removals included (`forgotten`
+    holds installs only), until a later one records them again: what the store still
+    records of them is not taken back in."""
 
 
 def _inferred_baseline(
@@ -252,8 +256,10 @@ class Tracker:
 
     def adopt(self, body: Body) -> None:
         """Make `body` the record (after a forget or a revert), keeping what this process
-        saw installed: an install it saw before stays unrecorded until it changes."""
+        saw installed: an install it saw before stays unrecorded until it changes, and
+        what the store still records of a name `body` dropped is not folded back in."""
         was = {env_key(d.env): d for d in self._recorded.deltas()}
+        before = self.body()
         self._edited.update(
             key
             for key, d in ((env_key(d.env), d) for d in body.deltas())
@@ -263,6 +269,8 @@ class Tracker:
         self._events = list(body.events)
         for track in self._tracks.values():
             recorded = body.delta(track.env)
+            held = _names(recorded)
+            track.dropped = (track.dropped | (_names(before.delta(track.env)) - held)) - held
             track.state = (
                 manifest.apply(track.baseline, recorded)
                 if recorded is not None
@@ -284,18 +292,21 @@ class Tracker:
         the store holds a generation above the one this process last read or wrote
         (another writer of the key), not an older or equal one (a rolled-back copy).
 
-        In an environment this process tracks, a package the store records as added or
-        changed joins the record unless this process observed that name itself
-        (`_observed`: it changed its record, saw it uninstalled, was told to forget it,
-        or sees another install of it than the store's where that is not the image's)
-        — and, from a copy that is not newer, unless the record holds an entry of its
-        own for it. Whatever the image ships is in the state too; that is no reason to
-        leave out another writer's upgrade of it. An environment this process does not
-        track is taken as the newer store records it: its writer observed what changed
-        there. From an older copy, or where this process changed that environment's
-        record itself (a forget or a revert not written yet), its entries only join.
-        Nothing the record holds leaves; a package the user told the record to forget
-        is not brought back.
+        In an environment this process tracks, a package the store records as added,
+        changed or removed joins the record unless this process observed that name
+        itself (`_observed`: it changed its record, saw it uninstalled, was told to
+        forget it, or sees another install of it than the store's where that is not the
+        image's) — and, from a copy that is not newer, unless the record holds an entry
+        of its own for it; a removal, unless the record holds an install or an upgrade of
+        it (only an uninstall seen here takes that out). Whatever the image ships is in
+        the state too; that is no
+        reason to leave out another writer's upgrade of it, nor its removal: found here
+        at the image's version, the package is one whose removal a restore has not made
+        here yet. An environment this process does not track is taken as the newer store
+        records it: its writer observed what changed there. From an older copy, or where
+        this process changed that environment's record itself (a forget or a revert not
+        written yet), its entries only join. Nothing the record holds leaves; a package
+        the user told the record to forget (an install or a removal) is not brought back.
         """
         for theirs in stored.deltas():
             key = env_key(theirs.env)
@@ -308,14 +319,23 @@ class Tracker:
             for part, p in (
                 *(("added", p) for p in theirs.added),
                 *(("changed", p) for p in theirs.changed),
+                *(("removed", p) for p in theirs.removed),
             ):
                 held = ours.get(p.name)
+                removal = part == "removed"
                 if (
-                    _observed(track, p)
-                    or (held is not None and same_install(held[1], p))
+                    _observed(track, p, removed=removal)
+                    or (
+                        held is not None
+                        and (held[0] == "removed") == removal
+                        and same_install(held[1], p)
+                    )
                     or (held is not None and not newer)
+                    # An install the record holds leaves only through an uninstall
+                    # seen here (invariant 1): another writer's removal does not take it.
+                    or (held is not None and removal and held[0] != "removed")
                 ):
-                    if p.artifact is not None:  # captured by another process
+                    if p.artifact is not None and not removal:  # captured by another process
                         bare = msgspec.structs.replace(p, artifact=None)
                         self.attach(theirs.env, bare, p.artifact)
                     continue
@@ -403,6 +423,10 @@ def _remember(track: _Track, recorded: Delta) -> None:
     track.recorded = recorded
 
 
+def _names(d: Delta | None) -> set[str]:
+    return set(_entries(d)) if d is not None else set()
+
+
 def _entries(d: Delta) -> dict[str, tuple[str, Package]]:
     return {
         p.name: (part, p)
@@ -460,33 +484,49 @@ def _carried(track: _Track, d: Delta) -> Delta:
     )
 
 
-def _observed(track: _Track, p: Package) -> bool:
+def _observed(track: _Track, p: Package, *, removed: bool = False) -> bool:
     """Whether this process saw for itself what became of `p.name`, so that the store's
     entry `p` (another writer's, or an older copy's) must not replace its record of it:
     it changed that record (an install, an upgrade, an uninstall it saw), was told to
-    forget the name, or finds another install of it than `p` where that is not simply
-    the image's (a restore that did not run yet, or failed, looks like the image's).
+    forget the name (`forgotten`, `dropped`), or finds another install of it than `p`
+    where that is not simply the image's (a restore that did not run yet, or failed,
+    looks like the image's). `removed`: `p` is a removal, the install that should be
+    gone, so any install of it found here other than the image's counts, `p`'s own
+    version too (another image shipped it; here it is the user's).
     """
     name = p.name
-    if name in track.touched or name in track.gone or name in track.forgotten:
+    if (
+        name in track.touched
+        or name in track.gone
+        or name in track.forgotten
+        or name in track.dropped
+    ):
         return True
     seen = track.last.get(name)
-    if seen is None or same_install(seen, p):
+    if seen is None or (not removed and same_install(seen, p)):
         return False
     image = track.baseline.get(name)
     return image is None or not same_install(image, seen)
 
 
 def _take(track: _Track, theirs: Delta, part: str, p: Package) -> None:
-    """Record the store's entry `p` (in `theirs`'s list `part`, added or changed) as if
-    it had been recorded when tracking began: untouched, it keeps the form it has on the
-    store (`_carried`), relative to the image `theirs` is relative to."""
+    """Record the store's entry `p` (in `theirs`'s list `part`: added, changed or
+    removed) as if it had been recorded when tracking began: untouched, it keeps the
+    form it has on the store (`_carried`), relative to the image `theirs` is relative
+    to. A removal leaves the state; this process's next scans, finding the package as
+    they found it before, leave the record as it is (`observe`)."""
     name = p.name
-    track.state[name] = p
+    if part == "removed":
+        track.state.pop(name, None)
+    else:
+        track.state[name] = p
     if track.image is None:
         # An inferred baseline holds the form of each entry (`_inferred_baseline`).
         if part == "added":
             track.baseline.pop(name, None)
+        elif part == "removed":
+            track.baseline[name] = p  # recorded removals carry the image's version
+            track.pinned = track.pinned - {name}
         elif name not in track.baseline or same_install(track.baseline[name], p):
             track.baseline[name] = p
             track.pinned = track.pinned | {name}

@@ -371,6 +371,169 @@ def test_without_a_baseline_another_writers_upgrade_is_kept_as_an_upgrade(store:
     assert delta is not None and delta.changed == (upgrade("six", "2.0", "1.16.0"),)
 
 
+def removals(store: Store, env: Environment = ENV) -> list[str]:
+    found = Store(store.root, store.key).read()
+    delta = found.body.delta(env) if found is not None else None
+    return pins(delta.removed) if delta is not None else []
+
+
+def test_another_writers_removal_of_an_image_package_stays_in_the_record(store: Store) -> None:
+    """Another writer of the key records the user's uninstall of an image package; here
+    it is still installed at the image's version (the removal is not replayed here yet),
+    so the next commits keep the removal, and the next restore still makes it."""
+    s = session(store)
+    installs(s, "a==1")
+    theirs = Delta(env=ENV, added=tuple(pkgs("a==1").values()), removed=(IMAGE["six"],))
+    assert Store(store.root, store.key).commit(Body(environments=(theirs,))) is not None
+    installs(s, "a==1", "b==2")
+    assert recorded(store) == {"a==1", "b==2"}
+    assert removals(store) == ["six==1.16.0"]
+    installs(s, "a==1", "b==2", "c==3")  # six still found as the image ships it
+    assert removals(store) == ["six==1.16.0"]
+    assert s.tracker.state(ENV) == {**pkgs("numpy==1.26.0"), **pkgs("a==1", "b==2", "c==3")}
+
+
+def test_what_this_process_finds_installed_wins_over_another_writers_removal(
+    store: Store,
+) -> None:
+    """Another writer's removals: of an image package found here at the image's version,
+    taken; of one found here at the user's version, and of a recorded install found here
+    that another image shipped, not: this process sees those installed."""
+    first = Tracker(BASELINE, None)
+    first.observe(ENV, Observation(IMAGE))
+    first.observe(ENV, Observation({**IMAGE, **pkgs("numpy==2.0", "a==1")}))
+    assert store.commit(first.body()) is not None
+    s = session(store)  # restored: finds numpy==2.0 and a==1 as recorded
+    s.tracker.observe(ENV, Observation({**IMAGE, **pkgs("numpy==2.0", "a==1")}))
+    theirs = Delta(
+        env=ENV,
+        removed=(IMAGE["numpy"], IMAGE["six"], Package(name="a", version="1")),
+        image="another-image",
+    )
+    assert Store(store.root, store.key).commit(Body(environments=(theirs,))) is not None
+    installs(s, "numpy==2.0", "a==1", "b==2")
+    assert recorded(store) == {"a==1", "b==2", "numpy==2.0"}
+    assert removals(store) == ["six==1.16.0"]
+
+
+def test_another_writers_removal_does_not_take_out_a_recorded_upgrade(store: Store) -> None:
+    """A recorded upgrade not restored here yet (the image's version found) stays when
+    another writer records a removal of that package: only an uninstall seen here takes
+    an install out of the record. Its removal of another image package joins."""
+    first = Tracker(BASELINE, None)
+    first.observe(ENV, Observation(IMAGE))
+    first.observe(ENV, Observation({**IMAGE, **pkgs("numpy==2.0")}))
+    assert store.commit(first.body()) is not None
+    s = session(store)
+    s.tracker.observe(ENV, Observation(IMAGE))  # a restore has not run yet
+    theirs = Delta(env=ENV, removed=(IMAGE["numpy"], IMAGE["six"]))
+    assert Store(store.root, store.key).commit(Body(environments=(theirs,))) is not None
+    installs(s, "b==2")
+    assert recorded(store) == {"b==2", "numpy==2.0"}
+    assert removals(store) == ["six==1.16.0"]
+
+
+def test_another_writers_held_back_removal_keeps_its_form(store: Store) -> None:
+    """A removal another writer recorded on an older image, held back by its restore onto
+    this one (an image package needs it), joins as it was recorded: the old image's
+    version, the mark and the old image, so that the next restore still rebases it."""
+    s = session(store)
+    installs(s, "a==1")
+    was = Package(name="six", version="1.15.0")
+    mark = Rebased(name="six", version="1.15.0", state="held-back", reason="numpy needs six")
+    theirs = Delta(
+        env=ENV,
+        added=tuple(pkgs("a==1").values()),
+        removed=(was,),
+        image="old-image",
+        rebased=(mark,),
+    )
+    assert Store(store.root, store.key).commit(Body(environments=(theirs,))) is not None
+    installs(s, "a==1", "b==2")  # six still installed: the restore held its removal back
+    found = store.read()
+    assert found is not None
+    delta = found.body.delta(ENV)
+    assert delta is not None
+    assert delta.removed == (was,)
+    assert delta.rebased == (mark,)
+    assert delta.image == "old-image"
+    assert pins(delta.added) == ["a==1", "b==2"]
+
+
+def test_without_a_baseline_another_writers_removal_is_kept(store: Store) -> None:
+    """The baseline lost (the image's state inferred from the first scan): another
+    writer's removals, of a package the first scan found and of one it did not, join the
+    record as they were recorded."""
+    first = Tracker(BASELINE, None)
+    first.observe(ENV, Observation(IMAGE))
+    first.observe(ENV, Observation({**IMAGE, **pkgs("a==1")}))
+    assert store.commit(first.body()) is not None
+    found = store.read()
+    assert found is not None
+    s = Session(
+        store=store,
+        tracker=Tracker(None, found),
+        baseline_origin="inferred",
+        generation=found.generation,
+        on_store=manifest.encode_body(found.body),
+    )
+    s.tracker.observe(ENV, Observation({**IMAGE, **pkgs("a==1")}))
+    assert s.tracker.inferred == [ENV]
+    gone = Package(name="gone", version="3")
+    theirs = Delta(env=ENV, added=tuple(pkgs("a==1").values()), removed=(gone, IMAGE["six"]))
+    assert Store(store.root, store.key).commit(Body(environments=(theirs,))) is not None
+    installs(s, "a==1", "b==2")
+    installs(s, "a==1", "b==2", "c==3")
+    assert recorded(store) == {"a==1", "b==2", "c==3"}
+    assert removals(store) == ["gone==3", "six==1.16.0"]
+
+
+def test_an_older_copy_adds_a_removal_but_not_over_a_recorded_entry(
+    store: Store, tmp_path: Path
+) -> None:
+    """A key directory rolled back to a copy that records two removals: the one the record
+    holds nothing of joins it; the other does not replace the newer record's upgrade."""
+    other = Store(store.root, store.key)
+    old = Delta(env=ENV, removed=(IMAGE["numpy"], IMAGE["six"]))
+    assert other.commit(Body(environments=(old,))) is not None
+    shutil.copytree(store.path, tmp_path / "old", symlinks=True)
+    newer = Delta(env=ENV, changed=(upgrade("numpy", "2.0", "1.26.0"),))
+    assert other.commit(Body(environments=(newer,))) is not None
+    s = session(store)
+    s.tracker.observe(ENV, Observation(IMAGE))  # a restore has not run yet
+    shutil.rmtree(store.path)
+    shutil.copytree(tmp_path / "old", store.path, symlinks=True)
+    installs(s, "b==2")
+    assert recorded(store) == {"b==2", "numpy==2.0"}
+    assert removals(store) == ["six==1.16.0"]
+
+
+def test_a_forgotten_removal_is_not_brought_back_by_another_writer(store: Store) -> None:
+    """The user tells this process to forget a recorded removal; another writer's
+    generation still records it: it stays forgotten, while that writer's other removal
+    joins the record."""
+    first = Tracker(BASELINE, None)
+    first.observe(ENV, Observation(IMAGE))
+    first.observe(ENV, Observation(pkgs("numpy==1.26.0")))
+    assert store.commit(first.body()) is not None
+    s = session(store)
+    s.tracker.observe(ENV, Observation(pkgs("numpy==1.26.0")))  # six removed, as recorded
+    s.tracker.adopt(record.forgotten(s.tracker.body(), ["six"], stamp="t"))
+    assert commit(s) is not None
+    assert removals(store) == []
+    theirs = Delta(env=ENV, removed=(IMAGE["numpy"], IMAGE["six"]))
+    assert Store(store.root, store.key).commit(Body(environments=(theirs,))) is not None
+    s.tracker.observe(ENV, Observation(pkgs("numpy==1.26.0", "b==2")))
+    assert commit(s) is not None
+    assert removals(store) == ["numpy==1.26.0"]
+    theirs = Delta(env=ENV, added=tuple(pkgs("b==2").values()), removed=(IMAGE["six"],))
+    assert Store(store.root, store.key).commit(Body(environments=(theirs,))) is not None
+    s.tracker.observe(ENV, Observation(pkgs("numpy==1.26.0", "b==2", "c==3")))
+    assert commit(s) is not None
+    assert recorded(store) == {"b==2", "c==3"}
+    assert removals(store) == ["numpy==1.26.0"]
+
+
 def test_an_environment_another_process_tracks_is_taken_as_that_process_wrote_it(
     store: Store,
 ) -> None:
@@ -483,6 +646,47 @@ def test_a_daemon_keeps_another_writers_upgrade_of_an_image_package(
         assert daemon.stop() == 0
     finally:
         daemon.close()
+
+
+def test_a_daemon_keeps_another_writers_removal_of_an_image_package(
+    world: World, wheels: Path
+) -> None:
+    """The daemon records an install; another writer of the key commits the user's
+    uninstall of a package the image ships, still installed here; the daemon's next
+    commits keep that removal."""
+    venv = world.image_venv(wheels, "image-pkg==1.0", aged=True)
+    daemon = world.daemon(
+        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "100"
+    ).start()
+
+    def removed() -> list[str]:
+        found = world.manifest()
+        delta = (
+            found.body.delta(Environment(kind="python", path=str(venv.prefix))) if found else None
+        )
+        return pins(delta.removed) if delta is not None else []
+
+    try:
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+        eventually(lambda: entries(world, venv.prefix) == ["alpha==1.0"], 30, "alpha recorded")
+        other = Store(world.store, world.key)
+        found = other.read()
+        assert found is not None
+        (delta,) = found.body.environments
+        gone = Package(name="image-pkg", version="1.0")
+        assert other.commit(Body(environments=(msgspec.structs.replace(delta, removed=(gone,)),)))
+        uv_install(venv.python, wheels, "beta==1.0", env=world.env)
+        eventually(lambda: "beta==1.0" in (entries(world, venv.prefix) or []), 30, "beta")
+        assert entries(world, venv.prefix) == ["alpha==1.0", "beta==1.0"]
+        assert removed() == ["image-pkg==1.0"]
+        seen = world.generation()
+        uv_install(venv.python, wheels, "gamma==1.0", env=world.env)
+        eventually(lambda: world.generation() > seen, 30, "gamma's commit")
+        assert removed() == ["image-pkg==1.0"]
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    assert removed() == ["image-pkg==1.0"]
 
 
 def test_two_daemons_of_one_key_keep_each_others_environments(world: World, wheels: Path) -> None:
