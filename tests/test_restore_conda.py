@@ -186,6 +186,55 @@ def test_a_channel_that_is_not_configured_is_not_used(tmp_path: Path, channel: P
     assert client_calls(tmp_path / "client.log") == []
 
 
+MIRROR = "http://conda-mirror.corp.example/conda-forge"
+"""An internal plain-http mirror, as conda records it (the subdir taken off)."""
+
+
+def test_a_package_from_an_http_mirror_is_reported_and_the_rest_restored(
+    tmp_path: Path, channel: Path
+) -> None:
+    """A record from a plain-http channel that is not configured leaves only that package
+    out, with the reason (exit 3): the configured channel's package and pip's package in
+    the same prefix are restored, and the client is given the configured channel only."""
+    prefix = image(tmp_path, channel, python=True)
+    wheels = tmp_path / "wheels"
+    build_wheel(Dist("alpha", "1.0"), wheels)
+    site = next((prefix / "lib").glob("python3*/site-packages"))
+    mirrored = Package(name="tiny", version="2.0", build="h1_0", channel=MIRROR,
+                       installer="conda")  # fmt: skip
+    put_manifest(tmp_path / "store", "k", Body.of([
+        Delta(env=Environment(kind="conda", path=str(prefix)),
+              added=(conda_pkg("top", "1.0", "h0_0", channel),), changed=(mirrored,)),
+        Delta(env=Environment(kind="python", path=str(prefix)),
+              added=(Package(name="alpha", version="1.0"),)),
+    ]))  # fmt: skip
+    env = restore_env(tmp_path, channel)
+    code, out = run_restore(tmp_path, env, prefix, "--no-index", "--find-links", str(wheels))
+    assert code == 3, out
+    assert f"its channel {MIRROR} is not among the configured conda_channels" in out
+    chan = f"file://{channel}"
+    assert client_calls(tmp_path / "client.log") == [
+        ["mamba", "install", "--prefix", str(prefix), "--yes", "--override-channels",
+         "--channel", chan, "--no-deps", "--", f"{chan}::top=1.0=h0_0"],
+    ]  # fmt: skip
+    assert conda_state(prefix) == {"tiny": "1.0=h0_0", "dep": "1.0=h0_0", "top": "1.0=h0_0"}
+    assert installed(site) == {"alpha": "1.0"}
+
+
+def test_a_recorded_http_channel_selects_a_configured_one() -> None:
+    """Configured in conda_channels, an http mirror is the channel of the spec: the
+    record's channel is well-formed and is looked up, not passed on."""
+    from pkgckpt.config import load
+    from pkgckpt.restore.conda import CondaInstaller
+
+    recorded = Package(name="tiny", version="2.0", build="h1_0", channel=MIRROR)
+    assert conda_problem(recorded) is None
+    config = load({"conda_channels": (MIRROR,), "conda_client": ("/bin/true",)}, environ={})
+    installer = CondaInstaller(Environment(kind="conda", path="/opt/conda"), config)
+    assert installer.blocked(recorded) is None
+    assert installer.spec(recorded) == f"{MIRROR}::tiny=2.0=h1_0"
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -195,8 +244,9 @@ def test_a_channel_that_is_not_configured_is_not_used(tmp_path: Path, channel: P
         ("version", ">=1"),
         ("build", "h0 --force"),
         ("build", "*"),
-        ("channel", "http://mirror/x"),
         ("channel", "a b"),
+        ("channel", "--override-channels"),
+        ("channel", "http://mirror/x\n"),
     ],
 )
 def test_hostile_conda_records_are_refused(field: str, value: str) -> None:

@@ -66,12 +66,16 @@ _HOST = re.compile(
 )
 # conda's own rules: names lowercase, versions and build strings without the characters a
 # MatchSpec gives meaning to (= , | * < > ! @ [ ] and space), channels a name or a URL.
+# A recorded channel never reaches a command line: it only selects one of the configured
+# `conda_channels` (restore/conda.py), so any URL scheme a client may have installed from
+# (an internal http mirror, s3) is well-formed here; a channel that is not configured is
+# that package's own failure (`blocked()`), not the manifest's.
 _CONDA_NAME = re.compile(r"[a-z0-9_][a-z0-9_.+-]*", re.ASCII)
 _CONDA_VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+!]*", re.ASCII)
 _CONDA_BUILD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+]*", re.ASCII)
 _CONDA_CHANNEL = re.compile(
     r"[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*"
-    r"|(?:https|file)://[A-Za-z0-9_.~%/:@-]+",
+    r"|[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9_.~%/:@-]+",
     re.ASCII,
 )
 _IMAGE = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
