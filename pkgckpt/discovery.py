@@ -268,7 +268,13 @@ def condarc_files(environ: Mapping[str, str]) -> list[Path]:
         files += [base / ".condarc", base / "condarc"]
         d = base / "condarc.d"
         if os.path.isdir(d):  # noqa: PTH112 (see `_condarc_envs_dirs`)
-            files += sorted(p for p in d.iterdir() if p.suffix in (".yml", ".yaml"))
+            try:
+                names = [e.name for e in os.scandir(d)]
+            except OSError as e:
+                # A root-only condarc.d (channel tokens, say): the other files still count.
+                log.warning("%s is not read: %s", d, e.strerror)
+                continue
+            files += sorted(p for n in names if (p := d / n).suffix in (".yml", ".yaml"))
     files.append(home / ".condarc")
     if environ.get("CONDA_PREFIX"):
         files += [Path(environ["CONDA_PREFIX"]) / n for n in (".condarc", "condarc")]

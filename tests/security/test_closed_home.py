@@ -146,3 +146,48 @@ def test_a_directory_source_beneath_a_closed_directory_is_not_here(
     assert restore.returncode == 3, restore.stdout + restore.stderr
     assert "does not exist here" in restore.stdout + restore.stderr
     assert "internal error" not in restore.stderr
+
+
+DISCOVER = """
+import json, logging
+from pkgckpt import discovery
+
+logs = []
+handler = logging.Handler()
+handler.emit = lambda record: logs.append(record.getMessage())
+logging.getLogger("pkgckpt").addHandler(handler)
+found = discovery.discover(["conda"])
+print(json.dumps({"found": [str(f.prefix) for f in found.found], "logs": logs}))
+"""
+
+
+def test_a_condarc_d_closed_to_the_user_is_skipped_with_a_warning(
+    alice: User, tool: Path, place: Path
+) -> None:
+    """The conda root's condarc.d is root's and closed (it holds channel tokens): discovery
+    warns that it is not read and still finds the environment the root's .condarc names;
+    status and restore run as usual, without an internal error."""
+    conda = place / "conda"
+    (conda / "condarc.d").mkdir(parents=True)
+    (conda / "condarc.d" / "token.yml").write_text("channels: [private]\n")
+    (conda / "condarc.d").chmod(0o700)
+    envs = place / "open" / "envs"
+    (conda / ".condarc").write_text(f"envs_dirs: [{envs}]\n")
+    alice.run(["mkdir", "-p", str(envs / "e" / "conda-meta")], check=True)
+    env = {"CONDA_ROOT": str(conda), "XDG_RUNTIME_DIR": str(place / "run")}
+    (place / "discover.py").write_text(DISCOVER)
+
+    done = alice.run([str(tool / "bin" / "python"), str(place / "discover.py")], env=env)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["found"] == [str(envs / "e")]
+    assert f"{conda / 'condarc.d'} is not read: Permission denied" in out["logs"]
+
+    pkgckpt = str(tool / "bin" / "pkgckpt")
+    store = place / "open" / "store"
+    alice.run([pkgckpt, "store", "init", str(store)], check=True)
+    for command in (["status"], ["restore", "--dry-run"]):
+        run = alice.run([pkgckpt, *command, "--store", str(store)], env=env)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "internal error" not in run.stderr
+        assert "condarc.d is not read: Permission denied" in run.stderr
