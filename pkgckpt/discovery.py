@@ -304,14 +304,29 @@ def _condarc_envs_dirs(path: Path) -> list[Path]:
     dirs = data.get("envs_dirs") if isinstance(data, dict) else None
     if not isinstance(dirs, list):
         return []
-    return [Path(os.path.expandvars(d)).expanduser() for d in dirs if isinstance(d, str) and d]
+    paths = []
+    for d in dirs:
+        if not isinstance(d, str) or not d:
+            continue
+        if "\0" in d:
+            # No path holds one: os.scandir and pwd would raise ValueError.
+            log.warning("%s: envs_dirs entry %r is not read: it holds a NUL byte", path, d)
+            continue
+        paths.append(Path(_expanduser(os.path.expandvars(d))))
+    return paths
+
+
+def _expanduser(path: str) -> str:
+    # os.path's: `~nosuchuser` stays as it is (relative, then left out), where pathlib's
+    # raises RuntimeError.
+    return os.path.expanduser(path)  # noqa: PTH111
 
 
 def envs_dirs(environ: Mapping[str, str]) -> list[Path]:
     """conda's `envs_dirs`: CONDA_ENVS_PATH, then the .condarc files, then the defaults."""
     dirs: list[Path] = []
     for var in ("CONDA_ENVS_PATH", "CONDA_ENVS_DIRS"):
-        dirs += [Path(p).expanduser() for p in environ.get(var, "").split(os.pathsep) if p]
+        dirs += [Path(_expanduser(p)) for p in environ.get(var, "").split(os.pathsep) if p]
     for rc in condarc_files(environ):
         dirs += _condarc_envs_dirs(rc)
     root = conda_root(environ)

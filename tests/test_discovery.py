@@ -250,6 +250,25 @@ def test_conda_environments_from_the_list_and_the_envs_dirs(
     assert {home / ".conda", rc_dir, var_dir} <= set(found.watch)
 
 
+def test_a_bad_envs_dirs_entry_is_reported_not_fatal(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A .condarc entry holding a NUL byte is skipped with a warning, and one naming an
+    unknown user's home is left out; the other entries' environments are found."""
+    envs = tmp_path / "envs"
+    (envs / "e" / "conda-meta").mkdir(parents=True)
+    rc = home / ".condarc"
+    rc.write_text(f'envs_dirs:\n  - "/var/tmp/a\\0b"\n  - "~nosuchuser-pkgckpt/envs"\n  - {envs}\n')
+    monkeypatch.setenv("CONDA_ENVS_PATH", "~nosuchuser-pkgckpt/more")
+    with caplog.at_level("WARNING", logger="pkgckpt"):
+        found = discovery.discover(["conda"])
+    assert [f.prefix for f in found.found] == [envs / "e"]
+    assert f"{rc}: envs_dirs entry '/var/tmp/a\\x00b' is not read: it holds a NUL byte" in (
+        caplog.messages
+    )
+    assert not any("\0" in str(p) for p in found.watch)
+
+
 def test_switched_off_sources_find_nothing(home: Path, tmp_path: Path) -> None:
     """`discover` without kernels and conda looks at neither."""
     env = conda_prefix(make_venv(tmp_path / "env", with_pip=False))
