@@ -235,7 +235,24 @@ def _kernels(
         if loose:
             yield Unreadable(str(answer.prefix), origin, f"prefix {answer.prefix}: {loose}")
             continue
+        # Tracking the prefix starts its own interpreter, which need not be argv[0]
+        # (bin/python3 for a kernel of bin/python).
+        loose = _loose_interpreter(answer.prefix)
+        if loose:
+            yield Unreadable(str(answer.prefix), origin, loose)
+            continue
         yield Found(answer.prefix, origin)
+
+
+def _loose_interpreter(prefix: Path) -> str | None:
+    """Why an interpreter of `prefix` that `scan.env.python_env()` may start (the names
+    `scan.env.interpreter()` tries) cannot be trusted, or None."""
+    for python in (prefix / "bin" / "python3", prefix / "bin" / "python"):
+        if os.path.lexists(python):
+            why = unsafe(python)
+            if why:
+                return why
+    return None
 
 
 # -- conda -----------------------------------------------------------------------------
@@ -371,9 +388,7 @@ def _conda(environ: Mapping[str, str], watch: list[Path]) -> Iterator[Found | Un
                 continue
             why = "no conda-meta/ directory"
         # The interpreter python_env() will start, when the environment has one.
-        for python in (prefix / "bin" / "python3", prefix / "bin" / "python"):
-            if why is None and os.path.lexists(python):
-                why = unsafe(python)
+        why = why or _loose_interpreter(prefix)
         if why:
             yield Unreadable(text, origin, why)
             continue

@@ -210,6 +210,26 @@ def test_a_kernel_interpreter_in_a_loose_directory_is_never_started(
     assert not canary.exists()
 
 
+def test_a_kernel_prefix_with_a_loose_python3_is_not_tracked(home: Path, tmp_path: Path) -> None:
+    """A kernel names a venv's bin/python, but tracking the venv starts its bin/python3:
+    one that others may write is reported with the prefix, and never run."""
+    venv = make_venv(tmp_path / "env", with_pip=False)
+    canary = tmp_path / "ran"
+    planted = venv.prefix / "bin" / "python3"
+    planted.unlink()
+    planted.write_text(f'#!/bin/sh\ntouch {canary}\nexec {venv.prefix}/bin/python "$@"\n')
+    planted.chmod(0o777)
+    kernelspec(user_data(home), "k", str(venv.prefix / "bin" / "python"))
+    found = discovery.discover(["kernels"])
+    assert found.found == ()
+    assert [(u.path, u.reason) for u in found.unreadable] == [
+        (str(venv.prefix), f"{planted} is writable by group or others")
+    ]
+    cfg = config.load({}, environ={})
+    assert str(venv.prefix) not in {t.env.path for t in inventory.targets(cfg, found)}
+    assert not canary.exists()
+
+
 @pytest.mark.parametrize(
     ("text", "why"),
     [

@@ -401,3 +401,38 @@ def test_an_r_package_bob_recreated_at_alices_recorded_directory_is_refused(
     owned_by_bob = f"is owned by {bob.name} (uid {bob.uid}), not by you or root"
     assert failures == {"ckpt.base": f"{evil} {owned_by_bob}"}
     assert sorted(p.name for p in lib.iterdir()) == ["ckptGone"]
+
+
+def test_a_kernel_venvs_python3_bob_can_write_is_never_run(
+    victim: Alice, bob: User, shared_tmp: Path
+) -> None:
+    """alice's kernel names her venv's bin/python; its bin/python3, which tracking the venv
+    would start, is open to everyone and bob fills it. `pkgckpt status` (discovery on)
+    reports the venv as not tracked, with why, and bob's code never runs as alice."""
+    user = victim.user
+    markers = shared_tmp / "markers"
+    bob.run(["mkdir", "-m", "0777", str(markers)], check=True)
+    venv = shared_tmp / "alice-env"
+    victim.run_as([str(victim.tool / "bin" / "python"), "-m", "venv", "--without-pip", str(venv)])
+    python3 = venv / "bin" / "python3"
+    victim.run_as(["sh", "-c", 'rm "$1" && : > "$1" && chmod 0777 "$1"', "-", str(python3)])
+    payload = f'#!/bin/sh\ntouch {markers / "python3"}\nexec {venv}/bin/python "$@"\n'
+    bob.run(["sh", "-c", 'printf "%s" "$1" > "$2"', "-", payload, str(python3)], check=True)
+    data = victim.home / "jupyter"
+    spec = {"argv": [str(venv / "bin" / "python"), "-m", "ipykernel_launcher"],
+            "language": "python"}  # fmt: skip
+    victim.run_as(["mkdir", "-p", str(data / "kernels" / "k")])
+    victim.run_as(["sh", "-c", 'printf "%s" "$1" > "$2"', "-", json.dumps(spec),
+                   str(data / "kernels" / "k" / "kernel.json")])  # fmt: skip
+    pkgckpt = str(victim.tool / "bin" / "pkgckpt")
+    victim.run_as([pkgckpt, "store", "init", str(victim.store)])
+    env = {
+        "JUPYTER_DATA_DIR": str(data),
+        "PKGCKPT_DISCOVER": "kernels",
+        "XDG_RUNTIME_DIR": str(victim.home / "run"),
+    }
+    status = user.run([pkgckpt, "status", "--store", str(victim.store), "--key", user.name],
+                      env=env, cwd=victim.home)  # fmt: skip
+    assert list(markers.iterdir()) == [], "bob's python3 ran as alice"
+    assert status.returncode == 0, (status.stdout, status.stderr)
+    assert f"{python3} is writable by group or others" in status.stdout, status.stdout
