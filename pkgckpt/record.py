@@ -697,11 +697,21 @@ def remember(config: Config, recorded: Manifest, report: Report) -> None:
     failures = {
         recorded_as.get(env_key(e.env), env_key(e.env)): e.failed for e in report.environments
     }
+    # Installs an R library's own record lacks were planned from the older record of its
+    # role (`rmatch.carried`): their failures count there, so that the next restore, which
+    # plans them again, and `status` say how often they failed.
+    for e in report.plan.environments:
+        if e.carried is None:
+            continue
+        own = recorded.body.delta(e.recorded or e.env)
+        mine = {p.name for p in _recorded(own)} if own is not None else set()
+        there = next((r.failed for r in report.environments if manifest.same_env(r.env, e.env)), ())
+        failures[env_key(e.carried)] = tuple(f for f in there if f.name not in mine)
     stamp = now_iso()
     outcomes = []
     for d in recorded.body.deltas():
         key = env_key(d.env)
-        if key in elsewhere:
+        if key in elsewhere and key not in failures:
             continue
         versions = {p.name: p.version for p in _recorded(d)}
         failed = tuple(

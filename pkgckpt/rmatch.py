@@ -17,6 +17,13 @@ that matched libraries by path alone would leave the user's packages behind. The
    A record written before roles were (role None) is taken for the user library when
    its path is this R's user library with the recorded R's `major.minor` in place of
    this one's (`~/R/<platform>-library/4.3` for `.../4.4`): R's default.
+3. A library here matched by its own path still carries on the installs of the record
+   that rule 2 would have matched it with (`predecessors`, `carried`): the daemon
+   records the new library with what a restore got in place, so after a restore that
+   failed part of the old record (a repository down, the timeout) the new record lacks
+   those packages. Each install of the older record that the library's own record
+   neither holds (added, changed, removed, forgotten) nor saw the user uninstall
+   (its history) stays planned for the library here (DESIGN: invariant 1).
 
 An R package is compiled against one R `major.minor` (its `Built:` field, "R 4.3.2; ...");
 R refuses or misbehaves with packages built for another. One whose installed copy was
@@ -26,9 +33,9 @@ version is the recorded one (`stale_build`); a patch release (4.3.1 to 4.3.2) ke
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from .manifest import Environment, Package, same_env
+from .manifest import Delta, Environment, Package, same_env
 
 
 def minor(version: str | None) -> str | None:
@@ -83,6 +90,53 @@ def pair(recorded: Sequence[Environment], here: Sequence[Environment]) -> dict[i
         if len(free) == 1 and not tie:
             paired[newest[0]] = free[0]
     return paired
+
+
+def predecessors(
+    recorded: Sequence[Environment], here: Sequence[Environment], paired: Mapping[int, int]
+) -> dict[int, int]:
+    """Index in `recorded` of an R library matched by its own path (in `paired`, from
+    `pair`) -> index of the record of its role left unpaired that rule 2 would have taken
+    for it: the newest R's, the only library of that role here, no tie."""
+    out: dict[int, int] = {}
+    roles = {i: role(env, here) for i, env in enumerate(recorded) if i not in paired}
+    for i, j in paired.items():
+        h = here[j]
+        if h.kind != "r" or h.role is None or not same_env(recorded[i], h):
+            continue
+        same = [k for k, o in enumerate(here) if o.kind == "r" and o.role == h.role]
+        left = sorted(
+            (k for k, r in roles.items() if r == h.role),
+            key=lambda k: _release(recorded[k].interpreter),
+            reverse=True,
+        )
+        if same != [j] or not left:
+            continue
+        tie = len(left) > 1 and _release(recorded[left[0]].interpreter) == _release(
+            recorded[left[1]].interpreter
+        )
+        if not tie:
+            out[i] = left[0]
+    return out
+
+
+def carried(old: Delta, new: Delta) -> tuple[tuple[Package, ...], tuple[Package, ...]]:
+    """The installs (added, changed) of `old`, the record that spoke for a library before
+    `new` did (`predecessors`), that `new` still owes the library: neither recorded in
+    `new` in any form nor uninstalled by the user under `new`'s watch."""
+    held = {p.name for p in (*new.added, *new.changed, *new.removed, *new.forgotten)}
+    last: dict[str, str] = {}
+    for c in new.history:
+        last[c.name] = c.action
+    owed = {
+        p.name
+        for p in (*old.added, *old.changed)
+        if p.name not in held and last.get(p.name) != "remove"
+    }
+    return (
+        tuple(p for p in old.added if p.name in owed),
+        tuple(p for p in old.changed if p.name in owed),
+    )
 
 
 def role(recorded: Environment, here: Sequence[Environment]) -> str | None:

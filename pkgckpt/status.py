@@ -551,9 +551,13 @@ def collect(config: Config) -> Report:
     r_tracking = inventory.r_libraries(config)
     found = inventory.targets(config, unreadable=unreadable, r=r_tracking)
     inventory.expect(found, baseline)
-    paired = {
-        j: recorded_envs[i]
-        for i, j in rmatch.pair([d.env for d in recorded_envs], [t.env for t in found]).items()
+    here = [t.env for t in found]
+    matched = rmatch.pair([d.env for d in recorded_envs], here)
+    paired = {j: recorded_envs[i] for i, j in matched.items()}
+    # What an older record of an R library's role still owes it, as restore plans it.
+    owed = {
+        matched[i]: rmatch.carried(recorded_envs[k], recorded_envs[i])
+        for i, k in rmatch.predecessors([d.env for d in recorded_envs], here, matched).items()
     }
     for j, target in enumerate(found):
         env = target.env
@@ -570,8 +574,12 @@ def collect(config: Config) -> Report:
             envs.append(msgspec.structs.replace(report, error=str(e)))
             continue
         pending = tuple(tracker.observe(env, obs))
-        unrestored = _restore_would(obs.packages, delta)
-        rebase = _rebase(config, target, baseline, delta, obs.packages, found)
+        added, changed = owed.get(j, ((), ()))
+        planned = msgspec.structs.replace(
+            delta, added=delta.added + added, changed=delta.changed + changed
+        )
+        unrestored = _restore_would(obs.packages, planned)
+        rebase = _rebase(config, target, baseline, planned, obs.packages, found)
         if rebase is not None:
             acting = {d.name for d in rebase.decisions if d.action in ("install", "remove")}
             unrestored = tuple(c for c in unrestored if c.name in acting)
@@ -583,7 +591,7 @@ def collect(config: Config) -> Report:
                 pending=pending,
                 unrestored=unrestored,
                 stale_locks=stale,
-                rebuild=_rebuild(obs.packages, delta, env),
+                rebuild=_rebuild(obs.packages, planned, env),
             )
         )
     for u in unreadable:

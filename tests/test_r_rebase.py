@@ -19,7 +19,7 @@ from pkgckpt.checkpoint import Observation, Tracker
 from pkgckpt.config import Config
 from pkgckpt.discovery import Discovered
 from pkgckpt.manifest import Artifact, Baseline, Body, Delta, Environment, Inventory, Package
-from pkgckpt.rmatch import minor, pair, stale_build
+from pkgckpt.rmatch import carried, minor, pair, predecessors, stale_build
 from pkgckpt.scan.r import RLibraryScanner, r_environment, r_info
 from pkgckpt.store import Store
 
@@ -351,6 +351,52 @@ def test_a_record_from_before_roles_is_the_user_library_where_r_would_have_put_i
     assert pair([r_env("/h/R/x86_64-pc-linux-gnu-library/4.4x", None, "4.4.1")], here) == {}
 
 
+def test_a_library_matched_by_path_carries_on_the_older_record_of_its_role() -> None:
+    """The new user library's own record carries on the newest older record of its role:
+    not when that library is not the only one of its role here, nor on a tie."""
+    r42, new = r_env("/h/R/4.2", "user", "4.2.2"), r_env("/h/R/4.3", "user", "4.3.0")
+    here = [new]
+    assert predecessors([r42, new], here, pair([r42, new], here)) == {1: 0}
+    r41 = r_env("/h/R/4.1", "user", "4.1.3")
+    assert predecessors([r41, r42, new], here, {2: 0}) == {2: 1}
+    assert predecessors([r42, r_env("/o/4.2", "user", "4.2.2"), new], here, {2: 0}) == {}
+    two = [new, r_env("/h/R/other", "user", "4.3.0")]
+    assert predecessors([r42, new], two, {1: 0}) == {}
+    assert predecessors([r_env("/s/4.2", "site"), new], here, {1: 0}) == {}
+
+
+def test_the_installs_carried_on_are_those_the_new_record_does_not_speak_for() -> None:
+    """Left out: a package the new record holds in any form (added, changed, removed,
+    forgotten) and one the user was seen uninstalling there (its last change a remove)."""
+
+    def pkgs(*names: str) -> tuple[Package, ...]:
+        return tuple(Package(name=n, version="1.0") for n in names)
+
+    old = Delta(
+        env=r_env("/h/R/4.2", "user"),
+        added=pkgs("a", "b", "c", "d", "e", "f"),
+        changed=pkgs("g", "h"),
+        removed=pkgs("i"),
+    )
+    new = Delta(
+        env=r_env("/h/R/4.3", "user"),
+        added=pkgs("a"),
+        changed=pkgs("b"),
+        removed=pkgs("c"),
+        forgotten=pkgs("d"),
+        history=(
+            manifest.Change(action="install", name="e", new="1.0"),
+            manifest.Change(action="remove", name="e", old="1.0"),
+            manifest.Change(action="remove", name="f", old="1.0"),
+            manifest.Change(action="install", name="f", new="1.0"),
+            manifest.Change(action="remove", name="h", old="1.0"),
+        ),
+    )
+    added, changed = carried(old, new)
+    assert [p.name for p in added] == ["f"]
+    assert [p.name for p in changed] == ["g"]
+
+
 def test_only_another_minor_release_needs_a_rebuild() -> None:
     """4.3.1 in a 4.3.2 library stays; 4.2.3 is rebuilt; an unknown version is left as is."""
     env = r_env("/lib", "user", "4.3.2")
@@ -422,6 +468,75 @@ def test_a_failure_in_the_moved_user_library_counts_against_its_record(
     (delta,) = [d for d in stored.body.environments if d.env.kind == "r"]
     assert delta.env.path == env.path
     assert [(f.name, f.count) for f in delta.failing] == [("ckptNowhere", 1)]
+
+
+@needs_r
+def test_what_a_restore_after_an_r_upgrade_missed_is_restored_by_the_next_one(
+    tmp_path: Path, repo: rpkgs.Repo
+) -> None:
+    """The first restore on a new R installs only part of the old user library's record (a
+    repository down, the timeout); the daemon then records the new user library with what
+    got in place. The old record's missing package stays planned for the new library, its
+    failures counted in the old record, until it is in place; then nothing is left."""
+    partial = rpkgs.build_repo(tmp_path / "partial" / "cran", (("ckptC", "0.3.1"),), ())
+    version, platform = r_info()
+    old = older_r()
+    old_lib = tmp_path / "home" / "R" / f"{platform}-library" / x_y(old)
+    new_lib = old_lib.parent / x_y(version)
+    rpkgs.install(old_lib, repo, ("ckpt.base", "ckptC"))
+    built_under(old_lib, old, "ckpt.base", "ckptC")
+    env = Environment(kind="r", path=str(old_lib), interpreter=old, platform=platform, role="user")
+    delta = Delta(env=env, added=recorded(old_lib, ("ckpt.base", "ckptC")))
+    restore_kit.put_manifest(tmp_path / "store", "k", Body(environments=(delta,)))
+    environment = environ(tmp_path, discover_r=True)
+
+    def failing() -> list[tuple[str, int]]:
+        stored = Store(tmp_path / "store", "k").read()
+        assert stored is not None
+        (was,) = [d for d in stored.body.environments if d.env.path == str(old_lib)]
+        return [(f.name, f.count) for f in was.failing]
+
+    first = run("restore", tmp_path, environment, "--r-repo", partial.url)
+    assert first.returncode == 3, first.stdout + first.stderr
+    assert set(rpkgs.installed(new_lib)) == {"ckptC"}
+    assert failing() == [("ckpt.base", 1)]
+    snap = run("snapshot", tmp_path, environment)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    stored = Store(tmp_path / "store", "k").read()
+    assert stored is not None
+    by_path = {d.env.path: d for d in stored.body.environments}
+    assert [p.name for p in by_path[str(new_lib)].added] == ["ckptC"]
+
+    dry = run("restore", tmp_path, environment, "--r-repo", repo.url, "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"{new_lib} (Rscript): install 1, remove 0" in dry.stdout
+    assert "install ckpt.base 1.0.0" in dry.stdout
+    assert f"(and what the record of {old_lib} holds that its own lacks)" in dry.stdout
+    assert "1 of them, missing from that record, are planned for it" in dry.stdout
+    status = run("status", tmp_path, environment, "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    (mine,) = [
+        e for e in json.loads(status.stdout)["environments"] if e["env"]["path"] == str(new_lib)
+    ]
+    assert [(c["action"], c["name"]) for c in mine["unrestored"]] == [("install", "ckpt.base")]
+
+    again = run("restore", tmp_path, environment, "--r-repo", partial.url)
+    assert again.returncode == 3, again.stdout + again.stderr
+    assert failing() == [("ckpt.base", 2)]
+
+    healthy = run("restore", tmp_path, environment, "--r-repo", repo.url)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert rpkgs.installed(new_lib) == {"ckptC": "0.3.1", "ckpt.base": "1.0.0"}
+    assert built(new_lib, "ckpt.base") == version
+    assert failing() == []
+
+    snap = run("snapshot", tmp_path, environment)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    untouched = identities(new_lib)
+    last = run("restore", tmp_path, environment, "--r-repo", repo.url)
+    assert last.returncode == 0, last.stdout + last.stderr
+    assert "Nothing to restore" in last.stdout
+    assert identities(new_lib) == untouched
 
 
 # -- the image's R packages (restore/rimage.py) --------------------------------------------

@@ -49,8 +49,9 @@ the user removed (unless `keep_removed`), minus what a live scan finds already i
 so a second run has nothing to do and says so without starting any installer. Nothing
 else is touched; environments of the manifest that are not targets here are left alone
 and listed. Manifest paths are only compared with the local targets (`same_env`, and an
-R library's role after an R upgrade moved it: `pkgckpt.rmatch.pair`), never used to find
-an interpreter or a directory.
+R library's role after an R upgrade moved it: `pkgckpt.rmatch.pair`, with what the older
+record of that role still owes a library matched by its own path: `rmatch.carried`), never
+used to find an interpreter or a directory.
 
 Order per environment: removals first, then one install call. Removing after installing
 could delete files that a replacement package now owns (`opencv-python` replaced by
@@ -102,7 +103,7 @@ from ..manifest import (
     VcsSource,
     same_source,
 )
-from ..rmatch import moved, pair, stale_build, superseded
+from ..rmatch import carried, moved, pair, predecessors, stale_build, superseded
 from ..runner import redact_text
 from ..scan.python import strip_credentials
 from .rebase import Decision, Rebase
@@ -200,6 +201,9 @@ class EnvPlan(_Out, frozen=True, kw_only=True):
     recorded: Environment | None = None
     """The manifest's environment, when it is another path: an R library matched by its
     role after an R upgrade moved it (see `pkgckpt.rmatch`)."""
+    carried: Environment | None = None
+    """The older record of this R library's role whose installs the library's own record
+    lacks (`pkgckpt.rmatch.carried`): planned here too, their failures counted there."""
 
     def is_empty(self) -> bool:
         return not (self.install or self.remove or self.blocked)
@@ -269,6 +273,10 @@ class Plan(_Out, frozen=True, kw_only=True):
                     lines += e.rebase.render()
                 if e.recorded is not None:
                     lines.append(f"  ({moved(e.recorded, e.env)})")
+                if e.carried is not None:
+                    lines.append(
+                        f"  (and what the record of {e.carried.path} holds that its own lacks)"
+                    )
                 lines += [f"  install {_describe(s)}" for s in e.install]
                 lines += [f"  remove  {s.name} {s.version} (removed by the user)" for s in e.remove]
                 lines += [f"  keep    {s.name} {s.version} (--keep-removed)" for s in e.kept]
@@ -584,7 +592,24 @@ def _plan(
     tracked = 0
     # conda's packages first: pip's in the same prefix may need them.
     deltas = (*manifest.body.conda, *manifest.body.environments)
-    paired = pair([d.env for d in deltas], [t.env for t in targets])
+    here = [t.env for t in targets]
+    paired = pair([d.env for d in deltas], here)
+    # An R library's own record may still owe it installs of the record it took over.
+    owed: dict[int, int] = {}
+    """Index of the older record -> how many of its installs are planned elsewhere."""
+    carries: dict[int, Environment] = {}
+    """Index of the library's own record -> the older record it carries on."""
+    deltas_ = list(deltas)
+    for i, k in predecessors([d.env for d in deltas], here, paired).items():
+        added, changed = carried(deltas[k], deltas[i])
+        if added or changed:
+            owed[k] = len(added) + len(changed)
+            carries[i] = deltas[k].env
+            own = deltas[i]
+            deltas_[i] = msgspec.structs.replace(
+                own, added=own.added + added, changed=own.changed + changed
+            )
+    deltas = tuple(deltas_)
     for i, delta in enumerate(deltas):
         if delta.is_empty():
             continue
@@ -594,9 +619,9 @@ def _plan(
             # Only looked at, never used: the path comes from the store.
             exists = os.path.lexists(delta.env.path)
             count = len(delta.added) + len(delta.changed) + len(delta.removed)
-            reason = superseded(delta.env, [t.env for t in targets]) or (
-                NOT_TRACKED if exists else MISSING
-            )
+            reason = superseded(delta.env, here) or (NOT_TRACKED if exists else MISSING)
+            if i in owed:
+                reason += f"; {owed[i]} of them, missing from that record, are planned for it"
             skipped.append(Skipped(env=delta.env, packages=count, reason=reason))
             continue
         tracked += len(delta.added) + len(delta.changed) + len(delta.removed)
@@ -685,6 +710,7 @@ def _plan(
                 unavailable=_unavailable(installer) if blocked and not ready else None,
                 rebase=rebase,
                 recorded=None if target.env.path == delta.env.path else delta.env,
+                carried=carries.get(i),
             )
         )
     return Plan(
