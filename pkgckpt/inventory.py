@@ -130,6 +130,7 @@ class Target:
         broken: dict[str, str] = {}
         in_progress: set[str] = set()
         stale: set[str] = set()
+        hidden: set[str] = set()
         trusted = True
         # Taken before reading: a directory replaced meanwhile shows at the next scan.
         stats = tuple(_identity(p) for p in (*self.roots, self._prefix_marker()))
@@ -149,7 +150,10 @@ class Target:
             broken.update((f"{root}/{entry}", why) for entry, why in result.broken.items())
             in_progress.update(f"{root}/{entry}" for entry in result.in_progress)
             stale.update(f"{root}/{entry}" for entry in result.stale)
-        self.last = ScanResult(packages, broken, frozenset(in_progress), frozenset(stale))
+            hidden.update(result.hidden)
+        self.last = ScanResult(
+            packages, broken, frozenset(in_progress), frozenset(stale), frozenset(hidden)
+        )
         self.trusted = trusted
         ordered = tuple(packages[name] for name in sorted(packages))
         return Inventory(env=self.env, packages=ordered)
@@ -175,7 +179,8 @@ class Target:
         """Names whose absence from the last scan proves nothing: broken or half-installed."""
         # A stale lock still hides what an interrupted install left half done.
         entries = [*self.last.broken, *self.last.in_progress, *self.last.stale]
-        return frozenset(entry_name(self.env.kind, Path(e).name) for e in entries)
+        names = {entry_name(self.env.kind, Path(e).name) for e in entries}
+        return frozenset(names | self.last.hidden)
 
     def _scanner(self, root: Path) -> Scanner:
         if self.env.kind == "python":

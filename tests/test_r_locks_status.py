@@ -121,6 +121,87 @@ def test_a_stale_lock_does_not_hold_back_checkpoints(tmp_path: Path) -> None:
     assert log.count("interrupted R install") == 1, log
 
 
+def _source(root: Path, name: str, version: str, code: str) -> Path:
+    src = root / f"{name}-{version}"
+    (src / "R").mkdir(parents=True)
+    (src / "DESCRIPTION").write_text(
+        f"Package: {name}\nVersion: {version}\nTitle: T\nDescription: T.\nAuthor: a\n"
+        "Maintainer: a <a@b.c>\nLicense: MIT\nRepository: CRAN\n"
+    )
+    (src / "NAMESPACE").write_text("export(f)\n")
+    (src / "R" / "f.R").write_text(f"f <- function() 1\n{code}\n")
+    return src
+
+
+def _recorded(store: Path) -> dict[str, str]:
+    record = Store(store, "k").read()
+    if record is None:
+        return {}
+    return {p.name: p.version for d in record.body.environments for p in d.added}
+
+
+@needs_r
+def test_packages_moved_into_a_whole_library_lock_are_not_recorded_as_removed(
+    tmp_path: Path,
+) -> None:
+    """`R CMD INSTALL a b` locks the library with a bare 00LOCK and moves the installed `a`
+    into it, leaving `a/` empty, until both are done. Past the maximum delay the daemon
+    checkpoints, and after the install is killed (a container stopped) too: `a` stays
+    recorded."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    store = tmp_path / "store"
+    init_store(store)
+    env = restore_kit.hermetic(tmp_path)
+    env["PKGCKPT_MAX_DELAY_MS"] = "1500"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(60)
+    env["NOTIFY_SOCKET"] = str(tmp_path / "notify")
+    src = tmp_path / "src"
+    r_install = ["R", "CMD", "INSTALL", "--no-test-load", "-l", str(lib)]
+    mine = {"ckptKeep": "1.0", "ckptSlow": "1.0"}
+
+    def install(*sources: Path, **kw: object) -> subprocess.Popen[bytes]:
+        args = [*r_install, *map(str, sources)]
+        return subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+
+    daemon = _daemon(lib, store, env)
+    slow = None
+    try:
+        assert notify.recv(4096).startswith(b"READY=1")
+        # Two packages: a library found empty proves nothing anyway.
+        assert install(_source(src, "ckptKeep", "1.0", "")).wait(120) == 0
+        assert install(_source(src, "ckptSlow", "1.0", "")).wait(120) == 0
+        deadline = time.monotonic() + 60
+        while _recorded(store) != mine:
+            assert time.monotonic() < deadline, _recorded(store)
+            time.sleep(0.2)
+        # Sourcing the new version's code at install time takes a while.
+        upgrade = _source(src, "ckptSlow", "2.0", "Sys.sleep(60)")
+        slow = install(upgrade, _source(src, "ckptOther", "1.0", ""), start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not (lib / "00LOCK" / "ckptSlow" / "DESCRIPTION").exists():
+            assert time.monotonic() < deadline, "R did not lock the whole library"
+            assert slow.poll() is None
+            time.sleep(0.1)
+        assert not (lib / "ckptSlow" / "DESCRIPTION").exists()
+        time.sleep(4)  # past the maximum delay: the daemon has checkpointed
+        assert _recorded(store) == mine
+        os.killpg(slow.pid, signal.SIGKILL)
+        slow.wait(60)
+        time.sleep(2)
+        assert (lib / "00LOCK" / "ckptSlow").is_dir()
+        assert _recorded(store) == mine
+    finally:
+        if slow is not None and slow.poll() is None:
+            os.killpg(slow.pid, signal.SIGKILL)
+            slow.wait(60)
+        notify.close()
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=60)
+
+
 def test_status_shows_a_stale_lock_with_the_command_that_removes_it(tmp_path: Path) -> None:
     """`pkgckpt status` names the leftover lock and how to remove it."""
     lib = tmp_path / "lib"

@@ -360,3 +360,22 @@ def test_a_package_being_replaced_is_uncertain_not_removed(tmp_path: Path) -> No
     target = Target(env=manifest.Environment(kind="r", path=str(tmp_path)), roots=(tmp_path,))
     assert target.scan().packages == ()
     assert target.uncertain() == {"ckptC"}
+
+
+def test_what_a_whole_library_lock_holds_is_uncertain_not_removed(tmp_path: Path) -> None:
+    """`R CMD INSTALL a b` locks the library with a bare 00LOCK, moves the installed `a`
+    into it and leaves `a/` empty: every package directory in the lock (not its `00new`
+    staging area) and every package directory without a DESCRIPTION is uncertain while a
+    lock exists; without a lock an empty directory is nothing."""
+    description(tmp_path, "00LOCK/ckptA", installed_text("ckptA", "1.0"))
+    description(tmp_path, "00LOCK/00new/ckptNew", installed_text("ckptNew", "1.0"))
+    (tmp_path / "ckptA").mkdir()
+    (tmp_path / "ckptHalf").mkdir()
+    description(tmp_path, "ok", installed_text("ok", "1.0"))
+    target = Target(env=manifest.Environment(kind="r", path=str(tmp_path)), roots=(tmp_path,))
+    assert [p.name for p in target.scan().packages] == ["ok"]
+    assert {"ckptA", "ckptHalf"} <= target.uncertain()
+    assert "ckptNew" not in target.uncertain() and "ok" not in target.uncertain()
+    shutil.rmtree(tmp_path / "00LOCK")
+    target.scan()
+    assert target.uncertain() == frozenset()

@@ -26,3 +26,6 @@ class ScanResult(msgspec.Struct, frozen=True):
     stale: frozenset[str] = frozenset()
     """Leftovers of installs that were interrupted (R's old `00LOCK-*` directories): not
     waited for, but what they hide is still uncertain."""
+    hidden: frozenset[str] = frozenset()
+    """Package names whose absence a lock explains (R): what R moved into a whole-library
+    `00LOCK`, and package directories without a DESCRIPTION while a lock exists."""

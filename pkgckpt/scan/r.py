@@ -74,6 +74,18 @@ def lock_active(lock: Path, stale_after: float = LOCK_STALE, now: float | None =
     return (time.time() if now is None else now) - newest < stale_after
 
 
+def _locked_away(lock: Path) -> set[str]:
+    """The packages a whole-library `00LOCK` holds: `R CMD INSTALL a b` (several packages
+    in one call) locks the library with it, not `00LOCK-<pkg>`, and moves each installed
+    package it replaces into it until it is done. `00new` is its staging area of the new
+    installs."""
+    try:
+        with os.scandir(lock) as it:
+            return {e.name for e in it if e.name != "00new" and not e.name.startswith(".")}
+    except OSError:
+        return set()
+
+
 _stale_logged: set[tuple[str, int]] = set()
 
 
@@ -359,7 +371,9 @@ class RLibraryScanner:
         broken: dict[str, str] = {}
         in_progress: set[str] = set()
         stale: set[str] = set()
+        hidden: set[str] = set()
         cache: dict[str, _Cached] = {}
+        locked = any(name.startswith(LOCK_PREFIX) for name in entries)
         for name in entries:
             if name.startswith(LOCK_PREFIX):
                 if lock_active(self.path / name, self.lock_stale):
@@ -367,9 +381,14 @@ class RLibraryScanner:
                 else:
                     stale.add(name)
                     _log_stale(self.path / name)
+                if name == LOCK_PREFIX:
+                    hidden |= _locked_away(self.path / name)
                 continue
             entry = self._entry(name, now)
             if entry is None:
+                # `R CMD INSTALL a b` moves `a` away and leaves `a/` empty until it is done.
+                if locked:
+                    hidden.add(name)
                 continue
             cache[name] = entry
             if isinstance(entry.found, Package):
@@ -382,6 +401,7 @@ class RLibraryScanner:
             broken=broken,
             in_progress=frozenset(in_progress),
             stale=frozenset(stale),
+            hidden=frozenset(hidden),
         )
 
     def _entry(self, name: str, now: int) -> _Cached | None:
