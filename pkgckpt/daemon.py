@@ -533,7 +533,14 @@ class Daemon:
         for t in inventory.targets(self.config, found, unreadable):
             roots = tuple(r for r in t.roots if r not in self._by_root)
             if roots and checkpoint.env_key(t.env) not in tracked:
-                added.append(Target(env=t.env, roots=roots, conda_owned=t.conda_owned))
+                added.append(
+                    Target(
+                        env=t.env,
+                        roots=roots,
+                        conda_owned=t.conda_owned,
+                        r_lock_stale=t.r_lock_stale,
+                    )
+                )
         for u in unreadable:
             if u.path not in self.unreadable:
                 log.warning("%s (%s) is not tracked: %s", u.path, u.origin, u.reason)

@@ -202,6 +202,58 @@ def test_packages_moved_into_a_whole_library_lock_are_not_recorded_as_removed(
         daemon.communicate(timeout=60)
 
 
+@needs_r
+def test_a_library_discovered_while_running_keeps_the_configured_lock_staleness(
+    tmp_path: Path,
+) -> None:
+    """An R library that appears after the daemon started (an `R_LIBS` entry made later)
+    is tracked from the next rediscovery with `r_lock_stale` as configured: a lock nothing
+    wrote under for a minute is a leftover when it is 5 s, and said so once."""
+    late = tmp_path / "late" / "lib"
+    late.parent.mkdir()
+    store = tmp_path / "store"
+    init_store(store)
+    env = restore_kit.hermetic(tmp_path)
+    env.update(
+        HOME=str(tmp_path / "home"),
+        R_LIBS=str(late),
+        R_LIBS_USER=str(tmp_path / "user"),
+        R_LIBS_SITE=str(tmp_path / "site"),
+        PKGCKPT_DISCOVER="r",
+        PKGCKPT_R_LOCK_STALE="5",
+    )
+    (tmp_path / "home").mkdir()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(60)
+    env["NOTIFY_SOCKET"] = str(tmp_path / "notify")
+    log = tmp_path / "daemon.log"
+    with log.open("w") as err:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "pkgckpt", "daemon", "--store", str(store), "--key", "k"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        assert notify.recv(4096).startswith(b"READY=1")
+        lock = late / "00LOCK-gone"
+        (lock / "gone").mkdir(parents=True)
+        then = time.time() - 60
+        os.utime(lock / "gone", (then, then))
+        os.utime(lock, (then, then))
+        daemon.send_signal(signal.SIGHUP)  # rediscovers: the new library is tracked
+        deadline = time.monotonic() + 30
+        while f"{lock} is left over" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        notify.close()
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(60)
+    assert log.read_text().count("interrupted R install") == 1
+
+
 def test_status_shows_a_stale_lock_with_the_command_that_removes_it(tmp_path: Path) -> None:
     """`pkgckpt status` names the leftover lock and how to remove it."""
     lib = tmp_path / "lib"
