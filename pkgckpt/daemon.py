@@ -15,7 +15,9 @@ commit, retried until `shutdown_timeout`) and exit: 0 when everything seen is on
 store, 1 when the store stayed unreachable. SIGHUP rescans every root and commits now
 (`pkgckpt snapshot` uses it when a daemon runs, so the manifest keeps one writer); it
 also applies the requests `forget`, `revert` and `restore` left in the runtime directory
-(`record.serve`) and answers each with the generation written.
+(`record.serve`) and answers each with the generation written. A change made on
+request that the store did not take is pending like one a scan saw: retried with the
+same backoff, counted in `pending`, and at SIGTERM exit 1 if it never reached the store.
 
 The watcher may fail too: a failed read of the inotify fd, or anything else it raises,
 is logged, the inotify instance is replaced, and every root is rescanned after the quiet
@@ -212,6 +214,10 @@ class Daemon:
         """Captures that failed for a reason that may pass: tried again after a backoff."""
         self.attached = 0
         """Artifacts attached to the record since its last commit (pending like changes)."""
+        self.requested = 0
+        """Changes made to the record on request (`forget`, `revert`, a restore's failures)
+        since its last commit: pending like the changes a scan saw, retried alike, and
+        counted at SIGTERM."""
         self.pool_checked = False
         """Whether the pooled artifacts the record names were looked for in the pool."""
         self.last_written: Body | None = None
@@ -320,6 +326,7 @@ class Daemon:
             # moves to the fallback when the runtime directory is taken after a clean.
             runtime = self.status_file.directory or self.config.runtime_dir
             taken = record.serve(self.config, self.session, runtime)
+            self.requested += sum(1 for _, reply in taken if reply is None)
             self.retry_at = None  # a person asked (snapshot): try the store now
             self.retries.ask()  # and the captures that failed, once more each
             self._commit()
@@ -335,7 +342,7 @@ class Daemon:
                 self._rediscover(watcher)
             if ready:
                 self._scan(self._targets_of(ready), by_events=True)
-            if (self.uncommitted or self.attached) and (
+            if (self.uncommitted or self.attached or self.requested) and (
                 self.retry_at is None or self._due(self.retry_at, now)
             ):
                 self._commit()
@@ -456,14 +463,20 @@ class Daemon:
                 self._commit()
             # Said only once the store, read back, holds this daemon's last generation:
             # a directory deleted or rolled back under it is written again.
-            if self.session is not None and not self.uncommitted and self._confirmed():
+            if (
+                self.session is not None
+                and not self.uncommitted
+                and not self.requested
+                and self._confirmed()
+            ):
                 log.info("stopped: every change is on the store (%s)", _generation(self.state))
                 code = 0
                 break
             left = deadline - time.monotonic() - 0.2
             delay = self.backoff.next()
             if left <= 0:
-                lost = len(self.uncommitted) if self.session is not None else "unknown"
+                held = len(self.uncommitted) + self.requested
+                lost = held if self.session is not None else "unknown"
                 log.error(
                     "exiting with changes not on the store (%s): %s", lost, self.state.last_error
                 )
@@ -623,9 +636,10 @@ class Daemon:
         except _STORE_ERRORS as e:
             self._store_failed(e, "commit failed")
             return
-        count = len(self.uncommitted)
+        count = len(self.uncommitted) + self.requested
         self.uncommitted.clear()
         self.attached = 0
+        self.requested = 0
         self.retry_at = None
         self.backoff.reset()
         if committed is not None:
@@ -710,7 +724,7 @@ class Daemon:
 
     def _set(self, **changes: object) -> None:
         """Update the state; `_flush` writes it to the status file."""
-        changes["pending"] = len(self.uncommitted) + self.attached
+        changes["pending"] = len(self.uncommitted) + self.attached + self.requested
         state = msgspec.structs.replace(self.state, **changes)
         if state == self.state and self._written:
             return

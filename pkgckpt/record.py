@@ -576,12 +576,11 @@ def answer(
     error: str | None,
 ) -> None:
     """The daemon's replies, after its commit: the generation, or why it is not on the store."""
+    if error is not None:
+        error = f"the change is not on the store yet (the daemon keeps it and retries): {error}"
     for name, reply in taken:
         if reply is None:
-            reply = _Reply(
-                generation=generation,
-                error=None if error is None else f"the change is not on the store yet: {error}",
-            )
+            reply = _Reply(generation=generation, error=error)
         try:
             atomic_write(runtime / name, _encoder.encode(reply), 0o600)
         except PkgckptError as e:

@@ -3,13 +3,14 @@ with real installs (uv) into real venvs, the real daemon and real restores."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,103 @@ def test_a_request_file_others_could_write_is_refused_by_the_daemon(
     assert not planted.exists()
     assert pins(world.delta().added) == ["alpha==1.0"]
     assert "refused" in daemon.output()
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[Callable[[], None]]:
+    """`directory` read-only (a read-only bind mount over itself), as a store the server
+    exports read-only or that refuses writes: reads go through, every write fails.
+    Yields the function that makes it writable again (also called on the way out)."""
+    bound = subprocess.run(["mount", "--bind", str(directory), str(directory)], check=False)
+    if bound.returncode != 0:
+        pytest.skip("cannot bind-mount here")
+    mounted = True
+
+    def writable() -> None:
+        nonlocal mounted
+        if mounted:
+            subprocess.run(["umount", "-l", str(directory)], check=True)
+            mounted = False
+
+    try:
+        ro = ["mount", "-o", "remount,bind,ro", str(directory)]
+        if subprocess.run(ro, check=False).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        yield writable
+    finally:
+        writable()
+
+
+def pending(world: World, venv: Venv) -> int:
+    shown = world.pkgckpt("status", "--json", *flags(world, venv))
+    assert shown.returncode == 0, shown.stderr
+    return int(json.loads(shown.stdout)["daemon"].get("pending", 0))
+
+
+def test_a_forget_the_store_refused_is_pending_and_retried_until_it_takes_it(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """The daemon keeps a forget the store did not take: `status` and the metrics count it,
+    and it is written once the store takes writes again, with no other event."""
+    uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
+    snapshot(world, venv)
+    with read_only(world.store) as writable:
+        forgot = world.pkgckpt("forget", "alpha", *flags(world, venv))
+        assert forgot.returncode == 1, forgot.stdout
+        assert "not on the store yet (the daemon keeps it and retries)" in forgot.stderr
+        assert pending(world, venv) == 1
+        printed = world.pkgckpt("status", "--prometheus", *flags(world, venv)).stdout
+        assert f'pkgckpt_pending_changes{{key="{world.key}"}} 1' in printed, printed
+        assert world.generation() == 1
+        writable()
+        eventually(lambda: world.generation() == 2, what="the forget retried")
+    assert pins(world.delta().added) == ["beta==1.0"]
+    assert pins(world.delta().forgotten) == ["alpha==1.0"]
+    assert pending(world, venv) == 0
+    assert daemon.stop() == 0, daemon.output()
+
+
+def test_sigterm_with_a_forget_the_store_never_took_exits_1(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """A forget the daemon holds when the store keeps refusing it until --shutdown-timeout
+    is not "every change is on the store": exit 1, saying it is not."""
+    d = world.daemon(*flags(world, venv), "--quiet-ms", "600000", "--shutdown-timeout", "2")
+    d.start()
+    try:
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+        snapshot(world, venv)
+        with read_only(world.store):
+            assert world.pkgckpt("forget", "alpha", *flags(world, venv)).returncode == 1
+            assert d.stop() == 1, d.output()
+        assert "exiting with changes not on the store (1)" in d.output()
+        assert "every change is on the store" not in d.output()
+    finally:
+        d.close()
+    assert pins(world.delta().added) == ["alpha==1.0"]  # what the exit code said
+
+
+def test_restore_failures_the_store_refused_are_retried_by_the_daemon(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """A restore's failure count, handed to a daemon while the store refuses writes, is
+    pending in the daemon and written once the store takes it."""
+    recorded_broken(world, venv)
+    d = world.daemon(*flags(world, venv), "--quiet-ms", "600000", "--max-delay-ms", "600000")
+    d.start()
+    try:
+        with read_only(world.store) as writable:
+            run = world.pkgckpt("restore", *flags(world, venv), *restore_flags(wheels))
+            assert run.returncode == 3, run.stderr
+            assert "cannot record the failed packages" in run.stderr, run.stderr
+            assert pending(world, venv) == 1
+            writable()
+            eventually(lambda: world.delta().failing, what="the failure count retried")
+        (failing,) = world.delta().failing
+        assert (failing.name, failing.count) == ("brokenpkg", 1)
+        assert d.stop() == 0, d.output()
+    finally:
+        d.close()
 
 
 # -- revert ----------------------------------------------------------------------------
