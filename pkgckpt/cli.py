@@ -196,8 +196,10 @@ def snapshot(cfg: config.Config) -> int:
     """Scan and checkpoint now (for a preStop hook).
 
     When a daemon runs for this key, it is asked to do it (so the manifest keeps one
-    writer) and this command waits for its checkpoint. A package leaves the manifest only
-    through an uninstall the daemon saw: snapshot itself only adds and updates.
+    writer) and this command waits for its checkpoint and artifacts, at most
+    shutdown_timeout in all (captures still running then go on in the daemon and are
+    listed). A package leaves the manifest only through an uninstall the daemon saw:
+    snapshot itself only adds and updates.
     """
     from .daemon import snapshot as snapshot_
 

@@ -763,6 +763,8 @@ class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
     """The running daemon did it (one writer per manifest)."""
     uncaptured: dict[str, str] = {}
     """Recorded packages without an artifact on the store, and why."""
+    capturing: int = 0
+    """Packages the daemon was still capturing when the wait ended (`shutdown_timeout`)."""
 
     def render(self) -> str:
         if self.generation is None:
@@ -772,6 +774,11 @@ class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
         else:
             who = "the daemon" if self.by_daemon else "snapshot"
             text = f"{who} wrote generation {self.generation}\n"
+        if self.capturing:
+            text += (
+                f"still capturing {self.capturing} package(s) after the wait "
+                "(shutdown_timeout): the daemon goes on, or captures them at its next start\n"
+            )
         if self.uncaptured:
             text += f"not captured ({len(self.uncaptured)}):\n"
             text += "".join(f"  {k}: {v}\n" for k, v in sorted(self.uncaptured.items()))
@@ -805,28 +812,29 @@ def snapshot(config: Config) -> SnapshotResult:
 
 def _ask_daemon(config: Config, state: status.DaemonState) -> SnapshotResult:
     """SIGHUP the daemon `running` vouched for (this user's `pkgckpt daemon`, this store
-    and key, started when its private status file says); wait for its rescan count."""
+    and key, started when its private status file says); wait for its rescan count.
+
+    The whole wait is bounded by `shutdown_timeout`: the preStop hook's budget, which the
+    pod's grace period counts before the daemon's own flush. Once the daemon answered, the
+    manifest is on the store (or `pending` says why not); captures it still runs at the
+    bound go on in the background, are captured again at its next start if SIGTERM stops
+    them, and are reported as still running (exit 0), never waited for."""
     before = state.rescans
     os.kill(state.pid, signal.SIGHUP)
     wait = max(config.shutdown_timeout, 1.0)
     deadline = time.monotonic() + wait
-    answered = False
-    while time.monotonic() < deadline:
+    while True:
         time.sleep(0.02)
+        late = time.monotonic() >= deadline
         now = status.read_state(config)
         if now is None or not status.running(now, config):
             raise PkgckptError(f"the daemon (pid {state.pid}) stopped before checkpointing")
-        if now.rescans > before and not answered:
-            # Rescanned and committed: its artifacts may take longer (the restore timeout).
-            answered = True
-            wait = max(wait, config.timeout)
-            deadline = time.monotonic() + wait
-        if answered and not now.capturing:
+        if now.rescans > before and (late or not now.capturing):
             if now.pending:
                 raise StoreError(
                     f"the daemon could not commit {now.pending} change(s): {now.last_error}"
                 )
-            if now.capture_failed:
+            if now.capture_failed and not now.capturing:
                 raise StoreError(
                     f"the daemon could not capture {len(now.capture_failed)} package(s): "
                     + "; ".join(f"{k}: {now.uncaptured.get(k, '')}" for k in now.capture_failed)
@@ -836,8 +844,10 @@ def _ask_daemon(config: Config, state: status.DaemonState) -> SnapshotResult:
                 generation=now.generation,
                 committed=now.generation != state.generation,
                 by_daemon=True,
+                capturing=now.capturing,
             )
-    raise PkgckptError(f"the daemon (pid {state.pid}) did not answer within {wait:.0f} s")
+        if late:
+            raise PkgckptError(f"the daemon (pid {state.pid}) did not answer within {wait:.0f} s")
 
 
 def _generation(state: status.DaemonState) -> str:

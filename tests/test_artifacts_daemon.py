@@ -4,6 +4,7 @@ SIGTERM in the middle of a capture leaves no partial artifact and no temp file."
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import signal
 import subprocess
@@ -102,6 +103,59 @@ def test_snapshot_with_a_daemon_returns_once_the_artifacts_are_on_the_store(
         have = _packages(world.manifest())
         assert set(have) == {"app", "libdep"}
         assert all(p.artifact is not None for p in have.values()), have
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+
+
+def _worker_of(pid: int) -> int | None:
+    """The pid of the capture worker `pid` runs, if any."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"pkgckpt.artifacts.background" in argv:
+            return int(proc.name)
+    return None
+
+
+def test_snapshot_through_the_daemon_waits_for_captures_no_longer_than_the_shutdown_timeout(
+    tmp_path: Path,
+) -> None:
+    """A preStop `pkgckpt snapshot` has `shutdown_timeout` (the grace period's share of it)
+    in all: a capture still running then (a large wheel onto a slow store, here a stopped
+    worker) is reported as still running, exit 0, with the install in the manifest; the
+    daemon finishes it in the background."""
+    world, prefix, flags = _world(tmp_path)
+    wheels = tmp_path / "wheels"
+    big_wheel(wheels, "bigpkg", 64)
+    uv_install(prefix / "bin" / "python", wheels, "bigpkg", env=world.env)
+    # The daemon's start commit records bigpkg and starts its capture before READY.
+    daemon = world.daemon(*flags, "--quiet-ms", "600000").start()
+    try:
+        assert daemon.proc is not None
+        worker = eventually(lambda: _worker_of(daemon.proc.pid), what="the capture worker")
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            world.env["PKGCKPT_SHUTDOWN_TIMEOUT"] = "2"
+            started = time.monotonic()
+            snap = world.pkgckpt("snapshot", *flags, timeout=60)
+            took = time.monotonic() - started
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        assert snap.returncode == 0, snap.stdout + snap.stderr
+        assert took < 10, took
+        assert "still capturing 1 package(s)" in snap.stdout, snap.stdout
+        assert "bigpkg" in _packages(world.manifest())
+        eventually(
+            lambda: _packages(world.manifest())["bigpkg"].artifact is not None,
+            timeout=60,
+            what="the capture finished in the background",
+        )
+        again = world.pkgckpt("snapshot", *flags, timeout=60)
+        assert again.returncode == 0 and "still capturing" not in again.stdout, again.stdout
         assert daemon.stop() == 0, daemon.output()
     finally:
         daemon.close()
