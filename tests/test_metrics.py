@@ -3,6 +3,7 @@ prometheus_client's own parser, from a real daemon on a real venv with real inst
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +198,89 @@ def test_the_last_restore_is_in_the_metrics(
     assert value(samples, "pkgckpt_restore_packages", outcome="installed") == 1
     assert value(samples, "pkgckpt_restore_packages", outcome="failed") == 1
     assert 0 < value(samples, "pkgckpt_restore_seconds") < 120
+
+
+# -- the README's alerts, against the real metrics file ---------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+_SELECT = r"(?P<{0}>[a-z_]+)(?:\s*>\s*(?P<{0}_above>[0-9.]+))?"
+_ALERT = re.compile(
+    rf"{_SELECT.format('left')}"
+    r"(?:\s+unless\s+(?:(?P<match>on|ignoring)\((?P<labels>[\w,\s]*)\)\s+)?"
+    rf"{_SELECT.format('right')})?"
+)
+
+
+def readme_alerts(words: str) -> list[str]:
+    """The expressions of the README's alerts under a comment saying `words`."""
+    block = README.read_text().split("alerts worth\nhaving:\n", 1)[1].split("\n\n**", 1)[0]
+    found: list[str] = []
+    comment, said = "", ""
+    for line in (raw.strip() for raw in block.splitlines()):
+        if line.startswith("#"):
+            comment += " " + line
+        elif line:
+            said, comment = comment or said, ""
+            if words in said:
+                found.append(line)
+    assert found, f"no alert in README.md about {words!r}"
+    return found
+
+
+def fires(expression: str, samples: Samples) -> list[dict[str, str]]:
+    """What `expression` returns on `samples`: PromQL's vector selection, `> N` and
+    `unless` with `on`/`ignoring`, enough for the README's alerts on one scrape (an
+    expression beyond that fails the test rather than pass it unchecked)."""
+    found = _ALERT.fullmatch(expression)
+    assert found is not None, f"not an expression this test can evaluate: {expression}"
+
+    def select(side: str) -> list[dict[str, str]]:
+        above = found[f"{side}_above"]
+        return [
+            dict(labels)
+            for (name, labels), v in samples.items()
+            if name == found[side] and (above is None or v > float(above))
+        ]
+
+    left = select("left")
+    if found["right"] is None:
+        return left
+    named = {n.strip() for n in (found["labels"] or "").split(",") if n.strip()}
+
+    def signature(labels: dict[str, str]) -> frozenset[tuple[str, str]]:
+        if found["match"] == "on":
+            return frozenset((k, v) for k, v in labels.items() if k in named)
+        return frozenset((k, v) for k, v in labels.items() if k not in named)
+
+    right = {signature(labels) for labels in select("right")}
+    return [labels for labels in left if signature(labels) not in right]
+
+
+@pytest.mark.slow
+def test_the_readme_alert_for_a_store_never_reachable_fires_until_the_first_commit(
+    world: World, venv: Venv, wheels: Path, flags: list[str]
+) -> None:
+    """The store is not there when the daemon starts: README's "never reachable" alert
+    fires on the metrics file the daemon writes, installs or not, and stops firing once
+    the store is back and the daemon committed."""
+    (alert,) = [a for a in readme_alerts("never reachable") if " unless " in a]
+    path = world.tmp / "k.prom"
+    world.store.rename(world.tmp / "store.away")
+    world.store.write_text("not a directory")
+    d = world.daemon(*flags, "--quiet-ms", "50", "--metrics-file", str(path)).start()
+    try:
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+
+        def firing() -> Samples | None:
+            samples = parse(path.read_text())[1] if path.exists() else {}
+            return samples if fires(alert, samples) else None
+
+        samples = eventually(firing, what="the alert firing on the metrics file")
+        assert ("pkgckpt_last_commit_timestamp_seconds", frozenset({("key", "k")})) not in samples
+        world.store.unlink()
+        (world.tmp / "store.away").rename(world.store)
+        eventually(lambda: world.generation() > 0, 120, "the commit once the store is back")
+        eventually(lambda: not fires(alert, parse(path.read_text())[1]), what="the alert resolved")
+        assert d.stop() == 0, d.output()
+    finally:
+        d.close()
