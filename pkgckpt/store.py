@@ -625,7 +625,8 @@ class Store:
         `amend`: the generation `body` only annotates (the caller vouches that it records
         the same packages): written again under that number, so that annotations cost no
         kept generation, when manifest.json holds it as this writer last wrote or read it
-        and it is the newest; a new generation otherwise. Either way a reader sees one
+        (not rewritten by another writer since, not even under the same number) and it is
+        the newest; a new generation otherwise. Either way a reader sees one
         whole file or the other.
 
         Raises StoreUnavailable (retry later: nothing was lost, the previous generation is
@@ -650,6 +651,9 @@ class Store:
         known = self._known
         # `check` in this cycle stamped manifest.json a moment ago: no second stat.
         now = self._checked if self._checked is not None else self._stamp(dfd)
+        # Only manifest.json as this writer last read or wrote it is its to amend: one
+        # another writer rewrote since (an amend of its own) keeps its only copy.
+        ours = now is not None and now == self._seen
         if known is not None and now != known.stamp:
             log.warning(
                 "%s changed since this writer's last commit: is another writer using key %r?",
@@ -665,7 +669,12 @@ class Store:
             self._known = known
             return None
         generation = max(known.generation, self._high) + 1
-        if amend is not None and known.body is not None and amend == known.generation == self._high:
+        if (
+            amend is not None
+            and ours
+            and known.body is not None
+            and amend == known.generation == self._high
+        ):
             generation = amend
         result = Manifest(
             generation=generation,

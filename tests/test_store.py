@@ -761,3 +761,46 @@ def test_a_store_whose_server_maps_uids_is_read_with_store_uid(world_tmp: Path) 
     environ = {"PKGCKPT_STORE_UID": str(FOREIGN_UID)}
     found = open_store(load({"store": world_tmp, "key": "k"}, None, environ=environ)).read()
     assert found is not None and label(found) == "squashed"
+
+
+def _failing(count: int) -> manifest.Body:
+    """One recorded package, failed by `count` restores: an annotation of its record."""
+    env = manifest.Environment(kind="python", path="/venv")
+    failing = (
+        (manifest.Failing(name="a", version="1", reason="gone", count=count),) if count else ()
+    )
+    added = (manifest.Package(name="a", version="1"),)
+    return manifest.Body(environments=(manifest.Delta(env=env, added=added, failing=failing),))
+
+
+def test_an_amend_of_a_generation_another_writer_rewrote_since_is_a_new_generation(
+    store: Store,
+) -> None:
+    """The newest generation, amended by another writer after this one last read or wrote
+    it, is not this writer's to amend: its annotation would replace the other's, whose
+    only copy is that generation. The amend becomes a new generation; theirs stays kept."""
+    assert store.commit(_failing(0)) is not None
+    other = Store(store.root, store.key)
+    found = other.read()
+    assert found is not None
+    theirs = other.commit(_failing(1), amend=found.generation)
+    assert theirs is not None and theirs.generation == 1
+    written = store.commit(_failing(2), amend=1)
+    assert written is not None and written.generation == 2
+    assert store.generations() == [2, 1]
+    kept = store.read_generation(1)
+    assert kept is not None and kept.body == _failing(1)
+
+
+def test_an_amend_of_the_generation_a_writer_just_read_keeps_its_number(store: Store) -> None:
+    """A writer that read the newest generation (a restore recording its failures) amends
+    it under its own number: no kept generation is spent."""
+    assert store.commit(_failing(0)) is not None
+    fresh = Store(store.root, store.key)
+    found = fresh.read()
+    assert found is not None
+    written = fresh.commit(_failing(1), amend=found.generation)
+    assert written is not None and written.generation == 1
+    assert store.generations() == [1]
+    again = Store(store.root, store.key).read()
+    assert again is not None and again.body == _failing(1)
