@@ -681,12 +681,14 @@ def commit(session: Session) -> Manifest | None:
 
     A record that differs from the generation on the store only by annotations amends
     that generation under its own number (`Store.commit`'s `amend`): artifacts a capture
-    attached, and what the record did not know of an environment's interpreter (the ABI
-    tag, which a pkgckpt before it did not record). Neither costs the user a kept
-    generation, so `revert` and `history` reach as far back with the artifact cache, and
-    after an upgrade of pkgckpt, as without. Anything else (an install, a forget, another
-    writer's generation folded in, another interpreter) is a new generation, which
-    carries the annotations made since.
+    attached, what the record did not know of an environment's interpreter (the ABI
+    tag, which a pkgckpt before it did not record), and a restore's bookkeeping (how
+    often it failed each package, what its rebase superseded or held back). None costs
+    the user a kept generation, so `revert` and `history` reach as far back with the
+    artifact cache, after an upgrade of pkgckpt, and with a package that fails at every
+    container start, as without. Anything else (an install, a forget, another writer's
+    generation folded in, another interpreter) is a new generation, which carries the
+    annotations made since.
 
     Raises StoreError (StoreUnavailable: retry later) or ManifestError; the record stays
     in the session either way, so a later call commits it.
@@ -714,7 +716,7 @@ def commit(session: Session) -> Manifest | None:
         if (
             session.stored is not None
             and session.on_store is not None
-            and _annotates(body, session.stored)
+            and annotates(body, session.stored)
         ):
             amend = session.generation
         written = session.store.commit(body, encoded, amend=amend)
@@ -726,7 +728,7 @@ def commit(session: Session) -> Manifest | None:
     return written
 
 
-def _annotates(body: Body, stored: Body) -> bool:
+def annotates(body: Body, stored: Body) -> bool:
     """Whether `body` records what `stored` records, annotations aside (see `commit`).
     Cheap on the daemon's path: an install changes a delta's lengths, which is looked at
     first; equal packages compare in C, only the ones that differ are compared bare."""
@@ -743,12 +745,16 @@ def _annotates(body: Body, stored: Body) -> bool:
 _LISTS = ("added", "changed", "removed", "forgotten")
 """A delta's lists of packages, whose artifacts an amend may add."""
 
+_BOOKKEEPING = ("failing", "rebased")
+"""What a restore says of a delta's packages (`record.with_failures`), which an amend may
+change whole: it records no package, and the next restore rewrites it anyway."""
+
 
 def _same_but_annotations(a: Delta, b: Delta) -> bool:
     lists = [(getattr(a, f), getattr(b, f)) for f in _LISTS]
     if any(len(x) != len(y) for x, y in lists) or not _filled_in(a.env, b.env):
         return False
-    empty = dict.fromkeys(_LISTS, ())
+    empty = dict.fromkeys((*_LISTS, *_BOOKKEEPING), ())
     if msgspec.structs.replace(a, env=b.env, **empty) != msgspec.structs.replace(b, **empty):
         return False
     return all(p == q or _bare(p) == _bare(q) for x, y in lists for p, q in zip(x, y, strict=True))

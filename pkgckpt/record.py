@@ -15,7 +15,9 @@ Each change to the record is a pure function of the current body (`forgotten`,
 invariant 3): the running daemon when there is one, asked through a request file in the
 runtime directory (`ask_daemon`, served by `serve`); else the command itself, through the
 store. History is only ever appended: a forget or a revert is a new generation whose body
-carries it as an `Event`.
+carries it as an `Event`. A restore's bookkeeping (failure counts, a rebase's marks) is
+no change of the record: it amends the current generation, as captured artifacts do
+(`checkpoint.commit`), so a package failing at every start costs no kept generation.
 
 What a forget leaves behind (the delta's `forgotten`, the installs the record ignores) is
 what stops the next scan from recording the package again; `checkpoint.Tracker` says
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from . import manifest, status
-from .checkpoint import env_key, now_iso, same_install
+from .checkpoint import annotates, env_key, now_iso, same_install
 from .config import Config, ensure_runtime_dir
 from .durable import atomic_write
 from .errors import Declined, ManifestError, NotKept, PkgckptError, StoreError, UnknownPackage
@@ -453,7 +455,15 @@ def _write(config: Config, request: Request) -> Written:
     current = store.read()
     if current is None:
         raise PkgckptError(f"no manifest for key {config.key!r} in {store.path}: nothing recorded")
-    written = store.commit(_change(store, current.body, request))
+    body = _change(store, current.body, request)
+    # A restore's bookkeeping only annotates the record (`checkpoint.commit`): it amends
+    # the generation just read, when the store still holds it as read (`Store.commit`).
+    amend = (
+        current.generation
+        if store.last_read_warning is None and annotates(body, current.body)
+        else None
+    )
+    written = store.commit(body, amend=amend)
     return Written(generation=written.generation if written else current.generation)
 
 

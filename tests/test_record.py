@@ -408,7 +408,8 @@ def test_a_package_failing_three_restores_shows_its_count_and_reason_in_status(
     world: World, venv: Venv, wheels: Path
 ) -> None:
     """Each failed restore counts; status shows the count, the reason and the forget hint;
-    after `forget` restore no longer tries it."""
+    after `forget` restore no longer tries it. The counts amend the generation they count
+    in: no kept generation is spent on them, and history shows nothing new."""
     recorded_broken(world, venv)
     for attempt in range(3):
         run = world.pkgckpt("restore", *flags(world, venv), *restore_flags(wheels))
@@ -417,6 +418,8 @@ def test_a_package_failing_three_restores_shows_its_count_and_reason_in_status(
         assert "`pkgckpt forget brokenpkg` stops it" in run.stdout
         (failing,) = world.delta().failing
         assert (failing.name, failing.count) == ("brokenpkg", attempt + 1)
+        assert world.generation() == 1
+        assert Store(world.store, world.key).generations() == [1]
     assert "BUILD FAILED: brokenpkg cannot be built here" in failing.reason
     text = world.pkgckpt("status", *flags(world, venv)).stdout
     assert "failing  brokenpkg 1.0: 3 restore(s) in a row" in text
@@ -443,19 +446,23 @@ def recorded_broken(world: World, venv: Venv) -> None:
 def test_a_restore_beside_a_running_daemon_has_the_daemon_count_its_failures(
     world: World, venv: Venv, wheels: Path
 ) -> None:
-    """The failure count is written by the daemon when one runs: one writer."""
+    """The failure count is written by the daemon when one runs: one writer. It amends
+    the generation the daemon holds: a restore at each start spends none."""
     recorded_broken(world, venv)
     d = world.daemon(*flags(world, venv), "--quiet-ms", "600000", "--max-delay-ms", "600000")
     d.start()
     try:
-        run = world.pkgckpt("restore", *flags(world, venv), *restore_flags(wheels))
-        assert run.returncode == 3, run.stderr
-        written = world.manifest()
-        assert written is not None and written.writer is not None and d.proc is not None
-        assert written.writer.pid == d.proc.pid
-        (failing,) = world.delta().failing
-        assert (failing.name, failing.count) == ("brokenpkg", 1)
-        assert pins(world.delta().added) == ["alpha==1.0", "brokenpkg==1.0"]
+        before = world.generation()
+        for attempt in range(2):
+            run = world.pkgckpt("restore", *flags(world, venv), *restore_flags(wheels))
+            assert run.returncode == 3, run.stderr
+            written = world.manifest()
+            assert written is not None and written.writer is not None and d.proc is not None
+            assert written.writer.pid == d.proc.pid
+            assert written.generation == before
+            (failing,) = world.delta().failing
+            assert (failing.name, failing.count) == ("brokenpkg", attempt + 1)
+            assert pins(world.delta().added) == ["alpha==1.0", "brokenpkg==1.0"]
     finally:
         d.close()
 

@@ -730,3 +730,61 @@ def test_two_daemons_of_one_key_keep_each_others_environments(world: World, whee
         b.close()
     assert "every change is on the store" in b.output()
     assert entries(world, v2.prefix) == ["gamma==1.0"]
+
+
+def _restored(s: Session, failed: tuple[str, ...], marks: tuple[Rebased, ...] = ()) -> None:
+    """What a restore hands the daemon: `failed` (name==version) failed, `marks` made."""
+    failing = tuple(
+        manifest.Failing(name=n, version=v, reason="not on the index")
+        for n, v in (spec.split("==") for spec in failed)
+    )
+    outcome = record.Outcome(env=ENV, failed=failing, rebased=marks)
+    s.tracker.adopt(record.with_failures(s.tracker.body(), [outcome]))
+
+
+def test_a_restores_bookkeeping_amends_the_generation_and_costs_none(store: Store) -> None:
+    """Failure counts and a rebase's marks, which the daemon writes for a restore, annotate
+    the record: they amend the generation on the store, so a package failing at every
+    container start never pushes the user's generations out of `keep_generations`. The
+    next install is a new generation that carries them."""
+    s = session(store)
+    installs(s, "a==1", "b==2")
+    mark = Rebased(name="a", version="1", state="held-back", reason="six needs a<1")
+    for count in (1, 2, 3):
+        _restored(s, ("b==2",), (mark,))
+        done = commit(s)
+        assert done is not None and done.generation == 1, count
+        assert store.generations() == [1]
+        for found in (Store(store.root, store.key).read(), store.read_generation(1)):
+            assert found is not None
+            delta = found.body.delta(ENV)
+            assert delta is not None
+            assert [(f.name, f.count) for f in delta.failing] == [("b", count)]
+            assert delta.rebased == (mark,)
+    installs(s, "a==1", "b==2", "c==3")
+    found = store.read()
+    assert found is not None and found.generation == 2
+    delta = found.body.delta(ENV)
+    assert delta is not None and [(f.name, f.count) for f in delta.failing] == [("b", 3)]
+
+
+def test_a_restores_bookkeeping_after_another_writers_generation_is_a_new_one(
+    store: Store,
+) -> None:
+    """Another writer's generation on the store since the daemon last read it is folded
+    in, and the failure counts ride on a new generation: that writer's is not amended."""
+    s = session(store)
+    installs(s, "a==1")
+    other = Store(store.root, store.key)
+    theirs = Delta(env=ENV, added=tuple(pkgs("a==1", "b==2").values()))
+    assert other.commit(Body(environments=(theirs,))) is not None
+    _restored(s, ("a==1",))
+    done = commit(s)
+    assert done is not None and done.generation == 3
+    assert store.generations() == [3, 2, 1]
+    kept = store.read_generation(2)
+    assert kept is not None and kept.body == Body(environments=(theirs,))
+    delta = done.body.delta(ENV)
+    assert delta is not None
+    assert pins(delta.added) == ["a==1", "b==2"]
+    assert [(f.name, f.count) for f in delta.failing] == [("a", 1)]
