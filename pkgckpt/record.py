@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from . import manifest, status
-from .checkpoint import annotates, env_key, now_iso, same_install
+from .checkpoint import EnvKey, annotates, env_key, now_iso, same_install
 from .config import Config, ensure_runtime_dir
 from .durable import atomic_write
 from .errors import Declined, ManifestError, NotKept, PkgckptError, StoreError, UnknownPackage
@@ -697,18 +697,21 @@ def remember(config: Config, recorded: Manifest, report: Report) -> None:
     restore counts again.
     """
     elsewhere = [env_key(e) for e in report.plan.elsewhere]
-    rebases = {env_key(e.env): e.rebase for e in report.plan.environments if e.rebase}
     # An R library matched by its role was planned under its path here, recorded under
-    # the old one: its failures count against the record's.
+    # the old one: its failures count against the record's, its rebase's marks land there.
     recorded_as = {
         env_key(e.env): env_key(e.recorded) for e in report.plan.environments if e.recorded
     }
+    rebases = {env_key(e.recorded or e.env): e.rebase for e in report.plan.environments if e.rebase}
+    # Of an older record carried on (below): the names the library's own record holds,
+    # whose marks are that record's, not the older one's.
+    theirs_only: dict[EnvKey, set[str]] = {}
     failures = {
         recorded_as.get(env_key(e.env), env_key(e.env)): e.failed for e in report.environments
     }
     # Installs an R library's own record lacks were planned from the older record of its
     # role (`rmatch.carried`): their failures count there, so that the next restore, which
-    # plans them again, and `status` say how often they failed.
+    # plans them again, and `status` say how often they failed; their marks land there.
     for e in report.plan.environments:
         if e.carried is None:
             continue
@@ -716,6 +719,9 @@ def remember(config: Config, recorded: Manifest, report: Report) -> None:
         mine = {p.name for p in _recorded(own)} if own is not None else set()
         there = next((r.failed for r in report.environments if manifest.same_env(r.env, e.env)), ())
         failures[env_key(e.carried)] = tuple(f for f in there if f.name not in mine)
+        if e.rebase is not None:
+            rebases[env_key(e.carried)] = e.rebase
+            theirs_only[env_key(e.carried)] = mine
     stamp = now_iso()
     outcomes = []
     for d in recorded.body.deltas():
@@ -731,6 +737,7 @@ def remember(config: Config, recorded: Manifest, report: Report) -> None:
         rebase = rebases.get(key)
         marks = None
         if rebase is not None:
+            not_ours = theirs_only.get(key, set())
             marks = tuple(
                 manifest.Rebased(
                     name=c.name,
@@ -740,7 +747,9 @@ def remember(config: Config, recorded: Manifest, report: Report) -> None:
                     image=rebase.image_new,
                 )
                 for c in rebase.decisions
-                if c.action in ("superseded", "held-back") and c.name in versions
+                if c.action in ("superseded", "held-back")
+                and c.name in versions
+                and c.name not in not_ours
             )
         if failed or d.failing or marks or d.rebased:
             outcomes.append(Outcome(env=d.env, failed=failed, rebased=marks))

@@ -471,6 +471,87 @@ def test_a_failure_in_the_moved_user_library_counts_against_its_record(
 
 
 @needs_r
+def test_a_superseded_mark_in_the_moved_user_library_lands_on_its_record(
+    tmp_path: Path, repo: rpkgs.Repo, user_lib: Path, other_base: rpkgs.Repo
+) -> None:
+    """The old user library's record holds ckpt.base 1.0.0, which the new image's site
+    library ships newer: restore into the new R's user library supersedes it, and the
+    mark is kept on the record it reads, the old library's (where `status` and the next
+    checkpoint find it), not lost for want of a record at the new path."""
+    version, platform = r_info()
+    old = older_r()
+    base = tmp_path / "home" / "R" / f"{platform}-library"
+    old_lib, new_lib = base / x_y(old), base / x_y(version)
+    env = Environment(kind="r", path=str(old_lib), interpreter=old, platform=platform, role="user")
+    delta = Delta(env=env, added=recorded(user_lib, ("ckpt.base", "ckptImports")))
+    restore_kit.put_manifest(tmp_path / "store", "k", Body(environments=(delta,)))
+    environment = environ(tmp_path, discover_r=True)
+    site = tmp_path / "site"
+    rpkgs.install(site, other_base, tarballs=[other_base.tarball("ckpt.base", "1.1.0")])
+
+    done = run("restore", tmp_path, environment, "--r-repo", repo.url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "superseded ckpt.base 1.0.0: the image ships 1.1.0" in done.stdout, done.stdout
+    assert rpkgs.installed(new_lib) == {"ckptImports": "1.2.0"}
+    stored = Store(tmp_path / "store", "k").read()
+    assert stored is not None
+    (kept,) = [d for d in stored.body.environments if d.env.kind == "r"]
+    assert kept.env.path == str(old_lib)
+    assert [(r.name, r.version, r.state) for r in kept.rebased] == [
+        ("ckpt.base", "1.0.0", "superseded")
+    ]
+    assert stored.generation == 1  # bookkeeping: the generation is amended
+
+
+@pytest.mark.parametrize("how", ["moved", "carried"])
+def test_a_rebases_marks_land_on_the_record_that_holds_each_entry(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """An R library matched by its role (moved by an R upgrade) marks the old library's
+    record; a library matched by its path marks its own record for what it holds, and
+    the older record it carries on for the installs planned from that one."""
+    from pkgckpt import record
+    from pkgckpt.restore import EnvPlan, EnvReport, Plan, Report
+    from pkgckpt.restore.rebase import Decision, Rebase
+
+    old = r_env("/home/u/R/x86_64-pc-linux-gnu-library/4.2", "user", "4.2.3")
+    new = r_env("/home/u/R/x86_64-pc-linux-gnu-library/4.3", "user")
+    mine, theirs = Package(name="mine", version="1.0"), Package(name="theirs", version="2.0")
+    deltas = [Delta(env=old, added=(mine, theirs))]
+    if how == "carried":
+        deltas.append(Delta(env=new, added=(mine,)))
+    recorded_ = manifest.Manifest(generation=4, body=Body(environments=tuple(deltas)))
+    rebase = Rebase(
+        image_new="sha256:" + "1" * 64,
+        decisions=(
+            Decision(name="mine", version="1.0", recorded="added", action="superseded", reason="a"),
+            Decision(
+                name="theirs", version="2.0", recorded="added", action="held-back", reason="b"
+            ),
+        ),
+    )
+    planned = EnvPlan(
+        env=new,
+        installer="Rscript",
+        rebase=rebase,
+        recorded=old if how == "moved" else None,
+        carried=old if how == "carried" else None,
+    )
+    report = Report(
+        plan=Plan(key="k", store="/s", environments=(planned,)),
+        environments=(EnvReport(env=new, installer="Rscript"),),
+    )
+    asked: list[record.Outcome] = []
+    monkeypatch.setattr(record, "_write", lambda config, request: asked.extend(request.outcomes))
+    record.remember(Config(), recorded_, report)
+    marks = {o.env.path: [(r.name, r.state) for r in o.rebased or ()] for o in asked}
+    if how == "moved":
+        assert marks == {old.path: [("mine", "superseded"), ("theirs", "held-back")]}
+    else:
+        assert marks == {old.path: [("theirs", "held-back")], new.path: [("mine", "superseded")]}
+
+
+@needs_r
 def test_what_a_restore_after_an_r_upgrade_missed_is_restored_by_the_next_one(
     tmp_path: Path, repo: rpkgs.Repo
 ) -> None:
