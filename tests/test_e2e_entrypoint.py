@@ -1,12 +1,17 @@
 """examples/entrypoint.sh as a container would run it: restore (bounded), the daemon in the
-background, the notebook server in front, SIGTERM forwarded so the daemon flushes."""
+background, the notebook server in front, SIGTERM forwarded so the daemon flushes.
+
+The slow test runs the real pkgckpt; the others run the real script with a `pkgckpt` (and
+a `timeout`) on PATH that record what the script asked of them."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +23,6 @@ from pkgckpt.config import Config
 from pkgckpt.manifest import Body, Delta, Environment, Package
 from pkgckpt.status import status_path
 
-pytestmark = pytest.mark.slow
-
 ENTRYPOINT = Path(__file__).resolve().parent.parent / "examples" / "entrypoint.sh"
 
 SERVER = """\
@@ -30,6 +33,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["missing-package", "hanging-build"])
 def test_entrypoint_survives_a_failed_restore_and_flushes_on_sigterm(
     tmp_path: Path, failure: str
@@ -97,3 +101,149 @@ def test_entrypoint_survives_a_failed_restore_and_flushes_on_sigterm(
     (delta,) = found.body.environments
     assert pins(delta.added) == sorted([f"{bad}==1.0", "good-one==1.0", "late==1.0"]), text
     assert "stopped: every change is on the store" in text
+
+
+# A stand-in for pkgckpt: `restore` logs its arguments and exits $SHIM_RESTORE_EXIT;
+# `daemon` runs until SIGTERM, and logs whether the server had exited by then.
+SHIM_PKGCKPT = """\
+#!/bin/sh
+log=$SHIM_DIR/calls
+case $1 in
+restore)
+    echo "restore $*" >>"$log"
+    exit "${SHIM_RESTORE_EXIT:-0}" ;;
+daemon)
+    echo daemon >>"$log"
+    stop() {
+        if [ -e "$SHIM_DIR/server-exited" ]; then echo "daemon: TERM after the server exited"
+        else echo "daemon: TERM while the server runs"; fi >>"$log"
+        exit 0
+    }
+    trap stop TERM
+    trap 'echo "daemon: INT" >>"$log"; exit 0' INT
+    while :; do sleep 0.05; done ;;
+esac
+exit 64
+"""
+
+# timeout(1), logging its arguments before it runs the command.
+SHIM_TIMEOUT = """\
+#!/bin/sh
+echo "timeout $*" >>"$SHIM_DIR/calls"
+exec {timeout} "$@"
+"""
+
+# A notebook server with Python's default SIGINT handling (KeyboardInterrupt), as
+# jupyter without a terminal; it says when it is up and, however it ends, that it exited.
+PLAIN_SERVER = """\
+import os, signal, sys, time
+shim = os.environ["SHIM_DIR"]
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+try:
+    open(os.path.join(shim, "server-started"), "w").close()
+    time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 600)
+except BaseException:
+    time.sleep(0.5)  # a shutdown takes a while (kernels stop, files are saved)
+    raise
+finally:
+    open(os.path.join(shim, "server-exited"), "w").close()
+"""
+
+
+def shimmed(tmp_path: Path, **variables: str) -> tuple[dict[str, str], Path]:
+    """The environment to run the entrypoint in with the stand-ins, and their log."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "pkgckpt").write_text(SHIM_PKGCKPT)
+    timeout = shutil.which("timeout")
+    assert timeout is not None, "timeout(1) (coreutils) is not installed"
+    (shim / "timeout").write_text(SHIM_TIMEOUT.format(timeout=timeout))
+    for tool in ("pkgckpt", "timeout"):
+        (shim / tool).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKGCKPT_")}
+    env.update(PATH=f"{shim}{os.pathsep}{env['PATH']}", SHIM_DIR=str(shim), **variables)
+    return env, shim / "calls"
+
+
+def run_entrypoint(
+    tmp_path: Path, **variables: str
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """The entrypoint with a server that exits at once: its result and the calls made."""
+    env, calls = shimmed(tmp_path, **variables)
+    server = tmp_path / "server.py"
+    server.write_text(PLAIN_SERVER)
+    done = subprocess.run(
+        ["bash", str(ENTRYPOINT), sys.executable, str(server), "0"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    return done, calls.read_text().splitlines()
+
+
+@pytest.mark.parametrize(
+    ("variables", "bound", "flag"),
+    [
+        ({}, "330", "300"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "120"}, "150", "120"),
+        # The random wait before restore's own bound starts is inside the outer one.
+        ({"PKGCKPT_JITTER": "600"}, "930", "300"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "5", "PKGCKPT_JITTER": "0.2"}, "36", "5"),
+        # Fractions are rounded up for timeout(1); pkgckpt gets them as they are.
+        ({"PKGCKPT_RESTORE_TIMEOUT": "120.5"}, "151", "120.5"),
+        ({"PKGCKPT_TIMEOUT": "2.25"}, "33", "2.25"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "010"}, "40", "010"),
+    ],
+)
+def test_restore_is_bounded_by_its_timeout_and_jitter(
+    tmp_path: Path, variables: dict[str, str], bound: str, flag: str
+) -> None:
+    """timeout(1) allows the restore's own --timeout, its jitter and 30 s more."""
+    done, calls = run_entrypoint(tmp_path, **variables)
+    assert done.returncode == 0, done.stderr
+    assert calls[0] == f"timeout --kill-after=10 {bound} pkgckpt restore --timeout {flag}"
+    assert calls[1:3] == [f"restore restore --timeout {flag}", "daemon"], calls
+    assert "entrypoint:" not in done.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "0.0"])
+def test_a_restore_timeout_of_0_is_no_bound(tmp_path: Path, value: str) -> None:
+    """`--timeout 0` is no bound: no timeout(1) cuts it off either."""
+    done, calls = run_entrypoint(tmp_path, PKGCKPT_RESTORE_TIMEOUT=value, PKGCKPT_JITTER="9")
+    assert done.returncode == 0, done.stderr
+    assert calls[:2] == [f"restore restore --timeout {value}", "daemon"], calls
+
+
+@pytest.mark.parametrize(
+    ("variables", "said"),
+    [
+        (
+            {"PKGCKPT_RESTORE_TIMEOUT": "5min"},
+            "PKGCKPT_RESTORE_TIMEOUT (else PKGCKPT_TIMEOUT) is '5min'",
+        ),
+        ({"PKGCKPT_TIMEOUT": "1e3"}, "PKGCKPT_RESTORE_TIMEOUT (else PKGCKPT_TIMEOUT) is '1e3'"),
+        (
+            {"PKGCKPT_RESTORE_TIMEOUT": "-1"},
+            "PKGCKPT_RESTORE_TIMEOUT (else PKGCKPT_TIMEOUT) is '-1'",
+        ),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "1.2.3"}, "is '1.2.3', not a"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "99999999999"}, "is '99999999999', not a"),
+        ({"PKGCKPT_JITTER": "ten"}, "PKGCKPT_JITTER is 'ten', not a number of seconds"),
+    ],
+)
+def test_a_bound_that_is_no_number_is_said_and_the_session_starts(
+    tmp_path: Path, variables: dict[str, str], said: str
+) -> None:
+    """A restore timeout or jitter the script cannot read: no restore, one clear line, and
+    the server and the daemon start all the same."""
+    done, calls = run_entrypoint(tmp_path, **variables)
+    assert done.returncode == 0, done.stderr
+    assert calls[:1] == ["daemon"], calls
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("entrypoint: ") and said in line, line
+    assert line.endswith("nothing restored; starting anyway"), line
+    assert (tmp_path / "shim" / "server-exited").exists()
+
+
+def test_a_failed_restore_is_said_once(tmp_path: Path) -> None:
+    done, calls = run_entrypoint(tmp_path, SHIM_RESTORE_EXIT="2")
+    assert done.returncode == 0 and "daemon" in calls, done.stderr
+    assert done.stderr == "entrypoint: pkgckpt restore failed (exit 2); starting anyway\n"
