@@ -13,9 +13,10 @@
 #
 # This shell stays the parent of both processes instead of exec'ing the server: Kubernetes
 # sends SIGTERM only to the container's first process, and when that process exits every
-# other one is SIGKILLed. So the shell forwards SIGTERM to the server and to the daemon and
-# waits for the daemon's flush (bounded by its --shutdown-timeout, 10 s by default, inside
-# the pod's 30 s grace period). tini (or `docker run --init`) reaps orphaned processes.
+# other one is SIGKILLed. So the shell forwards SIGTERM (and SIGINT) to the server and,
+# once the server has exited, stops the daemon and waits for its flush (bounded by its
+# --shutdown-timeout, 10 s by default, inside the pod's 30 s grace period). tini (or
+# `docker run --init`) reaps orphaned processes.
 set -u
 
 log() { echo "entrypoint: $*" >&2; }
@@ -85,16 +86,21 @@ restore
 pkgckpt daemon &
 daemon=$!
 
-# 3. The notebook server, with SIGTERM/SIGINT forwarded to both.
-"$@" &
+# 3. The notebook server, with SIGTERM/SIGINT forwarded to it. bash starts a background
+#    command with SIGINT and SIGQUIT ignored (no job control here), which an exec'ed
+#    program keeps: the subshell puts them back to their defaults first, so that SIGINT
+#    (tini passes on a Ctrl-C of `docker run`) stops the server as it would in front.
+(
+    trap - INT QUIT
+    exec "$@"
+) &
 server=$!
 
-forward() {
-    kill -s "$1" "$server" 2>/dev/null
-    kill -s TERM "$daemon" 2>/dev/null
-}
-trap 'forward TERM' TERM
-trap 'forward INT' INT
+# The daemon hears of the stop only once the server is gone (below): whatever the
+# server's own shutdown still installs is in its flush, and a signal the server takes
+# without stopping leaves the daemon checkpointing.
+trap 'kill -s TERM "$server" 2>/dev/null' TERM
+trap 'kill -s INT "$server" 2>/dev/null' INT
 trap 'kill -s HUP "$daemon" 2>/dev/null' HUP
 
 status=0

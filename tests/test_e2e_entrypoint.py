@@ -247,3 +247,31 @@ def test_a_failed_restore_is_said_once(tmp_path: Path) -> None:
     done, calls = run_entrypoint(tmp_path, SHIM_RESTORE_EXIT="2")
     assert done.returncode == 0 and "daemon" in calls, done.stderr
     assert done.stderr == "entrypoint: pkgckpt restore failed (exit 2); starting anyway\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_ends_the_server_then_the_daemon(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGINT (tini passes on a Ctrl-C) stops the server as SIGTERM does, though bash starts
+    background commands with SIGINT ignored; the daemon is told to flush once the server
+    has exited, not before, and the entrypoint then exits."""
+    env, calls = shimmed(tmp_path)
+    server = tmp_path / "server.py"
+    server.write_text(PLAIN_SERVER)
+    proc = subprocess.Popen(
+        ["bash", str(ENTRYPOINT), sys.executable, str(server)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=env, start_new_session=True, text=True,
+    )  # fmt: skip
+    try:
+        eventually((tmp_path / "shim" / "server-started").exists, what="the server")
+        eventually(lambda: calls.exists() and "daemon" in calls.read_text(), what="daemon")
+        time.sleep(0.2)  # the entrypoint is in its wait, its traps set
+        proc.send_signal(sig)
+        proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = proc.stdout.read() if proc.stdout else ""
+    assert (tmp_path / "shim" / "server-exited").exists(), output
+    assert calls.read_text().splitlines()[-1] == "daemon: TERM after the server exited", output
