@@ -318,3 +318,90 @@ def test_rstudio_image_takes_its_baseline_as_its_user() -> None:
     for script in ("pkgckpt-restore", "pkgckpt-daemon"):
         body = (DEPLOY / "rstudio" / script).read_text()
         assert 's6-setuidgid "$user" env HOME="${home:-/home/$user}" pkgckpt' in body, script
+
+
+SYSTEMD = ROOT / "systemd"
+UNITS = sorted(SYSTEMD.glob("*.service"))
+
+
+def service(path: Path, *, uncomment: str = "") -> dict[str, list[str]]:
+    """A unit's [Service] settings, each with its values in order; `uncomment`: lines
+    starting with `#` + it are read as if the administrator had uncommented them."""
+    found: dict[str, list[str]] = {}
+    section = ""
+    for raw in path.read_text().splitlines():
+        line = raw[1:] if uncomment and raw.startswith("#" + uncomment) else raw
+        if not line.strip() or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif section == "Service":
+            name, _, value = line.partition("=")
+            found.setdefault(name.strip(), []).append(value.strip())
+    return found
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_systemd_units_do_not_restart_what_a_restart_cannot_fix(unit: Path) -> None:
+    """Restart=on-failure, but not after exit 2 (a usage error: a missing key, a bad
+    setting) or 4 (another daemon runs for the store and key): both would only recur."""
+    settings = service(unit)
+    assert settings["Restart"] == ["on-failure"]
+    codes = {code for value in settings["RestartPreventExitStatus"] for code in value.split()}
+    assert {"2", "4"} <= codes
+
+
+def test_system_unit_says_where_the_key_goes(tmp_path: Path) -> None:
+    """The system unit's daemon, with the unit's environment and user and nothing else (a
+    service inherits no JUPYTERHUB_USER), is refused on the shared store: no key, and the
+    login name is the image's; with the unit's commented PKGCKPT_KEY line set, it runs."""
+    unit = SYSTEMD / "pkgckpt.service"
+    store = tmp_path / "store"
+    assert cli_run("store", "init", str(store)).returncode == 0
+
+    def environment(settings: dict[str, list[str]]) -> dict[str, str]:
+        env = dict(value.split("=", 1) for value in settings.get("Environment", []))
+        assert env.pop("PKGCKPT_STORE") == "/mnt/pkgckpt"
+        (user,) = settings["User"]
+        return {
+            **env,
+            "PKGCKPT_STORE": str(store),
+            "LOGNAME": user,  # what getpass reads first: the unit's User=
+            "HOME": str(tmp_path),
+            "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+            "PATH": os.environ["PATH"],
+            "PKGCKPT_DISCOVER": "",
+        }
+
+    plain = service(unit)
+    assert not any(v.startswith("PKGCKPT_KEY=") for v in plain.get("Environment", []))
+    refused = cli_run("daemon", env=environment(plain))
+    assert refused.returncode == 2, refused.stderr
+    assert "no key is set" in refused.stderr and "PKGCKPT_KEY" in refused.stderr
+    assert "2" in plain["RestartPreventExitStatus"][0].split()
+    assert "#Environment=PKGCKPT_KEY=" in unit.read_text()
+
+    keyed = environment(service(unit, uncomment="Environment=PKGCKPT_KEY="))
+    assert keyed.get("PKGCKPT_KEY")
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pkgckpt", "daemon"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=keyed,
+        )  # fmt: skip
+    try:
+        eventually(lambda: "watching" in log.read_text() or proc.poll() is not None)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert f"store {store / keyed['PKGCKPT_KEY']}" in log.read_text()
+
+
+def cli_run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pkgckpt", *args],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
