@@ -49,6 +49,20 @@ class _StorePath(click.Path):
         return value if isinstance(value, Path) else Path(value)
 
 
+class _Seconds(click.FloatRange):
+    """Seconds, from 0 to `max` (at most config.MAX_SECONDS, a day); not NaN, which
+    FloatRange lets through (every comparison with it is false)."""
+
+    def __init__(self, max: float = config.MAX_SECONDS) -> None:
+        super().__init__(min=0, max=max)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number of seconds.", param, ctx)
+        return number
+
+
 _SELECTORS = (
     click.option(
         "--env",
@@ -147,7 +161,7 @@ def cli() -> None:
 )
 @click.option(
     "--shutdown-timeout",
-    type=click.FloatRange(min=0),
+    type=_Seconds(),
     default=None,
     metavar="S",
     help="On SIGTERM, seconds to get pending changes onto the store (default 10).",
@@ -212,14 +226,15 @@ def snapshot(cfg: config.Config) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0),
+    type=_Seconds(),
     default=None,
     metavar="S",
-    help="Bound the whole run (default 900; 0: no bound). What is not done is reported.",
+    help="Bound the whole run, in seconds up to a day (default 900; 0: no bound). What is "
+    "not done is reported.",
 )
 @click.option(
     "--jitter",
-    type=click.FloatRange(min=0, max=600),
+    type=_Seconds(max=600),
     default=None,
     metavar="S",
     help="A container's first restore waits a random 0-S seconds first, spreading pods "

@@ -32,6 +32,11 @@ from .trust import read_owned
 
 SYSTEM_CONFIG = Path("/etc/pkgckpt/config.toml")
 
+MAX_SECONDS = 86_400.0
+"""The largest value of a setting in seconds (timeout, shutdown_timeout, jitter, ...): a
+day. Beyond it a number is a slip (1e9, or `inf` for "no bound", which is 0 where there is
+one), and the waits it reaches refuse it (OverflowError). NaN is no number of seconds."""
+
 DISCOVER = ("kernels", "conda", "user-site", "r")
 """The values of the `discover` setting, all on by default."""
 
@@ -331,9 +336,14 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
                 raise ValueError(value)
             return count
         if kind == "float":
-            number = float(value)
-            if number < 0:
+            if isinstance(value, bool):
                 raise ValueError(value)
+            number = float(value)
+            if not 0 <= number <= MAX_SECONDS:  # NaN fails too
+                raise UsageError(
+                    f"{origin}: invalid value {value!r} for {name}: seconds, "
+                    f"from 0 to {MAX_SECONDS:g} (a day)"
+                )
             return number
         if "Path" in kind:
             return Path(str(value)).expanduser()

@@ -49,14 +49,18 @@ def _path(value: str) -> Path | None:
     return path if os.access(path, os.R_OK) else None
 
 
-def _float_range(low: float, high: float | None = None) -> Callable[[str], float | None]:
+MAX_SECONDS = 86_400.0
+"""config.MAX_SECONDS (not imported: this module loads before the settings' own)."""
+
+
+def _seconds(high: float = MAX_SECONDS) -> Callable[[str], float | None]:
+    # As cli._Seconds: 0 to `high`; NaN fails the comparison, as click refuses it too.
     def convert(value: str) -> float | None:
         try:
             number = float(value)
         except ValueError:
             return None
-        # Written so that NaN fails too (click takes it; this leaves it to click).
-        if not (low <= number and (high is None or number <= high)):
+        if not 0 <= number <= high:
             return None
         return number
 
@@ -83,8 +87,8 @@ RESTORE = (
     # restore's own.
     Option(("--dry-run",), "dry_run", "flag", default=False),
     Option(("--json",), "as_json", "flag", default=False),
-    Option(("--timeout",), "timeout", "value", _float_range(0)),
-    Option(("--jitter",), "jitter", "value", _float_range(0, 600)),
+    Option(("--timeout",), "timeout", "value", _seconds()),
+    Option(("--jitter",), "jitter", "value", _seconds(600)),
     Option(("--installer",), "installer", "value", _choice("auto", "pip", "uv")),
     Option(("--index-url",), "index_url", "value", _text),
     Option(("--find-links",), "find_links", "multiple", _text, ()),

@@ -213,3 +213,65 @@ def test_the_help_starts_the_daemon_whatever_restore_returned(
     text = capsys.readouterr().out
     assert "pkgckpt restore --timeout 300; pkgckpt daemon &" in text
     assert "&& pkgckpt daemon" not in text
+
+
+def pkgckpt_process(
+    tmp_path: Path, *argv: str, **variables: str
+) -> subprocess.CompletedProcess[str]:
+    """The real process (`python -m pkgckpt`, through `entry` as the console script)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pkgckpt", *argv],
+        capture_output=True,
+        text=True,
+        env={**hermetic(tmp_path), **variables},
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["restore", "--timeout", "inf"], "--timeout"),
+        (["restore", "--timeout", "1e9"], "--timeout"),
+        (["restore", "--timeout=nan"], "--timeout"),
+        (["restore", "--timeout", "86400.5"], "--timeout"),
+        (["restore", "--jitter", "nan"], "--jitter"),
+        (["daemon", "--shutdown-timeout", "inf"], "--shutdown-timeout"),
+        (["daemon", "--shutdown-timeout", "nan"], "--shutdown-timeout"),
+    ],
+)
+def test_seconds_that_are_not_finite_or_beyond_a_day_are_usage_errors(
+    tmp_path: Path, argv: list[str], flag: str
+) -> None:
+    """`--timeout inf` (or 1e9) was an internal error (OverflowError, exit 1), and NaN
+    was taken: every package then timed out at once. Now click refuses them (exit 2)."""
+    done = pkgckpt_process(tmp_path, *argv, "--store", str(tmp_path / "s"), "--key", "k")
+    assert done.returncode == 2, done.stderr
+    assert f"Invalid value for '{flag}'" in done.stderr
+    assert "internal error" not in done.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e9"])
+def test_a_timeout_variable_that_is_no_bound_fails_before_the_store_is_touched(
+    tmp_path: Path, value: str
+) -> None:
+    """PKGCKPT_TIMEOUT=nan: exit 2 naming the variable, and the manifest as it was (a NaN
+    timeout used to fail every package and write that failure to it)."""
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    environment = Environment(kind="python", path=str(venv.prefix))
+    added = (Package(name="good-one", version="1.0"),)
+    store = tmp_path / "store"
+    path = put_manifest(store, "k", Body(environments=(Delta(env=environment, added=added),)))
+    before = path.read_bytes()
+    listing = sorted(path.parent.iterdir())
+    done = pkgckpt_process(
+        tmp_path, "restore", "--env", str(venv.prefix), "--store", str(store), "--key", "k",
+        PKGCKPT_TIMEOUT=value,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"pkgckpt: PKGCKPT_TIMEOUT: invalid value {value!r} for timeout: seconds, "
+        "from 0 to 86400 (a day)"
+    ]
+    assert path.read_bytes() == before
+    assert sorted(path.parent.iterdir()) == listing

@@ -274,3 +274,46 @@ def test_each_setting_is_coerced_by_its_declared_type() -> None:
     assert config._coerce("metrics_file", "/m", "x") == Path("/m")
     with pytest.raises(UsageError, match="invalid value"):
         config._coerce("keep_generations", "-1", "x")
+
+
+FLOATS = sorted(name for name, kind in config._FIELDS.items() if kind == "float")
+
+
+def test_the_settings_in_seconds_are_these() -> None:
+    """Every float setting is a number of seconds, bounded by MAX_SECONDS below."""
+    assert FLOATS == ["jitter", "r_lock_stale", "rescan_interval", "shutdown_timeout", "timeout"]
+
+
+@pytest.mark.parametrize("name", FLOATS)
+@pytest.mark.parametrize("origin", ["environment", "file", "flag"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e9", "86400.5", "-1"])
+def test_seconds_are_finite_and_at_most_a_day_wherever_they_are_set(
+    files: dict[str, Path], name: str, origin: str, value: str
+) -> None:
+    """`inf` and `1e9` overflowed the waits they reached (an internal error) and NaN made
+    every wait end at once: a usage error instead, from a flag, a variable or a file."""
+    environ: dict[str, str] = {}
+    flags: dict[str, object] = {}
+    if origin == "environment":
+        environ[f"PKGCKPT_{name.upper()}"] = value
+    elif origin == "flag":
+        flags[name] = float(value)
+    else:  # TOML's own inf and nan, and numbers
+        files["explicit"].write_text(f"{name} = {value}\n")
+    explicit = files["explicit"] if origin == "file" else None
+    with pytest.raises(UsageError, match=f"for {name}: seconds, from 0 to 86400") as err:
+        config.load(flags, explicit, environ=environ)
+    assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize("name", FLOATS)
+def test_a_day_and_zero_are_taken(files: dict[str, Path], name: str) -> None:
+    """The bounds themselves are seconds like any other; a TOML boolean is no number."""
+    for value in ("0", "86400", "86400.0", "0.5"):
+        loaded = config.load({}, None, environ={f"PKGCKPT_{name.upper()}": value})
+        assert getattr(loaded, name) == float(value)
+    files["explicit"].write_text(f"{name} = 86400\n")
+    assert getattr(config.load({}, files["explicit"], environ={}), name) == 86400.0
+    files["explicit"].write_text(f"{name} = true\n")
+    with pytest.raises(UsageError, match=f"invalid value True for {name}"):
+        config.load({}, files["explicit"], environ={})

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from restore_kit import hermetic, installed, put_manifest
 from wheelhouse import make_venv
 
-from pkgckpt import cli, entry
+from pkgckpt import cli, config, entry
 from pkgckpt.config import Config
 from pkgckpt.inventory import targets
 from pkgckpt.manifest import Body, Delta, Package
@@ -45,6 +45,15 @@ def test_the_table_is_clicks_declaration() -> None:
     assert not [p for p in cli.restore.params if isinstance(p, click.Argument)]
 
 
+def test_seconds_are_bounded_as_the_settings_are() -> None:
+    """entry's bound on --timeout is the settings' own (config.MAX_SECONDS), and click's."""
+    assert entry.MAX_SECONDS == config.MAX_SECONDS
+    assert entry.parse_restore(["--timeout", "86400"]) == click_params(["--timeout", "86400"])
+    for value in ("86400.5", "inf", "nan"):
+        assert click_params(["--timeout", value]) is None, value
+        assert click_params(["--jitter", value]) is None, value
+
+
 def test_no_options_is_clicks_defaults() -> None:
     """A bare `restore`: every parameter has click's default (None, False or ())."""
     assert entry.parse_restore([]) == click_params([])
@@ -54,8 +63,8 @@ JUNK = ["--help", "--bogus", "--", "-x", "positional", "--dry-run=1", "--no-inde
 VALUES = ["", "abc", "/", "./rel", "k=v", "https://i/simple", "0", "2"]
 ODD = ["-", "-1", "--store", "nan", "inf", "1e3", " 2 ", "1_0"]
 POOLS = {
-    "--timeout": ["0", "1.5", "1e3", "-0", "300", "nan", "inf"],
-    "--jitter": ["0", "600", "600.0", "600.5", "601", "1e3"],
+    "--timeout": ["0", "1.5", "1e3", "-0", "300", "nan", "inf", "86400", "86400.5", "1e9"],
+    "--jitter": ["0", "600", "600.0", "600.5", "601", "1e3", "nan", "-inf"],
     "--installer": ["auto", "pip", "uv", "UV", "conda"],
     "--on-conflict": ["image", "user", "Image", "both"],
 }
@@ -112,6 +121,10 @@ def test_the_usual_command_lines_are_read_here(args: list[str]) -> None:
         ["--help"],
         ["--timeout", "-1"],
         ["--jitter", "601"],
+        ["--timeout", "nan"],
+        ["--timeout", "inf"],
+        ["--timeout", "1e9"],
+        ["--jitter", "nan"],
         ["--installer", "conda"],
         ["--key", "--store"],
         ["--key"],
