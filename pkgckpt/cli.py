@@ -41,11 +41,28 @@ _OWN_ARGV = "own argv"
 """click's `obj` when the command line is this process's own (`sys.argv`)."""
 
 
-class _StorePath(click.Path):
+class _Path(click.Path):
+    """click.Path, but "" is refused: click makes it Path(""), which is ".", the working
+    directory (`store init ""` marked it as a store). An empty path is a slip (a variable
+    that was not set), never a way to say "here"."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        self.refuse_empty(value, param, ctx)
+        return super().convert(value, param, ctx)
+
+    def refuse_empty(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> None:
+        if isinstance(value, str) and value == "":
+            self.fail("an empty path names nothing (say '.' for this directory).", param, ctx)
+
+
+class _StorePath(_Path):
     """Taken as given: the store checks its root itself (O_NOFOLLOW, the marker), and
     click's stat and access(2) would be two more round trips to an NFS server."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        self.refuse_empty(value, param, ctx)
         return value if isinstance(value, Path) else Path(value)
 
 
@@ -67,7 +84,7 @@ _SELECTORS = (
     click.option(
         "--env",
         multiple=True,
-        type=click.Path(path_type=Path),
+        type=_Path(path_type=Path),
         metavar="PREFIX",
         help="Python environment (venv or conda prefix) to track; repeatable. "
         "Default: the environment running pkgckpt.",
@@ -75,7 +92,7 @@ _SELECTORS = (
     click.option(
         "--r-lib",
         multiple=True,
-        type=click.Path(path_type=Path),
+        type=_Path(path_type=Path),
         metavar="DIR",
         help="R library to track; repeatable; given, only these. "
         "Default: the libraries R uses (.libPaths() and R_LIBS_USER, not R's base library).",
@@ -100,7 +117,7 @@ _SELECTORS = (
     ),
     click.option(
         "--baseline",
-        type=click.Path(path_type=Path),
+        type=_Path(path_type=Path),
         metavar="FILE",
         help="What the image shipped (`pkgckpt baseline` at build time). Default: the one "
         "this container took at its first start, in the runtime directory.",
@@ -108,7 +125,7 @@ _SELECTORS = (
     click.option(
         "--config",
         "config_file",
-        type=click.Path(path_type=Path),
+        type=_Path(path_type=Path),
         metavar="FILE",
         help="A TOML config file, read after the system and user ones.",
     ),
@@ -168,7 +185,7 @@ def cli() -> None:
 )
 @click.option(
     "--metrics-file",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=_Path(path_type=Path, dir_okay=False),
     default=None,
     metavar="PATH",
     help="Write Prometheus metrics here after each commit and error (node_exporter's "
@@ -395,7 +412,7 @@ revert.params += [
 @click.option(
     "--output",
     "-o",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=_Path(path_type=Path, dir_okay=False),
     required=True,
     metavar="FILE",
     help="Where to write it (e.g. /etc/pkgckpt/baseline.json); readable by everyone.",
@@ -422,7 +439,7 @@ def store() -> None:
 
 
 @store.command("init", epilog=EXIT_CODES)
-@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("directory", metavar="DIR", type=_Path(path_type=Path, file_okay=False))
 def store_init(directory: Path) -> int:
     """Make DIR a store: create it when missing (mode 0700) and write its marker.
 
@@ -439,7 +456,7 @@ def store_init(directory: Path) -> int:
 
 
 @store.command("prune-pool", epilog=EXIT_CODES)
-@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("directory", metavar="DIR", type=_Path(path_type=Path, file_okay=False))
 @click.option(
     "--older-than",
     "days",

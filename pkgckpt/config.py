@@ -346,6 +346,11 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
                 )
             return number
         if "Path" in kind:
+            if str(value) == "":
+                raise UsageError(
+                    f"{origin}: {name} is empty, which would be the working directory: "
+                    "name a path, or leave the setting out for its default"
+                )
             return Path(str(value)).expanduser()
         return str(value)
     except (TypeError, ValueError):
@@ -434,7 +439,11 @@ def load(
         if _present(path):
             values.update(_read_file(path))
     explicit = config_file
-    if explicit is None and environ.get("PKGCKPT_CONFIG"):
+    if explicit is None and "PKGCKPT_CONFIG" in environ:
+        if not environ["PKGCKPT_CONFIG"]:
+            raise UsageError(
+                "PKGCKPT_CONFIG is empty: name a config file, or leave the variable out"
+            )
         explicit = Path(environ["PKGCKPT_CONFIG"])
     if explicit is not None:
         values.update(_read_file(explicit))

@@ -39,8 +39,10 @@ class Option(NamedTuple):
 
 
 def _path(value: str) -> Path | None:
-    # click.Path(path_type=Path) with its defaults: anything goes, but an existing path
-    # must be readable (click stats it and calls access(2)).
+    # cli._Path(path_type=Path) with its defaults: anything but "" goes, but an existing
+    # path must be readable (click stats it and calls access(2)).
+    if value == "":
+        return None
     path = Path(value)
     try:
         path.stat()
@@ -67,6 +69,11 @@ def _seconds(high: float = MAX_SECONDS) -> Callable[[str], float | None]:
     return convert
 
 
+def _store_path(value: str) -> Path | None:
+    # cli._StorePath: taken as given, but for "".
+    return Path(value) if value else None
+
+
 def _choice(*choices: str) -> Callable[[str], str | None]:
     return lambda value: value if value in choices else None
 
@@ -80,7 +87,7 @@ RESTORE = (
     Option(("--env",), "env", "multiple", _path, ()),
     Option(("--r-lib",), "r_lib", "multiple", _path, ()),
     Option(("--r-discover",), "r_discover", "flag"),
-    Option(("--store",), "store", "value", Path),
+    Option(("--store",), "store", "value", _store_path),
     Option(("--key",), "key", "value", _text),
     Option(("--baseline",), "baseline", "value", _path),
     Option(("--config",), "config_file", "value", _path),

@@ -275,3 +275,53 @@ def test_a_timeout_variable_that_is_no_bound_fails_before_the_store_is_touched(
     ]
     assert path.read_bytes() == before
     assert sorted(path.parent.iterdir()) == listing
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["store", "init", ""],
+        ["store", "prune-pool", "", "--older-than", "1"],
+        ["status", "--store", ""],
+        ["status", "--store="],
+        ["restore", "--store", ""],
+        ["restore", "--dry-run", "--baseline", ""],
+        ["restore", "--dry-run", "--env", ""],
+        ["status", "--config", ""],
+        ["daemon", "--metrics-file", ""],
+        ["baseline", "--output", ""],
+    ],
+)
+def test_an_empty_path_argument_is_refused_not_the_working_directory(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """`store init ""` wrote the store's marker into the working directory; an empty
+    --store made it the store. Every path a command line names must name something."""
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "pkgckpt", *argv],
+        capture_output=True, text=True, env=hermetic(tmp_path), cwd=work, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "an empty path names nothing" in done.stderr
+    assert list(work.iterdir()) == []
+
+
+def test_an_empty_store_variable_is_refused(tmp_path: Path) -> None:
+    """PKGCKPT_STORE= (say a pod spec's unset template): exit 2, nothing in the working
+    directory, where the store used to be."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for command in (["status"], ["restore"], ["daemon"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "pkgckpt", *command],
+            capture_output=True, text=True, cwd=work, timeout=60,
+            env={**hermetic(tmp_path), "PKGCKPT_STORE": "", "PKGCKPT_KEY": "k"},
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines() == [
+            "pkgckpt: PKGCKPT_STORE: store is empty, which would be the working directory: "
+            "name a path, or leave the setting out for its default"
+        ]
+        assert list(work.iterdir()) == []

@@ -317,3 +317,41 @@ def test_a_day_and_zero_are_taken(files: dict[str, Path], name: str) -> None:
     files["explicit"].write_text(f"{name} = true\n")
     with pytest.raises(UsageError, match=f"invalid value True for {name}"):
         config.load({}, files["explicit"], environ={})
+
+
+PATHS = sorted(name for name, kind in config._FIELDS.items() if kind in ("Path", "Path | None"))
+
+
+def test_the_single_path_settings_are_these() -> None:
+    assert PATHS == [
+        "artifact_pool", "baseline", "metrics_file", "r_home", "runtime_dir", "store",
+        "store_secret_file",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", PATHS)
+@pytest.mark.parametrize("origin", ["environment", "file"])
+def test_an_empty_path_setting_is_a_usage_error_not_the_working_directory(
+    files: dict[str, Path], name: str, origin: str
+) -> None:
+    """PKGCKPT_STORE= (a pod spec's variable whose template had no value) made the store
+    the working directory. Falling back to the default instead would as silently keep the
+    user's packages in the container, not on the store: it is a usage error (exit 2)."""
+    environ = {f"PKGCKPT_{name.upper()}": ""} if origin == "environment" else {}
+    if origin == "file":
+        files["explicit"].write_text(f'{name} = ""\n')
+    explicit = files["explicit"] if origin == "file" else None
+    with pytest.raises(UsageError, match=f"{name} is empty") as err:
+        config.load({}, explicit, environ=environ)
+    assert err.value.exit_code == 2
+
+
+def test_an_empty_pkgckpt_config_is_a_usage_error(files: dict[str, Path]) -> None:
+    with pytest.raises(UsageError, match="PKGCKPT_CONFIG is empty"):
+        config.load({}, None, environ={"PKGCKPT_CONFIG": ""})
+
+
+def test_empty_list_settings_still_mean_none(files: dict[str, Path]) -> None:
+    """A list setting's empty value is the empty list, as before (PKGCKPT_DISCOVER=)."""
+    loaded = config.load({}, None, environ={"PKGCKPT_DISCOVER": "", "PKGCKPT_ENV": ""})
+    assert loaded.discover == () and loaded.env == ()
