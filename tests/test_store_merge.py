@@ -42,16 +42,34 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "store", "alice")
 
 
-def session(store: Store) -> Session:
-    """A daemon's session on `store`, started from what it holds."""
+def session(store: Store, *, inferred: bool = False) -> Session:
+    """A daemon's session on `store`, started from what it holds; `inferred`: without a
+    baseline (the image's state inferred from its first scan)."""
     found = store.read()
     return Session(
         store=store,
-        tracker=Tracker(BASELINE, found),
-        baseline_origin="test",
+        tracker=Tracker(None if inferred else BASELINE, found),
+        baseline_origin="inferred" if inferred else "test",
         generation=found.generation if found is not None else None,
         on_store=manifest.encode_body(found.body if found is not None else Body()),
     )
+
+
+def first_record(store: Store, *specs: str) -> None:
+    """What a first writer recorded on `store`: `specs` installed over the image."""
+    first = Tracker(BASELINE, None)
+    first.observe(ENV, Observation(IMAGE))
+    first.observe(ENV, Observation({**IMAGE, **pkgs(*specs)}))
+    assert store.commit(first.body()) is not None
+
+
+def stored(store: Store) -> Delta:
+    """The store's delta for ENV."""
+    found = store.read()
+    assert found is not None
+    delta = found.body.delta(ENV)
+    assert delta is not None
+    return delta
 
 
 def recorded(store: Store, env: Environment = ENV) -> set[str]:
@@ -270,10 +288,7 @@ def test_what_this_process_saw_of_a_package_wins_over_another_writers_entry(
 ) -> None:
     """An image package this process saw upgraded, and a recorded install it finds as
     recorded, keep this process's record against another writer's versions of them."""
-    first = Tracker(BASELINE, None)
-    first.observe(ENV, Observation(IMAGE))
-    first.observe(ENV, Observation({**IMAGE, **pkgs("a==1")}))
-    assert store.commit(first.body()) is not None
+    first_record(store, "a==1")
     s = session(store)  # restored: finds a==1 as recorded
     s.tracker.observe(ENV, Observation({**IMAGE, **pkgs("a==1")}))
     installs(s, "a==1", "numpy==2.0")
@@ -328,10 +343,7 @@ def test_another_writers_held_back_entry_keeps_its_form(store: Store) -> None:
     )
     assert Store(store.root, store.key).commit(Body(environments=(theirs,))) is not None
     installs(s, "a==1", "b==2")
-    found = store.read()
-    assert found is not None
-    delta = found.body.delta(ENV)
-    assert delta is not None
+    delta = stored(store)
     assert delta.changed == (held,)
     assert delta.rebased == (mark,)
     assert delta.image == "old-image"
@@ -342,19 +354,8 @@ def test_without_a_baseline_another_writers_upgrade_is_kept_as_an_upgrade(store:
     """The baseline lost (the image's state inferred from the first scan): another
     writer's upgrade of a package found at the image's version is still recorded as an
     upgrade of it, and an install of its that the first scan found joins as an addition."""
-    first = Tracker(BASELINE, None)
-    first.observe(ENV, Observation(IMAGE))
-    first.observe(ENV, Observation({**IMAGE, **pkgs("a==1")}))
-    assert store.commit(first.body()) is not None
-    found = store.read()
-    assert found is not None
-    s = Session(
-        store=store,
-        tracker=Tracker(None, found),
-        baseline_origin="inferred",
-        generation=found.generation,
-        on_store=manifest.encode_body(found.body),
-    )
+    first_record(store, "a==1")
+    s = session(store, inferred=True)
     s.tracker.observe(ENV, Observation({**IMAGE, **pkgs("a==1", "z==1")}))
     assert s.tracker.inferred == [ENV]
     theirs = Delta(
@@ -399,10 +400,7 @@ def test_what_this_process_finds_installed_wins_over_another_writers_removal(
     """Another writer's removals: of an image package found here at the image's version,
     taken; of one found here at the user's version, and of a recorded install found here
     that another image shipped, not: this process sees those installed."""
-    first = Tracker(BASELINE, None)
-    first.observe(ENV, Observation(IMAGE))
-    first.observe(ENV, Observation({**IMAGE, **pkgs("numpy==2.0", "a==1")}))
-    assert store.commit(first.body()) is not None
+    first_record(store, "numpy==2.0", "a==1")
     s = session(store)  # restored: finds numpy==2.0 and a==1 as recorded
     s.tracker.observe(ENV, Observation({**IMAGE, **pkgs("numpy==2.0", "a==1")}))
     theirs = Delta(
@@ -420,10 +418,7 @@ def test_another_writers_removal_does_not_take_out_a_recorded_upgrade(store: Sto
     """A recorded upgrade not restored here yet (the image's version found) stays when
     another writer records a removal of that package: only an uninstall seen here takes
     an install out of the record. Its removal of another image package joins."""
-    first = Tracker(BASELINE, None)
-    first.observe(ENV, Observation(IMAGE))
-    first.observe(ENV, Observation({**IMAGE, **pkgs("numpy==2.0")}))
-    assert store.commit(first.body()) is not None
+    first_record(store, "numpy==2.0")
     s = session(store)
     s.tracker.observe(ENV, Observation(IMAGE))  # a restore has not run yet
     theirs = Delta(env=ENV, removed=(IMAGE["numpy"], IMAGE["six"]))
@@ -450,10 +445,7 @@ def test_another_writers_held_back_removal_keeps_its_form(store: Store) -> None:
     )
     assert Store(store.root, store.key).commit(Body(environments=(theirs,))) is not None
     installs(s, "a==1", "b==2")  # six still installed: the restore held its removal back
-    found = store.read()
-    assert found is not None
-    delta = found.body.delta(ENV)
-    assert delta is not None
+    delta = stored(store)
     assert delta.removed == (was,)
     assert delta.rebased == (mark,)
     assert delta.image == "old-image"
@@ -464,19 +456,8 @@ def test_without_a_baseline_another_writers_removal_is_kept(store: Store) -> Non
     """The baseline lost (the image's state inferred from the first scan): another
     writer's removals, of a package the first scan found and of one it did not, join the
     record as they were recorded."""
-    first = Tracker(BASELINE, None)
-    first.observe(ENV, Observation(IMAGE))
-    first.observe(ENV, Observation({**IMAGE, **pkgs("a==1")}))
-    assert store.commit(first.body()) is not None
-    found = store.read()
-    assert found is not None
-    s = Session(
-        store=store,
-        tracker=Tracker(None, found),
-        baseline_origin="inferred",
-        generation=found.generation,
-        on_store=manifest.encode_body(found.body),
-    )
+    first_record(store, "a==1")
+    s = session(store, inferred=True)
     s.tracker.observe(ENV, Observation({**IMAGE, **pkgs("a==1")}))
     assert s.tracker.inferred == [ENV]
     gone = Package(name="gone", version="3")
