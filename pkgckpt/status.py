@@ -757,7 +757,11 @@ def to_text(report: Report) -> str:
             *(e.rebase.render() if e.rebase is not None else ()),
         ]
         lines.extend(body or ["    nothing recorded"])
-    return "\n".join(lines) + "\n"
+    from .record import printable
+
+    # Paths and reasons come from environments.txt, kernel.json, the store and the daemon's
+    # status file: none of them may move the terminal's cursor or colour its text.
+    return printable("\n".join(lines) + "\n")
 
 
 def to_prometheus(config: Config) -> str:

@@ -69,6 +69,21 @@ def test_long_package_lists_wrap_at_the_terminal_width(
     assert " ".join(line.strip() for line in added) == f"added    {listed}"
 
 
+def test_the_text_has_no_control_characters_from_what_it_shows() -> None:
+    """A path from environments.txt or the store, and an error about it, reach the
+    terminal with escape sequences and bidi overrides shown as `?`, lines kept."""
+    env = Environment(kind="python", path="/opt/\x1b[2Jenv\u202e")
+    report = status.Report(
+        store="/s\x1b]0;title\x07",
+        key="k",
+        environments=(status.EnvReport(env=env, error="cannot read\x1b[31m it"),),
+    )
+    text = status.to_text(report)
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    assert "python /opt/?[2Jenv?:" in text.splitlines()
+    assert "    error: cannot read?[31m it" in text.splitlines()
+
+
 def _state(config: Config, pid: int) -> status.DaemonState:
     return status.DaemonState(
         pid=pid,
