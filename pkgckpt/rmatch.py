@@ -35,6 +35,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import msgspec
+
 from .manifest import Delta, Environment, Package, same_env
 
 
@@ -137,6 +139,24 @@ def carried(old: Delta, new: Delta) -> tuple[tuple[Package, ...], tuple[Package,
         tuple(p for p in old.added if p.name in owed),
         tuple(p for p in old.changed if p.name in owed),
     )
+
+
+def carry_on(
+    recorded: Sequence[Delta], here: Sequence[Environment], paired: Mapping[int, int]
+) -> dict[int, tuple[int, Delta]]:
+    """Index in `recorded` of an R library's own record that still owes it installs of
+    the older record of its role (`predecessors`, `carried`) -> (the older record's index,
+    the library's record with those installs added): what restore plans, and status shows."""
+    out: dict[int, tuple[int, Delta]] = {}
+    for i, k in predecessors([d.env for d in recorded], here, paired).items():
+        added, changed = carried(recorded[k], recorded[i])
+        if added or changed:
+            own = recorded[i]
+            planned = msgspec.structs.replace(
+                own, added=own.added + added, changed=own.changed + changed
+            )
+            out[i] = (k, planned)
+    return out
 
 
 def role(recorded: Environment, here: Sequence[Environment]) -> str | None:

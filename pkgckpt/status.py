@@ -555,10 +555,7 @@ def collect(config: Config) -> Report:
     matched = rmatch.pair([d.env for d in recorded_envs], here)
     paired = {j: recorded_envs[i] for i, j in matched.items()}
     # What an older record of an R library's role still owes it, as restore plans it.
-    owed = {
-        matched[i]: rmatch.carried(recorded_envs[k], recorded_envs[i])
-        for i, k in rmatch.predecessors([d.env for d in recorded_envs], here, matched).items()
-    }
+    owed = {matched[i]: d for i, (_, d) in rmatch.carry_on(recorded_envs, here, matched).items()}
     for j, target in enumerate(found):
         env = target.env
         mine = paired.get(j)
@@ -574,10 +571,7 @@ def collect(config: Config) -> Report:
             envs.append(msgspec.structs.replace(report, error=str(e)))
             continue
         pending = tuple(tracker.observe(env, obs))
-        added, changed = owed.get(j, ((), ()))
-        planned = msgspec.structs.replace(
-            delta, added=delta.added + added, changed=delta.changed + changed
-        )
+        planned = owed.get(j, delta)
         unrestored = _restore_would(obs.packages, planned)
         rebase = _rebase(config, target, baseline, planned, obs.packages, found)
         if rebase is not None:

@@ -103,7 +103,7 @@ from ..manifest import (
     VcsSource,
     same_source,
 )
-from ..rmatch import carried, moved, pair, predecessors, stale_build, superseded
+from ..rmatch import carry_on, moved, pair, stale_build, superseded
 from ..runner import redact_text
 from ..scan.python import strip_credentials
 from .rebase import Decision, Rebase
@@ -595,21 +595,15 @@ def _plan(
     here = [t.env for t in targets]
     paired = pair([d.env for d in deltas], here)
     # An R library's own record may still owe it installs of the record it took over.
-    owed: dict[int, int] = {}
+    carry = carry_on(deltas, here, paired)
+    owed = {
+        k: len(d.added) + len(d.changed) - len(deltas[i].added) - len(deltas[i].changed)
+        for i, (k, d) in carry.items()
+    }
     """Index of the older record -> how many of its installs are planned elsewhere."""
-    carries: dict[int, Environment] = {}
+    carries = {i: deltas[k].env for i, (k, _) in carry.items()}
     """Index of the library's own record -> the older record it carries on."""
-    deltas_ = list(deltas)
-    for i, k in predecessors([d.env for d in deltas], here, paired).items():
-        added, changed = carried(deltas[k], deltas[i])
-        if added or changed:
-            owed[k] = len(added) + len(changed)
-            carries[i] = deltas[k].env
-            own = deltas[i]
-            deltas_[i] = msgspec.structs.replace(
-                own, added=own.added + added, changed=own.changed + changed
-            )
-    deltas = tuple(deltas_)
+    deltas = tuple(carry[i][1] if i in carry else d for i, d in enumerate(deltas))
     for i, delta in enumerate(deltas):
         if delta.is_empty():
             continue
