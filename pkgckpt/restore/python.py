@@ -347,11 +347,21 @@ class PythonInstaller:
             ]
         editables, requirements = _requirements(packages)
         argv = [*self._command, "install", *self._target, *self._index_options(), *extra]
+        return self._constrained(argv, [*editables, "--", *requirements], self._env, deadline)
+
+    def _constrained(
+        self,
+        argv: list[str],
+        tail: list[str],
+        env: Mapping[str, str | None],
+        deadline: Deadline,
+    ) -> Outcome:
+        """`argv` with the image's versions as constraints (a private file), then `tail`."""
+        assert self._constraints is not None
         with tempfile.TemporaryDirectory(prefix="pkgckpt-constraints-") as private:
             pins = Path(private, "constraints.txt")
             pins.write_text("".join(f"{line}\n" for line in self._constraints if _pin(line)))
-            argv += ["--constraint", str(pins), *editables, "--", *requirements]
-            return call(argv, deadline=deadline, env=self._env)
+            return call([*argv, "--constraint", str(pins), *tail], deadline=deadline, env=env)
 
     def _exact(
         self, packages: Sequence[Package], *, reinstall: bool, deadline: Deadline
@@ -397,11 +407,7 @@ class PythonInstaller:
         pins = [f"{p.name}=={p.version}" for p in packages]
         argv = [*self._command, "install", *self._target, *self._index_options()]
         argv += [*_links(packages, files), *again]
-        with tempfile.TemporaryDirectory(prefix="pkgckpt-constraints-") as private:
-            fixed = Path(private, "constraints.txt")
-            fixed.write_text("".join(f"{line}\n" for line in self._constraints if _pin(line)))
-            argv += ["--constraint", str(fixed), "--", *pins]
-            return call(argv, deadline=deadline, env=env)
+        return self._constrained(argv, ["--", *pins], env, deadline)
 
     def _exact_artifacts(
         self,
