@@ -351,3 +351,74 @@ def test_on_a_new_image_artifacts_replace_only_the_same_version_packages(
     assert (bare.site_packages / "solo" / "m1.py").exists(), "solo from its artifact"
     assert not (bare.site_packages / "dep" / "m2.py").exists(), "the image's dep moved"
     assert installed(bare.site_packages) == {"alpha": "1.0", "dep": "1.0", "solo": "1.0"}
+
+
+def _look_alike(out: Path) -> Path:
+    """Another build of alpha 1.0 (with `m2.py`, which the tests' artifacts lack) under a
+    tag pip and uv both rank above the artifact's `py3-none-any`: offered beside the
+    artifact, it is the file either installer would take."""
+    wheel = build_wheel(Dist("alpha", "1.0", files=3), out)
+    major, minor = sys.version_info[:2]
+    return wheel.rename(wheel.with_name(f"alpha-1.0-py{major}{minor}-none-any.whl"))
+
+
+def _installers_config(
+    tool: str, tmp_path: Path, links: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The installer's own configuration file naming `links` as find-links: pip.conf by
+    PIP_CONFIG_FILE, uv.toml by UV_CONFIG_FILE (what uv reads under --no-config)."""
+    if tool == "pip":
+        conf = tmp_path / "pip.conf"
+        conf.write_text(f"[global]\nfind-links = {links}\n")
+        monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    else:
+        conf = tmp_path / "uv.toml"
+        conf.write_text(f'find-links = ["{links}"]\n')
+        monkeypatch.setenv("UV_CONFIG_FILE", str(conf))
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_an_artifact_wins_over_the_same_version_in_the_installers_config(
+    tool: str, tmp_path: Path, bare: Venv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wheel of the artifact's name and version in find-links that pip.conf or
+    UV_CONFIG_FILE names is never installed in its place: the verified artifact is."""
+    evil = _look_alike(tmp_path / "evil")
+    _installers_config(tool, tmp_path, evil.parent, monkeypatch)
+    artifact = build_wheel(Dist("alpha", "1.0", files=2), tmp_path / "artifacts")
+    installer = PythonInstaller(env(bare), Config(installer=tool, no_index=True))
+    out = installer.install_artifacts(
+        [Package(name="alpha", version="1.0")],
+        {"alpha": artifact},
+        reinstall=(),
+        deadline=Deadline(120),
+    )
+    assert out.ok, out.output
+    assert (bare.site_packages / "alpha" / "m1.py").exists()
+    assert not (bare.site_packages / "alpha" / "m2.py").exists(), "the look-alike was installed"
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_on_a_new_image_an_artifact_wins_over_the_same_version_in_the_sources(
+    tool: str, tmp_path: Path, bare: Venv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a new image the artifacts' dependencies come from the configured sources, and
+    those sources (pkgckpt's find-links, the installer's own configuration) may hold
+    another build of the artifact's version: the artifact is still the one installed,
+    and its dependency is fetched."""
+    sources = tmp_path / "sources"
+    build_wheel(Dist("dep", "1.0"), sources)
+    _look_alike(sources)
+    _installers_config(tool, tmp_path, _look_alike(tmp_path / "evil").parent, monkeypatch)
+    artifact = build_wheel(Dist("alpha", "1.0", requires=["dep"], files=2), tmp_path / "a")
+    installer = PythonInstaller(env(bare), config(sources, tool), constraints=[])
+    out = installer.install_artifacts(
+        [Package(name="alpha", version="1.0")],
+        {"alpha": artifact},
+        reinstall=(),
+        deadline=Deadline(120),
+    )
+    assert out.ok, out.output
+    assert (bare.site_packages / "alpha" / "m1.py").exists()
+    assert not (bare.site_packages / "alpha" / "m2.py").exists(), "the look-alike was installed"
+    assert installed(bare.site_packages) == {"alpha": "1.0", "dep": "1.0"}

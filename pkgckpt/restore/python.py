@@ -382,39 +382,25 @@ class PythonInstaller:
         deadline: Deadline,
     ) -> Outcome:
         """Install `packages` from their verified wheels in `files` alone: exact pins,
-        `--no-index`, the wheels' directory as the only find-links (on a new image: beside
-        the configured sources, dependencies resolved, `reinstall` as for `install`).
+        `--no-deps`, `--no-index`, the wheels' directories the only find-links. On a new
+        image a second call then resolves their dependencies from the configured sources
+        under the image's constraints; the artifacts, installed at the pinned versions,
+        satisfy their pins there, so no other file of the same version replaces them.
         Installing by name rather than by file path keeps the `direct_url.json` the wheel
         carries (the source the user had), where a path would make the installer record
         the path."""
-        # The image's own find-links could offer another file of the same version.
-        env = {**self._env, "PIP_FIND_LINKS": None, "UV_FIND_LINKS": None}
-        if self._constraints is None:
-            return self._exact_artifacts(packages, files, bool(reinstall), env, deadline)
-        # On a new image the batch resolves its dependencies under the image's constraints
-        # (see the module docstring): the verified wheels join the configured sources, so
-        # what the image no longer ships is still fetched, and with no index allowed the
-        # batch fails rather than leave a package without its dependencies. Only the
-        # same-version packages are replaced, as in `install`.
-        same = [p for p in packages if p.name in reinstall]
-        again: list[str] = []
-        if same and self._tool == "uv":
-            again = _reinstall_packages(same)
-        elif same:
-            first = self._exact_artifacts(same, files, True, env, deadline)
-            if not first.ok:
-                return first
+        first = self._exact_artifacts(packages, files, bool(reinstall), deadline)
+        if self._constraints is None or not first.ok:
+            return first
         pins = [f"{p.name}=={p.version}" for p in packages]
         argv = [*self._command, "install", *self._target, *self._index_options()]
-        argv += [*_links(packages, files), *again]
-        return self._constrained(argv, ["--", *pins], env, deadline)
+        return self._constrained(argv, ["--", *pins], self._env, deadline)
 
     def _exact_artifacts(
         self,
         packages: Sequence[Package],
         files: Mapping[str, Path],
         reinstall: bool,
-        env: Mapping[str, str | None],
         deadline: Deadline,
     ) -> Outcome:
         """One call installing `packages` from their artifacts alone, `--no-deps`."""
@@ -422,6 +408,18 @@ class PythonInstaller:
         argv += _links(packages, files)
         if reinstall:
             argv.append(self._reinstall_all())
+        # Any other find-links, the image's or the user's, could offer another file of the
+        # same name and version, and the installer would take it if its tags ranked higher.
+        # pip's variable replaces what its configuration files say (a file: URL per
+        # directory, since pip splits the value at spaces); uv adds its configuration
+        # file's to its flags, so here it reads none (it has no index to read either).
+        directories = sorted({files[p.name].parent for p in packages})
+        env = {
+            **self._env,
+            "PIP_FIND_LINKS": " ".join(d.as_uri() for d in directories),
+            "UV_FIND_LINKS": None,
+            "UV_CONFIG_FILE": None,
+        }
         pins = [f"{p.name}=={p.version}" for p in packages]
         return call([*argv, "--", *pins], deadline=deadline, env=env)
 

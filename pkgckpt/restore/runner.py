@@ -75,7 +75,8 @@ class ArtifactInstaller(Protocol):
         reinstall: Collection[str],
         deadline: Deadline,
     ) -> Outcome:
-        """One call installing each of `packages` from `files[package.name]` alone: a
-        verified private copy of its artifact (no index, no repository, no build).
-        `reinstall` as for `Installer.install`."""
+        """Install each of `packages` from `files[package.name]` alone: a verified
+        private copy of its artifact (no index, no repository, no build). `reinstall` as
+        for `Installer.install`. A back end that resolves dependencies (a new image) may
+        fetch them in a call of its own, with the artifacts already in place."""
         ...
