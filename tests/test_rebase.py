@@ -460,3 +460,32 @@ def test_a_user_site_is_read_against_the_new_prefix_image(tmp_path: Path, wheels
     assert {p.name.split("-")[0] for p in site.glob("*.dist-info")} == {"newpkg"}
     check = pip("check")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# -- a package in place whose dependencies are not ---------------------------------------
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_a_same_version_reinstall_whose_dependency_fails_is_reported(
+    tmp_path: Path, installer: str
+) -> None:
+    """The user's own build of solo 1.0 (a file wheel, requiring newdep, which the old
+    image shipped) over a new image that ships solo 1.0 from its index and no newdep, with
+    newdep nowhere to be found:
+    whether or not the user's solo is put in place (pip replaces it in a call of its own
+    before resolving), solo is reported failed with the missing dependency, exit 3."""
+    wheels = tmp_path / "wheels"
+    for dist in (Dist("solo", "1.0"), Dist("newdep", "1.0"), Dist("imgpkg", "1.0")):
+        build_wheel(dist, wheels)
+    mine = build_wheel(Dist("solo", "1.0", requires=["newdep"], files=2), tmp_path / "mine")
+    s = Scenario(World.make(tmp_path), wheels, tmp_path / "venv", installer)
+    b1 = s.image(sys.executable, ["imgpkg==1.0", "newdep==1.0"], "b1.json")
+    delta = s.user_changes(b1, [f"solo @ {mine.as_uri()}"], [])
+    assert [(p.name, type(p.source).__name__) for p in delta.added] == [("solo", "UrlSource")]
+    b2 = s.image(sys.executable, ["imgpkg==1.0", "solo==1.0"], "b2.json")
+    (wheels / Dist("newdep", "1.0").wheel_name).unlink()
+    done = s.restore(b2)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "failed to install solo 1.0" in done.stdout, done.stdout
+    assert "newdep" in done.stdout, done.stdout
+    assert "newdep" not in s.installed()

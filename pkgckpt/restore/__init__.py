@@ -761,7 +761,14 @@ def _terminal_progress() -> Progress | None:
 class _Env:
     """Carrying out one environment's plan: batches, rescans and bisection."""
 
-    def __init__(self, target: Target, installer: Installer, deadline: Deadline) -> None:
+    def __init__(
+        self,
+        target: Target,
+        installer: Installer,
+        deadline: Deadline,
+        rebase: Rebase | None = None,
+        roots: Sequence[Path] = (),
+    ) -> None:
         self.target = target
         self.kind = target.env.kind
         self.installer = installer
@@ -769,12 +776,37 @@ class _Env:
         self.failed: dict[str, Failure] = {}
         self.notes: list[str] = []
         self.from_artifacts = 0
+        self._rebase = rebase
+        """A new image: the installs resolve their dependencies, found in `roots` (the
+        environment's library roots first, then those of a prefix beneath a user site)."""
+        self._roots = roots
+        self.unmet: dict[str, str] = {}
+        """canonical name -> a requirement of an install step not satisfied, as of the
+        last `rescan`."""
+
+    def rescan(self, steps: Sequence[Step]) -> dict[str, Package]:
+        """What is installed now, and on a new image which of `steps` lack dependencies.
+        `--on-conflict user`'s forced steps are installed without theirs, over what the
+        image requires: the requirements they leave broken are the plan's `broken`."""
+        now = _installed(self.target)
+        if self._rebase is not None:
+            from .rebase import unmet
+
+            forced = {canonical(n) for n in self._rebase.forced}
+            mine = {canonical(s.name) for s in steps} - forced
+            self.unmet = unmet(self.target.env, self._roots, mine, forced)
+        return now
 
     def placed(self, step: Step, now: Mapping[str, Package]) -> bool:
         """An install step is done: the version and source the manifest records, built
-        for this R when it is an R package."""
+        for this R when it is an R package, and on a new image its dependencies installed
+        (pip puts a package in place in one call and resolves them in the next)."""
         have = now.get(_key(self.kind, step.name))
-        return _in_place(self.kind, step, have) and stale_build(have, self.target.env) is None
+        return (
+            _in_place(self.kind, step, have)
+            and stale_build(have, self.target.env) is None
+            and _key(self.kind, step.name) not in self.unmet
+        )
 
     def gone(self, step: Step, now: Mapping[str, Package]) -> bool:
         """A remove step is done: no version of the package is left."""
@@ -790,7 +822,7 @@ class _Env:
         outcome = attempt(steps)
         if outcome.ok:
             return
-        now = _installed(self.target)
+        now = self.rescan(steps)
         left = [s for s in steps if not done(s, now)]
         if not left:
             return
@@ -901,7 +933,10 @@ def _apply(
             failed += [s.failure("remove", reason) for s in ep.remove]
             reports.append(EnvReport(env=ep.env, installer=ep.installer, failed=tuple(failed)))
             continue
-        work = _Env(target, _installer(target.env, config, ep.rebase), deadline)
+        beneath = _beneath(target, targets)
+        roots = (*target.roots, *(beneath.roots if beneath is not None else ()))
+        rebase = ep.rebase if target.env.kind == "python" else None
+        work = _Env(target, _installer(target.env, config, ep.rebase), deadline, rebase, roots)
         if say is not None:
             say(f"{ep.env.where()}: {_counts(ep)} ({ep.installer})")
         if ep.remove:
@@ -919,17 +954,18 @@ def _apply(
             if rest:
                 work.install(rest)
         # The truth is the environment afterwards, not the installers' exit codes.
-        now = _installed(target)
+        now = work.rescan(ep.install)
         installed: list[str] = []
         removed: list[str] = []
         for s in ep.install:
             if work.placed(s, now):
                 installed.append(f"{s.name}=={s.version}")
-            else:
-                failed.append(
-                    work.failed.get(s.name)
-                    or s.failure("install", "not installed after the installer reported success")
-                )
+                continue
+            missing = work.unmet.get(canonical(s.name))
+            why = "not installed after the installer reported success"
+            if missing is not None and _in_place(work.kind, s, now.get(_key(work.kind, s.name))):
+                why = f"installed, but its requirement {missing} is not satisfied"
+            failed.append(work.failed.get(s.name) or s.failure("install", why))
         for s in ep.remove:
             if work.gone(s, now):
                 removed.append(f"{s.name}=={s.version}")

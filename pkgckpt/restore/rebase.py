@@ -11,6 +11,9 @@ The API `restore/__init__.py` calls:
     rebase(delta, target, image, live, config) -> Rebase
         Every recorded entry classified (`Decision`), the consistency check done, and the
         pins the installer must keep (`Rebase.constraints`).
+    unmet(env, roots, names, ignore) -> dict[str, str]
+        After the installs: the packages of `names` whose requirements what is installed
+        does not satisfy, each with one of them.
 
 Each entry, with `w` the version the image ships now (None: it ships none):
 
@@ -577,6 +580,27 @@ class _Check:
                 if have is None or version is None or not r.specifier.contains(version, True):
                     out.append((state[name], r))
         return out
+
+
+def unmet(
+    env: Environment, roots: Iterable[Path], names: Collection[str], ignore: Collection[str] = ()
+) -> dict[str, str]:
+    """canonical name -> a Requires-Dist that what is installed in `roots` (first root
+    first) does not satisfy, for each installed distribution of `names` (canonical) that
+    has one; requirements naming a package of `ignore` (canonical) are not read. After a
+    restore onto a new image, a package in place whose dependencies are not is not
+    restored: the installer may have put it there in an earlier call than the one that
+    failed to fetch them."""
+    meta = installed_metadata(roots)
+    state = {
+        key: _Dist(key, version, "planned", requires if key in names else None)
+        for key, (version, requires) in meta.items()
+    }
+    out: dict[str, str] = {}
+    for d, r in _Check(env).violations(state):
+        if canonical(r.name) not in ignore:
+            out.setdefault(d.name, _printable(str(r)))
+    return out
 
 
 # -- the plan ------------------------------------------------------------------------------
