@@ -3,19 +3,20 @@ only when no other user could have put what is there now.
 
     path_problem(path) -> str | None
         Why `path` may not be trusted, or None. The path itself and every directory above
-        it, up to the first root-owned directory, must be owned by the user or by root and
-        not writable by others; a root-owned directory ends the walk, since only root can
-        change what it holds (if it is writable by others, it must have the sticky bit,
-        like `/tmp`, so that only their owners can replace its entries). This is done for
-        the path it resolves to; each symbolic link on the way as written must be owned by
-        the user or root (its mode means nothing) and sit in a directory that passes the
-        same walk, since whoever can change a link chooses where the path leads.
+        it, up to `/`, must be owned by the user or by root and not writable by others
+        unless it has the sticky bit (like `/tmp`: then only an entry's owner, or the
+        directory's, can rename or replace it). A root-owned directory does not end the
+        walk: only root can change what it holds, but whoever may write the directory
+        above it can rename it away and put another in its place, between the check and
+        the install. This is done for the path it resolves to; each symbolic link on the
+        way as written must be owned by the user or root (its mode means nothing) and sit
+        in a directory that passes the same walk, since whoever can change a link chooses
+        where the path leads.
     directory_problem(path, subdirectory) -> str | None
         A directory source: `path_problem` of the recorded `path` and of every directory
-        below it down to `path/subdirectory`, the one the installer is given. Each is
-        checked on its own, so a root-owned directory inside the subdirectory does not
-        end the check of the recorded directories above it, and a symbolic link anywhere
-        in the subdirectory is checked as one on the recorded path is. A subdirectory that
+        below it down to `path/subdirectory`, the one the installer is given, so a
+        symbolic link anywhere in the subdirectory is checked as one on the recorded path
+        is. A subdirectory that
         is absolute or climbs with `..` is refused: it does not lie below `path`.
     file_problem(path, hashes) -> str | None
         `path_problem`, then: a regular file whose sha256 is the one recorded at checkpoint
@@ -58,30 +59,28 @@ def _chain(path: PurePath) -> Iterator[str]:
     yield from map(str, path.parents)
 
 
-def _component_problem(path: str, me: int) -> tuple[str | None, bool]:
-    """(why `path` is not trusted or None, whether the walk up ends here)."""
+def _component_problem(path: str, me: int) -> str | None:
+    """Why `path` itself is not trusted (its owner, its mode), or None."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return f"{path} does not exist here", True
+        return f"{path} does not exist here"
     except OSError as e:
-        return f"{path} cannot be checked: {e.strerror}", True
+        return f"{path} cannot be checked: {e.strerror}"
     if st.st_uid not in (me, 0):
-        return f"{path} is owned by {_owner(st.st_uid)}, not by you or root", True
-    directory = stat.S_ISDIR(st.st_mode)
-    last = directory and st.st_uid == 0
+        return f"{path} is owned by {_owner(st.st_uid)}, not by you or root"
     if stat.S_ISLNK(st.st_mode) or not st.st_mode & stat.S_IWOTH:
-        return None, last
-    if last and st.st_mode & stat.S_ISVTX:
-        return None, True
-    return f"{path} is writable by others", True
+        return None
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
+        return None
+    return f"{path} is writable by others"
 
 
 def _walk(path: str, me: int) -> str | None:
     """The rule of `path_problem` for a path without symbolic links."""
     for component in _chain(PurePath(path)):
-        problem, last = _component_problem(component, me)
-        if problem is not None or last:
+        problem = _component_problem(component, me)
+        if problem is not None:
             return problem
     return None
 

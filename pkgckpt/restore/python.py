@@ -46,9 +46,9 @@ and reachable:
   are refused: a manifest on shared storage must not be able to point the install at an
   unauthenticated download. A recorded hash is always passed on (`#sha256=` on the URL,
   which pip and uv both verify on the bytes they install). A `file://` archive must also
-  pass `localsource.file_problem`: it and the directories above it, up to a root-owned
-  one, owned by the user or root and not writable by others, and its sha256 recorded at
-  checkpoint and matching.
+  pass `localsource.file_problem`: it and every directory above it owned by the user or
+  root and not writable by others (unless sticky), and its sha256 recorded at checkpoint
+  and matching.
 - VCS (git, hg, svn, bzr): over `https://`, `ssh://` or `file://` (the repository must
   pass `localsource.path_problem`), with the recorded commit (else the requested
   revision); the VCS tool must be installed.

@@ -1,0 +1,72 @@
+"""The owner walk of local sources (`pkgckpt.localsource.path_problem`) against a real
+second user: what bob can rearrange above a source is not trusted."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from pkgckpt.localsource import directory_problem, path_problem
+
+from .conftest import User
+
+
+def _open_the_way(tmp_path: Path) -> None:
+    # pytest's tmp_path is 0700 under root: let bob reach what the test gives him.
+    for parent in [tmp_path, *tmp_path.parents]:
+        if parent == Path("/"):
+            break
+        parent.chmod(stat.S_IMODE(parent.stat().st_mode) | 0o011)
+
+
+def _source(parent: Path) -> Path:
+    """A root-owned project directory in `parent`, and a source directory in it."""
+    project = parent / "project"
+    project.mkdir(mode=0o755)
+    source = project / "src"
+    source.mkdir(mode=0o755)
+    (source / "setup.py").write_text("print('genuine')\n")
+    return source
+
+
+def test_a_root_owned_directory_in_one_another_user_owns_is_not_trusted(
+    bob: User, tmp_path: Path
+) -> None:
+    """bob owns the directory above a root-owned project: he cannot change what the
+    project holds, but he can rename the project away and put his own in its place
+    between restore's check and the install. The source is refused, naming bob's
+    directory; then bob does exactly that, for real."""
+    _open_the_way(tmp_path)
+    bobs = tmp_path / "bobs"
+    bobs.mkdir(mode=0o755)
+    os.chown(bobs, bob.uid, bob.gid)
+    source = _source(bobs)
+    owned = f"{bobs} is owned by {bob.name} (uid {bob.uid}), not by you or root"
+    assert path_problem(str(source)) == f"{source}: {owned}"
+    assert directory_problem(str(source.parent), "src") == f"{source.parent}: {owned}"
+
+    assert bob.run(["mv", str(source.parent), str(bobs / "away")]).returncode == 0
+    assert bob.run(["mkdir", "-p", str(source)]).returncode == 0
+    planted = bob.run(["sh", "-c", f"echo \"print('bob')\" > {source}/setup.py"])
+    assert planted.returncode == 0, planted.stderr
+    assert (source / "setup.py").read_text() == "print('bob')\n"
+
+
+def test_a_root_owned_directory_in_one_others_can_write_is_trusted_only_if_sticky(
+    bob: User, tmp_path: Path
+) -> None:
+    """A root-owned project in a directory everyone may write: bob can rename it away
+    unless that directory has the sticky bit (as /tmp does), which leaves renaming an
+    entry to its owner; with it the source is trusted, without it refused."""
+    _open_the_way(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    source = _source(shared)
+    assert path_problem(str(source)) == f"{source}: {shared} is writable by others"
+
+    shared.chmod(0o1777)
+    assert path_problem(str(source)) is None
+    moved = bob.run(["mv", str(source.parent), str(shared / "away")])
+    assert moved.returncode != 0, "bob renamed root's project in a sticky directory"
