@@ -693,24 +693,28 @@ def test_a_recorded_local_file_is_used_only_when_it_is_the_same_and_ours(
     session: Session,
 ) -> None:
     """A local source with a path (remotes' install_local) is reinstalled from that file when
-    its sha256 matches and no one else can write it; a swapped or foreign file is refused."""
+    its sha256 matches and no one else can write it; a swapped or foreign file is refused,
+    and the dry run already says so."""
     tarball = rpkgs.local_tarball("ckptImports", "1.2.0", session.tmp / "build")
     digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
     local = LocalSource(path=str(tarball), hashes={"sha256": digest})
     put(session, Package(name="ckptImports", version="1.2.0", source=local))
 
+    def refused(why: str) -> None:
+        dry = session.restore("--dry-run")
+        assert why in dry.stdout, dry.stdout
+        done = session.restore()
+        assert done.returncode == 3 and why in done.stdout, done.stdout
+
     tarball.chmod(0o666)
-    loose = session.restore()
-    assert loose.returncode == 3 and "writable by others" in loose.stdout, loose.stdout
+    refused("writable by others")
     tarball.chmod(0o644)
     os.chown(tarball, 65534, 65534)
-    foreign = session.restore()
-    assert foreign.returncode == 3 and "not by you or root" in foreign.stdout, foreign.stdout
+    refused("not by you or root")
     os.chown(tarball, os.getuid(), os.getgid())
     good = tarball.read_bytes()
     tarball.write_bytes(good + b"\0")
-    swapped = session.restore()
-    assert swapped.returncode == 3 and "changed since checkpoint" in swapped.stdout, swapped.stdout
+    refused("changed since checkpoint")
     assert "ckptImports" not in rpkgs.installed(session.lib)
 
     tarball.write_bytes(good)

@@ -479,6 +479,12 @@ class RInstaller:
             if source.path is None or not os.path.isfile(source.path):  # noqa: PTH113
                 where = f" ({source.path})" if source.path else ""
                 return f"installed from a local file that is not here{where}"
+            # The rules of Python's file:// sources, in the plan as theirs are, so that a
+            # dry run shows the refusal; the hash is checked again on the bytes copied
+            # (`_prepare_local`), which closes the window after this check.
+            problem = file_problem(source.path, source.hashes)
+            if problem is not None:
+                return f"installed from a local file that is not usable: {problem}"
             return None
         used = Path(source.path, source.subdirectory or "")
         if not os.path.isdir(used):  # noqa: PTH112
@@ -673,14 +679,10 @@ class RInstaller:
     def _prepare_local(
         self, package: Package, source: LocalSource, work: Path, deadline: Deadline
     ) -> Prepared | Outcome:
-        """The tarball a local install came from, when it is still there, passes the owner
-        checks of `pkgckpt.localsource` and has the sha256 recorded at checkpoint."""
+        """The tarball a local install came from, which `blocked()` found there, the user's
+        or root's and with the sha256 recorded at checkpoint: unpacked from the bytes
+        copied, which must have that sha256 too."""
         path = Path(source.path or "")
-        # The rules of Python's file:// sources (pkgckpt.localsource); the hash is checked
-        # again on the bytes copied, which closes the window after this check.
-        problem = file_problem(str(path), source.hashes)
-        if problem is not None:
-            return failed(package, f"installed from a local file that is not usable: {problem}")
         as_url = UrlSource(url=path.as_uri(), hashes=source.hashes)
         try:
             root = _download_source(as_url, work, deadline, self.config.max_download_bytes)
