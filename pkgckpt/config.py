@@ -4,7 +4,9 @@ Config files are TOML with the same names as the settings below (`store`, `key`,
 `env = [...]`, `quiet_ms`, ...). `/etc/pkgckpt/config.toml` (the image's) is read first,
 then `~/.config/pkgckpt/config.toml` (the user's), then `--config FILE`; later files
 override earlier ones key by key. The environment variable of a setting is its name in
-upper case with a `PKGCKPT_` prefix; list settings take `os.pathsep`-separated values.
+upper case with a `PKGCKPT_` prefix; list settings take `os.pathsep`-separated values,
+but in the lists whose entries may be URLs (`URL_LISTS`) a URL keeps its colons
+(`_split`).
 
 `find_links` paths are made absolute where they are read (`_absolute_links`): restore's
 installers run in a private, empty working directory, where a relative path names
@@ -312,12 +314,44 @@ _FIELDS = {
 `_coerce` reads as it is, without `typing.get_type_hints`."""
 
 
+LINK_URL_SCHEMES = ("http", "https", "file")
+"""`find_links` entries with these schemes are URLs, passed on as they are; in a variable
+of `URL_LISTS`, a URL with one of them keeps its colons (`_split`)."""
+
+URL_LISTS = frozenset({"find_links", "r_repo", "conda_channels"})
+"""List settings whose entries may be URLs: an R repository, a conda channel and a
+find-links place are as often `https://...` as a name or a path."""
+
+
+def _split(value: str, urls: bool) -> list[str]:
+    """A list variable's entries, `os.pathsep`-separated. In a list of URLs, the colons of
+    a URL do not separate: a scheme (`LINK_URL_SCHEMES`) followed by an entry that starts
+    with `//` is one URL, and so are the entries that follow while its host part is still
+    open (no `/` after the `//` yet) and they do not start with `/`: a port
+    (`https://host:8443/wheels`), a password (`https://user:secret@host/`), an IPv6
+    address (`http://[::1]:8080/`). `https://host:/opt/wheels` is two entries."""
+    pieces = value.split(os.pathsep)
+    if not urls or os.pathsep != ":":
+        return pieces
+    out: list[str] = []
+    url_open = False  # the last entry is a URL whose host part goes on in the next piece
+    for piece in pieces:
+        starts = piece.startswith("//") and bool(out) and out[-1].lower() in LINK_URL_SCHEMES
+        if starts or (url_open and not piece.startswith("/")):
+            out[-1] += ":" + piece
+            url_open = not any(c in out[-1].partition("://")[2] for c in "/?#")
+        else:
+            out.append(piece)
+            url_open = False
+    return out
+
+
 def _coerce(name: str, value: Any, origin: str) -> Any:
     """Turn a file, environment or flag value into the field's type, or raise UsageError."""
     kind = str(_FIELDS[name])
     try:
         if kind.startswith("tuple"):
-            items = value.split(os.pathsep) if isinstance(value, str) else list(value)
+            items = _split(value, name in URL_LISTS) if isinstance(value, str) else list(value)
             items = [i for i in items if i != ""]
             return tuple(Path(i).expanduser() if "Path" in kind else str(i) for i in items)
         if kind == "bool":
@@ -355,10 +389,6 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise UsageError(f"{origin}: invalid value {value!r} for {name}") from None
-
-
-LINK_URL_SCHEMES = ("http", "https", "file")
-"""`find_links` entries with these schemes are URLs, passed on as they are."""
 
 
 def _absolute_links(links: tuple[str, ...], base: Path | None, origin: str) -> tuple[str, ...]:

@@ -132,6 +132,39 @@ def test_relative_find_links_are_made_absolute_where_they_are_read(
 
 
 @pytest.mark.parametrize(
+    ("value", "entries"),
+    [
+        ("https://h/wheels", ["https://h/wheels"]),
+        ("https://h:8443/w/:/opt/w:rel", ["https://h:8443/w/", "/opt/w", "rel"]),
+        ("https://user:secret@h/w:file:///srv/w", ["https://user:secret@h/w", "file:///srv/w"]),
+        ("http://[::1]:8080/w:HTTP://H/x", ["http://[::1]:8080/w", "HTTP://H/x"]),
+        # A bare host's colon before an absolute path separates; one after the host part
+        # (in the path or the query) always does.
+        ("https://h:/opt/w", ["https://h", "/opt/w"]),
+        ("https://h/a:b", ["https://h/a", "b"]),
+    ],
+)
+def test_url_lists_keep_the_colons_of_their_urls_in_the_environment(
+    files: dict[str, Path], tmp_path: Path, value: str, entries: list[str]
+) -> None:
+    """PKGCKPT_FIND_LINKS=https://h/wheels was cut at its colon into a relative path
+    `https` and `//h/wheels`: URLs in the lists that take them stay whole, beside paths;
+    relative paths are still made absolute. A path list is split at every colon."""
+    environ = {
+        name: value for name in ("PKGCKPT_FIND_LINKS", "PKGCKPT_R_REPO", "PKGCKPT_CONDA_CHANNELS")
+    }
+    loaded = config.load({}, None, environ={**environ, "PKGCKPT_ENV": "https://h/w"})
+    absolute = [
+        e if e.startswith(("/", "http", "HTTP", "file")) else str(Path.cwd() / e) for e in entries
+    ]
+    assert loaded.find_links == tuple(absolute)
+    assert loaded.r_repo == loaded.conda_channels == tuple(entries)
+    assert loaded.env == (Path("https"), Path("//h/w"))
+    files["explicit"].write_text(f"find_links = {value!r}\n")
+    assert config.load({}, files["explicit"], environ={}).find_links[0] == entries[0]
+
+
+@pytest.mark.parametrize(
     ("environ", "text", "message"),
     [
         ({"PKGCKPT_QUIET_MS": "soon"}, None, "PKGCKPT_QUIET_MS"),

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import http.server
 import json
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -473,6 +476,31 @@ def test_command_reads_a_relative_find_links_from_where_it_started(
         capture_output=True, text=True, env=hermetic(tmp_path), cwd=wheels.parent,
         stdin=subprocess.DEVNULL, timeout=300,
     )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert installed(image.site_packages)["alpha"] == "1.0"
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_command_installs_from_a_find_links_url_in_the_environment(
+    tool: str, tmp_path: Path, image: Venv, wheels: Path
+) -> None:
+    """PKGCKPT_FIND_LINKS=http://host:port/ reaches the installer whole: it was cut at
+    its colons into paths that name nothing, and the restore failed."""
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(config.store, config.key, user_delta(env_of(config)))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(wheels))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        argv = [a for a in cli_args(config, "--installer", tool) if a != str(wheels)]
+        argv.remove("--find-links")
+        done = pkgckpt(*argv, env={**hermetic(tmp_path), "PKGCKPT_FIND_LINKS": url})
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
     assert done.returncode == 0, done.stdout + done.stderr
     assert installed(image.site_packages)["alpha"] == "1.0"
 
