@@ -165,13 +165,14 @@ def cli() -> None:
 @cli.command(epilog=EXIT_CODES)
 @click.option(
     "--quiet-ms",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=config.MAX_MS),
     default=None,
-    help="Checkpoint a library once it has been quiet this long (default 500).",
+    help="Checkpoint a library once it has been quiet this long, in milliseconds up to a "
+    "day (default 500).",
 )
 @click.option(
     "--max-delay-ms",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=config.MAX_MS),
     default=None,
     help="Checkpoint a library at the latest this long after its first change, even "
     "while an install still runs (default 30000).",

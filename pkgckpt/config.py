@@ -39,6 +39,24 @@ MAX_SECONDS = 86_400.0
 day. Beyond it a number is a slip (1e9, or `inf` for "no bound", which is 0 where there is
 one), and the waits it reaches refuse it (OverflowError). NaN is no number of seconds."""
 
+MAX_MS = 86_400_000
+"""The largest value of a setting in milliseconds (quiet_ms, max_delay_ms): a day, as for
+seconds. A larger window is a slip (10**12: no checkpoint until the daemon stops)."""
+
+INT_BOUNDS: dict[str, tuple[int, int, str]] = {
+    "store_uid": (0, 2**32 - 2, "a uid"),  # uid_t; (uid_t)-1 is no uid
+    "max_download_bytes": (0, 2**50, "bytes"),
+    "artifact_quota": (0, 2**50, "bytes"),
+    "keep_generations": (1, 10_000, "generations"),
+    "quiet_ms": (0, MAX_MS, "milliseconds"),
+    "max_delay_ms": (0, MAX_MS, "milliseconds"),
+    "artifact_retries": (0, 1_000, "retries"),
+}
+"""Each integer setting's least and largest value, and what it counts. Beyond them a
+number is a slip, and the code it reaches fails on it (10**400 ms is no float; past
+1,024 retries the backoff's 2.0**n overflows): a usage error instead. Bytes: up to a PiB;
+retries: a week at the backoff's 10 minutes; generations: 10,000 files per key."""
+
 DISCOVER = ("kernels", "conda", "user-site", "r")
 """The values of the `discover` setting, all on by default."""
 
@@ -363,11 +381,15 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
                 return False
             raise ValueError(value)
         if kind in ("int", "int | None"):
-            if isinstance(value, bool):
+            # A TOML float is taken when whole (500.0), not cut (1.5) nor overflowing (inf).
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             count = int(value)
-            if count < 0:
-                raise ValueError(value)
+            low, high, what = INT_BOUNDS[name]
+            if not low <= count <= high:
+                raise UsageError(
+                    f"{origin}: invalid value {value!r} for {name}: {what}, from {low} to {high}"
+                )
             return count
         if kind == "float":
             if isinstance(value, bool):

@@ -251,6 +251,36 @@ def test_seconds_that_are_not_finite_or_beyond_a_day_are_usage_errors(
     assert "internal error" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("argv", "variables", "said"),
+    [
+        (["--quiet-ms", "86400001"], {}, "Invalid value for '--quiet-ms'"),
+        (["--max-delay-ms", str(10**12)], {}, "Invalid value for '--max-delay-ms'"),
+        ([], {"PKGCKPT_QUIET_MS": str(10**400)}, "for quiet_ms: milliseconds, from 0 to"),
+        ([], {"PKGCKPT_ARTIFACT_RETRIES": "5000"}, "for artifact_retries: retries, from 0"),
+        ([], {"PKGCKPT_KEEP_GENERATIONS": "0"}, "for keep_generations: generations, from 1"),
+    ],
+)
+def test_an_integer_beyond_its_bounds_stops_the_daemon_with_exit_2(
+    tmp_path: Path, argv: list[str], variables: dict[str, str], said: str
+) -> None:
+    """`PKGCKPT_QUIET_MS=10**400` was an internal error (exit 1) and 10**12 a daemon that
+    recorded nothing until it stopped: the real daemon refuses them before it starts."""
+    done = pkgckpt_process(
+        tmp_path, "daemon", *argv, "--store", str(tmp_path / "s"), "--key", "k", **variables
+    )
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr and "internal error" not in done.stderr
+
+
+def test_an_integer_setting_of_inf_in_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    """`quiet_ms = inf` in a config file was an internal error (OverflowError)."""
+    (tmp_path / "c.toml").write_text("quiet_ms = inf\n")
+    done = pkgckpt_process(tmp_path, "status", "--config", str(tmp_path / "c.toml"))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"pkgckpt: {tmp_path / 'c.toml'}: invalid value inf for quiet_ms\n"
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "1e9"])
 def test_a_timeout_variable_that_is_no_bound_fails_before_the_store_is_touched(
     tmp_path: Path, value: str

@@ -352,6 +352,65 @@ def test_a_day_and_zero_are_taken(files: dict[str, Path], name: str) -> None:
         config.load({}, files["explicit"], environ={})
 
 
+INTS = sorted(name for name, kind in config._FIELDS.items() if kind in ("int", "int | None"))
+
+
+def test_the_integer_settings_are_these() -> None:
+    """Every integer setting has its bounds in INT_BOUNDS, checked below."""
+    assert INTS == sorted(config.INT_BOUNDS) == [
+        "artifact_quota", "artifact_retries", "keep_generations", "max_delay_ms",
+        "max_download_bytes", "quiet_ms", "store_uid",
+    ]  # fmt: skip
+    assert config.INT_BOUNDS["quiet_ms"][1] == config.MAX_MS == 1000 * config.MAX_SECONDS
+
+
+@pytest.mark.parametrize("name", INTS)
+@pytest.mark.parametrize("origin", ["environment", "file", "flag"])
+@pytest.mark.parametrize("beyond", ["above", "below", "huge", "enormous"])
+def test_integers_beyond_their_bounds_are_usage_errors_wherever_they_are_set(
+    files: dict[str, Path], name: str, origin: str, beyond: str
+) -> None:
+    """quiet_ms=10**12 left every change unrecorded until the daemon stopped, and 10**400
+    was an internal error (no float holds it): a usage error (exit 2) naming the bounds,
+    from a flag, a variable or a file."""
+    low, high, what = config.INT_BOUNDS[name]
+    value = {"above": high + 1, "below": low - 1, "huge": 10**12, "enormous": 10**400}[beyond]
+    if beyond == "huge" and high >= 10**12:
+        value = 10**18
+    environ: dict[str, str] = {}
+    flags: dict[str, object] = {}
+    if origin == "environment":
+        environ[f"PKGCKPT_{name.upper()}"] = str(value)
+    elif origin == "flag":
+        flags[name] = value
+    else:
+        files["explicit"].write_text(f"{name} = {value}\n")
+    explicit = files["explicit"] if origin == "file" else None
+    with pytest.raises(UsageError, match=f"for {name}: {what}, from {low} to {high}$") as err:
+        config.load(flags, explicit, environ=environ)
+    assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize("name", INTS)
+def test_integer_bounds_are_taken_and_a_toml_float_only_when_whole(
+    files: dict[str, Path], name: str
+) -> None:
+    """The bounds themselves are taken; a TOML `500.0` is 500, but 1.5 is not cut to 1 and
+    `inf` is no internal error (OverflowError): both are usage errors."""
+    low, high, _ = config.INT_BOUNDS[name]
+    for value in (low, high):
+        assert (
+            getattr(config.load({}, None, environ={f"PKGCKPT_{name.upper()}": str(value)}), name)
+            == value
+        )
+    files["explicit"].write_text(f"{name} = {float(low + 1)}\n")
+    assert getattr(config.load({}, files["explicit"], environ={}), name) == low + 1
+    for text in ("1.5", "inf", "nan", "-inf", "true"):
+        files["explicit"].write_text(f"{name} = {text}\n")
+        with pytest.raises(UsageError, match=f"invalid value .* for {name}"):
+            config.load({}, files["explicit"], environ={})
+
+
 PATHS = sorted(name for name, kind in config._FIELDS.items() if kind in ("Path", "Path | None"))
 
 
