@@ -9,7 +9,7 @@
 # Settings come from the environment (PKGCKPT_STORE, PKGCKPT_KEY, PKGCKPT_ENV, ...) or
 # /etc/pkgckpt/config.toml. PKGCKPT_RESTORE_TIMEOUT (else PKGCKPT_TIMEOUT) bounds the restore
 # (seconds, default 300, fractions allowed; 0: no bound), after the random wait of up to
-# PKGCKPT_JITTER seconds that a container's first restore makes.
+# `jitter` seconds (PKGCKPT_JITTER, or a config file) that a container's first restore makes.
 #
 # This shell stays the parent of both processes instead of exec'ing the server: Kubernetes
 # sends SIGTERM only to the container's first process, and when that process exits every
@@ -32,44 +32,58 @@ wait_for() {
     return "$rc"
 }
 
-# A number of seconds as pkgckpt reads it (digits, a decimal fraction allowed: 120.5),
-# rounded up to whole seconds for timeout(1) and the shell's arithmetic; fails on anything
-# else (1e3, -1, "5 min": pkgckpt would refuse it, or read it otherwise).
-whole_seconds() {
+# Whether $1 is a number of seconds as pkgckpt reads it (digits, a decimal fraction
+# allowed: 120.5); not 1e3, -1 or "5 min", which pkgckpt would refuse or read otherwise.
+is_seconds() {
     case $1 in
         '' | . | *[!0-9.]* | *.*.*) return 1 ;;
     esac
-    local int=${1%%.*} frac=
-    case $1 in *.*) frac=${1#*.} ;; esac
-    int=${int#"${int%%[!0]*}"} # no leading zeros: the shell reads 010 as octal
-    [ "${#int}" -le 9 ] || return 1
-    case $frac in *[1-9]*) int=$((${int:-0} + 1)) ;; esac
-    echo "${int:-0}"
+    local int=${1%%.*}
+    int=${int#"${int%%[!0]*}"} # leading zeros do not count
+    [ "${#int}" -le 9 ]
+}
+
+# The command, cut off by timeout(1) after $1 seconds (SIGKILL 10 s later) when there is one.
+bounded() {
+    local seconds=$1
+    shift
+    if command -v timeout >/dev/null 2>&1; then
+        timeout --kill-after=10 "$seconds" "$@"
+    else
+        "$@"
+    fi
 }
 
 # 1. Restore, bounded twice: pkgckpt's own --timeout stops the installers, and timeout(1)
 #    guards against anything else hanging (a hard NFS mount that stopped answering).
-#    timeout(1)'s bound is the restore's, plus the random wait PKGCKPT_JITTER asks for
-#    before it (read here from the environment only: a `jitter` set in a config file is
-#    not added), plus 30 s; none when the restore's is 0 (pkgckpt: no bound).
+#    timeout(1)'s bound is what pkgckpt says the restore may take (`--print-bound`: its
+#    timeout plus its jitter's longest wait, wherever each is set) plus 30 s; none when
+#    that is 0 (the restore's timeout is 0: no bound).
 #    A failed or partial restore (exit 1 or 3) is reported; the session starts anyway.
 restore_timeout=${PKGCKPT_RESTORE_TIMEOUT:-${PKGCKPT_TIMEOUT:-300}}
 restore() {
-    local bound jitter
-    if ! bound=$(whole_seconds "$restore_timeout"); then
+    if ! is_seconds "$restore_timeout"; then
         log "PKGCKPT_RESTORE_TIMEOUT (else PKGCKPT_TIMEOUT) is '$restore_timeout', not a" \
             "number of seconds (e.g. 300 or 120.5): nothing restored; starting anyway"
         return 0
     fi
-    if ! jitter=$(whole_seconds "${PKGCKPT_JITTER:-0}"); then
-        log "PKGCKPT_JITTER is '$PKGCKPT_JITTER', not a number of seconds (e.g. 60 or 0.5):" \
-            "nothing restored; starting anyway"
-        return 0
-    fi
-    local code=0
-    if [ "$bound" -gt 0 ] && command -v timeout >/dev/null 2>&1; then
-        timeout --kill-after=10 "$((bound + jitter + 30))" \
-            pkgckpt restore --timeout "$restore_timeout" || code=$?
+    local limit code=0
+    # It reads the settings only: 30 s is more than it needs, unless a mount hangs.
+    limit=$(bounded 30 pkgckpt restore --timeout "$restore_timeout" --print-bound) || code=$?
+    case $code in
+        0) ;;
+        124 | 137)
+            log "pkgckpt restore --print-bound did not answer in time: nothing restored;" \
+                "starting anyway"
+            return 0
+            ;;
+        *)
+            log "pkgckpt restore failed (exit $code): nothing restored; starting anyway"
+            return 0
+            ;;
+    esac
+    if [ "$limit" -gt 0 ]; then
+        bounded "$((limit + 30))" pkgckpt restore --timeout "$restore_timeout" || code=$?
     else
         pkgckpt restore --timeout "$restore_timeout" || code=$?
     fi

@@ -243,6 +243,13 @@ def snapshot(cfg: config.Config) -> int:
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
+    "--print-bound",
+    is_flag=True,
+    help="Print the longest this restore may take, in whole seconds: its timeout plus "
+    "its jitter, wherever each is set (0: no bound); restore nothing. For a wrapper "
+    "that bounds it too.",
+)
+@click.option(
     "--timeout",
     type=_Seconds(),
     default=None,
@@ -291,7 +298,7 @@ def snapshot(cfg: config.Config) -> int:
     "--r-repo", multiple=True, metavar="URL", help="R repository (CRAN mirror); repeatable."
 )
 @with_config
-def restore(cfg: config.Config, dry_run: bool, as_json: bool) -> int:
+def restore(cfg: config.Config, dry_run: bool, as_json: bool, print_bound: bool) -> int:
     """Install what the manifest records that is not installed here (the entrypoint).
 
     Takes this container's baseline first when it has none. Installs added and changed
@@ -303,7 +310,7 @@ def restore(cfg: config.Config, dry_run: bool, as_json: bool) -> int:
     """
     from . import restore as restore_
 
-    return restore_.command(cfg, dry_run=dry_run, as_json=as_json)
+    return restore_.command(cfg, dry_run=dry_run, as_json=as_json, print_bound=print_bound)
 
 
 @cli.command(epilog=EXIT_CODES)

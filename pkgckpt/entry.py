@@ -94,6 +94,7 @@ RESTORE = (
     # restore's own.
     Option(("--dry-run",), "dry_run", "flag", default=False),
     Option(("--json",), "as_json", "flag", default=False),
+    Option(("--print-bound",), "print_bound", "flag", default=False),
     Option(("--timeout",), "timeout", "value", _seconds()),
     Option(("--jitter",), "jitter", "value", _seconds(600)),
     Option(("--installer",), "installer", "value", _choice("auto", "pip", "uv")),
@@ -155,10 +156,10 @@ def _restore(params: dict[str, Any]) -> int:
         from . import config, restore
 
         dry_run, as_json = params.pop("dry_run"), params.pop("as_json")
-        config_file = params.pop("config_file")
+        print_bound, config_file = params.pop("print_bound"), params.pop("config_file")
         # As cli.with_config: every other option is a setting, given or None.
         cfg = config.load(params, config_file)
-        return restore.command(cfg, dry_run=dry_run, as_json=as_json)
+        return restore.command(cfg, dry_run=dry_run, as_json=as_json, print_bound=print_bound)
 
     return logs.guarded(body)
 

@@ -21,6 +21,7 @@ from wheelhouse import Dist, build_wheel, make_venv
 
 from pkgckpt.config import Config
 from pkgckpt.manifest import Body, Delta, Environment, Package
+from pkgckpt.metrics import record_restore
 from pkgckpt.status import status_path
 
 ENTRYPOINT = Path(__file__).resolve().parent.parent / "examples" / "entrypoint.sh"
@@ -103,13 +104,57 @@ def test_entrypoint_survives_a_failed_restore_and_flushes_on_sigterm(
     assert "stopped: every change is on the store" in text
 
 
-# A stand-in for pkgckpt: `restore` logs its arguments and exits $SHIM_RESTORE_EXIT;
-# `daemon` runs until SIGTERM, and logs whether the server had exited by then.
+def test_the_real_restore_is_bounded_by_a_jitter_from_a_config_file(tmp_path: Path) -> None:
+    """The real pkgckpt, `jitter = 600` in a config file, a restore timeout of 5 s:
+    timeout(1) allows 5 + 600 + 30 s (it allowed 35, and cut off the restores that drew a
+    wait over 35 s), and the restore runs within it. The container restored once already,
+    so this restore does not wait."""
+    world = World.make(tmp_path)
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    (tmp_path / "c.toml").write_text("jitter = 600\n")
+    record_restore(Config(store=world.store, key=world.key, runtime_dir=world.runtime), 1, {})
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    timeout = shutil.which("timeout")
+    assert timeout is not None, "timeout(1) (coreutils) is not installed"
+    (shim / "timeout").write_text(SHIM_TIMEOUT.format(timeout=timeout))
+    (shim / "timeout").chmod(0o755)
+    (tmp_path / "server.py").write_text(PLAIN_SERVER)
+    bindir = str(Path(os.path.realpath(sys.executable)).parent)
+    variables = {
+        **world.env,
+        "PATH": os.pathsep.join([str(shim), bindir, world.env["PATH"]]),
+        "SHIM_DIR": str(shim),
+        "PKGCKPT_CONFIG": str(tmp_path / "c.toml"),
+        "PKGCKPT_ENV": str(venv.prefix),
+        "PKGCKPT_STORE": str(world.store),
+        "PKGCKPT_KEY": world.key,
+        "PKGCKPT_RESTORE_TIMEOUT": "5",
+    }
+    done = subprocess.run(
+        ["bash", str(ENTRYPOINT), sys.executable, str(tmp_path / "server.py"), "0"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=variables, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (shim / "calls").read_text().splitlines() == [
+        "timeout --kill-after=10 30 pkgckpt restore --timeout 5 --print-bound",
+        "timeout --kill-after=10 635 pkgckpt restore --timeout 5",
+    ]
+    # The server exits at once: the daemon may be stopped before it could start.
+    said = [line for line in done.stderr.splitlines() if line.startswith("entrypoint:")]
+    assert not [line for line in said if "restore" in line], done.stderr
+    assert "nothing to restore" in done.stdout, done.stdout
+
+
+# A stand-in for pkgckpt: `restore --print-bound` is the real one's answer; `restore`
+# logs its arguments and exits $SHIM_RESTORE_EXIT; `daemon` runs until SIGTERM, and logs
+# whether the server had exited by then.
 SHIM_PKGCKPT = """\
 #!/bin/sh
 log=$SHIM_DIR/calls
 case $1 in
 restore)
+    case " $* " in *" --print-bound "*) exec {python} -m pkgckpt "$@" ;; esac
     echo "restore $*" >>"$log"
     exit "${SHIM_RESTORE_EXIT:-0}" ;;
 daemon)
@@ -154,14 +199,19 @@ def shimmed(tmp_path: Path, **variables: str) -> tuple[dict[str, str], Path]:
     """The environment to run the entrypoint in with the stand-ins, and their log."""
     shim = tmp_path / "shim"
     shim.mkdir()
-    (shim / "pkgckpt").write_text(SHIM_PKGCKPT)
+    (shim / "pkgckpt").write_text(SHIM_PKGCKPT.replace("{python}", sys.executable))
     timeout = shutil.which("timeout")
     assert timeout is not None, "timeout(1) (coreutils) is not installed"
     (shim / "timeout").write_text(SHIM_TIMEOUT.format(timeout=timeout))
     for tool in ("pkgckpt", "timeout"):
         (shim / tool).chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PKGCKPT_")}
-    env.update(PATH=f"{shim}{os.pathsep}{env['PATH']}", SHIM_DIR=str(shim), **variables)
+    env.update(
+        PATH=f"{shim}{os.pathsep}{env['PATH']}",
+        SHIM_DIR=str(shim),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),  # not this machine's config file
+        **variables,
+    )
     return env, shim / "calls"
 
 
@@ -180,27 +230,42 @@ def run_entrypoint(
 
 
 @pytest.mark.parametrize(
-    ("variables", "bound", "flag"),
+    ("variables", "jitter", "bound", "flag"),
     [
-        ({}, "330", "300"),
-        ({"PKGCKPT_RESTORE_TIMEOUT": "120"}, "150", "120"),
-        # The random wait before restore's own bound starts is inside the outer one.
-        ({"PKGCKPT_JITTER": "600"}, "930", "300"),
-        ({"PKGCKPT_RESTORE_TIMEOUT": "5", "PKGCKPT_JITTER": "0.2"}, "36", "5"),
+        ({}, None, "330", "300"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "120"}, None, "150", "120"),
+        # The random wait before restore's own bound starts is inside the outer one,
+        # wherever the jitter is set: the environment, the user's or an explicit file.
+        ({"PKGCKPT_JITTER": "600"}, None, "930", "300"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "5", "PKGCKPT_JITTER": "0.2"}, None, "36", "5"),
+        ({}, "user", "930", "300"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "5"}, "explicit", "635", "5"),
+        ({"PKGCKPT_JITTER": "1"}, "user", "331", "300"),  # the variable wins, as in restore
         # Fractions are rounded up for timeout(1); pkgckpt gets them as they are.
-        ({"PKGCKPT_RESTORE_TIMEOUT": "120.5"}, "151", "120.5"),
-        ({"PKGCKPT_TIMEOUT": "2.25"}, "33", "2.25"),
-        ({"PKGCKPT_RESTORE_TIMEOUT": "010"}, "40", "010"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "120.5"}, None, "151", "120.5"),
+        ({"PKGCKPT_TIMEOUT": "2.25"}, None, "33", "2.25"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "010"}, None, "40", "010"),
     ],
 )
 def test_restore_is_bounded_by_its_timeout_and_jitter(
-    tmp_path: Path, variables: dict[str, str], bound: str, flag: str
+    tmp_path: Path, variables: dict[str, str], jitter: str | None, bound: str, flag: str
 ) -> None:
-    """timeout(1) allows the restore's own --timeout, its jitter and 30 s more."""
+    """timeout(1) allows the restore's own --timeout, its jitter and 30 s more, as the real
+    `pkgckpt restore --print-bound` reads them. A `jitter` in a config file was left out:
+    timeout(1) could kill a restore still in its random wait."""
+    if jitter == "user":
+        (tmp_path / "config" / "pkgckpt").mkdir(parents=True)
+        (tmp_path / "config" / "pkgckpt" / "config.toml").write_text("jitter = 600\n")
+    elif jitter == "explicit":
+        (tmp_path / "c.toml").write_text("jitter = 600\n")
+        variables = {**variables, "PKGCKPT_CONFIG": str(tmp_path / "c.toml")}
     done, calls = run_entrypoint(tmp_path, **variables)
     assert done.returncode == 0, done.stderr
-    assert calls[0] == f"timeout --kill-after=10 {bound} pkgckpt restore --timeout {flag}"
-    assert calls[1:3] == [f"restore restore --timeout {flag}", "daemon"], calls
+    assert calls[:2] == [
+        f"timeout --kill-after=10 30 pkgckpt restore --timeout {flag} --print-bound",
+        f"timeout --kill-after=10 {bound} pkgckpt restore --timeout {flag}",
+    ], calls
+    assert calls[2:4] == [f"restore restore --timeout {flag}", "daemon"], calls
     assert "entrypoint:" not in done.stderr
 
 
@@ -209,7 +274,7 @@ def test_a_restore_timeout_of_0_is_no_bound(tmp_path: Path, value: str) -> None:
     """`--timeout 0` is no bound: no timeout(1) cuts it off either."""
     done, calls = run_entrypoint(tmp_path, PKGCKPT_RESTORE_TIMEOUT=value, PKGCKPT_JITTER="9")
     assert done.returncode == 0, done.stderr
-    assert calls[:2] == [f"restore restore --timeout {value}", "daemon"], calls
+    assert calls[1:3] == [f"restore restore --timeout {value}", "daemon"], calls
 
 
 @pytest.mark.parametrize(
@@ -226,7 +291,6 @@ def test_a_restore_timeout_of_0_is_no_bound(tmp_path: Path, value: str) -> None:
         ),
         ({"PKGCKPT_RESTORE_TIMEOUT": "1.2.3"}, "is '1.2.3', not a"),
         ({"PKGCKPT_RESTORE_TIMEOUT": "99999999999"}, "is '99999999999', not a"),
-        ({"PKGCKPT_JITTER": "ten"}, "PKGCKPT_JITTER is 'ten', not a number of seconds"),
     ],
 )
 def test_a_bound_that_is_no_number_is_said_and_the_session_starts(
@@ -240,6 +304,31 @@ def test_a_bound_that_is_no_number_is_said_and_the_session_starts(
     (line,) = done.stderr.splitlines()
     assert line.startswith("entrypoint: ") and said in line, line
     assert line.endswith("nothing restored; starting anyway"), line
+    assert (tmp_path / "shim" / "server-exited").exists()
+
+
+@pytest.mark.parametrize(
+    ("variables", "file", "said"),
+    [
+        ({"PKGCKPT_JITTER": "ten"}, None, "PKGCKPT_JITTER: invalid value 'ten' for jitter"),
+        ({}, "jitter = 700\n", "jitter must be 0 to 600 seconds, not 700"),
+    ],
+)
+def test_a_jitter_restore_refuses_is_said_and_the_session_starts(
+    tmp_path: Path, variables: dict[str, str], file: str | None, said: str
+) -> None:
+    """A jitter pkgckpt refuses, from the environment or a config file: pkgckpt says why
+    (exit 2), nothing is restored, and the server and the daemon start all the same."""
+    if file is not None:
+        (tmp_path / "c.toml").write_text(file)
+        variables = {**variables, "PKGCKPT_CONFIG": str(tmp_path / "c.toml")}
+    done, calls = run_entrypoint(tmp_path, **variables)
+    assert done.returncode == 0, done.stderr
+    assert calls[1:2] == ["daemon"], calls
+    assert done.stderr.splitlines() == [
+        f"pkgckpt: {said}",
+        "entrypoint: pkgckpt restore failed (exit 2): nothing restored; starting anyway",
+    ]
     assert (tmp_path / "shim" / "server-exited").exists()
 
 

@@ -105,6 +105,7 @@ def test_parsed_as_click_parses_or_left_to_click(args: list[str]) -> None:
         ["--store", "/s", "--key", "k", "--env", "/e", "--env", "/f", "--no-index"],
         ["--find-links=/w", "--find-links", "/v", "--timeout", "0", "--jitter=600"],
         ["--installer", "uv", "--on-conflict", "user", "--dry-run", "--json"],
+        ["--timeout", "300", "--print-bound"],
         ["--key", "a", "--key", "b", "--index-url=https://i/simple", "--keep-removed"],
         ["--r-lib", "/r", "--r-discover", "--r-repo", "file:///repo", "--baseline", "/b"],
     ],

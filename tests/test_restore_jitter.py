@@ -83,3 +83,30 @@ def test_a_dry_run_and_a_zero_jitter_never_wait(
     monkeypatch.setattr(jitter, "sleep", lambda s: pytest.fail(f"slept {s}"))
     restore.run(Config(**base, runtime_dir=tmp_path / "a", jitter=30.0), dry_run=True)
     restore.run(Config(**base, runtime_dir=tmp_path / "b"))
+
+
+def test_the_bound_is_the_timeout_and_the_longest_wait_wherever_they_are_set(
+    tmp_path: Path,
+) -> None:
+    """`restore --print-bound` (fast path, no click) prints the timeout plus the jitter,
+    rounded up, with the jitter from a config file too; 0 when the timeout is 0 (no bound);
+    a jitter restore refuses is refused here alike (exit 2)."""
+    (tmp_path / "c.toml").write_text("jitter = 600\ntimeout = 20.25\n")
+    env = hermetic(tmp_path)
+
+    def bound(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pkgckpt", "restore", "--print-bound", *args],
+            capture_output=True, text=True, env={**env, **variables}, timeout=60,
+        )  # fmt: skip
+
+    assert bound().stdout == "900\n"
+    assert bound("--config", str(tmp_path / "c.toml")).stdout == "621\n"
+    assert bound("--timeout", "5", PKGCKPT_CONFIG=str(tmp_path / "c.toml")).stdout == "605\n"
+    assert bound("--jitter", "0", "--config", str(tmp_path / "c.toml")).stdout == "21\n"
+    assert bound("--timeout", "0", "--jitter", "600").stdout == "0\n"
+    (tmp_path / "c.toml").write_text("jitter = 601\n")
+    refused = bound("--config", str(tmp_path / "c.toml"))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "jitter must be 0 to 600 seconds" in refused.stderr
+    assert not (tmp_path / "run").exists(), "it touches nothing"

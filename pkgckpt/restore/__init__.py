@@ -1086,10 +1086,16 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
     return report
 
 
-def command(config: Config, *, dry_run: bool, as_json: bool) -> int:
-    """The `restore` command: run, print the report (also when incomplete), its exit code."""
+def command(config: Config, *, dry_run: bool, as_json: bool, print_bound: bool = False) -> int:
+    """The `restore` command: run, print the report (also when incomplete), its exit code.
+    `print_bound`: print `jitter.bound` instead, touching nothing."""
     from ..logs import emit
 
+    if print_bound:
+        from .jitter import bound
+
+        emit(str(bound(config)))
+        return 0
     try:
         report = run(config, dry_run=dry_run)
     except PartialRestore as e:

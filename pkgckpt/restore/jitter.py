@@ -15,10 +15,14 @@ than all at once.
   already (a restore run again, by hand or by a retrying entrypoint) is not part of a
   storm and stays quick (DESIGN invariant 6); a dry run never waits.
 - The wait comes before `timeout` starts: the timeout bounds the restore's own work.
+  Whatever bounds a restore from outside (the example entrypoint's timeout(1)) must allow
+  both, wherever each is set: `bound` is their sum, `pkgckpt restore --print-bound`
+  prints it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from time import sleep
@@ -30,10 +34,14 @@ MAX_JITTER = 600.0
 """Seconds: ten minutes spread 3,500 pods to about six restores a second."""
 
 
-def start_delay(jitter: float, draw: Callable[[float, float], float] | None = None) -> float:
-    """A delay in [0, jitter] seconds, uniform; `draw(a, b)`: random.uniform by default."""
+def _check(jitter: float) -> None:
     if not 0 <= jitter <= MAX_JITTER:
         raise UsageError(f"jitter must be 0 to {MAX_JITTER:g} seconds, not {jitter:g}")
+
+
+def start_delay(jitter: float, draw: Callable[[float, float], float] | None = None) -> float:
+    """A delay in [0, jitter] seconds, uniform; `draw(a, b)`: random.uniform by default."""
+    _check(jitter)
     if jitter == 0:
         return 0.0
     if draw is None:
@@ -54,3 +62,11 @@ def wait(config: Config) -> float:
         return 0.0
     sleep(delay)
     return delay
+
+
+def bound(config: Config) -> int:
+    """The longest a restore with `config` may take, in whole seconds rounded up: the
+    longest start delay, then the timeout; 0 when the timeout is 0 (no bound). A restore
+    run again waits less (not at all), never more."""
+    _check(config.jitter)
+    return math.ceil(config.jitter + config.timeout) if config.timeout else 0
