@@ -15,9 +15,9 @@ than all at once.
   already (a restore run again, by hand or by a retrying entrypoint) is not part of a
   storm and stays quick (DESIGN invariant 6); a dry run never waits.
 - The wait comes before `timeout` starts: the timeout bounds the restore's own work.
-  Whatever bounds a restore from outside (the example entrypoint's timeout(1)) must allow
-  both, wherever each is set: `bound` is their sum, `pkgckpt restore --print-bound`
-  prints it.
+  Whatever bounds a restore from outside (the timeout(1) of the example entrypoint and
+  of the RStudio image's start-up script) must allow both, wherever each is set: `bound`
+  is their sum, `pkgckpt restore --print-bound` prints it.
 """
 
 from __future__ import annotations

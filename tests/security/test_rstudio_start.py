@@ -134,3 +134,77 @@ def test_the_daemon_script_runs_as_the_user_with_the_users_home(
     finally:
         service.terminate()
         service.wait(timeout=30)
+
+
+# timeout(1), logging its arguments before it runs the command (it runs as root, before
+# s6-setuidgid drops to the user).
+SHIM_TIMEOUT = """\
+#!/bin/sh
+echo "timeout $*" >>"{calls}"
+exec {timeout} "$@"
+"""
+
+
+@pytest.mark.parametrize("where", ["the user's config file", "PKGCKPT_CONFIG", "PKGCKPT_JITTER"])
+def test_the_restore_is_bounded_by_its_timeout_and_a_jitter_set_anywhere(
+    alice: User, tool: Path, image: Path, where: str
+) -> None:
+    """timeout(1) allows the restore's 300 s, its jitter's 600 s and 30 s more, as the real
+    `pkgckpt restore --print-bound` reads them as the user with the user's HOME; it
+    allowed 330 s, and cut off a restore that drew a wait over 30 s. The container
+    restored once already, so this restore does not wait."""
+    pkgckpt = str(tool / "bin" / "pkgckpt")
+    env = container_env(alice, tool, image, runtime_dir(alice, image / "run"))
+    users = {**env, "HOME": str(alice.home)}
+    alice.run(["mkdir", "-p", env["R_LIBS_USER"]], check=True)
+    alice.run([pkgckpt, "store", "init", env["PKGCKPT_STORE"]], check=True)
+    alice.run([pkgckpt, "baseline", "--output", env["PKGCKPT_BASELINE"]], env=users, check=True)
+    alice.run([pkgckpt, "restore"], env=users, check=True)
+
+    shim = image / "shim"
+    shim.mkdir(mode=0o755)
+    timeout = shutil.which("timeout")
+    assert timeout is not None, "timeout(1) (coreutils) is not installed"
+    calls = shim / "calls"
+    (shim / "timeout").write_text(SHIM_TIMEOUT.format(calls=calls, timeout=timeout))
+    (shim / "timeout").chmod(0o755)
+    env["PATH"] = f"{shim}:{env['PATH']}"
+    user_config = alice.home / ".config" / "pkgckpt"
+    if where == "the user's config file":
+        write = f"mkdir -p {user_config} && echo 'jitter = 600' > {user_config}/config.toml"
+        alice.run(["sh", "-c", write], check=True)
+    elif where == "PKGCKPT_CONFIG":
+        (image / "etc" / "config.toml").write_text("jitter = 600\n")
+        env["PKGCKPT_CONFIG"] = str(image / "etc" / "config.toml")
+    else:
+        env["PKGCKPT_JITTER"] = "600"
+    try:
+        script = ["bash", str(DEPLOY / "pkgckpt-restore")]
+        done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        alice.run(["rm", "-rf", str(user_config)], check=True)
+    assert done.returncode == 0, done.stderr
+    assert "pkgckpt: " not in done.stderr, done.stderr
+    assert "nothing to restore" in done.stdout, done.stdout
+    as_user = f"s6-setuidgid {alice.name} env HOME={alice.home} pkgckpt restore --timeout 300"
+    assert calls.read_text().splitlines() == [
+        f"timeout --kill-after=10 30 {as_user} --print-bound",
+        f"timeout --kill-after=10 930 {as_user}",
+    ]
+
+
+def test_a_jitter_restore_refuses_is_said_and_rstudio_starts(
+    alice: User, tool: Path, image: Path
+) -> None:
+    """A jitter pkgckpt refuses in a config file: pkgckpt says why, nothing is restored,
+    and the script still lets RStudio start (exit 0)."""
+    env = container_env(alice, tool, image, runtime_dir(alice, image / "run"))
+    (image / "etc" / "config.toml").write_text("jitter = 700\n")
+    env["PKGCKPT_CONFIG"] = str(image / "etc" / "config.toml")
+    script = ["bash", str(DEPLOY / "pkgckpt-restore")]
+    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "pkgckpt: jitter must be 0 to 600 seconds, not 700",
+        "pkgckpt: restore failed (exit 2): nothing restored; starting anyway",
+    ]
