@@ -11,13 +11,15 @@ name them: an overflow, a root armed anew); the tracker folds the scan into the 
 (invariant 1); the store commits it. One log line per change and per commit, on stderr.
 
 Signals: SIGTERM / SIGINT flush (every root rescanned at once, no quiet window, then
-commit, retried until `shutdown_timeout`) and exit: 0 when everything seen is on the
-store, 1 when the store stayed unreachable. SIGHUP rescans every root and commits now
-(`pkgckpt snapshot` uses it when a daemon runs, so the manifest keeps one writer); it
-also applies the requests `forget`, `revert` and `restore` left in the runtime directory
-(`record.serve`) and answers each with the generation written. A change made on
-request that the store did not take is pending like one a scan saw: retried with the
-same backoff, counted in `pending`, and at SIGTERM exit 1 if it never reached the store.
+commit at once, retried until `shutdown_timeout` with a backoff started anew and capped
+at `SHUTDOWN_RETRY_CAP`, whatever delay an outage grew before) and exit: 0 when
+everything seen is on the store, 1 when the store stayed unreachable. SIGHUP rescans
+every root and commits now (`pkgckpt snapshot` uses it when a daemon runs, so the
+manifest keeps one writer); it also applies the requests `forget`, `revert` and
+`restore` left in the runtime directory (`record.serve`) and answers each with the
+generation written. A change made on request that the store did not take is pending like
+one a scan saw: retried with the same backoff, counted in `pending`, and at SIGTERM exit
+1 if it never reached the store.
 
 The watcher may fail too: a failed read of the inotify fd, or anything else it raises,
 is logged, the inotify instance is replaced, and every root is rescanned after the quiet
@@ -71,6 +73,8 @@ BATCH_MS = 50
 """The watcher's own quiet window: events closer than this are one batch, one wake-up."""
 BATCH_MAX_MS = 1000
 """A long install still wakes the daemon once a second, so its maximum delay holds."""
+SHUTDOWN_RETRY_CAP = 2.0
+"""After SIGTERM the store is retried at least this often: a grace period is short."""
 
 
 def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
@@ -458,6 +462,9 @@ class Daemon:
         else:
             self._scan(self.targets)
         self.retry_at = None
+        # The delay the outage grew while running (up to a minute) would leave a store
+        # that comes back during the grace period untried until its end, or past it.
+        self.backoff = Backoff(cap=SHUTDOWN_RETRY_CAP)
         while True:
             if self.session is not None:
                 self._commit()
@@ -472,8 +479,11 @@ class Daemon:
                 log.info("stopped: every change is on the store (%s)", _generation(self.state))
                 code = 0
                 break
-            left = deadline - time.monotonic() - 0.2
-            delay = self.backoff.next()
+            now = time.monotonic()
+            left = deadline - now - 0.2
+            # A failed commit or read set `retry_at`; a read-back that found another
+            # generation did not.
+            delay = self.backoff.next() if self.retry_at is None else self.retry_at - now
             if left <= 0:
                 held = len(self.uncommitted) + self.requested
                 lost = held if self.session is not None else "unknown"
@@ -484,7 +494,7 @@ class Daemon:
                 break
             self._ping(time.monotonic())
             self._flush()
-            time.sleep(min(delay, left))
+            time.sleep(max(0.0, min(delay, left)))
             if self.session is None:
                 self._open()
         self._set(phase="stopped")

@@ -346,6 +346,35 @@ def test_store_outage_does_not_stop_the_daemon_and_the_commit_lands_later(
 
 
 @pytest.mark.slow
+def test_the_sigterm_flush_does_not_wait_out_the_backoff_of_a_long_outage(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """A store back 1 s after SIGTERM, after an outage that grew the retry delay to
+    many seconds: the flush retries at short intervals and exits 0 soon after, not at
+    the end of shutdown_timeout (a pod's grace period), nor past it."""
+    flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    d = world.daemon(*flags, "--quiet-ms", "50", "--shutdown-timeout", "25").start()
+    try:
+        world.store.rename(world.tmp / "store.away")
+        world.store.write_text("not a directory")
+        install(world, venv, wheels, "delta==1.0")
+        # 0.5 + 1 + 2 + 4 s (with jitter) of backoff: the next delay is 8 s or more.
+        eventually(lambda: d.output().count("commit failed") >= 5, 60, "the backoff to grow")
+        assert d.proc is not None
+        d.signal(signal.SIGTERM)
+        d.wait_message("STOPPING=1")
+        stopping = time.monotonic()
+        time.sleep(1)
+        world.store.unlink()
+        (world.tmp / "store.away").rename(world.store)
+        assert d.proc.wait(25) == 0
+        assert time.monotonic() - stopping < 6, d.output()
+        assert committed(world, ["delta==1.0"])
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 def test_a_store_unreachable_at_start_is_read_and_committed_when_it_returns(
     world: World, venv: Venv, wheels: Path
 ) -> None:
