@@ -28,7 +28,9 @@ Exit codes:
   1  error: nothing was changed (the message says why)
   2  usage: a bad flag, setting or config file
   3  partial restore: some packages failed, the others were installed
-  4  daemon: one for this store and key already runs; this one did not start"""
+  4  daemon: one for this store and key already runs; this one did not start
+  5  forget, revert: the running daemon made the change, the store did not take it
+     yet; the daemon keeps it and retries (pending in status)"""
 
 SETTINGS = """\b
 Settings: flags > PKGCKPT_* environment variables (PKGCKPT_STORE, PKGCKPT_KEY,

@@ -39,6 +39,14 @@ class AlreadyRunning(PkgckptError):
     exit_code = 4
 
 
+class HeldByDaemon(PkgckptError):
+    """`forget` or `revert`: the running daemon made the change to its record, the store
+    did not take it yet (exit 5). The daemon keeps it like a change it saw: pending,
+    retried until the store takes it, and at SIGTERM it exits 1 if it never did."""
+
+    exit_code = 5
+
+
 class StoreError(PkgckptError):
     """The store refused a read or a write (ownership, permissions, layout)."""
 

@@ -26,7 +26,8 @@ so the packages still installed in this container are not recorded again either.
 
 Errors: `UnknownPackage` (a name the record does not hold: exit 1, the message lists the
 names it holds), `NotKept` (a generation the store no longer keeps), `Declined` (the
-question was answered no), StoreError / ManifestError as the store raises them.
+question was answered no), `HeldByDaemon` (the daemon made the change, the store did not
+take it yet: exit 5), StoreError / ManifestError as the store raises them.
 """
 
 from __future__ import annotations
@@ -45,7 +46,15 @@ from . import manifest, status
 from .checkpoint import EnvKey, annotates, env_key, now_iso, same_install
 from .config import Config, ensure_runtime_dir
 from .durable import atomic_write
-from .errors import Declined, ManifestError, NotKept, PkgckptError, StoreError, UnknownPackage
+from .errors import (
+    Declined,
+    HeldByDaemon,
+    ManifestError,
+    NotKept,
+    PkgckptError,
+    StoreError,
+    UnknownPackage,
+)
 from .logs import getLogger
 from .manifest import Body, Change, Delta, Environment, Event, Failing, Manifest, Package
 from .scan.python import canonicalize_name
@@ -408,6 +417,9 @@ class _Reply(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     unknown: bool = False
     """The error is an UnknownPackage (exit 1 like any error, but said so)."""
+    held: bool = False
+    """The change is in the daemon's record, and the error says why the store does not
+    hold it yet (HeldByDaemon); else the error says why nothing was changed."""
 
 
 _request_decoder = msgspec.json.Decoder(Request)
@@ -511,6 +523,8 @@ def ask_daemon(config: Config, found: status.Found, request: Request) -> int | N
                 raise PkgckptError(f"the daemon's answer is malformed: {e}") from None
             if reply.unknown:
                 raise UnknownPackage(reply.error or "unknown package")
+            if reply.held:
+                raise HeldByDaemon(f"the daemon (pid {state.pid}): {reply.error}")
             if reply.error is not None:
                 raise PkgckptError(f"the daemon (pid {state.pid}): {reply.error}")
             return reply.generation
@@ -590,7 +604,7 @@ def answer(
         error = f"the change is not on the store yet (the daemon keeps it and retries): {error}"
     for name, reply in taken:
         if reply is None:
-            reply = _Reply(generation=generation, error=error)
+            reply = _Reply(generation=generation, error=error, held=error is not None)
         try:
             atomic_write(runtime / name, _encoder.encode(reply), 0o600)
         except PkgckptError as e:

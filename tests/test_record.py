@@ -263,14 +263,16 @@ def pending(world: World, venv: Venv) -> int:
 def test_a_forget_the_store_refused_is_pending_and_retried_until_it_takes_it(
     world: World, venv: Venv, wheels: Path, daemon: Daemon
 ) -> None:
-    """The daemon keeps a forget the store did not take: `status` and the metrics count it,
-    and it is written once the store takes writes again, with no other event."""
+    """The daemon keeps a forget the store did not take: the command exits 5 (not 1,
+    which says nothing was changed), `status` and the metrics count it, and it is written
+    once the store takes writes again, with no other event."""
     uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
     snapshot(world, venv)
     with read_only(world.store) as writable:
         forgot = world.pkgckpt("forget", "alpha", *flags(world, venv))
-        assert forgot.returncode == 1, forgot.stdout
+        assert forgot.returncode == 5, forgot.stderr
         assert "not on the store yet (the daemon keeps it and retries)" in forgot.stderr
+        assert "nothing was changed" not in forgot.stderr
         assert pending(world, venv) == 1
         printed = world.pkgckpt("status", "--prometheus", *flags(world, venv)).stdout
         assert f'pkgckpt_pending_changes{{key="{world.key}"}} 1' in printed, printed
@@ -294,7 +296,7 @@ def test_sigterm_with_a_forget_the_store_never_took_exits_1(
         uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
         snapshot(world, venv)
         with read_only(world.store):
-            assert world.pkgckpt("forget", "alpha", *flags(world, venv)).returncode == 1
+            assert world.pkgckpt("forget", "alpha", *flags(world, venv)).returncode == 5
             assert d.stop() == 1, d.output()
         assert "exiting with changes not on the store (1)" in d.output()
         assert "every change is on the store" not in d.output()
@@ -381,6 +383,24 @@ def test_revert_dry_run_changes_nothing(world: World, venv: Venv, wheels: Path) 
     assert "install alpha 1.0" in dry.stdout and "Dry run: nothing was changed." in dry.stdout
     assert key_files(world) == before
     assert installed(venv.site_packages) == packages
+
+
+def test_a_revert_the_daemon_holds_for_a_refusing_store_exits_5_and_lands_later(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """A revert the daemon took while the store refuses writes is a change made, not
+    "nothing was changed": exit 5 saying the daemon keeps it; written once the store
+    takes writes again."""
+    two_generations(world, venv, wheels)
+    with read_only(world.store) as writable:
+        held = world.pkgckpt("revert", "1", "--yes", *flags(world, venv))
+        assert held.returncode == 5, held.stderr
+        assert "the daemon keeps it and retries" in held.stderr
+        assert world.generation() == 2
+        writable()
+        eventually(lambda: world.generation() == 3, what="the revert retried")
+    assert pins(world.delta().added) == ["alpha==1.0"]
+    assert daemon.stop() == 0, daemon.output()
 
 
 def test_revert_goes_back_as_far_as_keep_generations_and_status_says_so(
