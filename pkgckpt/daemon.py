@@ -239,19 +239,23 @@ class Daemon:
 
     def run(self) -> int:
         """Watch until SIGTERM/SIGINT; the exit code (0: everything seen is on the store)."""
-        # One daemon per store and key (AlreadyRunning, before anything is written).
-        # Someone else's runtime directory is passed over for the private fallback, which
-        # `snapshot` looks in too: the daemon never exits because of it.
-        self.config = msgspec.structs.replace(self.config, runtime_dir=self.status_file.claim())
-        # The answers of the probes its targets needed, held since no runtime directory
-        # existed (the daemon first in a new container): the next command needs none.
-        scan_kept.settle(self.config.runtime_dir)
-        roots = [Root(path=r, kind=t.env.kind) for r, t in self._by_root.items()]
-        roots += [Root(path=p, kind="discovery") for p in self.discovery - self._by_root.keys()]
+        # Signals first: `forget` and `revert` find a daemon by its lock too
+        # (`status.find_daemon`) and SIGHUP it from the moment it holds the lock.
         with (
             contextlib.closing(self.status_file),
             _signals(self._on_stop, self._on_rescan) as wake_fd,
-            Watcher(
+        ):
+            # One daemon per store and key (AlreadyRunning, before anything is written).
+            # Someone else's runtime directory is passed over for the private fallback,
+            # which `snapshot` looks in too: the daemon never exits because of it.
+            runtime = self.status_file.claim()
+            self.config = msgspec.structs.replace(self.config, runtime_dir=runtime)
+            # The answers of the probes its targets needed, held since no runtime directory
+            # existed (the daemon first in a new container): the next command needs none.
+            scan_kept.settle(self.config.runtime_dir)
+            roots = [Root(path=r, kind=t.env.kind) for r, t in self._by_root.items()]
+            roots += [Root(path=p, kind="discovery") for p in self.discovery - self._by_root.keys()]
+            with Watcher(
                 roots,
                 quiet_ms=self.batch_ms,
                 max_ms=max(self.batch_ms, BATCH_MAX_MS),
@@ -261,28 +265,27 @@ class Daemon:
                 wake_fd=wake_fd,
                 r_lock_stale=self.config.r_lock_stale,
                 leading=True,
-            ) as watcher,
-        ):
-            log.info(
-                "watching %d librar%s of %d environment(s); store %s",
-                len(roots),
-                "y" if len(roots) == 1 else "ies",
-                len(self.targets),
-                self.store.path,
-            )
-            self._open()
-            self._commit()
-            self._set(phase="watching")
-            self._flush()
-            sd_notify(f"READY=1\nSTATUS={self._summary()}\nMAINPID={os.getpid()}")
-            now = time.monotonic()
-            if self.watchdog is not None:
-                self.next_ping = now
-            if self.config.rescan_interval > 0:
-                self.next_backstop = now + self.config.rescan_interval
-            while not self.stop:
-                self._step(watcher)
-            return self._shutdown(watcher)
+            ) as watcher:
+                log.info(
+                    "watching %d librar%s of %d environment(s); store %s",
+                    len(roots),
+                    "y" if len(roots) == 1 else "ies",
+                    len(self.targets),
+                    self.store.path,
+                )
+                self._open()
+                self._commit()
+                self._set(phase="watching")
+                self._flush()
+                sd_notify(f"READY=1\nSTATUS={self._summary()}\nMAINPID={os.getpid()}")
+                now = time.monotonic()
+                if self.watchdog is not None:
+                    self.next_ping = now
+                if self.config.rescan_interval > 0:
+                    self.next_backstop = now + self.config.rescan_interval
+                while not self.stop:
+                    self._step(watcher)
+                return self._shutdown(watcher)
 
     def _step(self, watcher: Watcher) -> None:
         now = time.monotonic()
@@ -797,10 +800,9 @@ class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
 
 def snapshot(config: Config) -> SnapshotResult:
     """Scan and commit now. When a daemon for this key runs, it is asked to (SIGHUP)."""
-    state = status.read_state(config)
-    if status.running(state, config):
-        assert state is not None
-        return _ask_daemon(config, state)
+    found = status.find_daemon(config)
+    if found is not None:
+        return _ask_daemon(config, found.state)
     targets = checkpoint.targets(config)
     store = open_store(config)
     session, _ = checkpoint.open_session(config, targets, store)

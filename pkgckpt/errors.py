@@ -39,6 +39,11 @@ class AlreadyRunning(PkgckptError):
     exit_code = 4
 
 
+class Unreachable(PkgckptError):
+    """A daemon runs for the store and key (it holds their lock) but cannot be handed a
+    change: nothing was changed, since a write behind its back would be undone."""
+
+
 class HeldByDaemon(PkgckptError):
     """`forget` or `revert`: the running daemon made the change to its record, the store
     did not take it yet (exit 5). The daemon keeps it like a change it saw: pending,

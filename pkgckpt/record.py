@@ -460,8 +460,8 @@ class Written(_Out, frozen=True, kw_only=True):
 
 def _write(config: Config, request: Request) -> Written:
     """Make the change: the running daemon does, or this process through the store."""
-    found = status.find_state(config)
-    if found is not None and status.running(found.state, config):
+    found = status.find_daemon(config)
+    if found is not None:
         return Written(generation=ask_daemon(config, found, request), by_daemon=True)
     store = open_store(config)
     current = store.read()

@@ -15,7 +15,8 @@ fallback, and stays there after that directory is gone: readers look in both.
 One daemon per store and key: beside its status file the daemon holds an exclusive
 `flock` on `daemon-<digest>.lock` for as long as it runs (the runtime directory is local,
 the store may be NFS and takes no locks). A second daemon finds it held and refuses to
-start (`AlreadyRunning`, exit 4): two would undo each other's `forget`.
+start (`AlreadyRunning`, exit 4): two would undo each other's `forget`. The lock is also
+how a daemon whose runtime directory was removed is still found (`find_daemon`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .checkpoint import now_iso
 from .config import Config, ensure_runtime_dir, fallback_runtime_dir, read_private, untrusted
 from .digest import sha256
 from .discovery import Unreadable
-from .errors import AlreadyRunning, PkgckptError
+from .errors import AlreadyRunning, PkgckptError, Unreachable
 from .manifest import Change, Environment, Package
 from .store import open_store
 
@@ -322,6 +323,90 @@ def read_state(config: Config) -> DaemonState | None:
     """The status of this store and key's daemon (see `find_state`), or None."""
     found = find_state(config)
     return found.state if found is not None else None
+
+
+def lock_holder(config: Config) -> int | None:
+    """The pid of this user's process that holds the daemon lock of this store and key,
+    wherever its file is now; None when no process does.
+
+    Asked of the kernel (/proc/locks, and the holder's open file), not of the runtime
+    directory: one removed and made again holds neither the running daemon's status file
+    nor its lock, which the daemon still holds on the removed file until its next status
+    write. The lock's name is a digest of the store and the key, so holding a file of that
+    name is being their daemon (or a daemon starting, for the instant of its `_probe`).
+    """
+    name = lock_name(config)
+    try:
+        with open("/proc/locks") as f:
+            table = f.read().splitlines()
+    except OSError:
+        return None
+    for line in table:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; a waiter's line has "->".
+        if len(fields) < 6 or fields[1:4] != ["FLOCK", "ADVISORY", "WRITE"]:
+            continue
+        try:
+            pid = int(fields[4])
+            major, minor, inode = fields[5].split(":")
+            held = (os.makedev(int(major, 16), int(minor, 16)), int(inode))
+        except ValueError:
+            continue
+        if pid <= 0 or pid == os.getpid():
+            continue
+        try:
+            if Path(f"/proc/{pid}").stat().st_uid != os.geteuid():
+                continue
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for link in fds:
+            try:
+                if Path(str(link.readlink()).removesuffix(" (deleted)")).name != name:
+                    continue
+                st = link.stat()
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == held:
+                return pid
+    return None
+
+
+def find_daemon(config: Config) -> Found | None:
+    """The running daemon of this store and key, to hand a change to; None when none runs.
+
+    One whose status file is in none of `directories` (its runtime directory removed,
+    made again since) but which holds the lock (`lock_holder`) is woken with SIGHUP: its
+    rescan writes the status file again, where readers look. It is waited for at most
+    `shutdown_timeout` (at least 5 s); Unreachable when it does not show: whoever would
+    write the store behind its back would have it undone by the daemon's next commit.
+    """
+    found = find_state(config)
+    if found is not None and running(found.state, config):
+        return found
+    pid = lock_holder(config)
+    if pid is None:
+        return None
+    if is_daemon(pid, config):  # else never signalled, only waited for
+        import signal
+
+        os.kill(pid, signal.SIGHUP)
+    wait = max(config.shutdown_timeout, 5.0)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        found = find_state(config)
+        if found is not None and running(found.state, config):
+            return found
+        if lock_holder(config) is None:
+            return None  # it stopped: the store has no other writer now
+    raise Unreachable(
+        f"a pkgckpt daemon (pid {pid}) runs for store {config.store} and key "
+        f"{config.key!r}, but its status file is in none of "
+        f"{', '.join(map(str, directories(config)))} and it did not write it again within "
+        f"{wait:.0f} s of a SIGHUP: nothing was changed. Run the command again once "
+        f"`pkgckpt status` shows the daemon, or stop it first (kill -TERM {pid})"
+    )
 
 
 def _option(argv: list[str], name: str) -> str | None:

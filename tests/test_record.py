@@ -195,6 +195,64 @@ def test_a_second_daemon_for_the_key_refuses_to_start_so_a_forget_stays_forgotte
     assert pins(world.delta().forgotten) == ["alpha==1.0"]
 
 
+def hide_runtime_dir(world: World) -> None:
+    """The runtime directory removed with the daemon's status file and lock in it, and
+    made again empty by the user's own command, before the daemon writes its status."""
+    import shutil
+
+    shutil.rmtree(world.runtime)
+    world.runtime.mkdir(mode=0o700)
+
+
+def test_a_forget_reaches_a_daemon_whose_runtime_directory_was_made_again(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """No status file names the daemon, but it holds the lock of the store and key: the
+    forget (and a snapshot) wakes it and hands it the change; the daemon's next commit
+    keeps it forgotten."""
+    uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
+    snapshot(world, venv)
+    hide_runtime_dir(world)
+    forgot = world.pkgckpt("forget", "alpha", *flags(world, venv))
+    assert forgot.returncode == 0, forgot.stderr
+    assert "forgot alpha: the daemon wrote generation 2" in forgot.stdout
+    written = world.manifest()
+    assert written is not None and written.writer is not None and daemon.proc is not None
+    assert written.writer.pid == daemon.proc.pid
+    uv_install(venv.python, wheels, "delta==1.0", env=world.env)
+    hide_runtime_dir(world)
+    assert "generation 3" in snapshot(world, venv)  # written on the wake-up, or on request
+    written = world.manifest()
+    assert written is not None and written.writer is not None
+    assert (written.generation, written.writer.pid) == (3, daemon.proc.pid)
+    assert daemon.stop() == 0
+    assert pins(world.delta().added) == ["beta==1.0", "delta==1.0"]
+
+
+def test_a_forget_that_cannot_reach_the_daemon_holding_the_lock_writes_nothing(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """A daemon that holds the lock but neither has a status file to find nor answers
+    (stopped): the forget exits 1 naming it and what to do, and the store is untouched,
+    since the daemon's record would write the package back."""
+    uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+    snapshot(world, venv)
+    before = key_files(world)
+    hide_runtime_dir(world)
+    assert daemon.proc is not None
+    daemon.signal(signal.SIGSTOP)
+    try:
+        refused = world.pkgckpt("forget", "alpha", *flags(world, venv))
+    finally:
+        daemon.signal(signal.SIGCONT)
+    assert refused.returncode == 1, refused.stdout
+    assert f"daemon (pid {daemon.proc.pid})" in refused.stderr
+    assert "nothing was changed" in refused.stderr
+    assert key_files(world) == before
+    assert daemon.stop() == 0
+    assert pins(world.delta().added) == ["alpha==1.0"]
+
+
 def test_forget_of_an_unknown_name_fails_and_lists_the_recorded_names(
     world: World, venv: Venv, wheels: Path
 ) -> None:
