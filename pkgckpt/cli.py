@@ -230,10 +230,11 @@ def snapshot(cfg: config.Config) -> int:
     """Scan and checkpoint now (for a preStop hook).
 
     When a daemon runs for this key, it is asked to do it (so the manifest keeps one
-    writer) and this command waits for its checkpoint and artifacts, at most
-    shutdown_timeout in all (captures still running then go on in the daemon and are
-    listed). A package leaves the manifest only through an uninstall the daemon saw:
-    snapshot itself only adds and updates.
+    writer) and this command waits for its checkpoint and artifacts; else it commits
+    and captures itself. At most shutdown_timeout in all, the manifest first: captures
+    still running then are listed (they go on in the daemon; without one, they are
+    stopped, and the next snapshot takes them). A package leaves the manifest only
+    through an uninstall the daemon saw: snapshot itself only adds and updates.
     """
     from .daemon import snapshot as snapshot_
 

@@ -799,7 +799,13 @@ class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def snapshot(config: Config) -> SnapshotResult:
-    """Scan and commit now. When a daemon for this key runs, it is asked to (SIGHUP)."""
+    """Scan and commit now. When a daemon for this key runs, it is asked to (SIGHUP).
+
+    Without one, the captures get what is left of `shutdown_timeout` (the preStop hook's
+    share of the grace period, as with a daemon) once the manifest is on the store; those
+    not done by then are stopped and listed with why, exit 0. A capture the store refused
+    raises StoreError naming it (exit 1), once the others are on the store."""
+    deadline = time.monotonic() + max(config.shutdown_timeout, 1.0)
     found = status.find_daemon(config)
     if found is not None:
         return _ask_daemon(config, found.state)
@@ -811,10 +817,17 @@ def snapshot(config: Config) -> SnapshotResult:
     if config.artifacts:
         # The manifest is on the store first: a capture that fails loses nothing.
         before = committed.body if committed is not None else session.tracker.body()
-        uncaptured = {**art.never(session, targets), **art.capture_now(session, config, targets)}
+        within = max(0.0, deadline - time.monotonic())
+        left, failed = art.capture_now(session, config, targets, within)
+        uncaptured = {**art.never(session, targets), **left, **failed}
         committed = checkpoint.commit(session) or committed
         art.tidy(session, config, before, session.tracker.body())
         remember(config, uncaptured)
+        if failed:
+            raise StoreError(
+                f"could not capture {len(failed)} package(s): "
+                + "; ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
+            )
     return SnapshotResult(
         generation=committed.generation if committed else session.generation,
         committed=committed is not None,

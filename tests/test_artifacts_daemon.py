@@ -161,6 +161,52 @@ def test_snapshot_through_the_daemon_waits_for_captures_no_longer_than_the_shutd
         daemon.close()
 
 
+def test_snapshot_without_a_daemon_captures_no_longer_than_the_shutdown_timeout(
+    tmp_path: Path,
+) -> None:
+    """Without a daemon, the preStop `pkgckpt snapshot` captures in the foreground within
+    `shutdown_timeout` too: a capture still running then (a read of the package that the
+    file system stalls, as a hung NFS home would: strace delays each read 8 s) is stopped
+    and listed as not captured, with why; the manifest holds the install, exit 0, and no
+    temp file is left. The next snapshot captures it."""
+    if subprocess.run(["strace", "-V"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("no strace")
+    world, prefix, flags = _world(tmp_path)
+    wheels = tmp_path / "wheels"
+    big_wheel(wheels, "bigpkg", 1)
+    uv_install(prefix / "bin" / "python", wheels, "bigpkg", env=world.env)
+    (blob,) = prefix.glob("lib/python*/site-packages/bigpkg/blob.bin")
+    stall = ["strace", "-f", "-o", os.devnull, "-P", str(blob), "-e", "trace=read",
+             "-e", "inject=read:delay_enter=8000000"]  # fmt: skip
+    out, err = tmp_path / "out", tmp_path / "err"
+    started = time.monotonic()
+    with out.open("w") as stdout, err.open("w") as stderr:
+        # The time is snapshot's own, up to its last line: strace, its parent, ends only
+        # once the stalled read it holds is over.
+        snap = subprocess.Popen(
+            [*stall, sys.executable, "-m", "pkgckpt", "snapshot", *flags],
+            stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+            env={**world.env, "PKGCKPT_SHUTDOWN_TIMEOUT": "2"},
+        )  # fmt: skip
+        try:
+            eventually(lambda: "bigpkg" in out.read_text(), 60, "snapshot's report")
+            took = time.monotonic() - started
+            assert snap.wait(60) == 0, out.read_text() + err.read_text()
+        finally:
+            if snap.poll() is None:
+                snap.kill()
+    report = out.read_text()
+    assert took < 7, (took, report, err.read_text())
+    assert "snapshot wrote generation 1" in report, report
+    (line,) = [line for line in report.splitlines() if "bigpkg==1.0" in line]
+    assert "not captured within shutdown_timeout (2 s)" in line, report
+    assert _packages(world.manifest())["bigpkg"].artifact is None
+    assert not list((tmp_path / "tmpdir").iterdir())
+    again = world.pkgckpt("snapshot", *flags, timeout=120)
+    assert again.returncode == 0 and "not captured" not in again.stdout, again.stdout
+    assert _packages(world.manifest())["bigpkg"].artifact is not None
+
+
 def test_sigterm_mid_capture_references_no_partial_artifact_and_leaves_no_temp_file(
     tmp_path: Path,
 ) -> None:
@@ -419,6 +465,25 @@ def test_snapshot_through_the_daemon_exits_1_while_captures_fail_on_the_store(
         assert daemon.stop() == 0, daemon.output()
     finally:
         daemon.close()
+
+
+def test_snapshot_without_a_daemon_exits_1_when_the_store_refuses_a_capture(
+    tmp_path: Path,
+) -> None:
+    """Without a daemon too, artifacts the store refuses exit 1 saying why, with the
+    install in the manifest first; once fixed, the next snapshot captures."""
+    world, prefix, flags = _world(tmp_path)
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    directory = _private_artifacts(world)
+    uv_install(prefix / "bin" / "python", wheels, "libdep", env=world.env)
+    failed = world.pkgckpt("snapshot", *flags, timeout=300)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert f"{directory} is open to group or others" in failed.stderr, failed.stderr
+    assert "libdep" in _packages(world.manifest())
+    directory.chmod(0o700)
+    snap = world.pkgckpt("snapshot", *flags, timeout=300)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    assert _packages(world.manifest())["libdep"].artifact is not None
 
 
 def test_a_worker_that_dies_on_its_own_reports_its_jobs_as_failures_to_retry(

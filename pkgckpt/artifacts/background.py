@@ -1,18 +1,22 @@
 """Capture in the background: the daemon hands the packages to capture to one child
 process, which captures them one at a time at idle priority and reports each result.
 
-    Background(config, store)
+    Background(config, store, idle=True)
         .start(jobs, used) -> bool    start a worker for `jobs` (False: one runs already)
         .running -> bool
         .collect() -> list[Result] | None
                                       the finished worker's results (None: still running)
+        .wait(timeout) -> list[Result]
+                                      wait for the worker's end; at `timeout`, stop it
         .stop(timeout) -> list[Result]
                                       SIGTERM the worker, wait for it, its results so far
 
 A child rather than a thread: a thread at idle priority holding the GIL would stall the
 daemon's own loop behind every busy process of the machine (priority inversion), and
 compressing a wheel is CPU work the daemon's commits must never wait for. The worker sets
-`nice 19` and the idle I/O class (`ioprio_set`) on itself. It gets its orders in a private
+`nice 19` and the idle I/O class (`ioprio_set`) on itself, unless `idle` is False:
+`snapshot` without a daemon waits for it, within a bound, so that a capture it cannot
+finish in time stops cleanly. It gets its orders in a private
 file and appends one JSON line per finished capture to another; an artifact is reported
 only once `Store.put_artifact` returned (written, fsynced, renamed), so a worker killed
 at any point leaves at worst an unreferenced file, which GC removes, or a temp file,
@@ -71,6 +75,7 @@ class _Orders(msgspec.Struct, frozen=True, kw_only=True):
     used: int
     keep: tuple[str, ...]
     jobs: tuple[_Job, ...]
+    idle: bool = True
 
 
 _result_decoder = msgspec.json.Decoder(Result)
@@ -84,9 +89,10 @@ RESULTS = "results.jsonl"
 class Background:
     """The daemon's handle on its one capture worker (see the module docstring)."""
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, *, idle: bool = True) -> None:
         self.config = config
         self.store = store
+        self.idle = idle
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: str | None = None
         self._jobs: tuple[_Job, ...] = ()
@@ -111,6 +117,7 @@ class Background:
             jobs=tuple(
                 _Job(env=j.env, roots=tuple(map(str, j.roots)), package=j.package) for j in jobs
             ),
+            idle=self.idle,
         )
         # Here, not at the top: tempfile and shutil (with bz2, lzma, random) are ~0.8 MB
         # that an idle daemon, which has captured nothing yet, does without.
@@ -148,8 +155,22 @@ class Background:
             return None
         return self._finish(stopped=False)
 
+    def wait(self, timeout: float) -> list[Result]:
+        """The results of the worker once it ended, waiting at most `timeout` seconds;
+        then it is stopped (`stop`), and the jobs it did not report have no result."""
+        if self._proc is None:
+            return []
+        try:
+            self._proc.wait(max(0.0, timeout))
+        except Exception:  # subprocess.TimeoutExpired, without importing subprocess here
+            return self.stop(timeout=1.0)
+        return self._finish(stopped=False)
+
     def stop(self, timeout: float = 5.0) -> list[Result]:
-        """Stop the worker (SIGTERM; SIGKILL after `timeout`) and return what it finished."""
+        """Stop the worker (SIGTERM; SIGKILL after `timeout`) and return what it finished.
+
+        A worker SIGKILL does not end within `timeout` either (a read the kernel cannot
+        interrupt) is left to die on its own: whoever stops it has a deadline too."""
         if self._proc is None:
             return []
         with contextlib.suppress(ProcessLookupError):
@@ -159,7 +180,13 @@ class Background:
         except Exception:  # subprocess.TimeoutExpired, without importing subprocess here
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
+            try:
+                self._proc.wait(timeout)
+            except Exception:
+                log.warning(
+                    "the artifact capture worker (pid %d) is still there after SIGKILL",
+                    self._proc.pid,
+                )
         return self._finish(stopped=True)
 
     def _finish(self, *, stopped: bool) -> list[Result]:
@@ -182,7 +209,7 @@ class Background:
             self._proc = None
             self._dir = None
         jobs, self._jobs = self._jobs, ()
-        if code not in (0, 143, -signal.SIGTERM):
+        if code not in (None, 0, 143, -signal.SIGTERM, -signal.SIGKILL):
             log.warning("the artifact capture worker exited with %s", code)
         if not stopped and code != 0:
             done = {(r.env, r.package) for r in results}
@@ -301,8 +328,9 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="pkgckpt capture: %(message)s")
     try:
         die_with(parent)
-        idle_priority()
         orders = _orders_decoder.decode(sys.stdin.buffer.read())
+        if orders.idle:
+            idle_priority()
         work(orders, sys.stdout.fileno())
     except BaseException:
         # SIGTERM's SystemExit may surface as another error of the code it interrupted

@@ -7,10 +7,12 @@ attach(session, results) -> tuple[int, dict[str, str]]
     Record each captured artifact in the session's record (`Tracker.attach`: only
     for the very install captured); how many were, and the failures, `key()` -> reason.
     The next commit amends the generation on the store with them (`checkpoint.commit`).
-capture_now(session, config, targets, skip) -> dict[str, str]
-    `snapshot`: capture every pending package in this process, and every package whose
-    pooled artifact left the pool (pruned, deleted by its owner), then attach; the
-    failures. Raises StoreError / StoreUnavailable when the store fails.
+capture_now(session, config, targets, within) -> tuple[dict[str, str], dict[str, str]]
+    `snapshot`: capture every pending package, and every package whose pooled artifact
+    left the pool (pruned, deleted by its owner), in a worker (`Background`) stopped
+    after `within` seconds, then attach; the packages not captured and why: those it
+    never will be or had no time for, and those whose capture failed for a reason that
+    may pass (the store).
 tidy(session, config, before, after, collect=True)
     After a commit: date what left the record, then GC to the quota. Not while a
     capture worker runs (`collect=False`): what it wrote is referenced once attached.
@@ -26,10 +28,10 @@ from collections.abc import Iterable, Mapping
 
 from ..checkpoint import Session
 from ..config import Config
-from ..errors import PkgckptError, StoreError, Uncapturable
+from ..errors import PkgckptError, StoreError
 from ..inventory import Target
 from ..manifest import Artifact, Body, Environment, Package
-from . import Job, Result, capture, missing, pool, quota
+from . import Job, Result, missing, pool, quota
 
 
 def key(env: Environment, package: Package) -> str:
@@ -82,28 +84,32 @@ def _pooled(config: Config, artifact: Artifact) -> bool:
         return False
 
 
-def capture_now(session: Session, config: Config, targets: Iterable[Target]) -> dict[str, str]:
+def capture_now(
+    session: Session, config: Config, targets: Iterable[Target], within: float
+) -> tuple[dict[str, str], dict[str, str]]:
     targets = list(targets)
     jobs = pending(session, targets, {}) + lost(session, config, targets)
     if not jobs:
-        return {}
-    store = session.store
-    protect = keep(session)
-    used = quota.used(store)
-    results: list[Result] = []
-    for job in jobs:
-        try:
-            artifact = capture(store, config, job, used=used, keep=protect)
-        except StoreError:
-            raise
-        except Uncapturable as e:
-            results.append(Result(env=job.env, package=job.package, reason=str(e)))
-            continue
-        if not artifact.pooled:
-            used += artifact.size
-            protect.add(artifact.file)  # not referenced until attached: GC must spare it
-        results.append(Result(env=job.env, package=job.package, artifact=artifact))
-    return attach(session, results)[1]
+        return {}, {}
+    from .background import Background
+
+    # A child, as in the daemon, so that the bound holds: a capture stalled in the file
+    # system (a hung NFS home, a slow store) is stopped with its temp files removed.
+    # Not at idle priority: someone waits for it.
+    worker = Background(config, session.store, idle=False)
+    if not worker.start(jobs, quota.used(session.store), keep(session)):
+        raise StoreError("the artifact capture worker could not start")
+    results = worker.wait(within)
+    done = {(r.env, r.package) for r in results}
+    late = {
+        key(j.env, j.package): f"not captured within shutdown_timeout ({within:.0f} s): "
+        "the daemon or the next snapshot captures it"
+        for j in jobs
+        if (j.env, j.package) not in done
+    }
+    _, never = attach(session, (r for r in results if not r.retry))
+    failed = {key(r.env, r.package): r.reason or "capture failed" for r in results if r.retry}
+    return {**never, **late}, failed
 
 
 def tidy(
