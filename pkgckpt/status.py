@@ -181,6 +181,21 @@ class StatusFile:
         except OSError as e:
             self.close()
             raise PkgckptError(f"cannot take the daemon lock: {e.strerror or e}") from e
+        # Held here now, the lock may still be held elsewhere: by a daemon whose runtime
+        # directory was removed (and made again), on the removed file. Looked at twice:
+        # a daemon starting beside this one holds the other directory's for an instant.
+        holder = lock_holder(self.config)
+        if holder is not None:
+            time.sleep(0.05)
+            holder = lock_holder(self.config)
+        if holder is not None:
+            self.close()
+            raise AlreadyRunning(
+                f"a pkgckpt daemon (pid {holder}) already runs for store "
+                f"{self.config.store} and key {self.config.key!r} (it holds their lock, "
+                "on a runtime directory since removed): not starting another. Stop it "
+                "first to start a new one"
+            )
         assert self.directory is not None
         return self.directory
 

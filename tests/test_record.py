@@ -229,6 +229,26 @@ def test_a_forget_reaches_a_daemon_whose_runtime_directory_was_made_again(
     assert pins(world.delta().added) == ["beta==1.0", "delta==1.0"]
 
 
+def test_a_second_daemon_refuses_to_start_beside_one_whose_runtime_directory_was_made_again(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """The new runtime directory holds no lock, but the running daemon still holds it on
+    the removed file: a second daemon exits 4 naming it, and stays no second writer."""
+    hide_runtime_dir(world)
+    second = Daemon(
+        args=[*flags(world, venv), "--quiet-ms", "100"], env=world.env, log=world.tmp / "2.log"
+    ).start(ready=False)
+    try:
+        assert second.proc is not None and daemon.proc is not None
+        assert second.proc.wait(timeout=30) == 4, second.output()
+    finally:
+        second.close()
+    assert f"a pkgckpt daemon (pid {daemon.proc.pid}) already runs" in second.output()
+    uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+    assert "generation 1" in snapshot(world, venv)
+    assert daemon.stop() == 0
+
+
 def test_a_forget_that_cannot_reach_the_daemon_holding_the_lock_writes_nothing(
     world: World, venv: Venv, wheels: Path, daemon: Daemon
 ) -> None:
