@@ -12,7 +12,6 @@ import pwd
 import secrets
 import shutil
 import site
-import stat
 import subprocess
 import sys
 import tempfile
@@ -107,17 +106,24 @@ def bob() -> Iterator[User]:
 
 
 @pytest.fixture
-def shared_tmp(tmp_path: Path) -> Path:
+def reachable_tmp() -> Iterator[Path]:
+    """A root-owned directory (0711) in /tmp that the test's other users can pass through.
+    Not under pytest's tmp_path: every pytest process that starts makes /tmp/pytest-of-root
+    0700 again, which would close the way in the middle of a test running beside it."""
+    path = Path(tempfile.mkdtemp(prefix="pkgckpt-test-", dir="/tmp"))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_tmp(reachable_tmp: Path) -> Path:
     """A world-writable sticky directory like /tmp, private to this test."""
-    shared = tmp_path / "shared-tmp"
+    shared = reachable_tmp / "shared-tmp"
     shared.mkdir()
     shared.chmod(0o1777)
-    # pytest's tmp_path is 0700 under root: open the way down for the two users.
-    for parent in [tmp_path, *tmp_path.parents]:
-        if parent == Path("/"):
-            break
-        # S_IMODE keeps the sticky bit: `& 0o777` took it off /tmp itself.
-        parent.chmod(stat.S_IMODE(parent.stat().st_mode) | 0o011)
     return shared
 
 

@@ -4,20 +4,11 @@ second user: what bob can rearrange above a source is not trusted."""
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from pkgckpt.localsource import directory_problem, path_problem
 
 from .conftest import User
-
-
-def _open_the_way(tmp_path: Path) -> None:
-    # pytest's tmp_path is 0700 under root: let bob reach what the test gives him.
-    for parent in [tmp_path, *tmp_path.parents]:
-        if parent == Path("/"):
-            break
-        parent.chmod(stat.S_IMODE(parent.stat().st_mode) | 0o011)
 
 
 def _source(parent: Path) -> Path:
@@ -31,14 +22,13 @@ def _source(parent: Path) -> Path:
 
 
 def test_a_root_owned_directory_in_one_another_user_owns_is_not_trusted(
-    bob: User, tmp_path: Path
+    bob: User, reachable_tmp: Path
 ) -> None:
     """bob owns the directory above a root-owned project: he cannot change what the
     project holds, but he can rename the project away and put his own in its place
     between restore's check and the install. The source is refused, naming bob's
     directory; then bob does exactly that, for real."""
-    _open_the_way(tmp_path)
-    bobs = tmp_path / "bobs"
+    bobs = reachable_tmp / "bobs"
     bobs.mkdir(mode=0o755)
     os.chown(bobs, bob.uid, bob.gid)
     source = _source(bobs)
@@ -54,13 +44,12 @@ def test_a_root_owned_directory_in_one_another_user_owns_is_not_trusted(
 
 
 def test_a_root_owned_directory_in_one_others_can_write_is_trusted_only_if_sticky(
-    bob: User, tmp_path: Path
+    bob: User, reachable_tmp: Path
 ) -> None:
     """A root-owned project in a directory everyone may write: bob can rename it away
     unless that directory has the sticky bit (as /tmp does), which leaves renaming an
     entry to its owner; with it the source is trusted, without it refused."""
-    _open_the_way(tmp_path)
-    shared = tmp_path / "shared"
+    shared = reachable_tmp / "shared"
     shared.mkdir()
     shared.chmod(0o777)
     source = _source(shared)
