@@ -16,8 +16,10 @@ only when no other user could have put what is there now.
         A directory source: `path_problem` of the recorded `path` and of every directory
         below it down to `path/subdirectory`, the one the installer is given, so a
         symbolic link anywhere in the subdirectory is checked as one on the recorded path
-        is. A subdirectory that
-        is absolute or climbs with `..` is refused: it does not lie below `path`.
+        is. That directory itself must not be writable by others even with the sticky bit,
+        which keeps them from replacing its files but not from adding one the build reads.
+        A subdirectory that is absolute or climbs with `..` is refused: it does not lie
+        below `path`.
     file_problem(path, hashes) -> str | None
         `path_problem`, then: a regular file whose sha256 is the one recorded at checkpoint
         (`hashes["sha256"]`); no recorded sha256 is itself a refusal.
@@ -118,9 +120,9 @@ def directory_problem(path: str, subdirectory: str | None = None) -> str | None:
     """Why the directory source at `path` (and `subdirectory` in it) may not be trusted, or
     None (see the module)."""
     problem = path_problem(path)
-    if problem is not None or not subdirectory:
+    if problem is not None:
         return problem
-    below = PurePath(subdirectory)
+    below = PurePath(subdirectory or "")
     if below.is_absolute() or ".." in below.parts:
         return f"subdirectory {subdirectory} of {path} leads out of it"
     # The installer is given the joined path: every directory from `path` down to it is
@@ -131,6 +133,14 @@ def directory_problem(path: str, subdirectory: str | None = None) -> str | None:
         problem = path_problem(str(current))
         if problem is not None:
             return problem
+    # The sticky bit keeps others from replacing what is in it, not from adding to it: a
+    # pyproject.toml beside a setup.py, a DESCRIPTION's neighbour, which the build reads.
+    try:
+        writable = os.stat(current).st_mode & stat.S_IWOTH  # noqa: PTH116
+    except OSError as e:
+        return f"{current} cannot be checked: {e.strerror}"
+    if writable:
+        return f"{current} is writable by others: they could add files the installer reads"
     return None
 
 

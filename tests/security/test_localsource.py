@@ -59,3 +59,29 @@ def test_a_root_owned_directory_in_one_others_can_write_is_trusted_only_if_stick
     assert path_problem(str(source)) is None
     moved = bob.run(["mv", str(source.parent), str(shared / "away")])
     assert moved.returncode != 0, "bob renamed root's project in a sticky directory"
+
+
+def test_a_directory_source_others_can_write_is_not_trusted_even_if_sticky(
+    bob: User, reachable_tmp: Path
+) -> None:
+    """The directory the installer is given is itself world-writable with the sticky bit,
+    like /tmp: bob cannot replace its files, but he can add one the build reads (here a
+    pyproject.toml beside the project's setup.py, naming a backend of his). The source is
+    refused; a level above it with the sticky bit is not a reason to refuse."""
+    project = reachable_tmp / "project"
+    project.mkdir(mode=0o755)
+    (project / "setup.py").write_text("print('genuine')\n")
+    project.chmod(0o1777)
+    assert directory_problem(str(project)) == (
+        f"{project} is writable by others: they could add files the installer reads"
+    )
+    assert directory_problem(str(reachable_tmp), "project") == (
+        f"{project} is writable by others: they could add files the installer reads"
+    )
+    planted = project / "pyproject.toml"
+    assert bob.run(["sh", "-c", f"echo '[build-system]' > {planted}"]).returncode == 0
+    assert planted.exists()
+
+    project.chmod(0o755)
+    reachable_tmp.chmod(0o1777)
+    assert directory_problem(str(reachable_tmp), "project") is None
