@@ -530,6 +530,10 @@ class Report(_Out, frozen=True, kw_only=True):
     environments: tuple[EnvReport, ...] = ()
     daemon_running: bool = False
     daemon: DaemonState | None = None
+    daemon_unlisted: int | None = None
+    """The pid of a daemon of this store and key that runs, holding its lock, though no
+    status file names it (its runtime directory removed or made again since it started):
+    `daemon` is then None, and `daemon_running` true."""
     store_error: str | None = None
     revert_back_to: int | None = None
     """The oldest kept generation: how far `pkgckpt revert` can go back."""
@@ -697,6 +701,11 @@ def collect(config: Config) -> Report:
     envs.extend(_recorded(d, d.env) for d in elsewhere.values())
     state = read_state(config)
     alive = running(state, config)
+    unlisted = None
+    if not alive:
+        # Read-only: a daemon that holds the lock is shown, not woken (`find_daemon`).
+        holder = lock_holder(config)
+        unlisted = holder if holder is not None and is_daemon(holder, config) else None
     if store_error is None and alive and state is not None:
         store_error = state.last_error
     refused = None
@@ -725,8 +734,9 @@ def collect(config: Config) -> Report:
         if recorded is not None
         else None,
         environments=tuple(envs),
-        daemon_running=alive,
-        daemon=state,
+        daemon_running=alive or unlisted is not None,
+        daemon=None if unlisted is not None else state,
+        daemon_unlisted=unlisted,
         store_error=store_error,
         revert_back_to=min(kept) if kept else None,
         r_untracked=r_tracking.untracked,
@@ -816,6 +826,13 @@ def to_text(report: Report) -> str:
         if d.pending:
             detail += f", {d.pending} change(s) not on the store yet"
         lines.append(f"daemon:     running ({detail})")
+    elif report.daemon_unlisted is not None:
+        pid = report.daemon_unlisted
+        lines.append(
+            f"daemon:     running (pid {pid}), but its status file is gone: its runtime "
+            f"directory was removed since it started; it writes it again at its next "
+            f"change, or at once on `kill -HUP {pid}`"
+        )
     else:
         lines.append("daemon:     not running")
     if report.store_error:

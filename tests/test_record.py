@@ -741,3 +741,22 @@ def test_an_edited_kept_generation_is_left_out_of_history_and_refused_by_revert(
     assert "<=3  /opt/venv  install b 1" in found.render()
     with pytest.raises(manifest.ManifestError, match="fails its checksum"):
         record.revert(config, 2, dry_run=True)
+
+
+def test_status_shows_a_daemon_whose_runtime_directory_was_made_again_as_running(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """No status file names the daemon, but it holds the lock: `status` says it runs, with
+    its pid, and wakes nothing (the daemon writes no new status file for it)."""
+    hide_runtime_dir(world)
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    shown = world.pkgckpt("status", *flags(world, venv))
+    assert shown.returncode == 0, shown.stderr
+    assert f"daemon:     running (pid {pid}), but its status file is gone" in shown.stdout
+    report = json.loads(world.pkgckpt("status", "--json", *flags(world, venv)).stdout)
+    assert (report["daemon_running"], report["daemon_unlisted"]) == (True, pid)
+    assert not [p for p in world.runtime.iterdir() if p.name.startswith("daemon-")]
+    assert daemon.stop() == 0
+    stopped = world.pkgckpt("status", *flags(world, venv))
+    assert "daemon:     not running" in stopped.stdout
