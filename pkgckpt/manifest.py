@@ -206,7 +206,9 @@ class Environment(Base, frozen=True):
     as CPython's plain ABI, and as no binary ABI at all for another implementation."""
     role: str | None = None
     """R: which library this is to R: "user" (`R_LIBS_USER`, whose default path names the
-    R version), "site" (`R_LIBS_SITE`), "libs" (`R_LIBS`) or "named" (`--r-lib`). Restore
+    R version), "rstudio" (the user library of RStudio's sessions, `r-libs-user` in
+    `rsession.conf`, when it is another), "site" (`R_LIBS_SITE`), "libs" (`R_LIBS`) or
+    "named" (`--r-lib`). Restore
     matches a library by it when its path is not here (see `pkgckpt.rmatch`); None: not
     known (older manifests), matched by path only. A string, not a Literal: an older
     reader still decodes a role added later."""

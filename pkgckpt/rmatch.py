@@ -8,10 +8,13 @@ that matched libraries by path alone would leave the user's packages behind. The
 1. A recorded environment whose path is a target here is that target (`same_env`), for
    every kind.
 2. A recorded R library left over is matched by its role (`Environment.role`: the user
-   library, a site library, `R_LIBS`, a named `--r-lib`): when exactly one R library here
-   of that role is left over, it is the recorded one of that role, or the one recorded
-   by the newest R when several are (4.1, then 4.2, now 4.3: the 4.2 record is the
-   user's latest). A library here that its own path matched is never taken again: once
+   library, RStudio's user library, a site library, `R_LIBS`, a named `--r-lib`): when
+   exactly one R library here of that role is left over, it is the recorded one of that
+   role, or the one recorded by the newest R when several are (4.1, then 4.2, now 4.3:
+   the 4.2 record is the user's latest). RStudio's (`r-libs-user=~/R/library/%v`) is a
+   role of its own, not "user": beside R's own user library it moves with R too, and two
+   of one role would match nothing. A library here that its own path matched is never
+   taken again: once
    the daemon recorded the new user library, the old record no longer speaks for it.
    Several of a role left over here, or a tie for the newest R, match nothing.
    A record written before roles were (role None) is taken for the user library when

@@ -50,17 +50,19 @@ def read_owned(
     *,
     forbid: int = LOOSE,
     root_ok: bool = False,
+    root_only: bool = False,
     dir_fd: int | None = None,
 ) -> bytes:
-    """The bytes of a regular file of this user's (or root's, with `root_ok`) whose mode
-    has none of `forbid`, read through no link and without blocking on a FIFO: what is in a
-    runtime directory or beside a baseline may have been planted. Raises OSError:
-    PermissionError when the file is not such a file, EFBIG when it is over `limit` bytes.
+    """The bytes of a regular file of this user's (or root's, with `root_ok`; root's alone,
+    with `root_only`) whose mode has none of `forbid`, read through no link and without
+    blocking on a FIFO: what is in a runtime directory or beside a baseline may have been
+    planted. Raises OSError: PermissionError when the file is not such a file, EFBIG when
+    it is over `limit` bytes.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
-        owners = (os.geteuid(), 0) if root_ok else (os.geteuid(),)
+        owners = (0,) if root_only else (os.geteuid(), 0) if root_ok else (os.geteuid(),)
         if not stat.S_ISREG(st.st_mode) or st.st_uid not in owners or st.st_mode & forbid:
             raise PermissionError(errno.EPERM, "not a private file of this user", str(path))
         with os.fdopen(fd, "rb", closefd=False) as f:

@@ -194,3 +194,91 @@ def test_baseline_includes_the_libraries_r_uses(site: Site, tmp_path: Path) -> N
     paths = [e["env"]["path"] for e in recorded["environments"] if e["env"]["kind"] == "r"]
     assert str(site.site) in paths
     assert str(base_library()) not in paths
+
+
+# -- RStudio's own user library (r-libs-user in rsession.conf) ----------------------------
+
+
+def rstudio_conf(site: Site, text: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An RStudio config directory of root's (the tests run as root) with `rsession.conf`
+    holding `text`, named by RSTUDIO_CONFIG_DIR as an administrator would."""
+    conf_dir = site.tmp / "rstudio"
+    conf_dir.mkdir(exist_ok=True)
+    conf = conf_dir / "rsession.conf"
+    conf.write_text(text)
+    conf.chmod(0o644)
+    monkeypatch.setenv("RSTUDIO_CONFIG_DIR", str(conf_dir))
+    return conf
+
+
+def x_y() -> str:
+    return ".".join(rscan.r_info()[0].split(".")[:2])
+
+
+@needs_r
+def test_the_rstudio_user_library_of_rsession_conf_is_tracked_as_r_expands_it(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`r-libs-user=<tmp>/R/library/%v` (beside comments and other keys): the library an
+    RStudio session installs into is tracked, as R expands it, before it exists, with the
+    role "rstudio"; the daemon's own R_LIBS_USER still is, with its role "user"."""
+    os.environ["R_LIBS_USER"] = str(site.tmp / "mine")
+    rstudio_conf(
+        site,
+        "# set by the platform team\nsession-timeout-minutes=0\n"
+        f"  r-libs-user = {site.tmp}/R/library/%v   # one per R version\n",
+        monkeypatch,
+    )
+    found = inventory.r_libraries(site.config())
+    lib = site.tmp / "R" / "library" / x_y()
+    assert not lib.exists()
+    assert found.libs == (site.site, site.tmp / "mine", lib)
+    assert found.info is not None
+    assert found.info.role(lib) == "rstudio"
+    assert found.info.role(site.tmp / "mine") == "user"
+
+
+@needs_r
+def test_an_renviron_site_r_libs_user_wins_over_rsession_conf_as_in_a_session(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renviron.site setting R_LIBS_USER outright overrides what RStudio hands its session
+    (R reads it after RStudio set the variable): no second library is tracked. One that
+    keeps an inherited value (`${R_LIBS_USER:-...}`) lets rsession.conf's through."""
+    fixed = site.tmp / "fixed"
+    site.renviron.write_text(f"R_LIBS_SITE={site.site}\nR_LIBS_USER={fixed}\n")
+    rstudio_conf(site, f"r-libs-user={site.tmp}/R/library/%v\n", monkeypatch)
+    assert inventory.r_libraries(site.config()).libs == (site.site, fixed)
+    site.renviron.write_text(f"R_LIBS_SITE={site.site}\nR_LIBS_USER=${{R_LIBS_USER:-'{fixed}'}}\n")
+    libs = inventory.r_libraries(site.config()).libs
+    assert site.tmp / "R" / "library" / x_y() in libs
+
+
+@needs_r
+def test_r_is_asked_again_when_rsession_conf_changes(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kept answer holds until r-libs-user changes: then the new library is tracked."""
+    conf = rstudio_conf(site, f"r-libs-user={site.tmp}/one\n", monkeypatch)
+    config = site.config()
+    assert site.tmp / "one" in inventory.r_libraries(config).libs
+    conf.write_text(f"r-libs-user={site.tmp}/two\n")
+    libs = inventory.r_libraries(config).libs
+    assert site.tmp / "two" in libs and site.tmp / "one" not in libs
+
+
+@needs_r
+@pytest.mark.parametrize("loose", ["another owner", "writable by others"])
+def test_an_rsession_conf_root_does_not_own_alone_is_ignored_with_a_warning(
+    site: Site, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, loose: str
+) -> None:
+    """rsession.conf owned by another user, or writable by others, names no library: it
+    is ignored, and the warning says which file and why."""
+    conf = rstudio_conf(site, f"r-libs-user={site.tmp}/planted\n", monkeypatch)
+    if loose == "another owner":
+        os.chown(conf, 65534, 65534)
+    else:
+        conf.chmod(0o646)
+    libs = inventory.r_libraries(site.config()).libs
+    assert all("planted" not in str(p) for p in libs)
+    assert any(str(conf) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")

@@ -81,6 +81,8 @@ class Session:
         """R_LIBS_USER as written (`~/R/%p/%v`); `lib` is then what R makes of it."""
         self.site_repos: str | None = None
         """The repository the image's Rprofile.site sets (none: R's `@CRAN@`)."""
+        self.rstudio: Path | None = None
+        """The image's RStudio config directory (RSTUDIO_CONFIG_DIR), if any."""
         self.site = tmp / "site"
         """The site library (R_LIBS_SITE in the site's Renviron.site)."""
         self.store = tmp / "store"
@@ -108,6 +110,8 @@ class Session:
             # pkgckpt's default: the libraries R uses.
             env.pop("PKGCKPT_DISCOVER")
             env["R_LIBS_USER"] = self.user_lib or str(self.lib)
+        if self.rstudio is not None:
+            env["RSTUDIO_CONFIG_DIR"] = str(self.rstudio)
         self.env = env
         return env
 
@@ -277,6 +281,59 @@ def test_a_personal_library_created_under_the_daemon_comes_back_after_a_wipe(
         ".libPaths(commandArgs(TRUE)[1]); cat(ckptAfirst::afirst_value())", str(session.lib)
     )
     assert out == "84"
+
+
+@needs_r
+def test_what_rstudio_sessions_install_into_r_libs_user_of_rsession_conf_comes_back(
+    tmp_path: Path, repo: rpkgs.Repo, notify: socket.socket
+) -> None:
+    """rsession.conf's `r-libs-user=<tmp>/R/library/%v`, which the daemon's R never sees
+    (its R_LIBS_USER is another library): what a session installs there, absent at start,
+    is recorded as the RStudio library, listed by baseline and status, and a new container
+    gets it back in the same place."""
+    session = Session(tmp_path, repo, r_libs_user=True, user_lib=str(tmp_path / "own"))
+    session.rstudio = tmp_path / "rstudio"
+    session.rstudio.mkdir()
+    value = f"{tmp_path}/R/library/%v"
+    (session.rstudio / "rsession.conf").write_text(f"r-libs-user={value}\n")
+    session.new_container()
+    session.lib = tmp_path / "R" / "library" / ".".join(r_info()[0].split(".")[:2])
+    assert session.restore().returncode == 0
+
+    def user() -> None:
+        # As RStudio starts its sessions: R_LIBS_USER is the value, R expands it.
+        env = {**session.env, "R_LIBS_USER": value}
+        rpkgs.rscript("dir.create(Sys.getenv('R_LIBS_USER'), recursive = TRUE)", env=env)
+        rpkgs.rscript(
+            "options(warn = 2); install.packages('ckptAfirst', repos = commandArgs(TRUE)[1])",
+            repo.url,
+            env=env,
+        )
+
+    before = watched(session, notify, user)
+    assert before == {"ckptAfirst": "2.0.1", "ckptImports": "1.2.0", "ckpt.base": "1.0.0"}
+    d = r_lib_delta(session.store, session.lib)
+    assert d.env.role == "rstudio"
+    assert {p.name for p in d.added} == set(before)
+    status = session.pkgckpt("status")
+    assert status.returncode == 0, status.stderr
+    assert f"r {session.lib}:" in status.stdout
+
+    out = tmp_path / "baseline.json"
+    done = restore_kit.pkgckpt("baseline", "-o", str(out), env=session.env)
+    assert done.returncode == 0, done.stderr
+    roles = {
+        e["env"]["path"]: e["env"]["role"]
+        for e in json.loads(out.read_text())["environments"]
+        if e["env"]["kind"] == "r"
+    }
+    assert roles[str(session.lib)] == "rstudio"
+
+    shutil.rmtree(tmp_path / "R")
+    session.new_container()
+    restored = session.restore()
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert rpkgs.installed(session.lib) == before
 
 
 @needs_r

@@ -266,6 +266,44 @@ def test_an_r_upgrade_brings_the_user_library_back_in_the_new_versions_user_libr
 
 
 @needs_r
+def test_an_r_upgrade_moves_rstudio_s_user_library_and_r_s_own_each_to_its_own(
+    tmp_path: Path, repo: rpkgs.Repo, user_lib: Path
+) -> None:
+    """rsession.conf's `r-libs-user=<tmp>/R/library/%v` beside R's default user library:
+    each recorded under an older R is matched to the new R's library of its own role
+    ("rstudio", "user"), where two of one role would have matched nothing."""
+    version, platform = r_info()
+    old = older_r()
+    home = tmp_path / "home"
+    conf_dir = tmp_path / "rstudio"
+    conf_dir.mkdir()
+    (conf_dir / "rsession.conf").write_text(f"r-libs-user={tmp_path}/R/library/%v\n")
+    libs = {
+        "user": home / "R" / f"{platform}-library",
+        "rstudio": tmp_path / "R" / "library",
+    }
+    deltas = []
+    for role, parent in libs.items():
+        old_lib = parent / x_y(old)
+        parent.mkdir(parents=True)
+        shutil.copytree(user_lib, old_lib)
+        built_under(old_lib, old, "ckpt.base")
+        env = Environment(
+            kind="r", path=str(old_lib), interpreter=old, platform=platform, role=role
+        )
+        deltas.append(Delta(env=env, added=recorded(old_lib, ("ckpt.base",))))
+    restore_kit.put_manifest(tmp_path / "store", "k", Body(environments=tuple(deltas)))
+    environment = {**environ(tmp_path, discover_r=True), "RSTUDIO_CONFIG_DIR": str(conf_dir)}
+
+    dry = run("restore", tmp_path, environment, "--r-repo", repo.url, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    for role, parent in libs.items():
+        assert f"{parent / x_y(version)} (Rscript): install 1, remove 0" in dry.stdout
+        moved = f"(recorded as the {role} library {parent / x_y(old)} of R {x_y(old)})"
+        assert moved in dry.stdout, dry.stdout
+
+
+@needs_r
 def test_each_r_library_is_recorded_with_its_role_r_version_and_platform(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,7 +8,8 @@ command obtained, with the stamps below. A command given `--baseline FILE` uses 
 from it, on a miss of the runtime cache, only when it cannot be stale:
 
 * its key is the runtime cache's (the probe, the program's path and resolved path, the
-  steering variables, HOME, the real and effective ids): `env._key`, `r._probe_key`;
+  steering variables, HOME, the real and effective ids, and for R the `r-libs-user` of
+  RStudio's `rsession.conf`): `env._key`, `r._probe_key`;
 * every `Stable` stamp still holds. A new container of one image changes st_dev, st_ctime
   and possibly st_ino of the image's files (overlayfs), and a pulled layer's tar keeps
   mtimes in whole seconds, so: a file or link by size and mtime (a whole-second mtime

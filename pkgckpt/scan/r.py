@@ -496,9 +496,16 @@ def _startup_failure(rscript: str, stderr: str) -> str:
     return f"{rscript} failed while starting, in {profile} or the Renviron files it reads: {said}"
 
 
-def run_rscript(rscript: str, expr: str, *args: str, timeout: float = ASK_TIMEOUT) -> list[str]:
+def run_rscript(
+    rscript: str,
+    expr: str,
+    *args: str,
+    timeout: float = ASK_TIMEOUT,
+    environ: Mapping[str, str] | None = None,
+) -> list[str]:
     """Lines that an R expression printed with the `pkgckpt:` prefix (site profiles may
-    print too), run under `R_FLAGS` in a private working directory."""
+    print too), run under `R_FLAGS` in a private working directory; `environ`: variables
+    set for R on top of `child_environ()`'s."""
     import subprocess
     import tempfile
 
@@ -513,7 +520,7 @@ def run_rscript(rscript: str, expr: str, *args: str, timeout: float = ASK_TIMEOU
                 timeout=timeout,
                 check=False,
                 cwd=cwd,
-                env=child_environ(),
+                env={**child_environ(), **(environ or {})},
                 stdin=subprocess.DEVNULL,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
@@ -566,22 +573,29 @@ class RLibs(msgspec.Struct, frozen=True, kw_only=True):
     their creation changes the answer."""
     r_libs: tuple[str, ...] = ()
     """`R_LIBS` entries: libraries the environment names, told apart from site ones."""
+    rstudio: tuple[str, ...] = ()
+    """The user library of RStudio's R sessions (`r-libs-user` in `rsession.conf`, see
+    `scan.rstudio`): `R_LIBS_USER` as such a session's R expands it, whether or not it
+    exists; empty when RStudio's configuration sets none."""
 
     def role(self, lib: Path) -> str:
-        """What `lib` is to this R: "user", "libs" (`R_LIBS`) or "site" (the rest of
+        """What `lib` is to this R: "user", "libs" (`R_LIBS`), "rstudio" (the user library
+        of RStudio's sessions, when it is not this R's own) or "site" (the rest of
         `.libPaths()`, which R fills from `R_LIBS_SITE`). Compared resolved: R reports
         `.libPaths()` normalized, the variables as written."""
         here = os.path.realpath(lib)
-        for role, paths in (("user", self.user), ("libs", self.r_libs)):
+        roles = (("user", self.user), ("libs", self.r_libs), ("rstudio", self.rstudio))
+        for role, paths in roles:
             if any(os.path.realpath(p) == here for p in paths):
                 return role
         return "site"
 
     def tracked(self) -> tuple[Path, ...]:
-        """The libraries to track: `.libPaths()` and the user library, without `.Library`."""
+        """The libraries to track: `.libPaths()`, the user library and RStudio's, without
+        `.Library`."""
         base = {os.path.realpath(b) for b in self.base}
         found: dict[Path, None] = {}
-        for lib in (*self.libs, *self.user):
+        for lib in (*self.libs, *self.user, *self.rstudio):
             if os.path.realpath(lib) not in base:
                 found.setdefault(Path(lib), None)
         return tuple(found)
@@ -639,13 +653,15 @@ _rlibs_decoder = msgspec.json.Decoder(RLibs)
 _CACHE_FORMAT = 2
 
 
-def _probe_key(program: str, probe: str = _PROBE) -> str:
+def _probe_key(program: str, probe: str = _PROBE, session: str | None = None) -> str:
     # Every R_* variable steers R (R_HOME, R_LIBS*, R_ENVIRON*, R_PROFILE), and HOME the
-    # user's Renviron and `~`.
+    # user's Renviron and `~`. `session`: RStudio's r-libs-user, read at each call; left
+    # out when unset, so that answers kept before it was asked for still hold.
     steering = sorted((k, v) for k, v in os.environ.items() if k == "HOME" or k.startswith("R_"))
     ids = (os.getuid(), os.geteuid(), os.getgid(), os.getegid())
+    rstudio = [] if session is None else [session]
     text = msgspec.json.encode(
-        [_CACHE_FORMAT, probe, program, os.path.realpath(program), steering, ids]
+        [_CACHE_FORMAT, probe, program, os.path.realpath(program), steering, ids, *rstudio]
     )
     return sha256(text).hexdigest()
 
@@ -695,8 +711,16 @@ def r_libraries(rscript: str, *, cache_dir: Path | None = None, image: Path | No
     runtime directory) until R, its startup files, its environment or its libraries'
     parents change; ScanError when R cannot answer. `image`: the image's baseline file,
     beside which `pkgckpt baseline` kept the answer it got (`kept`), used when the
-    runtime directory has none."""
-    key = _probe_key(rscript)
+    runtime directory has none.
+
+    When RStudio's `rsession.conf` names a user library for its sessions (`scan.rstudio`),
+    R is asked a second time as such a session starts, with `R_LIBS_USER` set to it: its
+    answer is `RLibs.rstudio`. The file is read at every call, and its value is part of
+    the key: an edit of it is a new question."""
+    from .rstudio import libs_user
+
+    session = libs_user(os.environ)
+    key = _probe_key(rscript, session=session)
     path = _cache_file(cache_dir, rscript) if cache_dir is not None else None
     if path is not None:
         kept = recall(path, key, _kept_decoder)
@@ -711,6 +735,13 @@ def r_libraries(rscript: str, *, cache_dir: Path | None = None, image: Path | No
     else:
         program = stable(resolved)
         found = _parse_probe(run_rscript(rscript, _PROBE))
+        if session is not None:
+            # R reads its Renviron files after RStudio set the variable: one that sets
+            # R_LIBS_USER outright wins, as it does in the session.
+            as_session = _parse_probe(
+                run_rscript(rscript, _PROBE, environ={"R_LIBS_USER": session})
+            )
+            found = msgspec.structs.replace(found, rstudio=as_session.user)
         stamps = (program, *_stable_stamps(found))
     if path is not None:
         kept = _KeptR(key=key, stamps=before + _answer_stamps(found), stable=stamps, found=found)
