@@ -182,12 +182,8 @@ class StatusFile:
             self.close()
             raise PkgckptError(f"cannot take the daemon lock: {e.strerror or e}") from e
         # Held here now, the lock may still be held elsewhere: by a daemon whose runtime
-        # directory was removed (and made again), on the removed file. Looked at twice:
-        # a daemon starting beside this one holds the other directory's for an instant.
+        # directory was removed (and made again), on the removed file.
         holder = lock_holder(self.config)
-        if holder is not None:
-            time.sleep(0.05)
-            holder = lock_holder(self.config)
         if holder is not None:
             self.close()
             raise AlreadyRunning(
@@ -341,14 +337,17 @@ def read_state(config: Config) -> DaemonState | None:
 
 
 def lock_holder(config: Config) -> int | None:
-    """The pid of this user's process that holds the daemon lock of this store and key,
-    wherever its file is now; None when no process does.
+    """The pid of this user's process that holds the daemon lock of this store and key on
+    a file since removed (its runtime directory removed); None when no process does.
+    A lock on a file that is still there is another runtime directory's, another
+    container's as far as this one can tell: its daemon is found by its status file, or
+    is none of this one's business.
 
     Asked of the kernel (/proc/locks, and the holder's open file), not of the runtime
     directory: one removed and made again holds neither the running daemon's status file
     nor its lock, which the daemon still holds on the removed file until its next status
-    write. The lock's name is a digest of the store and the key, so holding a file of that
-    name is being their daemon (or a daemon starting, for the instant of its `_probe`).
+    write. The lock's name is a digest of the store and the key, so holding a removed file
+    of that name is being their daemon.
     """
     name = lock_name(config)
     try:
@@ -377,7 +376,10 @@ def lock_holder(config: Config) -> int | None:
             continue
         for link in fds:
             try:
-                if Path(str(link.readlink()).removesuffix(" (deleted)")).name != name:
+                target = str(link.readlink())
+                if not target.endswith(" (deleted)"):
+                    continue
+                if Path(target.removesuffix(" (deleted)")).name != name:
                     continue
                 st = link.stat()
             except OSError:
