@@ -165,13 +165,8 @@ def test_forget_beside_a_running_daemon_keeps_one_writer_and_stays_forgotten(
     assert world.delta().forgotten == ()
 
 
-def test_a_second_daemon_for_the_key_refuses_to_start_so_a_forget_stays_forgotten(
-    world: World, venv: Venv, wheels: Path, daemon: Daemon
-) -> None:
-    """A second `pkgckpt daemon` for the same store and key (an entrypoint run twice, a
-    unit beside the entrypoint) exits 4 naming the one that runs, which keeps its status
-    file: the forget reaches the only writer, and no later commit records the package
-    again."""
+def refused_second_daemon(world: World, venv: Venv, daemon: Daemon) -> None:
+    """A second `pkgckpt daemon` for the same store and key exits 4 naming `daemon`."""
     second = Daemon(
         args=[*flags(world, venv), "--quiet-ms", "100"], env=world.env, log=world.tmp / "2.log"
     ).start(ready=False)
@@ -181,6 +176,16 @@ def test_a_second_daemon_for_the_key_refuses_to_start_so_a_forget_stays_forgotte
     finally:
         second.close()
     assert f"a pkgckpt daemon (pid {daemon.proc.pid}) already runs" in second.output()
+
+
+def test_a_second_daemon_for_the_key_refuses_to_start_so_a_forget_stays_forgotten(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """A second `pkgckpt daemon` for the same store and key (an entrypoint run twice, a
+    unit beside the entrypoint) exits 4 naming the one that runs, which keeps its status
+    file: the forget reaches the only writer, and no later commit records the package
+    again."""
+    refused_second_daemon(world, venv, daemon)
     assert json.loads(world.status_file.read_text())["pid"] == daemon.proc.pid
 
     uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
@@ -235,15 +240,7 @@ def test_a_second_daemon_refuses_to_start_beside_one_whose_runtime_directory_was
     """The new runtime directory holds no lock, but the running daemon still holds it on
     the removed file: a second daemon exits 4 naming it, and stays no second writer."""
     hide_runtime_dir(world)
-    second = Daemon(
-        args=[*flags(world, venv), "--quiet-ms", "100"], env=world.env, log=world.tmp / "2.log"
-    ).start(ready=False)
-    try:
-        assert second.proc is not None and daemon.proc is not None
-        assert second.proc.wait(timeout=30) == 4, second.output()
-    finally:
-        second.close()
-    assert f"a pkgckpt daemon (pid {daemon.proc.pid}) already runs" in second.output()
+    refused_second_daemon(world, venv, daemon)
     uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
     assert "generation 1" in snapshot(world, venv)
     assert daemon.stop() == 0
