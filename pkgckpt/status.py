@@ -541,6 +541,8 @@ class Report(_Out, frozen=True, kw_only=True):
     """The oldest kept generation: how far `pkgckpt revert` can go back."""
     r_untracked: str | None = None
     """R is installed but no R library is tracked: why."""
+    rstudio_ignored: str | None = None
+    """RStudio's rsession.conf is there but not read (`scan.rstudio`): which, and why."""
     refused: str | None = None
     """Why restore would refuse the manifest (an entry that fails its validation)."""
     baseline_from_daemon: bool = False
@@ -742,8 +744,19 @@ def collect(config: Config) -> Report:
         store_error=store_error,
         revert_back_to=min(kept) if kept else None,
         r_untracked=r_tracking.untracked,
+        rstudio_ignored=_rstudio_ignored(r_tracking),
         artifacts=cache,
     )
+
+
+def _rstudio_ignored(r: inventory.RTracking) -> str | None:
+    """Why RStudio sessions' user library is not tracked though rsession.conf is there:
+    only where R was asked for its libraries, as the daemon asks it."""
+    if r.info is None:
+        return None
+    from .scan.rstudio import read
+
+    return read(os.environ)[1]
 
 
 def to_json(report: Report) -> bytes:
@@ -841,6 +854,11 @@ def to_text(report: Report) -> str:
         lines.append(f"last error: {report.store_error}")
     if report.r_untracked:
         lines.append(f"R:          installed, but no R library is tracked: {report.r_untracked}")
+    if report.rstudio_ignored:
+        lines.append(
+            f"RStudio:    {report.rstudio_ignored}; the user library it gives its "
+            "sessions (r-libs-user) is not tracked"
+        )
     if report.artifacts is not None:
         lines += artifact_lines(report.artifacts)
     if report.refused:

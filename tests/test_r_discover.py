@@ -13,7 +13,7 @@ import pytest
 import restore_kit
 import rpkgs
 
-from pkgckpt import inventory
+from pkgckpt import inventory, status
 from pkgckpt.config import Config
 from pkgckpt.errors import ScanError
 from pkgckpt.scan import r as rscan
@@ -282,3 +282,8 @@ def test_an_rsession_conf_root_does_not_own_alone_is_ignored_with_a_warning(
     libs = inventory.r_libraries(site.config()).libs
     assert all("planted" not in str(p) for p in libs)
     assert any(str(conf) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    # `pkgckpt status` says it too, where a person looks.
+    report = status.collect(site.config(store=site.tmp / "store"))
+    assert report.rstudio_ignored is not None
+    assert report.rstudio_ignored.startswith(f"{conf} is ignored: ")
+    assert f"RStudio:    {conf} is ignored: " in status.to_text(report)

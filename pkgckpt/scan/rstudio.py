@@ -33,7 +33,7 @@ KEY = "r-libs-user"
 MAX_BYTES = 256 * 1024
 """A larger rsession.conf is not read (real ones are a few hundred bytes)."""
 
-_warned: set[tuple[str, str]] = set()
+_warned: set[str] = set()
 
 
 def config_file(environ: Mapping[str, str]) -> Path | None:
@@ -51,12 +51,6 @@ def config_file(environ: Mapping[str, str]) -> Path | None:
     return next((c for c in candidates if os.path.lexists(c)), None)
 
 
-def _warn_once(path: Path, why: str) -> None:
-    if (str(path), why) not in _warned:
-        _warned.add((str(path), why))
-        log.warning("%s is ignored: %s; RStudio's user library (%s) is not tracked", path, why, KEY)
-
-
 def _parse(text: str) -> list[str]:
     """Every value of `r-libs-user` in the file, in order."""
     values = []
@@ -67,12 +61,12 @@ def _parse(text: str) -> list[str]:
     return values
 
 
-def libs_user(environ: Mapping[str, str]) -> str | None:
-    """`r-libs-user` as written in the rsession.conf RStudio reads, or None: no such file,
-    no such key, an empty value, or a file that may not be trusted (logged once)."""
+def read(environ: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(`r-libs-user` as written in the rsession.conf RStudio reads, why that file is
+    ignored): (None, None) when there is no such file, key or value."""
     path = config_file(environ)
     if path is None:
-        return None
+        return None, None
     why = unsafe(path)
     if why is None:
         try:
@@ -83,11 +77,18 @@ def libs_user(environ: Mapping[str, str]) -> str | None:
         except OSError as e:
             why = f"it cannot be read ({e.strerror})"
     if why is not None:
-        _warn_once(path, why)
-        return None
+        return None, f"{path} is ignored: {why}"
     values = _parse(data.decode("utf-8", "replace"))
     if len(values) > 1:
         # boost's parser refuses a repeated option: RStudio does not start a session.
-        _warn_once(path, f"{KEY} is set {len(values)} times")
-        return None
-    return values[0] if values and values[0] else None
+        return None, f"{path} is ignored: {KEY} is set {len(values)} times"
+    return (values[0] if values and values[0] else None), None
+
+
+def libs_user(environ: Mapping[str, str]) -> str | None:
+    """`read`'s value; why the file is ignored is logged once per process."""
+    value, ignored = read(environ)
+    if ignored is not None and ignored not in _warned:
+        _warned.add(ignored)
+        log.warning("%s; RStudio's user library (%s) is not tracked", ignored, KEY)
+    return value
