@@ -107,11 +107,11 @@ def bob() -> Iterator[User]:
 
 @pytest.fixture
 def reachable_tmp() -> Iterator[Path]:
-    """A root-owned directory (0711) in /tmp that the test's other users can pass through.
-    Not under pytest's tmp_path: every pytest process that starts makes /tmp/pytest-of-root
-    0700 again, which would close the way in the middle of a test running beside it."""
-    path = Path(tempfile.mkdtemp(prefix="pkgckpt-test-", dir="/tmp"))
-    path.chmod(0o711)
+    """A root-owned directory (0755) that the test's other users can reach. Not under
+    pytest's tmp_path: every pytest process that starts makes /tmp/pytest-of-root 0700
+    again, which would close the way in the middle of a test running beside it."""
+    path = Path(tempfile.mkdtemp(prefix="pkgckpt-test-", dir="/var/tmp"))
+    path.chmod(0o755)
     try:
         yield path
     finally:

@@ -20,7 +20,6 @@ import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import zipfile
@@ -192,27 +191,15 @@ class Session:
 
 
 @pytest.fixture
-def base() -> Iterator[Path]:
-    """A directory both users can reach, outside pytest's tmp root: a concurrent pytest
-    run makes that root 0700 again, which would lock them out halfway through a test."""
-    path = Path(tempfile.mkdtemp(prefix="pkgckpt-trust-", dir="/var/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def shared(base: Path) -> Path:
+def shared(reachable_tmp: Path) -> Path:
     """A world-writable sticky directory like /tmp."""
-    return _open(base / "tmp", 0o1777)
+    return _open(reachable_tmp / "tmp", 0o1777)
 
 
 @pytest.fixture
-def session(alice: User, bob: User, shared: Path, base: Path) -> Session:
+def session(alice: User, bob: User, shared: Path, reachable_tmp: Path) -> Session:
     """alice's container with a fresh venv, and bob's wheel waiting in the shared tmp."""
-    s = Session(alice, bob, shared, base)
+    s = Session(alice, bob, shared, reachable_tmp)
     s.new_container()
     return s
 
@@ -265,13 +252,13 @@ def _stopped(daemon: subprocess.Popen[str]) -> str:
 
 @pytest.mark.parametrize("where", ["TMPDIR", "XDG_RUNTIME_DIR"])
 def test_a_planted_runtime_directory_fakes_no_daemon_and_aims_no_signal(
-    session: Session, alice: User, bob: User, shared: Path, base: Path, where: str
+    session: Session, alice: User, bob: User, shared: Path, reachable_tmp: Path, where: str
 ) -> None:
     """bob's /tmp/pkgckpt-<alice's uid>/ (or <XDG_RUNTIME_DIR>/pkgckpt/ in a shared
     directory) with a status file naming alice's own `sleep`: status reports no daemon,
     snapshot kills nothing and writes its own generation, restore and daemon work from the
     private fallback (said once), and snapshot reaches that daemon."""
-    store = _open(base / "store", 0o755)
+    store = _open(reachable_tmp / "store", 0o755)
     init_store(store)
     key = alice.name
     config = Config(store=store / "s", key=key, runtime_dir=Path("/"))
@@ -354,8 +341,8 @@ def _recorded(session: Session, settings: dict[str, str]) -> list[str]:
     return sorted(p["name"] for e in envs for p in e["added"])
 
 
-def _alices_store(base: Path, alice: User) -> dict[str, str]:
-    store = _open(base / "store", 0o755)
+def _alices_store(reachable_tmp: Path, alice: User) -> dict[str, str]:
+    store = _open(reachable_tmp / "store", 0o755)
     init_store(store)
     init_store(store / "s")
     os.chown(store / "s", alice.uid, alice.gid)
@@ -363,13 +350,13 @@ def _alices_store(base: Path, alice: User) -> dict[str, str]:
 
 
 def test_a_daemon_in_the_fallback_is_still_found_once_the_planted_directory_is_gone(
-    session: Session, alice: User, bob: User, shared: Path, base: Path
+    session: Session, alice: User, bob: User, shared: Path, reachable_tmp: Path
 ) -> None:
     """bob's /tmp/pkgckpt-<alice's uid>/ sends alice's daemon to the private fallback; bob
     then removes it: `status` still finds the daemon, `forget` goes through it (no second
     writer: its next commit keeps the package forgotten), and a second daemon refuses to
     start (exit 4)."""
-    settings = _alices_store(base, alice)
+    settings = _alices_store(reachable_tmp, alice)
     planted = shared / f"pkgckpt-{alice.uid}"
     bob.run(["mkdir", "-m", "0777", str(planted)], check=True)
     first = session.pkgckpt("restore", **settings)
@@ -403,13 +390,13 @@ def test_a_daemon_in_the_fallback_is_still_found_once_the_planted_directory_is_g
 
 
 def test_forget_reaches_a_daemon_whose_runtime_directory_was_cleaned_and_taken(
-    session: Session, alice: User, bob: User, shared: Path, base: Path
+    session: Session, alice: User, bob: User, shared: Path, reachable_tmp: Path
 ) -> None:
     """alice's runtime directory is removed under her running daemon (tmpfiles cleaning
     /tmp) and bob takes the name: the daemon's status moves to the private fallback, and
     so does where it takes requests: `forget` is answered at once, not after a timeout,
     and the daemon holds its lock there (a second daemon exits 4)."""
-    settings = _alices_store(base, alice)
+    settings = _alices_store(reachable_tmp, alice)
     first = session.pkgckpt("restore", **settings)
     assert first.returncode == 0, first.stderr
     runtime = shared / f"pkgckpt-{alice.uid}"
@@ -515,16 +502,16 @@ def _record_alicepkg(session: Session, settings: dict[str, str]) -> None:
 
 
 def test_a_squashed_store_in_neither_layout_is_refused(
-    session: Session, alice: User, bob: User, base: Path
+    session: Session, alice: User, bob: User, reachable_tmp: Path
 ) -> None:
     """Under squashing bob can rewrite alice's manifest with a file:// source: once other
     keys' directories are visible and nothing is sealed, alice's restore refuses the store
     with both layouts explained, and bob's package never runs."""
-    export = _open(base / "export")
+    export = _open(reachable_tmp / "export")
     init_store(export)
     with (
-        squashed(export, base / "alice-view", alice) as mine,
-        squashed(export, base / "bob-view", bob) as his,
+        squashed(export, reachable_tmp / "alice-view", alice) as mine,
+        squashed(export, reachable_tmp / "bob-view", bob) as his,
     ):
         settings = {
             "PKGCKPT_STORE": str(mine),
@@ -552,15 +539,15 @@ def _secret(alice: User) -> Path:
 
 @pytest.mark.parametrize("mode", ["plain", "reseal"])
 def test_a_sealed_squashed_store_rejects_bobs_forgery(
-    session: Session, alice: User, bob: User, base: Path, mode: str
+    session: Session, alice: User, bob: User, reachable_tmp: Path, mode: str
 ) -> None:
     """Layout (b): alice's manifests carry an HMAC keyed by her secret file; bob's rewrite,
     unsealed or sealed with his own secret, is refused before it is decoded."""
-    export = _open(base / "export")
+    export = _open(reachable_tmp / "export")
     init_store(export)
     with (
-        squashed(export, base / "alice-view", alice) as mine,
-        squashed(export, base / "bob-view", bob) as his,
+        squashed(export, reachable_tmp / "alice-view", alice) as mine,
+        squashed(export, reachable_tmp / "bob-view", bob) as his,
     ):
         bob.run(["mkdir", str(his / bob.name)], check=True)
         settings = {
@@ -582,13 +569,13 @@ def test_a_sealed_squashed_store_rejects_bobs_forgery(
 
 
 def test_a_secret_file_on_the_store_or_open_to_others_is_refused(
-    session: Session, alice: User, base: Path
+    session: Session, alice: User, reachable_tmp: Path
 ) -> None:
     """The secret must be alice's alone: a group-readable one, or one on the store, is a
     usage error that says why."""
-    export = _open(base / "export")
+    export = _open(reachable_tmp / "export")
     init_store(export)
-    with squashed(export, base / "alice-view", alice) as mine:
+    with squashed(export, reachable_tmp / "alice-view", alice) as mine:
         secret = _secret(alice)
         settings = {
             "PKGCKPT_STORE": str(mine),
@@ -607,14 +594,14 @@ def test_a_secret_file_on_the_store_or_open_to_others_is_refused(
 
 
 def test_a_squashed_store_that_is_alices_own_mount_works(
-    session: Session, alice: User, bob: User, base: Path
+    session: Session, alice: User, bob: User, reachable_tmp: Path
 ) -> None:
     """Layout (a): the export's directory for alice is her store root (a subPath); with no
     other key visible there, her checkpoint and restore work, unsealed."""
-    export = _open(base / "export")
+    export = _open(reachable_tmp / "export")
     init_store(_open(export / "alice-sub"))
     _open(export / "bob-sub")
-    with squashed(export / "alice-sub", base / "alice-view", alice) as mine:
+    with squashed(export / "alice-sub", reachable_tmp / "alice-view", alice) as mine:
         settings = {
             "PKGCKPT_STORE": str(mine),
             "PKGCKPT_KEY": alice.name,
@@ -633,12 +620,12 @@ def test_a_squashed_store_that_is_alices_own_mount_works(
 
 
 def test_every_user_as_jovyan_is_refused_until_a_key_is_set(
-    session: Session, alice: User, bob: User, base: Path
+    session: Session, alice: User, bob: User, reachable_tmp: Path
 ) -> None:
     """In an image where every user is `jovyan`, a shared store is refused (exit 2, how to
     set a key) before anything is written; JUPYTERHUB_USER then keys alice's own directory,
     which bob's planted `jovyan` directory does not touch."""
-    store = _open(base / "store", 0o1777)
+    store = _open(reachable_tmp / "store", 0o1777)
     init_store(store)
     bob.run(["mkdir", "-m", "0700", str(store / "jovyan")], check=True)
     shared = {"PKGCKPT_STORE": str(store), "PKGCKPT_GENERIC_USERS": f"jovyan:{alice.name}"}
@@ -678,13 +665,13 @@ def team(alice: User, bob: User) -> Iterator[str]:
 
 
 def test_a_store_root_its_group_can_write_is_refused_until_it_is_sticky(
-    session: Session, alice: User, bob: User, base: Path, team: str
+    session: Session, alice: User, bob: User, reachable_tmp: Path, team: str
 ) -> None:
     """A root writable by a group bob is in (0775): bob could `mv` alice's key directory
     away and her next container would start from nothing, so alice's restore refuses the
     store and says how to fix it, writing nothing. With the sticky bit (1775) her record
     works and bob's `mv` fails."""
-    store = _open(base / "store", 0o755)
+    store = _open(reachable_tmp / "store", 0o755)
     init_store(store)
     shutil.chown(store, group=team)
     store.chmod(0o775)
@@ -708,13 +695,13 @@ def test_a_store_root_its_group_can_write_is_refused_until_it_is_sticky(
 
 
 def test_a_store_root_another_user_owns_is_refused_one_root_squash_made_is_not(
-    session: Session, alice: User, bob: User, base: Path
+    session: Session, alice: User, bob: User, reachable_tmp: Path
 ) -> None:
     """bob's 1777 root: the sticky bit binds everyone but the directory's owner, so bob
     could move alice's key directory away; alice's restore refuses it, naming bob and the
     fix, and writes nothing. The same root owned by nobody, what root_squash makes of an
     administrator's `pkgckpt store init` run on an NFS client, is a store."""
-    store = _open(base / "store", 0o755)
+    store = _open(reachable_tmp / "store", 0o755)
     init_store(store)
     os.chown(store, bob.uid, bob.gid)
     store.chmod(0o1777)
