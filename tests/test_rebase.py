@@ -489,3 +489,30 @@ def test_a_same_version_reinstall_whose_dependency_fails_is_reported(
     assert "failed to install solo 1.0" in done.stdout, done.stdout
     assert "newdep" in done.stdout, done.stdout
     assert "newdep" not in s.installed()
+
+
+def test_a_package_in_place_without_its_dependency_is_retried_at_the_next_restore(
+    tmp_path: Path,
+) -> None:
+    """solo in place, its dependency newdep missing (the first restore's failure): the
+    next restore on that image tries it again (exit 3 while newdep is nowhere, then
+    installs newdep once it is back). It said "nothing to restore" (exit 0) and never
+    fetched newdep, although the first restore promised a retry at every restore."""
+    wheels = tmp_path / "wheels"
+    for dist in (Dist("solo", "1.0"), Dist("newdep", "1.0"), Dist("imgpkg", "1.0")):
+        build_wheel(dist, wheels)
+    mine = build_wheel(Dist("solo", "1.0", requires=["newdep"], files=2), tmp_path / "mine")
+    s = Scenario(World.make(tmp_path), wheels, tmp_path / "venv", "pip")
+    b1 = s.image(sys.executable, ["imgpkg==1.0", "newdep==1.0"], "b1.json")
+    s.user_changes(b1, [f"solo @ {mine.as_uri()}"], [])
+    b2 = s.image(sys.executable, ["imgpkg==1.0", "solo==1.0"], "b2.json")
+    newdep = wheels / Dist("newdep", "1.0").wheel_name
+    kept = newdep.rename(tmp_path / newdep.name)
+    assert s.restore(b2).returncode == 3
+    again = s.restore(b2)
+    assert again.returncode == 3, again.stdout + again.stderr
+    assert "failed to install solo 1.0" in again.stdout, again.stdout
+    kept.rename(newdep)
+    last = s.restore(b2)
+    assert last.returncode == 0, last.stdout + last.stderr
+    assert s.installed().get("newdep") == "1.0"

@@ -22,7 +22,8 @@ Each entry, with `w` the version the image ships now (None: it ships none):
     changed a -> v, v < a   install v (the user chose the older version on purpose)
     removed X               w is None: nothing;  an image package requires X: held back;
                             otherwise remove X
-An install already in place (the version and source recorded) is "nothing".
+An install already in place (the version and source recorded) is "nothing", unless a
+requirement of it is not satisfied (`unmet`): then it is installed again.
 
 Consistent means that after the plan every installed distribution's `Requires-Dist`
 (markers evaluated for the target interpreter, with the extras other requirements ask
@@ -591,7 +592,16 @@ def unmet(
     restore onto a new image, a package in place whose dependencies are not is not
     restored: the installer may have put it there in an earlier call than the one that
     failed to fetch them."""
-    meta = installed_metadata(roots)
+    return _unmet(env, installed_metadata(roots), names, ignore)
+
+
+def _unmet(
+    env: Environment,
+    meta: Mapping[str, tuple[str, list[str]]],
+    names: Collection[str],
+    ignore: Collection[str] = (),
+) -> dict[str, str]:
+    """`unmet` on the metadata `installed_metadata` read."""
     state = {
         key: _Dist(key, version, "planned", requires if key in names else None)
         for key, (version, requires) in meta.items()
@@ -664,11 +674,18 @@ def rebase(
         *(("changed", p) for p in delta.changed),
         *(("removed", p) for p in delta.removed),
     ]
+    meta = installed_metadata((*target.roots, *(beneath.roots if beneath else ())))
+    # In place is not restored while a requirement is missing: an earlier restore put it
+    # there and failed to fetch its dependencies (see `unmet`); it is installed again.
+    lacking = _unmet(env, meta, {canonical(p.name) for part, p in entries if part != "removed"})
     decided: dict[str, Decision] = {}
     for part, p in entries:
         key = canonical(p.name)
         image_p = images.get(key)
         action, reason = _classify(part, p, image_p, live.get(key))
+        if action == "nothing" and part != "removed" and key in lacking:
+            action = "install"
+            reason = f"in place, but its requirement {lacking[key]} is not satisfied"
         if action == "install" and moved:
             why = _unavailable(p, tags, wheels, config)
             if why is not None:
@@ -692,7 +709,6 @@ def rebase(
             decided[key] = msgspec.structs.replace(d, reason=_printable(reason))
     user = config.on_conflict == "user"
     check = _Check(env)
-    meta = installed_metadata((*target.roots, *(beneath.roots if beneath else ())))
 
     def state() -> dict[str, _Dist]:
         out: dict[str, _Dist] = {}
