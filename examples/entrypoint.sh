@@ -82,6 +82,15 @@ restore() {
             return 0
             ;;
     esac
+    # Whole seconds, or the shell's arithmetic would read it as an expression (a leading 0
+    # as octal, a name as a variable, a[$(...)] as a command to run).
+    case $limit in
+        '' | *[!0-9]* | 0?* | ??????????*)
+            log "pkgckpt restore --print-bound said '$limit', not a number of seconds:" \
+                "nothing restored; starting anyway"
+            return 0
+            ;;
+    esac
     if [ "$limit" -gt 0 ]; then
         bounded "$((limit + 30))" pkgckpt restore --timeout "$restore_timeout" || code=$?
     else

@@ -7,6 +7,7 @@ a `timeout`) on PATH that record what the script asked of them."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from pkgckpt.metrics import record_restore
 from pkgckpt.status import status_path
 
 ENTRYPOINT = Path(__file__).resolve().parent.parent / "examples" / "entrypoint.sh"
+RSTUDIO_RESTORE = Path(__file__).resolve().parent.parent / "deploy" / "rstudio" / "pkgckpt-restore"
 
 SERVER = """\
 import signal, sys, time
@@ -146,7 +148,8 @@ def test_the_real_restore_is_bounded_by_a_jitter_from_a_config_file(tmp_path: Pa
     assert "nothing to restore" in done.stdout, done.stdout
 
 
-# A stand-in for pkgckpt: `restore --print-bound` is the real one's answer; `restore`
+# A stand-in for pkgckpt: `restore --print-bound` is the real one's answer (or
+# $SHIM_BOUND, when set); `restore`
 # logs its arguments and exits $SHIM_RESTORE_EXIT; `daemon` runs until SIGTERM, and logs
 # whether the server had exited by then.
 SHIM_PKGCKPT = """\
@@ -154,7 +157,10 @@ SHIM_PKGCKPT = """\
 log=$SHIM_DIR/calls
 case $1 in
 restore)
-    case " $* " in *" --print-bound "*) exec {python} -m pkgckpt "$@" ;; esac
+    case " $* " in *" --print-bound "*)
+        if [ -n "${SHIM_BOUND+set}" ]; then printf '%s\n' "$SHIM_BOUND"; exit 0; fi
+        exec {python} -m pkgckpt "$@" ;;
+    esac
     echo "restore $*" >>"$log"
     exit "${SHIM_RESTORE_EXIT:-0}" ;;
 daemon)
@@ -330,6 +336,49 @@ def test_a_jitter_restore_refuses_is_said_and_the_session_starts(
         "entrypoint: pkgckpt restore failed (exit 2): nothing restored; starting anyway",
     ]
     assert (tmp_path / "shim" / "server-exited").exists()
+
+
+# Answers of `--print-bound` that are no whole number of seconds, the last one a command
+# the shell's arithmetic would run (`code` is a variable of the scripts).
+NOT_A_BOUND = ["warning: something\n330", "", "010", "1" * 12, "code[$(touch {planted})0]"]
+
+
+@pytest.mark.parametrize("answer", NOT_A_BOUND)
+def test_a_bound_pkgckpt_prints_that_is_no_number_is_said_and_the_session_starts(
+    tmp_path: Path, answer: str
+) -> None:
+    """`--print-bound` printing something else than whole seconds: said, nothing restored,
+    nothing run from it, the server and the daemon start. The restore ran without
+    timeout(1) (`[` failed on it), or the shell ran the command in it."""
+    planted = tmp_path / "planted"
+    done, calls = run_entrypoint(tmp_path, SHIM_BOUND=answer.format(planted=planted))
+    assert done.returncode == 0, done.stderr
+    assert calls[1:2] == ["daemon"], calls
+    assert "print-bound said" in done.stderr and "nothing restored" in done.stderr, done.stderr
+    assert not planted.exists()
+
+
+@pytest.mark.parametrize("answer", NOT_A_BOUND)
+def test_the_rstudio_script_runs_nothing_a_bound_that_is_no_number_says(
+    tmp_path: Path, answer: str
+) -> None:
+    """The RStudio image's start-up script (root, pkgckpt run as the user) given a
+    `--print-bound` answer that is no whole number: said, nothing restored, exit 0. It
+    ran root's arithmetic on it: a command in it ran as root, a word ended the script
+    (set -u) with exit 1."""
+    planted = tmp_path / "planted"
+    env, calls = shimmed(tmp_path, SHIM_BOUND=answer.format(planted=planted))
+    # s6-setuidgid USER COMMAND...: here the user is this one.
+    (tmp_path / "shim" / "s6-setuidgid").write_text('#!/bin/sh\nshift\nexec "$@"\n')
+    (tmp_path / "shim" / "s6-setuidgid").chmod(0o755)
+    env.update(USER=pwd.getpwuid(os.getuid()).pw_name, R_LIBS_USER=str(tmp_path / "lib"))
+    done = subprocess.run(
+        ["bash", str(RSTUDIO_RESTORE)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "print-bound said" in done.stderr and "nothing restored" in done.stderr, done.stderr
+    assert len(calls.read_text().splitlines()) == 1, "restore ran"
+    assert not planted.exists()
 
 
 def test_a_failed_restore_is_said_once(tmp_path: Path) -> None:
