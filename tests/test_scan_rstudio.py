@@ -73,3 +73,14 @@ def test_an_oversized_file_names_nothing(tmp_path: Path, caplog: pytest.LogCaptu
     conf(tmp_path, "#" * rstudio.MAX_BYTES + "\nr-libs-user=/a\n")
     assert rstudio.libs_user({"RSTUDIO_CONFIG_DIR": str(tmp_path)}) is None
     assert "too large" in caplog.text
+
+
+def test_a_value_holding_a_nul_byte_names_nothing_and_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NUL byte cannot be in R_LIBS_USER: the file is ignored, never handed to R."""
+    path = tmp_path / "rsession.conf"
+    path.write_bytes(b"r-libs-user=/srv/lib\x00/other\n")
+    path.chmod(0o644)
+    assert rstudio.libs_user({"RSTUDIO_CONFIG_DIR": str(tmp_path)}) is None
+    assert "NUL" in caplog.text

@@ -82,6 +82,9 @@ def read(environ: Mapping[str, str]) -> tuple[str | None, str | None]:
     if len(values) > 1:
         # boost's parser refuses a repeated option: RStudio does not start a session.
         return None, f"{path} is ignored: {KEY} is set {len(values)} times"
+    if values and "\0" in values[0]:
+        # No environment variable can hold it: handing it to R would fail the whole probe.
+        return None, f"{path} is ignored: {KEY} holds a NUL byte"
     return (values[0] if values and values[0] else None), None
 
 
