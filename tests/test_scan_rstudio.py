@@ -84,3 +84,20 @@ def test_a_value_holding_a_nul_byte_names_nothing_and_is_said(
     path.chmod(0o644)
     assert rstudio.libs_user({"RSTUDIO_CONFIG_DIR": str(tmp_path)}) is None
     assert "NUL" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("r-libs-user=/a\r/b\n", "/a\r/b"),
+        ("session-timeout-minutes=0\rr-libs-user=/b\n", None),
+        ("r-libs-user=/a\x85b\u2028c\x0c\n", "/a\x85b\u2028c\x0c"),
+    ],
+)
+def test_only_a_newline_ends_a_line_and_only_ascii_blanks_are_trimmed(
+    tmp_path: Path, text: str, value: str | None
+) -> None:
+    """boost splits lines at '\\n' alone and trims " \\t\\r\\n": a carriage return or a Unicode
+    line break inside a line is part of the value RStudio sets, never a line of its own."""
+    conf(tmp_path, text)
+    assert rstudio.libs_user({"RSTUDIO_CONFIG_DIR": str(tmp_path)}) == value

@@ -33,6 +33,9 @@ KEY = "r-libs-user"
 MAX_BYTES = 256 * 1024
 """A larger rsession.conf is not read (real ones are a few hundred bytes)."""
 
+_BLANKS = " \t\r\n"
+"""What boost's config file parser trims around keys and values."""
+
 _warned: set[str] = set()
 
 
@@ -54,10 +57,12 @@ def config_file(environ: Mapping[str, str]) -> Path | None:
 def _parse(text: str) -> list[str]:
     """Every value of `r-libs-user` in the file, in order."""
     values = []
-    for line in text.splitlines():
+    # boost reads lines with getline ('\n' alone) and trims only these: a carriage return
+    # or a Unicode line break inside a line is part of what RStudio sets.
+    for line in text.split("\n"):
         key, sep, value = line.partition("#")[0].partition("=")
-        if sep and key.strip() == KEY:
-            values.append(value.strip())
+        if sep and key.strip(_BLANKS) == KEY:
+            values.append(value.strip(_BLANKS))
     return values
 
 
