@@ -268,6 +268,20 @@ def test_r_is_asked_again_when_rsession_conf_changes(
 
 
 @needs_r
+def test_a_carriage_return_in_r_libs_user_is_part_of_the_library_tracked(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`r-libs-user=<tmp>/a\\r<tmp>/b` is one library to RStudio and to R: R's answer is
+    read by newlines alone, so it is tracked whole, never as `<tmp>/a`, a directory no
+    session uses."""
+    rstudio_conf(site, f"r-libs-user={site.tmp}/a\r{site.tmp}/b\n", monkeypatch)
+    found = inventory.r_libraries(site.config())
+    assert found.info is not None
+    assert found.info.rstudio == (f"{site.tmp}/a\r{site.tmp}/b",)
+    assert site.tmp / "a" not in found.libs
+
+
+@needs_r
 @pytest.mark.parametrize("loose", ["another owner", "writable by others"])
 def test_an_rsession_conf_root_does_not_own_alone_is_ignored_with_a_warning(
     site: Site, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, loose: str

@@ -516,7 +516,6 @@ def run_rscript(
             done = subprocess.run(
                 [rscript, *R_FLAGS, "-e", script, *args],
                 capture_output=True,
-                text=True,
                 timeout=timeout,
                 check=False,
                 cwd=cwd,
@@ -525,11 +524,14 @@ def run_rscript(
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise ScanError(f"cannot run {rscript}: {e}") from None
-    lines = done.stdout.splitlines()
+    # Paths, decoded as paths and split at newlines alone: text mode would turn a carriage
+    # return inside a library's name (rsession.conf can give one) into a line break.
+    lines = os.fsdecode(done.stdout).split("\n")
+    stderr = done.stderr.decode(errors="replace")
     if _MARK not in lines:
-        raise ScanError(_startup_failure(rscript, done.stderr))
+        raise ScanError(_startup_failure(rscript, stderr))
     if done.returncode != 0:
-        last = done.stderr.strip().splitlines()[-3:] or ["no output"]
+        last = stderr.strip().splitlines()[-3:] or ["no output"]
         raise ScanError(f"{rscript} failed ({done.returncode}): {' '.join(last)}")
     return [ln.removeprefix(_MARK) for ln in lines if ln.startswith(_MARK) and ln != _MARK]
 
