@@ -407,7 +407,9 @@ def find_daemon(config: Config) -> Found | None:
     if is_daemon(pid, config):  # else never signalled, only waited for
         import signal
 
-        os.kill(pid, signal.SIGHUP)
+        # Gone since it was found (it was being stopped): the wait sees its lock released.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGHUP)
     wait = max(config.shutdown_timeout, 5.0)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:

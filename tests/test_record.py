@@ -18,7 +18,7 @@ from daemon_kit import Daemon, World, eventually, pins, uv_install, uv_uninstall
 from restore_kit import broken_sdist, installed, put_manifest
 from wheelhouse import Dist, Venv, build_wheel
 
-from pkgckpt import manifest, record
+from pkgckpt import manifest, record, status
 from pkgckpt.checkpoint import Observation, Tracker
 from pkgckpt.config import Config
 from pkgckpt.errors import UnknownPackage
@@ -268,6 +268,24 @@ def test_a_forget_that_cannot_reach_the_daemon_holding_the_lock_writes_nothing(
     assert key_files(world) == before
     assert daemon.stop() == 0
     assert pins(world.delta().added) == ["alpha==1.0"]
+
+
+def test_a_daemon_that_exits_as_it_is_woken_leaves_no_daemon_and_no_error(
+    world: World, venv: Venv, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon found by its lock exits between being found and being sent SIGHUP (it
+    was being stopped): there is no daemon to hand the change to, never a traceback."""
+    hide_runtime_dir(world)
+    checked = status.is_daemon
+
+    def exits_once_checked(pid: int, config: Config) -> bool:
+        found = checked(pid, config)
+        daemon.kill()
+        return found
+
+    monkeypatch.setattr(status, "is_daemon", exits_once_checked)
+    config = Config(store=world.store, key=world.key, runtime_dir=world.runtime)
+    assert status.find_daemon(config) is None
 
 
 def test_forget_of_an_unknown_name_fails_and_lists_the_recorded_names(
