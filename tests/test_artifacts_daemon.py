@@ -196,7 +196,8 @@ def test_snapshot_without_a_daemon_captures_no_longer_than_the_shutdown_timeout(
             if snap.poll() is None:
                 snap.kill()
     report = out.read_text()
-    assert took < 7, (took, report, err.read_text())
+    # 2 s and the interpreter's start: stopping the worker is inside the bound, not after.
+    assert took < 3.5, (took, report, err.read_text())
     assert "snapshot wrote generation 1" in report, report
     (line,) = [line for line in report.splitlines() if "bigpkg==1.0" in line]
     assert "not captured within shutdown_timeout (2 s)" in line, report

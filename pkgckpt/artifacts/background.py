@@ -156,14 +156,18 @@ class Background:
         return self._finish(stopped=False)
 
     def wait(self, timeout: float) -> list[Result]:
-        """The results of the worker once it ended, waiting at most `timeout` seconds;
-        then it is stopped (`stop`), and the jobs it did not report have no result."""
+        """The results of the worker once it ended, `timeout` seconds at most in all: it is
+        stopped (`stop`) in time to be gone by then, and the jobs it did not report have
+        no result."""
         if self._proc is None:
             return []
+        # Stopping takes up to twice the grace (SIGTERM, then SIGKILL): taken out of the
+        # bound, not added to it, since the caller's deadline is someone's grace period.
+        grace = min(1.0, max(timeout, 0.4) / 4)
         try:
-            self._proc.wait(max(0.0, timeout))
+            self._proc.wait(max(0.0, timeout - 2 * grace))
         except Exception:  # subprocess.TimeoutExpired, without importing subprocess here
-            return self.stop(timeout=1.0)
+            return self.stop(timeout=grace)
         return self._finish(stopped=False)
 
     def stop(self, timeout: float = 5.0) -> list[Result]:
