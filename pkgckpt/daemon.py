@@ -473,10 +473,13 @@ class Daemon:
                 self._commit()
             # Said only once the store, read back, holds this daemon's last generation:
             # a directory deleted or rolled back under it is written again.
+            # `attached`: captures recorded since the last commit, which the store's
+            # manifest, though it reads back as this daemon's last, does not hold.
             if (
                 self.session is not None
                 and not self.uncommitted
                 and not self.requested
+                and not self.attached
                 and self._confirmed()
             ):
                 log.info("stopped: every change is on the store (%s)", _generation(self.state))
@@ -488,7 +491,7 @@ class Daemon:
             # generation did not.
             delay = self.backoff.next() if self.retry_at is None else self.retry_at - now
             if left <= 0:
-                held = len(self.uncommitted) + self.requested
+                held = len(self.uncommitted) + self.attached + self.requested
                 lost = held if self.session is not None else "unknown"
                 log.error(
                     "exiting with changes not on the store (%s): %s", lost, self.state.last_error

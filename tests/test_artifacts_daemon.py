@@ -3,6 +3,7 @@ SIGTERM in the middle of a capture leaves no partial artifact and no temp file."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -531,3 +532,52 @@ def test_a_worker_that_dies_on_its_own_reports_its_jobs_as_failures_to_retry(
     assert [(r.package.name, r.artifact, r.retry) for r in results] == [("bigpkg", None, True)]
     assert results[0].reason == f"the capture worker exited with {-signal.SIGKILL}"
     assert not list(private.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a tmpfs")
+def test_sigterm_exits_1_while_the_store_refuses_the_artifacts_of_a_commit(
+    tmp_path: Path,
+) -> None:
+    """The store takes the install, then fills up (ENOSPC) before the capture's artifact
+    is recorded: the manifest on the store, read back, is still the daemon's last one, but
+    the capture attached since is not in it. SIGTERM exits 1, never 0 ("every change is
+    on the store"), and the install stays recorded."""
+    world, prefix, flags = _world(tmp_path)
+    mount = ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(world.store)]
+    subprocess.run(mount, check=True)
+    try:
+        from pkgckpt.store import init_store
+
+        init_store(world.store)
+        wheels = tmp_path / "wheels"
+        big_wheel(wheels, "bigpkg", 8)
+        daemon = world.daemon(*flags, "--quiet-ms", "100", "--shutdown-timeout", "2").start()
+        assert daemon.proc is not None
+        try:
+            uv_install(prefix / "bin" / "python", wheels, "bigpkg", env=world.env)
+
+            def worker() -> bool:
+                for stat in Path("/proc").glob("[0-9]*/stat"):
+                    with contextlib.suppress(OSError):
+                        if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == daemon.proc.pid:
+                            return True
+                return False
+
+            eventually(worker, what="the capture worker")
+            # Stopped before it records the capture: the worker writes it meanwhile.
+            daemon.signal(signal.SIGSTOP)
+            try:
+                eventually(lambda: len(artifacts(world.store, world.key)) == 1, 60, "artifact")
+                with (world.store / "filler").open("wb") as f, contextlib.suppress(OSError):
+                    while f.write(b"\0" * 65536):
+                        pass
+            finally:
+                daemon.signal(signal.SIGCONT)
+            eventually(lambda: "commit failed" in daemon.output(), what="the failed commit")
+            assert _packages(world.manifest())["bigpkg"].artifact is None
+            assert daemon.stop() == 1, daemon.output()
+        finally:
+            daemon.close()
+        assert "bigpkg" in _packages(world.manifest())
+    finally:
+        subprocess.run(["umount", "-l", str(world.store)], check=False)
