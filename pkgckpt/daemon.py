@@ -453,8 +453,10 @@ class Daemon:
         sd_notify("STOPPING=1")
         self._set(phase="stopping")
         if self.captures is not None:
-            # Stopped first, so that the captures it finished are in the flushed manifest.
-            results = self.captures.stop()
+            # Stopped first, so that the captures it finished are in the flushed manifest;
+            # SIGTERM and SIGKILL get a quarter of the bound each, so that a worker stalled
+            # in the file system (a hung NFS home) leaves the flush its time.
+            results = self.captures.stop(timeout=min(5.0, self.config.shutdown_timeout / 4))
             if self.session is not None:
                 self._took(results)
         self._flush()

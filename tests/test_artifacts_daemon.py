@@ -581,3 +581,46 @@ def test_sigterm_exits_1_while_the_store_refuses_the_artifacts_of_a_commit(
         assert "bigpkg" in _packages(world.manifest())
     finally:
         subprocess.run(["umount", "-l", str(world.store)], check=False)
+
+
+def test_sigterm_flushes_within_the_shutdown_timeout_while_a_capture_is_stalled(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while the worker's read of a package is stalled (strace delays each read
+    8 s, as a hung NFS home would): stopping the worker takes a share of
+    `shutdown_timeout`, not 5 s plus 5 s of its own, so that the manifest is flushed and
+    the daemon done within the bound, before the grace period's SIGKILL."""
+    if subprocess.run(["strace", "-V"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("no strace")
+    world, prefix, flags = _world(tmp_path)
+    wheels = tmp_path / "wheels"
+    big_wheel(wheels, "bigpkg", 1)
+    log = tmp_path / "daemon.log"
+    uv_install(prefix / "bin" / "python", wheels, "bigpkg", env=world.env)
+    (blob,) = prefix.glob("lib/python*/site-packages/bigpkg/blob.bin")
+    stall = ["strace", "-f", "-o", os.devnull, "-P", str(blob), "-e", "trace=read",
+             "-e", "inject=read:delay_enter=8000000"]  # fmt: skip
+    with log.open("w") as err:
+        traced = subprocess.Popen(
+            [*stall, sys.executable, "-m", "pkgckpt", "daemon", *flags, "--quiet-ms", "100"],
+            stdout=err, stderr=err, stdin=subprocess.DEVNULL,
+            env={**world.env, "PKGCKPT_SHUTDOWN_TIMEOUT": "4"},
+        )  # fmt: skip
+    try:
+        eventually(lambda: "capturing 1 package" in log.read_text(), 60, "the capture")
+        (pid,) = [
+            int(p.name)
+            for p in Path("/proc").glob("[0-9]*")
+            if (p / "stat").exists()
+            and int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == traced.pid
+        ]
+        time.sleep(0.5)  # the worker in its stalled read
+        started = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        eventually(lambda: "stopped:" in log.read_text(), 60, "the daemon's last line")
+        took = time.monotonic() - started
+    finally:
+        traced.kill()
+        traced.wait()
+    assert took < 4, (took, log.read_text())
+    assert "bigpkg" in _packages(world.manifest())
