@@ -239,11 +239,12 @@ class Daemon:
 
     def run(self) -> int:
         """Watch until SIGTERM/SIGINT; the exit code (0: everything seen is on the store)."""
-        # Signals first: `forget` and `revert` find a daemon by its lock too
-        # (`status.find_daemon`) and SIGHUP it from the moment it holds the lock.
+        # Signals first, given back last: `forget` and `revert` find a daemon by its lock
+        # too (`status.find_daemon`) and SIGHUP it for as long as it holds the lock, which
+        # SIGHUP's default action would end.
         with (
-            contextlib.closing(self.status_file),
             _signals(self._on_stop, self._on_rescan) as wake_fd,
+            contextlib.closing(self.status_file),
         ):
             # One daemon per store and key (AlreadyRunning, before anything is written).
             # Someone else's runtime directory is passed over for the private fallback,

@@ -288,6 +288,46 @@ def test_a_daemon_that_exits_as_it_is_woken_leaves_no_daemon_and_no_error(
     assert status.find_daemon(config) is None
 
 
+def test_a_sighup_while_the_daemon_still_holds_its_lock_never_ends_it(
+    world: World, venv: Venv
+) -> None:
+    """`find_daemon` SIGHUPs whoever holds the lock: the daemon lets the lock go before it
+    gives SIGHUP back its default action (the end of the process), never after. Its last
+    step, letting the lock go, is made slow here, so that a SIGHUP lands in it."""
+    script = world.tmp / "slow_close.py"
+    script.write_text(
+        "import sys, time\n"
+        "sys.argv[1:1] = ['daemon']\n"
+        "from pkgckpt import handoff, status\n"
+        "handoff.replace = lambda config: None  # the patch below must stay in the daemon\n"
+        "close = status.StatusFile.close\n"
+        "def slow(self):\n"
+        "    if self._lock is not None:\n"
+        f"        open({str(world.tmp / 'closing')!r}, 'w').close()\n"
+        "        time.sleep(3)\n"
+        "    close(self)\n"
+        "status.StatusFile.close = slow\n"
+        "from pkgckpt.entry import main\n"
+        "main()\n"
+    )
+    log = world.tmp / "slow.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *flags(world, venv)],
+            stdout=err, stderr=err, stdin=subprocess.DEVNULL, env=world.env,
+        )  # fmt: skip
+    try:
+        eventually(lambda: "watching" in log.read_text(), 60, "the daemon's start")
+        proc.send_signal(signal.SIGTERM)
+        eventually((world.tmp / "closing").exists, 60, "the daemon letting its lock go")
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_forget_of_an_unknown_name_fails_and_lists_the_recorded_names(
     world: World, venv: Venv, wheels: Path
 ) -> None:
