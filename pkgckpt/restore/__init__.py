@@ -767,7 +767,7 @@ class _Env:
         installer: Installer,
         deadline: Deadline,
         rebase: Rebase | None = None,
-        roots: Sequence[Path] = (),
+        beneath: Target | None = None,
     ) -> None:
         self.target = target
         self.kind = target.env.kind
@@ -777,9 +777,9 @@ class _Env:
         self.notes: list[str] = []
         self.from_artifacts = 0
         self._rebase = rebase
-        """A new image: the installs resolve their dependencies, found in `roots` (the
-        environment's library roots first, then those of a prefix beneath a user site)."""
-        self._roots = roots
+        """A new image: the installs resolve their dependencies, read in the environment
+        with the prefix `beneath` a user site."""
+        self._beneath = beneath
         self.unmet: dict[str, str] = {}
         """canonical name -> a requirement of an install step not satisfied, as of the
         last `rescan`."""
@@ -794,7 +794,7 @@ class _Env:
 
             forced = {canonical(n) for n in self._rebase.forced}
             mine = {canonical(s.name) for s in steps} - forced
-            self.unmet = unmet(self.target.env, self._roots, mine, forced)
+            self.unmet = unmet(self.target, self._beneath, mine, forced)
         return now
 
     def placed(self, step: Step, now: Mapping[str, Package]) -> bool:
@@ -933,10 +933,9 @@ def _apply(
             failed += [s.failure("remove", reason) for s in ep.remove]
             reports.append(EnvReport(env=ep.env, installer=ep.installer, failed=tuple(failed)))
             continue
-        beneath = _beneath(target, targets)
-        roots = (*target.roots, *(beneath.roots if beneath is not None else ()))
         rebase = ep.rebase if target.env.kind == "python" else None
-        work = _Env(target, _installer(target.env, config, ep.rebase), deadline, rebase, roots)
+        installer = _installer(target.env, config, ep.rebase)
+        work = _Env(target, installer, deadline, rebase, _beneath(target, targets))
         if say is not None:
             say(f"{ep.env.where()}: {_counts(ep)} ({ep.installer})")
         if ep.remove:

@@ -11,7 +11,7 @@ The API `restore/__init__.py` calls:
     rebase(delta, target, image, live, config) -> Rebase
         Every recorded entry classified (`Decision`), the consistency check done, and the
         pins the installer must keep (`Rebase.constraints`).
-    unmet(env, roots, names, ignore) -> dict[str, str]
+    unmet(target, beneath, names, ignore) -> dict[str, str]
         After the installs: the packages of `names` whose requirements what is installed
         does not satisfy, each with one of them.
 
@@ -583,16 +583,25 @@ class _Check:
         return out
 
 
+def _roots(target: Target, beneath: Target | None) -> tuple[Path, ...]:
+    """Where the environment's installed metadata is read: its own library roots first,
+    then those of the prefix `beneath` a user site."""
+    return (*target.roots, *(beneath.roots if beneath else ()))
+
+
 def unmet(
-    env: Environment, roots: Iterable[Path], names: Collection[str], ignore: Collection[str] = ()
+    target: Target,
+    beneath: Target | None,
+    names: Collection[str],
+    ignore: Collection[str] = (),
 ) -> dict[str, str]:
-    """canonical name -> a Requires-Dist that what is installed in `roots` (first root
-    first) does not satisfy, for each installed distribution of `names` (canonical) that
-    has one; requirements naming a package of `ignore` (canonical) are not read. After a
-    restore onto a new image, a package in place whose dependencies are not is not
-    restored: the installer may have put it there in an earlier call than the one that
-    failed to fetch them."""
-    return _unmet(env, installed_metadata(roots), names, ignore)
+    """canonical name -> a Requires-Dist that what is installed in `target` (read as
+    `rebase` reads it, with the prefix `beneath` it) does not satisfy, for each installed
+    distribution of `names` (canonical) that has one; requirements naming a package of
+    `ignore` (canonical) are not read. After a restore onto a new image, a package in
+    place whose dependencies are not is not restored: the installer may have put it there
+    in an earlier call than the one that failed to fetch them."""
+    return _unmet(target.env, installed_metadata(_roots(target, beneath)), names, ignore)
 
 
 def _unmet(
@@ -674,7 +683,7 @@ def rebase(
         *(("changed", p) for p in delta.changed),
         *(("removed", p) for p in delta.removed),
     ]
-    meta = installed_metadata((*target.roots, *(beneath.roots if beneath else ())))
+    meta = installed_metadata(_roots(target, beneath))
     # In place is not restored while a requirement is missing: an earlier restore put it
     # there and failed to fetch its dependencies (see `unmet`); it is installed again.
     lacking = _unmet(env, meta, {canonical(p.name) for part, p in entries if part != "removed"})
