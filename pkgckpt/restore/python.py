@@ -347,21 +347,16 @@ class PythonInstaller:
             ]
         editables, requirements = _requirements(packages)
         argv = [*self._command, "install", *self._target, *self._index_options(), *extra]
-        return self._constrained(argv, [*editables, "--", *requirements], self._env, deadline)
+        return self._constrained(argv, [*editables, "--", *requirements], deadline)
 
-    def _constrained(
-        self,
-        argv: list[str],
-        tail: list[str],
-        env: Mapping[str, str | None],
-        deadline: Deadline,
-    ) -> Outcome:
+    def _constrained(self, argv: list[str], tail: list[str], deadline: Deadline) -> Outcome:
         """`argv` with the image's versions as constraints (a private file), then `tail`."""
         assert self._constraints is not None
         with tempfile.TemporaryDirectory(prefix="pkgckpt-constraints-") as private:
             pins = Path(private, "constraints.txt")
             pins.write_text("".join(f"{line}\n" for line in self._constraints if _pin(line)))
-            return call([*argv, "--constraint", str(pins), *tail], deadline=deadline, env=env)
+            argv = [*argv, "--constraint", str(pins), *tail]
+            return call(argv, deadline=deadline, env=self._env)
 
     def _exact(
         self, packages: Sequence[Package], *, reinstall: bool, deadline: Deadline
@@ -394,7 +389,7 @@ class PythonInstaller:
             return first
         pins = [f"{p.name}=={p.version}" for p in packages]
         argv = [*self._command, "install", *self._target, *self._index_options()]
-        return self._constrained(argv, ["--", *pins], self._env, deadline)
+        return self._constrained(argv, ["--", *pins], deadline)
 
     def _exact_artifacts(
         self,
