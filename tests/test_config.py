@@ -312,6 +312,19 @@ def test_each_setting_is_coerced_by_its_declared_type() -> None:
 FLOATS = sorted(name for name, kind in config._FIELDS.items() if kind == "float")
 
 
+def _load_set(
+    files: dict[str, Path], name: str, origin: str, text: str, flag: object
+) -> config.Config:
+    """`config.load` with `name` set where `origin` says: `text` in the environment or in
+    the explicit config file, `flag` as a flag (the value click hands over)."""
+    environ = {f"PKGCKPT_{name.upper()}": text} if origin == "environment" else {}
+    flags = {name: flag} if origin == "flag" else {}
+    if origin == "file":
+        files["explicit"].write_text(f"{name} = {text}\n")
+    explicit = files["explicit"] if origin == "file" else None
+    return config.load(flags, explicit, environ=environ)
+
+
 def test_the_settings_in_seconds_are_these() -> None:
     """Every float setting is a number of seconds, bounded by MAX_SECONDS below."""
     assert FLOATS == ["jitter", "r_lock_stale", "rescan_interval", "shutdown_timeout", "timeout"]
@@ -325,17 +338,9 @@ def test_seconds_are_finite_and_at_most_a_day_wherever_they_are_set(
 ) -> None:
     """`inf` and `1e9` overflowed the waits they reached (an internal error) and NaN made
     every wait end at once: a usage error instead, from a flag, a variable or a file."""
-    environ: dict[str, str] = {}
-    flags: dict[str, object] = {}
-    if origin == "environment":
-        environ[f"PKGCKPT_{name.upper()}"] = value
-    elif origin == "flag":
-        flags[name] = float(value)
-    else:  # TOML's own inf and nan, and numbers
-        files["explicit"].write_text(f"{name} = {value}\n")
-    explicit = files["explicit"] if origin == "file" else None
+    # TOML's own inf and nan, and numbers, in the file; the flag as click hands it over.
     with pytest.raises(UsageError, match=f"for {name}: seconds, from 0 to 86400") as err:
-        config.load(flags, explicit, environ=environ)
+        _load_set(files, name, origin, value, float(value))
     assert err.value.exit_code == 2
 
 
@@ -377,17 +382,8 @@ def test_integers_beyond_their_bounds_are_usage_errors_wherever_they_are_set(
     value = {"above": high + 1, "below": low - 1, "huge": 10**12, "enormous": 10**400}[beyond]
     if beyond == "huge" and high >= 10**12:
         value = 10**18
-    environ: dict[str, str] = {}
-    flags: dict[str, object] = {}
-    if origin == "environment":
-        environ[f"PKGCKPT_{name.upper()}"] = str(value)
-    elif origin == "flag":
-        flags[name] = value
-    else:
-        files["explicit"].write_text(f"{name} = {value}\n")
-    explicit = files["explicit"] if origin == "file" else None
     with pytest.raises(UsageError, match=f"for {name}: {what}, from {low} to {high}$") as err:
-        config.load(flags, explicit, environ=environ)
+        _load_set(files, name, origin, str(value), value)
     assert err.value.exit_code == 2
 
 

@@ -377,6 +377,19 @@ def _installers_config(
         monkeypatch.setenv("UV_CONFIG_FILE", str(conf))
 
 
+def _the_artifact_is_installed(installer: PythonInstaller, artifact: Path, bare: Venv) -> None:
+    """alpha 1.0 installed from `artifact`, not from a look-alike (`_look_alike`: m2.py)."""
+    out = installer.install_artifacts(
+        [Package(name="alpha", version="1.0")],
+        {"alpha": artifact},
+        reinstall=(),
+        deadline=Deadline(120),
+    )
+    assert out.ok, out.output
+    assert (bare.site_packages / "alpha" / "m1.py").exists()
+    assert not (bare.site_packages / "alpha" / "m2.py").exists(), "the look-alike was installed"
+
+
 @pytest.mark.parametrize("tool", ["uv", "pip"])
 def test_an_artifact_wins_over_the_same_version_in_the_installers_config(
     tool: str, tmp_path: Path, bare: Venv, monkeypatch: pytest.MonkeyPatch
@@ -387,15 +400,7 @@ def test_an_artifact_wins_over_the_same_version_in_the_installers_config(
     _installers_config(tool, tmp_path, evil.parent, monkeypatch)
     artifact = build_wheel(Dist("alpha", "1.0", files=2), tmp_path / "artifacts")
     installer = PythonInstaller(env(bare), Config(installer=tool, no_index=True))
-    out = installer.install_artifacts(
-        [Package(name="alpha", version="1.0")],
-        {"alpha": artifact},
-        reinstall=(),
-        deadline=Deadline(120),
-    )
-    assert out.ok, out.output
-    assert (bare.site_packages / "alpha" / "m1.py").exists()
-    assert not (bare.site_packages / "alpha" / "m2.py").exists(), "the look-alike was installed"
+    _the_artifact_is_installed(installer, artifact, bare)
 
 
 @pytest.mark.parametrize("tool", ["uv", "pip"])
@@ -412,13 +417,5 @@ def test_on_a_new_image_an_artifact_wins_over_the_same_version_in_the_sources(
     _installers_config(tool, tmp_path, _look_alike(tmp_path / "evil").parent, monkeypatch)
     artifact = build_wheel(Dist("alpha", "1.0", requires=["dep"], files=2), tmp_path / "a")
     installer = PythonInstaller(env(bare), config(sources, tool), constraints=[])
-    out = installer.install_artifacts(
-        [Package(name="alpha", version="1.0")],
-        {"alpha": artifact},
-        reinstall=(),
-        deadline=Deadline(120),
-    )
-    assert out.ok, out.output
-    assert (bare.site_packages / "alpha" / "m1.py").exists()
-    assert not (bare.site_packages / "alpha" / "m2.py").exists(), "the look-alike was installed"
+    _the_artifact_is_installed(installer, artifact, bare)
     assert installed(bare.site_packages) == {"alpha": "1.0", "dep": "1.0"}
