@@ -311,9 +311,13 @@ def restore(cfg: config.Config, dry_run: bool, as_json: bool, print_bound: bool)
     On a new image or Python, the record is rebased: what would break an image package is
     held back and named (exit 3) unless --on-conflict user.
     """
+    if print_bound:
+        from .jitter import print_bound as print_it
+
+        return print_it(cfg)
     from . import restore as restore_
 
-    return restore_.command(cfg, dry_run=dry_run, as_json=as_json, print_bound=print_bound)
+    return restore_.command(cfg, dry_run=dry_run, as_json=as_json)
 
 
 @cli.command(epilog=EXIT_CODES)

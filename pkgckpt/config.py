@@ -291,7 +291,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float = 900.0
     jitter: float = 0.0
     """Seconds: a container's first restore waits a random 0 to `jitter` s before it reads
-    the store, spreading the restores of pods that start together (restore/jitter.py)."""
+    the store, spreading the restores of pods that start together (jitter.py)."""
     installer: str = "auto"
     index_url: str | None = None
     find_links: tuple[str, ...] = ()

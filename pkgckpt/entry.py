@@ -153,13 +153,19 @@ def _restore(params: dict[str, Any]) -> int:
     logs.direct(logs.WARNING)
 
     def body() -> int:
-        from . import config, restore
+        from . import config
 
         dry_run, as_json = params.pop("dry_run"), params.pop("as_json")
         print_bound, config_file = params.pop("print_bound"), params.pop("config_file")
         # As cli.with_config: every other option is a setting, given or None.
         cfg = config.load(params, config_file)
-        return restore.command(cfg, dry_run=dry_run, as_json=as_json, print_bound=print_bound)
+        if print_bound:
+            from .jitter import print_bound as print_it
+
+            return print_it(cfg)
+        from . import restore
+
+        return restore.command(cfg, dry_run=dry_run, as_json=as_json)
 
     return logs.guarded(body)
 

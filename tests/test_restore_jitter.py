@@ -11,11 +11,10 @@ import pytest
 from restore_kit import hermetic
 from wheelhouse import make_venv
 
-from pkgckpt import restore
+from pkgckpt import jitter, restore
 from pkgckpt.config import Config
 from pkgckpt.errors import UsageError
 from pkgckpt.metrics import record_restore
-from pkgckpt.restore import jitter
 from pkgckpt.store import init_store
 
 
@@ -110,3 +109,17 @@ def test_the_bound_is_the_timeout_and_the_longest_wait_wherever_they_are_set(
     assert refused.returncode == 2 and refused.stdout == ""
     assert "jitter must be 0 to 600 seconds" in refused.stderr
     assert not (tmp_path / "run").exists(), "it touches nothing"
+
+
+def test_the_bound_is_printed_without_restore_s_modules(tmp_path: Path) -> None:
+    """Each container start asks `--print-bound` before its restore: it reads the
+    settings and imports neither restore's modules nor click, whose imports are most of
+    its cost."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pkgckpt", "restore", "--print-bound"],
+        capture_output=True, text=True, env=hermetic(tmp_path), timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout == "900\n"
+    imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines()}
+    assert "pkgckpt.config" in imported, done.stderr
+    assert not imported & {"pkgckpt.restore", "pkgckpt.cli", "click"}, sorted(imported)

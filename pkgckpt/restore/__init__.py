@@ -1027,7 +1027,7 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
     from ..inventory import ensure_baseline, targets
 
     if not dry_run:
-        from .jitter import wait
+        from ..jitter import wait
 
         wait(config)
     deadline = Deadline(config.timeout)
@@ -1085,16 +1085,10 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
     return report
 
 
-def command(config: Config, *, dry_run: bool, as_json: bool, print_bound: bool = False) -> int:
-    """The `restore` command: run, print the report (also when incomplete), its exit code.
-    `print_bound`: print `jitter.bound` instead, touching nothing."""
+def command(config: Config, *, dry_run: bool, as_json: bool) -> int:
+    """The `restore` command: run, print the report (also when incomplete), its exit code."""
     from ..logs import emit
 
-    if print_bound:
-        from .jitter import bound
-
-        emit(str(bound(config)))
-        return 0
     try:
         report = run(config, dry_run=dry_run)
     except PartialRestore as e:
