@@ -461,16 +461,17 @@ class Daemon:
             if self.session is not None:
                 self._took(results)
         self._flush()
+        # The delay the outage grew while running (up to a minute) would leave a store
+        # that comes back during the grace period untried until its end, or past it. Set
+        # before the open below, whose failure logs (and sets) the time of its next try.
+        self.backoff = Backoff(cap=SHUTDOWN_RETRY_CAP)
+        self.retry_at = None
         # An install that ended just before the signal may not have reached the debouncer
         # (or is still in its quiet window): rescan everything now; scans are incremental.
         if self.session is None:
             self._open()
         else:
             self._scan(self.targets)
-        self.retry_at = None
-        # The delay the outage grew while running (up to a minute) would leave a store
-        # that comes back during the grace period untried until its end, or past it.
-        self.backoff = Backoff(cap=SHUTDOWN_RETRY_CAP)
         while True:
             if self.session is not None:
                 self._commit()

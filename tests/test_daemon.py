@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -397,6 +398,35 @@ def test_a_store_unreachable_at_start_is_read_and_committed_when_it_returns(
         (world.tmp / "store.away").rename(world.store)
         eventually(lambda: committed(world, ["delta==1.0", "kept==1.0"]), 120, "the commit")
         assert d.stop() == 0
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_a_store_never_opened_says_the_shutdown_s_short_retry_at_sigterm(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """A store unreachable since the start, after an outage long enough to grow the retry
+    delay: what SIGTERM's flush logs of its first failure names the retry it makes (2 s
+    at most), not the outage's grown delay, which it no longer waits."""
+    world.store.rename(world.tmp / "store.away")
+    world.store.write_text("not a directory")
+    flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    d = world.daemon(*flags, "--quiet-ms", "50", "--shutdown-timeout", "4").start()
+    try:
+        # 0.5 + 1 + 2 + 4 s (with jitter) of backoff: the next delay is 8 s or more.
+        eventually(
+            lambda: d.output().count("cannot read the store") >= 5, 60, "the backoff to grow"
+        )
+        assert d.proc is not None
+        # The retries come 8 s or more apart by now: none falls between these two lines.
+        before = len(d.output())
+        d.signal(signal.SIGTERM)
+        d.wait_message("STOPPING=1")
+        assert d.proc.wait(15) == 1
+        said = d.output()[before:]
+        delays = [float(x) for x in re.findall(r"retrying in ([0-9.]+) s", said)]
+        assert delays and max(delays) <= 2.0, said
     finally:
         d.close()
 
