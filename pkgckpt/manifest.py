@@ -39,6 +39,7 @@ reader reads a newer manifest; a change that an older reader must not misread bu
 from __future__ import annotations
 
 import re
+import sys
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePosixPath
@@ -72,6 +73,22 @@ class Base(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     Subclasses repeat `frozen=True` because type checkers do not follow msgspec's
     inheritance of struct options.
     """
+
+    if sys.version_info < (3, 11):
+
+        def __post_init__(self) -> None:
+            # omit_defaults knows a default by identity, and Python 3.10 can make an empty
+            # tuple that is not `()` (tuple() of an empty generator): such a field would
+            # be written as [] where the same record read back leaves it out, and bytes
+            # that should say "unchanged" (a commit's, a confirm's) would differ. From
+            # 3.11 on there is one empty tuple.
+            for name in self.__struct_fields__:
+                value = getattr(self, name)
+                if type(value) is tuple and not value and value is not _EMPTY:
+                    msgspec.structs.force_setattr(self, name, _EMPTY)
+
+
+_EMPTY: tuple[()] = ()
 
 
 # -- where a package came from: a tagged union shaped like PEP 751's pylock -----------

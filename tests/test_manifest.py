@@ -103,6 +103,18 @@ def test_encoding_is_deterministic_and_compact() -> None:
     assert b'"requested"' not in manifest.encode(make(one)), "defaults are left out"
 
 
+def test_an_empty_tuple_built_from_nothing_is_left_out_as_a_default() -> None:
+    """Fields emptied by a filter encode as those read back, which leave them out: on
+    Python 3.10, `tuple()` of an empty generator is not `()`, which omit_defaults knows
+    by identity, and a daemon then took every commit it read back for another one's."""
+    nothing = [Package(name="x", version="1")][1:]
+    delta = Delta(env=ENV, added=tuple(p for p in nothing), forgotten=tuple(p for p in nothing))
+    body = Body(environments=(delta,), events=tuple(e for e in ()))
+    data = manifest.encode_body(body)
+    assert data == b'{"environments":[{"env":' + manifest.encode_body(ENV) + b"}]}"
+    assert manifest.encode_body(msgspec.json.decode(data, type=Body)) == data
+
+
 def test_any_edit_or_tear_is_caught_by_the_checksum() -> None:
     """A changed byte in the body, or a file cut short, is a ManifestError."""
     data = manifest.encode(sample())
