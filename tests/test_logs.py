@@ -7,6 +7,9 @@ import sys
 
 SPEAK = """\
 import sys
+import msgspec
+# What msgspec imports itself (on Python 3.10, threading through uuid and platform).
+own = set(sys.modules)
 from pkgckpt import logs
 if sys.argv[1] == "direct":
     logs.direct(logs.INFO)
@@ -22,7 +25,7 @@ try:
 except OSError:
     log.exception("capturing %s", "pkg")
 log.info("50% done, no arguments")
-print("logging" in sys.modules, "threading" in sys.modules, file=sys.stdout)
+print(*(m in sys.modules and m not in own for m in ("logging", "threading")), file=sys.stdout)
 """
 
 
@@ -34,8 +37,8 @@ def _speak(mode: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_direct_writer_prints_the_handlers_lines_without_importing_logging() -> None:
     """`logs.direct` (the daemon's own process) prints exactly the lines `logs.setup`'s
-    handler prints, one per message, levels and redaction alike, and never imports
-    logging or threading."""
+    handler prints, one per message, levels and redaction alike, and imports neither
+    logging nor threading (unless msgspec, which it needs, imports them itself)."""
     direct, handler = _speak("direct"), _speak("setup")
     assert direct.stderr == handler.stderr
     assert direct.stderr.splitlines() == [
@@ -46,7 +49,7 @@ def test_the_direct_writer_prints_the_handlers_lines_without_importing_logging()
         "pkgckpt: 50% done, no arguments",
     ]
     assert direct.stdout.split() == ["False", "False"]
-    assert handler.stdout.split() == ["True", "True"]
+    assert handler.stdout.split()[0] == "True"
 
 
 def test_a_broken_stderr_does_not_stop_the_direct_writer() -> None:
