@@ -17,30 +17,33 @@ else:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _pins() -> dict[str, str]:
+def _pins() -> dict[str, tuple[str, str]]:
+    """Name -> (pinned version, marker) of each line of tests/lower-bounds.txt."""
     pins = {}
     for line in (ROOT / "tests" / "lower-bounds.txt").read_text().splitlines():
         if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            pins[canonicalize_name(name)] = version
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", line
+            pins[canonicalize_name(req.name)] = (spec.version, str(req.marker or ""))
     return pins
 
 
 def test_every_runtime_dependency_has_a_tested_lower_bound_and_an_upper_bound() -> None:
-    """Each dependency's `>=` is the pinned version the lower-bounds run uses, and a `<` caps it."""
+    """Each dependency's `>=` is the pinned version the lower-bounds run uses, under the
+    same marker, and a `<` caps it: on every Python, not only this one's."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pins = _pins()
     checked = set()
     for text in project["dependencies"]:
         req = Requirement(text)
-        if req.marker is not None and not req.marker.evaluate():
-            continue
         specs = {spec.operator: spec.version for spec in req.specifier}
         name = canonicalize_name(req.name)
         assert "<" in specs, f"{req.name} has no upper bound"
         assert name in pins, f"{req.name} is not in tests/lower-bounds.txt"
+        assert pins[name][1] == str(req.marker or ""), (req.name, pins[name][1])
         lower = specs[">="]
-        assert Version(pins[name]) == Version(lower), (req.name, lower, pins[name])
+        assert Version(pins[name][0]) == Version(lower), (req.name, lower, pins[name])
         checked.add(name)
     assert checked == set(pins)
 
