@@ -55,3 +55,75 @@ def test_on_a_new_python_fitting_artifacts_are_used_and_the_others_are_said(
     script = subprocess.run([str(s.prefix / "bin" / "app-cli")], capture_output=True, text=True)
     assert script.stdout.strip() == "app 1.0", script.stderr
     shutil.rmtree(s.prefix, ignore_errors=True)
+
+
+def test_an_artifact_whose_requirement_the_new_image_contradicts_is_held_back(
+    tmp_path: Path,
+) -> None:
+    """userx requires imgbase<2; the new image (another Python) ships imgbase 2.0, and
+    restore has the artifacts alone (`--no-index`, no find-links): the check reads
+    userx's METADATA from its verified artifact and holds it back, exit 3, nothing of it
+    installed, `pip check` clean. It read nothing there, installed the artifact with
+    `--no-deps`, failed to resolve and left userx in place over imgbase 2.0."""
+    other = _other_python()
+    if other is None:
+        pytest.skip("needs a second CPython minor version under ~/.pyenv/versions")
+    world = cache_on(World.make(tmp_path))
+    wheels = tmp_path / "wheels"
+    for dist in (
+        Dist("imgbase", "1.0"),
+        Dist("imgbase", "2.0"),
+        Dist("userx", "1.0", requires=["imgbase<2"]),
+        Dist("usery", "1.0", requires=["imgbase"]),
+    ):
+        build_wheel(dist, wheels)
+    s = Scenario(world, wheels, tmp_path / "venv")
+    b1 = s.image(sys.executable, ["imgbase==1.0"], "b1.json")
+    s.user_changes(b1, ["userx==1.0", "usery==1.0"], [])
+    snap = world.pkgckpt("snapshot", *s.flags(b1), timeout=300)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    assert len(artifacts(world.store, world.key)) == 2
+    b2 = s.image(other, ["imgbase==2.0"], "b2.json")
+    plan = world.pkgckpt("restore", *s.flags(b2), "--no-index", "--dry-run")
+    held = "userx 1.0 held back: requires imgbase<2, and imgbase 2.0 (image) stays"
+    assert held in plan.stdout, plan.stdout + plan.stderr
+    done = world.pkgckpt("restore", *s.flags(b2), "--no-index", timeout=300)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert held in done.stdout and "failed 0" in done.stdout, done.stdout
+    assert s.installed() == {"imgbase": "2.0", "usery": "1.0"}
+    assert s.check().returncode == 0, s.check().stdout + s.check().stderr
+
+
+def test_a_rebase_reads_an_artifact_only_whole_and_as_recorded(tmp_path: Path) -> None:
+    """`artifacts.read` gives the bytes the manifest's sha256 names; a tampered or
+    truncated file, or one over the bound, is refused (the rebase then reads nothing
+    from it)."""
+    import hashlib
+    import os
+
+    from pkgckpt.artifacts import ArtifactRefused, read
+    from pkgckpt.config import Config
+    from pkgckpt.manifest import Artifact, Package
+    from pkgckpt.store import Store, init_store
+
+    init_store(tmp_path / "store")
+    store = Store(tmp_path / "store", "k")
+    config = Config(store=tmp_path / "store", key="k")
+    wheel = build_wheel(Dist("userx", "1.0", requires=["imgbase<2"]), tmp_path / "w")
+    data = wheel.read_bytes()
+    fd = os.open(wheel, os.O_RDONLY)
+    try:
+        store.put_artifact(wheel.name, fd, hashlib.sha256(data).hexdigest())
+    finally:
+        os.close(fd)
+    good = Artifact(file=wheel.name, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    package = Package(name="userx", version="1.0", artifact=good)
+    assert read(store, config, package, len(data)) == data
+    with pytest.raises(ArtifactRefused, match="over"):
+        read(store, config, package, len(data) - 1)
+    planted = Artifact(file=wheel.name, sha256="0" * 64, size=len(data))
+    with pytest.raises(ArtifactRefused, match="tampered"):
+        read(store, config, Package(name="userx", version="1.0", artifact=planted), len(data))
+    longer = Artifact(file=wheel.name, sha256=good.sha256, size=len(data) + 1)
+    with pytest.raises(ArtifactRefused, match="tampered"):
+        read(store, config, Package(name="userx", version="1.0", artifact=longer), 1 << 20)

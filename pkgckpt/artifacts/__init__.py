@@ -18,6 +18,9 @@ The API the daemon, `snapshot`, `status` and restore call:
         A private copy of the package's artifact in the directory `into`, hashed while it
         is copied and checked against the user's own manifest; raises `ArtifactRefused`
         (tampered, truncated, missing, hostile name), never returns unverified bytes.
+    read(store, config, package, limit) -> bytes
+        The artifact's bytes, checked as `fetch` checks its copy, when it is at most
+        `limit` bytes: what a rebase reads a captured wheel's METADATA from.
 
 Capturers, one module per environment kind, looked up by `capturer(kind)`; each has
 
@@ -68,6 +71,7 @@ __all__ = [
     "fetch",
     "fits",
     "missing",
+    "read",
 ]
 
 CAPTURERS: dict[str, str] = {"python": "wheel", "r": "rpkg"}
@@ -203,6 +207,50 @@ def fits(env: Environment, package: Package) -> str | None:
 
 def fetch(store: Store, config: Config, package: Package, into: Path) -> Path:
     """A verified private copy of `package`'s artifact in `into` (see the module docstring)."""
+    artifact, name, source = _open(store, config, package)
+    target = into / name.rsplit("/", 1)[-1]
+    try:
+        fd = os.open(target, _CREATE, 0o600)
+        try:
+            digest, size = _copy_hashing(source, fd, artifact.size)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(source)
+    if (digest, size) != (artifact.sha256, artifact.size):
+        target.unlink()
+        raise _mismatch(artifact, digest, size)
+    return target
+
+
+def read(store: Store, config: Config, package: Package, limit: int) -> bytes:
+    """The bytes of `package`'s artifact, hashed and checked as `fetch` checks its copy;
+    raises `ArtifactRefused` as `fetch` does, and when it records more than `limit`
+    bytes (nothing is read then)."""
+    artifact = package.artifact
+    if artifact is not None and artifact.size > limit:
+        raise ArtifactRefused(f"{artifact.file} is over {_bytes(limit)}")
+    artifact, _, source = _open(store, config, package)
+    import hashlib
+
+    try:
+        data = bytearray()
+        while len(data) <= artifact.size:
+            chunk = os.read(source, min(1 << 20, artifact.size + 1 - len(data)))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(source)
+    digest = hashlib.sha256(data).hexdigest()
+    if (digest, len(data)) != (artifact.sha256, artifact.size):
+        raise _mismatch(artifact, digest, len(data))
+    return bytes(data)
+
+
+def _open(store: Store, config: Config, package: Package) -> tuple[Artifact, str, int]:
+    """`package`'s artifact, its checked name, and its file open for reading (unverified:
+    the caller hashes what it reads)."""
     artifact = package.artifact
     if artifact is None:
         raise ArtifactRefused(f"{package.name} {package.version} has no artifact")
@@ -218,22 +266,14 @@ def fetch(store: Store, config: Config, package: Package, into: Path) -> Path:
         source = store.open_artifact(name)
     if source is None:
         raise ArtifactRefused(f"{artifact.file} (sha256 {artifact.sha256}) is missing")
-    target = into / name.rsplit("/", 1)[-1]
-    try:
-        fd = os.open(target, _CREATE, 0o600)
-        try:
-            digest, size = _copy_hashing(source, fd, artifact.size)
-        finally:
-            os.close(fd)
-    finally:
-        os.close(source)
-    if (digest, size) != (artifact.sha256, artifact.size):
-        target.unlink()
-        raise ArtifactRefused(
-            f"{artifact.file}: sha256 {digest} ({size} bytes) is not the recorded "
-            f"sha256 {artifact.sha256} ({artifact.size} bytes): tampered or truncated, refused"
-        )
-    return target
+    return artifact, name, source
+
+
+def _mismatch(artifact: Artifact, digest: str, size: int) -> ArtifactRefused:
+    return ArtifactRefused(
+        f"{artifact.file}: sha256 {digest} ({size} bytes) is not the recorded "
+        f"sha256 {artifact.sha256} ({artifact.size} bytes): tampered or truncated, refused"
+    )
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

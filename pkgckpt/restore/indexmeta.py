@@ -21,7 +21,7 @@ Among the files of that exact version, the wheel whose tags fit the target inter
 best is chosen (`packaging.tags`, the order of `wheeltags.target_tags`). Its PEP 658/714
 metadata file (`data-core-metadata`, `data-dist-info-metadata`, JSON `core-metadata`) is
 read and checked against its hash when the index gives one; without a metadata file the
-wheel itself is read when it is at most `MAX_WHEEL` bytes, checked against its hash when
+wheel itself is read when it is at most `rebase.MAX_WHEEL` bytes, checked against its hash when
 given. Anything else (no fitting wheel, a bigger wheel, a hash mismatch, an index that is
 down) leaves that package's requirements to the installer, with the reason.
 
@@ -33,7 +33,7 @@ The index is the admin's, never the store's; its answers are still hostile:
 - redirects only to http(s), never from https to http; credentials in the index URL are
   sent (HTTP Basic) to the index's own origin only, never along a redirect, and never
   appear in a reason;
-- every read is bounded (`MAX_PAGE`, `rebase.MAX_METADATA`, `MAX_WHEEL`) and times out
+- every read is bounded (`MAX_PAGE`, `rebase.MAX_METADATA`, `rebase.MAX_WHEEL`) and times out
   after `TIMEOUT` seconds; the first connection failure marks the index down for the rest
   of the run, so an index that is down costs one timeout, not one per package; and all
   reads stop after `BUDGET` seconds, so an index that answers a byte at a time delays the
@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from ..wheeltags import TargetTags
-from .rebase import MAX_METADATA
+from .rebase import MAX_METADATA, MAX_WHEEL
 from .validate import canonical, python_name, python_version
 from .wheelmeta import metadata
 
@@ -71,8 +71,6 @@ BUDGET = 20.0
 CHUNK = 1 << 16
 MAX_PAGE = 16 << 20
 """Bytes of a project page read at most (PyPI's largest are a few MB)."""
-MAX_WHEEL = 5 << 20
-"""A wheel with no metadata file is downloaded only up to this size."""
 WORKERS = 8
 ACCEPT = (
     "application/vnd.pypi.simple.v1+json, "

@@ -29,8 +29,11 @@ Consistent means that after the plan every installed distribution's `Requires-Di
 (markers evaluated for the target interpreter, with the extras other requirements ask
 for) is satisfied. The check reads, without installing: the image's installed metadata
 (`*.dist-info/METADATA` in the environment's library roots) and each planned package's
-METADATA from its wheel in a `--find-links` directory whose tags fit the target
-interpreter, else, for a package from an index, its METADATA from the indexes the
+METADATA from its artifact when restore installs it from one (a captured wheel that fits,
+at most `MAX_WHEEL` bytes, hash-checked: the installer puts that file in place first,
+`--no-deps`, so its requirements are the ones that count), else from its wheel in a
+`--find-links` directory whose tags fit the target interpreter, else, for a package from
+an index, its METADATA from the indexes the
 installer reads (`indexconf.py`: pkgckpt's settings, then pip's or uv's own configuration
 files and variables; `indexmeta.py`: the PEP 658 metadata file, or a small wheel), used
 only when every index offering it agrees (with extra indexes the installer may take the
@@ -107,6 +110,9 @@ ON_CONFLICT = ("image", "user")
 MAX_METADATA = 1 << 20
 """Bytes of a METADATA file (or of an installed one's header) read at most: a real one is
 a few KB."""
+MAX_WHEEL = 5 << 20
+"""Bytes of a whole wheel read at most for its METADATA: an index's wheel that has no
+metadata file (`indexmeta.py`), a captured one (an artifact)."""
 _HEADER_CHUNK = 8192
 """An installed METADATA is read this much at a time, up to the end of its header."""
 
@@ -409,8 +415,12 @@ class _Wheels:
         return any(_version(v) == want for v in self._sdists.get(canonical(name), ()))
 
     def learn(self, name: str, version: str, requires: list[str]) -> None:
-        """`name==version`'s requirements, read elsewhere (from the index)."""
+        """`name==version`'s requirements, read elsewhere (its artifact, the index)."""
         self._requires[(canonical(name), version)] = requires
+
+    def known(self, name: str, version: str) -> bool:
+        """Whether `learn` was told `name==version`'s requirements."""
+        return self._requires.get((canonical(name), version)) is not None
 
     def requires(self, name: str, version: str) -> list[str] | None:
         key = (canonical(name), version)
@@ -672,7 +682,8 @@ def rebase(
     `live` (installed now, by canonical name): see the module docstring. A user site is
     read with the prefix `beneath` it: its installed packages are in `live` and in
     `image`, its metadata is read after the user site's own. Without `ask_index` no
-    index is read (status answers at once, whatever the index does)."""
+    index and no artifact is read (status answers at once, whatever the index or the
+    store does)."""
     env = target.env
     images = {canonical(p.name): p for p in image}
     moved = new_interpreter(delta.env, env)
@@ -708,6 +719,8 @@ def rebase(
             reason=reason,
         )
     recorded_by_key = {canonical(p.name): p for _, p in entries}
+    if ask_index:
+        _from_artifacts(decided, recorded_by_key, wheels, config, env)
     _from_index(decided, recorded_by_key, wheels, config, env, tags, ask_index)
     for key, d in decided.items():
         wheel = wheels.best(d.name, d.version) if d.action == "install" else None
@@ -782,6 +795,49 @@ def rebase(
     )
 
 
+def _from_artifacts(
+    decided: Mapping[str, Decision],
+    recorded: Mapping[str, Package],
+    wheels: _Wheels,
+    config: Config,
+    env: Environment,
+) -> None:
+    """Teach `wheels` the requirements of each planned install that restore puts in place
+    from its artifact, read from that file: the installer installs it first (`--no-deps`),
+    whatever the find-links or an index offer of the same version, so its METADATA is the
+    one that counts. Only an artifact that fits the interpreter and is at most `MAX_WHEEL`
+    bytes is read, whole, and only when it hashes to the manifest's sha256; any other is
+    left as restore leaves it (it falls back to its source, which the find-links or the
+    index describe)."""
+    planned = [
+        recorded[key]
+        for key, d in decided.items()
+        if d.action == "install" and recorded[key].artifact is not None
+    ]
+    if not planned:
+        return
+    from ..artifacts import fits, read
+    from ..errors import PkgckptError
+    from ..store import open_store
+    from .wheelmeta import metadata
+
+    try:
+        store = open_store(config)
+    except PkgckptError:
+        return
+    for p in planned:
+        if fits(env, p) is not None:
+            continue
+        try:
+            text = metadata(read(store, config, p, MAX_WHEEL))
+        except PkgckptError:
+            continue
+        name, version, requires = _requires(text or "")
+        same = name is not None and canonical(name) == canonical(p.name)
+        if same and _version(version) == _version(p.version):
+            wheels.learn(p.name, p.version, requires)
+
+
 def _from_index(
     decided: dict[str, Decision],
     recorded: Mapping[str, Package],
@@ -801,6 +857,7 @@ def _from_index(
         if d.action == "install"
         and isinstance(recorded[key].source, IndexSource)
         and wheels.best(d.name, d.version) is None
+        and not wheels.known(d.name, d.version)
     }
     if not wanted:
         return
