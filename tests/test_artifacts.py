@@ -459,3 +459,20 @@ def test_a_signal_mid_write_leaves_no_temp_file_and_no_artifact(tmp_path: Path) 
         signal.signal(signal.SIGALRM, old)
         os.close(fd)
     assert list((tmp_path / "store" / "k" / "artifacts").iterdir()) == []
+
+
+def test_a_fallback_that_fails_too_is_not_said_to_be_installed_from_its_source(
+    fresh: Captured, tmp_path: Path
+) -> None:
+    """A tampered artifact whose source the find-links do not hold either: the report
+    says the source was tried and fails the package (exit 3). It said "installed from
+    its source" beside the failure, of a package that was not installed."""
+    _tamper(_artifact(fresh, "app-1.0-py3-none-any.whl"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = _restore(fresh, "--no-index", "--find-links", str(empty))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "failed to install app 1.0" in done.stdout, done.stdout
+    assert "app 1.0: artifact refused" in done.stdout, done.stdout
+    assert "installed from its source" not in done.stdout, done.stdout
+    assert "its source was tried and failed too" in done.stdout, done.stdout

@@ -301,7 +301,7 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     """Nothing could be installed here, for this one reason (no R, no readable R
     repository)."""
     notes: tuple[str, ...] = ()
-    """Packages installed from their source because their artifact was not used, and why."""
+    """Packages whose artifact was not used, why, and whether their source installed them."""
     from_artifacts: int = 0
     """Packages installed from their artifacts."""
 
@@ -774,7 +774,9 @@ class _Env:
         self.installer = installer
         self.deadline = deadline
         self.failed: dict[str, Failure] = {}
-        self.notes: list[str] = []
+        self.fallbacks: dict[str, str] = {}
+        """Step name -> why its artifact was not used, for the steps left to their source:
+        whether the source did install them is known only after the whole plan."""
         self.from_artifacts = 0
         self._rebase = rebase
         """A new image: the installs resolve their dependencies, read in the environment
@@ -902,7 +904,7 @@ class _Env:
                 continue
             cannot = use.fallback(config, s.package(), installer.blocked(s.package()))
             if cannot is None:
-                self.notes.append(f"{s.name} {s.version}: {why}; installed from its source")
+                self.fallbacks[s.name] = f"{s.name} {s.version}: {why}"
                 left.append(s)
             else:
                 self.failed[s.name] = s.failure("install", f"{why}; {cannot}")
@@ -956,10 +958,16 @@ def _apply(
         now = work.rescan(ep.install)
         installed: list[str] = []
         removed: list[str] = []
+        notes: list[str] = []
         for s in ep.install:
+            fallback = work.fallbacks.get(s.name)
             if work.placed(s, now):
                 installed.append(f"{s.name}=={s.version}")
+                if fallback is not None:
+                    notes.append(f"{fallback}; installed from its source")
                 continue
+            if fallback is not None:
+                notes.append(f"{fallback}; its source was tried and failed too")
             missing = work.unmet.get(canonical(s.name))
             why = "not installed after the installer reported success"
             if missing is not None and _in_place(work.kind, s, now.get(_key(work.kind, s.name))):
@@ -982,7 +990,7 @@ def _apply(
             failed=tuple(failed),
             seconds=round(time.monotonic() - began, 3),
             unavailable=None if installed or removed else _unavailable(work.installer),
-            notes=tuple(work.notes),
+            notes=tuple(notes),
             from_artifacts=work.from_artifacts,
         )
         if say is not None:
