@@ -357,6 +357,11 @@ class Tracker:
         if not same_install(recorded, package):
             return False  # upgraded since the capture began: that artifact is not this install
         track.state[package.name] = msgspec.structs.replace(recorded, artifact=artifact)
+        if track.recorded is not None and package.name not in track.touched:
+            # On another image an untouched entry is carried in its recorded form
+            # (`_carried`): the artifact goes there too, or the record would never show it
+            # and the package would be captured again after every commit.
+            track.recorded = _attached(track.recorded, package, artifact)
         return True
 
     def state(self, env: Environment) -> dict[str, Package] | None:
@@ -425,6 +430,20 @@ def _remember(track: _Track, recorded: Delta) -> None:
 
 def _names(d: Delta | None) -> set[str]:
     return set(_entries(d)) if d is not None else set()
+
+
+def _attached(d: Delta, package: Package, artifact: Artifact) -> Delta:
+    """`d` with `artifact` recorded for its entry of the very install `package`."""
+
+    def one(p: Package) -> Package:
+        same = p.name == package.name and p.artifact == package.artifact
+        if same and same_install(p, package):
+            return msgspec.structs.replace(p, artifact=artifact)
+        return p
+
+    return msgspec.structs.replace(
+        d, added=tuple(map(one, d.added)), changed=tuple(map(one, d.changed))
+    )
 
 
 def _entries(d: Delta) -> dict[str, tuple[str, Package]]:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from artifact_kit import artifacts, cache_on, make_wheelhouse
-from daemon_kit import World
+from daemon_kit import World, eventually
 from test_rebase import Scenario, _other_python
 from wheelhouse import Dist, build_wheel
 
@@ -127,3 +128,30 @@ def test_a_rebase_reads_an_artifact_only_whole_and_as_recorded(tmp_path: Path) -
     longer = Artifact(file=wheel.name, sha256=good.sha256, size=len(data) + 1)
     with pytest.raises(ArtifactRefused, match="tampered"):
         read(store, config, Package(name="userx", version="1.0", artifact=longer), 1 << 20)
+
+
+def test_a_daemon_on_a_new_image_captures_a_package_once(tmp_path: Path) -> None:
+    """A record relative to the old image, its package not captured there (the cache was
+    off): the daemon on the new image captures it once, records it, and goes idle. It
+    attached the artifact where the record of another image does not read it, found the
+    package uncaptured again after each commit and captured it over and over, busy."""
+    world = World.make(tmp_path)
+    wheels = tmp_path / "wheels"
+    for dist in (Dist("imgpkg", "1.0"), Dist("imgpkg", "2.0"), Dist("userpkg", "1.0")):
+        build_wheel(dist, wheels)
+    s = Scenario(world, wheels, tmp_path / "venv")
+    b1 = s.image(sys.executable, ["imgpkg==1.0"], "b1.json")
+    s.user_changes(b1, ["userpkg==1.0"], [])
+    b2 = s.image(sys.executable, ["imgpkg==2.0"], "b2.json")
+    assert s.restore(b2).returncode == 0
+    cache_on(world)
+    daemon = world.daemon(*s.flags(b2), "--quiet-ms", "100").start()
+    try:
+        eventually(lambda: "captured 1 artifact" in daemon.output(), what="the capture")
+        time.sleep(2)
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+    assert daemon.output().count("capturing 1 package") == 1, daemon.output()
+    (userpkg,) = world.delta().added
+    assert userpkg.artifact is not None and userpkg.artifact.file.startswith("userpkg-1.0-")
