@@ -1,9 +1,13 @@
-"""The artifact cache on a new image with another Python at the same prefix: pure
+"""The artifact cache on a new image, most with another Python at the same prefix: pure
 wheels install from their artifacts, a compiled one for the old ABI is not used (the
-report says so) and its package is built from its sdist."""
+report says so) and its package is built from its sdist, then captured again for the
+new Python; a planned artifact's own METADATA is checked against the image; a daemon on
+a new image captures a package once."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +18,12 @@ import pytest
 from artifact_kit import artifacts, cache_on, make_wheelhouse
 from daemon_kit import World, eventually
 from test_rebase import Scenario, _other_python
-from wheelhouse import Dist, build_wheel
+from wheelhouse import Dist, build_wheel, make_venv
+
+from pkgckpt.artifacts import ArtifactRefused, Uncapturable, capture, missing, read
+from pkgckpt.config import Config
+from pkgckpt.manifest import Artifact, Body, Delta, Environment, Package
+from pkgckpt.store import Store, init_store
 
 pytestmark = pytest.mark.slow
 
@@ -99,14 +108,6 @@ def test_a_rebase_reads_an_artifact_only_whole_and_as_recorded(tmp_path: Path) -
     """`artifacts.read` gives the bytes the manifest's sha256 names; a tampered or
     truncated file, or one over the bound, is refused (the rebase then reads nothing
     from it)."""
-    import hashlib
-    import os
-
-    from pkgckpt.artifacts import ArtifactRefused, read
-    from pkgckpt.config import Config
-    from pkgckpt.manifest import Artifact, Package
-    from pkgckpt.store import Store, init_store
-
     init_store(tmp_path / "store")
     store = Store(tmp_path / "store", "k")
     config = Config(store=tmp_path / "store", key="k")
@@ -128,6 +129,46 @@ def test_a_rebase_reads_an_artifact_only_whole_and_as_recorded(tmp_path: Path) -
     longer = Artifact(file=wheel.name, sha256=good.sha256, size=len(data) + 1)
     with pytest.raises(ArtifactRefused, match="tampered"):
         read(store, config, Package(name="userx", version="1.0", artifact=longer), 1 << 20)
+
+
+def test_what_the_new_python_rebuilt_is_captured_again_for_it(tmp_path: Path) -> None:
+    """fastmath's artifact is for the old ABI; once restore rebuilt it for the new Python
+    (a new image: imgpkg 2.0), the next `snapshot` captures that build, and the next pod
+    on the image restores everything from artifacts alone (`--no-index`). The record
+    kept the old ABI's artifact, which never fits again, so every later offline restore
+    failed fastmath."""
+    other = _other_python()
+    if other is None:
+        pytest.skip("needs a second CPython minor version under ~/.pyenv/versions")
+    world = cache_on(World.make(tmp_path))
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    build_wheel(Dist("imgpkg", "1.0"), wheels)
+    build_wheel(Dist("imgpkg", "2.0"), wheels)
+    s = Scenario(world, wheels, tmp_path / "venv")
+    b1 = s.image(sys.executable, ["imgpkg==1.0"], "b1.json")
+    s.user_changes(b1, ["app", "fastmath"], [])
+    snap = world.pkgckpt("snapshot", *s.flags(b1), timeout=300)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    b2 = s.image(other, ["imgpkg==2.0"], "b2.json")
+    done = s.restore(b2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    snap = world.pkgckpt("snapshot", *s.flags(b2), timeout=300)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    abi = subprocess.run(
+        [other, "-c", "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    files = {p.name: p.artifact.file for p in world.delta().added if p.artifact}
+    assert f"-{abi}-{abi}-" in files["fastmath"], files
+    b2 = s.image(other, ["imgpkg==2.0"], "b2.json")
+    again = world.pkgckpt("restore", *s.flags(b2), "--no-index", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert s.installed() == {"app": "1.0", "libdep": "1.0", "fastmath": "1.0", "imgpkg": "2.0"}
+    ext = subprocess.run(
+        [str(s.python), "-c", "import fastmath; print(fastmath.add(40, 2))"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert ext.stdout.strip() == "42", ext.stderr
 
 
 def test_a_daemon_on_a_new_image_captures_a_package_once(tmp_path: Path) -> None:
@@ -155,3 +196,32 @@ def test_a_daemon_on_a_new_image_captures_a_package_once(tmp_path: Path) -> None
     assert daemon.output().count("capturing 1 package") == 1, daemon.output()
     (userpkg,) = world.delta().added
     assert userpkg.artifact is not None and userpkg.artifact.file.startswith("userpkg-1.0-")
+
+
+def test_a_build_in_place_that_does_not_fit_either_is_not_captured_again(
+    tmp_path: Path,
+) -> None:
+    """A recorded artifact that does not fit is a capture job; when the build in place
+    does not fit either (a wheel forced onto another ABI), the capture is refused with
+    that reason instead of replacing one misfit with another after every commit."""
+    wheels = tmp_path / "wheels"
+    build_wheel(Dist("forced", "1.0"), wheels)
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    uv = ["uv", "pip", "install", "--python", str(venv.python), "--no-index"]
+    subprocess.run([*uv, "--find-links", str(wheels), "forced"], check=True, capture_output=True)
+    wheel_file = venv.site_packages / "forced-1.0.dist-info" / "WHEEL"
+    tag = "cp27-cp27mu-linux_x86_64"
+    wheel_file.write_text(wheel_file.read_text().replace("py3-none-any", tag))
+    env = Environment(kind="python", path=str(venv.prefix), interpreter="3.11.7", abi="cp311")
+    old = Artifact(file=f"forced-1.0-{tag}.whl", sha256="0" * 64, size=1)
+    recorded = Package(name="forced", version="1.0", artifact=old)
+    body = Body(environments=(Delta(env=env, added=(recorded,)),))
+    (job,) = missing(body, [(env, [venv.site_packages])])
+    init_store(tmp_path / "store")
+    config = Config(store=tmp_path / "store", key="k")
+    with pytest.raises(Uncapturable, match="nor does the build in place"):
+        capture(Store(tmp_path / "store", "k"), config, job)
+    fitting = Package(name="forced", version="1.0", artifact=Artifact(
+        file="forced-1.0-py3-none-any.whl", sha256="0" * 64, size=1))  # fmt: skip
+    fine = Body(environments=(Delta(env=env, added=(fitting,)),))
+    assert missing(fine, [(env, [venv.site_packages])]) == []

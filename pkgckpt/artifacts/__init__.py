@@ -138,7 +138,10 @@ def uncapturable(package: Package) -> str | None:
 
 def missing(body: Body, targets: Iterable[tuple[Environment, Sequence[Path]]]) -> list[Job]:
     """Recorded packages of the environments in `targets` that have no artifact yet and
-    may have one (see `uncapturable`), in manifest order."""
+    may have one (see `uncapturable`), in manifest order; and the Python packages whose
+    artifact does not fit the environment as it is now (`fits`: a new image moved the
+    prefix to another Python, and restore installed the package again for it): that
+    artifact is never used here, the build in place is captured instead."""
     jobs: list[Job] = []
     targets = list(targets)
     for delta in body.deltas():
@@ -146,7 +149,14 @@ def missing(body: Body, targets: Iterable[tuple[Environment, Sequence[Path]]]) -
         if where is None or delta.env.kind not in CAPTURERS:
             continue
         for p in (*delta.added, *delta.changed):
-            if p.artifact is None and uncapturable(p) is None:
+            if uncapturable(p) is not None:
+                continue
+            # Python only: an R package rebuilt for another R is another install already,
+            # recorded without an artifact (`checkpoint.same_install`), and one not rebuilt
+            # would only be captured again as the same misfit; nor does any build fit an
+            # interpreter whose version is not known.
+            moved = where[0].kind == "python" and where[0].interpreter is not None
+            if p.artifact is None or (moved and fits(where[0], p) is not None):
                 jobs.append(Job(env=where[0], roots=tuple(where[1]), package=p))
     return jobs
 
@@ -170,6 +180,14 @@ def capture(
             name = artifact_name(built.relative_to(out).as_posix())
         except StoreError as e:  # this package's odd name, not a store that failed
             raise Uncapturable(str(e)) from None
+        if job.package.artifact is not None:
+            # Captured again because the recorded artifact does not fit: a build in place
+            # that fits no better (an interpreter whose version is not known, a wheel
+            # forced onto another ABI) is not captured over and over.
+            found = Artifact(file=name, sha256="", size=0)
+            why = fits(job.env, msgspec.structs.replace(job.package, artifact=found))
+            if why is not None:
+                raise Uncapturable(f"its artifact does not fit, nor does the build in place: {why}")
         fd = os.open(built, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
