@@ -516,3 +516,30 @@ def test_a_package_in_place_without_its_dependency_is_retried_at_the_next_restor
     last = s.restore(b2)
     assert last.returncode == 0, last.stdout + last.stderr
     assert s.installed().get("newdep") == "1.0"
+
+
+def test_what_no_distribution_fits_stays_held_back_after_a_daemon_ran_on_the_new_python(
+    tmp_path: Path, abi_wheels: Path
+) -> None:
+    """abionly (a wheel for the old ABI only) is held back on the new Python; a daemon
+    there records the environment's new interpreter, and the next pod's restore still
+    holds abionly back with the same reason: its recorded build (WHEEL tags) is for the
+    old ABI. It read the record as the same interpreter and reported abionly failed,
+    retried at every restore."""
+    other = _other_python()
+    if other is None:
+        pytest.skip("needs a second CPython minor version under ~/.pyenv/versions")
+    s = Scenario(World.make(tmp_path), abi_wheels, tmp_path / "venv")
+    b1 = s.image(sys.executable, ["imgpkg==1.0"], "b1.json")
+    s.user_changes(b1, ["purepkg==1.0", "abionly==1.0"], [])
+    b2 = s.image(other, ["imgpkg==1.0"], "b2.json")
+    held = "abionly 1.0 held back: no distribution of abionly 1.0 for this interpreter"
+    first = s.restore(b2)
+    assert first.returncode == 3 and held in first.stdout, first.stdout + first.stderr
+    s.user_changes(b2, [], [])  # the daemon on the new image, as the entrypoint starts it
+    assert s.world.delta().env.interpreter != sys.version.split()[0]
+    b2 = s.image(other, ["imgpkg==1.0"], "b2.json")
+    again = s.restore(b2)
+    assert again.returncode == 3, again.stdout + again.stderr
+    assert held in again.stdout and "failed to install" not in again.stdout, again.stdout
+    assert s.installed() == {"imgpkg": "1.0", "purepkg": "1.0"}

@@ -6,7 +6,8 @@ The API `restore/__init__.py` calls:
     needed(delta, env, image) -> bool
         Whether the record must be rebased: it is relative to another image (`Delta.image`
         differs from `image_identity` of this container's baseline) or another
-        interpreter (Python major.minor, implementation or platform tag). Otherwise
+        interpreter (Python major.minor, implementation, ABI or platform tag; or a
+        recorded install's WHEEL tags that do not fit this one). Otherwise
         restore stays as it always was: exact pins, `--no-deps`, nothing read but the scan.
     rebase(delta, target, image, live, config) -> Rebase
         Every recorded entry classified (`Decision`), the consistency check done, and the
@@ -67,7 +68,10 @@ find-links (the old environment's files are not used; the installer picks a whee
 tags fit, or builds the sdist). With `--no-index`, an exact version for which the
 find-links hold no fitting wheel and no sdist is held back with that reason; with an
 index, the installer reports it. A recorded URL to a wheel whose tags do not fit the new
-interpreter is held back.
+interpreter is held back. An install whose recorded build (its WHEEL tags) does not fit
+this interpreter is read the same way, whatever the record's interpreter says: a daemon on
+the new one records the environment's interpreter and keeps what restore could not
+install there.
 
 Files read here (METADATA in a site directory, a wheel in the find-links) may be
 planted: reads are bounded, a name or version that is not valid is skipped, and nothing
@@ -195,7 +199,26 @@ def needed(delta: Delta, env: Environment, image: Sequence[Package]) -> bool:
     """Whether `delta` must be rebased onto this image and interpreter (see the module)."""
     if new_interpreter(delta.env, env):
         return True
-    return delta.image is not None and delta.image != image_identity(image)
+    if delta.image is not None and delta.image != image_identity(image):
+        return True
+    tags = TargetTags(env)
+    return any(built_elsewhere(p, tags) for p in (*delta.added, *delta.changed))
+
+
+def built_elsewhere(p: Package, tags: TargetTags) -> bool:
+    """The recorded build of `p` (its WHEEL tags) does not install on this interpreter: it
+    was recorded on another one. The record's own interpreter may not say so any more: a
+    daemon on the new one records the environment as it finds it, and keeps an entry
+    restore could not install there (held back) as it was recorded."""
+    from packaging.tags import Tag, parse_tag
+
+    found: list[Tag] = []
+    for line in p.tags:
+        try:
+            found += parse_tag(line)
+        except ValueError:
+            continue
+    return bool(found) and tags.rank(found) is None
 
 
 def new_interpreter(old: Environment, new: Environment) -> bool:
@@ -706,7 +729,7 @@ def rebase(
         if action == "nothing" and part != "removed" and key in lacking:
             action = "install"
             reason = f"in place, but its requirement {lacking[key]} is not satisfied"
-        if action == "install" and moved:
+        if action == "install" and (moved or built_elsewhere(p, tags)):
             why = _unavailable(p, tags, wheels, config)
             if why is not None:
                 action, reason = "held-back", why
