@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from artifact_kit import artifacts, cache_on, make_wheelhouse
 from daemon_kit import World, eventually
-from test_rebase import Scenario, _other_python
+from test_rebase import Scenario, _other_python, _retag
 from wheelhouse import Dist, build_wheel, make_venv
 
 from pkgckpt.artifacts import ArtifactRefused, Uncapturable, capture, missing, read
@@ -225,3 +225,44 @@ def test_a_build_in_place_that_does_not_fit_either_is_not_captured_again(
         file="forced-1.0-py3-none-any.whl", sha256="0" * 64, size=1))  # fmt: skip
     fine = Body(environments=(Delta(env=env, added=(fitting,)),))
     assert missing(fine, [(env, [venv.site_packages])]) == []
+
+
+def test_what_requires_a_package_held_back_for_the_new_python_is_held_back_too(
+    tmp_path: Path,
+) -> None:
+    """abionly has a wheel for the old ABI only; needsabi (pure) requires it. Restored
+    from artifacts alone on the new Python, abionly is held back, and so is needsabi,
+    naming it, with `--on-conflict user` too: nothing is installed that `pip check` finds
+    broken. needsabi's artifact went in with `--no-deps`, its dependency could not
+    follow, and it stayed in place broken, reported failed at every restore."""
+    other = _other_python()
+    if other is None:
+        pytest.skip("needs a second CPython minor version under ~/.pyenv/versions")
+    world = cache_on(World.make(tmp_path))
+    wheels = tmp_path / "wheels"
+    for dist in (
+        Dist("imgpkg", "1.0"),
+        Dist("abionly", "1.0"),
+        Dist("needsabi", "1.0", requires=["abionly>=1.0"]),
+    ):
+        build_wheel(dist, wheels)
+    mine = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    _retag(wheels / "abionly-1.0-py3-none-any.whl", f"{mine}-{mine}-linux_x86_64")
+    s = Scenario(world, wheels, tmp_path / "venv")
+    b1 = s.image(sys.executable, ["imgpkg==1.0"], "b1.json")
+    s.user_changes(b1, ["needsabi==1.0"], [])
+    snap = world.pkgckpt("snapshot", *s.flags(b1), timeout=300)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    b2 = s.image(other, ["imgpkg==1.0"], "b2.json")
+    done = world.pkgckpt("restore", *s.flags(b2), "--no-index", timeout=300)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "abionly 1.0 held back: no distribution of abionly 1.0" in done.stdout, done.stdout
+    held = "needsabi 1.0 held back: requires abionly>=1.0, and abionly 1.0 is held back"
+    assert held in done.stdout and "failed to install" not in done.stdout, done.stdout
+    assert s.installed() == {"imgpkg": "1.0"}
+    assert s.check().returncode == 0
+    forced = world.pkgckpt(
+        "restore", *s.flags(b2), "--no-index", "--on-conflict", "user", timeout=300
+    )
+    assert forced.returncode == 3 and held in forced.stdout, forced.stdout + forced.stderr
+    assert s.installed() == {"imgpkg": "1.0"}, "it could not work: not forced"

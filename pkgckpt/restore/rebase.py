@@ -56,6 +56,10 @@ refuses a conflict there and the failure is reported per package. Then, with
   requires evaldep>=2.0`);
 - a planned install whose own requirement the image contradicts (the image ships the
   dependency at a version outside it) is held back too: installing it would break it.
+- a planned install that requires a recorded install held back for want of a
+  distribution for this interpreter (see below) is held back too, whatever
+  `--on-conflict` says: the installer could not fetch that dependency either, and an
+  artifact put in place first would stay with its requirement broken.
 `--on-conflict user` holds nothing back: what would have been held back is carried out
 anyway (`Rebase.forced`: installed with `--no-deps` after the other installs, so that the
 user's version is the one left), and the requirements left broken are reported.
@@ -722,6 +726,8 @@ def rebase(
     # there and failed to fetch its dependencies (see `unmet`); it is installed again.
     lacking = _unmet(env, meta, {canonical(p.name) for part, p in entries if part != "removed"})
     decided: dict[str, Decision] = {}
+    # Held back for want of a distribution for this interpreter.
+    unavailable: set[str] = set()
     for part, p in entries:
         key = canonical(p.name)
         image_p = images.get(key)
@@ -733,6 +739,7 @@ def rebase(
             why = _unavailable(p, tags, wheels, config)
             if why is not None:
                 action, reason = "held-back", why
+                unavailable.add(key)
         decided[key] = Decision(
             name=p.name,
             version=p.version,
@@ -774,10 +781,19 @@ def rebase(
         return {k for k, d in decided.items() if d.action in ("install", "remove")}
 
     planned = dict(decided)
+    # Held back with a dependency that has no distribution here: not the image's doing,
+    # so `--on-conflict user` does not force them (they could not work).
+    cascaded: set[str] = set()
     while True:
         now = state()
         kept = {k for k, d in now.items() if d.origin != "planned"}
-        held = _hold_back(check.violations(now, touched(), kept), decided, now)
+        # A recorded install with no distribution for this interpreter is no dependency
+        # the installer can fetch either: what requires it is held back with it.
+        absent = {k for k in unavailable if k not in now}
+        found = check.violations(now, touched(), kept | absent)
+        cascade = _lacking(found, decided, absent)
+        cascaded |= cascade.keys()
+        held = {**cascade, **_hold_back(found, decided, now)}
         if not held:
             break
         decided.update(held)
@@ -785,7 +801,11 @@ def rebase(
     broken: list[str] = []
     if user:
         for key, d in decided.items():
-            if d.action == "held-back" and planned[key].action != "held-back":
+            if (
+                d.action == "held-back"
+                and planned[key].action != "held-back"
+                and key not in cascaded
+            ):
                 forced.append(d.name)
                 decided[key] = msgspec.structs.replace(
                     planned[key], reason=f"--on-conflict user, although {d.reason}"
@@ -952,6 +972,24 @@ def _hold_back(
         if blame not in held:
             reason = _printable(why)
             held[blame] = msgspec.structs.replace(decided[blame], action="held-back", reason=reason)
+    return held
+
+
+def _lacking(
+    found: list[tuple[_Dist, _Req]], decided: Mapping[str, Decision], absent: Collection[str]
+) -> dict[str, Decision]:
+    """The planned installs of `found` that require a package of `absent` (recorded, held
+    back for want of a distribution for this interpreter, not installed here), held back:
+    the installer could not fetch that either, and an artifact put in place first would
+    stay with its requirement broken."""
+    held: dict[str, Decision] = {}
+    for dist, req in found:
+        needed_key, blame = canonical(req.name), canonical(dist.name)
+        if dist.origin != "planned" or needed_key not in absent or blame in held:
+            continue
+        d = decided[needed_key]
+        why = _printable(f"requires {req}, and {d.name} {d.version} is held back")
+        held[blame] = msgspec.structs.replace(decided[blame], action="held-back", reason=why)
     return held
 
 
