@@ -352,17 +352,26 @@ _SECRETS = re.compile(
 )
 
 
+_CUT = "… ".encode()
+
+
 def reason(message: str) -> str:
     """A failure's reason as the manifest keeps it: credentials stripped, printable, and
-    its last `REASON_BYTES` bytes (the installer's last lines say why)."""
+    at most `REASON_BYTES` bytes: its last whole lines (the installer's last lines say
+    why), after "… " when some were left out."""
     text = _URL_CREDENTIALS.sub("***@", message)
     text = _SECRETS.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
     data = printable(text.strip()).encode()
     if len(data) > manifest.REASON_BYTES:
-        data = data[-manifest.REASON_BYTES :]
-        # Cut on a character boundary: drop continuation bytes at the new start.
+        data = data[len(data) - manifest.REASON_BYTES + len(_CUT) :]
+        # From the first whole line on, unless the last line alone is longer: then on a
+        # character boundary (no continuation byte at the new start).
+        line = data.find(b"\n")
+        if line != -1 and line + 1 < len(data):
+            data = data[line + 1 :]
         while data and data[0] & 0xC0 == 0x80:
             data = data[1:]
+        data = _CUT + data
     return data.decode()
 
 

@@ -632,6 +632,11 @@ def test_a_failure_reason_is_trimmed_and_stripped_of_credentials() -> None:
     assert "hunter2" not in kept and "bob" not in kept and "abc123" not in kept
     assert "https://***@pypi.example/simple" in kept and "token=***" in kept
     assert "\x1b" not in kept and kept.endswith("ERROR: no such version?[0m")
+    # The last whole lines, what was left out marked: no line is shown cut in two.
+    assert kept.startswith("… Looking in indexes: "), kept
+    long_line = record.reason("x" * 600)
+    assert long_line.startswith("… x") and len(long_line.encode()) == manifest.REASON_BYTES
+    assert record.reason("short\nreason") == "short\nreason"
 
 
 # -- the tracker's side of a forget ----------------------------------------------------
