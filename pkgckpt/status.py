@@ -633,7 +633,7 @@ def _rebase(
 
     now = {canonical(p.name): p for p in live.values()}
     image = baseline.image(target.env) if baseline is not None else list(now.values())
-    if image is None or not needed(delta, target.env, image):
+    if image is None or not needed(delta, target.env, image, now):
         return None
     beneath = _beneath(target, found)
     under = beneath.scan().packages if beneath is not None else ()

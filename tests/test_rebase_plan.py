@@ -64,7 +64,7 @@ def test_a_manifest_without_the_new_fields_still_reads() -> None:
     assert b'"image"' not in data and b'"replaced"' not in data
     (delta,) = manifest.decode(data).body.environments
     assert delta.image is None and delta.changed[0].replaced is None
-    assert not needed(delta, PY311, list(pkgs("six==2.0").values()))
+    assert not needed(delta, PY311, list(pkgs("six==2.0").values()), {})
 
 
 def test_rebase_is_needed_for_another_image_or_python_minor_only() -> None:
@@ -72,23 +72,36 @@ def test_rebase_is_needed_for_another_image_or_python_minor_only() -> None:
     implementation, ABI or platform: a rebase. A new patch release is the same interpreter."""
     image = list(pkgs("six==1.16.0").values())
     same = Delta(env=PY311, image=manifest.image_identity(image))
-    assert not needed(same, msgspec.structs.replace(PY311, interpreter="3.11.9"), image)
-    assert needed(same, PY312, image)
-    assert needed(same, msgspec.structs.replace(PY311, implementation="pypy"), image) is False
+    assert not needed(same, msgspec.structs.replace(PY311, interpreter="3.11.9"), image, {})
+    assert needed(same, PY312, image, {})
+    assert needed(same, msgspec.structs.replace(PY311, implementation="pypy"), image, {}) is False
     pypy = msgspec.structs.replace(PY311, implementation="cpython")
     assert needed(
         msgspec.structs.replace(same, env=pypy),
         msgspec.structs.replace(PY311, implementation="pypy"),
         image,
+        {},
     )
-    assert needed(same, PY311, list(pkgs("six==1.17.0").values()))
+    assert needed(same, PY311, list(pkgs("six==1.17.0").values()), {})
     x86 = msgspec.structs.replace(same, env=msgspec.structs.replace(PY311, platform="linux_x86_64"))
-    assert needed(x86, msgspec.structs.replace(PY311, platform="linux_aarch64"), image)
+    assert needed(x86, msgspec.structs.replace(PY311, platform="linux_aarch64"), image, {})
     # A free-threaded build of the same version loads none of the plain build's extensions.
     plain = msgspec.structs.replace(same, env=msgspec.structs.replace(PY311, abi="cp311"))
-    assert needed(plain, msgspec.structs.replace(PY311, abi="cp311t"), image)
-    assert not needed(plain, msgspec.structs.replace(PY311, abi="cp311"), image)
-    assert not needed(plain, PY311, image), "an ABI not recorded on one side is the same"
+    assert needed(plain, msgspec.structs.replace(PY311, abi="cp311t"), image, {})
+    assert not needed(plain, msgspec.structs.replace(PY311, abi="cp311"), image, {})
+    assert not needed(plain, PY311, image, {}), "an ABI not recorded on one side is the same"
+
+
+def test_a_build_for_another_python_needs_a_rebase_only_where_it_is_not_in_place() -> None:
+    """An install recorded with WHEEL tags of another Python (a daemon on the new one
+    kept it as recorded) makes a rebase needed; the same one in place here does not, and
+    is not even read: a no-op restore imports no packaging.tags for it."""
+    image = list(pkgs("six==1.16.0").values())
+    cext = Package(name="CExt", version="1.0", tags=("cp310-cp310-linux_x86_64",))
+    delta = Delta(env=PY311, image=manifest.image_identity(image), added=(cext,))
+    assert needed(delta, PY311, image, {})
+    assert not needed(delta, PY311, image, {"cext": Package(name="cext", version="1.0")})
+    assert needed(delta, PY311, image, {"cext": Package(name="cext", version="0.9")})
 
 
 def test_markers_are_evaluated_for_the_target_interpreter() -> None:

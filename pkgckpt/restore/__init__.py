@@ -628,7 +628,7 @@ def _plan(
             from .rebase import needed
 
             image = _image(baseline, target, now)
-            if image is not None and needed(delta, target.env, image):
+            if image is not None and needed(delta, target.env, image, now):
                 from .rebase import rebase as read_against
 
                 beneath = _beneath(target, targets)

@@ -3,11 +3,11 @@ the image this container runs (DESIGN: invariant 10).
 
 The API `restore/__init__.py` calls:
 
-    needed(delta, env, image) -> bool
+    needed(delta, env, image, live) -> bool
         Whether the record must be rebased: it is relative to another image (`Delta.image`
         differs from `image_identity` of this container's baseline) or another
-        interpreter (Python major.minor, implementation, ABI or platform tag; or a
-        recorded install's WHEEL tags that do not fit this one). Otherwise
+        interpreter (Python major.minor, implementation, ABI or platform tag; or the WHEEL
+        tags of a recorded install not in place here that do not fit this one). Otherwise
         restore stays as it always was: exact pins, `--no-deps`, nothing read but the scan.
     rebase(delta, target, image, live, config) -> Rebase
         Every recorded entry classified (`Decision`), the consistency check done, and the
@@ -199,14 +199,26 @@ def _minor(version: str | None) -> str | None:
     return ".".join(version.split(".")[:2]) if version else None
 
 
-def needed(delta: Delta, env: Environment, image: Sequence[Package]) -> bool:
-    """Whether `delta` must be rebased onto this image and interpreter (see the module)."""
+def needed(
+    delta: Delta, env: Environment, image: Sequence[Package], live: Mapping[str, Package]
+) -> bool:
+    """Whether `delta` must be rebased onto this image and interpreter (see the module);
+    `live`: the packages installed here, by canonical name."""
     if new_interpreter(delta.env, env):
         return True
     if delta.image is not None and delta.image != image_identity(image):
         return True
-    tags = TargetTags(env)
-    return any(built_elsewhere(p, tags) for p in (*delta.added, *delta.changed))
+    tags: TargetTags | None = None
+    for p in (*delta.added, *delta.changed):
+        here = live.get(canonical(p.name))
+        # Installed here at its version: built for this interpreter, whatever its record
+        # says. So a no-op restore reads no tags (packaging.tags: ~10 ms of imports).
+        if here is not None and here.version == p.version:
+            continue
+        tags = tags or TargetTags(env)
+        if built_elsewhere(p, tags):
+            return True
+    return False
 
 
 def built_elsewhere(p: Package, tags: TargetTags) -> bool:
