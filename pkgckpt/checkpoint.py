@@ -8,7 +8,8 @@ only in ways that cannot lose a package:
 - a package leaves the record only through an uninstall *observed by this process*: an
   earlier scan of this process found it in the same directory, and a later trusted scan
   (every root of the environment exists and was read, nothing broken or half-installed
-  under that name, the library not empty) does not;
+  under that name, the library not empty, and quiet: not read at the maximum delay while
+  files were still going, as they do while `rm -rf` deletes the environment) does not;
 - the first scan of a process never takes anything away. A recorded package missing from
   it, or found at the image's version where the record holds the user's, keeps its
   record: a restore that failed or has not run yet looks exactly like that;
@@ -608,13 +609,18 @@ def targets(config: Config, discovered: Discovered | None = None) -> list[Target
     return found
 
 
-def observe(target: Target, changed: Mapping[Path, Collection[str]] | None = None) -> Observation:
+def observe(
+    target: Target,
+    changed: Mapping[Path, Collection[str]] | None = None,
+    unsettled: Collection[Path] = (),
+) -> Observation:
     """Scan one target (incrementally; `changed` as `Target.scan` takes it); raises
-    ScanError when it cannot be read at all."""
+    ScanError when it cannot be read at all. `unsettled`: roots read while they were still
+    changing (`Debouncer.unsettled`), whose absences prove nothing yet."""
     found = target.scan(changed)
     return Observation(
         found.by_name(),
-        trusted=target.trusted,
+        trusted=target.trusted and not any(root in unsettled for root in target.roots),
         uncertain=target.uncertain(),
         identity=target.identity,
     )
@@ -679,15 +685,16 @@ def scan(
     session: Session,
     targets: Iterable[Target],
     changed: Mapping[Path, Collection[str]] | None = None,
+    unsettled: Collection[Path] = (),
 ) -> list[tuple[Environment, Change]]:
-    """Rescan `targets` into the session's record (`changed` as `Target.scan` takes it);
-    the changes made, in order."""
+    """Rescan `targets` into the session's record (`changed` as `Target.scan` takes it,
+    `unsettled` as `observe`); the changes made, in order."""
     stamp = now_iso()
     changes: list[tuple[Environment, Change]] = []
     session.scan_errors = []
     for target in targets:
         try:
-            obs = observe(target, changed)
+            obs = observe(target, changed, unsettled)
         except PkgckptError as e:
             session.scan_errors.append(f"cannot scan {target.env.path}: {e}")
             continue

@@ -42,7 +42,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TypeAlias
@@ -349,7 +349,11 @@ class Daemon:
             if self.discovery.intersection(ready):
                 self._rediscover(watcher)
             if ready:
-                self._scan(self._targets_of(ready), by_events=True)
+                unsettled = self.debouncer.unsettled
+                self._scan(self._targets_of(ready), by_events=True, unsettled=unsettled)
+                # Read again once quiet: then what is still gone was uninstalled.
+                for root in unsettled:
+                    self.debouncer.touch(root, now)
             if (self.uncommitted or self.attached or self.requested) and (
                 self.retry_at is None or self._due(self.retry_at, now)
             ):
@@ -612,9 +616,16 @@ class Daemon:
                 env.where(),
             )
 
-    def _scan(self, targets: Iterable[Target], *, by_events: bool = False) -> None:
+    def _scan(
+        self,
+        targets: Iterable[Target],
+        *,
+        by_events: bool = False,
+        unsettled: Collection[Path] = (),
+    ) -> None:
         """Rescan `targets`; `by_events`: look only at the entries the events named, where
-        they could (a scan on request or at shutdown checks every entry's identity)."""
+        they could (a scan on request or at shutdown checks every entry's identity);
+        `unsettled`: roots still changing, whose absences do not count yet."""
         assert self.session is not None
         targets = list(targets)
         changed: dict[Path, set[str]] = {}
@@ -624,7 +635,7 @@ class Daemon:
                 changed[root] = names
         started = time.perf_counter()
         before = [t.identity for t in targets]
-        for env, change in checkpoint.scan(self.session, targets, changed):
+        for env, change in checkpoint.scan(self.session, targets, changed, unsettled):
             log.info("%s", describe(env, change))
             self.uncommitted.append(change)
         c = self.state.counters

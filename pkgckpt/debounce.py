@@ -3,7 +3,9 @@
 A root is ready when nothing touched it for the quiet window and no install is visibly in
 progress in it (a marker directory without RECORD, an R ``00LOCK-*``), or at the latest
 when the maximum delay since its first event has passed: an install that dies half-way
-must not keep the manifest stale forever.
+must not keep the manifest stale forever. A root the maximum delay hands out while it is
+still changing is `unsettled`: what it lacks then may be a deletion in progress (`rm -rf`
+of a whole environment on a slow file system), not an uninstall.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class Debouncer:
         self.quiet = quiet
         self.max_delay = max_delay
         self._pending: dict[Path, _Pending] = {}
+        self.unsettled: frozenset[Path] = frozenset()
+        """The roots of the last `ready()` that the maximum delay handed out less than a
+        quiet window after their last event (or the check that found them busy)."""
 
     def touch(self, root: Path, now: float) -> None:
         """``root`` changed at ``now``."""
@@ -44,10 +49,13 @@ class Debouncer:
         arrives as an event first).
         """
         out = []
+        unsettled = []
         for root, p in self._pending.items():
             # The same sums as next_deadline(), so that waking at the deadline is enough.
             if now >= p.first + self.max_delay:
                 out.append(root)
+                if now < p.last + self.quiet:
+                    unsettled.append(root)
             elif now >= p.last + self.quiet:
                 if busy(root):
                     p.last = now
@@ -55,6 +63,7 @@ class Debouncer:
                     out.append(root)
         for root in out:
             del self._pending[root]
+        self.unsettled = frozenset(unsettled)
         return sorted(out)
 
     def next_deadline(self, now: float) -> float | None:

@@ -367,3 +367,75 @@ def test_an_egg_link_whose_project_mount_goes_away_stays_recorded(
         restore_removes_nothing(world, flags)
     finally:
         subprocess.run(["umount", str(project)], check=False, capture_output=True)
+
+
+SLOW = [f"slow{i}" for i in range(12)]
+"""Packages whose files a slowed `rm -rf` or uninstall takes seconds to delete."""
+
+
+def slowed(*argv: str, delay_us: int) -> list[str]:
+    """`argv` under strace, each unlinkat() delayed: a deletion on a slow NFS home."""
+    if shutil.which("strace") is None:
+        pytest.skip("no strace")
+    return ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=unlinkat",
+            "-e", f"inject=unlinkat:delay_enter={delay_us}", *argv]  # fmt: skip
+
+
+def test_an_environment_deleted_slowly_keeps_every_package_it_held(
+    world: World, tmp_path: Path
+) -> None:
+    """`rm -rf env` that outlasts the maximum delay (a large env on a slow home): the scans
+    the maximum delay forces while files are still going read a half-deleted library, and
+    what it no longer holds is not recorded as uninstalled; the environment's record stays
+    whole after the directory is gone."""
+    wheels = tmp_path / "slow-wheels"
+    for name in SLOW:
+        build_wheel(Dist(name, "1.0"), wheels)
+    venv = make_venv(world.tmp / "env", with_pip=False)
+    flags = baseline(world, "--env", str(venv.prefix))
+    want = {f"{name}==1.0" for name in SLOW}
+    # Files go every 60 ms, well within the quiet window: only the maximum delay scans.
+    d = world.daemon(*flags, "--quiet-ms", "500", "--max-delay-ms", "1500").start()
+    try:
+        uv_install(venv.python, wheels, *SLOW, env=world.env)
+        eventually(lambda: recorded(world, venv.prefix, want), WITHIN, "the installs")
+        subprocess.run(slowed("rm", "-rf", str(venv.prefix), delay_us=60_000), check=True)
+        time.sleep(1.5)
+        assert d.stop() == 0
+    finally:
+        d.close()
+    assert "remove " not in d.output(), d.output()
+    assert recorded(world, venv.prefix, want)
+
+
+def test_an_uninstall_that_outlasts_the_maximum_delay_is_recorded_once_quiet(
+    world: World, tmp_path: Path
+) -> None:
+    """An uninstall slower than the maximum delay is recorded all the same: the library is
+    read again once it is quiet, and what is gone then is gone."""
+    wheels = tmp_path / "slow-wheels"
+    for name in SLOW:
+        build_wheel(Dist(name, "1.0"), wheels)
+    venv = make_venv(world.tmp / "env", with_pip=False)
+    flags = baseline(world, "--env", str(venv.prefix))
+    d = world.daemon(*flags, "--quiet-ms", "500", "--max-delay-ms", "1500").start()
+    try:
+        uv_install(venv.python, wheels, *SLOW, env=world.env)
+        everything = {f"{name}==1.0" for name in SLOW}
+        eventually(lambda: recorded(world, venv.prefix, everything), WITHIN, "the installs")
+        uv = shutil.which("uv")
+        assert uv is not None
+        subprocess.run(
+            slowed(uv, "pip", "uninstall", "--python", str(venv.python), *SLOW[1:],
+                   delay_us=60_000),
+            check=True, capture_output=True, env=world.env,
+        )  # fmt: skip
+
+        def left() -> bool:
+            found = delta(world, venv.prefix)
+            return found is not None and pins(found.added) == ["slow0==1.0"]
+
+        eventually(left, WITHIN, "the uninstalls")
+        assert d.stop() == 0
+    finally:
+        d.close()

@@ -96,6 +96,25 @@ def test_max_delay_forces_a_root_that_never_goes_quiet() -> None:
         t += 0.5
     d.touch(A, t)
     assert d.ready(t, never) == [A]
+    assert d.unsettled == frozenset({A})
+
+
+def test_only_a_root_still_changing_at_max_delay_is_unsettled() -> None:
+    """A root handed out while its events go on is unsettled; one handed out after its
+    quiet window, or at max_delay a quiet window after its last event, is not."""
+    d = Debouncer(quiet=1.0, max_delay=5.0)
+    d.touch(A, 10.0)
+    d.touch(B, 10.0)
+    d.touch(B, 14.5)
+    assert d.ready(15.0, never) == [A, B]
+    assert d.unsettled == frozenset({B})
+    d.touch(A, 20.0)
+    assert d.ready(21.0, never) == [A]
+    assert d.unsettled == frozenset()
+    d.touch(A, 30.0)
+    d.touch(A, 34.0)
+    assert d.ready(35.0, always) == [A]  # quiet, but an install is in progress: the
+    assert d.unsettled == frozenset()  # scan takes its entries as uncertain
 
 
 def test_roots_are_independent() -> None:
