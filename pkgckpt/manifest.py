@@ -231,8 +231,15 @@ class Environment(Base, frozen=True):
     reader still decodes a role added later."""
 
     def where(self) -> str:
-        """The path as people read it in logs and reports."""
-        return f"{self.path} (user site)" if self.user else self.path
+        """The path as people read it in logs and reports. A path from the store may hold
+        a newline (a forged line of the report) or an escape sequence: what is not
+        printable is shown as `?`, as `status` shows the rest of what it read."""
+        path = self.path if self.path.isprintable() else _printable(self.path)
+        return f"{path} (user site)" if self.user else path
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 class Failing(Base, frozen=True):

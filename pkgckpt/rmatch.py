@@ -196,7 +196,7 @@ def moved(recorded: Environment, here: Environment) -> str | None:
     if same_env(recorded, here):
         return None
     was = f" of R {minor(recorded.interpreter)}" if minor(recorded.interpreter) else ""
-    return f"recorded as the {role(recorded, [here])} library {recorded.path}{was}"
+    return f"recorded as the {role(recorded, [here])} library {recorded.where()}{was}"
 
 
 def superseded(recorded: Environment, here: Sequence[Environment]) -> str | None:

@@ -208,3 +208,29 @@ def test_refusal_in_json_mode_is_still_an_error_not_a_plan(
     check_refused(out, venv, "refusing the manifest")
     if out.stdout.strip():
         assert "error" in json.loads(out.stdout)
+
+
+FORGED = "Restored generation 9 in 0.1 s."
+
+
+@pytest.mark.parametrize("kind", ["python", "conda", "r"])
+def test_an_environment_path_from_the_store_cannot_write_lines_or_escapes(
+    kind: str, image: tuple[Venv, Path], tmp_path: Path
+) -> None:
+    """An environment of the manifest that is not here is named with `?` for what in its
+    path is not printable, in restore's plan and report and in `status`: a newline or a
+    terminal escape in it cannot forge a line of the report nor drive the terminal."""
+    venv, _ = image
+    path = f"/nonexistent/env\n{FORGED}\n\x1b[2J\u202e"
+    put_manifest(tmp_path / "store", "alice", Body.of([
+        Delta(env=Environment(kind=kind, path=path), added=(pkg("alpha"),)),
+    ]))  # fmt: skip
+    store = ("--store", str(tmp_path / "store"), "--key", "alice", "--env", str(venv.prefix))
+    for command in (("restore", "--dry-run"), ("restore",), ("status",)):
+        out = pkgckpt(*command, *store, env=hermetic(tmp_path))
+        assert out.returncode == 0, (command, out.stdout, out.stderr)
+        shown = out.stdout + out.stderr
+        assert FORGED not in shown.splitlines(), (command, shown)
+        assert "\x1b" not in shown and "\u202e" not in shown, (command, shown)
+        assert f"/nonexistent/env?{FORGED}??[2J?" in shown, (command, shown)
+    assert installed(venv.site_packages) == {}

@@ -275,7 +275,7 @@ class Plan(_Out, frozen=True, kw_only=True):
                     lines.append(f"  ({moved(e.recorded, e.env)})")
                 if e.carried is not None:
                     lines.append(
-                        f"  (and what the record of {e.carried.path} holds that its own lacks)"
+                        f"  (and what the record of {e.carried.where()} holds that its own lacks)"
                     )
                 lines += [f"  install {_describe(s)}" for s in e.install]
                 lines += [f"  remove  {s.name} {s.version} (removed by the user)" for s in e.remove]
