@@ -7,7 +7,9 @@ Without `--env`, pkgckpt tracks, besides its own environment and the user site:
   (`JUPYTER_PATH`, `JUPYTER_DATA_DIR` or the user data directory, the user base's
   `share/jupyter`, `{sys.prefix}/share/jupyter`, `/usr/local/share/jupyter`,
   `/usr/share/jupyter`); a kernel name found earlier hides later ones, as in Jupyter.
-  `argv[0]` of a Python kernel is its interpreter; the interpreter itself says its prefix;
+  `argv[0]` of a Python kernel is its interpreter; the interpreter itself says its prefix.
+  A bare `python` is the Jupyter server's: taken as the prefix's whose `share/jupyter`
+  holds the kernelspec, never as one of the user's data directory;
 * every conda environment listed in `~/.conda/environments.txt` or found in an
   `envs_dirs` directory (`.condarc` files, `CONDA_ENVS_PATH`, `~/.conda/envs`, the root
   prefix's `envs`).
@@ -132,11 +134,8 @@ def _prefer_env(environ: Mapping[str, str]) -> bool:
     )
 
 
-def jupyter_path(environ: Mapping[str, str]) -> list[Path]:
-    """`jupyter_core.paths.jupyter_path()` on Linux: the data directories, first wins."""
-    paths: list[Path] = []
-    if environ.get("JUPYTER_PATH"):
-        paths.extend(Path(p.rstrip(os.sep)) for p in environ["JUPYTER_PATH"].split(os.pathsep) if p)
+def user_data_dirs(environ: Mapping[str, str]) -> list[Path]:
+    """The user's own directories of Jupyter's data path: no environment's `share`."""
     user = [jupyter_data_dir(environ)]
     if site.ENABLE_USER_SITE:
         base = environ.get("PYTHONUSERBASE") or site.getuserbase()
@@ -144,6 +143,15 @@ def jupyter_path(environ: Mapping[str, str]) -> list[Path]:
             userdir = Path(base) / "share" / "jupyter"
             if userdir not in user:
                 user.append(userdir)
+    return user
+
+
+def jupyter_path(environ: Mapping[str, str]) -> list[Path]:
+    """`jupyter_core.paths.jupyter_path()` on Linux: the data directories, first wins."""
+    paths: list[Path] = []
+    if environ.get("JUPYTER_PATH"):
+        paths.extend(Path(p.rstrip(os.sep)) for p in environ["JUPYTER_PATH"].split(os.pathsep) if p)
+    user = user_data_dirs(environ)
     system = [Path("/usr/local/share/jupyter"), Path("/usr/share/jupyter")]
     env = [p for p in (Path(sys.prefix) / "share" / "jupyter",) if p not in system]
     paths.extend([*env, *user] if _prefer_env(environ) else [*user, *env])
@@ -155,11 +163,14 @@ class _Kernel(msgspec.Struct, frozen=True):
     name: str
     directory: Path
     data_dir: Path
+    user: bool
+    """In one of the user's own data directories (`user_data_dirs`)."""
 
 
-def _kernelspecs(data_dirs: Iterable[Path], watch: list[Path]) -> Iterator[_Kernel]:
+def _kernelspecs(environ: Mapping[str, str], watch: list[Path]) -> Iterator[_Kernel]:
     seen: set[str] = set()
-    for data_dir in data_dirs:
+    user = user_data_dirs(environ)
+    for data_dir in jupyter_path(environ):
         kernels = data_dir / "kernels"
         watch.append(kernels)
         try:
@@ -171,7 +182,7 @@ def _kernelspecs(data_dirs: Iterable[Path], watch: list[Path]) -> Iterator[_Kern
                 continue
             seen.add(name.lower())
             watch.append(kernels / name)
-            yield _Kernel(name, kernels / name, data_dir)
+            yield _Kernel(name, kernels / name, data_dir, data_dir in user)
 
 
 def _kernel_interpreter(kernel: _Kernel) -> tuple[Path | None, str]:
@@ -200,9 +211,16 @@ def _kernel_interpreter(kernel: _Kernel) -> tuple[Path | None, str]:
     first = argv[0]
     if "\0" in first:
         return None, "argv[0] holds a NUL byte"
-    if first in _BARE_PYTHON and kernel.data_dir.parts[-2:] == ("share", "jupyter"):
-        # The kernelspec an environment ships for itself ({prefix}/share/jupyter):
-        # Jupyter runs it with that environment's interpreter.
+    if first in _BARE_PYTHON:
+        # Jupyter runs a bare python with the server's own interpreter, which pkgckpt
+        # cannot know. An environment's own kernelspec ({prefix}/share/jupyter) is there
+        # for a server of that environment; in the user's data directory it names none
+        # (~/.local/bin/python3 is not its interpreter).
+        if kernel.user or kernel.data_dir.parts[-2:] != ("share", "jupyter"):
+            return None, (
+                f"argv[0] {first!r} runs the Jupyter server's own interpreter, which the "
+                "kernelspec does not name"
+            )
         return kernel.data_dir.parent.parent / "bin" / first, ""
     if not first.startswith("/"):
         return None, f"argv[0] {first!r} is not an absolute path to an interpreter"
@@ -216,7 +234,7 @@ def _kernels(
 ) -> Iterator[Found | Unreadable]:
     from .scan.env import probe
 
-    for kernel in _kernelspecs(jupyter_path(environ), watch):
+    for kernel in _kernelspecs(environ, watch):
         origin = f"kernelspec {kernel.directory}"
         python, why = _kernel_interpreter(kernel)
         if python is None:

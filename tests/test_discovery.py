@@ -183,6 +183,23 @@ def test_a_bare_python_kernel_belongs_to_the_prefix_that_ships_it(
     assert [f.prefix for f in discovery.discover(["kernels"]).found] == [env.prefix]
 
 
+def test_a_bare_python_kernel_in_the_user_data_dir_names_no_environment_of_home(
+    home: Path, tmp_path: Path
+) -> None:
+    """Jupyter runs a bare "python3" with the server's own interpreter, wherever the
+    kernelspec is: one in ~/.local/share/jupyter is not taken for ~/.local/bin/python3 (an
+    interpreter `uv python install` puts there), and status says why it is not tracked."""
+    other = make_venv(tmp_path / "uv-python", with_pip=False)
+    (home / ".local" / "bin").mkdir(parents=True)
+    (home / ".local" / "bin" / "python3").symlink_to(other.python)
+    kernelspec(user_data(home), "copied", "python3")
+    found = discovery.discover(["kernels"])
+    assert found.found == ()
+    (problem,) = found.unreadable
+    assert problem.path == str(user_data(home) / "kernels" / "copied")
+    assert "the Jupyter server's own interpreter" in problem.reason
+
+
 def test_kernels_of_other_languages_are_not_python_environments(home: Path) -> None:
     """An IRkernel spec is neither tracked as Python nor reported as unreadable."""
     kernelspec(user_data(home), "ir", "/usr/lib/R/bin/R", language="R")
