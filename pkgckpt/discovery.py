@@ -21,8 +21,9 @@ its other users cannot replace what is ours in it). An environment that fails th
 cannot be probed is reported (`Discovered.unreadable`), never fatal.
 
 `Discovered.watch` lists the directories whose changes may mean a new environment (the
-`kernels` directories and each kernelspec in them, `~/.conda`, the `envs_dirs`): the
-daemon watches them and discovers again after their quiet window.
+`kernels` directories and each kernelspec in them, `~/.conda`, the `envs_dirs`, and where
+a missing environment that something names would appear): the daemon watches them and
+discovers again after their quiet window.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 import msgspec
 
 from .logs import getLogger
-from .trust import unsafe
+from .trust import MISSING, unsafe
 
 log = getLogger(__name__)
 
@@ -243,6 +244,11 @@ def _kernels(
             continue
         why = unsafe(python) or ("" if os.access(python, os.X_OK) else "not executable")
         if why:
+            if why == MISSING:
+                # Its environment made again at that path (a venv that was not on the
+                # persistent volume) rewrites no kernelspec: the interpreter's appearance
+                # in its directory brings discovery back.
+                watch.append(python.parent)
             yield Unreadable(str(python), origin, f"interpreter {python}: {why}")
             continue
         answer = probe(python, cache_dir=cache_dir, image=image)
@@ -399,12 +405,16 @@ def _conda(environ: Mapping[str, str], watch: list[Path]) -> Iterator[Found | Un
             continue
         why = unsafe(prefix)
         if why is None and not os.path.isdir(prefix / "conda-meta"):  # noqa: PTH112
+            # Not (yet) an environment: `conda create` is still writing it. Its
+            # conda-meta/ appearing brings discovery back.
+            watch.append(prefix)
             if origin.startswith("envs_dirs"):
-                # Not (yet) an environment: `conda create` is still writing it. Its
-                # conda-meta/ appearing brings discovery back.
-                watch.append(prefix)
                 continue
             why = "no conda-meta/ directory"
+        elif why == MISSING:
+            # Listed but gone: `conda create -p` making it again does not list it twice,
+            # so environments.txt is not written; its own appearance brings discovery back.
+            watch.append(prefix)
         # The interpreter python_env() will start, when the environment has one.
         why = why or _loose_interpreter(prefix)
         if why:

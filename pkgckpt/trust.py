@@ -13,6 +13,9 @@ import os
 import stat
 from pathlib import Path
 
+MISSING = "missing"
+"""What `unsafe()` says of a path that is not there (yet)."""
+
 
 def unsafe(path: Path) -> str | None:
     """Why `path` may not be trusted (None: it may): relative, missing, or it or a directory
@@ -28,7 +31,7 @@ def unsafe(path: Path) -> str | None:
             try:
                 st = p.stat() if follow else p.lstat()
             except FileNotFoundError:
-                return "missing"
+                return MISSING
             except OSError as e:
                 return f"cannot be read ({e.strerror})"
             if st.st_uid not in (uid, 0):

@@ -480,3 +480,50 @@ def test_a_conda_environment_made_in_envs_dirs_while_the_daemon_runs_is_tracked(
         eventually(lambda: recorded(world, created.prefix) == ["beta==1.0"], what="beta")
     finally:
         d.close()
+
+
+@pytest.mark.slow
+def test_a_kernel_venv_made_again_while_the_daemon_runs_is_tracked(
+    world: World, wheels: Path
+) -> None:
+    """A kernelspec whose venv is missing when the daemon starts (a new container, the venv
+    was not on the persistent volume) is tracked once `python3 -m venv` makes it again at
+    its path: nothing rewrites the kernelspec, the venv's own appearance brings discovery
+    back."""
+    prefix = world.tmp / "envs" / "analysis"
+    python = prefix / "bin" / "python"
+    kernelspec(user_data(Path(world.env["HOME"])), "analysis", str(python))
+    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
+    d.start()
+    try:
+        eventually(lambda: "not tracked" in d.output(), what="the missing venv reported")
+        venv = make_venv(prefix)
+        eventually(lambda: "tracking " + str(prefix) in d.output(), what="tracking")
+        venv.install(wheels, "alpha==1.0")
+        # With pip, should ensurepip still be at work when the venv is found.
+        eventually(lambda: "alpha==1.0" in recorded(world, prefix), what="alpha")
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_a_listed_conda_environment_made_again_while_the_daemon_runs_is_tracked(
+    world: World, wheels: Path
+) -> None:
+    """A prefix in environments.txt that is missing when the daemon starts is tracked once
+    `conda create -p` makes it again: conda does not list it twice, so environments.txt is
+    not written, and the prefix's own appearance brings discovery back."""
+    home = Path(world.env["HOME"])
+    prefix = world.tmp / "projects" / "env"
+    (home / ".conda").mkdir()
+    (home / ".conda" / "environments.txt").write_text(f"{prefix}\n")
+    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
+    d.start()
+    try:
+        eventually(lambda: "not tracked" in d.output(), what="the missing prefix reported")
+        created = conda_prefix(make_venv(prefix))
+        eventually(lambda: "tracking " + str(created.prefix) in d.output(), what="tracking")
+        created.install(wheels, "beta==1.0")
+        eventually(lambda: recorded(world, created.prefix) == ["beta==1.0"], what="beta")
+    finally:
+        d.close()
