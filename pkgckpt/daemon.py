@@ -174,13 +174,21 @@ def _signals(on_stop: _Handler, on_rescan: _Handler) -> Iterator[int]:
         os.close(write_fd)
 
 
+def _prefixes(targets: Iterable[Target]) -> set[Path]:
+    """The prefixes of the Python environments among `targets`: a venv remade on another
+    Python (`python3.12 -m venv --clear` over a 3.11 one) has its site-packages in a new
+    directory, which no watch of the old one sees appear; its prefix's entries do."""
+    return {Path(t.env.path) for t in targets if t.env.kind == "python" and not t.env.user}
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         found = inventory.discover(config)
         self.targets: list[Target] = checkpoint.targets(config, found)
-        self.discovery: set[Path] = set(found.watch)
-        """Directories where a new environment may show (see `discovery`)."""
+        self.discovery: set[Path] = set(found.watch) | _prefixes(self.targets)
+        """Directories where a new environment may show (see `discovery`), and the Python
+        prefixes, where one remade on another Python shows (see `_prefixes`)."""
         self.unreadable = {u.path for u in found.unreadable}
         self.store = open_store(config)
         self.session: checkpoint.Session | None = None
@@ -565,32 +573,57 @@ class Daemon:
         for path in self.discovery:
             self.changed.pop(path, None)
         unreadable: list[Unreadable] = []
-        tracked = {checkpoint.env_key(t.env) for t in self.targets}
+        tracked = {checkpoint.env_key(t.env): t for t in self.targets}
         added: list[Target] = []
+        remade: list[tuple[Target, Target]] = []
         for t in inventory.targets(self.config, found, unreadable):
-            roots = tuple(r for r in t.roots if r not in self._by_root)
-            if roots and checkpoint.env_key(t.env) not in tracked:
-                added.append(
-                    Target(
-                        env=t.env,
-                        roots=roots,
-                        conda_owned=t.conda_owned,
-                        r_lock_stale=t.r_lock_stale,
-                    )
-                )
+            old = tracked.get(checkpoint.env_key(t.env))
+            ours = old.roots if old is not None else ()
+            roots = tuple(r for r in t.roots if r not in self._by_root or r in ours)
+            if not roots or (old is not None and set(roots) == set(old.roots)):
+                continue
+            target = Target(
+                env=t.env, roots=roots, conda_owned=t.conda_owned, r_lock_stale=t.r_lock_stale
+            )
+            if old is None:
+                added.append(target)
+            else:
+                # The same environment read from other directories: a venv remade on
+                # another Python (lib/python3.X). Its first scan is a new directory's.
+                remade.append((old, target))
         for u in unreadable:
             if u.path not in self.unreadable:
                 log.warning("%s (%s) is not tracked: %s", u.path, u.origin, u.reason)
         self.unreadable = {u.path for u in unreadable}
-        if not added:
+        if not added and not remade:
             return
+        for old, target in remade:
+            log.info(
+                "tracking %s in %s (remade at its path), no longer in %s",
+                target.env.where(),
+                ", ".join(map(str, target.roots)),
+                ", ".join(map(str, old.roots)),
+            )
+            # Another directory even on the old one's inode numbers (ext4 hands freed ones
+            # out again at once): `Identity` tells them apart by the epoch.
+            target.epoch = old.epoch + 1
+            self.targets[next(i for i, t in enumerate(self.targets) if t is old)] = target
+            for r in old.roots:
+                if self._by_root.get(r) is old:
+                    del self._by_root[r]
+            self._by_root.update((r, target) for r in target.roots)
+            fresh = [r for r in target.roots if r not in old.roots]
+            watcher.add([Root(path=r, kind=target.env.kind) for r in fresh])
         for target in added:
             log.info("tracking %s (discovered)", target.env.where())
             self.targets.append(target)
             self._by_root.update((r, target) for r in target.roots)
             watcher.add([Root(path=r, kind=target.env.kind) for r in target.roots])
+        prefixes = _prefixes(added) - self.discovery
+        self.discovery.update(prefixes)
+        watcher.add([Root(path=p, kind="discovery") for p in prefixes])
         if self.session is not None:
-            self._scan(added)
+            self._scan([*added, *(target for _, target in remade)])
 
     def _open(self) -> None:
         """Read the manifest and the baseline, scan everything: the record's starting point."""

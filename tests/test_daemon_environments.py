@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -440,3 +441,44 @@ def test_an_uninstall_that_outlasts_the_maximum_delay_is_recorded_once_quiet(
         assert d.stop() == 0
     finally:
         d.close()
+
+
+@pytest.fixture
+def ext4_world() -> Iterator[World]:
+    """A world under /var/tmp, not a tmpfs /tmp: a file system that hands freed inode
+    numbers out again at once, as ext4 does."""
+    tmp = Path(tempfile.mkdtemp(prefix="pkgckpt-env-", dir="/var/tmp"))
+    try:
+        yield World.make(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_venv_rebuilt_on_another_python_records_its_new_installs(
+    ext4_world: World, wheels: Path
+) -> None:
+    """`python3.X -m venv --clear env` with another Python minor: the same environment
+    at a new site-packages (`lib/python3.X`, often on the inode numbers the old one freed).
+    Installs into it are recorded without a restart, and the old one's stay."""
+    from test_rebase import _other_python
+
+    other = _other_python()
+    if other is None:
+        pytest.skip("needs a second CPython minor version under ~/.pyenv/versions")
+    world = ext4_world
+    venv = image_venv(world, wheels)
+    flags = baseline(world, "--env", str(venv.prefix))
+    with daemon(world, flags) as d:
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+        eventually(lambda: recorded(world, venv.prefix, {"alpha==1.0"}), WITHIN, "install")
+        remake = [other, "-m", "venv", "--clear", "--without-pip", str(venv.prefix)]
+        subprocess.run(remake, check=True)
+        time.sleep(1)  # found and read before anything is installed into it
+        uv_install(venv.python, wheels, "delta==1.0", env=world.env)
+        want = {"alpha==1.0", "delta==1.0"}
+        eventually(lambda: recorded(world, venv.prefix, want), WITHIN, "install in the new env")
+        assert d.stop() == 0
+    assert "remove " not in d.output()
+    found = delta(world, venv.prefix)
+    assert found is not None and found.env.interpreter is not None
+    assert Path(other).parent.parent.name.startswith(found.env.interpreter)
