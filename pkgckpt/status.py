@@ -99,10 +99,21 @@ def _host() -> str:
     return os.uname().nodename
 
 
+def store_identity(store: Path, base: Path | None = None) -> str:
+    """The store as every process names it: absolute (relative to `base`, else to the
+    working directory), without `.`, `..` or doubled slashes. `DIR/../store`, `store`
+    run from its parent and `/store` are one store, with one daemon and one lock: a
+    command that took another spelling for another store would write behind the daemon's
+    back, and the daemon's next commit would undo it. Text only: the store (NFS) may be
+    unreachable, and the daemon must still be found then."""
+    path = os.path.normpath(base / store if base is not None else store.absolute())
+    return "/" + path.lstrip("/")  # POSIX may keep a leading "//"; Linux reads it as "/"
+
+
 def status_path(config: Config, directory: Path | None = None) -> Path:
     """Named by store and key: a daemon of another store with this key is not ours to ask.
     In `directory`, else in the configured runtime directory."""
-    what = f"{config.store.absolute()}\0{config.key}".encode()
+    what = f"{store_identity(config.store)}\0{config.key}".encode()
     name = f"daemon-{sha256(what).hexdigest()[:24]}.json"
     return (config.runtime_dir if directory is None else directory) / name
 
@@ -140,7 +151,7 @@ def new_state(config: Config) -> DaemonState:
         pid_start=process_start(os.getpid()),
         host=_host(),
         version=__version__,
-        store=str(config.store),
+        store=store_identity(config.store),
         key=config.key,
         started=stamp,
         updated=stamp,
@@ -310,7 +321,7 @@ def _read_in(config: Config, directory: Path) -> DaemonState | None:
         state = _state_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    if not _same_store(Path(state.store), config.store) or state.key != config.key:
+    if store_identity(Path(state.store)) != store_identity(config.store) or state.key != config.key:
         return None
     return state
 
@@ -459,13 +470,18 @@ def is_daemon(pid: int, config: Config) -> bool:
     if not program or argv[program[0] + 1 : program[0] + 2] != ["daemon"]:
         return False
     store, key = _option(argv, "--store"), _option(argv, "--key")
-    if store is not None and not _same_store(Path(store).expanduser(), config.store):
-        return False
+    if store is not None:
+        theirs = Path(store).expanduser()
+        base = None
+        if not theirs.is_absolute():
+            # Relative to the directory it was started in, which it keeps.
+            try:
+                base = Path(f"/proc/{pid}/cwd").readlink()
+            except OSError:
+                return False
+        if store_identity(theirs, base) != store_identity(config.store):
+            return False
     return key is None or key == config.key
-
-
-def _same_store(a: Path, b: Path) -> bool:
-    return a.absolute() == b.absolute()
 
 
 def running(state: DaemonState | None, config: Config) -> bool:

@@ -165,6 +165,42 @@ def test_forget_beside_a_running_daemon_keeps_one_writer_and_stays_forgotten(
     assert world.delta().forgotten == ()
 
 
+def test_a_forget_naming_the_store_in_another_spelling_reaches_the_daemon(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """The store as `DIR/../store`, or relative to where the command runs, is the
+    daemon's store: the forget is handed to the daemon, whose next commit does not
+    record the package again, and a second daemon given that spelling does not start."""
+    uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", "delta==1.0", env=world.env)
+    snapshot(world, venv)
+    detour = world.tmp / "run" / ".." / "store"
+    spelled = [
+        "--store", str(detour), "--key", world.key, "--env", str(venv.prefix),
+        "--baseline", str(world.tmp / "b.json"),
+    ]  # fmt: skip
+    forgot = world.pkgckpt("forget", "alpha", *spelled)
+    assert forgot.returncode == 0, forgot.stderr
+    assert "forgot alpha: the daemon wrote generation 2" in forgot.stdout
+    relative = subprocess.run(
+        [sys.executable, "-m", "pkgckpt", "forget", "beta", *flags(world, venv)[2:],
+         "--store", "store/"],
+        capture_output=True, text=True, env=world.env, cwd=world.tmp, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert relative.returncode == 0, relative.stderr
+    assert "forgot beta: the daemon wrote generation 3" in relative.stdout
+    uv_install(venv.python, wheels, "dash-pkg==1.0", env=world.env)
+    assert "generation 4" in snapshot(world, venv)
+    assert pins(world.delta().added) == ["dash-pkg==1.0", "delta==1.0"]
+    assert "daemon:     running" in world.pkgckpt("status", *spelled).stdout
+    second = Daemon(args=[*spelled, "--quiet-ms", "100"], env=world.env, log=world.tmp / "2.log")
+    second.start(ready=False)
+    try:
+        assert second.proc is not None and second.proc.wait(timeout=30) == 4, second.output()
+    finally:
+        second.close()
+    assert daemon.stop() == 0
+
+
 def refused_second_daemon(world: World, venv: Venv, daemon: Daemon) -> None:
     """A second `pkgckpt daemon` for the same store and key exits 4 naming `daemon`."""
     second = Daemon(
