@@ -8,10 +8,12 @@ upper case with a `PKGCKPT_` prefix; list settings take `os.pathsep`-separated v
 but in the lists whose entries may be URLs (`URL_LISTS`) a URL keeps its colons
 (`_split`).
 
-`find_links` paths are made absolute where they are read (`_absolute_links`): restore's
-installers run in a private, empty working directory, where a relative path names
-nothing. A config file's relative path is relative to that file's directory; a flag's or
-the environment's to the working directory pkgckpt started in. URLs stay as they are.
+Paths are made absolute where they are read (`_absolute`, `_absolute_links`): restore's
+installers and the interpreters asked for their layout run in a private, empty working
+directory, where a relative path names nothing, and an environment's path is recorded in
+the manifest. A relative path is relative to the working directory pkgckpt started in,
+but in a config file a `find_links` path is relative to that file's directory. URLs stay
+as they are.
 """
 
 from __future__ import annotations
@@ -371,7 +373,9 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         if kind.startswith("tuple"):
             items = _split(value, name in URL_LISTS) if isinstance(value, str) else list(value)
             items = [i for i in items if i != ""]
-            return tuple(Path(i).expanduser() if "Path" in kind else str(i) for i in items)
+            if "Path" in kind:
+                return tuple(_absolute(Path(i).expanduser(), name, origin) for i in items)
+            return tuple(str(i) for i in items)
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -407,10 +411,27 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
                     f"{origin}: {name} is empty, which would be the working directory: "
                     "name a path, or leave the setting out for its default"
                 )
-            return Path(str(value)).expanduser()
+            return _absolute(Path(str(value)).expanduser(), name, origin)
         return str(value)
     except (TypeError, ValueError):
         raise UsageError(f"{origin}: invalid value {value!r} for {name}") from None
+
+
+def _cwd(origin: str, name: str, value: object) -> Path:
+    try:
+        return Path.cwd()
+    except OSError as e:
+        raise UsageError(
+            f"{origin}: {name} {value!r} is relative to the working directory, which "
+            f"cannot be read: {e.strerror}"
+        ) from None
+
+
+def _absolute(path: Path, name: str, origin: str) -> Path:
+    """A path setting as every process must read it: an environment's path is recorded
+    in the manifest and handed to interpreters that run in a private working directory,
+    where a relative path names nothing (or another directory)."""
+    return path if path.is_absolute() else _cwd(origin, name, str(path)) / path
 
 
 def _absolute_links(links: tuple[str, ...], base: Path | None, origin: str) -> tuple[str, ...]:
@@ -429,13 +450,7 @@ def _absolute_links(links: tuple[str, ...], base: Path | None, origin: str) -> t
         path = Path(link).expanduser()
         if not path.is_absolute():
             if base is None:
-                try:
-                    base = Path.cwd()
-                except OSError as e:
-                    raise UsageError(
-                        f"{origin}: find_links {link!r} is relative to the working "
-                        f"directory, which cannot be read: {e.strerror}"
-                    ) from None
+                base = _cwd(origin, "find_links", link)
             path = base / path
         out.append(str(path))
     return tuple(out)

@@ -159,7 +159,7 @@ def test_url_lists_keep_the_colons_of_their_urls_in_the_environment(
     ]
     assert loaded.find_links == tuple(absolute)
     assert loaded.r_repo == loaded.conda_channels == tuple(entries)
-    assert loaded.env == (Path("https"), Path("//h/w"))
+    assert loaded.env == (Path.cwd() / "https", Path("//h/w"))
     files["explicit"].write_text(f"find_links = {value!r}\n")
     assert config.load({}, files["explicit"], environ={}).find_links[0] == entries[0]
 

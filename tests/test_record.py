@@ -201,6 +201,34 @@ def test_a_forget_naming_the_store_in_another_spelling_reaches_the_daemon(
     assert daemon.stop() == 0
 
 
+def test_an_environment_named_relative_to_the_working_directory_is_that_directory(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """`--env venv` run from its parent is the venv at its absolute path: snapshot
+    records what it holds under that path (not "nothing to checkpoint", nor a path that
+    means another directory wherever restore runs), and status and forget find it."""
+    uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
+    rel = [*world.flags(), "--env", venv.prefix.name, "--baseline", "b.json"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pkgckpt", *args, *rel],
+            capture_output=True, text=True, env=world.env, cwd=world.tmp,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    done = run("snapshot")
+    assert done.returncode == 0 and "generation 1" in done.stdout, done.stdout + done.stderr
+    assert "did not answer" not in done.stderr
+    assert [d.env.path for d in world.manifest().body.deltas()] == [str(venv.prefix)]
+    assert pins(world.delta().added) == ["alpha==1.0", "beta==1.0"]
+    shown = run("status")
+    assert f"python {venv.prefix}:" in shown.stdout and "python venv:" not in shown.stdout
+    forgot = run("forget", "alpha")
+    assert forgot.returncode == 0 and "generation 2" in forgot.stdout, forgot.stderr
+    assert pins(world.delta().added) == ["beta==1.0"]
+
+
 def refused_second_daemon(world: World, venv: Venv, daemon: Daemon) -> None:
     """A second `pkgckpt daemon` for the same store and key exits 4 naming `daemon`."""
     second = Daemon(
