@@ -282,11 +282,18 @@ def forgotten(
     missing = [n for n in names if n not in hit]
     if missing:
         held = sorted({printable(p.name) for d in chosen for p in _recorded(d)})
-        where = "" if not scope else " of " + ", ".join(s.where() for s in scope)
-        raise UnknownPackage(
-            f"not in the record{where}: {', '.join(missing)}; "
-            + (f"it holds: {', '.join(held)}" if held else "it holds no package")
-        )
+        where = "" if not scope else " of " + ", ".join(dict.fromkeys(s.path for s in scope))
+        if held:
+            holds = f"it holds: {', '.join(held)}"
+        elif scope and not chosen:
+            # Another spelling of the path (a symlink), or an environment never recorded.
+            known = sorted({printable(d.env.where()) for d in body.deltas()})
+            holds = "the record has no such environment" + (
+                f"; it has: {', '.join(known)}" if known else ""
+            )
+        else:
+            holds = "it holds no package"
+        raise UnknownPackage(f"not in the record{where}: {', '.join(missing)}; {holds}")
     return Body.of(
         (new.get(env_key(d.env), d) for d in body.deltas()),
         events=(*body.events, *events)[-manifest.HISTORY_LIMIT :],
@@ -626,13 +633,23 @@ def answer(
 def forget(config: Config, names: Sequence[str]) -> Written:
     """`pkgckpt forget NAME...`: drop `names` from the record, in the selected environments
     (--env / --r-lib given: those; else every one)."""
-    scope: tuple[Environment, ...] = ()
-    if config.env or config.r_lib:
-        from .inventory import targets
-
-        scope = tuple(t.env for t in targets(config))
-    written = _write(config, _Forget(names=tuple(dict.fromkeys(names)), scope=scope))
+    written = _write(config, _Forget(names=tuple(dict.fromkeys(names)), scope=_named(config)))
     return msgspec.structs.replace(written, names=tuple(dict.fromkeys(names)))
+
+
+def _named(config: Config) -> tuple[Environment, ...]:
+    """The environments --env and --r-lib name, by the identity the record keeps (none
+    named: every one). Read from the settings, not the file system: a venv removed since
+    is still in the record, and `--r-lib` alone names no Python environment. A prefix is
+    its Python environment, its conda environment and its interpreter's user site."""
+    named: list[Environment] = []
+    for prefix in config.env:
+        path = str(prefix)
+        named += [Environment(kind="python", path=path), Environment(kind="conda", path=path)]
+        if "user-site" in config.discover:
+            named.append(Environment(kind="python", path=path, user=True))
+    named += [Environment(kind="r", path=str(lib)) for lib in config.r_lib]
+    return tuple(named)
 
 
 class Reverted(msgspec.Struct, frozen=True):

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from daemon_kit import Daemon, World, eventually, pins, uv_install, uv_uninstall
 from restore_kit import broken_sdist, installed, put_manifest
-from wheelhouse import Dist, Venv, build_wheel
+from rpkgs import SOURCES, needs_r
+from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt import manifest, record, status
 from pkgckpt.checkpoint import Observation, Tracker
@@ -411,6 +412,79 @@ def test_forget_of_an_unknown_name_fails_and_lists_the_recorded_names(
     assert "generation 2 is current" in snapshot(world, venv)  # still installed, not recorded
 
 
+def recorded_in(world: World) -> dict[str, list[str]]:
+    found = world.manifest()
+    assert found is not None
+    return {d.env.path: pins((*d.added, *d.changed)) for d in found.body.deltas()}
+
+
+def test_forget_with_env_forgets_in_an_environment_deleted_since(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """The record still holds a venv removed since (restore leaves it alone as missing):
+    `forget --env` of it drops its packages there, and only there, without reading it."""
+    old = make_venv(world.tmp / "old", with_pip=False)
+    both = [*flags(world, venv), "--env", str(old.prefix)]
+    made = world.pkgckpt("baseline", *world.flags(venv.prefix, old.prefix), "--output",
+                         str(world.tmp / "b.json"))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
+    uv_install(old.python, wheels, "alpha==1.0", env=world.env)
+    done = world.pkgckpt("snapshot", *both)
+    assert done.returncode == 0, done.stderr
+    assert recorded_in(world) == {
+        str(venv.prefix): ["alpha==1.0", "beta==1.0"],
+        str(old.prefix): ["alpha==1.0"],
+    }
+    import shutil
+
+    shutil.rmtree(old.prefix)
+    forgot = world.pkgckpt("forget", "alpha", *world.flags(old.prefix))
+    assert forgot.returncode == 0, forgot.stderr
+    assert "forgot alpha: pkgckpt wrote generation 2" in forgot.stdout
+    assert recorded_in(world) == {
+        str(venv.prefix): ["alpha==1.0", "beta==1.0"],
+        str(old.prefix): [],
+    }
+
+
+@needs_r
+def test_forget_with_r_lib_alone_leaves_the_python_environments_alone(
+    world: World, venv: Venv, tmp_path: Path
+) -> None:
+    """R's ckpt.base and Python's ckpt-base are both recorded, the venv found through its
+    Jupyter kernel: `forget ckpt.base --r-lib LIB` forgets the R package only."""
+    wheels = tmp_path / "wheels"
+    build_wheel(Dist("ckpt.base", "1.0.0"), wheels)
+    lib = world.tmp / "rlib"
+    lib.mkdir()
+    spec = world.tmp / "jupyter" / "kernels" / "venv"
+    spec.mkdir(parents=True)
+    kernel = {"argv": [str(venv.python), "-m", "ipykernel_launcher", "-f", "{c}"],
+              "display_name": "venv", "language": "python"}  # fmt: skip
+    (spec / "kernel.json").write_text(json.dumps(kernel))
+    world.env["JUPYTER_PATH"] = str(world.tmp / "jupyter")
+    tracked = [*world.flags(venv.prefix), "--r-lib", str(lib), "--baseline", "b.json"]
+    made = world.pkgckpt("baseline", *tracked[:-2], "--output", str(world.tmp / "b.json"))
+    assert made.returncode == 0, made.stderr
+    uv_install(venv.python, wheels, "ckpt.base==1.0.0", env=world.env)
+    r = subprocess.run(
+        ["R", "CMD", "INSTALL", "--no-test-load", "-l", str(lib), str(SOURCES / "ckpt.base")],
+        env=world.env, cwd=world.tmp, capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    tracked[-1] = str(world.tmp / "b.json")
+    done = world.pkgckpt("snapshot", *tracked)
+    assert done.returncode == 0, done.stderr
+    assert recorded_in(world) == {
+        str(venv.prefix): ["ckpt-base==1.0.0"],
+        str(lib): ["ckpt.base==1.0.0"],
+    }
+    forgot = world.pkgckpt("forget", "ckpt.base", *world.flags(), "--r-lib", str(lib))
+    assert forgot.returncode == 0, forgot.stderr
+    assert recorded_in(world) == {str(venv.prefix): ["ckpt-base==1.0.0"], str(lib): []}
+
+
 def test_a_request_file_others_could_write_is_refused_by_the_daemon(
     world: World, venv: Venv, wheels: Path, daemon: Daemon
 ) -> None:
@@ -782,6 +856,12 @@ def test_forget_matches_r_names_exactly_and_python_names_normalized() -> None:
         record.forgotten(body, ["Data.Table"])
     with pytest.raises(UnknownPackage, match=r"it holds: data\.table$"):
         record.forgotten(body, ["foo-bar"], scope=[lib])
+    # A path the record does not know (a symlink to a recorded one): which ones it knows.
+    elsewhere = Environment(kind="python", path="/opt/link")
+    with pytest.raises(
+        UnknownPackage, match=r"no such environment; it has: /opt/venv, /usr/lib/R/site-library$"
+    ):
+        record.forgotten(body, ["foo-bar"], scope=[elsewhere])
 
 
 def test_store_reads_a_kept_generation(tmp_path: Path) -> None:
