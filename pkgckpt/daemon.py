@@ -192,7 +192,9 @@ class Daemon:
         self.unreadable = {u.path for u in found.unreadable}
         self.store = open_store(config)
         self.session: checkpoint.Session | None = None
-        self.state = status.new_state(config)
+        self.state = msgspec.structs.replace(
+            status.new_state(config), tracked=_tracked(self.targets)
+        )
         self.status_file = status.StatusFile(config)
         self._written = False
         self._unwritten = False
@@ -622,6 +624,7 @@ class Daemon:
         prefixes = _prefixes(added) - self.discovery
         self.discovery.update(prefixes)
         watcher.add([Root(path=p, kind="discovery") for p in prefixes])
+        self._set(tracked=_tracked(self.targets))
         if self.session is not None:
             self._scan([*added, *(target for _, target in remade)])
 
@@ -817,6 +820,10 @@ def run(config: Config) -> int:
 # -- pkgckpt snapshot --------------------------------------------------------------------
 
 
+def _tracked(targets: list[Target]) -> tuple[str, ...]:
+    return tuple(sorted({t.env.path for t in targets}))
+
+
 class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
     """What `pkgckpt snapshot` did."""
 
@@ -829,15 +836,27 @@ class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
     """Recorded packages without an artifact on the store, and why."""
     capturing: int = 0
     """Packages the daemon was still capturing when the wait ended (`shutdown_timeout`)."""
+    untracked: tuple[str, ...] = ()
+    """Environments the command named (--env, --r-lib) that the daemon does not track:
+    nothing of them was checkpointed."""
+    pid: int | None = None
+    """The daemon's, when it did the snapshot."""
 
     def render(self) -> str:
+        text = ""
+        if self.untracked:
+            text = (
+                f"not checkpointed: the running daemon (pid {self.pid}) does not track "
+                f"{', '.join(self.untracked)} (its --env / --r-lib settings name what it "
+                "tracks)\nof what it tracks: "
+            )
         if self.generation is None:
-            text = "nothing to checkpoint: nothing recorded\n"
+            text += "nothing to checkpoint: nothing recorded\n"
         elif not self.committed:
-            text = f"nothing to checkpoint: generation {self.generation} is current\n"
+            text += f"nothing to checkpoint: generation {self.generation} is current\n"
         else:
             who = "the daemon" if self.by_daemon else "snapshot"
-            text = f"{who} wrote generation {self.generation}\n"
+            text += f"{who} wrote generation {self.generation}\n"
         if self.capturing:
             text += (
                 f"still capturing {self.capturing} package(s) after the wait "
@@ -921,9 +940,21 @@ def _ask_daemon(config: Config, state: status.DaemonState) -> SnapshotResult:
                 committed=now.generation != state.generation,
                 by_daemon=True,
                 capturing=now.capturing,
+                untracked=_untracked(config, now),
+                pid=state.pid,
             )
         if late:
             raise PkgckptError(f"the daemon (pid {state.pid}) did not answer within {wait:.0f} s")
+
+
+def _untracked(config: Config, state: status.DaemonState) -> tuple[str, ...]:
+    """The environments `config` names that the daemon of `state` does not track, by the
+    directory each path leads to (a venv named through a link is the venv)."""
+    if state.tracked is None:
+        return ()
+    theirs = {os.path.realpath(p) for p in state.tracked}
+    named = dict.fromkeys(str(p) for p in (*config.env, *config.r_lib))
+    return tuple(p for p in named if os.path.realpath(p) not in theirs)
 
 
 def _generation(state: status.DaemonState) -> str:

@@ -216,6 +216,36 @@ def test_snapshot_asks_the_running_daemon_so_the_manifest_keeps_one_writer(
 
 
 @pytest.mark.slow
+def test_snapshot_of_an_environment_the_daemon_does_not_track_says_so(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """`snapshot --env OTHER` beside a daemon that watches only the venv: the daemon
+    checkpoints what it tracks, and the snapshot says OTHER was not checkpointed, not that
+    there was nothing to checkpoint (a link to the venv is the venv)."""
+    other = make_venv(world.tmp / "other", with_pip=False)
+    d = world.daemon(
+        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "60000"
+    ).start()
+    try:
+        install(world, venv, wheels, "delta==1.0")
+        assert world.pkgckpt("snapshot", *world.flags(venv.prefix)).returncode == 0
+        install(world, other, wheels, "delta==1.0")
+        snap = world.pkgckpt("snapshot", *world.flags(other.prefix))
+        assert snap.returncode == 0, snap.stderr
+        assert snap.stdout.startswith(
+            f"not checkpointed: the running daemon (pid {d.proc.pid}) does not track "  # type: ignore[union-attr]
+            f"{other.prefix} "
+        )
+        assert "of what it tracks: nothing to checkpoint: generation 1 is current" in snap.stdout
+        link = world.tmp / "link"
+        link.symlink_to(venv.prefix)
+        same = world.pkgckpt("snapshot", *world.flags(link))
+        assert same.returncode == 0 and "not checkpointed" not in same.stdout, same.stdout
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 def test_snapshot_without_a_daemon_commits_itself(world: World, venv: Venv, wheels: Path) -> None:
     """No daemon: snapshot scans and commits; a second snapshot finds nothing new."""
     install(world, venv, wheels, "delta==1.0")
