@@ -452,11 +452,17 @@ def _change(store: Store, body: Body, request: Request) -> Body:
     return with_failures(body, request.outcomes)
 
 
-def _generation(store: Store, generation: int) -> Manifest:
+def _generation(store: Store, generation: int, current: int | None = None) -> Manifest:
     found = store.read_generation(generation)
     if found is None:
-        kept = store.generations()
-        back = f"it can go back to generation {min(kept)}" if kept else "no generation is kept"
+        # The current generation is kept too, but is nowhere to go back to.
+        kept = [k for k in store.generations() if k != current]
+        if kept:
+            back = f"it can go back to generation {min(kept)}"
+        elif current is not None:
+            back = f"no generation before the current one ({current}) is kept"
+        else:
+            back = "no generation is kept"
         raise NotKept(f"generation {generation} is not kept on the store: {back}")
     return found
 
@@ -710,7 +716,7 @@ def revert(
         raise PkgckptError(f"no manifest for key {config.key!r} in {store.path}: nothing to revert")
     if generation == current.generation:
         raise NotKept(f"generation {generation} is the current one: nothing to revert")
-    old = _generation(store, generation)
+    old = _generation(store, generation, current.generation)
     body = reverted(current.body, old)
     plan = restore_.plan_of(config, Manifest(generation=generation, body=body))
     result = Reverted(to=generation, current=current.generation, plan=plan)

@@ -847,7 +847,12 @@ def to_text(report: Report) -> str:
         c = report.checkpoint
         age = f", {_duration(c.age_seconds)} ago" if c.age_seconds is not None else ""
         lines.append(f"checkpoint: generation {c.generation} ({c.time}{age})")
-    if report.revert_back_to is not None:
+    if report.checkpoint is not None and report.revert_back_to == report.checkpoint.generation:
+        lines.append(
+            f"revert:     nothing to go back to: generation {report.revert_back_to} is the "
+            "only one kept"
+        )
+    elif report.revert_back_to is not None:
         lines.append(
             f"revert:     back to generation {report.revert_back_to} "
             "(`pkgckpt history` lists the changes)"

@@ -692,6 +692,24 @@ def test_revert_goes_back_as_far_as_keep_generations_and_status_says_so(
     assert as_json["revert_back_to"] == 2
 
 
+def test_with_only_the_current_generation_kept_revert_and_status_say_there_is_no_going_back(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """keep_generations = 1: no generation before the current one is kept, so neither
+    `revert` nor `status` offers to go back to the current one."""
+    world.env["PKGCKPT_KEEP_GENERATIONS"] = "1"
+    two_generations(world, venv, wheels)
+    refused = world.pkgckpt("revert", "1", "--yes", *flags(world, venv))
+    assert refused.returncode == 1
+    assert "generation 1 is not kept on the store" in refused.stderr
+    assert "no generation before the current one (2) is kept" in refused.stderr
+    assert "go back to generation 2" not in refused.stderr
+    shown = world.pkgckpt("status", *flags(world, venv))
+    assert "revert:     nothing to go back to: generation 2 is the only one kept" in shown.stdout
+    as_json = json.loads(world.pkgckpt("status", "--json", *flags(world, venv)).stdout)
+    assert as_json["revert_back_to"] == 2
+
+
 # -- failure memory --------------------------------------------------------------------
 
 
