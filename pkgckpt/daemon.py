@@ -28,7 +28,9 @@ window (events may have been lost); the daemon never exits because of the watche
 The store may fail at any time: the changes stay in memory, the commit is retried with
 exponential backoff and jitter, the error is in the status file; the daemon never exits
 because of the store. If the store cannot even be read at start, nothing is scanned into
-the record until it can be (the record must start from the manifest).
+the record until it can be (the record must start from the manifest); a SIGHUP tries it
+at once, and the requests of `forget` and `revert` are answered with why it cannot be
+read (`status.DaemonState.unread`: `snapshot` says it too), nothing changed.
 
 Idle costs nothing: the only timed wake-ups are a pending debounce deadline, a store
 retry, systemd's watchdog (`WATCHDOG=1` when `WATCHDOG_USEC` asks for it) and the
@@ -324,6 +326,17 @@ class Daemon:
                 held.update(names)
         if self.stop:
             return
+        if self.session is None and self.rescan:
+            # A person asked (snapshot, forget, revert): try the store now, not at the end
+            # of a backoff grown while it was not mounted; still unreadable, they are told.
+            self._open()
+            if self.session is None:
+                self.rescan = False
+                from . import record
+
+                runtime = self.status_file.directory or self.config.runtime_dir
+                record.refuse(self.config, runtime, self.state.unread or "")
+                self._set(rescans=self.state.rescans + 1)
         if self.session is None:
             # Nothing is folded in before the manifest is read: the start scan covers it.
             if self.discovery.intersection(self.debouncer.ready(math.inf, watcher.busy)):
@@ -634,8 +647,10 @@ class Daemon:
             session, changes = checkpoint.open_session(self.config, self.targets, self.store)
         except _STORE_ERRORS as e:
             self._store_failed(e, "cannot read the store or the baseline")
+            self._set(unread=self.state.last_error)
             return
         self.session = session
+        self._set(unread=None)
         self._count(tracked=metrics.tracked(session.tracker.body()))
         self.changed.clear()  # the scan just made read every entry
         self.retry_at = None
@@ -924,6 +939,8 @@ def _ask_daemon(config: Config, state: status.DaemonState) -> SnapshotResult:
         now = status.read_state(config)
         if now is None or not status.running(now, config):
             raise PkgckptError(f"the daemon (pid {state.pid}) stopped before checkpointing")
+        if now.rescans > before and now.unread is not None:
+            raise StoreError(f"the daemon (pid {state.pid}) {now.unread}: nothing was changed")
         if now.rescans > before and (late or not now.capturing):
             if now.pending:
                 raise StoreError(

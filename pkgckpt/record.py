@@ -607,6 +607,25 @@ def serve(config: Config, session: Session, runtime: Path) -> list[tuple[str, _R
     return taken
 
 
+def refuse(config: Config, runtime: Path, why: str) -> None:
+    """The daemon's side while it has not read the store's manifest: it cannot apply a
+    request to a record it does not know, so every pending one is answered at once with
+    `why` (nothing changed), not left to time out."""
+    _, pattern = _names(config, "request")
+    with contextlib.suppress(OSError):
+        names = sorted(n for n in os.listdir(runtime) if pattern.fullmatch(n))  # noqa: PTH208
+        for name in names:
+            with contextlib.suppress(OSError):
+                (runtime / name).unlink()
+        error = f"{why}: nothing was changed"
+        answer(
+            runtime,
+            (("reply" + n.removeprefix("request"), _Reply(error=error)) for n in names),
+            None,
+            None,
+        )
+
+
 def _describe(request: Request) -> str:
     if isinstance(request, _Forget):
         return f"forget {', '.join(request.names)} (asked by pkgckpt forget)"

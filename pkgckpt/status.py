@@ -87,6 +87,9 @@ class DaemonState(msgspec.Struct, kw_only=True, omit_defaults=True):
     capture_failed: tuple[str, ...] = ()
     """Of those, the ones whose capture failed for a reason that may pass (the store):
     retried later, or given up; `snapshot` exits 1 when any are left."""
+    unread: str | None = None
+    """Why the daemon has not read the store's manifest yet (the store not mounted, say):
+    it records nothing, nor takes a request, until it has. None: it has read it."""
     tracked: tuple[str, ...] | None = None
     """The paths of the environments (prefixes, R libraries) the daemon tracks, those it
     discovered since its start included; None: not said (an older daemon)."""

@@ -230,6 +230,45 @@ def test_an_environment_named_relative_to_the_working_directory_is_that_director
     assert pins(world.delta().added) == ["beta==1.0"]
 
 
+def test_a_daemon_that_cannot_read_the_store_yet_answers_at_once_and_tries_it_when_asked(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """The store is not mounted (no marker) when the daemon starts, and its retries have
+    grown apart: forget and snapshot are told why at once (exit 1, nothing changed), not
+    after a silent wait; once the store is there, a snapshot has the daemon read it now,
+    not at the end of its backoff."""
+    late = world.tmp / "late"
+    late.mkdir(mode=0o700)
+    here = ["--store", str(late), *flags(world, venv)[2:]]
+    d = world.daemon(*here, "--quiet-ms", "600000").start()
+    try:
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+        log = world.tmp / "daemon.log"
+        eventually(
+            lambda: any(
+                float(line.rpartition("retrying in ")[2].split()[0]) >= 6
+                for line in log.read_text().splitlines()
+                if "retrying in " in line
+            ),
+            what="a retry delay of 6 s or more",
+        )
+        world.env["PKGCKPT_SHUTDOWN_TIMEOUT"] = "5"  # the commands' wait for the daemon
+        forgot = world.pkgckpt("forget", "alpha", *here)
+        assert forgot.returncode == 1
+        assert "cannot read the store" in forgot.stderr and "nothing was changed" in forgot.stderr
+        assert "did not answer" not in forgot.stderr
+        snap = world.pkgckpt("snapshot", *here)
+        assert snap.returncode == 1 and "cannot read the store" in snap.stderr, snap.stderr
+        init_store(late)
+        snap = world.pkgckpt("snapshot", *here)
+        assert snap.returncode == 0, snap.stderr
+        assert "the daemon wrote generation 1" in snap.stdout
+        assert pins(Store(late, world.key).read().body.environments[0].added) == ["alpha==1.0"]
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
 def refused_second_daemon(world: World, venv: Venv, daemon: Daemon) -> None:
     """A second `pkgckpt daemon` for the same store and key exits 4 naming `daemon`."""
     second = Daemon(
