@@ -897,6 +897,14 @@ def snapshot(config: Config) -> SnapshotResult:
     targets = checkpoint.targets(config)
     store = open_store(config)
     session, _ = checkpoint.open_session(config, targets, store)
+    for env in session.tracker.inferred:
+        # Said here, where nothing comes after: no later scan of this process sees a change.
+        log.warning(
+            "no baseline for %s: what it holds now is taken for the image's, and what is "
+            "not recorded yet stays so; a running daemon records the changes it sees "
+            "(a baseline made with `pkgckpt baseline` names it)",
+            env.where(),
+        )
     committed = checkpoint.commit(session)
     uncaptured: dict[str, str] = {}
     if config.artifacts:

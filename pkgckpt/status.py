@@ -540,6 +540,9 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     recorded_as: Environment | None = None
     """The manifest's environment, when it is another path: an R library matched by its
     role (see `pkgckpt.rmatch`)."""
+    no_baseline: bool = False
+    """The baseline does not cover it: what it held when a process first scanned it is
+    taken for the image's, so only changes a running daemon sees are recorded."""
 
 
 class Checkpoint(_Out, frozen=True, kw_only=True):
@@ -703,6 +706,8 @@ def collect(config: Config) -> Report:
             envs.append(msgspec.structs.replace(report, error=str(e)))
             continue
         pending = tuple(tracker.observe(env, obs))
+        if any(manifest.same_env(env, e) for e in tracker.inferred):
+            report = msgspec.structs.replace(report, no_baseline=True)
         planned = owed.get(j, delta)
         unrestored = _restore_would(obs.packages, planned)
         rebase = _rebase(config, target, baseline, planned, obs.packages, found)
@@ -899,6 +904,11 @@ def to_text(report: Report) -> str:
             lines.append(f"    ({rmatch.moved(e.recorded_as, e.env)})")
         if e.error:
             lines.append(f"    error: {e.error}")
+        if e.no_baseline:
+            lines.append(
+                "    no baseline: what it held when first scanned counts as the image's, not "
+                "recorded; a running daemon records the changes it sees"
+            )
         for lock in e.stale_locks:
             from .scan.r import remove_lock_command
 

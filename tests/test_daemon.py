@@ -246,6 +246,32 @@ def test_snapshot_of_an_environment_the_daemon_does_not_track_says_so(
 
 
 @pytest.mark.slow
+def test_snapshot_and_status_say_what_an_environment_without_a_baseline_leaves_unrecorded(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """A venv made after the baseline, with an install in it: with no daemon to see the
+    install, snapshot takes what it holds for its starting point. It says so (not a bare
+    "nothing to checkpoint"), and status marks that environment; the venv the baseline
+    covers is recorded as usual and not marked."""
+    other = make_venv(world.tmp / "other", with_pip=False)
+    install(world, other, wheels, "delta==1.0")
+    install(world, venv, wheels, "delta==1.0")
+    flags = [*world.flags(venv.prefix, other.prefix), "--baseline", str(world.tmp / "b.json")]
+    snap = world.pkgckpt("snapshot", *flags)
+    assert snap.returncode == 0 and "snapshot wrote generation 1" in snap.stdout, snap.stderr
+    assert f"no baseline for {other.prefix}: what it holds now is taken for" in snap.stderr
+    assert f"no baseline for {venv.prefix}" not in snap.stderr
+    assert [d.env.path for d in world.manifest().body.deltas()] == [str(venv.prefix)]  # type: ignore[union-attr]
+    shown = world.pkgckpt("status", *flags)
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout.split(f"python {other.prefix}:\n", 1)[1]
+    assert text.startswith("    no baseline: what it held when first scanned counts as the")
+    assert "no baseline" not in shown.stdout.split(f"python {other.prefix}:")[0]
+    report = json.loads(world.pkgckpt("status", "--json", *flags).stdout)
+    assert [e["no_baseline"] for e in report["environments"]] == [False, True]
+
+
+@pytest.mark.slow
 def test_snapshot_without_a_daemon_commits_itself(world: World, venv: Venv, wheels: Path) -> None:
     """No daemon: snapshot scans and commits; a second snapshot finds nothing new."""
     install(world, venv, wheels, "delta==1.0")
