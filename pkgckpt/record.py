@@ -525,6 +525,7 @@ def ask_daemon(config: Config, found: status.Found, request: Request) -> int | N
     wait = max(config.shutdown_timeout, 5.0)
     deadline = time.monotonic() + wait
     dfd = os.open(runtime, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    stopped = False
     try:
         while time.monotonic() < deadline:
             time.sleep(0.02)
@@ -533,6 +534,7 @@ def ask_daemon(config: Config, found: status.Found, request: Request) -> int | N
             except FileNotFoundError:
                 now = status.read_state(config)
                 if now is None or not status.running(now, config):
+                    stopped = True
                     break
                 continue
             except OSError as e:
@@ -554,10 +556,13 @@ def ask_daemon(config: Config, found: status.Found, request: Request) -> int | N
             os.unlink(name, dir_fd=dfd)
             taken = "nothing was changed"
         except FileNotFoundError:
-            taken = "it took the request and may still make the change"
-        raise PkgckptError(
-            f"the daemon (pid {state.pid}) did not answer within {wait:.0f} s: {taken}"
-        )
+            taken = (
+                "it took the request and may have made the change (`pkgckpt history` says)"
+                if stopped
+                else "it took the request and may still make the change"
+            )
+        why = "stopped before it answered" if stopped else f"did not answer within {wait:.0f} s"
+        raise PkgckptError(f"the daemon (pid {state.pid}) {why}: {taken}")
     finally:
         os.close(dfd)
 

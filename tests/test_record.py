@@ -269,6 +269,28 @@ def test_a_daemon_that_cannot_read_the_store_yet_answers_at_once_and_tries_it_wh
         d.close()
 
 
+def test_a_forget_whose_daemon_dies_before_answering_says_so_at_once(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """The daemon is killed while a forget waits for it: the forget says it stopped
+    before answering, at once, not that it did not answer within the whole wait."""
+    uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+    snapshot(world, venv)
+    assert daemon.proc is not None
+    daemon.signal(signal.SIGSTOP)  # it cannot take the request
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "pkgckpt", "forget", "alpha", *flags(world, venv)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=world.env,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    eventually(lambda: list(world.runtime.glob("request-*")), what="the request")
+    daemon.kill()
+    _, err = waiting.communicate(timeout=8)
+    assert waiting.returncode == 1
+    assert f"the daemon (pid {daemon.proc.pid}) stopped before it answered" in err, err
+    assert "nothing was changed" in err and "within" not in err
+
+
 def refused_second_daemon(world: World, venv: Venv, daemon: Daemon) -> None:
     """A second `pkgckpt daemon` for the same store and key exits 4 naming `daemon`."""
     second = Daemon(
