@@ -283,16 +283,30 @@ def forgotten(
     if missing:
         held = sorted({printable(p.name) for d in chosen for p in _recorded(d)})
         where = "" if not scope else " of " + ", ".join(dict.fromkeys(s.path for s in scope))
+        # Recorded out of the scope (`--env`, or an `env` setting the user may not think of).
+        inside = {env_key(d.env) for d in chosen}
+        elsewhere: dict[str, dict[str, None]] = {}
+        for d in body.deltas() if scope else ():
+            if env_key(d.env) in inside:
+                continue
+            for p in _recorded(d):
+                for n in missing:
+                    if _key(d.env.kind, p.name) in wanted[n]:
+                        elsewhere.setdefault(n, {})[printable(d.env.where())] = None
+        hint = "".join(
+            f"; {printable(n)} is recorded in {', '.join(envs)} (name it with --env / --r-lib)"
+            for n, envs in elsewhere.items()
+        )
         if held:
-            holds = f"it holds: {', '.join(held)}"
+            holds = f"it holds: {', '.join(held)}{hint}"
         elif scope and not chosen:
             # Another spelling of the path (a symlink), or an environment never recorded.
             known = sorted({printable(d.env.where()) for d in body.deltas()})
             holds = "the record has no such environment" + (
-                f"; it has: {', '.join(known)}" if known else ""
+                hint or (f"; it has: {', '.join(known)}" if known else "")
             )
         else:
-            holds = "it holds no package"
+            holds = f"it holds no package{hint}"
         raise UnknownPackage(f"not in the record{where}: {', '.join(missing)}; {holds}")
     return Body.of(
         (new.get(env_key(d.env), d) for d in body.deltas()),

@@ -933,12 +933,20 @@ def test_forget_matches_r_names_exactly_and_python_names_normalized() -> None:
     ]
     with pytest.raises(UnknownPackage, match=r"Data\.Table; it holds: data\.table, foo-bar"):
         record.forgotten(body, ["Data.Table"])
-    with pytest.raises(UnknownPackage, match=r"it holds: data\.table$"):
+    # Recorded out of the scope: where, so that the user can name it.
+    with pytest.raises(
+        UnknownPackage,
+        match=r"it holds: data\.table; foo-bar is recorded in /opt/venv \(name it with --env",
+    ):
         record.forgotten(body, ["foo-bar"], scope=[lib])
     # A path the record does not know (a symlink to a recorded one): which ones it knows.
     elsewhere = Environment(kind="python", path="/opt/link")
     with pytest.raises(
         UnknownPackage, match=r"no such environment; it has: /opt/venv, /usr/lib/R/site-library$"
+    ):
+        record.forgotten(body, ["nope"], scope=[elsewhere])
+    with pytest.raises(
+        UnknownPackage, match=r"no such environment; foo-bar is recorded in /opt/venv \("
     ):
         record.forgotten(body, ["foo-bar"], scope=[elsewhere])
 
