@@ -834,17 +834,43 @@ def _changes(label: str, changes: tuple[Change, ...]) -> list[str]:
     return _wrapped(label, words)
 
 
-def _failing(failing: tuple[manifest.Failing, ...]) -> list[str]:
+def _failing(report: Report, e: EnvReport) -> list[str]:
+    """The failing packages of `e`, each with the forget that stops it: naming `e` when
+    the name is recorded elsewhere too, which a bare forget would drop as well."""
+    import shlex
+
     from .record import printable
 
     lines = []
-    for f in failing:
+    for f in e.failing:
+        command = f"pkgckpt forget {shlex.quote(printable(f.name))}"
+        if _elsewhere(report, e, f.name):
+            # The record's path: an R library matched by its role is recorded under another.
+            env = e.recorded_as or e.env
+            flag = "--r-lib" if env.kind == "r" else "--env"
+            command += f" {flag} {shlex.quote(printable(env.path))}"
         lines.append(
             f"    failing  {printable(f.name)} {printable(f.version)}: {f.count} restore(s) "
-            f"in a row; `pkgckpt forget {printable(f.name)}` stops retrying it"
+            f"in a row; `{command}` stops retrying it"
         )
         lines += [f"             | {printable(line)}" for line in f.reason.splitlines()[-5:]]
     return lines
+
+
+def _elsewhere(report: Report, e: EnvReport, name: str) -> bool:
+    """Whether `pkgckpt forget name` would also match a package recorded in another
+    environment than `e` (as `record.forgotten` matches: Python names normalized)."""
+    from .scan.python import canonicalize_name
+
+    wanted = {name, canonicalize_name(name)}
+    for other in report.environments:
+        if other is e:
+            continue
+        for p in (*other.added, *other.changed, *other.removed):
+            key = canonicalize_name(p.name) if other.env.kind == "python" else p.name
+            if key in wanted:
+                return True
+    return False
 
 
 def to_text(report: Report) -> str:
@@ -923,7 +949,7 @@ def to_text(report: Report) -> str:
             *_changes("pending", e.pending),
             *_changes("restore", e.unrestored),
             *_wrapped("rebuild", [f"{r.name} {r.version} ({r.reason})" for r in e.rebuild]),
-            *_failing(e.failing),
+            *_failing(report, e),
             *(e.rebase.render() if e.rebase is not None else ()),
         ]
         lines.extend(body or ["    nothing recorded"])

@@ -805,6 +805,33 @@ def test_a_package_failing_three_restores_shows_its_count_and_reason_in_status(
     assert world.delta().failing == ()
 
 
+def test_the_forget_status_suggests_for_a_failing_package_recorded_twice_names_its_env(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """brokenpkg fails in the venv but is recorded in a second one too: the command status
+    offers stops the retries there and keeps the other environment's record."""
+    other = make_venv(world.tmp / "other", with_pip=False)
+    config = Config(env=(venv.prefix, other.prefix), runtime_dir=world.tmp / "probe")
+    mine, theirs = (t.env for t in targets(config) if t.env.kind == "python" and not t.env.user)
+    broken = Package(name="brokenpkg", version="1.0")
+    put_manifest(world.store, world.key, Body(environments=(
+        Delta(env=mine, added=(Package(name="alpha", version="1.0"), broken)),
+        Delta(env=theirs, added=(broken,)),
+    )))  # fmt: skip
+    run = world.pkgckpt("restore", *flags(world, venv), *restore_flags(wheels))
+    assert run.returncode == 3, run.stderr
+    both = [*flags(world, venv), "--env", str(other.prefix)]
+    text = world.pkgckpt("status", *both).stdout
+    hint = f"`pkgckpt forget brokenpkg --env {venv.prefix}` stops retrying it"
+    assert hint in text, text
+    forgot = world.pkgckpt("forget", "brokenpkg", *world.flags(venv.prefix))
+    assert forgot.returncode == 0, forgot.stderr
+    assert recorded_in(world) == {
+        str(venv.prefix): ["alpha==1.0"],
+        str(other.prefix): ["brokenpkg==1.0"],
+    }
+
+
 def recorded_broken(world: World, venv: Venv) -> None:
     """A manifest on the store recording alpha 1.0 and brokenpkg 1.0 (whose build fails)."""
     config = Config(env=(venv.prefix,), runtime_dir=world.tmp / "probe")
