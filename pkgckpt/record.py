@@ -707,6 +707,9 @@ class Reverted(msgspec.Struct, frozen=True):
     """None: a dry run, nothing written."""
     restored: Report | None = None
     """`--restore`: the restore's report."""
+    leaving: tuple[str, ...] = ()
+    """Entries of the current record that the reverted one does not name at all
+    (`name version in env`): no restore plan shows them, since nothing here changes."""
 
     @property
     def exit_code(self) -> int:
@@ -715,6 +718,11 @@ class Reverted(msgspec.Struct, frozen=True):
     def preview(self) -> str:
         """What is asked before anything is written: the revert and its restore plan."""
         head = f"Revert generation {self.current} to the record of generation {self.to}."
+        if self.leaving:
+            head += (
+                "\nLeaves the record (stays as it is here; a new container has what the image "
+                f"ships): {', '.join(self.leaving)}"
+            )
         return f"{head}\n{self.plan.render()}"
 
     def render(self, *, preview: bool = True) -> str:
@@ -732,6 +740,18 @@ class Reverted(msgspec.Struct, frozen=True):
         elif not self.plan.is_empty():
             lines.append("Nothing was installed: the next `pkgckpt restore` applies it.")
         return "\n".join(lines) + "\n"
+
+
+def _leaving(now: Body, then: Body) -> tuple[str, ...]:
+    """What `now` records under a name that `then` does not record at all, as
+    `name version in env`: a revert to `then` drops it from the record only."""
+    was = {env_key(d.env): {p.name for p in _recorded(d)} for d in then.deltas()}
+    return tuple(
+        f"{printable(p.name)} {printable(p.version)} in {printable(d.env.where())}"
+        for d in now.deltas()
+        for p in _recorded(d)
+        if p.name not in was.get(env_key(d.env), set())
+    )
 
 
 def revert(
@@ -757,7 +777,12 @@ def revert(
     old = _generation(store, generation, current.generation)
     body = reverted(current.body, old)
     plan = restore_.plan_of(config, Manifest(generation=generation, body=body))
-    result = Reverted(to=generation, current=current.generation, plan=plan)
+    result = Reverted(
+        to=generation,
+        current=current.generation,
+        plan=plan,
+        leaving=_leaving(current.body, old.body),
+    )
     if dry_run:
         return result
     if confirm is not None and not confirm(result.preview()):

@@ -695,6 +695,23 @@ def test_revert_then_restore_brings_the_generation_back(
     assert pins(world.delta().added) == ["alpha==1.0"]
 
 
+def test_revert_names_what_leaves_the_record_and_stays_as_it_is_here(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """Generation 2 added delta; reverting to 1 takes it out of the record but not out of
+    this container: the preview says so, as the restore plan cannot (it has nothing to do
+    for delta), so that the user knows a new container will not get it."""
+    two_generations(world, venv, wheels)
+    preview = world.pkgckpt("revert", "1", "--dry-run", *flags(world, venv))
+    assert preview.returncode == 0, preview.stderr
+    assert (
+        "Leaves the record (stays as it is here; a new container has what the image ships): "
+        f"delta 1.0 in {venv.prefix}"
+    ) in preview.stdout, preview.stdout
+    (line,) = [x for x in preview.stdout.splitlines() if x.startswith("Leaves the record")]
+    assert "alpha" not in line  # still recorded, at 1.0: the plan shows it
+
+
 def test_revert_with_restore_installs_it_now(world: World, venv: Venv, wheels: Path) -> None:
     """`--restore` applies the reverted record in this container at once."""
     two_generations(world, venv, wheels)
