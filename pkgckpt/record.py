@@ -13,11 +13,12 @@ credentials stripped, at most 500 bytes).
 Each change to the record is a pure function of the current body (`forgotten`,
 `reverted`, `with_failures`), applied by the one writer of the manifest (DESIGN
 invariant 3): the running daemon when there is one, asked through a request file in the
-runtime directory (`ask_daemon`, served by `serve`); else the command itself, through the
-store. History is only ever appended: a forget or a revert is a new generation whose body
-carries it as an `Event`. A restore's bookkeeping (failure counts, a rebase's marks) is
-no change of the record: it amends the current generation, as captured artifacts do
-(`checkpoint.commit`), so a package failing at every start costs no kept generation.
+runtime directory (`ask_daemon`, served by `serve`, or answered by `refuse` while the
+daemon has not read the store); else the command itself, through the store. History is
+only ever appended: a forget or a revert is a new generation whose body carries it as an
+`Event`. A restore's bookkeeping (failure counts, a rebase's marks) is no change of the
+record: it amends the current generation, as captured artifacts do (`checkpoint.commit`),
+so a package failing at every start costs no kept generation.
 
 What a forget leaves behind (the delta's `forgotten`, the installs the record ignores) is
 what stops the next scan from recording the package again; `checkpoint.Tracker` says
@@ -82,6 +83,7 @@ __all__ = [
     "history",
     "printable",
     "reason",
+    "refuse",
     "remember",
     "revert",
     "reverted",
