@@ -822,11 +822,11 @@ def test_a_package_failing_three_restores_shows_its_count_and_reason_in_status(
     assert world.delta().failing == ()
 
 
-def test_the_forget_status_suggests_for_a_failing_package_recorded_twice_names_its_env(
+def test_the_forget_offered_for_a_failing_package_recorded_twice_names_its_env(
     world: World, venv: Venv, wheels: Path
 ) -> None:
-    """brokenpkg fails in the venv but is recorded in a second one too: the command status
-    offers stops the retries there and keeps the other environment's record."""
+    """brokenpkg fails in the venv but is recorded in a second one too: the command restore
+    and status offer stops the retries there and keeps the other environment's record."""
     other = make_venv(world.tmp / "other", with_pip=False)
     config = Config(env=(venv.prefix, other.prefix), runtime_dir=world.tmp / "probe")
     mine, theirs = (t.env for t in targets(config) if t.env.kind == "python" and not t.env.user)
@@ -837,6 +837,9 @@ def test_the_forget_status_suggests_for_a_failing_package_recorded_twice_names_i
     )))  # fmt: skip
     run = world.pkgckpt("restore", *flags(world, venv), *restore_flags(wheels))
     assert run.returncode == 3, run.stderr
+    # The failed restore names the same command, in its report and in its last line.
+    assert f"`pkgckpt forget brokenpkg --env {venv.prefix}` stops it" in run.stdout
+    assert f"`pkgckpt forget brokenpkg --env {venv.prefix}` stops retrying it" in run.stderr
     both = [*flags(world, venv), "--env", str(other.prefix)]
     text = world.pkgckpt("status", *both).stdout
     hint = f"`pkgckpt forget brokenpkg --env {venv.prefix}` stops retrying it"

@@ -90,6 +90,7 @@ from ..errors import PartialRestore, RestoreUnavailable
 from ..manifest import (
     Artifact,
     Baseline,
+    Body,
     Delta,
     DirectorySource,
     Environment,
@@ -181,6 +182,10 @@ class Failure(_Out, frozen=True, kw_only=True):
     version: str
     action: Literal["install", "remove"]
     message: str
+    forget: str = ""
+    """The command that stops its retries: `pkgckpt forget NAME`, naming the environment
+    when another one records NAME too (a bare forget would drop it there as well); empty
+    where no record was read."""
 
 
 class EnvPlan(_Out, frozen=True, kw_only=True):
@@ -352,7 +357,8 @@ class Report(_Out, frozen=True, kw_only=True):
             for f in e.failed:
                 lines.append(f"  failed to {f.action} {f.name} {f.version}:")
                 lines += [f"    | {line}" for line in f.message.splitlines()]
-                lines.append(f"    (retried at every restore: `pkgckpt forget {f.name}` stops it)")
+                stop = f.forget or f"pkgckpt forget {f.name}"
+                lines.append(f"    (retried at every restore: `{stop}` stops it)")
         for ep in self.plan.environments:
             if ep.rebase is not None:
                 lines.append(f"{ep.env.where()}: rebased onto a new image")
@@ -1030,6 +1036,34 @@ def _record(config: Config, report: Report, seconds: float) -> None:
     record_restore(config, seconds, outcomes)
 
 
+def _forget_commands(report: Report, body: Body) -> Report:
+    """`report` with each failure's `forget` command, from the record `body`."""
+    import shlex
+
+    from ..manifest import same_env
+
+    envs = []
+    for e in report.environments:
+        planned = next((p for p in report.plan.environments if same_env(p.env, e.env)), None)
+        # The record's path: an R library matched by its role is recorded under another.
+        recorded = (planned.recorded if planned is not None else None) or e.env
+        failed = []
+        for f in e.failed:
+            command = f"pkgckpt forget {shlex.quote(f.name)}"
+            wanted = {f.name, canonical(f.name)}
+            if any(
+                (canonical(p.name) if d.env.kind == "python" else p.name) in wanted
+                for d in body.deltas()
+                if not same_env(d.env, recorded)
+                for p in (*d.added, *d.changed, *d.removed)
+            ):
+                flag = "--r-lib" if recorded.kind == "r" else "--env"
+                command += f" {flag} {shlex.quote(recorded.path)}"
+            failed.append(msgspec.structs.replace(f, forget=command))
+        envs.append(msgspec.structs.replace(e, failed=tuple(failed)))
+    return msgspec.structs.replace(report, environments=tuple(envs))
+
+
 def run(config: Config, *, dry_run: bool = False, progress: Progress | None = None) -> Report:
     """`pkgckpt restore`: raises PartialRestore (with the Report) when anything failed."""
     from ..inventory import ensure_baseline, targets
@@ -1061,6 +1095,8 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
         if e.rebase is not None
         for d in e.rebase.decisions
     )
+    if manifest is not None and report.failures:
+        report = _forget_commands(report, manifest.body)
     if manifest is not None and (
         report.failures or marks or any(d.failing or d.rebased for d in manifest.body.deltas())
     ):
@@ -1085,7 +1121,8 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
         failed = report.failures
         names = ", ".join(f.name for f in failed[:5]) + (", ..." if len(failed) > 5 else "")
         what = "the timeout ran out" if report.timed_out else f"{len(failed)} package(s) failed"
-        hint = f"; `pkgckpt forget {failed[0].name}` stops retrying it" if failed else ""
+        stop = (failed[0].forget or f"pkgckpt forget {failed[0].name}") if failed else ""
+        hint = f"; `{stop}` stops retrying it" if failed else ""
         raise PartialRestore(
             f"restore incomplete: {what}" + (f" ({names})" if names else "") + hint,
             report=report,
