@@ -78,6 +78,7 @@ elif len(soabi) > 1 and soabi[0].startswith("pypy"):
     abi = soabi[0] + "_" + soabi[1]
 print(repr({
     "prefix": sys.prefix,
+    "base_prefix": sys.base_prefix,
     "purelib": paths["purelib"],
     "platlib": paths["platlib"],
     "version": "%d.%d.%d" % sys.version_info[:3],
@@ -105,6 +106,9 @@ class PythonEnv(msgspec.Struct, frozen=True):
     user_site: Path | None
     """The user site (`pip install --user`) when the interpreter enables it, whether or
     not it exists yet; None in a venv without system site packages."""
+    base_prefix: Path | None = None
+    """The interpreter's `sys.base_prefix` (another than `prefix` in a venv); None when the
+    layout was guessed."""
 
     def environment(self, user: bool = False) -> Environment:
         return Environment(
@@ -196,6 +200,7 @@ class _Answer(msgspec.Struct, frozen=True, kw_only=True):
     site_dirs: tuple[str, ...]
     user_site: str | None
     abi: str | None = None
+    base_prefix: str | None = None
 
 
 class _Kept(msgspec.Struct, frozen=True, kw_only=True):
@@ -313,6 +318,7 @@ def _found(python: Path, answer: _Answer) -> PythonEnv:
         abi=_abi(answer.abi),
         site_dirs=tuple(Path(d) for d in answer.site_dirs),
         user_site=Path(answer.user_site) if answer.user_site else None,
+        base_prefix=Path(answer.base_prefix) if answer.base_prefix else None,
     )
 
 
@@ -325,6 +331,7 @@ def _answer(found: PythonEnv) -> _Answer:
         abi=found.abi,
         site_dirs=tuple(str(d) for d in found.site_dirs),
         user_site=None if found.user_site is None else str(found.user_site),
+        base_prefix=None if found.base_prefix is None else str(found.base_prefix),
     )
 
 
@@ -401,6 +408,7 @@ def _ask(python: Path) -> PythonEnv | None:
             abi=_abi(answer.get("abi")),
             site_dirs=(purelib,) if purelib == platlib else (purelib, platlib),
             user_site=Path(user) if user else None,
+            base_prefix=Path(answer["base_prefix"]),
         )
     except (ValueError, IndexError, KeyError, TypeError, SyntaxError, MemoryError, RecursionError):
         log.warning(
