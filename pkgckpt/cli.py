@@ -92,6 +92,14 @@ _SELECTORS = (
         "Default: the environment running pkgckpt.",
     ),
     click.option(
+        "--own-env",
+        type=_Path(path_type=Path),
+        metavar="PREFIX",
+        help="The environment to take as pkgckpt's own, e.g. the notebook server's when "
+        "pkgckpt runs from a venv of its own: tracked, and searched for Jupyter kernels "
+        "and conda's root. Default: the environment running pkgckpt.",
+    ),
+    click.option(
         "--r-lib",
         multiple=True,
         type=_Path(path_type=Path),

@@ -251,7 +251,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     key_defaulted: str | None = None
     """The name the key fell back to when none was set (set by `load` only); see check_key."""
     env: tuple[Path, ...] = ()
-    """Python prefixes; empty means the environment running pkgckpt (`sys.prefix`)."""
+    """Python prefixes, exactly these; empty: `own_env` and what discovery finds."""
+    own_env: Path | None = None
+    """The environment pkgckpt takes as its own: tracked with its user site, and the one
+    whose Jupyter data directory and conda root discovery reads (`inventory.own_env`).
+    None: the environment running pkgckpt (`sys.prefix`). For an image that runs pkgckpt
+    from a venv of its own beside the notebook server's environment."""
     r_lib: tuple[Path, ...] = ()
     """R libraries; given, exactly these are tracked. Empty: the libraries R uses (see
     `discover`)."""
@@ -318,7 +323,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise UsageError(f"on_conflict: {self.on_conflict!r} is neither 'image' nor 'user'")
 
     def python_envs(self) -> tuple[Path, ...]:
-        return self.env or (Path(sys.prefix),)
+        return self.env or (self.own_env or Path(sys.prefix),)
 
     def r_libs(self) -> tuple[Path, ...]:
         """The R libraries named in the settings; the ones R uses are found in inventory."""

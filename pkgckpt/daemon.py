@@ -186,7 +186,9 @@ def _prefixes(targets: Iterable[Target]) -> set[Path]:
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
-        found = inventory.discover(config)
+        # Asked once: a broken own_env is a usage error at the start, not in the loop.
+        self.own = inventory.own_env(config)
+        found = inventory.discover(config, self.own)
         self.targets: list[Target] = checkpoint.targets(config, found)
         self.discovery: set[Path] = set(found.watch) | _prefixes(self.targets)
         """Directories where a new environment may show (see `discovery`), and the Python
@@ -577,7 +579,7 @@ class Daemon:
         """Discover again (a kernelspec, a conda environment may have appeared) and track
         the environments that are new, from their first scan on."""
         for _ in range(5):
-            found = inventory.discover(self.config)
+            found = inventory.discover(self.config, self.own)
             fresh = [p for p in found.watch if p not in self.discovery]
             # Watched before they are read again: what is written into them from now on
             # (kernel.json after its directory) comes back as an event.

@@ -14,6 +14,11 @@ Without `--env`, pkgckpt tracks, besides its own environment and the user site:
   `envs_dirs` directory (`.condarc` files, `CONDA_ENVS_PATH`, `~/.conda/envs`, the root
   prefix's `envs`).
 
+"Its own environment" and `sys` above are the environment Jupyter runs from (`Own`):
+pkgckpt's own by default, the one the `own_env` setting names when pkgckpt runs from a
+venv of its own beside the notebook server's. Its facts (prefix, base prefix, user site)
+are then what its interpreter says (`scan.env.probe`), never what pkgckpt's `sys` holds.
+
 Every path read from a kernelspec, a `.condarc` or `environments.txt` is hostile: before
 an interpreter named there is started, it and every directory above it must belong to this
 user or root and be writable by no one else (a sticky directory such as /tmp excepted:
@@ -68,6 +73,25 @@ class Unreadable(msgspec.Struct, frozen=True):
     reason: str
 
 
+class Own(msgspec.Struct, frozen=True):
+    """The environment Jupyter and conda are taken to run from, as its interpreter sees it."""
+
+    prefix: Path
+    base_prefix: Path
+    """Another than `prefix` in a venv."""
+    user_site: bool
+    """Whether the interpreter enables the user site (`site.ENABLE_USER_SITE`)."""
+
+
+def running() -> Own:
+    """The environment running pkgckpt: the default `Own`."""
+    return Own(
+        prefix=Path(sys.prefix),
+        base_prefix=Path(sys.base_prefix),
+        user_site=bool(site.ENABLE_USER_SITE),
+    )
+
+
 class Discovered(msgspec.Struct, frozen=True):
     found: tuple[Found, ...] = ()
     unreadable: tuple[Unreadable, ...] = ()
@@ -116,29 +140,31 @@ def _envset(value: str) -> bool:
     return value.lower() not in ("no", "n", "false", "off", "0", "0.0")
 
 
-def _prefer_env(environ: Mapping[str, str]) -> bool:
-    """`jupyter_core.paths.prefer_environment_over_user()`."""
+def _prefer_env(environ: Mapping[str, str], own: Own) -> bool:
+    """`jupyter_core.paths.prefer_environment_over_user()`, in the `own` environment."""
     if "JUPYTER_PREFER_ENV_PATH" in environ:
         return _envset(environ["JUPYTER_PREFER_ENV_PATH"])
     try:
-        mine = Path(sys.prefix).stat().st_uid == os.geteuid()
+        mine = own.prefix.stat().st_uid == os.geteuid()
     except OSError:
         mine = False
-    if sys.prefix != sys.base_prefix and mine:
+    if own.prefix != own.base_prefix and mine:
         return True
     conda = environ.get("CONDA_PREFIX")
     return bool(
         conda
-        and sys.prefix.startswith(conda)
+        and str(own.prefix).startswith(conda)
         and environ.get("CONDA_DEFAULT_ENV", "base") != "base"
         and mine
     )
 
 
-def user_data_dirs(environ: Mapping[str, str]) -> list[Path]:
-    """The user's own directories of Jupyter's data path: no environment's `share`."""
+def user_data_dirs(environ: Mapping[str, str], own: Own | None = None) -> list[Path]:
+    """The user's own directories of Jupyter's data path, as Jupyter running in `own`
+    (default: pkgckpt's environment) has them: no environment's `share`."""
+    own = own or running()
     user = [jupyter_data_dir(environ)]
-    if site.ENABLE_USER_SITE:
+    if own.user_site:
         base = environ.get("PYTHONUSERBASE") or site.getuserbase()
         if base:
             userdir = Path(base) / "share" / "jupyter"
@@ -147,15 +173,17 @@ def user_data_dirs(environ: Mapping[str, str]) -> list[Path]:
     return user
 
 
-def jupyter_path(environ: Mapping[str, str]) -> list[Path]:
-    """`jupyter_core.paths.jupyter_path()` on Linux: the data directories, first wins."""
+def jupyter_path(environ: Mapping[str, str], own: Own | None = None) -> list[Path]:
+    """`jupyter_core.paths.jupyter_path()` on Linux, as Jupyter running in `own` (default:
+    pkgckpt's environment) computes it: the data directories, first wins."""
+    own = own or running()
     paths: list[Path] = []
     if environ.get("JUPYTER_PATH"):
         paths.extend(Path(p.rstrip(os.sep)) for p in environ["JUPYTER_PATH"].split(os.pathsep) if p)
-    user = user_data_dirs(environ)
+    user = user_data_dirs(environ, own)
     system = [Path("/usr/local/share/jupyter"), Path("/usr/share/jupyter")]
-    env = [p for p in (Path(sys.prefix) / "share" / "jupyter",) if p not in system]
-    paths.extend([*env, *user] if _prefer_env(environ) else [*user, *env])
+    env = [p for p in (own.prefix / "share" / "jupyter",) if p not in system]
+    paths.extend([*env, *user] if _prefer_env(environ, own) else [*user, *env])
     paths.extend(system)
     return list(dict.fromkeys(paths))
 
@@ -168,10 +196,10 @@ class _Kernel(msgspec.Struct, frozen=True):
     """In one of the user's own data directories (`user_data_dirs`)."""
 
 
-def _kernelspecs(environ: Mapping[str, str], watch: list[Path]) -> Iterator[_Kernel]:
+def _kernelspecs(environ: Mapping[str, str], watch: list[Path], own: Own) -> Iterator[_Kernel]:
     seen: set[str] = set()
-    user = user_data_dirs(environ)
-    for data_dir in jupyter_path(environ):
+    user = user_data_dirs(environ, own)
+    for data_dir in jupyter_path(environ, own):
         kernels = data_dir / "kernels"
         watch.append(kernels)
         try:
@@ -231,11 +259,15 @@ def _kernel_interpreter(kernel: _Kernel) -> tuple[Path | None, str]:
 
 
 def _kernels(
-    environ: Mapping[str, str], cache_dir: Path | None, image: Path | None, watch: list[Path]
+    environ: Mapping[str, str],
+    own: Own,
+    cache_dir: Path | None,
+    image: Path | None,
+    watch: list[Path],
 ) -> Iterator[Found | Unreadable]:
     from .scan.env import probe
 
-    for kernel in _kernelspecs(environ, watch):
+    for kernel in _kernelspecs(environ, watch, own):
         origin = f"kernelspec {kernel.directory}"
         python, why = _kernel_interpreter(kernel)
         if python is None:
@@ -282,25 +314,27 @@ def _loose_interpreter(prefix: Path) -> str | None:
 # -- conda -----------------------------------------------------------------------------
 
 
-def conda_root(environ: Mapping[str, str]) -> Path | None:
-    """The root (base) prefix of the image's conda, as conda and mamba find it."""
+def conda_root(environ: Mapping[str, str], own: Own | None = None) -> Path | None:
+    """The root (base) prefix of the image's conda, as conda and mamba find it; without a
+    variable naming it, `own`'s (default: pkgckpt's environment's) when it is conda's."""
     for var in ("CONDA_ROOT", "MAMBA_ROOT_PREFIX"):
         if environ.get(var):
             return Path(environ[var])
     exe = environ.get("CONDA_EXE") or environ.get("MAMBA_EXE")
     if exe and Path(exe).is_absolute():
         return Path(exe).parent.parent
-    if (Path(sys.prefix) / "conda-meta").is_dir():
-        return Path(sys.base_prefix)
+    own = own or running()
+    if (own.prefix / "conda-meta").is_dir():
+        return own.base_prefix
     return None
 
 
-def condarc_files(environ: Mapping[str, str]) -> list[Path]:
+def condarc_files(environ: Mapping[str, str], own: Own | None = None) -> list[Path]:
     """conda's configuration search path, in its order (later files add to earlier)."""
     home = Path(environ.get("HOME") or Path.home())
     xdg = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
     bases = [Path("/etc/conda"), Path("/var/lib/conda")]
-    root = conda_root(environ)
+    root = conda_root(environ, own)
     if root is not None:
         bases.append(root)
     bases += [xdg / "conda", home / ".config" / "conda", home / ".conda"]
@@ -363,14 +397,14 @@ def _expanduser(path: str) -> str:
     return os.path.expanduser(path)  # noqa: PTH111
 
 
-def envs_dirs(environ: Mapping[str, str]) -> list[Path]:
+def envs_dirs(environ: Mapping[str, str], own: Own | None = None) -> list[Path]:
     """conda's `envs_dirs`: CONDA_ENVS_PATH, then the .condarc files, then the defaults."""
     dirs: list[Path] = []
     for var in ("CONDA_ENVS_PATH", "CONDA_ENVS_DIRS"):
         dirs += [Path(_expanduser(p)) for p in environ.get(var, "").split(os.pathsep) if p]
-    for rc in condarc_files(environ):
+    for rc in condarc_files(environ, own):
         dirs += _condarc_envs_dirs(rc)
-    root = conda_root(environ)
+    root = conda_root(environ, own)
     if root is not None:
         dirs.append(root / "envs")
     home = Path(environ.get("HOME") or Path.home())
@@ -378,7 +412,7 @@ def envs_dirs(environ: Mapping[str, str]) -> list[Path]:
     return [d for d in dict.fromkeys(dirs) if d.is_absolute()]
 
 
-def _conda(environ: Mapping[str, str], watch: list[Path]) -> Iterator[Found | Unreadable]:
+def _conda(environ: Mapping[str, str], own: Own, watch: list[Path]) -> Iterator[Found | Unreadable]:
     home = Path(environ.get("HOME") or Path.home())
     listing = home / ".conda" / "environments.txt"
     watch.append(listing.parent)
@@ -391,7 +425,7 @@ def _conda(environ: Mapping[str, str], watch: list[Path]) -> Iterator[Found | Un
         else:
             lines = (line.strip() for line in text.splitlines())
             named += [(line, str(listing)) for line in lines if line and not line.startswith("#")]
-    for d in envs_dirs(environ):
+    for d in envs_dirs(environ, own):
         watch.append(d)
         try:
             entries = sorted(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
@@ -432,20 +466,23 @@ def discover(
     cache_dir: Path | None = None,
     image: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    own: Own | None = None,
 ) -> Discovered:
     """The environments `sources` name (kernels, conda), each once, first origin kept.
 
-    `cache_dir` and `image`: where interpreters' answers are kept (`scan.env.probe`)."""
+    `cache_dir` and `image`: where interpreters' answers are kept (`scan.env.probe`).
+    `own`: the environment Jupyter and conda run from; None: pkgckpt's (`running()`)."""
     environ = os.environ if environ is None else environ
+    own = own or running()
     wanted = set(sources)
     watch: list[Path] = []
     found: dict[Path, Found] = {}
     unreadable: dict[str, Unreadable] = {}
     parts: list[Iterator[Found | Unreadable]] = []
     if "kernels" in wanted:
-        parts.append(_kernels(environ, cache_dir, image, watch))
+        parts.append(_kernels(environ, own, cache_dir, image, watch))
     if "conda" in wanted:
-        parts.append(_conda(environ, watch))
+        parts.append(_conda(environ, own, watch))
     for part in parts:
         for item in part:
             if isinstance(item, Found):

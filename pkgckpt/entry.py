@@ -85,6 +85,7 @@ def _text(value: str) -> str:
 RESTORE = (
     # The selectors every command takes (cli._SELECTORS).
     Option(("--env",), "env", "multiple", _path, ()),
+    Option(("--own-env",), "own_env", "value", _path),
     Option(("--r-lib",), "r_lib", "multiple", _path, ()),
     Option(("--r-discover",), "r_discover", "flag"),
     Option(("--store",), "store", "value", _store_path),

@@ -19,7 +19,7 @@ import msgspec
 
 from . import manifest
 from .config import Config, ensure_runtime_dir
-from .errors import ManifestError, PkgckptError, ScanError
+from .errors import ManifestError, PkgckptError, ScanError, UsageError
 from .logs import getLogger
 from .manifest import Baseline, Environment, Inventory, Package
 from .scan import ScanResult
@@ -28,7 +28,7 @@ from .scan.python import SiteScanner
 from .scan.python import entry_name as python_entry_name
 
 if TYPE_CHECKING:
-    from .discovery import Discovered, Unreadable
+    from .discovery import Discovered, Own, Unreadable
     from .scan.r import RLibs
 
 log = getLogger(__name__)
@@ -214,13 +214,63 @@ def entry_name(kind: str, entry: str) -> str:
     return python_entry_name(entry)
 
 
-def discover(config: Config) -> Discovered:
-    """The environments found beyond pkgckpt's own: none when `--env` names them."""
+def discover(config: Config, own: Own | None = None) -> Discovered:
+    """The environments found beyond pkgckpt's own: none when `--env` names them.
+
+    `own`: `own_env(config)` when the caller has it already (the daemon, once)."""
     from . import discovery
 
     if config.env:
         return discovery.Discovered()
-    return discovery.discover(config.discover, cache_dir=config.runtime_dir, image=config.baseline)
+    return discovery.discover(
+        config.discover,
+        cache_dir=config.runtime_dir,
+        image=config.baseline,
+        own=own or own_env(config),
+    )
+
+
+def own_env(config: Config) -> Own | None:
+    """The environment the `own_env` setting names, as its own interpreter describes it
+    (`scan.env.probe`: asked once and kept; nothing of it is imported here); None when the
+    setting is not given, or `--env` names the environments (nothing is discovered then).
+
+    Named by the image or the user, it is trusted as an `--env` prefix is: the notebook
+    server runs from it, so whoever may write it runs code as the user already. What
+    discovery reads because of it (kernelspecs, `.condarc` files) is checked as usual.
+    Raises UsageError when it is no Python environment: a slip in the setting would
+    otherwise leave the environment users install into untracked, silently.
+    """
+    prefix = config.own_env
+    if prefix is None or config.env:
+        return None
+    from .discovery import Own
+    from .scan.env import interpreter, probe
+
+    def refuse(why: str) -> UsageError:
+        return UsageError(
+            f"own_env: {prefix} is not a Python environment ({why}); name the prefix of the "
+            "environment the notebook server runs from (the directory holding bin/python), "
+            "or leave own_env out for the one running pkgckpt"
+        )
+
+    if not prefix.is_absolute():
+        raise refuse("not an absolute path")
+    if not os.path.isdir(prefix):  # noqa: PTH112 (pathlib's raises on EACCES)
+        raise refuse(absence(prefix))
+    python = interpreter(prefix)
+    if python is None:
+        raise refuse("no bin/python3 or bin/python to run")
+    answer = probe(python, cache_dir=config.runtime_dir, image=config.baseline)
+    if answer is None or answer.base_prefix is None:
+        raise refuse(f"{python} did not say what its environment is")
+    if os.path.realpath(answer.prefix) != os.path.realpath(prefix):
+        raise refuse(f"{python} belongs to {answer.prefix}")
+    return Own(
+        prefix=answer.prefix,
+        base_prefix=answer.base_prefix,
+        user_site=answer.user_site is not None,
+    )
 
 
 def targets(
@@ -261,7 +311,7 @@ def targets(
                 )
             )
 
-    own = "--env" if config.env else "pkgckpt's own"
+    own = "--env" if config.env else "own_env" if config.own_env else "pkgckpt's own"
     named = [(prefix, own) for prefix in config.python_envs()]
     for prefix, origin in [*named, *((f.prefix, f.origin) for f in discovered)]:
         meta = prefix / "conda-meta"

@@ -412,7 +412,7 @@ PATHS = sorted(name for name, kind in config._FIELDS.items() if kind in ("Path",
 
 def test_the_single_path_settings_are_these() -> None:
     assert PATHS == [
-        "artifact_pool", "baseline", "metrics_file", "r_home", "runtime_dir", "store",
+        "artifact_pool", "baseline", "metrics_file", "own_env", "r_home", "runtime_dir", "store",
         "store_secret_file",
     ]  # fmt: skip
 
