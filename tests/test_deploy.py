@@ -310,6 +310,21 @@ def test_kubelet_order_snapshot_then_sigterm_then_flush_within_grace(
     assert text.index("stopped: every change is on the store", hook_line) > hook_line, text
 
 
+def test_notebook_image_takes_the_servers_environment_as_pkgckpts_own() -> None:
+    """pkgckpt runs from its venv; /opt/conda, the server's, is named by own_env, not --env
+    (PKGCKPT_ENV tracks exactly what it names: no kernel or conda environment users add)."""
+    text = (DEPLOY / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
+    settings = dict(
+        word.split("=", 1)
+        for line in text.splitlines()
+        if line.startswith("ENV ")
+        for word in line.split()[1:]
+    )
+    assert "PKGCKPT_ENV" not in settings
+    assert settings["PKGCKPT_OWN_ENV"] == "/opt/conda"
+    assert "python -m venv /opt/pkgckpt" in text
+
+
 def test_rstudio_image_takes_its_baseline_as_its_user() -> None:
     """The RStudio image's baseline is taken as `rstudio` with its HOME, as its start-up
     scripts run pkgckpt (tests/security/test_rstudio_start.py runs those)."""
