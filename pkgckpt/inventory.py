@@ -254,8 +254,6 @@ def own_env(config: Config) -> Own | None:
             "or leave own_env out for the one running pkgckpt"
         )
 
-    if not prefix.is_absolute():
-        raise refuse("not an absolute path")
     if not os.path.isdir(prefix):  # noqa: PTH112 (pathlib's raises on EACCES)
         raise refuse(absence(prefix))
     python = interpreter(prefix)

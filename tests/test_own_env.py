@@ -156,7 +156,7 @@ def recorded(world: World) -> dict[tuple[str, bool], list[str]]:
     }
 
 
-@pytest.mark.parametrize("what", ["plain directory", "missing", "relative", "bin of a venv"])
+@pytest.mark.parametrize("what", ["plain directory", "missing", "bin of a venv"])
 def test_own_env_that_is_no_python_prefix_is_a_usage_error(
     image: Image, tmp_path: Path, what: str
 ) -> None:
@@ -167,7 +167,6 @@ def test_own_env_that_is_no_python_prefix_is_a_usage_error(
     path = {
         "plain directory": str(plain),
         "missing": str(tmp_path / "nothing"),
-        "relative": "server",
         "bin of a venv": str(image.b.prefix / "bin"),
     }[what]
     w = image.world

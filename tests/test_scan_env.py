@@ -151,7 +151,7 @@ def test_an_abi_that_is_not_a_tag_is_not_recorded(tmp_path: Path, abi: object) -
     answer = {
         "prefix": str(venv.prefix), "purelib": site, "platlib": site, "version": "3.11.7",
         "implementation": "cpython", "platform": "linux_x86_64", "user_site": None,
-        "abi": abi,
+        "abi": abi, "base_prefix": sys.base_prefix,
     }  # fmt: skip
     _answers(venv.prefix, repr(answer))
     env = python_env(venv.prefix)
