@@ -222,6 +222,48 @@ def test_a_binary_for_another_r_or_another_package_is_never_installed(
 
 
 @needs_r
+def test_a_binary_whose_links_climb_out_through_its_own_links_is_never_installed(
+    captured: Captured, tmp_path: Path
+) -> None:
+    """Links each inside the package on their own (`d/b -> ..`) but chained to climb above
+    it, a member beneath a link, a link given twice: refused before R runs, and nothing is
+    written through them outside the package."""
+    files = captured.fetch(tmp_path / "fetched")
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    hops = 30  # each `d/b` is the top again: 2 * hops levels above it reach "/"
+    climb = "/".join(["d/b"] * hops + [".."] * (2 * hops))
+    cases = {
+        "links out of the package": [("d/b", ".."), ("a", climb), (f"a{planted}/PLANTED", None)],
+        "beneath the link": [("d/b", ".."), ("a", "d/b"), ("a/PLANTED", None)],
+        "more than once": [("d/b", ".."), ("a", "d/b/../.."), ("d/b", "R")],
+    }
+    p = captured.packages["ckpt.base"]
+    for i, (why, members) in enumerate(cases.items()):
+        bad = tmp_path / f"bad{i}.tar.gz"
+        with tarfile.open(files["ckpt.base"]) as tar, tarfile.open(bad, "w:gz") as out:
+            for m in tar.getmembers():
+                out.addfile(m, tar.extractfile(m) if m.isfile() else None)
+            directory = tarfile.TarInfo("ckpt.base/d")
+            directory.type = tarfile.DIRTYPE
+            out.addfile(directory)
+            for member, target in members:
+                info = tarfile.TarInfo(f"ckpt.base/{member}")
+                if target is None:  # a file written through the link
+                    info.size = len(b"planted\n")
+                    out.addfile(info, io.BytesIO(b"planted\n"))
+                else:
+                    info.type, info.linkname = tarfile.SYMTYPE, target
+                    out.addfile(info)
+        fresh = tmp_path / f"fresh{i}"
+        results = installer(fresh).install_binaries([p], {p.name: bad}, deadline=Deadline(60))
+        assert not results[p.name].ok
+        assert why in results[p.name].output, results[p.name].output
+        assert not (fresh / "ckpt.base").exists()
+        assert not (planted / "PLANTED").exists()
+
+
+@needs_r
 def test_a_binary_that_installs_but_does_not_load_is_reported_alone_and_removed(
     captured: Captured, tmp_path: Path
 ) -> None:
@@ -294,8 +336,8 @@ def test_fits_refuses_another_r_minor_or_platform() -> None:
 def test_what_is_not_the_recorded_install_is_not_captured(
     captured: Captured, tmp_path: Path
 ) -> None:
-    """Gone, another version, or holding a FIFO or a link out of the package:
-    Uncapturable with the reason, and nothing left in the output directory."""
+    """Gone, another version, or holding a FIFO or a link out of the package (on its own
+    or through another link): Uncapturable with the reason."""
     lib = tmp_path / "lib"
     shutil.copytree(captured.lib / "ckpt.base", lib / "ckpt.base", symlinks=True)
     p = captured.packages["ckpt.base"]
@@ -314,6 +356,12 @@ def test_what_is_not_the_recorded_install_is_not_captured(
     (lib / "ckpt.base" / "R" / "evil").symlink_to("/etc/passwd")
     assert "links out of the package" in attempt(p)
     (lib / "ckpt.base" / "R" / "evil").unlink()
+    # Each inside on paper; `evil` through `up` is the library's parent.
+    (lib / "ckpt.base" / "R" / "up").symlink_to("..")
+    (lib / "ckpt.base" / "R" / "evil").symlink_to("up/../..")
+    assert "R/evil links out of the package" in attempt(p)
+    (lib / "ckpt.base" / "R" / "evil").unlink()
+    (lib / "ckpt.base" / "R" / "up").unlink()
     os.mkfifo(lib / "ckpt.base" / "R" / "pipe")
     assert "not a file" in attempt(p)
 

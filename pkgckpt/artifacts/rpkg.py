@@ -18,18 +18,19 @@ directory into place: the directory's and its DESCRIPTION's identity are compare
 and after).
 
 `check_binary` is the restore side: before `R CMD INSTALL` sees a verified copy, the
-tarball must hold only `<pkg>/...` members (no absolute path, no `..`, no link out), and
-its DESCRIPTION that package at that version, built for the running R's major.minor.
+tarball must hold only `<pkg>/...` members (no absolute path, no `..`, none twice, none
+beneath a link, no link out even through other links: `_link_out`), and its DESCRIPTION
+that package at that version, built for the running R's major.minor.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-import posixpath
 import re
 import stat
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -133,6 +134,7 @@ def _read_description(path: Path) -> str:
 def _pack(directory: Path, name: str, raw: IO[bytes]) -> None:
     # GNU format, as R's own tar() writes: R's internal untar reads its long names.
     gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=COMPRESSLEVEL)
+    links: dict[str, str] = {}
     with gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
         tar.addfile(_info(name, tarfile.DIRTYPE, 0o755))
         # Not following links: a linked directory is packed as the link it is.
@@ -142,7 +144,10 @@ def _pack(directory: Path, name: str, raw: IO[bytes]) -> None:
             rel = here.relative_to(directory).as_posix()
             member = name if rel == "." else f"{name}/{rel}"
             for entry in sorted([*dirs, *files]):
-                _add(tar, here / entry, f"{member}/{entry}", name)
+                _add(tar, here / entry, f"{member}/{entry}", links)
+    out = _link_out(links, name)
+    if out is not None:
+        raise Uncapturable(f"{out} links out of the package ({links[out]})")
 
 
 def _info(member: str, kind: bytes, mode: int, size: int = 0, link: str = "") -> tarfile.TarInfo:
@@ -152,15 +157,13 @@ def _info(member: str, kind: bytes, mode: int, size: int = 0, link: str = "") ->
     return info
 
 
-def _add(tar: tarfile.TarFile, path: Path, member: str, name: str) -> None:
+def _add(tar: tarfile.TarFile, path: Path, member: str, links: dict[str, str]) -> None:
     st = path.lstat()
     if stat.S_ISDIR(st.st_mode):
         tar.addfile(_info(member, tarfile.DIRTYPE, 0o755))
     elif stat.S_ISLNK(st.st_mode):
-        link = str(path.readlink())
-        if _escapes(member, link, name):
-            raise Uncapturable(f"{member} links out of the package ({link})")
-        tar.addfile(_info(member, tarfile.SYMTYPE, 0o777, link=link))
+        links[member] = str(path.readlink())
+        tar.addfile(_info(member, tarfile.SYMTYPE, 0o777, link=links[member]))
     elif stat.S_ISREG(st.st_mode):
         mode = 0o755 if st.st_mode & 0o111 else 0o644
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -174,12 +177,42 @@ def _add(tar: tarfile.TarFile, path: Path, member: str, name: str) -> None:
         raise Uncapturable(f"{member} is not a file, a directory or a link")
 
 
-def _escapes(member: str, link: str, name: str) -> bool:
-    """A link that resolves outside the package's top directory."""
-    if link.startswith("/"):
-        return True
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(member), link))
-    return resolved != name and not resolved.startswith(name + "/")
+MAX_HOPS = 40
+"""Links followed in resolving one, as the kernel's ELOOP limit: a cycle is refused."""
+
+
+def _link_out(links: Mapping[str, str], name: str) -> str | None:
+    """The first link (member -> target) of a package tree that resolves outside its top
+    directory `name`, else None.
+
+    Resolved as the kernel would once the tree is unpacked, each link within another's
+    path followed: `d/b -> ..` and `a -> d/b/../..` are each inside on paper, yet `a` is
+    two levels above the package (`posixpath.normpath` would say inside).
+    """
+    for member, link in sorted(links.items()):
+        parts = member.split("/")[:-1]
+        pending = list(reversed(link.split("/")))
+        hops = 0
+        if link.startswith("/"):
+            return member
+        while pending:
+            part = pending.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if len(parts) <= 1:
+                    return member
+                parts.pop()
+                continue
+            parts.append(part)
+            target = links.get("/".join(parts))
+            if target is not None:
+                hops += 1
+                if hops > MAX_HOPS or target.startswith("/"):
+                    return member
+                parts.pop()
+                pending.extend(reversed(target.split("/")))
+    return None
 
 
 def fits(env: Environment, artifact: Artifact) -> str | None:
@@ -203,22 +236,37 @@ def check_binary(path: Path, name: str, version: str, r: str | None) -> frozense
     """The dependencies of a binary package tarball that holds only `name` `version`,
     built for R `r` (major.minor); else DescriptionError."""
     description = None
+    # What unpacking it writes is the tree `capture` packs: one member per path (a second
+    # one could swap a link between two writes), none beneath a link (written through it).
+    seen: set[str] = set()
+    links: dict[str, str] = {}
     try:
         with tarfile.open(path, "r:gz") as tar:
             for m in tar:
                 parts = m.name.split("/")
-                if m.name.startswith("/") or ".." in parts or parts[0] != name:
+                if m.name.startswith("/") or {"..", ".", ""} & set(parts) or parts[0] != name:
                     raise DescriptionError(f"member {m.name!r} is outside {name}/")
-                if m.issym() and _escapes(m.name, m.linkname, name):
-                    raise DescriptionError(f"{m.name} links out of the package")
+                if m.name in seen:
+                    raise DescriptionError(f"{m.name} is in the tarball more than once")
+                seen.add(m.name)
                 if not (m.isfile() or m.isdir() or m.issym()):
                     raise DescriptionError(f"{m.name} is not a file, a directory or a link")
+                if m.issym():
+                    links[m.name] = m.linkname
                 if m.name == f"{name}/DESCRIPTION" and m.isfile():
                     member = tar.extractfile(m)
                     if member is not None:
                         description = member.read(MAX_DESCRIPTION)
     except (OSError, EOFError, tarfile.TarError) as e:
         raise DescriptionError(f"not a binary package tarball: {e}") from None
+    out = _link_out(links, name)
+    if out is not None:
+        raise DescriptionError(f"{out} links out of the package ({links[out]})")
+    for inside in sorted(seen):
+        parts = inside.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in links:
+                raise DescriptionError(f"{inside} is beneath the link {'/'.join(parts[:i])}")
     if description is None:
         raise DescriptionError("no DESCRIPTION in the tarball")
     fields = parse_dcf(description.decode("utf-8", "replace"))
