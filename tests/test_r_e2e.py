@@ -780,3 +780,41 @@ def test_a_recorded_local_file_is_used_only_when_it_is_the_same_and_ours(
     assert rpkgs.installed(session.lib)["ckptImports"] == "1.2.0"
     again = session.restore()
     assert "Nothing to restore" in again.stdout, again.stdout
+
+
+@needs_r
+def test_a_git_install_from_a_local_path_is_reinstalled_from_it(
+    session: Session, image: Path
+) -> None:
+    """remotes::install_git("/path/to/repo") records the path itself as RemoteUrl: it is
+    recorded as the file: URL git reads it as, and a new container reinstalls it at that
+    commit (a plain path refused the whole manifest: nothing restored, nothing else either)."""
+    assert session.restore().returncode == 0
+    checkout = session.tmp / "src" / "ckptImports"
+    rpkgs.stage("ckptImports", "1.2.0", session.tmp / "staged")
+    shutil.copytree(session.tmp / "staged" / "ckptImports-1.2.0" / "ckptImports", checkout)
+    git("init", "--quiet", cwd=checkout)
+    git("add", ".", cwd=checkout)
+    git("commit", "--quiet", "-m", "1.2.0", cwd=checkout)
+    commit = git("rev-parse", "HEAD", cwd=checkout)
+    # What remotes' install_git() installs: the clone with the fields it adds.
+    clone = session.tmp / "clone" / "ckptImports"
+    shutil.copytree(checkout, clone, ignore=shutil.ignore_patterns(".git"))
+    with (clone / "DESCRIPTION").open("a") as f:
+        f.write(f"RemoteType: xgit\nRemoteUrl: {checkout}\nRemoteSha: {commit}\n")
+    rpkgs.install(session.lib, session.repo, (), [clone])
+    rpkgs.install(session.lib, session.repo, ("ckptC",))
+    snap = session.pkgckpt("snapshot")
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    wanted = VcsSource(vcs="git", url=checkout.as_uri(), commit=commit)
+    recorded = {p.name: p.source for p in r_lib_delta(session.store).added}
+    assert recorded["ckptImports"] == wanted
+
+    shutil.rmtree(session.lib)
+    shutil.copytree(image, session.lib)
+    session.new_container()
+    done = session.restore()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rpkgs.installed(session.lib)["ckptImports"] == "1.2.0"
+    assert rpkgs.installed(session.lib)["ckptC"] == "0.3.1"
+    assert RLibraryScanner(session.lib).scan().packages["ckptImports"].source == wanted

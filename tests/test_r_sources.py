@@ -270,3 +270,20 @@ def test_an_scp_like_git_remote_is_recorded_as_the_ssh_url_it_means() -> None:
             )
         )
     )
+
+
+def test_a_git_remote_in_the_home_directory_is_recorded_as_its_file_url(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`install_git("~/src/pkg")` (remotes records the path as typed): the file:// URL of
+    that directory in this home, which restore accepts."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    recorded = source({"RemoteType": "xgit", "RemoteUrl": "~/src/pkg"})
+    assert recorded == VcsSource(vcs="git", url=(tmp_path / "src" / "pkg").as_uri())
+    check_body(
+        Body(
+            environments=(
+                Delta(env=ENV, added=(Package(name="ok", version="1.0", source=recorded),)),
+            )
+        )
+    )

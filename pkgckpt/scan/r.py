@@ -178,8 +178,14 @@ def _forge_url(kind: str, fields: Mapping[str, str]) -> str | None:
 _SCP = re.compile(r"([A-Za-z0-9_][A-Za-z0-9._-]*@)?([A-Za-z0-9_][A-Za-z0-9._-]*):(?!//)(.+)")
 
 
-def _scp_to_ssh(url: str) -> str:
-    """git's scp-like `git@host:user/repo` as the ssh URL it means (restore takes URLs)."""
+def _git_url(url: str) -> str:
+    """A git remote as the URL it means (restore takes URLs): scp-like `git@host:user/repo`
+    as ssh, a repository on this machine (`install_git("~/src/pkg")`, which remotes records
+    as written) as file. A relative path stays as it is: where it was relative to is lost."""
+    # os.path's: without a home it leaves "~" as it is, where pathlib's raises.
+    local = os.path.expanduser(url) if url.startswith("~") else url  # noqa: PTH111
+    if local.startswith("/"):
+        return Path(local).as_uri()
     match = _SCP.fullmatch(url) if "://" not in url else None
     if match is None:
         return url
@@ -205,7 +211,7 @@ def source(fields: Mapping[str, str]) -> Source:
     elif kind in _GIT_TYPES and url:
         return VcsSource(
             vcs="git",
-            url=strip_credentials(_scp_to_ssh(url)),
+            url=strip_credentials(_git_url(url)),
             commit=commit,
             requested_revision=ref,
             subdirectory=subdir,
