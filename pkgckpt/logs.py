@@ -36,10 +36,30 @@ _direct: int | None = None
 messages go through the standard logging."""
 
 
+_CONTROLS = dict.fromkeys(
+    (
+        *range(0x00, 0x09),
+        *range(0x0B, 0x20),
+        *range(0x7F, 0xA0),
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    ),
+    "?",
+)
+"""What a terminal acts on (escape sequences, carriage return, bidi overrides) but tab and
+newline: shown as "?"."""
+
+
+def printable(text: str) -> str:
+    """`text` without terminal controls: names and reasons come from libraries and stores
+    others may have written (a directory in a group-writable site library)."""
+    return text.translate(_CONTROLS)
+
+
 def line(level: int, message: str) -> str:
     """The line a message is printed as (without its newline)."""
     # Log messages quote URLs (sources, indexes): never with their credentials.
-    message = redact_text(message)
+    message = printable(redact_text(message))
     if level >= WARNING:
         return f"pkgckpt: {_NAMES.get(level, f'level {level}')}: {message}"
     return f"pkgckpt: {message}"
@@ -126,14 +146,14 @@ def setup(level: int = WARNING) -> None:
 def report(error: Exception) -> int:
     """Say on stderr why the command failed; its exit code."""
     if isinstance(error, PkgckptError):
-        print(f"pkgckpt: {redact_text(str(error))}", file=sys.stderr)
+        print(f"pkgckpt: {printable(redact_text(str(error)))}", file=sys.stderr)
         return error.exit_code
     if os.environ.get("PKGCKPT_DEBUG"):
         import traceback
 
         traceback.print_exception(error)
     print(
-        f"pkgckpt: internal error: {type(error).__name__}: {redact_text(str(error))} "
+        f"pkgckpt: internal error: {type(error).__name__}: {printable(redact_text(str(error)))} "
         "(PKGCKPT_DEBUG=1 shows where)",
         file=sys.stderr,
     )

@@ -56,7 +56,7 @@ from .errors import (
     StoreError,
     UnknownPackage,
 )
-from .logs import getLogger
+from .logs import getLogger, printable
 from .manifest import Body, Change, Delta, Environment, Event, Failing, Manifest, Package
 from .scan.python import canonicalize_name
 from .store import Store, open_store
@@ -95,14 +95,6 @@ __all__ = [
 def _key(kind: str, name: str) -> str:
     # Python names compare normalized (PEP 503); R package names are case-sensitive.
     return canonicalize_name(name) if kind == "python" else name
-
-
-# Printable text only: a reason or a name read from the store is shown on a terminal.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    return _CONTROL.sub("?", text)
 
 
 # -- history -----------------------------------------------------------------------------

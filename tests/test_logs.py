@@ -63,3 +63,29 @@ def test_a_broken_stderr_does_not_stop_the_direct_writer() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout == "alive\n"
+
+
+def test_terminal_controls_in_a_message_are_never_written_raw() -> None:
+    """A name read from a library (a directory someone else could make in a shared site
+    library) with an escape sequence, a carriage return or a bidi override: each shows as
+    "?" in the daemon's line and the handler's, and in a command's error report."""
+    code = (
+        "import sys\n"
+        "from pkgckpt import logs\n"
+        "from pkgckpt.errors import ScanError\n"
+        "if sys.argv[1] == 'direct':\n"
+        "    logs.direct(logs.INFO)\n"
+        "else:\n"
+        "    logs.setup(logs.INFO)\n"
+        "name = 'ev\\x1b]0;title\\x07il\\r\\u202e\\x9b'\n"
+        "logs.getLogger('pkgckpt.example').warning('%s is unreadable', name)\n"
+        "logs.report(ScanError(name))\n"
+    )
+    for mode in ("direct", "setup"):
+        done = subprocess.run(
+            [sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=60
+        )
+        assert done.stderr.splitlines() == [
+            "pkgckpt: warning: ev?]0;title?il??? is unreadable",
+            "pkgckpt: ev?]0;title?il???",
+        ], done.stderr
