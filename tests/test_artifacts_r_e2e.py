@@ -70,3 +70,42 @@ def test_an_r_library_comes_back_from_its_artifacts_alone(tmp_path: Path) -> Non
     assert bad.returncode == 3, bad.stdout + bad.stderr
     assert "ckpt.base" not in rpkgs.installed(lib)
     assert "sha256" in bad.stdout, bad.stdout
+
+
+@needs_r
+def test_no_index_leaves_an_r_package_whose_artifact_is_refused_to_its_repository(
+    tmp_path: Path,
+) -> None:
+    """`--no-index` (pip's and uv's: "use --find-links only") does not stop R's repository:
+    an R package whose artifact is tampered comes from `--r-repo`, as one captured without
+    an artifact does, and the report says why its artifact was not used."""
+    repo = rpkgs.build_repo(tmp_path / "cran")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    init_store(tmp_path / "store")
+    env = restore_kit.hermetic(tmp_path / "c1")
+    env.update(HOME=str(tmp_path), PKGCKPT_ARTIFACTS="1")
+    flags = ["--r-lib", str(lib), "--store", str(tmp_path / "store"), "--key", "k"]
+    baseline = tmp_path / "baseline.json"
+    made = restore_kit.pkgckpt("baseline", *flags, "--output", str(baseline), env=env)
+    assert made.returncode == 0, made.stderr
+    flags += ["--baseline", str(baseline)]
+    rpkgs.install(lib, repo, ["ckpt.base"])
+    snap = restore_kit.pkgckpt("snapshot", *flags, env=env, timeout=300)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    version, platform = r_info()
+    artifact = tmp_path / "store" / "k" / "artifacts" / f"R-{minor(version)}"
+    artifact /= f"ckpt.base_1.0.0_R_{platform}.tar.gz"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 1
+    artifact.write_bytes(bytes(data))
+
+    shutil.rmtree(lib)
+    lib.mkdir()
+    env = restore_kit.hermetic(tmp_path / "c2")
+    env.update(HOME=str(tmp_path))
+    no_index = ["--no-index", "--r-repo", repo.url]
+    done = restore_kit.pkgckpt("restore", *flags, *no_index, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rpkgs.installed(lib) == {"ckpt.base": "1.0.0"}
+    assert "artifact refused" in done.stdout and "installed from its source" in done.stdout

@@ -58,11 +58,16 @@ def index_allowed(config: Config) -> bool:
     return not config.no_index or bool(config.find_links)
 
 
-def fallback(config: Config, package: Package, blocked: str | None) -> str | None:
-    """Why `package` cannot be installed from its recorded source instead of its
-    artifact (`blocked`: what the installer said of that source), or None when it can."""
+def fallback(config: Config, env: Environment, package: Package, blocked: str | None) -> str | None:
+    """Why `package` cannot be installed into `env` from its recorded source instead of
+    its artifact (`blocked`: what the installer said of that source), or None when it can.
+
+    `--no-index` is pip's and uv's ("use --find-links only"): an R library's repository
+    (`--r-repo`) stays allowed, as it is for R packages that have no artifact.
+    """
     if blocked is not None:
         return f"its source cannot be used either: {blocked}"
-    if isinstance(package.source, IndexSource) and not index_allowed(config):
+    python = env.kind == "python"
+    if python and isinstance(package.source, IndexSource) and not index_allowed(config):
         return "no index is allowed (--no-index without --find-links)"
     return None

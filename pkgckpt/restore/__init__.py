@@ -908,7 +908,8 @@ class _Env:
             if why is None:  # no artifact
                 left.append(s)
                 continue
-            cannot = use.fallback(config, s.package(), installer.blocked(s.package()))
+            package = s.package()
+            cannot = use.fallback(config, self.target.env, package, installer.blocked(package))
             if cannot is None:
                 self.fallbacks[s.name] = f"{s.name} {s.version}: {why}"
                 left.append(s)
