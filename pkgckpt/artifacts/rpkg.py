@@ -243,16 +243,19 @@ def check_binary(path: Path, name: str, version: str, r: str | None) -> frozense
     try:
         with tarfile.open(path, "r:gz") as tar:
             for m in tar:
-                parts = m.name.split("/")
-                if m.name.startswith("/") or {"..", ".", ""} & set(parts) or parts[0] != name:
+                # tarfile writes a directory as "d/" and strips that slash when reading only
+                # in some versions: a long (GNU) name may keep it.
+                entry = m.name.rstrip("/") if m.isdir() else m.name
+                parts = entry.split("/")
+                if entry.startswith("/") or {"..", ".", ""} & set(parts) or parts[0] != name:
                     raise DescriptionError(f"member {m.name!r} is outside {name}/")
-                if m.name in seen:
-                    raise DescriptionError(f"{m.name} is in the tarball more than once")
-                seen.add(m.name)
+                if entry in seen:
+                    raise DescriptionError(f"{entry} is in the tarball more than once")
+                seen.add(entry)
                 if not (m.isfile() or m.isdir() or m.issym()):
                     raise DescriptionError(f"{m.name} is not a file, a directory or a link")
                 if m.issym():
-                    links[m.name] = m.linkname
+                    links[entry] = m.linkname
                 if m.name == f"{name}/DESCRIPTION" and m.isfile():
                     member = tar.extractfile(m)
                     if member is not None:
