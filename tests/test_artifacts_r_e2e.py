@@ -109,3 +109,51 @@ def test_no_index_leaves_an_r_package_whose_artifact_is_refused_to_its_repositor
     assert done.returncode == 0, done.stdout + done.stderr
     assert rpkgs.installed(lib) == {"ckpt.base": "1.0.0"}
     assert "artifact refused" in done.stdout and "installed from its source" in done.stdout
+
+
+@needs_r
+def test_an_r_library_comes_back_from_its_artifacts_without_any_repository(
+    tmp_path: Path,
+) -> None:
+    """No --r-repo and R's `repos` only `@CRAN@`: every package has an artifact that fits,
+    so restore needs no repository and installs them (a usage error before, exit 2 and
+    nothing restored); with one artifact tampered, that package alone fails (exit 3),
+    saying there is no repository to fall back to."""
+    repo = rpkgs.build_repo(tmp_path / "cran")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    init_store(tmp_path / "store")
+    rprofile = tmp_path / "Rprofile.site"
+    rprofile.write_text("")  # R's own default: repos = c(CRAN = "@CRAN@")
+    env = restore_kit.hermetic(tmp_path / "c1")
+    env.update(HOME=str(tmp_path), PKGCKPT_ARTIFACTS="1", R_PROFILE=str(rprofile))
+    flags = ["--r-lib", str(lib), "--store", str(tmp_path / "store"), "--key", "k"]
+    baseline = tmp_path / "baseline.json"
+    made = restore_kit.pkgckpt("baseline", *flags, "--output", str(baseline), env=env)
+    assert made.returncode == 0, made.stderr
+    flags += ["--baseline", str(baseline)]
+    rpkgs.install(lib, repo, ["ckptImports"])
+    before = rpkgs.installed(lib)
+    snap = restore_kit.pkgckpt("snapshot", *flags, env=env, timeout=300)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+
+    for run, tamper in enumerate((False, True)):
+        shutil.rmtree(lib)
+        lib.mkdir()
+        if tamper:
+            version, platform = r_info()
+            artifact = tmp_path / "store" / "k" / "artifacts" / f"R-{minor(version)}"
+            artifact /= f"ckpt.base_1.0.0_R_{platform}.tar.gz"
+            data = bytearray(artifact.read_bytes())
+            data[len(data) // 2] ^= 1
+            artifact.write_bytes(bytes(data))
+        env = {**env, "XDG_RUNTIME_DIR": str(tmp_path / f"c{run + 2}" / "run")}
+        done = restore_kit.pkgckpt("restore", *flags, env=env, timeout=300)
+        if not tamper:
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert rpkgs.installed(lib) == before
+        else:
+            assert done.returncode == 3, done.stdout + done.stderr
+            assert "ckpt.base" not in rpkgs.installed(lib)
+            assert "artifact refused" in done.stdout
+            assert "no R repository to restore from" in done.stdout, done.stdout

@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from ..config import Config
-from ..errors import PartialRestore, RestoreUnavailable
+from ..errors import PartialRestore, RestoreUnavailable, UsageError
 from ..manifest import (
     Artifact,
     Baseline,
@@ -689,8 +689,13 @@ def _plan(
         blocked: list[Failure] = []
         ready: list[Step] = []
         for step in sorted(install, key=lambda s: _key(kind, s.name)):
+            # An artifact that fits needs no source: an R library restored from its
+            # artifacts alone needs no repository (asking for one is a usage error).
+            if _artifact_fits(target.env, step):
+                ready.append(step)
+                continue
             why = installer.blocked(step.package())
-            if why is None or _artifact_fits(target.env, step):
+            if why is None:
                 ready.append(step)
             else:
                 blocked.append(step.failure("install", why))
@@ -909,7 +914,11 @@ class _Env:
                 left.append(s)
                 continue
             package = s.package()
-            cannot = use.fallback(config, self.target.env, package, installer.blocked(package))
+            try:
+                source = installer.blocked(package)
+            except UsageError as e:  # no R repository: this package fails, the rest goes on
+                source = str(e)
+            cannot = use.fallback(config, self.target.env, package, source)
             if cannot is None:
                 self.fallbacks[s.name] = f"{s.name} {s.version}: {why}"
                 left.append(s)
