@@ -72,6 +72,38 @@ def test_an_r_library_comes_back_from_its_artifacts_alone(tmp_path: Path) -> Non
     assert "sha256" in bad.stdout, bad.stdout
 
 
+def _captured(
+    tmp_path: Path, repo: rpkgs.Repo, packages: list[str], **variables: str
+) -> tuple[Path, list[str], dict[str, str]]:
+    """An R library `lib` holding `packages` from `repo`, its baseline taken before them
+    and a snapshot with artifacts after: the library, restore's flags and the first
+    container's environment (plus `variables`)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    init_store(tmp_path / "store")
+    env = restore_kit.hermetic(tmp_path / "c1")
+    env.update(HOME=str(tmp_path), PKGCKPT_ARTIFACTS="1", **variables)
+    flags = ["--r-lib", str(lib), "--store", str(tmp_path / "store"), "--key", "k"]
+    baseline = tmp_path / "baseline.json"
+    made = restore_kit.pkgckpt("baseline", *flags, "--output", str(baseline), env=env)
+    assert made.returncode == 0, made.stderr
+    flags += ["--baseline", str(baseline)]
+    rpkgs.install(lib, repo, packages)
+    snap = restore_kit.pkgckpt("snapshot", *flags, env=env, timeout=300)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    return lib, flags, env
+
+
+def _tamper(tmp_path: Path, name: str, version: str) -> None:
+    """Flip one byte of the R artifact of `name` `version` in the store."""
+    r, platform = r_info()
+    artifact = tmp_path / "store" / "k" / "artifacts" / f"R-{minor(r)}"
+    artifact /= f"{name}_{version}_R_{platform}.tar.gz"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 1
+    artifact.write_bytes(bytes(data))
+
+
 @needs_r
 def test_no_index_leaves_an_r_package_whose_artifact_is_refused_to_its_repository(
     tmp_path: Path,
@@ -80,25 +112,8 @@ def test_no_index_leaves_an_r_package_whose_artifact_is_refused_to_its_repositor
     an R package whose artifact is tampered comes from `--r-repo`, as one captured without
     an artifact does, and the report says why its artifact was not used."""
     repo = rpkgs.build_repo(tmp_path / "cran")
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    init_store(tmp_path / "store")
-    env = restore_kit.hermetic(tmp_path / "c1")
-    env.update(HOME=str(tmp_path), PKGCKPT_ARTIFACTS="1")
-    flags = ["--r-lib", str(lib), "--store", str(tmp_path / "store"), "--key", "k"]
-    baseline = tmp_path / "baseline.json"
-    made = restore_kit.pkgckpt("baseline", *flags, "--output", str(baseline), env=env)
-    assert made.returncode == 0, made.stderr
-    flags += ["--baseline", str(baseline)]
-    rpkgs.install(lib, repo, ["ckpt.base"])
-    snap = restore_kit.pkgckpt("snapshot", *flags, env=env, timeout=300)
-    assert snap.returncode == 0, snap.stdout + snap.stderr
-    version, platform = r_info()
-    artifact = tmp_path / "store" / "k" / "artifacts" / f"R-{minor(version)}"
-    artifact /= f"ckpt.base_1.0.0_R_{platform}.tar.gz"
-    data = bytearray(artifact.read_bytes())
-    data[len(data) // 2] ^= 1
-    artifact.write_bytes(bytes(data))
+    lib, flags, env = _captured(tmp_path, repo, ["ckpt.base"])
+    _tamper(tmp_path, "ckpt.base", "1.0.0")
 
     shutil.rmtree(lib)
     lib.mkdir()
@@ -120,33 +135,16 @@ def test_an_r_library_comes_back_from_its_artifacts_without_any_repository(
     nothing restored); with one artifact tampered, that package alone fails (exit 3),
     saying there is no repository to fall back to."""
     repo = rpkgs.build_repo(tmp_path / "cran")
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    init_store(tmp_path / "store")
     rprofile = tmp_path / "Rprofile.site"
     rprofile.write_text("")  # R's own default: repos = c(CRAN = "@CRAN@")
-    env = restore_kit.hermetic(tmp_path / "c1")
-    env.update(HOME=str(tmp_path), PKGCKPT_ARTIFACTS="1", R_PROFILE=str(rprofile))
-    flags = ["--r-lib", str(lib), "--store", str(tmp_path / "store"), "--key", "k"]
-    baseline = tmp_path / "baseline.json"
-    made = restore_kit.pkgckpt("baseline", *flags, "--output", str(baseline), env=env)
-    assert made.returncode == 0, made.stderr
-    flags += ["--baseline", str(baseline)]
-    rpkgs.install(lib, repo, ["ckptImports"])
+    lib, flags, env = _captured(tmp_path, repo, ["ckptImports"], R_PROFILE=str(rprofile))
     before = rpkgs.installed(lib)
-    snap = restore_kit.pkgckpt("snapshot", *flags, env=env, timeout=300)
-    assert snap.returncode == 0, snap.stdout + snap.stderr
 
     for run, tamper in enumerate((False, True)):
         shutil.rmtree(lib)
         lib.mkdir()
         if tamper:
-            version, platform = r_info()
-            artifact = tmp_path / "store" / "k" / "artifacts" / f"R-{minor(version)}"
-            artifact /= f"ckpt.base_1.0.0_R_{platform}.tar.gz"
-            data = bytearray(artifact.read_bytes())
-            data[len(data) // 2] ^= 1
-            artifact.write_bytes(bytes(data))
+            _tamper(tmp_path, "ckpt.base", "1.0.0")
         env = {**env, "XDG_RUNTIME_DIR": str(tmp_path / f"c{run + 2}" / "run")}
         done = restore_kit.pkgckpt("restore", *flags, env=env, timeout=300)
         if not tamper:

@@ -28,13 +28,10 @@ from pkgckpt.store import Store, init_store
 pytestmark = pytest.mark.slow
 
 
-def test_on_a_new_python_fitting_artifacts_are_used_and_the_others_are_said(
-    tmp_path: Path,
-) -> None:
-    """Captured under this Python, restored after the image moved the prefix to another
-    minor: app and libdep come from their artifacts (their wheels are gone), fastmath's
-    cp3X artifact does not fit, the report names its tags, and fastmath is rebuilt from
-    its sdist for the new interpreter."""
+def _captured_on_this_python(tmp_path: Path) -> tuple[str, World, Path, Scenario]:
+    """An image with imgpkg 1.0 on this Python, the user's app and fastmath (a cp3X
+    build) installed and snapshotted with their artifacts: another Python's path (else
+    the test is skipped), the world, the wheelhouse and the scenario."""
     other = _other_python()
     if other is None:
         pytest.skip("needs a second CPython minor version under ~/.pyenv/versions")
@@ -46,6 +43,17 @@ def test_on_a_new_python_fitting_artifacts_are_used_and_the_others_are_said(
     s.user_changes(b1, ["app", "fastmath"], [])
     snap = world.pkgckpt("snapshot", *s.flags(b1), timeout=300)
     assert snap.returncode == 0, snap.stdout + snap.stderr
+    return other, world, wheels, s
+
+
+def test_on_a_new_python_fitting_artifacts_are_used_and_the_others_are_said(
+    tmp_path: Path,
+) -> None:
+    """Captured under this Python, restored after the image moved the prefix to another
+    minor: app and libdep come from their artifacts (their wheels are gone), fastmath's
+    cp3X artifact does not fit, the report names its tags, and fastmath is rebuilt from
+    its sdist for the new interpreter."""
+    other, world, wheels, s = _captured_on_this_python(tmp_path)
     captured = artifacts(world.store, world.key)
     assert len(captured) == 3, captured
     for wheel in (*wheels.glob("app-*.whl"), *wheels.glob("libdep-*.whl")):
@@ -137,18 +145,8 @@ def test_what_the_new_python_rebuilt_is_captured_again_for_it(tmp_path: Path) ->
     on the image restores everything from artifacts alone (`--no-index`). The record
     kept the old ABI's artifact, which never fits again, so every later offline restore
     failed fastmath."""
-    other = _other_python()
-    if other is None:
-        pytest.skip("needs a second CPython minor version under ~/.pyenv/versions")
-    world = cache_on(World.make(tmp_path))
-    wheels = make_wheelhouse(tmp_path / "wheels")
-    build_wheel(Dist("imgpkg", "1.0"), wheels)
+    other, world, wheels, s = _captured_on_this_python(tmp_path)
     build_wheel(Dist("imgpkg", "2.0"), wheels)
-    s = Scenario(world, wheels, tmp_path / "venv")
-    b1 = s.image(sys.executable, ["imgpkg==1.0"], "b1.json")
-    s.user_changes(b1, ["app", "fastmath"], [])
-    snap = world.pkgckpt("snapshot", *s.flags(b1), timeout=300)
-    assert snap.returncode == 0, snap.stdout + snap.stderr
     b2 = s.image(other, ["imgpkg==2.0"], "b2.json")
     done = s.restore(b2)
     assert done.returncode == 0, done.stdout + done.stderr
