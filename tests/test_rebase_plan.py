@@ -102,6 +102,10 @@ def test_a_build_for_another_python_needs_a_rebase_only_where_it_is_not_in_place
     assert needed(delta, PY311, image, {})
     assert not needed(delta, PY311, image, {"cext": Package(name="cext", version="1.0")})
     assert needed(delta, PY311, image, {"cext": Package(name="cext", version="0.9")})
+    pure = Package(name="pure", version="1.0", tags=("py3-none-any",))
+    both = msgspec.structs.replace(cext, tags=(*cext.tags, "py2.py3-none-any"))
+    for fits in (pure, both):
+        assert not needed(msgspec.structs.replace(delta, added=(fits,)), PY311, image, {})
 
 
 def test_markers_are_evaluated_for_the_target_interpreter() -> None:
