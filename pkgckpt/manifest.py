@@ -234,11 +234,14 @@ class Environment(Base, frozen=True):
         """The path as people read it in logs and reports. A path from the store may hold
         a newline (a forged line of the report) or an escape sequence: what is not
         printable is shown as `?`, as `status` shows the rest of what it read."""
-        path = self.path if self.path.isprintable() else _printable(self.path)
+        path = self.path if self.path.isprintable() else visible(self.path)
         return f"{path} (user site)" if self.user else path
 
 
-def _printable(text: str) -> str:
+def visible(text: str) -> str:
+    """`text` with every character that is not printable shown as `?`: for what a store
+    or a planted file holds (a newline would forge a line of a report, an escape sequence
+    drive the terminal)."""
     return "".join(c if c.isprintable() else "?" for c in text)
 
 

@@ -102,6 +102,7 @@ from ..manifest import (
     UrlSource,
     image_identity,
     same_source,
+    visible,
 )
 from ..wheeltags import TargetTags, wheel_tags
 from .validate import canonical, python_name, python_version
@@ -183,12 +184,6 @@ class Rebase(_Out, frozen=True, kw_only=True):
         lines += [f"  {d.render()}" for d in self.decisions if d.action != "nothing"]
         lines += [f"  broken: {b} (--on-conflict user)" for b in self.broken]
         return lines
-
-
-def _printable(text: str) -> str:
-    """A reason built from METADATA files, safe on a terminal: a requirement's marker may
-    quote any character."""
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _short(identity: str | None) -> str:
@@ -675,7 +670,7 @@ def _unmet(
     out: dict[str, str] = {}
     for d, r in _Check(env).violations(state):
         if canonical(r.name) not in ignore:
-            out.setdefault(d.name, _printable(str(r)))
+            out.setdefault(d.name, visible(str(r)))
     return out
 
 
@@ -778,7 +773,7 @@ def rebase(
             # As for an index's wheel: the plan stands, and says what it could not check.
             reason = f"{d.reason}; its requirements are left to the installer: "
             reason += f"{wheel.name} in the find-links holds no readable METADATA"
-            decided[key] = msgspec.structs.replace(d, reason=_printable(reason))
+            decided[key] = msgspec.structs.replace(d, reason=visible(reason))
     user = config.on_conflict == "user"
     check = _Check(env)
 
@@ -832,7 +827,7 @@ def rebase(
                 )
         mine = {canonical(n) for n in forced}
         broken = [
-            _printable(f"{d.name} {d.version} requires {r}")
+            visible(f"{d.name} {d.version} requires {r}")
             for d, r in check.violations(state(), touched())
             if canonical(r.name) in mine or canonical(d.name) in mine
         ]
@@ -966,7 +961,7 @@ def _from_index(
             whys = [f"the indexes offer it with different requirements ({where})"]
         reason = f"{decided[key].reason}; its requirements are left to the installer: "
         reason += "; ".join(whys)
-        decided[key] = msgspec.structs.replace(decided[key], reason=_printable(reason))
+        decided[key] = msgspec.structs.replace(decided[key], reason=visible(reason))
 
 
 def _hold_back(
@@ -990,7 +985,7 @@ def _hold_back(
         else:
             continue
         if blame not in held:
-            reason = _printable(why)
+            reason = visible(why)
             held[blame] = msgspec.structs.replace(decided[blame], action="held-back", reason=reason)
     return held
 
@@ -1008,7 +1003,7 @@ def _lacking(
         if dist.origin != "planned" or needed_key not in absent or blame in held:
             continue
         d = decided[needed_key]
-        why = _printable(f"requires {req}, and {d.name} {d.version} is held back")
+        why = visible(f"requires {req}, and {d.name} {d.version} is held back")
         held[blame] = msgspec.structs.replace(decided[blame], action="held-back", reason=why)
     return held
 
