@@ -21,14 +21,15 @@ set -u
 
 log() { echo "entrypoint: $*" >&2; }
 
-# `wait` returns early when a trapped signal arrives: wait again until the process is gone.
+# The process's exit status, once it is gone. `wait` returns early (128 + the signal) when
+# a trapped signal arrives, and the process may exit before the shell looks again: so wait
+# until it is gone, then ask once more, for bash keeps the status of a child it reaped.
 wait_for() {
     local pid=$1 rc=0
-    wait "$pid" || rc=$?
     while kill -0 "$pid" 2>/dev/null; do
-        rc=0
-        wait "$pid" || rc=$?
+        wait "$pid"
     done
+    wait "$pid" || rc=$?
     return "$rc"
 }
 

@@ -413,3 +413,55 @@ def test_a_stop_signal_ends_the_server_then_the_daemon(tmp_path: Path, sig: sign
     output = proc.stdout.read() if proc.stdout else ""
     assert (tmp_path / "shim" / "server-exited").exists(), output
     assert calls.read_text().splitlines()[-1] == "daemon: TERM after the server exited", output
+
+
+# A server that exits 0 at once on SIGTERM, as a notebook server that has nothing to save.
+QUICK_SERVER = """\
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+open(os.path.join(os.environ["SHIM_DIR"], "server-started"), "w").close()
+time.sleep(600)
+"""
+
+
+def _tracer(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("TracerPid:", 1)[1].split()[0])
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_the_exit_status_is_the_servers_when_it_is_gone_before_the_shell_looks(
+    tmp_path: Path,
+) -> None:
+    """A SIGTERM interrupts the shell's `wait`, which returns 143; a server that has exited
+    (0) by the time the shell looks again must give its own status, not the wait's.
+
+    Under load that is a race; strace makes it certain by holding each of the shell's
+    kill(2) calls for 0.3 s on its way back, so that the server has exited, and been
+    reaped, before the shell looks."""
+    env, calls = shimmed(tmp_path)
+    server = tmp_path / "server.py"
+    server.write_text(QUICK_SERVER)
+    proc = subprocess.Popen(
+        ["bash", str(ENTRYPOINT), sys.executable, str(server)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=env, start_new_session=True, text=True,
+    )  # fmt: skip
+    tracer = None
+    try:
+        eventually((tmp_path / "shim" / "server-started").exists, what="the server")
+        eventually(lambda: calls.exists() and "daemon" in calls.read_text(), what="daemon")
+        tracer = subprocess.Popen(
+            ["strace", "-qq", "-o", os.devnull, "-e", "trace=kill",
+             "-e", "inject=kill:delay_exit=300000", "-p", str(proc.pid)],
+        )  # fmt: skip
+        eventually(lambda: _tracer(proc.pid) != 0, what="strace to attach")
+        time.sleep(0.2)  # the entrypoint is in its wait, its traps set
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, proc.stdout.read() if proc.stdout else ""
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if tracer is not None:
+            tracer.wait(10)
