@@ -62,6 +62,9 @@ def refused(source: Source) -> str:
         (DirectorySource(path="/src/-rf"), "'-'"),
         (LocalSource(path="/src/-x_1.0.tar.gz"), "'-'"),
         (LocalSource(path="relative.tar.gz"), "absolute"),
+        (VcsSource(vcs="git", url="-c/x/../pkg"), "absolute URL"),
+        (VcsSource(vcs="git", url="../-upload-pack=x"), "'-'"),
+        (VcsSource(vcs="git", url="../pkg#x"), "fragment"),
         (LocalSource(path="/x.tar.gz", hashes={"sha256": "zz"}), "hash"),
     ],
 )
@@ -269,6 +272,42 @@ def test_an_scp_like_git_remote_is_recorded_as_the_ssh_url_it_means() -> None:
                 Delta(env=ENV, added=(Package(name="ok", version="1.0", source=recorded),)),
             )
         )
+    )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"RemoteType": "git2r", "RemoteUrl": "../pkg"},
+        {"RemoteType": "xgit", "RemoteUrl": "src/pkg"},
+        {"RemoteType": "local", "RemoteUrl": "pkg_1.0.tar.gz"},
+    ],
+)
+def test_a_remote_at_a_relative_path_is_recorded_as_a_local_install(fields: dict[str, str]) -> None:
+    """`install_git("../pkg")` (remotes records the path as typed): where it was relative to
+    is lost, so it is recorded as installed from a local file, which restore accepts, not as
+    a source that refused the whole manifest."""
+    recorded = source(fields)
+    assert recorded == LocalSource()
+    check_body(
+        Body(
+            environments=(
+                Delta(env=ENV, added=(Package(name="ok", version="1.0", source=recorded),)),
+            )
+        )
+    )
+
+
+@needs_r
+def test_a_relative_git_remote_recorded_before_fails_alone(tmp_path: Path) -> None:
+    """A manifest that older daemons wrote with `install_git("../pkg")` as typed is
+    restored: that package alone is blocked, saying why; nothing is asked of git."""
+    old = Package(name="old", version="1.0", source=VcsSource(vcs="git", url="../pkg"))
+    other = Package(name="other", version="1.0")
+    check_body(Body(environments=(Delta(env=ENV, added=(old, other)),)))
+    installer = RInstaller(Environment(kind="r", path=str(tmp_path / "lib")), Config())
+    assert installer.blocked(old) == (
+        "installed with git from a relative path (../pkg); where it was relative to is not recorded"
     )
 
 

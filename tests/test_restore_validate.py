@@ -170,6 +170,7 @@ def test_recorded_sources_pass(source: Source) -> None:
         (UrlSource(url="https://x.example/a.whl\n--pre"), "whitespace"),
         (UrlSource(url="https://x.example/a.whl#egg=other"), "fragment"),
         (UrlSource(url="relative/path.whl"), "not an absolute URL"),
+        (VcsSource(vcs="git", url="../pkg"), "not an absolute URL"),  # R's alone may be
         (UrlSource(url="https://x.example/a.whl", hashes={"sha256": "$(id)"}), "invalid hash"),
         (VcsSource(vcs="git", url="ssh://-oProxyCommand=id/x"), "invalid host"),
         (VcsSource(vcs="git", url="ssh://-oProxyCommand=id@host/x"), "invalid host"),

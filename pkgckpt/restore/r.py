@@ -470,6 +470,11 @@ class RInstaller:
         if isinstance(source, VcsSource):
             if source.vcs != "git":
                 return f"R packages are restored from git, not {source.vcs}"
+            if not urlsplit(source.url).scheme:
+                return (
+                    f"installed with git from a relative path ({source.url}); where it was "
+                    "relative to is not recorded"
+                )
             if which("git") is None:
                 return "git is not installed"
             return url_blocked(source.url, VCS_SCHEMES)

@@ -118,13 +118,13 @@ def r_version(version: str) -> bool:
     return len(version) <= MAX_VERSION and _R_VERSION.fullmatch(version) is not None
 
 
-def _url_problem(url: str) -> str | None:
+def _url_problem(url: str, *, relative: bool = False) -> str | None:
     if len(url) > MAX_URL:
         return "URL too long"
     if _URL_CHARS.fullmatch(url) is None:
         return "URL with whitespace, control or non-ASCII characters"
     parts = urlsplit(url)
-    if not parts.scheme or url.startswith("-"):
+    if (not parts.scheme and not relative) or url.startswith("-"):
         return "not an absolute URL"
     if parts.fragment or "#" in url:
         return "URL with a fragment"
@@ -133,7 +133,7 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-def _source_problem(package: Package) -> str | None:
+def _source_problem(package: Package, *, r: bool = False) -> str | None:
     source = package.source
     if isinstance(source, IndexSource):
         return None
@@ -147,7 +147,9 @@ def _source_problem(package: Package) -> str | None:
     elif isinstance(source, VcsSource):
         if source.vcs not in VCS:
             return f"unknown VCS (known: {', '.join(sorted(VCS))})"
-        problem = _url_problem(source.url)
+        # Daemons before 2026-12-02 recorded R's `install_git("../pkg")` as typed: such a
+        # package fails alone (`restore/r.py`), the rest of the manifest is restored.
+        problem = _url_problem(source.url, relative=r)
         if problem:
             return problem
         if source.commit is not None and _HEX.fullmatch(source.commit) is None:
@@ -192,7 +194,8 @@ def _r_source_problem(package: Package) -> str | None:
     source = package.source
     if isinstance(source, (UrlSource, VcsSource)):
         parts = urlsplit(source.url)
-        if parts.scheme.lower() not in R_URL_SCHEMES:
+        relative = isinstance(source, VcsSource) and not parts.scheme
+        if parts.scheme.lower() not in R_URL_SCHEMES and not relative:
             return f"URL scheme {parts.scheme!r} is not allowed for R sources"
         if any(segment.startswith("-") for segment in parts.path.split("/")):
             return "URL with a path segment starting with '-'"
@@ -280,7 +283,7 @@ def delta_problems(delta: Delta) -> Iterator[str]:
                 yield f"{where}: {package.name}: {_show(package.version)} is not a valid R version"
                 continue
             key = package.name
-            problem = _source_problem(package) or _r_source_problem(package)
+            problem = _source_problem(package, r=True) or _r_source_problem(package)
             if problem:
                 yield f"{where}: {package.name}: {problem}"
         if key in seen:

@@ -178,17 +178,19 @@ def _forge_url(kind: str, fields: Mapping[str, str]) -> str | None:
 _SCP = re.compile(r"([A-Za-z0-9_][A-Za-z0-9._-]*@)?([A-Za-z0-9_][A-Za-z0-9._-]*):(?!//)(.+)")
 
 
-def _git_url(url: str) -> str:
+def _git_url(url: str) -> str | None:
     """A git remote as the URL it means (restore takes URLs): scp-like `git@host:user/repo`
     as ssh, a repository on this machine (`install_git("~/src/pkg")`, which remotes records
-    as written) as file. A relative path stays as it is: where it was relative to is lost."""
+    as written) as file. None for a relative path: where it was relative to is lost."""
     # os.path's: without a home it leaves "~" as it is, where pathlib's raises.
     local = os.path.expanduser(url) if url.startswith("~") else url  # noqa: PTH111
     if local.startswith("/"):
         return Path(local).as_uri()
-    match = _SCP.fullmatch(url) if "://" not in url else None
-    if match is None:
+    if "://" in url:
         return url
+    match = _SCP.fullmatch(url)
+    if match is None:
+        return None
     user, host, path = match.groups()
     return f"ssh://{user or ''}{host}/{path.lstrip('/')}"
 
@@ -209,9 +211,12 @@ def source(fields: Mapping[str, str]) -> Source:
                 vcs="git", url=forge, commit=commit, requested_revision=ref, subdirectory=subdir
             )
     elif kind in _GIT_TYPES and url:
+        git = _git_url(url)
+        if git is None:  # a checkout at a relative path: installed from here, from where?
+            return LocalSource()
         return VcsSource(
             vcs="git",
-            url=strip_credentials(_git_url(url)),
+            url=strip_credentials(git),
             commit=commit,
             requested_revision=ref,
             subdirectory=subdir,
@@ -224,6 +229,8 @@ def source(fields: Mapping[str, str]) -> Source:
     elif kind == "url" and url:
         return UrlSource(url=strip_credentials(url), subdirectory=subdir)
     elif kind == "local" and url:
+        if not url.startswith("/"):  # as typed, relative to a directory that is not recorded
+            return LocalSource()
         if url.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
             return LocalSource(path=url)  # remotes::install_local() of a tarball
         return DirectorySource(path=url, subdirectory=subdir)
