@@ -214,13 +214,26 @@ def _kernelspecs(environ: Mapping[str, str], watch: list[Path], own: Own) -> Ite
             yield _Kernel(name, kernels / name, data_dir, data_dir in user)
 
 
-def _kernel_interpreter(kernel: _Kernel) -> tuple[Path | None, str]:
-    """The interpreter of a Python kernelspec, or (None, why not); ("", "") for other
-    languages, which are not Python environments (R is found by its own discovery)."""
+def _kernel_interpreter(kernel: _Kernel, own: Own) -> tuple[Path | None, str]:
+    """The interpreter of a Python kernelspec, or (None, why not); (None, "") for other
+    languages, which are not Python environments (R is found by its own discovery), and
+    for a kernel of the `own` environment, which is tracked anyway."""
     spec_file = kernel.directory / "kernel.json"
-    why = unsafe(spec_file)
-    if why is not None:
-        return None, f"kernel.json: {why}"
+    loose = unsafe(spec_file)
+    # The own environment's kernelspec may be as open as that environment, which is
+    # trusted as configured (docker-stacks' /opt/conda is group-writable): read it, only to
+    # see whether it names that environment, which then needs no word.
+    if loose is not None and kernel.data_dir != own.prefix / "share" / "jupyter":
+        return None, f"kernel.json: {loose}"
+    python, why = _spec_interpreter(kernel, spec_file)
+    if python is not None and python.parent == own.prefix / "bin":
+        return None, ""
+    if loose is not None:
+        return None, f"kernel.json: {loose}"
+    return python, why
+
+
+def _spec_interpreter(kernel: _Kernel, spec_file: Path) -> tuple[Path | None, str]:
     text = _read_small(spec_file)
     if text is None:
         return None, "kernel.json cannot be read"
@@ -269,7 +282,7 @@ def _kernels(
 
     for kernel in _kernelspecs(environ, watch, own):
         origin = f"kernelspec {kernel.directory}"
-        python, why = _kernel_interpreter(kernel)
+        python, why = _kernel_interpreter(kernel, own)
         if python is None:
             if why:
                 yield Unreadable(str(kernel.directory), origin, why)

@@ -227,6 +227,52 @@ def test_a_kernel_interpreter_in_a_loose_directory_is_never_started(
     assert not canary.exists()
 
 
+def _group_writable(prefix: Path) -> None:
+    """As docker-stacks' fix-permissions leaves /opt/conda: every directory g+w."""
+    for path in (prefix, *prefix.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(0o775)
+
+
+def _own(prefix: Path) -> discovery.Own:
+    return discovery.Own(prefix=prefix, base_prefix=prefix, user_site=False)
+
+
+def test_the_own_environments_kernels_need_no_word_however_open_it_is(
+    home: Path, tmp_path: Path
+) -> None:
+    """The environment pkgckpt takes as its own (`own_env`, trusted as configured) may be
+    group-writable, as docker-stacks' /opt/conda is: its own kernelspec, and a user's
+    kernelspec naming its interpreter, name an environment tracked anyway. Neither is an
+    error in `status`, and its interpreter is not started for them."""
+    own = tmp_path / "conda"
+    (own / "bin").mkdir(parents=True)
+    canary = tmp_path / "ran"
+    python = own / "bin" / "python3.11"
+    python.write_text(f"#!/bin/sh\ntouch {canary}\n")
+    python.chmod(0o755)
+    kernelspec(own / "share" / "jupyter", "python3", "python")
+    kernelspec(user_data(home), "base", str(python))
+    _group_writable(own)
+    found = discovery.discover(["kernels"], own=_own(own))
+    assert (found.found, found.unreadable) == ((), ())
+    assert not canary.exists()
+
+
+def test_a_kernelspec_in_the_open_own_environment_naming_another_is_refused(
+    home: Path, tmp_path: Path
+) -> None:
+    """What the open environment's kernelspec names elsewhere is not trusted with it."""
+    own = tmp_path / "conda"
+    other = make_venv(tmp_path / "other", with_pip=False)
+    kernelspec(own / "share" / "jupyter", "planted", str(other.python))
+    _group_writable(own)
+    found = discovery.discover(["kernels"], own=_own(own))
+    assert found.found == ()
+    (problem,) = found.unreadable
+    assert problem.reason.startswith("kernel.json: ") and "writable by group" in problem.reason
+
+
 def test_a_kernel_prefix_with_a_loose_python3_is_not_tracked(home: Path, tmp_path: Path) -> None:
     """A kernel names a venv's bin/python, but tracking the venv starts its bin/python3:
     one that others may write is reported with the prefix, and never run."""
