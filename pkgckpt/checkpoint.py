@@ -48,6 +48,11 @@ Without a baseline for an environment whose manifest already records a delta (th
 container's baseline was lost), the image's state is inferred from the first scan and
 the recorded delta (`_inferred_baseline`); every recorded entry is kept and only changes
 seen afterwards are added, so the manifest can only grow until a baseline is found again.
+
+A venv made while the daemon runs (`made_here`: its pyvenv.cfg is newer than the daemon)
+is no image's: its baseline is what making a venv puts there (`SEEDED`), so what the user
+installed before the daemon found it (`pip install` before `ipykernel install --user`)
+is recorded too.
 """
 
 from __future__ import annotations
@@ -77,6 +82,21 @@ EnvKey: TypeAlias = tuple[str, str, bool]
 def env_key(env: Environment) -> EnvKey:
     """The identity `manifest.same_env` compares, usable as a dict key."""
     return (env.kind, env.path, env.user)
+
+
+SEEDED = frozenset({"pip", "setuptools", "wheel"})
+"""What `python -m venv` (ensurepip), `virtualenv` or `uv venv --seed` put in a new venv."""
+
+
+def made_here(env: Environment, since: float) -> bool:
+    """Whether `env` is a venv made at `since` (a time.time()) or after: its pyvenv.cfg,
+    which making the venv writes and nothing else changes, is no older."""
+    if env.kind != "python" or env.user:
+        return False
+    try:
+        return Path(env.path, "pyvenv.cfg").stat().st_ctime >= since
+    except OSError:
+        return False
 
 
 def same_install(recorded: Package, found: Package) -> bool:
@@ -169,8 +189,16 @@ def _inferred_baseline(
 class Tracker:
     """Folds scans into the recorded state of each environment, never losing a package."""
 
-    def __init__(self, baseline: Baseline | None, recorded: Manifest | None) -> None:
+    def __init__(
+        self,
+        baseline: Baseline | None,
+        recorded: Manifest | None,
+        made_since: float | None = None,
+    ) -> None:
+        """`made_since`: when the daemon started (time.time()), for `made_here`; None: no
+        environment is taken for one made while it ran."""
         self._baseline = baseline
+        self._made_since = made_since
         self._recorded = recorded.body if recorded is not None else Body()
         self._events = list(self._recorded.events)
         self._tracks: dict[EnvKey, _Track] = {}
@@ -244,6 +272,9 @@ class Tracker:
             base, pinned = inventory.by_name(), frozenset[str]()
             shipped = inventory_image(self._baseline, env)
             image = manifest.image_identity(shipped)
+        elif self._made_since is not None and made_here(env, self._made_since):
+            base = {n: p for n, p in obs.packages.items() if n.lower() in SEEDED}
+            pinned = frozenset()
         else:
             base, pinned = _inferred_baseline(obs.packages, recorded)
             self.inferred.append(env)
@@ -650,15 +681,16 @@ class Session(msgspec.Struct):
 
 
 def open_session(
-    config: Config, targets: Iterable[Target], store: Store
+    config: Config, targets: Iterable[Target], store: Store, made_since: float | None = None
 ) -> tuple[Session, list[tuple[Environment, Change]]]:
     """Read the manifest and the baseline, then scan every target.
 
     The baseline is taken now only when there is none and the store holds no manifest
     for this key: with a manifest, today's installed packages may include restored ones,
     and taking them for the image's would drop them from the record. Without a baseline
-    the tracker infers one (see the module docstring). Raises StoreError or ManifestError
-    when the store cannot be read: nothing may be recorded before it is.
+    the tracker infers one (see the module docstring), but for a venv made since
+    `made_since` (the daemon's start). Raises StoreError or ManifestError when the store
+    cannot be read: nothing may be recorded before it is.
     """
     targets = list(targets)
     recorded = store.read()
@@ -670,7 +702,7 @@ def open_session(
         origin = f"{inventory.baseline_path(config)} (taken now)"
     session = Session(
         store=store,
-        tracker=Tracker(baseline, recorded),
+        tracker=Tracker(baseline, recorded, made_since),
         baseline_origin=origin,
         generation=recorded.generation if recorded is not None else None,
         on_store=None

@@ -186,6 +186,8 @@ def _prefixes(targets: Iterable[Target]) -> set[Path]:
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.started = time.time()
+        """A venv made since is no image's (`checkpoint.made_here`)."""
         # Asked once: a broken own_env is a usage error at the start, not in the loop.
         self.own = inventory.own_env(config)
         found = inventory.discover(config, self.own)
@@ -646,7 +648,9 @@ class Daemon:
     def _open(self) -> None:
         """Read the manifest and the baseline, scan everything: the record's starting point."""
         try:
-            session, changes = checkpoint.open_session(self.config, self.targets, self.store)
+            session, changes = checkpoint.open_session(
+                self.config, self.targets, self.store, self.started
+            )
         except _STORE_ERRORS as e:
             self._store_failed(e, "cannot read the store or the baseline")
             self._set(unread=self.state.last_error)

@@ -578,12 +578,15 @@ class Report(_Out, frozen=True, kw_only=True):
     """The artifact cache (None: switched off, or no manifest)."""
 
 
-def _age(stamp: str | None) -> float | None:
-    if stamp is None:
-        return None
+def _since(stamp: str) -> float | None:
     with contextlib.suppress(ValueError):
-        return round(time.time() - datetime.fromisoformat(stamp).timestamp(), 1)
+        return datetime.fromisoformat(stamp).timestamp()
     return None
+
+
+def _age(stamp: str | None) -> float | None:
+    since = None if stamp is None else _since(stamp)
+    return None if since is None else round(time.time() - since, 1)
 
 
 def _restore_would(live: Mapping[str, Package], delta: manifest.Delta) -> tuple[Change, ...]:
@@ -678,7 +681,12 @@ def collect(config: Config) -> Report:
     except PkgckptError as e:
         store_error = str(e)
     baseline = inventory.load_baseline(config)
-    tracker = checkpoint.Tracker(baseline, recorded)
+    state = read_state(config)
+    alive = running(state, config)
+    # As the running daemon reads them: a venv made since its start is no image's.
+    tracker = checkpoint.Tracker(
+        baseline, recorded, _since(state.started) if alive and state is not None else None
+    )
     envs: list[EnvReport] = []
     recorded_envs = recorded.body.deltas() if recorded is not None else ()
     elsewhere = {checkpoint.env_key(d.env): d for d in recorded_envs}
@@ -732,8 +740,6 @@ def collect(config: Config) -> Report:
         report = _recorded(held, held.env) if held else EnvReport(env=env)
         envs.append(msgspec.structs.replace(report, error=why))
     envs.extend(_recorded(d, d.env) for d in elsewhere.values())
-    state = read_state(config)
-    alive = running(state, config)
     unlisted = None
     if not alive:
         # Read-only: a daemon that holds the lock is shown, not woken (`find_daemon`).

@@ -467,6 +467,52 @@ def test_a_kernelspec_installed_while_the_daemon_runs_is_tracked(
 
 
 @pytest.mark.slow
+def test_what_a_venv_made_while_the_daemon_runs_held_when_found_is_recorded(
+    world: World, wheels: Path
+) -> None:
+    """The usual way to make a kernel: `python -m venv`, `pip install` what the notebook
+    needs, then `ipykernel install --user`. The venv is found only with its kernelspec,
+    after the install; made while the daemon ran, it is no image's, so what it holds is
+    the user's and recorded (but what making a venv puts there: pip). `status` says
+    nothing of a missing baseline for it."""
+    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
+    d.start()
+    try:
+        eventually(lambda: "watching" in d.output(), what="the daemon to start")
+        made = make_venv(world.tmp / "made-env")
+        made.install(wheels, "alpha==1.0")
+        kernelspec(user_data(Path(world.env["HOME"])), "made", str(made.python))
+        eventually(lambda: recorded(world, made.prefix) == ["alpha==1.0"], what="alpha")
+        shown = world.pkgckpt("status", "--store", str(world.store), "--key", world.key)
+        assert shown.returncode == 0, shown.stderr
+        assert f"python {made.prefix}:" in shown.stdout
+        assert "no baseline" not in shown.stdout, shown.stdout
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_a_venv_older_than_the_daemon_found_later_starts_from_what_it_holds(
+    world: World, wheels: Path
+) -> None:
+    """A venv that was there before the daemon (on the persistent volume, or the image's)
+    and that a kernelspec names only later: what it held then is its starting point, as
+    before; the installs seen after are recorded."""
+    old = make_venv(world.tmp / "old-env")
+    old.install(wheels, "alpha==1.0")
+    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
+    d.start()
+    try:
+        eventually(lambda: "watching" in d.output(), what="the daemon to start")
+        kernelspec(user_data(Path(world.env["HOME"])), "old", str(old.python))
+        eventually(lambda: "tracking " + str(old.prefix) in d.output(), what="tracking")
+        old.install(wheels, "beta==1.0")
+        eventually(lambda: recorded(world, old.prefix) == ["beta==1.0"], what="beta")
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 def test_a_conda_environment_created_while_the_daemon_runs_is_tracked(
     world: World, wheels: Path
 ) -> None:
