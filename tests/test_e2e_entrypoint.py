@@ -387,14 +387,12 @@ def test_a_failed_restore_is_said_once(tmp_path: Path) -> None:
     assert done.stderr == "entrypoint: pkgckpt restore failed (exit 2); starting anyway\n"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_stop_signal_ends_the_server_then_the_daemon(tmp_path: Path, sig: signal.Signals) -> None:
-    """SIGINT (tini passes on a Ctrl-C) stops the server as SIGTERM does, though bash starts
-    background commands with SIGINT ignored; the daemon is told to flush once the server
-    has exited, not before, and the entrypoint then exits."""
+def _serving(tmp_path: Path, code: str) -> tuple[subprocess.Popen[str], Path]:
+    """The entrypoint running `code` as its server, in a session of its own, once the
+    server and the daemon stand-in have started; and the stand-ins' log."""
     env, calls = shimmed(tmp_path)
     server = tmp_path / "server.py"
-    server.write_text(PLAIN_SERVER)
+    server.write_text(code)
     proc = subprocess.Popen(
         ["bash", str(ENTRYPOINT), sys.executable, str(server)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -403,6 +401,20 @@ def test_a_stop_signal_ends_the_server_then_the_daemon(tmp_path: Path, sig: sign
     try:
         eventually((tmp_path / "shim" / "server-started").exists, what="the server")
         eventually(lambda: calls.exists() and "daemon" in calls.read_text(), what="daemon")
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return proc, calls
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_ends_the_server_then_the_daemon(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGINT (tini passes on a Ctrl-C) stops the server as SIGTERM does, though bash starts
+    background commands with SIGINT ignored; the daemon is told to flush once the server
+    has exited, not before, and the entrypoint then exits."""
+    proc, calls = _serving(tmp_path, PLAIN_SERVER)
+    try:
         time.sleep(0.2)  # the entrypoint is in its wait, its traps set
         proc.send_signal(sig)
         proc.wait(20)
@@ -439,18 +451,9 @@ def test_the_exit_status_is_the_servers_when_it_is_gone_before_the_shell_looks(
     Under load that is a race; strace makes it certain by holding each of the shell's
     kill(2) calls for 0.3 s on its way back, so that the server has exited, and been
     reaped, before the shell looks."""
-    env, calls = shimmed(tmp_path)
-    server = tmp_path / "server.py"
-    server.write_text(QUICK_SERVER)
-    proc = subprocess.Popen(
-        ["bash", str(ENTRYPOINT), sys.executable, str(server)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env=env, start_new_session=True, text=True,
-    )  # fmt: skip
+    proc, _ = _serving(tmp_path, QUICK_SERVER)
     tracer = None
     try:
-        eventually((tmp_path / "shim" / "server-started").exists, what="the server")
-        eventually(lambda: calls.exists() and "daemon" in calls.read_text(), what="daemon")
         tracer = subprocess.Popen(
             ["strace", "-qq", "-o", os.devnull, "-e", "trace=kill",
              "-e", "inject=kill:delay_exit=300000", "-p", str(proc.pid)],
