@@ -277,7 +277,11 @@ class Tracker:
             pinned = frozenset()
         else:
             base, pinned = _inferred_baseline(obs.packages, recorded)
-            self.inferred.append(env)
+            # Said only where the scan found what the record does not name: an empty or
+            # missing library (a user library R makes at its first install) leaves
+            # nothing unrecorded.
+            if not obs.packages.keys() <= _names(recorded):
+                self.inferred.append(env)
         state = manifest.apply(base, recorded) if recorded is not None else dict(base)
         history = list(recorded.history) if recorded is not None else []
         track = _Track(env, base, pinned, state, {}, history, identity=obs.identity, image=image)

@@ -540,6 +540,22 @@ def test_the_daemon_lock_is_per_store_and_key_and_goes_with_its_daemon(
 
 
 @pytest.mark.slow
+def test_an_empty_environment_without_a_baseline_is_not_marked(world: World, venv: Venv) -> None:
+    """An environment the baseline does not cover but that holds nothing (a venv made
+    empty, a user library not made yet) leaves nothing unrecorded: neither status nor
+    snapshot warns of it."""
+    empty = make_venv(world.tmp / "empty", with_pip=False)
+    flags = [*world.flags(venv.prefix, empty.prefix), "--baseline", str(world.tmp / "b.json")]
+    shown = world.pkgckpt("status", *flags)
+    assert shown.returncode == 0, shown.stderr
+    assert f"python {empty.prefix}:" in shown.stdout
+    assert "no baseline" not in shown.stdout, shown.stdout
+    snap = world.pkgckpt("snapshot", *flags)
+    assert snap.returncode == 0, snap.stderr
+    assert "no baseline" not in snap.stderr, snap.stderr
+
+
+@pytest.mark.slow
 def test_without_a_baseline_an_existing_manifest_only_grows(world: World, wheels: Path) -> None:
     """Without a baseline, a manifest already on the store only grows.
 
