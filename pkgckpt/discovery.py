@@ -222,11 +222,12 @@ def _kernel_interpreter(kernel: _Kernel, own: Own) -> tuple[Path | None, str]:
     loose = unsafe(spec_file)
     # The own environment's kernelspec may be as open as that environment, which is
     # trusted as configured (docker-stacks' /opt/conda is group-writable): read it, only to
-    # see whether it names that environment, which then needs no word.
+    # see whether it names that environment, or another language (its R kernel), which
+    # then need no word.
     if loose is not None and kernel.data_dir != own.prefix / "share" / "jupyter":
         return None, f"kernel.json: {loose}"
     python, why = _spec_interpreter(kernel, spec_file)
-    if python is not None and python.parent == own.prefix / "bin":
+    if (python is None and not why) or (python is not None and python.parent == own.prefix / "bin"):
         return None, ""
     if loose is not None:
         return None, f"kernel.json: {loose}"

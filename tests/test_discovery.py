@@ -243,8 +243,9 @@ def test_the_own_environments_kernels_need_no_word_however_open_it_is(
 ) -> None:
     """The environment pkgckpt takes as its own (`own_env`, trusted as configured) may be
     group-writable, as docker-stacks' /opt/conda is: its own kernelspec, and a user's
-    kernelspec naming its interpreter, name an environment tracked anyway. Neither is an
-    error in `status`, and its interpreter is not started for them."""
+    kernelspec naming its interpreter, name an environment tracked anyway; its R kernel
+    is no Python environment. None is an error in `status`, and its interpreter is not
+    started for them."""
     own = tmp_path / "conda"
     (own / "bin").mkdir(parents=True)
     canary = tmp_path / "ran"
@@ -252,6 +253,7 @@ def test_the_own_environments_kernels_need_no_word_however_open_it_is(
     python.write_text(f"#!/bin/sh\ntouch {canary}\n")
     python.chmod(0o755)
     kernelspec(own / "share" / "jupyter", "python3", "python")
+    kernelspec(own / "share" / "jupyter", "ir", str(own / "lib" / "R" / "bin" / "R"), "R")
     kernelspec(user_data(home), "base", str(python))
     _group_writable(own)
     found = discovery.discover(["kernels"], own=_own(own))
