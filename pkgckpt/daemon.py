@@ -489,7 +489,7 @@ class Daemon:
             # SIGTERM and SIGKILL get a quarter of the bound each, so that a worker stalled
             # in the file system (a hung NFS home) leaves the flush its time.
             results = self.captures.stop(timeout=min(5.0, self.config.shutdown_timeout / 4))
-            if self.session is not None:
+            if self.session is not None and results:  # [] too when no worker ran
                 self._took(results)
         self._flush()
         # The delay the outage grew while running (up to a minute) would leave a store

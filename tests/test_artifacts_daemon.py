@@ -82,6 +82,8 @@ def test_the_daemon_captures_after_its_commit_in_the_background(tmp_path: Path) 
         status = world.pkgckpt("status", *flags)
         assert "artifacts:  2 (" in status.stdout, status.stdout
         assert daemon.stop() == 0, daemon.output()
+        # No worker runs at the stop: nothing to say of captures then.
+        assert "captured 0 artifact(s), 0 not captured" not in daemon.output()
     finally:
         daemon.close()
     assert not list((tmp_path / "tmpdir").iterdir())
