@@ -79,6 +79,7 @@ __all__ = [
     "answer",
     "ask_daemon",
     "forget",
+    "forget_command",
     "forgotten",
     "history",
     "printable",
@@ -232,6 +233,28 @@ def history(config: Config, limit: int | None = None) -> History:
 
 def _recorded(d: Delta) -> tuple[Package, ...]:
     return (*d.added, *d.changed, *d.removed)
+
+
+def forget_command(
+    name: str, env: Environment, recorded: Iterable[tuple[Environment, Iterable[Package]]]
+) -> str:
+    """The command that stops retrying `name` of `env` (the environment the record keeps
+    it under): `pkgckpt forget NAME`, naming `env` when another environment of `recorded`
+    (each with its recorded packages) holds the name too, as `forgotten` matches it: a
+    bare forget would drop it there as well."""
+    import shlex
+
+    command = f"pkgckpt forget {shlex.quote(printable(name))}"
+    wanted = {name, _key("python", name)}
+    if any(
+        _key(other.kind, p.name) in wanted
+        for other, packages in recorded
+        if not manifest.same_env(other, env)
+        for p in packages
+    ):
+        flag = "--r-lib" if env.kind == "r" else "--env"
+        command += f" {flag} {shlex.quote(printable(env.path))}"
+    return command
 
 
 def forgotten(

@@ -841,42 +841,23 @@ def _changes(label: str, changes: tuple[Change, ...]) -> list[str]:
 
 
 def _failing(report: Report, e: EnvReport) -> list[str]:
-    """The failing packages of `e`, each with the forget that stops it: naming `e` when
-    the name is recorded elsewhere too, which a bare forget would drop as well."""
-    import shlex
+    """The failing packages of `e`, each with the forget that stops it
+    (`record.forget_command`)."""
+    from .record import forget_command, printable
 
-    from .record import printable
-
+    # The record's paths: an R library matched by its role is recorded under another.
+    recorded = [
+        (o.recorded_as or o.env, (*o.added, *o.changed, *o.removed)) for o in report.environments
+    ]
     lines = []
     for f in e.failing:
-        command = f"pkgckpt forget {shlex.quote(printable(f.name))}"
-        if _elsewhere(report, e, f.name):
-            # The record's path: an R library matched by its role is recorded under another.
-            env = e.recorded_as or e.env
-            flag = "--r-lib" if env.kind == "r" else "--env"
-            command += f" {flag} {shlex.quote(printable(env.path))}"
+        command = forget_command(f.name, e.recorded_as or e.env, recorded)
         lines.append(
             f"    failing  {printable(f.name)} {printable(f.version)}: {f.count} restore(s) "
             f"in a row; `{command}` stops retrying it"
         )
         lines += [f"             | {printable(line)}" for line in f.reason.splitlines()[-5:]]
     return lines
-
-
-def _elsewhere(report: Report, e: EnvReport, name: str) -> bool:
-    """Whether `pkgckpt forget name` would also match a package recorded in another
-    environment than `e` (as `record.forgotten` matches: Python names normalized)."""
-    from .scan.python import canonicalize_name
-
-    wanted = {name, canonicalize_name(name)}
-    for other in report.environments:
-        if other is e:
-            continue
-        for p in (*other.added, *other.changed, *other.removed):
-            key = canonicalize_name(p.name) if other.env.kind == "python" else p.name
-            if key in wanted:
-                return True
-    return False
 
 
 def to_text(report: Report) -> str:

@@ -1048,29 +1048,20 @@ def _record(config: Config, report: Report, seconds: float) -> None:
 
 def _forget_commands(report: Report, body: Body) -> Report:
     """`report` with each failure's `forget` command, from the record `body`."""
-    import shlex
-
     from ..manifest import same_env
+    from ..record import forget_command
 
+    recorded = [(d.env, (*d.added, *d.changed, *d.removed)) for d in body.deltas()]
     envs = []
     for e in report.environments:
         planned = next((p for p in report.plan.environments if same_env(p.env, e.env)), None)
         # The record's path: an R library matched by its role is recorded under another.
-        recorded = (planned.recorded if planned is not None else None) or e.env
-        failed = []
-        for f in e.failed:
-            command = f"pkgckpt forget {shlex.quote(f.name)}"
-            wanted = {f.name, canonical(f.name)}
-            if any(
-                (canonical(p.name) if d.env.kind == "python" else p.name) in wanted
-                for d in body.deltas()
-                if not same_env(d.env, recorded)
-                for p in (*d.added, *d.changed, *d.removed)
-            ):
-                flag = "--r-lib" if recorded.kind == "r" else "--env"
-                command += f" {flag} {shlex.quote(recorded.path)}"
-            failed.append(msgspec.structs.replace(f, forget=command))
-        envs.append(msgspec.structs.replace(e, failed=tuple(failed)))
+        env = (planned.recorded if planned is not None else None) or e.env
+        failed = tuple(
+            msgspec.structs.replace(f, forget=forget_command(f.name, env, recorded))
+            for f in e.failed
+        )
+        envs.append(msgspec.structs.replace(e, failed=failed))
     return msgspec.structs.replace(report, environments=tuple(envs))
 
 
