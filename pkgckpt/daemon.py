@@ -183,6 +183,11 @@ def _prefixes(targets: Iterable[Target]) -> set[Path]:
     return {Path(t.env.path) for t in targets if t.env.kind == "python" and not t.env.user}
 
 
+def _tracked(targets: list[Target]) -> tuple[str, ...]:
+    """What the status file says the daemon tracks (`status.DaemonState.tracked`)."""
+    return tuple(sorted({t.env.path for t in targets}))
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -839,10 +844,6 @@ def run(config: Config) -> int:
 
 
 # -- pkgckpt snapshot --------------------------------------------------------------------
-
-
-def _tracked(targets: list[Target]) -> tuple[str, ...]:
-    return tuple(sorted({t.env.path for t in targets}))
 
 
 class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
