@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     # Reports are only encoded, which needs no annotations resolved: the daemon imports
     # this module and must not import restore.
     from .restore.rebase import Rebase
+    from .restore.venv import Stranded
 
 Phase = Literal["starting", "watching", "stopping", "stopped"]
 
@@ -723,6 +724,9 @@ def collect(config: Config) -> Report:
             acting = {d.name for d in rebase.decisions if d.action in ("install", "remove")}
             unrestored = tuple(c for c in unrestored if c.name in acting)
             report = msgspec.structs.replace(report, rebase=rebase)
+        venv = _stranded_venv(Path(env.path)) if env.kind == "python" and mine else None
+        if venv is not None:  # named by --env: tracked all the same, from its files
+            report = msgspec.structs.replace(report, error=venv.describe())
         stale = tuple(sorted(target.last.stale))
         envs.append(
             msgspec.structs.replace(
@@ -735,8 +739,12 @@ def collect(config: Config) -> Report:
         )
     for u in unreadable:
         env = Environment(kind="python", path=u.path)
-        held = elsewhere.pop(checkpoint.env_key(env), None)
         why = f"{u.reason} (named by {u.origin})"
+        venv = _stranded(Path(u.path), elsewhere)
+        if venv is not None:
+            env = Environment(kind="python", path=str(venv.prefix))
+            why = f"{venv.describe()} (named by {u.origin})"
+        held = elsewhere.pop(checkpoint.env_key(env), None)
         report = _recorded(held, held.env) if held else EnvReport(env=env)
         envs.append(msgspec.structs.replace(report, error=why))
     envs.extend(_recorded(d, d.env) for d in elsewhere.values())
@@ -782,6 +790,28 @@ def collect(config: Config) -> Report:
         rstudio_ignored=_rstudio_ignored(r_tracking),
         artifacts=cache,
     )
+
+
+def _stranded(
+    python: Path, recorded: Mapping[checkpoint.EnvKey, manifest.Delta]
+) -> Stranded | None:
+    """The venv of a kernel's missing `python`, when the record holds it and its interpreter
+    is gone: `restore` makes it again (`restore.venv`)."""
+    if python.name not in ("python", "python3") or python.parent.name != "bin":
+        return None
+    prefix = python.parent.parent
+    if checkpoint.env_key(Environment(kind="python", path=str(prefix))) not in recorded:
+        return None
+    return _stranded_venv(prefix)
+
+
+def _stranded_venv(prefix: Path) -> Stranded | None:
+    bin_dir = prefix / "bin"
+    if os.path.exists(bin_dir / "python3") or os.path.exists(bin_dir / "python"):  # noqa: PTH110
+        return None  # the usual case, in two stat()s: no import
+    from .restore.venv import stranded
+
+    return stranded(prefix)
 
 
 def _rstudio_ignored(r: inventory.RTracking) -> str | None:

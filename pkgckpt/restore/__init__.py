@@ -110,8 +110,10 @@ from ..scan.python import strip_credentials
 from .rebase import Decision, Rebase
 from .runner import ArtifactInstaller, Deadline, Installer, Outcome
 from .validate import canonical, check_body
+from .venv import Remade
 
 if TYPE_CHECKING:
+    from ..discovery import Discovered
     from ..inventory import Target
 
 __all__ = [
@@ -317,6 +319,8 @@ class Report(_Out, frozen=True, kw_only=True):
     environments: tuple[EnvReport, ...] = ()
     timed_out: bool = False
     seconds: float = 0.0
+    remade: tuple[Remade, ...] = ()
+    """Venvs whose interpreter the image took away, made again before planning (`venv`)."""
 
     @property
     def failures(self) -> tuple[Failure, ...]:
@@ -332,15 +336,16 @@ class Report(_Out, frozen=True, kw_only=True):
         if failing and not changed and not self.timed_out and all(e.unavailable for e in failing):
             return 1
         held = self.plan.held_back() and not self.dry_run
-        return 3 if self.failures or self.timed_out or held else 0
+        unmade = any(r.error for r in self.remade) and not self.dry_run
+        return 3 if self.failures or self.timed_out or held or unmade else 0
 
     def to_json(self) -> bytes:
         return _encoder.encode(msgspec.structs.replace(self, plan=_without_credentials(self.plan)))
 
     def render(self) -> str:
+        lines = [r.render(self.dry_run) for r in self.remade]
         if self.dry_run or self.plan.is_empty():
-            return self.plan.render()
-        lines: list[str] = []
+            return "\n".join([*lines, self.plan.render()])
         for e in self.environments:
             counts = f"installed {len(e.installed)}"
             if e.from_artifacts:
@@ -1067,29 +1072,40 @@ def _forget_commands(report: Report, body: Body) -> Report:
 
 def run(config: Config, *, dry_run: bool = False, progress: Progress | None = None) -> Report:
     """`pkgckpt restore`: raises PartialRestore (with the Report) when anything failed."""
-    from ..inventory import ensure_baseline, targets
+    from ..inventory import discover, ensure_baseline, targets
 
     if not dry_run:
         from ..jitter import wait
 
         wait(config)
     deadline = Deadline(config.timeout)
-    found = targets(config)
+    discovered = None if config.env else discover(config)
+    remade = _remake_stranded(config, discovered, deadline, dry_run)
+    if discovered is not None and any(r.python for r in remade) and not dry_run:
+        discovered = discover(config)  # the kernels of the venvs made again
+    found = targets(config, discovered)
+    # A venv still without its interpreter (not made again, or not yet in a dry run) takes
+    # no installer: --env tracks it from its files all the same.
+    stranded = {r.path for r in remade if dry_run or r.error}
+    found = [t for t in found if t.env.kind != "python" or t.env.path not in stranded]
     if dry_run:
         from ..inventory import load_baseline
 
         manifest = _read(config)
         baseline = load_baseline(config) if manifest is not None else None
-        return Report(plan=_plan(config, manifest, found, baseline), dry_run=True)
+        plan = _after_remade(_plan(config, manifest, found, baseline), remade, dry_run)
+        return Report(plan=plan, dry_run=True, remade=remade)
     started = time.monotonic()
     # Before anything is installed: afterwards the image's packages could not be told apart.
     baseline = ensure_baseline(config, found)
     manifest = _read(config)
-    the_plan = _plan(config, manifest, found, baseline)
+    the_plan = _after_remade(_plan(config, manifest, found, baseline), remade, dry_run)
     if the_plan.is_empty():
         report = Report(plan=the_plan)
     else:
         report = _apply(the_plan, config, found, deadline, progress or _terminal_progress())
+    if remade:
+        report = msgspec.structs.replace(report, remade=remade)
     marks = any(
         d.action in ("superseded", "held-back")
         for e in the_plan.environments
@@ -1105,8 +1121,15 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
 
         remember(config, manifest, report)
     _record(config, report, time.monotonic() - started)
-    if the_plan.is_empty() and not the_plan.held_back():
+    if the_plan.is_empty() and not the_plan.held_back() and not report.exit_code:
         return report
+    unmade = [r for r in report.remade if r.error]
+    if unmade and not report.failures and not report.timed_out and not the_plan.held_back():
+        raise PartialRestore(
+            f"restore incomplete: {len(unmade)} venv(s) whose interpreter is gone could "
+            "not be made again (" + "; ".join(r.render() for r in unmade) + ")",
+            report=report,
+        )
     if report.exit_code == 1:
         why = next(e.unavailable for e in report.environments if e.unavailable)
         raise RestoreUnavailable(f"restore failed: {why}", report=report)
@@ -1129,6 +1152,70 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
             report=report,
         )
     return report
+
+
+def _after_remade(plan: Plan, remade: Sequence[Remade], dry_run: bool) -> Plan:
+    """`plan` with why the venvs whose interpreter is gone are skipped (`venv`)."""
+    if not remade:
+        return plan
+    why = {
+        r.path: "its venv was not made again (above)"
+        if r.error
+        else "planned once restore has made its venv again"
+        for r in remade
+        if r.error or dry_run
+    }
+    skipped = tuple(
+        msgspec.structs.replace(s, reason=why[s.env.path])
+        if s.env.kind == "python" and s.env.path in why
+        else s
+        for s in plan.skipped
+    )
+    return msgspec.structs.replace(plan, skipped=skipped)
+
+
+def _remake_stranded(
+    config: Config, discovered: Discovered | None, deadline: Deadline, dry_run: bool
+) -> tuple[Remade, ...]:
+    """Make again each venv of the record, tracked here, whose interpreter is gone (`venv`)."""
+    prefixes = list(config.env)
+    if discovered is not None:
+        # A kernelspec's interpreter that is missing: its venv's own link to the old Python.
+        prefixes += [
+            Path(u.path).parent.parent
+            for u in discovered.unreadable
+            if Path(u.path).name in ("python", "python3") and Path(u.path).parent.name == "bin"
+        ]
+    # What venv makes again: stat()s only, so that the usual restore imports nothing more.
+    # os.path's: False, not an error, beneath a directory this user may not enter.
+    exists = os.path.exists
+    prefixes = [
+        p
+        for p in dict.fromkeys(prefixes)
+        if not exists(p / "bin" / "python3") and not exists(p / "bin" / "python")
+    ]
+    if not prefixes:
+        return ()
+    from .venv import remake, stranded
+
+    manifest = _read(config)
+    recorded = {
+        d.env.path
+        for d in (manifest.body.environments if manifest is not None else ())
+        if d.env.kind == "python" and not d.env.user and not d.is_empty()
+    }
+    remade: list[Remade] = []
+    for prefix in prefixes:
+        venv = stranded(prefix) if str(prefix) in recorded else None
+        if venv is None:
+            continue
+        if dry_run:
+            python, why = venv.python()
+            would = str(python) if python is not None else None
+            remade.append(Remade(path=str(prefix), gone=venv.gone, python=would, error=why or None))
+        else:
+            remade.append(remake(venv, deadline))
+    return tuple(remade)
 
 
 def command(config: Config, *, dry_run: bool, as_json: bool) -> int:

@@ -1,0 +1,186 @@
+"""A new image that moves its Python to another minor version strands every venv made from
+the old one (`bin/python3.X` leads to a Python that is gone): restore makes such a venv
+again with the image's new Python, then brings its recorded packages back for it.
+
+Real venvs of two real CPython minor versions (pyenv's), a real daemon, a real kernelspec.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from daemon_kit import World, eventually, uv_install
+from restore_kit import isolated
+from test_discovery import kernelspec, recorded, tmp_path, user_data, world
+from test_rebase import _other_python
+from wheelhouse import Dist, build_wheel
+
+from pkgckpt.restore.venv import remake, stranded
+from pkgckpt.runner import Deadline
+
+# test_discovery's: a World with a home of its own, under /var/tmp (every directory above
+# an interpreter that restore starts must pass the trust check).
+__all__ = ["isolated", "tmp_path", "world"]  # fixtures
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("stranded-wheels")
+    build_wheel(Dist("alpha", "1.0"), out)
+    return out
+
+
+def _pythons() -> tuple[Path, Path]:
+    """The old image's Python and the new one's: two CPython minor versions."""
+    other = _other_python()
+    if other is None:
+        pytest.skip("needs a second CPython minor version under ~/.pyenv/versions")
+    mine = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    return Path(os.path.realpath(other)), Path(os.path.realpath(mine))
+
+
+def image_bin(world: World, python: Path | None) -> Path:
+    """The image's Python directory (/opt/conda/bin): `python3.X` and `python3` lead to
+    `python`; None: an image with no Python there."""
+    bin_dir = world.tmp / "image" / "bin"
+    shutil.rmtree(bin_dir, ignore_errors=True)
+    bin_dir.mkdir(parents=True)
+    if python is not None:
+        (bin_dir / python.name).symlink_to(python)
+        (bin_dir / "python3").symlink_to(python.name)
+    return bin_dir
+
+
+def flags(world: World, wheels: Path) -> list[str]:
+    return ["--store", str(world.store), "--key", world.key, "--no-index",
+            "--find-links", str(wheels)]  # fmt: skip
+
+
+def recorded_kernel_venv(world: World, wheels: Path, old: Path) -> Path:
+    """A kernel's venv made from the old image's Python, alpha installed into it under a
+    daemon and recorded; then the new image: its Python is `python3` only, and the
+    container's runtime directory is new."""
+    bin_dir = image_bin(world, old)
+    prefix = world.tmp / "home" / "envs" / "analysis"
+    made = [str(bin_dir / old.name), "-m", "venv", "--without-pip", str(prefix)]
+    subprocess.run(made, check=True, capture_output=True)
+    (prefix / "notes.txt").write_text("the user's own file\n")
+    kernelspec(user_data(world.tmp / "home"), "analysis", str(prefix / "bin" / "python"))
+    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
+    d.start()
+    try:
+        eventually(lambda: "watching" in d.output(), what="the daemon to start")
+        uv_install(prefix / "bin" / "python", wheels, "alpha==1.0", env=world.env)
+        eventually(lambda: recorded(world, prefix) == ["alpha==1.0"], what="alpha")
+        assert d.stop() == 0
+    finally:
+        d.close()
+    shutil.rmtree(world.runtime)
+    return prefix
+
+
+def links(prefix: Path) -> list[tuple[str, str]]:
+    return sorted((p.name, str(p.readlink())) for p in (prefix / "bin").iterdir() if p.is_symlink())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["kernelspec", "--env"])
+def test_a_kernel_venv_whose_python_the_new_image_moved_is_made_again_and_restored(
+    world: World, wheels: Path, route: str
+) -> None:
+    """Its interpreter link leads nowhere on the new image: `status` says restore makes it
+    again, a dry run changes nothing, restore makes it with the image's new python3 and
+    installs alpha for it; the user's own files stay, and a second restore does nothing.
+    The venv is restore's by its kernelspec, or named with --env."""
+    old, new = _pythons()
+    prefix = recorded_kernel_venv(world, wheels, old)
+    bin_dir = image_bin(world, new)
+    python = prefix / "bin" / "python"
+    assert python.is_symlink() and not python.exists()
+    named = ["--env", str(prefix)] if route == "--env" else []
+
+    shown = world.pkgckpt("status", "--store", str(world.store), "--key", world.key, *named)
+    assert shown.returncode == 0, shown.stderr
+    assert f"pkgckpt restore makes the venv again with {bin_dir / 'python3'}" in shown.stdout
+
+    dry = world.pkgckpt("restore", "--dry-run", *flags(world, wheels), *named)
+    assert dry.returncode == 0, dry.stderr
+    assert f"Would make the venv {prefix} again" in dry.stdout, dry.stdout
+    assert "planned once restore has made its venv again" in dry.stdout, dry.stdout
+    assert python.is_symlink() and not python.exists()
+
+    done = world.pkgckpt("restore", *flags(world, wheels), *named)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Made the venv {prefix} again with {bin_dir / 'python3'}" in done.stdout
+    assert "installed 1" in done.stdout, done.stdout
+    ran = subprocess.run(
+        [str(python), "-c", "import alpha, sys; print(sys.version_info[:2])"],
+        capture_output=True, text=True, check=True, cwd=world.tmp,
+    )  # fmt: skip
+    assert ran.stdout.strip() == str(tuple(int(x) for x in new.name[6:].split(".")))
+    assert (prefix / "notes.txt").read_text() == "the user's own file\n"
+    assert (prefix / "lib" / old.name).is_dir()  # the old Python's files are left alone
+
+    again = world.pkgckpt("restore", *flags(world, wheels), *named)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Made the venv" not in again.stdout
+    assert "Nothing to restore" in again.stdout, again.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["kernelspec", "--env"])
+def test_a_stranded_venv_without_the_images_new_python_is_left_and_reported(
+    world: World, wheels: Path, route: str
+) -> None:
+    """The new image has no python3 where the old one had its Python: restore touches
+    nothing in the venv, says how to make it again, and exits 3 (its packages are not
+    back); `status` says the same."""
+    old, _ = _pythons()
+    prefix = recorded_kernel_venv(world, wheels, old)
+    image_bin(world, None)
+    before = links(prefix)
+    named = ["--env", str(prefix)] if route == "--env" else []
+
+    done = world.pkgckpt("restore", *flags(world, wheels), *named)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"python3 -m venv --clear {prefix}" in done.stdout, done.stdout
+    assert "its venv was not made again" in done.stdout, done.stdout
+    assert links(prefix) == before
+
+    shown = world.pkgckpt("status", "--store", str(world.store), "--key", world.key, *named)
+    assert "restore cannot make it again" in shown.stdout, shown.stdout
+
+
+def test_a_home_others_may_write_is_not_trusted_to_make_a_venv_again(tmp_path: Path) -> None:
+    """pyvenv.cfg's home is the user's word only: a python3 in a directory that others may
+    write is not started, and no link of the venv is taken away."""
+    old, new = _pythons()
+    image = tmp_path / "image"
+    image.mkdir()
+    (image / old.name).symlink_to(old)
+    made = [str(image / old.name), "-m", "venv", "--without-pip", str(tmp_path / "v")]
+    subprocess.run(made, check=True, capture_output=True)
+    (image / old.name).unlink()
+    (image / "python3").symlink_to(new)
+    image.chmod(0o777)
+    venv = stranded(tmp_path / "v")
+    assert venv is not None and venv.home == image
+    before = sorted(p.name for p in (tmp_path / "v" / "bin").iterdir())
+    done = remake(venv, Deadline(60))
+    assert done.python is None
+    assert done.error is not None and "writable by group or others" in done.error
+    assert sorted(p.name for p in (tmp_path / "v" / "bin").iterdir()) == before
+
+
+def test_a_venv_whose_python_is_there_is_not_stranded(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "v")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert stranded(tmp_path / "v") is None
+    assert stranded(tmp_path / "nothing") is None
