@@ -194,9 +194,10 @@ def test_missing_directory_is_reported_and_the_rest_restored(tmp_path: Path, whe
 def test_user_site_packages_go_to_the_user_site(
     tmp_path: Path, wheels: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A user-site delta is installed with `pip --user` into the user site, not the prefix."""
+    """A user-site delta is installed with `pip --user` into the user site, not the prefix.
+    The prefix is this venv's base interpreter's: a venv has no user site."""
     monkeypatch.setenv("PYTHONUSERBASE", str(tmp_path / "userbase"))
-    prefix = Path(sys.prefix)
+    prefix = Path(sys.base_prefix)
     config = configure(tmp_path, prefix, wheels)
     user = next((t for t in targets(config) if t.env.user), None)
     if user is None:
