@@ -175,6 +175,8 @@ def test_a_home_others_may_write_is_not_trusted_to_make_a_venv_again(tmp_path: P
     assert done.python is None
     assert done.error is not None and "writable by group or others" in done.error
     assert sorted(p.name for p in (tmp_path / "v" / "bin").iterdir()) == before
+    (tmp_path / "v").chmod(0o777)  # a venv others may write is no one's to make again
+    assert stranded(tmp_path / "v") is None
 
 
 def test_a_venv_whose_python_is_there_is_not_stranded(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import msgspec
 
+from ..manifest import visible as _visible
 from ..runner import Deadline, call
 from ..trust import read_owned, unsafe
 
@@ -108,10 +109,6 @@ def _interpreter_name(name: str) -> bool:
     return False
 
 
-def _visible(text: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
 def stranded(prefix: Path) -> Stranded | None:
     """The venv at `prefix` when every interpreter link of its `bin` leads nowhere."""
     bin_dir = prefix / "bin"
@@ -122,6 +119,7 @@ def stranded(prefix: Path) -> Stranded | None:
             return None
         if os.path.islink(link) and not gone:  # noqa: PTH114
             gone = os.path.realpath(link)
+    # The file and every directory above it, the prefix among them (`trust.unsafe`).
     if not gone or unsafe(prefix / "pyvenv.cfg") is not None:
         return None
     try:
@@ -152,9 +150,6 @@ def remake(venv: Stranded, deadline: Deadline) -> Remade:
     python, why = venv.python()
     if python is None:
         return Remade(path=str(venv.prefix), gone=venv.gone, error=why)
-    loose = unsafe(venv.prefix)
-    if loose is not None:
-        return Remade(path=str(venv.prefix), gone=venv.gone, error=f"{venv.prefix}: {loose}")
     bin_dir = venv.prefix / "bin"
     try:
         for entry in os.scandir(bin_dir):
