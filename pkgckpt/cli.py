@@ -317,7 +317,9 @@ def restore(cfg: config.Config, dry_run: bool, as_json: bool, print_bound: bool)
     nothing else. Run twice, the second run does nothing and says so. Index settings come
     from these flags, the config or the installer's own configuration, never the store.
     On a new image or Python, the record is rebased: what would break an image package is
-    held back and named (exit 3) unless --on-conflict user.
+    held back and named (exit 3) unless --on-conflict user. A recorded venv whose Python
+    the new image took away is made again first, with the Python that now stands in its
+    pyvenv.cfg's home.
     """
     if print_bound:
         from .jitter import print_bound as print_it
