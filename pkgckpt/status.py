@@ -724,7 +724,7 @@ def collect(config: Config) -> Report:
             acting = {d.name for d in rebase.decisions if d.action in ("install", "remove")}
             unrestored = tuple(c for c in unrestored if c.name in acting)
             report = msgspec.structs.replace(report, rebase=rebase)
-        venv = _stranded_venv(Path(env.path)) if env.kind == "python" and mine else None
+        venv = _stranded(Path(env.path)) if env.kind == "python" and mine else None
         if venv is not None:  # named by --env: tracked all the same, from its files
             report = msgspec.structs.replace(report, error=venv.describe())
         stale = tuple(sorted(target.last.stale))
@@ -740,7 +740,7 @@ def collect(config: Config) -> Report:
     for u in unreadable:
         env = Environment(kind="python", path=u.path)
         why = f"{u.reason} (named by {u.origin})"
-        venv = _stranded(Path(u.path), elsewhere)
+        venv = _kernel_venv(Path(u.path), elsewhere)
         if venv is not None:
             env = Environment(kind="python", path=str(venv.prefix))
             why = f"{venv.describe()} (named by {u.origin})"
@@ -792,26 +792,30 @@ def collect(config: Config) -> Report:
     )
 
 
-def _stranded(
-    python: Path, recorded: Mapping[checkpoint.EnvKey, manifest.Delta]
-) -> Stranded | None:
-    """The venv of a kernel's missing `python`, when the record holds it and its interpreter
-    is gone: `restore` makes it again (`restore.venv`)."""
-    if python.name not in ("python", "python3") or python.parent.name != "bin":
-        return None
-    prefix = python.parent.parent
-    if checkpoint.env_key(Environment(kind="python", path=str(prefix))) not in recorded:
-        return None
-    return _stranded_venv(prefix)
-
-
-def _stranded_venv(prefix: Path) -> Stranded | None:
-    bin_dir = prefix / "bin"
-    if os.path.exists(bin_dir / "python3") or os.path.exists(bin_dir / "python"):  # noqa: PTH110
-        return None  # the usual case, in two stat()s: no import
+def _stranded(prefix: Path) -> Stranded | None:
+    """The venv at `prefix` when its interpreter is gone: `restore` makes it again
+    (`restore.venv`). Asked only of what the record holds, which `collect` checks with
+    restore's validation anyway: the import costs nothing more."""
     from .restore.venv import stranded
 
     return stranded(prefix)
+
+
+def _kernel_venv(
+    python: Path, recorded: Mapping[checkpoint.EnvKey, manifest.Delta]
+) -> Stranded | None:
+    """The stranded venv whose own link a kernel's missing `python` is, when the record
+    holds it."""
+    if not recorded:
+        return None
+    from .restore.venv import kernel_prefix
+
+    prefix = kernel_prefix(python)
+    if prefix is None:
+        return None
+    if checkpoint.env_key(Environment(kind="python", path=str(prefix))) not in recorded:
+        return None
+    return _stranded(prefix)
 
 
 def _rstudio_ignored(r: inventory.RTracking) -> str | None:

@@ -110,7 +110,7 @@ from ..scan.python import strip_credentials
 from .rebase import Decision, Rebase
 from .runner import ArtifactInstaller, Deadline, Installer, Outcome
 from .validate import canonical, check_body
-from .venv import Remade
+from .venv import Remade, kernel_prefix, remake, stranded
 
 if TYPE_CHECKING:
     from ..discovery import Discovered
@@ -1180,42 +1180,19 @@ def _remake_stranded(
     """Make again each venv of the record, tracked here, whose interpreter is gone (`venv`)."""
     prefixes = list(config.env)
     if discovered is not None:
-        # A kernelspec's interpreter that is missing: its venv's own link to the old Python.
-        prefixes += [
-            Path(u.path).parent.parent
-            for u in discovered.unreadable
-            if Path(u.path).name in ("python", "python3") and Path(u.path).parent.name == "bin"
-        ]
-    # What venv makes again: stat()s only, so that the usual restore imports nothing more.
-    # os.path's: False, not an error, beneath a directory this user may not enter.
-    exists = os.path.exists
-    prefixes = [
-        p
-        for p in dict.fromkeys(prefixes)
-        if not exists(p / "bin" / "python3") and not exists(p / "bin" / "python")
-    ]
-    if not prefixes:
+        # A kernelspec's interpreter that is missing: perhaps its venv's link to the old one.
+        prefixes += [p for u in discovered.unreadable if (p := kernel_prefix(Path(u.path)))]
+    # Two stat()s a prefix in the usual case, where its interpreter is there.
+    found = [v for p in dict.fromkeys(prefixes) if (v := stranded(p)) is not None]
+    if not found:
         return ()
-    from .venv import remake, stranded
-
     manifest = _read(config)
     recorded = {
         d.env.path
         for d in (manifest.body.environments if manifest is not None else ())
         if d.env.kind == "python" and not d.env.user and not d.is_empty()
     }
-    remade: list[Remade] = []
-    for prefix in prefixes:
-        venv = stranded(prefix) if str(prefix) in recorded else None
-        if venv is None:
-            continue
-        if dry_run:
-            python, why = venv.python()
-            would = str(python) if python is not None else None
-            remade.append(Remade(path=str(prefix), gone=venv.gone, python=would, error=why or None))
-        else:
-            remade.append(remake(venv, deadline))
-    return tuple(remade)
+    return tuple(remake(v, deadline, dry_run=dry_run) for v in found if str(v.prefix) in recorded)
 
 
 def command(config: Config, *, dry_run: bool, as_json: bool) -> int:

@@ -145,11 +145,22 @@ def stranded(prefix: Path) -> Stranded | None:
     )
 
 
-def remake(venv: Stranded, deadline: Deadline) -> Remade:
-    """Make `venv` again at its prefix with the interpreter of its `home`."""
+def kernel_prefix(python: Path) -> Path | None:
+    """The prefix of a kernelspec's interpreter that is a venv's own link to its Python:
+    `bin/python` or `bin/python3`, which a venv made again has again."""
+    if python.name in ("python", "python3") and python.parent.name == "bin":
+        return python.parent.parent
+    return None
+
+
+def remake(venv: Stranded, deadline: Deadline, *, dry_run: bool = False) -> Remade:
+    """Make `venv` again at its prefix with the interpreter of its `home`; `dry_run`: say
+    with which, changing nothing."""
     python, why = venv.python()
     if python is None:
         return Remade(path=str(venv.prefix), gone=venv.gone, error=why)
+    if dry_run:
+        return Remade(path=str(venv.prefix), gone=venv.gone, python=str(python))
     bin_dir = venv.prefix / "bin"
     try:
         for entry in os.scandir(bin_dir):
