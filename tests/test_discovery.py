@@ -11,10 +11,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from daemon_kit import World, eventually
+from daemon_kit import Daemon, World, eventually
 from restore_kit import isolated  # noqa: F401 (autouse fixture)
 from wheelhouse import Dist, Venv, build_wheel, make_venv
 
@@ -425,6 +426,18 @@ def world(tmp_path: Path) -> Iterator[World]:
     yield w
 
 
+@contextmanager
+def watching(world: World) -> Iterator[Daemon]:
+    """The daemon over `world`'s store, discovering as configured, ready; killed at the end
+    if it still runs."""
+    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
+    d.start()
+    try:
+        yield d
+    finally:
+        d.close()
+
+
 def recorded(world: World, prefix: Path) -> list[str]:
     found = Store(world.store, world.key).read()
     if found is None:
@@ -440,14 +453,10 @@ def test_pip_install_in_a_kernel_venv_is_checkpointed(world: World, wheels: Path
     """`%pip install` in a kernel whose venv is not pkgckpt's is recorded by the daemon."""
     kernel_env = make_venv(world.tmp / "kernel-env")
     kernelspec(user_data(Path(world.env["HOME"])), "analysis", str(kernel_env.python))
-    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
-    d.start()
-    try:
+    with watching(world):
         # What %pip does: the kernel's own interpreter runs pip.
         kernel_env.install(wheels, "alpha==1.0")
         eventually(lambda: recorded(world, kernel_env.prefix) == ["alpha==1.0"], what="alpha")
-    finally:
-        d.close()
 
 
 @pytest.mark.slow
@@ -455,17 +464,13 @@ def test_a_kernelspec_installed_while_the_daemon_runs_is_tracked(
     world: World, wheels: Path
 ) -> None:
     """A kernelspec that appears later (ipykernel install --user) is tracked, no restart."""
-    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
-    d.start()
-    try:
+    with watching(world) as d:
         late = make_venv(world.tmp / "late-env")
         # The kernels directory does not exist yet either: the first --user install makes it.
         kernelspec(user_data(Path(world.env["HOME"])), "late", str(late.python))
         eventually(lambda: "tracking " + str(late.prefix) in d.output(), what="tracking")
         late.install(wheels, "beta==1.0")
         eventually(lambda: recorded(world, late.prefix) == ["beta==1.0"], what="beta")
-    finally:
-        d.close()
 
 
 @pytest.mark.slow
@@ -477,9 +482,7 @@ def test_what_a_venv_made_while_the_daemon_runs_held_when_found_is_recorded(
     after the install; made while the daemon ran, it is no image's, so what it holds is
     the user's and recorded (but what making a venv puts there: pip). `status` says
     nothing of a missing baseline for it."""
-    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
-    d.start()
-    try:
+    with watching(world) as d:
         eventually(lambda: "watching" in d.output(), what="the daemon to start")
         made = make_venv(world.tmp / "made-env")
         made.install(wheels, "alpha==1.0")
@@ -489,8 +492,6 @@ def test_what_a_venv_made_while_the_daemon_runs_held_when_found_is_recorded(
         assert shown.returncode == 0, shown.stderr
         assert f"python {made.prefix}:" in shown.stdout
         assert "no baseline" not in shown.stdout, shown.stdout
-    finally:
-        d.close()
 
 
 @pytest.mark.slow
@@ -502,16 +503,12 @@ def test_a_venv_older_than_the_daemon_found_later_starts_from_what_it_holds(
     before; the installs seen after are recorded."""
     old = make_venv(world.tmp / "old-env")
     old.install(wheels, "alpha==1.0")
-    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
-    d.start()
-    try:
+    with watching(world) as d:
         eventually(lambda: "watching" in d.output(), what="the daemon to start")
         kernelspec(user_data(Path(world.env["HOME"])), "old", str(old.python))
         eventually(lambda: "tracking " + str(old.prefix) in d.output(), what="tracking")
         old.install(wheels, "beta==1.0")
         eventually(lambda: recorded(world, old.prefix) == ["beta==1.0"], what="beta")
-    finally:
-        d.close()
 
 
 @pytest.mark.slow
@@ -520,17 +517,13 @@ def test_a_conda_environment_created_while_the_daemon_runs_is_tracked(
 ) -> None:
     """A new line in ~/.conda/environments.txt (conda create) is tracked, no restart."""
     home = Path(world.env["HOME"])
-    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
-    d.start()
-    try:
+    with watching(world) as d:
         created = conda_prefix(make_venv(world.tmp / "created"))
         (home / ".conda").mkdir()
         (home / ".conda" / "environments.txt").write_text(f"{created.prefix}\n")
         eventually(lambda: "tracking " + str(created.prefix) in d.output(), what="tracking")
         created.install(wheels, "alpha==1.0")
         eventually(lambda: recorded(world, created.prefix) == ["alpha==1.0"], what="alpha")
-    finally:
-        d.close()
 
 
 def test_a_conda_environment_with_a_loose_interpreter_is_not_probed(
@@ -563,17 +556,13 @@ def test_a_conda_environment_made_in_envs_dirs_while_the_daemon_runs_is_tracked(
     envs = world.tmp / "envs"
     envs.mkdir()
     world.env["CONDA_ENVS_PATH"] = str(envs)
-    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
-    d.start()
-    try:
+    with watching(world) as d:
         created = make_venv(envs / "made")  # the directory first, conda-meta/ after
         time.sleep(0.5)
         conda_prefix(created)
         eventually(lambda: "tracking " + str(created.prefix) in d.output(), what="tracking")
         created.install(wheels, "beta==1.0")
         eventually(lambda: recorded(world, created.prefix) == ["beta==1.0"], what="beta")
-    finally:
-        d.close()
 
 
 @pytest.mark.slow
@@ -587,17 +576,13 @@ def test_a_kernel_venv_made_again_while_the_daemon_runs_is_tracked(
     prefix = world.tmp / "envs" / "analysis"
     python = prefix / "bin" / "python"
     kernelspec(user_data(Path(world.env["HOME"])), "analysis", str(python))
-    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
-    d.start()
-    try:
+    with watching(world) as d:
         eventually(lambda: "not tracked" in d.output(), what="the missing venv reported")
         venv = make_venv(prefix)
         eventually(lambda: "tracking " + str(prefix) in d.output(), what="tracking")
         venv.install(wheels, "alpha==1.0")
         # With pip, should ensurepip still be at work when the venv is found.
         eventually(lambda: "alpha==1.0" in recorded(world, prefix), what="alpha")
-    finally:
-        d.close()
 
 
 @pytest.mark.slow
@@ -611,13 +596,9 @@ def test_a_listed_conda_environment_made_again_while_the_daemon_runs_is_tracked(
     prefix = world.tmp / "projects" / "env"
     (home / ".conda").mkdir()
     (home / ".conda" / "environments.txt").write_text(f"{prefix}\n")
-    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
-    d.start()
-    try:
+    with watching(world) as d:
         eventually(lambda: "not tracked" in d.output(), what="the missing prefix reported")
         created = conda_prefix(make_venv(prefix))
         eventually(lambda: "tracking " + str(created.prefix) in d.output(), what="tracking")
         created.install(wheels, "beta==1.0")
         eventually(lambda: recorded(world, created.prefix) == ["beta==1.0"], what="beta")
-    finally:
-        d.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from daemon_kit import World, eventually, uv_install
 from restore_kit import isolated
-from test_discovery import kernelspec, recorded, tmp_path, user_data, world
+from test_discovery import kernelspec, recorded, tmp_path, user_data, watching, world
 from test_rebase import _other_python
 from wheelhouse import Dist, build_wheel
 
@@ -71,15 +71,11 @@ def recorded_kernel_venv(world: World, wheels: Path, old: Path) -> Path:
     subprocess.run(made, check=True, capture_output=True)
     (prefix / "notes.txt").write_text("the user's own file\n")
     kernelspec(user_data(world.tmp / "home"), "analysis", str(prefix / "bin" / "python"))
-    d = world.daemon("--store", str(world.store), "--key", world.key, "--quiet-ms", "100")
-    d.start()
-    try:
+    with watching(world) as d:
         eventually(lambda: "watching" in d.output(), what="the daemon to start")
         uv_install(prefix / "bin" / "python", wheels, "alpha==1.0", env=world.env)
         eventually(lambda: recorded(world, prefix) == ["alpha==1.0"], what="alpha")
         assert d.stop() == 0
-    finally:
-        d.close()
     shutil.rmtree(world.runtime)
     return prefix
 
