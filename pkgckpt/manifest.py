@@ -862,3 +862,41 @@ def apply(baseline: Mapping[str, Package], d: Delta) -> dict[str, Package]:
     for p in (*d.added, *d.changed):
         state[p.name] = p
     return state
+
+
+def unapply(packages: Iterable[Package], d: Delta, *, own: bool = False) -> dict[str, Package]:
+    """`packages`, a listing that may hold the user's state of `d`'s environment, with `d`
+    taken back where it is in place (the inverse of `apply` there): a recorded install
+    found at its version goes back to the version it replaced, or out where it replaced
+    none; a recorded removal found absent comes back. `own`: `packages` lists the
+    environment's own library alone, so an addition that shadowed a copy beneath it (a
+    user site's over its prefix's) goes out too. What is not in place stays as listed."""
+    out = {p.name: p for p in packages}
+    for part, entries in (("added", d.added), ("changed", d.changed)):
+        for p in entries:
+            here = out.get(p.name)
+            if here is None or here.version != p.version:
+                continue
+            if p.replaced is None or (own and part == "added"):
+                del out[p.name]
+            else:
+                out[p.name] = Package(name=p.name, version=p.replaced)
+    for p in d.removed:
+        out.setdefault(p.name, p)
+    return out
+
+
+def recorded_image(shipped: Iterable[Package], d: Delta) -> list[Package] | None:
+    """The image `d` is relative to, by name, when `shipped` (a baseline's image of `d`'s
+    environment) is that image with the user's packages in place; None when `d` names no
+    image or `shipped` is another one. A baseline taken by a container's first command
+    from a library that outlived the container (a venv, user site or R library in a
+    persistent home, where no image-build baseline lists it) holds what the user
+    installed there: read as the image, it would make every restore a rebase and every
+    uninstall the removal of an image package."""
+    if d.image is None:
+        return None
+    image = unapply(shipped, d)
+    if image_identity(image.values()) != d.image:
+        return None
+    return [image[n] for n in sorted(image)]

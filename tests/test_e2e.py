@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_kit import World
+from daemon_kit import World, pins
 from wheelhouse import Dist, Venv, add_build_backend, build_c_sdist, build_wheel, make_venv
 
 pytestmark = pytest.mark.slow
@@ -98,3 +98,50 @@ def test_user_packages_survive_a_container_restart(
     assert second.stdout.startswith("Nothing to restore"), second.stdout
     assert user.freeze() == before
     print(f"no-op restore: {time.monotonic() - start:.2f} s")
+
+
+def test_a_venv_that_outlives_its_container_keeps_its_image_without_a_baseline_file(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    """README's first command over a venv that persists (a home volume), no baseline file:
+    each container's restore takes its baseline with the user's packages in it. That is
+    still the recorded image: no restore says "rebased onto a new image", and an
+    uninstall of the user's package takes it out of the record instead of recording the
+    removal of an image package the image never shipped."""
+    world = World.make(tmp_path)
+    prefix = image(world, wheelhouse)
+    user = Venv(prefix)
+    flags = world.flags(prefix)
+
+    def container() -> None:
+        """A new container over the same venv: the runtime directory starts empty, and
+        restore takes the baseline."""
+        shutil.rmtree(world.runtime, ignore_errors=True)
+        done = world.pkgckpt("restore", *flags, "--no-index", "--find-links", str(wheelhouse))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "nothing to restore" in done.stdout.lower(), done.stdout
+        assert "image" not in done.stdout, done.stdout
+        status = world.pkgckpt("status", *flags)
+        assert "image" not in status.stdout, status.stdout
+
+    def watched(*steps: tuple[str, str]) -> None:
+        daemon = world.daemon(*flags, "--quiet-ms", "200").start()
+        try:
+            for verb, what in steps:
+                user.install(wheelhouse, what) if verb == "install" else user.uninstall(what)
+            assert daemon.stop() == 0, daemon.output()
+        finally:
+            daemon.close()
+
+    container()
+    watched(("install", "app"), ("install", "imgbase==1.1"), ("uninstall", "imgdrop"))
+    recorded = world.delta()
+    assert pins(recorded.added) == ["app==1.0", "libdep==1.0"]
+    container()
+    watched(("uninstall", "app"))
+    after = world.delta()
+    assert pins(after.added) == ["libdep==1.0"], after
+    assert pins(after.changed) == ["imgbase==1.1"] and after.changed[0].replaced == "1.0"
+    assert pins(after.removed) == ["imgdrop==1.0"]
+    assert after.image == recorded.image
+    container()

@@ -517,3 +517,53 @@ def test_a_directory_source_is_the_directory_the_installer_is_given(
     """A directory and its subdirectory are the same source as the joined directory: what
     restore gives the installer, and what the installer then records."""
     assert manifest.same_source(want, have) is same
+
+
+versions = st.dictionaries(
+    st.sampled_from(["attrs", "idna", "numpy", "tinyx", "zlib-ng"]),
+    st.sampled_from(["1.0", "1.1", "2.0"]),
+)
+
+
+@given(image=versions, user=versions, gone=st.sets(st.sampled_from(["attrs", "idna", "numpy"])))
+def test_the_recorded_image_is_told_from_a_baseline_holding_the_users_packages(
+    image: dict[str, str], user: dict[str, str], gone: set[str]
+) -> None:
+    """A baseline taken where the user's state persisted gives back the record's image."""
+    shipped = {n: Package(name=n, version=v) for n, v in image.items()}
+    state = {**shipped, **{n: Package(name=n, version=v) for n, v in user.items()}}
+    for name in gone - user.keys():
+        state.pop(name, None)
+    d = msgspec.structs.replace(
+        manifest.delta(ENV, shipped, state), image=manifest.image_identity(shipped.values())
+    )
+    found = manifest.recorded_image(state.values(), d)
+    assert found is not None
+    assert [(p.name, p.version) for p in found] == sorted(image.items())
+    assert manifest.recorded_image(shipped.values(), d) == sorted(
+        shipped.values(), key=lambda p: p.name
+    ), "the image itself, with nothing of the user's in place, is the image"
+
+
+def test_another_image_or_an_unrecorded_one_is_not_taken_for_the_record() -> None:
+    """A baseline that differs from the record's image by more than the user's packages,
+    or a record with no image, gives no recorded image."""
+    old = {"idna": Package(name="idna", version="3.8")}
+    state = {**old, "tinyx": Package(name="tinyx", version="1.0")}
+    d = msgspec.structs.replace(
+        manifest.delta(ENV, old, state), image=manifest.image_identity(old.values())
+    )
+    assert manifest.recorded_image(state.values(), d) == [old["idna"]]
+    newer = {**state, "idna": Package(name="idna", version="3.10")}
+    assert manifest.recorded_image(newer.values(), d) is None
+    assert manifest.recorded_image(state.values(), msgspec.structs.replace(d, image=None)) is None
+
+
+def test_unapply_of_a_user_sites_own_listing_drops_an_addition_that_shadowed_its_prefix() -> None:
+    """The user site's own library never held its prefix's copy, so an addition that
+    replaced it goes out of that listing, and back to the prefix's version in the image."""
+    user_site = msgspec.structs.replace(ENV, user=True)
+    mine = Package(name="idna", version="3.10", replaced="3.8")
+    d = Delta(env=user_site, added=(mine,))
+    assert manifest.unapply([mine], d, own=True) == {}
+    assert manifest.unapply([mine], d) == {"idna": Package(name="idna", version="3.8")}

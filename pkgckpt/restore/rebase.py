@@ -5,7 +5,9 @@ The API `restore/__init__.py` calls:
 
     needed(delta, env, image, live) -> bool
         Whether the record must be rebased: it is relative to another image (`Delta.image`
-        differs from `image_identity` of this container's baseline) or another
+        differs from `image_identity` of this container's baseline, and that baseline is
+        not the record's image with the user's packages in place, as one taken from a
+        library that outlived its container is: `manifest.recorded_image`) or another
         interpreter (Python major.minor, implementation, ABI or platform tag; or the WHEEL
         tags of a recorded install not in place here that do not fit this one). Otherwise
         restore stays as it always was: exact pins, `--no-deps`, nothing read but the scan.
@@ -101,6 +103,7 @@ from ..manifest import (
     Package,
     UrlSource,
     image_identity,
+    recorded_image,
     same_source,
     visible,
 )
@@ -201,7 +204,11 @@ def needed(
     `live`: the packages installed here, by canonical name."""
     if new_interpreter(delta.env, env):
         return True
-    if delta.image is not None and delta.image != image_identity(image):
+    if (
+        delta.image is not None
+        and delta.image != image_identity(image)
+        and recorded_image(image, delta) is None
+    ):
         return True
     tags: TargetTags | None = None
     for p in (*delta.added, *delta.changed):
@@ -727,6 +734,7 @@ def rebase(
     index and no artifact is read (status answers at once, whatever the index or the
     store does)."""
     env = target.env
+    image = recorded_image(image, delta) or image
     images = {canonical(p.name): p for p in image}
     moved = new_interpreter(delta.env, env)
     tags = TargetTags(env)
