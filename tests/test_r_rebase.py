@@ -803,3 +803,34 @@ def test_r_versions_order_as_package_version_and_requirements_parse_as_r_writes_
     )
     assert requirements(tmp_path, "Yimg", "1.0") == []
     assert requirements(tmp_path, "Other", "2.0") == []
+
+
+@needs_r
+def test_a_user_library_that_outlives_its_container_is_not_read_as_a_new_image(
+    tmp_path: Path, repo: rpkgs.Repo, user_lib: Path
+) -> None:
+    """A user library in a persistent home, no image-build baseline: each container's
+    restore takes its baseline with the user's packages in that library. Those are the
+    live installs, which restore never reads as the image's, so nothing is superseded
+    or rebased, at this container's start or the next one's."""
+    mine, site = tmp_path / "mine", tmp_path / "site-lib"
+    rpkgs.install(site, repo, ("ckpt.base",))
+    mine.mkdir()
+    shutil.copytree(user_lib / "ckptImports", mine / "ckptImports")
+    delta = Delta(
+        env=r_environment(mine, role="named"),
+        added=recorded(mine, ("ckptImports",)),
+        image=manifest.image_identity(()),
+    )
+    restore_kit.put_manifest(tmp_path / "store", "k", Body(environments=(delta,)))
+    args = ("--r-lib", str(mine), "--r-lib", str(site), "--r-repo", repo.url)
+    for _ in range(2):
+        shutil.rmtree(tmp_path / "container", ignore_errors=True)
+        environment = environ(tmp_path)
+        done = run("restore", tmp_path, environment, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "nothing to restore" in done.stdout.lower(), done.stdout
+        assert "image" not in done.stdout and "superseded" not in done.stdout, done.stdout
+        status = run("status", tmp_path, environment, *args)
+        assert "image" not in status.stdout and "superseded" not in status.stdout, status.stdout
+    assert rpkgs.installed(mine) == {"ckptImports": "1.2.0"}
