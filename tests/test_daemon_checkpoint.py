@@ -384,3 +384,29 @@ def test_a_record_without_an_image_keeps_it_unknown_while_entries_do_not_fit() -
     clean.observe(ENV, Observation({**IMAGE, **ATTRS}))
     delta = clean.body().delta(ENV)
     assert delta is not None and delta.image == IMAGE_ID
+
+
+def test_a_user_site_baseline_holding_the_users_copy_is_still_the_recorded_image() -> None:
+    """A user site in a persistent home, its baseline taken by this container's first
+    command: it lists the user's numpy 2.0.0 shadowing the prefix's 1.26.0. That is the
+    recorded image with the user's copy in place, so the record stays relative to it,
+    and the user's uninstall of the copy takes it out of the record instead of recording
+    the removal of an image package."""
+    user = Environment(kind="python", path="/opt/venv", interpreter="3.11.7", user=True)
+    mine = Package(name="numpy", version="2.0.0", replaced="1.26.0")
+    delta = Delta(env=user, added=(mine,), image=IMAGE_ID)
+    outlived = Baseline(
+        environments=(
+            Inventory(env=ENV, packages=tuple(IMAGE.values())),
+            Inventory(env=user, packages=(Package(name="numpy", version="2.0.0"),)),
+        )
+    )
+    t = Tracker(outlived, Manifest(generation=3, body=Body(environments=(delta,))))
+    assert t.observe(user, Observation(pkgs("numpy==2.0.0"))) == []
+    kept = t.body().delta(user)
+    assert kept is not None and kept.image == IMAGE_ID
+    assert names(kept)["added"] == ["numpy==2.0.0"] and kept.added[0].replaced == "1.26.0"
+    t.observe(user, Observation(pkgs("numpy==2.0.0", "tqdm==4.66.0")))
+    changes = t.observe(user, Observation(pkgs("tqdm==4.66.0")))
+    assert [(c.action, c.name) for c in changes] == [("remove", "numpy")]
+    assert names(t.body().delta(user)) == {"added": ["tqdm==4.66.0"], "changed": [], "removed": []}
