@@ -544,6 +544,9 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     no_baseline: bool = False
     """The baseline does not cover it: what it held when a process first scanned it is
     taken for the image's, so only changes a running daemon sees are recorded."""
+    untracked: str | None = None
+    """Recorded, but no environment tracked here is it: why restore skips its record
+    (which it keeps)."""
 
 
 class Checkpoint(_Out, frozen=True, kw_only=True):
@@ -747,7 +750,14 @@ def collect(config: Config) -> Report:
         held = elsewhere.pop(checkpoint.env_key(env), None)
         report = _recorded(held, held.env) if held else EnvReport(env=env)
         envs.append(msgspec.structs.replace(report, error=why))
-    envs.extend(_recorded(d, d.env) for d in elsewhere.values())
+    if elsewhere:
+        from .restore import unpaired
+
+        here = [t.env for t in found]
+        envs += [
+            msgspec.structs.replace(_recorded(d, d.env), untracked=unpaired(d.env, here))
+            for d in elsewhere.values()
+        ]
     unlisted = None
     if not alive:
         # Read-only: a daemon that holds the lock is shown, not woken (`find_daemon`).
@@ -951,6 +961,8 @@ def to_text(report: Report) -> str:
             lines.append(f"    ({rmatch.moved(e.recorded_as, e.env)})")
         if e.error:
             lines.append(f"    error: {e.error}")
+        if e.untracked:
+            lines.append(f"    restore skips it: {e.untracked}")
         if e.no_baseline:
             lines.append(
                 "    no baseline: what it held when first scanned counts as the image's, not "

@@ -379,6 +379,7 @@ def test_environments_not_here_are_left_alone(tmp_path: Path, image: Venv, wheel
     assert installed(image.site_packages) == IMAGE
     text = report.render()
     assert f"Skipped python {missing.path}: 4 recorded package(s), missing" in text
+    assert f"drop them with pkgckpt forget --env {missing.path} NAME..." in text
     assert (
         f"Skipped python {untracked.path}: 4 recorded package(s), "
         "not tracked here (use --env PATH or discovery)"

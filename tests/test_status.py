@@ -5,9 +5,11 @@ that pid is a `pkgckpt daemon` of this store and key."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +50,53 @@ def test_an_unreadable_library_is_reported_once_with_what_it_records(tmp_path: P
     (report,) = reports
     assert report.error is not None and "cannot read" in report.error
     assert [p.name for p in report.added] == ["alpha"]
+
+
+def test_a_recorded_environment_not_tracked_here_says_why_restore_skips_it(
+    tmp_path: Path,
+) -> None:
+    """A recorded venv that is gone shows its packages with the reason restore gives
+    and the forget command that drops them; one that exists but is not tracked says so.
+    The named command drops the missing one's record."""
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    config = Config(
+        store=tmp_path / "store",
+        key="alice",
+        env=(venv.prefix,),
+        runtime_dir=tmp_path / "run",
+        discover=(),
+    )
+    gone = Environment(kind="python", path=str(tmp_path / "gone env"))
+    (tmp_path / "other").mkdir()
+    other = Environment(kind="python", path=str(tmp_path / "other"))
+    alpha = (Package(name="alpha", version="1.0"),)
+    init_store(config.store)
+    Store(config.store, config.key).commit(
+        Body(environments=(Delta(env=gone, added=alpha), Delta(env=other, added=alpha)))
+    )
+
+    report = status.collect(config)
+    why = {e.env.path: e.untracked for e in report.environments}
+    forget = f"pkgckpt forget --env '{gone.path}' NAME..."
+    assert why[gone.path] == (
+        "missing: the record keeps its packages; make it again at this path, or drop them "
+        f"with {forget}"
+    )
+    assert why[other.path] == "not tracked here (use --env PATH or discovery)"
+    assert why[str(venv.prefix)] is None
+    text = status.to_text(report)
+    assert f"python {gone.path}:\n    restore skips it: missing: " in text
+    assert "    restore skips it: not tracked here" in text
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pkgckpt", *shlex.split(forget.replace("NAME...", "alpha"))[1:],
+         "--store", str(config.store), "--key", config.key],
+        capture_output=True, text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = Store(config.store, config.key).read()
+    assert after is not None
+    assert [d.env.path for d in after.body.environments if not d.is_empty()] == [other.path]
 
 
 def test_long_package_lists_wrap_at_the_terminal_width(

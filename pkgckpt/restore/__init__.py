@@ -103,6 +103,7 @@ from ..manifest import (
     UrlSource,
     VcsSource,
     same_source,
+    visible,
 )
 from ..rmatch import carry_on, moved, pair, stale_build, superseded
 from ..runner import redact_text
@@ -230,6 +231,23 @@ class Skipped(_Out, frozen=True, kw_only=True):
 
 NOT_TRACKED = "not tracked here (use --env PATH or discovery)"
 MISSING = "missing"
+
+
+def unpaired(env: Environment, here: Sequence[Environment]) -> str:
+    """Why the record of `env` is not restored, no environment tracked here being it.
+    `env` comes from the store: its path is only looked at, never used."""
+    reason = superseded(env, here)
+    if reason is not None:
+        return reason
+    if os.path.lexists(env.path):
+        return NOT_TRACKED
+    import shlex  # only for a missing environment: a restore imports no more than it needs
+
+    flag = "--r-lib" if env.kind == "r" else "--env"
+    return (
+        f"{MISSING}: the record keeps its packages; make it again at this path, or drop them with "
+        f"pkgckpt forget {flag} {shlex.quote(visible(env.path))} NAME..."
+    )
 
 
 class Plan(_Out, frozen=True, kw_only=True):
@@ -621,10 +639,8 @@ def _plan(
         target = targets[paired[i]] if i in paired else None
         if target is None:
             elsewhere.append(delta.env)
-            # Only looked at, never used: the path comes from the store.
-            exists = os.path.lexists(delta.env.path)
             count = len(delta.added) + len(delta.changed) + len(delta.removed)
-            reason = superseded(delta.env, here) or (NOT_TRACKED if exists else MISSING)
+            reason = unpaired(delta.env, here)
             if i in owed:
                 reason += f"; {owed[i]} of them, missing from that record, are planned for it"
             skipped.append(Skipped(env=delta.env, packages=count, reason=reason))
