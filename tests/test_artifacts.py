@@ -23,7 +23,7 @@ from pkgckpt.artifacts import ArtifactRefused, Job, capturer, fetch
 from pkgckpt.artifacts.quota import collect, protected
 from pkgckpt.config import Config
 from pkgckpt.errors import StoreError
-from pkgckpt.manifest import Artifact, Body, Delta, Environment, Package
+from pkgckpt.manifest import Artifact, Body, Delta, Environment, Package, UrlSource
 from pkgckpt.store import Store, artifact_name
 
 pytestmark = pytest.mark.slow
@@ -476,3 +476,22 @@ def test_a_fallback_that_fails_too_is_not_said_to_be_installed_from_its_source(
     assert "app 1.0: artifact refused" in done.stdout, done.stdout
     assert "installed from its source" not in done.stdout, done.stdout
     assert "its source was tried and failed too" in done.stdout, done.stdout
+
+
+def test_snapshot_captures_a_wheel_installed_from_its_file(tmp_path: Path) -> None:
+    """`pip install ./x.whl` records a URL source with hashes (a dict): snapshot with no
+    daemon captured it, then crashed joining the results, and the artifact it wrote was
+    never referenced."""
+    world = cache_on(World.make(tmp_path))
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    venv = make_venv(tmp_path / "venv")
+    baseline = tmp_path / "baseline.json"
+    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
+    venv.install(wheels, str(wheels / "libdep-1.0-py3-none-any.whl"))
+    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
+    snap = world.pkgckpt("snapshot", *flags, timeout=300)
+    assert snap.returncode == 0, snap.stderr
+    (libdep,) = world.delta().added
+    assert isinstance(libdep.source, UrlSource) and libdep.source.hashes, libdep.source
+    assert libdep.artifact is not None
+    assert set(artifacts(world.store, world.key)) == {libdep.artifact.file}

@@ -503,7 +503,7 @@ def test_a_worker_that_dies_on_its_own_reports_its_jobs_as_failures_to_retry(
     from pkgckpt.artifacts import Job
     from pkgckpt.artifacts.background import Background
     from pkgckpt.config import Config
-    from pkgckpt.manifest import Environment
+    from pkgckpt.manifest import Environment, UrlSource
     from pkgckpt.store import init_store
 
     wheels = tmp_path / "wheels"
@@ -517,7 +517,10 @@ def test_a_worker_that_dies_on_its_own_reports_its_jobs_as_failures_to_retry(
         path=str(venv.prefix),
         interpreter=f"{sys.version_info[0]}.{sys.version_info[1]}",
     )
-    job = Job(env=env, roots=(venv.site_packages,), package=Package(name="bigpkg", version="1.0"))
+    # From a file, as `pip install ./bigpkg.whl` records it: a source holding a dict.
+    source = UrlSource(url=f"file://{wheels}/bigpkg.whl", hashes={"sha256": "0" * 64})
+    package = Package(name="bigpkg", version="1.0", source=source)
+    job = Job(env=env, roots=(venv.site_packages,), package=package)
     private = tmp_path / "tmpdir"
     private.mkdir()
     monkeypatch.setenv("TMPDIR", str(private))

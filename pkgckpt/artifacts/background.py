@@ -216,7 +216,8 @@ class Background:
         if code not in (None, 0, 143, -signal.SIGTERM, -signal.SIGKILL):
             log.warning("the artifact capture worker exited with %s", code)
         if not stopped and code != 0:
-            done = {(r.env, r.package) for r in results}
+            # By name: a source may hold a dict (URL hashes), unhashable.
+            done = {(r.env, r.package.name) for r in results}
             results += [
                 Result(
                     env=j.env,
@@ -225,7 +226,7 @@ class Background:
                     retry=True,
                 )
                 for j in jobs
-                if (j.env, j.package) not in done
+                if (j.env, j.package.name) not in done
             ]
         return results
 

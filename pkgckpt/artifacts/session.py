@@ -100,12 +100,14 @@ def capture_now(
     if not worker.start(jobs, quota.used(session.store), keep(session)):
         raise StoreError("the artifact capture worker could not start")
     results = worker.wait(within)
-    done = {(r.env, r.package) for r in results}
+    # By name: a package's source may hold a dict (URL hashes), and an environment has
+    # one install of a name.
+    done = {(r.env, r.package.name) for r in results}
     late = {
         key(j.env, j.package): f"not captured within shutdown_timeout ({within:.0f} s): "
         "the daemon or the next snapshot captures it"
         for j in jobs
-        if (j.env, j.package) not in done
+        if (j.env, j.package.name) not in done
     }
     _, never = attach(session, (r for r in results if not r.retry))
     failed = {key(r.env, r.package): r.reason or "capture failed" for r in results if r.retry}
