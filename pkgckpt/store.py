@@ -945,7 +945,8 @@ class Store:
             except OSError as e:
                 raise durable.error(e, f"cannot stat {where / name}") from e
             if stat.S_ISDIR(st.st_mode) and depth == 0 and _R_DIR.fullmatch(name):
-                sub = _open_sub(dfd, name, where / name, create=False, owner=self.owner)
+                # _open_sub closes the descriptor it is given: this one lists on.
+                sub = _open_sub(os.dup(dfd), name, where / name, create=False, owner=self.owner)
                 if sub is not None:
                     try:
                         self._list_artifacts(sub, where / name, f"{name}/", found, depth + 1)

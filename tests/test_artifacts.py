@@ -329,7 +329,7 @@ def test_a_capture_over_the_quota_is_skipped_and_reported(tmp_path: Path) -> Non
 
 
 def _put(store: Store, name: str, size: int, age: int) -> None:
-    src = store.root / f"src-{name}"
+    src = store.root / f"src-{name.replace('/', '-')}"
     src.write_bytes(b"x" * size)
     fd = os.open(src, os.O_RDONLY)
     try:
@@ -338,6 +338,30 @@ def _put(store: Store, name: str, size: int, age: int) -> None:
         os.close(fd)
     path = store.path / "artifacts" / name
     os.utime(path, (1_000_000 + age, 1_000_000 + age))
+
+
+def test_a_key_holding_r_and_python_artifacts_lists_them_all(tmp_path: Path) -> None:
+    """Listing `R-x.y/` closed the descriptor of `artifacts/` it went on listing: a wheel
+    after it in the directory failed with EBADF, and the quota, GC and status with it.
+    The directory's order is the file system's: wheels are added until one is listed
+    after `R-4.4`."""
+    from pkgckpt.store import init_store
+
+    init_store(tmp_path)
+    store = Store(tmp_path, "k")
+    r = "R-4.4/b_1.0_R_x86_64-pc-linux-gnu.tar.gz"
+    _put(store, r, 20, 0)
+    wheels: list[str] = []
+    listed: list[str] = ["R-4.4"]
+    while listed[-1] == "R-4.4" and len(wheels) < 256:
+        wheels.append(f"a{len(wheels)}-1-py3-none-any.whl")
+        _put(store, wheels[-1], 10, 0)
+        listed = [p.name for p in (store.path / "artifacts").iterdir()]
+    assert listed[-1] != "R-4.4"
+    assert {n: st.st_size for n, st in store.artifacts().items()} == {
+        r: 20,
+        **dict.fromkeys(wheels, 10),
+    }
 
 
 def _body(*names: str) -> Body:
