@@ -864,29 +864,66 @@ class Store:
             dfd = sub
         return dfd, where
 
-    def put_artifact(self, name: str, source: int, sha256: str) -> None:
-        """Write the open file `source` (from its offset) as artifact `name`, durably.
+    def put_artifact(self, name: str, source: int, sha256: str) -> str:
+        """Write the open file `source` (from its offset) as artifact `name`, durably; the
+        name it is stored under.
 
-        The caller hashed it: an ambiguous rename is settled by hashing what is there.
+        A file `name` holding other bytes stays: a manifest may still record it (two builds
+        under one wheel name: a pip install and another from a URL differ in
+        `direct_url.json`). This one then goes to `[R-x.y/]<sha256[:16]>/<file>`. The
+        caller hashed `source`: an ambiguous link or rename is settled by hashing what is
+        there.
         """
         found = self._artifact_dir(name, create=True)
         assert found is not None  # created
         dfd, where = found
-        target = where / name.rsplit("/", 1)[-1]
+        base = name.rsplit("/", 1)[-1]
         leftovers: set[str] = set()
         try:
-            tmp = durable.stage(dfd, target, source, 0o600, leftovers)
+            tmp = durable.stage(dfd, where / base, source, 0o600, leftovers)
+            try:
+                held = _link_new(dfd, tmp, base, where / base)
+            except BaseException:
+                durable.discard(dfd, tmp, leftovers)
+                raise
+            if held is None or held == sha256:  # ours now, or ours already
+                durable.discard(dfd, tmp, leftovers)
+                durable.fsync_dir(dfd, where, reopen=held is not None)
+                return name
+            parent, _, _ = name.rpartition("/")
+            other = "/".join(filter(None, (parent, sha256[:16], base)))
+            self._move_artifact(dfd, tmp, other, sha256, leftovers)
+            # The new subdirectory's entry and the temp file's removal.
+            durable.fsync_dir(dfd, where)
+            return other
+        finally:
+            durable.close_quietly(dfd)
+
+    def _move_artifact(
+        self, dfd: int, tmp: str, name: str, sha256: str, leftovers: set[str]
+    ) -> None:
+        """Rename the temp file `tmp` (in `dfd`) to artifact `name`: named by its hash,
+        whatever was there is replaced."""
+        try:
+            found = self._artifact_dir(name, create=True)
+        except BaseException:
+            durable.discard(dfd, tmp, leftovers)
+            raise
+        assert found is not None  # created
+        sub, where = found
+        target = where / name.rsplit("/", 1)[-1]
+        try:
             settled = False
             try:
-                os.rename(tmp, target.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                os.rename(tmp, target.name, src_dir_fd=dfd, dst_dir_fd=sub)
             except OSError as e:
                 durable.discard(dfd, tmp, leftovers)
                 if _sha256_at(target) != sha256:
                     raise durable.error(e, f"cannot write {target}") from e
                 settled = True
-            durable.fsync_dir(dfd, where, reopen=settled)
+            durable.fsync_dir(sub, where, reopen=settled)
         finally:
-            durable.close_quietly(dfd)
+            durable.close_quietly(sub)
 
     def open_artifact(self, name: str) -> int | None:
         """Artifact `name` open for reading, checked (ours, a regular file, not writable
@@ -924,13 +961,13 @@ class Store:
             return found
         dfd, where = top
         try:
-            self._list_artifacts(dfd, where, "", found, depth=0)
+            self._list_artifacts(dfd, where, "", found)
         finally:
             durable.close_quietly(dfd)
         return found
 
     def _list_artifacts(
-        self, dfd: int, where: Path, prefix: str, found: dict[str, os.stat_result], depth: int
+        self, dfd: int, where: Path, prefix: str, found: dict[str, os.stat_result]
     ) -> None:
         try:
             names = os.listdir(dfd)
@@ -944,12 +981,12 @@ class Store:
                 continue
             except OSError as e:
                 raise durable.error(e, f"cannot stat {where / name}") from e
-            if stat.S_ISDIR(st.st_mode) and depth == 0 and _R_DIR.fullmatch(name):
+            if stat.S_ISDIR(st.st_mode) and _artifact_dirs([*prefix.split("/")[:-1], name]):
                 # _open_sub closes the descriptor it is given: this one lists on.
                 sub = _open_sub(os.dup(dfd), name, where / name, create=False, owner=self.owner)
                 if sub is not None:
                     try:
-                        self._list_artifacts(sub, where / name, f"{name}/", found, depth + 1)
+                        self._list_artifacts(sub, where / name, f"{prefix}{name}/", found)
                     finally:
                         durable.close_quietly(sub)
             elif stat.S_ISREG(st.st_mode) and _ARTIFACT_FILE.fullmatch(name):
@@ -964,6 +1001,13 @@ class Store:
     def remove_artifact(self, name: str) -> None:
         """Remove artifact `name` (gone already is fine)."""
         self._on_artifact(name, "remove", lambda base, dfd: os.unlink(base, dir_fd=dfd))
+        *dirs, _ = name.split("/")
+        if dirs and _HASH_DIR.fullmatch(dirs[-1]):
+            found = self._artifacts_open(dirs[:-1], create=False)
+            if found is not None:
+                with contextlib.suppress(OSError):  # holds another file still, or gone
+                    os.rmdir(dirs[-1], dir_fd=found[0])
+                durable.close_quietly(found[0])
 
     def _on_artifact(self, name: str, verb: str, act: Callable[[str, int], None]) -> None:
         """`act(file name, its directory's fd)` on artifact `name`; a missing artifact (or
@@ -986,20 +1030,26 @@ class Store:
 ARTIFACTS = "artifacts"
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _R_DIR = re.compile(r"R-[0-9]{1,3}\.[0-9]{1,3}")
+_HASH_DIR = re.compile(r"[0-9a-f]{16}")
 # `!`: a version's epoch (`1!2.0`), which wheel names keep as it is.
 _ARTIFACT_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+!-]{0,250}\.(?:whl|tar\.gz)")
 
 
 def artifact_name(name: str) -> str:
-    """`name` when it is an artifact's name (`file.whl`, `R-4.4/file.tar.gz`), else
-    StoreError: a name from a manifest never climbs out of `<key>/artifacts/`."""
-    parts = name.split("/")
-    ok = (len(parts) == 1 or (len(parts) == 2 and _R_DIR.fullmatch(parts[0]))) and bool(
-        _ARTIFACT_FILE.fullmatch(parts[-1])
-    )
-    if not ok:
+    """`name` when it is an artifact's name (`file.whl`, `R-4.4/file.tar.gz`, either with
+    a `<sha256[:16]>/` directory before the file), else StoreError: a name from a
+    manifest never climbs out of `<key>/artifacts/`."""
+    *dirs, file = name.split("/")
+    if not (_artifact_dirs(dirs) and _ARTIFACT_FILE.fullmatch(file)):
         raise StoreError(f"invalid artifact name {name!r}: refused")
     return name
+
+
+def _artifact_dirs(dirs: list[str]) -> bool:
+    """`[R-x.y/][<hash>/]`: the directories an artifact's name may hold."""
+    if dirs and _R_DIR.fullmatch(dirs[0]):
+        dirs = dirs[1:]
+    return not dirs or (len(dirs) == 1 and bool(_HASH_DIR.fullmatch(dirs[0])))
 
 
 def _open_sub(dfd: int, name: str, where: Path, *, create: bool, owner: int) -> int | None:
@@ -1046,6 +1096,33 @@ def _remove_dead_temps(dfd: int, names: list[str]) -> None:
             target = name[1 : name.index(marker)]
             for stale in durable.stale_temps([name], target):
                 durable.discard(dfd, stale, set())
+
+
+def _link_new(dfd: int, tmp: str, base: str, target: Path) -> str | None:
+    """Link the temp file `tmp` (in `dfd`) as `base` unless `base` exists: None when it
+    is linked now, else the sha256 of what `base` holds ("" when it cannot be read)."""
+    try:
+        os.link(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+        return None
+    except FileExistsError:
+        # Also what a link that was done answers when NFS retries it: then the hash is ours.
+        return _sha256_at(target) or ""
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise durable.error(e, f"cannot write {target}") from e
+    # A file system without hard links: what is there is looked at first, a writer racing
+    # for the same name the moment between may lose its file (one user writes a key).
+    held = _sha256_at(target)
+    if held is not None or os.path.lexists(target):
+        return held or ""
+    try:
+        os.rename(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except OSError as e:
+        held = _sha256_at(target)  # an ambiguous rename that took: our hash
+        if held is None:
+            raise durable.error(e, f"cannot write {target}") from e
+        return held
+    return None
 
 
 def _sha256_at(path: Path) -> str | None:

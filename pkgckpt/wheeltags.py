@@ -137,7 +137,7 @@ def _target(env: Environment) -> TargetTags:
 
 def fits(env: Environment, artifact: Artifact) -> str | None:
     """Why the wheel `artifact.file` cannot be installed in `env`'s interpreter, or None."""
-    tags = wheel_tags(artifact.file)
+    tags = wheel_tags(artifact.file.rsplit("/", 1)[-1])
     if tags is None:
         return f"{artifact.file} is not a wheel's name"
     if minor(env.interpreter) is None:

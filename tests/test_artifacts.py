@@ -276,7 +276,18 @@ def test_a_wheel_whose_tags_do_not_fit_is_never_used_and_restore_says_so(
 
 
 @pytest.mark.parametrize(
-    "name", ["../../../etc/x.whl", "R-4.4/../../x.whl", "/abs.whl", ".hidden.whl", "a/b/c.whl"]
+    "name",
+    [
+        "../../../etc/x.whl",
+        "R-4.4/../../x.whl",
+        "/abs.whl",
+        ".hidden.whl",
+        "a/b/c.whl",
+        "0123456789abcdef/0123456789abcdef/x.whl",
+        "0123456789abcdef/R-4.4/x.tar.gz",
+        "0123456789ABCDEF/x.whl",
+        "0123456789abcde/x.whl",
+    ],
 )
 def test_an_artifact_name_that_climbs_out_is_refused(tmp_path: Path, name: str) -> None:
     """Names from a manifest never leave `<key>/artifacts/`: refused before any open."""
@@ -362,6 +373,60 @@ def test_a_key_holding_r_and_python_artifacts_lists_them_all(tmp_path: Path) -> 
         r: 20,
         **dict.fromkeys(wheels, 10),
     }
+
+
+_TWO_BUILDS = """
+import hashlib, json, os, sys
+from pathlib import Path
+from pkgckpt.store import Store, init_store
+
+root, name = Path(sys.argv[1]), sys.argv[2]
+root.mkdir()
+init_store(root)
+store = Store(root, "k")
+put = []
+for data in (b"one", b"one", b"two", b"two"):
+    (root / "src").write_bytes(data)
+    fd = os.open(root / "src", os.O_RDONLY)
+    put.append(store.put_artifact(name, fd, hashlib.sha256(data).hexdigest()))
+    os.close(fd)
+listed = sorted(store.artifacts())
+store.remove_artifact(put[2])
+print(json.dumps({"put": put, "listed": listed, "left": sorted(store.artifacts())}))
+"""
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+@pytest.mark.parametrize(
+    "name", ["a-1.0-py3-none-any.whl", "R-4.4/a_1.0_R_x86_64-pc-linux-gnu.tar.gz"]
+)
+def test_a_name_holding_other_bytes_keeps_them_and_the_new_goes_under_its_hash(
+    tmp_path: Path, name: str, links: bool
+) -> None:
+    """The bytes a manifest may still record stay where they are; the same bytes again are
+    not stored twice; the other build goes to `<sha256[:16]>/` beside the name, is listed
+    (for the quota and GC), and its directory goes with it. On a file system without hard
+    links (strace makes `linkat` fail with EPERM) the same."""
+    inject: list[str] = []
+    if not links:
+        if subprocess.run(["strace", "-V"], capture_output=True, check=False).returncode != 0:
+            pytest.skip("no strace")
+        inject = ["strace", "-f", "-o", os.devnull, "-e", "inject=linkat:error=EPERM"]
+    done = subprocess.run(
+        [*inject, sys.executable, "-c", _TWO_BUILDS, str(tmp_path / "store"), name],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    got = msgspec.json.decode(done.stdout)
+    parent, _, base = name.rpartition("/")
+    other = "/".join(filter(None, (parent, hashlib.sha256(b"two").hexdigest()[:16], base)))
+    assert got == {
+        "put": [name, name, other, other],
+        "listed": sorted([name, other]),
+        "left": [name],
+    }
+    key = tmp_path / "store" / "k" / "artifacts"
+    assert (key / name).read_bytes() == b"one"
+    assert not (key / other).parent.exists()
 
 
 def _body(*names: str) -> Body:
@@ -519,3 +584,41 @@ def test_snapshot_captures_a_wheel_installed_from_its_file(tmp_path: Path) -> No
     assert isinstance(libdep.source, UrlSource) and libdep.source.hashes, libdep.source
     assert libdep.artifact is not None
     assert set(artifacts(world.store, world.key)) == {libdep.artifact.file}
+
+
+def test_two_builds_under_one_wheel_name_each_keep_their_artifact(tmp_path: Path) -> None:
+    """libdep 1.0 from the wheelhouse in one venv and from its file in another pack to
+    different bytes (`direct_url.json`) under one wheel name. The second capture wrote
+    over the first, whose record then named a hash the store no longer held: restore
+    refused it as tampered. Each keeps its own now, and restores from it, offline."""
+    world = cache_on(World.make(tmp_path))
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    one, two = make_venv(tmp_path / "one"), make_venv(tmp_path / "two")
+    baseline = tmp_path / "baseline.json"
+    envs = [str(a) for v in (one, two) for a in ("--env", v.prefix)]
+    world.pkgckpt("baseline", *envs, "--output", str(baseline))
+    one.install(wheels, "libdep")
+    two.install(wheels, str(wheels / "libdep-1.0-py3-none-any.whl"))
+    flags = [*world.flags(one.prefix, two.prefix), "--baseline", str(baseline)]
+    snap = world.pkgckpt("snapshot", *flags, timeout=300)
+    assert snap.returncode == 0, snap.stderr
+    manifest = world.manifest()
+    assert manifest is not None
+    recorded = [p.artifact for d in manifest.body.environments for p in d.added]
+    assert len(recorded) == 2 and all(a is not None for a in recorded), recorded
+    assert len({a.sha256 for a in recorded if a is not None}) == 2, "the same bytes twice"
+    for a in recorded:
+        assert a is not None
+        assert hashlib.sha256(_artifact_bytes(world, a.file)).hexdigest() == a.sha256, a
+    for venv in (one, two):
+        make_venv(venv.prefix, with_pip=False)
+    restore = world.pkgckpt("restore", *flags, "--installer", "uv", "--no-index", timeout=300)
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    assert "refused" not in restore.stdout + restore.stderr
+    assert _freeze(one.prefix) == ["libdep==1.0"]
+    (from_file,) = _freeze(two.prefix)
+    assert from_file.startswith("libdep @ file://"), from_file
+
+
+def _artifact_bytes(world: World, name: str) -> bytes:
+    return (world.store / world.key / "artifacts" / name).read_bytes()

@@ -320,6 +320,11 @@ def test_fits_refuses_another_r_minor_or_platform() -> None:
     env = Environment(kind="r", path="/lib", interpreter="4.4.1", platform="x86_64-pc-linux-gnu")
     art = Artifact(file="R-4.4/ckptC_0.3.1_R_x86_64-pc-linux-gnu.tar.gz", sha256="0" * 64, size=1)
     assert rpkg.fits(env, art) is None
+    # Another build under the same name, stored under its hash (`Store.put_artifact`).
+    other = msgspec.structs.replace(
+        art, file="R-4.4/0123456789abcdef/ckptC_0.3.1_R_x86_64-pc-linux-gnu.tar.gz"
+    )
+    assert rpkg.fits(env, other) is None
     older = Artifact(file="R-4.3/ckptC_0.3.1_R_x86_64-pc-linux-gnu.tar.gz", sha256="0" * 64, size=1)
     assert rpkg.fits(env, older) == (
         "built for R 4.3, this is R 4.4: another R major.minor is never used"

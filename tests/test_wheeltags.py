@@ -52,6 +52,7 @@ def test_a_wheel_fits_by_its_tags_on_this_machine() -> None:
     """A pure wheel and one built for this interpreter and machine fit; one for another
     Python, another machine or another implementation does not, with the reason."""
     assert fits(ENV, _artifact("six-1.16.0-py2.py3-none-any.whl")) is None
+    assert fits(ENV, _artifact("0123456789abcdef/six-1.16.0-py2.py3-none-any.whl")) is None
     assert fits(ENV, _artifact(f"fastmath-1.0-{CP}-{CP}-{HERE}.whl")) is None
     newer = fits(ENV, _artifact("fastmath-1.0-cp399-cp399-linux_x86_64.whl"))
     assert newer == f"its tags (cp399-cp399-linux_x86_64) do not fit cpython {PY}"

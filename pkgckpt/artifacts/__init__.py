@@ -207,7 +207,7 @@ def capture(
                     f"{_bytes(config.artifact_quota)})"
                 )
             os.lseek(fd, 0, os.SEEK_SET)
-            store.put_artifact(name, fd, digest)
+            name = store.put_artifact(name, fd, digest)
         finally:
             os.close(fd)
     return Artifact(file=name, sha256=digest, size=size)

@@ -48,7 +48,7 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]")
 _VERSION = re.compile(r"[0-9]+(?:[.-][0-9]+)+")
 _PLATFORM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _FILE = re.compile(
-    r"R-(?P<r>[0-9]{1,3}\.[0-9]{1,3})/(?P<name>[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9])_"
+    r"R-(?P<r>[0-9]{1,3}\.[0-9]{1,3})/(?:[0-9a-f]{16}/)?(?P<name>[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9])_"
     r"(?P<version>[0-9]+(?:[.-][0-9]+)+)_R_(?P<platform>[A-Za-z0-9][A-Za-z0-9._+-]*)\.tar\.gz"
 )
 MAX_DESCRIPTION = 1 << 20
