@@ -230,7 +230,11 @@ class Tracker:
                 continue  # unchanged since this process last looked: the record stands
             recorded = track.state.get(name)
             if recorded is not None and same_install(recorded, found):
-                continue
+                if seen is None:
+                    continue
+                # Seen otherwise before: the recorded install was made here again (one a
+                # rebase superseded, installed by hand), a change of its own on this image.
+                before[name] = seen
             image = track.baseline.get(name)
             if first and image is not None and same_install(image, found):
                 continue  # the image's own where the record says otherwise: not restored yet
@@ -249,6 +253,8 @@ class Tracker:
             if name in obs.packages:
                 continue
             if absences_count and name not in obs.uncertain:
+                if name in before:
+                    before[name] = seen  # what was uninstalled, not what the record says
                 track.state.pop(name, None)  # an uninstall this process saw happen
                 track.forgotten.pop(name, None)
                 track.gone.add(name)

@@ -410,3 +410,48 @@ def test_a_user_site_baseline_holding_the_users_copy_is_still_the_recorded_image
     changes = t.observe(user, Observation(pkgs("tqdm==4.66.0")))
     assert [(c.action, c.name) for c in changes] == [("remove", "numpy")]
     assert names(t.body().delta(user)) == {"added": ["tqdm==4.66.0"], "changed": [], "removed": []}
+
+
+# -- on a new image, the user's own install of what a rebase superseded ----------------
+
+NEW_IMAGE = pkgs("numpy==3.0.0", "pip==24.0", "six==1.16.0")
+NEW_BASELINE = Baseline(environments=(Inventory(env=ENV, packages=tuple(NEW_IMAGE.values())),))
+
+
+def _superseded() -> Tracker:
+    """numpy 1.26.0 -> 2.0.0 recorded on the old image; the restore on the new one, which
+    ships 3.0.0, superseded it."""
+    mark = manifest.Rebased(
+        name="numpy",
+        version="2.0.0",
+        state="superseded",
+        reason="the image ships 3.0.0",
+        image=manifest.image_identity(NEW_IMAGE.values()),
+    )
+    mine = Package(name="numpy", version="2.0.0", replaced="1.26.0")
+    delta = Delta(env=ENV, changed=(mine,), image=IMAGE_ID, rebased=(mark,))
+    t = Tracker(NEW_BASELINE, Manifest(generation=3, body=Body(environments=(delta,))))
+    assert t.observe(ENV, Observation(dict(NEW_IMAGE))) == []
+    return t
+
+
+def test_installing_a_superseded_version_by_hand_is_recorded_against_this_image() -> None:
+    """The user goes back to numpy 2.0.0 on the image that ships 3.0.0: a downgrade of
+    this image's, no longer superseded. It was taken for the recorded entry, unchanged,
+    and the next restore superseded it again: the user's install was lost."""
+    t = _superseded()
+    changes = t.observe(ENV, Observation({**NEW_IMAGE, **pkgs("numpy==2.0.0")}))
+    assert [(c.action, c.old, c.new) for c in changes] == [("downgrade", "3.0.0", "2.0.0")]
+    delta = t.body().delta(ENV)
+    assert delta is not None
+    assert [(p.name, p.version, p.replaced) for p in delta.changed] == [("numpy", "2.0.0", "3.0.0")]
+    assert delta.rebased == () and delta.image == manifest.image_identity(NEW_IMAGE.values())
+
+
+def test_an_uninstall_is_logged_with_the_version_that_was_installed() -> None:
+    """Uninstalling the image's numpy 3.0.0 is logged as such, not as the recorded 2.0.0
+    this container never had."""
+    t = _superseded()
+    changes = t.observe(ENV, Observation(pkgs("pip==24.0", "six==1.16.0")))
+    assert [(c.action, c.name, c.old) for c in changes] == [("remove", "numpy", "3.0.0")]
+    assert names(t.body().delta(ENV))["removed"] == ["numpy==3.0.0"]

@@ -278,7 +278,8 @@ def test_same_image_restores_exact_pins_as_before(tmp_path: Path, wheels: Path) 
 def test_a_daemon_on_the_new_image_keeps_what_was_held_back(tmp_path: Path, wheels: Path) -> None:
     """After the rebase, a daemon on v2 keeps the held-back and superseded entries (and
     their marks) until the user changes that package here; a later image that lifts the
-    conflict gets the user's version back."""
+    conflict gets the user's version back. The user's own install of a superseded
+    version (upg 1.1, v2 ships 1.2) is a downgrade of v2's, restored by the next image."""
     s = recorded_on_v1(tmp_path, wheels)
     b2 = s.image(sys.executable, V2, "b2.json")
     assert s.restore(b2).returncode == 3
@@ -287,35 +288,34 @@ def test_a_daemon_on_the_new_image_keeps_what_was_held_back(tmp_path: Path, whee
     daemon = s.world.daemon(*s.flags(b2), "--quiet-ms", "100").start()
     try:
         uv_install(s.python, s.wheels, "upg2==1.1", env=s.world.env)  # the user's own change
+        uv_install(s.python, s.wheels, "upg==1.1", env=s.world.env)  # what v2 superseded
 
         def moved() -> Delta | None:
             d = s.world.delta()
-            return d if {p.name: p.version for p in d.changed}.get("upg2") != "1.2" else None
+            changed = {p.name: p.replaced for p in d.changed}
+            return d if "upg2" not in changed and changed.get("upg") == "1.2" else None
 
         after = eventually(moved, what="the daemon records the change to upg2")
         assert daemon.stop() == 0, daemon.output()
     finally:
         daemon.close()
     kept = {(p.name, p.version, p.replaced) for p in after.changed}
-    assert ("evaldep", "1.0", "2.0") in kept and ("upg", "1.1", "1.0") in kept
+    assert ("evaldep", "1.0", "2.0") in kept and ("upg", "1.1", "1.2") in kept
     assert "upg2" not in {p.name for p in after.changed}, "v2 ships 1.1: the user's own"
     added = {p.name for p in after.added}
     assert added == {p.name for p in recorded.added} | {"libold"}, "v2 dropped libold"
     assert {p.name for p in after.removed} == set(REMOVED)
-    assert {r.name for r in after.rebased} == {"evaldep", "needed", "catchup", "upg"}
+    assert {r.name for r in after.rebased} == {"evaldep", "needed", "catchup"}
     assert after.image == recorded.image, "still relative to v1: restore keeps rebasing"
 
     b3 = s.image(sys.executable, [*V2[1:], "evalimg==3.0"], "b3.json")
     lifted = s.restore(b3)
     assert lifted.returncode == 0, lifted.stdout + lifted.stderr
     have = s.installed()
-    assert (have["evaldep"], "needed" in have) == ("1.0", False)
+    assert (have["evaldep"], "needed" in have, have["upg"]) == ("1.0", False, "1.1")
     assert s.check().returncode == 0
     marks = {(r.name, r.state, r.reason) for r in s.world.delta().rebased}
-    assert marks == {
-        ("catchup", "superseded", "the image ships 1.1"),
-        ("upg", "superseded", "the image ships 1.2"),
-    }
+    assert marks == {("catchup", "superseded", "the image ships 1.1")}
 
 
 # -- a new Python at the same prefix -------------------------------------------------------
