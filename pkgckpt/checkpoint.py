@@ -52,7 +52,9 @@ seen afterwards are added, so the manifest can only grow until a baseline is fou
 A venv made while the daemon runs (`made_here`: its pyvenv.cfg is newer than the daemon)
 is no image's: its baseline is what making a venv puts there (`SEEDED`), so what the user
 installed before the daemon found it (`pip install` before `ipykernel install --user`)
-is recorded too.
+is recorded too. Found while it is still being made (a kernelspec names it before
+`python3 -m venv` is done), the SEEDED packages it gains until `bin/activate` is there
+(venv and virtualenv write it after seeding; at most `MAKING_S`) are its making's too.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
+from time import time as now
 from typing import TYPE_CHECKING, TypeAlias
 
 import msgspec
@@ -97,6 +100,20 @@ def made_here(env: Environment, since: float) -> bool:
         return Path(env.path, "pyvenv.cfg").stat().st_ctime >= since
     except OSError:
         return False
+
+
+MAKING_S = 300.0
+"""How long a venv may take to be made (ensurepip on a slow home) before what it gains
+counts as the user's, `bin/activate` or not."""
+
+
+def _making(env: Environment) -> float | None:
+    """Until when the venv `env` (made here) may still be seeded; None: it is made."""
+    try:
+        made = Path(env.path, "pyvenv.cfg").stat().st_ctime
+    except OSError:
+        return None
+    return None if Path(env.path, "bin", "activate").exists() else made + MAKING_S
 
 
 def same_install(recorded: Package, found: Package) -> bool:
@@ -154,6 +171,13 @@ class _Track(msgspec.Struct):
     touched: set[str] = msgspec.field(default_factory=set)
     """Names whose record this process changed: they are relative to this image now."""
     rebased: dict[str, manifest.Rebased] = msgspec.field(default_factory=dict)
+    making: float | None = None
+    """A venv found while it is being made (`made_here`, no `bin/activate` yet): until
+    this time.time(), a SEEDED package it gains is its making's (ensurepip still at
+    work), baseline. None: made."""
+    activated: bool = False
+    """`bin/activate`, which venv and virtualenv write after seeding, was there at the last
+    scan: the next scan, begun after that, sees the venv made."""
     dropped: set[str] = msgspec.field(default_factory=set)
     """Names a forget or a revert took out of the record, removals included (`forgotten`
     holds installs only), until a later one records them again: what the store still
@@ -220,6 +244,8 @@ class Tracker:
             track.last = {}
         track.env = env
         track.identity = obs.identity
+        if track.making is not None and (track.activated or now() >= track.making):
+            track.making = None
         before = dict(track.state)
         # A library that turns empty at once is more likely unmounted than emptied by hand.
         vanished = not obs.packages and bool(track.last)
@@ -238,6 +264,9 @@ class Tracker:
             image = track.baseline.get(name)
             if first and image is not None and same_install(image, found):
                 continue  # the image's own where the record says otherwise: not restored yet
+            if track.making is not None and recorded is None and name.lower() in SEEDED:
+                track.baseline[name] = track.state[name] = found
+                continue
             ignored = track.forgotten.get(name)
             if ignored is not None:
                 if first and same_install(ignored, found):
@@ -262,6 +291,8 @@ class Tracker:
             else:
                 unconfirmed[name] = seen
         track.last = {**unconfirmed, **obs.packages}
+        if track.making is not None:
+            track.activated = Path(env.path, "bin", "activate").exists()
         changes = manifest.diff(before, track.state, env.kind, time)
         for change in changes:
             track.failing.pop(change.name, None)  # another install: its failures are past
@@ -274,6 +305,7 @@ class Tracker:
         recorded = self._recorded.delta(env)
         inventory = self._baseline.inventory(env) if self._baseline is not None else None
         image, shipped = None, []
+        making = None
         if inventory is not None:
             base, pinned = inventory.by_name(), frozenset[str]()
             shipped = inventory_image(self._baseline, env)
@@ -289,6 +321,7 @@ class Tracker:
         elif self._made_since is not None and made_here(env, self._made_since):
             base = {n: p for n, p in obs.packages.items() if n.lower() in SEEDED}
             pinned = frozenset()
+            making = _making(env)
         else:
             base, pinned = _inferred_baseline(obs.packages, recorded)
             # Said only where the scan found what the record does not name: an empty or
@@ -298,7 +331,9 @@ class Tracker:
                 self.inferred.append(env)
         state = manifest.apply(base, recorded) if recorded is not None else dict(base)
         history = list(recorded.history) if recorded is not None else []
-        track = _Track(env, base, pinned, state, {}, history, identity=obs.identity, image=image)
+        track = _Track(
+            env, base, pinned, state, {}, history, identity=obs.identity, image=image, making=making
+        )
         track.shipped = {p.name: p for p in shipped}
         if recorded is not None:
             _remember(track, recorded)

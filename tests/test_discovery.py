@@ -586,6 +586,36 @@ def test_a_kernel_venv_made_again_while_the_daemon_runs_is_tracked(
 
 
 @pytest.mark.slow
+def test_what_ensurepip_puts_in_a_venv_found_while_it_is_made_is_not_the_users(
+    world: World, wheels: Path
+) -> None:
+    """The kernelspec's venv is found as soon as `python3 -m venv` writes it, before
+    ensurepip (its start held back 8 s by strace here) seeds pip: pip, appearing after
+    the first scan, was recorded as the user's. It is the venv's making's until
+    `bin/activate`, which venv writes after seeding, is there; the user's install is."""
+    if subprocess.run(["strace", "-V"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("no strace")
+    prefix = world.tmp / "envs" / "analysis"
+    kernelspec(user_data(Path(world.env["HOME"])), "analysis", str(prefix / "bin" / "python"))
+    with watching(world) as d:
+        eventually(lambda: "not tracked" in d.output(), what="the missing venv reported")
+        slow = ["strace", "-f", "-o", os.devnull, "-e", "inject=execve:delay_enter=8000000:when=2"]
+        making = subprocess.Popen(
+            [*slow, sys.executable, "-m", "venv", str(prefix)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            eventually(lambda: "tracking " + str(prefix) in d.output(), what="tracking")
+            assert not (prefix / "bin" / "activate").exists(), "made before it was found"
+        finally:
+            _, err = making.communicate(timeout=120)
+        assert making.returncode == 0, err
+        Venv(prefix).install(wheels, "alpha==1.0")
+        eventually(lambda: "alpha==1.0" in recorded(world, prefix), what="alpha")
+        assert recorded(world, prefix) == ["alpha==1.0"]
+
+
+@pytest.mark.slow
 def test_a_listed_conda_environment_made_again_while_the_daemon_runs_is_tracked(
     world: World, wheels: Path
 ) -> None:
