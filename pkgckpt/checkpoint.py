@@ -434,7 +434,7 @@ class Tracker:
     def attach(self, env: Environment, package: Package, artifact: Artifact) -> bool:
         """Record `artifact` as the capture of `package` in `env` when the record still
         holds that very install, with the artifact `package` had when its capture began
-        (none, or a pooled one the pool lost); whether it was recorded."""
+        (none, or one the store lost); whether it was recorded."""
         track = self._tracks.get(env_key(env))
         recorded = track.state.get(package.name) if track is not None else None
         if track is None or recorded is None or recorded.artifact != package.artifact:

@@ -243,8 +243,6 @@ class Daemon:
         """Changes made to the record on request (`forget`, `revert`, a restore's failures)
         since its last commit: pending like the changes a scan saw, retried alike, and
         counted at SIGTERM."""
-        self.pool_checked = False
-        """Whether the pooled artifacts the record names were looked for in the pool."""
         self.last_written: Body | None = None
         """The body of the last generation this process wrote (GC dates what left it)."""
 
@@ -456,13 +454,12 @@ class Daemon:
         skip = {**self.uncaptured, **self.retries.skip}
         jobs = art.pending(self.session, self.targets, skip)
         try:
-            if not self.pool_checked:
-                # Once per process: a pooled artifact pruned or deleted since it was
-                # recorded is captured again (a stat per pooled package, not on each commit).
-                lost = art.lost(self.session, self.config, self.targets)
-                jobs += [j for j in lost if art.key(j.env, j.package) not in skip]
-                self.pool_checked = True
-            used = quota.used(self.store)
+            # After every commit and rescan, not once per process: the pool is pruned, and
+            # the key's files deleted, while a daemon runs for weeks. The key's listing is
+            # taken for the quota anyway; a pooled artifact costs a stat. Never at idle.
+            files = self.store.artifacts()
+            jobs += art.lost(self.session, self.config, self.targets, skip, files)
+            used = quota.bytes_of(files)
             if used != self.state.counters.artifact_bytes:
                 self._count(artifact_bytes=used)
                 self._write_metrics()

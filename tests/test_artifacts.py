@@ -497,6 +497,28 @@ def test_snapshot_lists_editable_and_directory_installs_as_not_captured(tmp_path
     assert "an editable install" in status.stdout
 
 
+def test_snapshot_captures_again_an_artifact_deleted_from_the_key(tmp_path: Path) -> None:
+    """A recorded artifact removed from `<key>/artifacts/` is captured again by the next
+    snapshot from the package still installed at that version (same bytes, same name,
+    same generation)."""
+    world = cache_on(World.make(tmp_path))
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    venv = make_venv(tmp_path / "venv")
+    baseline = tmp_path / "baseline.json"
+    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
+    venv.install(wheels, "libdep")
+    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
+    assert world.pkgckpt("snapshot", *flags, timeout=300).returncode == 0
+    generation = world.generation()
+    path = world.store / world.key / "artifacts" / "libdep-1.0-py3-none-any.whl"
+    data = path.read_bytes()
+    path.unlink()
+    again = world.pkgckpt("snapshot", *flags, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert path.read_bytes() == data
+    assert world.generation() == generation
+
+
 def test_an_artifact_that_leaves_the_record_is_dated_then(tmp_path: Path) -> None:
     """GC's order is "least recently referenced": the artifact an upgrade dropped from the
     record is dated at that commit, the one still referenced keeps its date."""

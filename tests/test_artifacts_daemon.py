@@ -629,3 +629,33 @@ def test_sigterm_flushes_within_the_shutdown_timeout_while_a_capture_is_stalled(
         traced.wait()
     assert took < 4, (took, log.read_text())
     assert "bigpkg" in _packages(world.manifest())
+
+
+def test_an_artifact_deleted_from_the_key_is_captured_again_by_the_next_commit(
+    tmp_path: Path,
+) -> None:
+    """A recorded artifact removed from `<key>/artifacts/` while the daemon runs is
+    captured again by the next commit (another install) from the package installed at
+    that version, the same bytes under the same name."""
+    world, prefix, flags = _world(tmp_path)
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    daemon = world.daemon(*flags, "--quiet-ms", "100").start()
+    try:
+        uv_install(prefix / "bin" / "python", wheels, "libdep", env=world.env)
+        name = "libdep-1.0-py3-none-any.whl"
+        eventually(lambda: "libdep" in _packages(world.manifest()), what="libdep recorded")
+        # Returns once the daemon captured it and went idle: no commit follows the unlink.
+        snap = world.pkgckpt("snapshot", *flags, timeout=300)
+        assert snap.returncode == 0, snap.stdout + snap.stderr
+        path = world.store / world.key / "artifacts" / name
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        path.unlink()
+        uv_install(prefix / "bin" / "python", wheels, "app", env=world.env)
+        eventually(path.exists, timeout=60, what="the deleted artifact captured again")
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        eventually(lambda: _status_saying(world, flags, "artifacts:  2"), what="app captured")
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+    recorded = _packages(world.manifest())["libdep"].artifact
+    assert recorded is not None and (recorded.file, recorded.sha256) == (name, digest)

@@ -148,3 +148,43 @@ def test_a_starting_daemon_captures_a_pruned_entry_again(tmp_path: Path) -> None
         daemon.close()
     assert hashlib.sha256(entry.read_bytes()).hexdigest() == solo.artifact.sha256
     assert world.generation() == found.generation
+
+
+def test_a_running_daemon_captures_again_an_entry_pruned_after_its_start(tmp_path: Path) -> None:
+    """The pool is pruned while the daemon runs: its next commit (another install) finds
+    the recorded entry gone and captures it into the pool again, the same bytes."""
+    from daemon_kit import eventually
+
+    world = cache_on(World.make(tmp_path))
+    pool = _pool(tmp_path)
+    world.env["PKGCKPT_ARTIFACT_POOL"] = str(pool)
+    wheels = tmp_path / "wheels"
+    build_wheel(Dist("solo", "1.0"), wheels)
+    build_wheel(Dist("other", "1.0"), wheels)
+    venv = make_venv(tmp_path / "venv")
+    baseline = tmp_path / "baseline.json"
+    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
+    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
+
+    def pooled(name: str) -> Path | None:
+        found = world.manifest()
+        for p in (p for d in (found.body.deltas() if found else ()) for p in d.added):
+            if p.name == name and p.artifact is not None and p.artifact.pooled:
+                return pool / "sha256" / p.artifact.sha256
+        return None
+
+    daemon = world.daemon(*flags, "--quiet-ms", "100").start()
+    try:
+        venv.install(wheels, "solo")
+        entry = eventually(lambda: pooled("solo"), timeout=60, what="solo captured")
+        eventually(entry.exists, what="solo in the pool")
+        digest = entry.name
+        entry.unlink()
+        venv.install(wheels, "other")
+        eventually(lambda: pooled("other"), timeout=60, what="other captured")
+        eventually(entry.exists, timeout=60, what="the pruned entry captured again")
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+    assert hashlib.sha256(entry.read_bytes()).hexdigest() == digest
+    assert pooled("solo") == entry

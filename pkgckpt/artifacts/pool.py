@@ -26,6 +26,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
@@ -125,21 +126,30 @@ def _open_entry(dfd: int, digest: str, size: int | None = None) -> int | None:
     return fd
 
 
-def present(root: Path, digest: str, size: int) -> bool:
-    """Whether the pool holds a regular file of `size` bytes for `digest` (not hashed:
-    restore does; a cheap check that finds an entry pruned, deleted or truncated, or
-    replaced by other bytes of another size)."""
+def held(root: Path, entries: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
+    """The `(digest, size)` among `entries` that the pool holds as a regular file of
+    that size. Not hashed (restore does): a cheap check, one open of the pool and a stat
+    per entry, that finds an entry pruned, deleted or truncated, or replaced by other
+    bytes of another size. A digest that is not one is never looked up."""
     dfd = _open_dir(root, create=False)
     if dfd is None:
-        return False
+        return set()
+    found: set[tuple[str, int]] = set()
     try:
-        fd = _open_entry(dfd, digest, size)
+        for digest, size in entries:
+            if not _ENTRY.fullmatch(digest):
+                continue
+            try:
+                st = os.stat(digest, dir_fd=dfd, follow_symlinks=False)
+            except OSError:
+                continue  # missing, or not ours to see: not an entry to use
+            # An entry its owner made unreadable to others is as gone to a restore.
+            readable = st.st_mode & stat.S_IROTH or st.st_uid == os.geteuid()
+            if stat.S_ISREG(st.st_mode) and st.st_size == size and readable:
+                found.add((digest, size))
     finally:
         durable.close_quietly(dfd)
-    if fd is None:
-        return False
-    durable.close_quietly(fd)
-    return True
+    return found
 
 
 def read(root: Path | None, digest: str) -> int | None:

@@ -20,7 +20,8 @@ Pooled artifacts are not the key's: they count against no quota and no key remov
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 
 from ..errors import ManifestError, PkgckptError
 from ..logs import getLogger
@@ -57,7 +58,12 @@ def protected(store: Store, current: Body) -> set[str]:
 
 def used(store: Store) -> int:
     """Bytes of the key's artifacts."""
-    return sum(st.st_size for st in store.artifacts().values())
+    return bytes_of(store.artifacts())
+
+
+def bytes_of(files: Mapping[str, os.stat_result]) -> int:
+    """Bytes of the artifacts in a listing of them (`Store.artifacts()`)."""
+    return sum(st.st_size for st in files.values())
 
 
 def collect(store: Store, quota: int, keep: set[str], need: int = 0) -> list[str]:
