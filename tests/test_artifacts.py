@@ -498,9 +498,9 @@ def test_snapshot_lists_editable_and_directory_installs_as_not_captured(tmp_path
 
 
 def test_snapshot_captures_again_an_artifact_deleted_from_the_key(tmp_path: Path) -> None:
-    """A recorded artifact removed from `<key>/artifacts/` is captured again by the next
-    snapshot from the package still installed at that version (same bytes, same name,
-    same generation)."""
+    """A recorded artifact removed from `<key>/artifacts/` is named missing by `status`;
+    the next snapshot captures it again from the package still installed at that
+    version (same bytes, same name, same generation), and `status` no longer names it."""
     world = cache_on(World.make(tmp_path))
     wheels = make_wheelhouse(tmp_path / "wheels")
     venv = make_venv(tmp_path / "venv")
@@ -513,10 +513,14 @@ def test_snapshot_captures_again_an_artifact_deleted_from_the_key(tmp_path: Path
     path = world.store / world.key / "artifacts" / "libdep-1.0-py3-none-any.whl"
     data = path.read_bytes()
     path.unlink()
+    status = world.pkgckpt("status", *flags)
+    assert "missing (1)" in status.stdout and "libdep==1.0" in status.stdout, status.stdout
+
     again = world.pkgckpt("snapshot", *flags, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert path.read_bytes() == data
     assert world.generation() == generation
+    assert "missing" not in world.pkgckpt("status", *flags).stdout
 
 
 def test_an_artifact_that_leaves_the_record_is_dated_then(tmp_path: Path) -> None:

@@ -631,12 +631,12 @@ def test_sigterm_flushes_within_the_shutdown_timeout_while_a_capture_is_stalled(
     assert "bigpkg" in _packages(world.manifest())
 
 
-def test_an_artifact_deleted_from_the_key_is_captured_again_by_the_next_commit(
+def test_an_artifact_deleted_from_the_key_is_missing_then_captured_again_by_the_next_commit(
     tmp_path: Path,
 ) -> None:
-    """A recorded artifact removed from `<key>/artifacts/` while the daemon runs is
-    captured again by the next commit (another install) from the package installed at
-    that version, the same bytes under the same name."""
+    """A recorded artifact removed from `<key>/artifacts/` while the daemon runs is named
+    missing by `status`; the next commit (another install) captures it again from the
+    package installed at that version, the same bytes under the same name."""
     world, prefix, flags = _world(tmp_path)
     wheels = make_wheelhouse(tmp_path / "wheels")
     daemon = world.daemon(*flags, "--quiet-ms", "100").start()
@@ -650,10 +650,13 @@ def test_an_artifact_deleted_from_the_key_is_captured_again_by_the_next_commit(
         path = world.store / world.key / "artifacts" / name
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         path.unlink()
+        said = _reasons(world, flags)
+        assert "missing (1)" in said and "libdep==1.0" in said, said
         uv_install(prefix / "bin" / "python", wheels, "app", env=world.env)
         eventually(path.exists, timeout=60, what="the deleted artifact captured again")
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
         eventually(lambda: _status_saying(world, flags, "artifacts:  2"), what="app captured")
+        assert "missing" not in _reasons(world, flags)
         assert daemon.stop() == 0, daemon.output()
     finally:
         daemon.close()

@@ -1,5 +1,6 @@
-"""What `pkgckpt status` says of the artifact cache: count, bytes, quota, and every
-recorded package without an artifact, with the reason."""
+"""What `pkgckpt status` says of the artifact cache: count, bytes, quota, every recorded
+package without an artifact, with the reason, and every recorded artifact the store no
+longer holds."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import msgspec
 from ..config import Config, ensure_runtime_dir, read_private
 from ..errors import PkgckptError
 from ..logs import getLogger
-from ..manifest import Body
+from ..manifest import Artifact, Body
 from ..store import Store
-from . import CAPTURERS, uncapturable
+from . import CAPTURERS, quota, uncapturable
 
 log = getLogger(__name__)
 _reasons = msgspec.json.Decoder(dict[str, str])
@@ -54,6 +55,10 @@ class Summary(msgspec.Struct, frozen=True, kw_only=True):
     """Recorded packages whose artifact is in the shared pool."""
     without: dict[str, str] = {}
     """`name==version (env)` -> why it has no artifact."""
+    missing: dict[str, str] = {}
+    """`name==version (env)` -> its recorded artifact, which the store no longer holds
+    (deleted from the key, pruned from the pool), and why it is not captured again yet
+    when the daemon said."""
     error: str | None = None
     """The store could not be listed."""
 
@@ -62,14 +67,16 @@ def summarize(
     store: Store, config: Config, body: Body, reasons: Mapping[str, str] | None = None
 ) -> Summary:
     """`reasons`: why the daemon could not capture a package (its status file)."""
-    from .session import key
+    from .session import gone, key
 
     without: dict[str, str] = {}
+    recorded: dict[str, Artifact] = {}
     pooled = 0
     for delta in body.deltas():
         for p in (*delta.added, *delta.changed):
             if p.artifact is not None:
                 pooled += p.artifact.pooled
+                recorded[key(delta.env, p)] = p.artifact
                 continue
             name = key(delta.env, p)
             why = (reasons or {}).get(name) or uncapturable(p)
@@ -80,12 +87,22 @@ def summarize(
         files = store.artifacts()
     except PkgckptError as e:
         return Summary(quota=config.artifact_quota, pooled=pooled, without=without, error=str(e))
+    lost = gone(config, recorded.values(), files)
+    missing: dict[str, str] = {}
+    for name, artifact in recorded.items():
+        if artifact in lost:
+            where = "the shared pool" if artifact.pooled else "the store"
+            missing[name] = f"{artifact.file} is gone from {where}"
+            why = (reasons or {}).get(name)
+            if why:
+                missing[name] += f"; not captured again: {why}"
     return Summary(
         count=len(files),
-        bytes=sum(st.st_size for st in files.values()),
+        bytes=quota.bytes_of(files),
         quota=config.artifact_quota,
         pooled=pooled,
         without=without,
+        missing=missing,
     )
 
 
@@ -103,4 +120,10 @@ def lines(summary: Summary) -> list[str]:
     if summary.without:
         out.append(f"    without an artifact ({len(summary.without)}):")
         out += [f"      {name}: {why}" for name, why in sorted(summary.without.items())]
+    if summary.missing:
+        out.append(
+            f"    missing ({len(summary.missing)}), captured again while installed at "
+            "that version, by the daemon's next commit or the next snapshot:"
+        )
+        out += [f"      {name}: {why}" for name, why in sorted(summary.missing.items())]
     return out
