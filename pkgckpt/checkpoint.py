@@ -454,6 +454,24 @@ class Tracker:
         track = self._tracks.get(env_key(env))
         return dict(track.state) if track is not None else None
 
+    def unwritten(self, stored: Body) -> list[tuple[Environment, list[Change]]]:
+        """The changes the record of each tracked environment holds that `stored` (the
+        body on the store) lacks: what the next commit writes. `stored` is read against
+        the baseline the record was applied to, so what this process left as it found it
+        is no change, whatever image the entry was recorded on."""
+        found = []
+        for track in self._tracks.values():
+            recorded = stored.delta(track.env)
+            before = (
+                manifest.apply(track.baseline, recorded)
+                if recorded is not None
+                else dict(track.baseline)
+            )
+            changes = manifest.diff(before, track.state, track.env.kind)
+            if changes:
+                found.append((track.env, changes))
+        return found
+
     def body(self) -> Body:
         """The manifest body: every tracked environment's delta, untracked ones as recorded."""
         deltas: dict[EnvKey, Delta] = {env_key(d.env): d for d in self._recorded.deltas()}

@@ -821,13 +821,27 @@ class Daemon:
         self.state = state
         self._unwritten = True
 
+    def _pending_changes(self) -> tuple[status.EnvChanges, ...] | None:
+        """`status.DaemonState.pending_changes`: worked out at each write of the status
+        file, not at each `_set`, of which a step makes several."""
+        session = self.session
+        if session is None or session.on_store is None:
+            return None
+        stored = session.stored if session.stored is not None else Body()
+        return tuple(
+            status.EnvChanges(env=env, changes=tuple(changes))
+            for env, changes in session.tracker.unwritten(stored)
+        )
+
     def _flush(self) -> None:
         """Write the status file when something in it changed (never on a timer): once per
         step of the loop, however many of the step's pieces changed it (a commit changes
         five), and before the daemon tells systemd anything or sleeps."""
         if not self._unwritten:
             return
-        self.state = msgspec.structs.replace(self.state, updated=checkpoint.now_iso())
+        self.state = msgspec.structs.replace(
+            self.state, updated=checkpoint.now_iso(), pending_changes=self._pending_changes()
+        )
         self._unwritten = False
         self._written = True
         try:

@@ -52,6 +52,13 @@ if TYPE_CHECKING:
 Phase = Literal["starting", "watching", "stopping", "stopped"]
 
 
+class EnvChanges(msgspec.Struct, frozen=True, kw_only=True):
+    """Changes of one environment's record."""
+
+    env: Environment
+    changes: tuple[Change, ...]
+
+
 class DaemonState(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The runtime status file of one daemon."""
 
@@ -74,6 +81,11 @@ class DaemonState(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Changes seen but not on the store yet."""
     pending_roots: tuple[str, ...] = ()
     """Library roots changed and waiting for their quiet window."""
+    pending_changes: tuple[EnvChanges, ...] | None = None
+    """The changes the record holds and the store's manifest, as the daemon last read or
+    wrote it, lacks: what `status` shows as pending while it cannot read the store. None:
+    not known (the store not read yet, or found changed since) or not said (an older
+    daemon)."""
     last_error: str | None = None
     """The last store or scan error, cleared by the next successful commit."""
     error_time: str | None = None
