@@ -535,7 +535,9 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     changed: tuple[Package, ...] = ()
     removed: tuple[Package, ...] = ()
     pending: tuple[Change, ...] = ()
-    """Seen now but not checkpointed: what `snapshot` would add to the manifest."""
+    """Seen now but not checkpointed: what `snapshot` would add to the manifest. While
+    the store cannot be read (`Report.store_unread`), the running daemon's changes not on
+    the store yet (`Report.pending_from_daemon`), else nothing (see `pending_known`)."""
     unrestored: tuple[Change, ...] = ()
     """Recorded but not in place: what `restore` would do now (entries restore would
     refuse are left out; see `Report.refused`)."""
@@ -559,6 +561,10 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     untracked: str | None = None
     """Recorded, but no environment tracked here is it: why restore skips its record
     (which it keeps)."""
+    pending_known: bool = True
+    """False: the store could not be read and no running daemon that tracks this
+    environment said what the store lacks, so `pending` is empty without being known
+    to be."""
 
 
 class Checkpoint(_Out, frozen=True, kw_only=True):
@@ -592,6 +598,17 @@ class Report(_Out, frozen=True, kw_only=True):
     """`baseline` is the one the running daemon reported, not one this command found."""
     artifacts: Summary | None = None
     """The artifact cache (None: switched off, or no manifest)."""
+    store_unread: str | None = None
+    """Why this command could not read the store's manifest (not mounted, say): then
+    `checkpoint` is unknown, not none, and the environments' recorded lists are empty."""
+    last_commit: Checkpoint | None = None
+    """The generation the daemon of this store and key last committed (or read), from its
+    status file, whether it still runs or not: what the store held as far as this
+    container knows when the store cannot be read. `time` is that of its last commit,
+    None when it committed nothing."""
+    pending_from_daemon: bool = False
+    """The store could not be read: `pending` is the running daemon's changes not on the
+    store yet (`DaemonState.pending_changes`), not this command's scan."""
 
 
 def _since(stamp: str) -> float | None:
@@ -688,14 +705,18 @@ def _rebase(
 def collect(config: Config) -> Report:
     """Everything `pkgckpt status` shows; reads only, never writes or takes a baseline."""
     store = open_store(config)
-    store_error = None
+    store_error = unread = None
     recorded = None
     kept: list[int] = []
     try:
         recorded = store.read()
-        kept = store.generations()
     except PkgckptError as e:
-        store_error = str(e)
+        store_error = unread = str(e)
+    else:
+        try:
+            kept = store.generations()
+        except PkgckptError as e:
+            store_error = str(e)
     baseline = inventory.load_baseline(config)
     state = read_state(config)
     alive = running(state, config)
@@ -770,6 +791,8 @@ def collect(config: Config) -> Report:
             msgspec.structs.replace(_recorded(d, d.env), untracked=unpaired(d.env, here))
             for d in elsewhere.values()
         ]
+    if unread is not None:
+        envs = _outage(envs, state if alive else None)
     unlisted = None
     if not alive:
         # Read-only: a daemon that holds the lock is shown, not woken (`find_daemon`).
@@ -811,7 +834,29 @@ def collect(config: Config) -> Report:
         r_untracked=r_tracking.untracked,
         rstudio_ignored=_rstudio_ignored(r_tracking),
         artifacts=cache,
+        store_unread=unread,
+        last_commit=Checkpoint(
+            generation=state.generation, time=state.committed, age_seconds=_age(state.committed)
+        )
+        if state is not None and state.generation is not None
+        else None,
+        pending_from_daemon=unread is not None and any(e.pending_known for e in envs),
     )
+
+
+def _outage(envs: list[EnvReport], daemon: DaemonState | None) -> list[EnvReport]:
+    """The environments' pending changes when the store could not be read: the scan
+    compared with no record would list everything ever installed, as if nothing were on
+    the store. The running `daemon` knows what the store lacks in what it tracks."""
+    held = daemon.pending_changes if daemon is not None else None
+    tracked = daemon.tracked if daemon is not None else None
+    theirs = {checkpoint.env_key(p.env): p.changes for p in held or ()}
+    out = []
+    for e in envs:
+        known = held is not None and (tracked is None or e.env.path in tracked)
+        pending = theirs.get(checkpoint.env_key(e.env), ()) if known else ()
+        out.append(msgspec.structs.replace(e, pending=pending, pending_known=known))
+    return out
 
 
 def _stranded(prefix: Path) -> Stranded | None:
@@ -916,9 +961,24 @@ def _failing(report: Report, e: EnvReport) -> list[str]:
     return lines
 
 
+def _last_commit(report: Report) -> str:
+    """The daemon's last generation, said while the store cannot be read."""
+    c = report.last_commit
+    assert c is not None
+    gone = "" if report.daemon_running else " (not running)"
+    if c.time is None:
+        return f"the daemon{gone} read generation {c.generation} and committed none since"
+    age = f", {_duration(c.age_seconds)} ago" if c.age_seconds is not None else ""
+    return f"the daemon's last commit{gone}: generation {c.generation} ({c.time}{age})"
+
+
 def to_text(report: Report) -> str:
     lines = [f"store:      {report.store}"]
-    if report.checkpoint is None:
+    if report.store_unread is not None:
+        lines.append(f"checkpoint: unknown, the store cannot be read now: {report.store_unread}")
+        if report.last_commit is not None:
+            lines.append(f"            {_last_commit(report)}")
+    elif report.checkpoint is None:
         lines.append("checkpoint: none yet")
     else:
         c = report.checkpoint
@@ -953,7 +1013,7 @@ def to_text(report: Report) -> str:
         )
     else:
         lines.append("daemon:     not running")
-    if report.store_error:
+    if report.store_error and report.store_error != report.store_unread:
         lines.append(f"last error: {report.store_error}")
     if report.r_untracked:
         lines.append(f"R:          installed, but no R library is tracked: {report.r_untracked}")
@@ -987,11 +1047,14 @@ def to_text(report: Report) -> str:
                 f"    stale lock {lock} (an interrupted install; not waited for), "
                 f"remove it: {remove_lock_command(Path(lock))}"
             )
+        unknown = "unknown: the store cannot be read"
         body = [
+            *([f"    recorded {unknown}"] if report.store_unread is not None else []),
             *_pkgs("added", e.added),
             *_pkgs("changed", e.changed),
             *_pkgs("removed", e.removed),
             *_changes("pending", e.pending),
+            *([] if e.pending_known else [f"    pending  {unknown}"]),
             *_changes("restore", e.unrestored),
             *_wrapped("rebuild", [f"{r.name} {r.version} ({r.reason})" for r in e.rebuild]),
             *_failing(report, e),

@@ -273,3 +273,40 @@ def test_only_a_pkgckpt_daemon_of_this_store_and_key_counts_as_running(
         assert not status.running(_state(config, proc.pid), config)
     restarted = msgspec.structs.replace(_state(config, plain.pid), pid_start=1)
     assert not status.running(restarted, config)
+
+
+def test_a_store_that_cannot_be_read_is_no_empty_checkpoint(tmp_path: Path) -> None:
+    """The store root renamed away with no daemon status to go by: the checkpoint is
+    unknown (not "none yet"), the recorded lists and pending are said to be unknown, and
+    what the venv holds is not listed as pending, as if the store lacked it."""
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    config = Config(
+        store=tmp_path / "store",
+        key="alice",
+        env=(venv.prefix,),
+        runtime_dir=tmp_path / "run",
+        discover=(),
+    )
+    (target,) = (t for t in targets(config) if not t.env.user)
+    init_store(config.store)
+    Store(config.store, config.key).commit(
+        Body(environments=(Delta(env=target.env, added=(Package(name="alpha", version="1.0"),)),))
+    )
+    dist = venv.site_packages / "alpha-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: alpha\nVersion: 1.0\n")
+    config.store.rename(tmp_path / "elsewhere")
+
+    report = status.collect(config)
+
+    assert report.checkpoint is None and report.last_commit is None
+    assert report.store_unread is not None and "not available" in report.store_unread
+    assert not report.pending_from_daemon
+    (env,) = (e for e in report.environments if e.env.path == str(venv.prefix))
+    assert env.pending == () and not env.pending_known
+    text = status.to_text(report)
+    assert "none yet" not in text and "nothing recorded" not in text
+    assert f"checkpoint: unknown, the store cannot be read now: {report.store_unread}\n" in text
+    assert "last error:" not in text, "said once, on the checkpoint line"
+    assert "    recorded unknown: the store cannot be read\n" in text
+    assert "    pending  unknown: the store cannot be read\n" in text

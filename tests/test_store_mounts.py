@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon_kit import Daemon, World, eventually, pins, uv_install
@@ -194,3 +195,73 @@ def test_a_key_directory_rolled_back_under_the_daemon_loses_nothing(
     finally:
         d.close()
         subprocess.run(["umount", "-l", str(key)], check=False, capture_output=True)
+
+
+def venv_report(report: Any, venv: Venv) -> Any:
+    """The venv's entry in a `status --json` report."""
+    (env,) = [e for e in report["environments"] if e["env"]["path"] == str(venv.prefix)]
+    return env
+
+
+def pending_names(report: Any, venv: Venv) -> list[str]:
+    return sorted(c["name"] for c in venv_report(report, venv)["pending"])
+
+
+def test_status_during_an_outage_shows_the_last_commit_and_only_what_the_store_lacks(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """The store unmounted after a commit: status says it cannot read the store and why,
+    shows the daemon's last generation instead of "none yet", and lists as pending only
+    the install made since, not the one already on the store; with the daemon gone, it
+    says the checkpoint is unknown and lists nothing as pending."""
+    real = world.tmp / "real-store"
+    world.store.rename(real)
+    world.store.mkdir(0o700)
+    mount_bind(real, world.store)
+    d = daemon(world, venv)
+    args = ["status", *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    try:
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+        eventually(lambda: holds(world, "alpha==1.0"), 60, "alpha committed")
+        subprocess.run(["umount", str(world.store)], check=True)
+        uv_install(venv.python, wheels, "beta==1.0", env=world.env)
+
+        def failing() -> Any:
+            out = json.loads(world.pkgckpt(*args, "--json").stdout)
+            state = out["daemon"] or {}
+            return out if state.get("pending") and state.get("last_error") else None
+
+        report = eventually(failing, 60, "the daemon holding beta, the store gone")
+        assert report["checkpoint"] is None, "this command read no manifest"
+        assert "not available (not mounted?)" in str(report["store_unread"])
+        assert report["last_commit"]["generation"] == 1
+        assert report["last_commit"]["time"] is not None
+        assert report["pending_from_daemon"] is True
+        assert pending_names(report, venv) == ["beta"]
+        text = world.pkgckpt(*args).stdout
+        assert "none yet" not in text and "nothing recorded" not in text, text
+        assert "checkpoint: unknown, the store cannot be read now: store " in text, text
+        assert "the daemon's last commit: generation 1 (" in text, text
+        assert "    pending  install beta 1.0\n" in text, text
+        assert "alpha" not in text, text
+
+        d.kill()  # no flush: beta never reaches the store
+        gone = json.loads(world.pkgckpt(*args, "--json").stdout)
+        assert gone["daemon_running"] is False and gone["checkpoint"] is None
+        assert "not available (not mounted?)" in str(gone["store_unread"])
+        assert gone["last_commit"]["generation"] == 1, "the status file it left says so"
+        assert pending_names(gone, venv) == []
+        assert venv_report(gone, venv)["pending_known"] is False
+        text = world.pkgckpt(*args).stdout
+        assert "none yet" not in text and "nothing recorded" not in text, text
+        assert "checkpoint: unknown, the store cannot be read now: store " in text, text
+        assert "the daemon's last commit (not running): generation 1 (" in text, text
+        assert "    pending  unknown: the store cannot be read" in text, text
+    finally:
+        d.close()
+        subprocess.run(["umount", "-l", str(world.store)], check=False, capture_output=True)
+    mount_bind(real, world.store)
+    try:
+        assert holds(world, "alpha==1.0"), "what was committed before the outage stays"
+    finally:
+        subprocess.run(["umount", "-l", str(world.store)], check=False, capture_output=True)
