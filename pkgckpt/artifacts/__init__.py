@@ -182,8 +182,8 @@ def capture(
             raise Uncapturable(str(e)) from None
         if job.package.artifact is not None:
             # Captured again because the recorded artifact does not fit (or is gone): a
-            # build in place that fits no better (an interpreter whose version is not known, a wheel
-            # forced onto another ABI) is not captured over and over.
+            # build in place that fits no better (an interpreter whose version is not
+            # known, a wheel forced onto another ABI) is not captured over and over.
             found = Artifact(file=name, sha256="", size=0)
             why = fits(job.env, msgspec.structs.replace(job.package, artifact=found))
             if why is not None:
