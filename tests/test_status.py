@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from wheelhouse import make_venv
+from wheelhouse import Venv, make_venv
 
 from pkgckpt import status
 from pkgckpt.config import Config
@@ -26,8 +26,8 @@ from pkgckpt.manifest import Body, Delta, Environment, Package
 from pkgckpt.store import Store, init_store
 
 
-def test_an_unreadable_library_is_reported_once_with_what_it_records(tmp_path: Path) -> None:
-    """A scan error shows beside the environment's recorded packages, not as a second entry."""
+def _tracking_a_venv(tmp_path: Path) -> tuple[Venv, Config]:
+    """A venv without pip, the only environment tracked, with its store and runtime dir."""
     venv = make_venv(tmp_path / "venv", with_pip=False)
     config = Config(
         store=tmp_path / "store",
@@ -36,6 +36,12 @@ def test_an_unreadable_library_is_reported_once_with_what_it_records(tmp_path: P
         runtime_dir=tmp_path / "run",
         discover=(),
     )
+    return venv, config
+
+
+def test_an_unreadable_library_is_reported_once_with_what_it_records(tmp_path: Path) -> None:
+    """A scan error shows beside the environment's recorded packages, not as a second entry."""
+    venv, config = _tracking_a_venv(tmp_path)
     (target,) = (t for t in targets(config) if not t.env.user)
     recorded = Delta(env=target.env, added=(Package(name="alpha", version="1.0"),))
     init_store(config.store)
@@ -58,14 +64,7 @@ def test_a_recorded_environment_not_tracked_here_says_why_restore_skips_it(
     """A recorded venv that is gone shows its packages with the reason restore gives
     and the forget command that drops them; one that exists but is not tracked says so.
     The named command drops the missing one's record."""
-    venv = make_venv(tmp_path / "venv", with_pip=False)
-    config = Config(
-        store=tmp_path / "store",
-        key="alice",
-        env=(venv.prefix,),
-        runtime_dir=tmp_path / "run",
-        discover=(),
-    )
+    venv, config = _tracking_a_venv(tmp_path)
     gone = Environment(kind="python", path=str(tmp_path / "gone env"))
     (tmp_path / "other").mkdir()
     other = Environment(kind="python", path=str(tmp_path / "other"))
@@ -279,14 +278,7 @@ def test_a_store_that_cannot_be_read_is_no_empty_checkpoint(tmp_path: Path) -> N
     """The store root renamed away with no daemon status to go by: the checkpoint is
     unknown (not "none yet"), the recorded lists and pending are said to be unknown, and
     what the venv holds is not listed as pending, as if the store lacked it."""
-    venv = make_venv(tmp_path / "venv", with_pip=False)
-    config = Config(
-        store=tmp_path / "store",
-        key="alice",
-        env=(venv.prefix,),
-        runtime_dir=tmp_path / "run",
-        discover=(),
-    )
+    venv, config = _tracking_a_venv(tmp_path)
     (target,) = (t for t in targets(config) if not t.env.user)
     init_store(config.store)
     Store(config.store, config.key).commit(
