@@ -310,14 +310,13 @@ class Tracker:
             base, pinned = inventory.by_name(), frozenset[str]()
             shipped = inventory_image(self._baseline, env)
             image = manifest.image_identity(shipped)
-            found = None
             if recorded is not None and recorded.image not in (None, image):
                 found = manifest.recorded_image(shipped, recorded)
-            if found is not None and recorded is not None:
-                # A baseline this container's first command took from a library that
-                # outlived the last one: the user's packages in it are not the image's.
-                base = manifest.unapply(base.values(), recorded, own=True)
-                shipped, image = found, recorded.image
+                if found is not None:
+                    # A baseline this container's first command took from a library that
+                    # outlived the last one: the user's packages in it are not the image's.
+                    base = manifest.unapply(base.values(), recorded, own=True)
+                    shipped, image = found, recorded.image
         elif self._made_since is not None and made_here(env, self._made_since):
             base = {n: p for n, p in obs.packages.items() if n.lower() in SEEDED}
             pinned = frozenset()
