@@ -202,7 +202,12 @@ def _delete(path: Path) -> None:
     path.unlink()
 
 
-DAMAGE = {"tampered": _tamper, "truncated": _truncate, "missing": _delete}
+def _grow(path: Path) -> None:
+    with path.open("ab") as f:
+        f.write(b"\0" * 4096)
+
+
+DAMAGE = {"tampered": _tamper, "truncated": _truncate, "missing": _delete, "grown": _grow}
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -217,6 +222,8 @@ def test_a_damaged_artifact_is_never_installed_and_fails_naming_its_hash(
     done = _restore(fresh, "--no-index")
     assert done.returncode == 3, done.stdout + done.stderr
     assert recorded.sha256 in done.stdout, done.stdout
+    if damage == "grown":
+        assert f"more than its recorded {recorded.size} bytes" in done.stdout, done.stdout
     freeze = _freeze(fresh.prefix)
     assert "libdep==1.0" in freeze and not any(line.startswith("app==") for line in freeze)
 

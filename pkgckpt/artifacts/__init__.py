@@ -288,6 +288,13 @@ def _open(store: Store, config: Config, package: Package) -> tuple[Artifact, str
 
 
 def _mismatch(artifact: Artifact, digest: str, size: int) -> ArtifactRefused:
+    if size > artifact.size:
+        # Read one byte past the recorded size, no further: a hash of that prefix would
+        # name no file anyone has.
+        return ArtifactRefused(
+            f"{artifact.file}: more than its recorded {artifact.size} bytes (sha256 "
+            f"{artifact.sha256}): tampered, refused"
+        )
     return ArtifactRefused(
         f"{artifact.file}: sha256 {digest} ({size} bytes) is not the recorded "
         f"sha256 {artifact.sha256} ({artifact.size} bytes): tampered or truncated, refused"
