@@ -256,6 +256,54 @@ def test_a_user_package_the_image_contradicts_is_held_back_from_its_wheel(
     }
 
 
+def test_a_superseded_upgrade_a_user_package_pins_is_installed_after_all(
+    tmp_path: Path,
+) -> None:
+    """upg 1.0 -> 1.1 and `pinned` (requires upg==1.1) recorded; the new image ships upg
+    1.2. The image caught up with upg, but pinned needs the user's 1.1: upg is installed
+    too, unless an image package needs 1.2; then both are held back, or with
+    `--on-conflict user` both installed and the image's broken requirement listed. It
+    held pinned back for the superseded upg it needs."""
+    links = tmp_path / "links"
+    build_wheel(Dist("pinned", "1.0", requires=["upg==1.1"]), links)
+    build_wheel(Dist("upg", "1.1"), links)
+    delta = Delta(
+        env=PY311,
+        added=tuple(pkgs("pinned==1.0").values()),
+        changed=(Package(name="upg", version="1.1", replaced="1.0"),),
+        image="sha256:old",
+    )
+
+    def plan(*image_reqs: str, on_conflict: str = "image") -> dict[str, tuple[str, str]]:
+        site = tmp_path / f"site{len(list(tmp_path.glob('site*')))}"
+        dist_info(site, "upg", "1.2")
+        image = [*pkgs("upg==1.2").values()]
+        if image_reqs:
+            dist_info(site, "needsnew", "1.0", *image_reqs)
+            image.append(Package(name="needsnew", version="1.0"))
+        config = Config(
+            store=tmp_path / "s",
+            key="k",
+            find_links=(str(links),),
+            no_index=True,
+            on_conflict=on_conflict,
+        )
+        live = {p.name: p for p in image}
+        planned = rebase(delta, Target(env=PY311, roots=(site,)), image, live, config)
+        return {d.name: (d.action, d.reason) for d in planned.decisions}
+
+    assert plan() == {
+        "pinned": ("install", "added by the user"),
+        "upg": ("install", "pinned 1.0 requires upg==1.1; the image ships 1.2"),
+    }
+    assert plan("upg>=1.2") == {
+        "pinned": ("held-back", "requires upg==1.1, and upg 1.2 (image) stays"),
+        "upg": ("held-back", "needsnew 1.0 (image) requires upg>=1.2"),
+    }
+    forced = plan("upg>=1.2", on_conflict="user")
+    assert {n: a for n, (a, _) in forced.items()} == {"pinned": "install", "upg": "install"}
+
+
 def test_a_reason_from_planted_metadata_is_printable(tmp_path: Path) -> None:
     """A marker may quote any character: the held-back reason built from it carries no
     terminal control sequence."""

@@ -26,7 +26,10 @@ Each entry, with `w` the version the image ships now (None: it ships none):
     removed X               w is None: nothing;  an image package requires X: held back;
                             otherwise remove X
 An install already in place (the version and source recorded) is "nothing", unless a
-requirement of it is not satisfied (`unmet`): then it is installed again.
+requirement of it is not satisfied (`unmet`): then it is installed again. A superseded
+entry that a planned install requires at the user's version (`pinned` requires
+`upg==1.1`, the image caught up to 1.2) is installed after all, unless that breaks the
+image (below).
 
 Consistent means that after the plan every installed distribution's `Requires-Dist`
 (markers evaluated for the target interpreter, with the extras other requirements ask
@@ -814,6 +817,11 @@ def rebase(
         # the installer can fetch either: what requires it is held back with it.
         absent = {k for k in unavailable if k not in now}
         found = check.violations(now, touched(), kept | absent)
+        revived = _revive(found, decided)
+        if revived:
+            decided.update(revived)
+            planned.update(revived)  # what `--on-conflict user` forces back
+            continue
         cascade = _lacking(found, decided, absent)
         cascaded |= cascade.keys()
         held = {**cascade, **_hold_back(found, decided, now)}
@@ -996,6 +1004,25 @@ def _hold_back(
             reason = visible(why)
             held[blame] = msgspec.structs.replace(decided[blame], action="held-back", reason=reason)
     return held
+
+
+def _revive(
+    found: list[tuple[_Dist, _Req]], decided: Mapping[str, Decision]
+) -> dict[str, Decision]:
+    """The superseded entries that a planned install requires at the user's version,
+    installed after all: the image caught up with the version, not with what the user's
+    own package pins. The next round holds one back if the image needs its version."""
+    revived: dict[str, Decision] = {}
+    for dist, req in found:
+        key = canonical(req.name)
+        d = decided.get(key)
+        if dist.origin != "planned" or d is None or d.action != "superseded" or key in revived:
+            continue
+        version = _version(d.version)
+        if version is not None and req.specifier.contains(version, True):
+            why = f"{dist.name} {dist.version} requires {req}; the image ships {d.image}"
+            revived[key] = msgspec.structs.replace(d, action="install", reason=visible(why))
+    return revived
 
 
 def _lacking(
