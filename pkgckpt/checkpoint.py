@@ -16,7 +16,8 @@ only in ways that cannot lose a package:
 - an install the user dropped from the record (`pkgckpt forget`, `revert`: the delta's
   `forgotten`) is not recorded again while it stays as it was: found so by the first
   scan, or unchanged since this process last saw it. Installed, upgraded or removed
-  again under this process's eyes, the forget ends and the change is recorded.
+  again under this process's eyes, the forget ends and the change is recorded; so it
+  does for a reinstall of the very same install (the scanner finds its entry made anew).
 
 An environment is a directory, not a path. Its identity is the (st_dev, st_ino) of each
 library root and of the prefix's ``pyvenv.cfg`` or ``conda-meta/``, and how often the
@@ -145,6 +146,8 @@ class Observation(msgspec.Struct, frozen=True):
     """Names whose absence proves nothing: broken or still being installed."""
     identity: Identity | None = None
     """Which directories were read (see the module docstring); None: not known."""
+    renewed: frozenset[str] = frozenset()
+    """Names installed anew since the scan before, even as they were (`Target.renewed`)."""
 
 
 class _Track(msgspec.Struct):
@@ -252,7 +255,10 @@ class Tracker:
         absences_count = obs.trusted and not vanished
         for name, found in sorted(obs.packages.items()):
             seen = track.last.get(name)
-            if seen is not None and same_install(seen, found):
+            # A forgotten install made again as it was (`--force-reinstall`) is the user
+            # wanting it after all: it goes on, and the forget ends below.
+            again = name in obs.renewed and name in track.forgotten
+            if seen is not None and same_install(seen, found) and not again:
                 continue  # unchanged since this process last looked: the record stands
             recorded = track.state.get(name)
             if recorded is not None and same_install(recorded, found):
@@ -724,6 +730,7 @@ def observe(
         trusted=target.trusted and not any(root in unsettled for root in target.roots),
         uncertain=target.uncertain(),
         identity=target.identity,
+        renewed=target.renewed,
     )
 
 

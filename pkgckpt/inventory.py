@@ -38,6 +38,7 @@ BASELINE = "baseline.json"
 
 class Scanner(Protocol):
     exists: bool
+    renewed: frozenset[str]
 
     def scan(self) -> ScanResult: ...
 
@@ -66,6 +67,7 @@ class Target:
         "known",
         "last",
         "r_lock_stale",
+        "renewed",
         "roots",
         "trusted",
     )
@@ -79,6 +81,8 @@ class Target:
     """Every root existed at the last scan: only then can a missing package mean removal."""
     identity: Identity | None
     """The directories the last scan read, not the paths (see `pkgckpt.checkpoint`)."""
+    renewed: frozenset[str]
+    """Names the last scan found installed anew, as `SiteScanner.renewed` says."""
     epoch: int
     known: dict[str, Package]
     """The baseline's packages of this environment: what a first scan may expect to find
@@ -102,6 +106,7 @@ class Target:
         self.last = ScanResult()
         self.trusted = False
         self.identity = None
+        self.renewed = frozenset()
         self.epoch = 0
         self.known = {}
         self.conda_owned = conda_owned
@@ -131,6 +136,7 @@ class Target:
         in_progress: set[str] = set()
         stale: set[str] = set()
         hidden: set[str] = set()
+        renewed: set[str] = set()
         trusted = True
         # Taken before reading: a directory replaced meanwhile shows at the next scan.
         stats = tuple(_identity(p) for p in (*self.roots, self._prefix_marker()))
@@ -147,6 +153,10 @@ class Target:
                 if self.conda_owned and package.installer == "conda":
                     continue
                 packages.setdefault(name, package)
+            # Only where this root's package is the one found: a later root's is hidden.
+            renewed.update(
+                n for n in scanner.renewed if packages.get(n, result) is result.packages.get(n)
+            )
             broken.update((f"{root}/{entry}", why) for entry, why in result.broken.items())
             in_progress.update(f"{root}/{entry}" for entry in result.in_progress)
             stale.update(f"{root}/{entry}" for entry in result.stale)
@@ -155,6 +165,7 @@ class Target:
             packages, broken, frozenset(in_progress), frozenset(stale), frozenset(hidden)
         )
         self.trusted = trusted
+        self.renewed = frozenset(renewed)
         ordered = tuple(packages[name] for name in sorted(packages))
         return Inventory(env=self.env, packages=ordered)
 

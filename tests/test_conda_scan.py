@@ -78,6 +78,23 @@ def test_scanner_reads_what_a_conda_installer_wrote(tmp_path: Path, channel: Pat
     assert found.broken == {}
 
 
+def test_renewed_names_a_record_written_again(tmp_path: Path, channel: Path) -> None:
+    """`--force-reinstall` writes the record anew: renewed; the first scan is not."""
+    prefix = tmp_path / "env"
+    conda_install(prefix, channel, "tiny=1.0", "top", cache=tmp_path / "cache")
+    scanner = CondaScanner(prefix / "conda-meta")
+    scanner.scan()
+    assert scanner.renewed == frozenset()
+    record = prefix / "conda-meta" / "tiny-1.0-h0_0.json"
+    staged = record.with_suffix(".new")
+    staged.write_bytes(record.read_bytes())
+    staged.replace(record)
+    scanner.scan()
+    assert scanner.renewed == {"tiny"}
+    scanner.scan()
+    assert scanner.renewed == frozenset()
+
+
 def test_history_removals_take_back_what_was_asked_for() -> None:
     """`# remove specs:` undoes an earlier request; neutered specs are not requests."""
     history = (

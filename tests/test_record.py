@@ -166,6 +166,23 @@ def test_forget_beside_a_running_daemon_keeps_one_writer_and_stays_forgotten(
     assert world.delta().forgotten == ()
 
 
+def test_a_forgotten_package_reinstalled_at_the_same_version_is_recorded_again(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """`--reinstall` after a forget is the user installing it again, though nothing about
+    the package differs: the forget ends, and so does it for a package merely left be."""
+    uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
+    snapshot(world, venv)
+    assert world.pkgckpt("forget", "alpha", "beta", *flags(world, venv)).returncode == 0
+    assert "generation 2 is current" in snapshot(world, venv)
+    uv_install(venv.python, wheels, "--reinstall-package", "alpha", "alpha==1.0", env=world.env)
+    assert "generation 3" in snapshot(world, venv)
+    assert pins(world.delta().added) == ["alpha==1.0"]
+    assert pins(world.delta().forgotten) == ["beta==1.0"]
+    history = world.pkgckpt("history", *flags(world, venv))
+    assert history.stdout.splitlines()[0].endswith("install alpha 1.0"), history.stdout
+
+
 def test_a_forget_naming_the_store_in_another_spelling_reaches_the_daemon(
     world: World, venv: Venv, wheels: Path, daemon: Daemon
 ) -> None:
@@ -945,6 +962,18 @@ def test_a_forgotten_package_removed_under_the_daemons_eyes_ends_the_forget() ->
     assert t.observe(ENV, Observation(dict(IMAGE))) == []
     delta = t.body().delta(ENV)
     assert delta is not None and delta.added == () and delta.forgotten == ()
+
+
+def test_a_forgotten_package_installed_anew_as_it_was_ends_the_forget() -> None:
+    """Seen as forgotten, then the scanner finds its entry made again: recorded again."""
+    t = Tracker(
+        Baseline(environments=(Inventory(env=ENV, packages=(*IMAGE.values(),)),)), forgot_alpha()
+    )
+    assert t.observe(ENV, Observation({**IMAGE, "alpha": ALPHA}, renewed=frozenset({"six"}))) == []
+    changes = t.observe(ENV, Observation({**IMAGE, "alpha": ALPHA}, renewed=frozenset({"alpha"})))
+    assert [(c.action, c.name) for c in changes] == [("install", "alpha")]
+    delta = t.body().delta(ENV)
+    assert delta is not None and delta.added == (ALPHA,) and delta.forgotten == ()
 
 
 def test_a_revert_keeps_the_history_and_adds_to_it() -> None:

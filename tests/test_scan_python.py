@@ -428,6 +428,22 @@ def test_entry_replaced_under_the_same_name_is_read_again(aged_site: Path) -> No
     assert scanner.reads == 1
 
 
+def test_renewed_names_an_entry_made_again_as_it_was_and_nothing_else(aged_site: Path) -> None:
+    """A reinstall of the same version, even on a reused inode with the site's time put
+    back, is renewed; a first scan, an untouched entry and a racy re-read are not."""
+    scanner = SiteScanner(aged_site)
+    scanner.scan()
+    assert scanner.renewed == frozenset()  # a first scan has nothing to compare with
+    shutil.rmtree(aged_site / "p7-1.0.dist-info")
+    dist_info(aged_site, "p7", "1.0")
+    dist_info(aged_site, "new_comer", "1.0", age_ns=0)
+    age(aged_site, HOUR_NS)
+    scanner.scan(["p7-1.0.dist-info", "new_comer-1.0.dist-info"])  # as the events name them
+    assert scanner.renewed == {"p7", "new-comer"}
+    scanner.scan()  # new_comer is racy, read again as it is
+    assert scanner.reads == 1 and scanner.renewed == frozenset()
+
+
 def test_change_within_one_timestamp_tick_is_not_missed(aged_site: Path) -> None:
     """An entry scanned right after it changed is re-read next time, even if its mtime holds."""
     scanner = SiteScanner(aged_site)

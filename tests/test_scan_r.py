@@ -229,6 +229,25 @@ def test_rescan_rereads_only_descriptions_whose_identity_changed(tmp_path: Path)
     assert RLibraryScanner(tmp_path).scan().packages["kept"].version == "9.0"
 
 
+def test_renewed_names_a_package_installed_again_as_it_was(tmp_path: Path) -> None:
+    """R CMD INSTALL of the same version renames a new DESCRIPTION into place: renewed;
+    the first scan and an untouched package are not."""
+    hour_ago = time.time_ns() - 3600 * 10**9
+    for name in ("kept", "again"):
+        os.utime(description(tmp_path, name, installed_text(name, "1.0")), ns=(hour_ago,) * 2)
+    scanner = RLibraryScanner(tmp_path)
+    scanner.scan()
+    assert scanner.renewed == frozenset()
+    staged = tmp_path / "staged"
+    staged.write_text(installed_text("again", "1.0"))
+    os.utime(staged, ns=(hour_ago, hour_ago))
+    staged.replace(tmp_path / "again" / "DESCRIPTION")
+    scanner.scan()
+    assert scanner.renewed == {"again"}
+    scanner.scan()
+    assert scanner.renewed == frozenset()
+
+
 def test_recent_and_broken_entries_are_read_again(tmp_path: Path) -> None:
     """An entry written within the racy window, or broken, is re-read at the next scan."""
     description(tmp_path, "fresh", installed_text("fresh", "1.0"))

@@ -105,14 +105,20 @@ class CondaScanner:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.exists = False
+        self.renewed: frozenset[str] = frozenset()
+        """Packages whose record the last scan found made anew since the scan before it
+        (`SiteScanner.renewed`)."""
         self._cache: dict[str, _Cached] = {}
+        self._scanned = False
 
     def scan(self) -> ScanResult:
+        self.renewed = frozenset()
         try:
             entries = list(os.scandir(self.path))
         except FileNotFoundError:
             self.exists = False
             self._cache.clear()
+            self._scanned = False
             return ScanResult()
         except OSError as e:
             self.exists = False
@@ -122,6 +128,7 @@ class CondaScanner:
         records: list[_Record] = []
         history = ""
         cache: dict[str, _Cached] = {}
+        renewed: set[str] = set()
         for entry in entries:
             name = entry.name
             if name == HISTORY:
@@ -150,7 +157,10 @@ class CondaScanner:
                 continue
             cache[name] = _Cached(identity, record)
             records.append(record)
-        self._cache = cache
+            if self._scanned:
+                renewed.add(record.name.lower())
+        self._cache, self._scanned = cache, True
+        self.renewed = frozenset(renewed)
         asked = requested(history)
         packages: dict[str, Package] = {}
         for r in sorted(records, key=lambda r: (r.name, r.version, r.build)):

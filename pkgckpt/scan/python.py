@@ -457,6 +457,9 @@ class SiteScanner:
         """Whether the directory existed at the last scan."""
         self.reads = 0
         """Entries read (not reused) by the last scan: the incremental work done."""
+        self.renewed: frozenset[str] = frozenset()
+        """Names whose entry the last scan found made anew (installed again, even as it
+        was) since the scan before it; empty after a first scan, which has no before."""
         self._root: tuple[int, int] | None = None
         self._root_suspect = True
         self._cache: dict[str, _Cached] = {}
@@ -478,6 +481,7 @@ class SiteScanner:
         decides (unchanged: suspect entries only; changed: every entry's identity).
         """
         self.reads = 0
+        self.renewed = frozenset()
         now = time.time_ns()
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -590,6 +594,7 @@ class SiteScanner:
         for name in gone:
             cache.pop(name, None)  # or never seen: created and removed since the last scan
         reads = 0
+        made: list[str] | None = [] if self._root is not None else None
         # The loop runs once per distribution: names bound once, the known case first.
         previous, known, settled = old.get, self._known_dist, now - INSTALL_WINDOW_NS
         for name, ino, mtime_ns, mode, has_direct_url in found:
@@ -604,6 +609,8 @@ class SiteScanner:
             else:
                 kind = was.order[0]
             reads += 1
+            if made is not None and (was is None or (was.ino, was.mtime_ns) != (ino, mtime_ns)):
+                made.append(name)
             if kind == _DIST_INFO and mtime_ns < settled and self._known:
                 package = known(fd, name, mode, has_direct_url)
                 if package is not None:
@@ -623,6 +630,9 @@ class SiteScanner:
             )
             cache[name] = _Cached(ino, mtime_ns, suspect, (kind, name), value)
         self.reads = reads
+        if made:
+            gives = (_gives(cache[name].value) for name in made)
+            self.renewed = frozenset(name for name in gives if name is not None)
         if not reads and len(cache) == len(old):
             return None  # nothing read, nothing gone: the last result stands
         return cache

@@ -365,17 +365,22 @@ class RLibraryScanner:
         """Whether the directory existed at the last scan."""
         self.reads = 0
         """DESCRIPTION files read (not reused) by the last scan: the incremental work done."""
+        self.renewed: frozenset[str] = frozenset()
+        """Packages whose DESCRIPTION the last scan found made anew since the scan before
+        it (`SiteScanner.renewed`)."""
         self._cache: dict[str, _Cached] = {}
+        self._scanned = False
 
     def scan(self) -> ScanResult:
         self.reads = 0
+        self.renewed = frozenset()
         now = time.time_ns()
         try:
             with os.scandir(self.path) as it:
                 entries = sorted(e.name for e in it if not e.name.startswith("."))
         except (FileNotFoundError, NotADirectoryError):
             self.exists = False
-            self._cache = {}
+            self._cache, self._scanned = {}, False
             return ScanResult()
         except OSError as e:
             raise ScanError(f"cannot list R library {self.path}: {e.strerror}") from None
@@ -386,6 +391,7 @@ class RLibraryScanner:
         stale: set[str] = set()
         hidden: set[str] = set()
         cache: dict[str, _Cached] = {}
+        renewed: set[str] = set()
         locked = any(name.startswith(LOCK_PREFIX) for name in entries)
         for name in entries:
             if name.startswith(LOCK_PREFIX):
@@ -406,9 +412,13 @@ class RLibraryScanner:
             cache[name] = entry
             if isinstance(entry.found, Package):
                 packages[entry.found.name] = entry.found
+                was = self._cache.get(name)
+                if self._scanned and (was is None or was.identity != entry.identity):
+                    renewed.add(entry.found.name)
             elif entry.found is not None:
                 broken[name] = entry.found
-        self._cache = cache
+        self._cache, self._scanned = cache, True
+        self.renewed = frozenset(renewed)
         return ScanResult(
             packages=packages,
             broken=broken,
