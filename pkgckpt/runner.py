@@ -106,6 +106,32 @@ def which(name: str) -> str | None:
     return None
 
 
+_live: set[subprocess.Popen[bytes]] = set()
+"""The children `call()` waits for, in any thread: what `stop_on_signals` takes down."""
+_stopping = False
+
+
+def stop_on_signals() -> None:
+    """From now on, SIGTERM and SIGHUP kill the process group of every child `call()` runs
+    and then end this process as an exception (`SystemExit(128 + signal)`), so that what
+    it holds is cleaned up on the way out. Each child runs in a session of its own, which
+    the signal from `timeout(1)` or a closed terminal never reaches: left alone, an
+    installer would go on writing into the environment after the restore it served was
+    stopped. Main thread only (`signal.signal`); the caller arms it before its first
+    long child, as `signal` is loaded then anyway (`subprocess` imports it)."""
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        global _stopping
+        _stopping = True
+        for proc in list(_live):
+            _kill_group(proc)
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     import signal
 
@@ -193,6 +219,9 @@ def _run(
         )
     except OSError as e:
         return Outcome(args, None, f"cannot run {args[0]}: {e.strerror}")
+    _live.add(proc)
+    if _stopping:
+        _kill_group(proc)  # started by another thread while the signal was handled
     try:
         out, err = proc.communicate(timeout=deadline.remaining())
     except subprocess.TimeoutExpired:
@@ -217,6 +246,8 @@ def _run(
         _kill_group(proc)
         proc.wait()
         raise
+    finally:
+        _live.discard(proc)
     return Outcome(
         args,
         proc.returncode,

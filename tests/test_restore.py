@@ -7,6 +7,7 @@ import functools
 import hashlib
 import http.server
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -460,6 +461,53 @@ def cli_args(config: Config, *extra: str) -> list[str]:
         config.find_links[0],
         *extra,
     ]
+
+
+def _gone(pid: int, within: float) -> bool:
+    """The process `pid` exited (a zombie counts: it runs no more) within `within` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_restore_stopped_by_a_signal_takes_its_installer_down(
+    signum: signal.Signals, tmp_path: Path, image: Venv, wheels: Path
+) -> None:
+    """timeout(1) stops a restore with SIGTERM: the installer, in a session of its own,
+    does not get the signal and must not go on installing into the opening session."""
+    pidfile = tmp_path / "build.pid"
+    slow_sdist("hangs", "1.0", slow := tmp_path / "slow", pidfile)
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(
+        config.store, config.key, user_delta(env_of(config), Package(name="hangs", version="1.0"))
+    )
+    argv = cli_args(config, "--installer", "pip", "--find-links", str(slow))
+    (tmp := tmp_path / "tmp").mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pkgckpt", *argv], env={**hermetic(tmp_path), "TMPDIR": str(tmp)},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not pidfile.exists() or not pidfile.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.05)
+        build = int(pidfile.read_text())
+        proc.send_signal(signum)
+        output = proc.communicate(timeout=30)[0]
+        assert proc.returncode == 128 + signum, output
+        assert _gone(build, 10), "the build went on after the restore was stopped"
+        assert not list(tmp.glob("pkgckpt-child-*")), "the installer's private directory stayed"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.parametrize("tool", ["uv", "pip"])

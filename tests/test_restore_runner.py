@@ -4,6 +4,8 @@ a clean start (private working directory, the environment with only our override
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,6 +65,40 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
         time.sleep(0.05)
     else:
         raise AssertionError("the installer's child survived the timeout")
+
+
+def test_sigterm_takes_down_the_children_of_every_thread_then_exits_143(tmp_path: Path) -> None:
+    """R's installs run in a pool's threads: SIGTERM to the main thread kills every child,
+    one a thread starts afterwards included, and the process exits 128 + 15."""
+    pids = tmp_path / "pids"
+    script = f"""
+import os, sys
+from concurrent.futures import ThreadPoolExecutor
+from pkgckpt.runner import Deadline, call, stop_on_signals
+
+stop_on_signals()
+child = [sys.executable, "-c",
+         "import os, time; open({str(pids)!r}, 'a').write(str(os.getpid()) + ' '); time.sleep(600)"]
+with ThreadPoolExecutor(1) as pool:
+    jobs = [pool.submit(call, child, deadline=Deadline(None)) for _ in range(3)]
+    print("waiting", flush=True)
+    jobs[-1].result()
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        began = time.monotonic()
+        while not pids.exists() and time.monotonic() - began < 30:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.communicate()
+    started = [int(line) for line in pids.read_text().split()]
+    assert len(started) <= 3
+    for pid in started:
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z"), pid
 
 
 def test_expired_deadline_starts_nothing(tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ from ..manifest import (
     visible,
 )
 from ..rmatch import carry_on, moved, pair, stale_build, superseded
-from ..runner import redact_text
+from ..runner import redact_text, stop_on_signals
 from ..scan.python import strip_credentials
 from .rebase import Decision, Rebase
 from .runner import ArtifactInstaller, Deadline, Installer, Outcome
@@ -1119,6 +1119,8 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
     if the_plan.is_empty():
         report = Report(plan=the_plan)
     else:
+        # Not before: `signal` costs the no-op ~1 ms, where `subprocess` has not loaded it.
+        stop_on_signals()
         report = _apply(the_plan, config, found, deadline, progress or _terminal_progress())
     if remade:
         report = msgspec.structs.replace(report, remade=remade)
@@ -1202,6 +1204,8 @@ def _remake_stranded(
     found = [v for p in dict.fromkeys(prefixes) if (v := stranded(p)) is not None]
     if not found:
         return ()
+    if not dry_run:
+        stop_on_signals()  # `python -m venv` with ensurepip takes seconds: as for installs
     manifest = _read(config)
     recorded = {
         d.env.path
