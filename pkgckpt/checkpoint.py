@@ -459,11 +459,12 @@ class Tracker:
         track = self._tracks.get(env_key(env))
         return dict(track.state) if track is not None else None
 
-    def unwritten(self, stored: Body) -> list[tuple[Environment, list[Change]]]:
-        """The changes the record of each tracked environment holds that `stored` (the
-        body on the store) lacks: what the next commit writes. `stored` is read against
-        the baseline the record was applied to, so what this process left as it found it
-        is no change, whatever image the entry was recorded on."""
+    def unwritten(self, stored: Body) -> list[tuple[Environment, list[Change], list[str]]]:
+        """What the record of each tracked environment holds that `stored` (the body on
+        the store) lacks, what the next commit writes: the changes, and the names whose
+        forget it does not have yet. `stored` is read against the baseline the record was
+        applied to, so what this process left as it found it is no change, whatever image
+        the entry was recorded on."""
         found = []
         for track in self._tracks.values():
             recorded = stored.delta(track.env)
@@ -472,9 +473,14 @@ class Tracker:
                 if recorded is not None
                 else dict(track.baseline)
             )
+            # A forget takes the entry out of the record, which a diff reads as an
+            # uninstall (or, for a removal forgotten, an install): it is neither.
+            held = {p.name for p in recorded.forgotten} if recorded is not None else set()
+            forgets = sorted(n for n in track.forgotten if n not in held)
             changes = manifest.diff(before, track.state, track.env.kind)
-            if changes:
-                found.append((track.env, changes))
+            changes = [c for c in changes if c.name not in track.forgotten]
+            if changes or forgets:
+                found.append((track.env, changes, forgets))
         return found
 
     def body(self) -> Body:

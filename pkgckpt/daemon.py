@@ -829,8 +829,8 @@ class Daemon:
             return None
         stored = session.stored if session.stored is not None else Body()
         return tuple(
-            status.EnvChanges(env=env, changes=tuple(changes))
-            for env, changes in session.tracker.unwritten(stored)
+            status.EnvChanges(env=env, changes=tuple(changes), forgotten=tuple(forgets))
+            for env, changes, forgets in session.tracker.unwritten(stored)
         )
 
     def _flush(self) -> None:

@@ -57,6 +57,8 @@ class EnvChanges(msgspec.Struct, frozen=True, kw_only=True):
 
     env: Environment
     changes: tuple[Change, ...]
+    forgotten: tuple[str, ...] = ()
+    """Names whose forget the store does not have yet."""
 
 
 class DaemonState(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -538,6 +540,9 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     """Seen now but not checkpointed: what `snapshot` would add to the manifest. While
     the store cannot be read (`Report.store_unread`), the running daemon's changes not on
     the store yet (`Report.pending_from_daemon`), else nothing (see `pending_known`)."""
+    pending_forgets: tuple[str, ...] = ()
+    """While the store cannot be read, the names the running daemon was told to forget
+    and the store does not know yet (`pending` leaves them out)."""
     unrestored: tuple[Change, ...] = ()
     """Recorded but not in place: what `restore` would do now (entries restore would
     refuse are left out; see `Report.refused`)."""
@@ -850,12 +855,19 @@ def _outage(envs: list[EnvReport], daemon: DaemonState | None) -> list[EnvReport
     the store. The running `daemon` knows what the store lacks in what it tracks."""
     held = daemon.pending_changes if daemon is not None else None
     tracked = daemon.tracked if daemon is not None else None
-    theirs = {checkpoint.env_key(p.env): p.changes for p in held or ()}
+    theirs = {checkpoint.env_key(p.env): p for p in held or ()}
     out = []
     for e in envs:
         known = held is not None and (tracked is None or e.env.path in tracked)
-        pending = theirs.get(checkpoint.env_key(e.env), ()) if known else ()
-        out.append(msgspec.structs.replace(e, pending=pending, pending_known=known))
+        mine = theirs.get(checkpoint.env_key(e.env)) if known else None
+        out.append(
+            msgspec.structs.replace(
+                e,
+                pending=mine.changes if mine is not None else (),
+                pending_forgets=mine.forgotten if mine is not None else (),
+                pending_known=known,
+            )
+        )
     return out
 
 
@@ -933,11 +945,12 @@ def _pkgs(label: str, packages: tuple[Package, ...]) -> list[str]:
     return _wrapped(label, [f"{p.name} {p.version}" for p in packages])
 
 
-def _changes(label: str, changes: tuple[Change, ...]) -> list[str]:
+def _changes(label: str, changes: tuple[Change, ...], forgets: tuple[str, ...] = ()) -> list[str]:
     words = []
     for c in changes:
         versions = " -> ".join(v for v in (c.old, c.new) if v)
         words.append(f"{c.action} {c.name} {versions}")
+    words += (f"forget {name}" for name in forgets)
     return _wrapped(label, words)
 
 
@@ -1053,7 +1066,7 @@ def to_text(report: Report) -> str:
             *_pkgs("added", e.added),
             *_pkgs("changed", e.changed),
             *_pkgs("removed", e.removed),
-            *_changes("pending", e.pending),
+            *_changes("pending", e.pending, e.pending_forgets),
             *([] if e.pending_known else [f"    pending  {unknown}"]),
             *_changes("restore", e.unrestored),
             *_wrapped("rebuild", [f"{r.name} {r.version} ({r.reason})" for r in e.rebuild]),

@@ -245,6 +245,20 @@ def test_status_during_an_outage_shows_the_last_commit_and_only_what_the_store_l
         assert "    pending  install beta 1.0\n" in text, text
         assert "alpha" not in text, text
 
+        # A forget the store cannot take yet: pending as a forget, not as an uninstall.
+        forgot = world.pkgckpt("forget", "alpha", *world.flags(venv.prefix))
+        assert forgot.returncode == 5, forgot.stdout + forgot.stderr
+
+        def forgetting() -> Any:
+            out = json.loads(world.pkgckpt(*args, "--json").stdout)
+            return out if venv_report(out, venv).get("pending_forgets") else None
+
+        held = eventually(forgetting, 30, "the forget shown as pending")
+        assert venv_report(held, venv)["pending_forgets"] == ["alpha"]
+        assert pending_names(held, venv) == ["beta"]
+        text = world.pkgckpt(*args).stdout
+        assert "    pending  install beta 1.0, forget alpha\n" in text, text
+
         d.kill()  # no flush: beta never reaches the store
         gone = json.loads(world.pkgckpt(*args, "--json").stdout)
         assert gone["daemon_running"] is False and gone["checkpoint"] is None
