@@ -219,6 +219,15 @@ def test_a_damaged_artifact_is_never_installed_and_fails_naming_its_hash(
     path = _artifact(fresh, "app-1.0-py3-none-any.whl")
     recorded = _recorded(fresh, "app")
     DAMAGE[damage](path)
+    # The preview says so too, where a size tells: what it can see without reading.
+    preview = _restore(fresh, "--no-index", "--dry-run")
+    assert preview.returncode == 0, preview.stdout + preview.stderr
+    if damage == "tampered":
+        assert "install app 1.0, its artifact" in preview.stdout, preview.stdout
+    else:
+        assert "cannot  app 1.0: artifact refused: app-1.0-py3-none-any.whl" in preview.stdout
+        assert "its source cannot be used either" not in preview.stdout
+        assert "no index is allowed" in preview.stdout, preview.stdout
     done = _restore(fresh, "--no-index")
     assert done.returncode == 3, done.stdout + done.stderr
     assert recorded.sha256 in done.stdout, done.stdout

@@ -241,6 +241,22 @@ def fetch(store: Store, config: Config, package: Package, into: Path) -> Path:
     return target
 
 
+def check(store: Store, config: Config, package: Package) -> None:
+    """Raise `ArtifactRefused` as `fetch` would when `package`'s artifact is missing or
+    not its recorded size, without reading it: what a preview of a restore can tell at
+    the cost of an open (bytes of the right size and another hash show at the restore)."""
+    artifact, _, source = _open(store, config, package)
+    try:
+        size = os.fstat(source).st_size
+    finally:
+        os.close(source)
+    if size != artifact.size:
+        raise ArtifactRefused(
+            f"{artifact.file}: {size} bytes, not the recorded {artifact.size} (sha256 "
+            f"{artifact.sha256}): tampered or truncated, refused"
+        )
+
+
 def read(store: Store, config: Config, package: Package, limit: int) -> bytes:
     """The bytes of `package`'s artifact, hashed and checked as `fetch` checks its copy;
     raises `ArtifactRefused` as `fetch` does, and when it records more than `limit`

@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from ..config import Config
-from ..errors import PartialRestore, RestoreUnavailable, UsageError
+from ..errors import PartialRestore, PkgckptError, RestoreUnavailable, UsageError
 from ..manifest import (
     Artifact,
     Baseline,
@@ -609,7 +609,12 @@ def _plan(
     manifest: Manifest | None,
     targets: Sequence[Target],
     baseline: Baseline | None = None,
+    *,
+    preview: bool = False,
 ) -> Plan:
+    """`preview`: the plan is shown, not applied (a dry run, `revert`'s question): a step
+    only its artifact can install is checked on the store (`_artifact_gone`), which a
+    restore does as it stages the artifacts, a store call each."""
     if manifest is None:
         return Plan(key=config.key, store=str(config.store))
     environments: list[EnvPlan] = []
@@ -713,7 +718,11 @@ def _plan(
             # An artifact that fits needs no source: an R library restored from its
             # artifacts alone needs no repository (asking for one is a usage error).
             if _artifact_fits(target.env, step):
-                ready.append(step)
+                lost = _artifact_gone(config, target.env, installer, step) if preview else None
+                if lost is None:
+                    ready.append(step)
+                else:
+                    blocked.append(step.failure("install", lost))
                 continue
             why = installer.blocked(step.package())
             if why is None:
@@ -750,6 +759,32 @@ def _plan(
     )
 
 
+def _artifact_gone(
+    config: Config, env: Environment, installer: Installer, step: Step
+) -> str | None:
+    """Why the restore would fail `step`, which fits its artifact, when that artifact is
+    missing from the store and the recorded source cannot stand in (`use.fallback`: no
+    index allowed, a file gone); None when it would install."""
+    from ..artifacts import ArtifactRefused, check, use
+    from ..store import open_store
+
+    package = step.package()
+    try:
+        source = installer.blocked(package)
+    except UsageError as e:  # no R repository, as `install_artifacts` takes it
+        source = str(e)
+    cannot = use.fallback(config, env, package, source)
+    if cannot is None:
+        return None
+    try:
+        check(open_store(config), config, package)
+    except ArtifactRefused as e:
+        return f"artifact refused: {e}; {cannot}"
+    except PkgckptError as e:
+        return f"artifact unreadable: {e}; {cannot}"
+    return None
+
+
 def _artifact_fits(env: Environment, step: Step) -> bool:
     """A step whose source cannot be used here may still install from its artifact."""
     if step.artifact is None:
@@ -766,7 +801,7 @@ def plan(config: Config) -> Plan:
     manifest = _read(config)
     if manifest is None:
         return _plan(config, manifest, [])
-    return _plan(config, manifest, targets(config), load_baseline(config))
+    return _plan(config, manifest, targets(config), load_baseline(config), preview=True)
 
 
 def plan_of(config: Config, manifest: Manifest) -> Plan:
@@ -774,7 +809,7 @@ def plan_of(config: Config, manifest: Manifest) -> Plan:
     from ..inventory import load_baseline, targets
 
     check_body(manifest.body)
-    return _plan(config, manifest, targets(config), load_baseline(config))
+    return _plan(config, manifest, targets(config), load_baseline(config), preview=True)
 
 
 # -- apply -----------------------------------------------------------------------------
@@ -1109,8 +1144,8 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
 
         manifest = _read(config)
         baseline = load_baseline(config) if manifest is not None else None
-        plan = _after_remade(_plan(config, manifest, found, baseline), remade, dry_run)
-        return Report(plan=plan, dry_run=True, remade=remade)
+        plan = _plan(config, manifest, found, baseline, preview=True)
+        return Report(plan=_after_remade(plan, remade, dry_run), dry_run=True, remade=remade)
     started = time.monotonic()
     # Before anything is installed: afterwards the image's packages could not be told apart.
     baseline = ensure_baseline(config, found)
