@@ -20,7 +20,7 @@ from daemon_kit import World, eventually
 from test_rebase import Scenario, _other_python, _retag
 from wheelhouse import Dist, build_wheel, make_venv
 
-from pkgckpt.artifacts import ArtifactRefused, Uncapturable, capture, missing, read
+from pkgckpt.artifacts import ArtifactRefused, Job, Uncapturable, capture, missing, read
 from pkgckpt.config import Config
 from pkgckpt.manifest import Artifact, Body, Delta, Environment, Package
 from pkgckpt.store import Store, init_store
@@ -223,6 +223,27 @@ def test_a_build_in_place_that_does_not_fit_either_is_not_captured_again(
         file="forced-1.0-py3-none-any.whl", sha256="0" * 64, size=1))  # fmt: skip
     fine = Body(environments=(Delta(env=env, added=(fitting,)),))
     assert missing(fine, [(env, [venv.site_packages])]) == []
+
+
+def test_a_lost_artifact_is_captured_again_where_the_interpreter_is_not_known(
+    tmp_path: Path,
+) -> None:
+    """The recorded artifact is gone (`artifacts.session.lost`) from an environment whose
+    interpreter was not recorded: the build in place is captured as at the first time,
+    not refused as if the recorded artifact had not fit."""
+    wheels = tmp_path / "wheels"
+    build_wheel(Dist("plain", "1.0"), wheels)
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    uv = ["uv", "pip", "install", "--python", str(venv.python), "--no-index"]
+    subprocess.run([*uv, "--find-links", str(wheels), "plain"], check=True, capture_output=True)
+    env = Environment(kind="python", path=str(venv.prefix))
+    gone = Artifact(file="plain-1.0-py3-none-any.whl", sha256="0" * 64, size=1)
+    job = Job(env=env, roots=(venv.site_packages,), package=Package(
+        name="plain", version="1.0", artifact=gone))  # fmt: skip
+    init_store(tmp_path / "store")
+    config = Config(store=tmp_path / "store", key="k")
+    again = capture(Store(tmp_path / "store", "k"), config, job)
+    assert again.file == "plain-1.0-py3-none-any.whl" and again.size > 1
 
 
 def test_what_requires_a_package_held_back_for_the_new_python_is_held_back_too(

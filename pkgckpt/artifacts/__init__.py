@@ -180,10 +180,12 @@ def capture(
             name = artifact_name(built.relative_to(out).as_posix())
         except StoreError as e:  # this package's odd name, not a store that failed
             raise Uncapturable(str(e)) from None
-        if job.package.artifact is not None:
+        if job.package.artifact is not None and job.env.interpreter is not None:
             # Captured again because the recorded artifact does not fit (or is gone): a
-            # build in place that fits no better (an interpreter whose version is not
-            # known, a wheel forced onto another ABI) is not captured over and over.
+            # build in place that fits no better (a wheel forced onto another ABI) is not
+            # captured over and over. Where the interpreter is not known, nothing fits
+            # and nothing misfits (`missing` makes no such job): the recorded artifact is
+            # gone (`session.lost`), and the build in place is captured as the first time.
             found = Artifact(file=name, sha256="", size=0)
             why = fits(job.env, msgspec.structs.replace(job.package, artifact=found))
             if why is not None:
