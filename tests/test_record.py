@@ -166,16 +166,24 @@ def test_forget_beside_a_running_daemon_keeps_one_writer_and_stays_forgotten(
     assert world.delta().forgotten == ()
 
 
+@pytest.mark.parametrize("tool", ["uv", "pip"])
 def test_a_forgotten_package_reinstalled_at_the_same_version_is_recorded_again(
-    world: World, venv: Venv, wheels: Path, daemon: Daemon
+    tool: str, world: World, venv: Venv, wheels: Path, daemon: Daemon
 ) -> None:
-    """`--reinstall` after a forget is the user installing it again, though nothing about
-    the package differs: the forget ends, and so does it for a package merely left be."""
+    """A forced reinstall after a forget is the user installing it again, though nothing
+    about the package differs: its forget ends, not that of a package merely left be."""
     uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
     snapshot(world, venv)
     assert world.pkgckpt("forget", "alpha", "beta", *flags(world, venv)).returncode == 0
     assert "generation 2 is current" in snapshot(world, venv)
-    uv_install(venv.python, wheels, "--reinstall-package", "alpha", "alpha==1.0", env=world.env)
+    if tool == "uv":
+        uv_install(venv.python, wheels, "--reinstall-package", "alpha", "alpha==1.0", env=world.env)
+    else:  # pip moves the old dist-info aside (`~lpha-1.0.dist-info`), then writes the new
+        subprocess.run(
+            [sys.executable, "-m", "pip", "--python", str(venv.python), "install", "--no-deps",
+             "--force-reinstall", "--no-index", "--find-links", str(wheels), "alpha==1.0"],
+            check=True, capture_output=True, env=world.env,
+        )  # fmt: skip
     assert "generation 3" in snapshot(world, venv)
     assert pins(world.delta().added) == ["alpha==1.0"]
     assert pins(world.delta().forgotten) == ["beta==1.0"]
