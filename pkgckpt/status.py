@@ -368,12 +368,13 @@ def read_state(config: Config) -> DaemonState | None:
     return found.state if found is not None else None
 
 
-def lock_holder(config: Config) -> int | None:
+def lock_holder(config: Config, *, here: bool = False) -> int | None:
     """The pid of this user's process that holds the daemon lock of this store and key on
     a file since removed (its runtime directory removed); None when no process does.
     A lock on a file that is still there is another runtime directory's, another
     container's as far as this one can tell: its daemon is found by its status file, or
-    is none of this one's business.
+    is none of this one's business. `here`: one on the lock file in `directories` counts
+    too, a daemon between taking its lock there and writing its status file beside it.
 
     Asked of the kernel (/proc/locks, and the holder's open file), not of the runtime
     directory: one removed and made again holds neither the running daemon's status file
@@ -382,6 +383,7 @@ def lock_holder(config: Config) -> int | None:
     of that name is being their daemon.
     """
     name = lock_name(config)
+    live = {str(d / name) for d in directories(config)} if here else set()
     try:
         with open("/proc/locks") as f:
             table = f.read().splitlines()
@@ -409,9 +411,10 @@ def lock_holder(config: Config) -> int | None:
         for link in fds:
             try:
                 target = str(link.readlink())
-                if not target.endswith(" (deleted)"):
-                    continue
-                if Path(target.removesuffix(" (deleted)")).name != name:
+                if target not in live and (
+                    not target.endswith(" (deleted)")
+                    or Path(target.removesuffix(" (deleted)")).name != name
+                ):
                     continue
                 st = link.stat()
             except OSError:
@@ -429,11 +432,14 @@ def find_daemon(config: Config) -> Found | None:
     rescan writes the status file again, where readers look. It is waited for at most
     `shutdown_timeout` (at least 5 s); Unreachable when it does not show: whoever would
     write the store behind its back would have it undone by the daemon's next commit.
+    A lock held in `directories` with no status file beside it is a daemon that has just
+    taken it, at its start or moving into a runtime directory made again, and is about to
+    write its status: waited for in the same way, never taken for no daemon.
     """
     found = find_state(config)
     if found is not None and running(found.state, config):
         return found
-    pid = lock_holder(config)
+    pid = lock_holder(config, here=True)
     if pid is None:
         return None
     if is_daemon(pid, config):  # else never signalled, only waited for
@@ -449,8 +455,10 @@ def find_daemon(config: Config) -> Found | None:
         found = find_state(config)
         if found is not None and running(found.state, config):
             return found
-        if lock_holder(config) is None:
-            return None  # it stopped: the store has no other writer now
+        if lock_holder(config, here=True) is None:
+            # It stopped, or wrote its status file since the look above.
+            found = find_state(config)
+            return found if found is not None and running(found.state, config) else None
     raise Unreachable(
         f"a pkgckpt daemon (pid {pid}) runs for store {config.store} and key "
         f"{config.key!r}, but its status file is in none of "

@@ -439,6 +439,43 @@ def test_a_daemon_that_exits_as_it_is_woken_leaves_no_daemon_and_no_error(
     assert status.find_daemon(config) is None
 
 
+@contextlib.contextmanager
+def holding_lock(path: Path) -> Iterator[int]:
+    """Another process of this user holds `path` locked as a daemon holds its lock."""
+    code = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"locked\n"
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_lock_taken_before_the_status_file_is_written_is_waited_for(tmp_path: Path) -> None:
+    """A daemon takes its lock in the runtime directory (at its start, or moving into one
+    made again) a moment before it writes its status file there. A forget that looked in
+    that moment took it for no daemon and wrote the store behind its back (a CI run saw
+    'pkgckpt wrote generation 2'): it waits for the status file, and exits 1 when none
+    comes. A lock of that name in another directory is another container's."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    config = Config(store=tmp_path / "store", key="k", runtime_dir=run, shutdown_timeout=0)
+    lock = run / status.lock_name(config)
+    with holding_lock(lock) as pid, pytest.raises(status.Unreachable, match=f"pid {pid}"):
+        status.find_daemon(config)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    with holding_lock(elsewhere / status.lock_name(config)):
+        assert status.find_daemon(config) is None
+
+
 def test_a_sighup_while_the_daemon_still_holds_its_lock_never_ends_it(
     world: World, venv: Venv
 ) -> None:
