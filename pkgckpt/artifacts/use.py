@@ -23,7 +23,7 @@ from ..config import Config
 from ..errors import PkgckptError
 from ..manifest import Environment, IndexSource, Package
 from ..store import Store
-from . import ArtifactRefused, fetch, fits
+from . import ArtifactRefused, check, fetch, fits
 
 
 class Staged(msgspec.Struct):
@@ -51,6 +51,18 @@ def stage(
         except PkgckptError as e:  # the store refused or failed: the source may still work
             staged.unused[p.name] = f"artifact unreadable: {e}"
     return staged
+
+
+def unusable(store: Store, config: Config, package: Package) -> str | None:
+    """What `stage` would say of `package`'s artifact when it is missing or not its
+    recorded size (`artifacts.check`, which reads no byte of it); None: it looks whole."""
+    try:
+        check(store, config, package)
+    except ArtifactRefused as e:
+        return f"artifact refused: {e}"
+    except PkgckptError as e:
+        return f"artifact unreadable: {e}"
+    return None
 
 
 def index_allowed(config: Config) -> bool:

@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from ..config import Config
-from ..errors import PartialRestore, PkgckptError, RestoreUnavailable, UsageError
+from ..errors import PartialRestore, RestoreUnavailable, UsageError
 from ..manifest import (
     Artifact,
     Baseline,
@@ -116,6 +116,7 @@ from .venv import Remade, kernel_prefix, remake, stranded
 if TYPE_CHECKING:
     from ..discovery import Discovered
     from ..inventory import Target
+    from ..store import Store
 
 __all__ = [
     "EnvPlan",
@@ -617,6 +618,14 @@ def _plan(
     restore does as it stages the artifacts, a store call each."""
     if manifest is None:
         return Plan(key=config.key, store=str(config.store))
+    import functools
+
+    @functools.cache
+    def store() -> Store:  # a preview's: opened once, and only when an artifact is looked at
+        from ..store import open_store
+
+        return open_store(config)
+
     environments: list[EnvPlan] = []
     needs: dict[int, set[str]] = {}
     """Per planned environment: the packages its installs depend on (R's Depends, Imports,
@@ -718,7 +727,9 @@ def _plan(
             # An artifact that fits needs no source: an R library restored from its
             # artifacts alone needs no repository (asking for one is a usage error).
             if _artifact_fits(target.env, step):
-                lost = _artifact_gone(config, target.env, installer, step) if preview else None
+                lost = (
+                    _artifact_gone(config, target.env, installer, step, store) if preview else None
+                )
                 if lost is None:
                     ready.append(step)
                 else:
@@ -760,29 +771,37 @@ def _plan(
 
 
 def _artifact_gone(
-    config: Config, env: Environment, installer: Installer, step: Step
+    config: Config,
+    env: Environment,
+    installer: Installer,
+    step: Step,
+    store: Callable[[], Store],
 ) -> str | None:
     """Why the restore would fail `step`, which fits its artifact, when that artifact is
-    missing from the store and the recorded source cannot stand in (`use.fallback`: no
-    index allowed, a file gone); None when it would install."""
-    from ..artifacts import ArtifactRefused, check, use
-    from ..store import open_store
+    missing from the store and the recorded source cannot stand in (`_no_fallback`);
+    None when it would install."""
+    from ..artifacts import use
 
     package = step.package()
-    try:
-        source = installer.blocked(package)
-    except UsageError as e:  # no R repository, as `install_artifacts` takes it
-        source = str(e)
-    cannot = use.fallback(config, env, package, source)
+    cannot = _no_fallback(config, env, installer, package)
     if cannot is None:
         return None
+    why = use.unusable(store(), config, package)
+    return None if why is None else f"{why}; {cannot}"
+
+
+def _no_fallback(
+    config: Config, env: Environment, installer: Installer, package: Package
+) -> str | None:
+    """Why `package` cannot be installed from its recorded source instead of its artifact
+    (`use.fallback`, told what the installer says of that source), or None."""
+    from ..artifacts import use
+
     try:
-        check(open_store(config), config, package)
-    except ArtifactRefused as e:
-        return f"artifact refused: {e}; {cannot}"
-    except PkgckptError as e:
-        return f"artifact unreadable: {e}; {cannot}"
-    return None
+        source = installer.blocked(package)
+    except UsageError as e:  # no R repository: this package fails, the rest goes on
+        source = str(e)
+    return use.fallback(config, env, package, source)
 
 
 def _artifact_fits(env: Environment, step: Step) -> bool:
@@ -969,12 +988,7 @@ class _Env:
             if why is None:  # no artifact
                 left.append(s)
                 continue
-            package = s.package()
-            try:
-                source = installer.blocked(package)
-            except UsageError as e:  # no R repository: this package fails, the rest goes on
-                source = str(e)
-            cannot = use.fallback(config, self.target.env, package, source)
+            cannot = _no_fallback(config, self.target.env, installer, s.package())
             if cannot is None:
                 self.fallbacks[s.name] = f"{s.name} {s.version}: {why}"
                 left.append(s)
