@@ -226,6 +226,19 @@ def test_failing_packages_are_named_and_the_others_installed(
     assert "failed to install ghost 9.9" in text and "failed 2" in text
 
 
+def _gone(pid: int, within: float) -> bool:
+    """The process `pid` exited (a zombie counts: it runs no more) within `within` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_timeout_bounds_the_run_and_kills_the_build(
     tmp_path: Path, image: Venv, wheels: Path
 ) -> None:
@@ -250,14 +263,7 @@ def test_timeout_bounds_the_run_and_kills_the_build(
     assert report is not None and report.timed_out
     assert "hangs" in {f.name for f in report.failures}
     assert "timeout ran out" in report.render()
-    pid = int(pidfile.read_text())
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
-            break
-        time.sleep(0.1)
-    else:
-        assert not Path(f"/proc/{pid}").exists(), "the build backend outlived the timeout"
+    assert _gone(int(pidfile.read_text()), 10), "the build backend outlived the timeout"
 
 
 def test_same_version_from_its_recorded_source_is_reinstalled(
@@ -461,19 +467,6 @@ def cli_args(config: Config, *extra: str) -> list[str]:
         config.find_links[0],
         *extra,
     ]
-
-
-def _gone(pid: int, within: float) -> bool:
-    """The process `pid` exited (a zombie counts: it runs no more) within `within` s."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
-                return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
