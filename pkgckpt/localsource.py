@@ -26,6 +26,8 @@ only when no other user could have put what is there now.
     sha256_file(path) -> str | None
         The hex sha256 of a trusted regular file, or None (missing, untrusted, not a
         regular file): what the checkpoint records when the installer wrote no hash.
+    file_url_sha256(url) -> dict[str, str]
+        `{"sha256": ...}` of the trusted archive a `file:` URL names, else `{}`.
 
 Group-writable components are accepted: a group is something the user or the operator
 chose to share with. Checking at restore and then installing leaves a window; for files
@@ -40,8 +42,9 @@ import os
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import PurePath
+from urllib.parse import unquote, urlsplit
 
-__all__ = ["directory_problem", "file_problem", "path_problem", "sha256_file"]
+__all__ = ["directory_problem", "file_problem", "file_url_sha256", "path_problem", "sha256_file"]
 
 _CHUNK = 1 << 20
 
@@ -166,6 +169,23 @@ def sha256_file(path: str) -> str | None:
     if path_problem(path) is not None:
         return None
     return _digest(path)
+
+
+def file_url_sha256(url: str) -> dict[str, str]:
+    """`{"sha256": ...}` of the archive a `file:` URL names, when it is still there and
+    trusted (`sha256_file`), else `{}`.
+
+    Restore installs a local archive only against a recorded sha256 (`file_problem`), and
+    not every installer records one: pip writes it into direct_url.json, uv and R's
+    remotes do not. So the checkpoint takes it, once per install, from the file the
+    installer just read. A file another user could have changed is not hashed: its hash
+    would vouch for that user's bytes.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        return {}
+    digest = sha256_file(unquote(parts.path))
+    return {"sha256": digest} if digest else {}
 
 
 def file_problem(path: str, hashes: Mapping[str, str]) -> str | None:

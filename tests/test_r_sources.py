@@ -3,6 +3,7 @@ fetching them stays inside its limits (scheme, size, deadline, the tree it was c
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import os
 import shutil
@@ -325,4 +326,31 @@ def test_a_git_remote_in_the_home_directory_is_recorded_as_its_file_url(
                 Delta(env=ENV, added=(Package(name="ok", version="1.0", source=recorded),)),
             )
         )
+    )
+
+
+@needs_r
+def test_a_file_url_archive_is_installed_only_against_its_recorded_sha256(tmp_path: Path) -> None:
+    """A `file://` tarball (remotes::install_url() of a local file) follows the rules of
+    Python's: R CMD INSTALL runs its code, so without a recorded sha256 it is refused, and
+    with one it must still match; a missing file is named as such."""
+    tarball = tmp_path / "p_1.0.tar.gz"
+    tarball.write_bytes(b"the tarball's bytes")
+    digest = hashlib.sha256(b"the tarball's bytes").hexdigest()
+    installer = RInstaller(Environment(kind="r", path=str(tmp_path / "lib")), Config())
+
+    def blocked(source: UrlSource) -> str | None:
+        return installer.blocked(Package(name="p", version="1.0", source=source))
+
+    url = tarball.as_uri()
+    assert blocked(UrlSource(url=url, hashes={"sha256": digest})) is None
+    assert blocked(UrlSource(url=url)) == (
+        f"no sha256 of {tarball} was recorded at checkpoint, so it cannot be verified"
+    )
+    assert blocked(UrlSource(url=url, hashes={"sha256": "0" * 64})) == (
+        f"{tarball} has changed since checkpoint: its sha256 is not the one recorded"
+    )
+    gone = (tmp_path / "gone.tar.gz").as_uri()
+    assert blocked(UrlSource(url=gone, hashes={"sha256": digest})) == (
+        f"{tmp_path / 'gone.tar.gz'} does not exist here"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -193,6 +194,27 @@ def test_unreadable_description_is_broken(tmp_path: Path) -> None:
     found = RLibraryScanner(tmp_path).scan()
     assert found.packages.keys() == {"ok"}
     assert found.broken.keys() == {"odd"} and "cannot read" in found.broken["odd"]
+
+
+def test_a_package_installed_from_a_local_url_records_the_files_sha256(tmp_path: Path) -> None:
+    """remotes::install_url() of a `file://` tarball records no hash; the scan takes the
+    sha256 of the file, without which restore refuses it. A URL over https, or a file that
+    is gone, records none."""
+    tarball = tmp_path / "src" / "p_1.0.tar.gz"
+    tarball.parent.mkdir()
+    tarball.write_bytes(b"the tarball's bytes")
+    lib = tmp_path / "lib"
+    for name, url in (
+        ("local", tarball.as_uri()),
+        ("gone", (tmp_path / "gone.tar.gz").as_uri()),
+        ("remote", "https://example.org/p_1.0.tar.gz"),
+    ):
+        description(lib, name, installed_text(name, "1.0", f"RemoteType: url\nRemoteUrl: {url}\n"))
+    found = RLibraryScanner(lib).scan().packages
+    digest = hashlib.sha256(b"the tarball's bytes").hexdigest()
+    assert found["local"].source == UrlSource(url=tarball.as_uri(), hashes={"sha256": digest})
+    assert found["gone"].source == UrlSource(url=(tmp_path / "gone.tar.gz").as_uri())
+    assert found["remote"].source == UrlSource(url="https://example.org/p_1.0.tar.gz")
 
 
 def test_missing_library_scans_empty_and_says_so(tmp_path: Path) -> None:

@@ -144,6 +144,17 @@ def url_blocked(url: str, schemes: Sequence[str]) -> str | None:
     return None
 
 
+def archive_blocked(source: UrlSource, schemes: Sequence[str]) -> str | None:
+    """`url_blocked`, and for a `file:` archive `file_problem`: its sha256 recorded at
+    checkpoint and matching. Shared with `restore/r.py`: R CMD INSTALL runs an archive's
+    code as surely as a build backend does."""
+    problem = url_blocked(source.url, schemes)
+    path = local_path(source.url)
+    if problem is None and path is not None and urlsplit(source.url).scheme.lower() == "file":
+        return file_problem(str(path), source.hashes)
+    return problem
+
+
 def _fragment(subdirectory: str | None, hashes: dict[str, str] | None = None) -> str:
     parts = [f"{algo}={digest}" for algo, digest in sorted((hashes or {}).items())]
     if subdirectory:
@@ -290,11 +301,7 @@ class PythonInstaller:
         if isinstance(source, IndexSource):
             return None
         if isinstance(source, UrlSource):
-            problem = url_blocked(source.url, URL_SCHEMES)
-            path = local_path(source.url)
-            if problem is None and urlsplit(source.url).scheme.lower() == "file" and path:
-                return file_problem(str(path), source.hashes)
-            return problem
+            return archive_blocked(source, URL_SCHEMES)
         if isinstance(source, VcsSource):
             if which(source.vcs) is None:
                 return f"{source.vcs} is not installed"

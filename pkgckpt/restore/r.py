@@ -26,7 +26,8 @@ checked to hold that package at that version before it is installed.
 
 Packages recorded from git, a URL or a local directory (what remotes and pak write) are
 reinstalled from there when allowed and reachable, with the rules of `restore/python.py`
-(archive URLs over https or file; git over https, ssh or file, at the recorded commit;
+(archive URLs over https or file, a file only against the sha256 the checkpoint
+recorded; git over https, ssh or file, at the recorded commit;
 directories that exist and pass `localsource.directory_problem`, down to a recorded
 subdirectory): the source is cloned, downloaded or copied into a temporary directory (of
 a directory, only the package's own: the recorded subdirectory, never the whole recorded
@@ -84,7 +85,7 @@ from ..scan.r import (
     r_programs,
     run_rscript,
 )
-from .python import URL_SCHEMES, VCS_SCHEMES, local_path, url_blocked
+from .python import URL_SCHEMES, VCS_SCHEMES, archive_blocked, local_path, url_blocked
 from .runner import Deadline, Outcome, call
 from .validate import r_name, r_version
 
@@ -466,7 +467,7 @@ class RInstaller:
         if isinstance(source, UrlSource):
             # https only, unless the admin's own repository is plain http.
             http = any(urlsplit(r).scheme.lower() == "http" for r in self.config.r_repo)
-            return url_blocked(source.url, (*URL_SCHEMES, *(("http",) if http else ())))
+            return archive_blocked(source, (*URL_SCHEMES, *(("http",) if http else ())))
         if isinstance(source, VcsSource):
             if source.vcs != "git":
                 return f"R packages are restored from git, not {source.vcs}"

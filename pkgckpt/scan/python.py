@@ -199,25 +199,6 @@ def _hash_fragment(url: str) -> tuple[str, dict[str, str]]:
     return (base + "#" + "&".join(rest) if rest else base), hashes
 
 
-def _local_sha256(url: str) -> dict[str, str]:
-    """`{"sha256": ...}` of the archive a `file:` URL names, when it is still there and
-    trusted (`localsource.sha256_file`), else `{}`.
-
-    pip records the hash of a local archive in direct_url.json; uv does not. Restore
-    installs a local archive only against a recorded sha256, so it is taken here, once per
-    installed distribution (the scan is incremental), from the file the installer just
-    read. A file another user could have changed is not hashed: its hash would vouch for
-    that user's bytes.
-    """
-    parts = urlsplit(url)
-    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
-        return {}
-    from ..localsource import sha256_file
-
-    digest = sha256_file(unquote(parts.path))
-    return {"sha256": digest} if digest else {}
-
-
 def _file_url_path(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme != "file":
@@ -246,8 +227,10 @@ def _source(data: bytes) -> Source:
             hashes[algo] = digest
         url, fragment_hashes = _hash_fragment(d.url)
         hashes = {**fragment_hashes, **hashes}
-        if "sha256" not in hashes:
-            hashes.update(_local_sha256(url))
+        if "sha256" not in hashes and url[:5].lower() == "file:":
+            from ..localsource import file_url_sha256
+
+            hashes.update(file_url_sha256(url))
         return UrlSource(
             url=strip_credentials(url),
             hashes=hashes,

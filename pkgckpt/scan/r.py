@@ -313,6 +313,18 @@ def _local(source: LocalSource, directory: Path) -> LocalSource:
     return LocalSource(path=source.path, hashes=hashes, installed=_tree_sha256(directory))
 
 
+def _url(source: UrlSource) -> UrlSource:
+    """A URL install's source, with the sha256 of the archive when it is a local file:
+    remotes::install_url() records none, and restore installs a `file:` archive only
+    against one (`localsource.file_url_sha256`)."""
+    if "sha256" in source.hashes or source.url[:5].lower() != "file:":
+        return source
+    from ..localsource import file_url_sha256
+
+    hashes = file_url_sha256(source.url)
+    return msgspec.structs.replace(source, hashes=hashes) if hashes else source
+
+
 _TREE_MAX_FILES = 20_000
 
 
@@ -451,6 +463,8 @@ class RLibraryScanner:
                 found = msgspec.structs.replace(
                     found, source=_local(found.source, self.path / name)
                 )
+            elif found is not None and isinstance(found.source, UrlSource):
+                found = msgspec.structs.replace(found, source=_url(found.source))
         except OSError as e:
             found = f"cannot read DESCRIPTION: {e.strerror}"
         except DescriptionError as e:

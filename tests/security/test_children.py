@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from pkgckpt.manifest import (
     UrlSource,
 )
 from pkgckpt.store import init_store
+from tests import rpkgs
 from tests.restore_kit import project
 from tests.security.conftest import User
 from tests.wheelhouse import Dist, build_wheel
@@ -400,6 +402,84 @@ def test_an_r_package_bob_recreated_at_alices_recorded_directory_is_refused(
     failures = {f["name"]: f["message"] for e in report["environments"] for f in e["failed"]}
     owned_by_bob = f"is owned by {bob.name} (uid {bob.uid}), not by you or root"
     assert failures == {"ckpt.base": f"{evil} {owned_by_bob}"}
+    assert sorted(p.name for p in lib.iterdir()) == ["ckptGone"]
+
+
+def r_tarball(package_dir: Path, dest: Path) -> Path:
+    """A source tarball of the package at `package_dir`, its one top directory the
+    package's name, as R CMD build makes it."""
+    out = dest / f"{package_dir.name}_1.0.0.tar.gz"
+    with tarfile.open(out, "w:gz") as tar:
+        tar.add(package_dir, arcname=package_dir.name)
+    return out
+
+
+@pytest.mark.skipif(
+    shutil.which("Rscript") is None or shutil.which("R") is None,
+    reason="Rscript or R not found: R is not installed",
+)
+@pytest.mark.parametrize("recorded", ["its sha256", "no sha256"])
+def test_an_r_tarball_bob_rewrote_at_alices_recorded_file_url_is_refused(
+    recorded: str, victim: Alice, bob: User, shared_tmp: Path, team: str
+) -> None:
+    """alice installed ckpt.base with `remotes::install_url()` from a `file://` tarball in
+    a team directory, writable by the group bob is in; bob has since written his own
+    package over it. Her R restore refuses it with the reason (exit 3), whether the
+    checkpoint recorded its sha256 or not (remotes records none), and installs her other
+    package; bob's R code, which R CMD INSTALL would run as her, never runs."""
+    from pkgckpt.scan.r import r_environment
+
+    markers = shared_tmp / "markers"
+    markers.mkdir()
+    markers.chmod(0o777)
+    marker = markers / "evil.R"
+    place = shared_tmp / "team"
+    place.mkdir()
+    os.chown(place, 0, grp.getgrnam(team).gr_gid)
+    place.chmod(0o2775)
+    tarball = r_tarball(rpkgs.stage("ckpt.base", "1.0.0", shared_tmp / "good"), place)
+    os.chown(tarball, victim.user.uid, grp.getgrnam(team).gr_gid)
+    tarball.chmod(0o664)
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    source = UrlSource(
+        url=tarball.as_uri(), hashes={"sha256": digest} if recorded == "its sha256" else {}
+    )
+    own = shutil.copytree(REPO / "tests" / "rpkgs" / "ckptGone", victim.home / "src" / "gone")
+    lib = victim.home / "rlib"
+    lib.mkdir()
+    chown_tree(victim.home, victim.user)
+    victim.put(
+        1,
+        Package(name="ckpt.base", version="1.0.0", source=source),
+        Package(name="ckptGone", version="1.0", source=DirectorySource(path=str(own))),
+        env=r_environment(lib),
+    )
+
+    staging = shared_tmp / "bob-staging"
+    evil_dir = rpkgs.stage("ckpt.base", "1.0.0", staging)
+    (evil_dir / "R" / "evil.R").write_text(f'cat("ran", file = "{marker}")\n')
+    evil = chown_tree(r_tarball(evil_dir, staging), bob)
+    replaced = bob.run(["sh", "-c", 'cat "$1" > "$2"', "-", str(evil), str(tarball)])
+    assert replaced.returncode == 0, replaced.stderr
+    assert tarball.read_bytes() == evil.read_bytes()
+
+    argv = [str(victim.tool / "bin" / "pkgckpt"), "restore", "--json", "--r-lib", str(lib)]
+    argv += ["--store", str(victim.store), "--key", victim.user.name]
+    env = {
+        "PATH": f"{victim.tool / 'bin'}:/usr/bin:/bin",
+        "XDG_RUNTIME_DIR": str(victim.home / "run"),
+        "TMPDIR": str(victim.home / "tmp"),
+    }
+    out = victim.user.run(argv, env=env, timeout=300)
+    assert not marker.exists(), "bob's R code ran as alice"
+    assert out.returncode == 3, (out.stdout, out.stderr)
+    report = json.loads(out.stdout)
+    failures = {f["name"]: f["message"] for e in report["environments"] for f in e["failed"]}
+    if recorded == "its sha256":
+        expect = f"{tarball} has changed since checkpoint: its sha256 is not the one recorded"
+    else:
+        expect = f"no sha256 of {tarball} was recorded at checkpoint, so it cannot be verified"
+    assert failures == {"ckpt.base": expect}
     assert sorted(p.name for p in lib.iterdir()) == ["ckptGone"]
 
 
