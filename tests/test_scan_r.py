@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from pkgckpt.manifest import (
     UrlSource,
     VcsSource,
 )
+from pkgckpt.scan import ScanResult
 from pkgckpt.scan import r as rscan
 from pkgckpt.scan.r import RLibraryScanner, parse_dcf
 
@@ -188,12 +190,29 @@ def test_a_broken_entry_is_reported_and_the_rest_scanned(tmp_path: Path) -> None
 
 
 def test_unreadable_description_is_broken(tmp_path: Path) -> None:
-    """A DESCRIPTION that cannot be read (here: a directory, EISDIR) is reported broken."""
+    """A DESCRIPTION that is not a regular file is reported broken and never read: a
+    directory, or a FIFO another user of a shared library planted, whose open would wait
+    for a writer, and the daemon with it."""
     (tmp_path / "odd" / "DESCRIPTION").mkdir(parents=True)
+    (tmp_path / "fifo").mkdir()
+    fifo = tmp_path / "fifo" / "DESCRIPTION"
+    os.mkfifo(fifo)
     description(tmp_path, "ok", installed_text("ok", "1.0"))
-    found = RLibraryScanner(tmp_path).scan()
+    done: list[ScanResult] = []
+    scan = threading.Thread(target=lambda: done.append(RLibraryScanner(tmp_path).scan()))
+    scan.start()
+    scan.join(30)
+    stuck = scan.is_alive()
+    if stuck:  # a writer lets the blocked open return
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        scan.join()
+    assert not stuck, "the scan waited on the FIFO"
+    (found,) = done
     assert found.packages.keys() == {"ok"}
-    assert found.broken.keys() == {"odd"} and "cannot read" in found.broken["odd"]
+    assert found.broken == {
+        "odd": "cannot read DESCRIPTION: Is a directory",
+        "fifo": "DESCRIPTION is not a regular file",
+    }
 
 
 def test_a_package_installed_from_a_local_url_records_the_files_sha256(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from typing import IO
 from ..errors import Uncapturable
 from ..manifest import Artifact, Environment
 from ..rmatch import minor
-from ..scan.r import DescriptionError, dependencies, parse_dcf
+from ..scan.r import MAX_DESCRIPTION, DescriptionError, dependencies, parse_dcf
 from . import Job
 
 EPOCH = 315532800
@@ -51,7 +51,6 @@ _FILE = re.compile(
     r"R-(?P<r>[0-9]{1,3}\.[0-9]{1,3})/(?:[0-9a-f]{16}/)?(?P<name>[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9])_"
     r"(?P<version>[0-9]+(?:[.-][0-9]+)+)_R_(?P<platform>[A-Za-z0-9][A-Za-z0-9._+-]*)\.tar\.gz"
 )
-MAX_DESCRIPTION = 1 << 20
 
 
 def artifact_file(name: str, version: str, r: str, platform: str) -> str:

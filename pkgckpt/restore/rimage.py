@@ -52,8 +52,8 @@ import msgspec
 from ..config import Config
 from ..manifest import Baseline, Delta, IndexSource, Package, image_identity, same_source
 from ..rmatch import r_version, stale_build
-from ..scan.r import DEPENDENCY_FIELDS, parse_dcf
-from .rebase import MAX_METADATA, Action, Decision, Part, Rebase
+from ..scan.r import DEPENDENCY_FIELDS, DescriptionError, read_dcf
+from .rebase import Action, Decision, Part, Rebase
 
 if TYPE_CHECKING:
     from ..inventory import Target
@@ -99,13 +99,9 @@ def _at_least(have: str | None, want: str) -> bool:
 
 def _description(path: Path) -> dict[str, str] | None:
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_METADATA + 1)
-    except OSError:
+        return read_dcf(path)
+    except (OSError, DescriptionError):
         return None
-    if len(data) > MAX_METADATA:
-        return None
-    return parse_dcf(data.decode("utf-8", "replace"))
 
 
 def requirements(lib: Path, name: str, version: str) -> list[_Need]:

@@ -272,9 +272,24 @@ def package(fields: Mapping[str, str], entry: str | None = None) -> Package:
     )
 
 
+MAX_DESCRIPTION = 1 << 20
+"""R's own DESCRIPTION files are a few KiB; anything larger is not one to read."""
+
+
 def read_dcf(path: Path) -> dict[str, str]:
-    """The fields of a DESCRIPTION file; DescriptionError or OSError when unreadable."""
-    data = path.read_bytes()
+    """The fields of a DESCRIPTION file; DescriptionError or OSError when unreadable.
+
+    A library others can write may hold a FIFO under that name (an open would wait for a
+    writer forever, and the daemon with it) or a file of gigabytes: only a regular file is
+    read, and no more than `MAX_DESCRIPTION` bytes of it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DescriptionError("DESCRIPTION is not a regular file")
+        data = f.read(MAX_DESCRIPTION + 1)
+    if len(data) > MAX_DESCRIPTION:
+        raise DescriptionError(f"DESCRIPTION is larger than {MAX_DESCRIPTION >> 20} MiB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
