@@ -870,14 +870,20 @@ def unapply(packages: Iterable[Package], d: Delta, *, own: bool = False) -> dict
     found at its version goes back to the version it replaced, or out where it replaced
     none; a recorded removal found absent comes back. `own`: `packages` lists the
     environment's own library alone, so an addition that shadowed a copy beneath it (a
-    user site's over its prefix's) goes out too. What is not in place stays as listed."""
+    user site's over its prefix's) goes out too. What is not in place stays as listed.
+
+    A forgotten install (`pkgckpt forget` keeps it installed) is the user's too: it is
+    taken back as a recorded one is. Which list it was in is not kept: in a user site's
+    own listing, where an image rarely ships anything, one that replaced a version is
+    taken for an addition that shadowed the prefix's copy."""
     out = {p.name: p for p in packages}
-    for part, entries in (("added", d.added), ("changed", d.changed)):
+    added = own and d.env.user
+    for part, entries in (("added", d.added), ("changed", d.changed), ("forgotten", d.forgotten)):
         for p in entries:
             here = out.get(p.name)
             if here is None or here.version != p.version:
                 continue
-            if p.replaced is None or (own and part == "added"):
+            if p.replaced is None or (own and part == "added") or (added and part == "forgotten"):
                 del out[p.name]
             else:
                 out[p.name] = Package(name=p.name, version=p.replaced)

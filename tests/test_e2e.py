@@ -145,3 +145,16 @@ def test_a_venv_that_outlives_its_container_keeps_its_image_without_a_baseline_f
     assert pins(after.removed) == ["imgdrop==1.0"]
     assert after.image == recorded.image
     container()
+    # `forget` leaves libdep installed: the next container's baseline lists it, and that
+    # is still the recorded image. Read as a new one, app was "superseded" by an image
+    # that ships it, and went unrestored once uninstalled where no daemon saw it.
+    watched(("install", "app"))
+    forgot = world.pkgckpt("forget", "libdep", *flags)
+    assert forgot.returncode == 0, forgot.stdout + forgot.stderr
+    container()
+    user.uninstall("app")
+    shutil.rmtree(world.runtime, ignore_errors=True)
+    done = world.pkgckpt("restore", *flags, "--no-index", "--find-links", str(wheelhouse))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "image" not in done.stdout, done.stdout
+    assert "app==1.0" in user.freeze()

@@ -545,6 +545,31 @@ def test_the_recorded_image_is_told_from_a_baseline_holding_the_users_packages(
     ), "the image itself, with nothing of the user's in place, is the image"
 
 
+def test_a_forgotten_install_still_in_place_is_not_taken_for_the_images() -> None:
+    """`pkgckpt forget` leaves the package installed, so a baseline a new container takes
+    from a library that outlived the last one lists it: the record's image is still told
+    from it, an addition and an upgrade forgotten alike. Read as the image, it made the
+    restore rebase, and an install the record holds pass for one the image ships."""
+    old = {"idna": Package(name="idna", version="3.8")}
+    state = {
+        "idna": Package(name="idna", version="3.10"),
+        "tinyx": Package(name="tinyx", version="1.0"),
+        "gamma": Package(name="gamma", version="1.0"),
+    }
+    recorded = {"idna": old["idna"], "tinyx": state["tinyx"]}
+    d = msgspec.structs.replace(
+        manifest.delta(ENV, old, recorded),
+        image=manifest.image_identity(old.values()),
+        forgotten=(
+            Package(name="gamma", version="1.0"),
+            Package(name="idna", version="3.10", replaced="3.8"),
+        ),
+    )
+    assert manifest.recorded_image(state.values(), d) == [old["idna"]]
+    user_site = msgspec.structs.replace(d, env=msgspec.structs.replace(ENV, user=True))
+    assert manifest.unapply(state.values(), user_site, own=True) == {}
+
+
 def test_another_image_or_an_unrecorded_one_is_not_taken_for_the_record() -> None:
     """A baseline that differs from the record's image by more than the user's packages,
     or a record with no image, gives no recorded image."""
