@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import msgspec
 
 from . import manifest
-from .config import Config, ensure_runtime_dir
+from .config import Config, ensure_runtime_dir, find_runtime_dir
 from .errors import ManifestError, PkgckptError, ScanError, UsageError
 from .logs import getLogger
 from .manifest import Baseline, Environment, Inventory, Package
@@ -452,7 +452,11 @@ def load_baseline(config: Config) -> Baseline | None:
     A configured file that is missing is an error, not a reason to take a new baseline:
     taken after a restore, it would count the user's packages as the image's.
     """
-    path = baseline_path(config)
+    # The runtime directory was chosen when the settings were read; someone else may
+    # have made it since, in a shared /tmp, or made it a link to an old directory of the
+    # user's holding a baseline of another image (its file's owner and mode would pass).
+    # Looked at again, as the baseline's writer does (`ensure_runtime_dir`).
+    path = config.baseline or find_runtime_dir(config.runtime_dir) / BASELINE
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:

@@ -224,7 +224,7 @@ def test_configured_baseline_file_is_used_and_must_exist(tmp_path: Path) -> None
 def test_foreign_writable_or_corrupt_runtime_baseline_is_refused(tmp_path: Path) -> None:
     """A runtime baseline writable by others, or not a baseline at all, raises ManifestError."""
     run = tmp_path / "run"
-    run.mkdir()
+    run.mkdir(mode=0o700)
     path = run / "baseline.json"
     path.write_bytes(manifest.encode_baseline(Baseline()))
     config = Config(runtime_dir=run)
@@ -259,3 +259,26 @@ def test_baseline_is_not_written_into_a_runtime_directory_of_someone_else(
     ensure_baseline(Config(runtime_dir=run), [Target(env=ENV, roots=(site,))])
     assert not (run / "baseline.json").exists()
     assert len(list((tmp_path / "cache" / "pkgckpt").glob("run-*/baseline.json"))) == 1
+
+
+def test_a_runtime_directory_made_a_link_since_is_not_read_for_the_baseline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime directory is chosen when the settings are read. Made since a link to an
+    old directory of the user's (or another user's directory in a shared /tmp), the
+    baseline it holds, perhaps of another image, is not read: the private fallback is,
+    where the baseline's writer puts it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    old = tmp_path / "old"
+    old.mkdir(mode=0o700)
+    (old / "baseline.json").write_bytes(manifest.encode_baseline(Baseline(time="another image")))
+    (old / "baseline.json").chmod(0o600)
+    run = tmp_path / "run"
+    config = Config(runtime_dir=run)  # chosen while it was missing
+    run.symlink_to(old)
+    assert load_baseline(config) is None
+    site = tmp_path / "site"
+    dist_info(site, "image-pkg", "1.0")
+    taken = ensure_baseline(config, [Target(env=ENV, roots=(site,))])
+    assert taken.time != "another image"
+    assert load_baseline(config) == taken
