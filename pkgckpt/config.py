@@ -99,16 +99,22 @@ def check_key(config: Config) -> None:
     Jupyter Docker Stacks run every user as `jovyan`: keyed by the login, all sessions
     would write one directory of the store, and its owner check would pass for all.
     """
-    if config.key_defaulted is None or config.key_defaulted not in config.generic_users:
+    name = config.key_defaulted
+    if name is None or name not in config.generic_users:
         return
-    if config.store.absolute() == default_store().absolute():
+    # The default however it is written: `DIR/../pkgckpt`, relative (see `status_path`).
+    if os.path.abspath(config.store) == os.path.abspath(default_store()):  # noqa: PTH100
         return
+    if config.key_from_hub:
+        fell_back = f"JUPYTERHUB_USER is {name!r}, a name"
+        hint = ""
+    else:
+        fell_back = f"the login name {name!r} is one"
+        hint = " (JupyterHub sets JUPYTERHUB_USER, which is used when present)"
     raise UsageError(
-        f"no key is set, and the login name {config.key_defaulted!r} is one every user of "
-        f"this image shares: on the store {config.store} all sessions would write one "
-        "directory. Set a key per user: PKGCKPT_KEY=<user> in the environment (JupyterHub "
-        "sets JUPYTERHUB_USER, which is used when present), `key` in the config file, or "
-        "--key"
+        f"no key is set, and {fell_back} every user of this image shares: on the store "
+        f"{config.store} all sessions would write one directory. Set a key per user: "
+        f"PKGCKPT_KEY=<user> in the environment{hint}, `key` in the config file, or --key"
     )
 
 
@@ -250,6 +256,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     """Login names shared by every user of the image: never a key on a shared store."""
     key_defaulted: str | None = None
     """The name the key fell back to when none was set (set by `load` only); see check_key."""
+    key_from_hub: bool = False
+    """That name is JUPYTERHUB_USER's, not the login's (set by `load` only)."""
     env: tuple[Path, ...] = ()
     """Python prefixes, exactly these; empty: `own_env` and what discovery finds."""
     own_env: Path | None = None
@@ -333,7 +341,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 _FIELDS = {
     name: Config.__annotations__[name]
     for name in Config.__struct_fields__
-    if name != "key_defaulted"
+    if name not in ("key_defaulted", "key_from_hub")
 }
 """Setting -> its type as written: a string (annotations are not evaluated), which
 `_coerce` reads as it is, without `typing.get_type_hints`."""
@@ -534,6 +542,7 @@ def load(
             values[name] = _absolute_links(values[name], None, flag)
     if "key" not in values:
         values["key"] = values["key_defaulted"] = default_key(environ)
+        values["key_from_hub"] = bool(environ.get("JUPYTERHUB_USER"))
     # Read-only commands read what is there: never from a directory someone else planted.
     values["runtime_dir"] = find_runtime_dir(values.get("runtime_dir") or runtime_dir())
     return Config(**values)

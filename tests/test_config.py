@@ -264,11 +264,33 @@ def test_a_generic_login_is_refused_as_the_key_of_a_shared_store(
     store other than the local default, with how to set one; set explicitly, it is used."""
     environ = {"JUPYTERHUB_USER": login, "PKGCKPT_GENERIC_USERS": "jovyan:rstudio:root:shared"}
     shared = config.load({"store": tmp_path / "nfs"}, environ=environ)
-    with pytest.raises(UsageError, match=f"login name {login!r} .* PKGCKPT_KEY=<user>"):
+    with pytest.raises(UsageError) as refused:
         config.check_key(shared)
+    assert str(refused.value).startswith(
+        f"no key is set, and JUPYTERHUB_USER is {login!r}, a name every user of this image "
+        f"shares: on the store {tmp_path / 'nfs'} all sessions would write one directory. "
+        "Set a key per user: PKGCKPT_KEY=<user> in the environment, `key` in the config"
+    )
     config.check_key(config.load({}, environ=environ))  # the local default store
+    # The default written with `..`, or relative to the working directory, is the default.
+    default = config.default_store()
+    roundabout = default.parent / "x" / ".." / default.name
+    config.check_key(config.load({"store": roundabout}, environ=environ))
     config.check_key(config.load({"store": tmp_path / "nfs", "key": login}, environ=environ))
     config.check_key(config.load({"store": tmp_path / "nfs"}, environ={"JUPYTERHUB_USER": "ada"}))
+
+
+def test_a_generic_login_name_is_named_as_the_login(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without JUPYTERHUB_USER the key falls back to the login name, and the refusal says
+    so, pointing at JUPYTERHUB_USER as what JupyterHub would have set."""
+    monkeypatch.setenv("LOGNAME", "jovyan")
+    shared = config.load({"store": tmp_path / "nfs"}, environ={})
+    assert (shared.key_defaulted, shared.key_from_hub) == ("jovyan", False)
+    with pytest.raises(UsageError, match="the login name 'jovyan' is one every user .* "
+                       r"environment \(JupyterHub sets JUPYTERHUB_USER"):  # fmt: skip
+        config.check_key(shared)
 
 
 def test_the_key_defaulted_marker_is_not_a_setting(files: dict[str, Path]) -> None:
@@ -299,7 +321,7 @@ def test_a_config_is_frozen_hashable_and_keyword_only(tmp_path: Path) -> None:
 def test_each_setting_is_coerced_by_its_declared_type() -> None:
     """`_coerce` reads each setting's annotation as written: paths, lists, numbers, flags."""
     assert config._FIELDS["env"] == "tuple[Path, ...]"
-    assert "key_defaulted" not in config._FIELDS
+    assert "key_defaulted" not in config._FIELDS and "key_from_hub" not in config._FIELDS
     assert config._coerce("env", "~/a:/b", "x") == (Path("~/a").expanduser(), Path("/b"))
     assert config._coerce("store_uid", "7", "x") == 7
     assert config._coerce("artifacts", "off", "x") is False
