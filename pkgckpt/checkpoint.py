@@ -17,7 +17,9 @@ only in ways that cannot lose a package:
   `forgotten`) is not recorded again while it stays as it was: found so by the first
   scan, or unchanged since this process last saw it. Installed, upgraded or removed
   again under this process's eyes, the forget ends and the change is recorded; so it
-  does for a reinstall of the very same install (the scanner finds its entry made anew).
+  does for a reinstall of the very same install (the scanner finds its entry made anew),
+  and, for a first scan, for one whose entry was made after the forget (a reinstall no
+  process saw: `snapshot` without a daemon).
 
 An environment is a directory, not a path. Its identity is the (st_dev, st_ino) of each
 library root and of the prefix's ``pyvenv.cfg`` or ``conda-meta/``, and how often the
@@ -60,7 +62,7 @@ is recorded too. Found while it is still being made (a kernelspec names it befor
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from time import time as now
@@ -148,6 +150,8 @@ class Observation(msgspec.Struct, frozen=True):
     """Which directories were read (see the module docstring); None: not known."""
     renewed: frozenset[str] = frozenset()
     """Names installed anew since the scan before, even as they were (`Target.renewed`)."""
+    made: Callable[[str], int | None] | None = None
+    """When a name found was installed (`Target.made_ns`); None: not known."""
 
 
 class _Track(msgspec.Struct):
@@ -275,7 +279,11 @@ class Tracker:
                 continue
             ignored = track.forgotten.get(name)
             if ignored is not None:
-                if first and same_install(ignored, found):
+                if (
+                    first
+                    and same_install(ignored, found)
+                    and not self._installed_since_forgotten(env, name, obs)
+                ):
                     continue  # still the install the user told the record to forget
                 del track.forgotten[name]  # installed or upgraded again: recorded again
             track.state[name] = found
@@ -306,6 +314,30 @@ class Tracker:
         track.history.extend(changes)
         del track.history[: -manifest.HISTORY_LIMIT]
         return changes
+
+    def _installed_since_forgotten(self, env: Environment, name: str, obs: Observation) -> bool:
+        """Whether a first scan finds the forgotten `name` installed after it was forgotten:
+        a reinstall as it was (`--force-reinstall`) that no scan of this process saw, as
+        under `snapshot` without a daemon. The time is the latest forget of that name in
+        `env`, or revert, the record holds; its entry's mtime must be later by more than
+        the millisecond the record's times are cut to. Unknown either way: not since."""
+        made = obs.made(name) if obs.made is not None else None
+        if made is None:
+            return False
+        for event in reversed(self._events):
+            relevant = event.action == "revert" or (
+                event.action == "forget"
+                and event.name == name
+                and event.env is not None
+                and manifest.same_env(event.env, env)
+            )
+            if relevant and event.time is not None:
+                try:
+                    when = datetime.fromisoformat(event.time).timestamp()
+                except ValueError:
+                    return False
+                return made > when * 1e9 + 1e6
+        return False
 
     def _start(self, env: Environment, obs: Observation) -> _Track:
         recorded = self._recorded.delta(env)
@@ -737,6 +769,7 @@ def observe(
         uncertain=target.uncertain(),
         identity=target.identity,
         renewed=target.renewed,
+        made=target.made_ns,
     )
 
 

@@ -42,6 +42,8 @@ class Scanner(Protocol):
 
     def scan(self) -> ScanResult: ...
 
+    def made_ns(self, name: str) -> int | None: ...
+
 
 class Identity(NamedTuple):
     """Which directories a scan of a target read."""
@@ -168,6 +170,13 @@ class Target:
         self.renewed = frozenset(renewed)
         ordered = tuple(packages[name] for name in sorted(packages))
         return Inventory(env=self.env, packages=ordered)
+
+    def made_ns(self, name: str) -> int | None:
+        """When the last scan's `name` was installed, as its entry's mtime says: the
+        latest over the roots; None when no root has it."""
+        return max(
+            (t for t in (s.made_ns(name) for s in self._scanners) if t is not None), default=None
+        )
 
     def renew(self) -> None:
         """A root or one of its ancestors was seen deleted or moved away: what the next scan

@@ -95,6 +95,19 @@ def test_renewed_names_a_record_written_again(tmp_path: Path, channel: Path) -> 
     assert scanner.renewed == frozenset()
 
 
+def test_made_ns_is_when_the_record_was_written(tmp_path: Path, channel: Path) -> None:
+    """`made_ns`: the mtime of the package's conda-meta record, which the installer writes
+    (what a first scan compares with a forget's time); None for a name not installed."""
+    prefix = tmp_path / "env"
+    conda_install(prefix, channel, "tiny=1.0", cache=tmp_path / "cache")
+    record = prefix / "conda-meta" / "tiny-1.0-h0_0.json"
+    os.utime(record, ns=(1_700_000_000_000_000_000, 1_700_000_000_123_456_789))
+    scanner = CondaScanner(prefix / "conda-meta")
+    scanner.scan()
+    assert scanner.made_ns("tiny") == 1_700_000_000_123_456_789
+    assert scanner.made_ns("top") is None
+
+
 def test_history_removals_take_back_what_was_asked_for() -> None:
     """`# remove specs:` undoes an earlier request; neutered specs are not requests."""
     history = (

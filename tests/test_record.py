@@ -191,6 +191,27 @@ def test_a_forgotten_package_reinstalled_at_the_same_version_is_recorded_again(
     assert history.stdout.splitlines()[0].endswith("install alpha 1.0"), history.stdout
 
 
+def test_without_a_daemon_a_forgotten_package_reinstalled_as_it_was_is_recorded_again(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """`snapshot` with no daemon scans once, so it never sees an entry made anew; it finds
+    alpha's made after the forget. beta, installed before it and left be, stays
+    forgotten, by this first scan and by the next."""
+    uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
+    snapshot(world, venv)
+    assert world.pkgckpt("forget", "alpha", "beta", *flags(world, venv)).returncode == 0
+    assert "generation 2 is current" in snapshot(world, venv)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv.python), "install", "--no-deps",
+         "--force-reinstall", "--no-index", "--find-links", str(wheels), "alpha==1.0"],
+        check=True, capture_output=True, env=world.env,
+    )  # fmt: skip
+    assert "generation 3" in snapshot(world, venv)
+    assert pins(world.delta().added) == ["alpha==1.0"]
+    assert pins(world.delta().forgotten) == ["beta==1.0"]
+    assert "generation 3 is current" in snapshot(world, venv)
+
+
 def test_a_forget_naming_the_store_in_another_spelling_reaches_the_daemon(
     world: World, venv: Venv, wheels: Path, daemon: Daemon
 ) -> None:

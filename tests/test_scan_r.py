@@ -289,6 +289,18 @@ def test_renewed_names_a_package_installed_again_as_it_was(tmp_path: Path) -> No
     assert scanner.renewed == frozenset()
 
 
+def test_made_ns_is_when_the_package_was_installed(tmp_path: Path) -> None:
+    """`made_ns`: the mtime of the package's DESCRIPTION, which R writes at install (what a
+    first scan compares with a forget's time); None for a source tree or a name not there."""
+    path = description(tmp_path, "ok", installed_text("ok", "1.0"))
+    os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_123_456_789))
+    description(tmp_path, "src", "Package: src\nVersion: 1.0\n")
+    scanner = RLibraryScanner(tmp_path)
+    scanner.scan()
+    assert scanner.made_ns("ok") == 1_700_000_000_123_456_789
+    assert scanner.made_ns("src") is None and scanner.made_ns("gone") is None
+
+
 def test_recent_and_broken_entries_are_read_again(tmp_path: Path) -> None:
     """An entry written within the racy window, or broken, is re-read at the next scan."""
     description(tmp_path, "fresh", installed_text("fresh", "1.0"))

@@ -111,6 +111,12 @@ class CondaScanner:
         self._cache: dict[str, _Cached] = {}
         self._scanned = False
 
+    def made_ns(self, name: str) -> int | None:
+        """When the last scan's `name` was installed (its conda-meta record's mtime), or
+        None."""
+        found = (c.identity[2] for c in self._cache.values() if c.record.name.lower() == name)
+        return max(found, default=None)
+
     def scan(self) -> ScanResult:
         self.renewed = frozenset()
         try:

@@ -620,6 +620,13 @@ class SiteScanner:
             return None  # nothing read, nothing gone: the last result stands
         return cache
 
+    def made_ns(self, name: str) -> int | None:
+        """When the entry giving the canonical `name` at the last scan was last written
+        (its mtime: an installer makes a dist-info anew), or None."""
+        return max(
+            (c.mtime_ns for c in self._cache.values() if _gives(c.value) == name), default=None
+        )
+
     def _known_dist(
         self, fd: int, name: str, mode: int, has_direct_url: bool | None
     ) -> Package | None:

@@ -454,6 +454,14 @@ class RLibraryScanner:
             hidden=frozenset(hidden),
         )
 
+    def made_ns(self, name: str) -> int | None:
+        """When the last scan's `name` was installed (its DESCRIPTION's mtime: R writes
+        it at install), or None."""
+        cached = self._cache.get(name)
+        if cached is None or not isinstance(cached.found, Package) or cached.found.name != name:
+            return None
+        return cached.identity[1]
+
     def _entry(self, name: str, now: int) -> _Cached | None:
         """The cached or freshly read package of one entry; None when it has no DESCRIPTION."""
         description = self.path / name / "DESCRIPTION"
