@@ -636,7 +636,7 @@ def test_every_user_as_jovyan_is_refused_until_a_key_is_set(
         assert f"login name {alice.name!r}" in refused.stderr
         assert "PKGCKPT_KEY=<user>" in refused.stderr
     hub = session.pkgckpt("restore", **shared, **session.runtime(), JUPYTERHUB_USER="jovyan")
-    assert hub.returncode == 2 and "login name 'jovyan'" in hub.stderr
+    assert hub.returncode == 2 and "JUPYTERHUB_USER is 'jovyan'" in hub.stderr
     assert sorted(p.name for p in store.iterdir()) == [".pkgckpt-store", "jovyan"]
 
     _record_alicepkg(session, {**shared, "JUPYTERHUB_USER": "alice-hub"})
