@@ -166,6 +166,16 @@ def test_forget_beside_a_running_daemon_keeps_one_writer_and_stays_forgotten(
     assert world.delta().forgotten == ()
 
 
+def pip_reinstall(world: World, venv: Venv, wheels: Path, pin: str) -> None:
+    """pip's forced reinstall: the old dist-info moved aside (`~lpha-1.0.dist-info`), then
+    the new one written."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv.python), "install", "--no-deps",
+         "--force-reinstall", "--no-index", "--find-links", str(wheels), pin],
+        check=True, capture_output=True, env=world.env,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("tool", ["uv", "pip"])
 def test_a_forgotten_package_reinstalled_at_the_same_version_is_recorded_again(
     tool: str, world: World, venv: Venv, wheels: Path, daemon: Daemon
@@ -178,12 +188,8 @@ def test_a_forgotten_package_reinstalled_at_the_same_version_is_recorded_again(
     assert "generation 2 is current" in snapshot(world, venv)
     if tool == "uv":
         uv_install(venv.python, wheels, "--reinstall-package", "alpha", "alpha==1.0", env=world.env)
-    else:  # pip moves the old dist-info aside (`~lpha-1.0.dist-info`), then writes the new
-        subprocess.run(
-            [sys.executable, "-m", "pip", "--python", str(venv.python), "install", "--no-deps",
-             "--force-reinstall", "--no-index", "--find-links", str(wheels), "alpha==1.0"],
-            check=True, capture_output=True, env=world.env,
-        )  # fmt: skip
+    else:
+        pip_reinstall(world, venv, wheels, "alpha==1.0")
     assert "generation 3" in snapshot(world, venv)
     assert pins(world.delta().added) == ["alpha==1.0"]
     assert pins(world.delta().forgotten) == ["beta==1.0"]
@@ -201,11 +207,7 @@ def test_without_a_daemon_a_forgotten_package_reinstalled_as_it_was_is_recorded_
     snapshot(world, venv)
     assert world.pkgckpt("forget", "alpha", "beta", *flags(world, venv)).returncode == 0
     assert "generation 2 is current" in snapshot(world, venv)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv.python), "install", "--no-deps",
-         "--force-reinstall", "--no-index", "--find-links", str(wheels), "alpha==1.0"],
-        check=True, capture_output=True, env=world.env,
-    )  # fmt: skip
+    pip_reinstall(world, venv, wheels, "alpha==1.0")
     assert "generation 3" in snapshot(world, venv)
     assert pins(world.delta().added) == ["alpha==1.0"]
     assert pins(world.delta().forgotten) == ["beta==1.0"]

@@ -350,6 +350,23 @@ def test_a_subdirectory_bob_put_under_alices_recorded_directory_is_refused(
     assert victim.installed() == {"alpha"}
 
 
+def r_restore_refused(victim: Alice, lib: Path, marker: Path) -> dict[str, str]:
+    """alice's R restore of `lib`, which must refuse (exit 3) without running bob's code
+    (`marker` unwritten): the failures it reports, by package."""
+    argv = [str(victim.tool / "bin" / "pkgckpt"), "restore", "--json", "--r-lib", str(lib)]
+    argv += ["--store", str(victim.store), "--key", victim.user.name]
+    env = {
+        "PATH": f"{victim.tool / 'bin'}:/usr/bin:/bin",
+        "XDG_RUNTIME_DIR": str(victim.home / "run"),
+        "TMPDIR": str(victim.home / "tmp"),
+    }
+    out = victim.user.run(argv, env=env, timeout=300)
+    assert not marker.exists(), "bob's R code ran as alice"
+    assert out.returncode == 3, (out.stdout, out.stderr)
+    report = json.loads(out.stdout)
+    return {f["name"]: f["message"] for e in report["environments"] for f in e["failed"]}
+
+
 @pytest.mark.skipif(
     shutil.which("Rscript") is None or shutil.which("R") is None,
     reason="Rscript or R not found: R is not installed",
@@ -388,18 +405,7 @@ def test_an_r_package_bob_recreated_at_alices_recorded_directory_is_refused(
         env=r_environment(lib),
     )
 
-    argv = [str(victim.tool / "bin" / "pkgckpt"), "restore", "--json", "--r-lib", str(lib)]
-    argv += ["--store", str(victim.store), "--key", victim.user.name]
-    env = {
-        "PATH": f"{victim.tool / 'bin'}:/usr/bin:/bin",
-        "XDG_RUNTIME_DIR": str(victim.home / "run"),
-        "TMPDIR": str(victim.home / "tmp"),
-    }
-    out = victim.user.run(argv, env=env, timeout=300)
-    assert not marker.exists(), "bob's R code ran as alice"
-    assert out.returncode == 3, (out.stdout, out.stderr)
-    report = json.loads(out.stdout)
-    failures = {f["name"]: f["message"] for e in report["environments"] for f in e["failed"]}
+    failures = r_restore_refused(victim, lib, marker)
     owned_by_bob = f"is owned by {bob.name} (uid {bob.uid}), not by you or root"
     assert failures == {"ckpt.base": f"{evil} {owned_by_bob}"}
     assert sorted(p.name for p in lib.iterdir()) == ["ckptGone"]
@@ -463,18 +469,7 @@ def test_an_r_tarball_bob_rewrote_at_alices_recorded_file_url_is_refused(
     assert replaced.returncode == 0, replaced.stderr
     assert tarball.read_bytes() == evil.read_bytes()
 
-    argv = [str(victim.tool / "bin" / "pkgckpt"), "restore", "--json", "--r-lib", str(lib)]
-    argv += ["--store", str(victim.store), "--key", victim.user.name]
-    env = {
-        "PATH": f"{victim.tool / 'bin'}:/usr/bin:/bin",
-        "XDG_RUNTIME_DIR": str(victim.home / "run"),
-        "TMPDIR": str(victim.home / "tmp"),
-    }
-    out = victim.user.run(argv, env=env, timeout=300)
-    assert not marker.exists(), "bob's R code ran as alice"
-    assert out.returncode == 3, (out.stdout, out.stderr)
-    report = json.loads(out.stdout)
-    failures = {f["name"]: f["message"] for e in report["environments"] for f in e["failed"]}
+    failures = r_restore_refused(victim, lib, marker)
     if recorded == "its sha256":
         expect = f"{tarball} has changed since checkpoint: its sha256 is not the one recorded"
     else:
