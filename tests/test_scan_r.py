@@ -290,14 +290,15 @@ def test_renewed_names_a_package_installed_again_as_it_was(tmp_path: Path) -> No
 
 
 def test_made_ns_is_when_the_package_was_installed(tmp_path: Path) -> None:
-    """`made_ns`: the mtime of the package's DESCRIPTION, which R writes at install (what a
-    first scan compares with a forget's time); None for a source tree or a name not there."""
+    """`made_ns` (what a first scan compares with a forget's time): when the package's
+    DESCRIPTION was written, its ctime, not the mtime a binary package's tarball carries
+    from where it was built; None for a source tree or a name not there."""
     path = description(tmp_path, "ok", installed_text("ok", "1.0"))
-    os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_123_456_789))
+    os.utime(path, ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))  # as unpacked
     description(tmp_path, "src", "Package: src\nVersion: 1.0\n")
     scanner = RLibraryScanner(tmp_path)
     scanner.scan()
-    assert scanner.made_ns("ok") == 1_700_000_000_123_456_789
+    assert scanner.made_ns("ok") == path.stat().st_ctime_ns > 1_600_000_000_000_000_000
     assert scanner.made_ns("src") is None and scanner.made_ns("gone") is None
 
 

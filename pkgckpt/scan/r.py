@@ -380,6 +380,9 @@ class _Cached(msgspec.Struct, frozen=True):
     found: _Found
     suspect: bool
     """Read again at the next scan whatever its identity: racy or broken."""
+    made_ns: int = 0
+    """The DESCRIPTION's ctime: when it was written. Not its mtime, which a binary
+    package's tarball carries from where it was built (R unpacks it as it is)."""
 
 
 class RLibraryScanner:
@@ -455,12 +458,12 @@ class RLibraryScanner:
         )
 
     def made_ns(self, name: str) -> int | None:
-        """When the last scan's `name` was installed (its DESCRIPTION's mtime: R writes
-        it at install), or None."""
+        """When the last scan's `name` was installed (its DESCRIPTION's ctime, see
+        `_Cached.made_ns`), or None."""
         cached = self._cache.get(name)
         if cached is None or not isinstance(cached.found, Package) or cached.found.name != name:
             return None
-        return cached.identity[1]
+        return cached.made_ns
 
     def _entry(self, name: str, now: int) -> _Cached | None:
         """The cached or freshly read package of one entry; None when it has no DESCRIPTION."""
@@ -493,7 +496,7 @@ class RLibraryScanner:
         except DescriptionError as e:
             found = str(e)
         suspect = isinstance(found, str) or now - st.st_mtime_ns < RACY_NS
-        return _Cached(identity, found, suspect)
+        return _Cached(identity, found, suspect, st.st_ctime_ns)
 
 
 # -- the R installation ------------------------------------------------------------------
