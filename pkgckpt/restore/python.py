@@ -128,10 +128,15 @@ def local_path(url: str) -> Path | None:
     return Path(url2pathname(parts.path))
 
 
-def url_blocked(url: str, schemes: Sequence[str]) -> str | None:
+def url_blocked(
+    url: str, schemes: Sequence[str], hashes: Mapping[str, str] | None = None
+) -> str | None:
     """Why `url` may not (scheme) or cannot (missing file) be fetched here, or None.
 
-    Shared with `restore/r.py`: R sources follow the same rules.
+    `hashes`: an archive's, recorded at checkpoint: a `file:` archive must then also pass
+    `file_problem` (its sha256 recorded and matching); None for a repository, which a
+    commit pins instead. Shared with `restore/r.py`: R sources follow the same rules, and
+    R CMD INSTALL runs an archive's code as surely as a build backend does.
     """
     scheme = urlsplit(url).scheme.lower()
     if scheme not in schemes:
@@ -140,19 +145,9 @@ def url_blocked(url: str, schemes: Sequence[str]) -> str | None:
         path = local_path(url)
         if path is None:
             return f"{redact_text(url)} names another host"
-        return path_problem(str(path))
+        # file_problem begins with path_problem.
+        return path_problem(str(path)) if hashes is None else file_problem(str(path), hashes)
     return None
-
-
-def archive_blocked(source: UrlSource, schemes: Sequence[str]) -> str | None:
-    """`url_blocked`, and for a `file:` archive `file_problem`: its sha256 recorded at
-    checkpoint and matching. Shared with `restore/r.py`: R CMD INSTALL runs an archive's
-    code as surely as a build backend does."""
-    problem = url_blocked(source.url, schemes)
-    path = local_path(source.url)
-    if problem is None and path is not None and urlsplit(source.url).scheme.lower() == "file":
-        return file_problem(str(path), source.hashes)
-    return problem
 
 
 def _fragment(subdirectory: str | None, hashes: dict[str, str] | None = None) -> str:
@@ -301,7 +296,7 @@ class PythonInstaller:
         if isinstance(source, IndexSource):
             return None
         if isinstance(source, UrlSource):
-            return archive_blocked(source, URL_SCHEMES)
+            return url_blocked(source.url, URL_SCHEMES, source.hashes)
         if isinstance(source, VcsSource):
             if which(source.vcs) is None:
                 return f"{source.vcs} is not installed"

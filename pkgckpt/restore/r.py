@@ -85,7 +85,7 @@ from ..scan.r import (
     r_programs,
     run_rscript,
 )
-from .python import URL_SCHEMES, VCS_SCHEMES, archive_blocked, local_path, url_blocked
+from .python import URL_SCHEMES, VCS_SCHEMES, local_path, url_blocked
 from .runner import Deadline, Outcome, call
 from .validate import r_name, r_version
 
@@ -467,7 +467,8 @@ class RInstaller:
         if isinstance(source, UrlSource):
             # https only, unless the admin's own repository is plain http.
             http = any(urlsplit(r).scheme.lower() == "http" for r in self.config.r_repo)
-            return archive_blocked(source, (*URL_SCHEMES, *(("http",) if http else ())))
+            schemes = (*URL_SCHEMES, *(("http",) if http else ()))
+            return url_blocked(source.url, schemes, source.hashes)
         if isinstance(source, VcsSource):
             if source.vcs != "git":
                 return f"R packages are restored from git, not {source.vcs}"
