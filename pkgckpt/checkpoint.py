@@ -319,8 +319,9 @@ class Tracker:
         """Whether a first scan finds the forgotten `name` installed after it was forgotten:
         a reinstall as it was (`--force-reinstall`) that no scan of this process saw, as
         under `snapshot` without a daemon. The time is the latest forget of that name in
-        `env`, or revert, the record holds; its entry's mtime must be later by more than
-        the millisecond the record's times are cut to. Unknown either way: not since."""
+        `env`, or revert, the record holds; when its entry was written (`Target.made_ns`)
+        must be later by more than the millisecond the record's times are cut to.
+        Unknown either way: not since."""
         made = obs.made(name) if obs.made is not None else None
         if made is None:
             return False

@@ -172,8 +172,8 @@ class Target:
         return Inventory(env=self.env, packages=ordered)
 
     def made_ns(self, name: str) -> int | None:
-        """When the last scan's `name` was installed, as its entry's mtime says: the
-        latest over the roots; None when no root has it."""
+        """When the last scan's `name` was installed, as each root's scanner tells it
+        (`made_ns`): the latest over the roots; None when no root has it."""
         return max(
             (t for t in (s.made_ns(name) for s in self._scanners) if t is not None), default=None
         )

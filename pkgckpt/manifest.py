@@ -877,13 +877,17 @@ def unapply(packages: Iterable[Package], d: Delta, *, own: bool = False) -> dict
     own listing, where an image rarely ships anything, one that replaced a version is
     taken for an addition that shadowed the prefix's copy."""
     out = {p.name: p for p in packages}
-    added = own and d.env.user
+    shadowing = own and d.env.user  # a forgotten entry that replaced a version
     for part, entries in (("added", d.added), ("changed", d.changed), ("forgotten", d.forgotten)):
         for p in entries:
             here = out.get(p.name)
             if here is None or here.version != p.version:
                 continue
-            if p.replaced is None or (own and part == "added") or (added and part == "forgotten"):
+            if (
+                p.replaced is None
+                or (own and part == "added")
+                or (shadowing and part == "forgotten")
+            ):
                 del out[p.name]
             else:
                 out[p.name] = Package(name=p.name, version=p.replaced)
