@@ -1022,6 +1022,10 @@ def to_text(report: Report) -> str:
     d = report.daemon
     if report.daemon_running and d is not None:
         detail = f"pid {d.pid}, {d.phase} since {d.started}"
+        if d.pending_roots:
+            # What `status` lists as pending now, the daemon reads only once the library is
+            # quiet: without this, its line would deny a change the lines below show.
+            detail += ", a change under way: read once its library is quiet"
         if d.pending:
             detail += f", {d.pending} change(s) not on the store yet"
         lines.append(f"daemon:     running ({detail})")

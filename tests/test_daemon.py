@@ -297,6 +297,15 @@ def test_status_reports_the_daemon_pending_changes_and_the_checkpoint(
         assert report["daemon_running"] and report["daemon"]["pid"] == d.proc.pid  # type: ignore[union-attr]
         (env,) = [e for e in report["environments"] if not e["env"].get("user")]
         assert [(c["action"], c["name"]) for c in env["pending"]] == [("install", "delta")]
+
+        # The daemon's line says a change is under way, as the pending line shows.
+        def daemon_line() -> str | None:
+            text = world.pkgckpt("status", *flags).stdout
+            (line,) = [x for x in text.splitlines() if x.startswith("daemon:")]
+            return line if "under way" in line else None
+
+        line = eventually(daemon_line, what="the daemon naming the change under way")
+        assert line.endswith(", a change under way: read once its library is quiet)"), line
         assert d.stop() == 0
         report = json.loads(world.pkgckpt("status", "--json", *flags).stdout)
         assert not report["daemon_running"] and report["daemon"]["phase"] == "stopped"
