@@ -51,7 +51,7 @@ from typing import TypeAlias
 
 import msgspec
 
-from . import checkpoint, inventory, metrics, status
+from . import checkpoint, inventory, metrics, seal, status
 from .artifacts import Result, quota
 from .artifacts import session as art
 from .artifacts.background import Background
@@ -201,7 +201,9 @@ class Daemon:
         """Directories where a new environment may show (see `discovery`), and the Python
         prefixes, where one remade on another Python shows (see `_prefixes`)."""
         self.unreadable = {u.path for u in found.unreadable}
-        self.store = open_store(config)
+        # Its mount is checked at each read of the manifest (`_open`), not here: a store
+        # mounted after the start, or refused then and fixed since, is judged as it is.
+        self.store = open_store(config, layout=False)
         self.session: checkpoint.Session | None = None
         self.state = msgspec.structs.replace(
             status.new_state(config), tracked=_tracked(self.targets)
@@ -650,6 +652,7 @@ class Daemon:
     def _open(self) -> None:
         """Read the manifest and the baseline, scan everything: the record's starting point."""
         try:
+            seal.check_layout(self.config)
             session, changes = checkpoint.open_session(
                 self.config, self.targets, self.store, self.started
             )

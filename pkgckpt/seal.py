@@ -198,21 +198,31 @@ def foreign_keys(store: Path, key: str) -> list[str]:
     return found
 
 
-def guard(config: Config) -> Seal:
+def guard(config: Config, *, layout: bool = True) -> Seal:
     """The checks before a store is used, and the seal its manifests get.
 
     A key that every user of the image would share is refused (`config.check_key`); a
     squashed store is refused unless it is the user's own mount or sealed (see above).
+    `layout`: check the mount now; False leaves `check_layout` to the caller, for each
+    time it reads the store (the daemon, whose store may be mounted after it starts).
     """
     check_key(config)
     if config.store_secret_file is not None:
         return Sealed(read_secret(config.store_secret_file, config.store), config.key)
-    if config.store_uid is not None:
-        others = foreign_keys(config.store, config.key)
-        if others:
-            shown = ", ".join(repr(o) for o in others)
-            raise StoreError(
-                f"store {config.store} shows other keys' directories ({shown}) and "
-                f"store_uid is set: refused. {LAYOUTS[0].upper()}{LAYOUTS[1:]}"
-            )
+    if layout:
+        check_layout(config)
     return Seal()
+
+
+def check_layout(config: Config) -> None:
+    """Refuse a squashed, unsealed store whose root shows other keys' directories: layout
+    (a) is what keeps its users apart. It can only judge what is mounted now."""
+    if config.store_uid is None or config.store_secret_file is not None:
+        return
+    others = foreign_keys(config.store, config.key)
+    if others:
+        shown = ", ".join(repr(o) for o in others)
+        raise StoreError(
+            f"store {config.store} shows other keys' directories ({shown}) and "
+            f"store_uid is set: refused. {LAYOUTS[0].upper()}{LAYOUTS[1:]}"
+        )

@@ -82,10 +82,10 @@ MARKER = ".pkgckpt-store"
 """The file that makes a directory a store root (`pkgckpt store init`)."""
 
 
-def open_store(config: Config) -> Store:
-    """The store and key `config` names, owned as it says, after `seal.guard`'s checks.
-    The default local store is initialised on first use; any other must have been
-    (`init_store`)."""
+def open_store(config: Config, *, layout: bool = True) -> Store:
+    """The store and key `config` names, owned as it says, after `seal.guard`'s checks
+    (`layout`: see there). The default local store is initialised on first use; any other
+    must have been (`init_store`)."""
     from .config import default_store
 
     if config.store == default_store():
@@ -95,7 +95,7 @@ def open_store(config: Config) -> Store:
         config.key,
         keep=config.keep_generations,
         owner=config.store_uid,
-        seal=guard(config),
+        seal=guard(config, layout=layout),
     )
 
 

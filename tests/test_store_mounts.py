@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,6 +142,48 @@ def test_daemon_started_before_the_store_is_mounted_merges_it_when_it_arrives(
     finally:
         d.close()
     assert holds(world, "alpha==1.0", "beta==1.0")
+
+
+def unread(world: World) -> str:
+    """Why the daemon has not read the store, from its status file ("" once it has)."""
+    try:
+        state = json.loads(world.status_file.read_bytes())
+    except FileNotFoundError:
+        return ""
+    return state.get("unread") or ""
+
+
+@pytest.mark.parametrize("mounted", ["at start", "late"])
+def test_a_squashed_store_showing_another_key_keeps_the_daemon_from_reading_it(
+    world: World, venv: Venv, wheels: Path, late: Path, mounted: str
+) -> None:
+    """store_uid set and another key's directory in the store root (the whole export
+    mounted, not the user's own directory): the daemon neither exits nor reads nor writes
+    the manifest, whether that store was there at its start or mounted after it, and its
+    status says why. With that directory gone, it reads the store and commits."""
+    record(world, venv, late, "alpha==1.0")
+    (late / "bob").mkdir(0o700)
+    if mounted == "at start":
+        mount_bind(late, world.store)
+    flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    squashed = {"PKGCKPT_STORE_UID": str(os.geteuid())}
+    d = world.daemon(*flags, "--quiet-ms", "100").start(extra_env=squashed)
+    try:
+        if mounted == "late":
+            eventually(lambda: "not mounted?" in unread(world), what="the store not mounted")
+            mount_bind(late, world.store)
+        uv_install(venv.python, wheels, "beta==1.0", env=world.env)
+        d.signal(signal.SIGHUP)  # try the store now, not at the end of the backoff
+        refusal = "shows other keys' directories ('bob') and store_uid is set: refused"
+        eventually(lambda: refusal in unread(world), what="the layout refusal")
+        assert d.proc is not None and d.proc.poll() is None, d.output()
+        assert holds(world, "alpha==1.0"), "the refused store was written"
+        (late / "bob").rmdir()
+        d.signal(signal.SIGHUP)
+        eventually(lambda: holds(world, "alpha==1.0", "beta==1.0"), 60, "the commit")
+        assert d.stop() == 0, d.output()
+    finally:
+        d.close()
 
 
 def delete(key: Path) -> None:
