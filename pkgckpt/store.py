@@ -505,6 +505,12 @@ class Store:
                 raise StoreError(
                     f"{self.path} is not a directory (a symlink or a file): refused"
                 ) from e
+            if e.errno in (errno.EACCES, errno.EPERM):
+                # Another user's key directory, 0700 as they are: say whose, and what to do,
+                # as for one we may open; "Permission denied" reads like an outage.
+                with contextlib.suppress(OSError):
+                    st = os.stat(self.key, dir_fd=rfd, follow_symlinks=False)
+                    _check_owned(st, self.path, directory=True, owner=self.owner)
             raise durable.error(e, f"cannot open {self.path}") from e
 
     def _load(self, dfd: int, name: str) -> bytes | None:

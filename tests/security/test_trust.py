@@ -720,3 +720,24 @@ def test_a_store_root_another_user_owns_is_refused_one_root_squash_made_is_not(
     assert restore.returncode == 0, restore.stderr
     assert "alicepkg" in session.installed()
     session.assert_clean()
+
+
+def test_a_key_directory_bob_made_first_names_him_though_alice_cannot_open_it(
+    session: Session, alice: User, bob: User, reachable_tmp: Path
+) -> None:
+    """bob made a directory of alice's key name, 0700 as key directories are, in a shared
+    1777 root: alice cannot even open it, and every command says whose it is and what to
+    do, not "Permission denied", which reads like an outage of the store."""
+    store = _open(reachable_tmp / "store", 0o755)
+    init_store(store)
+    store.chmod(0o1777)
+    bob.run(["mkdir", "-m", "0700", str(store / alice.name)], check=True)
+    settings = {"PKGCKPT_STORE": str(store), "PKGCKPT_KEY": alice.name}
+    whose = f"{store / alice.name} is owned by {bob.name} (uid {bob.uid}), not by this user"
+    fix = f"ask {bob.name} (uid {bob.uid}) or an administrator to remove it, or use another key"
+    for command in ("restore", "snapshot", "status"):
+        done = session.pkgckpt(command, **settings, **session.runtime())
+        shown = done.stdout + done.stderr
+        assert whose in shown and fix in shown, f"{command}: {shown}"
+        assert "Permission denied" not in shown, f"{command}: {shown}"
+        assert done.returncode == (0 if command == "status" else 1), f"{command}: {shown}"
