@@ -327,12 +327,18 @@ def test_notebook_image_takes_the_servers_environment_as_pkgckpts_own() -> None:
 
 def test_rstudio_image_takes_its_baseline_as_its_user() -> None:
     """The RStudio image's baseline is taken as `rstudio` with its HOME, as its start-up
-    scripts run pkgckpt (tests/security/test_rstudio_start.py runs those)."""
+    scripts and its preStop hook run pkgckpt (tests/security/test_rstudio_start.py runs those)."""
     text = (DEPLOY / "rstudio" / "Dockerfile").read_text()
     assert re.search(r"^USER rstudio\nRUN HOME=/home/rstudio pkgckpt baseline ", text, re.M)
     for script in ("pkgckpt-restore", "pkgckpt-daemon"):
         body = (DEPLOY / "rstudio" / script).read_text()
         assert 's6-setuidgid "$user" env HOME="${home:-/home/$user}" pkgckpt' in body, script
+    # The preStop hook runs with the container's environment, root's HOME: without the
+    # user's, snapshot skips root's config file with a warning at every pod stop.
+    pod = yaml.safe_load((DEPLOY / "rstudio" / "rstudio-pod.yaml").read_text())
+    (container,) = pod["spec"]["containers"]
+    hook = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook[:4] == ["s6-setuidgid", "rstudio", "env", "HOME=/home/rstudio"], hook
 
 
 SYSTEMD = ROOT / "systemd"
