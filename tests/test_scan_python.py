@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pkgckpt.manifest import DirectorySource, IndexSource, Package, UrlSource, VcsSource
+from pkgckpt.scan import ScanResult
 from pkgckpt.scan.python import SiteScanner, canonicalize_name, scan_site, strip_credentials
 from tests.wheelhouse import Dist, Venv, add_build_backend, build_wheel, make_venv
 
@@ -286,6 +288,49 @@ def test_broken_entries_are_reported_and_the_rest_still_scanned(tmp_path: Path) 
     }
     assert "METADATA" in result.broken["nometa-1.0.dist-info"]
     assert "direct_url.json" in result.broken["badurl-1.0.dist-info"]
+
+
+def test_entries_planted_to_hang_or_crash_a_scan_are_broken_alone(tmp_path: Path) -> None:
+    """What another writer of a shared library can plant, each broken alone while the rest
+    is scanned: a FIFO as METADATA, INSTALLER or direct_url.json (whose open would wait for
+    a writer), METADATA linked to /dev/zero (read for ever), a direct_url.json whose URL
+    urlsplit refuses, an egg-link naming a path with a NUL, and an editable finder whose
+    MAPPING is a set (each raised out of the scan, and ended the daemon)."""
+    site = tmp_path / "site"
+    dist_info(site, "good", "1.0")
+    for name, planted in (("fifometa", "METADATA"), ("fifoinst", "INSTALLER")):
+        d = dist_info(site, name, "1.0")
+        (d / planted).unlink()
+        os.mkfifo(d / planted)
+    fifourl = dist_info(site, "fifourl", "1.0")
+    os.mkfifo(fifourl / "direct_url.json")
+    zero = dist_info(site, "zero", "1.0")
+    (zero / "METADATA").unlink()
+    (zero / "METADATA").symlink_to("/dev/zero")
+    ipv6 = {"url": "https://[x/p-1.0.whl", "archive_info": {}}
+    dist_info(site, "badhost", "1.0", direct_url=ipv6)
+    (site / "nul.egg-link").write_text("/tmp\0x\n.\n")
+    (site / "__editable__.setfinder-1.0.pth").write_text("import __editable___setfinder\n")
+    (site / "__editable___setfinder.py").write_text("MAPPING = {'/a', '/b'}\n")
+    for entry in site.iterdir():
+        age(entry, HOUR_NS)
+    done: list[ScanResult] = []
+    scan = threading.Thread(target=lambda: done.append(scan_site(site)), daemon=True)
+    scan.start()
+    scan.join(30)
+    assert not scan.is_alive(), "the scan is stuck on a planted file"
+    (result,) = done
+    assert set(result.packages) == {"good", "fifoinst"}, result.broken
+    assert result.packages["fifoinst"].installer is None
+    assert set(result.broken) == {
+        "fifometa-1.0.dist-info",
+        "fifourl-1.0.dist-info",
+        "zero-1.0.dist-info",
+        "badhost-1.0.dist-info",
+        "nul.egg-link",
+    }
+    assert "first MiB" in result.broken["zero-1.0.dist-info"]
+    assert "Invalid IPv6 URL" in result.broken["badhost-1.0.dist-info"]
 
 
 def test_interrupted_install_leftovers_are_skipped(tmp_path: Path) -> None:

@@ -215,6 +215,18 @@ def test_unreadable_description_is_broken(tmp_path: Path) -> None:
     }
 
 
+def test_a_description_whose_remote_a_parser_refuses_is_broken_alone(tmp_path: Path) -> None:
+    """A planted DESCRIPTION with a RemoteUrl urlsplit refuses: that entry is broken, and
+    the scan (the daemon's, a restore's) goes on."""
+    remote = "RemoteType: url\nRemoteUrl: https://[x/p_1.0.tar.gz\n"
+    description(tmp_path, "badhost", installed_text("badhost", "1.0", remote))
+    description(tmp_path, "ok", installed_text("ok", "1.0"))
+    found = RLibraryScanner(tmp_path).scan()
+    assert found.packages.keys() == {"ok"}
+    assert found.broken.keys() == {"badhost"}
+    assert "Invalid IPv6 URL" in found.broken["badhost"]
+
+
 def test_a_package_installed_from_a_local_url_records_the_files_sha256(tmp_path: Path) -> None:
     """remotes::install_url() of a `file://` tarball records no hash; the scan takes the
     sha256 of the file, without which restore refuses it. A URL over https, or a file that

@@ -69,7 +69,12 @@ killed pip leaves its dist-info behind."""
 
 _CHUNK = 4096
 _HEAD = 512
-_O_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+MAX_HEADERS = 1 << 20
+"""Bytes of METADATA / PKG-INFO read at most for Name and Version: a file planted as a
+link to /dev/zero, or sparse and huge, is broken, not read for ever."""
+# O_NONBLOCK: a FIFO planted under a library's name opens and reads as empty instead of
+# waiting for a writer; it does nothing to a regular file's reads.
+_O_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 _DIST_INFO, _EGG_INFO, _EGG_LINK, _EDITABLE = range(4)
 _EDITABLE_PTH = re.compile(r"__editable__\.(.+)-[^-]+\.pth")
 _FINDER_MAPPING = re.compile(r"^MAPPING\s*(?::[^=\n]*)?=\s*(\{.*?\})\s*$", re.M | re.S)
@@ -279,7 +284,10 @@ def _metadata_of(fd: int, name: str) -> tuple[str, str]:
             found = _headers(data)
             if found is not None:
                 return found
-            more = os.read(fd, _CHUNK)
+            if len(data) > MAX_HEADERS:
+                raise _Broken(f"{name.rpartition('/')[2]}: no Name and Version in its first MiB")
+            # Doubling the read keeps the copies linear in what is read.
+            more = os.read(fd, max(_CHUNK, len(data)))
             if not more:
                 break
             data += more
@@ -606,6 +614,11 @@ class SiteScanner:
                 value = str(e)
             except OSError as e:
                 value = e.strerror or str(e)
+            except Exception as e:
+                # Whoever may write the library writes what is read here: an entry that
+                # makes a parser raise (a URL urlsplit refuses, a NUL in a path) is that
+                # entry broken, never a scan, a daemon or a restore ended.
+                value = f"unreadable: {type(e).__name__}: {e}"
             suspect = (
                 isinstance(value, str)
                 or (isinstance(value, _Dist) and value.in_progress)
@@ -790,7 +803,9 @@ def _finder_project(fd: int, finder: str) -> str | None:
 
     try:
         mapping = ast.literal_eval(m.group(1))
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    if not isinstance(mapping, dict):
         return None
     paths = [v for v in mapping.values() if isinstance(v, str) and v.startswith("/")]
     if not paths:

@@ -495,6 +495,10 @@ class RLibraryScanner:
             found = f"cannot read DESCRIPTION: {e.strerror}"
         except DescriptionError as e:
             found = str(e)
+        except Exception as e:
+            # As in scan/python.py: what a hostile DESCRIPTION makes a parser raise (a URL
+            # urlsplit refuses, a NUL in a path) breaks that entry, not the scan.
+            found = f"unreadable DESCRIPTION: {type(e).__name__}: {e}"
         suspect = isinstance(found, str) or now - st.st_mtime_ns < RACY_NS
         return _Cached(identity, found, suspect, st.st_ctime_ns)
 
