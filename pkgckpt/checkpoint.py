@@ -74,8 +74,11 @@ from . import inventory, manifest
 from .config import Config
 from .errors import PkgckptError, UsageError
 from .inventory import Identity, Target
+from .logs import getLogger
 from .manifest import Artifact, Baseline, Body, Change, Delta, Environment, Manifest, Package
 from .rmatch import rebuilt
+
+log = getLogger(__name__)
 
 if TYPE_CHECKING:
     # Types only: `pkgckpt baseline` needs neither, and they cost its start ~4 ms.
@@ -276,6 +279,11 @@ class Tracker:
                 continue  # the image's own where the record says otherwise: not restored yet
             if track.making is not None and recorded is None and name.lower() in SEEDED:
                 track.baseline[name] = track.state[name] = found
+                continue
+            if _refused(found, env.kind):
+                # Planted by another writer of a shared library, or a tool's oddity: restore
+                # would refuse the whole manifest for it, so it is not recorded; like a
+                # broken entry, it does not count as the recorded install uninstalled.
                 continue
             ignored = track.forgotten.get(name)
             if ignored is not None:
@@ -561,6 +569,17 @@ def _shadowing(d: Delta, shipped: Mapping[str, Package]) -> Delta:
         for p in d.added
     )
     return msgspec.structs.replace(d, added=added)
+
+
+def _refused(found: Package, kind: str) -> bool:
+    """Would restore refuse a manifest holding `found` (`validate.package_problem`)? Only
+    what is about to be recorded is asked: the image's packages never are."""
+    from .restore.validate import package_problem
+
+    problem = package_problem(found, kind)
+    if problem is not None:
+        log.warning("not recorded, restore would refuse it: %s", problem)
+    return problem is not None
 
 
 def inventory_image(baseline: Baseline | None, env: Environment) -> list[Package]:

@@ -68,6 +68,26 @@ def test_first_scan_keeps_a_recorded_removal_of_an_image_package() -> None:
     assert names(t.body().delta(ENV))["removed"] == ["six==1.16.0"]
 
 
+def test_what_restore_would_refuse_is_never_recorded() -> None:
+    """A dist-info planted in a shared library with a version that is no PEP 440 one, or a
+    source path with a NUL: recorded, it would make restore refuse the whole manifest, so
+    it is not, and the user's own install beside it is. Planted over a recorded package,
+    it takes nothing out of the record; once a valid install replaces it, that one is."""
+    t = Tracker(BASELINE, recorded(added=["attrs==23.1.0"]))
+    t.observe(ENV, Observation({**IMAGE, **pkgs("attrs==23.1.0")}))
+    nul = Package(name="evil", version="1.0", source=manifest.DirectorySource(path="/tmp/a\0b"))
+    planted = {
+        **IMAGE,
+        **pkgs("attrs==1 0", "bad==not a version", "mine==1.0"),
+        "evil": nul,
+    }
+    changes = t.observe(ENV, Observation(planted))
+    assert [(c.action, c.name) for c in changes] == [("install", "mine")]
+    assert names(t.body().delta(ENV))["added"] == ["attrs==23.1.0", "mine==1.0"]
+    changes = t.observe(ENV, Observation({**planted, **pkgs("attrs==24.1.0")}))
+    assert [(c.action, c.name, c.new) for c in changes] == [("upgrade", "attrs", "24.1.0")]
+
+
 def test_install_upgrade_and_observed_uninstall_are_recorded() -> None:
     """Seen installs and upgrades enter the record; a package seen and then gone leaves it."""
     t = Tracker(BASELINE, None)

@@ -259,36 +259,36 @@ def delta_problems(delta: Delta) -> Iterator[str]:
         ):
             yield f"{where}: {_show(package.name)}: {_show(package.replaced)} is not a version"
             continue
-        if python:
-            if not python_name(package.name):
-                yield f"{where}: {_show(package.name)} is not a valid distribution name"
-                continue
-            if not python_version(package.version):
-                yield (
-                    f"{where}: {package.name}: {_show(package.version)} "
-                    "is not a valid PEP 440 version"
-                )
-                continue
-            key = canonical(package.name)
-            problem = _source_problem(package)
-            if isinstance(package.source, LocalSource):
-                problem = "a local R source in a Python environment"
-            if problem:
-                yield f"{where}: {package.name}: {problem}"
-        else:
-            if not r_name(package.name):
-                yield f"{where}: {_show(package.name)} is not a valid R package name"
-                continue
-            if not r_version(package.version):
-                yield f"{where}: {package.name}: {_show(package.version)} is not a valid R version"
-                continue
-            key = package.name
-            problem = _source_problem(package, r=True) or _r_source_problem(package)
-            if problem:
-                yield f"{where}: {package.name}: {problem}"
+        problem = package_problem(package, delta.env.kind)
+        if problem:
+            yield f"{where}: {problem}"
+            continue
+        key = canonical(package.name) if python else package.name
         if key in seen:
             yield f"{where}: {package.name} is listed more than once"
         seen.add(key)
+
+
+def package_problem(package: Package, kind: str) -> str | None:
+    """Why `package`, in an environment of `kind`, makes `check_body` refuse a manifest, or
+    None: the checkpoint records no package restore would refuse the whole record for."""
+    if kind == "conda":
+        return conda_problem(package)
+    if kind == "python":
+        if not python_name(package.name):
+            return f"{_show(package.name)} is not a valid distribution name"
+        if not python_version(package.version):
+            return f"{package.name}: {_show(package.version)} is not a valid PEP 440 version"
+        problem = _source_problem(package)
+        if isinstance(package.source, LocalSource):
+            problem = "a local R source in a Python environment"
+    else:
+        if not r_name(package.name):
+            return f"{_show(package.name)} is not a valid R package name"
+        if not r_version(package.version):
+            return f"{package.name}: {_show(package.version)} is not a valid R version"
+        problem = _source_problem(package, r=True) or _r_source_problem(package)
+    return f"{package.name}: {problem}" if problem else None
 
 
 def check_body(body: Body) -> None:
