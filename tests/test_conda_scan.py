@@ -126,25 +126,36 @@ def test_history_removals_take_back_what_was_asked_for() -> None:
         ("https://conda.anaconda.org/conda-forge/", "noarch", "conda-forge"),
         ("file:///srv/chan/", "noarch", "file:///srv/chan"),
         (None, None, None),
+        # What must never reach a manifest on a shared store: a password, a token.
+        ("https://alice:S3cret@conda.example.org/internal/linux-64", "linux-64",
+         "https://conda.example.org/internal"),
+        ("https://conda.anaconda.org/t/tk-123-abc/private/noarch", "noarch", "private"),
+        ("https://[x/chan", "noarch", None),
     ],
-)
+)  # fmt: skip
 def test_channel_names(channel: str | None, subdir: str | None, name: str | None) -> None:
-    """A record's channel URL is kept as people name the channel."""
+    """A record's channel URL is kept as people name the channel, without credentials."""
     assert channel_name(channel, subdir) == name
 
 
 def test_a_damaged_record_is_broken_not_absent(tmp_path: Path, channel: Path) -> None:
-    """A record that does not decode is reported broken (its absence proves nothing)."""
+    """A record that does not decode is reported broken (its absence proves nothing), as is
+    one planted nested 1,000 deep (its RecursionError ended every scan of the prefix), and
+    a history line planted 16 MB long costs no parse."""
     prefix = tmp_path / "env"
     conda_install(prefix, channel, "tiny=1.0", cache=tmp_path / "cache")
     (prefix / "conda-meta" / "dep-1.0-h0_0.json").write_text("{not json")
+    deep = '{"name": "deep", "version": "1", "build": "0", "files": ' + "[" * 1000 + "]" * 1000
+    (prefix / "conda-meta" / "deep-1-0.json").write_text(deep + "}")
+    with (prefix / "conda-meta" / "history").open("a") as history:
+        history.write("# update specs: [" + "'x', " * 2_000_000 + "]\n")
     found = CondaScanner(prefix / "conda-meta").scan()
     assert list(found.packages) == ["tiny"]
-    assert list(found.broken) == ["dep-1.0-h0_0.json"]
+    assert sorted(found.broken) == ["deep-1-0.json", "dep-1.0-h0_0.json"]
     target = inventory.Target(env=Environment(kind="conda", path=str(prefix)),
                               roots=(prefix / "conda-meta",))  # fmt: skip
     target.scan()
-    assert target.uncertain() == {"dep"}
+    assert target.uncertain() == {"deep", "dep"}
 
 
 def test_a_conda_installed_distribution_is_condas_not_pips(tmp_path: Path, channel: Path) -> None:

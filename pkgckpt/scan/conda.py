@@ -23,6 +23,7 @@ import msgspec
 
 from ..manifest import Package
 from . import ScanResult
+from .python import strip_credentials
 
 MAX_RECORD = 64 * 1024 * 1024
 """A record larger than this is reported broken, not read (a record lists its files)."""
@@ -31,6 +32,10 @@ HISTORY = "history"
 _DEFAULT_HOST = "https://conda.anaconda.org/"
 _SPEC_LINE = re.compile(r"^#\s*(update|install|create|remove|neutered)\s+specs:\s*(\[.*\])\s*$")
 _SPEC_NAME = re.compile(r"^\s*(?:[^:\s]+::)?([A-Za-z0-9_][A-Za-z0-9_.+-]*)")
+_TOKEN = re.compile(r"/t/[^/]+/")
+_MAX_SPEC_LINE = 64 * 1024
+"""A history spec line longer than this is not parsed: ast.literal_eval of a planted 16 MB
+line took 34 s and 8 GB."""
 
 
 class _Record(msgspec.Struct, kw_only=True):
@@ -56,7 +61,12 @@ def channel_name(channel: str | None, subdir: str | None) -> str | None:
     spelling (without a trailing subdir or slash) for any other."""
     if not channel:
         return None
-    name = channel.rstrip("/")
+    # The manifest is on a shared store: a private channel's user:password@ or anaconda.org
+    # /t/<token>/ stays in conda's own record, never in pkgckpt's.
+    try:
+        name = _TOKEN.sub("/", strip_credentials(channel)).rstrip("/")
+    except ValueError:  # no URL urlsplit can read: no channel to name
+        return None
     if subdir and name.endswith("/" + subdir):
         name = name[: -len(subdir) - 1]
     return name.removeprefix(_DEFAULT_HOST)
@@ -76,6 +86,8 @@ def requested(history: str) -> set[str]:
     """The names the user asked for, as conda's history records them, removals applied."""
     wanted: set[str] = set()
     for line in history.splitlines():
+        if len(line) > _MAX_SPEC_LINE:
+            continue
         m = _SPEC_LINE.match(line.strip())
         if m is None or m.group(1) == "neutered":
             continue
@@ -160,6 +172,11 @@ class CondaScanner:
                 record = _record_decoder.decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
                 broken[name] = f"not a conda record: {e}"
+                continue
+            except RecursionError:
+                # A 2 KB record nested 1,000 deep, which a writer of a shared prefix can
+                # plant: that record broken, not every scan of the prefix ended.
+                broken[name] = "not a conda record: nested too deep"
                 continue
             cache[name] = _Cached(identity, record)
             records.append(record)
