@@ -387,7 +387,7 @@ def _condarc_envs_dirs(path: Path) -> list[Path]:
 
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, RecursionError) as e:  # RecursionError: "[[[[..." nested deep
         log.warning("%s is not valid YAML: %s", path, e)
         return []
     dirs = data.get("envs_dirs") if isinstance(data, dict) else None

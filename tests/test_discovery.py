@@ -355,6 +355,21 @@ def test_a_bad_envs_dirs_entry_is_reported_not_fatal(
     assert not any("\0" in str(p) for p in found.watch)
 
 
+def test_a_condarc_nested_too_deep_is_skipped_with_a_warning(
+    home: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A .condarc of 4,000 nested brackets (RecursionError in the YAML parser) is skipped
+    like any invalid YAML; the environments listed elsewhere are still found."""
+    listed = conda_prefix(make_venv(tmp_path / "listed", with_pip=False))
+    (home / ".conda").mkdir()
+    (home / ".conda" / "environments.txt").write_text(f"{listed.prefix}\n")
+    (home / ".condarc").write_text("envs_dirs: " + "[" * 4000 + "]" * 4000 + "\n")
+    with caplog.at_level("WARNING", logger="pkgckpt"):
+        found = discovery.discover(["conda"])
+    assert [f.prefix for f in found.found] == [listed.prefix]
+    assert any("is not valid YAML" in m for m in caplog.messages), caplog.messages
+
+
 def test_switched_off_sources_find_nothing(home: Path, tmp_path: Path) -> None:
     """`discover` without kernels and conda looks at neither."""
     env = conda_prefix(make_venv(tmp_path / "env", with_pip=False))
