@@ -252,6 +252,14 @@ class Tracker:
             # Another directory at the same path: what the old one held says nothing here.
             first = True
             track.last = {}
+            if self._made_since is not None and made_here(env, self._made_since):
+                # A venv made again at a tracked path while this process ran: what making
+                # it seeds is its making's, as for one new here (`_start`), not two installs
+                # in the history, each written as a generation of its own.
+                track.making, track.activated = _making(env), False
+                for name, found in obs.packages.items():
+                    if name.lower() in SEEDED and name not in track.state:
+                        track.baseline[name] = track.state[name] = found
         track.env = env
         track.identity = obs.identity
         if track.making is not None and (track.activated or now() >= track.making):
@@ -278,7 +286,9 @@ class Tracker:
             if first and image is not None and same_install(image, found):
                 continue  # the image's own where the record says otherwise: not restored yet
             if track.making is not None and recorded is None and name.lower() in SEEDED:
-                track.baseline[name] = track.state[name] = found
+                # Its making's, as if there from the start: no change to the record, nor to
+                # its history (an entry there is written as a generation of its own).
+                track.baseline[name] = track.state[name] = before[name] = found
                 continue
             if _refused(found, env.kind):
                 # Planted by another writer of a shared library, or a tool's oddity: restore

@@ -112,7 +112,9 @@ def test_a_venv_rebuilt_in_place_records_no_removal_and_its_new_installs(
     world: World, wheels: Path
 ) -> None:
     """`rm -rf env && python3 -m venv env` under the daemon: nothing recorded as removed,
-    the user's install in the old env stays, a pip install into the new one is recorded."""
+    the user's install in the old env stays, a pip install into the new one is recorded,
+    and what making the venv seeds (pip, setuptools) is neither recorded nor in the
+    history."""
     venv = image_venv(world, wheels)
     flags = baseline(world, "--env", str(venv.prefix))
     with daemon(world, flags) as d:
@@ -124,6 +126,9 @@ def test_a_venv_rebuilt_in_place_records_no_removal_and_its_new_installs(
         eventually(lambda: recorded(world, venv.prefix, want), WITHIN, "install in the new env")
         assert d.stop() == 0
     assert recorded(world, venv.prefix, want)
+    found = delta(world, venv.prefix)
+    assert found is not None and set(pins([*found.added, *found.changed])) == want
+    assert sorted(c.name for c in found.history) == ["alpha", "delta"], found.history
     assert "remove " not in d.output()
     # The user's install, not in the new env; the image's own is not the manifest's.
     assert restore_removes_nothing(world, flags) == ["alpha"]
