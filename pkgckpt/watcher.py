@@ -28,6 +28,7 @@ import errno
 import operator
 import os
 import select
+import stat
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -59,6 +60,7 @@ from .inotify import (
     is_marker,
 )
 from .logs import getLogger
+from .scan.python import install_running
 
 log = getLogger(__name__)
 
@@ -146,6 +148,26 @@ def _limit(kind: Literal["watches", "instances"]) -> str:
         with contextlib.suppress(OSError, ValueError):
             values.append(int(Path("/proc/sys", knob).read_text()))
     return str(min(values)) if values else "unknown"
+
+
+def _installing(path: str) -> bool:
+    """An install is still writing the dist-info directory at ``path``, by the scanner's
+    rule (`install_running`): an old dist-info without RECORD is a leftover (a killed pip,
+    a Debian package), which would otherwise keep its library busy for good. What is not a
+    directory (a symlink) or cannot be looked into is no install either: anyone who can
+    write to a shared library could leave one there, and none may raise out of the watcher.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    # Searchable last: only a verdict of "running" needs it, since a RECORD that cannot be
+    # looked up (EACCES) reads as absent.
+    return (
+        stat.S_ISDIR(st.st_mode)
+        and install_running(path, st.st_mtime_ns, time.time_ns())
+        and os.access(path, os.X_OK)
+    )
 
 
 class Watcher:
@@ -361,9 +383,7 @@ class Watcher:
             if st.root.kind == "r":
                 if name.startswith(_R_LOCK):
                     st.candidates.add(name)
-            elif name.endswith(".dist-info") and is_marker(name) and entry.is_dir():
-                if (Path(entry.path) / "RECORD").exists():
-                    continue
+            elif name.endswith(".dist-info") and is_marker(name) and _installing(entry.path):
                 st.candidates.add(name)
                 if wd is not None and self._ino is not None:
                     with contextlib.suppress(OSError):
@@ -570,9 +590,10 @@ class Watcher:
     # ---- install in progress --------------------------------------------------------
 
     def busy(self, root: Path) -> bool:
-        """An install is visibly in progress in ``root``: a ``*.dist-info`` without RECORD
-        yet, an R ``00LOCK-*`` directory something wrote under within ``r_lock_stale``
-        seconds (an older one is a leftover). Checked on the disk, so never stale."""
+        """An install is visibly in progress in ``root``: a recent ``*.dist-info`` without
+        RECORD yet (`_installing`), an R ``00LOCK-*`` directory something wrote under
+        within ``r_lock_stale`` seconds (older ones are leftovers). Checked on the disk, so
+        never stale."""
         st = self._states.get(root)
         if st is None:
             return False
@@ -583,14 +604,8 @@ class Watcher:
                 in_progress = lock_active(root / name, self.r_lock_stale)
             else:
                 # Strings, not pathlib: asked after every batch that names a marker, and
-                # building Path objects cost more than the two stat calls themselves.
-                # RECORD first: once it is there, that one stat settles it.
-                path = f"{root}/{name}"
-                in_progress = (
-                    name.endswith(".dist-info")
-                    and not os.access(path + "/RECORD", os.F_OK)
-                    and os.path.isdir(path)  # noqa: PTH112
-                )
+                # building Path objects cost more than the stat calls themselves.
+                in_progress = name.endswith(".dist-info") and _installing(f"{root}/{name}")
             if not in_progress:
                 st.candidates.discard(name)
         return bool(st.candidates)

@@ -179,6 +179,37 @@ def test_installs_upgrades_and_uninstalls_are_checkpointed(
 
 
 @pytest.mark.slow
+def test_a_leftover_dist_info_without_record_does_not_hold_changes_back(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """An hour-old dist-info without RECORD (a killed pip, a Debian package) is no install
+    in progress: the library settles after each change, so an install lands within the
+    quiet window and an uninstall is recorded, not held to the (here 10 min) maximum delay
+    and read unsettled, its absence proving nothing."""
+    leftover = venv.site_packages / "leftover-1.0.dist-info"
+    leftover.mkdir()
+    (leftover / "METADATA").write_text("Metadata-Version: 2.1\nName: leftover\nVersion: 1.0\n")
+    then = time.time_ns() - 3600 * 10**9
+    os.utime(leftover, ns=(then, then))
+    d = world.daemon(
+        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"),
+        "--quiet-ms", "100", "--max-delay-ms", "600000",
+    ).start()  # fmt: skip
+    try:
+        install(world, venv, wheels, "alpha==1.0")
+        eventually(lambda: committed(world, ["alpha==1.0", "leftover==1.0"]), 10, "install")
+        uv_uninstall(venv.python, "image-pkg", env=world.env)
+        eventually(
+            lambda: committed(world, ["alpha==1.0", "leftover==1.0"], removed=["image-pkg==1.0"]),
+            10,
+            "uninstall",
+        )
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 def test_sigterm_right_after_an_install_flushes_it(world: World, venv: Venv, wheels: Path) -> None:
     """An install that ended just before SIGTERM is in the manifest when the daemon exits 0.
 

@@ -259,6 +259,59 @@ def test_install_in_progress_at_start_is_busy_and_its_record_seen(backend: str, 
         assert not w.busy(site)
 
 
+def test_only_a_recent_searchable_dist_info_without_record_is_busy(
+    backend: str, site: Path
+) -> None:
+    """As for the scanner, a dist-info without RECORD is an install in progress only while
+    recent: an hour-old leftover (a killed pip, a Debian package) or a symlink does not
+    keep the library busy, at start (nor gets a marker watch then) or once an event names
+    it; a fresh one still does."""
+    then = time.time_ns() - 3600 * 10**9
+    for name in ("leftover-1.0.dist-info", "moved-1.0.dist-info"):
+        old = site.parent / name
+        old.mkdir()
+        (old / "METADATA").write_text("Name: old\nVersion: 1.0\n")
+        os.utime(old, ns=(then, then))
+    (site.parent / "leftover-1.0.dist-info").rename(site / "leftover-1.0.dist-info")
+    (site / "link-1.0.dist-info").symlink_to(site.parent)
+    with watcher(backend, Root(site, "python")) as w:
+        assert not w.busy(site)
+        assert watch_count(fd_of(w)) == 1 + guards(site)
+        (site.parent / "moved-1.0.dist-info").rename(site / "moved-1.0.dist-info")
+        assert wait_for(w, site).markers == {site: frozenset({"moved-1.0.dist-info"})}
+        assert not w.busy(site)
+        fresh = site / "fresh-1.0.dist-info"
+        fresh.mkdir()
+        wait_for(w, site)
+        assert w.busy(site)
+        (fresh / "RECORD").write_text("")
+        wait_for(w, site)
+        assert not w.busy(site)
+
+
+def test_a_dist_info_that_cannot_be_looked_into_is_not_busy(backend: str, shm: Path) -> None:
+    """A mode-000 dist-info (another user's, in a shared library) is no install in progress:
+    neither arming nor busy() raise on its EACCES, and the library is not busy."""
+    shm.chmod(0o755)  # for the child, once it is nobody
+    site = shm / "site"
+    site.mkdir(mode=0o755)
+    (site / "locked-1.0.dist-info").mkdir(mode=0)
+    # Root looks into any directory: the child drops to nobody (or is not root already).
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 3
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            with watcher(backend, Root(site, "python")) as w:
+                code = 1 if w.busy(site) else 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_r_lock_directory_makes_the_library_busy(backend: str, shm: Path) -> None:
     """R's 00LOCK-pkg directory means an install is running in that library."""
     lib = shm / "R" / "library"

@@ -682,7 +682,7 @@ def _read_entry(
     return _read_editable_pth(fd, name)
 
 
-def _exists(path: str, dir_fd: int) -> bool:
+def _exists(path: str, dir_fd: int | None) -> bool:
     # faccessat: one syscall, no stat_result, no exception when absent. Cheaper than
     # listing the dist-info (opendir + getdents + close), which was ~25% of a full scan.
     return os.access(path, os.F_OK, dir_fd=dir_fd)
@@ -707,8 +707,15 @@ def _close_all(fds: list[int]) -> None:
             os.close(f)
 
 
+def install_running(path: str, mtime_ns: int, now: int, dir_fd: int | None = None) -> bool:
+    """Whether the dist-info directory at `path` (relative to `dir_fd`), last modified at
+    `mtime_ns`, is an install still running at `now`: no RECORD yet, and recent (see
+    `INSTALL_WINDOW_NS`). The scanner's rule, and the watcher's (`Watcher.busy`)."""
+    return now - mtime_ns < INSTALL_WINDOW_NS and not _exists(f"{path}/RECORD", dir_fd)
+
+
 def _read_dist_info(fd: int, name: str, mtime_ns: int, now: int) -> _Dist:
-    in_progress = now - mtime_ns < INSTALL_WINDOW_NS and not _exists(f"{name}/RECORD", fd)
+    in_progress = install_running(name, mtime_ns, now, fd)
     meta = f"{name}/METADATA"
     fds: list[int] = []
     try:
