@@ -681,6 +681,16 @@ int pkw_add_marker(struct pkw *e, int parent_wd, const char *name)
     return marker_watch(e, p, name, 0);
 }
 
+void pkw_drop_marker(struct pkw *e, int parent_wd, const char *name)
+{
+    struct watch *m;
+    if (parent_wd < 0)
+        return; /* the parent of top-level watches, which have no name */
+    m = marker_find(e, parent_wd, name);
+    if (m)
+        marker_drop(e, m->wd);
+}
+
 int pkw_rm_watch(struct pkw *e, int wd)
 {
     struct watch *w = watch_find(e, wd);

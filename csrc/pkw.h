@@ -43,6 +43,9 @@ int pkw_add_watch(struct pkw *e, const char *path, uint32_t mask, int flags);
 /* Watch the marker directory `name` of the PKW_MARKERS watch `parent_wd` (one already
    there when the parent was armed). Returns its wd, or 0 when its RECORD already exists. */
 int pkw_add_marker(struct pkw *e, int parent_wd, const char *name);
+/* Stop following marker `name` of `parent_wd`, whose RECORD will never come (a leftover of
+   an interrupted install); nothing when it is not followed. */
+void pkw_drop_marker(struct pkw *e, int parent_wd, const char *name);
 int pkw_rm_watch(struct pkw *e, int wd);
 
 /*

@@ -29,6 +29,7 @@ ffibuilder.cdef(
     int pkw_free(struct pkw *e);
     int pkw_add_watch(struct pkw *e, const char *path, uint32_t mask, int flags);
     int pkw_add_marker(struct pkw *e, int parent_wd, const char *name);
+    void pkw_drop_marker(struct pkw *e, int parent_wd, const char *name);
     int pkw_rm_watch(struct pkw *e, int wd);
     int pkw_wait(struct pkw *e, int wake_fd, int timeout_ms, int quiet_ms, int max_ms,
                  int flags, const char **text);

@@ -73,6 +73,11 @@ class Native(Inotify):
             raise _oserror(ffi.errno, name)
         return wd
 
+    def drop_marker(self, parent_wd: int, name: str) -> None:
+        if self._engine is None:
+            raise closed_error()
+        lib.pkw_drop_marker(self._engine, parent_wd, os.fsencode(name))
+
     def rm_watch(self, wd: int) -> None:
         if self._engine is None:
             raise closed_error()

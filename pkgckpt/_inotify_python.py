@@ -163,6 +163,13 @@ class Python(Inotify):
             raise _oserror(errno.EINVAL, name)
         return self._marker_watch(parent_wd, name, None)
 
+    def drop_marker(self, parent_wd: int, name: str) -> None:
+        if self._ino.closed:
+            raise closed_error()
+        wd = self._marker_find(parent_wd, name)
+        if wd is not None:
+            self._marker_drop(wd)
+
     def rm_watch(self, wd: int) -> None:
         if self._ino.closed:
             raise closed_error()

@@ -13,11 +13,12 @@ subclass of :class:`Inotify`, which ``Inotify(backend)`` makes:
 A batch (:class:`Events`) holds one record per (watch, name) with the union of the event
 masks.
 For a watch added with ``markers=True`` every ``*.dist-info`` / ``*.egg-info`` directory
-that appears in it is watched too, one level deep and only until its ``RECORD`` arrives:
-what happens inside such a marker is reported on the parent's record for the marker's
-name, as :data:`PKW_RECORD` (RECORD written or moved in) or :data:`PKW_INSIDE` (anything
-else). When a batch holds more distinct names than ``max_records``, the watch as a whole
-is reported with :data:`PKW_DIRTY` instead: memory stays bounded and nothing is lost.
+that appears in it is watched too, one level deep and only until its ``RECORD`` arrives
+(or `Inotify.drop_marker` gives up on it): what happens inside such a marker is reported
+on the parent's record for the marker's name, as :data:`PKW_RECORD` (RECORD written or
+moved in) or :data:`PKW_INSIDE` (anything else). When a batch holds more distinct names
+than ``max_records``, the watch as a whole is reported with :data:`PKW_DIRTY` instead:
+memory stays bounded and nothing is lost.
 """
 
 from __future__ import annotations
@@ -225,6 +226,11 @@ class Inotify:
 
         Returns its wd, or 0 when its RECORD is already there (nothing left to wait for).
         """
+        raise NotImplementedError
+
+    def drop_marker(self, parent_wd: int, name: str) -> None:
+        """Stop following marker ``name`` of ``parent_wd``, whose RECORD will never come (a
+        leftover of an interrupted install); nothing when it is not followed."""
         raise NotImplementedError
 
     def rm_watch(self, wd: int) -> None:

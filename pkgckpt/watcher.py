@@ -602,10 +602,17 @@ class Watcher:
                 from .scan.r import lock_active  # only where R locks are seen
 
                 in_progress = lock_active(root / name, self.r_lock_stale)
-            else:
+            elif name.endswith(".dist-info"):
                 # Strings, not pathlib: asked after every batch that names a marker, and
                 # building Path objects cost more than the stat calls themselves.
-                in_progress = name.endswith(".dist-info") and _installing(f"{root}/{name}")
+                in_progress = _installing(f"{root}/{name}")
+                if not in_progress and st.role == "root" and st.wd and self._ino is not None:
+                    # A leftover the engine follows since it appeared (a pip killed since,
+                    # an old one moved in) would hold its watch, and keep every batch
+                    # waiting for its RECORD (`read_batch`'s ``leading``), for good.
+                    self._ino.drop_marker(st.wd, name)
+            else:
+                in_progress = False  # an *.egg-info: no RECORD to wait for
             if not in_progress:
                 st.candidates.discard(name)
         return bool(st.candidates)

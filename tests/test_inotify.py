@@ -404,6 +404,25 @@ def test_add_marker_follows_an_install_already_in_progress(ino: Inotify, shm: Pa
     assert by_name(events, wd)[marker.name] & PKW_RECORD
 
 
+def test_drop_marker_stops_following_a_leftover(ino: Inotify, shm: Path) -> None:
+    """A followed marker whose RECORD will never come is dropped by name: its watch goes,
+    and a leading batch no longer waits for it; an unknown name is nothing to drop."""
+    wd = ino.add_watch(shm, MASK, markers=True)
+    (shm / "left-1.0.dist-info").mkdir()
+    ino.read_batch(1, quiet_ms=50)
+    assert watch_count(ino.fileno()) == 2
+    ino.drop_marker(wd, "other-1.0.dist-info")
+    ino.drop_marker(wd, "left-1.0.dist-info")
+    assert watch_count(ino.fileno()) == 1
+    time.sleep(1.5)  # a quiet spell: the next event alone ends a leading batch
+    (shm / "new").mkdir()
+    started = time.monotonic()
+    assert ino.read_batch(5, quiet_ms=1500, leading=True).wds == (wd,)
+    assert time.monotonic() - started < 1.0, "a leading batch waited for a dropped marker"
+    (shm / "left-1.0.dist-info" / "RECORD").write_text("")
+    assert ino.read_batch(0.2, quiet_ms=50).wds == ()  # no longer followed
+
+
 def test_mask_add_keeps_following_markers(ino: Inotify, shm: Path) -> None:
     """Re-adding a markers watch with IN_MASK_ADD and no markers keeps them, like the mask."""
     wd = ino.add_watch(shm, MASK, markers=True)

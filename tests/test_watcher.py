@@ -264,8 +264,8 @@ def test_only_a_recent_searchable_dist_info_without_record_is_busy(
 ) -> None:
     """As for the scanner, a dist-info without RECORD is an install in progress only while
     recent: an hour-old leftover (a killed pip, a Debian package) or a symlink does not
-    keep the library busy, at start (nor gets a marker watch then) or once an event names
-    it; a fresh one still does."""
+    keep the library busy, at start or once an event names it, nor holds a marker watch;
+    a fresh one still does."""
     then = time.time_ns() - 3600 * 10**9
     for name in ("leftover-1.0.dist-info", "moved-1.0.dist-info"):
         old = site.parent / name
@@ -280,6 +280,7 @@ def test_only_a_recent_searchable_dist_info_without_record_is_busy(
         (site.parent / "moved-1.0.dist-info").rename(site / "moved-1.0.dist-info")
         assert wait_for(w, site).markers == {site: frozenset({"moved-1.0.dist-info"})}
         assert not w.busy(site)
+        assert watch_count(fd_of(w)) == 1 + guards(site), "its marker watch dropped"
         fresh = site / "fresh-1.0.dist-info"
         fresh.mkdir()
         wait_for(w, site)
