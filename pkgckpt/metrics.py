@@ -80,7 +80,7 @@ def failure_reason(error: PkgckptError) -> str:
     if isinstance(error, ManifestError):
         return "manifest"
     if isinstance(error, StoreError):
-        return "refused"  # ownership, permissions, an unmarked store
+        return "refused"  # ownership, permissions, read-only, an unmarked store
     return "other"
 
 

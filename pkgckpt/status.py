@@ -806,6 +806,8 @@ def collect(config: Config) -> Report:
         ]
     if unread is not None:
         envs = _outage(envs, state if alive else None)
+    elif alive and state is not None and state.pending_changes:
+        envs = _forgets(envs, state.pending_changes)
     unlisted = None
     if not alive:
         # Read-only: a daemon that holds the lock is shown, not woken (`find_daemon`).
@@ -877,6 +879,17 @@ def _outage(envs: list[EnvReport], daemon: DaemonState | None) -> list[EnvReport
             )
         )
     return out
+
+
+def _forgets(envs: list[EnvReport], held: tuple[EnvChanges, ...]) -> list[EnvReport]:
+    """The forgets the running daemon made that the store did not take (read-only, full):
+    the store still records those packages, and only the daemon knows they are going.
+    Installs pending are found by status's own scan; a forget leaves nothing to scan."""
+    theirs = {checkpoint.env_key(p.env): p.forgotten for p in held if p.forgotten}
+    return [
+        msgspec.structs.replace(e, pending_forgets=theirs.get(checkpoint.env_key(e.env), ()))
+        for e in envs
+    ]
 
 
 def _stranded(prefix: Path) -> Stranded | None:

@@ -693,6 +693,9 @@ def test_a_forget_the_store_refused_is_pending_and_retried_until_it_takes_it(
         assert pending(world, venv) == 1
         printed = world.pkgckpt("status", "--prometheus", *flags(world, venv)).stdout
         assert f'pkgckpt_pending_changes{{key="{world.key}"}} 1' in printed, printed
+        # The store still records alpha; only the daemon knows it is going.
+        text = world.pkgckpt("status", *flags(world, venv)).stdout
+        assert "    pending  forget alpha\n" in text, text
         assert world.generation() == 1
         writable()
         eventually(lambda: world.generation() == 2, what="the forget retried")
