@@ -671,11 +671,19 @@ class Daemon:
         for env, change in changes:
             log.info("%s", describe(env, change))
         self.uncommitted.extend(c for _, c in changes)
+        # With a baseline file from the image, one not in it (a venv on the user's volume)
+        # never gets one: taking one now would count the user's packages as the image's.
+        advice = (
+            f"it is not in {self.config.baseline}"
+            if self.config.baseline is not None
+            else "run `pkgckpt baseline` or `pkgckpt restore` first"
+        )
         for env in session.tracker.inferred:
             log.warning(
                 "no baseline for %s: every recorded package is kept, changes seen from "
-                "now on are added (run `pkgckpt baseline` or `pkgckpt restore` first)",
+                "now on are added (%s)",
                 env.where(),
+                advice,
             )
 
     def _scan(

@@ -277,6 +277,27 @@ def test_snapshot_of_an_environment_the_daemon_does_not_track_says_so(
 
 
 @pytest.mark.slow
+def test_the_daemons_no_baseline_warning_names_the_image_baseline_file(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """A venv the image's baseline file does not cover (one on the user's volume): the
+    daemon's warning says so, and does not advise `pkgckpt baseline` or `restore`, which
+    the entrypoint runs anyway and which could not help: the file names the image."""
+    other = make_venv(world.tmp / "other", with_pip=False)
+    install(world, other, wheels, "delta==1.0")
+    baseline = world.tmp / "b.json"
+    flags = [*world.flags(venv.prefix, other.prefix), "--baseline", str(baseline)]
+    d = world.daemon(*flags).start()
+    try:
+        warned = f"no baseline for {other.prefix}: every recorded package is kept"
+        line = next(x for x in d.output().splitlines() if warned in x)
+        assert line.endswith(f"(it is not in {baseline})"), line
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 def test_snapshot_and_status_say_what_an_environment_without_a_baseline_leaves_unrecorded(
     world: World, venv: Venv, wheels: Path
 ) -> None:
