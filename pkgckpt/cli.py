@@ -27,7 +27,8 @@ Exit codes:
   0  done, or nothing to do
   1  error: nothing was changed (the message says why)
   2  usage: a bad flag, setting or config file
-  3  partial restore: some packages failed, the others were installed
+  3  partial restore: some packages failed or were held back by a new image, the
+     others were installed
   4  daemon: one for this store and key already runs; this one did not start
   5  forget, revert: the running daemon made the change, the store did not take it
      yet; the daemon keeps it and retries (pending in status)"""
@@ -89,7 +90,8 @@ _SELECTORS = (
         type=_Path(path_type=Path),
         metavar="PREFIX",
         help="Python environment (venv or conda prefix) to track; repeatable. "
-        "Default: the environment running pkgckpt.",
+        "Default: the environment running pkgckpt (or --own-env) and its user site, the "
+        "environments Jupyter kernelspecs and conda name, and R's libraries (`discover`).",
     ),
     click.option(
         "--own-env",
@@ -344,7 +346,8 @@ def status(cfg: config.Config, as_json: bool, prometheus: bool) -> int:
     Per environment: the packages the manifest tracks (added, changed, removed), changes
     seen now that are not checkpointed yet, and what `restore` would still do. Then the
     last checkpoint (generation, age), the daemon (pid alive) and the last store error.
-    Reads only: changes nothing, not even the baseline.
+    Reads only: changes nothing, not even the baseline (the local default store, like
+    every command, it makes on first use).
     """
     from . import status as status_
 
@@ -368,7 +371,7 @@ def history(cfg: config.Config, as_json: bool, limit: int | None) -> int:
     Installs, upgrades, downgrades and removals the daemon recorded, and the forgets and
     reverts of the user, read from the manifest and the generations the store keeps.
     A generation shown as <=N: N or earlier (the generation before N is not kept).
-    Reads only.
+    Reads only (the local default store, like every command, it makes on first use).
     """
     from . import record
 
