@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 from conda_kit import (
     CondaPkg,
@@ -24,13 +26,14 @@ from conda_kit import (
 from restore_kit import hermetic, installed, isolated, pkgckpt, put_manifest  # noqa: F401
 from wheelhouse import Dist, build_wheel, make_venv
 
-from pkgckpt.manifest import Body, Delta, Environment, Package
+from pkgckpt.manifest import Body, Delta, Environment, Package, image_identity
 from pkgckpt.restore.validate import conda_problem
 from pkgckpt.scan.conda import CondaScanner
 
 PACKAGES = [
     CondaPkg("tiny", "1.0"),
     CondaPkg("tiny", "2.0", build="h1_0"),
+    CondaPkg("tiny", "3.0", build="h2_0"),
     CondaPkg("dep", "1.0"),
     CondaPkg("top", "1.0", depends=("dep",)),
 ]
@@ -125,6 +128,38 @@ def test_restore_removes_with_the_same_client(tmp_path: Path, channel: Path) -> 
     assert client_calls(tmp_path / "client.log") == [
         ["micromamba", "remove", "--prefix", str(prefix), "--yes", "--force", "--", "dep"],
     ]
+
+
+def test_on_a_new_image_what_it_moved_under_is_held_back(tmp_path: Path, channel: Path) -> None:
+    """Recorded on an image of tiny 1.0 and dep: tiny upgraded to 2.0, dep removed. The new
+    image ships tiny 3.0, dep, and top, which needs dep. conda's records keep no
+    dependencies, so restore neither puts tiny 2.0 over 3.0 with --no-deps nor removes
+    dep with --force from under top: both are held back, saying why (exit 3), and the
+    client is not run. On the recorded image the same record is applied."""
+    old = tmp_path / "old"
+    conda_install(old, channel, "tiny=1.0", "dep", cache=tmp_path / "cache")
+    was = image_identity(CondaScanner(old / "conda-meta").scan().packages.values())
+    prefix = tmp_path / "env"
+    conda_install(prefix, channel, "tiny=3.0", "dep", "top", cache=tmp_path / "cache")
+    conda = Environment(kind="conda", path=str(prefix))
+    upgraded = msgspec.structs.replace(conda_pkg("tiny", "2.0", "h1_0", channel), replaced="1.0")
+    put_manifest(tmp_path / "store", "k", Body.of([Delta(
+        env=conda, changed=(upgraded,), removed=(conda_pkg("dep", "1.0", "h0_0", channel),),
+        image=was,
+    )]))  # fmt: skip
+    env = restore_env(tmp_path, channel)
+    code, out = run_restore(tmp_path, env, prefix)
+    assert code == 3, out
+    assert "held back: the new image ships tiny 3.0" in out, out
+    assert "held back: the new image ships it, and may need it" in out, out
+    assert conda_state(prefix) == {"tiny": "3.0=h2_0", "dep": "1.0=h0_0", "top": "1.0=h0_0"}
+    assert client_calls(tmp_path / "client.log") == []
+    shutil.rmtree(prefix)
+    shutil.copytree(old, prefix, symlinks=True)
+    shutil.rmtree(env["XDG_RUNTIME_DIR"])  # a new container: no baseline of the new image
+    code, out = run_restore(tmp_path, env, prefix)
+    assert code == 0, out
+    assert conda_state(prefix) == {"tiny": "2.0=h1_0"}
 
 
 def test_micromamba_gets_the_same_command_line(tmp_path: Path, channel: Path) -> None:

@@ -102,6 +102,8 @@ from ..manifest import (
     Source,
     UrlSource,
     VcsSource,
+    image_identity,
+    recorded_image,
     same_source,
     visible,
 )
@@ -563,6 +565,48 @@ def _image(
     return baseline.image(target.env)
 
 
+def _conda_held(delta: Delta, image: Sequence[Package] | None) -> dict[str, Failure]:
+    """The recorded conda changes not applied on a new image, by name, each as the failure
+    that says why.
+
+    Python and R are rebased (`rebase`, `rimage`); conda is not: its records keep no
+    dependencies, and `--no-deps` or `remove --force` over an image that changed could
+    break it unseen. So a change the new image moved under (it ships another version than
+    the one the user changed, or ships what the user added) and a removal of what it
+    still ships are held back, and restore says so (exit 3). On the recorded image, or
+    where the image is not known, the record is applied as it stands."""
+    if image is None or delta.image in (None, image_identity(image)):
+        return {}
+    if recorded_image(image, delta) is not None:
+        return {}  # the recorded image, seen through an environment that outlived it
+    shipped = {p.name: p for p in image}
+    held: dict[str, Failure] = {}
+    for p in (*delta.added, *delta.changed):
+        has = shipped.get(p.name)
+        if has is None or has.version == p.replaced:
+            continue  # the image did not move under this change
+        if (has.version, has.build) != (p.version, p.build):
+            held[p.name] = Failure(
+                name=p.name,
+                version=p.version,
+                action="install",
+                message=f"held back: the new image ships {p.name} {has.version}; conda's "
+                "dependencies are not checked, so the recorded version is not put over it "
+                "(install it by hand to keep it recorded)",
+            )
+    for p in delta.removed:
+        if p.name in shipped:
+            held[p.name] = Failure(
+                name=p.name,
+                version=shipped[p.name].version,
+                action="remove",
+                message="held back: the new image ships it, and may need it; conda's "
+                "dependencies are not checked, so it is not removed (remove it by hand to "
+                "keep the removal recorded)",
+            )
+    return held
+
+
 def _beneath(target: Target, targets: Sequence[Target]) -> Target | None:
     """The prefix under a user site: its packages are the image a user site is read
     against (`Baseline.image`)."""
@@ -665,6 +709,7 @@ def _plan(
         install: list[Step] = []
         gone: list[Step] = []
         rebase: Rebase | None = None
+        held: dict[str, Failure] = {}
         if kind == "python":
             from .rebase import needed
 
@@ -682,12 +727,16 @@ def _plan(
             rebase = rebase_r(delta, target, targets, baseline, now, config)
             if rebase is not None:
                 install, gone = _rebased(delta, target, rebase, now)
+        elif kind == "conda":
+            held = _conda_held(delta, _image(baseline, target, now))
         wanted: tuple[tuple[Literal["added", "changed"], tuple[Package, ...]], ...] = (
             ("added", delta.added),
             ("changed", delta.changed),
         )
         for reason, packages in wanted if rebase is None else ():
             for p in packages:
+                if p.name in held:
+                    continue
                 have = now.get(_key(kind, p.name))
                 placed = _in_place(kind, p, have)
                 rebuild = stale_build(have, target.env) if placed else None
@@ -706,6 +755,8 @@ def _plan(
                         )
                     )
         for p in delta.removed if rebase is None else ():
+            if p.name in held:
+                continue
             # Whatever version the image has now: the user removed the package, not a version.
             have = now.get(_key(kind, p.name))
             if have is not None:
@@ -717,11 +768,11 @@ def _plan(
                         reason="removed",
                     )
                 )
-        if not install and not gone and rebase is None:
+        if not install and not gone and rebase is None and not held:
             continue
         # The target's env (this container's interpreter and platform), not the manifest's.
         installer = _installer(target.env, config, rebase)
-        blocked: list[Failure] = []
+        blocked: list[Failure] = list(held.values())
         ready: list[Step] = []
         for step in sorted(install, key=lambda s: _key(kind, s.name)):
             # An artifact that fits needs no source: an R library restored from its
