@@ -469,15 +469,15 @@ def test_a_package_rebuilt_for_another_r_minor_is_recorded_anew_for_its_artifact
     """The daemon's record takes a reinstall built for the next R minor (its artifact, keyed
     by R minor, is captured anew); a patch-level rebuild keeps the recorded install."""
     env = r_env("/lib", "named", "4.4.0")
-    art = Artifact(file="R-4.3/a_1.0_R_x86_64-pc-linux-gnu.tar.gz", sha256="0" * 64, size=1)
-    old = Package(name="a", version="1.0", built="4.3.2", artifact=art)
+    art = Artifact(file="R-4.3/aa_1.0_R_x86_64-pc-linux-gnu.tar.gz", sha256="0" * 64, size=1)
+    old = Package(name="aa", version="1.0", built="4.3.2", artifact=art)
     record = manifest.Manifest(
         generation=1, body=Body(environments=(Delta(env=env, added=(old,)),))
     )
     for built, kept in (("4.4.0", False), ("4.3.3", True)):
         tracker = Tracker(Baseline.of([Inventory(env=env)]), record)
-        found = Package(name="a", version="1.0", built=built)
-        tracker.observe(env, Observation(packages={"a": found}))
+        found = Package(name="aa", version="1.0", built=built)
+        tracker.observe(env, Observation(packages={"aa": found}))
         (now,) = tracker.body().environments[0].added
         assert now == (old if kept else found), built
 
