@@ -13,6 +13,7 @@ from pathlib import Path
 from wheelhouse import Dist, build_wheel
 
 from pkgckpt.restore.rebase import wheel_requires
+from pkgckpt.restore.wheelmeta import metadata
 
 
 def test_a_planted_wheel_is_unreadable_not_a_crash(tmp_path: Path) -> None:
@@ -67,3 +68,28 @@ def test_a_symlink_to_a_device_is_not_read(tmp_path: Path) -> None:
     planted = tmp_path / "planted-1.0-py3-none-any.whl"
     planted.symlink_to("/dev/zero")
     assert wheel_requires(planted) is None
+
+
+def test_a_zip64_offset_past_any_seek_is_unreadable(tmp_path: Path) -> None:
+    """A wheel whose METADATA entry's zip64 extra field puts its local header at offset
+    2**64 - 1: zipfile's seek raised OverflowError on the wheel read into memory (an
+    index's), which stopped the restore. Unreadable, from memory and from a file."""
+    wheel = build_wheel(Dist("planted", "1.0", requires=["dep>=1"]), tmp_path / "links")
+    data = bytearray(wheel.read_bytes())
+    (entry,) = struct.unpack_from("<I", data, data.rfind(b"PK\x05\x06") + 16)
+    while True:  # the central directory's entry for METADATA
+        (name_len, extra_len, comment_len) = struct.unpack_from("<HHH", data, entry + 28)
+        if data[entry + 46 : entry + 46 + name_len].endswith(b".dist-info/METADATA"):
+            break
+        entry += 46 + name_len + extra_len + comment_len
+    zip64 = struct.pack("<HHQ", 1, 8, 2**64 - 1)  # the zip64 extra: the header offset only
+    end = entry + 46 + name_len
+    data[end : end + extra_len] = zip64
+    struct.pack_into("<H", data, entry + 30, len(zip64))
+    struct.pack_into("<I", data, entry + 42, 0xFFFFFFFF)  # "in the zip64 extra field"
+    directory_end = data.rfind(b"PK\x05\x06")
+    (size,) = struct.unpack_from("<I", data, directory_end + 12)
+    struct.pack_into("<I", data, directory_end + 12, size + len(zip64) - extra_len)
+    assert metadata(bytes(data)) is None
+    wheel.write_bytes(data)
+    assert wheel_requires(wheel) is None

@@ -12,7 +12,8 @@ would block or never end; a symlink to /dev/zero would be read until memory runs
 the standard library's zipfile gets the file already open (the name may point elsewhere
 by then), METADATA is read only up to `rebase.MAX_METADATA` bytes, and whatever zipfile
 raises on a hostile archive (a bad version field, an encrypted member, a corrupt deflate
-stream, a name that is not UTF-8) reads as "unreadable".
+stream, a name that is not UTF-8, a zip64 offset past what a seek takes) reads as
+"unreadable".
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def _read(wheel: BinaryIO) -> str | None:
         zipfile.BadZipFile,
         OSError,
         ValueError,
+        OverflowError,  # a zip64 offset of 2**64 - 1, sought in memory
         EOFError,
         RuntimeError,
         NotImplementedError,
