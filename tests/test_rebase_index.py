@@ -317,6 +317,23 @@ def test_an_index_answering_a_byte_at_a_time_costs_the_budget_only(
     assert reason.endswith(f"the index {index.url} is unreachable (over 0.5 s)"), reason
 
 
+@pytest.mark.parametrize(
+    ("page", "raised"),
+    [("index.json", "RecursionError"), ("index.html", "AssertionError")],
+)
+def test_a_page_the_parser_fails_on_is_unreadable_not_a_crash(
+    tmp_path: Path, index: Index, page: str, raised: str
+) -> None:
+    """A JSON page nested 100,000 deep (json: RecursionError), an HTML page of `<![`
+    (html.parser: AssertionError): that page is unreadable, the package left to the
+    installer with the reason. Either stopped the restore with an internal error."""
+    (project := index.root / "simple" / "olduser").mkdir(parents=True)
+    (project / page).write_text("[" * 100_000 if page == "index.json" else "<![" * 1000)
+    (action, reason) = decisions(plan_on_v2(tmp_path, index.url, "olduser==1.0"))["olduser"]
+    assert action == "install"
+    assert reason.endswith(f"the index's page of olduser cannot be read ({raised})"), reason
+
+
 def test_a_metadata_file_that_does_not_match_its_hash_is_ignored(
     tmp_path: Path, index: Index, built: Path
 ) -> None:

@@ -33,6 +33,8 @@ The index is the admin's, never the store's; its answers are still hostile:
 - redirects only to http(s), never from https to http; credentials in the index URL are
   sent (HTTP Basic) to the index's own origin only, never along a redirect, and never
   appear in a reason;
+- a project page its parser fails on (JSON nested too deep, markup html.parser trips
+  over) is unreadable: that package is left to the installer;
 - every read is bounded (`MAX_PAGE`, `rebase.MAX_METADATA`, `rebase.MAX_WHEEL`) and times out
   after `TIMEOUT` seconds; the first connection failure marks the index down for the rest
   of the run, so an index that is down costs one timeout, not one per package; and all
@@ -235,10 +237,7 @@ def _html_links(text: str, base: str) -> list[_Link]:
 
 
 def _json_links(data: bytes, base: str) -> list[_Link]:
-    try:
-        page = json.loads(data)
-    except ValueError as e:
-        raise _Refused("the index's JSON page is not JSON") from e
+    page = json.loads(data)
     files = page.get("files") if isinstance(page, dict) else None
     if not isinstance(files, list):
         raise _Refused("the index's JSON page has no file list")
@@ -346,9 +345,19 @@ class IndexMetadata:
         data, kind, final = self._get(f"{self._root.rstrip('/')}/{name}/", MAX_PAGE, ACCEPT)
         if urlsplit(final).scheme.lower() not in ("http", "https"):
             raise _Refused("the project page moved off http(s)")
-        if kind == "application/vnd.pypi.simple.v1+json":
-            return _json_links(data, final)
-        return _html_links(data.decode("utf-8", "replace"), final)
+        try:
+            if kind == "application/vnd.pypi.simple.v1+json":
+                return _json_links(data, final)
+            return _html_links(data.decode("utf-8", "replace"), final)
+        except _Refused:
+            raise
+        except Exception as e:
+            # The parsers are not hardened against hostile pages (json: RecursionError on
+            # deep nesting; html.parser: AssertionError on `<![`): whatever they raise
+            # makes this page unreadable, never the restore fail.
+            raise _Refused(
+                f"the index's page of {name} cannot be read ({type(e).__name__})"
+            ) from None
 
     def _acceptable(self, link: _Link) -> bool:
         """PEP 503's rules for a file's URL and name (see the module)."""
