@@ -112,15 +112,19 @@ def _handler(index: Index) -> type[http.server.SimpleHTTPRequestHandler]:
                 return
             if (
                 self.path.endswith("/")
+                and Path(index.root, self.path.lstrip("/"), "slow").is_file()
+            ):
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                self.trickle(b"X")  # the headers that never end
+                return
+            if (
+                self.path.endswith("/")
                 and Path(index.root, self.path.lstrip("/"), "drip").is_file()
             ):
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html")
                 self.end_headers()
-                for _ in range(50):  # a byte each 0.1 s: each read is within any timeout
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-                    time.sleep(0.1)
+                self.trickle(b" ")
                 return
             page = Path(index.root, self.path.lstrip("/"), "index.json")
             wants_json = "application/vnd.pypi.simple.v1+json" in self.headers.get("Accept", "")
@@ -133,6 +137,15 @@ def _handler(index: Index) -> type[http.server.SimpleHTTPRequestHandler]:
                 self.wfile.write(body)
                 return
             super().do_GET()
+
+        def trickle(self, byte: bytes) -> None:
+            """`byte` each 0.1 s for 5 s (each read within any timeout), until the client
+            hangs up."""
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for _ in range(50):
+                    self.wfile.write(byte)
+                    self.wfile.flush()
+                    time.sleep(0.1)
 
         def log_message(self, format: str, *args: object) -> None:
             """Quiet: the test reads `index.seen`."""
@@ -169,9 +182,16 @@ def index(tmp_path: Path) -> Iterator[Index]:
         yield served
 
 
-def plan_on_v2(tmp_path: Path, url: str, *added: str, ask_index: bool = True) -> Rebase:
+def plan_on_v2(
+    tmp_path: Path,
+    url: str,
+    *added: str,
+    ask_index: bool = True,
+    index_until: float | None = None,
+) -> Rebase:
     """The rebase of `added` (each `name==version`, from an index) onto an image that ships
-    evaldep 2.0, with `url` as the index and no find-links."""
+    evaldep 2.0, with `url` as the index and no find-links; its index reads end by
+    `index_until` (`time.monotonic()`)."""
     site = tmp_path / "site"
     info = site / "evaldep-2.0.dist-info"
     info.mkdir(parents=True, exist_ok=True)
@@ -187,6 +207,7 @@ def plan_on_v2(tmp_path: Path, url: str, *added: str, ask_index: bool = True) ->
         {"evaldep": image[0]},
         config,
         ask_index=ask_index,
+        index_until=index_until,
     )
 
 
@@ -302,19 +323,37 @@ def test_an_index_that_is_down_leaves_the_check_to_the_installer(tmp_path: Path)
         assert f"the index {url} is unreachable" in reason, reason
 
 
+@pytest.mark.parametrize("where", ["drip", "slow"], ids=["body", "headers"])
 def test_an_index_answering_a_byte_at_a_time_costs_the_budget_only(
-    tmp_path: Path, index: Index, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, index: Index, where: str
 ) -> None:
-    """A page that never ends, a byte at a time: the reads stop at the budget and the
-    package is left to the installer with the reason."""
-    monkeypatch.setattr(indexmeta, "BUDGET", 0.5)
+    """A page whose body, or status line and headers, come a byte at a time (each read
+    within any timeout): the request stops at the plan's deadline and the package is
+    left to the installer, the index named as unreachable. Headers were read with the
+    per-read timeout alone: the plan took as long as the index went on."""
     (project := index.root / "simple" / "olduser").mkdir(parents=True)
-    (project / "drip").touch()
+    (project / where).touch()
     started = time.monotonic()
-    (action, reason) = decisions(plan_on_v2(tmp_path, index.url, "olduser==1.0"))["olduser"]
-    assert time.monotonic() - started < 2.0
+    planned = plan_on_v2(tmp_path, index.url, "olduser==1.0", index_until=started + 0.5)
+    assert time.monotonic() - started < 1.5
+    (action, reason) = decisions(planned)["olduser"]
     assert action == "install"
-    assert reason.endswith(f"the index {index.url} is unreachable (over 0.5 s)"), reason
+    assert reason.endswith(f"the index {index.url} is unreachable (out of time)"), reason
+
+
+def test_the_budget_ends_within_the_restores_deadline() -> None:
+    """A plan's index reads end `BUDGET` from now, or when the restore's `--timeout` does
+    if that is sooner (already passed: now)."""
+    from pkgckpt.restore.runner import Deadline
+
+    now = time.monotonic()
+    assert now + indexmeta.BUDGET <= indexmeta.budget() < now + indexmeta.BUDGET + 1
+    assert now + indexmeta.BUDGET <= indexmeta.budget(Deadline(None)) < now + indexmeta.BUDGET + 1
+    assert now + indexmeta.BUDGET <= indexmeta.budget(Deadline(600)) < now + indexmeta.BUDGET + 1
+    assert now + 2 <= indexmeta.budget(Deadline(2)) < now + 3
+    gone = Deadline(0.01)
+    time.sleep(0.02)
+    assert indexmeta.budget(gone) <= time.monotonic()
 
 
 @pytest.mark.parametrize(

@@ -347,3 +347,27 @@ def test_extra_indexes_are_read_and_must_agree(
         assert reason.endswith(
             f"the indexes offer it with different requirements ({index.url}, {extra.url})"
         ), reason
+
+
+def test_the_indexes_share_one_deadline(
+    tmp_path: Path, index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three indexes, each sending its page a byte at a time: all three are read by one
+    deadline, not one budget each (which made three slow indexes cost three times it);
+    each is named as unreachable."""
+    import time
+
+    from test_rebase_index import decisions, plan_on_v2
+
+    with serve(tmp_path / "b") as b, serve(tmp_path / "c") as c:
+        arrange(Case(env={"UV_INDEX": f"b={b.url} c={c.url}"}), tmp_path, tmp_path, "", monkeypatch)
+        for served in (index, b, c):
+            (project := served.root / "simple" / "olduser").mkdir(parents=True)
+            (project / "drip").touch()
+        started = time.monotonic()
+        planned = plan_on_v2(tmp_path, index.url, "olduser==1.0", index_until=started + 0.6)
+        assert time.monotonic() - started < 1.5
+    (action, reason) = decisions(planned)["olduser"]
+    assert action == "install"
+    for served in (index, b, c):
+        assert f"the index {served.url} is unreachable (out of time)" in reason, reason

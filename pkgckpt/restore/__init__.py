@@ -656,10 +656,12 @@ def _plan(
     baseline: Baseline | None = None,
     *,
     preview: bool = False,
+    deadline: Deadline | None = None,
 ) -> Plan:
     """`preview`: the plan is shown, not applied (a dry run, `revert`'s question): a step
     only its artifact can install is checked on the store (`_artifact_gone`), which a
-    restore does as it stages the artifacts, a store call each."""
+    restore does as it stages the artifacts, a store call each. `deadline`: the restore's,
+    which the rebase's index reads do not outlast."""
     if manifest is None:
         return Plan(key=config.key, store=str(config.store))
     import functools
@@ -677,6 +679,8 @@ def _plan(
     elsewhere: list[Environment] = []
     skipped: list[Skipped] = []
     tracked = 0
+    index_until: float | None = None
+    """When the index reads of every environment's rebase end: one budget for the plan."""
     # conda's packages first: pip's in the same prefix may need them.
     deltas = (*manifest.body.conda, *manifest.body.environments)
     here = [t.env for t in targets]
@@ -715,11 +719,16 @@ def _plan(
 
             image = _image(baseline, target, now)
             if image is not None and needed(delta, target.env, image, now):
+                from .indexmeta import budget
                 from .rebase import rebase as read_against
 
                 beneath = _beneath(target, targets)
                 live = {**(_installed(beneath) if beneath else {}), **now}
-                rebase = read_against(delta, target, image, live, config, beneath)
+                if index_until is None:
+                    index_until = budget(deadline)
+                rebase = read_against(
+                    delta, target, image, live, config, beneath, index_until=index_until
+                )
                 install, gone = _rebased(delta, target, rebase, now)
         elif kind == "r":
             from .rimage import rebase_r
@@ -1209,13 +1218,14 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
 
         manifest = _read(config)
         baseline = load_baseline(config) if manifest is not None else None
-        plan = _plan(config, manifest, found, baseline, preview=True)
+        plan = _plan(config, manifest, found, baseline, preview=True, deadline=deadline)
         return Report(plan=_after_remade(plan, remade, dry_run), dry_run=True, remade=remade)
     started = time.monotonic()
     # Before anything is installed: afterwards the image's packages could not be told apart.
     baseline = ensure_baseline(config, found)
     manifest = _read(config)
-    the_plan = _after_remade(_plan(config, manifest, found, baseline), remade, dry_run)
+    the_plan = _plan(config, manifest, found, baseline, deadline=deadline)
+    the_plan = _after_remade(the_plan, remade, dry_run)
     if the_plan.is_empty():
         report = Report(plan=the_plan)
     else:

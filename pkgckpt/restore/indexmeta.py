@@ -12,8 +12,12 @@ The API `rebase.py` calls:
         named: the image named none, and package names are not sent where it did not
         say). An index that is not http(s) (a file:// tree) is not read, and then no
         other is either: the installer may take the package from that one.
-    IndexMetadata(url, tags).fetch([(name, version), ...]) -> {(canonical, version): Found}
-        Each package's METADATA text, or why it was not read.
+    budget(within: Deadline | None) -> float
+        When a plan's index reads end (a `time.monotonic()` time): `BUDGET` from now, or
+        the end of `within` (the restore's own `--timeout`) if that comes first.
+    IndexMetadata(url, tags, until).fetch([(name, version), ...])
+            -> {(canonical, version): Found}
+        Each package's METADATA text, or why it was not read, read before `until`.
 
 Per package, one request for the project page, negotiated (PEP 691): the JSON simple API
 (`application/vnd.pypi.simple.v1+json`) where the index speaks it, else PEP 503 HTML.
@@ -37,17 +41,22 @@ The index is the admin's, never the store's; its answers are still hostile:
   over) is unreadable: that package is left to the installer;
 - every read is bounded (`MAX_PAGE`, `rebase.MAX_METADATA`, `rebase.MAX_WHEEL`) and times out
   after `TIMEOUT` seconds; the first connection failure marks the index down for the rest
-  of the run, so an index that is down costs one timeout, not one per package; and all
-  reads stop after `BUDGET` seconds, so an index that answers a byte at a time delays the
-  restore by that much at most.
+  of the run, so an index that is down costs one timeout, not one per package; and every
+  request of a plan, to all its indexes and for all its environments, ends by one
+  deadline (`budget`): connecting and each read of the status line, the headers and the
+  body wait only for what is left of it, so an index that answers a byte at a time delays
+  the restore by `BUDGET` at most, and never past its `--timeout`. What is not read by
+  then is treated as from an index that is down.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html.parser
 import http.client
+import io
 import json
 import threading
 import time
@@ -64,12 +73,17 @@ from .validate import canonical, python_name, python_version
 from .wheelmeta import metadata
 
 if TYPE_CHECKING:
+    import socket
+
+    from _typeshed import WriteableBuffer
+
+    from ..runner import Deadline
     from .indexconf import Indexes
 
 TIMEOUT = 5.0
 """Seconds a connection or a read may take."""
 BUDGET = 20.0
-"""Seconds all of one plan's reads from the index may take together."""
+"""Seconds all of one plan's reads from the indexes may take together (`budget`)."""
 CHUNK = 1 << 16
 MAX_PAGE = 16 << 20
 """Bytes of a project page read at most (PyPI's largest are a few MB)."""
@@ -100,6 +114,12 @@ def readable(found: Indexes) -> tuple[tuple[str, ...], str | None]:
     return tuple(dict.fromkeys(urls)), None
 
 
+def budget(within: Deadline | None = None) -> float:
+    """See the module."""
+    left = None if within is None else within.remaining()
+    return time.monotonic() + (BUDGET if left is None else min(BUDGET, left))
+
+
 def shown(url: str) -> str:
     """`url` without credentials, query or fragment: what a reason may say of it."""
     parts = urlsplit(url)
@@ -116,6 +136,67 @@ class _Refused(Exception):
 
 class _Down(Exception):
     """The index could not be reached."""
+
+
+class _Paced(io.RawIOBase):
+    """A response's reads from its socket, each waiting only for what is left before
+    `until`: a per-read timeout alone lets a server that sends its status line, headers or
+    body a byte at a time hold the request for ever."""
+
+    def __init__(
+        self, fp: io.BufferedReader, sock: socket.socket, until: float, timeout: float
+    ) -> None:
+        super().__init__()
+        self._fp, self._sock, self._until, self._timeout = fp, sock, until, timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        left = self._until - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        self._sock.settimeout(min(self._timeout, left))
+        return self._fp.readinto1(buffer)
+
+    def close(self) -> None:
+        self._fp.close()
+        super().close()
+
+
+def _paced(
+    sock: socket.socket, *args: Any, until: float, timeout: float, **kwargs: Any
+) -> http.client.HTTPResponse:
+    response = http.client.HTTPResponse(sock, *args, **kwargs)
+    response.fp = io.BufferedReader(_Paced(response.fp, sock, until, timeout))
+    return response
+
+
+class _Pacing(urllib.request.AbstractHTTPHandler):
+    """Opens connections whose responses (a proxy's to CONNECT too) read through `_Paced`."""
+
+    def __init__(self, until: float, timeout: float) -> None:
+        super().__init__()
+        self.response_class = functools.partial(_paced, until=until, timeout=timeout)
+
+    def do_open(
+        self, http_class: Any, req: urllib.request.Request, **kwargs: Any
+    ) -> http.client.HTTPResponse:
+        def connection(*args: Any, **kw: Any) -> http.client.HTTPConnection:
+            made: http.client.HTTPConnection = http_class(*args, **kw)
+            # A class in typeshed; http.client only calls it, as it does this partial.
+            made.response_class = self.response_class  # type: ignore[assignment]
+            return made
+
+        return super().do_open(connection, req, **kwargs)
+
+
+class _HTTP(_Pacing, urllib.request.HTTPHandler):
+    pass
+
+
+class _HTTPS(_Pacing, urllib.request.HTTPSHandler):
+    pass
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
@@ -136,13 +217,13 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _opener() -> urllib.request.OpenerDirector:
+def _opener(until: float, timeout: float) -> urllib.request.OpenerDirector:
     """HTTP(S) only: no file://, ftp:// or data: handler is there to be reached."""
     opener = urllib.request.OpenerDirector()
     for handler in (
         urllib.request.ProxyHandler(),
-        urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(),
+        _HTTP(until, timeout),
+        _HTTPS(until, timeout),
         urllib.request.HTTPDefaultErrorHandler(),
         _Redirects(),
         urllib.request.HTTPErrorProcessor(),
@@ -258,7 +339,9 @@ def _json_links(data: bytes, base: str) -> list[_Link]:
 class IndexMetadata:
     """METADATA of exact versions from one index, for one target interpreter."""
 
-    def __init__(self, url: str, tags: TargetTags, *, timeout: float = TIMEOUT) -> None:
+    def __init__(
+        self, url: str, tags: TargetTags, until: float, *, timeout: float = TIMEOUT
+    ) -> None:
         parts = urlsplit(url)
         self._root = urlunsplit(
             (parts.scheme.lower(), parts.netloc.rpartition("@")[2], parts.path, "", "")
@@ -270,8 +353,8 @@ class IndexMetadata:
             self._auth = "Basic " + base64.b64encode(secret.encode()).decode()
         self._tags = tags
         self._timeout = timeout
-        self._deadline = time.monotonic() + BUDGET
-        self._opener = _opener()
+        self._until = until
+        self._opener = _opener(until, timeout)
         self._down = threading.Event()
         self.shown = shown(url)
 
@@ -287,8 +370,10 @@ class IndexMetadata:
             return dict(zip(todo, found, strict=True))
 
     def _one(self, name: str, version: str) -> Found:
-        if self._down.is_set() or time.monotonic() > self._deadline:
+        if self._down.is_set():
             return None, f"the index {self.shown} is unreachable"
+        if time.monotonic() >= self._until:
+            return None, f"the index {self.shown} is unreachable (out of time)"
         try:
             return self._metadata(name, version), None
         except _Down as e:
@@ -303,8 +388,12 @@ class IndexMetadata:
         if self._auth is not None and urlsplit(url)[:2] == self._origin:
             # Unredirected: urllib copies ordinary headers onto a redirect to any host.
             request.add_unredirected_header("Authorization", self._auth)
+        left = self._until - time.monotonic()
+        if left <= 0:
+            raise _Down("out of time")
         try:
-            with self._opener.open(request, timeout=self._timeout) as response:
+            # Connecting (and a TLS handshake) waits for what is left, each read `_Paced`.
+            with self._opener.open(request, timeout=min(self._timeout, left)) as response:
                 length = response.headers.get("Content-Length")
                 if length and length.isdigit() and int(length) > limit:
                     raise _Refused(f"{shown(url)} is over {limit} bytes")
@@ -316,24 +405,26 @@ class IndexMetadata:
             raise _Refused(f"{shown(url)}: HTTP {e.code}") from None
         except urllib.error.URLError as e:
             why = e.reason
-            raise _Down(
-                type(why).__name__ if isinstance(why, BaseException) else "URLError"
-            ) from None
+            raise self._down_by(why if isinstance(why, BaseException) else e) from None
         except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
-            raise _Down(type(e).__name__) from None
+            raise self._down_by(e) from None
         except (OSError, ValueError) as e:
             raise _Refused(f"{shown(url)}: {type(e).__name__}") from None
         if len(data) > limit:
             raise _Refused(f"{shown(url)} is over {limit} bytes")
         return data, kind, final
 
+    def _down_by(self, error: BaseException) -> _Down:
+        """The index is down: out of time once the deadline has passed (a read that timed
+        out waiting for what was left), else named by `error`."""
+        late = time.monotonic() >= self._until
+        return _Down("out of time" if late else type(error).__name__)
+
     def _read(self, response: http.client.HTTPResponse, limit: int) -> bytes:
-        """At most `limit` + 1 bytes of the body, within the budget."""
+        """At most `limit` + 1 bytes of the body."""
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
-            if time.monotonic() > self._deadline:
-                raise _Down(f"over {BUDGET:g} s")
             chunk = response.read1(min(CHUNK, limit + 1 - size))
             if not chunk:
                 break

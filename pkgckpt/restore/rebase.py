@@ -729,13 +729,15 @@ def rebase(
     beneath: Target | None = None,
     *,
     ask_index: bool = True,
+    index_until: float | None = None,
 ) -> Rebase:
     """`delta` read against `image` (this container's baseline of the environment) and
     `live` (installed now, by canonical name): see the module docstring. A user site is
     read with the prefix `beneath` it: its installed packages are in `live` and in
     `image`, its metadata is read after the user site's own. Without `ask_index` no
     index and no artifact is read (status answers at once, whatever the index or the
-    store does)."""
+    store does). `index_until`: when its index reads end (`indexmeta.budget`; by default
+    its budget from when they start): a plan of several environments passes one for all."""
     env = target.env
     image = recorded_image(image, delta) or image
     images = {canonical(p.name): p for p in image}
@@ -777,7 +779,7 @@ def rebase(
     recorded_by_key = {canonical(p.name): p for _, p in entries}
     if ask_index:
         _from_artifacts(decided, recorded_by_key, wheels, config, env)
-    _from_index(decided, recorded_by_key, wheels, config, env, tags, ask_index)
+    _from_index(decided, recorded_by_key, wheels, config, env, tags, ask_index, index_until)
     for key, d in decided.items():
         wheel = wheels.best(d.name, d.version) if d.action == "install" else None
         if wheel is not None and wheels.requires(d.name, d.version) is None:
@@ -920,6 +922,7 @@ def _from_index(
     env: Environment,
     tags: TargetTags,
     ask_index: bool,
+    until: float | None,
 ) -> None:
     """Teach `wheels` the requirements of each planned install from an index that the
     find-links do not hold, read from the indexes its installer reads; where they cannot
@@ -936,7 +939,7 @@ def _from_index(
     if not wanted:
         return
     from .indexconf import indexes
-    from .indexmeta import IndexMetadata, readable, shown
+    from .indexmeta import IndexMetadata, budget, readable, shown
 
     urls: tuple[str, ...] = ()
     none: str | None
@@ -946,8 +949,10 @@ def _from_index(
         none = "no wheel of it in the find-links"
     else:
         urls, none = readable(indexes(config, env))
+    if until is None:
+        until = budget()
     answers: list[tuple[str, dict[tuple[str, str], Found]]] = [
-        (url, IndexMetadata(url, tags).fetch((p.name, p.version) for p in wanted.values()))
+        (url, IndexMetadata(url, tags, until).fetch((p.name, p.version) for p in wanted.values()))
         for url in urls
     ]
     for key, p in wanted.items():
