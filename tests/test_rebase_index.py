@@ -373,6 +373,26 @@ def test_a_page_the_parser_fails_on_is_unreadable_not_a_crash(
     assert reason.endswith(f"the index's page of olduser cannot be read ({raised})"), reason
 
 
+def test_a_hostile_html_page_costs_the_deadline_at_most(tmp_path: Path, index: Index) -> None:
+    """html.parser on hostile markup: `<a` repeated (quadratic in close(), 16 s for this
+    page) is read at once, and finds no file; `<a b='x ` repeated, under `MAX_HTML`
+    (seconds to parse), stops at the plan's deadline, the index unreachable; a page over
+    `MAX_HTML` is not parsed."""
+    (project := index.root / "simple" / "olduser").mkdir(parents=True)
+    for page, index_until, why in (
+        ("<a" * 50_000, 2.0, "no wheel of olduser 1.0 for this interpreter"),
+        ("<a b='x " * 200_000, 0.5, f"the index {index.url} is unreachable (out of time)"),
+        ("<a>" * 700_000, 2.0, f"HTML page of olduser is over {indexmeta.MAX_HTML} bytes"),
+    ):
+        (project / "index.html").write_text(page)
+        started = time.monotonic()
+        planned = plan_on_v2(tmp_path, index.url, "olduser==1.0", index_until=started + index_until)
+        assert time.monotonic() - started < index_until + 1.0
+        (action, reason) = decisions(planned)["olduser"]
+        assert action == "install"
+        assert why in reason, reason
+
+
 def test_a_metadata_file_that_does_not_match_its_hash_is_ignored(
     tmp_path: Path, index: Index, built: Path
 ) -> None:

@@ -39,14 +39,15 @@ The index is the admin's, never the store's; its answers are still hostile:
   appear in a reason;
 - a project page its parser fails on (JSON nested too deep, markup html.parser trips
   over) is unreadable: that package is left to the installer;
-- every read is bounded (`MAX_PAGE`, `rebase.MAX_METADATA`, `rebase.MAX_WHEEL`) and times out
-  after `TIMEOUT` seconds; the first connection failure marks the index down for the rest
-  of the run, so an index that is down costs one timeout, not one per package; and every
-  request of a plan, to all its indexes and for all its environments, ends by one
-  deadline (`budget`): connecting and each read of the status line, the headers and the
-  body wait only for what is left of it, so an index that answers a byte at a time delays
-  the restore by `BUDGET` at most, and never past its `--timeout`. What is not read by
-  then is treated as from an index that is down.
+- every read is bounded (`MAX_PAGE`, `MAX_HTML`, `rebase.MAX_METADATA`,
+  `rebase.MAX_WHEEL`) and times out after `TIMEOUT` seconds; the first connection failure
+  marks the index down for the rest of the run, so an index that is down costs one
+  timeout, not one per package; and every request of a plan, to all its indexes and for
+  all its environments, ends by one deadline (`budget`): connecting and each read of the
+  status line, the headers and the body wait only for what is left of it, so an index
+  that answers a byte at a time delays the restore by `BUDGET` at most, and never past
+  its `--timeout`. An HTML page is parsed by the same deadline. What is not read by then
+  is treated as from an index that is down.
 """
 
 from __future__ import annotations
@@ -87,6 +88,11 @@ BUDGET = 20.0
 CHUNK = 1 << 16
 MAX_PAGE = 16 << 20
 """Bytes of a project page read at most (PyPI's largest are a few MB)."""
+MAX_HTML = 2 << 20
+"""Bytes of a PEP 503 HTML page parsed at most: far less than `MAX_PAGE`, because
+html.parser's cost grows faster than the page on hostile markup (`<a b="` repeated, fed in
+chunks: 20 s for 2 MB) where json's stays linear. PyPI answers in JSON; an index that
+speaks only HTML lists some 8,000 files in 2 MB (~250 bytes a link)."""
 WORKERS = 8
 ACCEPT = (
     "application/vnd.pypi.simple.v1+json, "
@@ -297,10 +303,14 @@ class _Anchors(html.parser.HTMLParser):
             self._open.append(data)
 
 
-def _html_links(text: str, base: str) -> list[_Link]:
+def _html_links(text: str, base: str, until: float) -> list[_Link]:
     parser = _Anchors()
-    parser.feed(text)
-    parser.close()
+    for start in range(0, len(text), CHUNK):
+        if time.monotonic() >= until:
+            raise _Down("out of time")
+        parser.feed(text[start : start + CHUNK])
+    # No close(): all it adds is an unterminated tag at the page's end, which lists no
+    # file, and on `<a` repeated it is quadratic in one call that no deadline stops.
     out = []
     for attrs, words in parser.found:
         href = attrs.get("href")
@@ -439,8 +449,10 @@ class IndexMetadata:
         try:
             if kind == "application/vnd.pypi.simple.v1+json":
                 return _json_links(data, final)
-            return _html_links(data.decode("utf-8", "replace"), final)
-        except _Refused:
+            if len(data) > MAX_HTML:
+                raise _Refused(f"the index's HTML page of {name} is over {MAX_HTML} bytes")
+            return _html_links(data.decode("utf-8", "replace"), final, self._until)
+        except (_Refused, _Down):
             raise
         except Exception as e:
             # The parsers are not hardened against hostile pages (json: RecursionError on
