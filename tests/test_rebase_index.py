@@ -341,6 +341,24 @@ def test_an_index_answering_a_byte_at_a_time_costs_the_budget_only(
     assert reason.endswith(f"the index {index.url} is unreachable (out of time)"), reason
 
 
+def test_an_https_index_that_never_finishes_its_handshake_costs_the_deadline(
+    tmp_path: Path,
+) -> None:
+    """An https:// index that takes the connection and never answers the TLS handshake:
+    connecting and the handshake end by the plan's deadline (the handshake timed out on
+    half of what was left), the index unreachable."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        url = f"https://127.0.0.1:{listening.getsockname()[1]}/simple/"
+        started = time.monotonic()
+        planned = plan_on_v2(tmp_path, url, "olduser==1.0", index_until=started + 0.5)
+        assert time.monotonic() - started < 1.5
+    (action, reason) = decisions(planned)["olduser"]
+    assert action == "install"
+    assert reason.endswith(f"the index {url} is unreachable (TimeoutError)"), reason
+
+
 def test_the_budget_ends_within_the_restores_deadline() -> None:
     """A plan's index reads end `BUDGET` from now, or when the restore's `--timeout` does
     if that is sooner (already passed: now)."""

@@ -179,16 +179,22 @@ def _paced(
 
 
 class _Pacing(urllib.request.AbstractHTTPHandler):
-    """Opens connections whose responses (a proxy's to CONNECT too) read through `_Paced`."""
+    """Opens connections (a redirect's too) that end by `until`: their responses (a
+    proxy's to CONNECT too) read through `_Paced`."""
 
     def __init__(self, until: float, timeout: float) -> None:
         super().__init__()
+        self._until, self._timeout = until, timeout
         self.response_class = functools.partial(_paced, until=until, timeout=timeout)
 
     def do_open(
         self, http_class: Any, req: urllib.request.Request, **kwargs: Any
     ) -> http.client.HTTPResponse:
         def connection(*args: Any, **kw: Any) -> http.client.HTTPConnection:
+            # Connecting and the TLS handshake each wait up to the connection's timeout:
+            # half of what is left, so that both together end by the deadline.
+            left = max(0.0, self._until - time.monotonic())
+            kw["timeout"] = min(self._timeout, left / 2)
             made: http.client.HTTPConnection = http_class(*args, **kw)
             # A class in typeshed; http.client only calls it, as it does this partial.
             made.response_class = self.response_class  # type: ignore[assignment]
@@ -398,12 +404,10 @@ class IndexMetadata:
         if self._auth is not None and urlsplit(url)[:2] == self._origin:
             # Unredirected: urllib copies ordinary headers onto a redirect to any host.
             request.add_unredirected_header("Authorization", self._auth)
-        left = self._until - time.monotonic()
-        if left <= 0:
+        if time.monotonic() >= self._until:
             raise _Down("out of time")
         try:
-            # Connecting (and a TLS handshake) waits for what is left, each read `_Paced`.
-            with self._opener.open(request, timeout=min(self._timeout, left)) as response:
+            with self._opener.open(request, timeout=self._timeout) as response:
                 length = response.headers.get("Content-Length")
                 if length and length.isdigit() and int(length) > limit:
                     raise _Refused(f"{shown(url)} is over {limit} bytes")
