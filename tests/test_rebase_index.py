@@ -359,6 +359,39 @@ def test_an_https_index_that_never_finishes_its_handshake_costs_the_deadline(
     assert reason.endswith(f"the index {url} is unreachable (TimeoutError)"), reason
 
 
+def test_a_plans_environments_share_the_restores_deadline(tmp_path: Path, index: Index) -> None:
+    """Two environments rebased onto the same slow index, planned with a restore deadline
+    of 0.5 s: their index reads end by it together, each package left to the installer.
+    Each environment's rebase took a budget of its own (20 s), whatever --timeout said."""
+    import msgspec
+
+    from pkgckpt.manifest import Body, Manifest
+    from pkgckpt.restore import _plan
+    from pkgckpt.restore.runner import Deadline
+
+    (project := index.root / "simple" / "olduser").mkdir(parents=True)
+    (project / "drip").touch()
+    targets, deltas = [], []
+    for name in ("a", "b"):
+        env = msgspec.structs.replace(PY, path=str(tmp_path / name))
+        (tmp_path / name / "bin").mkdir(parents=True)
+        (tmp_path / name / "bin" / "python").symlink_to(sys.executable)
+        info = tmp_path / name / "site" / "evaldep-2.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: evaldep\nVersion: 2.0\n")
+        targets.append(Target(env=env, roots=(info.parent,)))
+        olduser = Package(name="olduser", version="1.0")
+        deltas.append(Delta(env=env, added=(olduser,), image="sha256:v1"))
+    config = Config(store=tmp_path / "s", key="k", index_url=index.url)
+    started = time.monotonic()
+    plan = _plan(config, Manifest(body=Body.of(deltas)), targets, deadline=Deadline(0.5))
+    assert time.monotonic() - started < 1.5
+    reasons = [d.reason for e in plan.environments if e.rebase for d in e.rebase.decisions]
+    assert len(reasons) == 2
+    for reason in reasons:
+        assert reason.endswith(f"the index {index.url} is unreachable (out of time)"), reason
+
+
 def test_the_budget_ends_within_the_restores_deadline() -> None:
     """A plan's index reads end `BUDGET` from now, or when the restore's `--timeout` does
     if that is sooner (already passed: now)."""
