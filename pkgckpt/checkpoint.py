@@ -122,6 +122,26 @@ def _making(env: Environment) -> float | None:
     return None if Path(env.path, "bin", "activate").exists() else made + MAKING_S
 
 
+def _seeded_by(env: Environment, obs: Observation, making: float | None) -> Callable[[str], bool]:
+    """Whether a SEEDED name found in the venv `env`, made while this process ran, is its
+    making's: while it is still being made, yes; once made, only an entry written no later
+    than `bin/activate`, which venv and virtualenv write after seeding. So a setuptools
+    the user installed right after (Python 3.12 seeds pip alone) is the user's."""
+    if making is not None:
+        return lambda name: True
+    try:
+        activated = Path(env.path, "bin", "activate").stat().st_mtime_ns
+    except OSError:
+        return lambda name: False
+    made = obs.made
+
+    def seeded(name: str) -> bool:
+        at = made(name) if made is not None else None
+        return at is not None and at <= activated
+
+    return seeded
+
+
 def same_install(recorded: Package, found: Package) -> bool:
     """`found` is the install `recorded` describes: the same version from the same source
     (`manifest.same_source`); the rest (REQUESTED, INSTALLER) is bookkeeping.
@@ -257,8 +277,9 @@ class Tracker:
                 # it seeds is its making's, as for one new here (`_start`), not two installs
                 # in the history, each written as a generation of its own.
                 track.making, track.activated = _making(env), False
+                seeded = _seeded_by(env, obs, track.making)
                 for name, found in obs.packages.items():
-                    if name.lower() in SEEDED and name not in track.state:
+                    if name.lower() in SEEDED and name not in track.state and seeded(name):
                         track.baseline[name] = track.state[name] = found
         track.env = env
         track.identity = obs.identity

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from pkgckpt import manifest
 from pkgckpt.checkpoint import Observation, Tracker, commit, open_session
 from pkgckpt.config import Config
+from pkgckpt.inventory import Identity
 from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Manifest, Package
 from pkgckpt.store import Store, init_store
 
@@ -86,6 +88,29 @@ def test_what_restore_would_refuse_is_never_recorded() -> None:
     assert names(t.body().delta(ENV))["added"] == ["attrs==23.1.0", "mine==1.0"]
     changes = t.observe(ENV, Observation({**planted, **pkgs("attrs==24.1.0")}))
     assert [(c.action, c.name, c.new) for c in changes] == [("upgrade", "attrs", "24.1.0")]
+
+
+def test_a_venv_made_again_seeds_only_what_its_making_wrote(tmp_path: Path) -> None:
+    """A venv made again at a tracked path while the tracker ran, found made: pip, written
+    before bin/activate, is its making's; setuptools, written after (Python 3.12 seeds pip
+    alone, the user installed it), is the user's and recorded."""
+    prefix = tmp_path / "k"
+    env = Environment(kind="python", path=str(prefix))
+    t = Tracker(None, recorded(), made_since=time.time() - 60)
+    t.observe(env, Observation({}, trusted=False))
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (prefix / "bin" / "activate").write_text("")
+    activated = (prefix / "bin" / "activate").stat().st_mtime_ns
+    written = {"pip": activated - 10**9, "setuptools": activated + 10**9}
+    found = Observation(
+        pkgs("pip==24.0", "setuptools==75.0.0"),
+        identity=Identity(0, ((1, 2),)),
+        made=written.get,
+    )
+    changes = t.observe(env, found)
+    assert [(c.action, c.name) for c in changes] == [("install", "setuptools")]
+    assert names(t.body().delta(env))["added"] == ["setuptools==75.0.0"]
 
 
 def test_install_upgrade_and_observed_uninstall_are_recorded() -> None:
