@@ -686,9 +686,13 @@ def _carried(track: _Track, d: Delta) -> Delta:
         part, p = entries[name]
         parts[part].append(p)
     # A held-back or superseded entry is not relative to this image, even where the image
-    # ships the version it replaced: what held it back is the image's requirements.
+    # ships the version it replaced: what held it back is the image's requirements. A
+    # conda record is never taken as relative to another image: restore holds back what
+    # the image moved under (`restore._conda_held`), by the record's own image, for as
+    # long as the user leaves it so; its dependencies, which no record keeps, may differ.
     whole = same or (
-        not (track.rebased.keys() & entries.keys())
+        track.env.kind != "conda"
+        and not (track.rebased.keys() & entries.keys())
         and all(fits(part, p, track.shipped) for part, p in entries.values())
     )
     return msgspec.structs.replace(

@@ -7,6 +7,7 @@ line of the mamba/conda client (and refuses any other), so these tests check tha
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -26,7 +27,18 @@ from conda_kit import (
 from restore_kit import hermetic, installed, isolated, pkgckpt, put_manifest  # noqa: F401
 from wheelhouse import Dist, build_wheel, make_venv
 
-from pkgckpt.manifest import Body, Delta, Environment, Package, image_identity
+from pkgckpt.checkpoint import Observation, Tracker
+from pkgckpt.manifest import (
+    Baseline,
+    Body,
+    Delta,
+    Environment,
+    Inventory,
+    Manifest,
+    Package,
+    image_identity,
+)
+from pkgckpt.restore import _conda_held
 from pkgckpt.restore.validate import conda_problem
 from pkgckpt.scan.conda import CondaScanner
 
@@ -159,7 +171,34 @@ def test_on_a_new_image_what_it_moved_under_is_held_back(tmp_path: Path, channel
     shutil.rmtree(env["XDG_RUNTIME_DIR"])  # a new container: no baseline of the new image
     code, out = run_restore(tmp_path, env, prefix)
     assert code == 0, out
-    assert conda_state(prefix) == {"tiny": "2.0=h1_0"}
+    assert conda_state(prefix) == {"tiny": "2.0=h1_0"}, out
+
+
+def test_a_held_conda_removal_stays_held_once_the_daemon_writes_on_the_new_image() -> None:
+    """dep's removal, recorded on an image without top, is held back on the new image
+    (which ships top, needing dep). The daemon then records an install there: the record
+    it writes stays relative to the recorded image, so the next restore still holds
+    dep's removal instead of running `remove --force` from under top; once the user
+    removes dep by hand, nothing is held."""
+    conda = Environment(kind="conda", path="/opt/conda/envs/e")
+    pkg = functools.partial(Package, installer="conda", build="h0_0")
+    old = [pkg(name="tiny", version="1.0"), pkg(name="dep", version="1.0")]
+    new = [*old, pkg(name="top", version="1.0")]
+    record = Manifest(generation=1, body=Body.of([Delta(
+        env=conda, removed=(pkg(name="dep", version="1.0"),), image=image_identity(old),
+    )]))  # fmt: skip
+    live = {p.name: p for p in new}
+    assert list(_conda_held(record.body.deltas()[0], new, live)) == ["dep"]
+    tracker = Tracker(Baseline.of([Inventory(env=conda, packages=tuple(new))]), record)
+    tracker.observe(conda, Observation(live))
+    extra = pkg(name="extra", version="1.0")
+    tracker.observe(conda, Observation({**live, "extra": extra}))
+    (written,) = tracker.body().deltas()
+    assert written.image == image_identity(old)
+    assert list(_conda_held(written, new, {**live, "extra": extra})) == ["dep"]
+    # Removed by hand on the new image: nothing left to hold back, nor to do.
+    gone = {n: p for n, p in live.items() if n != "dep"}
+    assert _conda_held(written, new, gone) == {}
 
 
 def test_micromamba_gets_the_same_command_line(tmp_path: Path, channel: Path) -> None:

@@ -565,7 +565,9 @@ def _image(
     return baseline.image(target.env)
 
 
-def _conda_held(delta: Delta, image: Sequence[Package] | None) -> dict[str, Failure]:
+def _conda_held(
+    delta: Delta, image: Sequence[Package] | None, now: Mapping[str, Package]
+) -> dict[str, Failure]:
     """The recorded conda changes not applied on a new image, by name, each as the failure
     that says why.
 
@@ -582,9 +584,11 @@ def _conda_held(delta: Delta, image: Sequence[Package] | None) -> dict[str, Fail
     shipped = {p.name: p for p in image}
     held: dict[str, Failure] = {}
     for p in (*delta.added, *delta.changed):
-        has = shipped.get(p.name)
+        has, here = shipped.get(p.name), now.get(p.name)
         if has is None or has.version == p.replaced:
             continue  # the image did not move under this change
+        if here is not None and (here.version, here.build) == (p.version, p.build):
+            continue  # in place: installed by hand on this image, nothing to do
         if (has.version, has.build) != (p.version, p.build):
             held[p.name] = Failure(
                 name=p.name,
@@ -595,10 +599,10 @@ def _conda_held(delta: Delta, image: Sequence[Package] | None) -> dict[str, Fail
                 "(install it by hand to keep it recorded)",
             )
     for p in delta.removed:
-        if p.name in shipped:
+        if p.name in shipped and p.name in now:
             held[p.name] = Failure(
                 name=p.name,
-                version=shipped[p.name].version,
+                version=p.version,
                 action="remove",
                 message="held back: the new image ships it, and may need it; conda's "
                 "dependencies are not checked, so it is not removed (remove it by hand to "
@@ -737,7 +741,7 @@ def _plan(
             if rebase is not None:
                 install, gone = _rebased(delta, target, rebase, now)
         elif kind == "conda":
-            held = _conda_held(delta, _image(baseline, target, now))
+            held = _conda_held(delta, _image(baseline, target, now), now)
         wanted: tuple[tuple[Literal["added", "changed"], tuple[Package, ...]], ...] = (
             ("added", delta.added),
             ("changed", delta.changed),
