@@ -396,9 +396,10 @@ class Tracker:
                     base = manifest.unapply(base.values(), recorded, own=True)
                     shipped, image = found, recorded.image
         elif self._made_since is not None and made_here(env, self._made_since):
-            base = {n: p for n, p in obs.packages.items() if n.lower() in SEEDED}
-            pinned = frozenset()
             making = _making(env)
+            seeded = _seeded_by(env, obs, making)
+            base = {n: p for n, p in obs.packages.items() if n.lower() in SEEDED and seeded(n)}
+            pinned = frozenset()
         else:
             base, pinned = _inferred_baseline(obs.packages, recorded)
             # Said only where the scan found what the record does not name: an empty or

@@ -113,6 +113,22 @@ def test_a_venv_made_again_seeds_only_what_its_making_wrote(tmp_path: Path) -> N
     assert names(t.body().delta(env))["added"] == ["setuptools==75.0.0"]
 
 
+def test_a_venv_new_here_found_made_seeds_only_what_its_making_wrote(tmp_path: Path) -> None:
+    """A venv made while the tracker ran, first scanned once made (the watch on its parent
+    came late): as for one made again, only what was written before bin/activate is its
+    making's; a setuptools the user installed after is recorded."""
+    prefix = tmp_path / "k"
+    env = Environment(kind="python", path=str(prefix))
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (prefix / "bin" / "activate").write_text("")
+    activated = (prefix / "bin" / "activate").stat().st_mtime_ns
+    written = {"pip": activated - 10**9, "setuptools": activated + 10**9}
+    t = Tracker(None, recorded(), made_since=time.time() - 60)
+    t.observe(env, Observation(pkgs("pip==24.0", "setuptools==75.0.0"), made=written.get))
+    assert names(t.body().delta(env))["added"] == ["setuptools==75.0.0"]
+
+
 def test_install_upgrade_and_observed_uninstall_are_recorded() -> None:
     """Seen installs and upgrades enter the record; a package seen and then gone leaves it."""
     t = Tracker(BASELINE, None)
