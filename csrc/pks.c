@@ -35,6 +35,18 @@ static int wanted(const char *name, size_t len, const char *suffixes)
     return 0;
 }
 
+/* In nanoseconds, saturated: anyone who may write a shared library may set an entry's
+ * time to year 2300 or 1600, which overflows int64 (undefined behaviour in C). The
+ * Python listing clamps to the same bounds, so both give one answer. */
+static int64_t mtime_ns(const struct timespec *t)
+{
+    int64_t ns;
+    if (__builtin_mul_overflow((int64_t)t->tv_sec, (int64_t)1000000000, &ns)
+        || __builtin_add_overflow(ns, (int64_t)t->tv_nsec, &ns))
+        return t->tv_sec < 0 ? INT64_MIN : INT64_MAX;
+    return ns;
+}
+
 static int probe_inside(int dfd, const char *name, const char *probe)
 {
     char path[PATH_MAX];
@@ -77,7 +89,7 @@ int pks_list(int dfd, const char *suffixes, const char *probe_in, const char *pr
             }
             struct pks_entry *e = &out[n++];
             e->ino = (uint64_t)st.st_ino;
-            e->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+            e->mtime_ns = mtime_ns(&st.st_mtim);
             e->mode = (uint32_t)st.st_mode;
             e->flags = 0;
             if (probe && S_ISDIR(st.st_mode) && ends_with(d->d_name, len, probe_in)) {

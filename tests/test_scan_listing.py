@@ -37,6 +37,10 @@ def site(tmp_path: Path) -> Path:
     (site / "module").mkdir()
     (site / "module.py").write_text("")
     os.mkdir(os.fsencode(site) + b"/caf\xe9-1.0.dist-info")  # noqa: PTH102 (bytes: not UTF-8)
+    # Planted times past int64 nanoseconds either way: both listings saturate alike.
+    for name, seconds in (("future-1.0.dist-info", 10**10), ("past-1.0.dist-info", -(10**10))):
+        (site / name).mkdir()
+        os.utime(site / name, ns=(0, seconds * 10**9 + 7))
     return site
 
 

@@ -21,6 +21,7 @@ Entry = tuple[str, int, int, int, bool | None]
 inside the entry; None when it was not looked for."""
 
 _RECORD = struct.Struct("=QqIIII")
+_NS_MIN, _NS_MAX = -(2**63), 2**63 - 1
 
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
@@ -58,7 +59,8 @@ def lstat_each(
         probed = None
         if probe is not None and stat.S_ISDIR(st.st_mode) and name.endswith(probe_in):
             probed = os.access(f"{name}/{probe}", os.F_OK, dir_fd=fd)
-        found.append((name, st.st_ino, st.st_mtime_ns, st.st_mode, probed))
+        mtime_ns = min(max(st.st_mtime_ns, _NS_MIN), _NS_MAX)  # as pks.c saturates it
+        found.append((name, st.st_ino, mtime_ns, st.st_mode, probed))
     return found
 
 
