@@ -689,7 +689,7 @@ def _carried(track: _Track, d: Delta) -> Delta:
     # A held-back or superseded entry is not relative to this image, even where the image
     # ships the version it replaced: what held it back is the image's requirements. A
     # conda record is never taken as relative to another image: restore holds back what
-    # the image moved under (`restore._conda_held`), by the record's own image, for as
+    # the image moved under (`restore._conda_rebase`), by the record's own image, for as
     # long as the user leaves it so; its dependencies, which no record keeps, may differ.
     whole = same or (
         track.env.kind != "conda"

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -22,6 +23,7 @@ from conda_kit import (
     client_calls,
     conda_client,
     conda_install,
+    conda_remove,
     index,
 )
 from restore_kit import hermetic, installed, isolated, pkgckpt, put_manifest  # noqa: F401
@@ -38,7 +40,7 @@ from pkgckpt.manifest import (
     Package,
     image_identity,
 )
-from pkgckpt.restore import _conda_held
+from pkgckpt.restore import _conda_rebase
 from pkgckpt.restore.validate import conda_problem
 from pkgckpt.scan.conda import CondaScanner
 
@@ -48,6 +50,7 @@ PACKAGES = [
     CondaPkg("tiny", "3.0", build="h2_0"),
     CondaPkg("dep", "1.0"),
     CondaPkg("top", "1.0", depends=("dep",)),
+    CondaPkg("extra", "1.0"),
 ]
 
 
@@ -174,6 +177,78 @@ def test_on_a_new_image_what_it_moved_under_is_held_back(tmp_path: Path, channel
     assert conda_state(prefix) == {"tiny": "2.0=h1_0"}, out
 
 
+def moved_under(tmp_path: Path, channel: Path) -> tuple[Path, dict[str, str]]:
+    """A prefix of the new image (tiny 3.0, dep, top, which needs dep) and a record taken
+    on the old one (tiny 1.0, dep): extra added, tiny upgraded to 2.0, dep removed. The
+    image moved under the upgrade and the removal, not under the addition."""
+    old = tmp_path / "old"
+    conda_install(old, channel, "tiny=1.0", "dep", cache=tmp_path / "cache")
+    was = image_identity(CondaScanner(old / "conda-meta").scan().packages.values())
+    prefix = tmp_path / "env"
+    conda_install(prefix, channel, "tiny=3.0", "dep", "top", cache=tmp_path / "cache")
+    conda = Environment(kind="conda", path=str(prefix))
+    upgraded = msgspec.structs.replace(conda_pkg("tiny", "2.0", "h1_0", channel), replaced="1.0")
+    put_manifest(tmp_path / "store", "k", Body.of([Delta(
+        env=conda, added=(conda_pkg("extra", "1.0", "h0_0", channel),), changed=(upgraded,),
+        removed=(conda_pkg("dep", "1.0", "h0_0", channel),), image=was,
+    )]))  # fmt: skip
+    return prefix, restore_env(tmp_path, channel)
+
+
+def held_back(env_json: dict[str, Any]) -> dict[str, str]:
+    """name -> version of what one environment of a plan or status holds back."""
+    rebase = env_json["rebase"]
+    assert rebase is not None, env_json
+    return {d["name"]: d["version"] for d in rebase["decisions"] if d["action"] == "held-back"}
+
+
+def test_a_held_conda_change_is_reported_as_held_back_not_failed(
+    tmp_path: Path, channel: Path
+) -> None:
+    """What the new image moved under is held back as a Python change is: the dry run,
+    the report, `--json` (the rebase's decisions, not a failure) and the summary say so
+    and count it as held back, and the restore exits 3; the addition is installed."""
+    prefix, env = moved_under(tmp_path, channel)
+    code, out = run_restore(tmp_path, env, prefix, "--dry-run")
+    assert code == 0, out
+    assert "tiny 2.0 held back: the new image ships tiny 3.0" in out, out
+    assert "dep 1.0 held back: the new image ships it" in out, out
+    assert "install extra 1.0" in out and "install tiny" not in out and "cannot" not in out, out
+    code, out = run_restore(tmp_path, env, prefix, "--dry-run", "--json")
+    assert code == 0, out
+    (planned,) = json.loads(out)["plan"]["environments"]
+    assert planned["blocked"] == [] and held_back(planned) == {"tiny": "2.0", "dep": "1.0"}
+
+    code, out = run_restore(tmp_path, env, prefix)
+    assert code == 3, out
+    assert "installed 1, removed 0, failed 0" in out and "failed to" not in out, out
+    assert "Restore incomplete: 2 package(s) held back by the new image." in out, out
+    assert "restore incomplete: 2 package(s) held back by the new image (" in out, out
+    assert conda_state(prefix) == {
+        "tiny": "3.0=h2_0", "dep": "1.0=h0_0", "top": "1.0=h0_0", "extra": "1.0=h0_0"
+    }  # fmt: skip
+
+    conda_remove(prefix, "extra", cache=tmp_path / "cache")
+    code, out = run_restore(tmp_path, env, prefix, "--json")
+    assert code == 3, out
+    report = json.loads(out[: out.rindex("}") + 1])
+    (planned,) = report["plan"]["environments"]
+    assert planned["blocked"] == [] and held_back(planned) == {"tiny": "2.0", "dep": "1.0"}
+    (done,) = report["environments"]
+    assert done["failed"] == [] and done["installed"] == ["extra==1.0"], done
+    chan = f"file://{channel}"
+    assert client_calls(tmp_path / "client.log") == 2 * [
+        ["mamba", "install", "--prefix", str(prefix), "--yes", "--override-channels",
+         "--channel", chan, "--no-deps", "--", f"{chan}::extra=1.0=h0_0"],
+    ]  # fmt: skip
+
+
+def held(delta: Delta, image: list[Package], live: dict[str, Package]) -> list[str]:
+    """The names restore holds back of `delta` on `image` with `live` installed."""
+    rebase = _conda_rebase(delta, image, live)
+    return [d.name for d in rebase.held_back()] if rebase is not None else []
+
+
 def test_a_held_conda_removal_stays_held_once_the_daemon_writes_on_the_new_image() -> None:
     """dep's removal, recorded on an image without top, is held back on the new image
     (which ships top, needing dep). The daemon then records an install there: the record
@@ -188,17 +263,17 @@ def test_a_held_conda_removal_stays_held_once_the_daemon_writes_on_the_new_image
         env=conda, removed=(pkg(name="dep", version="1.0"),), image=image_identity(old),
     )]))  # fmt: skip
     live = {p.name: p for p in new}
-    assert list(_conda_held(record.body.deltas()[0], new, live)) == ["dep"]
+    assert held(record.body.deltas()[0], new, live) == ["dep"]
     tracker = Tracker(Baseline.of([Inventory(env=conda, packages=tuple(new))]), record)
     tracker.observe(conda, Observation(live))
     extra = pkg(name="extra", version="1.0")
     tracker.observe(conda, Observation({**live, "extra": extra}))
     (written,) = tracker.body().deltas()
     assert written.image == image_identity(old)
-    assert list(_conda_held(written, new, {**live, "extra": extra})) == ["dep"]
+    assert held(written, new, {**live, "extra": extra}) == ["dep"]
     # Removed by hand on the new image: nothing left to hold back, nor to do.
     gone = {n: p for n, p in live.items() if n != "dep"}
-    assert _conda_held(written, new, gone) == {}
+    assert held(written, new, gone) == []
 
 
 def test_micromamba_gets_the_same_command_line(tmp_path: Path, channel: Path) -> None:

@@ -63,9 +63,11 @@ superseded (the image caught up) or held back (it would break an image package),
 installs resolve their dependencies within the untouched installed versions (`-c`).
 An R library's record is read against the R packages the image ships in every R library
 here (`rimage.py`); only when that supersedes or holds back something is it a rebase.
-Held-back entries are reported and make the exit code 3; they stay recorded (with their
-state and reason, through `record.remember`) and come back at a later restore onto an
-image that no longer conflicts.
+A conda environment's record holds back what the new image moved under
+(`_conda_rebase`), and only then is it a rebase. Held-back entries, of every kind, are
+reported as held back (not as failures) and make the exit code 3; they stay recorded
+(with their state and reason, through `record.remember`) and come back at a later
+restore onto an image that no longer conflicts.
 
 Failures: when a batch fails, the environment is rescanned (pip may have installed part
 of it) and what is still missing is split in halves, each installed again, down to single
@@ -110,7 +112,7 @@ from ..manifest import (
 from ..rmatch import carry_on, moved, pair, stale_build, superseded
 from ..runner import redact_text, stop_on_signals
 from ..scan.python import strip_credentials
-from .rebase import Decision, Rebase
+from .rebase import Action, Decision, Part, Rebase
 from .runner import ArtifactInstaller, Deadline, Installer, Outcome
 from .validate import canonical, check_body
 from .venv import Remade, kernel_prefix, remake, stranded
@@ -565,50 +567,86 @@ def _image(
     return baseline.image(target.env)
 
 
-def _conda_held(
+def _conda_rebase(
     delta: Delta, image: Sequence[Package] | None, now: Mapping[str, Package]
-) -> dict[str, Failure]:
-    """The recorded conda changes not applied on a new image, by name, each as the failure
-    that says why.
+) -> Rebase | None:
+    """A conda environment's record read against a new image: every entry classified as
+    `rebase.py` and `rimage.py` classify theirs, so that what is held back is reported,
+    counted and recorded as theirs is; None when nothing is held back.
 
-    Python and R are rebased (`rebase`, `rimage`); conda is not: its records keep no
-    dependencies, and `--no-deps` or `remove --force` over an image that changed could
+    Python and R are checked against their requirements; conda is not: its records keep
+    no dependencies, and `--no-deps` or `remove --force` over an image that changed could
     break it unseen. So a change the new image moved under (it ships another version than
     the one the user changed, or ships what the user added) and a removal of what it
-    still ships are held back, and restore says so (exit 3). On the recorded image, or
-    where the image is not known, the record is applied as it stands."""
+    still ships are held back (exit 3). On the recorded image, or where the image is not
+    known, the record is applied as it stands."""
     if image is None or delta.image in (None, image_identity(image)):
-        return {}
+        return None
     if recorded_image(image, delta) is not None:
-        return {}  # the recorded image, seen through an environment that outlived it
+        return None  # the recorded image, seen through an environment that outlived it
     shipped = {p.name: p for p in image}
-    held: dict[str, Failure] = {}
-    for p in (*delta.added, *delta.changed):
-        has, here = shipped.get(p.name), now.get(p.name)
-        if has is None or has.version == p.replaced:
-            continue  # the image did not move under this change
-        if here is not None and (here.version, here.build) == (p.version, p.build):
-            continue  # in place: installed by hand on this image, nothing to do
-        if (has.version, has.build) != (p.version, p.build):
-            held[p.name] = Failure(
-                name=p.name,
-                version=p.version,
-                action="install",
-                message=f"held back: the new image ships {p.name} {has.version}; conda's "
-                "dependencies are not checked, so the recorded version is not put over it "
-                "(install it by hand to keep it recorded)",
+    decisions: list[Decision] = []
+    parts: tuple[tuple[Part, tuple[Package, ...]], ...] = (
+        ("added", delta.added),
+        ("changed", delta.changed),
+    )
+    for part, packages in parts:
+        for p in packages:
+            has, here = shipped.get(p.name), now.get(p.name)
+            action: Action = "install"
+            reason = f"{part} by the user" + (f"; the image ships {has.version}" if has else "")
+            if _in_place("conda", p, here):
+                action, reason = "nothing", "in place"  # installed by hand on this image
+            elif (
+                has is not None
+                and has.version != p.replaced  # else the image did not move under it
+                and (has.version, has.build) != (p.version, p.build)
+            ):
+                action = "held-back"
+                reason = (
+                    f"the new image ships {p.name} {has.version}; conda's dependencies are "
+                    "not checked, so the recorded version is not put over it (install it by "
+                    "hand to keep it recorded)"
+                )
+            decisions.append(
+                Decision(
+                    name=p.name,
+                    version=p.version,
+                    recorded=part,
+                    image=has.version if has else None,
+                    action=action,
+                    reason=reason,
+                )
             )
     for p in delta.removed:
-        if p.name in shipped and p.name in now:
-            held[p.name] = Failure(
+        has = shipped.get(p.name)
+        action, reason = "remove", "removed by the user"
+        if p.name not in now:
+            action = "nothing"
+            reason = "the image ships none" if has is None else "not installed here"
+        elif has is not None:
+            action = "held-back"
+            reason = (
+                "the new image ships it, and may need it; conda's dependencies are not "
+                "checked, so it is not removed (remove it by hand to keep the removal recorded)"
+            )
+        decisions.append(
+            Decision(
                 name=p.name,
                 version=p.version,
-                action="remove",
-                message="held back: the new image ships it, and may need it; conda's "
-                "dependencies are not checked, so it is not removed (remove it by hand to "
-                "keep the removal recorded)",
+                recorded="removed",
+                image=has.version if has else None,
+                action=action,
+                reason=reason,
             )
-    return held
+        )
+    if not any(d.action == "held-back" for d in decisions):
+        return None
+    return Rebase(
+        image_old=delta.image,
+        image_new=image_identity(image),
+        decisions=tuple(sorted(decisions, key=lambda d: d.name)),
+    )
 
 
 def _beneath(target: Target, targets: Sequence[Target]) -> Target | None:
@@ -642,6 +680,8 @@ def _rebased(
                     source=p.source,
                     installed=None if have is None else have.version,
                     reason="added" if d.recorded == "added" else "changed",
+                    build=p.build,
+                    channel=p.channel,
                     artifact=p.artifact,
                     rebuild=stale_build(have, target.env) if placed else None,
                 )
@@ -717,7 +757,6 @@ def _plan(
         install: list[Step] = []
         gone: list[Step] = []
         rebase: Rebase | None = None
-        held: dict[str, Failure] = {}
         if kind == "python":
             from .rebase import needed
 
@@ -741,15 +780,15 @@ def _plan(
             if rebase is not None:
                 install, gone = _rebased(delta, target, rebase, now)
         elif kind == "conda":
-            held = _conda_held(delta, _image(baseline, target, now), now)
+            rebase = _conda_rebase(delta, _image(baseline, target, now), now)
+            if rebase is not None:
+                install, gone = _rebased(delta, target, rebase, now)
         wanted: tuple[tuple[Literal["added", "changed"], tuple[Package, ...]], ...] = (
             ("added", delta.added),
             ("changed", delta.changed),
         )
         for reason, packages in wanted if rebase is None else ():
             for p in packages:
-                if p.name in held:
-                    continue
                 have = now.get(_key(kind, p.name))
                 placed = _in_place(kind, p, have)
                 rebuild = stale_build(have, target.env) if placed else None
@@ -768,8 +807,6 @@ def _plan(
                         )
                     )
         for p in delta.removed if rebase is None else ():
-            if p.name in held:
-                continue
             # Whatever version the image has now: the user removed the package, not a version.
             have = now.get(_key(kind, p.name))
             if have is not None:
@@ -781,11 +818,11 @@ def _plan(
                         reason="removed",
                     )
                 )
-        if not install and not gone and rebase is None and not held:
+        if not install and not gone and rebase is None:
             continue
         # The target's env (this container's interpreter and platform), not the manifest's.
         installer = _installer(target.env, config, rebase)
-        blocked: list[Failure] = list(held.values())
+        blocked: list[Failure] = []
         ready: list[Step] = []
         for step in sorted(install, key=lambda s: _key(kind, s.name)):
             # An artifact that fits needs no source: an R library restored from its
