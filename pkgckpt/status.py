@@ -699,6 +699,10 @@ def _rebase(
         from .restore.rimage import rebase_r
 
         return rebase_r(delta, target, found, baseline, live, config)
+    if target.env.kind == "conda":
+        from .restore import _conda_rebase, _image
+
+        return _conda_rebase(delta, _image(baseline, target, live), live)
     if target.env.kind != "python":
         return None
     from .restore import _beneath

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -241,6 +241,36 @@ def test_a_held_conda_change_is_reported_as_held_back_not_failed(
         ["mamba", "install", "--prefix", str(prefix), "--yes", "--override-channels",
          "--channel", chan, "--no-deps", "--", f"{chan}::extra=1.0=h0_0"],
     ]  # fmt: skip
+
+
+def test_status_says_a_conda_change_is_held_back_not_restored_or_failing(
+    tmp_path: Path, channel: Path
+) -> None:
+    """`pkgckpt status` reads a conda record against the new image as restore does: what
+    restore holds back is listed as held back, not as something restore would do, and
+    after a restore it is not a failing package."""
+    prefix, env = moved_under(tmp_path, channel)
+
+    def status() -> dict[str, Any]:
+        out = pkgckpt("status", "--json", "--store", str(tmp_path / "store"), "--key", "k",
+                      "--env", str(prefix), env=env)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        found = json.loads(out.stdout)["environments"]
+        (conda,) = (e for e in found if e["env"]["kind"] == "conda")
+        return cast("dict[str, Any]", conda)
+
+    seen = status()
+    assert held_back(seen) == {"tiny": "2.0", "dep": "1.0"}
+    assert [c["name"] for c in seen["unrestored"]] == ["extra"], seen
+    code, out = run_restore(tmp_path, env, prefix)
+    assert code == 3, out
+    seen = status()
+    assert held_back(seen) == {"tiny": "2.0", "dep": "1.0"}
+    assert seen["unrestored"] == [] and seen["failing"] == [], seen
+    text = pkgckpt("status", "--store", str(tmp_path / "store"), "--key", "k",
+                   "--env", str(prefix), env=env).stdout  # fmt: skip
+    assert "tiny 2.0 held back: the new image ships tiny 3.0" in text, text
+    assert "failing" not in text and "restore  " not in text, text
 
 
 def held(delta: Delta, image: list[Package], live: dict[str, Package]) -> list[str]:
