@@ -304,8 +304,9 @@ def snapshot(cfg: config.Config) -> int:
     "--on-conflict",
     type=click.Choice(["image", "user"]),
     default=None,
-    help="On a new image, a recorded change that would break an image package: hold it "
-    "back (image, the default; exit 3) or install it anyway (user).",
+    help="On a new image, a recorded Python or R change that would break an image "
+    "package: hold it back (image, the default; exit 3) or install it anyway (user). "
+    "Conda changes the image moved under are held back either way.",
 )
 @click.option(
     "--r-repo", multiple=True, metavar="URL", help="R repository (CRAN mirror); repeatable."
