@@ -15,7 +15,8 @@ the daemon's status file, so the two never disagree.
     pkgckpt_scan_seconds                      summary  the daemon's scans (_count, _sum)
     pkgckpt_restore_seconds                   gauge    the last restore's duration
     pkgckpt_restore_packages{outcome}         gauge    the last restore: installed,
-                                                       removed, kept, failed
+                                                       removed, kept, failed,
+                                                       held_back (by a new image)
     pkgckpt_artifact_bytes                    gauge    bytes of the key's artifacts on
                                                        the store (when the cache exists)
 

@@ -227,6 +227,11 @@ def test_a_held_conda_change_is_reported_as_held_back_not_failed(
     assert conda_state(prefix) == {
         "tiny": "3.0=h2_0", "dep": "1.0=h0_0", "top": "1.0=h0_0", "extra": "1.0=h0_0"
     }  # fmt: skip
+    metrics = pkgckpt("status", "--prometheus", "--store", str(tmp_path / "store"),
+                      "--key", "k", "--env", str(prefix), env=env)  # fmt: skip
+    outcomes = 'pkgckpt_restore_packages{key="k",outcome="%s"} %d'
+    assert outcomes % ("held_back", 2) in metrics.stdout, metrics.stdout
+    assert outcomes % ("failed", 0) in metrics.stdout, metrics.stdout
 
     conda_remove(prefix, "extra", cache=tmp_path / "cache")
     code, out = run_restore(tmp_path, env, prefix, "--json")

@@ -1214,6 +1214,9 @@ def _record(config: Config, report: Report, seconds: float) -> None:
         outcomes["removed"] += len(e.removed)
         outcomes["kept"] += len(e.kept)
         outcomes["failed"] += len(e.failed)
+    # Beside `failed`, not in it: an alert on failures should not fire for every user whose
+    # change a new image holds back, yet a fleet should see how many are.
+    outcomes["held_back"] = len(report.plan.held_back())
     record_restore(config, seconds, outcomes)
 
 
