@@ -239,3 +239,95 @@ def test_hostile_rebase_fields_refuse_the_manifest(delta: Delta) -> None:
     the interpreter) must be a version, a digest, a version: else nothing is installed."""
     with pytest.raises(ManifestError):
         validate.check_body(Body(environments=(delta,)))
+
+
+LEGACY = ["1.1build1", "0.1.43ubuntu1", "2.4.0-ubuntu1", "1.0~rc1", "1.0_1", "0.3-SNAPSHOT"]
+"""Versions an image's apt or an old setuptools wrote, which pip calls non-standard."""
+
+
+@pytest.mark.parametrize("version", LEGACY)
+def test_a_non_pep440_image_version_passes_as_replaced_or_removed(version: str) -> None:
+    """The image's version an upgrade replaced, and the version of an image package the
+    user removed, may be a non-standard one (Ubuntu's `distro-info 1.1build1`): neither
+    is put on a command line, and refusing them would restore nothing at all."""
+    assert not validate.python_version(version)
+    upgraded = Package(name="python-debian", version="0.1.49", replaced=version)
+    removed = Package(name="distro-info", version=version)
+    validate.check_body(Body(environments=(Delta(env=PY, changed=(upgraded,)),)))
+    validate.check_body(body(Package(name="six", version="1.16.0"), removed=(removed,)))
+    assert validate.package_problem(removed, "python", removed=True) is None
+
+
+@pytest.mark.parametrize("version", LEGACY)
+def test_what_the_user_installed_stays_pep440(version: str) -> None:
+    """An addition's version, and a change's new version, are pinned as `name==version`:
+    a non-standard one still refuses the manifest, and the checkpoint does not record it."""
+    with pytest.raises(ManifestError, match="not a valid PEP 440 version"):
+        validate.check_body(body(Package(name="ok", version=version)))
+    changed = Package(name="ok", version=version, replaced="1.0")
+    with pytest.raises(ManifestError, match="not a valid PEP 440 version"):
+        validate.check_body(Body(environments=(Delta(env=PY, changed=(changed,)),)))
+    assert validate.package_problem(Package(name="ok", version=version), "python") is not None
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        "-1.0",
+        "--index-url=https://evil.example/simple",
+        ".1",
+        "_1",
+        "~1",
+        " 1.0",
+        "1.0 ",
+        "1.0 beta",
+        "1.0\t",
+        "1.0\n",
+        "1.0\x00",
+        "1.0\x1b[2J",
+        "1.0;id",
+        "$(id)",
+        "1.0`id`",
+        "1.0|sh",
+        "1.0/../x",
+        ">=1.0",
+        "1.*",
+        "1.0,2.0",
+        "1.0@x",
+        "1:2.0",
+        "1.\u0661",  # ARABIC-INDIC DIGIT ONE
+        "1.0\u200b",
+        "",
+        "1" * 129,
+    ],
+)
+def test_hostile_image_versions_still_refuse_the_manifest(version: str) -> None:
+    """A replaced or removed version with whitespace, control characters, shell or
+    requirement syntax, a leading `-`, non-ASCII or over 128 characters refuses the
+    manifest as before."""
+    assert not validate.legacy_version(version)
+    upgraded = Package(name="six", version="1.16.0", replaced=version)
+    with pytest.raises(ManifestError, match="is not a version"):
+        validate.check_body(Body(environments=(Delta(env=PY, changed=(upgraded,)),)))
+    with pytest.raises(ManifestError, match="not a valid version"):
+        validate.check_body(body(removed=(Package(name="distro-info", version=version),)))
+
+
+def test_r_versions_stay_strict_where_python_takes_legacy_ones() -> None:
+    """R CMD INSTALL refuses a malformed version, so no R library holds one: in an R
+    library a removed or replaced version must still be R's."""
+    removed = Package(name="foo", version="1.0build1")
+    with pytest.raises(ManifestError, match="not a valid R version"):
+        validate.check_body(body(removed=(removed,), env=R))
+    upgraded = Package(name="foo", version="1.1", replaced="1.0build1")
+    with pytest.raises(ManifestError, match="is not a version"):
+        validate.check_body(Body(environments=(Delta(env=R, changed=(upgraded,)),)))
+
+
+@given(st.text(max_size=40))
+def test_an_accepted_legacy_version_is_one_harmless_word(text: str) -> None:
+    """Whatever the legacy check accepts is printable ASCII with no whitespace, no shell
+    or requirement syntax, and no leading `-`."""
+    if validate.legacy_version(text):
+        assert text.isascii() and text.isprintable() and text[0] not in "-._~+"
+        assert not any(c in text for c in " \t;|&$`'\"\\\n\x00<>=!,@:/*()[]{}#%")

@@ -8,6 +8,16 @@ What passes is safe to put after `--` on an installer's command line, one argv e
 requirement. The patterns are ASCII-only and matched with `fullmatch` (`$` would accept a
 trailing newline; IGNORECASE alone would let `K` (Kelvin sign) stand for `k`).
 
+An image's own Python distributions may have versions that are not PEP 440: Ubuntu's apt
+installs `distro-info 1.1build1` and `python-debian 0.1.43ubuntu1` (pip says each "has a
+non-standard version number"). The user may upgrade or remove one, so the image's version
+an upgrade `replaced`, and the version of a removed package, may also be a
+`legacy_version()`: neither reaches a command line (a removal names the package alone,
+`pip uninstall -- NAME`; `replaced` is only compared and shown), so a conservative ASCII
+charset is enough. What the user installed (an addition, the new version of a change) is
+still PEP 440: it is pinned as `name==version`. R versions stay strict everywhere: `R CMD
+INSTALL` refuses a malformed one, so no R library holds one.
+
 Whether a well-formed source may be fetched (URL scheme allowed, local path present) is a
 separate question, answered per package by the installer's `blocked()`: such a package is
 reported as a failure, while the rest is restored.
@@ -53,6 +63,9 @@ _R_VERSION = re.compile(r"[0-9]+(?:[.-][0-9]+)+", re.ASCII)
 # A release segment alone ("1.26.4"), what nearly every version is, is valid PEP 440 as it
 # stands: no need to import packaging and compile its pattern (~4 ms of a no-op) for it.
 _PY_RELEASE = re.compile(r"[0-9]+(?:\.[0-9]+)*", re.ASCII)
+# No whitespace, control characters or shell or requirement syntax, and no leading "-" or
+# ".": what is shown in a report or a plan stays one harmless word.
+_LEGACY_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*", re.ASCII)
 _HEX = re.compile(r"[0-9a-f]{7,128}", re.ASCII)
 _REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]*", re.ASCII)
 _SUBDIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*", re.ASCII)
@@ -106,6 +119,18 @@ def python_version(version: str) -> bool:
         _PY_RELEASE.fullmatch(version) is not None
         or _python_version_pattern().fullmatch(version) is not None
     )
+
+
+def legacy_version(version: str) -> bool:
+    """A version an image's distribution may have that is not PEP 440 (`1.1build1`,
+    `0.1.43ubuntu1`): letters, digits and `._+~-`, starting with a letter or digit. Only
+    for what never reaches an installer's command line (see the module)."""
+    return len(version) <= MAX_VERSION and _LEGACY_VERSION.fullmatch(version) is not None
+
+
+def image_version(version: str) -> bool:
+    """A version of a distribution an image shipped: PEP 440, or a `legacy_version`."""
+    return python_version(version) or legacy_version(version)
 
 
 def r_name(name: str) -> bool:
@@ -253,13 +278,17 @@ def delta_problems(delta: Delta) -> Iterator[str]:
     if delta.env.interpreter is not None and _INTERPRETER.fullmatch(delta.env.interpreter) is None:
         yield f"{where}: {_show(delta.env.interpreter)} is not an interpreter version"
     seen: set[str] = set()
-    for package in (*delta.added, *delta.changed, *delta.removed):
+    entries = [
+        *((p, False) for p in (*delta.added, *delta.changed)),
+        *((p, True) for p in delta.removed),
+    ]
+    for package, removed in entries:
         if package.replaced is not None and not (
-            python_version(package.replaced) if python else r_version(package.replaced)
+            image_version(package.replaced) if python else r_version(package.replaced)
         ):
             yield f"{where}: {_show(package.name)}: {_show(package.replaced)} is not a version"
             continue
-        problem = package_problem(package, delta.env.kind)
+        problem = package_problem(package, delta.env.kind, removed=removed)
         if problem:
             yield f"{where}: {problem}"
             continue
@@ -269,15 +298,18 @@ def delta_problems(delta: Delta) -> Iterator[str]:
         seen.add(key)
 
 
-def package_problem(package: Package, kind: str) -> str | None:
+def package_problem(package: Package, kind: str, *, removed: bool = False) -> str | None:
     """Why `package`, in an environment of `kind`, makes `check_body` refuse a manifest, or
-    None: the checkpoint records no package restore would refuse the whole record for."""
+    None: the checkpoint records no package restore would refuse the whole record for.
+    `removed`: an image package the user removed, whose Python version may be legacy."""
     if kind == "conda":
         return conda_problem(package)
     if kind == "python":
         if not python_name(package.name):
             return f"{_show(package.name)} is not a valid distribution name"
-        if not python_version(package.version):
+        if removed and not image_version(package.version):
+            return f"{package.name}: {_show(package.version)} is not a valid version"
+        if not removed and not python_version(package.version):
             return f"{package.name}: {_show(package.version)} is not a valid PEP 440 version"
         problem = _source_problem(package)
         if isinstance(package.source, LocalSource):

@@ -1,0 +1,145 @@
+"""An image whose own distributions have non-PEP 440 versions (Ubuntu's apt installs
+`distro-info 1.1build1` and `python-debian 0.1.43ubuntu1`): the user removes and upgrades
+them under the real daemon, and `pkgckpt restore` puts the record back, on the same image
+and on a new one (restore/validate.py, restore/rebase.py)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from daemon_kit import World, uv_install
+from restore_kit import installed
+from wheelhouse import Dist, Venv, build_wheel, make_venv, pip
+
+from pkgckpt.manifest import Delta
+
+pytestmark = pytest.mark.slow
+
+V1 = {"distro-info": "1.1build1", "python-debian": "0.1.43ubuntu1", "imgtool": "2.0build1"}
+"""Image v1's apt-installed distributions."""
+V2 = {"distro-info": "1.1build2", "imgtool": "2.0build3"}
+"""Image v2's: python-debian now comes as 0.1.50 from an index (`V2_WHEELS`)."""
+V2_WHEELS = ["python-debian==0.1.50"]
+USER = ["python-debian==0.1.49", "imgtool==2.1", "newpkg==1.0"]
+"""The user's upgrades of two of the image's packages, and an addition."""
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("legacy-wheels")
+    for dist in (
+        Dist("python-debian", "0.1.49"),
+        Dist("python-debian", "0.1.50"),
+        Dist("imgtool", "2.1"),
+        Dist("newpkg", "1.0"),
+        Dist("six", "1.16.0"),
+    ):
+        build_wheel(dist, out)
+    return out
+
+
+def apt_install(site: Path, name: str, version: str) -> None:
+    """What a distribution's package manager leaves: a dist-info with the version as it
+    wrote it, pip does not parse, and a RECORD so that pip can uninstall it."""
+    module = name.replace("-", "_")
+    info = site / f"{module}-{version}.dist-info"
+    info.mkdir()
+    (site / f"{module}.py").write_text(f"__version__ = {version!r}\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "INSTALLER").write_text("debian\n")
+    files = [f"{module}.py", *(f"{info.name}/{f}" for f in ("METADATA", "INSTALLER", "RECORD"))]
+    (info / "RECORD").write_text("".join(f"{f},,\n" for f in files))
+
+
+@dataclass
+class Image:
+    world: World
+    wheels: Path
+
+    @property
+    def venv(self) -> Venv:
+        return Venv(self.world.tmp / "venv")
+
+    def start(self, apt: dict[str, str], reqs: list[str], name: str) -> Path:
+        """A new container: the venv made again with `reqs` from the index and `apt`
+        planted beside them, its baseline taken to `name`, an empty runtime directory."""
+        v = make_venv(self.venv.prefix, with_pip=False)
+        # uv refuses to work in an environment holding a non-standard version at all:
+        # it installs first, then the package manager's files go in.
+        uv_install(v.python, self.wheels, "six==1.16.0", *reqs, env=self.world.env)
+        for dist, version in apt.items():
+            apt_install(v.site_packages, dist, version)
+        shutil.rmtree(self.world.runtime, ignore_errors=True)
+        baseline = self.world.tmp / name
+        made = self.world.pkgckpt("baseline", "--env", str(v.prefix), "--output", str(baseline))
+        assert made.returncode == 0, made.stderr
+        return baseline
+
+    def flags(self, baseline: Path) -> list[str]:
+        return [*self.world.flags(self.venv.prefix), "--baseline", str(baseline)]
+
+    def pip(self, *args: str) -> str:
+        """The user's pip (the one running the tests, pointed at the venv)."""
+        return pip(sys.executable, "--python", str(self.venv.python), *args, env=self.world.env)
+
+    def restore(self, baseline: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.world.pkgckpt(
+            "restore", *self.flags(baseline), "--installer", "pip", "--no-index",
+            "--find-links", str(self.wheels), *extra, timeout=300,
+        )  # fmt: skip
+
+    def installed(self) -> dict[str, str]:
+        return {
+            name.replace("_", "-"): version
+            for name, version in installed(self.venv.site_packages).items()
+        }
+
+
+def recorded_on_v1(tmp_path: Path, wheels: Path) -> Image:
+    image = Image(World.make(tmp_path), wheels)
+    b1 = image.start(V1, [], "b1.json")
+    daemon = image.world.daemon(*image.flags(b1), "--quiet-ms", "100").start()
+    try:
+        image.pip("uninstall", "--yes", "distro-info")
+        image.pip("install", "--no-index", "--find-links", str(wheels), *USER)
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+    delta: Delta = image.world.delta()
+    assert [(p.name, p.version) for p in delta.removed] == [("distro-info", "1.1build1")]
+    assert {p.name: (p.replaced, p.version) for p in delta.changed} == {
+        "python-debian": ("0.1.43ubuntu1", "0.1.49"),
+        "imgtool": ("2.0build1", "2.1"),
+    }
+    assert [(p.name, p.version) for p in delta.added] == [("newpkg", "1.0")]
+    return image
+
+
+def test_the_same_image_restores_changes_to_non_pep440_image_packages(
+    tmp_path: Path, wheels: Path
+) -> None:
+    """The removal and the upgrades of image packages whose versions pip calls
+    non-standard are recorded, and a new container of the same image gets all of the
+    record back instead of a refused manifest; a second restore does nothing."""
+    image = recorded_on_v1(tmp_path, wheels)
+    b1 = image.start(V1, [], "b1.json")
+    assert image.installed()["distro-info"] == "1.1build1"
+
+    done = image.restore(b1)
+    assert done.returncode == 0, done.stdout + done.stderr
+    have = image.installed()
+    assert "distro-info" not in have
+    assert {k: have.get(k) for k in ("python-debian", "imgtool", "newpkg", "six")} == {
+        "python-debian": "0.1.49",
+        "imgtool": "2.1",
+        "newpkg": "1.0",
+        "six": "1.16.0",
+    }
+    again = image.restore(b1)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.startswith("Nothing to restore"), again.stdout
