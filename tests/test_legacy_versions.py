@@ -5,6 +5,7 @@ and on a new one (restore/validate.py, restore/rebase.py)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -143,3 +144,39 @@ def test_the_same_image_restores_changes_to_non_pep440_image_packages(
     again = image.restore(b1)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.startswith("Nothing to restore"), again.stdout
+
+
+def test_a_new_image_rebases_changes_to_non_pep440_image_packages(
+    tmp_path: Path, wheels: Path
+) -> None:
+    """On a new image: the removal is carried out whatever version the image has now; an
+    upgrade from a non-standard version that the image caught up with is superseded, as
+    an upgrade is; one over a version the image still ships non-standard is installed (a
+    version that cannot be compared is not newer than the user's); nothing fails."""
+    image = recorded_on_v1(tmp_path, wheels)
+    b2 = image.start(V2, V2_WHEELS, "b2.json")
+
+    dry = image.restore(b2, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    (plan,) = json.loads(dry.stdout)["plan"]["environments"]
+    actions = {d["name"]: d["action"] for d in plan["rebase"]["decisions"]}
+    assert actions == {
+        "distro-info": "remove",
+        "python-debian": "superseded",
+        "imgtool": "install",
+        "newpkg": "install",
+    }
+
+    done = image.restore(b2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    have = image.installed()
+    assert "distro-info" not in have
+    assert {k: have.get(k) for k in ("python-debian", "imgtool", "newpkg", "six")} == {
+        "python-debian": "0.1.50",
+        "imgtool": "2.1",
+        "newpkg": "1.0",
+        "six": "1.16.0",
+    }
+    delta = image.world.delta()
+    assert [(p.name, p.version) for p in delta.removed] == [("distro-info", "1.1build1")]
+    assert {r.name: r.state for r in delta.rebased} == {"python-debian": "superseded"}

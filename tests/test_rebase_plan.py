@@ -376,3 +376,41 @@ def test_another_abi_of_the_same_python_is_a_new_interpreter(tmp_path: Path) -> 
     newer = Target(env=msgspec.structs.replace(PY312, abi="cp312"), roots=(site,))
     moved = rebase(delta, newer, [], {}, config, ask_index=False)
     assert moved.render()[1] == "  python 3.11.7 -> 3.12.1", "the version says it"
+
+
+def test_non_standard_image_versions_are_read_as_the_checkpoint_recorded_them(
+    tmp_path: Path,
+) -> None:
+    """An upgrade from an image's non-PEP 440 version (Ubuntu's `0.1.43ubuntu1`) is an
+    upgrade: superseded where the new image ships a newer release, not put over it as a
+    downgrade; a non-standard version the new image ships is not newer than the user's;
+    a removal is carried out whatever the version; none of them is ever a constraint."""
+    site = tmp_path / "site"
+    site.mkdir()
+    delta = Delta(
+        env=PY311,
+        changed=(
+            Package(name="python-debian", version="0.1.49", replaced="0.1.43ubuntu1"),
+            Package(name="imgtool", version="2.1", replaced="2.0build1"),
+        ),
+        removed=(Package(name="distro-info", version="1.1build1"),),
+        image="sha256:old",
+    )
+    image = list(
+        pkgs(
+            "python-debian==0.1.50",
+            "imgtool==2.0build3",
+            "distro-info==1.1build2",
+            "command-not-found==0.3build1",
+            "six==1.16.0",
+        ).values()
+    )
+    live = {p.name: p for p in image}
+    config = Config(store=tmp_path / "s", key="k")
+    planned = rebase(delta, Target(env=PY311, roots=(site,)), image, live, config)
+    assert {d.name: d.action for d in planned.decisions} == {
+        "python-debian": "superseded",
+        "imgtool": "install",
+        "distro-info": "remove",
+    }
+    assert planned.constraints == ("python-debian==0.1.50", "six==1.16.0")

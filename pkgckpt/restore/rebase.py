@@ -23,8 +23,10 @@ Each entry, with `w` the version the image ships now (None: it ships none):
     added X v               w is None: install v;  w >= v: superseded;  w < v: install v
     changed a -> v, v >= a  w >= v: superseded;  otherwise install v
     changed a -> v, v < a   install v (the user chose the older version on purpose)
+    changed a -> v, a not PEP 440 (an image's `1.1build1`): as v >= a
     removed X               w is None: nothing;  an image package requires X: held back;
                             otherwise remove X
+A `w` that is not PEP 440 is not >= v: the user's version is installed over it.
 An install already in place (the version and source recorded) is "nothing", unless a
 requirement of it is not satisfied (`unmet`): then it is installed again. A superseded
 entry that a planned install requires at the user's version (`pinned` requires
@@ -704,7 +706,10 @@ def _classify(
     )
     old = p.replaced
     # `added` with `replaced`: a user site's copy over its prefix's (checkpoint._shadowing).
-    downgrade = old is not None and not _at_least(p.version, old)
+    # An image's version packaging cannot read (`1.1build1`) was left for an upgrade, as the
+    # checkpoint's history calls it (`manifest._direction`) and packaging's LegacyVersion
+    # sorted it, before every PEP 440 version: a newer image's release supersedes it.
+    downgrade = old is not None and _version(old) is not None and not _at_least(p.version, old)
     if caught_up and not downgrade:
         return "superseded", f"the image ships {w}"
     if (
