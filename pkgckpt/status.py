@@ -640,10 +640,17 @@ def _restore_would(live: Mapping[str, Package], delta: manifest.Delta) -> tuple[
     none that restore's validation refuses."""
     from .restore.validate import delta_problems
 
-    def valid(p: Package) -> bool:
-        return next(delta_problems(manifest.Delta(env=delta.env, added=(p,))), None) is None
+    def valid(one: manifest.Delta) -> bool:
+        return next(delta_problems(one), None) is None
 
-    names = {p.name for p in (*delta.added, *delta.changed, *delta.removed) if valid(p)}
+    # Each in its own part: a removal's version may be one an addition's may not (an
+    # image's `1.1build1`, see restore/validate.py).
+    names = {
+        p.name
+        for p in (*delta.added, *delta.changed)
+        if valid(manifest.Delta(env=delta.env, added=(p,)))
+    }
+    names |= {p.name for p in delta.removed if valid(manifest.Delta(env=delta.env, removed=(p,)))}
     have = {n: live[n] for n in names if n in live}
     want = {p.name: p for p in (*delta.added, *delta.changed) if p.name in names}
     for name, p in want.items():

@@ -125,11 +125,25 @@ def test_the_same_image_restores_changes_to_non_pep440_image_packages(
     tmp_path: Path, wheels: Path
 ) -> None:
     """The removal and the upgrades of image packages whose versions pip calls
-    non-standard are recorded, and a new container of the same image gets all of the
-    record back instead of a refused manifest; a second restore does nothing."""
+    non-standard are recorded, `status` lists all of them for restore, and a new
+    container of the same image gets all of the record back instead of a refused
+    manifest; a second restore does nothing."""
     image = recorded_on_v1(tmp_path, wheels)
     b1 = image.start(V1, [], "b1.json")
     assert image.installed()["distro-info"] == "1.1build1"
+
+    status = image.world.pkgckpt("status", *image.flags(b1), "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["refused"] is None
+    (env,) = report["environments"]
+    would = {(c["action"], c["name"]) for c in env["unrestored"]}
+    assert would == {
+        ("remove", "distro-info"),
+        ("upgrade", "python-debian"),
+        ("upgrade", "imgtool"),
+        ("install", "newpkg"),
+    }
 
     done = image.restore(b1)
     assert done.returncode == 0, done.stdout + done.stderr
