@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from daemon_kit import World, uv_install
-from restore_kit import installed
 from wheelhouse import Dist, Venv, build_wheel, make_venv, pip
 
 from pkgckpt.manifest import Delta
@@ -45,16 +44,16 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def apt_install(site: Path, name: str, version: str) -> None:
-    """What a distribution's package manager leaves: a dist-info with the version as it
-    wrote it, pip does not parse, and a RECORD so that pip can uninstall it."""
+    """What Ubuntu's apt leaves for a distribution: an `.egg-info` directory named and
+    versioned as setuptools wrote it, with no list of files (pip uninstalls it by its
+    top_level.txt)."""
     module = name.replace("-", "_")
-    info = site / f"{module}-{version}.dist-info"
+    info = site / f"{module}-{version}.egg-info"
     info.mkdir()
     (site / f"{module}.py").write_text(f"__version__ = {version!r}\n")
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    (info / "INSTALLER").write_text("debian\n")
-    files = [f"{module}.py", *(f"{info.name}/{f}" for f in ("METADATA", "INSTALLER", "RECORD"))]
-    (info / "RECORD").write_text("".join(f"{f},,\n" for f in files))
+    (info / "PKG-INFO").write_text(f"Metadata-Version: 1.1\nName: {name}\nVersion: {version}\n")
+    (info / "top_level.txt").write_text(f"{module}\n")
+    (info / "dependency_links.txt").write_text("\n")
 
 
 @dataclass
@@ -95,10 +94,12 @@ class Image:
         )  # fmt: skip
 
     def installed(self) -> dict[str, str]:
-        return {
-            name.replace("_", "-"): version
-            for name, version in installed(self.venv.site_packages).items()
-        }
+        """name -> version of the dist-infos and egg-infos, straight from the directory."""
+        found = {}
+        for info in self.venv.site_packages.glob("*.*-info"):
+            name, version = info.name.rsplit(".", 1)[0].rsplit("-", 1)
+            found[name.replace("_", "-")] = version
+        return found
 
 
 def recorded_on_v1(tmp_path: Path, wheels: Path) -> Image:
