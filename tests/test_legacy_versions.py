@@ -1,7 +1,8 @@
 """An image whose own distributions have non-PEP 440 versions (Ubuntu's apt installs
 `distro-info 1.1build1` and `python-debian 0.1.43ubuntu1`): the user removes and upgrades
-them under the real daemon, and `pkgckpt restore` puts the record back, on the same image
-and on a new one (restore/validate.py, restore/rebase.py)."""
+them under the real daemon, and `pkgckpt restore` with the default installer puts the
+record back, on the same image and on a new one (restore/validate.py, restore/rebase.py,
+the installer choice in restore/python.py, status.py)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ USER = ["python-debian==0.1.49", "imgtool==2.1", "newpkg==1.0"]
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The releases from an index: the user's, v2's python-debian, an ordinary one."""
     out = tmp_path_factory.mktemp("legacy-wheels")
     for dist in (
         Dist("python-debian", "0.1.49"),
@@ -89,7 +91,7 @@ class Image:
 
     def restore(self, baseline: Path, *extra: str) -> subprocess.CompletedProcess[str]:
         return self.world.pkgckpt(
-            "restore", *self.flags(baseline), "--installer", "pip", "--no-index",
+            "restore", *self.flags(baseline), "--no-index",
             "--find-links", str(self.wheels), *extra, timeout=300,
         )  # fmt: skip
 
@@ -148,6 +150,7 @@ def test_the_same_image_restores_changes_to_non_pep440_image_packages(
 
     done = image.restore(b1)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{image.venv.prefix} (pip)" in done.stdout, "uv does nothing in such a venv"
     have = image.installed()
     assert "distro-info" not in have
     assert {k: have.get(k) for k in ("python-debian", "imgtool", "newpkg", "six")} == {

@@ -419,3 +419,20 @@ def test_on_a_new_image_an_artifact_wins_over_the_same_version_in_the_sources(
     installer = PythonInstaller(env(bare), config(sources, tool), constraints=[])
     _the_artifact_is_installed(installer, artifact, bare)
     assert installed(bare.site_packages) == {"alpha": "1.0", "dep": "1.0"}
+
+
+def test_auto_takes_pip_where_a_version_is_not_pep440(wheels: Path, bare: Venv) -> None:
+    """An environment holding what Ubuntu's apt installs (`distro_info-1.1build1.egg-info`)
+    is one uv installs nothing into: `auto` takes pip there, and pip installs beside it;
+    `--installer uv` stays uv."""
+    info = bare.site_packages / "distro_info-1.1build1.egg-info"
+    info.mkdir()
+    (info / "PKG-INFO").write_text("Metadata-Version: 1.1\nName: distro-info\nVersion: 1.1build1\n")
+    assert PythonInstaller(env(bare), config(wheels, "uv")).name == "uv"
+    installer = PythonInstaller(env(bare), config(wheels, "auto"))
+    assert installer.name == "pip"
+    out = installer.install(
+        [Package(name="gamma", version="1.0")], reinstall=(), deadline=Deadline(60)
+    )
+    assert out.ok, out.output
+    assert installed(bare.site_packages)["gamma"] == "1.0"

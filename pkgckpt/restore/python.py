@@ -9,11 +9,13 @@ and policy-checked in `PythonInstaller.blocked()`.
 
 Installer choice: `--installer uv`, or `auto` when uv is installed (on PATH, else beside
 the interpreter running pkgckpt: an image that installs pkgckpt and uv into one venv and
-links only `pkgckpt` onto PATH), runs
-`uv pip install --python <env's interpreter>`; otherwise pip: the environment's own
-`<prefix>/bin/python -m pip`, or, when the environment has no pip, the pip running
-pkgckpt with `--python <interpreter>` (pip >= 22.3). The user site (`env.user`) is always
-restored with pip `--user`: uv has no user-site installs.
+links only `pkgckpt` onto PATH), runs `uv pip install --python <env's interpreter>`;
+otherwise pip: the environment's own `<prefix>/bin/python -m pip`, or, when the
+environment has no pip, the pip running pkgckpt with `--python <interpreter>` (pip >=
+22.3). The user site (`env.user`) is always restored with pip `--user`: uv has no
+user-site installs. `auto` takes pip, where there is one, for an environment holding a
+distribution whose version is not PEP 440 (Ubuntu's apt installs `distro-info
+1.1build1`): uv refuses to install or uninstall anything at all there.
 
 On a new image (`rebase.py`) the installs resolve their dependencies instead: no
 `--no-deps`, and a constraints file (`-c`, in a private temporary directory) pins every
@@ -231,9 +233,43 @@ def uv_program() -> str | None:
 def installer_for(config: Config, env: Environment) -> str:
     """Which installer restore runs for `env`, "uv" or "pip" (see the module): the
     consistency check (`indexconf.py`) reads the indexes of this one."""
-    if env.user or config.installer == "pip":
+    if env.user or config.installer == "pip" or uv_program() is None:
         return "pip"
-    return "uv" if uv_program() is not None else "pip"
+    prefix = Path(env.path)
+    if config.installer == "auto" and _nonstandard(prefix) and _pip_for(prefix):
+        return "pip"
+    return "uv"
+
+
+def _nonstandard(prefix: Path) -> bool:
+    """Whether the prefix's site directories hold a distribution named with a version that
+    is not PEP 440, as Ubuntu's apt installs them (`distro_info-1.1build1.egg-info`): uv
+    installs and uninstalls nothing at all in such an environment ("Failed to read
+    metadata"), where pip warns and goes on."""
+    from .validate import python_version
+
+    for site in prefix.glob("lib/python3*/*-packages"):
+        try:
+            entries = os.listdir(site)  # noqa: PTH208
+        except OSError:
+            continue
+        for entry in entries:
+            stem, _, suffix = entry.rpartition(".")
+            # `name-version.dist-info`, `name-version[-pyX.Y].egg-info`: installers write
+            # a name without "-".
+            parts = stem.split("-")
+            if (
+                suffix in ("dist-info", "egg-info")
+                and len(parts) > 1
+                and not python_version(parts[1])
+            ):
+                return True
+    return False
+
+
+def _pip_for(prefix: Path) -> bool:
+    """A pip that can install into `prefix`: its own, or the one beside pkgckpt."""
+    return _has_pip(prefix) or importlib.util.find_spec("pip") is not None
 
 
 class PythonInstaller:
