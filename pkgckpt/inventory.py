@@ -452,15 +452,33 @@ def expect(found: list[Target], baseline: Baseline | None) -> None:
 
 
 def baseline_path(config: Config) -> Path:
-    return config.baseline or config.runtime_dir / BASELINE
+    return _without_missing(config).baseline or config.runtime_dir / BASELINE
+
+
+_warned_missing: set[Path] = set()
+
+
+def _without_missing(config: Config) -> Config:
+    """`config`, or, when its baseline file does not exist (an image that moved or dropped
+    it), `config` without one: this container's own baseline (taken by restore before it
+    installs anything, kept in the runtime directory), else one inferred from the
+    manifest. Refusing instead would restore nothing and record nothing all session."""
+    path = config.baseline
+    if path is None or os.path.lexists(path):
+        return config
+    if path not in _warned_missing:
+        _warned_missing.add(path)
+        log.warning(
+            "baseline file %s does not exist (left out of this image?): using this "
+            "container's own baseline instead; fix the image's PKGCKPT_BASELINE or file",
+            path,
+        )
+    return msgspec.structs.replace(config, baseline=None)
 
 
 def load_baseline(config: Config) -> Baseline | None:
-    """The configured baseline file, else the one this container took; None if neither.
-
-    A configured file that is missing is an error, not a reason to take a new baseline:
-    taken after a restore, it would count the user's packages as the image's.
-    """
+    """The configured baseline file, else the one this container took; None if neither."""
+    config = _without_missing(config)
     # The runtime directory was chosen when the settings were read; someone else may
     # have made it since, in a shared /tmp, or made it a link to an old directory of the
     # user's holding a baseline of another image (its file's owner and mode would pass).
@@ -469,7 +487,7 @@ def load_baseline(config: Config) -> Baseline | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
-        if config.baseline is not None:
+        if config.baseline is not None:  # removed since `_without_missing` looked
             raise ManifestError(f"baseline file {path} does not exist") from None
         return None
     except OSError as e:
@@ -524,6 +542,7 @@ def ensure_baseline(config: Config, found: list[Target]) -> Baseline:
     from .scan import kept
 
     kept.settle(config.runtime_dir)
+    config = _without_missing(config)
     baseline = load_baseline(config)
     if baseline is not None:
         expect(found, baseline)

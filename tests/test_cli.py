@@ -96,13 +96,13 @@ def test_a_bad_setting_in_the_environment_exits_2_in_one_line(
 def test_a_library_error_exits_1_with_one_line(
     env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A configured baseline file that does not exist: exit 1, one line, no traceback."""
-    missing = tmp_path / "nope.json"
-    assert (
-        run("status", "--store", str(tmp_path / "s"), "--key", "k", "--baseline", str(missing)) == 1
-    )
+    """A configured baseline file that cannot be read: exit 1, one line, no traceback."""
+    unreadable = tmp_path / "baseline.json"
+    unreadable.mkdir()
+    args = ("--store", str(tmp_path / "s"), "--key", "k", "--baseline", str(unreadable))
+    assert run("status", *args) == 1
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"pkgckpt: baseline file {missing} does not exist"]
+    assert err.splitlines() == [f"pkgckpt: cannot read baseline {unreadable}: Is a directory"]
 
 
 def test_an_unexpected_exception_is_one_line_not_a_traceback(

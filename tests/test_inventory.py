@@ -16,6 +16,7 @@ from pkgckpt.config import Config
 from pkgckpt.errors import ManifestError
 from pkgckpt.inventory import (
     Target,
+    baseline_path,
     ensure_baseline,
     entry_name,
     load_baseline,
@@ -204,8 +205,12 @@ def test_baseline_is_taken_once_then_loaded(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "baseline.json").stat().st_mode & 0o777 == 0o644
 
 
-def test_configured_baseline_file_is_used_and_must_exist(tmp_path: Path) -> None:
-    """A baseline written at image build is loaded as is; if it is missing, that is an error."""
+def test_configured_baseline_file_is_used_and_if_missing_stood_in_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A baseline written at image build is loaded as is. One the image left out is not
+    the end of restoring and recording: this container's own baseline stands in, taken
+    before anything is installed, with a warning that names the missing file."""
     site = tmp_path / "site"
     dist_info(site, "image-pkg", "1.0")
     path = tmp_path / "image-baseline.json"
@@ -214,11 +219,15 @@ def test_configured_baseline_file_is_used_and_must_exist(tmp_path: Path) -> None
     loaded = load_baseline(config)
     assert loaded is not None and loaded.inventory(ENV) is not None
     missing = Config(baseline=tmp_path / "nope.json", runtime_dir=tmp_path / "run")
-    with pytest.raises(ManifestError):
-        load_baseline(missing)
-    with pytest.raises(ManifestError):
-        ensure_baseline(missing, [Target(env=ENV, roots=(site,))])
-    assert not (tmp_path / "run" / "baseline.json").exists()
+    assert load_baseline(missing) is None
+    assert f"baseline file {tmp_path / 'nope.json'} does not exist" in caplog.text
+    taken = ensure_baseline(missing, [Target(env=ENV, roots=(site,))])
+    dist_info(site, "user-pkg", "1.0")
+    assert load_baseline(missing) == taken
+    assert baseline_path(missing) == tmp_path / "run" / "baseline.json"
+    inv = taken.inventory(ENV)
+    assert inv is not None and [p.name for p in inv.packages] == ["image-pkg"]
+    assert not (tmp_path / "nope.json").exists()
 
 
 def test_foreign_writable_or_corrupt_runtime_baseline_is_refused(tmp_path: Path) -> None:
