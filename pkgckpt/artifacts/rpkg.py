@@ -17,6 +17,12 @@ is captured only when it is the very install the manifest records (name, version
 directory into place: the directory's and its DESCRIPTION's identity are compared before
 and after).
 
+A library others can write may change under the capture: the tree is read through open
+directories (`pkgckpt.fstree`), so a subdirectory swapped for a link to the user's own
+files (`a/ -> ~/.ssh`) is never followed, and a file or directory that is no longer the
+one listed makes the package uncapturable. A package directory that is itself a link is
+not captured: its files are wherever the link's maker pointed it.
+
 `check_binary` is the restore side: before `R CMD INSTALL` sees a verified copy, the
 tarball must hold only `<pkg>/...` members (no absolute path, no `..`, none twice, none
 beneath a link, no link out even through other links: `_link_out`), and its DESCRIPTION
@@ -25,6 +31,7 @@ that package at that version, built for the running R's major.minor.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import re
@@ -34,6 +41,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
+from .. import fstree
 from ..errors import Uncapturable
 from ..manifest import Artifact, Environment
 from ..rmatch import minor
@@ -74,76 +82,114 @@ def _built(fields: dict[str, str]) -> tuple[str | None, str]:
     return r, parts[1] if len(parts) > 1 else ""
 
 
-def _find(job: Job) -> Path:
+def _find(job: Job) -> tuple[Path, str]:
+    """The library holding the recorded package, and the package's name in it."""
     name = job.package.name
     if not _NAME.fullmatch(name) or not _VERSION.fullmatch(job.package.version):
         raise Uncapturable(f"{name!r} {job.package.version!r} is not an R package and version")
     for root in job.roots:
-        if (root / name / "DESCRIPTION").is_file():
-            return root / name
+        try:
+            found = (root / name).lstat()
+        except OSError:
+            continue
+        if stat.S_ISLNK(found.st_mode):
+            # Its files live elsewhere, where whoever could write the library pointed it.
+            raise Uncapturable(f"{root / name} is a link, not a directory: not captured")
+        if stat.S_ISDIR(found.st_mode) and (root / name / "DESCRIPTION").is_file():
+            return root, name
     raise Uncapturable("not installed any more")
 
 
 def capture(job: Job, out: Path) -> Path:
     """`job.package`'s installed directory as a binary package tarball in `out`."""
-    directory = _find(job)
+    root, name = _find(job)
     try:
-        before = _identity(directory)
-        fields = parse_dcf(_read_description(directory / "DESCRIPTION"))
-    except (OSError, DescriptionError) as e:
-        raise Uncapturable(f"cannot read its DESCRIPTION: {e}") from None
-    p = job.package
-    found = (fields.get("Package"), fields.get("Version"))
-    if found != (p.name, p.version):
-        raise Uncapturable(f"the installed one is {found[0]} {found[1]}, not the recorded one")
-    r, platform = _built(fields)
-    if r is None:
-        raise Uncapturable("its DESCRIPTION has no Built: field (not an installed package)")
-    if p.built is not None and minor(p.built) != r:
-        raise Uncapturable(f"the installed one was built for R {r}, the recorded for {p.built}")
-    platform = platform or job.env.platform or ""
-    if not _PLATFORM.fullmatch(platform):
-        raise Uncapturable(f"unknown R platform {platform!r}")
-    target = out / artifact_file(p.name, p.version, r, platform)
-    target.parent.mkdir(mode=0o700)
-    try:
-        with open(target, "xb") as raw:
-            _pack(directory, p.name, raw)
-        if _identity(directory) != before:
-            raise Uncapturable("reinstalled while it was captured (captured at a later checkpoint)")
+        library = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
-        raise Uncapturable(f"cannot read the installed package: {e}") from None
-    return target
+        raise Uncapturable(f"cannot open its library: {e.strerror}") from None
+    try:
+        return _capture(job, library, name, out)
+    finally:
+        os.close(library)
 
 
-def _identity(directory: Path) -> tuple[int, int, int, int]:
-    """The package directory and its DESCRIPTION (inode, mtime): a reinstall changes both."""
-    d, f = directory.stat(), (directory / "DESCRIPTION").stat()
-    return d.st_ino, d.st_mtime_ns, f.st_ino, f.st_mtime_ns
+def _capture(job: Job, library: int, name: str, out: Path) -> Path:
+    # Everything is read through this descriptor: the package directory that was checked
+    # is the one packed, whatever its name points to meanwhile.
+    try:
+        directory = os.open(name, fstree.DIR_FLAGS, dir_fd=library)
+    except OSError as e:
+        raise Uncapturable(f"cannot open the installed package: {e.strerror}") from None
+    try:
+        try:
+            before = _identity(library, name, directory)
+            opened = os.fstat(directory)
+            if (opened.st_dev, opened.st_ino) != before[:2]:
+                raise Uncapturable(
+                    "reinstalled while it was captured (captured at a later checkpoint)"
+                )
+            fields = parse_dcf(_read_description(directory))
+        except (OSError, DescriptionError) as e:
+            raise Uncapturable(f"cannot read its DESCRIPTION: {e}") from None
+        p = job.package
+        found = (fields.get("Package"), fields.get("Version"))
+        if found != (p.name, p.version):
+            raise Uncapturable(f"the installed one is {found[0]} {found[1]}, not the recorded one")
+        r, platform = _built(fields)
+        if r is None:
+            raise Uncapturable("its DESCRIPTION has no Built: field (not an installed package)")
+        if p.built is not None and minor(p.built) != r:
+            raise Uncapturable(f"the installed one was built for R {r}, the recorded for {p.built}")
+        platform = platform or job.env.platform or ""
+        if not _PLATFORM.fullmatch(platform):
+            raise Uncapturable(f"unknown R platform {platform!r}")
+        target = out / artifact_file(p.name, p.version, r, platform)
+        target.parent.mkdir(mode=0o700)
+        try:
+            with open(target, "xb") as raw:
+                _pack(directory, p.name, raw)
+            if _identity(library, name, directory) != before:
+                raise Uncapturable(
+                    "reinstalled while it was captured (captured at a later checkpoint)"
+                )
+        except fstree.Changed as e:
+            raise Uncapturable(f"{p.name}/{e.path} changed while it was captured") from None
+        except OSError as e:
+            raise Uncapturable(f"cannot read the installed package: {e}") from None
+        return target
+    finally:
+        os.close(directory)
 
 
-def _read_description(path: Path) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+def _identity(library: int, name: str, directory: int) -> tuple[int, int, int, int, int]:
+    """What the library names `name` and the DESCRIPTION in the open `directory`: (device,
+    inode, mtime) and (inode, mtime). A reinstall changes both; the name now pointing
+    anywhere but `directory` changes the first."""
+    d = os.stat(name, dir_fd=library, follow_symlinks=False)
+    f = os.stat("DESCRIPTION", dir_fd=directory, follow_symlinks=False)
+    return d.st_dev, d.st_ino, d.st_mtime_ns, f.st_ino, f.st_mtime_ns
+
+
+def _read_description(directory: int) -> str:
+    fd = os.open("DESCRIPTION", fstree.FILE_FLAGS, dir_fd=directory)
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise DescriptionError("DESCRIPTION is not a regular file")
         return f.read(MAX_DESCRIPTION).decode("utf-8", "replace")
 
 
-def _pack(directory: Path, name: str, raw: IO[bytes]) -> None:
+def _pack(directory: int, name: str, raw: IO[bytes]) -> None:
     # GNU format, as R's own tar() writes: R's internal untar reads its long names.
     gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=COMPRESSLEVEL)
     links: dict[str, str] = {}
     with gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
         tar.addfile(_info(name, tarfile.DIRTYPE, 0o755))
-        # Not following links: a linked directory is packed as the link it is.
-        for top, dirs, files in os.walk(directory):
-            dirs.sort()
-            here = Path(top)
-            rel = here.relative_to(directory).as_posix()
-            member = name if rel == "." else f"{name}/{rel}"
-            for entry in sorted([*dirs, *files]):
-                _add(tar, here / entry, f"{member}/{entry}", links)
+        # Through descriptors (see fstree): a linked directory is packed as the link it
+        # is, and one swapped for a link while it is packed is never followed.
+        with contextlib.closing(fstree.walk(directory)) as tree:
+            for _, fd, entries in tree:
+                for entry in entries:
+                    _add(tar, fd, entry, f"{name}/{entry.path}", links)
     out = _link_out(links, name)
     if out is not None:
         raise Uncapturable(f"{out} links out of the package ({links[out]})")
@@ -156,22 +202,20 @@ def _info(member: str, kind: bytes, mode: int, size: int = 0, link: str = "") ->
     return info
 
 
-def _add(tar: tarfile.TarFile, path: Path, member: str, links: dict[str, str]) -> None:
-    st = path.lstat()
+def _add(
+    tar: tarfile.TarFile, directory: int, entry: fstree.Entry, member: str, links: dict[str, str]
+) -> None:
+    st = entry.st
     if stat.S_ISDIR(st.st_mode):
         tar.addfile(_info(member, tarfile.DIRTYPE, 0o755))
     elif stat.S_ISLNK(st.st_mode):
-        links[member] = str(path.readlink())
+        links[member] = os.readlink(entry.name, dir_fd=directory)
         tar.addfile(_info(member, tarfile.SYMTYPE, 0o777, link=links[member]))
     elif stat.S_ISREG(st.st_mode):
         mode = 0o755 if st.st_mode & 0o111 else 0o644
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size != st.st_size:
-                raise Uncapturable(f"{member} changed while it was captured")
+        with os.fdopen(fstree.open_file(directory, entry), "rb") as f:
             # addfile copies exactly `size` bytes and raises if the file shrank under it.
-            tar.addfile(_info(member, tarfile.REGTYPE, mode, size), f)
+            tar.addfile(_info(member, tarfile.REGTYPE, mode, st.st_size), f)
     else:
         raise Uncapturable(f"{member} is not a file, a directory or a link")
 
