@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import tarfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from pkgckpt.artifacts import Job, rpkg
+from pkgckpt.artifacts import Job, rpkg, wheel
 from pkgckpt.errors import Uncapturable
 from pkgckpt.manifest import Environment, Package
 
@@ -26,6 +27,74 @@ def ssh(tmp_path: Path) -> Path:
     (home / "id_rsa").write_bytes(SECRET)
     (home / "secret").write_bytes(SECRET)
     return home
+
+
+# -- Python ------------------------------------------------------------------------------
+
+
+def python_env(tmp_path: Path, record: list[str]) -> tuple[Job, Path]:
+    """A prefix whose site-packages holds evil 1.0's dist-info with `record` as RECORD."""
+    prefix = tmp_path / "env"
+    site = prefix / "lib" / "python3.11" / "site-packages"
+    info = site / "evil-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: evil\nVersion: 1.0\n")
+    (info / "WHEEL").write_text("Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    rows = [*record, "evil-1.0.dist-info/METADATA", "evil-1.0.dist-info/WHEEL"]
+    (info / "RECORD").write_text("".join(f"{r},,\n" for r in rows))
+    env = Environment(kind="python", path=str(prefix), interpreter="3.11.7")
+    return Job(env=env, roots=(site,), package=Package(name="evil", version="1.0")), site
+
+
+def test_a_wheel_capture_never_reads_record_paths_through_a_planted_link(
+    tmp_path: Path, ssh: Path
+) -> None:
+    """RECORD lists `evil/secret` and `site-packages/evil` links to the user's ~/.ssh: the
+    package is not captured, the reason names the link, and nothing is written."""
+    job, site = python_env(tmp_path, ["evil/__init__.py", "evil/secret"])
+    (ssh / "__init__.py").write_text("")
+    (site / "evil").symlink_to(ssh)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(
+        Uncapturable,
+        match=r"\(in RECORD\) cannot be read: .*site-packages/evil: a link or not a directory",
+    ):
+        wheel.capture(job, out)
+    assert not any(SECRET in f.read_bytes() for f in out.rglob("*") if f.is_file())
+
+
+def test_a_wheel_capture_refuses_a_record_file_that_is_a_link(tmp_path: Path, ssh: Path) -> None:
+    """The last component a link (`evil/key -> ~/.ssh/id_rsa`): not read, not captured."""
+    job, site = python_env(tmp_path, ["evil/key"])
+    (site / "evil").mkdir()
+    (site / "evil" / "key").symlink_to(ssh / "id_rsa")
+    with pytest.raises(Uncapturable, match="evil/key: a link"):
+        wheel.capture(job, tmp_path)
+
+
+def test_a_wheel_capture_still_takes_scripts_and_data_from_the_prefix(tmp_path: Path) -> None:
+    """RECORD's `../../../bin/x` and `../../../share/...` are under the prefix, read
+    beneath it: packed as the wheel's .data, the package's own files beside them."""
+    job, site = python_env(
+        tmp_path, ["evil/__init__.py", "../../../bin/evil-tool", "../../../share/evil/data.txt"]
+    )
+    prefix = Path(job.env.path)
+    (site / "evil").mkdir()
+    (site / "evil" / "__init__.py").write_text("x = 1\n")
+    (prefix / "bin").mkdir()
+    (prefix / "bin" / "evil-tool").write_text("#!/env/bin/python3\nprint('hi')\n")
+    (prefix / "share" / "evil").mkdir(parents=True)
+    (prefix / "share" / "evil" / "data.txt").write_text("data\n")
+    built = wheel.capture(job, tmp_path)
+    with zipfile.ZipFile(built) as zf:
+        names = set(zf.namelist())
+        assert zf.read("evil-1.0.data/scripts/evil-tool") == b"#!python\nprint('hi')\n"
+    assert {
+        "evil/__init__.py",
+        "evil-1.0.data/data/share/evil/data.txt",
+        "evil-1.0.dist-info/RECORD",
+    } <= names
 
 
 # -- R -----------------------------------------------------------------------------------

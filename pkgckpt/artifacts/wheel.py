@@ -43,6 +43,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from .. import fstree
 from ..errors import Uncapturable
 from . import Job
 
@@ -61,17 +62,36 @@ level 6 takes 4.8 s for 33.7 MiB; capture runs after every install on every node
 def capture(job: Job, out: Path) -> Path:
     """Repack `job.package` into `out/<wheel name>` (see the module docstring)."""
     site, info = _find(job)
+    prefix = _data_root(job, site)
+    beneath: dict[Path, int] = {}
+    try:
+        for directory in (site, prefix):
+            try:
+                beneath[directory] = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as e:
+                raise Uncapturable(f"cannot open {directory}: {e.strerror}") from None
+        return _capture(job, out, site, info, prefix, beneath)
+    finally:
+        for fd in beneath.values():
+            os.close(fd)
+
+
+def _capture(
+    job: Job, out: Path, site: Path, info: str, prefix: Path, beneath: dict[Path, int]
+) -> Path:
+    """`capture`, every file read through the directory open in `beneath` that holds it:
+    a group-writable environment may hold a link another user planted (`evil/ ->
+    ~/.ssh`), which RECORD's paths must never be read through."""
     dist_dir = site / info
-    record = _read(dist_dir / "RECORD", "RECORD")
-    wheel = _read(dist_dir / "WHEEL", "WHEEL")
+    record = _read(beneath[site], f"{info}/RECORD", site)
+    wheel = _read(beneath[site], f"{info}/WHEEL", site)
     tags, build = _wheel_fields(wheel)
     if not tags:
         raise Uncapturable(f"{dist_dir / 'WHEEL'} names no tags")
     odd = next((t for t in tags if not _TAG.fullmatch(t)), None)
     if odd is not None:
         raise Uncapturable(f"{dist_dir / 'WHEEL'}: tag {odd!r} is not python-abi-platform")
-    generated = _entry_point_scripts(dist_dir / "entry_points.txt")
-    prefix = _data_root(job, site)
+    generated = _entry_point_scripts(beneath[site], f"{info}/entry_points.txt", site)
     stem = info[: -len(".dist-info")]
     name = _wheel_name(job.package.name, job.package.version, build, tags)
     members: list[tuple[str, Path, bool]] = []
@@ -82,6 +102,7 @@ def capture(job: Job, out: Path) -> Path:
             continue
         if parts[0] == info and len(parts) == 2 and parts[1] in _LEFT_OUT:
             continue
+        # Lexical, as installers write RECORD: scripts and .data files are `../../../bin/x`.
         where = Path(os.path.normpath(site / path))
         member = _member(where, site, prefix, stem, job.package.name)
         if member is None:
@@ -100,7 +121,8 @@ def capture(job: Job, out: Path) -> Path:
         target, "x", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESSLEVEL
     ) as zf:
         for member, source, script in members:
-            data, mode = _content(source, script)
+            top = site if source.is_relative_to(site) else prefix
+            data, mode = _content(beneath[top], source.relative_to(top).as_posix(), top, script)
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
             rows.append((member, f"sha256={digest.decode()}", str(len(data))))
             _add(zf, member, data, mode)
@@ -150,21 +172,20 @@ def _find(job: Job) -> tuple[Path, str]:
     raise Uncapturable(f"{job.package.name} {job.package.version} is no longer installed")
 
 
-def _read(path: Path, what: str) -> bytes:
+def _read(directory: int, path: str, top: Path) -> bytes:
+    """A dist-info file, `path` beneath `top` (open as `directory`), through no link."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = fstree.open_beneath(directory, path)
     except FileNotFoundError:
-        raise Uncapturable(f"no {what} in {path.parent}") from None
+        raise Uncapturable(f"no {(top / path).name} in {(top / path).parent}") from None
     except OSError as e:
-        raise Uncapturable(f"cannot read {path}: {e.strerror}") from None
+        raise Uncapturable(f"cannot read {top}/{e.strerror}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Uncapturable(f"{path} is not a regular file")
         data = os.read(fd, _MAX_META + 1)
     finally:
         os.close(fd)
     if len(data) > _MAX_META:
-        raise Uncapturable(f"{path} is larger than {_MAX_META} bytes")
+        raise Uncapturable(f"{top / path} is larger than {_MAX_META} bytes")
     return data
 
 
@@ -183,12 +204,12 @@ def _wheel_fields(data: bytes) -> tuple[list[str], str | None]:
     return tags, build
 
 
-def _entry_point_scripts(path: Path) -> frozenset[str]:
+def _entry_point_scripts(directory: int, path: str, top: Path) -> frozenset[str]:
     """The names of the scripts the installer generates from `entry_points.txt`."""
     import configparser
 
     try:
-        data = _read(path, "entry_points.txt")
+        data = _read(directory, path, top)
     except Uncapturable:
         return frozenset()
     parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
@@ -196,7 +217,7 @@ def _entry_point_scripts(path: Path) -> frozenset[str]:
     try:
         parser.read_string(data.decode("utf-8", "replace"))
     except configparser.Error as e:
-        raise Uncapturable(f"{path}: {e}") from None
+        raise Uncapturable(f"{top / path}: {e}") from None
     names: set[str] = set()
     for section in ("console_scripts", "gui_scripts"):
         if parser.has_section(section):
@@ -242,16 +263,16 @@ def _member(where: Path, site: Path, prefix: Path, stem: str, name: str) -> str 
     return f"{stem}.data/data/{inside.as_posix()}"
 
 
-def _content(path: Path, script: bool) -> tuple[bytes, int]:
-    """The file's bytes (a script's `#!` line back to `#!python`) and its mode."""
+def _content(directory: int, path: str, top: Path, script: bool) -> tuple[bytes, int]:
+    """The bytes of `path` beneath `top` (open as `directory`; a script's `#!` line back
+    to `#!python`) and its mode. A path through a link is not read: the package is not
+    captured."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = fstree.open_beneath(directory, path)
     except OSError as e:
-        raise Uncapturable(f"{path} (in RECORD) cannot be read: {e.strerror}") from None
+        raise Uncapturable(f"{top / path} (in RECORD) cannot be read: {top}/{e.strerror}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Uncapturable(f"{path} (in RECORD) is not a regular file")
         with os.fdopen(os.dup(fd), "rb") as f:
             data = f.read()
     finally:
