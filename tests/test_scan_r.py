@@ -248,6 +248,93 @@ def test_a_package_installed_from_a_local_url_records_the_files_sha256(tmp_path:
     assert found["remote"].source == UrlSource(url="https://example.org/p_1.0.tar.gz")
 
 
+def old_tree_sha256(directory: Path) -> str:
+    """The installed-tree hash as os.walk computed it, which manifests already record."""
+    digest = hashlib.sha256()
+    for top, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(top, name)
+            digest.update(str(path.relative_to(directory)).encode() + b"\0")
+            if path.is_symlink():
+                digest.update(b"->" + str(path.readlink()).encode())
+            else:
+                digest.update(hashlib.sha256(path.read_bytes()).hexdigest().encode())
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def local_package(lib: Path, name: str) -> Path:
+    """A package built here and installed from a file (no Repository:, no Remote*), with
+    files in subdirectories, a link to a file and one to a directory."""
+    description(lib, name, installed_text(name, "1.0"))
+    package = lib / name
+    (package / "R").mkdir()
+    (package / "R" / name).write_text("f <- function() 1\n")
+    (package / "x" / "a").mkdir(parents=True)
+    (package / "x" / "a" / "0big").write_bytes(b"0" * 4096)
+    (package / "x" / "a" / "key").write_bytes(b"the package's own\n")
+    (package / "x" / "m").symlink_to("a/key")
+    (package / "x" / "d").symlink_to("a")
+    return package
+
+
+def installed_hash(lib: Path, name: str) -> str | None:
+    source = RLibraryScanner(lib).scan().packages[name].source
+    assert isinstance(source, LocalSource)
+    return source.installed
+
+
+def test_a_local_install_hashes_its_tree_as_manifests_recorded_it(tmp_path: Path) -> None:
+    """Read through directory descriptors, the tree hash of a local install is the one
+    os.walk gave: a manifest's recorded hash does not change for an untouched package."""
+    package = local_package(tmp_path / "lib", "mine")
+    assert installed_hash(tmp_path / "lib", "mine") == old_tree_sha256(package)
+
+
+def test_a_sparse_file_over_the_byte_cap_leaves_the_package_recorded_without_a_hash(
+    tmp_path: Path,
+) -> None:
+    """Another user's package in a shared library with a 20 GiB sparse file: not read (its
+    size is over the cap), so the package is recorded without the installed tree's hash,
+    as a tree with too many files is; a package beside it keeps its hash."""
+    lib = tmp_path / "lib"
+    local_package(lib, "mine")
+    evil = local_package(lib, "evil")
+    with (evil / "sparse").open("wb") as f:
+        f.truncate(20 << 30)
+    found = RLibraryScanner(lib).scan().packages
+    assert found["evil"].source == LocalSource(installed=None)
+    assert installed_hash(lib, "mine") is not None
+
+
+def test_the_tree_hash_never_reads_through_a_directory_swapped_for_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`x/a` renamed away and made a link to the user's ~/.ssh once `x/a/0big` is open:
+    the rest of `x/a` is read from the directory listed, so the hash is the untouched
+    tree's, not one over the user's key."""
+    package = local_package(tmp_path / "lib", "evil")
+    untouched = old_tree_sha256(package)
+    ssh = tmp_path / "home" / ".ssh"
+    ssh.mkdir(parents=True)
+    (ssh / "key").write_bytes(b"alice's own\n")
+    real = os.open
+    swapped: list[bool] = []
+
+    def watched(path: str | os.PathLike[str], flags: int, *args: object, **kw: object) -> int:
+        fd = real(path, flags, *args, **kw)  # type: ignore[arg-type]
+        if not swapped and Path(path).name == "0big":
+            swapped.append(True)
+            (package / "x" / "a").rename(package / "x" / "a.real")
+            (package / "x" / "a").symlink_to(ssh)
+        return fd
+
+    monkeypatch.setattr(os, "open", watched)
+    assert installed_hash(tmp_path / "lib", "evil") == untouched
+    assert swapped
+
+
 def test_missing_library_scans_empty_and_says_so(tmp_path: Path) -> None:
     """A library that does not exist yet (R_LIBS_USER before the first install) is empty."""
     scanner = RLibraryScanner(tmp_path / "nope")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import msgspec
 
+from .. import fstree
 from ..digest import sha256
 from ..errors import ScanError
 from ..logs import getLogger
@@ -298,18 +299,19 @@ def read_dcf(path: Path) -> dict[str, str]:
     return parse_dcf(text)
 
 
-def _sha256(path: Path) -> str | None:
-    """sha256 of a regular file (never a FIFO or a device that would not end)."""
+def _file_sha256(directory: int, entry: fstree.Entry) -> str | None:
+    """sha256 of a regular file listed in the open `directory`; None when it cannot be
+    opened. `fstree.Changed` when it is no longer the file listed."""
     import hashlib  # OpenSSL's, for files (see digest)
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = fstree.open_file(directory, entry)
+    except fstree.Changed:
+        raise
     except OSError:
         return None
     digest = hashlib.sha256()
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -341,33 +343,65 @@ def _url(source: UrlSource) -> UrlSource:
 
 
 _TREE_MAX_FILES = 20_000
+_TREE_MAX_BYTES = 256 << 20
+"""The daemon hashes a local install in its main loop, at every reinstall, and a file's size
+costs nothing to fake in a library others write: at 32e952f (2026-12-03) a sparse 20 GiB
+file held `snapshot` for 38 s, and a daemon given SIGTERM meanwhile exited 40 s later,
+past a pod's 30 s grace period. At that rate (540 MB/s) 256 MiB takes half a second.
+Packages users build and install from a file weigh far less; the largest ones (BH's Boost
+headers, compiled rstan or duckdb, 100+ MB) come from a repository, whose installs are
+never hashed here. Over it, no hash (see `_tree_sha256`): the package is recorded all the
+same."""
 
 
 def _tree_sha256(directory: Path) -> str | None:
     """sha256 over an installed package's files (relative path and content, in name
     order; a link by its target): which build this is. None for a tree too large to read
-    at every reinstall, or unreadable."""
+    at every reinstall (files or bytes), unreadable, or changed while it is read: the
+    package is recorded all the same, only a rebuild of the same version is not told
+    apart. Read through directory descriptors, never through a link (see fstree)."""
+    import contextlib
     import hashlib  # OpenSSL's, for files (see digest)
 
     digest = hashlib.sha256()
-    count = 0
+    count = size = 0
     try:
-        for top, dirs, files in os.walk(directory):
-            dirs.sort()
-            for name in sorted(files):
-                count += 1
-                if count > _TREE_MAX_FILES:
-                    return None
-                path = Path(top, name)
-                digest.update(str(path.relative_to(directory)).encode() + b"\0")
-                if path.is_symlink():
-                    digest.update(b"->" + str(path.readlink()).encode())
-                else:
-                    digest.update((_sha256(path) or "").encode())
-                digest.update(b"\0")
+        top = os.open(directory, fstree.DIR_FLAGS)
     except OSError:
         return None
+    try:
+        with contextlib.closing(fstree.walk(top)) as tree:
+            for _, fd, entries in tree:
+                for entry in entries:
+                    mode = entry.st.st_mode
+                    if stat.S_ISDIR(mode) or (stat.S_ISLNK(mode) and _to_directory(fd, entry)):
+                        continue
+                    count += 1
+                    size += entry.st.st_size if stat.S_ISREG(mode) else 0
+                    if count > _TREE_MAX_FILES or size > _TREE_MAX_BYTES:
+                        return None
+                    digest.update(os.fsencode(entry.path) + b"\0")
+                    if stat.S_ISLNK(mode):
+                        # Spelled as Path.readlink spells it: hashes recorded stay the same.
+                        target = Path(os.readlink(entry.name, dir_fd=fd))
+                        digest.update(b"->" + os.fsencode(target))
+                    elif stat.S_ISREG(mode):
+                        digest.update((_file_sha256(fd, entry) or "").encode())
+                    digest.update(b"\0")
+    except OSError:
+        return None
+    finally:
+        os.close(top)
     return digest.hexdigest()
+
+
+def _to_directory(directory: int, link: fstree.Entry) -> bool:
+    """Whether `link` leads to a directory: such a link was never hashed (os.walk listed it
+    with the directories, and did not descend), which hashes recorded keep."""
+    try:
+        return stat.S_ISDIR(os.stat(link.name, dir_fd=directory).st_mode)
+    except OSError:
+        return False
 
 
 _Found = Package | str | None
