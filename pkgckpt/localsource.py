@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import PurePath
 from urllib.parse import unquote, urlsplit
@@ -147,6 +148,18 @@ def directory_problem(path: str, subdirectory: str | None = None) -> str | None:
     return None
 
 
+_digests: dict[tuple[int, ...], str] = {}
+"""Files hashed by this process, by identity. The path comes from a package's metadata,
+which whoever may write a shared library writes: one naming a large file of the user's
+(a 50 GB dataset), with its version bumped again and again, would otherwise have the
+daemon read that file in its main loop at every bump. The identity includes the ctime,
+which every write to the file moves, so a digest is never served for other bytes: that
+of a file changed in the last `_SETTLED_NS` is not kept, as file times tick coarsely (a
+write in the same tick as the one hashed would leave the identity as it was)."""
+_DIGESTS_MAX = 256
+_SETTLED_NS = 2 * 10**9
+
+
 def _digest(path: str) -> str | None:
     # O_NONBLOCK: a FIFO planted at the path must not hang the open; fstat then refuses it.
     try:
@@ -156,12 +169,22 @@ def _digest(path: str) -> str | None:
     import hashlib  # OpenSSL's, for files; not loaded by a daemon that hashes none
 
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             return None
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        known = _digests.get(key)
+        if known is not None:
+            return known
         digest = hashlib.sha256()
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+    found = digest.hexdigest()
+    if time.time_ns() - st.st_ctime_ns > _SETTLED_NS:
+        if len(_digests) >= _DIGESTS_MAX:
+            _digests.clear()
+        _digests[key] = found
+    return found
 
 
 def sha256_file(path: str) -> str | None:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -420,3 +421,35 @@ def test_checkpoint_does_not_vouch_for_a_wheel_others_could_have_changed(
     config = configure(tmp_path, venv.prefix, wheels)
     (recorded,) = [p for p in targets(config)[0].scan().packages if p.name == "solo"]
     assert recorded.source == UrlSource(url=local.as_uri())
+
+
+def test_a_local_archive_is_read_once_while_it_stays_the_same_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metadata in a library others write can name a large file of the user's and bump its
+    version again and again: the checkpoint reads that file once, not at every bump, and
+    a file written since (its ctime moves) is read again."""
+    from pkgckpt import localsource
+
+    archive = tmp_path / "pkg-1.0.tar.gz"
+    archive.write_bytes(b"one")
+    reads: list[bytes] = []
+    sha256 = hashlib.sha256
+
+    def counted(*data: bytes) -> hashlib._Hash:
+        reads.append(b"")
+        return sha256(*data)
+
+    monkeypatch.setattr(hashlib, "sha256", counted)
+    # Settled at once here; a file time ticks in 10 ms at most, so a write 0.1 s later is
+    # another identity (the default 2 s window makes that so for a file just written).
+    monkeypatch.setattr(localsource, "_SETTLED_NS", 0)
+    url = archive.as_uri()
+    first = localsource.file_url_sha256(url)
+    assert first == {"sha256": sha256(b"one").hexdigest()}
+    assert localsource.file_url_sha256(url) == first
+    assert len(reads) == 1
+    time.sleep(0.1)
+    archive.write_bytes(b"two")
+    assert localsource.file_url_sha256(url) == {"sha256": sha256(b"two").hexdigest()}
+    assert len(reads) == 2
