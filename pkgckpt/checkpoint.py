@@ -72,7 +72,7 @@ import msgspec
 
 from . import inventory, manifest
 from .config import Config
-from .errors import PkgckptError, UsageError
+from .errors import PkgckptError, StoreConflict, UsageError
 from .inventory import Identity, Target
 from .logs import getLogger
 from .manifest import Artifact, Baseline, Body, Change, Delta, Environment, Manifest, Package
@@ -906,6 +906,11 @@ def scan(
     return changes
 
 
+CONFLICT_ATTEMPTS = 3
+"""Commits in a row that another writer may overtake before the caller is told to retry
+later (two writers of one key are rare; three collisions in a row are a busy key)."""
+
+
 def commit(session: Session) -> Manifest | None:
     """Write the record when it differs from the store's; None when there was nothing new.
 
@@ -920,9 +925,25 @@ def commit(session: Session) -> Manifest | None:
     generation folded in, another interpreter) is a new generation, which carries the
     annotations made since.
 
+    Another writer of the key that takes the generation number picked, or passes it, while
+    this one writes (`StoreConflict`) has its generation folded in like any other, and the
+    commit is made again, up to `CONFLICT_ATTEMPTS` times.
+
     Raises StoreError (StoreUnavailable: retry later) or ManifestError; the record stays
     in the session either way, so a later call commits it.
     """
+    attempt = 1
+    while True:
+        try:
+            return _commit_once(session)
+        except StoreConflict as e:
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+            attempt += 1
+            log.info("%s: folding it in and committing again", e)
+
+
+def _commit_once(session: Session) -> Manifest | None:
     with session.store.cycle():  # the store's root and key directory checked once for both
         changed, stored = session.store.check()
         if changed:

@@ -63,6 +63,13 @@ class StoreUnavailable(StoreError):
     """
 
 
+class StoreConflict(StoreUnavailable):
+    """Another writer of the key took the generation number this commit picked, or wrote
+    a newer generation while this one was written: nothing of this commit replaced theirs.
+    The caller folds what the store now holds (`Store.check` or `Store.read` return the
+    newest generation, whichever file holds it) and commits again."""
+
+
 class ScanError(PkgckptError):
     """A library or environment could not be scanned."""
 

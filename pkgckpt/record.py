@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from . import manifest, status
-from .checkpoint import EnvKey, annotates, env_key, now_iso, same_install
+from .checkpoint import CONFLICT_ATTEMPTS, EnvKey, annotates, env_key, now_iso, same_install
 from .config import Config, ensure_runtime_dir
 from .durable import atomic_write
 from .errors import (
@@ -53,6 +53,7 @@ from .errors import (
     ManifestError,
     NotKept,
     PkgckptError,
+    StoreConflict,
     StoreError,
     UnknownPackage,
 )
@@ -517,19 +518,32 @@ def _write(config: Config, request: Request) -> Written:
     if found is not None:
         return Written(generation=ask_daemon(config, found, request), by_daemon=True)
     store = open_store(config)
-    current = store.read()
-    if current is None:
-        raise PkgckptError(f"no manifest for key {config.key!r} in {store.path}: nothing recorded")
-    body = _change(store, current.body, request)
-    # A restore's bookkeeping only annotates the record (`checkpoint.commit`): it amends
-    # the generation just read, when the store still holds it as read (`Store.commit`).
-    amend = (
-        current.generation
-        if store.last_read_warning is None and annotates(body, current.body)
-        else None
-    )
-    written = store.commit(body, amend=amend)
-    return Written(generation=written.generation if written else current.generation)
+    attempt = 1
+    while True:
+        # After a StoreConflict, `read` returns the newest generation: the change is made
+        # again on it, so that what the other writer recorded stays.
+        current = store.read()
+        if current is None:
+            raise PkgckptError(
+                f"no manifest for key {config.key!r} in {store.path}: nothing recorded"
+            )
+        body = _change(store, current.body, request)
+        # A restore's bookkeeping only annotates the record (`checkpoint.commit`): it
+        # amends the generation just read, when the store still holds it as read
+        # (`Store.commit`).
+        amend = (
+            current.generation
+            if store.last_read_warning is None and annotates(body, current.body)
+            else None
+        )
+        try:
+            written = store.commit(body, amend=amend)
+        except StoreConflict:
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+            attempt += 1
+            continue
+        return Written(generation=written.generation if written else current.generation)
 
 
 def _names(config: Config, prefix: str) -> tuple[str, re.Pattern[str]]:

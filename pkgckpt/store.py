@@ -14,8 +14,9 @@ Layout of a store::
       <key>/                    0700, owned by its one writer (DESIGN invariant 3)
         manifest.json           the current generation, 0600
         manifest.<gen>.json     the newest `keep` generations, each a file of its own (an
-                                edit in place damages one file only); read only when
-                                manifest.json is damaged
+                                edit in place damages one file only); its name is how a
+                                writer claims the number <gen>; read when manifest.json is
+                                damaged, or after a lost race for a number
         .pkgckpt-synced.<gen>   empty; renamed after each directory fsync: the newest
                                 generation without it may not be durable yet
         .manifest.json.tmp.<host>.<pid>.<random>
@@ -29,23 +30,35 @@ NFS mount that has not arrived, a bind mount that is missing), is `StoreUnavaila
 creates a store root (but the default local one) nor writes into an unmarked one.
 
 A commit (DESIGN invariant 2, recipe in `durable`) stages two temp files, fsynced and
-closed, renames one to manifest.<gen>.json and the other over manifest.json, fsyncs the
-directory and renames the sync marker, so a reader sees the previous generation or the
-new one, whole. Before writing, a commit compares manifest.json with what this writer
-last read or wrote (`check`): when another writer, a deleted directory or a rollback
-changed it, the caller folds what the store holds into its record first. An ambiguous
-rename (ESTALE, EIO, a retransmitted rename answered ENOENT, ...) is settled by reading
-the file back.
+closed, links one as manifest.<gen>.json (never replacing: that name claims the number),
+renames the other over manifest.json, fsyncs the directory and renames the sync marker,
+so a reader sees the previous generation or the new one, whole. Before writing, a commit
+compares manifest.json with what this writer last read or wrote (`check`): when another
+writer, a deleted directory or a rollback changed it, the caller folds what the store
+holds into its record first. An ambiguous rename (ESTALE, EIO, a retransmitted rename
+answered ENOENT, ...) is settled by reading the file back, an ambiguous link (EEXIST to
+a retransmitted one) by its inode. An amend (`commit`'s `amend`) renames over its own
+generation's file, as manifest.json holds it as this writer saw it.
+
+Two writers of one key (a user's two notebook servers, a pod replaced while the old one
+still flushes, a new pod's restore while the old daemon commits) take no lock (NFS): a
+commit whose number another writer claimed first (the link answers EEXIST) raises
+`StoreConflict` and replaces nothing of the other's. The next `check` or `read` then
+returns the newest valid generation, whichever file holds it; the caller folds it in and
+commits again above it (`checkpoint.commit`, `record`).
 
 Every store call can be a round trip to an NFS server, so they are counted
 (tests/test_store_cost.py): `cycle()` checks the root, its marker and the key directory
 once for a check and the commit after it; `check` opens manifest.json and compares its
-stamp without reading it; a read asks for the size fstat gave, in one call.
+stamp without reading it; a read asks for the size fstat gave, in one call. Claiming the
+number costs a commit one call more than a rename did (the temp name's unlink); a check
+and a read cost what they did.
 
 Errors: `StoreUnavailable` (EIO, ENOSPC, ESTALE, EDQUOT, ETIMEDOUT, an unmounted store,
-...: retry later, the caller keeps its state), `StoreError` (permissions, ownership,
-layout: a person must look), `ManifestError` from `read()` when neither manifest.json nor
-any kept generation is valid, `UnknownSchema` when manifest.json was written by a newer
+...: retry later, the caller keeps its state), `StoreConflict` (a StoreUnavailable: fold
+the newest generation in and commit again), `StoreError` (permissions, ownership, layout:
+a person must look), `ManifestError` from `read()` when neither manifest.json nor any
+kept generation is valid, `UnknownSchema` when manifest.json was written by a newer
 pkgckpt (never overwritten).
 """
 
@@ -65,7 +78,14 @@ import msgspec
 
 from . import __version__, durable, manifest
 from .config import Config
-from .errors import ManifestError, StoreError, StoreUnavailable, UnknownSchema, UsageError
+from .errors import (
+    ManifestError,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+    UnknownSchema,
+    UsageError,
+)
 from .logs import getLogger
 from .manifest import Body, Manifest, Writer
 from .seal import Seal, guard
@@ -346,6 +366,9 @@ class Store:
         self._high = 0
         """The highest generation this Store has seen or written: a rolled-back directory
         must not make the generations run backwards."""
+        self._conflict = False
+        """Another writer took or passed this Store's last generation number: the next
+        `check` or `read` returns the newest generation, whichever file holds it."""
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -360,8 +383,9 @@ class Store:
         dfd = self._key_dir()
         if dfd is None:
             return None
+        conflict, self._conflict = self._conflict, False
         try:
-            found, warning = self._read_in(dfd)
+            found, warning = self._newest(dfd) if conflict else self._read_in(dfd)
         finally:
             self._done(dfd)
         if warning is not None:
@@ -419,12 +443,13 @@ class Store:
             return changed, None
         try:
             stamp = self._peek(dfd)
-            if stamp == self._seen:
+            if stamp == self._seen and not self._conflict:
                 if self._cycle is not None:
                     self._checked = stamp
                 return False, None
+            conflict, self._conflict = self._conflict, False
             try:
-                found, warning = self._read_in(dfd)
+                found, warning = self._newest(dfd) if conflict else self._read_in(dfd)
             except UnknownSchema:
                 raise
             except ManifestError as e:
@@ -583,6 +608,38 @@ class Store:
             return found, f"{problem}; using generation {found.generation} from {name}"
         raise ManifestError(f"{problem}; no earlier generation in {self.path} is valid")
 
+    def _newest(self, dfd: int) -> tuple[Manifest | None, str | None]:
+        """After a `StoreConflict`: the newest valid generation, from manifest.json or a
+        kept file newer than it (another writer's, whose manifest.json rename has not
+        landed yet, or was overtaken by an older one)."""
+        try:
+            names = os.listdir(dfd)
+        except OSError as e:
+            raise durable.error(e, f"cannot list {self.path}") from e
+        found, warning = self._read_in(dfd, names)
+        generations = _generations(names)
+        for generation in generations:
+            if found is not None and generation <= found.generation:
+                break
+            name = _generation_name(generation)
+            data = self._load(dfd, name)
+            if data is None:
+                continue
+            try:
+                kept = manifest.decode(data, str(self.path / name))
+            except UnknownSchema:
+                raise
+            except ManifestError:
+                continue
+            found, warning = kept, None
+            # manifest.json is not this generation: nothing this Store may amend.
+            self._seen, self._last_read = _UNKNOWN, None
+            break
+        # The newest number is known now, even when its file is damaged: the next commit
+        # goes above it instead of finding it again.
+        self._high = max([self._high, *generations[:1]])
+        return found, warning
+
     def generations(self) -> list[int]:
         """The kept generations, newest first (what `read_generation` can read)."""
         dfd = self._open_dir()
@@ -635,13 +692,21 @@ class Store:
         the newest; a new generation otherwise. Either way a reader sees one
         whole file or the other.
 
-        Raises StoreUnavailable (retry later: nothing was lost, the previous generation is
-        intact or the new one is in place, whole) or StoreError / UnknownSchema.
+        Raises StoreConflict when another writer took this generation's number or wrote a
+        newer one meanwhile: the next `check` or `read` returns the newest generation, to
+        be folded in before committing again. Raises StoreUnavailable (retry later: nothing
+        was lost, the previous generation is intact or the new one is in place, whole) or
+        StoreError / UnknownSchema.
         """
         dfd = self._key_dir(create=True)
         assert dfd is not None  # created
         try:
             return self._commit(dfd, body, encoded, amend)
+        except StoreConflict:
+            self._conflict = True
+            self._known = None
+            self._checked = None
+            raise
         except BaseException:
             # The outcome may be visible but not durable: re-read the directory and
             # write again next time, even an unchanged body.
@@ -689,7 +754,7 @@ class Store:
             body=body,
         )
         parts = self.seal.sign(manifest.encode_parts(result, encoded))
-        self._write(dfd, parts, generation)
+        self._write(dfd, parts, generation, new=generation != known.generation)
         stamp = self._stamp(dfd)
         if stamp is None or stamp[1] != sum(map(len, parts)):
             # Deleted or replaced at once, not by this writer: a stamp no file has makes
@@ -715,9 +780,52 @@ class Store:
             self._writer_as = Writer(host=os.uname().nodename, pid=pid, version=__version__)
         return self._writer_as
 
-    def _write(self, dfd: int, parts: durable.Buffers, generation: int) -> None:
+    def _claim(self, dfd: int, tmp: str, history: Path, parts: durable.Buffers) -> bool:
+        """Publish the staged `tmp` as `history` only if no other writer holds that name;
+        True when the outcome was settled by path (see `durable.install`), StoreConflict
+        when another writer has it. `tmp` is gone either way."""
+        try:
+            os.link(tmp, history.name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+        except FileExistsError as e:
+            # Also what NFS answers a retransmitted link that was done: the name is then
+            # our temp's inode.
+            try:
+                done = (
+                    os.stat(history.name, dir_fd=dfd, follow_symlinks=False).st_ino
+                    == os.stat(tmp, dir_fd=dfd, follow_symlinks=False).st_ino
+                )
+            except OSError:
+                done = False
+            durable.discard(dfd, tmp, self._leftovers)
+            if not done:
+                raise StoreConflict(
+                    f"{history} was written by another writer meanwhile: "
+                    f"is another writer using key {self.key!r}?"
+                ) from e
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                durable.discard(dfd, tmp, self._leftovers)
+                raise durable.error(e, f"cannot write {history}") from e
+            # No hard links here: look, then rename (a writer racing for the same number
+            # in the moment between may still replace it).
+            if os.path.lexists(history):
+                durable.discard(dfd, tmp, self._leftovers)
+                raise StoreConflict(
+                    f"{history} was written by another writer meanwhile: "
+                    f"is another writer using key {self.key!r}?"
+                ) from e
+            return durable.install(dfd, tmp, history, parts, self._leftovers)
+        durable.discard(dfd, tmp, self._leftovers)
+        return False
+
+    def _write(self, dfd: int, parts: durable.Buffers, generation: int, *, new: bool) -> None:
         """The durable recipe for manifest.<generation>.json and manifest.json: two files,
-        so that an edit in place of one leaves the other whole; one directory fsync."""
+        so that an edit in place of one leaves the other whole; one directory fsync.
+
+        `new`: the number is claimed (`_claim`), never replacing another writer's file;
+        else it is this writer's amend of the generation manifest.json holds as it saw it.
+        """
         current = self._current
         history = self.path / _generation_name(generation)
         # Both temps carry manifest.json's prefix: one name for a dead writer's leftovers.
@@ -728,7 +836,10 @@ class Store:
             durable.discard(dfd, kept, self._leftovers)
             raise
         try:
-            settled = durable.install(dfd, kept, history, parts, self._leftovers)
+            if new:
+                settled = self._claim(dfd, kept, history, parts)
+            else:
+                settled = durable.install(dfd, kept, history, parts, self._leftovers)
         except BaseException:
             durable.discard(dfd, tmp, self._leftovers)
             raise
@@ -739,7 +850,7 @@ class Store:
             # it would only be taken for it by a fallback. An amended one (a generation
             # this writer has seen already, `commit`'s `amend`) is that very generation,
             # annotated: removing it would lose the generation's only kept copy.
-            if generation != self._high:
+            if new:
                 durable.discard(dfd, history.name, set())
             raise
         durable.fsync_dir(dfd, self.path, reopen=settled)

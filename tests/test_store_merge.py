@@ -208,8 +208,10 @@ def test_a_key_directory_deleted_right_after_the_rename_is_noticed(
     installs(s, "a==1")
     real = Store._write
 
-    def write_then_delete(self: Store, dfd: int, parts: object, generation: int) -> None:
-        real(self, dfd, parts, generation)  # type: ignore[arg-type]
+    def write_then_delete(
+        self: Store, dfd: int, parts: object, generation: int, *, new: bool
+    ) -> None:
+        real(self, dfd, parts, generation, new=new)  # type: ignore[arg-type]
         shutil.rmtree(self.path)
 
     monkeypatch.setattr(Store, "_write", write_then_delete)
