@@ -16,7 +16,7 @@ Layout of a store::
         manifest.<gen>.json     the newest `keep` generations, each a file of its own (an
                                 edit in place damages one file only); its name is how a
                                 writer claims the number <gen>; read when manifest.json is
-                                damaged, or after a lost race for a number
+                                damaged, or older than the newest of them
         .pkgckpt-synced.<gen>   empty; renamed after each directory fsync: the newest
                                 generation without it may not be durable yet
         .manifest.json.tmp.<host>.<pid>.<random>
@@ -42,17 +42,26 @@ generation's file, as manifest.json holds it as this writer saw it.
 
 Two writers of one key (a user's two notebook servers, a pod replaced while the old one
 still flushes, a new pod's restore while the old daemon commits) take no lock (NFS): a
-commit whose number another writer claimed first (the link answers EEXIST) raises
-`StoreConflict` and replaces nothing of the other's. The next `check` or `read` then
-returns the newest valid generation, whichever file holds it; the caller folds it in and
-commits again above it (`checkpoint.commit`, `record`).
+commit that loses a race raises `StoreConflict` and replaces no generation the other
+claimed (two amends of one generation at one moment aside: the later one's annotations
+stand, the other's writer finds manifest.json changed at its next commit). It happens
+when the number it picked is claimed already (the link answers EEXIST), when the number
+after its own is claimed once its manifest.json is in place (one stat: the other's
+manifest.json may have landed first, and this one put an older generation over it), or
+when it finds a kept generation newer than manifest.json and newer than any it has seen
+(the other's rename not landed yet, or its writer killed before it). The next `check` or
+`read` then returns the newest valid generation, whichever file holds it; the caller
+folds it in and commits again above it (`checkpoint.commit`, `record`), so manifest.json
+ends at a generation that holds both writers' records. Readers keep reading
+manifest.json alone (one file, no listing): an older generation over a newer one lasts
+until that writer's retry, or, if it was killed in between, the next commit.
 
 Every store call can be a round trip to an NFS server, so they are counted
 (tests/test_store_cost.py): `cycle()` checks the root, its marker and the key directory
 once for a check and the commit after it; `check` opens manifest.json and compares its
 stamp without reading it; a read asks for the size fstat gave, in one call. Claiming the
-number costs a commit one call more than a rename did (the temp name's unlink); a check
-and a read cost what they did.
+number costs a commit two calls more than a rename did (the temp name's unlink, the stat
+for the next number); a check and a read cost what they did.
 
 Errors: `StoreUnavailable` (EIO, ENOSPC, ESTALE, EDQUOT, ETIMEDOUT, an unmounted store,
 ...: retry later, the caller keeps its state), `StoreConflict` (a StoreUnavailable: fold
@@ -756,6 +765,8 @@ class Store:
         parts = self.seal.sign(manifest.encode_parts(result, encoded))
         self._write(dfd, parts, generation, new=generation != known.generation)
         stamp = self._stamp(dfd)
+        self._high = max(self._high, generation)
+        self._passed(dfd, generation)
         if stamp is None or stamp[1] != sum(map(len, parts)):
             # Deleted or replaced at once, not by this writer: a stamp no file has makes
             # `check` and the next commit look again.
@@ -779,6 +790,21 @@ class Store:
         if self._writer_as is None or self._writer_as.pid != pid:
             self._writer_as = Writer(host=os.uname().nodename, pid=pid, version=__version__)
         return self._writer_as
+
+    def _passed(self, dfd: int, generation: int) -> None:
+        """StoreConflict when another writer has claimed the number after `generation`:
+        its manifest.json may have landed before this one's, which then went backwards."""
+        after = _generation_name(generation + 1)
+        try:
+            os.stat(after, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise durable.error(e, f"cannot stat {self.path / after}") from e
+        raise StoreConflict(
+            f"{self.path / after} was written while this writer wrote generation "
+            f"{generation}: is another writer using key {self.key!r}?"
+        )
 
     def _claim(self, dfd: int, tmp: str, history: Path, parts: durable.Buffers) -> bool:
         """Publish the staged `tmp` as `history` only if no other writer holds that name;
@@ -904,6 +930,14 @@ class Store:
                 log.warning("%s; the next commit replaces it", e)
                 current, warning = None, str(e)
         generations = _generations(names)
+        if current is not None and generations and generations[0] > self._high:
+            # Another writer claimed a newer number and its manifest.json is not (or no
+            # longer) the current one: what it recorded is folded in before writing.
+            raise StoreConflict(
+                f"{self.path / _generation_name(generations[0])} is newer than "
+                f"{self.path / CURRENT} (generation {current.generation}): "
+                f"is another writer using key {self.key!r}?"
+            )
         last = max([current.generation if current else 0, *generations[:1]])
         body = None
         if current is not None and warning is None and not self._rewrite:

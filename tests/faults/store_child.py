@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from pkgckpt import manifest
-from pkgckpt.errors import PkgckptError
+from pkgckpt.errors import PkgckptError, StoreConflict
 from pkgckpt.store import SYNCED, Store
 
 
@@ -73,7 +73,12 @@ def main(argv: list[str]) -> None:
     print("ready", flush=True)
     while True:
         counter += 1
-        store.commit(make_body(str(counter), counter % 40))
+        try:
+            store.commit(make_body(str(counter), counter % 40))
+        except StoreConflict:
+            # A writer killed between claiming its number and renaming manifest.json left
+            # the newest generation: learn it, as `checkpoint.commit` does, and go on.
+            store.check()
 
 
 if __name__ == "__main__":
