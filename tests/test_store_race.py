@@ -5,6 +5,12 @@ an older one for good."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,9 +18,15 @@ from typing import Any
 import pytest
 from test_store_merge import ENV, IMAGE, first_record, installs, pkgs, recorded, session
 
+import pkgckpt
 from pkgckpt import manifest, record
 from pkgckpt.checkpoint import Observation, commit
 from pkgckpt.store import Store, init_store
+
+FAULTS = Path(__file__).parent / "faults"
+REPO = Path(pkgckpt.__file__).resolve().parent.parent
+sys.path.insert(0, str(FAULTS))
+from store_child import label, make_body  # noqa: E402
 
 
 @pytest.fixture
@@ -106,3 +118,46 @@ def test_an_older_generation_left_over_manifest_json_is_not_what_the_next_commit
     installs(late, "wa==1", "wb==1")
     assert recorded(store) == {"wa==1", "wb==1", "wx==1"}
     assert Store(store.root, store.key).generations()[0] == 3
+
+
+def test_a_writer_whose_fsyncs_are_slow_does_not_replace_the_generation_taken_meanwhile(
+    store: Store,
+) -> None:
+    """Process B, its fsyncs delayed 2 s each by strace, picks generation 2 and stages it;
+    process A commits generation 2 meanwhile. B's files land after A's and replace none
+    of them: B reports the conflict, and manifest.json and manifest.2.json are A's."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed: the slow writer cannot be made")
+    store.commit(make_body("first"))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    child = [sys.executable, str(FAULTS / "store_child.py"), "steps", str(store.root), store.key]
+    slow = subprocess.Popen(
+        ["strace", "-f", "-o", os.devnull, "-e", "trace=fsync",
+         "-e", "inject=fsync:delay_enter=2000000", *child, "commit:B"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not any(p.name.startswith(".manifest.json.tmp.") for p in store.path.iterdir()):
+            assert slow.poll() is None, slow.communicate()
+            assert time.monotonic() < deadline, "the slow writer never staged its generation"
+            time.sleep(0.01)
+        fast = subprocess.run(
+            [*child, "commit:A"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert fast.returncode == 0, fast.stderr
+        out, err = slow.communicate(timeout=60)
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+            slow.wait()
+    if slow.returncode != 0 and "ptrace" in err.lower():
+        pytest.skip(f"strace cannot trace here (seccomp or ptrace_scope): {err.strip()}")
+    assert json.loads(fast.stdout) == {"step": "commit:A", "generation": 2}
+    assert slow.returncode == 0, err
+    for name in ("manifest.json", "manifest.2.json"):
+        found = manifest.decode((store.path / name).read_bytes(), name)
+        assert (found.generation, label(found)) == (2, "A"), name
+    assert json.loads(out).get("error") == "StoreConflict", out
