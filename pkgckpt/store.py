@@ -386,7 +386,9 @@ class Store:
 
         A damaged manifest.json falls back to the newest valid kept generation (see
         `last_read_warning`); hostile files (foreign owner, group/other writable, symlink,
-        not a regular file) are refused with StoreError, never fallen back from.
+        not a regular file) are refused with StoreError, never fallen back from. After
+        this Store's commit raised StoreConflict, the newest valid generation, whichever
+        file holds it.
         """
         self.last_read_warning = None
         dfd = self._key_dir()
@@ -442,8 +444,10 @@ class Store:
         differ. The stamp catches an edit in place that keeps the checksum's digits,
         which a comparison of heads did not; it misses only a same-size change, on a
         reused inode, within the file system's timestamp tick of this Store's write.
-        Raises as `read()`, but for a ManifestError (no valid generation): that is a
-        change with nothing to fold in, which the next commit replaces.
+        After this Store's commit raised StoreConflict, a change, and the newest valid
+        generation, whichever file holds it (see `read()`). Raises as `read()`, but for a
+        ManifestError (no valid generation): that is a change with nothing to fold in,
+        which the next commit replaces.
         """
         dfd = self._key_dir()
         if dfd is None:
@@ -812,38 +816,41 @@ class Store:
         when another writer has it. `tmp` is gone either way."""
         try:
             os.link(tmp, history.name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
-        except FileExistsError as e:
-            # Also what NFS answers a retransmitted link that was done: the name is then
-            # our temp's inode.
+        except OSError as e:
+            if e.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                return self._claim_without_links(dfd, tmp, history, parts)
+            # The server may have made the link and lost its reply (EEXIST to the
+            # retransmission, ESTALE, EIO): the name then holds our temp's inode. By path,
+            # as the directory descriptor may be the stale one.
             try:
-                done = (
-                    os.stat(history.name, dir_fd=dfd, follow_symlinks=False).st_ino
-                    == os.stat(tmp, dir_fd=dfd, follow_symlinks=False).st_ino
-                )
+                done = history.lstat().st_ino == (history.parent / tmp).lstat().st_ino
             except OSError:
                 done = False
             durable.discard(dfd, tmp, self._leftovers)
-            if not done:
-                raise StoreConflict(
-                    f"{history} was written by another writer meanwhile: "
-                    f"is another writer using key {self.key!r}?"
-                ) from e
-            return False
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
-                durable.discard(dfd, tmp, self._leftovers)
-                raise durable.error(e, f"cannot write {history}") from e
-            # No hard links here: look, then rename (a writer racing for the same number
-            # in the moment between may still replace it).
-            if os.path.lexists(history):
-                durable.discard(dfd, tmp, self._leftovers)
-                raise StoreConflict(
-                    f"{history} was written by another writer meanwhile: "
-                    f"is another writer using key {self.key!r}?"
-                ) from e
-            return durable.install(dfd, tmp, history, parts, self._leftovers)
+            if done:
+                log.info("%s: link reported %s but the new file is in place", history, e.strerror)
+                return True
+            if e.errno == errno.EEXIST:
+                raise self._taken(history) from e
+            raise durable.error(e, f"cannot write {history}") from e
         durable.discard(dfd, tmp, self._leftovers)
         return False
+
+    def _claim_without_links(
+        self, dfd: int, tmp: str, history: Path, parts: durable.Buffers
+    ) -> bool:
+        """`_claim` on a file system without hard links: look, then rename (a writer racing
+        for the same number in the moment between may still replace it)."""
+        if os.path.lexists(history):
+            durable.discard(dfd, tmp, self._leftovers)
+            raise self._taken(history)
+        return durable.install(dfd, tmp, history, parts, self._leftovers)
+
+    def _taken(self, history: Path) -> StoreConflict:
+        return StoreConflict(
+            f"{history} was written by another writer meanwhile: "
+            f"is another writer using key {self.key!r}?"
+        )
 
     def _write(self, dfd: int, parts: durable.Buffers, generation: int, *, new: bool) -> None:
         """The durable recipe for manifest.<generation>.json and manifest.json: two files,

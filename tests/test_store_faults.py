@@ -158,6 +158,17 @@ def test_rename_that_happened_but_failed_is_settled_by_reading_back(
     assert reports[RETRY] == {"step": "commit:B", "generation": None}  # unchanged
 
 
+@pytest.mark.parametrize("error", [errno.EEXIST, errno.ESTALE, errno.EIO], ids=errno.errorcode.get)
+def test_a_link_that_happened_but_failed_is_settled_by_its_inode(child: Child, error: int) -> None:
+    """A generation's link done by the server whose reply was an error (EEXIST to the
+    retransmission of a link that was made) is this writer's claim, not another's."""
+    reports, _ = child.run([rule("link", error, "after", child.temp)], STEPS)
+    assert reports[FAILED] == {"step": "commit:B", "generation": 2}
+    assert reports[STATE] == {"step": "read", "generation": 2, "label": "B", "warning": None}
+    assert reports[NAMES]["names"] == ["manifest.1.json", "manifest.2.json", "manifest.json"]
+    assert reports[RETRY] == {"step": "commit:B", "generation": None}  # unchanged
+
+
 def test_directory_fsync_failure_is_reported_and_rewritten(child: Child) -> None:
     """EIO on the directory fsync fails the commit; the next commit writes again, unchanged."""
     reports, _ = child.run([rule("fsync", errno.EIO, "before", child.directory)], STEPS)
