@@ -376,8 +376,9 @@ class Store:
         """The highest generation this Store has seen or written: a rolled-back directory
         must not make the generations run backwards."""
         self._conflict = False
-        """Another writer took or passed this Store's last generation number: the next
-        `check` or `read` returns the newest generation, whichever file holds it."""
+        """Another writer took or passed this Store's last generation number: `check`
+        (once) and `read` (until a commit succeeds) return the newest generation,
+        whichever file holds it."""
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -387,16 +388,17 @@ class Store:
         A damaged manifest.json falls back to the newest valid kept generation (see
         `last_read_warning`); hostile files (foreign owner, group/other writable, symlink,
         not a regular file) are refused with StoreError, never fallen back from. After
-        this Store's commit raised StoreConflict, the newest valid generation, whichever
-        file holds it.
+        this Store's commit raised StoreConflict, and until one succeeds, the newest valid
+        generation, whichever file holds it.
         """
         self.last_read_warning = None
         dfd = self._key_dir()
         if dfd is None:
             return None
-        conflict, self._conflict = self._conflict, False
         try:
-            found, warning = self._newest(dfd) if conflict else self._read_in(dfd)
+            # Until a commit succeeds or `check` hands the newest generation over: a read
+            # that only compares (`checkpoint.confirm`) folds nothing in.
+            found, warning = self._newest(dfd) if self._conflict else self._read_in(dfd)
         finally:
             self._done(dfd)
         if warning is not None:
@@ -444,8 +446,8 @@ class Store:
         differ. The stamp catches an edit in place that keeps the checksum's digits,
         which a comparison of heads did not; it misses only a same-size change, on a
         reused inode, within the file system's timestamp tick of this Store's write.
-        After this Store's commit raised StoreConflict, a change, and the newest valid
-        generation, whichever file holds it (see `read()`). Raises as `read()`, but for a
+        Once after this Store's commit raised StoreConflict: a change, and the newest
+        valid generation, whichever file holds it (see `read()`). Raises as `read()`, but for a
         ManifestError (no valid generation): that is a change with nothing to fold in,
         which the next commit replaces.
         """
@@ -784,6 +786,7 @@ class Store:
         known.stamp = stamp
         self._known = known
         self._rewrite = False
+        self._conflict = False
         self._mark_synced(dfd, known)
         self._prune(dfd, known)
         return result

@@ -20,7 +20,8 @@ from test_store_merge import ENV, IMAGE, first_record, installs, pkgs, recorded,
 
 import pkgckpt
 from pkgckpt import manifest, record
-from pkgckpt.checkpoint import Observation, commit
+from pkgckpt.checkpoint import Observation, commit, confirm
+from pkgckpt.errors import StoreConflict
 from pkgckpt.store import Store, init_store
 
 FAULTS = Path(__file__).parent / "faults"
@@ -118,6 +119,24 @@ def test_an_older_generation_left_over_manifest_json_is_not_what_the_next_commit
     installs(late, "wa==1", "wb==1")
     assert recorded(store) == {"wa==1", "wb==1", "wx==1"}
     assert Store(store.root, store.key).generations()[0] == 3
+
+
+def test_a_read_back_after_a_conflict_does_not_keep_the_newest_generation_from_the_fold(
+    store: Store,
+) -> None:
+    """A commit that lost a race, then a read back (the daemon's confirm at shutdown)
+    before the next commit: that commit still folds in the generation the other writer
+    claimed, which manifest.json does not hold yet."""
+    first_record(store, "wa==1")
+    b = session(Store(store.root, store.key))
+    installs(session(Store(store.root, store.key)), "wa==1", "wx==1")
+    (store.path / "manifest.json").write_bytes((store.path / "manifest.1.json").read_bytes())
+    b.tracker.observe(ENV, Observation({**IMAGE, **pkgs("wa==1", "wb==1")}))
+    with pytest.raises(StoreConflict):
+        b.store.commit(b.tracker.body())
+    assert not confirm(b)
+    assert commit(b) is not None
+    assert recorded(store) == {"wa==1", "wb==1", "wx==1"}
 
 
 def test_a_writer_whose_fsyncs_are_slow_does_not_replace_the_generation_taken_meanwhile(
