@@ -151,18 +151,8 @@ def test_on_a_new_image_what_it_moved_under_is_held_back(tmp_path: Path, channel
     dependencies, so restore neither puts tiny 2.0 over 3.0 with --no-deps nor removes
     dep with --force from under top: both are held back, saying why (exit 3), and the
     client is not run. On the recorded image the same record is applied."""
+    prefix, env = moved_under(tmp_path, channel, extra=False)
     old = tmp_path / "old"
-    conda_install(old, channel, "tiny=1.0", "dep", cache=tmp_path / "cache")
-    was = image_identity(CondaScanner(old / "conda-meta").scan().packages.values())
-    prefix = tmp_path / "env"
-    conda_install(prefix, channel, "tiny=3.0", "dep", "top", cache=tmp_path / "cache")
-    conda = Environment(kind="conda", path=str(prefix))
-    upgraded = msgspec.structs.replace(conda_pkg("tiny", "2.0", "h1_0", channel), replaced="1.0")
-    put_manifest(tmp_path / "store", "k", Body.of([Delta(
-        env=conda, changed=(upgraded,), removed=(conda_pkg("dep", "1.0", "h0_0", channel),),
-        image=was,
-    )]))  # fmt: skip
-    env = restore_env(tmp_path, channel)
     code, out = run_restore(tmp_path, env, prefix)
     assert code == 3, out
     assert "held back: the new image ships tiny 3.0" in out, out
@@ -177,10 +167,13 @@ def test_on_a_new_image_what_it_moved_under_is_held_back(tmp_path: Path, channel
     assert conda_state(prefix) == {"tiny": "2.0=h1_0"}, out
 
 
-def moved_under(tmp_path: Path, channel: Path) -> tuple[Path, dict[str, str]]:
+def moved_under(
+    tmp_path: Path, channel: Path, *, extra: bool = True
+) -> tuple[Path, dict[str, str]]:
     """A prefix of the new image (tiny 3.0, dep, top, which needs dep) and a record taken
-    on the old one (tiny 1.0, dep): extra added, tiny upgraded to 2.0, dep removed. The
-    image moved under the upgrade and the removal, not under the addition."""
+    on the old one (tiny 1.0, dep, at tmp_path/old): extra added (unless not `extra`), tiny
+    upgraded to 2.0, dep removed. The image moved under the upgrade and the removal, not
+    under the addition."""
     old = tmp_path / "old"
     conda_install(old, channel, "tiny=1.0", "dep", cache=tmp_path / "cache")
     was = image_identity(CondaScanner(old / "conda-meta").scan().packages.values())
@@ -188,8 +181,9 @@ def moved_under(tmp_path: Path, channel: Path) -> tuple[Path, dict[str, str]]:
     conda_install(prefix, channel, "tiny=3.0", "dep", "top", cache=tmp_path / "cache")
     conda = Environment(kind="conda", path=str(prefix))
     upgraded = msgspec.structs.replace(conda_pkg("tiny", "2.0", "h1_0", channel), replaced="1.0")
+    added = (conda_pkg("extra", "1.0", "h0_0", channel),) if extra else ()
     put_manifest(tmp_path / "store", "k", Body.of([Delta(
-        env=conda, added=(conda_pkg("extra", "1.0", "h0_0", channel),), changed=(upgraded,),
+        env=conda, added=added, changed=(upgraded,),
         removed=(conda_pkg("dep", "1.0", "h0_0", channel),), image=was,
     )]))  # fmt: skip
     return prefix, restore_env(tmp_path, channel)
