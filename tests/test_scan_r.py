@@ -335,6 +335,40 @@ def test_the_tree_hash_never_reads_through_a_directory_swapped_for_a_link(
     assert swapped
 
 
+def test_a_file_grown_once_open_is_not_read_past_its_listed_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user who sees the hash open `x/a/0big` and grows it to 2 GiB: the hash
+    reads no further than the size the byte cap counted, and the grown tree has none."""
+    package = local_package(tmp_path / "lib", "evil")
+    big = package / "x" / "a" / "0big"
+    real = os.fstat
+    grown: list[bool] = []
+
+    def watched(fd: int) -> os.stat_result:
+        st = real(fd)
+        # Once the open file is checked against its listing: the growth the check missed.
+        if not grown and (st.st_dev, st.st_ino) == (big.stat().st_dev, big.stat().st_ino):
+            grown.append(True)
+            os.truncate(big, 2 << 30)
+        return st
+
+    monkeypatch.setattr(os, "fstat", watched)
+    # Read to its end, the grown file would give a hash (after 2 GiB of reads).
+    assert installed_hash(tmp_path / "lib", "evil") is None
+    assert grown
+
+
+def test_a_package_directory_that_is_a_link_keeps_its_tree_hash(tmp_path: Path) -> None:
+    """renv-style libraries link each package in from a cache: the link is followed, as
+    os.walk followed it, and the hash is the one manifests recorded."""
+    package = local_package(tmp_path / "cache", "mine")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "mine").symlink_to(package)
+    assert installed_hash(lib, "mine") == old_tree_sha256(package)
+
+
 def test_missing_library_scans_empty_and_says_so(tmp_path: Path) -> None:
     """A library that does not exist yet (R_LIBS_USER before the first install) is empty."""
     scanner = RLibraryScanner(tmp_path / "nope")

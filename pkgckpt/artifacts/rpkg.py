@@ -209,7 +209,9 @@ def _add(
     if stat.S_ISDIR(st.st_mode):
         tar.addfile(_info(member, tarfile.DIRTYPE, 0o755))
     elif stat.S_ISLNK(st.st_mode):
-        links[member] = os.readlink(entry.name, dir_fd=directory)
+        # Spelled as Path.readlink spells it (`./a//b` as `a/b`): a capture of the same
+        # install keeps its bytes.
+        links[member] = str(Path(os.readlink(entry.name, dir_fd=directory)))
         tar.addfile(_info(member, tarfile.SYMTYPE, 0o777, link=links[member]))
     elif stat.S_ISREG(st.st_mode):
         mode = 0o755 if st.st_mode & 0o111 else 0o644

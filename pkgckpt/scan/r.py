@@ -311,9 +311,15 @@ def _file_sha256(directory: int, entry: fstree.Entry) -> str | None:
     except OSError:
         return None
     digest = hashlib.sha256()
+    left = entry.st.st_size
     with os.fdopen(fd, "rb") as f:
-        while chunk := f.read(1 << 20):
+        # No further than the size listed, which the tree's byte cap counted: a file grown
+        # after its open (`truncate -s 20G` on seeing it) is a changed tree, not 20 GiB read.
+        while left > 0 and (chunk := f.read(min(1 << 20, left))):
             digest.update(chunk)
+            left -= len(chunk)
+        if f.read(1):
+            raise fstree.Changed(entry.path)
     return digest.hexdigest()
 
 
@@ -366,7 +372,10 @@ def _tree_sha256(directory: Path) -> str | None:
     digest = hashlib.sha256()
     count = size = 0
     try:
-        top = os.open(directory, fstree.DIR_FLAGS)
+        # The package directory itself may be a link (renv-style libraries link packages
+        # in from a cache): followed, as the scanner followed it to DESCRIPTION and as
+        # os.walk did, so that such a tree keeps its hash; nothing below it is followed.
+        top = os.open(directory, fstree.DIR_FLAGS & ~os.O_NOFOLLOW)
     except OSError:
         return None
     try:
