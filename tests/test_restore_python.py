@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 import tempfile
@@ -436,3 +437,17 @@ def test_auto_takes_pip_where_a_version_is_not_pep440(wheels: Path, bare: Venv) 
     )
     assert out.ok, out.output
     assert installed(bare.site_packages)["gamma"] == "1.0"
+
+
+def test_a_non_pep440_entry_of_another_user_does_not_choose_the_installer(
+    wheels: Path, bare: Venv
+) -> None:
+    """Another user who may write a shared environment plants `x-1build1.dist-info`: it
+    does not turn `auto` from uv (run with --no-config) to pip, which reads the
+    configuration files that user may plant in the prefix."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make an entry another user owns")
+    planted = bare.site_packages / "x-1build1.dist-info"
+    planted.mkdir()
+    os.lchown(planted, 65534, 65534)
+    assert PythonInstaller(env(bare), config(wheels, "auto")).name == "uv"

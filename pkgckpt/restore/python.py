@@ -245,12 +245,17 @@ def _nonstandard(prefix: Path) -> bool:
     """Whether the prefix's site directories hold a distribution named with a version that
     is not PEP 440, as Ubuntu's apt installs them (`distro_info-1.1build1.egg-info`): uv
     installs and uninstalls nothing at all in such an environment ("Failed to read
-    metadata"), where pip warns and goes on."""
+    metadata"), where pip warns and goes on.
+
+    Only an entry owned by the site directory's owner counts: another user who may write a
+    shared environment could otherwise turn every restore from uv, run with --no-config,
+    to pip, which reads the configuration files they may plant in the prefix."""
     from .validate import python_version
 
     for site in prefix.glob("lib/python3*/*-packages"):
         try:
             entries = os.listdir(site)  # noqa: PTH208
+            owner = site.stat().st_uid
         except OSError:
             continue
         for entry in entries:
@@ -262,9 +267,17 @@ def _nonstandard(prefix: Path) -> bool:
                 suffix in ("dist-info", "egg-info")
                 and len(parts) > 1
                 and not python_version(parts[1])
+                and _owned_by(site / entry, owner)
             ):
                 return True
     return False
+
+
+def _owned_by(path: Path, uid: int) -> bool:
+    try:
+        return path.lstat().st_uid == uid
+    except OSError:
+        return False
 
 
 def _pip_for(prefix: Path) -> bool:
