@@ -153,9 +153,12 @@ _digests: dict[tuple[int, ...], str] = {}
 which whoever may write a shared library writes: one naming a large file of the user's
 (a 50 GB dataset), with its version bumped again and again, would otherwise have the
 daemon read that file in its main loop at every bump. The identity includes the ctime,
-which every write to the file moves, so a digest is never served for other bytes: that
-of a file changed in the last `_SETTLED_NS` is not kept, as file times tick coarsely (a
-write in the same tick as the one hashed would leave the identity as it was)."""
+which a write to the file moves, so a digest is not served for other bytes: that of a
+file changed in the last `_SETTLED_NS` is not kept, as file times tick coarsely (a write
+in the same tick as the one hashed would leave the identity as it was). Writes that move
+no time (through a shared mmap whose page is dirty already) or an NFS server's clock far
+from ours could still leave a stale digest: it fails closed, as restore checks the file
+against the digest recorded and refuses it."""
 _DIGESTS_MAX = 256
 _SETTLED_NS = 2 * 10**9
 
