@@ -673,9 +673,10 @@ class Daemon:
         self.uncommitted.extend(c for _, c in changes)
         # With a baseline file from the image, one not in it (a venv on the user's volume)
         # never gets one: taking one now would count the user's packages as the image's.
+        image = inventory.baseline_path(self.config)  # the stand-in for a missing file
         advice = (
-            f"it is not in {self.config.baseline}"
-            if self.config.baseline is not None
+            f"it is not in {image}"
+            if image == self.config.baseline
             else "run `pkgckpt baseline` or `pkgckpt restore` first"
         )
         for env in session.tracker.inferred:
