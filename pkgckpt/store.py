@@ -608,20 +608,28 @@ class Store:
             raise durable.error(e, f"cannot list {self.path}") from e
         if data is None and not generations:
             return None, None
+        hit = self._first_valid(dfd, generations)
+        if hit is None:
+            raise ManifestError(f"{problem}; no earlier generation in {self.path} is valid")
+        found, name = hit
+        self._high = max(self._high, found.generation)
+        return found, f"{problem}; using generation {found.generation} from {name}"
+
+    def _first_valid(self, dfd: int, generations: list[int]) -> tuple[Manifest, str] | None:
+        """The first of the kept `generations` (newest first) that reads whole and valid,
+        with its file name; None when none does. UnknownSchema is raised, not skipped."""
         for generation in generations:
             name = _generation_name(generation)
-            kept = self._load(dfd, name)
-            if kept is None:
+            data = self._load(dfd, name)
+            if data is None:
                 continue
             try:
-                found = manifest.decode(kept, str(self.path / name))
+                return manifest.decode(data, str(self.path / name)), name
             except UnknownSchema:
                 raise
             except ManifestError:
                 continue
-            self._high = max(self._high, found.generation)
-            return found, f"{problem}; using generation {found.generation} from {name}"
-        raise ManifestError(f"{problem}; no earlier generation in {self.path} is valid")
+        return None
 
     def _newest(self, dfd: int) -> tuple[Manifest | None, str | None]:
         """After a `StoreConflict`: the newest valid generation, from manifest.json or a
@@ -633,23 +641,12 @@ class Store:
             raise durable.error(e, f"cannot list {self.path}") from e
         found, warning = self._read_in(dfd, names)
         generations = _generations(names)
-        for generation in generations:
-            if found is not None and generation <= found.generation:
-                break
-            name = _generation_name(generation)
-            data = self._load(dfd, name)
-            if data is None:
-                continue
-            try:
-                kept = manifest.decode(data, str(self.path / name))
-            except UnknownSchema:
-                raise
-            except ManifestError:
-                continue
-            found, warning = kept, None
+        newer = [g for g in generations if found is None or g > found.generation]
+        hit = self._first_valid(dfd, newer)
+        if hit is not None:
+            found, warning = hit[0], None
             # manifest.json is not this generation: nothing this Store may amend.
             self._seen, self._last_read = _UNKNOWN, None
-            break
         # The newest number is known now, even when its file is damaged: the next commit
         # goes above it instead of finding it again.
         self._high = max([self._high, *generations[:1]])
