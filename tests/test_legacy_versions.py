@@ -6,7 +6,6 @@ the installer choice in restore/python.py, status.py)."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shutil
 import subprocess
@@ -16,8 +15,7 @@ from pathlib import Path
 
 import pytest
 from daemon_kit import World, uv_install
-from packaging.version import Version
-from wheelhouse import Dist, Venv, build_wheel, make_venv, pip
+from wheelhouse import PIP_REFUSES_INVALID, Dist, Venv, build_wheel, make_venv, pip
 
 from pkgckpt.manifest import Delta
 
@@ -30,10 +28,9 @@ V2 = {"distro-info": "1.1build2", "imgtool": "2.0build3"}
 V2_WHEELS = ["python-debian==0.1.50"]
 USER = ["python-debian==0.1.49", "imgtool==2.1", "newpkg==1.0"]
 """The user's upgrades of two of the image's packages, and an addition."""
-PIP_REFUSES = Version(importlib.metadata.version("pip")) >= Version("24.1")
-"""pip 24.1 and later install nothing over an installed non-PEP 440 version ("To proceed
-this package must be uninstalled"): the user uninstalls it first, and restore, which
-takes this pip, reports such an upgrade as failed (README: a new image)."""
+PIP_REFUSES = PIP_REFUSES_INVALID
+"""The user uninstalls such a version first, and restore, which takes this pip, reports
+an upgrade over one as failed (README: a new image)."""
 
 
 @pytest.fixture(scope="module")

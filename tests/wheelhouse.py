@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -21,6 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+PIP_REFUSES_INVALID = Version(importlib.metadata.version("pip")) >= Version("24.1")
+"""The pip running the tests (the one restore takes beside pkgckpt) is 24.1 or later: it
+installs nothing over an installed non-PEP 440 version ("To proceed this package must be
+uninstalled"), and fails printing its summary where one is installed beside."""
 
 
 def _record_hash(data: bytes) -> str:
