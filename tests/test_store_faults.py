@@ -11,20 +11,20 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fault_kit
 import pytest
+from fault_kit import FAULTS, glob_escape
 
 import pkgckpt
 from pkgckpt.store import SYNCED, Store, init_store
 
-FAULTS = Path(__file__).parent / "faults"
+shim = fault_kit.shim
 CHILD = FAULTS / "store_child.py"
 REPO = Path(pkgckpt.__file__).resolve().parent.parent
 
@@ -34,24 +34,6 @@ from store_child import make_body  # noqa: E402
 # The steps every commit test runs in the faulty child, and what each reports.
 STEPS = ["commit:B", "read", "ls", "commit:B", "read", "ls"]
 FAILED, STATE, NAMES, RETRY, STATE2, NAMES2 = range(6)
-
-
-@pytest.fixture(scope="session")
-def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the fault shim")
-    out = tmp_path_factory.mktemp("faultshim") / "faultshim.so"
-    subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out),
-         str(FAULTS / "faultshim.c"), "-ldl"],
-        check=True,
-    )  # fmt: skip
-    return out
-
-
-def glob_escape(path: Path) -> str:
-    # pytest names directories after parametrized tests: "[...]" must not be a glob class.
-    return re.sub(r"([*?\[\\])", r"\\\1", str(path.resolve()))
 
 
 @dataclass

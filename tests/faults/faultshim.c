@@ -6,7 +6,9 @@
  *   call     write read fsync close open rename link unlink ("write" covers writev)
  *   errno    a number
  *   nth      fail the nth call that matches (1 = the first), once
- *   when     "before": fail without doing the call; "after": do it, then report the error
+ *   when     "before": fail without doing the call; "after": do it, then report the error;
+ *            "hang": block until the process is killed, as a call on a hard NFS mount
+ *            whose server stopped answering does (that wait ends on a fatal signal)
  *   pattern  fnmatch(3) pattern for the path the call touches (a descriptor's path comes
  *            from /proc/self/fd; rename and link match either name)
  * PKGCKPT_FAULTS_LOG=FILE: one line per fault given, so a test can prove it fired.
@@ -37,6 +39,7 @@ struct rule {
     long nth;
     long seen;
     int after;
+    int hang;
     char pattern[PATH_MAX];
 };
 
@@ -68,6 +71,7 @@ static void parse_rule(char *text) {
     r->error = atoi(fields[1]);
     r->nth = atol(fields[2]);
     r->after = strcmp(fields[3], "after") == 0;
+    r->hang = strcmp(fields[3], "hang") == 0;
     snprintf(r->pattern, sizeof r->pattern, "%s", fields[4]);
     wanted[call] = 1;
     nrules++;
@@ -111,8 +115,8 @@ static void note(const struct rule *r, const char *path) {
     int saved = errno;
     FILE *f = fopen(log_path, "a");
     if (f != NULL) {
-        fprintf(f, "%s %d %s %s\n", call_names[r->call], r->error, r->after ? "after" : "before",
-                path);
+        fprintf(f, "%s %d %s %s\n", call_names[r->call], r->error,
+                r->hang ? "hang" : r->after ? "after" : "before", path);
         fclose(f);
     }
     errno = saved;
@@ -160,6 +164,8 @@ static struct rule *match_at(enum call call, int dirfd, const char *name, int di
 #define FAULTY(rule, type, call)                                                            \
     do {                                                                                    \
         if ((rule) != NULL) {                                                               \
+            while ((rule)->hang)                                                            \
+                pause();                                                                    \
             if ((rule)->after)                                                              \
                 (void)(call);                                                               \
             errno = (rule)->error;                                                          \
