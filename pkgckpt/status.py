@@ -41,7 +41,7 @@ from .digest import sha256
 from .discovery import Unreadable
 from .errors import AlreadyRunning, PkgckptError, Unreachable
 from .manifest import Change, Environment, Package
-from .store import open_store
+from .store import answered, open_store
 
 if TYPE_CHECKING:
     # Reports are only encoded, which needs no annotations resolved: the daemon imports
@@ -726,19 +726,24 @@ def _rebase(
     return rebase(delta, target, image, now, config, beneath, ask_index=False)
 
 
+STORE_SECONDS = 10.0
+"""How long `status` waits for each answer of the store: a person is waiting, and what is
+local (the daemon, the libraries) is worth showing while the store does not answer."""
+
+
 def collect(config: Config) -> Report:
     """Everything `pkgckpt status` shows; reads only, never writes or takes a baseline."""
-    store = open_store(config)
+    store = answered(STORE_SECONDS, lambda: open_store(config), config.store)
     store_error = unread = None
     recorded = None
     kept: list[int] = []
     try:
-        recorded = store.read()
+        recorded = answered(STORE_SECONDS, store.read, config.store)
     except PkgckptError as e:
         store_error = unread = str(e)
     else:
         try:
-            kept = store.generations()
+            kept = answered(STORE_SECONDS, store.generations, config.store)
         except PkgckptError as e:
             store_error = str(e)
     baseline = inventory.load_baseline(config)
@@ -1126,11 +1131,14 @@ def to_prometheus(config: Config) -> str:
         return metrics.render(config.key, state.generation, state.pending, state.counters, restore)
     recorded = None
     with contextlib.suppress(PkgckptError):
-        recorded = open_store(config).read()
+        store = answered(STORE_SECONDS, lambda: open_store(config), config.store)
+        recorded = answered(STORE_SECONDS, store.read, config.store)
     if recorded is None:
         return metrics.render(config.key, None, 0, metrics.Counters(), restore)
     counters = metrics.Counters(tracked=metrics.tracked(recorded.body))
     if config.artifacts:
         with contextlib.suppress(PkgckptError):
-            counters.artifact_bytes = quota.used(open_store(config))
+            counters.artifact_bytes = answered(
+                STORE_SECONDS, lambda: quota.used(store), config.store
+            )
     return metrics.render(config.key, recorded.generation, 0, counters, restore)

@@ -82,6 +82,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
@@ -100,6 +101,7 @@ from .manifest import Body, Manifest, Writer
 from .seal import Seal, guard
 
 log = getLogger(__name__)
+_T = TypeVar("_T")
 
 CURRENT = "manifest.json"
 _GENERATION = re.compile(r"manifest\.([1-9][0-9]{0,15})\.json")
@@ -126,6 +128,36 @@ def open_store(config: Config, *, layout: bool = True) -> Store:
         owner=config.store_uid,
         seal=guard(config, layout=layout),
     )
+
+
+def answered(seconds: float, call: Callable[[], _T], root: Path) -> _T:
+    """`call()`'s answer when it comes within `seconds`, else StoreUnavailable. A hard NFS
+    mount whose server stopped answering blocks the call for as long as it is gone: it is
+    left waiting in a thread of its own, which the process's exit ends. For the commands a
+    person waits for (`status`), which have what is local to show meanwhile."""
+    import threading
+
+    answer: list[tuple[_T | None, BaseException | None]] = []
+    done = threading.Event()
+
+    def ask() -> None:
+        try:
+            answer.append((call(), None))
+        except BaseException as e:  # raised again in the asking thread
+            answer.append((None, e))
+        finally:
+            done.set()
+
+    threading.Thread(target=ask, name="store", daemon=True).start()
+    if not done.wait(seconds):
+        raise StoreUnavailable(
+            f"store {root} did not answer within {seconds:g} s (an NFS server that stopped "
+            "answering?)"
+        )
+    value, error = answer[0]
+    if error is not None:
+        raise error
+    return value  # type: ignore[return-value]
 
 
 def init_store(root: Path, *, parents: bool = False) -> bool:

@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import fault_kit
 import msgspec
 import pytest
+from fault_kit import glob_escape
 from wheelhouse import Venv, make_venv
 
 from pkgckpt import status
@@ -24,6 +26,8 @@ from pkgckpt.errors import AlreadyRunning
 from pkgckpt.inventory import targets
 from pkgckpt.manifest import Body, Delta, Environment, Package
 from pkgckpt.store import Store, init_store
+
+shim = fault_kit.shim
 
 
 def _tracking_a_venv(tmp_path: Path) -> tuple[Venv, Config]:
@@ -56,6 +60,41 @@ def test_an_unreadable_library_is_reported_once_with_what_it_records(tmp_path: P
     (report,) = reports
     assert report.error is not None and "cannot read" in report.error
     assert [p.name for p in report.added] == ["alpha"]
+
+
+def test_a_store_that_stops_answering_is_reported_after_a_bounded_wait(
+    tmp_path: Path, shim: Path
+) -> None:
+    """A hard NFS mount whose server went away blocks the manifest's `open()` for as long
+    as it is gone. `status` waits `STORE_SECONDS` for it, then shows what is local and
+    says the store did not answer; `--prometheus` answers in the same bound."""
+    venv, config = _tracking_a_venv(tmp_path)
+    init_store(config.store)
+    Store(config.store, config.key).commit(Body(environments=()))
+    log = tmp_path / "faults.log"
+    manifest = glob_escape(config.store / config.key / "manifest.json")
+    env = {
+        **os.environ,
+        "LD_PRELOAD": str(shim),
+        "PKGCKPT_FAULTS": f"open:0:1:hang:{manifest}",
+        "PKGCKPT_FAULTS_LOG": str(log),
+        "XDG_RUNTIME_DIR": str(config.runtime_dir),
+        "PKGCKPT_DISCOVER": "",
+    }
+    flags = ["--store", str(config.store), "--key", config.key, "--env", str(venv.prefix)]
+    unknown = f"checkpoint: unknown, the store cannot be read now: store {config.store} did "
+    for extra, said in (([], unknown + "not answer within 10 s"), (["--prometheus"], "pkgckpt_")):
+        log.unlink(missing_ok=True)
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "pkgckpt", "status", *flags, *extra],
+            capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        took = time.monotonic() - started
+        assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
+        assert done.returncode == 0, done
+        assert 10 <= took < 10 + 8, f"{took:.1f} s"
+        assert said in done.stdout, done.stdout
 
 
 def test_a_recorded_environment_not_tracked_here_says_why_restore_skips_it(
