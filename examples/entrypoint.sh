@@ -58,8 +58,8 @@ bounded() {
 # 1. Restore, bounded twice: pkgckpt's own --timeout stops the installers, and timeout(1)
 #    guards against anything else hanging (a hard NFS mount that stopped answering).
 #    timeout(1)'s bound is what pkgckpt says the restore may take (`--print-bound`: its
-#    timeout plus its jitter's longest wait, wherever each is set) plus 30 s; none when
-#    that is 0 (the restore's timeout is 0: no bound).
+#    timeout, the 10 s it has to report after it, and its jitter's longest wait, wherever
+#    each is set) plus 30 s; none when the restore's timeout is 0 (no bound).
 #    A failed or partial restore (exit 1 or 3) is reported; the session starts anyway.
 restore_timeout=${PKGCKPT_RESTORE_TIMEOUT:-${PKGCKPT_TIMEOUT:-300}}
 restore() {

@@ -258,9 +258,9 @@ def snapshot(cfg: config.Config) -> int:
 @click.option(
     "--print-bound",
     is_flag=True,
-    help="Print the longest this restore may take, in whole seconds: its timeout plus "
-    "its jitter, wherever each is set (0: no bound); restore nothing. For a wrapper "
-    "that bounds it too.",
+    help="Print the longest this restore may take, in whole seconds: its timeout, the "
+    "10 s it has to report after it, and its jitter, wherever each is set (0: no bound); "
+    "restore nothing. For a wrapper that bounds it too.",
 )
 @click.option(
     "--timeout",
@@ -268,7 +268,9 @@ def snapshot(cfg: config.Config) -> int:
     default=None,
     metavar="S",
     help="Bound the whole run, in seconds up to a day (default 900; 0: no bound). What is "
-    "not done is reported.",
+    "not done is reported. The installers are stopped when it runs out; a restore still "
+    "blocked 10 s later (a store that stopped answering) ends with exit 1, or 3 once it "
+    "has installed.",
 )
 @click.option(
     "--jitter",

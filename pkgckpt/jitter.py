@@ -17,7 +17,7 @@ than all at once.
 - The wait comes before `timeout` starts: the timeout bounds the restore's own work.
   Whatever bounds a restore from outside (the timeout(1) of the example entrypoint and
   of the RStudio image's start-up script) must allow both, wherever each is set: `bound`
-  is their sum, `pkgckpt restore --print-bound` prints it.
+  is their sum with `REPORT_SECONDS`, `pkgckpt restore --print-bound` prints it.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ from .errors import UsageError
 
 MAX_JITTER = 600.0
 """Seconds: ten minutes spread 3,500 pods to about six restores a second."""
+
+
+REPORT_SECONDS = 10.0
+"""After its timeout, what a restore has to stop its installers, report and record the
+outcome; a restore still blocked then (a store that stopped answering) ends itself."""
 
 
 def _check(jitter: float) -> None:
@@ -66,10 +71,10 @@ def wait(config: Config) -> float:
 
 def bound(config: Config) -> int:
     """The longest a restore with `config` may take, in whole seconds rounded up: the
-    longest start delay, then the timeout; 0 when the timeout is 0 (no bound). A restore
-    run again waits less (not at all), never more."""
+    longest start delay, then the timeout and `REPORT_SECONDS`; 0 when the timeout is 0
+    (no bound). A restore run again waits less (not at all), never more."""
     _check(config.jitter)
-    return math.ceil(config.jitter + config.timeout) if config.timeout else 0
+    return math.ceil(config.jitter + config.timeout + REPORT_SECONDS) if config.timeout else 0
 
 
 def print_bound(config: Config) -> int:

@@ -15,6 +15,10 @@
   `pip/__main__.py`, `uv.toml`, `.Rprofile`) is read. A caller that passes `cwd` vouches
   that the directory is its own private one.
 
+`Watchdog(deadline, grace, ...)` ends the process, its children's groups first, when its
+main thread is still blocked `grace` seconds after the deadline (a store that stopped
+answering), for a command bounded as a whole (`restore`).
+
 `call()` never raises for the child's sake: a program that cannot start or is killed is an
 `Outcome` (`returncode` None). What each tool needs beyond a clean start is said by its
 caller: `python -I` for the interpreter probe, `uv --no-config` with explicit settings,
@@ -39,7 +43,7 @@ import msgspec
 if TYPE_CHECKING:
     import subprocess
 
-__all__ = ["TAIL_LINES", "Deadline", "Outcome", "call", "redact_text", "spawn"]
+__all__ = ["TAIL_LINES", "Deadline", "Outcome", "Watchdog", "call", "redact_text", "spawn"]
 
 TAIL_LINES = 12
 """Lines of a child's output kept in a failure report: enough for pip's and R's errors."""
@@ -130,6 +134,50 @@ def stop_on_signals() -> None:
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)
+
+
+class Watchdog:
+    """Ends this process `grace` seconds after `deadline` ran out, whatever its main thread
+    is blocked in. A store on a hard NFS mount whose server stopped answering holds
+    `open()` or `fsync()` for as long as the server is gone, where no deadline is looked
+    at: only another thread can still act. It kills every child's group (as
+    `stop_on_signals` does), writes `pkgckpt: error: <what> stopped: ...` naming `doing`,
+    and exits with `code`. `doing` and `code` follow the caller's steps; `stop()` when
+    done. `grace` leaves the caller time to stop its children at the deadline (`call()`
+    waits up to 5 s for a killed child's pipes) and to report. No deadline: no thread."""
+
+    def __init__(self, deadline: Deadline, grace: float, what: str, doing: str, code: int) -> None:
+        import threading
+
+        self.doing = doing
+        self.code = code
+        self._what = what
+        self._done = threading.Event()
+        left = deadline.remaining()
+        if left is not None:
+            thread = threading.Thread(
+                target=self._watch, args=(left + grace, grace), name="watchdog", daemon=True
+            )
+            thread.start()
+
+    def _watch(self, seconds: float, grace: float) -> None:
+        global _stopping
+        if self._done.wait(seconds):
+            return
+        _stopping = True
+        for proc in list(_live):
+            _kill_group(proc)
+        # Not through `logs` or sys.stderr: the blocked main thread may hold their locks.
+        message = (
+            f"pkgckpt: error: {self._what} stopped: the timeout ran out and {grace:g} s "
+            f"later it was still {self.doing}\n"
+        )
+        with contextlib.suppress(OSError):
+            os.write(2, message.encode("utf-8", "replace"))
+        os._exit(self.code)
+
+    def stop(self) -> None:
+        self._done.set()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

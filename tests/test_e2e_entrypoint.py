@@ -140,7 +140,7 @@ def test_the_real_restore_is_bounded_by_a_jitter_from_a_config_file(tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert (shim / "calls").read_text().splitlines() == [
         "timeout --kill-after=10 30 pkgckpt restore --timeout 5 --print-bound",
-        "timeout --kill-after=10 635 pkgckpt restore --timeout 5",
+        "timeout --kill-after=10 645 pkgckpt restore --timeout 5",
     ]
     # The server exits at once: the daemon may be stopped before it could start.
     said = [line for line in done.stderr.splitlines() if line.startswith("entrypoint:")]
@@ -238,27 +238,28 @@ def run_entrypoint(
 @pytest.mark.parametrize(
     ("variables", "jitter", "bound", "flag"),
     [
-        ({}, None, "330", "300"),
-        ({"PKGCKPT_RESTORE_TIMEOUT": "120"}, None, "150", "120"),
+        ({}, None, "340", "300"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "120"}, None, "160", "120"),
         # The random wait before restore's own bound starts is inside the outer one,
         # wherever the jitter is set: the environment, the user's or an explicit file.
-        ({"PKGCKPT_JITTER": "600"}, None, "930", "300"),
-        ({"PKGCKPT_RESTORE_TIMEOUT": "5", "PKGCKPT_JITTER": "0.2"}, None, "36", "5"),
-        ({}, "user", "930", "300"),
-        ({"PKGCKPT_RESTORE_TIMEOUT": "5"}, "explicit", "635", "5"),
-        ({"PKGCKPT_JITTER": "1"}, "user", "331", "300"),  # the variable wins, as in restore
+        ({"PKGCKPT_JITTER": "600"}, None, "940", "300"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "5", "PKGCKPT_JITTER": "0.2"}, None, "46", "5"),
+        ({}, "user", "940", "300"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "5"}, "explicit", "645", "5"),
+        ({"PKGCKPT_JITTER": "1"}, "user", "341", "300"),  # the variable wins, as in restore
         # Fractions are rounded up for timeout(1); pkgckpt gets them as they are.
-        ({"PKGCKPT_RESTORE_TIMEOUT": "120.5"}, None, "151", "120.5"),
-        ({"PKGCKPT_TIMEOUT": "2.25"}, None, "33", "2.25"),
-        ({"PKGCKPT_RESTORE_TIMEOUT": "010"}, None, "40", "010"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "120.5"}, None, "161", "120.5"),
+        ({"PKGCKPT_TIMEOUT": "2.25"}, None, "43", "2.25"),
+        ({"PKGCKPT_RESTORE_TIMEOUT": "010"}, None, "50", "010"),
     ],
 )
 def test_restore_is_bounded_by_its_timeout_and_jitter(
     tmp_path: Path, variables: dict[str, str], jitter: str | None, bound: str, flag: str
 ) -> None:
-    """timeout(1) allows the restore's own --timeout, its jitter and 30 s more, as the real
-    `pkgckpt restore --print-bound` reads them. A `jitter` in a config file was left out:
-    timeout(1) could kill a restore still in its random wait."""
+    """timeout(1) allows the restore's own --timeout, the 10 s it has to report after it,
+    its jitter and 30 s more, as the real `pkgckpt restore --print-bound` reads them. A
+    `jitter` in a config file was left out: timeout(1) could kill a restore still in its
+    random wait."""
     if jitter == "user":
         (tmp_path / "config" / "pkgckpt").mkdir(parents=True)
         (tmp_path / "config" / "pkgckpt" / "config.toml").write_text("jitter = 600\n")

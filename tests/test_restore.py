@@ -16,8 +16,10 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import fault_kit
 import msgspec
 import pytest
+from fault_kit import glob_escape
 from restore_kit import (
     broken_sdist,
     hermetic,
@@ -40,6 +42,7 @@ from pkgckpt.scan.r import r_environment
 from pkgckpt.store import init_store
 
 pytestmark = pytest.mark.slow
+shim = fault_kit.shim
 
 IMAGE = {"image": "1.0", "gone": "1.0", "keeper": "1.0"}
 
@@ -467,6 +470,63 @@ def cli_args(config: Config, *extra: str) -> list[str]:
         config.find_links[0],
         *extra,
     ]
+
+
+def test_a_store_that_stops_answering_ends_the_restore_within_its_bound(
+    tmp_path: Path, image: Venv, wheels: Path, shim: Path
+) -> None:
+    """A hard NFS mount whose server went away blocks `open()` on the store for as long as
+    it is gone, and no deadline check runs then. The restore still ends within the bound
+    `--print-bound` gives (its timeout and 10 s to report), exit 1 as nothing was
+    installed, and says what it was waiting for."""
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(config.store, config.key, user_delta(env_of(config)))
+    log = tmp_path / "faults.log"
+    env = {
+        **hermetic(tmp_path),
+        "LD_PRELOAD": str(shim),
+        "PKGCKPT_FAULTS": f"open:0:1:hang:{glob_escape(config.store)}",
+        "PKGCKPT_FAULTS_LOG": str(log),
+    }
+    started = time.monotonic()
+    out = pkgckpt(*cli_args(config, "--timeout", "2"), env=env, timeout=60)
+    took = time.monotonic() - started
+    assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
+    assert out.returncode == 1, out
+    assert 12 <= took < 12 + 5, f"{took:.1f} s: the bound is 12 s, and the interpreter's start"
+    assert "restore stopped: the timeout ran out and 10 s later it was still reading the " \
+        f"store at {config.store}" in out.stderr, out.stderr  # fmt: skip
+    assert installed(image.site_packages).get("alpha") is None
+    bound = pkgckpt(*cli_args(config, "--timeout", "2", "--print-bound"), env=hermetic(tmp_path))
+    assert bound.stdout == "12\n", bound
+
+
+def test_a_store_that_stops_answering_after_the_installs_keeps_them(
+    tmp_path: Path, image: Venv, wheels: Path, shim: Path
+) -> None:
+    """The store stops answering when restore records the outcome (here: a failed package
+    to count). What was installed stays installed, the restore ends within its bound, exit
+    3, and it says the outcome was not recorded."""
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(
+        config.store, config.key, user_delta(env_of(config), Package(name="ghost", version="9.9"))
+    )
+    log = tmp_path / "faults.log"
+    env = {
+        **hermetic(tmp_path),
+        "LD_PRELOAD": str(shim),
+        "PKGCKPT_FAULTS": f"open:0:1:hang:{glob_escape(config.store / config.key)}/.manifest*",
+        "PKGCKPT_FAULTS_LOG": str(log),
+    }
+    started = time.monotonic()
+    out = pkgckpt(*cli_args(config, "--timeout", "8"), env=env, timeout=60)
+    took = time.monotonic() - started
+    assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
+    assert out.returncode == 3, out
+    assert took < 18 + 5, f"{took:.1f} s: the bound is 18 s, and the interpreter's start"
+    assert "10 s later it was still recording the outcome on the store at" in out.stderr
+    assert installed(image.site_packages)["alpha"] == "1.0"
+    assert installed(image.site_packages)["image"] == "2.0"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])

@@ -87,9 +87,10 @@ def test_a_dry_run_and_a_zero_jitter_never_wait(
 def test_the_bound_is_the_timeout_and_the_longest_wait_wherever_they_are_set(
     tmp_path: Path,
 ) -> None:
-    """`restore --print-bound` (fast path, no click) prints the timeout plus the jitter,
-    rounded up, with the jitter from a config file too; 0 when the timeout is 0 (no bound);
-    a jitter restore refuses is refused here alike (exit 2)."""
+    """`restore --print-bound` (fast path, no click) prints the timeout, the 10 s a restore
+    has to report after it and the jitter, rounded up, with the jitter from a config file
+    too; 0 when the timeout is 0 (no bound); a jitter restore refuses is refused here
+    alike (exit 2)."""
     (tmp_path / "c.toml").write_text("jitter = 600\ntimeout = 20.25\n")
     env = hermetic(tmp_path)
 
@@ -99,10 +100,10 @@ def test_the_bound_is_the_timeout_and_the_longest_wait_wherever_they_are_set(
             capture_output=True, text=True, env={**env, **variables}, timeout=60,
         )  # fmt: skip
 
-    assert bound().stdout == "900\n"
-    assert bound("--config", str(tmp_path / "c.toml")).stdout == "621\n"
-    assert bound("--timeout", "5", PKGCKPT_CONFIG=str(tmp_path / "c.toml")).stdout == "605\n"
-    assert bound("--jitter", "0", "--config", str(tmp_path / "c.toml")).stdout == "21\n"
+    assert bound().stdout == "910\n"
+    assert bound("--config", str(tmp_path / "c.toml")).stdout == "631\n"
+    assert bound("--timeout", "5", PKGCKPT_CONFIG=str(tmp_path / "c.toml")).stdout == "615\n"
+    assert bound("--jitter", "0", "--config", str(tmp_path / "c.toml")).stdout == "31\n"
     assert bound("--timeout", "0", "--jitter", "600").stdout == "0\n"
     (tmp_path / "c.toml").write_text("jitter = 601\n")
     refused = bound("--config", str(tmp_path / "c.toml"))
@@ -119,7 +120,7 @@ def test_the_bound_is_printed_without_restore_s_modules(tmp_path: Path) -> None:
         [sys.executable, "-X", "importtime", "-m", "pkgckpt", "restore", "--print-bound"],
         capture_output=True, text=True, env=hermetic(tmp_path), timeout=60, check=True,
     )  # fmt: skip
-    assert done.stdout == "900\n"
+    assert done.stdout == "910\n"
     imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines()}
     assert "pkgckpt.config" in imported, done.stderr
     assert not imported & {"pkgckpt.restore", "pkgckpt.cli", "click"}, sorted(imported)

@@ -3,9 +3,10 @@
 The API `cli.py` calls (`pkgckpt restore [--dry-run] [--json] ...`):
 
     run(config: Config, *, dry_run: bool = False,
-        progress: Callable[[str], None] | None = None) -> Report
-        The whole command. Not a dry run: take the baseline if this container has none
-        (inventory.ensure_baseline, before installing anything), then plan, then apply.
+        progress: Callable[[str], None] | None = None, bounded: bool = False) -> Report
+        The whole command (`bounded`: as the command runs it, see there). Not a dry
+        run: take the baseline if this container has none (inventory.ensure_baseline,
+        before installing anything), then plan, then apply.
         A dry run only plans: it changes nothing, not even the baseline.
     plan(config: Config) -> Plan
         Read and validate the manifest (open_store(config).read(), then
@@ -89,6 +90,7 @@ import msgspec
 
 from ..config import Config
 from ..errors import PartialRestore, RestoreUnavailable, UsageError
+from ..jitter import REPORT_SECONDS
 from ..manifest import (
     Artifact,
     Baseline,
@@ -110,7 +112,7 @@ from ..manifest import (
     visible,
 )
 from ..rmatch import carry_on, moved, pair, stale_build, superseded
-from ..runner import redact_text, stop_on_signals
+from ..runner import Watchdog, redact_text, stop_on_signals
 from ..scan.python import strip_credentials
 from .rebase import Action, Decision, Part, Rebase
 from .runner import ArtifactInstaller, Deadline, Installer, Outcome
@@ -1239,15 +1241,40 @@ def _forget_commands(report: Report, body: Body) -> Report:
     return msgspec.structs.replace(report, environments=tuple(envs))
 
 
-def run(config: Config, *, dry_run: bool = False, progress: Progress | None = None) -> Report:
-    """`pkgckpt restore`: raises PartialRestore (with the Report) when anything failed."""
-    from ..inventory import discover, ensure_baseline, targets
-
+def run(
+    config: Config,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    bounded: bool = False,
+) -> Report:
+    """`pkgckpt restore`: raises PartialRestore (with the Report) when anything failed.
+    `bounded`: the process ends `REPORT_SECONDS` after the timeout whatever blocks it (a
+    store that stopped answering), exit 1 before anything was installed, 3 after; for
+    the command, never for a caller whose process must go on."""
     if not dry_run:
         from ..jitter import wait
 
         wait(config)
     deadline = Deadline(config.timeout)
+    # Unbounded, it watches nothing: no thread, only the steps' names.
+    watched = deadline if bounded else Deadline(None)
+    watchdog = Watchdog(watched, REPORT_SECONDS, "restore", "finding the environments", 1)
+    try:
+        return _run(config, dry_run, progress, deadline, watchdog)
+    finally:
+        watchdog.stop()
+
+
+def _run(
+    config: Config,
+    dry_run: bool,
+    progress: Progress | None,
+    deadline: Deadline,
+    watchdog: Watchdog,
+) -> Report:
+    from ..inventory import discover, ensure_baseline, targets
+
     discovered = None if config.env else discover(config)
     remade = _remake_stranded(config, discovered, deadline, dry_run)
     if discovered is not None and any(r.python for r in remade) and not dry_run:
@@ -1260,14 +1287,18 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
     if dry_run:
         from ..inventory import load_baseline
 
+        watchdog.doing = f"reading the store at {config.store}"
         manifest = _read(config)
         baseline = load_baseline(config) if manifest is not None else None
+        watchdog.doing = "planning"
         plan = _plan(config, manifest, found, baseline, preview=True, deadline=deadline)
         return Report(plan=_after_remade(plan, remade, dry_run), dry_run=True, remade=remade)
     started = time.monotonic()
     # Before anything is installed: afterwards the image's packages could not be told apart.
     baseline = ensure_baseline(config, found)
+    watchdog.doing = f"reading the store at {config.store}"
     manifest = _read(config)
+    watchdog.doing = "planning"
     the_plan = _plan(config, manifest, found, baseline, deadline=deadline)
     the_plan = _after_remade(the_plan, remade, dry_run)
     if the_plan.is_empty():
@@ -1275,6 +1306,7 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
     else:
         # Not before: `signal` costs the no-op ~1 ms, where `subprocess` has not loaded it.
         stop_on_signals()
+        watchdog.doing, watchdog.code = "installing and removing packages", 3
         report = _apply(the_plan, config, found, deadline, progress or _terminal_progress())
     if remade:
         report = msgspec.structs.replace(report, remade=remade)
@@ -1291,6 +1323,8 @@ def run(config: Config, *, dry_run: bool = False, progress: Progress | None = No
     ):
         from ..record import remember
 
+        watchdog.doing = f"recording the outcome on the store at {config.store}"
+        watchdog.code = report.exit_code or 3
         remember(config, manifest, report)
     _record(config, report, time.monotonic() - started)
     if the_plan.is_empty() and not the_plan.held_back() and not report.exit_code:
@@ -1374,7 +1408,7 @@ def command(config: Config, *, dry_run: bool, as_json: bool) -> int:
     from ..logs import emit
 
     try:
-        report = run(config, dry_run=dry_run)
+        report = run(config, dry_run=dry_run, bounded=True)
     except PartialRestore as e:
         if e.report is not None:
             emit(e.report.to_json() if as_json else e.report.render())
