@@ -1290,7 +1290,7 @@ def _run(
         watchdog.doing = f"reading the store at {config.store}"
         manifest = _read(config)
         baseline = load_baseline(config) if manifest is not None else None
-        watchdog.doing = "planning"
+        watchdog.doing = "planning (the index, the artifact cache)"
         plan = _plan(config, manifest, found, baseline, preview=True, deadline=deadline)
         return Report(plan=_after_remade(plan, remade, dry_run), dry_run=True, remade=remade)
     started = time.monotonic()
@@ -1298,7 +1298,7 @@ def _run(
     baseline = ensure_baseline(config, found)
     watchdog.doing = f"reading the store at {config.store}"
     manifest = _read(config)
-    watchdog.doing = "planning"
+    watchdog.doing = "planning (the index, the artifact cache)"
     the_plan = _plan(config, manifest, found, baseline, deadline=deadline)
     the_plan = _after_remade(the_plan, remade, dry_run)
     if the_plan.is_empty():
