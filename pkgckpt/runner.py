@@ -147,22 +147,21 @@ class Watchdog:
     waits up to 5 s for a killed child's pipes) and to report. No deadline: no thread."""
 
     def __init__(self, deadline: Deadline, grace: float, what: str, doing: str, code: int) -> None:
-        import threading
+        # `_thread`, built in, not `threading`: a no-op restore does not load it otherwise.
+        import _thread
 
         self.doing = doing
         self.code = code
         self._what = what
-        self._done = threading.Event()
+        self._done = _thread.allocate_lock()
+        self._done.acquire()  # held until stop()
         left = deadline.remaining()
         if left is not None:
-            thread = threading.Thread(
-                target=self._watch, args=(left + grace, grace), name="watchdog", daemon=True
-            )
-            thread.start()
+            _thread.start_new_thread(self._watch, (left + grace, grace))
 
     def _watch(self, seconds: float, grace: float) -> None:
         global _stopping
-        if self._done.wait(seconds):
+        if self._done.acquire(timeout=seconds):
             return
         _stopping = True
         for proc in list(_live):
@@ -177,7 +176,8 @@ class Watchdog:
         os._exit(self.code)
 
     def stop(self) -> None:
-        self._done.set()
+        """Called once, when the work is done: the watch ends without acting."""
+        self._done.release()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
