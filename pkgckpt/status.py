@@ -41,7 +41,7 @@ from .digest import sha256
 from .discovery import Unreadable
 from .errors import AlreadyRunning, PkgckptError, Unreachable
 from .manifest import Change, Environment, Package
-from .store import answered, open_store
+from .store import Store, answered, open_store
 
 if TYPE_CHECKING:
     # Reports are only encoded, which needs no annotations resolved: the daemon imports
@@ -726,6 +726,18 @@ def _rebase(
     return rebase(delta, target, image, now, config, beneath, ask_index=False)
 
 
+def _artifacts(
+    store: Store, config: Config, body: manifest.Body, reasons: Mapping[str, str] | None
+) -> Summary:
+    """The artifacts' summary, or why the store (or the shared pool) did not give it."""
+    try:
+        return answered(
+            STORE_SECONDS, lambda: summarize(store, config, body, reasons), config.store
+        )
+    except PkgckptError as e:
+        return Summary(quota=config.artifact_quota, error=str(e))
+
+
 STORE_SECONDS = 10.0
 """How long `status` waits for each answer of the store: a person is waiting, and what is
 local (the daemon, the libraries) is worth showing while the store does not answer."""
@@ -733,11 +745,12 @@ local (the daemon, the libraries) is worth showing while the store does not answ
 
 def collect(config: Config) -> Report:
     """Everything `pkgckpt status` shows; reads only, never writes or takes a baseline."""
-    store = answered(STORE_SECONDS, lambda: open_store(config), config.store)
     store_error = unread = None
-    recorded = None
+    store = recorded = None
     kept: list[int] = []
     try:
+        # Opening looks at the root too (a squashed store's other keys, with `store_uid`).
+        store = answered(STORE_SECONDS, lambda: open_store(config), config.store)
         recorded = answered(STORE_SECONDS, store.read, config.store)
     except PkgckptError as e:
         store_error = unread = str(e)
@@ -840,13 +853,13 @@ def collect(config: Config) -> Report:
         except PkgckptError as e:
             refused = str(e)
     cache = None
-    if config.artifacts and recorded is not None:
+    if config.artifacts and recorded is not None and store is not None:
         reasons = state.uncaptured if alive and state is not None else recall(config)
-        cache = summarize(store, config, recorded.body, reasons)
+        cache = _artifacts(store, config, recorded.body, reasons)
     shown = str(inventory.baseline_path(config)) if baseline is not None else None
     from_daemon = shown is None and alive and state is not None and state.baseline is not None
     return Report(
-        store=str(store.path),
+        store=str(config.store / config.key),
         key=config.key,
         baseline=state.baseline if from_daemon and state is not None else shown,
         baseline_from_daemon=from_daemon,

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,6 +96,42 @@ def test_a_store_that_stops_answering_is_reported_after_a_bounded_wait(
         assert done.returncode == 0, done
         assert 10 <= took < 10 + 8, f"{took:.1f} s"
         assert said in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("hangs", ["open_store", "summarize"])
+def test_every_store_call_of_status_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hangs: str
+) -> None:
+    """Opening the store (which lists its root when `store_uid` is set) and summing up its
+    artifacts (which lists the key's and the shared pool's) are waited for as long as the
+    manifest's read: what does not answer is reported, and the rest is shown."""
+    venv, config = _tracking_a_venv(tmp_path)
+    init_store(config.store)
+    Store(config.store, config.key).commit(Body(environments=()))
+    released = threading.Event()
+    real = getattr(status, hangs)
+
+    def hung(*args: object, **kwargs: object) -> object:
+        released.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(status, hangs, hung)
+    monkeypatch.setattr(status, "STORE_SECONDS", 0.5)
+    try:
+        started = time.monotonic()
+        report = status.collect(config)
+        assert time.monotonic() - started < 10
+    finally:
+        released.set()
+    said = f"store {config.store} did not answer within 0.5 s"
+    if hangs == "open_store":
+        assert report.store_unread is not None and said in report.store_unread
+        assert report.checkpoint is None
+    else:
+        assert report.checkpoint is not None and report.checkpoint.generation == 1
+        assert report.artifacts is not None and report.artifacts.error is not None
+        assert said in report.artifacts.error
+    assert any(e.env.path == str(venv.prefix) for e in report.environments), "what is local"
 
 
 def test_a_recorded_environment_not_tracked_here_says_why_restore_skips_it(
