@@ -155,14 +155,18 @@ class Watchdog:
         self._what = what
         self._done = _thread.allocate_lock()
         self._done.acquire()  # held until stop()
+        # Who acts, stop() or the watch: held for good by the watch once it fires.
+        self._acting = _thread.allocate_lock()
         left = deadline.remaining()
         if left is not None:
             _thread.start_new_thread(self._watch, (left + grace, grace))
 
     def _watch(self, seconds: float, grace: float) -> None:
         global _stopping
-        if self._done.acquire(timeout=seconds):
+        if self._done.acquire(timeout=seconds) or not self._acting.acquire(blocking=False):
             return
+        if self._done.acquire(blocking=False):
+            return  # stop() came first, between the two
         _stopping = True
         for proc in list(_live):
             _kill_group(proc)
@@ -176,8 +180,12 @@ class Watchdog:
         os._exit(self.code)
 
     def stop(self) -> None:
-        """Called once, when the work is done: the watch ends without acting."""
+        """Called once, when the work is done: the watch ends without acting. When it has
+        fired already, this never returns: the process is ending, with the watch's code,
+        and nothing may be reported as done meanwhile."""
+        self._acting.acquire()
         self._done.release()
+        self._acting.release()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
