@@ -35,7 +35,7 @@ from pkgckpt import restore
 from pkgckpt.config import DISCOVER, Config
 from pkgckpt.errors import PartialRestore
 from pkgckpt.inventory import load_baseline, targets
-from pkgckpt.manifest import Body, Delta, Environment, Package, UrlSource
+from pkgckpt.manifest import Body, Delta, Environment, Failing, Package, UrlSource
 from pkgckpt.restore.python import PythonInstaller
 from pkgckpt.restore.runner import Deadline
 from pkgckpt.scan.r import r_environment
@@ -527,6 +527,33 @@ def test_a_store_that_stops_answering_after_the_installs_keeps_them(
     assert "10 s later it was still recording the outcome on the store at" in out.stderr
     assert installed(image.site_packages)["alpha"] == "1.0"
     assert installed(image.site_packages)["image"] == "2.0"
+
+
+def test_a_store_that_stops_answering_when_nothing_was_installed_exits_1(
+    tmp_path: Path, image: Venv, wheels: Path, shim: Path
+) -> None:
+    """Everything recorded is in place, and restore only clears the count of an earlier
+    failure: a store that stops answering then ends it with exit 1 (nothing changed),
+    not 3, which says packages were installed."""
+    config = make_config(tmp_path, image, wheels)
+    put_manifest(config.store, config.key, user_delta(env_of(config)))
+    first = pkgckpt(*cli_args(config), env=hermetic(tmp_path))
+    assert first.returncode == 0, first
+    failed = Failing(name="alpha", version="1.0", reason="the index was down")
+    (delta,) = user_delta(env_of(config)).environments
+    body = Body(environments=(msgspec.structs.replace(delta, failing=(failed,)),))
+    put_manifest(config.store, config.key, body, generation=2)
+    log = tmp_path / "faults.log"
+    env = {
+        **hermetic(tmp_path),
+        "LD_PRELOAD": str(shim),
+        "PKGCKPT_FAULTS": f"open:0:1:hang:{glob_escape(config.store / config.key)}/.manifest*",
+        "PKGCKPT_FAULTS_LOG": str(log),
+    }
+    out = pkgckpt(*cli_args(config, "--timeout", "2"), env=env, timeout=60)
+    assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
+    assert out.returncode == 1, out
+    assert "10 s later it was still recording the outcome on the store at" in out.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])

@@ -1276,7 +1276,7 @@ def _run(
     from ..inventory import discover, ensure_baseline, targets
 
     discovered = None if config.env else discover(config)
-    remade = _remake_stranded(config, discovered, deadline, dry_run)
+    remade = _remake_stranded(config, discovered, deadline, dry_run, watchdog)
     if discovered is not None and any(r.python for r in remade) and not dry_run:
         discovered = discover(config)  # the kernels of the venvs made again
     found = targets(config, discovered)
@@ -1324,7 +1324,9 @@ def _run(
         from ..record import remember
 
         watchdog.doing = f"recording the outcome on the store at {config.store}"
-        watchdog.code = report.exit_code or 3
+        # Nothing installed (an empty plan still clears the marks of earlier failures):
+        # still nothing changed, unless a venv was made again.
+        watchdog.code = report.exit_code or watchdog.code
         remember(config, manifest, report)
     _record(config, report, time.monotonic() - started)
     if the_plan.is_empty() and not the_plan.held_back() and not report.exit_code:
@@ -1381,7 +1383,11 @@ def _after_remade(plan: Plan, remade: Sequence[Remade], dry_run: bool) -> Plan:
 
 
 def _remake_stranded(
-    config: Config, discovered: Discovered | None, deadline: Deadline, dry_run: bool
+    config: Config,
+    discovered: Discovered | None,
+    deadline: Deadline,
+    dry_run: bool,
+    watchdog: Watchdog,
 ) -> tuple[Remade, ...]:
     """Make again each venv of the record, tracked here, whose interpreter is gone (`venv`)."""
     prefixes = list(config.env)
@@ -1394,13 +1400,19 @@ def _remake_stranded(
         return ()
     if not dry_run:
         stop_on_signals()  # `python -m venv` with ensurepip takes seconds: as for installs
+    watchdog.doing = f"reading the store at {config.store}"
     manifest = _read(config)
     recorded = {
         d.env.path
         for d in (manifest.body.environments if manifest is not None else ())
         if d.env.kind == "python" and not d.env.user and not d.is_empty()
     }
-    return tuple(remake(v, deadline, dry_run=dry_run) for v in found if str(v.prefix) in recorded)
+    watchdog.doing = "making again the venvs whose interpreter is gone"
+    if not dry_run and any(str(v.prefix) in recorded for v in found):
+        watchdog.code = 3  # a venv made again is a change
+    remade = tuple(remake(v, deadline, dry_run=dry_run) for v in found if str(v.prefix) in recorded)
+    watchdog.doing = "finding the environments"
+    return remade
 
 
 def command(config: Config, *, dry_run: bool, as_json: bool) -> int:
