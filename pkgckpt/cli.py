@@ -426,7 +426,9 @@ def revert(
             click.echo(preview)
             return click.confirm("Revert?", default=False)
 
-    result = record.revert(cfg, generation, dry_run=dry_run, confirm=ask, restore=then_restore)
+    result = record.revert(
+        cfg, generation, dry_run=dry_run, confirm=ask, restore=then_restore, bounded=True
+    )
     # Asked on a terminal: the plan is on the screen already.
     click.echo(result.render(preview=ask is None), nl=False)
     return result.exit_code

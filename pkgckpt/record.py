@@ -792,10 +792,11 @@ def revert(
     dry_run: bool = False,
     confirm: Callable[[str], bool] | None = None,
     restore: bool = False,
+    bounded: bool = False,
 ) -> Reverted:
     """`pkgckpt revert GENERATION`: make a kept generation's record current again, as a new
     generation. `confirm` is asked with the plan before anything is written; `restore`
-    then applies it in this container."""
+    then applies it in this container (`bounded`: as `restore.run`'s, for the command)."""
     from . import restore as restore_
     from .errors import PartialRestore
 
@@ -821,7 +822,7 @@ def revert(
     result = msgspec.structs.replace(result, written=_write(config, _Revert(generation=generation)))
     if restore:
         try:
-            report = restore_.run(config)
+            report = restore_.run(config, bounded=bounded, changed=True)
         except PartialRestore as e:
             if e.report is None:
                 raise

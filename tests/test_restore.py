@@ -39,7 +39,7 @@ from pkgckpt.manifest import Body, Delta, Environment, Failing, Package, UrlSour
 from pkgckpt.restore.python import PythonInstaller
 from pkgckpt.restore.runner import Deadline
 from pkgckpt.scan.r import r_environment
-from pkgckpt.store import init_store
+from pkgckpt.store import Store, init_store
 
 pytestmark = pytest.mark.slow
 shim = fault_kit.shim
@@ -554,6 +554,37 @@ def test_a_store_that_stops_answering_when_nothing_was_installed_exits_1(
     assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
     assert out.returncode == 1, out
     assert "10 s later it was still recording the outcome on the store at" in out.stderr
+
+
+def test_revert_then_restore_is_bounded_by_the_timeout_too(
+    tmp_path: Path, image: Venv, wheels: Path, shim: Path
+) -> None:
+    """`revert --restore` takes restore's `--timeout`, and with it the bound: the store
+    stops answering when its restore records a failure, and it ends within the timeout
+    and 10 s, exit 3 (the revert is written, the restore did not finish)."""
+    config = make_config(tmp_path, image, wheels)
+    ghost = Package(name="ghost", version="9.9")  # on no index: its install fails
+    init_store(config.store)
+    store = Store(config.store, config.key)
+    store.commit(user_delta(env_of(config), ghost))
+    store.commit(user_delta(env_of(config)))
+    log = tmp_path / "faults.log"
+    # The revert's commit (generation 3) opens its two temp files; the third is restore's.
+    env = {
+        **hermetic(tmp_path),
+        "LD_PRELOAD": str(shim),
+        "PKGCKPT_FAULTS": f"open:0:3:hang:{glob_escape(config.store / config.key)}/.manifest*",
+        "PKGCKPT_FAULTS_LOG": str(log),
+    }
+    revert = ["revert", "1", "--yes", *cli_args(config, "--timeout", "4")[1:], "--restore"]
+    started = time.monotonic()
+    out = pkgckpt(*revert, env=env, timeout=60)
+    took = time.monotonic() - started
+    assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
+    assert out.returncode == 3, out
+    assert took < 14 + 5, f"{took:.1f} s"
+    assert "10 s later it was still recording the outcome on the store at" in out.stderr
+    assert installed(image.site_packages)["alpha"] == "1.0"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])

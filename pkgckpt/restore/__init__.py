@@ -3,7 +3,8 @@
 The API `cli.py` calls (`pkgckpt restore [--dry-run] [--json] ...`):
 
     run(config: Config, *, dry_run: bool = False,
-        progress: Callable[[str], None] | None = None, bounded: bool = False) -> Report
+        progress: Callable[[str], None] | None = None, bounded: bool = False,
+        changed: bool = False) -> Report
         The whole command (`bounded`: as the command runs it, see there). Not a dry
         run: take the baseline if this container has none (inventory.ensure_baseline,
         before installing anything), then plan, then apply.
@@ -1247,11 +1248,13 @@ def run(
     dry_run: bool = False,
     progress: Progress | None = None,
     bounded: bool = False,
+    changed: bool = False,
 ) -> Report:
     """`pkgckpt restore`: raises PartialRestore (with the Report) when anything failed.
     `bounded`: the process ends `REPORT_SECONDS` after the timeout whatever blocks it (a
-    store that stopped answering), exit 1 before anything was installed, 3 after; for
-    the command, never for a caller whose process must go on."""
+    store that stopped answering), exit 1 before anything was installed, 3 after (at
+    once when the caller `changed` something before: `revert --restore` wrote the
+    record); for the command, never for a caller whose process must go on."""
     if not dry_run:
         from ..jitter import wait
 
@@ -1259,7 +1262,9 @@ def run(
     deadline = Deadline(config.timeout)
     # Unbounded, it watches nothing: no thread, only the steps' names.
     watched = deadline if bounded else Deadline(None)
-    watchdog = Watchdog(watched, REPORT_SECONDS, "restore", "finding the environments", 1)
+    watchdog = Watchdog(
+        watched, REPORT_SECONDS, "restore", "finding the environments", 3 if changed else 1
+    )
     try:
         return _run(config, dry_run, progress, deadline, watchdog)
     finally:
