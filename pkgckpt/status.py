@@ -39,8 +39,8 @@ from .checkpoint import now_iso
 from .config import Config, ensure_runtime_dir, fallback_runtime_dir, read_private, untrusted
 from .digest import sha256
 from .discovery import Unreadable
-from .errors import AlreadyRunning, PkgckptError, Unreachable
-from .manifest import Change, Environment, Package
+from .errors import AlreadyRunning, PkgckptError, StoreUnavailable, Unreachable
+from .manifest import Change, Environment, Manifest, Package
 from .store import Store, answered, open_store
 
 if TYPE_CHECKING:
@@ -743,22 +743,30 @@ STORE_SECONDS = 10.0
 local (the daemon, the libraries) is worth showing while the store does not answer."""
 
 
-def collect(config: Config) -> Report:
-    """Everything `pkgckpt status` shows; reads only, never writes or takes a baseline."""
-    store_error = unread = None
-    store = recorded = None
-    kept: list[int] = []
+def _from_store(
+    config: Config,
+) -> tuple[Store | None, Manifest | None, list[int], str | None, str | None]:
+    """The store, its manifest, its kept generations, the store's error, and why the
+    manifest could not be read; each call waited for `STORE_SECONDS` at most."""
     try:
         # Opening looks at the root too (a squashed store's other keys, with `store_uid`).
+        # A store refused or a key misspelt is the command's error, as it always was.
         store = answered(STORE_SECONDS, lambda: open_store(config), config.store)
+    except StoreUnavailable as e:
+        return None, None, [], str(e), str(e)
+    try:
         recorded = answered(STORE_SECONDS, store.read, config.store)
     except PkgckptError as e:
-        store_error = unread = str(e)
-    else:
-        try:
-            kept = answered(STORE_SECONDS, store.generations, config.store)
-        except PkgckptError as e:
-            store_error = str(e)
+        return store, None, [], str(e), str(e)
+    try:
+        return store, recorded, answered(STORE_SECONDS, store.generations, config.store), None, None
+    except PkgckptError as e:
+        return store, recorded, [], str(e), None
+
+
+def collect(config: Config) -> Report:
+    """Everything `pkgckpt status` shows; reads only, never writes or takes a baseline."""
+    store, recorded, kept, store_error, unread = _from_store(config)
     baseline = inventory.load_baseline(config)
     state = read_state(config)
     alive = running(state, config)
