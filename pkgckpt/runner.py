@@ -31,6 +31,7 @@ and restore share it, and the idle daemon must not load restore.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import re
@@ -144,12 +145,10 @@ class Watchdog:
     `stop_on_signals` does), writes `pkgckpt: error: <what> stopped: ...` naming `doing`,
     and exits with `code`. `doing` and `code` follow the caller's steps; `stop()` when
     done. `grace` leaves the caller time to stop its children at the deadline (`call()`
-    waits up to 5 s for a killed child's pipes) and to report. No deadline: no thread."""
+    waits up to 5 s for a killed child's pipes) and to report. No deadline: no thread.
+    Threads from `_thread`, built in: a no-op restore does not load `threading`."""
 
     def __init__(self, deadline: Deadline, grace: float, what: str, doing: str, code: int) -> None:
-        # `_thread`, built in, not `threading`: a no-op restore does not load it otherwise.
-        import _thread
-
         self.doing = doing
         self.code = code
         self._what = what
@@ -170,13 +169,17 @@ class Watchdog:
         _stopping = True
         for proc in list(_live):
             _kill_group(proc)
-        # Not through `logs` or sys.stderr: the blocked main thread may hold their locks.
         message = (
             f"pkgckpt: error: {self._what} stopped: the timeout ran out and {grace:g} s "
             f"later it was still {self.doing}\n"
         )
-        with contextlib.suppress(OSError):
-            os.write(2, message.encode("utf-8", "replace"))
+        # Not through `logs` or sys.stderr, whose locks the blocked main thread may hold;
+        # in a thread of its own, and waited for a second at most: stderr can block too (a
+        # log file on the same NFS mount, a pipe no one reads).
+        said = _thread.allocate_lock()
+        said.acquire()
+        _thread.start_new_thread(_say, (message, said))
+        said.acquire(timeout=SAY_SECONDS)
         os._exit(self.code)
 
     def stop(self) -> None:
@@ -186,6 +189,16 @@ class Watchdog:
         self._acting.acquire()
         self._done.release()
         self._acting.release()
+
+
+SAY_SECONDS = 1.0
+"""How long a watchdog that fired waits for its message to be written before it exits."""
+
+
+def _say(message: str, said: _thread.LockType) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, message.encode("utf-8", "replace"))
+    said.release()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

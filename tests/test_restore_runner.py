@@ -196,8 +196,8 @@ def test_no_place_for_a_private_directory_is_an_outcome(
 
 
 # The watchdog in a process of its own (it ends the process): it fires 0.2 s in, where
-# the pipe stderr is, already full, holds its message until the test reads it. The main
-# thread's work ends meanwhile, and it reports.
+# the pipe stderr is, already full, holds its message; it exits a second later without
+# it. The main thread's work ends meanwhile, at 1 s, and it reports.
 _FIRED_FIRST = """
 import fcntl, os, sys, time
 from pkgckpt.runner import Deadline, Watchdog
@@ -211,19 +211,17 @@ print("reported as done", flush=True)
 
 def test_a_watchdog_that_fired_is_not_outrun_by_the_work_it_stops() -> None:
     """Once the watchdog fired, the work that ends just then does not report itself done
-    and exit 0: `stop()` waits for the watchdog's exit, with its code and its message."""
+    and exit 0: `stop()` waits for the watchdog's exit, with its code. A stderr that
+    does not take the message (full, or a file on the hung mount) does not hold it."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _FIRED_FIRST],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        time.sleep(2.5)  # the main thread called stop() at 1 s
+        proc.wait(timeout=30)  # without reading: stderr stays full
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 3, (out, err[-300:])
     assert b"reported as done" not in out
-    assert err.endswith(
-        b"pkgckpt: error: restore stopped: the timeout ran out and 0.1 s later it was "
-        b"still testing\n"
-    ), err[-300:]
+    assert set(err) == {ord("x")}, err[-300:]
