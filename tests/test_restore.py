@@ -472,6 +472,22 @@ def cli_args(config: Config, *extra: str) -> list[str]:
     ]
 
 
+def hanging(tmp_path: Path, shim: Path, pattern: str, nth: int = 1) -> dict[str, str]:
+    """The test's environment with the `nth` open() of a path matching `pattern` hung by
+    the fault shim, as on a hard NFS mount whose server went away."""
+    return {
+        **hermetic(tmp_path),
+        "LD_PRELOAD": str(shim),
+        "PKGCKPT_FAULTS": f"open:0:{nth}:hang:{pattern}",
+        "PKGCKPT_FAULTS_LOG": str(tmp_path / "faults.log"),
+    }
+
+
+def hung(tmp_path: Path) -> bool:
+    """The fault shim did hang a call (its log)."""
+    return (tmp_path / "faults.log").read_text().split()[:3] == ["open", "0", "hang"]
+
+
 def test_a_store_that_stops_answering_ends_the_restore_within_its_bound(
     tmp_path: Path, image: Venv, wheels: Path, shim: Path
 ) -> None:
@@ -481,17 +497,11 @@ def test_a_store_that_stops_answering_ends_the_restore_within_its_bound(
     installed, and says what it was waiting for."""
     config = make_config(tmp_path, image, wheels)
     put_manifest(config.store, config.key, user_delta(env_of(config)))
-    log = tmp_path / "faults.log"
-    env = {
-        **hermetic(tmp_path),
-        "LD_PRELOAD": str(shim),
-        "PKGCKPT_FAULTS": f"open:0:1:hang:{glob_escape(config.store)}",
-        "PKGCKPT_FAULTS_LOG": str(log),
-    }
+    env = hanging(tmp_path, shim, glob_escape(config.store))
     started = time.monotonic()
     out = pkgckpt(*cli_args(config, "--timeout", "2"), env=env, timeout=60)
     took = time.monotonic() - started
-    assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
+    assert hung(tmp_path), "the store really hung"
     assert out.returncode == 1, out
     assert 12 <= took < 12 + 5, f"{took:.1f} s: the bound is 12 s, and the interpreter's start"
     assert "restore stopped: the timeout ran out and 10 s later it was still reading the " \
@@ -511,17 +521,11 @@ def test_a_store_that_stops_answering_after_the_installs_keeps_them(
     put_manifest(
         config.store, config.key, user_delta(env_of(config), Package(name="ghost", version="9.9"))
     )
-    log = tmp_path / "faults.log"
-    env = {
-        **hermetic(tmp_path),
-        "LD_PRELOAD": str(shim),
-        "PKGCKPT_FAULTS": f"open:0:1:hang:{glob_escape(config.store / config.key)}/.manifest*",
-        "PKGCKPT_FAULTS_LOG": str(log),
-    }
+    env = hanging(tmp_path, shim, f"{glob_escape(config.store / config.key)}/.manifest*")
     started = time.monotonic()
     out = pkgckpt(*cli_args(config, "--timeout", "8"), env=env, timeout=60)
     took = time.monotonic() - started
-    assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
+    assert hung(tmp_path), "the store really hung"
     assert out.returncode == 3, out
     assert took < 18 + 5, f"{took:.1f} s: the bound is 18 s, and the interpreter's start"
     assert "10 s later it was still recording the outcome on the store at" in out.stderr
@@ -543,15 +547,9 @@ def test_a_store_that_stops_answering_when_nothing_was_installed_exits_1(
     (delta,) = user_delta(env_of(config)).environments
     body = Body(environments=(msgspec.structs.replace(delta, failing=(failed,)),))
     put_manifest(config.store, config.key, body, generation=2)
-    log = tmp_path / "faults.log"
-    env = {
-        **hermetic(tmp_path),
-        "LD_PRELOAD": str(shim),
-        "PKGCKPT_FAULTS": f"open:0:1:hang:{glob_escape(config.store / config.key)}/.manifest*",
-        "PKGCKPT_FAULTS_LOG": str(log),
-    }
+    env = hanging(tmp_path, shim, f"{glob_escape(config.store / config.key)}/.manifest*")
     out = pkgckpt(*cli_args(config, "--timeout", "2"), env=env, timeout=60)
-    assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
+    assert hung(tmp_path), "the store really hung"
     assert out.returncode == 1, out
     assert "10 s later it was still recording the outcome on the store at" in out.stderr
 
@@ -568,19 +566,13 @@ def test_revert_then_restore_is_bounded_by_the_timeout_too(
     store = Store(config.store, config.key)
     store.commit(user_delta(env_of(config), ghost))
     store.commit(user_delta(env_of(config)))
-    log = tmp_path / "faults.log"
     # The revert's commit (generation 3) opens its two temp files; the third is restore's.
-    env = {
-        **hermetic(tmp_path),
-        "LD_PRELOAD": str(shim),
-        "PKGCKPT_FAULTS": f"open:0:3:hang:{glob_escape(config.store / config.key)}/.manifest*",
-        "PKGCKPT_FAULTS_LOG": str(log),
-    }
+    env = hanging(tmp_path, shim, f"{glob_escape(config.store / config.key)}/.manifest*", nth=3)
     revert = ["revert", "1", "--yes", *cli_args(config, "--timeout", "4")[1:], "--restore"]
     started = time.monotonic()
     out = pkgckpt(*revert, env=env, timeout=60)
     took = time.monotonic() - started
-    assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
+    assert hung(tmp_path), "the store really hung"
     assert out.returncode == 3, out
     assert took < 14 + 5, f"{took:.1f} s"
     assert "10 s later it was still recording the outcome on the store at" in out.stderr
