@@ -270,7 +270,7 @@ def snapshot(cfg: config.Config) -> int:
     help="Bound the whole run, in seconds up to a day (default 900; 0: no bound). What is "
     "not done is reported. The installers are stopped when it runs out; a restore still "
     "blocked 10 s later (a store that stopped answering) ends with exit 1, or 3 once it "
-    "has installed.",
+    "has installed (revert --restore: 3, the revert is written).",
 )
 @click.option(
     "--jitter",
