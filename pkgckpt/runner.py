@@ -36,7 +36,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -44,7 +44,16 @@ import msgspec
 if TYPE_CHECKING:
     import subprocess
 
-__all__ = ["TAIL_LINES", "Deadline", "Outcome", "Watchdog", "call", "redact_text", "spawn"]
+__all__ = [
+    "TAIL_LINES",
+    "Deadline",
+    "Outcome",
+    "Watchdog",
+    "call",
+    "owned",
+    "redact_text",
+    "spawn",
+]
 
 TAIL_LINES = 12
 """Lines of a child's output kept in a failure report: enough for pip's and R's errors."""
@@ -201,6 +210,24 @@ def _say(message: str, said: _thread.LockType) -> None:
     said.release()
 
 
+@contextlib.contextmanager
+def owned(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Within the block, `proc` (started in a session of its own, as `call()` starts its
+    children) is taken down with pkgckpt: its group is killed by `stop_on_signals`, by a
+    `Watchdog` that fires, and when the block raises (a timeout, Ctrl-C)."""
+    _live.add(proc)
+    if _stopping:
+        _kill_group(proc)  # started by another thread while the signal was handled
+    try:
+        yield
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    finally:
+        _live.discard(proc)
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     import signal
 
@@ -288,35 +315,28 @@ def _run(
         )
     except OSError as e:
         return Outcome(args, None, f"cannot run {args[0]}: {e.strerror}")
-    _live.add(proc)
-    if _stopping:
-        _kill_group(proc)  # started by another thread while the signal was handled
-    try:
-        out, err = proc.communicate(timeout=deadline.remaining())
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
+    # Ctrl-C or a signal turned into an exception: the child runs in its own session and
+    # did not get the signal, so `owned` takes its group down with us.
+    with owned(proc):
         try:
-            # A grandchild that left the group could hold the pipe open: do not wait forever.
-            out, err = proc.communicate(timeout=5)
+            out, err = proc.communicate(timeout=deadline.remaining())
         except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = b"", b""
-        text = out.decode("utf-8", "replace")
-        return Outcome(
-            args,
-            None,
-            text + "\nkilled: the timeout ran out",
-            timed_out=True,
-            errors=(err or b"").decode("utf-8", "replace"),
-        )
-    except BaseException:
-        # Ctrl-C or a signal turned into an exception: the child runs in its own session and
-        # did not get the signal, so take its group down with us.
-        _kill_group(proc)
-        proc.wait()
-        raise
-    finally:
-        _live.discard(proc)
+            _kill_group(proc)
+            try:
+                # A grandchild that left the group could hold the pipe open: do not wait
+                # forever.
+                out, err = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = b"", b""
+            text = out.decode("utf-8", "replace")
+            return Outcome(
+                args,
+                None,
+                text + "\nkilled: the timeout ran out",
+                timed_out=True,
+                errors=(err or b"").decode("utf-8", "replace"),
+            )
     return Outcome(
         args,
         proc.returncode,

@@ -225,3 +225,35 @@ def test_a_watchdog_that_fired_is_not_outrun_by_the_work_it_stops() -> None:
     assert proc.returncode == 3, (out, err[-300:])
     assert b"reported as done" not in out
     assert set(err) == {ord("x")}, err[-300:]
+
+
+def test_a_watchdog_that_fires_takes_down_r_s_probe(tmp_path: Path) -> None:
+    """R's probe (`run_rscript`: the libraries, the repositories) runs outside `call()`, and
+    a restore can be blocked in it: a watchdog that fires kills it with the installers,
+    its children too, and leaves no R behind the restore."""
+    mark = f"{37 + os.getpid() % 1000 / 1000:.3f}"
+    fake = tmp_path / "Rscript"
+    fake.write_text(f"#!/bin/sh\nsleep {mark} &\nwait\n")
+    fake.chmod(0o755)
+    script = (
+        "from pkgckpt.runner import Deadline, Watchdog\n"
+        "from pkgckpt.scan.r import run_rscript\n"
+        "Watchdog(Deadline(0.5), 0.5, 'restore', 'asking R', 1)\n"
+        f"run_rscript({str(fake)!r}, '1')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )  # fmt: skip
+
+    def left() -> bool:
+        return subprocess.run(["pgrep", "-f", f"sleep {mark}"], capture_output=True).returncode == 0
+
+    try:
+        assert done.returncode == 1, done
+        assert "still asking R" in done.stderr, done.stderr
+        deadline = time.monotonic() + 5
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not left(), "R's probe outlived the restore"
+    finally:
+        subprocess.run(["pkill", "-f", f"sleep {mark}"], check=False)

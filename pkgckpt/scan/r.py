@@ -41,7 +41,7 @@ from ..manifest import (
     UrlSource,
     VcsSource,
 )
-from ..runner import which
+from ..runner import owned, which
 from . import ScanResult
 from . import kept as image_kept
 from .env import _identity, _Stamp, recall
@@ -623,26 +623,33 @@ def run_rscript(
     script = f'cat("{_MARK}\\n"); {expr}'
     with tempfile.TemporaryDirectory(prefix="pkgckpt-r-") as cwd:
         try:
-            done = subprocess.run(
+            # A session of its own, taken down with pkgckpt (`owned`): a restore that its
+            # watchdog ends leaves no R behind.
+            proc = subprocess.Popen(
                 [rscript, *R_FLAGS, "-e", script, *args],
-                capture_output=True,
-                timeout=timeout,
-                check=False,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 cwd=cwd,
                 env={**child_environ(), **(environ or {})},
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
-        except (OSError, subprocess.TimeoutExpired) as e:
+        except OSError as e:
             raise ScanError(f"cannot run {rscript}: {e}") from None
+        with owned(proc):
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired as e:
+                raise ScanError(f"cannot run {rscript}: {e}") from None
     # Paths, decoded as paths and split at newlines alone: text mode would turn a carriage
     # return inside a library's name (rsession.conf can give one) into a line break.
-    lines = os.fsdecode(done.stdout).split("\n")
-    stderr = done.stderr.decode(errors="replace")
+    lines = os.fsdecode(out).split("\n")
+    stderr = err.decode(errors="replace")
     if _MARK not in lines:
         raise ScanError(_startup_failure(rscript, stderr))
-    if done.returncode != 0:
+    if proc.returncode != 0:
         last = stderr.strip().splitlines()[-3:] or ["no output"]
-        raise ScanError(f"{rscript} failed ({done.returncode}): {' '.join(last)}")
+        raise ScanError(f"{rscript} failed ({proc.returncode}): {' '.join(last)}")
     return [ln.removeprefix(_MARK) for ln in lines if ln.startswith(_MARK) and ln != _MARK]
 
 
