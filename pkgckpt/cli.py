@@ -213,7 +213,8 @@ def daemon(cfg: config.Config) -> int:
 
     \b
     SIGTERM, SIGINT  rescan everything at once, commit, exit (0: all changes are on the
-                     store; 1: the store stayed unreachable until --shutdown-timeout)
+                     store; 1: the store stayed unreachable until --shutdown-timeout,
+                     or a call on it had not returned 2 s later)
     SIGHUP           rescan everything and commit now
     A store that fails is retried with backoff; the daemon never exits because of it.
     One daemon per store and key: a second one exits 4 at once, the first runs on.

@@ -13,7 +13,10 @@ name them: an overflow, a root armed anew); the tracker folds the scan into the 
 Signals: SIGTERM / SIGINT flush (every root rescanned at once, no quiet window, then
 commit at once, retried until `shutdown_timeout` with a backoff started anew and capped
 at `SHUTDOWN_RETRY_CAP`, whatever delay an outage grew before) and exit: 0 when
-everything seen is on the store, 1 when the store stayed unreachable. SIGHUP rescans
+everything seen is on the store, 1 when the store stayed unreachable, or when a call on
+it had not returned `STOP_REPORT_SECONDS` after `shutdown_timeout` (a hard NFS mount
+whose server went away: the signals are taken by a thread of their own meanwhile, see
+`_store_call`, and a watchdog ends the process). SIGHUP rescans
 every root and commits now (`pkgckpt snapshot` uses it when a daemon runs, so the
 manifest keeps one writer); it also applies the requests `forget`, `revert` and
 `restore` left in the runtime directory (`record.serve`) and answers each with the
@@ -39,6 +42,7 @@ backstop rescan when `rescan_interval` is set.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import math
 import os
@@ -51,7 +55,7 @@ from typing import TypeAlias
 
 import msgspec
 
-from . import checkpoint, inventory, metrics, seal, status
+from . import checkpoint, inventory, metrics, runner, seal, status
 from .artifacts import Result, quota
 from .artifacts import session as art
 from .artifacts.background import Background
@@ -77,6 +81,14 @@ BATCH_MAX_MS = 1000
 """A long install still wakes the daemon once a second, so its maximum delay holds."""
 SHUTDOWN_RETRY_CAP = 2.0
 """After SIGTERM the store is retried at least this often: a grace period is short."""
+STOP_REPORT_SECONDS = 2.0
+"""A daemon still blocked in a store call this long after `shutdown_timeout` ran out (a
+hard NFS mount whose server stopped answering, where only SIGKILL ends the wait) is ended
+from another thread, exit 1: the grace period's end is a bound, not a hope."""
+_STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
+_HANDLED = frozenset({*_STOPS, signal.SIGHUP})
+_POLL_SECONDS = 0.1
+"""How long a store call's signal thread outlives the call (it then hands on what it gets)."""
 
 
 def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
@@ -188,6 +200,15 @@ def _tracked(targets: list[Target]) -> tuple[str, ...]:
     return tuple(sorted({t.env.path for t in targets}))
 
 
+class _Held:
+    """The signals a store call's thread took while the call ran (`Daemon._store_call`)."""
+
+    def __init__(self) -> None:
+        self.lock = _thread.allocate_lock()
+        self.over = False
+        self.taken: list[int] = []
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -247,11 +268,78 @@ class Daemon:
         counted at SIGTERM."""
         self.last_written: Body | None = None
         """The body of the last generation this process wrote (GC dates what left it)."""
+        self.stop_by: runner.Deadline | None = None
+        """`shutdown_timeout` from the first SIGTERM/SIGINT: the flush ends by then."""
+        self.bound: runner.Watchdog | None = None
+        """Ends the process `STOP_REPORT_SECONDS` after `stop_by`, whatever blocks it."""
+        self.doing = "stopping"
+        """What the bound says the daemon was still doing when it ended it."""
 
     # -- signals ---------------------------------------------------------------------------
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop = True
+        self._arm()
+
+    def _arm(self) -> None:
+        """At the first SIGTERM/SIGINT: the shutdown's deadline, and its bound."""
+        if self.stop_by is not None:
+            return
+        self.stop_by = runner.Deadline(max(self.config.shutdown_timeout, 0.001))
+        self.bound = runner.Watchdog(
+            self.stop_by,
+            STOP_REPORT_SECONDS,
+            "the daemon",
+            self.doing,
+            1,
+            bound=f"shutdown_timeout ({self.config.shutdown_timeout:g} s)",
+        )
+
+    @contextlib.contextmanager
+    def _store_call(self, doing: str) -> Iterator[None]:
+        """Around a call that may block in the store for good. On a hard NFS mount whose
+        server went away, `open()` or `fsync()` waits in the kernel until the server comes
+        back, and only SIGKILL ends that wait: a SIGTERM then stays pending, its handler
+        never runs, and the grace period would end only with the pod's SIGKILL. So within
+        the call, SIGTERM, SIGINT and SIGHUP are blocked in this thread and taken by a
+        thread of their own, which arms the shutdown's bound at once (`_arm`); they are
+        raised again here when the call returns. A child started within inherits the mask
+        (an interpreter's probe at the first read of the store): pkgckpt ends its
+        children with SIGKILL, which no mask holds."""
+        self.doing = doing
+        if self.bound is not None:
+            self.bound.doing = doing
+        held = _Held()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        try:
+            # Started with the mask blocked, which it inherits, as sigtimedwait needs.
+            _thread.start_new_thread(self._take_signals, (held,))
+            yield
+        finally:
+            with held.lock:
+                held.over = True
+            self.doing = "stopping"
+            if self.bound is not None:
+                self.bound.doing = self.doing
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
+            for signum in held.taken:  # through the handlers and the wake-up pipe
+                signal.raise_signal(signum)
+
+    def _take_signals(self, held: _Held) -> None:
+        while not held.over:
+            got = signal.sigtimedwait(_HANDLED, _POLL_SECONDS)
+            if got is None:
+                continue
+            if got.si_signo in _STOPS:
+                self._arm()
+            with held.lock:
+                if not held.over:
+                    held.taken.append(got.si_signo)
+                    continue
+            # Taken after the call returned: sent on to the process, whose thread takes it
+            # once unblocked (or the next call's thread does).
+            os.kill(os.getpid(), got.si_signo)
+            return
 
     def _on_rescan(self, signum: int, frame: FrameType | None) -> None:
         self.rescan = True
@@ -365,7 +453,8 @@ class Daemon:
             # From where the status file is now, where `forget` and `revert` found it: it
             # moves to the fallback when the runtime directory is taken after a clean.
             runtime = self.status_file.directory or self.config.runtime_dir
-            taken = record.serve(self.config, self.session, runtime)
+            with self._store_call(f"reading the store at {self.store.path} for a request"):
+                taken = record.serve(self.config, self.session, runtime)
             self.requested += sum(1 for _, reply in taken if reply is None)
             self.retry_at = None  # a person asked (snapshot): try the store now
             self.retries.ask()  # and the captures that failed, once more each
@@ -436,13 +525,14 @@ class Daemon:
             return
         if written is not None:
             try:
-                art.tidy(
-                    self.session,
-                    self.config,
-                    self.last_written or written,
-                    written,
-                    collect=not self.captures.running,
-                )
+                with self._store_call(f"removing artifacts from the store at {self.store.path}"):
+                    art.tidy(
+                        self.session,
+                        self.config,
+                        self.last_written or written,
+                        written,
+                        collect=not self.captures.running,
+                    )
             except PkgckptError as e:  # the next commit collects again
                 log.warning("artifact GC: %s", e)
             self.last_written = written
@@ -459,7 +549,8 @@ class Daemon:
             # After every commit and rescan, not once per process: the pool is pruned, and
             # the key's files deleted, while a daemon runs for weeks. The key's listing is
             # taken for the quota anyway; a pooled artifact costs a stat. Never at idle.
-            files = self.store.artifacts()
+            with self._store_call(f"listing the artifacts on the store at {self.store.path}"):
+                files = self.store.artifacts()
             jobs += art.lost(self.session, self.config, self.targets, skip, files)
             used = quota.bytes_of(files)
             if used != self.state.counters.artifact_bytes:
@@ -485,7 +576,9 @@ class Daemon:
         )
 
     def _shutdown(self, watcher: Watcher) -> int:
-        deadline = time.monotonic() + self.config.shutdown_timeout
+        self._arm()  # armed by the signal; here too for a stop that came another way
+        assert self.stop_by is not None and self.bound is not None
+        deadline = time.monotonic() + (self.stop_by.remaining() or 0.0)
         sd_notify("STOPPING=1")
         self._set(phase="stopping")
         if self.captures is not None:
@@ -544,6 +637,7 @@ class Daemon:
                 self._open()
         self._set(phase="stopped")
         self._flush()
+        self.bound.stop()
         return code
 
     # -- the pieces ------------------------------------------------------------------------
@@ -652,10 +746,11 @@ class Daemon:
     def _open(self) -> None:
         """Read the manifest and the baseline, scan everything: the record's starting point."""
         try:
-            seal.check_layout(self.config)
-            session, changes = checkpoint.open_session(
-                self.config, self.targets, self.store, self.started
-            )
+            with self._store_call(f"reading the store at {self.store.path}"):
+                seal.check_layout(self.config)
+                session, changes = checkpoint.open_session(
+                    self.config, self.targets, self.store, self.started
+                )
         except _STORE_ERRORS as e:
             self._store_failed(e, "cannot read the store or the baseline")
             self._set(unread=self.state.last_error)
@@ -734,7 +829,8 @@ class Daemon:
         if self.session is None:
             return
         try:
-            committed = checkpoint.commit(self.session)
+            with self._store_call(f"writing the manifest to the store at {self.store.path}"):
+                committed = checkpoint.commit(self.session)
         except _STORE_ERRORS as e:
             self._store_failed(e, "commit failed")
             return
@@ -779,7 +875,9 @@ class Daemon:
     def _confirmed(self) -> bool:
         assert self.session is not None
         try:
-            if checkpoint.confirm(self.session):
+            with self._store_call(f"reading the manifest back from {self.store.path}"):
+                confirmed = checkpoint.confirm(self.session)
+            if confirmed:
                 return True
         except _STORE_ERRORS as e:
             self._store_failed(e, "cannot read the store back")

@@ -157,10 +157,20 @@ class Watchdog:
     waits up to 5 s for a killed child's pipes) and to report. No deadline: no thread.
     Threads from `_thread`, built in: a no-op restore does not load `threading`."""
 
-    def __init__(self, deadline: Deadline, grace: float, what: str, doing: str, code: int) -> None:
+    def __init__(
+        self,
+        deadline: Deadline,
+        grace: float,
+        what: str,
+        doing: str,
+        code: int,
+        *,
+        bound: str = "the timeout",
+    ) -> None:
         self.doing = doing
         self.code = code
         self._what = what
+        self._bound = bound
         self._done = _thread.allocate_lock()
         self._done.acquire()  # held until stop()
         # Who acts, stop() or the watch: held for good by the watch once it fires.
@@ -179,7 +189,7 @@ class Watchdog:
         for proc in list(_live):
             _kill_group(proc)
         message = (
-            f"pkgckpt: error: {self._what} stopped: the timeout ran out and {grace:g} s "
+            f"pkgckpt: error: {self._what} stopped: {self._bound} ran out and {grace:g} s "
             f"later it was still {self.doing}\n"
         )
         # Not through `logs` or sys.stderr, whose locks the blocked main thread may hold;

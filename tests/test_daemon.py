@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import fault_kit
 import pytest
 from daemon_kit import (
     Daemon,
@@ -23,6 +24,7 @@ from daemon_kit import (
     uv_install,
     uv_uninstall,
 )
+from fault_kit import glob_escape
 from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt import daemon as daemon_mod
@@ -149,6 +151,36 @@ def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:
         assert 0.5 * min(8.0, 2.0**i) <= d <= min(8.0, 2.0**i)
     b.reset()
     assert b.next() <= 1.0
+
+
+def test_signals_during_a_store_call_arm_the_bound_at_once_and_are_handled_after_it(
+    tmp_path: Path,
+) -> None:
+    """Within a store call (which a hung NFS server can hold for good) the daemon's thread
+    has SIGTERM, SIGINT and SIGHUP blocked, and a thread of their own takes them. A
+    SIGTERM arms the shutdown's bound at once, even after a SIGHUP; both reach their
+    handlers when the call returns, in their order, each once."""
+    d = daemon_mod.Daemon.__new__(daemon_mod.Daemon)  # only what the store call uses
+    d.config = Config(store=tmp_path / "store", key="k", shutdown_timeout=60)
+    d.stop_by, d.bound, d.doing = None, None, "stopping"
+    seen: list[int] = []
+    previous = {s: signal.signal(s, lambda n, _: seen.append(n)) for s in daemon_mod._HANDLED}
+    try:
+        with d._store_call("writing the manifest to the store"):
+            os.kill(os.getpid(), signal.SIGHUP)
+            os.kill(os.getpid(), signal.SIGTERM)
+            eventually(lambda: d.bound is not None, 5, "the bound armed by SIGTERM")
+            assert seen == []
+            assert d.bound is not None and d.bound.doing == "writing the manifest to the store"
+        assert seen == [signal.SIGHUP, signal.SIGTERM]
+        os.kill(os.getpid(), signal.SIGHUP)  # outside a call: the handler, at once
+        assert seen == [signal.SIGHUP, signal.SIGTERM, signal.SIGHUP]
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []).isdisjoint(daemon_mod._HANDLED)
+    finally:
+        if d.bound is not None:
+            d.bound.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # -- the running daemon ----------------------------------------------------------------
@@ -544,6 +576,60 @@ def test_a_store_never_opened_says_the_shutdown_s_short_retry_at_sigterm(
         said = d.output()[before:]
         delays = [float(x) for x in re.findall(r"retrying in ([0-9.]+) s", said)]
         assert delays and max(delays) <= 2.0, said
+    finally:
+        d.close()
+
+
+shim = fault_kit.shim
+
+
+def hang_writes(world: World, shim: Path) -> dict[str, str]:
+    """The daemon's environment with its first write of a manifest hung by the fault shim:
+    a hard NFS mount whose server stopped answering, where only SIGKILL ends the wait."""
+    return {
+        "LD_PRELOAD": str(shim),
+        "PKGCKPT_FAULTS": f"open:0:1:hang:{glob_escape(world.store / world.key)}/.manifest*",
+        "PKGCKPT_FAULTS_LOG": str(world.tmp / "faults.log"),
+    }
+
+
+def hung(world: World) -> bool:
+    log = world.tmp / "faults.log"
+    return log.exists() and log.read_text().split()[:3] == ["open", "0", "hang"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["while running", "in the shutdown flush"])
+def test_a_store_that_stops_answering_ends_the_daemon_within_its_shutdown_timeout(
+    world: World, venv: Venv, wheels: Path, shim: Path, when: str
+) -> None:
+    """A commit blocked in the store for good holds the daemon's only thread, where no
+    handler runs: SIGTERM alone would never end it, and the pod's grace period would end
+    only with SIGKILL. Whether the commit hung before the signal (an install's) or in the
+    flush the signal starts, the daemon ends shutdown_timeout after SIGTERM and 2 s to
+    report, exit 1 (changes not on the store), and says what it was waiting for."""
+    flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    # In the flush: the quiet window outlasts the test, and SIGTERM's rescan finds delta.
+    quiet = "50" if when == "while running" else "600000"
+    d = world.daemon(*flags, "--quiet-ms", quiet, "--shutdown-timeout", "3")
+    d.start(extra_env=hang_writes(world, shim))
+    try:
+        assert not hung(world), "the start wrote no manifest"
+        install(world, venv, wheels, "delta==1.0")
+        if when == "while running":
+            eventually(lambda: hung(world), 30, "the install's commit to hang")
+        assert d.proc is not None
+        d.signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        code = d.proc.wait(60)
+        took = time.monotonic() - signalled
+        assert hung(world), "the store really hung"
+        assert code == 1, d.output()
+        assert 3 + 2 <= took < 3 + 2 + 3, f"{took:.1f} s: the bound is 5 s"
+        assert (
+            "pkgckpt: error: the daemon stopped: shutdown_timeout (3 s) ran out and 2 s later "
+            f"it was still writing the manifest to the store at {world.store}"
+        ) in d.output(), d.output()
     finally:
         d.close()
 
