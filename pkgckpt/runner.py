@@ -121,7 +121,8 @@ def which(name: str) -> str | None:
 
 
 _live: set[subprocess.Popen[bytes]] = set()
-"""The children `call()` waits for, in any thread: what `stop_on_signals` takes down."""
+"""The children `call()` waits for, in any thread, and those `spawn` started: what
+`stop_on_signals` and a `Watchdog` that fires take down."""
 _stopping = False
 
 
@@ -294,10 +295,12 @@ def spawn(
     """Start `argv` to run beside pkgckpt (the artifact capture worker) with `call()`'s
     clean start: no shell, in the caller's own private directory `cwd`, its own session,
     pkgckpt's environment changed by `env` as in `call()`; stderr is pkgckpt's (its log
-    lines join ours). The caller waits for it. Raises OSError when it cannot start."""
+    lines join ours). The caller waits for it, then calls `release`; until then its group
+    is killed with `call()`'s children (`stop_on_signals`, a `Watchdog` that fires).
+    Raises OSError when it cannot start."""
     import subprocess
 
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         tuple(argv),
         stdin=stdin,
         stdout=stdout,
@@ -305,6 +308,13 @@ def spawn(
         cwd=cwd,
         start_new_session=True,
     )
+    _live.add(proc)
+    return proc
+
+
+def release(proc: subprocess.Popen[bytes]) -> None:
+    """`spawn`'s child, waited for: no longer pkgckpt's to kill."""
+    _live.discard(proc)
 
 
 def _run(

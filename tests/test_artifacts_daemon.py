@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -14,9 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import fault_kit
 import pytest
 from artifact_kit import artifacts, big_wheel, cache_on, make_wheelhouse
 from daemon_kit import World, context_switches, eventually, uv_install
+from fault_kit import glob_escape
 from prometheus_client.parser import text_string_to_metric_families
 from restore_kit import hermetic
 
@@ -629,6 +632,63 @@ def test_sigterm_flushes_within_the_shutdown_timeout_while_a_capture_is_stalled(
         traced.wait()
     assert took < 4, (took, log.read_text())
     assert "bigpkg" in _packages(world.manifest())
+
+
+shim = fault_kit.shim
+
+
+def test_a_daemon_ended_on_a_hung_store_takes_its_capture_worker_down(
+    tmp_path: Path, shim: Path
+) -> None:
+    """The daemon's thread blocked in a commit on a store that stopped answering, and its
+    capture worker blocked in a read of a package (a hung NFS home), both for good (the
+    fault shim). At SIGTERM the daemon ends itself within shutdown_timeout and 2 s, and
+    takes down the worker, which runs in a session of its own that no signal to the
+    daemon reaches: left alone, it would write on to the store after the daemon ended."""
+    world, prefix, flags = _world(tmp_path)
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    big_wheel(wheels, "bigpkg", 1)
+    (site,) = prefix.glob("lib/python*/site-packages")
+    faults = tmp_path / "faults.log"
+    world.env |= {
+        "LD_PRELOAD": str(shim),
+        # The worker's first read of the package; the daemon's second commit (a commit
+        # writes two files: the manifest and its generation's copy).
+        "PKGCKPT_FAULTS": f"read:0:1:hang:{glob_escape(site)}/bigpkg/blob.bin;"
+        f"open:0:3:hang:{glob_escape(world.store / world.key)}/.manifest*",
+        "PKGCKPT_FAULTS_LOG": str(faults),
+    }
+    daemon = world.daemon(*flags, "--quiet-ms", "100", "--shutdown-timeout", "3").start()
+    try:
+        uv_install(prefix / "bin" / "python", wheels, "bigpkg", env=hermetic(tmp_path))
+        said = eventually(
+            lambda: re.search(r"capturing 1 package\(s\) in the background \(pid (\d+)\)",
+                              daemon.output()),
+            60, "the capture",
+        )  # fmt: skip
+        worker = Path(f"/proc/{said[1]}")
+        uv_install(prefix / "bin" / "python", wheels, "libdep", env=hermetic(tmp_path))
+        eventually(lambda: faults.exists() and len(faults.read_text().splitlines()) == 2,
+                   60, "the worker's read and the daemon's commit to hang")  # fmt: skip
+        assert worker.exists()
+        assert daemon.proc is not None
+        daemon.signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert daemon.proc.wait(30) == 1, daemon.output()
+        assert time.monotonic() - started < 3 + 2 + 3
+        assert "2 s later it was still writing the manifest" in daemon.output()
+
+        def gone() -> bool:
+            try:
+                return (worker / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+            except OSError:
+                return True
+
+        eventually(gone, 5, "the capture worker taken down")
+    finally:
+        daemon.close()
+        with contextlib.suppress(ProcessLookupError, NameError, ValueError):
+            os.killpg(int(said[1]), signal.SIGKILL)
 
 
 def test_an_artifact_deleted_from_the_key_is_missing_then_captured_again_by_the_next_commit(

@@ -50,7 +50,7 @@ from ..config import Config
 from ..errors import PkgckptError, Uncapturable
 from ..logs import getLogger
 from ..manifest import Environment, Package
-from ..runner import spawn
+from ..runner import release, spawn
 from ..store import Store
 from . import Job, Result, capture
 
@@ -210,6 +210,7 @@ class Background:
             import shutil  # loaded by `start` already
 
             shutil.rmtree(self._dir, ignore_errors=True)
+            release(self._proc)
             self._proc = None
             self._dir = None
         jobs, self._jobs = self._jobs, ()
