@@ -41,6 +41,9 @@ UV = shutil.which("uv") or "uv"
 
 
 _ACL = "system.posix_acl_access"
+_OURS = "user.pkgckpt-tests.mode"
+"""Beside each ACL `reachable` adds: the directory's mode before it. A run cut short (a
+killed pytest) leaves both; the next run finds the mark, and puts the directory back."""
 _ANY = 0xFFFFFFFF
 
 
@@ -57,11 +60,17 @@ def _acl(mode: int, users: list[int]) -> bytes:
 def reachable(alice: User, bob: User) -> Iterator[None]:
     """alice and bob run this interpreter and this checkout: where a directory on the way
     is closed to others (pyenv under a 0700 /root), give those two users search access
-    with an ACL for the module's duration, and take it back afterwards."""
+    with an ACL for the module's duration, and take it back afterwards (or at the next
+    run's start, after a run cut short: `_OURS`)."""
     wanted = {Path(os.path.realpath(sys.executable)), Path(__file__).resolve(), Path(UV).resolve()}
     closed: dict[Path, int] = {}
     for path in wanted:
         for directory in path.parents:
+            with contextlib.suppress(OSError):
+                mode = int(os.getxattr(directory, _OURS))
+                os.removexattr(directory, _ACL)
+                os.removexattr(directory, _OURS)
+                directory.chmod(mode)
             st = directory.stat()
             if not st.st_mode & stat.S_IXOTH and directory not in closed:
                 with contextlib.suppress(OSError):
@@ -69,12 +78,14 @@ def reachable(alice: User, bob: User) -> Iterator[None]:
                     continue  # an ACL of its own: not ours to touch
                 closed[directory] = stat.S_IMODE(st.st_mode)
     for directory, mode in closed.items():
+        os.setxattr(directory, _OURS, str(mode).encode())
         os.setxattr(directory, _ACL, _acl(mode, [alice.uid, bob.uid]))
     try:
         yield
     finally:
         for directory, mode in closed.items():
             os.removexattr(directory, _ACL)
+            os.removexattr(directory, _OURS)
             directory.chmod(mode)
 
 
