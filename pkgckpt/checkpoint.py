@@ -606,7 +606,7 @@ def _shadowing(d: Delta, shipped: Mapping[str, Package]) -> Delta:
 def _refused(found: Package, kind: str) -> bool:
     """Would restore refuse a manifest holding `found` (`validate.package_problem`)? Only
     what is about to be recorded is asked: the image's packages never are."""
-    from .restore.validate import package_problem
+    from .validate import package_problem
 
     problem = package_problem(found, kind)
     if problem is not None:

@@ -638,13 +638,13 @@ def _age(stamp: str | None) -> float | None:
 def _restore_would(live: Mapping[str, Package], delta: manifest.Delta) -> tuple[Change, ...]:
     """What restore would do now: the recorded packages not in place, nothing else, and
     none that restore's validation refuses."""
-    from .restore.validate import delta_problems
+    from .validate import delta_problems
 
     def valid(one: manifest.Delta) -> bool:
         return next(delta_problems(one), None) is None
 
     # Each in its own part: a removal's version may be one an addition's may not (an
-    # image's `1.1build1`, see restore/validate.py).
+    # image's `1.1build1`, see validate.py).
     names = {
         p.name
         for p in (*delta.added, *delta.changed)
@@ -714,7 +714,7 @@ def _rebase(
         return None
     from .restore import _beneath
     from .restore.rebase import needed, rebase
-    from .restore.validate import canonical
+    from .validate import canonical
 
     now = {canonical(p.name): p for p in live.values()}
     image = baseline.image(target.env) if baseline is not None else list(now.values())
@@ -854,7 +854,7 @@ def collect(config: Config) -> Report:
         store_error = state.last_error
     refused = None
     if recorded is not None:
-        from .restore.validate import check_body
+        from .validate import check_body
 
         try:
             check_body(recorded.body)

@@ -1,7 +1,7 @@
 """An image whose own distributions have non-PEP 440 versions (Ubuntu's apt installs
 `distro-info 1.1build1` and `python-debian 0.1.43ubuntu1`): the user removes and upgrades
 them under the real daemon, and `pkgckpt restore` with the default installer puts the
-record back, on the same image and on a new one (restore/validate.py, restore/rebase.py,
+record back, on the same image and on a new one (validate.py, restore/rebase.py,
 the installer choice in restore/python.py, status.py)."""
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from pkgckpt.manifest import (
 )
 from pkgckpt.restore.r import Prepared, RInstaller, fetch_archive, mark_source
 from pkgckpt.restore.runner import Deadline
-from pkgckpt.restore.validate import check_body
 from pkgckpt.scan.r import DescriptionError, RLibraryScanner, source
+from pkgckpt.validate import check_body
 
 needs_r = rpkgs.needs_r
 

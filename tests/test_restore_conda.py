@@ -41,8 +41,8 @@ from pkgckpt.manifest import (
     image_identity,
 )
 from pkgckpt.restore import _conda_rebase
-from pkgckpt.restore.validate import conda_problem
 from pkgckpt.scan.conda import CondaScanner
+from pkgckpt.validate import conda_problem
 
 PACKAGES = [
     CondaPkg("tiny", "1.0"),

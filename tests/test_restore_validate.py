@@ -9,6 +9,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from pkgckpt import validate
 from pkgckpt.errors import ManifestError
 from pkgckpt.manifest import (
     Body,
@@ -20,7 +21,6 @@ from pkgckpt.manifest import (
     UrlSource,
     VcsSource,
 )
-from pkgckpt.restore import validate
 
 PY = Environment(kind="python", path="/opt/venv")
 R = Environment(kind="r", path="/opt/rlib")

@@ -115,9 +115,9 @@ from ..manifest import (
 from ..rmatch import carry_on, moved, pair, stale_build, superseded
 from ..runner import Watchdog, redact_text, stop_on_signals
 from ..scan.python import strip_credentials
+from ..validate import canonical, check_body
 from .rebase import Action, Decision, Part, Rebase
 from .runner import ArtifactInstaller, Deadline, Installer, Outcome
-from .validate import canonical, check_body
 from .venv import Remade, kernel_prefix, remake, stranded
 
 if TYPE_CHECKING:

@@ -68,9 +68,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
+from ..validate import canonical, python_name, python_version
 from ..wheeltags import TargetTags
 from .rebase import MAX_METADATA, MAX_WHEEL
-from .validate import canonical, python_name, python_version
 from .wheelmeta import metadata
 
 if TYPE_CHECKING:

@@ -190,7 +190,7 @@ def requirement(package: Package) -> str:
 
 def _pin(line: str) -> bool:
     """A `name==version` line with a valid name and version: nothing else is written."""
-    from .validate import python_name, python_version
+    from ..validate import python_name, python_version
 
     name, sep, version = line.partition("==")
     return bool(sep) and python_name(name) and python_version(version)
@@ -250,7 +250,7 @@ def _nonstandard(prefix: Path) -> bool:
     Only an entry owned by the site directory's owner counts: another user who may write a
     shared environment could otherwise turn every restore from uv, run with --no-config,
     to pip, which reads the configuration files they may plant in the prefix."""
-    from .validate import python_version
+    from ..validate import python_version
 
     for site in prefix.glob("lib/python3*/*-packages"):
         try:

@@ -85,9 +85,9 @@ from ..scan.r import (
     r_programs,
     run_rscript,
 )
+from ..validate import r_name, r_version
 from .python import URL_SCHEMES, VCS_SCHEMES, local_path, url_blocked
 from .runner import Deadline, Outcome, call
-from .validate import r_name, r_version
 
 log = getLogger(__name__)
 

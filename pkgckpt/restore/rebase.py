@@ -112,8 +112,8 @@ from ..manifest import (
     same_source,
     visible,
 )
+from ..validate import canonical, python_name, python_version
 from ..wheeltags import TargetTags, wheel_tags
-from .validate import canonical, python_name, python_version
 
 if TYPE_CHECKING:
     from packaging.requirements import Requirement

@@ -32,7 +32,7 @@ __all__ = ["TAIL_LINES", "ArtifactInstaller", "Deadline", "Installer", "Outcome"
 class Installer(Protocol):
     """One environment's installer, as `restore/__init__.py` drives it.
 
-    Packages reach an installer already validated (`restore/validate.py`): names and
+    Packages reach an installer already validated (`validate.py`): names and
     versions are safe to pass as arguments after `--`; sources have been shape-checked,
     and `blocked()` is where an installer refuses a source it cannot or may not fetch.
     """

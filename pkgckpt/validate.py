@@ -34,8 +34,8 @@ import re
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-from ..errors import ManifestError
-from ..manifest import (
+from .errors import ManifestError
+from .manifest import (
     Body,
     Delta,
     DirectorySource,
@@ -46,7 +46,7 @@ from ..manifest import (
     VcsSource,
     plain_subdirectory,
 )
-from ..scan.python import canonicalize_name
+from .scan.python import canonicalize_name
 
 canonical = canonicalize_name
 """The key restore compares distributions by (the scanner's, so both sides agree)."""
