@@ -85,6 +85,16 @@ STOP_REPORT_SECONDS = 2.0
 """A daemon still blocked in a store call this long after `shutdown_timeout` ran out (a
 hard NFS mount whose server stopped answering, where only SIGKILL ends the wait) is ended
 from another thread, exit 1: the grace period's end is a bound, not a hope."""
+
+
+def install_lock(name: str) -> bool:
+    """Whether `name`, an entry of a Python prefix, is only an installer's lock, which says
+    nothing of a remade environment: uv opens `<prefix>/.lock` for writing at every
+    `uv pip install`, and makes it at the first through a temporary `.tmpXXXXXX` renamed
+    into place."""
+    return name == ".lock" or name.startswith(".tmp")
+
+
 _STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
 _HANDLED = frozenset({*_STOPS, signal.SIGHUP})
 _POLL_SECONDS = 0.1
@@ -218,7 +228,8 @@ class Daemon:
         self.own = inventory.own_env(config)
         found = inventory.discover(config, self.own)
         self.targets: list[Target] = checkpoint.targets(config, found)
-        self.discovery: set[Path] = set(found.watch) | _prefixes(self.targets)
+        self.prefixes = _prefixes(self.targets)
+        self.discovery: set[Path] = set(found.watch) | self.prefixes
         """Directories where a new environment may show (see `discovery`), and the Python
         prefixes, where one remade on another Python shows (see `_prefixes`)."""
         self.unreadable = {u.path for u in found.unreadable}
@@ -467,7 +478,7 @@ class Daemon:
                 self.next_backstop = now + self.config.rescan_interval
         else:
             ready = self.debouncer.ready(now, watcher.busy)
-            if self.discovery.intersection(ready):
+            if any(self._may_be_new(root) for root in self.discovery.intersection(ready)):
                 self._rediscover(watcher)
             if ready:
                 unsettled = self.debouncer.unsettled
@@ -737,11 +748,23 @@ class Daemon:
             self._by_root.update((r, target) for r in target.roots)
             watcher.add([Root(path=r, kind=target.env.kind) for r in target.roots])
         prefixes = _prefixes(added) - self.discovery
+        self.prefixes.update(prefixes)
         self.discovery.update(prefixes)
         watcher.add([Root(path=p, kind="discovery") for p in prefixes])
         self._set(tracked=_tracked(self.targets))
         if self.session is not None:
             self._scan([*added, *(target for _, target in remade)])
+
+    def _may_be_new(self, root: Path) -> bool:
+        """Whether what changed in the discovery directory `root` may be an environment
+        new or remade there. Not when the events named only a Python prefix's install
+        lock (`install_lock`): every uv install would otherwise cost a discovery of every
+        environment, their interpreters' probes included."""
+        names = self.changed.get(root)
+        if root in self.prefixes and names is not None and all(map(install_lock, names)):
+            del self.changed[root]
+            return False
+        return True
 
     def _open(self) -> None:
         """Read the manifest and the baseline, scan everything: the record's starting point."""

@@ -459,6 +459,57 @@ def ext4_world() -> Iterator[World]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_installs_by_uv_are_recorded_without_looking_for_environments_again(
+    world: World, wheels: Path
+) -> None:
+    """uv opens `<prefix>/.lock` for writing at every install, and makes it in a venv
+    without one through a temporary `.tmpXXXXXX` renamed into place: events in the
+    prefix, which the daemon watches for a venv remade at its path. That lock alone is no
+    new environment, and the installs are recorded without a discovery of every
+    environment (which reads each interpreter's probe again, here from the answer kept in
+    the runtime directory: the file the trace counts)."""
+    if shutil.which("strace") is None:
+        pytest.skip("needs strace")
+    venv = image_venv(world, wheels)
+    flags = baseline(world, "--env", str(venv.prefix))
+    trace = world.tmp / "trace"
+    argv = [sys.executable, "-m", "pkgckpt", "daemon", *flags, "--quiet-ms", str(QUIET_MS)]
+    with (world.tmp / "daemon.log").open("wb") as log:
+        traced = subprocess.Popen(
+            ["strace", "-f", "-qq", "-e", "trace=openat", "-o", str(trace), *argv],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=world.env,
+        )  # fmt: skip
+    try:
+        status = world.status_file
+        eventually(lambda: status.exists() and '"watching"' in status.read_text(), 60, "ready")
+
+        def probes() -> int:
+            return trace.read_text().count("/python-env-")
+
+        started = probes()
+        assert started, "the start reads the interpreter's kept answer"
+        # The lock made as uv makes it, slowed down so that the temporary file comes in a
+        # batch of its own, as it does when the daemon is busy: then its name is seen.
+        (venv.prefix / ".lock").unlink()
+        made = venv.prefix / ".tmpQ3xZ9a"
+        made.touch()
+        time.sleep(0.5)
+        made.rename(venv.prefix / ".lock")
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+        eventually(lambda: recorded(world, venv.prefix, {"alpha==1.0"}), WITHIN, "alpha")
+        uv_install(venv.python, wheels, "delta==1.0", env=world.env)
+        want = {"alpha==1.0", "delta==1.0"}
+        eventually(lambda: recorded(world, venv.prefix, want), WITHIN, "delta")
+        assert (venv.prefix / ".lock").exists(), "uv took its lock in the prefix"
+        assert probes() == started
+        os.kill(json.loads(status.read_text())["pid"], signal.SIGTERM)  # the daemon
+        assert traced.wait(30) == 0
+    finally:
+        if traced.poll() is None:
+            traced.kill()  # strace, and with it the daemon it traces
+            traced.wait()
+
+
 def test_a_venv_rebuilt_on_another_python_records_its_new_installs(
     ext4_world: World, wheels: Path
 ) -> None:
