@@ -97,8 +97,6 @@ def install_lock(name: str) -> bool:
 
 _STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
 _HANDLED = frozenset({*_STOPS, signal.SIGHUP})
-_POLL_SECONDS = 0.1
-"""How long a store call's signal thread outlives the call (it then hands on what it gets)."""
 
 
 def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
@@ -169,8 +167,8 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def _signals(on_stop: _Handler, on_rescan: _Handler) -> Iterator[int]:
-    """Route SIGTERM/SIGINT/SIGHUP to the handlers; yield the read end of the wake-up pipe.
+def _signals(on_stop: _Handler, on_rescan: _Handler) -> Iterator[tuple[int, int]]:
+    """Route SIGTERM/SIGINT/SIGHUP to the handlers; yield the wake-up pipe (read, write).
 
     `signal.set_wakeup_fd` makes the C-level handler write to the pipe, which the watcher
     polls beside the inotify fd: a signal ends a blocking wait at once.
@@ -189,7 +187,7 @@ def _signals(on_stop: _Handler, on_rescan: _Handler) -> Iterator[int]:
     }
     old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     try:
-        yield read_fd
+        yield read_fd, write_fd
     finally:
         signal.set_wakeup_fd(old_fd)
         for signum, handler in previous.items():
@@ -210,13 +208,51 @@ def _tracked(targets: list[Target]) -> tuple[str, ...]:
     return tuple(sorted({t.env.path for t in targets}))
 
 
-class _Held:
-    """The signals a store call's thread took while the call ran (`Daemon._store_call`)."""
+class _Taker:
+    """A thread that takes SIGTERM, SIGINT and SIGHUP whenever the daemon's thread cannot:
+    while it has them blocked (`Daemon._store_call`), or while it already has one pending.
+    It arms the shutdown's bound at once for a stop (`on_stop`), holds the signal for the
+    daemon's thread (`handle`), and writes the wake-up pipe so that a waiting loop comes
+    round to it. One thread for the daemon's life, asleep in sigwait: no wake-up when idle,
+    and no thread started per store call."""
 
-    def __init__(self) -> None:
-        self.lock = _thread.allocate_lock()
-        self.over = False
-        self.taken: list[int] = []
+    def __init__(self, on_stop: Callable[[], None], wake_fd: int) -> None:
+        self._on_stop = on_stop
+        self._wake_fd = wake_fd
+        self._lock = _thread.allocate_lock()
+        self._taken: list[int] = []
+        self._closed = False
+        # Started with the signals blocked, which it inherits, as sigwait needs.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        try:
+            self._ident = _thread.start_new_thread(self._take, ())
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
+
+    def _take(self) -> None:
+        while True:
+            signum = signal.sigwait(_HANDLED)
+            if self._closed:
+                return
+            if signum in _STOPS:
+                self._on_stop()
+            with self._lock:
+                self._taken.append(signum)
+            with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+                os.write(self._wake_fd, bytes((signum,)))
+
+    def handle(self) -> None:
+        """Raise again in this thread, for their handlers, the signals the taker holds."""
+        if not self._taken:
+            return
+        with self._lock:
+            taken, self._taken = self._taken, []
+        for signum in taken:
+            signal.raise_signal(signum)
+
+    def close(self) -> None:
+        self._closed = True
+        signal.pthread_kill(self._ident, signal.SIGHUP)  # to the thread alone: its sigwait
 
 
 class Daemon:
@@ -285,6 +321,8 @@ class Daemon:
         """Ends the process `STOP_REPORT_SECONDS` after `stop_by`, whatever blocks it."""
         self.doing = "stopping"
         """What the bound says the daemon was still doing when it ended it."""
+        self.taker: _Taker | None = None
+        """Takes the signals while this thread cannot (`_store_call`); from `run` on."""
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -312,48 +350,35 @@ class Daemon:
         server went away, `open()` or `fsync()` waits in the kernel until the server comes
         back, and only SIGKILL ends that wait: a SIGTERM then stays pending, its handler
         never runs, and the grace period would end only with the pod's SIGKILL. So within
-        the call, SIGTERM, SIGINT and SIGHUP are blocked in this thread and taken by a
-        thread of their own, which arms the shutdown's bound at once (`_arm`); they are
-        raised again here when the call returns. A child started within inherits the mask
-        (an interpreter's probe at the first read of the store): pkgckpt ends its
+        the call SIGTERM, SIGINT and SIGHUP are blocked in this thread, and the taker
+        (`_Taker`) takes them: a stop arms the shutdown's bound at once (`_arm`), and each
+        is raised again here when the call returns. A child started within inherits the
+        mask (an interpreter's probe at the first read of the store): pkgckpt ends its
         children with SIGKILL, which no mask holds."""
         self.doing = doing
         if self.bound is not None:
             self.bound.doing = doing
-        held = _Held()
         signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
         try:
-            # Started with the mask blocked, which it inherits, as sigtimedwait needs.
-            _thread.start_new_thread(self._take_signals, (held,))
             yield
         finally:
-            with held.lock:
-                held.over = True
             self.doing = "stopping"
             if self.bound is not None:
                 self.bound.doing = self.doing
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
-            for signum in held.taken:  # through the handlers and the wake-up pipe
-                signal.raise_signal(signum)
-
-    def _take_signals(self, held: _Held) -> None:
-        while not held.over:
-            got = signal.sigtimedwait(_HANDLED, _POLL_SECONDS)
-            if got is None:
-                continue
-            if got.si_signo in _STOPS:
-                self._arm()
-            with held.lock:
-                if not held.over:
-                    held.taken.append(got.si_signo)
-                    continue
-            # Taken after the call returned: sent on to the process, whose thread takes it
-            # once unblocked (or the next call's thread does).
-            os.kill(os.getpid(), got.si_signo)
-            return
+            if self.taker is not None:
+                self.taker.handle()
 
     def _on_rescan(self, signum: int, frame: FrameType | None) -> None:
         self.rescan = True
+
+    @contextlib.contextmanager
+    def _taking(self, wake_write: int) -> Iterator[None]:
+        self.taker = _Taker(self._arm, wake_write)
+        try:
+            yield
+        finally:
+            self.taker.close()
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -363,8 +388,9 @@ class Daemon:
         # too (`status.find_daemon`) and SIGHUP it for as long as it holds the lock, which
         # SIGHUP's default action would end.
         with (
-            _signals(self._on_stop, self._on_rescan) as wake_fd,
+            _signals(self._on_stop, self._on_rescan) as (wake_fd, wake_write),
             contextlib.closing(self.status_file),
+            self._taking(wake_write),
         ):
             # One daemon per store and key (AlreadyRunning, before anything is written).
             # Someone else's runtime directory is passed over for the private fallback,
@@ -417,6 +443,8 @@ class Daemon:
             batch = self._watcher_failed(watcher, e)
         else:
             self.watch_backoff.reset()
+        if self.taker is not None:
+            self.taker.handle()  # what it took while this thread could not (a pending one)
         now = time.monotonic()
         if batch.overflow:
             self._count(watch_overflows=self.state.counters.watch_overflows + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import errno
 import json
 import os
@@ -159,12 +160,16 @@ def test_signals_during_a_store_call_arm_the_bound_at_once_and_are_handled_after
     """Within a store call (which a hung NFS server can hold for good) the daemon's thread
     has SIGTERM, SIGINT and SIGHUP blocked, and a thread of their own takes them. A
     SIGTERM arms the shutdown's bound at once, even after a SIGHUP; both reach their
-    handlers when the call returns, in their order, each once."""
+    handlers when the call returns, in their order, each once, and the loop's wake-up
+    pipe was written. The thread ends with the daemon's run."""
     d = daemon_mod.Daemon.__new__(daemon_mod.Daemon)  # only what the store call uses
     d.config = Config(store=tmp_path / "store", key="k", shutdown_timeout=60)
     d.stop_by, d.bound, d.doing = None, None, "stopping"
     seen: list[int] = []
     previous = {s: signal.signal(s, lambda n, _: seen.append(n)) for s in daemon_mod._HANDLED}
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    threads = _thread._count()
+    d.taker = daemon_mod._Taker(d._arm, write_fd)
     try:
         with d._store_call("writing the manifest to the store"):
             os.kill(os.getpid(), signal.SIGHUP)
@@ -173,14 +178,19 @@ def test_signals_during_a_store_call_arm_the_bound_at_once_and_are_handled_after
             assert seen == []
             assert d.bound is not None and d.bound.doing == "writing the manifest to the store"
         assert seen == [signal.SIGHUP, signal.SIGTERM]
+        assert os.read(read_fd, 16) == bytes((signal.SIGHUP, signal.SIGTERM))
         os.kill(os.getpid(), signal.SIGHUP)  # outside a call: the handler, at once
         assert seen == [signal.SIGHUP, signal.SIGTERM, signal.SIGHUP]
         assert signal.pthread_sigmask(signal.SIG_BLOCK, []).isdisjoint(daemon_mod._HANDLED)
     finally:
+        d.taker.close()
         if d.bound is not None:
             d.bound.stop()
+        eventually(lambda: _thread._count() == threads, 5, "the taker's end (and the bound's)")
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 # -- the running daemon ----------------------------------------------------------------
