@@ -60,7 +60,7 @@ from .errors import (
 from .logs import getLogger, printable
 from .manifest import Body, Change, Delta, Environment, Event, Failing, Manifest, Package
 from .scan.python import canonicalize_name
-from .store import Store, open_store
+from .store import Store, answered, open_store
 from .trust import read_owned
 
 log = getLogger("pkgckpt.record")
@@ -206,12 +206,15 @@ def _kept(store: Store, current: Manifest) -> dict[int, Manifest]:
 
 
 def history(config: Config, limit: int | None = None) -> History:
-    """`pkgckpt history`: the recorded changes, newest first; reads only."""
-    store = open_store(config)
-    current = store.read()
+    """`pkgckpt history`: the recorded changes, newest first; reads only. Each call on the
+    store waits `status.STORE_SECONDS` at most (StoreUnavailable): on a hard NFS mount
+    whose server stopped answering, not even Ctrl-C would end it."""
+    root = config.store
+    store = answered(status.STORE_SECONDS, lambda: open_store(config), root)
+    current = answered(status.STORE_SECONDS, store.read, root)
     if current is None:
         return History(key=config.key, store=str(store.path), generation=None)
-    kept = _kept(store, current)
+    kept = answered(status.STORE_SECONDS, lambda: _kept(store, current), root)
     first: dict[object, Entry] = {}
     for generation in sorted(kept):
         for ident, entry in _entries(kept[generation].body):

@@ -10,11 +10,14 @@ import pty
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import fault_kit
 import pytest
 from daemon_kit import Daemon, World, eventually, pins, uv_install, uv_uninstall
+from fault_kit import glob_escape
 from restore_kit import broken_sdist, installed, put_manifest
 from rpkgs import SOURCES, needs_r
 from wheelhouse import Dist, Venv, build_wheel, make_venv
@@ -1045,6 +1048,41 @@ def test_a_forgotten_package_installed_anew_as_it_was_ends_the_forget() -> None:
     assert [(c.action, c.name) for c in changes] == [("install", "alpha")]
     delta = t.body().delta(ENV)
     assert delta is not None and delta.added == (ALPHA,) and delta.forgotten == ()
+
+
+shim = fault_kit.shim
+
+
+@pytest.mark.parametrize("hangs", ["manifest.json", "manifest.1.json"])
+def test_history_on_a_store_that_stops_answering_ends_within_a_bounded_wait(
+    world: World, shim: Path, hangs: str
+) -> None:
+    """A hard NFS mount whose server went away blocks `open()` for as long as it is gone,
+    and Ctrl-C does not end that wait. `history` waits 10 s for each answer of the store
+    (the current manifest, the kept generations), then says which store did not answer,
+    exit 1."""
+    store = Store(world.store, world.key)
+    for version in ("1.0", "2.0"):
+        env = Environment(kind="python", path="/opt/venv")
+        store.commit(Body(environments=(Delta(env=env, added=(Package("a", version),)),)))
+    log = world.tmp / "faults.log"
+    env = {
+        **world.env,
+        "LD_PRELOAD": str(shim),
+        "PKGCKPT_FAULTS": f"open:0:1:hang:{glob_escape(world.store / world.key / hangs)}",
+        "PKGCKPT_FAULTS_LOG": str(log),
+    }
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "pkgckpt", "history", "--store", str(world.store), "--key",
+         world.key],
+        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
+    assert done.returncode == 1, done
+    assert 10 <= took < 10 + 8, f"{took:.1f} s"
+    assert f"store {world.store} did not answer within 10 s" in done.stderr, done.stderr
 
 
 def test_a_revert_keeps_the_history_and_adds_to_it() -> None:
