@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_kit import Daemon, World, eventually, uv_install
+from daemon_kit import Daemon, World, context_switches, eventually, uv_install
 from prometheus_client.parser import text_string_to_metric_families
 from restore_kit import put_manifest
 from wheelhouse import Dist, Venv, build_wheel, make_venv
@@ -170,15 +170,20 @@ def test_a_store_failure_is_counted_by_reason_and_written_at_once(
 
 @pytest.mark.slow
 def test_an_idle_daemon_never_rewrites_the_metrics_file(world: World, daemon: Daemon) -> None:
-    """No timer: with nothing changing, the file keeps its inode and its bytes."""
+    """No timer: with nothing changing, the file keeps its inode and its bytes, and no
+    thread of the daemon wakes (its second one sleeps in sigwait, for the signals that
+    come during a store call)."""
     path = world.tmp / "k.prom"
     eventually(lambda: path.exists(), what="metrics file")
+    assert daemon.proc is not None
+    time.sleep(0.5)  # the start's last writes
     before = path.stat()
+    woken = context_switches(daemon.proc.pid)
     time.sleep(1.5)
     after = path.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert daemon.proc is not None
-    assert sum(1 for _ in Path(f"/proc/{daemon.proc.pid}/task").iterdir()) == 1  # no thread either
+    assert context_switches(daemon.proc.pid) == woken
+    assert sum(1 for _ in Path(f"/proc/{daemon.proc.pid}/task").iterdir()) == 2
 
 
 @pytest.mark.slow
