@@ -57,25 +57,45 @@ MAX_URL = 2048
 MAX_PROBLEMS = 10
 """Problems listed in the error message; a hostile manifest can have thousands."""
 
-_PY_NAME = re.compile(r"[A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9]", re.IGNORECASE | re.ASCII)
-_R_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]", re.ASCII)
-_R_VERSION = re.compile(r"[0-9]+(?:[.-][0-9]+)+", re.ASCII)
+
+class _Pattern:
+    """A pattern compiled at its first match, ASCII-only: a daemon's first record matches
+    two of this module's patterns, and compiling all of them at import cost ~1 ms of CPU."""
+
+    __slots__ = ("_compiled", "_flags", "_source")
+
+    def __init__(self, source: str, flags: int = 0) -> None:
+        self._source, self._flags = source, flags | re.ASCII
+        self._compiled: re.Pattern[str] | None = None
+
+    @property
+    def compiled(self) -> re.Pattern[str]:
+        if self._compiled is None:
+            self._compiled = re.compile(self._source, self._flags)
+        return self._compiled
+
+    def fullmatch(self, text: str) -> re.Match[str] | None:
+        return self.compiled.fullmatch(text)
+
+
+_PY_NAME = _Pattern(r"[A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9]", re.IGNORECASE)
+_R_NAME = _Pattern(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]")
+_R_VERSION = _Pattern(r"[0-9]+(?:[.-][0-9]+)+")
 # A release segment alone ("1.26.4"), what nearly every version is, is valid PEP 440 as it
 # stands: no need to import packaging and compile its pattern (~4 ms of a no-op) for it.
-_PY_RELEASE = re.compile(r"[0-9]+(?:\.[0-9]+)*", re.ASCII)
+_PY_RELEASE = _Pattern(r"[0-9]+(?:\.[0-9]+)*")
 # No whitespace, control characters or shell or requirement syntax, and no leading "-" or
 # ".": what is shown in a report or a plan stays one harmless word.
-_LEGACY_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*", re.ASCII)
-_HEX = re.compile(r"[0-9a-f]{7,128}", re.ASCII)
-_REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]*", re.ASCII)
-_SUBDIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*", re.ASCII)
+_LEGACY_VERSION = _Pattern(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
+_HEX = _Pattern(r"[0-9a-f]{7,128}")
+_REVISION = _Pattern(r"[A-Za-z0-9_][A-Za-z0-9._/+-]*")
+_SUBDIR = _Pattern(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
 _HASH_NAMES = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
 # Printable ASCII except space: what a URL may contain once percent-encoded.
-_URL_CHARS = re.compile(r"[!-~]+", re.ASCII)
+_URL_CHARS = _Pattern(r"[!-~]+")
 # Neither the user nor the host may start with "-": ssh would take it for an option.
-_HOST = re.compile(
+_HOST = _Pattern(
     r"(?:[A-Za-z0-9_][A-Za-z0-9._~%!$&'()*+,;=:-]*@)?[A-Za-z0-9_][A-Za-z0-9._-]*(?::[0-9]+)?",
-    re.ASCII,
 )
 # conda's own rules: names lowercase, versions and build strings without the characters a
 # MatchSpec gives meaning to (= , | * < > ! @ [ ] and space), channels a name or a URL.
@@ -83,16 +103,15 @@ _HOST = re.compile(
 # `conda_channels` (restore/conda.py), so any URL scheme a client may have installed from
 # (an internal http mirror, s3) is well-formed here; a channel that is not configured is
 # that package's own failure (`blocked()`), not the manifest's.
-_CONDA_NAME = re.compile(r"[a-z0-9_][a-z0-9_.+-]*", re.ASCII)
-_CONDA_VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+!]*", re.ASCII)
-_CONDA_BUILD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+]*", re.ASCII)
-_CONDA_CHANNEL = re.compile(
+_CONDA_NAME = _Pattern(r"[a-z0-9_][a-z0-9_.+-]*")
+_CONDA_VERSION = _Pattern(r"[A-Za-z0-9_][A-Za-z0-9_.+!]*")
+_CONDA_BUILD = _Pattern(r"[A-Za-z0-9_][A-Za-z0-9_.+]*")
+_CONDA_CHANNEL = _Pattern(
     r"[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*"
     r"|[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9_.~%/:@-]+",
-    re.ASCII,
 )
-_IMAGE = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
-_INTERPRETER = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}", re.ASCII)
+_IMAGE = _Pattern(r"sha256:[0-9a-f]{64}")
+_INTERPRETER = _Pattern(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}")
 VCS = frozenset({"git", "hg", "svn", "bzr"})
 
 _py_version: re.Pattern[str] | None = None

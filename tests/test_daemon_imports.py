@@ -81,3 +81,22 @@ def test_the_daemon_process_loads_neither_dataclasses_nor_inspect() -> None:
     """No dataclass on the daemon's import path: dataclasses imports inspect (with ast,
     dis, tokenize), +1.2 MB of idle RSS measured on a plain install."""
     assert _loaded("dataclasses", "inspect", "ast") == []
+
+
+def test_the_daemon_s_first_record_compiles_only_the_patterns_it_matches() -> None:
+    """The checkpoint asks `validate.package_problem` before it records a package: its
+    import compiles no pattern, and an index package's check compiles the name's and the
+    release's alone, not the module's twenty (~1 ms of a fresh daemon's first install).
+    The scanner, which the daemon has imported by then, is imported first."""
+    code = (
+        "import re, pkgckpt.manifest as m, pkgckpt.scan.python\n"
+        "compiled = []; compile = re.compile\n"
+        "re.compile = lambda p, f=0: compiled.append(p) or compile(p, f)\n"
+        "from pkgckpt import validate; print(len(compiled))\n"
+        "p = m.Package(name='numpy', version='2.1.0', source=m.IndexSource())\n"
+        "assert validate.package_problem(p, 'python') is None; print(len(compiled))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["0", "2"]

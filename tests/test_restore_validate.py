@@ -120,7 +120,7 @@ def test_hostile_versions_refuse_the_manifest(version: str) -> None:
         validate.check_body(body(Package(name="ok", version=version)))
 
 
-@given(st.from_regex(validate._PY_NAME, fullmatch=True))
+@given(st.from_regex(validate._PY_NAME.compiled, fullmatch=True))
 def test_every_accepted_name_is_one_requirement_pinned_name(name: str) -> None:
     """An accepted name parses as exactly that name in a `name==version` requirement."""
     req = Requirement(f"{name}==1.0")
@@ -136,7 +136,7 @@ def test_an_accepted_version_is_a_version_as_written(text: str) -> None:
         assert not any(c in text for c in " ;|&$`'\"\\\n\x00<>=")
 
 
-@given(st.from_regex(validate._PY_RELEASE, fullmatch=True))
+@given(st.from_regex(validate._PY_RELEASE.compiled, fullmatch=True))
 def test_the_release_shortcut_takes_only_what_packaging_takes(version: str) -> None:
     """A version the shortcut accepts without packaging (a release segment alone) is one
     packaging's own PEP 440 pattern accepts too, exactly as written."""
