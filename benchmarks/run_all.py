@@ -140,8 +140,8 @@ TARGETS = (
         "`pkgckpt daemon` CPU over a 20,000-file install vs "
         "the minimal non-recursive daemon ≤ 1.5x",
         "the durable merged commit with its generation, and the scan of the metadata the "
-        "manifest records (2.75x at 1f52eb6); since then a fresh daemon's first install pays "
-        "the validation's import, more status file and the record's pending changes; see "
+        "manifest records (2.75x at 1f52eb6), and a fresh daemon's first install's share of "
+        "the validation (its import, two patterns compiled) and six status writes; see "
         '"`pkgckpt daemon` CPU over an install"',
     ),
     Target(
