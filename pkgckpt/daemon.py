@@ -15,8 +15,8 @@ commit at once, retried until `shutdown_timeout` with a backoff started anew and
 at `SHUTDOWN_RETRY_CAP`, whatever delay an outage grew before) and exit: 0 when
 everything seen is on the store, 1 when the store stayed unreachable, or when a call on
 it had not returned `STOP_REPORT_SECONDS` after `shutdown_timeout` (a hard NFS mount
-whose server went away: the signals are taken by a thread of their own meanwhile, see
-`_store_call`, and a watchdog ends the process). SIGHUP rescans
+whose server went away, under the store or a library: the signals are taken by a thread
+of their own, see `_Taker`, and a watchdog ends the process). SIGHUP rescans
 every root and commits now (`pkgckpt snapshot` uses it when a daemon runs, so the
 manifest keeps one writer); it also applies the requests `forget`, `revert` and
 `restore` left in the runtime directory (`record.serve`) and answers each with the
@@ -209,15 +209,24 @@ def _tracked(targets: list[Target]) -> tuple[str, ...]:
 
 
 class _Taker:
-    """A thread that takes SIGTERM, SIGINT and SIGHUP whenever the daemon's thread cannot:
-    while it has them blocked (`Daemon._store_call`), or while it already has one pending.
-    It arms the shutdown's bound at once for a stop (`on_stop`), holds the signal for the
-    daemon's thread (`handle`), and writes the wake-up pipe so that a waiting loop comes
-    round to it. One thread for the daemon's life, asleep in sigwait: no wake-up when idle,
-    and no thread started per store call."""
+    """A thread that takes SIGTERM, SIGINT and SIGHUP for the daemon's thread, which has
+    them blocked from the start of its loop to its end (`Daemon._taking`).
 
-    def __init__(self, on_stop: Callable[[], None], wake_fd: int) -> None:
+    A call that waits in the kernel for good (`open()` or `fsync()` on a hard NFS mount
+    whose server went away: the store, or a library in an NFS home) holds that thread
+    where no handler runs, and only SIGKILL ends the wait: a signal pending on it would
+    never be handled, and the grace period would end only with the pod's SIGKILL (never
+    under s6, which sends none). So the taker arms the shutdown's bound at once for a stop
+    (`on_stop`), holds the signal for the daemon's thread, which runs its handler at the
+    next turn of its loop or the end of its call (`handle`), and writes the wake-up pipe so
+    that a waiting loop comes round to it. One thread for the daemon's life, asleep in
+    sigwait: no wake-up when idle."""
+
+    def __init__(
+        self, on_stop: Callable[[], None], handlers: Mapping[int, _Handler], wake_fd: int
+    ) -> None:
         self._on_stop = on_stop
+        self._handlers = handlers
         self._wake_fd = wake_fd
         self._lock = _thread.allocate_lock()
         self._taken: list[int] = []
@@ -242,13 +251,14 @@ class _Taker:
                 os.write(self._wake_fd, bytes((signum,)))
 
     def handle(self) -> None:
-        """Raise again in this thread, for their handlers, the signals the taker holds."""
+        """Run, in the daemon's thread and in their order, the handlers of the signals the
+        taker holds."""
         if not self._taken:
             return
         with self._lock:
             taken, self._taken = self._taken, []
         for signum in taken:
-            signal.raise_signal(signum)
+            self._handlers[signum](signum, None)
 
     def close(self) -> None:
         self._closed = True
@@ -319,10 +329,10 @@ class Daemon:
         """`shutdown_timeout` from the first SIGTERM/SIGINT: the flush ends by then."""
         self.bound: runner.Watchdog | None = None
         """Ends the process `STOP_REPORT_SECONDS` after `stop_by`, whatever blocks it."""
-        self.doing = "stopping"
-        """What the bound says the daemon was still doing when it ended it."""
+        self.doing = "starting"
+        """What the bound says the daemon was still doing when it ended it (`_doing`)."""
         self.taker: _Taker | None = None
-        """Takes the signals while this thread cannot (`_store_call`); from `run` on."""
+        """Takes the signals for this thread (`_taking`), from `run` on."""
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -345,40 +355,39 @@ class Daemon:
         )
 
     @contextlib.contextmanager
-    def _store_call(self, doing: str) -> Iterator[None]:
-        """Around a call that may block in the store for good. On a hard NFS mount whose
-        server went away, `open()` or `fsync()` waits in the kernel until the server comes
-        back, and only SIGKILL ends that wait: a SIGTERM then stays pending, its handler
-        never runs, and the grace period would end only with the pod's SIGKILL. So within
-        the call SIGTERM, SIGINT and SIGHUP are blocked in this thread, and the taker
-        (`_Taker`) takes them: a stop arms the shutdown's bound at once (`_arm`), and each
-        is raised again here when the call returns. A child started within inherits the
-        mask (an interpreter's probe at the first read of the store): pkgckpt ends its
-        children with SIGKILL, which no mask holds."""
-        self.doing = doing
-        if self.bound is not None:
-            self.bound.doing = doing
-        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+    def _doing(self, doing: str) -> Iterator[None]:
+        """Around a call that may block in the file system for good (the store, a library
+        in an NFS home): what the shutdown's bound says the daemon was still doing if it
+        ends it there (`_Taker`), and the signals taken meanwhile handled once it returns."""
+        before = self.doing
+        self._say(doing)
         try:
             yield
         finally:
-            self.doing = "stopping"
-            if self.bound is not None:
-                self.bound.doing = self.doing
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
+            self._say(before)
             if self.taker is not None:
                 self.taker.handle()
+
+    def _say(self, doing: str) -> None:
+        self.doing = doing
+        if self.bound is not None:
+            self.bound.doing = doing
 
     def _on_rescan(self, signum: int, frame: FrameType | None) -> None:
         self.rescan = True
 
     @contextlib.contextmanager
     def _taking(self, wake_write: int) -> Iterator[None]:
-        self.taker = _Taker(self._arm, wake_write)
+        """SIGTERM, SIGINT and SIGHUP blocked in this thread, and taken by the taker."""
+        handlers: dict[int, _Handler] = {signum: self._on_stop for signum in _STOPS}
+        self.taker = _Taker(self._arm, {**handlers, signal.SIGHUP: self._on_rescan}, wake_write)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
         try:
             yield
         finally:
             self.taker.close()
+            # A signal that came after the taker's end reaches its handler here.
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -430,6 +439,7 @@ class Daemon:
                     self.next_ping = now
                 if self.config.rescan_interval > 0:
                     self.next_backstop = now + self.config.rescan_interval
+                self._say("watching the libraries")
                 while not self.stop:
                     self._step(watcher)
                 return self._shutdown(watcher)
@@ -492,7 +502,7 @@ class Daemon:
             # From where the status file is now, where `forget` and `revert` found it: it
             # moves to the fallback when the runtime directory is taken after a clean.
             runtime = self.status_file.directory or self.config.runtime_dir
-            with self._store_call(f"reading the store at {self.store.path} for a request"):
+            with self._doing(f"reading the store at {self.store.path} for a request"):
                 taken = record.serve(self.config, self.session, runtime)
             self.requested += sum(1 for _, reply in taken if reply is None)
             self.retry_at = None  # a person asked (snapshot): try the store now
@@ -564,7 +574,7 @@ class Daemon:
             return
         if written is not None:
             try:
-                with self._store_call(f"removing artifacts from the store at {self.store.path}"):
+                with self._doing(f"removing artifacts from the store at {self.store.path}"):
                     art.tidy(
                         self.session,
                         self.config,
@@ -588,7 +598,7 @@ class Daemon:
             # After every commit and rescan, not once per process: the pool is pruned, and
             # the key's files deleted, while a daemon runs for weeks. The key's listing is
             # taken for the quota anyway; a pooled artifact costs a stat. Never at idle.
-            with self._store_call(f"listing the artifacts on the store at {self.store.path}"):
+            with self._doing(f"listing the artifacts on the store at {self.store.path}"):
                 files = self.store.artifacts()
             jobs += art.lost(self.session, self.config, self.targets, skip, files)
             used = quota.bytes_of(files)
@@ -615,6 +625,7 @@ class Daemon:
         )
 
     def _shutdown(self, watcher: Watcher) -> int:
+        self._say("stopping")
         self._arm()  # armed by the signal; here too for a stop that came another way
         assert self.stop_by is not None and self.bound is not None
         deadline = time.monotonic() + (self.stop_by.remaining() or 0.0)
@@ -717,6 +728,10 @@ class Daemon:
     def _rediscover(self, watcher: Watcher) -> None:
         """Discover again (a kernelspec, a conda environment may have appeared) and track
         the environments that are new, from their first scan on."""
+        with self._doing("looking for new environments"):
+            self._discover_again(watcher)
+
+    def _discover_again(self, watcher: Watcher) -> None:
         for _ in range(5):
             found = inventory.discover(self.config, self.own)
             fresh = [p for p in found.watch if p not in self.discovery]
@@ -797,7 +812,7 @@ class Daemon:
     def _open(self) -> None:
         """Read the manifest and the baseline, scan everything: the record's starting point."""
         try:
-            with self._store_call(f"reading the store at {self.store.path}"):
+            with self._doing(f"reading the store at {self.store.path}"):
                 seal.check_layout(self.config)
                 session, changes = checkpoint.open_session(
                     self.config, self.targets, self.store, self.started
@@ -852,9 +867,11 @@ class Daemon:
                 changed[root] = names
         started = time.perf_counter()
         before = [t.identity for t in targets]
-        for env, change in checkpoint.scan(self.session, targets, changed, unsettled):
-            log.info("%s", describe(env, change))
-            self.uncommitted.append(change)
+        roots = ", ".join(str(r) for t in targets for r in t.roots)
+        with self._doing(f"reading the libraries at {roots}"):
+            for env, change in checkpoint.scan(self.session, targets, changed, unsettled):
+                log.info("%s", describe(env, change))
+                self.uncommitted.append(change)
         c = self.state.counters
         self._count(scans=c.scans + 1, scan_seconds=c.scan_seconds + time.perf_counter() - started)
         for target, old in zip(targets, before, strict=True):
@@ -880,7 +897,7 @@ class Daemon:
         if self.session is None:
             return
         try:
-            with self._store_call(f"writing the manifest to the store at {self.store.path}"):
+            with self._doing(f"writing the manifest to the store at {self.store.path}"):
                 committed = checkpoint.commit(self.session)
         except _STORE_ERRORS as e:
             self._store_failed(e, "commit failed")
@@ -926,7 +943,7 @@ class Daemon:
     def _confirmed(self) -> bool:
         assert self.session is not None
         try:
-            with self._store_call(f"reading the manifest back from {self.store.path}"):
+            with self._doing(f"reading the manifest back from {self.store.path}"):
                 confirmed = checkpoint.confirm(self.session)
             if confirmed:
                 return True

@@ -37,7 +37,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -239,6 +239,23 @@ def owned(proc: subprocess.Popen[bytes]) -> Iterator[None]:
         _live.discard(proc)
 
 
+def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen(argv, **kwargs)`, the child started with SIGTERM, SIGINT and
+    SIGHUP unblocked. A child inherits the signal mask of the thread that starts it, across
+    exec, and the daemon's thread has those blocked for its whole loop (a thread of their
+    own takes them): a child started so (an interpreter's probe, R, the capture worker)
+    would go on after the SIGTERM that stops it."""
+    import signal
+    import subprocess
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
+    try:
+        return subprocess.Popen(tuple(argv), **kwargs)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     import signal
 
@@ -298,10 +315,8 @@ def spawn(
     lines join ours). The caller waits for it, then calls `release`; until then its group
     is killed with `call()`'s children (`stop_on_signals`, a `Watchdog` that fires).
     Raises OSError when it cannot start."""
-    import subprocess
-
-    proc = subprocess.Popen(
-        tuple(argv),
+    proc = popen(
+        argv,
         stdin=stdin,
         stdout=stdout,
         env=_environment(env),
@@ -324,7 +339,7 @@ def _run(
     import subprocess
 
     try:
-        proc = subprocess.Popen(
+        proc = popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -157,38 +158,45 @@ def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:
 def test_signals_during_a_store_call_arm_the_bound_at_once_and_are_handled_after_it(
     tmp_path: Path,
 ) -> None:
-    """Within a store call (which a hung NFS server can hold for good) the daemon's thread
-    has SIGTERM, SIGINT and SIGHUP blocked, and a thread of their own takes them. A
-    SIGTERM arms the shutdown's bound at once, even after a SIGHUP; both reach their
-    handlers when the call returns, in their order, each once, and the loop's wake-up
-    pipe was written. The thread ends with the daemon's run."""
+    """Within its loop the daemon's thread has SIGTERM, SIGINT and SIGHUP blocked, and a
+    thread of their own takes them: a call that a hung NFS server holds for good (the
+    store's, a library's) never has one pending where no handler runs. A SIGTERM arms the
+    shutdown's bound at once, even after a SIGHUP; both reach their handlers when the call
+    returns, in their order, each once, and the loop's wake-up pipe was written. Outside a
+    call, a signal waits for the loop's next turn (`handle`). The thread ends with the
+    loop, and the mask is as it was."""
     d = daemon_mod.Daemon.__new__(daemon_mod.Daemon)  # only what the store call uses
     d.config = Config(store=tmp_path / "store", key="k", shutdown_timeout=60)
-    d.stop_by, d.bound, d.doing = None, None, "stopping"
+    d.stop_by, d.bound, d.doing, d.taker = None, None, "watching the libraries", None
     seen: list[int] = []
-    previous = {s: signal.signal(s, lambda n, _: seen.append(n)) for s in daemon_mod._HANDLED}
+    d._on_stop = d._on_rescan = lambda signum, _: seen.append(signum)  # type: ignore[method-assign]
     read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     threads = _thread._count()
-    d.taker = daemon_mod._Taker(d._arm, write_fd)
     try:
-        with d._store_call("writing the manifest to the store"):
-            os.kill(os.getpid(), signal.SIGHUP)
-            os.kill(os.getpid(), signal.SIGTERM)
-            eventually(lambda: d.bound is not None, 5, "the bound armed by SIGTERM")
-            assert seen == []
-            assert d.bound is not None and d.bound.doing == "writing the manifest to the store"
-        assert seen == [signal.SIGHUP, signal.SIGTERM]
-        assert os.read(read_fd, 16) == bytes((signal.SIGHUP, signal.SIGTERM))
-        os.kill(os.getpid(), signal.SIGHUP)  # outside a call: the handler, at once
-        assert seen == [signal.SIGHUP, signal.SIGTERM, signal.SIGHUP]
+        with d._taking(write_fd):
+            assert signal.pthread_sigmask(signal.SIG_BLOCK, []) >= daemon_mod._HANDLED
+            with d._doing("writing the manifest to the store"):
+                os.kill(os.getpid(), signal.SIGHUP)
+                os.kill(os.getpid(), signal.SIGTERM)
+                eventually(lambda: d.bound is not None, 5, "the bound armed by SIGTERM")
+                assert seen == []
+                assert d.bound is not None
+                assert d.bound.doing == "writing the manifest to the store"
+            assert seen == [signal.SIGHUP, signal.SIGTERM]
+            assert d.bound.doing == "watching the libraries"
+            assert os.read(read_fd, 16) == bytes((signal.SIGHUP, signal.SIGTERM))
+            os.kill(os.getpid(), signal.SIGHUP)  # outside a call: at the loop's next turn
+            eventually(lambda: select.select([read_fd], [], [], 0)[0], 5, "a wake-up")
+            assert os.read(read_fd, 16) == bytes((signal.SIGHUP,))
+            assert seen == [signal.SIGHUP, signal.SIGTERM]
+            assert d.taker is not None
+            d.taker.handle()
+            assert seen == [signal.SIGHUP, signal.SIGTERM, signal.SIGHUP]
         assert signal.pthread_sigmask(signal.SIG_BLOCK, []).isdisjoint(daemon_mod._HANDLED)
     finally:
-        d.taker.close()
         if d.bound is not None:
             d.bound.stop()
         eventually(lambda: _thread._count() == threads, 5, "the taker's end (and the bound's)")
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         os.close(read_fd)
         os.close(write_fd)
 
@@ -640,6 +648,44 @@ def test_a_store_that_stops_answering_ends_the_daemon_within_its_shutdown_timeou
             "pkgckpt: error: the daemon stopped: shutdown_timeout (3 s) ran out and 2 s later "
             f"it was still writing the manifest to the store at {world.store}"
         ) in d.output(), d.output()
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_a_library_that_stops_answering_ends_the_daemon_within_its_shutdown_timeout(
+    world: World, venv: Venv, wheels: Path, shim: Path
+) -> None:
+    """A library in an NFS home whose server went away holds the scan that reads it, as a
+    store holds a commit: the daemon's thread waits where no handler runs. SIGTERM still
+    ends the daemon shutdown_timeout after it and 2 s to report, exit 1 (the change it was
+    reading is not on the store), saying which libraries it was reading."""
+    flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    d = world.daemon(*flags, "--quiet-ms", "50", "--shutdown-timeout", "3")
+    metadata = glob_escape(venv.site_packages / "delta-1.0.dist-info") + "/METADATA"
+    d.start(
+        extra_env={
+            "LD_PRELOAD": str(shim),
+            "PKGCKPT_FAULTS": f"open:0:1:hang:{metadata}",
+            "PKGCKPT_FAULTS_LOG": str(world.tmp / "faults.log"),
+        }
+    )
+    try:
+        install(world, venv, wheels, "delta==1.0")
+        eventually(lambda: hung(world), 30, "the scan of the new package to hang")
+        assert d.proc is not None
+        d.signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        code = d.proc.wait(60)
+        took = time.monotonic() - signalled
+        assert code == 1, d.output()
+        assert 3 + 2 <= took < 3 + 2 + 3, f"{took:.1f} s: the bound is 5 s"
+        said = (
+            "pkgckpt: error: the daemon stopped: shutdown_timeout (3 s) ran out and 2 s later "
+            "it was still reading the libraries at "
+        )
+        line = next((x for x in d.output().splitlines() if x.startswith(said)), "")
+        assert str(venv.site_packages) in line, d.output()
     finally:
         d.close()
 

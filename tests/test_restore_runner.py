@@ -26,6 +26,38 @@ def test_argv_is_not_interpreted_by_a_shell(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def _blocked_in(status: str) -> set[int]:
+    """The signals a process's /proc/PID/status says it has blocked."""
+    mask = int(
+        next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16
+    )
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+def test_a_child_starts_with_the_stop_signals_unblocked(tmp_path: Path) -> None:
+    """The daemon's thread keeps SIGTERM, SIGINT and SIGHUP blocked (a thread of their own
+    takes them), and a child inherits its starter's mask across exec: every child pkgckpt
+    starts (`call`, `spawn`) gets them unblocked, or it would not end at its own SIGTERM.
+    The starter's mask is as it was afterwards."""
+    from pkgckpt.runner import release, spawn
+
+    stops = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    read = ["cat", "/proc/self/status"]
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, [*stops, signal.SIGUSR1])
+    try:
+        out = call(read, deadline=Deadline(None))
+        with open(tmp_path / "status", "wb") as f:
+            proc = spawn(read, cwd=str(tmp_path), stdin=subprocess.DEVNULL, stdout=f.fileno())
+        assert proc.wait(10) == 0
+        release(proc)
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) >= {*stops, signal.SIGUSR1}
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    for status in (out.output, (tmp_path / "status").read_text()):
+        assert stops.isdisjoint(_blocked_in(status))
+        assert signal.SIGUSR1 in _blocked_in(status)  # the rest of the mask as it was
+
+
 def test_failure_keeps_the_last_lines_of_stdout_and_stderr() -> None:
     """A failing call reports its exit status and the tail of both output streams."""
     script = (

@@ -41,7 +41,7 @@ from ..manifest import (
     UrlSource,
     VcsSource,
 )
-from ..runner import owned, which
+from ..runner import owned, popen, which
 from . import ScanResult
 from . import kept as image_kept
 from .env import _identity, _Stamp, recall
@@ -625,7 +625,7 @@ def run_rscript(
         try:
             # A session of its own, taken down with pkgckpt (`owned`): a restore that its
             # watchdog ends leaves no R behind.
-            proc = subprocess.Popen(
+            proc = popen(
                 [rscript, *R_FLAGS, "-e", script, *args],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
