@@ -516,10 +516,23 @@ class Written(_Out, frozen=True, kw_only=True):
 
 
 def _write(config: Config, request: Request) -> Written:
-    """Make the change: the running daemon does, or this process through the store."""
+    """Make the change: the running daemon does, or this process through the store, which
+    has `status.STORE_SECONDS` to take it. A hard NFS mount whose server went away holds
+    a read or a write for as long as it is gone, where Ctrl-C does not reach: `forget`
+    and `revert` would never end. The change is then left to a thread that the process's
+    exit ends, and the message says it may still have been written."""
     found = status.find_daemon(config)
     if found is not None:
         return Written(generation=ask_daemon(config, found, request), by_daemon=True)
+    return answered(
+        status.STORE_SECONDS,
+        lambda: _write_here(config, request),
+        config.store,
+        unsure="; the change may have reached it or not (`pkgckpt history` says which)",
+    )
+
+
+def _write_here(config: Config, request: Request) -> Written:
     store = open_store(config)
     attempt = 1
     while True:

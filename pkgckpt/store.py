@@ -130,11 +130,12 @@ def open_store(config: Config, *, layout: bool = True) -> Store:
     )
 
 
-def answered(seconds: float, call: Callable[[], _T], root: Path) -> _T:
+def answered(seconds: float, call: Callable[[], _T], root: Path, *, unsure: str = "") -> _T:
     """`call()`'s answer when it comes within `seconds`, else StoreUnavailable. A hard NFS
     mount whose server stopped answering blocks the call for as long as it is gone: it is
     left waiting in a thread of its own, which the process's exit ends. For the commands a
-    person waits for (`status`), which have what is local to show meanwhile."""
+    person waits for (`status`, `forget`). `unsure`: what the message adds about a call
+    that may still finish (a write)."""
     import threading
 
     answer: list[tuple[_T | None, BaseException | None]] = []
@@ -152,7 +153,7 @@ def answered(seconds: float, call: Callable[[], _T], root: Path) -> _T:
     if not done.wait(seconds):
         raise StoreUnavailable(
             f"store {root} did not answer within {seconds:g} s (an NFS server that stopped "
-            "answering?)"
+            f"answering?){unsure}"
         )
     value, error = answer[0]
     if error is not None:

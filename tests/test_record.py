@@ -1085,6 +1085,40 @@ def test_history_on_a_store_that_stops_answering_ends_within_a_bounded_wait(
     assert f"store {world.store} did not answer within 10 s" in done.stderr, done.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("hangs", ["manifest.json", ".manifest.json.tmp.*"])
+def test_a_forget_on_a_store_that_stops_answering_ends_within_a_bounded_wait(
+    world: World, shim: Path, hangs: str
+) -> None:
+    """With no daemon running, `forget` writes the store itself: a store that stops
+    answering while it reads the manifest, or while it writes the new one, ends it after
+    10 s, exit 1, naming the store and saying that the change may have reached it or not
+    (which step hung is not known)."""
+    store = Store(world.store, world.key)
+    env = Environment(kind="python", path="/opt/venv")
+    store.commit(Body(environments=(Delta(env=env, added=(Package("a", "1.0"),)),)))
+    log = world.tmp / "faults.log"
+    faults = {
+        "LD_PRELOAD": str(shim),
+        "PKGCKPT_FAULTS": f"open:0:1:hang:{glob_escape(world.store / world.key)}/{hangs}",
+        "PKGCKPT_FAULTS_LOG": str(log),
+    }
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "pkgckpt", "forget", "a", "--store", str(world.store), "--key",
+         world.key, "--env", "/opt/venv"],
+        capture_output=True, text=True, env={**world.env, **faults}, timeout=60,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
+    assert done.returncode == 1, done
+    assert 10 <= took < 10 + 8, f"{took:.1f} s"
+    said = f"store {world.store} did not answer within 10 s"
+    assert said in done.stderr, done.stderr
+    assert "the change may have reached it or not" in done.stderr, done.stderr
+
+
 def test_a_revert_keeps_the_history_and_adds_to_it() -> None:
     """History is appended, never rewritten: the old generation's history does not win."""
     first = manifest.Change(action="install", name="alpha", new="1.0", time="t1")
