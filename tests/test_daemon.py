@@ -601,14 +601,28 @@ def test_a_store_never_opened_says_the_shutdown_s_short_retry_at_sigterm(
 shim = fault_kit.shim
 
 
-def hang_writes(world: World, shim: Path) -> dict[str, str]:
-    """The daemon's environment with its first write of a manifest hung by the fault shim:
-    a hard NFS mount whose server stopped answering, where only SIGKILL ends the wait."""
+def hang_opens(world: World, shim: Path, pattern: str) -> dict[str, str]:
+    """The daemon's environment with its first open of a path matching `pattern` (an
+    fnmatch pattern, escaped) hung by the fault shim: a hard NFS mount whose server stopped
+    answering, where only SIGKILL ends the wait."""
     return {
         "LD_PRELOAD": str(shim),
-        "PKGCKPT_FAULTS": f"open:0:1:hang:{glob_escape(world.store / world.key)}/.manifest*",
+        "PKGCKPT_FAULTS": f"open:0:1:hang:{pattern}",
         "PKGCKPT_FAULTS_LOG": str(world.tmp / "faults.log"),
     }
+
+
+def stopped_by_its_bound(d: Daemon) -> str:
+    """SIGTERM to a daemon with `--shutdown-timeout 3` whose thread is hung: it ends 3 s
+    and 2 s to report later, exit 1. Its output."""
+    assert d.proc is not None
+    d.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    code = d.proc.wait(60)
+    took = time.monotonic() - signalled
+    assert code == 1, d.output()
+    assert 3 + 2 <= took < 3 + 2 + 3, f"{took:.1f} s: the bound is 5 s"
+    return d.output()
 
 
 def hung(world: World) -> bool:
@@ -630,24 +644,18 @@ def test_a_store_that_stops_answering_ends_the_daemon_within_its_shutdown_timeou
     # In the flush: the quiet window outlasts the test, and SIGTERM's rescan finds delta.
     quiet = "50" if when == "while running" else "600000"
     d = world.daemon(*flags, "--quiet-ms", quiet, "--shutdown-timeout", "3")
-    d.start(extra_env=hang_writes(world, shim))
+    d.start(extra_env=hang_opens(world, shim, f"{glob_escape(world.store / world.key)}/.manifest*"))
     try:
         assert not hung(world), "the start wrote no manifest"
         install(world, venv, wheels, "delta==1.0")
         if when == "while running":
             eventually(lambda: hung(world), 30, "the install's commit to hang")
-        assert d.proc is not None
-        d.signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        code = d.proc.wait(60)
-        took = time.monotonic() - signalled
+        said = stopped_by_its_bound(d)
         assert hung(world), "the store really hung"
-        assert code == 1, d.output()
-        assert 3 + 2 <= took < 3 + 2 + 3, f"{took:.1f} s: the bound is 5 s"
         assert (
             "pkgckpt: error: the daemon stopped: shutdown_timeout (3 s) ran out and 2 s later "
             f"it was still writing the manifest to the store at {world.store}"
-        ) in d.output(), d.output()
+        ) in said, said
     finally:
         d.close()
 
@@ -663,29 +671,17 @@ def test_a_library_that_stops_answering_ends_the_daemon_within_its_shutdown_time
     flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
     d = world.daemon(*flags, "--quiet-ms", "50", "--shutdown-timeout", "3")
     metadata = glob_escape(venv.site_packages / "delta-1.0.dist-info") + "/METADATA"
-    d.start(
-        extra_env={
-            "LD_PRELOAD": str(shim),
-            "PKGCKPT_FAULTS": f"open:0:1:hang:{metadata}",
-            "PKGCKPT_FAULTS_LOG": str(world.tmp / "faults.log"),
-        }
-    )
+    d.start(extra_env=hang_opens(world, shim, metadata))
     try:
         install(world, venv, wheels, "delta==1.0")
         eventually(lambda: hung(world), 30, "the scan of the new package to hang")
-        assert d.proc is not None
-        d.signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        code = d.proc.wait(60)
-        took = time.monotonic() - signalled
-        assert code == 1, d.output()
-        assert 3 + 2 <= took < 3 + 2 + 3, f"{took:.1f} s: the bound is 5 s"
-        said = (
+        said = stopped_by_its_bound(d)
+        bound = (
             "pkgckpt: error: the daemon stopped: shutdown_timeout (3 s) ran out and 2 s later "
             "it was still reading the libraries at "
         )
-        line = next((x for x in d.output().splitlines() if x.startswith(said)), "")
-        assert str(venv.site_packages) in line, d.output()
+        line = next((x for x in said.splitlines() if x.startswith(bound)), "")
+        assert str(venv.site_packages) in line, said
     finally:
         d.close()
 

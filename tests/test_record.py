@@ -1065,24 +1065,32 @@ def test_history_on_a_store_that_stops_answering_ends_within_a_bounded_wait(
     for version in ("1.0", "2.0"):
         env = Environment(kind="python", path="/opt/venv")
         store.commit(Body(environments=(Delta(env=env, added=(Package("a", version),)),)))
+    hung_for_10_s(world, shim, glob_escape(world.store / world.key / hangs), "history")
+
+
+def hung_for_10_s(world: World, shim: Path, pattern: str, *command: str) -> str:
+    """`pkgckpt COMMAND` on the world's store and key, its first open of a path matching
+    `pattern` hung by the fault shim: it gives up after 10 s, exit 1, naming the store.
+    Its stderr."""
     log = world.tmp / "faults.log"
-    env = {
-        **world.env,
+    faults = {
         "LD_PRELOAD": str(shim),
-        "PKGCKPT_FAULTS": f"open:0:1:hang:{glob_escape(world.store / world.key / hangs)}",
+        "PKGCKPT_FAULTS": f"open:0:1:hang:{pattern}",
         "PKGCKPT_FAULTS_LOG": str(log),
     }
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "pkgckpt", "history", "--store", str(world.store), "--key",
+        [sys.executable, "-m", "pkgckpt", *command, "--store", str(world.store), "--key",
          world.key],
-        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, env={**world.env, **faults}, timeout=60,
+        stdin=subprocess.DEVNULL,
     )  # fmt: skip
     took = time.monotonic() - started
     assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
     assert done.returncode == 1, done
     assert 10 <= took < 10 + 8, f"{took:.1f} s"
     assert f"store {world.store} did not answer within 10 s" in done.stderr, done.stderr
+    return done.stderr
 
 
 @pytest.mark.slow
@@ -1097,26 +1105,9 @@ def test_a_forget_on_a_store_that_stops_answering_ends_within_a_bounded_wait(
     store = Store(world.store, world.key)
     env = Environment(kind="python", path="/opt/venv")
     store.commit(Body(environments=(Delta(env=env, added=(Package("a", "1.0"),)),)))
-    log = world.tmp / "faults.log"
-    faults = {
-        "LD_PRELOAD": str(shim),
-        "PKGCKPT_FAULTS": f"open:0:1:hang:{glob_escape(world.store / world.key)}/{hangs}",
-        "PKGCKPT_FAULTS_LOG": str(log),
-    }
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "pkgckpt", "forget", "a", "--store", str(world.store), "--key",
-         world.key, "--env", "/opt/venv"],
-        capture_output=True, text=True, env={**world.env, **faults}, timeout=60,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    took = time.monotonic() - started
-    assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
-    assert done.returncode == 1, done
-    assert 10 <= took < 10 + 8, f"{took:.1f} s"
-    said = f"store {world.store} did not answer within 10 s"
-    assert said in done.stderr, done.stderr
-    assert "the change may have reached it or not" in done.stderr, done.stderr
+    pattern = f"{glob_escape(world.store / world.key)}/{hangs}"
+    said = hung_for_10_s(world, shim, pattern, "forget", "a", "--env", "/opt/venv")
+    assert "the change may have reached it or not" in said, said
 
 
 def test_a_revert_keeps_the_history_and_adds_to_it() -> None:
