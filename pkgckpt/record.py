@@ -515,15 +515,18 @@ class Written(_Out, frozen=True, kw_only=True):
         return f"{what}{who} wrote generation {self.generation}\n"
 
 
-def _write(config: Config, request: Request) -> Written:
+def _write(config: Config, request: Request, *, bounded: bool = True) -> Written:
     """Make the change: the running daemon does, or this process through the store, which
     has `status.STORE_SECONDS` to take it. A hard NFS mount whose server went away holds
     a read or a write for as long as it is gone, where Ctrl-C does not reach: `forget`
     and `revert` would never end. The change is then left to a thread that the process's
-    exit ends, and the message says it may still have been written."""
+    exit ends, and the message says it may still have been written. Not `bounded`: a
+    restore's bookkeeping, which its own watchdog bounds and names (`restore.run`)."""
     found = status.find_daemon(config)
     if found is not None:
         return Written(generation=ask_daemon(config, found, request), by_daemon=True)
+    if not bounded:
+        return _write_here(config, request)
     return answered(
         status.STORE_SECONDS,
         lambda: _write_here(config, request),
@@ -913,6 +916,6 @@ def remember(config: Config, recorded: Manifest, report: Report) -> None:
     if not outcomes:
         return
     try:
-        _write(config, _Failures(outcomes=tuple(outcomes)))
+        _write(config, _Failures(outcomes=tuple(outcomes)), bounded=False)
     except PkgckptError as e:
         log.warning("cannot record the failed packages on the store: %s", e)
