@@ -410,7 +410,10 @@ def test_a_daemon_killed_between_capture_and_commit_references_nothing_partial(
 ) -> None:
     """kill -9 of the daemon mid-capture: its worker stops with it and removes its private
     directory; the store keeps no temp file; the next daemon captures again and the
-    manifest names only whole artifacts, in the same generation as the install."""
+    manifest names only whole artifacts, in the same generation as the install. The test
+    runs the worker in slices (SIGSTOP, SIGCONT) until its wheel is being written, and
+    kills the daemon while it is held there: a worker that finished first would leave its
+    results for a daemon that is gone, which is not this case."""
     world, prefix, flags = _world(tmp_path)
     wheels = tmp_path / "wheels"
     big_wheel(wheels, "bigpkg", 64)
@@ -418,11 +421,24 @@ def test_a_daemon_killed_between_capture_and_commit_references_nothing_partial(
     try:
         uv_install(prefix / "bin" / "python", wheels, "bigpkg", env=world.env)
         eventually(lambda: "bigpkg" in _packages(world.manifest()), what="the commit")
-        eventually(
-            lambda: any((tmp_path / "tmpdir").glob("pkgckpt-capture-*/pkgckpt-capture-*/*.whl")),
-            what="a capture in progress",
+        found = eventually(
+            lambda: re.search(r"in the background \(pid ([0-9]+)\)", daemon.output()),
+            what="the capture worker",
         )
+        worker = int(found.group(1))
+        os.kill(worker, signal.SIGSTOP)
+        wheel = "pkgckpt-capture-*/pkgckpt-capture-*/*.whl"
+        for _ in range(3000):
+            if any((tmp_path / "tmpdir").glob(wheel)):
+                break
+            os.kill(worker, signal.SIGCONT)
+            time.sleep(0.005)
+            os.kill(worker, signal.SIGSTOP)
+        assert any((tmp_path / "tmpdir").glob(wheel))
+        state = Path(f"/proc/{worker}/stat")
+        eventually(lambda: state.read_text().rsplit(")", 1)[1].split()[0] == "T", 5, "held")
         daemon.kill()
+        os.kill(worker, signal.SIGCONT)
     finally:
         daemon.close()
     eventually(lambda: not list((tmp_path / "tmpdir").iterdir()), what="the worker's cleanup")
