@@ -580,7 +580,9 @@ def test_a_rebases_marks_land_on_the_record_that_holds_each_entry(
         environments=(EnvReport(env=new, installer="Rscript"),),
     )
     asked: list[record.Outcome] = []
-    monkeypatch.setattr(record, "_write", lambda config, request: asked.extend(request.outcomes))
+    monkeypatch.setattr(
+        record, "_write", lambda config, request, **_: asked.extend(request.outcomes)
+    )
     record.remember(Config(), recorded_, report)
     marks = {o.env.path: [(r.name, r.state) for r in o.rebased or ()] for o in asked}
     if how == "moved":
