@@ -29,3 +29,14 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def glob_escape(path: Path) -> str:
     # pytest names directories after parametrized tests: "[...]" must not be a glob class.
     return re.sub(r"([*?\[\\])", r"\\\1", str(path.resolve()))
+
+
+def faults(shim: Path, rules: str, log: Path) -> dict[str, str]:
+    """The environment variables that load the shim with `rules` (see faultshim.c) and
+    have it log each fault it gives to `log`."""
+    return {"LD_PRELOAD": str(shim), "PKGCKPT_FAULTS": rules, "PKGCKPT_FAULTS_LOG": str(log)}
+
+
+def hung_open(log: Path) -> bool:
+    """Whether the shim's first fault, by its `log`, was an open() it hung."""
+    return log.exists() and log.read_text().split()[:3] == ["open", "0", "hang"]

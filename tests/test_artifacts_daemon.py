@@ -666,14 +666,13 @@ def test_a_daemon_ended_on_a_hung_store_takes_its_capture_worker_down(
     big_wheel(wheels, "bigpkg", 1)
     (site,) = prefix.glob("lib/python*/site-packages")
     faults = tmp_path / "faults.log"
-    world.env |= {
-        "LD_PRELOAD": str(shim),
-        # The worker's first read of the package; the daemon's second commit (a commit
-        # writes two files: the manifest and its generation's copy).
-        "PKGCKPT_FAULTS": f"read:0:1:hang:{glob_escape(site)}/bigpkg/blob.bin;"
-        f"open:0:3:hang:{glob_escape(world.store / world.key)}/.manifest*",
-        "PKGCKPT_FAULTS_LOG": str(faults),
-    }
+    # The worker's first read of the package; the daemon's second commit (a commit writes
+    # two files: the manifest and its generation's copy).
+    rules = (
+        f"read:0:1:hang:{glob_escape(site)}/bigpkg/blob.bin;"
+        f"open:0:3:hang:{glob_escape(world.store / world.key)}/.manifest*"
+    )
+    world.env |= fault_kit.faults(shim, rules, faults)
     daemon = world.daemon(*flags, "--quiet-ms", "100", "--shutdown-timeout", "3").start()
     try:
         uv_install(prefix / "bin" / "python", wheels, "bigpkg", env=hermetic(tmp_path))

@@ -26,7 +26,7 @@ from daemon_kit import (
     uv_install,
     uv_uninstall,
 )
-from fault_kit import glob_escape
+from fault_kit import faults, glob_escape, hung_open
 from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt import daemon as daemon_mod
@@ -605,11 +605,7 @@ def hang_opens(world: World, shim: Path, pattern: str) -> dict[str, str]:
     """The daemon's environment with its first open of a path matching `pattern` (an
     fnmatch pattern, escaped) hung by the fault shim: a hard NFS mount whose server stopped
     answering, where only SIGKILL ends the wait."""
-    return {
-        "LD_PRELOAD": str(shim),
-        "PKGCKPT_FAULTS": f"open:0:1:hang:{pattern}",
-        "PKGCKPT_FAULTS_LOG": str(world.tmp / "faults.log"),
-    }
+    return faults(shim, f"open:0:1:hang:{pattern}", world.tmp / "faults.log")
 
 
 def stopped_by_its_bound(d: Daemon) -> str:
@@ -626,8 +622,7 @@ def stopped_by_its_bound(d: Daemon) -> str:
 
 
 def hung(world: World) -> bool:
-    log = world.tmp / "faults.log"
-    return log.exists() and log.read_text().split()[:3] == ["open", "0", "hang"]
+    return hung_open(world.tmp / "faults.log")
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 import fault_kit
 import pytest
 from daemon_kit import Daemon, World, eventually, pins, uv_install, uv_uninstall
-from fault_kit import glob_escape
+from fault_kit import faults, glob_escape, hung_open
 from restore_kit import broken_sdist, installed, put_manifest
 from rpkgs import SOURCES, needs_r
 from wheelhouse import Dist, Venv, build_wheel, make_venv
@@ -1073,20 +1073,16 @@ def hung_for_10_s(world: World, shim: Path, pattern: str, *command: str) -> str:
     `pattern` hung by the fault shim: it gives up after 10 s, exit 1, naming the store.
     Its stderr."""
     log = world.tmp / "faults.log"
-    faults = {
-        "LD_PRELOAD": str(shim),
-        "PKGCKPT_FAULTS": f"open:0:1:hang:{pattern}",
-        "PKGCKPT_FAULTS_LOG": str(log),
-    }
+    env = {**world.env, **faults(shim, f"open:0:1:hang:{pattern}", log)}
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "pkgckpt", *command, "--store", str(world.store), "--key",
          world.key],
-        capture_output=True, text=True, env={**world.env, **faults}, timeout=60,
+        capture_output=True, text=True, env=env, timeout=60,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
     took = time.monotonic() - started
-    assert log.read_text().split()[:3] == ["open", "0", "hang"], "the store really hung"
+    assert hung_open(log), "the store really hung"
     assert done.returncode == 1, done
     assert 10 <= took < 10 + 8, f"{took:.1f} s"
     assert f"store {world.store} did not answer within 10 s" in done.stderr, done.stderr

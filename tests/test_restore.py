@@ -19,7 +19,7 @@ from pathlib import Path
 import fault_kit
 import msgspec
 import pytest
-from fault_kit import glob_escape
+from fault_kit import faults, glob_escape, hung_open
 from restore_kit import (
     broken_sdist,
     hermetic,
@@ -475,17 +475,13 @@ def cli_args(config: Config, *extra: str) -> list[str]:
 def hanging(tmp_path: Path, shim: Path, pattern: str, nth: int = 1) -> dict[str, str]:
     """The test's environment with the `nth` open() of a path matching `pattern` hung by
     the fault shim, as on a hard NFS mount whose server went away."""
-    return {
-        **hermetic(tmp_path),
-        "LD_PRELOAD": str(shim),
-        "PKGCKPT_FAULTS": f"open:0:{nth}:hang:{pattern}",
-        "PKGCKPT_FAULTS_LOG": str(tmp_path / "faults.log"),
-    }
+    rules = f"open:0:{nth}:hang:{pattern}"
+    return {**hermetic(tmp_path), **faults(shim, rules, tmp_path / "faults.log")}
 
 
 def hung(tmp_path: Path) -> bool:
     """The fault shim did hang a call (its log)."""
-    return (tmp_path / "faults.log").read_text().split()[:3] == ["open", "0", "hang"]
+    return hung_open(tmp_path / "faults.log")
 
 
 def test_a_store_that_stops_answering_ends_the_restore_within_its_bound(
