@@ -31,7 +31,7 @@ segment shaped like an option; whether one may be fetched here is `restore/r.py`
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 from .errors import ManifestError
@@ -60,18 +60,20 @@ MAX_PROBLEMS = 10
 
 class _Pattern:
     """A pattern compiled at its first match, ASCII-only: a daemon's first record matches
-    two of this module's patterns, and compiling all of them at import cost ~1 ms of CPU."""
+    two of this module's patterns, and compiling all of them at import cost ~1 ms of CPU.
+    `source` may be a function that gives the pattern (one from a module imported then)."""
 
     __slots__ = ("_compiled", "_flags", "_source")
 
-    def __init__(self, source: str, flags: int = 0) -> None:
+    def __init__(self, source: str | Callable[[], str], flags: int = 0) -> None:
         self._source, self._flags = source, flags | re.ASCII
         self._compiled: re.Pattern[str] | None = None
 
     @property
     def compiled(self) -> re.Pattern[str]:
         if self._compiled is None:
-            self._compiled = re.compile(self._source, self._flags)
+            source = self._source if isinstance(self._source, str) else self._source()
+            self._compiled = re.compile(source, self._flags)
         return self._compiled
 
     def fullmatch(self, text: str) -> re.Match[str] | None:
@@ -114,17 +116,15 @@ _IMAGE = _Pattern(r"sha256:[0-9a-f]{64}")
 _INTERPRETER = _Pattern(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}")
 VCS = frozenset({"git", "hg", "svn", "bzr"})
 
-_py_version: re.Pattern[str] | None = None
 
-
-def _python_version_pattern() -> re.Pattern[str]:
+def _pep440() -> str:
     # packaging's own PEP 440 pattern, without the surrounding whitespace Version() accepts.
-    global _py_version
-    if _py_version is None:
-        from packaging.version import VERSION_PATTERN
+    from packaging.version import VERSION_PATTERN
 
-        _py_version = re.compile(VERSION_PATTERN, re.VERBOSE | re.IGNORECASE | re.ASCII)
-    return _py_version
+    return VERSION_PATTERN
+
+
+_PY_VERSION = _Pattern(_pep440, re.VERBOSE | re.IGNORECASE)
 
 
 def python_name(name: str) -> bool:
@@ -135,8 +135,7 @@ def python_name(name: str) -> bool:
 def python_version(version: str) -> bool:
     """A valid PEP 440 version, exactly (no surrounding whitespace)."""
     return len(version) <= MAX_VERSION and (
-        _PY_RELEASE.fullmatch(version) is not None
-        or _python_version_pattern().fullmatch(version) is not None
+        _PY_RELEASE.fullmatch(version) is not None or _PY_VERSION.fullmatch(version) is not None
     )
 
 

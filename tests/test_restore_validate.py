@@ -140,7 +140,7 @@ def test_an_accepted_version_is_a_version_as_written(text: str) -> None:
 def test_the_release_shortcut_takes_only_what_packaging_takes(version: str) -> None:
     """A version the shortcut accepts without packaging (a release segment alone) is one
     packaging's own PEP 440 pattern accepts too, exactly as written."""
-    assert validate._python_version_pattern().fullmatch(version) is not None
+    assert validate._PY_VERSION.fullmatch(version) is not None
 
 
 @pytest.mark.parametrize(
