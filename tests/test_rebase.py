@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 from daemon_kit import World, eventually, uv_install, uv_uninstall
+from restore_kit import put_manifest
 from wheelhouse import Dist, add_build_backend, build_c_sdist, build_wheel
 
 from pkgckpt import manifest
-from pkgckpt.manifest import Delta
+from pkgckpt.config import Config
+from pkgckpt.inventory import targets
+from pkgckpt.manifest import Body, Delta, Package
 
 pytestmark = pytest.mark.slow
 
@@ -405,6 +408,37 @@ def test_a_dependency_nowhere_to_be_found_fails_its_package_only(
     assert "userapp" not in have and "libold" not in have
     assert (have["newpkg"], have["upg2"], have["down"]) == ("1.0", "1.2", "1.0")
     assert s.check().returncode == 0
+
+
+def test_a_rebase_from_the_find_links_alone_imports_no_http_client(
+    tmp_path: Path, wheels: Path
+) -> None:
+    """Every planned package in the find-links, `--no-index`: the rebase reads no index,
+    and the restore's process loads none of the HTTP client, TLS and thread pool that index
+    reads use (a fifth of a 40-wheel rebase's time over the installer's)."""
+    s = Scenario(World.make(tmp_path), wheels, tmp_path / "venv")
+    b2 = s.image(sys.executable, V2, "b2.json")
+    env = targets(Config(env=(s.prefix,), runtime_dir=tmp_path / "probe"))[0].env
+    v1 = manifest.image_identity(
+        Package(name=r.split("==")[0], version=r.split("==")[1]) for r in V1
+    )
+    delta = Delta(env=env, added=(Package(name="newpkg", version="1.0"),), image=v1)
+    put_manifest(s.world.store, s.world.key, Body(environments=(delta,)))
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pkgckpt", "restore", *s.flags(b2),
+         "--no-index", "--find-links", str(wheels)],
+        capture_output=True, text=True, env=s.world.env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rebased onto a new image" in done.stdout, done.stdout
+    assert s.installed()["newpkg"] == "1.0"
+    loaded = {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "pkgckpt.restore.rebase" in loaded
+    assert not loaded & {"pkgckpt.restore.indexmeta", "http.client", "ssl", "concurrent.futures"}
 
 
 # -- the user site (`pip install --user`) over a new image -------------------------------

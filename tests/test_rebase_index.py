@@ -395,16 +395,17 @@ def test_a_plans_environments_share_the_restores_deadline(tmp_path: Path, index:
 def test_the_budget_ends_within_the_restores_deadline() -> None:
     """A plan's index reads end `BUDGET` from now, or when the restore's `--timeout` does
     if that is sooner (already passed: now)."""
+    from pkgckpt.restore.rebase import BUDGET, budget
     from pkgckpt.restore.runner import Deadline
 
     now = time.monotonic()
-    assert now + indexmeta.BUDGET <= indexmeta.budget() < now + indexmeta.BUDGET + 1
-    assert now + indexmeta.BUDGET <= indexmeta.budget(Deadline(None)) < now + indexmeta.BUDGET + 1
-    assert now + indexmeta.BUDGET <= indexmeta.budget(Deadline(600)) < now + indexmeta.BUDGET + 1
-    assert now + 2 <= indexmeta.budget(Deadline(2)) < now + 3
+    assert now + BUDGET <= budget() < now + BUDGET + 1
+    assert now + BUDGET <= budget(Deadline(None)) < now + BUDGET + 1
+    assert now + BUDGET <= budget(Deadline(600)) < now + BUDGET + 1
+    assert now + 2 <= budget(Deadline(2)) < now + 3
     gone = Deadline(0.01)
     time.sleep(0.02)
-    assert indexmeta.budget(gone) <= time.monotonic()
+    assert budget(gone) <= time.monotonic()
 
 
 @pytest.mark.parametrize(

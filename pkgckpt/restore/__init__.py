@@ -765,7 +765,7 @@ def _plan(
 
             image = _image(baseline, target, now)
             if image is not None and needed(delta, target.env, image, now):
-                from .indexmeta import budget
+                from .rebase import budget
                 from .rebase import rebase as read_against
 
                 beneath = _beneath(target, targets)

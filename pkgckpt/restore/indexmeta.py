@@ -12,9 +12,6 @@ The API `rebase.py` calls:
         named: the image named none, and package names are not sent where it did not
         say). An index that is not http(s) (a file:// tree) is not read, and then no
         other is either: the installer may take the package from that one.
-    budget(within: Deadline | None) -> float
-        When a plan's index reads end (a `time.monotonic()` time): `BUDGET` from now, or
-        the end of `within` (the restore's own `--timeout`) if that comes first.
     IndexMetadata(url, tags, until).fetch([(name, version), ...])
             -> {(canonical, version): Found}
         Each package's METADATA text, or why it was not read, read before `until`.
@@ -43,10 +40,10 @@ The index is the admin's, never the store's; its answers are still hostile:
   `rebase.MAX_WHEEL`) and times out after `TIMEOUT` seconds; the first connection failure
   marks the index down for the rest of the run, so an index that is down costs one
   timeout, not one per package; and every request of a plan, to all its indexes and for
-  all its environments, ends by one deadline (`budget`): connecting and each read of the
-  status line, the headers and the body wait only for what is left of it, so an index
-  that answers a byte at a time delays the restore by `BUDGET` at most, and never past
-  its `--timeout`. An HTML page is parsed by the same deadline. What is not read by then
+  all its environments, ends by one deadline (`rebase.budget`): connecting and each read
+  of the status line, the headers and the body wait only for what is left of it, so an
+  index that answers a byte at a time delays the restore by `rebase.BUDGET` at most, and
+  never past its `--timeout`. An HTML page is parsed by the same deadline. What is not read by then
   is treated as from an index that is down.
 """
 
@@ -78,13 +75,10 @@ if TYPE_CHECKING:
 
     from _typeshed import WriteableBuffer
 
-    from ..runner import Deadline
     from .indexconf import Indexes
 
 TIMEOUT = 5.0
 """Seconds a connection or a read may take."""
-BUDGET = 20.0
-"""Seconds all of one plan's reads from the indexes may take together (`budget`)."""
 CHUNK = 1 << 16
 MAX_PAGE = 16 << 20
 """Bytes of a project page read at most (PyPI's largest are a few MB)."""
@@ -118,12 +112,6 @@ def readable(found: Indexes) -> tuple[tuple[str, ...], str | None]:
         if urlsplit(url).scheme.lower() not in ("http", "https"):
             return (), f"{found.tool} also reads {shown(url)}, which is not http(s)"
     return tuple(dict.fromkeys(urls)), None
-
-
-def budget(within: Deadline | None = None) -> float:
-    """See the module."""
-    left = None if within is None else within.remaining()
-    return time.monotonic() + (BUDGET if left is None else min(BUDGET, left))
 
 
 def shown(url: str) -> str:

@@ -17,6 +17,11 @@ The API `restore/__init__.py` calls:
     unmet(target, beneath, names, ignore) -> dict[str, str]
         After the installs: the packages of `names` whose requirements what is installed
         does not satisfy, each with one of them.
+    budget(within: Deadline | None) -> float
+        When a plan's index reads end (a `time.monotonic()` time): `BUDGET` from now, or
+        the end of `within` (the restore's own `--timeout`) if that comes first. It lives
+        here, not in `indexmeta.py`, so that a plan that reads no index does not import
+        the HTTP client.
 
 Each entry, with `w` the version the image ships now (None: it ships none):
 
@@ -94,6 +99,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeAlias
@@ -121,9 +127,12 @@ if TYPE_CHECKING:
     from packaging.version import Version
 
     from ..inventory import Target
+    from ..runner import Deadline
     from .indexmeta import Found
 
 ON_CONFLICT = ("image", "user")
+BUDGET = 20.0
+"""Seconds all of one plan's reads from the indexes may take together (`budget`)."""
 MAX_METADATA = 1 << 20
 """Bytes of a METADATA file (or of an installed one's header) read at most: a real one is
 a few KB."""
@@ -686,6 +695,12 @@ def _unmet(
     return out
 
 
+def budget(within: Deadline | None = None) -> float:
+    """See the module."""
+    left = None if within is None else within.remaining()
+    return time.monotonic() + (BUDGET if left is None else min(BUDGET, left))
+
+
 # -- the plan ------------------------------------------------------------------------------
 
 
@@ -741,7 +756,7 @@ def rebase(
     read with the prefix `beneath` it: its installed packages are in `live` and in
     `image`, its metadata is read after the user site's own. Without `ask_index` no
     index and no artifact is read (status answers at once, whatever the index or the
-    store does). `index_until`: when its index reads end (`indexmeta.budget`; by default
+    store does). `index_until`: when its index reads end (`budget`; by default
     its budget from when they start): a plan of several environments passes one for all."""
     env = target.env
     image = recorded_image(image, delta) or image
@@ -943,9 +958,6 @@ def _from_index(
     }
     if not wanted:
         return
-    from .indexconf import indexes
-    from .indexmeta import IndexMetadata, budget, readable, shown
-
     urls: tuple[str, ...] = ()
     none: str | None
     if not ask_index:
@@ -953,13 +965,17 @@ def _from_index(
     elif config.no_index:
         none = "no wheel of it in the find-links"
     else:
+        from .indexconf import indexes
+        from .indexmeta import readable
+
         urls, none = readable(indexes(config, env))
-    if until is None:
-        until = budget()
-    answers: list[tuple[str, dict[tuple[str, str], Found]]] = [
-        (url, IndexMetadata(url, tags, until).fetch((p.name, p.version) for p in wanted.values()))
-        for url in urls
-    ]
+    answers: list[tuple[str, dict[tuple[str, str], Found]]] = []
+    if urls:
+        from .indexmeta import IndexMetadata
+
+        until = budget() if until is None else until
+        asked = [(p.name, p.version) for p in wanted.values()]
+        answers = [(url, IndexMetadata(url, tags, until).fetch(asked)) for url in urls]
     for key, p in wanted.items():
         found: dict[tuple[str, ...], str] = {}
         whys: list[str] = [none] if none else []
@@ -983,6 +999,8 @@ def _from_index(
         if found:
             # Dependency confusion: the installer takes either file, so neither says what
             # gets installed.
+            from .indexmeta import shown
+
             where = ", ".join(shown(url) for url in found.values())
             whys = [f"the indexes offer it with different requirements ({where})"]
         reason = f"{decided[key].reason}; its requirements are left to the installer: "
