@@ -410,12 +410,13 @@ def test_a_dependency_nowhere_to_be_found_fails_its_package_only(
     assert s.check().returncode == 0
 
 
-def test_a_rebase_from_the_find_links_alone_imports_no_http_client(
+def test_a_rebase_from_the_find_links_alone_loads_only_what_it_uses(
     tmp_path: Path, wheels: Path
 ) -> None:
-    """Every planned package in the find-links, `--no-index`: the rebase reads no index,
-    and the restore's process loads none of the HTTP client, TLS and thread pool that index
-    reads use (a fifth of a 40-wheel rebase's time over the installer's)."""
+    """Every planned package in the find-links, `--no-index`, no artifacts: the rebase
+    reads no index, and the restore's process loads none of the HTTP client, TLS and
+    thread pool that index reads use (a fifth of a 40-wheel rebase's time over the
+    installer's), nor the artifact cache."""
     s = Scenario(World.make(tmp_path), wheels, tmp_path / "venv")
     b2 = s.image(sys.executable, V2, "b2.json")
     env = targets(Config(env=(s.prefix,), runtime_dir=tmp_path / "probe"))[0].env
@@ -438,7 +439,8 @@ def test_a_rebase_from_the_find_links_alone_imports_no_http_client(
         if line.startswith("import time:") and "|" in line
     }
     assert "pkgckpt.restore.rebase" in loaded
-    assert not loaded & {"pkgckpt.restore.indexmeta", "http.client", "ssl", "concurrent.futures"}
+    unused = {"pkgckpt.restore.indexmeta", "http.client", "ssl", "concurrent.futures"}
+    assert not loaded & {*unused, "pkgckpt.artifacts"}
 
 
 # -- the user site (`pip install --user`) over a new image -------------------------------

@@ -1049,14 +1049,14 @@ class _Env:
     def install_artifacts(self, steps: Sequence[Step], config: Config) -> list[Step]:
         """Install the steps that have a usable artifact from it; the steps left for their
         recorded source (the others, and those whose artifact was not used)."""
+        installer = self.installer
+        if not isinstance(installer, ArtifactInstaller) or not any(s.artifact for s in steps):
+            return list(steps)
         import tempfile
 
         from ..artifacts import use
         from ..store import open_store
 
-        installer = self.installer
-        if not isinstance(installer, ArtifactInstaller) or not any(s.artifact for s in steps):
-            return list(steps)
         with tempfile.TemporaryDirectory(prefix="pkgckpt-artifacts-") as into:
             staged = use.stage(
                 open_store(config),
