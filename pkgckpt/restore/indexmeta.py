@@ -43,8 +43,8 @@ The index is the admin's, never the store's; its answers are still hostile:
   all its environments, ends by one deadline (`rebase.budget`): connecting and each read
   of the status line, the headers and the body wait only for what is left of it, so an
   index that answers a byte at a time delays the restore by `rebase.BUDGET` at most, and
-  never past its `--timeout`. An HTML page is parsed by the same deadline. What is not read by then
-  is treated as from an index that is down.
+  never past its `--timeout`. An HTML page is parsed by the same deadline. What is not
+  read by then is treated as from an index that is down.
 """
 
 from __future__ import annotations
