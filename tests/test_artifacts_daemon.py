@@ -23,6 +23,7 @@ from fault_kit import glob_escape
 from prometheus_client.parser import text_string_to_metric_families
 from restore_kit import hermetic
 
+from pkgckpt.artifacts import Job
 from pkgckpt.manifest import Manifest, Package
 from pkgckpt.store import Store
 
@@ -270,16 +271,12 @@ def test_the_capture_worker_runs_at_idle_cpu_and_io_priority() -> None:
     assert out.stdout.split() == ["19", "3"]
 
 
-def test_the_worker_exits_at_sigterm_without_reporting_the_capture_it_was_doing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Killed mid-capture, the worker reports nothing for that package and leaves no file
-    on the store: the daemon never references a partial artifact."""
+def _bigpkg_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, Job, Path]:
+    """A store, the job of capturing a 64 MB package installed in a venv (seconds of
+    work), and the TMPDIR its workers' private directories go to."""
     from wheelhouse import make_venv
 
     from pkgckpt.artifacts import Job
-    from pkgckpt.artifacts.background import Background
-    from pkgckpt.config import Config
     from pkgckpt.manifest import Environment
     from pkgckpt.store import init_store
 
@@ -288,8 +285,6 @@ def test_the_worker_exits_at_sigterm_without_reporting_the_capture_it_was_doing(
     venv = make_venv(tmp_path / "venv", with_pip=False)
     uv_install(venv.python, wheels, "bigpkg", env=hermetic(tmp_path))
     init_store(tmp_path / "store")
-    store = Store(tmp_path / "store", "k")
-    config = Config(store=tmp_path / "store", key="k")
     env = Environment(
         kind="python",
         path=str(venv.prefix),
@@ -300,7 +295,19 @@ def test_the_worker_exits_at_sigterm_without_reporting_the_capture_it_was_doing(
     private.mkdir()
     monkeypatch.setenv("TMPDIR", str(private))
     monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
-    worker = Background(config, store)
+    return Store(tmp_path / "store", "k"), job, private
+
+
+def test_the_worker_exits_at_sigterm_without_reporting_the_capture_it_was_doing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed mid-capture, the worker reports nothing for that package and leaves no file
+    on the store: the daemon never references a partial artifact."""
+    from pkgckpt.artifacts.background import Background
+    from pkgckpt.config import Config
+
+    store, job, private = _bigpkg_job(tmp_path, monkeypatch)
+    worker = Background(Config(store=tmp_path / "store", key="k"), store)
     assert worker.start([job], 0, set())
     under_way = "pkgckpt-capture-*/pkgckpt-capture-*/*.whl"
     eventually(lambda: any(private.glob(under_way)), what="capture under way")
@@ -310,6 +317,45 @@ def test_the_worker_exits_at_sigterm_without_reporting_the_capture_it_was_doing(
     assert store.artifacts() == {}
     directory = tmp_path / "store" / "k" / "artifacts"
     assert not directory.exists() or not list(directory.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make another user's directory")
+def test_a_worker_s_start_removes_only_the_private_directories_no_live_daemon_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon killed after its worker ended leaves the worker's private directory to no
+    one. The next start of a worker removes it, and leaves alone the directory of a daemon
+    still capturing, another user's, and a symbolic link (not followed)."""
+    from pkgckpt.artifacts.background import Background
+    from pkgckpt.config import Config
+
+    store, job, private = _bigpkg_job(tmp_path, monkeypatch)
+    config = Config(store=tmp_path / "store", key="k")
+    dead = private / "pkgckpt-capture-dead"
+    dead.mkdir(mode=0o700)
+    (dead / "results.jsonl").write_text("")
+    other = private / "pkgckpt-capture-other"
+    other.mkdir(mode=0o700)
+    os.chown(other, 65534, 65534)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "kept").write_text("")
+    (private / "pkgckpt-capture-link").symlink_to(outside)
+    left_alone = {other.name, "pkgckpt-capture-link"}
+    live, later = Background(config, store), Background(config, store)
+    try:
+        assert live.start([job], 0, set())
+        assert not dead.exists(), "the dead daemon's directory, removed at a worker's start"
+        (held,) = {p.name for p in private.iterdir()} - left_alone
+        assert live.collect() is None, "the live daemon's capture ended before the test"
+        assert later.start([job], 0, set())
+        names = {p.name for p in private.iterdir()}
+        assert names > {held, *left_alone} and len(names) == 4, "the live one's is kept"
+        assert (outside / "kept").exists()
+    finally:
+        later.stop()
+        live.stop()
+    assert {p.name for p in private.iterdir()} == left_alone
 
 
 def _children(module: str) -> list[int]:

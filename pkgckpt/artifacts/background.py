@@ -24,7 +24,11 @@ which the next listing of the artifacts directory removes; its local temporary f
 live in the daemon's private directory for it, removed when it ends however it ends.
 At SIGTERM it stops at once: the capture in progress unwinds (its temp files removed)
 and the worker exits 143. It gets that SIGTERM too when the daemon dies (killed -9):
-nobody would read its results, so it then also removes its private directory.
+nobody would read its results, so it then also removes its private directory. A worker
+that had ended before its daemon was killed leaves that directory to no one: a daemon
+holds a lock (`flock`) on each private directory it made until it has removed it, and
+its next start of a worker first removes this user's private directories that no one
+holds (`_sweep`).
 
 A worker that exits on its own without reporting a job reports it as a failure that may
 pass (`Result.retry`): the daemon retries it after a backoff (`retry.py`), never at once.
@@ -95,6 +99,9 @@ class Background:
         self.idle = idle
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: str | None = None
+        self._held: int | None = None
+        """A descriptor of `_dir`, locked while this daemon has it (`_sweep`)."""
+        self._swept = False
         self._jobs: tuple[_Job, ...] = ()
 
     @property
@@ -124,8 +131,12 @@ class Background:
         import shutil
         import tempfile
 
-        private = tempfile.mkdtemp(prefix="pkgckpt-capture-")
+        if not self._swept:
+            self._swept = True
+            _sweep(tempfile.gettempdir())
+        private = tempfile.mkdtemp(prefix=_PREFIX)
         try:
+            self._held = _hold(private)
             Path(private, ORDERS).write_bytes(_encoder.encode(orders))
             with (
                 open(Path(private, ORDERS), "rb") as stdin,
@@ -142,6 +153,7 @@ class Background:
                 )
         except OSError as e:
             shutil.rmtree(private, ignore_errors=True)
+            self._let_go()
             log.warning("cannot start the artifact capture: %s", e)
             return False
         self._dir = private
@@ -210,6 +222,7 @@ class Background:
             import shutil  # loaded by `start` already
 
             shutil.rmtree(self._dir, ignore_errors=True)
+            self._let_go()
             release(self._proc)
             self._proc = None
             self._dir = None
@@ -230,6 +243,66 @@ class Background:
                 if (j.env, j.package.name) not in done
             ]
         return results
+
+    def _let_go(self) -> None:
+        """The lock on the private directory given up: it is removed, or was never used."""
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
+
+
+_PREFIX = "pkgckpt-capture-"
+
+
+def _hold(private: str) -> int:
+    """A descriptor of the new directory `private`, locked: no other daemon's `_sweep`
+    takes it. Raises OSError when that sweep took it first (between its making and now)."""
+    import fcntl
+
+    fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise
+        except OSError:
+            pass  # a file system without locks: no sweep can take the directory either
+        if os.fstat(fd).st_nlink == 0:
+            raise FileNotFoundError(f"{private} was removed as it was made")
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _sweep(tmp: str) -> None:
+    """Remove from `tmp` the private directories of capture workers (`_PREFIX`) that are
+    this user's and that no daemon holds: those of daemons killed after their worker ended.
+    Another user's, a symbolic link, or one a live daemon holds is left alone."""
+    import fcntl
+    import shutil
+
+    try:
+        with os.scandir(tmp) as listing:
+            entries = [e for e in listing if e.name.startswith(_PREFIX)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_uid != os.geteuid():
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue
+            log.info("removing %s, left by a capture whose daemon is gone", entry.path)
+            shutil.rmtree(entry.path, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 # -- the worker ----------------------------------------------------------------------------
@@ -349,7 +422,7 @@ def main() -> int:
             # The daemon died without collecting: its private directory (our cwd, named
             # by `Background.start`) has no one else to remove it.
             here = Path.cwd()
-            if here.name.startswith("pkgckpt-capture-"):
+            if here.name.startswith(_PREFIX):
                 import shutil
 
                 shutil.rmtree(here, ignore_errors=True)
