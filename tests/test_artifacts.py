@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from artifact_kit import artifacts, cache_on, make_wheelhouse
 from daemon_kit import World
-from wheelhouse import make_venv
+from wheelhouse import Venv, make_venv
 
 from pkgckpt.artifacts import ArtifactRefused, Job, capturer, fetch
 from pkgckpt.artifacts.quota import collect, protected
@@ -49,10 +49,14 @@ def _data_wheel(out: Path) -> Path:
         b"Tag: py3-none-any\n",
         f"{info}/entry_points.txt": b"[console_scripts]\ndatapkg-cli = datapkg:main\n",
     }
+    return _pack(out / "datapkg-2.0-7-py3-none-any.whl", info, files)
+
+
+def _pack(path: Path, info: str, files: dict[str, bytes]) -> Path:
+    """`files` zipped to `path` with their RECORD, scripts executable."""
     rows = [f"{p},{_hash(d)},{len(d)}" for p, d in files.items()] + [f"{info}/RECORD,,"]
-    files[f"{info}/RECORD"] = ("\n".join(rows) + "\n").encode()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "datapkg-2.0-7-py3-none-any.whl"
+    files = {**files, f"{info}/RECORD": ("\n".join(rows) + "\n").encode()}
+    path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in files.items():
             info_ = zipfile.ZipInfo(name)
@@ -101,6 +105,54 @@ def test_a_capture_puts_every_file_back_where_the_wheel_had_it(tmp_path: Path) -
     again = tmp_path / "again"
     again.mkdir()
     assert capturer("python").capture(job, again).read_bytes() == built.read_bytes()
+
+
+def test_headers_data_under_include_and_scripts_come_back_where_they_were(
+    tmp_path: Path,
+) -> None:
+    """Installed by pip, captured, installed again from the capture: every file under
+    `include/` at its path, whether the wheel shipped it as a header in a directory named
+    like the package (`headers/hdrpkg/inner.h`) or as data under `include/hdrpkg/`; a
+    script's `#!/usr/bin/env python3 -u` as shipped, and only the `#!` line pip wrote
+    for `#!python` back to `#!python`."""
+    info = "hdrpkg-1.0.dist-info"
+    files = {
+        "hdrpkg/__init__.py": b"",
+        "hdrpkg-1.0.data/headers/hdrpkg/inner.h": b"int inner(void);\n",
+        "hdrpkg-1.0.data/data/include/hdrpkg/api.h": b"int api(void);\n",
+        "hdrpkg-1.0.data/scripts/envscript": b"#!/usr/bin/env python3 -u\nprint('env')\n",
+        "hdrpkg-1.0.data/scripts/fixed": b"#!python\nprint('fixed')\n",
+        f"{info}/METADATA": b"Metadata-Version: 2.1\nName: hdrpkg\nVersion: 1.0\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    wheel = _pack(tmp_path / "wheels" / "hdrpkg-1.0-py3-none-any.whl", info, files)
+    first = make_venv(tmp_path / "first")
+    first.install(wheel.parent, "hdrpkg")
+    env = Environment(kind="python", path=str(first.prefix), interpreter=PY)
+    job = Job(env=env, roots=(first.site_packages,), package=Package(name="hdrpkg", version="1.0"))
+    out = tmp_path / "out"
+    out.mkdir()
+    built = capturer("python").capture(job, out)
+    with zipfile.ZipFile(built) as zf:
+        assert zf.read("hdrpkg-1.0.data/scripts/fixed").startswith(b"#!python\n")
+        assert (
+            zf.read("hdrpkg-1.0.data/scripts/envscript")
+            == files["hdrpkg-1.0.data/scripts/envscript"]
+        )
+    again = make_venv(tmp_path / "again")
+    again.install(out, "hdrpkg")
+
+    def include(venv: Venv) -> dict[str, bytes]:
+        top = venv.prefix / "include"
+        return {p.relative_to(top).as_posix(): p.read_bytes() for p in top.rglob("*.h")}
+
+    assert include(again) == include(first)
+    assert f"site/python{PY}/hdrpkg/hdrpkg/inner.h" in include(again)
+    assert "hdrpkg/api.h" in include(again)
+    bins = (again.prefix / "bin", first.prefix / "bin")
+    assert (bins[0] / "envscript").read_bytes() == (bins[1] / "envscript").read_bytes()
+    assert (bins[0] / "fixed").read_bytes().startswith(f"#!{again.python}".encode())
 
 
 def test_an_editable_install_is_not_captured_and_says_why(tmp_path: Path) -> None:

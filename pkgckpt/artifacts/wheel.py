@@ -5,12 +5,14 @@ URL, a VCS checkout, a built sdist), and installs without a network or a compile
 
 - files under the site directory go to the wheel's root; files elsewhere in the
   environment go back to `<name>-<version>.data/`: `scripts/` (the prefix's `bin/`),
-  `headers/` (`include/.../<name>/`), `data/` (anything else under the prefix);
+  `headers/` (where pip and uv put headers: `include/site/pythonX.Y/<name>/` in a venv,
+  `include/pythonX.Y/<name>/` elsewhere), `data/` (anything else under the prefix);
 - `__pycache__` and `.pyc` files, `INSTALLER`, `REQUESTED`, the RECORD signatures and
   uv's `uv_cache.json` (a timestamp) are left out: the installer writes its own; console
   and GUI scripts that `entry_points.txt` names are left out too: the installer
-  generates them for the new interpreter. Other scripts get their `#!python` line back,
-  for the same reason;
+  generates them for the new interpreter. A script whose `#!` line the installer wrote
+  (an interpreter's path, no arguments) gets its `#!python` line back, for the same
+  reason; any other first line (`#!/usr/bin/env python3 -u`) is kept as installed;
 - `WHEEL` (tags, build number, Root-Is-Purelib), `METADATA`, `entry_points.txt` and
   `direct_url.json` are kept byte for byte, so the restored install records the source
   the user's had;
@@ -93,6 +95,7 @@ def _capture(
         raise Uncapturable(f"{dist_dir / 'WHEEL'}: tag {odd!r} is not python-abi-platform")
     generated = _entry_point_scripts(beneath[site], f"{info}/entry_points.txt", site)
     stem = info[: -len(".dist-info")]
+    venv = not job.env.user and (prefix / "pyvenv.cfg").is_file()
     name = _wheel_name(job.package.name, job.package.version, build, tags)
     members: list[tuple[str, Path, bool]] = []
     """(name in the wheel, file, is a script whose #! line is restored)."""
@@ -104,7 +107,7 @@ def _capture(
             continue
         # Lexical, as installers write RECORD: scripts and .data files are `../../../bin/x`.
         where = Path(os.path.normpath(site / path))
-        member = _member(where, site, prefix, stem, job.package.name)
+        member = _member(where, site, prefix, stem, job.package.name, venv=venv)
         if member is None:
             raise Uncapturable(f"{where} (in RECORD) lies outside the environment {prefix}")
         if member.startswith(f"{stem}.data/scripts/"):
@@ -122,7 +125,9 @@ def _capture(
     ) as zf:
         for member, source, script in members:
             top = site if source.is_relative_to(site) else prefix
-            data, mode = _content(beneath[top], source.relative_to(top).as_posix(), top, script)
+            data, mode = _content(beneath[top], source.relative_to(top).as_posix(), top)
+            if script:
+                data = _unfix_shebang(data, None if job.env.user else prefix)
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
             rows.append((member, f"sha256={digest.decode()}", str(len(data))))
             _add(zf, member, data, mode)
@@ -244,7 +249,13 @@ def _data_root(job: Job, site: Path) -> Path:
     return Path(job.env.path)
 
 
-def _member(where: Path, site: Path, prefix: Path, stem: str, name: str) -> str | None:
+_PYTHON_DIR = re.compile(r"python\d+\.\d+[a-z]*")
+"""`include/`'s version directory: `python3.11`, `python3.13t` (abiflags)."""
+
+
+def _member(
+    where: Path, site: Path, prefix: Path, stem: str, name: str, *, venv: bool
+) -> str | None:
     """The name in the wheel of the installed file `where`; None when it lies outside."""
     if where.is_relative_to(site):
         return where.relative_to(site).as_posix()
@@ -253,20 +264,23 @@ def _member(where: Path, site: Path, prefix: Path, stem: str, name: str) -> str 
     inside = where.relative_to(prefix)
     if inside.parts[:1] == ("bin",) and len(inside.parts) == 2:
         return f"{stem}.data/scripts/{inside.parts[1]}"
-    if inside.parts[:1] == ("include",):
-        # include/site/pythonX.Y/<name>/... or include/pythonX.Y/<name>/...
-        want = canonicalize_name(name)
-        for i in range(len(inside.parts) - 1, 0, -1):
-            if canonicalize_name(inside.parts[i]) == want:
-                rest = posixpath.join(*inside.parts[i + 1 :])
-                return f"{stem}.data/headers/{rest}"
+    # Only the directory pip and uv install `.data/headers/` into: the same path under
+    # `include/` may be another wheel's `.data/data/include/...`, which goes back there.
+    layout = ("include", "site") if venv else ("include",)
+    tail = inside.parts[len(layout) :]  # pythonX.Y, <name>, the header's own path
+    if (
+        inside.parts[: len(layout)] == layout
+        and len(tail) > 2
+        and _PYTHON_DIR.fullmatch(tail[0])
+        and canonicalize_name(tail[1]) == canonicalize_name(name)
+    ):
+        return f"{stem}.data/headers/{posixpath.join(*tail[2:])}"
     return f"{stem}.data/data/{inside.as_posix()}"
 
 
-def _content(directory: int, path: str, top: Path, script: bool) -> tuple[bytes, int]:
-    """The bytes of `path` beneath `top` (open as `directory`; a script's `#!` line back
-    to `#!python`) and its mode. A path through a link is not read: the package is not
-    captured."""
+def _content(directory: int, path: str, top: Path) -> tuple[bytes, int]:
+    """The bytes of `path` beneath `top` (open as `directory`) and its mode. A path
+    through a link is not read: the package is not captured."""
     try:
         fd = fstree.open_beneath(directory, path)
     except OSError as e:
@@ -277,11 +291,24 @@ def _content(directory: int, path: str, top: Path, script: bool) -> tuple[bytes,
             data = f.read()
     finally:
         os.close(fd)
-    if script and data.startswith(b"#!"):
-        line, nl, rest = data.partition(b"\n")
-        if b"python" in line.split(b"/")[-1]:
-            data = b"#!python" + nl + rest
     return data, stat.S_IMODE(st.st_mode)
+
+
+_SHEBANG = re.compile(rb"#!(/\S*)/python[0-9.]*\r?")
+"""The line pip and uv write for a script's `#!python`: the interpreter's path alone."""
+
+
+def _unfix_shebang(data: bytes, prefix: Path | None) -> bytes:
+    """`data` with its `#!` line back to `#!python` where the installer wrote it: an
+    interpreter of the environment (under `prefix`; None, a user site: any interpreter),
+    without arguments. A line the wheel shipped as it is stays as it is."""
+    line, nl, rest = data.partition(b"\n")
+    found = _SHEBANG.fullmatch(line)
+    if found is None:
+        return data
+    if prefix is not None and not Path(os.fsdecode(found[1])).is_relative_to(prefix):
+        return data
+    return b"#!python" + nl + rest
 
 
 def _add(zf: zipfile.ZipFile, member: str, data: bytes, mode: int) -> None:
