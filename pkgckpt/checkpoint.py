@@ -384,12 +384,14 @@ class Tracker:
         inventory = self._baseline.inventory(env) if self._baseline is not None else None
         image, shipped = None, []
         making = None
-        if inventory is not None:
+        if inventory is not None and self._baseline is not None:
             base, pinned = inventory.by_name(), frozenset[str]()
             shipped = inventory_image(self._baseline, env)
             image = manifest.image_identity(shipped)
             if recorded is not None and recorded.image not in (None, image):
-                found = manifest.recorded_image(shipped, recorded)
+                found = manifest.recorded_image(
+                    shipped, recorded, taken_here=self._baseline.container
+                )
                 if found is not None:
                     # A baseline this container's first command took from a library that
                     # outlived the last one: the user's packages in it are not the image's.

@@ -557,6 +557,6 @@ def ensure_baseline(config: Config, found: list[Target]) -> Baseline:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise ManifestError(f"cannot create {path.parent}: {e.strerror}") from None
-    baseline = take_baseline(found)
+    baseline = msgspec.structs.replace(take_baseline(found), container=True)
     save_baseline(baseline, path)
     return baseline

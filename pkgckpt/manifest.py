@@ -381,6 +381,10 @@ class Baseline(Base, frozen=True):
     environments: tuple[Inventory, ...] = ()
     conda: tuple[Inventory, ...] = ()
     """The conda environments, apart for older readers as in `Body.conda`."""
+    container: bool = False
+    """Taken by a container's first command (`inventory.ensure_baseline`), not by
+    `pkgckpt baseline` at image build: a library that outlived the last container is in
+    it with the user's packages in place (`recorded_image`)."""
 
     @classmethod
     def of(cls, inventories: Iterable[Inventory], time: str | None = None) -> Baseline:
@@ -671,8 +675,14 @@ class _BaselineFile(msgspec.Struct, kw_only=True):
     conda: tuple[Inventory, ...] = ()
 
 
+class _ContainersBaselineFile(_BaselineFile, kw_only=True):
+    # Only a container's own baseline says so: an image's file keeps its bytes.
+    container: bool = True
+
+
 def encode_baseline(baseline: Baseline) -> bytes:
-    out = _BaselineFile(
+    kind = _ContainersBaselineFile if baseline.container else _BaselineFile
+    out = kind(
         schema=baseline.schema,
         time=baseline.time,
         environments=baseline.environments,
@@ -896,15 +906,22 @@ def unapply(packages: Iterable[Package], d: Delta, *, own: bool = False) -> dict
     return out
 
 
-def recorded_image(shipped: Iterable[Package], d: Delta) -> list[Package] | None:
+def recorded_image(
+    shipped: Iterable[Package], d: Delta, *, taken_here: bool
+) -> list[Package] | None:
     """The image `d` is relative to, by name, when `shipped` (a baseline's image of `d`'s
     environment) is that image with the user's packages in place; None when `d` names no
     image or `shipped` is another one. A baseline taken by a container's first command
-    from a library that outlived the container (a venv, user site or R library in a
-    persistent home, where no image-build baseline lists it) holds what the user
-    installed there: read as the image, it would make every restore a rebase and every
-    uninstall the removal of an image package."""
-    if d.image is None:
+    (`taken_here`: `Baseline.container`, or no baseline at all) from a library that
+    outlived the container (a venv, user site or R library in a persistent home) holds
+    what the user installed there: read as the image, it would make every restore a
+    rebase and every uninstall the removal of an image package.
+
+    An image-build baseline is the image, never: the next image may ship exactly what the
+    user installed (an upgrade the image caught up with), and read as the recorded image
+    the user's later change there back to the old version would match it and leave the
+    record."""
+    if d.image is None or not taken_here:
         return None
     image = unapply(shipped, d)
     if image_identity(image.values()) != d.image:

@@ -707,23 +707,26 @@ def _rebase(
 
         return rebase_r(delta, target, found, baseline, live, config)
     if target.env.kind == "conda":
-        from .restore import _conda_rebase, _image
+        from .restore import _conda_rebase, _image, taken_here
 
-        return _conda_rebase(delta, _image(baseline, target, live), live)
+        return _conda_rebase(
+            delta, _image(baseline, target, live), live, taken_here=taken_here(baseline)
+        )
     if target.env.kind != "python":
         return None
-    from .restore import _beneath
+    from .restore import _beneath, _image, taken_here
     from .restore.rebase import needed, rebase
     from .validate import canonical
 
     now = {canonical(p.name): p for p in live.values()}
-    image = baseline.image(target.env) if baseline is not None else list(now.values())
-    if image is None or not needed(delta, target.env, image, now):
+    image = _image(baseline, target, now)
+    here = taken_here(baseline)
+    if image is None or not needed(delta, target.env, image, now, taken_here=here):
         return None
     beneath = _beneath(target, found)
     under = beneath.scan().packages if beneath is not None else ()
     now = {**{canonical(p.name): p for p in under}, **now}
-    return rebase(delta, target, image, now, config, beneath, ask_index=False)
+    return rebase(delta, target, image, now, config, beneath, taken_here=here, ask_index=False)
 
 
 def _artifacts(

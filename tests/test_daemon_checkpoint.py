@@ -460,7 +460,8 @@ def test_a_user_site_baseline_holding_the_users_copy_is_still_the_recorded_image
         environments=(
             Inventory(env=ENV, packages=tuple(IMAGE.values())),
             Inventory(env=user, packages=(Package(name="numpy", version="2.0.0"),)),
-        )
+        ),
+        container=True,
     )
     t = Tracker(outlived, Manifest(generation=3, body=Body(environments=(delta,))))
     assert t.observe(user, Observation(pkgs("numpy==2.0.0"))) == []

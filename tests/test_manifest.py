@@ -537,10 +537,10 @@ def test_the_recorded_image_is_told_from_a_baseline_holding_the_users_packages(
     d = msgspec.structs.replace(
         manifest.delta(ENV, shipped, state), image=manifest.image_identity(shipped.values())
     )
-    found = manifest.recorded_image(state.values(), d)
+    found = manifest.recorded_image(state.values(), d, taken_here=True)
     assert found is not None
     assert [(p.name, p.version) for p in found] == sorted(image.items())
-    assert manifest.recorded_image(shipped.values(), d) == sorted(
+    assert manifest.recorded_image(shipped.values(), d, taken_here=True) == sorted(
         shipped.values(), key=lambda p: p.name
     ), "the image itself, with nothing of the user's in place, is the image"
 
@@ -565,23 +565,31 @@ def test_a_forgotten_install_still_in_place_is_not_taken_for_the_images() -> Non
             Package(name="idna", version="3.10", replaced="3.8"),
         ),
     )
-    assert manifest.recorded_image(state.values(), d) == [old["idna"]]
+    assert manifest.recorded_image(state.values(), d, taken_here=True) == [old["idna"]]
     user_site = msgspec.structs.replace(d, env=msgspec.structs.replace(ENV, user=True))
     assert manifest.unapply(state.values(), user_site, own=True) == {}
 
 
 def test_another_image_or_an_unrecorded_one_is_not_taken_for_the_record() -> None:
     """A baseline that differs from the record's image by more than the user's packages,
-    or a record with no image, gives no recorded image."""
+    an image-build baseline, or a record with no image, gives no recorded image."""
     old = {"idna": Package(name="idna", version="3.8")}
     state = {**old, "tinyx": Package(name="tinyx", version="1.0")}
     d = msgspec.structs.replace(
         manifest.delta(ENV, old, state), image=manifest.image_identity(old.values())
     )
-    assert manifest.recorded_image(state.values(), d) == [old["idna"]]
+    assert manifest.recorded_image(state.values(), d, taken_here=True) == [old["idna"]]
+    assert manifest.recorded_image(state.values(), d, taken_here=False) is None, (
+        "an image-build baseline is the image: it may ship just what the user installed"
+    )
     newer = {**state, "idna": Package(name="idna", version="3.10")}
-    assert manifest.recorded_image(newer.values(), d) is None
-    assert manifest.recorded_image(state.values(), msgspec.structs.replace(d, image=None)) is None
+    assert manifest.recorded_image(newer.values(), d, taken_here=True) is None
+    assert (
+        manifest.recorded_image(
+            state.values(), msgspec.structs.replace(d, image=None), taken_here=True
+        )
+        is None
+    )
 
 
 def test_unapply_of_a_user_sites_own_listing_drops_an_addition_that_shadowed_its_prefix() -> None:

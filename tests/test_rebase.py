@@ -321,6 +321,33 @@ def test_a_daemon_on_the_new_image_keeps_what_was_held_back(tmp_path: Path, whee
     assert marks == {("catchup", "superseded", "the image ships 1.1")}
 
 
+def test_an_image_that_ships_just_the_users_changes_is_still_a_new_image(
+    tmp_path: Path, wheels: Path
+) -> None:
+    """v2 is v1 with the user's upgrade (upg 1.1) and addition (newpkg 1.0) in it, and
+    nothing else. Its image-build baseline is v2, not v1 with the user's packages in
+    place (as a container's own baseline over a library in a persistent home may be):
+    restore finds both superseded, and the user's changes there (back to upg 1.0, newpkg
+    uninstalled), seen by the daemon on v2, are recorded and made again in the next v2
+    container."""
+    s = Scenario(World.make(tmp_path), wheels, tmp_path / "venv")
+    b1 = s.image(sys.executable, ["upg==1.0", "gone==1.0"], "b1.json")
+    s.user_changes(b1, ["upg==1.1", "newpkg==1.0"], [])
+    v2 = ["upg==1.1", "gone==1.0", "newpkg==1.0"]
+    b2 = s.image(sys.executable, v2, "b2.json")
+    first = s.restore(b2)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "superseded upg 1.1" in first.stdout and "superseded newpkg 1.0" in first.stdout
+    after = s.user_changes(b2, ["upg==1.0"], ["newpkg"])
+    assert [(p.name, p.version, p.replaced) for p in after.changed] == [("upg", "1.0", "1.1")]
+    assert [p.name for p in after.removed] == ["newpkg"]
+    s.image(sys.executable, v2, "b2.json")
+    again = s.restore(b2)
+    assert again.returncode == 0, again.stdout + again.stderr
+    have = s.installed()
+    assert have["upg"] == "1.0" and "newpkg" not in have, have
+
+
 # -- a new Python at the same prefix -------------------------------------------------------
 
 PYENV = Path.home() / ".pyenv" / "versions"

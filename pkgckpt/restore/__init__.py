@@ -570,8 +570,18 @@ def _image(
     return baseline.image(target.env)
 
 
+def taken_here(baseline: Baseline | None) -> bool:
+    """Whether `_image` is this container's own view of the image, which may hold the
+    user's packages in place (`manifest.recorded_image`): no image-build baseline."""
+    return baseline is None or baseline.container
+
+
 def _conda_rebase(
-    delta: Delta, image: Sequence[Package] | None, now: Mapping[str, Package]
+    delta: Delta,
+    image: Sequence[Package] | None,
+    now: Mapping[str, Package],
+    *,
+    taken_here: bool = False,
 ) -> Rebase | None:
     """A conda environment's record read against a new image: every entry classified as
     `rebase.py` and `rimage.py` classify theirs, so that what is held back is reported,
@@ -585,7 +595,7 @@ def _conda_rebase(
     known, the record is applied as it stands."""
     if image is None or delta.image in (None, image_identity(image)):
         return None
-    if recorded_image(image, delta) is not None:
+    if recorded_image(image, delta, taken_here=taken_here) is not None:
         return None  # the recorded image, seen through an environment that outlived it
     shipped = {p.name: p for p in image}
     decisions: list[Decision] = []
@@ -764,7 +774,8 @@ def _plan(
             from .rebase import needed
 
             image = _image(baseline, target, now)
-            if image is not None and needed(delta, target.env, image, now):
+            own_view = taken_here(baseline)
+            if image is not None and needed(delta, target.env, image, now, taken_here=own_view):
                 from .rebase import budget
                 from .rebase import rebase as read_against
 
@@ -773,7 +784,14 @@ def _plan(
                 if index_until is None:
                     index_until = budget(deadline)
                 rebase = read_against(
-                    delta, target, image, live, config, beneath, index_until=index_until
+                    delta,
+                    target,
+                    image,
+                    live,
+                    config,
+                    beneath,
+                    taken_here=own_view,
+                    index_until=index_until,
                 )
                 install, gone = _rebased(delta, target, rebase, now)
         elif kind == "r":
@@ -783,7 +801,9 @@ def _plan(
             if rebase is not None:
                 install, gone = _rebased(delta, target, rebase, now)
         elif kind == "conda":
-            rebase = _conda_rebase(delta, _image(baseline, target, now), now)
+            rebase = _conda_rebase(
+                delta, _image(baseline, target, now), now, taken_here=taken_here(baseline)
+            )
             if rebase is not None:
                 install, gone = _rebased(delta, target, rebase, now)
         wanted: tuple[tuple[Literal["added", "changed"], tuple[Package, ...]], ...] = (

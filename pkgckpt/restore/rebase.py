@@ -212,16 +212,22 @@ def _minor(version: str | None) -> str | None:
 
 
 def needed(
-    delta: Delta, env: Environment, image: Sequence[Package], live: Mapping[str, Package]
+    delta: Delta,
+    env: Environment,
+    image: Sequence[Package],
+    live: Mapping[str, Package],
+    *,
+    taken_here: bool = False,
 ) -> bool:
     """Whether `delta` must be rebased onto this image and interpreter (see the module);
-    `live`: the packages installed here, by canonical name."""
+    `live`: the packages installed here, by canonical name; `taken_here`: `image` is from
+    this container's own baseline (`recorded_image`)."""
     if new_interpreter(delta.env, env):
         return True
     if (
         delta.image is not None
         and delta.image != image_identity(image)
-        and recorded_image(image, delta) is None
+        and recorded_image(image, delta, taken_here=taken_here) is None
     ):
         return True
     tags: TargetTags | None = None
@@ -748,18 +754,20 @@ def rebase(
     config: Config,
     beneath: Target | None = None,
     *,
+    taken_here: bool = False,
     ask_index: bool = True,
     index_until: float | None = None,
 ) -> Rebase:
-    """`delta` read against `image` (this container's baseline of the environment) and
-    `live` (installed now, by canonical name): see the module docstring. A user site is
+    """`delta` read against `image` (this container's baseline of the environment;
+    `taken_here`: taken by this container, `needed`) and `live` (installed now, by
+    canonical name): see the module docstring. A user site is
     read with the prefix `beneath` it: its installed packages are in `live` and in
     `image`, its metadata is read after the user site's own. Without `ask_index` no
     index and no artifact is read (status answers at once, whatever the index or the
     store does). `index_until`: when its index reads end (`budget`; by default
     its budget from when they start): a plan of several environments passes one for all."""
     env = target.env
-    image = recorded_image(image, delta) or image
+    image = recorded_image(image, delta, taken_here=taken_here) or image
     images = {canonical(p.name): p for p in image}
     moved = new_interpreter(delta.env, env)
     tags = TargetTags(env)
