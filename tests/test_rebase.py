@@ -420,7 +420,8 @@ def test_a_dependency_nowhere_to_be_found_fails_its_package_only(
     tmp_path: Path, wheels: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """A user package whose dependency v2 dropped and no find-links holds fails with the
-    installer's own message; the other packages of the rebase are installed."""
+    installer's own message; the other packages of the rebase are installed. The report
+    and the error count the held-back packages beside the failed one."""
     s = recorded_on_v1(tmp_path, wheels)
     b2 = s.image(sys.executable, V2, "b2.json")
     without = tmp_path_factory.mktemp("without-libold")
@@ -431,6 +432,9 @@ def test_a_dependency_nowhere_to_be_found_fails_its_package_only(
     done = s.restore(b2)
     assert done.returncode == 3, done.stdout + done.stderr
     assert "failed to install userapp 1.0" in done.stdout and "libold" in done.stdout
+    counted = "1 package(s) failed, 2 held back by the new image"
+    assert f"Restore incomplete: {counted}." in done.stdout, done.stdout
+    assert f"restore incomplete: {counted} (userapp)" in done.stderr, done.stderr
     have = s.installed()
     assert "userapp" not in have and "libold" not in have
     assert (have["newpkg"], have["upg2"], have["down"]) == ("1.0", "1.2", "1.0")

@@ -402,7 +402,8 @@ class Report(_Out, frozen=True, kw_only=True):
         elif self.exit_code == 1:
             lines.append(f"Restore failed: {failed} package(s) could not be installed here.")
         elif failed:
-            lines.append(f"Restore incomplete: {failed} package(s) failed.")
+            also = f", {held} held back by the new image" if held else ""
+            lines.append(f"Restore incomplete: {failed} package(s) failed{also}.")
         elif held:
             lines.append(f"Restore incomplete: {held} package(s) held back by the new image.")
         else:
@@ -1378,6 +1379,8 @@ def _run(
         failed = report.failures
         names = ", ".join(f.name for f in failed[:5]) + (", ..." if len(failed) > 5 else "")
         what = "the timeout ran out" if report.timed_out else f"{len(failed)} package(s) failed"
+        if held := the_plan.held_back():
+            what += f", {len(held)} held back by the new image"
         stop = (failed[0].forget or f"pkgckpt forget {failed[0].name}") if failed else ""
         hint = f"; `{stop}` stops retrying it" if failed else ""
         raise PartialRestore(
