@@ -786,11 +786,26 @@ def _directory(source: DirectorySource) -> PurePosixPath:
 
 
 def _same_url(a: str, b: str) -> bool:
-    # file:///x and file://localhost/x are the same place (RFC 8089); restore may use the
-    # second form (see restore.python.requirement) for a manifest that recorded the first.
-    return a.replace("file://localhost/", "file:///", 1) == b.replace(
-        "file://localhost/", "file:///", 1
-    )
+    return file_url(a) == file_url(b)
+
+
+def file_url(url: str) -> str:
+    """A `file:` URL as pip writes it (`file:///`, the path percent-encoded once); any
+    other URL as it is.
+
+    file:///x and file://localhost/x are the same place (RFC 8089); restore may use the
+    second form (see restore.python.requirement) for a manifest that recorded the first.
+    pip writes `torch-2.1%2Bcpu-...whl` where uv writes the URL it was given,
+    `torch-2.1+cpu-...whl`: one file, which read as two sources made every restore with
+    the other installer report its install as not taken, and the daemon a change.
+    """
+    if url[:5].lower() != "file:":
+        return url
+    from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = "" if parts.netloc.lower() == "localhost" else parts.netloc
+    return urlunsplit(("file", host, quote(unquote(parts.path)), parts.query, parts.fragment))
 
 
 def _identity(p: Package) -> tuple[str, Source, str | None]:

@@ -237,6 +237,36 @@ def test_file_wheel_is_checkpointed_with_its_sha256_and_restored_against_it(
     assert restore.plan(config).is_empty(), "the scan of the restored wheel is the record"
 
 
+@pytest.mark.parametrize(("recorder", "restorer"), [("pip", "uv"), ("uv", "pip")])
+def test_a_file_wheel_with_a_local_version_is_one_source_to_pip_and_uv(
+    recorder: str, restorer: str, tmp_path: Path, wheels: Path
+) -> None:
+    """`torchy-1.0+cpu-...whl` installed from its file: pip writes the URL's `+` as `%2B`,
+    uv as given. Restored by the other installer, the package is in place (not "not
+    installed after the installer reported success"), and the scan of it is the record,
+    so the daemon sees no change."""
+    local = build_wheel(Dist("torchy", "1.0+cpu"), tmp_path / "my wheels")
+    venv = make_venv(tmp_path / "venv", with_pip=recorder == "pip")
+    if recorder == "pip":
+        venv.install(wheels, str(local))
+    else:
+        subprocess.run(
+            ["uv", "pip", "install", "-q", "--python", str(venv.python), str(local)], check=True
+        )
+    config = configure(tmp_path, venv.prefix, wheels)
+    (recorded,) = [p for p in targets(config)[0].scan().packages if p.name == "torchy"]
+    assert isinstance(recorded.source, UrlSource)
+    assert recorded.source.url == local.as_uri(), "pip's spelling, whichever wrote it"
+    fresh = make_venv(tmp_path / "fresh", with_pip=restorer == "pip")
+    config = configure(tmp_path, fresh.prefix, wheels, installer=restorer)
+    put_manifest(config.store, config.key, only(targets(config)[0].env, recorded))
+    report = restore.run(config)
+    assert report.environments[0].installed == ("torchy==1.0+cpu",), report.render()
+    (scanned,) = [p for p in targets(config)[0].scan().packages if p.name == "torchy"]
+    assert (scanned.version, scanned.source) == (recorded.version, recorded.source)
+    assert restore.plan(config).is_empty()
+
+
 def test_changed_file_wheel_is_refused_and_the_rest_restored(tmp_path: Path, wheels: Path) -> None:
     """A wheel whose bytes are not the ones hashed at checkpoint fails with the reason (exit 3)."""
     local = build_wheel(Dist("solo", "2.0"), tmp_path / "mywheels")

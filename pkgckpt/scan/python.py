@@ -53,6 +53,7 @@ from ..manifest import (
     Source,
     UrlSource,
     VcsSource,
+    file_url,
     plain_subdirectory,
 )
 from . import ScanResult, listing
@@ -237,7 +238,7 @@ def _source(data: bytes) -> Source:
 
             hashes.update(file_url_sha256(url))
         return UrlSource(
-            url=strip_credentials(url),
+            url=file_url(strip_credentials(url)),
             hashes=hashes,
             subdirectory=plain_subdirectory(d.subdirectory),
         )
