@@ -329,7 +329,8 @@ def test_a_wheel_whose_tags_do_not_fit_is_never_used_and_restore_says_so(
     fresh: Captured,
 ) -> None:
     """An artifact for another interpreter is not installed: the index is used instead,
-    and the report says why; with no index the package fails with that reason."""
+    and the report says why, the dry run too; with no index the package fails with that
+    reason."""
     good = _recorded(fresh, "app")
     other = "app-1.0-cp27-cp27mu-linux_x86_64.whl"
     shutil.copy(_artifact(fresh, good.file), _artifact(fresh, other))
@@ -337,6 +338,9 @@ def test_a_wheel_whose_tags_do_not_fit_is_never_used_and_restore_says_so(
     alone = _restore(fresh, "--no-index")
     assert alone.returncode == 3, alone.stdout
     assert "do not fit" in alone.stdout, alone.stdout
+    plan = _restore(fresh, "--no-index", "--find-links", str(fresh.wheels), "--dry-run")
+    assert f"install app 1.0, not its artifact {other} (" in plan.stdout, plan.stdout
+    assert "do not fit" in plan.stdout and "first" not in plan.stdout, plan.stdout
     done = _restore(fresh, "--no-index", "--find-links", str(fresh.wheels))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "do not fit" in done.stdout, done.stdout

@@ -166,6 +166,8 @@ class Step(_Out, frozen=True, kw_only=True):
     """conda: the recorded channel, which selects one of the configured ones."""
     artifact: Artifact | None = None
     """install: the package as captured on the store (`pkgckpt.artifacts`), tried first."""
+    unfit: str | None = None
+    """install: why `artifact` is not used here (a wheel for another interpreter)."""
     rebuild: str | None = None
     """R: why a package installed at the recorded version is installed again (built for
     another R `major.minor`; see `pkgckpt.rmatch.stale_build`)."""
@@ -473,7 +475,9 @@ def _describe(step: Step) -> str:
         text += f" from {source.path}" + (" (editable)" if source.editable else "")
     elif isinstance(source, LocalSource):
         text += f" from {source.path}" if source.path else " (a local install)"
-    if step.artifact is not None:
+    if step.artifact is not None and step.unfit is not None:
+        text += f", not its artifact {step.artifact.file} ({step.unfit})"
+    elif step.artifact is not None:
         text += f", its artifact {step.artifact.file} first"
     now = f"installed {step.installed}" if step.installed else "not installed"
     if step.rebuild:
@@ -851,7 +855,10 @@ def _plan(
         for step in sorted(install, key=lambda s: _key(kind, s.name)):
             # An artifact that fits needs no source: an R library restored from its
             # artifacts alone needs no repository (asking for one is a usage error).
-            if _artifact_fits(target.env, step):
+            unfit = _artifact_unfit(target.env, step)
+            if unfit is not None:
+                step = msgspec.structs.replace(step, unfit=unfit)
+            elif step.artifact is not None:
                 lost = (
                     _artifact_gone(config, target.env, installer, step, store) if preview else None
                 )
@@ -929,13 +936,15 @@ def _no_fallback(
     return use.fallback(config, env, package, source)
 
 
-def _artifact_fits(env: Environment, step: Step) -> bool:
-    """A step whose source cannot be used here may still install from its artifact."""
+def _artifact_unfit(env: Environment, step: Step) -> str | None:
+    """Why `step`'s artifact cannot be installed here (`artifacts.fits`); None when it
+    has none or it fits. A step whose source cannot be used here may still install from
+    an artifact that fits."""
     if step.artifact is None:
-        return False
+        return None
     from ..artifacts import fits
 
-    return fits(env, step.package()) is None
+    return fits(env, step.package())
 
 
 def plan(config: Config) -> Plan:
