@@ -86,7 +86,8 @@ def test_prune_pool_refuses_a_bound_under_a_day_and_a_missing_pool(tmp_path: Pat
 def test_a_pruned_entry_is_captured_again_by_the_next_snapshot(tmp_path: Path) -> None:
     """A snapshot puts the artifact in the pool; pruned, the manifest still names its
     hash, and the next snapshot captures it again into the pool (same bytes, same
-    generation); the per-key directory never took a copy."""
+    generation); the per-key directory never took a copy. `status` counts it in the pool
+    only while it is there."""
     world = cache_on(World.make(tmp_path))
     pool = _pool(tmp_path)
     world.env["PKGCKPT_ARTIFACT_POOL"] = str(pool)
@@ -104,12 +105,16 @@ def test_a_pruned_entry_is_captured_again_by_the_next_snapshot(tmp_path: Path) -
     assert solo.artifact is not None and solo.artifact.pooled
     entry = pool / "sha256" / solo.artifact.sha256
     os.utime(entry, (OLD, OLD))
+    assert ", 1 in the shared pool" in world.pkgckpt("status", *flags).stdout
     pruned = world.pkgckpt("store", "prune-pool", str(pool), "--older-than", "30")
     assert pruned.returncode == 0 and not entry.exists(), pruned.stdout
+    status = world.pkgckpt("status", *flags).stdout
+    assert "missing (1)" in status and "in the shared pool" not in status, status
 
     again = world.pkgckpt("snapshot", *flags, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "not captured" not in again.stdout, again.stdout
+    assert ", 1 in the shared pool" in world.pkgckpt("status", *flags).stdout
     assert hashlib.sha256(entry.read_bytes()).hexdigest() == solo.artifact.sha256
     after = world.manifest()
     assert after is not None and after.generation == found.generation

@@ -52,7 +52,8 @@ class Summary(msgspec.Struct, frozen=True, kw_only=True):
     bytes: int = 0
     quota: int
     pooled: int = 0
-    """Recorded packages whose artifact is in the shared pool."""
+    """Recorded packages whose artifact is in the shared pool (of all recorded in it,
+    when the store could not be listed)."""
     without: dict[str, str] = {}
     """`name==version (env)` -> why it has no artifact."""
     missing: dict[str, str] = {}
@@ -88,6 +89,7 @@ def summarize(
     except PkgckptError as e:
         return Summary(quota=config.artifact_quota, pooled=pooled, without=without, error=str(e))
     lost = gone(config, recorded.values(), files)
+    pooled = sum(1 for a in recorded.values() if a.pooled and a not in lost)
     missing: dict[str, str] = {}
     for name, artifact in recorded.items():
         if artifact in lost:
