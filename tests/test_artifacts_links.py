@@ -83,7 +83,7 @@ def test_a_wheel_capture_still_takes_scripts_and_data_from_the_prefix(tmp_path: 
     (site / "evil").mkdir()
     (site / "evil" / "__init__.py").write_text("x = 1\n")
     (prefix / "bin").mkdir()
-    (prefix / "bin" / "evil-tool").write_text("#!/env/bin/python3\nprint('hi')\n")
+    (prefix / "bin" / "evil-tool").write_text(f"#!{prefix}/bin/python3\nprint('hi')\n")
     (prefix / "share" / "evil").mkdir(parents=True)
     (prefix / "share" / "evil" / "data.txt").write_text("data\n")
     built = wheel.capture(job, tmp_path)
