@@ -22,7 +22,7 @@ from wheelhouse import Venv, make_venv
 from pkgckpt.artifacts import ArtifactRefused, Job, capturer, fetch
 from pkgckpt.artifacts.quota import collect, protected
 from pkgckpt.config import Config
-from pkgckpt.errors import StoreError
+from pkgckpt.errors import StoreError, Uncapturable
 from pkgckpt.manifest import Artifact, Body, Delta, Environment, Package, UrlSource
 from pkgckpt.store import Store, artifact_name
 
@@ -153,6 +153,27 @@ def test_headers_data_under_include_and_scripts_come_back_where_they_were(
     bins = (again.prefix / "bin", first.prefix / "bin")
     assert (bins[0] / "envscript").read_bytes() == (bins[1] / "envscript").read_bytes()
     assert (bins[0] / "fixed").read_bytes().startswith(f"#!{again.python}".encode())
+
+
+def test_a_file_changed_since_its_install_is_not_packed(tmp_path: Path) -> None:
+    """A file whose bytes are not RECORD's (an upgrade replacing the package while it is
+    packed, an edit) makes the package uncapturable, with the file named: packed, the
+    artifact would mix two installs under one version. RECORD's own rows without a hash
+    are not checked."""
+    wheel = _data_wheel(tmp_path / "wheels")
+    venv = make_venv(tmp_path / "venv")
+    venv.install(wheel.parent, "datapkg")
+    env = Environment(kind="python", path=str(venv.prefix), interpreter=PY)
+    job = Job(env=env, roots=(venv.site_packages,), package=Package(name="datapkg", version="2.0"))
+    out = tmp_path / "out"
+    out.mkdir()
+    capturer("python").capture(job, out)
+    changed = venv.site_packages / "datapkg" / "__init__.py"
+    changed.write_bytes(changed.read_bytes() + b"# 2.1\n")
+    again = tmp_path / "again"
+    again.mkdir()
+    with pytest.raises(Uncapturable, match=f"{changed} is not the file that was installed"):
+        capturer("python").capture(job, again)
 
 
 def test_an_editable_install_is_not_captured_and_says_why(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ a new image captures a package once."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
@@ -210,6 +211,16 @@ def test_a_build_in_place_that_does_not_fit_either_is_not_captured_again(
     wheel_file = venv.site_packages / "forced-1.0.dist-info" / "WHEEL"
     tag = "cp27-cp27mu-linux_x86_64"
     wheel_file.write_text(wheel_file.read_text().replace("py3-none-any", tag))
+    # As installed from such a wheel: RECORD holds the hash of that WHEEL.
+    record = wheel_file.with_name("RECORD")
+    digest = base64.urlsafe_b64encode(hashlib.sha256(wheel_file.read_bytes()).digest())
+    row = f"forced-1.0.dist-info/WHEEL,sha256={digest.rstrip(b'=').decode()},"
+    record.write_text(
+        "".join(
+            f"{row}{wheel_file.stat().st_size}\n" if line.startswith(row.split(",")[0]) else line
+            for line in record.read_text().splitlines(keepends=True)
+        )
+    )
     env = Environment(kind="python", path=str(venv.prefix), interpreter="3.11.7", abi="cp311")
     old = Artifact(file=f"forced-1.0-{tag}.whl", sha256="0" * 64, size=1)
     recorded = Package(name="forced", version="1.0", artifact=old)

@@ -97,9 +97,9 @@ def _capture(
     stem = info[: -len(".dist-info")]
     venv = not job.env.user and (prefix / "pyvenv.cfg").is_file()
     name = _wheel_name(job.package.name, job.package.version, build, tags)
-    members: list[tuple[str, Path, bool]] = []
-    """(name in the wheel, file, is a script whose #! line is restored)."""
-    for path in _record_paths(record):
+    members: list[tuple[str, Path, bool, str]] = []
+    """(name in the wheel, file, is a script whose #! line is restored, RECORD's hash)."""
+    for path, recorded in _record_rows(record):
         parts = path.split("/")
         if "__pycache__" in parts or path.endswith((".pyc", ".pyo")):
             continue
@@ -113,9 +113,9 @@ def _capture(
         if member.startswith(f"{stem}.data/scripts/"):
             if where.name in generated:
                 continue
-            members.append((member, where, True))
+            members.append((member, where, True, recorded))
         else:
-            members.append((member, where, False))
+            members.append((member, where, False, recorded))
     # The dist-info directory last, as the wheel specification recommends.
     members.sort(key=lambda m: (m[0].startswith(f"{info}/"), m[0]))
     target = out / name
@@ -123,9 +123,10 @@ def _capture(
     with zipfile.ZipFile(
         target, "x", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESSLEVEL
     ) as zf:
-        for member, source, script in members:
+        for member, source, script, recorded in members:
             top = site if source.is_relative_to(site) else prefix
             data, mode = _content(beneath[top], source.relative_to(top).as_posix(), top)
+            _check(data, recorded, source)
             if script:
                 data = _unfix_shebang(data, None if job.env.user else prefix)
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
@@ -232,13 +233,33 @@ def _entry_point_scripts(directory: int, path: str, top: Path) -> frozenset[str]
     return frozenset(names)
 
 
-def _record_paths(data: bytes) -> list[str]:
+def _record_rows(data: bytes) -> list[tuple[str, str]]:
+    """RECORD's (path, hash) rows; the hash `algo=urlsafe-b64`, or empty."""
     rows = csv.reader(io.StringIO(data.decode("utf-8", "replace")))
-    paths = []
-    for row in rows:
-        if row and row[0]:
-            paths.append(row[0].replace("\\", "/"))
-    return paths
+    return [
+        (row[0].replace("\\", "/"), row[1] if len(row) > 1 else "")
+        for row in rows
+        if row and row[0]
+    ]
+
+
+def _check(data: bytes, recorded: str, source: Path) -> None:
+    """`data`, read from `source`, is what the installer wrote there by RECORD's hash.
+
+    Else the file changed since the install: an upgrade replacing the package while
+    it is packed, or an edit; packed anyway, the artifact would mix two installs under
+    one name and version. A row without a hash, or in another algorithm than the
+    wheel specification's (sha256 or stronger), is not checked.
+    """
+    algo, sep, want = recorded.partition("=")
+    if not sep or algo not in ("sha256", "sha384", "sha512"):
+        return
+    have = base64.urlsafe_b64encode(hashlib.new(algo, data).digest()).rstrip(b"=").decode()
+    if have != want.rstrip("="):
+        raise Uncapturable(
+            f"{source} is not the file that was installed (its {algo} is not RECORD's): "
+            "changed since, by a reinstall under way or an edit"
+        )
 
 
 def _data_root(job: Job, site: Path) -> Path:
