@@ -288,9 +288,10 @@ def forgotten(
                     hit.add(asked)
         if not drop:
             continue
-        installs = {p.name: p for p in (*d.added, *d.changed) if p.name in drop}
-        remembered = {p.name: p for p in d.forgotten}
-        remembered.update(installs)
+        # A forgotten entry is what is installed here: after a revert the record may name
+        # another version of it (the reverted one), which is not the install to ignore.
+        remembered = {p.name: p for p in (*d.added, *d.changed) if p.name in drop}
+        remembered.update({p.name: p for p in d.forgotten})
         new[env_key(d.env)] = msgspec.structs.replace(
             d,
             added=tuple(p for p in d.added if p.name not in drop),
@@ -352,9 +353,8 @@ def reverted(body: Body, old: Manifest, stamp: str | None = None) -> Body:
             was = Delta(env=cur.env)
         base = cur if cur is not None else msgspec.structs.replace(was, forgotten=(), failing=())
         keeps = {p.name: p for p in (*was.added, *was.changed)}
-        drop = {p.name: p for p in base.forgotten}
-        for p in (*base.added, *base.changed) if cur is not None else ():
-            drop[p.name] = p
+        drop = {p.name: p for p in (*base.added, *base.changed)} if cur is not None else {}
+        drop.update({p.name: p for p in base.forgotten})  # what is installed (`forgotten`)
         # An install the reverted record holds as it is is followed again, not ignored.
         remembered = {
             n: p for n, p in drop.items() if n not in keeps or not same_install(keeps[n], p)

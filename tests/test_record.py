@@ -786,6 +786,23 @@ def test_revert_then_restore_brings_the_generation_back(
     assert pins(world.delta().added) == ["alpha==1.0"]
 
 
+def test_a_second_revert_or_a_forget_goes_on_ignoring_the_version_installed_here(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """After `revert 1` the record says alpha 1.0, and alpha 2.0, installed here, is
+    ignored. Another revert, and a forget of alpha, go on ignoring 2.0, not the 1.0 the
+    record named: else the next scan takes alpha 2.0 for an install and records it."""
+    two_generations(world, venv, wheels)
+    for step in (["revert", "1", "--yes"], ["revert", "1", "--yes"], ["forget", "alpha"]):
+        done = world.pkgckpt(*step, *flags(world, venv))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "alpha==2.0" in pins(world.delta().forgotten), (step, world.delta())
+        found = world.manifest()
+        assert found is not None
+        assert f"generation {found.generation} is current" in snapshot(world, venv), step
+    assert pins(world.delta().added) == []
+
+
 def test_revert_names_what_leaves_the_record_and_stays_as_it_is_here(
     world: World, venv: Venv, wheels: Path
 ) -> None:
