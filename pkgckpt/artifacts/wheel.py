@@ -126,11 +126,13 @@ def _capture(
         for member, source, script, recorded in members:
             top = site if source.is_relative_to(site) else prefix
             data, mode = _content(beneath[top], source.relative_to(top).as_posix(), top)
-            _check(data, recorded, source)
+            digest = _b64(hashlib.sha256(data).digest())
+            _check(data, digest, recorded, source)
             if script:
-                data = _unfix_shebang(data, None if job.env.user else prefix)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-            rows.append((member, f"sha256={digest.decode()}", str(len(data))))
+                packed = _unfix_shebang(data, None if job.env.user else prefix)
+                if packed is not data:
+                    data, digest = packed, _b64(hashlib.sha256(packed).digest())
+            rows.append((member, f"sha256={digest}", str(len(data))))
             _add(zf, member, data, mode)
         rows.append((f"{info}/RECORD", "", ""))
         text = io.StringIO()
@@ -243,8 +245,13 @@ def _record_rows(data: bytes) -> list[tuple[str, str]]:
     ]
 
 
-def _check(data: bytes, recorded: str, source: Path) -> None:
-    """`data`, read from `source`, is what the installer wrote there by RECORD's hash.
+def _b64(digest: bytes) -> str:
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _check(data: bytes, sha256: str, recorded: str, source: Path) -> None:
+    """`data`, read from `source` (`sha256`: its hash, as `_b64` writes it), is what the
+    installer wrote there by RECORD's hash.
 
     Else the file changed since the install: an upgrade replacing the package while
     it is packed, or an edit; packed anyway, the artifact would mix two installs under
@@ -254,7 +261,7 @@ def _check(data: bytes, recorded: str, source: Path) -> None:
     algo, sep, want = recorded.partition("=")
     if not sep or algo not in ("sha256", "sha384", "sha512"):
         return
-    have = base64.urlsafe_b64encode(hashlib.new(algo, data).digest()).rstrip(b"=").decode()
+    have = sha256 if algo == "sha256" else _b64(hashlib.new(algo, data).digest())
     if have != want.rstrip("="):
         raise Uncapturable(
             f"{source} is not the file that was installed (its {algo} is not RECORD's): "
