@@ -494,16 +494,19 @@ class Daemon:
             self.rescan = False
             self.debouncer.ready(math.inf, watcher.busy)  # every root is rescanned now
             self._rediscover(watcher)
-            self._scan(self.targets)
-            # Here: the requests of forget, revert and restore come with a rescan, and the
-            # record's code (~0.2 MB) need not stay loaded in a daemon never asked.
+            # Here: the requests of forget, revert and restore come with a rescan, which
+            # `serve` runs after the reverts; and the record's code (~0.2 MB) need not stay
+            # loaded in a daemon never asked.
             from . import record
 
             # From where the status file is now, where `forget` and `revert` found it: it
             # moves to the fallback when the runtime directory is taken after a clean.
             runtime = self.status_file.directory or self.config.runtime_dir
+            targets = self.targets
             with self._doing(f"reading the store at {self.store.path} for a request"):
-                taken = record.serve(self.config, self.session, runtime)
+                taken = record.serve(
+                    self.config, self.session, runtime, lambda: self._scan(targets)
+                )
             self.requested += sum(1 for _, reply in taken if reply is None)
             self.retry_at = None  # a person asked (snapshot): try the store now
             self.retries.ask()  # and the captures that failed, once more each

@@ -631,20 +631,55 @@ def ask_daemon(config: Config, found: status.Found, request: Request) -> int | N
         os.close(dfd)
 
 
-def serve(config: Config, session: Session, runtime: Path) -> list[tuple[str, _Reply | None]]:
+def serve(
+    config: Config, session: Session, runtime: Path, rescan: Callable[[], None]
+) -> list[tuple[str, _Reply | None]]:
     """The daemon's side: apply every pending request in `runtime` (the directory its
-    status file is in) to the session's record, in order.
+    status file is in) to the session's record, in order, reverts first; `rescan` (the
+    daemon's scan of every library) runs between.
+
+    A revert's plan was read from the store, which lacks what the daemon has seen
+    installed and not committed yet (an install in its quiet window): applied after the
+    scan, the revert would take that install out of the record without naming it; before
+    it, the scan records it on top of the reverted record, as a daemon started after a
+    revert does. A forget may name a package installed a moment ago: after the scan.
 
     Returns the replies to send once the record is committed (`answer`): None where the
     request was applied and the reply is the generation written. A request file that this
     user did not write privately is refused and removed.
     """
+    taken: list[tuple[str, _Reply | None]] = []
+    read = _read_requests(config, runtime, taken)
+    for reverts in (True, False):
+        if not reverts:
+            rescan()
+        for reply, request in read:
+            if isinstance(request, _Revert) != reverts:
+                continue
+            try:
+                body = _change(session.store, session.tracker.body(), request)
+            except UnknownPackage as e:
+                taken.append((reply, _Reply(error=str(e), unknown=True)))
+            except PkgckptError as e:
+                taken.append((reply, _Reply(error=str(e))))
+            else:
+                session.tracker.adopt(body)
+                log.info("%s", _describe(request))
+                taken.append((reply, None))
+    return taken
+
+
+def _read_requests(
+    config: Config, runtime: Path, refused: list[tuple[str, _Reply | None]]
+) -> list[tuple[str, Request]]:
+    """The pending requests in `runtime`, each with its reply's name, in order, every file
+    removed; a malformed one goes to `refused` with its reply."""
     _, pattern = _names(config, "request")
     try:
         dfd = os.open(runtime, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return []
-    taken: list[tuple[str, _Reply | None]] = []
+    read: list[tuple[str, Request]] = []
     try:
         for name in sorted(os.listdir(dfd)):  # noqa: PTH208
             if not pattern.fullmatch(name):
@@ -659,21 +694,12 @@ def serve(config: Config, session: Session, runtime: Path) -> list[tuple[str, _R
                 with contextlib.suppress(OSError):
                     os.unlink(name, dir_fd=dfd)
             try:
-                request = _request_decoder.decode(data)
-                body = _change(session.store, session.tracker.body(), request)
+                read.append((reply, _request_decoder.decode(data)))
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
-                taken.append((reply, _Reply(error=f"malformed request: {e}")))
-            except UnknownPackage as e:
-                taken.append((reply, _Reply(error=str(e), unknown=True)))
-            except PkgckptError as e:
-                taken.append((reply, _Reply(error=str(e))))
-            else:
-                session.tracker.adopt(body)
-                log.info("%s", _describe(request))
-                taken.append((reply, None))
+                refused.append((reply, _Reply(error=f"malformed request: {e}")))
     finally:
         os.close(dfd)
-    return taken
+    return read
 
 
 def refuse(config: Config, runtime: Path, why: str) -> None:

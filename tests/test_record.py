@@ -803,6 +803,24 @@ def test_a_second_revert_or_a_forget_goes_on_ignoring_the_version_installed_here
     assert pins(world.delta().added) == []
 
 
+def test_a_revert_beside_a_daemon_keeps_an_install_it_had_not_committed_yet(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon
+) -> None:
+    """beta is installed while the daemon waits out its quiet window; `revert 1` reads
+    its plan from the store, which does not hold beta, and does not name it. The daemon
+    reverts first and then scans: beta is recorded on top of generation 1's record, as
+    it would be without a daemon, not taken out of the record unnamed."""
+    two_generations(world, venv, wheels)
+    uv_install(venv.python, wheels, "beta==1.0", env=world.env)
+    back = world.pkgckpt("revert", "1", "--yes", *flags(world, venv))
+    assert back.returncode == 0, back.stdout + back.stderr
+    (line,) = [x for x in back.stdout.splitlines() if x.startswith("Leaves the record")]
+    assert "delta 1.0" in line and "beta" not in line, line
+    after = world.delta()
+    assert pins(after.added) == ["alpha==1.0", "beta==1.0"], after
+    assert pins(after.forgotten) == ["alpha==2.0", "delta==1.0"], after
+
+
 def test_revert_names_what_leaves_the_record_and_stays_as_it_is_here(
     world: World, venv: Venv, wheels: Path
 ) -> None:
