@@ -502,10 +502,9 @@ class Daemon:
             # From where the status file is now, where `forget` and `revert` found it: it
             # moves to the fallback when the runtime directory is taken after a clean.
             runtime = self.status_file.directory or self.config.runtime_dir
-            targets = self.targets
             with self._doing(f"reading the store at {self.store.path} for a request"):
                 taken = record.serve(
-                    self.config, self.session, runtime, lambda: self._scan(targets)
+                    self.config, self.session, runtime, lambda: self._scan(self.targets)
                 )
             self.requested += sum(1 for _, reply in taken if reply is None)
             self.retry_at = None  # a person asked (snapshot): try the store now

@@ -72,11 +72,9 @@ def summarize(
 
     without: dict[str, str] = {}
     recorded: dict[str, Artifact] = {}
-    pooled = 0
     for delta in body.deltas():
         for p in (*delta.added, *delta.changed):
             if p.artifact is not None:
-                pooled += p.artifact.pooled
                 recorded[key(delta.env, p)] = p.artifact
                 continue
             name = key(delta.env, p)
@@ -87,9 +85,10 @@ def summarize(
     try:
         files = store.artifacts()
     except PkgckptError as e:
+        pooled = sum(a.pooled for a in recorded.values())
         return Summary(quota=config.artifact_quota, pooled=pooled, without=without, error=str(e))
     lost = gone(config, recorded.values(), files)
-    pooled = sum(1 for a in recorded.values() if a.pooled and a not in lost)
+    pooled = sum(a.pooled and a not in lost for a in recorded.values())
     missing: dict[str, str] = {}
     for name, artifact in recorded.items():
         if artifact in lost:
