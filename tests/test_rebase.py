@@ -265,6 +265,33 @@ def test_on_conflict_user_installs_the_users_choice_and_reports_what_breaks(
     assert s.check().returncode != 0, "the user chose to break evalimg"
 
 
+def test_a_removal_that_a_restored_package_needs_is_held_back(tmp_path: Path, wheels: Path) -> None:
+    """On v1 the user installs userapp and then uninstalls libold, which it requires. On
+    v2, which ships libold and needs nothing of it, the installer would fetch libold back
+    for userapp: the removal is held back, named with userapp's requirement, the same on
+    the restore after, and `pip check` stays clean. `--on-conflict user` removes it after
+    the install, so that it stays removed, and names the requirement it breaks."""
+    s = Scenario(World.make(tmp_path), wheels, tmp_path / "venv")
+    b1 = s.image(sys.executable, ["libold==1.0", "evalimg==1.0"], "b1.json")
+    s.user_changes(b1, ["userapp==1.0"], ["libold"])
+    v2 = ["libold==1.0", "evalimg==3.0"]
+    b2 = s.image(sys.executable, v2, "b2.json")
+    for who in ("restored", "installed"):
+        done = s.restore(b2)
+        assert done.returncode == 3, done.stdout + done.stderr
+        held = f"libold 1.0 held back: userapp 1.0 ({who}) requires libold>=1.0"
+        assert held in done.stdout and "failed" not in done.stdout.replace("failed 0", "")
+        assert s.installed() == {"evalimg": "3.0", "libold": "1.0", "userapp": "1.0"}
+        assert s.check().returncode == 0
+    assert [p.name for p in s.world.delta().removed] == ["libold"], "still recorded"
+
+    b2 = s.image(sys.executable, v2, "b2.json")
+    forced = s.restore(b2, "--on-conflict", "user")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "broken: userapp 1.0 requires libold>=1.0" in forced.stdout, forced.stdout
+    assert s.installed() == {"evalimg": "3.0", "userapp": "1.0"}
+
+
 def test_same_image_restores_exact_pins_as_before(tmp_path: Path, wheels: Path) -> None:
     """The same image and interpreter: no rebase, every recorded change put back as it
     was (even the downgrade v2 would hold back), `pip freeze` as before."""

@@ -1160,9 +1160,10 @@ def _apply(
         work = _Env(target, installer, deadline, rebase, _beneath(target, targets))
         if say is not None:
             say(f"{ep.env.where()}: {_counts(ep)} ({ep.installer})")
-        if ep.remove:
-            work.remove(ep.remove)
         forced = set(ep.rebase.forced) if ep.rebase is not None else set()
+        first = [s for s in ep.remove if s.name not in forced]
+        if first:
+            work.remove(first)
         resolved = [s for s in ep.install if s.name not in forced]
         if resolved:
             rest = work.install_artifacts(resolved, config)
@@ -1174,6 +1175,10 @@ def _apply(
             rest = work.install_artifacts([s for s in ep.install if s.name in forced], config)
             if rest:
                 work.install(rest)
+        if len(first) < len(ep.remove):
+            # After the installs, whose resolver would fetch back what a restored package
+            # requires.
+            work.remove([s for s in ep.remove if s.name in forced])
         # The truth is the environment afterwards, not the installers' exit codes.
         now = work.rescan(ep.install)
         installed: list[str] = []

@@ -29,8 +29,8 @@ Each entry, with `w` the version the image ships now (None: it ships none):
     changed a -> v, v >= a  w >= v: superseded;  otherwise install v
     changed a -> v, v < a   install v (the user chose the older version on purpose)
     changed a -> v, a not PEP 440 (an image's `1.1build1`): as v >= a
-    removed X               w is None: nothing;  an image package requires X: held back;
-                            otherwise remove X
+    removed X               w is None: nothing;  a package that stays or is restored
+                            requires X: held back;  otherwise remove X
 A `w` that is not PEP 440 is not >= v: the user's version is installed over it.
 An install already in place (the version and source recorded) is "nothing", unless a
 requirement of it is not satisfied (`unmet`): then it is installed again. A superseded
@@ -65,7 +65,10 @@ refuses a conflict there and the failure is reported per package. Then, with
 
 - a planned install or removal that breaks an image package's requirement is held back,
   with the requirement that blocked it (`evaldep 1.0 held back: evalimg 2.0 (image)
-  requires evaldep>=2.0`);
+  requires evaldep>=2.0`), and so is one that breaks a package installed outside the
+  image that stays (`(installed)`), or a removal of what a planned install requires
+  (`libold 1.0 held back: userapp 1.0 (restored) requires libold>=1.0`: the installer
+  would fetch it back for that install, or the install in place would break);
 - a planned install whose own requirement the image contradicts (the image ships the
   dependency at a version outside it) is held back too: installing it would break it.
 - a planned install that requires a recorded install held back for want of a
@@ -846,7 +849,10 @@ def rebase(
         # A recorded install with no distribution for this interpreter is no dependency
         # the installer can fetch either: what requires it is held back with it.
         absent = {k for k in unavailable if k not in now}
-        found = check.violations(now, touched(), kept | absent)
+        # A planned install needing what the plan removes: the installer would fetch it
+        # back, and the removal would fail (or, once the install is in place, break it).
+        removing = {k for k, d in decided.items() if d.action == "remove"}
+        found = check.violations(now, touched(), kept | absent | removing)
         revived = _revive(found, decided)
         if revived:
             decided.update(revived)
@@ -1016,6 +1022,10 @@ def _from_index(
         decided[key] = msgspec.structs.replace(decided[key], reason=visible(reason))
 
 
+_OWNER = {"image": "image", "user": "installed", "planned": "restored"}
+"""How a held-back reason names the distribution whose requirement blocked it."""
+
+
 def _hold_back(
     found: list[tuple[_Dist, _Req]],
     decided: Mapping[str, Decision],
@@ -1027,8 +1037,11 @@ def _hold_back(
         needed_key = canonical(req.name)
         planned = decided.get(needed_key)
         there = state.get(needed_key)
-        if dist.origin == "image" and planned and planned.action in ("install", "remove"):
-            blame, why = needed_key, f"{dist.name} {dist.version} (image) requires {req}"
+        action = planned.action if planned else None
+        if action == "remove" or (action == "install" and dist.origin != "planned"):
+            # What stays installed, or is restored, keeps what it requires.
+            owner = _OWNER[dist.origin]
+            blame, why = needed_key, f"{dist.name} {dist.version} ({owner}) requires {req}"
         elif dist.origin == "planned" and there is not None and there.origin != "planned":
             # The plan's own package, contradicted by what stays installed (a dependency
             # missing altogether is the installer's to fetch, not a conflict).
