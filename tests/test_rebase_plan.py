@@ -181,6 +181,31 @@ def test_the_same_version_from_a_vcs_is_not_superseded_by_the_image(tmp_path: Pa
     }
 
 
+def test_a_build_picked_by_its_local_label_is_superseded_by_that_build_only(
+    tmp_path: Path,
+) -> None:
+    """The user's `2.1.0+cpu` is not superseded by the image's `2.1.0+cu118` or `2.2.0`,
+    which `==2.1.0+cpu` does not admit, whichever way the labels sort; by `2.2.0+cpu` it
+    is. A version without a label is superseded by a labelled build of it, as before."""
+    site = tmp_path / "site"
+    site.mkdir()
+    user = [("cu", "2.1.0+cpu"), ("az", "2.1.0+cpu"), ("pub", "2.1.0+cpu"), ("cpu", "2.1.0+cpu")]
+    user += [("plain", "2.1.0")]
+    image = pkgs("cu==2.1.0+cu118", "az==2.1.0+abc", "pub==2.2.0", "cpu==2.2.0+cpu")
+    image |= pkgs("plain==2.1.0+cu118")
+    added = tuple(Package(name=n, version=v) for n, v in user)
+    delta = Delta(env=PY311, added=added, image="sha256:old")
+    target = Target(env=PY311, roots=(site,))
+    planned = rebase(delta, target, list(image.values()), image, Config(store=tmp_path, key="k"))
+    assert {d.name: d.action for d in planned.decisions} == {
+        "cu": "install",
+        "az": "install",
+        "pub": "install",
+        "cpu": "superseded",
+        "plain": "superseded",
+    }
+
+
 def test_a_daemon_on_a_new_image_keeps_untouched_entries_as_recorded() -> None:
     """On another image, an addition the image now ships, a downgrade the image needs
     undone, and a removal of a package the image dropped all stay as recorded (with

@@ -31,7 +31,9 @@ Each entry, with `w` the version the image ships now (None: it ships none):
     changed a -> v, a not PEP 440 (an image's `1.1build1`): as v >= a
     removed X               w is None: nothing;  a package that stays or is restored
                             requires X: held back;  otherwise remove X
-A `w` that is not PEP 440 is not >= v: the user's version is installed over it.
+A `w` that is not PEP 440 is not >= v: the user's version is installed over it. A `v`
+with a local label (`2.1.0+cpu`, a build the user picked) is superseded only by a `w`
+with the same label.
 An install already in place (the version and source recorded) is "nothing", unless a
 requirement of it is not satisfied (`unmet`): then it is installed again. A superseded
 entry that a planned install requires at the user's version (`pinned` requires
@@ -303,6 +305,12 @@ def _at_least(have: str | None, want: str) -> bool:
     """`have` >= `want`; unorderable versions are not (the user's choice wins)."""
     a, b = _version(have), _version(want)
     return a is not None and b is not None and a >= b
+
+
+def _same_local(have: str, want: str) -> bool:
+    """`have` is a build of `want`'s local label, or `want` has none."""
+    a, b = _version(have), _version(want)
+    return b is None or b.local is None or (a is not None and a.local == b.local)
 
 
 class _Dist:
@@ -722,11 +730,14 @@ def _classify(
             return "nothing", "the image ships none" if w is None else "not installed here"
         return "remove", "removed by the user"
     # The image ships the user's version or a newer one: it caught up. The same version
-    # from another source (a VCS checkout) is still the user's to reinstall.
+    # from another source (a VCS checkout) is still the user's to reinstall, and so is a
+    # build the user picked by its local label (`2.1.0+cpu`): `2.1.0+cu118`, or `2.2.0`,
+    # is another build, not the user's caught up (as `==2.1.0+cpu` would say).
     caught_up = (
         w is not None
         and _at_least(w, p.version)
         and (_version(w) != _version(p.version) or isinstance(p.source, IndexSource))
+        and _same_local(w, p.version)
     )
     old = p.replaced
     # `added` with `replaced`: a user site's copy over its prefix's (checkpoint._shadowing).
