@@ -18,29 +18,66 @@ MISSING = "missing"
 
 
 def unsafe(path: Path) -> str | None:
-    """Why `path` may not be trusted (None: it may): relative, missing, or it or a directory
-    above it (on the way as written and once resolved) belongs to someone other than this
-    user or root, or is writable by group or others."""
+    """Why `path` may not be trusted (None: it may): relative, missing, or a path on the
+    way to it (each directory, each link and each directory a link leads through, to the
+    file itself) belongs to someone other than this user or root, or is writable by group
+    or others. Every step is checked, not just the path as written and where it ends: a
+    link on the way that someone else owns, or that sits in their directory, can be
+    pointed elsewhere between the check and the use."""
     if not path.is_absolute():
         return "not an absolute path"
     uid = os.geteuid()
-    real = Path(os.path.realpath(path))
-    # As written (lstat: the links themselves) and resolved (what the links lead to).
-    for chain, follow in ((path, False), (real, True)):
-        for p in (chain, *chain.parents):
-            try:
-                st = p.stat() if follow else p.lstat()
-            except FileNotFoundError:
-                return MISSING
-            except OSError as e:
-                return f"cannot be read ({e.strerror})"
-            if st.st_uid not in (uid, 0):
-                return f"{p} belongs to uid {st.st_uid}, neither this user nor root"
-            loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-            sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-            if loose and not stat.S_ISLNK(st.st_mode) and not sticky:
-                return f"{p} is writable by group or others"
+    try:
+        steps = _steps(path)
+    except FileNotFoundError:
+        return MISSING
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    for p, st in steps:
+        if st.st_uid not in (uid, 0):
+            return f"{p} belongs to uid {st.st_uid}, neither this user nor root"
+        loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        if loose and not stat.S_ISLNK(st.st_mode) and not sticky:
+            return f"{p} is writable by group or others"
     return None
+
+
+_MAX_LINKS = 40
+"""Links followed in one path before giving up, as the kernel does (ELOOP)."""
+
+
+def _steps(path: Path) -> list[tuple[Path, os.stat_result]]:
+    """Every path the kernel looks up to reach `path` (absolute), with its lstat: `/`,
+    then each component, a link's target walked in its place (from `/`, or from the
+    directory the link is in)."""
+    here = Path("/")
+    out = [(here, os.lstat(here))]
+    todo = list(path.parts[1:])
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            here = here.parent  # `here` is resolved: its parent is the kernel's too
+            continue
+        step = here / part
+        st = os.lstat(step)
+        out.append((step, st))
+        if not stat.S_ISLNK(st.st_mode):
+            here = step
+            continue
+        links += 1
+        if links > _MAX_LINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+        target = Path(os.readlink(step))
+        if target.is_absolute():
+            here = Path("/")
+            todo[:0] = target.parts[1:]
+        else:
+            todo[:0] = target.parts
+    return out
 
 
 LOOSE = stat.S_IWGRP | stat.S_IWOTH

@@ -108,6 +108,30 @@ def test_unsafe_follows_links_and_checks_where_they_lead(tmp_path: Path) -> None
     assert discovery.unsafe(link) == f"{loose} is writable by group or others"
 
 
+def test_unsafe_checks_each_link_on_the_way_not_only_both_ends(tmp_path: Path) -> None:
+    """A link of ours leading through a link in a group-writable directory to a safe
+    target is refused for that directory: someone can point the link in it elsewhere
+    between the check and the use. Relative targets, `..` and link loops are walked as
+    the kernel walks them."""
+    tight = tmp_path / "tight"
+    (tight / "bin").mkdir(parents=True)
+    python = tight / "bin" / "python"
+    python.write_text("")
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    (loose / "hop").symlink_to(python)
+    (tmp_path / "mine").symlink_to(loose / "hop")
+    assert discovery.unsafe(tmp_path / "mine") == f"{loose} is writable by group or others"
+    (tmp_path / "rel").symlink_to("tight/bin/../bin/python")
+    assert discovery.unsafe(tmp_path / "rel") is None
+    (tight / "up").symlink_to("../loose/hop")
+    assert discovery.unsafe(tight / "up") == f"{loose} is writable by group or others"
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    assert discovery.unsafe(tmp_path / "a") == "cannot be read (Too many levels of symbolic links)"
+
+
 def test_unsafe_accepts_a_sticky_world_writable_directory(tmp_path: Path) -> None:
     """/tmp-like directories (sticky) are fine: others cannot replace what is ours there."""
     sticky = tmp_path / "sticky"

@@ -511,3 +511,51 @@ def test_a_kernel_venvs_python3_bob_can_write_is_never_run(
     assert list(markers.iterdir()) == [], "bob's python3 ran as alice"
     assert status.returncode == 0, (status.stdout, status.stderr)
     assert f"{python3} is writable by group or others" in status.stdout, status.stdout
+
+
+def test_a_kernel_python_reached_through_bobs_link_is_never_run(
+    victim: Alice, bob: User, shared_tmp: Path
+) -> None:
+    """alice's kernel names her own link, which leads through a link in bob's directory to
+    a real interpreter. Checked as written (all hers) and where it ends (root's), it would
+    pass, and bob, flipping his link to a script of his between the check and the start,
+    gets it run as alice. `pkgckpt status` refuses the kernel for bob's link on the way,
+    every time, and bob's script never runs."""
+    markers = shared_tmp / "markers"
+    bob.run(["mkdir", "-m", "0777", str(markers)], check=True)
+    python = os.path.realpath(victim.tool / "bin" / "python")
+    bobs = shared_tmp / "bobs"
+    evil = f'#!/bin/sh\ntouch {markers / "hop"}\nexec {python} "$@"\n'
+    plant = 'mkdir -m 0755 "$1" && printf "%s" "$2" > "$1/evil" && chmod 0755 "$1/evil"'
+    bob.run(["sh", "-c", f'{plant} && ln -s "$3" "$1/py"', "-", str(bobs), evil, python],
+            check=True)  # fmt: skip
+    link = victim.home / "lnk" / "bin" / "python3"
+    victim.run_as(["mkdir", "-p", str(link.parent)])
+    victim.run_as(["ln", "-s", str(bobs / "py"), str(link)])
+    data = victim.home / "jupyter"
+    victim.run_as(["mkdir", "-p", str(data / "kernels" / "hop")])
+    spec = json.dumps({"argv": [str(link), "-m", "ipykernel_launcher"], "language": "python"})
+    victim.run_as(["sh", "-c", 'printf "%s" "$1" > "$2"', "-", spec,
+                   str(data / "kernels" / "hop" / "kernel.json")])  # fmt: skip
+    pkgckpt = str(victim.tool / "bin" / "pkgckpt")
+    victim.run_as([pkgckpt, "store", "init", str(victim.store)])
+    env = {
+        "JUPYTER_DATA_DIR": str(data),
+        "PKGCKPT_DISCOVER": "kernels",
+        "XDG_RUNTIME_DIR": str(victim.home / "run"),
+    }
+    swap = 'ln -sfn "$1" t && mv -T t py'
+    flip = f"cd {bobs} && while :; do set -- evil; {swap}; set -- {python}; {swap}; done"
+    flipper = subprocess.Popen(["runuser", "-u", bob.name, "--", "sh", "-c", flip])
+    try:
+        for _ in range(10):
+            status = victim.user.run(
+                [pkgckpt, "status", "--store", str(victim.store), "--key", victim.user.name],
+                env=env, cwd=victim.home,
+            )  # fmt: skip
+            assert status.returncode == 0, (status.stdout, status.stderr)
+            assert f"{bobs} belongs to uid {bob.uid}" in status.stdout, status.stdout
+    finally:
+        flipper.kill()
+        flipper.wait()
+    assert list(markers.iterdir()) == [], "bob's script ran as alice"
