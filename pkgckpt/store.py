@@ -785,6 +785,13 @@ class Store:
             self._known = known
             return None
         generation = max(known.generation, self._high) + 1
+        if generation > manifest.MAX_GENERATION:
+            # Only a file named for the last number can bring this (a planted or damaged
+            # one): a manifest past it could not be read, and what it holds would be lost.
+            raise StoreError(
+                f"{self.path}: {_generation_name(generation - 1)} takes the last generation "
+                f"a manifest may have; nothing is written until it is removed"
+            )
         if (
             amend is not None
             and ours
@@ -1016,10 +1023,10 @@ class Store:
             durable.discard(dfd, name, self._leftovers)
 
     def _prune(self, dfd: int, known: _Known) -> None:
-        """Keep the newest `keep` generations; a failure here does not fail the commit."""
-        for generation in sorted(known.kept):
-            if generation > known.generation - self.keep:
-                break
+        """Keep the newest `keep` generation files; a failure here does not fail the commit.
+        Counted by file, not by number: a file far above the others (planted, or another
+        writer's damaged one) must not push every readable generation out."""
+        for generation in sorted(known.kept)[: -self.keep]:
             try:
                 os.unlink(_generation_name(generation), dir_fd=dfd)
             except FileNotFoundError:

@@ -71,7 +71,7 @@ def _steps(path: Path) -> list[tuple[Path, os.stat_result]]:
         links += 1
         if links > _MAX_LINKS:
             raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
-        target = Path(os.readlink(step))
+        target = step.readlink()
         if target.is_absolute():
             here = Path("/")
             todo[:0] = target.parts[1:]

@@ -18,7 +18,14 @@ import pytest
 
 from pkgckpt import manifest
 from pkgckpt.durable import atomic_write
-from pkgckpt.errors import ManifestError, StoreError, StoreUnavailable, UnknownSchema, UsageError
+from pkgckpt.errors import (
+    ManifestError,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+    UnknownSchema,
+    UsageError,
+)
 from pkgckpt.store import MARKER, NOBODY, SYNCED, Store, init_store
 
 sys.path.insert(0, str(Path(__file__).parent / "faults"))
@@ -244,6 +251,36 @@ def test_generations_are_pruned_to_keep(tmp_path: Path) -> None:
     ]
     files = [store.path / name for name in names(store)]
     assert [label(manifest.decode(p.read_bytes())) for p in files].count("g") == 2
+
+
+def test_a_file_far_above_the_generations_pushes_none_out(tmp_path: Path) -> None:
+    """An empty manifest.1000.json (planted, or damaged) beside generations 1 and 2: the
+    next commit goes above it, and 1 and 2 stay, for revert. One that takes the last number
+    a manifest may have makes the commit fail, writing nothing: a generation past it could
+    not be read, and the record would be gone."""
+    init_store(tmp_path)
+    store = Store(tmp_path, "alice", keep=3)
+    commit_labels(store, "a", "b")
+    (store.path / "manifest.1000.json").write_bytes(b"")
+    other = Store(tmp_path, "alice", keep=5)
+    with pytest.raises(StoreConflict):  # a newer number than manifest.json: folded in
+        other.commit(make_body("c"))
+    other.check()  # what a writer does then (checkpoint.commit): reads the newest valid
+    done = other.commit(make_body("c"))
+    assert done is not None and done.generation == 1001
+    assert [m.generation for m in map(other.read_generation, (1, 2))] == [1, 2]
+    last = manifest.MAX_GENERATION
+    (store.path / f"manifest.{last}.json").write_bytes(b"")
+    before = sorted(names(store))
+    third = Store(tmp_path, "alice", keep=3)
+    with pytest.raises(StoreConflict):
+        third.commit(make_body("d"))
+    third.check()
+    with pytest.raises(StoreError, match=f"manifest.{last}.json takes the last generation"):
+        third.commit(make_body("d"))
+    assert sorted(names(store)) == before
+    current = Store(tmp_path, "alice").read()
+    assert current is not None and (current.generation, label(current)) == (1001, "c")
 
 
 def test_a_new_writer_continues_the_generations(store: Store) -> None:
