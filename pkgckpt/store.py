@@ -179,8 +179,10 @@ def init_store(root: Path, *, parents: bool = False) -> bool:
     rfd = _open_root(root)
     try:
         try:
-            os.stat(MARKER, dir_fd=rfd, follow_symlinks=False)
-            return False
+            marker = os.stat(MARKER, dir_fd=rfd, follow_symlinks=False)
+            # Another user's (see `Store._open_dir`) is replaced by this one's.
+            if marker.st_uid in (0, os.geteuid(), NOBODY):
+                return False
         except FileNotFoundError:
             pass
         except OSError as e:
@@ -538,11 +540,17 @@ class Store:
         rfd = _open_root(self.root, self.owner)
         try:
             try:
-                os.stat(MARKER, dir_fd=rfd, follow_symlinks=False)
+                marker = os.stat(MARKER, dir_fd=rfd, follow_symlinks=False)
             except FileNotFoundError as e:
                 raise _not_available(self.root, f"it has no {MARKER} marker") from e
             except OSError as e:
                 raise durable.error(e, f"cannot look for {self.root / MARKER}") from e
+            # In a sticky mount point whose export is gone, anyone may leave a marker: one
+            # that none of those who may own the store made does not make it the store.
+            if marker.st_uid not in (0, os.geteuid(), self.owner, NOBODY):
+                why = f"its {MARKER} marker belongs to {_user(marker.st_uid)}"
+                why += ", not root, this user or the store's owner"
+                raise _not_available(self.root, why)
             try:
                 dfd = self._open_key(rfd)
             except FileNotFoundError:

@@ -752,3 +752,34 @@ def test_a_key_directory_bob_made_first_names_him_though_alice_cannot_open_it(
         assert whose in shown and fix in shown, f"{command}: {shown}"
         assert "Permission denied" not in shown, f"{command}: {shown}"
         assert done.returncode == (0 if command == "status" else 1), f"{command}: {shown}"
+
+
+def test_bobs_marker_in_an_empty_mount_point_makes_it_no_store(
+    session: Session, alice: User, bob: User, reachable_tmp: Path
+) -> None:
+    """The store's export is not mounted (yet, or any more) on a mount point open to all,
+    sticky, as /tmp is: bob leaves a `.pkgckpt-store` there. alice's restore says the
+    store is not available, for bob's marker, instead of finding no manifest and exiting
+    0; her record on the real store is untouched. An administrator's `store init` there
+    replaces bob's marker with one of its own."""
+    settings = _alices_store(reachable_tmp, alice)
+    real = Path(settings["PKGCKPT_STORE"])
+    point = _open(reachable_tmp / "mnt", 0o1777)
+    settings["PKGCKPT_STORE"] = str(point)
+    mounted = subprocess.run(["mount", "--bind", str(real), str(point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mount --bind is refused here: {mounted.stderr.strip()}")
+    try:
+        _record_alicepkg(session, settings)
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
+    bob.run(["sh", "-c", 'echo x > "$1"', "-", str(point / ".pkgckpt-store")], check=True)
+    session.new_container()
+    restore = session.pkgckpt("restore", **settings, **session.runtime())
+    assert restore.returncode == 1, (restore.stdout, restore.stderr)
+    assert f"store {point} is not available" in restore.stderr, restore.stderr
+    assert f".pkgckpt-store marker belongs to {bob.name}" in restore.stderr, restore.stderr
+    assert not (point / alice.name).exists()
+    assert (real / alice.name / "manifest.json").exists()
+    assert init_store(point) is True
+    assert (point / ".pkgckpt-store").stat().st_uid == 0
