@@ -18,6 +18,10 @@ only when no other user could have put what is there now.
         symbolic link anywhere in the subdirectory is checked as one on the recorded path
         is. That directory itself must not be writable by others even with the sticky bit,
         which keeps them from replacing its files but not from adding one the build reads.
+        So must everything below it, which the build may read: each file and directory
+        the user's or root's and not writable by others, each symbolic link trusted as
+        `path_problem` trusts one (at most 200,000 entries are checked; a larger tree is
+        refused).
         A subdirectory that is absolute or climbs with `..` is refused: it does not lie
         below `path`.
     file_problem(path, hashes) -> str | None
@@ -145,6 +149,39 @@ def directory_problem(path: str, subdirectory: str | None = None) -> str | None:
         return f"{current} cannot be checked: {e.strerror}"
     if writable:
         return f"{current} is writable by others: they could add files the installer reads"
+    return _tree_problem(str(current), os.geteuid())
+
+
+_MAX_ENTRIES = 200_000
+"""Entries of a directory source checked before it is refused as too large to check."""
+
+
+def _tree_problem(top: str, me: int) -> str | None:
+    """Why what lies below the directory `top` may not be trusted: the build reads any of
+    it, so a file or directory there that another user owns, or that others can write
+    (sticky or not: a directory others can add to), is refused, and a symbolic link must
+    be the user's or root's and lead where `path_problem` trusts."""
+    count = 0
+    for where, dirs, files in os.walk(top):
+        for name in (*dirs, *files):
+            count += 1
+            if count > _MAX_ENTRIES:
+                return f"{top} holds more than {_MAX_ENTRIES} entries: too many to check"
+            entry = os.path.join(where, name)  # noqa: PTH118
+            try:
+                st = os.lstat(entry)
+            except FileNotFoundError:
+                continue  # gone since the listing: nothing the build could read
+            except OSError as e:
+                return f"{entry} cannot be checked: {e.strerror}"
+            if st.st_uid not in (me, 0):
+                return f"{entry} is owned by {_owner(st.st_uid)}, not by you or root"
+            if stat.S_ISLNK(st.st_mode):
+                problem = path_problem(entry)
+                if problem is not None:
+                    return problem
+            elif st.st_mode & stat.S_IWOTH:
+                return f"{entry} is writable by others"
     return None
 
 

@@ -67,7 +67,8 @@ def test_a_directory_source_others_can_write_is_not_trusted_even_if_sticky(
     """The directory the installer is given is itself world-writable with the sticky bit,
     like /tmp: bob cannot replace its files, but he can add one the build reads (here a
     pyproject.toml beside the project's setup.py, naming a backend of his). The source is
-    refused; a level above it with the sticky bit is not a reason to refuse."""
+    refused, and still is once closed while his file is in it; a level above it with the
+    sticky bit is not a reason to refuse."""
     project = reachable_tmp / "project"
     project.mkdir(mode=0o755)
     (project / "setup.py").write_text("print('genuine')\n")
@@ -84,4 +85,38 @@ def test_a_directory_source_others_can_write_is_not_trusted_even_if_sticky(
 
     project.chmod(0o755)
     reachable_tmp.chmod(0o1777)
+    owned = f"{planted} is owned by {bob.name} (uid {bob.uid}), not by you or root"
+    assert directory_problem(str(reachable_tmp), "project") == owned, "bob's file stays"
+    planted.unlink()
     assert directory_problem(str(reachable_tmp), "project") is None
+
+
+def test_what_lies_below_a_directory_source_is_checked_too(bob: User, reachable_tmp: Path) -> None:
+    """The source directory is root's and closed, but the build reads what is below it
+    too: a package directory in it that others can write (bob replaces its __init__.py),
+    a file of bob's, or a link to a directory of his refuses the source, each named."""
+    project = reachable_tmp / "project"
+    package = project / "pkg"
+    package.mkdir(parents=True, mode=0o755)
+    project.chmod(0o755)
+    (project / "setup.py").write_text("print('genuine')\n")
+    (package / "__init__.py").write_text("")
+    assert directory_problem(str(project)) is None
+
+    package.chmod(0o777)
+    assert bob.run(["sh", "-c", f"echo 'import os' > {package}/x && mv {package}/x "
+                    f"{package}/__init__.py"]).returncode == 0  # fmt: skip
+    assert directory_problem(str(project)) == f"{package} is writable by others"
+    package.chmod(0o755)
+    init = package / "__init__.py"
+    assert directory_problem(str(project)) == (
+        f"{init} is owned by {bob.name} (uid {bob.uid}), not by you or root"
+    )
+    init.unlink()
+    bobs = reachable_tmp / "bobs"
+    bobs.mkdir(mode=0o755)
+    os.chown(bobs, bob.uid, bob.gid)
+    (package / "data").symlink_to(bobs)
+    assert directory_problem(str(project)) == (
+        f"{package / 'data'}: {bobs} is owned by {bob.name} (uid {bob.uid}), not by you or root"
+    )
