@@ -100,9 +100,14 @@ class Outcome(msgspec.Struct, frozen=True):
 
     def tail(self, lines: int = TAIL_LINES) -> str:
         """The last non-blank lines of the output (where installers explain errors),
-        with credentials taken out of any URL: this text goes into reports."""
+        with credentials taken out of any URL: this text goes into reports. An `error:`
+        line above them leads, with `...`: pip's explanation of PEP 668's refusal is
+        longer than the tail, and its first line is the one that names it."""
         kept = [line.rstrip() for line in self.output.splitlines() if line.strip()]
-        return redact_text("\n".join(kept[-lines:]))
+        head = kept[:-lines]
+        first = next((line for line in head if line.lower().startswith("error:")), None)
+        shown = kept[-lines:] if first is None else [first, "...", *kept[2 - lines :]]
+        return redact_text("\n".join(shown))
 
 
 def which(name: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -453,3 +454,67 @@ def test_a_non_pep440_entry_of_another_user_does_not_choose_the_installer(
     planted.mkdir()
     os.lchown(planted, 65534, 65534)
     assert PythonInstaller(env(bare), config(wheels, "auto")).name == "uv"
+
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+def _externally_managed_python() -> str | None:
+    """Why the distribution's Python cannot show PEP 668's refusal here, or None."""
+    if not SYSTEM_PYTHON.exists():
+        return f"no {SYSTEM_PYTHON}"
+    asked = subprocess.run(
+        [SYSTEM_PYTHON, "-I", "-c", "import sys, pip; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if asked.returncode != 0:
+        return f"{SYSTEM_PYTHON} has no pip"
+    marker = Path(f"/usr/lib/python{asked.stdout.strip()}/EXTERNALLY-MANAGED")
+    return None if marker.exists() else f"{marker} does not exist: not externally managed"
+
+
+def test_a_user_site_of_an_externally_managed_python_is_restored(tmp_path: Path) -> None:
+    """On Debian's Python (PEP 668's EXTERNALLY-MANAGED), the user installs into the user
+    site with `pip install --user --break-system-packages`. In a new container restore
+    installs it back with the same pip, which without the override refuses every package
+    ("error: externally-managed-environment")."""
+    why = _externally_managed_python()
+    if why is not None:
+        pytest.skip(why)
+    wheels = tmp_path / "wheels"
+    build_wheel(Dist("pepalpha", "1.0"), wheels)
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path / "home"),
+        "XDG_RUNTIME_DIR": str(run),
+        "PIP_ROOT_USER_ACTION": "ignore",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_CONFIG_FILE": os.devnull,
+        "PKGCKPT_ARTIFACTS": "0",  # so that pip installs it from the find-links
+    }
+    env.pop("VIRTUAL_ENV", None)
+    pip = [str(SYSTEM_PYTHON), "-m", "pip"]
+    flags = ["--store", str(tmp_path / "store"), "--key", "k", "--env", "/usr"]
+    flags += ["--baseline", str(tmp_path / "b.json")]
+
+    def pkgckpt(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pkgckpt", *args], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    assert pkgckpt("store", "init", str(tmp_path / "store")).returncode == 0
+    made = pkgckpt("baseline", "--env", "/usr", "--output", str(tmp_path / "b.json"))
+    assert made.returncode == 0, made.stderr
+    put = [*pip, "install", "--user", "--break-system-packages", "--no-index"]
+    subprocess.run([*put, "--find-links", str(wheels), "pepalpha"], env=env, check=True)
+    snap = pkgckpt("snapshot", *flags)
+    assert snap.returncode == 0, snap.stderr
+    gone = [*pip, "uninstall", "-y", "--break-system-packages", "pepalpha"]
+    subprocess.run(gone, env=env, check=True, capture_output=True)
+    restore = pkgckpt("restore", *flags, "--installer", "pip", "--no-index", "--find-links",
+                      str(wheels))  # fmt: skip
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    assert list(
+        (tmp_path / "home").glob(".local/lib/python3*/site-packages/pepalpha-1.0.dist-info")
+    )

@@ -71,6 +71,20 @@ def test_failure_keeps_the_last_lines_of_stdout_and_stderr() -> None:
     assert tail[-1] == "ERROR: no such version" and tail[0] == "line 89"
 
 
+def test_an_error_line_above_the_tail_leads_it() -> None:
+    """pip's PEP 668 refusal: `error: externally-managed-environment`, then more lines of
+    explanation than the tail holds. The error line leads the tail, then `...`, then the
+    last lines; the tail keeps its length."""
+    script = (
+        "print('Collecting x'); print('error: externally-managed-environment')\n"
+        "for i in range(20): print('explained', i)\n"
+        "raise SystemExit(1)"
+    )
+    tail = call([sys.executable, "-c", script], deadline=Deadline(None)).tail().splitlines()
+    assert tail[:3] == ["error: externally-managed-environment", "...", "explained 10"]
+    assert tail[-1] == "explained 19" and len(tail) == 12
+
+
 def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     """At the deadline the installer and the children it started are killed, and we return."""
     pidfile = tmp_path / "child"

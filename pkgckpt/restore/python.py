@@ -280,6 +280,13 @@ def _owned_by(path: Path, uid: int) -> bool:
         return False
 
 
+def _externally_managed(prefix: Path, interpreter: str | None) -> bool:
+    """The environment's standard library carries PEP 668's EXTERNALLY-MANAGED marker (a
+    venv's prefix has none: its lib/pythonX.Y is not the standard library)."""
+    minor = ".".join((interpreter or "").split(".")[:2])
+    return bool(minor) and (prefix / "lib" / f"python{minor}" / "EXTERNALLY-MANAGED").is_file()
+
+
 def _pip_for(prefix: Path) -> bool:
     """A pip that can install into `prefix`: its own, or the one beside pkgckpt."""
     return _has_pip(prefix) or importlib.util.find_spec("pip") is not None
@@ -313,6 +320,12 @@ class PythonInstaller:
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "PIP_NO_INPUT": "1",
         }
+        if _externally_managed(prefix, env.interpreter):
+            # What is recorded here the user installed past the distribution's PEP 668
+            # marker (--break-system-packages, or --user on a Debian Python): restore puts
+            # it back the same way. Variables, not flags: a pip older than the flag (and
+            # the marker) ignores them.
+            self._env |= {"PIP_BREAK_SYSTEM_PACKAGES": "1", "UV_BREAK_SYSTEM_PACKAGES": "1"}
         if uv is not None and installer_for(config, env) == "uv":
             self._tool = "uv"
             self._command = [uv, "pip"]
