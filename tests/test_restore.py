@@ -395,6 +395,8 @@ def test_environments_not_here_are_left_alone(tmp_path: Path, image: Venv, wheel
         "not tracked here (use --env PATH or discovery)"
     ) in text
     assert "Nothing to restore in the environments tracked here" in text
+    library = Environment(kind="r", path=str(tmp_path / "untracked"))
+    assert restore.unpaired(library, ()) == "not tracked here (use --r-lib DIR or discovery)"
 
 
 def test_a_dry_run_names_the_installed_version_of_a_removal(

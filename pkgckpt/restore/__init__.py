@@ -240,6 +240,7 @@ class Skipped(_Out, frozen=True, kw_only=True):
 
 
 NOT_TRACKED = "not tracked here (use --env PATH or discovery)"
+NOT_TRACKED_R = "not tracked here (use --r-lib DIR or discovery)"
 MISSING = "missing"
 
 
@@ -250,7 +251,7 @@ def unpaired(env: Environment, here: Sequence[Environment]) -> str:
     if reason is not None:
         return reason
     if os.path.lexists(env.path):
-        return NOT_TRACKED
+        return NOT_TRACKED_R if env.kind == "r" else NOT_TRACKED
     import shlex  # only for a missing environment: a restore imports no more than it needs
 
     flag = "--r-lib" if env.kind == "r" else "--env"
