@@ -384,8 +384,11 @@ class Tracker:
         inventory = self._baseline.inventory(env) if self._baseline is not None else None
         image, shipped = None, []
         making = None
+        started: dict[str, Package] = {}
         if inventory is not None and self._baseline is not None:
             base, pinned = inventory.by_name(), frozenset[str]()
+            if self._baseline.container:
+                started = base  # what this container started with, the user's included
             shipped = inventory_image(self._baseline, env)
             image = manifest.image_identity(shipped)
             if recorded is not None and recorded.image not in (None, image):
@@ -415,6 +418,10 @@ class Tracker:
             env, base, pinned, state, {}, history, identity=obs.identity, image=image, making=making
         )
         track.shipped = {p.name: p for p in shipped}
+        # A recorded install this container started with (a library that outlived the
+        # last one) counts as seen: one found gone is an uninstall made here, before this
+        # process could watch (a store that arrived late), not one a restore has to make.
+        track.last = {n: p for n, p in started.items() if n in state and same_install(state[n], p)}
         if recorded is not None:
             _remember(track, recorded)
         return track

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -431,6 +432,25 @@ def test_an_observed_uninstall_of_an_addition_the_baseline_holds_is_recorded() -
     t.observe(ENV, Observation({**IMAGE, **ATTRS}))
     t.observe(ENV, Observation(dict(IMAGE)))
     assert names(t.body().delta(ENV)) == {"added": [], "changed": [], "removed": ["attrs==23.1.0"]}
+
+
+def test_an_uninstall_before_the_first_scan_of_what_the_container_started_with_counts() -> None:
+    """A library in a persistent home: this container's own baseline lists attrs, which
+    the record holds as added. Found gone at the first scan (the user uninstalled it while
+    the store was not mounted yet, before a session could open), it was uninstalled here:
+    it leaves the record. With the image's baseline it is one a restore has not made yet,
+    and stays; an empty library (unmounted, not emptied) takes nothing out either."""
+    container = msgspec.structs.replace(POLLUTED, container=True)
+    t = Tracker(container, _recorded_attrs(IMAGE_ID))
+    changes = t.observe(ENV, Observation(dict(IMAGE)))
+    assert [(c.action, c.name) for c in changes] == [("remove", "attrs")]
+    assert names(t.body().delta(ENV)) == {"added": [], "changed": [], "removed": []}
+    image = Tracker(BASELINE, _recorded_attrs(IMAGE_ID))
+    assert image.observe(ENV, Observation(dict(IMAGE))) == []
+    assert names(image.body().delta(ENV))["added"] == ["attrs==23.1.0"]
+    empty = Tracker(container, _recorded_attrs(IMAGE_ID))
+    assert empty.observe(ENV, Observation({})) == []
+    assert names(empty.body().delta(ENV))["added"] == ["attrs==23.1.0"]
 
 
 def test_a_record_without_an_image_keeps_it_unknown_while_entries_do_not_fit() -> None:

@@ -322,3 +322,35 @@ def test_status_during_an_outage_shows_the_last_commit_and_only_what_the_store_l
         assert holds(world, "alpha==1.0"), "what was committed before the outage stays"
     finally:
         subprocess.run(["umount", "-l", str(world.store)], check=False, capture_output=True)
+
+
+def test_an_uninstall_made_before_a_late_store_arrives_is_recorded(
+    world: World, venv: Venv, wheels: Path, late: Path
+) -> None:
+    """A venv that outlives its container holds alpha and beta, recorded. The new
+    container's restore fails (the store is not mounted yet) after taking this container's
+    baseline; the daemon starts without a store, the user uninstalls beta, then the store
+    arrives: beta leaves the record's installs, which keep alpha, and the next restore
+    does not bring it back."""
+    uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
+    record(world, venv, late, "alpha==1.0", "beta==1.0")
+    early = world.pkgckpt("restore", *world.flags(venv.prefix), "--no-index")
+    assert early.returncode == 1, early.stdout + early.stderr
+    d = world.daemon(*world.flags(venv.prefix), "--quiet-ms", "100").start()
+    try:
+        subprocess.run(
+            ["uv", "pip", "uninstall", "--python", str(venv.python), "beta"],
+            check=True, capture_output=True, env=world.env,
+        )  # fmt: skip
+        mount_bind(late, world.store)
+        # The record names no image, so this container's baseline, which holds beta, is
+        # the image: its uninstall may be recorded as a removal. Either way not an install.
+        eventually(lambda: (recorded(world) or ([],))[0] == ["alpha==1.0"], 120, "beta gone")
+        assert d.stop() == 0, d.output()
+    finally:
+        d.close()
+    again = world.pkgckpt(
+        "restore", *world.flags(venv.prefix), "--no-index", "--find-links", str(wheels)
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert installed(venv) == {"alpha", "image_pkg"}
