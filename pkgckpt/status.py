@@ -847,7 +847,7 @@ def collect(config: Config) -> Report:
     if unread is not None:
         envs = _outage(envs, state if alive else None)
     elif alive and state is not None and state.pending_changes:
-        envs = _forgets(envs, state.pending_changes)
+        envs = _held(envs, state.pending_changes)
     unlisted = None
     if not alive:
         # Read-only: a daemon that holds the lock is shown, not woken (`find_daemon`).
@@ -921,15 +921,30 @@ def _outage(envs: list[EnvReport], daemon: DaemonState | None) -> list[EnvReport
     return out
 
 
-def _forgets(envs: list[EnvReport], held: tuple[EnvChanges, ...]) -> list[EnvReport]:
-    """The forgets the running daemon made that the store did not take (read-only, full):
-    the store still records those packages, and only the daemon knows they are going.
-    Installs pending are found by status's own scan; a forget leaves nothing to scan."""
-    theirs = {checkpoint.env_key(p.env): p.forgotten for p in held if p.forgotten}
-    return [
-        msgspec.structs.replace(e, pending_forgets=theirs.get(checkpoint.env_key(e.env), ()))
-        for e in envs
-    ]
+def _held(envs: list[EnvReport], held: tuple[EnvChanges, ...]) -> list[EnvReport]:
+    """What the running daemon holds and the store did not take (read-only, full), that
+    status's own scan cannot find: its forgets, which leave nothing to scan, and its
+    uninstalls, which one scan takes for recorded packages a restore has not made yet
+    (only the daemon saw them go). Installs pending are found by that scan."""
+    theirs = {checkpoint.env_key(p.env): p for p in held}
+    out = []
+    for e in envs:
+        mine = theirs.get(checkpoint.env_key(e.env))
+        if mine is None:
+            out.append(e)
+            continue
+        seen = {c.name for c in e.pending}
+        gone = tuple(c for c in mine.changes if c.action == "remove" and c.name not in seen)
+        names = {c.name for c in gone}
+        out.append(
+            msgspec.structs.replace(
+                e,
+                pending=(*e.pending, *gone),
+                pending_forgets=mine.forgotten,
+                unrestored=tuple(c for c in e.unrestored if c.name not in names),
+            )
+        )
+    return out
 
 
 def _stranded(prefix: Path) -> Stranded | None:

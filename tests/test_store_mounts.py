@@ -354,3 +354,44 @@ def test_an_uninstall_made_before_a_late_store_arrives_is_recorded(
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert installed(venv) == {"alpha", "image_pkg"}
+
+
+def test_status_shows_an_uninstall_a_read_only_store_did_not_take_as_pending(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """The store, readable, stops taking writes (remounted read-only) after alpha and beta
+    are committed; the user uninstalls beta and installs gamma. status lists both as
+    pending, the uninstall from the daemon (one scan of its own would take beta for a
+    package a restore has not made yet), and not beta as one restore would install."""
+    real = world.tmp / "real-store"
+    world.store.rename(real)
+    world.store.mkdir(0o700)
+    mount_bind(real, world.store)
+    d = daemon(world, venv)
+    args = ["status", *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    try:
+        uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
+        eventually(lambda: holds(world, "alpha==1.0", "beta==1.0"), 60, "both committed")
+        remount = ["mount", "-o", "remount,bind,ro", str(world.store)]
+        subprocess.run(remount, check=True, capture_output=True)
+        subprocess.run(
+            ["uv", "pip", "uninstall", "--python", str(venv.python), "beta"],
+            check=True, capture_output=True, env=world.env,
+        )  # fmt: skip
+        uv_install(venv.python, wheels, "gamma==1.0", env=world.env)
+
+        def refused() -> Any:
+            out = json.loads(world.pkgckpt(*args, "--json").stdout)
+            state = out["daemon"] or {}
+            return out if state.get("pending") == 2 and state.get("last_error") else None
+
+        report = eventually(refused, 60, "the daemon holding both, the store refusing them")
+        assert pending_names(report, venv) == ["beta", "gamma"]
+        assert venv_report(report, venv)["unrestored"] == []
+        text = world.pkgckpt(*args).stdout
+        assert "    pending  install gamma 1.0, remove beta 1.0\n" in text, text
+        assert "restore" not in text.split("python ")[-1], text
+    finally:
+        d.kill()
+        d.close()
+        subprocess.run(["umount", "-l", str(world.store)], check=False, capture_output=True)
