@@ -11,12 +11,14 @@ that matched libraries by path alone would leave the user's packages behind. The
    library, RStudio's user library, a site library, `R_LIBS`, a named `--r-lib`): when
    exactly one R library here of that role is left over, it is the recorded one of that
    role, or the one recorded by the newest R when several are (4.1, then 4.2, now 4.3:
-   the 4.2 record is the user's latest). RStudio's (`r-libs-user=~/R/library/%v`) is a
-   role of its own, not "user": beside R's own user library it moves with R too, and two
-   of one role would match nothing. A library here that its own path matched is never
-   taken again: once
+   the 4.2 record is the user's latest), and of several by that R, the one that changed
+   last (its history's last time: a user library moved twice under one R). RStudio's
+   (`r-libs-user=~/R/library/%v`) is a role of its own, not "user": beside R's own user
+   library it moves with R too, and two of one role would match nothing. A library here
+   that its own path matched is never taken again: once
    the daemon recorded the new user library, the old record no longer speaks for it.
-   Several of a role left over here, or a tie for the newest R, match nothing.
+   Several of a role left over here, or a tie for the newest R and the last change,
+   match nothing.
    A record written before roles were (role None) is taken for the user library when
    its path is this R's user library with the recorded R's `major.minor` in place of
    this one's (`~/R/<platform>-library/4.3` for `.../4.4`): R's default.
@@ -73,9 +75,31 @@ def rebuilt(recorded: Package, found: Package) -> bool:
     return was is not None and now is not None and was != now
 
 
-def pair(recorded: Sequence[Environment], here: Sequence[Environment]) -> dict[int, int]:
+def latest(delta: Delta) -> str:
+    """When the record of a library last changed (its history's last time; "" with none):
+    of two records by the same R, the later is the user's latest."""
+    return max((c.time or "" for c in delta.history), default="")
+
+
+def _ranked(
+    left: Sequence[int], recorded: Sequence[Environment], when: Sequence[str]
+) -> tuple[list[int], bool]:
+    """`left` (indices in `recorded`), newest R first, then latest change (`when`, by
+    index, when given); and whether the first two tie on both."""
+
+    def key(i: int) -> tuple[tuple[int, ...], str]:
+        return _release(recorded[i].interpreter), when[i] if when else ""
+
+    ranked = sorted(left, key=key, reverse=True)
+    return ranked, len(ranked) > 1 and key(ranked[0]) == key(ranked[1])
+
+
+def pair(
+    recorded: Sequence[Environment], here: Sequence[Environment], when: Sequence[str] = ()
+) -> dict[int, int]:
     """Index in `recorded` -> index in `here` of the environment it stands for (see the
-    module docstring); an environment matched by neither rule is left out."""
+    module docstring; `when`: each record's `latest`, which breaks a tie for the newest
+    R); an environment matched by neither rule is left out."""
     paired: dict[int, int] = {}
     for i, env in enumerate(recorded):
         j = next((j for j, h in enumerate(here) if same_env(env, h)), None)
@@ -88,17 +112,17 @@ def pair(recorded: Sequence[Environment], here: Sequence[Environment]) -> dict[i
         free = [
             j for j, h in enumerate(here) if j not in taken and h.kind == "r" and h.role == kind
         ]
-        newest = sorted(left, key=lambda i: _release(recorded[i].interpreter), reverse=True)
-        tie = len(newest) > 1 and _release(recorded[newest[0]].interpreter) == _release(
-            recorded[newest[1]].interpreter
-        )
+        newest, tie = _ranked(left, recorded, when)
         if len(free) == 1 and not tie:
             paired[newest[0]] = free[0]
     return paired
 
 
 def predecessors(
-    recorded: Sequence[Environment], here: Sequence[Environment], paired: Mapping[int, int]
+    recorded: Sequence[Environment],
+    here: Sequence[Environment],
+    paired: Mapping[int, int],
+    when: Sequence[str] = (),
 ) -> dict[int, int]:
     """Index in `recorded` of an R library matched by its own path (in `paired`, from
     `pair`) -> index of the record of its role left unpaired that rule 2 would have taken
@@ -110,16 +134,9 @@ def predecessors(
         if h.kind != "r" or h.role is None or not same_env(recorded[i], h):
             continue
         same = [k for k, o in enumerate(here) if o.kind == "r" and o.role == h.role]
-        left = sorted(
-            (k for k, r in roles.items() if r == h.role),
-            key=lambda k: _release(recorded[k].interpreter),
-            reverse=True,
-        )
+        left, tie = _ranked([k for k, r in roles.items() if r == h.role], recorded, when)
         if same != [j] or not left:
             continue
-        tie = len(left) > 1 and _release(recorded[left[0]].interpreter) == _release(
-            recorded[left[1]].interpreter
-        )
         if not tie:
             out[i] = left[0]
     return out
@@ -151,7 +168,8 @@ def carry_on(
     the older record of its role (`predecessors`, `carried`) -> (the older record's index,
     the library's record with those installs added): what restore plans, and status shows."""
     out: dict[int, tuple[int, Delta]] = {}
-    for i, k in predecessors([d.env for d in recorded], here, paired).items():
+    when = [latest(d) for d in recorded]
+    for i, k in predecessors([d.env for d in recorded], here, paired, when).items():
         added, changed = carried(recorded[k], recorded[i])
         if added or changed:
             own = recorded[i]

@@ -785,7 +785,8 @@ def collect(config: Config) -> Report:
     found = inventory.targets(config, unreadable=unreadable, r=r_tracking)
     inventory.expect(found, baseline)
     here = [t.env for t in found]
-    matched = rmatch.pair([d.env for d in recorded_envs], here)
+    latest = [rmatch.latest(d) for d in recorded_envs]
+    matched = rmatch.pair([d.env for d in recorded_envs], here, latest)
     paired = {j: recorded_envs[i] for i, j in matched.items()}
     # What an older record of an R library's role still owes it, as restore plans it.
     owed = {matched[i]: d for i, (_, d) in rmatch.carry_on(recorded_envs, here, matched).items()}

@@ -359,12 +359,19 @@ def test_a_path_match_wins_and_is_never_taken_again_by_role() -> None:
 
 def test_the_newest_r_record_of_a_role_takes_the_one_library_left_of_it() -> None:
     """Two R upgrades in a row (records of 4.1 and 4.2, now 4.3): the 4.2 record, the
-    user's latest, goes to the user library; a tie for the newest matches nothing."""
+    user's latest, goes to the user library; between records of the same R, the one that
+    changed last; a tie on both matches nothing."""
     r41, r42 = r_env("/h/R/4.1", "user", "4.1.3"), r_env("/h/R/4.2", "user", "4.2.2")
     here = [r_env("/h/R/4.3", "user", "4.3.0")]
     assert pair([r41, r42], here) == {1: 0}
     assert pair([r42, r41], here) == {0: 0}
-    assert pair([r42, r_env("/other/4.2", "user", "4.2.2")], here) == {}
+    other = r_env("/other/4.2", "user", "4.2.2")
+    assert pair([r42, other], here) == {}
+    # The same R twice (R_LIBS_USER moved A -> B): the record that changed last wins.
+    later = ["2026-12-01T10:00:00.000+00:00", "2026-12-02T09:00:00.000+00:00"]
+    assert pair([r42, other], here, later) == {1: 0}
+    assert pair([r42, other], here, later[::-1]) == {0: 0}
+    assert pair([r42, other], here, [later[0], later[0]]) == {}
 
 
 def test_roles_match_only_one_library_left_here() -> None:

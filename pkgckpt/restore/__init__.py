@@ -112,7 +112,7 @@ from ..manifest import (
     same_source,
     visible,
 )
-from ..rmatch import carry_on, moved, pair, stale_build, superseded
+from ..rmatch import carry_on, latest, moved, pair, stale_build, superseded
 from ..runner import Watchdog, redact_text, stop_on_signals
 from ..scan.python import strip_credentials
 from ..validate import canonical, check_body
@@ -747,7 +747,7 @@ def _plan(
     # conda's packages first: pip's in the same prefix may need them.
     deltas = (*manifest.body.conda, *manifest.body.environments)
     here = [t.env for t in targets]
-    paired = pair([d.env for d in deltas], here)
+    paired = pair([d.env for d in deltas], here, [latest(d) for d in deltas])
     # An R library's own record may still owe it installs of the record it took over.
     carry = carry_on(deltas, here, paired)
     owed = {
