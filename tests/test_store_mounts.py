@@ -250,6 +250,17 @@ def pending_names(report: Any, venv: Venv) -> list[str]:
     return sorted(c["name"] for c in venv_report(report, venv)["pending"])
 
 
+def mounted_daemon(world: World, venv: Venv) -> tuple[Daemon, list[str]]:
+    """The real store bind-mounted at the configured path (to be unmounted or remounted
+    under the daemon), the daemon started, and the `status` command line for the venv."""
+    real = world.tmp / "real-store"
+    world.store.rename(real)
+    world.store.mkdir(0o700)
+    mount_bind(real, world.store)
+    args = ["status", *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    return daemon(world, venv), args
+
+
 def test_status_during_an_outage_shows_the_last_commit_and_only_what_the_store_lacks(
     world: World, venv: Venv, wheels: Path
 ) -> None:
@@ -257,12 +268,7 @@ def test_status_during_an_outage_shows_the_last_commit_and_only_what_the_store_l
     shows the daemon's last generation instead of "none yet", and lists as pending only
     the install made since, not the one already on the store; with the daemon gone, it
     says the checkpoint is unknown and lists nothing as pending."""
-    real = world.tmp / "real-store"
-    world.store.rename(real)
-    world.store.mkdir(0o700)
-    mount_bind(real, world.store)
-    d = daemon(world, venv)
-    args = ["status", *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    d, args = mounted_daemon(world, venv)
     try:
         uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
         eventually(lambda: holds(world, "alpha==1.0"), 60, "alpha committed")
@@ -317,7 +323,7 @@ def test_status_during_an_outage_shows_the_last_commit_and_only_what_the_store_l
     finally:
         d.close()
         subprocess.run(["umount", "-l", str(world.store)], check=False, capture_output=True)
-    mount_bind(real, world.store)
+    mount_bind(world.tmp / "real-store", world.store)
     try:
         assert holds(world, "alpha==1.0"), "what was committed before the outage stays"
     finally:
@@ -363,12 +369,7 @@ def test_status_shows_an_uninstall_a_read_only_store_did_not_take_as_pending(
     are committed; the user uninstalls beta and installs gamma. status lists both as
     pending, the uninstall from the daemon (one scan of its own would take beta for a
     package a restore has not made yet), and not beta as one restore would install."""
-    real = world.tmp / "real-store"
-    world.store.rename(real)
-    world.store.mkdir(0o700)
-    mount_bind(real, world.store)
-    d = daemon(world, venv)
-    args = ["status", *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    d, args = mounted_daemon(world, venv)
     try:
         uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
         eventually(lambda: holds(world, "alpha==1.0", "beta==1.0"), 60, "both committed")

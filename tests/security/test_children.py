@@ -478,26 +478,12 @@ def test_an_r_tarball_bob_rewrote_at_alices_recorded_file_url_is_refused(
     assert sorted(p.name for p in lib.iterdir()) == ["ckptGone"]
 
 
-def test_a_kernel_venvs_python3_bob_can_write_is_never_run(
-    victim: Alice, bob: User, shared_tmp: Path
-) -> None:
-    """alice's kernel names her venv's bin/python; its bin/python3, which tracking the venv
-    would start, is open to everyone and bob fills it. `pkgckpt status` (discovery on)
-    reports the venv as not tracked, with why, and bob's code never runs as alice."""
-    user = victim.user
-    markers = shared_tmp / "markers"
-    bob.run(["mkdir", "-m", "0777", str(markers)], check=True)
-    venv = shared_tmp / "alice-env"
-    victim.run_as([str(victim.tool / "bin" / "python"), "-m", "venv", "--without-pip", str(venv)])
-    python3 = venv / "bin" / "python3"
-    victim.run_as(["sh", "-c", 'rm "$1" && : > "$1" && chmod 0777 "$1"', "-", str(python3)])
-    payload = f'#!/bin/sh\ntouch {markers / "python3"}\nexec {venv}/bin/python "$@"\n'
-    bob.run(["sh", "-c", 'printf "%s" "$1" > "$2"', "-", payload, str(python3)], check=True)
+def kernel_status(victim: Alice, python: Path) -> subprocess.CompletedProcess[str]:
+    """alice's `pkgckpt status` with kernel discovery, her one kernelspec naming `python`."""
     data = victim.home / "jupyter"
-    spec = {"argv": [str(venv / "bin" / "python"), "-m", "ipykernel_launcher"],
-            "language": "python"}  # fmt: skip
+    spec = json.dumps({"argv": [str(python), "-m", "ipykernel_launcher"], "language": "python"})
     victim.run_as(["mkdir", "-p", str(data / "kernels" / "k")])
-    victim.run_as(["sh", "-c", 'printf "%s" "$1" > "$2"', "-", json.dumps(spec),
+    victim.run_as(["sh", "-c", 'printf "%s" "$1" > "$2"', "-", spec,
                    str(data / "kernels" / "k" / "kernel.json")])  # fmt: skip
     pkgckpt = str(victim.tool / "bin" / "pkgckpt")
     victim.run_as([pkgckpt, "store", "init", str(victim.store)])
@@ -506,8 +492,26 @@ def test_a_kernel_venvs_python3_bob_can_write_is_never_run(
         "PKGCKPT_DISCOVER": "kernels",
         "XDG_RUNTIME_DIR": str(victim.home / "run"),
     }
-    status = user.run([pkgckpt, "status", "--store", str(victim.store), "--key", user.name],
-                      env=env, cwd=victim.home)  # fmt: skip
+    name = victim.user.name
+    return victim.user.run([pkgckpt, "status", "--store", str(victim.store), "--key", name],
+                           env=env, cwd=victim.home)  # fmt: skip
+
+
+def test_a_kernel_venvs_python3_bob_can_write_is_never_run(
+    victim: Alice, bob: User, shared_tmp: Path
+) -> None:
+    """alice's kernel names her venv's bin/python; its bin/python3, which tracking the venv
+    would start, is open to everyone and bob fills it. `pkgckpt status` (discovery on)
+    reports the venv as not tracked, with why, and bob's code never runs as alice."""
+    markers = shared_tmp / "markers"
+    bob.run(["mkdir", "-m", "0777", str(markers)], check=True)
+    venv = shared_tmp / "alice-env"
+    victim.run_as([str(victim.tool / "bin" / "python"), "-m", "venv", "--without-pip", str(venv)])
+    python3 = venv / "bin" / "python3"
+    victim.run_as(["sh", "-c", 'rm "$1" && : > "$1" && chmod 0777 "$1"', "-", str(python3)])
+    payload = f'#!/bin/sh\ntouch {markers / "python3"}\nexec {venv}/bin/python "$@"\n'
+    bob.run(["sh", "-c", 'printf "%s" "$1" > "$2"', "-", payload, str(python3)], check=True)
+    status = kernel_status(victim, venv / "bin" / "python")
     assert list(markers.iterdir()) == [], "bob's python3 ran as alice"
     assert status.returncode == 0, (status.stdout, status.stderr)
     assert f"{python3} is writable by group or others" in status.stdout, status.stdout
@@ -532,27 +536,12 @@ def test_a_kernel_python_reached_through_bobs_link_is_never_run(
     link = victim.home / "lnk" / "bin" / "python3"
     victim.run_as(["mkdir", "-p", str(link.parent)])
     victim.run_as(["ln", "-s", str(bobs / "py"), str(link)])
-    data = victim.home / "jupyter"
-    victim.run_as(["mkdir", "-p", str(data / "kernels" / "hop")])
-    spec = json.dumps({"argv": [str(link), "-m", "ipykernel_launcher"], "language": "python"})
-    victim.run_as(["sh", "-c", 'printf "%s" "$1" > "$2"', "-", spec,
-                   str(data / "kernels" / "hop" / "kernel.json")])  # fmt: skip
-    pkgckpt = str(victim.tool / "bin" / "pkgckpt")
-    victim.run_as([pkgckpt, "store", "init", str(victim.store)])
-    env = {
-        "JUPYTER_DATA_DIR": str(data),
-        "PKGCKPT_DISCOVER": "kernels",
-        "XDG_RUNTIME_DIR": str(victim.home / "run"),
-    }
     swap = 'ln -sfn "$1" t && mv -T t py'
     flip = f"cd {bobs} && while :; do set -- evil; {swap}; set -- {python}; {swap}; done"
     flipper = subprocess.Popen(["runuser", "-u", bob.name, "--", "sh", "-c", flip])
     try:
         for _ in range(10):
-            status = victim.user.run(
-                [pkgckpt, "status", "--store", str(victim.store), "--key", victim.user.name],
-                env=env, cwd=victim.home,
-            )  # fmt: skip
+            status = kernel_status(victim, link)
             assert status.returncode == 0, (status.stdout, status.stderr)
             assert f"{bobs} belongs to uid {bob.uid}" in status.stdout, status.stdout
     finally:
