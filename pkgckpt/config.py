@@ -200,7 +200,7 @@ def find_runtime_dir(path: Path) -> Path:
     try:
         why = untrusted(path)
     except FileNotFoundError:
-        return path
+        return _moved() or path
     except OSError as e:
         why = e.strerror or str(e)
     if why is None:
@@ -208,6 +208,18 @@ def find_runtime_dir(path: Path) -> Path:
     fallback = fallback_runtime_dir()
     _passed_over(path, why, fallback)
     return fallback
+
+
+def _moved() -> Path | None:
+    """The private fallback, when this container's run has one: it passed the usual
+    directory over earlier, and that directory gone since (whoever planted it removed
+    it) does not move the runtime directory back, away from what is kept there (the
+    container's baseline, the daemon's status)."""
+    fallback = fallback_runtime_dir()
+    try:
+        return fallback if untrusted(fallback) is None else None
+    except OSError:
+        return None
 
 
 def _make_private(path: Path) -> str | None:
@@ -229,6 +241,10 @@ def ensure_runtime_dir(path: Path) -> Path:
     name) to read our status or feed us a baseline or a daemon pid. Nothing in one that is
     not ours is read or written.
     """
+    if not os.path.lexists(path):
+        moved = _moved()
+        if moved is not None:
+            return moved
     why = _make_private(path)
     if why is None:
         return path

@@ -234,6 +234,25 @@ def test_a_planted_runtime_dir_is_passed_over_for_the_private_fallback_once(
     assert config.load({"runtime_dir": real}, environ={}).runtime_dir == fallback
 
 
+def test_the_fallback_stays_the_runtime_dir_once_the_planted_one_is_gone(
+    tmp_path: Path, cache: Path
+) -> None:
+    """The usual directory, planted, sent this container's first command to the fallback,
+    where its baseline is kept; whoever planted it then removes it. Readers and writers
+    stay in the fallback, and the usual directory is not made again: a baseline taken
+    there now would count the user's installs as the image's."""
+    planted = tmp_path / "pkgckpt-1000"
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)
+    fallback = config.ensure_runtime_dir(planted)
+    assert fallback.is_relative_to(cache)
+    (fallback / "baseline.json").write_text("{}")
+    planted.rmdir()
+    assert config.find_runtime_dir(planted) == fallback
+    assert config.ensure_runtime_dir(planted) == fallback
+    assert not planted.exists()
+
+
 def test_the_runtime_dir_follows_xdg_then_tmpdir(monkeypatch: pytest.MonkeyPatch) -> None:
     """XDG_RUNTIME_DIR/pkgckpt, else $TMPDIR/pkgckpt-<uid>, else /tmp/pkgckpt-<uid>."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/7")
