@@ -106,8 +106,16 @@ restore() {
 }
 restore
 
-# 2. The daemon in the background (it takes the baseline only if restore could not).
-pkgckpt daemon &
+# 2. The daemon in the background (it takes the baseline only if restore could not), in
+#    a session of its own where setsid(1) is installed: `tini -g`, a Ctrl-C at a terminal
+#    or a kill of the whole process group then reaches the server and this shell, not the
+#    daemon, which is told to stop only once the server is gone (below). Started from a
+#    shell without job control, setsid does not fork: $! is the daemon.
+if command -v setsid >/dev/null 2>&1; then
+    setsid pkgckpt daemon &
+else
+    pkgckpt daemon &
+fi
 daemon=$!
 
 # 3. The notebook server, with SIGTERM/SIGINT forwarded to it. bash starts a background

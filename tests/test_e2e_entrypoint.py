@@ -409,15 +409,23 @@ def _serving(tmp_path: Path, code: str) -> tuple[subprocess.Popen[str], Path]:
     return proc, calls
 
 
+@pytest.mark.parametrize("group", [False, True], ids=["entrypoint", "process-group"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_stop_signal_ends_the_server_then_the_daemon(tmp_path: Path, sig: signal.Signals) -> None:
+def test_a_stop_signal_ends_the_server_then_the_daemon(
+    tmp_path: Path, sig: signal.Signals, group: bool
+) -> None:
     """SIGINT (tini passes on a Ctrl-C) stops the server as SIGTERM does, though bash starts
     background commands with SIGINT ignored; the daemon is told to flush once the server
-    has exited, not before, and the entrypoint then exits."""
+    has exited, not before, and the entrypoint then exits. So too when the signal goes to
+    the whole process group (`tini -g`, a Ctrl-C at a terminal): the daemon, in a session
+    of its own, does not hear it, so what the server's shutdown installs is in its flush."""
     proc, calls = _serving(tmp_path, PLAIN_SERVER)
     try:
         time.sleep(0.2)  # the entrypoint is in its wait, its traps set
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         proc.wait(20)
     finally:
         if proc.poll() is None:
