@@ -608,6 +608,30 @@ def test_restore_holds_back_a_package_known_only_from_the_index(
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.slow
+def test_a_plan_that_uses_up_the_timeout_says_how_long_the_restore_took(
+    tmp_path: Path, index: Index, built: Path
+) -> None:
+    """On a new image, an index that answers a byte at a time holds the plan's reads until
+    `--timeout` (2 s) runs out; nothing is installed then. The report says the timeout ran
+    out after the 2 s and more the restore took, not after the time its installs took."""
+    from daemon_kit import World
+    from test_rebase import Scenario
+
+    (project := index.root / "simple" / "olduser").mkdir(parents=True)
+    (project / "drip").touch()
+    (tmp_path / "w").mkdir()
+    s = Scenario(World.make(tmp_path / "w"), built, tmp_path / "venv")
+    b1 = s.image(sys.executable, ["evaldep==1.0"], "b1.json")
+    s.user_changes(b1, ["olduser==1.0"], [])
+    b2 = s.image(sys.executable, ["evaldep==2.0"], "b2.json")
+    args = ["restore", *s.flags(b2), "--index-url", index.url, "--timeout", "2", "--json"]
+    done = s.world.pkgckpt(*args, timeout=120)
+    report = json.loads(done.stdout)
+    assert report["timed_out"] is True, done.stdout + done.stderr
+    assert report["seconds"] >= 2.0, report["seconds"]
+
+
 def test_a_corrupt_wheel_in_the_find_links_is_named_in_the_reason(
     tmp_path: Path, built: Path
 ) -> None:

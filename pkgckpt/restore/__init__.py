@@ -1193,7 +1193,10 @@ def _apply(
                     notes.append(f"{fallback}; installed from its source")
                 continue
             if fallback is not None:
-                notes.append(f"{fallback}; its source was tried and failed too")
+                tried = "the timeout ran out before its source could be installed"
+                if not deadline.expired():
+                    tried = "its source was tried and failed too"
+                notes.append(f"{fallback}; {tried}")
             missing = work.unmet.get(canonical(s.name))
             why = "not installed after the installer reported success"
             if missing is not None and _in_place(work.kind, s, now.get(_key(work.kind, s.name))):
@@ -1349,6 +1352,9 @@ def _run(
         stop_on_signals()
         watchdog.doing, watchdog.code = "installing and removing packages", 3
         report = _apply(the_plan, config, found, deadline, progress or _terminal_progress())
+    # The whole restore's time: the baseline, the store and the plan's index reads count
+    # against the timeout as the installs do ("the timeout ran out after 5.0 s").
+    report = msgspec.structs.replace(report, seconds=round(time.monotonic() - started, 3))
     if remade:
         report = msgspec.structs.replace(report, remade=remade)
     marks = any(
