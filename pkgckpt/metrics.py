@@ -75,13 +75,13 @@ _record_decoder = msgspec.json.Decoder(RestoreRecord)
 def failure_reason(error: PkgckptError) -> str:
     """A commit failure's label: few values, each asking for a different remedy."""
     if isinstance(error, StoreUnavailable):
-        return "unavailable"  # EIO, ENOSPC, ESTALE, ...: retried
+        return "unavailable"  # EIO, ENOSPC, ESTALE, a missing or unmarked root: retried
     if isinstance(error, UnknownSchema):
         return "unknown_schema"  # a newer pkgckpt wrote the manifest
     if isinstance(error, ManifestError):
         return "manifest"
     if isinstance(error, StoreError):
-        return "refused"  # ownership, permissions, read-only, an unmarked store
+        return "refused"  # ownership, permissions, read-only
     return "other"
 
 
