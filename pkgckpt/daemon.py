@@ -429,6 +429,10 @@ class Daemon:
                     len(self.targets),
                     self.store.path,
                 )
+                # Said before the store is read: a hard mount whose server stopped
+                # answering holds that read, and `status` would meanwhile find no daemon.
+                self._set(phase="starting")
+                self._flush()
                 self._open()
                 self._commit()
                 self._set(phase="watching")

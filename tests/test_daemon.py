@@ -626,6 +626,28 @@ def hung(world: World) -> bool:
 
 
 @pytest.mark.slow
+def test_status_finds_a_daemon_whose_first_read_of_the_store_hangs(
+    world: World, venv: Venv, shim: Path
+) -> None:
+    """The store stops answering before the daemon's first read of it (a hard NFS mount):
+    `status` says the daemon is running, starting, not that none runs while it holds the
+    lock and a second daemon exits 4."""
+    flags = [*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json")]
+    d = world.daemon(*flags, "--quiet-ms", "50")
+    d.start(
+        ready=False, extra_env=hang_opens(world, shim, f"{glob_escape(world.store / world.key)}*")
+    )
+    try:
+        eventually(lambda: hung(world), 30, "the daemon's first read of the store to hang")
+        shown = json.loads(world.pkgckpt("status", "--json", *flags).stdout)
+        assert shown["daemon_running"] is True, shown
+        text = world.pkgckpt("status", *flags).stdout
+        assert "daemon:     running (pid " in text and ", starting since " in text, text
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["while running", "in the shutdown flush"])
 def test_a_store_that_stops_answering_ends_the_daemon_within_its_shutdown_timeout(
     world: World, venv: Venv, wheels: Path, shim: Path, when: str
