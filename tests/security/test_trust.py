@@ -153,8 +153,12 @@ class Session:
         return self.alice.run([*PKGCKPT, *args], env=self.env(**extra))
 
     def new_container(self) -> None:
-        """A fresh venv at the same path and a fresh runtime directory: a pod restart."""
+        """A fresh venv at the same path and a fresh runtime directory: a pod restart. A new
+        container has a run of its own: the private fallback runtime directory an earlier
+        one used (named by the host, the boot and pid 1's start, which do not change
+        between these tests) is not its own, so it goes."""
         self.container += 1
+        shutil.rmtree(self.alice.home / ".cache" / "pkgckpt", ignore_errors=True)
         if self.venv.exists():
             shutil.rmtree(self.venv)
         self.alice.run([sys.executable, "-m", "venv", "--without-pip", str(self.venv)], check=True)
