@@ -181,7 +181,7 @@ def init_store(root: Path, *, parents: bool = False) -> bool:
         try:
             marker = os.stat(MARKER, dir_fd=rfd, follow_symlinks=False)
             # Another user's (see `Store._open_dir`) is replaced by this one's.
-            if marker.st_uid in (0, os.geteuid(), NOBODY):
+            if _may_own(marker.st_uid, os.geteuid()):
                 return False
         except FileNotFoundError:
             pass
@@ -232,6 +232,12 @@ def _open_root(root: Path, owner: int | None = None) -> int:
     return rfd
 
 
+def _may_own(uid: int, owner: int) -> bool:
+    """`uid` may own the store's root and its marker: root, this user, the store's owner
+    (`store_uid`) or nobody (see `NOBODY`)."""
+    return uid in (0, os.geteuid(), owner, NOBODY)
+
+
 def _check_root(st: os.stat_result, root: Path, owner: int | None) -> None:
     mode = stat.S_IMODE(st.st_mode)
     # Without the sticky bit, whoever may write a directory may rename what is in it.
@@ -246,7 +252,7 @@ def _check_root(st: os.stat_result, root: Path, owner: int | None) -> None:
             f"(fix: chmod +t {root}, or chmod {bits} {root})"
         )
     # The sticky bit binds everyone but the directory's owner.
-    if owner is not None and st.st_uid not in (0, os.geteuid(), owner, NOBODY):
+    if owner is not None and not _may_own(st.st_uid, owner):
         trusted = ["root", "this user"]
         if owner not in (0, os.geteuid()):
             trusted.append(f"store_uid (uid {owner})")
@@ -547,7 +553,7 @@ class Store:
                 raise durable.error(e, f"cannot look for {self.root / MARKER}") from e
             # In a sticky mount point whose export is gone, anyone may leave a marker: one
             # that none of those who may own the store made does not make it the store.
-            if marker.st_uid not in (0, os.geteuid(), self.owner, NOBODY):
+            if not _may_own(marker.st_uid, self.owner):
                 why = f"its {MARKER} marker belongs to {_user(marker.st_uid)}"
                 why += ", not root, this user or the store's owner"
                 raise _not_available(self.root, why)
