@@ -136,6 +136,89 @@ def test_the_daemon_script_runs_as_the_user_with_the_users_home(
         service.wait(timeout=30)
 
 
+# The service directory's `run`: counts its starts, then execs the image's script.
+SERVICE_RUN = """\
+#!/bin/sh
+echo started >>"{starts}"
+exec bash "{script}"
+"""
+
+
+def down_for_good(service: Path, env: dict[str, str]) -> list[str] | None:
+    """`s6-svstat`'s up, wanted up and exit code once the daemon is down, else None."""
+    argv = ["s6-svstat", "-o", "up,wantedup,exitcode", str(service)]
+    said = subprocess.run(argv, env=env, capture_output=True, text=True).stdout.split()
+    return said if said[:1] == ["false"] else None
+
+
+@pytest.mark.parametrize("code", [2, 4])
+def test_s6_leaves_the_daemon_down_after_an_exit_that_would_come_back(
+    alice: User, tool: Path, image: Path, code: int
+) -> None:
+    """Under s6-supervise, a daemon that exits 2 (a wrong setting) or 4 (another daemon
+    holds the store and key) is not started again every second: the service's `finish`
+    exits 125 and says why. Without it s6 restarted it, indefinitely."""
+    if shutil.which("s6-supervise") is None or shutil.which("flock") is None:
+        pytest.skip("s6-supervise or flock(1) is not installed (scripts/test installs them)")
+    run = runtime_dir(alice, image / "run")
+    env = container_env(alice, tool, image, run)
+    alice.run([str(tool / "bin" / "pkgckpt"), "store", "init", env["PKGCKPT_STORE"]], check=True)
+    holder = None
+    if code == 2:
+        (image / "etc" / "config.toml").write_text('debounce = "soon"\n')
+        env["PKGCKPT_CONFIG"] = str(image / "etc" / "config.toml")
+    else:
+        holder = subprocess.Popen(
+            ["bash", str(DEPLOY / "pkgckpt-daemon")], env=env, stderr=subprocess.DEVNULL
+        )
+        for _ in range(300):
+            locks = list(Path(run, "pkgckpt").glob("daemon-*.lock"))
+            held = ["flock", "-n", str(locks[0]), "true"] if locks else None
+            if held and subprocess.run(held).returncode == 1:
+                break
+            assert holder.poll() is None, "the first daemon exited"
+            time.sleep(0.05)
+        else:
+            pytest.fail("the first daemon never took its lock")
+    service = image / "service"
+    service.mkdir(mode=0o755)
+    starts = image / "starts"
+    (service / "run").write_text(
+        SERVICE_RUN.format(starts=starts, script=DEPLOY / "pkgckpt-daemon")
+    )
+    (service / "run").chmod(0o755)
+    shutil.copy(DEPLOY / "pkgckpt-daemon-finish", service / "finish")
+    supervise = subprocess.Popen(
+        ["s6-supervise", str(service)], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(600):
+            if (said := down_for_good(service, env)) is not None and starts.exists():
+                break
+            time.sleep(0.05)
+        # s6 would have started it again a second after `finish`: give it three.
+        time.sleep(3)
+        said = down_for_good(service, env)
+        assert said == ["false", "false", str(code)], said
+        assert starts.read_text().splitlines() == ["started"]
+    finally:
+        supervise.terminate()
+        _, err = supervise.communicate(timeout=30)
+        if holder is not None:
+            holder.terminate()
+            holder.wait(timeout=30)
+    assert f"pkgckpt: the daemon exited {code}; not starting it again" in err, err
+
+
+@pytest.mark.parametrize("code", ["0", "1", "3", "256"])
+def test_s6_starts_the_daemon_again_after_other_exits(code: str) -> None:
+    """Any other end (a crash, a signal: 256) leaves s6's restart as it was."""
+    finish = ["sh", str(DEPLOY / "pkgckpt-daemon-finish"), code, "9" if code == "256" else "0"]
+    done = subprocess.run(finish, capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 # timeout(1), logging its arguments before it runs the command (it runs as root, before
 # s6-setuidgid drops to the user).
 SHIM_TIMEOUT = """\
