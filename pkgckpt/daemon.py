@@ -55,7 +55,7 @@ from typing import TypeAlias
 
 import msgspec
 
-from . import checkpoint, inventory, metrics, runner, seal, status
+from . import checkpoint, inventory, metrics, runner, seal, signals, status
 from .artifacts import Result, quota
 from .artifacts import session as art
 from .artifacts.background import Background
@@ -69,6 +69,7 @@ from .inventory import Target
 from .logs import getLogger
 from .manifest import Body, Change, Environment
 from .scan import kept as scan_kept
+from .signals import HANDLED, STOPS
 from .store import open_store
 from .watcher import Batch, Root, Watcher
 
@@ -93,10 +94,6 @@ def install_lock(name: str) -> bool:
     `uv pip install`, and makes it at the first through a temporary `.tmpXXXXXX` renamed
     into place."""
     return name == ".lock" or name.startswith(".tmp")
-
-
-_STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
-_HANDLED = frozenset({*_STOPS, signal.SIGHUP})
 
 
 def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
@@ -232,18 +229,18 @@ class _Taker:
         self._taken: list[int] = []
         self._closed = False
         # Started with the signals blocked, which it inherits, as sigwait needs.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         try:
             self._ident = _thread.start_new_thread(self._take, ())
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
 
     def _take(self) -> None:
         while True:
-            signum = signal.sigwait(_HANDLED)
+            signum = signal.sigwait(HANDLED)
             if self._closed:
                 return
-            if signum in _STOPS:
+            if signum in STOPS:
                 self._on_stop()
             with self._lock:
                 self._taken.append(signum)
@@ -379,9 +376,9 @@ class Daemon:
     @contextlib.contextmanager
     def _taking(self, wake_write: int) -> Iterator[None]:
         """SIGTERM, SIGINT and SIGHUP blocked in this thread, and taken by the taker."""
-        handlers: dict[int, _Handler] = {signum: self._on_stop for signum in _STOPS}
+        handlers: dict[int, _Handler] = {signum: self._on_stop for signum in STOPS}
         self.taker = _Taker(self._arm, {**handlers, signal.SIGHUP: self._on_rescan}, wake_write)
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         try:
             yield
         finally:
@@ -1035,7 +1032,11 @@ class Daemon:
 
 
 def run(config: Config) -> int:
-    return Daemon(config).run()
+    # Signals that come while the daemon starts are its handlers' once in place (`signals`).
+    signals.hold()
+    daemon = Daemon(config)
+    signals.pass_on()
+    return daemon.run()
 
 
 # -- pkgckpt snapshot --------------------------------------------------------------------

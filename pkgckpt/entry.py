@@ -178,6 +178,10 @@ def main() -> NoReturn:
     gc.disable()
     own_process()
     args = sys.argv[1:]
+    if args[:1] == ["daemon"]:  # `pkgckpt` has no options that could come before it
+        from .signals import hold
+
+        hold()
     params = parse_restore(args[1:]) if args[:1] == ["restore"] else None
     if params is None:
         gc.enable()

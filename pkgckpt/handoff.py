@@ -37,6 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import signals
 from .config import Config
 from .logs import INFO, direct, getLogger, report
 
@@ -111,6 +112,7 @@ def replace(config: Config) -> None:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         argv = command(read_fd)
+        signals.pass_on()
         os.execv(argv[0], argv)
     except OSError as e:
         log.warning("cannot start the daemon's own interpreter (%s): running it here", e)
@@ -149,9 +151,6 @@ def main(fd: int) -> NoReturn:
         from . import daemon
 
         code = daemon.run(config)
-    except KeyboardInterrupt:  # before the daemon's own handler is in place
-        print("pkgckpt: interrupted", file=sys.stderr)
-        code = 1
     except Exception as e:
         code = report(e)
     sys.exit(code)

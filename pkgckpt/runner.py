@@ -253,8 +253,9 @@ def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     import signal
     import subprocess
 
-    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    previous = signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
+    from .signals import HANDLED
+
+    previous = signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
     try:
         return subprocess.Popen(tuple(argv), **kwargs)
     finally:

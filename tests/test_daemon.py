@@ -174,7 +174,7 @@ def test_signals_during_a_store_call_arm_the_bound_at_once_and_are_handled_after
     threads = _thread._count()
     try:
         with d._taking(write_fd):
-            assert signal.pthread_sigmask(signal.SIG_BLOCK, []) >= daemon_mod._HANDLED
+            assert signal.pthread_sigmask(signal.SIG_BLOCK, []) >= daemon_mod.HANDLED
             with d._doing("writing the manifest to the store"):
                 os.kill(os.getpid(), signal.SIGHUP)
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -192,7 +192,7 @@ def test_signals_during_a_store_call_arm_the_bound_at_once_and_are_handled_after
             assert d.taker is not None
             d.taker.handle()
             assert seen == [signal.SIGHUP, signal.SIGTERM, signal.SIGHUP]
-        assert signal.pthread_sigmask(signal.SIG_BLOCK, []).isdisjoint(daemon_mod._HANDLED)
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []).isdisjoint(daemon_mod.HANDLED)
     finally:
         if d.bound is not None:
             d.bound.stop()
@@ -273,6 +273,50 @@ def test_sigterm_right_after_an_install_flushes_it(world: World, venv: Venv, whe
         assert d.stop() == 0
         assert committed(world, ["delta==1.0"])
         assert any("STOPPING=1" in m for m in d.drain())
+    finally:
+        d.close()
+
+
+def caught(pid: int, signum: int) -> bool:
+    """Whether `pid` has a handler for `signum` (/proc's SigCgt)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line for line in text.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask.split()[1], 16) >> (signum - 1) & 1)
+
+
+def handed_off(pid: int) -> bool:
+    """Whether `pid` runs the daemon's own interpreter (`handoff.command`)."""
+    try:
+        return b"from pkgckpt.handoff import main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["the command line", "the daemon's own interpreter"])
+def test_sigterm_while_the_daemon_starts_is_a_stop_not_a_death(
+    world: World, venv: Venv, wheels: Path, when: str
+) -> None:
+    """SIGTERM before the daemon's handlers are in place: while the command line reads its
+    settings, or just after the exec into the daemon's own interpreter, which then imports
+    for ~0.1 s. The daemon still starts, commits what it finds (an install made before it
+    started) and exits 0. It died of it (exit 143), and the entrypoint said changes may be lost."""
+    install(world, venv, wheels, "delta==1.0")
+    d = world.daemon(*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"))
+    d.start(ready=False)
+    assert d.proc is not None
+    if when == "the command line":
+        eventually(lambda: caught(d.proc.pid, signal.SIGTERM), 30, "a SIGTERM handler")  # type: ignore[union-attr]
+        assert not handed_off(d.proc.pid)
+    else:
+        eventually(lambda: handed_off(d.proc.pid), 30, "the exec")  # type: ignore[union-attr]
+    try:
+        assert d.stop() == 0, d.output()
+        assert committed(world, ["delta==1.0"])
+        assert "stopped: every change is on the store" in d.output()
     finally:
         d.close()
 
