@@ -222,8 +222,8 @@ def daemon(cfg: config.Config) -> int:
 
     A package leaves the manifest only when the daemon saw it uninstalled. With no
     baseline (--baseline, or the one `restore` took) the daemon takes one at start if the
-    store has no manifest yet; if it has one, every recorded entry is kept and only
-    changes seen from now on are added.
+    store has no manifest yet, or cannot be read; if it has one, every recorded entry is
+    kept and only changes seen from now on are added.
     """
     if click.get_current_context().obj == _OWN_ARGV:
         from . import handoff

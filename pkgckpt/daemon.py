@@ -280,6 +280,8 @@ class Daemon:
         # mounted after the start, or refused then and fixed since, is judged as it is.
         self.store = open_store(config, layout=False)
         self.session: checkpoint.Session | None = None
+        self.baseline_tried = False
+        """`_take_baseline` looked (once: the first failed read is the start's)."""
         self.state = msgspec.structs.replace(
             status.new_state(config), tracked=_tracked(self.targets)
         )
@@ -823,6 +825,7 @@ class Daemon:
         except _STORE_ERRORS as e:
             self._store_failed(e, "cannot read the store or the baseline")
             self._set(unread=self.state.last_error)
+            self._take_baseline()
             return
         self.session = session
         self._set(unread=None)
@@ -850,6 +853,27 @@ class Daemon:
                 env.where(),
                 advice,
             )
+
+    def _take_baseline(self) -> None:
+        """With no baseline at all, take this container's at the first read of the store
+        that fails: what is installed before the store answers (a late mount, an outage)
+        is then the user's. Taken when the store answers, it would be the image's, and
+        never recorded; with a manifest there, only the changes after it would be."""
+        if self.baseline_tried:
+            return
+        self.baseline_tried = True
+        try:
+            if inventory.load_baseline(self.config) is not None:
+                return
+            with self._doing("taking the baseline"):
+                inventory.ensure_baseline(self.config, self.targets)
+        except PkgckptError as e:
+            log.warning("cannot take a baseline now: %s", e)
+            return
+        log.info(
+            "baseline: %s (taken now: what is installed until the store answers is recorded)",
+            inventory.baseline_path(self.config),
+        )
 
     def _scan(
         self,

@@ -396,3 +396,26 @@ def test_status_shows_an_uninstall_a_read_only_store_did_not_take_as_pending(
         d.kill()
         d.close()
         subprocess.run(["umount", "-l", str(world.store)], check=False, capture_output=True)
+
+
+@pytest.mark.parametrize("manifest", [False, True])
+def test_an_install_made_before_a_late_store_arrives_is_recorded_with_no_baseline_at_all(
+    world: World, venv: Venv, wheels: Path, late: Path, manifest: bool
+) -> None:
+    """No baseline anywhere (no image file, no restore ran) and no store at the daemon's
+    start: the user installs alpha, then the store arrives, empty or with a record of
+    beta. alpha is recorded, beside beta. The daemon took the baseline when the store
+    answered, alpha in it as the image's (or, with a record, counted only the changes after
+    it), and alpha was never recorded."""
+    if manifest:
+        record(world, venv, late, "beta==1.0")
+    d = world.daemon(*world.flags(venv.prefix), "--quiet-ms", "100").start()
+    try:
+        eventually(lambda: "cannot read the store" in d.output(), 60, "the store's absence")
+        uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+        mount_bind(late, world.store)
+        want = ["alpha==1.0", "beta==1.0"] if manifest else ["alpha==1.0"]
+        eventually(lambda: holds(world, *want), 30, f"{want} on the store")
+        assert d.stop() == 0, d.output()
+    finally:
+        d.close()
