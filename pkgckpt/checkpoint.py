@@ -406,11 +406,12 @@ class Tracker:
             base = {n: p for n, p in obs.packages.items() if n.lower() in SEEDED and seeded(n)}
             pinned = frozenset()
         else:
-            base, pinned = _inferred_baseline(obs.packages, recorded)
+            first = self._before_start(obs)
+            base, pinned = _inferred_baseline(first, recorded)
             # Said only where the scan found what the record does not name: an empty or
             # missing library (a user library R makes at its first install) leaves
             # nothing unrecorded.
-            if not obs.packages.keys() <= _names(recorded):
+            if not first.keys() <= _names(recorded):
                 self.inferred.append(env)
         state = manifest.apply(base, recorded) if recorded is not None else dict(base)
         history = list(recorded.history) if recorded is not None else []
@@ -425,6 +426,16 @@ class Tracker:
         if recorded is not None:
             _remember(track, recorded)
         return track
+
+    def _before_start(self, obs: Observation) -> Mapping[str, Package]:
+        """What an environment without a baseline held before this process started: the
+        image's as far as anyone can tell. An install made since (into an R library that a
+        new `~/.Renviron` names, found at the next discovery) is the user's."""
+        if self._made_since is None or obs.made is None:
+            return obs.packages
+        since = int(self._made_since * 1e9)
+        made = obs.made
+        return {n: p for n, p in obs.packages.items() if (made(n) or 0) < since}
 
     def adopt(self, body: Body) -> None:
         """Make `body` the record (after a forget or a revert), keeping what this process

@@ -537,3 +537,24 @@ def test_an_uninstall_is_logged_with_the_version_that_was_installed() -> None:
     changes = t.observe(ENV, Observation(pkgs("pip==24.0", "six==1.16.0")))
     assert [(c.action, c.name, c.old) for c in changes] == [("remove", "numpy", "3.0.0")]
     assert names(t.body().delta(ENV))["removed"] == ["numpy==3.0.0"]
+
+
+def test_without_a_baseline_what_was_installed_since_the_start_is_the_users() -> None:
+    """An environment with no baseline, first scanned by a daemon that started at `since`
+    (an R library a new ~/.Renviron names, found at the next discovery): an entry
+    written since is the user's install and is recorded; one written before, or whose
+    time is unknown, counts as the image's, as before."""
+    since = time.time()
+    before, after = int((since - 60) * 1e9), int((since + 1) * 1e9)
+    written = {"ckptA": after, "ckptImports": after, "image.pkg": before}
+    found = {
+        n: Package(name=n, version="1.0")
+        for n in ("ckptA", "ckptImports", "image.pkg", "unknown.time")
+    }
+    t = Tracker(None, None, made_since=since)
+    t.observe(OTHER, Observation(found, made=written.get))
+    assert names(t.body().delta(OTHER))["added"] == ["ckptA==1.0", "ckptImports==1.0"]
+    assert t.inferred == [OTHER]
+    untimed = Tracker(None, None, made_since=since)
+    untimed.observe(OTHER, Observation(found))
+    assert untimed.body().delta(OTHER) is None

@@ -284,6 +284,34 @@ def test_a_personal_library_created_under_the_daemon_comes_back_after_a_wipe(
 
 
 @needs_r
+def test_a_user_library_a_new_renviron_names_records_what_was_installed_before_it_was_found(
+    tmp_path: Path, repo: rpkgs.Repo, notify: socket.socket
+) -> None:
+    """The user sets R_LIBS_USER in ~/.Renviron while the daemon runs and installs into
+    it; the daemon finds that library at its next discovery (here `snapshot`'s), with no
+    baseline for it. What was installed there since the daemon started is the user's and
+    is recorded. It took everything found then as the image's, and nothing came back."""
+    session = Session(tmp_path, repo, r_libs_user=True, user_lib=str(tmp_path / "unused"))
+    session.env.pop("R_LIBS_USER")  # R's default, which does not exist here
+    assert session.restore().returncode == 0
+    lib = session.home / "Rnew"
+
+    def user() -> None:
+        (session.home / ".Renviron").write_text(f"R_LIBS_USER={lib}\n")
+        rpkgs.install(lib, repo, ["ckptAfirst"])
+        snap = session.pkgckpt("snapshot")
+        assert snap.returncode == 0, snap.stdout + snap.stderr
+
+    watched(session, notify, user)
+    d = r_lib_delta(session.store, lib)
+    assert {p.name: p.requested for p in d.added} == {
+        "ckptAfirst": True,
+        "ckptImports": False,
+        "ckpt.base": False,
+    }
+
+
+@needs_r
 def test_what_rstudio_sessions_install_into_r_libs_user_of_rsession_conf_comes_back(
     tmp_path: Path, repo: rpkgs.Repo, notify: socket.socket
 ) -> None:
