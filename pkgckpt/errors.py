@@ -88,7 +88,7 @@ class UnknownPackage(PkgckptError):
 
 
 class NotKept(PkgckptError):
-    """`revert` to a generation the store does not keep, or the current one."""
+    """`revert` to a generation the store does not keep."""
 
 
 class Declined(PkgckptError):

@@ -802,6 +802,9 @@ class Reverted(msgspec.Struct, frozen=True):
         return f"{head}\n{self.plan.render()}"
 
     def render(self, *, preview: bool = True) -> str:
+        if self.to == self.current:
+            text = f"Generation {self.to} is the current one: nothing to revert.\n"
+            return text + (self.restored.render() + "\n" if self.restored is not None else "")
         lines = [self.preview()] if preview else []
         if self.written is None:
             lines.append("Dry run: nothing was changed.")
@@ -843,14 +846,17 @@ def revert(
     generation. `confirm` is asked with the plan before anything is written; `restore`
     then applies it in this container (`bounded`: as `restore.run`'s, for the command)."""
     from . import restore as restore_
-    from .errors import PartialRestore
 
     store = open_store(config)
     current = store.read()
     if current is None:
         raise PkgckptError(f"no manifest for key {config.key!r} in {store.path}: nothing to revert")
     if generation == current.generation:
-        raise NotKept(f"generation {generation} is the current one: nothing to revert")
+        # Nothing to do (exit 0), as for any command; `--restore` still applies the record.
+        result = Reverted(to=generation, current=generation, plan=restore_.plan_of(config, current))
+        if restore and not dry_run:
+            result = msgspec.structs.replace(result, restored=_restore(config, bounded))
+        return result
     old = _generation(store, generation, current.generation)
     body = reverted(current.body, old)
     plan = restore_.plan_of(config, Manifest(generation=generation, body=body))
@@ -866,14 +872,21 @@ def revert(
         raise Declined("revert declined: nothing was changed")
     result = msgspec.structs.replace(result, written=_write(config, _Revert(generation=generation)))
     if restore:
-        try:
-            report = restore_.run(config, bounded=bounded, changed=True)
-        except PartialRestore as e:
-            if e.report is None:
-                raise
-            report = e.report
-        result = msgspec.structs.replace(result, restored=report)
+        result = msgspec.structs.replace(result, restored=_restore(config, bounded))
     return result
+
+
+def _restore(config: Config, bounded: bool) -> Report:
+    """`revert --restore`'s restore of the record now current; a partial one's report too."""
+    from . import restore as restore_
+    from .errors import PartialRestore
+
+    try:
+        return restore_.run(config, bounded=bounded, changed=True)
+    except PartialRestore as e:
+        if e.report is None:
+            raise
+        return e.report
 
 
 def remember(config: Config, recorded: Manifest, report: Report) -> None:

@@ -849,6 +849,28 @@ def test_revert_with_restore_installs_it_now(world: World, venv: Venv, wheels: P
     assert installed(venv.site_packages)["alpha"] == "1.0"
 
 
+def test_a_revert_to_the_current_generation_is_nothing_to_do(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """Nothing to do is exit 0, as for any command, and writes nothing; `--restore` still
+    applies the record in this container. It exited 1, as an error."""
+    two_generations(world, venv, wheels)
+    uv_uninstall(venv.python, "delta", env=world.env)
+    before = key_files(world)
+    same = world.pkgckpt("revert", "2", "--yes", *flags(world, venv))
+    assert same.returncode == 0, same.stderr
+    assert same.stdout == "Generation 2 is the current one: nothing to revert.\n"
+    assert key_files(world) == before
+    again = world.pkgckpt(
+        "revert", "2", "--yes", "--restore", *flags(world, venv), *restore_flags(wheels)
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("Generation 2 is the current one: nothing to revert.\n")
+    assert "Restored generation 2" in again.stdout
+    assert installed(venv.site_packages)["delta"] == "1.0"
+    assert world.generation() == 2
+
+
 def test_revert_dry_run_changes_nothing(world: World, venv: Venv, wheels: Path) -> None:
     """The plan is printed; the store's files and the environment stay as they were."""
     two_generations(world, venv, wheels)
