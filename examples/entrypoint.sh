@@ -139,6 +139,31 @@ status=0
 wait_for "$server" || status=$?
 
 # The server ended (signal or not): let the daemon flush what is pending, then exit.
+# The daemon takes SIGTERM from its first line of Python on; before it, in the
+# interpreter's own start, SIGTERM would end it (exit 143) with nothing looked at. A server
+# that exits at once (a wrong command) would stop it there: wait until it catches SIGTERM
+# or holds it blocked (across its hand-off to its own interpreter), 2 s at most.
+takes_term() {
+    local line mask
+    [ -r "/proc/$1/status" ] || return 0 # gone, or no /proc to ask: nothing to wait for
+    while read -r line; do
+        case $line in
+            State:*Z*) return 0 ;; # exited already
+            SigBlk:* | SigCgt:*)
+                mask=${line#*:}
+                mask=${mask//[[:space:]]/}
+                # SIGTERM is signal 15: bit 14 of the hexadecimal mask.
+                case $mask in *[!0-9a-fA-F]* | '') continue ;; esac
+                (((16#${mask: -4} >> 14) & 1)) && return 0
+                ;;
+        esac
+    done <"/proc/$1/status" 2>/dev/null
+    return 1
+}
+for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    takes_term "$daemon" && break
+    sleep 0.1
+done
 kill -s TERM "$daemon" 2>/dev/null
 code=0
 wait_for "$daemon" || code=$?

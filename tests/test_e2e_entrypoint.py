@@ -106,6 +106,44 @@ def test_entrypoint_survives_a_failed_restore_and_flushes_on_sigterm(
     assert "stopped: every change is on the store" in text
 
 
+@pytest.mark.slow
+def test_a_server_that_exits_at_once_lets_the_daemon_start_and_stop_cleanly(
+    tmp_path: Path,
+) -> None:
+    """A server that exits at once (a wrong command; here `true`): the entrypoint stops
+    the daemon only once the daemon can take SIGTERM, so it checkpoints what it found (an
+    install made before the container's start) and exits 0. It was SIGTERMed in its
+    interpreter's start, died of it (143), and the entrypoint said changes may be lost."""
+    world = World.make(tmp_path)
+    wheels = tmp_path / "wheels"
+    build_wheel(Dist("early", "1.0"), wheels)
+    venv = make_venv(tmp_path / "venv", with_pip=False)
+    baseline = tmp_path / "baseline.json"
+    made = world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
+    assert made.returncode == 0, made.stderr
+    uv_install(venv.python, wheels, "early==1.0", env=world.env)
+    bindir = str(Path(os.path.realpath(sys.executable)).parent)
+    variables = {
+        **world.env,
+        "PATH": f"{bindir}{os.pathsep}{world.env['PATH']}",
+        "PKGCKPT_ENV": str(venv.prefix),
+        "PKGCKPT_STORE": str(world.store),
+        "PKGCKPT_KEY": world.key,
+        "PKGCKPT_BASELINE": str(baseline),
+    }
+    done = subprocess.run(
+        ["bash", str(ENTRYPOINT), "true"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=variables, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "entrypoint:" not in done.stderr, done.stderr
+    assert "stopped: every change is on the store" in done.stderr, done.stderr
+    found = world.manifest()
+    assert found is not None, done.stderr
+    (delta,) = found.body.environments
+    assert pins(delta.added) == ["early==1.0"], done.stderr
+
+
 def test_the_real_restore_is_bounded_by_a_jitter_from_a_config_file(tmp_path: Path) -> None:
     """The real pkgckpt, `jitter = 600` in a config file, a restore timeout of 5 s:
     timeout(1) allows 5 + 600 + 30 s (it allowed 35, and cut off the restores that drew a
