@@ -72,7 +72,9 @@ class Deadline:
     """The end of the whole run (`--timeout`); `seconds=None` or 0 means no limit."""
 
     def __init__(self, seconds: float | None) -> None:
-        self._end = time.monotonic() + seconds if seconds else None
+        self.started = time.monotonic()
+        """Where the limit counts from: what a run that used it up took (`restore`'s report)."""
+        self._end = self.started + seconds if seconds else None
 
     def remaining(self) -> float | None:
         """Seconds left (never negative), or None when unbounded."""

@@ -1337,7 +1337,8 @@ def _run(
         watchdog.doing = "planning (the index, the artifact cache)"
         plan = _plan(config, manifest, found, baseline, preview=True, deadline=deadline)
         return Report(plan=_after_remade(plan, remade, dry_run), dry_run=True, remade=remade)
-    started = time.monotonic()
+    # From where the timeout counts: a restore that used it up took at least that long.
+    started = deadline.started
     # Before anything is installed: afterwards the image's packages could not be told apart.
     baseline = ensure_baseline(config, found)
     watchdog.doing = f"reading the store at {config.store}"
