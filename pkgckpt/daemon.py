@@ -343,15 +343,7 @@ class Daemon:
         """At the first SIGTERM/SIGINT: the shutdown's deadline, and its bound."""
         if self.stop_by is not None:
             return
-        self.stop_by = runner.Deadline(max(self.config.shutdown_timeout, 0.001))
-        self.bound = runner.Watchdog(
-            self.stop_by,
-            STOP_REPORT_SECONDS,
-            "the daemon",
-            self.doing,
-            1,
-            bound=f"shutdown_timeout ({self.config.shutdown_timeout:g} s)",
-        )
+        self.stop_by, self.bound = _shutdown_bound(self.config, self.doing)
 
     @contextlib.contextmanager
     def _doing(self, doing: str) -> Iterator[None]:
@@ -1055,11 +1047,32 @@ class Daemon:
             log.warning("cannot write the status file: %s", e)
 
 
+def _shutdown_bound(config: Config, doing: str) -> tuple[runner.Deadline, runner.Watchdog]:
+    """From a stop on: its deadline (`shutdown_timeout`), and the watch that ends the
+    process 2 s after it, whatever its thread is blocked in."""
+    deadline = runner.Deadline(max(config.shutdown_timeout, 0.001))
+    bound = f"shutdown_timeout ({config.shutdown_timeout:g} s)"
+    # The watch's thread with the signals blocked, which it inherits: one that takes them
+    # would leave the daemon's thread blocked in its call (see `_Taker`).
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    try:
+        watch = runner.Watchdog(deadline, STOP_REPORT_SECONDS, "the daemon", doing, 1, bound=bound)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return deadline, watch
+
+
 def run(config: Config) -> int:
-    # Signals that come while the daemon starts are its handlers' once in place (`signals`).
+    # Signals that come while the daemon starts are its handlers' once in place (`signals`);
+    # a stop arms the shutdown's bound at once, which the start (an interpreter's probe
+    # that hangs, a library on a hung NFS mount) then counts against.
+    armed: list[tuple[runner.Deadline, runner.Watchdog]] = []
     signals.hold()
+    signals.on_stop(lambda: armed.append(_shutdown_bound(config, "starting")))
     daemon = Daemon(config)
     signals.pass_on()
+    if armed:
+        daemon.stop_by, daemon.bound = armed[0]
     return daemon.run()
 
 

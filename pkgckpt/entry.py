@@ -178,16 +178,23 @@ def main() -> NoReturn:
     gc.disable()
     own_process()
     args = sys.argv[1:]
-    if args[:1] == ["daemon"]:  # `pkgckpt` has no options that could come before it
-        from .signals import hold
+    daemon = args[:1] == ["daemon"]  # `pkgckpt` has no options that could come before it
+    if daemon:
+        from . import signals
 
-        hold()
+        signals.hold()
+        from .runner import stop_children
+
+        signals.on_stop(stop_children)  # the probes `handoff` runs: the daemon asks again
     params = parse_restore(args[1:]) if args[:1] == ["restore"] else None
-    if params is None:
-        gc.enable()
-        from .cli import main as click_main
-
-        click_main()
     from .logs import finish
 
+    if params is None:
+        gc.enable()
+        from .cli import run
+
+        code = run()
+        if daemon:  # it did not start (`--help`, a usage error), or it ran here and ended
+            signals.release()
+        finish(code)
     finish(_restore(params))

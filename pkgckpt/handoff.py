@@ -95,7 +95,8 @@ def replace(config: Config) -> None:
     except (TypeError, ValueError) as e:  # msgspec.EncodeError is a ValueError
         log.debug("settings not passed on (%s): the daemon runs in the command's process", e)
         return
-    keep_answers(config)
+    if not signals.stopped():  # a stop killed every probe (`entry`): the daemon asks
+        keep_answers(config)
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
         os.set_blocking(write_fd, False)

@@ -133,6 +133,15 @@ _live: set[subprocess.Popen[bytes]] = set()
 _stopping = False
 
 
+def stop_children() -> None:
+    """Kill the group of every child running now, and of each one started from now on
+    as it starts: the process is ending and waits for none of them."""
+    global _stopping
+    _stopping = True
+    for proc in list(_live):
+        _kill_group(proc)
+
+
 def stop_on_signals() -> None:
     """From now on, SIGTERM and SIGHUP kill the process group of every child `call()` runs
     and then end this process as an exception (`SystemExit(128 + signal)`), so that what
@@ -144,10 +153,7 @@ def stop_on_signals() -> None:
     import signal
 
     def stop(signum: int, _frame: object) -> None:
-        global _stopping
-        _stopping = True
-        for proc in list(_live):
-            _kill_group(proc)
+        stop_children()
         raise SystemExit(128 + signum)
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -188,14 +194,11 @@ class Watchdog:
             _thread.start_new_thread(self._watch, (left + grace, grace))
 
     def _watch(self, seconds: float, grace: float) -> None:
-        global _stopping
         if self._done.acquire(timeout=seconds) or not self._acting.acquire(blocking=False):
             return
         if self._done.acquire(blocking=False):
             return  # stop() came first, between the two
-        _stopping = True
-        for proc in list(_live):
-            _kill_group(proc)
+        stop_children()
         message = (
             f"pkgckpt: error: {self._what} stopped: {self._bound} ran out and {grace:g} s "
             f"later it was still {self.doing}\n"

@@ -11,6 +11,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,17 +309,83 @@ def test_sigterm_while_the_daemon_starts_is_a_stop_not_a_death(
     d = world.daemon(*world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"))
     d.start(ready=False)
     assert d.proc is not None
-    if when == "the command line":
-        eventually(lambda: caught(d.proc.pid, signal.SIGTERM), 30, "a SIGTERM handler")  # type: ignore[union-attr]
-        assert not handed_off(d.proc.pid)
-    else:
-        eventually(lambda: handed_off(d.proc.pid), 30, "the exec")  # type: ignore[union-attr]
     try:
+        if when == "the command line":
+            eventually(lambda: caught(d.proc.pid, signal.SIGTERM), 30, "a SIGTERM handler")  # type: ignore[union-attr]
+            assert not handed_off(d.proc.pid)
+        else:
+            eventually(lambda: handed_off(d.proc.pid), 30, "the exec")  # type: ignore[union-attr]
         assert d.stop() == 0, d.output()
         assert committed(world, ["delta==1.0"])
         assert "stopped: every change is on the store" in d.output()
     finally:
         d.close()
+
+
+SLOW_PYTHON = """\
+#!/bin/sh
+touch "{marker}"
+sleep 60
+exec "{python}" "$@"
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_while_a_probe_hangs_at_the_start_ends_within_the_shutdown_bound(
+    world: World, venv: Venv, tmp_path: Path
+) -> None:
+    """SIGTERM while the daemon starts and an environment's interpreter does not answer
+    its probe (60 s here; up to 30 s a probe before it is cut): the daemon ends within
+    --shutdown-timeout and 2 s, saying it was still starting, as it does once running.
+    Held for its handlers, the stop waited for every probe (the command line's, then the
+    daemon's own again), past any grace period a supervisor gives."""
+    slow = make_venv(tmp_path / "slow", with_pip=False)
+    marker = tmp_path / "probed"
+    real = os.path.realpath(slow.python)
+    for name in ("python", "python3"):
+        (slow.prefix / "bin" / name).unlink()
+    (slow.prefix / "bin" / "python").write_text(SLOW_PYTHON.format(marker=marker, python=real))
+    (slow.prefix / "bin" / "python").chmod(0o755)
+    (slow.prefix / "bin" / "python3").symlink_to("python")
+    d = world.daemon(
+        *world.flags(venv.prefix, slow.prefix),
+        "--baseline", str(world.tmp / "b.json"), "--shutdown-timeout", "1",
+    )  # fmt: skip
+    d.start(ready=False)
+    try:
+        eventually(marker.exists, 60, "the slow probe")
+        started = time.monotonic()
+        assert d.stop(timeout=30) == 1, d.output()
+        assert time.monotonic() - started < 1 + 2 + 2, d.output()
+        assert "shutdown_timeout (1 s) ran out and 2 s later it was still starting" in d.output()
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_a_daemon_command_that_does_not_start_ends_it(
+    world: World, sig: signal.Signals
+) -> None:
+    """`pkgckpt daemon --help` stopped once it takes the signal: the signal ends it, as it
+    would any command. It noted the signal for a daemon that never started and exited 0."""
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pkgckpt", "daemon", "--help"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=world.env,
+        )  # fmt: skip
+        try:
+            eventually(lambda p=proc: caught(p.pid, signal.SIGTERM) or p.poll() is not None)
+            if proc.poll() is not None:
+                continue  # done before the test could look: try again
+            proc.send_signal(sig)
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == -sig
+        return
+    pytest.skip("`daemon --help` ended each time before its handler could be seen")
 
 
 @pytest.mark.slow
