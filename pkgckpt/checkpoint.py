@@ -406,7 +406,7 @@ class Tracker:
             base = {n: p for n, p in obs.packages.items() if n.lower() in SEEDED and seeded(n)}
             pinned = frozenset()
         else:
-            first = self._before_start(obs)
+            first = self._before_start(env, obs)
             base, pinned = _inferred_baseline(first, recorded)
             # Said only where the scan found what the record does not name: an empty or
             # missing library (a user library R makes at its first install) leaves
@@ -427,11 +427,13 @@ class Tracker:
             _remember(track, recorded)
         return track
 
-    def _before_start(self, obs: Observation) -> Mapping[str, Package]:
+    def _before_start(self, env: Environment, obs: Observation) -> Mapping[str, Package]:
         """What an environment without a baseline held before this process started: the
         image's as far as anyone can tell. An install made since (into an R library that a
-        new `~/.Renviron` names, found at the next discovery) is the user's."""
-        if self._made_since is None or obs.made is None:
+        new `~/.Renviron` names, found at the next discovery) is the user's. Not in a conda
+        environment: one made since (`conda create`) holds nothing older, and all of it,
+        dependencies and all, is what making it put there."""
+        if self._made_since is None or obs.made is None or env.kind == "conda":
             return obs.packages
         since = int(self._made_since * 1e9)
         made = obs.made

@@ -543,7 +543,8 @@ def test_without_a_baseline_what_was_installed_since_the_start_is_the_users() ->
     """An environment with no baseline, first scanned by a daemon that started at `since`
     (an R library a new ~/.Renviron names, found at the next discovery): an entry
     written since is the user's install and is recorded; one written before, or whose
-    time is unknown, counts as the image's, as before."""
+    time is unknown, counts as the image's, as before. A conda environment starts from
+    what it holds, as README says: one made since holds only what making it put there."""
     since = time.time()
     before, after = int((since - 60) * 1e9), int((since + 1) * 1e9)
     written = {"ckptA": after, "ckptImports": after, "image.pkg": before}
@@ -558,3 +559,9 @@ def test_without_a_baseline_what_was_installed_since_the_start_is_the_users() ->
     untimed = Tracker(None, None, made_since=since)
     untimed.observe(OTHER, Observation(found))
     assert untimed.body().delta(OTHER) is None
+    # A conda environment made since (`conda create`): what making it linked, not installs.
+    conda = Environment(kind="conda", path="/opt/conda/envs/made")
+    linked = {n: Package(name=n, version="1.0", build="h0_0") for n in ("zlib", "libgcc")}
+    made = Tracker(None, None, made_since=since)
+    made.observe(conda, Observation(linked, made=dict.fromkeys(linked, after).get))
+    assert made.body().delta(conda) is None
