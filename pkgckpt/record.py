@@ -803,8 +803,16 @@ class Reverted(msgspec.Struct, frozen=True):
 
     def render(self, *, preview: bool = True) -> str:
         if self.to == self.current:
-            text = f"Generation {self.to} is the current one: nothing to revert.\n"
-            return text + (self.restored.render() + "\n" if self.restored is not None else "")
+            lines = [f"Generation {self.to} is the current one: nothing to revert."]
+            if self.restored is not None:
+                lines.append(self.restored.render())
+            elif preview and not self.plan.is_empty():
+                # The record is that generation already: what this container lacks of it.
+                lines += [
+                    self.plan.render(),
+                    "Nothing was installed: the next `pkgckpt restore` applies it.",
+                ]
+            return "\n".join(lines) + "\n"
         lines = [self.preview()] if preview else []
         if self.written is None:
             lines.append("Dry run: nothing was changed.")

@@ -852,14 +852,18 @@ def test_revert_with_restore_installs_it_now(world: World, venv: Venv, wheels: P
 def test_a_revert_to_the_current_generation_is_nothing_to_do(
     world: World, venv: Venv, wheels: Path
 ) -> None:
-    """Nothing to do is exit 0, as for any command, and writes nothing; `--restore` still
-    applies the record in this container. It exited 1, as an error."""
+    """Nothing to do is exit 0, as for any command, and writes nothing; it shows the plan
+    of what this container lacks of the record, and `--restore` still applies it. It
+    exited 1, as an error."""
     two_generations(world, venv, wheels)
     uv_uninstall(venv.python, "delta", env=world.env)
     before = key_files(world)
-    same = world.pkgckpt("revert", "2", "--yes", *flags(world, venv))
+    same = world.pkgckpt("revert", "2", "--yes", *flags(world, venv), *restore_flags(wheels))
     assert same.returncode == 0, same.stderr
-    assert same.stdout == "Generation 2 is the current one: nothing to revert.\n"
+    head, *plan = same.stdout.splitlines()
+    assert head == "Generation 2 is the current one: nothing to revert."
+    assert "install delta 1.0" in same.stdout  # the plan: what this container lacks of it
+    assert plan[-1] == "Nothing was installed: the next `pkgckpt restore` applies it."
     assert key_files(world) == before
     again = world.pkgckpt(
         "revert", "2", "--yes", "--restore", *flags(world, venv), *restore_flags(wheels)
