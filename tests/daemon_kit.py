@@ -185,6 +185,22 @@ class World:
                 os.utime(entry, ns=(then, then), follow_symlinks=False)
         return v
 
+    def image(self, prefix: Path) -> dict[str, str]:
+        """An image's environment for its start-up scripts: its baseline of the venv at
+        `prefix` (taken now, to tmp/baseline.json), and this pkgckpt first on PATH."""
+        baseline = self.tmp / "baseline.json"
+        made = self.pkgckpt("baseline", "--env", str(prefix), "--output", str(baseline))
+        assert made.returncode == 0, made.stderr
+        bindir = str(Path(os.path.realpath(sys.executable)).parent)
+        return {
+            **self.env,
+            "PATH": f"{bindir}{os.pathsep}{self.env['PATH']}",
+            "PKGCKPT_ENV": str(prefix),
+            "PKGCKPT_STORE": str(self.store),
+            "PKGCKPT_KEY": self.key,
+            "PKGCKPT_BASELINE": str(baseline),
+        }
+
     def flags(self, *prefixes: Path) -> list[str]:
         out = ["--store", str(self.store), "--key", self.key]
         for prefix in prefixes:

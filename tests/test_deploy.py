@@ -241,17 +241,8 @@ def test_kubelet_order_snapshot_then_sigterm_then_flush_within_grace(
     build_wheel(Dist("early", "1.0"), wheels)
     build_wheel(Dist("late", "1.0"), wheels)
     venv = make_venv(tmp_path / "venv", with_pip=False)
-    baseline = tmp_path / "baseline.json"
-    made = world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
-    assert made.returncode == 0, made.stderr
-    bindir = str(Path(os.path.realpath(sys.executable)).parent)
     variables = {
-        **world.env,
-        "PATH": f"{bindir}{os.pathsep}{world.env['PATH']}",
-        "PKGCKPT_ENV": str(venv.prefix),
-        "PKGCKPT_STORE": str(world.store),
-        "PKGCKPT_KEY": world.key,
-        "PKGCKPT_BASELINE": str(baseline),
+        **world.image(venv.prefix),
         "PKGCKPT_NO_INDEX": "1",
         "PKGCKPT_QUIET_MS": "60000",  # only the hook and the flush commit
         "PKGCKPT_SHUTDOWN_TIMEOUT": "10",

@@ -53,22 +53,14 @@ def test_entrypoint_survives_a_failed_restore_and_flushes_on_sigterm(
     if failure == "hanging-build":
         slow_sdist("stuck", "1.0", wheels, tmp_path / "stuck.pid")
     venv = make_venv(tmp_path / "venv", with_pip=False)
-    baseline = tmp_path / "baseline.json"
-    made = world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
-    assert made.returncode == 0, made.stderr
+    image = world.image(venv.prefix)
     bad = "stuck" if failure == "hanging-build" else "nowhere"
     added = (Package(name="good-one", version="1.0"), Package(name=bad, version="1.0"))
     env_ = Environment(kind="python", path=str(venv.prefix))
     put_manifest(world.store, world.key, Body(environments=(Delta(env=env_, added=added),)))
 
-    bindir = str(Path(os.path.realpath(sys.executable)).parent)
     variables = {
-        **world.env,
-        "PATH": f"{bindir}{os.pathsep}{world.env['PATH']}",
-        "PKGCKPT_ENV": str(venv.prefix),
-        "PKGCKPT_STORE": str(world.store),
-        "PKGCKPT_KEY": world.key,
-        "PKGCKPT_BASELINE": str(baseline),
+        **image,
         "PKGCKPT_INSTALLER": "uv",
         "PKGCKPT_NO_INDEX": "1",
         "PKGCKPT_FIND_LINKS": str(wheels),
@@ -118,22 +110,11 @@ def test_a_server_that_exits_at_once_lets_the_daemon_start_and_stop_cleanly(
     wheels = tmp_path / "wheels"
     build_wheel(Dist("early", "1.0"), wheels)
     venv = make_venv(tmp_path / "venv", with_pip=False)
-    baseline = tmp_path / "baseline.json"
-    made = world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
-    assert made.returncode == 0, made.stderr
+    image = world.image(venv.prefix)
     uv_install(venv.python, wheels, "early==1.0", env=world.env)
-    bindir = str(Path(os.path.realpath(sys.executable)).parent)
-    variables = {
-        **world.env,
-        "PATH": f"{bindir}{os.pathsep}{world.env['PATH']}",
-        "PKGCKPT_ENV": str(venv.prefix),
-        "PKGCKPT_STORE": str(world.store),
-        "PKGCKPT_KEY": world.key,
-        "PKGCKPT_BASELINE": str(baseline),
-    }
     done = subprocess.run(
         ["bash", str(ENTRYPOINT), "true"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=variables, timeout=120,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=image, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "entrypoint:" not in done.stderr, done.stderr
