@@ -806,8 +806,9 @@ class Reverted(msgspec.Struct, frozen=True):
             lines = [f"Generation {self.to} is the current one: nothing to revert."]
             if self.restored is not None:
                 lines.append(self.restored.render())
-            elif preview and not self.plan.is_empty():
+            elif not self.plan.is_empty():
                 # The record is that generation already: what this container lacks of it.
+                # Shown on a terminal too, where no question (which shows it) is asked.
                 lines += [
                     self.plan.render(),
                     "Nothing was installed: the next `pkgckpt restore` applies it.",

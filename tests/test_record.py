@@ -864,6 +864,9 @@ def test_a_revert_to_the_current_generation_is_nothing_to_do(
     assert head == "Generation 2 is the current one: nothing to revert."
     assert "install delta 1.0" in same.stdout  # the plan: what this container lacks of it
     assert plan[-1] == "Nothing was installed: the next `pkgckpt restore` applies it."
+    asked = revert_on_a_terminal(world, venv, "n", generation="2")
+    assert asked.returncode == 0, asked.stderr
+    assert "Revert?" not in asked.stdout and "install delta 1.0" in asked.stdout
     assert key_files(world) == before
     again = world.pkgckpt(
         "revert", "2", "--yes", "--restore", *flags(world, venv), *restore_flags(wheels)
@@ -1239,13 +1242,15 @@ def test_sighup_without_requests_still_means_a_rescan(
     eventually(lambda: world.generation() == 1, what="the rescan's commit")
 
 
-def revert_on_a_terminal(world: World, venv: Venv, answer: str) -> subprocess.CompletedProcess[str]:
-    """`pkgckpt revert 1` with a terminal (a pty) as stdin, answering `answer`."""
+def revert_on_a_terminal(
+    world: World, venv: Venv, answer: str, generation: str = "1"
+) -> subprocess.CompletedProcess[str]:
+    """`pkgckpt revert GENERATION` with a terminal (a pty) as stdin, answering `answer`."""
     leader, follower = pty.openpty()
     try:
         os.write(leader, answer.encode() + b"\n")
         return subprocess.run(
-            [sys.executable, "-m", "pkgckpt", "revert", "1", *flags(world, venv)],
+            [sys.executable, "-m", "pkgckpt", "revert", generation, *flags(world, venv)],
             stdin=follower, capture_output=True, text=True, env=world.env, timeout=120,
         )  # fmt: skip
     finally:
