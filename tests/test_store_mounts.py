@@ -272,7 +272,10 @@ def test_status_during_an_outage_shows_the_last_commit_and_only_what_the_store_l
     try:
         uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
         eventually(lambda: holds(world, "alpha==1.0"), 60, "alpha committed")
-        subprocess.run(["umount", str(world.store)], check=True)
+        # The manifest is in place before the commit is over: the daemon may still hold the
+        # key's directory to fsync it, and umount says "target is busy" until it lets go.
+        umount = ["umount", str(world.store)]
+        eventually(lambda: subprocess.run(umount, capture_output=True).returncode == 0, 30)
         uv_install(venv.python, wheels, "beta==1.0", env=world.env)
 
         def failing() -> Any:
