@@ -126,7 +126,7 @@ def runtime_dir() -> Path:
     return Path(os.environ.get("TMPDIR") or "/tmp") / f"pkgckpt-{os.getuid()}"
 
 
-def _container_id() -> str:
+def container_id() -> str:
     """Names this container's run: the host name, the boot id, the start of its pid 1.
 
     A home directory outlives the container: a baseline kept there by an earlier run (of
@@ -149,7 +149,7 @@ def fallback_runtime_dir() -> Path:
     in /tmp, where another user could take the name first); one per container run.
     """
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pkgckpt" / f"run-{_container_id()}"
+    return Path(base) / "pkgckpt" / f"run-{container_id()}"
 
 
 def untrusted(path: Path) -> str | None:

@@ -266,7 +266,8 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.started = time.time()
-        """A venv made since is no image's (`checkpoint.made_here`)."""
+        """A venv made since is no image's (`checkpoint.made_here`); the container's first
+        daemon's start once the lock is held (`status.first_start`)."""
         # Asked once: a broken own_env is a usage error at the start, not in the loop.
         self.own = inventory.own_env(config)
         found = inventory.discover(config, self.own)
@@ -283,7 +284,7 @@ class Daemon:
         self.baseline_tried = False
         """`_take_baseline` looked (once: the first failed read is the start's)."""
         self.state = msgspec.structs.replace(
-            status.new_state(config), tracked=_tracked(self.targets)
+            status.new_state(config, self.started), tracked=_tracked(self.targets)
         )
         self.status_file = status.StatusFile(config)
         self._written = False
@@ -397,6 +398,12 @@ class Daemon:
             # which `snapshot` looks in too: the daemon never exits because of it.
             runtime = self.status_file.claim()
             self.config = msgspec.structs.replace(self.config, runtime_dir=runtime)
+            # Restarted in the same container: what was installed since the first start
+            # is the user's still, though the store was away all along.
+            earlier = status.first_start(self.config)
+            if earlier is not None and earlier < self.started:
+                self.started = earlier
+                self.state = msgspec.structs.replace(self.state, since=earlier)
             # The answers of the probes its targets needed, held since no runtime directory
             # existed (the daemon first in a new container): the next command needs none.
             scan_kept.settle(self.config.runtime_dir)

@@ -36,7 +36,14 @@ from .artifacts import quota
 from .artifacts.summary import Summary, recall, summarize
 from .artifacts.summary import lines as artifact_lines
 from .checkpoint import now_iso
-from .config import Config, ensure_runtime_dir, fallback_runtime_dir, read_private, untrusted
+from .config import (
+    Config,
+    container_id,
+    ensure_runtime_dir,
+    fallback_runtime_dir,
+    read_private,
+    untrusted,
+)
 from .digest import sha256
 from .discovery import Unreadable
 from .errors import AlreadyRunning, PkgckptError, StoreUnavailable, Unreachable
@@ -108,6 +115,14 @@ class DaemonState(msgspec.Struct, kw_only=True, omit_defaults=True):
     tracked: tuple[str, ...] | None = None
     """The paths of the environments (prefixes, R libraries) the daemon tracks, those it
     discovered since its start included; None: not said (an older daemon)."""
+    container: str | None = None
+    """This container's run (`config.container_id`) the daemon ran in."""
+    since: float | None = None
+    """When the container's first daemon of this store and key started (time.time()): an
+    entry written since in an environment with no baseline is the user's install
+    (`checkpoint.Tracker`). A daemon started again (its supervisor, after a stop or a
+    crash) keeps it, and with it what the user installed before its start. None: not
+    said (an older daemon), its `started` then."""
 
 
 _state_decoder = msgspec.json.Decoder(DaemonState)
@@ -165,9 +180,11 @@ def process_start(pid: int) -> int | None:
     return int(fields[19])
 
 
-def new_state(config: Config) -> DaemonState:
+def new_state(config: Config, since: float) -> DaemonState:
     stamp = now_iso()
     return DaemonState(
+        container=container_id(),
+        since=since,
         pid=os.getpid(),
         pid_start=process_start(os.getpid()),
         host=_host(),
@@ -366,6 +383,21 @@ def read_state(config: Config) -> DaemonState | None:
     """The status of this store and key's daemon (see `find_state`), or None."""
     found = find_state(config)
     return found.state if found is not None else None
+
+
+def first_start(config: Config) -> float | None:
+    """When this container's first daemon of this store and key started (`since`), as the
+    status file of the last one, stopped or crashed, says; None when none ran here."""
+    state = read_state(config)
+    if state is None or state.container != container_id():
+        return None  # a runtime directory that outlived its container: another run's
+    return state.since
+
+
+def made_since(state: DaemonState) -> float | None:
+    """Since when an install in an environment with no baseline is the user's, to `state`'s
+    daemon (see `DaemonState.since`)."""
+    return state.since if state.since is not None else _since(state.started)
 
 
 def lock_holder(config: Config, *, here: bool = False) -> int | None:
@@ -775,7 +807,7 @@ def collect(config: Config) -> Report:
     alive = running(state, config)
     # As the running daemon reads them: a venv made since its start is no image's.
     tracker = checkpoint.Tracker(
-        baseline, recorded, _since(state.started) if alive and state is not None else None
+        baseline, recorded, made_since(state) if alive and state is not None else None
     )
     envs: list[EnvReport] = []
     recorded_envs = recorded.body.deltas() if recorded is not None else ()

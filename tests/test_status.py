@@ -254,6 +254,23 @@ def test_a_status_file_that_is_not_private_or_not_this_stores_is_not_read(tmp_pa
     assert status.read_state(config) is None
 
 
+def test_a_restarted_daemon_keeps_the_first_start_of_its_container_only(tmp_path: Path) -> None:
+    """The start a daemon counts installs from is the first of this container's daemons of
+    this store and key, as the last one's status file says; a file another container's
+    daemon left (a runtime directory kept on a volume) gives none."""
+    config = Config(store=tmp_path / "store", key="k", runtime_dir=tmp_path / "run")
+    assert status.first_start(config) is None
+    writer = status.StatusFile(config)
+    try:
+        writer.write(status.new_state(config, 1000.5))
+        assert status.first_start(config) == 1000.5
+        other = msgspec.structs.replace(status.new_state(config, 1000.5), container="0" * 16)
+        writer.write(other)
+        assert status.first_start(config) is None
+    finally:
+        writer.close()
+
+
 def test_the_status_file_is_made_again_when_its_directory_was_removed(tmp_path: Path) -> None:
     """The writer holds its checked directory open; one removed under it (tmpfiles cleaning
     /tmp) is made and checked again, so the next write is seen, not lost in a deleted one."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from daemon_kit import Daemon, World, eventually, pins, uv_install
-from wheelhouse import Dist, Venv, build_wheel
+from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt.config import Config
 from pkgckpt.inventory import targets
@@ -422,3 +422,44 @@ def test_an_install_made_before_a_late_store_arrives_is_recorded_with_no_baselin
         assert d.stop() == 0, d.output()
     finally:
         d.close()
+
+
+@pytest.mark.parametrize("end", ["stopped", "killed"])
+def test_an_install_made_before_a_daemon_restart_and_the_store_is_recorded(
+    world: World, venv: Venv, wheels: Path, late: Path, end: str
+) -> None:
+    """An environment with no baseline (a venv on the user's volume, beside the image's)
+    and no store at the start: the user installs alpha there, the daemon is restarted
+    (its supervisor, after a stop or a crash), then the store arrives. alpha is recorded.
+    The second daemon counted from its own start: alpha, made before it, was taken for
+    the image's and never recorded."""
+    other = make_venv(world.tmp / "other", with_pip=False)
+    flags = [*world.flags(venv.prefix, other.prefix), "--baseline", str(world.tmp / "b.json")]
+    flags += ["--quiet-ms", "100"]
+    first = Daemon(flags, world.env, world.tmp / "first.log").start()
+    try:
+        eventually(lambda: "cannot read the store" in first.output(), 60, "the store's absence")
+        uv_install(other.python, wheels, "alpha==1.0", env=world.env)
+        if end == "stopped":
+            first.stop()
+        else:
+            first.kill()
+    finally:
+        first.close()
+    second = Daemon(flags, world.env, world.tmp / "second.log").start()
+    try:
+        eventually(lambda: "cannot read the store" in second.output(), 60, "the store's absence")
+        mount_bind(late, world.store)
+        # An install the store surely gets: the commit that holds it has read `other`.
+        uv_install(venv.python, wheels, "beta==1.0", env=world.env)
+
+        def added(prefix: Path) -> list[list[str]]:
+            found = Store(world.store, world.key).read()
+            deltas = found.body.environments if found is not None else ()
+            return [pins(d.added) for d in deltas if d.env.path == str(prefix)]
+
+        eventually(lambda: added(venv.prefix) == [["beta==1.0"]], 60, "beta on the store")
+        assert second.stop() == 0, second.output()
+        assert added(other.prefix) == [["alpha==1.0"]], second.output()
+    finally:
+        second.close()
