@@ -258,6 +258,10 @@ class Tracker:
         self._tracks: dict[EnvKey, _Track] = {}
         self.inferred: list[Environment] = []
         """Environments tracked without a baseline (their image state was inferred)."""
+        self.told: dict[EnvKey, tuple[Environment, tuple[Package, ...]]] = {}
+        """The image's part of a container baseline's listing, where this process told it
+        from the user's packages by the record (`Inventory.image`), by the baseline's
+        environment: for `inventory.keep_images`."""
         self._edited: set[EnvKey] = set()
         """Environments not tracked whose record this process changed (`adopt`) and has
         not written yet: their delta is this process's, not only the store's."""
@@ -386,9 +390,11 @@ class Tracker:
         making = None
         started: dict[str, Package] = {}
         if inventory is not None and self._baseline is not None:
-            base, pinned = inventory.by_name(), frozenset[str]()
+            base = {p.name: p for p in inventory.shipped()}
+            pinned = frozenset[str]()
             if self._baseline.container:
-                started = base  # what this container started with, the user's included
+                started = inventory.by_name()  # what this container started with, the
+                # user's included
             shipped = inventory_image(self._baseline, env)
             image = manifest.image_identity(shipped)
             if recorded is not None and recorded.image not in (None, image):
@@ -400,6 +406,7 @@ class Tracker:
                     # outlived the last one: the user's packages in it are not the image's.
                     base = manifest.unapply(base.values(), recorded, own=True)
                     shipped, image = found, recorded.image
+                    self.told[env_key(env)] = (inventory.env, tuple(base[n] for n in sorted(base)))
         elif self._made_since is not None and made_here(env, self._made_since):
             making = _making(env)
             seeded = _seeded_by(env, obs, making)
@@ -904,7 +911,10 @@ def open_session(
         else manifest.encode_body(recorded.body if recorded is not None else Body()),
         stored=recorded.body if recorded is not None else None,
     )
-    return session, scan(session, targets)
+    changes = scan(session, targets)
+    if session.tracker.told:
+        inventory.keep_images(config, session.tracker.told.values())
+    return session, changes
 
 
 def scan(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -476,14 +476,51 @@ def _without_missing(config: Config) -> Config:
     return msgspec.structs.replace(config, baseline=None)
 
 
-def load_baseline(config: Config) -> Baseline | None:
-    """The configured baseline file, else the one this container took; None if neither."""
-    config = _without_missing(config)
+def _file(config: Config) -> Path:
+    """The baseline file to read (`config` as `_without_missing` gives it)."""
     # The runtime directory was chosen when the settings were read; someone else may
     # have made it since, in a shared /tmp, or made it a link to an old directory of the
     # user's holding a baseline of another image (its file's owner and mode would pass).
     # Looked at again, as the baseline's writer does (`ensure_runtime_dir`).
-    path = config.baseline or find_runtime_dir(config.runtime_dir) / BASELINE
+    return config.baseline or find_runtime_dir(config.runtime_dir) / BASELINE
+
+
+def keep_images(config: Config, told: Iterable[tuple[Environment, tuple[Package, ...]]]) -> None:
+    """Keep in this container's own baseline the image's part of each environment's
+    listing, as a process told it from the user's packages by the record
+    (`checkpoint.Tracker.told`, `Inventory.image`): the commands after it read the
+    baseline against a record that has moved on since. One that cannot be kept is said,
+    and tracking goes on: only those later commands would take the user's packages
+    there for a new image's."""
+    images = {(e.kind, e.path, e.user): image for e, image in told}
+
+    def kept(i: Inventory) -> Inventory:
+        image = images.get((i.env.kind, i.env.path, i.env.user))
+        return (
+            i if image is None or i.image is not None else msgspec.structs.replace(i, image=image)
+        )
+
+    config = _without_missing(config)
+    try:
+        # Read again: another command of this container may have kept some since.
+        baseline = load_baseline(config)
+        if baseline is None or not baseline.container:
+            return
+        now = msgspec.structs.replace(
+            baseline,
+            environments=tuple(map(kept, baseline.environments)),
+            conda=tuple(map(kept, baseline.conda)),
+        )
+        if now != baseline:
+            save_baseline(now, _file(config))
+    except (PkgckptError, OSError) as e:
+        log.warning("cannot keep what the image ships in this container's baseline: %s", e)
+
+
+def load_baseline(config: Config) -> Baseline | None:
+    """The configured baseline file, else the one this container took; None if neither."""
+    config = _without_missing(config)
+    path = _file(config)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:

@@ -286,9 +286,19 @@ class Inventory(Base, frozen=True):
 
     env: Environment
     packages: tuple[Package, ...] = ()
+    image: tuple[Package, ...] | None = None
+    """A container's own baseline's (`Baseline.container`): the image's part of
+    `packages`, once a process of this container has told it from the user's packages a
+    library that outlived the last container held (`recorded_image`). Kept, because the
+    record it was told by changes: with an install of those uninstalled, the library's
+    listing is no longer the recorded image with the record in place. None: `packages`."""
 
     def by_name(self) -> dict[str, Package]:
         return {p.name: p for p in self.packages}
+
+    def shipped(self) -> tuple[Package, ...]:
+        """What the image ships here, as far as this inventory tells."""
+        return self.packages if self.image is None else self.image
 
 
 class Rebased(Base, frozen=True):
@@ -408,10 +418,10 @@ class Baseline(Base, frozen=True):
         inventory = self.inventory(env)
         if inventory is None:
             return None
-        packages = {p.name: p for p in inventory.packages}
+        packages = {p.name: p for p in inventory.shipped()}
         if env.user:
             beneath = self.inventory(msgspec.structs.replace(env, user=False))
-            for p in beneath.packages if beneath is not None else ():
+            for p in beneath.shipped() if beneath is not None else ():
                 packages.setdefault(p.name, p)
         return [packages[n] for n in sorted(packages)]
 

@@ -158,3 +158,43 @@ def test_a_venv_that_outlives_its_container_keeps_its_image_without_a_baseline_f
     assert done.returncode == 0, done.stdout + done.stderr
     assert "image" not in done.stdout, done.stdout
     assert "app==1.0" in user.freeze()
+
+
+def test_an_uninstall_in_a_venv_that_outlived_its_container_is_no_image_change_after_it(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    """A venv on a home volume, no baseline file: this container's restore takes the
+    baseline with the user's app and libdep in it, then the daemon records the uninstall
+    of app. In the same container, `status` shows no new image and `snapshot` without a
+    daemon records nothing. Both read that baseline against the record that no longer
+    names app: app was the image's, the image a new one, app's absence the removal of an
+    image package, which snapshot recorded (a restore onto an image shipping app would
+    remove it)."""
+    world = World.make(tmp_path)
+    prefix = image(world, wheelhouse)
+    user = Venv(prefix)
+    flags = world.flags(prefix)
+    daemon = world.daemon(*flags, "--quiet-ms", "200").start()
+    try:
+        user.install(wheelhouse, "app")
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+    shutil.rmtree(world.runtime)  # a new container over the same venv
+    done = world.pkgckpt("restore", *flags, "--no-index", "--find-links", str(wheelhouse))
+    assert done.returncode == 0, done.stdout + done.stderr
+    daemon = world.daemon(*flags, "--quiet-ms", "200").start()
+    try:
+        user.uninstall("app")
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+    recorded = world.manifest()
+    assert recorded is not None and pins(recorded.body.environments[0].added) == ["libdep==1.0"]
+    status = world.pkgckpt("status", *flags)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "image" not in status.stdout and "pending" not in status.stdout, status.stdout
+    snap = world.pkgckpt("snapshot", *flags)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    after = world.manifest()
+    assert after is not None and after.body == recorded.body, snap.stdout
