@@ -1099,8 +1099,8 @@ class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
     capturing: int = 0
     """Packages the daemon was still capturing when the wait ended (`shutdown_timeout`)."""
     untracked: tuple[str, ...] = ()
-    """Environments the command named (--env, --r-lib) that the daemon does not track:
-    nothing of them was checkpointed."""
+    """Environments the command named (--env, --r-lib) that the daemon does not track: the
+    command checkpoints them itself (`snapshot`)."""
     pid: int | None = None
     """The daemon's, when it did the snapshot."""
 
@@ -1108,16 +1108,17 @@ class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
         text = ""
         if self.untracked:
             text = (
-                f"not checkpointed: the running daemon (pid {self.pid}) does not track "
+                f"the running daemon (pid {self.pid}) does not track "
                 f"{', '.join(self.untracked)} (its --env / --r-lib settings name what it "
-                "tracks)\nof what it tracks: "
+                "tracks): snapshot checkpointed it, and a later change there needs another "
+                "snapshot\n"
             )
         if self.generation is None:
             text += "nothing to checkpoint: nothing recorded\n"
         elif not self.committed:
             text += f"nothing to checkpoint: generation {self.generation} is current\n"
         else:
-            who = "the daemon" if self.by_daemon else "snapshot"
+            who = "the daemon" if self.by_daemon and not self.untracked else "snapshot"
             text += f"{who} wrote generation {self.generation}\n"
         if self.capturing:
             text += (
@@ -1131,7 +1132,10 @@ class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def snapshot(config: Config) -> SnapshotResult:
-    """Scan and commit now. When a daemon for this key runs, it is asked to (SIGHUP).
+    """Scan and commit now. When a daemon for this key runs, it is asked to (SIGHUP); the
+    environments named (--env, --r-lib) that it does not track, this command checkpoints
+    itself, after it, as another writer of the key: the daemon's next commit folds them in
+    as the store has them.
 
     Without one, the captures get what is left of `shutdown_timeout` (the preStop hook's
     share of the grace period, as with a daemon) once the manifest is on the store; those
@@ -1139,18 +1143,43 @@ def snapshot(config: Config) -> SnapshotResult:
     raises StoreError naming it (exit 1), once the others are on the store."""
     deadline = time.monotonic() + max(config.shutdown_timeout, 1.0)
     found = status.find_daemon(config)
-    if found is not None:
-        return _ask_daemon(config, found.state)
-    targets = checkpoint.targets(config)
+    if found is None:
+        return _snapshot_here(config, checkpoint.targets(config), deadline)
+    asked = _ask_daemon(config, found.state)
+    if not asked.untracked:
+        return asked
+    named = {os.path.realpath(p) for p in asked.untracked}
+    targets = [t for t in checkpoint.targets(config) if os.path.realpath(t.env.path) in named]
+    here = _snapshot_here(config, targets, deadline, beside=found.state)
+    return msgspec.structs.replace(
+        asked,
+        generation=here.generation if here.committed else asked.generation,
+        committed=asked.committed or here.committed,
+        uncaptured={**asked.uncaptured, **here.uncaptured},
+    )
+
+
+def _snapshot_here(
+    config: Config,
+    targets: list[Target],
+    deadline: float,
+    beside: status.DaemonState | None = None,
+) -> SnapshotResult:
+    """Scan `targets` and commit, in this process; `beside`: the running daemon's state,
+    which tracks none of them. Its start is theirs too (`status.made_since`), as `status`
+    reads them, and the artifacts' bookkeeping is left to it."""
     store = open_store(config)
-    session, _ = checkpoint.open_session(config, targets, store)
+    since = status.made_since(beside) if beside is not None else None
+    session, _ = checkpoint.open_session(config, targets, store, since)
     for env in session.tracker.inferred:
         # Said here, where nothing comes after: no later scan of this process sees a change.
         log.warning(
             "no baseline for %s: what it holds now is taken for the image's, and what is "
-            "not recorded yet stays so; a running daemon records the changes it sees "
-            "(a baseline made with `pkgckpt baseline` names it)",
+            "not recorded yet stays so; %s (a baseline made with `pkgckpt baseline` names it)",
             env.where(),
+            "the running daemon does not track it: a later change there needs another snapshot"
+            if beside is not None
+            else "a running daemon records the changes it sees",
         )
     committed = checkpoint.commit(session)
     uncaptured: dict[str, str] = {}
@@ -1161,8 +1190,9 @@ def snapshot(config: Config) -> SnapshotResult:
         left, failed = art.capture_now(session, config, targets, within)
         uncaptured = {**art.never(session, targets), **left, **failed}
         committed = checkpoint.commit(session) or committed
-        art.tidy(session, config, before, session.tracker.body())
-        remember(config, uncaptured)
+        if beside is None:
+            art.tidy(session, config, before, session.tracker.body())
+            remember(config, uncaptured)
         if failed:
             raise StoreError(
                 f"could not capture {len(failed)} package(s): "

@@ -408,12 +408,14 @@ def test_snapshot_asks_the_running_daemon_so_the_manifest_keeps_one_writer(
 
 
 @pytest.mark.slow
-def test_snapshot_of_an_environment_the_daemon_does_not_track_says_so(
+def test_snapshot_of_an_environment_the_daemon_does_not_track_checkpoints_it_itself(
     world: World, venv: Venv, wheels: Path
 ) -> None:
     """`snapshot --env OTHER` beside a daemon that watches only the venv: the daemon
-    checkpoints what it tracks, and the snapshot says OTHER was not checkpointed, not that
-    there was nothing to checkpoint (a link to the venv is the venv)."""
+    checkpoints what it tracks, and the snapshot checkpoints OTHER itself and says the
+    daemon does not track it. It said "not checkpointed" and exited 0, and OTHER's install
+    never reached the store. The daemon's next commit keeps OTHER's record (a link to the
+    venv is the venv)."""
     other = make_venv(world.tmp / "other", with_pip=False)
     d = world.daemon(
         *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "60000"
@@ -425,14 +427,25 @@ def test_snapshot_of_an_environment_the_daemon_does_not_track_says_so(
         snap = world.pkgckpt("snapshot", *world.flags(other.prefix))
         assert snap.returncode == 0, snap.stderr
         assert snap.stdout.startswith(
-            f"not checkpointed: the running daemon (pid {d.proc.pid}) does not track "  # type: ignore[union-attr]
-            f"{other.prefix} "
-        )
-        assert "of what it tracks: nothing to checkpoint: generation 1 is current" in snap.stdout
+            f"the running daemon (pid {d.proc.pid}) does not track {other.prefix} "  # type: ignore[union-attr]
+        ), snap.stdout
+        assert "snapshot wrote generation 2" in snap.stdout, snap.stdout
+
+        def added() -> dict[str, list[str]]:
+            found = world.manifest()
+            assert found is not None
+            return {d.env.path: pins(d.added) for d in found.body.environments}
+
+        both = {str(venv.prefix): ["delta==1.0"], str(other.prefix): ["delta==1.0"]}
+        assert added() == both
+        install(world, venv, wheels, "alpha==1.0")
+        again = world.pkgckpt("snapshot", *world.flags(venv.prefix))
+        assert again.stdout.startswith("the daemon wrote generation 3"), again.stdout
+        assert added() == {**both, str(venv.prefix): ["alpha==1.0", "delta==1.0"]}
         link = world.tmp / "link"
         link.symlink_to(venv.prefix)
         same = world.pkgckpt("snapshot", *world.flags(link))
-        assert same.returncode == 0 and "not checkpointed" not in same.stdout, same.stdout
+        assert same.returncode == 0 and "does not track" not in same.stdout, same.stdout
     finally:
         d.close()
 
