@@ -1196,21 +1196,30 @@ def to_text(report: Report) -> str:
 
 def to_prometheus(config: Config) -> str:
     """`status --prometheus`: the metrics the daemon writes, from its status file (or, with
-    no daemon status, from the store's manifest)."""
+    no daemon status, from the store's manifest). With no daemon running, the changes not
+    on the store are those `status` finds by its scan: a stopped daemon's count is of its
+    stop, and none at all is no count of nothing."""
     state = read_state(config)
     restore = metrics.read_restore(config)
     if state is not None:
-        return metrics.render(config.key, state.generation, state.pending, state.counters, restore)
+        pending = state.pending if running(state, config) else _pending(config)
+        return metrics.render(config.key, state.generation, pending, state.counters, restore)
+    pending = _pending(config)
     recorded = None
     with contextlib.suppress(PkgckptError):
         store = answered(STORE_SECONDS, lambda: open_store(config), config.store)
         recorded = answered(STORE_SECONDS, store.read, config.store)
     if recorded is None:
-        return metrics.render(config.key, None, 0, metrics.Counters(), restore)
+        return metrics.render(config.key, None, pending, metrics.Counters(), restore)
     counters = metrics.Counters(tracked=metrics.tracked(recorded.body))
     if config.artifacts:
         with contextlib.suppress(PkgckptError):
             counters.artifact_bytes = answered(
                 STORE_SECONDS, lambda: quota.used(store), config.store
             )
-    return metrics.render(config.key, recorded.generation, 0, counters, restore)
+    return metrics.render(config.key, recorded.generation, pending, counters, restore)
+
+
+def _pending(config: Config) -> int:
+    """The changes `status` lists as pending now (`collect`), where it knows them."""
+    return sum(len(e.pending) for e in collect(config).environments if e.pending_known)

@@ -144,6 +144,32 @@ def test_daemon_writes_the_metrics_file_after_each_commit(
 
 
 @pytest.mark.slow
+def test_without_a_running_daemon_the_pending_changes_are_what_status_finds(
+    world: World, venv: Venv, wheels: Path, flags: list[str]
+) -> None:
+    """No daemon ran, then one ran and stopped: `status --prometheus` counts the installs
+    `status` lists as pending. It said 0, the count of a daemon's stop or none at all,
+    while `status` listed them."""
+
+    def pending() -> float:
+        printed = world.pkgckpt("status", "--prometheus", *flags)
+        assert printed.returncode == 0, printed.stderr
+        return value(parse(printed.stdout)[1], "pkgckpt_pending_changes")
+
+    uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+    assert "pending  install alpha 1.0" in world.pkgckpt("status", *flags).stdout
+    assert pending() == 1
+    d = world.daemon(*flags, "--quiet-ms", "50").start()
+    try:
+        assert d.stop() == 0, d.output()
+    finally:
+        d.close()
+    assert pending() == 0
+    uv_install(venv.python, wheels, "beta==1.0", env=world.env)
+    assert pending() == 1
+
+
+@pytest.mark.slow
 def test_a_store_failure_is_counted_by_reason_and_written_at_once(
     world: World, venv: Venv, wheels: Path, daemon: Daemon
 ) -> None:
