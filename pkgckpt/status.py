@@ -386,11 +386,19 @@ def read_state(config: Config) -> DaemonState | None:
 
 
 def first_start(config: Config) -> float | None:
-    """When this container's first daemon of this store and key started (`since`), as the
-    status file of the last one, stopped or crashed, says; None when none ran here."""
+    """When the daemons of this store and key that ran in this container before, none of
+    which read the store, began (the first one's `since`), as the last one's status file
+    says, stopped or crashed; None when there were none.
+
+    One that read the store took what its environments held for the image's then, and
+    recorded what came after: the next counts from its own start, as if first. Else a
+    `chmod -R` of a library after it (which dates every entry anew) would make the next
+    record all of it."""
     state = read_state(config)
     if state is None or state.container != container_id():
         return None  # a runtime directory that outlived its container: another run's
+    if state.baseline is not None:
+        return None  # it read the store (`baseline` is said once it has)
     return state.since
 
 

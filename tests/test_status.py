@@ -256,8 +256,9 @@ def test_a_status_file_that_is_not_private_or_not_this_stores_is_not_read(tmp_pa
 
 def test_a_restarted_daemon_keeps_the_first_start_of_its_container_only(tmp_path: Path) -> None:
     """The start a daemon counts installs from is the first of this container's daemons of
-    this store and key, as the last one's status file says; a file another container's
-    daemon left (a runtime directory kept on a volume) gives none."""
+    this store and key, as the last one's status file says, while none of them read the
+    store; a file another container's daemon left (a runtime directory kept on a volume)
+    gives none."""
     config = Config(store=tmp_path / "store", key="k", runtime_dir=tmp_path / "run")
     assert status.first_start(config) is None
     writer = status.StatusFile(config)
@@ -267,6 +268,9 @@ def test_a_restarted_daemon_keeps_the_first_start_of_its_container_only(tmp_path
         other = msgspec.structs.replace(status.new_state(config, 1000.5), container="0" * 16)
         writer.write(other)
         assert status.first_start(config) is None
+        read = msgspec.structs.replace(status.new_state(config, 1000.5), baseline="b.json")
+        writer.write(read)
+        assert status.first_start(config) is None  # it read the store: counts from its start
     finally:
         writer.close()
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -463,3 +464,41 @@ def test_an_install_made_before_a_daemon_restart_and_the_store_is_recorded(
         assert added(other.prefix) == [["alpha==1.0"]], second.output()
     finally:
         second.close()
+
+
+def test_a_daemon_started_again_after_one_that_read_the_store_counts_from_its_own_start(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """The same venv with no baseline, its package gamma older than the container. A
+    first daemon reads the store and records alpha; then `chmod -R` dates every entry in
+    the venv anew (a fix-permissions step), and the daemon is started again. Nothing more
+    is recorded: the first daemon took gamma for the image's, and the second counts from
+    its own start. Counting from the first's, it recorded gamma as the user's."""
+    other = make_venv(world.tmp / "other", with_pip=False)
+    uv_install(other.python, wheels, "gamma==1.0", env=world.env)
+    then = time.time_ns() - 3600 * 10**9
+    for entry in other.site_packages.iterdir():
+        os.utime(entry, ns=(then, then), follow_symlinks=False)
+    time.sleep(0.05)  # the entries' change times, set just now, are before the start
+    flags = [*world.flags(venv.prefix, other.prefix), "--baseline", str(world.tmp / "b.json")]
+    flags += ["--quiet-ms", "100"]
+
+    def added() -> list[list[str]]:
+        found = Store(world.store, world.key).read()
+        deltas = found.body.environments if found is not None else ()
+        return [pins(d.added) for d in deltas if d.env.path == str(other.prefix)]
+
+    first = Daemon(flags, world.env, world.tmp / "first.log").start()
+    try:
+        uv_install(other.python, wheels, "alpha==1.0", env=world.env)
+        eventually(lambda: added() == [["alpha==1.0"]], 60, "alpha on the store")
+        assert first.stop() == 0, first.output()
+    finally:
+        first.close()
+    subprocess.run(["chmod", "-R", "g+w", str(other.prefix)], check=True)
+    second = Daemon(flags, world.env, world.tmp / "second.log").start()
+    try:
+        assert second.stop() == 0, second.output()
+    finally:
+        second.close()
+    assert added() == [["alpha==1.0"]], second.output()
