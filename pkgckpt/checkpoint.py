@@ -406,7 +406,10 @@ class Tracker:
                     # outlived the last one: the user's packages in it are not the image's.
                     base = manifest.unapply(base.values(), recorded, own=True)
                     shipped, image = found, recorded.image
-                    self.told[env_key(env)] = (inventory.env, tuple(base[n] for n in sorted(base)))
+                    told = tuple(base[n] for n in sorted(base))
+                    self.told[env_key(env)] = (inventory.env, told)
+                    # The user site tracked after its prefix sees the prefix's image.
+                    self._baseline = self._baseline.told(inventory.env, told)
         elif self._made_since is not None and made_here(env, self._made_since):
             making = _making(env)
             seeded = _seeded_by(env, obs, making)

@@ -492,25 +492,15 @@ def keep_images(config: Config, told: Iterable[tuple[Environment, tuple[Package,
     baseline against a record that has moved on since. One that cannot be kept is said,
     and tracking goes on: only those later commands would take the user's packages
     there for a new image's."""
-    images = {(e.kind, e.path, e.user): image for e, image in told}
-
-    def kept(i: Inventory) -> Inventory:
-        image = images.get((i.env.kind, i.env.path, i.env.user))
-        return (
-            i if image is None or i.image is not None else msgspec.structs.replace(i, image=image)
-        )
-
     config = _without_missing(config)
     try:
         # Read again: another command of this container may have kept some since.
         baseline = load_baseline(config)
         if baseline is None or not baseline.container:
             return
-        now = msgspec.structs.replace(
-            baseline,
-            environments=tuple(map(kept, baseline.environments)),
-            conda=tuple(map(kept, baseline.conda)),
-        )
+        now = baseline
+        for env, image in told:
+            now = now.told(env, image)
         if now != baseline:
             save_baseline(now, _file(config))
     except (PkgckptError, OSError) as e:

@@ -409,6 +409,21 @@ class Baseline(Base, frozen=True):
         found = (*self.environments, *self.conda)
         return next((i for i in found if same_env(i.env, env)), None)
 
+    def told(self, env: Environment, image: tuple[Package, ...]) -> Baseline:
+        """This baseline with `image` as the image's part of `env`'s listing, where none
+        was told yet (`Inventory.image`)."""
+
+        def one(i: Inventory) -> Inventory:
+            if i.image is not None or not same_env(i.env, env):
+                return i
+            return msgspec.structs.replace(i, image=image)
+
+        return msgspec.structs.replace(
+            self,
+            environments=tuple(map(one, self.environments)),
+            conda=tuple(map(one, self.conda)),
+        )
+
     def image(self, env: Environment) -> list[Package] | None:
         """What the image ships as seen from `env` (None: the baseline does not list it).
 

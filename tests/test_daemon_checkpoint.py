@@ -494,6 +494,44 @@ def test_a_user_site_baseline_holding_the_users_copy_is_still_the_recorded_image
     assert names(t.body().delta(user)) == {"added": ["tqdm==4.66.0"], "changed": [], "removed": []}
 
 
+def test_a_user_site_over_a_prefix_that_outlived_its_container_too_sees_the_prefix_image() -> None:
+    """The prefix and its user site both outlived the container, the baseline taken by its
+    first command: the prefix lists the user's attrs, the user site the user's tqdm and
+    click. Once the prefix's image is told apart, the user site sees it beneath its own
+    listing: its record stays relative to the recorded image, and the user's uninstall of
+    tqdm takes it out of the record. The user site saw the prefix's whole listing, attrs
+    in it, as a new image, and the uninstall became the removal of an image package."""
+    user = msgspec.structs.replace(ENV, user=True)
+    attrs, tqdm, click = (
+        Package(name=n, version=v)
+        for n, v in (("attrs", "23.1.0"), ("tqdm", "4.66.0"), ("click", "8.1.0"))
+    )
+    recorded = Body(
+        environments=(
+            Delta(env=ENV, added=(attrs,), image=IMAGE_ID),
+            Delta(env=user, added=(click, tqdm), image=IMAGE_ID),
+        )
+    )
+    outlived = Baseline(
+        environments=(
+            Inventory(env=ENV, packages=(*IMAGE.values(), attrs)),
+            Inventory(env=user, packages=(click, tqdm)),
+        ),
+        container=True,
+    )
+    t = Tracker(outlived, Manifest(generation=3, body=recorded))
+    assert t.observe(ENV, Observation({**IMAGE, "attrs": attrs})) == []
+    changes = t.observe(user, Observation({"click": click}))
+    assert [(c.action, c.name) for c in changes] == [("remove", "tqdm")]
+    kept = t.body().delta(user)
+    assert kept is not None and kept.image == IMAGE_ID
+    assert names(kept) == {"added": ["click==8.1.0"], "changed": [], "removed": []}
+    assert {e.user: image for e, image in t.told.values()} == {
+        False: tuple(IMAGE.values()),
+        True: (),
+    }
+
+
 # -- on a new image, the user's own install of what a rebase superseded ----------------
 
 NEW_IMAGE = pkgs("numpy==3.0.0", "pip==24.0", "six==1.16.0")
