@@ -261,7 +261,7 @@ class Tracker:
         self.told: dict[EnvKey, tuple[Environment, tuple[Package, ...]]] = {}
         """The image's part of a container baseline's listing, where this process told it
         from the user's packages by the record (`Inventory.image`), by the baseline's
-        environment: for `inventory.keep_images`."""
+        environment, until `inventory.keep_images` has kept it (`scan`)."""
         self._edited: set[EnvKey] = set()
         """Environments not tracked whose record this process changed (`adopt`) and has
         not written yet: their delta is this process's, not only the store's."""
@@ -882,6 +882,9 @@ class Session(msgspec.Struct):
     scan_errors: list[str] = msgspec.field(default_factory=list)
     stored: Body | None = None
     """The body `on_store` encodes, when known: what a commit may only annotate."""
+    keeps: Config | None = None
+    """The settings that name the container's own baseline, where what the tracker tells
+    of the image is kept (`inventory.keep_images`); None: the baseline is no container's."""
 
 
 def open_session(
@@ -913,11 +916,9 @@ def open_session(
         if store.last_read_warning is not None
         else manifest.encode_body(recorded.body if recorded is not None else Body()),
         stored=recorded.body if recorded is not None else None,
+        keeps=config if baseline is not None and baseline.container else None,
     )
-    changes = scan(session, targets)
-    if session.tracker.told:
-        inventory.keep_images(config, session.tracker.told.values())
-    return session, changes
+    return session, scan(session, targets)
 
 
 def scan(
@@ -938,6 +939,10 @@ def scan(
             session.scan_errors.append(f"cannot scan {target.env.path}: {e}")
             continue
         changes.extend((target.env, c) for c in session.tracker.observe(target.env, obs, stamp))
+    told = session.tracker.told
+    # Not kept (a full runtime directory): tried again after the next scan.
+    if told and session.keeps is not None and inventory.keep_images(session.keeps, told.values()):
+        told.clear()
     return changes
 
 

@@ -485,19 +485,19 @@ def _file(config: Config) -> Path:
     return config.baseline or find_runtime_dir(config.runtime_dir) / BASELINE
 
 
-def keep_images(config: Config, told: Iterable[tuple[Environment, tuple[Package, ...]]]) -> None:
+def keep_images(config: Config, told: Iterable[tuple[Environment, tuple[Package, ...]]]) -> bool:
     """Keep in this container's own baseline the image's part of each environment's
     listing, as a process told it from the user's packages by the record
     (`checkpoint.Tracker.told`, `Inventory.image`): the commands after it read the
     baseline against a record that has moved on since. One that cannot be kept is said,
-    and tracking goes on: only those later commands would take the user's packages
-    there for a new image's."""
+    and tracking goes on (only those later commands would take the user's packages there
+    for a new image's): False then."""
     config = _without_missing(config)
     try:
         # Read again: another command of this container may have kept some since.
         baseline = load_baseline(config)
         if baseline is None or not baseline.container:
-            return
+            return True  # none, or none of this container's, since: nothing to keep
         now = baseline
         for env, image in told:
             now = now.told(env, image)
@@ -505,6 +505,8 @@ def keep_images(config: Config, told: Iterable[tuple[Environment, tuple[Package,
             save_baseline(now, _file(config))
     except (PkgckptError, OSError) as e:
         log.warning("cannot keep what the image ships in this container's baseline: %s", e)
+        return False
+    return True
 
 
 def load_baseline(config: Config) -> Baseline | None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_kit import World, pins
+from daemon_kit import World, eventually, pins
 from wheelhouse import Dist, Venv, add_build_backend, build_c_sdist, build_wheel, make_venv
 
 pytestmark = pytest.mark.slow
@@ -198,3 +198,42 @@ def test_an_uninstall_in_a_venv_that_outlived_its_container_is_no_image_change_a
     assert snap.returncode == 0, snap.stdout + snap.stderr
     after = world.manifest()
     assert after is not None and after.body == recorded.body, snap.stdout
+
+
+def test_an_image_the_baseline_could_not_keep_is_kept_after_a_later_scan(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    """As above, the venv outlived its container; its baseline file cannot be replaced when
+    the daemon tells the image apart (made immutable here, as a full runtime directory
+    would refuse the write). The daemon says so, and keeps the image at its next scan once
+    the file can be written. It tried once only, and `status` and `snapshot` misread the
+    record for the rest of the container's life."""
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr(1) is not installed (e2fsprogs)")
+    world = World.make(tmp_path)
+    prefix = image(world, wheelhouse)
+    user = Venv(prefix)
+    flags = world.flags(prefix)
+    daemon = world.daemon(*flags, "--quiet-ms", "200").start()
+    try:
+        user.install(wheelhouse, "app")
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+    shutil.rmtree(world.runtime)  # a new container over the same venv
+    done = world.pkgckpt("restore", *flags, "--no-index", "--find-links", str(wheelhouse))
+    assert done.returncode == 0, done.stdout + done.stderr
+    file = world.runtime / "baseline.json"
+    if subprocess.run(["chattr", "+i", str(file)], capture_output=True).returncode != 0:
+        pytest.skip(f"no immutable files on the file system of {file}")
+    daemon = world.daemon(*flags, "--quiet-ms", "200").start()
+    try:
+        eventually(lambda: "cannot keep what the image ships" in daemon.output(), 30)
+        assert '"image"' not in file.read_text()
+        subprocess.run(["chattr", "-i", str(file)], check=True)
+        user.install(wheelhouse, "imgbase==1.1")
+        eventually(lambda: '"image"' in file.read_text(), 30, "the image kept")
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        subprocess.run(["chattr", "-i", str(file)], capture_output=True)
+        daemon.close()
