@@ -160,6 +160,24 @@ def test_a_venv_that_outlives_its_container_keeps_its_image_without_a_baseline_f
     assert "app==1.0" in user.freeze()
 
 
+def outlived(tmp_path: Path, wheelhouse: Path) -> tuple[World, Venv, list[str]]:
+    """A venv on a home volume, no baseline file, where the daemon recorded app (and its
+    libdep); then a new container over it, whose restore takes the baseline with both."""
+    world = World.make(tmp_path)
+    user = Venv(image(world, wheelhouse))
+    flags = world.flags(user.prefix)
+    daemon = world.daemon(*flags, "--quiet-ms", "200").start()
+    try:
+        user.install(wheelhouse, "app")
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+    shutil.rmtree(world.runtime)  # a new container over the same venv
+    done = world.pkgckpt("restore", *flags, "--no-index", "--find-links", str(wheelhouse))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return world, user, flags
+
+
 def test_an_uninstall_in_a_venv_that_outlived_its_container_is_no_image_change_after_it(
     tmp_path: Path, wheelhouse: Path
 ) -> None:
@@ -170,19 +188,7 @@ def test_an_uninstall_in_a_venv_that_outlived_its_container_is_no_image_change_a
     names app: app was the image's, the image a new one, app's absence the removal of an
     image package, which snapshot recorded (a restore onto an image shipping app would
     remove it)."""
-    world = World.make(tmp_path)
-    prefix = image(world, wheelhouse)
-    user = Venv(prefix)
-    flags = world.flags(prefix)
-    daemon = world.daemon(*flags, "--quiet-ms", "200").start()
-    try:
-        user.install(wheelhouse, "app")
-        assert daemon.stop() == 0, daemon.output()
-    finally:
-        daemon.close()
-    shutil.rmtree(world.runtime)  # a new container over the same venv
-    done = world.pkgckpt("restore", *flags, "--no-index", "--find-links", str(wheelhouse))
-    assert done.returncode == 0, done.stdout + done.stderr
+    world, user, flags = outlived(tmp_path, wheelhouse)
     daemon = world.daemon(*flags, "--quiet-ms", "200").start()
     try:
         user.uninstall("app")
@@ -210,19 +216,7 @@ def test_an_image_the_baseline_could_not_keep_is_kept_after_a_later_scan(
     record for the rest of the container's life."""
     if shutil.which("chattr") is None:
         pytest.skip("chattr(1) is not installed (e2fsprogs)")
-    world = World.make(tmp_path)
-    prefix = image(world, wheelhouse)
-    user = Venv(prefix)
-    flags = world.flags(prefix)
-    daemon = world.daemon(*flags, "--quiet-ms", "200").start()
-    try:
-        user.install(wheelhouse, "app")
-        assert daemon.stop() == 0, daemon.output()
-    finally:
-        daemon.close()
-    shutil.rmtree(world.runtime)  # a new container over the same venv
-    done = world.pkgckpt("restore", *flags, "--no-index", "--find-links", str(wheelhouse))
-    assert done.returncode == 0, done.stdout + done.stderr
+    world, user, flags = outlived(tmp_path, wheelhouse)
     file = world.runtime / "baseline.json"
     if subprocess.run(["chattr", "+i", str(file)], capture_output=True).returncode != 0:
         pytest.skip(f"no immutable files on the file system of {file}")
