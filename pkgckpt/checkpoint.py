@@ -983,21 +983,28 @@ def commit(session: Session) -> Manifest | None:
             log.info("%s: folding it in and committing again", e)
 
 
+def refresh(session: Session) -> None:
+    """Fold into the record what the store holds that this process has not read or
+    written (another writer of the key, a deleted directory, an older copy): before a
+    change is made to the record, so that it is made to what the store holds. Raises as
+    `Store.check`."""
+    changed, stored = session.store.check()
+    if changed:
+        # The record is written whatever the store had, at the next commit.
+        newer = stored is not None and (
+            session.generation is None or stored.generation > session.generation
+        )
+        session.tracker.fold(stored.body if stored is not None else Body(), newer)
+        if stored is not None:
+            # Read now: what `confirm` expects when the record folds into this very body.
+            session.generation = stored.generation
+        session.on_store = None
+        session.stored = None
+
+
 def _commit_once(session: Session) -> Manifest | None:
     with session.store.cycle():  # the store's root and key directory checked once for both
-        changed, stored = session.store.check()
-        if changed:
-            # Another generation, a deleted directory or an older copy: what the store
-            # holds joins the record first, and the record is written whatever it had.
-            newer = stored is not None and (
-                session.generation is None or stored.generation > session.generation
-            )
-            session.tracker.fold(stored.body if stored is not None else Body(), newer)
-            if stored is not None:
-                # Read now: what `confirm` expects when the record folds into this very body.
-                session.generation = stored.generation
-            session.on_store = None
-            session.stored = None
+        refresh(session)
         body = session.tracker.body()
         encoded = manifest.encode_body(body)
         if encoded == session.on_store:

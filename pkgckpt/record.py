@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from . import manifest, status
+from . import checkpoint, manifest, status
 from .checkpoint import CONFLICT_ATTEMPTS, EnvKey, annotates, env_key, now_iso, same_install
 from .config import Config, ensure_runtime_dir
 from .durable import atomic_write
@@ -650,6 +650,13 @@ def serve(
     """
     taken: list[tuple[str, _Reply | None]] = []
     read = _read_requests(config, runtime, taken)
+    if read:
+        # A `snapshot` of what the daemon does not track writes beside it: a request is
+        # made to the record as the store has it, or the commit's fold would take that
+        # environment back whole from the store, undoing a revert or a forget of it. A
+        # store that cannot be read takes the change later (exit 5), as without a fold.
+        with contextlib.suppress(PkgckptError):
+            checkpoint.refresh(session)
     for reverts in (True, False):
         if not reverts:
             rescan()

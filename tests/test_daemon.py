@@ -451,6 +451,39 @@ def test_snapshot_of_an_environment_the_daemon_does_not_track_checkpoints_it_its
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("request_", ["revert", "forget"])
+def test_a_request_to_the_daemon_after_a_snapshot_wrote_what_it_does_not_track_holds(
+    world: World, venv: Venv, wheels: Path, request_: str
+) -> None:
+    """`snapshot --env OTHER` writes OTHER beside the daemon; at once, before the daemon
+    commits again, `revert 1` or `forget delta --env OTHER` goes through the daemon. The
+    record then holds OTHER as the request made it. The daemon made the change to its own
+    record, which did not hold OTHER yet: its commit took OTHER back from the store, and
+    the revert was undone, the forget refused ("the record has no such environment")."""
+    other = make_venv(world.tmp / "other", with_pip=False)
+    d = world.daemon(
+        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "60000"
+    ).start()
+    try:
+        install(world, venv, wheels, "alpha==1.0")
+        assert world.pkgckpt("snapshot", *world.flags(venv.prefix)).returncode == 0
+        install(world, other, wheels, "delta==1.0")
+        snap = world.pkgckpt("snapshot", *world.flags(other.prefix))
+        assert "snapshot wrote generation 2" in snap.stdout, snap.stdout + snap.stderr
+        if request_ == "revert":
+            asked = world.pkgckpt("revert", "1", "--yes", *world.flags(venv.prefix))
+        else:
+            asked = world.pkgckpt("forget", "delta", *world.flags(other.prefix))
+        assert asked.returncode == 0, asked.stdout + asked.stderr
+        found = world.manifest()
+        assert found is not None
+        added = {d.env.path: pins(d.added) for d in found.body.environments if d.added}
+        assert added == {str(venv.prefix): ["alpha==1.0"]}, asked.stdout
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 def test_the_daemons_no_baseline_warning_names_the_image_baseline_file(
     world: World, venv: Venv, wheels: Path
 ) -> None:
