@@ -128,11 +128,12 @@ def _number(value: float) -> str:
 def render(
     key: str,
     generation: int | None,
-    pending: int,
+    pending: int | None,
     counters: Counters,
     restore: RestoreRecord | None,
 ) -> str:
-    """The text exposition of every metric above."""
+    """The text exposition of every metric above; a value that is None (not known) has
+    its family without a sample."""
     lines: list[str] = []
 
     def family(

@@ -1211,6 +1211,8 @@ def to_prometheus(config: Config) -> str:
     restore = metrics.read_restore(config)
     if state is not None:
         pending = state.pending if running(state, config) else _pending(config)
+        if pending is None:
+            pending = state.pending  # not known now: the count at the daemon's stop
         return metrics.render(config.key, state.generation, pending, state.counters, restore)
     pending = _pending(config)
     recorded = None
@@ -1228,6 +1230,14 @@ def to_prometheus(config: Config) -> str:
     return metrics.render(config.key, recorded.generation, pending, counters, restore)
 
 
-def _pending(config: Config) -> int:
-    """The changes `status` lists as pending now (`collect`), where it knows them."""
-    return sum(len(e.pending) for e in collect(config).environments if e.pending_known)
+def _pending(config: Config) -> int | None:
+    """The changes `status` lists as pending now (`collect`); None when it cannot tell
+    (the store or an environment could not be read, a baseline is refused): the other
+    metrics are still printed."""
+    try:
+        report = collect(config)
+    except PkgckptError:
+        return None
+    if not all(e.pending_known for e in report.environments):
+        return None
+    return sum(len(e.pending) for e in report.environments)

@@ -149,7 +149,7 @@ def test_without_a_running_daemon_the_pending_changes_are_what_status_finds(
 ) -> None:
     """No daemon ran, then one ran and stopped: `status --prometheus` counts the installs
     `status` lists as pending. It said 0, the count of a daemon's stop or none at all,
-    while `status` listed them."""
+    while `status` listed them. Where the scan cannot tell, no count is printed."""
 
     def pending() -> float:
         printed = world.pkgckpt("status", "--prometheus", *flags)
@@ -159,6 +159,15 @@ def test_without_a_running_daemon_the_pending_changes_are_what_status_finds(
     uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
     assert "pending  install alpha 1.0" in world.pkgckpt("status", *flags).stdout
     assert pending() == 1
+    # A scan that cannot tell (a baseline refused) gives no count, and the rest as before.
+    broken = world.tmp / "broken.json"
+    broken.write_text("{")
+    printed = world.pkgckpt(
+        "status", "--prometheus", *world.flags(venv.prefix), "--baseline", str(broken)
+    )
+    assert printed.returncode == 0, printed.stderr
+    types, samples = parse(printed.stdout)
+    assert types == NAMES and not [k for k in samples if k[0] == "pkgckpt_pending_changes"]
     d = world.daemon(*flags, "--quiet-ms", "50").start()
     try:
         assert d.stop() == 0, d.output()
