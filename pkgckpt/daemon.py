@@ -1110,15 +1110,15 @@ class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
             text = (
                 f"the running daemon (pid {self.pid}) does not track "
                 f"{', '.join(self.untracked)} (its --env / --r-lib settings name what it "
-                "tracks): snapshot checkpointed it, and a later change there needs another "
-                "snapshot\n"
+                "tracks): snapshot checkpointed what is installed there; a later install "
+                "there needs another snapshot, and no uninstall there is recorded\n"
             )
         if self.generation is None:
             text += "nothing to checkpoint: nothing recorded\n"
         elif not self.committed:
             text += f"nothing to checkpoint: generation {self.generation} is current\n"
         else:
-            who = "the daemon" if self.by_daemon and not self.untracked else "snapshot"
+            who = "the daemon" if self.by_daemon else "snapshot"
             text += f"{who} wrote generation {self.generation}\n"
         if self.capturing:
             text += (
@@ -1155,6 +1155,7 @@ def snapshot(config: Config) -> SnapshotResult:
         asked,
         generation=here.generation if here.committed else asked.generation,
         committed=asked.committed or here.committed,
+        by_daemon=not here.committed,
         uncaptured={**asked.uncaptured, **here.uncaptured},
     )
 
