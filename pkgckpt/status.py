@@ -1161,6 +1161,8 @@ def to_text(report: Report) -> str:
     if report.refused:
         lines.append("restore:    would refuse this manifest, nothing would be installed:")
         lines += [f"    {line.strip()}" for line in report.refused.splitlines()[1:]]
+    # What the running daemon watches, as its status file names it (None: all, or not said).
+    said = report.daemon.tracked if report.daemon_running and report.daemon else None
     for e in report.environments:
         lines.append(f"{e.env.kind} {e.env.where()}:")
         if e.recorded_as is not None:
@@ -1170,9 +1172,16 @@ def to_text(report: Report) -> str:
         if e.untracked:
             lines.append(f"    restore skips it: {e.untracked}")
         if e.no_baseline:
+            flag = "--r-lib" if e.env.kind == "r" else "--env"
+            who = (
+                "a running daemon records the changes it sees"
+                if said is None or e.env.path in said
+                else f"the running daemon does not track it: `pkgckpt snapshot {flag} "
+                f"{e.env.path}` records what is installed there"
+            )
             lines.append(
                 "    no baseline: what it held when first scanned counts as the image's, not "
-                "recorded; a running daemon records the changes it sees"
+                f"recorded; {who}"
             )
         for lock in e.stale_locks:
             from .scan.r import remove_lock_command

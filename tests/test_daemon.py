@@ -452,6 +452,29 @@ def test_snapshot_of_an_environment_the_daemon_does_not_track_checkpoints_it_its
 
 
 @pytest.mark.slow
+def test_status_of_an_environment_the_daemon_does_not_track_says_how_to_record_it(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """An environment with no baseline that the running daemon does not track: status
+    names the snapshot that records it. It said a running daemon records the changes it
+    sees, which this one never does there."""
+    other = make_venv(world.tmp / "other", with_pip=False)
+    install(world, other, wheels, "delta==1.0")
+    d = world.daemon(
+        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "60000"
+    ).start()
+    try:
+        shown = world.pkgckpt("status", *world.flags(other.prefix))
+        assert shown.returncode == 0, shown.stderr
+        assert (
+            "the running daemon does not track it: "
+            f"`pkgckpt snapshot --env {other.prefix}` records what is installed there"
+        ) in " ".join(shown.stdout.split()), shown.stdout
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("request_", ["revert", "forget"])
 def test_a_request_to_the_daemon_after_a_snapshot_wrote_what_it_does_not_track_holds(
     world: World, venv: Venv, wheels: Path, request_: str
