@@ -653,8 +653,9 @@ def serve(
     if read:
         # A `snapshot` of what the daemon does not track writes beside it: a request is
         # made to the record as the store has it, or the commit's fold would take that
-        # environment back whole from the store, undoing a revert or a forget of it. A
-        # store that cannot be read takes the change later (exit 5), as without a fold.
+        # environment back whole from the store, undoing a revert or a forget of it. With
+        # a store that cannot be read, the request is made to the record as this daemon
+        # holds it, as before: one it can make waits for the store (exit 5).
         with contextlib.suppress(PkgckptError):
             checkpoint.refresh(session)
     for reverts in (True, False):
