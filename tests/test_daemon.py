@@ -407,6 +407,26 @@ def test_snapshot_asks_the_running_daemon_so_the_manifest_keeps_one_writer(
         d.close()
 
 
+def untracked_snapshot(
+    world: World, venv: Venv, wheels: Path, mine: str
+) -> tuple[Daemon, Venv, subprocess.CompletedProcess[str]]:
+    """A daemon that watches only the venv, where `mine` is installed and on the store
+    (generation 1); then delta installed into OTHER, a venv it does not track, and
+    `snapshot --env OTHER`: the daemon, OTHER and that snapshot's outcome."""
+    other = make_venv(world.tmp / "other", with_pip=False)
+    d = world.daemon(
+        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "60000"
+    ).start()
+    try:
+        install(world, venv, wheels, mine)
+        assert world.pkgckpt("snapshot", *world.flags(venv.prefix)).returncode == 0
+        install(world, other, wheels, "delta==1.0")
+        return d, other, world.pkgckpt("snapshot", *world.flags(other.prefix))
+    except BaseException:
+        d.close()
+        raise
+
+
 @pytest.mark.slow
 def test_snapshot_of_an_environment_the_daemon_does_not_track_checkpoints_it_itself(
     world: World, venv: Venv, wheels: Path
@@ -416,15 +436,8 @@ def test_snapshot_of_an_environment_the_daemon_does_not_track_checkpoints_it_its
     daemon does not track it. It said "not checkpointed" and exited 0, and OTHER's install
     never reached the store. The daemon's next commit keeps OTHER's record (a link to the
     venv is the venv)."""
-    other = make_venv(world.tmp / "other", with_pip=False)
-    d = world.daemon(
-        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "60000"
-    ).start()
+    d, other, snap = untracked_snapshot(world, venv, wheels, "delta==1.0")
     try:
-        install(world, venv, wheels, "delta==1.0")
-        assert world.pkgckpt("snapshot", *world.flags(venv.prefix)).returncode == 0
-        install(world, other, wheels, "delta==1.0")
-        snap = world.pkgckpt("snapshot", *world.flags(other.prefix))
         assert snap.returncode == 0, snap.stderr
         assert snap.stdout.startswith(
             f"the running daemon (pid {d.proc.pid}) does not track {other.prefix} "  # type: ignore[union-attr]
@@ -484,15 +497,8 @@ def test_a_request_to_the_daemon_after_a_snapshot_wrote_what_it_does_not_track_h
     record then holds OTHER as the request made it. The daemon made the change to its own
     record, which did not hold OTHER yet: its commit took OTHER back from the store, and
     the revert was undone, the forget refused ("the record has no such environment")."""
-    other = make_venv(world.tmp / "other", with_pip=False)
-    d = world.daemon(
-        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "60000"
-    ).start()
+    d, other, snap = untracked_snapshot(world, venv, wheels, "alpha==1.0")
     try:
-        install(world, venv, wheels, "alpha==1.0")
-        assert world.pkgckpt("snapshot", *world.flags(venv.prefix)).returncode == 0
-        install(world, other, wheels, "delta==1.0")
-        snap = world.pkgckpt("snapshot", *world.flags(other.prefix))
         assert "snapshot wrote generation 2" in snap.stdout, snap.stdout + snap.stderr
         if request_ == "revert":
             asked = world.pkgckpt("revert", "1", "--yes", *world.flags(venv.prefix))
