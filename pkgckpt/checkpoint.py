@@ -393,8 +393,8 @@ class Tracker:
             base = {p.name: p for p in inventory.shipped()}
             pinned = frozenset[str]()
             if self._baseline.container:
-                started = inventory.by_name()  # what this container started with, the
-                # user's included
+                # What this container started with, the user's included.
+                started = inventory.by_name()
             shipped = inventory_image(self._baseline, env)
             image = manifest.image_identity(shipped)
             if recorded is not None and recorded.image not in (None, image):

@@ -1178,7 +1178,7 @@ def _snapshot_here(
             "no baseline for %s: what it holds now is taken for the image's, and what is "
             "not recorded yet stays so; %s (a baseline made with `pkgckpt baseline` names it)",
             env.where(),
-            "the running daemon does not track it: a later change there needs another snapshot"
+            "the running daemon does not track it: a later install there needs another snapshot"
             if beside is not None
             else "a running daemon records the changes it sees",
         )

@@ -121,8 +121,9 @@ class DaemonState(msgspec.Struct, kw_only=True, omit_defaults=True):
     """When the container's first daemon of this store and key started (time.time()): an
     entry written since in an environment with no baseline is the user's install
     (`checkpoint.Tracker`). A daemon started again (its supervisor, after a stop or a
-    crash) keeps it, and with it what the user installed before its start. None: not
-    said (an older daemon), its `started` then."""
+    crash) keeps it while no daemon before it read the store (`first_start`), and with
+    it what the user installed before its start. None: not said (an older daemon), its
+    `started` then."""
 
 
 _state_decoder = msgspec.json.Decoder(DaemonState)
