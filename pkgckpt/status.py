@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple, TypeAlias
 
 import msgspec
 
@@ -787,9 +787,10 @@ STORE_SECONDS = 10.0
 local (the daemon, the libraries) is worth showing while the store does not answer."""
 
 
-def _from_store(
-    config: Config,
-) -> tuple[Store | None, Manifest | None, list[int], str | None, str | None]:
+_FromStore: TypeAlias = tuple[Store | None, Manifest | None, list[int], str | None, str | None]
+
+
+def _from_store(config: Config) -> _FromStore:
     """The store, its manifest, its kept generations, the store's error, and why the
     manifest could not be read; each call waited for `STORE_SECONDS` at most."""
     try:
@@ -808,9 +809,10 @@ def _from_store(
         return store, recorded, [], str(e), None
 
 
-def collect(config: Config) -> Report:
-    """Everything `pkgckpt status` shows; reads only, never writes or takes a baseline."""
-    store, recorded, kept, store_error, unread = _from_store(config)
+def collect(config: Config, stored: _FromStore | None = None) -> Report:
+    """Everything `pkgckpt status` shows; reads only, never writes or takes a baseline.
+    `stored`: what `_from_store` gave the caller, read once for both."""
+    store, recorded, kept, store_error, unread = stored or _from_store(config)
     baseline = inventory.load_baseline(config)
     state = read_state(config)
     alive = running(state, config)
@@ -1224,12 +1226,14 @@ def to_prometheus(config: Config) -> str:
         if pending is None:
             pending = state.pending  # not known now: the count at the daemon's stop
         return metrics.render(config.key, state.generation, pending, state.counters, restore)
-    pending = _pending(config)
-    recorded = None
-    with contextlib.suppress(PkgckptError):
-        store = answered(STORE_SECONDS, lambda: open_store(config), config.store)
-        recorded = answered(STORE_SECONDS, store.read, config.store)
-    if recorded is None:
+    stored = None
+    with contextlib.suppress(PkgckptError):  # a store refused: `collect` would be refused too
+        stored = _from_store(config)
+    if stored is None:
+        return metrics.render(config.key, None, None, metrics.Counters(), restore)
+    pending = _pending(config, stored)
+    store, recorded = stored[:2]
+    if store is None or recorded is None:
         return metrics.render(config.key, None, pending, metrics.Counters(), restore)
     counters = metrics.Counters(tracked=metrics.tracked(recorded.body))
     if config.artifacts:
@@ -1240,12 +1244,12 @@ def to_prometheus(config: Config) -> str:
     return metrics.render(config.key, recorded.generation, pending, counters, restore)
 
 
-def _pending(config: Config) -> int | None:
-    """The changes `status` lists as pending now (`collect`); None when it cannot tell
-    (the store or an environment could not be read, a baseline is refused): the other
-    metrics are still printed."""
+def _pending(config: Config, stored: _FromStore | None = None) -> int | None:
+    """The changes `status` lists as pending now (`collect`, given `stored`); None when it
+    cannot tell (the store or an environment could not be read, a baseline is refused):
+    the other metrics are still printed."""
     try:
-        report = collect(config)
+        report = collect(config, stored)
     except PkgckptError:
         return None
     if not all(e.pending_known for e in report.environments):
