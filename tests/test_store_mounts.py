@@ -85,6 +85,14 @@ def recorded(world: World) -> tuple[list[str], list[str]] | None:
     return pins([*delta.added, *delta.changed]), pins(delta.removed)
 
 
+def added(world: World, prefix: Path) -> list[list[str]]:
+    """What the store records as added in the environment at `prefix` (one list per delta
+    of it: none before it has one)."""
+    found = Store(world.store, world.key).read()
+    deltas = found.body.environments if found is not None else ()
+    return [pins(d.added) for d in deltas if d.env.path == str(prefix)]
+
+
 def holds(world: World, *want: str) -> bool:
     return recorded(world) == (sorted(want), [])
 
@@ -453,15 +461,10 @@ def test_an_install_made_before_a_daemon_restart_and_the_store_is_recorded(
         mount_bind(late, world.store)
         # An install the store surely gets: the commit that holds it has read `other`.
         uv_install(venv.python, wheels, "beta==1.0", env=world.env)
-
-        def added(prefix: Path) -> list[list[str]]:
-            found = Store(world.store, world.key).read()
-            deltas = found.body.environments if found is not None else ()
-            return [pins(d.added) for d in deltas if d.env.path == str(prefix)]
-
-        eventually(lambda: added(venv.prefix) == [["beta==1.0"]], 60, "beta on the store")
+        beta = [["beta==1.0"]]
+        eventually(lambda: added(world, venv.prefix) == beta, 60, "beta on the store")
         assert second.stop() == 0, second.output()
-        assert added(other.prefix) == [["alpha==1.0"]], second.output()
+        assert added(world, other.prefix) == [["alpha==1.0"]], second.output()
     finally:
         second.close()
 
@@ -483,15 +486,10 @@ def test_a_daemon_started_again_after_one_that_read_the_store_counts_from_its_ow
     flags = [*world.flags(venv.prefix, other.prefix), "--baseline", str(world.tmp / "b.json")]
     flags += ["--quiet-ms", "100"]
 
-    def added() -> list[list[str]]:
-        found = Store(world.store, world.key).read()
-        deltas = found.body.environments if found is not None else ()
-        return [pins(d.added) for d in deltas if d.env.path == str(other.prefix)]
-
     first = Daemon(flags, world.env, world.tmp / "first.log").start()
     try:
         uv_install(other.python, wheels, "alpha==1.0", env=world.env)
-        eventually(lambda: added() == [["alpha==1.0"]], 60, "alpha on the store")
+        eventually(lambda: added(world, other.prefix) == [["alpha==1.0"]], 60, "alpha stored")
         assert first.stop() == 0, first.output()
     finally:
         first.close()
@@ -501,4 +499,4 @@ def test_a_daemon_started_again_after_one_that_read_the_store_counts_from_its_ow
         assert second.stop() == 0, second.output()
     finally:
         second.close()
-    assert added() == [["alpha==1.0"]], second.output()
+    assert added(world, other.prefix) == [["alpha==1.0"]], second.output()
