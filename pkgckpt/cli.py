@@ -247,7 +247,7 @@ def snapshot(cfg: config.Config) -> int:
     stopped, and the next snapshot takes them). A package leaves the manifest only
     through an uninstall the daemon saw: snapshot itself only adds and updates.
     """
-    from .daemon import snapshot as snapshot_
+    from .snapshot import snapshot as snapshot_
 
     click.echo(snapshot_(cfg).render(), nl=False)
     return 0
