@@ -212,6 +212,10 @@ class _Track(msgspec.Struct):
     """Names a forget or a revert took out of the record, removals included (`forgotten`
     holds installs only), until a later one records them again: what the store still
     records of them is not taken back in."""
+    seen_at: dict[str, float] = msgspec.field(default_factory=dict)
+    """When (time.time()) a scan after this process's first found each name installed
+    anew, changed or uninstalled: a forget another process made before that is not of
+    what is there now (`_forgets`)."""
 
 
 def _inferred_baseline(
@@ -290,6 +294,7 @@ class Tracker:
         if track.making is not None and (track.activated or now() >= track.making):
             track.making = None
         before = dict(track.state)
+        moment = now()
         # A library that turns empty at once is more likely unmounted than emptied by hand.
         vanished = not obs.packages and bool(track.last)
         absences_count = obs.trusted and not vanished
@@ -299,7 +304,11 @@ class Tracker:
             # wanting it after all: it goes on, and the forget ends below.
             again = name in obs.renewed and name in track.forgotten
             if seen is not None and same_install(seen, found) and not again:
+                if name in obs.renewed:
+                    track.seen_at[name] = moment
                 continue  # unchanged since this process last looked: the record stands
+            if not first:
+                track.seen_at[name] = moment
             recorded = track.state.get(name)
             if recorded is not None and same_install(recorded, found):
                 if seen is None:
@@ -345,6 +354,7 @@ class Tracker:
                 track.forgotten.pop(name, None)
                 track.gone.add(name)
                 track.touched.add(name)
+                track.seen_at[name] = moment
             else:
                 unconfirmed[name] = seen
         track.last = {**unconfirmed, **obs.packages}
@@ -368,20 +378,8 @@ class Tracker:
         made = obs.made(name) if obs.made is not None else None
         if made is None:
             return False
-        for event in reversed(self._events):
-            relevant = event.action == "revert" or (
-                event.action == "forget"
-                and event.name == name
-                and event.env is not None
-                and manifest.same_env(event.env, env)
-            )
-            if relevant and event.time is not None:
-                try:
-                    when = datetime.fromisoformat(event.time).timestamp()
-                except ValueError:
-                    return False
-                return made > when * 1e9 + 1e6
-        return False
+        when = _dropped_at(self._events, env, name)
+        return when is not None and made > when * 1e9 + 1e6
 
     def _start(self, env: Environment, obs: Observation) -> _Track:
         recorded = self._recorded.delta(env)
@@ -502,7 +500,13 @@ class Tracker:
         this process changed that environment's record itself (a forget or a revert not
         written yet), its entries only join. Nothing the record holds leaves; a package
         the user told the record to forget (an install or a removal) is not brought back.
+
+        The store's forgets and reverts (its `events`) join the record's history. Those of
+        a newer store that this process had not read are the user's word on the record of
+        a tracked environment too, where they dropped what this process records and has
+        not seen change since (`_forgets`).
         """
+        news = self._merge_events(stored.events)
         for theirs in stored.deltas():
             key = env_key(theirs.env)
             track = self._tracks.get(key)
@@ -535,6 +539,18 @@ class Tracker:
                         self.attach(theirs.env, bare, p.artifact)
                     continue
                 _take(track, theirs, part, p)
+            if news and newer:
+                _forgets(track, theirs, news)
+
+    def _merge_events(self, stored: tuple[manifest.Event, ...]) -> list[manifest.Event]:
+        """Make the record's history the store's (`stored`), followed by what this process
+        added after the last event of its own the store holds (a change not written yet);
+        return the events of `stored` this process did not hold."""
+        on = set(stored)
+        known = set(self._events)
+        last = max((i for i, e in enumerate(self._events) if e in on), default=-1)
+        self._events = [*stored, *self._events[last + 1 :]][-manifest.HISTORY_LIMIT :]
+        return [e for e in stored if e not in known]
 
     def written(self) -> None:
         """The record was written to the store whole: what this process changed in the
@@ -760,6 +776,68 @@ def _observed(track: _Track, p: Package, *, removed: bool = False) -> bool:
         return False
     image = track.baseline.get(name)
     return image is None or not same_install(image, seen)
+
+
+def _dropped_at(events: Iterable[manifest.Event], env: Environment, name: str) -> float | None:
+    """When (time.time()) the last of `events` that could have taken `name` of `env` out
+    of the record was made: a forget of it, or a revert (one without a time is passed
+    over). None: none, or a time that does not read."""
+    for event in reversed(list(events)):
+        relevant = event.action == "revert" or (
+            event.action == "forget"
+            and event.name == name
+            and event.env is not None
+            and manifest.same_env(event.env, env)
+        )
+        if relevant and event.time is not None:
+            try:
+                return datetime.fromisoformat(event.time).timestamp()
+            except ValueError:
+                return None
+    return None
+
+
+def _forgets(track: _Track, theirs: Delta, news: list[manifest.Event]) -> None:
+    """Take in what the forgets and reverts among `news` (events new to this process)
+    dropped from the store's record of `track`'s environment (`theirs`): an install the
+    store now keeps in `forgotten`, a removal a forget named. Only where this process
+    records just what was dropped and has not seen that name change since (`seen_at`,
+    against the other process's clock): that is the user's word on the record, and this
+    process's next commit must not undo it. What this process saw installed anew since
+    keeps its record, as an install does after a forget made here (`observe`)."""
+    forgot = {p.name: p for p in theirs.forgotten}
+    entries = _entries(theirs)
+    named = {
+        e.name
+        for e in news
+        if e.action == "forget" and e.name and e.env and manifest.same_env(e.env, theirs.env)
+    }
+    for name in sorted(forgot.keys() | named):
+        when = _dropped_at(news, theirs.env, name)
+        if when is None or track.seen_at.get(name, 0.0) > when:
+            continue
+        held = track.state.get(name)
+        dropped = forgot.get(name)
+        if dropped is not None:
+            if held is None or not same_install(held, dropped):
+                continue
+            track.forgotten[name] = dropped
+        elif held is not None or name not in track.baseline or name in entries:
+            continue  # not a removal this process records, or one the store keeps
+        track.failing.pop(name, None)
+        track.rebased.pop(name, None)
+        track.pinned = track.pinned - {name}
+        track.touched.discard(name)
+        if name in entries:
+            _take(track, theirs, *entries[name])  # a revert's own entry for it
+            continue
+        image = track.baseline.get(name)
+        if image is None:
+            track.state.pop(name, None)
+        else:
+            track.state[name] = image
+        track.touched.add(name)  # so that no recorded form of it is carried (`_carried`)
+        track.dropped.add(name)
 
 
 def _take(track: _Track, theirs: Delta, part: str, p: Package) -> None:

@@ -4,13 +4,15 @@ directory or an older copy is folded into the record, never the other way round.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import msgspec
 import pytest
 from daemon_kit import Daemon, World, eventually, uv_install, uv_uninstall
-from wheelhouse import Dist, build_wheel, make_venv
+from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt import manifest, record
 from pkgckpt.checkpoint import Observation, Session, Tracker, commit, confirm
@@ -112,6 +114,39 @@ def test_another_generation_on_the_store_is_folded_in(store: Store) -> None:
     installs(s, "a==1", "c==3")
     assert recorded(store) == {"a==1", "b==2", "c==3"}
     assert recorded(store, R) == {"cli==3.6.0"}
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["as-it-was", "installed-again"])
+def test_another_writers_forget_holds_unless_made_again_here_since(
+    store: Store, again: bool
+) -> None:
+    """The user forgets b and the removal of six through another writer of the key (a
+    daemon in another container). This daemon recorded both and still finds them as they
+    were: its next commit keeps them out of the record, and the forget in its history.
+    Found installed anew here after that forget (`--force-reinstall`), b is recorded
+    again."""
+    s = session(store)
+    here = {**IMAGE, **pkgs("a==1", "b==2")}
+    installs(s, "a==1", "b==2")
+    del here["six"]
+    s.tracker.observe(ENV, Observation(here))
+    assert commit(s) is not None
+    other = Store(store.root, store.key)
+    found = other.read()
+    assert found is not None
+    assert other.commit(record.forgotten(found.body, ["b", "six"], (ENV,))) is not None
+    time.sleep(0.01)  # the forget's time is cut to the millisecond
+    s.tracker.observe(ENV, Observation(here, renewed=frozenset({"b"} if again else ())))
+    s.tracker.observe(ENV, Observation({**here, **pkgs("c==3")}))
+    assert commit(s) is not None
+    assert recorded(store) == ({"a==1", "b==2", "c==3"} if again else {"a==1", "c==3"})
+    delta = stored(store)
+    assert delta.removed == ()
+    assert pins(delta.forgotten) == ([] if again else ["b==2"])
+    assert [(e.action, e.name) for e in Store(store.root, store.key).read().body.events] == [
+        ("forget", "b"),
+        ("forget", "six"),
+    ]
 
 
 def test_a_deleted_key_directory_is_written_whole_again(store: Store) -> None:
@@ -672,10 +707,8 @@ def test_a_daemon_keeps_another_writers_removal_of_an_image_package(
     assert removed() == ["image-pkg==1.0"]
 
 
-def test_two_daemons_of_one_key_keep_each_others_environments(world: World, wheels: Path) -> None:
-    """Daemon A scans one venv, daemon B another (two containers of one user). B sees
-    alpha uninstalled from its venv; A's next commit does not write alpha back, and both
-    stop saying every change is on the store."""
+def two_containers(world: World, wheels: Path) -> tuple[Venv, Venv]:
+    """Two venvs of one baseline: one for each container's daemon (`container`)."""
     v1 = world.image_venv(wheels)
     v2 = make_venv(world.tmp / "venv2", with_pip=False)
     made = world.pkgckpt(
@@ -683,17 +716,27 @@ def test_two_daemons_of_one_key_keep_each_others_environments(world: World, whee
         "--output", str(world.tmp / "b.json"),
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
+    return v1, v2
 
-    def daemon(prefix: Path, name: str) -> Daemon:
-        d = world.daemon(
-            *world.flags(prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "100"
-        )
-        d.log = world.tmp / f"{name}.log"
-        (world.tmp / name).mkdir(mode=0o700)
-        return d.start(extra_env={"XDG_RUNTIME_DIR": str(world.tmp / name)})
 
-    a = daemon(v1.prefix, "a")
-    b = daemon(v2.prefix, "b")
+def container(world: World, prefix: Path, name: str) -> Daemon:
+    """A daemon of the key scanning `prefix`, with a runtime directory of its own (tmp/NAME),
+    as in a container of its own."""
+    d = world.daemon(
+        *world.flags(prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "100"
+    )
+    d.log = world.tmp / f"{name}.log"
+    (world.tmp / name).mkdir(mode=0o700)
+    return d.start(extra_env={"XDG_RUNTIME_DIR": str(world.tmp / name)})
+
+
+def test_two_daemons_of_one_key_keep_each_others_environments(world: World, wheels: Path) -> None:
+    """Daemon A scans one venv, daemon B another (two containers of one user). B sees
+    alpha uninstalled from its venv; A's next commit does not write alpha back, and both
+    stop saying every change is on the store."""
+    v1, v2 = two_containers(world, wheels)
+    a = container(world, v1.prefix, "a")
+    b = container(world, v2.prefix, "b")
     try:
         uv_install(v2.python, wheels, "alpha==1.0", "gamma==1.0", env=world.env)
         eventually(lambda: entries(world, v2.prefix) == ["alpha==1.0", "gamma==1.0"], 30, "B")
@@ -713,6 +756,54 @@ def test_two_daemons_of_one_key_keep_each_others_environments(world: World, whee
         b.close()
     assert "every change is on the store" in b.output()
     assert entries(world, v2.prefix) == ["gamma==1.0"]
+
+
+@pytest.mark.parametrize("change", ["forget", "revert"])
+def test_a_forget_served_in_one_container_holds_in_the_other(
+    world: World, wheels: Path, change: str
+) -> None:
+    """The user forgets alpha of container B's venv, or reverts to the generation before
+    B recorded it, through container A's daemon. B's next commit (its own install of beta)
+    keeps alpha out of the record, and the record's history keeps the change; alpha
+    installed again in B is recorded again."""
+    v1, v2 = two_containers(world, wheels)
+    a = container(world, v1.prefix, "a")
+    b = container(world, v2.prefix, "b")
+    try:
+        uv_install(v2.python, wheels, "gamma==1.0", env=world.env)
+        eventually(lambda: entries(world, v2.prefix) == ["gamma==1.0"], 30, "B's gamma")
+        before = world.generation()
+        uv_install(v2.python, wheels, "alpha==1.0", env=world.env)
+        eventually(lambda: entries(world, v2.prefix) == ["alpha==1.0", "gamma==1.0"], 30, "alpha")
+        ask = ["forget", "alpha", "--env", str(v2.prefix)]
+        if change == "revert":
+            ask = ["revert", str(before), "--yes"]
+        done = subprocess.run(
+            [sys.executable, "-m", "pkgckpt", *ask, *world.flags()[:4]],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+            env={**world.env, "XDG_RUNTIME_DIR": str(world.tmp / "a")},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "daemon wrote" in done.stdout + done.stderr
+        assert entries(world, v2.prefix) == ["gamma==1.0"]
+        seen = world.generation()
+        uv_install(v2.python, wheels, "beta==1.0", env=world.env)
+        eventually(lambda: world.generation() > seen, 30, "B's commit of beta")
+        assert entries(world, v2.prefix) == ["beta==1.0", "gamma==1.0"]
+        found = world.manifest()
+        assert found is not None
+        assert [e.action for e in found.body.events] == [change]
+        uv_install(v2.python, wheels, "--reinstall", "alpha==1.0", env=world.env)
+        eventually(
+            lambda: entries(world, v2.prefix) == ["alpha==1.0", "beta==1.0", "gamma==1.0"],
+            30, "alpha installed again",
+        )  # fmt: skip
+        assert a.stop() == 0, a.output()
+        assert b.stop() == 0, b.output()
+    finally:
+        a.close()
+        b.close()
+    assert entries(world, v2.prefix) == ["alpha==1.0", "beta==1.0", "gamma==1.0"]
 
 
 def _restored(s: Session, failed: tuple[str, ...], marks: tuple[Rebased, ...] = ()) -> None:
