@@ -650,14 +650,17 @@ def serve(
     """
     taken: list[tuple[str, _Reply | None]] = []
     read = _read_requests(config, runtime, taken)
+    unread = None
     if read:
         # A `snapshot` of what the daemon does not track writes beside it: a request is
         # made to the record as the store has it, or the commit's fold would take that
         # environment back whole from the store, undoing a revert or a forget of it. With
         # a store that cannot be read, the request is made to the record as this daemon
         # holds it, as before: one it can make waits for the store (exit 5).
-        with contextlib.suppress(PkgckptError):
+        try:
             checkpoint.refresh(session)
+        except PkgckptError as e:
+            unread = e
     for reverts in (True, False):
         if not reverts:
             rescan()
@@ -667,7 +670,15 @@ def serve(
             try:
                 body = _change(session.store, session.tracker.body(), request)
             except UnknownPackage as e:
-                taken.append((reply, _Reply(error=str(e), unknown=True)))
+                error = str(e)
+                if unread is not None:
+                    # What another writer recorded since this daemon last read the store
+                    # is not in its record: the name may well be there.
+                    error += (
+                        f"; the store could not be read ({unread}), and what it records"
+                        " may hold it: try again once the store answers"
+                    )
+                taken.append((reply, _Reply(error=error, unknown=True)))
             except PkgckptError as e:
                 taken.append((reply, _Reply(error=str(e))))
             else:

@@ -514,6 +514,30 @@ def test_a_request_to_the_daemon_after_a_snapshot_wrote_what_it_does_not_track_h
 
 
 @pytest.mark.slow
+def test_a_forget_the_daemon_cannot_find_while_the_store_is_away_says_so(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """`snapshot --env OTHER` writes OTHER beside the daemon; then the store goes away
+    (its root moved aside), and `forget delta --env OTHER` goes through the daemon, whose
+    record does not hold OTHER yet. Nothing is changed (exit 1), and the message says the
+    store could not be read, whose record may hold it: it said only "the record has no
+    such environment", as if the user had named the wrong one."""
+    d, other, snap = untracked_snapshot(world, venv, wheels, "alpha==1.0")
+    try:
+        assert snap.returncode == 0, snap.stdout + snap.stderr
+        world.store.rename(world.tmp / "away")
+        asked = world.pkgckpt("forget", "delta", *world.flags(other.prefix))
+        assert asked.returncode == 1, asked.stdout + asked.stderr
+        assert "the store could not be read" in asked.stderr, asked.stderr
+        assert "try again" in asked.stderr, asked.stderr
+        (world.tmp / "away").rename(world.store)
+        asked = world.pkgckpt("forget", "delta", *world.flags(other.prefix))
+        assert asked.returncode == 0, asked.stdout + asked.stderr
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 def test_the_daemons_no_baseline_warning_names_the_image_baseline_file(
     world: World, venv: Venv, wheels: Path
 ) -> None:
