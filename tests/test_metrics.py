@@ -179,6 +179,28 @@ def test_without_a_running_daemon_the_pending_changes_are_what_status_finds(
 
 
 @pytest.mark.slow
+def test_a_stopped_daemons_count_is_printed_where_status_cannot_tell(
+    world: World, venv: Venv, wheels: Path, daemon: Daemon, flags: list[str]
+) -> None:
+    """The daemon stops while the store is away, beta seen and not on the store.
+    `status --prometheus` cannot tell what is pending either (the store cannot be read):
+    it prints the daemon's count at its stop, not 0 and not nothing."""
+    uv_install(venv.python, wheels, "alpha==1.0", env=world.env)
+    eventually(lambda: world.generation() > 0, what="the first commit")
+    world.store.rename(world.tmp / "store.away")
+    uv_install(venv.python, wheels, "beta==1.0", env=world.env)
+    path = world.tmp / "k.prom"
+    eventually(
+        lambda: value(parse(path.read_text())[1], "pkgckpt_pending_changes") == 1,
+        what="beta pending in the metrics",
+    )
+    daemon.stop()
+    printed = world.pkgckpt("status", "--prometheus", *flags)
+    assert printed.returncode == 0, printed.stderr
+    assert value(parse(printed.stdout)[1], "pkgckpt_pending_changes") == 1
+
+
+@pytest.mark.slow
 def test_a_store_failure_is_counted_by_reason_and_written_at_once(
     world: World, venv: Venv, wheels: Path, daemon: Daemon
 ) -> None:
