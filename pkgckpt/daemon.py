@@ -799,6 +799,15 @@ class Daemon:
         watcher.add([Root(path=p, kind="discovery") for p in prefixes])
         self._set(tracked=_tracked(self.targets))
         if self.session is not None:
+            if added:
+                # The store may record them since this daemon read it (`snapshot --env`
+                # beside it): their first scans start from that record, or each install
+                # in it would be recorded again, as a change of this daemon's own.
+                with (
+                    contextlib.suppress(*_STORE_ERRORS),
+                    self._doing(f"reading the store at {self.store.path}"),
+                ):
+                    checkpoint.refresh(self.session)
             self._scan([*added, *(target for _, target in remade)])
 
     def _may_be_new(self, root: Path) -> bool:

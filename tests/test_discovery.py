@@ -551,6 +551,34 @@ def test_a_venv_older_than_the_daemon_found_later_starts_from_what_it_holds(
 
 
 @pytest.mark.slow
+def test_a_venv_a_snapshot_recorded_before_the_daemon_found_it_keeps_one_install(
+    world: World, wheels: Path
+) -> None:
+    """`snapshot --env OTHER` records alpha in a venv the daemon does not track; then a
+    kernelspec names OTHER and the daemon tracks it. Its first scan starts from what the
+    store records: the next generation is beta's, and `history` lists alpha's install
+    once. The daemon started OTHER from the record it had read before the snapshot, wrote
+    a generation of its own with alpha's install again, and history listed it twice."""
+    other = make_venv(world.tmp / "other-env")
+    where = ["--store", str(world.store), "--key", world.key]
+    with watching(world) as d:
+        eventually(lambda: "watching" in d.output(), what="the daemon to start")
+        other.install(wheels, "alpha==1.0")
+        snap = world.pkgckpt("snapshot", "--env", str(other.prefix), *where)
+        assert snap.returncode == 0, snap.stdout + snap.stderr
+        assert world.generation() == 1, snap.stdout
+        kernelspec(user_data(Path(world.env["HOME"])), "other", str(other.python))
+        eventually(lambda: "tracking " + str(other.prefix) in d.output(), what="tracking")
+        other.install(wheels, "beta==1.0")
+        eventually(lambda: recorded(world, other.prefix) == ["alpha==1.0", "beta==1.0"], what="b")
+        assert d.stop() == 0, d.output()
+    assert world.generation() == 2
+    shown = world.pkgckpt("history", *where)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("install alpha 1.0") == 1, shown.stdout
+
+
+@pytest.mark.slow
 def test_a_conda_environment_created_while_the_daemon_runs_is_tracked(
     world: World, wheels: Path
 ) -> None:
