@@ -89,7 +89,21 @@ def snapshot(config: Config) -> SnapshotResult:
         return asked
     named = {os.path.realpath(p) for p in asked.untracked}
     targets = [t for t in checkpoint.targets(config) if os.path.realpath(t.env.path) in named]
-    here = _snapshot_here(config, targets, deadline, beside=found.state)
+    try:
+        here = _snapshot_here(config, targets, deadline, beside=found.state)
+    except PkgckptError as e:
+        # What the daemon did is done: the user must not take the whole snapshot as failed.
+        if asked.committed:
+            done = f"wrote generation {asked.generation}"
+        elif asked.generation is not None:
+            done = f"found generation {asked.generation} current"
+        else:
+            done = "had nothing to checkpoint"
+        e.args = (
+            f"the daemon (pid {asked.pid}) {done}; {', '.join(asked.untracked)}, which it "
+            f"does not track, was not checkpointed: {e}",
+        )
+        raise
     return msgspec.structs.replace(
         asked,
         generation=here.generation if here.committed else asked.generation,

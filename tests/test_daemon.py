@@ -514,6 +514,36 @@ def test_a_request_to_the_daemon_after_a_snapshot_wrote_what_it_does_not_track_h
 
 
 @pytest.mark.slow
+def test_a_snapshot_whose_own_part_fails_says_what_the_daemon_wrote(
+    world: World, venv: Venv, wheels: Path
+) -> None:
+    """`snapshot --env OTHER` beside the daemon, with the baseline file broken since the
+    daemon read it: the daemon checkpoints what it tracks, and the snapshot cannot read
+    the baseline for OTHER. Exit 1, and the message says which generation the daemon wrote
+    and that OTHER was not checkpointed: it gave the baseline's error alone, as if nothing
+    had been written."""
+    other = make_venv(world.tmp / "other", with_pip=False)
+    d = world.daemon(
+        *world.flags(venv.prefix), "--baseline", str(world.tmp / "b.json"), "--quiet-ms", "60000"
+    ).start()
+    try:
+        install(world, venv, wheels, "alpha==1.0")
+        install(world, other, wheels, "delta==1.0")
+        (world.tmp / "b.json").write_text("{")
+        snap = world.pkgckpt(
+            "snapshot", *world.flags(other.prefix), "--baseline", str(world.tmp / "b.json")
+        )
+        assert snap.returncode == 1, snap.stdout + snap.stderr
+        assert committed(world, ["alpha==1.0"])
+        assert snap.stderr.startswith(
+            f"pkgckpt: the daemon (pid {d.proc.pid}) wrote generation 1; "  # type: ignore[union-attr]
+            f"{other.prefix}, which it does not track, was not checkpointed: "
+        ), snap.stderr
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 def test_a_forget_the_daemon_cannot_find_while_the_store_is_away_says_so(
     world: World, venv: Venv, wheels: Path
 ) -> None:
