@@ -214,8 +214,8 @@ class _Track(msgspec.Struct):
     records of them is not taken back in."""
     seen_at: dict[str, float] = msgspec.field(default_factory=dict)
     """When (time.time()) a scan after this process's first found each name installed
-    anew, changed or uninstalled: a forget another process made before that is not of
-    what is there now (`_forgets`)."""
+    anew, changed or uninstalled, or in another directory at the path: a forget another
+    process made before that is not of what is there now (`_forgets`)."""
 
 
 def _inferred_baseline(
@@ -273,7 +273,7 @@ class Tracker:
     def observe(self, env: Environment, obs: Observation, time: str | None = None) -> list[Change]:
         """Fold one scan of `env` in; return the changes it made to the record."""
         track = self._tracks.get(env_key(env))
-        first = track is None
+        first = started = track is None
         if track is None:
             track = self._tracks[env_key(env)] = self._start(env, obs)
         elif obs.identity != track.identity:
@@ -307,7 +307,7 @@ class Tracker:
                 if name in obs.renewed:
                     track.seen_at[name] = moment
                 continue  # unchanged since this process last looked: the record stands
-            if not first:
+            if not started:  # a directory found anew holds what is there now
                 track.seen_at[name] = moment
             recorded = track.state.get(name)
             if recorded is not None and same_install(recorded, found):

@@ -16,6 +16,7 @@ from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt import manifest, record
 from pkgckpt.checkpoint import Observation, Session, Tracker, commit, confirm
+from pkgckpt.inventory import Identity
 from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Package, Rebased
 from pkgckpt.store import Store, init_store
 
@@ -116,28 +117,31 @@ def test_another_generation_on_the_store_is_folded_in(store: Store) -> None:
     assert recorded(store, R) == {"cli==3.6.0"}
 
 
-@pytest.mark.parametrize("again", [False, True], ids=["as-it-was", "installed-again"])
+@pytest.mark.parametrize("again", ["", "renewed", "remade"])
 def test_another_writers_forget_holds_unless_made_again_here_since(
-    store: Store, again: bool
+    store: Store, again: str
 ) -> None:
     """The user forgets b and the removal of six through another writer of the key (a
     daemon in another container). This daemon recorded both and still finds them as they
     were: its next commit keeps them out of the record, and the forget in its history.
-    Found installed anew here after that forget (`--force-reinstall`), b is recorded
-    again."""
+    Found installed anew here after that forget (`--force-reinstall`, or in a venv made
+    again at the path and moved over it), b is recorded again."""
     s = session(store)
     here = {**IMAGE, **pkgs("a==1", "b==2")}
-    installs(s, "a==1", "b==2")
+    first = Identity(0, ((1, 2),))
+    s.tracker.observe(ENV, Observation(here, identity=first))
     del here["six"]
-    s.tracker.observe(ENV, Observation(here))
+    s.tracker.observe(ENV, Observation(here, identity=first))
     assert commit(s) is not None
     other = Store(store.root, store.key)
     found = other.read()
     assert found is not None
     assert other.commit(record.forgotten(found.body, ["b", "six"], (ENV,))) is not None
     time.sleep(0.01)  # the forget's time is cut to the millisecond
-    s.tracker.observe(ENV, Observation(here, renewed=frozenset({"b"} if again else ())))
-    s.tracker.observe(ENV, Observation({**here, **pkgs("c==3")}))
+    renewed = frozenset({"b"} if again == "renewed" else ())
+    directory = Identity(0, ((1, 3 if again == "remade" else 2),))
+    s.tracker.observe(ENV, Observation(here, identity=directory, renewed=renewed))
+    s.tracker.observe(ENV, Observation({**here, **pkgs("c==3")}, identity=directory))
     assert commit(s) is not None
     assert recorded(store) == ({"a==1", "b==2", "c==3"} if again else {"a==1", "c==3"})
     delta = stored(store)
