@@ -477,7 +477,7 @@ class Tracker:
             if recorded is not None:
                 _remember(track, recorded)
 
-    def fold(self, stored: Body, newer: bool = True) -> None:
+    def fold(self, stored: Body, newer: bool = True, known: Body | None = None) -> None:
         """Fold what the store holds into the record, never the other way round.
 
         The store may hold what this process does not (another generation, a directory
@@ -504,7 +504,8 @@ class Tracker:
         The store's forgets and reverts (its `events`) join the record's history. Those of
         a newer store that this process had not read are the user's word on the record of
         a tracked environment too, where they dropped what this process records and has
-        not seen change since (`_forgets`).
+        not seen change since (`_forgets`); `known`, the body this process last read or
+        wrote, tells which removals a revert took out (None: not known, none is).
         """
         news = self._merge_events(stored.events)
         for theirs in stored.deltas():
@@ -540,7 +541,7 @@ class Tracker:
                     continue
                 _take(track, theirs, part, p)
             if news and newer:
-                _forgets(track, theirs, news)
+                _forgets(track, theirs, news, known.delta(theirs.env) if known else None)
 
     def _merge_events(self, stored: tuple[manifest.Event, ...]) -> list[manifest.Event]:
         """Make the record's history the store's (`stored`), followed by what this process
@@ -797,10 +798,11 @@ def _dropped_at(events: Iterable[manifest.Event], env: Environment, name: str) -
     return None
 
 
-def _forgets(track: _Track, theirs: Delta, news: list[manifest.Event]) -> None:
+def _forgets(track: _Track, theirs: Delta, news: list[manifest.Event], known: Delta | None) -> None:
     """Take in what the forgets and reverts among `news` (events new to this process)
     dropped from the store's record of `track`'s environment (`theirs`): an install the
-    store now keeps in `forgotten`, a removal a forget named. Only where this process
+    store now keeps in `forgotten`, a removal a forget named, or one a revert took out
+    of the record as this process last read or wrote it (`known`). Only where this process
     records just what was dropped and has not seen that name change since (`seen_at`,
     against the other process's clock): that is the user's word on the record, and this
     process's next commit must not undo it. What this process saw installed anew since
@@ -812,6 +814,8 @@ def _forgets(track: _Track, theirs: Delta, news: list[manifest.Event]) -> None:
         for e in news
         if e.action == "forget" and e.name and e.env and manifest.same_env(e.env, theirs.env)
     }
+    if known is not None and any(e.action == "revert" for e in news):
+        named |= {p.name for p in known.removed}
     for name in sorted(forgot.keys() | named):
         when = _dropped_at(news, theirs.env, name)
         if when is None or track.seen_at.get(name, 0.0) > when:
@@ -1072,7 +1076,8 @@ def refresh(session: Session) -> None:
         newer = stored is not None and (
             session.generation is None or stored.generation > session.generation
         )
-        session.tracker.fold(stored.body if stored is not None else Body(), newer)
+        body = stored.body if stored is not None else Body()
+        session.tracker.fold(body, newer, session.stored)
         if stored is not None:
             # Read now: what `confirm` expects when the record folds into this very body.
             session.generation = stored.generation

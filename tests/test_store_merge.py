@@ -153,6 +153,38 @@ def test_another_writers_forget_holds_unless_made_again_here_since(
     ]
 
 
+@pytest.mark.parametrize("written", [True, False], ids=["written", "pending"])
+def test_another_writers_revert_holds_for_the_removal_it_took_out(
+    store: Store, written: bool
+) -> None:
+    """This daemon records b and the removal of six over generation 1 (a); the user
+    reverts to generation 1 through another writer of the key. Both stay out of this
+    daemon's next commit, which records c: the removal, which no `forgotten` entry keeps,
+    was written back. Not written yet when the revert came (in the quiet window), they
+    were not in what the revert took out, and stay recorded."""
+    s = session(store)
+    here = {**IMAGE, **pkgs("a==1")}
+    installs(s, "a==1")
+    here = {**here, **pkgs("b==2")}
+    del here["six"]
+    s.tracker.observe(ENV, Observation(here))
+    if written:
+        assert commit(s) is not None
+    other = Store(store.root, store.key)
+    found, old = other.read(), other.read_generation(1)
+    assert found is not None and old is not None
+    assert other.commit(record.reverted(found.body, old)) is not None
+    time.sleep(0.01)
+    s.tracker.observe(ENV, Observation({**here, **pkgs("c==3")}))
+    assert commit(s) is not None
+    if written:
+        assert recorded(store) == {"a==1", "c==3"}
+        assert stored(store).removed == ()
+    else:
+        assert recorded(store) == {"a==1", "b==2", "c==3"}
+        assert pins(stored(store).removed) == ["six==1.16.0"]
+
+
 def test_a_deleted_key_directory_is_written_whole_again(store: Store) -> None:
     """The key directory removed under the daemon: the next commit writes the whole record,
     at a generation above every one written before."""
