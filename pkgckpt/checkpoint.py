@@ -806,15 +806,32 @@ def _forgets(track: _Track, theirs: Delta, news: list[manifest.Event], known: De
     records just what was dropped and has not seen that name change since (`seen_at`,
     against the other process's clock): that is the user's word on the record, and this
     process's next commit must not undo it. What this process saw installed anew since
-    keeps its record, as an install does after a forget made here (`observe`)."""
+    keeps its record, as an install does after a forget made here (`observe`). A revert's
+    entry for a name this process leaves out of its record for a forget is taken in the
+    same way, the forget ended."""
     forgot = {p.name: p for p in theirs.forgotten}
     entries = _entries(theirs)
+    reverted = any(e.action == "revert" for e in news)
+    if reverted:
+        # A revert records again what a forget took out (this process's record of it
+        # included): the store's entry is the user's word for it now.
+        for name, (part, p) in entries.items():
+            when = _dropped_at(news, theirs.env, name)
+            ignored = name in track.forgotten or name in track.dropped
+            if not ignored or when is None or track.seen_at.get(name, 0.0) > when:
+                continue
+            track.forgotten.pop(name, None)
+            if name in forgot:
+                track.forgotten[name] = forgot[name]
+            track.dropped.discard(name)
+            track.touched.discard(name)
+            _take(track, theirs, part, p)
     named = {
         e.name
         for e in news
         if e.action == "forget" and e.name and e.env and manifest.same_env(e.env, theirs.env)
     }
-    if known is not None and any(e.action == "revert" for e in news):
+    if known is not None and reverted:
         named |= {p.name for p in known.removed}
     for name in sorted(forgot.keys() | named):
         when = _dropped_at(news, theirs.env, name)

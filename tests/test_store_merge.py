@@ -185,6 +185,32 @@ def test_another_writers_revert_holds_for_the_removal_it_took_out(
         assert pins(stored(store).removed) == ["six==1.16.0"]
 
 
+def test_another_writers_revert_of_a_forget_holds_here(store: Store) -> None:
+    """The user forgets b through another writer of the key, and this daemon's next
+    commit keeps it out; then the user reverts to the generation before the forget, there
+    too. b, still installed here, is recorded again and stays so at this daemon's next
+    commit: the forget it had taken in kept it out for good."""
+    s = session(store)
+    here = {**IMAGE, **pkgs("a==1", "b==2")}
+    installs(s, "a==1", "b==2")
+    other = Store(store.root, store.key)
+    found = other.read()
+    assert found is not None
+    assert other.commit(record.forgotten(found.body, ["b"], (ENV,))) is not None
+    here = {**here, **pkgs("c==3")}
+    s.tracker.observe(ENV, Observation(here))
+    assert commit(s) is not None
+    assert recorded(store) == {"a==1", "c==3"}
+    found, old = other.read(), other.read_generation(1)
+    assert found is not None and old is not None
+    assert other.commit(record.reverted(found.body, old)) is not None
+    assert recorded(store) == {"a==1", "b==2"}
+    s.tracker.observe(ENV, Observation({**here, **pkgs("d==4")}))
+    assert commit(s) is not None
+    assert recorded(store) == {"a==1", "b==2", "d==4"}
+    assert pins(stored(store).forgotten) == ["c==3"]
+
+
 def test_a_deleted_key_directory_is_written_whole_again(store: Store) -> None:
     """The key directory removed under the daemon: the next commit writes the whole record,
     at a generation above every one written before."""
