@@ -42,6 +42,9 @@ class SnapshotResult(msgspec.Struct, frozen=True, kw_only=True):
     command checkpoints them itself (`snapshot`)."""
     pid: int | None = None
     """The daemon's, when it did the snapshot."""
+    refused: str | None = None
+    """Why captures of this process's own failed on the store, the manifest on it: exit 1
+    (`_captured`)."""
 
     def render(self) -> str:
         text = ""
@@ -83,27 +86,27 @@ def snapshot(config: Config) -> SnapshotResult:
     deadline = time.monotonic() + max(config.shutdown_timeout, 1.0)
     found = status.find_daemon(config)
     if found is None:
-        return _snapshot_here(config, checkpoint.targets(config), deadline)
+        return _captured(_snapshot_here(config, checkpoint.targets(config), deadline))
     asked = _ask_daemon(config, found.state)
     if not asked.untracked:
         return asked
     named = {os.path.realpath(p) for p in asked.untracked}
     targets = [t for t in checkpoint.targets(config) if os.path.realpath(t.env.path) in named]
+    # What the daemon did is done: the user must not take the whole snapshot as failed.
+    if asked.committed:
+        done = f"wrote generation {asked.generation}"
+    elif asked.generation is not None:
+        done = f"found generation {asked.generation} current"
+    else:
+        done = "had nothing to checkpoint"
+    untracked = ", ".join(asked.untracked)
+    theirs = f"the daemon (pid {asked.pid}) {done}; {untracked}, which it does not track,"
     try:
         here = _snapshot_here(config, targets, deadline, beside=found.state)
     except PkgckptError as e:
-        # What the daemon did is done: the user must not take the whole snapshot as failed.
-        if asked.committed:
-            done = f"wrote generation {asked.generation}"
-        elif asked.generation is not None:
-            done = f"found generation {asked.generation} current"
-        else:
-            done = "had nothing to checkpoint"
-        e.args = (
-            f"the daemon (pid {asked.pid}) {done}; {', '.join(asked.untracked)}, which it "
-            f"does not track, was not checkpointed: {e}",
-        )
+        e.args = (f"{theirs} was not checkpointed: {e}",)
         raise
+    _captured(here, f"{theirs} was checkpointed, but the captures there failed: ")
     return msgspec.structs.replace(
         asked,
         generation=here.generation if here.committed else asked.generation,
@@ -137,26 +140,39 @@ def _snapshot_here(
         )
     committed = checkpoint.commit(session)
     uncaptured: dict[str, str] = {}
+    refused = None
     if config.artifacts:
         # The manifest is on the store first: a capture that fails loses nothing.
         before = committed.body if committed is not None else session.tracker.body()
         within = max(0.0, deadline - time.monotonic())
-        left, failed = art.capture_now(session, config, targets, within)
-        uncaptured = {**art.never(session, targets), **left, **failed}
-        committed = checkpoint.commit(session) or committed
-        if beside is None:
-            art.tidy(session, config, before, session.tracker.body())
-            remember(config, uncaptured)
+        try:
+            left, failed = art.capture_now(session, config, targets, within)
+        except PkgckptError as e:
+            left, failed, refused = {}, {}, str(e)
+        else:
+            uncaptured = {**art.never(session, targets), **left, **failed}
+            committed = checkpoint.commit(session) or committed
+            if beside is None:
+                art.tidy(session, config, before, session.tracker.body())
+                remember(config, uncaptured)
         if failed:
-            raise StoreError(
-                f"could not capture {len(failed)} package(s): "
-                + "; ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
+            refused = f"could not capture {len(failed)} package(s): " + "; ".join(
+                f"{k}: {v}" for k, v in sorted(failed.items())
             )
     return SnapshotResult(
         generation=committed.generation if committed else session.generation,
         committed=committed is not None,
         uncaptured=uncaptured,
+        refused=refused,
     )
+
+
+def _captured(result: SnapshotResult, said: str = "") -> SnapshotResult:
+    """`result`, once no capture of it failed; else StoreError saying why, after `said`
+    (what was done before)."""
+    if result.refused is not None:
+        raise StoreError(f"{said}{result.refused}")
+    return result
 
 
 def _ask_daemon(config: Config, state: status.DaemonState) -> SnapshotResult:

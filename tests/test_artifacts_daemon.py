@@ -536,6 +536,33 @@ def test_snapshot_through_the_daemon_exits_1_while_captures_fail_on_the_store(
         daemon.close()
 
 
+def test_snapshot_of_what_the_daemon_does_not_track_says_its_captures_failed_after_it(
+    tmp_path: Path,
+) -> None:
+    """`snapshot --env OTHER` beside a daemon that does not track OTHER, the store refusing
+    captures: exit 1, and the message says OTHER was checkpointed (it is on the store) and
+    which captures failed, after what the daemon did. It said OTHER "was not
+    checkpointed"."""
+    from wheelhouse import make_venv
+
+    world, _, flags = _world(tmp_path)
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    _private_artifacts(world)
+    other = make_venv(tmp_path / "other", with_pip=False)
+    daemon = world.daemon(*flags, "--quiet-ms", "600000").start()
+    try:
+        uv_install(other.python, wheels, "libdep", env=world.env)
+        failed = world.pkgckpt("snapshot", *world.flags(other.prefix), *flags[-2:], timeout=300)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        said = f"{other.prefix}, which it does not track, was checkpointed, but the captures"
+        assert said in failed.stderr, failed.stderr
+        assert "artifacts is open to group or others" in failed.stderr, failed.stderr
+        assert "libdep" in _packages(world.manifest())
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+
+
 def test_snapshot_without_a_daemon_exits_1_when_the_store_refuses_a_capture(
     tmp_path: Path,
 ) -> None:
