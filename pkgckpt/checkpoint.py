@@ -378,7 +378,7 @@ class Tracker:
         made = obs.made(name) if obs.made is not None else None
         if made is None:
             return False
-        when = _dropped_at(self._events, env, name)
+        when = _time(_last_drop(self._events, env, name))
         return when is not None and made > when * 1e9 + 1e6
 
     def _start(self, env: Environment, obs: Observation) -> _Track:
@@ -541,17 +541,19 @@ class Tracker:
                     continue
                 _take(track, theirs, part, p)
             if news and newer:
-                _forgets(track, theirs, news, known.delta(theirs.env) if known else None)
+                mine = known.delta(theirs.env) if known is not None else None
+                _forgets(track, theirs, news, self._events, mine)
 
     def _merge_events(self, stored: tuple[manifest.Event, ...]) -> list[manifest.Event]:
         """Make the record's history the store's (`stored`), followed by what this process
         added after the last event of its own the store holds (a change not written yet);
-        return the events of `stored` this process did not hold."""
-        on = set(stored)
-        known = set(self._events)
+        return the events of `stored` after the last one this process holds, and not held
+        by it (an older one it lacks was cut from its history by `HISTORY_LIMIT`)."""
+        on, known = set(stored), set(self._events)
         last = max((i for i, e in enumerate(self._events) if e in on), default=-1)
+        seen = max((i for i, e in enumerate(stored) if e in known), default=-1)
         self._events = [*stored, *self._events[last + 1 :]][-manifest.HISTORY_LIMIT :]
-        return [e for e in stored if e not in known]
+        return [e for e in stored[seen + 1 :] if e not in known]
 
     def written(self) -> None:
         """The record was written to the store whole: what this process changed in the
@@ -779,10 +781,11 @@ def _observed(track: _Track, p: Package, *, removed: bool = False) -> bool:
     return image is None or not same_install(image, seen)
 
 
-def _dropped_at(events: Iterable[manifest.Event], env: Environment, name: str) -> float | None:
-    """When (time.time()) the last of `events` that could have taken `name` of `env` out
-    of the record was made: a forget of it, or a revert (one without a time is passed
-    over). None: none, or a time that does not read."""
+def _last_drop(
+    events: Iterable[manifest.Event], env: Environment, name: str
+) -> manifest.Event | None:
+    """The last of `events` with a time that could have taken `name` of `env` out of the
+    record: a forget of it, or a revert."""
     for event in reversed(list(events)):
         relevant = event.action == "revert" or (
             event.action == "forget"
@@ -791,14 +794,25 @@ def _dropped_at(events: Iterable[manifest.Event], env: Environment, name: str) -
             and manifest.same_env(event.env, env)
         )
         if relevant and event.time is not None:
-            try:
-                return datetime.fromisoformat(event.time).timestamp()
-            except ValueError:
-                return None
+            return event
     return None
 
 
-def _forgets(track: _Track, theirs: Delta, news: list[manifest.Event], known: Delta | None) -> None:
+def _time(event: manifest.Event | None) -> float | None:
+    """When (time.time()) `event` was made; None: no event, or a time that does not read."""
+    try:
+        return datetime.fromisoformat(event.time).timestamp() if event and event.time else None
+    except ValueError:
+        return None
+
+
+def _forgets(
+    track: _Track,
+    theirs: Delta,
+    news: list[manifest.Event],
+    history: list[manifest.Event],
+    known: Delta | None,
+) -> None:
     """Take in what the forgets and reverts among `news` (events new to this process)
     dropped from the store's record of `track`'s environment (`theirs`): an install the
     store now keeps in `forgotten`, a removal a forget named, or one a revert took out
@@ -808,7 +822,16 @@ def _forgets(track: _Track, theirs: Delta, news: list[manifest.Event], known: De
     process's next commit must not undo it. What this process saw installed anew since
     keeps its record, as an install does after a forget made here (`observe`). A revert's
     entry for a name this process leaves out of its record for a forget is taken in the
-    same way, the forget ended."""
+    same way, the forget ended. Each only where it is the last word on the name in the
+    record's `history`: not where this process made a forget or a revert after it (one
+    the store does not hold yet)."""
+    fresh = set(news)
+
+    def settled(name: str) -> bool:
+        event = _last_drop(history, theirs.env, name)
+        when = _time(event) if event in fresh else None
+        return when is not None and track.seen_at.get(name, 0.0) <= when
+
     forgot = {p.name: p for p in theirs.forgotten}
     entries = _entries(theirs)
     reverted = any(e.action == "revert" for e in news)
@@ -816,9 +839,8 @@ def _forgets(track: _Track, theirs: Delta, news: list[manifest.Event], known: De
         # A revert records again what a forget took out (this process's record of it
         # included): the store's entry is the user's word for it now.
         for name, (part, p) in entries.items():
-            when = _dropped_at(news, theirs.env, name)
             ignored = name in track.forgotten or name in track.dropped
-            if not ignored or when is None or track.seen_at.get(name, 0.0) > when:
+            if not ignored or not settled(name):
                 continue
             track.forgotten.pop(name, None)
             if name in forgot:
@@ -834,8 +856,7 @@ def _forgets(track: _Track, theirs: Delta, news: list[manifest.Event], known: De
     if known is not None and reverted:
         named |= {p.name for p in known.removed}
     for name in sorted(forgot.keys() | named):
-        when = _dropped_at(news, theirs.env, name)
-        if when is None or track.seen_at.get(name, 0.0) > when:
+        if not settled(name):
             continue
         held = track.state.get(name)
         dropped = forgot.get(name)
@@ -980,7 +1001,8 @@ class Session(msgspec.Struct):
     None when the current generation is damaged and must be rewritten."""
     scan_errors: list[str] = msgspec.field(default_factory=list)
     stored: Body | None = None
-    """The body `on_store` encodes, when known: what a commit may only annotate."""
+    """The body last read from the store or written to it (None: not known); where
+    `on_store` is not None, the body it encodes: what a commit may only annotate."""
     keeps: Config | None = None
     """The settings that name the container's own baseline, where what the tracker tells
     of the image is kept (`inventory.keep_images`); None: the baseline is no container's."""
@@ -1099,7 +1121,7 @@ def refresh(session: Session) -> None:
             # Read now: what `confirm` expects when the record folds into this very body.
             session.generation = stored.generation
         session.on_store = None
-        session.stored = None
+        session.stored = stored.body if stored is not None else None
 
 
 def _commit_once(session: Session) -> Manifest | None:

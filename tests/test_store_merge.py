@@ -14,7 +14,7 @@ import pytest
 from daemon_kit import Daemon, World, eventually, uv_install, uv_uninstall
 from wheelhouse import Dist, Venv, build_wheel, make_venv
 
-from pkgckpt import manifest, record
+from pkgckpt import checkpoint, manifest, record
 from pkgckpt.checkpoint import Observation, Session, Tracker, commit, confirm
 from pkgckpt.inventory import Identity
 from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Package, Rebased
@@ -209,6 +209,85 @@ def test_another_writers_revert_of_a_forget_holds_here(store: Store) -> None:
     assert commit(s) is not None
     assert recorded(store) == {"a==1", "b==2", "d==4"}
     assert pins(stored(store).forgotten) == ["c==3"]
+
+
+def test_a_forget_made_here_after_another_writers_revert_holds(store: Store) -> None:
+    """Another writer reverts to generation 1 (b) while this daemon cannot read the store,
+    and the user forgets b here meanwhile: the forget came last, and b stays out of the
+    record once this daemon commits. The revert's entry for b was taken over it."""
+    s = session(store)
+    here = {**IMAGE, **pkgs("b==2")}
+    installs(s, "b==2")
+    here = {**here, **pkgs("c==3")}
+    installs(s, "b==2", "c==3")
+    other = Store(store.root, store.key)
+    found, old = other.read(), other.read_generation(1)
+    assert found is not None and old is not None
+    assert other.commit(record.reverted(found.body, old)) is not None
+    time.sleep(0.01)
+    s.tracker.adopt(record.forgotten(s.tracker.body(), ["b"], (ENV,)))
+    assert commit(s) is not None
+    assert recorded(store) == set()
+    assert pins(stored(store).forgotten) == ["b==2", "c==3"]
+
+
+def test_an_old_revert_cut_from_the_daemons_history_is_no_news(store: Store) -> None:
+    """The record's history is full (`HISTORY_LIMIT`), its second oldest event a revert.
+    This daemon forgets b and c, which cuts that revert from its own history, before
+    another writer adds one event of its own to the store's, which keeps it. The revert
+    is not taken for a new one at the fold: b and c stay forgotten."""
+    limit = manifest.HISTORY_LIMIT
+    old = "2020-01-01T00:00:00.000+00:00"
+    events = tuple(
+        manifest.Event(action="forget", time=old, env=ENV2, name=f"x{i}") for i in range(limit)
+    )
+    events = (events[0], manifest.Event(action="revert", time=old, generation=1), *events[2:])
+    installs(session(store), "b==2", "c==3")
+    found = store.read()
+    assert found is not None
+    assert store.commit(msgspec.structs.replace(found.body, events=events)) is not None
+    s = session(store)
+    s.tracker.observe(ENV, Observation({**IMAGE, **pkgs("b==2", "c==3")}))
+    s.tracker.adopt(record.forgotten(s.tracker.body(), ["b", "c"], (ENV,)))
+    other = Store(store.root, store.key)
+    found = other.read()
+    assert found is not None
+    theirs = manifest.Event(action="forget", time=checkpoint.now_iso(), env=ENV2, name="y")
+    assert other.commit(
+        Body.of(found.body.environments, events=(*found.body.events, theirs)[-limit:])
+    )
+    assert commit(s) is not None
+    assert recorded(store) == set()
+    kept = Store(store.root, store.key).read()
+    assert kept is not None
+    assert [e.name for e in kept.body.events][-3:] == ["y", "b", "c"]
+
+
+def test_a_revert_after_a_read_without_a_write_holds_for_the_removal(store: Store) -> None:
+    """This daemon's removal of six is on the store; it reads another writer's generation
+    and writes nothing (a request it refused, a write that failed); then the user reverts
+    to generation 1 there. The removal stays out at this daemon's next commit: it did not
+    know the body it had read, and wrote the removal back."""
+    s = session(store)
+    installs(s, "a==1")
+    here = {**IMAGE, **pkgs("a==1")}
+    del here["six"]
+    s.tracker.observe(ENV, Observation(here))
+    assert commit(s) is not None
+    other = Store(store.root, store.key)
+    found = other.read()
+    assert found is not None
+    extra = Delta(env=ENV2, added=tuple(pkgs("x==1").values()))
+    assert other.commit(Body.of((*found.body.environments, extra), events=found.body.events))
+    checkpoint.refresh(s)
+    found, old = other.read(), other.read_generation(1)
+    assert found is not None and old is not None
+    assert other.commit(record.reverted(found.body, old)) is not None
+    time.sleep(0.01)
+    s.tracker.observe(ENV, Observation({**here, **pkgs("c==3")}))
+    assert commit(s) is not None
+    assert stored(store).removed == ()
+    assert recorded(store) == {"a==1", "c==3"}
 
 
 def test_a_deleted_key_directory_is_written_whole_again(store: Store) -> None:
