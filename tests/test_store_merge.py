@@ -97,6 +97,14 @@ def pins(packages: tuple[Package, ...]) -> list[str]:
     return sorted(f"{p.name}=={p.version}" for p in packages)
 
 
+def revert_elsewhere(other: Store, generation: int) -> None:
+    """The user reverts the record to `generation` through another writer of the key
+    (`other`: a daemon in another container)."""
+    found, old = other.read(), other.read_generation(generation)
+    assert found is not None and old is not None
+    assert other.commit(record.reverted(found.body, old)) is not None
+
+
 def test_an_unchanged_store_is_checked_without_a_full_read(store: Store) -> None:
     """After a commit, check() finds manifest.json as written: no re-read, nothing to fold."""
     s = session(store)
@@ -171,9 +179,7 @@ def test_another_writers_revert_holds_for_the_removal_it_took_out(
     if written:
         assert commit(s) is not None
     other = Store(store.root, store.key)
-    found, old = other.read(), other.read_generation(1)
-    assert found is not None and old is not None
-    assert other.commit(record.reverted(found.body, old)) is not None
+    revert_elsewhere(other, 1)
     time.sleep(0.01)
     s.tracker.observe(ENV, Observation({**here, **pkgs("c==3")}))
     assert commit(s) is not None
@@ -201,9 +207,7 @@ def test_another_writers_revert_of_a_forget_holds_here(store: Store) -> None:
     s.tracker.observe(ENV, Observation(here))
     assert commit(s) is not None
     assert recorded(store) == {"a==1", "c==3"}
-    found, old = other.read(), other.read_generation(1)
-    assert found is not None and old is not None
-    assert other.commit(record.reverted(found.body, old)) is not None
+    revert_elsewhere(other, 1)
     assert recorded(store) == {"a==1", "b==2"}
     s.tracker.observe(ENV, Observation({**here, **pkgs("d==4")}))
     assert commit(s) is not None
@@ -221,9 +225,7 @@ def test_a_forget_made_here_after_another_writers_revert_holds(store: Store) -> 
     here = {**here, **pkgs("c==3")}
     installs(s, "b==2", "c==3")
     other = Store(store.root, store.key)
-    found, old = other.read(), other.read_generation(1)
-    assert found is not None and old is not None
-    assert other.commit(record.reverted(found.body, old)) is not None
+    revert_elsewhere(other, 1)
     time.sleep(0.01)
     s.tracker.adopt(record.forgotten(s.tracker.body(), ["b"], (ENV,)))
     assert commit(s) is not None
@@ -280,9 +282,7 @@ def test_a_revert_after_a_read_without_a_write_holds_for_the_removal(store: Stor
     extra = Delta(env=ENV2, added=tuple(pkgs("x==1").values()))
     assert other.commit(Body.of((*found.body.environments, extra), events=found.body.events))
     checkpoint.refresh(s)
-    found, old = other.read(), other.read_generation(1)
-    assert found is not None and old is not None
-    assert other.commit(record.reverted(found.body, old)) is not None
+    revert_elsewhere(other, 1)
     time.sleep(0.01)
     s.tracker.observe(ENV, Observation({**here, **pkgs("c==3")}))
     assert commit(s) is not None
