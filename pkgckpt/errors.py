@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .restore import Report
-
 
 class PkgckptError(Exception):
     """Base of every error pkgckpt reports to a person."""
@@ -93,21 +88,3 @@ class NotKept(PkgckptError):
 
 class Declined(PkgckptError):
     """The user answered no to a question: nothing was changed."""
-
-
-class PartialRestore(PkgckptError):
-    """Some packages failed to install; the rest were installed."""
-
-    exit_code = 3
-
-    def __init__(self, message: str, report: Report | None = None) -> None:
-        super().__init__(message)
-        self.report = report
-        """What was done and what failed: render it like a complete restore's report."""
-
-
-class RestoreUnavailable(PartialRestore):
-    """Nothing could be installed, for one cause shared by every package that failed (no
-    R, no readable repository): one message, exit 1."""
-
-    exit_code = 1

@@ -907,11 +907,10 @@ def revert(
 def _restore(config: Config, bounded: bool) -> Report:
     """`revert --restore`'s restore of the record now current; a partial one's report too."""
     from . import restore as restore_
-    from .errors import PartialRestore
 
     try:
         return restore_.run(config, bounded=bounded, changed=True)
-    except PartialRestore as e:
+    except restore_.PartialRestore as e:
         if e.report is None:
             raise
         return e.report

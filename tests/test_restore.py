@@ -33,9 +33,9 @@ from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt import restore
 from pkgckpt.config import DISCOVER, Config
-from pkgckpt.errors import PartialRestore
 from pkgckpt.inventory import load_baseline, targets
 from pkgckpt.manifest import Body, Delta, Environment, Failing, Package, UrlSource
+from pkgckpt.restore import PartialRestore
 from pkgckpt.restore.python import PythonInstaller
 from pkgckpt.restore.runner import Deadline
 from pkgckpt.scan.r import r_environment

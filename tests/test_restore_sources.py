@@ -25,7 +25,6 @@ from wheelhouse import Dist, Venv, build_wheel, make_venv
 
 from pkgckpt import restore
 from pkgckpt.config import Config
-from pkgckpt.errors import PartialRestore
 from pkgckpt.inventory import targets
 from pkgckpt.localsource import directory_problem
 from pkgckpt.manifest import (
@@ -38,6 +37,7 @@ from pkgckpt.manifest import (
     VcsSource,
     decode,
 )
+from pkgckpt.restore import PartialRestore
 from pkgckpt.restore.python import PythonInstaller
 from pkgckpt.store import init_store
 

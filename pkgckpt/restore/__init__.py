@@ -28,7 +28,7 @@ The API `cli.py` calls (`pkgckpt restore [--dry-run] [--json] ...`):
 Errors (pkgckpt.errors): ManifestError (corrupt, hostile: refused, nothing installed),
 StoreError / StoreUnavailable (the store refused or is unreachable), RestoreError (cannot
 run at all: no interpreter, `--installer uv` without uv), UsageError (bad `installer`):
-nothing changed, exit 1 or 2. `run()` raises PartialRestore (exit 3) when any package
+nothing changed, exit 1 or 2. `run()` raises PartialRestore (below; exit 3) when any package
 failed or the timeout ran out; its `.report` is the Report, to be rendered like any other.
 After a restore, `record.remember` counts in the manifest the restores in a row that
 failed each package (and forgets the count of those that now succeed).
@@ -90,7 +90,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from ..config import Config
-from ..errors import PartialRestore, RestoreUnavailable, UsageError
+from ..errors import PkgckptError, UsageError
 from ..jitter import REPORT_SECONDS
 from ..manifest import (
     Artifact,
@@ -415,6 +415,25 @@ class Report(_Out, frozen=True, kw_only=True):
 
 
 _encoder = msgspec.json.Encoder(order="deterministic")
+
+
+class PartialRestore(PkgckptError):
+    """Some packages failed to install; the rest were installed. Here, not in
+    pkgckpt.errors with the rest of the hierarchy, because it carries this module's Report."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, report: Report | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+        """What was done and what failed: render it like a complete restore's report."""
+
+
+class RestoreUnavailable(PartialRestore):
+    """Nothing could be installed, for one cause shared by every package that failed (no
+    R, no readable repository): one message, exit 1."""
+
+    exit_code = 1
 
 
 def _skipped_lines(skipped: Sequence[Skipped]) -> list[str]:

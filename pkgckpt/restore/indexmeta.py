@@ -22,7 +22,7 @@ Among the files of that exact version, the wheel whose tags fit the target inter
 best is chosen (`packaging.tags`, the order of `wheeltags.target_tags`). Its PEP 658/714
 metadata file (`data-core-metadata`, `data-dist-info-metadata`, JSON `core-metadata`) is
 read and checked against its hash when the index gives one; without a metadata file the
-wheel itself is read when it is at most `rebase.MAX_WHEEL` bytes, checked against its hash when
+wheel itself is read when it is at most `wheelmeta.MAX_WHEEL` bytes, checked against its hash when
 given. Anything else (no fitting wheel, a bigger wheel, a hash mismatch, an index that is
 down) leaves that package's requirements to the installer, with the reason.
 
@@ -36,8 +36,8 @@ The index is the admin's, never the store's; its answers are still hostile:
   appear in a reason;
 - a project page its parser fails on (JSON nested too deep, markup html.parser trips
   over) is unreadable: that package is left to the installer;
-- every read is bounded (`MAX_PAGE`, `MAX_HTML`, `rebase.MAX_METADATA`,
-  `rebase.MAX_WHEEL`) and times out after `TIMEOUT` seconds; the first connection failure
+- every read is bounded (`MAX_PAGE`, `MAX_HTML`, `wheelmeta.MAX_METADATA`,
+  `wheelmeta.MAX_WHEEL`) and times out after `TIMEOUT` seconds; the first connection failure
   marks the index down for the rest of the run, so an index that is down costs one
   timeout, not one per package; and every request of a plan, to all its indexes and for
   all its environments, ends by one deadline (`rebase.budget`): connecting and each read
@@ -67,8 +67,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from ..validate import canonical, python_name, python_version
 from ..wheeltags import TargetTags
-from .rebase import MAX_METADATA, MAX_WHEEL
-from .wheelmeta import metadata
+from .wheelmeta import MAX_METADATA, MAX_WHEEL, metadata
 
 if TYPE_CHECKING:
     import socket

@@ -125,6 +125,7 @@ from ..manifest import (
 )
 from ..validate import canonical, python_name, python_version
 from ..wheeltags import TargetTags, wheel_tags
+from .wheelmeta import MAX_METADATA, MAX_WHEEL
 
 if TYPE_CHECKING:
     from packaging.requirements import Requirement
@@ -138,12 +139,6 @@ if TYPE_CHECKING:
 ON_CONFLICT = ("image", "user")
 BUDGET = 20.0
 """Seconds all of one plan's reads from the indexes may take together (`budget`)."""
-MAX_METADATA = 1 << 20
-"""Bytes of a METADATA file (or of an installed one's header) read at most: a real one is
-a few KB."""
-MAX_WHEEL = 5 << 20
-"""Bytes of a whole wheel read at most for its METADATA: an index's wheel that has no
-metadata file (`indexmeta.py`), a captured one (an artifact)."""
 _HEADER_CHUNK = 8192
 """An installed METADATA is read this much at a time, up to the end of its header."""
 

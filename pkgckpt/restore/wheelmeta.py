@@ -10,7 +10,7 @@ A wheel is hostile until read (a find-links directory or an index is not pkgckpt
 nothing raises: only a regular file is read (a FIFO or a device under a wheel's name
 would block or never end; a symlink to /dev/zero would be read until memory runs out),
 the standard library's zipfile gets the file already open (the name may point elsewhere
-by then), METADATA is read only up to `rebase.MAX_METADATA` bytes, and whatever zipfile
+by then), METADATA is read only up to `MAX_METADATA` bytes, and whatever zipfile
 raises on a hostile archive (a bad version field, an encrypted member, a corrupt deflate
 stream, a name that is not UTF-8, a zip64 offset past what a seek takes) reads as
 "unreadable".
@@ -25,7 +25,12 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-from .rebase import MAX_METADATA
+MAX_METADATA = 1 << 20
+"""Bytes of a METADATA file (or of an installed one's header) read at most: a real one is
+a few KB."""
+MAX_WHEEL = 5 << 20
+"""Bytes of a whole wheel read at most for its METADATA: an index's wheel that has no
+metadata file (`indexmeta.py`), a captured one (an artifact)."""
 
 
 def metadata(wheel: Path | bytes) -> str | None:
