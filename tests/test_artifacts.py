@@ -176,6 +176,85 @@ def test_a_file_changed_since_its_install_is_not_packed(tmp_path: Path) -> None:
         capturer("python").capture(job, again)
 
 
+def _big_venv(tmp_path: Path, size: int) -> tuple[Venv, Job, dict[str, bytes]]:
+    """A venv holding `bigpkg`: a `size`-byte data file and a script longer than a read
+    (`wheel._CHUNK`), with `#!python` as shipped."""
+    info = "bigpkg-1.0.dist-info"
+    files = {
+        "bigpkg/__init__.py": b"",
+        "bigpkg/blob.bin": bytes(size),
+        "bigpkg-1.0.data/scripts/long": b"#!python\n" + b"# padding\n" * (300 << 10),
+        f"{info}/METADATA": b"Metadata-Version: 2.1\nName: bigpkg\nVersion: 1.0\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    wheel = _pack(tmp_path / "wheels" / "bigpkg-1.0-py3-none-any.whl", info, files)
+    venv = make_venv(tmp_path / "venv")
+    venv.install(wheel.parent, "bigpkg")
+    env = Environment(kind="python", path=str(venv.prefix), interpreter=PY)
+    job = Job(env=env, roots=(venv.site_packages,), package=Package(name="bigpkg", version="1.0"))
+    return venv, job, files
+
+
+_PEAK = """
+import resource, sys
+from pathlib import Path
+from pkgckpt.artifacts import Job, capturer
+from pkgckpt.manifest import Environment, Package
+out, prefix, site, py = sys.argv[1:]
+env = Environment(kind="python", path=prefix, interpreter=py)
+job = Job(env=env, roots=(Path(site),), package=Package(name="bigpkg", version="1.0"))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+built = capturer("python").capture(job, Path(out))
+print(built, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_a_large_file_is_packed_a_chunk_at_a_time(tmp_path: Path) -> None:
+    """A capture's memory does not grow with the size of a file it packs: a 1.5 GB shared
+    library (torch, CUDA) read whole would take its size, twice, in the notebook's
+    container. Packed in chunks, the wheel is what one whole read packed: the data file's
+    bytes, and the script's `#!python` line restored across reads."""
+    size = 96 << 20
+    venv, _job, files = _big_venv(tmp_path, size)
+    out = tmp_path / "out"
+    out.mkdir()
+    where = [str(out), str(venv.prefix), str(venv.site_packages), PY]
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, *where], capture_output=True, check=True, text=True
+    )
+    built, grown = done.stdout.split()
+    # KiB: the whole file would be 98,304 more.
+    assert int(grown) < 16 << 10, f"peak RSS grew by {grown} KiB packing a {size >> 20} MiB file"
+    with zipfile.ZipFile(built) as zf:
+        with zf.open("bigpkg/blob.bin") as blob:
+            assert hashlib.sha256(blob.read()).digest() == hashlib.sha256(bytes(size)).digest()
+        script = zf.read("bigpkg-1.0.data/scripts/long")
+        assert script == files["bigpkg-1.0.data/scripts/long"]
+        for row in zf.read("bigpkg-1.0.dist-info/RECORD").decode().splitlines():
+            path, digest, length = row.split(",")
+            if digest:
+                data = zf.read(path)
+                assert (_hash(data), int(length)) == (digest, len(data)), path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to bind-mount a file")
+def test_a_file_that_reads_longer_than_its_size_is_not_packed(tmp_path: Path) -> None:
+    """A file that yields more bytes than its size said (one growing while it is packed;
+    here /proc/version bind-mounted over it: a regular file of size 0) is not packed: the
+    wheel would hold bytes its size did not count."""
+    _venv, job, _files = _big_venv(tmp_path, 1 << 10)
+    blob = job.roots[0] / "bigpkg" / "blob.bin"
+    subprocess.run(["mount", "--bind", "/proc/version", str(blob)], check=True)
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        with pytest.raises(Uncapturable, match=f"{blob} grew while it was read"):
+            capturer("python").capture(job, out)
+    finally:
+        subprocess.run(["umount", str(blob)], check=True)
+
+
 def test_an_editable_install_is_not_captured_and_says_why(tmp_path: Path) -> None:
     """Editable and directory installs live in the user's directory: never captured."""
     from pkgckpt.artifacts import uncapturable

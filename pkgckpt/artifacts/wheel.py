@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import os
@@ -40,6 +41,7 @@ import posixpath
 import re
 import stat
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -59,6 +61,8 @@ COMPRESSLEVEL = 1
 """zlib level 1: the installed scipy 1.17.1 (83 MB) packs in 1.7 s of CPU to 38.1 MiB, where
 level 6 takes 4.8 s for 33.7 MiB; capture runs after every install on every node, the
 13 % more bytes sit once on the store."""
+_CHUNK = 1 << 20
+"""Bytes of an installed file read, hashed and compressed at a time."""
 
 
 def capture(job: Job, out: Path) -> Path:
@@ -125,19 +129,18 @@ def _capture(
     ) as zf:
         for member, source, script, recorded in members:
             top = site if source.is_relative_to(site) else prefix
-            data, mode = _content(beneath[top], source.relative_to(top).as_posix(), top)
-            digest = _b64(hashlib.sha256(data).digest())
-            _check(data, digest, recorded, source)
-            if script:
-                packed = _unfix_shebang(data, None if job.env.user else prefix)
-                if packed is not data:
-                    data, digest = packed, _b64(hashlib.sha256(packed).digest())
-            rows.append((member, f"sha256={digest}", str(len(data))))
-            _add(zf, member, data, mode)
+            unfix = functools.partial(_unfix_shebang, prefix=None if job.env.user else prefix)
+            rows.append(
+                _pack(zf, member, beneath[top], source, top, recorded, unfix if script else None)
+            )
         rows.append((f"{info}/RECORD", "", ""))
         text = io.StringIO()
         csv.writer(text, lineterminator="\n").writerows(rows)
-        _add(zf, f"{info}/RECORD", text.getvalue().encode(), 0o644)
+        record_info = _info(f"{info}/RECORD", 0o644)
+        record_bytes = text.getvalue().encode()
+        record_info.file_size = len(record_bytes)
+        with zf.open(record_info, "w") as dst:
+            dst.write(record_bytes)
     return target
 
 
@@ -249,24 +252,69 @@ def _b64(digest: bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def _check(data: bytes, sha256: str, recorded: str, source: Path) -> None:
-    """`data`, read from `source` (`sha256`: its hash, as `_b64` writes it), is what the
-    installer wrote there by RECORD's hash.
+def _pack(
+    zf: zipfile.ZipFile,
+    member: str,
+    directory: int,
+    source: Path,
+    top: Path,
+    recorded: str,
+    first: Callable[[bytes], bytes] | None,
+) -> tuple[str, str, str]:
+    """Copy `source` (beneath `top`, open as `directory`) into `zf` as `member`, a chunk at
+    a time: a 1.5 GB shared library (torch, CUDA) must not take its size, twice, of the
+    memory of the notebook's container. `first`, where given, rewrites the first chunk (a
+    script's `#!` line, `_unfix_shebang`). Returns its RECORD row as packed.
 
-    Else the file changed since the install: an upgrade replacing the package while
-    it is packed, or an edit; packed anyway, the artifact would mix two installs under
-    one name and version. A row without a hash, or in another algorithm than the
-    wheel specification's (sha256 or stronger), is not checked.
+    The file must be what the installer wrote there by RECORD's hash. Else it changed
+    since the install: an upgrade replacing the package while it is packed, or an edit;
+    packed anyway, the artifact would mix two installs under one name and version. A row
+    without a hash, or in another algorithm than the wheel specification's (sha256 or
+    stronger), is not checked. A path through a link is not read: the package is not
+    captured.
     """
+    path = source.relative_to(top).as_posix()
+    try:
+        fd = fstree.open_beneath(directory, path)
+    except OSError as e:
+        raise Uncapturable(f"{top / path} (in RECORD) cannot be read: {top}/{e.strerror}") from None
     algo, sep, want = recorded.partition("=")
-    if not sep or algo not in ("sha256", "sha384", "sha512"):
-        return
-    have = sha256 if algo == "sha256" else _b64(hashlib.new(algo, data).digest())
-    if have != want.rstrip("="):
+    checked = hashlib.new(algo) if sep and algo in ("sha256", "sha384", "sha512") else None
+    packed = hashlib.sha256()
+    try:
+        st = os.fstat(fd)
+        info = _info(member, stat.S_IMODE(st.st_mode))
+        # zipfile chooses zip64 by the size it is told: the file is read up to that size.
+        info.file_size = st.st_size
+        read = size = 0
+        with zf.open(info, "w") as dst:
+            while read <= st.st_size:
+                try:
+                    chunk = os.read(fd, min(_CHUNK, st.st_size + 1 - read))
+                except OSError as e:
+                    raise Uncapturable(
+                        f"{top / path} (in RECORD) cannot be read: {e.strerror}"
+                    ) from None
+                if not chunk:
+                    break
+                read += len(chunk)
+                if checked is not None:
+                    checked.update(chunk)
+                if size == 0 and first is not None:
+                    chunk = first(chunk)
+                size += len(chunk)
+                packed.update(chunk)
+                dst.write(chunk)
+    finally:
+        os.close(fd)
+    if read > st.st_size:
+        raise Uncapturable(f"{source} grew while it was read: a reinstall under way, or an edit")
+    if checked is not None and _b64(checked.digest()) != want.rstrip("="):
         raise Uncapturable(
             f"{source} is not the file that was installed (its {algo} is not RECORD's): "
             "changed since, by a reinstall under way or an edit"
         )
+    return member, f"sha256={_b64(packed.digest())}", str(size)
 
 
 def _data_root(job: Job, site: Path) -> Path:
@@ -306,22 +354,6 @@ def _member(
     return f"{stem}.data/data/{inside.as_posix()}"
 
 
-def _content(directory: int, path: str, top: Path) -> tuple[bytes, int]:
-    """The bytes of `path` beneath `top` (open as `directory`) and its mode. A path
-    through a link is not read: the package is not captured."""
-    try:
-        fd = fstree.open_beneath(directory, path)
-    except OSError as e:
-        raise Uncapturable(f"{top / path} (in RECORD) cannot be read: {top}/{e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read()
-    finally:
-        os.close(fd)
-    return data, stat.S_IMODE(st.st_mode)
-
-
 _SHEBANG = re.compile(rb"#!(/\S*)/python[0-9.]*\r?")
 """The line pip and uv write for a script's `#!python`: the interpreter's path alone."""
 
@@ -339,11 +371,14 @@ def _unfix_shebang(data: bytes, prefix: Path | None) -> bytes:
     return b"#!python" + nl + rest
 
 
-def _add(zf: zipfile.ZipFile, member: str, data: bytes, mode: int) -> None:
+def _info(member: str, mode: int) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(member, _DATE)
     info.external_attr = (stat.S_IFREG | (0o755 if mode & 0o111 else 0o644)) << 16
     info.compress_type = zipfile.ZIP_DEFLATED
-    zf.writestr(info, data, compresslevel=COMPRESSLEVEL)
+    # What ZipFile.writestr sets for its compresslevel, and ZipFile.open reads of a
+    # ZipInfo it is given (`compress_level` since Python 3.13, which keeps this name).
+    info._compresslevel = COMPRESSLEVEL  # type: ignore[attr-defined]
+    return info
 
 
 def _wheel_name(name: str, version: str, build: str | None, tags: list[str]) -> str:
