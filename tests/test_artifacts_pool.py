@@ -1,6 +1,7 @@
 """`pkgckpt store prune-pool`: the administrator's way to bound the shared pool. Only
 old regular files named by their sha256 (and dead captures' temp files) go; nothing is
-followed; a pruned entry costs a new capture at the next snapshot, never a wrong one."""
+followed; a pruned entry costs a new capture at the next snapshot, never a wrong one.
+And a pool that cannot be used, as a user sees it."""
 
 from __future__ import annotations
 
@@ -121,6 +122,46 @@ def test_a_pruned_entry_is_captured_again_by_the_next_snapshot(tmp_path: Path) -
     assert not (world.store / world.key / "artifacts").exists() or not list(
         (world.store / world.key / "artifacts").iterdir()
     )
+
+
+def test_a_pool_that_cannot_be_used_is_said_once_and_not_taken_for_gone(tmp_path: Path) -> None:
+    """An `artifact_pool` that does not exist (not mounted yet, a typo) is named by one
+    warning however many packages a snapshot captures, and their artifacts go under the
+    key. Pooled artifacts that a container cannot read (no pool named, or not mounted)
+    are said to be in the pool, not used there, not gone from it."""
+    world = cache_on(World.make(tmp_path))
+    pool = tmp_path / "pool"
+    world.env["PKGCKPT_ARTIFACT_POOL"] = str(pool)
+    wheels = tmp_path / "wheels"
+    for name in ("solo", "duo", "trio"):
+        build_wheel(Dist(name, "1.0"), wheels)
+    venv = make_venv(tmp_path / "venv")
+    baseline = tmp_path / "baseline.json"
+    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
+    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
+    venv.install(wheels, "solo", "duo")
+    snap = world.pkgckpt("snapshot", *flags, timeout=300)
+    assert snap.returncode == 0, snap.stdout + snap.stderr
+    warning = f"artifact pool {pool} does not exist (not mounted?)"
+    assert snap.stderr.count(warning) == 1, snap.stderr
+    found = world.manifest()
+    assert found is not None
+    artifacts = [p.artifact for d in found.body.deltas() for p in d.added]
+    assert len(artifacts) == 2 and all(a is not None and not a.pooled for a in artifacts)
+    assert len(list((world.store / world.key / "artifacts").iterdir())) == 2
+
+    _pool(tmp_path)
+    venv.install(wheels, "trio")
+    snap = world.pkgckpt("snapshot", *flags, timeout=300)
+    assert snap.returncode == 0 and "artifact pool" not in snap.stderr, snap.stderr
+    pooled = "trio-1.0-py3-none-any.whl is in the shared pool, not used here"
+    assert pooled not in world.pkgckpt("status", *flags).stdout
+    pool.rename(tmp_path / "unmounted")
+    status = world.pkgckpt("status", *flags).stdout
+    assert f"{pooled}: {warning}" in status and "gone" not in status, status
+    del world.env["PKGCKPT_ARTIFACT_POOL"]
+    status = world.pkgckpt("status", *flags).stdout
+    assert f"{pooled}: this container names no artifact_pool" in status, status
 
 
 def test_a_starting_daemon_captures_a_pruned_entry_again(tmp_path: Path) -> None:

@@ -78,6 +78,9 @@ CAPTURERS: dict[str, str] = {"python": "wheel", "r": "rpkg"}
 FITS: dict[str, str] = {"python": "pkgckpt.wheeltags", "r": "pkgckpt.artifacts.rpkg"}
 """The module whose `fits` says whether an artifact of each kind installs somewhere."""
 log = getLogger(__name__)
+_warned: set[str] = set()
+"""Warnings said in this process: a pool that is not mounted would be named once per
+package a daemon captures."""
 
 
 class ArtifactRefused(PkgckptError):
@@ -196,10 +199,10 @@ def capture(
             digest = sha256_of(fd)
             if config.artifact_pool is not None:
                 try:
-                    if pool.put(config.artifact_pool, fd, digest):
-                        return Artifact(file=name, sha256=digest, size=size, pooled=True)
+                    pool.put(config.artifact_pool, fd, digest)
+                    return Artifact(file=name, sha256=digest, size=size, pooled=True)
                 except PkgckptError as e:  # the key's own directory still takes it
-                    log.warning("artifact pool not used: %s", e)
+                    _warn_once(f"artifact pool not used, artifacts go under the key: {e}")
             if used + size > config.artifact_quota and keep is not None:
                 quota.collect(store, config.artifact_quota, keep, need=size)
                 used = quota.used(store)
@@ -340,6 +343,12 @@ def _copy_hashing(source: int, fd: int, expected: int) -> tuple[str, int]:
         while view:
             view = view[os.write(fd, view) :]
     return digest.hexdigest(), size
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
 
 
 def _bytes(n: int) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 import msgspec
 
 from .. import durable
-from ..errors import StoreError
+from ..errors import PkgckptError, StoreError
 
 SUBDIR = "sha256"
 
@@ -71,17 +71,17 @@ def _open_dir(root: Path, *, create: bool) -> int | None:
     return fd
 
 
-def put(root: Path, source: int, digest: str) -> bool:
-    """Put the bytes of `source` (whose sha256 is `digest`) into the pool; True when the
-    pool holds exactly them afterwards (added now, or already there), False when the
-    pool cannot be used (missing, or someone else's bytes under that name)."""
+def put(root: Path, source: int, digest: str) -> None:
+    """Put the bytes of `source` (whose sha256 is `digest`) into the pool, unless it holds
+    exactly them already. Raises StoreError when it cannot take them: missing (not
+    mounted, or no `sha256/` made), refused, or someone else's bytes under that name."""
     dfd = _open_dir(root, create=True)
     if dfd is None:
-        return False
+        raise StoreError(missing(root))
     size = os.fstat(source).st_size
     try:
         if _holds(dfd, digest, size):
-            return True
+            return
         os.lseek(source, 0, os.SEEK_SET)
         where = root / SUBDIR / digest
         leftovers: set[str] = set()
@@ -89,15 +89,27 @@ def put(root: Path, source: int, digest: str) -> bool:
         try:
             os.link(tmp, digest, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
         except FileExistsError:
-            return _holds(dfd, digest, size)  # another user's capture won the race
+            # Another user's capture won the race, or planted other bytes there.
+            if not _holds(dfd, digest, size):
+                raise StoreError(f"{where} holds other bytes than this capture's") from None
+            return
         except OSError as e:
             raise durable.error(e, f"cannot add {where}") from e
         finally:
             durable.discard(dfd, tmp, leftovers)
         durable.fsync_dir(dfd, root / SUBDIR)
-        return True
     finally:
         durable.close_quietly(dfd)
+
+
+def missing(root: Path) -> str:
+    """Why the pool at `root` holds nothing, when `sha256/` or `root` does not exist."""
+    if root.is_dir():
+        return (
+            f"artifact pool {root / SUBDIR} does not exist: an administrator makes it, "
+            "mode 1777, in a pool shared by users"
+        )
+    return f"artifact pool {root} does not exist (not mounted?)"
 
 
 def _holds(dfd: int, digest: str, size: int) -> bool:
@@ -150,6 +162,20 @@ def held(root: Path, entries: Iterable[tuple[str, int]]) -> set[tuple[str, int]]
     finally:
         durable.close_quietly(dfd)
     return found
+
+
+def unusable(root: Path | None) -> str | None:
+    """Why no pooled artifact can be read here now; None when the pool can be read."""
+    if root is None:
+        return "this container names no artifact_pool"
+    try:
+        dfd = _open_dir(root, create=False)
+    except PkgckptError as e:
+        return str(e)
+    if dfd is None:
+        return missing(root)
+    durable.close_quietly(dfd)
+    return None
 
 
 def read(root: Path | None, digest: str) -> int | None:

@@ -68,6 +68,7 @@ def summarize(
     store: Store, config: Config, body: Body, reasons: Mapping[str, str] | None = None
 ) -> Summary:
     """`reasons`: why the daemon could not capture a package (its status file)."""
+    from . import pool
     from .session import gone, key
 
     without: dict[str, str] = {}
@@ -89,11 +90,16 @@ def summarize(
         return Summary(quota=config.artifact_quota, pooled=pooled, without=without, error=str(e))
     lost = gone(config, recorded.values(), files)
     pooled = sum(a.pooled and a not in lost for a in recorded.values())
+    # Not "gone" when the pool cannot be read here at all: the entries may well be there.
+    unusable = pool.unusable(config.artifact_pool) if any(a.pooled for a in lost) else None
     missing: dict[str, str] = {}
     for name, artifact in recorded.items():
         if artifact in lost:
-            where = "the shared pool" if artifact.pooled else "the store"
-            missing[name] = f"{artifact.file} is gone from {where}"
+            if artifact.pooled and unusable is not None:
+                missing[name] = f"{artifact.file} is in the shared pool, not used here: {unusable}"
+            else:
+                where = "the shared pool" if artifact.pooled else "the store"
+                missing[name] = f"{artifact.file} is gone from {where}"
             why = (reasons or {}).get(name)
             if why:
                 missing[name] += f"; not captured again: {why}"

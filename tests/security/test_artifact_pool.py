@@ -175,6 +175,7 @@ def test_a_pool_entry_planted_before_alices_capture_is_not_used(
 
         snap = a.pkgckpt("snapshot")
         assert snap.returncode == 0, snap.stdout + snap.stderr
+        assert f"{planted} holds other bytes than this capture's" in snap.stderr, snap.stderr
         got = a.recorded()["libdep"].artifact
         assert got is not None and got.sha256 == want.sha256 and not got.pooled
         assert (a.store / alice.name / "artifacts" / got.file).stat().st_uid == alice.uid
@@ -224,6 +225,8 @@ def test_a_sha256_dir_made_by_bob_is_not_used_by_alice(alice: User, bob: User, t
             snap = a.pkgckpt("snapshot")
             assert snap.returncode == 0, snap.stdout + snap.stderr
             assert not (root / "sha256").exists(), "alice made sha256/ under root's pool"
+            missing = f"artifact pool {root / 'sha256'} does not exist: an administrator makes it"
+            assert missing in snap.stderr, snap.stderr
             assert not a.recorded()["libdep"].artifact.pooled  # type: ignore[union-attr]
 
             bob.run(["mkdir", "-m", "1777", str(root / "sha256")], check=True)
