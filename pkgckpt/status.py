@@ -992,7 +992,7 @@ def _held(envs: list[EnvReport], held: tuple[EnvChanges, ...]) -> list[EnvReport
 
 
 def _stranded(prefix: Path) -> Stranded | None:
-    """The venv at `prefix` when its interpreter is gone: `restore` makes it again
+    """The venv at `prefix` when its interpreter is gone or moved: `restore` makes it again
     (`restore.venv`). Asked only of what the record holds, which `collect` checks with
     restore's validation anyway: the import costs nothing more."""
     from .restore.venv import stranded

@@ -61,13 +61,13 @@ def flags(world: World, wheels: Path) -> list[str]:
             "--find-links", str(wheels)]  # fmt: skip
 
 
-def recorded_kernel_venv(world: World, wheels: Path, old: Path) -> Path:
-    """A kernel's venv made from the old image's Python, alpha installed into it under a
-    daemon and recorded; then the new image: its Python is `python3` only, and the
-    container's runtime directory is new."""
+def recorded_kernel_venv(world: World, wheels: Path, old: Path, via: str = "") -> Path:
+    """A kernel's venv made from the old image's Python (`via`: by that name in the
+    image's directory; by default `python3.X`), alpha installed into it under a daemon
+    and recorded; then the container's runtime directory is new."""
     bin_dir = image_bin(world, old)
     prefix = world.tmp / "home" / "envs" / "analysis"
-    made = [str(bin_dir / old.name), "-m", "venv", "--without-pip", str(prefix)]
+    made = [str(bin_dir / (via or old.name)), "-m", "venv", "--without-pip", str(prefix)]
     subprocess.run(made, check=True, capture_output=True)
     (prefix / "notes.txt").write_text("the user's own file\n")
     kernelspec(user_data(world.tmp / "home"), "analysis", str(prefix / "bin" / "python"))
@@ -130,6 +130,48 @@ def test_a_kernel_venv_whose_python_the_new_image_moved_is_made_again_and_restor
 
 @pytest.mark.slow
 @pytest.mark.parametrize("route", ["kernelspec", "--env"])
+def test_a_venv_made_with_python3_runs_the_new_images_python_and_is_made_again(
+    world: World, wheels: Path, route: str
+) -> None:
+    """`python3 -m venv`, the usual way: the venv's `bin/python` leads to the image's
+    `python3`, which the new image points at another minor version. It runs, but sees
+    none of the old `lib/python3.X` (the user's packages, its pip): `status` says restore
+    makes it again, and restore does, with that python3, then installs alpha for it. No
+    `python3.X` of the old version is left to run the new one; a second restore does
+    nothing."""
+    old, new = _pythons()
+    prefix = recorded_kernel_venv(world, wheels, old, via="python3")
+    bin_dir = image_bin(world, new)
+    python = prefix / "bin" / "python"
+    assert os.path.realpath(python) == str(new)
+    named = ["--env", str(prefix)] if route == "--env" else []
+    moved = f"is Python {new.name[6:]}, and the venv was made for {old.name[6:]}"
+
+    shown = world.pkgckpt("status", "--store", str(world.store), "--key", world.key, *named)
+    assert shown.returncode == 0, shown.stderr
+    assert moved in shown.stdout, shown.stdout
+    assert f"pkgckpt restore makes the venv again with {bin_dir / 'python3'}" in shown.stdout
+
+    done = world.pkgckpt("restore", *flags(world, wheels), *named)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Made the venv {prefix} again with {bin_dir / 'python3'}" in done.stdout
+    assert moved in done.stdout and "installed 1" in done.stdout, done.stdout
+    ran = subprocess.run(
+        [str(python), "-c", "import alpha, sys; print(sys.version_info[:2])"],
+        capture_output=True, text=True, check=True, cwd=world.tmp,
+    )  # fmt: skip
+    assert ran.stdout.strip() == str(tuple(int(x) for x in new.name[6:].split(".")))
+    assert not (prefix / "bin" / old.name).exists()
+    assert (prefix / "bin" / new.name).exists()
+
+    again = world.pkgckpt("restore", *flags(world, wheels), *named)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Made the venv" not in again.stdout
+    assert "Nothing to restore" in again.stdout, again.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["kernelspec", "--env"])
 def test_a_stranded_venv_without_the_images_new_python_is_left_and_reported(
     world: World, wheels: Path, route: str
 ) -> None:
@@ -176,9 +218,26 @@ def test_a_home_others_may_write_is_not_trusted_to_make_a_venv_again(tmp_path: P
 
 
 def test_a_venv_whose_python_is_there_is_not_stranded(tmp_path: Path) -> None:
+    """Nor is one whose Python says no version in its name (taken to be the one pyvenv.cfg
+    names), or says pyvenv.cfg's, or whose pyvenv.cfg names none; one whose Python says
+    another minor version is."""
     subprocess.run(
         [sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "v")],
         check=True, capture_output=True,
     )  # fmt: skip
     assert stranded(tmp_path / "v") is None
     assert stranded(tmp_path / "nothing") is None
+    for name, version in (("snake", "3.0.0"), ("python3.99", "3.99.1"), ("python3.99", "")):
+        venv = tmp_path / f"{name}-{version}"
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / name).write_text("")
+        (venv / "bin" / "python").symlink_to(name)
+        (venv / "pyvenv.cfg").write_text(f"home = /usr/bin\nversion = {version}\n")
+        assert stranded(venv) is None, (name, version)
+    moved = tmp_path / "moved"
+    (moved / "bin").mkdir(parents=True)
+    (moved / "bin" / "python3.99").write_text("")
+    (moved / "bin" / "python").symlink_to("python3.99")
+    (moved / "pyvenv.cfg").write_text("home = /usr/bin\nversion_info = 3.98.0.final.0\n")
+    found = stranded(moved)
+    assert found is not None and (found.runs, found.made) == ("3.99", "3.98")

@@ -1401,8 +1401,10 @@ def _run(
     unmade = [r for r in report.remade if r.error]
     if unmade and not report.failures and not report.timed_out and not the_plan.held_back():
         raise PartialRestore(
-            f"restore incomplete: {len(unmade)} venv(s) whose interpreter is gone could "
-            "not be made again (" + "; ".join(r.render() for r in unmade) + ")",
+            f"restore incomplete: {len(unmade)} venv(s) whose interpreter is gone, or runs "
+            "another Python, could not be made again ("
+            + "; ".join(r.render() for r in unmade)
+            + ")",
             report=report,
         )
     if report.exit_code == 1:
@@ -1432,7 +1434,7 @@ def _run(
 
 
 def _after_remade(plan: Plan, remade: Sequence[Remade], dry_run: bool) -> Plan:
-    """`plan` with why the venvs whose interpreter is gone are skipped (`venv`)."""
+    """`plan` with why the venvs whose interpreter is gone (or moved) are skipped (`venv`)."""
     if not remade:
         return plan
     why = {
@@ -1458,12 +1460,15 @@ def _remake_stranded(
     dry_run: bool,
     watchdog: Watchdog,
 ) -> tuple[Remade, ...]:
-    """Make again each venv of the record, tracked here, whose interpreter is gone (`venv`)."""
+    """Make again each venv of the record, tracked here, whose interpreter is gone or runs
+    another minor version (`venv`)."""
     prefixes = list(config.env)
     if discovered is not None:
         # A kernelspec's interpreter that is missing: perhaps its venv's link to the old one.
         prefixes += [p for u in discovered.unreadable if (p := kernel_prefix(Path(u.path)))]
-    # Two stat()s a prefix in the usual case, where its interpreter is there.
+        # One whose link runs the image's new Python, which sees none of the old packages.
+        prefixes += [f.prefix for f in discovered.found]
+    # A stat() and a realpath() a prefix, and its pyvenv.cfg read where there is one.
     found = [v for p in dict.fromkeys(prefixes) if (v := stranded(p)) is not None]
     if not found:
         return ()
@@ -1476,7 +1481,7 @@ def _remake_stranded(
         for d in (manifest.body.environments if manifest is not None else ())
         if d.env.kind == "python" and not d.env.user and not d.is_empty()
     }
-    watchdog.doing = "making again the venvs whose interpreter is gone"
+    watchdog.doing = "making again the venvs whose interpreter is gone or moved"
     if not dry_run and any(str(v.prefix) in recorded for v in found):
         watchdog.code = 3  # a venv made again is a change
     remade = tuple(remake(v, deadline, dry_run=dry_run) for v in found if str(v.prefix) in recorded)
