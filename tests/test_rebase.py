@@ -85,6 +85,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Dist("libold", "1.0"),
         Dist("newpkg", "1.0"),
         Dist("userapp", "1.0", requires=["libold>=1.0"]),
+        Dist("pinsdown", "1.0", requires=["down<2.1"]),
     ]
     for dist in dists:
         build_wheel(dist, out)
@@ -263,6 +264,29 @@ def test_on_conflict_user_installs_the_users_choice_and_reports_what_breaks(
     assert "broken: evalimg 2.0 requires evaldep>=2.0" in done.stdout, done.stdout
     assert "broken: evalimg 2.0 requires needed" in done.stdout, done.stdout
     assert s.check().returncode != 0, "the user chose to break evalimg"
+
+
+def test_what_on_conflict_user_forced_in_is_in_place_at_the_next_restore(
+    tmp_path: Path, wheels: Path
+) -> None:
+    """pinsdown needs down<2.1; v2 ships down 2.1. `--on-conflict user` installs it,
+    naming what breaks. The next restore, forced or not, has nothing to do: pinsdown is
+    in place, its requirement unmet by the image's down, which installing it again would
+    not change (it was installed again at every restore, and the default restore called
+    it held back and exited 3)."""
+    s = Scenario(World.make(tmp_path), wheels, tmp_path / "venv")
+    b1 = s.image(sys.executable, ["down==2.0"], "b1.json")
+    s.user_changes(b1, ["pinsdown==1.0"], [])
+    b2 = s.image(sys.executable, ["down==2.1"], "b2.json")
+    forced = s.restore(b2, "--on-conflict", "user")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "broken: pinsdown 1.0 requires down<2.1" in forced.stdout, forced.stdout
+    for how in (["--on-conflict", "user"], []):
+        again = s.restore(b2, *how)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert again.stdout.startswith("Nothing to restore"), again.stdout
+        assert "pinsdown 1.0 held back" not in again.stdout, again.stdout
+    assert s.installed() == {"down": "2.1", "pinsdown": "1.0"}
 
 
 def test_a_removal_that_a_restored_package_needs_is_held_back(tmp_path: Path, wheels: Path) -> None:

@@ -680,12 +680,14 @@ def unmet(
     names: Collection[str],
     ignore: Collection[str] = (),
 ) -> dict[str, str]:
-    """canonical name -> a Requires-Dist that what is installed in `target` (read as
-    `rebase` reads it, with the prefix `beneath` it) does not satisfy, for each installed
+    """canonical name -> a Requires-Dist naming a distribution that is not installed in
+    `target` (read as `rebase` reads it, with the prefix `beneath` it), for each installed
     distribution of `names` (canonical) that has one; requirements naming a package of
     `ignore` (canonical) are not read. After a restore onto a new image, a package in
     place whose dependencies are not is not restored: the installer may have put it there
-    in an earlier call than the one that failed to fetch them."""
+    in an earlier call than the one that failed to fetch them. A dependency installed at
+    a version the requirement excludes is not missing: the image put it there, or the
+    user's `--on-conflict user`, and installing the package again changes neither."""
     return _unmet(target.env, installed_metadata(_roots(target, beneath)), names, ignore)
 
 
@@ -702,7 +704,7 @@ def _unmet(
     }
     out: dict[str, str] = {}
     for d, r in _Check(env).violations(state):
-        if canonical(r.name) not in ignore:
+        if canonical(r.name) not in ignore and canonical(r.name) not in state:
             out.setdefault(d.name, visible(str(r)))
     return out
 
