@@ -86,6 +86,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Dist("newpkg", "1.0"),
         Dist("userapp", "1.0", requires=["libold>=1.0"]),
         Dist("pinsdown", "1.0", requires=["down<2.1"]),
+        Dist("pinsupg", "1.0", requires=["upg==1.1"]),
     ]
     for dist in dists:
         build_wheel(dist, out)
@@ -287,6 +288,29 @@ def test_what_on_conflict_user_forced_in_is_in_place_at_the_next_restore(
         assert again.stdout.startswith("Nothing to restore"), again.stdout
         assert "pinsdown 1.0 held back" not in again.stdout, again.stdout
     assert s.installed() == {"down": "2.1", "pinsdown": "1.0"}
+
+
+def test_a_superseded_version_brought_back_for_a_package_is_in_place_after(
+    tmp_path: Path, wheels: Path
+) -> None:
+    """The user upgrades upg 1.0 -> 1.1 and installs pinsupg, which requires upg==1.1; v2
+    ships upg 1.2, which supersedes 1.1, but pinsupg needs 1.1: the restore brings it
+    back. The next restore and `status` find it in place, not "superseded" by a 1.2
+    that is not installed."""
+    s = Scenario(World.make(tmp_path), wheels, tmp_path / "venv")
+    b1 = s.image(sys.executable, ["upg==1.0"], "b1.json")
+    s.user_changes(b1, ["upg==1.1", "pinsupg==1.0"], [])
+    b2 = s.image(sys.executable, ["upg==1.2"], "b2.json")
+    done = s.restore(b2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert s.installed() == {"upg": "1.1", "pinsupg": "1.0"}
+    again = s.restore(b2)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.startswith("Nothing to restore"), again.stdout
+    assert "superseded upg" not in again.stdout, again.stdout
+    status = s.world.pkgckpt("status", *s.flags(b2))
+    assert "superseded upg" not in status.stdout, status.stdout
+    assert s.installed() == {"upg": "1.1", "pinsupg": "1.0"}
 
 
 def test_a_removal_that_a_restored_package_needs_is_held_back(tmp_path: Path, wheels: Path) -> None:

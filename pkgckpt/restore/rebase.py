@@ -742,13 +742,17 @@ def _classify(
     # checkpoint's history calls it (`manifest._direction`) and packaging's LegacyVersion
     # sorted it, before every PEP 440 version: a newer image's release supersedes it.
     downgrade = old is not None and _version(old) is not None and not _at_least(p.version, old)
-    if caught_up and not downgrade:
-        return "superseded", f"the image ships {w}"
-    if (
+    in_place = (
         live is not None
         and _version(live.version) == _version(p.version)
         and same_source(p.source, live.source)
-    ):
+    )
+    # In place over the image's own version: an earlier restore brought it back for a
+    # package that requires it (`_revive`), and it is not superseded here.
+    over_image = in_place and live is not None and _version(live.version) != _version(w)
+    if caught_up and not downgrade and not over_image:
+        return "superseded", f"the image ships {w}"
+    if in_place:
         return "nothing", "in place"
     if part == "added":
         return "install", "added by the user" + (f"; the image ships {w}" if w else "")
