@@ -159,7 +159,8 @@ def test_a_file_changed_since_its_install_is_not_packed(tmp_path: Path) -> None:
     """A file whose bytes are not RECORD's (an upgrade replacing the package while it is
     packed, an edit) makes the package uncapturable, with the file named: packed, the
     artifact would mix two installs under one version. RECORD's own rows without a hash
-    are not checked."""
+    are not checked. A version not installed is "not installed here", not "no longer":
+    a restore may have held it back in this container."""
     wheel = _data_wheel(tmp_path / "wheels")
     venv = make_venv(tmp_path / "venv")
     venv.install(wheel.parent, "datapkg")
@@ -174,6 +175,9 @@ def test_a_file_changed_since_its_install_is_not_packed(tmp_path: Path) -> None:
     again.mkdir()
     with pytest.raises(Uncapturable, match=f"{changed} is not the file that was installed"):
         capturer("python").capture(job, again)
+    other = Job(env=env, roots=job.roots, package=Package(name="datapkg", version="2.1"))
+    with pytest.raises(Uncapturable, match=r"datapkg 2\.1 is not installed here"):
+        capturer("python").capture(other, again)
 
 
 def _big_venv(tmp_path: Path, size: int) -> tuple[Venv, Job, dict[str, bytes]]:

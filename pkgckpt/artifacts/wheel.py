@@ -180,7 +180,8 @@ def _find(job: Job) -> tuple[Path, str]:
                 return root, entry
     if egg:
         raise Uncapturable("installed as .egg-info, which lists no files (RECORD)")
-    raise Uncapturable(f"{job.package.name} {job.package.version} is no longer installed")
+    # Not "no longer": a restore may have held it back, and it never was, in this container.
+    raise Uncapturable(f"{job.package.name} {job.package.version} is not installed here")
 
 
 def _read(directory: int, path: str, top: Path) -> bytes:
