@@ -126,11 +126,7 @@ def test_headers_data_under_include_and_scripts_come_back_where_they_were(
         f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\n"
         b"Tag: py3-none-any\n",
     }
-    wheel = _pack(tmp_path / "wheels" / "hdrpkg-1.0-py3-none-any.whl", info, files)
-    first = make_venv(tmp_path / "first")
-    first.install(wheel.parent, "hdrpkg")
-    env = Environment(kind="python", path=str(first.prefix), interpreter=PY)
-    job = Job(env=env, roots=(first.site_packages,), package=Package(name="hdrpkg", version="1.0"))
+    first, job = _installed(tmp_path, tmp_path / "first", "hdrpkg", files)
     out = tmp_path / "out"
     out.mkdir()
     built = capturer("python").capture(job, out)
@@ -192,12 +188,24 @@ def _big_venv(tmp_path: Path, size: int) -> tuple[Venv, Job, dict[str, bytes]]:
         f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\n"
         b"Tag: py3-none-any\n",
     }
-    wheel = _pack(tmp_path / "wheels" / "bigpkg-1.0-py3-none-any.whl", info, files)
-    venv = make_venv(tmp_path / "venv")
-    venv.install(wheel.parent, "bigpkg")
-    env = Environment(kind="python", path=str(venv.prefix), interpreter=PY)
-    job = Job(env=env, roots=(venv.site_packages,), package=Package(name="bigpkg", version="1.0"))
+    venv, job = _installed(tmp_path, tmp_path / "venv", "bigpkg", files)
     return venv, job, files
+
+
+def _installed(
+    tmp_path: Path, prefix: Path, name: str, files: dict[str, bytes]
+) -> tuple[Venv, Job]:
+    """A venv at `prefix` into which pip installed the wheel of `files` (`name` 1.0, any
+    Python), and the job that captures it."""
+    wheel = _pack(
+        tmp_path / "wheels" / f"{name}-1.0-py3-none-any.whl", f"{name}-1.0.dist-info", files
+    )
+    venv = make_venv(prefix)
+    venv.install(wheel.parent, name)
+    env = Environment(kind="python", path=str(venv.prefix), interpreter=PY)
+    return venv, Job(
+        env=env, roots=(venv.site_packages,), package=Package(name=name, version="1.0")
+    )
 
 
 _PEAK = """
