@@ -12,9 +12,10 @@ is):
 - with the interpreter that took the old one's place in the directory `pyvenv.cfg` names
   (`home`): `home/python3 -I -m venv PREFIX`, keeping the old `pyvenv.cfg`'s system site
   packages and prompt, and its pip when it had one;
-- after taking away only the interpreter links in `bin` that lead nowhere, or to the old
-  minor version's name (`bin/python3.11`, which would run 3.12), which `venv` would
-  otherwise leave as they are.
+- after taking away only the interpreter links in `bin` that lead nowhere, which `venv`
+  would otherwise leave as they are. A link by the old version's name that leads
+  somewhere (`bin/python3.11 -> python`) stays, and runs the new Python: a kernelspec
+  may name it.
 
 Which Python a link runs is read from the name its path resolves to (`python3.12`); a
 Python whose name says no version is taken to be the one the venv was made with.
@@ -203,14 +204,13 @@ def remake(venv: Stranded, deadline: Deadline, *, dry_run: bool = False) -> Rema
     if dry_run:
         return remade(python=str(python))
     bin_dir = venv.prefix / "bin"
-    # The old minor version's own name would run the new one (`python3.11 -> python`).
-    old = f"python{venv.made}" if venv.made else None
     try:
         for entry in os.scandir(bin_dir):
-            # Only these: venv leaves any link that exists as it is.
+            # Only links that lead nowhere: venv leaves any link that exists as it is. The
+            # old version's own name (`python3.11 -> python`) stays, running the new one:
+            # a kernelspec may start the venv by it (ipykernel writes sys.executable).
             named = _interpreter_name(entry.name)
-            dead = not os.path.exists(entry.path)  # noqa: PTH110
-            if named and entry.is_symlink() and (dead or entry.name == old):
+            if named and entry.is_symlink() and not os.path.exists(entry.path):  # noqa: PTH110
                 os.unlink(entry.path)  # noqa: PTH108
     except OSError as e:
         return remade(error=f"{bin_dir}: {e.strerror}")
