@@ -127,9 +127,9 @@ def _capture(
     with zipfile.ZipFile(
         target, "x", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESSLEVEL
     ) as zf:
+        unfix = functools.partial(_unfix_shebang, prefix=None if job.env.user else prefix)
         for member, source, script, recorded in members:
             top = site if source.is_relative_to(site) else prefix
-            unfix = functools.partial(_unfix_shebang, prefix=None if job.env.user else prefix)
             rows.append(
                 _pack(zf, member, beneath[top], source, top, recorded, unfix if script else None)
             )

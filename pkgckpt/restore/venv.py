@@ -6,8 +6,8 @@ is gone. Its kernel no longer starts, and nothing can be installed into it. A ve
 with `python3 -m venv` fares no better: its `bin/python` leads to `/opt/conda/bin/python3`,
 which now runs 3.12, and 3.12 sees none of `lib/python3.11` (the user's packages, its
 pip). Restore makes such a venv again, in place, when the record has packages for it and
-restore would track it (`--env`, or a kernelspec whose `bin/python` or `bin/python3` it
-is):
+restore would track it (`--env`, or a kernelspec: one whose missing `bin/python` or
+`bin/python3` it is, or that discovery found running it):
 
 - with the interpreter that took the old one's place in the directory `pyvenv.cfg` names
   (`home`): `home/python3 -I -m venv PREFIX`, keeping the old `pyvenv.cfg`'s system site
