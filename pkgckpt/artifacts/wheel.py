@@ -136,11 +136,7 @@ def _capture(
         rows.append((f"{info}/RECORD", "", ""))
         text = io.StringIO()
         csv.writer(text, lineterminator="\n").writerows(rows)
-        record_info = _info(f"{info}/RECORD", 0o644)
-        record_bytes = text.getvalue().encode()
-        record_info.file_size = len(record_bytes)
-        with zf.open(record_info, "w") as dst:
-            dst.write(record_bytes)
+        zf.writestr(_info(f"{info}/RECORD", 0o644), text.getvalue().encode())
     return target
 
 
