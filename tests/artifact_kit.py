@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from daemon_kit import World
-from wheelhouse import Dist, add_build_backend, build_c_sdist, build_wheel
+from wheelhouse import Dist, Venv, add_build_backend, build_c_sdist, build_wheel, make_venv
 
 from pkgckpt.store import Store
 
@@ -19,6 +19,17 @@ def cache_on(world: World) -> World:
     """`world` with the artifact cache on (the shared test settings switch it off)."""
     world.env["PKGCKPT_ARTIFACTS"] = "1"
     return world
+
+
+def baselined_venv(world: World, tmp: Path) -> tuple[Venv, list[str]]:
+    """A venv at `tmp/venv` whose baseline `pkgckpt baseline` took, empty, to
+    `tmp/baseline.json`, and the flags that name the world's store and key, the venv and
+    that baseline."""
+    venv = make_venv(tmp / "venv")
+    baseline = tmp / "baseline.json"
+    made = world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
+    assert made.returncode == 0, made.stderr
+    return venv, [*world.flags(venv.prefix), "--baseline", str(baseline)]
 
 
 def make_wheelhouse(out: Path) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from artifact_kit import artifacts, cache_on, make_wheelhouse
+from artifact_kit import artifacts, baselined_venv, cache_on, make_wheelhouse
 from daemon_kit import World
 from wheelhouse import Venv, make_venv
 
@@ -687,11 +687,8 @@ def test_snapshot_captures_again_an_artifact_deleted_from_the_key(tmp_path: Path
     version (same bytes, same name, same generation), and `status` no longer names it."""
     world = cache_on(World.make(tmp_path))
     wheels = make_wheelhouse(tmp_path / "wheels")
-    venv = make_venv(tmp_path / "venv")
-    baseline = tmp_path / "baseline.json"
-    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
+    venv, flags = baselined_venv(world, tmp_path)
     venv.install(wheels, "libdep")
-    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
     assert world.pkgckpt("snapshot", *flags, timeout=300).returncode == 0
     generation = world.generation()
     path = world.store / world.key / "artifacts" / "libdep-1.0-py3-none-any.whl"
@@ -783,11 +780,8 @@ def test_snapshot_captures_a_wheel_installed_from_its_file(tmp_path: Path) -> No
     never referenced."""
     world = cache_on(World.make(tmp_path))
     wheels = make_wheelhouse(tmp_path / "wheels")
-    venv = make_venv(tmp_path / "venv")
-    baseline = tmp_path / "baseline.json"
-    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
+    venv, flags = baselined_venv(world, tmp_path)
     venv.install(wheels, str(wheels / "libdep-1.0-py3-none-any.whl"))
-    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
     snap = world.pkgckpt("snapshot", *flags, timeout=300)
     assert snap.returncode == 0, snap.stderr
     (libdep,) = world.delta().added

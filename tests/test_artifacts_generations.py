@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
-from artifact_kit import cache_on
+from artifact_kit import baselined_venv, cache_on
 from daemon_kit import World
-from wheelhouse import Dist, build_wheel, make_venv
+from wheelhouse import Dist, build_wheel
 
 from pkgckpt.manifest import Artifact, Body, Delta, Environment, Package
 from pkgckpt.store import Store, init_store
@@ -70,10 +70,7 @@ def test_snapshots_with_artifacts_keep_as_many_installs_back_as_without(tmp_path
     wheels = tmp_path / "wheels"
     for name in ("one", "two", "three"):
         build_wheel(Dist(name, "1.0"), wheels)
-    venv = make_venv(tmp_path / "venv")
-    baseline = tmp_path / "baseline.json"
-    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
-    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
+    venv, flags = baselined_venv(world, tmp_path)
     for generation, name in enumerate(("one", "two", "three"), start=1):
         venv.install(wheels, name)
         snap = world.pkgckpt("snapshot", *flags, timeout=300)

@@ -10,9 +10,9 @@ import os
 import time
 from pathlib import Path
 
-from artifact_kit import cache_on
+from artifact_kit import baselined_venv, cache_on
 from daemon_kit import World
-from wheelhouse import Dist, build_wheel, make_venv
+from wheelhouse import Dist, build_wheel
 
 OLD = time.time() - 40 * 86400
 
@@ -94,10 +94,7 @@ def test_a_pruned_entry_is_captured_again_by_the_next_snapshot(tmp_path: Path) -
     world.env["PKGCKPT_ARTIFACT_POOL"] = str(pool)
     wheels = tmp_path / "wheels"
     build_wheel(Dist("solo", "1.0"), wheels)
-    venv = make_venv(tmp_path / "venv")
-    baseline = tmp_path / "baseline.json"
-    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
-    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
+    venv, flags = baselined_venv(world, tmp_path)
     venv.install(wheels, "solo")
     assert world.pkgckpt("snapshot", *flags, timeout=300).returncode == 0
     found = world.manifest()
@@ -135,10 +132,7 @@ def test_a_pool_that_cannot_be_used_is_said_once_and_not_taken_for_gone(tmp_path
     wheels = tmp_path / "wheels"
     for name in ("solo", "duo", "trio"):
         build_wheel(Dist(name, "1.0"), wheels)
-    venv = make_venv(tmp_path / "venv")
-    baseline = tmp_path / "baseline.json"
-    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
-    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
+    venv, flags = baselined_venv(world, tmp_path)
     venv.install(wheels, "solo", "duo")
     snap = world.pkgckpt("snapshot", *flags, timeout=300)
     assert snap.returncode == 0, snap.stdout + snap.stderr
@@ -174,10 +168,7 @@ def test_a_starting_daemon_captures_a_pruned_entry_again(tmp_path: Path) -> None
     world.env["PKGCKPT_ARTIFACT_POOL"] = str(pool)
     wheels = tmp_path / "wheels"
     build_wheel(Dist("solo", "1.0"), wheels)
-    venv = make_venv(tmp_path / "venv")
-    baseline = tmp_path / "baseline.json"
-    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
-    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
+    venv, flags = baselined_venv(world, tmp_path)
     venv.install(wheels, "solo")
     assert world.pkgckpt("snapshot", *flags, timeout=300).returncode == 0
     found = world.manifest()
@@ -207,10 +198,7 @@ def test_a_running_daemon_captures_again_an_entry_pruned_after_its_start(tmp_pat
     wheels = tmp_path / "wheels"
     build_wheel(Dist("solo", "1.0"), wheels)
     build_wheel(Dist("other", "1.0"), wheels)
-    venv = make_venv(tmp_path / "venv")
-    baseline = tmp_path / "baseline.json"
-    world.pkgckpt("baseline", "--env", str(venv.prefix), "--output", str(baseline))
-    flags = [*world.flags(venv.prefix), "--baseline", str(baseline)]
+    venv, flags = baselined_venv(world, tmp_path)
 
     def pooled(name: str) -> Path | None:
         found = world.manifest()
