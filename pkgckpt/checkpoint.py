@@ -721,18 +721,23 @@ def _carried(track: _Track, d: Delta) -> Delta:
     recorded = track.recorded
     if track.image is None:
         # An inferred baseline: the entries are as recorded already (`_inferred_baseline`).
-        return msgspec.structs.replace(d, image=recorded.image if recorded else None)
+        if recorded is None:
+            return d
+        return msgspec.structs.replace(d, image=recorded.image, mixed=recorded.mixed)
     if recorded is None:
         return msgspec.structs.replace(d, image=track.image)
     same = recorded.image == track.image
     entries = _entries(d)
-    for name, entry in _entries(recorded).items():
+    was = _entries(recorded)
+    carried: set[str] = set()
+    for name, entry in was.items():
         # On the same image an untouched entry missing from `d` equals the baseline: one
         # taken from a library that already held the user's packages (a home that
         # outlives the container), which proves nothing about the image. A record with
         # no image (written before images were recorded) is read as another image's.
         if name not in track.touched and not (same and name in entries):
             entries[name] = entry
+            carried.add(name)
     parts: dict[str, list[Package]] = {"added": [], "changed": [], "removed": []}
     for name in sorted(entries):
         part, p = entries[name]
@@ -747,12 +752,21 @@ def _carried(track: _Track, d: Delta) -> Delta:
         and not (track.rebased.keys() & entries.keys())
         and all(fits(part, p, track.shipped) for part, p in entries.values())
     )
+    # Kept relative to the recorded image, the record holds what was recorded here too: an
+    # install whose requirements this image met, which the recorded one may not (rolled
+    # back to it, restore must check them). Entries carried from a mixed record keep it
+    # mixed, on the same image too; what this process recorded itself is relative to it.
+    if whole:
+        mixed = recorded.mixed and bool(carried)
+    else:
+        mixed = recorded.mixed or any(entries[n] != was.get(n) for n in entries.keys() - carried)
     return msgspec.structs.replace(
         d,
         added=tuple(parts["added"]),
         changed=tuple(parts["changed"]),
         removed=tuple(parts["removed"]),
         image=track.image if whole else recorded.image,
+        mixed=mixed,
     )
 
 
@@ -906,10 +920,11 @@ def _take(track: _Track, theirs: Delta, part: str, p: Package) -> None:
     else:
         recorded = track.recorded
         if recorded is None:
-            image, entries = theirs.image, {}
+            image, mixed, entries = theirs.image, theirs.mixed, {}
         else:
             # Relative to this image only while both records are.
             image = recorded.image if recorded.image != track.image else theirs.image
+            mixed = recorded.mixed or theirs.mixed or recorded.image != theirs.image
             entries = _entries(recorded)
         entries[name] = (part, p)
         parts: dict[str, list[Package]] = {"added": [], "changed": [], "removed": []}
@@ -921,6 +936,7 @@ def _take(track: _Track, theirs: Delta, part: str, p: Package) -> None:
             changed=tuple(parts["changed"]),
             removed=tuple(parts["removed"]),
             image=image,
+            mixed=mixed,
         )
     # What a restore said of that install (held back, failing) comes with it.
     track.rebased.pop(name, None)
@@ -938,11 +954,16 @@ def _with(body: Body, theirs: Delta, *, whole: bool) -> Body:
         merged = theirs
     else:
         names = {p.name for p in (*mine.added, *mine.changed, *mine.removed, *mine.forgotten)}
+        added = tuple(p for p in theirs.added if p.name not in names)
+        changed = tuple(p for p in theirs.changed if p.name not in names)
+        removed = tuple(p for p in theirs.removed if p.name not in names)
+        joined = bool(added or changed or removed)
         merged = msgspec.structs.replace(
             mine,
-            added=(*mine.added, *(p for p in theirs.added if p.name not in names)),
-            changed=(*mine.changed, *(p for p in theirs.changed if p.name not in names)),
-            removed=(*mine.removed, *(p for p in theirs.removed if p.name not in names)),
+            added=(*mine.added, *added),
+            changed=(*mine.changed, *changed),
+            removed=(*mine.removed, *removed),
+            mixed=mine.mixed or (joined and (theirs.mixed or theirs.image != mine.image)),
         )
     others = (d for d in body.deltas() if not manifest.same_env(d.env, theirs.env))
     return Body.of((*others, merged), events=body.events)

@@ -336,6 +336,11 @@ class Delta(Base, frozen=True):
     to; None: not known (written before it was recorded, or without a baseline)."""
     rebased: tuple[Rebased, ...] = ()
     """Entries the last restore, on another image, superseded or held back."""
+    mixed: bool = False
+    """Some entries were recorded on another image than `image`: changes made there while
+    the entries carried from `image` did not fit it (`checkpoint._carried`). No one image
+    is what every entry is relative to, so restore reads the record against the image it
+    finds, the one it is labelled with too."""
 
     def is_empty(self) -> bool:
         return not (self.added or self.changed or self.removed)

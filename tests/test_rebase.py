@@ -87,6 +87,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Dist("userapp", "1.0", requires=["libold>=1.0"]),
         Dist("pinsdown", "1.0", requires=["down<2.1"]),
         Dist("pinsupg", "1.0", requires=["upg==1.1"]),
+        Dist("needsnew", "1.0", requires=["evalimg>=2.0"]),
     ]
     for dist in dists:
         build_wheel(dist, out)
@@ -394,6 +395,40 @@ def test_a_daemon_on_the_new_image_keeps_what_was_held_back(tmp_path: Path, whee
     assert s.check().returncode == 0
     marks = {(r.name, r.state, r.reason) for r in s.world.delta().rebased}
     assert marks == {("catchup", "superseded", "the image ships 1.1")}
+
+
+def test_an_install_made_on_the_new_image_is_checked_when_the_old_one_comes_back(
+    tmp_path: Path, wheels: Path
+) -> None:
+    """The record stays relative to v1 on v2 (an entry there is held back), and the user
+    installs on v2 a package that needs v2's evalimg. The image is rolled back to v1: the
+    record's label is v1's, yet that install was never checked against v1, so restore
+    rebases and holds it back instead of installing it `--no-deps` over v1's evalimg 1.0.
+    A daemon on v1 keeps it so; v2 again brings it back."""
+    s = recorded_on_v1(tmp_path, wheels)
+    b2 = s.image(sys.executable, V2, "b2.json")
+    assert s.restore(b2).returncode == 3
+    on_v2 = s.user_changes(b2, ["needsnew==1.0"], [])
+    assert "needsnew" in {p.name for p in on_v2.added}
+    assert on_v2.mixed, "v1's record with an install made on v2"
+
+    b1 = s.image(sys.executable, V1, "b1.json")
+    back = s.restore(b1)
+    held = "needsnew 1.0 held back: requires evalimg>=2.0, and evalimg 1.0 (image) stays"
+    assert back.returncode == 3 and held in back.stdout, back.stdout + back.stderr
+    assert "(some changes were recorded on another image)" in back.stdout
+    assert "needsnew" not in s.installed()
+    assert s.check().returncode == 0, s.check().stdout
+
+    on_v1 = s.user_changes(b1, [], ["newpkg"])
+    assert on_v1.mixed and "needsnew" in {p.name for p in on_v1.added}
+    again = s.restore(b1)
+    assert again.returncode == 3 and held in again.stdout, again.stdout + again.stderr
+
+    s.image(sys.executable, V2, "b2.json")
+    assert s.restore(b2).returncode == 3  # evaldep and needed, as before
+    assert s.installed()["needsnew"] == "1.0"
+    assert s.check().returncode == 0, s.check().stdout
 
 
 def test_an_image_that_ships_just_the_users_changes_is_still_a_new_image(

@@ -526,6 +526,7 @@ def test_another_writers_held_back_entry_keeps_its_form(store: Store) -> None:
     assert delta.rebased == (mark,)
     assert delta.image == "old-image"
     assert pins(delta.added) == ["a==1", "b==2"]
+    assert delta.mixed, "a and b were recorded on this image, not on the old one"
 
 
 def test_without_a_baseline_another_writers_upgrade_is_kept_as_an_upgrade(store: Store) -> None:
@@ -628,6 +629,7 @@ def test_another_writers_held_back_removal_keeps_its_form(store: Store) -> None:
     assert delta.rebased == (mark,)
     assert delta.image == "old-image"
     assert pins(delta.added) == ["a==1", "b==2"]
+    assert delta.mixed, "a and b were recorded on this image, not on the old one"
 
 
 def test_without_a_baseline_another_writers_removal_is_kept(store: Store) -> None:

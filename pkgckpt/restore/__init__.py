@@ -616,9 +616,10 @@ def _conda_rebase(
     no dependencies, and `--no-deps` or `remove --force` over an image that changed could
     break it unseen. So a change the new image moved under (it ships another version than
     the one the user changed, or ships what the user added) and a removal of what it
-    still ships are held back (exit 3). On the recorded image, or where the image is not
-    known, the record is applied as it stands."""
-    if image is None or delta.image in (None, image_identity(image)):
+    still ships are held back (exit 3). On the recorded image (when every entry was
+    recorded there: not `Delta.mixed`), or where the image is not known, the record is
+    applied as it stands."""
+    if image is None or (delta.image in (None, image_identity(image)) and not delta.mixed):
         return None
     if recorded_image(image, delta, taken_here=taken_here) is not None:
         return None  # the recorded image, seen through an environment that outlived it
@@ -682,6 +683,7 @@ def _conda_rebase(
         return None
     return Rebase(
         image_old=delta.image,
+        mixed=delta.mixed,
         image_new=image_identity(image),
         decisions=tuple(sorted(decisions, key=lambda d: d.name)),
     )

@@ -7,7 +7,8 @@ The API `restore/__init__.py` calls:
         Whether the record must be rebased: it is relative to another image (`Delta.image`
         differs from `image_identity` of this container's baseline, and that baseline is
         not the record's image with the user's packages in place, as one taken from a
-        library that outlived its container is: `manifest.recorded_image`) or another
+        library that outlived its container is: `manifest.recorded_image`), holds
+        entries recorded on other images too (`Delta.mixed`), or is relative to another
         interpreter (Python major.minor, implementation, ABI or platform tag; or the WHEEL
         tags of a recorded install not in place here that do not fit this one). Otherwise
         restore stays as it always was: exact pins, `--no-deps`, nothing read but the scan.
@@ -173,6 +174,8 @@ class Rebase(_Out, frozen=True, kw_only=True):
 
     image_old: str | None = None
     image_new: str
+    mixed: bool = False
+    """The record holds changes made on other images than `image_old` (`Delta.mixed`)."""
     python_old: str | None = None
     python_new: str | None = None
     abi_old: str | None = None
@@ -193,6 +196,8 @@ class Rebase(_Out, frozen=True, kw_only=True):
 
     def render(self) -> list[str]:
         lines = [f"  image {_short(self.image_old)} -> {_short(self.image_new)}"]
+        if self.mixed:
+            lines[0] += " (some changes were recorded on another image)"
         if _minor(self.python_old) != _minor(self.python_new):
             lines.append(f"  python {self.python_old} -> {self.python_new}")
         elif self.abi_old and self.abi_new and self.abi_old != self.abi_new:
@@ -222,7 +227,7 @@ def needed(
     """Whether `delta` must be rebased onto this image and interpreter (see the module);
     `live`: the packages installed here, by canonical name; `taken_here`: `image` is from
     this container's own baseline (`recorded_image`)."""
-    if new_interpreter(delta.env, env):
+    if delta.mixed or new_interpreter(delta.env, env):
         return True
     if (
         delta.image is not None
@@ -905,6 +910,7 @@ def rebase(
     )
     return Rebase(
         image_old=delta.image,
+        mixed=delta.mixed,
         image_new=image_identity(image),
         python_old=delta.env.interpreter,
         python_new=env.interpreter,

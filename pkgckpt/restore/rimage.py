@@ -174,6 +174,7 @@ def rebase_r(
         return None
     return Rebase(
         image_old=delta.image,
+        mixed=delta.mixed,
         image_new=image_identity(own.values()),
         decisions=tuple(decided[k] for k in sorted(decided)),
         forced=tuple(sorted(broken)),
