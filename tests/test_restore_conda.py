@@ -305,6 +305,30 @@ def test_a_held_conda_removal_stays_held_once_the_daemon_writes_on_the_new_image
     assert held(written, new, gone) == []
 
 
+def test_a_conda_change_made_on_the_new_image_is_held_back_on_the_old_one() -> None:
+    """The record stays relative to the old image on the new one (dep's removal is held
+    back there), and the user upgrades tiny from the new image's 2.0 to 3.0. With the old
+    image rolled back, the record names that image, but tiny's upgrade was made over 2.0,
+    not over the 1.0 it ships: it is held back, not put over 1.0 unchecked. The removal,
+    which the record cannot tell was made there, is kept (held back) too."""
+    conda = Environment(kind="conda", path="/opt/conda/envs/e")
+    pkg = functools.partial(Package, installer="conda", build="h0_0")
+    old = [pkg(name="tiny", version="1.0"), pkg(name="dep", version="1.0")]
+    new = [pkg(name="tiny", version="2.0"), pkg(name="dep", version="1.0"),
+           pkg(name="top", version="1.0")]  # fmt: skip
+    record = Manifest(generation=1, body=Body.of([Delta(
+        env=conda, removed=(pkg(name="dep", version="1.0"),), image=image_identity(old),
+    )]))  # fmt: skip
+    live = {p.name: p for p in new}
+    tracker = Tracker(Baseline.of([Inventory(env=conda, packages=tuple(new))]), record)
+    tracker.observe(conda, Observation(live))
+    tracker.observe(conda, Observation({**live, "tiny": pkg(name="tiny", version="3.0")}))
+    (written,) = tracker.body().deltas()
+    assert (written.image, written.mixed) == (image_identity(old), True)
+    assert [(p.name, p.replaced) for p in written.changed] == [("tiny", "2.0")]
+    assert held(written, old, {p.name: p for p in old}) == ["dep", "tiny"]
+
+
 def test_micromamba_gets_the_same_command_line(tmp_path: Path, channel: Path) -> None:
     """With only micromamba installed, it is the client, called as mamba would be."""
     prefix = image(tmp_path, channel)
