@@ -58,7 +58,17 @@ from .errors import (
     UnknownPackage,
 )
 from .logs import getLogger, printable
-from .manifest import Body, Change, Delta, Environment, Event, Failing, Manifest, Package
+from .manifest import (
+    Artifact,
+    Body,
+    Change,
+    Delta,
+    Environment,
+    Event,
+    Failing,
+    Manifest,
+    Package,
+)
 from .scan.python import canonicalize_name
 from .store import Store, answered, open_store
 from .trust import read_owned
@@ -385,6 +395,9 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     rebased: tuple[manifest.Rebased, ...] | None = None
     """Entries a rebase superseded or held back (None: the restore did not rebase, the
     recorded marks stand)."""
+    damaged: tuple[Artifact, ...] = ()
+    """Recorded artifacts whose bytes were not the recorded ones: their entries let them
+    go, and the package is captured again where it is installed."""
 
 
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
@@ -440,8 +453,22 @@ def with_failures(body: Body, outcomes: Sequence[Outcome]) -> Body:
         if outcome.rebased is not None:
             marks = [r for r in outcome.rebased if recorded.get(r.name) == r.version]
             d = msgspec.structs.replace(d, rebased=tuple(sorted(marks, key=lambda r: r.name)))
+        if outcome.damaged:
+            d = _without(d, set(outcome.damaged))
         out.append(d)
     return Body.of(out, events=body.events)
+
+
+def _without(d: Delta, damaged: set[Artifact]) -> Delta:
+    """`d` with no entry naming an artifact of `damaged`."""
+
+    def bare(packages: tuple[Package, ...]) -> tuple[Package, ...]:
+        return tuple(
+            msgspec.structs.replace(p, artifact=None) if p.artifact in damaged else p
+            for p in packages
+        )
+
+    return msgspec.structs.replace(d, added=bare(d.added), changed=bare(d.changed))
 
 
 # -- writing: through the daemon when one runs, else through the store -------------------
@@ -917,7 +944,8 @@ def _restore(config: Config, bounded: bool) -> Report:
 
 
 def remember(config: Config, recorded: Manifest, report: Report) -> None:
-    """After a restore of `recorded`: count its failures per package, clear the others.
+    """After a restore of `recorded`: count its failures per package, clear the others,
+    and let go of the artifacts whose bytes were not the recorded ones.
 
     Never fails the restore: a store that cannot take it now is logged, and the next
     restore counts again.
@@ -949,6 +977,8 @@ def remember(config: Config, recorded: Manifest, report: Report) -> None:
             rebases[env_key(e.carried)] = e.rebase
             theirs_only[env_key(e.carried)] = mine
     stamp = now_iso()
+    # By the artifact itself: one file, damaged for every entry that names it.
+    damaged = {a for e in report.environments for a in e.damaged}
     outcomes = []
     for d in recorded.body.deltas():
         key = env_key(d.env)
@@ -977,8 +1007,10 @@ def remember(config: Config, recorded: Manifest, report: Report) -> None:
                 and c.name in versions
                 and c.name not in not_ours
             )
-        if failed or d.failing or marks or d.rebased:
-            outcomes.append(Outcome(env=d.env, failed=failed, rebased=marks))
+        named = {a for p in _recorded(d) if (a := p.artifact) is not None and a in damaged}
+        gone = tuple(sorted(named, key=lambda a: a.file))
+        if failed or d.failing or marks or d.rebased or gone:
+            outcomes.append(Outcome(env=d.env, failed=failed, rebased=marks, damaged=gone))
     if not outcomes:
         return
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -406,12 +407,37 @@ def test_a_damaged_artifact_falls_back_to_the_index_and_says_so(
     fresh: Captured, damage: str
 ) -> None:
     """With find-links allowed, the package installs from its source and the report
-    says why its artifact was not used."""
+    says why its artifact was not used. Bytes that are there and wrong leave the record
+    (a missing file stays recorded: it may come back, and a snapshot finds it gone), so
+    that the next snapshot captures the package again, under another name as the old one
+    holds other bytes; then a restore needs no index again."""
+    recorded = _recorded(fresh, "app")
     DAMAGE[damage](_artifact(fresh, "app-1.0-py3-none-any.whl"))
-    done = _restore(fresh, "--no-index", "--find-links", str(fresh.wheels))
+    done = _restore(fresh, "--no-index", "--find-links", str(fresh.wheels), "--json")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "app 1.0: artifact refused" in done.stdout, done.stdout
+    (report,) = json.loads(done.stdout)["environments"]
+    assert any("app 1.0: artifact refused" in n for n in report["notes"]), report
     assert _freeze(fresh.prefix) == _pip_free(fresh.freeze)
+    dropped = [] if damage == "missing" else [msgspec.to_builtins(recorded)]
+    assert report["damaged"] == dropped, report
+    after = _recorded_or_none(fresh, "app")
+    assert after == (recorded if damage == "missing" else None)
+
+    snap = fresh.world.pkgckpt("snapshot", *fresh.flags, timeout=300)
+    assert snap.returncode == 0 and "not captured" not in snap.stdout, snap.stdout + snap.stderr
+    again = _recorded(fresh, "app")
+    assert again.sha256 == recorded.sha256, "the same install, packed the same way"
+    make_venv(fresh.prefix, with_pip=False)
+    alone = _restore(fresh, "--no-index")
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert _freeze(fresh.prefix) == _pip_free(fresh.freeze)
+
+
+def _recorded_or_none(c: Captured, name: str) -> Artifact | None:
+    found = Store(c.world.store, c.world.key).read()
+    assert found is not None
+    (p,) = (p for d in found.body.deltas() for p in d.added if p.name == name)
+    return p.artifact
 
 
 def _recorded(c: Captured, name: str) -> Artifact:

@@ -17,7 +17,8 @@ The API the daemon, `snapshot`, `status` and restore call:
     fetch(store, config, package, into) -> Path
         A private copy of the package's artifact in the directory `into`, hashed while it
         is copied and checked against the user's own manifest; raises `ArtifactRefused`
-        (tampered, truncated, missing, hostile name), never returns unverified bytes.
+        (missing, hostile name; `ArtifactDamaged`: tampered, truncated), never returns
+        unverified bytes.
     read(store, config, package, limit) -> bytes
         The artifact's bytes, checked as `fetch` checks its copy, when it is at most
         `limit` bytes: what a rebase reads a captured wheel's METADATA from.
@@ -61,6 +62,7 @@ from ..store import Store, artifact_name
 from . import pool, quota
 
 __all__ = [
+    "ArtifactDamaged",
     "ArtifactRefused",
     "Capturer",
     "Job",
@@ -86,6 +88,12 @@ package a daemon captures."""
 class ArtifactRefused(PkgckptError):
     """An artifact that must not be installed: its bytes, name or presence do not match
     the manifest. Restore falls back to the package's source, or fails naming the hash."""
+
+
+class ArtifactDamaged(ArtifactRefused):
+    """An artifact whose bytes are there but are not the recorded ones (another sha256 or
+    size): no later read makes them right, so restore lets the record drop it
+    (`EnvReport.damaged`) and the package is captured again where it is installed."""
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -256,7 +264,7 @@ def check(store: Store, config: Config, package: Package) -> None:
     finally:
         os.close(source)
     if size != artifact.size:
-        raise ArtifactRefused(
+        raise ArtifactDamaged(
             f"{artifact.file}: {size} bytes, not the recorded {artifact.size} (sha256 "
             f"{artifact.sha256}): tampered or truncated, refused"
         )
@@ -308,15 +316,15 @@ def _open(store: Store, config: Config, package: Package) -> tuple[Artifact, str
     return artifact, name, source
 
 
-def _mismatch(artifact: Artifact, digest: str, size: int) -> ArtifactRefused:
+def _mismatch(artifact: Artifact, digest: str, size: int) -> ArtifactDamaged:
     if size > artifact.size:
         # Read one byte past the recorded size, no further: a hash of that prefix would
         # name no file anyone has.
-        return ArtifactRefused(
+        return ArtifactDamaged(
             f"{artifact.file}: more than its recorded {artifact.size} bytes (sha256 "
             f"{artifact.sha256}): tampered, refused"
         )
-    return ArtifactRefused(
+    return ArtifactDamaged(
         f"{artifact.file}: sha256 {digest} ({size} bytes) is not the recorded "
         f"sha256 {artifact.sha256} ({artifact.size} bytes): tampered or truncated, refused"
     )

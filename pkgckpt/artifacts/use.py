@@ -10,6 +10,8 @@ others are copied into the private directory `into` (0700, restore's own) while 
 hashed, so what the installer reads is exactly what was verified. A package not staged
 falls back to its recorded source (the index, find-links, a URL, a repository), when
 that is allowed here (`fallback`), and the report says why its artifact was not used.
+An artifact whose bytes are there but wrong is in `Staged.damaged` too: the record lets
+it go (`record.remember`), so that the package is captured again.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import msgspec
 
 from ..config import Config
 from ..errors import PkgckptError
-from ..manifest import Environment, IndexSource, Package
+from ..manifest import Artifact, Environment, IndexSource, Package
 from ..store import Store
-from . import ArtifactRefused, check, fetch, fits
+from . import ArtifactDamaged, ArtifactRefused, check, fetch, fits
 
 
 class Staged(msgspec.Struct):
@@ -31,6 +33,8 @@ class Staged(msgspec.Struct):
     """Package name -> its verified copy."""
     unused: dict[str, str] = msgspec.field(default_factory=dict)
     """Package name -> why its artifact is not used (does not fit, refused, unreadable)."""
+    damaged: dict[str, Artifact] = msgspec.field(default_factory=dict)
+    """Package name -> its artifact, whose bytes were not the recorded ones."""
 
 
 def stage(
@@ -46,6 +50,9 @@ def stage(
             continue
         try:
             staged.files[p.name] = fetch(store, config, p, into)
+        except ArtifactDamaged as e:
+            staged.unused[p.name] = f"artifact refused: {e}"
+            staged.damaged[p.name] = p.artifact
         except ArtifactRefused as e:
             staged.unused[p.name] = f"artifact refused: {e}"
         except PkgckptError as e:  # the store refused or failed: the source may still work

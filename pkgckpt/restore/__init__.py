@@ -340,6 +340,9 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     """Packages whose artifact was not used, why, and whether their source installed them."""
     from_artifacts: int = 0
     """Packages installed from their artifacts."""
+    damaged: tuple[Artifact, ...] = ()
+    """Recorded artifacts whose bytes were not the recorded ones: the record lets them go
+    (`record.remember`), so that the daemon captures those packages again."""
 
 
 class Report(_Out, frozen=True, kw_only=True):
@@ -1019,6 +1022,7 @@ class _Env:
         self.fallbacks: dict[str, str] = {}
         """Step name -> why its artifact was not used, for the steps left to their source:
         whether the source did install them is known only after the whole plan."""
+        self.damaged: dict[str, Artifact] = {}
         self.from_artifacts = 0
         self._rebase = rebase
         """A new image: the installs resolve their dependencies, read in the environment
@@ -1117,6 +1121,7 @@ class _Env:
                 [s.package() for s in steps],
                 Path(into),
             )
+            self.damaged.update(staged.damaged)
             ready = [s for s in steps if s.name in staged.files]
 
             def attempt(batch: Sequence[Step]) -> Outcome:
@@ -1242,6 +1247,7 @@ def _apply(
             unavailable=None if installed or removed else _unavailable(work.installer),
             notes=tuple(notes),
             from_artifacts=work.from_artifacts,
+            damaged=tuple(work.damaged[n] for n in sorted(work.damaged)),
         )
         if say is not None:
             say(
@@ -1387,8 +1393,12 @@ def _run(
     )
     if manifest is not None and report.failures:
         report = _forget_commands(report, manifest.body)
+    damaged = any(e.damaged for e in report.environments)
     if manifest is not None and (
-        report.failures or marks or any(d.failing or d.rebased for d in manifest.body.deltas())
+        report.failures
+        or marks
+        or damaged
+        or any(d.failing or d.rebased for d in manifest.body.deltas())
     ):
         from ..record import remember
 

@@ -110,7 +110,9 @@ def test_bobs_swapped_pool_entry_is_refused_by_alices_restore(
     """bob captures app first (the pool keeps his entry), alice's identical capture points
     to it; bob then replaces his entry with a wheel that runs code at interpreter start.
     Alice's restore from artifacts alone refuses it naming the hash (exit 3), installs
-    libdep from the pool, and never runs bob's code; with her wheels it falls back."""
+    libdep from the pool, never runs bob's code, and drops the entry from her record;
+    with her wheels app installs from its source, her snapshot captures it again under
+    her key, and her restores need no index again."""
     b = Person(bob, tool, pool, DISTS)
     a = Person(alice, tool, pool, DISTS)
     try:
@@ -140,12 +142,26 @@ def test_bobs_swapped_pool_entry_is_refused_by_alices_restore(
         assert a.installed() == {"libdep"}
         a.run([str(a.prefix / "bin" / "python"), "-c", "pass"])
         assert not marker.exists(), "bob's bytes ran in alice's venv"
+        # The record lets bob's entry go: no restore reads it again.
+        assert a.recorded()["app"].artifact is None
 
         back = a.pkgckpt(
             "restore", "--installer", "uv", "--no-index", "--find-links", str(a.wheels)
         )
         assert back.returncode == 0, back.stdout + back.stderr
-        assert "app 1.0: artifact refused" in back.stdout
+        assert a.installed() == {"app", "libdep"}
+        a.run([str(a.prefix / "bin" / "python"), "-c", "pass"])
+        assert not marker.exists()
+
+        # Alice's next snapshot captures app again, under her key as the pool holds other
+        # bytes under that hash, and a restore from artifacts alone is whole again.
+        again = a.pkgckpt("snapshot")
+        assert again.returncode == 0, again.stdout + again.stderr
+        mine = a.recorded()["app"].artifact
+        assert mine is not None and not mine.pooled and mine.sha256 == app.sha256, mine
+        a.new_venv()
+        whole = a.pkgckpt("restore", "--installer", "uv", "--no-index")
+        assert whole.returncode == 0, whole.stdout + whole.stderr
         assert a.installed() == {"app", "libdep"}
         a.run([str(a.prefix / "bin" / "python"), "-c", "pass"])
         assert not marker.exists()
