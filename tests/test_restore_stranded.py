@@ -244,3 +244,32 @@ def test_a_venv_whose_python_is_there_is_not_stranded(tmp_path: Path) -> None:
     (moved / "pyvenv.cfg").write_text("home = /usr/bin\nversion_info = 3.98.0.final.0\n")
     found = stranded(moved)
     assert found is not None and (found.runs, found.made) == ("3.99", "3.98")
+
+
+def test_a_venv_made_again_keeps_its_system_site_packages_and_prompt(tmp_path: Path) -> None:
+    """What `python -m venv` was told when the venv was made, pyvenv.cfg keeps, and the
+    venv made again is told again: the image's own packages stay visible to it
+    (`--system-site-packages`, a venv over a conda base's numpy), its prompt stays."""
+    old, new = _pythons()
+    image = tmp_path / "image"
+    image.mkdir()
+    (image / old.name).symlink_to(old)
+    prefix = tmp_path / "v"
+    made = [str(image / old.name), "-m", "venv", "--without-pip", "--system-site-packages",
+            "--prompt", "my env", str(prefix)]  # fmt: skip
+    subprocess.run(made, check=True, capture_output=True)
+    (image / old.name).unlink()
+    (image / "python3").symlink_to(new)
+    venv = stranded(prefix)
+    assert venv is not None and (venv.system_site, venv.prompt) == (True, "my env"), venv
+    done = remake(venv, Deadline(60))
+    assert (done.error, done.python) == (None, str(image / "python3")), done
+    cfg = (prefix / "pyvenv.cfg").read_text()
+    assert "include-system-site-packages = true" in cfg and "my env" in cfg, cfg
+    ran = subprocess.run(
+        [str(prefix / "bin" / "python"), "-c",
+         "import site, sys; print(sys.version_info[:2], site.getsitepackages())"],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert ran.stdout.startswith(str(tuple(int(x) for x in new.name[6:].split(".")))), ran.stdout
+    assert str(Path(os.path.realpath(new)).parent.parent) in ran.stdout, ran.stdout
