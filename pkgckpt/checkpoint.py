@@ -754,10 +754,11 @@ def _carried(track: _Track, d: Delta) -> Delta:
     )
     # Kept relative to the recorded image, the record holds what was recorded here too: an
     # install whose requirements this image met, which the recorded one may not (rolled
-    # back to it, restore must check them). Entries carried from a mixed record keep it
-    # mixed, on the same image too; what this process recorded itself is relative to it.
+    # back to it, restore must check them). Relative to this image again, a mixed record
+    # stays so until every entry is in place here: one a restore held back, untouched,
+    # is what it was recorded as, on whichever image that was.
     if whole:
-        mixed = recorded.mixed and bool(carried)
+        mixed = recorded.mixed and not all(_in_place(track, *e) for e in entries.values())
     else:
         mixed = recorded.mixed or any(entries[n] != was.get(n) for n in entries.keys() - carried)
     return msgspec.structs.replace(
@@ -768,6 +769,15 @@ def _carried(track: _Track, d: Delta) -> Delta:
         image=track.image if whole else recorded.image,
         mixed=mixed,
     )
+
+
+def _in_place(track: _Track, part: str, p: Package) -> bool:
+    """Whether the last scan found entry `p` (of `part`) made: that install there, or a
+    removal's package gone."""
+    seen = track.last.get(p.name)
+    if part == "removed":
+        return seen is None
+    return seen is not None and same_install(seen, p)
 
 
 def _observed(track: _Track, p: Package, *, removed: bool = False) -> bool:

@@ -568,6 +568,32 @@ def test_installing_a_superseded_version_by_hand_is_recorded_against_this_image(
     assert delta.rebased == () and delta.image == manifest.image_identity(NEW_IMAGE.values())
 
 
+def test_a_mixed_record_stays_so_on_its_image_until_every_entry_is_in_place() -> None:
+    """The record names this image, but holds an install made on another (`mixed`): attrs,
+    held back here by the last restore. Scans that find it missing keep the record mixed,
+    so that the next restore checks it again rather than putting it in `--no-deps`; once
+    attrs is installed here, next to the user's other install, the record is this image's."""
+    held = manifest.Rebased(
+        name="attrs", version="24.1.0", state="held-back", reason="needs numpy>=2",
+        image=IMAGE_ID,
+    )  # fmt: skip
+    delta = Delta(
+        env=ENV,
+        added=tuple(pkgs("attrs==24.1.0", "tqdm==4.66.0").values()),
+        image=IMAGE_ID,
+        mixed=True,
+        rebased=(held,),
+    )
+    t = Tracker(BASELINE, Manifest(generation=3, body=Body(environments=(delta,))))
+    assert t.observe(ENV, Observation({**IMAGE, **pkgs("tqdm==4.66.0")})) == []
+    kept = t.body().delta(ENV)
+    assert kept is not None and kept.mixed and kept.image == IMAGE_ID
+    t.observe(ENV, Observation({**IMAGE, **pkgs("tqdm==4.66.0", "attrs==24.1.0")}))
+    whole = t.body().delta(ENV)
+    assert whole is not None and not whole.mixed
+    assert names(whole)["added"] == ["attrs==24.1.0", "tqdm==4.66.0"]
+
+
 def test_an_uninstall_is_logged_with_the_version_that_was_installed() -> None:
     """Uninstalling the image's numpy 3.0.0 is logged as such, not as the recorded 2.0.0
     this container never had."""

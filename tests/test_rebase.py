@@ -416,7 +416,9 @@ def test_an_install_made_on_the_new_image_is_checked_when_the_old_one_comes_back
     back = s.restore(b1)
     held = "needsnew 1.0 held back: requires evalimg>=2.0, and evalimg 1.0 (image) stays"
     assert back.returncode == 3 and held in back.stdout, back.stdout + back.stderr
+    assert "read against its image, as some changes were recorded on another" in back.stdout
     assert "(some changes were recorded on another image)" in back.stdout
+    assert " -> " not in back.stdout.split("image ", 1)[1].splitlines()[0], back.stdout
     assert "needsnew" not in s.installed()
     assert s.check().returncode == 0, s.check().stdout
 

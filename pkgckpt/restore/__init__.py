@@ -299,7 +299,7 @@ class Plan(_Out, frozen=True, kw_only=True):
             lines += _kept_lines(self.environments)
             for e in self.environments:
                 if e.rebase is not None:
-                    lines.append(f"{e.env.where()}: rebased onto a new image")
+                    lines.append(f"{e.env.where()}: {e.rebase.heading()}")
                     lines += e.rebase.render()
         else:
             lines.append(f"Restore plan for key {self.key!r}, generation {self.generation}:")
@@ -398,7 +398,7 @@ class Report(_Out, frozen=True, kw_only=True):
                 lines.append(f"    (retried at every restore: `{stop}` stops it)")
         for ep in self.plan.environments:
             if ep.rebase is not None:
-                lines.append(f"{ep.env.where()}: rebased onto a new image")
+                lines.append(f"{ep.env.where()}: {ep.rebase.heading()}")
                 lines += ep.rebase.render()
         lines += _skipped_lines(self.plan.skipped)
         failed = len(self.failures)

@@ -194,10 +194,19 @@ class Rebase(_Out, frozen=True, kw_only=True):
     def held_back(self) -> tuple[Decision, ...]:
         return tuple(d for d in self.decisions if d.action == "held-back")
 
+    def heading(self) -> str:
+        """What happened to the environment's record, said before `render`'s lines."""
+        if self.mixed and self.image_old == self.image_new:
+            return "read against its image, as some changes were recorded on another"
+        return "rebased onto a new image"
+
     def render(self) -> list[str]:
-        lines = [f"  image {_short(self.image_old)} -> {_short(self.image_new)}"]
+        image = _short(self.image_new)
+        if self.image_old != self.image_new:
+            image = f"{_short(self.image_old)} -> {image}"
         if self.mixed:
-            lines[0] += " (some changes were recorded on another image)"
+            image += " (some changes were recorded on another image)"
+        lines = [f"  image {image}"]
         if _minor(self.python_old) != _minor(self.python_new):
             lines.append(f"  python {self.python_old} -> {self.python_new}")
         elif self.abi_old and self.abi_new and self.abi_old != self.abi_new:
