@@ -578,6 +578,11 @@ class Tracker:
             track.recorded = _attached(track.recorded, package, artifact)
         return True
 
+    def installed(self, env: Environment, package: Package) -> bool:
+        """Whether the last scan of `env` found the very install `package` there."""
+        track = self._tracks.get(env_key(env))
+        return track is not None and _in_place(track, "added", package)
+
     def state(self, env: Environment) -> dict[str, Package] | None:
         """The recorded state of `env` as this tracker holds it (None: not scanned yet)."""
         track = self._tracks.get(env_key(env))

@@ -66,7 +66,7 @@ from .discovery import Unreadable
 from .errors import ManifestError, PkgckptError, StoreError
 from .inventory import Target
 from .logs import getLogger
-from .manifest import Body, Change, Environment
+from .manifest import Body, Change, Environment, Package
 from .scan import kept as scan_kept
 from .signals import HANDLED, STOPS
 from .store import open_store
@@ -314,6 +314,9 @@ class Daemon:
         self.captures = Background(config, self.store) if config.artifacts else None
         self.uncaptured: dict[str, str] = {}
         """Packages this process can never capture, and why: not tried again."""
+        self.absent: dict[str, tuple[Environment, Package, str]] = {}
+        """Packages whose capture did not find them installed (a restore held them back or
+        failed them), and why: tried again once a scan finds that install."""
         self.retries = Retries(config.artifact_retries)
         """Captures that failed for a reason that may pass: tried again after a backoff."""
         self.attached = 0
@@ -531,6 +534,8 @@ class Daemon:
                 self.retry_at is None or self._due(self.retry_at, now)
             ):
                 self._commit()
+            elif ready and self.absent and self._installed_again():
+                self._capture_more(None)  # no commit to start it: nothing else changed
         if self.replaced:
             watcher.rearm(self.replaced)
             for root in self.replaced:  # what changed before the watch was there: read it
@@ -553,9 +558,15 @@ class Daemon:
     def _took(self, results: list[Result]) -> None:
         """A capture worker's results into the record (committed by the caller)."""
         assert self.session is not None
-        attached, never = art.attach(self.session, (r for r in results if not r.retry))
+        settled = (r for r in results if not r.retry and not r.absent)
+        attached, never = art.attach(self.session, settled)
         self.attached += attached
         self.uncaptured.update(never)
+        self.absent.update(
+            (art.key(r.env, r.package), (r.env, r.package, r.reason or ""))
+            for r in results
+            if r.absent
+        )
         again = {art.key(r.env, r.package): r.reason or "" for r in results if r.retry}
         if self.state.phase != "stopping":
             self.retries.settle(again, time.monotonic())
@@ -588,14 +599,15 @@ class Daemon:
             except PkgckptError as e:  # the next commit collects again
                 log.warning("artifact GC: %s", e)
             self.last_written = written
+        self._installed_again()
         never = art.never(self.session, self.targets)
         self._set(
-            uncaptured={**never, **self.uncaptured, **self.retries.reasons()},
+            uncaptured={**never, **self._not_captured()},
             capture_failed=tuple(sorted(self.retries.skip)),
         )
         if self.captures.running:
             return
-        skip = {**self.uncaptured, **self.retries.skip}
+        skip = {**self._not_captured(), **self.retries.skip}
         jobs = art.pending(self.session, self.targets, skip)
         try:
             # After every commit and rescan, not once per process: the pool is pruned, and
@@ -623,9 +635,25 @@ class Daemon:
         log.warning("artifact cache: %s", failure)
         self.retries.settle({art.key(j.env, j.package): failure for j in jobs}, time.monotonic())
         self._set(
-            uncaptured={**never, **self.uncaptured, **self.retries.reasons()},
+            uncaptured={**never, **self._not_captured()},
             capture_failed=tuple(sorted(self.retries.skip)),
         )
+
+    def _not_captured(self) -> dict[str, str]:
+        """The packages this process did not capture, and why (`status`'s `uncaptured`)."""
+        absent = {k: why for k, (_, _, why) in self.absent.items()}
+        return {**self.uncaptured, **absent, **self.retries.reasons()}
+
+    def _installed_again(self) -> bool:
+        """Whether the last scans found installed a package whose capture did not (a
+        restore put it back): it leaves `absent`, to be captured at the next round."""
+        assert self.session is not None
+        back = [
+            k for k, (env, p, _) in self.absent.items() if self.session.tracker.installed(env, p)
+        ]
+        for k in back:
+            del self.absent[k]
+        return bool(back)
 
     def _shutdown(self, watcher: Watcher) -> int:
         self._say("stopping")

@@ -74,6 +74,11 @@ class Uncapturable(PkgckptError):
     quota): the reason is reported, the package stays recorded as it is."""
 
 
+class NotInstalled(Uncapturable):
+    """The recorded install is not where its capture looked: a restore held it back or
+    failed it, or it was uninstalled since. Captured once a scan finds it installed."""
+
+
 class RestoreError(PkgckptError):
     """Restore could not run at all; nothing was changed."""
 

@@ -8,6 +8,7 @@ import hashlib
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -810,3 +811,52 @@ def test_an_artifact_deleted_from_the_key_is_missing_then_captured_again_by_the_
         daemon.close()
     recorded = _packages(world.manifest())["libdep"].artifact
     assert recorded is not None and (recorded.file, recorded.sha256) == (name, digest)
+
+
+def test_a_package_restored_after_its_capture_found_it_missing_is_captured(
+    tmp_path: Path,
+) -> None:
+    """libdep's artifact is damaged (other bytes, the same size). In a new container, with
+    the daemon running, a restore with no index refuses it: libdep fails, and the record
+    lets the artifact go. The daemon's capture then finds libdep not installed. A second
+    restore installs it from the find-links: the daemon's scan finds that install and
+    captures it, though nothing in the record changed to commit."""
+    world, prefix, flags = _world(tmp_path)
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    daemon = world.daemon(*flags, "--quiet-ms", "100").start()
+    try:
+        uv_install(prefix / "bin" / "python", wheels, "libdep", env=world.env)
+        eventually(lambda: "libdep" in _packages(world.manifest()), what="libdep recorded")
+        snap = world.pkgckpt("snapshot", *flags, timeout=300)
+        assert snap.returncode == 0, snap.stdout + snap.stderr
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
+    path = world.store / world.key / "artifacts" / "libdep-1.0-py3-none-any.whl"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    world.image_venv(tmp_path)  # the new container
+    shutil.rmtree(world.runtime)
+    restore = ["restore", *flags, "--installer", "uv", "--no-index"]
+    daemon = world.daemon(*flags, "--quiet-ms", "100").start()
+    try:
+        refused = world.pkgckpt(*restore, timeout=300)
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert _packages(world.manifest())["libdep"].artifact is None
+        eventually(
+            lambda: _status_saying(world, flags, "libdep 1.0 is not installed here"),
+            what="the daemon's capture finding libdep not installed",
+        )
+        back = world.pkgckpt(*restore, "--find-links", str(wheels), timeout=300)
+        assert back.returncode == 0, back.stdout + back.stderr
+        eventually(
+            lambda: _packages(world.manifest())["libdep"].artifact is not None,
+            timeout=60,
+            what="libdep captured again",
+        )
+        assert "not installed here" not in _reasons(world, flags)
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()

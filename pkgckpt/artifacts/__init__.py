@@ -113,6 +113,9 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     reason: str | None = None
     retry: bool = False
     """The failure may pass (the store, the worker): the daemon tries again later."""
+    absent: bool = False
+    """Not installed where the capture looked (`NotInstalled`): the daemon tries again
+    once a scan finds it installed."""
 
 
 class Capturer(Protocol):

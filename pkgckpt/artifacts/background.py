@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ..config import Config
-from ..errors import PkgckptError, Uncapturable
+from ..errors import NotInstalled, PkgckptError, Uncapturable
 from ..logs import getLogger
 from ..manifest import Environment, Package
 from ..runner import release, spawn
@@ -360,7 +360,8 @@ def work(orders: _Orders, out: int) -> None:
                 keep=keep,
             )
         except Uncapturable as e:
-            result = Result(env=job.env, package=job.package, reason=str(e))
+            absent = isinstance(e, NotInstalled)
+            result = Result(env=job.env, package=job.package, reason=str(e), absent=absent)
         except PkgckptError as e:
             result = Result(env=job.env, package=job.package, reason=str(e), retry=True)
         except Exception as e:  # one package's surprise must not stop the others

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import IO
 
 from .. import fstree
-from ..errors import Uncapturable
+from ..errors import NotInstalled, Uncapturable
 from ..manifest import Artifact, Environment
 from ..rmatch import minor
 from ..scan.r import MAX_DESCRIPTION, DescriptionError, dependencies, parse_dcf
@@ -97,7 +97,8 @@ def _find(job: Job) -> tuple[Path, str]:
             raise Uncapturable(f"{root / name} is a link, not a directory: not captured")
         if stat.S_ISDIR(found.st_mode) and (root / name / "DESCRIPTION").is_file():
             return root, name
-    raise Uncapturable("not installed any more")
+    # Not "no longer": a restore may have held it back, and it never was, in this container.
+    raise NotInstalled(f"{name} {job.package.version} is not installed here")
 
 
 def capture(job: Job, out: Path) -> Path:

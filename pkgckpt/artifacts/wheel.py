@@ -48,7 +48,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .. import fstree
-from ..errors import Uncapturable
+from ..errors import NotInstalled, Uncapturable
 from . import Job
 
 _DATE = (1980, 1, 1, 0, 0, 0)
@@ -177,7 +177,7 @@ def _find(job: Job) -> tuple[Path, str]:
     if egg:
         raise Uncapturable("installed as .egg-info, which lists no files (RECORD)")
     # Not "no longer": a restore may have held it back, and it never was, in this container.
-    raise Uncapturable(f"{job.package.name} {job.package.version} is not installed here")
+    raise NotInstalled(f"{job.package.name} {job.package.version} is not installed here")
 
 
 def _read(directory: int, path: str, top: Path) -> bytes:
