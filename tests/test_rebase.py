@@ -419,6 +419,7 @@ def test_an_install_made_on_the_new_image_is_checked_when_the_old_one_comes_back
     assert "read against its image, as some changes were recorded on another" in back.stdout
     assert "(some changes were recorded on another image)" in back.stdout
     assert " -> " not in back.stdout.split("image ", 1)[1].splitlines()[0], back.stdout
+    assert "1 package(s) held back by the image." in back.stdout, back.stdout
     assert "needsnew" not in s.installed()
     assert s.check().returncode == 0, s.check().stdout
 

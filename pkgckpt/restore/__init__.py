@@ -281,6 +281,11 @@ class Plan(_Out, frozen=True, kw_only=True):
     def held_back(self) -> tuple[Decision, ...]:
         return tuple(d for e in self.environments for d in e.held_back())
 
+    def held_by(self) -> str:
+        """What held back the packages `held_back` gives, as the summaries name it."""
+        by = [e.rebase for e in self.environments if e.rebase is not None and e.held_back()]
+        return "the image" if by and all(r.on_its_image() for r in by) else "the new image"
+
     def to_json(self) -> bytes:
         return _encoder.encode(_without_credentials(self))
 
@@ -408,10 +413,11 @@ class Report(_Out, frozen=True, kw_only=True):
         elif self.exit_code == 1:
             lines.append(f"Restore failed: {failed} package(s) could not be installed here.")
         elif failed:
-            also = f", {held} held back by the new image" if held else ""
+            also = f", {held} held back by {self.plan.held_by()}" if held else ""
             lines.append(f"Restore incomplete: {failed} package(s) failed{also}.")
         elif held:
-            lines.append(f"Restore incomplete: {held} package(s) held back by the new image.")
+            by = self.plan.held_by()
+            lines.append(f"Restore incomplete: {held} package(s) held back by {by}.")
         else:
             lines.append(f"Restored generation {self.plan.generation} in {self.seconds:.1f} s.")
         return "\n".join(lines)
@@ -1425,7 +1431,7 @@ def _run(
     if report.exit_code and not report.failures and not report.timed_out:
         held = the_plan.held_back()
         raise PartialRestore(
-            f"restore incomplete: {len(held)} package(s) held back by the new image ("
+            f"restore incomplete: {len(held)} package(s) held back by {the_plan.held_by()} ("
             + "; ".join(d.render() for d in held)
             + ")",
             report=report,
@@ -1435,7 +1441,7 @@ def _run(
         names = ", ".join(f.name for f in failed[:5]) + (", ..." if len(failed) > 5 else "")
         what = "the timeout ran out" if report.timed_out else f"{len(failed)} package(s) failed"
         if held := the_plan.held_back():
-            what += f", {len(held)} held back by the new image"
+            what += f", {len(held)} held back by {the_plan.held_by()}"
         stop = (failed[0].forget or f"pkgckpt forget {failed[0].name}") if failed else ""
         hint = f"; `{stop}` stops retrying it" if failed else ""
         raise PartialRestore(

@@ -194,9 +194,14 @@ class Rebase(_Out, frozen=True, kw_only=True):
     def held_back(self) -> tuple[Decision, ...]:
         return tuple(d for d in self.decisions if d.action == "held-back")
 
+    def on_its_image(self) -> bool:
+        """Read against the image and interpreter the record names: a mixed record."""
+        same = self.image_old == self.image_new and self.abi_old == self.abi_new
+        return self.mixed and same and _minor(self.python_old) == _minor(self.python_new)
+
     def heading(self) -> str:
         """What happened to the environment's record, said before `render`'s lines."""
-        if self.mixed and self.image_old == self.image_new:
+        if self.on_its_image():
             return "read against its image, as some changes were recorded on another"
         return "rebased onto a new image"
 
