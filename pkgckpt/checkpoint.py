@@ -759,11 +759,13 @@ def _carried(track: _Track, d: Delta) -> Delta:
     )
     # Kept relative to the recorded image, the record holds what was recorded here too: an
     # install whose requirements this image met, which the recorded one may not (rolled
-    # back to it, restore must check them). Relative to this image again, a mixed record
-    # stays so until every entry is in place here: one a restore held back, untouched,
-    # is what it was recorded as, on whichever image that was.
+    # back to it, restore must check them). Relative to this image, a mixed record, or
+    # one taken on from another image (an entry fits it, unchecked: no restore ran here
+    # yet, or another writer's), is so until every entry is in place here: one a restore
+    # held back, untouched, is what it was recorded as, on whichever image that was.
     if whole:
-        mixed = recorded.mixed and not all(_in_place(track, *e) for e in entries.values())
+        taken = recorded.mixed or not same
+        mixed = taken and not all(_in_place(track, *e) for e in entries.values())
     else:
         mixed = recorded.mixed or any(entries[n] != was.get(n) for n in entries.keys() - carried)
     return msgspec.structs.replace(

@@ -360,7 +360,7 @@ def reverted(body: Body, old: Manifest, stamp: str | None = None) -> Body:
         cur, was = now.get(key), then.get(key)
         if was is None:
             assert cur is not None
-            was = Delta(env=cur.env)
+            was = Delta(env=cur.env, image=cur.image)
         base = cur if cur is not None else msgspec.structs.replace(was, forgotten=(), failing=())
         keeps = {p.name: p for p in (*was.added, *was.changed)}
         drop = {p.name: p for p in (*base.added, *base.changed)} if cur is not None else {}
@@ -375,6 +375,9 @@ def reverted(body: Body, old: Manifest, stamp: str | None = None) -> Body:
                 added=was.added,
                 changed=was.changed,
                 removed=was.removed,
+                # The entries are `old`'s: relative to its image, made where it says.
+                image=was.image,
+                mixed=was.mixed,
                 forgotten=tuple(remembered[n] for n in sorted(remembered)),
                 failing=tuple(
                     f

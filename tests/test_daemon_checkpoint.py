@@ -594,6 +594,23 @@ def test_a_mixed_record_stays_so_on_its_image_until_every_entry_is_in_place() ->
     assert names(whole)["added"] == ["attrs==24.1.0", "tqdm==4.66.0"]
 
 
+def test_a_record_from_another_image_is_taken_on_as_mixed_until_in_place() -> None:
+    """attrs was installed on the old image, and the new one ships none: the entry fits
+    the new image, so the daemon there, before any restore, takes the record on as this
+    image's. Unchecked here (attrs may need what only the old image shipped), it is mixed,
+    and the next restore checks it rather than installing it `--no-deps`; found installed
+    (a restore put it in, checked), it is this image's."""
+    delta = Delta(env=ENV, added=tuple(pkgs("attrs==24.1.0").values()), image=IMAGE_ID)
+    t = Tracker(NEW_BASELINE, Manifest(generation=3, body=Body(environments=(delta,))))
+    assert t.observe(ENV, Observation(dict(NEW_IMAGE))) == []
+    new = manifest.image_identity(NEW_IMAGE.values())
+    taken = t.body().delta(ENV)
+    assert taken is not None and (taken.image, taken.mixed) == (new, True)
+    t.observe(ENV, Observation({**NEW_IMAGE, **pkgs("attrs==24.1.0")}))
+    placed = t.body().delta(ENV)
+    assert placed is not None and (placed.image, placed.mixed) == (new, False)
+
+
 def test_an_uninstall_is_logged_with_the_version_that_was_installed() -> None:
     """Uninstalling the image's numpy 3.0.0 is logged as such, not as the recorded 2.0.0
     this container never had."""

@@ -1186,6 +1186,28 @@ def test_a_revert_keeps_the_history_and_adds_to_it() -> None:
     assert [(e.action, e.generation) for e in back.events] == [("revert", 1)]
 
 
+def test_a_revert_takes_the_image_the_reverted_entries_were_recorded_on() -> None:
+    """Generation 1 holds beta, installed on image v2 while the record named v1 (mixed);
+    generation 2, after the user forgot beta on v1, is v1's alone. Back to generation 1:
+    beta is in the record again, and so is the mark that says it was made elsewhere, so
+    that a restore on v1 checks it rather than putting it in `--no-deps`."""
+    beta = Package(name="beta", version="1.0")
+    old = Manifest(
+        generation=1,
+        body=Body(environments=(Delta(env=ENV, added=(ALPHA, beta), image="v1", mixed=True),)),
+    )
+    now = Body(environments=(Delta(env=ENV, added=(ALPHA,), image="v1"),))
+    (delta,) = record.reverted(now, old, "t3").environments
+    assert (delta.added, delta.image, delta.mixed) == ((ALPHA, beta), "v1", True)
+    moved = Body(environments=(Delta(env=ENV, added=(ALPHA,), image="v2"),))
+    plain = Manifest(generation=1, body=Body(environments=(Delta(env=ENV, image="v1"),)))
+    (back,) = record.reverted(moved, plain, "t3").environments
+    assert (back.added, back.image, back.mixed) == ((), "v1", False)
+    new = Body(environments=(Delta(env=ENV, added=(beta,), image="v2"),))
+    (kept,) = record.reverted(new, Manifest(generation=1), "t3").environments
+    assert (kept.image, kept.forgotten) == ("v2", (beta,)), "no record then: this image's"
+
+
 def test_forget_matches_r_names_exactly_and_python_names_normalized() -> None:
     """Python's Foo_Bar is foo-bar; R's data.table is only data.table."""
     lib = Environment(kind="r", path="/usr/lib/R/site-library")
