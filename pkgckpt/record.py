@@ -471,7 +471,9 @@ def _without(d: Delta, damaged: set[Artifact]) -> Delta:
             for p in packages
         )
 
-    return msgspec.structs.replace(d, added=bare(d.added), changed=bare(d.changed))
+    return msgspec.structs.replace(
+        d, added=bare(d.added), changed=bare(d.changed), forgotten=bare(d.forgotten)
+    )
 
 
 # -- writing: through the daemon when one runs, else through the store -------------------

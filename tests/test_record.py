@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import fault_kit
+import msgspec
 import pytest
 from daemon_kit import Daemon, World, eventually, pins, uv_install, uv_uninstall
 from fault_kit import faults, glob_escape, hung_open
@@ -27,7 +28,16 @@ from pkgckpt.checkpoint import Observation, Tracker
 from pkgckpt.config import Config
 from pkgckpt.errors import UnknownPackage
 from pkgckpt.inventory import targets
-from pkgckpt.manifest import Baseline, Body, Delta, Environment, Inventory, Manifest, Package
+from pkgckpt.manifest import (
+    Artifact,
+    Baseline,
+    Body,
+    Delta,
+    Environment,
+    Inventory,
+    Manifest,
+    Package,
+)
 from pkgckpt.store import Store, init_store
 
 WHEELS = [
@@ -1206,6 +1216,17 @@ def test_a_revert_takes_the_image_the_reverted_entries_were_recorded_on() -> Non
     new = Body(environments=(Delta(env=ENV, added=(beta,), image="v2"),))
     (kept,) = record.reverted(new, Manifest(generation=1), "t3").environments
     assert (kept.image, kept.forgotten) == ("v2", (beta,)), "no record then: this image's"
+
+
+def test_a_damaged_artifact_leaves_every_entry_that_names_it() -> None:
+    """Installed, and forgotten (a revert may bring it back): no entry keeps it."""
+    bad = Artifact(file="alpha-1.0-py3-none-any.whl", sha256="0" * 64, size=10)
+    alpha = msgspec.structs.replace(ALPHA, artifact=bad)
+    beta = Package(name="beta", version="1.0", artifact=bad)
+    body = Body(environments=(Delta(env=ENV, added=(alpha,), forgotten=(beta,)),))
+    out = record.with_failures(body, [record.Outcome(env=ENV, damaged=(bad,))])
+    (delta,) = out.environments
+    assert (delta.added, delta.forgotten) == ((ALPHA,), (Package(name="beta", version="1.0"),))
 
 
 def test_forget_matches_r_names_exactly_and_python_names_normalized() -> None:
