@@ -317,6 +317,8 @@ class Daemon:
         self.absent: dict[str, tuple[Environment, Package, str]] = {}
         """Packages whose capture did not find them installed (a restore held them back or
         failed them), and why: tried again once a scan finds that install."""
+        self.recapture = False
+        """A scan found such an install: the next step starts a capture round."""
         self.retries = Retries(config.artifact_retries)
         """Captures that failed for a reason that may pass: tried again after a backoff."""
         self.attached = 0
@@ -534,7 +536,7 @@ class Daemon:
                 self.retry_at is None or self._due(self.retry_at, now)
             ):
                 self._commit()
-            elif ready and self.absent and self._installed_again():
+            elif self.recapture:
                 self._capture_more(None)  # no commit to start it: nothing else changed
         if self.replaced:
             watcher.rearm(self.replaced)
@@ -586,6 +588,7 @@ class Daemon:
         that fails costs a slower restore, not a checkpoint."""
         if self.captures is None or self.session is None:
             return
+        self.recapture = False
         if written is not None:
             try:
                 with self._doing(f"removing artifacts from the store at {self.store.path}"):
@@ -599,7 +602,6 @@ class Daemon:
             except PkgckptError as e:  # the next commit collects again
                 log.warning("artifact GC: %s", e)
             self.last_written = written
-        self._installed_again()
         never = art.never(self.session, self.targets)
         self._set(
             uncaptured={**never, **self._not_captured()},
@@ -644,12 +646,19 @@ class Daemon:
         absent = {k: why for k, (_, _, why) in self.absent.items()}
         return {**self.uncaptured, **absent, **self.retries.reasons()}
 
-    def _installed_again(self) -> bool:
-        """Whether the last scans found installed a package whose capture did not (a
-        restore put it back): it leaves `absent`, to be captured at the next round."""
+    def _installed_again(self, targets: Iterable[Target]) -> bool:
+        """Whether the scan of `targets` found installed a package whose capture did not (a
+        restore put it back): it leaves `absent`, to be captured at the next round. Asked
+        after a scan only: were the scan to say so while the capture does not (a dist-info
+        whose name and METADATA disagree), a round after each commit would follow the
+        commit each round makes."""
         assert self.session is not None
+        scanned = {checkpoint.env_key(t.env) for t in targets}
+        tracker = self.session.tracker
         back = [
-            k for k, (env, p, _) in self.absent.items() if self.session.tracker.installed(env, p)
+            k
+            for k, (env, p, _) in self.absent.items()
+            if checkpoint.env_key(env) in scanned and tracker.installed(env, p)
         ]
         for k in back:
             del self.absent[k]
@@ -936,6 +945,8 @@ class Daemon:
                 self.uncommitted.append(change)
         c = self.state.counters
         self._count(scans=c.scans + 1, scan_seconds=c.scan_seconds + time.perf_counter() - started)
+        if self.absent and self._installed_again(targets):
+            self.recapture = True
         for target, old in zip(targets, before, strict=True):
             if old is None or target.identity is None:
                 continue

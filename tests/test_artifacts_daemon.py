@@ -860,3 +860,30 @@ def test_a_package_restored_after_its_capture_found_it_missing_is_captured(
         assert daemon.stop() == 0, daemon.output()
     finally:
         daemon.close()
+
+
+def test_a_capture_that_disagrees_with_the_scan_is_not_tried_after_every_commit(
+    tmp_path: Path,
+) -> None:
+    """libdep's dist-info keeps the name of 1.0 while its METADATA says 1.1 (an install
+    edited by hand): the scan records 1.1, and the capture finds no 1.1 installed. The
+    daemon says so, and tries again after a change in that environment only: not after
+    each commit, which each of its attempts is followed by."""
+    world, prefix, flags = _world(tmp_path)
+    wheels = make_wheelhouse(tmp_path / "wheels")
+    uv_install(prefix / "bin" / "python", wheels, "libdep", env=world.env)
+    (meta,) = prefix.glob("lib/python3*/site-packages/libdep-1.0.dist-info/METADATA")
+    meta.write_text(meta.read_text().replace("Version: 1.0", "Version: 1.1"))
+    daemon = world.daemon(*flags, "--quiet-ms", "100").start()
+    try:
+        eventually(
+            lambda: "captured 0 artifact(s), 1 not captured" in daemon.output(),
+            what="the capture finding no libdep 1.1",
+        )
+        time.sleep(3)
+        rounds = daemon.output().count("capturing 1 package(s)")
+        assert rounds == 1, daemon.output()
+        assert "libdep 1.1 is not installed here" in _reasons(world, flags)
+        assert daemon.stop() == 0, daemon.output()
+    finally:
+        daemon.close()
