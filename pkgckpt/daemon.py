@@ -603,13 +603,14 @@ class Daemon:
                 log.warning("artifact GC: %s", e)
             self.last_written = written
         never = art.never(self.session, self.targets)
+        not_captured = self._not_captured()
         self._set(
-            uncaptured={**never, **self._not_captured()},
+            uncaptured={**never, **not_captured},
             capture_failed=tuple(sorted(self.retries.skip)),
         )
         if self.captures.running:
             return
-        skip = {**self._not_captured(), **self.retries.skip}
+        skip = {**not_captured, **self.retries.skip}
         jobs = art.pending(self.session, self.targets, skip)
         try:
             # After every commit and rescan, not once per process: the pool is pruned, and

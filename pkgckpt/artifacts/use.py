@@ -50,11 +50,10 @@ def stage(
             continue
         try:
             staged.files[p.name] = fetch(store, config, p, into)
-        except ArtifactDamaged as e:
-            staged.unused[p.name] = f"artifact refused: {e}"
-            staged.damaged[p.name] = p.artifact
         except ArtifactRefused as e:
             staged.unused[p.name] = f"artifact refused: {e}"
+            if isinstance(e, ArtifactDamaged):
+                staged.damaged[p.name] = p.artifact
         except PkgckptError as e:  # the store refused or failed: the source may still work
             staged.unused[p.name] = f"artifact unreadable: {e}"
     return staged
