@@ -861,7 +861,9 @@ def _forgets(
     def settled(name: str) -> bool:
         event = _last_drop(history, theirs.env, name)
         when = _time(event) if event in fresh else None
-        return when is not None and track.seen_at.get(name, 0.0) <= when
+        # The event's time is cut to the millisecond: a scan within it came before it, as
+        # far as the record can tell, and the user's word on the record holds.
+        return when is not None and track.seen_at.get(name, 0.0) < when + 1e-3
 
     forgot = {p.name: p for p in theirs.forgotten}
     entries = _entries(theirs)

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import msgspec
@@ -189,6 +190,27 @@ def test_another_writers_revert_holds_for_the_removal_it_took_out(
     else:
         assert recorded(store) == {"a==1", "b==2", "c==3"}
         assert pins(stored(store).removed) == ["six==1.16.0"]
+
+
+def test_another_writers_revert_in_the_scans_millisecond_holds(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record's times are cut to the millisecond: a scan made in the millisecond a
+    revert is stamped with came before it as far as the record can tell, and the revert
+    holds for the entry that scan found."""
+    moment = 1_800_000_000.1237
+    stamp = datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="milliseconds")
+    monkeypatch.setattr(checkpoint, "now", lambda: moment)
+    monkeypatch.setattr(record, "now_iso", lambda: stamp)
+    s = session(store)
+    installs(s, "a==1")
+    here = {**IMAGE, **pkgs("a==1", "b==2")}
+    s.tracker.observe(ENV, Observation(here))
+    assert commit(s) is not None
+    revert_elsewhere(Store(store.root, store.key), 1)
+    s.tracker.observe(ENV, Observation({**here, **pkgs("c==3")}))
+    assert commit(s) is not None
+    assert recorded(store) == {"a==1", "c==3"}
 
 
 def test_another_writers_revert_of_a_forget_holds_here(store: Store) -> None:
