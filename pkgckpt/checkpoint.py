@@ -72,7 +72,7 @@ import msgspec
 
 from . import inventory, manifest
 from .config import Config
-from .errors import PkgckptError, StoreConflict, UsageError
+from .errors import PkgckptError, ScanError, StoreConflict, UsageError
 from .inventory import Identity, Target
 from .logs import getLogger
 from .manifest import Artifact, Baseline, Body, Change, Delta, Environment, Manifest, Package
@@ -82,7 +82,7 @@ log = getLogger(__name__)
 
 if TYPE_CHECKING:
     # Types only: `pkgckpt baseline` needs neither, and they cost its start ~4 ms.
-    from .discovery import Discovered
+    from .discovery import Discovered, Unreadable
     from .store import Store
 
 EnvKey: TypeAlias = tuple[str, str, bool]
@@ -995,10 +995,18 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+NOTHING = "no Python environment or R library is configured"
+
+
 def targets(config: Config, discovered: Discovered | None = None) -> list[Target]:
     found = inventory.targets(config, discovered)
     if not found:
-        raise UsageError("nothing to watch: no Python environment or R library is configured")
+        why = (
+            "no environment that --env names can be tracked (the warnings above say why)"
+            if config.env
+            else NOTHING
+        )
+        raise UsageError(f"nothing to watch: {why}")
     return found
 
 
@@ -1023,7 +1031,17 @@ def observe(
 
 def write_baseline(config: Config, output: Path) -> Baseline:
     """`pkgckpt baseline`: scan every target now and write the result to `output`."""
-    baseline = inventory.take_baseline(targets(config))
+    problems: list[Unreadable] = []
+    found = inventory.targets(config, unreadable=problems)
+    named = [p for p in problems if p.origin == "--env"]
+    if named:
+        # The image names what it ships: one that cannot be read is a mistake of its
+        # build, not a venv the user makes again later, as in a container.
+        raise ScanError("; ".join(f"{p.path} (--env): {p.reason}" for p in named))
+    inventory.warn(problems)
+    if not found:
+        raise UsageError(f"nothing to watch: {NOTHING}")
+    baseline = inventory.take_baseline(found)
     inventory.save_baseline(baseline, output, answers=True)
     return baseline
 

@@ -272,7 +272,10 @@ class Daemon:
         found = inventory.discover(config, self.own)
         self.targets: list[Target] = checkpoint.targets(config, found)
         self.prefixes = _prefixes(self.targets)
-        self.discovery: set[Path] = set(found.watch) | self.prefixes
+        # A named one missing now (a venv that was not on the persistent volume) is
+        # tracked once it is made again at its path.
+        named = set(config.env) - self.prefixes
+        self.discovery: set[Path] = set(found.watch) | self.prefixes | named
         """Directories where a new environment may show (see `discovery`), and the Python
         prefixes, where one remade on another Python shows (see `_prefixes`)."""
         self.unreadable = {u.path for u in found.unreadable}

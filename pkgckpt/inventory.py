@@ -291,6 +291,11 @@ def own_env(config: Config) -> Own | None:
     )
 
 
+def warn(problems: Iterable[Unreadable]) -> None:
+    for p in problems:
+        log.warning("%s (%s) is not tracked: %s", p.path, p.origin, p.reason)
+
+
 def targets(
     config: Config,
     found: Discovered | None = None,
@@ -300,10 +305,10 @@ def targets(
     """The Python prefixes (and their user sites) and the R libraries that `config` names,
     with the environments `found` by discovery (`discover(config)` when None).
 
-    `unreadable`: where an environment that cannot be read is reported (then none is
-    fatal); None: a configured one that cannot be read raises ScanError, a discovered one
-    is logged. `r`: the R libraries, when the caller has found them already
-    (`r_libraries`).
+    `unreadable`: where an environment that cannot be read is reported; None: logged.
+    Never fatal, one named by `--env` included (a venv that was not on the persistent
+    volume, made again later): the rest is tracked all the same. `r`: the R libraries,
+    when the caller has found them already (`r_libraries`).
     """
     result: list[Target] = []
     seen: set[Path] = set()
@@ -342,8 +347,6 @@ def targets(
         except ScanError as e:
             if conda:
                 continue  # a conda environment without Python (R, tools): its records only
-            if unreadable is None and origin == "--env":
-                raise
             reason = str(e) if os.path.lexists(prefix) else absence(prefix)
             from .discovery import Unreadable
 
@@ -353,8 +356,7 @@ def targets(
         if pe.user_site is not None and "user-site" in config.discover:
             add(pe.environment(user=True), (pe.user_site,))
     if unreadable is None:
-        for p in problems:
-            log.warning("%s (%s) is not tracked: %s", p.path, p.origin, p.reason)
+        warn(problems)
     else:
         unreadable.extend(problems)
     if r is None and not _discovers_r(config):

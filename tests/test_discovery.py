@@ -44,7 +44,7 @@ def tmp_path() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("discovery-wheels")
-    for dist in (Dist("alpha", "1.0"), Dist("beta", "1.0")):
+    for dist in (Dist("alpha", "1.0"), Dist("beta", "1.0"), Dist("gamma", "1.0")):
         build_wheel(dist, out)
     return out
 
@@ -438,6 +438,43 @@ def test_status_reports_a_missing_env_and_goes_on(tmp_path: Path) -> None:
     envs = {e["env"]["path"]: e for e in json.loads(out.stdout)["environments"]}
     assert envs[str(gone)]["error"] == "missing (named by --env)"
     assert envs[str(ok.prefix)]["error"] is None
+
+
+@pytest.mark.slow
+def test_a_missing_env_leaves_the_rest_tracked_and_is_tracked_once_made(
+    world: World, wheels: Path
+) -> None:
+    """`--env OK --env GONE`, GONE a venv that was not on the persistent volume: the
+    daemon tracks OK and tells why not GONE; once GONE is made again at its path, its
+    installs are recorded too, with no restart. `snapshot` and a restore into a new
+    container go on with the rest likewise, and restore names GONE's record as missing."""
+    ok = make_venv(world.tmp / "ok")
+    gone = world.tmp / "gone"
+    flags = world.flags(ok.prefix, gone)
+    d = world.daemon(*flags, "--quiet-ms", "100")
+    d.start()
+    try:
+        eventually(lambda: "not tracked" in d.output(), what="the missing env reported")
+        ok.install(wheels, "alpha==1.0")
+        eventually(lambda: recorded(world, ok.prefix) == ["alpha==1.0"], what="alpha")
+        made = make_venv(gone)
+        eventually(lambda: "tracking " + str(gone) in d.output(), what="tracking")
+        made.install(wheels, "beta==1.0")
+        eventually(lambda: recorded(world, gone) == ["beta==1.0"], what="beta")
+    finally:
+        d.close()
+    shutil.rmtree(gone)
+    ok.install(wheels, "gamma==1.0")
+    snap = world.pkgckpt("snapshot", *flags)
+    assert snap.returncode == 0, snap.stderr
+    assert recorded(world, ok.prefix) == ["alpha==1.0", "gamma==1.0"]
+    assert recorded(world, gone) == ["beta==1.0"]
+    fresh = make_venv(world.tmp / "ok")
+    done = world.pkgckpt("restore", "--no-index", "--find-links", str(wheels), *flags)
+    assert done.returncode == 0, done.stderr
+    assert {"alpha==1.0", "gamma==1.0"} <= set(fresh.freeze())
+    assert f"{gone}: 1 recorded package(s), missing" in done.stdout, done.stdout
+    assert world.pkgckpt("baseline", "--output", str(world.tmp / "b.json"), *flags).returncode == 1
 
 
 def test_status_reports_an_unreadable_kernel_environment(tmp_path: Path) -> None:
