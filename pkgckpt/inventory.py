@@ -311,7 +311,7 @@ def targets(
     when the caller has found them already (`r_libraries`).
     """
     result: list[Target] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
     # With `--env` nothing is discovered: `targets` then does not even import discovery
     # (~3 ms of a no-op restore's start).
     if found is None and not config.env:
@@ -321,10 +321,12 @@ def targets(
 
     def add(env: Environment, roots: tuple[Path, ...], conda_owned: bool = False) -> None:
         # One directory is read for one environment only: two prefixes of one interpreter
-        # version share a user site, and a library may be configured twice.
-        fresh = tuple(r for r in roots if r not in seen)
+        # version share a user site, a library may be configured twice, and a venv named
+        # through a link to its directory (its interpreter keeps the link in sys.prefix).
+        real = {r: os.path.realpath(r) for r in roots}
+        fresh = tuple(r for r in roots if real[r] not in seen)
         if fresh:
-            seen.update(fresh)
+            seen.update(real[r] for r in fresh)
             result.append(
                 Target(
                     env=env,

@@ -186,6 +186,19 @@ def test_a_kernelspec_names_the_venv_of_its_interpreter(home: Path, tmp_path: Pa
     assert user_data(home) / "kernels" / "mine" in found.watch
 
 
+def test_one_venv_reached_through_a_link_is_one_environment(home: Path, tmp_path: Path) -> None:
+    """Two kernels name one venv, one of them through a link to its directory: it is
+    tracked once, under the first name found, else each install were recorded (and
+    restored) twice."""
+    real = make_venv(tmp_path / "real", with_pip=False)
+    (tmp_path / "link").symlink_to(real.prefix)
+    kernelspec(user_data(home), "a", str(real.python))
+    kernelspec(user_data(home), "b", str(tmp_path / "link" / "bin" / "python"))
+    cfg = config.load({}, environ={"PKGCKPT_DISCOVER": "kernels"})
+    found = [t.env.path for t in inventory.targets(cfg) if t.env.path != sys.prefix]
+    assert found == [str(real.prefix)]
+
+
 def test_an_earlier_data_dir_hides_a_kernel_of_the_same_name(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -76,6 +76,21 @@ def test_default_tracks_site_and_user_libraries_but_never_the_base_library(site:
 
 
 @needs_r
+def test_a_library_reached_through_a_link_is_tracked_once_as_named(site: Site) -> None:
+    """R_LIBS_USER is a link to the volume's directory: R reports `.libPaths()` resolved,
+    the variable as written. One directory is one library, tracked (and restored) once,
+    under the name the user gave it, which stays when the link is pointed elsewhere."""
+    volume = site.tmp / "volume"
+    volume.mkdir()
+    user = site.home / "Rlib"
+    user.symlink_to(volume)
+    os.environ["R_LIBS_USER"] = str(user)
+    assert inventory.r_libraries(site.config()).libs == (user, site.site)
+    found = [t.env for t in inventory.targets(site.config(discover=("r",))) if t.env.kind == "r"]
+    assert [(e.path, e.role) for e in found] == [(str(user), "user"), (str(site.site), "site")]
+
+
+@needs_r
 def test_r_libs_user_is_expanded_as_r_expands_it(site: Site) -> None:
     """`~/Rlib/%v/%p` is the directory R installs into: home, R's x.y version, platform."""
     os.environ["R_LIBS_USER"] = "~/Rlib/%v/%p"

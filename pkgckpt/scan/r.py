@@ -711,13 +711,17 @@ class RLibs(msgspec.Struct, frozen=True, kw_only=True):
 
     def tracked(self) -> tuple[Path, ...]:
         """The libraries to track: `.libPaths()`, the user library and RStudio's, without
-        `.Library`."""
+        `.Library`; each directory once, by the name the variables give it (R reports
+        `.libPaths()` resolved): a link the user made (`~/Rlib` to the volume) keeps its
+        name when it is pointed elsewhere."""
         base = {os.path.realpath(b) for b in self.base}
-        found: dict[Path, None] = {}
+        named = {os.path.realpath(p): p for p in (*self.rstudio, *self.user)}
+        found: dict[str, Path] = {}
         for lib in (*self.libs, *self.user, *self.rstudio):
-            if os.path.realpath(lib) not in base:
-                found.setdefault(Path(lib), None)
-        return tuple(found)
+            real = os.path.realpath(lib)
+            if real not in base:
+                found.setdefault(real, Path(named.get(real, lib)))
+        return tuple(found.values())
 
 
 def _parse_probe(lines: Sequence[str]) -> RLibs:
