@@ -68,6 +68,7 @@ from .manifest import (
     Failing,
     Manifest,
     Package,
+    visible,
 )
 from .scan.python import canonicalize_name
 from .store import Store, answered, open_store
@@ -136,7 +137,8 @@ class Entry(_Out, frozen=True, kw_only=True):
         if self.action == "revert":
             return f"revert to generation {self.reverted_to}"
         versions = " -> ".join(v for v in (self.old, self.new) if v)
-        return printable(" ".join(w for w in (self.action, self.name, versions) if w))
+        # The store's words, none of them validated: a newline would forge a row.
+        return visible(" ".join(w for w in (self.action, self.name, versions) if w))
 
 
 class History(_Out, frozen=True, kw_only=True):
@@ -159,7 +161,7 @@ class History(_Out, frozen=True, kw_only=True):
             return f"Generation {self.generation}: nothing recorded yet.\n"
         lines = []
         for e in self.entries:
-            when = (e.time or "-")[:19].replace("T", " ")
+            when = visible((e.time or "-")[:19]).replace("T", " ")
             gen = f"{'' if e.exact else '<='}{e.generation}"
             where = printable(e.env.where()) if e.env is not None else "-"
             lines.append(f"{when:<19}  {gen:>6}  {where}  {e.describe()}")
@@ -258,7 +260,7 @@ def forget_command(
     bare forget would drop it there as well."""
     import shlex
 
-    command = f"pkgckpt forget {shlex.quote(printable(name))}"
+    command = f"pkgckpt forget {shlex.quote(visible(name))}"
     wanted = {name, _key("python", name)}
     if any(
         _key(other.kind, p.name) in wanted
@@ -267,7 +269,7 @@ def forget_command(
         for p in packages
     ):
         flag = "--r-lib" if env.kind == "r" else "--env"
-        command += f" {flag} {shlex.quote(printable(env.path))}"
+        command += f" {flag} {shlex.quote(visible(env.path))}"
     return command
 
 

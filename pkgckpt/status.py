@@ -47,7 +47,7 @@ from .config import (
 from .digest import sha256
 from .discovery import Unreadable
 from .errors import AlreadyRunning, PkgckptError, StoreUnavailable, Unreachable
-from .manifest import Change, Environment, Manifest, Package
+from .manifest import Change, Environment, Manifest, Package, visible
 from .store import Store, answered, open_store
 
 if TYPE_CHECKING:
@@ -1087,7 +1087,7 @@ def _failing(report: Report, e: EnvReport) -> list[str]:
     for f in e.failing:
         command = forget_command(f.name, e.recorded_as or e.env, recorded)
         lines.append(
-            f"    failing  {printable(f.name)} {printable(f.version)}: {f.count} restore(s) "
+            f"    failing  {visible(f.name)} {visible(f.version)}: {f.count} restore(s) "
             f"in a row; `{command}` stops retrying it"
         )
         lines += [f"             | {printable(line)}" for line in f.reason.splitlines()[-5:]]
@@ -1116,7 +1116,7 @@ def to_text(report: Report) -> str:
     else:
         c = report.checkpoint
         age = f", {_duration(c.age_seconds)} ago" if c.age_seconds is not None else ""
-        lines.append(f"checkpoint: generation {c.generation} ({c.time}{age})")
+        lines.append(f"checkpoint: generation {c.generation} ({visible(str(c.time))}{age})")
     if report.checkpoint is not None and report.revert_back_to == report.checkpoint.generation:
         lines.append(
             f"revert:     nothing to go back to: generation {report.revert_back_to} is the "

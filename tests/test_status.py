@@ -21,11 +21,11 @@ import pytest
 from fault_kit import faults, glob_escape, hung_open
 from wheelhouse import Venv, make_venv
 
-from pkgckpt import status
+from pkgckpt import record, status
 from pkgckpt.config import Config
 from pkgckpt.errors import AlreadyRunning
 from pkgckpt.inventory import targets
-from pkgckpt.manifest import Body, Delta, Environment, Package
+from pkgckpt.manifest import Body, Delta, Environment, Failing, Package
 from pkgckpt.store import Store, init_store
 
 shim = fault_kit.shim
@@ -204,6 +204,26 @@ def test_the_text_has_no_control_characters_from_what_it_shows() -> None:
     assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
     assert "python /opt/?[2Jenv?:" in text.splitlines()
     assert "    error: cannot read?[31m it" in text.splitlines()
+
+
+def test_what_the_store_says_forges_no_line_of_status_or_history() -> None:
+    """The manifest's time, a failing entry's name and version and a history entry's
+    words are the store's, unvalidated: a newline in them is shown as `?`, not a line."""
+    env = Environment(kind="python", path="/opt/env")
+    failing = Failing(name="a\nFORGED", version="1\nFORGED", reason="no such version")
+    report = status.Report(
+        store="/s",
+        key="k",
+        checkpoint=status.Checkpoint(generation=1, time="2026\nFORGED"),
+        environments=(status.EnvReport(env=env, failing=(failing,)),),
+    )
+    entry = record.Entry(
+        time="2026-12\nFORGED", generation=1, exact=True, env=env, action="install\nFORGED",
+        name="x\nFORGED", new="1\nFORGED",
+    )  # fmt: skip
+    history = record.History(key="k", store="/s", generation=1, entries=(entry,))
+    for text in (status.to_text(report), history.render()):
+        assert not any(line.startswith("FORGED") for line in text.splitlines()), text
 
 
 def _state(config: Config, pid: int) -> status.DaemonState:
