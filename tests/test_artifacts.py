@@ -509,6 +509,36 @@ def test_an_artifact_name_that_climbs_out_is_refused(tmp_path: Path, name: str) 
         fetch(store, Config(store=tmp_path, key="k"), package, tmp_path)
 
 
+def test_an_artifact_named_for_another_package_is_refused(fresh: Captured) -> None:
+    """A writer of the key gives app the bytes of libdep's artifact, a copy under its
+    hash's directory, hash and size right: two artifacts of one restore by one file name,
+    and neither named for app. It is not app's: app comes from its source, libdep from
+    its own artifact, and the restore says why."""
+    libdep = _recorded(fresh, "libdep")
+    copy = f"{libdep.sha256[:16]}/{libdep.file}"
+    _artifact(fresh, copy).parent.mkdir(mode=0o700)
+    shutil.copyfile(_artifact(fresh, libdep.file), _artifact(fresh, copy))
+    _artifact(fresh, copy).chmod(0o600)
+    _rewrite(fresh, "app", msgspec.structs.replace(libdep, file=copy))
+    done = _restore(fresh, "--no-index", "--find-links", str(fresh.wheels))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{copy} is not named for app" in done.stdout, done.stdout
+    assert _freeze(fresh.prefix) == _pip_free(fresh.freeze)
+
+
+def test_an_artifact_staged_twice_is_refused_the_second_time(
+    fresh: Captured, tmp_path: Path
+) -> None:
+    """A record that names one package twice in an environment (no pkgckpt writes one)
+    stages its artifact once: the second copy is refused, not an internal error."""
+    package = Package(name="libdep", version="1.0", artifact=_recorded(fresh, "libdep"))
+    store = Store(fresh.world.store, fresh.world.key)
+    config = Config(store=fresh.world.store, key=fresh.world.key)
+    fetch(store, config, package, tmp_path)
+    with pytest.raises(ArtifactRefused, match="another artifact of this restore"):
+        fetch(store, config, package, tmp_path)
+
+
 def test_a_symlinked_artifact_is_refused(fresh: Captured, tmp_path: Path) -> None:
     """An artifact that is a symbolic link is not followed (the store refuses it)."""
     path = _artifact(fresh, "app-1.0-py3-none-any.whl")

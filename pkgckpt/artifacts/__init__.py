@@ -58,6 +58,7 @@ from ..durable import sha256_of
 from ..errors import PkgckptError, StoreError, Uncapturable
 from ..logs import getLogger
 from ..manifest import Artifact, Body, DirectorySource, Environment, Kind, Package, same_env
+from ..scan.python import canonicalize_name
 from ..store import Store, artifact_name
 from . import pool, quota
 
@@ -236,7 +237,20 @@ def fits(env: Environment, package: Package) -> str | None:
     name = FITS.get(env.kind)
     if name is None:
         return f"{env.kind} packages are not captured"
+    if _named_for(env.kind, package.artifact.file) != _named_for(env.kind, package.name):
+        # Another package's bytes, hash and size right (a writer of the key): not this
+        # one, and a second artifact of the restore by its file name.
+        return f"{package.artifact.file} is not named for {package.name}"
     return cast(_Fits, importlib.import_module(name)).fits(env, package.artifact)
+
+
+def _named_for(kind: str, file_or_name: str) -> str:
+    """The package an artifact's file name is named for (`{name}-...whl`, R's
+    `{name}_...tar.gz`), in the form names compare in; a package's name likewise."""
+    base = file_or_name.rsplit("/", 1)[-1]
+    if kind == "r":
+        return base.split("_", 1)[0]
+    return canonicalize_name(base.split("-", 1)[0])
 
 
 def fetch(store: Store, config: Config, package: Package, into: Path) -> Path:
@@ -244,7 +258,13 @@ def fetch(store: Store, config: Config, package: Package, into: Path) -> Path:
     artifact, name, source = _open(store, config, package)
     target = into / name.rsplit("/", 1)[-1]
     try:
-        fd = os.open(target, _CREATE, 0o600)
+        try:
+            fd = os.open(target, _CREATE, 0o600)
+        except FileExistsError:
+            # A name the record holds twice, in a manifest no writer of pkgckpt makes.
+            raise ArtifactRefused(
+                f"{name}: another artifact of this restore has its name"
+            ) from None
         try:
             digest, size = _copy_hashing(source, fd, artifact.size)
         finally:
