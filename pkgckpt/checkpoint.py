@@ -1067,9 +1067,15 @@ class Session(msgspec.Struct):
 
 
 def open_session(
-    config: Config, targets: Iterable[Target], store: Store, made_since: float | None = None
+    config: Config,
+    targets: Iterable[Target],
+    store: Store,
+    made_since: float | None = None,
+    start: Mapping[EnvKey, Observation] | None = None,
 ) -> tuple[Session, list[tuple[Environment, Change]]]:
-    """Read the manifest and the baseline, then scan every target.
+    """Read the manifest and the baseline, then scan every target: after what `start`
+    holds, when given (what a daemon found at its start, while it could not read the store
+    yet), so that what left since counts as uninstalled, as it would have with the store.
 
     The baseline is taken now only when there is none and the store holds no manifest
     for this key: with a manifest, today's installed packages may include restored ones,
@@ -1097,7 +1103,16 @@ def open_session(
         stored=recorded.body if recorded is not None else None,
         keeps=config if baseline is not None and baseline.container else None,
     )
-    return session, scan(session, targets)
+    found: list[tuple[Environment, Change]] = []
+    if start:
+        stamp = now_iso()
+        for target in targets:
+            obs = start.get(env_key(target.env))
+            if obs is not None:
+                found.extend(
+                    (target.env, c) for c in session.tracker.observe(target.env, obs, stamp)
+                )
+    return session, found + scan(session, targets)
 
 
 def scan(

@@ -284,6 +284,9 @@ class Daemon:
         self.store = open_store(config, layout=False)
         self.session: checkpoint.Session | None = None
         self.baseline_tried = False
+        self.start: dict[checkpoint.EnvKey, checkpoint.Observation] | None = None
+        """What each environment held at the first failed read of the store (`_take_start`);
+        None once the session is open, or before that read."""
         """`_take_baseline` looked (once: the first failed read is the start's)."""
         self.state = msgspec.structs.replace(
             status.new_state(config, self.started), tracked=_tracked(self.targets)
@@ -868,14 +871,16 @@ class Daemon:
             with self._doing(f"reading the store at {self.store.path}"):
                 seal.check_layout(self.config)
                 session, changes = checkpoint.open_session(
-                    self.config, self.targets, self.store, self.started
+                    self.config, self.targets, self.store, self.started, self.start
                 )
         except _STORE_ERRORS as e:
             self._store_failed(e, "cannot read the store or the baseline")
             self._set(unread=self.state.last_error)
             self._take_baseline()
+            self._take_start()
             return
         self.session = session
+        self.start = None
         self._set(unread=None)
         self._count(tracked=metrics.tracked(session.tracker.body()))
         self.changed.clear()  # the scan just made read every entry
@@ -901,6 +906,22 @@ class Daemon:
                 env.where(),
                 advice,
             )
+
+    def _take_start(self) -> None:
+        """At the first read of the store that fails, what each environment holds: the
+        session opened once the store answers starts from it, and an uninstall made
+        meanwhile (a package restore put back, or the image's) is one this daemon saw.
+        Nothing more is kept until then, however long the store stays away: what is
+        installed and uninstalled in between is no change of the record."""
+        if self.start is not None:
+            return
+        self.start = {}
+        with self._doing("scanning what is installed at the start"):
+            for target in self.targets:
+                try:
+                    self.start[checkpoint.env_key(target.env)] = checkpoint.observe(target)
+                except PkgckptError:
+                    continue  # scanned at the open, as the first
 
     def _take_baseline(self) -> None:
         """With no baseline at all, take this container's at the first read of the store

@@ -374,6 +374,31 @@ def test_an_uninstall_made_before_a_late_store_arrives_is_recorded(
     assert installed(venv) == {"alpha", "image_pkg"}
 
 
+def test_an_uninstall_seen_before_a_late_store_arrives_is_recorded_with_the_images_baseline(
+    world: World, venv: Venv, wheels: Path, late: Path
+) -> None:
+    """The image's baseline file is there; restore has put alpha and beta back. The daemon
+    starts without a store and sees them; the user uninstalls beta and the image's
+    image-pkg, then the store arrives. Both uninstalls were seen in this container: beta
+    leaves the record, image-pkg's removal joins it, and no restore brings them back."""
+    record(world, venv, late, "alpha==1.0", "beta==1.0")
+    uv_install(venv.python, wheels, "alpha==1.0", "beta==1.0", env=world.env)
+    d = daemon(world, venv)
+    try:
+        eventually(lambda: "cannot read the store" in d.output(), 60, "the store refused")
+        subprocess.run(
+            ["uv", "pip", "uninstall", "--python", str(venv.python), "beta", "image-pkg"],
+            check=True, capture_output=True, env=world.env,
+        )  # fmt: skip
+        time.sleep(0.5)  # past the quiet window: seen while the store is away
+        mount_bind(late, world.store)
+        want = (["alpha==1.0"], ["image-pkg==1.0"])
+        eventually(lambda: recorded(world) == want, 60, "both uninstalls recorded")
+        assert d.stop() == 0, d.output()
+    finally:
+        d.close()
+
+
 def test_status_shows_an_uninstall_a_read_only_store_did_not_take_as_pending(
     world: World, venv: Venv, wheels: Path
 ) -> None:
