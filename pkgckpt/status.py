@@ -1174,6 +1174,10 @@ def to_text(report: Report) -> str:
             lines.append(f"    error: {e.error}")
         if e.untracked:
             lines.append(f"    restore skips it: {e.untracked}")
+            if said is not None and e.env.path in said:
+                # Found at its start or since (a kernelspec removed after): it does not
+                # let go of an environment while it runs.
+                lines.append("    the running daemon found it earlier and records its changes")
         if e.no_baseline:
             flag = "--r-lib" if e.env.kind == "r" else "--env"
             who = (

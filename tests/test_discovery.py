@@ -563,6 +563,27 @@ def test_a_kernelspec_installed_while_the_daemon_runs_is_tracked(
 
 
 @pytest.mark.slow
+def test_status_says_the_daemon_records_a_venv_whose_kernelspec_went(
+    world: World, wheels: Path
+) -> None:
+    """`jupyter kernelspec remove` of a tracked venv's kernel: restore would skip its
+    record, which status says, and that the running daemon still records it."""
+    kernel_env = make_venv(world.tmp / "kernel-env")
+    spec = kernelspec(user_data(Path(world.env["HOME"])), "analysis", str(kernel_env.python))
+    with watching(world):
+        kernel_env.install(wheels, "alpha==1.0")
+        eventually(lambda: recorded(world, kernel_env.prefix) == ["alpha==1.0"], what="alpha")
+        shutil.rmtree(spec)
+        shown = world.pkgckpt("status", "--store", str(world.store), "--key", world.key)
+        assert shown.returncode == 0, shown.stderr
+        block = shown.stdout.split(f"python {kernel_env.prefix}:\n", 1)[1]
+        assert block.startswith(
+            "    restore skips it: not tracked here (use --env PATH or discovery)\n"
+            "    the running daemon found it earlier and records its changes\n"
+        ), shown.stdout
+
+
+@pytest.mark.slow
 def test_what_a_venv_made_while_the_daemon_runs_held_when_found_is_recorded(
     world: World, wheels: Path
 ) -> None:
