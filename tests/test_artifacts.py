@@ -20,7 +20,7 @@ from artifact_kit import artifacts, baselined_venv, cache_on, make_wheelhouse
 from daemon_kit import World
 from wheelhouse import Venv, make_venv
 
-from pkgckpt.artifacts import ArtifactRefused, Job, capturer, fetch
+from pkgckpt.artifacts import ArtifactRefused, Job, capturer, fetch, fits
 from pkgckpt.artifacts.quota import collect, protected
 from pkgckpt.config import Config
 from pkgckpt.errors import StoreError, Uncapturable
@@ -524,6 +524,29 @@ def test_an_artifact_named_for_another_package_is_refused(fresh: Captured) -> No
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{copy} is not named for app" in done.stdout, done.stdout
     assert _freeze(fresh.prefix) == _pip_free(fresh.freeze)
+
+
+@pytest.mark.parametrize(
+    ("name", "file", "ours"),
+    [
+        ("my-pkg", "my_pkg-1.0-py3-none-any.whl", True),
+        ("Zope.Interface", "zope_interface-1.0-py3-none-any.whl", True),
+        ("typing_extensions", "0123456789abcdef/typing_extensions-1.0-py3-none-any.whl", True),
+        ("my-pkg", "my-1.0-py3-none-any.whl", False),
+        ("my", "my_pkg-1.0-py3-none-any.whl", False),
+    ],
+)
+def test_a_wheel_is_named_for_its_package_as_wheels_write_names(
+    name: str, file: str, ours: bool
+) -> None:
+    """A wheel's file name writes its project's `-` and `.` as `_` and keeps its case: a
+    name with several parts is its own, another project's is not."""
+    env = Environment(
+        kind="python", path="/v", interpreter=f"{sys.version_info[0]}.{sys.version_info[1]}.0"
+    )
+    artifact = Artifact(file=file, sha256="0" * 64, size=1)
+    why = fits(env, Package(name=name, version="1.0", artifact=artifact))
+    assert (why is None) is ours, why
 
 
 def test_an_artifact_staged_twice_is_refused_the_second_time(

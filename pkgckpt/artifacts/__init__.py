@@ -237,20 +237,24 @@ def fits(env: Environment, package: Package) -> str | None:
     name = FITS.get(env.kind)
     if name is None:
         return f"{env.kind} packages are not captured"
-    if _named_for(env.kind, package.artifact.file) != _named_for(env.kind, package.name):
+    if _named_for(env.kind, package.artifact.file) != _compared(env.kind, package.name):
         # Another package's bytes, hash and size right (a writer of the key): not this
         # one, and a second artifact of the restore by its file name.
         return f"{package.artifact.file} is not named for {package.name}"
     return cast(_Fits, importlib.import_module(name)).fits(env, package.artifact)
 
 
-def _named_for(kind: str, file_or_name: str) -> str:
-    """The package an artifact's file name is named for (`{name}-...whl`, R's
-    `{name}_...tar.gz`), in the form names compare in; a package's name likewise."""
-    base = file_or_name.rsplit("/", 1)[-1]
+def _named_for(kind: str, file: str) -> str:
+    """The package an artifact's file name is named for: a wheel's `{name}-...` (its name
+    with `-` and `.` written `_`), R's `{name}_...`; in the form names compare in."""
+    base = file.rsplit("/", 1)[-1]
     if kind == "r":
         return base.split("_", 1)[0]
-    return canonicalize_name(base.split("-", 1)[0])
+    return _compared(kind, base.split("-", 1)[0])
+
+
+def _compared(kind: str, name: str) -> str:
+    return name if kind == "r" else canonicalize_name(name)
 
 
 def fetch(store: Store, config: Config, package: Package, into: Path) -> Path:
