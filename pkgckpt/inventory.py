@@ -291,16 +291,6 @@ def own_env(config: Config) -> Own | None:
     )
 
 
-def _directory(root: Path) -> Path | tuple[int, int]:
-    """What tells `root` apart from other directories: its device and inode (a tenth of a
-    `realpath`'s cost), its path while it does not exist."""
-    try:
-        st = root.stat()
-    except OSError:
-        return root
-    return (st.st_dev, st.st_ino)
-
-
 def warn(problems: Iterable[Unreadable]) -> None:
     for p in problems:
         log.warning("%s (%s) is not tracked: %s", p.path, p.origin, p.reason)
@@ -321,7 +311,7 @@ def targets(
     when the caller has found them already (`r_libraries`).
     """
     result: list[Target] = []
-    seen: set[Path | tuple[int, int]] = set()
+    seen: set[Path] = set()
     # With `--env` nothing is discovered: `targets` then does not even import discovery
     # (~3 ms of a no-op restore's start).
     if found is None and not config.env:
@@ -331,12 +321,13 @@ def targets(
 
     def add(env: Environment, roots: tuple[Path, ...], conda_owned: bool = False) -> None:
         # One directory is read for one environment only: two prefixes of one interpreter
-        # version share a user site, a library may be configured twice, and a venv named
-        # through a link to its directory (its interpreter keeps the link in sys.prefix).
-        keys = {r: _directory(r) for r in roots}
-        fresh = tuple(r for r in roots if keys[r] not in seen)
+        # version share a user site, and a library may be configured twice. By the path:
+        # a venv two kernelspecs name, one through a link, is tracked under both names,
+        # as the record and restore match environments by path (which name came first
+        # would change with the kernelspecs, and restore skip the other name's record).
+        fresh = tuple(r for r in roots if r not in seen)
         if fresh:
-            seen.update(keys[r] for r in fresh)
+            seen.update(fresh)
             result.append(
                 Target(
                     env=env,
