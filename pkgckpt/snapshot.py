@@ -92,6 +92,14 @@ def snapshot(config: Config) -> SnapshotResult:
         return asked
     named = {os.path.realpath(p) for p in asked.untracked}
     targets = [t for t in checkpoint.targets(config) if os.path.realpath(t.env.path) in named]
+    found_here = {os.path.realpath(t.env.path) for t in targets}
+    # One missing (which the daemon does not track for that reason) was warned of above:
+    # nothing of it is checkpointed, and no message says it was.
+    asked = msgspec.structs.replace(
+        asked, untracked=tuple(p for p in asked.untracked if os.path.realpath(p) in found_here)
+    )
+    if not asked.untracked:
+        return asked
     # What the daemon did is done: the user must not take the whole snapshot as failed.
     if asked.committed:
         done = f"wrote generation {asked.generation}"

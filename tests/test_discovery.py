@@ -473,6 +473,9 @@ def test_a_missing_env_leaves_the_rest_tracked_and_is_tracked_once_made(
         eventually(lambda: "not tracked" in d.output(), what="the missing env reported")
         ok.install(wheels, "alpha==1.0")
         eventually(lambda: recorded(world, ok.prefix) == ["alpha==1.0"], what="alpha")
+        asked = world.pkgckpt("snapshot", *flags)
+        assert asked.returncode == 0, asked.stderr
+        assert "does not track" not in asked.stdout, asked.stdout
         made = make_venv(gone)
         eventually(lambda: "tracking " + str(gone) in d.output(), what="tracking")
         made.install(wheels, "beta==1.0")
