@@ -196,6 +196,9 @@ class _Track(msgspec.Struct):
     shipped: dict[str, Package] = msgspec.field(default_factory=dict)
     """What the image ships as this environment sees it (`Baseline.image`): for a user
     site, its prefix's packages too."""
+    beneath: dict[str, Package] = msgspec.field(default_factory=dict)
+    """For an R library searched before the site libraries (the user's, R_LIBS'): what
+    the image ships in those, which its own copies hide (`_site_libraries`)."""
     recorded: Delta | None = None
     """The delta as recorded when tracking began (or adopted): what untouched names keep."""
     touched: set[str] = msgspec.field(default_factory=set)
@@ -427,6 +430,8 @@ class Tracker:
             env, base, pinned, state, {}, history, identity=obs.identity, image=image, making=making
         )
         track.shipped = {p.name: p for p in shipped}
+        if env.kind == "r" and self._baseline is not None:
+            track.beneath = _hidden(self._baseline, env)
         # A recorded install this container started with (a library that outlived the
         # last one) counts as seen: one found gone is an uninstall made here, before this
         # process could watch (a store that arrived late), not one a restore has to make.
@@ -619,6 +624,8 @@ class Tracker:
             d = manifest.delta(track.env, track.baseline, track.state, track.history)
             if track.env.user:
                 d = _shadowing(d, track.shipped)
+            elif track.beneath:
+                d = _shadowing(d, track.beneath)
             kept = [
                 track.state[n]
                 for n in track.pinned
@@ -646,10 +653,35 @@ class Tracker:
         )
 
 
+_BEFORE_SITE = frozenset({"user", "libs", "rstudio"})
+"""The roles of the R libraries that `.libPaths()` puts before the site libraries."""
+
+
+def _hidden(baseline: Baseline, env: Environment) -> dict[str, Package]:
+    """What the image ships in the R libraries that R library `env`'s copies hide, the
+    first of each name: the site libraries for the user's (and R_LIBS', RStudio's); for
+    one named by `--r-lib`, whose place in the search the settings do not say, the other
+    libraries, as a restore reads it (`restore.rimage`)."""
+    if env.role not in _BEFORE_SITE and env.role != "named":
+        return {}
+    out: dict[str, Package] = {}
+    for listed in baseline.environments:
+        other = listed.env
+        if other.kind != "r" or other.path == env.path:
+            continue
+        if env.role in _BEFORE_SITE and other.role != "site":
+            continue
+        for p in listed.shipped():
+            out.setdefault(p.name, p)
+    return out
+
+
 def _shadowing(d: Delta, shipped: Mapping[str, Package]) -> Delta:
     """A user site's additions that shadow a package of the prefix's image record the
     version they shadow as `replaced`: `pip install --user idna==3.8` over the image's
-    3.10 is a downgrade, and a rebase must read it as one."""
+    3.10 is a downgrade, and a rebase must read it as one. So do an R user library's
+    over the site libraries' (`install.packages()` of an older version than the image's
+    into the user's library)."""
     added = tuple(
         msgspec.structs.replace(p, replaced=shipped[p.name].version)
         if p.replaced is None and p.name in shipped

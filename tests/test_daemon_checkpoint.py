@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +51,28 @@ def names(delta: Delta | None) -> dict[str, list[str]]:
         "changed": [f"{p.name}=={p.version}" for p in delta.changed],
         "removed": [f"{p.name}=={p.version}" for p in delta.removed],
     }
+
+
+@pytest.mark.parametrize(("mine", "theirs"), [("user", "site"), ("named", "named")])
+def test_an_r_user_librarys_copy_of_a_site_package_records_the_version_it_hides(
+    mine: str, theirs: str
+) -> None:
+    """R searches the user's library before the site ones: `install.packages()` of an
+    older ckptA than the site library's 1.0 into the user library is a downgrade of what
+    R loads, recorded with the version it hides, as a user site's copy of its prefix's
+    package is; one the site libraries do not ship hides nothing. Libraries named by
+    `--r-lib` are read against each other, as a restore reads them."""
+    user = Environment(kind="r", path="/home/u/R", role=mine, interpreter="4.2.2")
+    site = Environment(kind="r", path="/usr/lib/R/site-library", role=theirs, interpreter="4.2.2")
+    shipped = (Package(name="ckptA", version="1.0"),)
+    baseline = Baseline(environments=(Inventory(env=user), Inventory(env=site, packages=shipped)))
+    tracker = Tracker(baseline, None)
+    tracker.observe(user, Observation({}))
+    found = pkgs("ckptA==0.5", "own==2.0")
+    tracker.observe(user, Observation(found))
+    delta = tracker.body().delta(user)
+    assert delta is not None
+    assert {p.name: p.replaced for p in delta.added} == {"ckptA": "1.0", "own": None}
 
 
 def test_first_scan_keeps_recorded_packages_that_are_not_installed_yet() -> None:

@@ -738,6 +738,30 @@ def test_a_user_package_the_image_ships_newer_is_superseded_not_downgraded(
 
 
 @needs_r
+def test_a_user_package_older_than_the_images_on_purpose_is_installed(
+    tmp_path: Path, repo: rpkgs.Repo, user_lib: Path, other_base: rpkgs.Repo
+) -> None:
+    """The user installed ckpt.base 1.0.0 into their library over the site library's
+    1.1.0, which the record says (`replaced`): on that image, or on one that ships
+    1.1.0 still, restore installs the user's choice, where one recorded over an older
+    site copy is superseded by the image's newer one."""
+    mine, site = tmp_path / "mine", tmp_path / "site-lib"
+    rpkgs.install(site, other_base, tarballs=[other_base.tarball("ckpt.base", "1.1.0")])
+    (base,) = recorded(user_lib, ("ckpt.base",))
+    delta = Delta(
+        env=r_environment(mine, role="named"),
+        added=(msgspec.structs.replace(base, replaced="1.1.0"),),
+        image=manifest.image_identity(()),
+    )
+    restore_kit.put_manifest(tmp_path / "store", "k", Body(environments=(delta,)))
+    args = ("--r-lib", str(mine), "--r-lib", str(site), "--r-repo", repo.url)
+    done = run("restore", tmp_path, environ(tmp_path), *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "superseded" not in done.stdout, done.stdout
+    assert rpkgs.installed(mine) == {"ckpt.base": "1.0.0"}
+
+
+@needs_r
 def test_removing_an_image_r_package_another_image_package_imports_is_held_back(
     tmp_path: Path, repo: rpkgs.Repo
 ) -> None:

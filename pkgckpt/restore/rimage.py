@@ -30,9 +30,11 @@ requirement as written (`ckpt.base 1.0.0 held back: ckptImports 1.2.0 (image) re
 ckpt.base (>= 1.0.0)`), unless another library still holds a version that satisfies it.
 `--on-conflict user` carries them out anyway and lists what breaks.
 
-R gives a deliberate older version in the user's library no `replaced` version (that is
-recorded within one library only), so an addition older than the image's is superseded
-too: the image's newer copy is what R loads anyway once the user's is not there.
+An addition that hides a package of the image in another R library is recorded with
+the version it hides as `replaced` (`checkpoint._hidden`): an older one is the user's
+on purpose, a recorded downgrade. One recorded before that was (no `replaced`) and older
+than the image's is superseded: the image's newer copy is what R loads anyway once the
+user's is not there.
 
 None when nothing is superseded or held back: the library is then restored exactly as on
 the same image (exact versions, builds for this R), and the plan says nothing new.
