@@ -1282,7 +1282,9 @@ def _same_but_annotations(a: Delta, b: Delta) -> bool:
     empty = dict.fromkeys((*_LISTS, *_BOOKKEEPING), ())
     if msgspec.structs.replace(a, env=b.env, **empty) != msgspec.structs.replace(b, **empty):
         return False
-    return all(p == q or _bare(p) == _bare(q) for x, y in lists for p, q in zip(x, y, strict=True))
+    return all(
+        p == q or _bare(p) == _bare(q, p) for x, y in lists for p, q in zip(x, y, strict=True)
+    )
 
 
 def _filled_in(new: Environment, old: Environment) -> bool:
@@ -1294,8 +1296,13 @@ def _filled_in(new: Environment, old: Environment) -> bool:
     )
 
 
-def _bare(p: Package) -> Package:
-    return p if p.artifact is None else msgspec.structs.replace(p, artifact=None)
+def _bare(p: Package, new: Package | None = None) -> Package:
+    """`p` without its artifact; with `new`'s `replaced` where `p` has none: the version an
+    addition hides, which a pkgckpt before it did not record for R (`_hidden`)."""
+    replaced = new.replaced if new is not None and p.replaced is None else p.replaced
+    if p.artifact is None and replaced == p.replaced:
+        return p
+    return msgspec.structs.replace(p, artifact=None, replaced=replaced)
 
 
 def confirm(session: Session) -> bool:

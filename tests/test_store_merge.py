@@ -464,6 +464,37 @@ def test_what_a_newer_pkgckpt_knows_of_the_interpreter_amends_the_generation(
     assert store.generations() == [2, 1]
 
 
+def test_the_version_an_r_addition_hides_amends_the_generation(store: Store) -> None:
+    """A record written before R additions recorded the version they hide (ckptA 0.5 in
+    the user's library over the site library's 1.0), read by a daemon that records it:
+    it fills in the newest generation under its own number, as the ABI tag does."""
+    user = Environment(kind="r", path="/home/u/R", role="user", interpreter="4.2.2")
+    site = Environment(kind="r", path="/usr/lib/R/site-library", role="site", interpreter="4.2.2")
+    mine = Package(name="ckptA", version="0.5")
+    old = Body(environments=(Delta(env=user, added=(mine,), image=manifest.image_identity(())),))
+    assert store.commit(old) is not None
+    found = store.read()
+    assert found is not None
+    shipped = (Package(name="ckptA", version="1.0"),)
+    baseline = Baseline(environments=(Inventory(env=user), Inventory(env=site, packages=shipped)))
+    s = Session(
+        store=store,
+        tracker=Tracker(baseline, found),
+        baseline_origin="test",
+        generation=found.generation,
+        on_store=manifest.encode_body(found.body),
+        stored=found.body,
+    )
+    s.tracker.observe(user, Observation({"ckptA": mine}))
+    done = commit(s)
+    assert done is not None and done.generation == 1
+    assert store.generations() == [1]
+    again = Store(store.root, store.key).read()
+    assert again is not None
+    (delta,) = again.body.environments
+    assert [(p.name, p.replaced) for p in delta.added] == [("ckptA", "1.0")]
+
+
 def test_another_writers_upgrade_of_an_image_package_stays_in_the_record(store: Store) -> None:
     """Another writer of the key (a second container of the same user) records an upgrade
     of a package the image ships; this process never saw that package change, so its
