@@ -198,7 +198,7 @@ class _Track(msgspec.Struct):
     site, its prefix's packages too."""
     beneath: dict[str, Package] = msgspec.field(default_factory=dict)
     """For an R library searched before the site libraries (the user's, R_LIBS'): what
-    the image ships in those, which its own copies hide (`_site_libraries`)."""
+    the image ships in those, which its own copies hide (`_hidden`)."""
     recorded: Delta | None = None
     """The delta as recorded when tracking began (or adopted): what untouched names keep."""
     touched: set[str] = msgspec.field(default_factory=set)

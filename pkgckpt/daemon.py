@@ -284,10 +284,10 @@ class Daemon:
         self.store = open_store(config, layout=False)
         self.session: checkpoint.Session | None = None
         self.baseline_tried = False
+        """`_take_baseline` looked (once: the first failed read is the start's)."""
         self.start: dict[checkpoint.EnvKey, checkpoint.Observation] | None = None
         """What each environment held at the first failed read of the store (`_take_start`);
         None once the session is open, or before that read."""
-        """`_take_baseline` looked (once: the first failed read is the start's)."""
         self.state = msgspec.structs.replace(
             status.new_state(config, self.started), tracked=_tracked(self.targets)
         )
@@ -809,9 +809,7 @@ class Daemon:
                 # The same environment read from other directories: a venv remade on
                 # another Python (lib/python3.X). Its first scan is a new directory's.
                 remade.append((old, target))
-        for u in unreadable:
-            if u.path not in self.unreadable:
-                log.warning("%s (%s) is not tracked: %s", u.path, u.origin, u.reason)
+        inventory.warn(u for u in unreadable if u.path not in self.unreadable)
         self.unreadable = {u.path for u in unreadable}
         if not added and not remade:
             return
