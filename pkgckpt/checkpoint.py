@@ -1033,13 +1033,18 @@ NOTHING = "no Python environment or R library is configured"
 def targets(config: Config, discovered: Discovered | None = None) -> list[Target]:
     found = inventory.targets(config, discovered)
     if not found:
-        why = (
-            "no environment that --env names can be tracked (the warnings above say why)"
-            if config.env
-            else NOTHING
-        )
-        raise UsageError(f"nothing to watch: {why}")
+        raise nothing(config)
     return found
+
+
+def nothing(config: Config) -> UsageError:
+    """What a command says that finds nothing to track."""
+    why = (
+        "no environment that --env names can be tracked (the warnings above say why)"
+        if config.env
+        else NOTHING
+    )
+    return UsageError(f"nothing to watch: {why}")
 
 
 def observe(

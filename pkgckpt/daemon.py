@@ -270,11 +270,13 @@ class Daemon:
         # Asked once: a broken own_env is a usage error at the start, not in the loop.
         self.own = inventory.own_env(config)
         found = inventory.discover(config, self.own)
-        self.targets: list[Target] = checkpoint.targets(config, found)
+        self.targets: list[Target] = inventory.targets(config, found)
         self.prefixes = _prefixes(self.targets)
         # A named one missing now (a venv that was not on the persistent volume) is
-        # tracked once it is made again at its path.
+        # tracked once it is made again at its path, even when it is the only one.
         named = set(config.env) - self.prefixes
+        if not self.targets and all(p.exists() for p in named):
+            raise checkpoint.nothing(config)
         self.discovery: set[Path] = set(found.watch) | self.prefixes | named
         """Directories where a new environment may show (see `discovery`), and the Python
         prefixes, where one remade on another Python shows (see `_prefixes`)."""
@@ -432,11 +434,13 @@ class Daemon:
             ) as watcher:
                 log.info(
                     "watching %d librar%s of %d environment(s); store %s",
-                    len(roots),
-                    "y" if len(roots) == 1 else "ies",
+                    len(self._by_root),
+                    "y" if len(self._by_root) == 1 else "ies",
                     len(self.targets),
                     self.store.path,
                 )
+                if waiting := sorted(p for p in self.config.env if not p.exists()):
+                    log.info("waiting for %s to be made", ", ".join(map(str, waiting)))
                 # Said before the store is read: a hard mount whose server stopped
                 # answering holds that read, and `status` would meanwhile find no daemon.
                 self._set(phase="starting")

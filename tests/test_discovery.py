@@ -496,6 +496,30 @@ def test_a_missing_env_leaves_the_rest_tracked_and_is_tracked_once_made(
     assert world.pkgckpt("baseline", "--output", str(world.tmp / "b.json"), *flags).returncode == 1
 
 
+@pytest.mark.slow
+def test_a_daemon_whose_only_env_is_missing_waits_for_it(world: World, wheels: Path) -> None:
+    """The one environment a daemon is given, nothing discovered, is not made yet: the
+    daemon says it waits for it, and tracks it once it is made, instead of exiting."""
+    gone = world.tmp / "gone"
+    world.env["PKGCKPT_DISCOVER"] = ""
+    d = world.daemon(*world.flags(gone), "--quiet-ms", "100")
+    d.start()
+    try:
+        eventually(lambda: f"waiting for {gone} to be made" in d.output(), what="waiting")
+        made = make_venv(gone)
+        eventually(lambda: "tracking " + str(gone) in d.output(), what="tracking")
+        made.install(wheels, "beta==1.0")
+        eventually(lambda: recorded(world, gone) == ["beta==1.0"], what="beta")
+    finally:
+        d.close()
+    # A directory that is there and no environment is a mistake to say, not to wait on.
+    empty = world.tmp / "empty"
+    empty.mkdir()
+    out = world.pkgckpt("daemon", *world.flags(empty), timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert "nothing to watch" in out.stderr, out.stderr
+
+
 def test_status_reports_an_unreadable_kernel_environment(tmp_path: Path) -> None:
     """A kernelspec whose interpreter is gone shows in `status` with the reason, exit 0."""
     world = World.make(tmp_path)
