@@ -316,7 +316,9 @@ def forgotten(
     missing = [n for n in names if n not in hit]
     if missing:
         held = sorted({printable(p.name) for d in chosen for p in _recorded(d)})
-        where = "" if not scope else " of " + ", ".join(dict.fromkeys(s.path for s in scope))
+        where = (
+            "" if not scope else " of " + ", ".join(dict.fromkeys(visible(s.path) for s in scope))
+        )
         # Recorded out of the scope (`--env`, or an `env` setting the user may not think of).
         inside = {env_key(d.env) for d in chosen}
         elsewhere: dict[str, dict[str, None]] = {}
@@ -328,7 +330,7 @@ def forgotten(
                     if _key(d.env.kind, p.name) in wanted[n]:
                         elsewhere.setdefault(n, {})[printable(d.env.where())] = None
         hint = "".join(
-            f"; {printable(n)} is recorded in {', '.join(envs)} (name it with --env / --r-lib)"
+            f"; {visible(n)} is recorded in {', '.join(envs)} (name it with --env / --r-lib)"
             for n, envs in elsewhere.items()
         )
         if held:
@@ -341,7 +343,8 @@ def forgotten(
             )
         else:
             holds = f"it holds no package{hint}"
-        raise UnknownPackage(f"not in the record{where}: {', '.join(missing)}; {holds}")
+        asked = ", ".join(map(visible, missing))
+        raise UnknownPackage(f"not in the record{where}: {asked}; {holds}")
     return Body.of(
         (new.get(env_key(d.env), d) for d in body.deltas()),
         events=(*body.events, *events)[-manifest.HISTORY_LIMIT :],
@@ -545,7 +548,7 @@ class Written(_Out, frozen=True, kw_only=True):
 
     def render(self) -> str:
         who = "the daemon" if self.by_daemon else "pkgckpt"
-        what = f"forgot {', '.join(self.names)}: " if self.names else ""
+        what = f"forgot {', '.join(map(visible, self.names))}: " if self.names else ""
         return f"{what}{who} wrote generation {self.generation}\n"
 
 

@@ -1262,6 +1262,12 @@ def test_forget_matches_r_names_exactly_and_python_names_normalized() -> None:
         UnknownPackage, match=r"no such environment; foo-bar is recorded in /opt/venv \("
     ):
         record.forgotten(body, ["foo-bar"], scope=[elsewhere])
+    # What the user typed is shown as typed, but never as a line or an escape of its own.
+    with pytest.raises(UnknownPackage) as typed:
+        record.forgotten(body, ["nope\n\x1b[2J"], scope=[Environment(kind="python", path="/a\nb")])
+    assert str(typed.value).startswith("not in the record of /a?b: nope??[2J; "), typed.value
+    said = record.Written(generation=3, names=("x\ny",)).render()
+    assert said == "forgot x?y: pkgckpt wrote generation 3\n"
 
 
 def test_store_reads_a_kept_generation(tmp_path: Path) -> None:
