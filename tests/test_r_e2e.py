@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -404,6 +405,28 @@ def test_failures_are_reported_per_package_and_the_rest_installed(session: Sessi
     assert "does not load" in failures["ckptNoLoad"] and "libckpt.so.1" in failures["ckptNoLoad"]
     assert "nor in their archives" in failures["ckpt.base"]
     assert "ckpt.base" in failures["ckptImports"]
+    assert rpkgs.installed(session.lib) == {"ckptC": "0.3.1", "ckptOld": "0.9-1"}
+
+
+@needs_r
+def test_a_failure_behind_a_leftover_lock_says_to_remove_the_lock(session: Session) -> None:
+    """An interrupted install's `00LOCK-<pkg>` makes R refuse every install of that
+    package: the failure says which directory to remove (what fixes it), not only that
+    `pkgckpt forget` stops the retries (which gives the package up)."""
+    shutil.rmtree(session.lib)
+    session.lib.mkdir()
+    put(session, Package(name="ckptC", version="0.3.1"), Package(name="ckptOld", version="0.9-1"))
+    lock = session.lib / "00LOCK-ckptOld"
+    lock.mkdir()
+    hours_ago = time.time() - 7200
+    os.utime(lock, (hours_ago, hours_ago))
+    done = session.restore()
+    assert done.returncode == 3, done.stderr
+    said = f"{lock} is left over from an interrupted install: remove it (rm -rf -- {lock})"
+    assert said in done.stdout, done.stdout
+    assert rpkgs.installed(session.lib) == {"ckptC": "0.3.1"}
+    shutil.rmtree(lock)
+    assert session.restore().returncode == 0
     assert rpkgs.installed(session.lib) == {"ckptC": "0.3.1", "ckptOld": "0.9-1"}
 
 

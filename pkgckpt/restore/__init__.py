@@ -1083,11 +1083,27 @@ class _Env:
         if len(steps) == 1 or outcome.timed_out:
             message = outcome.tail()
             for s in left:
-                self.failed[s.name] = s.failure(action, message)
+                self.failed[s.name] = s.failure(action, message + self._locked(s.name))
             return
         middle = (len(left) + 1) // 2
         for part in (left[:middle], left[middle:]) if len(left) > 1 else (left,):
             self._settle(part, action, attempt, done)
+
+    def _locked(self, name: str) -> str:
+        """What to do of a lock an interrupted R install left in the library, which fails
+        every install of `name` until it is removed (not a package to forget)."""
+        if self.kind != "r":
+            return ""
+        from ..scan.r import LOCK_PREFIX, lock_active, remove_lock_command
+
+        for lock in (f"{LOCK_PREFIX}-{name}", LOCK_PREFIX):
+            path = Path(self.target.env.path, lock)
+            if os.path.lexists(path) and not lock_active(path, self.target.r_lock_stale):
+                return (
+                    f"\n{path} is left over from an interrupted install: remove it "
+                    f"({remove_lock_command(path)}) and restore again"
+                )
+        return ""
 
     def reinstall(self, batch: Sequence[Step]) -> frozenset[str]:
         """The names of the steps of `batch` whose version is installed, from another
