@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name
+from wheelhouse import Dist, build_wheel
 
 from pkgckpt.config import Config
 from pkgckpt.inventory import Target
@@ -148,6 +149,56 @@ def test_extras_asked_by_an_untouched_requirement_still_hold_back(tmp_path: Path
     planned = rebase(delta, Target(env=PY311, roots=(site,)), image, live, config)
     (held,) = planned.held_back()
     assert held.reason == 'extraimg 1.0 (image) requires evaldep>=2; extra == "strict"'
+
+
+def test_what_a_planned_package_needs_through_an_image_packages_extra_counts(
+    tmp_path: Path,
+) -> None:
+    """userapp asks for `lib[fast]`, and lib (the image's) needs x==2.0 for `fast`: the
+    user's x 2.0, which the new image's 2.1 would supersede, is installed after all.
+    userapp2 asks for `lib2[fast]`, which needs y<2 where the image ships y 2.1 and needs
+    nothing of it: userapp2 is held back, its reason naming the extra."""
+    site = tmp_path / "site"
+    for name, version, requires in (
+        ("lib", "1.0", 'x==2.0; extra == "fast"'),
+        ("lib2", "1.0", 'y<2; extra == "fast"'),
+        ("x", "2.1", None),
+        ("y", "2.1", None),
+    ):
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True)
+        lines = [f"Name: {name}", f"Version: {version}", "Provides-Extra: fast"]
+        lines += [f"Requires-Dist: {requires}"] if requires else []
+        (info / "METADATA").write_text("\n".join(lines) + "\n")
+    links = tmp_path / "links"
+    build_wheel(Dist("userapp", "1.0", requires=["lib[fast]>=1.0"]), links)
+    build_wheel(Dist("userapp2", "1.0", requires=["lib2[fast]>=1.0"]), links)
+    build_wheel(Dist("x", "2.0"), links)
+    image = [
+        Package(name="lib", version="1.0"),
+        Package(name="lib2", version="1.0"),
+        Package(name="x", version="2.1"),
+        Package(name="y", version="2.1"),
+    ]
+    delta = Delta(
+        env=PY311,
+        added=(Package(name="userapp", version="1.0"), Package(name="userapp2", version="1.0")),
+        changed=(Package(name="x", version="2.0", replaced="1.0"),),
+        image="v1",
+    )
+    live = {p.name: p for p in image}
+    config = Config(store=tmp_path / "s", key="k", find_links=(str(links),), no_index=True)
+    planned = rebase(delta, Target(env=PY311, roots=(site,)), image, live, config)
+    by = {d.name: (d.action, d.reason) for d in planned.decisions}
+    assert by["userapp"][0] == "install"
+    assert by["x"] == (
+        "install",
+        "userapp 1.0 requires x==2.0 (through lib[fast]); the image ships 2.1",
+    )
+    assert by["userapp2"] == (
+        "held-back",
+        "requires y<2 (through lib2[fast]), and y 2.1 (image) stays",
+    )
 
 
 @pytest.mark.parametrize(

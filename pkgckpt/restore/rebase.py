@@ -572,7 +572,24 @@ class _Simple:
         return f"{self.name}{self.specifier}"
 
 
-_Req: TypeAlias = "Requirement | _Simple"
+class _Through:
+    """A requirement of a distribution's extra (`x==2.0; extra == "fast"` of `lib`), which
+    a planned package asking for `lib[fast]` brings in: that package's requirement too."""
+
+    __slots__ = ("_text", "name", "specifier")
+    extras: frozenset[str] = frozenset()
+    marker: None = None
+
+    def __init__(self, req: Requirement | _Simple | _Through, through: str) -> None:
+        self.name: str = req.name
+        self.specifier: SpecifierSet = req.specifier
+        self._text = f"{req.name}{req.specifier} (through {through})"
+
+    def __str__(self) -> str:
+        return self._text
+
+
+_Req: TypeAlias = "Requirement | _Simple | _Through"
 
 
 @functools.cache
@@ -680,11 +697,42 @@ class _Check:
             for r in rs:
                 if r.marker is not None and not any(self._applies(r, e) for e in asked):
                     continue
-                have = state.get(canonical(r.name))
-                version = _version(have.version) if have is not None else None
-                if have is None or version is None or not r.specifier.contains(version, True):
+                if not _satisfied(r, state):
                     out.append((state[name], r))
+        if touched is not None:
+            out += self._through(state, reqs)
         return out
+
+    def _through(
+        self, state: Mapping[str, _Dist], reqs: Mapping[str, list[_Req]]
+    ) -> list[tuple[_Dist, _Req]]:
+        """What a planned package needs through the extras it asks of a distribution
+        outside the plan (`lib[fast]` of the image's `lib`), whose requirements were read
+        only on what the plan touches: each such requirement of `lib` that only its
+        extra brings in, unsatisfied, blamed on the planned package."""
+        out: list[tuple[_Dist, _Req]] = []
+        for name, rs in reqs.items():
+            if state[name].origin != "planned":
+                continue
+            for r in rs:
+                other = state.get(canonical(r.name))
+                if not r.extras or other is None or other.requires is None:
+                    continue
+                if other.origin == "planned" or not self._applies(r, ""):
+                    continue
+                for e in sorted(r.extras):
+                    for q in self._requirements(other.requires, None):
+                        if q.marker is None or self._applies(q, "") or not self._applies(q, e):
+                            continue
+                        if not _satisfied(q, state):
+                            out.append((state[name], _Through(q, f"{other.name}[{e}]")))
+        return out
+
+
+def _satisfied(r: _Req, state: Mapping[str, _Dist]) -> bool:
+    have = state.get(canonical(r.name))
+    version = _version(have.version) if have is not None else None
+    return version is not None and r.specifier.contains(version, True)
 
 
 def _roots(target: Target, beneath: Target | None) -> tuple[Path, ...]:
