@@ -319,7 +319,8 @@ def test_a_removal_that_a_restored_package_needs_is_held_back(tmp_path: Path, wh
     v2, which ships libold and needs nothing of it, the installer would fetch libold back
     for userapp: the removal is held back, named with userapp's requirement, the same on
     the restore after, and `pip check` stays clean. `--on-conflict user` removes it after
-    the install, so that it stays removed, and names the requirement it breaks."""
+    the install, so that it stays removed, names the requirement it breaks, and has
+    nothing to do when run again."""
     s = Scenario(World.make(tmp_path), wheels, tmp_path / "venv")
     b1 = s.image(sys.executable, ["libold==1.0", "evalimg==1.0"], "b1.json")
     s.user_changes(b1, ["userapp==1.0"], ["libold"])
@@ -338,6 +339,12 @@ def test_a_removal_that_a_restored_package_needs_is_held_back(tmp_path: Path, wh
     forced = s.restore(b2, "--on-conflict", "user")
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert "broken: userapp 1.0 requires libold>=1.0" in forced.stdout, forced.stdout
+    assert s.installed() == {"evalimg": "3.0", "userapp": "1.0"}
+    # Run again, it has nothing to do: installing userapp "for its missing requirement"
+    # fetched libold back, which the next forced restore removed, and so on.
+    again = s.restore(b2, "--on-conflict", "user")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.startswith("Nothing to restore"), again.stdout
     assert s.installed() == {"evalimg": "3.0", "userapp": "1.0"}
 
 

@@ -862,7 +862,13 @@ def rebase(
     meta = installed_metadata(_roots(target, beneath))
     # In place is not restored while a requirement is missing: an earlier restore put it
     # there and failed to fetch its dependencies (see `unmet`); it is installed again.
-    lacking = _unmet(env, meta, {canonical(p.name) for part, p in entries if part != "removed"})
+    # Not for a requirement on what the user removed: the install would fetch it back.
+    lacking = _unmet(
+        env,
+        meta,
+        {canonical(p.name) for part, p in entries if part != "removed"},
+        {canonical(p.name) for p in delta.removed},
+    )
     decided: dict[str, Decision] = {}
     # Held back for want of a distribution for this interpreter.
     unavailable: set[str] = set()
