@@ -51,7 +51,6 @@ log = getLogger(__name__)
 
 MAX_FILE = 256 * 1024
 """A kernel.json, environments.txt or .condarc larger than this is not read."""
-_KERNEL_NAME = re.compile(r"^[a-z0-9._-]+$", re.IGNORECASE)  # jupyter_client's rule
 _BARE_PYTHON = ("python", "python3")
 # What a Python interpreter is called: the probe is started only with one of these names,
 # never a wrapper (`/bin/sh`, `conda run`) that would take `-c CODE` for something else.
@@ -203,15 +202,24 @@ def _kernelspecs(environ: Mapping[str, str], watch: list[Path], own: Own) -> Ite
         kernels = data_dir / "kernels"
         watch.append(kernels)
         try:
-            names = sorted(e.name for e in os.scandir(kernels) if e.is_dir())
+            names = sorted(e.name for e in os.scandir(kernels))
         except OSError:
             continue
         for name in names:
-            if not _KERNEL_NAME.match(name) or name.lower() in seen:
+            directory = kernels / name
+            # As jupyter_client lists kernels: a directory (a link to one) holding a
+            # kernel.json, whatever its name (it only warns of one outside its rule); an
+            # entry that is neither, a link loop included, is passed over, not the rest
+            # (os.path's answer False to any error, where pathlib's raises some).
+            if not os.path.isdir(directory):  # noqa: PTH112
+                continue
+            # Watched even without kernel.json: its kernel.json, written after it, comes
+            # as an event of its own.
+            watch.append(directory)
+            if name.lower() in seen or not os.path.isfile(directory / "kernel.json"):  # noqa: PTH113
                 continue
             seen.add(name.lower())
-            watch.append(kernels / name)
-            yield _Kernel(name, kernels / name, data_dir, data_dir in user)
+            yield _Kernel(name, directory, data_dir, data_dir in user)
 
 
 def _kernel_interpreter(kernel: _Kernel, own: Own) -> tuple[Path | None, str]:

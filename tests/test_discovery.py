@@ -214,6 +214,29 @@ def test_an_earlier_data_dir_hides_a_kernel_of_the_same_name(
     assert [f.prefix for f in discovery.discover(["kernels"]).found] == [first.prefix]
 
 
+def test_kernels_are_listed_as_jupyter_client_lists_them(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As jupyter_client's `find_kernel_specs`: a link loop among the kernels is passed
+    over, not the kernels beside it; a name outside jupyter_client's rule is listed (it
+    only warns); a directory without kernel.json is no kernel and hides no later one of
+    its name (and is watched, for the kernel.json written after it)."""
+    envs = {n: make_venv(tmp_path / n, with_pip=False) for n in ("good", "odd", "shared")}
+    kernels = user_data(home) / "kernels"
+    kernelspec(user_data(home), "good", str(envs["good"].python))
+    kernelspec(user_data(home), "Python (odd)+gpu", str(envs["odd"].python))
+    kernelspec(user_data(home), "shared", str(envs["shared"].python))
+    (kernels / "loop").symlink_to("loop")
+    early = tmp_path / "jp" / "kernels" / "shared"
+    early.mkdir(parents=True)
+    (early / "logo-64x64.png").write_bytes(b"")
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jp"))
+    found = discovery.discover(["kernels"])
+    assert sorted(f.prefix for f in found.found) == sorted(e.prefix for e in envs.values())
+    assert found.unreadable == ()
+    assert early in found.watch
+
+
 def test_a_bare_python_kernel_belongs_to_the_prefix_that_ships_it(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
