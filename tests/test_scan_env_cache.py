@@ -253,3 +253,30 @@ def test_a_missing_runtime_directory_is_not_created_by_a_lookup(
     assert python_env(prefix, cache_dir=run) == python_env(prefix, cache_dir=run)
     assert len(started) == 2
     assert not run.exists()
+
+
+def test_an_interpreter_that_does_not_answer_is_not_asked_again_at_once(
+    tmp_path: Path, started: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interpreter that hangs (on a stalled mount) held each of the daemon's
+    rediscoveries for the whole wait, and every other environment's checkpoints with it:
+    it is asked once, then again only once it changed or ASK_AGAIN went by."""
+    from pkgckpt.scan import env
+
+    monkeypatch.setattr(env, "ASK_TIMEOUT", 0.5)
+    python = tmp_path / "venv" / "bin" / "python3"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\nexec sleep 30\n")
+    python.chmod(0o755)
+    assert env.probe(python) is None
+    assert started == [str(python)]
+    assert env.probe(python) is None
+    assert started == [str(python)], "asked again"
+    python.write_text("#!/bin/sh\nexec sleep 31\n")  # another interpreter at that path
+    assert env.probe(python) is None
+    assert started == [str(python)] * 2
+    monkeypatch.setattr(env, "ASK_AGAIN", 0.0)
+    python.write_text("#!/bin/sh\nexec sleep 32\n")
+    assert env.probe(python) is None
+    assert env.probe(python) is None
+    assert started == [str(python)] * 4

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -40,6 +41,15 @@ log = getLogger(__name__)
 
 ASK_TIMEOUT = 30.0
 """Seconds the interpreter gets to answer; a first start on a cold NFS home can be slow."""
+
+ASK_AGAIN = 600.0
+"""Seconds before an interpreter that gave no answer, and has not changed since, is asked
+again in the same process (the daemon's rediscoveries)."""
+
+_unanswered: dict[str, tuple[tuple[_Stamp, ...], float]] = {}
+"""Interpreter key -> its stamps, and when it gave no answer: one that hangs (on a
+stalled mount) would otherwise hold every rediscovery for ASK_TIMEOUT, and with it the
+checkpoints of every other environment."""
 
 # Runs inside the prefix's interpreter, which may be any Python 3: keep it plain. It runs
 # with -I, so nothing from the working directory, PYTHONPATH or the user site is imported
@@ -361,9 +371,15 @@ def _cached_ask(python: Path, cache_dir: Path | None, image: Path | None) -> Pyt
         answer, stamps = from_image
     else:
         stamps = _stable_stamps(python, resolved)
+        silent = _unanswered.get(key)
+        if silent is not None and silent[0] == before and time.monotonic() < silent[1]:
+            log.debug("%s gave no answer lately; not asked again yet", python)
+            return None
         found = _ask(python)
         if found is None:
+            _unanswered[key] = (before, time.monotonic() + ASK_AGAIN)
             return None
+        _unanswered.pop(key, None)
         answer = _answer(found)
         stamps += _stable_layout(answer.site_dirs)
     site_dirs = tuple(Path(d) for d in answer.site_dirs)
