@@ -386,19 +386,30 @@ def history(cfg: config.Config, as_json: bool, limit: int | None) -> int:
 
 @cli.command(epilog=EXIT_CODES)
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@click.option(
+    "--user-site/--no-user-site",
+    "user_site",
+    default=None,
+    help="With --env: only the user site of those prefixes / only the prefixes themselves "
+    "(default: both).",
+)
 @with_config
-def forget(cfg: config.Config, names: tuple[str, ...]) -> int:
+def forget(cfg: config.Config, names: tuple[str, ...], user_site: bool | None) -> int:
     """Drop packages from the record without touching any environment.
 
     Restore no longer installs them (nor retries them when they fail), and the daemon
     does not record them again until they are installed, upgraded or removed again in a
     container. Names match in normalized form (Foo_Bar is foo-bar). With --env / --r-lib,
-    only in those environments; else in every one the record holds them in. A daemon
-    running for this key makes the change (the manifest keeps one writer).
+    only in those environments (a prefix with its interpreter's user site); else in every
+    one the record holds them in. A daemon running for this key makes the change (the
+    manifest keeps one writer).
     """
     from . import record
+    from .errors import UsageError
 
-    click.echo(record.forget(cfg, names).render(), nl=False)
+    if user_site is not None and not cfg.env:
+        raise UsageError("--user-site / --no-user-site choose among what --env names")
+    click.echo(record.forget(cfg, names, user_site=user_site).render(), nl=False)
     return 0
 
 

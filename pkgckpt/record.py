@@ -262,14 +262,20 @@ def forget_command(
 
     command = f"pkgckpt forget {shlex.quote(visible(name))}"
     wanted = {name, _key("python", name)}
-    if any(
-        _key(other.kind, p.name) in wanted
+    holding = [
+        other
         for other, packages in recorded
         if not manifest.same_env(other, env)
-        for p in packages
-    ):
+        and any(_key(other.kind, p.name) in wanted for p in packages)
+    ]
+    if holding:
         flag = "--r-lib" if env.kind == "r" else "--env"
         command += f" {flag} {shlex.quote(visible(env.path))}"
+        # A prefix and its interpreter's user site are one --env: say which one.
+        if env.kind == "python" and any(
+            o.kind == "python" and o.path == env.path and o.user != env.user for o in holding
+        ):
+            command += " --user-site" if env.user else " --no-user-site"
     return command
 
 
@@ -806,23 +812,27 @@ def answer(
 # -- the commands ------------------------------------------------------------------------
 
 
-def forget(config: Config, names: Sequence[str]) -> Written:
+def forget(config: Config, names: Sequence[str], *, user_site: bool | None = None) -> Written:
     """`pkgckpt forget NAME...`: drop `names` from the record, in the selected environments
-    (--env / --r-lib given: those; else every one)."""
-    written = _write(config, _Forget(names=tuple(dict.fromkeys(names)), scope=_named(config)))
+    (--env / --r-lib given: those; else every one). `user_site`: of what --env names, only
+    the interpreters' user sites (True) or only the prefixes (False)."""
+    scope = _named(config, user_site)
+    written = _write(config, _Forget(names=tuple(dict.fromkeys(names)), scope=scope))
     return msgspec.structs.replace(written, names=tuple(dict.fromkeys(names)))
 
 
-def _named(config: Config) -> tuple[Environment, ...]:
+def _named(config: Config, user_site: bool | None = None) -> tuple[Environment, ...]:
     """The environments --env and --r-lib name, by the identity the record keeps (none
     named: every one). Read from the settings, not the file system: a venv removed since
     is still in the record, and `--r-lib` alone names no Python environment. A prefix is
-    its Python environment, its conda environment and its interpreter's user site."""
+    its Python environment, its conda environment and its interpreter's user site
+    (`user_site` True: only that; False: not that)."""
     named: list[Environment] = []
     for prefix in config.env:
         path = str(prefix)
-        named += [Environment(kind="python", path=path), Environment(kind="conda", path=path)]
-        if "user-site" in config.discover:
+        if user_site is not True:
+            named += [Environment(kind="python", path=path), Environment(kind="conda", path=path)]
+        if user_site is True or (user_site is None and "user-site" in config.discover):
             named.append(Environment(kind="python", path=path, user=True))
     named += [Environment(kind="r", path=str(lib)) for lib in config.r_lib]
     return tuple(named)

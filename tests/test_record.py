@@ -1229,6 +1229,35 @@ def test_a_damaged_artifact_leaves_every_entry_that_names_it() -> None:
     assert (delta.added, delta.forgotten) == ((ALPHA,), (Package(name="beta", version="1.0"),))
 
 
+def test_the_forget_offered_for_a_prefix_or_its_user_site_names_which(tmp_path: Path) -> None:
+    """dep is recorded in a prefix and in its interpreter's user site, which one --env
+    names together: the command offered for the one failing says which (`--no-user-site`
+    for the prefix, `--user-site` for the user site), and drops it there alone."""
+    prefix = Environment(kind="python", path="/opt/venv")
+    site = Environment(kind="python", path="/opt/venv", user=True)
+    two, one = Package(name="dep", version="2.0"), Package(name="dep", version="1.0")
+    recorded = [(prefix, [two]), (site, [one])]
+    offered = record.forget_command("dep", prefix, recorded)
+    assert offered == "pkgckpt forget dep --env /opt/venv --no-user-site"
+    offered = record.forget_command("dep", site, recorded)
+    assert offered == "pkgckpt forget dep --env /opt/venv --user-site"
+    body = Body(environments=(Delta(env=prefix, added=(two,)), Delta(env=site, added=(one,))))
+    cfg = Config(store=tmp_path, key="k", env=(Path("/opt/venv"),), discover=("user-site",))
+    left = record.forgotten(body, ["dep"], scope=record._named(cfg, user_site=False))
+    assert [(d.env.user, d.added) for d in left.environments] == [(False, ()), (True, (one,))]
+    left = record.forgotten(body, ["dep"], scope=record._named(cfg, user_site=True))
+    assert [(d.env.user, d.added) for d in left.environments] == [(False, (two,)), (True, ())]
+    left = record.forgotten(body, ["dep"], scope=record._named(cfg))
+    assert [d.added for d in left.environments] == [(), ()]
+    refused = subprocess.run(
+        [sys.executable, "-m", "pkgckpt", "forget", "dep", "--user-site",
+         "--store", str(tmp_path), "--key", "k"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert "choose among what --env names" in refused.stderr
+
+
 def test_forget_matches_r_names_exactly_and_python_names_normalized() -> None:
     """Python's Foo_Bar is foo-bar; R's data.table is only data.table."""
     lib = Environment(kind="r", path="/usr/lib/R/site-library")
