@@ -801,6 +801,31 @@ def test_removing_an_image_r_package_another_image_package_imports_is_held_back(
     assert rpkgs.installed(site) == {"ckptImports": "1.2.0"}
 
 
+def test_a_removal_held_back_on_the_records_own_image_says_so(
+    tmp_path: Path, repo: rpkgs.Repo
+) -> None:
+    """The same removal on the very image the record was taken against: held back all the
+    same, but said to be read against its image and held back by the image, not
+    "rebased onto a new image" under one image digest."""
+    site = tmp_path / "site-lib"
+    rpkgs.install(site, repo, ("ckpt.base", "ckptImports"))
+    shipped = [
+        Package(name="ckpt.base", version="1.0.0"),
+        Package(name="ckptImports", version="1.2.0"),
+    ]
+    delta = Delta(
+        env=r_environment(site, role="named"),
+        removed=(shipped[0],),
+        image=manifest.image_identity(shipped),
+    )
+    restore_kit.put_manifest(tmp_path / "store", "k", Body(environments=(delta,)))
+    done = run("restore", tmp_path, environ(tmp_path), "--r-lib", str(site), "--r-repo", repo.url)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"{site}: read against its image\n" in done.stdout, done.stdout
+    assert "held back by the image" in done.stderr, done.stderr
+    assert "new image" not in done.stdout + done.stderr
+
+
 def test_r_versions_order_as_package_version_and_requirements_parse_as_r_writes_them(
     tmp_path: Path,
 ) -> None:

@@ -195,15 +195,18 @@ class Rebase(_Out, frozen=True, kw_only=True):
         return tuple(d for d in self.decisions if d.action == "held-back")
 
     def on_its_image(self) -> bool:
-        """Read against the image and interpreter the record names: a mixed record."""
+        """Read against the image and interpreter the record names: a mixed record, or an
+        R library whose image needs what the user removed (`rimage`)."""
         same = self.image_old == self.image_new and self.abi_old == self.abi_new
-        return self.mixed and same and _minor(self.python_old) == _minor(self.python_new)
+        return same and _minor(self.python_old) == _minor(self.python_new)
 
     def heading(self) -> str:
         """What happened to the environment's record, said before `render`'s lines."""
-        if self.on_its_image():
+        if not self.on_its_image():
+            return "rebased onto a new image"
+        if self.mixed:
             return "read against its image, as some changes were recorded on another"
-        return "rebased onto a new image"
+        return "read against its image"
 
     def render(self) -> list[str]:
         image = _short(self.image_new)
