@@ -518,8 +518,12 @@ def load_baseline(config: Config) -> Baseline | None:
     """The configured baseline file, else the one this container took; None if neither."""
     config = _without_missing(config)
     path = _file(config)
+    # The one this container took is in its runtime directory, where nothing else may
+    # stand in for it; the image's is named by its settings, a link as a ConfigMap mounts
+    # one (`baseline.json -> ..data/baseline.json`) included.
+    nofollow = os.O_NOFOLLOW if config.baseline is None else 0
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | nofollow)
     except FileNotFoundError:
         if config.baseline is not None:  # removed since `_without_missing` looked
             raise ManifestError(f"baseline file {path} does not exist") from None

@@ -252,6 +252,21 @@ def test_foreign_writable_or_corrupt_runtime_baseline_is_refused(tmp_path: Path)
         load_baseline(config)
 
 
+def test_the_images_baseline_is_read_through_a_link_as_a_configmap_mounts_it(
+    tmp_path: Path,
+) -> None:
+    """The baseline the settings name may be a link (a ConfigMap's `baseline.json ->
+    ..data/baseline.json`): it is read, where the one in the runtime directory (above)
+    never is through a link."""
+    data = tmp_path / "etc" / "..data"
+    data.mkdir(parents=True)
+    (data / "baseline.json").write_bytes(manifest.encode_baseline(Baseline(time="the image")))
+    (tmp_path / "etc" / "baseline.json").symlink_to("..data/baseline.json")
+    config = Config(baseline=tmp_path / "etc" / "baseline.json", runtime_dir=tmp_path / "run")
+    found = load_baseline(config)
+    assert found is not None and found.time == "the image"
+
+
 def test_baseline_is_not_written_into_a_runtime_directory_of_someone_else(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
