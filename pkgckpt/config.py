@@ -400,11 +400,16 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
     kind = str(_FIELDS[name])
     try:
         if kind.startswith("tuple"):
-            items = _split(value, name in URL_LISTS) if isinstance(value, str) else list(value)
+            if isinstance(value, str):
+                items = _split(value, name in URL_LISTS)
+            elif isinstance(value, (list, tuple)):
+                items = [_text(i) for i in value]
+            else:  # a TOML table would be the list of its keys
+                raise ValueError(value)
             items = [i for i in items if i != ""]
             if "Path" in kind:
                 return tuple(_absolute(Path(i).expanduser(), name, origin) for i in items)
-            return tuple(str(i) for i in items)
+            return tuple(items)
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -435,15 +440,26 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
                 )
             return number
         if "Path" in kind:
-            if str(value) == "":
+            if _text(value) == "":
                 raise UsageError(
                     f"{origin}: {name} is empty, which would be the working directory: "
                     "name a path, or leave the setting out for its default"
                 )
-            return _absolute(Path(str(value)).expanduser(), name, origin)
-        return str(value)
+            return _absolute(Path(_text(value)).expanduser(), name, origin)
+        return _text(value)
     except (TypeError, ValueError):
         raise UsageError(f"{origin}: invalid value {value!r} for {name}") from None
+
+
+def _text(value: object) -> str:
+    """A text setting's value: text, or a path; never the text of a TOML list, table or
+    number (`store = ["/mnt/pkgckpt"]` would name a directory `['/mnt/pkgckpt']`)."""
+    if isinstance(value, str):
+        return value
+    path = os.fspath(value) if isinstance(value, os.PathLike) else None
+    if isinstance(path, str):
+        return path
+    raise ValueError(value)
 
 
 def _cwd(origin: str, name: str, value: object) -> Path:

@@ -350,6 +350,32 @@ def test_each_setting_is_coerced_by_its_declared_type() -> None:
         config._coerce("keep_generations", "-1", "x")
 
 
+TEXTS = sorted(
+    n
+    for n, kind in config._FIELDS.items()
+    if not kind.startswith("tuple") and ("Path" in kind or kind == "str")
+)
+
+
+@pytest.mark.parametrize("name", TEXTS)
+@pytest.mark.parametrize("text", ['["/mnt/pkgckpt"]', '{name = "alice"}', "5"])
+def test_a_text_or_path_setting_in_a_file_is_text(
+    files: dict[str, Path], name: str, text: str
+) -> None:
+    """`store = ["/mnt/pkgckpt"]` named a directory `['/mnt/pkgckpt']` beneath wherever
+    the command started, `key = {name = "alice"}` a key `{'name': 'alice'}`: a list, a
+    table or a number where a setting takes text or a path is a usage error; so are a
+    table for a list setting (it was the list of its keys) and a number in a list."""
+    with pytest.raises(UsageError, match=f"invalid value .* for {name}"):
+        _load_set(files, name, "file", text, None)
+
+
+@pytest.mark.parametrize("text", ['{a = "/x"}', '["/x", 5]'])
+def test_a_list_setting_in_a_file_is_a_list_of_text(files: dict[str, Path], text: str) -> None:
+    with pytest.raises(UsageError, match=r"invalid value .* for env"):
+        _load_set(files, "env", "file", text, None)
+
+
 FLOATS = sorted(name for name, kind in config._FIELDS.items() if kind == "float")
 
 
