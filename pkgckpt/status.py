@@ -1077,6 +1077,8 @@ def _changes(label: str, changes: tuple[Change, ...], forgets: tuple[str, ...] =
 def _failing(report: Report, e: EnvReport) -> list[str]:
     """The failing packages of `e`, each with the forget that stops it
     (`record.forget_command`)."""
+    if not e.failing:
+        return []  # called for every environment: the list below would be E x E
     from .record import forget_command, printable
 
     # The record's paths: an R library matched by its role is recorded under another.
