@@ -357,6 +357,9 @@ class Daemon:
         if self.stop_by is not None:
             return
         self.stop_by, self.bound = _shutdown_bound(self.config, self.doing)
+        # In the taker's thread, at once: the daemon's may be waiting for an interpreter
+        # that does not answer, while the changes it saw wait for their checkpoint.
+        runner.stop_calls()
 
     @contextlib.contextmanager
     def _doing(self, doing: str) -> Iterator[None]:
@@ -390,6 +393,7 @@ class Daemon:
             yield
         finally:
             self.taker.close()
+            runner.resume_calls()  # the stop was this daemon's (see `_arm`)
             # A signal that came after the taker's end reaches its handler here.
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 

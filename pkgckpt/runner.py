@@ -130,6 +130,8 @@ def which(name: str) -> str | None:
 _live: set[subprocess.Popen[bytes]] = set()
 """The children `call()` waits for, in any thread, and those `spawn` started: what
 `stop_on_signals` and a `Watchdog` that fires take down."""
+_spawned: set[subprocess.Popen[bytes]] = set()
+"""Those of `_live` that `spawn` started."""
 _stopping = False
 
 
@@ -140,6 +142,27 @@ def stop_children() -> None:
     _stopping = True
     for proc in list(_live):
         _kill_group(proc)
+
+
+_calls_stopped = False
+
+
+def stop_calls() -> None:
+    """Kill the group of every child `call()` waits for now, and of each it starts until
+    `resume_calls`; `spawn`'s children are their starter's to stop (the capture worker:
+    SIGTERM, then the results it has). For the daemon at SIGTERM, whose last checkpoint
+    must not wait for a child it was waiting for (an interpreter's probe that hangs on a
+    stalled mount)."""
+    global _calls_stopped
+    _calls_stopped = True
+    for proc in list(_live - _spawned):
+        _kill_group(proc)
+
+
+def resume_calls() -> None:
+    """Undo `stop_calls`: the daemon that stopped has ended, and the process goes on."""
+    global _calls_stopped
+    _calls_stopped = False
 
 
 def stop_on_signals() -> None:
@@ -237,7 +260,7 @@ def owned(proc: subprocess.Popen[bytes]) -> Iterator[None]:
     children) is taken down with pkgckpt: its group is killed by `stop_on_signals`, by a
     `Watchdog` that fires, and when the block raises (a timeout, Ctrl-C)."""
     _live.add(proc)
-    if _stopping:
+    if _stopping or _calls_stopped:
         _kill_group(proc)  # started by another thread while the signal was handled
     try:
         yield
@@ -335,12 +358,14 @@ def spawn(
         start_new_session=True,
     )
     _live.add(proc)
+    _spawned.add(proc)
     return proc
 
 
 def release(proc: subprocess.Popen[bytes]) -> None:
     """`spawn`'s child, waited for: no longer pkgckpt's to kill."""
     _live.discard(proc)
+    _spawned.discard(proc)
 
 
 def _run(

@@ -616,6 +616,38 @@ def test_a_kernelspec_installed_while_the_daemon_runs_is_tracked(
 
 
 @pytest.mark.slow
+def test_a_stop_while_an_interpreter_does_not_answer_still_checkpoints(
+    world: World, wheels: Path
+) -> None:
+    """A kernelspec appears whose interpreter hangs (on a stalled mount): the daemon waits
+    for its probe (30 s) when it looks for environments. A SIGTERM meanwhile ends the
+    probe, so that the install it saw in another environment is checkpointed within
+    shutdown_timeout (it ran out in the probe: exit 1, the install lost)."""
+    good = make_venv(world.tmp / "good")
+    hang = world.tmp / "hang" / "bin" / "python"
+    hang.parent.mkdir(parents=True)
+    hang.write_text("#!/bin/sh\nexec sleep 100\n")
+    hang.chmod(0o755)
+    world.env["PKGCKPT_DISCOVER"] = "kernels"
+    data = user_data(Path(world.env["HOME"]))
+    kernelspec(data, "good", str(good.python))
+    store = ["--store", str(world.store), "--key", world.key]
+    d = world.daemon(*store, "--quiet-ms", "100", "--shutdown-timeout", "8")
+    d.start()
+    try:
+        kernelspec(data, "hang", str(hang))
+        time.sleep(1)  # the daemon is asking it
+        good.install(wheels, "beta==1.0")
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert d.stop(timeout=30) == 0, d.output()
+        assert time.monotonic() - started < 8
+    finally:
+        d.close()
+    assert recorded(world, good.prefix) == ["beta==1.0"]
+
+
+@pytest.mark.slow
 def test_status_says_the_daemon_records_a_venv_whose_kernelspec_went(
     world: World, wheels: Path
 ) -> None:
