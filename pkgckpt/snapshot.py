@@ -13,7 +13,7 @@ import time
 
 import msgspec
 
-from . import checkpoint, status
+from . import checkpoint, inventory, status
 from .artifacts import session as art
 from .artifacts.summary import remember
 from .config import Config
@@ -91,7 +91,9 @@ def snapshot(config: Config) -> SnapshotResult:
     if not asked.untracked:
         return asked
     named = {os.path.realpath(p) for p in asked.untracked}
-    targets = [t for t in checkpoint.targets(config) if os.path.realpath(t.env.path) in named]
+    # Not `checkpoint.targets`: none left (the one --env of a daemon waiting for it to be
+    # made) is no usage error once the daemon did its part.
+    targets = [t for t in inventory.targets(config) if os.path.realpath(t.env.path) in named]
     found_here = {os.path.realpath(t.env.path) for t in targets}
     # One missing (which the daemon does not track for that reason) was warned of above:
     # nothing of it is checkpointed, and no message says it was.

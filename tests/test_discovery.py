@@ -529,6 +529,9 @@ def test_a_daemon_whose_only_env_is_missing_waits_for_it(world: World, wheels: P
     d.start()
     try:
         eventually(lambda: f"waiting for {gone} to be made" in d.output(), what="waiting")
+        # A preStop hook meanwhile: the daemon answers, and nothing else is to be done.
+        asked = world.pkgckpt("snapshot", *world.flags(gone))
+        assert asked.returncode == 0, asked.stderr
         made = make_venv(gone)
         eventually(lambda: "tracking " + str(gone) in d.output(), what="tracking")
         made.install(wheels, "beta==1.0")
