@@ -425,9 +425,22 @@ def test_a_failure_behind_a_leftover_lock_says_to_remove_the_lock(session: Sessi
     said = f"{lock} is left over from an interrupted install: remove it (rm -rf -- {lock})"
     assert said in done.stdout, done.stdout
     assert rpkgs.installed(session.lib) == {"ckptC": "0.3.1"}
+    # A lock written under lately may be an install still running: said as such.
+    os.utime(lock)
+    fresh = session.restore()
+    assert fresh.returncode == 3, fresh.stderr
+    assert f"{lock} is written under lately: an install may still run" in fresh.stdout
     shutil.rmtree(lock)
     assert session.restore().returncode == 0
     assert rpkgs.installed(session.lib) == {"ckptC": "0.3.1", "ckptOld": "0.9-1"}
+    # A failure of another cause is not blamed on a lock that happens to be there.
+    whole = session.lib / "00LOCK"
+    whole.mkdir()
+    os.utime(whole, (hours_ago, hours_ago))
+    put(session, Package(name="ckpt.base", version="0.5"))
+    other = session.restore()
+    assert other.returncode == 3, other.stderr
+    assert "nor in their archives" in other.stdout and "00LOCK" not in other.stdout
 
 
 @needs_r

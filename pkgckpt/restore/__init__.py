@@ -1083,26 +1083,40 @@ class _Env:
         if len(steps) == 1 or outcome.timed_out:
             message = outcome.tail()
             for s in left:
-                self.failed[s.name] = s.failure(action, message + self._locked(s.name))
+                self.failed[s.name] = s.failure(action, message + self._locked(s.name, message))
             return
         middle = (len(left) + 1) // 2
         for part in (left[:middle], left[middle:]) if len(left) > 1 else (left,):
             self._settle(part, action, attempt, done)
 
-    def _locked(self, name: str) -> str:
-        """What to do of a lock an interrupted R install left in the library, which fails
-        every install of `name` until it is removed (not a package to forget)."""
+    def _locked(self, name: str, message: str) -> str:
+        """What to do of the lock R names in `message` (its failure to install `name`),
+        which fails every install of `name` until it is removed: a lock an interrupted
+        install left is removed, not a package to forget."""
         if self.kind != "r":
             return ""
+        import re
+
         from ..scan.r import LOCK_PREFIX, lock_active, remove_lock_command
 
         for lock in (f"{LOCK_PREFIX}-{name}", LOCK_PREFIX):
             path = Path(self.target.env.path, lock)
-            if os.path.lexists(path) and not lock_active(path, self.target.r_lock_stale):
+            # R says "Try removing '<lib>/00LOCK-<name>'" of the lock it could not take
+            # (the library as R spells it: the name alone is compared).
+            said = re.search(rf"/{re.escape(lock)}(?![\w.-])", message)
+            if said is None or not os.path.lexists(path):
+                continue
+            remove = remove_lock_command(path)
+            if lock_active(path, self.target.r_lock_stale):
                 return (
-                    f"\n{path} is left over from an interrupted install: remove it "
-                    f"({remove_lock_command(path)}) and restore again"
+                    f"\n{path} is written under lately: an install may still run (another "
+                    f"container's, on a shared library); once none does, remove it ({remove}) "
+                    "and restore again"
                 )
+            return (
+                f"\n{path} is left over from an interrupted install: remove it ({remove}) "
+                "and restore again"
+            )
         return ""
 
     def reinstall(self, batch: Sequence[Step]) -> frozenset[str]:
