@@ -157,33 +157,51 @@ def test_what_a_planned_package_needs_through_an_image_packages_extra_counts(
     """userapp asks for `lib[fast]`, and lib (the image's) needs x==2.0 for `fast`: the
     user's x 2.0, which the new image's 2.1 would supersede, is installed after all.
     userapp2 asks for `lib2[fast]`, which needs y<2 where the image ships y 2.1 and needs
-    nothing of it: userapp2 is held back, its reason naming the extra."""
+    nothing of it: userapp2 is held back, its reason naming the extra. userapp3 asks for
+    `lib3[fast]`, whose `fast` asks for `other[gpu]`, whose `gpu` needs z==2.0: the
+    user's z 2.0 comes back too, the reason naming the way."""
     site = tmp_path / "site"
     for name, version, requires in (
         ("lib", "1.0", 'x==2.0; extra == "fast"'),
         ("lib2", "1.0", 'y<2; extra == "fast"'),
+        ("lib3", "1.0", 'other[gpu]; extra == "fast"'),
+        ("other", "1.0", 'z==2.0; extra == "gpu"'),
+        ("z", "2.1", None),
         ("x", "2.1", None),
         ("y", "2.1", None),
     ):
         info = site / f"{name}-{version}.dist-info"
         info.mkdir(parents=True)
-        lines = [f"Name: {name}", f"Version: {version}", "Provides-Extra: fast"]
+        lines = [
+            f"Name: {name}",
+            f"Version: {version}",
+            "Provides-Extra: fast",
+            "Provides-Extra: gpu",
+        ]
         lines += [f"Requires-Dist: {requires}"] if requires else []
         (info / "METADATA").write_text("\n".join(lines) + "\n")
     links = tmp_path / "links"
     build_wheel(Dist("userapp", "1.0", requires=["lib[fast]>=1.0"]), links)
     build_wheel(Dist("userapp2", "1.0", requires=["lib2[fast]>=1.0"]), links)
+    build_wheel(Dist("userapp3", "1.0", requires=["lib3[fast]"]), links)
     build_wheel(Dist("x", "2.0"), links)
+    build_wheel(Dist("z", "2.0"), links)
     image = [
         Package(name="lib", version="1.0"),
         Package(name="lib2", version="1.0"),
         Package(name="x", version="2.1"),
         Package(name="y", version="2.1"),
+        Package(name="lib3", version="1.0"),
+        Package(name="other", version="1.0"),
+        Package(name="z", version="2.1"),
     ]
     delta = Delta(
         env=PY311,
-        added=(Package(name="userapp", version="1.0"), Package(name="userapp2", version="1.0")),
-        changed=(Package(name="x", version="2.0", replaced="1.0"),),
+        added=tuple(Package(name=n, version="1.0") for n in ("userapp", "userapp2", "userapp3")),
+        changed=(
+            Package(name="x", version="2.0", replaced="1.0"),
+            Package(name="z", version="2.0", replaced="1.0"),
+        ),
         image="v1",
     )
     live = {p.name: p for p in image}
@@ -198,6 +216,10 @@ def test_what_a_planned_package_needs_through_an_image_packages_extra_counts(
     assert by["userapp2"] == (
         "held-back",
         "requires y<2 (through lib2[fast]), and y 2.1 (image) stays",
+    )
+    assert by["z"] == (
+        "install",
+        "userapp3 1.0 requires z==2.0 (through lib3[fast] -> other[gpu]); the image ships 2.1",
     )
 
 

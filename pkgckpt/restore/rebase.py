@@ -717,18 +717,30 @@ class _Check:
         for name, rs in reqs.items():
             if state[name].origin != "planned":
                 continue
-            for r in rs:
-                other = state.get(canonical(r.name))
-                if not r.extras or other is None or other.requires is None:
+            # (distribution, extra, how the planned package reaches it), depth first: an
+            # extra's requirement may ask for another distribution's extra in turn.
+            todo = [
+                (canonical(r.name), e, "")
+                for r in rs
+                if r.extras and self._applies(r, "")
+                for e in sorted(r.extras, reverse=True)
+            ]
+            seen: set[tuple[str, str]] = set()
+            while todo:
+                key, e, way = todo.pop()
+                other = state.get(key)
+                if (key, e) in seen or other is None or other.requires is None:
                     continue
-                if other.origin == "planned" or not self._applies(r, ""):
-                    continue
-                for e in sorted(r.extras):
-                    for q in self._requirements(other.requires, None):
-                        if q.marker is None or self._applies(q, "") or not self._applies(q, e):
-                            continue
-                        if not _satisfied(q, state):
-                            out.append((state[name], _Through(q, f"{other.name}[{e}]")))
+                seen.add((key, e))
+                if other.origin == "planned":
+                    continue  # its own requirements are read as the plan's
+                way += f"{' -> ' if way else ''}{other.name}[{e}]"
+                for q in self._requirements(other.requires, None):
+                    if q.marker is None or self._applies(q, "") or not self._applies(q, e):
+                        continue
+                    if not _satisfied(q, state):
+                        out.append((state[name], _Through(q, way)))
+                    todo += [(canonical(q.name), x, way) for x in sorted(q.extras, reverse=True)]
         return out
 
 
