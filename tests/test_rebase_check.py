@@ -223,6 +223,46 @@ def test_what_a_planned_package_needs_through_an_image_packages_extra_counts(
     )
 
 
+def test_what_requires_a_recorded_package_held_back_is_held_back_with_it(
+    tmp_path: Path,
+) -> None:
+    """The user's userapp requires their libv, which requires x==2.0; the new image ships
+    x 2.1 and needs it. libv is held back, and userapp with it: the installer, asked for
+    userapp, would resolve libv against the image and fail (it was installed and reported
+    failed, with `pkgckpt forget` as the way out). `--on-conflict user` forces both."""
+    site = tmp_path / "site"
+    for name, version, requires in (("x", "2.1", None), ("imgx", "1.0", "x>=2.1")):
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True)
+        lines = [f"Name: {name}", f"Version: {version}"]
+        lines += [f"Requires-Dist: {requires}"] if requires else []
+        (info / "METADATA").write_text("\n".join(lines) + "\n")
+    links = tmp_path / "links"
+    build_wheel(Dist("libv", "1.0", requires=["x==2.0"]), links)
+    build_wheel(Dist("userapp", "1.0", requires=["libv>=1.0"]), links)
+    image = [Package(name="x", version="2.1"), Package(name="imgx", version="1.0")]
+    delta = Delta(
+        env=PY311,
+        added=(Package(name="libv", version="1.0"), Package(name="userapp", version="1.0")),
+        image="v1",
+    )
+    live = {p.name: p for p in image}
+    for conflict, want in (
+        ("image", {
+            "libv": ("held-back", "requires x==2.0, and x 2.1 (image) stays"),
+            "userapp": ("held-back", "requires libv>=1.0, and libv 1.0 is held back"),
+        }),
+        ("user", {"libv": ("install",), "userapp": ("install",)}),
+    ):  # fmt: skip
+        config = Config(
+            store=tmp_path / "s", key="k", find_links=(str(links),), no_index=True,
+            on_conflict=conflict,
+        )  # fmt: skip
+        planned = rebase(delta, Target(env=PY311, roots=(site,)), image, live, config)
+        by = {d.name: (d.action, d.reason) for d in planned.decisions}
+        assert {k: by[k][: len(v)] for k, v in want.items()} == want, by
+
+
 @pytest.mark.parametrize(
     "env",
     [

@@ -949,10 +949,16 @@ def rebase(
         # A recorded install with no distribution for this interpreter is no dependency
         # the installer can fetch either: what requires it is held back with it.
         absent = {k for k in unavailable if k not in now}
+        # A recorded install held back for a conflict, not installed here: what requires
+        # it is held back with it, as the installer would resolve it against the image
+        # and fail; but forced with it by `--on-conflict user` (not `cascaded`).
+        withheld = {
+            k for k, d in decided.items() if d.action == "held-back" and k not in now
+        } - absent
         # A planned install needing what the plan removes: the installer would fetch it
         # back, and the removal would fail (or, once the install is in place, break it).
         removing = {k for k, d in decided.items() if d.action == "remove"}
-        found = check.violations(now, touched(), kept | absent | removing)
+        found = check.violations(now, touched(), kept | absent | withheld | removing)
         revived = _revive(found, decided)
         if revived:
             decided.update(revived)
@@ -960,7 +966,7 @@ def rebase(
             continue
         cascade = _lacking(found, decided, absent)
         cascaded |= cascade.keys()
-        held = {**cascade, **_hold_back(found, decided, now)}
+        held = {**_lacking(found, decided, withheld), **cascade, **_hold_back(found, decided, now)}
         if not held:
             break
         decided.update(held)
@@ -1179,9 +1185,9 @@ def _lacking(
     found: list[tuple[_Dist, _Req]], decided: Mapping[str, Decision], absent: Collection[str]
 ) -> dict[str, Decision]:
     """The planned installs of `found` that require a package of `absent` (recorded, held
-    back for want of a distribution for this interpreter, not installed here), held back:
-    the installer could not fetch that either, and an artifact put in place first would
-    stay with its requirement broken."""
+    back, not installed here: for want of a distribution for this interpreter, or for a
+    conflict), held back: the installer could not fetch that either, and an artifact put
+    in place first would stay with its requirement broken."""
     held: dict[str, Decision] = {}
     for dist, req in found:
         needed_key, blame = canonical(req.name), canonical(dist.name)
