@@ -595,6 +595,10 @@ class EnvReport(_Out, frozen=True, kw_only=True):
     unrestored: tuple[Change, ...] = ()
     """Recorded but not in place: what `restore` would do now (entries restore would
     refuse are left out; see `Report.refused`)."""
+    cannot: tuple[str, ...] = ()
+    """Recorded but not in place, and restore cannot install them here, why: an R package
+    installed from a local file that is not here, with no artifact (`unrestored` leaves
+    them out)."""
     error: str | None = None
     failing: tuple[manifest.Failing, ...] = ()
     """Recorded packages the last restores in a row failed (`pkgckpt forget` stops them)."""
@@ -705,6 +709,29 @@ def _restore_would(live: Mapping[str, Package], delta: manifest.Delta) -> tuple[
         ):
             have[name] = p
     return tuple(manifest.diff(have, want, delta.env.kind))
+
+
+def _cannot(delta: manifest.Delta, unrestored: tuple[Change, ...]) -> dict[str, str]:
+    """Name -> why restore cannot install it here, of the installs in `unrestored`: as
+    restore's plan says of an R package from a local file (`restore.r`), which status
+    reads without restore's modules."""
+    recorded = {p.name: p for p in (*delta.added, *delta.changed)}
+    out = {}
+    for c in unrestored:
+        p = recorded.get(c.name)
+        if c.action == "remove" or p is None or p.artifact is not None:
+            continue
+        source = p.source
+        # os.path's: the path comes from the store, and may lie where pathlib's raises.
+        if isinstance(source, manifest.LocalSource) and not (
+            source.path and os.path.isfile(source.path)  # noqa: PTH113
+        ):
+            where = f" ({visible(source.path)})" if source.path else ""
+            out[p.name] = (
+                f"{visible(p.name)} {visible(p.version)}: installed from a local file that is "
+                f"not here{where}"
+            )
+    return out
 
 
 def _rebuild(
@@ -852,6 +879,8 @@ def collect(config: Config, stored: _FromStore | None = None) -> Report:
             report = msgspec.structs.replace(report, no_baseline=True)
         planned = owed.get(j, delta)
         unrestored = _restore_would(obs.packages, planned)
+        cannot = _cannot(planned, unrestored)
+        unrestored = tuple(c for c in unrestored if c.name not in cannot)
         rebase = _rebase(config, target, baseline, planned, obs.packages, found)
         if rebase is not None:
             acting = {d.name for d in rebase.decisions if d.action in ("install", "remove")}
@@ -866,6 +895,7 @@ def collect(config: Config, stored: _FromStore | None = None) -> Report:
                 report,
                 pending=pending,
                 unrestored=unrestored,
+                cannot=tuple(cannot.values()),
                 stale_locks=stale,
                 rebuild=_rebuild(obs.packages, planned, env),
             )
@@ -1208,6 +1238,7 @@ def to_text(report: Report) -> str:
             *_changes("pending", e.pending, e.pending_forgets),
             *([] if e.pending_known else [f"    pending  {unknown}"]),
             *_changes("restore", e.unrestored),
+            *(f"    cannot   {why}" for why in e.cannot),
             *_wrapped("rebuild", [f"{r.name} {r.version} ({r.reason})" for r in e.rebuild]),
             *_failing(report, e),
             *(e.rebase.render() if e.rebase is not None else ()),

@@ -809,6 +809,10 @@ def test_a_local_tarball_install_is_recorded_as_local_and_not_faked_from_a_repo(
     dry = session.restore("--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "installed from a local file that is not here" in dry.stdout
+    # status says what restore would do: not an install it cannot make.
+    said = session.pkgckpt("status").stdout
+    assert "cannot   ckptImports 1.2.0: installed from a local file that is not here" in said
+    assert "install ckptImports" not in said, said
     done = session.restore()
     assert done.returncode == 3, done.stdout + done.stderr
     assert "installed from a local file that is not here" in done.stdout
