@@ -479,6 +479,14 @@ def test_status_reports_a_missing_env_and_goes_on(tmp_path: Path) -> None:
     assert envs[str(ok.prefix)]["error"] is None
 
 
+def tracked_once_made(world: World, d: Daemon, gone: Path, wheels: Path) -> None:
+    """`gone` made a venv while the daemon `d` runs: tracked, and an install there recorded."""
+    made = make_venv(gone)
+    eventually(lambda: "tracking " + str(gone) in d.output(), what="tracking")
+    made.install(wheels, "beta==1.0")
+    eventually(lambda: recorded(world, gone) == ["beta==1.0"], what="beta")
+
+
 @pytest.mark.slow
 def test_a_missing_env_leaves_the_rest_tracked_and_is_tracked_once_made(
     world: World, wheels: Path
@@ -499,10 +507,7 @@ def test_a_missing_env_leaves_the_rest_tracked_and_is_tracked_once_made(
         asked = world.pkgckpt("snapshot", *flags)
         assert asked.returncode == 0, asked.stderr
         assert "does not track" not in asked.stdout, asked.stdout
-        made = make_venv(gone)
-        eventually(lambda: "tracking " + str(gone) in d.output(), what="tracking")
-        made.install(wheels, "beta==1.0")
-        eventually(lambda: recorded(world, gone) == ["beta==1.0"], what="beta")
+        tracked_once_made(world, d, gone, wheels)
     finally:
         d.close()
     shutil.rmtree(gone)
@@ -532,10 +537,7 @@ def test_a_daemon_whose_only_env_is_missing_waits_for_it(world: World, wheels: P
         # A preStop hook meanwhile: the daemon answers, and nothing else is to be done.
         asked = world.pkgckpt("snapshot", *world.flags(gone))
         assert asked.returncode == 0, asked.stderr
-        made = make_venv(gone)
-        eventually(lambda: "tracking " + str(gone) in d.output(), what="tracking")
-        made.install(wheels, "beta==1.0")
-        eventually(lambda: recorded(world, gone) == ["beta==1.0"], what="beta")
+        tracked_once_made(world, d, gone, wheels)
     finally:
         d.close()
     # A directory that is there and no environment is a mistake to say, not to wait on.
