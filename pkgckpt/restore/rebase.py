@@ -195,8 +195,8 @@ class Rebase(_Out, frozen=True, kw_only=True):
         return tuple(d for d in self.decisions if d.action == "held-back")
 
     def on_its_image(self) -> bool:
-        """Read against the image and interpreter the record names: a mixed record, or an
-        R library whose image needs what the user removed (`rimage`)."""
+        """Read against the image and interpreter the record names (a mixed record; an R
+        library whose image needs what the user removed, `rimage`)."""
         same = self.image_old == self.image_new and self.abi_old == self.abi_new
         return same and _minor(self.python_old) == _minor(self.python_new)
 

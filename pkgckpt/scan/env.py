@@ -47,9 +47,9 @@ ASK_AGAIN = 600.0
 again in the same process (the daemon's rediscoveries)."""
 
 _unanswered: dict[str, tuple[tuple[_Stamp, ...], float]] = {}
-"""Interpreter key -> its stamps, and when it gave no answer: one that hangs (on a
-stalled mount) would otherwise hold every rediscovery for ASK_TIMEOUT, and with it the
-checkpoints of every other environment."""
+"""Interpreter key -> its stamps when it gave no answer, and until when it is not asked
+again: one that hangs (on a stalled mount) would otherwise hold every rediscovery for
+ASK_TIMEOUT, and with it the checkpoints of every other environment."""
 
 # Runs inside the prefix's interpreter, which may be any Python 3: keep it plain. It runs
 # with -I, so nothing from the working directory, PYTHONPATH or the user site is imported
