@@ -376,9 +376,10 @@ def _split(value: str, urls: bool) -> list[str]:
     """A list variable's entries, `os.pathsep`-separated. In a list of URLs, the colons of
     a URL do not separate: a scheme (`LINK_URL_SCHEMES`) followed by an entry that starts
     with `//` is one URL, and so are the entries that follow while its host part is still
-    open (no `/` after the `//` yet) and they do not start with `/`: a port
+    open (no `/` after the `//` yet) and they go on with it (`_goes_on`): a port
     (`https://host:8443/wheels`), a password (`https://user:secret@host/`), an IPv6
-    address (`http://[::1]:8080/`). `https://host:/opt/wheels` is two entries."""
+    address (`http://[::1]:8080/`). `https://host:/opt/wheels` is two entries, and so are
+    `https://host:https://other/` and `https://host:channel`."""
     pieces = value.split(os.pathsep)
     if not urls or os.pathsep != ":":
         return pieces
@@ -386,13 +387,26 @@ def _split(value: str, urls: bool) -> list[str]:
     url_open = False  # the last entry is a URL whose host part goes on in the next piece
     for piece in pieces:
         starts = piece.startswith("//") and bool(out) and out[-1].lower() in LINK_URL_SCHEMES
-        if starts or (url_open and not piece.startswith("/")):
+        if starts or (url_open and _goes_on(out[-1].partition("://")[2], piece)):
             out[-1] += ":" + piece
             url_open = not any(c in out[-1].partition("://")[2] for c in "/?#")
         else:
             out.append(piece)
             url_open = False
     return out
+
+
+def _goes_on(host: str, piece: str) -> bool:
+    """Whether `piece`, after a colon, is more of the URL host part `host` (what follows
+    `//`, up to that colon): within an IPv6 address's brackets, a password (up to `@`),
+    or a port (digits, up to the path). Anything else (a scheme, a path, a conda
+    channel's name) starts the next entry."""
+    if host.count("[") > host.count("]"):
+        return True
+    head = piece.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in head and "@" not in host:
+        return True
+    return head.isdigit() and head.isascii()
 
 
 def _coerce(name: str, value: Any, origin: str) -> Any:

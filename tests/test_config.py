@@ -142,6 +142,14 @@ def test_relative_find_links_are_made_absolute_where_they_are_read(
         # (in the path or the query) always does.
         ("https://h:/opt/w", ["https://h", "/opt/w"]),
         ("https://h/a:b", ["https://h/a", "b"]),
+        # A URL without a path, then another URL or a conda channel's name: two entries.
+        (
+            "https://cran.r-project.org:https://h/bioc",
+            ["https://cran.r-project.org", "https://h/bioc"],
+        ),
+        ("https://h:file:///opt/cran", ["https://h", "file:///opt/cran"]),
+        ("https://conda.h:bioconda", ["https://conda.h", "bioconda"]),
+        ("http://[fe80::1]:https://h", ["http://[fe80::1]", "https://h"]),
     ],
 )
 def test_url_lists_keep_the_colons_of_their_urls_in_the_environment(
