@@ -223,6 +223,41 @@ def test_what_a_planned_package_needs_through_an_image_packages_extra_counts(
     )
 
 
+def test_an_extra_asked_inside_an_extra_of_a_planned_package_counts(tmp_path: Path) -> None:
+    """userapp asks for the image's `lib[fast]`, whose `fast` asks for `other[gpu]`, and
+    other is the user's too (pip brought it in), its `gpu` needing z==2.0: the user's z 2.0
+    comes back over the image's 2.1, as when other is the image's."""
+    site = tmp_path / "site"
+    for name, version, requires in (
+        ("lib", "1.0", 'other[gpu]; extra == "fast"'),
+        ("z", "2.1", None),
+    ):
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True)
+        lines = [f"Name: {name}", f"Version: {version}", "Provides-Extra: fast"]
+        lines += [f"Requires-Dist: {requires}"] if requires else []
+        (info / "METADATA").write_text("\n".join(lines) + "\n")
+    links = tmp_path / "links"
+    build_wheel(Dist("userapp", "1.0", requires=["lib[fast]"]), links)
+    build_wheel(Dist("other", "1.0", requires=['z==2.0; extra == "gpu"']), links)
+    build_wheel(Dist("z", "2.0"), links)
+    image = [Package(name="lib", version="1.0"), Package(name="z", version="2.1")]
+    delta = Delta(
+        env=PY311,
+        added=(Package(name="other", version="1.0"), Package(name="userapp", version="1.0")),
+        changed=(Package(name="z", version="2.0", replaced="1.0"),),
+        image="v1",
+    )
+    config = Config(store=tmp_path / "s", key="k", find_links=(str(links),), no_index=True)
+    live = {p.name: p for p in image}
+    planned = rebase(delta, Target(env=PY311, roots=(site,)), image, live, config)
+    by = {d.name: (d.action, d.reason) for d in planned.decisions}
+    assert by["z"] == (
+        "install",
+        "userapp 1.0 requires z==2.0 (through lib[fast] -> other[gpu]); the image ships 2.1",
+    )
+
+
 def test_what_requires_a_recorded_package_held_back_is_held_back_with_it(
     tmp_path: Path,
 ) -> None:

@@ -709,10 +709,10 @@ class _Check:
     def _through(
         self, state: Mapping[str, _Dist], reqs: Mapping[str, list[_Req]]
     ) -> list[tuple[_Dist, _Req]]:
-        """What a planned package needs through the extras it asks of a distribution
-        outside the plan (`lib[fast]` of the image's `lib`), whose requirements were read
-        only on what the plan touches: each such requirement of `lib` that only its
-        extra brings in, unsatisfied, blamed on the planned package."""
+        """What a planned package needs through the extras it asks (`lib[fast]` of the
+        image's `lib`, whose requirements were read only on what the plan touches) and
+        the extras those ask in turn (of a planned distribution too): each requirement
+        that only such an extra brings in, unsatisfied, blamed on the planned package."""
         out: list[tuple[_Dist, _Req]] = []
         for name, rs in reqs.items():
             if state[name].origin != "planned":
@@ -732,8 +732,8 @@ class _Check:
                 if (key, e) in seen or other is None or other.requires is None:
                     continue
                 seen.add((key, e))
-                if other.origin == "planned":
-                    continue  # its own requirements are read as the plan's
+                # A planned one too: the plan reads its lines of the extras asked plainly,
+                # not of one asked only inside another extra.
                 way += f"{' -> ' if way else ''}{other.name}[{e}]"
                 for q in self._requirements(other.requires, None):
                     if q.marker is None or self._applies(q, "") or not self._applies(q, e):
