@@ -166,8 +166,13 @@ def guarded(command: Callable[[], int]) -> int:
         return command()
     except PkgckptError as e:
         return report(e)
-    except (KeyboardInterrupt, EOFError):
-        # What click prints for its Abort: the interrupted line ends first.
+    except KeyboardInterrupt:
+        # What click prints for its Abort: the interrupted line ends first. The exit code
+        # of a process SIGINT killed, as SIGTERM's and SIGHUP's are (143, 129): a restore
+        # may have installed part of its plan, which 1 ("nothing was changed") denies.
+        print("\npkgckpt: interrupted", file=sys.stderr)
+        return 128 + 2
+    except EOFError:
         print("\npkgckpt: interrupted", file=sys.stderr)
         return 1
     except BrokenPipeError:
