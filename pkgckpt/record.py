@@ -39,7 +39,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import msgspec
 
@@ -94,6 +94,7 @@ __all__ = [
     "forget_command",
     "forgotten",
     "history",
+    "holders",
     "printable",
     "reason",
     "refuse",
@@ -251,30 +252,36 @@ def _recorded(d: Delta) -> tuple[Package, ...]:
     return (*d.added, *d.changed, *d.removed)
 
 
-def forget_command(
-    name: str, env: Environment, recorded: Iterable[tuple[Environment, Iterable[Package]]]
-) -> str:
+Holders: TypeAlias = "dict[str, set[tuple[str, str, bool]]]"
+
+
+def holders(recorded: Iterable[tuple[Environment, Iterable[Package]]]) -> Holders:
+    """Who records what, for `forget_command`: the identities (`manifest.same_env`'s kind,
+    path and user) of the environments of `recorded` (each with its recorded packages), by
+    the key `forgotten` matches names on. Made once for a report: asked of every
+    environment for each failing package, it grew with their product."""
+    out: Holders = {}
+    for env, packages in recorded:
+        for p in packages:
+            out.setdefault(_key(env.kind, p.name), set()).add((env.kind, env.path, env.user))
+    return out
+
+
+def forget_command(name: str, env: Environment, held: Holders) -> str:
     """The command that stops retrying `name` of `env` (the environment the record keeps
-    it under): `pkgckpt forget NAME`, naming `env` when another environment of `recorded`
-    (each with its recorded packages) holds the name too, as `forgotten` matches it: a
-    bare forget would drop it there as well."""
+    it under): `pkgckpt forget NAME`, naming `env` when another environment (`held`, from
+    `holders`) holds the name too, as `forgotten` matches it: a bare forget would drop it
+    there as well."""
     import shlex
 
     command = f"pkgckpt forget {shlex.quote(visible(name))}"
-    wanted = {name, _key("python", name)}
-    holding = [
-        other
-        for other, packages in recorded
-        if not manifest.same_env(other, env)
-        and any(_key(other.kind, p.name) in wanted for p in packages)
-    ]
-    if holding:
+    found = [held[key] for key in {name, _key("python", name)} if key in held]
+    me = (env.kind, env.path, env.user)
+    if any(len(ids) > (me in ids) for ids in found):  # another than `env` holds it
         flag = "--r-lib" if env.kind == "r" else "--env"
         command += f" {flag} {shlex.quote(visible(env.path))}"
         # A prefix and its interpreter's user site are one --env: say which one.
-        if env.kind == "python" and any(
-            o.kind == "python" and o.path == env.path and o.user != env.user for o in holding
-        ):
+        if env.kind == "python" and any(("python", env.path, not env.user) in ids for ids in found):
             command += " --user-site" if env.user else " --no-user-site"
     return command
 

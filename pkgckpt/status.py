@@ -1104,20 +1104,26 @@ def _changes(label: str, changes: tuple[Change, ...], forgets: tuple[str, ...] =
     return _wrapped(label, words)
 
 
-def _failing(report: Report, e: EnvReport) -> list[str]:
+def _holders(report: Report) -> dict[str, set[tuple[str, str, bool]]]:
+    """`record.holders` of the report's environments, under the record's paths (an R
+    library matched by its role is recorded under another)."""
+    from .record import holders
+
+    return holders(
+        (o.recorded_as or o.env, (*o.added, *o.changed, *o.removed)) for o in report.environments
+    )
+
+
+def _failing(e: EnvReport, held: dict[str, set[tuple[str, str, bool]]]) -> list[str]:
     """The failing packages of `e`, each with the forget that stops it
-    (`record.forget_command`)."""
+    (`record.forget_command`; `held`: `_holders`, made once per report)."""
     if not e.failing:
-        return []  # called for every environment: the list below would be E x E
+        return []
     from .record import forget_command, printable
 
-    # The record's paths: an R library matched by its role is recorded under another.
-    recorded = [
-        (o.recorded_as or o.env, (*o.added, *o.changed, *o.removed)) for o in report.environments
-    ]
     lines = []
     for f in e.failing:
-        command = forget_command(f.name, e.recorded_as or e.env, recorded)
+        command = forget_command(f.name, e.recorded_as or e.env, held)
         lines.append(
             f"    failing  {visible(f.name)} {visible(f.version)}: {f.count} restore(s) "
             f"in a row; `{command}` stops retrying it"
@@ -1198,6 +1204,7 @@ def to_text(report: Report) -> str:
         lines += [f"    {line.strip()}" for line in report.refused.splitlines()[1:]]
     # What the running daemon watches, as its status file names it (None: all, or not said).
     said = report.daemon.tracked if report.daemon_running and report.daemon else None
+    held = _holders(report) if any(e.failing for e in report.environments) else {}
     for e in report.environments:
         lines.append(f"{e.env.kind} {e.env.where()}:")
         if e.recorded_as is not None:
@@ -1240,7 +1247,7 @@ def to_text(report: Report) -> str:
             *_changes("restore", e.unrestored),
             *(f"    cannot   {why}" for why in e.cannot),
             *_wrapped("rebuild", [f"{r.name} {r.version} ({r.reason})" for r in e.rebuild]),
-            *_failing(report, e),
+            *_failing(e, held),
             *(e.rebase.render() if e.rebase is not None else ()),
         ]
         lines.extend(body or ["    nothing recorded"])

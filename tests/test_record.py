@@ -1236,10 +1236,10 @@ def test_the_forget_offered_for_a_prefix_or_its_user_site_names_which(tmp_path: 
     prefix = Environment(kind="python", path="/opt/venv")
     site = Environment(kind="python", path="/opt/venv", user=True)
     two, one = Package(name="dep", version="2.0"), Package(name="dep", version="1.0")
-    recorded = [(prefix, [two]), (site, [one])]
-    offered = record.forget_command("dep", prefix, recorded)
+    held = record.holders([(prefix, [two]), (site, [one])])
+    offered = record.forget_command("dep", prefix, held)
     assert offered == "pkgckpt forget dep --env /opt/venv --no-user-site"
-    offered = record.forget_command("dep", site, recorded)
+    offered = record.forget_command("dep", site, held)
     assert offered == "pkgckpt forget dep --env /opt/venv --user-site"
     body = Body(environments=(Delta(env=prefix, added=(two,)), Delta(env=site, added=(one,))))
     cfg = Config(store=tmp_path, key="k", env=(Path("/opt/venv"),), discover=("user-site",))

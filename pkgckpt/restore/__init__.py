@@ -1328,17 +1328,16 @@ def _record(config: Config, report: Report, seconds: float) -> None:
 def _forget_commands(report: Report, body: Body) -> Report:
     """`report` with each failure's `forget` command, from the record `body`."""
     from ..manifest import same_env
-    from ..record import forget_command
+    from ..record import forget_command, holders
 
-    recorded = [(d.env, (*d.added, *d.changed, *d.removed)) for d in body.deltas()]
+    held = holders((d.env, (*d.added, *d.changed, *d.removed)) for d in body.deltas())
     envs = []
     for e in report.environments:
         planned = next((p for p in report.plan.environments if same_env(p.env, e.env)), None)
         # The record's path: an R library matched by its role is recorded under another.
         env = (planned.recorded if planned is not None else None) or e.env
         failed = tuple(
-            msgspec.structs.replace(f, forget=forget_command(f.name, env, recorded))
-            for f in e.failed
+            msgspec.structs.replace(f, forget=forget_command(f.name, env, held)) for f in e.failed
         )
         envs.append(msgspec.structs.replace(e, failed=failed))
     return msgspec.structs.replace(report, environments=tuple(envs))
