@@ -523,7 +523,8 @@ def load_baseline(config: Config) -> Baseline | None:
     # one (`baseline.json -> ..data/baseline.json`) included.
     nofollow = os.O_NOFOLLOW if config.baseline is None else 0
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | nofollow)
+        # O_NONBLOCK: a FIFO in its place would hold the open until a writer came.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | nofollow)
     except FileNotFoundError:
         if config.baseline is not None:  # removed since `_without_missing` looked
             raise ManifestError(f"baseline file {path} does not exist") from None
@@ -532,6 +533,8 @@ def load_baseline(config: Config) -> Baseline | None:
         raise ManifestError(f"cannot read baseline {path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ManifestError(f"baseline {path} is not a regular file")
         if config.baseline is None:
             _check_private(path, st)
         with os.fdopen(fd, "rb", closefd=False) as f:

@@ -265,6 +265,11 @@ def test_the_images_baseline_is_read_through_a_link_as_a_configmap_mounts_it(
     config = Config(baseline=tmp_path / "etc" / "baseline.json", runtime_dir=tmp_path / "run")
     found = load_baseline(config)
     assert found is not None and found.time == "the image"
+    # Through the link or not, a FIFO is refused at once, not waited on for a writer.
+    (data / "baseline.json").unlink()
+    os.mkfifo(data / "baseline.json")
+    with pytest.raises(ManifestError, match="not a regular file"):
+        load_baseline(config)
 
 
 def test_baseline_is_not_written_into_a_runtime_directory_of_someone_else(
