@@ -102,7 +102,7 @@ def test_a_library_error_exits_1_with_one_line(
     args = ("--store", str(tmp_path / "s"), "--key", "k", "--baseline", str(unreadable))
     assert run("status", *args) == 1
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"pkgckpt: cannot read baseline {unreadable}: Is a directory"]
+    assert err.splitlines() == [f"pkgckpt: baseline {unreadable} is not a regular file"]
 
 
 def test_an_unexpected_exception_is_one_line_not_a_traceback(
