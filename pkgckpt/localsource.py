@@ -32,6 +32,9 @@ only when no other user could have put what is there now.
         regular file): what the checkpoint records when the installer wrote no hash.
     file_url_sha256(url) -> dict[str, str]
         `{"sha256": ...}` of the trusted archive a `file:` URL names, else `{}`.
+    not_here(path) -> str | None
+        Why an R package recorded as installed from a local file (at `path`, when that is
+        known) cannot be installed from it here at all: no such file; else None.
 
 Group-writable components are accepted: a group is something the user or the operator
 chose to share with. Checking at restore and then installing leaves a window; for files
@@ -49,7 +52,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import PurePath
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["directory_problem", "file_problem", "file_url_sha256", "path_problem", "sha256_file"]
+__all__ = [
+    "directory_problem",
+    "file_problem",
+    "file_url_sha256",
+    "not_here",
+    "path_problem",
+    "sha256_file",
+]
 
 _CHUNK = 1 << 20
 
@@ -249,6 +259,16 @@ def file_url_sha256(url: str) -> dict[str, str]:
         return {}
     digest = sha256_file(unquote(parts.path))
     return {"sha256": digest} if digest else {}
+
+
+def not_here(path: str | None) -> str | None:
+    """See the module: what restore's plan and `status` both say of such a package."""
+    # os.path's: a path named by the store may lie beneath a directory this user may not
+    # enter, where pathlib's is_file raises.
+    if path is None or not os.path.isfile(path):  # noqa: PTH113
+        where = f" ({path})" if path else ""
+        return f"installed from a local file that is not here{where}"
+    return None
 
 
 def file_problem(path: str, hashes: Mapping[str, str]) -> str | None:

@@ -715,6 +715,8 @@ def _cannot(delta: manifest.Delta, unrestored: tuple[Change, ...]) -> dict[str, 
     """Name -> why restore cannot install it here, of the installs in `unrestored`: as
     restore's plan says of an R package from a local file (`restore.r`), which status
     reads without restore's modules."""
+    from .localsource import not_here
+
     recorded = {p.name: p for p in (*delta.added, *delta.changed)}
     out = {}
     for c in unrestored:
@@ -722,15 +724,9 @@ def _cannot(delta: manifest.Delta, unrestored: tuple[Change, ...]) -> dict[str, 
         if c.action == "remove" or p is None or p.artifact is not None:
             continue
         source = p.source
-        # os.path's: the path comes from the store, and may lie where pathlib's raises.
-        if isinstance(source, manifest.LocalSource) and not (
-            source.path and os.path.isfile(source.path)  # noqa: PTH113
-        ):
-            where = f" ({visible(source.path)})" if source.path else ""
-            out[p.name] = (
-                f"{visible(p.name)} {visible(p.version)}: installed from a local file that is "
-                f"not here{where}"
-            )
+        gone = not_here(source.path) if isinstance(source, manifest.LocalSource) else None
+        if gone is not None:
+            out[p.name] = visible(f"{p.name} {p.version}: {gone}")
     return out
 
 

@@ -64,7 +64,7 @@ import msgspec
 
 from ..config import Config
 from ..errors import RestoreError, ScanError, UsageError
-from ..localsource import directory_problem, file_problem
+from ..localsource import directory_problem, file_problem, not_here
 from ..logs import getLogger
 from ..manifest import (
     DirectorySource,
@@ -481,11 +481,9 @@ class RInstaller:
                 return "git is not installed"
             return url_blocked(source.url, VCS_SCHEMES)
         if isinstance(source, LocalSource):
-            # os.path's: a path named by the store may lie beneath a directory this user
-            # may not enter, where pathlib's is_file and is_dir raise.
-            if source.path is None or not os.path.isfile(source.path):  # noqa: PTH113
-                where = f" ({source.path})" if source.path else ""
-                return f"installed from a local file that is not here{where}"
+            gone = not_here(source.path)
+            if gone is not None or source.path is None:  # no path is gone too
+                return gone
             # The rules of Python's file:// sources, in the plan as theirs are, so that a
             # dry run shows the refusal; the hash is checked again on the bytes copied
             # (`_prepare_local`), which closes the window after this check.
