@@ -252,18 +252,18 @@ def _recorded(d: Delta) -> tuple[Package, ...]:
     return (*d.added, *d.changed, *d.removed)
 
 
-Holders: TypeAlias = "dict[str, set[tuple[str, str, bool]]]"
+Holders: TypeAlias = "dict[str, set[EnvKey]]"
 
 
 def holders(recorded: Iterable[tuple[Environment, Iterable[Package]]]) -> Holders:
-    """Who records what, for `forget_command`: the identities (`manifest.same_env`'s kind,
-    path and user) of the environments of `recorded` (each with its recorded packages), by
-    the key `forgotten` matches names on. Made once for a report: asked of every
+    """Who records what, for `forget_command`: the identities (`env_key`) of the
+    environments of `recorded` (each with its recorded packages), by the key `forgotten`
+    matches names on. Made once for a report: asked of every
     environment for each failing package, it grew with their product."""
     out: Holders = {}
     for env, packages in recorded:
         for p in packages:
-            out.setdefault(_key(env.kind, p.name), set()).add((env.kind, env.path, env.user))
+            out.setdefault(_key(env.kind, p.name), set()).add(env_key(env))
     return out
 
 
@@ -276,12 +276,13 @@ def forget_command(name: str, env: Environment, held: Holders) -> str:
 
     command = f"pkgckpt forget {shlex.quote(visible(name))}"
     found = [held[key] for key in {name, _key("python", name)} if key in held]
-    me = (env.kind, env.path, env.user)
+    me = env_key(env)
     if any(len(ids) > (me in ids) for ids in found):  # another than `env` holds it
         flag = "--r-lib" if env.kind == "r" else "--env"
         command += f" {flag} {shlex.quote(visible(env.path))}"
         # A prefix and its interpreter's user site are one --env: say which one.
-        if env.kind == "python" and any(("python", env.path, not env.user) in ids for ids in found):
+        twin = env_key(msgspec.structs.replace(env, user=not env.user))
+        if env.kind == "python" and any(twin in ids for ids in found):
             command += " --user-site" if env.user else " --no-user-site"
     return command
 

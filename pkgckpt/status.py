@@ -53,6 +53,7 @@ from .store import Store, answered, open_store
 if TYPE_CHECKING:
     # Reports are only encoded, which needs no annotations resolved: the daemon imports
     # this module and must not import restore.
+    from .record import Holders
     from .restore.rebase import Rebase
     from .restore.venv import Stranded
 
@@ -1100,7 +1101,7 @@ def _changes(label: str, changes: tuple[Change, ...], forgets: tuple[str, ...] =
     return _wrapped(label, words)
 
 
-def _holders(report: Report) -> dict[str, set[tuple[str, str, bool]]]:
+def _holders(report: Report) -> Holders:
     """`record.holders` of the report's environments, under the record's paths (an R
     library matched by its role is recorded under another)."""
     from .record import holders
@@ -1110,7 +1111,7 @@ def _holders(report: Report) -> dict[str, set[tuple[str, str, bool]]]:
     )
 
 
-def _failing(e: EnvReport, held: dict[str, set[tuple[str, str, bool]]]) -> list[str]:
+def _failing(e: EnvReport, held: Holders) -> list[str]:
     """The failing packages of `e`, each with the forget that stops it
     (`record.forget_command`; `held`: `_holders`, made once per report)."""
     if not e.failing:
